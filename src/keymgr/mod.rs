@@ -1,0 +1,180 @@
+//! keymgr owns the key store: creating and unlocking volumes, sealing the store on disk, and the
+//! runtime key manager that wraps new files' DEKs and unwraps existing ones. Later: key lifecycle,
+//! rotation, policies, grants, rules and audit.
+
+mod seal;
+pub mod store;
+mod volume;
+
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+pub use store::{KeyState, KeyStore, KmsKey};
+pub use volume::{
+    InitOptions, Unlocked, VolumeInfo, VolumePaths, format_recovery_key, init, parse_recovery_key,
+    passwd, probe, unlock,
+};
+
+use crate::crypto::{Aead, KdfError, Key256, Passphrase};
+use crate::format::header::{FileHeader, WRAP_LEN};
+use crate::format::{FileId, KeyId, VolumeId};
+
+/// What the user gave to unlock a volume.
+pub enum Unlock {
+    Passphrase(Passphrase),
+    RecoveryKey(Key256),
+}
+
+impl std::fmt::Debug for Unlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unlock::Passphrase(_) => f.write_str("Unlock::Passphrase(<redacted>)"),
+            Unlock::RecoveryKey(_) => f.write_str("Unlock::RecoveryKey(<redacted>)"),
+        }
+    }
+}
+
+/// Errors of opening, creating and changing a volume.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The directory has no `.kmsfs/volume.json`.
+    #[error("{0} is not a kmsfs volume (no .kmsfs/volume.json); create one with `kmsfs init`")]
+    NotAVolume(PathBuf),
+    /// `init` on a directory that has entries.
+    #[error("{0} is not empty; kmsfs init needs an empty directory")]
+    NotEmpty(PathBuf),
+    #[error("volume config: {0}")]
+    Config(#[from] crate::format::config::ConfigError),
+    /// No slot accepted the passphrase or recovery key.
+    #[error("wrong passphrase or recovery key")]
+    WrongPassphrase,
+    /// Neither the key store nor its backup generation is usable.
+    #[error("key store is damaged and no backup generation opens: {0}")]
+    KeyStoreCorrupt(String),
+    /// The key store opened but the volume config does not match what it was created with.
+    #[error(
+        "volume config .kmsfs/volume.json was modified (its digest does not match the key store)"
+    )]
+    ConfigTampered,
+    #[error(transparent)]
+    Kdf(#[from] KdfError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Errors of using keys on the data path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key {0} does not exist in this volume")]
+    UnknownKey(KeyId),
+    #[error("key {0} is {1:?}")]
+    NotUsable(KeyId, KeyState),
+    #[error("version {1} of key {0} is not available")]
+    VersionUnavailable(KeyId, u32),
+    #[error("the data key of file {0} failed authentication (header modified or moved)")]
+    UnwrapFailed(FileId),
+}
+
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The runtime key manager of a mounted (or opened) volume.
+pub struct KeyManager {
+    state: RwLock<Unlocked>,
+}
+
+impl std::fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyManager")
+    }
+}
+
+impl KeyManager {
+    pub fn new(unlocked: Unlocked) -> Self {
+        KeyManager {
+            state: RwLock::new(unlocked),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Unlocked> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn volume_id(&self) -> VolumeId {
+        self.read().store.volume_id
+    }
+
+    pub fn volume_secret(&self) -> Key256 {
+        self.read().store.volume_secret.clone()
+    }
+
+    /// A header for a new file under the default key's newest version, and its fresh DEK.
+    pub fn new_file(&self) -> Result<(FileHeader, Key256), KeyError> {
+        let st = self.read();
+        let key_id = st.store.default_key;
+        let key = st.store.key(&key_id).ok_or(KeyError::UnknownKey(key_id))?;
+        if key.state != KeyState::Enabled {
+            return Err(KeyError::NotUsable(key_id, key.state));
+        }
+        let ver = key
+            .newest()
+            .ok_or(KeyError::VersionUnavailable(key_id, 0))?;
+        let material = ver
+            .material
+            .as_ref()
+            .ok_or(KeyError::VersionUnavailable(key_id, ver.version))?;
+        let dek = Key256::generate();
+        let mut h = FileHeader {
+            file_id: FileId::generate(),
+            key_id,
+            key_version: ver.version,
+            wrapped_dek: [0; WRAP_LEN],
+        };
+        let sealed =
+            Aead::new(material).seal_random(&h.wrap_aad(&st.store.volume_id), dek.expose());
+        h.wrapped_dek.copy_from_slice(&sealed);
+        Ok((h, dek))
+    }
+
+    /// Unwraps a file's DEK, checking key state and the encryption context.
+    pub fn unwrap_dek(&self, h: &FileHeader) -> Result<Key256, KeyError> {
+        let st = self.read();
+        let key = st
+            .store
+            .key(&h.key_id)
+            .ok_or(KeyError::UnknownKey(h.key_id))?;
+        if key.state != KeyState::Enabled {
+            return Err(KeyError::NotUsable(h.key_id, key.state));
+        }
+        let ver = key
+            .version(h.key_version)
+            .ok_or(KeyError::VersionUnavailable(h.key_id, h.key_version))?;
+        let material = ver
+            .material
+            .as_ref()
+            .ok_or(KeyError::VersionUnavailable(h.key_id, h.key_version))?;
+        let dek = zeroize::Zeroizing::new(
+            Aead::new(material)
+                .open(&h.wrap_aad(&st.store.volume_id), &h.wrapped_dek)
+                .map_err(|_| KeyError::UnwrapFailed(h.file_id))?,
+        );
+        Key256::from_slice(&dek).ok_or(KeyError::UnwrapFailed(h.file_id))
+    }
+
+    /// Number of KMS keys.
+    pub fn key_count(&self) -> usize {
+        self.read().store.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

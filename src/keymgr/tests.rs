@@ -1,0 +1,206 @@
+use super::*;
+use crate::crypto::KdfParams;
+use crate::format::header::HEADER_LEN;
+
+fn opts() -> InitOptions {
+    InitOptions {
+        kdf: KdfParams::FAST_INSECURE,
+        ..Default::default()
+    }
+}
+
+fn pw(s: &str) -> Passphrase {
+    Passphrase::new(s.as_bytes().to_vec())
+}
+
+fn new_volume() -> (tempfile::TempDir, std::path::PathBuf, Key256) {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("vol");
+    let rk = init(&d, &pw("correct horse"), &opts()).unwrap().unwrap();
+    (t, d, rk)
+}
+
+#[test]
+fn init_refuses_non_empty_dir() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("x"), b"x").unwrap();
+    assert!(matches!(
+        init(t.path(), &pw("p"), &opts()),
+        Err(VolumeError::NotEmpty(_))
+    ));
+    assert!(!t.path().join(".kmsfs").exists());
+}
+
+#[test]
+fn unlock_with_passphrase_and_recovery_key() {
+    let (_t, d, rk) = new_volume();
+    let u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
+    assert_eq!(u.store.keys.len(), 1);
+    assert_eq!(u.store.keys[0].versions[0].version, 1);
+    assert!(u.used_backup.is_none());
+    let u2 = unlock(&d, &Unlock::RecoveryKey(rk.clone())).unwrap();
+    assert_eq!(u2.store.volume_id, u.store.volume_id);
+    let shown = volume::format_recovery_key(&rk);
+    assert_eq!(parse_recovery_key(&shown).unwrap().expose(), rk.expose());
+}
+
+#[test]
+fn wrong_passphrase_is_distinct() {
+    let (_t, d, _) = new_volume();
+    assert!(matches!(
+        unlock(&d, &Unlock::Passphrase(pw("wrong"))),
+        Err(VolumeError::WrongPassphrase)
+    ));
+    assert!(matches!(
+        unlock(&d, &Unlock::RecoveryKey(Key256::generate())),
+        Err(VolumeError::WrongPassphrase)
+    ));
+}
+
+#[test]
+fn not_a_volume() {
+    let t = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        unlock(t.path(), &Unlock::Passphrase(pw("x"))),
+        Err(VolumeError::NotAVolume(_))
+    ));
+}
+
+#[test]
+fn flip_any_byte_of_the_key_store_is_detected() {
+    let (_t, d, _) = new_volume();
+    let paths = VolumePaths::new(&d);
+    let good = std::fs::read(paths.keystore()).unwrap();
+    // Every byte of a small store, sampled for the body.
+    let idx: Vec<usize> = (0..good.len()).filter(|i| *i < 300 || i % 7 == 0).collect();
+    for i in idx {
+        let mut b = good.clone();
+        b[i] ^= 0x04;
+        std::fs::write(paths.keystore(), &b).unwrap();
+        match unlock(&d, &Unlock::Passphrase(pw("correct horse"))) {
+            Err(VolumeError::KeyStoreCorrupt(_)) | Err(VolumeError::WrongPassphrase) => {}
+            Ok(_) => panic!("flip at {i} not detected"),
+            Err(e) => panic!("flip at {i}: unexpected {e}"),
+        }
+    }
+}
+
+#[test]
+fn corrupted_store_falls_back_to_backup_generation() {
+    let (_t, d, _) = new_volume();
+    let mut u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
+    u.store.keys[0].description = "generation two".into();
+    u.persist().unwrap();
+    assert_eq!(u.generation(), 2);
+    let paths = VolumePaths::new(&d);
+    // Damage the primary (generation 2): the backup (generation 1) still opens.
+    let mut b = std::fs::read(paths.keystore()).unwrap();
+    let n = b.len();
+    b[n - 5] ^= 0xff;
+    std::fs::write(paths.keystore(), &b).unwrap();
+    let mut u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
+    assert!(u.used_backup.is_some());
+    assert_eq!(u.generation(), 1);
+    assert_eq!(u.store.keys[0].description, "default key of the volume");
+    // Persisting after a fallback must not rotate the damaged primary into the backup.
+    u.persist().unwrap();
+    let u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
+    assert!(u.used_backup.is_none());
+    let bak = std::fs::read(paths.keystore_backup()).unwrap();
+    assert!(crate::keymgr::seal::unseal(&bak, &Unlock::Passphrase(pw("correct horse"))).is_ok());
+    // Both damaged: a clear error.
+    std::fs::write(paths.keystore(), b"garbage").unwrap();
+    std::fs::write(paths.keystore_backup(), b"garbage").unwrap();
+    assert!(matches!(
+        unlock(&d, &Unlock::Passphrase(pw("correct horse"))),
+        Err(VolumeError::KeyStoreCorrupt(_))
+    ));
+}
+
+#[test]
+fn modified_config_is_detected() {
+    let (_t, d, _) = new_volume();
+    let paths = VolumePaths::new(&d);
+    let c = std::fs::read_to_string(paths.config()).unwrap();
+    std::fs::write(
+        paths.config(),
+        c.replace("\"block_size\": 4096", "\"block_size\": 8192"),
+    )
+    .unwrap();
+    assert!(matches!(
+        unlock(&d, &Unlock::Passphrase(pw("correct horse"))),
+        Err(VolumeError::ConfigTampered)
+    ));
+    std::fs::write(
+        paths.config(),
+        c.replace("\"encrypted-names\"", "\"encrypted-names\", \"new-thing\""),
+    )
+    .unwrap();
+    assert!(matches!(
+        unlock(&d, &Unlock::Passphrase(pw("correct horse"))),
+        Err(VolumeError::Config(
+            crate::format::config::ConfigError::UnknownFeature(_)
+        ))
+    ));
+}
+
+#[test]
+fn passwd_reseals_and_old_passphrase_stops_working() {
+    let (_t, d, rk) = new_volume();
+    let before = unlock(&d, &Unlock::Passphrase(pw("correct horse")))
+        .unwrap()
+        .store
+        .volume_secret;
+    passwd(
+        &d,
+        &Unlock::Passphrase(pw("correct horse")),
+        &pw("new one"),
+        None,
+    )
+    .unwrap();
+    assert!(matches!(
+        unlock(&d, &Unlock::Passphrase(pw("correct horse"))),
+        Err(VolumeError::WrongPassphrase)
+    ));
+    let u = unlock(&d, &Unlock::Passphrase(pw("new one"))).unwrap();
+    assert_eq!(u.store.volume_secret.expose(), before.expose());
+    // The recovery key still works and can set a passphrase.
+    passwd(&d, &Unlock::RecoveryKey(rk), &pw("third"), None).unwrap();
+    assert!(unlock(&d, &Unlock::Passphrase(pw("third"))).is_ok());
+    assert!(matches!(
+        passwd(&d, &Unlock::Passphrase(pw("bad")), &pw("x"), None),
+        Err(VolumeError::WrongPassphrase)
+    ));
+}
+
+#[test]
+fn info_without_passphrase() {
+    let (_t, d, _) = new_volume();
+    let i = VolumeInfo::read(&d).unwrap();
+    assert_eq!(i.key_count, 1);
+    assert_eq!(i.format_version, 1);
+    assert_eq!(i.kdf_memory_kib, KdfParams::FAST_INSECURE.memory_kib);
+    assert_eq!(i.unlock_slots, vec!["passphrase", "recovery-key"]);
+}
+
+#[test]
+fn dek_wrap_round_trip_and_context_binding() {
+    let (_t, d, _) = new_volume();
+    let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
+    let (h, dek) = km.new_file().unwrap();
+    assert_eq!(km.unwrap_dek(&h).unwrap().expose(), dek.expose());
+    // Flip any byte of the encoded header: refused by parsing or by the unwrap.
+    let enc = h.encode();
+    for i in 0..HEADER_LEN {
+        let mut b = enc;
+        b[i] ^= 0x01;
+        match crate::format::header::FileHeader::decode(&b) {
+            Err(_) => {}
+            Ok(h2) => assert!(km.unwrap_dek(&h2).is_err(), "flip at {i} unwrapped"),
+        }
+    }
+    // The same header in another volume (other volume id) does not unwrap.
+    let (_t2, d2, _) = new_volume();
+    let km2 = KeyManager::new(unlock(&d2, &Unlock::Passphrase(pw("correct horse"))).unwrap());
+    assert!(km2.unwrap_dek(&h).is_err());
+}

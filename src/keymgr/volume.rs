@@ -1,0 +1,400 @@
+//! Creating, probing, unlocking and re-keying a volume's control directory `.kmsfs/`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::seal::{Unsealed, make_slot, seal, unseal};
+use super::store::{KeyStore, KmsKey, STORE_FORMAT};
+use super::{Unlock, VolumeError, now_unix};
+use crate::crypto::{KdfParams, Key256, Passphrase, ct_eq, hex, sha256};
+use crate::format::VolumeId;
+use crate::format::block::{DEFAULT_BLOCK_SIZE, valid_block_size};
+use crate::format::config::{
+    CONFIG_FORMAT, CONFIG_VERSION, FEATURE_ENCRYPTED_NAMES, FEATURE_LONG_NAMES,
+    FEATURE_PLAINTEXT_NAMES, KdfInfo, VolumeConfig,
+};
+use crate::format::keystore::{Envelope, Slot, SlotKind};
+use crate::fsutil::atomic_write;
+use crate::names::{CONTROL_DIR, DIRID_FILE};
+
+/// Where a volume keeps its files.
+#[derive(Debug, Clone)]
+pub struct VolumePaths {
+    pub root: PathBuf,
+}
+
+impl VolumePaths {
+    pub fn new(root: &Path) -> Self {
+        VolumePaths {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn control_dir(&self) -> PathBuf {
+        self.root.join(CONTROL_DIR)
+    }
+    pub fn config(&self) -> PathBuf {
+        self.control_dir().join("volume.json")
+    }
+    pub fn keystore(&self) -> PathBuf {
+        self.control_dir().join("keystore")
+    }
+    pub fn keystore_backup(&self) -> PathBuf {
+        self.control_dir().join("keystore.bak")
+    }
+    pub fn root_dirid(&self) -> PathBuf {
+        self.root.join(DIRID_FILE)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
+    move |source| VolumeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub plaintext_names: bool,
+    pub block_size: u32,
+    /// Create a recovery-key slot and return the key.
+    pub recovery_key: bool,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            kdf: KdfParams::DEFAULT,
+            plaintext_names: false,
+            block_size: DEFAULT_BLOCK_SIZE,
+            recovery_key: true,
+        }
+    }
+}
+
+/// Creates a volume in `dir` (created if missing, refused if not empty). Returns the recovery
+/// key when one was asked for; the caller shows it once.
+pub fn init(
+    dir: &Path,
+    pass: &Passphrase,
+    opts: &InitOptions,
+) -> Result<Option<Key256>, VolumeError> {
+    if pass.is_empty() {
+        return Err(VolumeError::Invalid("the passphrase is empty".into()));
+    }
+    opts.kdf.validate()?;
+    if !valid_block_size(opts.block_size) {
+        return Err(VolumeError::Invalid(format!(
+            "block size {} is not a power of two between 512 and 1048576",
+            opts.block_size
+        )));
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if fs::read_dir(dir).map_err(io_err(dir))?.next().is_some() {
+        return Err(VolumeError::NotEmpty(dir.to_path_buf()));
+    }
+    let paths = VolumePaths::new(dir);
+    let cdir = paths.control_dir();
+    fs::create_dir(&cdir).map_err(io_err(&cdir))?;
+    set_mode(&cdir, 0o700)?;
+
+    let volume_id = VolumeId::generate();
+    let mut features = vec![FEATURE_LONG_NAMES.to_string()];
+    features.push(
+        if opts.plaintext_names {
+            FEATURE_PLAINTEXT_NAMES
+        } else {
+            FEATURE_ENCRYPTED_NAMES
+        }
+        .to_string(),
+    );
+    let config = VolumeConfig {
+        format: CONFIG_FORMAT.into(),
+        format_version: CONFIG_VERSION,
+        volume_id,
+        block_size: opts.block_size,
+        kdf: KdfInfo {
+            algorithm: "argon2id".into(),
+            params: opts.kdf,
+        },
+        features,
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        creator: format!("kmsfs {}", env!("CARGO_PKG_VERSION")),
+    };
+    let config_bytes = config.encode();
+    let now = now_unix();
+    let mut default_key = KmsKey::new("default key of the volume", now);
+    default_key
+        .tags
+        .insert("kmsfs:role".into(), "default".into());
+    let store = KeyStore {
+        format: STORE_FORMAT,
+        volume_id,
+        config_digest: hex::encode(&sha256(&config_bytes)),
+        volume_secret: Key256::generate(),
+        default_key: default_key.id,
+        keys: vec![default_key],
+        aliases: Default::default(),
+    };
+    let store_key = Key256::generate();
+    let mut slots = vec![make_slot(
+        &volume_id,
+        &Unlock::Passphrase(pass.clone()),
+        &opts.kdf,
+        &store_key,
+    )?];
+    let recovery = opts.recovery_key.then(Key256::generate);
+    if let Some(r) = &recovery {
+        slots.push(make_slot(
+            &volume_id,
+            &Unlock::RecoveryKey(r.clone()),
+            &opts.kdf,
+            &store_key,
+        )?);
+    }
+    if !opts.plaintext_names {
+        let p = paths.root_dirid();
+        atomic_write(&p, crate::format::DirId::generate().as_bytes(), 0o400, None)
+            .map_err(io_err(&p))?;
+    }
+    let ks = paths.keystore();
+    atomic_write(&ks, &seal(&store, &store_key, &slots, 1), 0o600, None).map_err(io_err(&ks))?;
+    // The config goes last: a crash before this point leaves a directory that is "not a volume".
+    let cp = paths.config();
+    atomic_write(&cp, &config_bytes, 0o644, None).map_err(io_err(&cp))?;
+    Ok(recovery)
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(io_err(p))
+}
+
+/// Reads and checks the volume config without any secret. Refuses unknown versions and flags.
+pub fn probe(dir: &Path) -> Result<(VolumeConfig, Vec<u8>), VolumeError> {
+    let paths = VolumePaths::new(dir);
+    let cp = paths.config();
+    let bytes = match fs::read(&cp) {
+        Ok(b) => b,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            return Err(VolumeError::NotAVolume(dir.to_path_buf()));
+        }
+        Err(e) => return Err(io_err(&cp)(e)),
+    };
+    let config = VolumeConfig::decode(&bytes)?;
+    Ok((config, bytes))
+}
+
+/// An unlocked volume: its config and key store, and what is needed to write the store again.
+pub struct Unlocked {
+    pub paths: VolumePaths,
+    pub config: VolumeConfig,
+    pub store: KeyStore,
+    store_key: Key256,
+    slots: Vec<Slot>,
+    generation: u64,
+    /// The primary key store was damaged and the backup generation was opened.
+    pub used_backup: Option<String>,
+}
+
+impl std::fmt::Debug for Unlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unlocked")
+            .field("root", &self.paths.root)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Unlocked {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Writes the store as the next generation; the current one becomes the backup (unless the
+    /// current primary is the damaged one, which must not replace a good backup).
+    pub fn persist(&mut self) -> Result<(), VolumeError> {
+        let next = self.generation + 1;
+        let bytes = seal(&self.store, &self.store_key, &self.slots, next);
+        let ks = self.paths.keystore();
+        let bak = self.paths.keystore_backup();
+        let backup = if self.used_backup.is_some() {
+            None
+        } else {
+            Some(bak.as_path())
+        };
+        atomic_write(&ks, &bytes, 0o600, backup).map_err(io_err(&ks))?;
+        self.generation = next;
+        self.used_backup = None;
+        Ok(())
+    }
+}
+
+/// Unlocks the volume in `dir`. Falls back to the backup generation if the primary key store is
+/// damaged; `used_backup` then says why.
+pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
+    let (config, config_bytes) = probe(dir)?;
+    let paths = VolumePaths::new(dir);
+    let try_open = |p: &Path| -> Result<Unsealed, VolumeError> {
+        let bytes = fs::read(p)
+            .map_err(|e| VolumeError::KeyStoreCorrupt(format!("{}: {e}", p.display())))?;
+        unseal(&bytes, how)
+    };
+    let (u, used_backup) = match try_open(&paths.keystore()) {
+        Ok(u) => (u, None),
+        Err(VolumeError::WrongPassphrase) => match try_open(&paths.keystore_backup()) {
+            // The backup accepts what the primary refused: the primary's slots were damaged.
+            Ok(u) => (
+                u,
+                Some(
+                    "the primary key store refused the passphrase but its backup accepted it"
+                        .into(),
+                ),
+            ),
+            Err(_) => return Err(VolumeError::WrongPassphrase),
+        },
+        Err(primary) => match try_open(&paths.keystore_backup()) {
+            Ok(u) => (u, Some(primary.to_string())),
+            Err(VolumeError::WrongPassphrase) => {
+                return Err(VolumeError::KeyStoreCorrupt(format!(
+                    "{primary}; the backup refused the passphrase"
+                )));
+            }
+            Err(backup) => {
+                return Err(VolumeError::KeyStoreCorrupt(format!(
+                    "primary: {primary}; backup: {backup}"
+                )));
+            }
+        },
+    };
+    if u.store.volume_id != config.volume_id
+        || !ct_eq(
+            hex::encode(&sha256(&config_bytes)).as_bytes(),
+            u.store.config_digest.as_bytes(),
+        )
+    {
+        return Err(VolumeError::ConfigTampered);
+    }
+    Ok(Unlocked {
+        paths,
+        config,
+        store: u.store,
+        store_key: u.store_key,
+        slots: u.envelope.slots,
+        generation: u.envelope.generation,
+        used_backup,
+    })
+}
+
+/// Re-seals the key store under `new` after unlocking with `old` (passphrase or recovery key).
+/// Files are not touched. Both the primary and the backup are rewritten, so the old passphrase
+/// stops working at once.
+pub fn passwd(
+    dir: &Path,
+    old: &Unlock,
+    new: &Passphrase,
+    kdf: Option<KdfParams>,
+) -> Result<(), VolumeError> {
+    if new.is_empty() {
+        return Err(VolumeError::Invalid("the new passphrase is empty".into()));
+    }
+    let mut u = unlock(dir, old)?;
+    let params = kdf.unwrap_or(u.config.kdf.params);
+    let slot = make_slot(
+        &u.store.volume_id,
+        &Unlock::Passphrase(new.clone()),
+        &params,
+        &u.store_key,
+    )?;
+    u.slots.retain(|s| s.kind != SlotKind::Passphrase);
+    u.slots.insert(0, slot);
+    let next = u.generation + 1;
+    let bytes = seal(&u.store, &u.store_key, &u.slots, next);
+    let ks = u.paths.keystore();
+    atomic_write(&ks, &bytes, 0o600, None).map_err(io_err(&ks))?;
+    let bak = u.paths.keystore_backup();
+    atomic_write(&bak, &bytes, 0o600, None).map_err(io_err(&bak))?;
+    Ok(())
+}
+
+/// What `kmsfs info` shows: readable without the passphrase.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub path: PathBuf,
+    pub format_version: u32,
+    pub volume_id: VolumeId,
+    pub block_size: u32,
+    pub kdf_algorithm: String,
+    pub kdf_memory_kib: u32,
+    pub kdf_iterations: u32,
+    pub kdf_parallelism: u32,
+    pub features: Vec<String>,
+    pub created: String,
+    pub creator: String,
+    pub key_count: u32,
+    pub key_store_generation: u64,
+    pub unlock_slots: Vec<String>,
+}
+
+impl VolumeInfo {
+    pub fn read(dir: &Path) -> Result<VolumeInfo, VolumeError> {
+        let (c, _) = probe(dir)?;
+        let paths = VolumePaths::new(dir);
+        let ks = paths.keystore();
+        let bytes = fs::read(&ks).map_err(io_err(&ks))?;
+        let env =
+            Envelope::decode(&bytes).map_err(|e| VolumeError::KeyStoreCorrupt(e.to_string()))?;
+        let slot = env.slots.iter().find(|s| s.kind == SlotKind::Passphrase);
+        Ok(VolumeInfo {
+            path: dir.to_path_buf(),
+            format_version: c.format_version,
+            volume_id: c.volume_id,
+            block_size: c.block_size,
+            kdf_algorithm: c.kdf.algorithm.clone(),
+            kdf_memory_kib: slot.map_or(c.kdf.params.memory_kib, |s| s.memory_kib),
+            kdf_iterations: slot.map_or(c.kdf.params.iterations, |s| s.iterations),
+            kdf_parallelism: slot.map_or(c.kdf.params.parallelism, |s| s.parallelism),
+            features: c.features,
+            created: c.created,
+            creator: c.creator,
+            key_count: env.key_count,
+            key_store_generation: env.generation,
+            unlock_slots: env
+                .slots
+                .iter()
+                .map(|s| match s.kind {
+                    SlotKind::Passphrase => "passphrase".to_string(),
+                    SlotKind::RecoveryKey => "recovery-key".to_string(),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Recovery keys are shown as 8 groups of 8 hex digits.
+pub fn format_recovery_key(k: &Key256) -> String {
+    let h = zeroize::Zeroizing::new(hex::encode(k.expose()));
+    h.as_bytes()
+        .chunks(8)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Parses a recovery key, ignoring dashes and white space.
+pub fn parse_recovery_key(s: &str) -> Option<Key256> {
+    let clean = zeroize::Zeroizing::new(
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect::<String>(),
+    );
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_into(&clean, out.as_mut())?;
+    Some(Key256::from_bytes(*out))
+}

@@ -1,0 +1,17 @@
+//! kmsfs: a FUSE filesystem that encrypts a directory tree with per-file data keys wrapped by a
+//! built-in, AWS-KMS-style key manager.
+//!
+//! Layers, top to bottom (dependencies point down only; see DESIGN.md §9):
+//! `cli` → `fuse` → `vfs` → `keymgr` → `content` / `names` → `format` → `crypto`.
+
+pub mod content;
+pub mod crypto;
+pub mod format;
+pub mod fsutil;
+pub mod keymgr;
+pub mod names;
+pub mod cli {
+    pub fn main() -> i32 {
+        0
+    }
+}
