@@ -4,14 +4,12 @@
 //! Layers, top to bottom (dependencies point down only; see DESIGN.md §9):
 //! `cli` → `fuse` → `vfs` → `keymgr` → `content` / `names` → `format` → `crypto`.
 
+pub mod cli;
 pub mod content;
 pub mod crypto;
 pub mod format;
 pub mod fsutil;
+pub mod fuse;
 pub mod keymgr;
 pub mod names;
-pub mod cli {
-    pub fn main() -> i32 {
-        0
-    }
-}
+pub mod vfs;

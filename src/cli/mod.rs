@@ -1,0 +1,113 @@
+//! The `kmsfs` command line: argument parsing, prompts, exit codes. Each subcommand lives in its
+//! own file; they call into keymgr/vfs/fuse and turn errors into [`CliError`]s.
+
+mod error;
+pub mod exit_code;
+mod mount_cmd;
+mod secrets;
+mod volume_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use error::CliError;
+use secrets::{SecretSource, UnlockSource};
+
+#[derive(Parser, Debug)]
+#[command(name = "kmsfs", version, about = "Encrypted FUSE file system with a built-in, AWS-KMS-style key manager")]
+#[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage, 10 not a volume, 11 volume needs newer kmsfs, 12 wrong \
+passphrase, 13 damaged key store/config, 14 bad mount point, 15 init dir not empty, 16 passphrase input, 17 mount \
+failed, 18 not mounted, 19 already mounted.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct PassArgs {
+    /// Read the passphrase from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "extpass")]
+    passfile: Option<PathBuf>,
+    /// Run CMD (with /bin/sh -c) and use the first line of its output as the passphrase.
+    #[arg(long, value_name = "CMD")]
+    extpass: Option<String>,
+}
+
+impl PassArgs {
+    fn source(&self) -> SecretSource {
+        SecretSource { passfile: self.passfile.clone(), extpass: self.extpass.clone() }
+    }
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    pass: PassArgs,
+    /// Unlock with the recovery key instead of the passphrase (asked at the terminal).
+    #[arg(long, conflicts_with_all = ["passfile", "extpass"])]
+    recovery_key: bool,
+    /// Unlock with the recovery key read from FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["passfile", "extpass", "recovery_key"])]
+    recovery_key_file: Option<PathBuf>,
+}
+
+impl UnlockArgs {
+    fn source(&self) -> UnlockSource {
+        UnlockSource { secret: self.pass.source(), recovery_key: self.recovery_key, recovery_key_file: self.recovery_key_file.clone() }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new volume in an empty (or new) directory.
+    Init(volume_cmd::InitArgs),
+    /// Change the passphrase (needs the old passphrase or the recovery key). Files are not touched.
+    Passwd(volume_cmd::PasswdArgs),
+    /// Show a volume's format, id, KDF parameters and key count (no passphrase needed).
+    Info(volume_cmd::InfoArgs),
+    /// Mount a volume. Returns once the mount is ready (use -f to stay in the foreground).
+    Mount(mount_cmd::MountArgs),
+    /// Unmount a mounted volume.
+    #[command(alias = "umount")]
+    Unmount(mount_cmd::UnmountArgs),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit_code::USAGE } else { exit_code::OK };
+        }
+    };
+    let r = match cli.command {
+        Command::Init(a) => volume_cmd::init(&a),
+        Command::Passwd(a) => volume_cmd::passwd(&a),
+        Command::Info(a) => volume_cmd::info(&a),
+        Command::Mount(a) => mount_cmd::mount(&a),
+        Command::Unmount(a) => mount_cmd::unmount(&a),
+    };
+    match r {
+        Ok(()) => exit_code::OK,
+        Err(e) => {
+            eprintln!("kmsfs: {}", e.message);
+            if let Some(h) = e.hint {
+                eprintln!("kmsfs: hint: {h}");
+            }
+            e.code
+        }
+    }
+}
+
+/// Logging to stderr, filtered by `KMSFS_LOG` (e.g. `KMSFS_LOG=debug`), `warn` by default.
+pub(crate) fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSFS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}

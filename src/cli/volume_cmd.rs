@@ -1,0 +1,140 @@
+//! `kmsfs init`, `kmsfs passwd`, `kmsfs info`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::error::CliError;
+use super::exit_code as code;
+use super::{PassArgs, UnlockArgs};
+use crate::crypto::KdfParams;
+use crate::keymgr::{InitOptions, VolumeInfo, format_recovery_key};
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Directory to create the volume in (created if missing; must be empty).
+    cipherdir: PathBuf,
+    #[command(flatten)]
+    pass: PassArgs,
+    /// Store file names unencrypted (contents stay encrypted).
+    #[arg(long)]
+    plaintext_names: bool,
+    /// Plaintext bytes per encrypted block (power of two, 512..=1048576).
+    #[arg(long, default_value_t = crate::format::block::DEFAULT_BLOCK_SIZE)]
+    block_size: u32,
+    /// Argon2id memory in KiB (default 65536 = 64 MiB).
+    #[arg(long, value_name = "KIB")]
+    kdf_memory_kib: Option<u32>,
+    /// Argon2id passes (default 3).
+    #[arg(long, value_name = "N")]
+    kdf_iterations: Option<u32>,
+    /// Argon2id lanes (default 1).
+    #[arg(long, value_name = "N")]
+    kdf_parallelism: Option<u32>,
+    /// Do not create a recovery key.
+    #[arg(long)]
+    no_recovery_key: bool,
+    /// Write the recovery key to FILE (mode 0600) instead of printing it.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_recovery_key")]
+    recovery_key_file: Option<PathBuf>,
+}
+
+/// `KMSFS_INSECURE_FAST_KDF=1` selects [`KdfParams::FAST_INSECURE`] (for tests only).
+fn kdf_params(a: &InitArgs) -> KdfParams {
+    let base = if std::env::var("KMSFS_INSECURE_FAST_KDF").is_ok_and(|v| v == "1") { KdfParams::FAST_INSECURE } else { KdfParams::DEFAULT };
+    KdfParams {
+        memory_kib: a.kdf_memory_kib.unwrap_or(base.memory_kib),
+        iterations: a.kdf_iterations.unwrap_or(base.iterations),
+        parallelism: a.kdf_parallelism.unwrap_or(base.parallelism),
+    }
+}
+
+pub fn init(a: &InitArgs) -> Result<(), CliError> {
+    let opts = InitOptions {
+        kdf: kdf_params(a),
+        plaintext_names: a.plaintext_names,
+        block_size: a.block_size,
+        recovery_key: !a.no_recovery_key,
+    };
+    // Check the directory before asking for a passphrase.
+    if a.cipherdir.is_dir() && std::fs::read_dir(&a.cipherdir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        return Err(crate::keymgr::VolumeError::NotEmpty(a.cipherdir.clone()).into());
+    }
+    let pass = a.pass.source().new_passphrase("New passphrase")?;
+    let rk = crate::keymgr::init(&a.cipherdir, &pass, &opts)?;
+    println!("Created kmsfs volume in {}", a.cipherdir.display());
+    if let Some(rk) = rk {
+        let shown = zeroize::Zeroizing::new(format_recovery_key(&rk));
+        match &a.recovery_key_file {
+            Some(f) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(f)
+                    .map_err(|e| CliError::new(code::ERROR, format!("cannot write recovery key file {}: {e}", f.display())))?;
+                writeln!(file, "{}", shown.as_str()).map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", f.display())))?;
+                println!("Recovery key written to {}. Keep it offline: it unlocks the volume without the passphrase.", f.display());
+            }
+            None => {
+                println!();
+                println!("Your recovery key (shown only this once; keep it offline, it unlocks the volume without the passphrase):");
+                println!();
+                println!("    {}", shown.as_str());
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PasswdArgs {
+    cipherdir: PathBuf,
+    #[command(flatten)]
+    old: UnlockArgs,
+    /// Read the new passphrase from the first line of FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "new_extpass")]
+    new_passfile: Option<PathBuf>,
+    /// Run CMD and use the first line of its output as the new passphrase.
+    #[arg(long, value_name = "CMD")]
+    new_extpass: Option<String>,
+}
+
+pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
+    crate::keymgr::probe(&a.cipherdir)?;
+    let old = a.old.source().get()?;
+    let new = super::SecretSource { passfile: a.new_passfile.clone(), extpass: a.new_extpass.clone() }.new_passphrase("New passphrase")?;
+    crate::keymgr::passwd(&a.cipherdir, &old, &new, None)?;
+    println!("Passphrase changed for {}", a.cipherdir.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    cipherdir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn info(a: &InfoArgs) -> Result<(), CliError> {
+    let i = VolumeInfo::read(&a.cipherdir)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
+        return Ok(());
+    }
+    println!("path:            {}", i.path.display());
+    println!("format version:  {}", i.format_version);
+    println!("volume id:       {}", i.volume_id);
+    println!("block size:      {}", i.block_size);
+    println!("KDF:             {} memory={} KiB iterations={} parallelism={}", i.kdf_algorithm, i.kdf_memory_kib, i.kdf_iterations, i.kdf_parallelism);
+    println!("features:        {}", i.features.join(", "));
+    println!("created:         {} by {}", i.created, i.creator);
+    println!("keys:            {}", i.key_count);
+    println!("unlock slots:    {}", i.unlock_slots.join(", "));
+    println!("key store gen.:  {}", i.key_store_generation);
+    Ok(())
+}

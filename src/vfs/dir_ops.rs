@@ -1,0 +1,263 @@
+//! Operations on names: lookup, mkdir, rmdir, unlink, rename, link, symlink, readlink, mknod.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use super::inode::Node;
+use super::{Attr, Caller, Kind, Result, Vfs, VfsError};
+use crate::format::DirId;
+use crate::names::{CipherName, DIRID_FILE, LONG_NAME_SUFFIX};
+
+/// Rename flags the model understands (values of renameat2(2)).
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+impl Vfs {
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let dir = self.dir_node(parent)?;
+        let cn = self.cipher_name(&dir, name).map_err(|e| match e {
+            // Looking up a reserved name finds nothing.
+            VfsError::Name(crate::names::NameError::Reserved) => VfsError::Sys(Errno::NOENT),
+            e => e,
+        })?;
+        Ok(self.intern_child(&dir, &cn.entry)?.1)
+    }
+
+    /// Writes the side file of a long name if it is not there yet; returns whether it wrote it.
+    fn write_side_file(&self, dir: &Node, cn: &CipherName) -> Result<bool> {
+        let (Some(side), Some(long)) = (cn.side_file(), &cn.long) else { return Ok(false) };
+        match rustix::fs::openat(&dir.fd, &side, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from(0o400)) {
+            Ok(fd) => {
+                let f = std::fs::File::from(fd);
+                std::io::Write::write_all(&mut &f, long.as_bytes())?;
+                Ok(true)
+            }
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn remove_side_file(&self, dir: &Node, cn: &CipherName) {
+        if let Some(side) = cn.side_file() {
+            let _ = rustix::fs::unlinkat(&dir.fd, &side, AtFlags::empty());
+        }
+    }
+
+    /// Runs `make` to create the entry `cn` in `dir`, with the long-name side file written first
+    /// and removed again if `make` fails.
+    pub(super) fn create_entry<T>(&self, dir: &Node, cn: &CipherName, make: impl FnOnce() -> Result<T>) -> Result<T> {
+        let wrote = self.write_side_file(dir, cn)?;
+        let r = make();
+        if r.is_err() && wrote {
+            self.remove_side_file(dir, cn);
+        }
+        r
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> Result<Attr> {
+        self.check_writable()?;
+        let dir = self.dir_node(parent)?;
+        let cn = self.cipher_name(&dir, name)?;
+        self.create_entry(&dir, &cn, || {
+            // Owner write/search while we write the directory id; the final mode follows.
+            rustix::fs::mkdirat(&dir.fd, &cn.entry, Mode::from((mode & 0o7777) | 0o700))?;
+            let fin = || -> Result<(std::sync::Arc<Node>, Attr)> {
+                let newd = rustix::fs::openat(&dir.fd, &cn.entry, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                if !self.names.plaintext() {
+                    let id = DirId::generate();
+                    let f = rustix::fs::openat(&newd, DIRID_FILE, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from(0o400))?;
+                    std::io::Write::write_all(&mut &std::fs::File::from(f), id.as_bytes())?;
+                }
+                rustix::fs::fchmod(&newd, Mode::from(mode & 0o7777))?;
+                self.set_owner(&dir, &newd, caller)?;
+                self.intern_child(&dir, &cn.entry)
+            };
+            match fin() {
+                Ok((_, attr)) => Ok(attr),
+                Err(e) => {
+                    let _ = self.remove_dir_contents_and_dir(&dir, &cn.entry);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// Removes a directory that holds nothing but kmsfs-internal files.
+    fn remove_dir_contents_and_dir(&self, dir: &Node, entry: &OsStr) -> Result<()> {
+        let d = rustix::fs::openat(&dir.fd, entry, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        let mut dirid = None;
+        let mut orphans = Vec::new();
+        for e in rustix::fs::Dir::read_from(&d)? {
+            let e = e?;
+            let n = e.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            if n == DIRID_FILE.as_bytes() {
+                dirid = Some(());
+                continue;
+            }
+            // A long-name side file whose entry is gone (left by a crash) does not count.
+            if let Some(base) = n.strip_suffix(LONG_NAME_SUFFIX.as_bytes()) {
+                if n.starts_with(crate::names::LONG_NAME_PREFIX.as_bytes())
+                    && rustix::fs::statat(&d, OsStr::from_bytes(base), AtFlags::SYMLINK_NOFOLLOW).is_err()
+                {
+                    orphans.push(OsString::from(OsStr::from_bytes(n)));
+                    continue;
+                }
+            }
+            return Err(Errno::NOTEMPTY.into());
+        }
+        let saved = match dirid {
+            Some(()) => read_small(&d, DIRID_FILE),
+            None => None,
+        };
+        for o in &orphans {
+            let _ = rustix::fs::unlinkat(&d, o, AtFlags::empty());
+        }
+        if dirid.is_some() {
+            rustix::fs::unlinkat(&d, DIRID_FILE, AtFlags::empty())?;
+        }
+        if let Err(e) = rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR) {
+            // Put the directory id back so the directory stays usable.
+            if let Some(b) = saved {
+                if let Ok(f) = rustix::fs::openat(&d, DIRID_FILE, OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC, Mode::from(0o400)) {
+                    let _ = std::io::Write::write_all(&mut &std::fs::File::from(f), &b);
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.check_writable()?;
+        let dir = self.dir_node(parent)?;
+        let cn = self.cipher_name(&dir, name)?;
+        let st = rustix::fs::statat(&dir.fd, &cn.entry, AtFlags::SYMLINK_NOFOLLOW)?;
+        if Kind::from_mode(st.st_mode) != Kind::Dir {
+            return Err(Errno::NOTDIR.into());
+        }
+        self.remove_dir_contents_and_dir(&dir, &cn.entry)?;
+        self.remove_side_file(&dir, &cn);
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.check_writable()?;
+        let dir = self.dir_node(parent)?;
+        let cn = self.cipher_name(&dir, name)?;
+        rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty())?;
+        self.remove_side_file(&dir, &cn);
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+        self.check_writable()?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+            return Err(VfsError::Invalid("unsupported rename flag"));
+        }
+        let from_dir = self.dir_node(parent)?;
+        let to_dir = self.dir_node(newparent)?;
+        let from = self.cipher_name(&from_dir, name)?;
+        let to = self.cipher_name(&to_dir, newname)?;
+        let mut rf = RenameFlags::empty();
+        if flags & RENAME_NOREPLACE != 0 {
+            rf |= RenameFlags::NOREPLACE;
+        }
+        if flags & RENAME_EXCHANGE != 0 {
+            rf |= RenameFlags::EXCHANGE;
+        }
+        let wrote = self.write_side_file(&to_dir, &to)?;
+        if let Err(e) = rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf) {
+            if wrote {
+                self.remove_side_file(&to_dir, &to);
+            }
+            return Err(e.into());
+        }
+        // After an exchange both names still exist; otherwise the old name is gone.
+        if flags & RENAME_EXCHANGE == 0 && !(from_dir.ino == to_dir.ino && from.entry == to.entry) {
+            self.remove_side_file(&from_dir, &from);
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        self.check_writable()?;
+        let node = self.node(ino)?;
+        if node.kind == Kind::Dir {
+            return Err(Errno::PERM.into());
+        }
+        let dir = self.dir_node(newparent)?;
+        let cn = self.cipher_name(&dir, newname)?;
+        self.create_entry(&dir, &cn, || {
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, go through /proc.
+            let r = rustix::fs::linkat(&node.fd, "", &dir.fd, &cn.entry, AtFlags::EMPTY_PATH);
+            if let Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) = r {
+                rustix::fs::linkat(rustix::fs::CWD, node.proc_path().as_str(), &dir.fd, &cn.entry, AtFlags::SYMLINK_FOLLOW)?;
+            } else {
+                r?;
+            }
+            Ok(self.intern_child(&dir, &cn.entry)?.1)
+        })
+    }
+
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: &Caller) -> Result<Attr> {
+        self.check_writable()?;
+        let dir = self.dir_node(parent)?;
+        let cn = self.cipher_name(&dir, name)?;
+        let stored = self.names.encrypt_symlink(target.as_bytes())?;
+        self.create_entry(&dir, &cn, || {
+            rustix::fs::symlinkat(stored.as_str(), &dir.fd, &cn.entry)?;
+            let (node, attr) = self.intern_child(&dir, &cn.entry)?;
+            if self.chown_new {
+                self.set_owner(&dir, &node.fd, caller)?;
+                return self.stat_node(&node);
+            }
+            Ok(attr)
+        })
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Symlink {
+            return Err(Errno::INVAL.into());
+        }
+        let stored = rustix::fs::readlinkat(&node.fd, "", Vec::new())?;
+        self.names
+            .decrypt_symlink(stored.as_bytes())
+            .map_err(|_| self.damaged(&node, "symlink target failed authentication".into()))
+    }
+
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, caller: &Caller) -> Result<Attr> {
+        self.check_writable()?;
+        if Kind::from_mode(mode) == Kind::File {
+            let (attr, fh) = self.create(parent, name, mode, libc::O_WRONLY | libc::O_EXCL, caller)?;
+            self.release(fh)?;
+            return Ok(attr);
+        }
+        let dir = self.dir_node(parent)?;
+        let cn = self.cipher_name(&dir, name)?;
+        let ft = rustix::fs::FileType::from_raw_mode(mode);
+        self.create_entry(&dir, &cn, || {
+            rustix::fs::mknodat(&dir.fd, &cn.entry, ft, Mode::from(mode & 0o7777), rdev.into())?;
+            let (node, attr) = self.intern_child(&dir, &cn.entry)?;
+            if self.chown_new {
+                self.set_owner(&dir, &node.fd, caller)?;
+                return self.stat_node(&node);
+            }
+            Ok(attr)
+        })
+    }
+}
+
+/// Reads a small file relative to a directory descriptor.
+fn read_small(dir: &impl std::os::fd::AsFd, name: &str) -> Option<Vec<u8>> {
+    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).ok()?;
+    Some(buf)
+}

@@ -1,0 +1,105 @@
+//! Directory listing: opendir takes a snapshot of the decrypted entries; readdir serves it by
+//! index (the offset the kernel passes back is the index of the next entry). Entries whose names
+//! fail to decrypt are skipped and logged, never shown as garbage.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Mutex;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use super::inode::ROOT_INO;
+use super::{Kind, Result, Vfs};
+use crate::names::{EntryKind, LONG_NAME_SUFFIX};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: OsString,
+}
+
+#[derive(Debug)]
+pub struct DirHandle {
+    ino: u64,
+    entries: Mutex<Vec<DirEntry>>,
+}
+
+impl Vfs {
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let entries = self.list_dir(ino)?;
+        let fh = self.new_fh();
+        self.dirs.insert(fh, DirHandle { ino, entries: Mutex::new(entries) });
+        Ok(fh)
+    }
+
+    /// Entries from index `offset` on. Offset 0 (a rewind) takes a fresh snapshot.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        let h = self.dirs.get(&fh).ok_or(super::VfsError::BadHandle(fh))?;
+        let mut e = h.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if offset == 0 {
+            *e = self.list_dir(h.ino)?;
+        }
+        Ok(e.iter().skip(offset as usize).cloned().collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+
+    /// The decrypted listing of a directory, with `.` and `..` first.
+    pub fn list_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let dir = self.dir_node(ino)?;
+        let dir_id = self.dir_id(&dir)?;
+        let fd = rustix::fs::openat(&dir.fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let parent_ino = if ino == ROOT_INO {
+            ROOT_INO
+        } else {
+            self.inodes.map_ino(rustix::fs::statat(&fd, "..", AtFlags::empty())?.st_ino)
+        };
+        let mut out = vec![
+            DirEntry { ino, kind: Kind::Dir, name: ".".into() },
+            DirEntry { ino: parent_ino, kind: Kind::Dir, name: "..".into() },
+        ];
+        let at_root = ino == ROOT_INO;
+        for e in rustix::fs::Dir::read_from(&fd)? {
+            let e = e?;
+            let raw = e.file_name().to_bytes();
+            if raw == b"." || raw == b".." {
+                continue;
+            }
+            let plain = match self.names.classify(raw, at_root) {
+                EntryKind::Internal => continue,
+                EntryKind::Long => {
+                    let mut side = raw.to_vec();
+                    side.extend_from_slice(LONG_NAME_SUFFIX.as_bytes());
+                    match read_side(&fd, OsStr::from_bytes(&side)) {
+                        Some(enc) => self.names.decrypt(&dir_id, &enc),
+                        None => Err(crate::names::NameError::Undecryptable),
+                    }
+                }
+                EntryKind::Name(n) => self.names.decrypt(&dir_id, n),
+            };
+            let Ok(plain) = plain else {
+                tracing::warn!(dir = %self.label(&dir), entry = %String::from_utf8_lossy(raw), "skipping entry whose name does not decrypt (modified or moved here)");
+                continue;
+            };
+            let kind = match e.file_type() {
+                rustix::fs::FileType::Unknown => match rustix::fs::statat(&fd, e.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => Kind::from_mode(st.st_mode),
+                    Err(_) => continue,
+                },
+                ft => Kind::from_mode(ft.as_raw_mode()),
+            };
+            out.push(DirEntry { ino: self.inodes.map_ino(e.ino()), kind, name: OsString::from(OsStr::from_bytes(&plain)) });
+        }
+        Ok(out)
+    }
+}
+
+fn read_side(dir: &impl std::os::fd::AsFd, name: &OsStr) -> Option<Vec<u8>> {
+    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).ok()?;
+    Some(buf)
+}

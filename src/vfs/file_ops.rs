@@ -1,0 +1,256 @@
+//! Operations on regular files: create, open, read, write, release, fsync, fallocate.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use super::inode::Node;
+use super::open_file::{FileState, OpenFile, read_header};
+use super::{Attr, Caller, Handle, Kind, Result, Vfs, VfsError};
+use crate::content::FileCipher;
+
+/// The parts of open(2)'s flags the model acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub write: bool,
+    pub truncate: bool,
+    pub append: bool,
+}
+
+impl OpenOptions {
+    pub fn from_flags(flags: i32) -> Self {
+        let acc = flags & libc::O_ACCMODE;
+        OpenOptions {
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            truncate: flags & libc::O_TRUNC != 0,
+            append: flags & libc::O_APPEND != 0,
+        }
+    }
+}
+
+/// FALLOC_FL_KEEP_SIZE
+const FALLOC_KEEP_SIZE: i32 = 1;
+
+impl Vfs {
+    /// Opens the backing file read-write if possible (one descriptor serves every handle of the
+    /// inode), read-only otherwise.
+    fn open_backing(node: &Node, want_write: bool) -> Result<(File, bool)> {
+        let path = node.proc_path();
+        match rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => Ok((File::from(fd), true)),
+            Err(Errno::ACCESS | Errno::ROFS | Errno::PERM) if !want_write => {
+                let fd = rustix::fs::open(path.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+                Ok((File::from(fd), false))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The shared content state of `node`, opened (header read, DEK unwrapped) on first use.
+    /// Counts one reference; balance with [`Vfs::put_open_file`].
+    fn get_open_file(&self, node: &Node, want_write: bool) -> Result<Arc<OpenFile>> {
+        use dashmap::mapref::entry::Entry;
+        match self.open_files.entry(node.ino) {
+            Entry::Occupied(mut e) => {
+                let of = e.get().0.clone();
+                if want_write {
+                    let mut st = of.write_state();
+                    if !st.writable {
+                        let (f, w) = Self::open_backing(node, true)?;
+                        st.file = f;
+                        st.writable = w;
+                    }
+                }
+                e.get_mut().1 += 1;
+                Ok(of)
+            }
+            Entry::Vacant(v) => {
+                let (file, writable) = Self::open_backing(node, want_write)?;
+                let label = self.label(node);
+                let header = read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
+                let dek = self.km.unwrap_dek(&header).map_err(|e| {
+                    if let crate::keymgr::KeyError::UnwrapFailed(_) = e {
+                        tracing::error!(path = %label, "integrity failure: {e}");
+                    } else {
+                        tracing::warn!(path = %label, "cannot open: {e}");
+                    }
+                    VfsError::Key(e)
+                })?;
+                let cipher_len = file.metadata()?.len();
+                let size = self
+                    .layout
+                    .plain_size(cipher_len)
+                    .ok_or_else(|| self.damaged(node, format!("cipher size {cipher_len} is impossible (truncated or padded)")))?;
+                let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
+                let of = Arc::new(OpenFile::new(node.ino, label, self.layout, FileState { file, writable, cipher, header, size }));
+                v.insert((of.clone(), 1));
+                Ok(of)
+            }
+        }
+    }
+
+    fn put_open_file(&self, ino: u64) {
+        use dashmap::mapref::entry::Entry;
+        if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
+            e.get_mut().1 -= 1;
+            if e.get().1 == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    fn add_handle(&self, ino: u64, file: Arc<OpenFile>, append: bool) -> u64 {
+        let fh = self.new_fh();
+        self.handles.insert(fh, Handle { ino, file, append });
+        fh
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let o = OpenOptions::from_flags(flags);
+        if o.write || o.truncate {
+            self.check_writable()?;
+        }
+        let node = self.node(ino)?;
+        match node.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(Errno::ISDIR.into()),
+            _ => return Err(Errno::INVAL.into()),
+        }
+        let of = self.get_open_file(&node, o.write || o.truncate)?;
+        if o.truncate {
+            if let Err(e) = of.truncate(0) {
+                self.put_open_file(ino);
+                return Err(e);
+            }
+        }
+        Ok(self.add_handle(ino, of, o.append))
+    }
+
+    /// Creates and opens a regular file. Without O_EXCL an existing file is opened instead.
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, caller: &Caller) -> Result<(Attr, u64)> {
+        self.check_writable()?;
+        let dir = self.dir_node(parent)?;
+        let cn = self.cipher_name(&dir, name)?;
+        let made = self.create_file_entry(&dir, &cn, mode, caller);
+        let (node, attr, of) = match made {
+            Err(VfsError::Sys(Errno::EXIST)) if flags & libc::O_EXCL == 0 => {
+                let attr = self.lookup(parent, name)?;
+                let fh = self.open(attr.ino, flags)?;
+                let attr = self.getattr(attr.ino)?;
+                return Ok((attr, fh));
+            }
+            r => r?,
+        };
+        let o = OpenOptions::from_flags(flags);
+        self.open_files.insert(node.ino, (of.clone(), 1));
+        Ok((attr, self.add_handle(node.ino, of, o.append)))
+    }
+
+    /// Creates the backing file with its header and an empty final block.
+    fn create_file_entry(&self, dir: &Node, cn: &crate::names::CipherName, mode: u32, caller: &Caller) -> Result<(Arc<Node>, Attr, Arc<OpenFile>)> {
+        self.create_entry(dir, cn, || {
+            let fd = rustix::fs::openat(
+                &dir.fd,
+                &cn.entry,
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from(mode & 0o7777),
+            )?;
+            let file = File::from(fd);
+            let init = || -> Result<(FileState, Arc<Node>, Attr)> {
+                self.set_owner(dir, &file, caller)?;
+                let (header, dek) = self.km.new_file()?;
+                let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
+                let mut fin = Vec::new();
+                cipher.encrypt_blocks(0, &[], 0, &mut fin);
+                let mut bytes = header.encode().to_vec();
+                bytes.extend_from_slice(&fin);
+                file.write_all_at(&bytes, 0)?;
+                let (node, attr) = self.intern_child(dir, &cn.entry)?;
+                let st = FileState { file: file.try_clone()?, writable: true, cipher, header, size: 0 };
+                Ok((st, node, attr))
+            };
+            match init() {
+                Ok((st, node, attr)) => {
+                    let of = Arc::new(OpenFile::new(node.ino, self.label(&node), self.layout, st));
+                    Ok((node, attr, of))
+                }
+                Err(e) => {
+                    let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, rustix::fs::AtFlags::empty());
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn handle_file(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
+        let h = self.handles.get(&fh).ok_or(VfsError::BadHandle(fh))?;
+        Ok((h.file.clone(), h.append))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (f, _) = self.handle_file(fh)?;
+        f.read(offset, size)
+    }
+
+    /// Writes and returns the number of bytes written.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.check_writable()?;
+        let (f, append) = self.handle_file(fh)?;
+        f.write(offset, data, append)?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        self.handle_file(fh).map(|_| ())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let (f, _) = self.handle_file(fh)?;
+        f.fsync(datasync)
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let (_, h) = self.handles.remove(&fh).ok_or(VfsError::BadHandle(fh))?;
+        self.put_open_file(h.ino);
+        Ok(())
+    }
+
+    /// fallocate(2): mode 0 extends the file (the range is stored as encrypted zeros, so it is
+    /// allocated); KEEP_SIZE succeeds without change; hole punching is not supported.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        self.check_writable()?;
+        let (f, _) = self.handle_file(fh)?;
+        match mode {
+            0 => {
+                let end = offset.checked_add(length).ok_or(VfsError::Invalid("offset + length overflows"))?;
+                if end > f.size() {
+                    f.truncate(end)?;
+                }
+                Ok(())
+            }
+            FALLOC_KEEP_SIZE => Ok(()),
+            _ => Err(VfsError::NotSupported("fallocate mode")),
+        }
+    }
+
+    /// Truncates through an existing handle or a temporary open.
+    pub(super) fn truncate_ino(&self, node: &Node, fh: Option<u64>, size: u64) -> Result<()> {
+        self.check_writable()?;
+        if node.kind != Kind::File {
+            return Err(if node.kind == Kind::Dir { Errno::ISDIR } else { Errno::INVAL }.into());
+        }
+        if let Some(fh) = fh {
+            if let Ok((f, _)) = self.handle_file(fh) {
+                return f.truncate(size);
+            }
+        }
+        let of = self.get_open_file(node, true)?;
+        let r = of.truncate(size);
+        self.put_open_file(node.ino);
+        r
+    }
+}

@@ -1,0 +1,117 @@
+//! The inode table.
+//!
+//! Lifetime rules: every inode the kernel knows holds an `O_PATH` descriptor of its backing file,
+//! so renames and hard links need no path bookkeeping and the backing inode number cannot be
+//! reused while the kernel may still name it. Each reply that hands the kernel an entry (lookup,
+//! create, mkdir, mknod, symlink, link) adds one lookup; `forget` subtracts; at zero the node and
+//! its descriptor go. The root (inode 1) is never forgotten.
+//!
+//! Inode numbers are the backing inode numbers (so `readdir`'s d_ino and `stat` agree), except that
+//! the backing root's number is shown as 1 and a backing inode numbered 1 takes the root's number.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::attr::Kind;
+use super::error::{Result, VfsError};
+use crate::format::DirId;
+
+pub const ROOT_INO: u64 = 1;
+
+pub struct Node {
+    pub ino: u64,
+    /// `O_PATH | O_NOFOLLOW` descriptor of the backing file.
+    pub fd: OwnedFd,
+    pub kind: Kind,
+    lookups: AtomicU64,
+    /// The directory's id (encrypted names), read once.
+    pub dir_id: OnceLock<DirId>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("ino", &self.ino).field("kind", &self.kind).finish()
+    }
+}
+
+impl Node {
+    /// `/proc/self/fd/N`: reopens the backing file through its `O_PATH` descriptor.
+    pub fn proc_path(&self) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", self.fd.as_fd().as_raw_fd())
+    }
+}
+
+pub struct InodeTable {
+    nodes: DashMap<u64, Arc<Node>>,
+    root_backing_ino: u64,
+}
+
+impl InodeTable {
+    pub fn new(root_fd: OwnedFd, root_backing_ino: u64) -> Self {
+        let nodes = DashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Arc::new(Node { ino: ROOT_INO, fd: root_fd, kind: Kind::Dir, lookups: AtomicU64::new(1), dir_id: OnceLock::new() }),
+        );
+        InodeTable { nodes, root_backing_ino }
+    }
+
+    /// The inode number shown for a backing inode number.
+    pub fn map_ino(&self, backing: u64) -> u64 {
+        if backing == self.root_backing_ino {
+            ROOT_INO
+        } else if backing == ROOT_INO {
+            self.root_backing_ino
+        } else {
+            backing
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes.get(&ino).map(|n| n.clone()).ok_or(VfsError::Stale(ino))
+    }
+
+    /// Registers (or finds) the node for a backing file and counts one lookup. `fd` is dropped if
+    /// the node already exists.
+    pub fn intern(&self, fd: OwnedFd, backing_ino: u64, kind: Kind) -> Arc<Node> {
+        let ino = self.map_ino(backing_ino);
+        match self.nodes.entry(ino) {
+            Entry::Occupied(e) => {
+                e.get().lookups.fetch_add(1, Ordering::Relaxed);
+                e.get().clone()
+            }
+            Entry::Vacant(v) => {
+                let n = Arc::new(Node { ino, fd, kind, lookups: AtomicU64::new(1), dir_id: OnceLock::new() });
+                v.insert(n.clone());
+                n
+            }
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Entry::Occupied(e) = self.nodes.entry(ino) {
+            let left = e.get().lookups.load(Ordering::Relaxed).saturating_sub(n);
+            e.get().lookups.store(left, Ordering::Relaxed);
+            if left == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}

@@ -1,0 +1,261 @@
+//! vfs is the filesystem model: inodes, handles and POSIX semantics over an encrypted backing
+//! directory. It knows nothing of FUSE (the `fuse` adapter translates), so it is tested without a
+//! mount. Operations are grouped by file: `dir_ops` (names), `dir_read` (readdir), `file_ops`
+//! (open/read/write), `attr_ops` (getattr/setattr), `xattr_ops`.
+
+mod attr;
+mod attr_ops;
+mod dir_ops;
+mod dir_read;
+mod error;
+mod file_ops;
+mod inode;
+mod open_file;
+mod xattr_ops;
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+pub use attr::{Attr, Kind};
+pub use dir_read::DirEntry;
+pub use error::{Result, VfsError};
+pub use inode::ROOT_INO;
+pub use attr_ops::{SetAttr, SetTime};
+pub use dir_ops::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+pub use file_ops::OpenOptions;
+pub use xattr_ops::XattrReply;
+
+use crate::format::DirId;
+use crate::format::offsets::Layout;
+use crate::keymgr::KeyManager;
+use crate::names::{CipherName, DIRID_FILE, Names};
+use inode::{InodeTable, Node};
+use open_file::OpenFile;
+
+/// Who is asking (from the FUSE request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VfsOptions {
+    pub read_only: bool,
+}
+
+/// An open file handle.
+#[derive(Debug)]
+struct Handle {
+    ino: u64,
+    file: Arc<OpenFile>,
+    append: bool,
+}
+
+/// File system statistics of the backing store.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+pub struct Vfs {
+    root: PathBuf,
+    km: Arc<KeyManager>,
+    names: Names,
+    layout: Layout,
+    block_size: u32,
+    inodes: InodeTable,
+    handles: DashMap<u64, Handle>,
+    dirs: DashMap<u64, dir_read::DirHandle>,
+    /// One shared content state per open inode, with its handle count.
+    open_files: DashMap<u64, (Arc<OpenFile>, usize)>,
+    next_fh: AtomicU64,
+    /// We run as root: new files get the caller's ownership.
+    chown_new: bool,
+    opts: VfsOptions,
+}
+
+impl std::fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vfs").field("root", &self.root).finish()
+    }
+}
+
+impl Vfs {
+    /// A model over the cipher directory `root` of an unlocked volume.
+    pub fn new(root: &Path, km: Arc<KeyManager>, block_size: u32, plaintext_names: bool, opts: VfsOptions) -> Result<Vfs> {
+        let fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let st = rustix::fs::fstat(&fd)?;
+        let names = Names::new(&km.volume_secret(), plaintext_names);
+        Ok(Vfs {
+            root: root.to_path_buf(),
+            km,
+            names,
+            layout: Layout::new(block_size),
+            block_size,
+            inodes: InodeTable::new(fd, st.st_ino),
+            handles: DashMap::new(),
+            dirs: DashMap::new(),
+            open_files: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+            chown_new: rustix::process::geteuid().is_root(),
+            opts,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn key_manager(&self) -> &Arc<KeyManager> {
+        &self.km
+    }
+
+    fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.inodes.get(ino)
+    }
+
+    fn dir_node(&self, ino: u64) -> Result<Arc<Node>> {
+        let n = self.node(ino)?;
+        if n.kind != Kind::Dir {
+            return Err(VfsError::Sys(rustix::io::Errno::NOTDIR));
+        }
+        Ok(n)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.opts.read_only { Err(VfsError::ReadOnly) } else { Ok(()) }
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The id a directory's entry names are bound to.
+    fn dir_id(&self, dir: &Node) -> Result<DirId> {
+        if self.names.plaintext() {
+            return Ok(DirId([0; 16]));
+        }
+        if let Some(id) = dir.dir_id.get() {
+            return Ok(*id);
+        }
+        let fd = rustix::fs::openat(&dir.fd, DIRID_FILE, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| self.damaged(dir, format!("directory id file {DIRID_FILE} unreadable: {e}")))?;
+        let mut b = [0u8; 17];
+        let n = rustix::io::read(&fd, &mut b)?;
+        if n != 16 {
+            return Err(self.damaged(dir, format!("directory id file {DIRID_FILE} has {n} bytes, not 16")));
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[..16]);
+        Ok(*dir.dir_id.get_or_init(|| DirId(id)))
+    }
+
+    /// Logs and returns an integrity error about a backing object.
+    fn damaged(&self, node: &Node, what: String) -> VfsError {
+        let label = self.label(node);
+        tracing::error!(path = %label, ino = node.ino, "integrity failure: {what}");
+        VfsError::Integrity(format!("{label}: {what}"))
+    }
+
+    /// The backing path of a node, for logs (cipher names only).
+    fn label(&self, node: &Node) -> String {
+        std::fs::read_link(node.proc_path()).map(|p| p.display().to_string()).unwrap_or_else(|_| format!("inode {}", node.ino))
+    }
+
+    /// The cipher name of `name` in directory `dir`.
+    fn cipher_name(&self, dir: &Node, name: &OsStr) -> Result<CipherName> {
+        let id = self.dir_id(dir)?;
+        Ok(self.names.encrypt(&id, name.as_bytes(), dir.ino == ROOT_INO)?)
+    }
+
+    /// Stats a child by cipher name and registers it (one lookup).
+    fn intern_child(&self, dir: &Node, entry: &OsStr) -> Result<(Arc<Node>, Attr)> {
+        let fd = rustix::fs::openat(&dir.fd, entry, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        let st = rustix::fs::fstat(&fd)?;
+        let node = self.inodes.intern(fd, st.st_ino, Kind::from_mode(st.st_mode));
+        let attr = self.attr_of(&node, &st);
+        Ok((node, attr))
+    }
+
+    fn attr_of(&self, node: &Node, st: &rustix::fs::Stat) -> Attr {
+        let mut a = Attr::from_stat(st, node.ino, &self.layout);
+        if node.kind == Kind::File {
+            if let Some(of) = self.open_files.get(&node.ino) {
+                a.size = of.0.size();
+            }
+        }
+        a
+    }
+
+    fn stat_node(&self, node: &Node) -> Result<Attr> {
+        let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(self.attr_of(node, &st))
+    }
+
+    /// Gives a new backing object the caller's ownership (when running as root); a set-group-id
+    /// parent directory keeps its group, as the kernel would do.
+    fn set_owner(&self, dir: &Node, fd: impl AsFd, caller: &Caller) -> Result<()> {
+        if !self.chown_new {
+            return Ok(());
+        }
+        let pst = rustix::fs::fstat(&dir.fd)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { caller.gid };
+        rustix::fs::chownat(
+            fd,
+            "",
+            Some(rustix::fs::Uid::from_raw(caller.uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
+        let dir = self.dir_node(ino)?;
+        let fd = rustix::fs::openat(&dir.fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        if datasync { rustix::fs::fdatasync(&fd)? } else { rustix::fs::fsync(&fd)? }
+        Ok(())
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// Number of inodes the kernel holds (for tests and metrics).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let st = rustix::fs::fstatvfs(&self.inodes.get(ROOT_INO)?.fd)?;
+        Ok(StatFs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: crate::names::NAME_MAX as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

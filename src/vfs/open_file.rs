@@ -1,0 +1,230 @@
+//! The content of one open regular file: plaintext reads, read-modify-write of partial blocks,
+//! extension (holes are stored as encrypted zeros, so a zeroed block is always detected), and
+//! truncation. One `OpenFile` per inode, shared by all its handles; the lock makes a writer
+//! exclusive, so concurrent writers never interleave inside a block.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::error::{Result, VfsError};
+use crate::content::FileCipher;
+use crate::format::block::BLOCK_OVERHEAD;
+use crate::format::header::{FileHeader, HEADER_LEN};
+use crate::format::offsets::Layout;
+
+/// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+pub struct FileState {
+    pub file: File,
+    pub writable: bool,
+    pub cipher: FileCipher,
+    pub header: FileHeader,
+    /// Plaintext size; authoritative while the file is open.
+    pub size: u64,
+}
+
+pub struct OpenFile {
+    pub ino: u64,
+    /// Human-readable location for logs: the cipher path (never a plaintext name).
+    pub label: String,
+    layout: Layout,
+    state: RwLock<FileState>,
+}
+
+impl std::fmt::Debug for OpenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFile").field("ino", &self.ino).field("label", &self.label).finish()
+    }
+}
+
+impl OpenFile {
+    pub fn new(ino: u64, label: String, layout: Layout, state: FileState) -> Self {
+        OpenFile { ino, label, layout, state: RwLock::new(state) }
+    }
+
+    pub fn read_state(&self) -> RwLockReadGuard<'_, FileState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write_state(&self) -> RwLockWriteGuard<'_, FileState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.read_state().size
+    }
+
+    fn integrity(&self, what: String) -> VfsError {
+        tracing::error!(file = %self.label, ino = self.ino, "integrity failure: {what}");
+        VfsError::Integrity(format!("{}: {what}", self.label))
+    }
+
+    /// Reads and decrypts blocks `first..=last` of a file of size `size` into plaintext.
+    fn read_blocks(&self, st: &FileState, first: u64, last: u64, out: &mut Vec<u8>) -> Result<()> {
+        let l = &self.layout;
+        let start = l.cipher_offset(first);
+        let last_len = l.block_len(last, st.size).ok_or_else(|| self.integrity(format!("block {last} past end")))?;
+        let end = l.cipher_offset(last) + last_len + BLOCK_OVERHEAD as u64;
+        let mut buf = vec![0u8; (end - start) as usize];
+        read_exact_at(&st.file, &mut buf, start).map_err(|e| match e {
+            VfsError::Integrity(m) => self.integrity(m),
+            other => other,
+        })?;
+        st.cipher
+            .decrypt_blocks(first, &buf, l.final_block(st.size), out)
+            .map_err(|e| self.integrity(format!("block {} failed authentication", e.block)))
+    }
+
+    /// Plaintext `[off, off + len)`, cut at end of file.
+    pub fn read(&self, off: u64, len: u32) -> Result<Vec<u8>> {
+        let st = self.read_state();
+        if off >= st.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = st.size.min(off + u64::from(len));
+        let l = &self.layout;
+        let (first, last) = (l.block_of(off), l.block_of(end - 1));
+        let mut plain = Vec::new();
+        self.read_blocks(&st, first, last, &mut plain)?;
+        let base = l.plain_offset(first);
+        plain.truncate((end - base) as usize);
+        plain.drain(..(off - base) as usize);
+        Ok(plain)
+    }
+
+    /// Writes `data` at `off` (or at end of file when `append`); returns the offset written at.
+    pub fn write(&self, off: u64, data: &[u8], append: bool) -> Result<u64> {
+        let mut st = self.write_state();
+        if !st.writable {
+            return Err(VfsError::Sys(rustix::io::Errno::BADF));
+        }
+        let off = if append { st.size } else { off };
+        if off > st.size {
+            self.extend_zeros(&mut st, off)?;
+        }
+        self.write_locked(&mut st, off, data)?;
+        Ok(off)
+    }
+
+    /// Fills `[size, target)` with zeros. The caller holds the write lock.
+    fn extend_zeros(&self, st: &mut FileState, target: u64) -> Result<()> {
+        let zeros = vec![0u8; ZERO_CHUNK as usize];
+        while st.size < target {
+            let n = (target - st.size).min(ZERO_CHUNK);
+            let at = st.size;
+            self.write_locked(st, at, &zeros[..n as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `off <= size`. Re-encrypts every touched block (read-modify-write at the
+    /// edges), re-marks the final block, and writes everything in one `pwrite`.
+    fn write_locked(&self, st: &mut FileState, off: u64, data: &[u8]) -> Result<()> {
+        debug_assert!(off <= st.size);
+        if data.is_empty() {
+            return Ok(());
+        }
+        let l = self.layout;
+        let bs = l.block_size;
+        let end = off + data.len() as u64;
+        let new_size = st.size.max(end);
+        let first = l.block_of(off);
+        let last = l.block_of(end - 1);
+        let new_final = l.final_block(new_size);
+        let base = l.plain_offset(first);
+        // Plaintext of blocks first..=last after the write.
+        let span_end = new_size.min(l.plain_offset(last + 1));
+        let mut plain = vec![0u8; (span_end - base) as usize];
+        // Old bytes before `off` in the first block.
+        if off > base {
+            let mut old = Vec::new();
+            self.read_blocks(st, first, first, &mut old)?;
+            let n = old.len().min((off - base) as usize);
+            plain[..n].copy_from_slice(&old[..n]);
+        }
+        // Old bytes after `end` in the last block.
+        let last_start = l.plain_offset(last);
+        let old_last_end = st.size.min(last_start + bs);
+        if end < old_last_end {
+            let mut old = Vec::new();
+            self.read_blocks(st, last, last, &mut old)?;
+            let from = (end - last_start) as usize;
+            let dst = (end - base) as usize;
+            plain[dst..dst + old.len() - from].copy_from_slice(&old[from..]);
+        }
+        plain[(off - base) as usize..(end - base) as usize].copy_from_slice(data);
+        let mut out = Vec::with_capacity(plain.len() + (plain.len() / bs as usize + 2) * BLOCK_OVERHEAD);
+        st.cipher.encrypt_blocks(first, &plain, new_final, &mut out);
+        if new_final == last + 1 {
+            // The size became a multiple of the block size: the final block is a new empty one.
+            let mut fin = Vec::new();
+            st.cipher.encrypt_blocks(new_final, &[], new_final, &mut fin);
+            out.extend_from_slice(&fin);
+        }
+        st.file.write_all_at(&out, l.cipher_offset(first))?;
+        st.size = new_size;
+        Ok(())
+    }
+
+    /// Sets the plaintext size.
+    pub fn truncate(&self, new_size: u64) -> Result<()> {
+        let mut st = self.write_state();
+        if !st.writable {
+            return Err(VfsError::Sys(rustix::io::Errno::BADF));
+        }
+        self.truncate_locked(&mut st, new_size)
+    }
+
+    pub fn truncate_locked(&self, st: &mut FileState, new_size: u64) -> Result<()> {
+        use std::cmp::Ordering::*;
+        match new_size.cmp(&st.size) {
+            Equal => Ok(()),
+            Greater => self.extend_zeros(st, new_size),
+            Less => {
+                let l = self.layout;
+                let fin = l.final_block(new_size);
+                let keep = (new_size - l.plain_offset(fin)) as usize;
+                let mut old = Vec::new();
+                if keep > 0 {
+                    self.read_blocks(st, fin, fin, &mut old)?;
+                }
+                old.truncate(keep);
+                let mut out = Vec::new();
+                st.cipher.encrypt_blocks(fin, &old, fin, &mut out);
+                st.file.write_all_at(&out, l.cipher_offset(fin))?;
+                st.file.set_len(l.cipher_size(new_size))?;
+                st.size = new_size;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn fsync(&self, datasync: bool) -> Result<()> {
+        let st = self.read_state();
+        if datasync { st.file.sync_data()? } else { st.file.sync_all()? }
+        Ok(())
+    }
+}
+
+/// `pread` that treats a short read as an integrity failure (the file is shorter than its size).
+fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => return Err(VfsError::Integrity(format!("cipher file ends early at offset {}", off + done as u64))),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and parses the header at the start of a cipher file.
+pub fn read_header(f: &File) -> Result<FileHeader> {
+    let mut b = [0u8; HEADER_LEN];
+    read_exact_at(f, &mut b, 0)?;
+    FileHeader::decode(&b).map_err(|e| VfsError::Integrity(e.to_string()))
+}

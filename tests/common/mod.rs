@@ -1,0 +1,165 @@
+//! Shared harness for tests that mount for real.
+//!
+//! Every mount is a [`Mount`] guard: dropping it (also when a test panics) runs
+//! `fusermount3 -u -z` and kills the daemon, so no mount is left behind. [`with_timeout`] bounds
+//! a test body; on timeout the guard's drop unblocks any hung system call (ENOTCONN).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASS: &str = "test passphrase";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kmsfs")
+}
+
+/// A kmsfs command with the fast (insecure) KDF for tests.
+pub fn kmsfs() -> Command {
+    let mut c = Command::new(bin());
+    c.env("KMSFS_INSECURE_FAST_KDF", "1");
+    c
+}
+
+/// A temporary volume: cipher dir, mount point and passfile in one temp dir.
+pub struct Volume {
+    pub tmp: tempfile::TempDir,
+    pub cipher: PathBuf,
+    pub mnt: PathBuf,
+    pub passfile: PathBuf,
+}
+
+impl Volume {
+    /// `kmsfs init` with `extra` arguments (e.g. `--plaintext-names`).
+    pub fn new(extra: &[&str]) -> Volume {
+        let tmp = tempfile::Builder::new().prefix("kmsfs-test-").tempdir().expect("tempdir");
+        let cipher = tmp.path().join("cipher");
+        let mnt = tmp.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        let passfile = tmp.path().join("pass");
+        std::fs::write(&passfile, format!("{PASS}\n")).expect("passfile");
+        let out = kmsfs()
+            .arg("init")
+            .arg("--passfile")
+            .arg(&passfile)
+            .arg("--no-recovery-key")
+            .args(extra)
+            .arg(&cipher)
+            .output()
+            .expect("run kmsfs init");
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        Volume { tmp, cipher, mnt, passfile }
+    }
+
+    /// Mounts in the foreground (child process) and waits until the mount is live.
+    pub fn mount(&self) -> Mount {
+        self.mount_with(&[])
+    }
+
+    pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        Mount::start(&self.cipher, &self.mnt, &self.passfile, extra)
+    }
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else { return false };
+    let want = mnt.to_string_lossy().replace(' ', "\\040");
+    m.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+pub struct Mount {
+    pub mnt: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    pub fn start(cipher: &Path, mnt: &Path, passfile: &Path, extra: &[&str]) -> Mount {
+        let child = kmsfs()
+            .arg("mount")
+            .arg("-f")
+            .arg("--passfile")
+            .arg(passfile)
+            .args(extra)
+            .arg(cipher)
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kmsfs mount");
+        let mut m = Mount { mnt: mnt.to_path_buf(), child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = c.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    panic!("kmsfs mount exited early ({status}): {err}");
+                }
+            }
+            assert!(Instant::now() < deadline, "mount did not appear within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Unmounts cleanly and returns the daemon's stderr.
+    pub fn unmount(mut self) -> String {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.mnt).status();
+        let mut err = String::new();
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            if let Some(mut e) = c.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+        }
+        err
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).stderr(Stdio::null()).status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `f` on another thread and fails the test if it takes longer than `secs`. The caller's
+/// guards (created outside `f`) still run their drop on failure.
+pub fn with_timeout<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("test body timed out after {secs} s"),
+    }
+}
+
+/// Runs a shell command, returning its output.
+pub fn sh(cmd: &str) -> Output {
+    Command::new("/bin/sh").arg("-c").arg(cmd).output().expect("run sh")
+}
