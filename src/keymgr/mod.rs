@@ -2,6 +2,7 @@
 //! runtime key manager that wraps new files' DEKs and unwraps existing ones. Later: key lifecycle,
 //! rotation, policies, grants, rules and audit.
 
+pub mod lifecycle;
 mod seal;
 pub mod store;
 mod volume;
@@ -9,6 +10,7 @@ mod volume;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
+pub use lifecycle::{AdminError, KeyMetadata};
 pub use store::{KeyState, KeyStore, KmsKey};
 pub use volume::{
     InitOptions, Unlocked, VolumeInfo, VolumePaths, format_recovery_key, init, parse_recovery_key,
@@ -76,6 +78,9 @@ pub enum KeyError {
     NotUsable(KeyId, KeyState),
     #[error("version {1} of key {0} is not available")]
     VersionUnavailable(KeyId, u32),
+    /// Below the key's minimum decryption version (reversible).
+    #[error("version {1} of key {0} is retired (below the minimum decryption version {2})")]
+    VersionRetired(KeyId, u32, u32),
     #[error("the data key of file {0} failed authentication (header modified or moved)")]
     UnwrapFailed(FileId),
 }
@@ -87,9 +92,14 @@ pub(crate) fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Test-only: seconds added to the wall clock, so tests can pass rotation periods and deletion
+/// windows without waiting. Never set it on a real volume.
+pub const TEST_TIME_OFFSET_ENV: &str = "KMSFS_TEST_TIME_OFFSET_SECS";
+
 /// The runtime key manager of a mounted (or opened) volume.
 pub struct KeyManager {
     state: RwLock<Unlocked>,
+    time_offset: u64,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -100,13 +110,27 @@ impl std::fmt::Debug for KeyManager {
 
 impl KeyManager {
     pub fn new(unlocked: Unlocked) -> Self {
+        let time_offset = std::env::var(TEST_TIME_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         KeyManager {
             state: RwLock::new(unlocked),
+            time_offset,
         }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Unlocked> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Unlocked> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Unix seconds (with the test offset).
+    pub fn now(&self) -> u64 {
+        now_unix() + self.time_offset
     }
 
     pub fn volume_id(&self) -> VolumeId {
@@ -117,10 +141,63 @@ impl KeyManager {
         self.read().store.volume_secret.clone()
     }
 
-    /// A header for a new file under the default key's newest version, and its fresh DEK.
-    pub fn new_file(&self) -> Result<(FileHeader, Key256), KeyError> {
+    /// Runs a read-only query on the store.
+    pub fn query<T>(&self, f: impl FnOnce(&KeyStore) -> T) -> T {
+        f(&self.read().store)
+    }
+
+    /// Applies `f` to a copy of the store and persists it as the next generation. On any error
+    /// (from `f` or from the disk) the previous state stays in force, in memory and on disk.
+    pub fn admin<T>(
+        &self,
+        f: impl FnOnce(&mut KeyStore, u64) -> Result<T, AdminError>,
+    ) -> Result<T, AdminError> {
+        let now = self.now();
+        let mut st = self.write();
+        let mut copy = st.store.clone();
+        let out = f(&mut copy, now)?;
+        let old = std::mem::replace(&mut st.store, copy);
+        if let Err(e) = st.persist() {
+            st.store = old;
+            return Err(AdminError::Invalid(format!(
+                "could not save the key store: {e}"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Time-driven work: automatic rotations and deletions whose window has passed. Persists only
+    /// when something changed. Returns (rotated keys with their new version, destroyed keys).
+    pub fn tick(&self) -> Result<(Vec<(KeyId, u32)>, Vec<KeyId>), AdminError> {
+        let now = self.now();
+        let due = self.query(|s| {
+            s.keys.iter().any(|k| {
+                (k.state == KeyState::PendingDeletion && k.deletion_date.is_some_and(|d| d <= now))
+                    || (k.rotation.enabled
+                        && k.state == KeyState::Enabled
+                        && now
+                            >= k.last_rotation + u64::from(k.rotation.period_days) * lifecycle::DAY)
+            })
+        });
+        if !due {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.admin(|s, now| {
+            Ok((
+                lifecycle::rotate_due(s, now),
+                lifecycle::execute_due_deletions(s, now),
+            ))
+        })
+    }
+
+    /// A header for a new file at `path` (absolute inside the mount; the key rules choose the
+    /// key, else the default key) under the key's newest version, and its fresh DEK.
+    pub fn new_file(&self, path: Option<&str>) -> Result<(FileHeader, Key256), KeyError> {
         let st = self.read();
-        let key_id = st.store.default_key;
+        let key_id = match path {
+            Some(p) => lifecycle::key_for_path(&st.store, p),
+            None => st.store.default_key,
+        };
         let key = st.store.key(&key_id).ok_or(KeyError::UnknownKey(key_id))?;
         if key.state != KeyState::Enabled {
             return Err(KeyError::NotUsable(key_id, key.state));
@@ -145,7 +222,8 @@ impl KeyManager {
         Ok((h, dek))
     }
 
-    /// Unwraps a file's DEK, checking key state and the encryption context.
+    /// Unwraps a file's DEK, checking key state, the minimum decryption version and the
+    /// encryption context.
     pub fn unwrap_dek(&self, h: &FileHeader) -> Result<Key256, KeyError> {
         let st = self.read();
         let key = st
@@ -154,6 +232,13 @@ impl KeyManager {
             .ok_or(KeyError::UnknownKey(h.key_id))?;
         if key.state != KeyState::Enabled {
             return Err(KeyError::NotUsable(h.key_id, key.state));
+        }
+        if h.key_version < key.min_decryption_version {
+            return Err(KeyError::VersionRetired(
+                h.key_id,
+                h.key_version,
+                key.min_decryption_version,
+            ));
         }
         let ver = key
             .version(h.key_version)

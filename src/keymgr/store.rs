@@ -25,6 +25,48 @@ pub struct KeyStore {
     /// `alias/NAME` → key id.
     #[serde(default)]
     pub aliases: BTreeMap<String, KeyId>,
+    /// Key rules: the key for a new file is the one of the longest matching path prefix.
+    #[serde(default)]
+    pub rules: Vec<KeyRule>,
+}
+
+/// `/finance` → key: new files under `/finance` are encrypted under that key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRule {
+    /// Absolute path prefix inside the mount, matched at path-component boundaries.
+    pub prefix: String,
+    pub key: KeyId,
+}
+
+/// Automatic rotation of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationSettings {
+    pub enabled: bool,
+    pub period_days: u32,
+}
+
+impl Default for RotationSettings {
+    fn default() -> Self {
+        RotationSettings {
+            enabled: false,
+            period_days: 365,
+        }
+    }
+}
+
+/// How a key version came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VersionOrigin {
+    /// The first version, made with the key.
+    #[default]
+    Created,
+    /// `rotate` (on demand).
+    OnDemandRotation,
+    /// The rotation period elapsed.
+    AutomaticRotation,
+    /// External material imported (BYOK).
+    Imported,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +89,17 @@ pub struct KmsKey {
     pub versions: Vec<KeyVersion>,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Unix seconds at which a key pending deletion is destroyed.
+    #[serde(default)]
+    pub deletion_date: Option<u64>,
+    #[serde(default)]
+    pub rotation: RotationSettings,
+    /// Unix seconds of the last rotation (or creation): the automatic period counts from here.
+    #[serde(default)]
+    pub last_rotation: u64,
+    /// Versions below this fail to decrypt (reversible). 0 or 1: all versions usable.
+    #[serde(default)]
+    pub min_decryption_version: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +108,11 @@ pub struct KeyVersion {
     pub created: u64,
     /// `None` once the version was destroyed (trim, crypto-shredding).
     pub material: Option<Key256>,
+    #[serde(default)]
+    pub origin: VersionOrigin,
+    /// Unix seconds when the material was destroyed.
+    #[serde(default)]
+    pub destroyed: Option<u64>,
 }
 
 impl KmsKey {
@@ -68,8 +126,14 @@ impl KmsKey {
                 version: 1,
                 created: now,
                 material: Some(Key256::generate()),
+                origin: VersionOrigin::Created,
+                destroyed: None,
             }],
             tags: BTreeMap::new(),
+            deletion_date: None,
+            rotation: RotationSettings::default(),
+            last_rotation: now,
+            min_decryption_version: 0,
         }
     }
 
@@ -85,5 +149,18 @@ impl KmsKey {
 impl KeyStore {
     pub fn key(&self, id: &KeyId) -> Option<&KmsKey> {
         self.keys.iter().find(|k| &k.id == id)
+    }
+
+    pub fn key_mut(&mut self, id: &KeyId) -> Option<&mut KmsKey> {
+        self.keys.iter_mut().find(|k| &k.id == id)
+    }
+
+    /// Aliases pointing at `id`, sorted.
+    pub fn aliases_of(&self, id: &KeyId) -> Vec<String> {
+        self.aliases
+            .iter()
+            .filter(|(_, k)| *k == id)
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 }

@@ -187,7 +187,7 @@ fn info_without_passphrase() {
 fn dek_wrap_round_trip_and_context_binding() {
     let (_t, d, _) = new_volume();
     let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
-    let (h, dek) = km.new_file().unwrap();
+    let (h, dek) = km.new_file(None).unwrap();
     assert_eq!(km.unwrap_dek(&h).unwrap().expose(), dek.expose());
     // Flip any byte of the encoded header: refused by parsing or by the unwrap.
     let enc = h.encode();
@@ -203,4 +203,88 @@ fn dek_wrap_round_trip_and_context_binding() {
     let (_t2, d2, _) = new_volume();
     let km2 = KeyManager::new(unlock(&d2, &Unlock::Passphrase(pw("correct horse"))).unwrap());
     assert!(km2.unwrap_dek(&h).is_err());
+}
+
+#[test]
+fn admin_persists_and_survives_reopen() {
+    let (_t, d, _) = new_volume();
+    let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
+    let id = km
+        .admin(|s, now| lifecycle::create(s, "finance", Default::default(), now))
+        .unwrap();
+    km.admin(|s, _| lifecycle::create_alias(s, "alias/finance", &id))
+        .unwrap();
+    km.admin(|s, _| lifecycle::set_rule(s, "/finance", &id))
+        .unwrap();
+    // A failing operation leaves memory and disk unchanged.
+    assert!(
+        km.admin(|s, _| lifecycle::create_alias(s, "alias/finance", &id))
+            .is_err()
+    );
+    let (h, _) = km.new_file(Some("/finance/q1.xlsx")).unwrap();
+    assert_eq!(h.key_id, id);
+    let (h2, _) = km.new_file(Some("/other")).unwrap();
+    assert_ne!(h2.key_id, id);
+    drop(km);
+    let u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
+    assert_eq!(u.store.aliases["alias/finance"], id);
+    assert_eq!(u.store.rules.len(), 1);
+    assert_eq!(VolumeInfo::read(&d).unwrap().key_count, 2);
+}
+
+#[test]
+fn key_states_enforced_on_unwrap_and_new_files() {
+    let (_t, d, _) = new_volume();
+    let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
+    let id = km
+        .admin(|s, now| lifecycle::create(s, "k", Default::default(), now))
+        .unwrap();
+    km.admin(|s, _| lifecycle::set_rule(s, "/k", &id)).unwrap();
+    let (h, dek) = km.new_file(Some("/k/a")).unwrap();
+    km.admin(|s, _| lifecycle::disable(s, &id)).unwrap();
+    assert_eq!(
+        km.unwrap_dek(&h).err(),
+        Some(KeyError::NotUsable(id, KeyState::Disabled))
+    );
+    assert!(km.new_file(Some("/k/b")).is_err());
+    km.admin(|s, _| lifecycle::enable(s, &id)).unwrap();
+    assert_eq!(km.unwrap_dek(&h).unwrap().expose(), dek.expose());
+    // Rotation: new files use v2; v1 files still open; min version retires v1.
+    km.admin(|s, now| lifecycle::rotate(s, &id, now)).unwrap();
+    let (h2, _) = km.new_file(Some("/k/c")).unwrap();
+    assert_eq!(h2.key_version, 2);
+    assert!(km.unwrap_dek(&h).is_ok());
+    km.admin(|s, _| lifecycle::set_min_decryption_version(s, &id, 2))
+        .unwrap();
+    assert_eq!(
+        km.unwrap_dek(&h).err(),
+        Some(KeyError::VersionRetired(id, 1, 2))
+    );
+    km.admin(|s, _| lifecycle::set_min_decryption_version(s, &id, 1))
+        .unwrap();
+    assert!(km.unwrap_dek(&h).is_ok());
+    // Deletion: pending ⇒ refused; after the window ⇒ destroyed, unrecoverable.
+    km.admin(|s, now| lifecycle::schedule_deletion(s, &id, 7, now))
+        .unwrap();
+    assert_eq!(
+        km.unwrap_dek(&h).err(),
+        Some(KeyError::NotUsable(id, KeyState::PendingDeletion))
+    );
+    assert_eq!(km.tick().unwrap().1, Vec::<crate::format::KeyId>::new());
+    let destroyed = km
+        .admin(|s, now| {
+            Ok(lifecycle::execute_due_deletions(
+                s,
+                now + 8 * lifecycle::DAY,
+            ))
+        })
+        .unwrap();
+    assert_eq!(destroyed, vec![id]);
+    assert_eq!(
+        km.unwrap_dek(&h).err(),
+        Some(KeyError::NotUsable(id, KeyState::Destroyed))
+    );
+    // The tombstone survives a reopen.
+    let u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
+    assert_eq!(u.store.key(&id).unwrap().state, KeyState::Destroyed);
 }

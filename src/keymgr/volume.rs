@@ -139,6 +139,7 @@ pub fn init(
         default_key: default_key.id,
         keys: vec![default_key],
         aliases: Default::default(),
+        rules: Vec::new(),
     };
     let store_key = Key256::generate();
     let mut slots = vec![make_slot(

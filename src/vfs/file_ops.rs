@@ -43,7 +43,11 @@ impl Vfs {
         match rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
             Ok(fd) => Ok((File::from(fd), true)),
             Err(Errno::ACCESS | Errno::ROFS | Errno::PERM) if !want_write => {
-                let fd = rustix::fs::open(path.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+                let fd = rustix::fs::open(
+                    path.as_str(),
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
                 Ok((File::from(fd), false))
             }
             Err(e) => Err(e.into()),
@@ -71,7 +75,8 @@ impl Vfs {
             Entry::Vacant(v) => {
                 let (file, writable) = Self::open_backing(node, want_write)?;
                 let label = self.label(node);
-                let header = read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
+                let header =
+                    read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
                 let dek = self.km.unwrap_dek(&header).map_err(|e| {
                     if let crate::keymgr::KeyError::UnwrapFailed(_) = e {
                         tracing::error!(path = %label, "integrity failure: {e}");
@@ -81,12 +86,25 @@ impl Vfs {
                     VfsError::Key(e)
                 })?;
                 let cipher_len = file.metadata()?.len();
-                let size = self
-                    .layout
-                    .plain_size(cipher_len)
-                    .ok_or_else(|| self.damaged(node, format!("cipher size {cipher_len} is impossible (truncated or padded)")))?;
+                let size = self.layout.plain_size(cipher_len).ok_or_else(|| {
+                    self.damaged(
+                        node,
+                        format!("cipher size {cipher_len} is impossible (truncated or padded)"),
+                    )
+                })?;
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
-                let of = Arc::new(OpenFile::new(node.ino, label, self.layout, FileState { file, writable, cipher, header, size }));
+                let of = Arc::new(OpenFile::new(
+                    node.ino,
+                    label,
+                    self.layout,
+                    FileState {
+                        file,
+                        writable,
+                        cipher,
+                        header,
+                        size,
+                    },
+                ));
                 v.insert((of.clone(), 1));
                 Ok(of)
             }
@@ -131,7 +149,14 @@ impl Vfs {
     }
 
     /// Creates and opens a regular file. Without O_EXCL an existing file is opened instead.
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, caller: &Caller) -> Result<(Attr, u64)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: &Caller,
+    ) -> Result<(Attr, u64)> {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
@@ -151,7 +176,13 @@ impl Vfs {
     }
 
     /// Creates the backing file with its header and an empty final block.
-    fn create_file_entry(&self, dir: &Node, cn: &crate::names::CipherName, mode: u32, caller: &Caller) -> Result<(Arc<Node>, Attr, Arc<OpenFile>)> {
+    fn create_file_entry(
+        &self,
+        dir: &Node,
+        cn: &crate::names::CipherName,
+        mode: u32,
+        caller: &Caller,
+    ) -> Result<(Arc<Node>, Attr, Arc<OpenFile>)> {
         self.create_entry(dir, cn, || {
             let fd = rustix::fs::openat(
                 &dir.fd,
@@ -162,7 +193,7 @@ impl Vfs {
             let file = File::from(fd);
             let init = || -> Result<(FileState, Arc<Node>, Attr)> {
                 self.set_owner(dir, &file, caller)?;
-                let (header, dek) = self.km.new_file()?;
+                let (header, dek) = self.km.new_file(None)?;
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 let mut fin = Vec::new();
                 cipher.encrypt_blocks(0, &[], 0, &mut fin);
@@ -170,7 +201,13 @@ impl Vfs {
                 bytes.extend_from_slice(&fin);
                 file.write_all_at(&bytes, 0)?;
                 let (node, attr) = self.intern_child(dir, &cn.entry)?;
-                let st = FileState { file: file.try_clone()?, writable: true, cipher, header, size: 0 };
+                let st = FileState {
+                    file: file.try_clone()?,
+                    writable: true,
+                    cipher,
+                    header,
+                    size: 0,
+                };
                 Ok((st, node, attr))
             };
             match init() {
@@ -226,7 +263,9 @@ impl Vfs {
         let (f, _) = self.handle_file(fh)?;
         match mode {
             0 => {
-                let end = offset.checked_add(length).ok_or(VfsError::Invalid("offset + length overflows"))?;
+                let end = offset
+                    .checked_add(length)
+                    .ok_or(VfsError::Invalid("offset + length overflows"))?;
                 if end > f.size() {
                     f.truncate(end)?;
                 }
@@ -241,7 +280,12 @@ impl Vfs {
     pub(super) fn truncate_ino(&self, node: &Node, fh: Option<u64>, size: u64) -> Result<()> {
         self.check_writable()?;
         if node.kind != Kind::File {
-            return Err(if node.kind == Kind::Dir { Errno::ISDIR } else { Errno::INVAL }.into());
+            return Err(if node.kind == Kind::Dir {
+                Errno::ISDIR
+            } else {
+                Errno::INVAL
+            }
+            .into());
         }
         if let Some(fh) = fh {
             if let Ok((f, _)) = self.handle_file(fh) {
