@@ -61,7 +61,12 @@ fn block_term_signals() -> libc::sigset_t {
 
 /// Mounts `vfs` at `mountpoint`, calls `ready` once the mount exists, and serves requests until
 /// the file system is unmounted (by `fusermount3 -u`, `kmsfs unmount` or a termination signal).
-pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions, ready: impl FnOnce()) -> io::Result<()> {
+pub fn mount(
+    vfs: Arc<Vfs>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(),
+) -> io::Result<()> {
     let set = block_term_signals();
     let mut mo = vec![
         MountOption::FSName(opts.fsname.clone()),
@@ -83,20 +88,26 @@ pub fn mount(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions, ready: impl 
     }
     let mut config = Config::default();
     config.mount_options = mo;
-    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(opts.threads.max(1));
     let mut session = Session::new(KmsFs::new(vfs), mountpoint, &config)?;
     let mut unmounter = session.unmount_callable();
-    std::thread::Builder::new().name("kmsfs-signals".into()).spawn(move || {
-        let mut sig = 0;
-        // SAFETY: `set` is an initialised sigset; sigwait writes the signal number into `sig`.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            tracing::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                tracing::error!("unmount after signal {sig} failed: {e}");
+    std::thread::Builder::new()
+        .name("kmsfs-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` is an initialised sigset; sigwait writes the signal number into `sig`.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                tracing::info!("signal {sig}: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!("unmount after signal {sig} failed: {e}");
+                }
             }
-        }
-    })?;
+        })?;
     ready();
     session.run()
 }

@@ -26,10 +26,19 @@ pub struct SetAttr {
 
 fn timespec(t: Option<SetTime>) -> Timespec {
     match t {
-        None => Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
-        Some(SetTime::Now) => Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
         Some(SetTime::At(t)) => match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos().into() },
+            Ok(d) => Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos().into(),
+            },
             Err(e) => {
                 let d = e.duration();
                 let (mut s, mut n) = (-(d.as_secs() as i64), -(i64::from(d.subsec_nanos())));
@@ -37,7 +46,10 @@ fn timespec(t: Option<SetTime>) -> Timespec {
                     s -= 1;
                     n += 1_000_000_000;
                 }
-                Timespec { tv_sec: s, tv_nsec: n as _ }
+                Timespec {
+                    tv_sec: s,
+                    tv_nsec: n as _,
+                }
             }
         },
     }
@@ -51,7 +63,12 @@ impl Vfs {
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr> {
         let node = self.node(ino)?;
-        let changes = set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.size.is_some() || set.atime.is_some() || set.mtime.is_some();
+        let changes = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.size.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some();
         if changes {
             self.check_writable()?;
         }
@@ -70,15 +87,33 @@ impl Vfs {
         if let Some(mode) = set.mode {
             // Linux has no mode on symlinks.
             if node.kind != Kind::Symlink {
-                rustix::fs::chmodat(rustix::fs::CWD, node.proc_path().as_str(), Mode::from(mode & 0o7777), AtFlags::empty())?;
+                rustix::fs::chmodat(
+                    rustix::fs::CWD,
+                    node.proc_path().as_str(),
+                    Mode::from(mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let ts = Timestamps { last_access: timespec(set.atime), last_modification: timespec(set.mtime) };
+            let ts = Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
             if node.kind == Kind::Symlink {
-                rustix::fs::utimensat(&node.fd, "", &ts, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)?;
+                rustix::fs::utimensat(
+                    &node.fd,
+                    "",
+                    &ts,
+                    AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+                )?;
             } else {
-                rustix::fs::utimensat(rustix::fs::CWD, node.proc_path().as_str(), &ts, AtFlags::empty())?;
+                rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    node.proc_path().as_str(),
+                    &ts,
+                    AtFlags::empty(),
+                )?;
             }
         }
         self.stat_node(&node)

@@ -28,8 +28,15 @@ impl Vfs {
 
     /// Writes the side file of a long name if it is not there yet; returns whether it wrote it.
     fn write_side_file(&self, dir: &Node, cn: &CipherName) -> Result<bool> {
-        let (Some(side), Some(long)) = (cn.side_file(), &cn.long) else { return Ok(false) };
-        match rustix::fs::openat(&dir.fd, &side, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from(0o400)) {
+        let (Some(side), Some(long)) = (cn.side_file(), &cn.long) else {
+            return Ok(false);
+        };
+        match rustix::fs::openat(
+            &dir.fd,
+            &side,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from(0o400),
+        ) {
             Ok(fd) => {
                 let f = std::fs::File::from(fd);
                 std::io::Write::write_all(&mut &f, long.as_bytes())?;
@@ -48,7 +55,12 @@ impl Vfs {
 
     /// Runs `make` to create the entry `cn` in `dir`, with the long-name side file written first
     /// and removed again if `make` fails.
-    pub(super) fn create_entry<T>(&self, dir: &Node, cn: &CipherName, make: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub(super) fn create_entry<T>(
+        &self,
+        dir: &Node,
+        cn: &CipherName,
+        make: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let wrote = self.write_side_file(dir, cn)?;
         let r = make();
         if r.is_err() && wrote {
@@ -65,10 +77,20 @@ impl Vfs {
             // Owner write/search while we write the directory id; the final mode follows.
             rustix::fs::mkdirat(&dir.fd, &cn.entry, Mode::from((mode & 0o7777) | 0o700))?;
             let fin = || -> Result<(std::sync::Arc<Node>, Attr)> {
-                let newd = rustix::fs::openat(&dir.fd, &cn.entry, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let newd = rustix::fs::openat(
+                    &dir.fd,
+                    &cn.entry,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
                 if !self.names.plaintext() {
                     let id = DirId::generate();
-                    let f = rustix::fs::openat(&newd, DIRID_FILE, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from(0o400))?;
+                    let f = rustix::fs::openat(
+                        &newd,
+                        DIRID_FILE,
+                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                        Mode::from(0o400),
+                    )?;
                     std::io::Write::write_all(&mut &std::fs::File::from(f), id.as_bytes())?;
                 }
                 rustix::fs::fchmod(&newd, Mode::from(mode & 0o7777))?;
@@ -87,7 +109,12 @@ impl Vfs {
 
     /// Removes a directory that holds nothing but kmsfs-internal files.
     fn remove_dir_contents_and_dir(&self, dir: &Node, entry: &OsStr) -> Result<()> {
-        let d = rustix::fs::openat(&dir.fd, entry, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        let d = rustix::fs::openat(
+            &dir.fd,
+            entry,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let mut dirid = None;
         let mut orphans = Vec::new();
         for e in rustix::fs::Dir::read_from(&d)? {
@@ -103,7 +130,8 @@ impl Vfs {
             // A long-name side file whose entry is gone (left by a crash) does not count.
             if let Some(base) = n.strip_suffix(LONG_NAME_SUFFIX.as_bytes()) {
                 if n.starts_with(crate::names::LONG_NAME_PREFIX.as_bytes())
-                    && rustix::fs::statat(&d, OsStr::from_bytes(base), AtFlags::SYMLINK_NOFOLLOW).is_err()
+                    && rustix::fs::statat(&d, OsStr::from_bytes(base), AtFlags::SYMLINK_NOFOLLOW)
+                        .is_err()
                 {
                     orphans.push(OsString::from(OsStr::from_bytes(n)));
                     continue;
@@ -124,7 +152,12 @@ impl Vfs {
         if let Err(e) = rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR) {
             // Put the directory id back so the directory stays usable.
             if let Some(b) = saved {
-                if let Ok(f) = rustix::fs::openat(&d, DIRID_FILE, OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC, Mode::from(0o400)) {
+                if let Ok(f) = rustix::fs::openat(
+                    &d,
+                    DIRID_FILE,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+                    Mode::from(0o400),
+                ) {
                     let _ = std::io::Write::write_all(&mut &std::fs::File::from(f), &b);
                 }
             }
@@ -155,7 +188,14 @@ impl Vfs {
         Ok(())
     }
 
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
         self.check_writable()?;
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
             return Err(VfsError::Invalid("unsupported rename flag"));
@@ -172,7 +212,9 @@ impl Vfs {
             rf |= RenameFlags::EXCHANGE;
         }
         let wrote = self.write_side_file(&to_dir, &to)?;
-        if let Err(e) = rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf) {
+        if let Err(e) =
+            rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
+        {
             if wrote {
                 self.remove_side_file(&to_dir, &to);
             }
@@ -197,7 +239,13 @@ impl Vfs {
             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, go through /proc.
             let r = rustix::fs::linkat(&node.fd, "", &dir.fd, &cn.entry, AtFlags::EMPTY_PATH);
             if let Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) = r {
-                rustix::fs::linkat(rustix::fs::CWD, node.proc_path().as_str(), &dir.fd, &cn.entry, AtFlags::SYMLINK_FOLLOW)?;
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    node.proc_path().as_str(),
+                    &dir.fd,
+                    &cn.entry,
+                    AtFlags::SYMLINK_FOLLOW,
+                )?;
             } else {
                 r?;
             }
@@ -205,7 +253,13 @@ impl Vfs {
         })
     }
 
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: &Caller) -> Result<Attr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: &Caller,
+    ) -> Result<Attr> {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
@@ -232,10 +286,18 @@ impl Vfs {
             .map_err(|_| self.damaged(&node, "symlink target failed authentication".into()))
     }
 
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, caller: &Caller) -> Result<Attr> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: &Caller,
+    ) -> Result<Attr> {
         self.check_writable()?;
         if Kind::from_mode(mode) == Kind::File {
-            let (attr, fh) = self.create(parent, name, mode, libc::O_WRONLY | libc::O_EXCL, caller)?;
+            let (attr, fh) =
+                self.create(parent, name, mode, libc::O_WRONLY | libc::O_EXCL, caller)?;
             self.release(fh)?;
             return Ok(attr);
         }
@@ -243,7 +305,13 @@ impl Vfs {
         let cn = self.cipher_name(&dir, name)?;
         let ft = rustix::fs::FileType::from_raw_mode(mode);
         self.create_entry(&dir, &cn, || {
-            rustix::fs::mknodat(&dir.fd, &cn.entry, ft, Mode::from(mode & 0o7777), rdev.into())?;
+            rustix::fs::mknodat(
+                &dir.fd,
+                &cn.entry,
+                ft,
+                Mode::from(mode & 0o7777),
+                rdev.into(),
+            )?;
             let (node, attr) = self.intern_child(&dir, &cn.entry)?;
             if self.chown_new {
                 self.set_owner(&dir, &node.fd, caller)?;

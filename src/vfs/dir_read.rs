@@ -29,7 +29,13 @@ impl Vfs {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let entries = self.list_dir(ino)?;
         let fh = self.new_fh();
-        self.dirs.insert(fh, DirHandle { ino, entries: Mutex::new(entries) });
+        self.dirs.insert(
+            fh,
+            DirHandle {
+                ino,
+                entries: Mutex::new(entries),
+            },
+        );
         Ok(fh)
     }
 
@@ -51,15 +57,29 @@ impl Vfs {
     pub fn list_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let dir = self.dir_node(ino)?;
         let dir_id = self.dir_id(&dir)?;
-        let fd = rustix::fs::openat(&dir.fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let parent_ino = if ino == ROOT_INO {
             ROOT_INO
         } else {
-            self.inodes.map_ino(rustix::fs::statat(&fd, "..", AtFlags::empty())?.st_ino)
+            self.inodes
+                .map_ino(rustix::fs::statat(&fd, "..", AtFlags::empty())?.st_ino)
         };
         let mut out = vec![
-            DirEntry { ino, kind: Kind::Dir, name: ".".into() },
-            DirEntry { ino: parent_ino, kind: Kind::Dir, name: "..".into() },
+            DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent_ino,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
         ];
         let at_root = ino == ROOT_INO;
         for e in rustix::fs::Dir::read_from(&fd)? {
@@ -85,13 +105,19 @@ impl Vfs {
                 continue;
             };
             let kind = match e.file_type() {
-                rustix::fs::FileType::Unknown => match rustix::fs::statat(&fd, e.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(st) => Kind::from_mode(st.st_mode),
-                    Err(_) => continue,
-                },
+                rustix::fs::FileType::Unknown => {
+                    match rustix::fs::statat(&fd, e.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => Kind::from_mode(st.st_mode),
+                        Err(_) => continue,
+                    }
+                }
                 ft => Kind::from_mode(ft.as_raw_mode()),
             };
-            out.push(DirEntry { ino: self.inodes.map_ino(e.ino()), kind, name: OsString::from(OsStr::from_bytes(&plain)) });
+            out.push(DirEntry {
+                ino: self.inodes.map_ino(e.ino()),
+                kind,
+                name: OsString::from(OsStr::from_bytes(&plain)),
+            });
         }
         Ok(out)
     }

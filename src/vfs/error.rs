@@ -40,7 +40,10 @@ impl VfsError {
             VfsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             VfsError::Integrity(_) => libc::EIO,
             // A disabled or pending-deletion key is an access decision, not damage.
-            VfsError::Key(KeyError::NotUsable(_, KeyState::Disabled | KeyState::PendingDeletion)) => libc::EACCES,
+            VfsError::Key(KeyError::NotUsable(
+                _,
+                KeyState::Disabled | KeyState::PendingDeletion,
+            )) => libc::EACCES,
             // Destroyed material (crypto-shredding), unknown keys and failed unwraps: the data is
             // not recoverable through this volume.
             VfsError::Key(_) => libc::EIO,
@@ -60,7 +63,10 @@ impl VfsError {
 
     /// Whether this error means stored data failed authentication (worth an error-level log).
     pub fn is_integrity(&self) -> bool {
-        matches!(self, VfsError::Integrity(_) | VfsError::Key(KeyError::UnwrapFailed(_)))
+        matches!(
+            self,
+            VfsError::Integrity(_) | VfsError::Key(KeyError::UnwrapFailed(_))
+        )
     }
 }
 

@@ -34,7 +34,10 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("ino", &self.ino).field("kind", &self.kind).finish()
+        f.debug_struct("Node")
+            .field("ino", &self.ino)
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -56,9 +59,18 @@ impl InodeTable {
         let nodes = DashMap::new();
         nodes.insert(
             ROOT_INO,
-            Arc::new(Node { ino: ROOT_INO, fd: root_fd, kind: Kind::Dir, lookups: AtomicU64::new(1), dir_id: OnceLock::new() }),
+            Arc::new(Node {
+                ino: ROOT_INO,
+                fd: root_fd,
+                kind: Kind::Dir,
+                lookups: AtomicU64::new(1),
+                dir_id: OnceLock::new(),
+            }),
         );
-        InodeTable { nodes, root_backing_ino }
+        InodeTable {
+            nodes,
+            root_backing_ino,
+        }
     }
 
     /// The inode number shown for a backing inode number.
@@ -73,7 +85,10 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Result<Arc<Node>> {
-        self.nodes.get(&ino).map(|n| n.clone()).ok_or(VfsError::Stale(ino))
+        self.nodes
+            .get(&ino)
+            .map(|n| n.clone())
+            .ok_or(VfsError::Stale(ino))
     }
 
     /// Registers (or finds) the node for a backing file and counts one lookup. `fd` is dropped if
@@ -86,7 +101,13 @@ impl InodeTable {
                 e.get().clone()
             }
             Entry::Vacant(v) => {
-                let n = Arc::new(Node { ino, fd, kind, lookups: AtomicU64::new(1), dir_id: OnceLock::new() });
+                let n = Arc::new(Node {
+                    ino,
+                    fd,
+                    kind,
+                    lookups: AtomicU64::new(1),
+                    dir_id: OnceLock::new(),
+                });
                 v.insert(n.clone());
                 n
             }

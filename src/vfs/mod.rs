@@ -24,12 +24,12 @@ use dashmap::DashMap;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 pub use attr::{Attr, Kind};
-pub use dir_read::DirEntry;
-pub use error::{Result, VfsError};
-pub use inode::ROOT_INO;
 pub use attr_ops::{SetAttr, SetTime};
 pub use dir_ops::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+pub use dir_read::DirEntry;
+pub use error::{Result, VfsError};
 pub use file_ops::OpenOptions;
+pub use inode::ROOT_INO;
 pub use xattr_ops::XattrReply;
 
 use crate::format::DirId;
@@ -98,8 +98,18 @@ impl std::fmt::Debug for Vfs {
 
 impl Vfs {
     /// A model over the cipher directory `root` of an unlocked volume.
-    pub fn new(root: &Path, km: Arc<KeyManager>, block_size: u32, plaintext_names: bool, opts: VfsOptions) -> Result<Vfs> {
-        let fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    pub fn new(
+        root: &Path,
+        km: Arc<KeyManager>,
+        block_size: u32,
+        plaintext_names: bool,
+        opts: VfsOptions,
+    ) -> Result<Vfs> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let st = rustix::fs::fstat(&fd)?;
         let names = Names::new(&km.volume_secret(), plaintext_names);
         Ok(Vfs {
@@ -139,7 +149,11 @@ impl Vfs {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.opts.read_only { Err(VfsError::ReadOnly) } else { Ok(()) }
+        if self.opts.read_only {
+            Err(VfsError::ReadOnly)
+        } else {
+            Ok(())
+        }
     }
 
     fn new_fh(&self) -> u64 {
@@ -154,12 +168,25 @@ impl Vfs {
         if let Some(id) = dir.dir_id.get() {
             return Ok(*id);
         }
-        let fd = rustix::fs::openat(&dir.fd, DIRID_FILE, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| self.damaged(dir, format!("directory id file {DIRID_FILE} unreadable: {e}")))?;
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            DIRID_FILE,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            self.damaged(
+                dir,
+                format!("directory id file {DIRID_FILE} unreadable: {e}"),
+            )
+        })?;
         let mut b = [0u8; 17];
         let n = rustix::io::read(&fd, &mut b)?;
         if n != 16 {
-            return Err(self.damaged(dir, format!("directory id file {DIRID_FILE} has {n} bytes, not 16")));
+            return Err(self.damaged(
+                dir,
+                format!("directory id file {DIRID_FILE} has {n} bytes, not 16"),
+            ));
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[..16]);
@@ -175,20 +202,31 @@ impl Vfs {
 
     /// The backing path of a node, for logs (cipher names only).
     fn label(&self, node: &Node) -> String {
-        std::fs::read_link(node.proc_path()).map(|p| p.display().to_string()).unwrap_or_else(|_| format!("inode {}", node.ino))
+        std::fs::read_link(node.proc_path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| format!("inode {}", node.ino))
     }
 
     /// The cipher name of `name` in directory `dir`.
     fn cipher_name(&self, dir: &Node, name: &OsStr) -> Result<CipherName> {
         let id = self.dir_id(dir)?;
-        Ok(self.names.encrypt(&id, name.as_bytes(), dir.ino == ROOT_INO)?)
+        Ok(self
+            .names
+            .encrypt(&id, name.as_bytes(), dir.ino == ROOT_INO)?)
     }
 
     /// Stats a child by cipher name and registers it (one lookup).
     fn intern_child(&self, dir: &Node, entry: &OsStr) -> Result<(Arc<Node>, Attr)> {
-        let fd = rustix::fs::openat(&dir.fd, entry, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            entry,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let st = rustix::fs::fstat(&fd)?;
-        let node = self.inodes.intern(fd, st.st_ino, Kind::from_mode(st.st_mode));
+        let node = self
+            .inodes
+            .intern(fd, st.st_ino, Kind::from_mode(st.st_mode));
         let attr = self.attr_of(&node, &st);
         Ok((node, attr))
     }
@@ -204,7 +242,11 @@ impl Vfs {
     }
 
     fn stat_node(&self, node: &Node) -> Result<Attr> {
-        let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)?;
+        let st = rustix::fs::statat(
+            &node.fd,
+            "",
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )?;
         Ok(self.attr_of(node, &st))
     }
 
@@ -215,7 +257,11 @@ impl Vfs {
             return Ok(());
         }
         let pst = rustix::fs::fstat(&dir.fd)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { caller.gid };
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
         rustix::fs::chownat(
             fd,
             "",
@@ -228,8 +274,17 @@ impl Vfs {
 
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
         let dir = self.dir_node(ino)?;
-        let fd = rustix::fs::openat(&dir.fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        if datasync { rustix::fs::fdatasync(&fd)? } else { rustix::fs::fsync(&fd)? }
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        if datasync {
+            rustix::fs::fdatasync(&fd)?
+        } else {
+            rustix::fs::fsync(&fd)?
+        }
         Ok(())
     }
 

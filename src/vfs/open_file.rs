@@ -35,13 +35,21 @@ pub struct OpenFile {
 
 impl std::fmt::Debug for OpenFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenFile").field("ino", &self.ino).field("label", &self.label).finish()
+        f.debug_struct("OpenFile")
+            .field("ino", &self.ino)
+            .field("label", &self.label)
+            .finish()
     }
 }
 
 impl OpenFile {
     pub fn new(ino: u64, label: String, layout: Layout, state: FileState) -> Self {
-        OpenFile { ino, label, layout, state: RwLock::new(state) }
+        OpenFile {
+            ino,
+            label,
+            layout,
+            state: RwLock::new(state),
+        }
     }
 
     pub fn read_state(&self) -> RwLockReadGuard<'_, FileState> {
@@ -65,7 +73,9 @@ impl OpenFile {
     fn read_blocks(&self, st: &FileState, first: u64, last: u64, out: &mut Vec<u8>) -> Result<()> {
         let l = &self.layout;
         let start = l.cipher_offset(first);
-        let last_len = l.block_len(last, st.size).ok_or_else(|| self.integrity(format!("block {last} past end")))?;
+        let last_len = l
+            .block_len(last, st.size)
+            .ok_or_else(|| self.integrity(format!("block {last} past end")))?;
         let end = l.cipher_offset(last) + last_len + BLOCK_OVERHEAD as u64;
         let mut buf = vec![0u8; (end - start) as usize];
         read_exact_at(&st.file, &mut buf, start).map_err(|e| match e {
@@ -155,12 +165,14 @@ impl OpenFile {
             plain[dst..dst + old.len() - from].copy_from_slice(&old[from..]);
         }
         plain[(off - base) as usize..(end - base) as usize].copy_from_slice(data);
-        let mut out = Vec::with_capacity(plain.len() + (plain.len() / bs as usize + 2) * BLOCK_OVERHEAD);
+        let mut out =
+            Vec::with_capacity(plain.len() + (plain.len() / bs as usize + 2) * BLOCK_OVERHEAD);
         st.cipher.encrypt_blocks(first, &plain, new_final, &mut out);
         if new_final == last + 1 {
             // The size became a multiple of the block size: the final block is a new empty one.
             let mut fin = Vec::new();
-            st.cipher.encrypt_blocks(new_final, &[], new_final, &mut fin);
+            st.cipher
+                .encrypt_blocks(new_final, &[], new_final, &mut fin);
             out.extend_from_slice(&fin);
         }
         st.file.write_all_at(&out, l.cipher_offset(first))?;
@@ -203,7 +215,11 @@ impl OpenFile {
 
     pub fn fsync(&self, datasync: bool) -> Result<()> {
         let st = self.read_state();
-        if datasync { st.file.sync_data()? } else { st.file.sync_all()? }
+        if datasync {
+            st.file.sync_data()?
+        } else {
+            st.file.sync_all()?
+        }
         Ok(())
     }
 }
@@ -213,7 +229,12 @@ fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) => return Err(VfsError::Integrity(format!("cipher file ends early at offset {}", off + done as u64))),
+            Ok(0) => {
+                return Err(VfsError::Integrity(format!(
+                    "cipher file ends early at offset {}",
+                    off + done as u64
+                )));
+            }
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),

@@ -36,7 +36,10 @@ impl Vfs {
     }
 
     fn backing_xattr_name(&self, name: &OsStr) -> Result<String> {
-        let suffix = name.as_bytes().strip_prefix(USER).ok_or(VfsError::NotSupported("only user.* extended attributes"))?;
+        let suffix = name
+            .as_bytes()
+            .strip_prefix(USER)
+            .ok_or(VfsError::NotSupported("only user.* extended attributes"))?;
         if suffix.is_empty() {
             return Err(VfsError::Invalid("empty xattr name"));
         }
@@ -51,7 +54,12 @@ impl Vfs {
             return Err(Errno::PERM.into());
         }
         let v = self.names.encrypt_xattr_value(&bname, value);
-        rustix::fs::setxattr(path.as_str(), bname.as_str(), &v, XattrFlags::from_bits_retain(flags as _))?;
+        rustix::fs::setxattr(
+            path.as_str(),
+            bname.as_str(),
+            &v,
+            XattrFlags::from_bits_retain(flags as _),
+        )?;
         Ok(())
     }
 
@@ -69,10 +77,11 @@ impl Vfs {
         let mut buf = vec![0u8; 65536 + 64];
         let n = rustix::fs::getxattr(path.as_str(), bname.as_str(), &mut buf[..])?;
         buf.truncate(n);
-        let v = self
-            .names
-            .decrypt_xattr_value(&bname, &buf)
-            .map_err(|_| VfsError::Integrity(format!("inode {ino}: extended attribute value failed authentication")))?;
+        let v = self.names.decrypt_xattr_value(&bname, &buf).map_err(|_| {
+            VfsError::Integrity(format!(
+                "inode {ino}: extended attribute value failed authentication"
+            ))
+        })?;
         reply(v, size)
     }
 
@@ -83,7 +92,9 @@ impl Vfs {
             let mut buf = vec![0u8; 65536];
             let n = rustix::fs::listxattr(path.as_str(), &mut buf[..])?;
             for raw in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-                let Ok(s) = std::str::from_utf8(raw) else { continue };
+                let Ok(s) = std::str::from_utf8(raw) else {
+                    continue;
+                };
                 if let Some(name) = self.names.decrypt_xattr_name(s) {
                     out.extend_from_slice(USER);
                     out.extend_from_slice(&name);
