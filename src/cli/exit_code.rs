@@ -27,6 +27,11 @@ pub const MOUNT_FAILED: i32 = 17;
 pub const NOT_MOUNTED: i32 = 18;
 /// The volume is already mounted by another kmsfs process.
 pub const ALREADY_MOUNTED: i32 = 19;
+/// A key-manager request was refused: invalid value or key state (bad alias, deletion window
+/// outside 7-30 days, rotating a disabled key, malformed key material, version still in use).
+pub const INVALID_REQUEST: i32 = 20;
+/// No such key, alias or rule.
+pub const NOT_FOUND: i32 = 21;
 
 /// Every code with its meaning, for `--help` and the README.
 pub const TABLE: &[(i32, &str)] = &[
@@ -34,7 +39,10 @@ pub const TABLE: &[(i32, &str)] = &[
     (ERROR, "other error"),
     (USAGE, "usage error"),
     (NOT_A_VOLUME, "not a kmsfs volume"),
-    (UNSUPPORTED_VOLUME, "volume needs a newer kmsfs (format version or feature flag)"),
+    (
+        UNSUPPORTED_VOLUME,
+        "volume needs a newer kmsfs (format version or feature flag)",
+    ),
     (WRONG_PASSPHRASE, "wrong passphrase or recovery key"),
     (CORRUPT, "key store or volume config damaged or modified"),
     (MOUNTPOINT, "mount point missing, not a directory, or busy"),
@@ -43,4 +51,9 @@ pub const TABLE: &[(i32, &str)] = &[
     (MOUNT_FAILED, "mount refused by the kernel or fusermount3"),
     (NOT_MOUNTED, "unmount: not mounted"),
     (ALREADY_MOUNTED, "volume already mounted"),
+    (
+        INVALID_REQUEST,
+        "key-manager request refused (invalid value or key state)",
+    ),
+    (NOT_FOUND, "no such key, alias or rule"),
 ];

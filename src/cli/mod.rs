@@ -3,7 +3,9 @@
 
 mod error;
 pub mod exit_code;
+mod key_cmd;
 mod mount_cmd;
+mod progress;
 mod secrets;
 mod volume_cmd;
 
@@ -15,10 +17,16 @@ pub use error::CliError;
 use secrets::{SecretSource, UnlockSource};
 
 #[derive(Parser, Debug)]
-#[command(name = "kmsfs", version, about = "Encrypted FUSE file system with a built-in, AWS-KMS-style key manager")]
-#[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage, 10 not a volume, 11 volume needs newer kmsfs, 12 wrong \
+#[command(
+    name = "kmsfs",
+    version,
+    about = "Encrypted FUSE file system with a built-in, AWS-KMS-style key manager"
+)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 10 not a volume, 11 volume needs newer kmsfs, 12 wrong \
 passphrase, 13 damaged key store/config, 14 bad mount point, 15 init dir not empty, 16 passphrase input, 17 mount \
-failed, 18 not mounted, 19 already mounted.")]
+failed, 18 not mounted, 19 already mounted."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,7 +44,10 @@ pub struct PassArgs {
 
 impl PassArgs {
     fn source(&self) -> SecretSource {
-        SecretSource { passfile: self.passfile.clone(), extpass: self.extpass.clone() }
+        SecretSource {
+            passfile: self.passfile.clone(),
+            extpass: self.extpass.clone(),
+        }
     }
 }
 
@@ -54,7 +65,11 @@ pub struct UnlockArgs {
 
 impl UnlockArgs {
     fn source(&self) -> UnlockSource {
-        UnlockSource { secret: self.pass.source(), recovery_key: self.recovery_key, recovery_key_file: self.recovery_key_file.clone() }
+        UnlockSource {
+            secret: self.pass.source(),
+            recovery_key: self.recovery_key,
+            recovery_key_file: self.recovery_key_file.clone(),
+        }
     }
 }
 
@@ -71,6 +86,13 @@ enum Command {
     /// Unmount a mounted volume.
     #[command(alias = "umount")]
     Unmount(mount_cmd::UnmountArgs),
+    /// Administer KMS keys: create, list, describe, aliases, tags, enable/disable, deletion,
+    /// rotation, import, retirement of versions.
+    Key(key_cmd::KeyArgs),
+    /// Key rules: which key new files under a path prefix use.
+    Rules(key_cmd::RulesArgs),
+    /// Re-wrap files' data keys under the newest version of their key (header-only).
+    Rewrap(key_cmd::RewrapArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -79,7 +101,11 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit_code::USAGE } else { exit_code::OK };
+            return if e.use_stderr() {
+                exit_code::USAGE
+            } else {
+                exit_code::OK
+            };
         }
     };
     let r = match cli.command {
@@ -88,6 +114,9 @@ pub fn main() -> i32 {
         Command::Info(a) => volume_cmd::info(&a),
         Command::Mount(a) => mount_cmd::mount(&a),
         Command::Unmount(a) => mount_cmd::unmount(&a),
+        Command::Key(a) => key_cmd::key(&a),
+        Command::Rules(a) => key_cmd::rules(&a),
+        Command::Rewrap(a) => key_cmd::rewrap(&a),
     };
     match r {
         Ok(()) => exit_code::OK,
@@ -108,6 +137,11 @@ pub(crate) fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSFS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

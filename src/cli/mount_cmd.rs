@@ -59,7 +59,10 @@ fn unescape_mount_path(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|o| u8::from_str_radix(o, 8).ok()) {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -73,28 +76,39 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// The /proc/mounts entries (source, fstype) mounted exactly at `p`.
 fn mounts_at(p: &Path) -> Vec<(String, String)> {
-    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else { return Vec::new() };
+    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else {
+        return Vec::new();
+    };
     m.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && Path::new(&unescape_mount_path(f[1])) == p).then(|| (f[0].to_string(), f[2].to_string()))
+            (f.len() > 2 && Path::new(&unescape_mount_path(f[1])) == p)
+                .then(|| (f[0].to_string(), f[2].to_string()))
         })
         .collect()
 }
 
 fn check_mountpoint(mp: &Path) -> Result<PathBuf, CliError> {
-    let abs = std::fs::canonicalize(mp).map_err(|e| mount_err(format!("mount point {}: {e}", mp.display())).hint("create it with mkdir"))?;
+    let abs = std::fs::canonicalize(mp).map_err(|e| {
+        mount_err(format!("mount point {}: {e}", mp.display())).hint("create it with mkdir")
+    })?;
     if !abs.is_dir() {
-        return Err(mount_err(format!("mount point {} is not a directory", abs.display())));
+        return Err(mount_err(format!(
+            "mount point {} is not a directory",
+            abs.display()
+        )));
     }
     if !mounts_at(&abs).is_empty() {
-        return Err(mount_err(format!("{} is already a mount point", abs.display())).hint(format!("unmount it first: kmsfs unmount {}", abs.display())));
+        return Err(
+            mount_err(format!("{} is already a mount point", abs.display()))
+                .hint(format!("unmount it first: kmsfs unmount {}", abs.display())),
+        );
     }
     Ok(abs)
 }
 
 /// Takes the volume's mount lock; held (inherited by the daemon) for the life of the mount.
-fn lock_volume(paths: &VolumePaths) -> Result<OwnedFd, CliError> {
+pub(super) fn lock_volume(paths: &VolumePaths) -> Result<OwnedFd, CliError> {
     let p = paths.control_dir().join("mount.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -106,20 +120,33 @@ fn lock_volume(paths: &VolumePaths) -> Result<OwnedFd, CliError> {
         Ok(()) => Ok(f.into()),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(CliError::new(
             code::ALREADY_MOUNTED,
-            format!("{} is already mounted by another kmsfs process", paths.root.display()),
+            format!(
+                "{} is already mounted by another kmsfs process",
+                paths.root.display()
+            ),
         )),
         Err(e) => Err(CliError::new(code::ERROR, format!("{}: {e}", p.display()))),
     }
 }
 
 fn raise_fd_limit() {
-    if let Ok(l) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.ok_or(()) {
-        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, rustix::process::Rlimit { current: Some(l), maximum: Some(l) });
+    if let Ok(l) = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .ok_or(())
+    {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(l),
+                maximum: Some(l),
+            },
+        );
     }
 }
 
 pub fn mount(a: &MountArgs) -> Result<(), CliError> {
-    let cipherdir = std::fs::canonicalize(&a.cipherdir).map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
+    let cipherdir = std::fs::canonicalize(&a.cipherdir)
+        .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
     crate::keymgr::probe(&cipherdir)?;
     let mountpoint = check_mountpoint(&a.mountpoint)?;
     let paths = VolumePaths::new(&cipherdir);
@@ -131,17 +158,31 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         eprintln!("kmsfs: warning: key store damaged ({why}); opened the backup generation");
     }
     let block_size = unlocked.config.block_size;
-    let plaintext_names = unlocked.config.has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
+    let plaintext_names = unlocked
+        .config
+        .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
     let km = Arc::new(KeyManager::new(unlocked));
     raise_fd_limit();
     // The kernel applies the caller's umask; ours must not apply a second time.
     rustix::process::umask(rustix::fs::Mode::empty());
-    let vfs = Vfs::new(&cipherdir, km, block_size, plaintext_names, VfsOptions { read_only: a.ro })
-        .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;
+    let vfs = Vfs::new(
+        &cipherdir,
+        km,
+        block_size,
+        plaintext_names,
+        VfsOptions { read_only: a.ro },
+    )
+    .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;
     let opts = MountOptions {
         read_only: a.ro,
         allow_other: a.allow_other,
-        fuse_opts: a.fuse_opts.iter().flat_map(|o| o.split(',')).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        fuse_opts: a
+            .fuse_opts
+            .iter()
+            .flat_map(|o| o.split(','))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         threads: a.threads,
         fsname: cipherdir.display().to_string(),
     };
@@ -149,18 +190,33 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         super::init_logging(a.verbose);
         let r = crate::fuse::mount(Arc::new(vfs), &mountpoint, &opts, || {});
         drop(lock);
-        return r.map_err(|e| CliError::new(code::MOUNT_FAILED, format!("mount on {} failed: {e}", mountpoint.display())));
+        return r.map_err(|e| {
+            CliError::new(
+                code::MOUNT_FAILED,
+                format!("mount on {} failed: {e}", mountpoint.display()),
+            )
+        });
     }
     daemonize(vfs, &mountpoint, &opts, lock, a.verbose)
 }
 
-fn daemonize(vfs: Vfs, mountpoint: &Path, opts: &MountOptions, lock: OwnedFd, verbose: u8) -> Result<(), CliError> {
-    let (rd, wr) = rustix::pipe::pipe().map_err(|e| CliError::new(code::ERROR, format!("pipe: {e}")))?;
+fn daemonize(
+    vfs: Vfs,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    lock: OwnedFd,
+    verbose: u8,
+) -> Result<(), CliError> {
+    let (rd, wr) =
+        rustix::pipe::pipe().map_err(|e| CliError::new(code::ERROR, format!("pipe: {e}")))?;
     // SAFETY: the process is single-threaded here (no threads were started yet: the key
     // derivation ran on this thread and the FUSE workers start in the child).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(CliError::new(code::ERROR, format!("fork: {}", std::io::Error::last_os_error())));
+        return Err(CliError::new(
+            code::ERROR,
+            format!("fork: {}", std::io::Error::last_os_error()),
+        ));
     }
     if pid > 0 {
         drop(wr);
@@ -169,8 +225,17 @@ fn daemonize(vfs: Vfs, mountpoint: &Path, opts: &MountOptions, lock: OwnedFd, ve
         let mut f = File::from(rd);
         return match f.read(&mut status) {
             Ok(1) if status[0] == 0 => Ok(()),
-            Ok(1) => Err(CliError::new(i32::from(status[0]), format!("mount on {} failed (see above)", mountpoint.display()))),
-            _ => Err(CliError::new(code::MOUNT_FAILED, format!("the kmsfs daemon exited before the mount on {} was ready", mountpoint.display()))),
+            Ok(1) => Err(CliError::new(
+                i32::from(status[0]),
+                format!("mount on {} failed (see above)", mountpoint.display()),
+            )),
+            _ => Err(CliError::new(
+                code::MOUNT_FAILED,
+                format!(
+                    "the kmsfs daemon exited before the mount on {} was ready",
+                    mountpoint.display()
+                ),
+            )),
         };
     }
     // Child.
@@ -181,7 +246,11 @@ fn daemonize(vfs: Vfs, mountpoint: &Path, opts: &MountOptions, lock: OwnedFd, ve
     let mut wr = File::from(wr);
     let r = crate::fuse::mount(Arc::new(vfs), mountpoint, opts, || {
         // Detach from the terminal only now: mount errors above still reach the user's stderr.
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             for fd in [0, 1, 2] {
                 // SAFETY: dup2 onto the standard descriptors of this process.
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -194,7 +263,11 @@ fn daemonize(vfs: Vfs, mountpoint: &Path, opts: &MountOptions, lock: OwnedFd, ve
         let _ = wr.write_all(&[code::MOUNT_FAILED as u8]);
     }
     drop(lock);
-    std::process::exit(if r.is_ok() { code::OK } else { code::MOUNT_FAILED });
+    std::process::exit(if r.is_ok() {
+        code::OK
+    } else {
+        code::MOUNT_FAILED
+    });
 }
 
 #[derive(Args, Debug)]
@@ -206,12 +279,24 @@ pub fn unmount(a: &UnmountArgs) -> Result<(), CliError> {
     let abs = std::fs::canonicalize(&a.mountpoint).unwrap_or_else(|_| a.mountpoint.clone());
     let here = mounts_at(&abs);
     if !here.iter().any(|(_, t)| t == "fuse.kmsfs") {
-        return Err(CliError::new(code::NOT_MOUNTED, format!("{} is not a mounted kmsfs volume", abs.display())));
+        return Err(CliError::new(
+            code::NOT_MOUNTED,
+            format!("{} is not a mounted kmsfs volume", abs.display()),
+        ));
     }
-    let st = std::process::Command::new("fusermount3").arg("-u").arg(&abs).status();
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&abs)
+        .status();
     match st {
         Ok(s) if s.success() => Ok(()),
-        Ok(_) => Err(CliError::new(code::ERROR, format!("could not unmount {}", abs.display())).hint("is a program still using it? (fuser -m); or use fusermount3 -u -z")),
-        Err(e) => Err(CliError::new(code::ERROR, format!("cannot run fusermount3: {e}")).hint("install the fuse3 package")),
+        Ok(_) => Err(
+            CliError::new(code::ERROR, format!("could not unmount {}", abs.display()))
+                .hint("is a program still using it? (fuser -m); or use fusermount3 -u -z"),
+        ),
+        Err(e) => Err(
+            CliError::new(code::ERROR, format!("cannot run fusermount3: {e}"))
+                .hint("install the fuse3 package"),
+        ),
     }
 }

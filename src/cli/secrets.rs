@@ -23,7 +23,10 @@ fn input_err(m: impl Into<String>) -> CliError {
 
 /// First line of `bytes`, without the line end.
 fn first_line(bytes: &[u8]) -> Vec<u8> {
-    let end = bytes.iter().position(|b| *b == b'\n').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(bytes.len());
     let mut v = bytes[..end].to_vec();
     if v.last() == Some(&b'\r') {
         v.pop();
@@ -32,7 +35,10 @@ fn first_line(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn read_passfile(p: &Path) -> Result<Passphrase, CliError> {
-    let b = Zeroizing::new(std::fs::read(p).map_err(|e| input_err(format!("cannot read passfile {}: {e}", p.display())))?);
+    let b = Zeroizing::new(
+        std::fs::read(p)
+            .map_err(|e| input_err(format!("cannot read passfile {}: {e}", p.display())))?,
+    );
     Ok(Passphrase::new(first_line(&b)))
 }
 
@@ -45,21 +51,28 @@ fn run_extpass(cmd: &str) -> Result<Passphrase, CliError> {
         .map_err(|e| input_err(format!("cannot run --extpass command: {e}")))?;
     let stdout = Zeroizing::new(out.stdout);
     if !out.status.success() {
-        return Err(input_err(format!("--extpass command failed ({})", out.status)));
+        return Err(input_err(format!(
+            "--extpass command failed ({})",
+            out.status
+        )));
     }
     Ok(Passphrase::new(first_line(&stdout)))
 }
 
 fn prompt(text: &str) -> Result<Passphrase, CliError> {
-    let s = Zeroizing::new(
-        rpassword::prompt_password(text)
-            .map_err(|e| input_err(format!("cannot ask for the passphrase ({e})")).hint("no terminal? use --passfile FILE or --extpass CMD"))?,
-    );
+    let s = Zeroizing::new(rpassword::prompt_password(text).map_err(|e| {
+        input_err(format!("cannot ask for the passphrase ({e})"))
+            .hint("no terminal? use --passfile FILE or --extpass CMD")
+    })?);
     Ok(Passphrase::new(s.as_bytes().to_vec()))
 }
 
 fn non_empty(p: Passphrase) -> Result<Passphrase, CliError> {
-    if p.is_empty() { Err(input_err("the passphrase is empty")) } else { Ok(p) }
+    if p.is_empty() {
+        Err(input_err("the passphrase is empty"))
+    } else {
+        Ok(p)
+    }
 }
 
 impl SecretSource {
@@ -98,9 +111,12 @@ pub struct UnlockSource {
 impl UnlockSource {
     pub fn get(&self) -> Result<Unlock, CliError> {
         if let Some(f) = &self.recovery_key_file {
-            let s = Zeroizing::new(
-                std::fs::read_to_string(f).map_err(|e| input_err(format!("cannot read recovery key file {}: {e}", f.display())))?,
-            );
+            let s = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
+                input_err(format!(
+                    "cannot read recovery key file {}: {e}",
+                    f.display()
+                ))
+            })?);
             return Ok(Unlock::RecoveryKey(parse_recovery(&s)?));
         }
         if self.recovery_key {
@@ -114,5 +130,7 @@ impl UnlockSource {
 }
 
 fn parse_recovery(s: &str) -> Result<Key256, CliError> {
-    parse_recovery_key(s).ok_or_else(|| input_err("malformed recovery key: expected 64 hex digits (dashes and spaces are ignored)"))
+    parse_recovery_key(s).ok_or_else(|| {
+        input_err("malformed recovery key: expected 64 hex digits (dashes and spaces are ignored)")
+    })
 }

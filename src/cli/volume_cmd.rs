@@ -42,7 +42,11 @@ pub struct InitArgs {
 
 /// `KMSFS_INSECURE_FAST_KDF=1` selects [`KdfParams::FAST_INSECURE`] (for tests only).
 fn kdf_params(a: &InitArgs) -> KdfParams {
-    let base = if std::env::var("KMSFS_INSECURE_FAST_KDF").is_ok_and(|v| v == "1") { KdfParams::FAST_INSECURE } else { KdfParams::DEFAULT };
+    let base = if std::env::var("KMSFS_INSECURE_FAST_KDF").is_ok_and(|v| v == "1") {
+        KdfParams::FAST_INSECURE
+    } else {
+        KdfParams::DEFAULT
+    };
     KdfParams {
         memory_kib: a.kdf_memory_kib.unwrap_or(base.memory_kib),
         iterations: a.kdf_iterations.unwrap_or(base.iterations),
@@ -58,7 +62,11 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
         recovery_key: !a.no_recovery_key,
     };
     // Check the directory before asking for a passphrase.
-    if a.cipherdir.is_dir() && std::fs::read_dir(&a.cipherdir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+    if a.cipherdir.is_dir()
+        && std::fs::read_dir(&a.cipherdir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
         return Err(crate::keymgr::VolumeError::NotEmpty(a.cipherdir.clone()).into());
     }
     let pass = a.pass.source().new_passphrase("New passphrase")?;
@@ -74,13 +82,24 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
                     .create_new(true)
                     .mode(0o600)
                     .open(f)
-                    .map_err(|e| CliError::new(code::ERROR, format!("cannot write recovery key file {}: {e}", f.display())))?;
-                writeln!(file, "{}", shown.as_str()).map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", f.display())))?;
-                println!("Recovery key written to {}. Keep it offline: it unlocks the volume without the passphrase.", f.display());
+                    .map_err(|e| {
+                        CliError::new(
+                            code::ERROR,
+                            format!("cannot write recovery key file {}: {e}", f.display()),
+                        )
+                    })?;
+                writeln!(file, "{}", shown.as_str())
+                    .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", f.display())))?;
+                println!(
+                    "Recovery key written to {}. Keep it offline: it unlocks the volume without the passphrase.",
+                    f.display()
+                );
             }
             None => {
                 println!();
-                println!("Your recovery key (shown only this once; keep it offline, it unlocks the volume without the passphrase):");
+                println!(
+                    "Your recovery key (shown only this once; keep it offline, it unlocks the volume without the passphrase):"
+                );
                 println!();
                 println!("    {}", shown.as_str());
                 println!();
@@ -106,7 +125,11 @@ pub struct PasswdArgs {
 pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
     crate::keymgr::probe(&a.cipherdir)?;
     let old = a.old.source().get()?;
-    let new = super::SecretSource { passfile: a.new_passfile.clone(), extpass: a.new_extpass.clone() }.new_passphrase("New passphrase")?;
+    let new = super::SecretSource {
+        passfile: a.new_passfile.clone(),
+        extpass: a.new_extpass.clone(),
+    }
+    .new_passphrase("New passphrase")?;
     crate::keymgr::passwd(&a.cipherdir, &old, &new, None)?;
     println!("Passphrase changed for {}", a.cipherdir.display());
     Ok(())
@@ -130,7 +153,10 @@ pub fn info(a: &InfoArgs) -> Result<(), CliError> {
     println!("format version:  {}", i.format_version);
     println!("volume id:       {}", i.volume_id);
     println!("block size:      {}", i.block_size);
-    println!("KDF:             {} memory={} KiB iterations={} parallelism={}", i.kdf_algorithm, i.kdf_memory_kib, i.kdf_iterations, i.kdf_parallelism);
+    println!(
+        "KDF:             {} memory={} KiB iterations={} parallelism={}",
+        i.kdf_algorithm, i.kdf_memory_kib, i.kdf_iterations, i.kdf_parallelism
+    );
     println!("features:        {}", i.features.join(", "));
     println!("created:         {} by {}", i.created, i.creator);
     println!("keys:            {}", i.key_count);

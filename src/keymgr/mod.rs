@@ -3,6 +3,7 @@
 //! rotation, policies, grants, rules and audit.
 
 pub mod lifecycle;
+pub mod rewrap;
 mod seal;
 pub mod store;
 mod volume;
@@ -90,6 +91,13 @@ pub(crate) fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Wraps `dek` into `h` (file id, key id and version already set) under key-version `material`,
+/// bound to the file's encryption context.
+pub(crate) fn seal_dek(h: &mut FileHeader, volume: &VolumeId, material: &Key256, dek: &Key256) {
+    let sealed = Aead::new(material).seal_random(&h.wrap_aad(volume), dek.expose());
+    h.wrapped_dek.copy_from_slice(&sealed);
 }
 
 /// Test-only: seconds added to the wall clock, so tests can pass rotation periods and deletion
@@ -216,9 +224,7 @@ impl KeyManager {
             key_version: ver.version,
             wrapped_dek: [0; WRAP_LEN],
         };
-        let sealed =
-            Aead::new(material).seal_random(&h.wrap_aad(&st.store.volume_id), dek.expose());
-        h.wrapped_dek.copy_from_slice(&sealed);
+        seal_dek(&mut h, &st.store.volume_id, material, &dek);
         Ok((h, dek))
     }
 
