@@ -33,7 +33,10 @@ pub struct Volume {
 impl Volume {
     /// `kmsfs init` with `extra` arguments (e.g. `--plaintext-names`).
     pub fn new(extra: &[&str]) -> Volume {
-        let tmp = tempfile::Builder::new().prefix("kmsfs-test-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("kmsfs-test-")
+            .tempdir()
+            .expect("tempdir");
         let cipher = tmp.path().join("cipher");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mkdir mnt");
@@ -48,8 +51,17 @@ impl Volume {
             .arg(&cipher)
             .output()
             .expect("run kmsfs init");
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
-        Volume { tmp, cipher, mnt, passfile }
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Volume {
+            tmp,
+            cipher,
+            mnt,
+            passfile,
+        }
     }
 
     /// Mounts in the foreground (child process) and waits until the mount is live.
@@ -63,9 +75,12 @@ impl Volume {
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {
-    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else { return false };
+    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
     let want = mnt.to_string_lossy().replace(' ', "\\040");
-    m.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    m.lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
 pub struct Mount {
@@ -87,7 +102,10 @@ impl Mount {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kmsfs mount");
-        let mut m = Mount { mnt: mnt.to_path_buf(), child: Some(child) };
+        let mut m = Mount {
+            mnt: mnt.to_path_buf(),
+            child: Some(child),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mounted(mnt) {
             if let Some(c) = m.child.as_mut() {
@@ -99,7 +117,10 @@ impl Mount {
                     panic!("kmsfs mount exited early ({status}): {err}");
                 }
             }
-            assert!(Instant::now() < deadline, "mount did not appear within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         m
@@ -111,7 +132,10 @@ impl Mount {
 
     /// Unmounts cleanly and returns the daemon's stderr.
     pub fn unmount(mut self) -> String {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.mnt).status();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status();
         let mut err = String::new();
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -137,7 +161,12 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).stderr(Stdio::null()).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -161,5 +190,9 @@ pub fn with_timeout<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send +
 
 /// Runs a shell command, returning its output.
 pub fn sh(cmd: &str) -> Output {
-    Command::new("/bin/sh").arg("-c").arg(cmd).output().expect("run sh")
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh")
 }
