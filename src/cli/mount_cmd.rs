@@ -161,7 +161,10 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let plaintext_names = unlocked
         .config
         .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
+    super::init_logging(a.verbose);
     let km = Arc::new(KeyManager::new(unlocked));
+    run_maintenance(&km);
+    let km_for_thread = km.clone();
     raise_fd_limit();
     // The kernel applies the caller's umask; ours must not apply a second time.
     rustix::process::umask(rustix::fs::Mode::empty());
@@ -187,7 +190,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         fsname: cipherdir.display().to_string(),
     };
     if a.foreground {
-        super::init_logging(a.verbose);
+        start_maintenance(km_for_thread);
         let r = crate::fuse::mount(Arc::new(vfs), &mountpoint, &opts, || {});
         drop(lock);
         return r.map_err(|e| {
@@ -197,15 +200,45 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             )
         });
     }
-    daemonize(vfs, &mountpoint, &opts, lock, a.verbose)
+    daemonize(vfs, km_for_thread, &mountpoint, &opts, lock)
+}
+
+/// Automatic rotations and deletions whose window has passed.
+fn run_maintenance(km: &KeyManager) {
+    match km.tick() {
+        Ok((rotated, destroyed)) => {
+            for (k, v) in rotated {
+                tracing::info!("automatic rotation: key {k} is now at version {v}");
+            }
+            for k in destroyed {
+                tracing::warn!(
+                    "deletion window ended: key {k} destroyed; files under it are unrecoverable"
+                );
+            }
+        }
+        Err(e) => tracing::error!("key maintenance failed: {e}"),
+    }
+}
+
+/// Runs [`run_maintenance`] every minute while mounted (threads do not survive fork, so this
+/// starts in the process that serves the mount).
+fn start_maintenance(km: Arc<KeyManager>) {
+    let _ = std::thread::Builder::new()
+        .name("kmsfs-maintenance".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                run_maintenance(&km);
+            }
+        });
 }
 
 fn daemonize(
     vfs: Vfs,
+    km: Arc<KeyManager>,
     mountpoint: &Path,
     opts: &MountOptions,
     lock: OwnedFd,
-    verbose: u8,
 ) -> Result<(), CliError> {
     let (rd, wr) =
         rustix::pipe::pipe().map_err(|e| CliError::new(code::ERROR, format!("pipe: {e}")))?;
@@ -242,7 +275,7 @@ fn daemonize(
     drop(rd);
     let _ = rustix::process::setsid();
     let _ = std::env::set_current_dir("/");
-    super::init_logging(verbose);
+    start_maintenance(km);
     let mut wr = File::from(wr);
     let r = crate::fuse::mount(Arc::new(vfs), mountpoint, opts, || {
         // Detach from the terminal only now: mount errors above still reach the user's stderr.

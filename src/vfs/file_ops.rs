@@ -160,7 +160,7 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
-        let made = self.create_file_entry(&dir, &cn, mode, caller);
+        let made = self.create_file_entry(&dir, name, &cn, mode, caller);
         let (node, attr, of) = match made {
             Err(VfsError::Sys(Errno::EXIST)) if flags & libc::O_EXCL == 0 => {
                 let attr = self.lookup(parent, name)?;
@@ -179,10 +179,14 @@ impl Vfs {
     fn create_file_entry(
         &self,
         dir: &Node,
+        name: &OsStr,
         cn: &crate::names::CipherName,
         mode: u32,
         caller: &Caller,
     ) -> Result<(Arc<Node>, Attr, Arc<OpenFile>)> {
+        // The key comes first: a file is never created under a key that cannot be used.
+        let path = self.path_for_rules(dir, name)?;
+        let (header, dek) = self.km.new_file(path.as_deref())?;
         self.create_entry(dir, cn, || {
             let fd = rustix::fs::openat(
                 &dir.fd,
@@ -193,7 +197,7 @@ impl Vfs {
             let file = File::from(fd);
             let init = || -> Result<(FileState, Arc<Node>, Attr)> {
                 self.set_owner(dir, &file, caller)?;
-                let (header, dek) = self.km.new_file(None)?;
+
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 let mut fin = Vec::new();
                 cipher.encrypt_blocks(0, &[], 0, &mut fin);

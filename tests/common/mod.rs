@@ -90,7 +90,19 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(cipher: &Path, mnt: &Path, passfile: &Path, extra: &[&str]) -> Mount {
+        Self::start_env(cipher, mnt, passfile, extra, &[])
+    }
+
+    /// Like [`Mount::start`], with extra environment variables for the daemon.
+    pub fn start_env(
+        cipher: &Path,
+        mnt: &Path,
+        passfile: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
         let child = kmsfs()
+            .envs(env.iter().copied())
             .arg("mount")
             .arg("-f")
             .arg("--passfile")

@@ -1,0 +1,80 @@
+//! Plaintext paths of directories, for key rules (the key of a new file depends on its path).
+//! Computed only when the volume has rules: the directory's cipher path (from its `O_PATH`
+//! descriptor) is decrypted component by component from the root.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use super::inode::Node;
+use super::{Result, Vfs, VfsError};
+use crate::format::DirId;
+use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX};
+
+impl Vfs {
+    /// The plaintext path (inside the mount) of `name` in directory `dir`, or `None` when the
+    /// volume has no key rules (so nobody needs it).
+    pub(super) fn path_for_rules(&self, dir: &Node, name: &OsStr) -> Result<Option<String>> {
+        if self.km.query(|s| s.rules.is_empty()) {
+            return Ok(None);
+        }
+        let mut p = self.plain_dir_path(dir)?;
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        p.push_str(&String::from_utf8_lossy(name.as_bytes()));
+        Ok(Some(p))
+    }
+
+    /// Plaintext path of a directory node (`/` for the root).
+    fn plain_dir_path(&self, dir: &Node) -> Result<String> {
+        let cipher = std::fs::read_link(dir.proc_path())?;
+        let rel = cipher.strip_prefix(self.root()).map_err(|_| {
+            VfsError::Integrity(format!(
+                "{} is outside the cipher directory",
+                cipher.display()
+            ))
+        })?;
+        let mut out = String::new();
+        let mut cur = self.root().to_path_buf();
+        for c in rel.components() {
+            let Component::Normal(entry) = c else {
+                continue;
+            };
+            let plain = self.decrypt_component(&cur, entry)?;
+            out.push('/');
+            out.push_str(&String::from_utf8_lossy(&plain));
+            cur.push(entry);
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        Ok(out)
+    }
+
+    fn decrypt_component(&self, parent: &Path, entry: &OsStr) -> Result<Vec<u8>> {
+        let at_root = parent == self.root();
+        let undecryptable = || {
+            VfsError::Integrity(format!(
+                "{}: name does not decrypt",
+                parent.join(entry).display()
+            ))
+        };
+        let id = if self.names.plaintext() {
+            DirId([0; 16])
+        } else {
+            let b = std::fs::read(parent.join(DIRID_FILE))?;
+            DirId(b.try_into().map_err(|_| undecryptable())?)
+        };
+        match self.names.classify(entry.as_bytes(), at_root) {
+            EntryKind::Internal => Err(undecryptable()),
+            EntryKind::Long => {
+                let mut side = entry.to_os_string();
+                side.push(LONG_NAME_SUFFIX);
+                let enc = std::fs::read(parent.join(side))?;
+                self.names.decrypt(&id, &enc).map_err(|_| undecryptable())
+            }
+            EntryKind::Name(n) => self.names.decrypt(&id, n).map_err(|_| undecryptable()),
+        }
+    }
+}

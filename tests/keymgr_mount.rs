@@ -1,0 +1,272 @@
+//! Key lifecycle through a real mount: rules choose keys, disabled keys block opens, rotation and
+//! rewrap, version retirement, guarded trim, deletion and crypto-shredding.
+mod common;
+use common::*;
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+fn key(v: &Volume, args: &[&str]) -> std::process::Output {
+    kmsfs()
+        .arg("key")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(args)
+        .output()
+        .expect("kmsfs key")
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: std::process::Output) -> serde_json::Value {
+    serde_json::from_str(&ok(o)).expect("json")
+}
+
+/// (key id, version) of every file under the cipher dir, from `kmsfs key usage --json`.
+fn usage(v: &Volume) -> serde_json::Value {
+    json(key(v, &["usage", "--json"]))
+}
+
+fn errno_of(p: &Path) -> Option<i32> {
+    std::fs::read(p).err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn lifecycle_through_the_mount() {
+    let v = Volume::new(&[]);
+    let created = json(key(
+        &v,
+        &[
+            "create",
+            "--description",
+            "finance",
+            "--alias",
+            "alias/finance",
+            "--json",
+        ],
+    ));
+    let fin = created["key_id"].as_str().unwrap().to_string();
+    ok(kmsfs()
+        .args(["rules"])
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["set", "/finance", "alias/finance"])
+        .output()
+        .unwrap());
+
+    // Files under /finance use the finance key, others the default key.
+    let m = v.mount();
+    std::fs::create_dir(m.path("finance")).unwrap();
+    std::fs::write(m.path("finance/q1.txt"), b"quarter one").unwrap();
+    std::fs::write(m.path("other.txt"), b"other").unwrap();
+    m.unmount();
+    let u = usage(&v);
+    assert_eq!(u["files"][&fin]["1"], 1, "{u}");
+
+    // Disabled key: EACCES on open, other files fine; enabled again: readable.
+    ok(key(&v, &["disable", "alias/finance"]));
+    let m = v.mount();
+    assert_eq!(errno_of(&m.path("finance/q1.txt")), Some(libc::EACCES));
+    assert_eq!(std::fs::read(m.path("other.txt")).unwrap(), b"other");
+    let e = std::fs::write(m.path("finance/new.txt"), b"x").unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::PermissionDenied,
+        "no new file under a disabled key"
+    );
+    assert!(!m.path("finance/new.txt").exists());
+    m.unmount();
+    ok(key(&v, &["enable", "alias/finance"]));
+
+    // Rotate: new files use v2, old ones still read.
+    assert_eq!(
+        json(key(&v, &["rotate", "alias/finance", "--json"]))["version"],
+        2
+    );
+    let m = v.mount();
+    assert_eq!(
+        std::fs::read(m.path("finance/q1.txt")).unwrap(),
+        b"quarter one"
+    );
+    std::fs::write(m.path("finance/q2.txt"), b"quarter two").unwrap();
+    m.unmount();
+    let u = usage(&v);
+    assert_eq!(
+        (
+            u["files"][&fin]["1"].as_u64(),
+            u["files"][&fin]["2"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{u}"
+    );
+
+    // Trim refuses while v1 files remain (after retiring v1), and v1 files fail to open.
+    ok(key(&v, &["min-decryption-version", "alias/finance", "2"]));
+    let o = key(&v, &["trim", "alias/finance", "--below", "2"]);
+    assert_eq!(
+        o.status.code(),
+        Some(20),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m = v.mount();
+    assert!(
+        errno_of(&m.path("finance/q1.txt")).is_some(),
+        "retired version must not open"
+    );
+    assert_eq!(
+        std::fs::read(m.path("finance/q2.txt")).unwrap(),
+        b"quarter two"
+    );
+    m.unmount();
+    ok(key(&v, &["min-decryption-version", "alias/finance", "1"]));
+
+    // Rewrap: every header at v2, content blocks untouched byte for byte.
+    let cipher_files: Vec<_> = walk(&v.cipher);
+    let before: Vec<Vec<u8>> = cipher_files
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let o = kmsfs()
+        .arg("rewrap")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(&ok(o)).unwrap();
+    assert_eq!(s["rewrapped"], 1, "{s}");
+    for (p, b) in cipher_files.iter().zip(&before) {
+        let a = std::fs::read(p).unwrap();
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a[104..], b[104..], "content of {} changed", p.display());
+    }
+    // Idempotent.
+    let o = kmsfs()
+        .arg("rewrap")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(&ok(o)).unwrap();
+    assert_eq!(s["rewrapped"], 0);
+    let u = usage(&v);
+    assert_eq!(u["files"][&fin]["2"], 2, "{u}");
+    ok(key(&v, &["min-decryption-version", "alias/finance", "2"]));
+    ok(key(&v, &["trim", "alias/finance", "--below", "2"]));
+    let m = v.mount();
+    assert_eq!(
+        std::fs::read(m.path("finance/q1.txt")).unwrap(),
+        b"quarter one"
+    );
+    m.unmount();
+
+    // Schedule deletion, cancel: key disabled, re-enable, readable.
+    ok(key(
+        &v,
+        &["schedule-deletion", "alias/finance", "--days", "7"],
+    ));
+    let m = v.mount();
+    assert_eq!(errno_of(&m.path("finance/q2.txt")), Some(libc::EACCES));
+    m.unmount();
+    ok(key(&v, &["cancel-deletion", "alias/finance"]));
+    ok(key(&v, &["enable", "alias/finance"]));
+
+    // Deletion with the window elapsed (test clock): destroyed at mount, files unrecoverable.
+    ok(key(&v, &["schedule-deletion", &fin, "--days", "7"]));
+
+    let m = Mount::start_env(
+        &v.cipher,
+        &v.mnt,
+        &v.passfile,
+        &[],
+        &[("KMSFS_TEST_TIME_OFFSET_SECS", "700000")],
+    );
+    assert_eq!(errno_of(&m.path("finance/q1.txt")), Some(libc::EIO));
+    assert_eq!(std::fs::read(m.path("other.txt")).unwrap(), b"other");
+    m.unmount();
+    let d = json(key(&v, &["describe", &fin, "--json"]));
+    assert_eq!(d["state"], "Destroyed");
+}
+
+#[test]
+fn bad_key_requests_change_nothing() {
+    let v = Volume::new(&[]);
+    ok(key(&v, &["create", "--alias", "alias/a"]));
+    let before = std::fs::read(v.cipher.join(".kmsfs/keystore")).unwrap();
+    for (args, code) in [
+        (vec!["describe", "alias/nope"], 21),
+        (vec!["describe", "0000"], 21),
+        (vec!["create", "--alias", "alias/a"], 20),
+        (vec!["schedule-deletion", "alias/a", "--days", "6"], 20),
+        (vec!["schedule-deletion", "alias/a", "--days", "31"], 20),
+        (
+            vec!["rotation", "alias/a", "--enable", "--period-days", "10"],
+            20,
+        ),
+    ] {
+        let o = key(&v, &args);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    ok(key(&v, &["disable", "alias/a"]));
+    let before_rot = std::fs::read(v.cipher.join(".kmsfs/keystore")).unwrap();
+    assert_eq!(key(&v, &["rotate", "alias/a"]).status.code(), Some(20));
+    assert_eq!(
+        std::fs::read(v.cipher.join(".kmsfs/keystore")).unwrap(),
+        before_rot
+    );
+    let bad = v.tmp.path().join("bad-material");
+    std::fs::write(&bad, b"too short").unwrap();
+    ok(key(&v, &["enable", "alias/a"]));
+    let before_imp = std::fs::read(v.cipher.join(".kmsfs/keystore")).unwrap();
+    let o = key(
+        &v,
+        &[
+            "import",
+            "alias/a",
+            "--material-file",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(20));
+    assert_eq!(
+        std::fs::read(v.cipher.join(".kmsfs/keystore")).unwrap(),
+        before_imp
+    );
+    assert_ne!(before, before_imp);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n == ".kmsfs" || n.starts_with("kmsfs.") {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else if e.file_type().unwrap().is_file() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
