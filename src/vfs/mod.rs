@@ -11,6 +11,7 @@ mod error;
 mod file_ops;
 mod inode;
 mod open_file;
+mod path;
 mod xattr_ops;
 
 use std::ffi::OsStr;
