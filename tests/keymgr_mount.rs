@@ -270,3 +270,46 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn rekey_gives_fresh_data_keys_and_keeps_content_and_metadata() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let p = m.path("leaked.bin");
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(&p, &data).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    assert!(
+        sh(&format!("setfattr -n user.note -v kept {}", p.display()))
+            .status
+            .success()
+    );
+    let before: Vec<Vec<u8>> = walk(&v.cipher)
+        .iter()
+        .map(|f| std::fs::read(f).unwrap()[8..24].to_vec())
+        .collect();
+    let o = kmsfs().arg("rekey").arg(&p).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&p).unwrap(), data);
+    let md = std::fs::metadata(&p).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777,
+        0o640
+    );
+    let x = sh(&format!(
+        "getfattr --only-values -n user.note {}",
+        p.display()
+    ));
+    assert_eq!(String::from_utf8_lossy(&x.stdout), "kept");
+    let after: Vec<Vec<u8>> = walk(&v.cipher)
+        .iter()
+        .map(|f| std::fs::read(f).unwrap()[8..24].to_vec())
+        .collect();
+    assert_eq!(before.len(), 1);
+    assert_eq!(after.len(), 1, "no temporary file left behind");
+    assert_ne!(before[0], after[0], "file id (and so the DEK) must change");
+    // Not a kmsfs path: refused.
+    let o = kmsfs().arg("rekey").arg(v.tmp.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(18));
+    drop(m);
+}

@@ -6,6 +6,7 @@ pub mod exit_code;
 mod key_cmd;
 mod mount_cmd;
 mod progress;
+mod rekey_cmd;
 mod secrets;
 mod volume_cmd;
 
@@ -93,6 +94,8 @@ enum Command {
     Rules(key_cmd::RulesArgs),
     /// Re-wrap files' data keys under the newest version of their key (header-only).
     Rewrap(key_cmd::RewrapArgs),
+    /// Re-encrypt files of a mounted volume with fresh data keys (after a DEK leak).
+    Rekey(rekey_cmd::RekeyArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -117,6 +120,7 @@ pub fn main() -> i32 {
         Command::Key(a) => key_cmd::key(&a),
         Command::Rules(a) => key_cmd::rules(&a),
         Command::Rewrap(a) => key_cmd::rewrap(&a),
+        Command::Rekey(a) => rekey_cmd::rekey(&a),
     };
     match r {
         Ok(()) => exit_code::OK,

@@ -1,0 +1,161 @@
+//! `kmsfs rekey PATH…`: re-encrypts files of a mounted volume with fresh data keys (the answer to
+//! a leaked DEK; rotation does not change DEKs). Each file is copied through the mount to a
+//! temporary file in the same directory (new file id, new DEK, key chosen by the rules), with
+//! mode, owner, times and user xattrs carried over, synced, and renamed over the original, so
+//! the original stays intact until the new copy is complete.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::error::CliError;
+use super::exit_code as code;
+
+#[derive(Args, Debug)]
+pub struct RekeyArgs {
+    /// Files or directories (recursively) inside a mounted kmsfs volume.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Also re-key files with several hard links (each link becomes a separate file).
+    #[arg(long)]
+    force: bool,
+}
+
+fn on_kmsfs(p: &Path) -> bool {
+    let Ok(abs) = fs::canonicalize(p) else {
+        return false;
+    };
+    let Ok(m) = fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    m.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 2 && f[2] == "fuse.kmsfs" && abs.starts_with(f[1].replace("\\040", " "))
+    })
+}
+
+fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
+    let md = fs::symlink_metadata(p)?;
+    if !md.is_file() {
+        return Ok(false);
+    }
+    if md.nlink() > 1 && !force {
+        return Err(io::Error::other(format!(
+            "has {} hard links; re-keying would split them (use --force)",
+            md.nlink()
+        )));
+    }
+    let dir = p
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
+    let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        let mut src = File::open(p)?;
+        let mut dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        io::copy(&mut src, &mut dst)?;
+        let mut buf = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::listxattr(p, &mut buf[..]) {
+            for name in buf[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                let name = String::from_utf8_lossy(name).into_owned();
+                let mut v = vec![0u8; 65536];
+                if let Ok(n) = rustix::fs::getxattr(p, name.as_str(), &mut v[..]) {
+                    rustix::fs::fsetxattr(
+                        &dst,
+                        name.as_str(),
+                        &v[..n],
+                        rustix::fs::XattrFlags::empty(),
+                    )?;
+                }
+            }
+        }
+        rustix::fs::fchown(
+            &dst,
+            Some(rustix::fs::Uid::from_raw(md.uid())),
+            Some(rustix::fs::Gid::from_raw(md.gid())),
+        )
+        .or_else(|e| {
+            if e == rustix::io::Errno::PERM {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        rustix::fs::fchmod(&dst, rustix::fs::Mode::from(md.mode() & 0o7777))?;
+        let ts = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: md.atime(),
+                tv_nsec: md.atime_nsec() as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: md.mtime(),
+                tv_nsec: md.mtime_nsec() as _,
+            },
+        };
+        rustix::fs::futimens(&dst, &ts)?;
+        dst.sync_all()?;
+        fs::rename(&tmp, p)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| true)
+}
+
+fn visit(p: &Path, force: bool, done: &mut u64, failed: &mut Vec<String>) {
+    let Ok(md) = fs::symlink_metadata(p) else {
+        failed.push(format!("{}: not found", p.display()));
+        return;
+    };
+    if md.is_dir() {
+        match fs::read_dir(p) {
+            Ok(rd) => {
+                for e in rd.flatten() {
+                    visit(&e.path(), force, done, failed);
+                }
+            }
+            Err(e) => failed.push(format!("{}: {e}", p.display())),
+        }
+        return;
+    }
+    match rekey_file(p, force) {
+        Ok(true) => *done += 1,
+        Ok(false) => {}
+        Err(e) => failed.push(format!("{}: {e}", p.display())),
+    }
+}
+
+pub fn rekey(a: &RekeyArgs) -> Result<(), CliError> {
+    for p in &a.paths {
+        if !on_kmsfs(p) {
+            return Err(CliError::new(
+                code::NOT_MOUNTED,
+                format!("{} is not inside a mounted kmsfs volume", p.display()),
+            )
+            .hint("mount the volume and give paths inside the mount point"));
+        }
+    }
+    let (mut done, mut failed) = (0, Vec::new());
+    for p in &a.paths {
+        visit(p, a.force, &mut done, &mut failed);
+    }
+    println!("re-keyed {done} file(s)");
+    for f in &failed {
+        eprintln!("kmsfs: rekey: {f}");
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            code::ERROR,
+            format!("{} file(s) not re-keyed", failed.len()),
+        ))
+    }
+}
