@@ -1,6 +1,7 @@
 //! Operations on names: lookup, mkdir, rmdir, unlink, rename, link, symlink, readlink, mknod.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
@@ -93,7 +94,13 @@ impl Vfs {
                     )?;
                     std::io::Write::write_all(&mut &std::fs::File::from(f), id.as_bytes())?;
                 }
-                rustix::fs::fchmod(&newd, Mode::from(mode & 0o7777))?;
+                // A directory made in a set-group-id directory inherits the bit (as the backing
+                // mkdir did); the fchmod must not clear it.
+                let mut perm = mode & 0o7777;
+                if rustix::fs::fstat(&dir.fd)?.st_mode & libc::S_ISGID != 0 {
+                    perm |= libc::S_ISGID;
+                }
+                rustix::fs::fchmod(&newd, Mode::from(perm))?;
                 self.set_owner(&dir, &newd, caller)?;
                 self.intern_child(&dir, &cn.entry)
             };
@@ -115,52 +122,10 @@ impl Vfs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let mut dirid = None;
-        let mut orphans = Vec::new();
-        for e in rustix::fs::Dir::read_from(&d)? {
-            let e = e?;
-            let n = e.file_name().to_bytes();
-            if n == b"." || n == b".." {
-                continue;
-            }
-            if n == DIRID_FILE.as_bytes() {
-                dirid = Some(());
-                continue;
-            }
-            // A long-name side file whose entry is gone (left by a crash) does not count.
-            if let Some(base) = n.strip_suffix(LONG_NAME_SUFFIX.as_bytes()) {
-                if n.starts_with(crate::names::LONG_NAME_PREFIX.as_bytes())
-                    && rustix::fs::statat(&d, OsStr::from_bytes(base), AtFlags::SYMLINK_NOFOLLOW)
-                        .is_err()
-                {
-                    orphans.push(OsString::from(OsStr::from_bytes(n)));
-                    continue;
-                }
-            }
-            return Err(Errno::NOTEMPTY.into());
-        }
-        let saved = match dirid {
-            Some(()) => read_small(&d, DIRID_FILE),
-            None => None,
-        };
-        for o in &orphans {
-            let _ = rustix::fs::unlinkat(&d, o, AtFlags::empty());
-        }
-        if dirid.is_some() {
-            rustix::fs::unlinkat(&d, DIRID_FILE, AtFlags::empty())?;
-        }
+        let saved = strip_internal(&d)?;
         if let Err(e) = rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR) {
             // Put the directory id back so the directory stays usable.
-            if let Some(b) = saved {
-                if let Ok(f) = rustix::fs::openat(
-                    &d,
-                    DIRID_FILE,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
-                    Mode::from(0o400),
-                ) {
-                    let _ = std::io::Write::write_all(&mut &std::fs::File::from(f), &b);
-                }
-            }
+            restore_dirid(&d, saved);
             return Err(e.into());
         }
         Ok(())
@@ -212,9 +177,14 @@ impl Vfs {
             rf |= RenameFlags::EXCHANGE;
         }
         let wrote = self.write_side_file(&to_dir, &to)?;
-        if let Err(e) =
-            rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
-        {
+        let mut r = rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf);
+        if let Err(Errno::NOTEMPTY | Errno::EXIST) = r {
+            if flags == 0 {
+                // The target directory may hold only its directory id: empty it and retry.
+                r = self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry);
+            }
+        }
+        if let Err(e) = r {
             if wrote {
                 self.remove_side_file(&to_dir, &to);
             }
@@ -225,6 +195,32 @@ impl Vfs {
             self.remove_side_file(&from_dir, &from);
         }
         Ok(())
+    }
+
+    /// Renames a directory over a directory that is empty but for kmsfs-internal files (which the
+    /// backing `rename` would refuse as ENOTEMPTY).
+    fn rename_over_dir(
+        &self,
+        from_dir: &Node,
+        from: &OsStr,
+        to_dir: &Node,
+        to: &OsStr,
+    ) -> std::result::Result<(), Errno> {
+        let d = rustix::fs::openat(
+            &to_dir.fd,
+            to,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let saved = strip_internal(&d).map_err(|e| match e {
+            VfsError::Sys(e) => e,
+            _ => Errno::IO,
+        })?;
+        let r = rustix::fs::renameat(&from_dir.fd, from, &to_dir.fd, to);
+        if r.is_err() {
+            restore_dirid(&d, saved);
+        }
+        r
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
@@ -319,6 +315,63 @@ impl Vfs {
             }
             Ok(attr)
         })
+    }
+}
+
+/// Empties a directory that holds nothing but kmsfs-internal files (its directory id and
+/// long-name side files whose entry is gone), so that the backing `rmdir` or `rename` over it
+/// succeeds; ENOTEMPTY if it holds anything else. Returns the directory id's bytes for
+/// [`restore_dirid`].
+fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
+    let mut dirid = false;
+    let mut orphans = Vec::new();
+    for e in rustix::fs::Dir::read_from(d)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        if n == DIRID_FILE.as_bytes() {
+            dirid = true;
+            continue;
+        }
+        // A long-name side file whose entry is gone (left by a crash) does not count.
+        if let Some(base) = n.strip_suffix(LONG_NAME_SUFFIX.as_bytes()) {
+            if n.starts_with(crate::names::LONG_NAME_PREFIX.as_bytes())
+                && rustix::fs::statat(d, OsStr::from_bytes(base), AtFlags::SYMLINK_NOFOLLOW)
+                    .is_err()
+            {
+                orphans.push(OsString::from(OsStr::from_bytes(n)));
+                continue;
+            }
+        }
+        return Err(Errno::NOTEMPTY.into());
+    }
+    let saved = if dirid {
+        read_small(d, DIRID_FILE)
+    } else {
+        None
+    };
+    for o in &orphans {
+        let _ = rustix::fs::unlinkat(d, o, AtFlags::empty());
+    }
+    if dirid {
+        rustix::fs::unlinkat(d, DIRID_FILE, AtFlags::empty())?;
+    }
+    Ok(saved)
+}
+
+/// Puts back the directory id [`strip_internal`] removed (the directory stays in use).
+fn restore_dirid(d: &OwnedFd, saved: Option<Vec<u8>>) {
+    if let Some(b) = saved {
+        if let Ok(f) = rustix::fs::openat(
+            d,
+            DIRID_FILE,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from(0o400),
+        ) {
+            let _ = std::io::Write::write_all(&mut &std::fs::File::from(f), &b);
+        }
     }
 }
 
