@@ -263,13 +263,19 @@ impl Vfs {
         } else {
             caller.gid
         };
+        let before = rustix::fs::fstat(&fd)?.st_mode;
         rustix::fs::chownat(
-            fd,
+            &fd,
             "",
             Some(rustix::fs::Uid::from_raw(caller.uid)),
             Some(rustix::fs::Gid::from_raw(gid)),
             AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
         )?;
+        // chown clears the set-user-id and set-group-id bits of a regular file, which the creator
+        // asked for: put them back (`fd` of a regular file is a real descriptor, not O_PATH).
+        if Kind::from_mode(before) == Kind::File && before & 0o6000 != 0 {
+            rustix::fs::fchmod(&fd, Mode::from(before & 0o7777))?;
+        }
         Ok(())
     }
 
