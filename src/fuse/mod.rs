@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -84,9 +84,21 @@ fn attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// fuser 0.18 turns a request time `(secs < 0, nsecs)` into `EPOCH - (|secs| + nsecs)` where
+/// the kernel means `EPOCH - |secs| + nsecs` (a timespec's nanoseconds always count forward), so
+/// a time before 1970 with nanoseconds would be stored almost a second off. Undo that.
+fn request_time(t: SystemTime) -> SystemTime {
+    match UNIX_EPOCH.duration_since(t) {
+        Ok(d) if d.subsec_nanos() != 0 => {
+            UNIX_EPOCH - Duration::from_secs(d.as_secs()) + Duration::new(0, d.subsec_nanos())
+        }
+        _ => t,
+    }
+}
+
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
-        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+        TimeOrNow::SpecificTime(t) => SetTime::At(request_time(t)),
         TimeOrNow::Now => SetTime::Now,
     })
 }
