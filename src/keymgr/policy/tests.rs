@@ -1,0 +1,384 @@
+use super::*;
+
+const KEY: KeyId = KeyId([7; 16]);
+
+fn alice() -> Identity {
+    Identity {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![27, 100],
+        user: Some("alice".into()),
+        group_names: vec!["sudo".into(), "users".into()],
+        pid: 42,
+        exe: Some("/usr/bin/cat".into()),
+    }
+}
+fn bob() -> Identity {
+    Identity {
+        uid: 1001,
+        gid: 1001,
+        groups: vec![],
+        user: Some("bob".into()),
+        group_names: vec![],
+        pid: 43,
+        exe: Some("/usr/bin/restic".into()),
+    }
+}
+
+fn req(who: Identity, action: &str, path: &str, mode: &str) -> Request {
+    Request {
+        who,
+        action: action.into(),
+        key: Some(KEY),
+        path: Some(path.into()),
+        access_mode: Some(mode.into()),
+        now: 1_800_000_000,
+        encryption_context: BTreeMap::new(),
+    }
+}
+
+fn pol(statements: &str) -> Policy {
+    Policy::parse(&format!(
+        r#"{{"Version":"2012-10-17","Statement":[{statements}]}}"#
+    ))
+    .unwrap_or_else(|e| panic!("{e}: {statements}"))
+}
+
+fn allowed(p: &Policy, r: &Request) -> bool {
+    evaluate(p, &[], r).allowed()
+}
+
+#[test]
+fn operators_table() {
+    // (condition block, request tweak, expected)
+    let base = |c: &str| {
+        pol(&format!(
+            r#"{{"Sid":"S","Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{c}}}"#
+        ))
+    };
+    let r = req(alice(), "kms:Decrypt", "/finance/q1.xlsx", "read");
+    let cases: &[(&str, bool)] = &[
+        (r#"{"StringEquals":{"kmsfs:AccessMode":"read"}}"#, true),
+        (
+            r#"{"StringEquals":{"kmsfs:AccessMode":["write","read"]}}"#,
+            true,
+        ),
+        (r#"{"StringEquals":{"kmsfs:AccessMode":"write"}}"#, false),
+        (r#"{"StringNotEquals":{"kmsfs:AccessMode":"write"}}"#, true),
+        (r#"{"StringNotEquals":{"kmsfs:AccessMode":"read"}}"#, false),
+        (r#"{"StringLike":{"kmsfs:Path":"/finance/*"}}"#, true),
+        (r#"{"StringLike":{"kmsfs:Path":"/fin?nce/*.xlsx"}}"#, true),
+        (r#"{"StringLike":{"kmsfs:Path":"/hr/*"}}"#, false),
+        (r#"{"StringNotLike":{"kmsfs:Path":"/hr/*"}}"#, true),
+        (
+            r#"{"StringEquals":{"kmsfs:Executable":"/usr/bin/cat"}}"#,
+            true,
+        ),
+        (r#"{"StringEquals":{"kmsfs:User":"alice"}}"#, true),
+        (r#"{"NumericEquals":{"kmsfs:Uid":"1000"}}"#, true),
+        (r#"{"NumericNotEquals":{"kmsfs:Uid":1000}}"#, false),
+        (r#"{"NumericLessThan":{"kmsfs:Uid":1000}}"#, false),
+        (r#"{"NumericLessThanEquals":{"kmsfs:Uid":1000}}"#, true),
+        (r#"{"NumericGreaterThan":{"kmsfs:Uid":999}}"#, true),
+        (r#"{"NumericGreaterThanEquals":{"kmsfs:Uid":1001}}"#, false),
+        (r#"{"NumericEquals":{"kmsfs:Gid":"27"}}"#, true),
+        (
+            r#"{"DateLessThan":{"aws:CurrentTime":"2030-01-01T00:00:00Z"}}"#,
+            true,
+        ),
+        (
+            r#"{"DateGreaterThan":{"aws:CurrentTime":"2030-01-01T00:00:00Z"}}"#,
+            false,
+        ),
+        (
+            r#"{"DateGreaterThanEquals":{"kmsfs:CurrentTime":"1800000000"}}"#,
+            true,
+        ),
+        (
+            r#"{"DateLessThanEquals":{"kmsfs:CurrentTime":"1799999999"}}"#,
+            false,
+        ),
+        // every operator must hold (AND)
+        (
+            r#"{"StringEquals":{"kmsfs:AccessMode":"read"},"StringLike":{"kmsfs:Path":"/hr/*"}}"#,
+            false,
+        ),
+        // missing key: positive operators fail, negated ones hold
+        (
+            r#"{"StringEquals":{"kms:EncryptionContext:project":"x"}}"#,
+            false,
+        ),
+        (
+            r#"{"StringNotEquals":{"kms:EncryptionContext:project":"x"}}"#,
+            true,
+        ),
+    ];
+    for (c, want) in cases {
+        assert_eq!(allowed(&base(c), &r), *want, "{c}");
+    }
+}
+
+#[test]
+fn principals_actions_resources() {
+    let p = pol(r#"{"Effect":"Allow","Principal":{"Group":"users"},"Action":"kms:Decrypt"}"#);
+    assert!(
+        allowed(&p, &req(alice(), "kms:Decrypt", "/a", "read")),
+        "supplementary group counts"
+    );
+    assert!(!allowed(&p, &req(bob(), "kms:Decrypt", "/a", "read")));
+    let p = pol(
+        r#"{"Effect":"Allow","Principal":{"Uid":[1001,"1002"],"User":"carol"},"Action":["kms:ReEncrypt*","kms:Describe*"]}"#,
+    );
+    assert!(allowed(&p, &req(bob(), "kms:ReEncryptFrom", "/a", "read")));
+    assert!(allowed(&p, &req(bob(), "kms:DescribeKey", "/a", "read")));
+    assert!(!allowed(&p, &req(bob(), "kms:Decrypt", "/a", "read")));
+    let p = pol(&format!(
+        r#"{{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"{}"}}"#,
+        KeyId([8; 16])
+    ));
+    assert!(
+        !allowed(&p, &req(alice(), "kms:Decrypt", "/a", "read")),
+        "resource names another key"
+    );
+    let p = pol(r#"{"Effect":"Allow","Principal":{"Gid":1001},"Action":"kms:Decrypt"}"#);
+    assert!(allowed(&p, &req(bob(), "kms:Decrypt", "/a", "read")));
+}
+
+#[test]
+fn explicit_deny_beats_allow_and_grant() {
+    let p = pol(
+        r#"{"Sid":"All","Effect":"Allow","Principal":"*","Action":"kms:*"},
+                   {"Sid":"NoBob","Effect":"Deny","Principal":{"User":"bob"},"Action":"kms:Decrypt"}"#,
+    );
+    let g = Grant {
+        id: "g1".into(),
+        key: KEY,
+        name: String::new(),
+        grantee: Principal::parse(&serde_json::json!({"User":"bob"})).unwrap(),
+        operations: vec!["kms:Decrypt".into()],
+        path_like: None,
+        encryption_context_subset: BTreeMap::new(),
+        expires: None,
+        created: 0,
+        retiring_principal: None,
+    };
+    let r = req(bob(), "kms:Decrypt", "/a", "read");
+    assert_eq!(
+        evaluate(&p, &[g.clone()], &r),
+        Decision::ExplicitDeny {
+            sid: "NoBob".into()
+        }
+    );
+    assert_eq!(
+        evaluate(&p, &[g], &req(alice(), "kms:Decrypt", "/a", "read")),
+        Decision::AllowedByPolicy { sid: "All".into() }
+    );
+}
+
+#[test]
+fn grants_allow_only_within_their_limits() {
+    let p = pol(r#"{"Sid":"Owner","Effect":"Allow","Principal":{"Uid":1000},"Action":"kms:*"}"#);
+    let mut g = Grant {
+        id: "g1".into(),
+        key: KEY,
+        name: "backup".into(),
+        grantee: Principal::parse(&serde_json::json!({"User":"bob"})).unwrap(),
+        operations: vec!["kms:Decrypt".into()],
+        path_like: Some("/backup/*".into()),
+        encryption_context_subset: BTreeMap::new(),
+        expires: Some(1_900_000_000),
+        created: 0,
+        retiring_principal: None,
+    };
+    g.validate().unwrap();
+    let r = req(bob(), "kms:Decrypt", "/backup/x", "read");
+    assert_eq!(
+        evaluate(&p, std::slice::from_ref(&g), &r),
+        Decision::AllowedByGrant {
+            grant_id: "g1".into()
+        }
+    );
+    assert_eq!(
+        evaluate(
+            &p,
+            std::slice::from_ref(&g),
+            &req(bob(), "kms:Decrypt", "/other", "read")
+        ),
+        Decision::ImplicitDeny
+    );
+    assert_eq!(
+        evaluate(
+            &p,
+            std::slice::from_ref(&g),
+            &req(bob(), "kms:GenerateDataKey", "/backup/x", "write")
+        ),
+        Decision::ImplicitDeny
+    );
+    let mut late = r.clone();
+    late.now = 1_900_000_000;
+    assert_eq!(
+        evaluate(&p, std::slice::from_ref(&g), &late),
+        Decision::ImplicitDeny,
+        "expired grant"
+    );
+    // A grant with an encryption-context constraint does not match an empty context.
+    g.encryption_context_subset
+        .insert("project".into(), "x".into());
+    assert_eq!(
+        evaluate(&p, std::slice::from_ref(&g), &r),
+        Decision::ImplicitDeny
+    );
+    let mut with = r.clone();
+    with.encryption_context.insert("project".into(), "x".into());
+    assert!(evaluate(&p, &[g.clone()], &with).allowed());
+    g.operations = vec!["kms:PutKeyPolicy".into()];
+    assert!(g.validate().is_err());
+    g.operations = vec!["kms:Decrypt*".into()];
+    assert!(g.validate().is_err(), "grants name exact operations");
+}
+
+#[test]
+fn implicit_deny_when_nothing_matches() {
+    let p = pol(r#"{"Effect":"Allow","Principal":{"Uid":1000},"Action":"kms:Decrypt"}"#);
+    assert_eq!(
+        evaluate(&p, &[], &req(bob(), "kms:Decrypt", "/a", "read")),
+        Decision::ImplicitDeny
+    );
+}
+
+#[test]
+fn malformed_policies_rejected_with_a_reason() {
+    let cases: &[(&str, &str)] = &[
+        ("not json", "expected"),
+        (r#"{"Version":"2012-10-17","Statement":[]}"#, "empty"),
+        (
+            r#"{"Version":"2008-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}]}"#,
+            "Version",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Principal":"*","Action":"kms:Decrypt"}]}"#,
+            "Effect",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Decrypt"}]}"#,
+            "Principal",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*"}]}"#,
+            "Action",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Maybe","Principal":"*","Action":"kms:Decrypt"}]}"#,
+            "Effect",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Frobnicate"}]}"#,
+            "unknown action",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:*"}]}"#,
+            "unknown action",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"x"},"Action":"kms:Decrypt"}]}"#,
+            "principal type",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Uid":"bob"},"Action":"kms:Decrypt"}]}"#,
+            "not a number",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"StringMaybe":{"kmsfs:Path":"/"}}}]}"#,
+            "operator",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"StringEquals":{"kmsfs:Color":"red"}}}]}"#,
+            "condition key",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"NumericLessThan":{"kmsfs:Path":"3"}}}]}"#,
+            "does not apply",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"DateLessThan":{"aws:CurrentTime":"someday"}}}]}"#,
+            "does not apply",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Extra":1}]}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Sid":"a","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"},{"Sid":"a","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}]}"#,
+            "duplicate",
+        ),
+    ];
+    for (text, why) in cases {
+        let e = Policy::parse(text).expect_err(text);
+        assert!(
+            e.0.contains(why),
+            "{text}: message {:?} should mention {why:?}",
+            e.0
+        );
+    }
+    let big = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"{}","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}}]}}"#,
+        "x".repeat(MAX_POLICY_BYTES)
+    );
+    assert!(Policy::parse(&big).unwrap_err().0.contains("limit"));
+}
+
+#[test]
+fn lockout_check_refuses_self_lockout() {
+    let admin_only = pol(r#"{"Effect":"Allow","Principal":{"Uid":1000},"Action":"kms:*"}"#);
+    assert!(lockout_check(&admin_only, &alice(), KEY, 0).is_ok());
+    assert!(lockout_check(&admin_only, &bob(), KEY, 0).is_err());
+    let deny_self = pol(
+        r#"{"Effect":"Allow","Principal":"*","Action":"kms:*"},{"Effect":"Deny","Principal":{"Uid":1000},"Action":"kms:Put*"}"#,
+    );
+    assert!(lockout_check(&deny_self, &alice(), KEY, 0).is_err());
+    assert!(
+        lockout_check(
+            &Policy::parse(&Policy::default_text(1000)).unwrap(),
+            &alice(),
+            KEY,
+            0
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn separation_of_duties_example() {
+    // Key administrators manage the key but cannot decrypt; users decrypt but cannot change policy.
+    let p = pol(
+        r#"{"Sid":"Admins","Effect":"Allow","Principal":{"Group":"sudo"},"Action":["kms:Describe*","kms:Put*","kms:Enable*","kms:Disable*","kms:Rotate*","kms:ScheduleKeyDeletion","kms:CancelKeyDeletion","kms:*Grant*"]},
+                   {"Sid":"Users","Effect":"Allow","Principal":{"User":"bob"},"Action":["kms:Decrypt","kms:GenerateDataKey"]},
+                   {"Sid":"BackupReadOnly","Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"StringEquals":{"kmsfs:Executable":["/usr/bin/restic","/usr/bin/rsync"],"kmsfs:AccessMode":"read"}}}"#,
+    );
+    assert!(allowed(&p, &req(alice(), "kms:PutKeyPolicy", "/", "read")));
+    assert!(!allowed(&p, &req(alice(), "kms:Decrypt", "/a", "read")));
+    assert!(allowed(&p, &req(bob(), "kms:Decrypt", "/a", "read")));
+    assert!(!allowed(&p, &req(bob(), "kms:PutKeyPolicy", "/", "read")));
+    let mut restic = alice();
+    restic.exe = Some("/usr/bin/restic".into());
+    assert!(allowed(
+        &p,
+        &req(restic.clone(), "kms:Decrypt", "/a", "read")
+    ));
+    assert!(!allowed(&p, &req(restic, "kms:Decrypt", "/a", "write")));
+}
+
+#[test]
+fn glob_matching() {
+    for (p, s, want) in [
+        ("*", "", true),
+        ("a*c", "abbc", true),
+        ("a?c", "abc", true),
+        ("a?c", "ac", false),
+        ("/x/*", "/x/y/z", true),
+        ("*.txt", "a.txt.bak", false),
+        ("**", "x", true),
+    ] {
+        assert_eq!(glob(p, s), want, "{p} vs {s}");
+    }
+}
