@@ -661,7 +661,7 @@ fn o_append_single_and_two_appenders() {
         log.bytes("final", fs::read(&p).unwrap());
     });
     // Two threads appending concurrently: every record lands whole and exactly once.
-    fx.on_mount(120, |mnt| concurrent_appenders(mnt));
+    fx.on_mount(120, concurrent_appenders);
     let plain = fx.plain();
     with_timeout(60, move || concurrent_appenders(&plain));
     fx.finish();

@@ -178,11 +178,11 @@ impl Vfs {
         }
         let wrote = self.write_side_file(&to_dir, &to)?;
         let mut r = rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf);
-        if let Err(Errno::NOTEMPTY | Errno::EXIST) = r {
-            if flags == 0 {
-                // The target directory may hold only its directory id: empty it and retry.
-                r = self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry);
-            }
+        if let Err(Errno::NOTEMPTY | Errno::EXIST) = r
+            && flags == 0
+        {
+            // The target directory may hold only its directory id: empty it and retry.
+            r = self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry);
         }
         if let Err(e) = r {
             if wrote {
@@ -336,14 +336,12 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
             continue;
         }
         // A long-name side file whose entry is gone (left by a crash) does not count.
-        if let Some(base) = n.strip_suffix(LONG_NAME_SUFFIX.as_bytes()) {
-            if n.starts_with(crate::names::LONG_NAME_PREFIX.as_bytes())
-                && rustix::fs::statat(d, OsStr::from_bytes(base), AtFlags::SYMLINK_NOFOLLOW)
-                    .is_err()
-            {
-                orphans.push(OsString::from(OsStr::from_bytes(n)));
-                continue;
-            }
+        if let Some(base) = n.strip_suffix(LONG_NAME_SUFFIX.as_bytes())
+            && n.starts_with(crate::names::LONG_NAME_PREFIX.as_bytes())
+            && rustix::fs::statat(d, OsStr::from_bytes(base), AtFlags::SYMLINK_NOFOLLOW).is_err()
+        {
+            orphans.push(OsString::from(OsStr::from_bytes(n)));
+            continue;
         }
         return Err(Errno::NOTEMPTY.into());
     }
@@ -363,15 +361,15 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
 
 /// Puts back the directory id [`strip_internal`] removed (the directory stays in use).
 fn restore_dirid(d: &OwnedFd, saved: Option<Vec<u8>>) {
-    if let Some(b) = saved {
-        if let Ok(f) = rustix::fs::openat(
+    if let Some(b) = saved
+        && let Ok(f) = rustix::fs::openat(
             d,
             DIRID_FILE,
             OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
             Mode::from(0o400),
-        ) {
-            let _ = std::io::Write::write_all(&mut &std::fs::File::from(f), &b);
-        }
+        )
+    {
+        let _ = std::io::Write::write_all(&mut &std::fs::File::from(f), &b);
     }
 }
 

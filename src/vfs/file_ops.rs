@@ -139,11 +139,11 @@ impl Vfs {
             _ => return Err(Errno::INVAL.into()),
         }
         let of = self.get_open_file(&node, o.write || o.truncate)?;
-        if o.truncate {
-            if let Err(e) = of.truncate(0) {
-                self.put_open_file(ino);
-                return Err(e);
-            }
+        if o.truncate
+            && let Err(e) = of.truncate(0)
+        {
+            self.put_open_file(ino);
+            return Err(e);
         }
         Ok(self.add_handle(ino, of, o.append))
     }
@@ -291,10 +291,10 @@ impl Vfs {
             }
             .into());
         }
-        if let Some(fh) = fh {
-            if let Ok((f, _)) = self.handle_file(fh) {
-                return f.truncate(size);
-            }
+        if let Some(fh) = fh
+            && let Ok((f, _)) = self.handle_file(fh)
+        {
+            return f.truncate(size);
         }
         let of = self.get_open_file(node, true)?;
         let r = of.truncate(size);

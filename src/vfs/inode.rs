@@ -131,8 +131,4 @@ impl InodeTable {
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
 }

@@ -234,10 +234,10 @@ impl Vfs {
 
     fn attr_of(&self, node: &Node, st: &rustix::fs::Stat) -> Attr {
         let mut a = Attr::from_stat(st, node.ino, &self.layout);
-        if node.kind == Kind::File {
-            if let Some(of) = self.open_files.get(&node.ino) {
-                a.size = of.0.size();
-            }
+        if node.kind == Kind::File
+            && let Some(of) = self.open_files.get(&node.ino)
+        {
+            a.size = of.0.size();
         }
         a
     }

@@ -168,7 +168,7 @@ impl OpenFile {
         let mut out =
             Vec::with_capacity(plain.len() + (plain.len() / bs as usize + 2) * BLOCK_OVERHEAD);
         st.cipher.encrypt_blocks(first, &plain, new_final, &mut out);
-        if new_final == last + 1 && new_size % bs == 0 {
+        if new_final == last + 1 && new_size.is_multiple_of(bs) {
             // The size became a multiple of the block size: the final block is a new empty one.
             // (When the file goes on past this write, its final block is untouched and stays.)
             let mut fin = Vec::new();
