@@ -32,6 +32,8 @@ pub const ALREADY_MOUNTED: i32 = 19;
 pub const INVALID_REQUEST: i32 = 20;
 /// No such key, alias or rule.
 pub const NOT_FOUND: i32 = 21;
+/// A key policy or grant denies the request (also: `policy simulate` predicts a denial).
+pub const ACCESS_DENIED: i32 = 22;
 
 /// Every code with its meaning, for `--help` and the README.
 pub const TABLE: &[(i32, &str)] = &[
@@ -56,4 +58,5 @@ pub const TABLE: &[(i32, &str)] = &[
         "key-manager request refused (invalid value or key state)",
     ),
     (NOT_FOUND, "no such key, alias or rule"),
+    (ACCESS_DENIED, "denied by key policy"),
 ];

@@ -149,14 +149,14 @@ pub struct RewrapArgs {
 }
 
 /// An unlocked, unmounted volume for administration.
-struct Admin {
-    km: KeyManager,
+pub(super) struct Admin {
+    pub(super) km: KeyManager,
     root: PathBuf,
     plaintext_names: bool,
     _lock: std::os::fd::OwnedFd,
 }
 
-fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliError> {
+pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliError> {
     let root = std::fs::canonicalize(cipherdir)
         .map_err(|_| crate::keymgr::VolumeError::NotAVolume(cipherdir.to_path_buf()))?;
     crate::keymgr::probe(&root)?;
@@ -180,7 +180,7 @@ fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliError> {
     })
 }
 
-fn print_json<T: serde::Serialize>(v: &T) {
+pub(super) fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 

@@ -5,6 +5,7 @@ mod error;
 pub mod exit_code;
 mod key_cmd;
 mod mount_cmd;
+mod policy_cmd;
 mod progress;
 mod rekey_cmd;
 mod secrets;
@@ -26,7 +27,7 @@ use secrets::{SecretSource, UnlockSource};
 #[command(
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 10 not a volume, 11 volume needs newer kmsfs, 12 wrong \
 passphrase, 13 damaged key store/config, 14 bad mount point, 15 init dir not empty, 16 passphrase input, 17 mount \
-failed, 18 not mounted, 19 already mounted, 20 key-manager request refused, 21 no such key, alias or rule."
+failed, 18 not mounted, 19 already mounted, 20 key-manager request refused, 21 no such key, alias or rule, 22 denied by key policy."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -96,6 +97,10 @@ enum Command {
     Rewrap(key_cmd::RewrapArgs),
     /// Re-encrypt files of a mounted volume with fresh data keys (after a DEK leak).
     Rekey(rekey_cmd::RekeyArgs),
+    /// Key policies: get, put (validated, lockout-checked), validate, simulate a decision.
+    Policy(policy_cmd::PolicyArgs),
+    /// Grants: temporary, narrow permissions on a key.
+    Grant(policy_cmd::GrantArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -121,6 +126,8 @@ pub fn main() -> i32 {
         Command::Rules(a) => key_cmd::rules(&a),
         Command::Rewrap(a) => key_cmd::rewrap(&a),
         Command::Rekey(a) => rekey_cmd::rekey(&a),
+        Command::Policy(a) => policy_cmd::policy(&a),
+        Command::Grant(a) => policy_cmd::grant(&a),
     };
     match r {
         Ok(()) => exit_code::OK,

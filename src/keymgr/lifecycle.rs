@@ -372,6 +372,7 @@ pub fn execute_due_deletions(st: &mut KeyStore, now: u64) -> Vec<KeyId> {
     }
     st.aliases.retain(|_, id| !done.contains(id));
     st.rules.retain(|r| !done.contains(&r.key));
+    st.grants.retain(|g| !done.contains(&g.key));
     done
 }
 
@@ -620,6 +621,8 @@ mod tests {
             keys: vec![k],
             aliases: BTreeMap::new(),
             rules: Vec::new(),
+            owner_uid: 1000,
+            grants: Vec::new(),
         }
     }
 

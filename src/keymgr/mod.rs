@@ -2,6 +2,7 @@
 //! runtime key manager that wraps new files' DEKs and unwraps existing ones. Later: key lifecycle,
 //! rotation, policies, grants, rules and audit.
 
+pub mod access;
 pub mod lifecycle;
 pub mod policy;
 pub mod rewrap;

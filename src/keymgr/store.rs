@@ -28,6 +28,12 @@ pub struct KeyStore {
     /// Key rules: the key for a new file is the one of the longest matching path prefix.
     #[serde(default)]
     pub rules: Vec<KeyRule>,
+    /// The uid that created the volume: full control under the default key policy.
+    #[serde(default)]
+    pub owner_uid: u32,
+    /// Grants on keys (temporary, narrow permissions).
+    #[serde(default)]
+    pub grants: Vec<super::policy::Grant>,
 }
 
 /// `/finance` → key: new files under `/finance` are encrypted under that key.
@@ -100,6 +106,9 @@ pub struct KmsKey {
     /// Versions below this fail to decrypt (reversible). 0 or 1: all versions usable.
     #[serde(default)]
     pub min_decryption_version: u32,
+    /// The key policy (JSON). `None`: the default policy (the volume owner has full control).
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +143,7 @@ impl KmsKey {
             rotation: RotationSettings::default(),
             last_rotation: now,
             min_decryption_version: 0,
+            policy: None,
         }
     }
 

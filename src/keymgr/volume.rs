@@ -140,6 +140,8 @@ pub fn init(
         keys: vec![default_key],
         aliases: Default::default(),
         rules: Vec::new(),
+        owner_uid: rustix::process::geteuid().as_raw(),
+        grants: Vec::new(),
     };
     let store_key = Key256::generate();
     let mut slots = vec![make_slot(

@@ -1,0 +1,337 @@
+//! `kmsfs policy get|put|validate|simulate` and `kmsfs grant create|list|retire|revoke`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::UnlockArgs;
+use super::error::CliError;
+use super::exit_code as code;
+use super::key_cmd::{open, print_json};
+use crate::keymgr::access;
+use crate::keymgr::lifecycle;
+use crate::keymgr::policy::{Decision, Grant, Identity, Policy, Principal, Request};
+
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    op: PolicyOp,
+}
+
+#[derive(Args, Debug, Clone)]
+struct VolumeArg {
+    /// The volume's cipher directory (or set KMSFS_VOLUME).
+    #[arg(long = "volume", env = "KMSFS_VOLUME", value_name = "CIPHERDIR")]
+    volume: PathBuf,
+    #[command(flatten)]
+    unlock: UnlockArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyOp {
+    /// Print a key's policy (to FILE if given).
+    Get {
+        #[command(flatten)]
+        vol: VolumeArg,
+        key: String,
+        file: Option<PathBuf>,
+    },
+    /// Replace a key's policy with the document in FILE (validated; lockout-checked).
+    Put {
+        #[command(flatten)]
+        vol: VolumeArg,
+        key: String,
+        file: PathBuf,
+        /// Store a policy under which you could not change it again.
+        #[arg(long)]
+        bypass_lockout_check: bool,
+    },
+    /// Check a policy document; prints what is wrong.
+    Validate { file: PathBuf },
+    /// What would be decided for a request, and why.
+    Simulate {
+        #[command(flatten)]
+        vol: VolumeArg,
+        key: String,
+        #[arg(long)]
+        action: String,
+        #[arg(long, default_value_t = 0)]
+        uid: u32,
+        #[arg(long, default_value_t = 0)]
+        gid: u32,
+        /// Supplementary group ids, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<u32>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Group names, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        group_names: Vec<String>,
+        #[arg(long)]
+        exe: Option<String>,
+        #[arg(long)]
+        path: Option<String>,
+        /// read, write or readwrite.
+        #[arg(long)]
+        mode: Option<String>,
+        /// Encryption context pair KEY=VALUE (repeatable).
+        #[arg(long = "context")]
+        context: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn pairs(v: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    v.iter()
+        .map(|t| {
+            t.split_once('=')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    CliError::new(code::INVALID_REQUEST, format!("{t:?} is not KEY=VALUE"))
+                })
+        })
+        .collect()
+}
+
+fn read(p: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(p)
+        .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", p.display())))
+}
+
+pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
+    match &a.op {
+        PolicyOp::Validate { file } => {
+            Policy::parse(&read(file)?).map_err(|e| {
+                CliError::new(code::INVALID_REQUEST, format!("{}: {e}", file.display()))
+            })?;
+            println!("{}: valid", file.display());
+        }
+        PolicyOp::Get { vol, key, file } => {
+            let ad = open(&vol.volume, &vol.unlock)?;
+            let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
+            let text = ad.km.query(|s| access::get_policy(s, &id))?;
+            match file {
+                Some(f) => std::fs::write(f, &text)
+                    .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", f.display())))?,
+                None => println!("{text}"),
+            }
+        }
+        PolicyOp::Put {
+            vol,
+            key,
+            file,
+            bypass_lockout_check,
+        } => {
+            let text = read(file)?;
+            let ad = open(&vol.volume, &vol.unlock)?;
+            let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
+            let me = crate::vfs::identity::current();
+            ad.km.admin(|s, now| {
+                access::put_policy(s, &id, &text, &me, *bypass_lockout_check, now)
+            })?;
+            println!("policy of key {id} replaced");
+        }
+        PolicyOp::Simulate {
+            vol,
+            key,
+            action,
+            uid,
+            gid,
+            groups,
+            user,
+            group_names,
+            exe,
+            path,
+            mode,
+            context,
+            json,
+        } => {
+            let ad = open(&vol.volume, &vol.unlock)?;
+            let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
+            let req = Request {
+                who: Identity {
+                    uid: *uid,
+                    gid: *gid,
+                    groups: groups.clone(),
+                    user: user.clone(),
+                    group_names: group_names.clone(),
+                    pid: 0,
+                    exe: exe.clone(),
+                },
+                action: action.clone(),
+                key: Some(id),
+                path: path.clone(),
+                access_mode: mode.clone(),
+                now: ad.km.now(),
+                encryption_context: pairs(context)?,
+            };
+            let d = ad.km.query(|s| access::authorize(s, &req));
+            if *json {
+                print_json(&serde_json::json!({"allowed": d.allowed(), "decision": d}));
+            } else {
+                let why = match &d {
+                    Decision::ExplicitDeny { sid } => {
+                        format!("denied by statement {sid:?} (explicit Deny)")
+                    }
+                    Decision::AllowedByPolicy { sid } => format!("allowed by statement {sid:?}"),
+                    Decision::AllowedByGrant { grant_id } => format!("allowed by grant {grant_id}"),
+                    Decision::ImplicitDeny => {
+                        "denied: no statement or grant allows it (implicit deny)".into()
+                    }
+                };
+                println!("{why}");
+            }
+            if !d.allowed() {
+                return Err(CliError::new(
+                    code::ACCESS_DENIED,
+                    "the simulated request would be denied",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    vol: VolumeArg,
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    op: GrantOp,
+}
+
+#[derive(Subcommand, Debug)]
+enum GrantOp {
+    /// Create a grant; prints its id.
+    Create {
+        key: String,
+        #[arg(long = "grantee-uid")]
+        uids: Vec<u32>,
+        #[arg(long = "grantee-user")]
+        users: Vec<String>,
+        #[arg(long = "grantee-gid")]
+        gids: Vec<u32>,
+        #[arg(long = "grantee-group")]
+        groups: Vec<String>,
+        /// Allowed operation, e.g. kms:Decrypt (repeatable).
+        #[arg(long = "operation", required = true)]
+        operations: Vec<String>,
+        /// Only paths matching this glob.
+        #[arg(long)]
+        path_like: Option<String>,
+        /// Encryption-context pair the request must carry (repeatable).
+        #[arg(long = "context")]
+        context: Vec<String>,
+        /// Expiry: RFC 3339 time or a duration from now (e.g. 8h, 30d).
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List grants (of one key).
+    List { key: Option<String> },
+    /// Retire a grant (by its retiring principal or an administrator).
+    Retire { grant_id: String },
+    /// Revoke a grant (administrator).
+    Revoke { grant_id: String },
+}
+
+fn parse_expiry(s: &str, now: u64) -> Result<u64, CliError> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now + d.as_secs());
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .ok_or_else(|| {
+            CliError::new(
+                code::INVALID_REQUEST,
+                format!("expiry {s:?} is neither an RFC 3339 time nor a duration"),
+            )
+        })
+}
+
+pub fn grant(a: &GrantArgs) -> Result<(), CliError> {
+    let ad = open(&a.vol.volume, &a.vol.unlock)?;
+    let km = &ad.km;
+    match &a.op {
+        GrantOp::Create {
+            key,
+            uids,
+            users,
+            gids,
+            groups,
+            operations,
+            path_like,
+            context,
+            expires,
+            name,
+        } => {
+            let id = km.query(|s| lifecycle::resolve(s, key))?;
+            if uids.is_empty() && users.is_empty() && gids.is_empty() && groups.is_empty() {
+                return Err(CliError::new(
+                    code::USAGE,
+                    "a grant needs a grantee (--grantee-uid/-user/-gid/-group)",
+                ));
+            }
+            let expires = expires
+                .as_deref()
+                .map(|e| parse_expiry(e, km.now()))
+                .transpose()?;
+            let g = Grant {
+                id: String::new(),
+                key: id,
+                name: name.clone(),
+                grantee: Principal {
+                    any: false,
+                    uids: uids.clone(),
+                    users: users.clone(),
+                    gids: gids.clone(),
+                    groups: groups.clone(),
+                },
+                operations: operations.clone(),
+                path_like: path_like.clone(),
+                encryption_context_subset: pairs(context)?,
+                expires,
+                created: 0,
+                retiring_principal: None,
+            };
+            let gid = km.admin(|s, now| access::create_grant(s, g, now))?;
+            if a.json {
+                print_json(&serde_json::json!({"grant_id": gid}))
+            } else {
+                println!("{gid}")
+            }
+        }
+        GrantOp::List { key } => {
+            let id = key
+                .as_deref()
+                .map(|k| km.query(|s| lifecycle::resolve(s, k)))
+                .transpose()?;
+            let gs = km.query(|s| access::list_grants(s, id.as_ref()));
+            if a.json {
+                print_json(&gs);
+            } else {
+                for g in gs {
+                    println!(
+                        "{}  key {}  {:?}  ops {}  expires {}",
+                        g.id,
+                        g.key,
+                        g.grantee,
+                        g.operations.join(","),
+                        g.expires.map_or("never".into(), |e| e.to_string())
+                    );
+                }
+            }
+        }
+        GrantOp::Retire { grant_id } | GrantOp::Revoke { grant_id } => {
+            km.admin(|s, _| access::remove_grant(s, grant_id))?;
+        }
+    }
+    Ok(())
+}
