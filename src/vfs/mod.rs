@@ -9,6 +9,7 @@ mod dir_ops;
 mod dir_read;
 mod error;
 mod file_ops;
+pub mod identity;
 mod inode;
 mod open_file;
 mod path;
