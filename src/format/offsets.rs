@@ -95,7 +95,7 @@ mod tests {
                 // Every plaintext offset lies in a block that starts at or before it.
                 if s > 0 {
                     let b = l.block_of(s - 1);
-                    assert!(l.plain_offset(b) <= s - 1 && s - 1 < l.plain_offset(b) + l.block_size);
+                    assert!(l.plain_offset(b) < s && s - 1 < l.plain_offset(b) + l.block_size);
                 }
             }
         }
