@@ -188,6 +188,10 @@ fn flipped_byte_in_a_content_block_is_eio_and_logged() {
         "log does not name the block:\n{err}"
     );
     assert!(
+        !err.contains("victim") && !err.contains("bystander"),
+        "the log names plaintext file names:\n{err}"
+    );
+    assert!(
         err.contains(&cname),
         "log does not name the cipher file {cname}:\n{err}"
     );
@@ -442,11 +446,14 @@ fn flipped_cipher_name_is_not_listed() {
     });
 }
 
+/// A way to damage a file of the cipher directory.
+type Damage = fn(&Path);
+
 #[test]
 fn corrupted_directory_id_gives_errors_not_garbage() {
     let names = ["one", "two", "three"];
     // (what, how the dirid file is damaged)
-    let cases: [(&str, fn(&Path)); 4] = [
+    let cases: [(&str, Damage); 4] = [
         ("flipped", |p| flip(p, 7)),
         ("truncated", |p| {
             OpenOptions::new()
