@@ -5,11 +5,13 @@
 mod aead;
 pub mod hex;
 mod kdf;
+mod mac;
 mod rng;
 mod secret;
 
 pub use aead::{Aead, AuthError, NONCE_LEN, TAG_LEN};
 pub use kdf::{KdfError, KdfParams, argon2id, hkdf_subkey, sha256};
+pub use mac::{SignKey, hmac_sha256, verify_signature};
 pub use rng::{random_array, random_bytes};
 pub use secret::{Key256, Passphrase};
 

@@ -3,6 +3,7 @@
 //! rotation, policies, grants, rules and audit.
 
 pub mod access;
+pub mod audit;
 pub mod lifecycle;
 pub mod policy;
 pub mod rewrap;

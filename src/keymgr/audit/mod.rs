@@ -1,0 +1,77 @@
+//! The audit log: one record per key-manager operation and per file open/create/close, denial,
+//! integrity failure, mount and unmount. Confidential (every record encrypted), tamper-evident
+//! (each entry chained to the previous one by HMAC-SHA256; signed Ed25519 checkpoints every
+//! [`CHECKPOINT_EVERY`] records and at unmount; sequence numbers make gaps visible), segmented by
+//! size. Fail-closed: [`AuditLog::append`] returns an error when the entry cannot be written, and
+//! callers refuse the operation.
+//!
+//! On disk, `.kmsfs/audit/seg-NNNNNNNN.log` holds one entry per line, each the base64url (no
+//! padding) of a frame:
+//! ```text
+//!  0   8  sequence number, u64 BE (global, +1 per entry)
+//!  8   1  kind: 1 record, 2 checkpoint, 3 chain start
+//!  9  12  nonce
+//! 21   n  AES-256-GCM-SIV ciphertext of the entry's JSON (AAD = bytes 0..9)
+//!  …  16  tag
+//!  …  32  chain = HMAC-SHA256(chain key, previous chain ‖ bytes 0..21+n+16)
+//! ```
+//! `.kmsfs/audit/head` holds the last checkpoint (sequence, chain, signature), written after the
+//! checkpoint is durable, so cutting the log's tail before it is detected.
+
+mod record;
+mod verify;
+mod writer;
+
+pub use record::{Actor, AuditRecord, Checkpoint, Decision as AuditDecision, Resources, Source};
+pub use verify::{Finding, VerifyReport, read_all, verify};
+pub use writer::AuditLog;
+
+use crate::crypto::{Aead, Key256, SignKey, hkdf_subkey};
+
+/// Records between signed checkpoints.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+/// A segment is closed (with a checkpoint) when it grows past this.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
+pub const AUDIT_DIR: &str = "audit";
+pub const HEAD_FILE: &str = "head";
+
+pub const KIND_RECORD: u8 = 1;
+pub const KIND_CHECKPOINT: u8 = 2;
+pub const KIND_CHAIN_START: u8 = 3;
+
+const PURPOSE_ENC: &str = "kmsfs/v1/audit-encryption";
+const PURPOSE_CHAIN: &str = "kmsfs/v1/audit-chain";
+const PURPOSE_SIGN: &str = "kmsfs/v1/audit-checkpoint-signing";
+
+/// The audit log's keys, derived from the volume secret (one per purpose).
+pub struct AuditKeys {
+    enc: Aead,
+    chain: Key256,
+    sign: SignKey,
+}
+
+impl AuditKeys {
+    pub fn new(volume_secret: &Key256) -> Self {
+        AuditKeys {
+            enc: Aead::new(&hkdf_subkey(volume_secret, b"", PURPOSE_ENC)),
+            chain: hkdf_subkey(volume_secret, b"", PURPOSE_CHAIN),
+            sign: SignKey::from_seed(&hkdf_subkey(volume_secret, b"", PURPOSE_SIGN)),
+        }
+    }
+
+    /// The checkpoint signing key's public half (for `audit verify` reports).
+    pub fn public_key(&self) -> [u8; 32] {
+        self.sign.public()
+    }
+}
+
+pub fn segment_name(n: u64) -> String {
+    format!("seg-{n:08}.log")
+}
+
+pub fn parse_segment_name(s: &str) -> Option<u64> {
+    s.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

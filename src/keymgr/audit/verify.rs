@@ -1,0 +1,301 @@
+//! Reading and verifying the audit log.
+
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::Serialize;
+
+use super::record::{AuditRecord, Checkpoint};
+use super::writer::initial_chain;
+use super::{
+    AuditKeys, HEAD_FILE, KIND_CHAIN_START, KIND_CHECKPOINT, KIND_RECORD, parse_segment_name,
+    segment_name,
+};
+use crate::crypto::{ct_eq, hex, hmac_sha256, verify_signature};
+
+/// One decoded entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub kind: u8,
+    pub segment: u64,
+    pub line: usize,
+    /// The stored chain value.
+    pub chain: [u8; 32],
+    /// The frame bytes the chain covers (seq ‖ kind ‖ nonce ‖ ciphertext ‖ tag).
+    pub body: Vec<u8>,
+    /// Decrypted JSON, `None` if it fails authentication.
+    pub json: Option<Vec<u8>>,
+}
+
+fn decode_line(keys: &AuditKeys, line: &[u8], segment: u64, lineno: usize) -> Option<Entry> {
+    let f = B64.decode(line).ok()?;
+    if f.len() < 9 + 12 + 16 + 32 {
+        return None;
+    }
+    let (body, chain) = f.split_at(f.len() - 32);
+    let seq = u64::from_be_bytes(body[..8].try_into().ok()?);
+    let kind = body[8];
+    let json = keys.enc.open(&body[..9], &body[9..]).ok();
+    Some(Entry {
+        seq,
+        kind,
+        segment,
+        line: lineno,
+        chain: chain.try_into().ok()?,
+        body: body.to_vec(),
+        json,
+    })
+}
+
+/// Decodes the complete lines of one segment (undecodable lines are skipped).
+pub(super) fn decode_lines(keys: &AuditKeys, data: &[u8]) -> Vec<Entry> {
+    data.split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .filter_map(|(i, l)| decode_line(keys, l, 0, i + 1))
+        .collect()
+}
+
+/// The last checkpoint recorded in `head`.
+pub(super) fn last_checkpoint(_keys: &AuditKeys, dir: &Path) -> Option<Checkpoint> {
+    serde_json::from_slice(&std::fs::read(dir.join(HEAD_FILE)).ok()?).ok()
+}
+
+pub(super) fn last_checkpoint_signature(keys: &AuditKeys, dir: &Path) -> Option<String> {
+    last_checkpoint(keys, dir).map(|c| c.signature)
+}
+
+/// A problem `verify` found, naming the spot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub segment: Option<u64>,
+    pub seq: Option<u64>,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub segments: u64,
+    pub entries: u64,
+    pub records: u64,
+    pub checkpoints: u64,
+    pub chain_starts: u64,
+    /// Hex public key of the checkpoint signatures.
+    pub signing_key: String,
+    pub findings: Vec<Finding>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+fn segments(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| {
+                e.ok()
+                    .and_then(|e| e.file_name().to_str().and_then(parse_segment_name))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// Every entry of the log, in file order, plus the decrypted records.
+pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<AuditRecord>> {
+    let dir = control_dir.join(super::AUDIT_DIR);
+    let mut out = Vec::new();
+    for s in segments(&dir) {
+        let data = std::fs::read(dir.join(segment_name(s)))?;
+        for e in decode_lines(keys, &data) {
+            if e.kind != KIND_CHECKPOINT {
+                if let Some(r) = e
+                    .json
+                    .as_ref()
+                    .and_then(|j| serde_json::from_slice::<AuditRecord>(j).ok())
+                {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies the whole log: chain, sequence, decryption, checkpoint signatures, segments, head.
+pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyReport> {
+    let dir = control_dir.join(super::AUDIT_DIR);
+    let mut r = VerifyReport {
+        signing_key: hex::encode(&keys.public_key()),
+        ..Default::default()
+    };
+    let pubkey = keys.public_key();
+    let segs = segments(&dir);
+    r.segments = segs.len() as u64;
+    let mut find = |segment: Option<u64>, seq: Option<u64>, problem: String| {
+        r.findings.push(Finding {
+            segment,
+            seq,
+            problem,
+        })
+    };
+    let (mut prev_chain, mut expect_seq, mut last_sig) = (initial_chain(keys), 0u64, String::new());
+    let mut checkpoint_sigs = Vec::new();
+    let (mut entries, mut records, mut cps, mut starts) = (0u64, 0u64, 0u64, 0u64);
+    if let Some(first) = segs.first() {
+        if *first != 1 {
+            find(
+                Some(1),
+                None,
+                format!("segments 1..{} are missing (deleted)", first - 1),
+            );
+        }
+    }
+    for w in segs.windows(2) {
+        if w[1] != w[0] + 1 {
+            find(
+                Some(w[0] + 1),
+                None,
+                format!("segment {} is missing (deleted)", w[0] + 1),
+            );
+        }
+    }
+    for s in &segs {
+        let data = std::fs::read(dir.join(segment_name(*s)))?;
+        if !data.is_empty() && data.last() != Some(&b'\n') {
+            find(
+                Some(*s),
+                None,
+                "segment ends in a torn (incomplete) entry".into(),
+            );
+        }
+        for (i, line) in data
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+        {
+            let Some(e) = decode_line(keys, line, *s, i + 1) else {
+                find(
+                    Some(*s),
+                    None,
+                    format!("line {} is not a valid entry (modified)", i + 1),
+                );
+                continue;
+            };
+            entries += 1;
+            if e.seq > expect_seq {
+                find(
+                    Some(*s),
+                    Some(e.seq),
+                    format!(
+                        "entries {expect_seq}..{} are missing (removed or truncated)",
+                        e.seq - 1
+                    ),
+                );
+            } else if e.seq < expect_seq {
+                find(
+                    Some(*s),
+                    Some(e.seq),
+                    format!(
+                        "entry {} appears after {} (reordered, swapped or duplicated)",
+                        e.seq,
+                        expect_seq - 1
+                    ),
+                );
+            }
+            let want = hmac_sha256(&keys.chain, &[&prev_chain, &e.body]);
+            if e.seq == expect_seq && !ct_eq(&want, &e.chain) {
+                find(Some(*s), Some(e.seq), "chain broken: this entry or the one before it was modified, inserted or reordered".into());
+            }
+            match &e.json {
+                None => find(
+                    Some(*s),
+                    Some(e.seq),
+                    "entry fails authentication (modified)".into(),
+                ),
+                Some(j) if e.kind == KIND_CHECKPOINT => {
+                    cps += 1;
+                    match serde_json::from_slice::<Checkpoint>(j) {
+                        Ok(c) => {
+                            let msg = Checkpoint::signed_bytes(
+                                c.seq,
+                                c.segment,
+                                &c.chain,
+                                &c.prev_signature,
+                            );
+                            let mut sig = [0u8; 64];
+                            let sig_ok = hex::decode_into(&c.signature, &mut sig).is_some()
+                                && verify_signature(&pubkey, &msg, &sig);
+                            if !sig_ok {
+                                find(Some(*s), Some(e.seq), "checkpoint signature invalid".into());
+                            }
+                            if c.chain != hex::encode(&prev_chain) || c.seq != e.seq {
+                                find(
+                                    Some(*s),
+                                    Some(e.seq),
+                                    "checkpoint does not match the entries before it".into(),
+                                );
+                            }
+                            if c.prev_signature != last_sig {
+                                find(Some(*s), Some(e.seq), "checkpoint does not follow the previous checkpoint (one was removed)".into());
+                            }
+                            last_sig = c.signature.clone();
+                            checkpoint_sigs.push((c.seq, c.signature));
+                        }
+                        Err(_) => find(Some(*s), Some(e.seq), "checkpoint does not parse".into()),
+                    }
+                }
+                Some(j) => {
+                    if e.kind == KIND_CHAIN_START {
+                        starts += 1;
+                    } else if e.kind == KIND_RECORD {
+                        records += 1;
+                    }
+                    match serde_json::from_slice::<AuditRecord>(j) {
+                        Ok(rec) if rec.seq == e.seq => {}
+                        _ => find(
+                            Some(*s),
+                            Some(e.seq),
+                            "record content does not match its sequence number".into(),
+                        ),
+                    }
+                }
+            }
+            prev_chain = e.chain;
+            expect_seq = e.seq + 1;
+        }
+    }
+    match std::fs::read(dir.join(HEAD_FILE)) {
+        Ok(b) => match serde_json::from_slice::<Checkpoint>(&b) {
+            Ok(h) => {
+                if !checkpoint_sigs
+                    .iter()
+                    .any(|(seq, sig)| *seq == h.seq && *sig == h.signature)
+                {
+                    find(
+                        None,
+                        Some(h.seq),
+                        format!(
+                            "the log ends before checkpoint {} recorded in head (tail truncated or removed)",
+                            h.seq
+                        ),
+                    );
+                }
+            }
+            Err(_) => find(None, None, "head file does not parse (modified)".into()),
+        },
+        Err(_) if cps == 0 => {}
+        Err(_) => find(None, None, "head file is missing".into()),
+    }
+    r.entries = entries;
+    r.records = records;
+    r.checkpoints = cps;
+    r.chain_starts = starts;
+    Ok(r)
+}

@@ -1,0 +1,261 @@
+//! Appending to the audit log.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+use super::record::{AuditRecord, Checkpoint, Source};
+use super::{
+    AuditKeys, CHECKPOINT_EVERY, HEAD_FILE, KIND_CHAIN_START, KIND_CHECKPOINT, KIND_RECORD,
+    SEGMENT_BYTES, parse_segment_name, segment_name,
+};
+use crate::crypto::{hex, hmac_sha256, random_array};
+
+/// The chain value before the first entry of a log.
+pub(super) fn initial_chain(keys: &AuditKeys) -> [u8; 32] {
+    hmac_sha256(&keys.chain, &[b"kmsfs audit chain start v1"])
+}
+
+/// Encodes one entry; returns the line (without newline) and its chain value.
+pub(super) fn encode(
+    keys: &AuditKeys,
+    seq: u64,
+    kind: u8,
+    json: &[u8],
+    prev: &[u8; 32],
+) -> (String, [u8; 32]) {
+    let mut f = Vec::with_capacity(9 + 12 + json.len() + 16 + 32);
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.push(kind);
+    let aad = f.clone();
+    let nonce: [u8; 12] = random_array();
+    f.extend_from_slice(&keys.enc.seal_with_nonce(&nonce, &aad, json));
+    let chain = hmac_sha256(&keys.chain, &[prev, &f]);
+    f.extend_from_slice(&chain);
+    (B64.encode(&f), chain)
+}
+
+pub(super) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
+struct Inner {
+    segment: u64,
+    file: File,
+    bytes: u64,
+    next_seq: u64,
+    chain: [u8; 32],
+    since_checkpoint: u64,
+    last_signature: String,
+}
+
+/// An open audit log (one writer per volume: the mount, or the CLI when unmounted).
+pub struct AuditLog {
+    dir: PathBuf,
+    keys: AuditKeys,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("dir", &self.dir).finish()
+    }
+}
+
+fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join(segment_name(n)))
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `control_dir/audit`. A torn last line (crash mid-write) is
+    /// cut off; if the previous session did not end with an unmount checkpoint, a chain-start
+    /// entry marks the unclean shutdown.
+    pub fn open(control_dir: &Path, keys: AuditKeys) -> io::Result<AuditLog> {
+        let dir = control_dir.join(super::AUDIT_DIR);
+        fs::create_dir_all(&dir)?;
+        let mut segs: Vec<u64> = fs::read_dir(&dir)?
+            .filter_map(|e| {
+                e.ok()
+                    .and_then(|e| e.file_name().to_str().and_then(parse_segment_name))
+            })
+            .collect();
+        segs.sort_unstable();
+        let last = segs.last().copied();
+        let (segment, next_seq, chain, last_kind, last_sig, clean) = match last {
+            None => (1, 0, initial_chain(&keys), None, String::new(), true),
+            Some(n) => {
+                let p = dir.join(segment_name(n));
+                let data = fs::read(&p)?;
+                // Cut a torn tail: keep up to the last newline.
+                let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                if keep != data.len() {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&p)?
+                        .set_len(keep as u64)?;
+                }
+                let entries = super::verify::decode_lines(&keys, &data[..keep]);
+                match entries.last() {
+                    Some(e) => {
+                        let sig = super::verify::last_checkpoint_signature(&keys, &dir)
+                            .unwrap_or_default();
+                        (n, e.seq + 1, e.chain, Some(e.kind), sig, keep == data.len())
+                    }
+                    None => (
+                        n,
+                        0,
+                        initial_chain(&keys),
+                        None,
+                        String::new(),
+                        keep == data.len(),
+                    ),
+                }
+            }
+        };
+        let file = open_segment(&dir, segment)?;
+        let bytes = file.metadata()?.len();
+        let log = AuditLog {
+            dir,
+            keys,
+            inner: Mutex::new(Inner {
+                segment,
+                file,
+                bytes,
+                next_seq,
+                chain,
+                since_checkpoint: 0,
+                last_signature: last_sig,
+            }),
+        };
+        let unclean_reason = match (last_kind, clean) {
+            (None, true) if next_seq == 0 => Some("new audit log"),
+            (_, false) => Some("unclean shutdown: the last entry was torn and removed"),
+            (Some(KIND_CHECKPOINT), true) if log.last_was_unmount() => None,
+            _ => Some(
+                "unclean shutdown: the previous session did not end with an unmount checkpoint",
+            ),
+        };
+        if let Some(why) = unclean_reason {
+            let mut r = AuditRecord::new("ChainStart", Source::System);
+            r.detail = Some(why.into());
+            log.write_entry(KIND_CHAIN_START, r)?;
+        }
+        Ok(log)
+    }
+
+    fn last_was_unmount(&self) -> bool {
+        super::verify::last_checkpoint(&self.keys, &self.dir).is_some_and(|c| c.reason == "unmount")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_entry(&self, kind: u8, mut rec: AuditRecord) -> io::Result<u64> {
+        let mut g = self.lock();
+        self.write_locked(&mut g, kind, &mut rec)
+    }
+
+    fn write_locked(&self, g: &mut Inner, kind: u8, rec: &mut AuditRecord) -> io::Result<u64> {
+        rec.seq = g.next_seq;
+        rec.time = now_rfc3339();
+        let json = zeroize::Zeroizing::new(serde_json::to_vec(rec).map_err(io::Error::other)?);
+        self.write_raw(g, kind, &json)
+    }
+
+    fn write_raw(&self, g: &mut Inner, kind: u8, json: &[u8]) -> io::Result<u64> {
+        let seq = g.next_seq;
+        let (mut line, chain) = encode(&self.keys, seq, kind, json, &g.chain);
+        line.push('\n');
+        // One write(2) per entry in O_APPEND mode: a crash leaves at most one torn last line.
+        g.file.write_all(line.as_bytes())?;
+        g.bytes += line.len() as u64;
+        g.chain = chain;
+        g.next_seq = seq + 1;
+        g.since_checkpoint += 1;
+        Ok(seq)
+    }
+
+    /// Appends a record. An error means the record is not in the log: refuse the operation.
+    pub fn append(&self, mut rec: AuditRecord) -> io::Result<u64> {
+        let mut g = self.lock();
+        let seq = self.write_locked(&mut g, KIND_RECORD, &mut rec)?;
+        if g.since_checkpoint >= CHECKPOINT_EVERY {
+            self.checkpoint_locked(&mut g, "periodic")?;
+        }
+        if g.bytes >= SEGMENT_BYTES {
+            self.roll_locked(&mut g)?;
+        }
+        Ok(seq)
+    }
+
+    /// Closes the current segment with a checkpoint and continues in a new one.
+    pub fn start_new_segment(&self) -> io::Result<()> {
+        let mut g = self.lock();
+        self.roll_locked(&mut g)
+    }
+
+    fn roll_locked(&self, g: &mut Inner) -> io::Result<()> {
+        self.checkpoint_locked(g, "segment-end")?;
+        g.segment += 1;
+        g.file = open_segment(&self.dir, g.segment)?;
+        g.bytes = 0;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Writes a signed checkpoint, makes the log durable, then updates `head`.
+    pub fn checkpoint(&self, reason: &str) -> io::Result<()> {
+        let mut g = self.lock();
+        self.checkpoint_locked(&mut g, reason)
+    }
+
+    fn checkpoint_locked(&self, g: &mut Inner, reason: &str) -> io::Result<()> {
+        let seq = g.next_seq;
+        let chain = hex::encode(&g.chain);
+        let sig = hex::encode(&self.keys.sign.sign(&Checkpoint::signed_bytes(
+            seq,
+            g.segment,
+            &chain,
+            &g.last_signature,
+        )));
+        let c = Checkpoint {
+            seq,
+            time: now_rfc3339(),
+            segment: g.segment,
+            chain,
+            prev_signature: g.last_signature.clone(),
+            signature: sig.clone(),
+            reason: reason.into(),
+        };
+        let json = serde_json::to_vec(&c).map_err(io::Error::other)?;
+        self.write_raw(g, KIND_CHECKPOINT, &json)?;
+        g.file.sync_data()?;
+        crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), &json, 0o600, None)?;
+        g.last_signature = sig;
+        g.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (group commit).
+    pub fn sync(&self) -> io::Result<()> {
+        self.lock().file.sync_data()
+    }
+
+    /// The clean end of a session.
+    pub fn close(&self) -> io::Result<()> {
+        self.checkpoint("unmount")
+    }
+}
