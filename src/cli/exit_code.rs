@@ -34,6 +34,8 @@ pub const INVALID_REQUEST: i32 = 20;
 pub const NOT_FOUND: i32 = 21;
 /// A key policy or grant denies the request (also: `policy simulate` predicts a denial).
 pub const ACCESS_DENIED: i32 = 22;
+/// An integrity check failed (e.g. `audit verify` found a modified, removed or reordered entry).
+pub const INTEGRITY: i32 = 23;
 
 /// Every code with its meaning, for `--help` and the README.
 pub const TABLE: &[(i32, &str)] = &[
@@ -59,4 +61,5 @@ pub const TABLE: &[(i32, &str)] = &[
     ),
     (NOT_FOUND, "no such key, alias or rule"),
     (ACCESS_DENIED, "denied by key policy"),
+    (INTEGRITY, "integrity check failed"),
 ];

@@ -1,6 +1,7 @@
 //! The `kmsfs` command line: argument parsing, prompts, exit codes. Each subcommand lives in its
 //! own file; they call into keymgr/vfs/fuse and turn errors into [`CliError`]s.
 
+mod audit_cmd;
 mod error;
 pub mod exit_code;
 mod key_cmd;
@@ -27,7 +28,7 @@ use secrets::{SecretSource, UnlockSource};
 #[command(
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 10 not a volume, 11 volume needs newer kmsfs, 12 wrong \
 passphrase, 13 damaged key store/config, 14 bad mount point, 15 init dir not empty, 16 passphrase input, 17 mount \
-failed, 18 not mounted, 19 already mounted, 20 key-manager request refused, 21 no such key, alias or rule, 22 denied by key policy."
+failed, 18 not mounted, 19 already mounted, 20 key-manager request refused, 21 no such key, alias or rule, 22 denied by key policy, 23 integrity check failed."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -101,6 +102,8 @@ enum Command {
     Policy(policy_cmd::PolicyArgs),
     /// Grants: temporary, narrow permissions on a key.
     Grant(policy_cmd::GrantArgs),
+    /// The audit log: show, tail, verify, export.
+    Audit(audit_cmd::AuditArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -128,6 +131,7 @@ pub fn main() -> i32 {
         Command::Rekey(a) => rekey_cmd::rekey(&a),
         Command::Policy(a) => policy_cmd::policy(&a),
         Command::Grant(a) => policy_cmd::grant(&a),
+        Command::Audit(a) => audit_cmd::audit(&a),
     };
     match r {
         Ok(()) => exit_code::OK,

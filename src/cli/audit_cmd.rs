@@ -1,0 +1,270 @@
+//! `kmsfs audit show|tail|verify|export` on a cipher directory (with the passphrase). Reading is
+//! safe while the volume is mounted.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::UnlockArgs;
+use super::error::CliError;
+use super::exit_code as code;
+use crate::keymgr::audit::{self, AuditKeys, AuditRecord};
+use crate::keymgr::policy::glob;
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    cipherdir: PathBuf,
+    #[command(flatten)]
+    unlock: UnlockArgs,
+    #[command(subcommand)]
+    op: AuditOp,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct Filter {
+    /// Only records at or after this time (RFC 3339, or a duration ago like 1h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this user (name or uid).
+    #[arg(long)]
+    user: Option<String>,
+    /// Only paths matching this glob.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only this key id.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only this event name (Open, Create, Close, RotateKey, …).
+    #[arg(long)]
+    event: Option<String>,
+    /// Only denials.
+    #[arg(long)]
+    denied: bool,
+    /// JSON Lines output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditOp {
+    /// Print records (filters combine).
+    Show {
+        #[command(flatten)]
+        f: Filter,
+    },
+    /// Print the last records; with -f keep printing new ones.
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        lines: usize,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[command(flatten)]
+        f: Filter,
+    },
+    /// Check the chain, sequence numbers, checkpoint signatures and segments; non-zero exit and
+    /// the spot of every problem if the log was modified, cut or reordered.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every record as JSON Lines to FILE (or - for stdout).
+    Export { file: PathBuf },
+}
+
+fn when(s: &str) -> Result<String, CliError> {
+    let t = if let Ok(d) = humantime::parse_duration(s) {
+        std::time::SystemTime::now() - d
+    } else {
+        humantime::parse_rfc3339_weak(s).map_err(|_| {
+            CliError::new(
+                code::USAGE,
+                format!("time {s:?} is neither RFC 3339 nor a duration"),
+            )
+        })?
+    };
+    Ok(humantime::format_rfc3339_nanos(t).to_string())
+}
+
+impl Filter {
+    fn matches(&self, r: &AuditRecord, since: &Option<String>, until: &Option<String>) -> bool {
+        since.as_ref().is_none_or(|s| r.time.as_str() >= s.as_str())
+            && until.as_ref().is_none_or(|u| r.time.as_str() < u.as_str())
+            && self.user.as_ref().is_none_or(|u| {
+                r.actor.user.as_deref() == Some(u.as_str()) || r.actor.uid.to_string() == *u
+            })
+            && self
+                .path
+                .as_ref()
+                .is_none_or(|g| r.resources.path.as_ref().is_some_and(|p| glob(g, p)))
+            && self
+                .key
+                .as_ref()
+                .is_none_or(|k| r.resources.key_id.as_deref() == Some(k.as_str()))
+            && self
+                .event
+                .as_ref()
+                .is_none_or(|e| r.event.eq_ignore_ascii_case(e))
+            && (!self.denied || r.denied())
+    }
+}
+
+fn print(r: &AuditRecord, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let who = r
+        .actor
+        .user
+        .clone()
+        .unwrap_or_else(|| r.actor.uid.to_string());
+    let dec = r
+        .decision
+        .as_ref()
+        .map(|d| {
+            format!(
+                " {} by {}",
+                if d.allowed { "allowed" } else { "DENIED" },
+                d.by
+            )
+        })
+        .unwrap_or_default();
+    let bytes = match (r.bytes_read, r.bytes_written) {
+        (None, None) => String::new(),
+        (a, b) => format!(" read={} written={}", a.unwrap_or(0), b.unwrap_or(0)),
+    };
+    println!(
+        "{:>7} {} {:<16} {} pid={} exe={} path={} key={}{}{}{}{}",
+        r.seq,
+        r.time,
+        r.event,
+        who,
+        r.actor.pid,
+        r.actor.exe.as_deref().unwrap_or("-"),
+        r.resources.path.as_deref().unwrap_or("-"),
+        r.resources.key_id.as_deref().unwrap_or("-"),
+        r.resources
+            .key_version
+            .map(|v| format!(" v{v}"))
+            .unwrap_or_default(),
+        dec,
+        if r.errno != 0 {
+            format!(" errno={}", r.errno)
+        } else {
+            String::new()
+        },
+        bytes,
+    );
+    if let Some(d) = &r.detail {
+        println!("        {d}");
+    }
+}
+
+pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
+    let root = std::fs::canonicalize(&a.cipherdir)
+        .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
+    crate::keymgr::probe(&root)?;
+    let u = crate::keymgr::unlock(&root, &a.unlock.source().get()?)?;
+    let keys = AuditKeys::new(&u.store.volume_secret);
+    let control = u.paths.control_dir();
+    let io = |e: std::io::Error| {
+        CliError::new(
+            code::ERROR,
+            format!("audit log in {}: {e}", control.display()),
+        )
+    };
+    match &a.op {
+        AuditOp::Show { f } => {
+            let (s, u) = (
+                f.since.as_deref().map(when).transpose()?,
+                f.until.as_deref().map(when).transpose()?,
+            );
+            for r in audit::read_all(&control, &keys)
+                .map_err(io)?
+                .iter()
+                .filter(|r| f.matches(r, &s, &u))
+            {
+                print(r, f.json);
+            }
+        }
+        AuditOp::Tail { lines, follow, f } => {
+            let (s, u) = (
+                f.since.as_deref().map(when).transpose()?,
+                f.until.as_deref().map(when).transpose()?,
+            );
+            let all = audit::read_all(&control, &keys).map_err(io)?;
+            let sel: Vec<&AuditRecord> = all.iter().filter(|r| f.matches(r, &s, &u)).collect();
+            let mut last = all.last().map_or(0, |r| r.seq);
+            for r in &sel[sel.len().saturating_sub(*lines)..] {
+                print(r, f.json);
+            }
+            while *follow {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let new: Vec<AuditRecord> = audit::read_all(&control, &keys)
+                    .map_err(io)?
+                    .into_iter()
+                    .filter(|r| r.seq > last)
+                    .collect();
+                for r in &new {
+                    last = r.seq;
+                    if f.matches(r, &s, &u) {
+                        print(r, f.json);
+                    }
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+            }
+        }
+        AuditOp::Verify { json } => {
+            let r = audit::verify(&control, &keys).map_err(io)?;
+            if *json {
+                super::key_cmd::print_json(&r);
+            } else {
+                println!(
+                    "{} segment(s), {} entries ({} records, {} checkpoints, {} chain starts); checkpoint key {}",
+                    r.segments, r.entries, r.records, r.checkpoints, r.chain_starts, r.signing_key
+                );
+                for f in &r.findings {
+                    println!(
+                        "PROBLEM: {}{}{}",
+                        f.segment
+                            .map(|s| format!("segment {s}: "))
+                            .unwrap_or_default(),
+                        f.seq.map(|s| format!("entry {s}: ")).unwrap_or_default(),
+                        f.problem
+                    );
+                }
+                if r.ok() {
+                    println!("audit log intact");
+                }
+            }
+            if !r.ok() {
+                return Err(CliError::new(
+                    code::INTEGRITY,
+                    format!(
+                        "audit log verification failed: {} problem(s)",
+                        r.findings.len()
+                    ),
+                ));
+            }
+        }
+        AuditOp::Export { file } => {
+            let all = audit::read_all(&control, &keys).map_err(io)?;
+            let mut out = String::new();
+            for r in &all {
+                out.push_str(&serde_json::to_string(r).unwrap_or_default());
+                out.push('\n');
+            }
+            if file.as_os_str() == "-" {
+                print!("{out}");
+            } else {
+                std::fs::write(file, out)
+                    .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", file.display())))?;
+            }
+        }
+    }
+    Ok(())
+}
