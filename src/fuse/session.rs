@@ -2,8 +2,10 @@
 //! SIGINT/SIGTERM/SIGHUP.
 
 use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
@@ -43,20 +45,44 @@ fn option(s: &str) -> MountOption {
     }
 }
 
-/// Blocks the termination signals in the calling thread (and every thread it spawns later), so
-/// that one dedicated thread can receive them with `sigwait`.
-fn block_term_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it; pthread_sigmask only
-    // changes this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
+/// The write end of the pipe the termination-signal handler writes to (-1: none yet).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_term_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; `b` outlives the call.
+        unsafe { libc::write(fd, (&raw const b).cast(), 1) };
     }
+}
+
+/// Routes SIGINT, SIGTERM and SIGHUP to a pipe and returns its read end. A handler (not a
+/// blocked mask with `sigwait`) because the mask is per thread: a thread started before the
+/// mount (key maintenance, say) would otherwise take the signal and die with the process,
+/// leaving a dead mount behind.
+fn route_term_signals() -> io::Result<OwnedFd> {
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // The write end lives as long as the process (the handler may run at any time).
+    let old = SIGNAL_PIPE.swap(wr.into_raw_fd(), Ordering::Relaxed);
+    if old >= 0 {
+        // SAFETY: `old` was leaked into SIGNAL_PIPE by an earlier mount in this process.
+        drop(unsafe { OwnedFd::from_raw_fd(old) });
+    }
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction with an empty mask and a handler that only calls write(2).
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_term_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(s, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(rd)
 }
 
 /// Mounts `vfs` at `mountpoint`, calls `ready` once the mount exists, and serves requests until
@@ -67,7 +93,7 @@ pub fn mount(
     opts: &MountOptions,
     ready: impl FnOnce(),
 ) -> io::Result<()> {
-    let set = block_term_signals();
+    let signals = route_term_signals()?;
     let mut mo = vec![
         MountOption::FSName(opts.fsname.clone()),
         // As a kernel option, so that /proc/mounts shows the type `fuse.kmsfs` also when
@@ -99,13 +125,18 @@ pub fn mount(
     std::thread::Builder::new()
         .name("kmsfs-signals".into())
         .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: `set` is an initialised sigset; sigwait writes the signal number into `sig`.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                tracing::info!("signal {sig}: unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    tracing::error!("unmount after signal {sig} failed: {e}");
+            let mut b = [0u8; 1];
+            loop {
+                match rustix::io::read(&signals, &mut b) {
+                    Ok(1) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    _ => return,
                 }
+            }
+            let sig = b[0];
+            tracing::info!("signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!("unmount after signal {sig} failed: {e}");
             }
         })?;
     ready();
