@@ -6,6 +6,21 @@
 //! The ratio format/raw shows what the block format costs on top of the cipher. Both encrypt
 //! 4 KiB messages with a 25-byte AAD (the size of a block's AAD), so the difference is the format's
 //! own work, not the cipher's.
+//!
+//! Recorded 2026-11-23 on the 2-vCPU development VM (shared, with steal time: runs vary by up to
+//! ±40 %; this was the quietest of four runs), MB/s = 10^6 bytes/s:
+//!
+//! | benchmark                                 | MB/s | format/raw |
+//! | ----------------------------------------- | ---: | ---------: |
+//! | raw AES-256-GCM-SIV encrypt, 4 KiB        | 1627 |            |
+//! | raw AES-256-GCM-SIV decrypt, 4 KiB        | 1470 |            |
+//! | FileCipher::encrypt_blocks, 1 MiB         | 1551 |       0.95 |
+//! | FileCipher::decrypt_blocks, 1 MiB         | 1397 |       0.95 |
+//! | FileCipher::encrypt_block, one 4 KiB      | 1721 |      ~1.0  |
+//! | FileCipher::decrypt_block, one 4 KiB      | 1455 |       0.99 |
+//!
+//! So the format costs about 5 % over the bare cipher on a 1 MiB write or read (nonce generation,
+//! output buffer, per-block AAD); the cipher itself is the cost.
 
 use std::hint::black_box;
 
