@@ -207,6 +207,7 @@ struct Fx {
     m: Option<Mount>,
     plain: tempfile::TempDir,
     v: Volume,
+    mount_args: Vec<&'static str>,
 }
 
 impl Fx {
@@ -215,8 +216,18 @@ impl Fx {
     }
 
     fn with(init: &[&str]) -> Fx {
+        Self::with_mount_args(init, &[])
+    }
+
+    fn with_mount_args(init: &[&str], mount_args: &[&'static str]) -> Fx {
+        Self::build(init, mount_args, |_| {})
+    }
+
+    /// A fixture whose volume `setup` prepares before the first mount.
+    fn build(init: &[&str], mount_args: &[&'static str], setup: impl FnOnce(&Volume)) -> Fx {
         let v = Volume::new(init);
-        let m = v.mount();
+        setup(&v);
+        let m = v.mount_with(mount_args);
         let plain = tempfile::Builder::new()
             .prefix("kmsfs-plain-")
             .tempdir()
@@ -225,6 +236,7 @@ impl Fx {
             m: Some(m),
             plain,
             v,
+            mount_args: mount_args.to_vec(),
         }
     }
 
@@ -264,7 +276,15 @@ impl Fx {
             unmount_checked(m, &self.v.mnt);
         }
         assert!(!is_mounted(&self.v.mnt));
-        self.m = Some(self.v.mount());
+        self.m = Some(self.v.mount_with(&self.mount_args));
+    }
+
+    /// Unmounts (for tests that did not use the plain directory).
+    fn finish_mount_only(mut self) {
+        if let Some(m) = self.m.take() {
+            unmount_checked(m, &self.v.mnt);
+        }
+        assert!(!is_mounted(&self.v.mnt));
     }
 
     /// Remounts and compares the whole tree with the plain directory; then unmounts.
@@ -2262,6 +2282,211 @@ fn plaintext_names_volume_behaves_the_same() {
         assert_eq!(e.raw_os_error(), Some(libc::EPERM));
     });
     fx.finish();
+}
+
+/// Runs a shell script as user `nobody` (uid/gid 65534) in `root`; returns its output.
+fn as_nobody(root: &Path, script: &str) -> String {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(root)
+        .output()
+        .expect("setpriv");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Replaces the default key's policy by one that lets every local user decrypt and create files
+/// (through the `kmsfs key` and `kmsfs policy` commands, on the unmounted volume).
+fn allow_everyone_to_use_the_default_key(v: &Volume) {
+    let out = kmsfs()
+        .arg("key")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&v.cipher)
+        .arg("list")
+        .output()
+        .expect("kmsfs key list");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "key list: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = text
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().nth(3) == Some("yes"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no default key in:\n{text}"))
+        .to_string();
+    let policy = v.tmp.path().join("policy.json");
+    fs::write(
+        &policy,
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Sid": "Owner", "Effect": "Allow", "Principal": {"Uid": "0"}, "Action": "kms:*", "Resource": "*"},
+            {"Sid": "Everyone", "Effect": "Allow", "Principal": "*",
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let out = kmsfs()
+        .args(["policy", "put", "--volume"])
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&key)
+        .arg(&policy)
+        .output()
+        .expect("kmsfs policy put");
+    assert!(
+        out.status.success(),
+        "policy put: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const NOBODY_SCRIPT: &str = r#"
+cd "$1/shared" || exit 9
+umask 022
+echo a > mine; echo "create $?"; stat -c 'mine %u:%g %a %s' mine
+mkdir mydir; echo "mkdir $?"; stat -c 'mydir %u:%g %a' mydir
+ln -s target mylink; echo "symlink $?"; stat -c 'mylink %u:%g' mylink
+mkfifo myfifo; echo "mkfifo $?"; stat -c 'myfifo %u:%g %a %F' myfifo
+cat ../private 2>&1; echo "read private $?"
+cat ../public; echo "read public $?"
+(echo x >> ../public) 2>&1; echo "write public $?"
+truncate -s 0 ../public 2>&1; echo "truncate public $?"
+rm -f rootfile 2>&1; echo "unlink in sticky dir $?"
+mv rootfile stolen 2>&1; echo "rename in sticky dir $?"
+mkdir ../newdir 2>&1; echo "mkdir in root-owned dir $?"
+ln ../public hard 2>&1; echo "hard link to root's file $?"
+chmod 4755 mine; echo "chmod $?"; stat -c 'mine %a' mine
+echo more >> mine; echo "append $?"; stat -c 'mine after write %a %s' mine
+chown 0 mine 2>&1; echo "chown $?"
+chgrp 0 mine 2>&1; echo "chgrp $?"
+touch -d '2001-02-03 04:05:06' mine; echo "touch $?"; stat -c 'mine %Y' mine
+touch -d '2001-02-03 04:05:06' rootfile 2>&1; echo "touch root's file $?"
+setfattr -n user.x -v y mine; echo "setxattr $?"; getfattr --only-values -n user.x mine; echo
+setfattr -n user.x -v y rootfile 2>&1; echo "setxattr root's file $?"
+rm -r mydir mylink myfifo mine; echo "cleanup $?"
+"#;
+
+#[test]
+fn non_root_caller_owns_what_it_creates_and_meets_permissions() {
+    // --allow-other lets another user in; the kernel checks permissions (default_permissions);
+    // the default key's policy must let other users use the key (by default only its owner).
+    let fx = Fx::build(
+        &[],
+        &["--allow-other"],
+        allow_everyone_to_use_the_default_key,
+    );
+    // Let `nobody` reach the mount point and the plain directory.
+    for p in [fx.v.tmp.path(), fx.plain.path()] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fx.run(60, |root, log| {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(root.join("shared")).unwrap();
+        fs::set_permissions(root.join("shared"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::write(root.join("private"), b"secret").unwrap();
+        fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(root.join("public"), b"pub\n").unwrap();
+        fs::write(root.join("shared/rootfile"), b"r").unwrap();
+        let out = as_nobody(root, NOBODY_SCRIPT);
+        assert!(
+            out.contains("create 0") && out.contains("cleanup 0"),
+            "nobody could not work in {}:\n{out}",
+            root.display()
+        );
+        for line in out.lines() {
+            log.rec("nobody", line);
+        }
+    });
+    fx.finish();
+}
+
+#[test]
+fn read_only_mount() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let p = m.path("f");
+    with_timeout(10, move || {
+        fs::create_dir(p.with_file_name("d")).unwrap();
+        fs::write(&p, b"content").unwrap()
+    });
+    m.unmount();
+    let m = v.mount_with(&["--ro"]);
+    let mnt = m.mnt.clone();
+    with_timeout(30, move || {
+        assert_eq!(fs::read(mnt.join("f")).unwrap(), b"content");
+        let erofs = Err(libc::EROFS);
+        assert_eq!(en(fs::write(mnt.join("f"), b"x")), erofs);
+        assert_eq!(en(fs::write(mnt.join("new"), b"x")), erofs);
+        assert_eq!(en(fs::create_dir(mnt.join("d2"))), erofs);
+        assert_eq!(en(fs::remove_file(mnt.join("f"))), erofs);
+        assert_eq!(en(fs::rename(mnt.join("f"), mnt.join("g"))), erofs);
+        assert_eq!(en(fs::remove_dir(mnt.join("d"))), erofs);
+        assert_eq!(
+            en(fs::set_permissions(
+                mnt.join("f"),
+                fs::Permissions::from_mode(0o600)
+            )),
+            erofs
+        );
+        assert_eq!(setx(&mnt.join("f"), "user.a", b"v", 0), erofs);
+        assert_eq!(fs::read(mnt.join("f")).unwrap(), b"content");
+    });
+    let err = m.unmount();
+    assert!(!err.contains("ERROR"), "{err}");
+    assert!(!is_mounted(&v.mnt));
+}
+
+#[test]
+fn o_direct_writes_at_arbitrary_offsets() {
+    // O_DIRECT hands our offsets and sizes to the file system unchanged (no page cache).
+    let fx = Fx::new();
+    fx.on_mount(60, |mnt| {
+        let p = mnt.join("direct");
+        let mut want = Vec::new();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&p)
+            .unwrap();
+        for (k, &(off, len)) in WRITES.iter().enumerate() {
+            let d = pat(k as u64 + 500, len);
+            f.write_all_at(&d, off).unwrap();
+            let end = off as usize + len;
+            if len > 0 && want.len() < end {
+                want.resize(end, 0);
+            }
+            if len > 0 {
+                want[off as usize..end].copy_from_slice(&d);
+            }
+            assert_eq!(
+                f.metadata().unwrap().len(),
+                want.len() as u64,
+                "size after {off}+{len}"
+            );
+        }
+        drop(f);
+        let got = fs::read(&p).unwrap();
+        assert!(
+            got == want,
+            "content differs at byte {}",
+            first_diff(&got, &want)
+        );
+    });
+    fx.finish_mount_only();
 }
 
 #[test]
