@@ -161,8 +161,15 @@ fn read_through_vfs(vfs: &Vfs) -> BTreeMap<String, Entry> {
 
 #[test]
 fn library_opens_example_volume_without_fuse() {
-    let dir = example();
-    let before = snapshot(&dir);
+    let before = snapshot(&example());
+    // Work on a copy, so that nothing a later build writes on open (a lock, an audit log) can
+    // touch the checked-in files.
+    let tmp = tempfile::Builder::new()
+        .prefix("kmsfs-example-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().join("cipher");
+    copy_tree(&example(), &dir);
     let u = unlock_example(&dir);
     assert_eq!(u.config.format_version, 1);
     assert_eq!(u.config.block_size, 4096);
@@ -223,9 +230,13 @@ fn library_opens_example_volume_without_fuse() {
     assert!(before.contains_key(Path::new("kmsfs.dirid")));
     let cfg = std::fs::read_to_string(dir.join(".kmsfs/volume.json")).unwrap();
     assert!(cfg.contains(&volume_id.to_string()));
-    assert!(!dir.join(".kmsfs/mount.lock").exists());
+    assert!(!example().join(".kmsfs/mount.lock").exists());
 
-    assert_eq!(snapshot(&dir), before, "the checked-in volume was modified");
+    assert_eq!(
+        snapshot(&example()),
+        before,
+        "the checked-in volume was modified"
+    );
 }
 
 #[test]
