@@ -16,6 +16,7 @@ use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
 use crate::fuse::MountOptions;
+use crate::keymgr::audit::{Actor, AuditKeys, AuditLog, AuditRecord, Source};
 use crate::keymgr::{KeyManager, VolumePaths};
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -163,7 +164,19 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
     super::init_logging(a.verbose);
     let km = Arc::new(KeyManager::new(unlocked));
-    run_maintenance(&km);
+    let audit = Arc::new(
+        AuditLog::open(&paths.control_dir(), AuditKeys::new(&km.volume_secret())).map_err(|e| {
+            CliError::new(
+                code::ERROR,
+                format!(
+                    "cannot open the audit log in {}: {e}",
+                    paths.control_dir().display()
+                ),
+            )
+            .hint("kmsfs refuses to mount without a writable audit log (fail-closed)")
+        })?,
+    );
+    run_maintenance(&km, &audit);
     let km_for_thread = km.clone();
     raise_fd_limit();
     // The kernel applies the caller's umask; ours must not apply a second time.
@@ -189,9 +202,14 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         threads: a.threads,
         fsname: cipherdir.display().to_string(),
     };
+    vfs.set_audit(audit.clone());
+    let session = Session {
+        vfs: Arc::new(vfs),
+        km: km_for_thread,
+        audit,
+    };
     if a.foreground {
-        start_maintenance(km_for_thread);
-        let r = crate::fuse::mount(Arc::new(vfs), &mountpoint, &opts, || {});
+        let r = serve(session, &mountpoint, &opts, || {});
         drop(lock);
         return r.map_err(|e| {
             CliError::new(
@@ -200,19 +218,85 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             )
         });
     }
-    daemonize(vfs, km_for_thread, &mountpoint, &opts, lock)
+    daemonize(session, &mountpoint, &opts, lock)
 }
 
-/// Automatic rotations and deletions whose window has passed.
-fn run_maintenance(km: &KeyManager) {
+/// What a running mount holds.
+struct Session {
+    vfs: Arc<Vfs>,
+    km: Arc<KeyManager>,
+    audit: Arc<AuditLog>,
+}
+
+fn system_record(event: &str, detail: String) -> AuditRecord {
+    let me = crate::vfs::identity::current();
+    let mut r = AuditRecord::new(event, Source::System);
+    r.actor = Actor {
+        uid: me.uid,
+        gid: me.gid,
+        user: me.user,
+        pid: me.pid,
+        exe: me.exe,
+    };
+    r.detail = Some(detail);
+    r
+}
+
+/// Serves the mount until it is unmounted, with Mount/Unmount audit records and a closing
+/// checkpoint.
+fn serve(
+    s: Session,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(),
+) -> std::io::Result<()> {
+    start_maintenance(s.km.clone(), s.audit.clone());
+    s.audit.append(system_record(
+        "Mount",
+        format!("mounted on {}", mountpoint.display()),
+    ))?;
+    let r = crate::fuse::mount(s.vfs.clone(), mountpoint, opts, ready);
+    let _ = s.audit.append(system_record(
+        "Unmount",
+        format!("unmounted from {}", mountpoint.display()),
+    ));
+    if let Err(e) = s.audit.close() {
+        tracing::error!("audit log: closing checkpoint failed: {e}");
+    }
+    r
+}
+
+/// Automatic rotations and deletions whose window has passed, audited as system events.
+fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
+    let key_record = |event: &str, key: String, version: Option<u32>, detail: String| {
+        let mut r = AuditRecord::new(event, Source::System);
+        r.resources.key_id = Some(key);
+        r.resources.key_version = version;
+        r.detail = Some(detail);
+        if let Err(e) = audit.append(r) {
+            tracing::error!("audit log write failed: {e}");
+        }
+    };
     match km.tick() {
         Ok((rotated, destroyed)) => {
             for (k, v) in rotated {
                 tracing::info!("automatic rotation: key {k} is now at version {v}");
+                key_record(
+                    "RotateKey",
+                    k.to_string(),
+                    Some(v),
+                    "automatic rotation (period elapsed)".into(),
+                );
             }
             for k in destroyed {
                 tracing::warn!(
                     "deletion window ended: key {k} destroyed; files under it are unrecoverable"
+                );
+                key_record(
+                    "DeleteKey",
+                    k.to_string(),
+                    None,
+                    "deletion window ended: key material destroyed".into(),
                 );
             }
         }
@@ -222,20 +306,22 @@ fn run_maintenance(km: &KeyManager) {
 
 /// Runs [`run_maintenance`] every minute while mounted (threads do not survive fork, so this
 /// starts in the process that serves the mount).
-fn start_maintenance(km: Arc<KeyManager>) {
+fn start_maintenance(km: Arc<KeyManager>, audit: Arc<AuditLog>) {
     let _ = std::thread::Builder::new()
         .name("kmsfs-maintenance".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(60));
-                run_maintenance(&km);
+                run_maintenance(&km, &audit);
+                if let Err(e) = audit.sync() {
+                    tracing::error!("audit log sync failed: {e}");
+                }
             }
         });
 }
 
 fn daemonize(
-    vfs: Vfs,
-    km: Arc<KeyManager>,
+    session: Session,
     mountpoint: &Path,
     opts: &MountOptions,
     lock: OwnedFd,
@@ -275,9 +361,8 @@ fn daemonize(
     drop(rd);
     let _ = rustix::process::setsid();
     let _ = std::env::set_current_dir("/");
-    start_maintenance(km);
     let mut wr = File::from(wr);
-    let r = crate::fuse::mount(Arc::new(vfs), mountpoint, opts, || {
+    let r = serve(session, mountpoint, opts, || {
         // Detach from the terminal only now: mount errors above still reach the user's stderr.
         if let Ok(null) = std::fs::OpenOptions::new()
             .read(true)

@@ -273,8 +273,8 @@ impl Filesystem for KmsFs {
         entry(reply, "link", self.vfs.link(ino.0, newparent.0, newname));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.vfs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.vfs.open_as(ino.0, flags.0, &caller(req)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", &e)),
         }

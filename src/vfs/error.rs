@@ -18,6 +18,9 @@ pub enum VfsError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Name(#[from] NameError),
+    /// A key policy denied the request.
+    #[error("denied by key policy: {0}")]
+    Denied(String),
     /// A write to a read-only mount.
     #[error("read-only mount")]
     ReadOnly,
@@ -54,6 +57,7 @@ impl VfsError {
             // never see this (they encrypt, not decrypt).
             VfsError::Name(NameError::Undecryptable) => libc::EIO,
             VfsError::ReadOnly => libc::EROFS,
+            VfsError::Denied(_) => libc::EACCES,
             VfsError::Stale(_) => libc::ESTALE,
             VfsError::BadHandle(_) => libc::EBADF,
             VfsError::NotSupported(_) => libc::EOPNOTSUPP,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
+use super::access_ops::HandleAudit;
 use super::inode::Node;
 use super::open_file::{FileState, OpenFile, read_header};
 use super::{Attr, Caller, Handle, Kind, Result, Vfs, VfsError};
@@ -121,13 +122,39 @@ impl Vfs {
         }
     }
 
-    fn add_handle(&self, ino: u64, file: Arc<OpenFile>, append: bool) -> u64 {
+    fn add_handle(
+        &self,
+        ino: u64,
+        file: Arc<OpenFile>,
+        append: bool,
+        audit: Option<HandleAudit>,
+    ) -> u64 {
         let fh = self.new_fh();
-        self.handles.insert(fh, Handle { ino, file, append });
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                file,
+                append,
+                audit,
+            },
+        );
         fh
     }
 
+    /// Opens for in-process use (tests, benches, tools): no policy decision, no audit record.
+    /// The mount uses [`Vfs::open_as`].
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        self.open_inner(ino, flags, None)
+    }
+
+    /// Opens for a calling process: the key policy must allow kms:Decrypt with the access mode,
+    /// and the attempt is audited.
+    pub fn open_as(&self, ino: u64, flags: i32, caller: &Caller) -> Result<u64> {
+        self.open_inner(ino, flags, Some(caller))
+    }
+
+    fn open_inner(&self, ino: u64, flags: i32, caller: Option<&Caller>) -> Result<u64> {
         let o = OpenOptions::from_flags(flags);
         if o.write || o.truncate {
             self.check_writable()?;
@@ -139,13 +166,27 @@ impl Vfs {
             _ => return Err(Errno::INVAL.into()),
         }
         let of = self.get_open_file(&node, o.write || o.truncate)?;
+        let audit = match caller {
+            None => None,
+            Some(c) => {
+                let header = of.read_state().header.clone();
+                let path = self.plain_path(&node);
+                match self.authorize(c, "Open", "kms:Decrypt", &header, path, flags) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        self.put_open_file(ino);
+                        return Err(e);
+                    }
+                }
+            }
+        };
         if o.truncate
             && let Err(e) = of.truncate(0)
         {
             self.put_open_file(ino);
             return Err(e);
         }
-        Ok(self.add_handle(ino, of, o.append))
+        Ok(self.add_handle(ino, of, o.append, audit))
     }
 
     /// Creates and opens a regular file. Without O_EXCL an existing file is opened instead.
@@ -160,11 +201,11 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
-        let made = self.create_file_entry(&dir, name, &cn, mode, caller);
-        let (node, attr, of) = match made {
+        let made = self.create_file_entry(&dir, name, &cn, mode, flags, caller);
+        let (node, attr, of, audit) = match made {
             Err(VfsError::Sys(Errno::EXIST)) if flags & libc::O_EXCL == 0 => {
                 let attr = self.lookup(parent, name)?;
-                let fh = self.open(attr.ino, flags)?;
+                let fh = self.open_as(attr.ino, flags, caller)?;
                 let attr = self.getattr(attr.ino)?;
                 return Ok((attr, fh));
             }
@@ -172,7 +213,7 @@ impl Vfs {
         };
         let o = OpenOptions::from_flags(flags);
         self.open_files.insert(node.ino, (of.clone(), 1));
-        Ok((attr, self.add_handle(node.ino, of, o.append)))
+        Ok((attr, self.add_handle(node.ino, of, o.append, Some(audit))))
     }
 
     /// Creates the backing file with its header and an empty final block.
@@ -182,11 +223,27 @@ impl Vfs {
         name: &OsStr,
         cn: &crate::names::CipherName,
         mode: u32,
+        flags: i32,
         caller: &Caller,
-    ) -> Result<(Arc<Node>, Attr, Arc<OpenFile>)> {
-        // The key comes first: a file is never created under a key that cannot be used.
-        let path = self.path_for_rules(dir, name)?;
+    ) -> Result<(Arc<Node>, Attr, Arc<OpenFile>, HandleAudit)> {
+        // The key and the policy decision come first: a file is never created under a key that
+        // cannot be used or by a caller the key's policy does not allow.
+        let path = match self.audit.get() {
+            Some(_) => self
+                .plain_dir_path(dir)
+                .ok()
+                .map(|d| format!("{}/{}", d.trim_end_matches('/'), name.to_string_lossy())),
+            None => self.path_for_rules(dir, name)?,
+        };
         let (header, dek) = self.km.new_file(path.as_deref())?;
+        let audit = self.authorize(
+            caller,
+            "Create",
+            "kms:GenerateDataKey",
+            &header,
+            path,
+            flags,
+        )?;
         self.create_entry(dir, cn, || {
             let fd = rustix::fs::openat(
                 &dir.fd,
@@ -217,7 +274,7 @@ impl Vfs {
             match init() {
                 Ok((st, node, attr)) => {
                     let of = Arc::new(OpenFile::new(node.ino, self.label(&node), self.layout, st));
-                    Ok((node, attr, of))
+                    Ok((node, attr, of, audit))
                 }
                 Err(e) => {
                     let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, rustix::fs::AtFlags::empty());
@@ -234,7 +291,13 @@ impl Vfs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let (f, _) = self.handle_file(fh)?;
-        f.read(offset, size)
+        let d = f.read(offset, size).inspect_err(|e| {
+            if e.is_integrity() {
+                self.audit_integrity(None, &e.to_string());
+            }
+        })?;
+        self.count(fh, |a| &a.read, d.len());
+        Ok(d)
     }
 
     /// Writes and returns the number of bytes written.
@@ -242,7 +305,22 @@ impl Vfs {
         self.check_writable()?;
         let (f, append) = self.handle_file(fh)?;
         f.write(offset, data, append)?;
+        self.count(fh, |a| &a.written, data.len());
         Ok(data.len() as u32)
+    }
+
+    /// Adds to a handle's audited byte counter.
+    fn count(
+        &self,
+        fh: u64,
+        which: impl Fn(&HandleAudit) -> &std::sync::atomic::AtomicU64,
+        n: usize,
+    ) {
+        if let Some(h) = self.handles.get(&fh) {
+            if let Some(a) = &h.audit {
+                which(a).fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn flush(&self, fh: u64) -> Result<()> {
@@ -256,6 +334,9 @@ impl Vfs {
 
     pub fn release(&self, fh: u64) -> Result<()> {
         let (_, h) = self.handles.remove(&fh).ok_or(VfsError::BadHandle(fh))?;
+        if let Some(a) = &h.audit {
+            self.audit_close(a);
+        }
         self.put_open_file(h.ino);
         Ok(())
     }

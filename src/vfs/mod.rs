@@ -3,6 +3,7 @@
 //! mount. Operations are grouped by file: `dir_ops` (names), `dir_read` (readdir), `file_ops`
 //! (open/read/write), `attr_ops` (getattr/setattr), `xattr_ops`.
 
+mod access_ops;
 mod attr;
 mod attr_ops;
 mod dir_ops;
@@ -60,6 +61,8 @@ struct Handle {
     ino: u64,
     file: Arc<OpenFile>,
     append: bool,
+    /// Present when the mount is audited: who opened it and the byte counts for the close record.
+    audit: Option<access_ops::HandleAudit>,
 }
 
 /// File system statistics of the backing store.
@@ -90,6 +93,10 @@ pub struct Vfs {
     /// We run as root: new files get the caller's ownership.
     chown_new: bool,
     opts: VfsOptions,
+    /// The audit log, once attached (see `set_audit`).
+    audit: std::sync::OnceLock<Arc<crate::keymgr::audit::AuditLog>>,
+    /// Identities of requesting processes, briefly cached by pid.
+    identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -127,6 +134,8 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             chown_new: rustix::process::geteuid().is_root(),
             opts,
+            audit: std::sync::OnceLock::new(),
+            identities: DashMap::new(),
         })
     }
 
@@ -199,6 +208,7 @@ impl Vfs {
     fn damaged(&self, node: &Node, what: String) -> VfsError {
         let label = self.label(node);
         tracing::error!(path = %label, ino = node.ino, "integrity failure: {what}");
+        self.audit_integrity(None, &format!("{label}: {what}"));
         VfsError::Integrity(format!("{label}: {what}"))
     }
 

@@ -27,7 +27,7 @@ impl Vfs {
     }
 
     /// Plaintext path of a directory node (`/` for the root).
-    fn plain_dir_path(&self, dir: &Node) -> Result<String> {
+    pub(super) fn plain_dir_path(&self, dir: &Node) -> Result<String> {
         let cipher = std::fs::read_link(dir.proc_path())?;
         let rel = cipher.strip_prefix(self.root()).map_err(|_| {
             VfsError::Integrity(format!(

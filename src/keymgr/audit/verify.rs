@@ -19,8 +19,6 @@ use crate::crypto::{ct_eq, hex, hmac_sha256, verify_signature};
 pub struct Entry {
     pub seq: u64,
     pub kind: u8,
-    pub segment: u64,
-    pub line: usize,
     /// The stored chain value.
     pub chain: [u8; 32],
     /// The frame bytes the chain covers (seq ‖ kind ‖ nonce ‖ ciphertext ‖ tag).
@@ -29,7 +27,7 @@ pub struct Entry {
     pub json: Option<Vec<u8>>,
 }
 
-fn decode_line(keys: &AuditKeys, line: &[u8], segment: u64, lineno: usize) -> Option<Entry> {
+fn decode_line(keys: &AuditKeys, line: &[u8]) -> Option<Entry> {
     let f = B64.decode(line).ok()?;
     if f.len() < 9 + 12 + 16 + 32 {
         return None;
@@ -41,8 +39,6 @@ fn decode_line(keys: &AuditKeys, line: &[u8], segment: u64, lineno: usize) -> Op
     Some(Entry {
         seq,
         kind,
-        segment,
-        line: lineno,
         chain: chain.try_into().ok()?,
         body: body.to_vec(),
         json,
@@ -54,7 +50,7 @@ pub(super) fn decode_lines(keys: &AuditKeys, data: &[u8]) -> Vec<Entry> {
     data.split(|b| *b == b'\n')
         .enumerate()
         .filter(|(_, l)| !l.is_empty())
-        .filter_map(|(i, l)| decode_line(keys, l, 0, i + 1))
+        .filter_map(|(_, l)| decode_line(keys, l))
         .collect()
 }
 
@@ -180,7 +176,7 @@ pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyRep
             .enumerate()
             .filter(|(_, l)| !l.is_empty())
         {
-            let Some(e) = decode_line(keys, line, *s, i + 1) else {
+            let Some(e) = decode_line(keys, line) else {
                 find(
                     Some(*s),
                     None,

@@ -296,13 +296,6 @@ impl Request {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-struct Cond {
-    op: String,
-    key: String,
-    values: Vec<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
     pub sid: String,

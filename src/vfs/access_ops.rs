@@ -1,0 +1,191 @@
+//! Authorization and auditing of file access: key policies decide `open` (kms:Decrypt with the
+//! access mode) and `create` (kms:GenerateDataKey) for the calling process; every open, create,
+//! close and denial is written to the audit log. The decision is made once per open and holds
+//! for the handle; the next open is judged by the policy then in force.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::inode::Node;
+use super::{Caller, Result, Vfs, VfsError};
+use crate::format::header::FileHeader;
+use crate::keymgr::access;
+use crate::keymgr::audit::{Actor, AuditDecision, AuditLog, AuditRecord, Resources, Source};
+use crate::keymgr::policy::{Decision, Identity, Request};
+
+/// How long a process's identity (groups, executable, names) is reused.
+const IDENTITY_TTL: Duration = Duration::from_secs(2);
+
+/// What a handle remembers for its close record.
+#[derive(Debug)]
+pub(super) struct HandleAudit {
+    pub actor: Actor,
+    pub resources: Resources,
+    pub access_mode: String,
+    pub read: AtomicU64,
+    pub written: AtomicU64,
+}
+
+pub(super) fn access_mode(flags: i32) -> &'static str {
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => "write",
+        libc::O_RDWR => "readwrite",
+        _ => "read",
+    }
+}
+
+fn decision(d: &Decision) -> AuditDecision {
+    let by = match d {
+        Decision::ExplicitDeny { sid } | Decision::AllowedByPolicy { sid } => {
+            format!("statement:{sid}")
+        }
+        Decision::AllowedByGrant { grant_id } => format!("grant:{grant_id}"),
+        Decision::ImplicitDeny => "implicit-deny".into(),
+    };
+    AuditDecision {
+        allowed: d.allowed(),
+        by,
+    }
+}
+
+impl Vfs {
+    /// Attaches the audit log: from now on file access is audited (fail-closed).
+    pub fn set_audit(&self, log: Arc<AuditLog>) {
+        let _ = self.audit.set(log);
+    }
+
+    pub fn audit_log(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.get()
+    }
+
+    /// The identity of a request's process, cached briefly per pid (and re-read if the pid now
+    /// runs as someone else).
+    pub(super) fn identity(&self, c: &Caller) -> Identity {
+        if let Some(e) = self.identities.get(&c.pid) {
+            let (t, id) = e.value();
+            if t.elapsed() < IDENTITY_TTL && id.uid == c.uid && id.gid == c.gid {
+                return id.clone();
+            }
+        }
+        let id = super::identity::identity_of(c.pid, c.uid, c.gid);
+        if self.identities.len() > 4096 {
+            self.identities
+                .retain(|_, (t, _)| t.elapsed() < IDENTITY_TTL);
+        }
+        self.identities.insert(c.pid, (Instant::now(), id.clone()));
+        id
+    }
+
+    /// Writes a record; an error means it is not in the log and the operation must fail.
+    pub(super) fn audit_append(&self, r: AuditRecord) -> Result<()> {
+        match self.audit.get() {
+            None => Ok(()),
+            Some(log) => log.append(r).map(|_| ()).map_err(|e| {
+                tracing::error!("audit log write failed, refusing the operation: {e}");
+                VfsError::Integrity(format!("audit log unavailable: {e}"))
+            }),
+        }
+    }
+
+    /// Plaintext path of a node for policies and audit records (best effort).
+    pub(super) fn plain_path(&self, node: &Node) -> Option<String> {
+        self.plain_dir_path(node).ok()
+    }
+
+    /// Decides `action` on the key of `header` (or `key` for a new file) for `caller`, and audits
+    /// the attempt as `event`. Returns the handle's audit state when allowed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn authorize(
+        &self,
+        caller: &Caller,
+        event: &str,
+        action: &str,
+        header: &FileHeader,
+        path: Option<String>,
+        flags: i32,
+    ) -> Result<HandleAudit> {
+        let who = self.identity(caller);
+        let mode = access_mode(flags);
+        let req = Request {
+            who: who.clone(),
+            action: action.into(),
+            key: Some(header.key_id),
+            path: path.clone(),
+            access_mode: Some(mode.into()),
+            now: self.km.now(),
+            encryption_context: Default::default(),
+        };
+        let d = self.km.query(|s| access::authorize(s, &req));
+        let actor = Actor {
+            uid: who.uid,
+            gid: who.gid,
+            user: who.user.clone(),
+            pid: who.pid,
+            exe: who.exe.clone(),
+        };
+        let resources = Resources {
+            path,
+            file_id: Some(header.file_id.to_string()),
+            key_id: Some(header.key_id.to_string()),
+            key_version: Some(header.key_version),
+        };
+        let mut r = AuditRecord::new(event, Source::Fs);
+        r.actor = actor.clone();
+        r.resources = resources.clone();
+        r.access_mode = Some(mode.into());
+        r.flags = Some(flags);
+        r.decision = Some(decision(&d));
+        if !d.allowed() {
+            r.errno = libc::EACCES;
+            tracing::info!(
+                uid = who.uid,
+                pid = who.pid,
+                "{event} denied by key policy: {d:?}"
+            );
+        }
+        self.audit_append(r)?;
+        if !d.allowed() {
+            return Err(VfsError::Denied(format!(
+                "{action} on key {} ({d:?})",
+                header.key_id
+            )));
+        }
+        Ok(HandleAudit {
+            actor,
+            resources,
+            access_mode: mode.into(),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        })
+    }
+
+    /// The close record of a handle, with the bytes it moved.
+    pub(super) fn audit_close(&self, h: &HandleAudit) {
+        let mut r = AuditRecord::new("Close", Source::Fs);
+        r.actor = h.actor.clone();
+        r.resources = h.resources.clone();
+        r.access_mode = Some(h.access_mode.clone());
+        r.bytes_read = Some(h.read.load(Ordering::Relaxed));
+        r.bytes_written = Some(h.written.load(Ordering::Relaxed));
+        // A close cannot be refused; a failure is logged.
+        let _ = self.audit_append(r);
+    }
+
+    /// Records an integrity failure seen by a caller.
+    pub(super) fn audit_integrity(&self, caller: Option<&Caller>, what: &str) {
+        let mut r = AuditRecord::new("IntegrityFailure", Source::Fs);
+        if let Some(c) = caller {
+            r.actor = Actor {
+                uid: c.uid,
+                gid: c.gid,
+                user: None,
+                pid: c.pid,
+                exe: None,
+            };
+        }
+        r.errno = libc::EIO;
+        r.detail = Some(what.into());
+        let _ = self.audit_append(r);
+    }
+}
