@@ -44,6 +44,9 @@ pub struct MountArgs {
     /// Threads serving requests.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Do not let the kernel cache writes (every write(2) goes to kmsfs at once).
+    #[arg(long)]
+    no_writeback_cache: bool,
     /// More log output (-v info, -vv debug); KMSFS_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -200,6 +203,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             .map(str::to_string)
             .collect(),
         threads: a.threads,
+        writeback_cache: !a.no_writeback_cache,
         fsname: cipherdir.display().to_string(),
     };
     vfs.set_audit(audit.clone());

@@ -20,6 +20,8 @@ pub struct MountOptions {
     pub fuse_opts: Vec<String>,
     /// Request-serving threads.
     pub threads: usize,
+    /// Let the kernel cache writes (FUSE writeback cache).
+    pub writeback_cache: bool,
     /// Shown as the mount's source in /proc/mounts (the cipher directory).
     pub fsname: String,
 }
@@ -120,7 +122,7 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(opts.threads.max(1));
-    let mut session = Session::new(KmsFs::new(vfs), mountpoint, &config)?;
+    let mut session = Session::new(KmsFs::new(vfs, opts.writeback_cache), mountpoint, &config)?;
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("kmsfs-signals".into())
