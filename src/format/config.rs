@@ -81,6 +81,14 @@ impl VolumeConfig {
         {
             return Err(ConfigError::UnknownFeature(f.clone()));
         }
+        if c.has_feature(FEATURE_PLAINTEXT_NAMES) == c.has_feature(FEATURE_ENCRYPTED_NAMES) {
+            return Err(ConfigError::Format(FormatError::Invalid {
+                what: "volume config",
+                detail:
+                    "exactly one of the features plaintext-names and encrypted-names must be set"
+                        .into(),
+            }));
+        }
         if !super::block::valid_block_size(c.block_size) {
             return Err(ConfigError::Format(FormatError::Invalid {
                 what: "volume config",
@@ -132,6 +140,21 @@ mod tests {
     fn round_trip() {
         let c = sample();
         assert_eq!(VolumeConfig::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn name_mode_must_be_exactly_one() {
+        let mut c = sample();
+        c.features.push(FEATURE_PLAINTEXT_NAMES.into());
+        assert!(matches!(
+            VolumeConfig::decode(&c.encode()),
+            Err(ConfigError::Format(_))
+        ));
+        c.features.clear();
+        assert!(matches!(
+            VolumeConfig::decode(&c.encode()),
+            Err(ConfigError::Format(_))
+        ));
     }
 
     #[test]

@@ -167,8 +167,22 @@ impl KeyManager {
         let mut st = self.write();
         let mut copy = st.store.clone();
         let out = f(&mut copy, now)?;
+        // Material that was destroyed must not live on in the backup generation.
+        let materials = |s: &KeyStore| {
+            s.keys
+                .iter()
+                .flat_map(|k| &k.versions)
+                .filter(|v| v.material.is_some())
+                .count()
+        };
+        let shredding = materials(&copy) < materials(&st.store);
         let old = std::mem::replace(&mut st.store, copy);
-        if let Err(e) = st.persist() {
+        let saved = if shredding {
+            st.persist_shredding()
+        } else {
+            st.persist()
+        };
+        if let Err(e) = saved {
             st.store = old;
             return Err(AdminError::Invalid(format!(
                 "could not save the key store: {e}"

@@ -122,6 +122,13 @@ pub fn unseal(bytes: &[u8], unlock: &Unlock) -> Result<Unsealed, VolumeError> {
         .map_err(|_| VolumeError::KeyStoreCorrupt("body failed authentication".into()))?;
     let store: KeyStore = serde_json::from_slice(&buf)
         .map_err(|e| VolumeError::KeyStoreCorrupt(format!("body does not parse: {e}")))?;
+    if store.format != super::store::STORE_FORMAT {
+        return Err(VolumeError::KeyStoreCorrupt(format!(
+            "key store body format {} is not supported by this kmsfs (supports {})",
+            store.format,
+            super::store::STORE_FORMAT
+        )));
+    }
     if store.volume_id != env.volume_id {
         return Err(VolumeError::KeyStoreCorrupt(
             "volume id of body and envelope differ".into(),

@@ -288,3 +288,32 @@ fn key_states_enforced_on_unwrap_and_new_files() {
     let u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
     assert_eq!(u.store.key(&id).unwrap().state, KeyState::Destroyed);
 }
+
+#[test]
+fn destroyed_material_does_not_survive_in_the_backup() {
+    let (_t, d, _) = new_volume();
+    let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
+    let id = km
+        .admin(|s, now| lifecycle::create(s, "k", Default::default(), now))
+        .unwrap();
+    km.admin(|s, now| lifecycle::schedule_deletion(s, &id, 7, now))
+        .unwrap();
+    km.admin(|s, now| {
+        Ok(lifecycle::execute_due_deletions(
+            s,
+            now + 8 * lifecycle::DAY,
+        ))
+    })
+    .unwrap();
+    let paths = VolumePaths::new(&d);
+    for p in [paths.keystore(), paths.keystore_backup()] {
+        let b = std::fs::read(&p).unwrap();
+        let u = crate::keymgr::seal::unseal(&b, &Unlock::Passphrase(pw("correct horse"))).unwrap();
+        let k = u.store.key(&id).unwrap();
+        assert!(
+            k.versions.iter().all(|v| v.material.is_none()),
+            "{} still holds the material",
+            p.display()
+        );
+    }
+}

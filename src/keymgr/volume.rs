@@ -220,6 +220,19 @@ impl Unlocked {
         self.generation
     }
 
+    /// Writes the store as the next generation into both the primary and the backup, so that
+    /// destroyed key material does not survive in the previous generation (crypto-shredding).
+    pub fn persist_shredding(&mut self) -> Result<(), VolumeError> {
+        let next = self.generation + 1;
+        let bytes = seal(&self.store, &self.store_key, &self.slots, next);
+        for p in [self.paths.keystore(), self.paths.keystore_backup()] {
+            atomic_write(&p, &bytes, 0o600, None).map_err(io_err(&p))?;
+        }
+        self.generation = next;
+        self.used_backup = None;
+        Ok(())
+    }
+
     /// Writes the store as the next generation; the current one becomes the backup (unless the
     /// current primary is the damaged one, which must not replace a good backup).
     pub fn persist(&mut self) -> Result<(), VolumeError> {
