@@ -205,3 +205,26 @@ fn wrong_key_cannot_read_or_verify() {
     assert!(read_all(&c, &other).unwrap().is_empty());
     assert!(!verify(&c, &other).unwrap().ok());
 }
+
+#[test]
+fn head_lagging_the_log_after_a_kill_still_verifies() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let head = c.join(AUDIT_DIR).join(HEAD_FILE);
+    {
+        let l = AuditLog::open(&c, keys()).unwrap();
+        l.append(rec(1)).unwrap();
+        l.checkpoint("periodic").unwrap();
+        let old_head = std::fs::read(&head).unwrap();
+        l.append(rec(2)).unwrap();
+        l.checkpoint("periodic").unwrap();
+        // Killed after the checkpoint reached the log but before head was updated.
+        std::fs::write(&head, old_head).unwrap();
+    }
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec(3)).unwrap();
+    l.close().unwrap();
+    let r = verify(&c, &keys()).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.chain_starts, 2, "the unclean end is marked");
+}

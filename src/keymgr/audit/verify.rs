@@ -54,13 +54,27 @@ pub(super) fn decode_lines(keys: &AuditKeys, data: &[u8]) -> Vec<Entry> {
         .collect()
 }
 
-/// The last checkpoint recorded in `head`.
-pub(super) fn last_checkpoint(_keys: &AuditKeys, dir: &Path) -> Option<Checkpoint> {
-    serde_json::from_slice(&std::fs::read(dir.join(HEAD_FILE)).ok()?).ok()
-}
-
-pub(super) fn last_checkpoint_signature(keys: &AuditKeys, dir: &Path) -> Option<String> {
-    last_checkpoint(keys, dir).map(|c| c.signature)
+/// The last checkpoint entry in the log (searching segments from the newest).
+pub(super) fn last_logged_checkpoint(
+    keys: &AuditKeys,
+    dir: &Path,
+    segs: &[u64],
+) -> Option<Checkpoint> {
+    for s in segs.iter().rev() {
+        let data = std::fs::read(dir.join(segment_name(*s))).ok()?;
+        let found = decode_lines(keys, &data)
+            .into_iter()
+            .rev()
+            .filter(|e| e.kind == KIND_CHECKPOINT)
+            .find_map(|e| {
+                e.json
+                    .and_then(|j| serde_json::from_slice::<Checkpoint>(&j).ok())
+            });
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
 }
 
 /// A problem `verify` found, naming the spot.

@@ -106,7 +106,10 @@ impl AuditLog {
                 let entries = super::verify::decode_lines(&keys, &data[..keep]);
                 match entries.last() {
                     Some(e) => {
-                        let sig = super::verify::last_checkpoint_signature(&keys, &dir)
+                        // From the log itself: `head` may lag it if we were killed between a
+                        // checkpoint's write and the head update.
+                        let sig = super::verify::last_logged_checkpoint(&keys, &dir, &segs)
+                            .map(|c| c.signature)
                             .unwrap_or_default();
                         (n, e.seq + 1, e.chain, Some(e.kind), sig, keep == data.len())
                     }
@@ -153,7 +156,8 @@ impl AuditLog {
     }
 
     fn last_was_unmount(&self) -> bool {
-        super::verify::last_checkpoint(&self.keys, &self.dir).is_some_and(|c| c.reason == "unmount")
+        super::verify::last_logged_checkpoint(&self.keys, &self.dir, &[self.lock().segment])
+            .is_some_and(|c| c.reason == "unmount")
     }
 
     pub fn dir(&self) -> &Path {

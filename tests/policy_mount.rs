@@ -1,0 +1,333 @@
+//! Key policies and grants enforced through a real mount, for processes of other uids (run with
+//! setpriv), and what the audit log records about them.
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::Output;
+
+const ALICE: u32 = 4242;
+const BOB: u32 = 4243;
+const CAROL: u32 = 4244;
+
+fn as_uid(uid: u32, cmd: &str) -> Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+            cmd,
+        ])
+        .output()
+        .expect("setpriv")
+}
+
+fn can_read(uid: u32, p: &Path) -> bool {
+    as_uid(uid, &format!("cat '{}' >/dev/null", p.display()))
+        .status
+        .success()
+}
+
+fn can_write(uid: u32, p: &Path) -> bool {
+    as_uid(uid, &format!("echo more >> '{}'", p.display()))
+        .status
+        .success()
+}
+
+fn run(v: &Volume, sub: &str, args: &[&str]) -> String {
+    let o = kmsfs()
+        .arg(sub)
+        .arg("--volume")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(args)
+        .output()
+        .expect("kmsfs");
+    assert!(
+        o.status.success(),
+        "kmsfs {sub} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn audit(v: &Volume, args: &[&str]) -> Output {
+    kmsfs()
+        .arg("audit")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(args)
+        .output()
+        .expect("kmsfs audit")
+}
+
+fn records(v: &Volume) -> Vec<serde_json::Value> {
+    let o = audit(v, &["show", "--json"]);
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn put_policy(v: &Volume, statements: &str) {
+    let p = v.tmp.path().join("policy.json");
+    std::fs::write(&p, format!(r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"Owner","Effect":"Allow","Principal":{{"Uid":0}},"Action":"kms:*"}},{statements}]}}"#)).unwrap();
+    let default = serde_json::from_str::<serde_json::Value>(&{
+        let o = kmsfs()
+            .args(["key"])
+            .arg(&v.cipher)
+            .arg("--passfile")
+            .arg(&v.passfile)
+            .args(["list", "--json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    })
+    .unwrap()[0]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = kmsfs()
+        .args(["policy", "put", "--volume"])
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args([default.as_str(), p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "policy put: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn setup(v: &Volume) -> Mount {
+    // Files readable and writable by everyone as far as POSIX goes: only the policy decides.
+    let m = v.mount_with(&["--allow-other"]);
+    std::fs::write(m.path("shared.txt"), b"shared data\n").unwrap();
+    std::fs::set_permissions(
+        m.path("shared.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    std::fs::create_dir(m.path("drop")).unwrap();
+    std::fs::set_permissions(
+        m.path("drop"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    m.unmount();
+    v.mount_with(&["--allow-other"])
+}
+
+#[test]
+fn policies_decide_per_uid_and_access_mode() {
+    let v = Volume::new(&[]);
+    drop(setup(&v));
+    put_policy(
+        &v,
+        &format!(
+            r#"{{"Sid":"AliceReads","Effect":"Allow","Principal":{{"Uid":{ALICE}}},"Action":"kms:Decrypt","Condition":{{"StringEquals":{{"kmsfs:AccessMode":"read"}}}}}},
+               {{"Sid":"EveryoneDecrypts","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}},
+               {{"Sid":"NoBob","Effect":"Deny","Principal":{{"Uid":{BOB}}},"Action":"kms:*"}}"#
+        ),
+    );
+    let grant = run(
+        &v,
+        "grant",
+        &[
+            "create",
+            &key_of(&v),
+            "--grantee-uid",
+            &BOB.to_string(),
+            "--operation",
+            "kms:Decrypt",
+        ],
+    );
+    assert!(!grant.is_empty());
+    let m = v.mount_with(&["--allow-other"]);
+    let f = m.path("shared.txt");
+    let (f2, d) = (f.clone(), m.path("drop"));
+    with_timeout(60, move || {
+        assert!(can_read(ALICE, &f2), "alice may read");
+        assert!(can_read(CAROL, &f2), "everyone decrypts");
+        assert!(
+            !can_read(BOB, &f2),
+            "explicit deny beats the allow and the grant"
+        );
+        // Writing needs kms:Decrypt with mode write: EveryoneDecrypts allows it for carol...
+        assert!(can_write(CAROL, &f2));
+        // ...but nobody may create: no statement allows kms:GenerateDataKey for them.
+        let o = as_uid(ALICE, &format!("echo x > '{}/new.txt'", d.display()));
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("ermission denied"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!d.join("new.txt").exists());
+    });
+    m.unmount();
+    let recs = records(&v);
+    let denied: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["decision"]["allowed"] == false)
+        .collect();
+    assert!(
+        denied.iter().any(|r| r["actor"]["uid"] == BOB
+            && r["event"] == "Open"
+            && r["decision"]["by"] == "statement:NoBob"),
+        "{denied:#?}"
+    );
+    assert!(denied.iter().any(|r| r["actor"]["uid"] == ALICE
+        && r["event"] == "Create"
+        && r["decision"]["by"] == "implicit-deny"));
+    assert!(recs.iter().any(|r| r["actor"]["uid"] == ALICE
+        && r["event"] == "Open"
+        && r["decision"]["by"] == "statement:AliceReads"
+        && r["actor"]["exe"] == "/usr/bin/cat"));
+    assert!(
+        recs.iter()
+            .any(|r| r["event"] == "Close" && r["actor"]["uid"] == ALICE && r["bytes_read"] == 12)
+    );
+    let o = audit(&v, &["verify"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // Nothing the log holds is readable in the cipher directory.
+    let all = sh(&format!(
+        "grep -rl -e shared.txt -e /usr/bin/cat -e NoBob '{}'",
+        v.cipher.display()
+    ));
+    assert!(
+        all.stdout.is_empty(),
+        "found in the cipher dir: {}",
+        String::from_utf8_lossy(&all.stdout)
+    );
+}
+
+fn key_of(v: &Volume) -> String {
+    let o = kmsfs()
+        .args(["key"])
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_str::<serde_json::Value>(&String::from_utf8_lossy(&o.stdout)).unwrap()[0]["key_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn grants_allow_until_revoked_or_expired() {
+    let v = Volume::new(&[]);
+    drop(setup(&v));
+    let key = key_of(&v);
+    let g = run(
+        &v,
+        "grant",
+        &[
+            "create",
+            &key,
+            "--grantee-uid",
+            &CAROL.to_string(),
+            "--operation",
+            "kms:Decrypt",
+            "--path-like",
+            "/shared*",
+        ],
+    );
+    let short = run(
+        &v,
+        "grant",
+        &[
+            "create",
+            &key,
+            "--grantee-uid",
+            &ALICE.to_string(),
+            "--operation",
+            "kms:Decrypt",
+            "--expires",
+            "3s",
+        ],
+    );
+    assert_ne!(g, short);
+    let m = v.mount_with(&["--allow-other"]);
+    let f = m.path("shared.txt");
+    let f2 = f.clone();
+    with_timeout(60, move || {
+        assert!(can_read(CAROL, &f2), "granted");
+        assert!(can_read(ALICE, &f2), "granted until it expires");
+        assert!(!can_read(BOB, &f2), "no grant, default policy: owner only");
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        assert!(
+            !can_read(ALICE, &f2),
+            "an expired grant stops working without a remount"
+        );
+        assert!(can_read(CAROL, &f2));
+    });
+    m.unmount();
+    run(&v, "grant", &["revoke", &g]);
+    let m = v.mount_with(&["--allow-other"]);
+    let f = m.path("shared.txt");
+    with_timeout(30, move || assert!(!can_read(CAROL, &f), "revoked"));
+    drop(m);
+    let recs = records(&v);
+    assert!(recs.iter().any(|r| {
+        r["actor"]["uid"] == CAROL
+            && r["decision"]["by"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("grant:")
+    }));
+}
+
+#[test]
+fn audit_is_fail_closed() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    std::fs::write(m.path("f"), b"data").unwrap();
+    m.unmount();
+    let seg = v.cipher.join(".kmsfs/audit/seg-00000001.log");
+    assert!(
+        sh(&format!("chattr +i '{}'", seg.display()))
+            .status
+            .success(),
+        "chattr needed for this test"
+    );
+    // No writable log: no mount at all.
+    let o = kmsfs()
+        .arg("mount")
+        .arg("-f")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&v.cipher)
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(!is_mounted(&v.mnt));
+    sh(&format!("chattr -i '{}'", seg.display()));
+    // Log becomes unwritable while mounted: opening fails, nothing is read.
+    let m = v.mount();
+    let p = m.path("f");
+    sh(&format!(
+        "chattr +a '{}'",
+        v.cipher.join(".kmsfs/audit").display()
+    ));
+    sh(&format!("chattr +i '{}'", seg.display()));
+    let r = std::fs::read(&p);
+    sh(&format!("chattr -i '{}'", seg.display()));
+    sh(&format!(
+        "chattr -a '{}'",
+        v.cipher.join(".kmsfs/audit").display()
+    ));
+    assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    drop(m);
+}
