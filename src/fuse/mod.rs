@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::vfs::{Attr, Caller, Kind, SetAttr, SetTime, Vfs, VfsError, XattrReply};
@@ -151,6 +151,10 @@ impl Filesystem for KmsFs {
         if self.writeback_cache {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
         }
+        // Listing with attributes: `ls -l`, `du`, `find` need no separate lookup per entry.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -299,7 +303,8 @@ impl Filesystem for KmsFs {
             .vfs
             .open_as(ino.0, self.open_flags(flags.0), &caller(req))
         {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Every change goes through this mount, so cached pages stay valid across opens.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno("open", &e)),
         }
     }
@@ -399,6 +404,39 @@ impl Filesystem for KmsFs {
                 reply.ok();
             }
             Err(e) => reply.error(errno("readdir", &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.vfs.readdirplus(fh.0, offset) {
+            Ok(entries) => {
+                let mut full = false;
+                for (i, (e, a)) in entries.iter().enumerate() {
+                    if !full {
+                        full = reply.add(
+                            INodeNo(e.ino),
+                            offset + i as u64 + 1,
+                            &e.name,
+                            &TTL,
+                            &attr(a),
+                            Generation(0),
+                        );
+                    }
+                    // The kernel did not take this entry: give back its lookup.
+                    if full && !e.cipher_name.is_empty() {
+                        self.vfs.forget(e.ino, 1);
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdirplus", &e)),
         }
     }
 

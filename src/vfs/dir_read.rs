@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::inode::ROOT_INO;
-use super::{Kind, Result, Vfs};
+use super::{Attr, Kind, Result, Vfs};
 use crate::names::{EntryKind, LONG_NAME_SUFFIX};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,12 +17,16 @@ pub struct DirEntry {
     pub ino: u64,
     pub kind: Kind,
     pub name: OsString,
+    /// The entry's name in the cipher directory (empty for `.` and `..`).
+    pub cipher_name: OsString,
 }
 
 #[derive(Debug)]
 pub struct DirHandle {
     ino: u64,
-    entries: Mutex<Vec<DirEntry>>,
+    /// The snapshot, and whether it was taken by opendir and not served yet (so the first
+    /// readdir at offset 0 need not list the directory again).
+    entries: Mutex<(Vec<DirEntry>, bool)>,
 }
 
 impl Vfs {
@@ -33,7 +37,7 @@ impl Vfs {
             fh,
             DirHandle {
                 ino,
-                entries: Mutex::new(entries),
+                entries: Mutex::new((entries, true)),
             },
         );
         Ok(fh)
@@ -43,10 +47,43 @@ impl Vfs {
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
         let h = self.dirs.get(&fh).ok_or(super::VfsError::BadHandle(fh))?;
         let mut e = h.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if offset == 0 {
-            *e = self.list_dir(h.ino)?;
+        if offset == 0 && !e.1 {
+            e.0 = self.list_dir(h.ino)?;
         }
-        Ok(e.iter().skip(offset as usize).cloned().collect())
+        e.1 = false;
+        Ok(e.0.iter().skip(offset as usize).cloned().collect())
+    }
+
+    /// Like [`Vfs::readdir`], with each entry's attributes. Every entry but `.` and `..` counts
+    /// one lookup (the kernel takes them as looked up); the caller must [`Vfs::forget`] entries
+    /// it could not pass on.
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(DirEntry, Attr)>> {
+        let entries = self.readdir(fh, offset)?;
+        let ino = self
+            .dirs
+            .get(&fh)
+            .map(|h| h.ino)
+            .ok_or(super::VfsError::BadHandle(fh))?;
+        let dir = self.dir_node(ino)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.cipher_name.is_empty() {
+                let st = rustix::fs::statat(
+                    &dir.fd,
+                    if e.name == "." { "." } else { ".." },
+                    AtFlags::empty(),
+                )?;
+                let mut a = Attr::from_stat(&st, e.ino, &self.layout);
+                a.ino = e.ino;
+                out.push((e, a));
+                continue;
+            }
+            // Gone since the snapshot: leave it out.
+            if let Ok((_, attr)) = self.intern_child(&dir, &e.cipher_name) {
+                out.push((DirEntry { ino: attr.ino, ..e }, attr));
+            }
+        }
+        Ok(out)
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -74,11 +111,13 @@ impl Vfs {
                 ino,
                 kind: Kind::Dir,
                 name: ".".into(),
+                cipher_name: OsString::new(),
             },
             DirEntry {
                 ino: parent_ino,
                 kind: Kind::Dir,
                 name: "..".into(),
+                cipher_name: OsString::new(),
             },
         ];
         let at_root = ino == ROOT_INO;
@@ -117,6 +156,7 @@ impl Vfs {
                 ino: self.inodes.map_ino(e.ino()),
                 kind,
                 name: OsString::from(OsStr::from_bytes(&plain)),
+                cipher_name: OsStr::from_bytes(raw).to_os_string(),
             });
         }
         Ok(out)
