@@ -577,3 +577,118 @@ fn random_operations_match_a_plain_directory() {
 fn random_operations_match_with_plaintext_names() {
     refmodel(&["--plaintext-names"], 3);
 }
+
+/// Errors a racing namespace operation may legitimately get.
+fn benign(e: i32) -> bool {
+    [
+        libc::ENOENT,
+        libc::EEXIST,
+        libc::ENOTEMPTY,
+        libc::ENOTDIR,
+        libc::EISDIR,
+        libc::EINVAL,
+        libc::EPERM,
+        libc::ELOOP,
+    ]
+    .contains(&e)
+}
+
+/// Several threads run random operations on the same names at once. Results cannot be compared
+/// with a plain directory (the interleaving differs), but no operation may fail with anything but
+/// an ordinary namespace error (never EIO, ESTALE, EBADF), every entry listed must be readable
+/// with the size stat reports, and a remount must show the same tree.
+#[test]
+fn concurrent_random_operations_stay_consistent() {
+    let seed = env_u64("KMSFS_REFMODEL_SEED").unwrap_or(DEFAULT_SEED);
+    let ops = env_u64("KMSFS_REFMODEL_OPS")
+        .map(|n| n as usize)
+        .unwrap_or(DEFAULT_OPS)
+        / 2;
+    const THREADS: u64 = 4;
+    eprintln!("refmodel (concurrent): seed {seed:#x}, {THREADS} threads x {ops} operations");
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let root = m.mnt.clone();
+    let before = with_timeout(120, move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let root = root.clone();
+                    std::thread::spawn(move || {
+                        let mut r = Rng(seed ^ (t + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+                        let mut side = Side::new(root);
+                        for i in 0..ops {
+                            let op = random_op(&mut r);
+                            if let Err(e) = side.apply(&op) {
+                                assert!(
+                                    benign(e),
+                                    "seed {seed:#x} thread {t} op {i}: {op:?} failed with {}",
+                                    io::Error::from_raw_os_error(e)
+                                );
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                if let Err(p) = w.join() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+            let snap = snapshot(&root);
+            for (k, d) in &snap {
+                assert!(!d.contains("READ ERROR"), "{k}: {d}");
+                if let Some(rest) = d.strip_prefix("file size=") {
+                    let size = rest.split_whitespace().next().unwrap();
+                    assert!(
+                        d.contains(&format!("read={size} ")),
+                        "{k}: stat size and bytes read differ: {d}"
+                    );
+                }
+            }
+            snap
+        }))
+    });
+    let err = m.unmount();
+    let before = match before {
+        Ok(b) => b,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("{what}\ndaemon stderr:\n{err}");
+        }
+    };
+    assert!(!err.contains("ERROR"), "daemon logged errors:\n{err}");
+    let m = v.mount();
+    let root = m.mnt.clone();
+    let after = with_timeout(60, move || snapshot(&root));
+    if let Some(d) = tree_diff(&after, &before) {
+        panic!("tree changed across a remount (seed {seed:#x}):\n{d}");
+    }
+    let err = m.unmount();
+    assert!(!err.contains("ERROR"), "daemon logged errors:\n{err}");
+    // No long-name side file was left without its entry.
+    let mut stack = vec![v.cipher.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() && name != ".kmsfs" {
+                stack.push(e.path());
+            }
+            if let Some(base) = name
+                .strip_suffix(".name")
+                .filter(|_| name.starts_with("kmsfs.long."))
+            {
+                assert!(
+                    fs::symlink_metadata(d.join(base)).is_ok(),
+                    "orphan side file {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert!(!is_mounted(&v.mnt));
+}

@@ -404,7 +404,11 @@ fn cipher_file_moved_to_another_directory_is_not_found() {
             "src/dmoved",
             "dst/dmoved/inner",
         ] {
-            assert_eq!(errno(fs::metadata(mnt.join(n)).map(drop)), Err(libc::ENOENT), "{n}");
+            assert_eq!(
+                errno(fs::metadata(mnt.join(n)).map(drop)),
+                Err(libc::ENOENT),
+                "{n}"
+            );
         }
         assert_eq!(read_all(&mnt.join("dst/other")), Ok(pat(13, 10)));
     });
@@ -440,7 +444,10 @@ fn flipped_cipher_name_is_not_listed() {
             listing(&mnt.join("d")),
             Ok(BTreeSet::from(["ok".to_string()]))
         );
-        assert_eq!(errno(fs::metadata(mnt.join("d/victim")).map(drop)), Err(libc::ENOENT));
+        assert_eq!(
+            errno(fs::metadata(mnt.join("d/victim")).map(drop)),
+            Err(libc::ENOENT)
+        );
         // (A lookup of the long name by its true name still finds the file: the entry name is a
         // hash of the encrypted name, and the content is authenticated on its own.)
     });

@@ -122,6 +122,7 @@ impl Vfs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
         let saved = strip_internal(&d)?;
         if let Err(e) = rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR) {
             // Put the directory id back so the directory stays usable.
@@ -212,6 +213,7 @@ impl Vfs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
         let saved = strip_internal(&d).map_err(|e| match e {
             VfsError::Sys(e) => e,
             _ => Errno::IO,

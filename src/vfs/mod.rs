@@ -93,6 +93,9 @@ pub struct Vfs {
     /// We run as root: new files get the caller's ownership.
     chown_new: bool,
     opts: VfsOptions,
+    /// Written while a directory's `kmsfs.dirid` is briefly absent (rmdir, rename over a
+    /// directory), read while a directory id is read from disk, so that no reader sees the gap.
+    dirid_gap: std::sync::RwLock<()>,
     /// The audit log, once attached (see `set_audit`).
     audit: std::sync::OnceLock<Arc<crate::keymgr::audit::AuditLog>>,
     /// Identities of requesting processes, briefly cached by pid.
@@ -134,6 +137,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             chown_new: rustix::process::geteuid().is_root(),
             opts,
+            dirid_gap: std::sync::RwLock::new(()),
             audit: std::sync::OnceLock::new(),
             identities: DashMap::new(),
         })
@@ -179,18 +183,25 @@ impl Vfs {
         if let Some(id) = dir.dir_id.get() {
             return Ok(*id);
         }
-        let fd = rustix::fs::openat(
+        let _gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
+        let fd = match rustix::fs::openat(
             &dir.fd,
             DIRID_FILE,
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
-        )
-        .map_err(|e| {
-            self.damaged(
-                dir,
-                format!("directory id file {DIRID_FILE} unreadable: {e}"),
-            )
-        })?;
+        ) {
+            Ok(fd) => fd,
+            // A directory removed after the kernel looked it up: gone, not damaged.
+            Err(rustix::io::Errno::NOENT) if rustix::fs::fstat(&dir.fd)?.st_nlink == 0 => {
+                return Err(VfsError::Sys(rustix::io::Errno::NOENT));
+            }
+            Err(e) => {
+                return Err(self.damaged(
+                    dir,
+                    format!("directory id file {DIRID_FILE} unreadable: {e}"),
+                ));
+            }
+        };
         let mut b = [0u8; 17];
         let n = rustix::io::read(&fd, &mut b)?;
         if n != 16 {
