@@ -2,6 +2,7 @@
 //! directory names, contents (also repeated across blocks), symlink targets, xattr names or
 //! values. With `--plaintext-names` the names are visible by design, but nothing else is.
 mod common;
+mod support;
 use common::*;
 
 use std::ffi::CString;
@@ -150,7 +151,7 @@ fn check(init: &[&str], names_encrypted: bool) {
         }
         long
     });
-    let err = m.unmount();
+    let err = support::unmount(m);
     assert!(!err.contains("ERROR"), "{err}");
     let cipher = v.cipher.clone();
     with_timeout(60, move || {
@@ -198,7 +199,7 @@ fn identical_contents_do_not_look_identical() {
             fs::metadata(mnt.join("b")).unwrap().ino(),
         )
     });
-    m.unmount();
+    support::unmount(m);
     let find = |ino: u64| {
         use std::os::unix::fs::MetadataExt;
         fs::read_dir(&v.cipher)

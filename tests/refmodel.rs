@@ -5,6 +5,7 @@
 //! Reproduce a failure with the seed it prints:
 //! `KMSFS_REFMODEL_SEED=<seed> KMSFS_REFMODEL_OPS=<n> cargo test --test refmodel`.
 mod common;
+mod support;
 use common::*;
 
 use std::collections::BTreeMap;
@@ -543,7 +544,7 @@ fn refmodel(init: &[&str], ops_divisor: usize) {
         (run, r, a, b)
     });
     (run, r, a, b) = (run_, r_, a_, b_);
-    let err = m.unmount();
+    let err = support::unmount(m);
     assert!(!err.contains("ERROR"), "daemon logged errors:\n{err}");
     let m = v.mount();
     let rest = ops - half;
@@ -557,7 +558,7 @@ fn refmodel(init: &[&str], ops_divisor: usize) {
         }
         (run, r, a, b)
     });
-    let err = m.unmount();
+    let err = support::unmount(m);
     assert!(!err.contains("ERROR"), "daemon logged errors:\n{err}");
     assert!(!is_mounted(&v.mnt));
     let ok = run.history.iter().filter(|h| h.contains("-> Ok")).count();
@@ -649,7 +650,7 @@ fn concurrent_random_operations_stay_consistent() {
             snap
         }))
     });
-    let err = m.unmount();
+    let err = support::unmount(m);
     let before = match before {
         Ok(b) => b,
         Err(p) => {
@@ -668,7 +669,7 @@ fn concurrent_random_operations_stay_consistent() {
     if let Some(d) = tree_diff(&after, &before) {
         panic!("tree changed across a remount (seed {seed:#x}):\n{d}");
     }
-    let err = m.unmount();
+    let err = support::unmount(m);
     assert!(!err.contains("ERROR"), "daemon logged errors:\n{err}");
     // No long-name side file was left without its entry.
     let mut stack = vec![v.cipher.clone()];

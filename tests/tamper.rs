@@ -2,6 +2,7 @@
 //! must detect every modification: EIO (or ENOENT for a name that no longer authenticates),
 //! never wrong bytes or garbled names, and a log line naming the damaged file and block.
 mod common;
+mod support;
 use common::*;
 
 use std::collections::BTreeSet;
@@ -136,7 +137,7 @@ fn volume_with(files: &[(&str, Vec<u8>)], dirs: &[&str]) -> (Volume, Vec<u64>) {
             })
             .collect()
     });
-    let err = m.unmount();
+    let err = support::unmount(m);
     assert!(!err.contains("ERROR"), "clean run logged errors: {err}");
     (v, inos)
 }
@@ -146,7 +147,7 @@ fn mounted(v: &Volume, f: impl FnOnce(&Path) + Send + 'static) -> String {
     let m = v.mount();
     let mnt = m.mnt.clone();
     with_timeout(60, move || f(&mnt));
-    let err = m.unmount();
+    let err = support::unmount(m);
     assert!(!is_mounted(&v.mnt));
     err
 }
@@ -527,7 +528,7 @@ fn flipped_symlink_target_is_eio() {
         std::os::unix::fs::symlink("other", mnt.join("ok")).unwrap();
         ino(&mnt.join("link"))
     });
-    m.unmount();
+    support::unmount(m);
     let c = by_inode(&v.cipher, inos);
     let mut t = fs::read_link(&c).unwrap().into_os_string().into_vec();
     t[10] = if t[10] == b'A' { b'B' } else { b'A' };
@@ -566,7 +567,7 @@ fn flipped_xattr_value_is_eio() {
         );
         ino(&mnt.join("f"))
     });
-    m.unmount();
+    support::unmount(m);
     let c = by_inode(&v.cipher, i);
     let out = sh(&format!(
         "getfattr -d -m - -e hex --absolute-names '{}'",
