@@ -15,12 +15,19 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32, backup: Option<&Path>) 
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // A unique name opened with O_EXCL | O_NOFOLLOW: a planted file or symlink is never written
+    // through.
+    let rand: [u8; 8] = crate::crypto::random_array();
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        crate::crypto::hex::encode(&rand)
+    ));
     {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;

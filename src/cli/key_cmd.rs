@@ -1,6 +1,6 @@
 //! `kmsfs key …`, `kmsfs rules …`, `kmsfs rewrap`: key-manager administration on a cipher
-//! directory. The volume must not be mounted (its running daemon owns the key store); a mounted
-//! volume is administered through its control directory.
+//! directory. The volume must not be mounted: its running daemon owns the key store, and
+//! administration of a mounted volume (a control directory) is not built yet.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,8 +162,14 @@ pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliEr
     crate::keymgr::probe(&root)?;
     let lock = super::mount_cmd::lock_volume(&VolumePaths::new(&root)).map_err(|e| {
         if e.code == code::ALREADY_MOUNTED {
-            CliError::new(code::ALREADY_MOUNTED, format!("{} is mounted; its key store belongs to the running mount", root.display()))
-                .hint("unmount it first (administration of a mounted volume goes through its control directory)")
+            CliError::new(
+                code::ALREADY_MOUNTED,
+                format!(
+                    "{} is mounted; its key store belongs to the running mount",
+                    root.display()
+                ),
+            )
+            .hint("unmount it first (a mounted volume cannot be administered yet)")
         } else {
             e
         }
@@ -517,7 +523,7 @@ pub fn rewrap(a: &RewrapArgs) -> Result<(), CliError> {
             eprintln!("kmsfs: {e}");
         }
     }
-    if s.damaged > 0 || s.skipped_unusable_key > 0 {
+    if s.damaged > 0 || s.skipped_unusable_key > 0 || !s.errors.is_empty() {
         return Err(CliError::new(
             code::ERROR,
             "rewrap left files behind (listed above); rerun after fixing them",

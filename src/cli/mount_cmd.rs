@@ -330,8 +330,8 @@ fn daemonize(
     opts: &MountOptions,
     lock: OwnedFd,
 ) -> Result<(), CliError> {
-    let (rd, wr) =
-        rustix::pipe::pipe().map_err(|e| CliError::new(code::ERROR, format!("pipe: {e}")))?;
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| CliError::new(code::ERROR, format!("pipe: {e}")))?;
     // SAFETY: the process is single-threaded here (no threads were started yet: the key
     // derivation ran on this thread and the FUSE workers start in the child).
     let pid = unsafe { libc::fork() };

@@ -69,15 +69,12 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
     {
         return Err(crate::keymgr::VolumeError::NotEmpty(a.cipherdir.clone()).into());
     }
-    let pass = a.pass.source().new_passphrase("New passphrase")?;
-    let rk = crate::keymgr::init(&a.cipherdir, &pass, &opts)?;
-    println!("Created kmsfs volume in {}", a.cipherdir.display());
-    if let Some(rk) = rk {
-        let shown = zeroize::Zeroizing::new(format_recovery_key(&rk));
-        match &a.recovery_key_file {
-            Some(f) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut file = std::fs::OpenOptions::new()
+    // Open the recovery-key file before creating anything, so the key is never lost.
+    let rk_file = match &a.recovery_key_file {
+        Some(f) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            Some(
+                std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
@@ -85,17 +82,39 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
                     .map_err(|e| {
                         CliError::new(
                             code::ERROR,
-                            format!("cannot write recovery key file {}: {e}", f.display()),
+                            format!("cannot create recovery key file {}: {e}", f.display()),
                         )
-                    })?;
-                writeln!(file, "{}", shown.as_str())
-                    .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", f.display())))?;
-                println!(
-                    "Recovery key written to {}. Keep it offline: it unlocks the volume without the passphrase.",
-                    f.display()
-                );
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let pass = a.pass.source().new_passphrase("New passphrase")?;
+    let rk = crate::keymgr::init(&a.cipherdir, &pass, &opts)?;
+    println!("Created kmsfs volume in {}", a.cipherdir.display());
+    if let Some(rk) = rk {
+        let shown = zeroize::Zeroizing::new(format_recovery_key(&rk));
+        match (rk_file, &a.recovery_key_file) {
+            (Some(mut file), Some(f)) => {
+                let written = writeln!(file, "{}", shown.as_str()).and_then(|()| file.sync_all());
+                if let Err(e) = written {
+                    // Never lose the key: show it instead.
+                    eprintln!(
+                        "kmsfs: could not write the recovery key to {}: {e}",
+                        f.display()
+                    );
+                    println!(
+                        "Your recovery key (shown only this once; keep it offline):\n\n    {}\n",
+                        shown.as_str()
+                    );
+                } else {
+                    println!(
+                        "Recovery key written to {}. Keep it offline: it unlocks the volume without the passphrase.",
+                        f.display()
+                    );
+                }
             }
-            None => {
+            _ => {
                 println!();
                 println!(
                     "Your recovery key (shown only this once; keep it offline, it unlocks the volume without the passphrase):"
@@ -124,6 +143,15 @@ pub struct PasswdArgs {
 
 pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
     crate::keymgr::probe(&a.cipherdir)?;
+    // A running mount would write its old unlock slots back: refuse while mounted.
+    let _lock = super::mount_cmd::lock_volume(&crate::keymgr::VolumePaths::new(&a.cipherdir))
+        .map_err(|e| {
+            if e.code == code::ALREADY_MOUNTED {
+                e.hint("unmount the volume before changing its passphrase")
+            } else {
+                e
+            }
+        })?;
     let old = a.old.source().get()?;
     let new = super::SecretSource {
         passfile: a.new_passfile.clone(),

@@ -40,6 +40,26 @@ impl EncryptionContext {
         &self.0
     }
 
+    /// The pairs as strings for policy conditions (`kms:EncryptionContext:kmsfs:file-id`): ids
+    /// in their usual text form, the key version as a decimal number.
+    pub fn display_pairs(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let s = match (k.as_str(), v.len()) {
+                    (CTX_KEY_VERSION, 4) => {
+                        u32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()
+                    }
+                    (CTX_KEY_ID, 16) => {
+                        KeyId(v.as_slice().try_into().unwrap_or([0; 16])).to_string()
+                    }
+                    _ => crate::crypto::hex::encode(v),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(2 + self.0.len() * 40);
         out.extend_from_slice(&(self.0.len() as u16).to_be_bytes());

@@ -245,6 +245,30 @@ impl KeyManager {
         Ok((h, dek))
     }
 
+    /// Whether a file's key and version may be used now (state, minimum decryption version,
+    /// material present), without unwrapping.
+    pub fn check_usable(&self, h: &FileHeader) -> Result<(), KeyError> {
+        let st = self.read();
+        let key = st
+            .store
+            .key(&h.key_id)
+            .ok_or(KeyError::UnknownKey(h.key_id))?;
+        if key.state != KeyState::Enabled {
+            return Err(KeyError::NotUsable(h.key_id, key.state));
+        }
+        if h.key_version < key.min_decryption_version {
+            return Err(KeyError::VersionRetired(
+                h.key_id,
+                h.key_version,
+                key.min_decryption_version,
+            ));
+        }
+        match key.version(h.key_version) {
+            Some(v) if v.material.is_some() => Ok(()),
+            _ => Err(KeyError::VersionUnavailable(h.key_id, h.key_version)),
+        }
+    }
+
     /// Unwraps a file's DEK, checking key state, the minimum decryption version and the
     /// encryption context.
     pub fn unwrap_dek(&self, h: &FileHeader) -> Result<Key256, KeyError> {

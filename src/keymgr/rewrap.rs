@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -215,8 +215,12 @@ fn rewrap_one(
     let f = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&cf.cipher_path)
         .map_err(RewrapErr::Io)?;
+    if !f.metadata().map_err(RewrapErr::Io)?.is_file() {
+        return Ok(Outcome::NotSelected);
+    }
     let h = read_header(&f).ok_or_else(|| RewrapErr::Damaged("header does not parse".into()))?;
     if opts.key.is_some_and(|k| k != h.key_id) {
         return Ok(Outcome::NotSelected);

@@ -121,7 +121,8 @@ pub fn unseal(bytes: &[u8], unlock: &Unlock) -> Result<Unsealed, VolumeError> {
         .open_in_place(&env.body_nonce, &aad, &mut buf, tag)
         .map_err(|_| VolumeError::KeyStoreCorrupt("body failed authentication".into()))?;
     let store: KeyStore = serde_json::from_slice(&buf)
-        .map_err(|e| VolumeError::KeyStoreCorrupt(format!("body does not parse: {e}")))?;
+        // The parser's message could quote decrypted bytes (key material): leave it out.
+        .map_err(|_| VolumeError::KeyStoreCorrupt("the decrypted body does not parse".into()))?;
     if store.format != super::store::STORE_FORMAT {
         return Err(VolumeError::KeyStoreCorrupt(format!(
             "key store body format {} is not supported by this kmsfs (supports {})",

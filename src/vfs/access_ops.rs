@@ -114,7 +114,13 @@ impl Vfs {
             path: path.clone(),
             access_mode: Some(mode.into()),
             now: self.km.now(),
-            encryption_context: Default::default(),
+            encryption_context: crate::format::context::EncryptionContext::for_file(
+                &self.km.volume_id(),
+                &header.file_id,
+                &header.key_id,
+                header.key_version,
+            )
+            .display_pairs(),
         };
         let d = self.km.query(|s| access::authorize(s, &req));
         let actor = Actor {

@@ -62,6 +62,8 @@ impl Vfs {
         match self.open_files.entry(node.ino) {
             Entry::Occupied(mut e) => {
                 let of = e.get().0.clone();
+                // The key may have been disabled, retired or destroyed since the first open.
+                self.km.check_usable(&of.read_state().header)?;
                 if want_write {
                     let mut st = of.write_state();
                     if !st.writable {
@@ -228,12 +230,15 @@ impl Vfs {
     ) -> Result<(Arc<Node>, Attr, Arc<OpenFile>, HandleAudit)> {
         // The key and the policy decision come first: a file is never created under a key that
         // cannot be used or by a caller the key's policy does not allow.
-        let path = match self.audit.get() {
-            Some(_) => self
+        // With key rules the path decides the key: no path, no file (never the default key by
+        // accident). Without rules it is only for the audit record and path conditions.
+        let path = match self.path_for_rules(dir, name)? {
+            Some(p) => Some(p),
+            None if self.audit.get().is_some() => self
                 .plain_dir_path(dir)
                 .ok()
                 .map(|d| format!("{}/{}", d.trim_end_matches('/'), name.to_string_lossy())),
-            None => self.path_for_rules(dir, name)?,
+            None => None,
         };
         let (header, dek) = self.km.new_file(path.as_deref())?;
         let audit = self.authorize(

@@ -98,6 +98,8 @@ pub struct Vfs {
     dirid_gap: std::sync::RwLock<()>,
     /// The audit log, once attached (see `set_audit`).
     audit: std::sync::OnceLock<Arc<crate::keymgr::audit::AuditLog>>,
+    /// Cipher directory path -> plaintext path (for policies, rules and audit records).
+    path_cache: DashMap<std::path::PathBuf, String>,
     /// Identities of requesting processes, briefly cached by pid.
     identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
 }
@@ -140,6 +142,7 @@ impl Vfs {
             dirid_gap: std::sync::RwLock::new(()),
             audit: std::sync::OnceLock::new(),
             identities: DashMap::new(),
+            path_cache: DashMap::new(),
         })
     }
 

@@ -143,6 +143,18 @@ impl OpenFile {
         let first = l.block_of(off);
         let last = l.block_of(end - 1);
         let new_final = l.final_block(new_size);
+        // The old final block's plaintext, to restore it if an extending write fails.
+        let old_tail = if new_size > st.size {
+            let fin = l.final_block(st.size);
+            let mut t = Vec::new();
+            if st.size % bs == 0 || self.read_blocks(st, fin, fin, &mut t).is_ok() {
+                Some(t)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
         let base = l.plain_offset(first);
         // Plaintext of blocks first..=last after the write.
         let span_end = new_size.min(l.plain_offset(last + 1));
@@ -176,9 +188,32 @@ impl OpenFile {
                 .encrypt_blocks(new_final, &[], new_final, &mut fin);
             out.extend_from_slice(&fin);
         }
-        st.file.write_all_at(&out, l.cipher_offset(first))?;
+        if let Err(e) = st.file.write_all_at(&out, l.cipher_offset(first)) {
+            // A failed write that extended the file (ENOSPC, EIO) may have left the old final
+            // block re-marked as non-final: put the old tail back so the file stays readable.
+            if new_size > st.size {
+                self.restore_tail(st, old_tail.as_deref());
+            }
+            return Err(e.into());
+        }
         st.size = new_size;
         Ok(())
+    }
+
+    /// Re-writes the final block of the current (old) size from `tail` (its plaintext) and cuts
+    /// the file back to the old cipher size. Best effort: it writes only into space the file
+    /// already had.
+    fn restore_tail(&self, st: &FileState, tail: Option<&[u8]>) {
+        let l = self.layout;
+        let fin = l.final_block(st.size);
+        let Some(tail) = tail else { return };
+        let mut out = Vec::new();
+        st.cipher.encrypt_blocks(fin, tail, fin, &mut out);
+        let ok = st.file.write_all_at(&out, l.cipher_offset(fin)).is_ok()
+            && st.file.set_len(l.cipher_size(st.size)).is_ok();
+        if !ok {
+            tracing::error!(file = %self.label, "could not restore the end of the file after a failed write");
+        }
     }
 
     /// Sets the plaintext size.

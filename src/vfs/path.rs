@@ -11,6 +11,9 @@ use super::{Result, Vfs, VfsError};
 use crate::format::DirId;
 use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX};
 
+/// Directory paths remembered (cleared when full).
+const PATH_CACHE_MAX: usize = 16384;
+
 impl Vfs {
     /// The plaintext path (inside the mount) of `name` in directory `dir`, or `None` when the
     /// volume has no key rules (so nobody needs it).
@@ -29,19 +32,34 @@ impl Vfs {
     /// Plaintext path of a directory node (`/` for the root).
     pub(super) fn plain_dir_path(&self, dir: &Node) -> Result<String> {
         let cipher = std::fs::read_link(dir.proc_path())?;
-        let rel = cipher.strip_prefix(self.root()).map_err(|_| {
+        // A cipher path always decrypts to the same plaintext path, so the cache needs no
+        // invalidation (a renamed directory simply has a new cipher path).
+        if let Some(p) = self.path_cache.get(&cipher) {
+            return Ok(p.clone());
+        }
+        let plain = self.decrypt_cipher_path(&cipher)?;
+        if self.path_cache.len() >= PATH_CACHE_MAX {
+            self.path_cache.clear();
+        }
+        self.path_cache.insert(cipher, plain.clone());
+        Ok(plain)
+    }
+
+    fn decrypt_cipher_path(&self, cipher: &Path) -> Result<String> {
+        let root = std::fs::read_link(self.inodes.get(super::inode::ROOT_INO)?.proc_path())?;
+        let rel = cipher.strip_prefix(&root).map_err(|_| {
             VfsError::Integrity(format!(
                 "{} is outside the cipher directory",
                 cipher.display()
             ))
         })?;
         let mut out = String::new();
-        let mut cur = self.root().to_path_buf();
+        let mut cur = root.clone();
         for c in rel.components() {
             let Component::Normal(entry) = c else {
                 continue;
             };
-            let plain = self.decrypt_component(&cur, entry)?;
+            let plain = self.decrypt_component(&cur, entry, cur == root)?;
             out.push('/');
             out.push_str(&String::from_utf8_lossy(&plain));
             cur.push(entry);
@@ -52,8 +70,7 @@ impl Vfs {
         Ok(out)
     }
 
-    fn decrypt_component(&self, parent: &Path, entry: &OsStr) -> Result<Vec<u8>> {
-        let at_root = parent == self.root();
+    fn decrypt_component(&self, parent: &Path, entry: &OsStr, at_root: bool) -> Result<Vec<u8>> {
         let undecryptable = || {
             VfsError::Integrity(format!(
                 "{}: name does not decrypt",

@@ -163,16 +163,19 @@ pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyRep
             find(
                 Some(1),
                 None,
-                format!("segments 1..{} are missing (deleted)", first - 1),
+                format!(
+                    "segments 1..{} are missing (deleted)",
+                    first.saturating_sub(1)
+                ),
             );
         }
     }
     for w in segs.windows(2) {
-        if w[1] != w[0] + 1 {
+        if w[1] != w[0].saturating_add(1) {
             find(
-                Some(w[0] + 1),
+                Some(w[0].saturating_add(1)),
                 None,
-                format!("segment {} is missing (deleted)", w[0] + 1),
+                format!("segment {} is missing (deleted)", w[0].saturating_add(1)),
             );
         }
     }
@@ -205,7 +208,7 @@ pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyRep
                     Some(e.seq),
                     format!(
                         "entries {expect_seq}..{} are missing (removed or truncated)",
-                        e.seq - 1
+                        e.seq.saturating_sub(1)
                     ),
                 );
             } else if e.seq < expect_seq {
@@ -278,7 +281,7 @@ pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyRep
                 }
             }
             prev_chain = e.chain;
-            expect_seq = e.seq + 1;
+            expect_seq = e.seq.saturating_add(1);
         }
     }
     match std::fs::read(dir.join(HEAD_FILE)) {

@@ -72,6 +72,7 @@ fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join(segment_name(n)))
 }
 
@@ -100,6 +101,7 @@ impl AuditLog {
                 if keep != data.len() {
                     OpenOptions::new()
                         .write(true)
+                        .custom_flags(libc::O_NOFOLLOW)
                         .open(&p)?
                         .set_len(keep as u64)?;
                 }
@@ -111,7 +113,14 @@ impl AuditLog {
                         let sig = super::verify::last_logged_checkpoint(&keys, &dir, &segs)
                             .map(|c| c.signature)
                             .unwrap_or_default();
-                        (n, e.seq + 1, e.chain, Some(e.kind), sig, keep == data.len())
+                        (
+                            n,
+                            e.seq.saturating_add(1),
+                            e.chain,
+                            Some(e.kind),
+                            sig,
+                            keep == data.len(),
+                        )
                     }
                     None => (
                         n,
@@ -185,7 +194,11 @@ impl AuditLog {
         let (mut line, chain) = encode(&self.keys, seq, kind, json, &g.chain);
         line.push('\n');
         // One write(2) per entry in O_APPEND mode: a crash leaves at most one torn last line.
-        g.file.write_all(line.as_bytes())?;
+        if let Err(e) = g.file.write_all(line.as_bytes()) {
+            // Cut a partial entry off, so the next one does not share its line.
+            let _ = g.file.set_len(g.bytes);
+            return Err(e);
+        }
         g.bytes += line.len() as u64;
         g.chain = chain;
         g.next_seq = seq + 1;

@@ -57,6 +57,16 @@ pub const ACTIONS: &[&str] = &[
     "kms:ReadAuditLog",
 ];
 
+/// What a grant may allow (as in AWS KMS: use of the key, not its administration).
+pub const GRANT_OPERATIONS: &[&str] = &[
+    "kms:Decrypt",
+    "kms:GenerateDataKey",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:DescribeKey",
+    "kms:RetireGrant",
+];
+
 /// Condition keys and their types.
 const KEYS: &[(&str, KeyType)] = &[
     ("kmsfs:Path", KeyType::Str),
@@ -391,10 +401,16 @@ impl Policy {
                     return bad(format!("statement {sid}: unknown action {a:?}"));
                 }
             }
-            let resources = match &s.resource {
+                        let resources = match &s.resource {
                 None => vec!["*".to_string()],
                 Some(r) => r.strings("Resource")?,
             };
+            for r in &resources {
+                let ok = r == "*" || r.chars().all(|c| c.is_ascii_hexdigit() || c == '-' || c == '*' || c == '?');
+                if !ok {
+                    return bad(format!("statement {sid}: Resource {r:?} must be \"*\" or a key id (aliases are not resources)"));
+                }
+            }
             let mut conds = Vec::new();
             for (op, m) in s.condition.iter().flatten() {
                 let o = Op::parse(op).ok_or_else(|| {
@@ -476,9 +492,11 @@ impl Policy {
     }
 }
 
-fn cond_holds(op: Op, key: &str, want: &[String], req: &Request) -> bool {
+fn cond_holds(op: Op, key: &str, want: &[String], req: &Request, deny: bool) -> bool {
+    // A condition on something the request does not carry (no executable path readable, no
+    // user name): an Allow does not apply (positive operators), a Deny does (fail closed).
     let Some(have) = req.value(key) else {
-        return op.negated();
+        return deny || op.negated();
     };
     let any = |f: &dyn Fn(&str, &str) -> bool| have.iter().any(|h| want.iter().any(|w| f(h, w)));
     let num = |f: fn(i64, i64) -> bool| {
@@ -517,7 +535,7 @@ impl Statement {
             && self
                 .conds
                 .iter()
-                .all(|(op, k, v)| cond_holds(*op, k, v, req))
+                .all(|(op, k, v)| cond_holds(*op, k, v, req, !self.allow))
     }
 }
 
@@ -557,11 +575,11 @@ impl Grant {
                     "unknown grant operation {o:?} (grants name exact actions)"
                 ));
             }
-            if matches!(
-                o.as_str(),
-                "kms:PutKeyPolicy" | "kms:CreateKey" | "kms:ScheduleKeyDeletion"
-            ) {
-                return bad(format!("{o} cannot be granted"));
+            if !GRANT_OPERATIONS.contains(&o.as_str()) {
+                return bad(format!(
+                    "{o} cannot be granted (grants carry only {})",
+                    GRANT_OPERATIONS.join(", ")
+                ));
             }
         }
         Ok(())

@@ -382,3 +382,77 @@ fn glob_matching() {
         assert_eq!(glob(p, s), want, "{p} vs {s}");
     }
 }
+
+#[test]
+fn deny_on_a_missing_condition_key_applies() {
+    // bob's executable could not be read: an Allow on the executable does not apply, a Deny does.
+    let mut who = bob();
+    who.exe = None;
+    let p = pol(
+        r#"{"Sid":"All","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"},
+                   {"Sid":"NoShells","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Condition":{"StringEquals":{"kmsfs:Executable":"/bin/sh"}}}"#,
+    );
+    assert_eq!(
+        evaluate(&p, &[], &req(who.clone(), "kms:Decrypt", "/a", "read")),
+        Decision::ExplicitDeny {
+            sid: "NoShells".into()
+        }
+    );
+    let p = pol(
+        r#"{"Sid":"OnlyRestic","Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"StringEquals":{"kmsfs:Executable":"/usr/bin/restic"}}}"#,
+    );
+    assert_eq!(
+        evaluate(&p, &[], &req(who, "kms:Decrypt", "/a", "read")),
+        Decision::ImplicitDeny
+    );
+}
+
+#[test]
+fn resources_and_grant_operations_are_strict() {
+    let text = |r: &str| {
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"{r}"}}]}}"#
+        )
+    };
+    assert!(
+        Policy::parse(&text("alias/finance")).is_err(),
+        "aliases are not resources"
+    );
+    assert!(Policy::parse(&text("arn:aws:kms:x")).is_err());
+    assert!(Policy::parse(&text("*")).is_ok());
+    assert!(Policy::parse(&text(&KEY.to_string())).is_ok());
+    let mut g = Grant {
+        id: "g".into(),
+        key: KEY,
+        name: String::new(),
+        grantee: Principal {
+            any: true,
+            ..Default::default()
+        },
+        operations: vec!["kms:DisableKey".into()],
+        path_like: None,
+        encryption_context_subset: BTreeMap::new(),
+        expires: None,
+        created: 0,
+        retiring_principal: None,
+    };
+    assert!(g.validate().is_err(), "grants do not carry administration");
+    g.operations = vec!["kms:Decrypt".into(), "kms:GenerateDataKey".into()];
+    assert!(g.validate().is_ok());
+}
+
+#[test]
+fn encryption_context_conditions() {
+    let p = pol(
+        r#"{"Sid":"ThisVolume","Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Condition":{"StringEquals":{"kms:EncryptionContext:kmsfs:key-version":"2"}}}"#,
+    );
+    let mut r = req(alice(), "kms:Decrypt", "/a", "read");
+    assert_eq!(
+        evaluate(&p, &[], &r),
+        Decision::ImplicitDeny,
+        "empty context never satisfies StringEquals"
+    );
+    r.encryption_context
+        .insert("kmsfs:key-version".into(), "2".into());
+    assert!(evaluate(&p, &[], &r).allowed());
+}
