@@ -28,7 +28,7 @@ use secrets::{SecretSource, UnlockSource};
 #[command(
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 10 not a volume, 11 volume needs newer kmsfs, 12 wrong \
 passphrase, 13 damaged key store/config, 14 bad mount point, 15 init dir not empty, 16 passphrase input, 17 mount \
-failed, 18 not mounted, 19 already mounted, 20 key-manager request refused, 21 no such key, alias or rule, 22 denied by key policy, 23 integrity check failed."
+failed, 18 not mounted, 19 already mounted, 20 key-manager request refused, 21 no such key, alias, rule or grant, 22 denied by key policy, 23 integrity check failed."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -28,7 +28,7 @@ pub struct MountArgs {
     mountpoint: PathBuf,
     #[command(flatten)]
     unlock: UnlockArgs,
-    /// Stay in the foreground; SIGINT/SIGTERM unmount.
+    /// Stay in the foreground; SIGINT, SIGTERM and SIGHUP unmount.
     #[arg(short = 'f', long)]
     foreground: bool,
     /// Mount read-only.
