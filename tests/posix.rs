@@ -341,7 +341,16 @@ const WRITES: &[(u64, usize)] = &[
 
 #[test]
 fn write_at_every_offset_and_size_around_block_boundaries() {
-    let fx = Fx::new();
+    write_at_every_offset_and_size_around_block_boundaries_in(&[]);
+}
+
+#[test]
+fn write_at_every_offset_and_size_around_block_boundaries_without_writeback_cache() {
+    write_at_every_offset_and_size_around_block_boundaries_in(&["--no-writeback-cache"]);
+}
+
+fn write_at_every_offset_and_size_around_block_boundaries_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(300, |root, log| {
         for (i, &s) in SIZES.iter().enumerate() {
             for (j, &(off, len)) in WRITES.iter().enumerate() {
@@ -369,7 +378,16 @@ fn write_at_every_offset_and_size_around_block_boundaries() {
 
 #[test]
 fn sequences_of_writes_on_one_open_file() {
-    let fx = Fx::new();
+    sequences_of_writes_on_one_open_file_in(&[]);
+}
+
+#[test]
+fn sequences_of_writes_on_one_open_file_without_writeback_cache() {
+    sequences_of_writes_on_one_open_file_in(&["--no-writeback-cache"]);
+}
+
+fn sequences_of_writes_on_one_open_file_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(120, |root, log| {
         let p = root.join("seq");
         let mut f = OpenOptions::new()
@@ -418,7 +436,16 @@ fn sequences_of_writes_on_one_open_file() {
 
 #[test]
 fn reads_at_arbitrary_offsets_and_sizes() {
-    let fx = Fx::new();
+    reads_at_arbitrary_offsets_and_sizes_in(&[]);
+}
+
+#[test]
+fn reads_at_arbitrary_offsets_and_sizes_without_writeback_cache() {
+    reads_at_arbitrary_offsets_and_sizes_in(&["--no-writeback-cache"]);
+}
+
+fn reads_at_arbitrary_offsets_and_sizes_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(120, |root, log| {
         let size = 3 * 4096 + 123;
         let p = root.join("r");
@@ -467,7 +494,16 @@ fn reads_at_arbitrary_offsets_and_sizes() {
 
 #[test]
 fn holes_read_as_zeros() {
-    let mut fx = Fx::new();
+    holes_read_as_zeros_in(&[]);
+}
+
+#[test]
+fn holes_read_as_zeros_without_writeback_cache() {
+    holes_read_as_zeros_in(&["--no-writeback-cache"]);
+}
+
+fn holes_read_as_zeros_in(mount_args: &[&'static str]) {
+    let mut fx = Fx::with_mount_args(&[], mount_args);
     fx.run(120, |root, log| {
         // Write past EOF: the gap reads as zeros.
         let p = root.join("holey");
@@ -540,7 +576,16 @@ fn cipher_files(cipher: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn truncate_up_and_down_to_many_sizes() {
-    let fx = Fx::new();
+    truncate_up_and_down_to_many_sizes_in(&[]);
+}
+
+#[test]
+fn truncate_up_and_down_to_many_sizes_without_writeback_cache() {
+    truncate_up_and_down_to_many_sizes_in(&["--no-writeback-cache"]);
+}
+
+fn truncate_up_and_down_to_many_sizes_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(300, |root, log| {
         for (i, &s) in SIZES.iter().enumerate() {
             for (j, &t) in SIZES.iter().chain(&[1 << 20, 4096 * 3 + 1]).enumerate() {
@@ -601,7 +646,16 @@ fn truncate_up_and_down_to_many_sizes() {
 
 #[test]
 fn o_append_single_and_two_appenders() {
-    let fx = Fx::new();
+    o_append_single_and_two_appenders_in(&[]);
+}
+
+#[test]
+fn o_append_single_and_two_appenders_without_writeback_cache() {
+    o_append_single_and_two_appenders_in(&["--no-writeback-cache"]);
+}
+
+fn o_append_single_and_two_appenders_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(120, |root, log| {
         let p = root.join("log");
         fs::write(&p, b"start\n").unwrap();
@@ -684,7 +738,16 @@ fn concurrent_appenders(root: &Path) {
 
 #[test]
 fn o_trunc_and_o_excl() {
-    let fx = Fx::new();
+    o_trunc_and_o_excl_in(&[]);
+}
+
+#[test]
+fn o_trunc_and_o_excl_without_writeback_cache() {
+    o_trunc_and_o_excl_in(&["--no-writeback-cache"]);
+}
+
+fn o_trunc_and_o_excl_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(60, |root, log| {
         let p = root.join("f");
         fs::write(&p, pat(1, 10000)).unwrap();
@@ -1098,7 +1161,16 @@ fn symlinks_relative_absolute_long() {
 
 #[test]
 fn hard_links() {
-    let fx = Fx::new();
+    hard_links_in(&[]);
+}
+
+#[test]
+fn hard_links_without_writeback_cache() {
+    hard_links_in(&["--no-writeback-cache"]);
+}
+
+fn hard_links_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(60, |root, log| {
         fs::create_dir(root.join("other")).unwrap();
         let a = root.join("a");
@@ -1192,7 +1264,16 @@ fn hard_links() {
 
 #[test]
 fn unlinked_open_file_stays_usable() {
-    let fx = Fx::new();
+    unlinked_open_file_stays_usable_in(&[]);
+}
+
+#[test]
+fn unlinked_open_file_stays_usable_without_writeback_cache() {
+    unlinked_open_file_stays_usable_in(&["--no-writeback-cache"]);
+}
+
+fn unlinked_open_file_stays_usable_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(60, |root, log| {
         let p = root.join("gone");
         fs::write(&p, pat(6, 6000)).unwrap();
@@ -1820,7 +1901,16 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn fallocate_modes() {
-    let fx = Fx::new();
+    fallocate_modes_in(&[]);
+}
+
+#[test]
+fn fallocate_modes_without_writeback_cache() {
+    fallocate_modes_in(&["--no-writeback-cache"]);
+}
+
+fn fallocate_modes_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(60, |root, log| {
         let p = root.join("f");
         fs::write(&p, pat(9, 5000)).unwrap();
@@ -1992,7 +2082,16 @@ impl Drop for Map {
 
 #[test]
 fn mmap_shared_and_private() {
-    let mut fx = Fx::new();
+    mmap_shared_and_private_in(&[]);
+}
+
+#[test]
+fn mmap_shared_and_private_without_writeback_cache() {
+    mmap_shared_and_private_in(&["--no-writeback-cache"]);
+}
+
+fn mmap_shared_and_private_in(mount_args: &[&'static str]) {
+    let mut fx = Fx::with_mount_args(&[], mount_args);
     fx.run(60, |root, log| {
         let p = root.join("mapped");
         let size = 3 * 4096 + 100;
@@ -2115,7 +2214,16 @@ fn concurrent_disjoint_writers(root: &Path, log: &mut Log) {
 
 #[test]
 fn concurrent_writers_at_disjoint_offsets() {
-    let fx = Fx::new();
+    concurrent_writers_at_disjoint_offsets_in(&[]);
+}
+
+#[test]
+fn concurrent_writers_at_disjoint_offsets_without_writeback_cache() {
+    concurrent_writers_at_disjoint_offsets_in(&["--no-writeback-cache"]);
+}
+
+fn concurrent_writers_at_disjoint_offsets_in(mount_args: &[&'static str]) {
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.run(120, concurrent_disjoint_writers);
     fx.finish();
 }
@@ -2150,7 +2258,16 @@ fn fsync_and_fsyncdir() {
 
 #[test]
 fn large_file_sha256_round_trip() {
-    let mut fx = Fx::new();
+    large_file_sha256_round_trip_in(&[]);
+}
+
+#[test]
+fn large_file_sha256_round_trip_without_writeback_cache() {
+    large_file_sha256_round_trip_in(&["--no-writeback-cache"]);
+}
+
+fn large_file_sha256_round_trip_in(mount_args: &[&'static str]) {
+    let mut fx = Fx::with_mount_args(&[], mount_args);
     const SIZE: usize = 20 << 20;
     let src = pat(12, SIZE);
     let want = hex(&Sha256::digest(&src));
@@ -2398,8 +2515,17 @@ fn read_only_mount() {
 
 #[test]
 fn o_direct_writes_at_arbitrary_offsets() {
+    o_direct_writes_at_arbitrary_offsets_in(&[]);
+}
+
+#[test]
+fn o_direct_writes_at_arbitrary_offsets_without_writeback_cache() {
+    o_direct_writes_at_arbitrary_offsets_in(&["--no-writeback-cache"]);
+}
+
+fn o_direct_writes_at_arbitrary_offsets_in(mount_args: &[&'static str]) {
     // O_DIRECT hands our offsets and sizes to the file system unchanged (no page cache).
-    let fx = Fx::new();
+    let fx = Fx::with_mount_args(&[], mount_args);
     fx.on_mount(60, |mnt| {
         let p = mnt.join("direct");
         let mut want = Vec::new();

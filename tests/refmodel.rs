@@ -518,12 +518,12 @@ fn drive(run: &mut Run, r: &mut Rng, mnt: &mut Side, plain: &mut Side, ops: usiz
     plain.close_all();
 }
 
-fn refmodel(init: &[&str], ops_divisor: usize) {
+fn refmodel(init: &[&str], mount_args: &[&str], ops_divisor: usize) {
     let seed = env_u64("KMSFS_REFMODEL_SEED").unwrap_or(DEFAULT_SEED);
     let ops = env_u64("KMSFS_REFMODEL_OPS")
         .map(|n| n as usize)
         .unwrap_or(DEFAULT_OPS / ops_divisor);
-    eprintln!("refmodel: seed {seed:#x}, {ops} operations, init {init:?}");
+    eprintln!("refmodel: seed {seed:#x}, {ops} operations, init {init:?}, mount {mount_args:?}");
     let v = Volume::new(init);
     let plain = tempfile::Builder::new()
         .prefix("kmsfs-refmodel-plain-")
@@ -536,7 +536,7 @@ fn refmodel(init: &[&str], ops_divisor: usize) {
     };
     let mut r = Rng(seed);
     // First half, then a remount (everything must come back from the cipher files), then the rest.
-    let m = v.mount();
+    let m = v.mount_with(mount_args);
     let (mut a, mut b) = (Side::new(m.mnt.clone()), Side::new(plain_root.clone()));
     let half = ops / 2;
     let (run_, r_, a_, b_) = with_timeout(120, move || {
@@ -546,7 +546,7 @@ fn refmodel(init: &[&str], ops_divisor: usize) {
     (run, r, a, b) = (run_, r_, a_, b_);
     let err = support::unmount(m);
     assert!(!err.contains("ERROR"), "daemon logged errors:\n{err}");
-    let m = v.mount();
+    let m = v.mount_with(mount_args);
     let rest = ops - half;
     let (run, ..) = with_timeout(120, move || {
         if let Some(d) = tree_diff(&snapshot(&a.root), &snapshot(&b.root)) {
@@ -571,12 +571,18 @@ fn refmodel(init: &[&str], ops_divisor: usize) {
 
 #[test]
 fn random_operations_match_a_plain_directory() {
-    refmodel(&[], 1);
+    refmodel(&[], &[], 1);
+}
+
+#[test]
+fn random_operations_match_without_writeback_cache() {
+    // The model then handles O_APPEND and sizes itself instead of the kernel.
+    refmodel(&[], &["--no-writeback-cache"], 2);
 }
 
 #[test]
 fn random_operations_match_with_plaintext_names() {
-    refmodel(&["--plaintext-names"], 3);
+    refmodel(&["--plaintext-names"], &[], 3);
 }
 
 /// Errors a racing namespace operation may legitimately get.
