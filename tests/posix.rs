@@ -548,6 +548,13 @@ fn holes_read_as_zeros_in(mount_args: &[&'static str]) {
             big.blocks()
         );
     });
+    // ... and the mount reports no holes: SEEK_DATA finds data at 0, SEEK_HOLE only at the end.
+    fx.on_mount(30, |mnt| {
+        let f = File::open(mnt.join("sparse")).unwrap();
+        let seek = |off, whence| unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+        assert_eq!(seek(0, libc::SEEK_DATA), 0);
+        assert_eq!(seek(0, libc::SEEK_HOLE), 5 << 20);
+    });
     fx.finish();
 }
 
@@ -1658,6 +1665,90 @@ fn chmod_chown_utimens_and_plaintext_size() {
         let m = fs::metadata(g.join("sub")).unwrap();
         log.rec("sgid subdir", (m.mode(), m.gid()));
         log.rec("sgid file gid", fs::metadata(g.join("file")).unwrap().gid());
+    });
+    fx.finish();
+}
+
+#[test]
+fn timestamps_move_like_on_a_plain_directory() {
+    timestamps_move_like_on_a_plain_directory_in(&[]);
+}
+
+#[test]
+fn timestamps_move_like_on_a_plain_directory_without_writeback_cache() {
+    timestamps_move_like_on_a_plain_directory_in(&["--no-writeback-cache"]);
+}
+
+fn timestamps_move_like_on_a_plain_directory_in(mount_args: &[&'static str]) {
+    // Which operations advance mtime/ctime of a file and of its directory (not the exact
+    // times, which differ between the two runs).
+    let fx = Fx::with_mount_args(&[], mount_args);
+    fx.run(60, |root, log| {
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(30));
+        let times = |p: &Path| {
+            let m = fs::symlink_metadata(p).unwrap();
+            ((m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec()))
+        };
+        let d = root.join("d");
+        fs::create_dir(&d).unwrap();
+        let f = d.join("f");
+        fs::write(&f, b"one").unwrap();
+        let mut step = |log: &mut Log, what: &str, op: &dyn Fn()| {
+            let (f0, d0) = (times(&f), times(&d));
+            pause();
+            op();
+            let (f1, d1) = (times(&f), times(&d));
+            log.rec(
+                what,
+                (
+                    ("file mtime", f1.0 > f0.0),
+                    ("file ctime", f1.1 > f0.1),
+                    ("dir mtime", d1.0 > d0.0),
+                    ("dir ctime", d1.1 > d0.1),
+                ),
+            );
+        };
+        step(log, "write", &|| {
+            OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .write_all_at(b"x", 1)
+                .unwrap()
+        });
+        step(log, "append", &|| {
+            OpenOptions::new()
+                .append(true)
+                .open(&f)
+                .unwrap()
+                .write_all(b"y")
+                .unwrap()
+        });
+        step(log, "truncate", &|| {
+            OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_len(1)
+                .unwrap()
+        });
+        step(log, "chmod", &|| {
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap()
+        });
+        step(log, "read", &|| {
+            fs::read(&f).unwrap();
+        });
+        step(log, "create sibling", &|| {
+            fs::write(d.join("g"), b"").unwrap()
+        });
+        step(log, "rename sibling", &|| {
+            fs::rename(d.join("g"), d.join("h")).unwrap()
+        });
+        step(log, "unlink sibling", &|| {
+            fs::remove_file(d.join("h")).unwrap()
+        });
+        step(log, "link", &|| fs::hard_link(&f, d.join("l")).unwrap());
+        step(log, "setxattr", &|| setx(&f, "user.t", b"v", 0).unwrap());
     });
     fx.finish();
 }
