@@ -606,15 +606,26 @@ fn benign(e: i32) -> bool {
 /// with the size stat reports, and a remount must show the same tree.
 #[test]
 fn concurrent_random_operations_stay_consistent() {
+    concurrent(&[]);
+}
+
+#[test]
+fn concurrent_random_operations_stay_consistent_without_writeback_cache() {
+    concurrent(&["--no-writeback-cache"]);
+}
+
+fn concurrent(mount_args: &[&str]) {
     let seed = env_u64("KMSFS_REFMODEL_SEED").unwrap_or(DEFAULT_SEED);
     let ops = env_u64("KMSFS_REFMODEL_OPS")
         .map(|n| n as usize)
         .unwrap_or(DEFAULT_OPS)
         / 2;
     const THREADS: u64 = 4;
-    eprintln!("refmodel (concurrent): seed {seed:#x}, {THREADS} threads x {ops} operations");
+    eprintln!(
+        "refmodel (concurrent): seed {seed:#x}, {THREADS} threads x {ops} operations, mount {mount_args:?}"
+    );
     let v = Volume::new(&[]);
-    let m = v.mount();
+    let m = v.mount_with(mount_args);
     let root = m.mnt.clone();
     let before = with_timeout(120, move || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -669,7 +680,7 @@ fn concurrent_random_operations_stay_consistent() {
         }
     };
     assert!(!err.contains("ERROR"), "daemon logged errors:\n{err}");
-    let m = v.mount();
+    let m = v.mount_with(mount_args);
     let root = m.mnt.clone();
     let after = with_timeout(60, move || snapshot(&root));
     if let Some(d) = tree_diff(&after, &before) {
