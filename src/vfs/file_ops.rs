@@ -206,10 +206,21 @@ impl Vfs {
         let made = self.create_file_entry(&dir, name, &cn, mode, flags, caller);
         let (node, attr, of, audit) = match made {
             Err(VfsError::Sys(Errno::EXIST)) if flags & libc::O_EXCL == 0 => {
-                let attr = self.lookup(parent, name)?;
-                let fh = self.open_as(attr.ino, flags, caller)?;
-                let attr = self.getattr(attr.ino)?;
-                return Ok((attr, fh));
+                let ino = self.lookup(parent, name)?.ino;
+                let r = self
+                    .open_as(ino, flags, caller)
+                    .and_then(|fh| match self.getattr(ino) {
+                        Ok(attr) => Ok((attr, fh)),
+                        Err(e) => {
+                            let _ = self.release(fh);
+                            Err(e)
+                        }
+                    });
+                // The kernel takes the entry only with a successful reply: give the lookup back.
+                if r.is_err() {
+                    self.forget(ino, 1);
+                }
+                return r;
             }
             r => r?,
         };
