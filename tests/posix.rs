@@ -715,8 +715,10 @@ fn concurrent_appenders(root: &Path) {
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap();
+    // Join every thread before failing, so none is left working on the mount.
+    let results: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+    for r in results {
+        r.unwrap();
     }
     let data = fs::read(&p).unwrap();
     let mut seen = std::collections::HashSet::new();
@@ -2285,11 +2287,14 @@ fn concurrent_disjoint_writers(root: &Path, log: &mut Log) {
             })
         })
         .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
+    // Join every thread before failing, so none is left working on the mount.
+    let results: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    reader.join().unwrap();
+    let read = reader.join();
+    for r in results {
+        r.unwrap();
+    }
+    read.unwrap();
     let got = fs::read(&p).unwrap();
     for t in 0..THREADS {
         let r = &got[(t * REGION) as usize..((t + 1) * REGION) as usize];

@@ -629,28 +629,40 @@ fn concurrent(mount_args: &[&str]) {
     let root = m.mnt.clone();
     let before = with_timeout(120, move || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            // A failing worker stops the others, and all are joined before the mount goes.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let workers: Vec<_> = (0..THREADS)
                 .map(|t| {
                     let root = root.clone();
+                    let stop = stop.clone();
                     std::thread::spawn(move || {
                         let mut r = Rng(seed ^ (t + 1).wrapping_mul(0xA24B_AED4_963E_E407));
                         let mut side = Side::new(root);
                         for i in 0..ops {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                return Ok(());
+                            }
                             let op = random_op(&mut r);
                             if let Err(e) = side.apply(&op) {
-                                assert!(
-                                    benign(e),
-                                    "seed {seed:#x} thread {t} op {i}: {op:?} failed with {}",
-                                    io::Error::from_raw_os_error(e)
-                                );
+                                if !benign(e) {
+                                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    return Err(format!(
+                                        "seed {seed:#x} thread {t} op {i}: {op:?} failed with {}",
+                                        io::Error::from_raw_os_error(e)
+                                    ));
+                                }
                             }
                         }
+                        Ok(())
                     })
                 })
                 .collect();
-            for w in workers {
-                if let Err(p) = w.join() {
-                    std::panic::resume_unwind(p);
+            let results: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+            for r in results {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(msg)) => panic!("{msg}"),
+                    Err(p) => std::panic::resume_unwind(p),
                 }
             }
             let snap = snapshot(&root);
