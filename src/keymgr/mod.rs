@@ -111,6 +111,11 @@ pub const TEST_TIME_OFFSET_ENV: &str = "KMSFS_TEST_TIME_OFFSET_SECS";
 pub struct KeyManager {
     state: RwLock<Unlocked>,
     time_offset: u64,
+    /// Parsed key policies, by key, with the text they were parsed from (a changed text is
+    /// parsed again).
+    policies: std::sync::Mutex<
+        std::collections::HashMap<KeyId, (String, std::sync::Arc<policy::Policy>)>,
+    >,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -128,6 +133,7 @@ impl KeyManager {
         KeyManager {
             state: RwLock::new(unlocked),
             time_offset,
+            policies: Default::default(),
         }
     }
 
@@ -150,6 +156,42 @@ impl KeyManager {
 
     pub fn volume_secret(&self) -> Key256 {
         self.read().store.volume_secret.clone()
+    }
+
+    /// The policy decision for `req` (on `req.key`), with parsed policies cached.
+    pub fn authorize(&self, req: &policy::Request) -> policy::Decision {
+        let Some(id) = req.key else {
+            return policy::Decision::ImplicitDeny;
+        };
+        let st = self.read();
+        let Ok(text) = access::get_policy(&st.store, &id) else {
+            return policy::Decision::ImplicitDeny;
+        };
+        let parsed = {
+            let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(&id) {
+                Some((t, p)) if *t == text => p.clone(),
+                _ => {
+                    // A stored policy was validated when stored; one that no longer parses
+                    // (damage) allows nothing.
+                    let p = std::sync::Arc::new(policy::Policy::parse(&text).unwrap_or(
+                        policy::Policy {
+                            statements: Vec::new(),
+                        },
+                    ));
+                    cache.insert(id, (text, p.clone()));
+                    p
+                }
+            }
+        };
+        let grants: Vec<policy::Grant> = st
+            .store
+            .grants
+            .iter()
+            .filter(|g| g.key == id)
+            .cloned()
+            .collect();
+        policy::evaluate(&parsed, &grants, req)
     }
 
     /// Runs a read-only query on the store.

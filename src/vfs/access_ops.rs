@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use super::inode::Node;
 use super::{Caller, Result, Vfs, VfsError};
 use crate::format::header::FileHeader;
-use crate::keymgr::access;
 use crate::keymgr::audit::{Actor, AuditDecision, AuditLog, AuditRecord, Resources, Source};
 use crate::keymgr::policy::{Decision, Identity, Request};
 
@@ -122,7 +121,7 @@ impl Vfs {
             )
             .display_pairs(),
         };
-        let d = self.km.query(|s| access::authorize(s, &req));
+        let d = self.km.authorize(&req);
         let actor = Actor {
             uid: who.uid,
             gid: who.gid,

@@ -68,6 +68,7 @@ impl Vfs {
                     let mut st = of.write_state();
                     if !st.writable {
                         let (f, w) = Self::open_backing(node, true)?;
+                        of.set_fd(&f);
                         st.file = f;
                         st.writable = w;
                     }
@@ -77,14 +78,13 @@ impl Vfs {
             }
             Entry::Vacant(v) => {
                 let (file, writable) = Self::open_backing(node, want_write)?;
-                let label = self.label(node);
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
                 let dek = self.km.unwrap_dek(&header).map_err(|e| {
                     if let crate::keymgr::KeyError::UnwrapFailed(_) = e {
-                        tracing::error!(path = %label, "integrity failure: {e}");
+                        tracing::error!(path = %self.label(node), "integrity failure: {e}");
                     } else {
-                        tracing::warn!(path = %label, "cannot open: {e}");
+                        tracing::warn!(path = %self.label(node), "cannot open: {e}");
                     }
                     VfsError::Key(e)
                 })?;
@@ -98,7 +98,6 @@ impl Vfs {
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 let of = Arc::new(OpenFile::new(
                     node.ino,
-                    label,
                     self.layout,
                     FileState {
                         file,
@@ -289,7 +288,7 @@ impl Vfs {
             };
             match init() {
                 Ok((st, node, attr)) => {
-                    let of = Arc::new(OpenFile::new(node.ino, self.label(&node), self.layout, st));
+                    let of = Arc::new(OpenFile::new(node.ino, self.layout, st));
                     Ok((node, attr, of, audit))
                 }
                 Err(e) => {

@@ -28,7 +28,9 @@ pub struct FileState {
 pub struct OpenFile {
     pub ino: u64,
     /// Human-readable location for logs: the cipher path (never a plaintext name).
-    pub label: String,
+    /// The backing file's descriptor number, to name the cipher file in logs (resolved only when
+    /// there is something to log; never a plaintext name).
+    fd_no: std::sync::atomic::AtomicI32,
     layout: Layout,
     state: RwLock<FileState>,
 }
@@ -37,19 +39,36 @@ impl std::fmt::Debug for OpenFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenFile")
             .field("ino", &self.ino)
-            .field("label", &self.label)
+            .field("fd", &self.fd_no)
             .finish()
     }
 }
 
 impl OpenFile {
-    pub fn new(ino: u64, label: String, layout: Layout, state: FileState) -> Self {
+    pub fn new(ino: u64, layout: Layout, state: FileState) -> Self {
+        use std::os::fd::AsRawFd;
+        let fd_no = std::sync::atomic::AtomicI32::new(state.file.as_raw_fd());
         OpenFile {
             ino,
-            label,
+            fd_no,
             layout,
             state: RwLock::new(state),
         }
+    }
+
+    /// The cipher path of the file, for log lines.
+    pub fn label(&self) -> String {
+        let fd = self.fd_no.load(std::sync::atomic::Ordering::Relaxed);
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| format!("inode {}", self.ino))
+    }
+
+    /// Records that the backing descriptor was replaced (reopened read-write).
+    pub fn set_fd(&self, f: &File) {
+        use std::os::fd::AsRawFd;
+        self.fd_no
+            .store(f.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn read_state(&self) -> RwLockReadGuard<'_, FileState> {
@@ -65,8 +84,8 @@ impl OpenFile {
     }
 
     fn integrity(&self, what: String) -> VfsError {
-        tracing::error!(file = %self.label, ino = self.ino, "integrity failure: {what}");
-        VfsError::Integrity(format!("{}: {what}", self.label))
+        tracing::error!(file = %self.label(), ino = self.ino, "integrity failure: {what}");
+        VfsError::Integrity(format!("{}: {what}", self.label()))
     }
 
     /// Reads and decrypts blocks `first..=last` of a file of size `size` into plaintext.
@@ -212,7 +231,7 @@ impl OpenFile {
         let ok = st.file.write_all_at(&out, l.cipher_offset(fin)).is_ok()
             && st.file.set_len(l.cipher_size(st.size)).is_ok();
         if !ok {
-            tracing::error!(file = %self.label, "could not restore the end of the file after a failed write");
+            tracing::error!(file = %self.label(), "could not restore the end of the file after a failed write");
         }
     }
 
