@@ -143,11 +143,21 @@ impl Mount {
     }
 
     /// Unmounts cleanly and returns the daemon's stderr.
-    pub fn unmount(mut self) -> String {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mnt)
-            .status();
+        pub fn unmount(mut self) -> String {
+        // A clean unmount can be refused for a moment (a process still closing files): retry,
+        // then detach lazily so no mount is ever left behind.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ok = Command::new("fusermount3").arg("-u").arg(&self.mnt).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            if ok || !is_mounted(&self.mnt) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).stderr(Stdio::null()).status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let mut err = String::new();
         if let Some(mut c) = self.child.take() {
             let deadline = Instant::now() + Duration::from_secs(10);
