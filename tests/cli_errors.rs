@@ -274,6 +274,7 @@ fn edit_config(v: &Volume, f: impl FnOnce(&mut serde_json::Value)) {
 }
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn unknown_feature_flag_or_version_is_11() {
     let edits: [(&str, fn(&mut serde_json::Value)); 2] = [
         ("unknown feature", |j| {

@@ -1695,7 +1695,7 @@ fn timestamps_move_like_on_a_plain_directory_in(mount_args: &[&'static str]) {
         fs::create_dir(&d).unwrap();
         let f = d.join("f");
         fs::write(&f, b"one").unwrap();
-        let mut step = |log: &mut Log, what: &str, op: &dyn Fn()| {
+        let step = |log: &mut Log, what: &str, op: &dyn Fn()| {
             let (f0, d0) = (times(&f), times(&d));
             pause();
             op();

@@ -643,14 +643,14 @@ fn concurrent(mount_args: &[&str]) {
                                 return Ok(());
                             }
                             let op = random_op(&mut r);
-                            if let Err(e) = side.apply(&op) {
-                                if !benign(e) {
-                                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                                    return Err(format!(
-                                        "seed {seed:#x} thread {t} op {i}: {op:?} failed with {}",
-                                        io::Error::from_raw_os_error(e)
-                                    ));
-                                }
+                            if let Err(e) = side.apply(&op)
+                                && !benign(e)
+                            {
+                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                                return Err(format!(
+                                    "seed {seed:#x} thread {t} op {i}: {op:?} failed with {}",
+                                    io::Error::from_raw_os_error(e)
+                                ));
                             }
                         }
                         Ok(())

@@ -201,7 +201,11 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             for r in &sel[sel.len().saturating_sub(*lines)..] {
                 print(r, f.json);
             }
-            while *follow {
+            if !*follow {
+                return Ok(());
+            }
+            loop {
+                // Runs until interrupted (tail -f).
                 std::thread::sleep(std::time::Duration::from_millis(500));
                 let new: Vec<AuditRecord> = audit::read_all(&control, &keys)
                     .map_err(io)?

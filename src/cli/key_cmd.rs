@@ -314,8 +314,8 @@ pub fn key(a: &KeyArgs) -> Result<(), CliError> {
                 print_json(&keys);
             } else {
                 println!(
-                    "{:<36}  {:<15}  {:>3}  {:<7}  {}",
-                    "KEY ID", "STATE", "VER", "DEFAULT", "ALIASES / DESCRIPTION"
+                    "{:<36}  {:<15}  {:>3}  {:<7}  ALIASES / DESCRIPTION",
+                    "KEY ID", "STATE", "VER", "DEFAULT"
                 );
                 for k in keys {
                     println!(

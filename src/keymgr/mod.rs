@@ -103,6 +103,9 @@ pub(crate) fn seal_dek(h: &mut FileHeader, volume: &VolumeId, material: &Key256,
     h.wrapped_dek.copy_from_slice(&sealed);
 }
 
+/// What [`KeyManager::tick`] did: keys rotated (with their new version) and keys destroyed.
+pub type TickResult = (Vec<(KeyId, u32)>, Vec<KeyId>);
+
 /// Test-only: seconds added to the wall clock, so tests can pass rotation periods and deletion
 /// windows without waiting. Never set it on a real volume.
 pub const TEST_TIME_OFFSET_ENV: &str = "KMSFS_TEST_TIME_OFFSET_SECS";
@@ -235,7 +238,7 @@ impl KeyManager {
 
     /// Time-driven work: automatic rotations and deletions whose window has passed. Persists only
     /// when something changed. Returns (rotated keys with their new version, destroyed keys).
-    pub fn tick(&self) -> Result<(Vec<(KeyId, u32)>, Vec<KeyId>), AdminError> {
+    pub fn tick(&self) -> Result<TickResult, AdminError> {
         let now = self.now();
         let due = self.query(|s| {
             s.keys.iter().any(|k| {

@@ -331,10 +331,10 @@ impl Vfs {
         which: impl Fn(&HandleAudit) -> &std::sync::atomic::AtomicU64,
         n: usize,
     ) {
-        if let Some(h) = self.handles.get(&fh) {
-            if let Some(a) = &h.audit {
-                which(a).fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            }
+        if let Some(h) = self.handles.get(&fh)
+            && let Some(a) = &h.audit
+        {
+            which(a).fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

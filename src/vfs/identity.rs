@@ -43,13 +43,13 @@ fn group_name(gid: u32) -> Option<String> {
 /// The identity of process `pid`, which made a request as `uid`/`gid`.
 pub fn identity_of(pid: u32, uid: u32, gid: u32) -> Identity {
     let mut groups = Vec::new();
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
-            groups = line["Groups:".len()..]
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect();
-        }
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        && let Some(line) = status.lines().find(|l| l.starts_with("Groups:"))
+    {
+        groups = line["Groups:".len()..]
+            .split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect();
     }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()

@@ -166,7 +166,7 @@ impl OpenFile {
         let old_tail = if new_size > st.size {
             let fin = l.final_block(st.size);
             let mut t = Vec::new();
-            if st.size % bs == 0 || self.read_blocks(st, fin, fin, &mut t).is_ok() {
+            if st.size.is_multiple_of(bs) || self.read_blocks(st, fin, fin, &mut t).is_ok() {
                 Some(t)
             } else {
                 None

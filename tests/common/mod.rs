@@ -120,14 +120,14 @@ impl Mount {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mounted(mnt) {
-            if let Some(c) = m.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    let mut err = String::new();
-                    if let Some(mut e) = c.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                    panic!("kmsfs mount exited early ({status}): {err}");
+            if let Some(c) = m.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let mut err = String::new();
+                if let Some(mut e) = c.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
+                panic!("kmsfs mount exited early ({status}): {err}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -143,17 +143,27 @@ impl Mount {
     }
 
     /// Unmounts cleanly and returns the daemon's stderr.
-        pub fn unmount(mut self) -> String {
+    pub fn unmount(mut self) -> String {
         // A clean unmount can be refused for a moment (a process still closing files): retry,
         // then detach lazily so no mount is ever left behind.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let ok = Command::new("fusermount3").arg("-u").arg(&self.mnt).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
             if ok || !is_mounted(&self.mnt) {
                 break;
             }
             if Instant::now() > deadline {
-                let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).stderr(Stdio::null()).status();
+                let _ = Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&self.mnt)
+                    .stderr(Stdio::null())
+                    .status();
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -124,14 +124,13 @@ pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<Aud
     for s in segments(&dir) {
         let data = std::fs::read(dir.join(segment_name(s)))?;
         for e in decode_lines(keys, &data) {
-            if e.kind != KIND_CHECKPOINT {
-                if let Some(r) = e
+            if e.kind != KIND_CHECKPOINT
+                && let Some(r) = e
                     .json
                     .as_ref()
                     .and_then(|j| serde_json::from_slice::<AuditRecord>(j).ok())
-                {
-                    out.push(r);
-                }
+            {
+                out.push(r);
             }
         }
     }
@@ -158,17 +157,17 @@ pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyRep
     let (mut prev_chain, mut expect_seq, mut last_sig) = (initial_chain(keys), 0u64, String::new());
     let mut checkpoint_sigs = Vec::new();
     let (mut entries, mut records, mut cps, mut starts) = (0u64, 0u64, 0u64, 0u64);
-    if let Some(first) = segs.first() {
-        if *first != 1 {
-            find(
-                Some(1),
-                None,
-                format!(
-                    "segments 1..{} are missing (deleted)",
-                    first.saturating_sub(1)
-                ),
-            );
-        }
+    if let Some(first) = segs.first()
+        && *first != 1
+    {
+        find(
+            Some(1),
+            None,
+            format!(
+                "segments 1..{} are missing (deleted)",
+                first.saturating_sub(1)
+            ),
+        );
     }
     for w in segs.windows(2) {
         if w[1] != w[0].saturating_add(1) {

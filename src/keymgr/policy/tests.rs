@@ -164,7 +164,7 @@ fn explicit_deny_beats_allow_and_grant() {
     };
     let r = req(bob(), "kms:Decrypt", "/a", "read");
     assert_eq!(
-        evaluate(&p, &[g.clone()], &r),
+        evaluate(&p, std::slice::from_ref(&g), &r),
         Decision::ExplicitDeny {
             sid: "NoBob".into()
         }
@@ -230,7 +230,7 @@ fn grants_allow_only_within_their_limits() {
     );
     let mut with = r.clone();
     with.encryption_context.insert("project".into(), "x".into());
-    assert!(evaluate(&p, &[g.clone()], &with).allowed());
+    assert!(evaluate(&p, std::slice::from_ref(&g), &with).allowed());
     g.operations = vec!["kms:PutKeyPolicy".into()];
     assert!(g.validate().is_err());
     g.operations = vec!["kms:Decrypt*".into()];
