@@ -82,14 +82,28 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// The /proc/mounts entries (source, fstype) mounted exactly at `p`.
 fn mounts_at(p: &Path) -> Vec<(String, String)> {
+    mount_table()
+        .into_iter()
+        .filter(|(_, mp, _)| mp == p)
+        .map(|(src, _, ty)| (src, ty))
+        .collect()
+}
+
+/// The mount table: (source, mount point, file-system type) per line of /proc/self/mounts.
+pub(super) fn mount_table() -> Vec<(String, PathBuf, String)> {
     let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else {
         return Vec::new();
     };
     m.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 2 && Path::new(&unescape_mount_path(f[1])) == p)
-                .then(|| (f[0].to_string(), f[2].to_string()))
+            (f.len() > 2).then(|| {
+                (
+                    f[0].to_string(),
+                    PathBuf::from(unescape_mount_path(f[1])),
+                    f[2].to_string(),
+                )
+            })
         })
         .collect()
 }

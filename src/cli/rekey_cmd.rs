@@ -28,13 +28,9 @@ fn on_kmsfs(p: &Path) -> bool {
     let Ok(abs) = fs::canonicalize(p) else {
         return false;
     };
-    let Ok(m) = fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
-    m.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 2 && f[2] == "fuse.kmsfs" && abs.starts_with(f[1].replace("\\040", " "))
-    })
+    super::mount_cmd::mount_table()
+        .iter()
+        .any(|(_, mp, ty)| ty == "fuse.kmsfs" && abs.starts_with(mp))
 }
 
 fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {

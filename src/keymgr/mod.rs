@@ -103,6 +103,25 @@ pub(crate) fn seal_dek(h: &mut FileHeader, volume: &VolumeId, material: &Key256,
     h.wrapped_dek.copy_from_slice(&sealed);
 }
 
+/// The material of the key version a file's header names, if the key may be used now: enabled,
+/// at or above its minimum decryption version, material not destroyed.
+fn usable_material<'a>(st: &'a KeyStore, h: &FileHeader) -> Result<&'a Key256, KeyError> {
+    let key = st.key(&h.key_id).ok_or(KeyError::UnknownKey(h.key_id))?;
+    if key.state != KeyState::Enabled {
+        return Err(KeyError::NotUsable(h.key_id, key.state));
+    }
+    if h.key_version < key.min_decryption_version {
+        return Err(KeyError::VersionRetired(
+            h.key_id,
+            h.key_version,
+            key.min_decryption_version,
+        ));
+    }
+    key.version(h.key_version)
+        .and_then(|v| v.material.as_ref())
+        .ok_or(KeyError::VersionUnavailable(h.key_id, h.key_version))
+}
+
 /// What [`KeyManager::tick`] did: keys rotated (with their new version) and keys destroyed.
 pub type TickResult = (Vec<(KeyId, u32)>, Vec<KeyId>);
 
@@ -293,52 +312,14 @@ impl KeyManager {
     /// Whether a file's key and version may be used now (state, minimum decryption version,
     /// material present), without unwrapping.
     pub fn check_usable(&self, h: &FileHeader) -> Result<(), KeyError> {
-        let st = self.read();
-        let key = st
-            .store
-            .key(&h.key_id)
-            .ok_or(KeyError::UnknownKey(h.key_id))?;
-        if key.state != KeyState::Enabled {
-            return Err(KeyError::NotUsable(h.key_id, key.state));
-        }
-        if h.key_version < key.min_decryption_version {
-            return Err(KeyError::VersionRetired(
-                h.key_id,
-                h.key_version,
-                key.min_decryption_version,
-            ));
-        }
-        match key.version(h.key_version) {
-            Some(v) if v.material.is_some() => Ok(()),
-            _ => Err(KeyError::VersionUnavailable(h.key_id, h.key_version)),
-        }
+        usable_material(&self.read().store, h).map(|_| ())
     }
 
     /// Unwraps a file's DEK, checking key state, the minimum decryption version and the
     /// encryption context.
     pub fn unwrap_dek(&self, h: &FileHeader) -> Result<Key256, KeyError> {
         let st = self.read();
-        let key = st
-            .store
-            .key(&h.key_id)
-            .ok_or(KeyError::UnknownKey(h.key_id))?;
-        if key.state != KeyState::Enabled {
-            return Err(KeyError::NotUsable(h.key_id, key.state));
-        }
-        if h.key_version < key.min_decryption_version {
-            return Err(KeyError::VersionRetired(
-                h.key_id,
-                h.key_version,
-                key.min_decryption_version,
-            ));
-        }
-        let ver = key
-            .version(h.key_version)
-            .ok_or(KeyError::VersionUnavailable(h.key_id, h.key_version))?;
-        let material = ver
-            .material
-            .as_ref()
-            .ok_or(KeyError::VersionUnavailable(h.key_id, h.key_version))?;
+        let material = usable_material(&st.store, h)?;
         let dek = zeroize::Zeroizing::new(
             Aead::new(material)
                 .open(&h.wrap_aad(&st.store.volume_id), &h.wrapped_dek)
