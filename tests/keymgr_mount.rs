@@ -199,6 +199,52 @@ fn lifecycle_through_the_mount() {
     m.unmount();
     let d = json(key(&v, &["describe", &fin, "--json"]));
     assert_eq!(d["state"], "Destroyed");
+
+    // Every administration command and the automatic destruction are in the audit log, which
+    // verifies.
+    let o = kmsfs()
+        .arg("audit")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["show", "--json"])
+        .output()
+        .unwrap();
+    let events: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    for e in [
+        "KeyCreate",
+        "RulesSet",
+        "KeyDisable",
+        "KeyEnable",
+        "KeyRotate",
+        "KeyTrim",
+        "Rewrap",
+        "KeyScheduleDeletion",
+        "KeyCancelDeletion",
+        "DeleteKey",
+        "Open",
+        "Create",
+        "Close",
+    ] {
+        assert!(events.iter().any(|x| x == e), "no {e} record in {events:?}");
+    }
+    let o = kmsfs()
+        .arg("audit")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
 #[test]

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
+use crate::keymgr::audit::{Actor, AuditKeys, AuditLog, AuditRecord, Source};
 use crate::keymgr::lifecycle::{self, DELETION_DAYS_DEFAULT};
 use crate::keymgr::rewrap::{self, RewrapOptions};
 use crate::keymgr::{KeyManager, VolumePaths};
@@ -153,7 +154,53 @@ pub(super) struct Admin {
     pub(super) km: KeyManager,
     root: PathBuf,
     plaintext_names: bool,
+    /// Every administration command is audited (source "kms"); no log, no administration.
+    audit: AuditLog,
     _lock: std::os::fd::OwnedFd,
+}
+
+impl Admin {
+    /// Records a command: `event` (e.g. KeyDisable), its arguments and its outcome.
+    pub(super) fn record<T>(
+        &self,
+        event: &str,
+        detail: String,
+        outcome: &Result<T, CliError>,
+    ) -> Result<(), CliError> {
+        let me = crate::vfs::identity::current();
+        let mut r = AuditRecord::new(event, Source::Kms);
+        r.actor = Actor {
+            uid: me.uid,
+            gid: me.gid,
+            user: me.user,
+            pid: me.pid,
+            exe: me.exe,
+        };
+        r.detail = Some(match outcome {
+            Ok(_) => detail,
+            Err(e) => format!("{detail}: refused: {}", e.message),
+        });
+        if let Err(e) = outcome {
+            r.errno = e.code;
+        }
+        self.audit
+            .append(r)
+            .map(|_| ())
+            .map_err(|e| CliError::new(code::ERROR, format!("audit log: {e}")))
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        let _ = self.audit.close();
+    }
+}
+
+/// The event name of a subcommand: its variant name after `prefix` (`KeyDisable`).
+pub(super) fn event_name(prefix: &str, op: &impl std::fmt::Debug) -> (String, String) {
+    let d = format!("{op:?}");
+    let variant: String = d.chars().take_while(|c| c.is_alphanumeric()).collect();
+    (format!("{prefix}{variant}"), d)
 }
 
 pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliError> {
@@ -178,10 +225,19 @@ pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliEr
     let plaintext_names = u
         .config
         .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
+    let audit = AuditLog::open(
+        &u.paths.control_dir(),
+        AuditKeys::new(&u.store.volume_secret),
+    )
+    .map_err(|e| {
+        CliError::new(code::ERROR, format!("cannot open the audit log: {e}"))
+            .hint("administration is refused without a writable audit log")
+    })?;
     Ok(Admin {
         km: KeyManager::new(u),
         root,
         plaintext_names,
+        audit,
         _lock: lock,
     })
 }
@@ -281,6 +337,13 @@ fn read_material(p: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
 
 pub fn key(a: &KeyArgs) -> Result<(), CliError> {
     let ad = open(&a.cipherdir, &a.unlock)?;
+    let r = key_op(&ad, a);
+    let (event, detail) = event_name("Key", &a.op);
+    ad.record(&event, detail, &r)?;
+    r
+}
+
+fn key_op(ad: &Admin, a: &KeyArgs) -> Result<(), CliError> {
     let km = &ad.km;
     let resolve = |r: &str| km.query(|s| lifecycle::resolve(s, r));
     let describe_out = |id| -> Result<(), CliError> {
@@ -436,7 +499,7 @@ pub fn key(a: &KeyArgs) -> Result<(), CliError> {
         }
         KeyOp::Trim { key, below, force } => {
             let id = resolve(key)?;
-            let counts = rewrap::count_versions(&ad.root, &names(&ad)).map_err(|e| {
+            let counts = rewrap::count_versions(&ad.root, &names(ad)).map_err(|e| {
                 CliError::new(code::ERROR, format!("scanning {}: {e}", ad.root.display()))
             })?;
             let gone = km.admin(|s, now| {
@@ -449,7 +512,7 @@ pub fn key(a: &KeyArgs) -> Result<(), CliError> {
             }
         }
         KeyOp::Usage => {
-            let counts = rewrap::count_versions(&ad.root, &names(&ad)).map_err(|e| {
+            let counts = rewrap::count_versions(&ad.root, &names(ad)).map_err(|e| {
                 CliError::new(code::ERROR, format!("scanning {}: {e}", ad.root.display()))
             })?;
             if a.json {
@@ -475,6 +538,13 @@ fn names(ad: &Admin) -> Names {
 
 pub fn rules(a: &RulesArgs) -> Result<(), CliError> {
     let ad = open(&a.cipherdir, &a.unlock)?;
+    let r = rules_op(&ad, a);
+    let (event, detail) = event_name("Rules", &a.op);
+    ad.record(&event, detail, &r)?;
+    r
+}
+
+fn rules_op(ad: &Admin, a: &RulesArgs) -> Result<(), CliError> {
     let km = &ad.km;
     match &a.op {
         RulesOp::List => {}
@@ -497,6 +567,12 @@ pub fn rules(a: &RulesArgs) -> Result<(), CliError> {
 
 pub fn rewrap(a: &RewrapArgs) -> Result<(), CliError> {
     let ad = open(&a.cipherdir, &a.unlock)?;
+    let r = rewrap_op(&ad, a);
+    ad.record("Rewrap", format!("key={:?} rules={}", a.key, a.rules), &r)?;
+    r
+}
+
+fn rewrap_op(ad: &Admin, a: &RewrapArgs) -> Result<(), CliError> {
     let key = a
         .key
         .as_deref()
@@ -507,7 +583,7 @@ pub fn rewrap(a: &RewrapArgs) -> Result<(), CliError> {
         follow_rules: a.rules,
     };
     let mut progress = super::progress::Progress::new("rewrap");
-    let s = rewrap::rewrap(&ad.km, &ad.root, &names(&ad), &opts, &mut |done, total| {
+    let s = rewrap::rewrap(&ad.km, &ad.root, &names(ad), &opts, &mut |done, total| {
         progress.update(done, total)
     })
     .map_err(|e| CliError::new(code::ERROR, format!("rewrap of {}: {e}", ad.root.display())))?;

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
-use super::key_cmd::{open, print_json};
+use super::key_cmd::{Admin, open, print_json};
 use crate::keymgr::access;
 use crate::keymgr::lifecycle;
 use crate::keymgr::policy::{Decision, Grant, Identity, Policy, Principal, Request};
@@ -101,6 +101,39 @@ fn read(p: &PathBuf) -> Result<String, CliError> {
 }
 
 pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
+    let mut session: Option<Admin> = None;
+    let r = policy_op(a, &mut session);
+    if let Some(ad) = &session {
+        // Not the Debug of the arguments: they include the unlock options (an --extpass command
+        // may carry a secret).
+        let (event, detail) = match &a.op {
+            PolicyOp::Get { key, .. } => ("PolicyGet", format!("key {key}")),
+            PolicyOp::Put {
+                key,
+                file,
+                bypass_lockout_check,
+                ..
+            } => (
+                "PolicyPut",
+                format!(
+                    "key {key} from {} (bypass lockout check: {bypass_lockout_check})",
+                    file.display()
+                ),
+            ),
+            PolicyOp::Simulate {
+                key, action, uid, ..
+            } => (
+                "PolicySimulate",
+                format!("key {key} action {action} uid {uid}"),
+            ),
+            PolicyOp::Validate { .. } => ("PolicyValidate", String::new()),
+        };
+        ad.record(event, detail, &r)?;
+    }
+    r
+}
+
+fn policy_op(a: &PolicyArgs, session: &mut Option<Admin>) -> Result<(), CliError> {
     match &a.op {
         PolicyOp::Validate { file } => {
             Policy::parse(&read(file)?).map_err(|e| {
@@ -109,7 +142,7 @@ pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
             println!("{}: valid", file.display());
         }
         PolicyOp::Get { vol, key, file } => {
-            let ad = open(&vol.volume, &vol.unlock)?;
+            let ad = session.insert(open(&vol.volume, &vol.unlock)?);
             let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
             let text = ad.km.query(|s| access::get_policy(s, &id))?;
             match file {
@@ -125,7 +158,7 @@ pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
             bypass_lockout_check,
         } => {
             let text = read(file)?;
-            let ad = open(&vol.volume, &vol.unlock)?;
+            let ad = session.insert(open(&vol.volume, &vol.unlock)?);
             let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
             let me = crate::vfs::identity::current();
             ad.km.admin(|s, now| {
@@ -148,7 +181,7 @@ pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
             context,
             json,
         } => {
-            let ad = open(&vol.volume, &vol.unlock)?;
+            let ad = session.insert(open(&vol.volume, &vol.unlock)?);
             let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
             let req = Request {
                 who: Identity {
@@ -260,6 +293,13 @@ fn parse_expiry(s: &str, now: u64) -> Result<u64, CliError> {
 
 pub fn grant(a: &GrantArgs) -> Result<(), CliError> {
     let ad = open(&a.vol.volume, &a.vol.unlock)?;
+    let r = grant_op(&ad, a);
+    let (event, detail) = super::key_cmd::event_name("Grant", &a.op);
+    ad.record(&event, detail, &r)?;
+    r
+}
+
+fn grant_op(ad: &Admin, a: &GrantArgs) -> Result<(), CliError> {
     let km = &ad.km;
     match &a.op {
         GrantOp::Create {
