@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
-use crate::keymgr::audit::{Actor, AuditKeys, AuditLog, AuditRecord, Source};
+use crate::keymgr::audit::{AuditKeys, AuditLog, AuditRecord, Source};
 use crate::keymgr::lifecycle::{self, DELETION_DAYS_DEFAULT};
 use crate::keymgr::rewrap::{self, RewrapOptions};
 use crate::keymgr::{KeyManager, VolumePaths};
@@ -167,15 +167,8 @@ impl Admin {
         detail: String,
         outcome: &Result<T, CliError>,
     ) -> Result<(), CliError> {
-        let me = crate::vfs::identity::current();
         let mut r = AuditRecord::new(event, Source::Kms);
-        r.actor = Actor {
-            uid: me.uid,
-            gid: me.gid,
-            user: me.user,
-            pid: me.pid,
-            exe: me.exe,
-        };
+        r.actor = crate::vfs::identity::current().into();
         r.detail = Some(match outcome {
             Ok(_) => detail,
             Err(e) => format!("{detail}: refused: {}", e.message),
@@ -335,12 +328,23 @@ fn read_material(p: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
     ))
 }
 
+impl Admin {
+    /// Runs a command and records it as `prefix` + the subcommand's name.
+    pub(super) fn audited<O: std::fmt::Debug>(
+        &self,
+        prefix: &str,
+        op: &O,
+        f: impl FnOnce(&Admin) -> Result<(), CliError>,
+    ) -> Result<(), CliError> {
+        let r = f(self);
+        let (event, detail) = event_name(prefix, op);
+        self.record(&event, detail, &r)?;
+        r
+    }
+}
+
 pub fn key(a: &KeyArgs) -> Result<(), CliError> {
-    let ad = open(&a.cipherdir, &a.unlock)?;
-    let r = key_op(&ad, a);
-    let (event, detail) = event_name("Key", &a.op);
-    ad.record(&event, detail, &r)?;
-    r
+    open(&a.cipherdir, &a.unlock)?.audited("Key", &a.op, |ad| key_op(ad, a))
 }
 
 fn key_op(ad: &Admin, a: &KeyArgs) -> Result<(), CliError> {
@@ -537,11 +541,7 @@ fn names(ad: &Admin) -> Names {
 }
 
 pub fn rules(a: &RulesArgs) -> Result<(), CliError> {
-    let ad = open(&a.cipherdir, &a.unlock)?;
-    let r = rules_op(&ad, a);
-    let (event, detail) = event_name("Rules", &a.op);
-    ad.record(&event, detail, &r)?;
-    r
+    open(&a.cipherdir, &a.unlock)?.audited("Rules", &a.op, |ad| rules_op(ad, a))
 }
 
 fn rules_op(ad: &Admin, a: &RulesArgs) -> Result<(), CliError> {

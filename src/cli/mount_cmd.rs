@@ -16,7 +16,7 @@ use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
 use crate::fuse::MountOptions;
-use crate::keymgr::audit::{Actor, AuditKeys, AuditLog, AuditRecord, Source};
+use crate::keymgr::audit::{AuditKeys, AuditLog, AuditRecord, Source};
 use crate::keymgr::{KeyManager, VolumePaths};
 use crate::vfs::{Vfs, VfsOptions};
 
@@ -249,15 +249,8 @@ struct Session {
 }
 
 fn system_record(event: &str, detail: String) -> AuditRecord {
-    let me = crate::vfs::identity::current();
     let mut r = AuditRecord::new(event, Source::System);
-    r.actor = Actor {
-        uid: me.uid,
-        gid: me.gid,
-        user: me.user,
-        pid: me.pid,
-        exe: me.exe,
-    };
+    r.actor = crate::vfs::identity::current().into();
     r.detail = Some(detail);
     r
 }

@@ -292,11 +292,7 @@ fn parse_expiry(s: &str, now: u64) -> Result<u64, CliError> {
 }
 
 pub fn grant(a: &GrantArgs) -> Result<(), CliError> {
-    let ad = open(&a.vol.volume, &a.vol.unlock)?;
-    let r = grant_op(&ad, a);
-    let (event, detail) = super::key_cmd::event_name("Grant", &a.op);
-    ad.record(&event, detail, &r)?;
-    r
+    open(&a.vol.volume, &a.vol.unlock)?.audited("Grant", &a.op, |ad| grant_op(ad, a))
 }
 
 fn grant_op(ad: &Admin, a: &GrantArgs) -> Result<(), CliError> {

@@ -122,13 +122,7 @@ impl Vfs {
             .display_pairs(),
         };
         let d = self.km.authorize(&req);
-        let actor = Actor {
-            uid: who.uid,
-            gid: who.gid,
-            user: who.user.clone(),
-            pid: who.pid,
-            exe: who.exe.clone(),
-        };
+        let actor = Actor::from(who.clone());
         let resources = Resources {
             path,
             file_id: Some(header.file_id.to_string()),

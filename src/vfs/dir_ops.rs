@@ -348,7 +348,7 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
         return Err(Errno::NOTEMPTY.into());
     }
     let saved = if dirid {
-        read_small(d, DIRID_FILE)
+        super::read_small_at(d, DIRID_FILE)
     } else {
         None
     };
@@ -373,12 +373,4 @@ fn restore_dirid(d: &OwnedFd, saved: Option<Vec<u8>>) {
     {
         let _ = std::io::Write::write_all(&mut &std::fs::File::from(f), &b);
     }
-}
-
-/// Reads a small file relative to a directory descriptor.
-fn read_small(dir: &impl std::os::fd::AsFd, name: &str) -> Option<Vec<u8>> {
-    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).ok()?;
-    Some(buf)
 }

@@ -132,7 +132,7 @@ impl Vfs {
                 EntryKind::Long => {
                     let mut side = raw.to_vec();
                     side.extend_from_slice(LONG_NAME_SUFFIX.as_bytes());
-                    match read_side(&fd, OsStr::from_bytes(&side)) {
+                    match super::read_small_at(&fd, OsStr::from_bytes(&side)) {
                         Some(enc) => self.names.decrypt(&dir_id, &enc),
                         None => Err(crate::names::NameError::Undecryptable),
                     }
@@ -161,11 +161,4 @@ impl Vfs {
         }
         Ok(out)
     }
-}
-
-fn read_side(dir: &impl std::os::fd::AsFd, name: &OsStr) -> Option<Vec<u8>> {
-    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).ok()?;
-    Some(buf)
 }

@@ -24,6 +24,18 @@ pub struct Actor {
     pub exe: Option<String>,
 }
 
+impl From<crate::keymgr::policy::Identity> for Actor {
+    fn from(id: crate::keymgr::policy::Identity) -> Self {
+        Actor {
+            uid: id.uid,
+            gid: id.gid,
+            user: id.user,
+            pid: id.pid,
+            exe: id.exe,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
