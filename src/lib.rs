@@ -2,10 +2,11 @@
 //! built-in, AWS-KMS-style key manager.
 //!
 //! Layers, top to bottom (dependencies point down only; see DESIGN.md §9):
-//! `cli` → `fuse` → `vfs` → `keymgr` → `content` / `names` → `format` → `crypto`.
+//! `cli` → `fuse` → `vfs` → `control` → `keymgr` → `content` / `names` → `format` → `crypto`.
 
 pub mod cli;
 pub mod content;
+pub mod control;
 pub mod crypto;
 pub mod format;
 pub mod fsutil;

@@ -189,9 +189,18 @@ fn library_opens_example_volume_without_fuse() {
     )
     .unwrap();
     assert_eq!(read_through_vfs(&vfs), expected());
-    // A lookup of a name that does not exist, and of the control directory, find nothing.
+    // A name that does not exist is not found; `.kmsfs` is the virtual control directory, never
+    // the cipher directory's `.kmsfs` (which holds the key store).
     assert!(vfs.lookup(ROOT_INO, OsStr::new("missing")).is_err());
-    assert!(vfs.lookup(ROOT_INO, OsStr::new(".kmsfs")).is_err());
+    let ctl = vfs.lookup(ROOT_INO, OsStr::new(".kmsfs")).unwrap();
+    assert!(kmsfs::vfs::is_control(ctl.ino));
+    let names: Vec<_> = vfs
+        .list_dir(ctl.ino)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.iter().any(|n| n == "keys") && !names.iter().any(|n| n == "keystore"));
     // Read-only: writing is refused.
     let ino = vfs
         .lookup(ROOT_INO, OsStr::new("It works.txt"))

@@ -118,9 +118,19 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
+/// Control-directory nodes change behind the kernel's back (a rotation, a new key, a growing
+/// log): they are never cached.
+fn ttl(ino: u64) -> Duration {
+    if crate::vfs::is_control(ino) {
+        Duration::ZERO
+    } else {
+        TTL
+    }
+}
+
 fn entry(reply: ReplyEntry, op: &str, r: Result<Attr, VfsError>) {
     match r {
-        Ok(a) => reply.entry(&TTL, &attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&ttl(a.ino), &attr(&a), Generation(0)),
         Err(e) => reply.error(errno(op, &e)),
     }
 }
@@ -168,7 +178,7 @@ impl Filesystem for KmsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.vfs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &attr(&a)),
+            Ok(a) => reply.attr(&ttl(a.ino), &attr(&a)),
             Err(e) => reply.error(errno("getattr", &e)),
         }
     }
@@ -200,7 +210,7 @@ impl Filesystem for KmsFs {
             mtime: set_time(mtime),
         };
         match self.vfs.setattr(ino.0, fh.map(|f| f.0), &set) {
-            Ok(a) => reply.attr(&TTL, &attr(&a)),
+            Ok(a) => reply.attr(&ttl(a.ino), &attr(&a)),
             Err(e) => reply.error(errno("setattr", &e)),
         }
     }
@@ -303,6 +313,10 @@ impl Filesystem for KmsFs {
             .vfs
             .open_as(ino.0, self.open_flags(flags.0), &caller(req))
         {
+            // Control files are generated per open and may grow: no page cache.
+            Ok(fh) if crate::vfs::is_control_handle(fh) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             // Every change goes through this mount, so cached pages stay valid across opens.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno("open", &e)),
@@ -424,7 +438,7 @@ impl Filesystem for KmsFs {
                             INodeNo(e.ino),
                             offset + i as u64 + 1,
                             &e.name,
-                            &TTL,
+                            &ttl(a.ino),
                             &attr(a),
                             Generation(0),
                         );

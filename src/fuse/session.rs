@@ -122,7 +122,9 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(opts.threads.max(1));
+    let control = vfs.control().clone();
     let mut session = Session::new(KmsFs::new(vfs, opts.writeback_cache), mountpoint, &config)?;
+    notify_growth(&control, session.notifier())?;
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("kmsfs-signals".into())
@@ -143,4 +145,32 @@ pub fn mount(
         })?;
     ready();
     session.run()
+}
+
+/// Pushes the new bytes of growing control files (the audit log) into the kernel's page cache,
+/// which also moves the file size the kernel reports (`tail -f` polls it). From a thread of its
+/// own: a notification must never wait inside a request handler.
+fn notify_growth(
+    control: &crate::control::ControlDir,
+    notifier: fuser::Notifier,
+) -> io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, Vec<u8>)>();
+    std::thread::Builder::new()
+        .name("kmsfs-notify".into())
+        .spawn(move || {
+            for (ino, off, data) in rx {
+                // The kernel may have forgotten the inode (ENOENT): nothing to update then.
+                if let Err(e) = notifier.store(fuser::INodeNo(ino), off, &data) {
+                    tracing::debug!("notify store on control inode {ino}: {e}");
+                }
+            }
+        })?;
+    let tx = std::sync::Mutex::new(tx);
+    control.set_notify(Box::new(move |ino, off, data| {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((ino, off, data));
+    }));
+    Ok(())
 }

@@ -533,7 +533,7 @@ pub fn trim(
     Ok(victims)
 }
 
-fn normalize_prefix(p: &str) -> R<String> {
+pub fn normalize_prefix(p: &str) -> R<String> {
     if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "." || c == "..") {
         return Err(AdminError::Invalid(format!(
             "rule prefix {p:?} must be an absolute path without . or .."

@@ -138,6 +138,8 @@ pub struct KeyManager {
     policies: std::sync::Mutex<
         std::collections::HashMap<KeyId, (String, std::sync::Arc<policy::Policy>)>,
     >,
+    policy_hits: std::sync::atomic::AtomicU64,
+    policy_misses: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -156,6 +158,8 @@ impl KeyManager {
             state: RwLock::new(unlocked),
             time_offset,
             policies: Default::default(),
+            policy_hits: Default::default(),
+            policy_misses: Default::default(),
         }
     }
 
@@ -192,8 +196,14 @@ impl KeyManager {
         let parsed = {
             let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
             match cache.get(&id) {
-                Some((t, p)) if *t == text => p.clone(),
+                Some((t, p)) if *t == text => {
+                    self.policy_hits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    p.clone()
+                }
                 _ => {
+                    self.policy_misses
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // A stored policy was validated when stored; one that no longer parses
                     // (damage) allows nothing.
                     let p = std::sync::Arc::new(policy::Policy::parse(&text).unwrap_or(
@@ -214,6 +224,15 @@ impl KeyManager {
             .cloned()
             .collect();
         policy::evaluate(&parsed, &grants, req)
+    }
+
+    /// Parsed-policy cache (hits, misses), for metrics.
+    pub fn policy_cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.policy_hits.load(Relaxed),
+            self.policy_misses.load(Relaxed),
+        )
     }
 
     /// Runs a read-only query on the store.

@@ -51,6 +51,7 @@ fn decision(d: &Decision) -> AuditDecision {
 impl Vfs {
     /// Attaches the audit log: from now on file access is audited (fail-closed).
     pub fn set_audit(&self, log: Arc<AuditLog>) {
+        self.control.set_audit(log.clone());
         let _ = self.audit.set(log);
     }
 
@@ -64,9 +65,17 @@ impl Vfs {
         if let Some(e) = self.identities.get(&c.pid) {
             let (t, id) = e.value();
             if t.elapsed() < IDENTITY_TTL && id.uid == c.uid && id.gid == c.gid {
+                self.control
+                    .metrics
+                    .identity_cache_hits
+                    .fetch_add(1, Ordering::Relaxed);
                 return id.clone();
             }
         }
+        self.control
+            .metrics
+            .identity_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         let id = super::identity::identity_of(c.pid, c.uid, c.gid);
         if self.identities.len() > 4096 {
             self.identities
@@ -122,6 +131,9 @@ impl Vfs {
             .display_pairs(),
         };
         let d = self.km.authorize(&req);
+        self.control
+            .metrics
+            .file_decision(header.key_id, event == "Create", d.allowed());
         let actor = Actor::from(who.clone());
         let resources = Resources {
             path,
@@ -167,12 +179,21 @@ impl Vfs {
         r.access_mode = Some(h.access_mode.clone());
         r.bytes_read = Some(h.read.load(Ordering::Relaxed));
         r.bytes_written = Some(h.written.load(Ordering::Relaxed));
+        let m = &self.control.metrics;
+        m.bytes_read
+            .fetch_add(r.bytes_read.unwrap_or(0), Ordering::Relaxed);
+        m.bytes_written
+            .fetch_add(r.bytes_written.unwrap_or(0), Ordering::Relaxed);
         // A close cannot be refused; a failure is logged.
         let _ = self.audit_append(r);
     }
 
     /// Records an integrity failure seen by a caller.
     pub(super) fn audit_integrity(&self, caller: Option<&Caller>, what: &str) {
+        self.control
+            .metrics
+            .integrity_failures
+            .fetch_add(1, Ordering::Relaxed);
         let mut r = AuditRecord::new("IntegrityFailure", Source::Fs);
         if let Some(c) = caller {
             r.actor = Actor {

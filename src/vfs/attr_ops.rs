@@ -57,11 +57,17 @@ fn timespec(t: Option<SetTime>) -> Timespec {
 
 impl Vfs {
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        if super::is_control(ino) {
+            return self.ctl_getattr(ino);
+        }
         let node = self.node(ino)?;
         self.stat_node(&node)
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr> {
+        if super::is_control(ino) {
+            return self.ctl_setattr(ino, set);
+        }
         let node = self.node(ino)?;
         let changes = set.mode.is_some()
             || set.uid.is_some()

@@ -8,7 +8,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::inode::Node;
-use super::{Attr, Caller, Kind, Result, Vfs, VfsError};
+use super::{Attr, Caller, Kind, Result, Vfs, VfsError, is_control};
 use crate::format::DirId;
 use crate::names::{CipherName, DIRID_FILE, LONG_NAME_SUFFIX};
 
@@ -18,6 +18,9 @@ pub const RENAME_EXCHANGE: u32 = 2;
 
 impl Vfs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        if let Some(r) = self.ctl_lookup(parent, name) {
+            return r;
+        }
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name).map_err(|e| match e {
             // Looking up a reserved name finds nothing.
@@ -71,6 +74,7 @@ impl Vfs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> Result<Attr> {
+        self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
@@ -133,6 +137,7 @@ impl Vfs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
@@ -146,6 +151,7 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
@@ -162,6 +168,8 @@ impl Vfs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        self.refuse_control(parent, name)?;
+        self.refuse_control(newparent, newname)?;
         self.check_writable()?;
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
             return Err(VfsError::Invalid("unsupported rename flag"));
@@ -226,6 +234,13 @@ impl Vfs {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        self.refuse_control(newparent, newname)?;
+        if is_control(ino) {
+            return Err(VfsError::Control(
+                libc::EPERM,
+                "control files cannot be linked".into(),
+            ));
+        }
         self.check_writable()?;
         let node = self.node(ino)?;
         if node.kind == Kind::Dir {
@@ -258,6 +273,7 @@ impl Vfs {
         target: &OsStr,
         caller: &Caller,
     ) -> Result<Attr> {
+        self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
@@ -274,6 +290,12 @@ impl Vfs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        if is_control(ino) {
+            return self
+                .control
+                .readlink(ino)
+                .map_err(super::control_ops::ctl_err);
+        }
         let node = self.node(ino)?;
         if node.kind != Kind::Symlink {
             return Err(Errno::INVAL.into());
@@ -292,6 +314,7 @@ impl Vfs {
         rdev: u32,
         caller: &Caller,
     ) -> Result<Attr> {
+        self.refuse_control(parent, name)?;
         self.check_writable()?;
         if Kind::from_mode(mode) == Kind::File {
             let (attr, fh) =

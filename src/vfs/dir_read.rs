@@ -64,6 +64,12 @@ impl Vfs {
             .get(&fh)
             .map(|h| h.ino)
             .ok_or(super::VfsError::BadHandle(fh))?;
+        if super::is_control(ino) {
+            return Ok(entries
+                .into_iter()
+                .filter_map(|e| self.ctl_entry_attr(&e).map(|a| (e, a)))
+                .collect());
+        }
         let dir = self.dir_node(ino)?;
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
@@ -92,6 +98,9 @@ impl Vfs {
 
     /// The decrypted listing of a directory, with `.` and `..` first.
     pub fn list_dir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        if super::is_control(ino) {
+            return self.ctl_list(ino);
+        }
         let dir = self.dir_node(ino)?;
         let dir_id = self.dir_id(&dir)?;
         let fd = rustix::fs::openat(

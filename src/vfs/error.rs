@@ -34,6 +34,9 @@ pub enum VfsError {
     NotSupported(&'static str),
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// A control-directory operation failed with this errno.
+    #[error("control directory: {1}")]
+    Control(i32, String),
 }
 
 impl VfsError {
@@ -62,6 +65,7 @@ impl VfsError {
             VfsError::BadHandle(_) => libc::EBADF,
             VfsError::NotSupported(_) => libc::EOPNOTSUPP,
             VfsError::Invalid(_) => libc::EINVAL,
+            VfsError::Control(errno, _) => *errno,
         }
     }
 

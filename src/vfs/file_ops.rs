@@ -9,6 +9,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::access_ops::HandleAudit;
+use super::control_ops::ctl_err;
 use super::inode::Node;
 use super::open_file::{FileState, OpenFile, read_header};
 use super::{Attr, Caller, Handle, Kind, Result, Vfs, VfsError};
@@ -156,6 +157,9 @@ impl Vfs {
     }
 
     fn open_inner(&self, ino: u64, flags: i32, caller: Option<&Caller>) -> Result<u64> {
+        if super::is_control(ino) {
+            return self.ctl_open(ino, flags, caller);
+        }
         let o = OpenOptions::from_flags(flags);
         if o.write || o.truncate {
             self.check_writable()?;
@@ -199,6 +203,7 @@ impl Vfs {
         flags: i32,
         caller: &Caller,
     ) -> Result<(Attr, u64)> {
+        self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
@@ -305,6 +310,9 @@ impl Vfs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if super::is_control_handle(fh) {
+            return self.control.read(fh, offset, size).map_err(ctl_err);
+        }
         let (f, _) = self.handle_file(fh)?;
         let d = f.read(offset, size).inspect_err(|e| {
             if e.is_integrity() {
@@ -317,6 +325,9 @@ impl Vfs {
 
     /// Writes and returns the number of bytes written.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        if super::is_control_handle(fh) {
+            return self.control.write(fh, offset, data).map_err(ctl_err);
+        }
         self.check_writable()?;
         let (f, append) = self.handle_file(fh)?;
         f.write(offset, data, append)?;
@@ -339,15 +350,26 @@ impl Vfs {
     }
 
     pub fn flush(&self, fh: u64) -> Result<()> {
+        if super::is_control_handle(fh) {
+            return self.control.flush(fh).map_err(ctl_err);
+        }
         self.handle_file(fh).map(|_| ())
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if super::is_control_handle(fh) {
+            // Applied control writes are already persisted.
+            return Ok(());
+        }
         let (f, _) = self.handle_file(fh)?;
         f.fsync(datasync)
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {
+        if super::is_control_handle(fh) {
+            self.control.release(fh);
+            return Ok(());
+        }
         let (_, h) = self.handles.remove(&fh).ok_or(VfsError::BadHandle(fh))?;
         if let Some(a) = &h.audit {
             self.audit_close(a);

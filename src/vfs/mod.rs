@@ -6,6 +6,7 @@
 mod access_ops;
 mod attr;
 mod attr_ops;
+mod control_ops;
 mod dir_ops;
 mod dir_read;
 mod error;
@@ -28,6 +29,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 pub use attr::{Attr, Kind};
 pub use attr_ops::{SetAttr, SetTime};
+pub use control_ops::{is_control, is_control_handle};
 pub use dir_ops::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 pub use dir_read::DirEntry;
 pub use error::{Result, VfsError};
@@ -100,6 +102,8 @@ pub struct Vfs {
     audit: std::sync::OnceLock<Arc<crate::keymgr::audit::AuditLog>>,
     /// Cipher directory path -> plaintext path (for policies, rules and audit records).
     path_cache: DashMap<std::path::PathBuf, String>,
+    /// The virtual `.kmsfs/` directory.
+    control: Arc<crate::control::ControlDir>,
     /// Identities of requesting processes, briefly cached by pid.
     identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
 }
@@ -126,7 +130,33 @@ impl Vfs {
         )?;
         let st = rustix::fs::fstat(&fd)?;
         let names = Names::new(&km.volume_secret(), plaintext_names);
+        let control = {
+            let (root, names) = (
+                root.to_path_buf(),
+                Names::new(&km.volume_secret(), plaintext_names),
+            );
+            let facts = crate::control::VolumeFacts {
+                cipher_dir: root.display().to_string(),
+                format_version: crate::format::config::CONFIG_VERSION,
+                block_size,
+                features: vec![
+                    if plaintext_names {
+                        crate::format::config::FEATURE_PLAINTEXT_NAMES
+                    } else {
+                        crate::format::config::FEATURE_ENCRYPTED_NAMES
+                    }
+                    .to_string(),
+                ],
+                read_only: opts.read_only,
+            };
+            crate::control::ControlDir::new(
+                km.clone(),
+                facts,
+                Box::new(move || crate::keymgr::rewrap::count_versions(&root, &names)),
+            )
+        };
         Ok(Vfs {
+            control,
             root: root.to_path_buf(),
             km,
             names,
@@ -305,6 +335,9 @@ impl Vfs {
     }
 
     pub fn fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {
+        if is_control(ino) {
+            return Ok(());
+        }
         let dir = self.dir_node(ino)?;
         let fd = rustix::fs::openat(
             &dir.fd,

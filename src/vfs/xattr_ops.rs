@@ -47,6 +47,12 @@ impl Vfs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if super::is_control(ino) {
+            return Err(VfsError::Control(
+                libc::EPERM,
+                "control files have no extended attributes".into(),
+            ));
+        }
         self.check_writable()?;
         let bname = self.backing_xattr_name(name)?;
         let (path, kind) = self.xattr_target(ino)?;
@@ -64,6 +70,9 @@ impl Vfs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrReply> {
+        if super::is_control(ino) {
+            return Err(Errno::NODATA.into());
+        }
         let bname = match self.backing_xattr_name(name) {
             Ok(b) => b,
             // Other namespaces simply have no attributes here.
@@ -86,6 +95,13 @@ impl Vfs {
     }
 
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply> {
+        if super::is_control(ino) {
+            return Ok(if size == 0 {
+                XattrReply::Size(0)
+            } else {
+                XattrReply::Data(Vec::new())
+            });
+        }
         let (path, kind) = self.xattr_target(ino)?;
         let mut out = Vec::new();
         if kind != Kind::Symlink {
@@ -106,6 +122,12 @@ impl Vfs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        if super::is_control(ino) {
+            return Err(VfsError::Control(
+                libc::EPERM,
+                "control files have no extended attributes".into(),
+            ));
+        }
         self.check_writable()?;
         let bname = match self.backing_xattr_name(name) {
             Err(VfsError::NotSupported(_)) => return Err(Errno::NODATA.into()),

@@ -59,7 +59,11 @@ pub struct AuditLog {
     dir: PathBuf,
     keys: AuditKeys,
     inner: Mutex<Inner>,
+    /// Told of every record once it is written (under the log's lock, so in sequence order).
+    subscriber: std::sync::OnceLock<Subscriber>,
 }
+
+type Subscriber = Box<dyn Fn(&AuditRecord) + Send + Sync>;
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +151,7 @@ impl AuditLog {
                 since_checkpoint: 0,
                 last_signature: last_sig,
             }),
+            subscriber: std::sync::OnceLock::new(),
         };
         let unclean_reason = match (last_kind, clean) {
             (None, true) if next_seq == 0 => Some("new audit log"),
@@ -186,7 +191,17 @@ impl AuditLog {
         rec.seq = g.next_seq;
         rec.time = now_rfc3339();
         let json = zeroize::Zeroizing::new(serde_json::to_vec(rec).map_err(io::Error::other)?);
-        self.write_raw(g, kind, &json)
+        let seq = self.write_raw(g, kind, &json)?;
+        if let Some(f) = self.subscriber.get() {
+            f(rec);
+        }
+        Ok(seq)
+    }
+
+    /// Calls `f` with every record written from now on (one subscriber per log). `f` runs with
+    /// the log locked: it must not write to the log.
+    pub fn subscribe(&self, f: Subscriber) {
+        let _ = self.subscriber.set(f);
     }
 
     fn write_raw(&self, g: &mut Inner, kind: u8, json: &[u8]) -> io::Result<u64> {

@@ -55,6 +55,8 @@ pub const ACTIONS: &[&str] = &[
     "kms:RevokeGrant",
     "kms:SetKeyRules",
     "kms:ReadAuditLog",
+    "kms:RetireKeyVersions",
+    "kms:DescribeVolume",
 ];
 
 /// What a grant may allow (as in AWS KMS: use of the key, not its administration).

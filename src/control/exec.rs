@@ -1,0 +1,532 @@
+//! The one implementation of every key-manager request: authorization (key policy, or the
+//! passphrase for an unmounted volume), the change through [`KeyManager::admin`] (atomic,
+//! persisted before it returns), the audit record, and a JSON result.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::request::{GrantSpec, Request};
+use crate::format::KeyId;
+use crate::keymgr::audit::{AuditDecision, AuditLog, AuditRecord, Source};
+use crate::keymgr::policy::{self, Decision, Grant, Identity, Policy};
+use crate::keymgr::rewrap::VersionCounts;
+use crate::keymgr::{AdminError, KeyManager, access, lifecycle};
+
+/// On whose authority a request runs.
+#[derive(Debug, Clone)]
+pub enum Authority {
+    /// Whoever unlocked the volume with its passphrase or recovery key (unmounted
+    /// administration): they hold the key store, so no policy can stop them.
+    Passphrase(Identity),
+    /// A process using a mounted volume: key policies and grants decide.
+    Policy(Identity),
+}
+
+impl Authority {
+    pub fn who(&self) -> &Identity {
+        match self {
+            Authority::Passphrase(i) | Authority::Policy(i) => i,
+        }
+    }
+}
+
+/// Why a request failed; the kind decides the errno (control files) and the exit code (CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Malformed or refused by a rule of the key manager (EINVAL).
+    Invalid,
+    /// No such key, alias, rule or grant (ENOENT).
+    NotFound,
+    /// Denied by key policy (EACCES).
+    Denied,
+    /// The disk or the audit log failed (EIO).
+    Failed,
+}
+
+impl ErrorKind {
+    pub fn errno(self) -> i32 {
+        match self {
+            ErrorKind::Invalid => libc::EINVAL,
+            ErrorKind::NotFound => libc::ENOENT,
+            ErrorKind::Denied => libc::EACCES,
+            ErrorKind::Failed => libc::EIO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ControlError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ControlError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<AdminError> for ControlError {
+    fn from(e: AdminError) -> Self {
+        let kind = match e {
+            AdminError::NotFound(_) => ErrorKind::NotFound,
+            _ => ErrorKind::Invalid,
+        };
+        ControlError::new(kind, e.to_string())
+    }
+}
+
+type R<T> = Result<T, ControlError>;
+
+/// Runs requests against one key manager.
+pub struct Executor<'a> {
+    pub km: &'a KeyManager,
+    /// Every request is recorded; without a log (tests of the model) nothing is.
+    pub audit: Option<&'a AuditLog>,
+    /// Counts files per key version in the cipher directory (usage and trim).
+    pub scan: &'a (dyn Fn() -> std::io::Result<VersionCounts> + Sync),
+}
+
+fn audit_decision(d: &Option<Decision>) -> AuditDecision {
+    match d {
+        None => AuditDecision {
+            allowed: true,
+            by: "passphrase".into(),
+        },
+        Some(d) => super::decision_record(d),
+    }
+}
+
+impl Executor<'_> {
+    /// Authorizes, runs and records `req`. An error leaves the key store as it was.
+    pub fn execute(&self, auth: &Authority, req: &Request) -> R<Value> {
+        let (key, decision, out) = match self.authorize(auth, req) {
+            Ok((key, d)) => (key, d.clone(), self.run(auth, req)),
+            Err((key, d, e)) => (key, d, Err(e)),
+        };
+        if let Some(log) = self.audit {
+            let mut r = AuditRecord::new(req.name(), Source::Kms);
+            r.actor = auth.who().clone().into();
+            r.resources.key_id = key.map(|k| k.to_string());
+            r.decision = Some(audit_decision(&decision));
+            let summary = req.summary();
+            r.detail = Some(match &out {
+                Ok(_) => summary,
+                Err(e) => {
+                    r.errno = e.kind.errno();
+                    format!("{summary}: refused: {}", e.message)
+                }
+            });
+            log.append(r).map_err(|e| {
+                ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
+            })?;
+        }
+        out
+    }
+
+    /// Authorizes `action` on `key` (the default key when `None`) for a read of a control file
+    /// and records it as `event`.
+    pub fn check(&self, auth: &Authority, action: &str, key: Option<KeyId>, event: &str) -> R<()> {
+        let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
+        let d = match auth {
+            Authority::Passphrase(_) => None,
+            Authority::Policy(who) => Some(self.km.authorize(&policy::Request {
+                who: who.clone(),
+                action: action.into(),
+                key: Some(target),
+                now: self.km.now(),
+                ..Default::default()
+            })),
+        };
+        let allowed = d.as_ref().is_none_or(Decision::allowed);
+        if let Some(log) = self.audit {
+            let mut r = AuditRecord::new(event, Source::Kms);
+            r.actor = auth.who().clone().into();
+            r.resources.key_id = Some(target.to_string());
+            r.decision = Some(audit_decision(&d));
+            r.detail = Some(action.to_string());
+            if !allowed {
+                r.errno = libc::EACCES;
+            }
+            log.append(r).map_err(|e| {
+                ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
+            })?;
+        }
+        if allowed {
+            Ok(())
+        } else {
+            Err(ControlError::new(
+                ErrorKind::Denied,
+                format!("{action} on key {target} denied for uid {}", auth.who().uid),
+            ))
+        }
+    }
+
+    fn resolve(&self, r: &str) -> R<KeyId> {
+        Ok(self.km.query(|s| lifecycle::resolve(s, r))?)
+    }
+
+    /// The key a request concerns and the decision that allows it.
+    #[allow(clippy::type_complexity)]
+    fn authorize(
+        &self,
+        auth: &Authority,
+        req: &Request,
+    ) -> Result<(Option<KeyId>, Option<Decision>), (Option<KeyId>, Option<Decision>, ControlError)>
+    {
+        let key = match req {
+            Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
+                let g = self.grant(grant_id).map_err(|e| (None, None, e))?;
+                // AWS semantics: the grant's retiring principal (or grantee) may retire it.
+                if let (Request::RetireGrant { .. }, Authority::Policy(who)) = (req, auth)
+                    && (g.grantee.matches(who)
+                        || g.retiring_principal
+                            .as_ref()
+                            .is_some_and(|p| p.matches(who)))
+                {
+                    return Ok((
+                        Some(g.key),
+                        Some(Decision::AllowedByGrant { grant_id: g.id }),
+                    ));
+                }
+                Some(g.key)
+            }
+            _ => match req.key_ref() {
+                Some(r) => Some(self.resolve(r).map_err(|e| (None, None, e))?),
+                None => None,
+            },
+        };
+        let Authority::Policy(who) = auth else {
+            return Ok((key, None));
+        };
+        let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
+        let d = self.km.authorize(&policy::Request {
+            who: who.clone(),
+            action: req.action().into(),
+            key: Some(target),
+            now: self.km.now(),
+            ..Default::default()
+        });
+        if d.allowed() {
+            Ok((key, Some(d)))
+        } else {
+            let e = ControlError::new(
+                ErrorKind::Denied,
+                format!(
+                    "{} on key {target} denied for uid {} ({})",
+                    req.action(),
+                    who.uid,
+                    super::decision_record(&d).by
+                ),
+            );
+            Err((key, Some(d), e))
+        }
+    }
+
+    fn grant(&self, id: &str) -> R<Grant> {
+        self.km
+            .query(|s| s.grants.iter().find(|g| g.id == id).cloned())
+            .ok_or_else(|| ControlError::new(ErrorKind::NotFound, format!("no grant {id:?}")))
+    }
+
+    fn describe(&self, id: KeyId) -> R<Value> {
+        let m = self.km.query(|s| lifecycle::describe(s, &id))?;
+        Ok(serde_json::to_value(m).unwrap_or_default())
+    }
+
+    fn counts(&self) -> R<VersionCounts> {
+        (self.scan)().map_err(|e| {
+            ControlError::new(
+                ErrorKind::Failed,
+                format!("scanning the cipher directory: {e}"),
+            )
+        })
+    }
+
+    fn run(&self, auth: &Authority, req: &Request) -> R<Value> {
+        let km = self.km;
+        let key = |r: &str| self.resolve(r);
+        let done = || Ok(json!({}));
+        match req {
+            Request::CreateKey {
+                description,
+                tags,
+                alias,
+            } => {
+                let creator = auth.who().uid;
+                let id = km.admin(|s, now| {
+                    let id = lifecycle::create(s, description, tags.clone(), now)?;
+                    let owner = s.owner_uid;
+                    if creator != owner
+                        && let Some(k) = s.key_mut(&id)
+                    {
+                        k.policy = Some(creator_policy(owner, creator));
+                    }
+                    if let Some(al) = alias {
+                        lifecycle::create_alias(s, al, &id)?;
+                    }
+                    Ok(id)
+                })?;
+                self.describe(id)
+            }
+            Request::ListKeys => {
+                Ok(serde_json::to_value(km.query(lifecycle::list)).unwrap_or_default())
+            }
+            Request::DescribeKey { key: k } => self.describe(key(k)?),
+            Request::UpdateKeyDescription {
+                key: k,
+                description,
+            } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::update_description(s, &id, description))?;
+                done()
+            }
+            Request::TagResource { key: k, tags } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::tag(s, &id, tags.clone()))?;
+                done()
+            }
+            Request::UntagResource { key: k, tag_keys } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::untag(s, &id, tag_keys))?;
+                done()
+            }
+            Request::CreateAlias { alias, key: k } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::create_alias(s, alias, &id))?;
+                done()
+            }
+            Request::UpdateAlias { alias, key: k } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::update_alias(s, alias, &id))?;
+                done()
+            }
+            Request::DeleteAlias { alias } => {
+                km.admin(|s, _| lifecycle::delete_alias(s, alias))?;
+                done()
+            }
+            Request::EnableKey { key: k } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::enable(s, &id))?;
+                done()
+            }
+            Request::DisableKey { key: k } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::disable(s, &id))?;
+                done()
+            }
+            Request::ScheduleKeyDeletion { key: k, days } => {
+                let id = key(k)?;
+                let when = km.admin(|s, now| lifecycle::schedule_deletion(s, &id, *days, now))?;
+                Ok(json!({"key_id": id, "deletion_date": when}))
+            }
+            Request::CancelKeyDeletion { key: k } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::cancel_deletion(s, &id))?;
+                done()
+            }
+            Request::RotateKeyOnDemand { key: k } => {
+                let id = key(k)?;
+                let v = km.admin(|s, now| lifecycle::rotate(s, &id, now))?;
+                Ok(json!({"key_id": id, "version": v}))
+            }
+            Request::GetKeyRotationStatus { key: k } => {
+                let id = key(k)?;
+                let m = km.query(|s| lifecycle::describe(s, &id))?;
+                Ok(serde_json::to_value(m.rotation).unwrap_or_default())
+            }
+            Request::SetKeyRotation {
+                key: k,
+                enabled,
+                period_days,
+            } => {
+                let id = key(k)?;
+                km.admin(|s, _| {
+                    let on = match enabled {
+                        Some(b) => *b,
+                        None => s.key(&id).is_some_and(|k| k.rotation.enabled),
+                    };
+                    lifecycle::set_rotation(s, &id, on, *period_days)
+                })?;
+                let m = km.query(|s| lifecycle::describe(s, &id))?;
+                Ok(serde_json::to_value(m.rotation).unwrap_or_default())
+            }
+            Request::ImportKeyMaterial { key: k, material } => {
+                let id = key(k)?;
+                let mut raw = zeroize::Zeroizing::new(vec![0u8; 32]);
+                let hex = material.0.trim();
+                if hex.len() != 64 || crate::crypto::hex::decode_into(hex, &mut raw).is_none() {
+                    return Err(ControlError::new(
+                        ErrorKind::Invalid,
+                        "key material must be 64 hex digits (256 bits)",
+                    ));
+                }
+                let v = km.admin(|s, now| lifecycle::import(s, &id, &raw, now))?;
+                Ok(json!({"key_id": id, "version": v}))
+            }
+            Request::SetDefaultKey { key: k } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::set_default(s, &id))?;
+                done()
+            }
+            Request::SetMinDecryptionVersion { key: k, version } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::set_min_decryption_version(s, &id, *version))?;
+                done()
+            }
+            Request::TrimKeyVersions {
+                key: k,
+                below,
+                force,
+            } => {
+                let id = key(k)?;
+                let counts = self.counts()?;
+                let gone = km.admin(|s, now| {
+                    lifecycle::trim(s, &id, *below, *force, |v| counts.get(&id, v), now)
+                })?;
+                Ok(json!({"key_id": id, "destroyed_versions": gone}))
+            }
+            Request::GetKeyUsage => Ok(serde_json::to_value(self.counts()?).unwrap_or_default()),
+            Request::GetKeyPolicy { key: k } => {
+                let id = key(k)?;
+                Ok(Value::String(km.query(|s| access::get_policy(s, &id))?))
+            }
+            Request::PutKeyPolicy {
+                key: k,
+                policy,
+                bypass_lockout_check,
+            } => {
+                let id = key(k)?;
+                let who = auth.who().clone();
+                km.admin(|s, now| {
+                    access::put_policy(s, &id, policy, &who, *bypass_lockout_check, now)
+                })?;
+                done()
+            }
+            Request::SimulatePolicy {
+                key: k,
+                action,
+                request,
+            } => {
+                let id = key(k)?;
+                let req = policy::Request {
+                    who: Identity {
+                        uid: request.uid,
+                        gid: request.gid,
+                        groups: request.groups.clone(),
+                        user: request.user.clone(),
+                        group_names: request.group_names.clone(),
+                        pid: 0,
+                        exe: request.exe.clone(),
+                    },
+                    action: action.clone(),
+                    key: Some(id),
+                    path: request.path.clone(),
+                    access_mode: request.access_mode.clone(),
+                    now: km.now(),
+                    encryption_context: request.encryption_context.clone(),
+                };
+                let d = km.query(|s| access::authorize(s, &req));
+                Ok(json!({"allowed": d.allowed(), "decision": d}))
+            }
+            Request::CreateGrant { key: k, grant } => {
+                let id = key(k)?;
+                let g = grant_of(id, grant);
+                let gid = km.admin(|s, now| access::create_grant(s, g, now))?;
+                Ok(json!({"grant_id": gid}))
+            }
+            Request::ListGrants { key: k } => {
+                let id = k.as_deref().map(key).transpose()?;
+                Ok(
+                    serde_json::to_value(km.query(|s| access::list_grants(s, id.as_ref())))
+                        .unwrap_or_default(),
+                )
+            }
+            Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
+                km.admin(|s, _| access::remove_grant(s, grant_id))?;
+                done()
+            }
+            Request::ListKeyRules => {
+                Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
+            }
+            Request::SetKeyRule { prefix, key: k } => {
+                let id = key(k)?;
+                km.admin(|s, _| lifecycle::set_rule(s, prefix, &id))?;
+                Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
+            }
+            Request::DeleteKeyRule { prefix } => {
+                km.admin(|s, _| lifecycle::remove_rule(s, prefix))?;
+                Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
+            }
+            Request::PutKeyRules { rules } => {
+                let ids = rules
+                    .iter()
+                    .map(|r| key(&r.key).map(|id| (r.prefix.clone(), id)))
+                    .collect::<R<Vec<_>>>()?;
+                km.admin(|s, _| {
+                    s.rules.clear();
+                    for (prefix, id) in &ids {
+                        if s.rules.iter().any(|r| {
+                            lifecycle::normalize_prefix(prefix).is_ok_and(|p| p == r.prefix)
+                        }) {
+                            return Err(AdminError::Invalid(format!(
+                                "rule prefix {prefix:?} appears twice"
+                            )));
+                        }
+                        lifecycle::set_rule(s, prefix, id)?;
+                    }
+                    Ok(())
+                })?;
+                Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
+            }
+            Request::VerifyAuditLog => {
+                let log = self.audit.ok_or_else(|| {
+                    ControlError::new(ErrorKind::Failed, "no audit log is attached")
+                })?;
+                // Everything written so far is on disk before it is read back.
+                let _ = log.sync();
+                let keys = crate::keymgr::audit::AuditKeys::new(&km.volume_secret());
+                let control = log.dir().parent().unwrap_or(log.dir());
+                let r = crate::keymgr::audit::verify(control, &keys).map_err(|e| {
+                    ControlError::new(ErrorKind::Failed, format!("reading the audit log: {e}"))
+                })?;
+                Ok(serde_json::to_value(r).unwrap_or_default())
+            }
+        }
+    }
+}
+
+fn grant_of(key: KeyId, g: &GrantSpec) -> Grant {
+    Grant {
+        id: String::new(),
+        key,
+        name: g.name.clone(),
+        grantee: g.grantee.clone(),
+        operations: g.operations.clone(),
+        path_like: g.path_like.clone(),
+        encryption_context_subset: g.encryption_context_subset.clone(),
+        expires: g.expires,
+        created: 0,
+        retiring_principal: g.retiring_principal.clone(),
+    }
+}
+
+/// The policy of a key created by someone other than the volume owner: both have full control.
+fn creator_policy(owner: u32, creator: u32) -> String {
+    let mut doc: Value = serde_json::from_str(&Policy::default_text(owner)).unwrap_or_default();
+    if let Some(st) = doc.get_mut("Statement").and_then(Value::as_array_mut) {
+        st.push(json!({
+            "Sid": "CreatorFullControl",
+            "Effect": "Allow",
+            "Principal": {"Uid": creator.to_string()},
+            "Action": "kms:*",
+            "Resource": "*"
+        }));
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}

@@ -1,0 +1,514 @@
+//! Reading and writing control files. Reads render a document when the file is opened (after
+//! the key policy allowed it; the access is audited). Writes are gathered per handle and applied
+//! as soon as they form a complete document (a JSON value, or a line for the text files), or at
+//! flush; an incomplete or invalid document fails with EINVAL (EACCES when the policy denies) and
+//! leaves the previous state in force. The reason is readable in `last-error`.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use super::exec::{Authority, Executor};
+use super::node::{KeyFile, Node, Top};
+use super::request::{GrantSpec, Request, RuleDoc};
+use super::{ControlDir, CtlAttr, CtlError, CtlResult};
+use crate::format::KeyId;
+use crate::keymgr::policy::Identity;
+
+pub(super) struct CtlHandle {
+    node: Node,
+    who: Identity,
+    /// What reads return (rendered at open; the response for `request`).
+    content: Mutex<Vec<u8>>,
+    /// Bytes written and not yet applied.
+    pending: Mutex<Vec<u8>>,
+    /// For `audit` files: the newest sequence number in `content`.
+    last_seq: Mutex<Option<u64>>,
+    /// Bytes written through the handle, and for `request` how many had been written when the
+    /// response was made: reads continue from the write position (`exec 3<>request`), so the
+    /// response starts at that offset (and at 0 for `pread`).
+    written: std::sync::atomic::AtomicU64,
+    response_base: std::sync::atomic::AtomicU64,
+}
+
+const README: &str = "\
+kmsfs control directory: the key manager of this mount, as files.
+
+  status          volume, uptime and counters (JSON)
+  metrics         Prometheus text format
+  audit           the audit log as JSON Lines (needs kms:ReadAuditLog on the default key;
+                  `tail -f audit` follows it)
+  rules           key rules as JSON [{\"prefix\": \"/finance\", \"key\": \"alias/finance\"}];
+                  write a complete list to replace them
+  last-error      why your last control write was refused
+  request         write one JSON request ({\"op\": \"RotateKeyOnDemand\", \"key\": \"alias/x\"}),
+                  read the JSON response from the same open file
+  keys/<id>/metadata   DescribeKey (JSON)
+  keys/<id>/policy     the key policy; write a complete JSON document to replace it
+  keys/<id>/rotation   {\"enabled\": true, \"period_days\": 365}; write to change
+  keys/<id>/rotate     write anything to rotate the key now
+  keys/<id>/state      the key state; write enable, disable, schedule-deletion [DAYS] or
+                       cancel-deletion
+  keys/<id>/grants     the key's grants (JSON); write a grant (JSON) to create one, or
+                       `revoke GRANT-ID` / `retire GRANT-ID`
+  keys/<id>/audit      the audit records about this key (needs kms:ReadAuditLog on it)
+  aliases/<name>       symbolic links to keys/<id>
+
+Every access is decided by the key policy of the key concerned (volume-wide files: the default
+key) and audited. A refused write fails with EINVAL or EACCES and changes nothing.
+";
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut s = match v {
+        Value::String(s) => s.clone(),
+        v => serde_json::to_string_pretty(v).unwrap_or_default(),
+    };
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s.into_bytes()
+}
+
+fn invalid(msg: impl Into<String>) -> CtlError {
+    CtlError::new(libc::EINVAL, msg)
+}
+
+/// A complete JSON value in `buf`, `None` while it may still be incomplete.
+fn json_doc(buf: &[u8], last: bool) -> CtlResult<Option<Value>> {
+    match serde_json::from_slice::<Value>(buf) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_eof() && !last => Ok(None),
+        Err(e) if e.is_eof() => Err(invalid(format!("incomplete JSON document: {e}"))),
+        Err(e) => Err(invalid(format!("not a valid JSON document: {e}"))),
+    }
+}
+
+fn state_command(key: &str, line: &str) -> CtlResult<Request> {
+    let mut w = line.split_whitespace();
+    let key = key.to_string();
+    let cmd = w.next().unwrap_or_default().to_ascii_lowercase();
+    let arg = w.next();
+    if w.next().is_some() {
+        return Err(invalid(format!("state: too many words in {line:?}")));
+    }
+    Ok(match (cmd.as_str(), arg) {
+        ("enable" | "enabled", None) => Request::EnableKey { key },
+        ("disable" | "disabled", None) => Request::DisableKey { key },
+        ("schedule-deletion" | "pendingdeletion" | "pending-deletion", days) => {
+            Request::ScheduleKeyDeletion {
+                key,
+                days: match days {
+                    None => crate::keymgr::lifecycle::DELETION_DAYS_DEFAULT,
+                    Some(d) => d
+                        .parse()
+                        .map_err(|_| invalid(format!("state: {d:?} is not a number of days")))?,
+                },
+            }
+        }
+        ("cancel-deletion", None) => Request::CancelKeyDeletion { key },
+        _ => {
+            return Err(invalid(format!(
+                "state: unknown command {line:?} (use enable, disable, schedule-deletion [DAYS] or cancel-deletion)"
+            )));
+        }
+    })
+}
+
+fn grant_command(key: &str, line: &str) -> CtlResult<Request> {
+    let mut w = line.split_whitespace();
+    match (w.next(), w.next(), w.next()) {
+        (Some("revoke"), Some(id), None) => Ok(Request::RevokeGrant {
+            grant_id: id.into(),
+        }),
+        (Some("retire"), Some(id), None) => Ok(Request::RetireGrant {
+            grant_id: id.into(),
+        }),
+        _ => Err(invalid(format!(
+            "grants: {line:?} is neither a JSON grant nor `revoke ID` / `retire ID` (key {key})"
+        ))),
+    }
+}
+
+impl ControlDir {
+    fn key_str(k: &KeyId) -> String {
+        k.to_string()
+    }
+
+    /// The document of a readable file. `who` is `None` for a size estimate: no decision, no
+    /// record.
+    fn content(&self, n: &Node, who: Option<&Identity>) -> CtlResult<Vec<u8>> {
+        let quiet = Executor {
+            km: &self.km,
+            audit: None,
+            scan: &self.scan,
+        };
+        let run = |req: Request| -> CtlResult<Value> {
+            Ok(match who {
+                Some(w) => self.execute(w, &req)?,
+                None => quiet.execute(&Authority::Passphrase(Identity::default()), &req)?,
+            })
+        };
+        let check = |action: &str, key: Option<KeyId>, event: &str| -> CtlResult<()> {
+            match who {
+                Some(w) => {
+                    Ok(self
+                        .executor()
+                        .check(&Authority::Policy(w.clone()), action, key, event)?)
+                }
+                None => Ok(()),
+            }
+        };
+        Ok(match n {
+            Node::File(Top::Readme) => README.as_bytes().to_vec(),
+            Node::File(Top::Status) => {
+                check("kms:DescribeVolume", None, "DescribeVolume")?;
+                pretty(&self.status())
+            }
+            Node::File(Top::Metrics) => {
+                check("kms:DescribeVolume", None, "DescribeVolume")?;
+                self.metrics_text().into_bytes()
+            }
+            Node::File(Top::Rules) => pretty(&run(Request::ListKeyRules)?),
+            Node::File(Top::LastError) => who
+                .and_then(|w| self.last_errors.get(&w.uid).map(|e| e.clone()))
+                .unwrap_or_default()
+                .into_bytes(),
+            Node::File(Top::Request) | Node::KeyFile(_, KeyFile::Rotate) => Vec::new(),
+            Node::File(Top::Audit) | Node::KeyFile(_, KeyFile::Audit) => {
+                let key = match n {
+                    Node::KeyFile(k, _) => Some(*k),
+                    _ => None,
+                };
+                check("kms:ReadAuditLog", key, "ReadAuditLog")?;
+                self.view_lines(key, None)?.0
+            }
+            Node::KeyFile(k, f) => {
+                let key = Self::key_str(k);
+                match f {
+                    KeyFile::Metadata => pretty(&run(Request::DescribeKey { key })?),
+                    KeyFile::Policy => pretty(&run(Request::GetKeyPolicy { key })?),
+                    KeyFile::Rotation => pretty(&run(Request::GetKeyRotationStatus { key })?),
+                    KeyFile::Grants => pretty(&run(Request::ListGrants { key: Some(key) })?),
+                    KeyFile::State => {
+                        let m = run(Request::DescribeKey { key })?;
+                        let state = m["state"].as_str().unwrap_or("Unknown").to_string();
+                        match m["deletion_date"].as_u64() {
+                            Some(d) => format!(
+                                "{state} {}\n",
+                                humantime::format_rfc3339_seconds(
+                                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(d)
+                                )
+                            ),
+                            None => format!("{state}\n"),
+                        }
+                        .into_bytes()
+                    }
+                    KeyFile::Rotate | KeyFile::Audit => Vec::new(),
+                }
+            }
+            _ => return Err(CtlError::new(libc::EISDIR, "is a directory")),
+        })
+    }
+
+    /// The document without a decision or record (for `stat` sizes).
+    pub(super) fn peek(&self, n: &Node) -> Option<Vec<u8>> {
+        self.content(n, None).ok()
+    }
+
+    pub fn open(&self, ino: u64, flags: i32, who: Identity) -> CtlResult<u64> {
+        let node = self.node(ino)?;
+        if node.kind() != super::CtlKind::File {
+            return Err(CtlError::new(libc::EISDIR, "is a directory"));
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let (reads, writes) = (acc != libc::O_WRONLY, acc != libc::O_RDONLY);
+        if writes && !node.writable() {
+            return Err(CtlError::new(libc::EACCES, "read-only control file"));
+        }
+        if reads && matches!(node, Node::KeyFile(_, KeyFile::Rotate)) {
+            return Err(CtlError::new(libc::EACCES, "rotate is write-only"));
+        }
+        // Writing needs the right to change: refuse at open, so `echo … >` fails at once.
+        if writes && let Some((action, key)) = self.write_action(&node) {
+            self.executor()
+                .check(&Authority::Policy(who.clone()), action, key, "OpenForWrite")?;
+        }
+        let content = if reads && !matches!(node, Node::File(Top::Request)) {
+            self.content(&node, Some(&who))?
+        } else {
+            Vec::new()
+        };
+        let last_seq = match &node {
+            Node::File(Top::Audit) | Node::KeyFile(_, KeyFile::Audit) => {
+                self.views.last_seq_of(&content)
+            }
+            _ => None,
+        };
+        let fh = self.new_fh();
+        self.handles.insert(
+            fh,
+            CtlHandle {
+                node,
+                who,
+                content: Mutex::new(content),
+                pending: Mutex::new(Vec::new()),
+                last_seq: Mutex::new(last_seq),
+                written: Default::default(),
+                response_base: Default::default(),
+            },
+        );
+        Ok(fh)
+    }
+
+    /// The action a write to `n` always needs (files whose action depends on the content are
+    /// checked when applied).
+    fn write_action(&self, n: &Node) -> Option<(&'static str, Option<KeyId>)> {
+        match n {
+            Node::File(Top::Rules) => Some(("kms:SetKeyRules", None)),
+            Node::KeyFile(k, KeyFile::Policy) => Some(("kms:PutKeyPolicy", Some(*k))),
+            Node::KeyFile(k, KeyFile::Rotate) => Some(("kms:RotateKeyOnDemand", Some(*k))),
+            _ => None,
+        }
+    }
+
+    fn handle(&self, fh: u64) -> CtlResult<dashmap::mapref::one::Ref<'_, u64, CtlHandle>> {
+        self.handles
+            .get(&fh)
+            .ok_or_else(|| CtlError::new(libc::EBADF, format!("bad control handle {fh}")))
+    }
+
+    pub fn read(&self, fh: u64, off: u64, size: u32) -> CtlResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let mut c = h.content.lock().unwrap_or_else(|p| p.into_inner());
+        let audit_key = match &h.node {
+            Node::File(Top::Audit) => Some(None),
+            Node::KeyFile(k, KeyFile::Audit) => Some(Some(*k)),
+            _ => None,
+        };
+        // Following a growing log (`tail -f`): a read at the end fetches newer records.
+        if let Some(key) = audit_key
+            && off >= c.len() as u64
+        {
+            let mut last = h.last_seq.lock().unwrap_or_else(|p| p.into_inner());
+            let (more, seq) = self.view_lines(key, *last)?;
+            if seq.is_some() {
+                *last = seq;
+            }
+            c.extend_from_slice(&more);
+        }
+        let off = if matches!(h.node, Node::File(Top::Request)) {
+            off.saturating_sub(h.response_base.load(Ordering::Relaxed))
+        } else {
+            off
+        };
+        let start = (off as usize).min(c.len());
+        let end = start.saturating_add(size as usize).min(c.len());
+        Ok(c[start..end].to_vec())
+    }
+
+    pub fn write(&self, fh: u64, _off: u64, data: &[u8]) -> CtlResult<u32> {
+        let h = self.handle(fh)?;
+        h.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        h.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(data);
+        if let Err(e) = self.apply(&h, false) {
+            // A failed write does not move the file position.
+            let at = h.written.load(Ordering::Relaxed) - data.len() as u64;
+            h.response_base.store(at, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Applies what was written and not yet applied (close(2) reports its error).
+    pub fn flush(&self, fh: u64) -> CtlResult<()> {
+        let h = self.handle(fh)?;
+        self.apply(&h, true)
+    }
+
+    pub fn release(&self, fh: u64) {
+        if let Some((_, h)) = self.handles.remove(&fh) {
+            let _ = self.apply(&h, true);
+        }
+    }
+
+    /// `O_TRUNC` / truncate(2) to zero on a writable file is accepted (and changes nothing).
+    pub fn truncate(&self, ino: u64, size: u64) -> CtlResult<CtlAttr> {
+        let n = self.node(ino)?;
+        if !n.writable() || size != 0 {
+            return Err(CtlError::new(
+                libc::EPERM,
+                "control files cannot be resized",
+            ));
+        }
+        Ok(self.attr(&n))
+    }
+
+    fn refuse(&self, who: &Identity, e: CtlError) -> CtlError {
+        self.last_errors.insert(who.uid, format!("{}\n", e.message));
+        e
+    }
+
+    /// Turns the pending bytes of a handle into requests. `last`: no more bytes will come.
+    fn apply(&self, h: &CtlHandle, last: bool) -> CtlResult<()> {
+        let mut buf = h.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            buf.clear();
+            return Ok(());
+        }
+        let text_file = match &h.node {
+            Node::KeyFile(_, KeyFile::State | KeyFile::Rotate) => true,
+            Node::KeyFile(_, KeyFile::Grants) => {
+                buf.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+            }
+            _ => false,
+        };
+        let reqs: Vec<Request> = if text_file {
+            // Whole lines now; a last line without a newline at flush.
+            let upto = match buf.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None if last => buf.len(),
+                None => return Ok(()),
+            };
+            let chunk: Vec<u8> = buf.drain(..upto).collect();
+            let text = String::from_utf8(chunk)
+                .map_err(|_| self.refuse(&h.who, invalid("not UTF-8 text")))?;
+            let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut out = Vec::new();
+            for line in lines {
+                out.push(
+                    self.text_request(&h.node, line)
+                        .map_err(|e| self.refuse(&h.who, e))?,
+                );
+            }
+            out
+        } else {
+            let doc = match json_doc(&buf, last) {
+                Ok(Some(v)) => v,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    buf.clear();
+                    return Err(self.refuse(&h.who, e));
+                }
+            };
+            buf.clear();
+            vec![
+                self.json_request(&h.node, doc)
+                    .map_err(|e| self.refuse(&h.who, e))?,
+            ]
+        };
+        drop(buf);
+        for req in reqs {
+            let r = self.execute(&h.who, &req);
+            if matches!(h.node, Node::File(Top::Request)) {
+                let resp = match &r {
+                    Ok(v) => serde_json::json!({"ok": true, "result": v}),
+                    Err(e) => serde_json::json!({"ok": false, "error": e}),
+                };
+                let mut c = h.content.lock().unwrap_or_else(|p| p.into_inner());
+                *c = serde_json::to_vec(&resp).unwrap_or_default();
+                c.push(b'\n');
+                h.response_base
+                    .store(h.written.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            r?;
+        }
+        Ok(())
+    }
+
+    fn text_request(&self, n: &Node, line: &str) -> CtlResult<Request> {
+        match n {
+            Node::KeyFile(k, KeyFile::State) => state_command(&Self::key_str(k), line),
+            Node::KeyFile(k, KeyFile::Rotate) => Ok(Request::RotateKeyOnDemand {
+                key: Self::key_str(k),
+            }),
+            Node::KeyFile(k, KeyFile::Grants) => grant_command(&Self::key_str(k), line),
+            _ => Err(invalid("not a text control file")),
+        }
+    }
+
+    fn json_request(&self, n: &Node, doc: Value) -> CtlResult<Request> {
+        let bad = |what: &str, e: serde_json::Error| invalid(format!("{what}: {e}"));
+        match n {
+            Node::File(Top::Request) => serde_json::from_value(doc).map_err(|e| bad("request", e)),
+            Node::File(Top::Rules) => {
+                let rules: Vec<RuleDoc> =
+                    serde_json::from_value(doc).map_err(|e| bad("rules", e))?;
+                Ok(Request::PutKeyRules { rules })
+            }
+            Node::KeyFile(k, KeyFile::Policy) => Ok(Request::PutKeyPolicy {
+                key: Self::key_str(k),
+                policy: serde_json::to_string_pretty(&doc).unwrap_or_default(),
+                bypass_lockout_check: false,
+            }),
+            Node::KeyFile(k, KeyFile::Rotation) => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Rotation {
+                    enabled: Option<bool>,
+                    period_days: Option<u32>,
+                    // What `cat rotation` shows besides: accepted and ignored, so a document
+                    // read, edited and written back works.
+                    #[serde(default)]
+                    #[allow(dead_code)]
+                    last_rotation: Option<Value>,
+                    #[serde(default)]
+                    #[allow(dead_code)]
+                    next_rotation: Option<Value>,
+                }
+                let r: Rotation = serde_json::from_value(doc).map_err(|e| bad("rotation", e))?;
+                Ok(Request::SetKeyRotation {
+                    key: Self::key_str(k),
+                    enabled: r.enabled,
+                    period_days: r.period_days,
+                })
+            }
+            Node::KeyFile(k, KeyFile::Grants) => {
+                let grant: GrantSpec = serde_json::from_value(doc).map_err(|e| bad("grant", e))?;
+                Ok(Request::CreateGrant {
+                    key: Self::key_str(k),
+                    grant,
+                })
+            }
+            _ => Err(CtlError::new(libc::EACCES, "read-only control file")),
+        }
+    }
+
+    /// `status`: the volume, the mount and its counters.
+    fn status(&self) -> Value {
+        let (keys, default_key, rules, grants) = self.km.query(|s| {
+            let mut by_state = std::collections::BTreeMap::<String, u64>::new();
+            for k in &s.keys {
+                *by_state.entry(format!("{:?}", k.state)).or_default() += 1;
+            }
+            (by_state, s.default_key, s.rules.len(), s.grants.len())
+        });
+        let m = &self.metrics;
+        serde_json::json!({
+            "volume_id": self.km.volume_id().to_string(),
+            "cipher_dir": self.facts.cipher_dir,
+            "format_version": self.facts.format_version,
+            "block_size": self.facts.block_size,
+            "features": self.facts.features,
+            "read_only": self.facts.read_only,
+            "mounted_at": humantime::format_rfc3339_seconds(self.started_at).to_string(),
+            "uptime_seconds": self.uptime(),
+            "default_key": default_key.to_string(),
+            "keys": keys,
+            "rules": rules,
+            "grants": grants,
+            "audit": self.audit.get().is_some(),
+            "counters": {
+                "opens": m.opens.load(Ordering::Relaxed),
+                "creates": m.creates.load(Ordering::Relaxed),
+                "denials": m.denials.load(Ordering::Relaxed),
+                "integrity_failures": m.integrity_failures.load(Ordering::Relaxed),
+                "control_requests": m.control_requests.load(Ordering::Relaxed),
+                "control_errors": m.control_errors.load(Ordering::Relaxed),
+            }
+        })
+    }
+}
