@@ -220,15 +220,15 @@ fn lifecycle_through_the_mount() {
         })
         .collect();
     for e in [
-        "KeyCreate",
-        "RulesSet",
-        "KeyDisable",
-        "KeyEnable",
-        "KeyRotate",
-        "KeyTrim",
+        "CreateKey",
+        "SetKeyRule",
+        "DisableKey",
+        "EnableKey",
+        "RotateKeyOnDemand",
+        "TrimKeyVersions",
         "Rewrap",
-        "KeyScheduleDeletion",
-        "KeyCancelDeletion",
+        "ScheduleKeyDeletion",
+        "CancelKeyDeletion",
         "DeleteKey",
         "Open",
         "Create",

@@ -163,18 +163,68 @@ fn print(r: &AuditRecord, json: bool) {
     }
 }
 
+/// Where the records come from: the control directory of the mount (what the key policy lets
+/// the caller read), or the cipher directory unlocked with the passphrase.
+enum Source {
+    Mounted(PathBuf),
+    Offline { control: PathBuf, keys: AuditKeys },
+}
+
+impl Source {
+    fn io(&self, e: std::io::Error) -> CliError {
+        let at = match self {
+            Source::Mounted(c) => c.join("audit"),
+            Source::Offline { control, .. } => control.clone(),
+        };
+        CliError::new(code::ERROR, format!("audit log in {}: {e}", at.display()))
+    }
+
+    fn records(&self) -> Result<Vec<AuditRecord>, CliError> {
+        match self {
+            Source::Offline { control, keys } => {
+                audit::read_all(control, keys).map_err(|e| self.io(e))
+            }
+            Source::Mounted(c) => {
+                let text = std::fs::read_to_string(c.join("audit")).map_err(|e| self.io(e))?;
+                text.lines()
+                    .map(|l| {
+                        serde_json::from_str(l).map_err(|e| {
+                            CliError::new(code::INTEGRITY, format!("unreadable audit line: {e}"))
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn verify(&self) -> Result<audit::VerifyReport, CliError> {
+        match self {
+            Source::Offline { control, keys } => {
+                audit::verify(control, keys).map_err(|e| self.io(e))
+            }
+            Source::Mounted(c) => {
+                let t = super::target::Target::Mounted(c.clone());
+                let v = t.call(&crate::control::Request::VerifyAuditLog)?;
+                serde_json::from_value(v)
+                    .map_err(|e| CliError::new(code::ERROR, format!("bad verify report: {e}")))
+            }
+        }
+    }
+}
+
 pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
-    let root = std::fs::canonicalize(&a.cipherdir)
-        .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
-    crate::keymgr::probe(&root)?;
-    let u = crate::keymgr::unlock(&root, &a.unlock.source().get()?)?;
-    let keys = AuditKeys::new(&u.store.volume_secret);
-    let control = u.paths.control_dir();
-    let io = |e: std::io::Error| {
-        CliError::new(
-            code::ERROR,
-            format!("audit log in {}: {e}", control.display()),
-        )
+    let src = match super::target::mount_of(&a.cipherdir) {
+        Some(mp) => Source::Mounted(mp.join(crate::control::CONTROL_NAME)),
+        None => {
+            let root = std::fs::canonicalize(&a.cipherdir)
+                .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
+            crate::keymgr::probe(&root)?;
+            let u = crate::keymgr::unlock(&root, &a.unlock.source().get()?)?;
+            Source::Offline {
+                keys: AuditKeys::new(&u.store.volume_secret),
+                control: u.paths.control_dir(),
+            }
+        }
     };
     match &a.op {
         AuditOp::Show { f } => {
@@ -182,8 +232,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
                 f.since.as_deref().map(when).transpose()?,
                 f.until.as_deref().map(when).transpose()?,
             );
-            for r in audit::read_all(&control, &keys)
-                .map_err(io)?
+            for r in src.records()?
                 .iter()
                 .filter(|r| f.matches(r, &s, &u))
             {
@@ -195,7 +244,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
                 f.since.as_deref().map(when).transpose()?,
                 f.until.as_deref().map(when).transpose()?,
             );
-            let all = audit::read_all(&control, &keys).map_err(io)?;
+            let all = src.records()?;
             let sel: Vec<&AuditRecord> = all.iter().filter(|r| f.matches(r, &s, &u)).collect();
             let mut last = all.last().map_or(0, |r| r.seq);
             for r in &sel[sel.len().saturating_sub(*lines)..] {
@@ -207,8 +256,8 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             loop {
                 // Runs until interrupted (tail -f).
                 std::thread::sleep(std::time::Duration::from_millis(500));
-                let new: Vec<AuditRecord> = audit::read_all(&control, &keys)
-                    .map_err(io)?
+                let new: Vec<AuditRecord> = src
+                    .records()?
                     .into_iter()
                     .filter(|r| r.seq > last)
                     .collect();
@@ -223,7 +272,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             }
         }
         AuditOp::Verify { json } => {
-            let r = audit::verify(&control, &keys).map_err(io)?;
+            let r = src.verify()?;
             if *json {
                 super::key_cmd::print_json(&r);
             } else {
@@ -256,7 +305,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             }
         }
         AuditOp::Export { file } => {
-            let all = audit::read_all(&control, &keys).map_err(io)?;
+            let all = src.records()?;
             let mut out = String::new();
             for r in &all {
                 out.push_str(&serde_json::to_string(r).unwrap_or_default());

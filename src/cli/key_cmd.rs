@@ -1,6 +1,7 @@
-//! `kmsfs key …`, `kmsfs rules …`, `kmsfs rewrap`: key-manager administration on a cipher
-//! directory. The volume must not be mounted: its running daemon owns the key store, and
-//! administration of a mounted volume (a control directory) is not built yet.
+//! `kmsfs key …`, `kmsfs rules …`, `kmsfs rewrap`: key-manager administration. `key` and
+//! `rules` take a mount point or a cipher directory and go through [`super::target`] (the
+//! control directory of a mounted volume, or the unlocked cipher directory). `rewrap` rewrites
+//! file headers and needs the volume unmounted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,11 @@ use clap::{Args, Subcommand};
 use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
+use serde_json::Value;
+
+use super::target::target;
+use crate::control::Request;
+use crate::control::request::MaterialHex;
 use crate::keymgr::audit::{AuditKeys, AuditLog, AuditRecord, Source};
 use crate::keymgr::lifecycle::{self, DELETION_DAYS_DEFAULT};
 use crate::keymgr::rewrap::{self, RewrapOptions};
@@ -18,7 +24,7 @@ use crate::names::Names;
 
 #[derive(Args, Debug)]
 pub struct KeyArgs {
-    /// The volume's cipher directory.
+    /// The volume's cipher directory, or the mount point of the mounted volume.
     cipherdir: PathBuf,
     #[command(flatten)]
     unlock: UnlockArgs,
@@ -115,6 +121,7 @@ enum AliasOp {
 
 #[derive(Args, Debug)]
 pub struct RulesArgs {
+    /// The volume's cipher directory, or the mount point of the mounted volume.
     cipherdir: PathBuf,
     #[command(flatten)]
     unlock: UnlockArgs,
@@ -152,10 +159,10 @@ pub struct RewrapArgs {
 /// An unlocked, unmounted volume for administration.
 pub(super) struct Admin {
     pub(super) km: KeyManager,
-    root: PathBuf,
+    pub(super) root: PathBuf,
     plaintext_names: bool,
     /// Every administration command is audited (source "kms"); no log, no administration.
-    audit: AuditLog,
+    pub(super) audit: AuditLog,
     _lock: std::os::fd::OwnedFd,
 }
 
@@ -189,13 +196,6 @@ impl Drop for Admin {
     }
 }
 
-/// The event name of a subcommand: its variant name after `prefix` (`KeyDisable`).
-pub(super) fn event_name(prefix: &str, op: &impl std::fmt::Debug) -> (String, String) {
-    let d = format!("{op:?}");
-    let variant: String = d.chars().take_while(|c| c.is_alphanumeric()).collect();
-    (format!("{prefix}{variant}"), d)
-}
-
 pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliError> {
     let root = std::fs::canonicalize(cipherdir)
         .map_err(|_| crate::keymgr::VolumeError::NotAVolume(cipherdir.to_path_buf()))?;
@@ -209,7 +209,7 @@ pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliEr
                     root.display()
                 ),
             )
-            .hint("unmount it first (a mounted volume cannot be administered yet)")
+            .hint("unmount it first")
         } else {
             e
         }
@@ -239,56 +239,79 @@ pub(super) fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn time(t: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
-        .to_string()
+fn time(v: &Value) -> String {
+    match v.as_u64() {
+        Some(t) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+        )
+        .to_string(),
+        None => "-".into(),
+    }
 }
 
-fn print_meta(m: &crate::keymgr::KeyMetadata) {
-    println!("key id:          {}", m.key_id);
-    println!("aliases:         {}", m.aliases.join(", "));
-    println!("description:     {}", m.description);
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+fn print_meta(m: &Value) {
+    let aliases: Vec<String> = m["aliases"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    println!("key id:          {}", s(&m["key_id"]));
+    println!("aliases:         {}", aliases.join(", "));
+    println!("description:     {}", s(&m["description"]));
+    let deletion = if m["deletion_date"].is_null() {
+        String::new()
+    } else {
+        format!(" (deletion at {})", time(&m["deletion_date"]))
+    };
+    println!("state:           {}{deletion}", s(&m["state"]));
+    println!("default key:     {}", s(&m["is_default"]));
+    println!("created:         {}", time(&m["creation_date"]));
+    println!("current version: {}", s(&m["current_version"]));
     println!(
-        "state:           {:?}{}",
-        m.state,
-        m.deletion_date
-            .map(|d| format!(" (deletion at {})", time(d)))
-            .unwrap_or_default()
+        "min decryption:  {}",
+        m["min_decryption_version"].as_u64().unwrap_or(0).max(1)
     );
-    println!("default key:     {}", m.is_default);
-    println!("created:         {}", time(m.creation_date));
-    println!("current version: {}", m.current_version);
-    println!("min decryption:  {}", m.min_decryption_version.max(1));
+    let r = &m["rotation"];
+    let next = if r["next_rotation"].is_null() {
+        String::new()
+    } else {
+        format!(", next {}", time(&r["next_rotation"]))
+    };
     println!(
-        "rotation:        {} every {} days, last {}{}",
-        if m.rotation.enabled {
+        "rotation:        {} every {} days, last {}{next}",
+        if r["enabled"] == Value::Bool(true) {
             "enabled"
         } else {
             "disabled"
         },
-        m.rotation.period_days,
-        time(m.rotation.last_rotation),
-        m.rotation
-            .next_rotation
-            .map(|n| format!(", next {}", time(n)))
-            .unwrap_or_default()
+        s(&r["period_days"]),
+        time(&r["last_rotation"]),
     );
-    for v in &m.versions {
-        let state = match (v.available, v.destroyed) {
-            (_, Some(d)) => format!("destroyed {}", time(d)),
-            (true, None) => "available".into(),
-            (false, None) => "retired".into(),
+    for v in m["versions"].as_array().into_iter().flatten() {
+        let state = if !v["destroyed"].is_null() {
+            format!("destroyed {}", time(&v["destroyed"]))
+        } else if v["available"] == Value::Bool(true) {
+            "available".into()
+        } else {
+            "retired".into()
         };
         println!(
-            "  version {:>3}  {}  {:?}  {}",
-            v.version,
-            time(v.created),
-            v.origin,
+            "  version {:>3}  {}  {}  {}",
+            s(&v["version"]),
+            time(&v["created"]),
+            s(&v["origin"]),
             state
         );
     }
-    for (k, v) in &m.tags {
-        println!("  tag {k}={v}");
+    for (k, v) in m["tags"].as_object().into_iter().flatten() {
+        println!("  tag {k}={}", s(v));
     }
 }
 
@@ -304,19 +327,22 @@ fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, CliError> {
         .collect()
 }
 
-fn read_material(p: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
+/// Key material from a file (32 raw bytes or 64 hex digits), as hex for the request.
+fn read_material(p: &Path) -> Result<MaterialHex, CliError> {
     let raw = zeroize::Zeroizing::new(
         std::fs::read(p)
             .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", p.display())))?,
     );
     if raw.len() == 32 {
-        return Ok(raw);
+        return Ok(MaterialHex(zeroize::Zeroizing::new(
+            crate::crypto::hex::encode(&raw),
+        )));
     }
     let text = String::from_utf8_lossy(&raw);
     let t = text.trim();
     let mut out = zeroize::Zeroizing::new(vec![0u8; 32]);
     if t.len() == 64 && crate::crypto::hex::decode_into(t, &mut out).is_some() {
-        return Ok(out);
+        return Ok(MaterialHex(zeroize::Zeroizing::new(t.to_string())));
     }
     Err(CliError::new(
         code::INVALID_REQUEST,
@@ -329,237 +355,201 @@ fn read_material(p: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
 }
 
 impl Admin {
-    /// Runs a command and records it as `prefix` + the subcommand's name.
-    pub(super) fn audited<O: std::fmt::Debug>(
-        &self,
-        prefix: &str,
-        op: &O,
-        f: impl FnOnce(&Admin) -> Result<(), CliError>,
-    ) -> Result<(), CliError> {
-        let r = f(self);
-        let (event, detail) = event_name(prefix, op);
-        self.record(&event, detail, &r)?;
-        r
+    pub(super) fn names(&self) -> Names {
+        Names::new(&self.km.volume_secret(), self.plaintext_names)
     }
 }
 
-pub fn key(a: &KeyArgs) -> Result<(), CliError> {
-    open(&a.cipherdir, &a.unlock)?.audited("Key", &a.op, |ad| key_op(ad, a))
-}
-
-fn key_op(ad: &Admin, a: &KeyArgs) -> Result<(), CliError> {
-    let km = &ad.km;
-    let resolve = |r: &str| km.query(|s| lifecycle::resolve(s, r));
-    let describe_out = |id| -> Result<(), CliError> {
-        let m = km.query(|s| lifecycle::describe(s, &id))?;
-        if a.json {
-            print_json(&m)
-        } else {
-            print_meta(&m)
-        }
-        Ok(())
-    };
-    match &a.op {
+/// The request a `kmsfs key` subcommand makes.
+fn key_request(op: &KeyOp) -> Result<Request, CliError> {
+    let key = |k: &String| k.clone();
+    Ok(match op {
         KeyOp::Create {
             description,
             tags,
             alias,
-        } => {
-            let tags = parse_tags(tags)?;
-            let id = km.admin(|s, now| {
-                let id = lifecycle::create(s, description, tags, now)?;
-                if let Some(al) = alias {
-                    lifecycle::create_alias(s, al, &id)?;
-                }
-                Ok(id)
-            })?;
-            describe_out(id)?;
-        }
-        KeyOp::List => {
-            let keys = km.query(lifecycle::list);
-            if a.json {
-                print_json(&keys);
-            } else {
-                println!(
-                    "{:<36}  {:<15}  {:>3}  {:<7}  ALIASES / DESCRIPTION",
-                    "KEY ID", "STATE", "VER", "DEFAULT"
-                );
-                for k in keys {
-                    println!(
-                        "{:<36}  {:<15}  {:>3}  {:<7}  {} {}",
-                        k.key_id.to_string(),
-                        format!("{:?}", k.state),
-                        k.current_version,
-                        if k.is_default { "yes" } else { "" },
-                        k.aliases.join(","),
-                        k.description
-                    );
-                }
-            }
-        }
-        KeyOp::Describe { key } => describe_out(resolve(key)?)?,
-        KeyOp::UpdateDescription { key, description } => {
-            let id = resolve(key)?;
-            km.admin(|s, _| lifecycle::update_description(s, &id, description))?;
-        }
-        KeyOp::Alias { op } => match op {
-            AliasOp::Create { alias, key } => {
-                let id = resolve(key)?;
-                km.admin(|s, _| lifecycle::create_alias(s, alias, &id))?;
-            }
-            AliasOp::Update { alias, key } => {
-                let id = resolve(key)?;
-                km.admin(|s, _| lifecycle::update_alias(s, alias, &id))?;
-            }
-            AliasOp::Delete { alias } => km.admin(|s, _| lifecycle::delete_alias(s, alias))?,
+        } => Request::CreateKey {
+            description: description.clone(),
+            tags: parse_tags(tags)?,
+            alias: alias.clone(),
         },
-        KeyOp::Tag { key, tags } => {
-            let id = resolve(key)?;
-            let tags = parse_tags(tags)?;
-            km.admin(|s, _| lifecycle::tag(s, &id, tags))?;
-        }
-        KeyOp::Untag { key, names } => {
-            let id = resolve(key)?;
-            km.admin(|s, _| lifecycle::untag(s, &id, names))?;
-        }
-        KeyOp::Enable { key } => {
-            let id = resolve(key)?;
-            km.admin(|s, _| lifecycle::enable(s, &id))?;
-        }
-        KeyOp::Disable { key } => {
-            let id = resolve(key)?;
-            km.admin(|s, _| lifecycle::disable(s, &id))?;
-        }
-        KeyOp::ScheduleDeletion { key, days } => {
-            let id = resolve(key)?;
-            let when = km.admin(|s, now| lifecycle::schedule_deletion(s, &id, *days, now))?;
-            if a.json {
-                print_json(&serde_json::json!({"key_id": id, "deletion_date": when}));
-            } else {
-                println!(
-                    "key {id} will be destroyed at {} (cancel with kmsfs key cancel-deletion)",
-                    time(when)
-                );
-            }
-        }
-        KeyOp::CancelDeletion { key } => {
-            let id = resolve(key)?;
-            km.admin(|s, _| lifecycle::cancel_deletion(s, &id))?;
-        }
-        KeyOp::Rotate { key } => {
-            let id = resolve(key)?;
-            let v = km.admin(|s, now| lifecycle::rotate(s, &id, now))?;
-            if a.json {
-                print_json(&serde_json::json!({"key_id": id, "version": v}))
-            } else {
-                println!("key {id} is now at version {v}")
-            }
-        }
+        KeyOp::List => Request::ListKeys,
+        KeyOp::Describe { key: k } => Request::DescribeKey { key: key(k) },
+        KeyOp::UpdateDescription {
+            key: k,
+            description,
+        } => Request::UpdateKeyDescription {
+            key: key(k),
+            description: description.clone(),
+        },
+        KeyOp::Alias { op } => match op {
+            AliasOp::Create { alias, key: k } => Request::CreateAlias {
+                alias: alias.clone(),
+                key: key(k),
+            },
+            AliasOp::Update { alias, key: k } => Request::UpdateAlias {
+                alias: alias.clone(),
+                key: key(k),
+            },
+            AliasOp::Delete { alias } => Request::DeleteAlias {
+                alias: alias.clone(),
+            },
+        },
+        KeyOp::Tag { key: k, tags } => Request::TagResource {
+            key: key(k),
+            tags: parse_tags(tags)?,
+        },
+        KeyOp::Untag { key: k, names } => Request::UntagResource {
+            key: key(k),
+            tag_keys: names.clone(),
+        },
+        KeyOp::Enable { key: k } => Request::EnableKey { key: key(k) },
+        KeyOp::Disable { key: k } => Request::DisableKey { key: key(k) },
+        KeyOp::ScheduleDeletion { key: k, days } => Request::ScheduleKeyDeletion {
+            key: key(k),
+            days: *days,
+        },
+        KeyOp::CancelDeletion { key: k } => Request::CancelKeyDeletion { key: key(k) },
+        KeyOp::Rotate { key: k } => Request::RotateKeyOnDemand { key: key(k) },
         KeyOp::Rotation {
-            key,
+            key: k,
             enable,
             disable,
             period_days,
         } => {
-            let id = resolve(key)?;
             if *enable || *disable || period_days.is_some() {
-                let on = if *enable {
-                    true
-                } else if *disable {
-                    false
-                } else {
-                    km.query(|s| s.key(&id).is_some_and(|k| k.rotation.enabled))
-                };
-                km.admin(|s, _| lifecycle::set_rotation(s, &id, on, *period_days))?;
-            }
-            let r = km.query(|s| lifecycle::describe(s, &id))?.rotation;
-            if a.json {
-                print_json(&r)
+                Request::SetKeyRotation {
+                    key: key(k),
+                    enabled: if *enable {
+                        Some(true)
+                    } else if *disable {
+                        Some(false)
+                    } else {
+                        None
+                    },
+                    period_days: *period_days,
+                }
             } else {
+                Request::GetKeyRotationStatus { key: key(k) }
+            }
+        }
+        KeyOp::Import { key: k, material_file } => Request::ImportKeyMaterial {
+            key: key(k),
+            material: read_material(material_file)?,
+        },
+        KeyOp::SetDefault { key: k } => Request::SetDefaultKey { key: key(k) },
+        KeyOp::MinDecryptionVersion { key: k, version } => Request::SetMinDecryptionVersion {
+            key: key(k),
+            version: *version,
+        },
+        KeyOp::Trim {
+            key: k,
+            below,
+            force,
+        } => Request::TrimKeyVersions {
+            key: key(k),
+            below: *below,
+            force: *force,
+        },
+        KeyOp::Usage => Request::GetKeyUsage,
+    })
+}
+
+pub fn key(a: &KeyArgs) -> Result<(), CliError> {
+    let req = key_request(&a.op)?;
+    let out = target(&a.cipherdir, &a.unlock)?.call(&req)?;
+    if a.json {
+        print_json(&out);
+        return Ok(());
+    }
+    match &a.op {
+        KeyOp::Create { .. } | KeyOp::Describe { .. } => print_meta(&out),
+        KeyOp::List => {
+            println!(
+                "{:<36}  {:<15}  {:>3}  {:<7}  ALIASES / DESCRIPTION",
+                "KEY ID", "STATE", "VER", "DEFAULT"
+            );
+            for k in out.as_array().into_iter().flatten() {
+                let aliases: Vec<String> = k["aliases"]
+                    .as_array()
+                    .map(|a| a.iter().map(s).collect())
+                    .unwrap_or_default();
                 println!(
-                    "rotation {} every {} days",
-                    if r.enabled { "enabled" } else { "disabled" },
-                    r.period_days
-                )
+                    "{:<36}  {:<15}  {:>3}  {:<7}  {} {}",
+                    s(&k["key_id"]),
+                    s(&k["state"]),
+                    s(&k["current_version"]),
+                    if k["is_default"] == Value::Bool(true) {
+                        "yes"
+                    } else {
+                        ""
+                    },
+                    aliases.join(","),
+                    s(&k["description"])
+                );
             }
         }
-        KeyOp::Import { key, material_file } => {
-            let id = resolve(key)?;
-            let m = read_material(material_file)?;
-            let v = km.admin(|s, now| lifecycle::import(s, &id, &m, now))?;
-            if a.json {
-                print_json(&serde_json::json!({"key_id": id, "version": v}))
+        KeyOp::ScheduleDeletion { .. } => println!(
+            "key {} will be destroyed at {} (cancel with kmsfs key cancel-deletion)",
+            s(&out["key_id"]),
+            time(&out["deletion_date"])
+        ),
+        KeyOp::Rotate { .. } => println!(
+            "key {} is now at version {}",
+            s(&out["key_id"]),
+            s(&out["version"])
+        ),
+        KeyOp::Rotation { .. } => println!(
+            "rotation {} every {} days",
+            if out["enabled"] == Value::Bool(true) {
+                "enabled"
             } else {
-                println!("imported as version {v} of key {id}")
-            }
-        }
-        KeyOp::SetDefault { key } => {
-            let id = resolve(key)?;
-            km.admin(|s, _| lifecycle::set_default(s, &id))?;
-        }
-        KeyOp::MinDecryptionVersion { key, version } => {
-            let id = resolve(key)?;
-            km.admin(|s, _| lifecycle::set_min_decryption_version(s, &id, *version))?;
-        }
-        KeyOp::Trim { key, below, force } => {
-            let id = resolve(key)?;
-            let counts = rewrap::count_versions(&ad.root, &names(ad)).map_err(|e| {
-                CliError::new(code::ERROR, format!("scanning {}: {e}", ad.root.display()))
-            })?;
-            let gone = km.admin(|s, now| {
-                lifecycle::trim(s, &id, *below, *force, |v| counts.get(&id, v), now)
-            })?;
-            if a.json {
-                print_json(&serde_json::json!({"key_id": id, "destroyed_versions": gone}))
-            } else {
-                println!("destroyed versions {gone:?} of key {id}")
-            }
-        }
+                "disabled"
+            },
+            s(&out["period_days"])
+        ),
+        KeyOp::Import { .. } => println!(
+            "imported as version {} of key {}",
+            s(&out["version"]),
+            s(&out["key_id"])
+        ),
+        KeyOp::Trim { .. } => println!(
+            "destroyed versions {} of key {}",
+            out["destroyed_versions"],
+            s(&out["key_id"])
+        ),
         KeyOp::Usage => {
-            let counts = rewrap::count_versions(&ad.root, &names(ad)).map_err(|e| {
-                CliError::new(code::ERROR, format!("scanning {}: {e}", ad.root.display()))
-            })?;
-            if a.json {
-                print_json(&counts);
-            } else {
-                for (k, vs) in &counts.files {
-                    for (v, n) in vs {
-                        println!("{k}  version {v:>3}  {n} file(s)");
-                    }
-                }
-                if counts.damaged > 0 {
-                    println!("{} file(s) with a damaged header", counts.damaged);
+            for (k, vs) in out["files"].as_object().into_iter().flatten() {
+                for (v, n) in vs.as_object().into_iter().flatten() {
+                    println!("{k}  version {v:>3}  {n} file(s)");
                 }
             }
+            if out["damaged"].as_u64().unwrap_or(0) > 0 {
+                println!("{} file(s) with a damaged header", out["damaged"]);
+            }
         }
+        _ => {}
     }
     Ok(())
 }
 
-fn names(ad: &Admin) -> Names {
-    Names::new(&ad.km.volume_secret(), ad.plaintext_names)
-}
-
 pub fn rules(a: &RulesArgs) -> Result<(), CliError> {
-    open(&a.cipherdir, &a.unlock)?.audited("Rules", &a.op, |ad| rules_op(ad, a))
-}
-
-fn rules_op(ad: &Admin, a: &RulesArgs) -> Result<(), CliError> {
-    let km = &ad.km;
-    match &a.op {
-        RulesOp::List => {}
-        RulesOp::Set { prefix, key } => {
-            let id = km.query(|s| lifecycle::resolve(s, key))?;
-            km.admin(|s, _| lifecycle::set_rule(s, prefix, &id))?;
-        }
-        RulesOp::Remove { prefix } => km.admin(|s, _| lifecycle::remove_rule(s, prefix))?,
-    }
-    let rules = km.query(|s| s.rules.clone());
+    let req = match &a.op {
+        RulesOp::List => Request::ListKeyRules,
+        RulesOp::Set { prefix, key } => Request::SetKeyRule {
+            prefix: prefix.clone(),
+            key: key.clone(),
+        },
+        RulesOp::Remove { prefix } => Request::DeleteKeyRule {
+            prefix: prefix.clone(),
+        },
+    };
+    let rules = target(&a.cipherdir, &a.unlock)?.call(&req)?;
     if a.json {
         print_json(&rules);
     } else {
-        for r in rules {
-            println!("{}  ->  {}", r.prefix, r.key);
+        for r in rules.as_array().into_iter().flatten() {
+            println!("{}  ->  {}", s(&r["prefix"]), s(&r["key"]));
         }
     }
     Ok(())
@@ -583,7 +573,7 @@ fn rewrap_op(ad: &Admin, a: &RewrapArgs) -> Result<(), CliError> {
         follow_rules: a.rules,
     };
     let mut progress = super::progress::Progress::new("rewrap");
-    let s = rewrap::rewrap(&ad.km, &ad.root, &names(ad), &opts, &mut |done, total| {
+    let s = rewrap::rewrap(&ad.km, &ad.root, &ad.names(), &opts, &mut |done, total| {
         progress.update(done, total)
     })
     .map_err(|e| CliError::new(code::ERROR, format!("rewrap of {}: {e}", ad.root.display())))?;

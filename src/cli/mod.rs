@@ -10,6 +10,7 @@ mod policy_cmd;
 mod progress;
 mod rekey_cmd;
 mod secrets;
+mod target;
 mod volume_cmd;
 
 use std::path::PathBuf;

@@ -8,10 +8,11 @@ use clap::{Args, Subcommand};
 use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
-use super::key_cmd::{Admin, open, print_json};
-use crate::keymgr::access;
-use crate::keymgr::lifecycle;
-use crate::keymgr::policy::{Decision, Grant, Identity, Policy, Principal, Request};
+use super::key_cmd::print_json;
+use super::target::{Target, target};
+use crate::control::Request;
+use crate::control::request::{GrantSpec, Simulated};
+use crate::keymgr::policy::{Decision, Grant, Policy, Principal};
 
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
@@ -21,7 +22,8 @@ pub struct PolicyArgs {
 
 #[derive(Args, Debug, Clone)]
 struct VolumeArg {
-    /// The volume's cipher directory (or set KMSFS_VOLUME).
+    /// The volume's cipher directory or the mount point of the mounted volume (or set
+    /// KMSFS_VOLUME).
     #[arg(long = "volume", env = "KMSFS_VOLUME", value_name = "CIPHERDIR")]
     volume: PathBuf,
     #[command(flatten)]
@@ -95,45 +97,18 @@ fn pairs(v: &[String]) -> Result<BTreeMap<String, String>, CliError> {
         .collect()
 }
 
+impl VolumeArg {
+    fn target(&self) -> Result<Target, CliError> {
+        target(&self.volume, &self.unlock)
+    }
+}
+
 fn read(p: &PathBuf) -> Result<String, CliError> {
     std::fs::read_to_string(p)
         .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", p.display())))
 }
 
 pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
-    let mut session: Option<Admin> = None;
-    let r = policy_op(a, &mut session);
-    if let Some(ad) = &session {
-        // Not the Debug of the arguments: they include the unlock options (an --extpass command
-        // may carry a secret).
-        let (event, detail) = match &a.op {
-            PolicyOp::Get { key, .. } => ("PolicyGet", format!("key {key}")),
-            PolicyOp::Put {
-                key,
-                file,
-                bypass_lockout_check,
-                ..
-            } => (
-                "PolicyPut",
-                format!(
-                    "key {key} from {} (bypass lockout check: {bypass_lockout_check})",
-                    file.display()
-                ),
-            ),
-            PolicyOp::Simulate {
-                key, action, uid, ..
-            } => (
-                "PolicySimulate",
-                format!("key {key} action {action} uid {uid}"),
-            ),
-            PolicyOp::Validate { .. } => ("PolicyValidate", String::new()),
-        };
-        ad.record(event, detail, &r)?;
-    }
-    r
-}
-
-fn policy_op(a: &PolicyArgs, session: &mut Option<Admin>) -> Result<(), CliError> {
     match &a.op {
         PolicyOp::Validate { file } => {
             Policy::parse(&read(file)?).map_err(|e| {
@@ -142,11 +117,10 @@ fn policy_op(a: &PolicyArgs, session: &mut Option<Admin>) -> Result<(), CliError
             println!("{}: valid", file.display());
         }
         PolicyOp::Get { vol, key, file } => {
-            let ad = session.insert(open(&vol.volume, &vol.unlock)?);
-            let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
-            let text = ad.km.query(|s| access::get_policy(s, &id))?;
+            let text = vol.target()?.call(&Request::GetKeyPolicy { key: key.clone() })?;
+            let text = text.as_str().unwrap_or_default();
             match file {
-                Some(f) => std::fs::write(f, &text)
+                Some(f) => std::fs::write(f, text)
                     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", f.display())))?,
                 None => println!("{text}"),
             }
@@ -157,14 +131,13 @@ fn policy_op(a: &PolicyArgs, session: &mut Option<Admin>) -> Result<(), CliError
             file,
             bypass_lockout_check,
         } => {
-            let text = read(file)?;
-            let ad = session.insert(open(&vol.volume, &vol.unlock)?);
-            let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
-            let me = crate::vfs::identity::current();
-            ad.km.admin(|s, now| {
-                access::put_policy(s, &id, &text, &me, *bypass_lockout_check, now)
+            let policy = read(file)?;
+            vol.target()?.call(&Request::PutKeyPolicy {
+                key: key.clone(),
+                policy,
+                bypass_lockout_check: *bypass_lockout_check,
             })?;
-            println!("policy of key {id} replaced");
+            println!("policy of key {key} replaced");
         }
         PolicyOp::Simulate {
             vol,
@@ -181,28 +154,25 @@ fn policy_op(a: &PolicyArgs, session: &mut Option<Admin>) -> Result<(), CliError
             context,
             json,
         } => {
-            let ad = session.insert(open(&vol.volume, &vol.unlock)?);
-            let id = ad.km.query(|s| lifecycle::resolve(s, key))?;
-            let req = Request {
-                who: Identity {
+            let out = vol.target()?.call(&Request::SimulatePolicy {
+                key: key.clone(),
+                action: action.clone(),
+                request: Simulated {
                     uid: *uid,
                     gid: *gid,
                     groups: groups.clone(),
                     user: user.clone(),
                     group_names: group_names.clone(),
-                    pid: 0,
                     exe: exe.clone(),
+                    path: path.clone(),
+                    access_mode: mode.clone(),
+                    encryption_context: pairs(context)?,
                 },
-                action: action.clone(),
-                key: Some(id),
-                path: path.clone(),
-                access_mode: mode.clone(),
-                now: ad.km.now(),
-                encryption_context: pairs(context)?,
-            };
-            let d = ad.km.query(|s| access::authorize(s, &req));
+            })?;
+            let d: Decision = serde_json::from_value(out["decision"].clone())
+                .map_err(|e| CliError::new(code::ERROR, format!("bad decision: {e}")))?;
             if *json {
-                print_json(&serde_json::json!({"allowed": d.allowed(), "decision": d}));
+                print_json(&out);
             } else {
                 let why = match &d {
                     Decision::ExplicitDeny { sid } => {
@@ -292,12 +262,8 @@ fn parse_expiry(s: &str, now: u64) -> Result<u64, CliError> {
 }
 
 pub fn grant(a: &GrantArgs) -> Result<(), CliError> {
-    open(&a.vol.volume, &a.vol.unlock)?.audited("Grant", &a.op, |ad| grant_op(ad, a))
-}
-
-fn grant_op(ad: &Admin, a: &GrantArgs) -> Result<(), CliError> {
-    let km = &ad.km;
-    match &a.op {
+    let t = a.vol.target()?;
+    let req = match &a.op {
         GrantOp::Create {
             key,
             uids,
@@ -310,66 +276,65 @@ fn grant_op(ad: &Admin, a: &GrantArgs) -> Result<(), CliError> {
             expires,
             name,
         } => {
-            let id = km.query(|s| lifecycle::resolve(s, key))?;
             if uids.is_empty() && users.is_empty() && gids.is_empty() && groups.is_empty() {
                 return Err(CliError::new(
                     code::USAGE,
                     "a grant needs a grantee (--grantee-uid/-user/-gid/-group)",
                 ));
             }
-            let expires = expires
-                .as_deref()
-                .map(|e| parse_expiry(e, km.now()))
-                .transpose()?;
-            let g = Grant {
-                id: String::new(),
-                key: id,
-                name: name.clone(),
-                grantee: Principal {
-                    any: false,
-                    uids: uids.clone(),
-                    users: users.clone(),
-                    gids: gids.clone(),
-                    groups: groups.clone(),
+            let now = crate::keymgr::now_unix()
+                + std::env::var(crate::keymgr::TEST_TIME_OFFSET_ENV)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            Request::CreateGrant {
+                key: key.clone(),
+                grant: GrantSpec {
+                    name: name.clone(),
+                    grantee: Principal {
+                        any: false,
+                        uids: uids.clone(),
+                        users: users.clone(),
+                        gids: gids.clone(),
+                        groups: groups.clone(),
+                    },
+                    operations: operations.clone(),
+                    path_like: path_like.clone(),
+                    encryption_context_subset: pairs(context)?,
+                    expires: expires
+                        .as_deref()
+                        .map(|e| parse_expiry(e, now))
+                        .transpose()?,
+                    retiring_principal: None,
                 },
-                operations: operations.clone(),
-                path_like: path_like.clone(),
-                encryption_context_subset: pairs(context)?,
-                expires,
-                created: 0,
-                retiring_principal: None,
-            };
-            let gid = km.admin(|s, now| access::create_grant(s, g, now))?;
-            if a.json {
-                print_json(&serde_json::json!({"grant_id": gid}))
-            } else {
-                println!("{gid}")
             }
         }
-        GrantOp::List { key } => {
-            let id = key
-                .as_deref()
-                .map(|k| km.query(|s| lifecycle::resolve(s, k)))
-                .transpose()?;
-            let gs = km.query(|s| access::list_grants(s, id.as_ref()));
-            if a.json {
-                print_json(&gs);
-            } else {
-                for g in gs {
-                    println!(
-                        "{}  key {}  {:?}  ops {}  expires {}",
-                        g.id,
-                        g.key,
-                        g.grantee,
-                        g.operations.join(","),
-                        g.expires.map_or("never".into(), |e| e.to_string())
-                    );
-                }
+        GrantOp::List { key } => Request::ListGrants { key: key.clone() },
+        GrantOp::Retire { grant_id } => Request::RetireGrant {
+            grant_id: grant_id.clone(),
+        },
+        GrantOp::Revoke { grant_id } => Request::RevokeGrant {
+            grant_id: grant_id.clone(),
+        },
+    };
+    let out = t.call(&req)?;
+    match &a.op {
+        GrantOp::Create { .. } if !a.json => println!("{}", out["grant_id"].as_str().unwrap_or("")),
+        GrantOp::List { .. } if !a.json => {
+            let gs: Vec<Grant> = serde_json::from_value(out).unwrap_or_default();
+            for g in gs {
+                println!(
+                    "{}  key {}  {:?}  ops {}  expires {}",
+                    g.id,
+                    g.key,
+                    g.grantee,
+                    g.operations.join(","),
+                    g.expires.map_or("never".into(), |e| e.to_string())
+                );
             }
         }
-        GrantOp::Retire { grant_id } | GrantOp::Revoke { grant_id } => {
-            km.admin(|s, _| access::remove_grant(s, grant_id))?;
-        }
+        _ if a.json => print_json(&out),
+        _ => {}
     }
     Ok(())
 }

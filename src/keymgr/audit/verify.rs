@@ -78,14 +78,14 @@ pub(super) fn last_logged_checkpoint(
 }
 
 /// A problem `verify` found, naming the spot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub segment: Option<u64>,
     pub seq: Option<u64>,
     pub problem: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub segments: u64,
     pub entries: u64,

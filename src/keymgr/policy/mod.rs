@@ -604,7 +604,7 @@ impl Grant {
 }
 
 /// What decided a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "kebab-case")]
 pub enum Decision {
     ExplicitDeny { sid: String },

@@ -1,0 +1,112 @@
+//! Where a key-manager command goes: through the control directory of a mounted volume (its
+//! daemon owns the key store; the key policy decides for the calling user), or straight to the
+//! cipher directory of an unmounted one (unlocked with the passphrase). Both run the same
+//! [`Request`] through the same executor, so each operation has one implementation.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::UnlockArgs;
+use super::error::CliError;
+use super::exit_code as code;
+use super::key_cmd::{Admin, open};
+use crate::control::{Authority, CONTROL_NAME, ControlError, ErrorKind, Executor, Request};
+
+pub(super) enum Target {
+    Offline(Box<Admin>),
+    /// The control directory of the mount.
+    Mounted(PathBuf),
+}
+
+impl From<ControlError> for CliError {
+    fn from(e: ControlError) -> Self {
+        let c = match e.kind {
+            ErrorKind::Invalid => code::INVALID_REQUEST,
+            ErrorKind::NotFound => code::NOT_FOUND,
+            ErrorKind::Denied => code::ACCESS_DENIED,
+            ErrorKind::Failed => code::ERROR,
+        };
+        CliError::new(c, e.message)
+    }
+}
+
+/// The mount point of `path` if it is one of kmsfs, or of the volume whose cipher directory
+/// `path` is, if that volume is mounted.
+pub(super) fn mount_of(path: &Path) -> Option<PathBuf> {
+    let abs = std::fs::canonicalize(path).ok()?;
+    super::mount_cmd::mount_table()
+        .into_iter()
+        .filter(|(_, _, ty)| ty == "fuse.kmsfs")
+        .find(|(src, mp, _)| *mp == abs || Path::new(src) == abs)
+        .map(|(_, mp, _)| mp)
+}
+
+/// `path` is a mount point or a cipher directory.
+pub(super) fn target(path: &Path, unlock: &UnlockArgs) -> Result<Target, CliError> {
+    if let Some(mp) = mount_of(path) {
+        return Ok(Target::Mounted(mp.join(CONTROL_NAME)));
+    }
+    Ok(Target::Offline(Box::new(open(path, unlock)?)))
+}
+
+impl Target {
+    pub(super) fn call(&self, req: &Request) -> Result<Value, CliError> {
+        match self {
+            Target::Offline(ad) => {
+                let scan = || crate::keymgr::rewrap::count_versions(&ad.root, &ad.names());
+                let ex = Executor {
+                    km: &ad.km,
+                    audit: Some(&ad.audit),
+                    scan: &scan,
+                };
+                let who = crate::vfs::identity::current();
+                Ok(ex.execute(&Authority::Passphrase(who), req)?)
+            }
+            Target::Mounted(ctl) => call_mounted(ctl, req),
+        }
+    }
+}
+
+/// Writes the request to `request` and reads the response from the same open file.
+fn call_mounted(ctl: &Path, req: &Request) -> Result<Value, CliError> {
+    let path = ctl.join("request");
+    let io = |e: std::io::Error| CliError::new(code::ERROR, format!("{}: {e}", path.display()));
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    let body = serde_json::to_vec(req).map_err(|e| CliError::new(code::ERROR, e.to_string()))?;
+    let written = f.write_all(&body);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read_at(&mut buf, out.len() as u64).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    if out.is_empty() {
+        // No response: the write itself failed before the request was read.
+        written.map_err(io)?;
+        return Err(CliError::new(
+            code::ERROR,
+            format!("{}: no response", path.display()),
+        ));
+    }
+    let resp: Value = serde_json::from_slice(&out).map_err(|e| {
+        CliError::new(code::ERROR, format!("{}: bad response: {e}", path.display()))
+    })?;
+    if resp["ok"] == Value::Bool(true) {
+        return Ok(resp["result"].clone());
+    }
+    let e: ControlError = serde_json::from_value(resp["error"].clone()).map_err(|e| {
+        CliError::new(code::ERROR, format!("{}: bad response: {e}", path.display()))
+    })?;
+    Err(e.into())
+}
