@@ -167,7 +167,10 @@ fn print(r: &AuditRecord, json: bool) {
 /// the caller read), or the cipher directory unlocked with the passphrase.
 enum Source {
     Mounted(PathBuf),
-    Offline { control: PathBuf, keys: AuditKeys },
+    Offline {
+        control: PathBuf,
+        keys: Box<AuditKeys>,
+    },
 }
 
 impl Source {
@@ -221,7 +224,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             crate::keymgr::probe(&root)?;
             let u = crate::keymgr::unlock(&root, &a.unlock.source().get()?)?;
             Source::Offline {
-                keys: AuditKeys::new(&u.store.volume_secret),
+                keys: Box::new(AuditKeys::new(&u.store.volume_secret)),
                 control: u.paths.control_dir(),
             }
         }
@@ -232,10 +235,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
                 f.since.as_deref().map(when).transpose()?,
                 f.until.as_deref().map(when).transpose()?,
             );
-            for r in src.records()?
-                .iter()
-                .filter(|r| f.matches(r, &s, &u))
-            {
+            for r in src.records()?.iter().filter(|r| f.matches(r, &s, &u)) {
                 print(r, f.json);
             }
         }

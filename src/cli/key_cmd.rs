@@ -433,7 +433,10 @@ fn key_request(op: &KeyOp) -> Result<Request, CliError> {
                 Request::GetKeyRotationStatus { key: key(k) }
             }
         }
-        KeyOp::Import { key: k, material_file } => Request::ImportKeyMaterial {
+        KeyOp::Import {
+            key: k,
+            material_file,
+        } => Request::ImportKeyMaterial {
             key: key(k),
             material: read_material(material_file)?,
         },

@@ -117,7 +117,9 @@ pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
             println!("{}: valid", file.display());
         }
         PolicyOp::Get { vol, key, file } => {
-            let text = vol.target()?.call(&Request::GetKeyPolicy { key: key.clone() })?;
+            let text = vol
+                .target()?
+                .call(&Request::GetKeyPolicy { key: key.clone() })?;
             let text = text.as_str().unwrap_or_default();
             match file {
                 Some(f) => std::fs::write(f, text)

@@ -4,8 +4,7 @@
 //! [`Request`] through the same executor, so each operation has one implementation.
 
 use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -82,15 +81,9 @@ fn call_mounted(ctl: &Path, req: &Request) -> Result<Value, CliError> {
         .map_err(io)?;
     let body = serde_json::to_vec(req).map_err(|e| CliError::new(code::ERROR, e.to_string()))?;
     let written = f.write_all(&body);
+    // The response follows the request on the same file, from the write position on.
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read_at(&mut buf, out.len() as u64).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
+    f.read_to_end(&mut out).map_err(io)?;
     if out.is_empty() {
         // No response: the write itself failed before the request was read.
         written.map_err(io)?;
@@ -100,13 +93,19 @@ fn call_mounted(ctl: &Path, req: &Request) -> Result<Value, CliError> {
         ));
     }
     let resp: Value = serde_json::from_slice(&out).map_err(|e| {
-        CliError::new(code::ERROR, format!("{}: bad response: {e}", path.display()))
+        CliError::new(
+            code::ERROR,
+            format!("{}: bad response: {e}", path.display()),
+        )
     })?;
     if resp["ok"] == Value::Bool(true) {
         return Ok(resp["result"].clone());
     }
     let e: ControlError = serde_json::from_value(resp["error"].clone()).map_err(|e| {
-        CliError::new(code::ERROR, format!("{}: bad response: {e}", path.display()))
+        CliError::new(
+            code::ERROR,
+            format!("{}: bad response: {e}", path.display()),
+        )
     })?;
     Err(e.into())
 }

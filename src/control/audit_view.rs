@@ -47,7 +47,7 @@ impl Views {
 }
 
 impl ControlDir {
-    fn records(&self) -> CtlResult<Vec<AuditRecord>> {
+    pub(super) fn records(&self) -> CtlResult<Vec<AuditRecord>> {
         let Some(log) = self.audit.get() else {
             return Ok(Vec::new());
         };

@@ -132,17 +132,37 @@ impl Executor<'_> {
     /// Authorizes `action` on `key` (the default key when `None`) for a read of a control file
     /// and records it as `event`.
     pub fn check(&self, auth: &Authority, action: &str, key: Option<KeyId>, event: &str) -> R<()> {
+        self.check_any(auth, &[action], key, event)
+    }
+
+    /// Like [`Executor::check`]: allowed when any of `actions` is (opening a file whose writes
+    /// may mean one of several operations).
+    pub fn check_any(
+        &self,
+        auth: &Authority,
+        actions: &[&str],
+        key: Option<KeyId>,
+        event: &str,
+    ) -> R<()> {
         let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
-        let d = match auth {
-            Authority::Passphrase(_) => None,
-            Authority::Policy(who) => Some(self.km.authorize(&policy::Request {
-                who: who.clone(),
-                action: action.into(),
-                key: Some(target),
-                now: self.km.now(),
-                ..Default::default()
-            })),
-        };
+        let mut d = None;
+        if let Authority::Policy(who) = auth {
+            for a in actions {
+                let this = self.km.authorize(&policy::Request {
+                    who: who.clone(),
+                    action: (*a).into(),
+                    key: Some(target),
+                    now: self.km.now(),
+                    ..Default::default()
+                });
+                let ok = this.allowed();
+                d = Some(this);
+                if ok {
+                    break;
+                }
+            }
+        }
+        let action = actions.join("|");
         let allowed = d.as_ref().is_none_or(Decision::allowed);
         if let Some(log) = self.audit {
             let mut r = AuditRecord::new(event, Source::Kms);

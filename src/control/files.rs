@@ -230,9 +230,13 @@ impl ControlDir {
             return Err(CtlError::new(libc::EACCES, "rotate is write-only"));
         }
         // Writing needs the right to change: refuse at open, so `echo … >` fails at once.
-        if writes && let Some((action, key)) = self.write_action(&node) {
-            self.executor()
-                .check(&Authority::Policy(who.clone()), action, key, "OpenForWrite")?;
+        if writes && let Some((actions, key)) = self.write_actions(&node) {
+            self.executor().check_any(
+                &Authority::Policy(who.clone()),
+                actions,
+                key,
+                "OpenForWrite",
+            )?;
         }
         let content = if reads && !matches!(node, Node::File(Top::Request)) {
             self.content(&node, Some(&who))?
@@ -261,13 +265,27 @@ impl ControlDir {
         Ok(fh)
     }
 
-    /// The action a write to `n` always needs (files whose action depends on the content are
-    /// checked when applied).
-    fn write_action(&self, n: &Node) -> Option<(&'static str, Option<KeyId>)> {
+    /// The actions of which a writer of `n` needs at least one (each applied document is
+    /// authorized again for exactly what it does). `request` and `grants` (a grantee may retire
+    /// its grant) are decided per request only.
+    fn write_actions(&self, n: &Node) -> Option<(&'static [&'static str], Option<KeyId>)> {
         match n {
-            Node::File(Top::Rules) => Some(("kms:SetKeyRules", None)),
-            Node::KeyFile(k, KeyFile::Policy) => Some(("kms:PutKeyPolicy", Some(*k))),
-            Node::KeyFile(k, KeyFile::Rotate) => Some(("kms:RotateKeyOnDemand", Some(*k))),
+            Node::File(Top::Rules) => Some((&["kms:SetKeyRules"], None)),
+            Node::KeyFile(k, KeyFile::Policy) => Some((&["kms:PutKeyPolicy"], Some(*k))),
+            Node::KeyFile(k, KeyFile::Rotate) => Some((&["kms:RotateKeyOnDemand"], Some(*k))),
+            Node::KeyFile(k, KeyFile::Rotation) => Some((
+                &["kms:EnableKeyRotation", "kms:DisableKeyRotation"],
+                Some(*k),
+            )),
+            Node::KeyFile(k, KeyFile::State) => Some((
+                &[
+                    "kms:EnableKey",
+                    "kms:DisableKey",
+                    "kms:ScheduleKeyDeletion",
+                    "kms:CancelKeyDeletion",
+                ],
+                Some(*k),
+            )),
             _ => None,
         }
     }

@@ -210,3 +210,6 @@ impl ControlDir {
         self.started.elapsed().as_secs()
     }
 }
+
+#[cfg(test)]
+mod tests;

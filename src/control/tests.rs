@@ -1,0 +1,259 @@
+//! The control directory's model without FUSE: requests, authorization, transactional writes
+//! and the audit views.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::crypto::{KdfParams, Passphrase};
+use crate::keymgr::audit::AuditKeys;
+use crate::keymgr::{InitOptions, Unlock};
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    ctl: Arc<ControlDir>,
+}
+
+fn fixture() -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("vol");
+    let pw = || Passphrase::new(b"pw".to_vec());
+    let opts = InitOptions {
+        kdf: KdfParams::FAST_INSECURE,
+        ..Default::default()
+    };
+    crate::keymgr::init(&d, &pw(), &opts).unwrap();
+    let u = crate::keymgr::unlock(&d, &Unlock::Passphrase(pw())).unwrap();
+    let log = AuditLog::open(
+        &u.paths.control_dir(),
+        AuditKeys::new(&u.store.volume_secret),
+    )
+    .unwrap();
+    let km = Arc::new(KeyManager::new(u));
+    let ctl = ControlDir::new(
+        km,
+        VolumeFacts::default(),
+        Box::new(|| Ok(VersionCounts::default())),
+    );
+    ctl.set_audit(Arc::new(log));
+    Fixture { _t: t, ctl }
+}
+
+fn owner(c: &ControlDir) -> Identity {
+    Identity {
+        uid: c.km.query(|s| s.owner_uid),
+        ..Default::default()
+    }
+}
+
+fn stranger() -> Identity {
+    Identity {
+        uid: 4242,
+        gid: 4242,
+        ..Default::default()
+    }
+}
+
+/// The inode of a path below `.kmsfs`.
+fn ino(c: &ControlDir, path: &str) -> u64 {
+    let mut i = c.root_ino();
+    for part in path.split('/') {
+        i = c.lookup(i, part).unwrap().ino;
+    }
+    i
+}
+
+fn key_dir(c: &ControlDir) -> String {
+    format!("keys/{}", c.km.query(|s| s.default_key))
+}
+
+fn read_all(c: &ControlDir, fh: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let d = c.read(fh, out.len() as u64, 4096).unwrap();
+        if d.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&d);
+    }
+}
+
+fn cat(c: &ControlDir, path: &str, who: &Identity) -> CtlResult<String> {
+    let fh = c.open(ino(c, path), libc::O_RDONLY, who.clone())?;
+    let s = String::from_utf8(read_all(c, fh)).unwrap();
+    c.release(fh);
+    Ok(s)
+}
+
+fn records(c: &ControlDir) -> Vec<crate::keymgr::audit::AuditRecord> {
+    c.records().unwrap()
+}
+
+#[test]
+fn a_stranger_is_denied_and_nothing_changes() {
+    let f = fixture();
+    let c = &f.ctl;
+    let before = c.km.query(|s| (s.keys.len(), s.keys[0].policy.clone()));
+    let r = c.execute(
+        &stranger(),
+        &Request::CreateKey {
+            description: String::new(),
+            tags: Default::default(),
+            alias: None,
+        },
+    );
+    assert_eq!(r.unwrap_err().kind, ErrorKind::Denied);
+    let kd = key_dir(c);
+    assert_eq!(
+        cat(c, &format!("{kd}/policy"), &stranger())
+            .unwrap_err()
+            .errno,
+        libc::EACCES
+    );
+    assert_eq!(
+        c.open(ino(c, &format!("{kd}/state")), libc::O_WRONLY, stranger())
+            .unwrap_err()
+            .errno,
+        libc::EACCES
+    );
+    assert_eq!(
+        c.km.query(|s| (s.keys.len(), s.keys[0].policy.clone())),
+        before
+    );
+    // Each refusal is in the log with the stranger as actor.
+    let denied: Vec<_> = records(c)
+        .into_iter()
+        .filter(|r| r.actor.uid == 4242 && r.decision.as_ref().is_some_and(|d| !d.allowed))
+        .map(|r| r.event)
+        .collect();
+    assert_eq!(denied, ["CreateKey", "GetKeyPolicy", "OpenForWrite"]);
+    // The owner may.
+    assert!(cat(c, &format!("{kd}/policy"), &owner(c)).is_ok());
+}
+
+#[test]
+fn partial_writes_are_assembled_and_incomplete_documents_refused() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let rot = ino(c, &format!("{}/rotation", key_dir(c)));
+    let fh = c.open(rot, libc::O_WRONLY, me.clone()).unwrap();
+    c.write(fh, 0, br#"{"enabled": tr"#).unwrap();
+    assert!(!c.km.query(|s| s.keys[0].rotation.enabled));
+    c.write(fh, 14, br#"ue, "period_days": 120}"#).unwrap();
+    assert!(c.km.query(|s| s.keys[0].rotation.enabled));
+    assert_eq!(c.km.query(|s| s.keys[0].rotation.period_days), 120);
+    c.flush(fh).unwrap();
+    c.release(fh);
+
+    // Cut off at close: EINVAL, nothing changed, the reason readable.
+    let fh = c.open(rot, libc::O_WRONLY, me.clone()).unwrap();
+    c.write(fh, 0, br#"{"enabled": false"#).unwrap();
+    assert_eq!(c.flush(fh).unwrap_err().errno, libc::EINVAL);
+    c.release(fh);
+    assert!(c.km.query(|s| s.keys[0].rotation.enabled));
+    assert!(
+        cat(c, "last-error", &me)
+            .unwrap()
+            .contains("incomplete JSON")
+    );
+
+    // Unknown fields and bad values are refused at once.
+    let fh = c.open(rot, libc::O_WRONLY, me.clone()).unwrap();
+    assert_eq!(
+        c.write(fh, 0, br#"{"enabled": false, "colour": 1}"#)
+            .unwrap_err()
+            .errno,
+        libc::EINVAL
+    );
+    c.release(fh);
+    assert!(c.km.query(|s| s.keys[0].rotation.enabled));
+}
+
+#[test]
+fn state_commands_and_the_request_file() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let state = format!("{}/state", key_dir(c));
+    let fh = c.open(ino(c, &state), libc::O_WRONLY, me.clone()).unwrap();
+    // A line is applied when it is complete.
+    c.write(fh, 0, b"disa").unwrap();
+    assert_eq!(cat(c, &state, &me).unwrap(), "Enabled\n");
+    c.write(fh, 4, b"ble\n").unwrap();
+    assert_eq!(cat(c, &state, &me).unwrap(), "Disabled\n");
+    assert_eq!(c.write(fh, 8, b"melt\n").unwrap_err().errno, libc::EINVAL);
+    c.release(fh);
+    assert_eq!(cat(c, &state, &me).unwrap(), "Disabled\n");
+
+    let req = ino(c, "request");
+    let fh = c.open(req, libc::O_RDWR, me.clone()).unwrap();
+    let body = br#"{"op": "EnableKey", "key": "alias/none"}"#;
+    assert_eq!(c.write(fh, 0, body).unwrap_err().errno, libc::ENOENT);
+    let resp: serde_json::Value = serde_json::from_slice(&read_all(c, fh)).unwrap();
+    assert_eq!(resp["error"]["kind"], "not-found");
+    c.release(fh);
+    let fh = c.open(req, libc::O_RDWR, me.clone()).unwrap();
+    let body = format!(
+        r#"{{"op": "EnableKey", "key": "{}"}}"#,
+        c.km.query(|s| s.default_key)
+    );
+    c.write(fh, 0, body.as_bytes()).unwrap();
+    // The response starts where the request ended (one file position for both).
+    let resp = c.read(fh, body.len() as u64, 4096).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&resp).unwrap()["ok"],
+        true
+    );
+    c.release(fh);
+    assert_eq!(cat(c, &state, &me).unwrap(), "Enabled\n");
+}
+
+#[test]
+fn audit_view_size_follows_the_log() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let audit = ino(c, "audit");
+    let len0 = c.getattr(audit).unwrap().size;
+    let fh = c.open(audit, libc::O_RDONLY, me.clone()).unwrap();
+    let first = read_all(c, fh);
+    // Opening it was itself recorded (and counted).
+    assert!(c.getattr(audit).unwrap().size > len0);
+    for _ in 0..3 {
+        c.execute(&me, &Request::ListKeys).unwrap();
+    }
+    let more = c.read(fh, first.len() as u64, 1 << 20).unwrap();
+    assert_eq!(String::from_utf8(more.clone()).unwrap().lines().count(), 3);
+    assert_eq!(
+        (first.len() + more.len()) as u64,
+        c.getattr(audit).unwrap().size,
+        "the size the kernel is told equals what reads return"
+    );
+    c.release(fh);
+}
+
+#[test]
+fn reserved_and_fixed_tree() {
+    let f = fixture();
+    let c = &f.ctl;
+    assert!(ControlDir::is_root_name(b".kmsfs"));
+    assert_eq!(
+        c.lookup(c.root_ino(), "nope").unwrap_err().errno,
+        libc::ENOENT
+    );
+    assert_eq!(
+        c.lookup(ino(c, "keys"), "not-a-key-id").unwrap_err().errno,
+        libc::ENOENT
+    );
+    let status = ino(c, "status");
+    assert_eq!(
+        c.open(status, libc::O_WRONLY, owner(c)).unwrap_err().errno,
+        libc::EACCES
+    );
+    assert_eq!(c.truncate(status, 0).unwrap_err().errno, libc::EPERM);
+    assert!(c.truncate(ino(c, "rules"), 0).is_ok());
+    assert_eq!(
+        c.truncate(ino(c, "rules"), 5).unwrap_err().errno,
+        libc::EPERM
+    );
+}
