@@ -165,6 +165,14 @@ fn policies_decide_per_uid_and_access_mode() {
         );
         // Writing needs kms:Decrypt with mode write: EveryoneDecrypts allows it for carol...
         assert!(can_write(CAROL, &f2));
+        // A truncate by path is a write too: bob may not, and the content stays.
+        // truncate(2) on the path (perl's truncate with a name), not open + ftruncate.
+        let o = as_uid(
+            BOB,
+            &format!("perl -e 'truncate(\"{}\", 0) or exit 1'", f2.display()),
+        );
+        assert!(!o.status.success(), "bob truncated a file he may not use");
+        assert!(std::fs::read(&f2).unwrap().starts_with(b"shared data"));
         // ...but nobody may create: no statement allows kms:GenerateDataKey for them.
         let o = as_uid(ALICE, &format!("echo x > '{}/new.txt'", d.display()));
         assert!(!o.status.success());
@@ -187,6 +195,9 @@ fn policies_decide_per_uid_and_access_mode() {
             && r["decision"]["by"] == "statement:NoBob"),
         "{denied:#?}"
     );
+    assert!(denied.iter().any(|r| r["actor"]["uid"] == BOB
+        && r["event"] == "Truncate"
+        && r["decision"]["by"] == "statement:NoBob"));
     assert!(denied.iter().any(|r| r["actor"]["uid"] == ALICE
         && r["event"] == "Create"
         && r["decision"]["by"] == "implicit-deny"));

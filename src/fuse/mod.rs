@@ -185,7 +185,7 @@ impl Filesystem for KmsFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -209,7 +209,7 @@ impl Filesystem for KmsFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.vfs.setattr(ino.0, fh.map(|f| f.0), &set) {
+        match self.vfs.setattr(ino.0, fh.map(|f| f.0), &set, Some(&caller(req))) {
             Ok(a) => reply.attr(&ttl(a.ino), &attr(&a)),
             Err(e) => reply.error(errno("setattr", &e)),
         }

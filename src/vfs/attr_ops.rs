@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use rustix::fs::{AtFlags, Mode, Timespec, Timestamps};
 
-use super::{Attr, Kind, Result, Vfs};
+use super::{Attr, Caller, Kind, Result, Vfs};
 
 /// A time to set: a given instant or "now".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,15 @@ impl Vfs {
         self.stat_node(&node)
     }
 
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: &SetAttr) -> Result<Attr> {
+    /// Changes attributes. `caller` (the requesting process) makes a truncate by path subject
+    /// to the key policy; in-process callers pass `None`.
+    pub fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        set: &SetAttr,
+        caller: Option<&Caller>,
+    ) -> Result<Attr> {
         if super::is_control(ino) {
             return self.ctl_setattr(ino, set);
         }
@@ -79,7 +87,7 @@ impl Vfs {
             self.check_writable()?;
         }
         if let Some(size) = set.size {
-            self.truncate_ino(&node, fh, size)?;
+            self.truncate_ino(&node, fh, size, caller)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
             rustix::fs::chownat(

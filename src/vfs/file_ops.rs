@@ -398,8 +398,16 @@ impl Vfs {
         }
     }
 
-    /// Truncates through an existing handle or a temporary open.
-    pub(super) fn truncate_ino(&self, node: &Node, fh: Option<u64>, size: u64) -> Result<()> {
+    /// Truncates through an existing handle or a temporary open. A truncate by path (no open
+    /// handle) from a process is a write to the file: the key policy must allow kms:Decrypt with
+    /// access mode `write`, and it is audited as `Truncate`.
+    pub(super) fn truncate_ino(
+        &self,
+        node: &Node,
+        fh: Option<u64>,
+        size: u64,
+        caller: Option<&Caller>,
+    ) -> Result<()> {
         self.check_writable()?;
         if node.kind != Kind::File {
             return Err(if node.kind == Kind::Dir {
@@ -415,6 +423,14 @@ impl Vfs {
             return f.truncate(size);
         }
         let of = self.get_open_file(node, true)?;
+        if let Some(c) = caller {
+            let header = of.read_state().header.clone();
+            let path = self.plain_path(node);
+            if let Err(e) = self.authorize(c, "Truncate", "kms:Decrypt", &header, path, libc::O_WRONLY) {
+                self.put_open_file(node.ino);
+                return Err(e);
+            }
+        }
         let r = of.truncate(size);
         self.put_open_file(node.ino);
         r
