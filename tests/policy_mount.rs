@@ -342,3 +342,35 @@ fn audit_is_fail_closed() {
     assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
     drop(m);
 }
+
+#[test]
+fn an_exec_is_judged_as_the_new_program() {
+    let v = Volume::new(&[]);
+    drop(setup(&v));
+    // Only perl may read; a perl that opened the file and then became another program (same
+    // pid, within the identity cache's lifetime) must be judged as that program.
+    let perl = std::fs::canonicalize("/usr/bin/perl").unwrap();
+    put_policy(
+        &v,
+        &format!(
+            r#"{{"Sid":"PerlOnly","Effect":"Allow","Principal":{{"Uid":{ALICE}}},"Action":"kms:Decrypt","Condition":{{"StringEquals":{{"kmsfs:Executable":"{}"}}}}}}"#,
+            perl.display()
+        ),
+    );
+    let m = v.mount_with(&["--allow-other"]);
+    let f = m.path("shared.txt");
+    with_timeout(60, move || {
+        let o = as_uid(
+            ALICE,
+            &format!(
+                "exec perl -e 'open(F, \"<\", \"{0}\") or die \"perl: $!\"; exec(\"/usr/bin/head\", \"-c1\", \"{0}\")'",
+                f.display()
+            ),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("perl:"), "perl itself was refused: {err}");
+        assert!(!o.status.success(), "head ran with perl's identity");
+        assert!(err.contains("ermission denied"), "{err}");
+    });
+    m.unmount();
+}

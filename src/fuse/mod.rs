@@ -209,7 +209,10 @@ impl Filesystem for KmsFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.vfs.setattr(ino.0, fh.map(|f| f.0), &set, Some(&caller(req))) {
+        match self
+            .vfs
+            .setattr(ino.0, fh.map(|f| f.0), &set, Some(&caller(req)))
+        {
             Ok(a) => reply.attr(&ttl(a.ino), &attr(&a)),
             Err(e) => reply.error(errno("setattr", &e)),
         }

@@ -59,12 +59,17 @@ impl Vfs {
         self.audit.get()
     }
 
-    /// The identity of a request's process, cached briefly per pid (and re-read if the pid now
-    /// runs as someone else).
+    /// The identity of a request's process, cached briefly per pid, and re-read if the pid now
+    /// runs as someone else or runs another program (an exec keeps the pid; a policy condition
+    /// on the executable must see the new one).
     pub(super) fn identity(&self, c: &Caller) -> Identity {
         if let Some(e) = self.identities.get(&c.pid) {
             let (t, id) = e.value();
-            if t.elapsed() < IDENTITY_TTL && id.uid == c.uid && id.gid == c.gid {
+            if t.elapsed() < IDENTITY_TTL
+                && id.uid == c.uid
+                && id.gid == c.gid
+                && id.exe == super::identity::exe_of(c.pid)
+            {
                 self.control
                     .metrics
                     .identity_cache_hits

@@ -426,7 +426,9 @@ impl Vfs {
         if let Some(c) = caller {
             let header = of.read_state().header.clone();
             let path = self.plain_path(node);
-            if let Err(e) = self.authorize(c, "Truncate", "kms:Decrypt", &header, path, libc::O_WRONLY) {
+            if let Err(e) =
+                self.authorize(c, "Truncate", "kms:Decrypt", &header, path, libc::O_WRONLY)
+            {
                 self.put_open_file(node.ino);
                 return Err(e);
             }

@@ -40,6 +40,13 @@ fn group_name(gid: u32) -> Option<String> {
     )
 }
 
+/// The executable process `pid` runs now.
+pub fn exe_of(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
 /// The identity of process `pid`, which made a request as `uid`/`gid`.
 pub fn identity_of(pid: u32, uid: u32, gid: u32) -> Identity {
     let mut groups = Vec::new();
@@ -51,9 +58,7 @@ pub fn identity_of(pid: u32, uid: u32, gid: u32) -> Identity {
             .filter_map(|g| g.parse().ok())
             .collect();
     }
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.display().to_string());
+    let exe = exe_of(pid);
     let mut names: Vec<String> = std::iter::once(gid)
         .chain(groups.iter().copied())
         .filter_map(group_name)
