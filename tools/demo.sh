@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Newcomer's first run: install what is needed, build, create a volume, mount it, round-trip a
-# file, show that the cipher directory holds no plaintext, unmount.
+# file, show that the cipher directory holds no plaintext, unmount; then install kmsfs (binary,
+# mount helper for fstab, completions, man pages; KMSFS_DEMO_INSTALL=0 skips that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,4 +44,9 @@ echo "(no plaintext found in the cipher directory)"
 echo "== kmsfs unmount"
 "$K" unmount "$work/mnt"
 trap - EXIT
+
+if [ "${KMSFS_DEMO_INSTALL:-1}" = 1 ]; then
+  echo "== installing kmsfs, the mount helper, completions and man pages (tools/install.sh)"
+  tools/install.sh
+fi
 echo "Done. The volume stays in $work (passphrase in $work/pass)."

@@ -6,6 +6,7 @@ mod error;
 pub mod exit_code;
 mod key_cmd;
 mod mount_cmd;
+pub mod mount_helper;
 mod policy_cmd;
 mod progress;
 mod rekey_cmd;
@@ -15,7 +16,7 @@ mod volume_cmd;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 pub use error::CliError;
 use secrets::{SecretSource, UnlockSource};
@@ -105,11 +106,27 @@ enum Command {
     Grant(policy_cmd::GrantArgs),
     /// The audit log: show, tail, verify, export.
     Audit(audit_cmd::AuditArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (kmsfs.1 and one per subcommand) into DIR.
+    Man {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Called by mount(8) as /sbin/mount.fuse.kmsfs: translate its arguments.
+    if args.first().is_some_and(mount_helper::is_helper) {
+        match mount_helper::translate(&args) {
+            Ok(Some(a)) => args = a,
+            Ok(None) => return exit_code::OK,
+            Err(e) => return report(e),
+        }
+    }
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -133,17 +150,41 @@ pub fn main() -> i32 {
         Command::Policy(a) => policy_cmd::policy(&a),
         Command::Grant(a) => policy_cmd::grant(&a),
         Command::Audit(a) => audit_cmd::audit(&a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kmsfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => write_man_pages(&dir),
     };
     match r {
         Ok(()) => exit_code::OK,
-        Err(e) => {
-            eprintln!("kmsfs: {}", e.message);
-            if let Some(h) = e.hint {
-                eprintln!("kmsfs: hint: {h}");
-            }
-            e.code
-        }
+        Err(e) => report(e),
     }
+}
+
+fn report(e: CliError) -> i32 {
+    eprintln!("kmsfs: {}", e.message);
+    if let Some(h) = e.hint {
+        eprintln!("kmsfs: hint: {h}");
+    }
+    e.code
+}
+
+/// `kmsfs.1` and `kmsfs-SUBCOMMAND.1` (nested ones too, e.g. `kmsfs-key-create.1`).
+fn write_man_pages(dir: &std::path::Path) -> Result<(), CliError> {
+    fn walk(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> std::io::Result<()> {
+        let cmd = cmd.clone().name(name.to_string());
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| walk(&Cli::command(), "kmsfs", dir))
+        .map_err(|e| CliError::new(exit_code::ERROR, format!("{}: {e}", dir.display())))
 }
 
 /// Logging to stderr, filtered by `KMSFS_LOG` (e.g. `KMSFS_LOG=debug`), `warn` by default.

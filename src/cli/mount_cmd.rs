@@ -47,6 +47,9 @@ pub struct MountArgs {
     /// Do not let the kernel cache writes (every write(2) goes to kmsfs at once).
     #[arg(long)]
     no_writeback_cache: bool,
+    /// Unmount after this long without use while no file is open (e.g. 30m, 2h).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    idle: Option<std::time::Duration>,
     /// More log output (-v info, -vv debug); KMSFS_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -221,6 +224,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         threads: a.threads,
         writeback_cache: !a.no_writeback_cache,
         fsname: cipherdir.display().to_string(),
+        idle: a.idle,
     };
     vfs.set_audit(audit.clone());
     let session = Session {

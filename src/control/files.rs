@@ -347,6 +347,11 @@ impl ControlDir {
         self.apply(&h, true)
     }
 
+    /// Whether any control file is open.
+    pub fn has_open_files(&self) -> bool {
+        !self.handles.is_empty()
+    }
+
     pub fn release(&self, fh: u64) {
         if let Some((_, h)) = self.handles.remove(&fh) {
             let _ = self.apply(&h, true);

@@ -24,6 +24,8 @@ pub struct MountOptions {
     pub writeback_cache: bool,
     /// Shown as the mount's source in /proc/mounts (the cipher directory).
     pub fsname: String,
+    /// Unmount after this long without a request while nothing is open.
+    pub idle: Option<std::time::Duration>,
 }
 
 fn option(s: &str) -> MountOption {
@@ -122,6 +124,9 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(opts.threads.max(1));
+    if let Some(idle) = opts.idle {
+        watch_idle(vfs.clone(), idle)?;
+    }
     let control = vfs.control().clone();
     let mut session = Session::new(KmsFs::new(vfs, opts.writeback_cache), mountpoint, &config)?;
     notify_growth(&control, session.notifier())?;
@@ -138,7 +143,11 @@ pub fn mount(
                 }
             }
             let sig = b[0];
-            tracing::info!("signal {sig}: unmounting");
+            if sig == IDLE {
+                tracing::info!("idle: unmounting");
+            } else {
+                tracing::info!("signal {sig}: unmounting");
+            }
             if let Err(e) = unmounter.unmount() {
                 tracing::error!("unmount after signal {sig} failed: {e}");
             }
@@ -173,4 +182,44 @@ fn notify_growth(
             .send((ino, off, data));
     }));
     Ok(())
+}
+
+/// What the idle watcher writes to the signal pipe (no signal has number 0).
+const IDLE: u8 = 0;
+
+/// Unmounts (through the signal pipe) once no request came for `idle` and nothing is open, as
+/// gocryptfs `-idle` does.
+fn watch_idle(vfs: Arc<Vfs>, idle: std::time::Duration) -> io::Result<()> {
+    let step = (idle / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(10),
+    );
+    std::thread::Builder::new()
+        .name("kmsfs-idle".into())
+        .spawn(move || {
+            let mut last = vfs.activity().0;
+            let mut since = std::time::Instant::now();
+            loop {
+                std::thread::sleep(step);
+                let (n, open) = vfs.activity();
+                if n != last || open {
+                    last = n;
+                    since = std::time::Instant::now();
+                    continue;
+                }
+                if since.elapsed() >= idle {
+                    on_term_signal_byte(IDLE);
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn on_term_signal_byte(b: u8) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: `fd` is the pipe's write end, open for the life of the process.
+        unsafe { libc::write(fd, (&raw const b).cast(), 1) };
+    }
 }

@@ -57,6 +57,7 @@ fn timespec(t: Option<SetTime>) -> Timespec {
 
 impl Vfs {
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        self.touch();
         if super::is_control(ino) {
             return self.ctl_getattr(ino);
         }
@@ -73,6 +74,7 @@ impl Vfs {
         set: &SetAttr,
         caller: Option<&Caller>,
     ) -> Result<Attr> {
+        self.touch();
         if super::is_control(ino) {
             return self.ctl_setattr(ino, set);
         }

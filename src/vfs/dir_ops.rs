@@ -18,6 +18,7 @@ pub const RENAME_EXCHANGE: u32 = 2;
 
 impl Vfs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        self.touch();
         if let Some(r) = self.ctl_lookup(parent, name) {
             return r;
         }
@@ -74,6 +75,7 @@ impl Vfs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> Result<Attr> {
+        self.touch();
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
@@ -137,6 +139,7 @@ impl Vfs {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.touch();
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
@@ -151,6 +154,7 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.touch();
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
@@ -168,6 +172,7 @@ impl Vfs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        self.touch();
         self.refuse_control(parent, name)?;
         self.refuse_control(newparent, newname)?;
         self.check_writable()?;
@@ -234,6 +239,7 @@ impl Vfs {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        self.touch();
         self.refuse_control(newparent, newname)?;
         if is_control(ino) {
             return Err(VfsError::Control(
@@ -273,6 +279,7 @@ impl Vfs {
         target: &OsStr,
         caller: &Caller,
     ) -> Result<Attr> {
+        self.touch();
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
@@ -290,6 +297,7 @@ impl Vfs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        self.touch();
         if is_control(ino) {
             return self
                 .control
@@ -314,6 +322,7 @@ impl Vfs {
         rdev: u32,
         caller: &Caller,
     ) -> Result<Attr> {
+        self.touch();
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         if Kind::from_mode(mode) == Kind::File {

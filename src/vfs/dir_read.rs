@@ -31,6 +31,7 @@ pub struct DirHandle {
 
 impl Vfs {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
+        self.touch();
         let entries = self.list_dir(ino)?;
         let fh = self.new_fh();
         self.dirs.insert(
@@ -45,6 +46,7 @@ impl Vfs {
 
     /// Entries from index `offset` on. Offset 0 (a rewind) takes a fresh snapshot.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        self.touch();
         let h = self.dirs.get(&fh).ok_or(super::VfsError::BadHandle(fh))?;
         let mut e = h.entries.lock().unwrap_or_else(|p| p.into_inner());
         if offset == 0 && !e.1 {

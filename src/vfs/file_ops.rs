@@ -157,6 +157,7 @@ impl Vfs {
     }
 
     fn open_inner(&self, ino: u64, flags: i32, caller: Option<&Caller>) -> Result<u64> {
+        self.touch();
         if super::is_control(ino) {
             return self.ctl_open(ino, flags, caller);
         }
@@ -203,6 +204,7 @@ impl Vfs {
         flags: i32,
         caller: &Caller,
     ) -> Result<(Attr, u64)> {
+        self.touch();
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
@@ -310,6 +312,7 @@ impl Vfs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.touch();
         if super::is_control_handle(fh) {
             return self.control.read(fh, offset, size).map_err(ctl_err);
         }
@@ -325,6 +328,7 @@ impl Vfs {
 
     /// Writes and returns the number of bytes written.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.touch();
         if super::is_control_handle(fh) {
             return self.control.write(fh, offset, data).map_err(ctl_err);
         }
@@ -366,6 +370,7 @@ impl Vfs {
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {
+        self.touch();
         if super::is_control_handle(fh) {
             self.control.release(fh);
             return Ok(());

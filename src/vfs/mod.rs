@@ -104,6 +104,8 @@ pub struct Vfs {
     path_cache: DashMap<std::path::PathBuf, String>,
     /// The virtual `.kmsfs/` directory.
     control: Arc<crate::control::ControlDir>,
+    /// Requests served so far (for `--idle`).
+    activity: AtomicU64,
     /// Identities of requesting processes, briefly cached by pid.
     identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
 }
@@ -157,6 +159,7 @@ impl Vfs {
         };
         Ok(Vfs {
             control,
+            activity: AtomicU64::new(0),
             root: root.to_path_buf(),
             km,
             names,
@@ -174,6 +177,19 @@ impl Vfs {
             identities: DashMap::new(),
             path_cache: DashMap::new(),
         })
+    }
+
+    /// Counts a request (the idle timer watches this).
+    fn touch(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests served so far, and whether any file or directory is open (for `--idle`).
+    pub fn activity(&self) -> (u64, bool) {
+        (
+            self.activity.load(Ordering::Relaxed),
+            !self.handles.is_empty() || !self.dirs.is_empty() || self.control.has_open_files(),
+        )
     }
 
     pub fn root(&self) -> &Path {

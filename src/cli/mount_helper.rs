@@ -1,0 +1,183 @@
+//! mount(8)'s helper interface: installed as `/sbin/mount.fuse.kmsfs` (and `mount.kmsfs`), the
+//! binary makes `mount -t fuse.kmsfs CIPHERDIR MOUNTPOINT -o passfile=F` and /etc/fstab lines
+//! work. mount(8) calls `mount.fuse.kmsfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`; the options
+//! are turned into `kmsfs mount` flags.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use super::error::CliError;
+use super::exit_code as code;
+
+/// The names under which the binary acts as a mount helper.
+pub const HELPER_NAMES: &[&str] = &["mount.fuse.kmsfs", "mount.kmsfs"];
+
+pub fn is_helper(argv0: &OsString) -> bool {
+    Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| HELPER_NAMES.contains(&n))
+}
+
+/// Options mount(8) and fstab use that mean nothing to kmsfs.
+fn ignored(o: &str) -> bool {
+    matches!(
+        o,
+        "defaults"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "users"
+            | "nouser"
+            | "owner"
+            | "group"
+            | "rw"
+            | "nofail"
+            | "_netdev"
+            | "sloppy"
+    ) || o.starts_with("x-")
+        || o.starts_with("comment=")
+}
+
+/// What a helper invocation means: the `kmsfs` arguments to run, or nothing (`-f`: fake mount).
+pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
+    let usage = |m: String| {
+        CliError::new(code::USAGE, m)
+            .hint("usage: mount.kmsfs CIPHERDIR MOUNTPOINT [-o passfile=FILE,idle=30m,…]")
+    };
+    let mut pos: Vec<OsString> = Vec::new();
+    let mut opts: Vec<String> = Vec::new();
+    let mut out: Vec<OsString> = vec!["kmsfs".into(), "mount".into()];
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("-o") => {
+                let v = it.next().ok_or_else(|| usage("-o needs a value".into()))?;
+                let v = v
+                    .to_str()
+                    .ok_or_else(|| usage("mount options must be UTF-8".into()))?;
+                opts.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+            }
+            Some(s) if s.starts_with("-o") && s.len() > 2 => {
+                opts.extend(s[2..].split(',').map(str::to_string));
+            }
+            // Fake: mount(8) only wants to know the helper exists.
+            Some("-f") => return Ok(None),
+            Some("-v") => out.push("-v".into()),
+            Some("-n" | "-s") => {}
+            Some("-t") => {
+                it.next();
+            }
+            Some(s) if s.starts_with('-') => return Err(usage(format!("unknown option {s}"))),
+            _ => pos.push(a.clone()),
+        }
+    }
+    let [source, mountpoint] = <[OsString; 2]>::try_from(pos).map_err(|p| {
+        usage(format!(
+            "need CIPHERDIR and MOUNTPOINT, got {} argument(s)",
+            p.len()
+        ))
+    })?;
+    // The old `kmsfs#/path` form of fuse sources.
+    let source = match source.to_str().and_then(|s| s.split_once('#')) {
+        Some((_, path)) => OsString::from(path),
+        None => source,
+    };
+    let mut fuse = Vec::new();
+    for o in opts {
+        let (k, v) = match o.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (o.clone(), None),
+        };
+        let flag = |f: &str| -> Result<Vec<OsString>, CliError> {
+            let v = v
+                .clone()
+                .ok_or_else(|| usage(format!("option {k} needs a value ({k}=…)")))?;
+            Ok(vec![f.into(), v.into()])
+        };
+        match k.as_str() {
+            "passfile" => out.extend(flag("--passfile")?),
+            "extpass" => out.extend(flag("--extpass")?),
+            "recovery_key_file" | "recovery-key-file" => out.extend(flag("--recovery-key-file")?),
+            "idle" => out.extend(flag("--idle")?),
+            "threads" => out.extend(flag("--threads")?),
+            "ro" => out.push("--ro".into()),
+            "allow_other" | "allow-other" => out.push("--allow-other".into()),
+            "no_writeback_cache" | "no-writeback-cache" => out.push("--no-writeback-cache".into()),
+            "fg" | "foreground" => out.push("-f".into()),
+            _ if ignored(&o) => {}
+            _ => fuse.push(o),
+        }
+    }
+    if !fuse.is_empty() {
+        out.push("-o".into());
+        out.push(fuse.join(",").into());
+    }
+    out.push(source);
+    out.push(mountpoint);
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(args: &[&str]) -> Vec<String> {
+        let a: Vec<OsString> = args.iter().map(OsString::from).collect();
+        translate(&a)
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fstab_options_become_flags() {
+        assert_eq!(
+            t(&[
+                "/sbin/mount.fuse.kmsfs",
+                "/srv/c",
+                "/mnt/x",
+                "-o",
+                "rw,noauto,x-systemd.automount,passfile=/etc/k.pass,idle=30m,allow_other,noatime,nodev",
+            ]),
+            [
+                "kmsfs",
+                "mount",
+                "--passfile",
+                "/etc/k.pass",
+                "--idle",
+                "30m",
+                "--allow-other",
+                "-o",
+                "noatime,nodev",
+                "/srv/c",
+                "/mnt/x"
+            ]
+        );
+        assert_eq!(
+            t(&["mount.kmsfs", "kmsfs#/srv/c", "/mnt/x", "-n", "-oro"]),
+            ["kmsfs", "mount", "--ro", "/srv/c", "/mnt/x"]
+        );
+    }
+
+    #[test]
+    fn fake_and_bad_invocations() {
+        let a: Vec<OsString> = ["mount.kmsfs", "a", "b", "-f"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert!(translate(&a).unwrap().is_none());
+        for bad in [
+            vec!["mount.kmsfs", "only-one"],
+            vec!["mount.kmsfs", "a", "b", "-o", "passfile"],
+            vec!["mount.kmsfs", "a", "b", "--weird"],
+        ] {
+            let a: Vec<OsString> = bad.iter().map(OsString::from).collect();
+            assert_eq!(translate(&a).unwrap_err().code, code::USAGE, "{bad:?}");
+        }
+        assert!(is_helper(&OsString::from("/sbin/mount.fuse.kmsfs")));
+        assert!(!is_helper(&OsString::from("kmsfs")));
+    }
+}

@@ -1,0 +1,212 @@
+//! Everyday use: mounting through mount(8) (`-t fuse.kmsfs` and an fstab line), idle unmount,
+//! completions and man pages for every subcommand.
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::CommandFactory;
+
+/// Unmounts (lazily) on drop, whatever mounted it.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+/// `/sbin/mount.fuse.kmsfs` pointing at the binary under test while it lives (left alone if an
+/// installed helper is already there).
+struct Helper(Option<PathBuf>);
+
+impl Helper {
+    fn install() -> Helper {
+        let p = PathBuf::from("/sbin/mount.fuse.kmsfs");
+        if std::fs::symlink_metadata(&p).is_ok() {
+            return Helper(None);
+        }
+        std::os::unix::fs::symlink(std::fs::canonicalize(bin()).unwrap(), &p)
+            .expect("install /sbin/mount.fuse.kmsfs (tests run as root)");
+        Helper(Some(p))
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn wait_mounted(p: &Path, want: bool, secs: u64) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if is_mounted(p) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn mount_through_mount8_and_an_fstab_line() {
+    let v = Volume::new(&[]);
+    let _helper = Helper::install();
+    let _guard = Unmount(v.mnt.clone());
+    let (cipher, mnt, pass) = (v.cipher.clone(), v.mnt.clone(), v.passfile.clone());
+    with_timeout(60, move || {
+        let o = std::process::Command::new("mount")
+            .args(["-t", "fuse.kmsfs", "-o"])
+            .arg(format!("passfile={},noatime,nodev", pass.display()))
+            .arg(&cipher)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mount -t fuse.kmsfs: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(is_mounted(&mnt));
+        std::fs::write(mnt.join("via-mount8"), b"hello").unwrap();
+        let line = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(mnt.to_str().unwrap()))
+            .unwrap()
+            .to_string();
+        assert!(
+            line.contains("fuse.kmsfs") && line.contains("noatime"),
+            "{line}"
+        );
+        assert!(
+            std::process::Command::new("umount")
+                .arg(&mnt)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(wait_mounted(&mnt, false, 10));
+
+        // An fstab line, in a temporary fstab (mount -T), mounted by mount point alone.
+        let fstab = mnt.parent().unwrap().join("fstab");
+        std::fs::write(
+            &fstab,
+            format!(
+                "# kmsfs test\n{} {} fuse.kmsfs noauto,x-systemd.automount,passfile={},idle=1h 0 0\n",
+                cipher.display(),
+                mnt.display(),
+                pass.display()
+            ),
+        )
+        .unwrap();
+        let o = std::process::Command::new("mount")
+            .arg("-T")
+            .arg(&fstab)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mount -T fstab: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(std::fs::read(mnt.join("via-mount8")).unwrap(), b"hello");
+        assert!(
+            std::process::Command::new("umount")
+                .arg(&mnt)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(wait_mounted(&mnt, false, 10));
+
+        // A wrong passfile: mount(8) reports failure and nothing is mounted.
+        let bad = mnt.parent().unwrap().join("bad-pass");
+        std::fs::write(&bad, "wrong\n").unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "fuse.kmsfs", "-o"])
+            .arg(format!("passfile={}", bad.display()))
+            .arg(&cipher)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!is_mounted(&mnt));
+    });
+}
+
+#[test]
+fn idle_mount_unmounts_itself() {
+    let v = Volume::new(&[]);
+    let _guard = Unmount(v.mnt.clone());
+    let o = kmsfs()
+        .arg("mount")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["--idle", "1s"])
+        .arg(&v.cipher)
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mnt = v.mnt.clone();
+    with_timeout(30, move || {
+        // An open file keeps it mounted.
+        let f = std::fs::File::create(mnt.join("held")).unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(is_mounted(&mnt), "unmounted while a file was open");
+        drop(f);
+        assert!(
+            wait_mounted(&mnt, false, 10),
+            "still mounted long after the idle period"
+        );
+    });
+}
+
+fn subcommand_paths(c: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+    for s in c.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("{prefix}-{}", s.get_name());
+        out.push(name.clone());
+        subcommand_paths(s, &name, out);
+    }
+}
+
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    let mut paths = Vec::new();
+    subcommand_paths(&kmsfs::cli::Cli::command(), "kmsfs", &mut paths);
+    assert!(paths.len() > 40, "{paths:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let o = kmsfs().args(["completions", shell]).output().unwrap();
+        assert!(o.status.success());
+        let text = String::from_utf8_lossy(&o.stdout);
+        for p in &paths {
+            let leaf = p.rsplit('-').next().unwrap();
+            assert!(text.contains(leaf), "{shell} completion lacks {p}");
+        }
+    }
+    let t = tempfile::tempdir().unwrap();
+    let o = kmsfs().arg("man").arg(t.path()).output().unwrap();
+    assert!(o.status.success());
+    for p in std::iter::once("kmsfs".to_string()).chain(paths) {
+        let page = std::fs::read_to_string(t.path().join(format!("{p}.1")))
+            .unwrap_or_else(|_| panic!("no man page {p}.1"));
+        assert!(page.contains(".TH"), "{p}.1 is not a man page");
+    }
+}
