@@ -23,26 +23,32 @@ impl Drop for Unmount {
     }
 }
 
-/// `/sbin/mount.fuse.kmsfs` pointing at the binary under test while it lives (left alone if an
-/// installed helper is already there).
-struct Helper(Option<PathBuf>);
+/// `/sbin/mount.fuse.kmsfs` pointing at the binary under test while it lives; an installed
+/// helper is moved aside and put back afterwards.
+struct Helper {
+    path: PathBuf,
+    aside: Option<PathBuf>,
+}
 
 impl Helper {
     fn install() -> Helper {
-        let p = PathBuf::from("/sbin/mount.fuse.kmsfs");
-        if std::fs::symlink_metadata(&p).is_ok() {
-            return Helper(None);
-        }
-        std::os::unix::fs::symlink(std::fs::canonicalize(bin()).unwrap(), &p)
+        let path = PathBuf::from("/sbin/mount.fuse.kmsfs");
+        let aside = std::fs::symlink_metadata(&path).is_ok().then(|| {
+            let a = PathBuf::from("/sbin/.mount.fuse.kmsfs.kmsfs-test");
+            std::fs::rename(&path, &a).expect("move the installed helper aside");
+            a
+        });
+        std::os::unix::fs::symlink(std::fs::canonicalize(bin()).unwrap(), &path)
             .expect("install /sbin/mount.fuse.kmsfs (tests run as root)");
-        Helper(Some(p))
+        Helper { path, aside }
     }
 }
 
 impl Drop for Helper {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(a) = &self.aside {
+            let _ = std::fs::rename(a, &self.path);
         }
     }
 }
