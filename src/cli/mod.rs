@@ -5,6 +5,7 @@ mod audit_cmd;
 mod error;
 pub mod exit_code;
 mod key_cmd;
+mod logging;
 mod mount_cmd;
 pub mod mount_helper;
 mod policy_cmd;
@@ -187,18 +188,3 @@ fn write_man_pages(dir: &std::path::Path) -> Result<(), CliError> {
         .map_err(|e| CliError::new(exit_code::ERROR, format!("{}: {e}", dir.display())))
 }
 
-/// Logging to stderr, filtered by `KMSFS_LOG` (e.g. `KMSFS_LOG=debug`), `warn` by default.
-pub(crate) fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}

@@ -184,7 +184,8 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let plaintext_names = unlocked
         .config
         .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
-    super::init_logging(a.verbose);
+    // The daemon's stderr goes away with the terminal: it logs to syslog (the journal).
+    super::logging::init(a.verbose, !a.foreground);
     let km = Arc::new(KeyManager::new(unlocked));
     let audit = Arc::new(
         AuditLog::open(&paths.control_dir(), AuditKeys::new(&km.volume_secret())).map_err(|e| {
