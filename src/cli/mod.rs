@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod error;
 pub mod exit_code;
+mod fsck_cmd;
 mod key_cmd;
 mod logging;
 mod mount_cmd;
@@ -107,6 +108,9 @@ enum Command {
     Grant(policy_cmd::GrantArgs),
     /// The audit log: show, tail, verify, export.
     Audit(audit_cmd::AuditArgs),
+    /// Check an unmounted volume: key store, names, headers, every block, symlinks. Exit 23 if
+    /// problems remain.
+    Fsck(fsck_cmd::FsckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write man pages (kmsfs.1 and one per subcommand) into DIR.
@@ -151,6 +155,7 @@ pub fn main() -> i32 {
         Command::Policy(a) => policy_cmd::policy(&a),
         Command::Grant(a) => policy_cmd::grant(&a),
         Command::Audit(a) => audit_cmd::audit(&a),
+        Command::Fsck(a) => fsck_cmd::fsck(&a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kmsfs", &mut std::io::stdout());
             Ok(())
@@ -187,4 +192,3 @@ fn write_man_pages(dir: &std::path::Path) -> Result<(), CliError> {
         .and_then(|()| walk(&Cli::command(), "kmsfs", dir))
         .map_err(|e| CliError::new(exit_code::ERROR, format!("{}: {e}", dir.display())))
 }
-

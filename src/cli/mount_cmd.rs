@@ -102,7 +102,7 @@ pub(super) fn mount_table() -> Vec<(String, PathBuf, String)> {
             let f: Vec<&str> = l.split(' ').collect();
             (f.len() > 2).then(|| {
                 (
-                    f[0].to_string(),
+                    unescape_mount_path(f[0]),
                     PathBuf::from(unescape_mount_path(f[1])),
                     f[2].to_string(),
                 )
@@ -139,7 +139,33 @@ pub(super) fn lock_volume(paths: &VolumePaths) -> Result<OwnedFd, CliError> {
         .write(true)
         .open(&p)
         .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", p.display())))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    // A daemon that was just unmounted still holds the lock while it writes its closing audit
+    // checkpoint and exits: when the volume is in no mount table entry, wait for it briefly
+    // (`umount && mount` must work).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let root = paths.root.display().to_string();
+    loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK)
+                if std::time::Instant::now() < deadline
+                    && !mount_table()
+                        .iter()
+                        .any(|(src, _, ty)| ty == "fuse.kmsfs" && *src == root) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => break lock_result(r, f, paths, &p),
+        }
+    }
+}
+
+fn lock_result(
+    r: rustix::io::Result<()>,
+    f: std::fs::File,
+    paths: &VolumePaths,
+    p: &Path,
+) -> Result<OwnedFd, CliError> {
+    match r {
         Ok(()) => Ok(f.into()),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(CliError::new(
             code::ALREADY_MOUNTED,

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod fsck;
 pub mod lifecycle;
 pub mod policy;
 pub mod rewrap;
@@ -345,6 +346,12 @@ impl KeyManager {
                 .map_err(|_| KeyError::UnwrapFailed(h.file_id))?,
         );
         Key256::from_slice(&dek).ok_or(KeyError::UnwrapFailed(h.file_id))
+    }
+
+    /// Writes the store again as a new generation (fsck's repair of a damaged primary: the
+    /// intact backup it was opened from stays the backup).
+    pub fn rewrite_key_store(&self) -> Result<(), VolumeError> {
+        self.write().persist()
     }
 
     /// Number of KMS keys.

@@ -1,0 +1,92 @@
+//! `kmsfs fsck CIPHERDIR [--repair] [--json]`: checks an unmounted volume (see
+//! `keymgr::fsck`). Exit 0 when nothing is wrong (or everything found was repaired), 23 when
+//! problems remain, 19 when the volume is mounted; the unlock errors keep their codes (12 wrong
+//! passphrase, 13 key store and backup both damaged, 11 unknown feature).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::UnlockArgs;
+use super::error::CliError;
+use super::exit_code as code;
+use crate::keymgr::{KeyManager, VolumePaths, fsck};
+use crate::names::Names;
+
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    /// The volume's cipher directory (unmounted).
+    cipherdir: PathBuf,
+    #[command(flatten)]
+    unlock: UnlockArgs,
+    /// Repair what is safe to repair: rewrite a damaged primary key store from its backup,
+    /// remove orphan long-name side files.
+    #[arg(long)]
+    repair: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
+    let root = std::fs::canonicalize(&a.cipherdir)
+        .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
+    crate::keymgr::probe(&root)?;
+    let _lock = super::mount_cmd::lock_volume(&VolumePaths::new(&root))?;
+    let u = crate::keymgr::unlock(&root, &a.unlock.source().get()?)?;
+    let used_backup = u.used_backup.clone();
+    let block_size = u.config.block_size;
+    let names = Names::new(
+        &u.store.volume_secret,
+        u.config
+            .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES),
+    );
+    let km = KeyManager::new(u);
+    let r = fsck::fsck(
+        &km,
+        &root,
+        &names,
+        block_size,
+        used_backup.as_deref(),
+        a.repair,
+    )
+    .map_err(|e| CliError::new(code::ERROR, format!("fsck of {}: {e}", root.display())))?;
+    if a.json {
+        super::key_cmd::print_json(&r);
+    } else {
+        for p in &r.problems {
+            println!(
+                "{}{}: {}: {}{}",
+                p.cipher_path,
+                p.plain_path
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
+                p.kind,
+                p.detail,
+                if p.repaired { " [repaired]" } else { "" }
+            );
+        }
+        println!(
+            "{} directories, {} files ({} blocks), {} symlinks checked; {} not decrypted (key not usable); {} problem(s), {} repaired",
+            r.dirs,
+            r.files,
+            r.blocks,
+            r.symlinks,
+            r.skipped,
+            r.problems.len(),
+            r.problems.len() - r.unrepaired()
+        );
+    }
+    if r.unrepaired() > 0 {
+        return Err(CliError::new(
+            code::INTEGRITY,
+            format!("{} problem(s) in {}", r.unrepaired(), root.display()),
+        )
+        .hint(if a.repair {
+            "what is left cannot be repaired safely; restore those files from a backup"
+        } else {
+            "kmsfs fsck --repair fixes what is safe to fix"
+        }));
+    }
+    Ok(())
+}

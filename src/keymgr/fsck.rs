@@ -1,0 +1,290 @@
+//! fsck: checks every object of an unmounted cipher directory against what the format
+//! authenticates — the key store generations, each directory's id file, every name (and long-name
+//! side file), every file header (and its data key), every content block, every symlink target —
+//! and reports each problem with its cipher path (and plaintext path where the names on the way
+//! decrypt). Repairs only what is safe to repair: a primary key store rewritten from an intact
+//! backup generation, long-name side files whose entry is gone.
+
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::KeyManager;
+use crate::content::FileCipher;
+use crate::format::DirId;
+use crate::format::header::{FileHeader, HEADER_LEN};
+use crate::format::offsets::Layout;
+use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX, Names};
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Path in the cipher directory.
+    pub cipher_path: String,
+    /// Path inside the mount, when every name on the way decrypts.
+    pub plain_path: Option<String>,
+    /// `key-store`, `dir-id`, `name`, `side-file`, `header`, `data-key`, `size`, `block`,
+    /// `symlink`.
+    pub kind: &'static str,
+    pub detail: String,
+    /// Whether `--repair` fixed it.
+    pub repaired: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub dirs: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    pub blocks: u64,
+    /// Files whose key is disabled, pending deletion or destroyed: not decrypted.
+    pub skipped: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// Problems left after repair.
+    pub fn unrepaired(&self) -> usize {
+        self.problems.iter().filter(|p| !p.repaired).count()
+    }
+}
+
+struct Ctx<'a> {
+    km: &'a KeyManager,
+    names: &'a Names,
+    layout: Layout,
+    root: &'a Path,
+    repair: bool,
+    report: Report,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, at: &Path, plain: &Option<String>, kind: &'static str, detail: String) {
+        self.report.problems.push(Problem {
+            cipher_path: at
+                .strip_prefix(self.root)
+                .unwrap_or(at)
+                .display()
+                .to_string(),
+            plain_path: plain.clone(),
+            kind,
+            detail,
+            repaired: false,
+        });
+    }
+}
+
+/// Checks the tree under `root`. `used_backup`: why the primary key store did not open, if the
+/// unlock fell back to the backup generation (repaired by rewriting the primary).
+pub fn fsck(
+    km: &KeyManager,
+    root: &Path,
+    names: &Names,
+    block_size: u32,
+    used_backup: Option<&str>,
+    repair: bool,
+) -> std::io::Result<Report> {
+    let mut c = Ctx {
+        km,
+        names,
+        layout: Layout::new(block_size),
+        root,
+        repair,
+        report: Report::default(),
+    };
+    if let Some(why) = used_backup {
+        let repaired = repair && km.rewrite_key_store().is_ok();
+        c.report.problems.push(Problem {
+            cipher_path: ".kmsfs/keystore".into(),
+            plain_path: None,
+            kind: "key-store",
+            detail: format!("primary generation unusable ({why}); the backup opened"),
+            repaired,
+        });
+    }
+    dir(&mut c, root, Some(String::new()), true)?;
+    Ok(c.report)
+}
+
+fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::io::Result<()> {
+    c.report.dirs += 1;
+    let dir_id = if c.names.plaintext() {
+        Some(DirId([0; 16]))
+    } else {
+        match std::fs::read(d.join(DIRID_FILE)) {
+            Ok(b) if b.len() == 16 => b.try_into().ok().map(DirId),
+            Ok(b) => {
+                c.problem(
+                    &d.join(DIRID_FILE),
+                    &plain,
+                    "dir-id",
+                    format!(
+                        "{} bytes, not 16: no name in this directory can be read",
+                        b.len()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                c.problem(
+                    &d.join(DIRID_FILE),
+                    &plain,
+                    "dir-id",
+                    format!("unreadable ({e}): no name in this directory can be read"),
+                );
+                None
+            }
+        }
+    };
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(d)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    let present: std::collections::HashSet<Vec<u8>> = entries
+        .iter()
+        .map(|e| e.file_name().as_bytes().to_vec())
+        .collect();
+    for e in entries {
+        let raw = e.file_name();
+        let bytes = raw.as_bytes();
+        let path = e.path();
+        // A side file whose entry is gone (a crash between the two) is harmless and removable.
+        if let Some(main) = bytes.strip_suffix(LONG_NAME_SUFFIX.as_bytes())
+            && matches!(c.names.classify(main, at_root), EntryKind::Long)
+        {
+            if !present.contains(main) {
+                let repaired = c.repair && std::fs::remove_file(&path).is_ok();
+                c.problem(
+                    &path,
+                    &plain,
+                    "side-file",
+                    "orphan long-name side file".into(),
+                );
+                if let Some(p) = c.report.problems.last_mut() {
+                    p.repaired = repaired;
+                }
+            }
+            continue;
+        }
+        let mut side_missing = false;
+        let name = match c.names.classify(bytes, at_root) {
+            EntryKind::Internal => continue,
+            EntryKind::Long => {
+                let mut side = raw.clone();
+                side.push(LONG_NAME_SUFFIX);
+                match std::fs::read(d.join(&side)) {
+                    Ok(enc) => dir_id.and_then(|id| c.names.decrypt(&id, &enc).ok()),
+                    Err(_) => {
+                        side_missing = true;
+                        c.problem(
+                            &path,
+                            &plain,
+                            "side-file",
+                            "long name without its .name side file: the name is lost".into(),
+                        );
+                        None
+                    }
+                }
+            }
+            EntryKind::Name(n) => dir_id.and_then(|id| c.names.decrypt(&id, n).ok()),
+        };
+        if name.is_none() && dir_id.is_some() && !side_missing {
+            c.problem(
+                &path,
+                &plain,
+                "name",
+                "name does not decrypt in this directory (modified, or moved here from another)"
+                    .into(),
+            );
+        }
+        let child = match (&plain, &name) {
+            (Some(p), Some(n)) => Some(format!("{p}/{}", String::from_utf8_lossy(n))),
+            _ => None,
+        };
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            dir(c, &path, child, false)?;
+        } else if ft.is_file() {
+            file(c, &path, &child)?;
+        } else if ft.is_symlink() {
+            c.report.symlinks += 1;
+            let t = std::fs::read_link(&path)?;
+            if c.names.decrypt_symlink(t.as_os_str().as_bytes()).is_err() {
+                c.problem(&path, &child, "symlink", "target does not decrypt".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result<()> {
+    c.report.files += 1;
+    let f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut hb = [0u8; HEADER_LEN];
+    let header = match f.read_exact_at(&mut hb, 0) {
+        Ok(()) => FileHeader::decode(&hb).map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "{len} bytes: shorter than the {HEADER_LEN}-byte header"
+        )),
+    };
+    let h = match header {
+        Ok(h) => h,
+        Err(e) => {
+            c.problem(path, plain, "header", e);
+            return Ok(());
+        }
+    };
+    if let Err(e) = c.km.check_usable(&h) {
+        // Not damage: the key is disabled, retired or destroyed.
+        c.report.skipped += 1;
+        tracing::info!("{}: not checked: {e}", path.display());
+        return Ok(());
+    }
+    let dek = match c.km.unwrap_dek(&h) {
+        Ok(k) => k,
+        Err(e) => {
+            c.problem(path, plain, "data-key", e.to_string());
+            return Ok(());
+        }
+    };
+    let Some(size) = c.layout.plain_size(len) else {
+        c.problem(
+            path,
+            plain,
+            "size",
+            format!("cipher size {len} is not a valid block layout (truncated or extended)"),
+        );
+        return Ok(());
+    };
+    let cipher = FileCipher::new(&dek, h.file_id, c.layout.block_size as u32);
+    let fin = c.layout.final_block(size);
+    let cbs = c.layout.cipher_block_size();
+    // 256 blocks at a time.
+    let mut buf = vec![0u8; (cbs * 256) as usize];
+    let mut out = Vec::new();
+    let mut b = 0;
+    while b <= fin {
+        let n = (fin - b + 1).min(256);
+        let start = c.layout.cipher_offset(b);
+        let end = (start + n * cbs).min(len);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Err(e) = cipher.decrypt_blocks(b, chunk, fin, &mut out) {
+            c.problem(
+                path,
+                plain,
+                "block",
+                format!(
+                    "block {} fails authentication (modified, moved or swapped)",
+                    e.block
+                ),
+            );
+            return Ok(());
+        }
+        c.report.blocks += n;
+        b += n;
+    }
+    Ok(())
+}
