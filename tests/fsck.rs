@@ -1,0 +1,221 @@
+//! `kmsfs fsck` on a corpus of broken volumes: each made from one clean volume by one specific
+//! kind of damage, each reported with its kind and path and a documented exit code, and what is
+//! safely repairable repaired.
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// A clean volume with a multi-block file, a long name, a symlink and a subdirectory.
+fn corpus_source() -> Volume {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    std::fs::write(m.path("ten-thousand.bin"), vec![7u8; 10_000]).unwrap();
+    std::fs::write(m.path(&"L".repeat(200)), b"long").unwrap();
+    std::os::unix::fs::symlink("/target/of/link", m.path("link")).unwrap();
+    std::fs::create_dir(m.path("sub")).unwrap();
+    std::fs::write(m.path("sub/inner.txt"), vec![1u8; 3000]).unwrap();
+    m.unmount();
+    v
+}
+
+/// A copy of the cipher directory to damage.
+fn copy(v: &Volume, name: &str) -> PathBuf {
+    let dst = v.tmp.path().join(name);
+    let o = sh(&format!(
+        "cp -a '{}' '{}'",
+        v.cipher.display(),
+        dst.display()
+    ));
+    assert!(o.status.success());
+    dst
+}
+
+/// The regular file of the cipher root (not internal) with this cipher size.
+fn by_size(dir: &Path, size: u64) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file() && std::fs::metadata(p).unwrap().len() == size)
+        .unwrap_or_else(|| panic!("no file of {size} bytes in {}", dir.display()))
+}
+
+/// Cipher size of a plaintext size with 4 KiB blocks.
+fn cipher_size(s: u64) -> u64 {
+    104 + (s / 4096) * (4096 + 28) + (s % 4096) + 28
+}
+
+fn fsck(v: &Volume, dir: &Path, extra: &[&str]) -> (i32, Value) {
+    let o = kmsfs()
+        .arg("fsck")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg("--json")
+        .args(extra)
+        .arg(dir)
+        .output()
+        .unwrap();
+    let code = o.status.code().unwrap_or(-1);
+    let report = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (code, report)
+}
+
+fn kinds(r: &Value) -> Vec<String> {
+    r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn subdir(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && p.file_name().unwrap() != ".kmsfs")
+        .unwrap()
+}
+
+#[test]
+fn a_clean_volume_is_clean() {
+    let v = corpus_source();
+    let (code, r) = fsck(&v, &v.cipher, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["files"], 3);
+    assert_eq!(r["symlinks"], 1);
+    assert_eq!(r["dirs"], 2);
+    assert!(kinds(&r).is_empty());
+}
+
+#[test]
+fn each_kind_of_damage_is_reported_with_its_path() {
+    let v = corpus_source();
+    let big = cipher_size(10_000);
+
+    // Truncated header.
+    let d = copy(&v, "truncated-header");
+    let f = by_size(&d, big);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(50)
+        .unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["header".to_string()]), "{r}");
+    assert_eq!(r["problems"][0]["plain_path"], "/ten-thousand.bin");
+
+    // One flipped byte in the second block.
+    let d = copy(&v, "flipped-block");
+    let f = by_size(&d, big);
+    let mut b = std::fs::read(&f).unwrap();
+    b[104 + 4124 + 40] ^= 1;
+    std::fs::write(&f, b).unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["block".to_string()]), "{r}");
+    assert!(
+        r["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("block 1")
+    );
+
+    // A file moved into another directory: its name no longer authenticates.
+    let d = copy(&v, "moved-name");
+    let f = by_size(&d, big);
+    std::fs::rename(&f, subdir(&d).join(f.file_name().unwrap())).unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["name".to_string()]), "{r}");
+
+    // A long name's side file removed.
+    let d = copy(&v, "missing-side-file");
+    let side = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".name"))
+        .unwrap();
+    std::fs::remove_file(&side).unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!(
+        (code, kinds(&r)),
+        (23, vec!["side-file".to_string()]),
+        "{r}"
+    );
+
+    // A missing directory id: nothing in that directory can be named.
+    let d = copy(&v, "missing-dirid");
+    std::fs::remove_file(subdir(&d).join("kmsfs.dirid")).unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["dir-id".to_string()]), "{r}");
+
+    // An unknown feature flag: the volume is refused before anything is read (exit 11).
+    let d = copy(&v, "unknown-feature");
+    let cfg = d.join(".kmsfs/volume.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "\"encrypted-names\"",
+        "\"encrypted-names\", \"time-travel\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _) = fsck(&v, &d, &[]);
+    assert_eq!(code, 11);
+}
+
+#[test]
+fn safe_repairs_are_made_and_the_rest_left_alone() {
+    let v = corpus_source();
+    // One administration command, so that the key store has a backup generation.
+    let o = kmsfs()
+        .arg("key")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["create", "--description", "second generation"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(v.cipher.join(".kmsfs/keystore.bak").exists());
+    // A damaged primary key store with an intact backup: reported, and rewritten by --repair.
+    let d = copy(&v, "damaged-keystore");
+    let ks = d.join(".kmsfs/keystore");
+    let mut b = std::fs::read(&ks).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&ks, &b).unwrap();
+    // An orphan side file (a crash between writing it and the entry).
+    std::fs::write(
+        d.join("kmsfs.long.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.name"),
+        b"x",
+    )
+    .unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!(code, 23, "{r}");
+    let mut k = kinds(&r);
+    k.sort();
+    assert_eq!(k, ["key-store", "side-file"]);
+    let (code, r) = fsck(&v, &d, &["--repair"]);
+    assert_eq!(code, 0, "{r}");
+    assert!(
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["repaired"] == true)
+    );
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!(
+        (code, kinds(&r)),
+        (0, vec![]),
+        "a second fsck finds nothing: {r}"
+    );
+    // Unrepairable damage stays reported after --repair, and the file is not touched.
+    let f = by_size(&d, cipher_size(10_000));
+    let mut b = std::fs::read(&f).unwrap();
+    b[200] ^= 1;
+    std::fs::write(&f, &b).unwrap();
+    let (code, r) = fsck(&v, &d, &["--repair"]);
+    assert_eq!(code, 23, "{r}");
+    assert_eq!(std::fs::read(&f).unwrap(), b);
+}
