@@ -89,6 +89,17 @@ impl Vfs {
                     }
                     VfsError::Key(e)
                 })?;
+                let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
+                // A size-changing write was interrupted (crash): make the file readable again.
+                if super::pending::is_marked(&file) && !self.opts.read_only {
+                    let rw = if writable {
+                        None
+                    } else {
+                        Some(Self::open_backing(node, true)?.0)
+                    };
+                    super::pending::recover(rw.as_ref().unwrap_or(&file), &cipher, self.layout)
+                        .map_err(|e| self.damaged(node, format!("interrupted write: {e}")))?;
+                }
                 let cipher_len = file.metadata()?.len();
                 let size = self.layout.plain_size(cipher_len).ok_or_else(|| {
                     self.damaged(
@@ -96,7 +107,6 @@ impl Vfs {
                         format!("cipher size {cipher_len} is impossible (truncated or padded)"),
                     )
                 })?;
-                let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 let of = Arc::new(OpenFile::new(
                     node.ino,
                     self.layout,
@@ -267,22 +277,51 @@ impl Vfs {
             flags,
         )?;
         self.create_entry(dir, cn, || {
-            let fd = rustix::fs::openat(
+            let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
+            let mut fin = Vec::new();
+            cipher.encrypt_blocks(0, &[], 0, &mut fin);
+            let mut bytes = header.encode().to_vec();
+            bytes.extend_from_slice(&fin);
+            // Crash-safe: the file gets its name only once its header is written (an unnamed
+            // O_TMPFILE, then linkat), so a crash never leaves an empty, unreadable cipher file.
+            let (file, linked) = match rustix::fs::openat(
                 &dir.fd,
-                &cn.entry,
-                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                ".",
+                OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
                 Mode::from(mode & 0o7777),
-            )?;
-            let file = File::from(fd);
-            let init = || -> Result<(FileState, Arc<Node>, Attr)> {
+            ) {
+                Ok(fd) => (File::from(fd), false),
+                // No O_TMPFILE on the backing file system: create in place.
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => (
+                    File::from(rustix::fs::openat(
+                        &dir.fd,
+                        &cn.entry,
+                        OFlags::RDWR
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::CLOEXEC
+                            | OFlags::NOFOLLOW,
+                        Mode::from(mode & 0o7777),
+                    )?),
+                    true,
+                ),
+                Err(e) => return Err(e.into()),
+            };
+            let mut named = linked;
+            let init = |named: &mut bool| -> Result<(FileState, Arc<Node>, Attr)> {
                 self.set_owner(dir, &file, caller)?;
-
-                let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
-                let mut fin = Vec::new();
-                cipher.encrypt_blocks(0, &[], 0, &mut fin);
-                let mut bytes = header.encode().to_vec();
-                bytes.extend_from_slice(&fin);
                 file.write_all_at(&bytes, 0)?;
+                if !*named {
+                    use std::os::fd::AsRawFd;
+                    rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
+                        &dir.fd,
+                        &cn.entry,
+                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                    )?;
+                    *named = true;
+                }
                 let (node, attr) = self.intern_child(dir, &cn.entry)?;
                 let st = FileState {
                     file: file.try_clone()?,
@@ -293,13 +332,16 @@ impl Vfs {
                 };
                 Ok((st, node, attr))
             };
-            match init() {
+            match init(&mut named) {
                 Ok((st, node, attr)) => {
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, st));
                     Ok((node, attr, of, audit))
                 }
                 Err(e) => {
-                    let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, rustix::fs::AtFlags::empty());
+                    if named {
+                        let _ =
+                            rustix::fs::unlinkat(&dir.fd, &cn.entry, rustix::fs::AtFlags::empty());
+                    }
                     Err(e)
                 }
             }

@@ -207,6 +207,10 @@ impl OpenFile {
                 .encrypt_blocks(new_final, &[], new_final, &mut fin);
             out.extend_from_slice(&fin);
         }
+        let resizing = new_size != st.size;
+        if resizing {
+            super::pending::mark(&st.file, first, l.cipher_size(new_size));
+        }
         if let Err(e) = st.file.write_all_at(&out, l.cipher_offset(first)) {
             // A failed write that extended the file (ENOSPC, EIO) may have left the old final
             // block re-marked as non-final: put the old tail back so the file stays readable.
@@ -214,6 +218,9 @@ impl OpenFile {
                 self.restore_tail(st, old_tail.as_deref());
             }
             return Err(e.into());
+        }
+        if resizing {
+            super::pending::clear(&st.file);
         }
         st.size = new_size;
         Ok(())
@@ -260,8 +267,10 @@ impl OpenFile {
                 old.truncate(keep);
                 let mut out = Vec::new();
                 st.cipher.encrypt_blocks(fin, &old, fin, &mut out);
+                super::pending::mark(&st.file, fin, l.cipher_size(new_size));
                 st.file.write_all_at(&out, l.cipher_offset(fin))?;
                 st.file.set_len(l.cipher_size(new_size))?;
+                super::pending::clear(&st.file);
                 st.size = new_size;
                 Ok(())
             }

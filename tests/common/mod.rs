@@ -142,6 +142,21 @@ impl Mount {
         self.mnt.join(rel)
     }
 
+    /// Kills the daemon with SIGKILL (a crash) and detaches the dead mount.
+    #[allow(dead_code)]
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+
     /// Unmounts cleanly and returns the daemon's stderr.
     pub fn unmount(mut self) -> String {
         // A clean unmount can be refused for a moment (a process still closing files): retry,
