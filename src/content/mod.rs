@@ -1,6 +1,8 @@
 //! content encrypts and decrypts a file's blocks under its DEK. It knows the block layout and the
 //! block's associated data (file id, block number, final flag) but nothing of files or disks.
 
+pub mod pending;
+
 use crate::crypto::{Aead, Key256, random_bytes};
 use crate::format::FileId;
 use crate::format::block::{BLOCK_NONCE_LEN, BLOCK_OVERHEAD, BLOCK_TAG_LEN, block_aad};

@@ -249,6 +249,31 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
             return Ok(());
         }
     };
+    let cipher = FileCipher::new(&dek, h.file_id, c.layout.block_size as u32);
+    if crate::content::pending::is_marked(&f) {
+        // A size-changing write was interrupted: the next open (or --repair) ends the file at
+        // the last block that was completely written.
+        let repaired = c.repair
+            && std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .and_then(|rw| crate::content::pending::recover(&rw, &cipher, c.layout))
+                .is_ok();
+        c.problem(
+            path,
+            plain,
+            "interrupted-write",
+            "a size-changing write was interrupted (recovered at the next open)".into(),
+        );
+        if let Some(p) = c.report.problems.last_mut() {
+            p.repaired = repaired;
+        }
+        if !repaired {
+            return Ok(());
+        }
+    }
+    let len = f.metadata()?.len();
     let Some(size) = c.layout.plain_size(len) else {
         c.problem(
             path,
@@ -258,7 +283,6 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
         );
         return Ok(());
     };
-    let cipher = FileCipher::new(&dek, h.file_id, c.layout.block_size as u32);
     let fin = c.layout.final_block(size);
     let cbs = c.layout.cipher_block_size();
     // 256 blocks at a time.

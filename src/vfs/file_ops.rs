@@ -91,14 +91,18 @@ impl Vfs {
                 })?;
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 // A size-changing write was interrupted (crash): make the file readable again.
-                if super::pending::is_marked(&file) && !self.opts.read_only {
+                if crate::content::pending::is_marked(&file) && !self.opts.read_only {
                     let rw = if writable {
                         None
                     } else {
                         Some(Self::open_backing(node, true)?.0)
                     };
-                    super::pending::recover(rw.as_ref().unwrap_or(&file), &cipher, self.layout)
-                        .map_err(|e| self.damaged(node, format!("interrupted write: {e}")))?;
+                    crate::content::pending::recover(
+                        rw.as_ref().unwrap_or(&file),
+                        &cipher,
+                        self.layout,
+                    )
+                    .map_err(|e| self.damaged(node, format!("interrupted write: {e}")))?;
                 }
                 let cipher_len = file.metadata()?.len();
                 let size = self.layout.plain_size(cipher_len).ok_or_else(|| {

@@ -15,7 +15,6 @@ pub mod identity;
 mod inode;
 mod open_file;
 mod path;
-pub mod pending;
 mod xattr_ops;
 
 use std::ffi::OsStr;

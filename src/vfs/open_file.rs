@@ -209,7 +209,7 @@ impl OpenFile {
         }
         let resizing = new_size != st.size;
         if resizing {
-            super::pending::mark(&st.file, first, l.cipher_size(new_size));
+            crate::content::pending::mark(&st.file, first, l.cipher_size(new_size));
         }
         if let Err(e) = st.file.write_all_at(&out, l.cipher_offset(first)) {
             // A failed write that extended the file (ENOSPC, EIO) may have left the old final
@@ -220,7 +220,7 @@ impl OpenFile {
             return Err(e.into());
         }
         if resizing {
-            super::pending::clear(&st.file);
+            crate::content::pending::clear(&st.file);
         }
         st.size = new_size;
         Ok(())
@@ -267,10 +267,10 @@ impl OpenFile {
                 old.truncate(keep);
                 let mut out = Vec::new();
                 st.cipher.encrypt_blocks(fin, &old, fin, &mut out);
-                super::pending::mark(&st.file, fin, l.cipher_size(new_size));
+                crate::content::pending::mark(&st.file, fin, l.cipher_size(new_size));
                 st.file.write_all_at(&out, l.cipher_offset(fin))?;
                 st.file.set_len(l.cipher_size(new_size))?;
-                super::pending::clear(&st.file);
+                crate::content::pending::clear(&st.file);
                 st.size = new_size;
                 Ok(())
             }

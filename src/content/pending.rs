@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use crate::content::FileCipher;
+use super::FileCipher;
 use crate::format::block::BLOCK_OVERHEAD;
 use crate::format::offsets::Layout;
 
@@ -91,7 +91,8 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
                 break None;
             }
         }
-        // Block `i` is torn or missing: end the file with block i-1, marked final.
+        // Block `i` is torn or missing: the file ends before it, with an empty final block `i`
+        // (every block before it is full, and a full block is never final).
         break Some(i);
     };
     let new_len = match end {
@@ -99,25 +100,25 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
             let off = l.cipher_offset(i);
             off + len.saturating_sub(off).min(cbs as u64)
         }
-        Some(0) => {
-            let mut out = Vec::new();
-            cipher.encrypt_blocks(0, &[], 0, &mut out);
-            file.write_all_at(&out, l.cipher_offset(0))?;
-            l.cipher_offset(0) + out.len() as u64
-        }
         Some(k) => {
-            let prev = k - 1;
-            let off = l.cipher_offset(prev);
-            file.read_exact_at(&mut buf, off)?;
-            if cipher.decrypt_block(prev, false, &buf, &mut plain).is_err() {
-                return Err(std::io::Error::other(format!(
-                    "interrupted write: block {prev} before the torn one does not authenticate"
-                )));
+            if k > 0 && k == first {
+                // The block before the rewritten range was not touched: it must still be whole.
+                let off = l.cipher_offset(k - 1);
+                file.read_exact_at(&mut buf, off)?;
+                if cipher
+                    .decrypt_block(k - 1, false, &buf, &mut plain)
+                    .is_err()
+                {
+                    return Err(std::io::Error::other(format!(
+                        "interrupted write: block {} before the rewritten range does not authenticate",
+                        k - 1
+                    )));
+                }
             }
             let mut out = Vec::new();
-            cipher.encrypt_blocks(prev, &plain, prev, &mut out);
-            file.write_all_at(&out, off)?;
-            off + out.len() as u64
+            cipher.encrypt_blocks(k, &[], k, &mut out);
+            file.write_all_at(&out, l.cipher_offset(k))?;
+            l.cipher_offset(k) + out.len() as u64
         }
     };
     if new_len != len {
@@ -160,4 +161,111 @@ fn written(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Key256;
+    use crate::format::FileId;
+    use crate::format::header::HEADER_LEN;
+
+    const B: usize = 4096;
+
+    fn setup() -> (tempfile::TempDir, File, FileCipher, Layout) {
+        let t = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(t.path().join("f"))
+            .unwrap();
+        let c = FileCipher::new(&Key256::from_bytes([3; 32]), FileId([4; 16]), B as u32);
+        (t, f, c, Layout::new(B as u32))
+    }
+
+    /// Writes a consistent file of `plain` (the header bytes do not matter here).
+    fn write_file(f: &File, c: &FileCipher, l: Layout, plain: &[u8]) {
+        let mut out = Vec::new();
+        c.encrypt_blocks(0, plain, l.final_block(plain.len() as u64), &mut out);
+        if !plain.is_empty() && plain.len().is_multiple_of(B) {
+            let mut fin = Vec::new();
+            let n = (plain.len() / B) as u64;
+            c.encrypt_blocks(n, &[], n, &mut fin);
+            out.extend_from_slice(&fin);
+        }
+        f.set_len(0).unwrap();
+        f.write_all_at(&[0u8; HEADER_LEN], 0).unwrap();
+        f.write_all_at(&out, HEADER_LEN as u64).unwrap();
+    }
+
+    /// The plaintext of a consistent file, or None if it does not authenticate.
+    fn read_file(f: &File, c: &FileCipher, l: Layout) -> Option<Vec<u8>> {
+        let len = f.metadata().unwrap().len();
+        let size = l.plain_size(len)?;
+        let mut buf = vec![0u8; (len - HEADER_LEN as u64) as usize];
+        f.read_exact_at(&mut buf, HEADER_LEN as u64).unwrap();
+        let mut out = Vec::new();
+        c.decrypt_blocks(0, &buf, l.final_block(size), &mut out)
+            .ok()?;
+        Some(out)
+    }
+
+    #[test]
+    fn torn_extension_recovers_to_a_prefix() {
+        let (_t, f, c, l) = setup();
+        write_file(&f, &c, l, &[1u8; 100]);
+        // Extend to 3 blocks + 50 bytes; the write stops inside block 2.
+        let new: Vec<u8> = (0..3 * B + 50).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        c.encrypt_blocks(0, &new, 3, &mut out);
+        mark(&f, 0, l.cipher_size(new.len() as u64));
+        let cut = 2 * (B + BLOCK_OVERHEAD) + 700;
+        f.write_all_at(&out[..cut], HEADER_LEN as u64).unwrap();
+        assert!(
+            read_file(&f, &c, l).is_none(),
+            "a torn file does not read as is"
+        );
+        recover(&f, &c, l).unwrap();
+        assert_eq!(read_file(&f, &c, l).unwrap(), new[..2 * B]);
+        assert!(!is_marked(&f));
+    }
+
+    #[test]
+    fn completed_write_and_uncut_truncate() {
+        let (_t, f, c, l) = setup();
+        let data: Vec<u8> = (0..2 * B + 10).map(|i| (i * 7) as u8).collect();
+        write_file(&f, &c, l, &data);
+        // The write finished but the marker was not cleared: nothing changes.
+        mark(&f, 0, f.metadata().unwrap().len());
+        assert_eq!(recover(&f, &c, l).unwrap(), None);
+        assert_eq!(read_file(&f, &c, l).unwrap(), data);
+        // Truncate to B + 5: the new final block 1 was written, the cut was not made.
+        let mut fin = Vec::new();
+        c.encrypt_blocks(1, &data[B..B + 5], 1, &mut fin);
+        mark(&f, 1, l.cipher_size((B + 5) as u64));
+        f.write_all_at(&fin, l.cipher_offset(1)).unwrap();
+        assert!(read_file(&f, &c, l).is_none());
+        recover(&f, &c, l).unwrap();
+        assert_eq!(read_file(&f, &c, l).unwrap(), data[..B + 5]);
+    }
+
+    #[test]
+    fn without_a_marker_nothing_changes_and_outside_damage_is_not_papered_over() {
+        let (_t, f, c, l) = setup();
+        let data = vec![9u8; 3 * B];
+        write_file(&f, &c, l, &data);
+        assert_eq!(recover(&f, &c, l).unwrap(), None);
+        assert_eq!(read_file(&f, &c, l).unwrap(), data);
+        // Block 1 tampered, then a marker for a write from block 2 that was torn.
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, l.cipher_offset(1) + 20).unwrap();
+        f.write_all_at(&[b[0] ^ 1], l.cipher_offset(1) + 20)
+            .unwrap();
+        f.set_len(l.cipher_offset(2) + 10).unwrap();
+        mark(&f, 2, l.cipher_size(data.len() as u64));
+        assert!(recover(&f, &c, l).is_err());
+        assert!(is_marked(&f), "left for fsck and a human to look at");
+    }
 }
