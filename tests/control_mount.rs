@@ -89,6 +89,7 @@ fn every_control_file_reads_as_documented() {
                 top,
                 [
                     "README",
+                    "alerts",
                     "aliases",
                     "audit",
                     "keys",
@@ -518,5 +519,49 @@ fn cli_administers_a_mounted_volume_through_the_control_directory() {
         "RotateKeyOnDemand",
     ]);
     assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
+    m.unmount();
+}
+
+#[test]
+fn anomaly_alert_when_a_user_is_denied_too_often() {
+    let v = Volume::new(&[]);
+    std::fs::set_permissions(v.tmp.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let m = v.mount_with(&["--allow-other"]);
+    let c = ctl(&m);
+    std::fs::write(m.path("f.txt"), b"data\n").unwrap();
+    std::fs::set_permissions(m.path("f.txt"), PermissionsExt::from_mode(0o666)).unwrap();
+    // A zero threshold is refused; a good one is stored.
+    assert!(!echo_to(&c.join("alerts"), r#"{"denials_per_minute": 0}"#).0);
+    assert!(echo_to(&c.join("alerts"), r#"{"denials_per_minute": 3}"#).0);
+    assert_eq!(json(&c.join("alerts"))["denials_per_minute"], 3);
+    // The default policy lets only the owner in: each of six reads is denied. (Six, so that at
+    // least one minute window holds three even if a minute boundary falls in between.)
+    for _ in 0..6 {
+        let o = as_uid(OTHER, &format!("cat '{}'", m.path("f.txt").display()));
+        assert!(!o.status.success());
+    }
+    let recs: Vec<Value> = read(&c.join("audit"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let alerts: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "AnomalyAlert")
+        .collect();
+    assert!(
+        (1..=2).contains(&alerts.len()),
+        "one alert per user and minute: {alerts:?}"
+    );
+    assert_eq!(alerts[0]["actor"]["uid"], OTHER);
+    assert!(alerts[0]["detail"].as_str().unwrap().contains("denials"));
+    // The owner's own reads raise nothing (no decrypt threshold set).
+    for _ in 0..5 {
+        std::fs::read(m.path("f.txt")).unwrap();
+    }
+    let n = read(&c.join("audit"))
+        .lines()
+        .filter(|l| l.contains("AnomalyAlert"))
+        .count();
+    assert_eq!(n, alerts.len());
     m.unmount();
 }

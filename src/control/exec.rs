@@ -504,6 +504,28 @@ impl Executor<'_> {
                 })?;
                 Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
             }
+            Request::GetAlertSettings => {
+                Ok(serde_json::to_value(km.query(|s| s.alerts)).unwrap_or_default())
+            }
+            Request::PutAlertSettings {
+                denials_per_minute,
+                decrypts_per_minute,
+            } => {
+                if *denials_per_minute == Some(0) || *decrypts_per_minute == Some(0) {
+                    return Err(ControlError::new(
+                        ErrorKind::Invalid,
+                        "a threshold must be at least 1 per minute (leave it out for no alert)",
+                    ));
+                }
+                km.admin(|s, _| {
+                    s.alerts = crate::keymgr::store::AlertSettings {
+                        denials_per_minute: *denials_per_minute,
+                        decrypts_per_minute: *decrypts_per_minute,
+                    };
+                    Ok(())
+                })?;
+                Ok(serde_json::to_value(km.query(|s| s.alerts)).unwrap_or_default())
+            }
             Request::VerifyAuditLog => {
                 let log = self.audit.ok_or_else(|| {
                     ControlError::new(ErrorKind::Failed, "no audit log is attached")

@@ -41,6 +41,8 @@ kmsfs control directory: the key manager of this mount, as files.
                   `tail -f audit` follows it)
   rules           key rules as JSON [{\"prefix\": \"/finance\", \"key\": \"alias/finance\"}];
                   write a complete list to replace them
+  alerts          anomaly thresholds {\"denials_per_minute\": 20, \"decrypts_per_minute\": 1000}
+                  per user; reaching one writes an AnomalyAlert record
   last-error      why your last control write was refused
   request         write one JSON request ({\"op\": \"RotateKeyOnDemand\", \"key\": \"alias/x\"}),
                   read the JSON response from the same open file
@@ -170,6 +172,7 @@ impl ControlDir {
                 self.metrics_text().into_bytes()
             }
             Node::File(Top::Rules) => pretty(&run(Request::ListKeyRules)?),
+            Node::File(Top::Alerts) => pretty(&run(Request::GetAlertSettings)?),
             Node::File(Top::LastError) => who
                 .and_then(|w| self.last_errors.get(&w.uid).map(|e| e.clone()))
                 .unwrap_or_default()
@@ -271,6 +274,7 @@ impl ControlDir {
     fn write_actions(&self, n: &Node) -> Option<(&'static [&'static str], Option<KeyId>)> {
         match n {
             Node::File(Top::Rules) => Some((&["kms:SetKeyRules"], None)),
+            Node::File(Top::Alerts) => Some((&["kms:PutAlertSettings"], None)),
             Node::KeyFile(k, KeyFile::Policy) => Some((&["kms:PutKeyPolicy"], Some(*k))),
             Node::KeyFile(k, KeyFile::Rotate) => Some((&["kms:RotateKeyOnDemand"], Some(*k))),
             Node::KeyFile(k, KeyFile::Rotation) => Some((
@@ -461,6 +465,21 @@ impl ControlDir {
                 let rules: Vec<RuleDoc> =
                     serde_json::from_value(doc).map_err(|e| bad("rules", e))?;
                 Ok(Request::PutKeyRules { rules })
+            }
+            Node::File(Top::Alerts) => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Alerts {
+                    #[serde(default)]
+                    denials_per_minute: Option<u32>,
+                    #[serde(default)]
+                    decrypts_per_minute: Option<u32>,
+                }
+                let a: Alerts = serde_json::from_value(doc).map_err(|e| bad("alerts", e))?;
+                Ok(Request::PutAlertSettings {
+                    denials_per_minute: a.denials_per_minute,
+                    decrypts_per_minute: a.decrypts_per_minute,
+                })
             }
             Node::KeyFile(k, KeyFile::Policy) => Ok(Request::PutKeyPolicy {
                 key: Self::key_str(k),

@@ -11,6 +11,7 @@
 //! .kmsfs/aliases/<name> -> ../keys/<key-id>
 //! ```
 
+pub mod alerts;
 mod audit_view;
 pub mod exec;
 mod files;
@@ -115,6 +116,7 @@ pub struct ControlDir {
     handles: DashMap<u64, files::CtlHandle>,
     next_fh: AtomicU64,
     pub metrics: Metrics,
+    pub alerts: alerts::Detector,
     started: Instant,
     started_at: SystemTime,
     /// The last refused control write of each uid (`last-error`).
@@ -144,6 +146,7 @@ impl ControlDir {
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
             metrics: Metrics::default(),
+            alerts: Default::default(),
             started: Instant::now(),
             started_at: SystemTime::now(),
             last_errors: DashMap::new(),

@@ -17,6 +17,7 @@ pub enum Top {
     Rules,
     LastError,
     Request,
+    Alerts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +39,7 @@ pub const TOP_FILES: &[(&str, Top)] = &[
     ("rules", Top::Rules),
     ("last-error", Top::LastError),
     ("request", Top::Request),
+    ("alerts", Top::Alerts),
 ];
 
 pub const KEY_FILES: &[(&str, KeyFile)] = &[
@@ -141,7 +143,7 @@ impl Node {
         match self {
             Node::Root | Node::KeysDir | Node::KeyDir(_) | Node::AliasesDir => 0o555,
             Node::Alias(_) => 0o777,
-            Node::File(Top::Rules | Top::Request)
+            Node::File(Top::Rules | Top::Request | Top::Alerts)
             | Node::KeyFile(_, KeyFile::Policy | KeyFile::Rotation | KeyFile::State)
             | Node::KeyFile(_, KeyFile::Grants) => 0o666,
             Node::KeyFile(_, KeyFile::Rotate) => 0o222,

@@ -209,6 +209,14 @@ pub enum Request {
     },
     /// Checks the audit log's chain, sequence and signatures.
     VerifyAuditLog,
+    GetAlertSettings,
+    /// Replaces the anomaly alert thresholds (absent: no alert of that kind).
+    PutAlertSettings {
+        #[serde(default)]
+        denials_per_minute: Option<u32>,
+        #[serde(default)]
+        decrypts_per_minute: Option<u32>,
+    },
 }
 
 impl Request {
@@ -253,6 +261,8 @@ impl Request {
             DeleteKeyRule,
             PutKeyRules,
             VerifyAuditLog,
+            GetAlertSettings,
+            PutAlertSettings,
         )
     }
 
@@ -293,6 +303,8 @@ impl Request {
             RetireGrant { .. } => "kms:RetireGrant",
             RevokeGrant { .. } => "kms:RevokeGrant",
             VerifyAuditLog => "kms:ReadAuditLog",
+            GetAlertSettings => "kms:DescribeVolume",
+            PutAlertSettings { .. } => "kms:PutAlertSettings",
         }
     }
 

@@ -623,6 +623,7 @@ mod tests {
             rules: Vec::new(),
             owner_uid: 1000,
             grants: Vec::new(),
+            alerts: Default::default(),
         }
     }
 

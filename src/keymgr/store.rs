@@ -34,6 +34,20 @@ pub struct KeyStore {
     /// Grants on keys (temporary, narrow permissions).
     #[serde(default)]
     pub grants: Vec<super::policy::Grant>,
+    /// Anomaly alert thresholds.
+    #[serde(default)]
+    pub alerts: AlertSettings,
+}
+
+/// Per-user, per-minute thresholds: reaching one writes an `AnomalyAlert` audit record (once per
+/// user and minute). `None`: no alert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    #[serde(default)]
+    pub denials_per_minute: Option<u32>,
+    #[serde(default)]
+    pub decrypts_per_minute: Option<u32>,
 }
 
 /// `/finance` → key: new files under `/finance` are encrypted under that key.

@@ -142,6 +142,7 @@ pub fn init(
         rules: Vec::new(),
         owner_uid: rustix::process::geteuid().as_raw(),
         grants: Vec::new(),
+        alerts: Default::default(),
     };
     let store_key = Key256::generate();
     let mut slots = vec![make_slot(

@@ -161,6 +161,7 @@ impl Vfs {
             );
         }
         self.audit_append(r)?;
+        self.check_anomaly(&actor, !d.allowed(), action == "kms:Decrypt", &req.now);
         if !d.allowed() {
             return Err(VfsError::Denied(format!(
                 "{action} on key {} ({d:?})",
@@ -174,6 +175,32 @@ impl Vfs {
             read: AtomicU64::new(0),
             written: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a decision toward the anomaly thresholds and writes the alert when one is reached.
+    fn check_anomaly(&self, actor: &Actor, denied: bool, decrypt: bool, now: &u64) {
+        use crate::control::alerts::AlertKind;
+        let settings = self.km.query(|s| s.alerts);
+        let (kind, threshold) = if denied {
+            (AlertKind::Denials, settings.denials_per_minute)
+        } else if decrypt {
+            (AlertKind::Decrypts, settings.decrypts_per_minute)
+        } else {
+            return;
+        };
+        if let Some(n) = self.control.alerts.note(actor.uid, kind, *now, threshold) {
+            tracing::warn!(uid = actor.uid, "anomaly: {n} {} in a minute", kind.name());
+            let mut r = AuditRecord::new("AnomalyAlert", Source::System);
+            r.actor = actor.clone();
+            r.detail = Some(format!(
+                "uid {}: {n} {} within one minute (threshold {})",
+                actor.uid,
+                kind.name(),
+                threshold.unwrap_or(0)
+            ));
+            // The alert is about access already recorded; a failure to write it is logged.
+            let _ = self.audit_append(r);
+        }
     }
 
     /// The close record of a handle, with the bytes it moved.

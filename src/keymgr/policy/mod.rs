@@ -57,6 +57,7 @@ pub const ACTIONS: &[&str] = &[
     "kms:ReadAuditLog",
     "kms:RetireKeyVersions",
     "kms:DescribeVolume",
+    "kms:PutAlertSettings",
 ];
 
 /// What a grant may allow (as in AWS KMS: use of the key, not its administration).
