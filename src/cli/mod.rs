@@ -6,6 +6,7 @@ mod error;
 pub mod exit_code;
 mod fsck_cmd;
 mod key_cmd;
+mod keystore_cmd;
 mod logging;
 mod mount_cmd;
 pub mod mount_helper;
@@ -108,6 +109,8 @@ enum Command {
     Grant(policy_cmd::GrantArgs),
     /// The audit log: show, tail, verify, export.
     Audit(audit_cmd::AuditArgs),
+    /// Encrypted key-store backups: export, restore.
+    Keystore(keystore_cmd::KeystoreArgs),
     /// Check an unmounted volume: key store, names, headers, every block, symlinks. Exit 23 if
     /// problems remain.
     Fsck(fsck_cmd::FsckArgs),
@@ -156,6 +159,7 @@ pub fn main() -> i32 {
         Command::Grant(a) => policy_cmd::grant(&a),
         Command::Audit(a) => audit_cmd::audit(&a),
         Command::Fsck(a) => fsck_cmd::fsck(&a),
+        Command::Keystore(a) => keystore_cmd::keystore(&a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kmsfs", &mut std::io::stdout());
             Ok(())

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod backup;
 pub mod fsck;
 pub mod lifecycle;
 pub mod policy;

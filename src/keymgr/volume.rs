@@ -221,6 +221,11 @@ impl Unlocked {
         self.generation
     }
 
+    /// The store sealed as the current generation (for a backup file).
+    pub(super) fn sealed(&self) -> Vec<u8> {
+        seal(&self.store, &self.store_key, &self.slots, self.generation)
+    }
+
     /// Writes the store as the next generation into both the primary and the backup, so that
     /// destroyed key material does not survive in the previous generation (crypto-shredding).
     pub fn persist_shredding(&mut self) -> Result<(), VolumeError> {

@@ -1,0 +1,161 @@
+//! Key-store backups: `export` writes the volume's key store (sealed, as on disk: opening it
+//! needs the passphrase or the recovery key of the time of the export) and its volume config into
+//! one file; `restore` puts them back into a volume whose key store was lost or damaged. A
+//! restore never silently rolls a volume back: a backup older than the key store in place is
+//! refused unless explicitly allowed, because it brings back keys destroyed since
+//! (crypto-shredding undone) and drops later keys, policies and grants.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::seal::unseal;
+use super::{Unlock, VolumeError, VolumePaths, probe, unlock};
+use crate::crypto::{hex, sha256};
+use crate::fsutil::atomic_write;
+
+const FORMAT: &str = "kmsfs-keystore-backup";
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupFile {
+    format: String,
+    version: u32,
+    volume_id: String,
+    generation: u64,
+    created: u64,
+    /// The sealed key store envelope (base64).
+    keystore: String,
+    /// `volume.json` (base64).
+    volume_config: String,
+}
+
+/// What a backup holds (no secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupInfo {
+    pub volume_id: String,
+    pub generation: u64,
+    pub created: u64,
+    pub keys: usize,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn io(p: &Path) -> impl Fn(std::io::Error) -> VolumeError + '_ {
+    move |e| VolumeError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Writes a backup of the volume in `dir` to `out` (mode 0600; refused if `out` exists).
+pub fn export(dir: &Path, how: &Unlock, out: &Path) -> Result<BackupInfo, VolumeError> {
+    let u = unlock(dir, how)?;
+    let (_, config_bytes) = probe(dir)?;
+    let sealed = u.sealed();
+    if out.exists() {
+        return Err(VolumeError::Invalid(format!(
+            "{} exists; choose a new file for the backup",
+            out.display()
+        )));
+    }
+    let info = BackupInfo {
+        volume_id: hex::encode(&u.store.volume_id.0),
+        generation: u.generation(),
+        created: super::now_unix(),
+        keys: u.store.keys.len(),
+    };
+    let file = BackupFile {
+        format: FORMAT.into(),
+        version: VERSION,
+        volume_id: info.volume_id.clone(),
+        generation: info.generation,
+        created: info.created,
+        keystore: b64().encode(&sealed),
+        volume_config: b64().encode(&config_bytes),
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&file).map_err(|e| VolumeError::Invalid(e.to_string()))?;
+    atomic_write(out, &bytes, 0o600, None).map_err(io(out))?;
+    Ok(info)
+}
+
+/// Restores the backup `from` into the volume in `dir` (unmounted). `how` must open the backup.
+pub fn restore(
+    dir: &Path,
+    how: &Unlock,
+    from: &Path,
+    allow_rollback: bool,
+) -> Result<BackupInfo, VolumeError> {
+    let raw = std::fs::read(from).map_err(io(from))?;
+    let bad = |m: String| VolumeError::Invalid(format!("{}: {m}", from.display()));
+    let file: BackupFile = serde_json::from_slice(&raw)
+        .map_err(|e| bad(format!("not a kmsfs key-store backup ({e})")))?;
+    if file.format != FORMAT || file.version != VERSION {
+        return Err(bad(format!(
+            "format {} version {} is not one this kmsfs reads",
+            file.format, file.version
+        )));
+    }
+    let sealed = b64()
+        .decode(&file.keystore)
+        .map_err(|e| bad(format!("key store: {e}")))?;
+    let config = b64()
+        .decode(&file.volume_config)
+        .map_err(|e| bad(format!("volume config: {e}")))?;
+    // The backup must open, and its config must be the one its key store was made with.
+    let u = unseal(&sealed, how)?;
+    if !crate::crypto::ct_eq(
+        hex::encode(&sha256(&config)).as_bytes(),
+        u.store.config_digest.as_bytes(),
+    ) {
+        return Err(bad("its volume config does not match its key store".into()));
+    }
+    let paths = VolumePaths::new(dir);
+    // The volume in place, if its config reads: it must be the same volume.
+    let mut keep_current_as_backup = false;
+    if let Ok((cfg, _)) = probe(dir) {
+        if cfg.volume_id != u.store.volume_id {
+            return Err(bad(format!(
+                "it belongs to volume {}, not to {} ({})",
+                hex::encode(&u.store.volume_id.0),
+                hex::encode(&cfg.volume_id.0),
+                dir.display()
+            )));
+        }
+        if let Ok(cur) = unlock(dir, how) {
+            if cur.generation() > u.envelope.generation && !allow_rollback {
+                return Err(VolumeError::Invalid(format!(
+                    "the backup is generation {} but the volume's key store is at generation {}: restoring it would bring back keys destroyed since and drop later changes (use --allow-rollback to do it anyway)",
+                    u.envelope.generation,
+                    cur.generation()
+                )));
+            }
+            keep_current_as_backup = cur.used_backup.is_none();
+        }
+    }
+    std::fs::create_dir_all(paths.control_dir()).map_err(io(&paths.control_dir()))?;
+    if probe(dir).is_err() {
+        atomic_write(&paths.config(), &config, 0o644, None).map_err(io(&paths.config()))?;
+    }
+    let bak = paths.keystore_backup();
+    atomic_write(
+        &paths.keystore(),
+        &sealed,
+        0o600,
+        keep_current_as_backup.then_some(bak.as_path()),
+    )
+    .map_err(io(&paths.keystore()))?;
+    // What was restored must now open.
+    let check = unlock(dir, how)?;
+    Ok(BackupInfo {
+        volume_id: file.volume_id,
+        generation: check.generation(),
+        created: file.created,
+        keys: check.store.keys.len(),
+    })
+}

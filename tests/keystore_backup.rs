@@ -1,0 +1,95 @@
+//! Encrypted key-store backups: export, and restore into a volume whose key store is destroyed;
+//! no silent rollback; a backup of another volume is refused.
+mod common;
+use common::*;
+
+fn ks(v: &Volume, args: &[&str]) -> std::process::Output {
+    let mut c = kmsfs();
+    c.arg("keystore").arg(args[0]).arg(&v.cipher);
+    c.args(&args[1..]).arg("--passfile").arg(&v.passfile);
+    c.output().unwrap()
+}
+
+#[test]
+fn export_and_restore_a_destroyed_key_store() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    std::fs::write(m.path("kept.txt"), b"still here\n").unwrap();
+    m.unmount();
+    let backup = v.tmp.path().join("ks.backup");
+    let o = ks(&v, &["export", backup.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::metadata(&backup).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&backup).unwrap();
+    assert!(
+        !text.contains("volume_secret") && !text.contains("material"),
+        "sealed"
+    );
+    // A second export to the same file is refused.
+    assert_eq!(
+        ks(&v, &["export", backup.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+
+    // Both generations of the key store destroyed: the volume cannot be opened (13).
+    for f in ["keystore", "keystore.bak"] {
+        let _ = std::fs::write(v.cipher.join(".kmsfs").join(f), b"garbage");
+    }
+    let o = kmsfs()
+        .arg("key")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(13));
+    let o = ks(&v, &["restore", backup.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = v.mount();
+    assert_eq!(std::fs::read(m.path("kept.txt")).unwrap(), b"still here\n");
+    m.unmount();
+
+    // A newer key store is not rolled back without --allow-rollback.
+    let o = kmsfs()
+        .arg("key")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["create", "--alias", "alias/newer"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = ks(&v, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--allow-rollback"));
+    let list = kmsfs()
+        .arg("key")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains("alias/newer"));
+    let o = ks(
+        &v,
+        &["restore", backup.to_str().unwrap(), "--allow-rollback"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A backup of another volume is refused.
+    let other = Volume::new(&[]);
+    let o = ks(&other, &["restore", backup.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("belongs to volume"));
+}
