@@ -22,7 +22,7 @@ use crate::format::offsets::Layout;
 const PENDING_XATTR: &str = "user.kmsfs-pending";
 
 /// Records that blocks from `first` on are being rewritten so that the cipher file will be
-/// `target` bytes long. Best effort: a backing file system without user xattrs gets no marker
+/// `target` bytes long (0: growing, no fixed target). Best effort: a backing file system without user xattrs gets no marker
 /// (and no recovery).
 pub fn mark(file: &File, first: u64, target: u64) {
     let mut v = [0u8; 16];
@@ -66,7 +66,9 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
     let cbs = l.cipher_block_size() as usize;
     let mut buf = vec![0u8; cbs];
     let mut plain = vec![0u8; l.block_size as usize];
-    // Every block of the write landed (only the cut of a shortened file may be missing).
+    // Every block of the write landed (only the cut of a shortened file may be missing). Target
+    // 0: a series of appends, complete if the file as it is authenticates.
+    let target = if target == 0 { len } else { target };
     if len >= target && written(file, cipher, l, first, target)? {
         if len != target {
             file.set_len(target)?;
@@ -237,10 +239,13 @@ mod tests {
         let (_t, f, c, l) = setup();
         let data: Vec<u8> = (0..2 * B + 10).map(|i| (i * 7) as u8).collect();
         write_file(&f, &c, l, &data);
-        // The write finished but the marker was not cleared: nothing changes.
-        mark(&f, 0, f.metadata().unwrap().len());
-        assert_eq!(recover(&f, &c, l).unwrap(), None);
-        assert_eq!(read_file(&f, &c, l).unwrap(), data);
+        // The write finished but the marker was not cleared: nothing changes (with a target,
+        // and with target 0 for a series of appends).
+        for target in [f.metadata().unwrap().len(), 0] {
+            mark(&f, 0, target);
+            assert_eq!(recover(&f, &c, l).unwrap(), None);
+            assert_eq!(read_file(&f, &c, l).unwrap(), data);
+        }
         // Truncate to B + 5: the new final block 1 was written, the cut was not made.
         let mut fin = Vec::new();
         c.encrypt_blocks(1, &data[B..B + 5], 1, &mut fin);

@@ -120,6 +120,7 @@ impl Vfs {
                         cipher,
                         header,
                         size,
+                        marked: None,
                     },
                 ));
                 v.insert((of.clone(), 1));
@@ -333,6 +334,7 @@ impl Vfs {
                     cipher,
                     header,
                     size: 0,
+                    marked: None,
                 };
                 Ok((st, node, attr))
             };

@@ -23,6 +23,19 @@ pub struct FileState {
     pub header: FileHeader,
     /// Plaintext size; authoritative while the file is open.
     pub size: u64,
+    /// The first block of the interrupted-write marker on disk, while writes that change the
+    /// size are possible in flight (set at the first one, lowered when a write starts earlier,
+    /// removed at fsync and when the file is closed): one xattr update per writing session,
+    /// not per write.
+    pub marked: Option<u64>,
+}
+
+impl Drop for FileState {
+    fn drop(&mut self) {
+        if self.marked.is_some() {
+            crate::content::pending::clear(&self.file);
+        }
+    }
 }
 
 pub struct OpenFile {
@@ -207,9 +220,10 @@ impl OpenFile {
                 .encrypt_blocks(new_final, &[], new_final, &mut fin);
             out.extend_from_slice(&fin);
         }
-        let resizing = new_size != st.size;
-        if resizing {
-            crate::content::pending::mark(&st.file, first, l.cipher_size(new_size));
+        if new_size != st.size && st.marked.is_none_or(|m| first < m) {
+            // Target 0: "the length the file has", since later writes go on growing it.
+            crate::content::pending::mark(&st.file, first, 0);
+            st.marked = Some(first);
         }
         if let Err(e) = st.file.write_all_at(&out, l.cipher_offset(first)) {
             // A failed write that extended the file (ENOSPC, EIO) may have left the old final
@@ -218,9 +232,6 @@ impl OpenFile {
                 self.restore_tail(st, old_tail.as_deref());
             }
             return Err(e.into());
-        }
-        if resizing {
-            crate::content::pending::clear(&st.file);
         }
         st.size = new_size;
         Ok(())
@@ -271,6 +282,7 @@ impl OpenFile {
                 st.file.write_all_at(&out, l.cipher_offset(fin))?;
                 st.file.set_len(l.cipher_size(new_size))?;
                 crate::content::pending::clear(&st.file);
+                st.marked = None;
                 st.size = new_size;
                 Ok(())
             }
@@ -278,11 +290,15 @@ impl OpenFile {
     }
 
     pub fn fsync(&self, datasync: bool) -> Result<()> {
-        let st = self.read_state();
+        let mut st = self.write_state();
         if datasync {
             st.file.sync_data()?
         } else {
             st.file.sync_all()?
+        }
+        // Everything written is durable: no write can be torn any more.
+        if st.marked.take().is_some() {
+            crate::content::pending::clear(&st.file);
         }
         Ok(())
     }
