@@ -21,7 +21,7 @@ for run in $(seq 1 "$RUNS"); do
     dd if=/dev/zero of="$d/m/big" bs=1M count=256 conv=fsync status=none; t2=$(date +%s.%N)
     rm -rf "$d/m/$(basename "$py")"; t3=$(date +%s.%N)
     "$K" unmount "$d/m"; rm -rf "$d"
-    printf "%s run%d  untar %.2fs  write256M %.2fs  rm %.2fs\n" $name "$run" \
-      "$(echo "$t1-$t0" | bc)" "$(echo "$t2-$t1" | bc)" "$(echo "$t3-$t2" | bc)"
+    awk -v n=$name -v r="$run" -v a="$t0" -v b="$t1" -v c="$t2" -v e="$t3" \
+      'BEGIN { printf "%s run%d  untar %.2fs  write256M %.2fs  rm %.2fs\n", n, r, b-a, c-b, e-c }'
   done
 done
