@@ -1,0 +1,135 @@
+//! A full disk never damages what is stored: on a small tmpfs as the backing store, writes that
+//! run out of space fail with ENOSPC, earlier data stays exact, a key-manager change that cannot
+//! be saved is refused and the old key store stays in force, and after space is freed everything
+//! reads, fsck is clean and the audit log verifies.
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A tmpfs of `size` mounted at a fresh directory; unmounted (lazily) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn new(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs (tests run as root)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn kms(args: &[&str], cipher: &Path, pass: &Path) -> std::process::Output {
+    kmsfs()
+        .arg(args[0])
+        .arg(cipher)
+        .arg("--passfile")
+        .arg(pass)
+        .args(&args[1..])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_damages_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let back = Tmpfs::new(&t.path().join("back"), "4m");
+    let cipher = back.0.join("c");
+    let mnt = t.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let pass = t.path().join("p");
+    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+    let o = kmsfs()
+        .args(["init", "--no-recovery-key", "--passfile"])
+        .arg(&pass)
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (cipher2, mnt2, pass2) = (cipher.clone(), mnt.clone(), pass.clone());
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    with_timeout(60, move || {
+        let mut f = std::fs::File::create(mnt2.join("a")).unwrap();
+        f.write_all(&a).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        // Fill the disk through the mount: the error reaches the writer.
+        let mut b = std::fs::File::create(mnt2.join("b")).unwrap();
+        let chunk = vec![7u8; 256 * 1024];
+        let mut failed = None;
+        for _ in 0..64 {
+            if let Err(e) = b.write_all(&chunk).and_then(|()| b.sync_data()) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("a 4 MiB disk must fill up");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        drop(b);
+        // Appending to `a` on the full disk fails too, and `a` keeps its content.
+        let r = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt2.join("a"))
+            .and_then(|mut f| f.write_all(&vec![1u8; 512 * 1024]).and_then(|()| f.sync_all()));
+        assert!(r.is_err(), "append on a full disk succeeded");
+        // Fill the last bytes from outside, then a key-manager change cannot be saved.
+        let filler = cipher2.parent().unwrap().join("filler");
+        let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
+        let rot = std::fs::read_dir(mnt2.join(".kmsfs/keys"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("rotate");
+        assert!(std::fs::write(&rot, b"1\n").is_err(), "rotation saved on a full disk");
+        std::fs::remove_file(&filler).unwrap();
+        let _ = std::fs::remove_file(mnt2.join("b"));
+        // `a` keeps its content; the failed append may have left a part of itself behind (as
+        // on any file system, a failed write can be partial), never a damaged file.
+        let now = std::fs::read(mnt2.join("a")).expect("a reads after the full disk");
+        assert!(now.len() >= a.len(), "a shrank to {} bytes", now.len());
+        assert!(now[..a.len()] == a[..], "a's content changed");
+        assert!(now[a.len()..].iter().all(|b| *b == 1), "the partial append is not garbage");
+    });
+    m.unmount();
+    // After a remount: the key store opens (one version: the rotation was refused), every file
+    // reads, fsck is clean, the audit log verifies.
+    let o = kms(&["key", "list", "--json"], &cipher, &pass);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let keys: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(keys[0]["current_version"], 1);
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    for e in std::fs::read_dir(&mnt).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    m.unmount();
+    let o = kmsfs()
+        .arg("fsck")
+        .arg("--passfile")
+        .arg(&pass)
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = kms(&["audit", "verify"], &cipher, &pass);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    drop(back);
+}
