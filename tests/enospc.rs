@@ -62,7 +62,7 @@ fn a_full_disk_damages_nothing() {
         .unwrap();
     assert!(o.status.success());
     let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let (cipher2, mnt2, pass2) = (cipher.clone(), mnt.clone(), pass.clone());
+    let (cipher2, mnt2) = (cipher.clone(), mnt.clone());
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
     with_timeout(60, move || {
         let mut f = std::fs::File::create(mnt2.join("a")).unwrap();
