@@ -86,7 +86,10 @@ fn a_full_disk_damages_nothing() {
         let r = std::fs::OpenOptions::new()
             .append(true)
             .open(mnt2.join("a"))
-            .and_then(|mut f| f.write_all(&vec![1u8; 512 * 1024]).and_then(|()| f.sync_all()));
+            .and_then(|mut f| {
+                f.write_all(&vec![1u8; 512 * 1024])
+                    .and_then(|()| f.sync_all())
+            });
         assert!(r.is_err(), "append on a full disk succeeded");
         // Fill the last bytes from outside, then a key-manager change cannot be saved.
         let filler = cipher2.parent().unwrap().join("filler");
@@ -98,7 +101,10 @@ fn a_full_disk_damages_nothing() {
             .unwrap()
             .path()
             .join("rotate");
-        assert!(std::fs::write(&rot, b"1\n").is_err(), "rotation saved on a full disk");
+        assert!(
+            std::fs::write(&rot, b"1\n").is_err(),
+            "rotation saved on a full disk"
+        );
         std::fs::remove_file(&filler).unwrap();
         let _ = std::fs::remove_file(mnt2.join("b"));
         // `a` keeps its content; the failed append may have left a part of itself behind (as
@@ -106,7 +112,10 @@ fn a_full_disk_damages_nothing() {
         let now = std::fs::read(mnt2.join("a")).expect("a reads after the full disk");
         assert!(now.len() >= a.len(), "a shrank to {} bytes", now.len());
         assert!(now[..a.len()] == a[..], "a's content changed");
-        assert!(now[a.len()..].iter().all(|b| *b == 1), "the partial append is not garbage");
+        assert!(
+            now[a.len()..].iter().all(|b| *b == 1),
+            "the partial append is not garbage"
+        );
     });
     m.unmount();
     // After a remount: the key store opens (one version: the rotation was refused), every file

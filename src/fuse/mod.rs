@@ -435,11 +435,11 @@ impl Filesystem for KmsFs {
         match self.vfs.readdirplus(fh.0, offset) {
             Ok(entries) => {
                 let mut full = false;
-                for (i, (e, a)) in entries.iter().enumerate() {
+                for (next, e, a) in &entries {
                     if !full {
                         full = reply.add(
                             INodeNo(e.ino),
-                            offset + i as u64 + 1,
+                            *next,
                             &e.name,
                             &ttl(a.ino),
                             &attr(a),

@@ -56,11 +56,16 @@ impl Vfs {
         Ok(e.0.iter().skip(offset as usize).cloned().collect())
     }
 
-    /// Like [`Vfs::readdir`], with each entry's attributes. Every entry but `.` and `..` counts
-    /// one lookup (the kernel takes them as looked up); the caller must [`Vfs::forget`] entries
-    /// it could not pass on.
-    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(DirEntry, Attr)>> {
+    /// Like [`Vfs::readdir`], with each entry's attributes and the offset of the entry after
+    /// it (entries gone since the snapshot are left out, so offsets are not consecutive). Every
+    /// entry but `.` and `..` counts one lookup (the kernel takes them as looked up); the caller
+    /// must [`Vfs::forget`] entries it could not pass on.
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry, Attr)>> {
         let entries = self.readdir(fh, offset)?;
+        let entries = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (offset + i as u64 + 1, e));
         let ino = self
             .dirs
             .get(&fh)
@@ -68,13 +73,12 @@ impl Vfs {
             .ok_or(super::VfsError::BadHandle(fh))?;
         if super::is_control(ino) {
             return Ok(entries
-                .into_iter()
-                .filter_map(|e| self.ctl_entry_attr(&e).map(|a| (e, a)))
+                .filter_map(|(next, e)| self.ctl_entry_attr(&e).map(|a| (next, e, a)))
                 .collect());
         }
         let dir = self.dir_node(ino)?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
+        let mut out = Vec::new();
+        for (next, e) in entries {
             if e.cipher_name.is_empty() {
                 let st = rustix::fs::statat(
                     &dir.fd,
@@ -83,12 +87,12 @@ impl Vfs {
                 )?;
                 let mut a = Attr::from_stat(&st, e.ino, &self.layout);
                 a.ino = e.ino;
-                out.push((e, a));
+                out.push((next, e, a));
                 continue;
             }
             // Gone since the snapshot: leave it out.
             if let Ok((_, attr)) = self.intern_child(&dir, &e.cipher_name) {
-                out.push((DirEntry { ino: attr.ino, ..e }, attr));
+                out.push((next, DirEntry { ino: attr.ino, ..e }, attr));
             }
         }
         Ok(out)
@@ -132,10 +136,14 @@ impl Vfs {
             },
         ];
         let at_root = ino == ROOT_INO;
+        // A name renamed out of and back into the directory while the backing readdir runs can
+        // be returned twice (the backing file system's order is a hash); names are unique at
+        // any instant, so a repeat is dropped.
+        let mut seen = std::collections::HashSet::new();
         for e in rustix::fs::Dir::read_from(&fd)? {
             let e = e?;
             let raw = e.file_name().to_bytes();
-            if raw == b"." || raw == b".." {
+            if raw == b"." || raw == b".." || !seen.insert(raw.to_vec()) {
                 continue;
             }
             let plain = match self.names.classify(raw, at_root) {
