@@ -52,6 +52,8 @@ struct Inner {
     chain: [u8; 32],
     since_checkpoint: u64,
     last_signature: String,
+    /// A periodic checkpoint not yet in `head` (written at the next group commit).
+    head_pending: Option<Vec<u8>>,
 }
 
 /// An open audit log (one writer per volume: the mount, or the CLI when unmounted).
@@ -150,6 +152,7 @@ impl AuditLog {
                 chain,
                 since_checkpoint: 0,
                 last_signature: last_sig,
+                head_pending: None,
             }),
             subscriber: std::sync::OnceLock::new(),
         };
@@ -165,6 +168,11 @@ impl AuditLog {
             let mut r = AuditRecord::new("ChainStart", Source::System);
             r.detail = Some(why.into());
             log.write_entry(KIND_CHAIN_START, r)?;
+        }
+        // A new log gets its `head` at once (periodic checkpoints reach it only at the group
+        // commit, and a log killed before the first one must still verify).
+        if last.is_none() {
+            log.checkpoint("start")?;
         }
         Ok(log)
     }
@@ -274,8 +282,16 @@ impl AuditLog {
         };
         let json = serde_json::to_vec(&c).map_err(io::Error::other)?;
         self.write_raw(g, KIND_CHECKPOINT, &json)?;
-        g.file.sync_data()?;
-        crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), &json, 0o600, None)?;
+        if reason == "periodic" {
+            // Every 1,000 records, on the request path: signed now; made durable, and recorded
+            // in `head`, by the next group commit (every minute) or the closing checkpoint. Two
+            // fsyncs and a rename here cost ~15 ms each time (`cargo bench --bench audit`).
+            g.head_pending = Some(json);
+        } else {
+            g.file.sync_data()?;
+            crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), &json, 0o600, None)?;
+            g.head_pending = None;
+        }
         g.last_signature = sig;
         g.since_checkpoint = 0;
         Ok(())
@@ -283,7 +299,12 @@ impl AuditLog {
 
     /// Makes everything written so far durable (group commit).
     pub fn sync(&self) -> io::Result<()> {
-        self.lock().file.sync_data()
+        let mut g = self.lock();
+        g.file.sync_data()?;
+        if let Some(json) = g.head_pending.take() {
+            crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), &json, 0o600, None)?;
+        }
+        Ok(())
     }
 
     /// The clean end of a session.
