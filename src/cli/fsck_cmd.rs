@@ -41,6 +41,7 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
             .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES),
     );
     let km = KeyManager::new(u);
+    let mut progress = super::progress::Progress::new("fsck");
     let r = fsck::fsck(
         &km,
         &root,
@@ -48,8 +49,10 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
         block_size,
         used_backup.as_deref(),
         a.repair,
+        &mut |done, total| progress.update(done, total),
     )
     .map_err(|e| CliError::new(code::ERROR, format!("fsck of {}: {e}", root.display())))?;
+    progress.finish();
     if a.json {
         super::key_cmd::print_json(&r);
     } else {

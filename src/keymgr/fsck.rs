@@ -53,6 +53,8 @@ impl Report {
 }
 
 struct Ctx<'a> {
+    progress: &'a mut dyn FnMut(u64, u64),
+    total: u64,
     km: &'a KeyManager,
     names: &'a Names,
     layout: Layout,
@@ -86,8 +88,12 @@ pub fn fsck(
     block_size: u32,
     used_backup: Option<&str>,
     repair: bool,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> std::io::Result<Report> {
+    let total = count_files(root);
     let mut c = Ctx {
+        progress,
+        total,
         km,
         names,
         layout: Layout::new(block_size),
@@ -218,8 +224,35 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
     Ok(())
 }
 
+/// Regular files under `dir` that fsck checks (for the progress display): not the control
+/// directory, directory ids or long-name side files.
+fn count_files(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let n = e.file_name();
+                    let n = n.as_bytes();
+                    if n == crate::names::CONTROL_DIR.as_bytes()
+                        || n == DIRID_FILE.as_bytes()
+                        || n.ends_with(LONG_NAME_SUFFIX.as_bytes())
+                    {
+                        return 0;
+                    }
+                    match e.file_type() {
+                        Ok(t) if t.is_dir() => count_files(&e.path()),
+                        Ok(t) if t.is_file() => 1,
+                        _ => 0,
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result<()> {
     c.report.files += 1;
+    (c.progress)(c.report.files, c.total.max(c.report.files));
     let f = File::open(path)?;
     let len = f.metadata()?.len();
     let mut hb = [0u8; HEADER_LEN];
