@@ -565,3 +565,39 @@ fn anomaly_alert_when_a_user_is_denied_too_often() {
     assert_eq!(n, alerts.len());
     m.unmount();
 }
+
+#[test]
+fn rewrap_through_the_mount_while_a_file_is_open() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let mp = m.path("");
+    let mp = mp.to_str().unwrap().to_string();
+    for i in 0..5 {
+        std::fs::write(m.path(&format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let held = std::fs::File::open(m.path("f0")).unwrap();
+    let key = default_key(&m);
+    assert!(echo_to(&ctl(&m).join("keys").join(&key).join("rotate"), "1").0);
+    let s = kmsfs_json(&["rewrap", &mp, "--json"]);
+    assert_eq!(s["rewrapped"], 5, "{s}");
+    let usage = kmsfs_json(&["key", &mp, "usage", "--json"]);
+    assert_eq!(usage["files"][&key]["2"], 5, "{usage}");
+    assert!(usage["files"][&key].get("1").is_none(), "{usage}");
+    // Contents unchanged, also through the handle opened before.
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut &held, &mut s).unwrap();
+    assert_eq!(s, "file 0");
+    for i in 0..5 {
+        assert_eq!(read(&m.path(&format!("f{i}"))), format!("file {i}"));
+    }
+    let metrics = read(&ctl(&m).join("metrics"));
+    assert!(metrics.contains("kmsfs_rewrap_files_done 5"), "{metrics}");
+    // A second run finds nothing to do.
+    let s = kmsfs_json(&["rewrap", &mp, "--json"]);
+    assert_eq!(
+        (s["rewrapped"].clone(), s["already_current"].clone()),
+        (0.into(), 5.into())
+    );
+    drop(held);
+    m.unmount();
+}

@@ -16,9 +16,8 @@ use serde_json::Value;
 use super::target::target;
 use crate::control::Request;
 use crate::control::request::MaterialHex;
-use crate::keymgr::audit::{AuditKeys, AuditLog, AuditRecord, Source};
-use crate::keymgr::lifecycle::{self, DELETION_DAYS_DEFAULT};
-use crate::keymgr::rewrap::{self, RewrapOptions};
+use crate::keymgr::audit::{AuditKeys, AuditLog};
+use crate::keymgr::lifecycle::DELETION_DAYS_DEFAULT;
 use crate::keymgr::{KeyManager, VolumePaths};
 use crate::names::Names;
 
@@ -164,30 +163,6 @@ pub(super) struct Admin {
     /// Every administration command is audited (source "kms"); no log, no administration.
     pub(super) audit: AuditLog,
     _lock: std::os::fd::OwnedFd,
-}
-
-impl Admin {
-    /// Records a command: `event` (e.g. KeyDisable), its arguments and its outcome.
-    pub(super) fn record<T>(
-        &self,
-        event: &str,
-        detail: String,
-        outcome: &Result<T, CliError>,
-    ) -> Result<(), CliError> {
-        let mut r = AuditRecord::new(event, Source::Kms);
-        r.actor = crate::vfs::identity::current().into();
-        r.detail = Some(match outcome {
-            Ok(_) => detail,
-            Err(e) => format!("{detail}: refused: {}", e.message),
-        });
-        if let Err(e) = outcome {
-            r.errno = e.code;
-        }
-        self.audit
-            .append(r)
-            .map(|_| ())
-            .map_err(|e| CliError::new(code::ERROR, format!("audit log: {e}")))
-    }
 }
 
 impl Drop for Admin {
@@ -559,40 +534,28 @@ pub fn rules(a: &RulesArgs) -> Result<(), CliError> {
 }
 
 pub fn rewrap(a: &RewrapArgs) -> Result<(), CliError> {
-    let ad = open(&a.cipherdir, &a.unlock)?;
-    let r = rewrap_op(&ad, a);
-    ad.record("Rewrap", format!("key={:?} rules={}", a.key, a.rules), &r)?;
-    r
-}
-
-fn rewrap_op(ad: &Admin, a: &RewrapArgs) -> Result<(), CliError> {
-    let key = a
-        .key
-        .as_deref()
-        .map(|k| ad.km.query(|s| lifecycle::resolve(s, k)))
-        .transpose()?;
-    let opts = RewrapOptions {
-        key,
-        follow_rules: a.rules,
-    };
-    let mut progress = super::progress::Progress::new("rewrap");
-    let s = rewrap::rewrap(&ad.km, &ad.root, &ad.names(), &opts, &mut |done, total| {
-        progress.update(done, total)
-    })
-    .map_err(|e| CliError::new(code::ERROR, format!("rewrap of {}: {e}", ad.root.display())))?;
-    progress.finish();
+    let out = target(&a.cipherdir, &a.unlock)?.call(&Request::Rewrap {
+        key: a.key.clone(),
+        rules: a.rules,
+    })?;
+    let n = |k: &str| out[k].as_u64().unwrap_or(0);
     if a.json {
-        print_json(&s);
+        print_json(&out);
     } else {
         println!(
             "{} files: {} rewrapped, {} already current, {} skipped (key not usable), {} damaged",
-            s.files, s.rewrapped, s.already_current, s.skipped_unusable_key, s.damaged
+            n("files"),
+            n("rewrapped"),
+            n("already_current"),
+            n("skipped_unusable_key"),
+            n("damaged")
         );
-        for e in &s.errors {
-            eprintln!("kmsfs: {e}");
+        for e in out["errors"].as_array().into_iter().flatten() {
+            eprintln!("kmsfs: {}", s(e));
         }
     }
-    if s.damaged > 0 || s.skipped_unusable_key > 0 || !s.errors.is_empty() {
+    let errors = out["errors"].as_array().map_or(0, Vec::len);
+    if n("damaged") > 0 || n("skipped_unusable_key") > 0 || errors > 0 {
         return Err(CliError::new(
             code::ERROR,
             "rewrap left files behind (listed above); rerun after fixing them",

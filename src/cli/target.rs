@@ -13,7 +13,9 @@ use super::UnlockArgs;
 use super::error::CliError;
 use super::exit_code as code;
 use super::key_cmd::{Admin, open};
-use crate::control::{Authority, CONTROL_NAME, ControlError, ErrorKind, Executor, Request};
+use crate::control::{
+    Authority, CONTROL_NAME, CipherTree, ControlError, ErrorKind, Executor, Request,
+};
 
 pub(super) enum Target {
     Offline(Box<Admin>),
@@ -56,14 +58,34 @@ impl Target {
     pub(super) fn call(&self, req: &Request) -> Result<Value, CliError> {
         match self {
             Target::Offline(ad) => {
-                let scan = || crate::keymgr::rewrap::count_versions(&ad.root, &ad.names());
+                let progress = std::sync::Mutex::new(super::progress::Progress::new("rewrap"));
+                let shown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let shown2 = shown.clone();
+                let tree = CipherTree {
+                    root: ad.root.clone(),
+                    names: ad.names(),
+                    progress: Box::new(move |d, n| {
+                        shown2.store(true, std::sync::atomic::Ordering::Relaxed);
+                        progress
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .update(d, n)
+                    }),
+                };
                 let ex = Executor {
                     km: &ad.km,
                     audit: Some(&ad.audit),
-                    scan: &scan,
+                    tree: &tree,
                 };
                 let who = crate::vfs::identity::current();
-                Ok(ex.execute(&Authority::Passphrase(who), req)?)
+                let r = ex.execute(&Authority::Passphrase(who), req);
+                if shown.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr())
+                {
+                    // The progress line of a terminal ends without a newline.
+                    eprintln!();
+                }
+                Ok(r?)
             }
             Target::Mounted(ctl) => call_mounted(ctl, req),
         }

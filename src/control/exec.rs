@@ -83,13 +83,27 @@ impl From<AdminError> for ControlError {
 
 type R<T> = Result<T, ControlError>;
 
+/// The cipher directory's files, for the requests that look at every file header.
+pub struct CipherTree {
+    pub root: std::path::PathBuf,
+    pub names: crate::names::Names,
+    /// Rewrap progress: (files done, files in all).
+    pub progress: Box<dyn Fn(u64, u64) + Send + Sync>,
+}
+
+impl CipherTree {
+    fn counts(&self) -> std::io::Result<VersionCounts> {
+        crate::keymgr::rewrap::count_versions(&self.root, &self.names)
+    }
+}
+
 /// Runs requests against one key manager.
 pub struct Executor<'a> {
     pub km: &'a KeyManager,
     /// Every request is recorded; without a log (tests of the model) nothing is.
     pub audit: Option<&'a AuditLog>,
-    /// Counts files per key version in the cipher directory (usage and trim).
-    pub scan: &'a (dyn Fn() -> std::io::Result<VersionCounts> + Sync),
+    /// The files (usage, trim, rewrap).
+    pub tree: &'a CipherTree,
 }
 
 fn audit_decision(d: &Option<Decision>) -> AuditDecision {
@@ -260,7 +274,7 @@ impl Executor<'_> {
     }
 
     fn counts(&self) -> R<VersionCounts> {
-        (self.scan)().map_err(|e| {
+        self.tree.counts().map_err(|e| {
             ControlError::new(
                 ErrorKind::Failed,
                 format!("scanning the cipher directory: {e}"),
@@ -525,6 +539,18 @@ impl Executor<'_> {
                     Ok(())
                 })?;
                 Ok(serde_json::to_value(km.query(|s| s.alerts)).unwrap_or_default())
+            }
+            Request::Rewrap { key: k, rules } => {
+                let opts = crate::keymgr::rewrap::RewrapOptions {
+                    key: k.as_deref().map(key).transpose()?,
+                    follow_rules: *rules,
+                };
+                let t = self.tree;
+                let s = crate::keymgr::rewrap::rewrap(km, &t.root, &t.names, &opts, &mut |d, n| {
+                    (t.progress)(d, n)
+                })
+                .map_err(|e| ControlError::new(ErrorKind::Failed, format!("rewrap: {e}")))?;
+                Ok(serde_json::to_value(s).unwrap_or_default())
             }
             Request::VerifyAuditLog => {
                 let log = self.audit.ok_or_else(|| {

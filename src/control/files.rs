@@ -143,7 +143,7 @@ impl ControlDir {
         let quiet = Executor {
             km: &self.km,
             audit: None,
-            scan: &self.scan,
+            tree: &self.tree,
         };
         let run = |req: Request| -> CtlResult<Value> {
             Ok(match who {

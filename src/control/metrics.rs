@@ -32,6 +32,9 @@ pub struct Metrics {
     pub identity_cache_hits: AtomicU64,
     pub identity_cache_misses: AtomicU64,
     pub per_key: DashMap<KeyId, KeyCounters>,
+    /// Progress of the running (or last) rewrap through the mount.
+    pub rewrap_done: std::sync::Arc<AtomicU64>,
+    pub rewrap_total: std::sync::Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -128,6 +131,18 @@ impl ControlDir {
             "counter",
             "Plaintext bytes written through closed handles.",
             g(&m.bytes_written),
+        );
+        o.one(
+            "kmsfs_rewrap_files_done",
+            "gauge",
+            "Files processed by the running or last rewrap through this mount.",
+            m.rewrap_done.load(Ordering::Relaxed),
+        );
+        o.one(
+            "kmsfs_rewrap_files_total",
+            "gauge",
+            "Files of the running or last rewrap through this mount.",
+            m.rewrap_total.load(Ordering::Relaxed),
         );
         o.one(
             "kmsfs_control_requests_total",

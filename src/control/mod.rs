@@ -19,14 +19,13 @@ pub mod metrics;
 mod node;
 pub mod request;
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use dashmap::DashMap;
 
-pub use exec::{Authority, ControlError, ErrorKind, Executor};
+pub use exec::{Authority, CipherTree, ControlError, ErrorKind, Executor};
 pub use metrics::Metrics;
 pub use node::{CtlAttr, CtlEntry, CtlKind};
 pub use request::Request;
@@ -34,7 +33,6 @@ pub use request::Request;
 use crate::keymgr::KeyManager;
 use crate::keymgr::audit::{AuditDecision, AuditLog};
 use crate::keymgr::policy::{Decision, Identity};
-use crate::keymgr::rewrap::VersionCounts;
 use node::NodeTable;
 
 /// The reserved name of the control directory at the mount root.
@@ -103,14 +101,13 @@ pub struct VolumeFacts {
     pub read_only: bool,
 }
 
-type Scan = Box<dyn Fn() -> io::Result<VersionCounts> + Send + Sync>;
 type Notify = Box<dyn Fn(u64, u64, Vec<u8>) + Send + Sync>;
 
 /// The control directory of one mounted volume.
 pub struct ControlDir {
     km: Arc<KeyManager>,
     audit: OnceLock<Arc<AuditLog>>,
-    scan: Scan,
+    tree: exec::CipherTree,
     facts: VolumeFacts,
     nodes: NodeTable,
     handles: DashMap<u64, files::CtlHandle>,
@@ -135,17 +132,33 @@ impl std::fmt::Debug for ControlDir {
 }
 
 impl ControlDir {
-    pub fn new(km: Arc<KeyManager>, facts: VolumeFacts, scan: Scan) -> Arc<Self> {
+    /// The control directory of the volume in `root` (whose names `names` decrypts).
+    pub fn new(
+        km: Arc<KeyManager>,
+        facts: VolumeFacts,
+        root: std::path::PathBuf,
+        names: crate::names::Names,
+    ) -> Arc<Self> {
+        let metrics = Metrics::default();
+        let (done, total) = (metrics.rewrap_done.clone(), metrics.rewrap_total.clone());
+        let tree = exec::CipherTree {
+            root,
+            names,
+            progress: Box::new(move |d, n| {
+                done.store(d, Ordering::Relaxed);
+                total.store(n, Ordering::Relaxed);
+            }),
+        };
         let uid = km.query(|s| s.owner_uid);
         Arc::new(ControlDir {
             km,
             audit: OnceLock::new(),
-            scan,
+            tree,
             facts,
             nodes: NodeTable::new(),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            metrics: Metrics::default(),
+            metrics,
             alerts: Default::default(),
             started: Instant::now(),
             started_at: SystemTime::now(),
@@ -181,7 +194,7 @@ impl ControlDir {
         Executor {
             km: &self.km,
             audit: self.audit.get().map(|a| a.as_ref()),
-            scan: &self.scan,
+            tree: &self.tree,
         }
     }
 

@@ -207,6 +207,14 @@ pub enum Request {
     PutKeyRules {
         rules: Vec<RuleDoc>,
     },
+    /// Re-wraps files' data keys under the newest version of their key (or of the key their
+    /// path's rule names), header only.
+    Rewrap {
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        rules: bool,
+    },
     /// Checks the audit log's chain, sequence and signatures.
     VerifyAuditLog,
     GetAlertSettings,
@@ -260,6 +268,7 @@ impl Request {
             SetKeyRule,
             DeleteKeyRule,
             PutKeyRules,
+            Rewrap,
             VerifyAuditLog,
             GetAlertSettings,
             PutAlertSettings,
@@ -303,6 +312,7 @@ impl Request {
             RetireGrant { .. } => "kms:RetireGrant",
             RevokeGrant { .. } => "kms:RevokeGrant",
             VerifyAuditLog => "kms:ReadAuditLog",
+            Rewrap { .. } => "kms:ReEncryptFrom",
             GetAlertSettings => "kms:DescribeVolume",
             PutAlertSettings { .. } => "kms:PutAlertSettings",
         }
@@ -333,7 +343,7 @@ impl Request {
             | PutKeyPolicy { key, .. }
             | SimulatePolicy { key, .. }
             | CreateGrant { key, .. } => Some(key),
-            ListGrants { key } => key.as_deref(),
+            ListGrants { key } | Rewrap { key, .. } => key.as_deref(),
             DeleteAlias { alias } => Some(alias),
             _ => None,
         }

@@ -28,12 +28,9 @@ fn fixture() -> Fixture {
         AuditKeys::new(&u.store.volume_secret),
     )
     .unwrap();
+    let names = crate::names::Names::new(&u.store.volume_secret, false);
     let km = Arc::new(KeyManager::new(u));
-    let ctl = ControlDir::new(
-        km,
-        VolumeFacts::default(),
-        Box::new(|| Ok(VersionCounts::default())),
-    );
+    let ctl = ControlDir::new(km, VolumeFacts::default(), d.clone(), names);
     ctl.set_audit(Arc::new(log));
     Fixture { _t: t, ctl }
 }

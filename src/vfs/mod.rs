@@ -151,11 +151,7 @@ impl Vfs {
                 ],
                 read_only: opts.read_only,
             };
-            crate::control::ControlDir::new(
-                km.clone(),
-                facts,
-                Box::new(move || crate::keymgr::rewrap::count_versions(&root, &names)),
-            )
+            crate::control::ControlDir::new(km.clone(), facts, root, names)
         };
         Ok(Vfs {
             control,
