@@ -203,7 +203,11 @@ impl Source {
     fn verify(&self) -> Result<audit::VerifyReport, CliError> {
         match self {
             Source::Offline { control, keys } => {
-                audit::verify(control, keys).map_err(|e| self.io(e))
+                let mut p = super::progress::Progress::new("audit verify").unit("segments");
+                let r = audit::verify_with_progress(control, keys, &mut |d, n| p.update(d, n))
+                    .map_err(|e| self.io(e));
+                p.finish();
+                r
             }
             Source::Mounted(c) => {
                 let t = super::target::Target::Mounted(c.clone());

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 pub struct Progress {
     what: &'static str,
+    unit: &'static str,
     start: Instant,
     last: Instant,
     tty: bool,
@@ -17,11 +18,18 @@ impl Progress {
         let now = Instant::now();
         Progress {
             what,
+            unit: "files",
             start: now,
             last: now,
             tty: std::io::stderr().is_terminal(),
             shown: false,
         }
+    }
+
+    /// What is counted ("files" unless set).
+    pub fn unit(mut self, unit: &'static str) -> Self {
+        self.unit = unit;
+        self
     }
 
     pub fn update(&mut self, done: u64, total: u64) {
@@ -33,6 +41,10 @@ impl Progress {
         if self.last.elapsed() < every && done != total {
             return;
         }
+        // An operation done within a second shows nothing.
+        if done == total && !self.shown && self.start.elapsed() < Duration::from_secs(1) {
+            return;
+        }
         self.last = Instant::now();
         let secs = self.start.elapsed().as_secs_f64().max(1e-3);
         let rate = done as f64 / secs;
@@ -42,8 +54,8 @@ impl Progress {
             0.0
         };
         let line = format!(
-            "{}: {done}/{total} files, {rate:.0}/s, ETA {eta:.0}s",
-            self.what
+            "{}: {done}/{total} {}, {rate:.0}/s, ETA {eta:.0}s",
+            self.what, self.unit
         );
         if self.tty {
             eprint!("\r{line}\x1b[K");

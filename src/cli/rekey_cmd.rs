@@ -105,7 +105,18 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
     result.map(|()| true)
 }
 
-fn visit(p: &Path, force: bool, done: &mut u64, failed: &mut Vec<String>) {
+/// Regular files under the given paths (for the progress display).
+fn count(p: &Path) -> u64 {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| count(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(md) if md.is_file() => 1,
+        _ => 0,
+    }
+}
+
+fn visit(p: &Path, force: bool, done: &mut u64, failed: &mut Vec<String>, tick: &mut dyn FnMut()) {
     let Ok(md) = fs::symlink_metadata(p) else {
         failed.push(format!("{}: not found", p.display()));
         return;
@@ -114,7 +125,7 @@ fn visit(p: &Path, force: bool, done: &mut u64, failed: &mut Vec<String>) {
         match fs::read_dir(p) {
             Ok(rd) => {
                 for e in rd.flatten() {
-                    visit(&e.path(), force, done, failed);
+                    visit(&e.path(), force, done, failed, tick);
                 }
             }
             Err(e) => failed.push(format!("{}: {e}", p.display())),
@@ -126,6 +137,7 @@ fn visit(p: &Path, force: bool, done: &mut u64, failed: &mut Vec<String>) {
         Ok(false) => {}
         Err(e) => failed.push(format!("{}: {e}", p.display())),
     }
+    tick();
 }
 
 pub fn rekey(a: &RekeyArgs) -> Result<(), CliError> {
@@ -139,9 +151,16 @@ pub fn rekey(a: &RekeyArgs) -> Result<(), CliError> {
         }
     }
     let (mut done, mut failed) = (0, Vec::new());
+    let total: u64 = a.paths.iter().map(|p| count(p)).sum();
+    let mut progress = super::progress::Progress::new("rekey");
+    let mut seen = 0u64;
     for p in &a.paths {
-        visit(p, a.force, &mut done, &mut failed);
+        visit(p, a.force, &mut done, &mut failed, &mut || {
+            seen += 1;
+            progress.update(seen, total.max(seen));
+        });
     }
+    progress.finish();
     println!("re-keyed {done} file(s)");
     for f in &failed {
         eprintln!("kmsfs: rekey: {f}");

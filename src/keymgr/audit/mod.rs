@@ -23,7 +23,7 @@ mod verify;
 mod writer;
 
 pub use record::{Actor, AuditRecord, Checkpoint, Decision as AuditDecision, Resources, Source};
-pub use verify::{Finding, VerifyReport, read_all, verify};
+pub use verify::{Finding, VerifyReport, read_all, verify, verify_with_progress};
 pub use writer::AuditLog;
 
 use crate::crypto::{Aead, Key256, SignKey, hkdf_subkey};

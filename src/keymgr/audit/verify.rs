@@ -139,6 +139,15 @@ pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<Aud
 
 /// Verifies the whole log: chain, sequence, decryption, checkpoint signatures, segments, head.
 pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyReport> {
+    verify_with_progress(control_dir, keys, &mut |_, _| {})
+}
+
+/// [`verify`], calling `progress(segments done, segments)` after each segment.
+pub fn verify_with_progress(
+    control_dir: &Path,
+    keys: &AuditKeys,
+    progress: &mut dyn FnMut(u64, u64),
+) -> std::io::Result<VerifyReport> {
     let dir = control_dir.join(super::AUDIT_DIR);
     let mut r = VerifyReport {
         signing_key: hex::encode(&keys.public_key()),
@@ -178,7 +187,8 @@ pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyRep
             );
         }
     }
-    for s in &segs {
+    for (i, s) in segs.iter().enumerate() {
+        progress(i as u64 + 1, segs.len() as u64);
         let data = std::fs::read(dir.join(segment_name(*s)))?;
         if !data.is_empty() && data.last() != Some(&b'\n') {
             find(
