@@ -142,6 +142,12 @@ impl Mount {
         self.mnt.join(rel)
     }
 
+    /// The daemon's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Kills the daemon with SIGKILL (a crash) and detaches the dead mount.
     #[allow(dead_code)]
     pub fn kill9(mut self) {
