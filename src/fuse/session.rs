@@ -131,6 +131,7 @@ pub fn mount(
     let mut session = Session::new(KmsFs::new(vfs, opts.writeback_cache), mountpoint, &config)?;
     notify_growth(&control, session.notifier())?;
     let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()
         .name("kmsfs-signals".into())
         .spawn(move || {
@@ -149,7 +150,11 @@ pub fn mount(
                 tracing::info!("signal {sig}: unmounting");
             }
             if let Err(e) = unmounter.unmount() {
-                tracing::error!("unmount after signal {sig} failed: {e}");
+                // Typically EBUSY for a moment: the kernel releases a just-closed file
+                // asynchronously. fuser gives up its handle on the first failure, so retry
+                // with fusermount3 and end with a lazy unmount: a stop signal must unmount.
+                tracing::warn!("unmount after signal {sig} failed ({e}); retrying");
+                unmount_retrying(&mp);
             }
         })?;
     ready();
@@ -221,5 +226,30 @@ fn on_term_signal_byte(b: u8) {
     if fd >= 0 {
         // SAFETY: `fd` is the pipe's write end, open for the life of the process.
         unsafe { libc::write(fd, (&raw const b).cast(), 1) };
+    }
+}
+
+/// `fusermount3 -u` for up to 3 s, then `fusermount3 -u -z`.
+fn unmount_retrying(mp: &Path) {
+    let run = |lazy: bool| {
+        let mut c = std::process::Command::new("fusermount3");
+        c.arg("-u");
+        if lazy {
+            c.arg("-z");
+        }
+        c.arg(mp)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if run(false) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !run(true) {
+        tracing::error!("could not unmount {}", mp.display());
     }
 }
