@@ -136,14 +136,10 @@ impl Vfs {
             },
         ];
         let at_root = ino == ROOT_INO;
-        // A name renamed out of and back into the directory while the backing readdir runs can
-        // be returned twice (the backing file system's order is a hash); names are unique at
-        // any instant, so a repeat is dropped.
-        let mut seen = std::collections::HashSet::new();
         for e in rustix::fs::Dir::read_from(&fd)? {
             let e = e?;
             let raw = e.file_name().to_bytes();
-            if raw == b"." || raw == b".." || !seen.insert(raw.to_vec()) {
+            if raw == b"." || raw == b".." {
                 continue;
             }
             let plain = match self.names.classify(raw, at_root) {
