@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::inode::Node;
 use super::{Caller, Result, Vfs, VfsError};
 use crate::format::header::FileHeader;
-use crate::keymgr::audit::{Actor, AuditDecision, AuditLog, AuditRecord, Resources, Source};
-use crate::keymgr::policy::{Decision, Identity, Request};
+use crate::keymgr::audit::{Actor, AuditLog, AuditRecord, Resources, Source};
+use crate::keymgr::policy::{Identity, Request};
 
 /// How long a process's identity (groups, executable, names) is reused.
 const IDENTITY_TTL: Duration = Duration::from_secs(2);
@@ -31,20 +31,6 @@ pub(super) fn access_mode(flags: i32) -> &'static str {
         libc::O_WRONLY => "write",
         libc::O_RDWR => "readwrite",
         _ => "read",
-    }
-}
-
-fn decision(d: &Decision) -> AuditDecision {
-    let by = match d {
-        Decision::ExplicitDeny { sid } | Decision::AllowedByPolicy { sid } => {
-            format!("statement:{sid}")
-        }
-        Decision::AllowedByGrant { grant_id } => format!("grant:{grant_id}"),
-        Decision::ImplicitDeny => "implicit-deny".into(),
-    };
-    AuditDecision {
-        allowed: d.allowed(),
-        by,
     }
 }
 
@@ -151,7 +137,7 @@ impl Vfs {
         r.resources = resources.clone();
         r.access_mode = Some(mode.into());
         r.flags = Some(flags);
-        r.decision = Some(decision(&d));
+        r.decision = Some(crate::control::decision_record(&d));
         if !d.allowed() {
             r.errno = libc::EACCES;
             tracing::info!(
@@ -161,7 +147,7 @@ impl Vfs {
             );
         }
         self.audit_append(r)?;
-        self.check_anomaly(&actor, !d.allowed(), action == "kms:Decrypt", &req.now);
+        self.check_anomaly(&actor, !d.allowed(), action == "kms:Decrypt", req.now);
         if !d.allowed() {
             return Err(VfsError::Denied(format!(
                 "{action} on key {} ({d:?})",
@@ -178,7 +164,7 @@ impl Vfs {
     }
 
     /// Counts a decision toward the anomaly thresholds and writes the alert when one is reached.
-    fn check_anomaly(&self, actor: &Actor, denied: bool, decrypt: bool, now: &u64) {
+    fn check_anomaly(&self, actor: &Actor, denied: bool, decrypt: bool, now: u64) {
         use crate::control::alerts::AlertKind;
         let settings = self.km.query(|s| s.alerts);
         let (kind, threshold) = if denied {
@@ -188,7 +174,7 @@ impl Vfs {
         } else {
             return;
         };
-        if let Some(n) = self.control.alerts.note(actor.uid, kind, *now, threshold) {
+        if let Some(n) = self.control.alerts.note(actor.uid, kind, now, threshold) {
             tracing::warn!(uid = actor.uid, "anomaly: {n} {} in a minute", kind.name());
             let mut r = AuditRecord::new("AnomalyAlert", Source::System);
             r.actor = actor.clone();

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::inode::ROOT_INO;
 use super::{Attr, Caller, DirEntry, Kind, Result, Vfs, VfsError};
-use crate::control::{ControlDir, CtlAttr, CtlError, CtlKind, is_control_fh, is_control_ino};
+use crate::control::{ControlDir, CtlAttr, CtlError, CtlKind, is_control_ino};
 
 pub(super) fn ctl_err(e: CtlError) -> VfsError {
     VfsError::Control(e.errno, e.message)
@@ -42,13 +42,7 @@ fn attr(a: CtlAttr) -> Attr {
 
 /// Whether an inode or handle number belongs to the control directory (the FUSE adapter gives
 /// these no attribute cache and direct I/O).
-pub fn is_control(ino: u64) -> bool {
-    is_control_ino(ino)
-}
-
-pub fn is_control_handle(fh: u64) -> bool {
-    is_control_fh(fh)
-}
+pub use crate::control::{is_control_fh as is_control_handle, is_control_ino as is_control};
 
 impl Vfs {
     pub fn control(&self) -> &std::sync::Arc<ControlDir> {
