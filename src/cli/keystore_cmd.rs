@@ -43,11 +43,8 @@ enum KeystoreOp {
     },
 }
 
-fn record(cipherdir: &std::path::Path, how: &crate::keymgr::Unlock, event: &str, detail: String) {
-    // Best effort: a restore is often made because the volume could not be opened.
-    let Ok(u) = crate::keymgr::unlock(cipherdir, how) else {
-        return;
-    };
+/// Best effort: the record is written if the log opens.
+fn record(u: &crate::keymgr::Unlocked, event: &str, detail: String) {
     if let Ok(log) = AuditLog::open(
         &u.paths.control_dir(),
         AuditKeys::new(&u.store.volume_secret),
@@ -73,10 +70,9 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
     let how = unlock.source().get()?;
     let (info, what) = match &a.op {
         KeystoreOp::Export { file, .. } => {
-            let i = backup::export(cipherdir, &how, file)?;
+            let (i, u) = backup::export(cipherdir, &how, file)?;
             record(
-                cipherdir,
-                &how,
+                &u,
                 "KeyStoreExport",
                 format!("generation {} to {}", i.generation, file.display()),
             );
@@ -87,10 +83,9 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
             allow_rollback,
             ..
         } => {
-            let i = backup::restore(cipherdir, &how, file, *allow_rollback)?;
+            let (i, u) = backup::restore(cipherdir, &how, file, *allow_rollback)?;
             record(
-                cipherdir,
-                &how,
+                &u,
                 "KeyStoreRestore",
                 format!(
                     "generation {} from {} (rollback allowed: {allow_rollback})",

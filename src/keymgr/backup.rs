@@ -11,7 +11,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::seal::unseal;
-use super::{Unlock, VolumeError, VolumePaths, probe, unlock};
+use super::volume::io_err;
+use super::{Unlock, Unlocked, VolumeError, VolumePaths, probe, unlock};
 use crate::crypto::{hex, sha256};
 use crate::fsutil::atomic_write;
 
@@ -45,15 +46,9 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-fn io(p: &Path) -> impl Fn(std::io::Error) -> VolumeError + '_ {
-    move |e| VolumeError::Io {
-        path: p.to_path_buf(),
-        source: e,
-    }
-}
-
 /// Writes a backup of the volume in `dir` to `out` (mode 0600; refused if `out` exists).
-pub fn export(dir: &Path, how: &Unlock, out: &Path) -> Result<BackupInfo, VolumeError> {
+/// Returns the unlocked volume too (for the audit record, without a second key derivation).
+pub fn export(dir: &Path, how: &Unlock, out: &Path) -> Result<(BackupInfo, Unlocked), VolumeError> {
     let u = unlock(dir, how)?;
     let (_, config_bytes) = probe(dir)?;
     let sealed = u.sealed();
@@ -80,18 +75,19 @@ pub fn export(dir: &Path, how: &Unlock, out: &Path) -> Result<BackupInfo, Volume
     };
     let bytes =
         serde_json::to_vec_pretty(&file).map_err(|e| VolumeError::Invalid(e.to_string()))?;
-    atomic_write(out, &bytes, 0o600, None).map_err(io(out))?;
-    Ok(info)
+    atomic_write(out, &bytes, 0o600, None).map_err(io_err(out))?;
+    Ok((info, u))
 }
 
 /// Restores the backup `from` into the volume in `dir` (unmounted). `how` must open the backup.
+/// Returns the volume as it opens now.
 pub fn restore(
     dir: &Path,
     how: &Unlock,
     from: &Path,
     allow_rollback: bool,
-) -> Result<BackupInfo, VolumeError> {
-    let raw = std::fs::read(from).map_err(io(from))?;
+) -> Result<(BackupInfo, Unlocked), VolumeError> {
+    let raw = std::fs::read(from).map_err(io_err(from))?;
     let bad = |m: String| VolumeError::Invalid(format!("{}: {m}", from.display()));
     let file: BackupFile = serde_json::from_slice(&raw)
         .map_err(|e| bad(format!("not a kmsfs key-store backup ({e})")))?;
@@ -138,9 +134,9 @@ pub fn restore(
             keep_current_as_backup = cur.used_backup.is_none();
         }
     }
-    std::fs::create_dir_all(paths.control_dir()).map_err(io(&paths.control_dir()))?;
+    std::fs::create_dir_all(paths.control_dir()).map_err(io_err(&paths.control_dir()))?;
     if probe(dir).is_err() {
-        atomic_write(&paths.config(), &config, 0o644, None).map_err(io(&paths.config()))?;
+        atomic_write(&paths.config(), &config, 0o644, None).map_err(io_err(&paths.config()))?;
     }
     let bak = paths.keystore_backup();
     atomic_write(
@@ -149,13 +145,16 @@ pub fn restore(
         0o600,
         keep_current_as_backup.then_some(bak.as_path()),
     )
-    .map_err(io(&paths.keystore()))?;
+    .map_err(io_err(&paths.keystore()))?;
     // What was restored must now open.
     let check = unlock(dir, how)?;
-    Ok(BackupInfo {
-        volume_id: file.volume_id,
-        generation: check.generation(),
-        created: file.created,
-        keys: check.store.keys.len(),
-    })
+    Ok((
+        BackupInfo {
+            volume_id: file.volume_id,
+            generation: check.generation(),
+            created: file.created,
+            keys: check.store.keys.len(),
+        },
+        check,
+    ))
 }

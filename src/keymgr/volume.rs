@@ -49,7 +49,7 @@ impl VolumePaths {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
     move |source| VolumeError::Io {
         path: path.to_path_buf(),
         source,
