@@ -1,5 +1,6 @@
-//! `kmsfs audit show|tail|verify|export` on a cipher directory (with the passphrase). Reading is
-//! safe while the volume is mounted.
+//! `kmsfs audit show|tail|verify|export`: on a cipher directory (with the passphrase; safe
+//! while the volume is mounted) or, given a mount point or a mounted cipher directory, through
+//! the mount's `.kmsfs/audit` and `VerifyAuditLog` request.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,8 @@ use crate::keymgr::policy::glob;
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
+    /// The volume's cipher directory (read with the passphrase), or the mount point of the
+    /// mounted volume (read through .kmsfs/audit, as the key policy allows).
     cipherdir: PathBuf,
     #[command(flatten)]
     unlock: UnlockArgs,

@@ -142,6 +142,7 @@ enum RulesOp {
 
 #[derive(Args, Debug)]
 pub struct RewrapArgs {
+    /// The volume's cipher directory, or the mount point of the mounted volume.
     cipherdir: PathBuf,
     #[command(flatten)]
     unlock: UnlockArgs,

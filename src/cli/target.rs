@@ -58,18 +58,15 @@ impl Target {
     pub(super) fn call(&self, req: &Request) -> Result<Value, CliError> {
         match self {
             Target::Offline(ad) => {
-                let progress = std::sync::Mutex::new(super::progress::Progress::new("rewrap"));
-                let shown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let shown2 = shown.clone();
+                let progress = std::sync::Arc::new(std::sync::Mutex::new(
+                    super::progress::Progress::new("rewrap"),
+                ));
+                let p = progress.clone();
                 let tree = CipherTree {
                     root: ad.root.clone(),
                     names: ad.names(),
                     progress: Box::new(move |d, n| {
-                        shown2.store(true, std::sync::atomic::Ordering::Relaxed);
-                        progress
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .update(d, n)
+                        p.lock().unwrap_or_else(|p| p.into_inner()).update(d, n)
                     }),
                 };
                 let ex = Executor {
@@ -79,12 +76,7 @@ impl Target {
                 };
                 let who = crate::vfs::identity::current();
                 let r = ex.execute(&Authority::Passphrase(who), req);
-                if shown.load(std::sync::atomic::Ordering::Relaxed)
-                    && std::io::IsTerminal::is_terminal(&std::io::stderr())
-                {
-                    // The progress line of a terminal ends without a newline.
-                    eprintln!();
-                }
+                progress.lock().unwrap_or_else(|p| p.into_inner()).finish();
                 Ok(r?)
             }
             Target::Mounted(ctl) => call_mounted(ctl, req),
