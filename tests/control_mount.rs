@@ -13,22 +13,6 @@ use serde_json::Value;
 
 const OTHER: u32 = 4251;
 
-fn as_uid(uid: u32, cmd: &str) -> Output {
-    std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-            "/bin/sh",
-            "-c",
-            cmd,
-        ])
-        .output()
-        .expect("setpriv")
-}
-
 fn ctl(m: &Mount) -> PathBuf {
     m.path(".kmsfs")
 }

@@ -10,22 +10,6 @@ const ALICE: u32 = 4242;
 const BOB: u32 = 4243;
 const CAROL: u32 = 4244;
 
-fn as_uid(uid: u32, cmd: &str) -> Output {
-    std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &uid.to_string(),
-            "--clear-groups",
-            "/bin/sh",
-            "-c",
-            cmd,
-        ])
-        .output()
-        .expect("setpriv")
-}
-
 fn can_read(uid: u32, p: &Path) -> bool {
     as_uid(uid, &format!("cat '{}' >/dev/null", p.display()))
         .status

@@ -249,3 +249,21 @@ pub fn sh(cmd: &str) -> Output {
         .output()
         .expect("run sh")
 }
+
+/// Runs `cmd` with /bin/sh as `uid` (gid = uid, no supplementary groups).
+#[allow(dead_code)]
+pub fn as_uid(uid: u32, cmd: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+            cmd,
+        ])
+        .output()
+        .expect("setpriv")
+}
