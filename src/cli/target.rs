@@ -93,7 +93,10 @@ fn call_mounted(ctl: &Path, req: &Request) -> Result<Value, CliError> {
         .write(true)
         .open(&path)
         .map_err(io)?;
-    let body = serde_json::to_vec(req).map_err(|e| CliError::new(code::ERROR, e.to_string()))?;
+    // May carry imported key material.
+    let body = zeroize::Zeroizing::new(
+        serde_json::to_vec(req).map_err(|e| CliError::new(code::ERROR, e.to_string()))?,
+    );
     let written = f.write_all(&body);
     // The response follows the request on the same file, from the write position on.
     let mut out = Vec::new();

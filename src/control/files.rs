@@ -76,11 +76,12 @@ fn invalid(msg: impl Into<String>) -> CtlError {
     CtlError::new(libc::EINVAL, msg)
 }
 
-/// A complete JSON value in `buf`, `None` while it may still be incomplete.
-fn json_doc(buf: &[u8], last: bool) -> CtlResult<Option<Value>> {
-    match serde_json::from_slice::<Value>(buf) {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_eof() && !last => Ok(None),
+/// Whether `buf` holds one complete JSON value (`false` while it may still be incomplete).
+/// Checked without building the value: the bytes may carry key material (`request`).
+fn json_complete(buf: &[u8], last: bool) -> CtlResult<bool> {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(buf) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_eof() && !last => Ok(false),
         Err(e) if e.is_eof() => Err(invalid(format!("incomplete JSON document: {e}"))),
         Err(e) => Err(invalid(format!("not a valid JSON document: {e}"))),
     }
@@ -413,19 +414,14 @@ impl ControlDir {
             }
             out
         } else {
-            let doc = match json_doc(&buf, last) {
-                Ok(Some(v)) => v,
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    buf.clear();
-                    return Err(self.refuse(&h.who, e));
-                }
-            };
-            buf.clear();
-            vec![
-                self.json_request(&h.node, doc)
-                    .map_err(|e| self.refuse(&h.who, e))?,
-            ]
+            let complete = json_complete(&buf, last);
+            if complete == Ok(false) {
+                return Ok(());
+            }
+            let req = complete.and_then(|_| self.json_request(&h.node, &buf));
+            // The document may hold imported key material: no copy stays behind.
+            zeroize::Zeroize::zeroize(&mut *buf);
+            vec![req.map_err(|e| self.refuse(&h.who, e))?]
         };
         drop(buf);
         for req in reqs {
@@ -457,13 +453,13 @@ impl ControlDir {
         }
     }
 
-    fn json_request(&self, n: &Node, doc: Value) -> CtlResult<Request> {
+    fn json_request(&self, n: &Node, doc: &[u8]) -> CtlResult<Request> {
         let bad = |what: &str, e: serde_json::Error| invalid(format!("{what}: {e}"));
         match n {
-            Node::File(Top::Request) => serde_json::from_value(doc).map_err(|e| bad("request", e)),
+            Node::File(Top::Request) => serde_json::from_slice(doc).map_err(|e| bad("request", e)),
             Node::File(Top::Rules) => {
                 let rules: Vec<RuleDoc> =
-                    serde_json::from_value(doc).map_err(|e| bad("rules", e))?;
+                    serde_json::from_slice(doc).map_err(|e| bad("rules", e))?;
                 Ok(Request::PutKeyRules { rules })
             }
             Node::File(Top::Alerts) => {
@@ -475,7 +471,7 @@ impl ControlDir {
                     #[serde(default)]
                     decrypts_per_minute: Option<u32>,
                 }
-                let a: Alerts = serde_json::from_value(doc).map_err(|e| bad("alerts", e))?;
+                let a: Alerts = serde_json::from_slice(doc).map_err(|e| bad("alerts", e))?;
                 Ok(Request::PutAlertSettings {
                     denials_per_minute: a.denials_per_minute,
                     decrypts_per_minute: a.decrypts_per_minute,
@@ -483,7 +479,9 @@ impl ControlDir {
             }
             Node::KeyFile(k, KeyFile::Policy) => Ok(Request::PutKeyPolicy {
                 key: Self::key_str(k),
-                policy: serde_json::to_string_pretty(&doc).unwrap_or_default(),
+                policy: serde_json::from_slice::<Value>(doc)
+                    .and_then(|v| serde_json::to_string_pretty(&v))
+                    .map_err(|e| bad("policy", e))?,
                 bypass_lockout_check: false,
             }),
             Node::KeyFile(k, KeyFile::Rotation) => {
@@ -501,7 +499,7 @@ impl ControlDir {
                     #[allow(dead_code)]
                     next_rotation: Option<Value>,
                 }
-                let r: Rotation = serde_json::from_value(doc).map_err(|e| bad("rotation", e))?;
+                let r: Rotation = serde_json::from_slice(doc).map_err(|e| bad("rotation", e))?;
                 Ok(Request::SetKeyRotation {
                     key: Self::key_str(k),
                     enabled: r.enabled,
@@ -509,7 +507,7 @@ impl ControlDir {
                 })
             }
             Node::KeyFile(k, KeyFile::Grants) => {
-                let grant: GrantSpec = serde_json::from_value(doc).map_err(|e| bad("grant", e))?;
+                let grant: GrantSpec = serde_json::from_slice(doc).map_err(|e| bad("grant", e))?;
                 Ok(Request::CreateGrant {
                     key: Self::key_str(k),
                     grant,
