@@ -6,8 +6,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Writes `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync of
-/// the directory. If `backup` is given and `path` exists, the old file is renamed to `backup`
-/// first, so at every instant either `path` or `backup` holds a complete, older-or-newer version.
+/// the directory. If `backup` is given and `path` exists, the old file becomes `backup` first
+/// (through a hard link, so `path` exists at every instant: a failure at any step leaves `path`
+/// complete, old or new, and `backup` complete, one generation older or as old as `path`).
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32, backup: Option<&Path>) -> io::Result<()> {
     let dir = path
         .parent()
@@ -23,6 +24,11 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32, backup: Option<&Path>) 
         name.to_string_lossy(),
         crate::crypto::hex::encode(&rand)
     ));
+    let cleanup = |e: io::Error| {
+        let _ = fs::remove_file(&tmp);
+        e
+    };
+    crate::fault::check("create")?;
     {
         let mut f = OpenOptions::new()
             .write(true)
@@ -30,24 +36,57 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32, backup: Option<&Path>) 
             .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
             .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
+        let written = crate::fault::check("write")
+            .map_err(io::Error::from)
+            .and_then(|()| f.write_all(data))
+            .and_then(|()| crate::fault::check("fsync").map_err(io::Error::from))
+            .and_then(|()| f.sync_all());
+        written.map_err(cleanup)?;
     }
     if let Some(b) = backup {
-        match fs::rename(path, b) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
+        keep_as_backup(path, b, dir).map_err(cleanup)?;
+    }
+    crate::fault::check("rename")
+        .map_err(io::Error::from)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(cleanup)?;
+    crate::fault::check("fsync")?;
+    File::open(dir)?.sync_all()
+}
+
+/// Makes the current `path` (if any) the file `backup`, leaving `path` in place: a hard link under
+/// a temporary name renamed over `backup`. On a file system without hard links, `path` is renamed
+/// (then, until the new file is renamed in, only `backup` exists).
+fn keep_as_backup(path: &Path, backup: &Path, dir: &Path) -> io::Result<()> {
+    let rand: [u8; 8] = crate::crypto::random_array();
+    let link = dir.join(format!(".backup.{}.tmp", crate::crypto::hex::encode(&rand)));
+    match crate::fault::check("link")
+        .map_err(io::Error::from)
+        .and_then(|()| fs::hard_link(path, &link))
+    {
+        Ok(()) => {
+            let r = crate::fault::check("rename")
+                .map_err(io::Error::from)
+                .and_then(|()| fs::rename(&link, backup));
+            if r.is_err() {
+                let _ = fs::remove_file(&link);
+            }
+            r
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::EOPNOTSUPP | libc::EMLINK)
+            ) =>
+        {
+            match fs::rename(path, backup) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
             }
         }
+        Err(e) => Err(e),
     }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

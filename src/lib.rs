@@ -8,6 +8,7 @@ pub mod cli;
 pub mod content;
 pub mod control;
 pub mod crypto;
+pub(crate) mod fault;
 pub mod format;
 pub mod fsutil;
 pub mod fuse;

@@ -255,6 +255,10 @@ fn rewrap_one(
     super::seal_dek(&mut n, volume, &material, &dek);
     // One 104-byte write inside the first sector: after a crash the header is the old or the new
     // one, both valid. Durability is batched (see SYNC_EVERY).
-    f.write_all_at(&n.encode(), 0).map_err(RewrapErr::Io)?;
+    if let Err(e) = crate::fault::write_all_at(&f, &n.encode(), 0) {
+        // A failed write may have stored part of the new header: put the old one back.
+        let _ = f.write_all_at(&h.encode(), 0);
+        return Err(RewrapErr::Io(e));
+    }
     Ok(Outcome::Rewrapped)
 }

@@ -92,6 +92,7 @@ impl Vfs {
             self.truncate_ino(&node, fh, size, caller)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
+            crate::fault::check("chown")?;
             rustix::fs::chownat(
                 &node.fd,
                 "",
@@ -103,6 +104,7 @@ impl Vfs {
         if let Some(mode) = set.mode {
             // Linux has no mode on symlinks.
             if node.kind != Kind::Symlink {
+                crate::fault::check("chmod")?;
                 rustix::fs::chmodat(
                     rustix::fs::CWD,
                     node.proc_path().as_str(),
@@ -116,6 +118,7 @@ impl Vfs {
                 last_access: timespec(set.atime),
                 last_modification: timespec(set.mtime),
             };
+            crate::fault::check("utimens")?;
             if node.kind == Kind::Symlink {
                 rustix::fs::utimensat(
                     &node.fd,

@@ -36,6 +36,7 @@ impl Vfs {
         let (Some(side), Some(long)) = (cn.side_file(), &cn.long) else {
             return Ok(false);
         };
+        crate::fault::check("create")?;
         match rustix::fs::openat(
             &dir.fd,
             &side,
@@ -82,6 +83,7 @@ impl Vfs {
         let cn = self.cipher_name(&dir, name)?;
         self.create_entry(&dir, &cn, || {
             // Owner write/search while we write the directory id; the final mode follows.
+            crate::fault::check("mkdir")?;
             rustix::fs::mkdirat(&dir.fd, &cn.entry, Mode::from((mode & 0o7777) | 0o700))?;
             let fin = || -> Result<(std::sync::Arc<Node>, Attr)> {
                 let newd = rustix::fs::openat(
@@ -92,6 +94,7 @@ impl Vfs {
                 )?;
                 if !self.names.plaintext() {
                     let id = DirId::generate();
+                    crate::fault::check("create")?;
                     let f = rustix::fs::openat(
                         &newd,
                         DIRID_FILE,
@@ -106,6 +109,7 @@ impl Vfs {
                 if rustix::fs::fstat(&dir.fd)?.st_mode & libc::S_ISGID != 0 {
                     perm |= libc::S_ISGID;
                 }
+                crate::fault::check("chmod")?;
                 rustix::fs::fchmod(&newd, Mode::from(perm))?;
                 self.set_owner(&dir, &newd, caller)?;
                 self.intern_child(&dir, &cn.entry)
@@ -130,7 +134,9 @@ impl Vfs {
         )?;
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
         let saved = strip_internal(&d)?;
-        if let Err(e) = rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR) {
+        if let Err(e) = crate::fault::check("rmdir")
+            .and_then(|()| rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR))
+        {
             // Put the directory id back so the directory stays usable.
             restore_dirid(&d, saved);
             return Err(e.into());
@@ -159,6 +165,7 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
+        crate::fault::check("unlink")?;
         rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty())?;
         self.remove_side_file(&dir, &cn);
         Ok(())
@@ -191,7 +198,9 @@ impl Vfs {
             rf |= RenameFlags::EXCHANGE;
         }
         let wrote = self.write_side_file(&to_dir, &to)?;
-        let mut r = rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf);
+        let mut r = crate::fault::check("rename").and_then(|()| {
+            rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
+        });
         if let Err(Errno::NOTEMPTY | Errno::EXIST) = r
             && flags == 0
         {
@@ -231,7 +240,8 @@ impl Vfs {
             VfsError::Sys(e) => e,
             _ => Errno::IO,
         })?;
-        let r = rustix::fs::renameat(&from_dir.fd, from, &to_dir.fd, to);
+        let r = crate::fault::check("rename")
+            .and_then(|()| rustix::fs::renameat(&from_dir.fd, from, &to_dir.fd, to));
         if r.is_err() {
             restore_dirid(&d, saved);
         }
@@ -256,6 +266,7 @@ impl Vfs {
         let cn = self.cipher_name(&dir, newname)?;
         self.create_entry(&dir, &cn, || {
             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, go through /proc.
+            crate::fault::check("link")?;
             let r = rustix::fs::linkat(&node.fd, "", &dir.fd, &cn.entry, AtFlags::EMPTY_PATH);
             if let Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) = r {
                 rustix::fs::linkat(
@@ -286,6 +297,7 @@ impl Vfs {
         let cn = self.cipher_name(&dir, name)?;
         let stored = self.names.encrypt_symlink(target.as_bytes())?;
         self.create_entry(&dir, &cn, || {
+            crate::fault::check("symlink")?;
             rustix::fs::symlinkat(stored.as_str(), &dir.fd, &cn.entry)?;
             let (node, attr) = self.intern_child(&dir, &cn.entry)?;
             if self.chown_new {
@@ -388,6 +400,7 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
         let _ = rustix::fs::unlinkat(d, o, AtFlags::empty());
     }
     if dirid {
+        crate::fault::check("unlink")?;
         rustix::fs::unlinkat(d, DIRID_FILE, AtFlags::empty())?;
     }
     Ok(saved)

@@ -2,7 +2,6 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
@@ -289,6 +288,7 @@ impl Vfs {
             bytes.extend_from_slice(&fin);
             // Crash-safe: the file gets its name only once its header is written (an unnamed
             // O_TMPFILE, then linkat), so a crash never leaves an empty, unreadable cipher file.
+            crate::fault::check("create")?;
             let (file, linked) = match rustix::fs::openat(
                 &dir.fd,
                 ".",
@@ -315,9 +315,10 @@ impl Vfs {
             let mut named = linked;
             let init = |named: &mut bool| -> Result<(FileState, Arc<Node>, Attr)> {
                 self.set_owner(dir, &file, caller)?;
-                file.write_all_at(&bytes, 0)?;
+                crate::fault::write_all_at(&file, &bytes, 0)?;
                 if !*named {
                     use std::os::fd::AsRawFd;
+                    crate::fault::check("link")?;
                     rustix::fs::linkat(
                         rustix::fs::CWD,
                         format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),

@@ -331,6 +331,7 @@ impl Vfs {
             caller.gid
         };
         let before = rustix::fs::fstat(&fd)?.st_mode;
+        crate::fault::check("chown")?;
         rustix::fs::chownat(
             &fd,
             "",
@@ -398,4 +399,4 @@ fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8
 }
 
 #[cfg(test)]
-mod tests;
+mod fault_tests;

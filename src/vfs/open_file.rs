@@ -143,10 +143,21 @@ impl OpenFile {
             return Err(VfsError::Sys(rustix::io::Errno::BADF));
         }
         let off = if append { st.size } else { off };
+        let old_size = st.size;
+        let mut r = Ok(());
         if off > st.size {
-            self.extend_zeros(&mut st, off)?;
+            r = self.extend_zeros(&mut st, off);
         }
-        self.write_locked(&mut st, off, data)?;
+        if r.is_ok() {
+            r = self.write_locked(&mut st, off, data);
+        }
+        if let Err(e) = r {
+            // A write past the end that failed after its zeros were stored: the size goes back.
+            if st.size != old_size && self.truncate_locked(&mut st, old_size).is_err() {
+                tracing::error!(file = %self.label(), "could not undo the zeros of a failed write past the end");
+            }
+            return Err(e);
+        }
         Ok(off)
     }
 
@@ -225,7 +236,16 @@ impl OpenFile {
             crate::content::pending::mark(&st.file, first, 0);
             st.marked = Some(first);
         }
-        if let Err(e) = st.file.write_all_at(&out, l.cipher_offset(first)) {
+        if let Err(e) = crate::fault::write_all_at(&st.file, &out, l.cipher_offset(first)) {
+            // The write may have stopped inside a block: complete each torn block of the range
+            // that stays with its new content (its space is allocated now), so every block is
+            // old or new, as after a short write.
+            let keep_end = if new_size > st.size {
+                l.final_block(st.size)
+            } else {
+                last + 1
+            };
+            self.complete_torn(st, first, keep_end, new_final, &out);
             // A failed write that extended the file (ENOSPC, EIO) may have left the old final
             // block re-marked as non-final: put the old tail back so the file stays readable.
             if new_size > st.size {
@@ -235,6 +255,29 @@ impl OpenFile {
         }
         st.size = new_size;
         Ok(())
+    }
+
+    /// After a failed write of `out` (blocks from `first`): re-writes each of the blocks
+    /// `first..end` that does not authenticate from `out`. Blocks before the last of `out` are
+    /// full, so block `i` sits at `(i - first)` cipher blocks into `out`. Best effort.
+    fn complete_torn(&self, st: &FileState, first: u64, end: u64, final_block: u64, out: &[u8]) {
+        let l = self.layout;
+        let cbs = l.cipher_block_size() as usize;
+        let mut buf = vec![0u8; cbs];
+        let mut plain = vec![0u8; l.block_size as usize];
+        for i in first..end {
+            let at = (i - first) as usize * cbs;
+            let Some(new) = out.get(at..out.len().min(at + cbs)) else {
+                break;
+            };
+            let c = &mut buf[..new.len()];
+            let p = &mut plain[..new.len().saturating_sub(BLOCK_OVERHEAD)];
+            let whole = st.file.read_exact_at(c, l.cipher_offset(i)).is_ok()
+                && st.cipher.decrypt_block(i, i == final_block, c, p).is_ok();
+            if !whole && st.file.write_all_at(new, l.cipher_offset(i)).is_err() {
+                tracing::error!(file = %self.label(), block = i, "could not complete a block torn by a failed write");
+            }
+        }
     }
 
     /// Re-writes the final block of the current (old) size from `tail` (its plaintext) and cuts
@@ -271,16 +314,31 @@ impl OpenFile {
                 let l = self.layout;
                 let fin = l.final_block(new_size);
                 let keep = (new_size - l.plain_offset(fin)) as usize;
+                // The whole old block (it always holds data: a shorter size ends in it), to put
+                // back if the truncate fails half-way.
                 let mut old = Vec::new();
-                if keep > 0 {
-                    self.read_blocks(st, fin, fin, &mut old)?;
-                }
-                old.truncate(keep);
+                self.read_blocks(st, fin, fin, &mut old)?;
                 let mut out = Vec::new();
-                st.cipher.encrypt_blocks(fin, &old, fin, &mut out);
+                st.cipher.encrypt_blocks(fin, &old[..keep], fin, &mut out);
                 crate::content::pending::mark(&st.file, fin, l.cipher_size(new_size));
-                st.file.write_all_at(&out, l.cipher_offset(fin))?;
-                st.file.set_len(l.cipher_size(new_size))?;
+                let off = l.cipher_offset(fin);
+                if let Err(e) = crate::fault::write_all_at(&st.file, &out, off)
+                    .and_then(|()| crate::fault::set_len(&st.file, l.cipher_size(new_size)))
+                {
+                    // Not cut: the blocks after `fin` are still there, so the old block `fin`
+                    // makes the file whole again (its space is allocated: this cannot run out).
+                    st.cipher
+                        .encrypt_blocks(fin, &old, l.final_block(st.size), &mut out);
+                    if st.file.write_all_at(&out, off).is_err() {
+                        tracing::error!(file = %self.label(), "could not restore a block after a failed truncate");
+                    } else {
+                        match st.marked {
+                            Some(m) => crate::content::pending::mark(&st.file, m, 0),
+                            None => crate::content::pending::clear(&st.file),
+                        }
+                    }
+                    return Err(e.into());
+                }
                 crate::content::pending::clear(&st.file);
                 st.marked = None;
                 st.size = new_size;
@@ -291,6 +349,7 @@ impl OpenFile {
 
     pub fn fsync(&self, datasync: bool) -> Result<()> {
         let mut st = self.write_state();
+        crate::fault::check("fsync")?;
         if datasync {
             st.file.sync_data()?
         } else {

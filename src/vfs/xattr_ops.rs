@@ -60,6 +60,7 @@ impl Vfs {
             return Err(Errno::PERM.into());
         }
         let v = self.names.encrypt_xattr_value(&bname, value);
+        crate::fault::check("setxattr")?;
         rustix::fs::setxattr(
             path.as_str(),
             bname.as_str(),
@@ -134,6 +135,7 @@ impl Vfs {
             r => r?,
         };
         let (path, _) = self.xattr_target(ino)?;
+        crate::fault::check("removexattr")?;
         rustix::fs::removexattr(path.as_str(), bname.as_str())?;
         Ok(())
     }

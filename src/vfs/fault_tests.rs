@@ -1,0 +1,526 @@
+//! Fault injection at every step (see `crate::fault`): each operation below runs once without
+//! faults to learn its result, then once per backing-store call it makes, with that call failing
+//! (ENOSPC, EIO and EROFS in turn; a failing write stores half its bytes first). Each time:
+//! the caller gets an error, the tree read back through a fresh model is the old one (or, for a
+//! write, each file byte is old or new: a failed write may apply part of itself, as POSIX
+//! allows, but never leaves a block that fails authentication), the volume checks clean with
+//! fsck, the key store opens from its primary generation, and the operation then succeeds when
+//! retried.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::io::Errno;
+
+use super::attr_ops::SetAttr;
+use super::xattr_ops::XattrReply;
+use super::{Caller, Kind, Result, Vfs, VfsOptions};
+use crate::crypto::{KdfParams, Passphrase};
+use crate::keymgr::{InitOptions, KeyManager, Unlock};
+
+const ROOT: u64 = 1;
+const LONG: &str = "a-file-name-long-enough-to-need-a-side-file-because-its-encrypted-form-does-not-fit-in-255-bytes-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+fn pw() -> Passphrase {
+    Passphrase::new(b"faults".to_vec())
+}
+
+fn caller() -> Caller {
+    Caller {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id(),
+    }
+}
+
+fn unlock(dir: &Path) -> crate::keymgr::Unlocked {
+    crate::keymgr::unlock(dir, &Unlock::Passphrase(pw())).expect("unlock")
+}
+
+fn open(dir: &Path) -> Vfs {
+    let u = unlock(dir);
+    let bs = u.config.block_size;
+    Vfs::new(
+        dir,
+        Arc::new(KeyManager::new(u)),
+        bs,
+        false,
+        VfsOptions::default(),
+    )
+    .expect("vfs")
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A new volume holding a little of everything.
+fn volume() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("c");
+    crate::keymgr::init(
+        &dir,
+        &pw(),
+        &InitOptions {
+            kdf: KdfParams::FAST_INSECURE,
+            recovery_key: false,
+            ..Default::default()
+        },
+    )
+    .expect("init");
+    let v = open(&dir);
+    let c = caller();
+    write_file(&v, ROOT, "a", &data(10_000, 1)).expect("a");
+    write_file(&v, ROOT, "b", &data(3 * 4096, 2)).expect("b");
+    let d = v.mkdir(ROOT, "d".as_ref(), 0o755, &c).expect("d").ino;
+    write_file(&v, d, "c", b"small").expect("c");
+    write_file(&v, d, LONG, &data(5000, 3)).expect("long");
+    v.mkdir(ROOT, "empty".as_ref(), 0o700, &c).expect("empty");
+    v.symlink(ROOT, "s".as_ref(), "a".as_ref(), &c)
+        .expect("symlink");
+    let a = v.lookup(ROOT, "a".as_ref()).expect("lookup").ino;
+    v.setxattr(a, "user.tag".as_ref(), b"one", 0)
+        .expect("xattr");
+    (t, dir)
+}
+
+fn write_file(v: &Vfs, parent: u64, name: &str, bytes: &[u8]) -> Result<()> {
+    let (_, fh) = v.create(parent, name.as_ref(), 0o644, libc::O_RDWR, &caller())?;
+    let r = v.write(fh, 0, bytes).and_then(|_| v.fsync(fh, false));
+    v.release(fh)?;
+    r
+}
+
+fn ino(v: &Vfs, path: &str) -> Result<u64> {
+    let mut at = ROOT;
+    for part in path.split('/') {
+        at = v.lookup(at, part.as_ref())?.ino;
+    }
+    Ok(at)
+}
+
+/// Opens `path`, runs `f` on the handle, and releases it whatever happens.
+fn with_handle(v: &Vfs, path: &str, f: impl FnOnce(u64) -> Result<()>) -> Result<()> {
+    let fh = v.open(ino(v, path)?, libc::O_RDWR)?;
+    let r = f(fh);
+    v.release(fh)?;
+    r
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    File {
+        data: Vec<u8>,
+        perm: u16,
+        xattrs: Vec<u8>,
+    },
+    Dir(u16),
+    Symlink(Vec<u8>),
+}
+
+/// Everything a user can see of the tree, read through `v`; a read error is a test failure.
+fn snapshot(v: &Vfs) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    walk(v, ROOT, String::new(), &mut out);
+    out
+}
+
+fn walk(v: &Vfs, dir: u64, prefix: String, out: &mut BTreeMap<String, Entry>) {
+    for e in v.list_dir(dir).expect("list") {
+        if e.name == "." || e.name == ".." {
+            continue;
+        }
+        let path = format!("{prefix}{}", e.name.to_string_lossy());
+        let attr = v.lookup(dir, &e.name).expect("lookup");
+        let entry = match attr.kind {
+            Kind::Dir => {
+                walk(v, attr.ino, format!("{path}/"), out);
+                Entry::Dir(attr.perm)
+            }
+            Kind::Symlink => Entry::Symlink(v.readlink(attr.ino).expect("readlink")),
+            _ => {
+                let fh = v.open(attr.ino, libc::O_RDONLY).expect("open");
+                let mut data = Vec::new();
+                loop {
+                    let d = v
+                        .read(fh, data.len() as u64, 1 << 20)
+                        .unwrap_or_else(|e| panic!("{path} does not read: {e}"));
+                    if d.is_empty() {
+                        break;
+                    }
+                    data.extend_from_slice(&d);
+                }
+                v.release(fh).expect("release");
+                let xattrs = match v.listxattr(attr.ino, 4096).expect("listxattr") {
+                    XattrReply::Data(d) => d,
+                    XattrReply::Size(_) => Vec::new(),
+                };
+                let mut x = xattrs.clone();
+                for n in xattrs.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                    let n = OsStr::new(std::str::from_utf8(n).expect("utf8"));
+                    if let Ok(XattrReply::Data(d)) = v.getxattr(attr.ino, n, 4096) {
+                        x.extend_from_slice(&d);
+                    }
+                }
+                Entry::File {
+                    data,
+                    perm: attr.perm,
+                    xattrs: x,
+                }
+            }
+        };
+        out.insert(path, entry);
+    }
+}
+
+/// Whether `now` holds for every entry the old or the new state — for a file's bytes, each byte
+/// (and the length) from one of the two.
+fn old_or_new(
+    now: &BTreeMap<String, Entry>,
+    old: &BTreeMap<String, Entry>,
+    new: &BTreeMap<String, Entry>,
+    mixed_writes: bool,
+) -> std::result::Result<(), String> {
+    let paths: std::collections::BTreeSet<&String> =
+        now.keys().chain(old.keys()).chain(new.keys()).collect();
+    for p in paths {
+        let (n, o, w) = (now.get(p), old.get(p), new.get(p));
+        if n == o || n == w {
+            continue;
+        }
+        if let (
+            true,
+            Some(Entry::File { data: nd, .. }),
+            Some(Entry::File { data: od, .. }),
+            Some(Entry::File { data: wd, .. }),
+        ) = (mixed_writes, n, o, w)
+            && (nd.len() == od.len() || nd.len() == wd.len())
+            && nd
+                .iter()
+                .enumerate()
+                .all(|(i, b)| od.get(i) == Some(b) || wd.get(i) == Some(b))
+        {
+            continue;
+        }
+        return Err(format!(
+            "{p}: neither old nor new (now {}, old {}, new {})",
+            brief(n),
+            brief(o),
+            brief(w)
+        ));
+    }
+    Ok(())
+}
+
+fn brief(e: Option<&Entry>) -> String {
+    match e {
+        None => "absent".into(),
+        Some(Entry::File { data, perm, .. }) => {
+            format!("file of {} bytes, mode {perm:o}", data.len())
+        }
+        Some(e) => format!("{e:?}"),
+    }
+}
+
+/// fsck finds nothing wrong and the key store opens from its primary generation.
+fn check_volume(dir: &Path) -> std::result::Result<(), String> {
+    let u = unlock(dir);
+    if let Some(why) = &u.used_backup {
+        return Err(format!("the primary key store does not open: {why}"));
+    }
+    let names = crate::names::Names::new(&u.store.volume_secret, false);
+    let bs = u.config.block_size;
+    let km = KeyManager::new(u);
+    let r = crate::keymgr::fsck::fsck(&km, dir, &names, bs, None, false, &mut |_, _| {})
+        .map_err(|e| format!("fsck: {e}"))?;
+    if !r.problems.is_empty() {
+        return Err(format!("fsck: {:?}", r.problems));
+    }
+    Ok(())
+}
+
+type Op = fn(&Vfs) -> Result<()>;
+
+/// The key store as the key manager reports it: descriptions, states, version counts.
+fn keys(dir: &Path) -> String {
+    let u = unlock(dir);
+    let km = KeyManager::new(u);
+    // Key ids are random per volume: compare what does not depend on them.
+    km.query(|s| {
+        let mut out = String::new();
+        for k in &s.keys {
+            out.push_str(&format!(
+                "{} {:?} {} versions\n",
+                k.description,
+                k.state,
+                k.versions.len()
+            ));
+        }
+        out
+    })
+}
+
+fn run(name: &str, op: Op, mixed_writes: bool) {
+    // The result without faults.
+    let (_t, dir) = volume();
+    let old = snapshot(&open(&dir));
+    let old_keys = keys(&dir);
+    op(&open(&dir)).unwrap_or_else(|e| panic!("{name} fails without faults: {e}"));
+    let new = snapshot(&open(&dir));
+    let new_keys = keys(&dir);
+    for (i, errno) in [Errno::NOSPC, Errno::IO, Errno::ROFS]
+        .into_iter()
+        .enumerate()
+    {
+        for n in 1.. {
+            let (_t, dir) = volume();
+            let v = open(&dir);
+            crate::fault::arm(n, errno);
+            let r = op(&v);
+            let fired = crate::fault::disarm();
+            drop(v);
+            let Some(site) = fired else {
+                assert!(r.is_ok(), "{name}: fails with no fault injected: {r:?}");
+                assert!(n > 1 || i > 0, "{name}: makes no checked call at all");
+                break;
+            };
+            let at = format!("{name}, call {n} ({site}) failing with {errno}");
+            assert!(r.is_err(), "{at}: reported success");
+            let now = snapshot(&open(&dir));
+            old_or_new(&now, &old, &new, mixed_writes).unwrap_or_else(|e| panic!("{at}: {e}"));
+            let k = keys(&dir);
+            assert!(
+                k == old_keys || k == new_keys,
+                "{at}: key store is neither old nor new"
+            );
+            check_volume(&dir).unwrap_or_else(|e| panic!("{at}: {e}"));
+            // Nothing left behind stands in the way of doing it again.
+            if now == old && k == old_keys {
+                op(&open(&dir)).unwrap_or_else(|e| panic!("{at}: retry fails: {e}"));
+                assert!(
+                    snapshot(&open(&dir)) == new,
+                    "{at}: retry gives another result"
+                );
+            }
+            assert!(n < 200, "{name}: no end to the calls");
+        }
+    }
+}
+
+#[test]
+fn overwrite_inside_a_file() {
+    run(
+        "overwrite",
+        |v| with_handle(v, "a", |fh| v.write(fh, 3000, &data(5000, 9)).map(|_| ())),
+        true,
+    );
+    // Three blocks up to the final one: a failure half-way stops inside the middle block.
+    run(
+        "overwrite to the end",
+        |v| with_handle(v, "a", |fh| v.write(fh, 1000, &data(9000, 9)).map(|_| ())),
+        true,
+    );
+}
+
+#[test]
+fn append_and_extend_past_the_end() {
+    run(
+        "append",
+        |v| {
+            with_handle(v, "a", |fh| {
+                v.write(fh, 10_000, &data(20_000, 9)).map(|_| ())
+            })
+        },
+        true,
+    );
+    run(
+        "write past end",
+        |v| with_handle(v, "b", |fh| v.write(fh, 50_000, &data(100, 9)).map(|_| ())),
+        true,
+    );
+}
+
+#[test]
+fn truncate_down_and_up() {
+    fn size(v: &Vfs, path: &str, size: u64) -> Result<()> {
+        let set = SetAttr {
+            size: Some(size),
+            ..Default::default()
+        };
+        v.setattr(ino(v, path)?, None, &set, None).map(|_| ())
+    }
+    run("truncate down", |v| size(v, "a", 5000), false);
+    run(
+        "truncate to a block boundary",
+        |v| size(v, "a", 8192),
+        false,
+    );
+    run("truncate up", |v| size(v, "b", 30_000), true);
+}
+
+#[test]
+fn create_files() {
+    // The writes into a new file are the append cases above.
+    fn create(v: &Vfs, name: &str) -> Result<()> {
+        let (_, fh) = v.create(ROOT, name.as_ref(), 0o640, libc::O_RDWR, &caller())?;
+        v.release(fh)
+    }
+    run("create", |v| create(v, "n"), false);
+    run("create long name", |v| create(v, LONG), false);
+}
+
+#[test]
+fn directories() {
+    run(
+        "mkdir",
+        |v| v.mkdir(ROOT, "e".as_ref(), 0o750, &caller()).map(|_| ()),
+        false,
+    );
+    run("rmdir", |v| v.rmdir(ROOT, "empty".as_ref()), false);
+}
+
+#[test]
+fn names() {
+    run("unlink", |v| v.unlink(ROOT, "b".as_ref()), false);
+    run(
+        "rename into a directory",
+        |v| v.rename(ROOT, "a".as_ref(), ino(v, "d")?, "a2".as_ref(), 0),
+        false,
+    );
+    run(
+        "rename over a file",
+        |v| v.rename(ROOT, "a".as_ref(), ROOT, "b".as_ref(), 0),
+        false,
+    );
+    run(
+        "rename a long name",
+        |v| v.rename(ino(v, "d")?, LONG.as_ref(), ROOT, OsStr::new("short"), 0),
+        false,
+    );
+    run(
+        "rename to a long name",
+        |v| {
+            v.rename(
+                ROOT,
+                "b".as_ref(),
+                ROOT,
+                OsString::from(LONG).as_os_str(),
+                0,
+            )
+        },
+        false,
+    );
+    run(
+        "rename a directory over an empty one",
+        |v| v.rename(ROOT, "d".as_ref(), ROOT, "empty".as_ref(), 0),
+        false,
+    );
+    run(
+        "link",
+        |v| {
+            v.link(ino(v, "a")?, ino(v, "d")?, "hl".as_ref())
+                .map(|_| ())
+        },
+        false,
+    );
+    run(
+        "symlink",
+        |v| {
+            v.symlink(ROOT, "t".as_ref(), "target".as_ref(), &caller())
+                .map(|_| ())
+        },
+        false,
+    );
+}
+
+#[test]
+fn attributes() {
+    run(
+        "chmod",
+        |v| {
+            let set = SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            };
+            v.setattr(ino(v, "a")?, None, &set, None).map(|_| ())
+        },
+        false,
+    );
+    run(
+        "setxattr",
+        |v| v.setxattr(ino(v, "a")?, "user.tag".as_ref(), b"two", 0),
+        false,
+    );
+    run(
+        "removexattr",
+        |v| v.removexattr(ino(v, "a")?, "user.tag".as_ref()),
+        false,
+    );
+}
+
+#[test]
+fn key_store_updates() {
+    fn admin(
+        v: &Vfs,
+        f: fn(
+            &mut crate::keymgr::KeyStore,
+            u64,
+        ) -> std::result::Result<(), crate::keymgr::AdminError>,
+    ) -> Result<()> {
+        v.key_manager()
+            .admin(f)
+            .map_err(|e| super::VfsError::Invalid(Box::leak(e.to_string().into_boxed_str())))
+    }
+    run(
+        "create key",
+        |v| {
+            admin(v, |s, now| {
+                crate::keymgr::lifecycle::create(s, "second", Default::default(), now).map(|_| ())
+            })
+        },
+        false,
+    );
+    run(
+        "rotate key",
+        |v| {
+            admin(v, |s, now| {
+                let id = s.default_key;
+                crate::keymgr::lifecycle::rotate(s, &id, now).map(|_| ())
+            })
+        },
+        false,
+    );
+}
+
+#[test]
+fn rewrap_rewrites_headers() {
+    run(
+        "rotate and rewrap",
+        |v| {
+            let km = v.key_manager();
+            km.admin(|s, now| {
+                let id = s.default_key;
+                crate::keymgr::lifecycle::rotate(s, &id, now).map(|_| ())
+            })
+            .map_err(|_| super::VfsError::Invalid("rotate"))?;
+            let names = crate::names::Names::new(&km.volume_secret(), false);
+            let s = crate::keymgr::rewrap::rewrap(
+                km,
+                v.root(),
+                &names,
+                &crate::keymgr::rewrap::RewrapOptions::default(),
+                &mut |_, _| {},
+            )?;
+            if s.errors.is_empty() {
+                Ok(())
+            } else {
+                Err(super::VfsError::Invalid("rewrap reported errors"))
+            }
+        },
+        false,
+    );
+}
