@@ -359,3 +359,68 @@ fn rekey_gives_fresh_data_keys_and_keeps_content_and_metadata() {
     assert_eq!(o.status.code(), Some(18));
     drop(m);
 }
+
+fn audit(v: &Volume, args: &[&str]) -> std::process::Output {
+    kmsfs()
+        .arg("audit")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(args)
+        .output()
+        .expect("kmsfs audit")
+}
+
+/// The key store records the log's closing checkpoint: a log deleted (or replaced) after a clean
+/// unmount fails `audit verify`. Retention is set and shown through the same CLI, mounted or not.
+#[test]
+fn deleted_audit_log_is_detected_and_retention_is_a_setting() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    std::fs::write(m.path("f"), b"x").unwrap();
+    m.unmount();
+    ok(audit(&v, &["verify"]));
+    let log = v.cipher.join(".kmsfs/audit");
+    let saved = v.tmp.path().join("audit-saved");
+    std::fs::rename(&log, &saved).unwrap();
+    let o = audit(&v, &["verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(23),
+        "verify must fail on a deleted log"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("does not reach checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    std::fs::rename(&saved, &log).unwrap();
+    ok(audit(&v, &["verify"]));
+
+    // Retention: off by default, at least one day, and changeable while mounted.
+    assert!(ok(audit(&v, &["retention"])).contains("off"));
+    assert_eq!(
+        audit(&v, &["retention", "--days", "0"]).status.code(),
+        Some(20)
+    );
+    assert!(ok(audit(&v, &["retention", "--days", "30"])).contains("30 day"));
+    let m = v.mount();
+    let mp = m.path("");
+    let o = kmsfs()
+        .args(["audit", mp.to_str().unwrap(), "retention", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json(o)["retention_days"], 30);
+    let o = kmsfs()
+        .args(["audit", mp.to_str().unwrap(), "retention", "--off"])
+        .output()
+        .unwrap();
+    assert!(ok(o).contains("off"));
+    m.unmount();
+    let events = ok(audit(
+        &v,
+        &["show", "--event", "PutAuditSettings", "--json"],
+    ));
+    assert_eq!(events.lines().count(), 3, "the refused one too: {events}");
+    ok(audit(&v, &["verify"]));
+}

@@ -75,6 +75,19 @@ enum AuditOp {
     },
     /// Write every record as JSON Lines to FILE (or - for stdout).
     Export { file: PathBuf },
+    /// Show or set how long the log is kept: segments whose newest entry is older than the
+    /// retention period are removed (at once, at mount, and every minute while mounted), after
+    /// a signed record of the new beginning so that `verify` still passes.
+    Retention {
+        /// Keep this many days (at least 1).
+        #[arg(long, value_name = "N", conflicts_with = "off")]
+        days: Option<u32>,
+        /// Keep the log for ever (the default).
+        #[arg(long)]
+        off: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn when(s: &str) -> Result<String, CliError> {
@@ -173,6 +186,8 @@ enum Source {
     Offline {
         control: PathBuf,
         keys: Box<AuditKeys>,
+        /// The key store's record of the last clean close.
+        anchor: Option<crate::keymgr::store::AuditAnchor>,
     },
 }
 
@@ -187,7 +202,7 @@ impl Source {
 
     fn records(&self) -> Result<Vec<AuditRecord>, CliError> {
         match self {
-            Source::Offline { control, keys } => {
+            Source::Offline { control, keys, .. } => {
                 audit::read_all(control, keys).map_err(|e| self.io(e))
             }
             Source::Mounted(c) => {
@@ -205,10 +220,16 @@ impl Source {
 
     fn verify(&self) -> Result<audit::VerifyReport, CliError> {
         match self {
-            Source::Offline { control, keys } => {
+            Source::Offline {
+                control,
+                keys,
+                anchor,
+            } => {
                 let mut p = super::progress::Progress::new("audit verify").unit("segments");
-                let r = audit::verify_with_progress(control, keys, &mut |d, n| p.update(d, n))
-                    .map_err(|e| self.io(e));
+                let r = audit::verify_with_progress(control, keys, anchor.as_ref(), &mut |d, n| {
+                    p.update(d, n)
+                })
+                .map_err(|e| self.io(e));
                 p.finish();
                 r
             }
@@ -223,6 +244,9 @@ impl Source {
 }
 
 pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
+    if let AuditOp::Retention { days, off, json } = &a.op {
+        return retention(a, *days, *off, *json);
+    }
     let src = match super::target::mount_of(&a.cipherdir) {
         Some(mp) => Source::Mounted(mp.join(crate::control::CONTROL_NAME)),
         None => {
@@ -233,6 +257,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             Source::Offline {
                 keys: Box::new(AuditKeys::new(&u.store.volume_secret)),
                 control: u.paths.control_dir(),
+                anchor: u.store.audit_anchor.clone(),
             }
         }
     };
@@ -311,6 +336,8 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
                 ));
             }
         }
+        // Handled before the log was opened.
+        AuditOp::Retention { .. } => {}
         AuditOp::Export { file } => {
             let all = src.records()?;
             let mut out = String::new();
@@ -325,6 +352,35 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
                     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", file.display())))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `audit retention`: a key-manager request (the mount's, or the cipher directory's with the
+/// passphrase).
+fn retention(a: &AuditArgs, days: Option<u32>, off: bool, json: bool) -> Result<(), CliError> {
+    use crate::control::Request;
+    let t = super::target::target(&a.cipherdir, &a.unlock)?;
+    let req = if days.is_some() || off {
+        Request::PutAuditSettings {
+            retention_days: days,
+        }
+    } else {
+        Request::GetAuditSettings
+    };
+    let v = t.call(&req)?;
+    if json {
+        super::key_cmd::print_json(&v);
+        return Ok(());
+    }
+    match v.get("retention_days").and_then(|d| d.as_u64()) {
+        Some(d) => println!("audit log retention: {d} day(s)"),
+        None => println!("audit log retention: off (kept for ever)"),
+    }
+    if let Some(r) = v.get("removed_segments").and_then(|r| r.as_array())
+        && let [a, b] = r.as_slice()
+    {
+        println!("removed segments {a}..={b}");
     }
     Ok(())
 }

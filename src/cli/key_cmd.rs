@@ -168,7 +168,9 @@ pub(super) struct Admin {
 
 impl Drop for Admin {
     fn drop(&mut self) {
-        let _ = self.audit.close();
+        if self.audit.close().is_ok() {
+            let _ = self.km.anchor_audit(&self.audit);
+        }
     }
 }
 

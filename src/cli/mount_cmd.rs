@@ -306,6 +306,8 @@ fn serve(
     ));
     if let Err(e) = s.audit.close() {
         tracing::error!("audit log: closing checkpoint failed: {e}");
+    } else if let Err(e) = s.km.anchor_audit(&s.audit) {
+        tracing::error!("audit log: recording the closing checkpoint in the key store failed: {e}");
     }
     r
 }
@@ -345,6 +347,11 @@ fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
             }
         }
         Err(e) => tracing::error!("key maintenance failed: {e}"),
+    }
+    match km.expire_audit(audit) {
+        Ok(Some((a, b))) => tracing::info!("audit retention: removed segments {a}..={b}"),
+        Ok(None) => {}
+        Err(e) => tracing::error!("audit retention failed: {e}"),
     }
 }
 

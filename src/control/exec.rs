@@ -540,6 +540,31 @@ impl Executor<'_> {
                 })?;
                 Ok(serde_json::to_value(km.query(|s| s.alerts)).unwrap_or_default())
             }
+            Request::GetAuditSettings => Ok(audit_settings(km, None)),
+            Request::PutAuditSettings { retention_days } => {
+                if *retention_days == Some(0) {
+                    return Err(ControlError::new(
+                        ErrorKind::Invalid,
+                        "retention must be at least 1 day (leave it out to keep the log for ever)",
+                    ));
+                }
+                km.admin(|s, _| {
+                    s.audit_retention_days = *retention_days;
+                    Ok(())
+                })?;
+                let removed = match self.audit {
+                    Some(log) => km.expire_audit(log).map_err(|e| {
+                        ControlError::new(
+                            ErrorKind::Failed,
+                            format!(
+                                "the setting is saved; removing old audit segments failed: {e}"
+                            ),
+                        )
+                    })?,
+                    None => None,
+                };
+                Ok(audit_settings(km, removed))
+            }
             Request::Rewrap { key: k, rules } => {
                 let opts = crate::keymgr::rewrap::RewrapOptions {
                     key: k.as_deref().map(key).transpose()?,
@@ -560,13 +585,23 @@ impl Executor<'_> {
                 let _ = log.sync();
                 let keys = crate::keymgr::audit::AuditKeys::new(&km.volume_secret());
                 let control = log.dir().parent().unwrap_or(log.dir());
-                let r = crate::keymgr::audit::verify(control, &keys).map_err(|e| {
-                    ControlError::new(ErrorKind::Failed, format!("reading the audit log: {e}"))
-                })?;
+                let anchor = km.query(|s| s.audit_anchor.clone());
+                let r =
+                    crate::keymgr::audit::verify(control, &keys, anchor.as_ref()).map_err(|e| {
+                        ControlError::new(ErrorKind::Failed, format!("reading the audit log: {e}"))
+                    })?;
                 Ok(serde_json::to_value(r).unwrap_or_default())
             }
         }
     }
+}
+
+/// The audit settings as a reply; `removed`: the segments the request just removed.
+fn audit_settings(km: &crate::keymgr::KeyManager, removed: Option<(u64, u64)>) -> Value {
+    serde_json::json!({
+        "retention_days": km.query(|s| s.audit_retention_days),
+        "removed_segments": removed.map(|(a, b)| [a, b]),
+    })
 }
 
 fn grant_of(key: KeyId, g: &GrantSpec) -> Grant {

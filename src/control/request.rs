@@ -225,6 +225,13 @@ pub enum Request {
         #[serde(default)]
         decrypts_per_minute: Option<u32>,
     },
+    GetAuditSettings,
+    /// Sets the audit log's retention: segments whose newest entry is older than this many days
+    /// are removed (absent: kept for ever). Applied at once, then every minute while mounted.
+    PutAuditSettings {
+        #[serde(default)]
+        retention_days: Option<u32>,
+    },
 }
 
 impl Request {
@@ -272,6 +279,8 @@ impl Request {
             VerifyAuditLog,
             GetAlertSettings,
             PutAlertSettings,
+            GetAuditSettings,
+            PutAuditSettings,
         )
     }
 
@@ -313,7 +322,8 @@ impl Request {
             RevokeGrant { .. } => "kms:RevokeGrant",
             VerifyAuditLog => "kms:ReadAuditLog",
             Rewrap { .. } => "kms:ReEncryptFrom",
-            GetAlertSettings => "kms:DescribeVolume",
+            GetAlertSettings | GetAuditSettings => "kms:DescribeVolume",
+            PutAuditSettings { .. } => "kms:PutAuditSettings",
             PutAlertSettings { .. } => "kms:PutAlertSettings",
         }
     }

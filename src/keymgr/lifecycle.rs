@@ -624,6 +624,8 @@ mod tests {
             owner_uid: 1000,
             grants: Vec::new(),
             alerts: Default::default(),
+            audit_retention_days: None,
+            audit_anchor: None,
         }
     }
 

@@ -242,6 +242,34 @@ impl KeyManager {
         f(&self.read().store)
     }
 
+    /// Records the audit log's last checkpoint in the key store (at a clean close), so that
+    /// `audit verify` detects a log that was deleted, or cut before it, since.
+    pub fn anchor_audit(&self, log: &audit::AuditLog) -> Result<(), AdminError> {
+        let Some(a) = log.anchor() else {
+            return Ok(());
+        };
+        if self.query(|s| s.audit_anchor.as_ref() == Some(&a)) {
+            return Ok(());
+        }
+        self.admin(|s, _| {
+            s.audit_anchor = Some(a);
+            Ok(())
+        })
+    }
+
+    /// Applies the audit retention setting: removes the segments older than it. Returns the
+    /// removed segment range.
+    pub fn expire_audit(&self, log: &audit::AuditLog) -> std::io::Result<Option<(u64, u64)>> {
+        let Some(days) = self.query(|s| s.audit_retention_days) else {
+            return Ok(None);
+        };
+        let cutoff = self.now().saturating_sub(u64::from(days) * lifecycle::DAY);
+        log.expire(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(cutoff),
+            days,
+        )
+    }
+
     /// Applies `f` to a copy of the store and persists it as the next generation. On any error
     /// (from `f` or from the disk) the previous state stays in force, in memory and on disk.
     pub fn admin<T>(

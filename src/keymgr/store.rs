@@ -37,6 +37,23 @@ pub struct KeyStore {
     /// Anomaly alert thresholds.
     #[serde(default)]
     pub alerts: AlertSettings,
+    /// Audit segments whose newest entry is older than this many days are removed (none: kept
+    /// for ever).
+    #[serde(default)]
+    pub audit_retention_days: Option<u32>,
+    /// The audit log's last checkpoint at the last clean close: a log that does not reach it was
+    /// deleted, truncated or replaced.
+    #[serde(default)]
+    pub audit_anchor: Option<AuditAnchor>,
+}
+
+/// A checkpoint of the audit log, recorded in the (authenticated) key store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// Sequence number of the checkpoint entry.
+    pub seq: u64,
+    /// Its hex signature.
+    pub signature: String,
 }
 
 /// Per-user, per-minute thresholds: reaching one writes an `AnomalyAlert` audit record (once per

@@ -143,6 +143,8 @@ pub fn init(
         owner_uid: rustix::process::geteuid().as_raw(),
         grants: Vec::new(),
         alerts: Default::default(),
+        audit_retention_days: None,
+        audit_anchor: None,
     };
     let store_key = Key256::generate();
     let mut slots = vec![make_slot(

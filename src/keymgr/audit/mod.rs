@@ -16,13 +16,18 @@
 //!  …  32  chain = HMAC-SHA256(chain key, previous chain ‖ bytes 0..21+n+16)
 //! ```
 //! `.kmsfs/audit/head` holds the last checkpoint (sequence, chain, signature), written after the
-//! checkpoint is durable, so cutting the log's tail before it is detected.
+//! checkpoint is durable, so cutting the log's tail before it is detected; the key store records
+//! the last checkpoint of each clean close ([`crate::keymgr::store::AuditAnchor`]), so deleting
+//! the whole directory is detected too. `.kmsfs/audit/base` is the signed beginning of a log
+//! whose oldest segments were removed by retention (see `retention.rs`).
 
 mod record;
+mod retention;
 mod verify;
 mod writer;
 
 pub use record::{Actor, AuditRecord, Checkpoint, Decision as AuditDecision, Resources, Source};
+pub use retention::{BASE_FILE, Base};
 pub use verify::{Finding, VerifyReport, read_all, verify, verify_with_progress};
 pub use writer::AuditLog;
 

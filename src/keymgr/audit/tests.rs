@@ -1,5 +1,6 @@
 use super::*;
 use crate::crypto::Key256;
+use crate::keymgr::store::AuditAnchor;
 
 fn keys() -> AuditKeys {
     AuditKeys::new(&Key256::from_bytes([4; 32]))
@@ -29,7 +30,7 @@ fn seg(c: &std::path::Path, n: u64) -> std::path::PathBuf {
 }
 
 fn problems(c: &std::path::Path) -> Vec<String> {
-    verify(c, &keys())
+    verify(c, &keys(), None)
         .unwrap()
         .findings
         .into_iter()
@@ -40,7 +41,7 @@ fn problems(c: &std::path::Path) -> Vec<String> {
 #[test]
 fn untouched_log_verifies_and_reads_back() {
     let (_t, c) = log_with(2500);
-    let r = verify(&c, &keys()).unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
     assert!(r.ok(), "{:?}", r.findings);
     assert_eq!(r.records, 2500);
     assert_eq!(r.checkpoints, 4, "start + two periodic + unmount");
@@ -54,7 +55,7 @@ fn untouched_log_verifies_and_reads_back() {
     let l = AuditLog::open(&c, keys()).unwrap();
     l.append(rec(9)).unwrap();
     l.close().unwrap();
-    let r = verify(&c, &keys()).unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
     assert!(r.ok(), "{:?}", r.findings);
     assert_eq!(r.chain_starts, 1, "only the initial one");
 }
@@ -104,7 +105,7 @@ fn one_changed_byte_is_named() {
     let pos = lines[5] + 20; // inside the 7th entry (seq 6)
     b[pos] = if b[pos] == b'A' { b'B' } else { b'A' };
     std::fs::write(seg(&c, 1), &b).unwrap();
-    let r = verify(&c, &keys()).unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
     assert!(!r.ok());
     assert!(
         r.findings
@@ -149,7 +150,7 @@ fn deleted_and_swapped_segments_and_truncated_tail() {
         }
         l.close().unwrap();
     }
-    assert!(verify(&c, &keys()).unwrap().ok());
+    assert!(verify(&c, &keys(), None).unwrap().ok());
     let backup: Vec<Vec<u8>> = (1..=4)
         .map(|n| std::fs::read(seg(&c, n)).unwrap_or_default())
         .collect();
@@ -176,7 +177,7 @@ fn deleted_and_swapped_segments_and_truncated_tail() {
         "{p:?}"
     );
     restore();
-    assert!(verify(&c, &keys()).unwrap().ok());
+    assert!(verify(&c, &keys(), None).unwrap().ok());
     // Truncate the tail before the last checkpoint.
     let last = seg(&c, 4);
     let text = std::fs::read_to_string(&last).unwrap();
@@ -209,7 +210,7 @@ fn crash_leaves_a_marked_new_chain() {
     let l = AuditLog::open(&c, keys()).unwrap();
     l.append(rec(99)).unwrap();
     l.close().unwrap();
-    let r = verify(&c, &keys()).unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
     assert!(r.ok(), "{:?}", r.findings);
     assert_eq!(r.chain_starts, 2);
     let all = read_all(&c, &keys()).unwrap();
@@ -225,7 +226,7 @@ fn wrong_key_cannot_read_or_verify() {
     let (_t, c) = log_with(3);
     let other = AuditKeys::new(&Key256::from_bytes([5; 32]));
     assert!(read_all(&c, &other).unwrap().is_empty());
-    assert!(!verify(&c, &other).unwrap().ok());
+    assert!(!verify(&c, &other, None).unwrap().ok());
 }
 
 #[test]
@@ -249,7 +250,125 @@ fn head_lagging_the_log_after_a_kill_still_verifies() {
     let l = AuditLog::open(&c, keys()).unwrap();
     l.append(rec(3)).unwrap();
     l.close().unwrap();
-    let r = verify(&c, &keys()).unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
     assert!(r.ok(), "{:?}", r.findings);
     assert_eq!(r.chain_starts, 2, "the unclean end is marked");
+}
+
+/// A log of four segments (10 records each in the first three).
+fn segmented_log() -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..30 {
+        l.append(rec(i)).unwrap();
+        if i % 10 == 9 {
+            l.start_new_segment().unwrap();
+        }
+    }
+    l.close().unwrap();
+    (t, c)
+}
+
+#[test]
+fn retention_removes_old_segments_and_the_log_still_verifies() {
+    let (_t, c) = segmented_log();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    // A cutoff in the past removes nothing.
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    assert_eq!(l.expire(past, 1).unwrap(), None);
+    // Everything closed is older than a cutoff in the future: segments 1..=3 go, the one being
+    // written stays.
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert_eq!(l.expire(future, 1).unwrap(), Some((1, 3)));
+    l.append(rec(99)).unwrap();
+    let anchor = l.anchor();
+    l.close().unwrap();
+    for n in 1..=3 {
+        assert!(!seg(&c, n).exists());
+    }
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.segments, 1);
+    let all = read_all(&c, &keys()).unwrap();
+    assert!(all.iter().any(|r| r.event == "AuditRetention"));
+    assert!(
+        !all.iter()
+            .any(|r| r.resources.path.as_deref() == Some("/secret/plans-0.txt"))
+    );
+    // An anchor from before the removal is covered by the signed beginning.
+    let old = AuditAnchor {
+        seq: 0,
+        signature: "00".into(),
+    };
+    assert!(verify(&c, &keys(), Some(&old)).unwrap().ok());
+    assert!(verify(&c, &keys(), anchor.as_ref()).unwrap().ok());
+
+    let base = c.join(AUDIT_DIR).join(BASE_FILE);
+    let saved = std::fs::read(&base).unwrap();
+    // Removing the base makes the removed segments missing.
+    std::fs::remove_file(&base).unwrap();
+    let p = problems(&c);
+    assert!(
+        p.iter().any(|m| m.contains("segments 1..3 are missing")),
+        "{p:?}"
+    );
+    // A modified base (claiming a later beginning, to hide a deletion) fails its signature.
+    let mut b: Base = serde_json::from_slice(&saved).unwrap();
+    b.segment += 1;
+    std::fs::write(&base, serde_json::to_vec(&b).unwrap()).unwrap();
+    let p = problems(&c);
+    assert!(
+        p.iter().any(|m| m.contains("base file signature invalid")),
+        "{p:?}"
+    );
+    // Flip one byte anywhere in the base: an error, never a silent pass.
+    for i in 0..saved.len() {
+        let mut m = saved.clone();
+        m[i] ^= 1;
+        std::fs::write(&base, &m).unwrap();
+        let r = verify(&c, &keys(), None).unwrap();
+        let same: Option<Base> = serde_json::from_slice(&m).ok();
+        let unchanged = same.is_some_and(|s| s == serde_json::from_slice::<Base>(&saved).unwrap());
+        assert!(
+            unchanged || !r.ok(),
+            "flipping byte {i} of base went unnoticed"
+        );
+    }
+    std::fs::write(&base, &saved).unwrap();
+    // Deleting the segment after the beginning is still found.
+    std::fs::remove_file(seg(&c, 4)).unwrap();
+    let p = problems(&c);
+    assert!(
+        p.iter()
+            .any(|m| m.contains("missing") || m.contains("deleted")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn the_key_store_anchor_catches_a_deleted_or_replaced_log() {
+    let (_t, c) = segmented_log();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec(7)).unwrap();
+    l.close().unwrap();
+    let anchor = l.anchor().expect("a checkpoint was written");
+    assert!(verify(&c, &keys(), Some(&anchor)).unwrap().ok());
+    // The whole directory deleted: without the anchor nothing is wrong, with it the loss shows.
+    std::fs::remove_dir_all(c.join(AUDIT_DIR)).unwrap();
+    assert!(verify(&c, &keys(), None).unwrap().ok());
+    let r = verify(&c, &keys(), Some(&anchor)).unwrap();
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.problem.contains("does not reach checkpoint")),
+        "{:?}",
+        r.findings
+    );
+    // Replaced by a fresh log: still caught.
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec(1)).unwrap();
+    l.close().unwrap();
+    let r = verify(&c, &keys(), Some(&anchor)).unwrap();
+    assert!(!r.ok());
 }

@@ -7,12 +7,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use serde::Serialize;
 
 use super::record::{AuditRecord, Checkpoint};
+use super::retention::read_base;
 use super::writer::initial_chain;
 use super::{
     AuditKeys, HEAD_FILE, KIND_CHAIN_START, KIND_CHECKPOINT, KIND_RECORD, parse_segment_name,
     segment_name,
 };
 use crate::crypto::{ct_eq, hex, hmac_sha256, verify_signature};
+use crate::keymgr::store::AuditAnchor;
 
 /// One decoded entry.
 #[derive(Debug, Clone)]
@@ -121,7 +123,12 @@ fn segments(dir: &Path) -> Vec<u64> {
 pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<AuditRecord>> {
     let dir = control_dir.join(super::AUDIT_DIR);
     let mut out = Vec::new();
-    for s in segments(&dir) {
+    // Segments older than a valid base are leftovers of an interrupted removal.
+    let from = read_base(&dir, keys)
+        .ok()
+        .flatten()
+        .map_or(1, |b| b.segment);
+    for s in segments(&dir).into_iter().filter(|s| *s >= from) {
         let data = std::fs::read(dir.join(segment_name(s)))?;
         for e in decode_lines(keys, &data) {
             if e.kind != KIND_CHECKPOINT
@@ -137,15 +144,22 @@ pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<Aud
     Ok(out)
 }
 
-/// Verifies the whole log: chain, sequence, decryption, checkpoint signatures, segments, head.
-pub fn verify(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<VerifyReport> {
-    verify_with_progress(control_dir, keys, &mut |_, _| {})
+/// Verifies the whole log: chain, sequence, decryption, checkpoint signatures, segments, head,
+/// the signed beginning left by retention, and — given the key store's anchor — that the log
+/// still reaches the checkpoint of the last clean close.
+pub fn verify(
+    control_dir: &Path,
+    keys: &AuditKeys,
+    anchor: Option<&AuditAnchor>,
+) -> std::io::Result<VerifyReport> {
+    verify_with_progress(control_dir, keys, anchor, &mut |_, _| {})
 }
 
 /// [`verify`], calling `progress(segments done, segments)` after each segment.
 pub fn verify_with_progress(
     control_dir: &Path,
     keys: &AuditKeys,
+    anchor: Option<&AuditAnchor>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> std::io::Result<VerifyReport> {
     let dir = control_dir.join(super::AUDIT_DIR);
@@ -154,8 +168,32 @@ pub fn verify_with_progress(
         ..Default::default()
     };
     let pubkey = keys.public_key();
-    let segs = segments(&dir);
+    let mut findings = Vec::new();
+    let base = read_base(&dir, keys).unwrap_or_else(|problem| {
+        findings.push(Finding {
+            segment: None,
+            seq: None,
+            problem,
+        });
+        None
+    });
+    let (start_seg, mut prev_chain, mut expect_seq, mut last_sig) = match &base {
+        Some(b) => (
+            b.segment,
+            b.chain().unwrap_or_default(),
+            b.seq,
+            b.prev_signature.clone(),
+        ),
+        None => (1, initial_chain(keys), 0u64, String::new()),
+    };
+    let start_seq = expect_seq;
+    // Older segments than the signed beginning are leftovers of an interrupted removal.
+    let segs: Vec<u64> = segments(&dir)
+        .into_iter()
+        .filter(|s| *s >= start_seg)
+        .collect();
     r.segments = segs.len() as u64;
+    r.findings = findings;
     let mut find = |segment: Option<u64>, seq: Option<u64>, problem: String| {
         r.findings.push(Finding {
             segment,
@@ -163,20 +201,23 @@ pub fn verify_with_progress(
             problem,
         })
     };
-    let (mut prev_chain, mut expect_seq, mut last_sig) = (initial_chain(keys), 0u64, String::new());
     let mut checkpoint_sigs = Vec::new();
     let (mut entries, mut records, mut cps, mut starts) = (0u64, 0u64, 0u64, 0u64);
-    if let Some(first) = segs.first()
-        && *first != 1
-    {
-        find(
-            Some(1),
+    match segs.first() {
+        Some(first) if *first != start_seg => find(
+            Some(start_seg),
             None,
             format!(
-                "segments 1..{} are missing (deleted)",
+                "segments {start_seg}..{} are missing (deleted)",
                 first.saturating_sub(1)
             ),
-        );
+        ),
+        None if base.is_some() || anchor.is_some() => find(
+            Some(start_seg),
+            None,
+            "no segment is left (the log was deleted)".into(),
+        ),
+        _ => {}
     }
     for w in segs.windows(2) {
         if w[1] != w[0].saturating_add(1) {
@@ -314,6 +355,21 @@ pub fn verify_with_progress(
         },
         Err(_) if cps == 0 => {}
         Err(_) => find(None, None, "head file is missing".into()),
+    }
+    if let Some(a) = anchor
+        && a.seq >= start_seq
+        && !checkpoint_sigs
+            .iter()
+            .any(|(seq, sig)| *seq == a.seq && *sig == a.signature)
+    {
+        find(
+            None,
+            Some(a.seq),
+            format!(
+                "the log does not reach checkpoint {} that the key store recorded at the last clean close (log deleted, truncated or replaced)",
+                a.seq
+            ),
+        );
     }
     r.entries = entries;
     r.records = records;

@@ -52,6 +52,8 @@ struct Inner {
     chain: [u8; 32],
     since_checkpoint: u64,
     last_signature: String,
+    /// Sequence number of the last checkpoint (with `last_signature`).
+    last_checkpoint: Option<u64>,
     /// A periodic checkpoint not yet in `head` (written at the next group commit).
     head_pending: Option<Vec<u8>>,
 }
@@ -97,8 +99,8 @@ impl AuditLog {
             .collect();
         segs.sort_unstable();
         let last = segs.last().copied();
-        let (segment, next_seq, chain, last_kind, last_sig, clean) = match last {
-            None => (1, 0, initial_chain(&keys), None, String::new(), true),
+        let (segment, next_seq, chain, last_kind, last_cp, clean) = match last {
+            None => (1, 0, initial_chain(&keys), None, None, true),
             Some(n) => {
                 let p = dir.join(segment_name(n));
                 let data = fs::read(&p)?;
@@ -116,26 +118,17 @@ impl AuditLog {
                     Some(e) => {
                         // From the log itself: `head` may lag it if we were killed between a
                         // checkpoint's write and the head update.
-                        let sig = super::verify::last_logged_checkpoint(&keys, &dir, &segs)
-                            .map(|c| c.signature)
-                            .unwrap_or_default();
+                        let cp = super::verify::last_logged_checkpoint(&keys, &dir, &segs);
                         (
                             n,
                             e.seq.saturating_add(1),
                             e.chain,
                             Some(e.kind),
-                            sig,
+                            cp,
                             keep == data.len(),
                         )
                     }
-                    None => (
-                        n,
-                        0,
-                        initial_chain(&keys),
-                        None,
-                        String::new(),
-                        keep == data.len(),
-                    ),
+                    None => (n, 0, initial_chain(&keys), None, None, keep == data.len()),
                 }
             }
         };
@@ -151,7 +144,11 @@ impl AuditLog {
                 next_seq,
                 chain,
                 since_checkpoint: 0,
-                last_signature: last_sig,
+                last_signature: last_cp
+                    .as_ref()
+                    .map(|c| c.signature.clone())
+                    .unwrap_or_default(),
+                last_checkpoint: last_cp.map(|c| c.seq),
                 head_pending: None,
             }),
             subscriber: std::sync::OnceLock::new(),
@@ -293,8 +290,99 @@ impl AuditLog {
             g.head_pending = None;
         }
         g.last_signature = sig;
+        g.last_checkpoint = Some(seq);
         g.since_checkpoint = 0;
         Ok(())
+    }
+
+    /// The last checkpoint written, to record in the key store at a clean close.
+    pub fn anchor(&self) -> Option<crate::keymgr::store::AuditAnchor> {
+        let g = self.lock();
+        g.last_checkpoint
+            .map(|seq| crate::keymgr::store::AuditAnchor {
+                seq,
+                signature: g.last_signature.clone(),
+            })
+    }
+
+    /// Removes the closed segments, oldest first, whose newest entry is older than `cutoff`
+    /// (see `retention.rs`): first an `AuditRetention` record, then the signed `base`, then the
+    /// files. Returns the removed segment range.
+    pub fn expire(
+        &self,
+        cutoff: std::time::SystemTime,
+        days: u32,
+    ) -> io::Result<Option<(u64, u64)>> {
+        let mut g = self.lock();
+        let mut segs: Vec<u64> = fs::read_dir(&self.dir)?
+            .filter_map(|e| {
+                e.ok()
+                    .and_then(|e| e.file_name().to_str().and_then(parse_segment_name))
+            })
+            .filter(|s| *s < g.segment)
+            .collect();
+        segs.sort_unstable();
+        let Some(&first) = segs.first() else {
+            return Ok(None);
+        };
+        let mut removed: Option<(u64, super::verify::Entry)> = None;
+        let mut prev_sig = String::new();
+        for s in segs {
+            let entries =
+                super::verify::decode_lines(&self.keys, &fs::read(self.dir.join(segment_name(s)))?);
+            let time = |e: &super::verify::Entry| {
+                #[derive(serde::Deserialize)]
+                struct T {
+                    time: String,
+                }
+                e.json
+                    .as_ref()
+                    .and_then(|j| serde_json::from_slice::<T>(j).ok())
+                    .and_then(|t| humantime::parse_rfc3339_weak(&t.time).ok())
+            };
+            // Only whole, readable segments in a row from the oldest.
+            let Some(last) = entries.last() else { break };
+            if time(last).is_none_or(|t| t >= cutoff) {
+                break;
+            }
+            if let Some(sig) = entries.iter().rev().find_map(|e| {
+                (e.kind == KIND_CHECKPOINT)
+                    .then_some(e.json.as_ref())
+                    .flatten()
+                    .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
+                    .map(|c| c.signature)
+            }) {
+                prev_sig = sig;
+            }
+            removed = Some((s, last.clone()));
+        }
+        let Some((through, last)) = removed else {
+            return Ok(None);
+        };
+        let mut r = AuditRecord::new("AuditRetention", Source::System);
+        r.detail = Some(format!(
+            "removing segments {first}..={through} (entries up to {}), older than {days} day(s)",
+            last.seq
+        ));
+        self.write_locked(&mut g, KIND_RECORD, &mut r)?;
+        g.file.sync_data()?;
+        let base = super::retention::Base::new(
+            &self.keys,
+            through + 1,
+            last.seq + 1,
+            &last.chain,
+            prev_sig,
+        );
+        let json = serde_json::to_vec_pretty(&base).map_err(io::Error::other)?;
+        crate::fsutil::atomic_write(&self.dir.join(super::BASE_FILE), &json, 0o600, None)?;
+        for s in first..=through {
+            match fs::remove_file(self.dir.join(segment_name(s))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(Some((first, through)))
     }
 
     /// Makes everything written so far durable (group commit).

@@ -58,6 +58,7 @@ pub const ACTIONS: &[&str] = &[
     "kms:RetireKeyVersions",
     "kms:DescribeVolume",
     "kms:PutAlertSettings",
+    "kms:PutAuditSettings",
 ];
 
 /// What a grant may allow (as in AWS KMS: use of the key, not its administration).
