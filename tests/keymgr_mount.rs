@@ -85,6 +85,18 @@ fn lifecycle_through_the_mount() {
     );
     assert!(!m.path("finance/new.txt").exists());
     m.unmount();
+    // Both refusals are audited as denials by key state, with the path and the key.
+    let denied = ok(audit(&v, &["show", "--denied", "--json"]));
+    for (event, path) in [("Open", "/finance/q1.txt"), ("Create", "/finance/new.txt")] {
+        let r = denied
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["event"] == event && r["resources"]["path"] == path)
+            .unwrap_or_else(|| panic!("no denied {event} of {path} in {denied}"));
+        assert_eq!(r["decision"]["by"], "key-state: Disabled", "{r}");
+        assert_eq!(r["resources"]["key_id"], fin.as_str(), "{r}");
+        assert_eq!(r["errno"], libc::EACCES, "{r}");
+    }
     ok(key(&v, &["enable", "alias/finance"]));
 
     // Rotate: new files use v2, old ones still read.

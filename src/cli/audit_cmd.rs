@@ -186,7 +186,7 @@ enum Source {
     Offline {
         control: PathBuf,
         keys: Box<AuditKeys>,
-        /// The key store's record of the last clean close.
+        /// The key store's record of the last clean unmount.
         anchor: Option<crate::keymgr::store::AuditAnchor>,
     },
 }

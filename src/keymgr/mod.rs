@@ -242,7 +242,7 @@ impl KeyManager {
         f(&self.read().store)
     }
 
-    /// Records the audit log's last checkpoint in the key store (at a clean close), so that
+    /// Records the audit log's last checkpoint in the key store (at a clean unmount), so that
     /// `audit verify` detects a log that was deleted, or cut before it, since.
     pub fn anchor_audit(&self, log: &audit::AuditLog) -> Result<(), AdminError> {
         let Some(a) = log.anchor() else {

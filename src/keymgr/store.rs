@@ -41,7 +41,7 @@ pub struct KeyStore {
     /// for ever).
     #[serde(default)]
     pub audit_retention_days: Option<u32>,
-    /// The audit log's last checkpoint at the last clean close: a log that does not reach it was
+    /// The audit log's last checkpoint at the last clean unmount: a log that does not reach it was
     /// deleted, truncated or replaced.
     #[serde(default)]
     pub audit_anchor: Option<AuditAnchor>,

@@ -206,6 +206,62 @@ impl Vfs {
         let _ = self.audit_append(r);
     }
 
+    /// Records an access refused before the key policy was asked: the file's key cannot be used
+    /// (disabled, pending deletion, destroyed, version retired or unavailable) — a denial by key
+    /// state — or its data key does not authenticate (an integrity failure). Other errors are
+    /// not about access and are not recorded. The operation fails either way.
+    pub(super) fn audit_refused(
+        &self,
+        caller: &Caller,
+        event: &str,
+        path: Option<String>,
+        flags: i32,
+        e: &VfsError,
+    ) {
+        use crate::keymgr::KeyError;
+        let VfsError::Key(k) = e else {
+            if e.is_integrity() {
+                self.audit_integrity(Some(caller), &e.to_string());
+            }
+            return;
+        };
+        let (key, version) = match k {
+            KeyError::UnwrapFailed(_) => {
+                self.audit_integrity(Some(caller), &e.to_string());
+                return;
+            }
+            KeyError::UnknownKey(id) | KeyError::NotUsable(id, _) => (id, None),
+            KeyError::VersionUnavailable(id, v) | KeyError::VersionRetired(id, v, _) => {
+                (id, Some(*v))
+            }
+        };
+        let state = match k {
+            KeyError::NotUsable(_, s) => format!("{s:?}"),
+            KeyError::UnknownKey(_) => "unknown key".into(),
+            _ => "version not usable".into(),
+        };
+        let who = self.identity(caller);
+        let actor = Actor::from(who);
+        let mut r = AuditRecord::new(event, Source::Fs);
+        r.actor = actor.clone();
+        r.resources = Resources {
+            path,
+            file_id: None,
+            key_id: Some(key.to_string()),
+            key_version: version,
+        };
+        r.access_mode = Some(access_mode(flags).into());
+        r.flags = Some(flags);
+        r.decision = Some(crate::keymgr::audit::AuditDecision {
+            allowed: false,
+            by: format!("key-state: {state}"),
+        });
+        r.errno = e.errno();
+        r.detail = Some(k.to_string());
+        let _ = self.audit_append(r);
+        self.check_anomaly(&actor, true, false, self.km.now());
+    }
+
     /// Records an integrity failure seen by a caller.
     pub(super) fn audit_integrity(&self, caller: Option<&Caller>, what: &str) {
         self.control

@@ -185,7 +185,15 @@ impl Vfs {
             Kind::Dir => return Err(Errno::ISDIR.into()),
             _ => return Err(Errno::INVAL.into()),
         }
-        let of = self.get_open_file(&node, o.write || o.truncate)?;
+        let of = match self.get_open_file(&node, o.write || o.truncate) {
+            Ok(of) => of,
+            Err(e) => {
+                if let Some(c) = caller {
+                    self.audit_refused(c, "Open", self.plain_path(&node), flags, &e);
+                }
+                return Err(e);
+            }
+        };
         let audit = match caller {
             None => None,
             Some(c) => {
@@ -271,7 +279,14 @@ impl Vfs {
                 .map(|d| format!("{}/{}", d.trim_end_matches('/'), name.to_string_lossy())),
             None => None,
         };
-        let (header, dek) = self.km.new_file(path.as_deref())?;
+        let (header, dek) = match self.km.new_file(path.as_deref()) {
+            Ok(k) => k,
+            Err(e) => {
+                let e = VfsError::Key(e);
+                self.audit_refused(caller, "Create", path, flags, &e);
+                return Err(e);
+            }
+        };
         let audit = self.authorize(
             caller,
             "Create",
@@ -476,7 +491,15 @@ impl Vfs {
         {
             return f.truncate(size);
         }
-        let of = self.get_open_file(node, true)?;
+        let of = match self.get_open_file(node, true) {
+            Ok(of) => of,
+            Err(e) => {
+                if let Some(c) = caller {
+                    self.audit_refused(c, "Truncate", self.plain_path(node), libc::O_WRONLY, &e);
+                }
+                return Err(e);
+            }
+        };
         if let Some(c) = caller {
             let header = of.read_state().header.clone();
             let path = self.plain_path(node);

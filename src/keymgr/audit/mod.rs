@@ -17,7 +17,7 @@
 //! ```
 //! `.kmsfs/audit/head` holds the last checkpoint (sequence, chain, signature), written after the
 //! checkpoint is durable, so cutting the log's tail before it is detected; the key store records
-//! the last checkpoint of each clean close ([`crate::keymgr::store::AuditAnchor`]), so deleting
+//! the last checkpoint of each clean unmount ([`crate::keymgr::store::AuditAnchor`]), so deleting
 //! the whole directory is detected too. `.kmsfs/audit/base` is the signed beginning of a log
 //! whose oldest segments were removed by retention (see `retention.rs`).
 

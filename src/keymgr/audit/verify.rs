@@ -146,7 +146,7 @@ pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<Aud
 
 /// Verifies the whole log: chain, sequence, decryption, checkpoint signatures, segments, head,
 /// the signed beginning left by retention, and — given the key store's anchor — that the log
-/// still reaches the checkpoint of the last clean close.
+/// still reaches the checkpoint of the last clean unmount.
 pub fn verify(
     control_dir: &Path,
     keys: &AuditKeys,
@@ -366,7 +366,7 @@ pub fn verify_with_progress(
             None,
             Some(a.seq),
             format!(
-                "the log does not reach checkpoint {} that the key store recorded at the last clean close (log deleted, truncated or replaced)",
+                "the log does not reach checkpoint {} that the key store recorded at the last clean unmount (log deleted, truncated or replaced)",
                 a.seq
             ),
         );

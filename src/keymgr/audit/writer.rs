@@ -295,7 +295,7 @@ impl AuditLog {
         Ok(())
     }
 
-    /// The last checkpoint written, to record in the key store at a clean close.
+    /// The last checkpoint written, to record in the key store at a clean unmount.
     pub fn anchor(&self) -> Option<crate::keymgr::store::AuditAnchor> {
         let g = self.lock();
         g.last_checkpoint
