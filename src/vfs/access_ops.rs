@@ -89,7 +89,7 @@ impl Vfs {
 
     /// Plaintext path of a node for policies and audit records (best effort).
     pub(super) fn plain_path(&self, node: &Node) -> Option<String> {
-        self.plain_dir_path(node).ok()
+        self.plain_node_path(node).ok()
     }
 
     /// Decides `action` on the key of `header` (or `key` for a new file) for `caller`, and audits

@@ -10,47 +10,17 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rustix::io::Errno;
 
 use super::attr_ops::SetAttr;
+use super::test_support::{caller, new_volume, open, unlock};
 use super::xattr_ops::XattrReply;
-use super::{Caller, Kind, Result, Vfs, VfsOptions};
-use crate::crypto::{KdfParams, Passphrase};
-use crate::keymgr::{InitOptions, KeyManager, Unlock};
+use super::{Kind, Result, Vfs};
+use crate::keymgr::KeyManager;
 
 const ROOT: u64 = 1;
 const LONG: &str = "a-file-name-long-enough-to-need-a-side-file-because-its-encrypted-form-does-not-fit-in-255-bytes-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-
-fn pw() -> Passphrase {
-    Passphrase::new(b"faults".to_vec())
-}
-
-fn caller() -> Caller {
-    Caller {
-        uid: 0,
-        gid: 0,
-        pid: std::process::id(),
-    }
-}
-
-fn unlock(dir: &Path) -> crate::keymgr::Unlocked {
-    crate::keymgr::unlock(dir, &Unlock::Passphrase(pw())).expect("unlock")
-}
-
-fn open(dir: &Path) -> Vfs {
-    let u = unlock(dir);
-    let bs = u.config.block_size;
-    Vfs::new(
-        dir,
-        Arc::new(KeyManager::new(u)),
-        bs,
-        false,
-        VfsOptions::default(),
-    )
-    .expect("vfs")
-}
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -60,18 +30,7 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 
 /// A new volume holding a little of everything.
 fn volume() -> (tempfile::TempDir, PathBuf) {
-    let t = tempfile::tempdir().expect("tempdir");
-    let dir = t.path().join("c");
-    crate::keymgr::init(
-        &dir,
-        &pw(),
-        &InitOptions {
-            kdf: KdfParams::FAST_INSECURE,
-            recovery_key: false,
-            ..Default::default()
-        },
-    )
-    .expect("init");
+    let (t, dir) = new_volume();
     let v = open(&dir);
     let c = caller();
     write_file(&v, ROOT, "a", &data(10_000, 1)).expect("a");

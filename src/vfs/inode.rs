@@ -30,6 +30,9 @@ pub struct Node {
     lookups: AtomicU64,
     /// The directory's id (encrypted names), read once.
     pub dir_id: OnceLock<DirId>,
+    /// The directory the node was last looked up in (0: not known). A hint for building its
+    /// plaintext path: checked against the node's cipher path before use.
+    pub parent: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -65,6 +68,7 @@ impl InodeTable {
                 kind: Kind::Dir,
                 lookups: AtomicU64::new(1),
                 dir_id: OnceLock::new(),
+                parent: AtomicU64::new(0),
             }),
         );
         InodeTable {
@@ -107,6 +111,7 @@ impl InodeTable {
                     kind,
                     lookups: AtomicU64::new(1),
                     dir_id: OnceLock::new(),
+                    parent: AtomicU64::new(0),
                 });
                 v.insert(n.clone());
                 n

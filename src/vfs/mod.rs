@@ -102,6 +102,8 @@ pub struct Vfs {
     audit: std::sync::OnceLock<Arc<crate::keymgr::audit::AuditLog>>,
     /// Cipher directory path -> plaintext path (for policies, rules and audit records).
     path_cache: DashMap<std::path::PathBuf, String>,
+    /// The cipher directory as `/proc/self/fd` shows it (resolved once).
+    root_cipher: std::sync::OnceLock<std::path::PathBuf>,
     /// The virtual `.kmsfs/` directory.
     control: Arc<crate::control::ControlDir>,
     /// Requests served so far (for `--idle`).
@@ -172,6 +174,7 @@ impl Vfs {
             audit: std::sync::OnceLock::new(),
             identities: DashMap::new(),
             path_cache: DashMap::new(),
+            root_cipher: std::sync::OnceLock::new(),
         })
     }
 
@@ -295,6 +298,8 @@ impl Vfs {
         let node = self
             .inodes
             .intern(fd, st.st_ino, Kind::from_mode(st.st_mode));
+        node.parent
+            .store(dir.ino, std::sync::atomic::Ordering::Relaxed);
         let attr = self.attr_of(&node, &st);
         Ok((node, attr))
     }
@@ -400,3 +405,7 @@ fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod path_tests;
+#[cfg(test)]
+mod test_support;

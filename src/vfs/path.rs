@@ -1,12 +1,16 @@
-//! Plaintext paths of directories, for key rules (the key of a new file depends on its path).
-//! Computed only when the volume has rules: the directory's cipher path (from its `O_PATH`
-//! descriptor) is decrypted component by component from the root.
+//! Plaintext paths, for key rules (the key of a new file depends on its path), path conditions
+//! of key policies and audit records. A node's cipher path (from its `O_PATH` descriptor) is
+//! decrypted component by component from the root; the plaintext of every directory prefix is
+//! cached, and a file's name is decrypted with its parent node's cached directory id, so an open
+//! costs two `readlink`s, not a read of every ancestor's directory id.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 
-use super::inode::Node;
+use super::Kind;
+use super::inode::{Node, ROOT_INO};
 use super::{Result, Vfs, VfsError};
 use crate::format::DirId;
 use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX};
@@ -32,56 +36,104 @@ impl Vfs {
     /// Plaintext path of a directory node (`/` for the root).
     pub(super) fn plain_dir_path(&self, dir: &Node) -> Result<String> {
         let cipher = std::fs::read_link(dir.proc_path())?;
-        // A cipher path always decrypts to the same plaintext path, so the cache needs no
-        // invalidation (a renamed directory simply has a new cipher path).
-        if let Some(p) = self.path_cache.get(&cipher) {
-            return Ok(p.clone());
-        }
-        let plain = self.decrypt_cipher_path(&cipher)?;
-        if self.path_cache.len() >= PATH_CACHE_MAX {
-            self.path_cache.clear();
-        }
-        self.path_cache.insert(cipher, plain.clone());
-        Ok(plain)
+        self.plain_of_cipher(&cipher)
     }
 
-    fn decrypt_cipher_path(&self, cipher: &Path) -> Result<String> {
-        let root = std::fs::read_link(self.inodes.get(super::inode::ROOT_INO)?.proc_path())?;
-        let rel = cipher.strip_prefix(&root).map_err(|_| {
+    /// Plaintext path of any node. A file's is its parent directory's plus its decrypted name,
+    /// with the parent's directory id from the parent's node when the node's last known parent
+    /// still is the directory it is in; otherwise the whole cipher path is decrypted.
+    pub(super) fn plain_node_path(&self, node: &Node) -> Result<String> {
+        if node.kind == Kind::Dir {
+            return self.plain_dir_path(node);
+        }
+        let cipher = std::fs::read_link(node.proc_path())?;
+        let pino = node.parent.load(Ordering::Relaxed);
+        if let (Some(parent_c), Some(entry), true) =
+            (cipher.parent(), cipher.file_name(), pino != 0)
+            && let Ok(p) = self.inodes.get(pino)
+            && p.kind == Kind::Dir
+            && std::fs::read_link(p.proc_path()).is_ok_and(|c| c == parent_c)
+        {
+            let dir = self.plain_of_cipher(parent_c)?;
+            let id = if self.names.plaintext() {
+                DirId([0; 16])
+            } else {
+                self.dir_id(&p)?
+            };
+            let name = self.decrypt_entry(parent_c, &id, entry, pino == ROOT_INO)?;
+            return Ok(join(&dir, &name));
+        }
+        self.plain_of_cipher(&cipher)
+    }
+
+    /// The plaintext of a cipher path, through the cache. A cipher path always decrypts to the
+    /// same plaintext path, so the cache needs no invalidation (a renamed directory simply has
+    /// a new cipher path; a directory made again under the same name has a new id, so its
+    /// entries have new cipher names).
+    fn plain_of_cipher(&self, cipher: &Path) -> Result<String> {
+        if let Some(p) = self.path_cache.get(cipher) {
+            return Ok(p.clone());
+        }
+        let root = match self.root_cipher.get() {
+            Some(r) => r,
+            None => {
+                let r = std::fs::read_link(self.inodes.get(ROOT_INO)?.proc_path())?;
+                self.root_cipher.get_or_init(|| r)
+            }
+        };
+        if cipher == root {
+            return Ok("/".into());
+        }
+        let outside = || {
             VfsError::Integrity(format!(
                 "{} is outside the cipher directory",
                 cipher.display()
             ))
-        })?;
-        let mut out = String::new();
-        let mut cur = root.clone();
-        for c in rel.components() {
-            let Component::Normal(entry) = c else {
-                continue;
-            };
-            let plain = self.decrypt_component(&cur, entry, cur == root)?;
-            out.push('/');
-            out.push_str(&String::from_utf8_lossy(&plain));
-            cur.push(entry);
+        };
+        if !cipher.starts_with(root) {
+            return Err(outside());
         }
-        if out.is_empty() {
-            out.push('/');
+        let (Some(parent), Some(entry)) = (cipher.parent(), cipher.file_name()) else {
+            return Err(outside());
+        };
+        let dir = self.plain_of_cipher(parent)?;
+        let name = self.decrypt_component(parent, entry, parent == root)?;
+        let plain = join(&dir, &name);
+        if self.path_cache.len() >= PATH_CACHE_MAX {
+            self.path_cache.clear();
         }
-        Ok(out)
+        self.path_cache.insert(cipher.to_path_buf(), plain.clone());
+        Ok(plain)
     }
 
     fn decrypt_component(&self, parent: &Path, entry: &OsStr, at_root: bool) -> Result<Vec<u8>> {
+        let id = if self.names.plaintext() {
+            DirId([0; 16])
+        } else {
+            let b = std::fs::read(parent.join(DIRID_FILE))?;
+            DirId(b.try_into().map_err(|_| {
+                VfsError::Integrity(format!(
+                    "{}: directory id is not 16 bytes",
+                    parent.display()
+                ))
+            })?)
+        };
+        self.decrypt_entry(parent, &id, entry, at_root)
+    }
+
+    /// Decrypts entry `entry` of the directory at cipher path `parent`, whose id is `id`.
+    fn decrypt_entry(
+        &self,
+        parent: &Path,
+        id: &DirId,
+        entry: &OsStr,
+        at_root: bool,
+    ) -> Result<Vec<u8>> {
         let undecryptable = || {
             VfsError::Integrity(format!(
                 "{}: name does not decrypt",
                 parent.join(entry).display()
             ))
-        };
-        let id = if self.names.plaintext() {
-            DirId([0; 16])
-        } else {
-            let b = std::fs::read(parent.join(DIRID_FILE))?;
-            DirId(b.try_into().map_err(|_| undecryptable())?)
         };
         match self.names.classify(entry.as_bytes(), at_root) {
             EntryKind::Internal => Err(undecryptable()),
@@ -89,9 +141,19 @@ impl Vfs {
                 let mut side = entry.to_os_string();
                 side.push(LONG_NAME_SUFFIX);
                 let enc = std::fs::read(parent.join(side))?;
-                self.names.decrypt(&id, &enc).map_err(|_| undecryptable())
+                self.names.decrypt(id, &enc).map_err(|_| undecryptable())
             }
-            EntryKind::Name(n) => self.names.decrypt(&id, n).map_err(|_| undecryptable()),
+            EntryKind::Name(n) => self.names.decrypt(id, n).map_err(|_| undecryptable()),
         }
     }
+}
+
+fn join(dir: &str, name: &[u8]) -> String {
+    let mut p = String::with_capacity(dir.len() + name.len() + 1);
+    p.push_str(dir);
+    if !p.ends_with('/') {
+        p.push('/');
+    }
+    p.push_str(&String::from_utf8_lossy(name));
+    p
 }

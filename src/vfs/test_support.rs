@@ -1,0 +1,55 @@
+//! Shared setup of the model's unit tests: a new volume (fast KDF) in a temporary directory and
+//! a `Vfs` over it, as the mount would build it but without FUSE.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Caller, Vfs, VfsOptions};
+use crate::crypto::{KdfParams, Passphrase};
+use crate::keymgr::{InitOptions, KeyManager, Unlock};
+
+fn pw() -> Passphrase {
+    Passphrase::new(b"model tests".to_vec())
+}
+
+pub fn caller() -> Caller {
+    Caller {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id(),
+    }
+}
+
+/// A new, empty volume; the directory lives as long as the `TempDir`.
+pub fn new_volume() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = t.path().join("c");
+    crate::keymgr::init(
+        &dir,
+        &pw(),
+        &InitOptions {
+            kdf: KdfParams::FAST_INSECURE,
+            recovery_key: false,
+            ..Default::default()
+        },
+    )
+    .expect("init");
+    (t, dir)
+}
+
+pub fn unlock(dir: &Path) -> crate::keymgr::Unlocked {
+    crate::keymgr::unlock(dir, &Unlock::Passphrase(pw())).expect("unlock")
+}
+
+pub fn open(dir: &Path) -> Vfs {
+    let u = unlock(dir);
+    let bs = u.config.block_size;
+    Vfs::new(
+        dir,
+        Arc::new(KeyManager::new(u)),
+        bs,
+        false,
+        VfsOptions::default(),
+    )
+    .expect("vfs")
+}
