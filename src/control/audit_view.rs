@@ -109,6 +109,13 @@ impl ControlDir {
         let mut pushes = Vec::new();
         {
             let mut g = self.views.lens.lock().unwrap_or_else(|p| p.into_inner());
+            if r.event == "AuditRetention" {
+                // Old segments are about to go: every view shrinks. Lengths are taken afresh
+                // at the next use (a reader following the file reopens it, as after a log
+                // rotation).
+                g.clear();
+                return;
+            }
             for (view, (len, last)) in g.iter_mut() {
                 // Already counted when the view's length was first taken.
                 if last.is_some_and(|l| r.seq <= l) || !matches(*view, r) {
