@@ -3,6 +3,7 @@
 #   raw        the plain backing directory (no FUSE)
 #   bindfs     a FUSE passthrough (the cost of FUSE alone)
 #   gocryptfs  the closest encrypted-FUSE peer
+#   securefs   another encrypted-FUSE peer, in its "lite" format (`securefs create --format 4`)
 #   kmsfs      this project (target/release/kmsfs, built if needed)
 #
 # Run as root (it installs missing Debian packages and drops the page cache):
@@ -16,7 +17,7 @@
 #   RAND_MB       random-I/O (fio) file size in MiB (default 256)
 #   FIO_RUNTIME   seconds per fio run (default 10)
 #   REPS          repetitions of every figure; the median is reported (default 3)
-#   ONLY          comma list of systems to run: raw,bindfs,gocryptfs,kmsfs (default all)
+#   ONLY          comma list of systems to run: raw,bindfs,gocryptfs,securefs,kmsfs (default all)
 #   SKIP          comma list of rows or row groups to skip. Groups: seq, rand, tree, mount.
 #                 Rows: seq_write seq_read rand_read rand_write untar ls_lR du read_all
 #                       git_commit git_status_cold git_status_warm rm_rf mount
@@ -29,10 +30,12 @@
 #   KEEP          1: keep the work directory under BENCH_DIR afterwards (default: delete it)
 #
 # Output: a Markdown table on stdout and in OUT_DIR/peers-<date>.md, the same figures as TSV in
-# OUT_DIR/peers-<date>.tsv, every sample in OUT_DIR/peers-<date>.samples.tsv and a log in
-# OUT_DIR/peers-<date>.log. Progress goes to stderr. A step that fails or times out is recorded
-# as ERR (and explained under the table); the run goes on. Everything the script mounts is
-# unmounted on exit, whatever the cause.
+# OUT_DIR/peers-<date>.tsv (columns: row measurement unit better raw bindfs gocryptfs securefs
+# kmsfs kmsfs/gocryptfs kmsfs/securefs kmsfs/bindfs reps_ok; a system not run has empty cells),
+# every sample in OUT_DIR/peers-<date>.samples.tsv and a log in OUT_DIR/peers-<date>.log.
+# Progress goes to stderr. A step that fails or times out is recorded as ERR (and explained
+# under the table); the run goes on. Everything the script mounts is unmounted on exit, whatever
+# the cause.
 set -euo pipefail
 export LC_ALL=C # '.' decimal point in $EPOCHREALTIME, stable tool output
 
@@ -43,7 +46,7 @@ SIZE_MB=${SIZE_MB:-1024}
 RAND_MB=${RAND_MB:-256}
 FIO_RUNTIME=${FIO_RUNTIME:-10}
 REPS=${REPS:-3}
-ONLY=${ONLY:-raw,bindfs,gocryptfs,kmsfs}
+ONLY=${ONLY:-raw,bindfs,gocryptfs,securefs,kmsfs}
 SKIP=${SKIP:-}
 STEP_TIMEOUT=${STEP_TIMEOUT:-900}
 KMSFS=${KMSFS:-}
@@ -52,7 +55,7 @@ OUT_DIR=${OUT_DIR:-$REPO/bench-results}
 VERIFY=${VERIFY:-1}
 KEEP=${KEEP:-0}
 
-ALL_SYSTEMS=(raw bindfs gocryptfs kmsfs)
+ALL_SYSTEMS=(raw bindfs gocryptfs securefs kmsfs) # also the order of the table's columns
 GROUPS_ORDER=(seq rand tree mount)
 ROW_IDS=(seq_write seq_read rand_read rand_write untar ls_lR du read_all git_commit
   git_status_cold git_status_warm rm_rf mount)
@@ -137,6 +140,7 @@ need mountpoint util-linux
 need lsblk util-linux
 if has_system bindfs; then need bindfs bindfs; fi
 if has_system gocryptfs; then need gocryptfs gocryptfs; fi
+if has_system securefs; then need securefs securefs; fi
 if ((${#need_pkgs[@]} > 0)); then
   command -v apt-get >/dev/null 2>&1 || die "missing ${need_pkgs[*]} and no apt-get to install them"
   log "installing from Debian: ${need_pkgs[*]}"
@@ -188,7 +192,7 @@ fuse_daemon_pids() { # processes of ours serving a volume under DIR (their comma
   for pid in /proc/[0-9]*; do
     pid=${pid#/proc/}
     exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || continue
-    case ${exe##*/} in kmsfs | gocryptfs | bindfs) ;; *) continue ;; esac
+    case ${exe##*/} in kmsfs | gocryptfs | securefs | bindfs) ;; *) continue ;; esac
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/" && echo "$pid"
   done
   return 0
@@ -290,9 +294,12 @@ timed() {
 }
 
 # quiet CMD...: an untimed step (set-up, verification) with a timeout; output to the log.
-quiet() {
-  local rc=0
-  child "$@" >>"$LOG" 2>"$STEP_ERR" </dev/null || rc=$?
+quiet() { quiet_in /dev/null "$@"; }
+# quiet_in FILE CMD...: the same with stdin from FILE (securefs reads the passphrase there).
+quiet_in() {
+  local in=$1 rc=0
+  shift
+  child "$@" >>"$LOG" 2>"$STEP_ERR" <"$in" || rc=$?
   cat "$STEP_ERR" >>"$LOG"
   if ((rc == 124 || rc == 137)); then
     LAST_ERR="timed out after ${STEP_TIMEOUT}s: $*"
@@ -351,6 +358,12 @@ vol_create() { # vol_create SYS VOL fast|default
       [[ $kdf == fast ]] && n=(-scryptn 10)
       quiet gocryptfs -init -q "${n[@]}" -passfile "$PASSFILE" "$vol/cipher" || return 1
       ;;
+    securefs) # the passphrase on stdin (its first line), not on the command line (--pass)
+      mkdir "$vol/cipher" || fail "mkdir $vol/cipher" || return 1
+      local k=()
+      [[ $kdf == fast ]] && k=(--pbkdf pkcs5-pbkdf2-hmac-sha256 -r 1)
+      quiet_in "$PASSFILE" securefs create --format 4 "${k[@]}" "$vol/cipher" || return 1
+      ;;
     kmsfs)
       if [[ $kdf == fast ]]; then
         quiet env KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$PASSFILE" --no-recovery-key "$vol/cipher" || return 1
@@ -365,15 +378,21 @@ is_mounted() { awk -v p="$1" '$2 == p { f = 1 } END { exit !f }' /proc/mounts; }
 
 # The daemon keeps the output of the mount command, so it goes to a file of its own, VOL/daemon.log
 # (appended to the main log, and reported if not empty, when the volume is destroyed).
+# securefs logs to a file of its own once in the background (--log; without it, it warns that it
+# has none), VOL/securefs.log; its lines other than [Info] are reported with VOL/daemon.log.
 vol_mount() { # vol_mount SYS VOL: returns once VOL/mnt is usable
-  local sys=$1 vol=$2 mnt=$2/mnt i rc=0 cmd
+  local sys=$1 vol=$2 mnt=$2/mnt i rc=0 cmd in=/dev/null
   case $sys in
     raw) return 0 ;;
     bindfs) cmd=(bindfs "${BINDFS_OPTS[@]}" "$vol/back" "$mnt") ;;
     gocryptfs) cmd=(gocryptfs -q -nosyslog -passfile "$PASSFILE" "$vol/cipher" "$mnt") ;;
+    securefs)
+      cmd=(securefs mount -b --log "$vol/securefs.log" "$vol/cipher" "$mnt")
+      in=$PASSFILE
+      ;;
     kmsfs) cmd=("$KMSFS" mount --passfile "$PASSFILE" "$vol/cipher" "$mnt") ;;
   esac
-  child "${cmd[@]}" >>"$vol/daemon.log" 2>&1 </dev/null || rc=$?
+  child "${cmd[@]}" >>"$vol/daemon.log" 2>&1 <"$in" || rc=$?
   MOUNTED[$mnt]=$sys # even on failure: it may be half mounted; the clean-up checks
   if ((rc != 0)); then
     fail "$sys: mount failed (exit $rc): $(tail -n 3 "$vol/daemon.log" | tr '\n' ' ')"
@@ -430,6 +449,10 @@ vol_destroy() { # vol_destroy SYS VOL: unmount (forcibly if need be) and delete
     fi
     cleanup_dir "$vol"
     [[ -z $(mounted_under "$vol") ]] || die "$vol is still mounted; not deleting it"
+    if [[ -s $vol/securefs.log ]]; then # its [Info] lines (init, destroy) are routine
+      cat "$vol/securefs.log" >>"$LOG"
+      grep -v '^\[Info\]' "$vol/securefs.log" >>"$vol/daemon.log" || true
+    fi
     if [[ -s $vol/daemon.log ]]; then
       {
         echo "---- $sys daemon output ($vol) ----"
@@ -583,10 +606,11 @@ bench_tree() { # small-file workload on a real source tree
 backing_leftovers() { # backing_leftovers SYS VOL [list]: entries in the backing dir beyond the volume's own metadata
   local dir
   case $1 in
-    raw) dir=$2/mnt ;; bindfs) dir=$2/back ;; gocryptfs | kmsfs) dir=$2/cipher ;;
+    raw) dir=$2/mnt ;; bindfs) dir=$2/back ;; gocryptfs | securefs | kmsfs) dir=$2/cipher ;;
   esac
   find "$dir" -mindepth 1 \( -path "$dir/.kmsfs" -prune -o -path "$dir/.kmsfs/*" -prune \
-    -o -name kmsfs.dirid -o -name gocryptfs.conf -o -name gocryptfs.diriv -o -print \) 2>/dev/null |
+    -o -name kmsfs.dirid -o -name gocryptfs.conf -o -name gocryptfs.diriv \
+    -o -path "$dir/.securefs.json" -o -print \) 2>/dev/null |
     if [[ ${3:-} == list ]]; then cat; else wc -l; fi
 }
 
@@ -687,6 +711,14 @@ if has_system kmsfs; then
   fi
   kmsfs_ver+=")"
 fi
+securefs_ver="securefs not run"
+if has_system securefs; then # Debian's build says "securefs GIT-NOTFOUND": ask dpkg then
+  securefs_ver=$(ver securefs version)
+  if [[ ! $securefs_ver =~ [0-9] ]] && v=$(dpkg-query -W -f '${Version}' securefs 2>/dev/null) && [[ -n $v ]]; then
+    securefs_ver="securefs $v (Debian package)"
+  fi
+  securefs_ver+=", lite format 4"
+fi
 env_knobs=""
 shq() { # quote for the shell only when needed
   if [[ $1 =~ ^[A-Za-z0-9._/,:+=-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
@@ -705,7 +737,7 @@ mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "- Host: $(uname -srm); CPU: ${cpu:-unknown} × $(nproc) online; RAM $mem; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- BENCH_DIR: \`$BENCH_DIR\` on $src_dev ($fstype, $(findmnt -no OPTIONS -T "$WORK")); disk: ${disk_desc:-unknown}"
-  echo "- Versions: kmsfs $kmsfs_ver; $(has_system gocryptfs && ver gocryptfs -version || echo 'gocryptfs not run'); $(has_system bindfs && ver bindfs --version || echo 'bindfs not run'); $(ver fio --version); $(ver git --version)"
+  echo "- Versions: kmsfs $kmsfs_ver; $(has_system gocryptfs && ver gocryptfs -version || echo 'gocryptfs not run'); $securefs_ver; $(has_system bindfs && ver bindfs --version || echo 'bindfs not run'); $(ver fio --version); $(ver git --version)"
   echo "- Command: \`$env_knobs$CMDLINE\`"
   echo "- Sizes: sequential file $SIZE_MB MiB; fio file $RAND_MB MiB, $FIO_RUNTIME s per run; small-file tree: ${TREE_DESC:-skipped}"
   echo "- Each figure is the median of $REPS repetition(s), each on a fresh volume; systems interleaved within a repetition."
@@ -752,11 +784,14 @@ done
   echo "Notes:"
   echo "- cold = unmount, \`sync; echo 3 > /proc/sys/vm/drop_caches\`, mount again (raw: sync and drop caches only); the remount is not timed."
   if has_system bindfs; then echo "- $BINDFS_NOTE; bindfs runs single-threaded (its default)."; fi
-  echo "- Data rows use a fast KDF (gocryptfs \`-scryptn 10\`, kmsfs \`KMSFS_INSECURE_FAST_KDF=1\` at init); it affects only mounting."
+  echo "- Data rows use a fast KDF (gocryptfs \`-scryptn 10\`, securefs \`--pbkdf pkcs5-pbkdf2-hmac-sha256 -r 1\`, kmsfs \`KMSFS_INSECURE_FAST_KDF=1\` at init); it affects only mounting."
   if group_wanted mount; then
-    echo "- The mount row uses the default KDFs (gocryptfs scrypt N=2^16, kmsfs Argon2id 64 MiB × 3 passes) on a cold cache, timed from invoking the mount command until the mount point is listed in /proc/mounts and readable."
+    echo "- The mount row uses the default KDFs (gocryptfs scrypt N=2^16, securefs Argon2id 256 MiB × 9 passes × 4 lanes, kmsfs Argon2id 64 MiB × 3 passes) on a cold cache, timed from invoking the mount command until the mount point is listed in /proc/mounts and readable."
   fi
   echo "- kmsfs mounted with its defaults (\`kmsfs mount --passfile\`); gocryptfs with \`-q -nosyslog -passfile\`."
+  if has_system securefs; then
+    echo "- securefs volumes made by \`securefs create --format 4\` (lite format: one encrypted file per file, names encrypted, 4 KiB blocks, 12-byte IVs: its defaults) and mounted with its defaults otherwise (multi-threaded, \`--attr-timeout 30\`) by \`securefs mount -b --log FILE\`; the passphrase goes to both on stdin."
+  fi
   if group_wanted rand; then
     echo "- fio: \`--ioengine=psync --direct=0 --bs=4k --time_based --runtime=$FIO_RUNTIME\`; the file is laid out by a sequential write first. Random writes are buffered (no fsync) after a cold remount."
   fi

@@ -14,8 +14,8 @@ import argparse
 import statistics
 import sys
 
-SYSTEMS = ["raw", "bindfs", "gocryptfs", "kmsfs"]
-PEERS = ["gocryptfs", "bindfs"]  # ratio columns, in this order
+SYSTEMS = ["raw", "bindfs", "gocryptfs", "securefs", "kmsfs"]
+PEERS = ["gocryptfs", "securefs", "bindfs"]  # ratio columns, in this order
 
 
 def read_tsv(path):
