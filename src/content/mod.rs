@@ -131,6 +131,14 @@ impl FileCipher {
     ) -> Result<(), BlockError> {
         let cbs = self.block_size + BLOCK_OVERHEAD;
         let nblocks = cipher.len().div_ceil(cbs).max(1);
+        // A last block shorter than its overhead cannot be a block (found by fuzzing: it made the
+        // output too short for the blocks before it).
+        let rest = cipher.len() % cbs;
+        if cipher.len() < BLOCK_OVERHEAD || (rest != 0 && rest < BLOCK_OVERHEAD) {
+            return Err(BlockError {
+                block: first + nblocks as u64 - 1,
+            });
+        }
         out.clear();
         out.resize(cipher.len().saturating_sub(nblocks * BLOCK_OVERHEAD), 0);
         let mut po = 0;
@@ -154,6 +162,27 @@ mod tests {
 
     fn fc(id: u8) -> FileCipher {
         FileCipher::new(&Key256::from_bytes([id; 32]), FileId([id; 16]), 4096)
+    }
+
+    #[test]
+    fn malformed_lengths_are_errors_not_panics() {
+        let c = fc(1);
+        let cbs = 4096 + BLOCK_OVERHEAD;
+        let mut out = Vec::new();
+        for len in [
+            0,
+            1,
+            BLOCK_OVERHEAD - 1,
+            cbs + 1,
+            cbs + BLOCK_OVERHEAD - 1,
+            2 * cbs + 5,
+        ] {
+            let junk = vec![7u8; len];
+            assert!(
+                c.decrypt_blocks(0, &junk, 5, &mut out).is_err(),
+                "length {len}"
+            );
+        }
     }
 
     #[test]

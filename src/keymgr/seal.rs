@@ -140,6 +140,9 @@ pub fn unseal(bytes: &[u8], unlock: &Unlock) -> Result<Unsealed, VolumeError> {
             "key count of body and envelope differ".into(),
         ));
     }
+    store
+        .check_consistent()
+        .map_err(VolumeError::KeyStoreCorrupt)?;
     Ok(Unsealed {
         store,
         store_key,

@@ -372,3 +372,24 @@ fn the_key_store_anchor_catches_a_deleted_or_replaced_log() {
     let r = verify(&c, &keys(), Some(&anchor)).unwrap();
     assert!(!r.ok());
 }
+
+#[test]
+fn killed_right_after_a_segment_roll_goes_on_from_the_last_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    {
+        let l = AuditLog::open(&c, keys()).unwrap();
+        for i in 0..5 {
+            l.append(rec(i)).unwrap();
+        }
+        l.start_new_segment().unwrap();
+        // Killed: the new segment is empty, no unmount checkpoint.
+    }
+    assert_eq!(std::fs::metadata(seg(&c, 2)).unwrap().len(), 0);
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec(9)).unwrap();
+    l.close().unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.chain_starts, 2, "the new log and the unclean shutdown");
+}

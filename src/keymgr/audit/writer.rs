@@ -128,7 +128,36 @@ impl AuditLog {
                             keep == data.len(),
                         )
                     }
-                    None => (n, 0, initial_chain(&keys), None, None, keep == data.len()),
+                    // An empty newest segment (killed right after a segment roll): go on from
+                    // the newest entry before it, or from the retention base (found by fuzzing:
+                    // the log restarted at entry 0).
+                    None => {
+                        let prev = segs.iter().rev().skip(1).find_map(|s| {
+                            fs::read(dir.join(segment_name(*s)))
+                                .ok()
+                                .and_then(|d| super::verify::decode_lines(&keys, &d).pop())
+                        });
+                        let clean = keep == data.len();
+                        match (prev, super::retention::read_base(&dir, &keys)) {
+                            (Some(e), _) => (
+                                n,
+                                e.seq.saturating_add(1),
+                                e.chain,
+                                Some(e.kind),
+                                super::verify::last_logged_checkpoint(&keys, &dir, &segs),
+                                clean,
+                            ),
+                            (None, Ok(Some(b))) => (
+                                n,
+                                b.seq,
+                                b.chain().unwrap_or_else(|| initial_chain(&keys)),
+                                None,
+                                Some(Checkpoint::continued(&b)),
+                                clean,
+                            ),
+                            (None, _) => (n, 0, initial_chain(&keys), None, None, clean),
+                        }
+                    }
                 }
             }
         };
