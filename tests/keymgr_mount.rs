@@ -6,15 +6,24 @@ use common::*;
 use std::io::ErrorKind;
 use std::path::Path;
 
-fn key(v: &Volume, args: &[&str]) -> std::process::Output {
+/// `kmsfs SUB CIPHERDIR --passfile … ARGS`.
+fn on_volume(v: &Volume, sub: &str, args: &[&str]) -> std::process::Output {
     kmsfs()
-        .arg("key")
+        .arg(sub)
         .arg(&v.cipher)
         .arg("--passfile")
         .arg(&v.passfile)
         .args(args)
         .output()
-        .expect("kmsfs key")
+        .expect("kmsfs")
+}
+
+fn key(v: &Volume, args: &[&str]) -> std::process::Output {
+    on_volume(v, "key", args)
+}
+
+fn audit(v: &Volume, args: &[&str]) -> std::process::Output {
+    on_volume(v, "audit", args)
 }
 
 fn ok(o: std::process::Output) -> String {
@@ -370,17 +379,6 @@ fn rekey_gives_fresh_data_keys_and_keeps_content_and_metadata() {
     let o = kmsfs().arg("rekey").arg(v.tmp.path()).output().unwrap();
     assert_eq!(o.status.code(), Some(18));
     drop(m);
-}
-
-fn audit(v: &Volume, args: &[&str]) -> std::process::Output {
-    kmsfs()
-        .arg("audit")
-        .arg(&v.cipher)
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .args(args)
-        .output()
-        .expect("kmsfs audit")
 }
 
 /// The key store records the log's closing checkpoint: a log deleted (or replaced) after a clean

@@ -209,7 +209,8 @@ impl Vfs {
     /// Records an access refused before the key policy was asked: the file's key cannot be used
     /// (disabled, pending deletion, destroyed, version retired or unavailable) — a denial by key
     /// state — or its data key does not authenticate (an integrity failure). Other errors are
-    /// not about access and are not recorded. The operation fails either way.
+    /// not about the key (damage found on the way is recorded where it is found). The operation
+    /// fails either way.
     pub(super) fn audit_refused(
         &self,
         caller: &Caller,
@@ -220,9 +221,6 @@ impl Vfs {
     ) {
         use crate::keymgr::KeyError;
         let VfsError::Key(k) = e else {
-            if e.is_integrity() {
-                self.audit_integrity(Some(caller), &e.to_string());
-            }
             return;
         };
         let (key, version) = match k {

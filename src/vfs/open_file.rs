@@ -257,6 +257,11 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Cipher bytes block `i` takes in a file of the current size.
+    fn stored_len(&self, st: &FileState, i: u64) -> usize {
+        self.layout.block_len(i, st.size).unwrap_or(0) as usize + BLOCK_OVERHEAD
+    }
+
     /// After a failed write of `out` (blocks from `first`): re-writes each of the blocks
     /// `first..end` that does not authenticate from `out`. Blocks before the last of `out` are
     /// full, so block `i` sits at `(i - first)` cipher blocks into `out`. Best effort.
@@ -314,22 +319,26 @@ impl OpenFile {
                 let l = self.layout;
                 let fin = l.final_block(new_size);
                 let keep = (new_size - l.plain_offset(fin)) as usize;
-                // The whole old block (it always holds data: a shorter size ends in it), to put
-                // back if the truncate fails half-way.
                 let mut old = Vec::new();
-                self.read_blocks(st, fin, fin, &mut old)?;
+                if keep > 0 {
+                    self.read_blocks(st, fin, fin, &mut old)?;
+                }
+                old.truncate(keep);
                 let mut out = Vec::new();
-                st.cipher.encrypt_blocks(fin, &old[..keep], fin, &mut out);
-                crate::content::pending::mark(&st.file, fin, l.cipher_size(new_size));
+                st.cipher.encrypt_blocks(fin, &old, fin, &mut out);
                 let off = l.cipher_offset(fin);
+                // The old block's ciphertext as it is (a shorter size ends inside it), to put
+                // back if the truncate fails half-way. Not decrypted: truncating a damaged file
+                // must still work.
+                let mut saved = vec![0u8; self.stored_len(st, fin)];
+                st.file.read_exact_at(&mut saved, off)?;
+                crate::content::pending::mark(&st.file, fin, l.cipher_size(new_size));
                 if let Err(e) = crate::fault::write_all_at(&st.file, &out, off)
                     .and_then(|()| crate::fault::set_len(&st.file, l.cipher_size(new_size)))
                 {
                     // Not cut: the blocks after `fin` are still there, so the old block `fin`
                     // makes the file whole again (its space is allocated: this cannot run out).
-                    st.cipher
-                        .encrypt_blocks(fin, &old, l.final_block(st.size), &mut out);
-                    if st.file.write_all_at(&out, off).is_err() {
+                    if st.file.write_all_at(&saved, off).is_err() {
                         tracing::error!(file = %self.label(), "could not restore a block after a failed truncate");
                     } else {
                         match st.marked {

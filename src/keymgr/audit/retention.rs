@@ -93,19 +93,3 @@ pub(super) fn read_base(dir: &Path, keys: &AuditKeys) -> Result<Option<Base>, St
     }
     Ok(Some(b))
 }
-
-impl super::Checkpoint {
-    /// The last checkpoint before a retention base, as far as the base tells it (its signature;
-    /// its sequence number is below the base's).
-    pub(super) fn continued(b: &Base) -> super::Checkpoint {
-        super::Checkpoint {
-            seq: b.seq.saturating_sub(1),
-            time: b.time.clone(),
-            segment: b.segment.saturating_sub(1),
-            chain: b.prev_chain.clone(),
-            prev_signature: String::new(),
-            signature: b.prev_signature.clone(),
-            reason: "retention".into(),
-        }
-    }
-}

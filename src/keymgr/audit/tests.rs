@@ -136,20 +136,7 @@ fn deleted_record_is_named() {
 
 #[test]
 fn deleted_and_swapped_segments_and_truncated_tail() {
-    // Three segments by starting new ones via reopen after rename tricks is slow; instead craft
-    // them: write three logs' worth into consecutive segment files.
-    let t = tempfile::tempdir().unwrap();
-    let c = t.path().to_path_buf();
-    {
-        let l = AuditLog::open(&c, keys()).unwrap();
-        for i in 0..30 {
-            l.append(rec(i)).unwrap();
-            if i % 10 == 9 {
-                l.start_new_segment().unwrap();
-            }
-        }
-        l.close().unwrap();
-    }
+    let (_t, c) = segmented_log();
     assert!(verify(&c, &keys(), None).unwrap().ok());
     let backup: Vec<Vec<u8>> = (1..=4)
         .map(|n| std::fs::read(seg(&c, n)).unwrap_or_default())

@@ -40,6 +40,30 @@ pub(super) fn encode(
     (B64.encode(&f), chain)
 }
 
+/// The last entry of a segment file if it is a checkpoint, read from the file's tail.
+fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<(super::verify::Entry, Checkpoint)> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 << 10;
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let line = tail.strip_suffix(b"\n")?.rsplit(|b| *b == b'\n').next()?;
+    let e = super::verify::decode_lines(keys, line).pop()?;
+    if e.kind != KIND_CHECKPOINT {
+        return None;
+    }
+    let c = serde_json::from_slice(e.json.as_ref()?).ok()?;
+    Some((e, c))
+}
+
+/// (signature, sequence number) of the last checkpoint in the log, or ("", None).
+fn last_cp(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> (String, Option<u64>) {
+    super::verify::last_logged_checkpoint(keys, dir, segs)
+        .map_or((String::new(), None), |c| (c.signature, Some(c.seq)))
+}
+
 pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
@@ -100,7 +124,14 @@ impl AuditLog {
         segs.sort_unstable();
         let last = segs.last().copied();
         let (segment, next_seq, chain, last_kind, last_cp, clean) = match last {
-            None => (1, 0, initial_chain(&keys), None, None, true),
+            None => (
+                1,
+                0,
+                initial_chain(&keys),
+                None,
+                (String::new(), None),
+                true,
+            ),
             Some(n) => {
                 let p = dir.join(segment_name(n));
                 let data = fs::read(&p)?;
@@ -118,7 +149,7 @@ impl AuditLog {
                     Some(e) => {
                         // From the log itself: `head` may lag it if we were killed between a
                         // checkpoint's write and the head update.
-                        let cp = super::verify::last_logged_checkpoint(&keys, &dir, &segs);
+                        let cp = last_cp(&keys, &dir, &segs);
                         (
                             n,
                             e.seq.saturating_add(1),
@@ -144,18 +175,27 @@ impl AuditLog {
                                 e.seq.saturating_add(1),
                                 e.chain,
                                 Some(e.kind),
-                                super::verify::last_logged_checkpoint(&keys, &dir, &segs),
+                                last_cp(&keys, &dir, &segs),
                                 clean,
                             ),
+                            // The last checkpoint before the base: its signature (for the
+                            // next one's `prev_signature`), not its sequence number.
                             (None, Ok(Some(b))) => (
                                 n,
                                 b.seq,
                                 b.chain().unwrap_or_else(|| initial_chain(&keys)),
                                 None,
-                                Some(Checkpoint::continued(&b)),
+                                (b.prev_signature.clone(), None),
                                 clean,
                             ),
-                            (None, _) => (n, 0, initial_chain(&keys), None, None, clean),
+                            (None, _) => (
+                                n,
+                                0,
+                                initial_chain(&keys),
+                                None,
+                                (String::new(), None),
+                                clean,
+                            ),
                         }
                     }
                 }
@@ -173,11 +213,8 @@ impl AuditLog {
                 next_seq,
                 chain,
                 since_checkpoint: 0,
-                last_signature: last_cp
-                    .as_ref()
-                    .map(|c| c.signature.clone())
-                    .unwrap_or_default(),
-                last_checkpoint: last_cp.map(|c| c.seq),
+                last_signature: last_cp.0,
+                last_checkpoint: last_cp.1,
                 head_pending: None,
             }),
             subscriber: std::sync::OnceLock::new(),
@@ -354,38 +391,21 @@ impl AuditLog {
         let Some(&first) = segs.first() else {
             return Ok(None);
         };
-        let mut removed: Option<(u64, super::verify::Entry)> = None;
-        let mut prev_sig = String::new();
+        // A closed segment ends with its segment-end checkpoint: its time says how old the
+        // segment is, its signature is the one before the next segment. Only that last entry is
+        // read (the scan runs with the log locked, every minute while mounted).
+        let mut removed: Option<(u64, super::verify::Entry, Checkpoint)> = None;
         for s in segs {
-            let entries =
-                super::verify::decode_lines(&self.keys, &fs::read(self.dir.join(segment_name(s)))?);
-            let time = |e: &super::verify::Entry| {
-                #[derive(serde::Deserialize)]
-                struct T {
-                    time: String,
-                }
-                e.json
-                    .as_ref()
-                    .and_then(|j| serde_json::from_slice::<T>(j).ok())
-                    .and_then(|t| humantime::parse_rfc3339_weak(&t.time).ok())
+            let Some((e, c)) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s)))
+            else {
+                break;
             };
-            // Only whole, readable segments in a row from the oldest.
-            let Some(last) = entries.last() else { break };
-            if time(last).is_none_or(|t| t >= cutoff) {
+            if humantime::parse_rfc3339_weak(&c.time).map_or(true, |t| t >= cutoff) {
                 break;
             }
-            if let Some(sig) = entries.iter().rev().find_map(|e| {
-                (e.kind == KIND_CHECKPOINT)
-                    .then_some(e.json.as_ref())
-                    .flatten()
-                    .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
-                    .map(|c| c.signature)
-            }) {
-                prev_sig = sig;
-            }
-            removed = Some((s, last.clone()));
+            removed = Some((s, e, c));
         }
-        let Some((through, last)) = removed else {
+        let Some((through, last, cp)) = removed else {
             return Ok(None);
         };
         let mut r = AuditRecord::new("AuditRetention", Source::System);
@@ -400,7 +420,7 @@ impl AuditLog {
             through + 1,
             last.seq + 1,
             &last.chain,
-            prev_sig,
+            cp.signature,
         );
         let json = serde_json::to_vec_pretty(&base).map_err(io::Error::other)?;
         crate::fsutil::atomic_write(&self.dir.join(super::BASE_FILE), &json, 0o600, None)?;
