@@ -881,6 +881,80 @@ fn o_trunc_and_o_excl_in(mount_args: &[&'static str]) {
     fx.finish();
 }
 
+/// Set-user-id and set-group-id are cleared by a write or truncate from a process without
+/// CAP_FSETID and by any chown, kept for root's writes, and set-group-id without group execute
+/// (a locking mark) survives: exactly as on ext4. kmsfs clears them itself
+/// (FUSE_HANDLE_KILLPRIV_V2), so the mode seen right after (through the kernel's attribute
+/// cache) must already be the new one.
+#[test]
+fn privileges_cleared_like_a_local_file_system() {
+    const OTHER: u32 = 4246;
+    let fx = Fx::build(
+        &[],
+        &["--allow-other"],
+        allow_everyone_to_use_the_default_key,
+    );
+    fs::set_permissions(fx.plain(), fs::Permissions::from_mode(0o755)).unwrap();
+    fx.run(60, |root, log| {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o777)).unwrap();
+        let made = |n: &str, mode: u32| {
+            let p = root.join(n);
+            fs::write(&p, b"0123456789").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            // Read the mode once so the kernel caches it before the change.
+            let _ = fs::metadata(&p).unwrap().mode();
+            p
+        };
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        let other = |cmd: String| as_uid(OTHER, &cmd).status.success();
+
+        let p = made("written by other", 0o6777);
+        log.rec(
+            "other appends",
+            other(format!("echo x >> '{}'", p.display())),
+        );
+        log.rec("mode after other's write", mode(&p));
+        let p = made("written by root", 0o6777);
+        OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        log.rec("mode after root's write", mode(&p));
+        let p = made("truncated by other", 0o6777);
+        log.rec(
+            "other truncates",
+            other(format!("truncate -s 3 '{}'", p.display())),
+        );
+        log.rec("mode after other's truncate", mode(&p));
+        let p = made("truncated by root", 0o6777);
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        log.rec("mode after root's truncate", mode(&p));
+        let p = made("chowned", 0o6755);
+        std::os::unix::fs::chown(&p, Some(OTHER), None).unwrap();
+        log.rec("mode after chown", mode(&p));
+        let p = made("lock mark", 0o2666);
+        log.rec(
+            "other appends to sgid without g+x",
+            other(format!("echo x >> '{}'", p.display())),
+        );
+        log.rec("mode after write (sgid without g+x)", mode(&p));
+        let p = made("opened with O_TRUNC by other", 0o4777);
+        log.rec(
+            "other truncates by open",
+            other(format!(": > '{}'", p.display())),
+        );
+        log.rec("mode after other's O_TRUNC", mode(&p));
+    });
+    fx.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------------------

@@ -128,7 +128,10 @@ pub fn mount(
         watch_idle(vfs.clone(), idle)?;
     }
     let control = vfs.control().clone();
-    let mut session = Session::new(KmsFs::new(vfs, opts.writeback_cache), mountpoint, &config)?;
+    let fs = KmsFs::new(vfs, opts.writeback_cache);
+    let slot = fs.notifier_slot();
+    let mut session = Session::new(fs, mountpoint, &config)?;
+    let _ = slot.set(session.notifier());
     notify_growth(&control, session.notifier())?;
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();

@@ -22,6 +22,11 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// Clear set-user-id, and set-group-id when group-executable, of a regular file: a
+    /// truncate by a process without CAP_FSETID (the kernel leaves this to the file system when
+    /// it handles privilege killing itself). A chown needs no flag: the backing chown clears
+    /// them as it does on every Linux file system.
+    pub kill_suidgid: bool,
 }
 
 fn timespec(t: Option<SetTime>) -> Timespec {
@@ -113,6 +118,9 @@ impl Vfs {
                 )?;
             }
         }
+        if set.kill_suidgid && set.mode.is_none() {
+            let _ = self.kill_suidgid_node(&node, caller)?;
+        }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = Timestamps {
                 last_access: timespec(set.atime),
@@ -136,5 +144,48 @@ impl Vfs {
             }
         }
         self.stat_node(&node)
+    }
+
+    /// A write by a process without CAP_FSETID: clears set-user-id, and set-group-id when the
+    /// file is group-executable or the writer is not in its group, as Linux does for local
+    /// file systems.
+    /// Returns whether the mode changed.
+    pub fn kill_suidgid(&self, ino: u64, caller: Option<&Caller>) -> Result<bool> {
+        if super::is_control(ino) {
+            return Ok(false);
+        }
+        let node = self.node(ino)?;
+        self.kill_suidgid_node(&node, caller)
+    }
+
+    fn kill_suidgid_node(
+        &self,
+        node: &super::inode::Node,
+        caller: Option<&Caller>,
+    ) -> Result<bool> {
+        if node.kind != Kind::File {
+            return Ok(false);
+        }
+        let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH)?;
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        let in_group = caller.is_none_or(|c| {
+            let id = self.identity(c);
+            id.gid == st.st_gid || id.groups.contains(&st.st_gid)
+        });
+        if mode & libc::S_IXGRP != 0 || !in_group {
+            mode &= !libc::S_ISGID;
+        }
+        if mode == st.st_mode & 0o7777 {
+            return Ok(false);
+        }
+        crate::fault::check("chmod")?;
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            node.proc_path().as_str(),
+            Mode::from(mode),
+            AtFlags::empty(),
+        )?;
+        Ok(true)
     }
 }
