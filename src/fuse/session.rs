@@ -166,31 +166,60 @@ pub fn mount(
 
 /// Pushes the new bytes of growing control files (the audit log) into the kernel's page cache,
 /// which also moves the file size the kernel reports (`tail -f` polls it). From a thread of its
-/// own: a notification must never wait inside a request handler.
+/// own: a notification must never wait inside a request handler. Pushes are gathered for a
+/// moment and contiguous ones merged, so a busy mount with a view in use sends one store per
+/// view every few milliseconds instead of one (and a thread wake-up) per audit record.
 fn notify_growth(
     control: &crate::control::ControlDir,
     notifier: fuser::Notifier,
 ) -> io::Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, Vec<u8>)>();
+    type Pending = (
+        std::sync::Mutex<Vec<(u64, u64, Vec<u8>)>>,
+        std::sync::Condvar,
+    );
+    let shared: Arc<Pending> = Arc::default();
+    let queue = shared.clone();
     std::thread::Builder::new()
         .name("kmsfs-notify".into())
         .spawn(move || {
-            for (ino, off, data) in rx {
-                // The kernel may have forgotten the inode (ENOENT): nothing to update then.
-                if let Err(e) = notifier.store(fuser::INodeNo(ino), off, &data) {
-                    tracing::debug!("notify store on control inode {ino}: {e}");
+            let (lock, cv) = &*queue;
+            loop {
+                {
+                    let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    while g.is_empty() {
+                        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(NOTIFY_GATHER_MS));
+                let batch = std::mem::take(&mut *lock.lock().unwrap_or_else(|p| p.into_inner()));
+                for (ino, off, data) in batch {
+                    // The kernel may have forgotten the inode (ENOENT): nothing to update then.
+                    if let Err(e) = notifier.store(fuser::INodeNo(ino), off, &data) {
+                        tracing::debug!("notify store on control inode {ino}: {e}");
+                    }
                 }
             }
         })?;
-    let tx = std::sync::Mutex::new(tx);
     control.set_notify(Box::new(move |ino, off, data| {
-        let _ = tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send((ino, off, data));
+        let (lock, cv) = &*shared;
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = g.iter_mut().rev().find(|p| p.0 == ino)
+            && last.1 + last.2.len() as u64 == off
+        {
+            last.2.extend_from_slice(&data);
+            return;
+        }
+        let was_empty = g.is_empty();
+        g.push((ino, off, data));
+        if was_empty {
+            cv.notify_one();
+        }
     }));
     Ok(())
 }
+
+/// How long pushes to growing control files are gathered before they are sent.
+const NOTIFY_GATHER_MS: u64 = 20;
 
 /// What the idle watcher writes to the signal pipe (no signal has number 0).
 const IDLE: u8 = 0;
