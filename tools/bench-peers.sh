@@ -28,6 +28,13 @@
 #   OUT_DIR       where the results go (default <repo>/bench-results)
 #   VERIFY        1 (default): check, untimed, that data read back is what was written
 #   KEEP          1: keep the work directory under BENCH_DIR afterwards (default: delete it)
+#   TREE_FS       fresh (default when mkfs.ext4 and loop devices work): each small-file group
+#                 (every system, every repetition) runs on a new ext4 made in an image file in
+#                 BENCH_DIR (loop device, direct I/O, so no double caching); shared: directly
+#                 in BENCH_DIR. Why: on an ext4 without a journal (as these VMs' root), creating
+#                 an inode skips every inode deleted in the last minutes one by one, so a
+#                 system whose untar follows the others' rm -rf pays for them (measured: up to a
+#                 third of a FUSE daemon's CPU time in ext4's recently_deleted()).
 #
 # Output: a Markdown table on stdout and in OUT_DIR/peers-<date>.md, the same figures as TSV in
 # OUT_DIR/peers-<date>.tsv (columns: row measurement unit better raw bindfs gocryptfs securefs
@@ -49,6 +56,7 @@ REPS=${REPS:-3}
 ONLY=${ONLY:-raw,bindfs,gocryptfs,securefs,kmsfs}
 SKIP=${SKIP:-}
 STEP_TIMEOUT=${STEP_TIMEOUT:-900}
+TREE_FS=${TREE_FS:-}
 KMSFS=${KMSFS:-}
 TREE_SRC=${TREE_SRC:-}
 OUT_DIR=${OUT_DIR:-$REPO/bench-results}
@@ -204,10 +212,11 @@ force_unmount() { # force_unmount MNT: lazy unmount (the daemon exits once the k
   unset "MOUNTED[$m]"
 }
 
-cleanup_dir() { # unmount everything below DIR and stop the daemons serving volumes there
+cleanup_dir() { # cleanup_dir DIR [below]: unmount everything at (or only below) DIR and stop the daemons serving volumes there
   local dir=$1 m pid i
   while read -r m; do
     [[ -n $m ]] || continue
+    [[ ${2:-} == below && $m == "$dir" ]] && continue
     log "cleanup: unmounting $m"
     force_unmount "$m"
   done < <(mounted_under "$dir")
@@ -235,6 +244,8 @@ on_exit() {
   fi
   for m in "${!MOUNTED[@]}"; do force_unmount "$m"; done
   cleanup_dir "$WORK"
+  local img
+  for img in "$WORK"/*.img; do [[ -e $img ]] && tree_fs_release "${img%.img}"; done
   if [[ -n $(mounted_under "$WORK") ]]; then
     printf 'bench-peers: WARNING: could not unmount: %s\n' "$(mounted_under "$WORK" | tr '\n' ' ')" >&2
     KEEP=1 # never delete through a mount
@@ -440,6 +451,30 @@ cold() { # cold SYS VOL: unmount, drop the page cache, mount again
   vol_mount "$1" "$2" || return 1
 }
 
+# A fresh ext4 for one small-file group, mounted at VOL (see TREE_FS).
+tree_fs_make() { # tree_fs_make VOL
+  local vol=$1 dev
+  truncate -s 4G "$vol.img" && mkfs.ext4 -q -F "$vol.img" >>"$LOG" 2>&1 ||
+    fail "mkfs.ext4 on $vol.img" || return 1
+  dev=$(losetup -f --show --direct-io=on "$vol.img" 2>>"$LOG") || fail "losetup $vol.img" || return 1
+  echo "$dev" >"$vol.dev"
+  mkdir -p "$vol" && mount "$dev" "$vol" || fail "mount $dev on $vol" || return 1
+}
+
+tree_fs_release() { # tree_fs_release VOL: unmount and detach a tree_fs_make file system
+  local vol=$1 dev i
+  [[ -e $vol.img ]] || return 0
+  for i in 1 2 3 4 5; do
+    mountpoint -q "$vol" || break
+    umount "$vol" 2>/dev/null && break
+    sleep 0.5
+  done
+  mountpoint -q "$vol" && umount -l "$vol"
+  dev=$(cat "$vol.dev" 2>/dev/null)
+  [[ -n $dev ]] && losetup -d "$dev" 2>/dev/null
+  rm -f "$vol.img" "$vol.dev"
+}
+
 vol_destroy() { # vol_destroy SYS VOL: unmount (forcibly if need be) and delete
   local sys=$1 vol=$2
   if [[ -d $vol ]]; then
@@ -447,8 +482,7 @@ vol_destroy() { # vol_destroy SYS VOL: unmount (forcibly if need be) and delete
       log "    $sys: clean unmount failed ($LAST_ERR); forcing"
       diag "$sys" "a clean unmount failed (busy for 5 s) and a lazy one was needed (see the log)"
     fi
-    cleanup_dir "$vol"
-    [[ -z $(mounted_under "$vol") ]] || die "$vol is still mounted; not deleting it"
+    cleanup_dir "$vol" below # (VOL itself may be a fresh tree file system: released below)
     if [[ -s $vol/securefs.log ]]; then # its [Info] lines (init, destroy) are routine
       cat "$vol/securefs.log" >>"$LOG"
       grep -v '^\[Info\]' "$vol/securefs.log" >>"$vol/daemon.log" || true
@@ -462,6 +496,8 @@ vol_destroy() { # vol_destroy SYS VOL: unmount (forcibly if need be) and delete
         diag "$sys" "the mount daemon printed: $(head -c 200 "$vol/daemon.log" | head -n 2 | tr '\n' ' ')"
       fi
     fi
+    tree_fs_release "$vol"
+    [[ -z $(mounted_under "$vol") ]] || die "$vol is still mounted; not deleting it"
     rm -rf "$vol"
   fi
 }
@@ -532,6 +568,7 @@ tree_fingerprint() { # inode numbers and names of the tree (to see whether they 
 
 bench_tree() { # small-file workload on a real source tree
   local sys=$1 vol=$2 t=$2/mnt/tree out=$WORK/tree.out fp1 fp2
+  if [[ $TREE_FS == fresh ]]; then tree_fs_make "$vol" || return 1; fi
   vol_create "$sys" "$vol" fast || return 1
   vol_mount "$sys" "$vol" || return 1
   tmo mkdir "$t" || fail "mkdir $t" || return 1
@@ -646,6 +683,19 @@ run_group() { # run_group GROUP SYS REP
 # ---------------------------------------------------------------------------------------------
 # Set-up: bindfs options, the tree tarball, the header
 
+if [[ -z $TREE_FS ]]; then
+  TREE_FS=shared
+  if command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
+    truncate -s 64M "$WORK/probe.img" && mkfs.ext4 -q -F "$WORK/probe.img" >/dev/null 2>&1 &&
+      d=$(losetup -f --show --direct-io=on "$WORK/probe.img" 2>/dev/null) && {
+      mkdir -p "$WORK/probe-fs"
+      mount "$d" "$WORK/probe-fs" 2>/dev/null && umount "$WORK/probe-fs" && TREE_FS=fresh
+      losetup -d "$d"
+    }
+    rm -rf "$WORK/probe.img" "$WORK/probe-fs"
+  fi
+fi
+[[ $TREE_FS == fresh || $TREE_FS == shared ]] || die "TREE_FS must be fresh or shared (got '$TREE_FS')"
 log "work directory $WORK; results to $OUT_DIR/peers-$STAMP.*"
 fstype=$(findmnt -no FSTYPE -T "$WORK")
 case $fstype in tmpfs | ramfs | overlay) log "WARNING: BENCH_DIR is on $fstype, not a real disk" ;; esac
@@ -723,7 +773,7 @@ env_knobs=""
 shq() { # quote for the shell only when needed
   if [[ $1 =~ ^[A-Za-z0-9._/,:+=-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
 }
-for k in BENCH_DIR SIZE_MB RAND_MB FIO_RUNTIME REPS ONLY SKIP STEP_TIMEOUT TREE_SRC VERIFY; do
+for k in BENCH_DIR SIZE_MB RAND_MB FIO_RUNTIME REPS ONLY SKIP STEP_TIMEOUT TREE_SRC TREE_FS VERIFY; do
   env_knobs+="$k=$(shq "${!k}") "
 done
 src_dev=$(findmnt -no SOURCE -T "$WORK")
@@ -741,6 +791,9 @@ mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "- Command: \`$env_knobs$CMDLINE\`"
   echo "- Sizes: sequential file $SIZE_MB MiB; fio file $RAND_MB MiB, $FIO_RUNTIME s per run; small-file tree: ${TREE_DESC:-skipped}"
   echo "- Each figure is the median of $REPS repetition(s), each on a fresh volume; systems interleaved within a repetition."
+  if [[ $TREE_FS == fresh ]]; then
+    echo "- Small-file rows: each system, each repetition, on a new ext4 (mkfs.ext4 defaults, 4 GiB image in BENCH_DIR on a loop device with direct I/O), so no run inherits another's deleted inodes."
+  fi
 } >"$WORK/header.md"
 
 # Row labels
