@@ -881,6 +881,79 @@ fn o_trunc_and_o_excl_in(mount_args: &[&'static str]) {
     fx.finish();
 }
 
+/// A name looked up while missing is remembered as missing by the kernel (a negative entry
+/// with the entry timeout): every way of making it exist must replace that at once.
+#[test]
+fn missing_names_exist_as_soon_as_they_are_made() {
+    let fx = Fx::new();
+    fx.run(60, |root, log| {
+        fs::write(root.join("src"), b"data").unwrap();
+        fs::create_dir(root.join("srcdir")).unwrap();
+        let steps: [(&str, Box<dyn Fn(&Path) -> io::Result<()>>); 7] = [
+            ("create", Box::new(|p| fs::write(p, b"x"))),
+            ("mkdir", Box::new(|p| fs::create_dir(p))),
+            (
+                "symlink",
+                Box::new(|p| std::os::unix::fs::symlink("src", p)),
+            ),
+            (
+                "link",
+                Box::new(|p| fs::hard_link(p.with_file_name("src"), p)),
+            ),
+            (
+                "rename file",
+                Box::new(|p| fs::rename(p.with_file_name("src"), p)),
+            ),
+            (
+                "rename dir",
+                Box::new(|p| fs::rename(p.with_file_name("srcdir"), p)),
+            ),
+            (
+                "mkfifo",
+                Box::new(|p| {
+                    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+                    // SAFETY: a valid NUL-terminated path.
+                    if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                }),
+            ),
+        ];
+        for (i, (what, make)) in steps.iter().enumerate() {
+            let p = root.join(format!("n{i}"));
+            log.rec(
+                format!("{what}: stat before"),
+                en(fs::symlink_metadata(&p)).map(|_| ()),
+            );
+            log.rec(
+                format!("{what}: stat before, again"),
+                en(fs::symlink_metadata(&p)).map(|_| ()),
+            );
+            log.rec(format!("{what}: make"), en(make(&p)));
+            log.rec(
+                format!("{what}: stat after"),
+                en(fs::symlink_metadata(&p)).map(|m| m.file_type().is_dir()),
+            );
+            log.rec(
+                format!("{what}: listed"),
+                fs::read_dir(root)
+                    .unwrap()
+                    .any(|e| e.unwrap().file_name() == p.file_name().unwrap()),
+            );
+        }
+        // And a name that goes away and comes back.
+        let p = root.join("again");
+        fs::write(&p, b"1").unwrap();
+        fs::remove_file(&p).unwrap();
+        log.rec("removed: stat", en(fs::metadata(&p)).map(|_| ()));
+        fs::write(&p, b"22").unwrap();
+        log.rec("recreated: size", en(fs::metadata(&p)).map(|m| m.len()));
+    });
+    fx.finish();
+}
+
 /// Set-user-id and set-group-id are cleared by a write or truncate from a process without
 /// CAP_FSETID and by any chown, kept for root's writes, and set-group-id without group execute
 /// (a locking mark) survives: exactly as on ext4. kmsfs clears them itself
