@@ -889,7 +889,8 @@ fn missing_names_exist_as_soon_as_they_are_made() {
     fx.run(60, |root, log| {
         fs::write(root.join("src"), b"data").unwrap();
         fs::create_dir(root.join("srcdir")).unwrap();
-        let steps: [(&str, Box<dyn Fn(&Path) -> io::Result<()>>); 7] = [
+        type Make = Box<dyn Fn(&Path) -> io::Result<()>>;
+        let steps: [(&str, Make); 7] = [
             ("create", Box::new(|p| fs::write(p, b"x"))),
             ("mkdir", Box::new(|p| fs::create_dir(p))),
             (
