@@ -22,10 +22,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
-    /// Clear set-user-id, and set-group-id when group-executable, of a regular file: a
-    /// truncate by a process without CAP_FSETID (the kernel leaves this to the file system when
-    /// it handles privilege killing itself). A chown needs no flag: the backing chown clears
-    /// them as it does on every Linux file system.
+    /// Clear set-user-id, and set-group-id as [`Vfs::kill_suidgid`] decides, of a regular file:
+    /// a truncate by a process without CAP_FSETID (the kernel leaves this to the file system
+    /// when it handles privilege killing itself). A chown needs no flag: the backing chown
+    /// clears them as it does on every Linux file system.
     pub kill_suidgid: bool,
 }
 
@@ -148,8 +148,7 @@ impl Vfs {
 
     /// A write by a process without CAP_FSETID: clears set-user-id, and set-group-id when the
     /// file is group-executable or the writer is not in its group, as Linux does for local
-    /// file systems.
-    /// Returns whether the mode changed.
+    /// file systems. Returns whether the mode changed.
     pub fn kill_suidgid(&self, ino: u64, caller: Option<&Caller>) -> Result<bool> {
         if super::is_control(ino) {
             return Ok(false);
