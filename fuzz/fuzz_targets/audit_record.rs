@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         let again: Checkpoint = serde_json::from_slice(&s).expect("serialized checkpoint parses");
         assert_eq!(again, c);
         let m = Checkpoint::signed_bytes(c.seq, c.segment, &c.chain, &c.prev_signature);
-        assert_eq!(m.len(), 26 + 16 + c.chain.len() + 1 + c.prev_signature.len());
+        assert_eq!(
+            m.len(),
+            26 + 16 + c.chain.len() + 1 + c.prev_signature.len()
+        );
         assert!(m.starts_with(b"kmsfs audit checkpoint v1\n"));
     }
 });

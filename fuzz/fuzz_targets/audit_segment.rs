@@ -31,8 +31,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kmsfs::crypto::{Aead, Key256, SignKey, hex, hkdf_subkey, hmac_sha256};
 use kmsfs::keymgr::audit::{
-    AuditKeys, AuditLog, AuditRecord, BASE_FILE, Base, Checkpoint, Source, read_all,
-    segment_name, verify,
+    AuditKeys, AuditLog, AuditRecord, BASE_FILE, Base, Checkpoint, Source, read_all, segment_name,
+    verify,
 };
 use kmsfs_fuzz::{VOLUME_SECRET, fresh_dir, key, write};
 use libfuzzer_sys::fuzz_target;
@@ -79,7 +79,10 @@ impl Builder {
         };
         if let Some(r) = rest.strip_prefix(b"@") {
             let end = r.iter().position(|c| *c == b';').unwrap_or(r.len());
-            if let Some(n) = std::str::from_utf8(&r[..end]).ok().and_then(|s| s.parse().ok()) {
+            if let Some(n) = std::str::from_utf8(&r[..end])
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
                 self.seq = n;
             }
             rest = r.get(end + 1..).unwrap_or_default();
@@ -165,7 +168,10 @@ fn build(control: &Path, data: &[u8]) {
     for l in data.split_inclusive(|c| *c == b'\n') {
         let body = l.strip_suffix(b"\n").unwrap_or(l);
         if let Some(n) = body.strip_prefix(b"#SEG ") {
-            if let Some(n) = std::str::from_utf8(n).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            if let Some(n) = std::str::from_utf8(n)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
                 files.push((n, Vec::new()));
                 section = Section::Segment(n);
                 continue;
@@ -226,7 +232,10 @@ fn build(control: &Path, data: &[u8]) {
                     bs.prev_chain = hex::encode(&initial);
                 }
                 sign_base(&mut bs);
-                write(&dir.join(BASE_FILE), &serde_json::to_vec_pretty(&bs).unwrap());
+                write(
+                    &dir.join(BASE_FILE),
+                    &serde_json::to_vec_pretty(&bs).unwrap(),
+                );
             }
             _ => write(&dir.join(BASE_FILE), &raw),
         }

@@ -63,10 +63,16 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let mut wrong = vec![0u8; n + 1];
-    assert!(fc.decrypt_block(block_no, is_final, payload, &mut wrong).is_err());
+    assert!(
+        fc.decrypt_block(block_no, is_final, payload, &mut wrong)
+            .is_err()
+    );
     if n > 0 {
         let mut short = vec![0u8; n - 1];
-        assert!(fc.decrypt_block(block_no, is_final, payload, &mut short).is_err());
+        assert!(
+            fc.decrypt_block(block_no, is_final, payload, &mut short)
+                .is_err()
+        );
     }
 
     // 2. A run of blocks.
@@ -78,7 +84,10 @@ fuzz_target!(|data: &[u8]| {
         first + u64::from(final_delta)
     };
     let mut plain = Vec::new();
-    if fc.decrypt_blocks(first, payload, final_block, &mut plain).is_ok() {
+    if fc
+        .decrypt_blocks(first, payload, final_block, &mut plain)
+        .is_ok()
+    {
         let mut po = 0;
         for (i, c) in payload.chunks(cbs).enumerate() {
             let b = first + i as u64;
@@ -106,23 +115,42 @@ fuzz_target!(|data: &[u8]| {
     for (i, c) in ct.chunks(cbs).enumerate() {
         let b = first + i as u64;
         let mut p = vec![0u8; c.len() - BLOCK_OVERHEAD];
-        fc.decrypt_block(b, b == final_block, c, &mut p).expect("single block");
-        assert!(fc.decrypt_block(b, b != final_block, c, &mut p).is_err(), "final flag not bound");
-        assert!(fc.decrypt_block(b ^ 1, b == final_block, c, &mut p).is_err(), "block number not bound");
+        fc.decrypt_block(b, b == final_block, c, &mut p)
+            .expect("single block");
+        assert!(
+            fc.decrypt_block(b, b != final_block, c, &mut p).is_err(),
+            "final flag not bound"
+        );
+        assert!(
+            fc.decrypt_block(b ^ 1, b == final_block, c, &mut p)
+                .is_err(),
+            "block number not bound"
+        );
     }
     // A flipped bit anywhere fails.
     let mut bad = ct.clone();
     let i = flip % bad.len();
     bad[i] ^= 1 << (flags >> 5);
-    assert!(fc.decrypt_blocks(first, &bad, final_block, &mut back).is_err(), "flip at {i}");
+    assert!(
+        fc.decrypt_blocks(first, &bad, final_block, &mut back)
+            .is_err(),
+        "flip at {i}"
+    );
     // The final flag moved: the final block inside the run presented as not final, or a block
     // of a run without a final block presented as final.
     let in_run = (first..first + nb as u64).contains(&final_block);
     let other_final = if in_run { first + nb as u64 } else { first };
-    assert!(fc.decrypt_blocks(first, &ct, other_final, &mut back).is_err());
+    assert!(
+        fc.decrypt_blocks(first, &ct, other_final, &mut back)
+            .is_err()
+    );
     // Another file id (same DEK).
     let other = FileCipher::new(&key(BLOCK_DEK), FileId([0x55; 16]), bs);
-    assert!(other.decrypt_blocks(first, &ct, final_block, &mut back).is_err());
+    assert!(
+        other
+            .decrypt_blocks(first, &ct, final_block, &mut back)
+            .is_err()
+    );
 
     // 4. Size arithmetic: any cipher length (block_no read as a length).
     let l = Layout::new(bs);
@@ -131,7 +159,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(l.cipher_size(s), block_no);
             let fin = l.final_block(s);
             let last = l.block_len(fin, s).unwrap();
-            assert_eq!(l.cipher_offset(fin) + last + BLOCK_OVERHEAD as u64, block_no);
+            assert_eq!(
+                l.cipher_offset(fin) + last + BLOCK_OVERHEAD as u64,
+                block_no
+            );
             assert_eq!(l.block_len(fin + 1, s), None);
         }
         None => {

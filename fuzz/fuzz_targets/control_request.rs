@@ -19,8 +19,12 @@ where
 {
     let v: T = serde_json::from_slice(data).ok()?;
     let s = serde_json::to_vec(&v).unwrap();
-    let again: T = serde_json::from_slice(&s)
-        .unwrap_or_else(|e| panic!("serialized value does not parse: {e}: {}", String::from_utf8_lossy(&s)));
+    let again: T = serde_json::from_slice(&s).unwrap_or_else(|e| {
+        panic!(
+            "serialized value does not parse: {e}: {}",
+            String::from_utf8_lossy(&s)
+        )
+    });
     assert_eq!(again, v, "round trip changed the value");
     Some(v)
 }
@@ -34,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         let summary = r.summary();
         match &r {
             Request::ImportKeyMaterial { material, .. } if material.0.len() >= 8 => {
-                assert!(!summary.contains(material.0.as_str()), "summary shows key material");
+                assert!(
+                    !summary.contains(material.0.as_str()),
+                    "summary shows key material"
+                );
             }
             Request::PutKeyPolicy { policy, .. } => {
                 let _ = Policy::parse(policy);

@@ -23,7 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kmsfs::crypto::sha256;
 use kmsfs::format::DirId;
-use kmsfs::names::{CONTROL_DIR, EntryKind, NameError, Names, DIRID_FILE, LONG_NAME_PREFIX};
+use kmsfs::names::{CONTROL_DIR, DIRID_FILE, EntryKind, LONG_NAME_PREFIX, NameError, Names};
 use kmsfs_fuzz::{Reader, VOLUME_SECRET, key, valid_name};
 use libfuzzer_sys::fuzz_target;
 
@@ -50,8 +50,13 @@ fuzz_target!(|data: &[u8]| {
         Ok(n) if plaintext => assert_eq!(n, payload),
         Ok(n) => {
             assert!(valid_name(&n), "decrypt returned an invalid name {n:?}");
-            let cn = names.encrypt(&dir, &n, false).expect("re-encrypting a decrypted name");
-            let stored = cn.long.clone().unwrap_or_else(|| cn.entry.to_str().unwrap().to_owned());
+            let cn = names
+                .encrypt(&dir, &n, false)
+                .expect("re-encrypting a decrypted name");
+            let stored = cn
+                .long
+                .clone()
+                .unwrap_or_else(|| cn.entry.to_str().unwrap().to_owned());
             assert_eq!(
                 stored.as_bytes(),
                 payload.trim_ascii_end(),
@@ -94,7 +99,11 @@ fuzz_target!(|data: &[u8]| {
             }
             assert!(entry.len() <= 255, "entry of {} bytes", entry.len());
             assert!(valid_name(entry) && entry != DIRID_FILE.as_bytes());
-            assert_eq!(names.encrypt(&dir, payload, at_root).unwrap(), cn, "not deterministic");
+            assert_eq!(
+                names.encrypt(&dir, payload, at_root).unwrap(),
+                cn,
+                "not deterministic"
+            );
             let stored: Vec<u8> = match &cn.long {
                 None => {
                     assert_eq!(names.classify(entry, at_root), EntryKind::Name(entry));
@@ -107,11 +116,18 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(entry, want.as_bytes());
                     assert_eq!(names.classify(entry, at_root), EntryKind::Long);
                     let side = cn.side_file().unwrap();
-                    assert_eq!(names.classify(side.as_bytes(), at_root), EntryKind::Internal);
+                    assert_eq!(
+                        names.classify(side.as_bytes(), at_root),
+                        EntryKind::Internal
+                    );
                     long.as_bytes().to_vec()
                 }
             };
-            assert!(stored.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'));
+            assert!(
+                stored
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+            );
             let back = names.decrypt(&dir, &stored);
             if valid_name(payload) {
                 assert_eq!(back.as_deref(), Ok(payload), "round trip");
@@ -122,7 +138,10 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 assert!(back.is_err(), "an invalid name decrypted");
             }
-            assert!(names.decrypt(&other_dir(&dir), &stored).is_err(), "not bound to the directory");
+            assert!(
+                names.decrypt(&other_dir(&dir), &stored).is_err(),
+                "not bound to the directory"
+            );
         }
     }
 });

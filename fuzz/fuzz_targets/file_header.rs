@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(h) => {
             assert!(data.len() >= HEADER_LEN);
             let enc = h.encode();
-            assert_eq!(&enc[..], &data[..HEADER_LEN], "decode→encode is not the identity");
+            assert_eq!(
+                &enc[..],
+                &data[..HEADER_LEN],
+                "decode→encode is not the identity"
+            );
             assert_eq!(FileHeader::decode(&enc).as_ref(), Ok(&h));
             let aad = h.wrap_aad(&VolumeId(VOLUME));
             assert_eq!(aad.len(), 8 + 135);

@@ -12,7 +12,9 @@ use kmsfs::keymgr::{format_recovery_key, parse_recovery_key};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(k) = s.parse::<KeyId>() {
         let t = k.to_string();
         assert_eq!(t.len(), 36);
@@ -34,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(k) = parse_recovery_key(s) {
         let t = format_recovery_key(&k);
-        assert_eq!(parse_recovery_key(&t).map(|x| *x.expose()), Some(*k.expose()));
+        assert_eq!(
+            parse_recovery_key(&t).map(|x| *x.expose()),
+            Some(*k.expose())
+        );
     }
 });

@@ -71,7 +71,11 @@ fuzz_target!(|data: &[u8]| {
         let v = serde_json::to_value(ks).unwrap();
         let again: KeyStore = serde_json::from_slice(&serde_json::to_vec(ks).unwrap())
             .expect("a serialized key store parses");
-        assert_eq!(serde_json::to_value(&again).unwrap(), v, "round trip changed the store");
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            v,
+            "round trip changed the store"
+        );
     }
 
     // 2. Sealed into a volume.
@@ -86,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(u) = unlock(&dir, &Unlock::RecoveryKey(key(KS_RECOVERY_KEY))) else {
         return;
     };
-    let ks = parsed.as_ref().expect("unlock accepted a body that does not parse");
+    let ks = parsed
+        .as_ref()
+        .expect("unlock accepted a body that does not parse");
     assert_eq!(
         serde_json::to_value(&u.store).unwrap(),
         serde_json::to_value(ks).unwrap()
@@ -95,8 +101,18 @@ fuzz_target!(|data: &[u8]| {
     // 3. In use.
     let km = KeyManager::new(u);
     let default_key = km.query(|s| s.default_key);
-    let who = Identity { uid: 1000, gid: 1000, pid: 1, ..Default::default() };
-    for action in ["kms:Decrypt", "kms:GenerateDataKey", "kms:PutKeyPolicy", "kms:DescribeKey"] {
+    let who = Identity {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+        ..Default::default()
+    };
+    for action in [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+        "kms:PutKeyPolicy",
+        "kms:DescribeKey",
+    ] {
         let req = Request {
             who: who.clone(),
             action: action.into(),

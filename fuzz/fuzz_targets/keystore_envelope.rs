@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
     let key_count = r.u32();
     let slots = (0..=(head as usize % MAX_SLOTS))
         .map(|_| Slot {
-            kind: if r.u8() & 1 == 0 { SlotKind::Passphrase } else { SlotKind::RecoveryKey },
+            kind: if r.u8() & 1 == 0 {
+                SlotKind::Passphrase
+            } else {
+                SlotKind::RecoveryKey
+            },
             memory_kib: r.u32(),
             iterations: r.u32(),
             parallelism: r.u32(),
@@ -46,7 +50,14 @@ fuzz_target!(|data: &[u8]| {
     let body_nonce = r.bytes();
     let mut body = r.rest().to_vec();
     body.resize(body.len().max(16), 0);
-    let e = Envelope { volume_id, generation, key_count, slots, body_nonce, body };
+    let e = Envelope {
+        volume_id,
+        generation,
+        key_count,
+        slots,
+        body_nonce,
+        body,
+    };
     assert_eq!(Envelope::decode(&e.encode()), Ok(e));
 
     // Through the files of a volume.

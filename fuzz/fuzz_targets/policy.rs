@@ -20,7 +20,10 @@ use libfuzzer_sys::fuzz_target;
 fn requests() -> Vec<Request> {
     let key = KeyId([0xc3; 16]);
     let mut ec = std::collections::BTreeMap::new();
-    ec.insert("kmsfs:file-id".to_string(), "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf".to_string());
+    ec.insert(
+        "kmsfs:file-id".to_string(),
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf".to_string(),
+    );
     ec.insert("kmsfs:key-version".to_string(), "3".to_string());
     let carol = Identity {
         uid: 1001,
@@ -47,7 +50,11 @@ fn requests() -> Vec<Request> {
             key: Some(key),
             ..Default::default()
         },
-        Request { who: carol, action: "kms:ListKeys".into(), ..Default::default() },
+        Request {
+            who: carol,
+            action: "kms:ListKeys".into(),
+            ..Default::default()
+        },
     ]
 }
 
@@ -63,12 +70,20 @@ fuzz_target!(|data: &[u8]| {
         let doc: PolicyDoc = serde_json::from_str(text).expect("parse accepted it");
         let compact = serde_json::to_string(&doc).unwrap();
         if compact.len() <= MAX_POLICY_BYTES {
-            assert_eq!(Policy::parse(&compact).as_ref(), Ok(&p), "compact round trip: {compact}");
+            assert_eq!(
+                Policy::parse(&compact).as_ref(),
+                Ok(&p),
+                "compact round trip: {compact}"
+            );
         }
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         let pretty = serde_json::to_string_pretty(&v).unwrap();
         if pretty.len() <= MAX_POLICY_BYTES {
-            assert_eq!(Policy::parse(&pretty).as_ref(), Ok(&p), "pretty round trip: {pretty}");
+            assert_eq!(
+                Policy::parse(&pretty).as_ref(),
+                Ok(&p),
+                "pretty round trip: {pretty}"
+            );
         }
         for req in requests() {
             let d = evaluate(&p, &[], &req);

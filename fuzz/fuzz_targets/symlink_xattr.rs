@@ -19,10 +19,18 @@ use libfuzzer_sys::fuzz_target;
 
 static NAMES: LazyLock<Names> = LazyLock::new(|| Names::new(&key(VOLUME_SECRET), false));
 static SYMLINK_KEY: LazyLock<Aead> = LazyLock::new(|| {
-    Aead::new(&hkdf_subkey(&key(VOLUME_SECRET), b"", "kmsfs/v1/symlink-targets"))
+    Aead::new(&hkdf_subkey(
+        &key(VOLUME_SECRET),
+        b"",
+        "kmsfs/v1/symlink-targets",
+    ))
 });
 static XATTR_VALUE_KEY: LazyLock<Aead> = LazyLock::new(|| {
-    Aead::new(&hkdf_subkey(&key(VOLUME_SECRET), b"", "kmsfs/v1/xattr-values"))
+    Aead::new(&hkdf_subkey(
+        &key(VOLUME_SECRET),
+        b"",
+        "kmsfs/v1/xattr-values",
+    ))
 });
 /// The backing name of `user.comment` in tests/vectors/xattr.txt.
 const BACKING: &str = "user.kmsfs.gOFyy8O0XJiHH8t_WXG47PfOOGwnCXo";
@@ -53,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
     // Xattr names (deterministic).
     if let Ok(s) = std::str::from_utf8(data) {
         if let Some(name) = n.decrypt_xattr_name(s) {
-            assert_eq!(n.encrypt_xattr_name(&name), s, "decrypt_xattr_name accepted a non-canonical name");
+            assert_eq!(
+                n.encrypt_xattr_name(&name),
+                s,
+                "decrypt_xattr_name accepted a non-canonical name"
+            );
         }
     }
     let backing = n.encrypt_xattr_name(data);
@@ -63,9 +75,15 @@ fuzz_target!(|data: &[u8]| {
     // Xattr values, bound to the backing name.
     if let Ok(v) = n.decrypt_xattr_value(BACKING, data) {
         let nonce: [u8; 12] = data[..12].try_into().unwrap();
-        assert_eq!(XATTR_VALUE_KEY.seal_with_nonce(&nonce, BACKING.as_bytes(), &v), data);
+        assert_eq!(
+            XATTR_VALUE_KEY.seal_with_nonce(&nonce, BACKING.as_bytes(), &v),
+            data
+        );
     }
     let stored = n.encrypt_xattr_value(&backing, data);
-    assert_eq!(n.decrypt_xattr_value(&backing, &stored).as_deref(), Ok(data));
+    assert_eq!(
+        n.decrypt_xattr_value(&backing, &stored).as_deref(),
+        Ok(data)
+    );
     assert!(n.decrypt_xattr_value(BACKING, &stored).is_err() || backing == BACKING);
 });

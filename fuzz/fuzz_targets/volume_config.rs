@@ -20,8 +20,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(c.format, "kmsfs");
         assert_eq!(c.format_version, 1);
         assert!(valid_block_size(c.block_size));
-        assert!(c.features.iter().all(|f| KNOWN_FEATURES.contains(&f.as_str())));
-        assert_ne!(c.has_feature(FEATURE_PLAINTEXT_NAMES), c.has_feature(FEATURE_ENCRYPTED_NAMES));
+        assert!(
+            c.features
+                .iter()
+                .all(|f| KNOWN_FEATURES.contains(&f.as_str()))
+        );
+        assert_ne!(
+            c.has_feature(FEATURE_PLAINTEXT_NAMES),
+            c.has_feature(FEATURE_ENCRYPTED_NAMES)
+        );
         let _ = c.kdf.params.validate();
         let enc = c.encode();
         let again = VolumeConfig::decode(&enc).expect("an encoded config decodes");

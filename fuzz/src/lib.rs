@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use kmsfs::crypto::Key256;
 
 /// `volume-secret` of the name, symlink and xattr vectors (tests/vectors/name-*.txt, …).
-pub const VOLUME_SECRET: [u8; 32] = hex("606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f");
+pub const VOLUME_SECRET: [u8; 32] =
+    hex("606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f");
 /// `dek` and `file-id` of the content-block vectors (tests/vectors/content-block-*.txt).
-pub const BLOCK_DEK: [u8; 32] = hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
+pub const BLOCK_DEK: [u8; 32] =
+    hex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
 pub const BLOCK_FILE_ID: [u8; 16] = hex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf");
 /// The key-store vector (tests/vectors/key-store.keystore, key-store.volume.json).
-pub const KS_RECOVERY_KEY: [u8; 32] = hex("f1c3dab25db14d990d81cd3b1d7dfa482db87bc07296906cc282568d9e51475c");
+pub const KS_RECOVERY_KEY: [u8; 32] =
+    hex("f1c3dab25db14d990d81cd3b1d7dfa482db87bc07296906cc282568d9e51475c");
 pub const KS_VOLUME_JSON: &[u8] = include_bytes!("../../tests/vectors/key-store.volume.json");
 pub const KS_VOLUME_ID: [u8; 16] = hex("7de03211330e642947e464f6d9e3354b");
 
@@ -95,5 +98,10 @@ pub fn write(p: &Path, bytes: &[u8]) {
 /// A valid entry name (what `Names::decrypt` may return): 1..=255 bytes, no `/`, no NUL, not
 /// `.` or `..`.
 pub fn valid_name(n: &[u8]) -> bool {
-    !n.is_empty() && n.len() <= 255 && !n.contains(&b'/') && !n.contains(&0) && n != b"." && n != b".."
+    !n.is_empty()
+        && n.len() <= 255
+        && !n.contains(&b'/')
+        && !n.contains(&0)
+        && n != b"."
+        && n != b".."
 }
