@@ -173,25 +173,22 @@ fn notify_growth(
     control: &crate::control::ControlDir,
     notifier: fuser::Notifier,
 ) -> io::Result<()> {
-    type Pending = (
-        std::sync::Mutex<Vec<(u64, u64, Vec<u8>)>>,
-        std::sync::Condvar,
-    );
-    let shared: Arc<Pending> = Arc::default();
-    let queue = shared.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, Vec<u8>)>();
     std::thread::Builder::new()
         .name("kmsfs-notify".into())
         .spawn(move || {
-            let (lock, cv) = &*queue;
-            loop {
-                {
-                    let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-                    while g.is_empty() {
-                        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            while let Ok(first) = rx.recv() {
+                // Sends while this thread sleeps wake nobody; they are taken in one go.
+                std::thread::sleep(std::time::Duration::from_millis(NOTIFY_GATHER_MS));
+                let mut batch: Vec<(u64, u64, Vec<u8>)> = vec![first];
+                for (ino, off, data) in rx.try_iter() {
+                    match batch.iter_mut().rev().find(|p| p.0 == ino) {
+                        Some(last) if last.1 + last.2.len() as u64 == off => {
+                            last.2.extend_from_slice(&data)
+                        }
+                        _ => batch.push((ino, off, data)),
                     }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(NOTIFY_GATHER_MS));
-                let batch = std::mem::take(&mut *lock.lock().unwrap_or_else(|p| p.into_inner()));
                 for (ino, off, data) in batch {
                     // The kernel may have forgotten the inode (ENOENT): nothing to update then.
                     if let Err(e) = notifier.store(fuser::INodeNo(ino), off, &data) {
@@ -201,19 +198,7 @@ fn notify_growth(
             }
         })?;
     control.set_notify(Box::new(move |ino, off, data| {
-        let (lock, cv) = &*shared;
-        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(last) = g.iter_mut().rev().find(|p| p.0 == ino)
-            && last.1 + last.2.len() as u64 == off
-        {
-            last.2.extend_from_slice(&data);
-            return;
-        }
-        let was_empty = g.is_empty();
-        g.push((ino, off, data));
-        if was_empty {
-            cv.notify_one();
-        }
+        let _ = tx.send((ino, off, data));
     }));
     Ok(())
 }

@@ -109,13 +109,7 @@ impl Vfs {
         if let Some(mode) = set.mode {
             // Linux has no mode on symlinks.
             if node.kind != Kind::Symlink {
-                crate::fault::check("chmod")?;
-                rustix::fs::chmodat(
-                    rustix::fs::CWD,
-                    node.proc_path().as_str(),
-                    Mode::from(mode & 0o7777),
-                    AtFlags::empty(),
-                )?;
+                chmod_node(&node, mode)?;
             }
         }
         if set.kill_suidgid && set.mode.is_none() {
@@ -178,13 +172,19 @@ impl Vfs {
         if mode == st.st_mode & 0o7777 {
             return Ok(false);
         }
-        crate::fault::check("chmod")?;
-        rustix::fs::chmodat(
-            rustix::fs::CWD,
-            node.proc_path().as_str(),
-            Mode::from(mode),
-            AtFlags::empty(),
-        )?;
+        chmod_node(node, mode)?;
         Ok(true)
     }
+}
+
+/// chmod of a node's backing file (through `/proc/self/fd`: its descriptor is `O_PATH`).
+fn chmod_node(node: &super::inode::Node, mode: u32) -> Result<()> {
+    crate::fault::check("chmod")?;
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        node.proc_path().as_str(),
+        Mode::from(mode & 0o7777),
+        AtFlags::empty(),
+    )?;
+    Ok(())
 }
