@@ -881,6 +881,64 @@ fn o_trunc_and_o_excl_in(mount_args: &[&'static str]) {
     fx.finish();
 }
 
+/// access(2) and exec for root, on a mount made by root without --allow-other (where kmsfs,
+/// not the kernel, answers access(2): see `fuse::session::kernel_checks_permissions`) and with
+/// `-o default_permissions`: root reads and writes anything, searches any directory, and
+/// executes only what has some `x` bit, as on ext4.
+#[test]
+fn root_access_and_exec_like_a_local_file_system() {
+    root_access_and_exec_in(&[]);
+}
+
+#[test]
+fn root_access_and_exec_like_a_local_file_system_with_default_permissions() {
+    root_access_and_exec_in(&["-o", "default_permissions"]);
+}
+
+fn root_access_and_exec_in(mount_args: &[&'static str]) {
+    Fx::with_mount_args(&[], mount_args).run(60, |root, log| {
+        for mode in [0o000, 0o600, 0o644, 0o700, 0o010, 0o001, 0o4644, 0o755] {
+            let f = root.join(format!("f{mode:o}"));
+            fs::write(&f, b"#!/bin/sh\nexit 7\n").unwrap();
+            let d = root.join(format!("d{mode:o}"));
+            fs::create_dir(&d).unwrap();
+            fs::write(d.join("inside"), b"x").unwrap();
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+            for (what, p) in [("file", &f), ("dir", &d)] {
+                for (name, m) in [
+                    ("F_OK", libc::F_OK),
+                    ("R_OK", libc::R_OK),
+                    ("W_OK", libc::W_OK),
+                    ("X_OK", libc::X_OK),
+                    ("R_OK|W_OK|X_OK", libc::R_OK | libc::W_OK | libc::X_OK),
+                ] {
+                    // SAFETY: a valid NUL-terminated path.
+                    let r = lc(unsafe { libc::access(cs(p).as_ptr(), m) });
+                    log.rec(format!("{what} {mode:o} access {name}"), r);
+                }
+            }
+            let run = std::process::Command::new(&f).status();
+            log.rec(
+                format!("exec file {mode:o}"),
+                run.map(|s| s.code()).map_err(|e| e.raw_os_error()),
+            );
+            log.rec(
+                format!("read inside dir {mode:o}"),
+                en(fs::read(d.join("inside"))),
+            );
+            log.rec(
+                format!("create inside dir {mode:o}"),
+                en(fs::write(d.join("new"), b"y")),
+            );
+            log.rec(
+                format!("write file {mode:o}"),
+                en(OpenOptions::new().append(true).open(&f).map(|_| ())),
+            );
+        }
+    });
+}
+
 /// A name looked up while missing is remembered as missing by the kernel (a negative entry
 /// with the entry timeout): every way of making it exist must replace that at once.
 #[test]

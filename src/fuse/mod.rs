@@ -583,9 +583,13 @@ impl Filesystem for KmsFs {
         empty(reply, "removexattr", self.vfs.removexattr(ino.0, name));
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        // The kernel checks permissions itself (default_permissions).
-        reply.ok();
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Sent only without default_permissions (a mount only root may use).
+        empty(
+            reply,
+            "access",
+            self.vfs.access(ino.0, mask.bits() as u32, &caller(req)),
+        );
     }
 
     fn create(

@@ -49,6 +49,24 @@ fn option(s: &str) -> MountOption {
     }
 }
 
+/// Whether the kernel must check permission bits (`default_permissions`): whenever a user other
+/// than root may use the mount (--allow-other, `-o allow_root`, a mount by a non-root user), or
+/// when asked with `-o default_permissions`. A mount made by root without those is usable only by
+/// processes whose user and group ids are all root's; they pass every permission check except
+/// executing a file without any `x` bit, which the kernel still checks, and access(2), which
+/// kmsfs answers (`Vfs::access`). Leaving the check out there saves a round trip per directory
+/// change: with default_permissions every create, unlink or rename in a directory makes the
+/// next permission check in it fetch the directory's attributes again.
+fn kernel_checks_permissions(opts: &MountOptions, mo: &[MountOption]) -> bool {
+    opts.allow_other
+        || !rustix::process::geteuid().is_root()
+        || mo.iter().any(|o| match o {
+            MountOption::DefaultPermissions => true,
+            MountOption::CUSTOM(s) => s == "allow_other" || s == "allow_root",
+            _ => false,
+        })
+}
+
 /// The write end of the pipe the termination-signal handler writes to (-1: none yet).
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
@@ -103,7 +121,6 @@ pub fn mount(
         // As a kernel option, so that /proc/mounts shows the type `fuse.kmsfs` also when
         // fuser mounts directly (as root) rather than through fusermount3.
         MountOption::CUSTOM("subtype=kmsfs".into()),
-        MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
@@ -115,6 +132,9 @@ pub fn mount(
         if !mo.contains(&o) {
             mo.push(o);
         }
+    }
+    if kernel_checks_permissions(opts, &mo) {
+        mo.push(MountOption::DefaultPermissions);
     }
     let mut config = Config::default();
     config.mount_options = mo;

@@ -3,6 +3,7 @@
 use std::time::SystemTime;
 
 use rustix::fs::{AtFlags, Mode, Timespec, Timestamps};
+use rustix::io::Errno;
 
 use super::{Attr, Caller, Kind, Result, Vfs};
 
@@ -143,6 +144,37 @@ impl Vfs {
     /// A write by a process without CAP_FSETID: clears set-user-id, and set-group-id when the
     /// file is group-executable or the writer is not in its group, as Linux does for local
     /// file systems. Returns whether the mode changed.
+    /// access(2) for `caller`: `mask` is R_OK/W_OK/X_OK bits (F_OK is 0). The kernel asks this
+    /// only when it does not check permission bits itself (a mount only root may use, see
+    /// `fuse::session`); the answer is what a local file system gives. Root may read and write
+    /// anything and search any directory, but execute a file only if some `x` bit is set.
+    /// Others get the owner, group (primary or supplementary) or other bits, in that order.
+    pub fn access(&self, ino: u64, mask: u32, caller: &Caller) -> Result<()> {
+        let a = self.getattr(ino)?;
+        let mask = mask & 0o7;
+        let perm = u32::from(a.perm);
+        let granted = if caller.uid == 0 {
+            if a.kind == Kind::Dir || perm & 0o111 != 0 {
+                0o7
+            } else {
+                0o6
+            }
+        } else if caller.uid == a.uid {
+            (perm >> 6) & 0o7
+        } else {
+            let id = self.identity(caller);
+            if id.gid == a.gid || id.groups.contains(&a.gid) {
+                (perm >> 3) & 0o7
+            } else {
+                perm & 0o7
+            }
+        };
+        if mask & !granted != 0 {
+            return Err(Errno::ACCESS.into());
+        }
+        Ok(())
+    }
+
     pub fn kill_suidgid(&self, ino: u64, caller: Option<&Caller>) -> Result<bool> {
         if super::is_control(ino) {
             return Ok(false);
