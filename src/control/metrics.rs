@@ -31,6 +31,8 @@ pub struct Metrics {
     pub control_errors: AtomicU64,
     pub identity_cache_hits: AtomicU64,
     pub identity_cache_misses: AtomicU64,
+    /// Files whose beginning was read ahead (see `vfs::prefetch`).
+    pub prefetched_files: AtomicU64,
     pub per_key: DashMap<KeyId, KeyCounters>,
     /// Progress of the running (or last) rewrap through the mount.
     pub rewrap_done: std::sync::Arc<AtomicU64>,
@@ -131,6 +133,12 @@ impl ControlDir {
             "counter",
             "Plaintext bytes written through closed handles.",
             g(&m.bytes_written),
+        );
+        o.one(
+            "kmsfs_prefetched_files_total",
+            "counter",
+            "Files whose beginning was read ahead because files before them in their directory were opened.",
+            g(&m.prefetched_files),
         );
         o.one(
             "kmsfs_rewrap_files_done",

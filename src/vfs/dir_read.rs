@@ -33,6 +33,11 @@ impl Vfs {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         self.touch();
         let entries = self.list_dir(ino)?;
+        if !super::is_control(ino)
+            && let Ok(dir) = self.node(ino)
+        {
+            self.prefetch.listed(&dir, &entries);
+        }
         let fh = self.new_fh();
         self.dirs.insert(
             fh,

@@ -15,6 +15,7 @@ pub mod identity;
 mod inode;
 mod open_file;
 mod path;
+mod prefetch;
 mod xattr_ops;
 
 use std::ffi::OsStr;
@@ -110,6 +111,8 @@ pub struct Vfs {
     activity: AtomicU64,
     /// Identities of requesting processes, briefly cached by pid.
     identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
+    /// Read-ahead of the next files of a directory whose files are being opened in turn.
+    prefetch: prefetch::Prefetch,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -175,6 +178,7 @@ impl Vfs {
             identities: DashMap::new(),
             path_cache: DashMap::new(),
             root_cipher: std::sync::OnceLock::new(),
+            prefetch: prefetch::Prefetch::default(),
         })
     }
 
@@ -412,5 +416,7 @@ fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8
 mod fault_tests;
 #[cfg(test)]
 mod path_tests;
+#[cfg(test)]
+mod prefetch_tests;
 #[cfg(test)]
 mod test_support;

@@ -1,0 +1,213 @@
+//! Read-ahead across files. When files of one directory are opened one after another (`cat *`,
+//! `grep -r`, a backup, `git add`), the files that follow in the directory's listing are read
+//! into the backing store's page cache by a background thread, so that their opens (which read
+//! the header) and first reads no longer each wait for the disk in turn.
+//!
+//! Bounds: nothing starts before the second open of a file listed in the same directory; each
+//! open then queues at most a window of files after its own place in the listing (16, doubling
+//! to 128 as opens continue), each file at most once per listing, and only the first
+//! [`READ_AHEAD_BYTES`] of each. Only regular files are touched (checked on the open descriptor
+//! before reading), only cipher data is read: no key is used and nothing is decrypted or audited.
+//! A full queue drops the work (the disk is busy already).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::num::NonZeroU64;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use rustix::fs::{Advice, FileType, Mode, OFlags};
+
+use super::Kind;
+use super::dir_read::DirEntry;
+use super::inode::Node;
+use crate::control::ControlDir;
+
+/// Files queued by the second open in a directory; doubled by each later open.
+const FIRST_AHEAD: usize = 16;
+const MAX_AHEAD: usize = 128;
+/// Of each file: the header and the first blocks (most files are smaller).
+const READ_AHEAD_BYTES: u64 = 128 * 1024;
+/// Directories whose listing is remembered, and their files in all (the least recently used
+/// listing is dropped first). Enough for a tree walk that lists everything before it reads.
+const DIRS_MAX: usize = 1024;
+const FILES_MAX: usize = 256 * 1024;
+/// Batches waiting for the thread.
+const QUEUE: usize = 32;
+
+struct DirState {
+    dir: Weak<Node>,
+    /// Cipher names of the regular files, in listing order.
+    files: Vec<OsString>,
+    /// Inode number -> place in `files`.
+    index: HashMap<u64, usize>,
+    /// Queued (or opened) since the listing.
+    queued: Vec<bool>,
+    opens: u32,
+    used: u64,
+}
+
+struct Job {
+    dir: Arc<Node>,
+    names: Vec<OsString>,
+}
+
+#[derive(Default)]
+struct Listings {
+    /// A use counter (for least-recently-used).
+    tick: u64,
+    /// Files in all listings.
+    files: usize,
+    dirs: HashMap<u64, DirState>,
+}
+
+impl Listings {
+    fn remove(&mut self, ino: u64) {
+        if let Some(st) = self.dirs.remove(&ino) {
+            self.files -= st.files.len();
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Prefetch {
+    dirs: Mutex<Listings>,
+    /// The thread, started on first use (`None`: it could not be started).
+    worker: OnceLock<Option<SyncSender<Job>>>,
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch").finish_non_exhaustive()
+    }
+}
+
+impl Prefetch {
+    /// Remembers the listing of `dir` (taken by opendir); starts its count of opens afresh.
+    pub fn listed(&self, dir: &Arc<Node>, entries: &[DirEntry]) {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for e in entries {
+            if e.kind == Kind::File && !e.cipher_name.is_empty() {
+                index.insert(e.ino, files.len());
+                files.push(e.cipher_name.clone());
+            }
+        }
+        let mut l = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        l.remove(dir.ino);
+        if files.len() < 2 || files.len() > FILES_MAX {
+            return;
+        }
+        while l.dirs.len() >= DIRS_MAX || l.files + files.len() > FILES_MAX {
+            match l.dirs.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
+                Some(oldest) => l.remove(oldest),
+                None => break,
+            }
+        }
+        l.tick += 1;
+        l.files += files.len();
+        let used = l.tick;
+        l.dirs.insert(
+            dir.ino,
+            DirState {
+                dir: Arc::downgrade(dir),
+                queued: vec![false; files.len()],
+                files,
+                index,
+                opens: 0,
+                used,
+            },
+        );
+    }
+
+    /// File `ino`, last seen in directory `dir_ino`, was opened.
+    pub fn opened(&self, dir_ino: u64, ino: u64, control: &Arc<ControlDir>) {
+        let job = {
+            let mut l = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            l.tick += 1;
+            let tick = l.tick;
+            let Some(st) = l.dirs.get_mut(&dir_ino) else {
+                return;
+            };
+            let Some(&pos) = st.index.get(&ino) else {
+                return;
+            };
+            st.used = tick;
+            st.opens = st.opens.saturating_add(1);
+            st.queued[pos] = true;
+            if st.opens < 2 {
+                return;
+            }
+            let ahead = (FIRST_AHEAD << (st.opens - 2).min(3)).min(MAX_AHEAD);
+            let end = (pos + 1 + ahead).min(st.files.len());
+            let names: Vec<OsString> = (pos + 1..end)
+                .filter(|&i| !std::mem::replace(&mut st.queued[i], true))
+                .map(|i| st.files[i].clone())
+                .collect();
+            if names.is_empty() {
+                return;
+            }
+            let Some(dir) = st.dir.upgrade() else {
+                l.remove(dir_ino);
+                return;
+            };
+            Job { dir, names }
+        };
+        if let Some(tx) = self.worker(control) {
+            let _ = tx.try_send(job);
+        }
+    }
+
+    fn worker(&self, control: &Arc<ControlDir>) -> Option<&SyncSender<Job>> {
+        self.worker
+            .get_or_init(|| {
+                let (tx, rx) = sync_channel::<Job>(QUEUE);
+                let control = control.clone();
+                std::thread::Builder::new()
+                    .name("kmsfs-prefetch".into())
+                    .spawn(move || {
+                        for job in rx {
+                            for name in &job.names {
+                                if read_ahead(&job.dir, name) {
+                                    control
+                                        .metrics
+                                        .prefetched_files
+                                        .fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    })
+                    .ok()
+                    .map(|_| tx)
+            })
+            .as_ref()
+    }
+}
+
+/// Starts reading the beginning of `name` in `dir` into the page cache, if it still is a
+/// regular file (opened as `O_PATH` first: opening a device or FIFO for reading could block or
+/// have effects).
+fn read_ahead(dir: &Node, name: &OsStr) -> bool {
+    let Ok(path_fd) = rustix::fs::openat(
+        &dir.fd,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    match rustix::fs::fstat(&path_fd) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+        _ => return false,
+    }
+    let Ok(fd) = rustix::fs::open(
+        format!("/proc/self/fd/{}", path_fd.as_raw_fd()),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    rustix::fs::fadvise(&fd, 0, NonZeroU64::new(READ_AHEAD_BYTES), Advice::WillNeed).is_ok()
+}

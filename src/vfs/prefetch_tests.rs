@@ -1,0 +1,96 @@
+//! Read-ahead across files: it starts with the second open in a directory, reads only the
+//! regular files after it in the listing, within its window, and never changes what is read.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::Vfs;
+use super::test_support::{caller, new_volume, open};
+
+fn prefetched(v: &Vfs) -> u64 {
+    v.control().metrics.prefetched_files.load(Ordering::Relaxed)
+}
+
+/// Waits (up to 10 s) until the count reaches `n`, then a little longer to see it go no further.
+fn settle(v: &Vfs, n: u64) -> u64 {
+    let t = Instant::now();
+    while prefetched(v) < n && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    quiet(v)
+}
+
+/// The count after the read-ahead thread had time to act.
+fn quiet(v: &Vfs) -> u64 {
+    std::thread::sleep(Duration::from_millis(200));
+    prefetched(v)
+}
+
+/// A directory with `files` regular files (each holding its name), a FIFO and a subdirectory;
+/// returns the directory and the files' (inode, name) in listing order, as readdirplus gave
+/// them (which also tells each node its directory, as the kernel's walk would).
+fn dir_with_files(v: &Vfs, files: usize) -> (u64, Vec<(u64, String)>) {
+    let c = caller();
+    let d = v.mkdir(1, "d".as_ref(), 0o755, &c).expect("mkdir").ino;
+    for i in 0..files {
+        let name = format!("file-{i}");
+        let (_, fh) = v
+            .create(d, name.as_ref(), 0o644, libc::O_RDWR, &c)
+            .expect("create");
+        v.write(fh, 0, name.as_bytes()).expect("write");
+        v.release(fh).expect("release");
+    }
+    v.mknod(d, "fifo".as_ref(), libc::S_IFIFO | 0o644, 0, &c)
+        .expect("mkfifo");
+    v.mkdir(d, "sub".as_ref(), 0o755, &c).expect("sub");
+    let fh = v.opendir(d).expect("opendir");
+    let listed: Vec<(u64, String)> = v
+        .readdirplus(fh, 0)
+        .expect("readdirplus")
+        .into_iter()
+        .filter(|(_, e, _)| e.name.to_string_lossy().starts_with("file-"))
+        .map(|(_, e, a)| (a.ino, e.name.to_string_lossy().into_owned()))
+        .collect();
+    v.releasedir(fh);
+    assert_eq!(listed.len(), files);
+    (d, listed)
+}
+
+fn open_and_check(v: &Vfs, ino: u64, name: &str) {
+    let fh = v.open(ino, libc::O_RDONLY).expect("open");
+    assert_eq!(v.read(fh, 0, 4096).expect("read"), name.as_bytes());
+    v.release(fh).expect("release");
+}
+
+#[test]
+fn opening_files_in_turn_reads_the_next_ones_ahead() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let (_, files) = dir_with_files(&v, 60);
+    open_and_check(&v, files[0].0, &files[0].1);
+    assert_eq!(quiet(&v), 0, "one open reads nothing ahead");
+    open_and_check(&v, files[1].0, &files[1].1);
+    // The second open queues the next 16 files of the listing, no more.
+    assert_eq!(settle(&v, 16), 16);
+    for (ino, name) in &files[2..] {
+        open_and_check(&v, *ino, name);
+    }
+    // Every regular file after the first two, once each; never the FIFO or the subdirectory.
+    assert_eq!(settle(&v, 58), 58);
+}
+
+#[test]
+fn a_new_listing_starts_the_count_again_and_far_files_wait() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let (d, files) = dir_with_files(&v, 100);
+    // Two opens far apart: only the window after the second one is read.
+    open_and_check(&v, files[0].0, &files[0].1);
+    open_and_check(&v, files[50].0, &files[50].1);
+    assert_eq!(settle(&v, 16), 16);
+    // Listed again: the count of opens starts from zero.
+    let fh = v.opendir(d).expect("opendir");
+    v.releasedir(fh);
+    open_and_check(&v, files[80].0, &files[80].1);
+    assert_eq!(quiet(&v), 16);
+}
