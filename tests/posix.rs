@@ -2124,8 +2124,21 @@ fn user_xattrs_set_get_list_remove() {
         let f = mnt.join("linked");
         assert_eq!(setx(&f, "trusted.x", b"v", 0), Err(libc::EOPNOTSUPP));
         assert_eq!(setx(&f, "security.x", b"v", 0), Err(libc::EOPNOTSUPP));
-        assert_eq!(getx(&f, "trusted.x", 10), Err(libc::ENODATA));
-        assert_eq!(removex(&f, "trusted.x"), Err(libc::ENODATA));
+        assert_eq!(getx(&f, "trusted.x", 10), Err(libc::EOPNOTSUPP));
+        assert_eq!(removex(&f, "trusted.x"), Err(libc::EOPNOTSUPP));
+        // What `ls -l` asks: "not supported" lets it stop asking (per file system).
+        assert_eq!(getx(&f, "security.selinux", 256), Err(libc::EOPNOTSUPP));
+        assert_eq!(
+            getx(&f, "system.posix_acl_access", 256),
+            Err(libc::EOPNOTSUPP)
+        );
+        assert_eq!(
+            getx(mnt, "system.posix_acl_default", 256),
+            Err(libc::EOPNOTSUPP)
+        );
+        let ctl = mnt.join(".kmsfs/status");
+        assert_eq!(getx(&ctl, "security.selinux", 256), Err(libc::EOPNOTSUPP));
+        assert_eq!(getx(&ctl, "user.x", 256), Err(libc::ENODATA));
     });
     // Values and names are not stored in plain in the cipher directory (also in xattrs).
     let cipher = fx.v.cipher.clone();
