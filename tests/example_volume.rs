@@ -185,7 +185,10 @@ fn library_opens_example_volume_without_fuse() {
         km.clone(),
         block_size,
         plaintext_names,
-        VfsOptions { read_only: true },
+        VfsOptions {
+            read_only: true,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(read_through_vfs(&vfs), expected());

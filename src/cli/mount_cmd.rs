@@ -47,6 +47,9 @@ pub struct MountArgs {
     /// Do not let the kernel cache writes (every write(2) goes to kmsfs at once).
     #[arg(long)]
     no_writeback_cache: bool,
+    /// Do not read ahead the next files of a directory whose files are being opened in turn.
+    #[arg(long)]
+    no_prefetch: bool,
     /// Unmount after this long without use while no file is open (e.g. 30m, 2h).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     idle: Option<std::time::Duration>,
@@ -235,7 +238,10 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         km,
         block_size,
         plaintext_names,
-        VfsOptions { read_only: a.ro },
+        VfsOptions {
+            read_only: a.ro,
+            no_prefetch: a.no_prefetch,
+        },
     )
     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;
     let opts = MountOptions {

@@ -104,6 +104,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
             "ro" => out.push("--ro".into()),
             "allow_other" | "allow-other" => out.push("--allow-other".into()),
             "no_writeback_cache" | "no-writeback-cache" => out.push("--no-writeback-cache".into()),
+            "no_prefetch" | "no-prefetch" => out.push("--no-prefetch".into()),
             "fg" | "foreground" => out.push("-f".into()),
             _ if ignored(&o) => {}
             _ => fuse.push(o),

@@ -34,6 +34,7 @@ impl Vfs {
         self.touch();
         let entries = self.list_dir(ino)?;
         if !super::is_control(ino)
+            && !self.opts.no_prefetch
             && let Ok(dir) = self.node(ino)
         {
             self.prefetch.listed(&dir, &entries);

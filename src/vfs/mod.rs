@@ -56,6 +56,8 @@ pub struct Caller {
 #[derive(Debug, Clone, Default)]
 pub struct VfsOptions {
     pub read_only: bool,
+    /// No read-ahead across files (see `prefetch`).
+    pub no_prefetch: bool,
 }
 
 /// An open file handle.

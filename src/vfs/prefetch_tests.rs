@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Vfs;
-use super::test_support::{caller, new_volume, open};
+use super::VfsOptions;
+use super::test_support::{caller, new_volume, open, open_with};
 
 fn prefetched(v: &Vfs) -> u64 {
     v.control().metrics.prefetched_files.load(Ordering::Relaxed)
@@ -93,4 +94,21 @@ fn a_new_listing_starts_the_count_again_and_far_files_wait() {
     v.releasedir(fh);
     open_and_check(&v, files[80].0, &files[80].1);
     assert_eq!(quiet(&v), 16);
+}
+
+#[test]
+fn no_prefetch_reads_nothing_ahead() {
+    let (_t, dir) = new_volume();
+    let v = open_with(
+        &dir,
+        VfsOptions {
+            no_prefetch: true,
+            ..Default::default()
+        },
+    );
+    let (_, files) = dir_with_files(&v, 30);
+    for (ino, name) in &files {
+        open_and_check(&v, *ino, name);
+    }
+    assert_eq!(quiet(&v), 0);
 }

@@ -42,14 +42,11 @@ pub fn unlock(dir: &Path) -> crate::keymgr::Unlocked {
 }
 
 pub fn open(dir: &Path) -> Vfs {
+    open_with(dir, VfsOptions::default())
+}
+
+pub fn open_with(dir: &Path, opts: VfsOptions) -> Vfs {
     let u = unlock(dir);
     let bs = u.config.block_size;
-    Vfs::new(
-        dir,
-        Arc::new(KeyManager::new(u)),
-        bs,
-        false,
-        VfsOptions::default(),
-    )
-    .expect("vfs")
+    Vfs::new(dir, Arc::new(KeyManager::new(u)), bs, false, opts).expect("vfs")
 }
