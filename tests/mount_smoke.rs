@@ -18,3 +18,44 @@ fn round_trip_through_a_real_mount_and_remount() {
     drop(m);
     assert!(!is_mounted(&v.mnt));
 }
+
+/// The mount options /proc/mounts shows for `mnt`.
+fn mount_options(mnt: &std::path::Path) -> Vec<String> {
+    let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let want = mnt.to_string_lossy().replace(' ', "\\040");
+    let line = m
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        .expect("mounted");
+    line.split(' ')
+        .nth(3)
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
+/// Who checks permission bits (README, threat model): the kernel (`default_permissions`)
+/// whenever another user can use the mount or it is asked for; kmsfs on a mount only root uses.
+#[test]
+fn the_kernel_checks_permissions_unless_only_root_uses_the_mount() {
+    let root = rustix::process::geteuid().is_root();
+    let v = Volume::new(&[]);
+    for (args, kernel_checks) in [
+        (&[][..], !root),
+        (&["--allow-other"][..], true),
+        (&["-o", "default_permissions"][..], true),
+    ] {
+        if args == ["--allow-other"] && !root {
+            continue; // needs user_allow_other in /etc/fuse.conf
+        }
+        let m = v.mount_with(args);
+        let opts = mount_options(&v.mnt);
+        assert_eq!(
+            opts.iter().any(|o| o == "default_permissions"),
+            kernel_checks,
+            "{args:?}: {opts:?}"
+        );
+        m.unmount();
+    }
+}
