@@ -181,18 +181,33 @@ fn lock_result(
     }
 }
 
+/// Every inode the kernel holds costs the daemon one descriptor (see `vfs::inode`), so the
+/// descriptor limit bounds how many files can be in use at once (a listing with attributes
+/// holds all its entries). Root may raise the hard limit to the system's `fs.nr_open` (often
+/// 1,048,576; a login's hard limit can be as low as 20,000); others get their hard limit.
 fn raise_fd_limit() {
-    if let Ok(l) = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .maximum
-        .ok_or(())
-    {
-        let _ = rustix::process::setrlimit(
-            rustix::process::Resource::Nofile,
-            rustix::process::Rlimit {
-                current: Some(l),
-                maximum: Some(l),
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let set = |n: u64| {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(n),
+                maximum: Some(n),
             },
-        );
+        )
+    };
+    if let Some(n) = nr_open
+        && hard.is_some_and(|h| n > h)
+        && set(n).is_ok()
+    {
+        return;
+    }
+    if let Some(h) = hard {
+        let _ = set(h);
     }
 }
 

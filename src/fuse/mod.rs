@@ -59,6 +59,9 @@ impl KmsFs {
     }
 }
 
+/// Directory entries prepared per step while filling a readdir reply.
+const DIR_BATCH: usize = 64;
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -476,17 +479,25 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.vfs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
-                    if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind(e.kind), &e.name) {
-                        break;
-                    }
+        // In batches until the reply is full (see Vfs::readdir_batch).
+        let mut off = offset;
+        loop {
+            let (entries, more) = match self.vfs.readdir_batch(fh.0, off, DIR_BATCH) {
+                Ok(r) => r,
+                Err(e) if off == offset => return reply.error(errno("readdir", &e)),
+                Err(_) => break,
+            };
+            for (i, e) in entries.iter().enumerate() {
+                if reply.add(INodeNo(e.ino), off + i as u64 + 1, kind(e.kind), &e.name) {
+                    return reply.ok();
                 }
-                reply.ok();
             }
-            Err(e) => reply.error(errno("readdir", &e)),
+            if !more {
+                break;
+            }
+            off += DIR_BATCH as u64;
         }
+        reply.ok();
     }
 
     fn readdirplus(
@@ -497,29 +508,38 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.vfs.readdirplus(fh.0, offset) {
-            Ok(entries) => {
-                let mut full = false;
-                for (next, e, a) in &entries {
-                    if !full {
-                        full = reply.add(
-                            INodeNo(e.ino),
-                            *next,
-                            &e.name,
-                            &ttl(a.ino),
-                            &attr(a),
-                            Generation(0),
-                        );
-                    }
-                    // The kernel did not take this entry: give back its lookup.
-                    if full && !e.cipher_name.is_empty() {
-                        self.vfs.forget(e.ino, 1);
-                    }
+        // In batches until the reply is full, so that each entry's backing inode is opened
+        // about once per listing (see Vfs::readdir_batch).
+        let mut off = offset;
+        loop {
+            let (entries, more) = match self.vfs.readdirplus_batch(fh.0, off, DIR_BATCH) {
+                Ok(r) => r,
+                Err(e) if off == offset => return reply.error(errno("readdirplus", &e)),
+                Err(_) => break,
+            };
+            let mut full = false;
+            for (next, e, a) in &entries {
+                if !full {
+                    full = reply.add(
+                        INodeNo(e.ino),
+                        *next,
+                        &e.name,
+                        &ttl(a.ino),
+                        &attr(a),
+                        Generation(0),
+                    );
                 }
-                reply.ok();
+                // The kernel did not take this entry: give back its lookup.
+                if full && !e.cipher_name.is_empty() {
+                    self.vfs.forget(e.ino, 1);
+                }
             }
-            Err(e) => reply.error(errno("readdirplus", &e)),
+            if full || !more {
+                break;
+            }
+            off += DIR_BATCH as u64;
         }
+        reply.ok();
     }
 
     fn releasedir(

@@ -21,6 +21,9 @@ pub struct DirEntry {
     pub cipher_name: OsString,
 }
 
+/// A readdirplus entry: the offset of the entry after it, the entry, its attributes.
+pub type PlusEntry = (u64, DirEntry, Attr);
+
 #[derive(Debug)]
 pub struct DirHandle {
     ino: u64,
@@ -52,6 +55,18 @@ impl Vfs {
 
     /// Entries from index `offset` on. Offset 0 (a rewind) takes a fresh snapshot.
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
+        self.readdir_batch(fh, offset, usize::MAX).map(|(e, _)| e)
+    }
+
+    /// At most `limit` entries from index `offset` on, and whether more follow. A reply holds
+    /// what fits in the kernel's buffer: asking for all that remains every time would make
+    /// listing a large directory quadratic.
+    pub fn readdir_batch(
+        &self,
+        fh: u64,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<DirEntry>, bool)> {
         self.touch();
         let h = self.dirs.get(&fh).ok_or(super::VfsError::BadHandle(fh))?;
         let mut e = h.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -59,15 +74,29 @@ impl Vfs {
             e.0 = self.list_dir(h.ino)?;
         }
         e.1 = false;
-        Ok(e.0.iter().skip(offset as usize).cloned().collect())
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(e.0.len());
+        let end = start.saturating_add(limit).min(e.0.len());
+        Ok((e.0[start..end].to_vec(), end < e.0.len()))
     }
 
     /// Like [`Vfs::readdir`], with each entry's attributes and the offset of the entry after
     /// it (entries gone since the snapshot are left out, so offsets are not consecutive). Every
     /// entry but `.` and `..` counts one lookup (the kernel takes them as looked up); the caller
     /// must [`Vfs::forget`] entries it could not pass on.
-    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry, Attr)>> {
-        let entries = self.readdir(fh, offset)?;
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<Vec<PlusEntry>> {
+        self.readdirplus_batch(fh, offset, usize::MAX)
+            .map(|(e, _)| e)
+    }
+
+    /// Like [`Vfs::readdirplus`] for the snapshot entries `offset..offset + limit` (see
+    /// [`Vfs::readdir_batch`]), and whether more follow.
+    pub fn readdirplus_batch(
+        &self,
+        fh: u64,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(Vec<PlusEntry>, bool)> {
+        let (entries, more) = self.readdir_batch(fh, offset, limit)?;
         let entries = entries
             .into_iter()
             .enumerate()
@@ -78,9 +107,12 @@ impl Vfs {
             .map(|h| h.ino)
             .ok_or(super::VfsError::BadHandle(fh))?;
         if super::is_control(ino) {
-            return Ok(entries
-                .filter_map(|(next, e)| self.ctl_entry_attr(&e).map(|a| (next, e, a)))
-                .collect());
+            return Ok((
+                entries
+                    .filter_map(|(next, e)| self.ctl_entry_attr(&e).map(|a| (next, e, a)))
+                    .collect(),
+                more,
+            ));
         }
         let dir = self.dir_node(ino)?;
         let mut out = Vec::new();
@@ -101,7 +133,7 @@ impl Vfs {
                 out.push((next, DirEntry { ino: attr.ino, ..e }, attr));
             }
         }
-        Ok(out)
+        Ok((out, more))
     }
 
     pub fn releasedir(&self, fh: u64) {
