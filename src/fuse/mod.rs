@@ -492,10 +492,10 @@ impl Filesystem for KmsFs {
                     return reply.ok();
                 }
             }
-            if !more {
-                break;
+            match more {
+                Some(next) => off = next,
+                None => break,
             }
-            off += DIR_BATCH as u64;
         }
         reply.ok();
     }
@@ -514,6 +514,8 @@ impl Filesystem for KmsFs {
         loop {
             let (entries, more) = match self.vfs.readdirplus_batch(fh.0, off, DIR_BATCH) {
                 Ok(r) => r,
+                // The first entry of this reply failed: say so (the kernel asks again from
+                // here next time, so an entry that exists is never silently left out).
                 Err(e) if off == offset => return reply.error(errno("readdirplus", &e)),
                 Err(_) => break,
             };
@@ -534,10 +536,10 @@ impl Filesystem for KmsFs {
                     self.vfs.forget(e.ino, 1);
                 }
             }
-            if full || !more {
-                break;
+            match more {
+                Some(next) if !full => off = next,
+                _ => break,
             }
-            off += DIR_BATCH as u64;
         }
         reply.ok();
     }

@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::inode::ROOT_INO;
-use super::{Attr, Kind, Result, Vfs};
+use rustix::io::Errno;
+
+use super::{Attr, Kind, Result, Vfs, VfsError};
 use crate::names::{EntryKind, LONG_NAME_SUFFIX};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,15 +60,15 @@ impl Vfs {
         self.readdir_batch(fh, offset, usize::MAX).map(|(e, _)| e)
     }
 
-    /// At most `limit` entries from index `offset` on, and whether more follow. A reply holds
-    /// what fits in the kernel's buffer: asking for all that remains every time would make
-    /// listing a large directory quadratic.
+    /// At most `limit` entries from index `offset` on, and the offset to go on from (`None`:
+    /// the end). A reply holds what fits in the kernel's buffer: asking for all that remains
+    /// every time would make listing a large directory quadratic.
     pub fn readdir_batch(
         &self,
         fh: u64,
         offset: u64,
         limit: usize,
-    ) -> Result<(Vec<DirEntry>, bool)> {
+    ) -> Result<(Vec<DirEntry>, Option<u64>)> {
         self.touch();
         let h = self.dirs.get(&fh).ok_or(super::VfsError::BadHandle(fh))?;
         let mut e = h.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,7 +78,10 @@ impl Vfs {
         e.1 = false;
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(e.0.len());
         let end = start.saturating_add(limit).min(e.0.len());
-        Ok((e.0[start..end].to_vec(), end < e.0.len()))
+        Ok((
+            e.0[start..end].to_vec(),
+            (end < e.0.len()).then_some(end as u64),
+        ))
     }
 
     /// Like [`Vfs::readdir`], with each entry's attributes and the offset of the entry after
@@ -88,15 +93,18 @@ impl Vfs {
             .map(|(e, _)| e)
     }
 
-    /// Like [`Vfs::readdirplus`] for the snapshot entries `offset..offset + limit` (see
-    /// [`Vfs::readdir_batch`]), and whether more follow.
+    /// Like [`Vfs::readdirplus`] for the snapshot entries `offset..offset + limit`, and the
+    /// offset to go on from (see [`Vfs::readdir_batch`]). An entry that cannot be opened for a
+    /// reason other than being gone (EMFILE: every inode the kernel holds costs a descriptor)
+    /// ends the batch there, or fails it if it is the first: a listing never leaves out an
+    /// entry that exists.
     pub fn readdirplus_batch(
         &self,
         fh: u64,
         offset: u64,
         limit: usize,
-    ) -> Result<(Vec<PlusEntry>, bool)> {
-        let (entries, more) = self.readdir_batch(fh, offset, limit)?;
+    ) -> Result<(Vec<PlusEntry>, Option<u64>)> {
+        let (entries, mut more) = self.readdir_batch(fh, offset, limit)?;
         let entries = entries
             .into_iter()
             .enumerate()
@@ -128,9 +136,15 @@ impl Vfs {
                 out.push((next, e, a));
                 continue;
             }
-            // Gone since the snapshot: leave it out.
-            if let Ok((_, attr)) = self.intern_child(&dir, &e.cipher_name) {
-                out.push((next, DirEntry { ino: attr.ino, ..e }, attr));
+            match self.intern_child(&dir, &e.cipher_name) {
+                Ok((_, attr)) => out.push((next, DirEntry { ino: attr.ino, ..e }, attr)),
+                // Gone since the snapshot: leave it out.
+                Err(VfsError::Sys(Errno::NOENT)) => {}
+                Err(err) if out.is_empty() => return Err(err),
+                Err(_) => {
+                    more = Some(next - 1);
+                    break;
+                }
             }
         }
         Ok((out, more))
