@@ -62,3 +62,58 @@ fn running_out_of_descriptors_fails_a_listing_instead_of_shortening_it() {
     m.unmount();
     assert!(!is_mounted(&v.mnt));
 }
+
+/// A tree of three times as many files as the daemon has descriptors can be made, walked and
+/// read: the kernel is asked to let older names go (src/fuse/reclaim.rs) before they run out.
+#[test]
+fn a_tree_larger_than_the_descriptor_limit_can_be_made_and_walked() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let pid = rustix::process::Pid::from_raw(m.pid().expect("daemon pid") as i32).unwrap();
+    rustix::process::prlimit(
+        Some(pid),
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(1000),
+            maximum: Some(1000),
+        },
+    )
+    .expect("lower the daemon's descriptor limit");
+    // The daemon reads its limit again within a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let root = m.path("");
+    with_timeout(300, move || {
+        for d in 0..30 {
+            let dir = root.join(format!("d{d}"));
+            fs::create_dir(&dir).unwrap();
+            for f in 0..100 {
+                fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+            }
+        }
+        for d in 0..30 {
+            let dir = root.join(format!("d{d}"));
+            let mut n = names(&dir).unwrap();
+            n.sort();
+            assert_eq!(n.len(), 100, "d{d}");
+            for f in 0..100 {
+                let p = dir.join(format!("f{f}"));
+                assert_eq!(fs::read_to_string(&p).unwrap(), format!("{d}/{f}"));
+                assert_eq!(
+                    fs::metadata(&p).unwrap().len(),
+                    format!("{d}/{f}").len() as u64
+                );
+            }
+        }
+    });
+    let open = fs::read_dir(format!("/proc/{}/fd", m.pid().unwrap()))
+        .unwrap()
+        .count();
+    assert!(open < 1000, "{open} descriptors open");
+    m.unmount();
+    let m = v.mount();
+    for d in [0, 17, 29] {
+        assert_eq!(names(&m.path(&format!("d{d}"))).unwrap().len(), 100);
+    }
+    m.unmount();
+    assert!(!is_mounted(&v.mnt));
+}

@@ -1,6 +1,7 @@
 //! The thin fuser adapter: each callback turns a request into one `Vfs` call and the result into
 //! a reply. No file-system logic lives here; errors map through [`VfsError::errno`] in one place.
 
+mod reclaim;
 mod session;
 
 pub use session::{MountOptions, mount};
@@ -31,6 +32,8 @@ pub struct KmsFs {
     /// Set once the session exists (see `session.rs`): tells the kernel about attribute
     /// changes it cannot see in a reply.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Names given to the kernel, to let it drop inodes when descriptors run short.
+    reclaim: Arc<reclaim::Reclaim>,
 }
 
 impl KmsFs {
@@ -39,7 +42,30 @@ impl KmsFs {
             vfs,
             writeback_cache,
             notifier: Arc::default(),
+            reclaim: Arc::default(),
         }
+    }
+
+    /// What starts letting the kernel drop inodes when descriptors run short (see `reclaim`),
+    /// once the session and its notifier exist.
+    pub fn reclaim_starter(&self) -> Box<dyn FnOnce(fuser::Notifier) -> io::Result<()> + Send> {
+        let (r, vfs) = (self.reclaim.clone(), self.vfs.clone());
+        Box::new(move |n| r.start(vfs, n))
+    }
+
+    /// An entry reply for `name` in `parent`, remembered for reclaiming.
+    fn entry_in(
+        &self,
+        reply: ReplyEntry,
+        op: &str,
+        parent: INodeNo,
+        name: &OsStr,
+        r: Result<Attr, VfsError>,
+    ) {
+        if let Ok(a) = &r {
+            self.reclaim.seen(&self.vfs, parent.0, name, a.ino);
+        }
+        entry(reply, op, r);
     }
 
     /// Where the session puts its notifier.
@@ -217,7 +243,7 @@ impl Filesystem for KmsFs {
             Err(e) if e.errno() == libc::ENOENT && !crate::vfs::is_control(parent.0) => {
                 reply.entry(&TTL, &absent(), Generation(0))
             }
-            r => entry(reply, "lookup", r),
+            r => self.entry_in(reply, "lookup", parent, name, r),
         }
     }
 
@@ -287,11 +313,8 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        entry(
-            reply,
-            "mknod",
-            self.vfs.mknod(parent.0, name, mode, rdev, &caller(req)),
-        );
+        let r = self.vfs.mknod(parent.0, name, mode, rdev, &caller(req));
+        self.entry_in(reply, "mknod", parent, name, r);
     }
 
     fn mkdir(
@@ -303,11 +326,8 @@ impl Filesystem for KmsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        entry(
-            reply,
-            "mkdir",
-            self.vfs.mkdir(parent.0, name, mode, &caller(req)),
-        );
+        let r = self.vfs.mkdir(parent.0, name, mode, &caller(req));
+        self.entry_in(reply, "mkdir", parent, name, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -326,12 +346,10 @@ impl Filesystem for KmsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        entry(
-            reply,
-            "symlink",
-            self.vfs
-                .symlink(parent.0, link_name, target.as_os_str(), &caller(req)),
-        );
+        let r = self
+            .vfs
+            .symlink(parent.0, link_name, target.as_os_str(), &caller(req));
+        self.entry_in(reply, "symlink", parent, link_name, r);
     }
 
     fn rename(
@@ -360,7 +378,8 @@ impl Filesystem for KmsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(reply, "link", self.vfs.link(ino.0, newparent.0, newname));
+        let r = self.vfs.link(ino.0, newparent.0, newname);
+        self.entry_in(reply, "link", newparent, newname, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -503,7 +522,7 @@ impl Filesystem for KmsFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -512,7 +531,11 @@ impl Filesystem for KmsFs {
         // about once per listing (see Vfs::readdir_batch).
         let mut off = offset;
         loop {
-            let (entries, more) = match self.vfs.readdirplus_batch(fh.0, off, DIR_BATCH) {
+            // Short of descriptors: one entry per reply, so that the directory is unlocked
+            // between replies and the kernel can let older names go (see `reclaim`).
+            let pressed = self.reclaim.pressed(&self.vfs);
+            let batch = if pressed { 1 } else { DIR_BATCH };
+            let (entries, more) = match self.vfs.readdirplus_batch(fh.0, off, batch) {
                 Ok(r) => r,
                 // The first entry of this reply failed: say so (the kernel asks again from
                 // here next time, so an entry that exists is never silently left out).
@@ -530,11 +553,17 @@ impl Filesystem for KmsFs {
                         &attr(a),
                         Generation(0),
                     );
+                    if !full && !e.cipher_name.is_empty() {
+                        self.reclaim.seen(&self.vfs, ino.0, &e.name, e.ino);
+                    }
                 }
                 // The kernel did not take this entry: give back its lookup.
                 if full && !e.cipher_name.is_empty() {
                     self.vfs.forget(e.ino, 1);
                 }
+            }
+            if pressed && entries.iter().any(|(_, e, _)| !e.cipher_name.is_empty()) {
+                break;
             }
             match more {
                 Some(next) if !full => off = next,
@@ -628,13 +657,16 @@ impl Filesystem for KmsFs {
             .vfs
             .create(parent.0, name, mode, self.open_flags(flags), &caller(req))
         {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((a, fh)) => {
+                self.reclaim.seen(&self.vfs, parent.0, name, a.ino);
+                reply.created(
+                    &TTL,
+                    &attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(errno("create", &e)),
         }
     }

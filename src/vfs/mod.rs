@@ -205,6 +205,16 @@ impl Vfs {
         &self.km
     }
 
+    /// Inodes the kernel holds (each costs a descriptor).
+    pub fn node_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Whether the kernel still holds inode `ino`.
+    pub fn knows(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_ok()
+    }
+
     fn node(&self, ino: u64) -> Result<Arc<Node>> {
         self.inodes.get(ino)
     }
