@@ -66,8 +66,10 @@ impl Reclaim {
     pub fn start(self: &Arc<Self>, vfs: Arc<Vfs>, notifier: Notifier) -> std::io::Result<()> {
         let (tx, rx) = sync_channel::<()>(1);
         let _ = self.wake.set(tx);
-        let me = self.clone();
-        me.high.store(limit() * HIGH / 1000, Ordering::Relaxed);
+        self.high.store(limit() * HIGH / 1000, Ordering::Relaxed);
+        // Weak: when the file system is dropped (the session ended), so is the sender, and
+        // the thread ends, letting go of the model.
+        let me = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("kmsfs-reclaim".into())
             .spawn(move || {
@@ -76,6 +78,7 @@ impl Reclaim {
                         Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
+                    let Some(me) = me.upgrade() else { return };
                     let limit = limit();
                     me.high.store(limit * HIGH / 1000, Ordering::Relaxed);
                     me.reclaim(&vfs, &notifier, limit);
