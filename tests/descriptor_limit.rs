@@ -82,6 +82,16 @@ fn a_tree_larger_than_the_descriptor_limit_can_be_made_and_walked() {
     // The daemon reads its limit again within a second.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let root = m.path("");
+    // A process working in a directory of the mount all along: dropping names must not take
+    // its working directory away (getcwd would fail, /proc shows "(deleted)").
+    let here = root.join("here");
+    fs::create_dir(&here).unwrap();
+    let worker = std::thread::spawn(move || {
+        std::process::Command::new("sh")
+            .args(["-c", "sleep 3; readlink /proc/self/cwd"])
+            .current_dir(&here)
+            .output()
+    });
     with_timeout(300, move || {
         for d in 0..30 {
             let dir = root.join(format!("d{d}"));
@@ -105,6 +115,16 @@ fn a_tree_larger_than_the_descriptor_limit_can_be_made_and_walked() {
             }
         }
     });
+    let out = worker.join().unwrap().expect("run sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        m.path("here").to_string_lossy()
+    );
     let open = fs::read_dir(format!("/proc/{}/fd", m.pid().unwrap()))
         .unwrap()
         .count();

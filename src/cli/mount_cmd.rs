@@ -184,13 +184,16 @@ fn lock_result(
 /// Every inode the kernel holds costs the daemon one descriptor (see `vfs::inode`), so the
 /// descriptor limit bounds how many files can be in use at once (a listing with attributes
 /// holds all its entries). Root may raise the hard limit to the system's `fs.nr_open` (often
-/// 1,048,576; a login's hard limit can be as low as 20,000); others get their hard limit.
+/// 1,048,576; at most that is asked for; a login's hard limit can be as low as 20,000); others
+/// get their hard limit.
 fn raise_fd_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let hard = getrlimit(Resource::Nofile).maximum;
+    // Capped: nr_open can be 2^30, and the inode reclaim works from a share of the limit.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|n| n.min(1 << 20));
     let set = |n: u64| {
         setrlimit(
             Resource::Nofile,

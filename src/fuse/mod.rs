@@ -63,7 +63,7 @@ impl KmsFs {
         r: Result<Attr, VfsError>,
     ) {
         if let Ok(a) = &r {
-            self.reclaim.seen(&self.vfs, parent.0, name, a.ino);
+            self.reclaim.seen(&self.vfs, parent.0, name, a);
         }
         entry(reply, op, r);
     }
@@ -499,17 +499,21 @@ impl Filesystem for KmsFs {
         mut reply: ReplyDirectory,
     ) {
         // In batches until the reply is full (see Vfs::readdir_batch).
+        // An empty reply means the end to the kernel: an error before the first entry is
+        // reported, never answered with an empty reply.
         let mut off = offset;
+        let mut added = 0usize;
         loop {
             let (entries, more) = match self.vfs.readdir_batch(fh.0, off, DIR_BATCH) {
                 Ok(r) => r,
-                Err(e) if off == offset => return reply.error(errno("readdir", &e)),
+                Err(e) if added == 0 => return reply.error(errno("readdir", &e)),
                 Err(_) => break,
             };
             for (i, e) in entries.iter().enumerate() {
                 if reply.add(INodeNo(e.ino), off + i as u64 + 1, kind(e.kind), &e.name) {
                     return reply.ok();
                 }
+                added += 1;
             }
             match more {
                 Some(next) => off = next,
@@ -530,6 +534,7 @@ impl Filesystem for KmsFs {
         // In batches until the reply is full, so that each entry's backing inode is opened
         // about once per listing (see Vfs::readdir_batch).
         let mut off = offset;
+        let mut added = 0usize;
         loop {
             // Short of descriptors: one entry per reply, so that the directory is unlocked
             // between replies and the kernel can let older names go (see `reclaim`).
@@ -537,9 +542,10 @@ impl Filesystem for KmsFs {
             let batch = if pressed { 1 } else { DIR_BATCH };
             let (entries, more) = match self.vfs.readdirplus_batch(fh.0, off, batch) {
                 Ok(r) => r,
-                // The first entry of this reply failed: say so (the kernel asks again from
-                // here next time, so an entry that exists is never silently left out).
-                Err(e) if off == offset => return reply.error(errno("readdirplus", &e)),
+                // Nothing in this reply yet: say so (an empty reply would mean the end; the
+                // kernel asks again from here next time, so an entry that exists is never
+                // silently left out).
+                Err(e) if added == 0 => return reply.error(errno("readdirplus", &e)),
                 Err(_) => break,
             };
             let mut full = false;
@@ -553,8 +559,11 @@ impl Filesystem for KmsFs {
                         &attr(a),
                         Generation(0),
                     );
-                    if !full && !e.cipher_name.is_empty() {
-                        self.reclaim.seen(&self.vfs, ino.0, &e.name, e.ino);
+                    if !full {
+                        added += 1;
+                        if !e.cipher_name.is_empty() {
+                            self.reclaim.seen(&self.vfs, ino.0, &e.name, a);
+                        }
                     }
                 }
                 // The kernel did not take this entry: give back its lookup.
@@ -658,7 +667,7 @@ impl Filesystem for KmsFs {
             .create(parent.0, name, mode, self.open_flags(flags), &caller(req))
         {
             Ok((a, fh)) => {
-                self.reclaim.seen(&self.vfs, parent.0, name, a.ino);
+                self.reclaim.seen(&self.vfs, parent.0, name, &a);
                 reply.created(
                     &TTL,
                     &attr(&a),

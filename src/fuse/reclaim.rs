@@ -1,11 +1,14 @@
 //! Letting the kernel drop inodes before the daemon runs out of descriptors. Every inode the
 //! kernel holds costs one (`vfs::inode`), and without memory pressure the kernel keeps every
 //! inode it has seen, so a walk over more files than the descriptor limit would end in EMFILE.
-//! Each name the kernel is given is remembered here with its directory; once the inode table
-//! passes 60% of the limit, a thread asks the kernel (FUSE_NOTIFY_INVAL_ENTRY) to drop the
-//! least recently given names until it is back at 40%. Unused inodes then go (FORGET closes
-//! their descriptors); open files and current directories keep theirs. Asking again costs a
-//! lookup, nothing else.
+//! Each name of a non-directory the kernel is given is remembered here with its directory; once
+//! the inode table passes 60% of the limit, a thread asks the kernel (FUSE_NOTIFY_INVAL_ENTRY)
+//! to drop the least recently given names until it is back at 40% (rounds at least 50 ms
+//! apart).
+//! Unused inodes then go (FORGET closes their descriptors); asking again costs a lookup.
+//! Directories are never dropped (a dropped directory that is some process's working
+//! directory makes its getcwd fail), nor files open through kmsfs (their /proc links would
+//! read "(deleted)").
 
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,13 +19,18 @@ use std::time::Duration;
 use dashmap::DashMap;
 use fuser::{INodeNo, Notifier};
 
-use crate::vfs::Vfs;
+use crate::vfs::{Attr, Kind, Vfs};
 
 /// Above this share of the descriptor limit (per mille) names are dropped, down to `LOW`.
 const HIGH: usize = 600;
 const LOW: usize = 400;
 /// How often the limit is read again (it can be changed from outside, `prlimit`).
 const RECHECK: Duration = Duration::from_secs(1);
+/// The least time between two rounds of dropping: the kernel's FORGETs for the last round
+/// arrive meanwhile, so the next round does not count their inodes again.
+const SETTLE: Duration = Duration::from_millis(50);
+/// Names given between two looks at the inode count.
+const CHECK_EVERY: u64 = 64;
 
 #[derive(Default)]
 pub struct Reclaim {
@@ -35,19 +43,15 @@ pub struct Reclaim {
 }
 
 impl Reclaim {
-    /// The kernel was given `ino` as `name` in `parent`.
-    pub fn seen(&self, vfs: &Vfs, parent: u64, name: &OsStr, ino: u64) {
-        if ino <= 1 || crate::vfs::is_control(ino) {
+    /// The kernel was given the inode of `a` as `name` in `parent`.
+    pub fn seen(&self, vfs: &Vfs, parent: u64, name: &OsStr, a: &Attr) {
+        if a.ino <= 1 || a.kind == Kind::Dir || crate::vfs::is_control(a.ino) {
             return;
         }
         let t = self.tick.fetch_add(1, Ordering::Relaxed);
-        self.names.insert(ino, (parent, name.to_owned(), t));
-        let high = self.high.load(Ordering::Relaxed);
-        if high != 0
-            && vfs.node_count() > high
-            && let Some(w) = self.wake.get()
-        {
-            let _ = w.try_send(());
+        self.names.insert(a.ino, (parent, name.to_owned(), t));
+        if t.is_multiple_of(CHECK_EVERY) {
+            let _ = self.pressed(vfs);
         }
     }
 
@@ -81,33 +85,45 @@ impl Reclaim {
                     let Some(me) = me.upgrade() else { return };
                     let limit = limit();
                     me.high.store(limit * HIGH / 1000, Ordering::Relaxed);
-                    me.reclaim(&vfs, &notifier, limit);
+                    if me.reclaim(&vfs, &notifier, limit) {
+                        drop(me);
+                        std::thread::sleep(SETTLE);
+                    }
                 }
             })?;
         Ok(())
     }
 
-    fn reclaim(&self, vfs: &Vfs, notifier: &Notifier, limit: usize) {
+    /// One round; whether any name was dropped.
+    fn reclaim(&self, vfs: &Vfs, notifier: &Notifier, limit: usize) -> bool {
         let count = vfs.node_count();
+        // Names of inodes the kernel has let go: keep the map about as large as the table.
         if count <= limit * HIGH / 1000 {
-            return;
+            if self.names.len() > 2 * count + 1024 {
+                self.names.retain(|ino, _| vfs.knows(*ino));
+            }
+            return false;
         }
         self.names.retain(|ino, _| vfs.knows(*ino));
-        let mut oldest: Vec<(u64, u64, u64, OsString)> = self
+        let mut oldest: Vec<(u64, u64)> = self
             .names
             .iter()
-            .map(|e| {
-                let (parent, name, t) = e.value();
-                (*t, *e.key(), *parent, name.clone())
-            })
+            .filter(|e| !vfs.is_open(*e.key()))
+            .map(|e| (e.value().2, *e.key()))
             .collect();
-        oldest.sort_unstable_by_key(|r| r.0);
-        let excess = count.saturating_sub(limit * LOW / 1000);
-        for (_, ino, parent, name) in oldest.into_iter().take(excess) {
-            self.names.remove(&ino);
-            // The name may be gone or renamed since: then nothing happens.
-            let _ = notifier.inval_entry(INodeNo(parent), &name);
+        let excess = count.saturating_sub(limit * LOW / 1000).min(oldest.len());
+        if excess == 0 {
+            return false;
         }
+        oldest.select_nth_unstable_by_key(excess - 1, |r| r.0);
+        for &(t, ino) in &oldest[..excess] {
+            // Only if not given again meanwhile (then it is no longer among the oldest).
+            if let Some((_, (parent, name, _))) = self.names.remove_if(&ino, |_, v| v.2 == t) {
+                // The name may be gone or renamed since: then nothing happens.
+                let _ = notifier.inval_entry(INodeNo(parent), &name);
+            }
+        }
+        true
     }
 }
 

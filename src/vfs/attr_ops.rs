@@ -141,9 +141,6 @@ impl Vfs {
         self.stat_node(&node)
     }
 
-    /// A write by a process without CAP_FSETID: clears set-user-id, and set-group-id when the
-    /// file is group-executable or the writer is not in its group, as Linux does for local
-    /// file systems. Returns whether the mode changed.
     /// access(2) for `caller`: `mask` is R_OK/W_OK/X_OK bits (F_OK is 0). The kernel asks this
     /// only when it does not check permission bits itself (a mount only root may use, see
     /// `fuse::session`); the answer is what a local file system gives. Root may read and write
@@ -175,6 +172,9 @@ impl Vfs {
         Ok(())
     }
 
+    /// A write by a process without CAP_FSETID: clears set-user-id, and set-group-id when the
+    /// file is group-executable or the writer is not in its group, as Linux does for local
+    /// file systems. Returns whether the mode changed.
     pub fn kill_suidgid(&self, ino: u64, caller: Option<&Caller>) -> Result<bool> {
         if super::is_control(ino) {
             return Ok(false);

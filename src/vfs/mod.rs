@@ -215,6 +215,11 @@ impl Vfs {
         self.inodes.get(ino).is_ok()
     }
 
+    /// Whether inode `ino` is open through a handle.
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.open_files.contains_key(&ino)
+    }
+
     fn node(&self, ino: u64) -> Result<Arc<Node>> {
         self.inodes.get(ino)
     }
