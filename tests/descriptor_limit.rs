@@ -15,6 +15,20 @@ fn names(dir: &Path) -> std::io::Result<Vec<String>> {
         .collect()
 }
 
+/// Lowers the daemon's descriptor limit (soft and hard) to `n`.
+fn limit_descriptors(m: &Mount, n: u64) {
+    let pid = rustix::process::Pid::from_raw(m.pid().expect("daemon pid") as i32).unwrap();
+    rustix::process::prlimit(
+        Some(pid),
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(n),
+            maximum: Some(n),
+        },
+    )
+    .expect("lower the daemon's descriptor limit");
+}
+
 #[test]
 fn running_out_of_descriptors_fails_a_listing_instead_of_shortening_it() {
     let v = Volume::new(&[]);
@@ -30,17 +44,7 @@ fn running_out_of_descriptors_fails_a_listing_instead_of_shortening_it() {
 
     // Cold again, with room for only part of the directory's inodes.
     let m = v.mount();
-    let pid = rustix::process::Pid::from_raw(m.pid().expect("daemon pid") as i32).unwrap();
-    let limit = 1000;
-    rustix::process::prlimit(
-        Some(pid),
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: Some(limit),
-            maximum: Some(limit),
-        },
-    )
-    .expect("lower the daemon's descriptor limit");
+    limit_descriptors(&m, 1000);
     let big = m.path("big");
     let listed = with_timeout(60, move || names(&big));
     match listed {
@@ -69,16 +73,7 @@ fn running_out_of_descriptors_fails_a_listing_instead_of_shortening_it() {
 fn a_tree_larger_than_the_descriptor_limit_can_be_made_and_walked() {
     let v = Volume::new(&[]);
     let m = v.mount();
-    let pid = rustix::process::Pid::from_raw(m.pid().expect("daemon pid") as i32).unwrap();
-    rustix::process::prlimit(
-        Some(pid),
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: Some(1000),
-            maximum: Some(1000),
-        },
-    )
-    .expect("lower the daemon's descriptor limit");
+    limit_descriptors(&m, 1000);
     // The daemon reads its limit again within a second.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let root = m.path("");

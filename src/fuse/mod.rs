@@ -46,13 +46,6 @@ impl KmsFs {
         }
     }
 
-    /// What starts letting the kernel drop inodes when descriptors run short (see `reclaim`),
-    /// once the session and its notifier exist.
-    pub fn reclaim_starter(&self) -> Box<dyn FnOnce(fuser::Notifier) -> io::Result<()> + Send> {
-        let (r, vfs) = (self.reclaim.clone(), self.vfs.clone());
-        Box::new(move |n| r.start(vfs, n))
-    }
-
     /// An entry reply for `name` in `parent`, remembered for reclaiming.
     fn entry_in(
         &self,
@@ -231,6 +224,9 @@ impl Filesystem for KmsFs {
         // 4,370-file tree: 17,757 -> 8,708 getxattr requests), and a chown no longer fetches
         // the attributes first (8,839 -> 4,468 getattr).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // Letting the kernel drop inodes when descriptors run short (see `reclaim`).
+        self.reclaim
+            .start(self.vfs.clone(), self.notifier.clone())?;
         Ok(())
     }
 

@@ -66,8 +66,13 @@ impl Reclaim {
         pressed
     }
 
-    /// Starts the thread that asks the kernel to let names go.
-    pub fn start(self: &Arc<Self>, vfs: Arc<Vfs>, notifier: Notifier) -> std::io::Result<()> {
+    /// Starts the thread that asks the kernel to let names go, through the notifier the
+    /// session puts into `notifier` once it exists.
+    pub fn start(
+        self: &Arc<Self>,
+        vfs: Arc<Vfs>,
+        notifier: Arc<OnceLock<Notifier>>,
+    ) -> std::io::Result<()> {
         let (tx, rx) = sync_channel::<()>(1);
         let _ = self.wake.set(tx);
         self.high.store(limit() * HIGH / 1000, Ordering::Relaxed);
@@ -85,7 +90,10 @@ impl Reclaim {
                     let Some(me) = me.upgrade() else { return };
                     let limit = limit();
                     me.high.store(limit * HIGH / 1000, Ordering::Relaxed);
-                    if me.reclaim(&vfs, &notifier, limit) {
+                    let Some(notifier) = notifier.get() else {
+                        continue;
+                    };
+                    if me.reclaim(&vfs, notifier, limit) {
                         drop(me);
                         std::thread::sleep(SETTLE);
                     }
@@ -127,11 +135,10 @@ impl Reclaim {
     }
 }
 
-/// The descriptor limit now.
+/// The descriptor limit now (kept small enough to multiply by a per-mille share).
 fn limit() -> usize {
     let l = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    l.map_or(usize::MAX / 1000, |n| {
-        usize::try_from(n).unwrap_or(usize::MAX / 1000)
-    })
-    .min(usize::MAX / 1000)
+    l.and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX)
+        .min(usize::MAX / 1000)
 }

@@ -150,10 +150,8 @@ pub fn mount(
     let control = vfs.control().clone();
     let fs = KmsFs::new(vfs, opts.writeback_cache);
     let slot = fs.notifier_slot();
-    let start_reclaim = fs.reclaim_starter();
     let mut session = Session::new(fs, mountpoint, &config)?;
     let _ = slot.set(session.notifier());
-    start_reclaim(session.notifier())?;
     notify_growth(&control, session.notifier())?;
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();

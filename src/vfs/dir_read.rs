@@ -7,10 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
-
-use super::inode::ROOT_INO;
 use rustix::io::Errno;
 
+use super::inode::ROOT_INO;
 use super::{Attr, Kind, Result, Vfs, VfsError};
 use crate::names::{EntryKind, LONG_NAME_SUFFIX};
 
@@ -39,7 +38,6 @@ impl Vfs {
         self.touch();
         let entries = self.list_dir(ino)?;
         if !super::is_control(ino)
-            && !self.opts.no_prefetch
             && let Ok(dir) = self.node(ino)
         {
             self.prefetch.listed(&dir, &entries);

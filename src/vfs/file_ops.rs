@@ -187,10 +187,8 @@ impl Vfs {
             _ => return Err(Errno::INVAL.into()),
         }
         // Before this open's own header read, so the read-ahead overlaps it.
-        if !self.opts.no_prefetch {
-            self.prefetch
-                .opened(node.parent.load(Ordering::Relaxed), ino, &self.control);
-        }
+        self.prefetch
+            .opened(node.parent.load(Ordering::Relaxed), ino, &self.control);
         let of = match self.get_open_file(&node, o.write || o.truncate) {
             Ok(of) => of,
             Err(e) => {

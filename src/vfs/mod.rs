@@ -160,6 +160,7 @@ impl Vfs {
             };
             crate::control::ControlDir::new(km.clone(), facts, root, names)
         };
+        let prefetch = prefetch::Prefetch::new(!opts.no_prefetch);
         Ok(Vfs {
             control,
             activity: AtomicU64::new(0),
@@ -180,7 +181,7 @@ impl Vfs {
             identities: DashMap::new(),
             path_cache: DashMap::new(),
             root_cipher: std::sync::OnceLock::new(),
-            prefetch: prefetch::Prefetch::default(),
+            prefetch,
         })
     }
 

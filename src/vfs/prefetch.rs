@@ -73,6 +73,8 @@ impl Listings {
 
 #[derive(Default)]
 pub(super) struct Prefetch {
+    /// Off with `--no-prefetch`: nothing is remembered or read ahead.
+    enabled: bool,
     dirs: Mutex<Listings>,
     /// The thread, started on first use (`None`: it could not be started).
     worker: OnceLock<Option<SyncSender<Job>>>,
@@ -85,8 +87,18 @@ impl std::fmt::Debug for Prefetch {
 }
 
 impl Prefetch {
+    pub fn new(enabled: bool) -> Self {
+        Prefetch {
+            enabled,
+            ..Default::default()
+        }
+    }
+
     /// Remembers the listing of `dir` (taken by opendir); starts its count of opens afresh.
     pub fn listed(&self, dir: &Arc<Node>, entries: &[DirEntry]) {
+        if !self.enabled {
+            return;
+        }
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for e in entries {
@@ -124,6 +136,9 @@ impl Prefetch {
 
     /// File `ino`, last seen in directory `dir_ino`, was opened.
     pub fn opened(&self, dir_ino: u64, ino: u64, control: &Arc<ControlDir>) {
+        if !self.enabled {
+            return;
+        }
         let job = {
             let mut l = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
             l.tick += 1;
