@@ -1696,6 +1696,131 @@ fn readdir_dot_dotdot_inode_numbers_and_types() {
     fx.finish();
 }
 
+/// A whole listing with `telldir` before each entry: (name, position of that entry).
+fn listing_with_positions(dir: &Path) -> Vec<(Vec<u8>, libc::c_long)> {
+    let c = cs(dir);
+    // SAFETY: opendir/telldir/readdir/closedir on a valid C string; names are copied before
+    // the next readdir call.
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        assert!(!d.is_null(), "opendir: {}", io::Error::last_os_error());
+        let mut out = Vec::new();
+        loop {
+            let pos = libc::telldir(d);
+            let e = libc::readdir64(d);
+            if e.is_null() {
+                break;
+            }
+            out.push((
+                CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec(),
+                pos,
+            ));
+        }
+        libc::closedir(d);
+        out
+    }
+}
+
+/// The names from `seekdir(pos)` to the end of a fresh stream.
+fn names_from(dir: &Path, pos: libc::c_long) -> Vec<Vec<u8>> {
+    let c = cs(dir);
+    // SAFETY: as in `listing_with_positions`.
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        assert!(!d.is_null(), "opendir: {}", io::Error::last_os_error());
+        libc::seekdir(d, pos);
+        let mut out = Vec::new();
+        loop {
+            let e = libc::readdir64(d);
+            if e.is_null() {
+                break;
+            }
+            out.push(CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec());
+        }
+        libc::closedir(d);
+        out
+    }
+}
+
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Directories are listed without open handles: offsets are positions in the backing
+/// directory, and the kernel caches listings. `seekdir` to any `telldir` position (in a new
+/// stream) continues exactly there; a listing taken again after each kind of change shows the
+/// change (the cached one is dropped); `rewinddir` on an open stream sees a file made since.
+#[test]
+fn seekdir_telldir_and_listings_after_changes() {
+    let fx = Fx::new();
+    fx.run(120, |root, log| {
+        let dir = root.join("d");
+        fs::create_dir(&dir).unwrap();
+        for k in 0..500 {
+            let name = format!("e{k:03}-{}", "m".repeat(k % 120));
+            fs::write(dir.join(name), b"").unwrap();
+        }
+        let all = listing_with_positions(&dir);
+        log.rec("entries", all.len());
+        let mut ok = Vec::new();
+        for k in [0, 1, 2, 3, 37, 250, 498, 501] {
+            let tail: Vec<Vec<u8>> = all[k..].iter().map(|(n, _)| n.clone()).collect();
+            ok.push((k, names_from(&dir, all[k].1) == tail));
+        }
+        log.rec("seekdir continues at the telldir position", ok);
+
+        // Each change shows in the next listing (the first one below is cached).
+        let sub = root.join("sub");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("a"), b"1").unwrap();
+        log.rec("listing", sorted_names(&sub));
+        log.rec("listing again", sorted_names(&sub));
+        fs::write(sub.join("b"), b"2").unwrap();
+        log.rec("after create", sorted_names(&sub));
+        fs::rename(sub.join("a"), sub.join("c")).unwrap();
+        log.rec("after rename", sorted_names(&sub));
+        fs::rename(sub.join("c"), dir.join("moved")).unwrap();
+        log.rec("after rename out", sorted_names(&sub));
+        log.rec(
+            "target has it",
+            sorted_names(&dir).contains(&"moved".to_string()),
+        );
+        fs::hard_link(sub.join("b"), sub.join("b2")).unwrap();
+        std::os::unix::fs::symlink("b", sub.join("s")).unwrap();
+        fs::create_dir(sub.join("dd")).unwrap();
+        log.rec("after link, symlink, mkdir", sorted_names(&sub));
+        fs::remove_file(sub.join("b")).unwrap();
+        fs::remove_dir(sub.join("dd")).unwrap();
+        log.rec("after unlink, rmdir", sorted_names(&sub));
+
+        // rewinddir on an open stream sees a file made after the stream was opened.
+        let c = cs(&sub);
+        let seen_new = unsafe {
+            let d = libc::opendir(c.as_ptr());
+            while !libc::readdir64(d).is_null() {}
+            fs::write(sub.join("late"), b"").unwrap();
+            libc::rewinddir(d);
+            let mut found = false;
+            loop {
+                let e = libc::readdir64(d);
+                if e.is_null() {
+                    break;
+                }
+                found |= CStr::from_ptr((*e).d_name.as_ptr()).to_bytes() == b"late";
+            }
+            libc::closedir(d);
+            found
+        };
+        log.rec("rewinddir sees a new file", seen_new);
+    });
+    fx.finish();
+}
+
 #[test]
 fn long_names_255_bytes() {
     let fx = Fx::new();

@@ -175,6 +175,14 @@ impl ControlDir {
         self.nodes.ino(&Node::Root)
     }
 
+    /// The directories whose listing follows the key store (`keys/`, `aliases/`).
+    pub fn store_dirs(&self) -> [u64; 2] {
+        [
+            self.nodes.ino(&Node::KeysDir),
+            self.nodes.ino(&Node::AliasesDir),
+        ]
+    }
+
     pub fn attr(&self, n: &Node) -> CtlAttr {
         let size = match n {
             Node::Alias(a) => self.alias_target(a).map_or(0, |t| t.len() as u64),

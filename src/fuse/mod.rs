@@ -1,6 +1,7 @@
 //! The thin fuser adapter: each callback turns a request into one `Vfs` call and the result into
 //! a reply. No file-system logic lives here; errors map through [`VfsError::errno`] in one place.
 
+mod listings;
 mod reclaim;
 mod session;
 
@@ -34,6 +35,10 @@ pub struct KmsFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// Names given to the kernel, to let it drop inodes when descriptors run short.
     reclaim: Arc<reclaim::Reclaim>,
+    /// The kernel lists directories without OPENDIR (FUSE_NO_OPENDIR_SUPPORT).
+    no_opendir: bool,
+    /// Keeps the kernel's cached listings of `keys/` and `aliases/` fresh.
+    listings: Arc<listings::ControlListings>,
 }
 
 impl KmsFs {
@@ -43,6 +48,8 @@ impl KmsFs {
             writeback_cache,
             notifier: Arc::default(),
             reclaim: Arc::default(),
+            no_opendir: false,
+            listings: Arc::default(),
         }
     }
 
@@ -61,6 +68,14 @@ impl KmsFs {
         entry(reply, op, r);
     }
 
+    /// After a write, flush or release of a control file (which may have changed the key
+    /// store): the kernel's cached control listings follow, before the reply.
+    fn after_control(&self, fh: FileHandle) {
+        if crate::vfs::is_control_handle(fh.0) {
+            self.listings.sync(&self.vfs, self.notifier.get());
+        }
+    }
+
     /// Where the session puts its notifier.
     pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
         self.notifier.clone()
@@ -77,9 +92,6 @@ impl KmsFs {
         }
     }
 }
-
-/// Directory entries prepared per step while filling a readdir reply.
-const DIR_BATCH: usize = 64;
 
 fn caller(req: &Request) -> Caller {
     Caller {
@@ -224,9 +236,19 @@ impl Filesystem for KmsFs {
         // 4,370-file tree: 17,757 -> 8,708 getxattr requests), and a chown no longer fetches
         // the attributes first (8,839 -> 4,468 getattr).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // Directories are listed without OPENDIR/RELEASEDIR (see `vfs::dir_read`): the first
+        // OPENDIR is answered ENOSYS, after which the kernel sends none and keeps listings in
+        // its cache (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR) until the directory changes through
+        // the mount. Cold `du` of a 4,370-file tree: 1,861 -> 921 requests.
+        self.no_opendir = config
+            .add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         // Letting the kernel drop inodes when descriptors run short (see `reclaim`).
-        self.reclaim
-            .start(self.vfs.clone(), self.notifier.clone())?;
+        self.reclaim.start(
+            self.vfs.clone(),
+            self.notifier.clone(),
+            self.listings.clone(),
+        )?;
         Ok(())
     }
 
@@ -438,7 +460,9 @@ impl Filesystem for KmsFs {
                 Err(e) => return reply.error(errno("write", &e)),
             }
         }
-        match self.vfs.write(fh.0, offset, data) {
+        let r = self.vfs.write(fh.0, offset, data);
+        self.after_control(fh);
+        match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", &e)),
         }
@@ -452,7 +476,9 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "flush", self.vfs.flush(fh.0));
+        let r = self.vfs.flush(fh.0);
+        self.after_control(fh);
+        empty(reply, "flush", r);
     }
 
     fn release(
@@ -465,7 +491,9 @@ impl Filesystem for KmsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, "release", self.vfs.release(fh.0));
+        let r = self.vfs.release(fh.0);
+        self.after_control(fh);
+        empty(reply, "release", r);
     }
 
     fn fsync(
@@ -480,8 +508,20 @@ impl Filesystem for KmsFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
+        // A kernel that must open directories: no handle is needed all the same, and the
+        // kernel may cache listings of real directories (control listings change by
+        // themselves, they are not cached).
         match self.vfs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(()) if crate::vfs::is_control(ino.0) => {
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(e) => reply.error(errno("opendir", &e)),
         }
     }
@@ -489,104 +529,71 @@ impl Filesystem for KmsFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        // In batches until the reply is full (see Vfs::readdir_batch).
-        // An empty reply means the end to the kernel: an error before the first entry is
-        // reported, never answered with an empty reply.
-        let mut off = offset;
-        let mut added = 0usize;
-        loop {
-            let (entries, more) = match self.vfs.readdir_batch(fh.0, off, DIR_BATCH) {
-                Ok(r) => r,
-                Err(e) if added == 0 => return reply.error(errno("readdir", &e)),
-                Err(_) => break,
-            };
-            for (i, e) in entries.iter().enumerate() {
-                if reply.add(INodeNo(e.ino), off + i as u64 + 1, kind(e.kind), &e.name) {
-                    return reply.ok();
-                }
-                added += 1;
-            }
-            match more {
-                Some(next) => off = next,
-                None => break,
-            }
+        // Until the reply is full; the entry that did not fit is where the next request
+        // starts. An empty reply means the end to the kernel: an error before the first entry
+        // is reported, never answered with an empty reply.
+        let r = self.vfs.readdir_with(ino.0, offset, |next, e| {
+            !reply.add(INodeNo(e.ino), next, kind(e.kind), &e.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("readdir", &e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        // In batches until the reply is full, so that each entry's backing inode is opened
-        // about once per listing (see Vfs::readdir_batch).
-        let mut off = offset;
-        let mut added = 0usize;
-        loop {
-            // Short of descriptors: one entry per reply, so that the directory is unlocked
-            // between replies and the kernel can let older names go (see `reclaim`).
-            let pressed = self.reclaim.pressed(&self.vfs);
-            let batch = if pressed { 1 } else { DIR_BATCH };
-            let (entries, more) = match self.vfs.readdirplus_batch(fh.0, off, batch) {
-                Ok(r) => r,
-                // Nothing in this reply yet: say so (an empty reply would mean the end; the
-                // kernel asks again from here next time, so an entry that exists is never
-                // silently left out).
-                Err(e) if added == 0 => return reply.error(errno("readdirplus", &e)),
-                Err(_) => break,
-            };
-            let mut full = false;
-            for (next, e, a) in &entries {
-                if !full {
-                    full = reply.add(
-                        INodeNo(e.ino),
-                        *next,
-                        &e.name,
-                        &ttl(a.ino),
-                        &attr(a),
-                        Generation(0),
-                    );
-                    if !full {
-                        added += 1;
-                        if !e.cipher_name.is_empty() {
-                            self.reclaim.seen(&self.vfs, ino.0, &e.name, a);
-                        }
-                    }
+        // Short of descriptors: one entry per reply, so that the directory is unlocked
+        // between replies and the kernel can let older names go (see `reclaim`).
+        let limit = if self.reclaim.pressed(&self.vfs) {
+            1
+        } else {
+            usize::MAX
+        };
+        let r = self
+            .vfs
+            .readdirplus_with(ino.0, offset, limit, |next, e, a| {
+                let full = reply.add(
+                    INodeNo(e.ino),
+                    next,
+                    &e.name,
+                    &ttl(a.ino),
+                    &attr(a),
+                    Generation(0),
+                );
+                if !full && !e.cipher_name.is_empty() {
+                    self.reclaim.seen(&self.vfs, ino.0, &e.name, a);
                 }
-                // The kernel did not take this entry: give back its lookup.
-                if full && !e.cipher_name.is_empty() {
-                    self.vfs.forget(e.ino, 1);
-                }
-            }
-            if pressed && entries.iter().any(|(_, e, _)| !e.cipher_name.is_empty()) {
-                break;
-            }
-            match more {
-                Some(next) if !full => off = next,
-                _ => break,
-            }
+                !full
+            });
+        match r {
+            Ok(()) => reply.ok(),
+            // Nothing in this reply yet: say so (an empty reply would mean the end; the
+            // kernel asks again from here next time, so an entry that exists is never
+            // silently left out).
+            Err(e) => reply.error(errno("readdirplus", &e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.vfs.releasedir(fh.0);
         reply.ok();
     }
 

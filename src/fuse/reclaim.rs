@@ -72,6 +72,7 @@ impl Reclaim {
         self: &Arc<Self>,
         vfs: Arc<Vfs>,
         notifier: Arc<OnceLock<Notifier>>,
+        listings: Arc<super::listings::ControlListings>,
     ) -> std::io::Result<()> {
         let (tx, rx) = sync_channel::<()>(1);
         let _ = self.wake.set(tx);
@@ -93,6 +94,9 @@ impl Reclaim {
                     let Some(notifier) = notifier.get() else {
                         continue;
                     };
+                    // Key-store changes not made through a control file (a deletion window
+                    // ending): the same thread, once a second.
+                    listings.sync(&vfs, Some(notifier));
                     if me.reclaim(&vfs, notifier, limit) {
                         drop(me);
                         std::thread::sleep(SETTLE);

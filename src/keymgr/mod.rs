@@ -142,6 +142,8 @@ pub struct KeyManager {
     >,
     policy_hits: std::sync::atomic::AtomicU64,
     policy_misses: std::sync::atomic::AtomicU64,
+    /// Changes persisted since it was opened (see [`KeyManager::generation`]).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -162,6 +164,7 @@ impl KeyManager {
             policies: Default::default(),
             policy_hits: Default::default(),
             policy_misses: Default::default(),
+            changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -301,7 +304,15 @@ impl KeyManager {
                 "could not save the key store: {e}"
             )));
         }
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(out)
+    }
+
+    /// A number that moves whenever a change to the store is persisted (keys, aliases, …), so
+    /// that views of the store (the control directory's listings) know to refresh.
+    pub fn generation(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Time-driven work: automatic rotations and deletions whose window has passed. Persists only

@@ -91,7 +91,8 @@ pub struct Vfs {
     block_size: u32,
     inodes: InodeTable,
     handles: DashMap<u64, Handle>,
-    dirs: DashMap<u64, dir_read::DirHandle>,
+    /// Backing directories kept open where a listing stopped.
+    dir_cursors: dir_read::Cursors,
     /// One shared content state per open inode, with its handle count.
     open_files: DashMap<u64, (Arc<OpenFile>, usize)>,
     next_fh: AtomicU64,
@@ -171,7 +172,7 @@ impl Vfs {
             block_size,
             inodes: InodeTable::new(fd, st.st_ino),
             handles: DashMap::new(),
-            dirs: DashMap::new(),
+            dir_cursors: Default::default(),
             open_files: DashMap::new(),
             next_fh: AtomicU64::new(1),
             chown_new: rustix::process::geteuid().is_root(),
@@ -190,11 +191,12 @@ impl Vfs {
         self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Requests served so far, and whether any file or directory is open (for `--idle`).
+    /// Requests served so far, and whether any file is open (for `--idle`; directories are
+    /// listed without being opened, see `dir_read`).
     pub fn activity(&self) -> (u64, bool) {
         (
             self.activity.load(Ordering::Relaxed),
-            !self.handles.is_empty() || !self.dirs.is_empty() || self.control.has_open_files(),
+            !self.handles.is_empty() || self.control.has_open_files(),
         )
     }
 

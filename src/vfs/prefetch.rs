@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustix::fs::{Advice, FileType, Mode, OFlags};
 
-use super::Kind;
-use super::dir_read::DirEntry;
 use super::inode::Node;
 use crate::control::ControlDir;
 
@@ -94,44 +92,63 @@ impl Prefetch {
         }
     }
 
-    /// Remembers the listing of `dir` (taken by opendir); starts its count of opens afresh.
-    pub fn listed(&self, dir: &Arc<Node>, entries: &[DirEntry]) {
-        if !self.enabled {
+    /// Remembers the regular files (inode number, cipher name) of the part of `dir`'s listing
+    /// the kernel just took, in order. `start`: the listing starts here (from its first entry),
+    /// so the directory's files and its count of opens start afresh; otherwise the files are
+    /// added to the listing remembered.
+    pub fn listed(&self, dir: &Arc<Node>, start: bool, files: Vec<(u64, OsString)>) {
+        if !self.enabled || (files.is_empty() && !start) {
             return;
-        }
-        let mut files = Vec::new();
-        let mut index = HashMap::new();
-        for e in entries {
-            if e.kind == Kind::File && !e.cipher_name.is_empty() {
-                index.insert(e.ino, files.len());
-                files.push(e.cipher_name.clone());
-            }
         }
         let mut l = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
-        l.remove(dir.ino);
-        if files.len() < 2 || files.len() > FILES_MAX {
-            return;
+        if start {
+            l.remove(dir.ino);
+            while l.dirs.len() >= DIRS_MAX {
+                match l.dirs.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
+                    Some(oldest) => l.remove(oldest),
+                    None => break,
+                }
+            }
+            l.tick += 1;
+            let used = l.tick;
+            l.dirs.insert(
+                dir.ino,
+                DirState {
+                    dir: Arc::downgrade(dir),
+                    files: Vec::new(),
+                    index: HashMap::new(),
+                    queued: Vec::new(),
+                    opens: 0,
+                    used,
+                },
+            );
         }
-        while l.dirs.len() >= DIRS_MAX || l.files + files.len() > FILES_MAX {
-            match l.dirs.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
+        let n = files.len();
+        while l.files + n > FILES_MAX {
+            match l
+                .dirs
+                .iter()
+                .filter(|(k, _)| **k != dir.ino)
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| *k)
+            {
                 Some(oldest) => l.remove(oldest),
                 None => break,
             }
         }
-        l.tick += 1;
-        l.files += files.len();
-        let used = l.tick;
-        l.dirs.insert(
-            dir.ino,
-            DirState {
-                dir: Arc::downgrade(dir),
-                queued: vec![false; files.len()],
-                files,
-                index,
-                opens: 0,
-                used,
-            },
-        );
+        let Some(st) = l.dirs.get_mut(&dir.ino) else {
+            return;
+        };
+        if st.files.len() + n > FILES_MAX || !Weak::ptr_eq(&st.dir, &Arc::downgrade(dir)) {
+            l.remove(dir.ino);
+            return;
+        }
+        for (ino, name) in files {
+            st.index.insert(ino, st.files.len());
+            st.files.push(name);
+            st.queued.push(false);
+        }
+        l.files += n;
     }
 
     /// File `ino`, last seen in directory `dir_ino`, was opened.
