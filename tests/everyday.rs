@@ -172,7 +172,15 @@ fn idle_mount_unmounts_itself() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mnt = v.mnt.clone();
-    with_timeout(30, move || {
+    with_timeout(40, move || {
+        // An open directory keeps it mounted (kmsfs does not see it: directories are listed
+        // without OPENDIR; the kernel refuses the unmount, and kmsfs stays).
+        std::fs::create_dir(mnt.join("dir")).unwrap();
+        let mut d = std::fs::read_dir(mnt.join("dir")).unwrap();
+        std::thread::sleep(Duration::from_millis(3500));
+        assert!(is_mounted(&mnt), "unmounted while a directory was open");
+        assert!(d.next().is_none());
+        drop(d);
         // An open file keeps it mounted.
         let f = std::fs::File::create(mnt.join("held")).unwrap();
         std::thread::sleep(Duration::from_millis(2500));

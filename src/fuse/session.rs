@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -145,7 +145,7 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     if let Some(idle) = opts.idle {
-        watch_idle(vfs.clone(), idle)?;
+        watch_idle(vfs.clone(), idle, mountpoint.to_path_buf())?;
     }
     let control = vfs.control().clone();
     let fs = KmsFs::new(vfs, opts.writeback_cache);
@@ -167,11 +167,7 @@ pub fn mount(
                 }
             }
             let sig = b[0];
-            if sig == IDLE {
-                tracing::info!("idle: unmounting");
-            } else {
-                tracing::info!("signal {sig}: unmounting");
-            }
+            tracing::info!("signal {sig}: unmounting");
             if let Err(e) = unmounter.unmount() {
                 // Typically EBUSY for a moment: the kernel releases a just-closed file
                 // asynchronously. fuser gives up its handle on the first failure, so retry
@@ -226,12 +222,11 @@ fn notify_growth(
 /// How long pushes to growing control files are gathered before they are sent.
 const NOTIFY_GATHER_MS: u64 = 20;
 
-/// What the idle watcher writes to the signal pipe (no signal has number 0).
-const IDLE: u8 = 0;
-
-/// Unmounts (through the signal pipe) once no request came for `idle` and nothing is open, as
-/// gocryptfs `-idle` does.
-fn watch_idle(vfs: Arc<Vfs>, idle: std::time::Duration) -> io::Result<()> {
+/// Unmounts once no request came for `idle` and no file is open, as gocryptfs `-idle` does.
+/// Directories are listed without being opened (see `vfs::dir_read`), so an open directory or
+/// a working directory inside the mount is not seen here; the kernel sees them: the unmount is
+/// never lazy, and while it is refused (EBUSY) the mount stays and the wait starts again.
+fn watch_idle(vfs: Arc<Vfs>, idle: std::time::Duration, mountpoint: PathBuf) -> io::Result<()> {
     let step = (idle / 4).clamp(
         std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(10),
@@ -249,44 +244,53 @@ fn watch_idle(vfs: Arc<Vfs>, idle: std::time::Duration) -> io::Result<()> {
                     since = std::time::Instant::now();
                     continue;
                 }
-                if since.elapsed() >= idle {
-                    on_term_signal_byte(IDLE);
-                    return;
+                if since.elapsed() < idle {
+                    continue;
                 }
+                tracing::info!("idle: unmounting");
+                // A file closed just now is released a moment later: a few tries.
+                for _ in 0..5 {
+                    if fusermount(&mountpoint, false) {
+                        // The session ends by itself (its device is closed by the kernel).
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                tracing::info!(
+                    "idle, but the mount is in use (a working or open directory): staying mounted"
+                );
+                last = vfs.activity().0;
+                since = std::time::Instant::now();
             }
         })?;
     Ok(())
 }
 
-fn on_term_signal_byte(b: u8) {
-    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: `fd` is the pipe's write end, open for the life of the process.
-        unsafe { libc::write(fd, (&raw const b).cast(), 1) };
+/// `fusermount3 -u [-z] MOUNTPOINT`; whether it succeeded.
+fn fusermount(mp: &Path, lazy: bool) -> bool {
+    let mut c = std::process::Command::new("fusermount3");
+    c.arg("-u");
+    if lazy {
+        c.arg("-z");
     }
+    c.arg(mp)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// `fusermount3 -u` for up to 3 s, then `fusermount3 -u -z`.
 fn unmount_retrying(mp: &Path) {
-    let run = |lazy: bool| {
-        let mut c = std::process::Command::new("fusermount3");
-        c.arg("-u");
-        if lazy {
-            c.arg("-z");
-        }
-        c.arg(mp)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while std::time::Instant::now() < deadline {
-        if run(false) {
+        if fusermount(mp, false) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    if !run(true) {
+    if !fusermount(mp, true) {
         tracing::error!("could not unmount {}", mp.display());
     }
 }
