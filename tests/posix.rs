@@ -2436,6 +2436,19 @@ fn fallocate_modes_in(mount_args: &[&'static str]) {
         log.rec("size after keep size", f.metadata().unwrap().len());
         log.rec("bad length", fa(0, 0, 0));
         log.rec("negative offset", fa(0, -1, 10));
+        // Zeroing: inside, across block boundaries, keeping the size past the end, extending.
+        let zr = libc::FALLOC_FL_ZERO_RANGE;
+        log.rec("zero range inside", fa(zr, 100, 5000));
+        log.rec(
+            "zero range keep size",
+            fa(zr | libc::FALLOC_FL_KEEP_SIZE, 13_000, 9_000),
+        );
+        log.rec(
+            "size after zero range keep size",
+            f.metadata().unwrap().len(),
+        );
+        log.rec("zero range extend", fa(zr, 13_500, 3_000));
+        log.rec("size after zero range extend", f.metadata().unwrap().len());
         drop(f);
         log.bytes("content", fs::read(&p).unwrap());
         let ro = File::open(&p).unwrap();
@@ -2456,7 +2469,7 @@ fn fallocate_modes_in(mount_args: &[&'static str]) {
             )
         });
         assert_eq!(r, Err(libc::EOPNOTSUPP));
-        assert_eq!(f.metadata().unwrap().len(), 14_000);
+        assert_eq!(f.metadata().unwrap().len(), 16_500);
     });
     fx.finish();
 }

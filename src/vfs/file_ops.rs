@@ -34,8 +34,9 @@ impl OpenOptions {
     }
 }
 
-/// FALLOC_FL_KEEP_SIZE
-const FALLOC_KEEP_SIZE: i32 = 1;
+/// FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
+const FALLOC_KEEP_SIZE: i32 = 0x01;
+const FALLOC_ZERO_RANGE: i32 = 0x10;
 
 impl Vfs {
     /// Opens the backing file read-write if possible (one descriptor serves every handle of the
@@ -452,21 +453,26 @@ impl Vfs {
     }
 
     /// fallocate(2): mode 0 extends the file (the range is stored as encrypted zeros, so it is
-    /// allocated); KEEP_SIZE succeeds without change; hole punching is not supported.
+    /// allocated); KEEP_SIZE succeeds without change; ZERO_RANGE stores encrypted zeros over the
+    /// range (allocated zeros, as the call promises), extending the file unless KEEP_SIZE; hole
+    /// punching and range collapsing or inserting are not supported (EOPNOTSUPP: zeroed blocks
+    /// cannot be left out of a file whose every block is authenticated).
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         self.check_writable()?;
         let (f, _) = self.handle_file(fh)?;
+        let end = offset
+            .checked_add(length)
+            .ok_or(VfsError::Invalid("offset + length overflows"))?;
         match mode {
             0 => {
-                let end = offset
-                    .checked_add(length)
-                    .ok_or(VfsError::Invalid("offset + length overflows"))?;
                 if end > f.size() {
                     f.truncate(end)?;
                 }
                 Ok(())
             }
             FALLOC_KEEP_SIZE => Ok(()),
+            FALLOC_ZERO_RANGE => f.zero_range(offset, end, false),
+            m if m == FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE => f.zero_range(offset, end, true),
             _ => Err(VfsError::NotSupported("fallocate mode")),
         }
     }

@@ -301,6 +301,32 @@ impl OpenFile {
         }
     }
 
+    /// Zeros `[off, end)`: stores encrypted zeros over the part inside the file and, unless
+    /// `keep_size`, extends the file to `end`.
+    pub fn zero_range(&self, off: u64, end: u64, keep_size: bool) -> Result<()> {
+        let mut st = self.write_state();
+        if !st.writable {
+            return Err(VfsError::Sys(rustix::io::Errno::BADF));
+        }
+        let zeros = vec![0u8; ZERO_CHUNK as usize];
+        let mut at = off;
+        while at < end.min(st.size) {
+            let n = (end.min(st.size) - at).min(ZERO_CHUNK);
+            self.write_locked(&mut st, at, &zeros[..n as usize])?;
+            at += n;
+        }
+        if !keep_size && end > st.size {
+            let old_size = st.size;
+            if let Err(e) = self.extend_zeros(&mut st, end) {
+                if st.size != old_size && self.truncate_locked(&mut st, old_size).is_err() {
+                    tracing::error!(file = %self.label(), "could not undo a failed zero-range extension");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the plaintext size.
     pub fn truncate(&self, new_size: u64) -> Result<()> {
         let mut st = self.write_state();
