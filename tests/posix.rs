@@ -1774,6 +1774,36 @@ fn seekdir_telldir_and_listings_after_changes() {
         }
         log.rec("seekdir continues at the telldir position", ok);
 
+        // Listings abandoned part-way, then changes all over the directory: the next listing
+        // is the directory as it is now.
+        for round in 0..3 {
+            for n in [3usize, 40, 120] {
+                let c = cs(&dir);
+                unsafe {
+                    let d = libc::opendir(c.as_ptr());
+                    for _ in 0..n {
+                        libc::readdir64(d);
+                    }
+                    libc::closedir(d);
+                }
+            }
+            for k in (round..500).step_by(37) {
+                let _ = fs::remove_file(dir.join(format!("e{k:03}-{}", "m".repeat(k % 120))));
+            }
+            for k in 0..5 {
+                fs::write(dir.join(format!("late-{round}-{k}")), b"").unwrap();
+            }
+            let names = sorted_names(&dir);
+            let n = names.len();
+            let mut d = names.clone();
+            d.dedup();
+            log.rec(format!("round {round}: entries, distinct"), (n, d.len()));
+            log.bytes(
+                format!("round {round}: listing"),
+                names.join("\n").into_bytes(),
+            );
+        }
+
         // Each change shows in the next listing (the first one below is cached).
         let sub = root.join("sub");
         fs::create_dir(&sub).unwrap();

@@ -96,7 +96,7 @@ impl Reclaim {
                     };
                     // Key-store changes not made through a control file (a deletion window
                     // ending): the same thread, once a second.
-                    listings.sync(&vfs, Some(notifier));
+                    listings.periodic(&vfs, notifier);
                     if me.reclaim(&vfs, notifier, limit) {
                         drop(me);
                         std::thread::sleep(SETTLE);

@@ -266,19 +266,36 @@ fn watch_idle(vfs: Arc<Vfs>, idle: std::time::Duration, mountpoint: PathBuf) -> 
     Ok(())
 }
 
-/// `fusermount3 -u [-z] MOUNTPOINT`; whether it succeeded.
+/// `fusermount3 -u [-z] MOUNTPOINT` (or, for root where there is no fusermount3, umount2(2));
+/// whether it succeeded.
 fn fusermount(mp: &Path, lazy: bool) -> bool {
     let mut c = std::process::Command::new("fusermount3");
     c.arg("-u");
     if lazy {
         c.arg("-z");
     }
-    c.arg(mp)
+    match c
+        .arg(mp)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+    {
+        Ok(s) => s.success(),
+        Err(_) if rustix::process::geteuid().is_root() => {
+            use std::os::unix::ffi::OsStrExt;
+            let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_bytes()) else {
+                return false;
+            };
+            let flags = if lazy { libc::MNT_DETACH } else { 0 };
+            // SAFETY: a valid NUL-terminated path; umount2 reads it only.
+            unsafe { libc::umount2(c.as_ptr(), flags) == 0 }
+        }
+        Err(e) => {
+            tracing::warn!("cannot run fusermount3: {e}");
+            false
+        }
+    }
 }
 
 /// `fusermount3 -u` for up to 3 s, then `fusermount3 -u -z`.

@@ -72,6 +72,7 @@ impl Vfs {
         if r.is_err() && wrote {
             self.remove_side_file(dir, cn);
         }
+        dir.entries_changed();
         r
     }
 
@@ -154,9 +155,12 @@ impl Vfs {
         if Kind::from_mode(st.st_mode) != Kind::Dir {
             return Err(Errno::NOTDIR.into());
         }
-        self.remove_dir_contents_and_dir(&dir, &cn.entry)?;
-        self.remove_side_file(&dir, &cn);
-        Ok(())
+        let r = self.remove_dir_contents_and_dir(&dir, &cn.entry);
+        if r.is_ok() {
+            self.remove_side_file(&dir, &cn);
+        }
+        dir.entries_changed();
+        r
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -166,9 +170,12 @@ impl Vfs {
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
         crate::fault::check("unlink")?;
-        rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty())?;
-        self.remove_side_file(&dir, &cn);
-        Ok(())
+        let r = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
+        if r.is_ok() {
+            self.remove_side_file(&dir, &cn);
+        }
+        dir.entries_changed();
+        Ok(r?)
     }
 
     pub fn rename(
@@ -211,12 +218,16 @@ impl Vfs {
             if wrote {
                 self.remove_side_file(&to_dir, &to);
             }
+            from_dir.entries_changed();
+            to_dir.entries_changed();
             return Err(e.into());
         }
         // After an exchange both names still exist; otherwise the old name is gone.
         if flags & RENAME_EXCHANGE == 0 && !(from_dir.ino == to_dir.ino && from.entry == to.entry) {
             self.remove_side_file(&from_dir, &from);
         }
+        from_dir.entries_changed();
+        to_dir.entries_changed();
         Ok(())
     }
 

@@ -246,17 +246,23 @@ impl Vfs {
         };
         let dir_id = self.dir_id(dir)?;
         let at_root = dir.ino == ROOT_INO;
+        // Where the kernel goes on from: after the last entry it took.
+        let mut resume = pos;
         loop {
             if !cur.fill()? {
                 return Ok(());
             }
             let raw = &cur.pending[0];
             let next = raw.next;
-            if let Some(e) = self.decode_entry(dir, &cur.fd, &dir_id, at_root, raw)?
-                && !take(next, e)?
-            {
-                self.dir_cursors.put(cur);
-                return Ok(());
+            if let Some(e) = self.decode_entry(dir, &cur.fd, &dir_id, at_root, raw)? {
+                if !take(next, e)? {
+                    // Kept for the request that goes on from `resume`: the entries passed
+                    // over since then are passed over again in any listing.
+                    cur.at = resume;
+                    self.dir_cursors.put(cur);
+                    return Ok(());
+                }
+                resume = next;
             }
             cur.advance();
         }
@@ -281,7 +287,7 @@ impl Vfs {
             EntryKind::Long => {
                 let mut side = name.to_vec();
                 side.extend_from_slice(LONG_NAME_SUFFIX.as_bytes());
-                match super::read_small_at(fd, OsStr::from_bytes(&side)) {
+                match read_side_file(fd, OsStr::from_bytes(&side))? {
                     Some(enc) => self.names.decrypt(dir_id, &enc),
                     None => Err(crate::names::NameError::Undecryptable),
                 }
@@ -318,6 +324,20 @@ impl Vfs {
     }
 }
 
+/// The long name kept beside a long entry (`None`: there is none). Any other error fails the
+/// listing: skipping the entry would hide a file that exists (and the kernel would keep that
+/// listing in its cache).
+fn read_side_file(dir: &OwnedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let fd = match rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf)?;
+    Ok(Some(buf))
+}
+
 /// The offset after `..`: where the backing listing starts.
 const LISTING_START: u64 = 2;
 
@@ -343,6 +363,8 @@ struct RawEntry {
 /// An open backing directory positioned at an offset, with the entries read but not served.
 pub(super) struct Cursor {
     dir: Weak<Node>,
+    /// The directory's count of changes before anything was read (see `Node::entry_changes`).
+    changes: u64,
     /// The offset the next entry served has (what the kernel passes to continue).
     at: u64,
     fd: OwnedFd,
@@ -353,6 +375,7 @@ pub(super) struct Cursor {
 impl Cursor {
     /// A cursor at `offset` (see [`Vfs::stream_dir`]; [`LISTING_START`]: the beginning).
     fn open(dir: &Arc<Node>, offset: u64) -> Result<Cursor> {
+        let changes = dir.entry_changes();
         let fd = rustix::fs::openat(
             &dir.fd,
             ".",
@@ -365,6 +388,7 @@ impl Cursor {
         }
         Ok(Cursor {
             dir: Arc::downgrade(dir),
+            changes,
             at: offset,
             fd,
             pending: VecDeque::new(),
@@ -419,9 +443,13 @@ const CURSORS_MAX: usize = 16;
 pub(super) struct Cursors(Mutex<VecDeque<Cursor>>);
 
 impl Cursors {
+    /// A cursor of `dir` at `offset` read after the directory's last change (a cursor read
+    /// before it could hold removed entries and miss new ones; those are closed).
     fn take(&self, dir: &Arc<Node>, offset: u64) -> Option<Cursor> {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let me = Arc::downgrade(dir);
+        let now = dir.entry_changes();
+        q.retain(|c| !Weak::ptr_eq(&c.dir, &me) || c.changes == now);
         let i = q
             .iter()
             .position(|c| c.at == offset && Weak::ptr_eq(&c.dir, &me))?;

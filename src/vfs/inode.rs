@@ -33,6 +33,9 @@ pub struct Node {
     /// The directory the node was last looked up in (0: not known). A hint for building its
     /// plaintext path: checked against the node's cipher path before use.
     pub parent: AtomicU64,
+    /// Changes to the entries of this directory made through the mount, counted after each
+    /// (a listing read before the count moved is stale: see `dir_read::Cursors`).
+    changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -45,6 +48,16 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
+    /// Records that an entry of this directory was made, removed or renamed.
+    pub fn entries_changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The count of changes to this directory's entries.
+    pub fn entry_changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// `/proc/self/fd/N`: reopens the backing file through its `O_PATH` descriptor.
     pub fn proc_path(&self) -> String {
         use std::os::fd::AsRawFd;
@@ -69,6 +82,7 @@ impl InodeTable {
                 lookups: AtomicU64::new(1),
                 dir_id: OnceLock::new(),
                 parent: AtomicU64::new(0),
+                changes: AtomicU64::new(0),
             }),
         );
         InodeTable {
@@ -112,6 +126,7 @@ impl InodeTable {
                     lookups: AtomicU64::new(1),
                     dir_id: OnceLock::new(),
                     parent: AtomicU64::new(0),
+                    changes: AtomicU64::new(0),
                 });
                 v.insert(n.clone());
                 n

@@ -433,6 +433,8 @@ fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8
 }
 
 #[cfg(test)]
+mod dir_read_tests;
+#[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
 mod path_tests;

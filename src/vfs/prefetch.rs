@@ -124,6 +124,13 @@ impl Prefetch {
             );
         }
         let n = files.len();
+        // A listing too long to remember: forget it (before making room for it).
+        if l.dirs.get(&dir.ino).is_none_or(|st| {
+            st.files.len() + n > FILES_MAX || !Weak::ptr_eq(&st.dir, &Arc::downgrade(dir))
+        }) {
+            l.remove(dir.ino);
+            return;
+        }
         while l.files + n > FILES_MAX {
             match l
                 .dirs
@@ -139,10 +146,6 @@ impl Prefetch {
         let Some(st) = l.dirs.get_mut(&dir.ino) else {
             return;
         };
-        if st.files.len() + n > FILES_MAX || !Weak::ptr_eq(&st.dir, &Arc::downgrade(dir)) {
-            l.remove(dir.ino);
-            return;
-        }
         for (ino, name) in files {
             st.index.insert(ino, st.files.len());
             st.files.push(name);

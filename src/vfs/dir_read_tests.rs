@@ -1,0 +1,148 @@
+//! Listings without open handles: a listing continued in parts (as the kernel asks, a reply
+//! at a time) or after a listing that stopped part-way is always the directory as it is now,
+//! whatever backing directory was kept open from before (`Cursors`), and every part continues
+//! exactly where the last one ended.
+
+use std::collections::BTreeSet;
+
+use super::Vfs;
+use super::test_support::{caller, new_volume, open};
+
+/// Lists `dir` the way the kernel does: replies of at most `per_reply` entries, each request
+/// starting at the offset after the last entry taken. Returns the names (without . and ..).
+fn list_in_parts(v: &Vfs, dir: u64, per_reply: usize, plus: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut off = 0;
+    loop {
+        let mut got = 0usize;
+        let mut last = off;
+        let mut take = |next: u64, name: &std::ffi::OsStr| {
+            if got == per_reply {
+                return false;
+            }
+            got += 1;
+            last = next;
+            let n = name.to_string_lossy().into_owned();
+            if n != "." && n != ".." {
+                names.push(n);
+            }
+            true
+        };
+        if plus {
+            v.readdirplus_with(dir, off, usize::MAX, |next, e, a| {
+                let took = take(next, &e.name);
+                if took && !e.cipher_name.is_empty() {
+                    v.forget(a.ino, 1);
+                }
+                took
+            })
+            .expect("readdirplus");
+        } else {
+            v.readdir_with(dir, off, |next, e| take(next, &e.name))
+                .expect("readdir");
+        }
+        if got == 0 {
+            return names;
+        }
+        off = last;
+    }
+}
+
+/// Starts a listing and abandons it after `n` entries (a program that stops reading early).
+fn abandon_after(v: &Vfs, dir: u64, n: usize) {
+    let mut got = 0;
+    v.readdir_with(dir, 0, |_, _| {
+        got += 1;
+        got <= n
+    })
+    .expect("readdir");
+}
+
+fn create(v: &Vfs, dir: u64, name: &str) {
+    let (_, fh) = v
+        .create(dir, name.as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    v.release(fh).expect("release");
+}
+
+#[test]
+fn a_listing_after_changes_is_the_directory_as_it_is_now() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    let dir = v
+        .mkdir(1, "d".as_ref(), 0o755, &caller())
+        .expect("mkdir")
+        .ino;
+    let mut expect = BTreeSet::new();
+    for i in 0..200 {
+        let name = format!("f-{i:03}");
+        create(&v, dir, &name);
+        expect.insert(name);
+    }
+    for plus in [false, true] {
+        for round in 0..6 {
+            // Listings that stop part-way leave backing directories open at many offsets.
+            for n in [5, 20, 21, 77] {
+                abandon_after(&v, dir, n);
+            }
+            // Then the directory changes: entries go and come, everywhere in the listing.
+            for i in (round..200).step_by(17) {
+                let name = format!("f-{i:03}");
+                if expect.remove(&name) {
+                    v.unlink(dir, name.as_ref()).expect("unlink");
+                }
+            }
+            for i in 0..9 {
+                let name = format!("new-{plus}-{round}-{i}");
+                create(&v, dir, &name);
+                expect.insert(name);
+            }
+            let from = "f-100";
+            if expect.remove(from) {
+                let to = format!("renamed-{plus}-{round}");
+                v.rename(dir, from.as_ref(), dir, to.as_ref(), 0)
+                    .expect("rename");
+                expect.insert(to);
+            }
+            for per_reply in [20, 7, 1000] {
+                let got = list_in_parts(&v, dir, per_reply, plus);
+                let set: BTreeSet<String> = got.iter().cloned().collect();
+                assert_eq!(
+                    got.len(),
+                    set.len(),
+                    "a name came twice ({per_reply} per reply)"
+                );
+                assert_eq!(
+                    set, expect,
+                    "round {round}, {per_reply} per reply, plus {plus}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_and_dotdot_come_first_and_offsets_resume_exactly() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    let dir = v
+        .mkdir(1, "d".as_ref(), 0o755, &caller())
+        .expect("mkdir")
+        .ino;
+    for i in 0..50 {
+        create(&v, dir, &format!("{i}"));
+    }
+    let all = v.readdir(dir, 0).expect("readdir");
+    assert_eq!(all[0].1.name, ".");
+    assert_eq!(all[0].1.ino, dir);
+    assert_eq!(all[1].1.name, "..");
+    assert_eq!(all[1].1.ino, 1);
+    assert_eq!(all.len(), 52);
+    // Going on from any entry's offset gives exactly the rest.
+    for k in 0..all.len() {
+        let rest = v.readdir(dir, all[k].0).expect("readdir from offset");
+        let want: Vec<_> = all[k + 1..].iter().map(|(_, e)| e.name.clone()).collect();
+        let got: Vec<_> = rest.iter().map(|(_, e)| e.name.clone()).collect();
+        assert_eq!(got, want, "from the offset after entry {k}");
+    }
+}
