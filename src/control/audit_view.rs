@@ -11,10 +11,18 @@ use std::sync::Mutex;
 use super::node::{KeyFile, Node, Top};
 use super::{ControlDir, CtlError, CtlResult};
 use crate::format::KeyId;
-use crate::keymgr::audit::{AuditKeys, AuditRecord, read_all};
+use crate::keymgr::audit::{AuditKeys, AuditRecord, LogPos, read_from};
 
 /// All records (`None`) or those of one key.
 type View = Option<KeyId>;
+
+/// How far a reader of a view has got: the newest record it was given and the place in the
+/// log after it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ViewPos {
+    last_seq: Option<u64>,
+    log: Option<LogPos>,
+}
 
 /// Tracked length (and the newest sequence number counted) of each view in use.
 #[derive(Default)]
@@ -35,45 +43,50 @@ fn line(r: &AuditRecord) -> Vec<u8> {
     l
 }
 
-impl Views {
-    /// The sequence number of the last line of a rendered view.
-    pub fn last_seq_of(&self, content: &[u8]) -> Option<u64> {
-        let body = content.strip_suffix(b"\n")?;
-        let start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        serde_json::from_slice::<AuditRecord>(&body[start..])
-            .ok()
-            .map(|r| r.seq)
-    }
-}
-
 impl ControlDir {
+    #[cfg(test)]
     pub(super) fn records(&self) -> CtlResult<Vec<AuditRecord>> {
+        self.records_from(None).map(|(r, _)| r)
+    }
+
+    /// The records after `pos` (all when `None`) and where the log was read to.
+    fn records_from(&self, pos: Option<LogPos>) -> CtlResult<(Vec<AuditRecord>, Option<LogPos>)> {
         let Some(log) = self.audit.get() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), pos));
         };
         let keys = AuditKeys::new(&self.km.volume_secret());
         let control = log.dir().parent().unwrap_or(log.dir());
-        read_all(control, &keys)
+        read_from(control, &keys, pos)
+            .map(|(r, at)| (r, Some(at)))
             .map_err(|e| CtlError::new(libc::EIO, format!("reading the audit log: {e}")))
     }
 
-    /// The view's lines after sequence number `after` (all when `None`), and the newest
-    /// sequence number among them.
+    /// The view's lines after `from` (all from the default), and the place after them. Only
+    /// the log after `from` is read: following the log costs what was added.
     pub(super) fn view_lines(
         &self,
         view: Option<KeyId>,
-        after: Option<u64>,
-    ) -> CtlResult<(Vec<u8>, Option<u64>)> {
+        from: ViewPos,
+    ) -> CtlResult<(Vec<u8>, ViewPos)> {
         let mut out = Vec::new();
-        let mut last = None;
-        for r in self.records()? {
-            if after.is_some_and(|a| r.seq <= a) || !matches(view, &r) {
+        let mut last = from.last_seq;
+        let (records, log) = self.records_from(from.log)?;
+        for r in records {
+            // After retention removed the segment `from` was in, the log is read from its
+            // beginning: what was shown already is not shown again.
+            if from.last_seq.is_some_and(|a| r.seq <= a) || !matches(view, &r) {
                 continue;
             }
             out.extend_from_slice(&line(&r));
             last = Some(r.seq);
         }
-        Ok((out, last))
+        Ok((
+            out,
+            ViewPos {
+                last_seq: last,
+                log,
+            },
+        ))
     }
 
     fn view_of(n: &Node) -> Option<Option<KeyId>> {
@@ -96,11 +109,11 @@ impl ControlDir {
         if let Some((len, _)) = g.get(&view) {
             return *len;
         }
-        let Ok((content, last)) = self.view_lines(view, None) else {
+        let Ok((content, at)) = self.view_lines(view, ViewPos::default()) else {
             return 0;
         };
         let len = content.len() as u64;
-        g.insert(view, (len, last));
+        g.insert(view, (len, at.last_seq));
         len
     }
 

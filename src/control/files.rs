@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
+use super::audit_view::ViewPos;
 use super::exec::{Authority, Executor};
 use super::node::{KeyFile, Node, Top};
 use super::request::{GrantSpec, Request, RuleDoc};
@@ -23,8 +24,8 @@ pub(super) struct CtlHandle {
     content: Mutex<Vec<u8>>,
     /// Bytes written and not yet applied.
     pending: Mutex<Vec<u8>>,
-    /// For `audit` files: the newest sequence number in `content`.
-    last_seq: Mutex<Option<u64>>,
+    /// For `audit` files: the newest record in `content` and where reading the log goes on.
+    view_pos: Mutex<ViewPos>,
     /// Bytes written through the handle, and for `request` how many had been written when the
     /// response was made: reads continue from the write position (`exec 3<>request`), so the
     /// response starts at that offset (and at 0 for `pread`).
@@ -141,6 +142,12 @@ impl ControlDir {
     /// The document of a readable file. `who` is `None` for a size estimate: no decision, no
     /// record.
     fn content(&self, n: &Node, who: Option<&Identity>) -> CtlResult<Vec<u8>> {
+        self.content_at(n, who).map(|(c, _)| c)
+    }
+
+    /// [`ControlDir::content`], and for an audit view the place in the log it reaches.
+    fn content_at(&self, n: &Node, who: Option<&Identity>) -> CtlResult<(Vec<u8>, ViewPos)> {
+        let mut at = ViewPos::default();
         let quiet = Executor {
             km: &self.km,
             audit: None,
@@ -162,7 +169,7 @@ impl ControlDir {
                 None => Ok(()),
             }
         };
-        Ok(match n {
+        let content = match n {
             Node::File(Top::Readme) => README.as_bytes().to_vec(),
             Node::File(Top::Status) => {
                 check("kms:DescribeVolume", None, "DescribeVolume")?;
@@ -185,7 +192,9 @@ impl ControlDir {
                     _ => None,
                 };
                 check("kms:ReadAuditLog", key, "ReadAuditLog")?;
-                self.view_lines(key, None)?.0
+                let (c, pos) = self.view_lines(key, ViewPos::default())?;
+                at = pos;
+                c
             }
             Node::KeyFile(k, f) => {
                 let key = Self::key_str(k);
@@ -212,7 +221,8 @@ impl ControlDir {
                 }
             }
             _ => return Err(CtlError::new(libc::EISDIR, "is a directory")),
-        })
+        };
+        Ok((content, at))
     }
 
     /// The document without a decision or record (for `stat` sizes).
@@ -242,16 +252,10 @@ impl ControlDir {
                 "OpenForWrite",
             )?;
         }
-        let content = if reads && !matches!(node, Node::File(Top::Request)) {
-            self.content(&node, Some(&who))?
+        let (content, view_pos) = if reads && !matches!(node, Node::File(Top::Request)) {
+            self.content_at(&node, Some(&who))?
         } else {
-            Vec::new()
-        };
-        let last_seq = match &node {
-            Node::File(Top::Audit) | Node::KeyFile(_, KeyFile::Audit) => {
-                self.views.last_seq_of(&content)
-            }
-            _ => None,
+            Default::default()
         };
         let fh = self.new_fh();
         self.handles.insert(
@@ -261,7 +265,7 @@ impl ControlDir {
                 who,
                 content: Mutex::new(content),
                 pending: Mutex::new(Vec::new()),
-                last_seq: Mutex::new(last_seq),
+                view_pos: Mutex::new(view_pos),
                 written: Default::default(),
                 response_base: Default::default(),
             },
@@ -313,11 +317,9 @@ impl ControlDir {
         if let Some(key) = audit_key
             && off >= c.len() as u64
         {
-            let mut last = h.last_seq.lock().unwrap_or_else(|p| p.into_inner());
-            let (more, seq) = self.view_lines(key, *last)?;
-            if seq.is_some() {
-                *last = seq;
-            }
+            let mut at = h.view_pos.lock().unwrap_or_else(|p| p.into_inner());
+            let (more, next) = self.view_lines(key, *at)?;
+            *at = next;
             c.extend_from_slice(&more);
         }
         let off = if matches!(h.node, Node::File(Top::Request)) {

@@ -28,7 +28,9 @@ mod writer;
 
 pub use record::{Actor, AuditRecord, Checkpoint, Decision as AuditDecision, Resources, Source};
 pub use retention::{BASE_FILE, Base};
-pub use verify::{Finding, VerifyReport, read_all, verify, verify_with_progress};
+pub use verify::{
+    Finding, LogPos, VerifyReport, read_all, read_from, verify, verify_with_progress,
+};
 pub use writer::AuditLog;
 
 use crate::crypto::{Aead, Key256, SignKey, hkdf_subkey};

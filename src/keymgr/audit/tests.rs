@@ -380,3 +380,53 @@ fn killed_right_after_a_segment_roll_goes_on_from_the_last_entry() {
     assert!(r.ok(), "{:?}", r.findings);
     assert_eq!(r.chain_starts, 2, "the new log and the unclean shutdown");
 }
+
+#[test]
+fn reading_from_a_place_gives_exactly_what_came_after_it() {
+    let (_t, c) = segmented_log();
+    let seqs = |v: &[AuditRecord]| v.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let (all, end) = read_from(&c, &keys(), None).unwrap();
+    assert_eq!(seqs(&all), seqs(&read_all(&c, &keys()).unwrap()));
+    // Nothing new: nothing read, the place stays.
+    let (none, same) = read_from(&c, &keys(), Some(end)).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(same, end);
+    // New records, across a new segment: exactly those.
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 100..105 {
+        l.append(rec(i)).unwrap();
+    }
+    l.start_new_segment().unwrap();
+    for i in 105..108 {
+        l.append(rec(i)).unwrap();
+    }
+    let (new, end2) = read_from(&c, &keys(), Some(end)).unwrap();
+    let paths: Vec<_> = new
+        .iter()
+        .filter_map(|r| r.resources.path.clone())
+        .collect();
+    let want: Vec<_> = (100..108).map(|i| format!("/secret/plans-{i}.txt")).collect();
+    assert_eq!(paths, want);
+    let (all2, _) = read_from(&c, &keys(), None).unwrap();
+    assert_eq!(seqs(&all2)[all.len()..], seqs(&new)[..]);
+    // A line still being written is left for later.
+    let last = end2.segment;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(seg(&c, last))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"partial"))
+        .unwrap();
+    let (none, end3) = read_from(&c, &keys(), Some(end2)).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(end3, end2);
+    // A place in a segment that is gone reads from the beginning.
+    let gone = LogPos {
+        segment: 999,
+        offset: 5,
+    };
+    assert_eq!(
+        seqs(&read_from(&c, &keys(), Some(gone)).unwrap().0),
+        seqs(&all2)
+    );
+    drop(l);
+}

@@ -119,8 +119,29 @@ fn segments(dir: &Path) -> Vec<u64> {
     v
 }
 
-/// Every entry of the log, in file order, plus the decrypted records.
+/// Every record of the log, in order.
 pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<AuditRecord>> {
+    read_from(control_dir, keys, None).map(|(r, _)| r)
+}
+
+/// A place in the log: a segment and a byte offset in it, at the start of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPos {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// The records after `pos` (all when `None`), and the place after the last whole line read (a
+/// line still being written is left for the next call). Reads only from `pos` on, so following
+/// a growing log costs what was added, not the whole log. A `pos` whose segment is gone (removed
+/// by retention) reads from the beginning: callers that must not see a record twice also
+/// compare sequence numbers.
+pub fn read_from(
+    control_dir: &Path,
+    keys: &AuditKeys,
+    pos: Option<LogPos>,
+) -> std::io::Result<(Vec<AuditRecord>, LogPos)> {
+    use std::io::{Read, Seek, SeekFrom};
     let dir = control_dir.join(super::AUDIT_DIR);
     let mut out = Vec::new();
     // Segments older than a valid base are leftovers of an interrupted removal.
@@ -128,9 +149,21 @@ pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<Aud
         .ok()
         .flatten()
         .map_or(1, |b| b.segment);
-    for s in segments(&dir).into_iter().filter(|s| *s >= from) {
-        let data = std::fs::read(dir.join(segment_name(s)))?;
-        for e in decode_lines(keys, &data) {
+    let segs: Vec<u64> = segments(&dir).into_iter().filter(|s| *s >= from).collect();
+    let pos = pos.filter(|p| segs.contains(&p.segment));
+    let mut at = pos.unwrap_or(LogPos {
+        segment: segs.first().copied().unwrap_or(from),
+        offset: 0,
+    });
+    let first = at;
+    for s in segs.into_iter().filter(|s| *s >= first.segment) {
+        let start = if s == first.segment { first.offset } else { 0 };
+        let mut f = std::fs::File::open(dir.join(segment_name(s)))?;
+        f.seek(SeekFrom::Start(start))?;
+        let mut data = Vec::new();
+        f.read_to_end(&mut data)?;
+        let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        for e in decode_lines(keys, &data[..whole]) {
             if e.kind != KIND_CHECKPOINT
                 && let Some(r) = e
                     .json
@@ -140,8 +173,12 @@ pub fn read_all(control_dir: &Path, keys: &AuditKeys) -> std::io::Result<Vec<Aud
                 out.push(r);
             }
         }
+        at = LogPos {
+            segment: s,
+            offset: start + whole as u64,
+        };
     }
-    Ok(out)
+    Ok((out, at))
 }
 
 /// Verifies the whole log: chain, sequence, decryption, checkpoint signatures, segments, head,
