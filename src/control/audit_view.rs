@@ -1,6 +1,8 @@
 //! The audit log as JSON Lines: `.kmsfs/audit` (every record) and `keys/<id>/audit` (the
-//! records about one key). A handle renders the log when opened and fetches newer records when a
-//! read reaches its end. For `tail -f` the file's size must grow with the log: the length of each
+//! records about one key). An open view is not kept rendered: opening it scans the log once
+//! and remembers, every [`INDEX_EVERY`] records, the offset in the view and the place in the
+//! log there; a read renders only the part asked for from the nearest such place, and a read at
+//! the end reads only the records added since. For `tail -f` the file's size must grow with the log: the length of each
 //! view is tracked as records are appended, and every new line is pushed to the kernel (with the
 //! FUSE writeback cache the kernel keeps a regular file's size itself and ignores the size in
 //! later attribute replies).
@@ -11,7 +13,7 @@ use std::sync::Mutex;
 use super::node::{KeyFile, Node, Top};
 use super::{ControlDir, CtlError, CtlResult};
 use crate::format::KeyId;
-use crate::keymgr::audit::{AuditKeys, AuditRecord, LogPos, read_from};
+use crate::keymgr::audit::{AuditKeys, AuditRecord, LogPos, Scan, scan_from};
 
 /// All records (`None`) or those of one key.
 type View = Option<KeyId>;
@@ -22,6 +24,26 @@ type View = Option<KeyId>;
 pub(super) struct ViewPos {
     last_seq: Option<u64>,
     log: Option<LogPos>,
+}
+
+/// Records of a view between two places an open view remembers.
+const INDEX_EVERY: u64 = 512;
+/// A read renders at least this much of the view (the next reads of `cat` are then served
+/// from it).
+const RENDER_AT_LEAST: usize = 256 * 1024;
+
+/// An open audit view (see the module documentation).
+pub(super) struct OpenView {
+    view: View,
+    /// (offset in the view, the place in the log before the record at that offset), every
+    /// [`INDEX_EVERY`] records, the first at 0.
+    index: Vec<(u64, ViewPos)>,
+    /// The view's length so far, its records, and the place after the last one.
+    len: u64,
+    records: u64,
+    end: ViewPos,
+    /// The part rendered last: its offset in the view and its bytes.
+    cache: (u64, Vec<u8>),
 }
 
 /// Tracked length (and the newest sequence number counted) of each view in use.
@@ -46,47 +68,149 @@ fn line(r: &AuditRecord) -> Vec<u8> {
 impl ControlDir {
     #[cfg(test)]
     pub(super) fn records(&self) -> CtlResult<Vec<AuditRecord>> {
-        self.records_from(None).map(|(r, _)| r)
+        let mut out = Vec::new();
+        self.scan(None, |r, _| {
+            out.push(r);
+            true
+        })?;
+        Ok(out)
     }
 
-    /// The records after `pos` (all when `None`) and where the log was read to.
-    fn records_from(&self, pos: Option<LogPos>) -> CtlResult<(Vec<AuditRecord>, Option<LogPos>)> {
+    /// [`scan_from`] over the mounted volume's log (nothing when there is none).
+    fn scan(
+        &self,
+        pos: Option<LogPos>,
+        f: impl FnMut(AuditRecord, LogPos) -> bool,
+    ) -> CtlResult<Scan> {
         let Some(log) = self.audit.get() else {
-            return Ok((Vec::new(), pos));
+            return Ok(Scan {
+                end: pos.unwrap_or(LogPos {
+                    segment: 0,
+                    offset: 0,
+                }),
+                restarted: false,
+            });
         };
         let keys = AuditKeys::new(&self.km.volume_secret());
         let control = log.dir().parent().unwrap_or(log.dir());
-        read_from(control, &keys, pos)
-            .map(|(r, at)| (r, Some(at)))
+        scan_from(control, &keys, pos, f)
             .map_err(|e| CtlError::new(libc::EIO, format!("reading the audit log: {e}")))
     }
 
-    /// The view's lines after `from` (all from the default), and the place after them. Only
-    /// the log after `from` is read: following the log costs what was added.
-    pub(super) fn view_lines(
-        &self,
-        view: Option<KeyId>,
-        from: ViewPos,
-    ) -> CtlResult<(Vec<u8>, ViewPos)> {
-        let mut out = Vec::new();
+    /// Opens a view: one pass over the log to learn its length and where to start reading
+    /// each part of it.
+    pub(super) fn open_view(&self, view: View) -> CtlResult<OpenView> {
+        let mut v = OpenView {
+            view,
+            index: vec![(0, ViewPos::default())],
+            len: 0,
+            records: 0,
+            end: ViewPos::default(),
+            cache: (0, Vec::new()),
+        };
+        self.extend_view(&mut v, false)?;
+        Ok(v)
+    }
+
+    /// Adds the records after the view's end (their lines too when `keep`, as the cached part).
+    fn extend_view(&self, v: &mut OpenView, keep: bool) -> CtlResult<()> {
+        let from = v.end;
+        let start = v.len;
+        let mut bytes = Vec::new();
         let mut last = from.last_seq;
-        let (records, log) = self.records_from(from.log)?;
-        for r in records {
-            // After retention removed the segment `from` was in, the log is read from its
-            // beginning: what was shown already is not shown again.
-            if from.last_seq.is_some_and(|a| r.seq <= a) || !matches(view, &r) {
-                continue;
+        let mut before = from;
+        let scan = self.scan(from.log, |r, after| {
+            if from.last_seq.is_some_and(|a| r.seq <= a) {
+                return true;
             }
-            out.extend_from_slice(&line(&r));
             last = Some(r.seq);
-        }
-        Ok((
-            out,
-            ViewPos {
+            if matches(v.view, &r) {
+                if v.records > 0 && v.records.is_multiple_of(INDEX_EVERY) {
+                    v.index.push((v.len, before));
+                }
+                let l = line(&r);
+                v.len += l.len() as u64;
+                v.records += 1;
+                if keep {
+                    bytes.extend_from_slice(&l);
+                }
+            }
+            before = ViewPos {
                 last_seq: last,
-                log,
-            },
-        ))
+                log: Some(after),
+            };
+            true
+        })?;
+        v.end = ViewPos {
+            last_seq: last,
+            log: Some(scan.end),
+        };
+        if keep && !bytes.is_empty() {
+            v.cache = (start, bytes);
+        }
+        Ok(())
+    }
+
+    /// Bytes `[off, off + size)` of an open view; a read at its end first takes in the records
+    /// added since.
+    pub(super) fn read_view(&self, v: &mut OpenView, off: u64, size: u32) -> CtlResult<Vec<u8>> {
+        if off >= v.len {
+            self.extend_view(v, true)?;
+        }
+        let end = v.len.min(off.saturating_add(u64::from(size)));
+        if off >= end {
+            return Ok(Vec::new());
+        }
+        let (c_off, c) = &v.cache;
+        if !(off >= *c_off && end <= c_off + c.len() as u64) {
+            self.render_part(v, off, end)?;
+        }
+        let (c_off, c) = &v.cache;
+        Ok(c[(off - c_off) as usize..(end - c_off) as usize].to_vec())
+    }
+
+    /// Renders the view from the remembered place at or before `off` until `end` (and at
+    /// least [`RENDER_AT_LEAST`] bytes, within the view's length) into the cache.
+    fn render_part(&self, v: &mut OpenView, off: u64, end: u64) -> CtlResult<()> {
+        let i = v
+            .index
+            .partition_point(|(o, _)| *o <= off)
+            .saturating_sub(1);
+        let (start, pos) = v.index[i];
+        let stop = v.len.min(end.max(start + RENDER_AT_LEAST as u64));
+        let mut bytes = Vec::new();
+        let view = v.view;
+        let scan = self.scan(pos.log, |r, _| {
+            if pos.last_seq.is_some_and(|a| r.seq <= a) {
+                return true;
+            }
+            if matches(view, &r) {
+                bytes.extend_from_slice(&line(&r));
+            }
+            start + (bytes.len() as u64) < stop
+        })?;
+        if scan.restarted || start + (bytes.len() as u64) < end {
+            return Err(CtlError::new(
+                libc::EIO,
+                "the audit log was shortened (retention) while this view was open: open it again",
+            ));
+        }
+        bytes.truncate((stop - start) as usize);
+        v.cache = (start, bytes);
+        Ok(())
+    }
+
+    /// The length of a view, by one pass over the log (nothing rendered is kept).
+    fn measure_view(&self, view: View) -> CtlResult<(u64, Option<u64>)> {
+        let (mut len, mut last) = (0u64, None);
+        self.scan(None, |r, _| {
+            if matches(view, &r) {
+                len += line(&r).len() as u64;
+                last = Some(r.seq);
+            }
+            true
+        })?;
+        Ok((len, last))
     }
 
     fn view_of(n: &Node) -> Option<Option<KeyId>> {
@@ -109,11 +233,10 @@ impl ControlDir {
         if let Some((len, _)) = g.get(&view) {
             return *len;
         }
-        let Ok((content, at)) = self.view_lines(view, ViewPos::default()) else {
+        let Ok((len, last)) = self.measure_view(view) else {
             return 0;
         };
-        let len = content.len() as u64;
-        g.insert(view, (len, at.last_seq));
+        g.insert(view, (len, last));
         len
     }
 

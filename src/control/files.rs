@@ -1,4 +1,5 @@
-//! Reading and writing control files. Reads render a document when the file is opened (after
+//! Reading and writing control files. Reads render a document when the file is opened (audit
+//! views excepted: they are read by parts, see `audit_view`) (after
 //! the key policy allowed it; the access is audited). Writes are gathered per handle and applied
 //! as soon as they form a complete document (a JSON value, or a line for the text files), or at
 //! flush; an incomplete or invalid document fails with EINVAL (EACCES when the policy denies) and
@@ -9,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
-use super::audit_view::ViewPos;
+use super::audit_view::OpenView;
 use super::exec::{Authority, Executor};
 use super::node::{KeyFile, Node, Top};
 use super::request::{GrantSpec, Request, RuleDoc};
@@ -24,8 +25,8 @@ pub(super) struct CtlHandle {
     content: Mutex<Vec<u8>>,
     /// Bytes written and not yet applied.
     pending: Mutex<Vec<u8>>,
-    /// For `audit` files: the newest record in `content` and where reading the log goes on.
-    view_pos: Mutex<ViewPos>,
+    /// For `audit` files (read for): the open view (`content` stays empty).
+    view: Option<Mutex<OpenView>>,
     /// Bytes written through the handle, and for `request` how many had been written when the
     /// response was made: reads continue from the write position (`exec 3<>request`), so the
     /// response starts at that offset (and at 0 for `pread`).
@@ -145,9 +146,14 @@ impl ControlDir {
         self.content_at(n, who).map(|(c, _)| c)
     }
 
-    /// [`ControlDir::content`], and for an audit view the place in the log it reaches.
-    fn content_at(&self, n: &Node, who: Option<&Identity>) -> CtlResult<(Vec<u8>, ViewPos)> {
-        let mut at = ViewPos::default();
+    /// [`ControlDir::content`]; an audit view is opened instead (read by parts, see
+    /// `audit_view`).
+    fn content_at(
+        &self,
+        n: &Node,
+        who: Option<&Identity>,
+    ) -> CtlResult<(Vec<u8>, Option<OpenView>)> {
+        let mut at = None;
         let quiet = Executor {
             km: &self.km,
             audit: None,
@@ -192,9 +198,8 @@ impl ControlDir {
                     _ => None,
                 };
                 check("kms:ReadAuditLog", key, "ReadAuditLog")?;
-                let (c, pos) = self.view_lines(key, ViewPos::default())?;
-                at = pos;
-                c
+                at = Some(self.open_view(key)?);
+                Vec::new()
             }
             Node::KeyFile(k, f) => {
                 let key = Self::key_str(k);
@@ -252,10 +257,10 @@ impl ControlDir {
                 "OpenForWrite",
             )?;
         }
-        let (content, view_pos) = if reads && !matches!(node, Node::File(Top::Request)) {
+        let (content, view) = if reads && !matches!(node, Node::File(Top::Request)) {
             self.content_at(&node, Some(&who))?
         } else {
-            Default::default()
+            (Vec::new(), None)
         };
         let fh = self.new_fh();
         self.handles.insert(
@@ -265,7 +270,7 @@ impl ControlDir {
                 who,
                 content: Mutex::new(content),
                 pending: Mutex::new(Vec::new()),
-                view_pos: Mutex::new(view_pos),
+                view: view.map(Mutex::new),
                 written: Default::default(),
                 response_base: Default::default(),
             },
@@ -307,21 +312,13 @@ impl ControlDir {
 
     pub fn read(&self, fh: u64, off: u64, size: u32) -> CtlResult<Vec<u8>> {
         let h = self.handle(fh)?;
-        let mut c = h.content.lock().unwrap_or_else(|p| p.into_inner());
-        let audit_key = match &h.node {
-            Node::File(Top::Audit) => Some(None),
-            Node::KeyFile(k, KeyFile::Audit) => Some(Some(*k)),
-            _ => None,
-        };
-        // Following a growing log (`tail -f`): a read at the end fetches newer records.
-        if let Some(key) = audit_key
-            && off >= c.len() as u64
-        {
-            let mut at = h.view_pos.lock().unwrap_or_else(|p| p.into_inner());
-            let (more, next) = self.view_lines(key, *at)?;
-            *at = next;
-            c.extend_from_slice(&more);
+        // An audit view: read by parts; following a growing log (`tail -f`), a read at the end
+        // takes in the newer records.
+        if let Some(v) = &h.view {
+            let mut v = v.lock().unwrap_or_else(|p| p.into_inner());
+            return self.read_view(&mut v, off, size);
         }
+        let c = h.content.lock().unwrap_or_else(|p| p.into_inner());
         let off = if matches!(h.node, Node::File(Top::Request)) {
             off.saturating_sub(h.response_base.load(Ordering::Relaxed))
         } else {

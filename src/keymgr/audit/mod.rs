@@ -29,7 +29,8 @@ mod writer;
 pub use record::{Actor, AuditRecord, Checkpoint, Decision as AuditDecision, Resources, Source};
 pub use retention::{BASE_FILE, Base};
 pub use verify::{
-    Finding, LogPos, VerifyReport, read_all, read_from, verify, verify_with_progress,
+    Finding, LogPos, Scan, VerifyReport, read_all, read_from, scan_from, verify,
+    verify_with_progress,
 };
 pub use writer::AuditLog;
 

@@ -405,7 +405,9 @@ fn reading_from_a_place_gives_exactly_what_came_after_it() {
         .iter()
         .filter_map(|r| r.resources.path.clone())
         .collect();
-    let want: Vec<_> = (100..108).map(|i| format!("/secret/plans-{i}.txt")).collect();
+    let want: Vec<_> = (100..108)
+        .map(|i| format!("/secret/plans-{i}.txt"))
+        .collect();
     assert_eq!(paths, want);
     let (all2, _) = read_from(&c, &keys(), None).unwrap();
     assert_eq!(seqs(&all2)[all.len()..], seqs(&new)[..]);

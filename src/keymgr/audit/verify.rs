@@ -141,44 +141,83 @@ pub fn read_from(
     keys: &AuditKeys,
     pos: Option<LogPos>,
 ) -> std::io::Result<(Vec<AuditRecord>, LogPos)> {
+    let mut out = Vec::new();
+    let scan = scan_from(control_dir, keys, pos, |r, _| {
+        out.push(r);
+        true
+    })?;
+    Ok((out, scan.end))
+}
+
+/// How a [`scan_from`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// The place after the last record handed over (or after the last whole line read).
+    pub end: LogPos,
+    /// `pos` was in a segment that is gone: the scan started at the beginning of the log.
+    pub restarted: bool,
+}
+
+/// Hands the records after `pos` (all when `None`) to `f`, each with the place right after it,
+/// until `f` returns false. Segments are read one at a time.
+pub fn scan_from(
+    control_dir: &Path,
+    keys: &AuditKeys,
+    pos: Option<LogPos>,
+    mut f: impl FnMut(AuditRecord, LogPos) -> bool,
+) -> std::io::Result<Scan> {
     use std::io::{Read, Seek, SeekFrom};
     let dir = control_dir.join(super::AUDIT_DIR);
-    let mut out = Vec::new();
     // Segments older than a valid base are leftovers of an interrupted removal.
     let from = read_base(&dir, keys)
         .ok()
         .flatten()
         .map_or(1, |b| b.segment);
     let segs: Vec<u64> = segments(&dir).into_iter().filter(|s| *s >= from).collect();
-    let pos = pos.filter(|p| segs.contains(&p.segment));
-    let mut at = pos.unwrap_or(LogPos {
+    let restarted = pos.is_some_and(|p| !segs.contains(&p.segment));
+    let first = pos.filter(|p| segs.contains(&p.segment)).unwrap_or(LogPos {
         segment: segs.first().copied().unwrap_or(from),
         offset: 0,
     });
-    let first = at;
+    let mut end = first;
     for s in segs.into_iter().filter(|s| *s >= first.segment) {
         let start = if s == first.segment { first.offset } else { 0 };
-        let mut f = std::fs::File::open(dir.join(segment_name(s)))?;
-        f.seek(SeekFrom::Start(start))?;
+        let mut file = std::fs::File::open(dir.join(segment_name(s)))?;
+        file.seek(SeekFrom::Start(start))?;
         let mut data = Vec::new();
-        f.read_to_end(&mut data)?;
-        let whole = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        for e in decode_lines(keys, &data[..whole]) {
-            if e.kind != KIND_CHECKPOINT
-                && let Some(r) = e
-                    .json
-                    .as_ref()
-                    .and_then(|j| serde_json::from_slice::<AuditRecord>(j).ok())
+        file.read_to_end(&mut data)?;
+        let mut at = 0usize;
+        while let Some(n) = data[at..].iter().position(|b| *b == b'\n') {
+            let line = &data[at..at + n];
+            at += n + 1;
+            let after = LogPos {
+                segment: s,
+                offset: start + at as u64,
+            };
+            end = after;
+            let Some(e) = decode_line(keys, line) else {
+                continue;
+            };
+            if e.kind == KIND_CHECKPOINT {
+                continue;
+            }
+            if let Some(r) = e
+                .json
+                .as_ref()
+                .and_then(|j| serde_json::from_slice::<AuditRecord>(j).ok())
+                && !f(r, after)
             {
-                out.push(r);
+                return Ok(Scan { end, restarted });
             }
         }
-        at = LogPos {
-            segment: s,
-            offset: start + whole as u64,
-        };
+        if at == 0 && start == 0 && data.is_empty() {
+            end = LogPos {
+                segment: s,
+                offset: 0,
+            };
+        }
     }
-    Ok((out, at))
+    Ok(Scan { end, restarted })
 }
 
 /// Verifies the whole log: chain, sequence, decryption, checkpoint signatures, segments, head,
