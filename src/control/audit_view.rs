@@ -35,9 +35,9 @@ const RENDER_AT_LEAST: usize = 256 * 1024;
 /// An open audit view (see the module documentation).
 pub(super) struct OpenView {
     view: View,
-    /// (offset in the view, the place in the log before the record at that offset), every
-    /// [`INDEX_EVERY`] records, the first at 0.
-    index: Vec<(u64, ViewPos)>,
+    /// (offset in the view, the place in the log before the record at that offset, and that
+    /// record's sequence number), every [`INDEX_EVERY`] records, the first at 0.
+    index: Vec<(u64, ViewPos, Option<u64>)>,
     /// The view's length so far, its records, and the place after the last one.
     len: u64,
     records: u64,
@@ -102,7 +102,7 @@ impl ControlDir {
     pub(super) fn open_view(&self, view: View) -> CtlResult<OpenView> {
         let mut v = OpenView {
             view,
-            index: vec![(0, ViewPos::default())],
+            index: vec![(0, ViewPos::default(), None)],
             len: 0,
             records: 0,
             end: ViewPos::default(),
@@ -125,8 +125,10 @@ impl ControlDir {
             }
             last = Some(r.seq);
             if matches(v.view, &r) {
-                if v.records > 0 && v.records.is_multiple_of(INDEX_EVERY) {
-                    v.index.push((v.len, before));
+                if v.records == 0 {
+                    v.index[0].2 = Some(r.seq);
+                } else if v.records.is_multiple_of(INDEX_EVERY) {
+                    v.index.push((v.len, before, Some(r.seq)));
                 }
                 let l = line(&r);
                 v.len += l.len() as u64;
@@ -174,22 +176,26 @@ impl ControlDir {
     fn render_part(&self, v: &mut OpenView, off: u64, end: u64) -> CtlResult<()> {
         let i = v
             .index
-            .partition_point(|(o, _)| *o <= off)
+            .partition_point(|(o, _, _)| *o <= off)
             .saturating_sub(1);
-        let (start, pos) = v.index[i];
+        let (start, pos, first_seq) = v.index[i];
         let stop = v.len.min(end.max(start + RENDER_AT_LEAST as u64));
         let mut bytes = Vec::new();
+        let mut first = None;
         let view = v.view;
         let scan = self.scan(pos.log, |r, _| {
             if pos.last_seq.is_some_and(|a| r.seq <= a) {
                 return true;
             }
             if matches(view, &r) {
+                first.get_or_insert(r.seq);
                 bytes.extend_from_slice(&line(&r));
             }
             start + (bytes.len() as u64) < stop
         })?;
-        if scan.restarted || start + (bytes.len() as u64) < end {
+        // The part must start with the record that was there at open: retention may have
+        // removed it (and everything before) since.
+        if scan.restarted || first != first_seq || start + (bytes.len() as u64) < end {
             return Err(CtlError::new(
                 libc::EIO,
                 "the audit log was shortened (retention) while this view was open: open it again",

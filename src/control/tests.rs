@@ -337,3 +337,31 @@ fn audit_views_read_by_parts_equal_the_whole_rendering() {
         c.release(fh);
     }
 }
+
+/// Retention removing the beginning of the log under an open view: reading a part that is gone
+/// fails (EIO: open it again) instead of returning other records at those offsets.
+#[test]
+fn an_open_view_whose_beginning_retention_removed_fails_instead_of_shifting() {
+    use crate::keymgr::audit::{AuditRecord, Source};
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let log = c.audit.get().unwrap().clone();
+    for i in 0..3000u64 {
+        let mut r = AuditRecord::new("Open", Source::Fs);
+        r.resources.path = Some(format!("/f-{i}-{}", "q".repeat((i % 150) as usize)));
+        log.append(r).unwrap();
+        if i % 1000 == 999 {
+            log.start_new_segment().unwrap();
+        }
+    }
+    let fh = c.open(ino(c, "audit"), libc::O_RDONLY, me).unwrap();
+    let head = c.read(fh, 0, 200).unwrap();
+    assert!(String::from_utf8_lossy(&head).starts_with("{\"seq\":0,"));
+    // Elsewhere, so that the beginning is no longer the part kept rendered.
+    c.read(fh, 600_000, 100).unwrap();
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert!(log.expire(future, 1).unwrap().is_some());
+    assert_eq!(c.read(fh, 0, 200).unwrap_err().errno, libc::EIO);
+    c.release(fh);
+}

@@ -166,7 +166,7 @@ pub fn scan_from(
     pos: Option<LogPos>,
     mut f: impl FnMut(AuditRecord, LogPos) -> bool,
 ) -> std::io::Result<Scan> {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{BufRead, Seek, SeekFrom};
     let dir = control_dir.join(super::AUDIT_DIR);
     // Segments older than a valid base are leftovers of an interrupted removal.
     let from = read_base(&dir, keys)
@@ -182,20 +182,37 @@ pub fn scan_from(
     let mut end = first;
     for s in segs.into_iter().filter(|s| *s >= first.segment) {
         let start = if s == first.segment { first.offset } else { 0 };
-        let mut file = std::fs::File::open(dir.join(segment_name(s)))?;
+        let mut file = match std::fs::File::open(dir.join(segment_name(s))) {
+            Ok(f) => f,
+            // Removed by retention since the listing: the records after it are still read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         file.seek(SeekFrom::Start(start))?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data)?;
-        let mut at = 0usize;
-        while let Some(n) = data[at..].iter().position(|b| *b == b'\n') {
-            let line = &data[at..at + n];
-            at += n + 1;
+        // Line by line: a caller that stops early reads little of a 16 MiB segment.
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+        let mut line = Vec::new();
+        let mut at = start;
+        if start == 0 {
+            end = LogPos {
+                segment: s,
+                offset: 0,
+            };
+        }
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                // The end, or a line still being written: left for the next call.
+                break;
+            }
+            at += n as u64;
             let after = LogPos {
                 segment: s,
-                offset: start + at as u64,
+                offset: at,
             };
             end = after;
-            let Some(e) = decode_line(keys, line) else {
+            let Some(e) = decode_line(keys, &line[..n - 1]) else {
                 continue;
             };
             if e.kind == KIND_CHECKPOINT {
@@ -209,12 +226,6 @@ pub fn scan_from(
             {
                 return Ok(Scan { end, restarted });
             }
-        }
-        if at == 0 && start == 0 && data.is_empty() {
-            end = LogPos {
-                segment: s,
-                offset: 0,
-            };
         }
     }
     Ok(Scan { end, restarted })
