@@ -246,6 +246,17 @@ impl ControlDir {
         len
     }
 
+    /// Retention removed old segments: every view's length is taken afresh at its next use
+    /// (also cleared when the `AuditRetention` record is written, which comes before the
+    /// removal: a length measured in between would stay too long).
+    pub fn audit_shortened(&self) {
+        self.views
+            .lens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Called by the audit log after each record is written.
     pub(super) fn record_appended(&self, r: &AuditRecord) {
         let mut pushes = Vec::new();
