@@ -586,16 +586,6 @@ fn rewrap_through_the_mount_while_a_file_is_open() {
     m.unmount();
 }
 
-/// Sorted names in a directory.
-fn names_in(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d)
-        .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn key_and_alias_listings_follow_the_key_store_at_once() {
     // Directories are listed without OPENDIR, so the kernel keeps listings in its cache until
@@ -607,24 +597,24 @@ fn key_and_alias_listings_follow_the_key_store_at_once() {
     with_timeout(60, move || {
         let (keys, aliases) = (c.join("keys"), c.join("aliases"));
         // Listed twice: the second listing is the kernel's cached one.
-        let keys0 = names_in(&keys);
-        assert_eq!(names_in(&keys), keys0);
-        let aliases0 = names_in(&aliases);
-        assert_eq!(names_in(&aliases), aliases0);
+        let keys0 = sorted_names(&keys);
+        assert_eq!(sorted_names(&keys), keys0);
+        let aliases0 = sorted_names(&aliases);
+        assert_eq!(sorted_names(&aliases), aliases0);
 
         let created = kmsfs_json(&["key", &mnt, "create", "--alias", "alias/listed", "--json"]);
         let id = created["key_id"].as_str().unwrap().to_string();
-        let keys1 = names_in(&keys);
+        let keys1 = sorted_names(&keys);
         assert_eq!(keys1.len(), keys0.len() + 1, "{keys1:?}");
         assert!(keys1.contains(&id), "{keys1:?} lacks {id}");
-        assert!(names_in(&aliases).contains(&"listed".to_string()));
+        assert!(sorted_names(&aliases).contains(&"listed".to_string()));
 
         let o = cli(&["key", &mnt, "alias", "delete", "alias/listed"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(names_in(&aliases), aliases0);
+        assert_eq!(sorted_names(&aliases), aliases0);
         let o = cli(&["key", &mnt, "alias", "create", "alias/direct", &id]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(names_in(&aliases).contains(&"direct".to_string()));
+        assert!(sorted_names(&aliases).contains(&"direct".to_string()));
     });
     drop(m);
 }

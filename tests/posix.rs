@@ -1742,15 +1742,6 @@ fn names_from(dir: &Path, pos: libc::c_long) -> Vec<Vec<u8>> {
     }
 }
 
-fn sorted_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Directories are listed without open handles: offsets are positions in the backing
 /// directory, and the kernel caches listings. `seekdir` to any `telldir` position (in a new
 /// stream) continues exactly there; a listing taken again after each kind of change shows the

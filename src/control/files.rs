@@ -1,6 +1,6 @@
-//! Reading and writing control files. Reads render a document when the file is opened (audit
-//! views excepted: they are read by parts, see `audit_view`) (after
-//! the key policy allowed it; the access is audited). Writes are gathered per handle and applied
+//! Reading and writing control files. Reads render a document when the file is opened, after
+//! the key policy allowed it (the access is audited); audit views are read by parts instead
+//! (see `audit_view`). Writes are gathered per handle and applied
 //! as soon as they form a complete document (a JSON value, or a line for the text files), or at
 //! flush; an incomplete or invalid document fails with EINVAL (EACCES when the policy denies) and
 //! leaves the previous state in force. The reason is readable in `last-error`.

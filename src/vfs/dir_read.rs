@@ -66,10 +66,7 @@ impl Vfs {
         offset: u64,
         emit: impl FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
-        match self.readdir_inner(ino, offset, emit) {
-            (0, Err(e)) => Err(e),
-            _ => Ok(()),
-        }
+        error_before_first(self.readdir_inner(ino, offset, emit))
     }
 
     /// Entries given to `emit`, and how the listing ended.
@@ -139,10 +136,7 @@ impl Vfs {
         limit: usize,
         emit: impl FnMut(u64, &DirEntry, &Attr) -> bool,
     ) -> Result<()> {
-        match self.readdirplus_inner(ino, offset, limit, emit) {
-            (0, Err(e)) => Err(e),
-            _ => Ok(()),
-        }
+        error_before_first(self.readdirplus_inner(ino, offset, limit, emit))
     }
 
     fn readdirplus_inner(
@@ -338,6 +332,15 @@ fn read_side_file(dir: &OwnedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
+/// A listing's outcome for the kernel: an error only if no entry was given (after one, the
+/// listing stops there; an empty reply would mean its end).
+fn error_before_first((given, r): (usize, Result<()>)) -> Result<()> {
+    match r {
+        Err(e) if given == 0 => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The offset after `..`: where the backing listing starts.
 const LISTING_START: u64 = 2;
 
@@ -365,7 +368,7 @@ pub(super) struct Cursor {
     dir: Weak<Node>,
     /// The directory's count of changes before anything was read (see `Node::entry_changes`).
     changes: u64,
-    /// The offset the next entry served has (what the kernel passes to continue).
+    /// The offset the kernel continues from, set when the cursor is kept (see `stream_dir`).
     at: u64,
     fd: OwnedFd,
     pending: VecDeque<RawEntry>,
@@ -424,9 +427,7 @@ impl Cursor {
     }
 
     fn advance(&mut self) {
-        if let Some(e) = self.pending.pop_front() {
-            self.at = e.next;
-        }
+        self.pending.pop_front();
     }
 }
 

@@ -65,14 +65,20 @@ fn create(v: &Vfs, dir: u64, name: &str) {
     v.release(fh).expect("release");
 }
 
-#[test]
-fn a_listing_after_changes_is_the_directory_as_it_is_now() {
-    let (_t, d) = new_volume();
+/// A volume opened without FUSE, with an empty directory `d` in its root.
+fn volume_with_dir() -> (tempfile::TempDir, Vfs, u64) {
+    let (t, d) = new_volume();
     let v = open(&d);
     let dir = v
         .mkdir(1, "d".as_ref(), 0o755, &caller())
         .expect("mkdir")
         .ino;
+    (t, v, dir)
+}
+
+#[test]
+fn a_listing_after_changes_is_the_directory_as_it_is_now() {
+    let (_t, v, dir) = volume_with_dir();
     let mut expect = BTreeSet::new();
     for i in 0..200 {
         let name = format!("f-{i:03}");
@@ -123,12 +129,7 @@ fn a_listing_after_changes_is_the_directory_as_it_is_now() {
 
 #[test]
 fn dot_and_dotdot_come_first_and_offsets_resume_exactly() {
-    let (_t, d) = new_volume();
-    let v = open(&d);
-    let dir = v
-        .mkdir(1, "d".as_ref(), 0o755, &caller())
-        .expect("mkdir")
-        .ino;
+    let (_t, v, dir) = volume_with_dir();
     for i in 0..50 {
         create(&v, dir, &format!("{i}"));
     }

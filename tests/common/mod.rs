@@ -267,3 +267,13 @@ pub fn as_uid(uid: u32, cmd: &str) -> Output {
         .output()
         .expect("setpriv")
 }
+
+/// The names in a directory, sorted.
+pub fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
