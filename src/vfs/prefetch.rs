@@ -4,9 +4,10 @@
 //! the header) and first reads no longer each wait for the disk in turn.
 //!
 //! Bounds: nothing starts before the second open of a file listed in the same directory; each
-//! open then queues at most a window of files after its own place in the listing (16, doubling
-//! to 128 as opens continue), each file at most once per listing, and only the first
-//! [`READ_AHEAD_BYTES`] of each. Only regular files are touched (checked on the open descriptor
+//! open then queues at most a window of files (16, doubling to 128 as opens continue): those
+//! after its own place in the listing first, then the directory's others from the start of the
+//! listing (so a walk in sorted or index order is read ahead too); each file at most once per
+//! listing, and only the first [`READ_AHEAD_BYTES`] of each. Only regular files are touched (checked on the open descriptor
 //! before reading), only cipher data is read: no key is used and nothing is decrypted or audited.
 //! A full queue drops the work (the disk is busy already).
 
@@ -43,6 +44,8 @@ struct DirState {
     index: HashMap<u64, usize>,
     /// Queued (or opened) since the listing.
     queued: Vec<bool>,
+    /// Files before this place in the listing are all queued (or opened).
+    cursor: usize,
     opens: u32,
     used: u64,
 }
@@ -118,6 +121,7 @@ impl Prefetch {
                     files: Vec::new(),
                     index: HashMap::new(),
                     queued: Vec::new(),
+                    cursor: 0,
                     opens: 0,
                     used,
                 },
@@ -177,10 +181,21 @@ impl Prefetch {
             }
             let ahead = (FIRST_AHEAD << (st.opens - 2).min(3)).min(MAX_AHEAD);
             let end = (pos + 1 + ahead).min(st.files.len());
-            let names: Vec<OsString> = (pos + 1..end)
+            // The files right after this one first (a walk in listing order: find, tar, cp) ...
+            let mut picked: Vec<usize> = (pos + 1..end)
                 .filter(|&i| !std::mem::replace(&mut st.queued[i], true))
-                .map(|i| st.files[i].clone())
                 .collect();
+            // ... then the rest of the directory from the start of the listing, for walks in
+            // another order (a sorted glob, git's index order), which the window after the
+            // open file would mostly miss.
+            while picked.len() < ahead && st.cursor < st.files.len() {
+                let i = st.cursor;
+                st.cursor += 1;
+                if !std::mem::replace(&mut st.queued[i], true) {
+                    picked.push(i);
+                }
+            }
+            let names: Vec<OsString> = picked.iter().map(|&i| st.files[i].clone()).collect();
             if names.is_empty() {
                 return;
             }

@@ -109,3 +109,24 @@ fn no_prefetch_reads_nothing_ahead() {
     }
     assert_eq!(quiet(&v), 0);
 }
+
+#[test]
+fn a_walk_in_another_order_than_the_listing_is_read_ahead_too() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let (_, files) = dir_with_files(&v, 60);
+    // Backwards through the listing (as a sorted glob or git's index order may go): nothing
+    // follows the open file, so the window is taken from the start of the listing.
+    let mut order = files.iter().rev();
+    for (ino, name) in order.by_ref().take(2) {
+        open_and_check(&v, *ino, name);
+    }
+    assert_eq!(settle(&v, 16), 16);
+    for (ino, name) in order {
+        open_and_check(&v, *ino, name);
+    }
+    // Once each, every file but the four opened before the window reached them: the two
+    // first, and the next two (the third open's window of 32 ends at files[47], the fourth
+    // open's reaches the end of the listing, files[57] and files[56] being open by then).
+    assert_eq!(settle(&v, 56), 56);
+}
