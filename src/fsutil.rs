@@ -89,6 +89,27 @@ fn keep_as_backup(path: &Path, backup: &Path, dir: &Path) -> io::Result<()> {
     }
 }
 
+/// The extended attribute of a cipher directory holding a copy of its id (`kmsfs.dirid`, which
+/// stays authoritative; docs/FORMAT.md §6). Small enough to live in the directory's inode, so
+/// reading a cold directory's id costs no disk read of its own.
+pub const DIRID_XATTR: &str = "user.kmsfs-dirid";
+
+/// The copy of the directory id of the directory at `path` (which may be `/proc/self/fd/N` of
+/// an `O_PATH` descriptor), as stored: `None` when there is none or it cannot be read. Callers
+/// use it only when it is 16 bytes long.
+pub fn read_dirid_copy(path: &Path) -> Option<Vec<u8>> {
+    let mut b = [0u8; 32];
+    let n = rustix::fs::getxattr(path, DIRID_XATTR, &mut b).ok()?;
+    Some(b[..n.min(b.len())].to_vec())
+}
+
+/// Stores the copy of a directory's id on the open directory `dir`. Callers treat failure as
+/// harmless (a backing file system without user xattrs keeps only `kmsfs.dirid`).
+pub fn write_dirid_copy(dir: impl std::os::fd::AsFd, id: &[u8; 16]) -> io::Result<()> {
+    rustix::fs::fsetxattr(dir, DIRID_XATTR, id, rustix::fs::XattrFlags::empty())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,16 @@ fn subdir(dir: &Path) -> PathBuf {
         .unwrap()
 }
 
+const DIRID_XATTR: &str = "user.kmsfs-dirid";
+
+/// Flips a bit of the copy of directory `dir`'s id in its xattr.
+fn flip_dirid_copy(dir: &Path) {
+    let mut b = [0u8; 16];
+    rustix::fs::getxattr(dir, DIRID_XATTR, &mut b).unwrap();
+    b[0] ^= 1;
+    rustix::fs::setxattr(dir, DIRID_XATTR, &b, rustix::fs::XattrFlags::REPLACE).unwrap();
+}
+
 #[test]
 fn a_clean_volume_is_clean() {
     let v = corpus_source();
@@ -145,11 +155,26 @@ fn each_kind_of_damage_is_reported_with_its_path() {
         "{r}"
     );
 
-    // A missing directory id: nothing in that directory can be named.
+    // A missing directory id file: reported; its copy in an xattr still names the entries.
     let d = copy(&v, "missing-dirid");
     std::fs::remove_file(subdir(&d).join("kmsfs.dirid")).unwrap();
     let (code, r) = fsck(&v, &d, &[]);
     assert_eq!((code, kinds(&r)), (23, vec!["dir-id".to_string()]), "{r}");
+    // Without the copy either: nothing in that directory can be named.
+    rustix::fs::removexattr(subdir(&d), DIRID_XATTR).unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    let mut k = kinds(&r);
+    k.dedup();
+    assert_eq!((code, k), (23, vec!["dir-id".to_string()]), "{r}");
+    // A copy that differs from the file (what the mount reads first).
+    let d = copy(&v, "dirid-copy");
+    flip_dirid_copy(&subdir(&d));
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!(
+        (code, kinds(&r)),
+        (23, vec!["dir-id-copy".to_string()]),
+        "{r}"
+    );
 
     // An unknown feature flag: the volume is refused before anything is read (exit 11).
     let d = copy(&v, "unknown-feature");
@@ -190,11 +215,14 @@ fn safe_repairs_are_made_and_the_rest_left_alone() {
         b"x",
     )
     .unwrap();
+    // A directory id file lost (its copy in an xattr intact), and the root's copy flipped.
+    std::fs::remove_file(subdir(&d).join("kmsfs.dirid")).unwrap();
+    flip_dirid_copy(&d);
     let (code, r) = fsck(&v, &d, &[]);
     assert_eq!(code, 23, "{r}");
     let mut k = kinds(&r);
     k.sort();
-    assert_eq!(k, ["key-store", "side-file"]);
+    assert_eq!(k, ["dir-id", "dir-id-copy", "key-store", "side-file"]);
     let (code, r) = fsck(&v, &d, &["--repair"]);
     assert_eq!(code, 0, "{r}");
     assert!(

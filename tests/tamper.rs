@@ -491,6 +491,9 @@ fn corrupted_directory_id_gives_errors_not_garbage() {
         let cdir = by_inode(&v.cipher, inos[0]).parent().unwrap().to_path_buf();
         let dirid = cdir.join("kmsfs.dirid");
         fs::set_permissions(&dirid, std::os::unix::fs::PermissionsExt::from_mode(0o600)).ok();
+        // Without the copy of the id in an xattr (a volume made before it, or a backing file
+        // system without user xattrs), the file is what the mount reads.
+        rustix::fs::removexattr(&cdir, DIRID_XATTR).expect("the copy was there");
         damage(&dirid);
         mounted(&v, move |mnt| {
             let d = mnt.join("d");
@@ -513,6 +516,86 @@ fn corrupted_directory_id_gives_errors_not_garbage() {
                     BTreeSet::from(["new".to_string()]),
                     "{what}"
                 );
+            }
+        });
+    }
+}
+
+const DIRID_XATTR: &str = "user.kmsfs-dirid";
+
+/// The copy of a directory's id in an xattr is what the mount reads first: a flipped copy gives
+/// errors, not garbage; a copy of the wrong length or none makes the mount read the file; a
+/// damaged file behind a good copy goes unnoticed by the mount (fsck reports it).
+#[test]
+fn the_copy_of_a_directory_id_is_read_first_and_checked_by_use() {
+    let names = ["one", "two", "three"];
+    let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+    // (what, damage to the copy, damage to the file, whether the names still read)
+    type Damage2 = fn(&Path, &Path);
+    let cases: [(&str, Damage2, bool); 4] = [
+        (
+            "flipped copy",
+            |dir, _| {
+                let mut b = [0u8; 16];
+                rustix::fs::getxattr(dir, DIRID_XATTR, &mut b).unwrap();
+                b[3] ^= 0x20;
+                rustix::fs::setxattr(dir, DIRID_XATTR, &b, rustix::fs::XattrFlags::REPLACE)
+                    .unwrap();
+            },
+            false,
+        ),
+        (
+            "copy of 15 bytes",
+            |dir, _| {
+                let mut b = [0u8; 16];
+                rustix::fs::getxattr(dir, DIRID_XATTR, &mut b).unwrap();
+                rustix::fs::setxattr(dir, DIRID_XATTR, &b[..15], rustix::fs::XattrFlags::REPLACE)
+                    .unwrap();
+            },
+            true,
+        ),
+        (
+            "copy removed",
+            |dir, _| rustix::fs::removexattr(dir, DIRID_XATTR).unwrap(),
+            true,
+        ),
+        (
+            "file removed, copy intact",
+            |_, file| fs::remove_file(file).unwrap(),
+            true,
+        ),
+    ];
+    for (what, damage, readable) in cases {
+        let files: Vec<(String, Vec<u8>)> = names
+            .iter()
+            .map(|n| (format!("d/{n}"), pat(19, 40)))
+            .collect();
+        let files: Vec<(&str, Vec<u8>)> =
+            files.iter().map(|(n, c)| (n.as_str(), c.clone())).collect();
+        let (v, inos) = volume_with(&files, &["d"]);
+        let cdir = by_inode(&v.cipher, inos[0]).parent().unwrap().to_path_buf();
+        damage(&cdir, &cdir.join("kmsfs.dirid"));
+        let content = pat(19, 40);
+        let want = want.clone();
+        mounted(&v, move |mnt| {
+            let d = mnt.join("d");
+            if readable {
+                assert_eq!(listing(&d), Ok(want.clone()), "{what}");
+                for n in names {
+                    assert_eq!(read_all(&d.join(n)), Ok(content.clone()), "{what}: {n}");
+                }
+            } else {
+                match listing(&d) {
+                    Ok(l) => assert!(l.is_empty(), "{what}: garbage listed: {l:?}"),
+                    Err(e) => assert_eq!(e, libc::EIO, "{what}"),
+                }
+                for n in names {
+                    let r = errno(fs::read(d.join(n)));
+                    assert!(
+                        matches!(r, Err(libc::EIO) | Err(libc::ENOENT)),
+                        "{what}: {n}: {r:?}"
+                    );
+                }
             }
         });
     }

@@ -115,35 +115,73 @@ pub fn fsck(
     Ok(c.report)
 }
 
+/// The id of directory `d`: `kmsfs.dirid`, checked against its copy in an xattr (what the mount
+/// reads first). A damaged file with a good copy is reported and, with repair, written again
+/// from the copy (names are checked with the copy); a copy that differs from a good file is
+/// reported and, with repair, replaced by the file's id.
+fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
+    let file = d.join(DIRID_FILE);
+    let copy = crate::fsutil::read_dirid_copy(d);
+    let copy_id = copy.as_deref().and_then(|b| <[u8; 16]>::try_from(b).ok());
+    let problem = match std::fs::read(&file) {
+        Ok(b) if b.len() == 16 => {
+            let id: [u8; 16] = b.try_into().ok()?;
+            if copy.is_some() && copy_id != Some(id) {
+                let repaired = c.repair
+                    && crate::fsutil::write_dirid_copy(std::fs::File::open(d).ok()?, &id).is_ok();
+                c.problem(
+                    d,
+                    plain,
+                    "dir-id-copy",
+                    format!(
+                        "the copy in {} differs from {DIRID_FILE}: the mount reads the copy, so no name in this directory can be read",
+                        crate::fsutil::DIRID_XATTR
+                    ),
+                );
+                if let Some(p) = c.report.problems.last_mut() {
+                    p.repaired = repaired;
+                }
+            }
+            return Some(DirId(id));
+        }
+        Ok(b) => format!("{} bytes, not 16", b.len()),
+        Err(e) => format!("unreadable ({e})"),
+    };
+    match copy_id {
+        Some(id) => {
+            let repaired = c.repair && crate::fsutil::atomic_write(&file, &id, 0o400, None).is_ok();
+            c.problem(
+                &file,
+                plain,
+                "dir-id",
+                format!(
+                    "{problem}; the mount reads the copy in {}",
+                    crate::fsutil::DIRID_XATTR
+                ),
+            );
+            if let Some(p) = c.report.problems.last_mut() {
+                p.repaired = repaired;
+            }
+            Some(DirId(id))
+        }
+        None => {
+            c.problem(
+                &file,
+                plain,
+                "dir-id",
+                format!("{problem}: no name in this directory can be read"),
+            );
+            None
+        }
+    }
+}
+
 fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::io::Result<()> {
     c.report.dirs += 1;
     let dir_id = if c.names.plaintext() {
         Some(DirId([0; 16]))
     } else {
-        match std::fs::read(d.join(DIRID_FILE)) {
-            Ok(b) if b.len() == 16 => b.try_into().ok().map(DirId),
-            Ok(b) => {
-                c.problem(
-                    &d.join(DIRID_FILE),
-                    &plain,
-                    "dir-id",
-                    format!(
-                        "{} bytes, not 16: no name in this directory can be read",
-                        b.len()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                c.problem(
-                    &d.join(DIRID_FILE),
-                    &plain,
-                    "dir-id",
-                    format!("unreadable ({e}): no name in this directory can be read"),
-                );
-                None
-            }
-        }
+        dir_id(c, d, &plain)
     };
     let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(d)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());

@@ -164,8 +164,14 @@ pub fn init(
     }
     if !opts.plaintext_names {
         let p = paths.root_dirid();
-        atomic_write(&p, crate::format::DirId::generate().as_bytes(), 0o400, None)
-            .map_err(io_err(&p))?;
+        let id = crate::format::DirId::generate();
+        atomic_write(&p, id.as_bytes(), 0o400, None).map_err(io_err(&p))?;
+        // The copy in an xattr is best effort (the file is authoritative).
+        if let Some(root) = p.parent()
+            && let Ok(d) = std::fs::File::open(root)
+        {
+            let _ = crate::fsutil::write_dirid_copy(&d, id.as_bytes());
+        }
     }
     let ks = paths.keystore();
     atomic_write(&ks, &seal(&store, &store_key, &slots, 1), 0o600, None).map_err(io_err(&ks))?;

@@ -103,6 +103,9 @@ impl Vfs {
                         Mode::from(0o400),
                     )?;
                     std::io::Write::write_all(&mut &std::fs::File::from(f), id.as_bytes())?;
+                    if let Err(e) = crate::fsutil::write_dirid_copy(&newd, id.as_bytes()) {
+                        tracing::debug!("no copy of the directory id in an xattr: {e}");
+                    }
                 }
                 // A directory made in a set-group-id directory inherits the bit (as the backing
                 // mkdir did); the fchmod must not clear it.

@@ -255,6 +255,12 @@ impl Vfs {
         if let Some(id) = dir.dir_id.get() {
             return Ok(*id);
         }
+        // The copy in the directory's xattr comes with its inode; the file costs a read of its own.
+        if let Some(b) = crate::fsutil::read_dirid_copy(std::path::Path::new(&dir.proc_path()))
+            && let Ok(id) = <[u8; 16]>::try_from(b.as_slice())
+        {
+            return Ok(*dir.dir_id.get_or_init(|| DirId(id)));
+        }
         let _gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
         let fd = match rustix::fs::openat(
             &dir.fd,

@@ -110,7 +110,10 @@ impl Vfs {
         let id = if self.names.plaintext() {
             DirId([0; 16])
         } else {
-            let b = std::fs::read(parent.join(DIRID_FILE))?;
+            let b = match crate::fsutil::read_dirid_copy(parent) {
+                Some(b) if b.len() == 16 => b,
+                _ => std::fs::read(parent.join(DIRID_FILE))?,
+            };
             DirId(b.try_into().map_err(|_| {
                 VfsError::Integrity(format!(
                     "{}: directory id is not 16 bytes",
