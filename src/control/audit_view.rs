@@ -1,8 +1,10 @@
 //! The audit log as JSON Lines: `.kmsfs/audit` (every record) and `keys/<id>/audit` (the
-//! records about one key). An open view is not kept rendered: opening it scans the log once
+//! records about one key). An open view is not kept rendered: opening it scans the log
 //! and remembers, every [`INDEX_EVERY`] records, the offset in the view and the place in the
 //! log there; a read renders only the part asked for from the nearest such place, and a read at
-//! the end reads only the records added since. For `tail -f` the file's size must grow with the log: the length of each
+//! the end reads only the records added since. What an open learned is kept per view for the
+//! next open (and the first `stat`), which then scans only the records added since: the whole
+//! log is read once per mount, not once per open (until retention shortens it). For `tail -f` the file's size must grow with the log: the length of each
 //! view is tracked as records are appended, and every new line is pushed to the kernel (with the
 //! FUSE writeback cache the kernel keeps a regular file's size itself and ignores the size in
 //! later attribute replies).
@@ -32,24 +34,55 @@ const INDEX_EVERY: u64 = 512;
 /// from it).
 const RENDER_AT_LEAST: usize = 256 * 1024;
 
-/// An open audit view (see the module documentation).
-pub(super) struct OpenView {
-    view: View,
+/// Where the parts of a view are in the log, as far as it has been scanned.
+#[derive(Debug, Clone)]
+struct ViewIndex {
     /// (offset in the view, the place in the log before the record at that offset, and that
     /// record's sequence number), every [`INDEX_EVERY`] records, the first at 0.
     index: Vec<(u64, ViewPos, Option<u64>)>,
-    /// The view's length so far, its records, and the place after the last one.
+    /// The view's length so far, its records, and the place after the last record scanned.
     len: u64,
     records: u64,
     end: ViewPos,
+}
+
+impl ViewIndex {
+    fn new() -> ViewIndex {
+        ViewIndex {
+            index: vec![(0, ViewPos::default(), None)],
+            len: 0,
+            records: 0,
+            end: ViewPos::default(),
+        }
+    }
+}
+
+/// An open audit view (see the module documentation).
+pub(super) struct OpenView {
+    view: View,
+    idx: ViewIndex,
     /// The part rendered last: its offset in the view and its bytes.
     cache: (u64, Vec<u8>),
 }
 
-/// Tracked length (and the newest sequence number counted) of each view in use.
+/// Tracked length (and the newest sequence number counted) of each view in use, and the index
+/// of each view opened so far.
 #[derive(Default)]
 pub(super) struct Views {
     lens: Mutex<HashMap<View, (u64, Option<u64>)>>,
+    indexes: Mutex<Indexes>,
+    /// Records read by the scans that build indexes (tests check that a second open reads
+    /// only the new ones).
+    #[cfg(test)]
+    pub(super) scanned: std::sync::atomic::AtomicU64,
+}
+
+/// The indexes kept between opens, and how many times retention made them all stale (an
+/// index scanned across a retention is not kept).
+#[derive(Default)]
+struct Indexes {
+    generation: u64,
+    by_view: HashMap<View, ViewIndex>,
 }
 
 fn matches(view: Option<KeyId>, r: &AuditRecord) -> bool {
@@ -97,44 +130,79 @@ impl ControlDir {
             .map_err(|e| CtlError::new(libc::EIO, format!("reading the audit log: {e}")))
     }
 
-    /// Opens a view: one pass over the log to learn its length and where to start reading
-    /// each part of it.
+    /// Opens a view: its length and where to start reading each part of it, from the index
+    /// an earlier open left and the records added since.
     pub(super) fn open_view(&self, view: View) -> CtlResult<OpenView> {
-        let mut v = OpenView {
+        Ok(OpenView {
             view,
-            index: vec![(0, ViewPos::default(), None)],
-            len: 0,
-            records: 0,
-            end: ViewPos::default(),
+            idx: self.indexed(view)?,
             cache: (0, Vec::new()),
-        };
-        self.extend_view(&mut v, false)?;
-        Ok(v)
+        })
     }
 
-    /// Adds the records after the view's end (their lines too when `keep`, as the cached part).
-    fn extend_view(&self, v: &mut OpenView, keep: bool) -> CtlResult<()> {
-        let from = v.end;
-        let start = v.len;
-        let mut bytes = Vec::new();
+    /// The index of a view up to the end of the log; kept for the next caller unless
+    /// retention shortened the log meanwhile.
+    fn indexed(&self, view: View) -> CtlResult<ViewIndex> {
+        let (generation, mut idx) = {
+            let g = self.views.indexes.lock().unwrap_or_else(|p| p.into_inner());
+            let idx = g.by_view.get(&view).cloned();
+            (g.generation, idx.unwrap_or_else(ViewIndex::new))
+        };
+        if self.extend_index(view, &mut idx, None)? {
+            // The kept index pointed into a segment that is gone: build it afresh.
+            idx = ViewIndex::new();
+            self.extend_index(view, &mut idx, None)?;
+        }
+        let mut g = self.views.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        let further = g
+            .by_view
+            .get(&view)
+            .is_none_or(|kept| kept.end.last_seq < idx.end.last_seq);
+        if g.generation == generation && further {
+            g.by_view.insert(view, idx.clone());
+        }
+        Ok(idx)
+    }
+
+    /// Forgets every kept index (retention removed, or is about to remove, old segments).
+    fn forget_indexes(&self) {
+        let mut g = self.views.indexes.lock().unwrap_or_else(|p| p.into_inner());
+        g.generation += 1;
+        g.by_view.clear();
+    }
+
+    /// Adds the records after the index's end (and their lines to `keep`, when given). True
+    /// when the index's end was in a segment that is gone (the scan then started at the
+    /// beginning of the log, passing over the records it had counted).
+    fn extend_index(
+        &self,
+        view: View,
+        idx: &mut ViewIndex,
+        mut keep: Option<&mut Vec<u8>>,
+    ) -> CtlResult<bool> {
+        let from = idx.end;
         let mut last = from.last_seq;
         let mut before = from;
         let scan = self.scan(from.log, |r, after| {
             if from.last_seq.is_some_and(|a| r.seq <= a) {
                 return true;
             }
+            #[cfg(test)]
+            self.views
+                .scanned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             last = Some(r.seq);
-            if matches(v.view, &r) {
-                if v.records == 0 {
-                    v.index[0].2 = Some(r.seq);
-                } else if v.records.is_multiple_of(INDEX_EVERY) {
-                    v.index.push((v.len, before, Some(r.seq)));
+            if matches(view, &r) {
+                if idx.records == 0 {
+                    idx.index[0].2 = Some(r.seq);
+                } else if idx.records.is_multiple_of(INDEX_EVERY) {
+                    idx.index.push((idx.len, before, Some(r.seq)));
                 }
                 let l = line(&r);
-                v.len += l.len() as u64;
-                v.records += 1;
-                if keep {
-                    bytes.extend_from_slice(&l);
+                idx.len += l.len() as u64;
+                idx.records += 1;
+                if let Some(k) = keep.as_deref_mut() {
+                    k.extend_from_slice(&l);
                 }
             }
             before = ViewPos {
@@ -143,11 +211,19 @@ impl ControlDir {
             };
             true
         })?;
-        v.end = ViewPos {
+        idx.end = ViewPos {
             last_seq: last,
             log: Some(scan.end),
         };
-        if keep && !bytes.is_empty() {
+        Ok(scan.restarted)
+    }
+
+    /// Adds the records after the open view's end, their lines as the cached part.
+    fn extend_view(&self, v: &mut OpenView) -> CtlResult<()> {
+        let start = v.idx.len;
+        let mut bytes = Vec::new();
+        self.extend_index(v.view, &mut v.idx, Some(&mut bytes))?;
+        if !bytes.is_empty() {
             v.cache = (start, bytes);
         }
         Ok(())
@@ -156,10 +232,10 @@ impl ControlDir {
     /// Bytes `[off, off + size)` of an open view; a read at its end first takes in the records
     /// added since.
     pub(super) fn read_view(&self, v: &mut OpenView, off: u64, size: u32) -> CtlResult<Vec<u8>> {
-        if off >= v.len {
-            self.extend_view(v, true)?;
+        if off >= v.idx.len {
+            self.extend_view(v)?;
         }
-        let end = v.len.min(off.saturating_add(u64::from(size)));
+        let end = v.idx.len.min(off.saturating_add(u64::from(size)));
         if off >= end {
             return Ok(Vec::new());
         }
@@ -175,11 +251,12 @@ impl ControlDir {
     /// least [`RENDER_AT_LEAST`] bytes, within the view's length) into the cache.
     fn render_part(&self, v: &mut OpenView, off: u64, end: u64) -> CtlResult<()> {
         let i = v
+            .idx
             .index
             .partition_point(|(o, _, _)| *o <= off)
             .saturating_sub(1);
-        let (start, pos, first_seq) = v.index[i];
-        let stop = v.len.min(end.max(start + RENDER_AT_LEAST as u64));
+        let (start, pos, first_seq) = v.idx.index[i];
+        let stop = v.idx.len.min(end.max(start + RENDER_AT_LEAST as u64));
         let mut bytes = Vec::new();
         let mut first = None;
         let view = v.view;
@@ -206,17 +283,10 @@ impl ControlDir {
         Ok(())
     }
 
-    /// The length of a view, by one pass over the log (nothing rendered is kept).
+    /// The length of a view and the newest record counted in it (from its index).
     fn measure_view(&self, view: View) -> CtlResult<(u64, Option<u64>)> {
-        let (mut len, mut last) = (0u64, None);
-        self.scan(None, |r, _| {
-            if matches(view, &r) {
-                len += line(&r).len() as u64;
-                last = Some(r.seq);
-            }
-            true
-        })?;
-        Ok((len, last))
+        let idx = self.indexed(view)?;
+        Ok((idx.len, idx.end.last_seq))
     }
 
     fn view_of(n: &Node) -> Option<Option<KeyId>> {
@@ -255,6 +325,7 @@ impl ControlDir {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.forget_indexes();
     }
 
     /// Called by the audit log after each record is written.
@@ -267,6 +338,8 @@ impl ControlDir {
                 // at the next use (a reader following the file reopens it, as after a log
                 // rotation).
                 g.clear();
+                drop(g);
+                self.forget_indexes();
                 return;
             }
             for (view, (len, last)) in g.iter_mut() {

@@ -85,6 +85,18 @@ fn records(c: &ControlDir) -> Vec<crate::keymgr::audit::AuditRecord> {
     c.records().unwrap()
 }
 
+/// The whole audit view (of one key's records when `only`), rendered from the records.
+fn rendering(c: &ControlDir, only: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records(c) {
+        if only.is_none_or(|k| r.resources.key_id.as_deref() == Some(k)) {
+            out.extend_from_slice(&serde_json::to_vec(&r).unwrap());
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
 #[test]
 fn a_stranger_is_denied_and_nothing_changes() {
     let f = fixture();
@@ -274,16 +286,7 @@ fn audit_views_read_by_parts_equal_the_whole_rendering() {
         }
         log.append(r).unwrap();
     }
-    let render = |only: Option<&str>| -> Vec<u8> {
-        let mut out = Vec::new();
-        for r in records(c) {
-            if only.is_none_or(|k| r.resources.key_id.as_deref() == Some(k)) {
-                out.extend_from_slice(&serde_json::to_vec(&r).unwrap());
-                out.push(b'\n');
-            }
-        }
-        out
-    };
+    let render = |only: Option<&str>| rendering(c, only);
     for (path, only) in [
         ("audit".to_string(), None),
         (format!("{}/audit", key_dir(c)), Some(key.as_str())),
@@ -364,4 +367,84 @@ fn an_open_view_whose_beginning_retention_removed_fails_instead_of_shifting() {
     assert!(log.expire(future, 1).unwrap().is_some());
     assert_eq!(c.read(fh, 0, 200).unwrap_err().errno, libc::EIO);
     c.release(fh);
+}
+
+/// A view opened again reads only the records added since it was last opened (its index is
+/// kept) and still gives exactly the whole rendering; a `stat` of a view never opened uses the
+/// same index; after retention the index is built afresh.
+#[test]
+fn a_view_opened_again_reads_only_the_new_records() {
+    use crate::keymgr::audit::{AuditRecord, Source};
+    use std::sync::atomic::Ordering;
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let key = c.km.query(|s| s.default_key).to_string();
+    let log = c.audit.get().unwrap().clone();
+    let add = |n: u64| {
+        for i in 0..n {
+            let mut r = AuditRecord::new("Open", Source::Fs);
+            r.resources.path = Some(format!("/g-{i}-{}", "r".repeat((i % 120) as usize)));
+            if i % 2 == 0 {
+                r.resources.key_id = Some(key.clone());
+            }
+            log.append(r).unwrap();
+            if i % 1500 == 1499 {
+                log.start_new_segment().unwrap();
+            }
+        }
+    };
+    let scanned = || c.views.scanned.load(Ordering::Relaxed);
+    let whole_view = |path: &str, only: Option<&str>| {
+        let fh = c.open(ino(c, path), libc::O_RDONLY, me.clone()).unwrap();
+        let want = rendering(c, only);
+        let got = read_all(c, fh);
+        c.release(fh);
+        assert!(
+            got == want,
+            "{path}: {} bytes, want {}",
+            got.len(),
+            want.len()
+        );
+    };
+    let key_audit = format!("{}/audit", key_dir(c));
+    add(4000);
+    let s0 = scanned();
+    whole_view("audit", None);
+    assert!(scanned() - s0 >= 4000, "the first open scans the log");
+    for round in 0..3 {
+        add(7);
+        let s = scanned();
+        whole_view("audit", None);
+        // The 7 records, and those of the opens and reads in between.
+        assert!(
+            scanned() - s < 20,
+            "round {round}: {} records scanned",
+            scanned() - s
+        );
+    }
+    // A key's view has an index of its own; its first stat builds it, its open reuses it.
+    let s = scanned();
+    let attr = c.getattr(ino(c, &key_audit)).unwrap(); // the lookup takes the size first
+    assert!(scanned() - s >= 4000);
+    assert_eq!(attr.size, rendering(c, Some(&key)).len() as u64);
+    let s = scanned();
+    whole_view(&key_audit, Some(&key));
+    assert!(scanned() - s < 20, "{} records scanned", scanned() - s);
+    // Retention removes the first segments: the views are indexed again, and right.
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert!(log.expire(future, 1).unwrap().is_some());
+    c.audit_shortened();
+    for (path, only) in [("audit", None), (key_audit.as_str(), Some(key.as_str()))] {
+        let s = scanned();
+        whole_view(path, only);
+        assert!(scanned() - s > 0, "{path}");
+        let s = scanned();
+        whole_view(path, only);
+        assert!(
+            scanned() - s < 20,
+            "{path}: {} records scanned",
+            scanned() - s
+        );
+    }
 }
