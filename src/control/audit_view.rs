@@ -305,15 +305,30 @@ impl ControlDir {
     }
 
     pub(super) fn view_len(&self, view: Option<KeyId>) -> u64 {
+        if let Some((len, _)) = self.tracked(view) {
+            return len;
+        }
+        // The long scan without the lock that every audited operation takes after writing its
+        // record (they would all wait for it)...
+        if self.indexed(view).is_err() {
+            return 0;
+        }
         let mut g = self.views.lens.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((len, _)) = g.get(&view) {
             return *len;
         }
+        // ...and under it only the records appended since, so that none is missed or counted
+        // twice.
         let Ok((len, last)) = self.measure_view(view) else {
             return 0;
         };
         g.insert(view, (len, last));
         len
+    }
+
+    fn tracked(&self, view: View) -> Option<(u64, Option<u64>)> {
+        let g = self.views.lens.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(&view).copied()
     }
 
     /// Retention removed old segments: every view's length is taken afresh at its next use

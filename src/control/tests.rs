@@ -448,3 +448,36 @@ fn a_view_opened_again_reads_only_the_new_records() {
         );
     }
 }
+
+/// The size of a view first taken while records are being appended counts each of them once.
+#[test]
+fn a_view_size_taken_while_records_are_appended_counts_each_once() {
+    use crate::keymgr::audit::{AuditRecord, Source};
+    let f = fixture();
+    let c = &f.ctl;
+    let key = c.km.query(|s| s.default_key).to_string();
+    let log = c.audit.get().unwrap().clone();
+    let add = |n: u64| {
+        for i in 0..n {
+            let mut r = AuditRecord::new("Open", Source::Fs);
+            r.resources.path = Some(format!("/h-{i}"));
+            r.resources.key_id = Some(key.clone());
+            log.append(r).unwrap();
+        }
+    };
+    add(1000);
+    let key_audit = format!("{}/audit", key_dir(c));
+    for round in 0..10 {
+        // The size taken afresh while a burst of records comes.
+        std::thread::scope(|s| {
+            s.spawn(|| add(150));
+            c.audit_shortened();
+            let _ = c.getattr(ino(c, "audit")).unwrap();
+            let _ = c.getattr(ino(c, &key_audit)).unwrap();
+        });
+        let all = c.getattr(ino(c, "audit")).unwrap().size;
+        assert_eq!(all, rendering(c, None).len() as u64, "round {round}");
+        let one = c.getattr(ino(c, &key_audit)).unwrap().size;
+        assert_eq!(one, rendering(c, Some(&key)).len() as u64, "round {round}");
+    }
+}
