@@ -1,13 +1,13 @@
 //! The audit log as JSON Lines: `.kmsfs/audit` (every record) and `keys/<id>/audit` (the
-//! records about one key). An open view is not kept rendered: opening it scans the log
-//! and remembers, every [`INDEX_EVERY`] records, the offset in the view and the place in the
-//! log there; a read renders only the part asked for from the nearest such place, and a read at
-//! the end reads only the records added since. What an open learned is kept per view for the
-//! next open (and the first `stat`), which then scans only the records added since: the whole
-//! log is read once per mount, not once per open (until retention shortens it). For `tail -f` the file's size must grow with the log: the length of each
-//! view is tracked as records are appended, and every new line is pushed to the kernel (with the
-//! FUSE writeback cache the kernel keeps a regular file's size itself and ignores the size in
-//! later attribute replies).
+//! records about one key). An open view is not kept rendered: opening it scans the log and
+//! remembers, every [`INDEX_EVERY`] records, the offset in the view and the place in the log
+//! there; a read renders only the part asked for from the nearest such place, and a read at the
+//! end reads only the records added since. What an open learned is kept per view for the next
+//! open (and the first `stat`), which then scans only the records added since: the whole log is
+//! read once per mount, not once per open (until retention shortens it). For `tail -f` the
+//! file's size must grow with the log: the length of each view is tracked as records are
+//! appended, and every new line is pushed to the kernel (with the FUSE writeback cache the
+//! kernel keeps a regular file's size itself and ignores the size in later attribute replies).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -283,12 +283,6 @@ impl ControlDir {
         Ok(())
     }
 
-    /// The length of a view and the newest record counted in it (from its index).
-    fn measure_view(&self, view: View) -> CtlResult<(u64, Option<u64>)> {
-        let idx = self.indexed(view)?;
-        Ok((idx.len, idx.end.last_seq))
-    }
-
     fn view_of(n: &Node) -> Option<Option<KeyId>> {
         match n {
             Node::File(Top::Audit) => Some(None),
@@ -319,11 +313,11 @@ impl ControlDir {
         }
         // ...and under it only the records appended since, so that none is missed or counted
         // twice.
-        let Ok((len, last)) = self.measure_view(view) else {
+        let Ok(idx) = self.indexed(view) else {
             return 0;
         };
-        g.insert(view, (len, last));
-        len
+        g.insert(view, (idx.len, idx.end.last_seq));
+        idx.len
     }
 
     fn tracked(&self, view: View) -> Option<(u64, Option<u64>)> {

@@ -286,14 +286,13 @@ fn audit_views_read_by_parts_equal_the_whole_rendering() {
         }
         log.append(r).unwrap();
     }
-    let render = |only: Option<&str>| rendering(c, only);
     for (path, only) in [
         ("audit".to_string(), None),
         (format!("{}/audit", key_dir(c)), Some(key.as_str())),
     ] {
         let fh = c.open(ino(c, &path), libc::O_RDONLY, me.clone()).unwrap();
         // The view as it was at open (opening it was recorded before it was taken).
-        let whole = render(only);
+        let whole = rendering(c, only);
         assert!(
             whole.len() > 2 * 256 * 1024,
             "{path}: {} bytes",
@@ -332,9 +331,9 @@ fn audit_views_read_by_parts_equal_the_whole_rendering() {
         r.resources.key_id = Some(key.clone());
         log.append(r).unwrap();
         let more = c.read(fh, whole.len() as u64, 1 << 20).unwrap();
-        assert_eq!(whole.len() + more.len(), render(only).len(), "{path}");
+        assert_eq!(whole.len() + more.len(), rendering(c, only).len(), "{path}");
         assert!(
-            more == render(only)[whole.len()..],
+            more == rendering(c, only)[whole.len()..],
             "{path}: the added records"
         );
         c.release(fh);
