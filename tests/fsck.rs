@@ -247,3 +247,53 @@ fn safe_repairs_are_made_and_the_rest_left_alone() {
     assert_eq!(code, 23, "{r}");
     assert_eq!(std::fs::read(&f).unwrap(), b);
 }
+
+#[test]
+fn directories_of_an_older_volume_get_their_id_copy_from_repair() {
+    let v = corpus_source();
+    // A volume made before the copy existed: no directory has the xattr.
+    let d = copy(&v, "older");
+    let sub = subdir(&d);
+    for dir in [&d, &sub] {
+        rustix::fs::removexattr(dir.as_path(), DIRID_XATTR).unwrap();
+    }
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (0, vec![]), "not a problem: {r}");
+    assert_eq!(r["dir_id_copies_missing"], 2, "{r}");
+    assert_eq!(r["dir_id_copies_added"], 0, "{r}");
+    assert!(rustix::fs::getxattr(sub.as_path(), DIRID_XATTR, &mut [0u8; 0]).is_err());
+    // The plain output says how to add them.
+    let o = kmsfs()
+        .arg("fsck")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&d)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("2 directories made by an older kmsfs"),
+        "{out}"
+    );
+    let (code, r) = fsck(&v, &d, &["--repair"]);
+    assert_eq!((code, kinds(&r)), (0, vec![]), "{r}");
+    assert_eq!(r["dir_id_copies_added"], 2, "{r}");
+    for dir in [&d, &sub] {
+        let mut b = [0u8; 32];
+        let n = rustix::fs::getxattr(dir.as_path(), DIRID_XATTR, &mut b).unwrap();
+        assert_eq!(&b[..n], std::fs::read(dir.join("kmsfs.dirid")).unwrap());
+    }
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        r["dir_id_copies_missing"], 0,
+        "a second fsck finds none missing: {r}"
+    );
+    // The repaired copy mounts and its names read.
+    let m = Mount::start(&d, &v.mnt, &v.passfile, &[]);
+    assert_eq!(
+        std::fs::read(m.path("sub/inner.txt")).unwrap(),
+        vec![1u8; 3000]
+    );
+    m.unmount();
+}

@@ -79,6 +79,22 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
             r.problems.len(),
             r.problems.len() - r.unrepaired()
         );
+        if r.dir_id_copies_added > 0 {
+            println!(
+                "added the copy of the directory id ({}) to {} directories made by an older kmsfs",
+                crate::fsutil::DIRID_XATTR,
+                r.dir_id_copies_added
+            );
+        }
+        let left = r.dir_id_copies_missing - r.dir_id_copies_added;
+        if left > 0 {
+            println!(
+                "note: {left} directories made by an older kmsfs have no copy of their id in {} \
+                 (not a problem: a cold walk reads kmsfs.dirid instead, one more disk read each); \
+                 kmsfs fsck --repair adds it",
+                crate::fsutil::DIRID_XATTR
+            );
+        }
     }
     if r.unrepaired() > 0 {
         return Err(CliError::new(

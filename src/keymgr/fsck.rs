@@ -3,7 +3,8 @@
 //! side file), every file header (and its data key), every content block, every symlink target —
 //! and reports each problem with its cipher path (and plaintext path where the names on the way
 //! decrypt). Repairs only what is safe to repair: a primary key store rewritten from an intact
-//! backup generation, long-name side files whose entry is gone.
+//! backup generation, long-name side files whose entry is gone, a directory id file or its
+//! xattr copy rewritten from the other; and adds the id copy to directories of older volumes.
 
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -42,6 +43,12 @@ pub struct Report {
     pub blocks: u64,
     /// Files whose key is disabled, pending deletion or destroyed: not decrypted.
     pub skipped: u64,
+    /// Directories without the copy of their id in the `user.kmsfs-dirid` xattr (made by a
+    /// kmsfs before the copy existed): not a problem, the mount reads `kmsfs.dirid` instead,
+    /// one more disk read per directory in a cold walk. `--repair` adds the copy.
+    pub dir_id_copies_missing: u64,
+    /// Of those, the ones `--repair` gave a copy.
+    pub dir_id_copies_added: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -118,7 +125,8 @@ pub fn fsck(
 /// The id of directory `d`: `kmsfs.dirid`, checked against its copy in an xattr (what the mount
 /// reads first). A damaged file with a good copy is reported and, with repair, written again
 /// from the copy (names are checked with the copy); a copy that differs from a good file is
-/// reported and, with repair, replaced by the file's id.
+/// reported and, with repair, replaced by the file's id; a missing copy (an older volume) is
+/// counted and, with repair, added.
 fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
     let file = d.join(DIRID_FILE);
     let copy = crate::fsutil::read_dirid_copy(d);
@@ -126,7 +134,15 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
     let problem = match std::fs::read(&file) {
         Ok(b) if b.len() == 16 => {
             let id: [u8; 16] = b.try_into().ok()?;
-            if copy.is_some() && copy_id != Some(id) {
+            if copy.is_none() && dirid_copy_absent(d) {
+                c.report.dir_id_copies_missing += 1;
+                if c.repair
+                    && let Ok(f) = File::open(d)
+                    && crate::fsutil::write_dirid_copy(f, &id).is_ok()
+                {
+                    c.report.dir_id_copies_added += 1;
+                }
+            } else if copy.is_some() && copy_id != Some(id) {
                 let repaired = c.repair
                     && crate::fsutil::write_dirid_copy(std::fs::File::open(d).ok()?, &id).is_ok();
                 c.problem(
@@ -174,6 +190,15 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
             None
         }
     }
+}
+
+/// Whether directory `d` has no id copy although its file system stores user xattrs (ENODATA,
+/// not ENOTSUP: a backing file system without xattrs keeps only `kmsfs.dirid`, as designed).
+fn dirid_copy_absent(d: &Path) -> bool {
+    matches!(
+        rustix::fs::getxattr(d, crate::fsutil::DIRID_XATTR, &mut [0u8; 0]),
+        Err(rustix::io::Errno::NODATA)
+    )
 }
 
 fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::io::Result<()> {
