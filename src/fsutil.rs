@@ -103,6 +103,13 @@ pub fn read_dirid_copy(path: &Path) -> Option<Vec<u8>> {
     Some(b[..n.min(b.len())].to_vec())
 }
 
+/// [`read_dirid_copy`] through a descriptor of the directory opened for reading.
+pub fn read_dirid_copy_fd(dir: impl std::os::fd::AsFd) -> Option<Vec<u8>> {
+    let mut b = [0u8; 32];
+    let n = rustix::fs::fgetxattr(dir, DIRID_XATTR, &mut b).ok()?;
+    Some(b[..n.min(b.len())].to_vec())
+}
+
 /// Stores the copy of a directory's id on the open directory `dir`. Callers treat failure as
 /// harmless (a backing file system without user xattrs keeps only `kmsfs.dirid`).
 pub fn write_dirid_copy(dir: impl std::os::fd::AsFd, id: &[u8; 16]) -> io::Result<()> {

@@ -61,6 +61,26 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
 }
 
 impl Attr {
+    /// Attributes for a listing's `.` and `..` in readdirplus, which the kernel does not read:
+    /// a directory `ino`, the rest zero.
+    pub fn placeholder_dir(ino: u64) -> Attr {
+        Attr {
+            ino,
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            kind: Kind::Dir,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 0,
+        }
+    }
+
     /// Builds attributes from a backing `stat`, with `ino` already mapped and the plaintext size
     /// computed from the cipher size (regular files) or the stored target (symlinks).
     pub fn from_stat(st: &Stat, ino: u64, layout: &Layout) -> Attr {

@@ -123,8 +123,9 @@ impl Vfs {
         Ok(out)
     }
 
-    /// Like [`Vfs::readdir_with`], with each entry's attributes, and at most `limit` entries
-    /// other than `.` and `..`. Every entry but `.` and `..` that `emit` takes counts one
+    /// Like [`Vfs::readdir_with`], with each entry's attributes (`.` and `..` only with
+    /// placeholders: [`Attr::placeholder_dir`]), and at most `limit` entries other than `.` and
+    /// `..`. Every entry but `.` and `..` that `emit` takes counts one
     /// lookup (the kernel takes them as looked up). Entries gone since they were read are left
     /// out. An entry that cannot be opened for a reason other than being gone (EMFILE: every
     /// inode the kernel holds costs a descriptor) ends the listing there, or fails it if it is
@@ -161,14 +162,9 @@ impl Vfs {
         let (mut given, mut named) = (0usize, 0usize);
         let r = self.stream_dir(&dir, offset, |next, e| {
             if e.cipher_name.is_empty() {
-                let st = rustix::fs::statat(
-                    &dir.fd,
-                    if e.name == "." { "." } else { ".." },
-                    AtFlags::empty(),
-                )?;
-                let mut a = Attr::from_stat(&st, e.ino, &self.layout);
-                a.ino = e.ino;
-                if !emit(next, &e, &a) {
+                // The kernel passes over the attributes of `.` and `..` (fuse_direntplus_link
+                // returns before reading them): no stat for them.
+                if !emit(next, &e, &Attr::placeholder_dir(e.ino)) {
                     return Ok(false);
                 }
                 given += 1;
@@ -236,14 +232,29 @@ impl Vfs {
         }
         let mut cur = match self.dir_cursors.take(dir, pos) {
             Some(c) => c,
-            None => Cursor::open(dir, pos)?,
+            None => {
+                #[cfg(test)]
+                self.dir_cursors
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Cursor::open(dir, pos)?
+            }
         };
-        let dir_id = self.dir_id(dir)?;
+        let dir_id = self.dir_id_with(dir, Some(&cur.fd))?;
         let at_root = dir.ino == ROOT_INO;
         // Where the kernel goes on from: after the last entry it took.
         let mut resume = pos;
+        // Whether this request gave the kernel any entry (`.` and `..` included).
+        let mut gave = pos != offset;
         loop {
             if !cur.fill()? {
+                if gave {
+                    // The end, reached in a request that gave entries: the kernel asks once
+                    // more (only an empty reply ends a listing), and the kept cursor answers
+                    // that without opening, seeking and reading the directory again.
+                    cur.at = resume;
+                    self.dir_cursors.put(cur);
+                }
                 return Ok(());
             }
             let raw = &cur.pending[0];
@@ -257,6 +268,7 @@ impl Vfs {
                     return Ok(());
                 }
                 resume = next;
+                gave = true;
             }
             cur.advance();
         }
@@ -441,13 +453,18 @@ const CURSORS_MAX: usize = 16;
 /// comes in many requests). Looked up by directory and offset; the least recently put is
 /// closed first.
 #[derive(Default)]
-pub(super) struct Cursors(Mutex<VecDeque<Cursor>>);
+pub(super) struct Cursors {
+    kept: Mutex<VecDeque<Cursor>>,
+    /// Backing directories opened for listings (tests check that a kept cursor was used).
+    #[cfg(test)]
+    pub(super) opened: std::sync::atomic::AtomicU64,
+}
 
 impl Cursors {
     /// A cursor of `dir` at `offset` read after the directory's last change (a cursor read
     /// before it could hold removed entries and miss new ones; those are closed).
     fn take(&self, dir: &Arc<Node>, offset: u64) -> Option<Cursor> {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         let me = Arc::downgrade(dir);
         let now = dir.entry_changes();
         q.retain(|c| !Weak::ptr_eq(&c.dir, &me) || c.changes == now);
@@ -458,7 +475,7 @@ impl Cursors {
     }
 
     fn put(&self, c: Cursor) {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= CURSORS_MAX {
             q.pop_front();
         }

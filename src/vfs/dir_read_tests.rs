@@ -147,3 +147,42 @@ fn dot_and_dotdot_come_first_and_offsets_resume_exactly() {
         assert_eq!(got, want, "from the offset after entry {k}");
     }
 }
+
+#[test]
+fn the_request_that_ends_a_listing_reads_the_directory_no_more() {
+    let (_t, v, dir) = volume_with_dir();
+    for i in 0..10 {
+        create(&v, dir, &format!("{i}"));
+    }
+    let opened = || {
+        v.dir_cursors
+            .opened
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for plus in [false, true] {
+        // One part with every entry, then the empty reply that ends the listing: the
+        // backing directory is opened once, for the first.
+        let before = opened();
+        assert_eq!(list_in_parts(&v, dir, 1000, plus).len(), 10);
+        assert_eq!(opened() - before, 1, "plus {plus}");
+        // A change between the parts: the cursor kept at the end is not used, and the
+        // listing shows the directory as it is now.
+        let mut seen = 0;
+        let mut last = 0;
+        v.readdir_with(dir, 0, |next, _| {
+            seen += 1;
+            last = next;
+            true
+        })
+        .expect("readdir");
+        assert_eq!(seen, 12);
+        create(&v, dir, &format!("late-{plus}"));
+        let before = opened();
+        let rest = v.readdir(dir, last).expect("readdir from the end");
+        assert_eq!(opened() - before, 1, "read again after the change");
+        assert!(rest.iter().all(|(_, e)| e.name != "." && e.name != ".."));
+        assert_eq!(list_in_parts(&v, dir, 1000, plus).len(), 11);
+        v.unlink(dir, format!("late-{plus}").as_ref())
+            .expect("unlink");
+    }
+}

@@ -249,6 +249,13 @@ impl Vfs {
 
     /// The id a directory's entry names are bound to.
     fn dir_id(&self, dir: &Node) -> Result<DirId> {
+        self.dir_id_with(dir, None)
+    }
+
+    /// [`Vfs::dir_id`], reading the copy through `open`, a descriptor of the directory opened
+    /// for reading, when there is one (cheaper than by the node's `/proc/self/fd` path: the
+    /// node's own descriptor is `O_PATH`, which takes no xattr calls).
+    fn dir_id_with(&self, dir: &Node, open: Option<&std::os::fd::OwnedFd>) -> Result<DirId> {
         if self.names.plaintext() {
             return Ok(DirId([0; 16]));
         }
@@ -256,7 +263,11 @@ impl Vfs {
             return Ok(*id);
         }
         // The copy in the directory's xattr comes with its inode; the file costs a read of its own.
-        if let Some(b) = crate::fsutil::read_dirid_copy(std::path::Path::new(&dir.proc_path()))
+        let copy = match open {
+            Some(fd) => crate::fsutil::read_dirid_copy_fd(fd),
+            None => crate::fsutil::read_dirid_copy(std::path::Path::new(&dir.proc_path())),
+        };
+        if let Some(b) = copy
             && let Ok(id) = <[u8; 16]>::try_from(b.as_slice())
         {
             return Ok(*dir.dir_id.get_or_init(|| DirId(id)));
