@@ -2,7 +2,7 @@
 //! of key policies and audit records. A node's cipher path (from its `O_PATH` descriptor) is
 //! decrypted component by component from the root; the plaintext of every directory prefix is
 //! cached, and a file's name is decrypted with its parent node's cached directory id, so an open
-//! costs two `readlink`s, not a read of every ancestor's directory id.
+//! costs a `readlink` and a one-name `stat`, not a read of every ancestor's directory id.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -41,7 +41,8 @@ impl Vfs {
 
     /// Plaintext path of any node. A file's is its parent directory's plus its decrypted name,
     /// with the parent's directory id from the parent's node when the node's last known parent
-    /// still is the directory it is in; otherwise the whole cipher path is decrypted.
+    /// still holds it under the name in its cipher path; otherwise the whole cipher path is
+    /// decrypted.
     pub(super) fn plain_node_path(&self, node: &Node) -> Result<String> {
         if node.kind == Kind::Dir {
             return self.plain_dir_path(node);
@@ -52,7 +53,11 @@ impl Vfs {
             (cipher.parent(), cipher.file_name(), pino != 0)
             && let Ok(p) = self.inodes.get(pino)
             && p.kind == Kind::Dir
-            && std::fs::read_link(p.proc_path()).is_ok_and(|c| c == parent_c)
+            // The parent still holds the node under the name it has in its cipher path (a
+            // one-name lookup, cheaper than reading the parent's path back: a cipher name is
+            // bound to its directory's id, so no other directory holds the same one).
+            && rustix::fs::statat(&p.fd, entry, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| self.inodes.map_ino(st.st_ino) == node.ino)
         {
             let dir = self.plain_of_cipher(parent_c)?;
             let id = if self.names.plaintext() {
