@@ -172,6 +172,44 @@ impl OpenFile {
         Ok(())
     }
 
+    /// The plaintext of blocks `first..=last` after writing `data` at `off`: from `base` (the
+    /// first block's start) to `span_end`, the old bytes kept where the write does not reach
+    /// into its first and last blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn merged_span(
+        &self,
+        st: &FileState,
+        first: u64,
+        last: u64,
+        base: u64,
+        span_end: u64,
+        off: u64,
+        data: &[u8],
+    ) -> Result<Vec<u8>> {
+        let l = self.layout;
+        let end = off + data.len() as u64;
+        let mut plain = vec![0u8; (span_end - base) as usize];
+        // Old bytes before `off` in the first block.
+        if off > base {
+            let mut old = Vec::new();
+            self.read_blocks(st, first, first, &mut old)?;
+            let n = old.len().min((off - base) as usize);
+            plain[..n].copy_from_slice(&old[..n]);
+        }
+        // Old bytes after `end` in the last block.
+        let last_start = l.plain_offset(last);
+        let old_last_end = st.size.min(last_start + l.block_size);
+        if end < old_last_end {
+            let mut old = Vec::new();
+            self.read_blocks(st, last, last, &mut old)?;
+            let from = (end - last_start) as usize;
+            let dst = (end - base) as usize;
+            plain[dst..dst + old.len() - from].copy_from_slice(&old[from..]);
+        }
+        plain[(off - base) as usize..(end - base) as usize].copy_from_slice(data);
+        Ok(plain)
+    }
+
     /// Writes `data` at `off <= size`. Re-encrypts every touched block (read-modify-write at the
     /// edges), re-marks the final block, and writes everything in one `pwrite`.
     fn write_locked(&self, st: &mut FileState, off: u64, data: &[u8]) -> Result<()> {
@@ -201,28 +239,17 @@ impl OpenFile {
         let base = l.plain_offset(first);
         // Plaintext of blocks first..=last after the write.
         let span_end = new_size.min(l.plain_offset(last + 1));
-        let mut plain = vec![0u8; (span_end - base) as usize];
-        // Old bytes before `off` in the first block.
-        if off > base {
-            let mut old = Vec::new();
-            self.read_blocks(st, first, first, &mut old)?;
-            let n = old.len().min((off - base) as usize);
-            plain[..n].copy_from_slice(&old[..n]);
+        let mut out = Vec::with_capacity(
+            (span_end - base) as usize + (last - first + 2) as usize * BLOCK_OVERHEAD,
+        );
+        if off == base && end == span_end {
+            // The write covers its blocks exactly (the usual case with the writeback cache: whole
+            // pages): encrypted straight from the caller's bytes.
+            st.cipher.encrypt_blocks(first, data, new_final, &mut out);
+        } else {
+            let plain = self.merged_span(st, first, last, base, span_end, off, data)?;
+            st.cipher.encrypt_blocks(first, &plain, new_final, &mut out);
         }
-        // Old bytes after `end` in the last block.
-        let last_start = l.plain_offset(last);
-        let old_last_end = st.size.min(last_start + bs);
-        if end < old_last_end {
-            let mut old = Vec::new();
-            self.read_blocks(st, last, last, &mut old)?;
-            let from = (end - last_start) as usize;
-            let dst = (end - base) as usize;
-            plain[dst..dst + old.len() - from].copy_from_slice(&old[from..]);
-        }
-        plain[(off - base) as usize..(end - base) as usize].copy_from_slice(data);
-        let mut out =
-            Vec::with_capacity(plain.len() + (plain.len() / bs as usize + 2) * BLOCK_OVERHEAD);
-        st.cipher.encrypt_blocks(first, &plain, new_final, &mut out);
         if new_final == last + 1 && new_size.is_multiple_of(bs) {
             // The size became a multiple of the block size: the final block is a new empty one.
             // (When the file goes on past this write, its final block is untouched and stays.)
