@@ -20,7 +20,8 @@ pub struct FsckArgs {
     #[command(flatten)]
     unlock: UnlockArgs,
     /// Repair what is safe to repair: rewrite a damaged primary key store from its backup,
-    /// remove orphan long-name side files.
+    /// remove orphan long-name side files, recover interrupted writes, rewrite a directory id
+    /// file or its xattr copy from the other, add the copy to directories of older volumes.
     #[arg(long)]
     repair: bool,
     #[arg(long)]

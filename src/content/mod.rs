@@ -50,10 +50,19 @@ impl FileCipher {
     ) {
         debug_assert!(plain.len() <= self.block_size);
         debug_assert_eq!(out.len(), plain.len() + BLOCK_OVERHEAD);
-        let (n, rest) = out.split_at_mut(BLOCK_NONCE_LEN);
-        n.copy_from_slice(nonce);
-        let (ct, tag) = rest.split_at_mut(plain.len());
-        ct.copy_from_slice(plain);
+        out[..BLOCK_NONCE_LEN].copy_from_slice(nonce);
+        out[BLOCK_NONCE_LEN..BLOCK_NONCE_LEN + plain.len()].copy_from_slice(plain);
+        self.seal_block(block_no, is_final, out);
+    }
+
+    /// Encrypts `block` (`nonce ‖ plaintext ‖ room for the tag`) in place: the plaintext
+    /// becomes the ciphertext and the tag is written after it.
+    fn seal_block(&self, block_no: u64, is_final: bool, block: &mut [u8]) {
+        let (nonce, rest) = block.split_at_mut(BLOCK_NONCE_LEN);
+        let nonce: &[u8; BLOCK_NONCE_LEN] = (&*nonce)
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("split at the nonce length"));
+        let (ct, tag) = rest.split_at_mut(rest.len() - BLOCK_TAG_LEN);
         let t = self
             .aead
             .seal_in_place(nonce, &block_aad(&self.file_id, block_no, is_final), ct);
@@ -110,15 +119,11 @@ impl FileCipher {
                 .unwrap_or_else(|_| unreachable!("slice of nonce length"));
             // Appended, then encrypted in place: the output is written once before the cipher
             // runs (no zero fill first), and the in-place keystream is the crate's fastest path.
-            let start = out.len() + BLOCK_NONCE_LEN;
+            let start = out.len();
             out.extend_from_slice(nonce);
             out.extend_from_slice(p);
             out.extend_from_slice(&[0u8; BLOCK_TAG_LEN]);
-            let (ct, tag) = out[start..].split_at_mut(p.len());
-            let t =
-                self.aead
-                    .seal_in_place(nonce, &block_aad(&self.file_id, b, b == final_block), ct);
-            tag.copy_from_slice(&t);
+            self.seal_block(b, b == final_block, &mut out[start..]);
         }
     }
 

@@ -450,7 +450,8 @@ const CURSORS_MAX: usize = 16;
 
 /// Backing directories left open where a listing stopped, so that the request for the next
 /// part continues there instead of opening and seeking again (a listing of a large directory
-/// comes in many requests). Looked up by directory and offset; the least recently put is
+/// comes in many requests), or where it reached the end in a request that gave entries (the
+/// kernel asks once more, and only an empty reply ends a listing). Looked up by directory and offset; the least recently put is
 /// closed first.
 #[derive(Default)]
 pub(super) struct Cursors {

@@ -172,22 +172,14 @@ impl OpenFile {
         Ok(())
     }
 
-    /// The plaintext of blocks `first..=last` after writing `data` at `off`: from `base` (the
-    /// first block's start) to `span_end`, the old bytes kept where the write does not reach
-    /// into its first and last blocks.
-    #[allow(clippy::too_many_arguments)]
-    fn merged_span(
-        &self,
-        st: &FileState,
-        first: u64,
-        last: u64,
-        base: u64,
-        span_end: u64,
-        off: u64,
-        data: &[u8],
-    ) -> Result<Vec<u8>> {
+    /// The plaintext of the blocks a write of `data` at `off` touches, after it: from the first
+    /// block's start to `span_end`, the old bytes kept where the write does not reach into its
+    /// first and last blocks.
+    fn merged_span(&self, st: &FileState, off: u64, data: &[u8], span_end: u64) -> Result<Vec<u8>> {
         let l = self.layout;
         let end = off + data.len() as u64;
+        let (first, last) = (l.block_of(off), l.block_of(end - 1));
+        let base = l.plain_offset(first);
         let mut plain = vec![0u8; (span_end - base) as usize];
         // Old bytes before `off` in the first block.
         if off > base {
@@ -247,7 +239,7 @@ impl OpenFile {
             // pages): encrypted straight from the caller's bytes.
             st.cipher.encrypt_blocks(first, data, new_final, &mut out);
         } else {
-            let plain = self.merged_span(st, first, last, base, span_end, off, data)?;
+            let plain = self.merged_span(st, off, data, span_end)?;
             st.cipher.encrypt_blocks(first, &plain, new_final, &mut out);
         }
         if new_final == last + 1 && new_size.is_multiple_of(bs) {

@@ -55,7 +55,9 @@ impl Vfs {
             && p.kind == Kind::Dir
             // The parent still holds the node under the name it has in its cipher path (a
             // one-name lookup, cheaper than reading the parent's path back: a cipher name is
-            // bound to its directory's id, so no other directory holds the same one).
+            // bound to its directory's id, so no other directory holds the same one; with
+            // plaintext names another may, a hard link under the same name, which gives the
+            // same name).
             && rustix::fs::statat(&p.fd, entry, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
                 .is_ok_and(|st| self.inodes.map_ino(st.st_ino) == node.ino)
         {
