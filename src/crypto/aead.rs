@@ -118,6 +118,16 @@ mod tests {
         assert_eq!(a.open(b"ad", &sealed[..10]), Err(AuthError));
     }
 
+    /// The expanded key inside the AEAD is wiped when it is dropped: aes-gcm-siv's own `zeroize`
+    /// feature covers only its temporary buffers; the AES key schedule (whose first two round
+    /// keys are the key itself) is wiped by the `aes` crate's `zeroize` feature (Cargo.toml).
+    #[test]
+    fn key_schedules_zeroize() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes::Aes256>();
+        wiped_on_drop::<aes::Aes256Enc>();
+    }
+
     /// RFC 8452 Appendix C.2, first AES-256-GCM-SIV vector with a non-empty plaintext.
     #[test]
     fn rfc8452_vector() {
