@@ -218,7 +218,8 @@ fn rewrap_one(
         .custom_flags(libc::O_NOFOLLOW)
         .open(&cf.cipher_path)
         .map_err(RewrapErr::Io)?;
-    if !f.metadata().map_err(RewrapErr::Io)?.is_file() {
+    let md = f.metadata().map_err(RewrapErr::Io)?;
+    if !md.is_file() {
         return Ok(Outcome::NotSelected);
     }
     let h = read_header(&f).ok_or_else(|| RewrapErr::Damaged("header does not parse".into()))?;
@@ -260,5 +261,27 @@ fn rewrap_one(
         let _ = f.write_all_at(&h.encode(), 0);
         return Err(RewrapErr::Io(e));
     }
+    keep_times(&f, &md);
     Ok(Outcome::Rewrapped)
+}
+
+/// Puts back the access and modification times a file had before its header was rewritten:
+/// its content did not change, so backup tools and `make` must not see it as modified (the
+/// change time moves, as for any change of metadata). Best effort: a failure leaves the file
+/// valid with a new mtime. A write through the mount in the microseconds between the stat and
+/// this call would have its mtime set back; with the writeback cache (the default) the kernel
+/// keeps the right one and sends it again.
+fn keep_times(f: &File, md: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    let ts = |sec: i64, nsec: i64| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: ts(md.atime(), md.atime_nsec()),
+        last_modification: ts(md.mtime(), md.mtime_nsec()),
+    };
+    if let Err(e) = rustix::fs::futimens(f, &times) {
+        tracing::warn!("rewrap: could not keep a file's times: {e}");
+    }
 }
