@@ -23,7 +23,7 @@ use fuser::{
 use crate::vfs::{Attr, Caller, Kind, SetAttr, SetTime, Vfs, VfsError, XattrReply};
 
 /// How long the kernel may cache attributes and entries.
-const TTL: Duration = Duration::from_secs(5);
+const TTL: Duration = Duration::from_secs(30);
 /// Largest read/write request we ask the kernel for.
 const MAX_WRITE: u32 = 1 << 20;
 
