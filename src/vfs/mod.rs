@@ -16,6 +16,7 @@ mod inode;
 mod open_file;
 mod path;
 mod prefetch;
+mod write_order;
 mod xattr_ops;
 
 use std::ffi::OsStr;

@@ -46,6 +46,8 @@ pub struct OpenFile {
     fd_no: std::sync::atomic::AtomicI32,
     layout: Layout,
     state: RwLock<FileState>,
+    /// Lets writes past the end wait for the writes before them (see `write_order`).
+    order: super::write_order::WriteOrder,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -66,6 +68,7 @@ impl OpenFile {
             fd_no,
             layout,
             state: RwLock::new(state),
+            order: Default::default(),
         }
     }
 
@@ -138,6 +141,11 @@ impl OpenFile {
 
     /// Writes `data` at `off` (or at end of file when `append`); returns the offset written at.
     pub fn write(&self, off: u64, data: &[u8], append: bool) -> Result<u64> {
+        // Dropped after the file's lock (declared before it).
+        let turn = self.order.enter();
+        if !append {
+            self.order.wait_turn(&turn, off, || off > self.size());
+        }
         let mut st = self.write_state();
         if !st.writable {
             return Err(VfsError::Sys(rustix::io::Errno::BADF));
