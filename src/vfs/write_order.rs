@@ -13,6 +13,11 @@ use std::time::Duration;
 /// A waiting write re-checks at least this often (a safety net: every change that can let it
 /// go wakes it).
 const RECHECK: Duration = Duration::from_millis(20);
+/// The longest a write waits. The writes it waits for in the writeback case take a few
+/// milliseconds; another process writing the same file lower down all the time (two writers of
+/// one file, each in its own region) would otherwise hold back the higher one's first write for
+/// as long as it keeps a write in flight.
+const MAX_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Writes {
@@ -53,11 +58,12 @@ impl WriteOrder {
     /// Returns when the write at `off` may go: `past_end()` (asked with this object's lock held,
     /// so it must not wait for a write) says it would start past the end of the file, and the
     /// write waits while that holds and another write in flight is not waiting, or while a
-    /// waiting write starts lower.
+    /// waiting write starts lower; never longer than `MAX_WAIT`.
     pub fn wait_turn(&self, _ticket: &Ticket<'_>, off: u64, past_end: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
         let mut w = self.lock();
         loop {
-            if !past_end() {
+            if !past_end() || start.elapsed() >= MAX_WAIT {
                 return;
             }
             let others_active = w.in_flight - w.waiting.len() - 1;
@@ -164,5 +170,22 @@ mod tests {
         done.sort();
         assert_eq!(done, [10, 30, 50]);
         assert_eq!(size.load(Ordering::SeqCst), 51);
+    }
+
+    /// A write that stays in flight (another process writing the same file lower down all the
+    /// time) holds a write past the end back for `MAX_WAIT` at most.
+    #[test]
+    fn the_wait_has_a_limit() {
+        let order = WriteOrder::default();
+        let busy = order.enter();
+        let t = order.enter();
+        let start = std::time::Instant::now();
+        order.wait_turn(&t, 100, || true);
+        let waited = start.elapsed();
+        assert!(
+            waited >= MAX_WAIT && waited < MAX_WAIT + 5 * RECHECK,
+            "waited {waited:?}"
+        );
+        drop((t, busy));
     }
 }
