@@ -92,7 +92,7 @@ def main():
             r = k / v if better == "hi" else v / k
             ratios.append(f"{r:.2f}")
             tsv_ratios.append(f"{r:.4f}")
-        md.append("| " + " | ".join([label, unit] + cells + ratios) + " |")
+        md.append("| " + " | ".join([label.replace("|", "\\|"), unit] + cells + ratios) + " |")
         tsv.append("\t".join([rid, label, unit, better] + tsv_cells + tsv_ratios
                              + [",".join(reps_ok)]))
 
