@@ -272,16 +272,11 @@ fn rewrap_one(
 /// this call would have its mtime set back; with the writeback cache (the default) the kernel
 /// keeps the right one and sends it again.
 fn keep_times(f: &File, md: &std::fs::Metadata) {
-    use std::os::unix::fs::MetadataExt;
-    let ts = |sec: i64, nsec: i64| rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    let times = rustix::fs::Timestamps {
-        last_access: ts(md.atime(), md.atime_nsec()),
-        last_modification: ts(md.mtime(), md.mtime_nsec()),
-    };
-    if let Err(e) = rustix::fs::futimens(f, &times) {
+    let times = md.accessed().and_then(|a| {
+        md.modified()
+            .map(|m| std::fs::FileTimes::new().set_accessed(a).set_modified(m))
+    });
+    if let Err(e) = times.and_then(|t| f.set_times(t)) {
         tracing::warn!("rewrap: could not keep a file's times: {e}");
     }
 }

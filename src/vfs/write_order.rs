@@ -139,8 +139,8 @@ mod tests {
         );
     }
 
-    /// A lone write past the end (a seek past the end) goes at once, as do writes when every
-    /// write in flight is past the end: the lowest first, and none waits for good.
+    /// A lone write past the end (a seek past the end) goes at once; when every write in flight
+    /// is past the end, all of them go in turn and none waits for good.
     #[test]
     fn a_write_nothing_can_fill_the_gap_before_goes_at_once() {
         let order = WriteOrder::default();
