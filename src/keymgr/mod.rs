@@ -131,14 +131,21 @@ pub type TickResult = (Vec<(KeyId, u32)>, Vec<KeyId>);
 /// windows without waiting. Never set it on a real volume.
 pub const TEST_TIME_OFFSET_ENV: &str = "KMSFS_TEST_TIME_OFFSET_SECS";
 
+/// What a key's effective policy is made from: its stored text, or (none stored) the default
+/// policy of the volume's owner.
+struct PolicySource {
+    text: Option<String>,
+    owner_uid: u32,
+}
+
 /// The runtime key manager of a mounted (or opened) volume.
 pub struct KeyManager {
     state: RwLock<Unlocked>,
     time_offset: u64,
-    /// Parsed key policies, by key, with the text they were parsed from (a changed text is
-    /// parsed again).
+    /// Parsed key policies, by key, with what they were parsed from (a changed policy is parsed
+    /// again).
     policies: std::sync::Mutex<
-        std::collections::HashMap<KeyId, (String, std::sync::Arc<policy::Policy>)>,
+        std::collections::HashMap<KeyId, (PolicySource, std::sync::Arc<policy::Policy>)>,
     >,
     policy_hits: std::sync::atomic::AtomicU64,
     policy_misses: std::sync::atomic::AtomicU64,
@@ -195,13 +202,16 @@ impl KeyManager {
             return policy::Decision::ImplicitDeny;
         };
         let st = self.read();
-        let Ok(text) = access::get_policy(&st.store, &id) else {
+        let Some(key) = st.store.key(&id) else {
             return policy::Decision::ImplicitDeny;
         };
+        // The policy is made from the stored text, or the default policy of the owner (not
+        // rendered and parsed again on every open).
+        let owner_uid = st.store.owner_uid;
         let parsed = {
             let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
             match cache.get(&id) {
-                Some((t, p)) if *t == text => {
+                Some((s, p)) if s.text == key.policy && s.owner_uid == owner_uid => {
                     self.policy_hits
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     p.clone()
@@ -209,6 +219,14 @@ impl KeyManager {
                 _ => {
                     self.policy_misses
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let source = PolicySource {
+                        text: key.policy.clone(),
+                        owner_uid,
+                    };
+                    let text = source
+                        .text
+                        .clone()
+                        .unwrap_or_else(|| policy::Policy::default_text(owner_uid));
                     // A stored policy was validated when stored; one that no longer parses
                     // (damage) allows nothing.
                     let p = std::sync::Arc::new(policy::Policy::parse(&text).unwrap_or(
@@ -216,7 +234,7 @@ impl KeyManager {
                             statements: Vec::new(),
                         },
                     ));
-                    cache.insert(id, (text, p.clone()));
+                    cache.insert(id, (source, p.clone()));
                     p
                 }
             }

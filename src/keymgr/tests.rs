@@ -317,3 +317,63 @@ fn destroyed_material_does_not_survive_in_the_backup() {
         );
     }
 }
+
+#[test]
+fn cached_policy_follows_every_change_of_the_stored_policy_and_owner() {
+    let (_t, d, _) = new_volume();
+    let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
+    let (key, owner) = km.query(|s| (s.default_key, s.owner_uid));
+    let ask = |uid: u32| {
+        km.authorize(&policy::Request {
+            who: policy::Identity {
+                uid,
+                ..Default::default()
+            },
+            action: "kms:Decrypt".into(),
+            key: Some(key),
+            ..Default::default()
+        })
+    };
+    // The default policy: the owner, and nobody else.
+    assert!(ask(owner).allowed());
+    assert!(!ask(owner + 1).allowed());
+    assert!(ask(owner).allowed(), "a cache hit decides the same");
+    // A stored policy replaces it at once.
+    let other = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"Other","Effect":"Allow",
+            "Principal":{{"Uid":"{}"}},"Action":"kms:*","Resource":"*"}}]}}"#,
+        owner + 1
+    );
+    km.admin(|s, _| {
+        s.key_mut(&key).unwrap().policy = Some(other.clone());
+        Ok(())
+    })
+    .unwrap();
+    assert!(!ask(owner).allowed());
+    assert_eq!(
+        ask(owner + 1),
+        policy::Decision::AllowedByPolicy {
+            sid: "Other".into()
+        }
+    );
+    // Back to the default policy, then a new owner: the default follows the owner.
+    km.admin(|s, _| {
+        s.key_mut(&key).unwrap().policy = None;
+        Ok(())
+    })
+    .unwrap();
+    assert!(ask(owner).allowed());
+    km.admin(|s, _| {
+        s.owner_uid = owner + 2;
+        Ok(())
+    })
+    .unwrap();
+    assert!(!ask(owner).allowed());
+    assert!(ask(owner + 2).allowed());
+    let (hits, misses) = km.policy_cache_stats();
+    assert_eq!(
+        (hits, misses),
+        (4, 4),
+        "parsed once per change, not per decision"
+    );
+}
