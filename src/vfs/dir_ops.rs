@@ -28,7 +28,7 @@ impl Vfs {
             VfsError::Name(crate::names::NameError::Reserved) => VfsError::Sys(Errno::NOENT),
             e => e,
         })?;
-        Ok(self.intern_child(&dir, &cn.entry)?.1)
+        Ok(self.intern_child(&dir, &cn.entry, name)?.1)
     }
 
     /// Writes the side file of a long name if it is not there yet; returns whether it wrote it.
@@ -116,7 +116,7 @@ impl Vfs {
                 crate::fault::check("chmod")?;
                 rustix::fs::fchmod(&newd, Mode::from(perm))?;
                 self.set_owner(&dir, &newd, caller)?;
-                self.intern_child(&dir, &cn.entry)
+                self.intern_child(&dir, &cn.entry, name)
             };
             match fin() {
                 Ok((_, attr)) => Ok(attr),
@@ -217,6 +217,8 @@ impl Vfs {
             // The target directory may hold only its directory id: empty it and retry.
             r = self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry);
         }
+        // Whatever moved (a directory may have, with everything under it): paths are read again.
+        self.renamed();
         if let Err(e) = r {
             if wrote {
                 self.remove_side_file(&to_dir, &to);
@@ -293,7 +295,7 @@ impl Vfs {
             } else {
                 r?;
             }
-            Ok(self.intern_child(&dir, &cn.entry)?.1)
+            Ok(self.intern_child(&dir, &cn.entry, newname)?.1)
         })
     }
 
@@ -313,7 +315,7 @@ impl Vfs {
         self.create_entry(&dir, &cn, || {
             crate::fault::check("symlink")?;
             rustix::fs::symlinkat(stored.as_str(), &dir.fd, &cn.entry)?;
-            let (node, attr) = self.intern_child(&dir, &cn.entry)?;
+            let (node, attr) = self.intern_child(&dir, &cn.entry, name)?;
             if self.chown_new {
                 self.set_owner(&dir, &node.fd, caller)?;
                 return self.stat_node(&node);
@@ -368,7 +370,7 @@ impl Vfs {
                 Mode::from(mode & 0o7777),
                 rdev.into(),
             )?;
-            let (node, attr) = self.intern_child(&dir, &cn.entry)?;
+            let (node, attr) = self.intern_child(&dir, &cn.entry, name)?;
             if self.chown_new {
                 self.set_owner(&dir, &node.fd, caller)?;
                 return self.stat_node(&node);

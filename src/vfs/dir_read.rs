@@ -173,7 +173,7 @@ impl Vfs {
             if named >= limit {
                 return Ok(false);
             }
-            let attr = match self.intern_child(&dir, &e.cipher_name) {
+            let attr = match self.intern_child(&dir, &e.cipher_name, &e.name) {
                 Ok((_, attr)) => attr,
                 // Gone since it was read: leave it out.
                 Err(VfsError::Sys(Errno::NOENT)) => return Ok(true),

@@ -348,7 +348,7 @@ impl Vfs {
                     )?;
                     *named = true;
                 }
-                let (node, attr) = self.intern_child(dir, &cn.entry)?;
+                let (node, attr) = self.intern_child(dir, &cn.entry, name)?;
                 let st = FileState {
                     file: file.try_clone()?,
                     writable: true,

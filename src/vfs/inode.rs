@@ -9,9 +9,10 @@
 //! Inode numbers are the backing inode numbers (so `readdir`'s d_ino and `stat` agree), except that
 //! the backing root's number is shown as 1 and a backing inode numbered 1 takes the root's number.
 
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -36,6 +37,19 @@ pub struct Node {
     /// Changes to the entries of this directory made through the mount, counted after each
     /// (a listing read before the count moved is stale: see `dir_read::Cursors`).
     changes: AtomicU64,
+    /// The name the node was last given to the kernel under (a hint for its plaintext path:
+    /// checked against its directory before use, see `path.rs`).
+    name: Mutex<Option<Arc<NodeName>>>,
+    /// A directory's plaintext path, with the count of renames it was read at (`path.rs`).
+    plain_path: Mutex<Option<(u64, Arc<str>)>>,
+}
+
+/// An entry naming a node: its directory, its name there in the cipher directory, and in
+/// plaintext.
+pub struct NodeName {
+    pub parent: u64,
+    pub cipher: OsString,
+    pub plain: OsString,
 }
 
 impl std::fmt::Debug for Node {
@@ -56,6 +70,38 @@ impl Node {
     /// The count of changes to this directory's entries.
     pub fn entry_changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
+    }
+
+    /// Remembers the entry the node was just found or made under.
+    pub fn set_name(&self, parent: u64, cipher: &OsStr, plain: &OsStr) {
+        let mut g = self.name.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref()
+            .is_some_and(|n| n.parent == parent && n.cipher == cipher && n.plain == plain)
+        {
+            return;
+        }
+        *g = Some(Arc::new(NodeName {
+            parent,
+            cipher: cipher.to_os_string(),
+            plain: plain.to_os_string(),
+        }));
+    }
+
+    /// The entry the node was last found or made under, if known.
+    pub fn name(&self) -> Option<Arc<NodeName>> {
+        self.name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A directory's plaintext path remembered at rename count `renames`.
+    pub fn cached_path(&self, renames: u64) -> Option<Arc<str>> {
+        let g = self.plain_path.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref()
+            .filter(|(r, _)| *r == renames)
+            .map(|(_, p)| p.clone())
+    }
+
+    pub fn cache_path(&self, renames: u64, path: Arc<str>) {
+        *self.plain_path.lock().unwrap_or_else(|p| p.into_inner()) = Some((renames, path));
     }
 
     /// `/proc/self/fd/N`: reopens the backing file through its `O_PATH` descriptor.
@@ -83,6 +129,8 @@ impl InodeTable {
                 dir_id: OnceLock::new(),
                 parent: AtomicU64::new(0),
                 changes: AtomicU64::new(0),
+                name: Mutex::new(None),
+                plain_path: Mutex::new(None),
             }),
         );
         InodeTable {
@@ -127,6 +175,8 @@ impl InodeTable {
                     dir_id: OnceLock::new(),
                     parent: AtomicU64::new(0),
                     changes: AtomicU64::new(0),
+                    name: Mutex::new(None),
+                    plain_path: Mutex::new(None),
                 });
                 v.insert(n.clone());
                 n

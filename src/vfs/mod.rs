@@ -109,6 +109,9 @@ pub struct Vfs {
     path_cache: DashMap<std::path::PathBuf, String>,
     /// The cipher directory as `/proc/self/fd` shows it (resolved once).
     root_cipher: std::sync::OnceLock<std::path::PathBuf>,
+    /// Renames through the mount so far: a directory's remembered plaintext path is good while
+    /// this count has not moved (see `path.rs`).
+    renames: std::sync::atomic::AtomicU64,
     /// The virtual `.kmsfs/` directory.
     control: Arc<crate::control::ControlDir>,
     /// Requests served so far (for `--idle`).
@@ -183,6 +186,7 @@ impl Vfs {
             identities: DashMap::new(),
             path_cache: DashMap::new(),
             root_cipher: std::sync::OnceLock::new(),
+            renames: std::sync::atomic::AtomicU64::new(0),
             prefetch,
         })
     }
@@ -329,7 +333,9 @@ impl Vfs {
     }
 
     /// Stats a child by cipher name and registers it (one lookup).
-    fn intern_child(&self, dir: &Node, entry: &OsStr) -> Result<(Arc<Node>, Attr)> {
+    /// Finds (or registers) the node of entry `entry` of `dir`, whose plaintext name is `plain`,
+    /// and counts one lookup.
+    fn intern_child(&self, dir: &Node, entry: &OsStr, plain: &OsStr) -> Result<(Arc<Node>, Attr)> {
         let fd = rustix::fs::openat(
             &dir.fd,
             entry,
@@ -342,6 +348,7 @@ impl Vfs {
             .intern(fd, st.st_ino, Kind::from_mode(st.st_mode));
         node.parent
             .store(dir.ino, std::sync::atomic::Ordering::Relaxed);
+        node.set_name(dir.ino, entry, plain);
         let attr = self.attr_of(&node, &st);
         Ok((node, attr))
     }

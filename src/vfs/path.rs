@@ -33,19 +33,43 @@ impl Vfs {
         Ok(Some(p))
     }
 
-    /// Plaintext path of a directory node (`/` for the root).
+    /// Plaintext path of a directory node (`/` for the root). Remembered in the node until the
+    /// next rename through the mount (which may have moved it or an ancestor); read back from
+    /// its cipher path otherwise.
     pub(super) fn plain_dir_path(&self, dir: &Node) -> Result<String> {
+        // Read before the path: a rename that ends after this read moves the count again, so
+        // a path read before the rename is never taken as current.
+        let renames = self.renames.load(Ordering::Acquire);
+        if let Some(p) = dir.cached_path(renames) {
+            return Ok(p.to_string());
+        }
         let cipher = std::fs::read_link(dir.proc_path())?;
-        self.plain_of_cipher(&cipher)
+        let p = self.plain_of_cipher(&cipher)?;
+        dir.cache_path(renames, p.as_str().into());
+        Ok(p)
     }
 
-    /// Plaintext path of any node. A file's is its parent directory's plus its decrypted name,
-    /// with the parent's directory id from the parent's node when the node's last known parent
-    /// still holds it under the name in its cipher path; otherwise the whole cipher path is
-    /// decrypted.
+    /// A rename through the mount ended (or failed part way): remembered directory paths are
+    /// read again.
+    pub(super) fn renamed(&self) {
+        self.renames.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Plaintext path of any node. A file's is its directory's plus its plaintext name: the
+    /// entry it was last found or made under when that directory still holds it there (a
+    /// one-name `stat`); else its parent's directory id decrypts the name in its cipher path
+    /// when its last known parent still holds it under that name; otherwise the whole cipher
+    /// path is decrypted.
     pub(super) fn plain_node_path(&self, node: &Node) -> Result<String> {
         if node.kind == Kind::Dir {
             return self.plain_dir_path(node);
+        }
+        if let Some(n) = node.name()
+            && let Ok(p) = self.inodes.get(n.parent)
+            && p.kind == Kind::Dir
+            && self.holds(&p, &n.cipher, node)
+        {
+            return Ok(join(&self.plain_dir_path(&p)?, n.plain.as_bytes()));
         }
         let cipher = std::fs::read_link(node.proc_path())?;
         let pino = node.parent.load(Ordering::Relaxed);
@@ -58,8 +82,7 @@ impl Vfs {
             // bound to its directory's id, so no other directory holds the same one; with
             // plaintext names another may, a hard link under the same name, which gives the
             // same name).
-            && rustix::fs::statat(&p.fd, entry, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| self.inodes.map_ino(st.st_ino) == node.ino)
+            && self.holds(&p, entry, node)
         {
             let dir = self.plain_of_cipher(parent_c)?;
             let id = if self.names.plaintext() {
@@ -71,6 +94,12 @@ impl Vfs {
             return Ok(join(&dir, &name));
         }
         self.plain_of_cipher(&cipher)
+    }
+
+    /// Whether directory `dir` has `node` under cipher name `entry`.
+    fn holds(&self, dir: &Node, entry: &OsStr, node: &Node) -> bool {
+        rustix::fs::statat(&dir.fd, entry, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| self.inodes.map_ino(st.st_ino) == node.ino)
     }
 
     /// The plaintext of a cipher path, through the cache. A cipher path always decrypts to the

@@ -43,3 +43,48 @@ fn paths_follow_renames_long_names_and_links() {
     let p = path(g);
     assert!(p == "/c/b/g" || p == "/h", "{p}");
 }
+
+#[test]
+fn remembered_names_are_checked_against_the_directory() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let c = caller();
+    let path = |ino: u64| v.plain_path(&v.node(ino).expect("node")).expect("path");
+    let d = v.mkdir(1, "d".as_ref(), 0o755, &c).expect("d").ino;
+    let touch = |dir: u64, name: &str| {
+        let (a, fh) = v
+            .create(dir, name.as_ref(), 0o644, libc::O_RDWR, &c)
+            .expect("create");
+        v.release(fh).expect("release");
+        a.ino
+    };
+    let x = touch(d, "x");
+    let y = touch(d, "y");
+    assert_eq!((path(x), path(y)), ("/d/x".into(), "/d/y".into()));
+    // Exchanged: each name now holds the other file.
+    v.rename(d, "x".as_ref(), d, "y".as_ref(), libc::RENAME_EXCHANGE)
+        .expect("exchange");
+    assert_eq!((path(x), path(y)), ("/d/y".into(), "/d/x".into()));
+    // Replaced: the file renamed over is no longer under its name (it is only open, or gone).
+    let z = touch(d, "z");
+    v.rename(d, "z".as_ref(), d, "x".as_ref(), 0)
+        .expect("rename over");
+    assert_eq!(path(z), "/d/x");
+    // The name it was made under unlinked, another link kept: the path is the other link's.
+    let w = touch(d, "w");
+    v.link(w, 1, "w2".as_ref()).expect("link");
+    assert_eq!(path(w), "/w2");
+    v.unlink(1, "w2".as_ref()).expect("unlink");
+    assert_eq!(path(w), "/d/w");
+    // A directory two levels up renamed after the path of the one below was remembered.
+    let e = v.mkdir(d, "e".as_ref(), 0o755, &c).expect("e").ino;
+    let f = touch(e, "f");
+    assert_eq!(path(f), "/d/e/f");
+    assert_eq!(path(e), "/d/e");
+    v.rename(1, "d".as_ref(), 1, "D".as_ref(), 0)
+        .expect("rename d");
+    assert_eq!(
+        (path(f), path(e), path(d)),
+        ("/D/e/f".into(), "/D/e".into(), "/D".into())
+    );
+}
