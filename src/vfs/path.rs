@@ -1,8 +1,10 @@
 //! Plaintext paths, for key rules (the key of a new file depends on its path), path conditions
-//! of key policies and audit records. A node's cipher path (from its `O_PATH` descriptor) is
-//! decrypted component by component from the root; the plaintext of every directory prefix is
-//! cached, and a file's name is decrypted with its parent node's cached directory id, so an open
-//! costs a `readlink` and a one-name `stat`, not a read of every ancestor's directory id.
+//! of key policies and audit records. A node remembers the entry the kernel last found it under
+//! (checked with a one-name `stat` in that directory before use), and a directory its plaintext
+//! path until the next rename through the mount, so an open usually costs one `stat`. Otherwise
+//! a node's cipher path (from its `O_PATH` descriptor) is decrypted component by component from
+//! the root, with the plaintext of every directory prefix cached and a file's name decrypted with
+//! its parent node's cached directory id.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

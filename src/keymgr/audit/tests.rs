@@ -432,3 +432,24 @@ fn reading_from_a_place_gives_exactly_what_came_after_it() {
     );
     drop(l);
 }
+
+#[test]
+fn every_entry_has_its_own_nonce_and_no_plaintext() {
+    // More entries than one batch of nonces from the OS (256).
+    let (_t, c) = log_with(700);
+    let data = std::fs::read(seg(&c, 1)).unwrap();
+    let entries = verify::decode_lines(&keys(), &data);
+    assert_eq!(
+        entries.len(),
+        703,
+        "chain start, 700 records, periodic and closing checkpoints"
+    );
+    let nonces: std::collections::HashSet<&[u8]> = entries
+        .iter()
+        .map(|e| &e.body[9..9 + crate::crypto::NONCE_LEN])
+        .collect();
+    assert_eq!(nonces.len(), entries.len());
+    assert!(entries.iter().all(|e| e.json.is_some()));
+    let text = String::from_utf8_lossy(&data);
+    assert!(!text.contains("plans") && !text.contains("alice") && !text.contains("secret-tool"));
+}

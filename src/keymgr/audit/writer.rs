@@ -14,30 +14,68 @@ use super::{
     AuditKeys, CHECKPOINT_EVERY, HEAD_FILE, KIND_CHAIN_START, KIND_CHECKPOINT, KIND_RECORD,
     SEGMENT_BYTES, parse_segment_name, segment_name,
 };
-use crate::crypto::{hex, hmac_sha256, random_array};
+use crate::crypto::{NONCE_LEN, TAG_LEN, hex, hmac_sha256};
+use zeroize::Zeroize;
 
 /// The chain value before the first entry of a log.
 pub(super) fn initial_chain(keys: &AuditKeys) -> [u8; 32] {
     hmac_sha256(&keys.chain, &[b"kmsfs audit chain start v1"])
 }
 
-/// Encodes one entry; returns the line (without newline) and its chain value.
-pub(super) fn encode(
+/// Encodes one entry into reused buffers, with the given nonce; returns its chain value. `line`
+/// gets the line (without newline); `f` is scratch (left holding the entry's bytes, no
+/// plaintext).
+#[allow(clippy::too_many_arguments)]
+fn encode_into(
     keys: &AuditKeys,
     seq: u64,
     kind: u8,
     json: &[u8],
     prev: &[u8; 32],
-) -> (String, [u8; 32]) {
-    let mut f = Vec::with_capacity(9 + 12 + json.len() + 16 + 32);
+    nonce: &[u8; NONCE_LEN],
+    f: &mut Vec<u8>,
+    line: &mut Vec<u8>,
+) -> io::Result<[u8; 32]> {
+    const AAD: usize = 9;
+    f.clear();
+    f.reserve(AAD + NONCE_LEN + json.len() + TAG_LEN + 32);
     f.extend_from_slice(&seq.to_be_bytes());
     f.push(kind);
-    let aad = f.clone();
-    let nonce: [u8; 12] = random_array();
-    f.extend_from_slice(&keys.enc.seal_with_nonce(&nonce, &aad, json));
-    let chain = hmac_sha256(&keys.chain, &[prev, &f]);
+    f.extend_from_slice(nonce);
+    f.extend_from_slice(json);
+    let (aad, rest) = f.split_at_mut(AAD);
+    let tag = keys.enc.seal_in_place(nonce, aad, &mut rest[NONCE_LEN..]);
+    f.extend_from_slice(&tag);
+    let chain = hmac_sha256(&keys.chain, &[prev, f]);
     f.extend_from_slice(&chain);
-    (B64.encode(&f), chain)
+    // Into a buffer of the exact size (`encode_string` goes through a slower chunked encoder).
+    let len =
+        base64::encoded_len(f.len(), false).ok_or_else(|| io::Error::other("entry too long"))?;
+    line.clear();
+    line.resize(len, 0);
+    let n = B64.encode_slice(&*f, line).map_err(io::Error::other)?;
+    line.truncate(n);
+    Ok(chain)
+}
+
+/// Random nonces for entries, taken from the OS in batches (one `getrandom` per 256 entries).
+#[derive(Default)]
+struct Nonces {
+    pool: Vec<u8>,
+}
+
+impl Nonces {
+    fn next(&mut self) -> [u8; NONCE_LEN] {
+        if self.pool.len() < NONCE_LEN {
+            self.pool.resize(NONCE_LEN * 256, 0);
+            crate::crypto::random_bytes(&mut self.pool);
+        }
+        let at = self.pool.len() - NONCE_LEN;
+        let mut n = [0u8; NONCE_LEN];
+        n.copy_from_slice(&self.pool[at..]);
+        self.pool.truncate(at);
+        n
+    }
 }
 
 /// The last entry of a segment file if it is a checkpoint, read from the file's tail.
@@ -80,6 +118,12 @@ struct Inner {
     last_checkpoint: Option<u64>,
     /// A periodic checkpoint not yet in `head` (written at the next group commit).
     head_pending: Option<Vec<u8>>,
+    /// Reused for every entry: the record's JSON (wiped after each), the entry's bytes, its
+    /// line; and the nonces.
+    json: Vec<u8>,
+    entry: Vec<u8>,
+    line: Vec<u8>,
+    nonces: Nonces,
 }
 
 /// An open audit log (one writer per volume: the mount, or the CLI when unmounted).
@@ -216,6 +260,10 @@ impl AuditLog {
                 last_signature: last_cp.0,
                 last_checkpoint: last_cp.1,
                 head_pending: None,
+                json: Vec::new(),
+                entry: Vec::new(),
+                line: Vec::new(),
+                nonces: Nonces::default(),
             }),
             subscriber: std::sync::OnceLock::new(),
         };
@@ -261,8 +309,15 @@ impl AuditLog {
     fn write_locked(&self, g: &mut Inner, kind: u8, rec: &mut AuditRecord) -> io::Result<u64> {
         rec.seq = g.next_seq;
         rec.time = now_rfc3339();
-        let json = zeroize::Zeroizing::new(serde_json::to_vec(rec).map_err(io::Error::other)?);
-        let seq = self.write_raw(g, kind, &json)?;
+        let mut json = std::mem::take(&mut g.json);
+        json.clear();
+        let r = serde_json::to_writer(&mut json, rec)
+            .map_err(io::Error::other)
+            .and_then(|()| self.write_raw(g, kind, &json));
+        // The record in plaintext (paths, names) does not stay in the buffer.
+        json.zeroize();
+        g.json = json;
+        let seq = r?;
         if let Some(f) = self.subscriber.get() {
             f(rec);
         }
@@ -277,15 +332,27 @@ impl AuditLog {
 
     fn write_raw(&self, g: &mut Inner, kind: u8, json: &[u8]) -> io::Result<u64> {
         let seq = g.next_seq;
-        let (mut line, chain) = encode(&self.keys, seq, kind, json, &g.chain);
-        line.push('\n');
-        // One write(2) per entry in O_APPEND mode: a crash leaves at most one torn last line.
-        if let Err(e) = g.file.write_all(line.as_bytes()) {
-            // Cut a partial entry off, so the next one does not share its line.
-            let _ = g.file.set_len(g.bytes);
-            return Err(e);
-        }
-        g.bytes += line.len() as u64;
+        let nonce = g.nonces.next();
+        let (mut entry, mut line) = (std::mem::take(&mut g.entry), std::mem::take(&mut g.line));
+        let r = encode_into(
+            &self.keys, seq, kind, json, &g.chain, &nonce, &mut entry, &mut line,
+        )
+        .and_then(|chain| {
+            line.push(b'\n');
+            // One write(2) per entry in O_APPEND mode: a crash leaves at most one torn last line.
+            g.file.write_all(&line).map(|()| chain)
+        });
+        let len = line.len() as u64;
+        (g.entry, g.line) = (entry, line);
+        let chain = match r {
+            Ok(c) => c,
+            Err(e) => {
+                // Cut a partial entry off, so the next one does not share its line.
+                let _ = g.file.set_len(g.bytes);
+                return Err(e);
+            }
+        };
+        g.bytes += len;
         g.chain = chain;
         g.next_seq = seq + 1;
         g.since_checkpoint += 1;
