@@ -202,8 +202,11 @@ impl Vfs {
             .fetch_add(r.bytes_read.unwrap_or(0), Ordering::Relaxed);
         m.bytes_written
             .fetch_add(r.bytes_written.unwrap_or(0), Ordering::Relaxed);
-        // A close cannot be refused; a failure is logged.
-        let _ = self.audit_append(r);
+        // A close cannot be refused, nor does anything wait for its record: it goes with the next
+        // entry (one write for both) or within `LATER_MAX`.
+        if let Some(log) = self.audit.get() {
+            log.append_later(r);
+        }
     }
 
     /// Records an access refused before the key policy was asked: the file's key cannot be used

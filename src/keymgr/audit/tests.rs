@@ -453,3 +453,76 @@ fn every_entry_has_its_own_nonce_and_no_plaintext() {
     let text = String::from_utf8_lossy(&data);
     assert!(!text.contains("plans") && !text.contains("alice") && !text.contains("secret-tool"));
 }
+
+fn events(c: &std::path::Path) -> Vec<(u64, String, String)> {
+    read_all(c, &keys())
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.event, r.time))
+        .collect()
+}
+
+#[test]
+fn a_record_appended_later_goes_with_the_next_entry_in_order() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = std::sync::Arc::new(AuditLog::open(&c, keys()).unwrap());
+    l.append(rec(0)).unwrap();
+    let mut close = AuditRecord::new("Close", Source::Fs);
+    close.bytes_read = Some(12);
+    l.append_later(close);
+    l.append(rec(1)).unwrap();
+    let ev = events(&c);
+    let names: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(names, ["ChainStart", "Open", "Close", "Open"]);
+    assert!(ev.windows(2).all(|w| w[1].0 > w[0].0), "{ev:?}");
+    assert!(ev[2].2 <= ev[3].2, "the close's time is when it was given");
+    l.close().unwrap();
+    assert!(verify(&c, &keys(), None).unwrap().ok());
+}
+
+#[test]
+fn a_record_appended_later_is_written_alone_soon_and_at_close() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = std::sync::Arc::new(AuditLog::open(&c, keys()).unwrap());
+    l.append_later(AuditRecord::new("Close", Source::Fs));
+    let t0 = std::time::Instant::now();
+    while !events(&c).iter().any(|e| e.1 == "Close") {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "not written by the flusher"
+        );
+        std::thread::sleep(LATER_MAX / 5);
+    }
+    // Given just before the log closes: the closing checkpoint covers it.
+    l.append_later(AuditRecord::new("Close", Source::Fs));
+    l.close().unwrap();
+    assert_eq!(events(&c).iter().filter(|e| e.1 == "Close").count(), 2);
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+}
+
+#[test]
+fn records_appended_later_across_checkpoints_and_segments_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = std::sync::Arc::new(AuditLog::open(&c, keys()).unwrap());
+    for i in 0..2500 {
+        l.append(rec(i)).unwrap();
+        l.append_later(AuditRecord::new("Close", Source::Fs));
+        if i == 1200 {
+            l.start_new_segment().unwrap();
+        }
+        if i == 1700 {
+            l.sync().unwrap();
+        }
+    }
+    l.close().unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.records, 5000);
+    let ev = events(&c);
+    assert!(ev.windows(2).all(|w| w[1].0 > w[0].0));
+    assert_eq!(ev.iter().filter(|e| e.1 == "Close").count(), 2500);
+}

@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -123,6 +123,8 @@ struct Inner {
     json: Vec<u8>,
     entry: Vec<u8>,
     line: Vec<u8>,
+    /// The lines of one write (wiped after each).
+    batch: Vec<u8>,
     nonces: Nonces,
 }
 
@@ -133,7 +135,24 @@ pub struct AuditLog {
     inner: Mutex<Inner>,
     /// Told of every record once it is written (under the log's lock, so in sequence order).
     subscriber: std::sync::OnceLock<Subscriber>,
+    /// Records to write with the next entry, or by the flusher within [`LATER_MAX`] (see
+    /// [`AuditLog::append_later`]).
+    later: Mutex<Vec<AuditRecord>>,
+    later_added: std::sync::Condvar,
+    flusher: std::sync::OnceLock<()>,
 }
+
+/// The entry a batch ends with.
+enum Main<'a> {
+    /// A record: its sequence number is set and it is serialized in the batch.
+    Record(u8, &'a mut AuditRecord),
+    /// Made already (a checkpoint).
+    Raw(u8, &'a [u8]),
+}
+
+/// The longest a record given to [`AuditLog::append_later`] waits for another entry to be written
+/// with before the flusher writes it alone.
+pub const LATER_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 type Subscriber = Box<dyn Fn(&AuditRecord) + Send + Sync>;
 
@@ -263,9 +282,13 @@ impl AuditLog {
                 json: Vec::new(),
                 entry: Vec::new(),
                 line: Vec::new(),
+                batch: Vec::new(),
                 nonces: Nonces::default(),
             }),
             subscriber: std::sync::OnceLock::new(),
+            later: Mutex::new(Vec::new()),
+            later_added: std::sync::Condvar::new(),
+            flusher: std::sync::OnceLock::new(),
         };
         let unclean_reason = match (last_kind, clean) {
             (None, true) if next_seq == 0 => Some("new audit log"),
@@ -307,21 +330,12 @@ impl AuditLog {
     }
 
     fn write_locked(&self, g: &mut Inner, kind: u8, rec: &mut AuditRecord) -> io::Result<u64> {
-        rec.seq = g.next_seq;
         rec.time = now_rfc3339();
-        let mut json = std::mem::take(&mut g.json);
-        json.clear();
-        let r = serde_json::to_writer(&mut json, rec)
-            .map_err(io::Error::other)
-            .and_then(|()| self.write_raw(g, kind, &json));
-        // The record in plaintext (paths, names) does not stay in the buffer.
-        json.zeroize();
-        g.json = json;
-        let seq = r?;
+        let seq = self.write_batch(g, Some(Main::Record(kind, rec)))?;
         if let Some(f) = self.subscriber.get() {
             f(rec);
         }
-        Ok(seq)
+        Ok(seq.unwrap_or_default())
     }
 
     /// Calls `f` with every record written from now on (one subscriber per log). `f` runs with
@@ -330,33 +344,144 @@ impl AuditLog {
         let _ = self.subscriber.set(f);
     }
 
+    /// Writes an entry whose JSON is made already (a checkpoint: it names the sequence number
+    /// and chain value it is written at, so the records waiting in `later` go first, alone).
     fn write_raw(&self, g: &mut Inner, kind: u8, json: &[u8]) -> io::Result<u64> {
-        let seq = g.next_seq;
-        let nonce = g.nonces.next();
-        let (mut entry, mut line) = (std::mem::take(&mut g.entry), std::mem::take(&mut g.line));
-        let r = encode_into(
-            &self.keys, seq, kind, json, &g.chain, &nonce, &mut entry, &mut line,
-        )
-        .and_then(|chain| {
-            line.push(b'\n');
-            // One write(2) per entry in O_APPEND mode: a crash leaves at most one torn last line.
-            g.file.write_all(&line).map(|()| chain)
-        });
-        let len = line.len() as u64;
-        (g.entry, g.line) = (entry, line);
-        let chain = match r {
-            Ok(c) => c,
-            Err(e) => {
-                // Cut a partial entry off, so the next one does not share its line.
-                let _ = g.file.set_len(g.bytes);
-                return Err(e);
-            }
+        let seq = self.write_batch(g, Some(Main::Raw(kind, json)))?;
+        Ok(seq.unwrap_or_default())
+    }
+
+    /// Writes the records waiting in `later`, then the entry `main` if given, in one write(2);
+    /// returns the main entry's sequence number. On failure nothing is in the log (a partial
+    /// line is cut off) and the waiting records wait on.
+    fn write_batch(&self, g: &mut Inner, main: Option<Main<'_>>) -> io::Result<Option<u64>> {
+        let mut later = match main {
+            // Made for the current sequence number and chain: nothing may go before it.
+            Some(Main::Raw(..)) => Vec::new(),
+            _ => std::mem::take(&mut *self.later.lock().unwrap_or_else(|p| p.into_inner())),
         };
+        if later.is_empty() && main.is_none() {
+            return Ok(None);
+        }
+        let (mut entry, mut line) = (std::mem::take(&mut g.entry), std::mem::take(&mut g.line));
+        let mut batch = std::mem::take(&mut g.batch);
+        batch.clear();
+        let (mut seq, mut chain) = (g.next_seq, g.chain);
+        let mut json = std::mem::take(&mut g.json);
+        let mut r: io::Result<()> = Ok(());
+        for rec in later.iter_mut() {
+            rec.seq = seq;
+            json.clear();
+            r = serde_json::to_writer(&mut json, &*rec)
+                .map_err(io::Error::other)
+                .and_then(|()| {
+                    let nonce = g.nonces.next();
+                    encode_into(
+                        &self.keys,
+                        seq,
+                        KIND_RECORD,
+                        &json,
+                        &chain,
+                        &nonce,
+                        &mut entry,
+                        &mut line,
+                    )
+                })
+                .map(|c| {
+                    chain = c;
+                    batch.extend_from_slice(&line);
+                    batch.push(b'\n');
+                    seq += 1;
+                });
+            if r.is_err() {
+                break;
+            }
+        }
+        let main_seq = match (main, &r) {
+            (Some(m), Ok(())) => {
+                let kind = match m {
+                    Main::Record(kind, rec) => {
+                        rec.seq = seq;
+                        json.clear();
+                        r = serde_json::to_writer(&mut json, &*rec).map_err(io::Error::other);
+                        kind
+                    }
+                    Main::Raw(kind, raw) => {
+                        json.clear();
+                        json.extend_from_slice(raw);
+                        kind
+                    }
+                };
+                let nonce = g.nonces.next();
+                r = r
+                    .and_then(|()| {
+                        encode_into(
+                            &self.keys, seq, kind, &json, &chain, &nonce, &mut entry, &mut line,
+                        )
+                    })
+                    .map(|c| {
+                        chain = c;
+                        batch.extend_from_slice(&line);
+                        batch.push(b'\n');
+                    });
+                seq += 1;
+                Some(seq - 1)
+            }
+            _ => None,
+        };
+        // The records in plaintext (paths, names) do not stay in the buffer.
+        json.zeroize();
+        // One write(2) in O_APPEND mode: a crash leaves at most one torn last line.
+        let r = r.and_then(|()| g.file.write_all(&batch));
+        let len = batch.len() as u64;
+        (g.entry, g.line, g.batch, g.json) = (entry, line, batch, json);
+        if let Err(e) = r {
+            // Cut a partial entry off, so the next one does not share its line.
+            let _ = g.file.set_len(g.bytes);
+            let mut q = self.later.lock().unwrap_or_else(|p| p.into_inner());
+            later.append(&mut q);
+            *q = later;
+            return Err(e);
+        }
         g.bytes += len;
         g.chain = chain;
-        g.next_seq = seq + 1;
-        g.since_checkpoint += 1;
-        Ok(seq)
+        g.since_checkpoint += seq - g.next_seq;
+        g.next_seq = seq;
+        if let Some(f) = self.subscriber.get() {
+            for rec in &later {
+                f(rec);
+            }
+        }
+        Ok(main_seq)
+    }
+
+    /// Appends a record that no operation waits for (a close): it is written with the next entry
+    /// (one write for both), or alone within [`LATER_MAX`]; its time is now. It is lost if the
+    /// process is killed before then. A write error is logged, and the record waits on.
+    pub fn append_later(self: &Arc<Self>, mut rec: AuditRecord) {
+        rec.time = now_rfc3339();
+        self.later
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rec);
+        self.later_added.notify_one();
+        self.flusher.get_or_init(|| {
+            let log = Arc::downgrade(self);
+            let started = std::thread::Builder::new()
+                .name("kmsfs-audit-later".into())
+                .spawn(move || flush_later_loop(&log));
+            if let Err(e) = started {
+                tracing::error!(
+                    "audit: no flusher thread ({e}); waiting records go with the next entry"
+                );
+            }
+        });
+    }
+
+    /// Writes the records waiting in `later` now.
+    pub fn flush_later(&self) -> io::Result<()> {
+        let mut g = self.lock();
+        self.write_batch(&mut g, None).map(|_| ())
     }
 
     /// Appends a record. An error means the record is not in the log: refuse the operation.
@@ -393,6 +518,8 @@ impl AuditLog {
     }
 
     fn checkpoint_locked(&self, g: &mut Inner, reason: &str) -> io::Result<()> {
+        // The records waiting go before it (it covers them).
+        self.write_batch(g, None)?;
         let seq = g.next_seq;
         let chain = hex::encode(&g.chain);
         let sig = hex::encode(&self.keys.sign.sign(&Checkpoint::signed_bytes(
@@ -504,6 +631,7 @@ impl AuditLog {
     /// Makes everything written so far durable (group commit).
     pub fn sync(&self) -> io::Result<()> {
         let mut g = self.lock();
+        self.write_batch(&mut g, None)?;
         g.file.sync_data()?;
         if let Some(json) = g.head_pending.take() {
             crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), &json, 0o600, None)?;
@@ -514,5 +642,29 @@ impl AuditLog {
     /// The clean end of a session.
     pub fn close(&self) -> io::Result<()> {
         self.checkpoint("unmount")
+    }
+}
+
+/// The flusher of [`AuditLog::append_later`]: waits for a record, gives it [`LATER_MAX`] to go
+/// with another entry, then writes what still waits. Ends when the log is gone.
+fn flush_later_loop(log: &std::sync::Weak<AuditLog>) {
+    loop {
+        let Some(l) = log.upgrade() else { return };
+        let waiting = {
+            let q = l.later.lock().unwrap_or_else(|p| p.into_inner());
+            let (q, _) = l
+                .later_added
+                .wait_timeout_while(q, std::time::Duration::from_secs(1), |q| q.is_empty())
+                .unwrap_or_else(|p| p.into_inner());
+            !q.is_empty()
+        };
+        drop(l);
+        if waiting {
+            std::thread::sleep(LATER_MAX);
+            let Some(l) = log.upgrade() else { return };
+            if let Err(e) = l.flush_later() {
+                tracing::error!("audit log write failed (close records wait): {e}");
+            }
+        }
     }
 }
