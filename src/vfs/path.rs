@@ -4,7 +4,9 @@
 //! path until the next rename through the mount, so an open usually costs one `stat`. Otherwise
 //! a node's cipher path (from its `O_PATH` descriptor) is decrypted component by component from
 //! the root, with the plaintext of every directory prefix cached and a file's name decrypted with
-//! its parent node's cached directory id.
+//! its parent node's cached directory id. A directory moved in the cipher directory behind the
+//! mount's back (not supported while mounted) keeps its old plaintext path here until the next
+//! rename through the mount.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
