@@ -219,21 +219,12 @@ impl KeyManager {
                 _ => {
                     self.policy_misses
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // (A stored policy that no longer parses allows nothing.)
+                    let p = std::sync::Arc::new(access::policy_of(&st.store, &id));
                     let source = PolicySource {
                         text: key.policy.clone(),
                         owner_uid,
                     };
-                    let text = source
-                        .text
-                        .clone()
-                        .unwrap_or_else(|| policy::Policy::default_text(owner_uid));
-                    // A stored policy was validated when stored; one that no longer parses
-                    // (damage) allows nothing.
-                    let p = std::sync::Arc::new(policy::Policy::parse(&text).unwrap_or(
-                        policy::Policy {
-                            statements: Vec::new(),
-                        },
-                    ));
                     cache.insert(id, (source, p.clone()));
                     p
                 }

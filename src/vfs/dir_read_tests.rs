@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::Vfs;
-use super::test_support::{caller, new_volume, open};
+use super::test_support::{caller, new_volume, open, touch};
 
 /// Lists `dir` the way the kernel does: replies of at most `per_reply` entries, each request
 /// starting at the offset after the last entry taken. Returns the names (without . and ..).
@@ -58,13 +58,6 @@ fn abandon_after(v: &Vfs, dir: u64, n: usize) {
     .expect("readdir");
 }
 
-fn create(v: &Vfs, dir: u64, name: &str) {
-    let (_, fh) = v
-        .create(dir, name.as_ref(), 0o644, libc::O_RDWR, &caller())
-        .expect("create");
-    v.release(fh).expect("release");
-}
-
 /// A volume opened without FUSE, with an empty directory `d` in its root.
 fn volume_with_dir() -> (tempfile::TempDir, Vfs, u64) {
     let (t, d) = new_volume();
@@ -82,7 +75,7 @@ fn a_listing_after_changes_is_the_directory_as_it_is_now() {
     let mut expect = BTreeSet::new();
     for i in 0..200 {
         let name = format!("f-{i:03}");
-        create(&v, dir, &name);
+        touch(&v, dir, &name);
         expect.insert(name);
     }
     for plus in [false, true] {
@@ -100,7 +93,7 @@ fn a_listing_after_changes_is_the_directory_as_it_is_now() {
             }
             for i in 0..9 {
                 let name = format!("new-{plus}-{round}-{i}");
-                create(&v, dir, &name);
+                touch(&v, dir, &name);
                 expect.insert(name);
             }
             let from = "f-100";
@@ -131,7 +124,7 @@ fn a_listing_after_changes_is_the_directory_as_it_is_now() {
 fn dot_and_dotdot_come_first_and_offsets_resume_exactly() {
     let (_t, v, dir) = volume_with_dir();
     for i in 0..50 {
-        create(&v, dir, &format!("{i}"));
+        touch(&v, dir, &format!("{i}"));
     }
     let all = v.readdir(dir, 0).expect("readdir");
     assert_eq!(all[0].1.name, ".");
@@ -152,7 +145,7 @@ fn dot_and_dotdot_come_first_and_offsets_resume_exactly() {
 fn the_request_that_ends_a_listing_reads_the_directory_no_more() {
     let (_t, v, dir) = volume_with_dir();
     for i in 0..10 {
-        create(&v, dir, &format!("{i}"));
+        touch(&v, dir, &format!("{i}"));
     }
     let opened = || {
         v.dir_cursors
@@ -176,7 +169,7 @@ fn the_request_that_ends_a_listing_reads_the_directory_no_more() {
         })
         .expect("readdir");
         assert_eq!(seen, 12);
-        create(&v, dir, &format!("late-{plus}"));
+        touch(&v, dir, &format!("late-{plus}"));
         let before = opened();
         let rest = v.readdir(dir, last).expect("readdir from the end");
         assert_eq!(opened() - before, 1, "read again after the change");

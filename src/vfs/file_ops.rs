@@ -3,7 +3,6 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -188,8 +187,7 @@ impl Vfs {
             _ => return Err(Errno::INVAL.into()),
         }
         // Before this open's own header read, so the read-ahead overlaps it.
-        self.prefetch
-            .opened(node.parent.load(Ordering::Relaxed), ino, &self.control);
+        self.prefetch.opened(node.parent(), ino, &self.control);
         let of = match self.get_open_file(&node, o.write || o.truncate) {
             Ok(of) => of,
             Err(e) => {

@@ -31,14 +31,11 @@ pub struct Node {
     lookups: AtomicU64,
     /// The directory's id (encrypted names), read once.
     pub dir_id: OnceLock<DirId>,
-    /// The directory the node was last looked up in (0: not known). A hint for building its
-    /// plaintext path: checked against the node's cipher path before use.
-    pub parent: AtomicU64,
     /// Changes to the entries of this directory made through the mount, counted after each
     /// (a listing read before the count moved is stale: see `dir_read::Cursors`).
     changes: AtomicU64,
-    /// The name the node was last given to the kernel under (a hint for its plaintext path:
-    /// checked against its directory before use, see `path.rs`).
+    /// The entry the node was last given to the kernel under: a hint for its plaintext path
+    /// (checked against its directory before use, see `path.rs`) and for read-ahead.
     name: Mutex<Option<Arc<NodeName>>>,
     /// A directory's plaintext path, with the count of renames it was read at (`path.rs`).
     plain_path: Mutex<Option<(u64, Arc<str>)>>,
@@ -92,6 +89,15 @@ impl Node {
         self.name.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The directory the node was last found or made in (0: not known).
+    pub fn parent(&self) -> u64 {
+        self.name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |n| n.parent)
+    }
+
     /// A directory's plaintext path remembered at rename count `renames`.
     pub fn cached_path(&self, renames: u64) -> Option<Arc<str>> {
         let g = self.plain_path.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,7 +133,6 @@ impl InodeTable {
                 kind: Kind::Dir,
                 lookups: AtomicU64::new(1),
                 dir_id: OnceLock::new(),
-                parent: AtomicU64::new(0),
                 changes: AtomicU64::new(0),
                 name: Mutex::new(None),
                 plain_path: Mutex::new(None),
@@ -173,7 +178,6 @@ impl InodeTable {
                     kind,
                     lookups: AtomicU64::new(1),
                     dir_id: OnceLock::new(),
-                    parent: AtomicU64::new(0),
                     changes: AtomicU64::new(0),
                     name: Mutex::new(None),
                     plain_path: Mutex::new(None),

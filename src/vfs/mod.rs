@@ -332,7 +332,6 @@ impl Vfs {
             .encrypt(&id, name.as_bytes(), dir.ino == ROOT_INO)?)
     }
 
-    /// Stats a child by cipher name and registers it (one lookup).
     /// Finds (or registers) the node of entry `entry` of `dir`, whose plaintext name is `plain`,
     /// and counts one lookup.
     fn intern_child(&self, dir: &Node, entry: &OsStr, plain: &OsStr) -> Result<(Arc<Node>, Attr)> {
@@ -346,8 +345,6 @@ impl Vfs {
         let node = self
             .inodes
             .intern(fd, st.st_ino, Kind::from_mode(st.st_mode));
-        node.parent
-            .store(dir.ino, std::sync::atomic::Ordering::Relaxed);
         node.set_name(dir.ino, entry, plain);
         let attr = self.attr_of(&node, &st);
         Ok((node, attr))

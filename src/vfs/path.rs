@@ -76,7 +76,7 @@ impl Vfs {
             return Ok(join(&self.plain_dir_path(&p)?, n.plain.as_bytes()));
         }
         let cipher = std::fs::read_link(node.proc_path())?;
-        let pino = node.parent.load(Ordering::Relaxed);
+        let pino = node.parent();
         if let (Some(parent_c), Some(entry), true) =
             (cipher.parent(), cipher.file_name(), pino != 0)
             && let Ok(p) = self.inodes.get(pino)

@@ -50,3 +50,12 @@ pub fn open_with(dir: &Path, opts: VfsOptions) -> Vfs {
     let bs = u.config.block_size;
     Vfs::new(dir, Arc::new(KeyManager::new(u)), bs, false, opts).expect("vfs")
 }
+
+/// Creates an empty regular file `name` in directory `dir` (and closes it); returns its inode.
+pub fn touch(v: &Vfs, dir: u64, name: &str) -> u64 {
+    let (a, fh) = v
+        .create(dir, name.as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    v.release(fh).expect("release");
+    a.ino
+}

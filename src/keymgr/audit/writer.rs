@@ -118,14 +118,19 @@ struct Inner {
     last_checkpoint: Option<u64>,
     /// A periodic checkpoint not yet in `head` (written at the next group commit).
     head_pending: Option<Vec<u8>>,
-    /// Reused for every entry: the record's JSON (wiped after each), the entry's bytes, its
-    /// line; and the nonces.
+    /// Reused by every write.
+    bufs: Buffers,
+    nonces: Nonces,
+}
+
+/// The buffers of one write: a record's JSON (wiped after each write), an entry's bytes and
+/// line, and the lines of the write.
+#[derive(Default)]
+struct Buffers {
     json: Vec<u8>,
     entry: Vec<u8>,
     line: Vec<u8>,
-    /// The lines of one write (wiped after each).
-    batch: Vec<u8>,
-    nonces: Nonces,
+    out: Vec<u8>,
 }
 
 /// An open audit log (one writer per volume: the mount, or the CLI when unmounted).
@@ -140,6 +145,12 @@ pub struct AuditLog {
     later: Mutex<Vec<AuditRecord>>,
     later_added: std::sync::Condvar,
     flusher: std::sync::OnceLock<()>,
+}
+
+/// Where the next entry goes: its sequence number and the chain value before it.
+struct Position {
+    seq: u64,
+    chain: [u8; 32],
 }
 
 /// The entry a batch ends with.
@@ -279,10 +290,7 @@ impl AuditLog {
                 last_signature: last_cp.0,
                 last_checkpoint: last_cp.1,
                 head_pending: None,
-                json: Vec::new(),
-                entry: Vec::new(),
-                line: Vec::new(),
-                batch: Vec::new(),
+                bufs: Buffers::default(),
                 nonces: Nonces::default(),
             }),
             subscriber: std::sync::OnceLock::new(),
@@ -363,96 +371,98 @@ impl AuditLog {
         if later.is_empty() && main.is_none() {
             return Ok(None);
         }
-        let (mut entry, mut line) = (std::mem::take(&mut g.entry), std::mem::take(&mut g.line));
-        let mut batch = std::mem::take(&mut g.batch);
-        batch.clear();
-        let (mut seq, mut chain) = (g.next_seq, g.chain);
-        let mut json = std::mem::take(&mut g.json);
-        let mut r: io::Result<()> = Ok(());
-        for rec in later.iter_mut() {
-            rec.seq = seq;
-            json.clear();
-            r = serde_json::to_writer(&mut json, &*rec)
-                .map_err(io::Error::other)
-                .and_then(|()| {
-                    let nonce = g.nonces.next();
-                    encode_into(
-                        &self.keys,
-                        seq,
-                        KIND_RECORD,
-                        &json,
-                        &chain,
-                        &nonce,
-                        &mut entry,
-                        &mut line,
-                    )
-                })
-                .map(|c| {
-                    chain = c;
-                    batch.extend_from_slice(&line);
-                    batch.push(b'\n');
-                    seq += 1;
-                });
-            if r.is_err() {
-                break;
-            }
-        }
-        let main_seq = match (main, &r) {
-            (Some(m), Ok(())) => {
-                let kind = match m {
-                    Main::Record(kind, rec) => {
-                        rec.seq = seq;
-                        json.clear();
-                        r = serde_json::to_writer(&mut json, &*rec).map_err(io::Error::other);
-                        kind
-                    }
-                    Main::Raw(kind, raw) => {
-                        json.clear();
-                        json.extend_from_slice(raw);
-                        kind
-                    }
-                };
-                let nonce = g.nonces.next();
-                r = r
-                    .and_then(|()| {
-                        encode_into(
-                            &self.keys, seq, kind, &json, &chain, &nonce, &mut entry, &mut line,
-                        )
-                    })
-                    .map(|c| {
-                        chain = c;
-                        batch.extend_from_slice(&line);
-                        batch.push(b'\n');
-                    });
-                seq += 1;
-                Some(seq - 1)
-            }
-            _ => None,
+        let mut b = std::mem::take(&mut g.bufs);
+        b.out.clear();
+        let mut at = Position {
+            seq: g.next_seq,
+            chain: g.chain,
         };
+        let encoded = self.encode_batch(&mut g.nonces, &mut b, &mut at, &mut later, main);
         // The records in plaintext (paths, names) do not stay in the buffer.
-        json.zeroize();
+        b.json.zeroize();
         // One write(2) in O_APPEND mode: a crash leaves at most one torn last line.
-        let r = r.and_then(|()| g.file.write_all(&batch));
-        let len = batch.len() as u64;
-        (g.entry, g.line, g.batch, g.json) = (entry, line, batch, json);
-        if let Err(e) = r {
-            // Cut a partial entry off, so the next one does not share its line.
-            let _ = g.file.set_len(g.bytes);
-            let mut q = self.later.lock().unwrap_or_else(|p| p.into_inner());
-            later.append(&mut q);
-            *q = later;
-            return Err(e);
-        }
+        let r = encoded.and_then(|s| g.file.write_all(&b.out).map(|()| s));
+        let len = b.out.len() as u64;
+        g.bufs = b;
+        let main_seq = match r {
+            Ok(s) => s,
+            Err(e) => {
+                // Cut a partial entry off, so the next one does not share its line.
+                let _ = g.file.set_len(g.bytes);
+                let mut q = self.later.lock().unwrap_or_else(|p| p.into_inner());
+                later.append(&mut q);
+                *q = later;
+                return Err(e);
+            }
+        };
         g.bytes += len;
-        g.chain = chain;
-        g.since_checkpoint += seq - g.next_seq;
-        g.next_seq = seq;
+        g.chain = at.chain;
+        g.since_checkpoint += at.seq - g.next_seq;
+        g.next_seq = at.seq;
         if let Some(f) = self.subscriber.get() {
             for rec in &later {
                 f(rec);
             }
         }
         Ok(main_seq)
+    }
+
+    /// Encodes the records `later` and then `main` into `b.out`, from position `at`; returns
+    /// `main`'s sequence number.
+    fn encode_batch(
+        &self,
+        nonces: &mut Nonces,
+        b: &mut Buffers,
+        at: &mut Position,
+        later: &mut [AuditRecord],
+        main: Option<Main<'_>>,
+    ) -> io::Result<Option<u64>> {
+        for rec in later.iter_mut() {
+            rec.seq = at.seq;
+            b.json.clear();
+            serde_json::to_writer(&mut b.json, &*rec).map_err(io::Error::other)?;
+            self.push_entry(nonces, b, at, KIND_RECORD)?;
+        }
+        let Some(m) = main else { return Ok(None) };
+        b.json.clear();
+        let kind = match m {
+            Main::Record(kind, rec) => {
+                rec.seq = at.seq;
+                serde_json::to_writer(&mut b.json, &*rec).map_err(io::Error::other)?;
+                kind
+            }
+            Main::Raw(kind, raw) => {
+                b.json.extend_from_slice(raw);
+                kind
+            }
+        };
+        self.push_entry(nonces, b, at, kind).map(Some)
+    }
+
+    /// Encodes `b.json` as the entry at `at` onto `b.out` and moves `at` past it; returns its
+    /// sequence number.
+    fn push_entry(
+        &self,
+        nonces: &mut Nonces,
+        b: &mut Buffers,
+        at: &mut Position,
+        kind: u8,
+    ) -> io::Result<u64> {
+        let nonce = nonces.next();
+        at.chain = encode_into(
+            &self.keys,
+            at.seq,
+            kind,
+            &b.json,
+            &at.chain,
+            &nonce,
+            &mut b.entry,
+            &mut b.line,
+        )?;
+        b.out.extend_from_slice(&b.line);
+        b.out.push(b'\n');
+        at.seq += 1;
+        Ok(at.seq - 1)
     }
 
     /// Appends a record that no operation waits for (a close): it is written with the next entry
