@@ -8,8 +8,9 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::access_ops::HandleAudit;
+use super::backing::Backing;
 use super::control_ops::ctl_err;
-use super::inode::Node;
+use super::inode::{Node, NodeName};
 use super::open_file::{FileState, OpenFile, read_header};
 use super::{Attr, Caller, Handle, Kind, Result, Vfs, VfsError};
 use crate::content::FileCipher;
@@ -38,27 +39,14 @@ const FALLOC_KEEP_SIZE: i32 = 0x01;
 const FALLOC_ZERO_RANGE: i32 = 0x10;
 
 impl Vfs {
-    /// Opens the backing file read-write if possible (one descriptor serves every handle of the
-    /// inode), read-only otherwise.
-    fn open_backing(node: &Node, want_write: bool) -> Result<(File, bool)> {
-        let path = node.proc_path();
-        match rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
-            Ok(fd) => Ok((File::from(fd), true)),
-            Err(Errno::ACCESS | Errno::ROFS | Errno::PERM) if !want_write => {
-                let fd = rustix::fs::open(
-                    path.as_str(),
-                    OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                Ok((File::from(fd), false))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The shared content state of `node`, opened (header read, DEK unwrapped) on first use.
-    /// Counts one reference; balance with [`Vfs::put_open_file`].
-    fn get_open_file(&self, node: &Node, want_write: bool) -> Result<Arc<OpenFile>> {
+    /// Counts one reference; balance with [`Vfs::put_open_file`]. Also the entry the backing
+    /// file was just opened under, if it was (see [`Backing::named`]).
+    fn get_open_file(
+        &self,
+        node: &Node,
+        want_write: bool,
+    ) -> Result<(Arc<OpenFile>, Option<Arc<NodeName>>)> {
         use dashmap::mapref::entry::Entry;
         match self.open_files.entry(node.ino) {
             Entry::Occupied(mut e) => {
@@ -68,17 +56,22 @@ impl Vfs {
                 if want_write {
                     let mut st = of.write_state();
                     if !st.writable {
-                        let (f, w) = Self::open_backing(node, true)?;
-                        of.set_fd(&f);
-                        st.file = f;
-                        st.writable = w;
+                        let b = self.open_backing(node, true)?;
+                        of.set_fd(&b.file);
+                        st.file = b.file;
+                        st.writable = b.writable;
                     }
                 }
                 e.get_mut().1 += 1;
-                Ok(of)
+                Ok((of, None))
             }
             Entry::Vacant(v) => {
-                let (file, writable) = Self::open_backing(node, want_write)?;
+                let Backing {
+                    file,
+                    writable,
+                    len: cipher_len,
+                    named,
+                } = self.open_backing(node, want_write)?;
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
                 let dek = self.km.unwrap_dek(&header).map_err(|e| {
@@ -91,11 +84,12 @@ impl Vfs {
                 })?;
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 // A size-changing write was interrupted (crash): make the file readable again.
-                if crate::content::pending::is_marked(&file) && !self.opts.read_only {
+                let recover = crate::content::pending::is_marked(&file) && !self.opts.read_only;
+                if recover {
                     let rw = if writable {
                         None
                     } else {
-                        Some(Self::open_backing(node, true)?.0)
+                        Some(self.open_backing(node, true)?.file)
                     };
                     crate::content::pending::recover(
                         rw.as_ref().unwrap_or(&file),
@@ -104,7 +98,12 @@ impl Vfs {
                     )
                     .map_err(|e| self.damaged(node, format!("interrupted write: {e}")))?;
                 }
-                let cipher_len = file.metadata()?.len();
+                // Recovery changes the size.
+                let cipher_len = if recover {
+                    file.metadata()?.len()
+                } else {
+                    cipher_len
+                };
                 let size = self.layout.plain_size(cipher_len).ok_or_else(|| {
                     self.damaged(
                         node,
@@ -124,7 +123,7 @@ impl Vfs {
                     },
                 ));
                 v.insert((of.clone(), 1));
-                Ok(of)
+                Ok((of, named))
             }
         }
     }
@@ -188,8 +187,8 @@ impl Vfs {
         }
         // Before this open's own header read, so the read-ahead overlaps it.
         self.prefetch.opened(node.parent(), ino, &self.control);
-        let of = match self.get_open_file(&node, o.write || o.truncate) {
-            Ok(of) => of,
+        let (of, named) = match self.get_open_file(&node, o.write || o.truncate) {
+            Ok(r) => r,
             Err(e) => {
                 if let Some(c) = caller {
                     self.audit_refused(c, "Open", self.plain_path(&node), flags, &e);
@@ -201,7 +200,12 @@ impl Vfs {
             None => None,
             Some(c) => {
                 let header = of.read_state().header.clone();
-                let path = self.plain_path(&node);
+                // Opened under the entry the node remembers: that entry's path, checked by the
+                // open itself.
+                let path = match named {
+                    Some(n) => self.plain_entry_path(&n).ok(),
+                    None => self.plain_path(&node),
+                };
                 match self.authorize(c, "Open", "kms:Decrypt", &header, path, flags) {
                     Ok(a) => Some(a),
                     Err(e) => {
@@ -500,7 +504,7 @@ impl Vfs {
             return f.truncate(size);
         }
         let of = match self.get_open_file(node, true) {
-            Ok(of) => of,
+            Ok((of, _)) => of,
             Err(e) => {
                 if let Some(c) = caller {
                     self.audit_refused(c, "Truncate", self.plain_path(node), libc::O_WRONLY, &e);

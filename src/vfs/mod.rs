@@ -6,6 +6,7 @@
 mod access_ops;
 mod attr;
 mod attr_ops;
+mod backing;
 mod control_ops;
 mod dir_ops;
 mod dir_read;
@@ -454,6 +455,8 @@ fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8
     Some(buf)
 }
 
+#[cfg(test)]
+mod backing_tests;
 #[cfg(test)]
 mod dir_read_tests;
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::Kind;
-use super::inode::{Node, ROOT_INO};
+use super::inode::{Node, NodeName, ROOT_INO};
 use super::{Result, Vfs, VfsError};
 use crate::format::DirId;
 use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX};
@@ -73,7 +73,7 @@ impl Vfs {
             && p.kind == Kind::Dir
             && self.holds(&p, &n.cipher, node)
         {
-            return Ok(join(&self.plain_dir_path(&p)?, n.plain.as_bytes()));
+            return self.plain_entry_path(&n);
         }
         let cipher = std::fs::read_link(node.proc_path())?;
         let pino = node.parent();
@@ -98,6 +98,13 @@ impl Vfs {
             return Ok(join(&dir, &name));
         }
         self.plain_of_cipher(&cipher)
+    }
+
+    /// Plaintext path of entry `n`, known to hold its node (its directory's path plus its
+    /// plaintext name).
+    pub(super) fn plain_entry_path(&self, n: &NodeName) -> Result<String> {
+        let dir = self.inodes.get(n.parent)?;
+        Ok(join(&self.plain_dir_path(&dir)?, n.plain.as_bytes()))
     }
 
     /// Whether directory `dir` has `node` under cipher name `entry`.

@@ -1,0 +1,88 @@
+//! Opening a regular file's backing file for its content.
+//!
+//! Usually by name: the entry the node was last found or made under, opened in its directory
+//! (one `openat`, then `fstat` to check it still is this node). When that entry no longer holds
+//! the node (renamed or replaced behind the kernel's back, or never known), through the node's
+//! `O_PATH` descriptor (`/proc/self/fd/N`, a longer walk through procfs). A file is opened
+//! read-only until a handle needs to write (then it is opened again read-write): a read-only
+//! open and close cost ext4 less, and a file the daemon may not write can still be read.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use rustix::fs::{FileType, Mode, OFlags};
+
+use super::inode::{Node, NodeName};
+use super::{Kind, Result, Vfs};
+
+/// A regular file's backing file, opened.
+pub(super) struct Backing {
+    pub file: File,
+    pub writable: bool,
+    /// Its size in the cipher directory, when opened.
+    pub len: u64,
+    /// The entry it was opened under, when that was the node's remembered one: proof that the
+    /// entry held the node at the open (so its plaintext path needs no further check).
+    pub named: Option<Arc<NodeName>>,
+}
+
+impl Vfs {
+    /// Opens the backing file of regular-file `node`: read-write for `want_write`, read-only
+    /// otherwise.
+    pub(super) fn open_backing(&self, node: &Node, want_write: bool) -> Result<Backing> {
+        let access = if want_write {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        if let Some(b) = self.open_by_name(node, access) {
+            return Ok(b);
+        }
+        let fd = rustix::fs::open(
+            node.proc_path().as_str(),
+            access | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        Ok(Backing {
+            file: File::from(fd),
+            writable: want_write,
+            len: st.st_size as u64,
+            named: None,
+        })
+    }
+
+    /// Opens `node`'s remembered entry in its directory, if that entry still is `node`.
+    /// `None`: no entry known, or it names something else now, or the open failed (the caller
+    /// opens through the node's descriptor, which gives the error if there is one).
+    fn open_by_name(&self, node: &Node, access: OFlags) -> Option<Backing> {
+        let n = node.name()?;
+        let dir = self.inodes.get(n.parent).ok()?;
+        if dir.kind != Kind::Dir {
+            return None;
+        }
+        // NOFOLLOW: a symlink put there is not followed; NONBLOCK and NOCTTY: a FIFO or a
+        // terminal put there can neither block the open nor become anyone's terminal (it is
+        // closed right away, as its inode number is not the node's). O_NONBLOCK stays set: it
+        // changes nothing in the reads, writes, syncs and truncations of a regular file.
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            &n.cipher,
+            access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || self.inodes.map_ino(st.st_ino) != node.ino
+        {
+            return None;
+        }
+        Some(Backing {
+            file: File::from(fd),
+            writable: access == OFlags::RDWR,
+            len: st.st_size as u64,
+            named: Some(n),
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! Opening backing files: by the remembered entry when it still holds the node, through the
+//! node's descriptor when something else took the name behind the mount's back, read-only
+//! until a handle writes.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::Vfs;
+use super::test_support::{caller, new_volume, open};
+
+fn write_file(v: &Vfs, name: &str, data: &[u8]) -> u64 {
+    let (a, fh) = v
+        .create(1, name.as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    v.write(fh, 0, data).expect("write");
+    v.release(fh).expect("release");
+    a.ino
+}
+
+fn read_all(v: &Vfs, ino: u64) -> Vec<u8> {
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+    let data = v.read(fh, 0, 1 << 20).expect("read");
+    v.release(fh).expect("release");
+    data
+}
+
+/// The backing path of `ino`'s remembered entry.
+fn cipher_path(v: &Vfs, ino: u64) -> PathBuf {
+    let n = v.node(ino).expect("node").name().expect("remembered entry");
+    let dir = std::fs::read_link(v.node(n.parent).expect("dir").proc_path()).expect("dir path");
+    dir.join(&n.cipher)
+}
+
+#[test]
+fn files_open_by_their_entry_read_only_until_a_handle_writes() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = write_file(&v, "f", b"first");
+    let node = v.node(f).expect("node");
+    let b = v.open_backing(&node, false).expect("open");
+    assert!(b.named.is_some(), "opened by its entry");
+    assert!(!b.writable);
+    assert_eq!(
+        b.len,
+        std::fs::metadata(cipher_path(&v, f)).expect("stat").len()
+    );
+    drop(b);
+    // A reader first, then a writer: the shared descriptor is opened again read-write, and
+    // the reader sees what the writer wrote.
+    let r = v.open_as(f, libc::O_RDONLY, &caller()).expect("open r");
+    assert_eq!(v.read(r, 0, 100).expect("read"), b"first");
+    let w = v.open_as(f, libc::O_RDWR, &caller()).expect("open w");
+    v.write(w, 0, b"SECOND").expect("write");
+    assert_eq!(v.read(r, 0, 100).expect("read"), b"SECOND");
+    v.release(w).expect("release w");
+    v.release(r).expect("release r");
+    assert_eq!(read_all(&v, f), b"SECOND");
+}
+
+#[test]
+fn a_name_taken_behind_the_mount_opens_the_node_itself() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = write_file(&v, "f", b"the file's own content");
+    let g = write_file(&v, "g", b"another file");
+    // g's backing file renamed over f's entry in the cipher directory: f's remembered entry
+    // now holds another inode (and f's is unlinked, still reachable through its descriptor).
+    std::fs::rename(cipher_path(&v, g), cipher_path(&v, f)).expect("rename behind the mount");
+    let node = v.node(f).expect("node");
+    let b = v.open_backing(&node, false).expect("open");
+    assert!(
+        b.named.is_none(),
+        "not opened by a name that is someone else's now"
+    );
+    drop(b);
+    assert_eq!(read_all(&v, f), b"the file's own content");
+}
+
+#[test]
+fn a_fifo_or_symlink_under_the_name_neither_blocks_nor_is_followed() {
+    let (_t, dir) = new_volume();
+    let v = std::sync::Arc::new(open(&dir));
+    let f = write_file(&v, "f", b"content");
+    let p = cipher_path(&v, f);
+    std::fs::remove_file(&p).expect("unlink behind the mount");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    // Opening a FIFO for reading would wait for a writer: run it on a thread, with a limit.
+    let (tx, rx) = mpsc::channel();
+    let v2 = v.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(read_all(&v2, f));
+    });
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the open did not block on the FIFO");
+    assert_eq!(got, b"content");
+    std::fs::remove_file(&p).expect("remove fifo");
+    std::os::unix::fs::symlink("/etc/hostname", &p).expect("symlink");
+    let b = v
+        .open_backing(&v.node(f).expect("node"), false)
+        .expect("open");
+    assert!(b.named.is_none(), "a symlink is not followed");
+    drop(b);
+    assert_eq!(read_all(&v, f), b"content");
+}
