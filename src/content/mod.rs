@@ -101,29 +101,50 @@ impl FileCipher {
             .map_err(|_| err)
     }
 
+    /// The length of the ciphertext of `plain_len` bytes of consecutive blocks (block-aligned:
+    /// every block but the last is full; no bytes is one empty block).
+    pub fn cipher_len(&self, plain_len: usize) -> usize {
+        plain_len + plain_len.div_ceil(self.block_size).max(1) * BLOCK_OVERHEAD
+    }
+
     /// Encrypts consecutive blocks `first..` of plaintext `plain` (block-aligned: every block but
     /// the last is full) into `out`, which is resized to the exact cipher length. `final_block`
     /// is the index of the file's final block after the write. One RNG call for all nonces.
     pub fn encrypt_blocks(&self, first: u64, plain: &[u8], final_block: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(self.cipher_len(plain.len()), 0);
+        self.encrypt_blocks_into(first, plain, final_block, out);
+    }
+
+    /// As [`FileCipher::encrypt_blocks`], into `out` of exactly
+    /// [`FileCipher::cipher_len`]`(plain.len())` bytes (whatever it held is overwritten).
+    pub fn encrypt_blocks_into(&self, first: u64, plain: &[u8], final_block: u64, out: &mut [u8]) {
         let bs = self.block_size;
         let nblocks = plain.len().div_ceil(bs).max(1);
+        assert_eq!(
+            out.len(),
+            self.cipher_len(plain.len()),
+            "cipher buffer length"
+        );
         let mut nonces = vec![0u8; nblocks * BLOCK_NONCE_LEN];
         random_bytes(&mut nonces);
-        out.clear();
-        out.reserve(plain.len() + nblocks * BLOCK_OVERHEAD);
+        let mut o = 0;
         for i in 0..nblocks {
             let p = &plain[(i * bs).min(plain.len())..((i + 1) * bs).min(plain.len())];
             let b = first + i as u64;
-            let nonce: &[u8; BLOCK_NONCE_LEN] = nonces[i * BLOCK_NONCE_LEN..][..BLOCK_NONCE_LEN]
+            let block = &mut out[o..o + p.len() + BLOCK_OVERHEAD];
+            o += block.len();
+            let (nonce, rest) = block.split_at_mut(BLOCK_NONCE_LEN);
+            nonce.copy_from_slice(&nonces[i * BLOCK_NONCE_LEN..][..BLOCK_NONCE_LEN]);
+            let nonce: &[u8; BLOCK_NONCE_LEN] = (&*nonce)
                 .try_into()
-                .unwrap_or_else(|_| unreachable!("slice of nonce length"));
-            // Appended, then encrypted in place: the output is written once before the cipher
-            // runs (no zero fill first), and the in-place keystream is the crate's fastest path.
-            let start = out.len();
-            out.extend_from_slice(nonce);
-            out.extend_from_slice(p);
-            out.extend_from_slice(&[0u8; BLOCK_TAG_LEN]);
-            self.seal_block(b, b == final_block, &mut out[start..]);
+                .unwrap_or_else(|_| unreachable!("split at the nonce length"));
+            let (ct, tag) = rest.split_at_mut(p.len());
+            // Straight from the plaintext into place: no copy of it first.
+            let t =
+                self.aead
+                    .seal_into(nonce, &block_aad(&self.file_id, b, b == final_block), p, ct);
+            tag.copy_from_slice(&t);
         }
     }
 
@@ -211,6 +232,24 @@ mod tests {
             c.decrypt_blocks(0, &ct, fin, &mut back).unwrap();
             assert_eq!(back, plain, "len {len}");
         }
+    }
+
+    #[test]
+    fn encrypting_into_a_used_buffer_overwrites_all_of_it() {
+        let c = fc(2);
+        let plain: Vec<u8> = (0..3 * 4096 + 5).map(|i| (i * 7 % 253) as u8).collect();
+        // What a reused write buffer may hold: another write's ciphertext, or anything.
+        let mut out = vec![0xa5u8; c.cipher_len(plain.len())];
+        c.encrypt_blocks_into(4, &plain, 7, &mut out);
+        let mut back = Vec::new();
+        c.decrypt_blocks(4, &out, 7, &mut back).unwrap();
+        assert_eq!(back, plain);
+        // Same layout as through a new buffer: nonce, ciphertext, tag per block.
+        let mut fresh = Vec::new();
+        c.encrypt_blocks(4, &plain, 7, &mut fresh);
+        assert_eq!(fresh.len(), out.len());
+        // The plaintext is nowhere in it.
+        assert!(!out.windows(64).any(|w| w == &plain[..64]));
     }
 
     fn two_blocks(c: &FileCipher) -> Vec<u8> {

@@ -31,6 +31,31 @@ impl Aead {
         Aead(Aes256GcmSiv::new(key.expose().into()))
     }
 
+    /// Encrypts `plain` into `out` (of the same length) and returns the tag: the keystream is
+    /// applied from one buffer to the other, so `out` needs no copy of the plaintext first.
+    pub fn seal_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        assert_eq!(
+            plain.len(),
+            out.len(),
+            "seal_into: buffers of different lengths"
+        );
+        let n = Nonce::from(*nonce);
+        let buf = aes_gcm_siv::aead::inout::InOutBuf::new(plain, out)
+            .unwrap_or_else(|_| unreachable!("lengths checked above"));
+        let tag = self
+            .0
+            .encrypt_inout_detached(&n, aad, buf)
+            // As in seal_in_place: only above RFC 8452's 2^36-byte limit.
+            .unwrap_or_else(|_| unreachable!("AES-GCM-SIV message length limit exceeded"));
+        tag.into()
+    }
+
     /// Encrypts `buf` in place and returns the tag.
     pub fn seal_in_place(
         &self,

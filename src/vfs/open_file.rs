@@ -16,6 +16,44 @@ use crate::format::offsets::Layout;
 /// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
 
+/// A request thread's buffer for the ciphertext of a write, kept between writes so that a
+/// write neither allocates it nor fills it with zeros first (it holds only ciphertext, which
+/// is no secret). One larger than [`CipherBuf::KEEP`] is let go after use.
+struct CipherBuf {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+thread_local! {
+    static CIPHER_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl CipherBuf {
+    /// Larger than any write the kernel sends (1 MiB) and its blocks' overhead.
+    const KEEP: usize = 4 << 20;
+
+    /// The thread's buffer, at least `len` bytes long (a nested use gets a new one).
+    fn take(len: usize) -> CipherBuf {
+        let mut buf = CIPHER_BUF.take();
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        CipherBuf { buf, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl Drop for CipherBuf {
+    fn drop(&mut self) {
+        if self.buf.len() <= Self::KEEP {
+            CIPHER_BUF.set(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
 pub struct FileState {
     pub file: File,
     pub writable: bool,
@@ -239,31 +277,33 @@ impl OpenFile {
         let base = l.plain_offset(first);
         // Plaintext of blocks first..=last after the write.
         let span_end = new_size.min(l.plain_offset(last + 1));
-        let mut out = Vec::with_capacity(
-            (span_end - base) as usize + (last - first + 2) as usize * BLOCK_OVERHEAD,
-        );
+        let main_len = st.cipher.cipher_len((span_end - base) as usize);
+        // The size became a multiple of the block size: the final block is a new empty one.
+        // (When the file goes on past this write, its final block is untouched and stays.)
+        let empty_final = new_final == last + 1 && new_size.is_multiple_of(bs);
+        let mut buf = CipherBuf::take(main_len + if empty_final { BLOCK_OVERHEAD } else { 0 });
+        let out = buf.as_mut();
+        let (main, fin) = out.split_at_mut(main_len);
         if off == base && end == span_end {
             // The write covers its blocks exactly (the usual case with the writeback cache: whole
             // pages): encrypted straight from the caller's bytes.
-            st.cipher.encrypt_blocks(first, data, new_final, &mut out);
+            st.cipher.encrypt_blocks_into(first, data, new_final, main);
         } else {
             let plain = self.merged_span(st, off, data, span_end)?;
-            st.cipher.encrypt_blocks(first, &plain, new_final, &mut out);
-        }
-        if new_final == last + 1 && new_size.is_multiple_of(bs) {
-            // The size became a multiple of the block size: the final block is a new empty one.
-            // (When the file goes on past this write, its final block is untouched and stays.)
-            let mut fin = Vec::new();
             st.cipher
-                .encrypt_blocks(new_final, &[], new_final, &mut fin);
-            out.extend_from_slice(&fin);
+                .encrypt_blocks_into(first, &plain, new_final, main);
         }
+        if empty_final {
+            st.cipher
+                .encrypt_blocks_into(new_final, &[], new_final, fin);
+        }
+        let out: &[u8] = out;
         if new_size != st.size && st.marked.is_none_or(|m| first < m) {
             // Target 0: "the length the file has", since later writes go on growing it.
             crate::content::pending::mark(&st.file, first, 0);
             st.marked = Some(first);
         }
-        if let Err(e) = crate::fault::write_all_at(&st.file, &out, l.cipher_offset(first)) {
+        if let Err(e) = crate::fault::write_all_at(&st.file, out, l.cipher_offset(first)) {
             // The write may have stopped inside a block: complete each torn block of the range
             // that stays with its new content (its space is allocated now), so every block is
             // old or new, as after a short write.
@@ -272,7 +312,7 @@ impl OpenFile {
             } else {
                 last + 1
             };
-            self.complete_torn(st, first, keep_end, new_final, &out);
+            self.complete_torn(st, first, keep_end, new_final, out);
             // A failed write that extended the file (ENOSPC, EIO) may have left the old final
             // block re-marked as non-final: put the old tail back so the file stays readable.
             if new_size > st.size {
