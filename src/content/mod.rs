@@ -70,7 +70,7 @@ impl FileCipher {
     }
 
     /// Decrypts one block (`nonce ‖ ct ‖ tag`) into `out` (`cipher.len() - BLOCK_OVERHEAD`
-    /// bytes). On error `out` holds garbage and must be discarded.
+    /// bytes). On error `out` is zeroed.
     pub fn decrypt_block(
         &self,
         block_no: u64,
@@ -90,11 +90,12 @@ impl FileCipher {
             cipher[..BLOCK_NONCE_LEN].try_into().map_err(|_| err)?;
         let tag: &[u8; BLOCK_TAG_LEN] =
             cipher[BLOCK_NONCE_LEN + n..].try_into().map_err(|_| err)?;
-        out.copy_from_slice(&cipher[BLOCK_NONCE_LEN..BLOCK_NONCE_LEN + n]);
+        // Straight from the ciphertext into place: no copy of it first.
         self.aead
-            .open_in_place(
+            .open_into(
                 nonce,
                 &block_aad(&self.file_id, block_no, is_final),
+                &cipher[BLOCK_NONCE_LEN..BLOCK_NONCE_LEN + n],
                 out,
                 tag,
             )
@@ -148,6 +149,19 @@ impl FileCipher {
         }
     }
 
+    /// The plaintext length of `cipher_len` bytes of consecutive blocks, or the block (counted
+    /// from the first) that cannot be one: a last block shorter than its overhead (found by
+    /// fuzzing: it made the output too short for the blocks before it).
+    pub fn plain_len(&self, cipher_len: usize) -> Result<usize, u64> {
+        let cbs = self.block_size + BLOCK_OVERHEAD;
+        let nblocks = cipher_len.div_ceil(cbs).max(1);
+        let rest = cipher_len % cbs;
+        if cipher_len < BLOCK_OVERHEAD || (rest != 0 && rest < BLOCK_OVERHEAD) {
+            return Err(nblocks as u64 - 1);
+        }
+        Ok(cipher_len - nblocks * BLOCK_OVERHEAD)
+    }
+
     /// Decrypts consecutive blocks starting at `first` from `cipher` into `out` (resized).
     /// `final_block` is the index of the file's final block.
     pub fn decrypt_blocks(
@@ -157,27 +171,40 @@ impl FileCipher {
         final_block: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
-        let cbs = self.block_size + BLOCK_OVERHEAD;
-        let nblocks = cipher.len().div_ceil(cbs).max(1);
-        // A last block shorter than its overhead cannot be a block (found by fuzzing: it made the
-        // output too short for the blocks before it).
-        let rest = cipher.len() % cbs;
-        if cipher.len() < BLOCK_OVERHEAD || (rest != 0 && rest < BLOCK_OVERHEAD) {
-            return Err(BlockError {
-                block: first + nblocks as u64 - 1,
-            });
-        }
+        let n = self
+            .plain_len(cipher.len())
+            .map_err(|i| BlockError { block: first + i })?;
         out.clear();
-        out.resize(cipher.len().saturating_sub(nblocks * BLOCK_OVERHEAD), 0);
+        out.resize(n, 0);
+        self.decrypt_blocks_into(first, cipher, final_block, out)
+    }
+
+    /// As [`FileCipher::decrypt_blocks`], into `out` of exactly
+    /// [`FileCipher::plain_len`]`(cipher.len())` bytes (whatever it held is overwritten; on
+    /// error, what it holds is no plaintext).
+    pub fn decrypt_blocks_into(
+        &self,
+        first: u64,
+        cipher: &[u8],
+        final_block: u64,
+        out: &mut [u8],
+    ) -> Result<(), BlockError> {
+        let cbs = self.block_size + BLOCK_OVERHEAD;
+        let n = self
+            .plain_len(cipher.len())
+            .map_err(|i| BlockError { block: first + i })?;
+        if out.len() != n {
+            return Err(BlockError { block: first });
+        }
         let mut po = 0;
-        for i in 0..nblocks {
-            let c = &cipher[(i * cbs).min(cipher.len())..((i + 1) * cbs).min(cipher.len())];
+        for (i, c) in cipher.chunks(cbs).enumerate() {
             let b = first + i as u64;
-            let n = c
-                .len()
-                .checked_sub(BLOCK_OVERHEAD)
-                .ok_or(BlockError { block: b })?;
-            self.decrypt_block(b, b == final_block, c, &mut out[po..po + n])?;
+            let n = c.len() - BLOCK_OVERHEAD;
+            if let Err(e) = self.decrypt_block(b, b == final_block, c, &mut out[po..po + n]) {
+                // The blocks before it are authentic, but a failed read returns nothing.
+                out[..po].fill(0);
+                return Err(e);
+            }
             po += n;
         }
         Ok(())

@@ -73,6 +73,27 @@ impl Aead {
         tag.into()
     }
 
+    /// Decrypts `ct` into `out` (of the same length) after checking `tag`. On failure `out` is
+    /// zeroed (the crate's out-of-place failure path would leave the unauthenticated
+    /// plaintext there).
+    pub fn open_into(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        ct: &[u8],
+        out: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AuthError> {
+        let n = Nonce::from(*nonce);
+        let t = Tag::from(*tag);
+        let buf = aes_gcm_siv::aead::inout::InOutBuf::new(ct, out).map_err(|_| AuthError)?;
+        let r = self.0.decrypt_inout_detached(&n, aad, buf, &t);
+        if r.is_err() {
+            out.fill(0);
+        }
+        r.map_err(|_| AuthError)
+    }
+
     /// Decrypts `buf` in place after checking `tag`. On failure `buf` is left scrambled and must
     /// not be used.
     pub fn open_in_place(
@@ -146,6 +167,31 @@ mod tests {
     /// The expanded key inside the AEAD is wiped when it is dropped: aes-gcm-siv's own `zeroize`
     /// feature covers only its temporary buffers; the AES key schedule (whose first two round
     /// keys are the key itself) is wiped by the `aes` crate's `zeroize` feature (Cargo.toml).
+    #[test]
+    fn out_of_place_matches_in_place_and_a_failure_leaves_no_plaintext() {
+        let a = Aead::new(&Key256::from_bytes([2; 32]));
+        let nonce = [9u8; NONCE_LEN];
+        let plain = b"out of place, same ciphertext".to_vec();
+        let mut inplace = plain.clone();
+        let tag = a.seal_in_place(&nonce, b"ad", &mut inplace);
+        let mut ct = vec![0x55u8; plain.len()];
+        assert_eq!(a.seal_into(&nonce, b"ad", &plain, &mut ct), tag);
+        assert_eq!(ct, inplace);
+        let mut back = vec![0xaau8; plain.len()];
+        a.open_into(&nonce, b"ad", &ct, &mut back, &tag).unwrap();
+        assert_eq!(back, plain);
+        for i in 0..ct.len() {
+            let mut bad = ct.clone();
+            bad[i] ^= 1;
+            let mut out = vec![0xaau8; plain.len()];
+            assert_eq!(
+                a.open_into(&nonce, b"ad", &bad, &mut out, &tag),
+                Err(AuthError)
+            );
+            assert!(out.iter().all(|&b| b == 0), "flip at {i}: output not wiped");
+        }
+    }
+
     #[test]
     fn key_schedules_zeroize() {
         fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}

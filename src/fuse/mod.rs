@@ -428,9 +428,15 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.vfs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno("read", &e)),
+        // The reply is sent from where the data was decrypted; kept for the error otherwise.
+        let mut reply = Some(reply);
+        let r = self.vfs.read_with(fh.0, offset, size, |d| {
+            if let Some(r) = reply.take() {
+                r.data(d);
+            }
+        });
+        if let (Err(e), Some(r)) = (r, reply) {
+            r.error(errno("read", &e));
         }
     }
 

@@ -11,7 +11,7 @@ use super::access_ops::HandleAudit;
 use super::backing::Backing;
 use super::control_ops::ctl_err;
 use super::inode::{Node, NodeName};
-use super::open_file::{FileState, OpenFile, read_header};
+use super::open_file::{FileState, OpenFile, Scratch, read_header};
 use super::{Attr, Caller, Handle, Kind, Result, Vfs, VfsError};
 use crate::content::FileCipher;
 
@@ -383,18 +383,32 @@ impl Vfs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.read_with(fh, offset, size, |d| d.to_vec())
+    }
+
+    /// Reads, handing the plaintext to `reply` where it was decrypted (the thread's read
+    /// buffer: no copy, no allocation per read); returns what `reply` returns.
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
         self.touch();
         if super::is_control_handle(fh) {
-            return self.control.read(fh, offset, size).map_err(ctl_err);
+            let d = self.control.read(fh, offset, size).map_err(ctl_err)?;
+            return Ok(reply(&d));
         }
         let (f, _) = self.handle_file(fh)?;
-        let d = f.read(offset, size).inspect_err(|e| {
+        let mut plain = Scratch::plain();
+        let r = f.read_into(offset, size, &mut plain).inspect_err(|e| {
             if e.is_integrity() {
                 self.audit_integrity(None, &e.to_string());
             }
         })?;
-        self.count(fh, |a| &a.read, d.len());
-        Ok(d)
+        self.count(fh, |a| &a.read, r.len());
+        Ok(reply(&plain.as_slice()[r]))
     }
 
     /// Writes and returns the number of bytes written.

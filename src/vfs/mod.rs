@@ -466,4 +466,6 @@ mod path_tests;
 #[cfg(test)]
 mod prefetch_tests;
 #[cfg(test)]
+mod read_tests;
+#[cfg(test)]
 mod test_support;

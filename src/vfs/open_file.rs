@@ -3,7 +3,9 @@
 //! truncation. One `OpenFile` per inode, shared by all its handles; the lock makes a writer
 //! exclusive, so concurrent writers never interleave inside a block.
 
+use std::cell::Cell;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -16,29 +18,54 @@ use crate::format::offsets::Layout;
 /// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
 
-/// A request thread's buffer for the ciphertext of a write, kept between writes so that a
-/// write neither allocates it nor fills it with zeros first (it holds only ciphertext, which
-/// is no secret). One larger than [`CipherBuf::KEEP`] is let go after use.
-struct CipherBuf {
+/// A request thread's buffer, kept between requests so that a read or write neither
+/// allocates it nor fills it with zeros first. One for ciphertext (reads and writes) and one
+/// for the plaintext a read returns; one larger than [`Scratch::KEEP`] is let go after use.
+pub struct Scratch {
+    key: &'static std::thread::LocalKey<Cell<Vec<u8>>>,
     buf: Vec<u8>,
     len: usize,
 }
 
 thread_local! {
-    static CIPHER_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static CIPHER_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static PLAIN_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-impl CipherBuf {
-    /// Larger than any write the kernel sends (1 MiB) and its blocks' overhead.
+impl Scratch {
+    /// Larger than any read or write the kernel sends (1 MiB) and its blocks' overhead.
     const KEEP: usize = 4 << 20;
 
-    /// The thread's buffer, at least `len` bytes long (a nested use gets a new one).
-    fn take(len: usize) -> CipherBuf {
-        let mut buf = CIPHER_BUF.take();
-        if buf.len() < len {
-            buf.resize(len, 0);
+    /// The thread's ciphertext buffer, `len` bytes (a nested use gets a new one).
+    fn cipher(len: usize) -> Scratch {
+        Scratch::take(&CIPHER_BUF, len)
+    }
+
+    /// The thread's plaintext buffer for reads, empty until [`OpenFile::read_into`] fills it.
+    pub fn plain() -> Scratch {
+        Scratch::take(&PLAIN_BUF, 0)
+    }
+
+    fn take(key: &'static std::thread::LocalKey<Cell<Vec<u8>>>, len: usize) -> Scratch {
+        let mut s = Scratch {
+            key,
+            buf: key.take(),
+            len: 0,
+        };
+        s.set_len(len);
+        s
+    }
+
+    /// Makes it `len` bytes long; what it held stays only where it was already long enough.
+    fn set_len(&mut self, len: usize) {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
         }
-        CipherBuf { buf, len }
+        self.len = len;
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 
     fn as_mut(&mut self) -> &mut [u8] {
@@ -46,10 +73,10 @@ impl CipherBuf {
     }
 }
 
-impl Drop for CipherBuf {
+impl Drop for Scratch {
     fn drop(&mut self) {
         if self.buf.len() <= Self::KEEP {
-            CIPHER_BUF.set(std::mem::take(&mut self.buf));
+            self.key.set(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -142,39 +169,71 @@ impl OpenFile {
         VfsError::Integrity(format!("{}: {what}", self.label()))
     }
 
-    /// Reads and decrypts blocks `first..=last` of a file of size `size` into plaintext.
-    fn read_blocks(&self, st: &FileState, first: u64, last: u64, out: &mut Vec<u8>) -> Result<()> {
+    /// The ciphertext of blocks `first..=last`, in the thread's ciphertext buffer.
+    fn read_cipher(&self, st: &FileState, first: u64, last: u64) -> Result<Scratch> {
         let l = &self.layout;
         let start = l.cipher_offset(first);
         let last_len = l
             .block_len(last, st.size)
             .ok_or_else(|| self.integrity(format!("block {last} past end")))?;
         let end = l.cipher_offset(last) + last_len + BLOCK_OVERHEAD as u64;
-        let mut buf = vec![0u8; (end - start) as usize];
-        read_exact_at(&st.file, &mut buf, start).map_err(|e| match e {
+        let mut buf = Scratch::cipher((end - start) as usize);
+        read_exact_at(&st.file, buf.as_mut(), start).map_err(|e| match e {
             VfsError::Integrity(m) => self.integrity(m),
             other => other,
         })?;
-        st.cipher
-            .decrypt_blocks(first, &buf, l.final_block(st.size), out)
-            .map_err(|e| self.integrity(format!("block {} failed authentication", e.block)))
+        Ok(buf)
     }
 
-    /// Plaintext `[off, off + len)`, cut at end of file.
-    pub fn read(&self, off: u64, len: u32) -> Result<Vec<u8>> {
+    fn auth_failed(&self, block: u64) -> VfsError {
+        self.integrity(format!("block {block} failed authentication"))
+    }
+
+    /// Reads and decrypts blocks `first..=last` of a file of size `size` into plaintext.
+    fn read_blocks(&self, st: &FileState, first: u64, last: u64, out: &mut Vec<u8>) -> Result<()> {
+        let buf = self.read_cipher(st, first, last)?;
+        st.cipher
+            .decrypt_blocks(first, buf.as_slice(), self.layout.final_block(st.size), out)
+            .map_err(|e| self.auth_failed(e.block))
+    }
+
+    /// As [`OpenFile::read_blocks`], into `out` (made exactly their length).
+    fn read_blocks_into(
+        &self,
+        st: &FileState,
+        first: u64,
+        last: u64,
+        out: &mut Scratch,
+    ) -> Result<()> {
+        let buf = self.read_cipher(st, first, last)?;
+        let n = st
+            .cipher
+            .plain_len(buf.as_slice().len())
+            .map_err(|i| self.auth_failed(first + i))?;
+        out.set_len(n);
+        st.cipher
+            .decrypt_blocks_into(
+                first,
+                buf.as_slice(),
+                self.layout.final_block(st.size),
+                out.as_mut(),
+            )
+            .map_err(|e| self.auth_failed(e.block))
+    }
+
+    /// Plaintext `[off, off + len)`, cut at end of file: decrypted into `out`, at the range
+    /// returned (no copy of it, no zero fill of the buffers once they are large enough).
+    pub fn read_into(&self, off: u64, len: u32, out: &mut Scratch) -> Result<Range<usize>> {
         let st = self.read_state();
         if off >= st.size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(0..0);
         }
         let end = st.size.min(off + u64::from(len));
         let l = &self.layout;
         let (first, last) = (l.block_of(off), l.block_of(end - 1));
-        let mut plain = Vec::new();
-        self.read_blocks(&st, first, last, &mut plain)?;
+        self.read_blocks_into(&st, first, last, out)?;
         let base = l.plain_offset(first);
-        plain.truncate((end - base) as usize);
-        plain.drain(..(off - base) as usize);
-        Ok(plain)
+        Ok((off - base) as usize..(end - base) as usize)
     }
 
     /// Writes `data` at `off` (or at end of file when `append`); returns the offset written at.
@@ -281,7 +340,7 @@ impl OpenFile {
         // The size became a multiple of the block size: the final block is a new empty one.
         // (When the file goes on past this write, its final block is untouched and stays.)
         let empty_final = new_final == last + 1 && new_size.is_multiple_of(bs);
-        let mut buf = CipherBuf::take(main_len + if empty_final { BLOCK_OVERHEAD } else { 0 });
+        let mut buf = Scratch::cipher(main_len + if empty_final { BLOCK_OVERHEAD } else { 0 });
         let out = buf.as_mut();
         let (main, fin) = out.split_at_mut(main_len);
         if off == base && end == span_end {
