@@ -70,7 +70,8 @@ impl FileCipher {
     }
 
     /// Decrypts one block (`nonce ‖ ct ‖ tag`) into `out` (`cipher.len() - BLOCK_OVERHEAD`
-    /// bytes). On error `out` is zeroed.
+    /// bytes). When the block fails authentication `out` is zeroed; when its length is wrong,
+    /// `out` is left as it was.
     pub fn decrypt_block(
         &self,
         block_no: u64,
@@ -201,8 +202,9 @@ impl FileCipher {
             let b = first + i as u64;
             let n = c.len() - BLOCK_OVERHEAD;
             if let Err(e) = self.decrypt_block(b, b == final_block, c, &mut out[po..po + n]) {
-                // The blocks before it are authentic, but a failed read returns nothing.
-                out[..po].fill(0);
+                // A failed read returns nothing: neither the authentic blocks before this one
+                // nor what a reused buffer held after it.
+                out.fill(0);
                 return Err(e);
             }
             po += n;
@@ -277,6 +279,22 @@ mod tests {
         assert_eq!(fresh.len(), out.len());
         // The plaintext is nowhere in it.
         assert!(!out.windows(64).any(|w| w == &plain[..64]));
+    }
+
+    #[test]
+    fn a_failed_decryption_into_a_used_buffer_leaves_no_plaintext() {
+        let c = fc(3);
+        let plain = vec![0x42u8; 3 * 4096];
+        let mut ct = Vec::new();
+        c.encrypt_blocks(0, &plain, 3, &mut ct);
+        // The second block tampered; the buffer holds an earlier read's data.
+        ct[4096 + BLOCK_OVERHEAD + 20] ^= 1;
+        let mut out = vec![0x17u8; plain.len()];
+        assert_eq!(
+            c.decrypt_blocks_into(0, &ct, 3, &mut out),
+            Err(BlockError { block: 1 })
+        );
+        assert!(out.iter().all(|&b| b == 0), "authentic or stale bytes left");
     }
 
     fn two_blocks(c: &FileCipher) -> Vec<u8> {

@@ -6,6 +6,12 @@
 //! `O_PATH` descriptor (`/proc/self/fd/N`, a longer walk through procfs). A file is opened
 //! read-only until a handle needs to write (then it is opened again read-write): a read-only
 //! open and close cost ext4 less, and a file the daemon may not write can still be read.
+//!
+//! The by-name open opens whatever is under the name at that moment and checks it after:
+//! another regular file put there behind the mount is opened and closed again (for a writer,
+//! read-write: its leases are broken and watchers see a close), a FIFO opens without blocking,
+//! a symlink is not followed, and a device node could only have been made there by root (the
+//! kernel asks CAP_MKNOD for one, through the mount too), who is outside the threat model.
 
 use std::fs::File;
 use std::sync::Arc;

@@ -41,6 +41,12 @@ fn files_open_by_their_entry_read_only_until_a_handle_writes() {
     let b = v.open_backing(&node, false).expect("open");
     assert!(b.named.is_some(), "opened by its entry");
     assert!(!b.writable);
+    let mode = rustix::fs::fcntl_getfl(&b.file).expect("getfl") & rustix::fs::OFlags::RWMODE;
+    assert_eq!(
+        mode,
+        rustix::fs::OFlags::RDONLY,
+        "the descriptor itself is read-only"
+    );
     assert_eq!(
         b.len,
         std::fs::metadata(cipher_path(&v, f)).expect("stat").len()
@@ -78,7 +84,7 @@ fn a_name_taken_behind_the_mount_opens_the_node_itself() {
 }
 
 #[test]
-fn a_fifo_or_symlink_under_the_name_neither_blocks_nor_is_followed() {
+fn a_fifo_under_the_name_does_not_block_the_open() {
     let (_t, dir) = new_volume();
     let v = std::sync::Arc::new(open(&dir));
     let f = write_file(&v, "f", b"content");
@@ -102,8 +108,19 @@ fn a_fifo_or_symlink_under_the_name_neither_blocks_nor_is_followed() {
         .recv_timeout(Duration::from_secs(20))
         .expect("the open did not block on the FIFO");
     assert_eq!(got, b"content");
-    std::fs::remove_file(&p).expect("remove fifo");
-    std::os::unix::fs::symlink("/etc/hostname", &p).expect("symlink");
+}
+
+#[test]
+fn a_symlink_under_the_name_is_not_followed_even_to_the_file_itself() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = write_file(&v, "f", b"content");
+    let p = cipher_path(&v, f);
+    // The backing file moved aside and a symlink to it put under its name: following the link
+    // would find the node's own inode, so only O_NOFOLLOW keeps the by-name open from it.
+    let aside = p.with_file_name("aside");
+    std::fs::rename(&p, &aside).expect("move aside behind the mount");
+    std::os::unix::fs::symlink(&aside, &p).expect("symlink");
     let b = v
         .open_backing(&v.node(f).expect("node"), false)
         .expect("open");

@@ -202,10 +202,9 @@ impl Vfs {
                 let header = of.read_state().header.clone();
                 // Opened under the entry the node remembers: that entry's path, checked by the
                 // open itself.
-                let path = match named {
-                    Some(n) => self.plain_entry_path(&n).ok(),
-                    None => self.plain_path(&node),
-                };
+                let path = named
+                    .and_then(|n| self.plain_entry_path(&n).ok())
+                    .or_else(|| self.plain_path(&node));
                 match self.authorize(c, "Open", "kms:Decrypt", &header, path, flags) {
                     Ok(a) => Some(a),
                     Err(e) => {

@@ -21,6 +21,9 @@ const ZERO_CHUNK: u64 = 1 << 20;
 /// A request thread's buffer, kept between requests so that a read or write neither
 /// allocates it nor fills it with zeros first. One for ciphertext (reads and writes) and one
 /// for the plaintext a read returns; one larger than [`Scratch::KEEP`] is let go after use.
+/// The plaintext buffer keeps the last read's data until the thread's next read, as the freed
+/// buffers of before did until reused, and as the kernel's page cache keeps it: file data is
+/// not wiped (keys are).
 pub struct Scratch {
     key: &'static std::thread::LocalKey<Cell<Vec<u8>>>,
     buf: Vec<u8>,
