@@ -50,22 +50,16 @@ impl FileCipher {
     ) {
         debug_assert!(plain.len() <= self.block_size);
         debug_assert_eq!(out.len(), plain.len() + BLOCK_OVERHEAD);
-        out[..BLOCK_NONCE_LEN].copy_from_slice(nonce);
-        out[BLOCK_NONCE_LEN..BLOCK_NONCE_LEN + plain.len()].copy_from_slice(plain);
-        self.seal_block(block_no, is_final, out);
-    }
-
-    /// Encrypts `block` (`nonce ‖ plaintext ‖ room for the tag`) in place: the plaintext
-    /// becomes the ciphertext and the tag is written after it.
-    fn seal_block(&self, block_no: u64, is_final: bool, block: &mut [u8]) {
-        let (nonce, rest) = block.split_at_mut(BLOCK_NONCE_LEN);
-        let nonce: &[u8; BLOCK_NONCE_LEN] = (&*nonce)
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("split at the nonce length"));
-        let (ct, tag) = rest.split_at_mut(rest.len() - BLOCK_TAG_LEN);
-        let t = self
-            .aead
-            .seal_in_place(nonce, &block_aad(&self.file_id, block_no, is_final), ct);
+        let (n, rest) = out.split_at_mut(BLOCK_NONCE_LEN);
+        n.copy_from_slice(nonce);
+        let (ct, tag) = rest.split_at_mut(plain.len());
+        // Straight from the plaintext into place: no copy of it first.
+        let t = self.aead.seal_into(
+            nonce,
+            &block_aad(&self.file_id, block_no, is_final),
+            plain,
+            ct,
+        );
         tag.copy_from_slice(&t);
     }
 
@@ -134,19 +128,12 @@ impl FileCipher {
         for i in 0..nblocks {
             let p = &plain[(i * bs).min(plain.len())..((i + 1) * bs).min(plain.len())];
             let b = first + i as u64;
+            let nonce: &[u8; BLOCK_NONCE_LEN] = nonces[i * BLOCK_NONCE_LEN..][..BLOCK_NONCE_LEN]
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("slice of nonce length"));
             let block = &mut out[o..o + p.len() + BLOCK_OVERHEAD];
             o += block.len();
-            let (nonce, rest) = block.split_at_mut(BLOCK_NONCE_LEN);
-            nonce.copy_from_slice(&nonces[i * BLOCK_NONCE_LEN..][..BLOCK_NONCE_LEN]);
-            let nonce: &[u8; BLOCK_NONCE_LEN] = (&*nonce)
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("split at the nonce length"));
-            let (ct, tag) = rest.split_at_mut(p.len());
-            // Straight from the plaintext into place: no copy of it first.
-            let t =
-                self.aead
-                    .seal_into(nonce, &block_aad(&self.file_id, b, b == final_block), p, ct);
-            tag.copy_from_slice(&t);
+            self.encrypt_block(b, b == final_block, nonce, p, block);
         }
     }
 

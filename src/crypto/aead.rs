@@ -1,6 +1,7 @@
 //! AES-256-GCM-SIV (RFC 8452), the one AEAD of kmsfs. Nonce-misuse resistant, which makes the
 //! deterministic name encryption sound and random 96-bit block nonces safe.
 
+use aes_gcm_siv::aead::inout::InOutBuf;
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 
@@ -40,20 +41,9 @@ impl Aead {
         plain: &[u8],
         out: &mut [u8],
     ) -> [u8; TAG_LEN] {
-        assert_eq!(
-            plain.len(),
-            out.len(),
-            "seal_into: buffers of different lengths"
-        );
-        let n = Nonce::from(*nonce);
-        let buf = aes_gcm_siv::aead::inout::InOutBuf::new(plain, out)
-            .unwrap_or_else(|_| unreachable!("lengths checked above"));
-        let tag = self
-            .0
-            .encrypt_inout_detached(&n, aad, buf)
-            // As in seal_in_place: only above RFC 8452's 2^36-byte limit.
-            .unwrap_or_else(|_| unreachable!("AES-GCM-SIV message length limit exceeded"));
-        tag.into()
+        let buf = InOutBuf::new(plain, out)
+            .unwrap_or_else(|_| panic!("seal_into: buffers of different lengths"));
+        self.seal_inout(nonce, aad, buf)
     }
 
     /// Encrypts `buf` in place and returns the tag.
@@ -63,10 +53,19 @@ impl Aead {
         aad: &[u8],
         buf: &mut [u8],
     ) -> [u8; TAG_LEN] {
+        self.seal_inout(nonce, aad, buf.into())
+    }
+
+    fn seal_inout(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: InOutBuf<'_, '_, u8>,
+    ) -> [u8; TAG_LEN] {
         let n = Nonce::from(*nonce);
         let tag = self
             .0
-            .encrypt_inout_detached(&n, aad, buf.into())
+            .encrypt_inout_detached(&n, aad, buf)
             // Only fails for messages above RFC 8452's 2^36-byte limit; callers pass at most one
             // block or key store, so this cannot happen.
             .unwrap_or_else(|_| unreachable!("AES-GCM-SIV message length limit exceeded"));
@@ -84,14 +83,12 @@ impl Aead {
         out: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), AuthError> {
-        let n = Nonce::from(*nonce);
-        let t = Tag::from(*tag);
-        let buf = aes_gcm_siv::aead::inout::InOutBuf::new(ct, out).map_err(|_| AuthError)?;
-        let r = self.0.decrypt_inout_detached(&n, aad, buf, &t);
+        let buf = InOutBuf::new(ct, out).map_err(|_| AuthError)?;
+        let r = self.open_inout(nonce, aad, buf, tag);
         if r.is_err() {
             out.fill(0);
         }
-        r.map_err(|_| AuthError)
+        r
     }
 
     /// Decrypts `buf` in place after checking `tag`. On failure `buf` is left scrambled and must
@@ -103,10 +100,20 @@ impl Aead {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), AuthError> {
+        self.open_inout(nonce, aad, buf.into(), tag)
+    }
+
+    fn open_inout(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: InOutBuf<'_, '_, u8>,
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AuthError> {
         let n = Nonce::from(*nonce);
         let t = Tag::from(*tag);
         self.0
-            .decrypt_inout_detached(&n, aad, buf.into(), &t)
+            .decrypt_inout_detached(&n, aad, buf, &t)
             .map_err(|_| AuthError)
     }
 

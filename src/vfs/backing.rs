@@ -23,8 +23,8 @@ use super::{Kind, Result, Vfs};
 
 /// A regular file's backing file, opened.
 pub(super) struct Backing {
+    /// Read-write when asked for writing, read-only otherwise.
     pub file: File,
-    pub writable: bool,
     /// Its size in the cipher directory, when opened.
     pub len: u64,
     /// The entry it was opened under, when that was the node's remembered one: proof that the
@@ -52,7 +52,6 @@ impl Vfs {
         let st = rustix::fs::fstat(&fd)?;
         Ok(Backing {
             file: File::from(fd),
-            writable: want_write,
             len: st.st_size as u64,
             named: None,
         })
@@ -86,7 +85,6 @@ impl Vfs {
         }
         Some(Backing {
             file: File::from(fd),
-            writable: access == OFlags::RDWR,
             len: st.st_size as u64,
             named: Some(n),
         })

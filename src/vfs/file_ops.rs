@@ -59,7 +59,7 @@ impl Vfs {
                         let b = self.open_backing(node, true)?;
                         of.set_fd(&b.file);
                         st.file = b.file;
-                        st.writable = b.writable;
+                        st.writable = true;
                     }
                 }
                 e.get_mut().1 += 1;
@@ -68,7 +68,6 @@ impl Vfs {
             Entry::Vacant(v) => {
                 let Backing {
                     file,
-                    writable,
                     len: cipher_len,
                     named,
                 } = self.open_backing(node, want_write)?;
@@ -86,7 +85,7 @@ impl Vfs {
                 // A size-changing write was interrupted (crash): make the file readable again.
                 let recover = crate::content::pending::is_marked(&file) && !self.opts.read_only;
                 if recover {
-                    let rw = if writable {
+                    let rw = if want_write {
                         None
                     } else {
                         Some(self.open_backing(node, true)?.file)
@@ -115,7 +114,7 @@ impl Vfs {
                     self.layout,
                     FileState {
                         file,
-                        writable,
+                        writable: want_write,
                         cipher,
                         header,
                         size,

@@ -343,18 +343,19 @@ impl OpenFile {
         // The size became a multiple of the block size: the final block is a new empty one.
         // (When the file goes on past this write, its final block is untouched and stays.)
         let empty_final = new_final == last + 1 && new_size.is_multiple_of(bs);
+        // The write covers its blocks exactly (the usual case with the writeback cache: whole
+        // pages): encrypted straight from the caller's bytes. Otherwise merged with the old
+        // bytes first (before the cipher buffer is taken: the merge reads through it too).
+        let merged = if off == base && end == span_end {
+            None
+        } else {
+            Some(self.merged_span(st, off, data, span_end)?)
+        };
+        let plain = merged.as_deref().unwrap_or(data);
         let mut buf = Scratch::cipher(main_len + if empty_final { BLOCK_OVERHEAD } else { 0 });
         let out = buf.as_mut();
         let (main, fin) = out.split_at_mut(main_len);
-        if off == base && end == span_end {
-            // The write covers its blocks exactly (the usual case with the writeback cache: whole
-            // pages): encrypted straight from the caller's bytes.
-            st.cipher.encrypt_blocks_into(first, data, new_final, main);
-        } else {
-            let plain = self.merged_span(st, off, data, span_end)?;
-            st.cipher
-                .encrypt_blocks_into(first, &plain, new_final, main);
-        }
+        st.cipher.encrypt_blocks_into(first, plain, new_final, main);
         if empty_final {
             st.cipher
                 .encrypt_blocks_into(new_final, &[], new_final, fin);

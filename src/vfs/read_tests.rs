@@ -1,24 +1,7 @@
 //! Reads decrypt into buffers kept per thread: whatever a read leaves there must never show in
 //! the next one (shorter, of another file, at an offset inside a block, after a failure).
 
-use super::Vfs;
-use super::test_support::{caller, new_volume, open};
-
-fn file_with(v: &Vfs, name: &str, data: &[u8]) -> u64 {
-    let (a, fh) = v
-        .create(1, name.as_ref(), 0o644, libc::O_RDWR, &caller())
-        .expect("create");
-    v.write(fh, 0, data).expect("write");
-    v.release(fh).expect("release");
-    a.ino
-}
-
-fn read(v: &Vfs, ino: u64, off: u64, len: u32) -> Vec<u8> {
-    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
-    let d = v.read(fh, off, len).expect("read");
-    v.release(fh).expect("release");
-    d
-}
+use super::test_support::{caller, new_volume, open, read_at, write_file};
 
 #[test]
 fn a_read_returns_its_own_bytes_whatever_the_last_one_left() {
@@ -26,14 +9,17 @@ fn a_read_returns_its_own_bytes_whatever_the_last_one_left() {
     let v = open(&dir);
     let big: Vec<u8> = (0..(1 << 20) + 123).map(|i| (i % 251) as u8).collect();
     let small = b"seven b".to_vec();
-    let a = file_with(&v, "big", &big);
-    let b = file_with(&v, "small", &small);
-    assert_eq!(read(&v, a, 0, 2 << 20), big);
-    assert_eq!(read(&v, b, 0, 4096), small);
-    assert_eq!(read(&v, a, 5000, 10), big[5000..5010]);
-    assert_eq!(read(&v, b, 3, 100), small[3..]);
-    assert_eq!(read(&v, b, 7, 100), b"");
-    assert_eq!(read(&v, a, (1 << 20) + 100, 4096), big[(1 << 20) + 100..]);
+    let a = write_file(&v, "big", &big);
+    let b = write_file(&v, "small", &small);
+    assert_eq!(read_at(&v, a, 0, 2 << 20), big);
+    assert_eq!(read_at(&v, b, 0, 4096), small);
+    assert_eq!(read_at(&v, a, 5000, 10), big[5000..5010]);
+    assert_eq!(read_at(&v, b, 3, 100), small[3..]);
+    assert_eq!(read_at(&v, b, 7, 100), b"");
+    assert_eq!(
+        read_at(&v, a, (1 << 20) + 100, 4096),
+        big[(1 << 20) + 100..]
+    );
     // Through the reply closure the mount uses: the same bytes.
     let fh = v.open_as(a, libc::O_RDONLY, &caller()).expect("open");
     let n = v.read_with(fh, 4095, 3, |d| d.to_vec()).expect("read_with");
@@ -47,8 +33,8 @@ fn after_a_failed_read_the_next_read_is_right() {
     let (_t, dir) = new_volume();
     let v = open(&dir);
     let good: Vec<u8> = (0..20_000).map(|i| (i % 13) as u8).collect();
-    let a = file_with(&v, "good", &good);
-    let b = file_with(&v, "bad", &good);
+    let a = write_file(&v, "good", &good);
+    let b = write_file(&v, "bad", &good);
     // One byte of the bad file's second block flipped in the cipher directory.
     let n = v.node(b).expect("node").name().expect("entry");
     let d = std::fs::read_link(v.node(n.parent).expect("dir").proc_path()).expect("dir");
@@ -74,5 +60,5 @@ fn after_a_failed_read_the_next_read_is_right() {
     // A read of the good block alone still works.
     assert_eq!(v.read(fh, 0, 4096).expect("first block"), good[..4096]);
     v.release(fh).expect("release");
-    assert_eq!(read(&v, a, 0, 1 << 20), good);
+    assert_eq!(read_at(&v, a, 0, 1 << 20), good);
 }

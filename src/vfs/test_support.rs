@@ -59,3 +59,21 @@ pub fn touch(v: &Vfs, dir: u64, name: &str) -> u64 {
     v.release(fh).expect("release");
     a.ino
 }
+
+/// Creates regular file `name` in the root holding `data` (and closes it); returns its inode.
+pub fn write_file(v: &Vfs, name: &str, data: &[u8]) -> u64 {
+    let (a, fh) = v
+        .create(1, name.as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    v.write(fh, 0, data).expect("write");
+    v.release(fh).expect("release");
+    a.ino
+}
+
+/// Opens `ino` read-only as the caller, reads `[off, off + len)` and closes it.
+pub fn read_at(v: &Vfs, ino: u64, off: u64, len: u32) -> Vec<u8> {
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+    let d = v.read(fh, off, len).expect("read");
+    v.release(fh).expect("release");
+    d
+}
