@@ -112,10 +112,10 @@ impl Vfs {
                 let of = Arc::new(OpenFile::new(
                     node.ino,
                     self.layout,
+                    cipher,
                     FileState {
                         file,
                         writable: want_write,
-                        cipher,
                         header,
                         size,
                         marked: None,
@@ -352,7 +352,6 @@ impl Vfs {
                 let st = FileState {
                     file: file.try_clone()?,
                     writable: true,
-                    cipher,
                     header,
                     size: 0,
                     marked: None,
@@ -361,7 +360,7 @@ impl Vfs {
             };
             match init(&mut named) {
                 Ok((st, node, attr)) => {
-                    let of = Arc::new(OpenFile::new(node.ino, self.layout, st));
+                    let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
                     Ok((node, attr, of, audit))
                 }
                 Err(e) => {

@@ -469,3 +469,5 @@ mod prefetch_tests;
 mod read_tests;
 #[cfg(test)]
 mod test_support;
+#[cfg(test)]
+mod write_tests;

@@ -87,7 +87,6 @@ impl Drop for Scratch {
 pub struct FileState {
     pub file: File,
     pub writable: bool,
-    pub cipher: FileCipher,
     pub header: FileHeader,
     /// Plaintext size; authoritative while the file is open.
     pub size: u64,
@@ -113,6 +112,9 @@ pub struct OpenFile {
     /// there is something to log; never a plaintext name).
     fd_no: std::sync::atomic::AtomicI32,
     layout: Layout,
+    /// The file's block cipher; fixed for the life of the open file, so a write can encrypt
+    /// before it takes the lock.
+    cipher: FileCipher,
     state: RwLock<FileState>,
     /// Lets writes past the end wait for the writes before them (see `write_order`).
     order: super::write_order::WriteOrder,
@@ -128,13 +130,14 @@ impl std::fmt::Debug for OpenFile {
 }
 
 impl OpenFile {
-    pub fn new(ino: u64, layout: Layout, state: FileState) -> Self {
+    pub fn new(ino: u64, layout: Layout, cipher: FileCipher, state: FileState) -> Self {
         use std::os::fd::AsRawFd;
         let fd_no = std::sync::atomic::AtomicI32::new(state.file.as_raw_fd());
         OpenFile {
             ino,
             fd_no,
             layout,
+            cipher,
             state: RwLock::new(state),
             order: Default::default(),
         }
@@ -195,7 +198,7 @@ impl OpenFile {
     /// Reads and decrypts blocks `first..=last` of a file of size `size` into plaintext.
     fn read_blocks(&self, st: &FileState, first: u64, last: u64, out: &mut Vec<u8>) -> Result<()> {
         let buf = self.read_cipher(st, first, last)?;
-        st.cipher
+        self.cipher
             .decrypt_blocks(first, buf.as_slice(), self.layout.final_block(st.size), out)
             .map_err(|e| self.auth_failed(e.block))
     }
@@ -209,12 +212,12 @@ impl OpenFile {
         out: &mut Scratch,
     ) -> Result<()> {
         let buf = self.read_cipher(st, first, last)?;
-        let n = st
+        let n = self
             .cipher
             .plain_len(buf.as_slice().len())
             .map_err(|i| self.auth_failed(first + i))?;
         out.set_len(n);
-        st.cipher
+        self.cipher
             .decrypt_blocks_into(
                 first,
                 buf.as_slice(),
@@ -241,8 +244,14 @@ impl OpenFile {
 
     /// Writes `data` at `off` (or at end of file when `append`); returns the offset written at.
     pub fn write(&self, off: u64, data: &[u8], append: bool) -> Result<u64> {
-        // Dropped after the file's lock (declared before it).
+        // Dropped after the file's lock (declared before it). Taken before the encryption, so a
+        // write past the end waits for this one while it encrypts.
         let turn = self.order.enter();
+        let pre = if append {
+            None
+        } else {
+            self.encrypt_whole_blocks(off, data)
+        };
         if !append {
             self.order.wait_turn(&turn, off, || off > self.size());
         }
@@ -257,7 +266,7 @@ impl OpenFile {
             r = self.extend_zeros(&mut st, off);
         }
         if r.is_ok() {
-            r = self.write_locked(&mut st, off, data);
+            r = self.write_locked(&mut st, off, data, pre);
         }
         if let Err(e) = r {
             // A write past the end that failed after its zeros were stored: the size goes back.
@@ -269,13 +278,33 @@ impl OpenFile {
         Ok(off)
     }
 
+    /// The ciphertext of a write of whole blocks at a block boundary (what the writeback cache
+    /// sends), encrypted before the write waits for its turn and takes the file's lock, so that
+    /// the kernel's concurrent writes of one file encrypt at once on several threads. It does not
+    /// depend on the file's state: the size after the write is at least its end, a block
+    /// boundary, so none of its blocks is the final one; nonces are fresh. The buffer has room
+    /// for an empty final block after them. `None` for any other write.
+    fn encrypt_whole_blocks(&self, off: u64, data: &[u8]) -> Option<Scratch> {
+        let bs = self.layout.block_size;
+        let len = data.len() as u64;
+        if len == 0 || !off.is_multiple_of(bs) || !len.is_multiple_of(bs) {
+            return None;
+        }
+        let first = self.layout.block_of(off);
+        let main_len = self.cipher.cipher_len(data.len());
+        let mut buf = Scratch::cipher(main_len + BLOCK_OVERHEAD);
+        self.cipher
+            .encrypt_blocks_into(first, data, u64::MAX, &mut buf.as_mut()[..main_len]);
+        Some(buf)
+    }
+
     /// Fills `[size, target)` with zeros. The caller holds the write lock.
     fn extend_zeros(&self, st: &mut FileState, target: u64) -> Result<()> {
         let zeros = vec![0u8; ZERO_CHUNK as usize];
         while st.size < target {
             let n = (target - st.size).min(ZERO_CHUNK);
             let at = st.size;
-            self.write_locked(st, at, &zeros[..n as usize])?;
+            self.write_locked(st, at, &zeros[..n as usize], None)?;
         }
         Ok(())
     }
@@ -311,8 +340,15 @@ impl OpenFile {
     }
 
     /// Writes `data` at `off <= size`. Re-encrypts every touched block (read-modify-write at the
-    /// edges), re-marks the final block, and writes everything in one `pwrite`.
-    fn write_locked(&self, st: &mut FileState, off: u64, data: &[u8]) -> Result<()> {
+    /// edges), re-marks the final block, and writes everything in one `pwrite`. `pre` is the
+    /// ciphertext of `data` from [`OpenFile::encrypt_whole_blocks`], when it made one.
+    fn write_locked(
+        &self,
+        st: &mut FileState,
+        off: u64,
+        data: &[u8],
+        pre: Option<Scratch>,
+    ) -> Result<()> {
         debug_assert!(off <= st.size);
         if data.is_empty() {
             return Ok(());
@@ -339,28 +375,45 @@ impl OpenFile {
         let base = l.plain_offset(first);
         // Plaintext of blocks first..=last after the write.
         let span_end = new_size.min(l.plain_offset(last + 1));
-        let main_len = st.cipher.cipher_len((span_end - base) as usize);
+        let main_len = self.cipher.cipher_len((span_end - base) as usize);
         // The size became a multiple of the block size: the final block is a new empty one.
         // (When the file goes on past this write, its final block is untouched and stays.)
         let empty_final = new_final == last + 1 && new_size.is_multiple_of(bs);
         // The write covers its blocks exactly (the usual case with the writeback cache: whole
         // pages): encrypted straight from the caller's bytes. Otherwise merged with the old
         // bytes first (before the cipher buffer is taken: the merge reads through it too).
-        let merged = if off == base && end == span_end {
-            None
-        } else {
-            Some(self.merged_span(st, off, data, span_end)?)
+        let whole = off == base && end == span_end;
+        let mut buf = match pre {
+            // Encrypted already (whole blocks, none of them final, as this write leaves them).
+            Some(buf) if whole => buf,
+            _ => {
+                let merged = if whole {
+                    None
+                } else {
+                    Some(self.merged_span(st, off, data, span_end)?)
+                };
+                let plain = merged.as_deref().unwrap_or(data);
+                let mut buf = Scratch::cipher(main_len + BLOCK_OVERHEAD);
+                self.cipher.encrypt_blocks_into(
+                    first,
+                    plain,
+                    new_final,
+                    &mut buf.as_mut()[..main_len],
+                );
+                buf
+            }
         };
-        let plain = merged.as_deref().unwrap_or(data);
-        let mut buf = Scratch::cipher(main_len + if empty_final { BLOCK_OVERHEAD } else { 0 });
-        let out = buf.as_mut();
-        let (main, fin) = out.split_at_mut(main_len);
-        st.cipher.encrypt_blocks_into(first, plain, new_final, main);
+        let total = main_len + if empty_final { BLOCK_OVERHEAD } else { 0 };
         if empty_final {
-            st.cipher
-                .encrypt_blocks_into(new_final, &[], new_final, fin);
+            self.cipher.encrypt_blocks_into(
+                new_final,
+                &[],
+                new_final,
+                &mut buf.as_mut()[main_len..total],
+            );
         }
-        let out: &[u8] = out;
+        buf.set_len(total);
+        let out = buf.as_slice();
         if new_size != st.size && st.marked.is_none_or(|m| first < m) {
             // Target 0: "the length the file has", since later writes go on growing it.
             crate::content::pending::mark(&st.file, first, 0);
@@ -408,7 +461,7 @@ impl OpenFile {
             let c = &mut buf[..new.len()];
             let p = &mut plain[..new.len().saturating_sub(BLOCK_OVERHEAD)];
             let whole = st.file.read_exact_at(c, l.cipher_offset(i)).is_ok()
-                && st.cipher.decrypt_block(i, i == final_block, c, p).is_ok();
+                && self.cipher.decrypt_block(i, i == final_block, c, p).is_ok();
             if !whole && st.file.write_all_at(new, l.cipher_offset(i)).is_err() {
                 tracing::error!(file = %self.label(), block = i, "could not complete a block torn by a failed write");
             }
@@ -423,7 +476,7 @@ impl OpenFile {
         let fin = l.final_block(st.size);
         let Some(tail) = tail else { return };
         let mut out = Vec::new();
-        st.cipher.encrypt_blocks(fin, tail, fin, &mut out);
+        self.cipher.encrypt_blocks(fin, tail, fin, &mut out);
         let ok = st.file.write_all_at(&out, l.cipher_offset(fin)).is_ok()
             && st.file.set_len(l.cipher_size(st.size)).is_ok();
         if !ok {
@@ -442,7 +495,7 @@ impl OpenFile {
         let mut at = off;
         while at < end.min(st.size) {
             let n = (end.min(st.size) - at).min(ZERO_CHUNK);
-            self.write_locked(&mut st, at, &zeros[..n as usize])?;
+            self.write_locked(&mut st, at, &zeros[..n as usize], None)?;
             at += n;
         }
         if !keep_size && end > st.size {
@@ -481,7 +534,7 @@ impl OpenFile {
                 }
                 old.truncate(keep);
                 let mut out = Vec::new();
-                st.cipher.encrypt_blocks(fin, &old, fin, &mut out);
+                self.cipher.encrypt_blocks(fin, &old, fin, &mut out);
                 let off = l.cipher_offset(fin);
                 // The old block's ciphertext as it is (a shorter size ends inside it), to put
                 // back if the truncate fails half-way. Not decrypted: truncating a damaged file

@@ -1,0 +1,92 @@
+//! Writes of whole blocks are encrypted before they take the file's lock (several at once, in
+//! whatever order the threads get there); what they store must be what the single-threaded path
+//! stores: the right bytes, every block's final/non-final mark right, so a fresh mount reads it.
+
+use std::sync::Arc;
+
+use super::test_support::{caller, new_volume, open, read_at, write_file};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The whole file as a fresh `Vfs` over the volume reads it (nothing cached from the writes).
+fn read_fresh(dir: &std::path::Path, name: &str, len: usize) -> Vec<u8> {
+    let v = open(dir);
+    let a = v.lookup(1, name.as_ref()).expect("lookup");
+    assert_eq!(a.size, len as u64, "size of {name}");
+    read_at(&v, a.ino, 0, len as u32 + 4096)
+}
+
+#[test]
+fn concurrent_whole_block_writes_out_of_order_store_the_file() {
+    let (_t, dir) = new_volume();
+    let v = Arc::new(open(&dir));
+    let ino = write_file(&v, "f", b"");
+    const PIECE: usize = 256 << 10;
+    const PIECES: usize = 24;
+    let want = pattern(PIECE * PIECES, 7);
+    let fh = v.open_as(ino, libc::O_RDWR, &caller()).expect("open");
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (v, want) = (&v, &want);
+            s.spawn(move || {
+                // Highest first: writes past the end arrive before the ones below them.
+                for i in (0..PIECES).rev().filter(|i| i % 4 == t) {
+                    let at = i * PIECE;
+                    let n = v
+                        .write(fh, at as u64, &want[at..at + PIECE])
+                        .expect("write");
+                    assert_eq!(n as usize, PIECE);
+                }
+            });
+        }
+    });
+    assert_eq!(read_at(&v, ino, 0, (PIECE * PIECES) as u32), want);
+    v.release(fh).expect("release");
+    assert_eq!(read_fresh(&dir, "f", want.len()), want);
+}
+
+#[test]
+fn whole_block_writes_over_the_final_block_past_the_end_and_inside() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let mut want = pattern(5000, 1);
+    let ino = write_file(&v, "f", &want);
+    let fh = v.open_as(ino, libc::O_RDWR, &caller()).expect("open");
+    // Over the partial final block: the file ends on a block boundary after it.
+    let a = pattern(8192, 2);
+    v.write(fh, 0, &a).expect("write a");
+    want = a;
+    // Past the end: a hole of zeros before it.
+    let b = pattern(4096, 3);
+    v.write(fh, 16384, &b).expect("write b");
+    want.resize(16384, 0);
+    want.extend_from_slice(&b);
+    // Then a partial block at the end, and a whole block inside, before the final one.
+    let c = pattern(100, 4);
+    v.write(fh, want.len() as u64, &c).expect("write c");
+    want.extend_from_slice(&c);
+    let d = pattern(4096, 5);
+    v.write(fh, 4096, &d).expect("write d");
+    want[4096..8192].copy_from_slice(&d);
+    assert_eq!(read_at(&v, ino, 0, 1 << 20), want);
+    v.release(fh).expect("release");
+    assert_eq!(read_fresh(&dir, "f", want.len()), want);
+}
+
+#[test]
+fn a_whole_block_write_ending_at_the_size_keeps_the_final_block() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let mut want = pattern(3 << 20, 9);
+    let ino = write_file(&v, "f", &want);
+    let fh = v.open_as(ino, libc::O_RDWR, &caller()).expect("open");
+    let x = pattern(1 << 20, 10);
+    v.write(fh, 2 << 20, &x).expect("write");
+    want[2 << 20..].copy_from_slice(&x);
+    v.release(fh).expect("release");
+    assert_eq!(read_fresh(&dir, "f", want.len()), want);
+}
