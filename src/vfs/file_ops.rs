@@ -119,6 +119,7 @@ impl Vfs {
                         header,
                         size,
                         marked: None,
+                        behind: Default::default(),
                     },
                 ));
                 v.insert((of.clone(), 1));
@@ -355,6 +356,7 @@ impl Vfs {
                     header,
                     size: 0,
                     marked: None,
+                    behind: Default::default(),
                 };
                 Ok((st, node, attr))
             };
@@ -374,7 +376,7 @@ impl Vfs {
         })
     }
 
-    fn handle_file(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
+    pub(super) fn handle_file(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
         let h = self.handles.get(&fh).ok_or(VfsError::BadHandle(fh))?;
         Ok((h.file.clone(), h.append))
     }

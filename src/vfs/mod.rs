@@ -17,6 +17,7 @@ mod inode;
 mod open_file;
 mod path;
 mod prefetch;
+mod write_behind;
 mod write_order;
 mod xattr_ops;
 

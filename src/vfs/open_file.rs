@@ -95,6 +95,8 @@ pub struct FileState {
     /// removed at fsync and when the file is closed): one xattr update per writing session,
     /// not per write.
     pub marked: Option<u64>,
+    /// Large sequential writes not yet sent to the disk (see `write_behind`).
+    pub behind: super::write_behind::WriteBehind,
 }
 
 impl Drop for FileState {
@@ -437,6 +439,9 @@ impl OpenFile {
             return Err(e.into());
         }
         st.size = new_size;
+        if let Some(r) = st.behind.note(l.cipher_offset(first), out.len() as u64) {
+            super::write_behind::start_writeout(&st.file, r);
+        }
         Ok(())
     }
 

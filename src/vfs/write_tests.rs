@@ -90,3 +90,33 @@ fn a_whole_block_write_ending_at_the_size_keeps_the_final_block() {
     v.release(fh).expect("release");
     assert_eq!(read_fresh(&dir, "f", want.len()), want);
 }
+
+/// Bytes of `fh`'s file sent to the disk early by the write-behind.
+fn written_behind(v: &super::Vfs, fh: u64) -> u64 {
+    let (f, _) = v.handle_file(fh).expect("handle");
+    f.read_state().behind.started()
+}
+
+#[test]
+fn a_stream_of_large_writes_goes_to_the_disk_behind_them_small_ones_do_not() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let want = pattern(8 << 20, 11);
+    let big = write_file(&v, "big", b"");
+    let fh = v.open_as(big, libc::O_RDWR, &caller()).expect("open");
+    for (i, piece) in want.chunks(1 << 20).enumerate() {
+        v.write(fh, (i << 20) as u64, piece).expect("write");
+    }
+    let sent = written_behind(&v, fh);
+    assert!(sent >= super::write_behind::WINDOW, "{sent}");
+    v.release(fh).expect("release");
+    assert_eq!(read_fresh(&dir, "big", want.len()), want);
+
+    let small = write_file(&v, "small", b"");
+    let fh = v.open_as(small, libc::O_RDWR, &caller()).expect("open");
+    for (i, piece) in want.chunks(4096).enumerate() {
+        v.write(fh, (i * 4096) as u64, piece).expect("write");
+    }
+    assert_eq!(written_behind(&v, fh), 0);
+    v.release(fh).expect("release");
+}
