@@ -33,6 +33,8 @@ pub struct Metrics {
     pub identity_cache_misses: AtomicU64,
     /// Files whose beginning was read ahead (see `vfs::prefetch`).
     pub prefetched_files: AtomicU64,
+    /// Ciphertext bytes of streaming writes sent to the disk early (see `vfs::write_behind`).
+    pub written_behind_bytes: AtomicU64,
     pub per_key: DashMap<KeyId, KeyCounters>,
     /// Progress of the running (or last) rewrap through the mount.
     pub rewrap_done: std::sync::Arc<AtomicU64>,
@@ -139,6 +141,12 @@ impl ControlDir {
             "counter",
             "Files whose beginning was read ahead because files before them in their directory were opened.",
             g(&m.prefetched_files),
+        );
+        o.one(
+            "kmsfs_written_behind_bytes_total",
+            "counter",
+            "Ciphertext bytes of streaming writes sent to the disk before an fsync asked (write-behind), counted when the file is closed.",
+            g(&m.written_behind_bytes),
         );
         o.one(
             "kmsfs_rewrap_files_done",

@@ -133,7 +133,12 @@ impl Vfs {
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
-                e.remove();
+                let (f, _) = e.remove();
+                let sent = f.read_state().behind.started();
+                self.control
+                    .metrics
+                    .written_behind_bytes
+                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }

@@ -110,6 +110,12 @@ fn a_stream_of_large_writes_goes_to_the_disk_behind_them_small_ones_do_not() {
     let sent = written_behind(&v, fh);
     assert!(sent >= super::write_behind::WINDOW, "{sent}");
     v.release(fh).expect("release");
+    let counted = v
+        .control()
+        .metrics
+        .written_behind_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, sent, "the metric counts the closed file's");
     assert_eq!(read_fresh(&dir, "big", want.len()), want);
 
     let small = write_file(&v, "small", b"");
