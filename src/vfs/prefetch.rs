@@ -3,12 +3,15 @@
 //! into the backing store's page cache by a background thread, so that their opens (which read
 //! the header) and first reads no longer each wait for the disk in turn.
 //!
-//! Bounds: nothing starts before the second open of a file listed in the same directory; each
-//! open then queues at most a window of files (16, doubling to 128 as opens continue): those
-//! after its own place in the listing first, then the directory's others from the start of the
-//! listing (so a walk in sorted or index order is read ahead too); each file at most once per
-//! listing, and only the first [`READ_AHEAD_BYTES`] of each. Only regular files are touched (checked on the open descriptor
-//! before reading), only cipher data is read: no key is used and nothing is decrypted or audited.
+//! Bounds: only a directory whose listing the kernel took (readdir) is read ahead, and only
+//! from an open of one of its files on. The first open queues 4 files (most directories hold a
+//! few files, so a walk gains from the second file of each on; a lone open costs at most 4 ×
+//! [`READ_AHEAD_BYTES`] of reading), the second 16, doubling to 128 as opens continue. A window
+//! is the files after the open one in the listing first, then the directory's others from the
+//! start of the listing (so a walk in sorted or index order is read ahead too); each file at
+//! most once per listing, and only the first [`READ_AHEAD_BYTES`] of each. Only regular files
+//! are touched (checked on the open descriptor before reading), only cipher data is read: no
+//! key is used and nothing is decrypted or audited.
 //! A full queue drops the work (the disk is busy already).
 
 use std::collections::HashMap;
@@ -24,6 +27,8 @@ use rustix::fs::{Advice, FileType, Mode, OFlags};
 use super::inode::Node;
 use crate::control::ControlDir;
 
+/// Files queued by the first open in a listed directory.
+const FIRST_OPEN_AHEAD: usize = 4;
 /// Files queued by the second open in a directory; doubled by each later open.
 const FIRST_AHEAD: usize = 16;
 const MAX_AHEAD: usize = 128;
@@ -176,10 +181,10 @@ impl Prefetch {
             st.used = tick;
             st.opens = st.opens.saturating_add(1);
             st.queued[pos] = true;
-            if st.opens < 2 {
-                return;
-            }
-            let ahead = (FIRST_AHEAD << (st.opens - 2).min(3)).min(MAX_AHEAD);
+            let ahead = match st.opens {
+                1 => FIRST_OPEN_AHEAD,
+                n => (FIRST_AHEAD << (n - 2).min(3)).min(MAX_AHEAD),
+            };
             let end = (pos + 1 + ahead).min(st.files.len());
             // The files right after this one first (a walk in listing order: find, tar, cp) ...
             let mut picked: Vec<usize> = (pos + 1..end)
