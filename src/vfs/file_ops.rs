@@ -134,7 +134,7 @@ impl Vfs {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
                 let (f, _) = e.remove();
-                let sent = f.read_state().behind.started();
+                let sent = f.written_behind();
                 self.control
                     .metrics
                     .written_behind_bytes

@@ -109,7 +109,6 @@ impl Drop for FileState {
 
 pub struct OpenFile {
     pub ino: u64,
-    /// Human-readable location for logs: the cipher path (never a plaintext name).
     /// The backing file's descriptor number, to name the cipher file in logs (resolved only when
     /// there is something to log; never a plaintext name).
     fd_no: std::sync::atomic::AtomicI32,
@@ -120,6 +119,8 @@ pub struct OpenFile {
     state: RwLock<FileState>,
     /// Lets writes past the end wait for the writes before them (see `write_order`).
     order: super::write_order::WriteOrder,
+    /// Ciphertext bytes sent to the disk early (see `write_behind`).
+    written_behind: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -142,6 +143,7 @@ impl OpenFile {
             cipher,
             state: RwLock::new(state),
             order: Default::default(),
+            written_behind: Default::default(),
         }
     }
 
@@ -263,21 +265,52 @@ impl OpenFile {
         }
         let off = if append { st.size } else { off };
         let old_size = st.size;
-        let mut r = Ok(());
+        let mut r = Ok(0);
         if off > st.size {
-            r = self.extend_zeros(&mut st, off);
+            r = self.extend_zeros(&mut st, off).map(|()| 0);
         }
         if r.is_ok() {
             r = self.write_locked(&mut st, off, data, pre);
         }
-        if let Err(e) = r {
-            // A write past the end that failed after its zeros were stored: the size goes back.
-            if st.size != old_size && self.truncate_locked(&mut st, old_size).is_err() {
-                tracing::error!(file = %self.label(), "could not undo the zeros of a failed write past the end");
+        let stored = match r {
+            Ok(n) => n,
+            Err(e) => {
+                // A write past the end that failed after its zeros were stored: the size goes
+                // back.
+                if st.size != old_size && self.truncate_locked(&mut st, old_size).is_err() {
+                    tracing::error!(file = %self.label(), "could not undo the zeros of a failed write past the end");
+                }
+                return Err(e);
             }
-            return Err(e);
+        };
+        // Only what the caller wrote counts toward a stream (not the zeros of a hole). The
+        // write-out starts after the lock is let go (it can wait for the disk's queue), on a
+        // descriptor of its own (the file's may be replaced meanwhile).
+        let start = self.layout.cipher_offset(self.layout.block_of(off));
+        let kick = st
+            .behind
+            .note(start, stored)
+            .and_then(|range| Some((st.file.try_clone().ok()?, range)));
+        drop(st);
+        if let Some((file, range)) = kick {
+            let n = range.end - range.start;
+            match super::write_behind::start_writeout(&file, range) {
+                Ok(()) => {
+                    self.written_behind
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %self.label(), "write-behind: sync_file_range: {e}")
+                }
+            }
         }
         Ok(off)
+    }
+
+    /// Ciphertext bytes of this file sent to the disk early by the write-behind.
+    pub fn written_behind(&self) -> u64 {
+        self.written_behind
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The ciphertext of a write of whole blocks at a block boundary (what the writeback cache
@@ -343,17 +376,18 @@ impl OpenFile {
 
     /// Writes `data` at `off <= size`. Re-encrypts every touched block (read-modify-write at the
     /// edges), re-marks the final block, and writes everything in one `pwrite`. `pre` is the
-    /// ciphertext of `data` from [`OpenFile::encrypt_whole_blocks`], when it made one.
+    /// ciphertext of `data` from [`OpenFile::encrypt_whole_blocks`], when it made one. Returns
+    /// the number of cipher bytes written, from the start of the first block touched.
     fn write_locked(
         &self,
         st: &mut FileState,
         off: u64,
         data: &[u8],
         pre: Option<Scratch>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         debug_assert!(off <= st.size);
         if data.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let l = self.layout;
         let bs = l.block_size;
@@ -439,10 +473,7 @@ impl OpenFile {
             return Err(e.into());
         }
         st.size = new_size;
-        if let Some(r) = st.behind.note(l.cipher_offset(first), out.len() as u64) {
-            super::write_behind::start_writeout(&st.file, r);
-        }
-        Ok(())
+        Ok(out.len() as u64)
     }
 
     /// Cipher bytes block `i` takes in a file of the current size.

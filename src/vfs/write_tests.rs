@@ -94,7 +94,7 @@ fn a_whole_block_write_ending_at_the_size_keeps_the_final_block() {
 /// Bytes of `fh`'s file sent to the disk early by the write-behind.
 fn written_behind(v: &super::Vfs, fh: u64) -> u64 {
     let (f, _) = v.handle_file(fh).expect("handle");
-    f.read_state().behind.started()
+    f.written_behind()
 }
 
 #[test]
