@@ -265,14 +265,12 @@ impl OpenFile {
         }
         let off = if append { st.size } else { off };
         let old_size = st.size;
-        let mut r = Ok(0);
-        if off > st.size {
-            r = self.extend_zeros(&mut st, off).map(|()| 0);
-        }
-        if r.is_ok() {
-            r = self.write_locked(&mut st, off, data, pre);
-        }
-        let stored = match r {
+        let r = if off > st.size {
+            self.extend_zeros(&mut st, off)
+        } else {
+            Ok(())
+        };
+        let stored = match r.and_then(|()| self.write_locked(&mut st, off, data, pre)) {
             Ok(n) => n,
             Err(e) => {
                 // A write past the end that failed after its zeros were stored: the size goes
