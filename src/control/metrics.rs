@@ -33,6 +33,8 @@ pub struct Metrics {
     pub identity_cache_misses: AtomicU64,
     /// Files whose beginning was read ahead (see `vfs::prefetch`).
     pub prefetched_files: AtomicU64,
+    /// Subdirectories whose listing was read ahead in a tree walk (see `vfs::dir_ahead`).
+    pub dirs_read_ahead: AtomicU64,
     /// Ciphertext bytes of streaming writes sent to the disk early (see `vfs::write_behind`).
     pub written_behind_bytes: AtomicU64,
     pub per_key: DashMap<KeyId, KeyCounters>,
@@ -141,6 +143,12 @@ impl ControlDir {
             "counter",
             "Files whose beginning was read ahead because files before them in their directory were opened.",
             g(&m.prefetched_files),
+        );
+        o.one(
+            "kmsfs_dirs_read_ahead_total",
+            "counter",
+            "Subdirectories whose listing was read from the disk ahead of a tree walk (du, ls -R, find).",
+            g(&m.dirs_read_ahead),
         );
         o.one(
             "kmsfs_written_behind_bytes_total",

@@ -96,19 +96,22 @@ impl Vfs {
             Ok(d) => d,
             Err(e) => return (0, Err(e)),
         };
-        let mut files = Vec::new();
+        let (mut files, mut subdirs) = (Vec::new(), Vec::new());
         let mut given = 0usize;
         let r = self.stream_dir(&dir, offset, |next, e| {
             if !emit(next, &e) {
                 return Ok(false);
             }
             given += 1;
-            if e.kind == Kind::File {
-                files.push((e.ino, e.cipher_name));
+            match e.kind {
+                Kind::File => files.push((e.ino, e.cipher_name)),
+                Kind::Dir if !e.cipher_name.is_empty() => subdirs.push(e.cipher_name),
+                _ => {}
             }
             Ok(true)
         });
-        self.prefetch.listed(&dir, offset == 0, files);
+        self.prefetch
+            .listed(&dir, offset == 0, files, subdirs, &self.control);
         (given, r)
     }
 
@@ -158,7 +161,7 @@ impl Vfs {
             Ok(d) => d,
             Err(e) => return (0, Err(e)),
         };
-        let mut files = Vec::new();
+        let (mut files, mut subdirs) = (Vec::new(), Vec::new());
         let (mut given, mut named) = (0usize, 0usize);
         let r = self.stream_dir(&dir, offset, |next, e| {
             if e.cipher_name.is_empty() {
@@ -187,12 +190,15 @@ impl Vfs {
             }
             given += 1;
             named += 1;
-            if e.kind == Kind::File {
-                files.push((e.ino, e.cipher_name));
+            match e.kind {
+                Kind::File => files.push((e.ino, e.cipher_name)),
+                Kind::Dir if !e.cipher_name.is_empty() => subdirs.push(e.cipher_name),
+                _ => {}
             }
             Ok(true)
         });
-        self.prefetch.listed(&dir, offset == 0, files);
+        self.prefetch
+            .listed(&dir, offset == 0, files, subdirs, &self.control);
         (given, r)
     }
 

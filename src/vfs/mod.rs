@@ -8,6 +8,7 @@ mod attr;
 mod attr_ops;
 mod backing;
 mod control_ops;
+mod dir_ahead;
 mod dir_ops;
 mod dir_read;
 mod error;
@@ -458,6 +459,8 @@ fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8
 
 #[cfg(test)]
 mod backing_tests;
+#[cfg(test)]
+mod dir_ahead_tests;
 #[cfg(test)]
 mod dir_read_tests;
 #[cfg(test)]

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustix::fs::{Advice, FileType, Mode, OFlags};
 
+use super::dir_ahead::{DirAhead, SUBDIRS_MAX};
 use super::inode::Node;
 use crate::control::ControlDir;
 
@@ -53,6 +54,11 @@ struct DirState {
     cursor: usize,
     opens: u32,
     used: u64,
+    /// Listed from its start after its parent was: a tree walk, whose subdirectories are read
+    /// ahead (`dir_ahead`).
+    walk: bool,
+    /// Subdirectories read ahead since the listing.
+    subdirs: usize,
 }
 
 struct Job {
@@ -84,6 +90,8 @@ pub(super) struct Prefetch {
     dirs: Mutex<Listings>,
     /// The thread, started on first use (`None`: it could not be started).
     worker: OnceLock<Option<SyncSender<Job>>>,
+    /// Read-ahead of subdirectories in a tree walk.
+    dir_ahead: DirAhead,
 }
 
 impl std::fmt::Debug for Prefetch {
@@ -103,13 +111,22 @@ impl Prefetch {
     /// Remembers the regular files (inode number, cipher name) of the part of `dir`'s listing
     /// the kernel just took, in order. `start`: the listing starts here (from its first entry),
     /// so the directory's files and its count of opens start afresh; otherwise the files are
-    /// added to the listing remembered.
-    pub fn listed(&self, dir: &Arc<Node>, start: bool, files: Vec<(u64, OsString)>) {
-        if !self.enabled || (files.is_empty() && !start) {
+    /// added to the listing remembered. `subdirs`: the cipher names of the subdirectories in
+    /// that part, read ahead if the listing is part of a tree walk.
+    pub fn listed(
+        &self,
+        dir: &Arc<Node>,
+        start: bool,
+        files: Vec<(u64, OsString)>,
+        subdirs: Vec<OsString>,
+        control: &Arc<ControlDir>,
+    ) {
+        if !self.enabled || (files.is_empty() && subdirs.is_empty() && !start) {
             return;
         }
         let mut l = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         if start {
+            let walk = l.dirs.contains_key(&dir.parent());
             l.remove(dir.ino);
             while l.dirs.len() >= DIRS_MAX {
                 match l.dirs.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
@@ -129,6 +146,8 @@ impl Prefetch {
                     cursor: 0,
                     opens: 0,
                     used,
+                    walk,
+                    subdirs: 0,
                 },
             );
         }
@@ -155,6 +174,12 @@ impl Prefetch {
         let Some(st) = l.dirs.get_mut(&dir.ino) else {
             return;
         };
+        if st.walk && st.subdirs < SUBDIRS_MAX && !subdirs.is_empty() {
+            let room = SUBDIRS_MAX - st.subdirs;
+            st.subdirs +=
+                self.dir_ahead
+                    .queue(dir, subdirs.into_iter().take(room).collect(), control);
+        }
         for (ino, name) in files {
             st.index.insert(ino, st.files.len());
             st.files.push(name);
