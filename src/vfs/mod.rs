@@ -458,6 +458,8 @@ fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8
 }
 
 #[cfg(test)]
+mod attr_tests;
+#[cfg(test)]
 mod backing_tests;
 #[cfg(test)]
 mod dir_ahead_tests;

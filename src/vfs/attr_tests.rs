@@ -1,0 +1,74 @@
+//! Setting times through the model: on regular files, symbolic links and hard-linked files,
+//! and the one case left out, a regular file unlinked and open nowhere (whose times the kernel
+//! flushes after every unlink when it caches writes).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::test_support::{caller, new_volume, open, touch};
+use super::{SetAttr, SetTime, Vfs};
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn set_mtime(v: &Vfs, ino: u64, secs: u64) -> super::Attr {
+    let set = SetAttr {
+        mtime: Some(SetTime::At(at(secs))),
+        ..Default::default()
+    };
+    v.setattr(ino, None, &set, None).expect("setattr")
+}
+
+#[test]
+fn times_are_set_on_files_links_and_symlinks() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, 1, "f");
+    assert_eq!(set_mtime(&v, f, 1_000_000).mtime, at(1_000_000));
+    assert_eq!(v.getattr(f).expect("getattr").mtime, at(1_000_000));
+    let both = SetAttr {
+        atime: Some(SetTime::At(at(7))),
+        mtime: Some(SetTime::At(at(8))),
+        ..Default::default()
+    };
+    let a = v.setattr(f, None, &both, None).expect("setattr");
+    assert_eq!((a.atime, a.mtime), (at(7), at(8)));
+    let l = v
+        .symlink(1, "l".as_ref(), "f".as_ref(), &caller())
+        .expect("symlink")
+        .ino;
+    assert_eq!(set_mtime(&v, l, 2_000_000).mtime, at(2_000_000));
+    // The link's target is untouched.
+    assert_eq!(v.getattr(f).expect("getattr").mtime, at(8));
+}
+
+#[test]
+fn an_unlinked_file_open_nowhere_takes_no_times_but_answers() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, 1, "f");
+    set_mtime(&v, f, 1_000);
+    v.unlink(1, "f".as_ref()).expect("unlink");
+    let a = set_mtime(&v, f, 5_000);
+    assert_eq!(a.nlink, 0);
+    assert_eq!(a.mtime, at(1_000), "nobody can see it: not written");
+}
+
+#[test]
+fn an_unlinked_file_still_open_or_linked_elsewhere_takes_its_times() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    // Open: fstat through the handle still shows its times.
+    let f = touch(&v, 1, "f");
+    let fh = v.open(f, libc::O_RDWR).expect("open");
+    v.unlink(1, "f".as_ref()).expect("unlink");
+    assert_eq!(set_mtime(&v, f, 5_000).mtime, at(5_000));
+    assert_eq!(v.getattr(f).expect("getattr").mtime, at(5_000));
+    v.release(fh).expect("release");
+    // Another name left.
+    let g = touch(&v, 1, "g");
+    v.link(g, 1, "g2".as_ref()).expect("link");
+    v.unlink(1, "g".as_ref()).expect("unlink");
+    let a = set_mtime(&v, g, 6_000);
+    assert_eq!((a.nlink, a.mtime), (1, at(6_000)));
+}
