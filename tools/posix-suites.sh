@@ -49,7 +49,18 @@ nobody_group=$(id -gn nobody 2>/dev/null) || die "no user 'nobody'"
 WORK=$(mktemp -d /tmp/kmsfs-suites.XXXXXX)
 chmod 755 "$WORK"
 MNT=$WORK/mnt
-cleanup() { mountpoint -q "$MNT" && fusermount3 -u -z "$MNT"; rm -rf "$WORK"; }
+# Unmounts $MNT and waits (up to 10 s) for its daemon to exit: it still writes to the volume
+# after the kernel let go, and removing $WORK under it failed ("Directory not empty").
+unmount() { # unmount [fusermount3 flags]
+  mountpoint -q "$MNT" || return 0
+  fusermount3 -u "$@" "$MNT"
+  local i
+  for i in $(seq 100); do
+    pgrep -f -- " $MNT\$" >/dev/null || return 0
+    sleep 0.1
+  done
+}
+cleanup() { unmount -z; rm -rf "$WORK"; }
 trap cleanup EXIT
 mkdir "$MNT"
 printf 'suites\n' >"$WORK/pass"
@@ -90,7 +101,7 @@ EOF
 
 volume=0
 mount_fresh() { # ARGS...: a new volume mounted at $MNT
-  mountpoint -q "$MNT" && fusermount3 -u "$MNT"
+  unmount
   volume=$((volume + 1))
   local c=$WORK/cipher$volume
   KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-key "$c" >/dev/null ||
@@ -174,5 +185,5 @@ for wb in "" --no-writeback-cache; do
   done
 done
 
-mountpoint -q "$MNT" && fusermount3 -u "$MNT"
+unmount
 exit $status
