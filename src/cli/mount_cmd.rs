@@ -47,7 +47,8 @@ pub struct MountArgs {
     /// Do not let the kernel cache writes (every write(2) goes to kmsfs at once).
     #[arg(long)]
     no_writeback_cache: bool,
-    /// Do not read ahead the next files of a directory whose files are being opened in turn.
+    /// Do not read ahead: neither the next files of a directory whose files are being opened in
+    /// turn, nor the subdirectories of a directory listed in a tree walk.
     #[arg(long)]
     no_prefetch: bool,
     /// Unmount after this long without use while no file is open (e.g. 30m, 2h).

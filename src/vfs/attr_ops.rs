@@ -117,13 +117,7 @@ impl Vfs {
             let _ = self.kill_suidgid_node(&node, caller)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            if set.mode.is_none()
-                && set.uid.is_none()
-                && set.gid.is_none()
-                && set.size.is_none()
-                && node.kind == Kind::File
-                && !self.open_files.contains_key(&ino)
-            {
+            if node.kind == Kind::File && !self.open_files.contains_key(&ino) {
                 // A regular file unlinked and open nowhere can never be seen again: its times
                 // are not worth a write. With the writeback cache the kernel sends one such
                 // SETATTR (its cached mtime, ctime now) after every unlink of a regular file,

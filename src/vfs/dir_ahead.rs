@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::fs::{Mode, OFlags, RawDir};
@@ -35,7 +35,6 @@ const THREADS: usize = 4;
 struct Job {
     dir: Arc<Node>,
     name: OsString,
-    control: Arc<ControlDir>,
 }
 
 #[derive(Default)]
@@ -44,44 +43,43 @@ pub(super) struct DirAhead {
     queue: OnceLock<Option<SyncSender<Job>>>,
 }
 
-impl std::fmt::Debug for DirAhead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirAhead").finish_non_exhaustive()
-    }
-}
-
 impl DirAhead {
-    /// Queues the subdirectories `names` (cipher names) of `dir` for reading; returns how many
-    /// were queued.
-    pub fn queue(&self, dir: &Arc<Node>, names: Vec<OsString>, control: &Arc<ControlDir>) -> usize {
-        let Some(tx) = self.sender() else {
+    /// Queues the subdirectories `names` (cipher names) of `dir` for reading, until the queue
+    /// is full; returns how many were queued.
+    pub fn queue(
+        &self,
+        dir: &Arc<Node>,
+        names: impl IntoIterator<Item = OsString>,
+        control: &Arc<ControlDir>,
+    ) -> usize {
+        let Some(tx) = self.sender(control) else {
             return 0;
         };
         let mut queued = 0;
-        for name in names.into_iter().take(SUBDIRS_MAX) {
-            match tx.try_send(Job {
+        for name in names {
+            let job = Job {
                 dir: dir.clone(),
                 name,
-                control: control.clone(),
-            }) {
-                Ok(()) => queued += 1,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => break,
+            };
+            if tx.try_send(job).is_err() {
+                break;
             }
+            queued += 1;
         }
         queued
     }
 
-    fn sender(&self) -> Option<&SyncSender<Job>> {
+    fn sender(&self, control: &Arc<ControlDir>) -> Option<&SyncSender<Job>> {
         self.queue
             .get_or_init(|| {
                 let (tx, rx) = sync_channel::<Job>(QUEUE);
                 let rx = Arc::new(Mutex::new(rx));
                 let mut started = 0;
                 for i in 0..THREADS {
-                    let rx = rx.clone();
+                    let (rx, control) = (rx.clone(), control.clone());
                     if std::thread::Builder::new()
                         .name(format!("kmsfs-dirahead-{i}"))
-                        .spawn(move || work(&rx))
+                        .spawn(move || work(&rx, &control))
                         .is_ok()
                     {
                         started += 1;
@@ -93,7 +91,7 @@ impl DirAhead {
     }
 }
 
-fn work(rx: &Mutex<Receiver<Job>>) {
+fn work(rx: &Mutex<Receiver<Job>>, control: &ControlDir) {
     loop {
         let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
             Ok(j) => j,
@@ -101,7 +99,7 @@ fn work(rx: &Mutex<Receiver<Job>>) {
             Err(_) => return,
         };
         if read_ahead(job.dir.fd.as_fd(), &job.name) {
-            job.control
+            control
                 .metrics
                 .dirs_read_ahead
                 .fetch_add(1, Ordering::Relaxed);

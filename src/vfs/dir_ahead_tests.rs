@@ -3,29 +3,21 @@
 //! `--no-prefetch` read nothing; listings are unchanged.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use super::dir_ahead::SUBDIRS_MAX;
-use super::test_support::{caller, new_volume, open, open_with, touch};
+use super::test_support::{self, caller, new_volume, open, open_with, touch};
 use super::{Vfs, VfsOptions};
 
 fn read_ahead(v: &Vfs) -> u64 {
     v.control().metrics.dirs_read_ahead.load(Ordering::Relaxed)
 }
 
-/// Waits (up to 10 s) for the count to reach `n`, then a little longer to see it go no further.
 fn settle(v: &Vfs, n: u64) -> u64 {
-    let t = Instant::now();
-    while read_ahead(v) < n && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    quiet(v)
+    test_support::settle(|| read_ahead(v), n)
 }
 
-/// The count after the threads had time to act.
 fn quiet(v: &Vfs) -> u64 {
-    std::thread::sleep(Duration::from_millis(200));
-    read_ahead(v)
+    test_support::quiet(|| read_ahead(v))
 }
 
 /// `/a/b` with `n` subdirectories (each holding a file), a file and a FIFO; returns a and b.

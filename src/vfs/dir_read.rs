@@ -19,6 +19,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
 use super::inode::{Node, ROOT_INO};
+use super::prefetch::Listed;
 use super::{Attr, Kind, Result, Vfs, VfsError};
 use crate::names::{EntryKind, LONG_NAME_SUFFIX};
 
@@ -96,22 +97,18 @@ impl Vfs {
             Ok(d) => d,
             Err(e) => return (0, Err(e)),
         };
-        let (mut files, mut subdirs) = (Vec::new(), Vec::new());
+        let mut listed = Listed::default();
         let mut given = 0usize;
         let r = self.stream_dir(&dir, offset, |next, e| {
             if !emit(next, &e) {
                 return Ok(false);
             }
             given += 1;
-            match e.kind {
-                Kind::File => files.push((e.ino, e.cipher_name)),
-                Kind::Dir if !e.cipher_name.is_empty() => subdirs.push(e.cipher_name),
-                _ => {}
-            }
+            listed.add(e.ino, e.kind, e.cipher_name);
             Ok(true)
         });
         self.prefetch
-            .listed(&dir, offset == 0, files, subdirs, &self.control);
+            .listed(&dir, offset == 0, listed, &self.control);
         (given, r)
     }
 
@@ -161,7 +158,7 @@ impl Vfs {
             Ok(d) => d,
             Err(e) => return (0, Err(e)),
         };
-        let (mut files, mut subdirs) = (Vec::new(), Vec::new());
+        let mut listed = Listed::default();
         let (mut given, mut named) = (0usize, 0usize);
         let r = self.stream_dir(&dir, offset, |next, e| {
             if e.cipher_name.is_empty() {
@@ -190,15 +187,11 @@ impl Vfs {
             }
             given += 1;
             named += 1;
-            match e.kind {
-                Kind::File => files.push((e.ino, e.cipher_name)),
-                Kind::Dir if !e.cipher_name.is_empty() => subdirs.push(e.cipher_name),
-                _ => {}
-            }
+            listed.add(e.ino, e.kind, e.cipher_name);
             Ok(true)
         });
         self.prefetch
-            .listed(&dir, offset == 0, files, subdirs, &self.control);
+            .listed(&dir, offset == 0, listed, &self.control);
         (given, r)
     }
 

@@ -13,6 +13,9 @@
 //! are touched (checked on the open descriptor before reading), only cipher data is read: no
 //! key is used and nothing is decrypted or audited.
 //! A full queue drops the work (the disk is busy already).
+//!
+//! The listings remembered here also tell a tree walk (a directory listed after its parent):
+//! its subdirectories are read ahead by `dir_ahead`.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -24,6 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustix::fs::{Advice, FileType, Mode, OFlags};
 
+use super::Kind;
 use super::dir_ahead::{DirAhead, SUBDIRS_MAX};
 use super::inode::Node;
 use crate::control::ControlDir;
@@ -83,6 +87,25 @@ impl Listings {
     }
 }
 
+/// What read-ahead takes from a part of a listing: its regular files (inode number, cipher
+/// name) and its subdirectories (cipher names), in order.
+#[derive(Default)]
+pub(super) struct Listed {
+    files: Vec<(u64, OsString)>,
+    subdirs: Vec<OsString>,
+}
+
+impl Listed {
+    /// Takes note of an entry the kernel took (`.` and `..` are passed over).
+    pub fn add(&mut self, ino: u64, kind: Kind, cipher_name: OsString) {
+        match kind {
+            Kind::File => self.files.push((ino, cipher_name)),
+            Kind::Dir if !cipher_name.is_empty() => self.subdirs.push(cipher_name),
+            _ => {}
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Prefetch {
     /// Off with `--no-prefetch`: nothing is remembered or read ahead.
@@ -108,19 +131,13 @@ impl Prefetch {
         }
     }
 
-    /// Remembers the regular files (inode number, cipher name) of the part of `dir`'s listing
-    /// the kernel just took, in order. `start`: the listing starts here (from its first entry),
-    /// so the directory's files and its count of opens start afresh; otherwise the files are
-    /// added to the listing remembered. `subdirs`: the cipher names of the subdirectories in
-    /// that part, read ahead if the listing is part of a tree walk.
-    pub fn listed(
-        &self,
-        dir: &Arc<Node>,
-        start: bool,
-        files: Vec<(u64, OsString)>,
-        subdirs: Vec<OsString>,
-        control: &Arc<ControlDir>,
-    ) {
+    /// Remembers the regular files of the part of `dir`'s listing the kernel just took, in
+    /// order, and reads its subdirectories ahead if the listing is part of a tree walk.
+    /// `start`: the listing starts here (from its first entry), so the directory's files and
+    /// its count of opens start afresh; otherwise the files are added to the listing
+    /// remembered.
+    pub fn listed(&self, dir: &Arc<Node>, start: bool, part: Listed, control: &Arc<ControlDir>) {
+        let Listed { files, subdirs } = part;
         if !self.enabled || (files.is_empty() && subdirs.is_empty() && !start) {
             return;
         }
@@ -176,9 +193,9 @@ impl Prefetch {
         };
         if st.walk && st.subdirs < SUBDIRS_MAX && !subdirs.is_empty() {
             let room = SUBDIRS_MAX - st.subdirs;
-            st.subdirs +=
-                self.dir_ahead
-                    .queue(dir, subdirs.into_iter().take(room).collect(), control);
+            st.subdirs += self
+                .dir_ahead
+                .queue(dir, subdirs.into_iter().take(room), control);
         }
         for (ino, name) in files {
             st.index.insert(ino, st.files.len());

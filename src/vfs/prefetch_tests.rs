@@ -3,29 +3,21 @@
 //! window, and never changes what is read.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use super::Vfs;
 use super::VfsOptions;
-use super::test_support::{caller, new_volume, open, open_with};
+use super::test_support::{self, caller, new_volume, open, open_with};
 
 fn prefetched(v: &Vfs) -> u64 {
     v.control().metrics.prefetched_files.load(Ordering::Relaxed)
 }
 
-/// Waits (up to 10 s) until the count reaches `n`, then a little longer to see it go no further.
 fn settle(v: &Vfs, n: u64) -> u64 {
-    let t = Instant::now();
-    while prefetched(v) < n && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    quiet(v)
+    test_support::settle(|| prefetched(v), n)
 }
 
-/// The count after the read-ahead thread had time to act.
 fn quiet(v: &Vfs) -> u64 {
-    std::thread::sleep(Duration::from_millis(200));
-    prefetched(v)
+    test_support::quiet(|| prefetched(v))
 }
 
 /// A directory with `files` regular files (each holding its name), a FIFO and a subdirectory;

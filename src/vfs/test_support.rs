@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{Caller, Vfs, VfsOptions};
 use crate::crypto::{KdfParams, Passphrase};
@@ -76,4 +77,20 @@ pub fn read_at(v: &Vfs, ino: u64, off: u64, len: u32) -> Vec<u8> {
     let d = v.read(fh, off, len).expect("read");
     v.release(fh).expect("release");
     d
+}
+
+/// Waits (up to 10 s) until a background thread's `count` reaches `n`, then a little longer
+/// to see it go no further; returns the count.
+pub fn settle(count: impl Fn() -> u64, n: u64) -> u64 {
+    let t = Instant::now();
+    while count() < n && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    quiet(count)
+}
+
+/// `count` after background threads had time to act.
+pub fn quiet(count: impl Fn() -> u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(200));
+    count()
 }
