@@ -34,7 +34,11 @@
 #                 in BENCH_DIR. Why: on an ext4 without a journal (as these VMs' root), creating
 #                 an inode skips every inode deleted in the last minutes one by one, so a
 #                 system whose untar follows the others' rm -rf pays for them (measured: up to a
-#                 third of a FUSE daemon's CPU time in ext4's recently_deleted()).
+#                 third of a FUSE daemon's CPU time in ext4's recently_deleted()). The inode
+#                 tables and journal are written by mkfs (lazy_itable_init=0): with the default
+#                 lazy init a kernel thread zeroes them in the background for the first minutes,
+#                 writing to the disk the timed steps use (three untars each, by hand: securefs
+#                 2.4-5.9 s lazy, 2.7-2.8 s not; in an image file on ext4 mkfs takes ms for it).
 #
 # Output: a Markdown table on stdout and in OUT_DIR/peers-<date>.md, the same figures as TSV in
 # OUT_DIR/peers-<date>.tsv (columns: row measurement unit better raw bindfs gocryptfs securefs
@@ -454,7 +458,8 @@ cold() { # cold SYS VOL: unmount, drop the page cache, mount again
 # A fresh ext4 for one small-file group, mounted at VOL (see TREE_FS).
 tree_fs_make() { # tree_fs_make VOL
   local vol=$1 dev
-  truncate -s 4G "$vol.img" && mkfs.ext4 -q -F "$vol.img" >>"$LOG" 2>&1 ||
+  truncate -s 4G "$vol.img" &&
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$vol.img" >>"$LOG" 2>&1 ||
     fail "mkfs.ext4 on $vol.img" || return 1
   dev=$(losetup -f --show --direct-io=on "$vol.img" 2>>"$LOG") || fail "losetup $vol.img" || return 1
   echo "$dev" >"$vol.dev"
@@ -792,7 +797,7 @@ mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
   echo "- Sizes: sequential file $SIZE_MB MiB; fio file $RAND_MB MiB, $FIO_RUNTIME s per run; small-file tree: ${TREE_DESC:-skipped}"
   echo "- Each figure is the median of $REPS repetition(s), each on a fresh volume; systems interleaved within a repetition."
   if [[ $TREE_FS == fresh ]]; then
-    echo "- Small-file rows: each system, each repetition, on a new ext4 (mkfs.ext4 defaults, 4 GiB image in BENCH_DIR on a loop device with direct I/O), so no run inherits another's deleted inodes."
+    echo "- Small-file rows: each system, each repetition, on a new ext4 (mkfs.ext4 defaults but inode tables and journal initialized at once, 4 GiB image in BENCH_DIR on a loop device with direct I/O), so no run inherits another's deleted inodes."
   fi
 } >"$WORK/header.md"
 
