@@ -407,8 +407,13 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
         }
         return Err(Errno::NOTEMPTY.into());
     }
+    // The copy in the directory's own xattr when it has one: its inode is loaded already, while
+    // the file's content is a disk read of its own in a cold tree (RMDIR median 196 µs in an
+    // rm -rf after a remount, most of it waiting for that read).
     let saved = if dirid {
-        super::read_small_at(d, DIRID_FILE)
+        crate::fsutil::read_dirid_copy_fd(d)
+            .filter(|b| b.len() == 16)
+            .or_else(|| super::read_small_at(d, DIRID_FILE))
     } else {
         None
     };
