@@ -483,3 +483,53 @@ fn rewrap_rewrites_headers() {
         false,
     );
 }
+
+/// A removal that fails after the directory id was taken out puts the same id back, from the
+/// directory's xattr copy or, without one, from the file read before.
+#[test]
+fn failed_rmdir_puts_the_same_directory_id_back() {
+    use crate::names::DIRID_FILE;
+    for keep_copy in [true, false] {
+        let (_t, dir) = volume();
+        // The backing directory of "empty": the only one holding nothing but its id.
+        let empty = std::fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .find(|p| {
+                p.is_dir()
+                    && p.join(DIRID_FILE).exists()
+                    && std::fs::read_dir(p).expect("list").count() == 1
+            })
+            .expect("the backing directory of `empty`");
+        if !keep_copy {
+            rustix::fs::removexattr(&empty, crate::fsutil::DIRID_XATTR).expect("removexattr");
+        }
+        let id = std::fs::read(empty.join(DIRID_FILE)).expect("id");
+        let v = open(&dir);
+        crate::fault::arm(2, Errno::IO);
+        let r = v.rmdir(ROOT, "empty".as_ref());
+        assert_eq!(crate::fault::disarm(), Some("rmdir"), "copy {keep_copy}");
+        assert!(r.is_err(), "copy {keep_copy}: {r:?}");
+        assert_eq!(
+            std::fs::read(empty.join(DIRID_FILE)).expect("id back"),
+            id,
+            "copy {keep_copy}"
+        );
+        // Still a directory that works: a file made in it lists under its name.
+        let e = v.lookup(ROOT, "empty".as_ref()).expect("lookup").ino;
+        write_file(&v, e, "n", b"new").expect("create in it");
+        drop(v);
+        let v = open(&dir);
+        let e = v.lookup(ROOT, "empty".as_ref()).expect("lookup again").ino;
+        let names: Vec<_> = v
+            .list_dir(e)
+            .expect("list")
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(
+            names.contains(&OsString::from("n")),
+            "copy {keep_copy}: {names:?}"
+        );
+    }
+}
