@@ -382,9 +382,9 @@ impl Vfs {
 
 /// Empties a directory that holds nothing but kmsfs-internal files (its directory id and
 /// long-name side files whose entry is gone), so that the backing `rmdir` or `rename` over it
-/// succeeds; ENOTEMPTY if it holds anything else. Returns the directory id's bytes for
-/// [`restore_dirid`].
-fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
+/// succeeds; ENOTEMPTY if it holds anything else. Returns what [`restore_dirid`] needs to put
+/// the directory id back.
+fn strip_internal(d: &OwnedFd) -> Result<SavedId> {
     let mut dirid = false;
     let mut orphans = Vec::new();
     for e in rustix::fs::Dir::read_from(d)? {
@@ -407,15 +407,24 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
         }
         return Err(Errno::NOTEMPTY.into());
     }
-    // The copy in the directory's own xattr when it has one: its inode is loaded already, while
-    // the file's content is a disk read of its own in a cold tree (RMDIR median 196 µs in an
-    // rm -rf after a remount, most of it waiting for that read).
-    let saved = if dirid {
-        crate::fsutil::read_dirid_copy_fd(d)
-            .filter(|b| b.len() == 16)
-            .or_else(|| super::read_small_at(d, DIRID_FILE))
+    // The id file is kept open, not read: its content is a disk read of its own in a cold tree
+    // (RMDIR median 196 µs in an rm -rf after a remount, most of it waiting for that read), and
+    // it is needed only if the removal fails. The unlink loads its inode anyway.
+    let saved = if !dirid {
+        SavedId::Nothing
     } else {
-        None
+        match rustix::fs::openat(
+            d,
+            DIRID_FILE,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(f) => SavedId::Open(std::fs::File::from(f)),
+            Err(_) => match crate::fsutil::read_dirid_copy_fd(d) {
+                Some(b) => SavedId::Copy(b),
+                None => SavedId::Nothing,
+            },
+        }
     };
     for o in &orphans {
         let _ = rustix::fs::unlinkat(d, o, AtFlags::empty());
@@ -427,9 +436,28 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<Vec<u8>>> {
     Ok(saved)
 }
 
+/// The directory id [`strip_internal`] took out, for [`restore_dirid`].
+enum SavedId {
+    Nothing,
+    /// The unlinked id file, still open: read only if it has to go back.
+    Open(std::fs::File),
+    /// The directory's xattr copy (the file could not be opened).
+    Copy(Vec<u8>),
+}
+
 /// Puts back the directory id [`strip_internal`] removed (the directory stays in use).
-fn restore_dirid(d: &OwnedFd, saved: Option<Vec<u8>>) {
-    if let Some(b) = saved
+fn restore_dirid(d: &OwnedFd, saved: SavedId) {
+    let bytes = match saved {
+        SavedId::Nothing => None,
+        SavedId::Open(f) => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(&f, 4096), &mut b)
+                .ok()
+                .map(|_| b)
+        }
+        SavedId::Copy(b) => Some(b),
+    };
+    if let Some(b) = bytes
         && let Ok(f) = rustix::fs::openat(
             d,
             DIRID_FILE,

@@ -484,12 +484,12 @@ fn rewrap_rewrites_headers() {
     );
 }
 
-/// A removal that fails after the directory id was taken out puts the same id back, from the
-/// directory's xattr copy or, without one, from the file read before.
+/// A removal that fails after the directory id was taken out puts the same id back: the file's
+/// own bytes, whether the directory's xattr copy is there, gone, or says something else.
 #[test]
 fn failed_rmdir_puts_the_same_directory_id_back() {
     use crate::names::DIRID_FILE;
-    for keep_copy in [true, false] {
+    for copy in ["same", "none", "different"] {
         let (_t, dir) = volume();
         // The backing directory of "empty": the only one holding nothing but its id.
         let empty = std::fs::read_dir(&dir)
@@ -501,19 +501,29 @@ fn failed_rmdir_puts_the_same_directory_id_back() {
                     && std::fs::read_dir(p).expect("list").count() == 1
             })
             .expect("the backing directory of `empty`");
-        if !keep_copy {
-            rustix::fs::removexattr(&empty, crate::fsutil::DIRID_XATTR).expect("removexattr");
+        match copy {
+            "none" => {
+                rustix::fs::removexattr(&empty, crate::fsutil::DIRID_XATTR).expect("removexattr")
+            }
+            "different" => rustix::fs::setxattr(
+                &empty,
+                crate::fsutil::DIRID_XATTR,
+                &[0xAA; 16],
+                rustix::fs::XattrFlags::empty(),
+            )
+            .expect("setxattr"),
+            _ => {}
         }
         let id = std::fs::read(empty.join(DIRID_FILE)).expect("id");
         let v = open(&dir);
         crate::fault::arm(2, Errno::IO);
         let r = v.rmdir(ROOT, "empty".as_ref());
-        assert_eq!(crate::fault::disarm(), Some("rmdir"), "copy {keep_copy}");
-        assert!(r.is_err(), "copy {keep_copy}: {r:?}");
+        assert_eq!(crate::fault::disarm(), Some("rmdir"), "copy {copy}");
+        assert!(r.is_err(), "copy {copy}: {r:?}");
         assert_eq!(
             std::fs::read(empty.join(DIRID_FILE)).expect("id back"),
             id,
-            "copy {keep_copy}"
+            "copy {copy}"
         );
         // Still a directory that works: a file made in it lists under its name.
         let e = v.lookup(ROOT, "empty".as_ref()).expect("lookup").ino;
@@ -529,7 +539,7 @@ fn failed_rmdir_puts_the_same_directory_id_back() {
             .collect();
         assert!(
             names.contains(&OsString::from("n")),
-            "copy {keep_copy}: {names:?}"
+            "copy {copy}: {names:?}"
         );
     }
 }

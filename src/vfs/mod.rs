@@ -449,14 +449,6 @@ impl Vfs {
     }
 }
 
-/// Reads a small file (directory id, long-name side file) relative to a directory descriptor.
-fn read_small_at(dir: &impl AsFd, name: impl rustix::path::Arg) -> Option<Vec<u8>> {
-    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut buf).ok()?;
-    Some(buf)
-}
-
 #[cfg(test)]
 mod attr_tests;
 #[cfg(test)]
