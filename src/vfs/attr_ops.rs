@@ -120,8 +120,7 @@ impl Vfs {
             if node.kind == Kind::File && !self.open_files.contains_key(&ino) {
                 // A regular file unlinked and open nowhere can never be seen again: its times
                 // are not worth a write. With the writeback cache the kernel sends one such
-                // SETATTR (its cached mtime, ctime now) after every unlink of a regular file,
-                // inside the unlink: half the round trips of an `rm -rf`.
+                // SETATTR (its cached mtime, ctime now) inside every unlink of a regular file.
                 let attr = self.stat_node(&node)?;
                 if attr.nlink == 0 {
                     return Ok(attr);

@@ -382,9 +382,9 @@ impl Vfs {
 
 /// Empties a directory that holds nothing but kmsfs-internal files (its directory id and
 /// long-name side files whose entry is gone), so that the backing `rmdir` or `rename` over it
-/// succeeds; ENOTEMPTY if it holds anything else. Returns what [`restore_dirid`] needs to put
-/// the directory id back.
-fn strip_internal(d: &OwnedFd) -> Result<SavedId> {
+/// succeeds; ENOTEMPTY if it holds anything else. Returns the unlinked directory id file, still
+/// open, for [`restore_dirid`].
+fn strip_internal(d: &OwnedFd) -> Result<Option<std::fs::File>> {
     let mut dirid = false;
     let mut orphans = Vec::new();
     for e in rustix::fs::Dir::read_from(d)? {
@@ -409,22 +409,19 @@ fn strip_internal(d: &OwnedFd) -> Result<SavedId> {
     }
     // The id file is kept open, not read: its content is a disk read of its own in a cold tree
     // (RMDIR median 196 µs in an rm -rf after a remount, most of it waiting for that read), and
-    // it is needed only if the removal fails. The unlink loads its inode anyway.
-    let saved = if !dirid {
-        SavedId::Nothing
-    } else {
-        match rustix::fs::openat(
+    // it is needed only if the removal fails. The unlink loads its inode anyway. Should it not
+    // open, a failed removal leaves the directory with its xattr copy, which readers use first.
+    let saved = if dirid {
+        rustix::fs::openat(
             d,
             DIRID_FILE,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        ) {
-            Ok(f) => SavedId::Open(std::fs::File::from(f)),
-            Err(_) => match crate::fsutil::read_dirid_copy_fd(d) {
-                Some(b) => SavedId::Copy(b),
-                None => SavedId::Nothing,
-            },
-        }
+        )
+        .ok()
+        .map(std::fs::File::from)
+    } else {
+        None
     };
     for o in &orphans {
         let _ = rustix::fs::unlinkat(d, o, AtFlags::empty());
@@ -436,27 +433,14 @@ fn strip_internal(d: &OwnedFd) -> Result<SavedId> {
     Ok(saved)
 }
 
-/// The directory id [`strip_internal`] took out, for [`restore_dirid`].
-enum SavedId {
-    Nothing,
-    /// The unlinked id file, still open: read only if it has to go back.
-    Open(std::fs::File),
-    /// The directory's xattr copy (the file could not be opened).
-    Copy(Vec<u8>),
-}
-
 /// Puts back the directory id [`strip_internal`] removed (the directory stays in use).
-fn restore_dirid(d: &OwnedFd, saved: SavedId) {
-    let bytes = match saved {
-        SavedId::Nothing => None,
-        SavedId::Open(f) => {
-            let mut b = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(&f, 4096), &mut b)
-                .ok()
-                .map(|_| b)
-        }
-        SavedId::Copy(b) => Some(b),
-    };
+fn restore_dirid(d: &OwnedFd, saved: Option<std::fs::File>) {
+    let bytes = saved.and_then(|f| {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&f, 4096), &mut b)
+            .ok()
+            .map(|_| b)
+    });
     if let Some(b) = bytes
         && let Ok(f) = rustix::fs::openat(
             d,
