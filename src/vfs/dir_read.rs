@@ -104,7 +104,12 @@ impl Vfs {
                 return Ok(false);
             }
             given += 1;
-            listed.add(e.ino, e.kind, e.cipher_name);
+            let warm = e.kind == Kind::Dir
+                && self
+                    .inodes
+                    .get(e.ino)
+                    .is_ok_and(|n| n.entries_recently_read());
+            listed.add(e.ino, e.kind, e.cipher_name, warm);
             Ok(true)
         });
         self.prefetch
@@ -173,8 +178,8 @@ impl Vfs {
             if named >= limit {
                 return Ok(false);
             }
-            let attr = match self.intern_child(&dir, &e.cipher_name, &e.name) {
-                Ok((_, attr)) => attr,
+            let (node, attr) = match self.intern_child(&dir, &e.cipher_name, &e.name) {
+                Ok(found) => found,
                 // Gone since it was read: leave it out.
                 Err(VfsError::Sys(Errno::NOENT)) => return Ok(true),
                 Err(err) => return Err(err),
@@ -187,7 +192,7 @@ impl Vfs {
             }
             given += 1;
             named += 1;
-            listed.add(e.ino, e.kind, e.cipher_name);
+            listed.add(e.ino, e.kind, e.cipher_name, node.entries_recently_read());
             Ok(true)
         });
         self.prefetch
@@ -210,6 +215,7 @@ impl Vfs {
         offset: u64,
         mut take: impl FnMut(u64, DirEntry) -> Result<bool>,
     ) -> Result<()> {
+        dir.note_entries_read();
         let mut pos = offset;
         if pos == 0 {
             if !take(1, dot(dir.ino, "."))? {

@@ -39,6 +39,23 @@ pub struct Node {
     name: Mutex<Option<Arc<NodeName>>>,
     /// A directory's plaintext path, with the count of renames it was read at (`path.rs`).
     plain_path: Mutex<Option<(u64, Arc<str>)>>,
+    /// When a directory's entries were last searched or listed (milliseconds on
+    /// [`coarse_now_ms`], 0: not since the node was made): its blocks are likely in the backing
+    /// store's page cache, so reading them ahead is not worth it (`dir_ahead`).
+    entries_read_at: AtomicU64,
+}
+
+/// How long the backing blocks of a directory searched or listed through the mount are taken to
+/// stay cached (a hint for read-ahead: a wrong guess costs only speed).
+const ENTRIES_WARM_MS: u64 = 30_000;
+
+/// Milliseconds since the first call, from 1 on.
+fn coarse_now_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// An entry naming a node: its directory, its name there in the cipher directory, and in
@@ -110,6 +127,19 @@ impl Node {
         *self.plain_path.lock().unwrap_or_else(|p| p.into_inner()) = Some((renames, path));
     }
 
+    /// Records that this directory's entries were just searched or listed in the backing store.
+    pub fn note_entries_read(&self) {
+        self.entries_read_at
+            .store(coarse_now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether this directory's entries were searched or listed in the last
+    /// [`ENTRIES_WARM_MS`].
+    pub fn entries_recently_read(&self) -> bool {
+        let at = self.entries_read_at.load(Ordering::Relaxed);
+        at != 0 && coarse_now_ms().saturating_sub(at) < ENTRIES_WARM_MS
+    }
+
     /// `/proc/self/fd/N`: reopens the backing file through its `O_PATH` descriptor.
     pub fn proc_path(&self) -> String {
         use std::os::fd::AsRawFd;
@@ -136,6 +166,7 @@ impl InodeTable {
                 changes: AtomicU64::new(0),
                 name: Mutex::new(None),
                 plain_path: Mutex::new(None),
+                entries_read_at: AtomicU64::new(0),
             }),
         );
         InodeTable {
@@ -181,6 +212,7 @@ impl InodeTable {
                     changes: AtomicU64::new(0),
                     name: Mutex::new(None),
                     plain_path: Mutex::new(None),
+                    entries_read_at: AtomicU64::new(0),
                 });
                 v.insert(n.clone());
                 n

@@ -338,6 +338,7 @@ impl Vfs {
     /// Finds (or registers) the node of entry `entry` of `dir`, whose plaintext name is `plain`,
     /// and counts one lookup.
     fn intern_child(&self, dir: &Node, entry: &OsStr, plain: &OsStr) -> Result<(Arc<Node>, Attr)> {
+        dir.note_entries_read();
         let fd = rustix::fs::openat(
             &dir.fd,
             entry,

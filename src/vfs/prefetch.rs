@@ -96,11 +96,14 @@ pub(super) struct Listed {
 }
 
 impl Listed {
-    /// Takes note of an entry the kernel took (`.` and `..` are passed over).
-    pub fn add(&mut self, ino: u64, kind: Kind, cipher_name: OsString) {
+    /// Takes note of an entry the kernel took (`.` and `..` are passed over). `warm`: a
+    /// subdirectory whose entries were searched or listed lately (their blocks are most likely
+    /// cached: reading them ahead would only take CPU from the walk, as in a cold `git status`,
+    /// whose lookups of every file come before its walk).
+    pub fn add(&mut self, ino: u64, kind: Kind, cipher_name: OsString, warm: bool) {
         match kind {
             Kind::File => self.files.push((ino, cipher_name)),
-            Kind::Dir if !cipher_name.is_empty() => self.subdirs.push(cipher_name),
+            Kind::Dir if !cipher_name.is_empty() && !warm => self.subdirs.push(cipher_name),
             _ => {}
         }
     }
