@@ -90,3 +90,42 @@ impl Vfs {
         })
     }
 }
+
+/// Whether `linkat(AT_EMPTY_PATH)` was refused once (the daemon without CAP_DAC_READ_SEARCH on a
+/// kernel before 6.10): from then on unnamed files are linked through `/proc/self/fd`.
+pub(super) static NO_EMPTY_PATH_LINK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Gives the unnamed (`O_TMPFILE`) file `file` the name `name` in `dir`: by its descriptor
+/// (`AT_EMPTY_PATH`) where the kernel allows the daemon that, else through its
+/// `/proc/self/fd/N` path (a walk through procfs, ~5 µs more per created file).
+pub(super) fn link_unnamed(
+    file: &File,
+    dir: impl std::os::fd::AsFd,
+    name: &std::ffi::OsStr,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+
+    use rustix::fs::AtFlags;
+    use rustix::io::Errno;
+
+    if !NO_EMPTY_PATH_LINK.load(Ordering::Relaxed) {
+        match rustix::fs::linkat(file, "", &dir, name, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            // Not allowed this way (ENOENT is what the kernel answers then).
+            Err(Errno::NOENT | Errno::PERM | Errno::INVAL) => {
+                NO_EMPTY_PATH_LINK.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
+        &dir,
+        name,
+        AtFlags::SYMLINK_FOLLOW,
+    )?;
+    Ok(())
+}

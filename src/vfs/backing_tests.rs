@@ -1,12 +1,18 @@
 //! Opening backing files: by the remembered entry when it still holds the node, through the
 //! node's descriptor when something else took the name behind the mount's back, read-only
-//! until a handle writes.
+//! until a handle writes; naming a new (`O_TMPFILE`) file by its descriptor or through /proc.
 
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use rustix::fs::{Mode, OFlags};
+
 use super::Vfs;
+use super::backing::{NO_EMPTY_PATH_LINK, link_unnamed};
 use super::test_support::{caller, new_volume, open, read_at, write_file};
 
 fn read_all(v: &Vfs, ino: u64) -> Vec<u8> {
@@ -114,4 +120,47 @@ fn a_symlink_under_the_name_is_not_followed_even_to_the_file_itself() {
     assert!(b.named.is_none(), "a symlink is not followed");
     drop(b);
     assert_eq!(read_all(&v, f), b"content");
+}
+
+fn unnamed(dir: &std::path::Path, data: &[u8]) -> std::fs::File {
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from(0o600),
+    )
+    .expect("O_TMPFILE");
+    let f = std::fs::File::from(fd);
+    f.write_all_at(data, 0).expect("write");
+    f
+}
+
+fn read_path(p: &std::path::Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    std::fs::File::open(p)
+        .expect("open")
+        .read_to_end(&mut v)
+        .expect("read");
+    v
+}
+
+#[test]
+fn an_unnamed_file_gets_its_name_either_way() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let dir = std::fs::File::open(t.path()).expect("dir");
+    // By descriptor where allowed (the flag may be set already by another test: then
+    // through /proc, which is the other way checked below).
+    let f = unnamed(t.path(), b"one");
+    link_unnamed(&f, &dir, "a".as_ref()).expect("link a");
+    assert_eq!(read_path(&t.path().join("a")), b"one");
+    // Through /proc/self/fd, as after a refusal.
+    NO_EMPTY_PATH_LINK.store(true, Ordering::Relaxed);
+    let f = unnamed(t.path(), b"two");
+    link_unnamed(&f, &dir, "b".as_ref()).expect("link b");
+    assert_eq!(read_path(&t.path().join("b")), b"two");
+    NO_EMPTY_PATH_LINK.store(false, Ordering::Relaxed);
+    // A name that is taken is an error, not a second try.
+    let f = unnamed(t.path(), b"three");
+    let e = link_unnamed(&f, &dir, "a".as_ref()).expect_err("a is taken");
+    assert_eq!(e.errno(), libc::EEXIST);
+    assert_eq!(read_path(&t.path().join("a")), b"one");
 }

@@ -343,15 +343,8 @@ impl Vfs {
                 self.set_owner(dir, &file, caller)?;
                 crate::fault::write_all_at(&file, &bytes, 0)?;
                 if !*named {
-                    use std::os::fd::AsRawFd;
                     crate::fault::check("link")?;
-                    rustix::fs::linkat(
-                        rustix::fs::CWD,
-                        format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
-                        &dir.fd,
-                        &cn.entry,
-                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
-                    )?;
+                    super::backing::link_unnamed(&file, &dir.fd, &cn.entry)?;
                     *named = true;
                 }
                 let (node, attr) = self.intern_child(dir, &cn.entry, name)?;
