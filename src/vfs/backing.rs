@@ -91,8 +91,9 @@ impl Vfs {
     }
 }
 
-/// Whether `linkat(AT_EMPTY_PATH)` was refused once (the daemon without CAP_DAC_READ_SEARCH on a
-/// kernel before 6.10): from then on unnamed files are linked through `/proc/self/fd`.
+/// Whether `linkat(AT_EMPTY_PATH)` was refused once where the link through `/proc/self/fd` then
+/// worked (the daemon without CAP_DAC_READ_SEARCH on a kernel before 6.10): from then on unnamed
+/// files are linked through `/proc/self/fd` at once.
 pub(super) static NO_EMPTY_PATH_LINK: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -110,16 +111,14 @@ pub(super) fn link_unnamed(
     use rustix::fs::AtFlags;
     use rustix::io::Errno;
 
-    if !NO_EMPTY_PATH_LINK.load(Ordering::Relaxed) {
-        match rustix::fs::linkat(file, "", &dir, name, AtFlags::EMPTY_PATH) {
+    let refused = !NO_EMPTY_PATH_LINK.load(Ordering::Relaxed)
+        && match rustix::fs::linkat(file, "", &dir, name, AtFlags::EMPTY_PATH) {
             Ok(()) => return Ok(()),
-            // Not allowed this way (ENOENT is what the kernel answers then).
-            Err(Errno::NOENT | Errno::PERM | Errno::INVAL) => {
-                NO_EMPTY_PATH_LINK.store(true, Ordering::Relaxed);
-            }
+            // Not allowed this way (ENOENT is what the kernel answers then), or a real error
+            // that the way through /proc answers again.
+            Err(Errno::NOENT | Errno::PERM | Errno::INVAL) => true,
             Err(e) => return Err(e.into()),
-        }
-    }
+        };
     rustix::fs::linkat(
         rustix::fs::CWD,
         format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
@@ -127,5 +126,10 @@ pub(super) fn link_unnamed(
         name,
         AtFlags::SYMLINK_FOLLOW,
     )?;
+    // Only a refusal the other way got past is remembered: a directory removed meanwhile must
+    // not send every later create the longer way.
+    if refused {
+        NO_EMPTY_PATH_LINK.store(true, Ordering::Relaxed);
+    }
     Ok(())
 }

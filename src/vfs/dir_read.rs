@@ -192,7 +192,8 @@ impl Vfs {
             }
             given += 1;
             named += 1;
-            listed.add(e.ino, e.kind, e.cipher_name, node.entries_recently_read());
+            let warm = e.kind == Kind::Dir && node.entries_recently_read();
+            listed.add(e.ino, e.kind, e.cipher_name, warm);
             Ok(true)
         });
         self.prefetch

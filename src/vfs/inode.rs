@@ -128,9 +128,16 @@ impl Node {
     }
 
     /// Records that this directory's entries were just searched or listed in the backing store.
+    /// Stored at most once a second: every lookup in the directory calls this, and a store on
+    /// each would bounce the node's cache line between the threads looking up in it.
     pub fn note_entries_read(&self) {
-        self.entries_read_at
-            .store(coarse_now_ms(), Ordering::Relaxed);
+        let (now, at) = (
+            coarse_now_ms(),
+            self.entries_read_at.load(Ordering::Relaxed),
+        );
+        if at == 0 || now.saturating_sub(at) >= 1_000 {
+            self.entries_read_at.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Whether this directory's entries were searched or listed in the last
