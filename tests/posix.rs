@@ -2692,6 +2692,37 @@ fn mmap_shared_and_private_in(mount_args: &[&'static str]) {
     fx.finish();
 }
 
+/// An ioctl the file system does not know (a terminal's TCGETS, which `isatty` asks and C stdio
+/// and every buffered open in Python call) fails with ENOTTY on the mount as on a local file;
+/// and the daemon answers it quietly (the kernel asks again for each call, so a log line per
+/// call would flood the journal).
+#[test]
+fn unknown_ioctls_answer_enotty_and_are_not_logged() {
+    let mut fx = Fx::new();
+    fx.run(60, |root, log| {
+        let p = root.join("plain-file");
+        fs::write(&p, b"data").unwrap();
+        for write in [false, true] {
+            let f = OpenOptions::new().read(true).write(write).open(&p).unwrap();
+            for _ in 0..20 {
+                // SAFETY: TCGETS writes a termios into the zeroed buffer it is given.
+                let mut t: libc::termios = unsafe { std::mem::zeroed() };
+                let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, &mut t) };
+                log.rec("TCGETS", if r == 0 { Ok(()) } else { lc(r) });
+            }
+            // SAFETY: isatty only inspects the descriptor.
+            log.rec("isatty", unsafe { libc::isatty(f.as_raw_fd()) });
+        }
+        log.bytes("content after", fs::read(&p).unwrap());
+    });
+    let err = support::unmount(fx.m.take().expect("mounted"));
+    assert!(
+        !err.contains("ioctl") && !err.contains("Not Implemented"),
+        "the daemon logged the ioctls:\n{err}"
+    );
+    assert!(!is_mounted(&fx.v.mnt));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Concurrency, sync, size
 // ---------------------------------------------------------------------------------------------
