@@ -126,3 +126,39 @@ fn a_stream_of_large_writes_goes_to_the_disk_behind_them_small_ones_do_not() {
     assert_eq!(written_behind(&v, fh), 0);
     v.release(fh).expect("release");
 }
+
+/// The interrupted-write marker (an xattr of the cipher file) is set only for a size-changing
+/// write whose cipher bytes span more than one page (a single page cannot be torn), and it is
+/// gone once the file is closed.
+#[test]
+fn only_writes_over_a_page_boundary_are_marked_as_interrupted_writes() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let ino = write_file(&v, "f", b"");
+    let fh = v.open_as(ino, libc::O_RDWR, &caller()).expect("open");
+    let (f, _) = v.handle_file(fh).expect("handle");
+    let marked = || {
+        let st = f.read_state();
+        (st.marked, crate::content::pending::is_marked(&st.file))
+    };
+    let mut want = pattern(100, 3);
+    v.write(fh, 0, &want).expect("small write");
+    assert_eq!(marked(), (None, false), "a write inside the first page");
+    let more = pattern(1000, 4);
+    v.write(fh, 100, &more).expect("append inside the page");
+    want.extend_from_slice(&more);
+    assert_eq!(marked(), (None, false), "an append inside the first page");
+    let big = pattern(9000, 5);
+    v.write(fh, want.len() as u64, &big)
+        .expect("append over pages");
+    want.extend_from_slice(&big);
+    assert_eq!(marked(), (Some(0), true), "an append over page boundaries");
+    let cipher_file = f.read_state().file.try_clone().expect("dup");
+    drop(f);
+    v.release(fh).expect("release");
+    assert!(
+        !crate::content::pending::is_marked(&cipher_file),
+        "cleared at close"
+    );
+    assert_eq!(read_fresh(&dir, "f", want.len()), want);
+}
