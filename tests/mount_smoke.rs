@@ -19,6 +19,22 @@ fn round_trip_through_a_real_mount_and_remount() {
     assert!(!is_mounted(&v.mnt));
 }
 
+/// An unmount from outside (`fusermount3 -u`, as `kmsfs unmount`, systemd and scripts do) ends
+/// the daemon without a warning or error in its log: nothing went wrong.
+#[test]
+fn an_unmount_from_outside_ends_the_daemon_quietly() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let p = m.path("f");
+    with_timeout(30, move || std::fs::write(&p, b"x").unwrap());
+    let err = m.unmount();
+    assert!(!is_mounted(&v.mnt));
+    assert!(
+        !err.contains("WARN") && !err.contains("ERROR"),
+        "the daemon logged at its unmount:\n{err}"
+    );
+}
+
 /// The mount options /proc/mounts shows for `mnt`.
 fn mount_options(mnt: &std::path::Path) -> Vec<String> {
     let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
