@@ -35,6 +35,47 @@ fn an_unmount_from_outside_ends_the_daemon_quietly() {
     );
 }
 
+/// A daemon whose mount was unmounted from outside must not take away a file system mounted at
+/// the same place before it exited (fuser 0.18.0 unmounts the path once more as its session
+/// ends; see `fuse::teardown`). The old daemon is stopped over the unmount and the new mount,
+/// so that it ends its session only once the new one is there (another volume: the first is
+/// still locked by the stopped daemon).
+#[test]
+fn a_new_mount_in_the_same_place_survives_the_old_daemons_exit() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (a private mount namespace)");
+        return;
+    }
+    let v = Volume::new(&[]);
+    let old = v.mount();
+    let pid = rustix::process::Pid::from_raw(old.pid().expect("daemon") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&v.mnt)
+        .status()
+        .expect("fusermount3");
+    if !st.success() {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+        panic!("fusermount3 -u failed with the daemon stopped: {st}");
+    }
+    let other = Volume::new(&[]);
+    let new = Mount::start(&other.cipher, &v.mnt, &other.passfile, &[]);
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    let err = old.wait_exit(20);
+    assert!(
+        is_mounted(&v.mnt),
+        "the old daemon unmounted the new mount; its log:\n{err}"
+    );
+    let p = new.path("still-here");
+    with_timeout(30, move || {
+        std::fs::write(&p, b"yes").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"yes");
+    });
+    let err = new.unmount();
+    assert!(!is_mounted(&v.mnt), "{err}");
+}
+
 /// The mount options /proc/mounts shows for `mnt`.
 fn mount_options(mnt: &std::path::Path) -> Vec<String> {
     let m = std::fs::read_to_string("/proc/self/mounts").unwrap();

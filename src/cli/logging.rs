@@ -73,8 +73,9 @@ pub(crate) fn init(verbose: u8, syslog: bool) {
     };
     // fuser 0.18.0 tries to unmount again when its session ends after an external unmount
     // (`fusermount3 -u`, `kmsfs unmount`: its check for a live mount is inverted, fixed upstream
-    // in fuser PR #703, not released yet) and logs the EINVAL as a warning: one spurious line in
-    // the journal per unmount. That warning is the only one fuser's `session` module logs.
+    // in fuser PR #703, not released yet; see `fuse::teardown`) and logs the EINVAL as a
+    // warning: one spurious line in the journal per unmount. That warning is the only one
+    // fuser's `session` module logs.
     let default = format!("{default},fuser::session=error");
     let filter = tracing_subscriber::EnvFilter::try_from_env("KMSFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -4,6 +4,7 @@
 mod listings;
 mod reclaim;
 mod session;
+mod teardown;
 
 pub use session::{MountOptions, mount};
 
@@ -706,6 +707,12 @@ impl Filesystem for KmsFs {
             "fallocate",
             self.vfs.fallocate(fh.0, offset, length, mode),
         );
+    }
+
+    /// The session ended (all request threads are done); fuser unmounts after this, on this
+    /// thread.
+    fn destroy(&mut self) {
+        teardown::session_ended();
     }
 
     /// No ioctl is supported: ENOTTY, as a local file system answers an ioctl it does not know

@@ -148,6 +148,29 @@ impl Mount {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Waits up to `secs` for the daemon to exit by itself (nothing is unmounted here) and
+    /// returns its stderr; kills it if it does not.
+    #[allow(dead_code)]
+    pub fn wait_exit(mut self, secs: u64) -> String {
+        let mut err = String::new();
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while !matches!(c.try_wait(), Ok(Some(_))) {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    err.push_str("(killed: did not exit)\n");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Some(mut e) = c.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+        }
+        err
+    }
+
     /// Kills the daemon with SIGKILL (a crash) and detaches the dead mount.
     #[allow(dead_code)]
     pub fn kill9(mut self) {
