@@ -30,7 +30,8 @@ fn connection_dead() -> Option<bool> {
         let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if std::fs::read_link(e.path()).ok()? != std::path::Path::new("/dev/fuse") {
+        // A descriptor closed meanwhile by another thread is passed over.
+        if std::fs::read_link(e.path()).ok().as_deref() != Some(std::path::Path::new("/dev/fuse")) {
             continue;
         }
         // SAFETY: the descriptor is open (listed just now) and only polled, not closed.
