@@ -64,6 +64,10 @@ fn a_new_mount_in_the_same_place_survives_the_old_daemons_exit() {
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
     let err = old.wait_exit(20);
     assert!(
+        !err.contains("(killed"),
+        "the old daemon did not exit:\n{err}"
+    );
+    assert!(
         is_mounted(&v.mnt),
         "the old daemon unmounted the new mount; its log:\n{err}"
     );

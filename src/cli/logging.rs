@@ -76,7 +76,12 @@ pub(crate) fn init(verbose: u8, syslog: bool) {
     // in fuser PR #703, not released yet; see `fuse::teardown`) and logs the EINVAL as a
     // warning: one spurious line in the journal per unmount. That warning is the only one
     // fuser's `session` module logs.
-    let default = format!("{default},fuser::session=error");
+    // Only at the default level: with -v/-vv the line shows, with fuser's other messages.
+    let default = if verbose == 0 {
+        format!("{default},fuser::session=error")
+    } else {
+        default.to_string()
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KMSFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     if syslog {

@@ -11,9 +11,6 @@
 //! authenticates, re-encrypted as final. The result is a prefix of what was being written (as a
 //! crash in the middle of an append leaves on most file systems); blocks before the recorded one
 //! are never touched, so tampering elsewhere is still detected, not "repaired".
-//!
-//! A write whose bytes all lie in one page of the cipher file is not marked: it cannot be torn
-//! (see `vfs::open_file::within_one_page`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

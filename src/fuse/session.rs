@@ -167,6 +167,12 @@ pub fn mount(
                 }
             }
             let sig = b[0];
+            if super::teardown::connection_dead() == Some(true) {
+                // Unmounted from outside already (`kmsfs unmount`, then a stop signal): the
+                // path may hold another file system by now; the session ends by itself.
+                tracing::info!("signal {sig}: already unmounted");
+                return;
+            }
             tracing::info!("signal {sig}: unmounting");
             if let Err(e) = unmounter.unmount() {
                 // Typically EBUSY for a moment: the kernel releases a just-closed file

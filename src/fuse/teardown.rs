@@ -5,7 +5,9 @@
 //! When the session ends on a dead connection, the thread that ends it (the one fuser's unmount
 //! runs on) first moves into a mount namespace of its own, so that the unmount can only touch
 //! its private copy. Needs CAP_SYS_ADMIN; without it nothing changes (and fuser's attempt goes
-//! through `fusermount3 -u -z`).
+//! through `fusermount3 -u -z`). As in libfuse, a connection aborted while still mounted
+//! (`/sys/fs/fuse/connections/N/abort`, a forced unmount refused as busy) leaves its dead mount
+//! for `fusermount3 -u` to remove.
 
 use std::os::fd::BorrowedFd;
 
@@ -24,7 +26,7 @@ pub fn session_ended() {
 /// Whether this process's FUSE connection is dead (unmounted or aborted): its `/dev/fuse`
 /// descriptor polls POLLERR then, as libfuse checks before it unmounts. `None`: no descriptor
 /// found. A daemon serves one mount, so every `/dev/fuse` descriptor it has is that session's.
-fn connection_dead() -> Option<bool> {
+pub fn connection_dead() -> Option<bool> {
     let mut found = None;
     for e in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
         let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {

@@ -449,10 +449,10 @@ impl OpenFile {
         buf.set_len(total);
         let out = buf.as_slice();
         let at = l.cipher_offset(first);
-        if new_size != st.size
-            && !within_one_page(at, out.len() as u64)
-            && st.marked.is_none_or(|m| first < m)
-        {
+        // Also a write inside one page: a kill cannot tear it, but after a power loss an
+        // overwrite of a page already on disk can be there without the larger size (xfs; ext4
+        // for allocated blocks), which leaves the old final block unreadable.
+        if new_size != st.size && st.marked.is_none_or(|m| first < m) {
             // Target 0: "the length the file has", since later writes go on growing it.
             crate::content::pending::mark(&st.file, first, 0);
             st.marked = Some(first);
@@ -617,19 +617,6 @@ impl OpenFile {
         }
         Ok(())
     }
-}
-
-/// The smallest page size of Linux (larger pages only make a page hold more).
-const PAGE: u64 = 4096;
-
-/// Whether the bytes `[at, at + len)` of a backing file lie in one page. Such a write cannot be
-/// torn, so it needs no interrupted-write marker: the kernel copies a page in one step (a kill
-/// stops a `pwrite` only between pages) and writes it back whole, and the file systems it runs
-/// on (ext4, xfs, btrfs) make a larger size durable only with the data it covers. A file
-/// written in one go that stays in its first page (most small files: a git object, a source
-/// file of a few KiB) is then written without the two xattr updates.
-fn within_one_page(at: u64, len: u64) -> bool {
-    len > 0 && at / PAGE == (at + len - 1) / PAGE
 }
 
 /// `pread` that treats a short read as an integrity failure (the file is shorter than its size).
