@@ -50,6 +50,12 @@ fn a_new_mount_in_the_same_place_survives_the_old_daemons_exit() {
     let old = v.mount();
     let pid = rustix::process::Pid::from_raw(old.pid().expect("daemon") as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    // Whatever happens below, the stopped daemon is continued within 30 s, so nothing (an
+    // unmount waiting on it, say) can hang the test.
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+    });
     let st = std::process::Command::new("fusermount3")
         .arg("-u")
         .arg(&v.mnt)

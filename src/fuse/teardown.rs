@@ -84,7 +84,12 @@ fn private_mount_namespace() -> std::io::Result<()> {
         )
     };
     if r != 0 {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        // The namespace is this thread's own, but its mounts still propagate to the others.
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("mounts still shared, making / private failed: {e}"),
+        ));
     }
     Ok(())
 }
