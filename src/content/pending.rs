@@ -11,6 +11,10 @@
 //! authenticates, re-encrypted as final. The result is a prefix of what was being written (as a
 //! crash in the middle of an append leaves on most file systems); blocks before the recorded one
 //! are never touched, so tampering elsewhere is still detected, not "repaired".
+//!
+//! A write inside one page is marked too: a kill cannot tear it, but after a power loss an
+//! overwrite of a page already on disk can be there without the larger size (xfs; ext4 for
+//! allocated blocks), which leaves the old final block unreadable.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

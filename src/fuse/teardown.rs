@@ -9,8 +9,6 @@
 //! (`/sys/fs/fuse/connections/N/abort`, a forced unmount refused as busy) leaves its dead mount
 //! for `fusermount3 -u` to remove.
 
-use std::os::fd::BorrowedFd;
-
 /// Called as the session ends, on the thread that will then drop fuser's mount.
 pub fn session_ended() {
     if connection_dead() != Some(true) {
@@ -36,8 +34,6 @@ pub fn connection_dead() -> Option<bool> {
         if std::fs::read_link(e.path()).ok().as_deref() != Some(std::path::Path::new("/dev/fuse")) {
             continue;
         }
-        // SAFETY: the descriptor is open (listed just now) and only polled, not closed.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         found = Some(polls_error(fd));
         if found == Some(true) {
             break;
@@ -46,15 +42,15 @@ pub fn connection_dead() -> Option<bool> {
     found
 }
 
-fn polls_error(fd: BorrowedFd<'_>) -> bool {
-    use std::os::fd::AsRawFd;
+/// Whether `fd` polls POLLERR now (a descriptor closed meanwhile polls POLLNVAL: false).
+fn polls_error(fd: i32) -> bool {
     let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
+        fd,
         events: 0,
         revents: 0,
     };
     loop {
-        // SAFETY: one valid pollfd, timeout 0.
+        // SAFETY: one pollfd owned here, timeout 0; poll(2) only reads the descriptor number.
         let r = unsafe { libc::poll(&mut p, 1, 0) };
         if r >= 0 {
             return r == 1 && p.revents & libc::POLLERR != 0;

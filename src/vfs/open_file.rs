@@ -448,16 +448,12 @@ impl OpenFile {
         }
         buf.set_len(total);
         let out = buf.as_slice();
-        let at = l.cipher_offset(first);
-        // Also a write inside one page: a kill cannot tear it, but after a power loss an
-        // overwrite of a page already on disk can be there without the larger size (xfs; ext4
-        // for allocated blocks), which leaves the old final block unreadable.
         if new_size != st.size && st.marked.is_none_or(|m| first < m) {
             // Target 0: "the length the file has", since later writes go on growing it.
             crate::content::pending::mark(&st.file, first, 0);
             st.marked = Some(first);
         }
-        if let Err(e) = crate::fault::write_all_at(&st.file, out, at) {
+        if let Err(e) = crate::fault::write_all_at(&st.file, out, l.cipher_offset(first)) {
             // The write may have stopped inside a block: complete each torn block of the range
             // that stays with its new content (its space is allocated now), so every block is
             // old or new, as after a short write.

@@ -130,8 +130,7 @@ fn a_stream_of_large_writes_goes_to_the_disk_behind_them_small_ones_do_not() {
 /// The interrupted-write marker (an xattr of the cipher file) is set for every size-changing
 /// write, a small one inside the first page too (after a power loss an overwrite of a page
 /// already on disk can be there without the larger size), and it is gone once the file is
-/// closed. Skipped where the temporary directory keeps no user xattrs (the marker is best
-/// effort there).
+/// closed.
 #[test]
 fn size_changing_writes_are_marked_until_close() {
     let (_t, dir) = new_volume();
@@ -139,21 +138,6 @@ fn size_changing_writes_are_marked_until_close() {
     let ino = write_file(&v, "f", b"");
     let fh = v.open_as(ino, libc::O_RDWR, &caller()).expect("open");
     let (f, _) = v.handle_file(fh).expect("handle");
-    {
-        let st = f.read_state();
-        if rustix::fs::fsetxattr(
-            &st.file,
-            "user.kmsfs-probe",
-            b"1",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .is_err()
-        {
-            eprintln!("skipped: no user xattrs where the test volume is");
-            return;
-        }
-        let _ = rustix::fs::fremovexattr(&st.file, "user.kmsfs-probe");
-    }
     let marked = || {
         let st = f.read_state();
         (st.marked, crate::content::pending::is_marked(&st.file))

@@ -149,8 +149,7 @@ impl Mount {
     }
 
     /// Waits up to `secs` for the daemon to exit by itself (nothing is unmounted here) and
-    /// returns its stderr; kills it if it does not.
-    #[allow(dead_code)]
+    /// returns its stderr; kills it if it does not, and says so in what it returns.
     pub fn wait_exit(mut self, secs: u64) -> String {
         let mut err = String::new();
         if let Some(mut c) = self.child.take() {
@@ -187,7 +186,7 @@ impl Mount {
     }
 
     /// Unmounts cleanly and returns the daemon's stderr.
-    pub fn unmount(mut self) -> String {
+    pub fn unmount(self) -> String {
         // A clean unmount can be refused for a moment (a process still closing files): retry,
         // then detach lazily so no mount is ever left behind.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -212,25 +211,7 @@ impl Mount {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut err = String::new();
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    _ if Instant::now() > deadline => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            if let Some(mut e) = c.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-        }
-        err
+        self.wait_exit(10)
     }
 }
 
