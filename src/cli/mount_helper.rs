@@ -101,6 +101,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
             "recovery_key_file" | "recovery-key-file" => out.extend(flag("--recovery-key-file")?),
             "idle" => out.extend(flag("--idle")?),
             "threads" => out.extend(flag("--threads")?),
+            "poll_us" | "poll-us" => out.extend(flag("--poll-us")?),
             "ro" => out.push("--ro".into()),
             "allow_other" | "allow-other" => out.push("--allow-other".into()),
             "no_writeback_cache" | "no-writeback-cache" => out.push("--no-writeback-cache".into()),
@@ -160,6 +161,25 @@ mod tests {
         assert_eq!(
             t(&["mount.kmsfs", "kmsfs#/srv/c", "/mnt/x", "-n", "-oro"]),
             ["kmsfs", "mount", "--ro", "/srv/c", "/mnt/x"]
+        );
+        assert_eq!(
+            t(&[
+                "mount.kmsfs",
+                "/srv/c",
+                "/mnt/x",
+                "-o",
+                "threads=2,poll_us=0"
+            ]),
+            [
+                "kmsfs",
+                "mount",
+                "--threads",
+                "2",
+                "--poll-us",
+                "0",
+                "/srv/c",
+                "/mnt/x"
+            ]
         );
     }
 

@@ -2,6 +2,7 @@
 //! a reply. No file-system logic lives here; errors map through [`VfsError::errno`] in one place.
 
 mod listings;
+mod poller;
 mod reclaim;
 mod session;
 mod teardown;
@@ -40,6 +41,8 @@ pub struct KmsFs {
     no_opendir: bool,
     /// Keeps the kernel's cached listings of `keys/` and `aliases/` fresh.
     listings: Arc<listings::ControlListings>,
+    /// Looks for the next request before a thread sleeps (set once the session exists).
+    poller: Arc<std::sync::OnceLock<poller::Poller>>,
 }
 
 impl KmsFs {
@@ -51,6 +54,7 @@ impl KmsFs {
             reclaim: Arc::default(),
             no_opendir: false,
             listings: Arc::default(),
+            poller: Arc::default(),
         }
     }
 
@@ -80,6 +84,17 @@ impl KmsFs {
     /// Where the session puts its notifier.
     pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
         self.notifier.clone()
+    }
+
+    pub fn poller_slot(&self) -> Arc<std::sync::OnceLock<poller::Poller>> {
+        self.poller.clone()
+    }
+
+    /// Held by every request for as long as it is served (see `poller.rs`).
+    fn turn(&self) -> poller::Turn<'_> {
+        self.poller
+            .get()
+            .map_or(poller::Turn::NONE, |p| p.request())
     }
 
     /// With the writeback cache the kernel resolves O_APPEND offsets itself and later flushes
@@ -256,6 +271,7 @@ impl Filesystem for KmsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _turn = self.turn();
         match self.vfs.lookup(parent.0, name) {
             // A name that does not exist is cached as absent for as long as a positive entry
             // (node id 0 with a timeout: a negative dentry), so `git status`, compilers and
@@ -268,11 +284,15 @@ impl Filesystem for KmsFs {
         }
     }
 
+    // No turn (see `poller.rs`): fuser's `batch_forget` calls this once per node of a
+    // BATCH_FORGET, which would poll or park between them; and a FORGET has no reply to
+    // hurry the next request after.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.vfs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _turn = self.turn();
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(&ttl(a.ino), &attr(&a)),
             Err(e) => reply.error(errno("getattr", &e)),
@@ -297,6 +317,7 @@ impl Filesystem for KmsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _turn = self.turn();
         let set = SetAttr {
             mode,
             uid,
@@ -318,6 +339,7 @@ impl Filesystem for KmsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _turn = self.turn();
         match self.vfs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno("readlink", &e)),
@@ -334,6 +356,7 @@ impl Filesystem for KmsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.turn();
         let r = self.vfs.mknod(parent.0, name, mode, rdev, &caller(req));
         self.entry_in(reply, "mknod", parent, name, r);
     }
@@ -347,15 +370,18 @@ impl Filesystem for KmsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.turn();
         let r = self.vfs.mkdir(parent.0, name, mode, &caller(req));
         self.entry_in(reply, "mkdir", parent, name, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.turn();
         empty(reply, "unlink", self.vfs.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.turn();
         empty(reply, "rmdir", self.vfs.rmdir(parent.0, name));
     }
 
@@ -367,6 +393,7 @@ impl Filesystem for KmsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _turn = self.turn();
         let r = self
             .vfs
             .symlink(parent.0, link_name, target.as_os_str(), &caller(req));
@@ -383,6 +410,7 @@ impl Filesystem for KmsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         empty(
             reply,
             "rename",
@@ -399,11 +427,13 @@ impl Filesystem for KmsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _turn = self.turn();
         let r = self.vfs.link(ino.0, newparent.0, newname);
         self.entry_in(reply, "link", newparent, newname, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.turn();
         match self
             .vfs
             .open_as(ino.0, self.open_flags(flags.0), &caller(req))
@@ -429,6 +459,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _turn = self.turn();
         // The reply is sent from where the data was decrypted; kept for the error otherwise.
         let mut reply = Some(reply);
         let r = self.vfs.read_with(fh.0, offset, size, |d| {
@@ -453,6 +484,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _turn = self.turn();
         // A writer without CAP_FSETID on a set-user-id/set-group-id file (FUSE_HANDLE_KILLPRIV_V2).
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
             match self.vfs.kill_suidgid(ino.0, Some(&caller(req))) {
@@ -485,6 +517,7 @@ impl Filesystem for KmsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         let r = self.vfs.flush(fh.0);
         self.after_control(fh);
         empty(reply, "flush", r);
@@ -500,6 +533,7 @@ impl Filesystem for KmsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         let r = self.vfs.release(fh.0);
         self.after_control(fh);
         empty(reply, "release", r);
@@ -513,10 +547,12 @@ impl Filesystem for KmsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         empty(reply, "fsync", self.vfs.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.turn();
         if self.no_opendir {
             return reply.error(Errno::ENOSYS);
         }
@@ -543,6 +579,7 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _turn = self.turn();
         // Until the reply is full; the entry that did not fit is where the next request
         // starts. An empty reply means the end to the kernel: an error before the first entry
         // is reported, never answered with an empty reply.
@@ -563,6 +600,7 @@ impl Filesystem for KmsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _turn = self.turn();
         // Short of descriptors: one entry per reply, so that the directory is unlocked
         // between replies and the kernel can let older names go (see `reclaim`).
         let limit = if self.reclaim.pressed(&self.vfs) {
@@ -603,6 +641,7 @@ impl Filesystem for KmsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         reply.ok();
     }
 
@@ -614,10 +653,12 @@ impl Filesystem for KmsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         empty(reply, "fsyncdir", self.vfs.fsyncdir(ino.0, datasync));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _turn = self.turn();
         match self.vfs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -636,6 +677,7 @@ impl Filesystem for KmsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         empty(
             reply,
             "setxattr",
@@ -644,18 +686,22 @@ impl Filesystem for KmsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _turn = self.turn();
         xattr(reply, "getxattr", self.vfs.getxattr(ino.0, name, size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _turn = self.turn();
         xattr(reply, "listxattr", self.vfs.listxattr(ino.0, size));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.turn();
         empty(reply, "removexattr", self.vfs.removexattr(ino.0, name));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _turn = self.turn();
         // Sent only without default_permissions (a mount only root may use).
         empty(
             reply,
@@ -674,6 +720,7 @@ impl Filesystem for KmsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _turn = self.turn();
         match self
             .vfs
             .create(parent.0, name, mode, self.open_flags(flags), &caller(req))
@@ -702,6 +749,7 @@ impl Filesystem for KmsFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.turn();
         empty(
             reply,
             "fallocate",
@@ -730,6 +778,7 @@ impl Filesystem for KmsFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _turn = self.turn();
         reply.error(Errno::ENOTTY);
     }
 }

@@ -20,6 +20,8 @@ pub struct MountOptions {
     pub fuse_opts: Vec<String>,
     /// Request-serving threads.
     pub threads: usize,
+    /// How long a request thread looks for the next request before it sleeps (`poller.rs`).
+    pub poll: std::time::Duration,
     /// Let the kernel cache writes (FUSE writeback cache).
     pub writeback_cache: bool,
     /// Shown as the mount's source in /proc/mounts (the cipher directory).
@@ -150,7 +152,16 @@ pub fn mount(
     let control = vfs.control().clone();
     let fs = KmsFs::new(vfs, opts.writeback_cache);
     let slot = fs.notifier_slot();
+    let poller = fs.poller_slot();
     let mut session = Session::new(fs, mountpoint, &config)?;
+    {
+        use std::os::fd::{AsFd, AsRawFd};
+        let _ = poller.set(super::poller::Poller::new(
+            session.as_fd().as_raw_fd(),
+            opts.threads.max(1),
+            opts.poll,
+        ));
+    }
     let _ = slot.set(session.notifier());
     notify_growth(&control, session.notifier())?;
     let mut unmounter = session.unmount_callable();
