@@ -12,20 +12,29 @@
 //! This only pays if no other thread sleeps in `read(2)` meanwhile: the kernel wakes a sleeping
 //! reader for every request it queues, whoever then takes it (measured in an earlier session:
 //! four threads taking turns at polling gained nothing). So a thread that finishes a request
-//! while another one reads or polls *parks* here instead of going back to `read(2)`: at most one
-//! thread waits for requests (polling, then sleeping in `read(2)` once its window has passed), so
-//! an idle daemon sleeps in the kernel. Parked threads come back to serve requests at the same
-//! time as that one (several processes, the kernel's read-ahead and write-back) when
+//! while another one reads or polls *parks* here instead of going back to `read(2)`, so that
+//! once every thread has served a request, usually one thread waits for requests (polling, then
+//! sleeping in `read(2)` once its window has passed; at the start all of them are in `read(2)`,
+//! and for a moment after a parked thread is sent back two may be). Parked threads come back to
+//! serve requests at the same time as that one (several processes, the kernel's read-ahead and
+//! write-back) when
 //! - a thread that starts a request finds another one queued and nobody else to take it;
 //! - or one parked thread, the sentinel, finds requests queued while every other thread is busy
 //!   with a request. It looks every [`WATCH_SLOW`] while requests that take long (disk reads,
 //!   fsync) have been seen lately, every [`WATCH`] otherwise while requests come, and every
-//!   [`IDLE_WATCH`] when they have stopped (which is also how parked threads learn that the
-//!   session has ended). Looking often costs: a timer wake-up every 200 µs took a git commit
-//!   from 3.6 back to 3.9 s (the time without polling); so a request that queues behind a long
-//!   one can wait up to [`WATCH`] when no long request came in the last [`SLOW_MEMORY`].
+//!   [`IDLE_WATCH`] once they have stopped (a poller's window passed empty, or no request
+//!   started between two looks while a thread waits in `read(2)`): an idle daemon wakes that
+//!   often, which is also how parked threads learn that the session has ended (fuser's threads
+//!   end on ENODEV from `read(2)` without telling us). Requests queued at two looks in a row
+//!   with none started in between are taken whatever the counts say. Looking often costs: a timer wake-up every 200 µs
+//!   took a git commit from 3.6 back to 3.9 s (the time without polling); so a request that
+//!   queues behind a long one can wait up to [`WATCH`] when no long request came in the last
+//!   [`SLOW_MEMORY`].
 //!
 //! With one CPU the poller would only take time from the process it waits for: off there.
+//!
+//! FORGET and BATCH_FORGET take no turn (see `forget` in `mod.rs`), nor do requests fuser
+//! answers itself: their threads count as reading while they serve them (briefly).
 
 use std::os::fd::RawFd;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -40,12 +49,15 @@ const SLOW: Duration = Duration::from_micros(500);
 /// How long after a long request the sentinel looks at [`WATCH_SLOW`].
 const SLOW_MEMORY: Duration = Duration::from_millis(20);
 /// How often it looks when requests have stopped (a thread left alone with a request wakes it).
-const IDLE_WATCH: Duration = Duration::from_millis(100);
+const IDLE_WATCH: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct State {
-    /// Threads in fuser's read loop: neither serving a request nor parked.
+    /// Threads in fuser's read loop (or serving a request without a turn), not polling, not
+    /// parked.
     reading: usize,
+    /// Requests started (turns taken): tells the sentinel whether requests still come.
+    started: u64,
     /// A thread is polling.
     polling: bool,
     /// Threads parked here.
@@ -60,8 +72,9 @@ struct State {
     slow_at: Option<Instant>,
     /// The connection is gone: every parked thread goes back to fuser, which ends.
     closed: bool,
-    /// The last poller's window passed without a request: it sleeps in `read(2)`, and nothing
-    /// can be queued without waking it.
+    /// Requests have stopped: the last poller's window passed without one, or the sentinel saw
+    /// none start between two looks while a thread waited in `read(2)`. Nothing can be queued
+    /// then without waking that thread, which wakes the sentinel if it is left alone with it.
     quiet: bool,
 }
 
@@ -93,7 +106,11 @@ impl Turn<'_> {
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
         if let Some((p, since)) = self.0 {
-            p.leave(since);
+            if std::thread::panicking() {
+                p.abandon();
+            } else {
+                p.leave(since);
+            }
         }
     }
 }
@@ -120,18 +137,22 @@ impl Poller {
     }
 
     /// The descriptor's poll events now (POLLIN: a request is queued; POLLERR: the connection
-    /// is gone). Never blocks.
+    /// is gone). Never blocks. A failed poll(2) reads as POLLIN: fuser's `read` then reports
+    /// whatever is wrong.
     fn events(&self) -> i16 {
         let mut p = libc::pollfd {
             fd: self.fd,
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd, no timeout.
-        match unsafe { libc::poll(&mut p, 1, 0) } {
-            0 => 0,
-            n if n < 0 => libc::POLLERR,
-            _ => p.revents,
+        loop {
+            // SAFETY: one valid pollfd, no timeout.
+            match unsafe { libc::poll(&mut p, 1, 0) } {
+                0 => return 0,
+                n if n > 0 => return p.revents,
+                _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+                _ => return libc::POLLIN,
+            }
         }
     }
 
@@ -148,6 +169,7 @@ impl Poller {
         let (alone, wake_sentinel) = {
             let mut s = self.lock();
             s.reading = s.reading.saturating_sub(1);
+            s.started += 1;
             s.quiet = false;
             let alone = s.reading == 0 && !s.polling && s.parked > 0;
             let wake = alone && s.sentinel_idle;
@@ -170,6 +192,19 @@ impl Poller {
             }
         }
         Turn(Some((self, Instant::now())))
+    }
+
+    /// A thread unwinding from a panic in a callback leaves fuser's loop (fuser does not catch
+    /// it): it neither polls nor parks nor counts as reading again, and if it was the only one
+    /// free, a parked thread takes its place.
+    fn abandon(&self) {
+        let mut s = self.lock();
+        if s.reading == 0 && !s.polling && s.parked > s.release {
+            s.release += 1;
+            drop(s);
+            self.parked_cv.notify_one();
+            self.sentinel_cv.notify_one();
+        }
     }
 
     /// After the reply: poll for the next request if nobody else waits for one, else park.
@@ -207,6 +242,9 @@ impl Poller {
     fn park(&self, mut s: MutexGuard<'_, State>) {
         s.parked += 1;
         let mut sentinel = false;
+        // What the sentinel saw at its last look: requests started, a request queued.
+        let mut seen = s.started;
+        let mut was_queued = false;
         loop {
             if s.closed {
                 break;
@@ -247,9 +285,17 @@ impl Poller {
                 self.parked_cv.notify_all();
                 break;
             }
-            if ev & libc::POLLIN != 0 && s.reading == 0 && !s.polling {
-                break; // queued, and every other thread is busy
+            let queued = ev & libc::POLLIN != 0;
+            if queued && ((s.reading == 0 && !s.polling) || (was_queued && s.started == seen)) {
+                // Queued, and every other thread is busy; or queued at the last look too with
+                // no request started since, whatever the counts say.
+                break;
             }
+            if !queued && s.reading > 0 && s.started == seen {
+                s.quiet = true; // no request started since the last look
+            }
+            seen = s.started;
+            was_queued = queued;
         }
         s.parked -= 1;
         s.reading += 1;
@@ -391,6 +437,50 @@ mod tests {
             t.recv_timeout(LONG).expect("left at hang-up");
         }
         assert!(p.lock().closed);
+    }
+
+    #[test]
+    fn a_panicking_request_sends_a_parked_thread_in_its_place() {
+        if !multi_cpu() {
+            return;
+        }
+        let (r, w) = pipe();
+        let p = Arc::new(Poller::new(r.as_raw_fd(), 2, LONG));
+        let first = serve(&p);
+        wait_parked(&p, 1);
+        // The other thread panics in a request: fuser's loop ends with it.
+        let q = p.clone();
+        let r2 = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _turn = q.request();
+            panic!("callback panics");
+        }));
+        assert!(r2.is_err());
+        first.recv_timeout(LONG).expect("parked thread sent back");
+        assert_eq!(p.lock().reading, 1, "the panicked thread is not counted");
+        drop(w);
+    }
+
+    #[test]
+    fn the_sentinel_goes_quiet_when_requests_stop_and_takes_a_request_left_queued() {
+        if !multi_cpu() {
+            return;
+        }
+        let (r, w) = pipe();
+        // Three threads: this one parks; the two others are taken to be reading.
+        let p = Arc::new(Poller::new(r.as_raw_fd(), 3, LONG));
+        let first = serve(&p);
+        wait_parked(&p, 1);
+        let end = Instant::now() + LONG;
+        while !p.lock().quiet {
+            assert!(Instant::now() < end, "never quiet");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A request nobody takes (the two "readers" do not exist): taken after two looks.
+        rustix::io::write(&w, b"x").expect("write");
+        first
+            .recv_timeout(IDLE_WATCH * 3 + Duration::from_secs(1))
+            .expect("left-over request taken");
+        drop(w);
     }
 
     #[test]
