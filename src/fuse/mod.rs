@@ -97,6 +97,13 @@ impl KmsFs {
             .map_or(poller::Turn::NONE, |p| p.request())
     }
 
+    /// The same for a request the kernel sends in the background (RELEASE, RELEASEDIR).
+    fn background_turn(&self) -> poller::Turn<'_> {
+        self.poller
+            .get()
+            .map_or(poller::Turn::NONE, |p| p.background())
+    }
+
     /// With the writeback cache the kernel resolves O_APPEND offsets itself and later flushes
     /// dirty pages with explicit offsets through any writable handle, so the model must write
     /// exactly where it is told.
@@ -533,7 +540,7 @@ impl Filesystem for KmsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.turn();
+        let _turn = self.background_turn();
         let r = self.vfs.release(fh.0);
         self.after_control(fh);
         empty(reply, "release", r);
@@ -641,7 +648,7 @@ impl Filesystem for KmsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _turn = self.turn();
+        let _turn = self.background_turn();
         reply.ok();
     }
 
