@@ -126,3 +126,53 @@ fn the_kernel_checks_permissions_unless_only_root_uses_the_mount() {
         m.unmount();
     }
 }
+
+/// CPU time (user + system, in clock ticks) of process `pid` so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// A request thread looks for the next request only for a moment after a reply (`--poll-us`,
+/// src/fuse/poller.rs), and parked threads wait without spinning: once requests stop, the
+/// daemon uses no CPU (a thread left polling would use a whole CPU: ~200 ticks in 2 s).
+#[test]
+fn an_idle_daemon_uses_no_cpu() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let pid = m.pid().expect("daemon pid");
+    with_timeout(120, {
+        let root = m.path("");
+        move || {
+            // A burst of requests one after another, and some from two threads at once.
+            for i in 0..300 {
+                let p = root.join(format!("f{i}"));
+                std::fs::write(&p, b"x").unwrap();
+                assert_eq!(std::fs::read(&p).unwrap(), b"x");
+            }
+            let r2 = root.clone();
+            let t = std::thread::spawn(move || {
+                for i in 0..300 {
+                    std::fs::metadata(r2.join(format!("f{i}"))).unwrap();
+                }
+            });
+            for i in 0..300 {
+                std::fs::metadata(root.join(format!("f{i}"))).unwrap();
+            }
+            t.join().unwrap();
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used <= 20,
+        "the idle daemon used {used} clock ticks of CPU in 2 s"
+    );
+    m.unmount();
+}
