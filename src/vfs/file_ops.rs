@@ -339,7 +339,7 @@ impl Vfs {
                 Err(e) => return Err(e.into()),
             };
             let mut named = linked;
-            let init = |named: &mut bool| -> Result<(FileState, Arc<Node>, Attr)> {
+            let init = |named: &mut bool| -> Result<(Arc<Node>, Attr)> {
                 self.set_owner(dir, &file, caller)?;
                 crate::fault::write_all_at(&file, &bytes, 0)?;
                 if !*named {
@@ -347,19 +347,19 @@ impl Vfs {
                     super::backing::link_unnamed(&file, &dir.fd, &cn.entry)?;
                     *named = true;
                 }
-                let (node, attr) = self.intern_child(dir, &cn.entry, name)?;
-                let st = FileState {
-                    file: file.try_clone()?,
-                    writable: true,
-                    header,
-                    size: 0,
-                    marked: None,
-                    behind: Default::default(),
-                };
-                Ok((st, node, attr))
+                self.intern_child(dir, &cn.entry, name)
             };
             match init(&mut named) {
-                Ok((st, node, attr)) => {
+                Ok((node, attr)) => {
+                    // The descriptor itself, not a duplicate (F_DUPFD + close: ~4 µs a create).
+                    let st = FileState {
+                        file,
+                        writable: true,
+                        header,
+                        size: 0,
+                        marked: None,
+                        behind: Default::default(),
+                    };
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
                     Ok((node, attr, of, audit))
                 }
