@@ -405,6 +405,20 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(5);
 
+    /// A poller over a pipe for `threads` threads (polling for [`LONG`]) and one thread that has
+    /// served a request and parked (the others are taken to be reading); `None` on one CPU,
+    /// where nothing parks.
+    fn one_parked(threads: usize) -> Option<(OwnedFd, OwnedFd, Arc<Poller>, mpsc::Receiver<()>)> {
+        if !multi_cpu() {
+            return None;
+        }
+        let (r, w) = pipe();
+        let p = Arc::new(Poller::new(r.as_raw_fd(), threads, LONG));
+        let first = serve(&p);
+        wait_parked(&p, 1);
+        Some((r, w, p, first))
+    }
+
     fn multi_cpu() -> bool {
         std::thread::available_parallelism().map_or(1, |n| n.get()) > 1
     }
@@ -432,14 +446,10 @@ mod tests {
 
     #[test]
     fn a_thread_parks_while_another_waits_and_is_sent_back_for_a_queued_request() {
-        if !multi_cpu() {
-            return;
-        }
-        let (r, w) = pipe();
         // Two threads: this test plays the one that reads.
-        let p = Arc::new(Poller::new(r.as_raw_fd(), 2, LONG));
-        let first = serve(&p);
-        wait_parked(&p, 1);
+        let Some((_r, w, p, first)) = one_parked(2) else {
+            return;
+        };
         assert!(
             first.try_recv().is_err(),
             "returned while another thread reads"
@@ -458,13 +468,9 @@ mod tests {
 
     #[test]
     fn the_sentinel_takes_a_request_queued_while_every_other_thread_is_busy() {
-        if !multi_cpu() {
+        let Some((_r, w, p, first)) = one_parked(2) else {
             return;
-        }
-        let (r, w) = pipe();
-        let p = Arc::new(Poller::new(r.as_raw_fd(), 2, LONG));
-        let first = serve(&p);
-        wait_parked(&p, 1);
+        };
         // The other thread starts a (long) request with nothing queued, then one is queued.
         let turn = p.request();
         assert!(first.try_recv().is_err());
@@ -494,13 +500,9 @@ mod tests {
 
     #[test]
     fn a_panicking_request_sends_a_parked_thread_in_its_place() {
-        if !multi_cpu() {
+        let Some((_r, w, p, first)) = one_parked(2) else {
             return;
-        }
-        let (r, w) = pipe();
-        let p = Arc::new(Poller::new(r.as_raw_fd(), 2, LONG));
-        let first = serve(&p);
-        wait_parked(&p, 1);
+        };
         // The other thread panics in a request: fuser's loop ends with it.
         let q = p.clone();
         let r2 = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -515,14 +517,10 @@ mod tests {
 
     #[test]
     fn the_sentinel_goes_quiet_when_requests_stop_and_takes_a_request_left_queued() {
-        if !multi_cpu() {
-            return;
-        }
-        let (r, w) = pipe();
         // Three threads: this one parks; the two others are taken to be reading.
-        let p = Arc::new(Poller::new(r.as_raw_fd(), 3, LONG));
-        let first = serve(&p);
-        wait_parked(&p, 1);
+        let Some((_r, w, p, first)) = one_parked(3) else {
+            return;
+        };
         let end = Instant::now() + LONG;
         while !p.lock().quiet {
             assert!(Instant::now() < end, "never quiet");
@@ -538,13 +536,9 @@ mod tests {
 
     #[test]
     fn requests_served_together_send_every_thread_back_to_read() {
-        if !multi_cpu() {
+        let Some((_r, _w, p, first)) = one_parked(4) else {
             return;
-        }
-        let (r, _w) = pipe();
-        let p = Arc::new(Poller::new(r.as_raw_fd(), 4, LONG));
-        let first = serve(&p);
-        wait_parked(&p, 1);
+        };
         // Two requests at once (two threads of the test, here one after the other).
         let a = p.request();
         let b = p.request();

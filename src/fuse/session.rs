@@ -145,7 +145,8 @@ pub fn mount(
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(opts.threads.max(1));
+    let threads = opts.threads.max(1);
+    config.n_threads = Some(threads);
     if let Some(idle) = opts.idle {
         watch_idle(vfs.clone(), idle, mountpoint.to_path_buf())?;
     }
@@ -158,7 +159,7 @@ pub fn mount(
         use std::os::fd::{AsFd, AsRawFd};
         let _ = poller.set(super::poller::Poller::new(
             session.as_fd().as_raw_fd(),
-            opts.threads.max(1),
+            threads,
             opts.poll,
         ));
     }
