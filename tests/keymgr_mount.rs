@@ -414,13 +414,27 @@ fn deleted_audit_log_is_detected_and_retention_is_a_setting() {
         Some(20)
     );
     assert!(ok(audit(&v, &["retention", "--days", "30"])).contains("30 day"));
+    // A size limit: at least two segments (32 MiB), given with a unit.
+    assert_eq!(
+        audit(&v, &["retention", "--max-size", "16M"]).status.code(),
+        Some(20)
+    );
+    assert_eq!(
+        audit(&v, &["retention", "--max-size", "10X"]).status.code(),
+        Some(2),
+        "an unknown unit is a usage error"
+    );
+    let o = ok(audit(&v, &["retention", "--days", "7", "--max-size", "1G"]));
+    assert!(o.contains("7 day(s), at most 1 GiB"), "{o}");
     let m = v.mount();
     let mp = m.path("");
     let o = kmsfs()
         .args(["audit", mp.to_str().unwrap(), "retention", "--json"])
         .output()
         .unwrap();
-    assert_eq!(json(o)["retention_days"], 30);
+    let j = json(o);
+    assert_eq!(j["retention_days"], 7);
+    assert_eq!(j["max_bytes"], 1u64 << 30);
     let o = kmsfs()
         .args(["audit", mp.to_str().unwrap(), "retention", "--off"])
         .output()
@@ -431,6 +445,6 @@ fn deleted_audit_log_is_detected_and_retention_is_a_setting() {
         &v,
         &["show", "--event", "PutAuditSettings", "--json"],
     ));
-    assert_eq!(events.lines().count(), 3, "the refused one too: {events}");
+    assert_eq!(events.lines().count(), 5, "the refused ones too: {events}");
     ok(audit(&v, &["verify"]));
 }

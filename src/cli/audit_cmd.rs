@@ -76,18 +76,45 @@ enum AuditOp {
     /// Write every record as JSON Lines to FILE (or - for stdout).
     Export { file: PathBuf },
     /// Show or set how long the log is kept: segments whose newest entry is older than the
-    /// retention period are removed (at once, at mount, and every minute while mounted), after
-    /// a signed record of the new beginning so that `verify` still passes.
+    /// retention period, and the oldest segments while the log is larger than its size limit,
+    /// are removed (at once, at mount, every minute while mounted, and for the size limit at
+    /// every 16 MiB segment), after a signed record of the new beginning so that `verify` still
+    /// passes. The flags given are the whole setting: `--days 30` alone drops a size limit.
     Retention {
         /// Keep this many days (at least 1).
         #[arg(long, value_name = "N", conflicts_with = "off")]
         days: Option<u32>,
-        /// Keep the log for ever (the default).
+        /// Keep at most this much: bytes, or with a suffix K, M, G, T (powers of 1024; at least
+        /// 32M). The segment being written is always kept.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "off")]
+        max_size: Option<u64>,
+        /// Keep the log for ever, whatever its size (the default).
         #[arg(long)]
         off: bool,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `SIZE` of `--max-size`: bytes, or a number with a suffix K, M, G or T (powers of 1024,
+/// optionally followed by `iB` or `B`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 500M, 10G)"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn when(s: &str) -> Result<String, CliError> {
@@ -244,8 +271,14 @@ impl Source {
 }
 
 pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
-    if let AuditOp::Retention { days, off, json } = &a.op {
-        return retention(a, *days, *off, *json);
+    if let AuditOp::Retention {
+        days,
+        max_size,
+        off,
+        json,
+    } = &a.op
+    {
+        return retention(a, *days, *max_size, *off, *json);
     }
     let src = match super::target::mount_of(&a.cipherdir) {
         Some(mp) => Source::Mounted(mp.join(crate::control::CONTROL_NAME)),
@@ -358,12 +391,19 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
 
 /// `audit retention`: a key-manager request (the mount's, or the cipher directory's with the
 /// passphrase).
-fn retention(a: &AuditArgs, days: Option<u32>, off: bool, json: bool) -> Result<(), CliError> {
+fn retention(
+    a: &AuditArgs,
+    days: Option<u32>,
+    max_bytes: Option<u64>,
+    off: bool,
+    json: bool,
+) -> Result<(), CliError> {
     use crate::control::Request;
     let t = super::target::target(&a.cipherdir, &a.unlock)?;
-    let req = if days.is_some() || off {
+    let req = if days.is_some() || max_bytes.is_some() || off {
         Request::PutAuditSettings {
             retention_days: days,
+            max_bytes,
         }
     } else {
         Request::GetAuditSettings
@@ -373,9 +413,13 @@ fn retention(a: &AuditArgs, days: Option<u32>, off: bool, json: bool) -> Result<
         super::key_cmd::print_json(&v);
         return Ok(());
     }
-    match v.get("retention_days").and_then(|d| d.as_u64()) {
-        Some(d) => println!("audit log retention: {d} day(s)"),
-        None => println!("audit log retention: off (kept for ever)"),
+    let days = v.get("retention_days").and_then(|d| d.as_u64());
+    let max = v.get("max_bytes").and_then(|d| d.as_u64());
+    match (days, max) {
+        (None, None) => println!("audit log retention: off (kept for ever)"),
+        (Some(d), None) => println!("audit log retention: {d} day(s)"),
+        (None, Some(m)) => println!("audit log retention: at most {}", size_text(m)),
+        (Some(d), Some(m)) => println!("audit log retention: {d} day(s), at most {}", size_text(m)),
     }
     if let Some(r) = v.get("removed_segments").and_then(|r| r.as_array())
         && let [a, b] = r.as_slice()
@@ -383,4 +427,14 @@ fn retention(a: &AuditArgs, days: Option<u32>, off: bool, json: bool) -> Result<
         println!("removed segments {a}..={b}");
     }
     Ok(())
+}
+
+/// `bytes` for people: exact in the largest unit that divides it (`10 GiB`), else in bytes.
+fn size_text(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
 }

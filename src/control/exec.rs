@@ -541,15 +541,29 @@ impl Executor<'_> {
                 Ok(serde_json::to_value(km.query(|s| s.alerts)).unwrap_or_default())
             }
             Request::GetAuditSettings => Ok(audit_settings(km, None)),
-            Request::PutAuditSettings { retention_days } => {
+            Request::PutAuditSettings {
+                retention_days,
+                max_bytes,
+            } => {
                 if *retention_days == Some(0) {
                     return Err(ControlError::new(
                         ErrorKind::Invalid,
                         "retention must be at least 1 day (leave it out to keep the log for ever)",
                     ));
                 }
+                let min = super::request::AUDIT_MAX_BYTES_MIN;
+                if max_bytes.is_some_and(|m| m < min) {
+                    return Err(ControlError::new(
+                        ErrorKind::Invalid,
+                        format!(
+                            "the audit log's size limit must be at least {min} bytes (two \
+                             segments; leave it out for no limit)"
+                        ),
+                    ));
+                }
                 km.admin(|s, _| {
                     s.audit_retention_days = *retention_days;
+                    s.audit_max_bytes = *max_bytes;
                     Ok(())
                 })?;
                 let removed = match self.audit {
@@ -600,6 +614,7 @@ impl Executor<'_> {
 fn audit_settings(km: &crate::keymgr::KeyManager, removed: Option<(u64, u64)>) -> Value {
     serde_json::json!({
         "retention_days": km.query(|s| s.audit_retention_days),
+        "max_bytes": km.query(|s| s.audit_max_bytes),
         "removed_segments": removed.map(|(a, b)| [a, b]),
     })
 }

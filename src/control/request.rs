@@ -32,6 +32,9 @@ impl std::fmt::Debug for MaterialHex {
     }
 }
 
+/// The smallest audit log size limit: two segments (the one being written and the one before).
+pub const AUDIT_MAX_BYTES_MIN: u64 = 2 * crate::keymgr::audit::SEGMENT_BYTES;
+
 /// What a new grant allows (its id and creation time are assigned by the key manager).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,11 +229,16 @@ pub enum Request {
         decrypts_per_minute: Option<u32>,
     },
     GetAuditSettings,
-    /// Sets the audit log's retention: segments whose newest entry is older than this many days
-    /// are removed (absent: kept for ever). Applied at once, then every minute while mounted.
+    /// Sets the audit log's retention (the complete settings: an absent field is no limit):
+    /// segments whose newest entry is older than `retention_days` are removed, and the oldest
+    /// segments while the log is larger than `max_bytes` (at least [`AUDIT_MAX_BYTES_MIN`]).
+    /// Applied at once, then every minute while mounted; the size limit also at every segment
+    /// roll. The segment being written is never removed.
     PutAuditSettings {
         #[serde(default)]
         retention_days: Option<u32>,
+        #[serde(default)]
+        max_bytes: Option<u64>,
     },
 }
 

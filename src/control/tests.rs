@@ -363,7 +363,14 @@ fn an_open_view_whose_beginning_retention_removed_fails_instead_of_shifting() {
     // Elsewhere, so that the beginning is no longer the part kept rendered.
     c.read(fh, 600_000, 100).unwrap();
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    assert!(log.expire(future, 1).unwrap().is_some());
+    assert!(
+        log.expire(crate::keymgr::audit::Expiry {
+            older_than: Some((future, 1)),
+            max_bytes: None
+        })
+        .unwrap()
+        .is_some()
+    );
     assert_eq!(c.read(fh, 0, 200).unwrap_err().errno, libc::EIO);
     c.release(fh);
 }
@@ -432,7 +439,14 @@ fn a_view_opened_again_reads_only_the_new_records() {
     assert!(scanned() - s < 20, "{} records scanned", scanned() - s);
     // Retention removes the first segments: the views are indexed again, and right.
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    assert!(log.expire(future, 1).unwrap().is_some());
+    assert!(
+        log.expire(crate::keymgr::audit::Expiry {
+            older_than: Some((future, 1)),
+            max_bytes: None
+        })
+        .unwrap()
+        .is_some()
+    );
     c.audit_shortened();
     for (path, only) in [("audit", None), (key_audit.as_str(), Some(key.as_str()))] {
         let s = scanned();
@@ -479,4 +493,70 @@ fn a_view_size_taken_while_records_are_appended_counts_each_once() {
         let one = c.getattr(ino(c, &key_audit)).unwrap().size;
         assert_eq!(one, rendering(c, Some(&key)).len() as u64, "round {round}");
     }
+}
+
+/// An audit size limit set through the request file: refused below two segments, and once set,
+/// the log stays within it (plus the segment being written) while records are appended, with
+/// the oldest segments removed and the log still verifying.
+#[test]
+fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
+    use crate::keymgr::audit::{AUDIT_DIR, AuditKeys, AuditRecord, SEGMENT_BYTES, Source};
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let request = |body: String| -> (Result<u32, i32>, serde_json::Value) {
+        let fh = c.open(ino(c, "request"), libc::O_RDWR, me.clone()).unwrap();
+        let w = c.write(fh, 0, body.as_bytes()).map_err(|e| e.errno);
+        // The response follows the request (one file position for both); a refused request
+        // leaves only the response.
+        let at = if w.is_ok() { body.len() as u64 } else { 0 };
+        let resp = serde_json::from_slice(&c.read(fh, at, 1 << 16).unwrap()).unwrap();
+        c.release(fh);
+        (w, resp)
+    };
+    let min = super::request::AUDIT_MAX_BYTES_MIN;
+    let (w, resp) = request(format!(
+        r#"{{"op": "PutAuditSettings", "max_bytes": {}}}"#,
+        min - 1
+    ));
+    assert_eq!(w, Err(libc::EINVAL), "{resp}");
+    assert_eq!(c.km.query(|s| s.audit_max_bytes), None);
+    let (w, resp) = request(format!(
+        r#"{{"op": "PutAuditSettings", "max_bytes": {min}}}"#
+    ));
+    assert!(w.is_ok(), "{resp}");
+    assert_eq!(resp["ok"], true);
+    assert_eq!(c.km.query(|s| s.audit_max_bytes), Some(min));
+
+    let log = c.audit.get().unwrap().clone();
+    let dir = log.dir().to_path_buf();
+    let size = || -> u64 {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let pad = "p".repeat(900);
+    let mut peak = 0;
+    // About three times the limit.
+    for i in 0..(3 * min / 1000) {
+        let mut r = AuditRecord::new("Open", Source::Fs);
+        r.resources.path = Some(format!("/f-{i}-{pad}"));
+        log.append(r).unwrap();
+        if i % 4096 == 0 {
+            peak = peak.max(size());
+        }
+    }
+    peak = peak.max(size());
+    assert!(
+        peak <= min + SEGMENT_BYTES,
+        "the log reached {peak} bytes with a limit of {min}"
+    );
+    assert!(!dir.join(crate::keymgr::audit::segment_name(1)).exists());
+    log.close().unwrap();
+    let control = dir.parent().unwrap();
+    assert_eq!(control.join(AUDIT_DIR), dir);
+    let keys = AuditKeys::new(&c.km.volume_secret());
+    let r = crate::keymgr::audit::verify(control, &keys, None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
 }

@@ -625,6 +625,7 @@ mod tests {
             grants: Vec::new(),
             alerts: Default::default(),
             audit_retention_days: None,
+            audit_max_bytes: None,
             audit_anchor: None,
         }
     }

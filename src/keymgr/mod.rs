@@ -269,17 +269,26 @@ impl KeyManager {
         })
     }
 
-    /// Applies the audit retention setting: removes the segments older than it. Returns the
-    /// removed segment range.
+    /// Applies the audit retention settings: removes the segments older than the retention
+    /// period and, oldest first, those that take the log over its size limit, which the log
+    /// also applies at every segment roll from now on. Returns the removed segment range.
     pub fn expire_audit(&self, log: &audit::AuditLog) -> std::io::Result<Option<(u64, u64)>> {
-        let Some(days) = self.query(|s| s.audit_retention_days) else {
+        let (days, max_bytes) = self.query(|s| (s.audit_retention_days, s.audit_max_bytes));
+        log.set_max_bytes(max_bytes);
+        let older_than = days.map(|d| {
+            let cutoff = self.now().saturating_sub(u64::from(d) * lifecycle::DAY);
+            (
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(cutoff),
+                d,
+            )
+        });
+        if older_than.is_none() && max_bytes.is_none() {
             return Ok(None);
-        };
-        let cutoff = self.now().saturating_sub(u64::from(days) * lifecycle::DAY);
-        log.expire(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(cutoff),
-            days,
-        )
+        }
+        log.expire(audit::Expiry {
+            older_than,
+            max_bytes,
+        })
     }
 
     /// Applies `f` to a copy of the store and persists it as the next generation. On any error

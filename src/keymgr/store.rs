@@ -41,6 +41,10 @@ pub struct KeyStore {
     /// for ever).
     #[serde(default)]
     pub audit_retention_days: Option<u32>,
+    /// The audit log's size limit in bytes: the oldest segments are removed beyond it (none: no
+    /// limit). Left out of the stored JSON when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_max_bytes: Option<u64>,
     /// The audit log's last checkpoint at the last clean unmount: a log that does not reach it was
     /// deleted, truncated or replaced.
     #[serde(default)]

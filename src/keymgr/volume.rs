@@ -144,6 +144,7 @@ pub fn init(
         grants: Vec::new(),
         alerts: Default::default(),
         audit_retention_days: None,
+        audit_max_bytes: None,
         audit_anchor: None,
     };
     let store_key = Key256::generate();

@@ -32,7 +32,7 @@ pub use verify::{
     Finding, LogPos, Scan, VerifyReport, read_all, read_from, scan_from, verify,
     verify_with_progress,
 };
-pub use writer::{AuditLog, LATER_MAX};
+pub use writer::{AuditLog, Expiry, LATER_MAX};
 
 use crate::crypto::{Aead, Key256, SignKey, hkdf_subkey};
 

@@ -242,6 +242,123 @@ fn head_lagging_the_log_after_a_kill_still_verifies() {
     assert_eq!(r.chain_starts, 2, "the unclean end is marked");
 }
 
+/// Retention by age only, with the cutoff `t` (a one-day period, for the record).
+fn age(t: std::time::SystemTime) -> Expiry {
+    Expiry {
+        older_than: Some((t, 1)),
+        max_bytes: None,
+    }
+}
+
+/// Retention by size only.
+fn size(max: u64) -> Expiry {
+    Expiry {
+        older_than: None,
+        max_bytes: Some(max),
+    }
+}
+
+/// The sizes of the log's segment files, by number.
+fn segment_sizes(c: &std::path::Path) -> std::collections::BTreeMap<u64, u64> {
+    std::fs::read_dir(c.join(AUDIT_DIR))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_str().and_then(parse_segment_name)?;
+            Some((n, e.metadata().unwrap().len()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_size_limit_removes_the_oldest_segments_and_the_log_still_verifies() {
+    let (_t, c) = segmented_log();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    let sizes = segment_sizes(&c);
+    assert_eq!(sizes.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let total: u64 = sizes.values().sum();
+    // A limit the log is within removes nothing; nor does an age nobody reaches with it.
+    assert_eq!(l.expire(size(total)).unwrap(), None);
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let both = Expiry {
+        older_than: Some((past, 1)),
+        max_bytes: Some(total),
+    };
+    assert_eq!(l.expire(both).unwrap(), None);
+    // One byte over once the first segment is gone: only the first goes.
+    assert_eq!(l.expire(size(total - sizes[&1])).unwrap(), Some((1, 1)));
+    // A limit below the segment being written removes every closed one, never that one.
+    assert_eq!(l.expire(size(1)).unwrap(), Some((2, 3)));
+    assert_eq!(l.expire(size(1)).unwrap(), None);
+    assert_eq!(segment_sizes(&c).keys().copied().collect::<Vec<_>>(), [4]);
+    l.append(rec(99)).unwrap();
+    let anchor = l.anchor();
+    l.close().unwrap();
+    let r = verify(&c, &keys(), anchor.as_ref()).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    let all = read_all(&c, &keys()).unwrap();
+    let why: Vec<_> = all
+        .iter()
+        .filter(|r| r.event == "AuditRetention")
+        .filter_map(|r| r.detail.clone())
+        .collect();
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(why[0].contains("removing segments 1..=1"), "{why:?}");
+    assert!(why.iter().all(|w| w.contains("over its limit")), "{why:?}");
+    // Deleting a kept segment is still found.
+    std::fs::remove_file(seg(&c, 4)).unwrap();
+    assert!(!problems(&c).is_empty());
+}
+
+#[test]
+fn a_size_limit_holds_at_every_segment_roll() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..10 {
+        l.append(rec(i)).unwrap();
+    }
+    l.start_new_segment().unwrap();
+    let one = segment_sizes(&c)[&1];
+    // Room for about two and a half segments of ten records.
+    let max = one * 5 / 2;
+    l.set_max_bytes(Some(max));
+    for i in 10..200 {
+        l.append(rec(i)).unwrap();
+        if i % 10 == 9 {
+            l.start_new_segment().unwrap();
+            let sizes = segment_sizes(&c);
+            let total: u64 = sizes.values().sum();
+            assert!(
+                total <= max || sizes.len() == 1,
+                "after segment {}: {total} bytes in {} segments, limit {max}",
+                i / 10,
+                sizes.len()
+            );
+            assert!(sizes.len() >= 2, "the newest closed segment is kept");
+        }
+    }
+    // No limit: nothing more is removed at a roll.
+    l.set_max_bytes(None);
+    let before = segment_sizes(&c).len();
+    for i in 200..230 {
+        l.append(rec(i)).unwrap();
+        if i % 10 == 9 {
+            l.start_new_segment().unwrap();
+        }
+    }
+    assert_eq!(segment_sizes(&c).len(), before + 3);
+    l.close().unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    let all = read_all(&c, &keys()).unwrap();
+    assert!(
+        !all.iter()
+            .any(|r| r.resources.path.as_deref() == Some("/secret/plans-0.txt")),
+        "the oldest records are gone"
+    );
+}
+
 /// A log of four segments (10 records each in the first three).
 fn segmented_log() -> (tempfile::TempDir, std::path::PathBuf) {
     let t = tempfile::tempdir().unwrap();
@@ -263,11 +380,11 @@ fn retention_removes_old_segments_and_the_log_still_verifies() {
     let l = AuditLog::open(&c, keys()).unwrap();
     // A cutoff in the past removes nothing.
     let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    assert_eq!(l.expire(past, 1).unwrap(), None);
+    assert_eq!(l.expire(age(past)).unwrap(), None);
     // Everything closed is older than a cutoff in the future: segments 1..=3 go, the one being
     // written stays.
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    assert_eq!(l.expire(future, 1).unwrap(), Some((1, 3)));
+    assert_eq!(l.expire(age(future)).unwrap(), Some((1, 3)));
     l.append(rec(99)).unwrap();
     let anchor = l.anchor();
     l.close().unwrap();

@@ -145,6 +145,18 @@ pub struct AuditLog {
     later: Mutex<Vec<AuditRecord>>,
     later_added: std::sync::Condvar,
     flusher: std::sync::OnceLock<()>,
+    /// The size limit of the whole log in bytes (0: none), applied at every segment roll (see
+    /// [`AuditLog::set_max_bytes`]).
+    max_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// What [`AuditLog::expire`] removes: closed segments, oldest first, while the oldest one left
+/// is older than `older_than` (its cutoff and the period in days, for the record) or the log is
+/// larger than `max_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expiry {
+    pub older_than: Option<(std::time::SystemTime, u32)>,
+    pub max_bytes: Option<u64>,
 }
 
 /// Where the next entry goes: its sequence number and the chain value before it.
@@ -297,6 +309,7 @@ impl AuditLog {
             later: Mutex::new(Vec::new()),
             later_added: std::sync::Condvar::new(),
             flusher: std::sync::OnceLock::new(),
+            max_bytes: std::sync::atomic::AtomicU64::new(0),
         };
         let unclean_reason = match (last_kind, clean) {
             (None, true) if next_seq == 0 => Some("new audit log"),
@@ -518,7 +531,32 @@ impl AuditLog {
         g.segment += 1;
         g.file = open_segment(&self.dir, g.segment)?;
         g.bytes = 0;
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir)?.sync_all()?;
+        // The size limit holds at every roll, not only at the minute's maintenance: a busy
+        // mount writes hundreds of MB of records a minute. Failing to remove is not a reason
+        // to refuse the operation whose record started the roll (that record is written).
+        let max = self.max_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if max > 0 {
+            let rule = Expiry {
+                older_than: None,
+                max_bytes: Some(max),
+            };
+            match self.expire_locked(g, rule) {
+                Ok(Some((a, b))) => {
+                    tracing::info!("audit retention (size limit): removed segments {a}..={b}")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!("audit retention (size limit) failed: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the size limit that every segment roll applies (`None`: no limit). The key manager
+    /// sets it from the volume's audit settings whenever it applies them.
+    pub fn set_max_bytes(&self, max: Option<u64>) {
+        self.max_bytes
+            .store(max.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Writes a signed checkpoint, makes the log durable, then updates `head`.
@@ -575,49 +613,69 @@ impl AuditLog {
             })
     }
 
-    /// Removes the closed segments, oldest first, whose newest entry is older than `cutoff`
-    /// (see `retention.rs`): first an `AuditRetention` record, then the signed `base`, then the
-    /// files. Returns the removed segment range.
-    pub fn expire(
-        &self,
-        cutoff: std::time::SystemTime,
-        days: u32,
-    ) -> io::Result<Option<(u64, u64)>> {
+    /// Removes closed segments, oldest first, as `rule` says (see `retention.rs`; never the
+    /// segment being written): first an `AuditRetention` record, then the signed `base`, then
+    /// the files. Returns the removed segment range.
+    pub fn expire(&self, rule: Expiry) -> io::Result<Option<(u64, u64)>> {
         let mut g = self.lock();
-        let mut segs: Vec<u64> = fs::read_dir(&self.dir)?
-            .filter_map(|e| {
-                e.ok()
-                    .and_then(|e| e.file_name().to_str().and_then(parse_segment_name))
-            })
-            .filter(|s| *s < g.segment)
-            .collect();
+        self.expire_locked(&mut g, rule)
+    }
+
+    fn expire_locked(&self, g: &mut Inner, rule: Expiry) -> io::Result<Option<(u64, u64)>> {
+        let mut segs: Vec<(u64, u64)> = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            let Some(n) = e.file_name().to_str().and_then(parse_segment_name) else {
+                continue;
+            };
+            if n < g.segment {
+                segs.push((n, e.metadata()?.len()));
+            }
+        }
         segs.sort_unstable();
-        let Some(&first) = segs.first() else {
+        let Some(&(first, _)) = segs.first() else {
             return Ok(None);
         };
+        let mut total: u64 = segs.iter().map(|(_, len)| len).sum::<u64>() + g.bytes;
         // A closed segment ends with its segment-end checkpoint: its time says how old the
         // segment is, its signature is the one before the next segment. Only that last entry is
         // read (the scan runs with the log locked, every minute while mounted).
         let mut removed: Option<(u64, super::verify::Entry, Checkpoint)> = None;
-        for s in segs {
+        let (mut by_age, mut by_size) = (false, false);
+        for (s, len) in segs {
+            let over = rule.max_bytes.is_some_and(|m| total > m);
             let Some((e, c)) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s)))
             else {
                 break;
             };
-            if humantime::parse_rfc3339_weak(&c.time).map_or(true, |t| t >= cutoff) {
+            let old = rule.older_than.is_some_and(|(cutoff, _)| {
+                humantime::parse_rfc3339_weak(&c.time).is_ok_and(|t| t < cutoff)
+            });
+            if !old && !over {
                 break;
             }
+            by_age |= old;
+            by_size |= over && !old;
+            total -= len;
             removed = Some((s, e, c));
         }
         let Some((through, last, cp)) = removed else {
             return Ok(None);
         };
+        let mut why = Vec::new();
+        if let (true, Some((_, days))) = (by_age, rule.older_than) {
+            why.push(format!("older than {days} day(s)"));
+        }
+        if let (true, Some(max)) = (by_size, rule.max_bytes) {
+            why.push(format!("the log over its limit of {max} bytes"));
+        }
         let mut r = AuditRecord::new("AuditRetention", Source::System);
         r.detail = Some(format!(
-            "removing segments {first}..={through} (entries up to {}), older than {days} day(s)",
-            last.seq
+            "removing segments {first}..={through} (entries up to {}): {}",
+            last.seq,
+            why.join("; ")
         ));
-        self.write_locked(&mut g, KIND_RECORD, &mut r)?;
+        self.write_locked(g, KIND_RECORD, &mut r)?;
         g.file.sync_data()?;
         let base = super::retention::Base::new(
             &self.keys,
