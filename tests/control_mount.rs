@@ -441,6 +441,9 @@ fn metrics_parse_as_prometheus_text() {
          assert 'kmsfs_key_data_keys' in fams, sorted(fams)\n\
          s = [x for x in fams['kmsfs_creates'].samples if x.name == 'kmsfs_creates_total']\n\
          assert s and s[0].value >= 1, s\n\
+         assert fams['kmsfs_audit_log_bytes'].samples[0].value > 0, fams['kmsfs_audit_log_bytes']\n\
+         assert fams['kmsfs_audit_log_segments'].samples[0].value >= 1\n\
+         assert fams['kmsfs_audit_log_max_bytes'].samples[0].value == 0\n\
          print(len(fams))\n",
         metrics.display()
     );

@@ -180,6 +180,28 @@ impl ControlDir {
             "Key-manager requests refused (invalid, denied or failed).",
             g(&m.control_errors),
         );
+        if let Some(log) = self.audit.get() {
+            // A log that cannot be listed reads as empty here; writing to it fails loudly.
+            let (bytes, segments) = log.disk_usage().unwrap_or_default();
+            o.one(
+                "kmsfs_audit_log_bytes",
+                "gauge",
+                "Size of the audit log's segment files.",
+                bytes,
+            );
+            o.one(
+                "kmsfs_audit_log_segments",
+                "gauge",
+                "Segment files of the audit log.",
+                segments,
+            );
+            o.one(
+                "kmsfs_audit_log_max_bytes",
+                "gauge",
+                "The audit log's size limit (0: none; kmsfs audit retention --max-size).",
+                log.max_bytes().unwrap_or(0),
+            );
+        }
         let keys: Vec<KeyId> = m.per_key.iter().map(|e| *e.key()).collect();
         for (name, help, pick) in [
             (

@@ -529,6 +529,11 @@ fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
     assert_eq!(c.km.query(|s| s.audit_max_bytes), Some(min));
 
     let log = c.audit.get().unwrap().clone();
+    assert_eq!(log.max_bytes(), Some(min));
+    assert!(
+        c.metrics_text()
+            .contains(&format!("\nkmsfs_audit_log_max_bytes {min}\n"))
+    );
     let dir = log.dir().to_path_buf();
     let size = || -> u64 {
         std::fs::read_dir(&dir)
@@ -553,6 +558,12 @@ fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
         "the log reached {peak} bytes with a limit of {min}"
     );
     assert!(!dir.join(crate::keymgr::audit::segment_name(1)).exists());
+    let (bytes, segments) = log.disk_usage().unwrap();
+    assert!(bytes <= min + SEGMENT_BYTES && (2..=3).contains(&segments));
+    assert!(
+        c.metrics_text()
+            .contains(&format!("\nkmsfs_audit_log_bytes {bytes}\n"))
+    );
     log.close().unwrap();
     let control = dir.parent().unwrap();
     assert_eq!(control.join(AUDIT_DIR), dir);

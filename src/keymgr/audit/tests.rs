@@ -643,3 +643,22 @@ fn records_appended_later_across_checkpoints_and_segments_verify() {
     assert!(ev.windows(2).all(|w| w[1].0 > w[0].0));
     assert_eq!(ev.iter().filter(|e| e.1 == "Close").count(), 2500);
 }
+
+#[test]
+fn a_disk_is_low_under_five_percent_or_a_gib_and_a_fifth() {
+    use super::writer::disk_low;
+    const G: u64 = 1 << 30;
+    // 100 GiB: low under 5 GiB.
+    assert!(disk_low(4 * G, 100 * G));
+    assert!(!disk_low(6 * G, 100 * G));
+    // 4 GiB: low under 0.8 GiB (a fifth), not at 1 GiB.
+    assert!(disk_low(G / 2, 4 * G));
+    assert!(!disk_low(G, 4 * G));
+    // 64 MiB: not low while more than a fifth is free.
+    assert!(!disk_low(40 << 20, 64 << 20));
+    assert!(disk_low(10 << 20, 64 << 20));
+    assert!(
+        !disk_low(0, 0),
+        "a file system that reports no size is not called low"
+    );
+}

@@ -148,7 +148,19 @@ pub struct AuditLog {
     /// The size limit of the whole log in bytes (0: none), applied at every segment roll (see
     /// [`AuditLog::set_max_bytes`]).
     max_bytes: std::sync::atomic::AtomicU64,
+    /// When the last low-disk warning was logged (see [`AuditLog::warn_if_disk_low`]).
+    warned_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// Whether a file system with `free` of `size` bytes left is running low for a log without a
+/// size limit: under 5% free, or under 1 GiB and a fifth of it (so that a small file system
+/// is not always "low").
+pub(super) fn disk_low(free: u64, size: u64) -> bool {
+    free < size / 20 || free < (1 << 30).min(size / 5)
+}
+
+/// The least time between two low-disk warnings.
+const LOW_DISK_REPEAT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What [`AuditLog::expire`] removes: closed segments, oldest first, while the oldest one left
 /// is older than `older_than` (its cutoff and the period in days, for the record) or the log is
@@ -310,6 +322,7 @@ impl AuditLog {
             later_added: std::sync::Condvar::new(),
             flusher: std::sync::OnceLock::new(),
             max_bytes: std::sync::atomic::AtomicU64::new(0),
+            warned_at: Mutex::new(None),
         };
         let unclean_reason = match (last_kind, clean) {
             (None, true) if next_seq == 0 => Some("new audit log"),
@@ -548,8 +561,62 @@ impl AuditLog {
                 Ok(None) => {}
                 Err(e) => tracing::error!("audit retention (size limit) failed: {e}"),
             }
+        } else {
+            self.warn_if_disk_low();
         }
         Ok(())
+    }
+
+    /// Logs a warning (at most every [`LOW_DISK_REPEAT`]) when the disk under a log without a
+    /// size limit runs low (at segment rolls, and from the key manager's retention every
+    /// minute): once it is full, every open and create fails (the log is fail-closed), so the
+    /// person who can set a limit should hear of it before.
+    pub fn warn_if_disk_low(&self) {
+        let Ok(st) = rustix::fs::statvfs(&self.dir) else {
+            return;
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let size = st.f_blocks.saturating_mul(st.f_frsize);
+        if !disk_low(free, size) {
+            return;
+        }
+        let mut at = self.warned_at.lock().unwrap_or_else(|p| p.into_inner());
+        if at.is_some_and(|t| t.elapsed() < LOW_DISK_REPEAT) {
+            return;
+        }
+        *at = Some(std::time::Instant::now());
+        let (log, _) = self.disk_usage().unwrap_or_default();
+        tracing::warn!(
+            "the audit log ({} MiB, no size limit) is on a file system with {} MiB free of {} MiB; \
+             when it is full, opens and creates fail with EIO: set a limit with \
+             `kmsfs audit VOLUME retention --max-size SIZE`",
+            log >> 20,
+            free >> 20,
+            size >> 20
+        );
+    }
+
+    /// The log's size on disk: the bytes of its segment files (the one being written included)
+    /// and how many there are.
+    pub fn disk_usage(&self) -> io::Result<(u64, u64)> {
+        let (mut bytes, mut segments) = (0, 0);
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            if e.file_name()
+                .to_str()
+                .and_then(parse_segment_name)
+                .is_some()
+            {
+                bytes += e.metadata()?.len();
+                segments += 1;
+            }
+        }
+        Ok((bytes, segments))
+    }
+
+    /// The size limit applied at segment rolls (`None`: none).
+    pub fn max_bytes(&self) -> Option<u64> {
+        Some(self.max_bytes.load(std::sync::atomic::Ordering::Relaxed)).filter(|m| *m > 0)
     }
 
     /// Sets the size limit that every segment roll applies (`None`: no limit). The key manager
