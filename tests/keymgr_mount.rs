@@ -435,6 +435,21 @@ fn deleted_audit_log_is_detected_and_retention_is_a_setting() {
     let j = json(o);
     assert_eq!(j["retention_days"], 7);
     assert_eq!(j["max_bytes"], 1u64 << 30);
+    // The flags given are the whole setting: days alone drop the size limit.
+    let o = kmsfs()
+        .args([
+            "audit",
+            mp.to_str().unwrap(),
+            "retention",
+            "--days",
+            "30",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let j = json(o);
+    assert_eq!(j["retention_days"], 30);
+    assert!(j["max_bytes"].is_null(), "{j}");
     let o = kmsfs()
         .args(["audit", mp.to_str().unwrap(), "retention", "--off"])
         .output()
@@ -445,6 +460,6 @@ fn deleted_audit_log_is_detected_and_retention_is_a_setting() {
         &v,
         &["show", "--event", "PutAuditSettings", "--json"],
     ));
-    assert_eq!(events.lines().count(), 5, "the refused ones too: {events}");
+    assert_eq!(events.lines().count(), 6, "the refused ones too: {events}");
     ok(audit(&v, &["verify"]));
 }

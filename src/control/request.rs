@@ -32,7 +32,8 @@ impl std::fmt::Debug for MaterialHex {
     }
 }
 
-/// The smallest audit log size limit: two segments (the one being written and the one before).
+/// The smallest audit log size limit: two segments' worth (the log then keeps the segment being
+/// written and at most the one before it).
 pub const AUDIT_MAX_BYTES_MIN: u64 = 2 * crate::keymgr::audit::SEGMENT_BYTES;
 
 /// What a new grant allows (its id and creation time are assigned by the key manager).
@@ -237,7 +238,8 @@ pub enum Request {
     PutAuditSettings {
         #[serde(default)]
         retention_days: Option<u32>,
-        #[serde(default)]
+        /// Left out when unset, so that a daemon from before this field takes the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         max_bytes: Option<u64>,
     },
 }

@@ -548,13 +548,15 @@ fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
         let mut r = AuditRecord::new("Open", Source::Fs);
         r.resources.path = Some(format!("/f-{i}-{pad}"));
         log.append(r).unwrap();
-        if i % 4096 == 0 {
+        if i % 256 == 0 {
             peak = peak.max(size());
         }
     }
     peak = peak.max(size());
+    // At a roll the log is brought under the limit; the segment being written then grows
+    // back to it: here (a limit of two segments) never much past it.
     assert!(
-        peak <= min + SEGMENT_BYTES,
+        peak <= min + (1 << 20),
         "the log reached {peak} bytes with a limit of {min}"
     );
     assert!(!dir.join(crate::keymgr::audit::segment_name(1)).exists());

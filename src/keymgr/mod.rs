@@ -282,9 +282,7 @@ impl KeyManager {
                 d,
             )
         });
-        if max_bytes.is_none() {
-            log.warn_if_disk_low();
-        }
+        log.warn_if_disk_low();
         if older_than.is_none() && max_bytes.is_none() {
             return Ok(None);
         }

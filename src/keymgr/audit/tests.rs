@@ -330,7 +330,7 @@ fn a_size_limit_holds_at_every_segment_roll() {
             let sizes = segment_sizes(&c);
             let total: u64 = sizes.values().sum();
             assert!(
-                total <= max || sizes.len() == 1,
+                total <= max,
                 "after segment {}: {total} bytes in {} segments, limit {max}",
                 i / 10,
                 sizes.len()
@@ -661,4 +661,41 @@ fn a_disk_is_low_under_five_percent_or_a_gib_and_a_fifth() {
         !disk_low(0, 0),
         "a file system that reports no size is not called low"
     );
+}
+
+/// Segment sizes are not authenticated: a closed segment made to look larger than any segment
+/// is written (a hole before its last line, so that it still ends with its signed checkpoint)
+/// turns removal by size off, so that it cannot make the limit remove more.
+#[test]
+fn a_segment_made_to_look_larger_does_not_make_the_size_limit_remove_more() {
+    use std::os::unix::fs::FileExt;
+    let (_t, c) = segmented_log();
+    let sizes = segment_sizes(&c);
+    let total: u64 = sizes.values().sum();
+    // Segment 2 grows by a hole of three segments before its last line.
+    let p = seg(&c, 2);
+    let b = std::fs::read(&p).unwrap();
+    let cut = b[..b.len() - 1].iter().rposition(|&x| x == b'\n').unwrap() + 1;
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let at = cut as u64 + 3 * SEGMENT_BYTES;
+    f.write_all_at(&b[cut..], at).unwrap();
+    f.set_len(at + (b.len() - cut) as u64).unwrap();
+    drop(f);
+    let l = AuditLog::open(&c, keys()).unwrap();
+    // Ten times the real size, or less than it: nothing is removed by size.
+    assert_eq!(l.expire(size(10 * total)).unwrap(), None);
+    assert_eq!(l.expire(size(1)).unwrap(), None);
+    assert!(seg(&c, 1).exists() && p.exists());
+    // Removal by age goes on, up to the tampered segment (whose end no longer reads as one
+    // entry: the hole is part of its last line).
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let both = Expiry {
+        older_than: Some((future, 1)),
+        max_bytes: Some(1),
+    };
+    assert_eq!(l.expire(both).unwrap(), Some((1, 1)));
+    assert!(p.exists());
+    l.close().unwrap();
+    // And verify still reports the tampering.
+    assert!(!problems(&c).is_empty());
 }

@@ -424,9 +424,12 @@ pub fn verify_with_progress(
     match std::fs::read(dir.join(HEAD_FILE)) {
         Ok(b) => match serde_json::from_slice::<Checkpoint>(&b) {
             Ok(h) => {
-                if !checkpoint_sigs
-                    .iter()
-                    .any(|(seq, sig)| *seq == h.seq && *sig == h.signature)
+                // A head naming a checkpoint before the signed beginning is one whose segment
+                // retention removed before the next checkpoint reached head (as for the anchor).
+                if h.seq >= start_seq
+                    && !checkpoint_sigs
+                        .iter()
+                        .any(|(seq, sig)| *seq == h.seq && *sig == h.signature)
                 {
                     find(
                         None,

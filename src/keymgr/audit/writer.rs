@@ -150,14 +150,20 @@ pub struct AuditLog {
     max_bytes: std::sync::atomic::AtomicU64,
     /// When the last low-disk warning was logged (see [`AuditLog::warn_if_disk_low`]).
     warned_at: Mutex<Option<std::time::Instant>>,
+    /// When the size limit last reported that it could not remove (see [`AuditLog::blocked`]).
+    blocked_at: Mutex<Option<std::time::Instant>>,
 }
 
-/// Whether a file system with `free` of `size` bytes left is running low for a log without a
-/// size limit: under 5% free, or under 1 GiB and a fifth of it (so that a small file system
-/// is not always "low").
+/// Whether a file system with `free` of `size` bytes left is running low under the log: under
+/// 5% free (at most 10 GiB, so that a very large file system is not "low" for ever), or under
+/// 1 GiB and a fifth of it (so that a small file system is not always "low").
 pub(super) fn disk_low(free: u64, size: u64) -> bool {
-    free < size / 20 || free < (1 << 30).min(size / 5)
+    free < (size / 20).min(10 << 30) || free < (1 << 30).min(size / 5)
 }
+
+/// The most a closed segment is ever written to: it is closed once past [`SEGMENT_BYTES`], after
+/// the write that took it there (a batch of records) and its segment-end checkpoint.
+const CLOSED_MAX: u64 = SEGMENT_BYTES + (4 << 20);
 
 /// The least time between two low-disk warnings.
 const LOW_DISK_REPEAT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -323,6 +329,7 @@ impl AuditLog {
             flusher: std::sync::OnceLock::new(),
             max_bytes: std::sync::atomic::AtomicU64::new(0),
             warned_at: Mutex::new(None),
+            blocked_at: Mutex::new(None),
         };
         let unclean_reason = match (last_kind, clean) {
             (None, true) if next_seq == 0 => Some("new audit log"),
@@ -541,8 +548,11 @@ impl AuditLog {
 
     fn roll_locked(&self, g: &mut Inner) -> io::Result<()> {
         self.checkpoint_locked(g, "segment-end")?;
+        // The new file first: if it cannot be made, the log goes on in the current one (with
+        // its number) and the next append tries again.
+        let file = open_segment(&self.dir, g.segment + 1)?;
         g.segment += 1;
-        g.file = open_segment(&self.dir, g.segment)?;
+        g.file = file;
         g.bytes = 0;
         File::open(&self.dir)?.sync_all()?;
         // The size limit holds at every roll, not only at the minute's maintenance: a busy
@@ -561,16 +571,15 @@ impl AuditLog {
                 Ok(None) => {}
                 Err(e) => tracing::error!("audit retention (size limit) failed: {e}"),
             }
-        } else {
-            self.warn_if_disk_low();
         }
+        self.warn_if_disk_low();
         Ok(())
     }
 
-    /// Logs a warning (at most every [`LOW_DISK_REPEAT`]) when the disk under a log without a
-    /// size limit runs low (at segment rolls, and from the key manager's retention every
-    /// minute): once it is full, every open and create fails (the log is fail-closed), so the
-    /// person who can set a limit should hear of it before.
+    /// Logs a warning (at most every [`LOW_DISK_REPEAT`]) when the disk under the log runs low
+    /// (at segment rolls, and from the key manager's retention every minute): once it is full,
+    /// every open and create fails (the log is fail-closed), so the person who can set or lower
+    /// a limit should hear of it before.
     pub fn warn_if_disk_low(&self) {
         let Ok(st) = rustix::fs::statvfs(&self.dir) else {
             return;
@@ -586,14 +595,28 @@ impl AuditLog {
         }
         *at = Some(std::time::Instant::now());
         let (log, _) = self.disk_usage().unwrap_or_default();
+        let limit = match self.max_bytes() {
+            Some(m) => format!("size limit {} MiB", m >> 20),
+            None => "no size limit".into(),
+        };
         tracing::warn!(
-            "the audit log ({} MiB, no size limit) is on a file system with {} MiB free of {} MiB; \
-             when it is full, opens and creates fail with EIO: set a limit with \
+            "the audit log ({} MiB, {limit}) is on a file system with {} MiB free of {} MiB; \
+             when it is full, opens and creates fail with EIO: set or lower the limit with \
              `kmsfs audit VOLUME retention --max-size SIZE`",
             log >> 20,
             free >> 20,
             size >> 20
         );
+    }
+
+    /// Logs why the size limit cannot remove more (at most every [`LOW_DISK_REPEAT`]).
+    fn blocked(&self, why: String) {
+        let mut at = self.blocked_at.lock().unwrap_or_else(|p| p.into_inner());
+        if at.is_some_and(|t| t.elapsed() < LOW_DISK_REPEAT) {
+            return;
+        }
+        *at = Some(std::time::Instant::now());
+        tracing::error!("audit retention: {why}");
     }
 
     /// The log's size on disk: the bytes of its segment files (the one being written included)
@@ -689,17 +712,29 @@ impl AuditLog {
     }
 
     fn expire_locked(&self, g: &mut Inner, rule: Expiry) -> io::Result<Option<(u64, u64)>> {
-        let mut segs: Vec<(u64, u64)> = Vec::new();
-        for e in fs::read_dir(&self.dir)? {
-            let e = e?;
-            let Some(n) = e.file_name().to_str().and_then(parse_segment_name) else {
-                continue;
-            };
-            if n < g.segment {
-                segs.push((n, e.metadata()?.len()));
-            }
-        }
+        let mut segs: Vec<(u64, u64)> = fs::read_dir(&self.dir)?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let n = e.file_name().to_str().and_then(parse_segment_name)?;
+                let len = e.metadata().ok()?.len();
+                (n < g.segment).then_some((n, len))
+            })
+            .collect();
         segs.sort_unstable();
+        // Segment sizes are not authenticated. A closed segment is never written past
+        // [`CLOSED_MAX`]; one that is larger was made so by someone who can write the directory
+        // (no keys needed), who must not be able to make the limit remove more, under a
+        // genuinely signed beginning: the size rule then removes nothing until it is looked at.
+        let mut rule = rule;
+        if rule.max_bytes.is_some()
+            && let Some((n, len)) = segs.iter().find(|(_, len)| *len > CLOSED_MAX)
+        {
+            self.blocked(format!(
+                "segment {n} is {len} bytes, more than a segment is ever written: the size \
+                 limit removes nothing until it is looked at (`kmsfs audit verify`)"
+            ));
+            rule.max_bytes = None;
+        }
         let Some(&(first, _)) = segs.first() else {
             return Ok(None);
         };
@@ -713,6 +748,12 @@ impl AuditLog {
             let over = rule.max_bytes.is_some_and(|m| total > m);
             let Some((e, c)) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s)))
             else {
+                if over {
+                    self.blocked(format!(
+                        "segment {s} does not end with a signed checkpoint: the size limit \
+                         removes nothing from there on (check it with `kmsfs audit verify`)"
+                    ));
+                }
                 break;
             };
             let old = rule.older_than.is_some_and(|(cutoff, _)| {
@@ -760,6 +801,11 @@ impl AuditLog {
             }
         }
         File::open(&self.dir)?.sync_all()?;
+        // Told once more now that the files are gone: a view that measured the log between the
+        // record and the removal measures it again (the record itself told them first).
+        if let Some(f) = self.subscriber.get() {
+            f(&r);
+        }
         Ok(Some((first, through)))
     }
 
