@@ -699,3 +699,33 @@ fn a_segment_made_to_look_larger_does_not_make_the_size_limit_remove_more() {
     // And verify still reports the tampering.
     assert!(!problems(&c).is_empty());
 }
+
+/// Records written only by the flusher (closes of many files at once, no open after them)
+/// still close the segment when it is full, so no segment grows far past its size.
+#[test]
+fn later_records_alone_close_a_full_segment() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = std::sync::Arc::new(AuditLog::open(&c, keys()).unwrap());
+    let pad = "q".repeat(2000);
+    let mut written = 0u64;
+    while written < SEGMENT_BYTES + (SEGMENT_BYTES / 2) {
+        for i in 0..500 {
+            let mut r = AuditRecord::new("Close", Source::Fs);
+            r.resources.path = Some(format!("/f-{i}-{pad}"));
+            l.append_later(r);
+        }
+        l.flush_later().unwrap();
+        written += 500 * 2000;
+    }
+    let sizes = segment_sizes(&c);
+    assert!(sizes.len() >= 2, "{sizes:?}");
+    let (_, &first) = sizes.iter().next().unwrap();
+    assert!(
+        (SEGMENT_BYTES..SEGMENT_BYTES + (4 << 20)).contains(&first),
+        "{sizes:?}"
+    );
+    l.close().unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+}

@@ -521,22 +521,31 @@ impl AuditLog {
         });
     }
 
-    /// Writes the records waiting in `later` now.
+    /// Writes the records waiting in `later` now (and checkpoints or closes the segment when
+    /// they take it there, as [`AuditLog::append`] does: a program that opened many files
+    /// and exits closes them all at once).
     pub fn flush_later(&self) -> io::Result<()> {
         let mut g = self.lock();
-        self.write_batch(&mut g, None).map(|_| ())
+        self.write_batch(&mut g, None)?;
+        self.after_write(&mut g)
+    }
+
+    /// A periodic checkpoint when one is due, and a new segment when this one is full.
+    fn after_write(&self, g: &mut Inner) -> io::Result<()> {
+        if g.since_checkpoint >= CHECKPOINT_EVERY {
+            self.checkpoint_locked(g, "periodic")?;
+        }
+        if g.bytes >= SEGMENT_BYTES {
+            self.roll_locked(g)?;
+        }
+        Ok(())
     }
 
     /// Appends a record. An error means the record is not in the log: refuse the operation.
     pub fn append(&self, mut rec: AuditRecord) -> io::Result<u64> {
         let mut g = self.lock();
         let seq = self.write_locked(&mut g, KIND_RECORD, &mut rec)?;
-        if g.since_checkpoint >= CHECKPOINT_EVERY {
-            self.checkpoint_locked(&mut g, "periodic")?;
-        }
-        if g.bytes >= SEGMENT_BYTES {
-            self.roll_locked(&mut g)?;
-        }
+        self.after_write(&mut g)?;
         Ok(seq)
     }
 
