@@ -100,11 +100,18 @@ enum AuditOp {
 /// optionally followed by `iB` or `B`).
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    if t.contains(['.', ',']) {
+        return Err(format!("{s:?}: whole numbers only (e.g. 1536M for 1.5G)"));
+    }
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 500M, 10G)"))?;
+    let n: u64 = num.parse().map_err(|e: std::num::ParseIntError| {
+        if *e.kind() == std::num::IntErrorKind::PosOverflow {
+            format!("{s:?} is too large")
+        } else {
+            format!("{s:?} is not a size (e.g. 500M, 10G)")
+        }
+    })?;
     let shift = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
@@ -437,4 +444,29 @@ fn size_text(bytes: u64) -> String {
         }
     }
     format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("32M"), Ok(32 << 20));
+        assert_eq!(parse_size("32mib"), Ok(32 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        for (bad, why) in [
+            ("", "not a size"),
+            ("G", "not a size"),
+            ("1.5G", "whole numbers"),
+            ("10X", "unknown unit"),
+            ("99999999999999999999", "too large"),
+            ("20000000T", "too large"),
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
 }
