@@ -573,3 +573,50 @@ fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
     let r = crate::keymgr::audit::verify(control, &keys, None).unwrap();
     assert!(r.ok(), "{:?}", r.findings);
 }
+
+/// A larger limit (four segments or more) is brought down to three quarters of it when passed,
+/// so that removals come every few segments, not at every roll; it still holds.
+#[test]
+fn a_large_audit_size_limit_removes_every_few_segments() {
+    use crate::keymgr::audit::{AuditRecord, SEGMENT_BYTES, Source};
+    let f = fixture();
+    let c = &f.ctl;
+    let log = c.audit.get().unwrap().clone();
+    let max = 4 * SEGMENT_BYTES;
+    log.set_max_bytes(Some(max));
+    let dir = log.dir().to_path_buf();
+    let size = || -> u64 {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let pad = "p".repeat(900);
+    let mut peak = 0;
+    for i in 0..(3 * max / 1000) {
+        let mut r = AuditRecord::new("Open", Source::Fs);
+        r.resources.path = Some(format!("/f-{i}-{pad}"));
+        log.append(r).unwrap();
+        if i % 256 == 0 {
+            peak = peak.max(size());
+        }
+    }
+    assert!(peak <= max + (1 << 20), "{peak} bytes, limit {max}");
+    // Each removal (those still in the log say what they removed) takes two segments or more:
+    // from over the limit to under three quarters of it.
+    let spans: Vec<(u64, u64)> = records(c)
+        .iter()
+        .filter(|r| r.event == "AuditRetention")
+        .filter_map(|r| {
+            let d = r.detail.as_deref()?;
+            let (a, b) = d
+                .strip_prefix("removing segments ")?
+                .split_once(" ")?
+                .0
+                .split_once("..=")?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    assert!(!spans.is_empty());
+    assert!(spans.iter().all(|(a, b)| b > a), "{spans:?}");
+}

@@ -753,8 +753,15 @@ impl AuditLog {
         // read (the scan runs with the log locked, every minute while mounted).
         let mut removed: Option<(u64, super::verify::Entry, Checkpoint)> = None;
         let (mut by_age, mut by_size) = (false, false);
+        // Once over a limit of four segments or more, down to three quarters of it, so that
+        // removals (each syncs its record and `base` under the lock) come every few segments
+        // instead of at every roll.
+        let trigger = rule.max_bytes.is_some_and(|m| total > m);
+        let target = rule
+            .max_bytes
+            .map(|m| if m >= 4 * SEGMENT_BYTES { m - m / 4 } else { m });
         for (s, len) in segs {
-            let over = rule.max_bytes.is_some_and(|m| total > m);
+            let over = trigger && target.is_some_and(|t| total > t);
             let Some((e, c)) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s)))
             else {
                 if over {
