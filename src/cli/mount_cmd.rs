@@ -252,7 +252,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             .hint("kmsfs refuses to mount without a writable audit log (fail-closed)")
         })?,
     );
-    run_maintenance(&km, &audit, None);
+    run_maintenance(&km, &audit);
     let km_for_thread = km.clone();
     raise_fd_limit();
     // The kernel applies the caller's umask; ours must not apply a second time.
@@ -325,7 +325,7 @@ fn serve(
     opts: &MountOptions,
     ready: impl FnOnce(),
 ) -> std::io::Result<()> {
-    start_maintenance(s.km.clone(), s.audit.clone(), s.vfs.control().clone());
+    start_maintenance(s.km.clone(), s.audit.clone());
     s.audit.append(system_record(
         "Mount",
         format!("mounted on {}", mountpoint.display()),
@@ -344,11 +344,7 @@ fn serve(
 }
 
 /// Automatic rotations and deletions whose window has passed, audited as system events.
-fn run_maintenance(
-    km: &KeyManager,
-    audit: &AuditLog,
-    control: Option<&crate::control::ControlDir>,
-) {
+fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
     let key_record = |event: &str, key: String, version: Option<u32>, detail: String| {
         let mut r = AuditRecord::new(event, Source::System);
         r.resources.key_id = Some(key);
@@ -383,14 +379,9 @@ fn run_maintenance(
         }
         Err(e) => tracing::error!("key maintenance failed: {e}"),
     }
+    // The control directory's views learn of a removal from the log itself.
     match km.expire_audit(audit) {
-        Ok(Some((a, b))) => {
-            tracing::info!("audit retention: removed segments {a}..={b}");
-            // The views' lengths are taken afresh from the shortened log.
-            if let Some(c) = control {
-                c.audit_shortened();
-            }
-        }
+        Ok(Some((a, b))) => tracing::info!("audit retention: removed segments {a}..={b}"),
         Ok(None) => {}
         Err(e) => tracing::error!("audit retention failed: {e}"),
     }
@@ -398,17 +389,13 @@ fn run_maintenance(
 
 /// Runs [`run_maintenance`] every minute while mounted (threads do not survive fork, so this
 /// starts in the process that serves the mount).
-fn start_maintenance(
-    km: Arc<KeyManager>,
-    audit: Arc<AuditLog>,
-    control: Arc<crate::control::ControlDir>,
-) {
+fn start_maintenance(km: Arc<KeyManager>, audit: Arc<AuditLog>) {
     let _ = std::thread::Builder::new()
         .name("kmsfs-maintenance".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(60));
-                run_maintenance(&km, &audit, Some(&control));
+                run_maintenance(&km, &audit);
                 if let Err(e) = audit.sync() {
                     tracing::error!("audit log sync failed: {e}");
                 }

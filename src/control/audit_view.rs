@@ -325,9 +325,10 @@ impl ControlDir {
         g.get(&view).copied()
     }
 
-    /// Retention removed old segments: every view's length is taken afresh at its next use
-    /// (also cleared when the `AuditRetention` record is written, which comes before the
-    /// removal: a length measured in between would stay too long).
+    /// Retention removes (or removed) old segments: every view's length is taken afresh at its
+    /// next use. The log tells the views with its `AuditRetention` record, once when it is
+    /// written and once more after the files are gone (a length measured in between would
+    /// stay too long).
     pub fn audit_shortened(&self) {
         self.views
             .lens
@@ -339,18 +340,15 @@ impl ControlDir {
 
     /// Called by the audit log after each record is written.
     pub(super) fn record_appended(&self, r: &AuditRecord) {
+        if r.event == "AuditRetention" {
+            // Every view shrinks (a reader following the file reopens it, as after a log
+            // rotation).
+            self.audit_shortened();
+            return;
+        }
         let mut pushes = Vec::new();
         {
             let mut g = self.views.lens.lock().unwrap_or_else(|p| p.into_inner());
-            if r.event == "AuditRetention" {
-                // Old segments are about to go: every view shrinks. Lengths are taken afresh
-                // at the next use (a reader following the file reopens it, as after a log
-                // rotation).
-                g.clear();
-                drop(g);
-                self.forget_indexes();
-                return;
-            }
             for (view, (len, last)) in g.iter_mut() {
                 // Already counted when the view's length was first taken.
                 if last.is_some_and(|l| r.seq <= l) || !matches(*view, r) {

@@ -495,12 +495,35 @@ fn a_view_size_taken_while_records_are_appended_counts_each_once() {
     }
 }
 
+/// Appends records of ~1 KB until about `bytes` are written; returns the largest size of the
+/// log's directory seen (every 256 records and at the end).
+fn fill_log(log: &crate::keymgr::audit::AuditLog, bytes: u64) -> u64 {
+    use crate::keymgr::audit::{AuditRecord, Source};
+    let size = || -> u64 {
+        std::fs::read_dir(log.dir())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let pad = "p".repeat(900);
+    let mut peak = 0;
+    for i in 0..(bytes / 1000) {
+        let mut r = AuditRecord::new("Open", Source::Fs);
+        r.resources.path = Some(format!("/f-{i}-{pad}"));
+        log.append(r).unwrap();
+        if i % 256 == 0 {
+            peak = peak.max(size());
+        }
+    }
+    peak.max(size())
+}
+
 /// An audit size limit set through the request file: refused below two segments, and once set,
 /// the log stays within it (plus the segment being written) while records are appended, with
 /// the oldest segments removed and the log still verifying.
 #[test]
 fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
-    use crate::keymgr::audit::{AUDIT_DIR, AuditKeys, AuditRecord, SEGMENT_BYTES, Source};
+    use crate::keymgr::audit::{AUDIT_DIR, AuditKeys, SEGMENT_BYTES};
     let f = fixture();
     let c = &f.ctl;
     let me = owner(c);
@@ -535,24 +558,8 @@ fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
             .contains(&format!("\nkmsfs_audit_log_max_bytes {min}\n"))
     );
     let dir = log.dir().to_path_buf();
-    let size = || -> u64 {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum()
-    };
-    let pad = "p".repeat(900);
-    let mut peak = 0;
     // About three times the limit.
-    for i in 0..(3 * min / 1000) {
-        let mut r = AuditRecord::new("Open", Source::Fs);
-        r.resources.path = Some(format!("/f-{i}-{pad}"));
-        log.append(r).unwrap();
-        if i % 256 == 0 {
-            peak = peak.max(size());
-        }
-    }
-    peak = peak.max(size());
+    let peak = fill_log(&log, 3 * min);
     // At a roll the log is brought under the limit; the segment being written then grows
     // back to it: here (a limit of two segments) never much past it.
     assert!(
@@ -578,29 +585,13 @@ fn an_audit_size_limit_set_by_request_holds_while_records_are_written() {
 /// so that removals come every few segments, not at every roll; it still holds.
 #[test]
 fn a_large_audit_size_limit_removes_every_few_segments() {
-    use crate::keymgr::audit::{AuditRecord, SEGMENT_BYTES, Source};
+    use crate::keymgr::audit::SEGMENT_BYTES;
     let f = fixture();
     let c = &f.ctl;
     let log = c.audit.get().unwrap().clone();
     let max = 4 * SEGMENT_BYTES;
     log.set_max_bytes(Some(max));
-    let dir = log.dir().to_path_buf();
-    let size = || -> u64 {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum()
-    };
-    let pad = "p".repeat(900);
-    let mut peak = 0;
-    for i in 0..(3 * max / 1000) {
-        let mut r = AuditRecord::new("Open", Source::Fs);
-        r.resources.path = Some(format!("/f-{i}-{pad}"));
-        log.append(r).unwrap();
-        if i % 256 == 0 {
-            peak = peak.max(size());
-        }
-    }
+    let peak = fill_log(&log, 3 * max);
     assert!(peak <= max + (1 << 20), "{peak} bytes, limit {max}");
     // Each removal (those still in the log say what they removed) takes two segments or more:
     // from over the limit to under three quarters of it.

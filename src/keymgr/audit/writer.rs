@@ -165,8 +165,18 @@ pub(super) fn disk_low(free: u64, size: u64) -> bool {
 /// the write that took it there (a batch of records) and its segment-end checkpoint.
 const CLOSED_MAX: u64 = SEGMENT_BYTES + (4 << 20);
 
-/// The least time between two low-disk warnings.
+/// The least time between two low-disk warnings (and two reports of a blocked size limit).
 const LOW_DISK_REPEAT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether a message rate-limited by `at` (when it was last logged) is due; if so, now is noted.
+fn due(at: &Mutex<Option<std::time::Instant>>) -> bool {
+    let mut at = at.lock().unwrap_or_else(|p| p.into_inner());
+    if at.is_some_and(|t| t.elapsed() < LOW_DISK_REPEAT) {
+        return false;
+    }
+    *at = Some(std::time::Instant::now());
+    true
+}
 
 /// What [`AuditLog::expire`] removes: closed segments, oldest first, while the oldest one left
 /// is older than `older_than` (its cutoff and the period in days, for the record) or the log is
@@ -595,14 +605,9 @@ impl AuditLog {
         };
         let free = st.f_bavail.saturating_mul(st.f_frsize);
         let size = st.f_blocks.saturating_mul(st.f_frsize);
-        if !disk_low(free, size) {
+        if !disk_low(free, size) || !due(&self.warned_at) {
             return;
         }
-        let mut at = self.warned_at.lock().unwrap_or_else(|p| p.into_inner());
-        if at.is_some_and(|t| t.elapsed() < LOW_DISK_REPEAT) {
-            return;
-        }
-        *at = Some(std::time::Instant::now());
         let (log, _) = self.disk_usage().unwrap_or_default();
         let limit = match self.max_bytes() {
             Some(m) => format!("size limit {} MiB", m >> 20),
@@ -620,30 +625,29 @@ impl AuditLog {
 
     /// Logs why the size limit cannot remove more (at most every [`LOW_DISK_REPEAT`]).
     fn blocked(&self, why: String) {
-        let mut at = self.blocked_at.lock().unwrap_or_else(|p| p.into_inner());
-        if at.is_some_and(|t| t.elapsed() < LOW_DISK_REPEAT) {
-            return;
+        if due(&self.blocked_at) {
+            tracing::error!("audit retention: {why}");
         }
-        *at = Some(std::time::Instant::now());
-        tracing::error!("audit retention: {why}");
+    }
+
+    /// The segment files (number, bytes), in order; entries that cannot be read are left out.
+    fn segment_files(&self) -> io::Result<Vec<(u64, u64)>> {
+        let mut segs: Vec<(u64, u64)> = fs::read_dir(&self.dir)?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let n = e.file_name().to_str().and_then(parse_segment_name)?;
+                Some((n, e.metadata().ok()?.len()))
+            })
+            .collect();
+        segs.sort_unstable();
+        Ok(segs)
     }
 
     /// The log's size on disk: the bytes of its segment files (the one being written included)
     /// and how many there are.
     pub fn disk_usage(&self) -> io::Result<(u64, u64)> {
-        let (mut bytes, mut segments) = (0, 0);
-        for e in fs::read_dir(&self.dir)? {
-            let e = e?;
-            if e.file_name()
-                .to_str()
-                .and_then(parse_segment_name)
-                .is_some()
-            {
-                bytes += e.metadata()?.len();
-                segments += 1;
-            }
-        }
-        Ok((bytes, segments))
+        let segs = self.segment_files()?;
+        Ok((segs.iter().map(|(_, len)| len).sum(), segs.len() as u64))
     }
 
     /// The size limit applied at segment rolls (`None`: none).
@@ -721,15 +725,8 @@ impl AuditLog {
     }
 
     fn expire_locked(&self, g: &mut Inner, rule: Expiry) -> io::Result<Option<(u64, u64)>> {
-        let mut segs: Vec<(u64, u64)> = fs::read_dir(&self.dir)?
-            .filter_map(|e| {
-                let e = e.ok()?;
-                let n = e.file_name().to_str().and_then(parse_segment_name)?;
-                let len = e.metadata().ok()?.len();
-                (n < g.segment).then_some((n, len))
-            })
-            .collect();
-        segs.sort_unstable();
+        let mut segs = self.segment_files()?;
+        segs.retain(|(n, _)| *n < g.segment);
         // Segment sizes are not authenticated. A closed segment is never written past
         // [`CLOSED_MAX`]; one that is larger was made so by someone who can write the directory
         // (no keys needed), who must not be able to make the limit remove more, under a
