@@ -130,6 +130,12 @@ pub struct Checkpoint {
     pub signature: String,
     /// Why: "periodic", "segment-end", "unmount".
     pub reason: String,
+    /// Byte offset of this entry's line in its segment file (absent in checkpoints written
+    /// before kmsfs recorded it). Not in the signed bytes (older readers verify the same
+    /// signature); authenticated like every entry's content, by its encryption and the chain.
+    /// With it, retention tells a closed segment's true length from one grown on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl Checkpoint {

@@ -729,3 +729,61 @@ fn later_records_alone_close_a_full_segment() {
     let r = verify(&c, &keys(), None).unwrap();
     assert!(r.ok(), "{:?}", r.findings);
 }
+
+/// Every checkpoint records where its line starts, so a closed segment grown on disk by less
+/// than [`SEGMENT_BYTES`] (here blank lines before its last entry, which reading skips) cannot
+/// make retention remove it, or anything for it: the limit and the age stop there, and
+/// `verify` names the moved checkpoint.
+#[test]
+fn a_closed_segment_grown_on_disk_stops_retention_and_verify_names_it() {
+    use std::os::unix::fs::FileExt;
+    let (_t, c) = segmented_log();
+    let p = seg(&c, 2);
+    let b = std::fs::read(&p).unwrap();
+    let cut = b[..b.len() - 1].iter().rposition(|&x| x == b'\n').unwrap() + 1;
+    let grow = 1 << 20;
+    let mut new = b[..cut].to_vec();
+    new.extend(std::iter::repeat_n(b'\n', grow));
+    new.extend_from_slice(&b[cut..]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .write_all_at(&new, 0)
+        .unwrap();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    // The log is within `total` really; as measured on disk it is a MiB over.
+    let total = segment_sizes(&c).values().sum::<u64>() - grow as u64;
+    assert_eq!(l.expire(size(total)).unwrap(), None);
+    assert!(seg(&c, 1).exists() && p.exists());
+    // Age and size together: segment 1 goes (it is old and intact), segment 2 stays.
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let both = Expiry {
+        older_than: Some((future, 1)),
+        max_bytes: Some(1),
+    };
+    assert_eq!(l.expire(both).unwrap(), Some((1, 1)));
+    assert_eq!(l.expire(both).unwrap(), None);
+    assert!(p.exists());
+    l.close().unwrap();
+    let found = problems(&c);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains(&format!("found at byte {}", cut + grow)),
+        "{found:?}"
+    );
+}
+
+/// A closed segment whose file was replaced by another segment's (which ends with that
+/// segment's checkpoint) is not removed in its place.
+#[test]
+fn a_segment_replaced_by_another_is_not_removed_by_retention() {
+    let (_t, c) = segmented_log();
+    std::fs::copy(seg(&c, 1), seg(&c, 2)).unwrap();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    assert_eq!(l.expire(size(1)).unwrap(), Some((1, 1)));
+    assert_eq!(l.expire(size(1)).unwrap(), None);
+    assert!(seg(&c, 2).exists());
+    l.close().unwrap();
+    assert!(!problems(&c).is_empty());
+}

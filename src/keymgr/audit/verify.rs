@@ -325,11 +325,13 @@ pub fn verify_with_progress(
                 "segment ends in a torn (incomplete) entry".into(),
             );
         }
-        for (i, line) in data
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, l)| !l.is_empty())
-        {
+        let mut next_at = 0u64;
+        for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+            let at = next_at;
+            next_at += line.len() as u64 + 1;
+            if line.is_empty() {
+                continue;
+            }
             let Some(e) = decode_line(keys, line) else {
                 find(
                     Some(*s),
@@ -390,6 +392,20 @@ pub fn verify_with_progress(
                                     Some(*s),
                                     Some(e.seq),
                                     "checkpoint does not match the entries before it".into(),
+                                );
+                            }
+                            if let Some(off) = c.offset
+                                && (off != at || c.segment != *s)
+                            {
+                                find(
+                                    Some(*s),
+                                    Some(e.seq),
+                                    format!(
+                                        "checkpoint was written at byte {off} of segment {}, \
+                                         found at byte {at} of segment {s} (bytes inserted or \
+                                         removed before it)",
+                                        c.segment
+                                    ),
                                 );
                             }
                             if c.prev_signature != last_sig {

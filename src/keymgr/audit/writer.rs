@@ -78,8 +78,40 @@ impl Nonces {
     }
 }
 
+/// A closed segment's last entry, a checkpoint.
+struct SegmentEnd {
+    entry: super::verify::Entry,
+    cp: Checkpoint,
+    /// The file's length.
+    len: u64,
+    /// Its last line's length (newline included).
+    line_len: u64,
+}
+
+impl SegmentEnd {
+    /// Why the file is not as its closing checkpoint recorded it (segment number, length), if
+    /// it is not. Checkpoints without an offset (older kmsfs) cannot tell.
+    fn altered(&self, segment: u64) -> Option<String> {
+        let off = self.cp.offset?;
+        if self.cp.segment != segment {
+            return Some(format!(
+                "segment {segment} ends with the checkpoint of segment {}",
+                self.cp.segment
+            ));
+        }
+        let want = off.saturating_add(self.line_len);
+        (want != self.len).then(|| {
+            format!(
+                "segment {segment} is {} bytes where its closing checkpoint says {want} (bytes \
+                 inserted or removed)",
+                self.len
+            )
+        })
+    }
+}
+
 /// The last entry of a segment file if it is a checkpoint, read from the file's tail.
-fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<(super::verify::Entry, Checkpoint)> {
+fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<SegmentEnd> {
     use std::io::{Read, Seek, SeekFrom};
     const TAIL: u64 = 64 << 10;
     let mut f = File::open(path).ok()?;
@@ -88,12 +120,17 @@ fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<(super::verify::E
     let mut tail = Vec::new();
     f.read_to_end(&mut tail).ok()?;
     let line = tail.strip_suffix(b"\n")?.rsplit(|b| *b == b'\n').next()?;
-    let e = super::verify::decode_lines(keys, line).pop()?;
-    if e.kind != KIND_CHECKPOINT {
+    let entry = super::verify::decode_lines(keys, line).pop()?;
+    if entry.kind != KIND_CHECKPOINT {
         return None;
     }
-    let c = serde_json::from_slice(e.json.as_ref()?).ok()?;
-    Some((e, c))
+    let cp = serde_json::from_slice(entry.json.as_ref()?).ok()?;
+    Some(SegmentEnd {
+        entry,
+        cp,
+        len,
+        line_len: line.len() as u64 + 1,
+    })
 }
 
 /// (signature, sequence number) of the last checkpoint in the log, or ("", None).
@@ -118,6 +155,9 @@ struct Inner {
     last_checkpoint: Option<u64>,
     /// A periodic checkpoint not yet in `head` (written at the next group commit).
     head_pending: Option<Vec<u8>>,
+    /// Closed segments (number → length) whose file was found as long as their closing
+    /// checkpoint recorded: the size limit reads each one's end once, not at every roll.
+    intact: std::collections::HashMap<u64, u64>,
     /// Reused by every write.
     bufs: Buffers,
     nonces: Nonces,
@@ -330,6 +370,7 @@ impl AuditLog {
                 last_signature: last_cp.0,
                 last_checkpoint: last_cp.1,
                 head_pending: None,
+                intact: Default::default(),
                 bufs: Buffers::default(),
                 nonces: Nonces::default(),
             }),
@@ -687,6 +728,8 @@ impl AuditLog {
             prev_signature: g.last_signature.clone(),
             signature: sig.clone(),
             reason: reason.into(),
+            // The waiting records are written (above): the file is `bytes` long.
+            offset: Some(g.bytes),
         };
         let json = serde_json::to_vec(&c).map_err(io::Error::other)?;
         self.write_raw(g, KIND_CHECKPOINT, &json)?;
@@ -716,6 +759,30 @@ impl AuditLog {
             })
     }
 
+    /// Replaces each closed segment's length on disk by the one its closing checkpoint recorded
+    /// (kept as it is when the checkpoint records none, or the segment ends otherwise).
+    fn count_recorded(&self, g: &mut Inner, segs: &mut [(u64, u64)]) {
+        for (s, len) in segs.iter_mut() {
+            if g.intact.get(s) == Some(len) {
+                continue;
+            }
+            let Some(end) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(*s))) else {
+                continue;
+            };
+            match end.cp.offset {
+                Some(off) if end.cp.segment == *s => {
+                    let recorded = off.saturating_add(end.line_len);
+                    if recorded == *len {
+                        g.intact.insert(*s, *len);
+                    }
+                    *len = recorded.min(*len);
+                }
+                _ => {}
+            }
+        }
+        g.intact.retain(|s, _| segs.iter().any(|(n, _)| n == s));
+    }
+
     /// Removes closed segments, oldest first, as `rule` says (see `retention.rs`; never the
     /// segment being written): first an `AuditRetention` record, then the signed `base`, then
     /// the files. Returns the removed segment range.
@@ -727,19 +794,22 @@ impl AuditLog {
     fn expire_locked(&self, g: &mut Inner, rule: Expiry) -> io::Result<Option<(u64, u64)>> {
         let mut segs = self.segment_files()?;
         segs.retain(|(n, _)| *n < g.segment);
-        // Segment sizes are not authenticated. A closed segment is never written past
-        // [`CLOSED_MAX`]; one that is larger was made so by someone who can write the directory
-        // (no keys needed), who must not be able to make the limit remove more, under a
-        // genuinely signed beginning: the size rule then removes nothing until it is looked at.
         let mut rule = rule;
-        if rule.max_bytes.is_some()
-            && let Some((n, len)) = segs.iter().find(|(_, len)| *len > CLOSED_MAX)
-        {
-            self.blocked(format!(
-                "segment {n} is {len} bytes, more than a segment is ever written: the size \
-                 limit removes nothing until it is looked at (`kmsfs audit verify`)"
-            ));
-            rule.max_bytes = None;
+        if rule.max_bytes.is_some() {
+            // Segment files can be grown by whoever can write the directory (no keys needed),
+            // who must not make the limit remove more under a genuinely signed beginning: each
+            // closed segment counts as long as its closing checkpoint recorded (checked below
+            // before one is removed), and the segment being written as long as written.
+            self.count_recorded(g, &mut segs);
+            // Checkpoints of older kmsfs do not record it. A closed segment is never written
+            // past [`CLOSED_MAX`]; one that is larger turns the size rule off.
+            if let Some((n, len)) = segs.iter().find(|(_, len)| *len > CLOSED_MAX) {
+                self.blocked(format!(
+                    "segment {n} is {len} bytes, more than a segment is ever written: the \
+                     size limit removes nothing until it is looked at (`kmsfs audit verify`)"
+                ));
+                rule.max_bytes = None;
+            }
         }
         let Some(&(first, _)) = segs.first() else {
             return Ok(None);
@@ -759,8 +829,7 @@ impl AuditLog {
             .map(|m| if m >= 4 * SEGMENT_BYTES { m - m / 4 } else { m });
         for (s, len) in segs {
             let over = trigger && target.is_some_and(|t| total > t);
-            let Some((e, c)) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s)))
-            else {
+            let Some(end) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s))) else {
                 if over {
                     self.blocked(format!(
                         "segment {s} does not end with a signed checkpoint: the size limit \
@@ -770,15 +839,24 @@ impl AuditLog {
                 break;
             };
             let old = rule.older_than.is_some_and(|(cutoff, _)| {
-                humantime::parse_rfc3339_weak(&c.time).is_ok_and(|t| t < cutoff)
+                humantime::parse_rfc3339_weak(&end.cp.time).is_ok_and(|t| t < cutoff)
             });
             if !old && !over {
+                break;
+            }
+            // Whoever can write the directory (no keys needed) must not make retention remove
+            // a segment they changed: that would take the evidence with it.
+            if let Some(why) = end.altered(s) {
+                self.blocked(format!(
+                    "{why}: retention removes nothing from there on until it is looked at \
+                     (`kmsfs audit verify`)"
+                ));
                 break;
             }
             by_age |= old;
             by_size |= over && !old;
             total -= len;
-            removed = Some((s, e, c));
+            removed = Some((s, end.entry, end.cp));
         }
         let Some((through, last, cp)) = removed else {
             return Ok(None);
