@@ -27,12 +27,12 @@ mod verify;
 mod writer;
 
 pub use record::{Actor, AuditRecord, Checkpoint, Decision as AuditDecision, Resources, Source};
-pub use retention::{BASE_FILE, Base};
+pub use retention::{BASE_FILE, Base, Expiry};
 pub use verify::{
     Finding, LogPos, Scan, VerifyReport, read_all, read_from, scan_from, verify,
     verify_with_progress,
 };
-pub use writer::{AuditLog, Expiry, LATER_MAX};
+pub use writer::{AuditLog, LATER_MAX};
 
 use crate::crypto::{Aead, Key256, SignKey, hkdf_subkey};
 

@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::record::{AuditRecord, Checkpoint, Source};
+use super::retention::Expiry;
 use super::{
     AuditKeys, CHECKPOINT_EVERY, HEAD_FILE, KIND_CHAIN_START, KIND_CHECKPOINT, KIND_RECORD,
     SEGMENT_BYTES, parse_segment_name, segment_name,
@@ -78,61 +79,6 @@ impl Nonces {
     }
 }
 
-/// A closed segment's last entry, a checkpoint.
-struct SegmentEnd {
-    entry: super::verify::Entry,
-    cp: Checkpoint,
-    /// The file's length.
-    len: u64,
-    /// Its last line's length (newline included).
-    line_len: u64,
-}
-
-impl SegmentEnd {
-    /// Why the file is not as its closing checkpoint recorded it (segment number, length), if
-    /// it is not. Checkpoints without an offset (older kmsfs) cannot tell.
-    fn altered(&self, segment: u64) -> Option<String> {
-        let off = self.cp.offset?;
-        if self.cp.segment != segment {
-            return Some(format!(
-                "segment {segment} ends with the checkpoint of segment {}",
-                self.cp.segment
-            ));
-        }
-        let want = off.saturating_add(self.line_len);
-        (want != self.len).then(|| {
-            format!(
-                "segment {segment} is {} bytes where its closing checkpoint says {want} (bytes \
-                 inserted or removed)",
-                self.len
-            )
-        })
-    }
-}
-
-/// The last entry of a segment file if it is a checkpoint, read from the file's tail.
-fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<SegmentEnd> {
-    use std::io::{Read, Seek, SeekFrom};
-    const TAIL: u64 = 64 << 10;
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail).ok()?;
-    let line = tail.strip_suffix(b"\n")?.rsplit(|b| *b == b'\n').next()?;
-    let entry = super::verify::decode_lines(keys, line).pop()?;
-    if entry.kind != KIND_CHECKPOINT {
-        return None;
-    }
-    let cp = serde_json::from_slice(entry.json.as_ref()?).ok()?;
-    Some(SegmentEnd {
-        entry,
-        cp,
-        len,
-        line_len: line.len() as u64 + 1,
-    })
-}
-
 /// (signature, sequence number) of the last checkpoint in the log, or ("", None).
 fn last_cp(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> (String, Option<u64>) {
     super::verify::last_logged_checkpoint(keys, dir, segs)
@@ -143,10 +89,10 @@ pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
-struct Inner {
-    segment: u64,
-    file: File,
-    bytes: u64,
+pub(super) struct Inner {
+    pub(super) segment: u64,
+    pub(super) file: File,
+    pub(super) bytes: u64,
     next_seq: u64,
     chain: [u8; 32],
     since_checkpoint: u64,
@@ -157,7 +103,7 @@ struct Inner {
     head_pending: Option<Vec<u8>>,
     /// Closed segments (number → length) whose file was found as long as their closing
     /// checkpoint recorded: the size limit reads each one's end once, not at every roll.
-    intact: std::collections::HashMap<u64, u64>,
+    pub(super) intact: std::collections::HashMap<u64, u64>,
     /// Reused by every write.
     bufs: Buffers,
     nonces: Nonces,
@@ -175,11 +121,11 @@ struct Buffers {
 
 /// An open audit log (one writer per volume: the mount, or the CLI when unmounted).
 pub struct AuditLog {
-    dir: PathBuf,
-    keys: AuditKeys,
+    pub(super) dir: PathBuf,
+    pub(super) keys: AuditKeys,
     inner: Mutex<Inner>,
     /// Told of every record once it is written (under the log's lock, so in sequence order).
-    subscriber: std::sync::OnceLock<Subscriber>,
+    pub(super) subscriber: std::sync::OnceLock<Subscriber>,
     /// Records to write with the next entry, or by the flusher within [`LATER_MAX`] (see
     /// [`AuditLog::append_later`]).
     later: Mutex<Vec<AuditRecord>>,
@@ -191,7 +137,7 @@ pub struct AuditLog {
     /// When the last low-disk warning was logged (see [`AuditLog::warn_if_disk_low`]).
     warned_at: Mutex<Option<std::time::Instant>>,
     /// When the size limit last reported that it could not remove (see [`AuditLog::blocked`]).
-    blocked_at: Mutex<Option<std::time::Instant>>,
+    pub(super) blocked_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// Whether a file system with `free` of `size` bytes left is running low under the log: under
@@ -201,30 +147,17 @@ pub(super) fn disk_low(free: u64, size: u64) -> bool {
     free < (size / 20).min(10 << 30) || free < (1 << 30).min(size / 5)
 }
 
-/// The most a closed segment is ever written to: it is closed once past [`SEGMENT_BYTES`], after
-/// the write that took it there (a batch of records) and its segment-end checkpoint.
-const CLOSED_MAX: u64 = SEGMENT_BYTES + (4 << 20);
-
 /// The least time between two low-disk warnings (and two reports of a blocked size limit).
 const LOW_DISK_REPEAT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Whether a message rate-limited by `at` (when it was last logged) is due; if so, now is noted.
-fn due(at: &Mutex<Option<std::time::Instant>>) -> bool {
+pub(super) fn due(at: &Mutex<Option<std::time::Instant>>) -> bool {
     let mut at = at.lock().unwrap_or_else(|p| p.into_inner());
     if at.is_some_and(|t| t.elapsed() < LOW_DISK_REPEAT) {
         return false;
     }
     *at = Some(std::time::Instant::now());
     true
-}
-
-/// What [`AuditLog::expire`] removes: closed segments, oldest first, while the oldest one left
-/// is older than `older_than` (its cutoff and the period in days, for the record) or the log is
-/// larger than `max_bytes`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Expiry {
-    pub older_than: Option<(std::time::SystemTime, u32)>,
-    pub max_bytes: Option<u64>,
 }
 
 /// Where the next entry goes: its sequence number and the chain value before it.
@@ -412,7 +345,7 @@ impl AuditLog {
         &self.dir
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -421,7 +354,12 @@ impl AuditLog {
         self.write_locked(&mut g, kind, &mut rec)
     }
 
-    fn write_locked(&self, g: &mut Inner, kind: u8, rec: &mut AuditRecord) -> io::Result<u64> {
+    pub(super) fn write_locked(
+        &self,
+        g: &mut Inner,
+        kind: u8,
+        rec: &mut AuditRecord,
+    ) -> io::Result<u64> {
         rec.time = now_rfc3339();
         let seq = self.write_batch(g, Some(Main::Record(kind, rec)))?;
         if let Some(f) = self.subscriber.get() {
@@ -636,7 +574,7 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Logs a warning (at most every [`LOW_DISK_REPEAT`]) when the disk under the log runs low
+    /// Logs a warning (at most every ten minutes) when the disk under the log runs low
     /// (at segment rolls, and from the key manager's retention every minute): once it is full,
     /// every open and create fails (the log is fail-closed), so the person who can set or lower
     /// a limit should hear of it before.
@@ -664,15 +602,8 @@ impl AuditLog {
         );
     }
 
-    /// Logs why the size limit cannot remove more (at most every [`LOW_DISK_REPEAT`]).
-    fn blocked(&self, why: String) {
-        if due(&self.blocked_at) {
-            tracing::error!("audit retention: {why}");
-        }
-    }
-
     /// The segment files (number, bytes), in order; entries that cannot be read are left out.
-    fn segment_files(&self) -> io::Result<Vec<(u64, u64)>> {
+    pub(super) fn segment_files(&self) -> io::Result<Vec<(u64, u64)>> {
         let mut segs: Vec<(u64, u64)> = fs::read_dir(&self.dir)?
             .filter_map(|e| {
                 let e = e.ok()?;
@@ -757,147 +688,6 @@ impl AuditLog {
                 seq,
                 signature: g.last_signature.clone(),
             })
-    }
-
-    /// Replaces each closed segment's length on disk by the one its closing checkpoint recorded
-    /// (kept as it is when the checkpoint records none, or the segment ends otherwise).
-    fn count_recorded(&self, g: &mut Inner, segs: &mut [(u64, u64)]) {
-        for (s, len) in segs.iter_mut() {
-            if g.intact.get(s) == Some(len) {
-                continue;
-            }
-            let Some(end) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(*s))) else {
-                continue;
-            };
-            match end.cp.offset {
-                Some(off) if end.cp.segment == *s => {
-                    let recorded = off.saturating_add(end.line_len);
-                    if recorded == *len {
-                        g.intact.insert(*s, *len);
-                    }
-                    *len = recorded.min(*len);
-                }
-                _ => {}
-            }
-        }
-        g.intact.retain(|s, _| segs.iter().any(|(n, _)| n == s));
-    }
-
-    /// Removes closed segments, oldest first, as `rule` says (see `retention.rs`; never the
-    /// segment being written): first an `AuditRetention` record, then the signed `base`, then
-    /// the files. Returns the removed segment range.
-    pub fn expire(&self, rule: Expiry) -> io::Result<Option<(u64, u64)>> {
-        let mut g = self.lock();
-        self.expire_locked(&mut g, rule)
-    }
-
-    fn expire_locked(&self, g: &mut Inner, rule: Expiry) -> io::Result<Option<(u64, u64)>> {
-        let mut segs = self.segment_files()?;
-        segs.retain(|(n, _)| *n < g.segment);
-        let mut rule = rule;
-        if rule.max_bytes.is_some() {
-            // Segment files can be grown by whoever can write the directory (no keys needed),
-            // who must not make the limit remove more under a genuinely signed beginning: each
-            // closed segment counts as long as its closing checkpoint recorded (checked below
-            // before one is removed), and the segment being written as long as written.
-            self.count_recorded(g, &mut segs);
-            // Checkpoints of older kmsfs do not record it. A closed segment is never written
-            // past [`CLOSED_MAX`]; one that is larger turns the size rule off.
-            if let Some((n, len)) = segs.iter().find(|(_, len)| *len > CLOSED_MAX) {
-                self.blocked(format!(
-                    "segment {n} is {len} bytes, more than a segment is ever written: the \
-                     size limit removes nothing until it is looked at (`kmsfs audit verify`)"
-                ));
-                rule.max_bytes = None;
-            }
-        }
-        let Some(&(first, _)) = segs.first() else {
-            return Ok(None);
-        };
-        let mut total: u64 = segs.iter().map(|(_, len)| len).sum::<u64>() + g.bytes;
-        // A closed segment ends with its segment-end checkpoint: its time says how old the
-        // segment is, its signature is the one before the next segment. Only that last entry is
-        // read (the scan runs with the log locked, every minute while mounted).
-        let mut removed: Option<(u64, super::verify::Entry, Checkpoint)> = None;
-        let (mut by_age, mut by_size) = (false, false);
-        // Once over a limit of four segments or more, down to three quarters of it, so that
-        // removals (each syncs its record and `base` under the lock) come every few segments
-        // instead of at every roll.
-        let trigger = rule.max_bytes.is_some_and(|m| total > m);
-        let target = rule
-            .max_bytes
-            .map(|m| if m >= 4 * SEGMENT_BYTES { m - m / 4 } else { m });
-        for (s, len) in segs {
-            let over = trigger && target.is_some_and(|t| total > t);
-            let Some(end) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s))) else {
-                if over {
-                    self.blocked(format!(
-                        "segment {s} does not end with a signed checkpoint: the size limit \
-                         removes nothing from there on (check it with `kmsfs audit verify`)"
-                    ));
-                }
-                break;
-            };
-            let old = rule.older_than.is_some_and(|(cutoff, _)| {
-                humantime::parse_rfc3339_weak(&end.cp.time).is_ok_and(|t| t < cutoff)
-            });
-            if !old && !over {
-                break;
-            }
-            // Whoever can write the directory (no keys needed) must not make retention remove
-            // a segment they changed: that would take the evidence with it.
-            if let Some(why) = end.altered(s) {
-                self.blocked(format!(
-                    "{why}: retention removes nothing from there on until it is looked at \
-                     (`kmsfs audit verify`)"
-                ));
-                break;
-            }
-            by_age |= old;
-            by_size |= over && !old;
-            total -= len;
-            removed = Some((s, end.entry, end.cp));
-        }
-        let Some((through, last, cp)) = removed else {
-            return Ok(None);
-        };
-        let mut why = Vec::new();
-        if let (true, Some((_, days))) = (by_age, rule.older_than) {
-            why.push(format!("older than {days} day(s)"));
-        }
-        if let (true, Some(max)) = (by_size, rule.max_bytes) {
-            why.push(format!("the log over its limit of {max} bytes"));
-        }
-        let mut r = AuditRecord::new("AuditRetention", Source::System);
-        r.detail = Some(format!(
-            "removing segments {first}..={through} (entries up to {}): {}",
-            last.seq,
-            why.join("; ")
-        ));
-        self.write_locked(g, KIND_RECORD, &mut r)?;
-        g.file.sync_data()?;
-        let base = super::retention::Base::new(
-            &self.keys,
-            through + 1,
-            last.seq + 1,
-            &last.chain,
-            cp.signature,
-        );
-        let json = serde_json::to_vec_pretty(&base).map_err(io::Error::other)?;
-        crate::fsutil::atomic_write(&self.dir.join(super::BASE_FILE), &json, 0o600, None)?;
-        for s in first..=through {
-            match fs::remove_file(self.dir.join(segment_name(s))) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        File::open(&self.dir)?.sync_all()?;
-        // Told once more now that the files are gone: a view that measured the log between the
-        // record and the removal measures it again (the record itself told them first).
-        if let Some(f) = self.subscriber.get() {
-            f(&r);
-        }
-        Ok(Some((first, through)))
     }
 
     /// Makes everything written so far durable (group commit).
