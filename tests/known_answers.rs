@@ -29,6 +29,7 @@ use kmsfs::format::context::EncryptionContext;
 use kmsfs::format::header::{FileHeader, HEADER_LEN, WRAP_LEN};
 use kmsfs::format::keystore::{Envelope, SlotKind};
 use kmsfs::format::offsets::Layout;
+use kmsfs::format::xattr_pack::XattrPack;
 use kmsfs::format::{DirId, FileId, KeyId, VolumeId};
 use kmsfs::keymgr::{Unlock, VolumeError};
 use kmsfs::names::{NameError, Names};
@@ -185,6 +186,7 @@ fn check_vector(v: &mut Vector) {
         "name" => check_name(v),
         "symlink-target" => check_symlink(v),
         "xattr" => check_xattr(v),
+        "xattr-pack" => check_xattr_pack(v),
         "hkdf" => check_hkdf(v),
         "argon2id" => check_argon2id(v),
         "key-store" => check_key_store(v),
@@ -491,6 +493,54 @@ fn check_symlink(v: &mut Vector) {
     }
 }
 
+/// The xattr pack (FORMAT.md §7): `nonce ‖ AES-256-GCM-SIV(K_xv, nonce, "user.kmsfs.p", PACK) ‖
+/// tag`, PACK = per entry: name length (u8) ‖ name ‖ value length (u32 BE) ‖ value.
+fn check_xattr_pack(v: &mut Vector) {
+    let expect = v.str("expect");
+    let secret = v.key("volume-secret");
+    let names = Names::new(&secret, false);
+    let stored = v.hex("stored");
+    match expect.as_str() {
+        "ok" => {
+            let nonce: [u8; 12] = v.arr("nonce");
+            let plain = v.hex("pack");
+            let mut entries = Vec::new();
+            for i in 0.. {
+                if !v.has(&format!("name-{i}")) {
+                    break;
+                }
+                entries.push((v.hex(&format!("name-{i}")), v.hex(&format!("value-{i}"))));
+            }
+            // The layout, re-implemented from the text.
+            let mut want = Vec::new();
+            for (n, val) in &entries {
+                want.push(n.len() as u8);
+                want.extend_from_slice(n);
+                want.extend_from_slice(&(val.len() as u32).to_be_bytes());
+                want.extend_from_slice(val);
+            }
+            assert_eq!(plain, want, "{}", v.file);
+            let vk = hkdf_subkey(&secret, b"", "kmsfs/v1/xattr-values");
+            assert_eq!(
+                Aead::new(&vk).seal_with_nonce(&nonce, b"user.kmsfs.p", &plain),
+                stored
+            );
+            // And through the crate.
+            let opened = names.decrypt_xattr_pack(&stored).unwrap();
+            let pack = XattrPack::decode(&opened).unwrap();
+            for (n, val) in &entries {
+                assert_eq!(pack.get(n), Some(&val[..]));
+            }
+            assert_eq!(pack.names().count(), entries.len());
+            assert_eq!(pack.encode(), plain);
+        }
+        "auth-failure" => {
+            assert!(names.decrypt_xattr_pack(&stored).is_err(), "{}", v.file);
+        }
+        e => panic!("{}: bad expect {e}", v.file),
+    }
+}
+
 fn check_xattr(v: &mut Vector) {
     let expect = v.str("expect");
     let secret = v.key("volume-secret");
@@ -753,6 +803,9 @@ const REQUIRED: &[&str] = &[
     "symlink-target-flip",
     "xattr",
     "xattr-value-other-name",
+    "xattr-pack",
+    "xattr-pack-flip",
+    "xattr-pack-as-value",
     "hkdf-names",
     "hkdf-symlink-targets",
     "hkdf-xattr-names",
@@ -850,6 +903,7 @@ fn regenerate_vectors() {
     gen_header();
     gen_names();
     gen_symlink_xattr();
+    gen_xattr_pack();
     gen_kdf();
     gen_key_store();
 }
@@ -1348,6 +1402,58 @@ fn gen_symlink_xattr() {
     w.h("volume-secret", &secret_b)
         .f("backing-name", &other)
         .h("stored-value", &stored);
+    w.write();
+}
+
+fn gen_xattr_pack() {
+    let secret_b: [u8; 32] = pattern(0x60);
+    let secret = Key256::from_bytes(secret_b);
+    let names = Names::new(&secret, false);
+    let vk = hkdf_subkey(&secret, b"", "kmsfs/v1/xattr-values");
+    let nonce: [u8; 12] = pattern(0x70);
+    let entries: [(&[u8], &[u8]); 3] = [
+        (b"comment", b"reviewed"),
+        (b"empty", b""),
+        (b"checksum.sha256", &[0x00, 0xff, 0x10]),
+    ];
+    let mut pack = XattrPack::default();
+    for (n, val) in entries {
+        pack.set(n, val);
+    }
+    let plain = pack.encode();
+    let stored = Aead::new(&vk).seal_with_nonce(&nonce, b"user.kmsfs.p", &plain);
+    assert_eq!(names.decrypt_xattr_pack(&stored).unwrap(), plain);
+    let mut w = Writer::new(
+        "xattr-pack",
+        "xattr-pack",
+        "ok",
+        "user.comment = \"reviewed\", user.empty = \"\", user.checksum.sha256 = 00 ff 10, packed in user.kmsfs.p",
+    );
+    w.h("volume-secret", &secret_b);
+    for (i, (n, val)) in entries.iter().enumerate() {
+        w.h(&format!("name-{i}"), n).h(&format!("value-{i}"), val);
+    }
+    w.h("pack", &plain).h("nonce", &nonce).h("stored", &stored);
+    w.write();
+    let mut flipped = stored.clone();
+    flipped[14] ^= 0x01;
+    let mut w = Writer::new(
+        "xattr-pack-flip",
+        "xattr-pack",
+        "auth-failure",
+        "one bit of the encrypted pack flipped",
+    );
+    w.h("volume-secret", &secret_b).h("stored", &flipped);
+    w.write();
+    let bname = names.encrypt_xattr_name(b"comment");
+    let single = Aead::new(&vk).seal_with_nonce(&nonce, bname.as_bytes(), &plain);
+    let mut w = Writer::new(
+        "xattr-pack-as-value",
+        "xattr-pack",
+        "auth-failure",
+        "the same bytes sealed as the value of user.comment (bound to its backing name) are no pack",
+    );
+    w.h("volume-secret", &secret_b).h("stored", &single);
     w.write();
 }
 

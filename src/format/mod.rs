@@ -9,6 +9,7 @@ pub mod header;
 pub mod ids;
 pub mod keystore;
 pub mod offsets;
+pub mod xattr_pack;
 
 pub use ids::{DirId, FileId, KeyId, VolumeId};
 

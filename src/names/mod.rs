@@ -30,6 +30,9 @@ pub const CONTROL_DIR: &str = ".kmsfs";
 pub const NAME_MAX: usize = 255;
 /// Prefix of encrypted user xattrs on the backing file.
 pub const XATTR_PREFIX: &str = "user.kmsfs.";
+/// The backing xattr holding a file's small user xattrs together (no encrypted name is this
+/// short).
+pub const XATTR_PACK: &str = "user.kmsfs.p";
 
 const ZERO_NONCE: [u8; 12] = [0; 12];
 
@@ -238,6 +241,15 @@ impl Names {
         self.xattr_values
             .open(backing_name.as_bytes(), stored)
             .map_err(|_| NameError::Undecryptable)
+    }
+
+    /// Encrypts an xattr pack (`format::xattr_pack`), bound to its backing name like a value.
+    pub fn encrypt_xattr_pack(&self, plain: &[u8]) -> Vec<u8> {
+        self.encrypt_xattr_value(XATTR_PACK, plain)
+    }
+
+    pub fn decrypt_xattr_pack(&self, stored: &[u8]) -> Result<Vec<u8>, NameError> {
+        self.decrypt_xattr_value(XATTR_PACK, stored)
     }
 }
 

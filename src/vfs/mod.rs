@@ -123,6 +123,9 @@ pub struct Vfs {
     identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
     /// Read-ahead of the next files of a directory whose files are being opened in turn.
     prefetch: prefetch::Prefetch,
+    /// Serialize changes to one inode's extended attributes (its pack is read, changed and
+    /// written back), by inode number.
+    xattr_locks: [std::sync::Mutex<()>; 16],
 }
 
 impl std::fmt::Debug for Vfs {
@@ -191,6 +194,7 @@ impl Vfs {
             root_cipher: std::sync::OnceLock::new(),
             renames: std::sync::atomic::AtomicU64::new(0),
             prefetch,
+            xattr_locks: Default::default(),
         })
     }
 
@@ -470,3 +474,5 @@ mod read_tests;
 mod test_support;
 #[cfg(test)]
 mod write_tests;
+#[cfg(test)]
+mod xattr_tests;
