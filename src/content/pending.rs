@@ -39,6 +39,27 @@ pub fn mark(file: &File, first: u64, target: u64) {
     }
 }
 
+/// Whether the marker can still be recorded on the cipher file at `path` (a `/proc/self/fd`
+/// path): extended attributes set through the mount must not take the room it needs, or a
+/// size-changing write would go unmarked. Tried with a stand-in of the same size, removed again.
+/// `true` when the marker is there now (its room stays its own) and on file systems without user
+/// xattrs (which get no marker anyway).
+pub fn marker_fits(path: &str) -> bool {
+    const STAND_IN: &str = "user.kmsfs-reserve";
+    const _: () = assert!(STAND_IN.len() == PENDING_XATTR.len());
+    if rustix::fs::getxattr(path, PENDING_XATTR, &mut [0u8; 0][..]).is_ok() {
+        return true;
+    }
+    match rustix::fs::setxattr(path, STAND_IN, &[0u8; 16], rustix::fs::XattrFlags::empty()) {
+        Ok(()) => {
+            let _ = rustix::fs::removexattr(path, STAND_IN);
+            true
+        }
+        Err(rustix::io::Errno::NOSPC | rustix::io::Errno::TOOBIG) => false,
+        Err(_) => true,
+    }
+}
+
 pub fn clear(file: &File) {
     let _ = rustix::fs::fremovexattr(file, PENDING_XATTR);
 }

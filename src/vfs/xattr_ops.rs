@@ -161,10 +161,17 @@ impl Vfs {
             return Err(Errno::NODATA.into());
         }
         crate::fault::check("setxattr")?;
+        // A regular file keeps room for the interrupted-write marker (`content::pending`): a
+        // change that leaves none is undone (ENOSPC), as if the attributes had filled up.
+        let room = |path: &str| kind != Kind::File || crate::content::pending::marker_fits(path);
         if value.len() <= PACK_VALUE_MAX {
             let mut grown = pack.clone();
             grown.set(suffix, value);
             match self.write_pack(&path, &grown) {
+                Ok(()) if !room(&path) => {
+                    self.write_pack(&path, &pack)?;
+                    return Err(Errno::NOSPC.into());
+                }
                 Ok(()) => {
                     if single {
                         Self::remove_single(&path, &bname);
@@ -176,8 +183,22 @@ impl Vfs {
                 Err(e) => return Err(e.into()),
             }
         }
+        let before = if single {
+            Self::read_backing_xattr(&path, &bname)?
+        } else {
+            None
+        };
         let v = self.names.encrypt_xattr_value(&bname, value);
         rustix::fs::setxattr(path.as_str(), bname.as_str(), &v, XattrFlags::empty())?;
+        if !room(&path) {
+            match before {
+                Some(b) => {
+                    rustix::fs::setxattr(path.as_str(), bname.as_str(), &b, XattrFlags::empty())?
+                }
+                None => rustix::fs::removexattr(path.as_str(), bname.as_str())?,
+            }
+            return Err(Errno::NOSPC.into());
+        }
         // Until the pack lets go of its copy, that copy is the one read (the old value).
         if pack.remove(suffix) {
             self.write_pack(&path, &pack)?;

@@ -248,3 +248,38 @@ fn concurrent_changes_to_one_file_all_land() {
         }
     }
 }
+
+/// Attributes filling a regular file's xattr room stop short of the interrupted-write marker's
+/// room (else a size-changing write there would go unmarked, and a crash in it could leave the
+/// whole file unreadable): small values and large ones, and the file still writes.
+#[test]
+fn attributes_leave_room_for_the_interrupted_write_marker() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    for (name, len) in [("small", 1usize), ("large", 1500)] {
+        let f = touch(&v, ROOT_INO, name);
+        let mut n = 0;
+        let err = loop {
+            match set(&v, f, &format!("user.a{n}"), &vec![b'v'; len], 0) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 2000, "never full");
+        };
+        assert_eq!(err, libc::ENOSPC, "{name}");
+        assert!(n > 0, "{name}");
+        assert_eq!(list(&v, f).len(), n, "{name}: the refused one is not there");
+        let p = v.node(f).unwrap().proc_path();
+        rustix::fs::setxattr(
+            p.as_str(),
+            "user.kmsfs-pending",
+            &[0u8; 16],
+            XattrFlags::CREATE,
+        )
+        .unwrap_or_else(|e| panic!("{name}: no room for the marker after {n}: {e}"));
+        rustix::fs::removexattr(p.as_str(), "user.kmsfs-pending").unwrap();
+        // Changing a value to one of the same size still works when full.
+        set(&v, f, "user.a0", &vec![b'w'; len], 0).unwrap();
+        assert_eq!(get(&v, f, "user.a0").unwrap(), vec![b'w'; len]);
+    }
+}
