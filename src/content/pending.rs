@@ -25,17 +25,42 @@ use crate::format::offsets::Layout;
 
 const PENDING_XATTR: &str = "user.kmsfs-pending";
 
+/// Changes to one cipher file's extended attributes, by inode number: the marker below and the
+/// user xattrs set through the mount (`vfs::xattr_ops`, which keeps room for the marker) take
+/// turns, so that checking for room and using it do not race.
+static XATTR_LOCKS: [std::sync::Mutex<()>; 16] = [const { std::sync::Mutex::new(()) }; 16];
+
+pub fn xattr_lock(ino: u64) -> std::sync::MutexGuard<'static, ()> {
+    XATTR_LOCKS[(ino % XATTR_LOCKS.len() as u64) as usize]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// The stand-in `marker_fits` tries (same size as the marker).
+const STAND_IN: &str = "user.kmsfs-reserve";
+
 /// Records that blocks from `first` on are being rewritten so that the cipher file will be
-/// `target` bytes long (0: growing, no fixed target). Best effort: a backing file system without user xattrs gets no marker
-/// (and no recovery).
-pub fn mark(file: &File, first: u64, target: u64) {
+/// `target` bytes long (0: growing, no fixed target); `ino` is the file's inode number (for
+/// [`xattr_lock`]). Whether it is recorded: `false` only when the file system refused it (the
+/// caller tries again at its next write); a backing file system without user xattrs gets no
+/// marker (and no recovery), which counts as recorded.
+pub fn mark(file: &File, ino: u64, first: u64, target: u64) -> bool {
     let mut v = [0u8; 16];
     v[..8].copy_from_slice(&first.to_le_bytes());
     v[8..].copy_from_slice(&target.to_le_bytes());
-    if let Err(e) = rustix::fs::fsetxattr(file, PENDING_XATTR, &v, rustix::fs::XattrFlags::empty())
-        && e != rustix::io::Errno::NOTSUP
-    {
-        tracing::warn!("cannot record an interrupted-write marker: {e}");
+    let _g = xattr_lock(ino);
+    let set = || rustix::fs::fsetxattr(file, PENDING_XATTR, &v, rustix::fs::XattrFlags::empty());
+    let r = match set() {
+        // A stand-in left by a crash in `marker_fits` holds the room: let it go.
+        Err(rustix::io::Errno::NOSPC) if rustix::fs::fremovexattr(file, STAND_IN).is_ok() => set(),
+        r => r,
+    };
+    match r {
+        Ok(()) | Err(rustix::io::Errno::NOTSUP) => true,
+        Err(e) => {
+            tracing::warn!("cannot record an interrupted-write marker: {e}");
+            false
+        }
     }
 }
 
@@ -43,9 +68,8 @@ pub fn mark(file: &File, first: u64, target: u64) {
 /// path): extended attributes set through the mount must not take the room it needs, or a
 /// size-changing write would go unmarked. Tried with a stand-in of the same size, removed again.
 /// `true` when the marker is there now (its room stays its own) and on file systems without user
-/// xattrs (which get no marker anyway).
+/// xattrs (which get no marker anyway). Call with [`xattr_lock`] held.
 pub fn marker_fits(path: &str) -> bool {
-    const STAND_IN: &str = "user.kmsfs-reserve";
     const _: () = assert!(STAND_IN.len() == PENDING_XATTR.len());
     if rustix::fs::getxattr(path, PENDING_XATTR, &mut [0u8; 0][..]).is_ok() {
         return true;
@@ -247,7 +271,7 @@ mod tests {
         let new: Vec<u8> = (0..3 * B + 50).map(|i| i as u8).collect();
         let mut out = Vec::new();
         c.encrypt_blocks(0, &new, 3, &mut out);
-        mark(&f, 0, l.cipher_size(new.len() as u64));
+        mark(&f, 1, 0, l.cipher_size(new.len() as u64));
         let cut = 2 * (B + BLOCK_OVERHEAD) + 700;
         f.write_all_at(&out[..cut], HEADER_LEN as u64).unwrap();
         assert!(
@@ -267,14 +291,14 @@ mod tests {
         // The write finished but the marker was not cleared: nothing changes (with a target,
         // and with target 0 for a series of appends).
         for target in [f.metadata().unwrap().len(), 0] {
-            mark(&f, 0, target);
+            mark(&f, 1, 0, target);
             assert_eq!(recover(&f, &c, l).unwrap(), None);
             assert_eq!(read_file(&f, &c, l).unwrap(), data);
         }
         // Truncate to B + 5: the new final block 1 was written, the cut was not made.
         let mut fin = Vec::new();
         c.encrypt_blocks(1, &data[B..B + 5], 1, &mut fin);
-        mark(&f, 1, l.cipher_size((B + 5) as u64));
+        mark(&f, 1, 1, l.cipher_size((B + 5) as u64));
         f.write_all_at(&fin, l.cipher_offset(1)).unwrap();
         assert!(read_file(&f, &c, l).is_none());
         recover(&f, &c, l).unwrap();
@@ -294,7 +318,7 @@ mod tests {
         f.write_all_at(&[b[0] ^ 1], l.cipher_offset(1) + 20)
             .unwrap();
         f.set_len(l.cipher_offset(2) + 10).unwrap();
-        mark(&f, 2, l.cipher_size(data.len() as u64));
+        mark(&f, 1, 2, l.cipher_size(data.len() as u64));
         assert!(recover(&f, &c, l).is_err());
         assert!(is_marked(&f), "left for fsck and a human to look at");
     }

@@ -123,9 +123,6 @@ pub struct Vfs {
     identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
     /// Read-ahead of the next files of a directory whose files are being opened in turn.
     prefetch: prefetch::Prefetch,
-    /// Serialize changes to one inode's extended attributes (its pack is read, changed and
-    /// written back), by inode number.
-    xattr_locks: [std::sync::Mutex<()>; 16],
 }
 
 impl std::fmt::Debug for Vfs {
@@ -194,7 +191,6 @@ impl Vfs {
             root_cipher: std::sync::OnceLock::new(),
             renames: std::sync::atomic::AtomicU64::new(0),
             prefetch,
-            xattr_locks: Default::default(),
         })
     }
 

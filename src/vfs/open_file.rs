@@ -450,8 +450,9 @@ impl OpenFile {
         let out = buf.as_slice();
         if new_size != st.size && st.marked.is_none_or(|m| first < m) {
             // Target 0: "the length the file has", since later writes go on growing it.
-            crate::content::pending::mark(&st.file, first, 0);
-            st.marked = Some(first);
+            if crate::content::pending::mark(&st.file, self.ino, first, 0) {
+                st.marked = Some(first);
+            }
         }
         if let Err(e) = crate::fault::write_all_at(&st.file, out, l.cipher_offset(first)) {
             // The write may have stopped inside a block: complete each torn block of the range
@@ -575,7 +576,7 @@ impl OpenFile {
                 // must still work.
                 let mut saved = vec![0u8; self.stored_len(st, fin)];
                 st.file.read_exact_at(&mut saved, off)?;
-                crate::content::pending::mark(&st.file, fin, l.cipher_size(new_size));
+                crate::content::pending::mark(&st.file, self.ino, fin, l.cipher_size(new_size));
                 if let Err(e) = crate::fault::write_all_at(&st.file, &out, off)
                     .and_then(|()| crate::fault::set_len(&st.file, l.cipher_size(new_size)))
                 {
@@ -585,7 +586,9 @@ impl OpenFile {
                         tracing::error!(file = %self.label(), "could not restore a block after a failed truncate");
                     } else {
                         match st.marked {
-                            Some(m) => crate::content::pending::mark(&st.file, m, 0),
+                            Some(m) => {
+                                crate::content::pending::mark(&st.file, self.ino, m, 0);
+                            }
                             None => crate::content::pending::clear(&st.file),
                         }
                     }

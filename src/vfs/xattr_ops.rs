@@ -64,9 +64,9 @@ impl Vfs {
         Ok(suffix)
     }
 
-    fn xattr_lock(&self, ino: u64) -> std::sync::MutexGuard<'_, ()> {
-        let l = &self.xattr_locks[(ino % self.xattr_locks.len() as u64) as usize];
-        l.lock().unwrap_or_else(|p| p.into_inner())
+    /// Shared with the interrupted-write marker (see `content::pending::xattr_lock`).
+    fn xattr_lock(&self, ino: u64) -> std::sync::MutexGuard<'static, ()> {
+        crate::content::pending::xattr_lock(ino)
     }
 
     /// A backing xattr's stored bytes, `None` if the file has none of that name.
@@ -150,7 +150,7 @@ impl Vfs {
         }
         let bname = self.names.encrypt_xattr_name(suffix);
         let _g = self.xattr_lock(ino);
-        let mut pack = self.read_pack(ino, &path)?;
+        let pack = self.read_pack(ino, &path)?;
         let in_pack = pack.get(suffix).is_some();
         let single = Self::single_exists(&path, &bname)?;
         let flags = XattrFlags::from_bits_retain(flags as _);
@@ -162,48 +162,72 @@ impl Vfs {
         }
         crate::fault::check("setxattr")?;
         // A regular file keeps room for the interrupted-write marker (`content::pending`): a
-        // change that leaves none is undone (ENOSPC), as if the attributes had filled up.
-        let room = |path: &str| kind != Kind::File || crate::content::pending::marker_fits(path);
+        // change after which the marker no longer fits, where it did before, is undone (ENOSPC),
+        // as if the attributes had filled up. A file without that room already (filled by an
+        // older kmsfs) takes changes as the backing file system does.
+        let probe = kind == Kind::File && crate::content::pending::marker_fits(&path);
+        let room = |path: &str| !probe || crate::content::pending::marker_fits(path);
+        let before = if single {
+            Self::read_backing_xattr(&path, &bname)?
+        } else {
+            None
+        };
+        let restore_single = |path: &str| match &before {
+            Some(b) => rustix::fs::setxattr(path, bname.as_str(), b, XattrFlags::empty()),
+            None => match rustix::fs::removexattr(path, bname.as_str()) {
+                Err(Errno::NODATA) => Ok(()),
+                r => r,
+            },
+        };
         if value.len() <= PACK_VALUE_MAX {
             let mut grown = pack.clone();
             grown.set(suffix, value);
             match self.write_pack(&path, &grown) {
-                Ok(()) if !room(&path) => {
-                    self.write_pack(&path, &pack)?;
-                    return Err(Errno::NOSPC.into());
-                }
                 Ok(()) => {
                     if single {
                         Self::remove_single(&path, &bname);
                     }
-                    return Ok(());
+                    if room(&path) {
+                        return Ok(());
+                    }
+                    // Undone: the old copy on its own first (the pack's shadows it), then the
+                    // old pack. Should that fail, the new value stands, and is what is read.
+                    if single && restore_single(&path).is_err() {
+                        return Ok(());
+                    }
+                    return match self.write_pack(&path, &pack) {
+                        Ok(()) => Err(Errno::NOSPC.into()),
+                        Err(_) => Ok(()),
+                    };
                 }
                 // The pack is full on this file system: the value goes on its own.
                 Err(Errno::NOSPC | Errno::TOOBIG | Errno::RANGE) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let before = if single {
-            Self::read_backing_xattr(&path, &bname)?
-        } else {
-            None
-        };
         let v = self.names.encrypt_xattr_value(&bname, value);
         rustix::fs::setxattr(path.as_str(), bname.as_str(), &v, XattrFlags::empty())?;
-        if !room(&path) {
-            match before {
-                Some(b) => {
-                    rustix::fs::setxattr(path.as_str(), bname.as_str(), &b, XattrFlags::empty())?
-                }
-                None => rustix::fs::removexattr(path.as_str(), bname.as_str())?,
+        // Until the pack lets go of its copy, that copy is the one read (the old value).
+        if in_pack {
+            let mut without = pack.clone();
+            without.remove(suffix);
+            self.write_pack(&path, &without)?;
+        }
+        if room(&path) {
+            return Ok(());
+        }
+        // Undone: the pack's copy first (it wins), then the one on its own.
+        if in_pack {
+            if self.write_pack(&path, &pack).is_err() {
+                return Ok(());
             }
+            let _ = restore_single(&path);
             return Err(Errno::NOSPC.into());
         }
-        // Until the pack lets go of its copy, that copy is the one read (the old value).
-        if pack.remove(suffix) {
-            self.write_pack(&path, &pack)?;
+        match restore_single(&path) {
+            Ok(()) => Err(Errno::NOSPC.into()),
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrReply> {
@@ -292,15 +316,18 @@ impl Vfs {
         let _g = self.xattr_lock(ino);
         let mut pack = self.read_pack(ino, &path)?;
         crate::fault::check("removexattr")?;
-        let in_pack = pack.remove(suffix);
-        if in_pack {
+        // The copy on its own first: while the pack holds one, that one is what is read, so a
+        // stop in between never brings back an older value.
+        let single = match rustix::fs::removexattr(path.as_str(), bname.as_str()) {
+            Ok(()) => true,
+            Err(Errno::NODATA | Errno::RANGE) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if pack.remove(suffix) {
             self.write_pack(&path, &pack)?;
+        } else if !single {
+            return Err(Errno::NODATA.into());
         }
-        match rustix::fs::removexattr(path.as_str(), bname.as_str()) {
-            Ok(()) => Ok(()),
-            Err(Errno::NODATA | Errno::RANGE) if in_pack => Ok(()),
-            Err(Errno::RANGE) => Err(Errno::NODATA.into()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(())
     }
 }

@@ -283,3 +283,41 @@ fn attributes_leave_room_for_the_interrupted_write_marker() {
         assert_eq!(get(&v, f, "user.a0").unwrap(), vec![b'w'; len]);
     }
 }
+
+/// A file whose xattr room is already full without room for the marker (attributes stored one
+/// apiece by an older kmsfs) still takes changes the backing file system takes: replacing a
+/// value by one of the same size, or removing one.
+#[test]
+fn a_file_filled_by_an_older_kmsfs_still_takes_changes() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, ROOT_INO, "f");
+    let p = v.node(f).unwrap().proc_path();
+    let mut n = 0;
+    loop {
+        let bname = v.names.encrypt_xattr_name(format!("old{n}").as_bytes());
+        let stored = v.names.encrypt_xattr_value(&bname, &[b'o'; 40]);
+        if rustix::fs::setxattr(p.as_str(), bname.as_str(), &stored, XattrFlags::CREATE).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    // The last bytes of room, with small attributes kmsfs does not list.
+    let mut k = 0;
+    while rustix::fs::setxattr(
+        p.as_str(),
+        format!("user.x{k}").as_str(),
+        b"x",
+        XattrFlags::CREATE,
+    )
+    .is_ok()
+    {
+        k += 1;
+    }
+    assert!(!crate::content::pending::marker_fits(&p), "no room left");
+    assert_eq!(list(&v, f).len(), n);
+    set(&v, f, "user.old0", &[b'n'; 40], 0).unwrap();
+    assert_eq!(get(&v, f, "user.old0").unwrap(), [b'n'; 40]);
+    v.removexattr(f, OsStr::new("user.old1")).unwrap();
+    assert_eq!(list(&v, f).len(), n - 1);
+}

@@ -127,13 +127,20 @@ impl SegmentEnd {
     /// Why the file is not as its closing checkpoint recorded it (segment number, length), if
     /// it is not. Checkpoints without an offset (older kmsfs) cannot tell.
     fn altered(&self, segment: u64) -> Option<String> {
-        let off = self.cp.offset?;
         if self.cp.segment != segment {
             return Some(format!(
                 "segment {segment} ends with the checkpoint of segment {}",
                 self.cp.segment
             ));
         }
+        // Segments are closed only by a roll; one ending in another checkpoint was cut short.
+        if self.cp.reason != "segment-end" {
+            return Some(format!(
+                "segment {segment} ends with a {} checkpoint, not its segment-end one (cut)",
+                self.cp.reason
+            ));
+        }
+        let off = self.cp.offset?;
         let want = off.saturating_add(self.line_len);
         (want != self.len).then(|| {
             format!(
@@ -176,25 +183,30 @@ impl AuditLog {
         }
     }
 
-    /// Replaces each closed segment's length on disk by the one its closing checkpoint recorded
-    /// (kept as it is when the checkpoint records none, or the segment ends otherwise).
+    /// Replaces each closed segment's length on disk by what counts for the size limit: the
+    /// length its closing checkpoint recorded (at most the file's), or nothing for a segment
+    /// that does not end with its own segment-end checkpoint (retention stops there, so its
+    /// bytes are not to be made room for). Segments of older kmsfs, whose checkpoints record no
+    /// length, count as they are on disk.
     fn count_recorded(&self, g: &mut Inner, segs: &mut [(u64, u64)]) {
         for (s, len) in segs.iter_mut() {
             if g.intact.get(s) == Some(len) {
                 continue;
             }
             let Some(end) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(*s))) else {
+                *len = 0;
                 continue;
             };
-            match end.cp.offset {
-                Some(off) if end.cp.segment == *s => {
-                    let recorded = off.saturating_add(end.line_len);
-                    if recorded == *len {
-                        g.intact.insert(*s, *len);
-                    }
-                    *len = recorded.min(*len);
+            if end.cp.segment != *s || end.cp.reason != "segment-end" {
+                *len = 0;
+                continue;
+            }
+            if let Some(off) = end.cp.offset {
+                let recorded = off.saturating_add(end.line_len);
+                if recorded == *len {
+                    g.intact.insert(*s, *len);
                 }
-                _ => {}
+                *len = recorded.min(*len);
             }
         }
         g.intact.retain(|s, _| segs.iter().any(|(n, _)| n == s));
@@ -215,6 +227,17 @@ impl AuditLog {
     ) -> io::Result<Option<(u64, u64)>> {
         let mut segs = self.segment_files()?;
         segs.retain(|(n, _)| *n < g.segment);
+        // Segments below the signed beginning are leftovers of an interrupted removal (or
+        // copies put back): not part of the log (`verify` skips them), so not counted; gone now.
+        if let Ok(Some(b)) = read_base(&self.dir, &self.keys) {
+            segs.retain(|(n, _)| {
+                if *n >= b.segment {
+                    return true;
+                }
+                let _ = fs::remove_file(self.dir.join(segment_name(*n)));
+                false
+            });
+        }
         let mut rule = rule;
         if rule.max_bytes.is_some() {
             // Segment files can be grown by whoever can write the directory (no keys needed),

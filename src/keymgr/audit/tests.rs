@@ -663,9 +663,9 @@ fn a_disk_is_low_under_five_percent_or_a_gib_and_a_fifth() {
     );
 }
 
-/// Segment sizes are not authenticated: a closed segment made to look larger than any segment
-/// is written (a hole before its last line, so that it still ends with its signed checkpoint)
-/// turns removal by size off, so that it cannot make the limit remove more.
+/// A closed segment made to look larger than any segment is written (a hole before its last
+/// line, so that its end no longer reads as an entry) counts for nothing: the limit removes
+/// only what is really over it, and nothing from that segment on.
 #[test]
 fn a_segment_made_to_look_larger_does_not_make_the_size_limit_remove_more() {
     use std::os::unix::fs::FileExt;
@@ -682,18 +682,17 @@ fn a_segment_made_to_look_larger_does_not_make_the_size_limit_remove_more() {
     f.set_len(at + (b.len() - cut) as u64).unwrap();
     drop(f);
     let l = AuditLog::open(&c, keys()).unwrap();
-    // Ten times the real size, or less than it: nothing is removed by size.
-    assert_eq!(l.expire(size(10 * total)).unwrap(), None);
-    assert_eq!(l.expire(size(1)).unwrap(), None);
-    assert!(seg(&c, 1).exists() && p.exists());
-    // Removal by age goes on, up to the tampered segment (whose end no longer reads as one
-    // entry: the hole is part of its last line).
+    // Within the real size: nothing goes.
+    assert_eq!(l.expire(size(total)).unwrap(), None);
+    assert!(seg(&c, 1).exists());
+    // Over it: segment 1 (intact) goes, the tampered one and what follows stay.
+    assert_eq!(l.expire(size(1)).unwrap(), Some((1, 1)));
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     let both = Expiry {
         older_than: Some((future, 1)),
         max_bytes: Some(1),
     };
-    assert_eq!(l.expire(both).unwrap(), Some((1, 1)));
+    assert_eq!(l.expire(both).unwrap(), None);
     assert!(p.exists());
     l.close().unwrap();
     // And verify still reports the tampering.
@@ -767,9 +766,10 @@ fn a_closed_segment_grown_on_disk_stops_retention_and_verify_names_it() {
     assert!(p.exists());
     l.close().unwrap();
     let found = problems(&c);
-    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("are empty (bytes inserted)"), "{found:?}");
     assert!(
-        found[0].contains(&format!("found at byte {}", cut + grow)),
+        found[1].contains(&format!("found at byte {}", cut + grow)),
         "{found:?}"
     );
 }
@@ -786,4 +786,120 @@ fn a_segment_replaced_by_another_is_not_removed_by_retention() {
     assert!(seg(&c, 2).exists());
     l.close().unwrap();
     assert!(!problems(&c).is_empty());
+}
+
+/// Appends `n` newlines to a segment file.
+fn pad(p: &std::path::Path, n: usize) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(&vec![b'\n'; n]).unwrap();
+}
+
+/// Blank lines after the closing checkpoints of closed segments (which reading skips) count
+/// for nothing: the limit does not push out intact history for them, and `verify` names them.
+#[test]
+fn blank_lines_after_closed_segments_do_not_count_for_the_limit() {
+    let (_t, c) = segmented_log();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    let total: u64 = segment_sizes(&c).values().sum();
+    pad(&seg(&c, 2), 4 << 20);
+    pad(&seg(&c, 3), 4 << 20);
+    assert_eq!(l.expire(size(total + 100)).unwrap(), None);
+    assert!(seg(&c, 1).exists());
+    // Over the real size: the intact segment before them goes, not they.
+    assert_eq!(l.expire(size(1)).unwrap(), Some((1, 1)));
+    assert_eq!(l.expire(size(1)).unwrap(), None);
+    l.close().unwrap();
+    let found = problems(&c);
+    assert!(
+        found.iter().filter(|p| p.contains("are empty")).count() == 2,
+        "{found:?}"
+    );
+}
+
+/// Blank lines put into the segment being written while the log is closed are not taken into
+/// the next checkpoint's length: the log goes on in a new segment, says so, and retention
+/// stops at the padded one.
+#[test]
+fn a_padded_newest_segment_is_left_as_found_and_the_log_goes_on_in_a_new_one() {
+    let (_t, c) = log_with(5);
+    pad(&seg(&c, 1), 1 << 20);
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec(5)).unwrap();
+    l.start_new_segment().unwrap();
+    assert!(seg(&c, 2).exists(), "went on in segment 2");
+    assert_eq!(l.expire(size(1)).unwrap(), None, "segment 1 does not count");
+    assert!(seg(&c, 1).exists());
+    l.close().unwrap();
+    let all = read_all(&c, &keys()).unwrap();
+    assert!(
+        all.iter().any(|r| r.event == "AuditLogModified"
+            && r.detail.as_deref().is_some_and(|d| d.contains("segment 1"))),
+        "the new segment starts with the finding"
+    );
+    assert_eq!(all.iter().filter(|r| r.event == "Open").count(), 6);
+    let found = problems(&c);
+    assert!(found.iter().any(|p| p.contains("are empty")), "{found:?}");
+}
+
+/// A closed segment cut back to one of its periodic checkpoints (its length then matches that
+/// checkpoint's record) is not removed: only a segment-end checkpoint closes a segment.
+#[test]
+fn a_segment_cut_back_to_a_periodic_checkpoint_is_not_removed() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..CHECKPOINT_EVERY + 50 {
+        l.append(rec(i)).unwrap();
+    }
+    l.start_new_segment().unwrap();
+    l.append(rec(0)).unwrap();
+    l.close().unwrap();
+    // Cut segment 1 right after its periodic checkpoint.
+    let p = seg(&c, 1);
+    let data = std::fs::read(&p).unwrap();
+    let mut at = 0;
+    let mut cut = None;
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        at += line.len();
+        let e = verify::decode_lines(&keys(), line).pop().unwrap();
+        if e.kind == KIND_CHECKPOINT {
+            let cp: Checkpoint = serde_json::from_slice(e.json.as_ref().unwrap()).unwrap();
+            if cp.reason == "periodic" {
+                cut = Some(at);
+                break;
+            }
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(cut.expect("a periodic checkpoint") as u64)
+        .unwrap();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    assert_eq!(l.expire(size(1)).unwrap(), None);
+    assert!(p.exists());
+    l.close().unwrap();
+    let found = problems(&c);
+    assert!(
+        found.iter().any(|p| p.contains("segment-end checkpoint")),
+        "{found:?}"
+    );
+}
+
+/// Segments below the signed beginning (left by an interrupted removal, or copied back) are
+/// not counted and are removed.
+#[test]
+fn segments_below_the_base_are_not_counted_and_go() {
+    let (_t, c) = segmented_log();
+    let copy = std::fs::read(seg(&c, 1)).unwrap();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    assert_eq!(l.expire(size(1)).unwrap(), Some((1, 3)));
+    std::fs::write(seg(&c, 1), &copy).unwrap();
+    let now: u64 = segment_sizes(&c).values().sum::<u64>() - copy.len() as u64;
+    assert_eq!(l.expire(size(now)).unwrap(), None);
+    assert!(!seg(&c, 1).exists());
+    l.close().unwrap();
+    assert!(problems(&c).is_empty(), "{:?}", problems(&c));
 }

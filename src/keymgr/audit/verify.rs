@@ -79,6 +79,16 @@ pub(super) fn last_logged_checkpoint(
     None
 }
 
+/// The finding for a run of empty lines (first, last; numbered from 1).
+fn empty_lines(run: Option<(usize, usize)>) -> Option<String> {
+    let (a, b) = run?;
+    Some(if a == b {
+        format!("line {a} is empty (bytes inserted)")
+    } else {
+        format!("lines {a}..={b} are empty (bytes inserted)")
+    })
+}
+
 /// A problem `verify` found, naming the spot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Finding {
@@ -326,11 +336,23 @@ pub fn verify_with_progress(
             );
         }
         let mut next_at = 0u64;
+        let newlines = data.iter().filter(|b| **b == b'\n').count();
+        let closed = i + 1 < segs.len();
+        let mut last_kind = None;
+        // The writer never writes an empty line (the piece after the last newline is no line):
+        // a run of them is reported once.
+        let mut empty: Option<(usize, usize)> = None;
         for (i, line) in data.split(|b| *b == b'\n').enumerate() {
             let at = next_at;
             next_at += line.len() as u64 + 1;
             if line.is_empty() {
+                if i < newlines {
+                    empty = Some(empty.map_or((i + 1, i + 1), |(a, _)| (a, i + 1)));
+                }
                 continue;
+            }
+            if let Some(p) = empty_lines(empty.take()) {
+                find(Some(*s), None, p);
             }
             let Some(e) = decode_line(keys, line) else {
                 find(
@@ -433,8 +455,26 @@ pub fn verify_with_progress(
                     }
                 }
             }
+            let reason = (e.kind == KIND_CHECKPOINT)
+                .then_some(e.json.as_deref())
+                .flatten()
+                .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
+                .map(|c| c.reason);
+            last_kind = Some((e.kind, reason));
             prev_chain = e.chain;
             expect_seq = e.seq.saturating_add(1);
+        }
+        if let Some(p) = empty_lines(empty.take()) {
+            find(Some(*s), None, p);
+        }
+        // A segment is closed by the checkpoint that ends it: anything after it, or a segment
+        // ending otherwise, was added or cut.
+        if closed && !matches!(&last_kind, Some((KIND_CHECKPOINT, Some(r))) if r == "segment-end") {
+            find(
+                Some(*s),
+                None,
+                "segment does not end with its segment-end checkpoint (cut, or added to)".into(),
+            );
         }
     }
     match std::fs::read(dir.join(HEAD_FILE)) {

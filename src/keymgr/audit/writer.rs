@@ -210,6 +210,9 @@ impl AuditLog {
             .collect();
         segs.sort_unstable();
         let last = segs.last().copied();
+        // The newest segment with lines that are no entry (blank or undecodable: never written
+        // so; the writer would take them into the next checkpoint's offset): (segment, lines).
+        let mut modified = None;
         let (segment, next_seq, chain, last_kind, last_cp, clean) = match last {
             None => (
                 1,
@@ -232,13 +235,20 @@ impl AuditLog {
                         .set_len(keep as u64)?;
                 }
                 let entries = super::verify::decode_lines(&keys, &data[..keep]);
+                let lines = data[..keep].iter().filter(|b| **b == b'\n').count();
                 match entries.last() {
                     Some(e) => {
                         // From the log itself: `head` may lag it if we were killed between a
                         // checkpoint's write and the head update.
                         let cp = last_cp(&keys, &dir, &segs);
+                        // Kept as found (for `verify`), not written on: the log goes on in a
+                        // new segment, and retention stops at this one (it does not end with
+                        // its segment-end checkpoint).
+                        if lines != entries.len() {
+                            modified = Some((n, lines - entries.len()));
+                        }
                         (
-                            n,
+                            n + u64::from(modified.is_some()),
                             e.seq.saturating_add(1),
                             e.chain,
                             Some(e.kind),
@@ -315,10 +325,21 @@ impl AuditLog {
             warned_at: Mutex::new(None),
             blocked_at: Mutex::new(None),
         };
+        if let Some((n, bad)) = modified {
+            let mut r = AuditRecord::new("AuditLogModified", Source::System);
+            r.detail = Some(format!(
+                "segment {n} holds {bad} line(s) that are no entry (changed while the log was \
+                 closed): kept as found, the log goes on in segment {}",
+                n + 1
+            ));
+            tracing::error!("audit log: {}", r.detail.as_deref().unwrap_or_default());
+            log.write_entry(KIND_RECORD, r)?;
+        }
+        let resumed = modified.map_or(segment, |(n, _)| n);
         let unclean_reason = match (last_kind, clean) {
             (None, true) if next_seq == 0 => Some("new audit log"),
             (_, false) => Some("unclean shutdown: the last entry was torn and removed"),
-            (Some(KIND_CHECKPOINT), true) if log.last_was_unmount() => None,
+            (Some(KIND_CHECKPOINT), true) if log.last_was_unmount(resumed) => None,
             _ => Some(
                 "unclean shutdown: the previous session did not end with an unmount checkpoint",
             ),
@@ -336,8 +357,8 @@ impl AuditLog {
         Ok(log)
     }
 
-    fn last_was_unmount(&self) -> bool {
-        super::verify::last_logged_checkpoint(&self.keys, &self.dir, &[self.lock().segment])
+    fn last_was_unmount(&self, segment: u64) -> bool {
+        super::verify::last_logged_checkpoint(&self.keys, &self.dir, &[segment])
             .is_some_and(|c| c.reason == "unmount")
     }
 
