@@ -9,7 +9,7 @@
 # download and removed again), kept in $SUITES_DIR. The mount has --allow-other and a key policy
 # letting every user use the default key, as the suite switches to other users.
 #
-# Scripts that fail on every FUSE mount, whatever the file system behind it, are reported
+# Scripts that fail on every FUSE mount or on plain ext4 here too are reported
 # separately and do not count (KNOWN below, with why).
 #
 # Run as root: tools/coreutils-suite.sh
@@ -118,7 +118,7 @@ grep -E '^# (TOTAL|PASS|SKIP|XFAIL|FAIL|XPASS|ERROR):' "$WORK/check.log" | head 
 status=0
 for t in $failed; do
   if grep -qxF "$t" <<<"$KNOWN"; then
-    echo "failed, as on any FUSE mount: $t"
+    echo "failed, known (not kmsfs: see KNOWN in this script): $t"
   else
     echo "FAILED: $t"
     tail -15 "${t%.sh}.log" 2>/dev/null | sed 's/^/    /'
