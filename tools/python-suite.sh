@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the file-system parts of CPython's own test suite with their working and temporary
 # directories on a fresh kmsfs mount: os, posix, shutil, tempfile, io/fileio (large files too),
-# mmap, pathlib, glob, stat, fcntl locks, zipfile/tarfile/gzip/bz2/lzma archives, sqlite3 and dbm
+# mmap, pathlib, glob, stat, fcntl locks, zipfile/tarfile/gzip/bz2/lzma archives, sqlite3 (where
+# the test package has it) and dbm
 # databases, import and py_compile (bytecode caches), mailbox, logging's file
-# handlers, ~5,000 tests in all, extended attributes included (test_os sets 100 per file).
+# handlers: 31 modules of Debian's test package, extended attributes included (test_os sets
+# 100 per file).
 #
 # The tests are Debian's (`libpython3.X-testsuite`, installed when missing) run by the system's
 # /usr/bin/python3.
@@ -65,14 +67,23 @@ KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-ke
 timeout 30 "$KMSFS" mount --passfile "$WORK/pass" "$WORK/cipher" "$MNT" || die "mount failed"
 mkdir "$MNT/tmp" "$MNT/cwd"
 
-(($# > 0)) || set -- $TESTS
+if (($# == 0)); then
+  # Debian leaves some modules' tests out of its test package (test_sqlite3 in 3.11).
+  for t in $TESTS; do
+    if "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("test." + sys.argv[1]) is None)' "$t" 2>/dev/null; then
+      set -- "$@" "$t"
+    else
+      echo "(no $t in this Python's test package)"
+    fi
+  done
+fi
 echo "== $# test modules of Python $ver on a kmsfs mount ($JOBS at once)"
 cd "$MNT/cwd" || die "cannot enter the mount"
 # Each test in a fresh worker process, whose temporary files and working directory are on the
 # mount; a test that hangs is stopped after 20 minutes.
 TMPDIR=$MNT/tmp "$PY" -m test -j"$JOBS" --timeout 1200 "$@" >"$WORK/test.log" 2>&1
 verdict=$?
-grep -E '^(== Tests result|Total tests|Total test files)|tests? failed|failed \(' "$WORK/test.log" |
+grep -E '^(== Tests result|Tests result|Total tests|Total test files)|tests? (OK|failed)|failed \(|crashed' "$WORK/test.log" |
   sed 's/^/  /'
 if ((verdict != 0)); then
   grep -E '^(FAIL|ERROR):|Error:|Traceback' -A3 "$WORK/test.log" | head -60
