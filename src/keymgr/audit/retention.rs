@@ -201,12 +201,18 @@ impl AuditLog {
                 *len = 0;
                 continue;
             }
-            if let Some(off) = end.cp.offset {
-                let recorded = off.saturating_add(end.line_len);
-                if recorded == *len {
+            match end.cp.offset {
+                Some(off) => {
+                    let recorded = off.saturating_add(end.line_len);
+                    if recorded == *len {
+                        g.intact.insert(*s, *len);
+                    }
+                    *len = recorded.min(*len);
+                }
+                // Older kmsfs: counts as it is on disk, read once while that does not change.
+                None => {
                     g.intact.insert(*s, *len);
                 }
-                *len = recorded.min(*len);
             }
         }
         g.intact.retain(|s, _| segs.iter().any(|(n, _)| n == s));
