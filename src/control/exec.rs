@@ -612,9 +612,10 @@ impl Executor<'_> {
 
 /// The audit settings as a reply; `removed`: the segments the request just removed.
 fn audit_settings(km: &crate::keymgr::KeyManager, removed: Option<(u64, u64)>) -> Value {
+    let (days, max_bytes) = km.query(|s| (s.audit_retention_days, s.audit_max_bytes));
     serde_json::json!({
-        "retention_days": km.query(|s| s.audit_retention_days),
-        "max_bytes": km.query(|s| s.audit_max_bytes),
+        "retention_days": days,
+        "max_bytes": max_bytes,
         "removed_segments": removed.map(|(a, b)| [a, b]),
     })
 }

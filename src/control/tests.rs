@@ -364,12 +364,9 @@ fn an_open_view_whose_beginning_retention_removed_fails_instead_of_shifting() {
     c.read(fh, 600_000, 100).unwrap();
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     assert!(
-        log.expire(crate::keymgr::audit::Expiry {
-            older_than: Some((future, 1)),
-            max_bytes: None
-        })
-        .unwrap()
-        .is_some()
+        log.expire(crate::keymgr::audit::Expiry::by_age(future, 1))
+            .unwrap()
+            .is_some()
     );
     assert_eq!(c.read(fh, 0, 200).unwrap_err().errno, libc::EIO);
     c.release(fh);
@@ -440,12 +437,9 @@ fn a_view_opened_again_reads_only_the_new_records() {
     // Retention removes the first segments: the views are indexed again, and right.
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     assert!(
-        log.expire(crate::keymgr::audit::Expiry {
-            older_than: Some((future, 1)),
-            max_bytes: None
-        })
-        .unwrap()
-        .is_some()
+        log.expire(crate::keymgr::audit::Expiry::by_age(future, 1))
+            .unwrap()
+            .is_some()
     );
     c.audit_shortened();
     for (path, only) in [("audit", None), (key_audit.as_str(), Some(key.as_str()))] {

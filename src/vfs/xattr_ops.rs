@@ -20,6 +20,7 @@ use rustix::fs::XattrFlags;
 use rustix::io::Errno;
 
 use super::{Kind, Result, Vfs, VfsError};
+use crate::content::pending::xattr_lock;
 use crate::format::xattr_pack::XattrPack;
 use crate::names::XATTR_PACK;
 
@@ -64,11 +65,6 @@ impl Vfs {
         Ok(suffix)
     }
 
-    /// Shared with the interrupted-write marker (see `content::pending::xattr_lock`).
-    fn xattr_lock(&self, ino: u64) -> std::sync::MutexGuard<'static, ()> {
-        crate::content::pending::xattr_lock(ino)
-    }
-
     /// A backing xattr's stored bytes, `None` if the file has none of that name.
     fn read_backing_xattr(path: &str, bname: &str) -> Result<Option<Vec<u8>>> {
         let mut buf = vec![0u8; 4096];
@@ -106,33 +102,23 @@ impl Vfs {
         XattrPack::decode(&plain).map_err(|_| failed())
     }
 
+    /// Removes a backing xattr; whether it was there (ERANGE: a name longer than the backing
+    /// file system takes is not).
+    fn remove_backing_xattr(path: &str, bname: &str) -> std::result::Result<bool, Errno> {
+        match rustix::fs::removexattr(path, bname) {
+            Ok(()) => Ok(true),
+            Err(Errno::NODATA | Errno::RANGE) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes the pack (removes it when empty).
     fn write_pack(&self, path: &str, pack: &XattrPack) -> std::result::Result<(), Errno> {
         if pack.is_empty() {
-            return match rustix::fs::removexattr(path, XATTR_PACK) {
-                Ok(()) | Err(Errno::NODATA) => Ok(()),
-                Err(e) => Err(e),
-            };
+            return Self::remove_backing_xattr(path, XATTR_PACK).map(|_| ());
         }
         let stored = self.names.encrypt_xattr_pack(&pack.encode());
         rustix::fs::setxattr(path, XATTR_PACK, &stored, XattrFlags::empty())
-    }
-
-    /// Whether the attribute stored on its own (`bname`) is there.
-    fn single_exists(path: &str, bname: &str) -> Result<bool> {
-        match rustix::fs::getxattr(path, bname, &mut [0u8; 0][..]) {
-            Ok(_) => Ok(true),
-            Err(Errno::NODATA | Errno::RANGE) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Removes the attribute stored on its own, if there (a copy the pack shadows).
-    fn remove_single(path: &str, bname: &str) {
-        match rustix::fs::removexattr(path, bname) {
-            Ok(()) | Err(Errno::NODATA | Errno::RANGE) => {}
-            Err(e) => tracing::debug!("removing a shadowed xattr copy: {e}"),
-        }
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
@@ -149,10 +135,12 @@ impl Vfs {
             return Err(Errno::PERM.into());
         }
         let bname = self.names.encrypt_xattr_name(suffix);
-        let _g = self.xattr_lock(ino);
+        let _g = xattr_lock(ino);
         let pack = self.read_pack(ino, &path)?;
         let in_pack = pack.get(suffix).is_some();
-        let single = Self::single_exists(&path, &bname)?;
+        // The copy stored on its own, if any (kept to put back should the change be undone).
+        let before = Self::read_backing_xattr(&path, &bname)?;
+        let single = before.is_some();
         let flags = XattrFlags::from_bits_retain(flags as _);
         if flags.contains(XattrFlags::CREATE) && (in_pack || single) {
             return Err(Errno::EXIST.into());
@@ -167,25 +155,18 @@ impl Vfs {
         // older kmsfs) takes changes as the backing file system does.
         let probe = kind == Kind::File && crate::content::pending::marker_fits(&path);
         let room = |path: &str| !probe || crate::content::pending::marker_fits(path);
-        let before = if single {
-            Self::read_backing_xattr(&path, &bname)?
-        } else {
-            None
-        };
         let restore_single = |path: &str| match &before {
             Some(b) => rustix::fs::setxattr(path, bname.as_str(), b, XattrFlags::empty()),
-            None => match rustix::fs::removexattr(path, bname.as_str()) {
-                Err(Errno::NODATA) => Ok(()),
-                r => r,
-            },
+            None => Self::remove_backing_xattr(path, &bname).map(|_| ()),
         };
         if value.len() <= PACK_VALUE_MAX {
             let mut grown = pack.clone();
             grown.set(suffix, value);
             match self.write_pack(&path, &grown) {
                 Ok(()) => {
-                    if single {
-                        Self::remove_single(&path, &bname);
+                    // A copy the pack now shadows: left behind, it goes at the next change.
+                    if single && let Err(e) = Self::remove_backing_xattr(&path, &bname) {
+                        tracing::debug!("removing a shadowed xattr copy: {e}");
                     }
                     if room(&path) {
                         return Ok(());
@@ -239,7 +220,7 @@ impl Vfs {
         if kind == Kind::Symlink {
             return Err(Errno::NODATA.into());
         }
-        let _g = self.xattr_lock(ino);
+        let _g = xattr_lock(ino);
         if let Some(v) = self.read_pack(ino, &path)?.get(suffix) {
             return reply(v.to_vec(), size);
         }
@@ -267,7 +248,7 @@ impl Vfs {
         let (path, kind) = self.xattr_target(ino)?;
         let mut out = Vec::new();
         if kind != Kind::Symlink {
-            let _g = self.xattr_lock(ino);
+            let _g = xattr_lock(ino);
             let mut buf = vec![0u8; 65536];
             let n = rustix::fs::listxattr(path.as_str(), &mut buf[..])?;
             let raw: Vec<&[u8]> = buf[..n]
@@ -313,16 +294,12 @@ impl Vfs {
             return Err(Errno::PERM.into());
         }
         let bname = self.names.encrypt_xattr_name(suffix);
-        let _g = self.xattr_lock(ino);
+        let _g = xattr_lock(ino);
         let mut pack = self.read_pack(ino, &path)?;
         crate::fault::check("removexattr")?;
         // The copy on its own first: while the pack holds one, that one is what is read, so a
         // stop in between never brings back an older value.
-        let single = match rustix::fs::removexattr(path.as_str(), bname.as_str()) {
-            Ok(()) => true,
-            Err(Errno::NODATA | Errno::RANGE) => false,
-            Err(e) => return Err(e.into()),
-        };
+        let single = Self::remove_backing_xattr(&path, &bname)?;
         if pack.remove(suffix) {
             self.write_pack(&path, &pack)?;
         } else if !single {

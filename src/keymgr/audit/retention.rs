@@ -109,6 +109,24 @@ pub struct Expiry {
     pub max_bytes: Option<u64>,
 }
 
+impl Expiry {
+    /// Segments older than `cutoff` (a period of `days`, for the record).
+    pub fn by_age(cutoff: std::time::SystemTime, days: u32) -> Expiry {
+        Expiry {
+            older_than: Some((cutoff, days)),
+            max_bytes: None,
+        }
+    }
+
+    /// The oldest segments while the log is larger than `max` bytes.
+    pub fn by_size(max: u64) -> Expiry {
+        Expiry {
+            older_than: None,
+            max_bytes: Some(max),
+        }
+    }
+}
+
 /// The most a closed segment is ever written to: it is closed once past [`SEGMENT_BYTES`], after
 /// the write that took it there (a batch of records) and its segment-end checkpoint.
 const CLOSED_MAX: u64 = SEGMENT_BYTES + (4 << 20);
@@ -124,24 +142,28 @@ struct SegmentEnd {
 }
 
 impl SegmentEnd {
+    /// Whether this is `segment`'s own segment-end checkpoint (segments are closed only by a
+    /// roll; one ending in another checkpoint was cut short).
+    fn closes(&self, segment: u64) -> bool {
+        self.cp.segment == segment && self.cp.reason == "segment-end"
+    }
+
+    /// The segment's length as its closing checkpoint recorded it (`None`: older kmsfs).
+    fn recorded_len(&self) -> Option<u64> {
+        Some(self.cp.offset?.saturating_add(self.line_len))
+    }
+
     /// Why the file is not as its closing checkpoint recorded it (segment number, length), if
-    /// it is not. Checkpoints without an offset (older kmsfs) cannot tell.
+    /// it is not. Checkpoints without an offset (older kmsfs) cannot tell its length.
     fn altered(&self, segment: u64) -> Option<String> {
-        if self.cp.segment != segment {
+        if !self.closes(segment) {
             return Some(format!(
-                "segment {segment} ends with the checkpoint of segment {}",
-                self.cp.segment
+                "segment {segment} ends with a {} checkpoint of segment {}, not its own \
+                 segment-end one (cut or replaced)",
+                self.cp.reason, self.cp.segment
             ));
         }
-        // Segments are closed only by a roll; one ending in another checkpoint was cut short.
-        if self.cp.reason != "segment-end" {
-            return Some(format!(
-                "segment {segment} ends with a {} checkpoint, not its segment-end one (cut)",
-                self.cp.reason
-            ));
-        }
-        let off = self.cp.offset?;
-        let want = off.saturating_add(self.line_len);
+        let want = self.recorded_len()?;
         (want != self.len).then(|| {
             format!(
                 "segment {segment} is {} bytes where its closing checkpoint says {want} (bytes \
@@ -197,23 +219,16 @@ impl AuditLog {
                 *len = 0;
                 continue;
             };
-            if end.cp.segment != *s || end.cp.reason != "segment-end" {
+            if !end.closes(*s) {
                 *len = 0;
                 continue;
             }
-            match end.cp.offset {
-                Some(off) => {
-                    let recorded = off.saturating_add(end.line_len);
-                    if recorded == *len {
-                        g.intact.insert(*s, *len);
-                    }
-                    *len = recorded.min(*len);
-                }
-                // Older kmsfs: counts as it is on disk, read once while that does not change.
-                None => {
-                    g.intact.insert(*s, *len);
-                }
+            // Older kmsfs (no recorded length): counts as it is on disk.
+            let recorded = end.recorded_len().unwrap_or(*len);
+            if recorded == *len {
+                g.intact.insert(*s, *len);
             }
+            *len = recorded.min(*len);
         }
         g.intact.retain(|s, _| segs.iter().any(|(n, _)| n == s));
     }
@@ -326,7 +341,7 @@ impl AuditLog {
         ));
         self.write_locked(g, KIND_RECORD, &mut r)?;
         g.file.sync_data()?;
-        let base = super::retention::Base::new(
+        let base = Base::new(
             &self.keys,
             through + 1,
             last.seq + 1,
@@ -334,7 +349,7 @@ impl AuditLog {
             cp.signature,
         );
         let json = serde_json::to_vec_pretty(&base).map_err(io::Error::other)?;
-        crate::fsutil::atomic_write(&self.dir.join(super::BASE_FILE), &json, 0o600, None)?;
+        crate::fsutil::atomic_write(&self.dir.join(BASE_FILE), &json, 0o600, None)?;
         for s in first..=through {
             match fs::remove_file(self.dir.join(segment_name(s))) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

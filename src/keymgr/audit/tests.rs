@@ -244,18 +244,12 @@ fn head_lagging_the_log_after_a_kill_still_verifies() {
 
 /// Retention by age only, with the cutoff `t` (a one-day period, for the record).
 fn age(t: std::time::SystemTime) -> Expiry {
-    Expiry {
-        older_than: Some((t, 1)),
-        max_bytes: None,
-    }
+    Expiry::by_age(t, 1)
 }
 
 /// Retention by size only.
 fn size(max: u64) -> Expiry {
-    Expiry {
-        older_than: None,
-        max_bytes: Some(max),
-    }
+    Expiry::by_size(max)
 }
 
 /// The sizes of the log's segment files, by number.

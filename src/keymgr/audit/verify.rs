@@ -338,7 +338,8 @@ pub fn verify_with_progress(
         let mut next_at = 0u64;
         let newlines = data.iter().filter(|b| **b == b'\n').count();
         let closed = i + 1 < segs.len();
-        let mut last_kind = None;
+        // The reason of the segment's last entry if that is a checkpoint.
+        let mut last_reason: Option<String> = None;
         // The writer never writes an empty line (the piece after the last newline is no line):
         // a run of them is reported once.
         let mut empty: Option<(usize, usize)> = None;
@@ -363,6 +364,7 @@ pub fn verify_with_progress(
                 continue;
             };
             entries += 1;
+            last_reason = None;
             if e.seq > expect_seq {
                 find(
                     Some(*s),
@@ -435,6 +437,7 @@ pub fn verify_with_progress(
                             }
                             last_sig = c.signature.clone();
                             checkpoint_sigs.push((c.seq, c.signature));
+                            last_reason = Some(c.reason);
                         }
                         Err(_) => find(Some(*s), Some(e.seq), "checkpoint does not parse".into()),
                     }
@@ -455,12 +458,6 @@ pub fn verify_with_progress(
                     }
                 }
             }
-            let reason = (e.kind == KIND_CHECKPOINT)
-                .then_some(e.json.as_deref())
-                .flatten()
-                .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
-                .map(|c| c.reason);
-            last_kind = Some((e.kind, reason));
             prev_chain = e.chain;
             expect_seq = e.seq.saturating_add(1);
         }
@@ -469,7 +466,7 @@ pub fn verify_with_progress(
         }
         // A segment is closed by the checkpoint that ends it: anything after it, or a segment
         // ending otherwise, was added or cut.
-        if closed && !matches!(&last_kind, Some((KIND_CHECKPOINT, Some(r))) if r == "segment-end") {
+        if closed && last_reason.as_deref() != Some("segment-end") {
             find(
                 Some(*s),
                 None,

@@ -579,11 +579,7 @@ impl AuditLog {
         // to refuse the operation whose record started the roll (that record is written).
         let max = self.max_bytes.load(std::sync::atomic::Ordering::Relaxed);
         if max > 0 {
-            let rule = Expiry {
-                older_than: None,
-                max_bytes: Some(max),
-            };
-            match self.expire_locked(g, rule) {
+            match self.expire_locked(g, Expiry::by_size(max)) {
                 Ok(Some((a, b))) => {
                     tracing::info!("audit retention (size limit): removed segments {a}..={b}")
                 }
