@@ -15,22 +15,17 @@
 # Exit status: 0 when every suite passed on every mount, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SUITE=posix-suites
+. tools/lib/suite.sh
 
 PJDFSTEST_VERSION=0.2.2
 FSX_VERSION=0.3.2
-SUITES_DIR=${SUITES_DIR:-$HOME/.cache/kmsfs-suites}
 FSX_OPS=${FSX_OPS:-20000}
 FSX_SEEDS=${FSX_SEEDS:-1 2 3}
 
-die() { echo "posix-suites: $*" >&2; exit 2; }
-((EUID == 0)) || die "run as root (the suites switch users and --allow-other needs root here)"
-command -v fusermount3 >/dev/null || { apt-get update -qq && apt-get install -y -qq fuse3; } ||
-  die "fuse3 is needed"
-
-if [[ -z ${KMSFS:-} ]]; then
-  cargo build --release --locked -q || die "build failed"
-  KMSFS=$PWD/target/release/kmsfs
-fi
+need_root "the suites switch users and --allow-other needs root here"
+need_command fusermount3 fuse3
+kmsfs_binary
 
 install_tool() { # NAME VERSION
   [[ -x $SUITES_DIR/bin/$1 ]] && return 0
@@ -49,17 +44,6 @@ nobody_group=$(id -gn nobody 2>/dev/null) || die "no user 'nobody'"
 WORK=$(mktemp -d /tmp/kmsfs-suites.XXXXXX)
 chmod 755 "$WORK"
 MNT=$WORK/mnt
-# Unmounts $MNT and waits (up to 10 s) for its daemon to exit: it still writes to the volume
-# after the kernel let go, and removing $WORK under it failed ("Directory not empty").
-unmount() { # unmount [fusermount3 flags]
-  mountpoint -q "$MNT" || return 0
-  fusermount3 -u "$@" "$MNT"
-  local i
-  for i in $(seq 100); do
-    pgrep -f -- " $MNT\$" >/dev/null || return 0
-    sleep 0.1
-  done
-}
 cleanup() { unmount -z; rm -rf "$WORK"; }
 trap cleanup EXIT
 mkdir "$MNT"
@@ -110,18 +94,6 @@ mount_fresh() { # ARGS...: a new volume mounted at $MNT
   CIPHER=$c
 }
 
-allow_everyone() { # the suites act as other users: let them use the default key
-  local key
-  key=$("$KMSFS" key --passfile "$WORK/pass" "$CIPHER" list | awk 'NR > 1 && $4 == "yes" {print $1}')
-  cat >"$WORK/policy.json" <<'EOF'
-{"Version": "2012-10-17", "Statement": [
-  {"Sid": "Owner", "Effect": "Allow", "Principal": {"Uid": "0"}, "Action": "kms:*", "Resource": "*"},
-  {"Sid": "Everyone", "Effect": "Allow", "Principal": "*",
-   "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*"}]}
-EOF
-  "$KMSFS" policy put --volume "$CIPHER" --passfile "$WORK/pass" "$key" "$WORK/policy.json" >/dev/null ||
-    die "policy put failed"
-}
 
 status=0
 verdict() { # NAME LOG RC
@@ -142,7 +114,7 @@ run_pjd() { # NAME
 
 echo "== pjdfstest on a mount with --allow-other"
 mount_fresh --allow-other
-allow_everyone
+allow_everyone "$CIPHER" "$WORK/pass" # the suites act as other users
 run_pjd pjdfstest-allow-other
 
 echo "== pjdfstest on a root-only mount (cases acting as other users are refused by FUSE itself: listed, not counted)"

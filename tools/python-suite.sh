@@ -17,9 +17,10 @@
 # Exit status: 0 when every test passed, 1 otherwise, 2 when the setup failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SUITE=python-suite
+. tools/lib/suite.sh
 
 JOBS=${JOBS:-$(nproc)}
-WORK_IN=${WORK_IN:-/var/tmp}
 PY=/usr/bin/python3
 # Not test_compileall: two of its hard-link dedup cases fail on plain ext4 here too (as root).
 # Not test_selectors: epoll accepts a regular file on every FUSE mount (the kernel's FUSE file
@@ -30,41 +31,14 @@ test_genericpath test_posixpath test_zipfile test_tarfile test_gzip test_bz2 tes
 test_sqlite3 test_dbm test_dbm_dumb test_shelve test_import test_zipimport test_py_compile
 test_linecache test_mailbox test_logging"
 
-die() { echo "python-suite: $*" >&2; exit 2; }
-((EUID == 0)) || die "run as root (apt-get, mounting)"
-install_pkg() { # PACKAGE
-  apt-get install -y -qq "$1" >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq "$1" >/dev/null; } || die "$1 is needed"
-}
-command -v fusermount3 >/dev/null || install_pkg fuse3
+need_root "apt-get, mounting"
+need_command fusermount3 fuse3
 [[ -x $PY ]] || install_pkg python3
 ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || die "$PY does not run"
 "$PY" -c 'import test.regrtest' 2>/dev/null || install_pkg "libpython$ver-testsuite"
 
-if [[ -z ${KMSFS:-} ]]; then
-  cargo build --release --locked -q || die "build failed"
-  KMSFS=$PWD/target/release/kmsfs
-fi
-KMSFS=$(realpath "$KMSFS") || die "no kmsfs binary"
-
-WORK=$(mktemp -d "$WORK_IN/kmsfs-python-suite.XXXXXX") || die "mktemp in $WORK_IN failed"
-MNT=$WORK/mnt
-unmount() {
-  mountpoint -q "$MNT" || return 0
-  fusermount3 -u -z "$MNT"
-  local i
-  for i in $(seq 100); do
-    pgrep -f -- " $MNT\$" >/dev/null || return 0
-    sleep 0.1
-  done
-}
-cleanup() { cd /; unmount; rm -rf "$WORK"; }
-trap cleanup EXIT
-mkdir "$MNT" "$WORK/cipher"
-printf 'suite\n' >"$WORK/pass"
-KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-key "$WORK/cipher" \
-  >/dev/null || die "kmsfs init failed"
-timeout 30 "$KMSFS" mount --passfile "$WORK/pass" "$WORK/cipher" "$MNT" || die "mount failed"
+kmsfs_binary
+fresh_mount
 mkdir "$MNT/tmp" "$MNT/cwd"
 
 if (($# == 0)); then
