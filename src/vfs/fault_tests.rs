@@ -319,6 +319,12 @@ fn truncate_down_and_up() {
         false,
     );
     run("truncate up", |v| size(v, "b", 30_000), true);
+    // Past several chunks of zeros: a failure after some of them leaves the old size.
+    run(
+        "truncate up by megabytes",
+        |v| size(v, "b", 2_500_000),
+        false,
+    );
 }
 
 #[test]
@@ -542,4 +548,40 @@ fn failed_rmdir_puts_the_same_directory_id_back() {
             "copy {copy}: {names:?}"
         );
     }
+}
+
+#[test]
+fn an_extension_larger_than_the_free_space_fails_before_writing_anything() {
+    // 2^62 bytes of encrypted zeros fit on no disk. Any backing write would hit the armed
+    // fault (EIO): the ENOSPC must come before the first one.
+    let (_t, dir) = volume();
+    let before = snapshot(&open(&dir));
+    let v = open(&dir);
+    let set = SetAttr {
+        size: Some(1 << 62),
+        ..Default::default()
+    };
+    let b = ino(&v, "b").expect("b");
+    for (what, r) in [
+        (
+            "write",
+            with_handle(&v, "b", |fh| {
+                crate::fault::arm(1, Errno::IO);
+                v.write(fh, 1 << 62, b"x").map(|_| ())
+            }),
+        ),
+        ("truncate", {
+            crate::fault::arm(1, Errno::IO);
+            v.setattr(b, None, &set, None).map(|_| ())
+        }),
+    ] {
+        let fired = crate::fault::disarm();
+        assert_eq!(fired, None, "{what}: wrote before refusing");
+        assert!(
+            matches!(r, Err(ref e) if e.errno() == libc::ENOSPC),
+            "{what}: {r:?}"
+        );
+    }
+    drop(v);
+    assert!(snapshot(&open(&dir)) == before, "the tree changed");
 }

@@ -18,6 +18,9 @@ use crate::format::offsets::Layout;
 /// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
 
+/// Extensions whose zeros take at least this many cipher bytes first check the free space.
+const ROOM_CHECK_MIN: u64 = 64 << 20;
+
 /// A request thread's buffer, kept between requests so that a read or write neither
 /// allocates it nor fills it with zeros first. One for ciphertext (reads and writes) and one
 /// for the plaintext a read returns; one larger than [`Scratch::KEEP`] is let go after use.
@@ -333,11 +336,36 @@ impl OpenFile {
 
     /// Fills `[size, target)` with zeros. The caller holds the write lock.
     fn extend_zeros(&self, st: &mut FileState, target: u64) -> Result<()> {
+        self.check_room(st, target)?;
         let zeros = vec![0u8; ZERO_CHUNK as usize];
         while st.size < target {
             let n = (target - st.size).min(ZERO_CHUNK);
             let at = st.size;
             self.write_locked(st, at, &zeros[..n as usize], None)?;
+        }
+        Ok(())
+    }
+
+    /// ENOSPC, before anything is written, when the backing file system has less free space
+    /// than the encrypted zeros of an extension to `target` take (a write or truncate far past
+    /// the end). Without it, such a request would fill the disk, failing other writers on it
+    /// meanwhile, before its own ENOSPC undid it. Only large extensions ask (one `fstatvfs`);
+    /// one that passes can still run out and is undone then.
+    fn check_room(&self, st: &FileState, target: u64) -> Result<()> {
+        let l = self.layout;
+        let need = l.cipher_size(target).saturating_sub(l.cipher_size(st.size));
+        if need < ROOM_CHECK_MIN {
+            return Ok(());
+        }
+        let s = rustix::fs::fstatvfs(&st.file)?;
+        // The daemon running as root may use the blocks the file system keeps for root.
+        let blocks = if rustix::process::geteuid().is_root() {
+            s.f_bfree
+        } else {
+            s.f_bavail
+        };
+        if need > blocks.saturating_mul(s.f_frsize) {
+            return Err(VfsError::Sys(rustix::io::Errno::NOSPC));
         }
         Ok(())
     }
@@ -534,13 +562,7 @@ impl OpenFile {
             at += n;
         }
         if !keep_size && end > st.size {
-            let old_size = st.size;
-            if let Err(e) = self.extend_zeros(&mut st, end) {
-                if st.size != old_size && self.truncate_locked(&mut st, old_size).is_err() {
-                    tracing::error!(file = %self.label(), "could not undo a failed zero-range extension");
-                }
-                return Err(e);
-            }
+            self.truncate_locked(&mut st, end)?;
         }
         Ok(())
     }
@@ -558,7 +580,17 @@ impl OpenFile {
         use std::cmp::Ordering::*;
         match new_size.cmp(&st.size) {
             Equal => Ok(()),
-            Greater => self.extend_zeros(st, new_size),
+            Greater => {
+                // Extended a chunk at a time: a failure after some chunks (a full disk) cuts
+                // the file back, so a failed truncate leaves the size it found.
+                let old_size = st.size;
+                let r = self.extend_zeros(st, new_size);
+                if r.is_err() && st.size != old_size && self.truncate_locked(st, old_size).is_err()
+                {
+                    tracing::error!(file = %self.label(), "could not undo a failed extension");
+                }
+                r
+            }
             Less => {
                 let l = self.layout;
                 let fin = l.final_block(new_size);
