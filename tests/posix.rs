@@ -1158,6 +1158,24 @@ fn privileges_cleared_like_a_local_file_system() {
             other(format!(": > '{}'", p.display())),
         );
         log.rec("mode after other's O_TRUNC", mode(&p));
+        // fallocate too, in every mode kmsfs supports (the kernel does not flag it).
+        for (i, opts) in ["", "-n", "-z", "-z -n"].into_iter().enumerate() {
+            let p = made(&format!("fallocated {i}"), 0o6777);
+            log.rec(
+                format!("other fallocates {opts}"),
+                other(format!("fallocate {opts} -l 20000 '{}'", p.display())),
+            );
+            log.rec(format!("mode after fallocate {opts}"), mode(&p));
+        }
+        let p = made("fallocated by root", 0o6777);
+        let ok = std::process::Command::new("fallocate")
+            .args(["-l", "20000"])
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success();
+        log.rec("root fallocates", ok);
+        log.rec("mode after root's fallocate", mode(&p));
     });
     fx.finish();
 }

@@ -75,6 +75,25 @@ impl KmsFs {
 
     /// After a write, flush or release of a control file (which may have changed the key
     /// store): the kernel's cached control listings follow, before the reply (see `listings`).
+    /// Clears set-user-id/set-group-id of `ino` for a caller without CAP_FSETID
+    /// ([`Vfs::kill_suidgid`]); when the mode changed, makes the kernel fetch it again (the
+    /// replies of WRITE and FALLOCATE carry no attributes; offset -1: attributes only, no
+    /// page-cache work, safe inside a request). The errno on failure.
+    fn kill_suidgid_after(&self, req: &Request, ino: INodeNo, op: &str) -> Result<(), Errno> {
+        match self.vfs.kill_suidgid(ino.0, Some(&caller(req))) {
+            Ok(true) => {
+                if let Some(n) = self.notifier.get()
+                    && let Err(e) = n.inval_inode(ino, -1, 0)
+                {
+                    tracing::debug!("invalidating attributes of inode {}: {e}", ino.0);
+                }
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(errno(op, &e)),
+        }
+    }
+
     fn after_control(&self, fh: FileHandle) {
         if crate::vfs::is_control_handle(fh.0) {
             self.listings.after_request(&self.vfs);
@@ -493,20 +512,10 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         // A writer without CAP_FSETID on a set-user-id/set-group-id file (FUSE_HANDLE_KILLPRIV_V2).
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            match self.vfs.kill_suidgid(ino.0, Some(&caller(req))) {
-                // The write's reply carries no attributes: make the kernel fetch the new mode
-                // (offset -1: attributes only, no page-cache work, safe inside a request).
-                Ok(true) => {
-                    if let Some(n) = self.notifier.get()
-                        && let Err(e) = n.inval_inode(ino, -1, 0)
-                    {
-                        tracing::debug!("invalidating attributes of inode {}: {e}", ino.0);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => return reply.error(errno("write", &e)),
-            }
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.kill_suidgid_after(req, ino, "write")
+        {
+            return reply.error(e);
         }
         let r = self.vfs.write(fh.0, offset, data);
         self.after_control(fh);
@@ -748,8 +757,8 @@ impl Filesystem for KmsFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -757,11 +766,20 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let _turn = self.turn();
-        empty(
-            reply,
-            "fallocate",
-            self.vfs.fallocate(fh.0, offset, length, mode),
-        );
+        if let Err(e) = self.vfs.fallocate(fh.0, offset, length, mode) {
+            return reply.error(errno("fallocate", &e));
+        }
+        // As a local file system does, an fallocate that did something clears set-user-id
+        // (and set-group-id, as for a write) unless the caller has CAP_FSETID, for which a
+        // caller other than root stands. The kernel leaves that to us under
+        // FUSE_HANDLE_KILLPRIV_V2 and, unlike WRITE, does not flag the request.
+        match req.uid() {
+            0 => reply.ok(),
+            _ => match self.kill_suidgid_after(req, ino, "fallocate") {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        }
     }
 
     /// The session ended (all request threads are done); fuser unmounts after this, on this
