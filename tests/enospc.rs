@@ -116,6 +116,19 @@ fn a_full_disk_damages_nothing() {
             now[a.len()..].iter().all(|b| *b == 1),
             "the partial append is not garbage"
         );
+        // Extending past the free space: 8 MiB runs out part-way through its zeros and is
+        // cut back; 1 GiB is refused before anything is written. Either way ENOSPC, and `a`
+        // keeps its size and content (checked again after the remount below).
+        for size in [8u64 << 20, 1 << 30] {
+            let r = std::fs::OpenOptions::new()
+                .write(true)
+                .open(mnt2.join("a"))
+                .and_then(|f| f.set_len(size));
+            let e = r.expect_err("extended past the free space");
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{size}: {e}");
+            assert_eq!(std::fs::read(mnt2.join("a")).unwrap(), now, "{size}");
+        }
+        std::fs::write(mnt2.join("a.len"), now.len().to_string()).unwrap();
     });
     m.unmount();
     // After a remount: the key store opens (one version: the rotation was refused), every file
@@ -125,6 +138,17 @@ fn a_full_disk_damages_nothing() {
     let keys: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(keys[0]["current_version"], 1);
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    // The failed append's bytes the kernel still had in its cache may or may not have
+    // reached the disk; the failed extensions must not have.
+    let seen: u64 = std::fs::read_to_string(mnt.join("a.len"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let len = std::fs::metadata(mnt.join("a")).unwrap().len();
+    assert!(
+        (100_000..=seen).contains(&len),
+        "a has {len} bytes after the failed extensions and a remount (saw {seen})"
+    );
     for e in std::fs::read_dir(&mnt).unwrap() {
         let p = e.unwrap().path();
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
