@@ -265,6 +265,11 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         VfsOptions {
             read_only: a.ro,
             no_prefetch: a.no_prefetch,
+            noatime: a
+                .fuse_opts
+                .iter()
+                .flat_map(|o| o.split(','))
+                .any(|o| o == "noatime"),
         },
     )
     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;

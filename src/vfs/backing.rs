@@ -36,11 +36,32 @@ impl Vfs {
     /// Opens the backing file of regular-file `node`: read-write for `want_write`, read-only
     /// otherwise.
     pub(super) fn open_backing(&self, node: &Node, want_write: bool) -> Result<Backing> {
+        self.open_backing_with(node, want_write, self.opts.noatime)
+    }
+
+    /// [`Vfs::open_backing`], `O_NOATIME` when `noatime` and the daemon may (the file's owner
+    /// or CAP_FOWNER; else without).
+    pub(super) fn open_backing_with(
+        &self,
+        node: &Node,
+        want_write: bool,
+        noatime: bool,
+    ) -> Result<Backing> {
         let access = if want_write {
             OFlags::RDWR
         } else {
             OFlags::RDONLY
         };
+        if noatime {
+            match self.open_backing_flags(node, access | OFlags::NOATIME) {
+                Err(e) if e.errno() == libc::EPERM => {}
+                r => return r,
+            }
+        }
+        self.open_backing_flags(node, access)
+    }
+
+    fn open_backing_flags(&self, node: &Node, access: OFlags) -> Result<Backing> {
         if let Some(b) = self.open_by_name(node, access) {
             return Ok(b);
         }

@@ -243,7 +243,7 @@ impl Vfs {
                 self.dir_cursors
                     .opened
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Cursor::open(dir, pos)?
+                Cursor::open(dir, pos, self.opts.noatime)?
             }
         };
         let dir_id = self.dir_id_with(dir, Some(&cur.fd))?;
@@ -395,14 +395,18 @@ pub(super) struct Cursor {
 
 impl Cursor {
     /// A cursor at `offset` (see [`Vfs::stream_dir`]; [`LISTING_START`]: the beginning).
-    fn open(dir: &Arc<Node>, offset: u64) -> Result<Cursor> {
+    /// `noatime`: listing leaves the directory's access time alone (where the daemon may).
+    fn open(dir: &Arc<Node>, offset: u64, noatime: bool) -> Result<Cursor> {
         let changes = dir.entry_changes();
-        let fd = rustix::fs::openat(
-            &dir.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let open = |flags| rustix::fs::openat(&dir.fd, ".", flags, Mode::empty());
+        let fd = match noatime {
+            true => match open(flags | OFlags::NOATIME) {
+                Err(Errno::PERM) => open(flags),
+                r => r,
+            },
+            false => open(flags),
+        }?;
         if offset != LISTING_START {
             let off = i64::try_from(offset).map_err(|_| Errno::INVAL)?;
             rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(off as u64))?;

@@ -66,13 +66,22 @@ impl Vfs {
                 Ok((of, None))
             }
             Entry::Vacant(v) => {
+                // The header is read without setting the access time: opening a file is not
+                // reading it (a plain file system leaves atime alone until a read). Only
+                // reads through the mount set it, on a mount without `noatime`.
                 let Backing {
                     file,
                     len: cipher_len,
                     named,
-                } = self.open_backing(node, want_write)?;
+                } = self.open_backing_with(node, want_write, true)?;
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
+                if !self.opts.noatime {
+                    let fl = rustix::fs::fcntl_getfl(&file)?;
+                    if fl.contains(OFlags::NOATIME) {
+                        rustix::fs::fcntl_setfl(&file, fl - OFlags::NOATIME)?;
+                    }
+                }
                 let dek = self.km.unwrap_dek(&header).map_err(|e| {
                     if let crate::keymgr::KeyError::UnwrapFailed(_) = e {
                         tracing::error!(path = %self.label(node), "integrity failure: {e}");

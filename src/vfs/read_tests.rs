@@ -62,3 +62,60 @@ fn after_a_failed_read_the_next_read_is_right() {
     v.release(fh).expect("release");
     assert_eq!(read_at(&v, a, 0, 1 << 20), good);
 }
+
+/// Opening a file is not reading it: the header read at the first open leaves the access time
+/// alone (with relatime, an atime over a day old would be set by any read). A read sets it,
+/// unless the mount is `noatime`, and listing a directory likewise.
+#[test]
+fn access_times_move_on_reads_only_and_not_at_all_under_noatime() {
+    use super::{SetAttr, SetTime, VfsOptions};
+    use std::time::{Duration, SystemTime};
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    for noatime in [false, true] {
+        let (_t, dir) = new_volume();
+        let v = super::test_support::open_with(
+            &dir,
+            VfsOptions {
+                noatime,
+                ..Default::default()
+            },
+        );
+        write_file(&v, "f", b"some bytes");
+        v.mkdir(1, "d".as_ref(), 0o755, &caller()).expect("mkdir");
+        drop(v);
+        // A fresh model: nothing of the file is open or cached.
+        let v = super::test_support::open_with(
+            &dir,
+            VfsOptions {
+                noatime,
+                ..Default::default()
+            },
+        );
+        let ino = v.lookup(1, "f".as_ref()).expect("f").ino;
+        let d = v.lookup(1, "d".as_ref()).expect("d").ino;
+        let set = SetAttr {
+            atime: Some(SetTime::At(old)),
+            ..Default::default()
+        };
+        for i in [ino, d] {
+            v.setattr(i, None, &set, None).expect("set atime");
+        }
+        let atime = |i| v.getattr(i).expect("getattr").atime;
+        let fh = v.open_as(ino, libc::O_RDWR, &caller()).expect("open");
+        assert_eq!(atime(ino), old, "noatime {noatime}: the open set the atime");
+        let n = v.read_with(fh, 0, 100, |d| d.len()).expect("read");
+        assert_eq!(n, 10);
+        v.release(fh).expect("release");
+        assert_eq!(
+            atime(ino) == old,
+            noatime,
+            "noatime {noatime}: after a read"
+        );
+        v.list_dir(d).expect("list");
+        assert_eq!(
+            atime(d) == old,
+            noatime,
+            "noatime {noatime}: after a listing"
+        );
+    }
+}
