@@ -72,3 +72,20 @@ fn an_unlinked_file_still_open_or_linked_elsewhere_takes_its_times() {
     let a = set_mtime(&v, g, 6_000);
     assert_eq!((a.nlink, a.mtime), (1, at(6_000)));
 }
+
+/// A truncate to the size the file has still marks it modified, as ext4 does for truncate(2).
+#[test]
+fn a_truncate_to_the_same_size_sets_mtime_and_ctime() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, 1, "f");
+    let before = set_mtime(&v, f, 1_000_000);
+    std::thread::sleep(Duration::from_millis(20));
+    let same = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    let a = v.setattr(f, None, &same, None).expect("truncate");
+    assert!(a.mtime > at(1_000_000), "mtime kept: {:?}", a.mtime);
+    assert!(a.ctime > before.ctime, "ctime kept");
+}

@@ -18,6 +18,8 @@ use crate::content::FileCipher;
 /// The parts of open(2)'s flags the model acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenOptions {
+    /// Opened for reading (O_RDONLY or O_RDWR).
+    pub read: bool,
     pub write: bool,
     pub truncate: bool,
     pub append: bool,
@@ -27,6 +29,7 @@ impl OpenOptions {
     pub fn from_flags(flags: i32) -> Self {
         let acc = flags & libc::O_ACCMODE;
         OpenOptions {
+            read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
             write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             truncate: flags & libc::O_TRUNC != 0,
             append: flags & libc::O_APPEND != 0,
@@ -41,11 +44,13 @@ const FALLOC_ZERO_RANGE: i32 = 0x10;
 impl Vfs {
     /// The shared content state of `node`, opened (header read, DEK unwrapped) on first use.
     /// Counts one reference; balance with [`Vfs::put_open_file`]. Also the entry the backing
-    /// file was just opened under, if it was (see [`Backing::named`]).
+    /// file was just opened under, if it was (see [`Backing::named`]). `reading`: opened for
+    /// reading, which counts as an access (see below).
     fn get_open_file(
         &self,
         node: &Node,
         want_write: bool,
+        reading: bool,
     ) -> Result<(Arc<OpenFile>, Option<Arc<NodeName>>)> {
         use dashmap::mapref::entry::Entry;
         match self.open_files.entry(node.ino) {
@@ -66,14 +71,16 @@ impl Vfs {
                 Ok((of, None))
             }
             Entry::Vacant(v) => {
-                // The header is read without setting the access time: opening a file is not
-                // reading it (a plain file system leaves atime alone until a read). Only
-                // reads through the mount set it, on a mount without `noatime`.
+                // Access times: the kernel keeps none for FUSE, and reads it serves from its
+                // page cache never reach us, so an open for reading stands for the read: its
+                // header read sets the atime by the backing file system's rule (relatime),
+                // as the daemon's reads of the content do later. An open for writing only, a
+                // truncate, or any open under `noatime` reads the header without setting it.
                 let Backing {
                     file,
                     len: cipher_len,
                     named,
-                } = self.open_backing_with(node, want_write, true)?;
+                } = self.open_backing_with(node, want_write, self.opts.noatime || !reading)?;
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
                 if !self.opts.noatime {
@@ -201,7 +208,7 @@ impl Vfs {
         }
         // Before this open's own header read, so the read-ahead overlaps it.
         self.prefetch.opened(node.parent(), ino, &self.control);
-        let (of, named) = match self.get_open_file(&node, o.write || o.truncate) {
+        let (of, named) = match self.get_open_file(&node, o.write || o.truncate, o.read) {
             Ok(r) => r,
             Err(e) => {
                 if let Some(c) = caller {
@@ -523,7 +530,7 @@ impl Vfs {
         {
             return f.truncate(size);
         }
-        let of = match self.get_open_file(node, true) {
+        let of = match self.get_open_file(node, true, false) {
             Ok((of, _)) => of,
             Err(e) => {
                 if let Some(c) = caller {

@@ -579,7 +579,13 @@ impl OpenFile {
     pub fn truncate_locked(&self, st: &mut FileState, new_size: u64) -> Result<()> {
         use std::cmp::Ordering::*;
         match new_size.cmp(&st.size) {
-            Equal => Ok(()),
+            // Nothing to cut or add, but a truncate still marks the file changed, as on the
+            // backing file system (ext4 sets mtime and ctime for a truncate to the same size):
+            // the same length given to the backing file does that.
+            Equal => {
+                crate::fault::set_len(&st.file, self.layout.cipher_size(st.size))?;
+                Ok(())
+            }
             Greater => {
                 // Extended a chunk at a time: a failure after some chunks (a full disk) cuts
                 // the file back, so a failed truncate leaves the size it found.
