@@ -76,6 +76,7 @@ impl Vfs {
                 // header read sets the atime by the backing file system's rule (relatime),
                 // as the daemon's reads of the content do later. An open for writing only, a
                 // truncate, or any open under `noatime` reads the header without setting it.
+                let quiet_header = !reading && !self.opts.noatime;
                 let Backing {
                     file,
                     len: cipher_len,
@@ -83,7 +84,9 @@ impl Vfs {
                 } = self.open_backing_with(node, want_write, self.opts.noatime || !reading)?;
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
-                if !self.opts.noatime {
+                // Later reads of the content (by a handle that reads, sharing this descriptor)
+                // set the atime again.
+                if quiet_header {
                     let fl = rustix::fs::fcntl_getfl(&file)?;
                     if fl.contains(OFlags::NOATIME) {
                         rustix::fs::fcntl_setfl(&file, fl - OFlags::NOATIME)?;
