@@ -2273,8 +2273,13 @@ fn listx(p: &Path) -> Result<Vec<String>, i32> {
         .filter(|s| !s.is_empty())
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect();
-    // Names other than user.* (e.g. security.selinux) may exist on the plain side only.
-    v.retain(|n| n.starts_with("user."));
+    // security.selinux (and ACLs) may exist on the plain side only.
+    v.retain(|n| {
+        ["user.", "trusted.", "security."]
+            .iter()
+            .any(|ns| n.starts_with(ns))
+            && n != "security.selinux"
+    });
     v.sort();
     Ok(v)
 }
@@ -2357,14 +2362,56 @@ fn user_xattrs_set_get_list_remove() {
             "via link",
             getx(&root.join("linked"), "user.quagmire_attr_name", 100),
         );
+        // trusted.* and security.*, file capabilities among them: stored, listed, and the
+        // capability dropped by a write and by a chown (the kernel removes it, as on ext4).
+        // The value: version 2 capabilities, cap_net_raw permitted and effective.
+        let cap: &[u8] = &[
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let p = root.join("with caps");
+        fs::write(&p, b"0123456789").unwrap();
+        log.rec("set trusted", setx(&p, "trusted.t", b"tv", 0));
+        log.rec("set security", setx(&p, "security.s", b"sv", 0));
+        log.rec("set capability", setx(&p, "security.capability", cap, 0));
+        log.rec(
+            "create existing",
+            setx(&p, "trusted.t", b"x", libc::XATTR_CREATE),
+        );
+        log.rec("get trusted", getx(&p, "trusted.t", 100));
+        log.rec("get security", getx(&p, "security.s", 100));
+        log.rec("get capability", getx(&p, "security.capability", 100));
+        log.rec("user name alike", getx(&p, "user.trusted.t", 100));
+        log.rec("list with others", listx(&p));
+        OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        log.rec(
+            "capability after a write",
+            getx(&p, "security.capability", 100),
+        );
+        log.rec("trusted after a write", getx(&p, "trusted.t", 100));
+        log.rec(
+            "set capability again",
+            setx(&p, "security.capability", cap, 0),
+        );
+        std::os::unix::fs::chown(&p, Some(1), None).unwrap();
+        log.rec(
+            "capability after chown",
+            getx(&p, "security.capability", 100),
+        );
+        log.rec("remove trusted", removex(&p, "trusted.t"));
+        log.rec("remove trusted again", removex(&p, "trusted.t"));
+        log.rec("list after", listx(&p));
     });
-    // Deviation (README): other namespaces are not stored.
+    // Deviation (README): SELinux labels and ACLs are not stored.
     fx.on_mount(30, |mnt| {
         let f = mnt.join("linked");
-        assert_eq!(setx(&f, "trusted.x", b"v", 0), Err(libc::EOPNOTSUPP));
-        assert_eq!(setx(&f, "security.x", b"v", 0), Err(libc::EOPNOTSUPP));
-        assert_eq!(getx(&f, "trusted.x", 10), Err(libc::EOPNOTSUPP));
-        assert_eq!(removex(&f, "trusted.x"), Err(libc::EOPNOTSUPP));
+        assert_eq!(setx(&f, "security.selinux", b"v", 0), Err(libc::EOPNOTSUPP));
+        assert_eq!(setx(&f, "system.x", b"v", 0), Err(libc::EOPNOTSUPP));
+        assert_eq!(removex(&f, "security.selinux"), Err(libc::EOPNOTSUPP));
         // What `ls -l` asks: "not supported" lets it stop asking (per file system).
         assert_eq!(getx(&f, "security.selinux", 256), Err(libc::EOPNOTSUPP));
         assert_eq!(

@@ -706,9 +706,15 @@ impl Filesystem for KmsFs {
         xattr(reply, "getxattr", self.vfs.getxattr(ino.0, name, size));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _turn = self.turn();
-        xattr(reply, "listxattr", self.vfs.listxattr(ino.0, size));
+        // trusted.* names are listed for root only (CAP_SYS_ADMIN, for which root stands).
+        let trusted = req.uid() == 0;
+        xattr(
+            reply,
+            "listxattr",
+            self.vfs.listxattr_for(ino.0, size, trusted),
+        );
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

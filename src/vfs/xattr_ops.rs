@@ -1,9 +1,17 @@
-//! Extended attributes: only the `user.` namespace, names and values encrypted. Other namespaces
-//! (security, trusted, system ACLs) are not supported: EOPNOTSUPP for reading, writing and
-//! removing them, as a local file system without that namespace answers. `cp -a`, `rsync -AX`
-//! and `tar --acls` take that as "no ACLs/labels here"; `ls -l` stops asking for SELinux labels
-//! and ACLs on this file system after the first file (with ENODATA it asked two round trips per
-//! file).
+//! Extended attributes: the `user.`, `security.` and `trusted.` namespaces, names and values
+//! encrypted. `security.` holds file capabilities (`security.capability`, what `setcap` sets and
+//! `rsync -X`, `cp -a` and `tar --xattrs` copy: without it a backup of `/usr` stopped with
+//! errors) and whatever else a security module without labels of its own stores there; the
+//! kernel asks CAP_SYS_ADMIN for `trusted.` before it asks us, and only root sees them listed.
+//! Not supported (EOPNOTSUPP for reading, writing and removing, as a local file system without
+//! them answers): POSIX ACLs (`system.`: kmsfs would store them without the kernel enforcing
+//! them) and `security.selinux` (on a host running SELinux the kernel labels FUSE mounts itself
+//! and never asks; `ls -l` asks for it and, told "not supported", stops asking on this file
+//! system after the first file, where ENODATA cost a round trip per file). `cp -a`, `rsync -AX`
+//! and `tar --acls` take that as "no ACLs/labels here".
+//!
+//! Names other than `user.` ones are stored, inside the encryption, as a NUL byte and the full
+//! name (`\0security.capability`): no `user.` name holds a NUL byte, so the two cannot meet.
 //!
 //! Values up to [`PACK_VALUE_MAX`] bytes are kept together in one backing xattr per file, the
 //! pack (`format::xattr_pack`): each backing xattr costs its encrypted name and 28 bytes of nonce
@@ -13,6 +21,7 @@
 //! An attribute is in one place; if a crash leaves it in both (between the two writes of a
 //! move), the pack's copy is the one read, and the other is removed at its next change.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
@@ -25,6 +34,11 @@ use crate::format::xattr_pack::XattrPack;
 use crate::names::XATTR_PACK;
 
 const USER: &[u8] = b"user.";
+/// Namespaces stored under their full name (see above).
+const OTHER_NAMESPACES: [&[u8]; 2] = [b"security.", b"trusted."];
+const TRUSTED: &[u8] = b"trusted.";
+/// Not stored although in `security.` (see above).
+const SELINUX: &[u8] = b"security.selinux";
 /// Values up to this size go into the file's pack.
 pub const PACK_VALUE_MAX: usize = 1024;
 /// The largest xattr value Linux takes (XATTR_SIZE_MAX), plus room for nonce and tag.
@@ -53,16 +67,43 @@ impl Vfs {
         Ok((n.proc_path(), n.kind))
     }
 
-    /// The part of `name` after `user.` (other namespaces are not supported).
-    fn user_suffix(name: &OsStr) -> Result<&[u8]> {
-        let suffix = name
-            .as_bytes()
-            .strip_prefix(USER)
-            .ok_or(VfsError::NotSupported("only user.* extended attributes"))?;
-        if suffix.is_empty() || suffix.len() > 255 {
-            return Err(VfsError::Invalid("xattr name length"));
+    /// The name `name` is stored under: the part after `user.`, or a NUL byte and the whole
+    /// name for the other namespaces kept (EOPNOTSUPP for the rest).
+    fn stored_name(name: &OsStr) -> Result<Cow<'_, [u8]>> {
+        let name = name.as_bytes();
+        let stored = if let Some(suffix) = name.strip_prefix(USER) {
+            Cow::Borrowed(suffix)
+        } else if OTHER_NAMESPACES
+            .iter()
+            .any(|ns| name.len() > ns.len() && name.starts_with(ns))
+            && name != SELINUX
+        {
+            Cow::Owned([&[0u8][..], name].concat())
+        } else {
+            return Err(VfsError::NotSupported(
+                "only user.*, security.* and trusted.* extended attributes",
+            ));
+        };
+        // A pack entry's name length is one byte: a `trusted.`/`security.` name (stored with
+        // its zero byte) may have 254 bytes, one less than the kernel allows.
+        if stored.is_empty() || stored.len() > 255 {
+            return Err(Errno::RANGE.into());
         }
-        Ok(suffix)
+        Ok(stored)
+    }
+
+    /// Appends the name stored as `stored` as listxattr gives it (NUL-terminated); `trusted.`
+    /// names only if `trusted`.
+    fn push_listed(out: &mut Vec<u8>, stored: &[u8], trusted: bool) {
+        match stored.strip_prefix(&[0u8]) {
+            Some(full) if !trusted && full.starts_with(TRUSTED) => return,
+            Some(full) => out.extend_from_slice(full),
+            None => {
+                out.extend_from_slice(USER);
+                out.extend_from_slice(stored);
+            }
+        }
+        out.push(0);
     }
 
     /// A backing xattr's stored bytes, `None` if the file has none of that name.
@@ -129,7 +170,8 @@ impl Vfs {
             ));
         }
         self.check_writable()?;
-        let suffix = Self::user_suffix(name)?;
+        let stored = Self::stored_name(name)?;
+        let suffix: &[u8] = &stored;
         let (path, kind) = self.xattr_target(ino)?;
         if kind == Kind::Symlink {
             return Err(Errno::PERM.into());
@@ -212,7 +254,8 @@ impl Vfs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrReply> {
-        let suffix = Self::user_suffix(name)?;
+        let stored = Self::stored_name(name)?;
+        let suffix: &[u8] = &stored;
         if super::is_control(ino) {
             return Err(Errno::NODATA.into());
         }
@@ -237,7 +280,14 @@ impl Vfs {
         reply(v, size)
     }
 
+    /// Every attribute's name, `trusted.` ones included.
     pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrReply> {
+        self.listxattr_for(ino, size, true)
+    }
+
+    /// The attributes' names; `trusted.` ones only when `trusted` (a caller with
+    /// CAP_SYS_ADMIN, as a local file system lists them).
+    pub fn listxattr_for(&self, ino: u64, size: u32, trusted: bool) -> Result<XattrReply> {
         if super::is_control(ino) {
             return Ok(if size == 0 {
                 XattrReply::Size(0)
@@ -260,11 +310,7 @@ impl Vfs {
             } else {
                 XattrPack::default()
             };
-            let mut push = |name: &[u8]| {
-                out.extend_from_slice(USER);
-                out.extend_from_slice(name);
-                out.push(0);
-            };
+            let mut push = |name: &[u8]| Self::push_listed(&mut out, name, trusted);
             pack.names().for_each(&mut push);
             for s in raw {
                 let Ok(s) = std::str::from_utf8(s) else {
@@ -288,7 +334,8 @@ impl Vfs {
             ));
         }
         self.check_writable()?;
-        let suffix = Self::user_suffix(name)?;
+        let stored = Self::stored_name(name)?;
+        let suffix: &[u8] = &stored;
         let (path, kind) = self.xattr_target(ino)?;
         if kind == Kind::Symlink {
             return Err(Errno::PERM.into());

@@ -142,7 +142,7 @@ fn create_and_replace_see_an_attribute_wherever_it_is() {
     assert_eq!(get(&v, f, "user.s").unwrap(), b"now small");
     assert_eq!(get(&v, f, "user.p").unwrap(), big);
     assert_eq!(get(&v, f, "user.none"), Err(libc::ENODATA));
-    assert_eq!(set(&v, f, "trusted.x", b"v", 0), Err(libc::EOPNOTSUPP));
+    assert_eq!(set(&v, f, "system.x", b"v", 0), Err(libc::EOPNOTSUPP));
 }
 
 /// A crash between the two writes of a move leaves an attribute in the pack and on its own:
@@ -320,4 +320,63 @@ fn a_file_filled_by_an_older_kmsfs_still_takes_changes() {
     assert_eq!(get(&v, f, "user.old0").unwrap(), [b'n'; 40]);
     v.removexattr(f, OsStr::new("user.old1")).unwrap();
     assert_eq!(list(&v, f).len(), n - 1);
+}
+
+/// `trusted.` and `security.` attributes are stored apart from `user.` ones of the same
+/// suffix (and from a `user.` one named like them), small and large, packed and alone, across
+/// a fresh model; `trusted.` names are listed only for a caller allowed to see them;
+/// `security.selinux` and `system.` stay unsupported.
+#[test]
+fn other_namespaces_are_kept_apart_from_user_names() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, ROOT_INO, "f");
+    let big = vec![7u8; PACK_VALUE_MAX + 1];
+    let values: [(&str, &[u8]); 6] = [
+        ("user.a", b"user"),
+        ("trusted.a", b"trusted"),
+        ("security.a", b"security"),
+        ("user.trusted.a", b"user named like trusted"),
+        (
+            "security.capability",
+            &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0],
+        ),
+        ("trusted.big", &big),
+    ];
+    for (n, val) in values {
+        assert_eq!(set(&v, f, n, val, 0), Ok(()), "{n}");
+    }
+    assert_eq!(set(&v, f, "trusted.a", b"x", 1), Err(libc::EEXIST));
+    for name in ["security.selinux", "system.posix_acl_access", "other.x"] {
+        assert_eq!(set(&v, f, name, b"x", 0), Err(libc::EOPNOTSUPP), "{name}");
+        assert_eq!(get(&v, f, name), Err(libc::EOPNOTSUPP), "{name}");
+    }
+    drop(v);
+    let v = open(&dir);
+    let f = v.lookup(ROOT_INO, "f".as_ref()).unwrap().ino;
+    for (n, val) in values {
+        assert_eq!(get(&v, f, n).as_deref(), Ok(val), "{n}");
+    }
+    let mut all = list(&v, f);
+    all.sort();
+    let mut want: Vec<&str> = values.iter().map(|(n, _)| *n).collect();
+    want.sort();
+    assert_eq!(all, want);
+    let XattrReply::Data(d) = v.listxattr_for(f, 1 << 16, false).unwrap() else {
+        unreachable!()
+    };
+    let shown: Vec<&[u8]> = d.split(|b| *b == 0).filter(|s| !s.is_empty()).collect();
+    assert_eq!(shown.len(), 4, "{:?}", String::from_utf8_lossy(&d));
+    assert!(shown.iter().all(|n| !n.starts_with(b"trusted.")));
+    // A pack entry's name has at most 255 bytes, the zero byte included.
+    let long = |n: usize| format!("trusted.{}", "n".repeat(n - "trusted.".len()));
+    assert_eq!(set(&v, f, &long(254), b"v", 0), Ok(()));
+    assert_eq!(get(&v, f, &long(254)).as_deref(), Ok(&b"v"[..]));
+    assert_eq!(set(&v, f, &long(255), b"v", 0), Err(libc::ERANGE));
+    v.removexattr(f, OsStr::new(&long(254))).unwrap();
+    // Removing one leaves its namesakes in the other namespaces.
+    v.removexattr(f, OsStr::new("trusted.a")).unwrap();
+    assert_eq!(get(&v, f, "trusted.a"), Err(libc::ENODATA));
+    assert_eq!(get(&v, f, "user.a").as_deref(), Ok(&b"user"[..]));
+    assert_eq!(get(&v, f, "security.a").as_deref(), Ok(&b"security"[..]));
 }
