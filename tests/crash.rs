@@ -140,3 +140,64 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// A daemon killed outright leaves a dead mount (every call there fails with ENOTCONN). Mounting
+/// the same volume there again clears it and works; another volume is refused with a message
+/// naming the dead mount; `kmsfs unmount` removes one.
+#[test]
+fn a_dead_mount_is_cleared_by_mounting_again_or_by_kmsfs_unmount() {
+    let v = Volume::new(&[]);
+    let _guard = DeadMount(v.mnt.clone());
+    let m = v.mount();
+    std::fs::write(m.path("kept"), b"before the crash").unwrap();
+    let o = sh("sync");
+    assert!(o.status.success());
+    let mnt = m.kill9_leaving_the_mount();
+    let e = std::fs::metadata(&mnt).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    // Another volume: refused, naming the problem.
+    let other = Volume::new(&[]);
+    let o = kmsfs()
+        .args(["mount", "--passfile"])
+        .arg(&other.passfile)
+        .arg(&other.cipher)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "mounted over a dead mount: {err}");
+    assert!(err.contains("daemon is gone"), "{err}");
+    // The same volume: the dead mount is cleared and the volume mounted again (in the
+    // background: `kmsfs mount` returns once the new mount is ready; the guard unmounts it).
+    let o = with_timeout(60, {
+        let (c, mnt, p) = (v.cipher.clone(), mnt.clone(), v.passfile.clone());
+        move || {
+            kmsfs()
+                .args(["mount", "--passfile"])
+                .arg(&p)
+                .arg(&c)
+                .arg(&mnt)
+                .output()
+                .unwrap()
+        }
+    });
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("unmounting it"), "{err}");
+    assert_eq!(
+        std::fs::read(mnt.join("kept")).unwrap(),
+        b"before the crash"
+    );
+    // kmsfs unmount of a dead mount (`[k]`: the pattern must not match the shell running pkill).
+    let daemon = sh(&format!(
+        "pkill -9 -f '[k]msfs mount --passfile {}'",
+        v.passfile.display()
+    ));
+    assert!(daemon.status.success(), "no daemon to kill");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let e = std::fs::metadata(&mnt).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    let o = kmsfs().arg("unmount").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!is_mounted(&mnt), "still mounted");
+}

@@ -120,6 +120,72 @@ pub(super) fn mount_table() -> Vec<(String, PathBuf, String)> {
         .collect()
 }
 
+/// `mp` as an absolute path, also where it cannot be resolved itself (a mount whose daemon is
+/// gone answers ENOTCONN): its directory resolved, its own name kept.
+fn absolute_mountpoint(mp: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(mp) {
+        return p;
+    }
+    let dir = match mp.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), mp.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => std::path::absolute(mp).unwrap_or_else(|_| mp.to_path_buf()),
+    }
+}
+
+/// Unmounts `abs` with fusermount3 (lazily if it is busy); whether it is gone.
+fn fusermount_unmount(abs: &Path) -> bool {
+    ["-u", "-uz"].iter().any(|flags| {
+        std::process::Command::new("fusermount3")
+            .arg(flags)
+            .arg(abs)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// A mount left at `mp` by a kmsfs daemon that is gone (killed or crashed: every call there
+/// fails with ENOTCONN). One of `cipherdir` is unmounted, so that mounting again just works;
+/// any other is an error naming it.
+fn clear_dead_mount(mp: &Path, cipherdir: &Path) -> Result<(), CliError> {
+    match std::fs::symlink_metadata(mp) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => return Ok(()),
+    }
+    let abs = absolute_mountpoint(mp);
+    let source = cipherdir.display().to_string();
+    let ours = mounts_at(&abs)
+        .iter()
+        .any(|(src, ty)| ty == "fuse.kmsfs" && *src == source);
+    if !ours {
+        return Err(mount_err(format!(
+            "{} is a FUSE mount whose daemon is gone (transport endpoint is not connected)",
+            abs.display()
+        ))
+        .hint(format!(
+            "unmount it first: fusermount3 -u {}",
+            abs.display()
+        )));
+    }
+    eprintln!(
+        "kmsfs: {} was left mounted by a kmsfs daemon that is gone (killed or crashed); \
+         unmounting it",
+        abs.display()
+    );
+    if !fusermount_unmount(&abs) {
+        return Err(mount_err(format!(
+            "could not unmount the dead mount at {}",
+            abs.display()
+        ))
+        .hint(format!("unmount it: fusermount3 -u -z {}", abs.display())));
+    }
+    Ok(())
+}
+
 fn check_mountpoint(mp: &Path) -> Result<PathBuf, CliError> {
     let abs = std::fs::canonicalize(mp).map_err(|e| {
         mount_err(format!("mount point {}: {e}", mp.display())).hint("create it with mkdir")
@@ -224,6 +290,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let cipherdir = std::fs::canonicalize(&a.cipherdir)
         .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
     crate::keymgr::probe(&cipherdir)?;
+    clear_dead_mount(&a.mountpoint, &cipherdir)?;
     let mountpoint = check_mountpoint(&a.mountpoint)?;
     let paths = VolumePaths::new(&cipherdir);
     let lock = lock_volume(&paths)?;
@@ -482,7 +549,8 @@ pub struct UnmountArgs {
 }
 
 pub fn unmount(a: &UnmountArgs) -> Result<(), CliError> {
-    let abs = std::fs::canonicalize(&a.mountpoint).unwrap_or_else(|_| a.mountpoint.clone());
+    // Also where the daemon is gone (ENOTCONN): such a mount is unmounted like any other.
+    let abs = absolute_mountpoint(&a.mountpoint);
     let here = mounts_at(&abs);
     if !here.iter().any(|(_, t)| t == "fuse.kmsfs") {
         return Err(CliError::new(

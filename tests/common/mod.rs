@@ -172,17 +172,26 @@ impl Mount {
 
     /// Kills the daemon with SIGKILL (a crash) and detaches the dead mount.
     #[allow(dead_code)]
-    pub fn kill9(mut self) {
+    pub fn kill9(self) {
+        let mnt = self.kill9_leaving_the_mount();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Kills the daemon with SIGKILL and leaves its dead mount (every call there fails with
+    /// ENOTCONN) for the test to clear; returns the mount point. The caller must make sure it
+    /// is unmounted even when it fails (a [`DeadMount`] guard).
+    #[allow(dead_code)]
+    pub fn kill9_leaving_the_mount(mut self) -> PathBuf {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
+        self.mnt.clone()
     }
 
     /// Unmounts cleanly and returns the daemon's stderr.
@@ -280,4 +289,19 @@ pub fn sorted_names(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Detaches whatever is mounted at its path when dropped (a dead mount a test left on purpose).
+#[allow(dead_code)]
+pub struct DeadMount(pub PathBuf);
+
+impl Drop for DeadMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
 }
