@@ -86,7 +86,10 @@ impl Vfs {
         };
         // A pack entry's name length is one byte: a `trusted.`/`security.` name (stored with
         // its zero byte) may have 254 bytes, one less than the kernel allows.
-        if stored.is_empty() || stored.len() > 255 {
+        if stored.is_empty() {
+            return Err(VfsError::Invalid("empty xattr name"));
+        }
+        if stored.len() > 255 {
             return Err(Errno::RANGE.into());
         }
         Ok(stored)

@@ -373,6 +373,7 @@ fn other_namespaces_are_kept_apart_from_user_names() {
     assert_eq!(set(&v, f, &long(254), b"v", 0), Ok(()));
     assert_eq!(get(&v, f, &long(254)).as_deref(), Ok(&b"v"[..]));
     assert_eq!(set(&v, f, &long(255), b"v", 0), Err(libc::ERANGE));
+    assert_eq!(set(&v, f, "user.", b"v", 0), Err(libc::EINVAL));
     v.removexattr(f, OsStr::new(&long(254))).unwrap();
     // Removing one leaves its namesakes in the other namespaces.
     v.removexattr(f, OsStr::new("trusted.a")).unwrap();
