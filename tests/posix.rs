@@ -2351,6 +2351,28 @@ fn user_xattrs_set_get_list_remove() {
         std::os::unix::fs::symlink("file", root.join("sl")).unwrap();
         log.rec("symlink set", setx(&root.join("sl"), "user.x", b"v", 0));
         log.rec("symlink list", listx(&root.join("sl")));
+        // trusted.* and security.* are allowed on symlinks and special files (not user.*).
+        unsafe { libc::mkfifo(cs(&root.join("fifo")).as_ptr(), 0o644) };
+        for what in ["sl", "fifo"] {
+            let p = root.join(what);
+            log.rec(format!("{what} get user"), getx(&p, "user.x", 100));
+            log.rec(format!("{what} remove user"), removex(&p, "user.x"));
+            for name in ["trusted.t", "security.s"] {
+                log.rec(format!("{what} set {name}"), setx(&p, name, b"val", 0));
+                log.rec(format!("{what} get {name}"), getx(&p, name, 100));
+            }
+            log.rec(
+                format!("{what} set large"),
+                setx(&p, "trusted.large", &[7u8; 2000], 0),
+            );
+            log.rec(format!("{what} get large"), getx(&p, "trusted.large", 4096));
+            log.rec(format!("{what} list"), listx(&p));
+            log.rec(format!("{what} remove"), removex(&p, "trusted.t"));
+            log.rec(format!("{what} remove again"), removex(&p, "trusted.t"));
+            log.rec(format!("{what} list after"), listx(&p));
+        }
+        // The symlink still points where it did.
+        log.rec("symlink target", fs::read_link(root.join("sl")).unwrap());
         // xattrs follow the inode across rename and hard link.
         fs::rename(&f, root.join("renamed")).unwrap();
         fs::hard_link(root.join("renamed"), root.join("linked")).unwrap();

@@ -61,10 +61,47 @@ fn reply(data: Vec<u8>, size: u32) -> Result<XattrReply> {
     }
 }
 
+/// A node's backing inode as its attributes are stored there. Regular files and directories
+/// keep them in the backing `user.` namespace. Symlinks and special files take no `user.`
+/// attributes (Linux), so theirs (`trusted.` and `security.` ones; `user.` ones are refused,
+/// as on any file system) go into the backing `trusted.` namespace under the same names after
+/// the prefix (which needs the daemon to run as root; else EPERM, as before). Encryption
+/// always sees the `user.` form of a name (the value's AAD).
+struct Target {
+    path: String,
+    kind: Kind,
+}
+
+impl Target {
+    fn in_trusted(&self) -> bool {
+        !matches!(self.kind, Kind::File | Kind::Dir)
+    }
+
+    /// The backing name for `name` (in its `user.` form).
+    fn backing<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        match name.strip_prefix("user.") {
+            Some(rest) if self.in_trusted() => Cow::Owned(format!("trusted.{rest}")),
+            _ => Cow::Borrowed(name),
+        }
+    }
+
+    /// The `user.` form of a backing name listed on the inode (`None`: not one of ours).
+    fn logical<'a>(&self, raw: &'a str) -> Option<Cow<'a, str>> {
+        if !self.in_trusted() {
+            return Some(Cow::Borrowed(raw));
+        }
+        raw.strip_prefix("trusted.")
+            .map(|rest| Cow::Owned(format!("user.{rest}")))
+    }
+}
+
 impl Vfs {
-    fn xattr_target(&self, ino: u64) -> Result<(String, Kind)> {
+    fn xattr_target(&self, ino: u64) -> Result<Target> {
         let n = self.node(ino)?;
-        Ok((n.proc_path(), n.kind))
+        Ok(Target {
+            path: n.proc_path(),
+            kind: n.kind,
+        })
     }
 
     /// The name `name` is stored under: the part after `user.`, or a NUL byte and the whole
@@ -110,7 +147,8 @@ impl Vfs {
     }
 
     /// A backing xattr's stored bytes, `None` if the file has none of that name.
-    fn read_backing_xattr(path: &str, bname: &str) -> Result<Option<Vec<u8>>> {
+    fn read_backing_xattr(t: &Target, bname: &str) -> Result<Option<Vec<u8>>> {
+        let (path, bname) = (t.path.as_str(), &*t.backing(bname));
         let mut buf = vec![0u8; 4096];
         let r = match rustix::fs::getxattr(path, bname, &mut buf[..]) {
             Err(Errno::RANGE) => {
@@ -130,8 +168,8 @@ impl Vfs {
         }
     }
 
-    fn read_pack(&self, ino: u64, path: &str) -> Result<XattrPack> {
-        let Some(stored) = Self::read_backing_xattr(path, XATTR_PACK)? else {
+    fn read_pack(&self, ino: u64, t: &Target) -> Result<XattrPack> {
+        let Some(stored) = Self::read_backing_xattr(t, XATTR_PACK)? else {
             return Ok(XattrPack::default());
         };
         let failed = || {
@@ -148,8 +186,8 @@ impl Vfs {
 
     /// Removes a backing xattr; whether it was there (ERANGE: a name longer than the backing
     /// file system takes is not).
-    fn remove_backing_xattr(path: &str, bname: &str) -> std::result::Result<bool, Errno> {
-        match rustix::fs::removexattr(path, bname) {
+    fn remove_backing_xattr(t: &Target, bname: &str) -> std::result::Result<bool, Errno> {
+        match rustix::fs::removexattr(t.path.as_str(), &*t.backing(bname)) {
             Ok(()) => Ok(true),
             Err(Errno::NODATA | Errno::RANGE) => Ok(false),
             Err(e) => Err(e),
@@ -157,12 +195,22 @@ impl Vfs {
     }
 
     /// Writes the pack (removes it when empty).
-    fn write_pack(&self, path: &str, pack: &XattrPack) -> std::result::Result<(), Errno> {
+    fn write_pack(&self, t: &Target, pack: &XattrPack) -> std::result::Result<(), Errno> {
         if pack.is_empty() {
-            return Self::remove_backing_xattr(path, XATTR_PACK).map(|_| ());
+            return Self::remove_backing_xattr(t, XATTR_PACK).map(|_| ());
         }
         let stored = self.names.encrypt_xattr_pack(&pack.encode());
-        rustix::fs::setxattr(path, XATTR_PACK, &stored, XattrFlags::empty())
+        Self::write_backing_xattr(t, XATTR_PACK, &stored)
+    }
+
+    fn write_backing_xattr(t: &Target, bname: &str, v: &[u8]) -> std::result::Result<(), Errno> {
+        rustix::fs::setxattr(t.path.as_str(), &*t.backing(bname), v, XattrFlags::empty())
+    }
+
+    /// A `user.` attribute (stored name without the leading zero byte) on a symlink or
+    /// special file: Linux allows none (EPERM to change, ENODATA to read).
+    fn user_on_special(t: &Target, stored: &[u8]) -> bool {
+        t.in_trusted() && stored.first() != Some(&0)
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
@@ -175,16 +223,16 @@ impl Vfs {
         self.check_writable()?;
         let stored = Self::stored_name(name)?;
         let suffix: &[u8] = &stored;
-        let (path, kind) = self.xattr_target(ino)?;
-        if kind == Kind::Symlink {
+        let t = self.xattr_target(ino)?;
+        if Self::user_on_special(&t, suffix) {
             return Err(Errno::PERM.into());
         }
         let bname = self.names.encrypt_xattr_name(suffix);
         let _g = xattr_lock(ino);
-        let pack = self.read_pack(ino, &path)?;
+        let pack = self.read_pack(ino, &t)?;
         let in_pack = pack.get(suffix).is_some();
         // The copy stored on its own, if any (kept to put back should the change be undone).
-        let before = Self::read_backing_xattr(&path, &bname)?;
+        let before = Self::read_backing_xattr(&t, &bname)?;
         let single = before.is_some();
         let flags = XattrFlags::from_bits_retain(flags as _);
         if flags.contains(XattrFlags::CREATE) && (in_pack || single) {
@@ -198,30 +246,30 @@ impl Vfs {
         // change after which the marker no longer fits, where it did before, is undone (ENOSPC),
         // as if the attributes had filled up. A file without that room already (filled by an
         // older kmsfs) takes changes as the backing file system does.
-        let probe = kind == Kind::File && crate::content::pending::marker_fits(&path);
-        let room = |path: &str| !probe || crate::content::pending::marker_fits(path);
-        let restore_single = |path: &str| match &before {
-            Some(b) => rustix::fs::setxattr(path, bname.as_str(), b, XattrFlags::empty()),
-            None => Self::remove_backing_xattr(path, &bname).map(|_| ()),
+        let probe = t.kind == Kind::File && crate::content::pending::marker_fits(&t.path);
+        let room = |t: &Target| !probe || crate::content::pending::marker_fits(&t.path);
+        let restore_single = |t: &Target| match &before {
+            Some(b) => Self::write_backing_xattr(t, &bname, b),
+            None => Self::remove_backing_xattr(t, &bname).map(|_| ()),
         };
         if value.len() <= PACK_VALUE_MAX {
             let mut grown = pack.clone();
             grown.set(suffix, value);
-            match self.write_pack(&path, &grown) {
+            match self.write_pack(&t, &grown) {
                 Ok(()) => {
                     // A copy the pack now shadows: left behind, it goes at the next change.
-                    if single && let Err(e) = Self::remove_backing_xattr(&path, &bname) {
+                    if single && let Err(e) = Self::remove_backing_xattr(&t, &bname) {
                         tracing::debug!("removing a shadowed xattr copy: {e}");
                     }
-                    if room(&path) {
+                    if room(&t) {
                         return Ok(());
                     }
                     // Undone: the old copy on its own first (the pack's shadows it), then the
                     // old pack. Should that fail, the new value stands, and is what is read.
-                    if single && restore_single(&path).is_err() {
+                    if single && restore_single(&t).is_err() {
                         return Ok(());
                     }
-                    return match self.write_pack(&path, &pack) {
+                    return match self.write_pack(&t, &pack) {
                         Ok(()) => Err(Errno::NOSPC.into()),
                         Err(_) => Ok(()),
                     };
@@ -232,25 +280,25 @@ impl Vfs {
             }
         }
         let v = self.names.encrypt_xattr_value(&bname, value);
-        rustix::fs::setxattr(path.as_str(), bname.as_str(), &v, XattrFlags::empty())?;
+        Self::write_backing_xattr(&t, &bname, &v)?;
         // Until the pack lets go of its copy, that copy is the one read (the old value).
         if in_pack {
             let mut without = pack.clone();
             without.remove(suffix);
-            self.write_pack(&path, &without)?;
+            self.write_pack(&t, &without)?;
         }
-        if room(&path) {
+        if room(&t) {
             return Ok(());
         }
         // Undone: the pack's copy first (it wins), then the one on its own.
         if in_pack {
-            if self.write_pack(&path, &pack).is_err() {
+            if self.write_pack(&t, &pack).is_err() {
                 return Ok(());
             }
-            let _ = restore_single(&path);
+            let _ = restore_single(&t);
             return Err(Errno::NOSPC.into());
         }
-        match restore_single(&path) {
+        match restore_single(&t) {
             Ok(()) => Err(Errno::NOSPC.into()),
             Err(_) => Ok(()),
         }
@@ -262,16 +310,16 @@ impl Vfs {
         if super::is_control(ino) {
             return Err(Errno::NODATA.into());
         }
-        let (path, kind) = self.xattr_target(ino)?;
-        if kind == Kind::Symlink {
+        let t = self.xattr_target(ino)?;
+        if Self::user_on_special(&t, suffix) {
             return Err(Errno::NODATA.into());
         }
         let _g = xattr_lock(ino);
-        if let Some(v) = self.read_pack(ino, &path)?.get(suffix) {
+        if let Some(v) = self.read_pack(ino, &t)?.get(suffix) {
             return reply(v.to_vec(), size);
         }
         let bname = self.names.encrypt_xattr_name(suffix);
-        let stored = Self::read_backing_xattr(&path, &bname)?.ok_or(Errno::NODATA)?;
+        let stored = Self::read_backing_xattr(&t, &bname)?.ok_or(Errno::NODATA)?;
         let v = self
             .names
             .decrypt_xattr_value(&bname, &stored)
@@ -298,32 +346,30 @@ impl Vfs {
                 XattrReply::Data(Vec::new())
             });
         }
-        let (path, kind) = self.xattr_target(ino)?;
+        let t = self.xattr_target(ino)?;
         let mut out = Vec::new();
-        if kind != Kind::Symlink {
-            let _g = xattr_lock(ino);
-            let mut buf = vec![0u8; 65536];
-            let n = rustix::fs::listxattr(path.as_str(), &mut buf[..])?;
-            let raw: Vec<&[u8]> = buf[..n]
-                .split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .collect();
-            let pack = if raw.contains(&XATTR_PACK.as_bytes()) {
-                self.read_pack(ino, &path)?
-            } else {
-                XattrPack::default()
-            };
-            let mut push = |name: &[u8]| Self::push_listed(&mut out, name, trusted);
-            pack.names().for_each(&mut push);
-            for s in raw {
-                let Ok(s) = std::str::from_utf8(s) else {
-                    continue;
-                };
-                if let Some(name) = self.names.decrypt_xattr_name(s)
-                    && pack.get(&name).is_none()
-                {
-                    push(&name);
-                }
+        let _g = xattr_lock(ino);
+        let mut buf = vec![0u8; 65536];
+        let n = rustix::fs::listxattr(t.path.as_str(), &mut buf[..])?;
+        // Ours, in their `user.` form.
+        let raw: Vec<Cow<'_, str>> = buf[..n]
+            .split(|b| *b == 0)
+            .filter_map(|s| std::str::from_utf8(s).ok())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| t.logical(s))
+            .collect();
+        let pack = if raw.iter().any(|s| s == XATTR_PACK) {
+            self.read_pack(ino, &t)?
+        } else {
+            XattrPack::default()
+        };
+        let mut push = |name: &[u8]| Self::push_listed(&mut out, name, trusted);
+        pack.names().for_each(&mut push);
+        for s in &raw {
+            if let Some(name) = self.names.decrypt_xattr_name(s)
+                && pack.get(&name).is_none()
+            {
+                push(&name);
             }
         }
         reply(out, size)
@@ -339,19 +385,19 @@ impl Vfs {
         self.check_writable()?;
         let stored = Self::stored_name(name)?;
         let suffix: &[u8] = &stored;
-        let (path, kind) = self.xattr_target(ino)?;
-        if kind == Kind::Symlink {
+        let t = self.xattr_target(ino)?;
+        if Self::user_on_special(&t, suffix) {
             return Err(Errno::PERM.into());
         }
         let bname = self.names.encrypt_xattr_name(suffix);
         let _g = xattr_lock(ino);
-        let mut pack = self.read_pack(ino, &path)?;
+        let mut pack = self.read_pack(ino, &t)?;
         crate::fault::check("removexattr")?;
         // The copy on its own first: while the pack holds one, that one is what is read, so a
         // stop in between never brings back an older value.
-        let single = Self::remove_backing_xattr(&path, &bname)?;
+        let single = Self::remove_backing_xattr(&t, &bname)?;
         if pack.remove(suffix) {
-            self.write_pack(&path, &pack)?;
+            self.write_pack(&t, &pack)?;
         } else if !single {
             return Err(Errno::NODATA.into());
         }

@@ -42,7 +42,10 @@ fn backing_names(v: &Vfs, ino: u64) -> Vec<String> {
         .split(|b| *b == 0)
         .filter(|s| !s.is_empty())
         .map(|s| String::from_utf8(s.to_vec()).unwrap())
-        .filter(|s| s.starts_with("user.kmsfs.") && s != crate::fsutil::DIRID_XATTR)
+        .filter(|s| {
+            (s.starts_with("user.kmsfs.") || s.starts_with("trusted.kmsfs."))
+                && s != crate::fsutil::DIRID_XATTR
+        })
         .collect()
 }
 
@@ -380,4 +383,52 @@ fn other_namespaces_are_kept_apart_from_user_names() {
     assert_eq!(get(&v, f, "trusted.a"), Err(libc::ENODATA));
     assert_eq!(get(&v, f, "user.a").as_deref(), Ok(&b"user"[..]));
     assert_eq!(get(&v, f, "security.a").as_deref(), Ok(&b"security"[..]));
+}
+
+/// Symlinks and special files take `trusted.`/`security.` attributes (in the backing
+/// `trusted.` namespace), small and large, across a fresh model; `user.` ones are refused as
+/// Linux refuses them there.
+#[test]
+fn symlinks_and_fifos_take_trusted_and_security_attributes() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let c = super::test_support::caller();
+    let l = v
+        .symlink(ROOT_INO, "l".as_ref(), "target".as_ref(), &c)
+        .unwrap()
+        .ino;
+    let p = v
+        .mknod(ROOT_INO, "p".as_ref(), libc::S_IFIFO | 0o644, 0, &c)
+        .unwrap()
+        .ino;
+    let big = vec![3u8; PACK_VALUE_MAX + 10];
+    for ino in [l, p] {
+        assert_eq!(set(&v, ino, "user.x", b"v", 0), Err(libc::EPERM));
+        assert_eq!(get(&v, ino, "user.x"), Err(libc::ENODATA));
+        assert_eq!(set(&v, ino, "trusted.a", b"one", 0), Ok(()));
+        assert_eq!(set(&v, ino, "security.b", &big, 0), Ok(()));
+        let names = backing_names(&v, ino);
+        assert!(
+            !names.is_empty() && names.iter().all(|n| n.starts_with("trusted.kmsfs.")),
+            "{names:?}"
+        );
+    }
+    drop(v);
+    let v = open(&dir);
+    for name in ["l", "p"] {
+        let ino = v.lookup(ROOT_INO, name.as_ref()).unwrap().ino;
+        assert_eq!(
+            get(&v, ino, "trusted.a").as_deref(),
+            Ok(&b"one"[..]),
+            "{name}"
+        );
+        assert_eq!(get(&v, ino, "security.b"), Ok(big.clone()), "{name}");
+        let mut l = list(&v, ino);
+        l.sort();
+        assert_eq!(l, ["security.b", "trusted.a"], "{name}");
+        v.removexattr(ino, OsStr::new("trusted.a")).unwrap();
+        v.removexattr(ino, OsStr::new("security.b")).unwrap();
+        assert!(list(&v, ino).is_empty(), "{name}");
+        assert!(backing_names(&v, ino).is_empty(), "{name}");
+    }
 }
