@@ -62,8 +62,8 @@ pub struct VfsOptions {
     pub read_only: bool,
     /// No read-ahead across files (see `prefetch`).
     pub no_prefetch: bool,
-    /// Mounted with `noatime`: reading a file or listing a directory through the mount leaves
-    /// its access time alone. The kernel keeps no access times for a FUSE mount; kmsfs's
+    /// Mounted with `noatime` (or read-only): reading a file or listing a directory through the
+    /// mount leaves its access time alone. The kernel keeps no access times for a FUSE mount; kmsfs's
     /// come from the backing files, whose reads would set them, so backing files and
     /// directories are opened `O_NOATIME`.
     pub noatime: bool,
@@ -174,6 +174,11 @@ impl Vfs {
             crate::control::ControlDir::new(km.clone(), facts, root, names)
         };
         let prefetch = prefetch::Prefetch::new(!opts.no_prefetch);
+        // A read-only mount changes nothing in the cipher directory, access times included.
+        let opts = VfsOptions {
+            noatime: opts.noatime || opts.read_only,
+            ..opts
+        };
         Ok(Vfs {
             control,
             activity: AtomicU64::new(0),

@@ -132,3 +132,44 @@ fn access_times_follow_reads_not_write_only_opens_and_stay_under_noatime() {
         );
     }
 }
+
+/// A read-only mount changes nothing in the cipher directory: reading a file or listing a
+/// directory there leaves their access times alone (as if `noatime`).
+#[test]
+fn a_read_only_mount_leaves_access_times_alone() {
+    use super::{SetAttr, SetTime, VfsOptions};
+    use std::time::{Duration, SystemTime};
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let ino = write_file(&v, "f", b"some bytes");
+    let d = v
+        .mkdir(1, "d".as_ref(), 0o755, &caller())
+        .expect("mkdir")
+        .ino;
+    let set = SetAttr {
+        atime: Some(SetTime::At(old)),
+        ..Default::default()
+    };
+    for i in [ino, d] {
+        v.setattr(i, None, &set, None).expect("set atime");
+    }
+    drop(v);
+    let v = super::test_support::open_with(
+        &dir,
+        VfsOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    );
+    let ino = v.lookup(1, "f".as_ref()).expect("f").ino;
+    let d = v.lookup(1, "d".as_ref()).expect("d").ino;
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+    let n = v.read_with(fh, 0, 100, |d| d.len()).expect("read");
+    assert_eq!(n, 10);
+    v.release(fh).expect("release");
+    v.list_dir(d).expect("list");
+    for i in [ino, d] {
+        assert_eq!(v.getattr(i).expect("getattr").atime, old, "inode {i}");
+    }
+}
