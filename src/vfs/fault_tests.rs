@@ -39,8 +39,12 @@ fn volume() -> (tempfile::TempDir, PathBuf) {
     write_file(&v, d, "c", b"small").expect("c");
     write_file(&v, d, LONG, &data(5000, 3)).expect("long");
     v.mkdir(ROOT, "empty".as_ref(), 0o700, &c).expect("empty");
-    v.symlink(ROOT, "s".as_ref(), "a".as_ref(), &c)
-        .expect("symlink");
+    let s = v
+        .symlink(ROOT, "s".as_ref(), "a".as_ref(), &c)
+        .expect("symlink")
+        .ino;
+    v.setxattr(s, "trusted.t".as_ref(), b"one", 0)
+        .expect("xattr on the symlink");
     let a = v.lookup(ROOT, "a".as_ref()).expect("lookup").ino;
     v.setxattr(a, "user.tag".as_ref(), b"one", 0)
         .expect("xattr");
@@ -78,7 +82,24 @@ enum Entry {
         xattrs: Vec<u8>,
     },
     Dir(u16),
-    Symlink(Vec<u8>),
+    /// Target, then names and values of its extended attributes.
+    Symlink(Vec<u8>, Vec<u8>),
+}
+
+/// The names of `ino`'s extended attributes as listed, then their values.
+fn xattrs_of(v: &Vfs, ino: u64) -> Vec<u8> {
+    let xattrs = match v.listxattr(ino, 4096).expect("listxattr") {
+        XattrReply::Data(d) => d,
+        XattrReply::Size(_) => Vec::new(),
+    };
+    let mut x = xattrs.clone();
+    for n in xattrs.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let n = OsStr::new(std::str::from_utf8(n).expect("utf8"));
+        if let Ok(XattrReply::Data(d)) = v.getxattr(ino, n, 4096) {
+            x.extend_from_slice(&d);
+        }
+    }
+    x
 }
 
 /// Everything a user can see of the tree, read through `v`; a read error is a test failure.
@@ -100,7 +121,10 @@ fn walk(v: &Vfs, dir: u64, prefix: String, out: &mut BTreeMap<String, Entry>) {
                 walk(v, attr.ino, format!("{path}/"), out);
                 Entry::Dir(attr.perm)
             }
-            Kind::Symlink => Entry::Symlink(v.readlink(attr.ino).expect("readlink")),
+            Kind::Symlink => Entry::Symlink(
+                v.readlink(attr.ino).expect("readlink"),
+                xattrs_of(v, attr.ino),
+            ),
             _ => {
                 let fh = v.open(attr.ino, libc::O_RDONLY).expect("open");
                 let mut data = Vec::new();
@@ -114,21 +138,10 @@ fn walk(v: &Vfs, dir: u64, prefix: String, out: &mut BTreeMap<String, Entry>) {
                     data.extend_from_slice(&d);
                 }
                 v.release(fh).expect("release");
-                let xattrs = match v.listxattr(attr.ino, 4096).expect("listxattr") {
-                    XattrReply::Data(d) => d,
-                    XattrReply::Size(_) => Vec::new(),
-                };
-                let mut x = xattrs.clone();
-                for n in xattrs.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-                    let n = OsStr::new(std::str::from_utf8(n).expect("utf8"));
-                    if let Ok(XattrReply::Data(d)) = v.getxattr(attr.ino, n, 4096) {
-                        x.extend_from_slice(&d);
-                    }
-                }
                 Entry::File {
                     data,
                     perm: attr.perm,
-                    xattrs: x,
+                    xattrs: xattrs_of(v, attr.ino),
                 }
             }
         };
@@ -423,6 +436,22 @@ fn attributes() {
     run(
         "removexattr",
         |v| v.removexattr(ino(v, "a")?, "user.tag".as_ref()),
+        false,
+    );
+    // Other namespaces, and on a symlink (stored in the backing trusted. namespace).
+    run(
+        "setxattr security",
+        |v| v.setxattr(ino(v, "a")?, "security.s".as_ref(), b"sec", 0),
+        false,
+    );
+    run(
+        "setxattr on a symlink",
+        |v| v.setxattr(ino(v, "s")?, "trusted.t".as_ref(), &[5u8; 2000], 0),
+        false,
+    );
+    run(
+        "removexattr on a symlink",
+        |v| v.removexattr(ino(v, "s")?, "trusted.t".as_ref()),
         false,
     );
 }
