@@ -188,16 +188,31 @@ fn a_dead_mount_is_cleared_by_mounting_again_or_by_kmsfs_unmount() {
         std::fs::read(mnt.join("kept")).unwrap(),
         b"before the crash"
     );
-    // kmsfs unmount of a dead mount (`[k]`: the pattern must not match the shell running pkill).
-    let daemon = sh(&format!(
-        "pkill -9 -f '[k]msfs mount --passfile {}'",
-        v.passfile.display()
-    ));
-    assert!(daemon.status.success(), "no daemon to kill");
+    // kmsfs unmount of a dead mount: the background daemon killed (found by its command line;
+    // no pkill, which a minimal system lacks).
+    let daemon = daemon_pid(&v.passfile).expect("the background daemon");
+    assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0, "kill");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let e = std::fs::metadata(&mnt).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
     let o = kmsfs().arg("unmount").arg(&mnt).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!is_mounted(&mnt), "still mounted");
+}
+
+/// The pid of the `kmsfs mount` process using `passfile`, from /proc.
+fn daemon_pid(passfile: &std::path::Path) -> Option<i32> {
+    let want = passfile.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ours = args.first().is_some_and(|a| a.ends_with("kmsfs"))
+            && args.iter().any(|a| a == "mount")
+            && args.iter().any(|a| *a == want);
+        ours.then_some(pid)
+    })
 }
