@@ -212,7 +212,7 @@ fn daemon_pid(passfile: &std::path::Path) -> Option<i32> {
             .collect();
         let ours = args.first().is_some_and(|a| a.ends_with("kmsfs"))
             && args.iter().any(|a| a == "mount")
-            && args.iter().any(|a| *a == want);
+            && args.contains(&want);
         ours.then_some(pid)
     })
 }
