@@ -116,10 +116,11 @@ fn a_full_disk_damages_nothing() {
             now[a.len()..].iter().all(|b| *b == 1),
             "the partial append is not garbage"
         );
-        // Extending past the free space: 8 MiB runs out part-way through its zeros and is
-        // cut back; 1 GiB is refused before anything is written. Either way ENOSPC, and `a`
-        // keeps its size and content (checked again after the remount below).
-        for size in [8u64 << 20, 1 << 30] {
+        // Extending past the free space: 4,150,000 bytes (less than the 4 MiB file system
+        // holds in all) runs out part-way through its zeros and is cut back; 1 GiB (more than
+        // it holds) is refused before anything is written. Either way ENOSPC, and `a` keeps
+        // its size and content (checked again after the remount below).
+        for size in [4_150_000u64, 1 << 30] {
             let r = std::fs::OpenOptions::new()
                 .write(true)
                 .open(mnt2.join("a"))

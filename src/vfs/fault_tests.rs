@@ -581,7 +581,7 @@ fn failed_rmdir_puts_the_same_directory_id_back() {
 
 #[test]
 fn an_extension_larger_than_the_free_space_fails_before_writing_anything() {
-    // 2^62 bytes of encrypted zeros fit on no disk. Any backing write would hit the armed
+    // 2^62 bytes of encrypted zeros fit on no disk (more than the file system holds). Any backing write would hit the armed
     // fault (EIO): the ENOSPC must come before the first one.
     let (_t, dir) = volume();
     let before = snapshot(&open(&dir));

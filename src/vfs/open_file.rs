@@ -18,7 +18,8 @@ use crate::format::offsets::Layout;
 /// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
 
-/// Extensions whose zeros take at least this many cipher bytes first check the free space.
+/// Extensions whose zeros take at least this many cipher bytes are first checked against the
+/// backing file system's size.
 const ROOM_CHECK_MIN: u64 = 64 << 20;
 
 /// A request thread's buffer, kept between requests so that a read or write neither
@@ -346,11 +347,13 @@ impl OpenFile {
         Ok(())
     }
 
-    /// ENOSPC, before anything is written, when the backing file system has less free space
-    /// than the encrypted zeros of an extension to `target` take (a write or truncate far past
-    /// the end). Without it, such a request would fill the disk, failing other writers on it
-    /// meanwhile, before its own ENOSPC undid it. Only large extensions ask (one `fstatvfs`);
-    /// one that passes can still run out and is undone then.
+    /// ENOSPC, before anything is written, when the encrypted zeros of an extension to `target`
+    /// (a write or truncate far past the end) need more than the backing file system holds in
+    /// all. Without it, such a request would fill the disk, failing other writers on it
+    /// meanwhile, before its own ENOSPC undid it. Not against the free space: space others
+    /// free while the zeros are written counts (writers that delete as they go, as stress-ng
+    /// revio on a small disk, failed spuriously against a snapshot of it). Only large
+    /// extensions ask (one `fstatvfs`); one that passes can still run out and is undone then.
     fn check_room(&self, st: &FileState, target: u64) -> Result<()> {
         let l = self.layout;
         let need = l.cipher_size(target).saturating_sub(l.cipher_size(st.size));
@@ -358,13 +361,7 @@ impl OpenFile {
             return Ok(());
         }
         let s = rustix::fs::fstatvfs(&st.file)?;
-        // The daemon running as root may use the blocks the file system keeps for root.
-        let blocks = if rustix::process::geteuid().is_root() {
-            s.f_bfree
-        } else {
-            s.f_bavail
-        };
-        if need > blocks.saturating_mul(s.f_frsize) {
+        if need > s.f_blocks.saturating_mul(s.f_frsize) {
             return Err(VfsError::Sys(rustix::io::Errno::NOSPC));
         }
         Ok(())
