@@ -3169,6 +3169,8 @@ fn non_root_caller_owns_what_it_creates_and_meets_permissions() {
     fx.finish();
 }
 
+/// `--ro` and `-o ro` alike: every change refused with EROFS, the content readable, and
+/// nothing written to the cipher directory by the reads (access times included).
 #[test]
 fn read_only_mount() {
     let v = Volume::new(&[]);
@@ -3179,30 +3181,44 @@ fn read_only_mount() {
         fs::write(&p, b"content").unwrap()
     });
     support::unmount(m);
-    let m = v.mount_with(&["--ro"]);
-    let mnt = m.mnt.clone();
-    with_timeout(30, move || {
-        assert_eq!(fs::read(mnt.join("f")).unwrap(), b"content");
-        let erofs = Err(libc::EROFS);
-        assert_eq!(en(fs::write(mnt.join("f"), b"x")), erofs);
-        assert_eq!(en(fs::write(mnt.join("new"), b"x")), erofs);
-        assert_eq!(en(fs::create_dir(mnt.join("d2"))), erofs);
-        assert_eq!(en(fs::remove_file(mnt.join("f"))), erofs);
-        assert_eq!(en(fs::rename(mnt.join("f"), mnt.join("g"))), erofs);
-        assert_eq!(en(fs::remove_dir(mnt.join("d"))), erofs);
-        assert_eq!(
-            en(fs::set_permissions(
-                mnt.join("f"),
-                fs::Permissions::from_mode(0o600)
-            )),
-            erofs
-        );
-        assert_eq!(setx(&mnt.join("f"), "user.a", b"v", 0), erofs);
-        assert_eq!(fs::read(mnt.join("f")).unwrap(), b"content");
-    });
-    let err = support::unmount(m);
-    assert!(!err.contains("ERROR"), "{err}");
-    assert!(!is_mounted(&v.mnt));
+    let day_old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    for args in [&["--ro"][..], &["-o", "ro"][..]] {
+        // A day-old access time, which any read through a writable mount would move.
+        let m = v.mount();
+        let f = File::open(m.path("f")).unwrap();
+        f.set_times(fs::FileTimes::new().set_accessed(day_old))
+            .unwrap();
+        drop(f);
+        support::unmount(m);
+        let m = v.mount_with(args);
+        let mnt = m.mnt.clone();
+        with_timeout(30, move || {
+            assert_eq!(fs::read(mnt.join("f")).unwrap(), b"content");
+            let erofs = Err(libc::EROFS);
+            assert_eq!(en(fs::write(mnt.join("f"), b"x")), erofs);
+            assert_eq!(en(fs::write(mnt.join("new"), b"x")), erofs);
+            assert_eq!(en(fs::create_dir(mnt.join("d2"))), erofs);
+            assert_eq!(en(fs::remove_file(mnt.join("f"))), erofs);
+            assert_eq!(en(fs::rename(mnt.join("f"), mnt.join("g"))), erofs);
+            assert_eq!(en(fs::remove_dir(mnt.join("d"))), erofs);
+            assert_eq!(
+                en(fs::set_permissions(
+                    mnt.join("f"),
+                    fs::Permissions::from_mode(0o600)
+                )),
+                erofs
+            );
+            assert_eq!(setx(&mnt.join("f"), "user.a", b"v", 0), erofs);
+            assert_eq!(fs::read(mnt.join("f")).unwrap(), b"content");
+        });
+        let err = support::unmount(m);
+        assert!(!err.contains("ERROR"), "{args:?}: {err}");
+        assert!(!is_mounted(&v.mnt));
+        let m = v.mount();
+        let atime = fs::metadata(m.path("f")).unwrap().accessed().unwrap();
+        support::unmount(m);
+        assert_eq!(atime, day_old, "{args:?}: the reads set the access time");
+    }
 }
 
 #[test]

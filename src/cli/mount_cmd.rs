@@ -324,32 +324,37 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     raise_fd_limit();
     // The kernel applies the caller's umask; ours must not apply a second time.
     rustix::process::umask(rustix::fs::Mode::empty());
+    let fuse_opts: Vec<String> = a
+        .fuse_opts
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    // `-o ro` is `--ro` (the last of `ro`/`rw` counts, as for mount(8)): the model must know,
+    // not only the kernel (no recovery writes, no access times, nothing written but the log).
+    let read_only = a.ro
+        || fuse_opts
+            .iter()
+            .rev()
+            .find(|o| *o == "ro" || *o == "rw")
+            .is_some_and(|o| o == "ro");
     let vfs = Vfs::new(
         &cipherdir,
         km,
         block_size,
         plaintext_names,
         VfsOptions {
-            read_only: a.ro,
+            read_only,
             no_prefetch: a.no_prefetch,
-            noatime: a
-                .fuse_opts
-                .iter()
-                .flat_map(|o| o.split(','))
-                .any(|o| o == "noatime"),
+            noatime: fuse_opts.iter().any(|o| o == "noatime"),
         },
     )
     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;
     let opts = MountOptions {
-        read_only: a.ro,
+        read_only,
         allow_other: a.allow_other,
-        fuse_opts: a
-            .fuse_opts
-            .iter()
-            .flat_map(|o| o.split(','))
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        fuse_opts,
         threads: a.threads,
         poll: std::time::Duration::from_micros(a.poll_us),
         writeback_cache: !a.no_writeback_cache,
