@@ -7,7 +7,7 @@ use common::*;
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -78,23 +78,6 @@ fn expect(o: &Output, want: i32, what: &str) {
         stderr(o)
     );
     assert!(stderr(o).contains("kmsfs:"), "{what}: no message on stderr");
-}
-
-/// Undoes a mount made by a daemonized `kmsfs mount` (no child of ours to kill): a lazy unmount,
-/// after which the daemon exits by itself.
-struct Unmounter(PathBuf);
-
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.0)
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }
 
 fn mount_cmd(v: &Volume, passfile: &Path, mnt: &Path, foreground: bool) -> Command {
@@ -436,21 +419,6 @@ fn daemonized_mount_returns_when_ready_and_unmount_works() {
     assert!(!is_mounted(&v.mnt));
 }
 
-/// The process serving `v` (found by its unique cipher dir on the command line).
-fn server_pid(v: &Volume) -> i32 {
-    let cipher = v.cipher.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a == cipher))
-                .unwrap_or(false)
-        })
-        .expect("kmsfs process serving the volume")
-}
-
 #[test]
 fn foreground_mount_unmounts_on_sigint_and_sigterm() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -459,7 +427,15 @@ fn foreground_mount_unmounts_on_sigint_and_sigterm() {
         let p = m.path("f");
         with_timeout(10, move || std::fs::write(p, b"x").unwrap());
         // SAFETY: sending a signal to the mount process this test started.
-        assert_eq!(unsafe { libc::kill(server_pid(&v), sig) }, 0);
+        assert_eq!(
+            unsafe {
+                libc::kill(
+                    server_pid(&v.cipher).expect("kmsfs process serving the volume"),
+                    sig,
+                )
+            },
+            0
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while is_mounted(&v.mnt) {
             assert!(Instant::now() < deadline, "signal {sig} did not unmount");
@@ -481,7 +457,7 @@ fn daemonized_mount_exits_on_sigterm() {
     let o = run(mount_cmd(&v, &v.passfile, &v.mnt, false), 60);
     assert_eq!(code_of(&o), code::OK, "mount: {}", stderr(&o));
     assert!(is_mounted(&v.mnt));
-    let pid = server_pid(&v);
+    let pid = server_pid(&v.cipher).expect("kmsfs process serving the volume");
     // SAFETY: sending a signal to the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -147,7 +147,7 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
 #[test]
 fn a_dead_mount_is_cleared_by_mounting_again_or_by_kmsfs_unmount() {
     let v = Volume::new(&[]);
-    let _guard = DeadMount(v.mnt.clone());
+    let _guard = Unmounter(v.mnt.clone());
     let m = v.mount();
     std::fs::write(m.path("kept"), b"before the crash").unwrap();
     let o = sh("sync");
@@ -188,9 +188,8 @@ fn a_dead_mount_is_cleared_by_mounting_again_or_by_kmsfs_unmount() {
         std::fs::read(mnt.join("kept")).unwrap(),
         b"before the crash"
     );
-    // kmsfs unmount of a dead mount: the background daemon killed (found by its command line;
-    // no pkill, which a minimal system lacks).
-    let daemon = daemon_pid(&v.passfile).expect("the background daemon");
+    // kmsfs unmount of a dead mount: the background daemon killed.
+    let daemon = server_pid(&v.cipher).expect("the background daemon");
     assert_eq!(unsafe { libc::kill(daemon, libc::SIGKILL) }, 0, "kill");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let e = std::fs::metadata(&mnt).unwrap_err();
@@ -198,21 +197,4 @@ fn a_dead_mount_is_cleared_by_mounting_again_or_by_kmsfs_unmount() {
     let o = kmsfs().arg("unmount").arg(&mnt).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!is_mounted(&mnt), "still mounted");
-}
-
-/// The pid of the `kmsfs mount` process using `passfile`, from /proc.
-fn daemon_pid(passfile: &std::path::Path) -> Option<i32> {
-    let want = passfile.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let ours = args.first().is_some_and(|a| a.ends_with("kmsfs"))
-            && args.iter().any(|a| a == "mount")
-            && args.contains(&want);
-        ours.then_some(pid)
-    })
 }

@@ -8,21 +8,6 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 
-/// Unmounts (lazily) on drop, whatever mounted it.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.0)
-                .status();
-        }
-    }
-}
-
 /// `/sbin/mount.fuse.kmsfs` pointing at the binary under test while it lives; an installed
 /// helper is moved aside and put back afterwards.
 struct Helper {
@@ -68,7 +53,7 @@ fn wait_mounted(p: &Path, want: bool, secs: u64) -> bool {
 fn mount_through_mount8_and_an_fstab_line() {
     let v = Volume::new(&[]);
     let _helper = Helper::install();
-    let _guard = Unmount(v.mnt.clone());
+    let _guard = Unmounter(v.mnt.clone());
     let (cipher, mnt, pass) = (v.cipher.clone(), v.mnt.clone(), v.passfile.clone());
     with_timeout(60, move || {
         let o = std::process::Command::new("mount")
@@ -160,7 +145,7 @@ fn mount_through_mount8_and_an_fstab_line() {
 #[test]
 fn idle_mount_unmounts_itself() {
     let v = Volume::new(&[]);
-    let _guard = Unmount(v.mnt.clone());
+    let _guard = Unmounter(v.mnt.clone());
     let o = kmsfs()
         .arg("mount")
         .arg("--passfile")

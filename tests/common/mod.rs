@@ -173,18 +173,12 @@ impl Mount {
     /// Kills the daemon with SIGKILL (a crash) and detaches the dead mount.
     #[allow(dead_code)]
     pub fn kill9(self) {
-        let mnt = self.kill9_leaving_the_mount();
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&mnt)
-            .stderr(Stdio::null())
-            .status();
+        detach(&self.kill9_leaving_the_mount());
     }
 
     /// Kills the daemon with SIGKILL and leaves its dead mount (every call there fails with
     /// ENOTCONN) for the test to clear; returns the mount point. The caller must make sure it
-    /// is unmounted even when it fails (a [`DeadMount`] guard).
+    /// is unmounted even when it fails (an [`Unmounter`] guard).
     #[allow(dead_code)]
     pub fn kill9_leaving_the_mount(mut self) -> PathBuf {
         if let Some(mut c) = self.child.take() {
@@ -210,12 +204,7 @@ impl Mount {
                 break;
             }
             if Instant::now() > deadline {
-                let _ = Command::new("fusermount3")
-                    .arg("-u")
-                    .arg("-z")
-                    .arg(&self.mnt)
-                    .stderr(Stdio::null())
-                    .status();
+                detach(&self.mnt);
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -227,12 +216,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mnt)
-                .stderr(Stdio::null())
-                .status();
+            detach(&self.mnt);
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -291,17 +275,41 @@ pub fn sorted_names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Detaches whatever is mounted at its path when dropped (a dead mount a test left on purpose).
-#[allow(dead_code)]
-pub struct DeadMount(pub PathBuf);
+/// Detaches (lazily unmounts) whatever is mounted at `mnt`; a daemon still serving it exits by
+/// itself.
+pub fn detach(mnt: &Path) {
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
+}
 
-impl Drop for DeadMount {
+/// Undoes a mount that no [`Mount`] owns when dropped, whatever made it (a daemonized
+/// `kmsfs mount`, the mount helper, a dead mount left on purpose): detached if still mounted.
+#[allow(dead_code)]
+pub struct Unmounter(pub PathBuf);
+
+impl Drop for Unmounter {
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
+        if is_mounted(&self.0) {
+            detach(&self.0);
+        }
     }
+}
+
+/// The process serving the volume in `cipher` (found by that directory on its command line).
+#[allow(dead_code)]
+pub fn server_pid(cipher: &Path) -> Option<i32> {
+    let cipher = cipher.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a == cipher))
+                .unwrap_or(false)
+        })
 }
