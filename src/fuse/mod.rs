@@ -73,8 +73,6 @@ impl KmsFs {
         entry(reply, op, r);
     }
 
-    /// After a write, flush or release of a control file (which may have changed the key
-    /// store): the kernel's cached control listings follow, before the reply (see `listings`).
     /// Clears set-user-id/set-group-id of `ino` for a caller without CAP_FSETID
     /// ([`Vfs::kill_suidgid`]); when the mode changed, makes the kernel fetch it again (the
     /// replies of WRITE and FALLOCATE carry no attributes; offset -1: attributes only, no
@@ -94,6 +92,8 @@ impl KmsFs {
         }
     }
 
+    /// After a write, flush or release of a control file (which may have changed the key
+    /// store): the kernel's cached control listings follow, before the reply (see `listings`).
     fn after_control(&self, fh: FileHandle) {
         if crate::vfs::is_control_handle(fh.0) {
             self.listings.after_request(&self.vfs);

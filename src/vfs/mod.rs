@@ -63,8 +63,8 @@ pub struct VfsOptions {
     /// No read-ahead across files (see `prefetch`).
     pub no_prefetch: bool,
     /// Mounted with `noatime` (or read-only): reading a file or listing a directory through the
-    /// mount leaves its access time alone. The kernel keeps no access times for a FUSE mount; kmsfs's
-    /// come from the backing files, whose reads would set them, so backing files and
+    /// mount leaves its access time alone. The kernel keeps no access times for a FUSE mount;
+    /// kmsfs's come from the backing files, whose reads would set them, so backing files and
     /// directories are opened `O_NOATIME`.
     pub noatime: bool,
 }

@@ -34,9 +34,9 @@ use crate::format::xattr_pack::XattrPack;
 use crate::names::XATTR_PACK;
 
 const USER: &[u8] = b"user.";
-/// Namespaces stored under their full name (see above).
-const OTHER_NAMESPACES: [&[u8]; 2] = [b"security.", b"trusted."];
 const TRUSTED: &[u8] = b"trusted.";
+/// Namespaces stored under their full name (see above).
+const OTHER_NAMESPACES: [&[u8]; 2] = [b"security.", TRUSTED];
 /// Not stored although in `security.` (see above).
 const SELINUX: &[u8] = b"security.selinux";
 /// Values up to this size go into the file's pack.
