@@ -62,6 +62,7 @@ fn caller() -> Caller {
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
         pid: std::process::id(),
+        umask: 0,
     }
 }
 

@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
         uid: 0,
         gid: 0,
         pid: 1,
+        umask: 0,
     };
     let (attr, fh) = vfs
         .create(1, "f".as_ref(), 0o644, libc::O_RDWR, &caller)

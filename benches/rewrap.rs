@@ -38,6 +38,7 @@ fn main() {
         uid: 0,
         gid: 0,
         pid: 1,
+        umask: 0,
     };
     let start = Instant::now();
     // 100 directories of n/100 files, each with a little content.

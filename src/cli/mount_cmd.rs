@@ -38,6 +38,10 @@ pub struct MountArgs {
     /// user_allow_other in /etc/fuse.conf.
     #[arg(long)]
     allow_other: bool,
+    /// POSIX ACLs: setfacl/getfacl work, the kernel enforces them, new nodes inherit a
+    /// directory's default ACL (`-o acl` too). Implies the kernel's permission checks.
+    #[arg(long)]
+    acl: bool,
     /// Extra FUSE mount options, comma-separated (e.g. -o noatime,noexec).
     #[arg(short = 'o', value_name = "OPTS")]
     fuse_opts: Vec<String>,
@@ -322,15 +326,23 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     run_maintenance(&km, &audit);
     let km_for_thread = km.clone();
     raise_fd_limit();
-    // The kernel applies the caller's umask; ours must not apply a second time.
-    rustix::process::umask(rustix::fs::Mode::empty());
-    let fuse_opts: Vec<String> = a
+    let mut fuse_opts: Vec<String> = a
         .fuse_opts
         .iter()
         .flat_map(|o| o.split(','))
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
+    // `-o acl` is `--acl` (the last of acl/noacl counts); the kernel takes neither as an option.
+    let acl = match fuse_opts
+        .iter()
+        .rev()
+        .find(|o| *o == "acl" || *o == "noacl")
+    {
+        Some(o) => o == "acl",
+        None => a.acl,
+    };
+    fuse_opts.retain(|o| o != "acl" && o != "noacl");
     // `-o ro` is `--ro` (the last of `ro`/`rw` counts, as for mount(8)): the model must know,
     // not only the kernel (no recovery writes, no access times, nothing written but the log).
     let read_only = a.ro
@@ -348,6 +360,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             read_only,
             no_prefetch: a.no_prefetch,
             noatime: fuse_opts.iter().any(|o| o == "noatime"),
+            acl,
         },
     )
     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;

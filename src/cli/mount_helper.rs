@@ -106,6 +106,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
             "allow_other" | "allow-other" => out.push("--allow-other".into()),
             "no_writeback_cache" | "no-writeback-cache" => out.push("--no-writeback-cache".into()),
             "no_prefetch" | "no-prefetch" => out.push("--no-prefetch".into()),
+            "acl" => out.push("--acl".into()),
             "fg" | "foreground" => out.push("-f".into()),
             _ if ignored(&o) => {}
             _ => fuse.push(o),

@@ -140,6 +140,16 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
+    }
+}
+
+/// The caller of a request that makes a node, with its umask (applied by the model: the kernel
+/// leaves it to us when ACLs are on).
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -285,6 +295,16 @@ impl Filesystem for KmsFs {
         self.no_opendir = config
             .add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
+        // POSIX ACLs (`--acl`): the kernel enforces them and asks us for them; it sends the
+        // mode of new nodes without the umask applied (and the umask beside it), since a
+        // directory's default ACL takes the umask's place (see `vfs::acl_ops`).
+        if self.vfs.acl_enabled() {
+            config
+                .add_capabilities(
+                    fuser::InitFlags::FUSE_POSIX_ACL | fuser::InitFlags::FUSE_DONT_MASK,
+                )
+                .map_err(|_| io::Error::other("the kernel does not support ACLs on FUSE"))?;
+        }
         // Letting the kernel drop inodes when descriptors run short (see `reclaim`).
         self.reclaim.start(
             self.vfs.clone(),
@@ -378,12 +398,14 @@ impl Filesystem for KmsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = self.vfs.mknod(parent.0, name, mode, rdev, &caller(req));
+        let r = self
+            .vfs
+            .mknod(parent.0, name, mode, rdev, &creator(req, umask));
         self.entry_in(reply, "mknod", parent, name, r);
     }
 
@@ -393,11 +415,11 @@ impl Filesystem for KmsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = self.vfs.mkdir(parent.0, name, mode, &caller(req));
+        let r = self.vfs.mkdir(parent.0, name, mode, &creator(req, umask));
         self.entry_in(reply, "mkdir", parent, name, r);
     }
 
@@ -685,7 +707,7 @@ impl Filesystem for KmsFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -697,7 +719,8 @@ impl Filesystem for KmsFs {
         empty(
             reply,
             "setxattr",
-            self.vfs.setxattr(ino.0, name, value, flags),
+            self.vfs
+                .setxattr_as(ino.0, name, value, flags, Some(&caller(req))),
         );
     }
 
@@ -738,14 +761,15 @@ impl Filesystem for KmsFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _turn = self.turn();
+        let who = creator(req, umask);
         match self
             .vfs
-            .create(parent.0, name, mode, self.open_flags(flags), &caller(req))
+            .create(parent.0, name, mode, self.open_flags(flags), &who)
         {
             Ok((a, fh)) => {
                 self.reclaim.seen(&self.vfs, parent.0, name, &a);

@@ -135,7 +135,8 @@ pub fn mount(
             mo.push(o);
         }
     }
-    if kernel_checks_permissions(opts, &mo) {
+    // With ACLs the kernel checks permissions whatever the options say (FUSE_POSIX_ACL).
+    if kernel_checks_permissions(opts, &mo) || vfs.acl_enabled() {
         mo.push(MountOption::DefaultPermissions);
     }
     let mut config = Config::default();

@@ -110,7 +110,7 @@ impl Vfs {
         if let Some(mode) = set.mode {
             // Linux has no mode on symlinks.
             if node.kind != Kind::Symlink {
-                chmod_node(&node, mode)?;
+                self.chmod_with_acl(&node, mode)?;
             }
         }
         if set.kill_suidgid && set.mode.is_none() {
@@ -211,7 +211,7 @@ impl Vfs {
 }
 
 /// chmod of a node's backing file (through `/proc/self/fd`: its descriptor is `O_PATH`).
-fn chmod_node(node: &super::inode::Node, mode: u32) -> Result<()> {
+pub(super) fn chmod_node(node: &super::inode::Node, mode: u32) -> Result<()> {
     crate::fault::check("chmod")?;
     rustix::fs::chmodat(
         rustix::fs::CWD,

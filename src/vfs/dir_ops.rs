@@ -82,6 +82,8 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
+        let inh = self.inherit(&dir, libc::S_IFDIR | (mode & 0o7777), caller.umask)?;
+        let mode = inh.mode;
         self.create_entry(&dir, &cn, || {
             // Owner write/search while we write the directory id; the final mode follows.
             crate::fault::check("mkdir")?;
@@ -116,6 +118,7 @@ impl Vfs {
                 crate::fault::check("chmod")?;
                 rustix::fs::fchmod(&newd, Mode::from(perm))?;
                 self.set_owner(&dir, &newd, caller)?;
+                self.write_inherited(fd_path(&newd), Kind::Dir, &inh)?;
                 self.intern_child(&dir, &cn.entry, name)
             };
             match fin() {
@@ -362,22 +365,40 @@ impl Vfs {
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
         let ft = rustix::fs::FileType::from_raw_mode(mode);
+        let inh = self.inherit(&dir, mode, caller.umask)?;
         self.create_entry(&dir, &cn, || {
             rustix::fs::mknodat(
                 &dir.fd,
                 &cn.entry,
                 ft,
-                Mode::from(mode & 0o7777),
+                Mode::from(inh.mode & 0o7777),
                 rdev.into(),
             )?;
-            let (node, attr) = self.intern_child(&dir, &cn.entry, name)?;
-            if self.chown_new {
-                self.set_owner(&dir, &node.fd, caller)?;
-                return self.stat_node(&node);
+            let made = || -> Result<()> {
+                let fd = rustix::fs::openat(
+                    &dir.fd,
+                    &cn.entry,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                if self.chown_new {
+                    self.set_owner(&dir, &fd, caller)?;
+                }
+                self.write_inherited(fd_path(&fd), Kind::from_mode(mode), &inh)
+            };
+            if let Err(e) = made() {
+                let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
+                return Err(e);
             }
-            Ok(attr)
+            Ok(self.intern_child(&dir, &cn.entry, name)?.1)
         })
     }
+}
+
+/// The `/proc/self/fd` path of a descriptor (for calls that take a path).
+pub(super) fn fd_path(fd: impl std::os::fd::AsFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 /// Empties a directory that holds nothing but kmsfs-internal files (its directory id and

@@ -13,14 +13,37 @@ use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 
+use super::acl::{GROUP_OBJ, MASK, OTHER, UNDEFINED_ID as U, USER, USER_OBJ, acl};
 use super::attr_ops::SetAttr;
-use super::test_support::{caller, new_volume, open, unlock};
+use super::test_support::{caller, new_volume, open_with, unlock};
 use super::xattr_ops::XattrReply;
-use super::{Kind, Result, Vfs};
+use super::{Kind, Result, Vfs, VfsOptions};
 use crate::keymgr::KeyManager;
 
 const ROOT: u64 = 1;
 const LONG: &str = "a-file-name-long-enough-to-need-a-side-file-because-its-encrypted-form-does-not-fit-in-255-bytes-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// The model with ACLs on (they add reads and writes to creates and chmods).
+fn open(dir: &Path) -> Vfs {
+    open_with(
+        dir,
+        VfsOptions {
+            acl: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// user::rw- user:1000:rwx group::r-- mask::rwx other::r--
+fn named_acl() -> Vec<u8> {
+    acl(&[
+        (USER_OBJ, 6, U),
+        (USER, 7, 1000),
+        (GROUP_OBJ, 4, U),
+        (MASK, 7, U),
+        (OTHER, 4, U),
+    ])
+}
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -48,6 +71,12 @@ fn volume() -> (tempfile::TempDir, PathBuf) {
     let a = v.lookup(ROOT, "a".as_ref()).expect("lookup").ino;
     v.setxattr(a, "user.tag".as_ref(), b"one", 0)
         .expect("xattr");
+    // ACLs: a default one on d, an access one on b.
+    v.setxattr(d, "system.posix_acl_default".as_ref(), &named_acl(), 0)
+        .expect("default ACL");
+    let b = v.lookup(ROOT, "b".as_ref()).expect("lookup").ino;
+    v.setxattr(b, "system.posix_acl_access".as_ref(), &named_acl(), 0)
+        .expect("access ACL");
     (t, dir)
 }
 
@@ -81,9 +110,12 @@ enum Entry {
         perm: u16,
         xattrs: Vec<u8>,
     },
-    Dir(u16),
+    /// Mode, then names and values of its extended attributes.
+    Dir(u16, Vec<u8>),
     /// Target, then names and values of its extended attributes.
     Symlink(Vec<u8>, Vec<u8>),
+    /// A FIFO, socket or device: mode, extended attributes.
+    Special(u16, Vec<u8>),
 }
 
 /// The names of `ino`'s extended attributes as listed, then their values.
@@ -119,13 +151,16 @@ fn walk(v: &Vfs, dir: u64, prefix: String, out: &mut BTreeMap<String, Entry>) {
         let entry = match attr.kind {
             Kind::Dir => {
                 walk(v, attr.ino, format!("{path}/"), out);
-                Entry::Dir(attr.perm)
+                Entry::Dir(attr.perm, xattrs_of(v, attr.ino))
             }
             Kind::Symlink => Entry::Symlink(
                 v.readlink(attr.ino).expect("readlink"),
                 xattrs_of(v, attr.ino),
             ),
-            _ => {
+            Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {
+                Entry::Special(attr.perm, xattrs_of(v, attr.ino))
+            }
+            Kind::File => {
                 let fh = v.open(attr.ino, libc::O_RDONLY).expect("open");
                 let mut data = Vec::new();
                 loop {
@@ -452,6 +487,76 @@ fn attributes() {
     run(
         "removexattr on a symlink",
         |v| v.removexattr(ino(v, "s")?, "trusted.t".as_ref()),
+        false,
+    );
+}
+
+#[test]
+fn acls() {
+    run(
+        "set an access ACL",
+        |v| {
+            v.setxattr(
+                ino(v, "a")?,
+                "system.posix_acl_access".as_ref(),
+                &named_acl(),
+                0,
+            )
+        },
+        false,
+    );
+    run(
+        "chmod with an access ACL",
+        |v| {
+            let set = SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            };
+            v.setattr(ino(v, "b")?, None, &set, None).map(|_| ())
+        },
+        false,
+    );
+    run(
+        "an equivalent ACL replaces one",
+        |v| {
+            let minimal = acl(&[(USER_OBJ, 7, U), (GROUP_OBJ, 0, U), (OTHER, 0, U)]);
+            v.setxattr(
+                ino(v, "b")?,
+                "system.posix_acl_access".as_ref(),
+                &minimal,
+                0,
+            )
+        },
+        false,
+    );
+    run(
+        "create under a default ACL",
+        |v| {
+            let (_, fh) = v.create(ino(v, "d")?, "new".as_ref(), 0o640, libc::O_RDWR, &caller())?;
+            v.release(fh)
+        },
+        false,
+    );
+    run(
+        "mkdir under a default ACL",
+        |v| {
+            v.mkdir(ino(v, "d")?, "sub".as_ref(), 0o777, &caller())
+                .map(|_| ())
+        },
+        false,
+    );
+    run(
+        "mkfifo under a default ACL",
+        |v| {
+            v.mknod(
+                ino(v, "d")?,
+                "p".as_ref(),
+                libc::S_IFIFO | 0o666,
+                0,
+                &caller(),
+            )
+            .map(|_| ())
+        },
         false,
     );
 }

@@ -325,6 +325,8 @@ impl Vfs {
             path,
             flags,
         )?;
+        let inh = self.inherit(dir, libc::S_IFREG | (mode & 0o7777), caller.umask)?;
+        let mode = inh.mode;
         self.create_entry(dir, cn, || {
             let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
             let mut fin = Vec::new();
@@ -360,6 +362,7 @@ impl Vfs {
             let mut named = linked;
             let init = |named: &mut bool| -> Result<(Arc<Node>, Attr)> {
                 self.set_owner(dir, &file, caller)?;
+                self.write_inherited(super::dir_ops::fd_path(&file), Kind::File, &inh)?;
                 crate::fault::write_all_at(&file, &bytes, 0)?;
                 if !*named {
                     crate::fault::check("link")?;

@@ -4,6 +4,8 @@
 //! (open/read/write), `attr_ops` (getattr/setattr), `xattr_ops`.
 
 mod access_ops;
+mod acl;
+mod acl_ops;
 mod attr;
 mod attr_ops;
 mod backing;
@@ -55,6 +57,9 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The creating process's umask, for the modes of new nodes (0: the mode given is final,
+    /// as the kernel sends it unless ACLs are on).
+    pub umask: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,6 +72,8 @@ pub struct VfsOptions {
     /// kmsfs's come from the backing files, whose reads would set them, so backing files and
     /// directories are opened `O_NOATIME`.
     pub noatime: bool,
+    /// POSIX ACLs (`--acl`, see `acl_ops`): stored, inherited, kept in step with the mode.
+    pub acl: bool,
 }
 
 /// An open file handle.
@@ -151,6 +158,9 @@ impl Vfs {
             Mode::empty(),
         )?;
         let st = rustix::fs::fstat(&fd)?;
+        // The modes of new nodes are decided here (the caller's umask or a default ACL, see
+        // `acl_ops::inherit`): the process's own umask must not cut them down again.
+        rustix::process::umask(Mode::empty());
         let names = Names::new(&km.volume_secret(), plaintext_names);
         let control = {
             let (root, names) = (
@@ -460,6 +470,8 @@ impl Vfs {
     }
 }
 
+#[cfg(test)]
+mod acl_tests;
 #[cfg(test)]
 mod attr_tests;
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub fn caller() -> Caller {
         uid: 0,
         gid: 0,
         pid: std::process::id(),
+        umask: 0,
     }
 }
 

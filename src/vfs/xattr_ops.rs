@@ -3,9 +3,11 @@
 //! `rsync -X`, `cp -a` and `tar --xattrs` copy: without it a backup of `/usr` stopped with
 //! errors) and whatever else a security module without labels of its own stores there; the
 //! kernel asks CAP_SYS_ADMIN for `trusted.` before it asks us, and only root sees them listed.
-//! Not supported (EOPNOTSUPP for reading, writing and removing, as a local file system without
-//! them answers): POSIX ACLs (`system.`: kmsfs would store them without the kernel enforcing
-//! them) and `security.selinux` (on a host running SELinux the kernel labels FUSE mounts itself
+//! POSIX ACLs (`system.posix_acl_*`) are stored the same way on a mount with `--acl`, where the
+//! kernel enforces them (see `acl_ops`). Not supported (EOPNOTSUPP for reading, writing and
+//! removing, as a local file system without them answers): ACLs without `--acl` (kmsfs would
+//! store them without the kernel enforcing them), the rest of `system.`, and
+//! `security.selinux` (on a host running SELinux the kernel labels FUSE mounts itself
 //! and never asks; `ls -l` asks for it and, told "not supported", stops asking on this file
 //! system after the first file, where ENODATA cost a round trip per file). `cp -a`, `rsync -AX`
 //! and `tar --acls` take that as "no ACLs/labels here".
@@ -28,13 +30,16 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::XattrFlags;
 use rustix::io::Errno;
 
-use super::{Kind, Result, Vfs, VfsError};
+use super::acl;
+use super::acl_ops::AclKind;
+use super::{Caller, Kind, Result, Vfs, VfsError};
 use crate::content::pending::xattr_lock;
 use crate::format::xattr_pack::XattrPack;
 use crate::names::XATTR_PACK;
 
 const USER: &[u8] = b"user.";
 const TRUSTED: &[u8] = b"trusted.";
+const SYSTEM: &[u8] = b"system.";
 /// Namespaces stored under their full name (see above).
 const OTHER_NAMESPACES: [&[u8]; 2] = [b"security.", TRUSTED];
 /// Not stored although in `security.` (see above).
@@ -67,12 +72,17 @@ fn reply(data: Vec<u8>, size: u32) -> Result<XattrReply> {
 /// as on any file system) go into the backing `trusted.` namespace under the same names after
 /// the prefix (which needs the daemon to run as root; else EPERM, as before). Encryption
 /// always sees the `user.` form of a name (the value's AAD).
-struct Target {
+pub(super) struct Target {
     path: String,
     kind: Kind,
 }
 
 impl Target {
+    /// The inode open as `path` (a `/proc/self/fd` path), of kind `kind`.
+    pub(super) fn at(path: String, kind: Kind) -> Target {
+        Target { path, kind }
+    }
+
     fn in_trusted(&self) -> bool {
         !matches!(self.kind, Kind::File | Kind::Dir)
     }
@@ -96,7 +106,7 @@ impl Target {
 }
 
 impl Vfs {
-    fn xattr_target(&self, ino: u64) -> Result<Target> {
+    pub(super) fn xattr_target(&self, ino: u64) -> Result<Target> {
         let n = self.node(ino)?;
         Ok(Target {
             path: n.proc_path(),
@@ -105,8 +115,9 @@ impl Vfs {
     }
 
     /// The name `name` is stored under: the part after `user.`, or a NUL byte and the whole
-    /// name for the other namespaces kept (EOPNOTSUPP for the rest).
-    fn stored_name(name: &OsStr) -> Result<Cow<'_, [u8]>> {
+    /// name for the other namespaces kept (the two POSIX ACL names with `--acl`; EOPNOTSUPP
+    /// for the rest).
+    fn stored_name<'a>(&self, name: &'a OsStr) -> Result<Cow<'a, [u8]>> {
         let name = name.as_bytes();
         let stored = if let Some(suffix) = name.strip_prefix(USER) {
             Cow::Borrowed(suffix)
@@ -114,6 +125,7 @@ impl Vfs {
             .iter()
             .any(|ns| name.len() > ns.len() && name.starts_with(ns))
             && name != SELINUX
+            || self.opts.acl && (name == acl::ACCESS || name == acl::DEFAULT)
         {
             Cow::Owned([&[0u8][..], name].concat())
         } else {
@@ -133,10 +145,12 @@ impl Vfs {
     }
 
     /// Appends the name stored as `stored` as listxattr gives it (NUL-terminated); `trusted.`
-    /// names only if `trusted`.
-    fn push_listed(out: &mut Vec<u8>, stored: &[u8], trusted: bool) {
+    /// names only if `trusted`, ACLs only if `acl` (without `--acl` a stored ACL is not
+    /// listed: it could be neither read nor copied).
+    fn push_listed(out: &mut Vec<u8>, stored: &[u8], trusted: bool, acl: bool) {
         match stored.strip_prefix(&[0u8]) {
             Some(full) if !trusted && full.starts_with(TRUSTED) => return,
+            Some(full) if !acl && full.starts_with(SYSTEM) => return,
             Some(full) => out.extend_from_slice(full),
             None => {
                 out.extend_from_slice(USER);
@@ -214,6 +228,18 @@ impl Vfs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.setxattr_as(ino, name, value, flags, None)
+    }
+
+    /// setxattr for `caller` (who matters for an access ACL: see `acl_ops`).
+    pub fn setxattr_as(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Option<&Caller>,
+    ) -> Result<()> {
         if super::is_control(ino) {
             return Err(VfsError::Control(
                 libc::EPERM,
@@ -221,18 +247,33 @@ impl Vfs {
             ));
         }
         self.check_writable()?;
-        let stored = Self::stored_name(name)?;
-        let suffix: &[u8] = &stored;
+        let stored = self.stored_name(name)?;
+        if let Some(which) = AclKind::of(&stored) {
+            return self.set_acl(ino, which, value, caller);
+        }
         let t = self.xattr_target(ino)?;
-        if Self::user_on_special(&t, suffix) {
+        if Self::user_on_special(&t, &stored) {
             return Err(Errno::PERM.into());
         }
+        self.set_stored(ino, &t, &stored, value, flags)
+    }
+
+    /// Stores attribute `suffix` (its stored name) of inode `ino` (0 for one not numbered
+    /// yet, which nobody else can reach), in the pack or on its own.
+    pub(super) fn set_stored(
+        &self,
+        ino: u64,
+        t: &Target,
+        suffix: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
         let bname = self.names.encrypt_xattr_name(suffix);
         let _g = xattr_lock(ino);
-        let pack = self.read_pack(ino, &t)?;
+        let pack = self.read_pack(ino, t)?;
         let in_pack = pack.get(suffix).is_some();
         // The copy stored on its own, if any (kept to put back should the change be undone).
-        let before = Self::read_backing_xattr(&t, &bname)?;
+        let before = Self::read_backing_xattr(t, &bname)?;
         let single = before.is_some();
         let flags = XattrFlags::from_bits_retain(flags as _);
         if flags.contains(XattrFlags::CREATE) && (in_pack || single) {
@@ -255,21 +296,21 @@ impl Vfs {
         if value.len() <= PACK_VALUE_MAX {
             let mut grown = pack.clone();
             grown.set(suffix, value);
-            match self.write_pack(&t, &grown) {
+            match self.write_pack(t, &grown) {
                 Ok(()) => {
                     // A copy the pack now shadows: left behind, it goes at the next change.
-                    if single && let Err(e) = Self::remove_backing_xattr(&t, &bname) {
+                    if single && let Err(e) = Self::remove_backing_xattr(t, &bname) {
                         tracing::debug!("removing a shadowed xattr copy: {e}");
                     }
-                    if room(&t) {
+                    if room(t) {
                         return Ok(());
                     }
                     // Undone: the old copy on its own first (the pack's shadows it), then the
                     // old pack. Should that fail, the new value stands, and is what is read.
-                    if single && restore_single(&t).is_err() {
+                    if single && restore_single(t).is_err() {
                         return Ok(());
                     }
-                    return match self.write_pack(&t, &pack) {
+                    return match self.write_pack(t, &pack) {
                         Ok(()) => Err(Errno::NOSPC.into()),
                         Err(_) => Ok(()),
                     };
@@ -280,46 +321,58 @@ impl Vfs {
             }
         }
         let v = self.names.encrypt_xattr_value(&bname, value);
-        Self::write_backing_xattr(&t, &bname, &v)?;
+        Self::write_backing_xattr(t, &bname, &v)?;
         // Until the pack lets go of its copy, that copy is the one read (the old value).
         if in_pack {
             let mut without = pack.clone();
             without.remove(suffix);
-            self.write_pack(&t, &without)?;
+            self.write_pack(t, &without)?;
         }
-        if room(&t) {
+        if room(t) {
             return Ok(());
         }
         // Undone: the pack's copy first (it wins), then the one on its own.
         if in_pack {
-            if self.write_pack(&t, &pack).is_err() {
+            if self.write_pack(t, &pack).is_err() {
                 return Ok(());
             }
-            let _ = restore_single(&t);
+            let _ = restore_single(t);
             return Err(Errno::NOSPC.into());
         }
-        match restore_single(&t) {
+        match restore_single(t) {
             Ok(()) => Err(Errno::NOSPC.into()),
             Err(_) => Ok(()),
         }
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrReply> {
-        let stored = Self::stored_name(name)?;
-        let suffix: &[u8] = &stored;
+        let stored = self.stored_name(name)?;
         if super::is_control(ino) {
             return Err(Errno::NODATA.into());
         }
         let t = self.xattr_target(ino)?;
-        if Self::user_on_special(&t, suffix) {
+        if Self::user_on_special(&t, &stored) {
             return Err(Errno::NODATA.into());
         }
+        let v = self.get_stored(ino, &t, &stored)?.ok_or(Errno::NODATA)?;
+        reply(v, size)
+    }
+
+    /// The value of attribute `suffix` (its stored name), `None` if there is none.
+    pub(super) fn get_stored(
+        &self,
+        ino: u64,
+        t: &Target,
+        suffix: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
         let _g = xattr_lock(ino);
-        if let Some(v) = self.read_pack(ino, &t)?.get(suffix) {
-            return reply(v.to_vec(), size);
+        if let Some(v) = self.read_pack(ino, t)?.get(suffix) {
+            return Ok(Some(v.to_vec()));
         }
         let bname = self.names.encrypt_xattr_name(suffix);
-        let stored = Self::read_backing_xattr(&t, &bname)?.ok_or(Errno::NODATA)?;
+        let Some(stored) = Self::read_backing_xattr(t, &bname)? else {
+            return Ok(None);
+        };
         let v = self
             .names
             .decrypt_xattr_value(&bname, &stored)
@@ -328,7 +381,7 @@ impl Vfs {
                     "inode {ino}: extended attribute value failed authentication"
                 ))
             })?;
-        reply(v, size)
+        Ok(Some(v))
     }
 
     /// Every attribute's name, `trusted.` ones included.
@@ -363,7 +416,8 @@ impl Vfs {
         } else {
             XattrPack::default()
         };
-        let mut push = |name: &[u8]| Self::push_listed(&mut out, name, trusted);
+        let acl = self.opts.acl;
+        let mut push = |name: &[u8]| Self::push_listed(&mut out, name, trusted, acl);
         pack.names().for_each(&mut push);
         for s in &raw {
             if let Some(name) = self.names.decrypt_xattr_name(s)
@@ -383,21 +437,28 @@ impl Vfs {
             ));
         }
         self.check_writable()?;
-        let stored = Self::stored_name(name)?;
-        let suffix: &[u8] = &stored;
+        let stored = self.stored_name(name)?;
         let t = self.xattr_target(ino)?;
-        if Self::user_on_special(&t, suffix) {
+        if Self::user_on_special(&t, &stored) {
             return Err(Errno::PERM.into());
         }
+        if AclKind::of(&stored).is_some() && t.kind == Kind::Symlink {
+            return Err(VfsError::NotSupported("ACLs on a symlink"));
+        }
+        self.remove_stored(ino, &t, &stored)
+    }
+
+    /// Removes attribute `suffix` (its stored name); ENODATA if there is none.
+    pub(super) fn remove_stored(&self, ino: u64, t: &Target, suffix: &[u8]) -> Result<()> {
         let bname = self.names.encrypt_xattr_name(suffix);
         let _g = xattr_lock(ino);
-        let mut pack = self.read_pack(ino, &t)?;
+        let mut pack = self.read_pack(ino, t)?;
         crate::fault::check("removexattr")?;
         // The copy on its own first: while the pack holds one, that one is what is read, so a
         // stop in between never brings back an older value.
-        let single = Self::remove_backing_xattr(&t, &bname)?;
+        let single = Self::remove_backing_xattr(t, &bname)?;
         if pack.remove(suffix) {
-            self.write_pack(&t, &pack)?;
+            self.write_pack(t, &pack)?;
         } else if !single {
             return Err(Errno::NODATA.into());
         }

@@ -313,3 +313,52 @@ pub fn server_pid(cipher: &Path) -> Option<i32> {
                 .unwrap_or(false)
         })
 }
+
+/// Replaces the default key's policy by one that lets every local user decrypt and create files
+/// (through the `kmsfs key` and `kmsfs policy` commands, on the unmounted volume).
+pub fn allow_everyone_to_use_the_default_key(v: &Volume) {
+    let out = kmsfs()
+        .arg("key")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&v.cipher)
+        .arg("list")
+        .output()
+        .expect("kmsfs key list");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "key list: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = text
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().nth(3) == Some("yes"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no default key in:\n{text}"))
+        .to_string();
+    let policy = v.tmp.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"Version": "2012-10-17", "Statement": [
+            {"Sid": "Owner", "Effect": "Allow", "Principal": {"Uid": "0"}, "Action": "kms:*", "Resource": "*"},
+            {"Sid": "Everyone", "Effect": "Allow", "Principal": "*",
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*"}]}"#,
+    )
+    .expect("write policy.json");
+    let out = kmsfs()
+        .args(["policy", "put", "--volume"])
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&key)
+        .arg(&policy)
+        .output()
+        .expect("kmsfs policy put");
+    assert!(
+        out.status.success(),
+        "policy put: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,141 @@
+//! POSIX ACLs through a real mount (`--acl`): the same steps on the mount and on a plain
+//! directory of the host's file system (ext4 here and in CI) print the same; they survive a
+//! remount and are still enforced; `-o acl` is `--acl`; without it they are not supported.
+//! Needs `setfacl`/`getfacl` (the `acl` package, installed by `.ci/run`) and `setpriv`.
+
+mod common;
+mod support;
+use common::*;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Steps of every kind, printing what a user sees. Run in an empty directory as root; user
+/// `nobody` (65534, group 65534) must be able to reach it.
+const PROBE: &str = r#"
+set -u
+as() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
+st() { stat -c '%n %A %u:%g' "$@"; }
+cd "$1" || exit 9
+umask 022
+chmod 755 .
+echo data > f; chmod 600 f
+as cat f 2>&1 | sed 's/.*: /cat: /'
+setfacl -m u:nobody:r f; st f; getfacl -c f
+as cat f 2>&1
+as sh -c 'echo x >> f' 2>&1 | sed 's/.*: /w: /'
+chmod 640 f; st f; getfacl -c f
+chmod 600 f; as cat f 2>&1 | sed 's/.*: /cat: /'
+chmod 644 f; st f; getfacl -c f
+setfacl -m m::rwx f; st f; getfacl -c f
+ls -l f | cut -c1-11
+setfacl -b f; st f; getfacl -c f
+setfacl -m u::rwx,g::r,o::- f; st f; getfacl -c f
+setfacl --set u::rw,g::r,o::r f; st f; getfacl -c f
+mkdir d; setfacl -d -m u:nobody:rwx,g::r-x,o::- d; getfacl -c d
+touch d/a; mkdir d/b; mknod d/p p; ln -s a d/l; st d/a d/b d/p; getfacl -c d/a d/b d/p
+as sh -c 'echo hi > d/a' 2>&1 | sed 's/.*: /w: /'; cat d/a
+as sh -c 'echo new > d/b/n' 2>&1 | sed 's/.*: /w: /'; st d/b/n; getfacl -c d/b/n
+(umask 077; touch d/u; mkdir d/v); st d/u d/v; getfacl -c d/u
+getfattr -m - d/a d/b 2>&1 | grep -v '^$' | sort
+cp -a d/a acopy; st acopy; getfacl -c acopy
+mkdir e; setfacl -d --set u::rwx,g::rx,o::- e; (umask 0; touch e/x; mkdir e/y); st e/x e/y
+getfacl -c e/x e/y
+setfacl -k d; getfacl -c d; touch d/after; st d/after; getfacl -c d/after
+setfacl -d -m u:nobody:r f 2>&1 | sed 's/.*: /err: /'
+mkdir s; chown nobody s; chmod 2775 s; as setfacl -m u:root:rw s 2>&1; st s
+touch g; chown nobody:root g; chmod 2755 g; as setfacl -m u:root:rw g 2>&1; st g
+setfacl -m g:nogroup:rw f; st f; getfacl -c f
+as setfacl -m u:nobody:rwx f 2>&1 | sed 's/.*: /err: /'
+setfattr -n system.posix_acl_access -v 0x02000000 f 2>&1 | sed 's/.*: /err: /'
+setfattr -n system.posix_acl_access -v 0x0200000001000600ffffffff f; echo "rc $?"
+st f
+"#;
+
+fn run(cmd: &str, dir: &Path) -> String {
+    let out = std::process::Command::new("bash")
+        .args(["-c", cmd, "probe"])
+        .arg(dir)
+        .output()
+        .expect("bash");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn open_to_all(p: &Path) {
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+}
+
+fn have_tools() {
+    for t in ["setfacl", "getfacl", "setpriv", "setfattr"] {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "{t} is missing (apt-get install acl attr util-linux)");
+    }
+}
+
+#[test]
+fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
+    have_tools();
+    let v = Volume::new(&[]);
+    allow_everyone_to_use_the_default_key(&v);
+    open_to_all(v.tmp.path());
+    let plain = tempfile::Builder::new()
+        .prefix("kmsfs-acl-plain-")
+        .tempdir()
+        .expect("tempdir");
+    open_to_all(plain.path());
+    let host = run(PROBE, plain.path());
+    assert!(
+        host.contains("user:nobody:r--"),
+        "the host file system does not take ACLs in {}:\n{host}",
+        plain.path().display()
+    );
+    let m = v.mount_with(&["--acl", "--allow-other"]);
+    let mnt = m.mnt.clone();
+    let ours = with_timeout(120, move || run(PROBE, &mnt));
+    assert_eq!(ours, host, "the mount (left) and the host (right) differ");
+    support::unmount(m);
+
+    // After a remount (this time `-o acl`): still there, still enforced.
+    let m = v.mount_with(&["-o", "acl", "--allow-other"]);
+    let mnt = m.mnt.clone();
+    let after = with_timeout(60, move || {
+        run(
+            r#"cd "$1"; getfacl -c d/a; setpriv --reuid=65534 --regid=65534 --clear-groups cat d/a;
+               chmod 600 d/a; setpriv --reuid=65534 --regid=65534 --clear-groups cat d/a 2>&1 |
+               sed 's/.*: /cat: /'"#,
+            &mnt,
+        )
+    });
+    assert_eq!(
+        after,
+        "user::rw-\nuser:nobody:rwx\t#effective:rw-\ngroup::r-x\t#effective:r--\nmask::rw-\n\
+         other::---\n\nhi\ncat: Permission denied\n"
+    );
+    support::unmount(m);
+
+    // Without --acl: not supported, nothing listed; the stored ACL is kept for the next
+    // mount with --acl.
+    let m = v.mount_with(&["--allow-other"]);
+    let mnt = m.mnt.clone();
+    let without = with_timeout(60, move || {
+        run(
+            r#"cd "$1"; getfattr -m - d/a 2>&1; setfacl -m u:nobody:r f 2>&1 | sed 's/.*: /err: /';
+               getfattr -n system.posix_acl_access d/a 2>&1 | sed 's/.*: /err: /'"#,
+            &mnt,
+        )
+    });
+    assert_eq!(
+        without,
+        "err: Operation not supported\nerr: Operation not supported\n"
+    );
+    support::unmount(m);
+    let m = v.mount_with(&["--acl"]);
+    let mnt = m.mnt.clone();
+    let back = with_timeout(60, move || run(r#"getfacl -c "$1/d/a""#, &mnt));
+    assert!(back.contains("user:nobody:rwx"), "{back}");
+    support::unmount(m);
+}
