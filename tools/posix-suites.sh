@@ -3,7 +3,8 @@
 #   - pjdfstest (the Rust rewrite of the FreeBSD POSIX file-system suite: ~400 cases of
 #     permissions, ownership, timestamps, errno values, links, renames), once on a mount with
 #     --allow-other (the kernel checks permissions; the default key's policy lets every user
-#     use the key, as the suite switches users) and once on a plain root-only mount;
+#     use the key, as the suite switches users), again with --acl, and once on a plain
+#     root-only mount;
 #   - fsx (file-system exerciser: random reads, writes, mmap reads and writes, truncates,
 #     fallocate, fsync, copy_file_range, sendfile, each read checked against a model), with
 #     several seeds, with and without the writeback cache.
@@ -116,6 +117,11 @@ echo "== pjdfstest on a mount with --allow-other"
 mount_fresh --allow-other
 allow_everyone "$CIPHER" "$WORK/pass" # the suites act as other users
 run_pjd pjdfstest-allow-other
+
+echo "== pjdfstest on a mount with --allow-other --acl (POSIX ACLs: the umask is applied by kmsfs)"
+mount_fresh --allow-other --acl
+allow_everyone "$CIPHER" "$WORK/pass"
+run_pjd pjdfstest-acl
 
 echo "== pjdfstest on a root-only mount (cases acting as other users are refused by FUSE itself: listed, not counted)"
 mount_fresh
