@@ -95,7 +95,11 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
     );
     let m = v.mount_with(&["--acl", "--allow-other"]);
     let mnt = m.mnt.clone();
-    let ours = with_timeout(120, move || run(PROBE, &mnt));
+    let ours = with_timeout(120, move || {
+        let status = fs::read_to_string(mnt.join(".kmsfs/status")).expect("status");
+        assert!(status.contains("\"acl\": true"), "{status}");
+        run(PROBE, &mnt)
+    });
     assert_eq!(ours, host, "the mount (left) and the host (right) differ");
     support::unmount(m);
 
@@ -122,6 +126,8 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
     let m = v.mount_with(&["--allow-other"]);
     let mnt = m.mnt.clone();
     let without = with_timeout(60, move || {
+        let status = fs::read_to_string(mnt.join(".kmsfs/status")).expect("status");
+        assert!(status.contains("\"acl\": false"), "{status}");
         run(
             r#"cd "$1"; getfattr -m - d/a 2>&1; setfacl -m u:nobody:r f 2>&1 | sed 's/.*: /err: /';
                getfattr -n system.posix_acl_access d/a 2>&1 | sed 's/.*: /err: /'"#,

@@ -533,6 +533,7 @@ impl ControlDir {
             "block_size": self.facts.block_size,
             "features": self.facts.features,
             "read_only": self.facts.read_only,
+            "acl": self.facts.acl,
             "mounted_at": humantime::format_rfc3339_seconds(self.started_at).to_string(),
             "uptime_seconds": self.uptime(),
             "default_key": default_key.to_string(),

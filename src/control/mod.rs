@@ -99,6 +99,8 @@ pub struct VolumeFacts {
     pub block_size: u32,
     pub features: Vec<String>,
     pub read_only: bool,
+    /// Mounted with `--acl` (POSIX ACLs stored and enforced).
+    pub acl: bool,
 }
 
 type Notify = Box<dyn Fn(u64, u64, Vec<u8>) + Send + Sync>;

@@ -180,6 +180,7 @@ impl Vfs {
                     .to_string(),
                 ],
                 read_only: opts.read_only,
+                acl: opts.acl,
             };
             crate::control::ControlDir::new(km.clone(), facts, root, names)
         };
