@@ -119,6 +119,25 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
         "user::rw-\nuser:nobody:rwx\t#effective:rw-\ngroup::r-x\t#effective:r--\nmask::rw-\n\
          other::---\n\nhi\ncat: Permission denied\n"
     );
+    // `kmsfs rekey` keeps a file's ACL, and gives none to a file that had none in a directory
+    // whose default ACL came later.
+    let mnt = m.mnt.clone();
+    let rekeyed = with_timeout(60, move || {
+        let script = r#"cd "$1"; mkdir r; echo p > r/plain; chmod 640 r/plain
+            setfacl -d -m u:nobody:rwx r; echo q > r/acl; setfacl -m u:nobody:r r/acl
+            { getfacl -c r/plain r/acl; stat -c %a r/plain r/acl; } > ../before
+            "$2" rekey r/plain r/acl > /dev/null || echo rekey failed
+            { getfacl -c r/plain r/acl; stat -c %a r/plain r/acl; } > ../after
+            cmp ../before ../after && echo same"#;
+        let out = std::process::Command::new("bash")
+            .args(["-c", script, "rekey"])
+            .arg(&mnt)
+            .arg(bin())
+            .output()
+            .expect("bash");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    });
+    assert_eq!(rekeyed, "same\n");
     support::unmount(m);
 
     // Without --acl: not supported, nothing listed; the stored ACL is kept for the next

@@ -351,6 +351,14 @@ fn rekey_gives_fresh_data_keys_and_keeps_content_and_metadata() {
             .status
             .success()
     );
+    // A file capability (cap_net_raw, permitted and effective): a chown drops it, so the copy
+    // must be given it after its owner.
+    const CAP: &str = "0x0100000200200000000000000000000000000000";
+    let o = sh(&format!(
+        "setfattr -n security.capability -v {CAP} {}",
+        p.display()
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let before: Vec<Vec<u8>> = walk(&v.cipher)
         .iter()
         .map(|f| std::fs::read(f).unwrap()[8..24].to_vec())
@@ -368,6 +376,16 @@ fn rekey_gives_fresh_data_keys_and_keeps_content_and_metadata() {
         p.display()
     ));
     assert_eq!(String::from_utf8_lossy(&x.stdout), "kept");
+    let x = sh(&format!(
+        "getfattr -e hex --only-values -n security.capability {} | od -An -tx1 | tr -d ' \n'",
+        p.display()
+    ));
+    assert_eq!(
+        format!("0x{}", String::from_utf8_lossy(&x.stdout)),
+        CAP,
+        "capability lost: {}",
+        String::from_utf8_lossy(&x.stderr)
+    );
     let after: Vec<Vec<u8>> = walk(&v.cipher)
         .iter()
         .map(|f| std::fs::read(f).unwrap()[8..24].to_vec())

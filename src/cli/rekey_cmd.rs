@@ -1,8 +1,8 @@
 //! `kmsfs rekey PATH…`: re-encrypts files of a mounted volume with fresh data keys (the answer to
 //! a leaked DEK; rotation does not change DEKs). Each file is copied through the mount to a
 //! temporary file in the same directory (new file id, new DEK, key chosen by the rules), with
-//! mode, owner, times and user xattrs carried over, synced, and renamed over the original, so
-//! the original stays intact until the new copy is complete.
+//! mode, owner, times and extended attributes (capabilities and ACLs too) carried over, synced,
+//! and renamed over the original, so the original stays intact until the new copy is complete.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -56,21 +56,7 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
             .mode(0o600)
             .open(&tmp)?;
         io::copy(&mut src, &mut dst)?;
-        let mut buf = vec![0u8; 65536];
-        if let Ok(len) = rustix::fs::listxattr(p, &mut buf[..]) {
-            for name in buf[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-                let name = String::from_utf8_lossy(name).into_owned();
-                let mut v = vec![0u8; 65536];
-                if let Ok(n) = rustix::fs::getxattr(p, name.as_str(), &mut v[..]) {
-                    rustix::fs::fsetxattr(
-                        &dst,
-                        name.as_str(),
-                        &v[..n],
-                        rustix::fs::XattrFlags::empty(),
-                    )?;
-                }
-            }
-        }
+        // Owner first: a chown drops `security.capability`, so the attributes come after it.
         rustix::fs::fchown(
             &dst,
             Some(rustix::fs::Uid::from_raw(md.uid())),
@@ -83,6 +69,8 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
                 Err(e)
             }
         })?;
+        copy_xattrs(p, &dst)?;
+        // The mode last (with ACLs on, it also brings a copied access ACL in line, as it was).
         rustix::fs::fchmod(&dst, rustix::fs::Mode::from(md.mode() & 0o7777))?;
         let ts = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
@@ -103,6 +91,36 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| true)
+}
+
+/// Copies `src`'s extended attributes to `dst` (POSIX ACLs among them on a mount with `--acl`).
+/// An access ACL the new file inherited from its directory's default ACL is removed again when
+/// the original has none.
+fn copy_xattrs(src: &Path, dst: &File) -> io::Result<()> {
+    const ACCESS_ACL: &str = "system.posix_acl_access";
+    let mut buf = vec![0u8; 65536];
+    let Ok(len) = rustix::fs::listxattr(src, &mut buf[..]) else {
+        return Ok(());
+    };
+    let names: Vec<String> = buf[..len]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    let mut v = vec![0u8; 65536];
+    for name in &names {
+        if let Ok(n) = rustix::fs::getxattr(src, name.as_str(), &mut v[..]) {
+            rustix::fs::fsetxattr(dst, name.as_str(), &v[..n], rustix::fs::XattrFlags::empty())?;
+        }
+    }
+    if !names.iter().any(|n| n == ACCESS_ACL) {
+        match rustix::fs::fremovexattr(dst, ACCESS_ACL) {
+            // No ACL, or no ACLs on this mount (NOTSUP and OPNOTSUPP are one errno on Linux).
+            Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Regular files under the given paths (for the progress display).
