@@ -15,8 +15,8 @@
 # Run as root: tools/coreutils-suite.sh [TEST ...]    (default: all; e.g. tests/cp/sparse.sh)
 # Env: SUITES_DIR (default ~/.cache/kmsfs-suites), KMSFS (binary; default: release build),
 #      JOBS (default: the number of CPUs), WORK_IN (where the volume goes; default /var/tmp),
-#      MOUNT_OPTS (more `kmsfs mount` options, e.g. --acl; with libacl1-dev installed the build
-#      has ACL support and the suite's ACL scripts run instead of skipping).
+#      MOUNT_OPTS (see tools/lib/suite.sh; with --acl and libacl1-dev installed the build has
+#      ACL support and the suite's ACL scripts run instead of skipping).
 # Exit status: 0 when every other script passed or skipped, 1 otherwise, 2 when the setup failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +41,7 @@ need_command perl
 need_command xz xz-utils
 kmsfs_binary
 debian_source coreutils
-# shellcheck disable=SC2086 # options, split on purpose
-fresh_mount --allow-other ${MOUNT_OPTS:-}
+fresh_mount --allow-other
 
 build_on_mount coreutils env FORCE_UNSAFE_CONFIGURE=1 ./configure --quiet --disable-nls
 

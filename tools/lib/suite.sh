@@ -85,7 +85,10 @@ allow_everyone() { # CIPHERDIR PASSFILE
 # A fresh volume in a new directory WORK under $WORK_IN (removed at exit), its audit log held
 # to 1 GiB (a whole suite writes GBs of records), mounted at MNT with the mount options given.
 # With --allow-other, the directories are opened to every user and so is the default key.
+# MOUNT_OPTS (environment) adds options to every suite's mount, e.g. MOUNT_OPTS=--acl.
 fresh_mount() { # [kmsfs mount options]
+  # shellcheck disable=SC2086 # options, split on purpose
+  set -- "$@" ${MOUNT_OPTS:-}
   WORK=$(mktemp -d "$WORK_IN/kmsfs-$SUITE.XXXXXX") || die "mktemp in $WORK_IN failed"
   chmod 755 "$WORK"
   MNT=$WORK/mnt
