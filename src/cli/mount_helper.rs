@@ -182,6 +182,12 @@ mod tests {
                 "/mnt/x"
             ]
         );
+        assert_eq!(
+            t(&["mount.kmsfs", "/srv/c", "/mnt/x", "-o", "noatime,acl"]),
+            [
+                "kmsfs", "mount", "--acl", "-o", "noatime", "/srv/c", "/mnt/x"
+            ]
+        );
     }
 
     #[test]
