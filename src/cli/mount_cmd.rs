@@ -326,6 +326,8 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     run_maintenance(&km, &audit);
     let km_for_thread = km.clone();
     raise_fd_limit();
+    // The model applies the caller's umask (or a default ACL): ours must not apply as well.
+    rustix::process::umask(rustix::fs::Mode::empty());
     let mut fuse_opts: Vec<String> = a
         .fuse_opts
         .iter()

@@ -106,7 +106,6 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
             "allow_other" | "allow-other" => out.push("--allow-other".into()),
             "no_writeback_cache" | "no-writeback-cache" => out.push("--no-writeback-cache".into()),
             "no_prefetch" | "no-prefetch" => out.push("--no-prefetch".into()),
-            "acl" => out.push("--acl".into()),
             "fg" | "foreground" => out.push("-f".into()),
             _ if ignored(&o) => {}
             _ => fuse.push(o),
@@ -182,10 +181,16 @@ mod tests {
                 "/mnt/x"
             ]
         );
+        // acl and noacl go through -o, where the last of them counts (`kmsfs mount`).
         assert_eq!(
-            t(&["mount.kmsfs", "/srv/c", "/mnt/x", "-o", "noatime,acl"]),
+            t(&["mount.kmsfs", "/srv/c", "/mnt/x", "-o", "noacl,noatime,acl"]),
             [
-                "kmsfs", "mount", "--acl", "-o", "noatime", "/srv/c", "/mnt/x"
+                "kmsfs",
+                "mount",
+                "-o",
+                "noacl,noatime,acl",
+                "/srv/c",
+                "/mnt/x"
             ]
         );
     }

@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -95,28 +96,30 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
 
 /// Copies `src`'s extended attributes to `dst` (POSIX ACLs among them on a mount with `--acl`).
 /// An access ACL the new file inherited from its directory's default ACL is removed again when
-/// the original has none.
+/// the original has none. Any failure fails the re-key (the original stays as it was).
 fn copy_xattrs(src: &Path, dst: &File) -> io::Result<()> {
+    use rustix::io::Errno;
     const ACCESS_ACL: &str = "system.posix_acl_access";
     let mut buf = vec![0u8; 65536];
-    let Ok(len) = rustix::fs::listxattr(src, &mut buf[..]) else {
-        return Ok(());
-    };
-    let names: Vec<String> = buf[..len]
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect();
+    let len = rustix::fs::listxattr(src, &mut buf[..])?;
     let mut v = vec![0u8; 65536];
-    for name in &names {
-        if let Ok(n) = rustix::fs::getxattr(src, name.as_str(), &mut v[..]) {
-            rustix::fs::fsetxattr(dst, name.as_str(), &v[..n], rustix::fs::XattrFlags::empty())?;
+    let mut copied_acl = false;
+    for name in buf[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = std::ffi::OsStr::from_bytes(name);
+        match rustix::fs::getxattr(src, name, &mut v[..]) {
+            Ok(n) => {
+                rustix::fs::fsetxattr(dst, name, &v[..n], rustix::fs::XattrFlags::empty())?;
+                copied_acl |= name == ACCESS_ACL;
+            }
+            // Removed since it was listed.
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-    if !names.iter().any(|n| n == ACCESS_ACL) {
+    if !copied_acl {
         match rustix::fs::fremovexattr(dst, ACCESS_ACL) {
             // No ACL, or no ACLs on this mount (NOTSUP and OPNOTSUPP are one errno on Linux).
-            Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => {}
+            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
             Err(e) => return Err(e.into()),
         }
     }

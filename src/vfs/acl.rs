@@ -33,9 +33,10 @@ pub struct Acl {
 }
 
 impl Acl {
-    /// Parses and checks an ACL value as `posix_acl_valid` does: version 2; exactly one owner,
-    /// owning-group and other entry; named users and groups each once, in id order; a mask
-    /// entry whenever there are named entries; permissions within rwx. `None` if it is not one.
+    /// Parses and checks an ACL value as `posix_acl_valid` does: version 2; the entries in tag
+    /// order, exactly one owner, owning-group and other entry, at most one mask and one
+    /// whenever there are named entries (whose ids must be real ids; their order and repeats
+    /// are not checked, as by the kernel); permissions within rwx. `None` if it is not one.
     pub fn decode(v: &[u8]) -> Option<Acl> {
         let (head, body) = v.split_first_chunk::<4>()?;
         if u32::from_le_bytes(*head) != VERSION || body.is_empty() || body.len() % 8 != 0 {
@@ -58,11 +59,7 @@ impl Acl {
             .collect();
         let count = |tag| entries.iter().filter(|e| e.tag == tag).count();
         let named = count(USER) + count(GROUP);
-        // By tag, and named users or groups by id (the owner, owning-group, mask and other
-        // entries appear once each, see the counts).
-        let ordered = entries
-            .windows(2)
-            .all(|w| w[0].tag < w[1].tag || (w[0].tag == w[1].tag && w[0].id < w[1].id));
+        let ordered = entries.windows(2).all(|w| w[0].tag <= w[1].tag);
         let ok = ordered
             && entries.iter().all(|e| {
                 e.perm & !7 == 0
@@ -204,7 +201,19 @@ mod tests {
         let mut old = v.clone();
         old[0] = 1;
         assert_eq!(Acl::decode(&old), None);
-        // Named entry without a mask; no owner; twice the same user; out of order; perm 8.
+        // The kernel takes named entries in any id order, repeats included (setfacl sorts).
+        let repeated = acl(&[
+            (USER_OBJ, 7, U),
+            (USER, 5, 2),
+            (USER, 4, 1),
+            (USER, 4, 1),
+            (GROUP_OBJ, 4, U),
+            (MASK, 7, U),
+            (OTHER, 0, U),
+        ]);
+        assert!(Acl::decode(&repeated).is_some());
+        // Named entry without a mask; no owner; two owners; out of tag order; the undefined id
+        // on a named entry; perm 8; an unknown tag.
         let invalid = [
             acl(&[
                 (USER_OBJ, 7, U),
@@ -215,13 +224,18 @@ mod tests {
             acl(&[(GROUP_OBJ, 4, U), (OTHER, 0, U)]),
             acl(&[
                 (USER_OBJ, 7, U),
-                (USER, 5, 1),
-                (USER, 4, 1),
+                (USER_OBJ, 7, U),
+                (GROUP_OBJ, 4, U),
+                (OTHER, 0, U),
+            ]),
+            acl(&[(GROUP_OBJ, 4, U), (USER_OBJ, 7, U), (OTHER, 0, U)]),
+            acl(&[
+                (USER_OBJ, 7, U),
+                (USER, 5, U),
                 (GROUP_OBJ, 4, U),
                 (MASK, 7, U),
                 (OTHER, 0, U),
             ]),
-            acl(&[(GROUP_OBJ, 4, U), (USER_OBJ, 7, U), (OTHER, 0, U)]),
             acl(&[(USER_OBJ, 8, U), (GROUP_OBJ, 4, U), (OTHER, 0, U)]),
             acl(&[
                 (USER_OBJ, 7, U),

@@ -3,24 +3,37 @@
 //! for a node's access ACL before its first permission check for a caller other than the owner,
 //! and caches it). What a local file system does beside storing them is done here:
 //! - setting an access ACL sets the mode bits it implies (and stores none if those say it all);
-//! - chmod rewrites a stored access ACL's owner, mask (or owning-group) and other entries;
+//! - after a chmod the access ACL reads with the new owner, mask and other entries (below);
 //! - a node made in a directory with a default ACL gets its access ACL from it instead of the
 //!   creator's umask, and a directory also inherits the default ACL itself.
 //!
-//! An access ACL is written before the mode that goes with it: for everyone but the owner the
-//! kernel goes by the ACL, so should the second write never happen the ACL still holds; if it
-//! fails, the ACL written is put back.
+//! The mode is what counts for the owner, mask (or, without one, owning-group) and other
+//! entries: a stored access ACL is read with those entries taken from the mode, as the kernel's
+//! chmod would have rewritten them. So a chmod is the one write of the mode, and an ACL and mode
+//! that disagree (a chmod on a mount without `--acl`, a stop between the two writes of an ACL
+//! change) read as one consistent state. Of those two writes, the one that cannot widen access
+//! comes first: a new
+//! access ACL before the mode it implies (the kernel consults an ACL only while the mode has
+//! group bits, and then for everyone but the owner), the mode before an ACL it makes
+//! unnecessary is removed (removed first, the old mode's group bits, which were the mask,
+//! would go to the owning group). If the second write fails the first is undone.
+//!
+//! A change of a node's ACL or mode, and a create in a directory (which reads its default
+//! ACL), hold the kernel's lock on that inode: they do not race with each other.
 
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
+use std::os::fd::AsFd;
+
 use super::acl::Acl;
 use super::attr_ops::chmod_node;
-use super::inode::Node;
+use super::inode::{Node, fd_path};
 use super::xattr_ops::Target;
 use super::{Caller, Kind, Result, Vfs, VfsError};
 
-/// The stored names (see `xattr_ops::stored_name`).
+/// The stored names: a zero byte and `acl::ACCESS` / `acl::DEFAULT` (see
+/// `xattr_ops::stored_name`).
 const ACCESS_STORED: &[u8] = b"\0system.posix_acl_access";
 const DEFAULT_STORED: &[u8] = b"\0system.posix_acl_default";
 
@@ -50,6 +63,13 @@ pub(super) struct Inherited {
     default: Option<Vec<u8>>,
 }
 
+#[cfg(test)]
+#[test]
+fn stored_names_are_the_acl_names_behind_a_zero_byte() {
+    assert_eq!(ACCESS_STORED, [b"\0", super::acl::ACCESS].concat());
+    assert_eq!(DEFAULT_STORED, [b"\0", super::acl::DEFAULT].concat());
+}
+
 fn damaged(ino: u64) -> VfsError {
     VfsError::Integrity(format!("inode {ino}: stored ACL is not a valid ACL"))
 }
@@ -62,7 +82,7 @@ impl Vfs {
 
     /// The mode and ACLs of a node to be made in `dir` with `mode` (file type included) by a
     /// process with `umask`: without a default ACL on `dir` the umask applies, with one the
-    /// default ACL does (`posix_acl_create`). Symlinks take neither.
+    /// default ACL does (`posix_acl_create`; not for symlinks, which take no ACL).
     pub(super) fn inherit(&self, dir: &Node, mode: u32, umask: u32) -> Result<Inherited> {
         let kind = Kind::from_mode(mode);
         let plain = Inherited {
@@ -86,24 +106,37 @@ impl Vfs {
         })
     }
 
-    /// Stores the inherited ACLs on a node just made (open as `path`), before anyone else
-    /// can reach it.
-    pub(super) fn write_inherited(&self, path: String, kind: Kind, inh: &Inherited) -> Result<()> {
-        let t = Target::at(path, kind);
+    /// Stores the inherited ACLs on a node just made (open as `fd`), before anyone else can
+    /// reach it.
+    pub(super) fn write_inherited(&self, fd: impl AsFd, kind: Kind, inh: &Inherited) -> Result<()> {
+        if inh.default.is_none() && inh.access.is_none() {
+            return Ok(());
+        }
+        let ino = self.inodes.map_ino(rustix::fs::fstat(&fd)?.st_ino);
+        let t = Target::at(fd_path(&fd), kind);
         if let Some(d) = &inh.default {
-            self.set_stored(0, &t, DEFAULT_STORED, d, 0)?;
+            self.set_stored(ino, &t, DEFAULT_STORED, d, 0)?;
         }
         if let Some(a) = &inh.access {
-            self.set_stored(0, &t, ACCESS_STORED, a, 0)?;
+            self.set_stored(ino, &t, ACCESS_STORED, a, 0)?;
         }
         Ok(())
     }
 
+    /// A stored access ACL of `node` as read: its owner, mask (or owning-group) and other
+    /// entries from the mode (see above).
+    pub(super) fn access_acl_read(&self, node: &Node, stored: &[u8]) -> Result<Vec<u8>> {
+        let mut a = Acl::decode(stored).ok_or_else(|| damaged(node.ino))?;
+        let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH)?;
+        a.chmod(st.st_mode);
+        Ok(a.encode())
+    }
+
     /// setxattr of an ACL. The kernel has checked the caller (owner or CAP_FOWNER), that the
-    /// value is a valid ACL and that a default ACL goes on a directory; checked again here for
-    /// callers inside the process. An access ACL that the mode bits can say is not stored
-    /// (one stored before is removed); the mode takes the bits the ACL implies, and loses
-    /// set-group-id if `caller` is neither root nor in the file's group.
+    /// value is a valid ACL and that a default ACL goes on a directory; the last two are
+    /// checked again here for callers inside the process. An access ACL that the mode bits can
+    /// say is not stored (one stored before is removed); the mode takes the bits the ACL
+    /// implies, and loses set-group-id if `caller` is neither root nor in the file's group.
     pub(super) fn set_acl(
         &self,
         ino: u64,
@@ -124,56 +157,52 @@ impl Vfs {
             return self.set_stored(ino, &t, DEFAULT_STORED, &a.encode(), 0);
         }
         let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH)?;
-        let (mut mode, equiv) = a.equiv_mode(st.st_mode & 0o7777);
-        let in_group = caller.is_none_or(|c| {
-            let id = self.identity(c);
-            c.uid == 0 || id.gid == st.st_gid || id.groups.contains(&st.st_gid)
-        });
-        if !in_group {
+        let old_mode = st.st_mode & 0o7777;
+        let (mut mode, equiv) = a.equiv_mode(old_mode);
+        // CAP_FSETID, for which root stands, keeps set-group-id (`posix_acl_update_mode`).
+        let keeps_sgid = caller.is_some_and(|c| c.uid == 0) || self.in_group(caller, st.st_gid);
+        if !keeps_sgid {
             mode &= !libc::S_ISGID;
         }
         let before = self.get_stored(ino, &t, ACCESS_STORED)?;
-        match (equiv, &before) {
-            (true, None) => {}
-            (true, Some(_)) => self.remove_stored(ino, &t, ACCESS_STORED)?,
-            (false, _) => self.set_stored(ino, &t, ACCESS_STORED, &a.encode(), 0)?,
+        if equiv {
+            // The mode first (always: the change time moves, as for any ACL change), then the
+            // ACL it makes unnecessary.
+            chmod_node(&node, mode)?;
+            if before.is_some()
+                && let Err(e) = self.remove_stored(ino, &t, ACCESS_STORED)
+            {
+                self.undo_chmod(&node, old_mode);
+                return Err(e);
+            }
+            return Ok(());
         }
-        // Always (the change time moves, as for any ACL change).
+        self.set_stored(ino, &t, ACCESS_STORED, &a.encode(), 0)?;
         if let Err(e) = chmod_node(&node, mode) {
-            self.put_back(ino, &t, before.as_deref(), equiv);
+            self.put_back(ino, &t, before.as_deref());
             return Err(e);
         }
         Ok(())
     }
 
-    /// Restores the access ACL `before` after the change that replaced it failed half-way.
-    fn put_back(&self, ino: u64, t: &Target, before: Option<&[u8]>, removed: bool) {
+    /// Restores the access ACL `before` (none: removes the one written) after the mode that
+    /// went with a new one could not be set.
+    fn put_back(&self, ino: u64, t: &Target, before: Option<&[u8]>) {
         let r = match before {
             Some(v) => self.set_stored(ino, t, ACCESS_STORED, v, 0),
-            None if !removed => self.remove_stored(ino, t, ACCESS_STORED),
-            None => Ok(()),
+            None => self.remove_stored(ino, t, ACCESS_STORED),
         };
         if let Err(e) = r {
-            tracing::warn!("inode {ino}: putting back its access ACL failed: {e}");
+            // Read with its class entries from the mode (see above): what the kernel enforces
+            // is the new ACL's named entries under the old mode.
+            tracing::error!("inode {ino}: putting back its access ACL failed: {e}");
         }
     }
 
-    /// chmod of `node`, its access ACL (if it has one, and ACLs are on) following.
-    pub(super) fn chmod_with_acl(&self, node: &Node, mode: u32) -> Result<()> {
-        if !self.opts.acl || node.kind == Kind::Symlink {
-            return chmod_node(node, mode);
+    /// Restores the mode after the ACL change that went with it failed.
+    fn undo_chmod(&self, node: &Node, old_mode: u32) {
+        if let Err(e) = chmod_node(node, old_mode) {
+            tracing::error!("inode {}: putting back its mode failed: {e}", node.ino);
         }
-        let t = Target::at(node.proc_path(), node.kind);
-        let Some(before) = self.get_stored(node.ino, &t, ACCESS_STORED)? else {
-            return chmod_node(node, mode);
-        };
-        let mut a = Acl::decode(&before).ok_or_else(|| damaged(node.ino))?;
-        a.chmod(mode);
-        self.set_stored(node.ino, &t, ACCESS_STORED, &a.encode(), 0)?;
-        if let Err(e) = chmod_node(node, mode) {
-            self.put_back(node.ino, &t, Some(&before), false);
-            return Err(e);
-        }
-        Ok(())
     }
 }

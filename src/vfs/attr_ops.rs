@@ -109,8 +109,9 @@ impl Vfs {
         }
         if let Some(mode) = set.mode {
             // Linux has no mode on symlinks.
+            // A stored access ACL follows (it is read with the mode's classes: `acl_ops`).
             if node.kind != Kind::Symlink {
-                self.chmod_with_acl(&node, mode)?;
+                chmod_node(&node, mode)?;
             }
         }
         if set.kill_suidgid && set.mode.is_none() {
@@ -184,6 +185,15 @@ impl Vfs {
         self.kill_suidgid_node(&node, caller)
     }
 
+    /// Whether `caller` has `gid` as its group or one of its supplementary groups (an
+    /// in-process caller, `None`, counts as a member).
+    pub(super) fn in_group(&self, caller: Option<&Caller>, gid: u32) -> bool {
+        caller.is_none_or(|c| {
+            let id = self.identity(c);
+            id.gid == gid || id.groups.contains(&gid)
+        })
+    }
+
     fn kill_suidgid_node(
         &self,
         node: &super::inode::Node,
@@ -195,11 +205,7 @@ impl Vfs {
         let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH)?;
         let mut mode = st.st_mode & 0o7777;
         mode &= !libc::S_ISUID;
-        let in_group = caller.is_none_or(|c| {
-            let id = self.identity(c);
-            id.gid == st.st_gid || id.groups.contains(&st.st_gid)
-        });
-        if mode & libc::S_IXGRP != 0 || !in_group {
+        if mode & libc::S_IXGRP != 0 || !self.in_group(caller, st.st_gid) {
             mode &= !libc::S_ISGID;
         }
         if mode == st.st_mode & 0o7777 {

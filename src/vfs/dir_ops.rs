@@ -118,7 +118,7 @@ impl Vfs {
                 crate::fault::check("chmod")?;
                 rustix::fs::fchmod(&newd, Mode::from(perm))?;
                 self.set_owner(&dir, &newd, caller)?;
-                self.write_inherited(fd_path(&newd), Kind::Dir, &inh)?;
+                self.write_inherited(&newd, Kind::Dir, &inh)?;
                 self.intern_child(&dir, &cn.entry, name)
             };
             match fin() {
@@ -384,7 +384,7 @@ impl Vfs {
                 if self.chown_new {
                     self.set_owner(&dir, &fd, caller)?;
                 }
-                self.write_inherited(fd_path(&fd), Kind::from_mode(mode), &inh)
+                self.write_inherited(&fd, Kind::from_mode(mode), &inh)
             };
             if let Err(e) = made() {
                 let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
@@ -393,12 +393,6 @@ impl Vfs {
             Ok(self.intern_child(&dir, &cn.entry, name)?.1)
         })
     }
-}
-
-/// The `/proc/self/fd` path of a descriptor (for calls that take a path).
-pub(super) fn fd_path(fd: impl std::os::fd::AsFd) -> String {
-    use std::os::fd::AsRawFd;
-    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 /// Empties a directory that holds nothing but kmsfs-internal files (its directory id and

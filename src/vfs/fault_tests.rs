@@ -23,12 +23,17 @@ use crate::keymgr::KeyManager;
 const ROOT: u64 = 1;
 const LONG: &str = "a-file-name-long-enough-to-need-a-side-file-because-its-encrypted-form-does-not-fit-in-255-bytes-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
-/// The model with ACLs on (they add reads and writes to creates and chmods).
+thread_local! {
+    /// Whether the runs on this thread have ACLs on (`--acl`; see [`run`]).
+    static ACL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The model, with ACLs on if the current run has them.
 fn open(dir: &Path) -> Vfs {
     open_with(
         dir,
         VfsOptions {
-            acl: true,
+            acl: ACL.get(),
             ..Default::default()
         },
     )
@@ -71,12 +76,14 @@ fn volume() -> (tempfile::TempDir, PathBuf) {
     let a = v.lookup(ROOT, "a".as_ref()).expect("lookup").ino;
     v.setxattr(a, "user.tag".as_ref(), b"one", 0)
         .expect("xattr");
-    // ACLs: a default one on d, an access one on b.
-    v.setxattr(d, "system.posix_acl_default".as_ref(), &named_acl(), 0)
-        .expect("default ACL");
-    let b = v.lookup(ROOT, "b".as_ref()).expect("lookup").ino;
-    v.setxattr(b, "system.posix_acl_access".as_ref(), &named_acl(), 0)
-        .expect("access ACL");
+    if ACL.get() {
+        // ACLs: a default one on d (what is made there inherits it), an access one on b.
+        v.setxattr(d, "system.posix_acl_default".as_ref(), &named_acl(), 0)
+            .expect("default ACL");
+        let b = v.lookup(ROOT, "b".as_ref()).expect("lookup").ino;
+        v.setxattr(b, "system.posix_acl_access".as_ref(), &named_acl(), 0)
+            .expect("access ACL");
+    }
     (t, dir)
 }
 
@@ -271,7 +278,16 @@ fn keys(dir: &Path) -> String {
     })
 }
 
+/// Runs `op` as the module says, on a model without ACLs and again with ACLs on (where
+/// creates read the directory's default ACL and write the inherited ones).
 fn run(name: &str, op: Op, mixed_writes: bool) {
+    run_with(name, op, mixed_writes, false);
+    run_with(name, op, mixed_writes, true);
+}
+
+fn run_with(name: &str, op: Op, mixed_writes: bool, acl: bool) {
+    ACL.set(acl);
+    let name = &format!("{name}{}", if acl { " (--acl)" } else { "" });
     // The result without faults.
     let (_t, dir) = volume();
     let old = snapshot(&open(&dir));
@@ -493,7 +509,7 @@ fn attributes() {
 
 #[test]
 fn acls() {
-    run(
+    run_with(
         "set an access ACL",
         |v| {
             v.setxattr(
@@ -504,8 +520,9 @@ fn acls() {
             )
         },
         false,
+        true,
     );
-    run(
+    run_with(
         "chmod with an access ACL",
         |v| {
             let set = SetAttr {
@@ -515,8 +532,9 @@ fn acls() {
             v.setattr(ino(v, "b")?, None, &set, None).map(|_| ())
         },
         false,
+        true,
     );
-    run(
+    run_with(
         "an equivalent ACL replaces one",
         |v| {
             let minimal = acl(&[(USER_OBJ, 7, U), (GROUP_OBJ, 0, U), (OTHER, 0, U)]);
@@ -528,24 +546,27 @@ fn acls() {
             )
         },
         false,
+        true,
     );
-    run(
+    run_with(
         "create under a default ACL",
         |v| {
             let (_, fh) = v.create(ino(v, "d")?, "new".as_ref(), 0o640, libc::O_RDWR, &caller())?;
             v.release(fh)
         },
         false,
+        true,
     );
-    run(
+    run_with(
         "mkdir under a default ACL",
         |v| {
             v.mkdir(ino(v, "d")?, "sub".as_ref(), 0o777, &caller())
                 .map(|_| ())
         },
         false,
+        true,
     );
-    run(
+    run_with(
         "mkfifo under a default ACL",
         |v| {
             v.mknod(
@@ -558,6 +579,7 @@ fn acls() {
             .map(|_| ())
         },
         false,
+        true,
     );
 }
 

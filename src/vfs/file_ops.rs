@@ -362,7 +362,7 @@ impl Vfs {
             let mut named = linked;
             let init = |named: &mut bool| -> Result<(Arc<Node>, Attr)> {
                 self.set_owner(dir, &file, caller)?;
-                self.write_inherited(super::dir_ops::fd_path(&file), Kind::File, &inh)?;
+                self.write_inherited(&file, Kind::File, &inh)?;
                 crate::fault::write_all_at(&file, &bytes, 0)?;
                 if !*named {
                     crate::fault::check("link")?;

@@ -149,9 +149,14 @@ impl Node {
 
     /// `/proc/self/fd/N`: reopens the backing file through its `O_PATH` descriptor.
     pub fn proc_path(&self) -> String {
-        use std::os::fd::AsRawFd;
-        format!("/proc/self/fd/{}", self.fd.as_fd().as_raw_fd())
+        fd_path(&self.fd)
     }
+}
+
+/// The `/proc/self/fd` path of a descriptor (for calls that take a path).
+pub(super) fn fd_path(fd: impl AsFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 pub struct InodeTable {

@@ -57,8 +57,9 @@ pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
-    /// The creating process's umask, for the modes of new nodes (0: the mode given is final,
-    /// as the kernel sends it unless ACLs are on).
+    /// The creating process's umask, applied to the modes of new nodes unless a default ACL
+    /// takes its place (without `--acl` the kernel has applied it already; in-process callers
+    /// pass 0).
     pub umask: u32,
 }
 
@@ -144,7 +145,9 @@ impl std::fmt::Debug for Vfs {
 }
 
 impl Vfs {
-    /// A model over the cipher directory `root` of an unlocked volume.
+    /// A model over the cipher directory `root` of an unlocked volume. The modes of new nodes
+    /// are decided here (the caller's umask or a default ACL, see `acl_ops::inherit`): the
+    /// process's own umask must be 0 (`kmsfs mount` sets it), or it cuts them down again.
     pub fn new(
         root: &Path,
         km: Arc<KeyManager>,
@@ -158,9 +161,6 @@ impl Vfs {
             Mode::empty(),
         )?;
         let st = rustix::fs::fstat(&fd)?;
-        // The modes of new nodes are decided here (the caller's umask or a default ACL, see
-        // `acl_ops::inherit`): the process's own umask must not cut them down again.
-        rustix::process::umask(Mode::empty());
         let names = Names::new(&km.volume_secret(), plaintext_names);
         let control = {
             let (root, names) = (

@@ -48,6 +48,8 @@ pub fn open(dir: &Path) -> Vfs {
 }
 
 pub fn open_with(dir: &Path, opts: VfsOptions) -> Vfs {
+    // As `kmsfs mount` does (see `Vfs::new`).
+    rustix::process::umask(rustix::fs::Mode::empty());
     let u = unlock(dir);
     let bs = u.config.block_size;
     Vfs::new(dir, Arc::new(KeyManager::new(u)), bs, false, opts).expect("vfs")

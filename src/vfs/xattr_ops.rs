@@ -121,11 +121,11 @@ impl Vfs {
         let name = name.as_bytes();
         let stored = if let Some(suffix) = name.strip_prefix(USER) {
             Cow::Borrowed(suffix)
-        } else if OTHER_NAMESPACES
+        } else if (OTHER_NAMESPACES
             .iter()
             .any(|ns| name.len() > ns.len() && name.starts_with(ns))
-            && name != SELINUX
-            || self.opts.acl && (name == acl::ACCESS || name == acl::DEFAULT)
+            && name != SELINUX)
+            || (self.opts.acl && (name == acl::ACCESS || name == acl::DEFAULT))
         {
             Cow::Owned([&[0u8][..], name].concat())
         } else {
@@ -354,7 +354,10 @@ impl Vfs {
         if Self::user_on_special(&t, &stored) {
             return Err(Errno::NODATA.into());
         }
-        let v = self.get_stored(ino, &t, &stored)?.ok_or(Errno::NODATA)?;
+        let mut v = self.get_stored(ino, &t, &stored)?.ok_or(Errno::NODATA)?;
+        if AclKind::of(&stored) == Some(AclKind::Access) {
+            v = self.access_acl_read(&*self.node(ino)?, &v)?;
+        }
         reply(v, size)
     }
 
