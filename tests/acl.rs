@@ -51,6 +51,16 @@ as setfacl -m u:nobody:rwx f 2>&1 | sed 's/.*: /err: /'
 setfattr -n system.posix_acl_access -v 0x02000000 f 2>&1 | sed 's/.*: /err: /'
 setfattr -n system.posix_acl_access -v 0x0200000001000600ffffffff f; echo "rc $?"
 st f
+setfacl -b f; setfattr -x system.posix_acl_access f; echo "remove none: $?"
+mkdir x; setfattr -x system.posix_acl_default x; echo "remove no default: $?"
+setfattr -x user.none f 2>&1 | sed 's/.*: /err: /'
+mkdir -p src/a/b; echo 1 > src/a/f; setfacl -m u:nobody:rw,g:nogroup:r src/a/f
+setfacl -d -m u:nobody:rx src/a; setfacl -m u:nobody:x src/a/b
+mkfifo src/a/p; setfacl -m u:nobody:r src/a/p
+tar --acls -cf t.tar -C src .; mkdir t; tar --acls -xf t.tar -C t; echo "tar $?"
+cp -a src c; echo "cp $?"
+for d in src t c; do (cd $d && find . -mindepth 1 | LC_ALL=C sort | xargs getfacl -c) > $d.acl; done
+cmp src.acl t.acl && echo "tar --acls keeps them"; cmp src.acl c.acl && echo "cp -a keeps them"
 "#;
 
 fn run(cmd: &str, dir: &Path) -> String {
@@ -93,6 +103,17 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
         "the host file system does not take ACLs in {}:\n{host}",
         plain.path().display()
     );
+    for line in [
+        "tar --acls keeps them",
+        "cp -a keeps them",
+        "remove none: 0",
+        "remove no default: 0",
+    ] {
+        assert!(
+            host.contains(line),
+            "{line:?} not in the host's output:\n{host}"
+        );
+    }
     let m = v.mount_with(&["--acl", "--allow-other"]);
     let mnt = m.mnt.clone();
     let ours = with_timeout(120, move || {

@@ -445,8 +445,16 @@ impl Vfs {
         if Self::user_on_special(&t, &stored) {
             return Err(Errno::PERM.into());
         }
-        if AclKind::of(&stored).is_some() && t.kind == Kind::Symlink {
-            return Err(VfsError::NotSupported("ACLs on a symlink"));
+        if AclKind::of(&stored).is_some() {
+            if t.kind == Kind::Symlink {
+                return Err(VfsError::NotSupported("ACLs on a symlink"));
+            }
+            // Removing an ACL that is not there succeeds, as on ext4 (`tar --acls` removes the
+            // default ACL of every directory it restores without one).
+            return match self.remove_stored(ino, &t, &stored) {
+                Err(e) if e.errno() == libc::ENODATA => Ok(()),
+                r => r,
+            };
         }
         self.remove_stored(ino, &t, &stored)
     }
