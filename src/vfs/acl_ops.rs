@@ -12,19 +12,19 @@
 //! chmod would have rewritten them. So a chmod is the one write of the mode, and an ACL and mode
 //! that disagree (a chmod on a mount without `--acl`, a stop between the two writes of an ACL
 //! change) read as one consistent state. Of those two writes, the one that cannot widen access
-//! comes first: a new
-//! access ACL before the mode it implies (the kernel consults an ACL only while the mode has
-//! group bits, and then for everyone but the owner), the mode before an ACL it makes
-//! unnecessary is removed (removed first, the old mode's group bits, which were the mask,
-//! would go to the owning group). If the second write fails the first is undone.
+//! comes first: a new access ACL goes before the mode it implies (the kernel consults an ACL
+//! only while the mode has group bits, and then for everyone but the owner); an ACL that the
+//! new mode makes unnecessary is removed after the mode is set (removed first, the old mode's
+//! group bits, which were the mask, would go to the owning group). If the second write fails,
+//! the first is undone.
 //!
 //! A change of a node's ACL or mode, and a create in a directory (which reads its default
 //! ACL), hold the kernel's lock on that inode: they do not race with each other.
 
+use std::os::fd::AsFd;
+
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
-
-use std::os::fd::AsFd;
 
 use super::acl::Acl;
 use super::attr_ops::chmod_node;
@@ -61,13 +61,6 @@ pub(super) struct Inherited {
     pub mode: u32,
     access: Option<Vec<u8>>,
     default: Option<Vec<u8>>,
-}
-
-#[cfg(test)]
-#[test]
-fn stored_names_are_the_acl_names_behind_a_zero_byte() {
-    assert_eq!(ACCESS_STORED, [b"\0", super::acl::ACCESS].concat());
-    assert_eq!(DEFAULT_STORED, [b"\0", super::acl::DEFAULT].concat());
 }
 
 fn damaged(ino: u64) -> VfsError {
@@ -205,4 +198,11 @@ impl Vfs {
             tracing::error!("inode {}: putting back its mode failed: {e}", node.ino);
         }
     }
+}
+
+#[cfg(test)]
+#[test]
+fn stored_names_are_the_acl_names_behind_a_zero_byte() {
+    assert_eq!(ACCESS_STORED, [b"\0", super::acl::ACCESS].concat());
+    assert_eq!(DEFAULT_STORED, [b"\0", super::acl::DEFAULT].concat());
 }

@@ -258,8 +258,8 @@ impl Vfs {
         self.set_stored(ino, &t, &stored, value, flags)
     }
 
-    /// Stores attribute `suffix` (its stored name) of inode `ino` (0 for one not numbered
-    /// yet, which nobody else can reach), in the pack or on its own.
+    /// Stores attribute `suffix` (its stored name) of inode `ino` (at `t`), in the pack or on
+    /// its own.
     pub(super) fn set_stored(
         &self,
         ino: u64,
