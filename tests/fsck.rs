@@ -8,17 +8,59 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// A clean volume with a multi-block file, a long name, a symlink and a subdirectory.
+/// A clean volume with a multi-block file, a long name, a symlink and a subdirectory, and
+/// extended attributes: small ones (in the pack), a large one (on its own), one on the symlink,
+/// an access ACL and a default ACL.
 fn corpus_source() -> Volume {
     let v = Volume::new(&[]);
-    let m = v.mount();
+    let m = v.mount_with(&["--acl"]);
     std::fs::write(m.path("ten-thousand.bin"), vec![7u8; 10_000]).unwrap();
     std::fs::write(m.path(&"L".repeat(200)), b"long").unwrap();
     std::os::unix::fs::symlink("/target/of/link", m.path("link")).unwrap();
     std::fs::create_dir(m.path("sub")).unwrap();
     std::fs::write(m.path("sub/inner.txt"), vec![1u8; 3000]).unwrap();
+    let big = "x".repeat(2000);
+    let inner = m.path("sub/inner.txt").display().to_string();
+    for cmd in [
+        format!("setfattr -n user.small -v s {inner}"),
+        format!("setfattr -n user.big -v {big} {inner}"),
+        format!("setfattr -h -n trusted.t -v t {}", m.path("link").display()),
+        format!(
+            "setfacl -m u:nobody:r {}",
+            m.path("ten-thousand.bin").display()
+        ),
+        format!("setfacl -d -m u:nobody:rx {}", m.path("sub").display()),
+    ] {
+        let o = sh(&cmd);
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     m.unmount();
     v
+}
+
+/// The backing names of `f`'s encrypted attributes stored on their own (not the pack).
+fn single_xattrs(f: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 65536];
+    let n = rustix::fs::listxattr(f, &mut buf[..]).unwrap();
+    buf[..n]
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .filter(|s| s.starts_with("user.kmsfs.") && s != PACK)
+        .collect()
+}
+
+const PACK: &str = "user.kmsfs.p";
+
+/// Flips a bit of backing xattr `name` of `f`.
+fn flip_xattr(f: &Path, name: &str) {
+    let mut b = vec![0u8; 65536];
+    let n = rustix::fs::getxattr(f, name, &mut b[..]).unwrap();
+    b[n / 2] ^= 1;
+    rustix::fs::setxattr(f, name, &b[..n], rustix::fs::XattrFlags::REPLACE).unwrap();
 }
 
 /// A copy of the cipher directory to damage.
@@ -97,6 +139,8 @@ fn a_clean_volume_is_clean() {
     assert_eq!(r["files"], 3);
     assert_eq!(r["symlinks"], 1);
     assert_eq!(r["dirs"], 2);
+    // user.small, user.big, trusted.t, the access and the default ACL.
+    assert_eq!(r["xattrs"], 5);
     assert!(kinds(&r).is_empty());
 }
 
@@ -175,6 +219,43 @@ fn each_kind_of_damage_is_reported_with_its_path() {
         (23, vec!["dir-id-copy".to_string()]),
         "{r}"
     );
+
+    // Extended attributes: a flipped byte in the pack, in a value stored on its own, and a name
+    // that does not decrypt (each reported with the file's path).
+    let inner = |d: &Path| by_size(&subdir(d), cipher_size(3000));
+    let d = copy(&v, "flipped-pack");
+    flip_xattr(&inner(&d), PACK);
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["xattr".to_string()]), "{r}");
+    assert_eq!(r["problems"][0]["plain_path"], "/sub/inner.txt");
+    let d = copy(&v, "flipped-xattr-value");
+    let f = inner(&d);
+    let singles = single_xattrs(&f);
+    assert_eq!(singles.len(), 1, "{singles:?}");
+    flip_xattr(&f, &singles[0]);
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["xattr".to_string()]), "{r}");
+    assert!(
+        r["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("user.big"),
+        "{r}"
+    );
+    let d = copy(&v, "bad-xattr-name");
+    let f = inner(&d);
+    let mut b = vec![0u8; 65536];
+    let n = rustix::fs::getxattr(&f, singles[0].as_str(), &mut b[..]).unwrap();
+    rustix::fs::removexattr(&f, singles[0].as_str()).unwrap();
+    rustix::fs::setxattr(
+        &f,
+        format!("{}A", singles[0]).as_str(),
+        &b[..n],
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["xattr".to_string()]), "{r}");
 
     // An unknown feature flag: the volume is refused before anything is read (exit 11).
     let d = copy(&v, "unknown-feature");

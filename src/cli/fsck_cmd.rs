@@ -71,11 +71,12 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
             );
         }
         println!(
-            "{} directories, {} files ({} blocks), {} symlinks checked; {} not decrypted (key not usable); {} problem(s), {} repaired",
+            "{} directories, {} files ({} blocks), {} symlinks, {} extended attributes checked; {} not decrypted (key not usable); {} problem(s), {} repaired",
             r.dirs,
             r.files,
             r.blocks,
             r.symlinks,
+            r.xattrs,
             r.skipped,
             r.problems.len(),
             r.problems.len() - r.unrepaired()

@@ -111,8 +111,8 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Encrypted key-store backups: export, restore.
     Keystore(keystore_cmd::KeystoreArgs),
-    /// Check an unmounted volume: key store, names, headers, every block, symlinks. Exit 23 if
-    /// problems remain.
+    /// Check an unmounted volume: key store, names, headers, every block, symlinks, xattrs.
+    /// Exit 23 if problems remain.
     Fsck(fsck_cmd::FsckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },

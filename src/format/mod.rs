@@ -2,6 +2,7 @@
 //! block, the encryption context, the key store envelope and the volume config. Pure: no I/O, no
 //! keys. Every layout is documented byte by byte in docs/FORMAT.md.
 
+pub mod acl;
 pub mod block;
 pub mod config;
 pub mod context;

@@ -1,7 +1,8 @@
 //! fsck: checks every object of an unmounted cipher directory against what the format
 //! authenticates — the key store generations, each directory's id file, every name (and long-name
-//! side file), every file header (and its data key), every content block, every symlink target —
-//! and reports each problem with its cipher path (and plaintext path where the names on the way
+//! side file), every file header (and its data key), every content block, every symlink target,
+//! every extended attribute (names, values, the pack; stored ACLs must be valid ACLs) — and
+//! reports each problem with its cipher path (and plaintext path where the names on the way
 //! decrypt). Repairs only what is safe to repair: a primary key store rewritten from an intact
 //! backup generation, long-name side files whose entry is gone, a directory id file or its
 //! xattr copy rewritten from the other; and adds the id copy to directories of older volumes.
@@ -16,9 +17,11 @@ use serde::Serialize;
 use super::KeyManager;
 use crate::content::FileCipher;
 use crate::format::DirId;
+use crate::format::acl::Acl;
 use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
-use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX, Names};
+use crate::format::xattr_pack::XattrPack;
+use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX, Names, XATTR_PACK, XATTR_PREFIX};
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,7 +31,7 @@ pub struct Problem {
     /// Path inside the mount, when every name on the way decrypts.
     pub plain_path: Option<String>,
     /// `key-store`, `dir-id`, `name`, `side-file`, `header`, `data-key`, `size`, `block`,
-    /// `symlink`.
+    /// `symlink`, `xattr`.
     pub kind: &'static str,
     pub detail: String,
     /// Whether `--repair` fixed it.
@@ -41,6 +44,8 @@ pub struct Report {
     pub files: u64,
     pub symlinks: u64,
     pub blocks: u64,
+    /// Extended attributes checked (each in a pack counted).
+    pub xattrs: u64,
     /// Files whose key is disabled, pending deletion or destroyed: not decrypted.
     pub skipped: u64,
     /// Directories without the copy of their id in the `user.kmsfs-dirid` xattr (made by a
@@ -118,6 +123,7 @@ pub fn fsck(
             repaired,
         });
     }
+    xattrs(&mut c, root, &Some(String::new()), true);
     dir(&mut c, root, Some(String::new()), true)?;
     Ok(c.report)
 }
@@ -272,6 +278,9 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             _ => None,
         };
         let ft = e.file_type()?;
+        // Regular files and directories keep their attributes in the backing `user.`
+        // namespace, the others in `trusted.` (see `vfs::xattr_ops`).
+        xattrs(c, &path, &child, ft.is_dir() || ft.is_file());
         if ft.is_dir() {
             dir(c, &path, child, false)?;
         } else if ft.is_file() {
@@ -285,6 +294,116 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
         }
     }
     Ok(())
+}
+
+/// How an attribute's stored name (`vfs::xattr_ops`: the part after `user.`, or a zero byte
+/// and the full name) is shown.
+fn shown(stored: &[u8]) -> String {
+    match stored.strip_prefix(&[0u8]) {
+        Some(full) => String::from_utf8_lossy(full).into_owned(),
+        None => format!("user.{}", String::from_utf8_lossy(stored)),
+    }
+}
+
+/// A stored ACL (by its stored name) that is not a valid ACL.
+fn bad_acl(stored: &[u8], value: &[u8]) -> bool {
+    let acl = stored
+        .strip_prefix(&[0u8])
+        .is_some_and(|n| n == crate::format::acl::ACCESS || n == crate::format::acl::DEFAULT);
+    acl && Acl::decode(value).is_none()
+}
+
+/// Checks a node's extended attributes: the pack authenticates and parses, every attribute
+/// stored on its own has a name and value that authenticate, and each stored ACL is a valid one.
+/// `user_ns`: kept in the backing `user.` namespace (regular files and directories), else in
+/// `trusted.` (listed to root only, so a check as another user sees none there).
+fn xattrs(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>, user_ns: bool) {
+    let ns = if user_ns { "user." } else { "trusted." };
+    let mut list = vec![0u8; 65536];
+    let n = match rustix::fs::llistxattr(path, &mut list[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::OPNOTSUPP) => return,
+        Err(e) => {
+            c.problem(
+                path,
+                plain,
+                "xattr",
+                format!("attributes cannot be listed: {e}"),
+            );
+            return;
+        }
+    };
+    let mut value = vec![0u8; 65536 + 64];
+    for raw in list[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let Some(rest) = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.strip_prefix(ns))
+        else {
+            continue;
+        };
+        // The name as encryption sees it (always the `user.` form).
+        let logical = format!("user.{rest}");
+        if !logical.starts_with(XATTR_PREFIX) {
+            continue; // kmsfs-internal (directory id copy, interrupted-write marker)
+        }
+        let v = match rustix::fs::lgetxattr(path, raw, &mut value[..]) {
+            Ok(len) => &value[..len],
+            Err(e) => {
+                c.problem(
+                    path,
+                    plain,
+                    "xattr",
+                    format!("an attribute cannot be read: {e}"),
+                );
+                continue;
+            }
+        };
+        if logical == XATTR_PACK {
+            let pack = c
+                .names
+                .decrypt_xattr_pack(v)
+                .ok()
+                .and_then(|p| XattrPack::decode(&p).ok());
+            let Some(pack) = pack else {
+                c.problem(
+                    path,
+                    plain,
+                    "xattr",
+                    "the pack of small attributes fails authentication".into(),
+                );
+                continue;
+            };
+            for name in pack.names() {
+                c.report.xattrs += 1;
+                if bad_acl(name, pack.get(name).unwrap_or_default()) {
+                    let detail = format!("{} is not a valid ACL", shown(name));
+                    c.problem(path, plain, "xattr", detail);
+                }
+            }
+            continue;
+        }
+        c.report.xattrs += 1;
+        let Some(name) = c.names.decrypt_xattr_name(&logical) else {
+            c.problem(
+                path,
+                plain,
+                "xattr",
+                "an attribute name does not decrypt (modified)".into(),
+            );
+            continue;
+        };
+        match c.names.decrypt_xattr_value(&logical, v) {
+            Err(_) => {
+                let detail = format!("the value of {} fails authentication", shown(&name));
+                c.problem(path, plain, "xattr", detail);
+            }
+            Ok(plain_value) if bad_acl(&name, &plain_value) => {
+                let detail = format!("{} is not a valid ACL", shown(&name));
+                c.problem(path, plain, "xattr", detail);
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Regular files under `dir` that fsck checks (for the progress display): not the control

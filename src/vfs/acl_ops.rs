@@ -26,11 +26,11 @@ use std::os::fd::AsFd;
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
-use super::acl::Acl;
 use super::attr_ops::chmod_node;
 use super::inode::{Node, fd_path};
 use super::xattr_ops::Target;
 use super::{Caller, Kind, Result, Vfs, VfsError};
+use crate::format::acl::Acl;
 
 /// The stored names: a zero byte and `acl::ACCESS` / `acl::DEFAULT` (see
 /// `xattr_ops::stored_name`).
@@ -203,6 +203,9 @@ impl Vfs {
 #[cfg(test)]
 #[test]
 fn stored_names_are_the_acl_names_behind_a_zero_byte() {
-    assert_eq!(ACCESS_STORED, [b"\0", super::acl::ACCESS].concat());
-    assert_eq!(DEFAULT_STORED, [b"\0", super::acl::DEFAULT].concat());
+    assert_eq!(ACCESS_STORED, [b"\0", crate::format::acl::ACCESS].concat());
+    assert_eq!(
+        DEFAULT_STORED,
+        [b"\0", crate::format::acl::DEFAULT].concat()
+    );
 }

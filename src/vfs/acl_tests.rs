@@ -3,11 +3,11 @@
 
 use std::ffi::OsStr;
 
-use super::acl::{GROUP, GROUP_OBJ, MASK, OTHER, UNDEFINED_ID as U, USER, USER_OBJ, acl};
 use super::attr_ops::SetAttr;
 use super::test_support::{caller, new_volume, open, open_with, touch};
 use super::xattr_ops::XattrReply;
 use super::{Caller, ROOT_INO, Vfs, VfsOptions};
+use crate::format::acl::{GROUP, GROUP_OBJ, MASK, OTHER, UNDEFINED_ID as U, USER, USER_OBJ, acl};
 
 const ACCESS: &str = "system.posix_acl_access";
 const DEFAULT: &str = "system.posix_acl_default";
@@ -298,5 +298,33 @@ fn without_acl_the_names_are_unsupported_and_stored_acls_unlisted() {
             (MASK, 0, U),
             (OTHER, 4, U),
         ]))
+    );
+}
+
+#[test]
+fn a_stored_acl_that_is_not_one_is_an_integrity_error_and_fsck_reports_it() {
+    let (_t, dir) = new_volume();
+    let v = with_acls(&dir);
+    let f = touch(&v, ROOT_INO, "f");
+    // Only a bug (or the volume key in other hands) can store one: the value authenticates.
+    let t = v.xattr_target(f).expect("target");
+    v.set_stored(f, &t, b"\0system.posix_acl_access", b"not an ACL", 0)
+        .expect("stored");
+    assert_eq!(get(&v, f, ACCESS), Err(libc::EIO));
+    drop(v);
+    let u = super::test_support::unlock(&dir);
+    let names = crate::names::Names::new(&u.store.volume_secret, false);
+    let bs = u.config.block_size;
+    let km = crate::keymgr::KeyManager::new(u);
+    let r = crate::keymgr::fsck::fsck(&km, &dir, &names, bs, None, false, &mut |_, _| {})
+        .expect("fsck");
+    let found: Vec<(&str, &str)> = r
+        .problems
+        .iter()
+        .map(|p| (p.kind, p.detail.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [("xattr", "system.posix_acl_access is not a valid ACL")]
     );
 }

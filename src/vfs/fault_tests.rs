@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 
-use super::acl::{GROUP_OBJ, MASK, OTHER, UNDEFINED_ID as U, USER, USER_OBJ, acl};
 use super::attr_ops::SetAttr;
 use super::test_support::{caller, new_volume, open_with, unlock};
 use super::xattr_ops::XattrReply;
 use super::{Kind, Result, Vfs, VfsOptions};
+use crate::format::acl::{GROUP_OBJ, MASK, OTHER, UNDEFINED_ID as U, USER, USER_OBJ, acl};
 use crate::keymgr::KeyManager;
 
 const ROOT: u64 = 1;

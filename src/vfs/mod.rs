@@ -4,7 +4,6 @@
 //! (open/read/write), `attr_ops` (getattr/setattr), `xattr_ops`.
 
 mod access_ops;
-mod acl;
 mod acl_ops;
 mod attr;
 mod attr_ops;

@@ -30,10 +30,10 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::XattrFlags;
 use rustix::io::Errno;
 
-use super::acl;
 use super::acl_ops::AclKind;
 use super::{Caller, Kind, Result, Vfs, VfsError};
 use crate::content::pending::xattr_lock;
+use crate::format::acl;
 use crate::format::xattr_pack::XattrPack;
 use crate::names::XATTR_PACK;
 

@@ -1,23 +1,24 @@
 //! POSIX ACLs as the kernel hands them to a file system: the value of
 //! `system.posix_acl_access` / `system.posix_acl_default` (a little-endian u32 version, 2, then
-//! per entry a u16 tag, a u16 permission set and a u32 user or group id, sorted by tag and id).
+//! per entry a u16 tag, a u16 permission set and a u32 user or group id, in tag order), which is
+//! also how kmsfs stores them (encrypted like every extended attribute, docs/FORMAT.md §7).
 //! The rules that tie an access ACL to the mode bits are the kernel's (fs/posix_acl.c): its
 //! owner, mask (or owning-group) and other entries are the mode's three classes. Pure logic; the
-//! storage is `acl_ops`.
+//! storage is `vfs::acl_ops`, and fsck checks stored ACLs with [`Acl::decode`].
 
 /// The xattr names (only with `--acl`).
 pub const ACCESS: &[u8] = b"system.posix_acl_access";
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
 
 const VERSION: u32 = 2;
-pub(super) const USER_OBJ: u16 = 0x01;
-pub(super) const USER: u16 = 0x02;
-pub(super) const GROUP_OBJ: u16 = 0x04;
-pub(super) const GROUP: u16 = 0x08;
-pub(super) const MASK: u16 = 0x10;
-pub(super) const OTHER: u16 = 0x20;
+pub const USER_OBJ: u16 = 0x01;
+pub const USER: u16 = 0x02;
+pub const GROUP_OBJ: u16 = 0x04;
+pub const GROUP: u16 = 0x08;
+pub const MASK: u16 = 0x10;
+pub const OTHER: u16 = 0x20;
 /// The id of entries that name no user or group.
-pub(super) const UNDEFINED_ID: u32 = u32::MAX;
+pub const UNDEFINED_ID: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -160,7 +161,7 @@ impl Acl {
 
 /// The value of an ACL of `(tag, perm, id)` entries, as given (valid or not).
 #[cfg(test)]
-pub(super) fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+pub(crate) fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
     Acl {
         entries: entries
             .iter()
