@@ -39,7 +39,8 @@ pub struct MountArgs {
     #[arg(long)]
     allow_other: bool,
     /// POSIX ACLs: setfacl/getfacl work, the kernel enforces them, new nodes inherit a
-    /// directory's default ACL (`-o acl` too). Implies the kernel's permission checks.
+    /// directory's default ACL (`-o acl` too). Implies the kernel's permission checks; costs a
+    /// round trip per file the first time its ACL is needed (`ls -l` asks for every file's).
     #[arg(long)]
     acl: bool,
     /// Extra FUSE mount options, comma-separated (e.g. -o noatime,noexec).
