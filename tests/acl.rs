@@ -161,9 +161,9 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
     assert_eq!(rekeyed, "same\n");
     support::unmount(m);
 
-    // Without --acl: not supported, nothing listed; the stored ACL is kept for the next
-    // mount with --acl.
-    let m = v.mount_with(&["--allow-other"]);
+    // With -o noacl: not supported, nothing listed; the stored ACL is kept for the next mount
+    // with ACLs.
+    let m = v.mount_with(&["--allow-other", "-o", "noacl"]);
     let mnt = m.mnt.clone();
     let without = with_timeout(60, move || {
         let status = fs::read_to_string(mnt.join(".kmsfs/status")).expect("status");
@@ -179,9 +179,33 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
         "err: Operation not supported\nerr: Operation not supported\n"
     );
     support::unmount(m);
+    // Without either flag: a volume that holds ACLs is mounted with them, saying so.
+    let m = v.mount_with(&[]);
+    let mnt = m.mnt.clone();
+    let back = with_timeout(60, move || {
+        let status = fs::read_to_string(mnt.join(".kmsfs/status")).expect("status");
+        assert!(status.contains("\"acl\": true"), "{status}");
+        run(r#"getfacl -c "$1/d/a""#, &mnt)
+    });
+    assert!(back.contains("user:nobody:rwx"), "{back}");
+    let said = support::unmount(m);
+    assert!(said.contains("this volume holds POSIX ACLs"), "{said}");
+}
+
+#[test]
+fn a_volume_without_acls_mounts_without_them() {
+    let v = Volume::new(&[]);
+    // ACLs on, but none stored: the next plain mount has them off.
     let m = v.mount_with(&["--acl"]);
     let mnt = m.mnt.clone();
-    let back = with_timeout(60, move || run(r#"getfacl -c "$1/d/a""#, &mnt));
-    assert!(back.contains("user:nobody:rwx"), "{back}");
+    with_timeout(30, move || fs::write(mnt.join("f"), b"x").expect("write"));
+    support::unmount(m);
+    assert!(!v.cipher.join(".kmsfs/acls").exists());
+    let m = v.mount();
+    let mnt = m.mnt.clone();
+    let status = with_timeout(30, move || {
+        fs::read_to_string(mnt.join(".kmsfs/status")).expect("status")
+    });
+    assert!(status.contains("\"acl\": false"), "{status}");
     support::unmount(m);
 }

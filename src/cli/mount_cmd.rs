@@ -41,6 +41,7 @@ pub struct MountArgs {
     /// POSIX ACLs: setfacl/getfacl work, the kernel enforces them, new nodes inherit a
     /// directory's default ACL (`-o acl` too). Implies the kernel's permission checks; costs a
     /// round trip per file the first time its ACL is needed (`ls -l` asks for every file's).
+    /// On by itself for a volume that holds ACLs (`-o noacl` turns it off).
     #[arg(long)]
     acl: bool,
     /// Extra FUSE mount options, comma-separated (e.g. -o noatime,noexec).
@@ -337,13 +338,23 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         .map(str::to_string)
         .collect();
     // `-o acl` is `--acl` (the last of acl/noacl counts); the kernel takes neither as an option.
+    // Without either, a volume that holds ACLs gets them enforced: one mount without would
+    // leave them stored but unenforced, where the mode's group bits (the mask) may say more.
     let acl = match fuse_opts
         .iter()
         .rev()
         .find(|o| *o == "acl" || *o == "noacl")
     {
         Some(o) => o == "acl",
-        None => a.acl,
+        None if a.acl => true,
+        None if paths.acl_marker().exists() => {
+            eprintln!(
+                "kmsfs: this volume holds POSIX ACLs: mounting with --acl (-o noacl to mount \
+                 without)"
+            );
+            true
+        }
+        None => false,
     };
     fuse_opts.retain(|o| o != "acl" && o != "noacl");
     // `-o ro` is `--ro` (the last of `ro`/`rw` counts, as for mount(8)): the model must know,

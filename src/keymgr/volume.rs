@@ -47,6 +47,13 @@ impl VolumePaths {
     pub fn root_dirid(&self) -> PathBuf {
         self.root.join(DIRID_FILE)
     }
+    /// Present once a POSIX ACL has been stored on the volume: a mount without `--acl` or
+    /// `-o noacl` then turns ACLs on (an ACL that stops being enforced can widen access: the
+    /// mode's group bits are the mask). Empty; not authenticated (whoever can remove it can
+    /// remove the ACLs themselves).
+    pub fn acl_marker(&self) -> PathBuf {
+        self.control_dir().join("acls")
+    }
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {

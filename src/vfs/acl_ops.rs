@@ -99,6 +99,31 @@ impl Vfs {
         })
     }
 
+    /// Records in the volume that it holds ACLs (`VolumePaths::acl_marker`), once per mount.
+    /// Before the ACL is stored: should the marker not be writable, the ACL is refused rather
+    /// than stored where a later mount might not enforce it.
+    fn mark_acls_used(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.acls_marked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let path = crate::keymgr::VolumePaths::new(&self.root).acl_marker();
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+        {
+            Ok(f) => f.sync_all()?,
+            Err(e) => {
+                tracing::error!("cannot record that the volume holds ACLs: {e}");
+                return Err(e.into());
+            }
+        }
+        self.acls_marked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Stores the inherited ACLs on a node just made (open as `fd`), before anyone else can
     /// reach it.
     pub(super) fn write_inherited(&self, fd: impl AsFd, kind: Kind, inh: &Inherited) -> Result<()> {
@@ -147,6 +172,7 @@ impl Vfs {
             if node.kind != Kind::Dir {
                 return Err(Errno::ACCESS.into());
             }
+            self.mark_acls_used()?;
             return self.set_stored(ino, &t, DEFAULT_STORED, &a.encode(), 0);
         }
         let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH)?;
@@ -170,6 +196,7 @@ impl Vfs {
             }
             return Ok(());
         }
+        self.mark_acls_used()?;
         self.set_stored(ino, &t, ACCESS_STORED, &a.encode(), 0)?;
         if let Err(e) = chmod_node(&node, mode) {
             self.put_back(ino, &t, before.as_deref());

@@ -328,3 +328,26 @@ fn a_stored_acl_that_is_not_one_is_an_integrity_error_and_fsck_reports_it() {
         [("xattr", "system.posix_acl_access is not a valid ACL")]
     );
 }
+
+#[test]
+fn the_volume_remembers_that_it_holds_acls() {
+    let (_t, dir) = new_volume();
+    let marker = crate::keymgr::VolumePaths::new(&dir).acl_marker();
+    let v = with_acls(&dir);
+    let f = touch(&v, ROOT_INO, "f");
+    // An ACL the mode says all of is not stored: nothing to remember.
+    let minimal = acl(&[(USER_OBJ, 6, U), (GROUP_OBJ, 4, U), (OTHER, 4, U)]);
+    set(&v, f, ACCESS, &minimal).expect("minimal");
+    assert!(!marker.exists());
+    set(&v, f, ACCESS, &named()).expect("set");
+    assert!(marker.exists());
+    // A default ACL counts too.
+    std::fs::remove_file(&marker).expect("rm marker");
+    let v = with_acls(&dir);
+    let d = v
+        .mkdir(ROOT_INO, "d".as_ref(), 0o755, &caller())
+        .expect("mkdir")
+        .ino;
+    set(&v, d, DEFAULT, &named()).expect("default");
+    assert!(marker.exists());
+}

@@ -135,6 +135,8 @@ pub struct Vfs {
     identities: DashMap<u32, (std::time::Instant, crate::keymgr::policy::Identity)>,
     /// Read-ahead of the next files of a directory whose files are being opened in turn.
     prefetch: prefetch::Prefetch,
+    /// The volume's ACL marker is known to exist (see `acl_ops::mark_acls_used`).
+    acls_marked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -211,6 +213,7 @@ impl Vfs {
             root_cipher: std::sync::OnceLock::new(),
             renames: std::sync::atomic::AtomicU64::new(0),
             prefetch,
+            acls_marked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
