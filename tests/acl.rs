@@ -178,6 +178,15 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
         without,
         "err: Operation not supported\nerr: Operation not supported\n"
     );
+    // A re-key there would drop the ACLs it cannot see: refused.
+    let o = kmsfs()
+        .arg("rekey")
+        .arg(m.path("d/a"))
+        .output()
+        .expect("kmsfs rekey");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("mounted with -o noacl"), "{err}");
     support::unmount(m);
     // Without either flag: a volume that holds ACLs is mounted with them, saying so.
     let m = v.mount_with(&[]);

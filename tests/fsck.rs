@@ -299,11 +299,22 @@ fn safe_repairs_are_made_and_the_rest_left_alone() {
     // A directory id file lost (its copy in an xattr intact), and the root's copy flipped.
     std::fs::remove_file(subdir(&d).join("kmsfs.dirid")).unwrap();
     flip_dirid_copy(&d);
+    // ACLs stored, the marker that makes a plain mount enforce them gone.
+    std::fs::remove_file(d.join(".kmsfs/acls")).unwrap();
     let (code, r) = fsck(&v, &d, &[]);
     assert_eq!(code, 23, "{r}");
     let mut k = kinds(&r);
     k.sort();
-    assert_eq!(k, ["dir-id", "dir-id-copy", "key-store", "side-file"]);
+    assert_eq!(
+        k,
+        [
+            "acl-marker",
+            "dir-id",
+            "dir-id-copy",
+            "key-store",
+            "side-file"
+        ]
+    );
     let (code, r) = fsck(&v, &d, &["--repair"]);
     assert_eq!(code, 0, "{r}");
     assert!(
@@ -319,6 +330,7 @@ fn safe_repairs_are_made_and_the_rest_left_alone() {
         (0, vec![]),
         "a second fsck finds nothing: {r}"
     );
+    assert!(d.join(".kmsfs/acls").exists());
     // Unrepairable damage stays reported after --repair, and the file is not touched.
     let f = by_size(&d, cipher_size(10_000));
     let mut b = std::fs::read(&f).unwrap();

@@ -81,6 +81,13 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
             r.problems.len(),
             r.problems.len() - r.unrepaired()
         );
+        if r.xattrs_unchecked > 0 {
+            println!(
+                "{} symlinks or special files: attributes not checked (they are in the backing \
+                 trusted. namespace, which only root sees)",
+                r.xattrs_unchecked
+            );
+        }
         if r.dir_id_copies_added > 0 {
             println!(
                 "added the copy of the directory id ({}) to {} directories made by an older kmsfs",

@@ -25,13 +25,31 @@ pub struct RekeyArgs {
     force: bool,
 }
 
-fn on_kmsfs(p: &Path) -> bool {
-    let Ok(abs) = fs::canonicalize(p) else {
+/// The mount point of the kmsfs mount `p` is in.
+fn kmsfs_mount_of(p: &Path) -> Option<PathBuf> {
+    let abs = fs::canonicalize(p).ok()?;
+    super::mount_cmd::mount_table()
+        .into_iter()
+        .filter(|(_, mp, ty)| ty == "fuse.kmsfs" && abs.starts_with(mp))
+        .map(|(_, mp, _)| mp)
+        .max_by_key(|mp| mp.as_os_str().len())
+}
+
+/// Whether the mount at `mp` hides ACLs its volume holds (mounted with `-o noacl`): a copy
+/// made there would lose them.
+fn hides_acls(mp: &Path) -> bool {
+    let Ok(status) = fs::read(mp.join(".kmsfs/status")) else {
         return false;
     };
-    super::mount_cmd::mount_table()
-        .iter()
-        .any(|(_, mp, ty)| ty == "fuse.kmsfs" && abs.starts_with(mp))
+    let Ok(s) = serde_json::from_slice::<serde_json::Value>(&status) else {
+        return false;
+    };
+    s["acl"] == false
+        && s["cipher_dir"].as_str().is_some_and(|c| {
+            crate::keymgr::VolumePaths::new(Path::new(c))
+                .acl_marker()
+                .exists()
+        })
 }
 
 fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
@@ -102,24 +120,29 @@ fn copy_xattrs(src: &Path, dst: &File) -> io::Result<()> {
     const ACCESS_ACL: &str = "system.posix_acl_access";
     let mut buf = vec![0u8; 65536];
     let len = rustix::fs::listxattr(src, &mut buf[..])?;
-    let mut v = vec![0u8; 65536];
-    let mut copied_acl = false;
-    for name in buf[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = std::ffi::OsStr::from_bytes(name);
-        match rustix::fs::getxattr(src, name, &mut v[..]) {
-            Ok(n) => {
-                rustix::fs::fsetxattr(dst, name, &v[..n], rustix::fs::XattrFlags::empty())?;
-                copied_acl |= name == ACCESS_ACL;
-            }
-            // Removed since it was listed.
-            Err(Errno::NODATA) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !copied_acl {
+    let names: Vec<&std::ffi::OsStr> = buf[..len]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(std::ffi::OsStr::from_bytes)
+        .collect();
+    // First, so that it never takes room the original's attributes need.
+    if !names.iter().any(|n| *n == ACCESS_ACL) {
         match rustix::fs::fremovexattr(dst, ACCESS_ACL) {
             // No ACL, or no ACLs on this mount (NOTSUP and OPNOTSUPP are one errno on Linux).
             Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut v = vec![0u8; 65536];
+    for name in names {
+        match rustix::fs::getxattr(src, name, &mut v[..]) {
+            Ok(n) => rustix::fs::fsetxattr(dst, name, &v[..n], rustix::fs::XattrFlags::empty())?,
+            // Removed since it was listed; an inherited ACL the original no longer has goes too.
+            Err(Errno::NODATA) if name == ACCESS_ACL => match rustix::fs::fremovexattr(dst, name) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(Errno::NODATA) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -163,12 +186,23 @@ fn visit(p: &Path, force: bool, done: &mut u64, failed: &mut Vec<String>, tick: 
 
 pub fn rekey(a: &RekeyArgs) -> Result<(), CliError> {
     for p in &a.paths {
-        if !on_kmsfs(p) {
+        let Some(mp) = kmsfs_mount_of(p) else {
             return Err(CliError::new(
                 code::NOT_MOUNTED,
                 format!("{} is not inside a mounted kmsfs volume", p.display()),
             )
             .hint("mount the volume and give paths inside the mount point"));
+        };
+        if hides_acls(&mp) {
+            return Err(CliError::new(
+                code::ERROR,
+                format!(
+                    "{} is mounted with -o noacl, and the volume holds POSIX ACLs: the new \
+                     copies would lose theirs",
+                    mp.display()
+                ),
+            )
+            .hint("mount it without -o noacl (ACLs are then on) and re-key there"));
         }
     }
     let (mut done, mut failed) = (0, Vec::new());

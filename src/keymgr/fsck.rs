@@ -31,7 +31,7 @@ pub struct Problem {
     /// Path inside the mount, when every name on the way decrypts.
     pub plain_path: Option<String>,
     /// `key-store`, `dir-id`, `name`, `side-file`, `header`, `data-key`, `size`, `block`,
-    /// `symlink`, `xattr`.
+    /// `symlink`, `xattr`, `acl-marker`.
     pub kind: &'static str,
     pub detail: String,
     /// Whether `--repair` fixed it.
@@ -46,6 +46,9 @@ pub struct Report {
     pub blocks: u64,
     /// Extended attributes checked (each in a pack counted).
     pub xattrs: u64,
+    /// Symlinks and special files whose attributes were not checked: they live in the backing
+    /// `trusted.` namespace, which only root sees.
+    pub xattrs_unchecked: u64,
     /// Files whose key is disabled, pending deletion or destroyed: not decrypted.
     pub skipped: u64,
     /// Directories without the copy of their id in the `user.kmsfs-dirid` xattr (made by a
@@ -73,6 +76,13 @@ struct Ctx<'a> {
     root: &'a Path,
     repair: bool,
     report: Report,
+    /// Whether this process sees the backing `trusted.` namespace (root).
+    sees_trusted: bool,
+    /// Some node holds a POSIX ACL.
+    acls_seen: bool,
+    /// Reused buffers for attribute names and values.
+    xattr_list: Vec<u8>,
+    xattr_value: Vec<u8>,
 }
 
 impl Ctx<'_> {
@@ -112,6 +122,10 @@ pub fn fsck(
         root,
         repair,
         report: Report::default(),
+        sees_trusted: rustix::process::geteuid().is_root(),
+        acls_seen: false,
+        xattr_list: vec![0; 65536],
+        xattr_value: vec![0; 65536 + 64],
     };
     if let Some(why) = used_backup {
         let repaired = repair && km.rewrite_key_store().is_ok();
@@ -125,6 +139,20 @@ pub fn fsck(
     }
     xattrs(&mut c, root, &Some(String::new()), true);
     dir(&mut c, root, Some(String::new()), true)?;
+    let paths = super::VolumePaths::new(root);
+    if c.acls_seen && !paths.acl_marker().exists() {
+        // ACLs stored before the marker existed (a kmsfs of 2026-12-05 between the two).
+        let repaired = repair && paths.record_acls().is_ok();
+        c.report.problems.push(Problem {
+            cipher_path: ".kmsfs/acls".into(),
+            plain_path: None,
+            kind: "acl-marker",
+            detail: "the volume holds POSIX ACLs but does not record it: a mount without --acl \
+                     would not enforce them"
+                .into(),
+            repaired,
+        });
+    }
     Ok(c.report)
 }
 
@@ -305,103 +333,119 @@ fn shown(stored: &[u8]) -> String {
     }
 }
 
-/// A stored ACL (by its stored name) that is not a valid ACL.
-fn bad_acl(stored: &[u8], value: &[u8]) -> bool {
-    let acl = stored
+/// Whether a stored name is one of the two ACLs.
+fn is_acl(stored: &[u8]) -> bool {
+    stored
         .strip_prefix(&[0u8])
-        .is_some_and(|n| n == crate::format::acl::ACCESS || n == crate::format::acl::DEFAULT);
-    acl && Acl::decode(value).is_none()
+        .is_some_and(|n| n == crate::format::acl::ACCESS || n == crate::format::acl::DEFAULT)
+}
+
+/// Notes an attribute (stored name, plaintext value): counted, and an ACL must be a valid one.
+fn attribute(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>, name: &[u8], value: &[u8]) {
+    c.report.xattrs += 1;
+    if !is_acl(name) {
+        return;
+    }
+    c.acls_seen = true;
+    if Acl::decode(value).is_none() {
+        let detail = format!("{} is not a valid ACL", shown(name));
+        c.problem(path, plain, "xattr", detail);
+    }
 }
 
 /// Checks a node's extended attributes: the pack authenticates and parses, every attribute
 /// stored on its own has a name and value that authenticate, and each stored ACL is a valid one.
 /// `user_ns`: kept in the backing `user.` namespace (regular files and directories), else in
-/// `trusted.` (listed to root only, so a check as another user sees none there).
+/// `trusted.` (which only root sees: counted as unchecked otherwise). What the format cannot
+/// tell: a value is bound to its name, not to its file, so an authentic pack or value copied
+/// from another file passes.
 fn xattrs(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>, user_ns: bool) {
-    let ns = if user_ns { "user." } else { "trusted." };
-    let mut list = vec![0u8; 65536];
-    let n = match rustix::fs::llistxattr(path, &mut list[..]) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::OPNOTSUPP) => return,
+    if !user_ns && !c.sees_trusted {
+        c.report.xattrs_unchecked += 1;
+        return;
+    }
+    let ns: &[u8] = if user_ns { b"user." } else { b"trusted." };
+    let mut list = std::mem::take(&mut c.xattr_list);
+    let mut value = std::mem::take(&mut c.xattr_value);
+    match rustix::fs::llistxattr(path, &mut list[..]) {
+        Ok(n) => {
+            for raw in list[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+                xattr(c, path, plain, ns, raw, &mut value);
+            }
+        }
+        Err(rustix::io::Errno::OPNOTSUPP) => {}
+        Err(e) => c.problem(
+            path,
+            plain,
+            "xattr",
+            format!("attributes cannot be listed: {e}"),
+        ),
+    }
+    c.xattr_list = list;
+    c.xattr_value = value;
+}
+
+/// Checks backing attribute `raw` (in namespace `ns`) if it is one of kmsfs's encrypted ones.
+fn xattr(
+    c: &mut Ctx<'_>,
+    path: &Path,
+    plain: &Option<String>,
+    ns: &[u8],
+    raw: &[u8],
+    value: &mut [u8],
+) {
+    let Some(rest) = raw.strip_prefix(ns) else {
+        return;
+    };
+    // The name as encryption sees it (always the `user.` form).
+    let logical = [b"user.", rest].concat();
+    if !logical.starts_with(XATTR_PREFIX.as_bytes()) {
+        return; // kmsfs-internal (directory id copy, interrupted-write marker) or not ours
+    }
+    let Ok(logical) = String::from_utf8(logical) else {
+        c.problem(
+            path,
+            plain,
+            "xattr",
+            "an attribute name is not ASCII (modified)".into(),
+        );
+        return;
+    };
+    let v = match rustix::fs::lgetxattr(path, raw, &mut value[..]) {
+        Ok(len) => &value[..len],
         Err(e) => {
             c.problem(
                 path,
                 plain,
                 "xattr",
-                format!("attributes cannot be listed: {e}"),
+                format!("an attribute cannot be read: {e}"),
             );
             return;
         }
     };
-    let mut value = vec![0u8; 65536 + 64];
-    for raw in list[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let Some(rest) = std::str::from_utf8(raw)
-            .ok()
-            .and_then(|s| s.strip_prefix(ns))
-        else {
-            continue;
+    if logical == XATTR_PACK {
+        let Ok(p) = c.names.decrypt_xattr_pack(v) else {
+            let detail = "the pack of small attributes fails authentication".into();
+            return c.problem(path, plain, "xattr", detail);
         };
-        // The name as encryption sees it (always the `user.` form).
-        let logical = format!("user.{rest}");
-        if !logical.starts_with(XATTR_PREFIX) {
-            continue; // kmsfs-internal (directory id copy, interrupted-write marker)
+        let Ok(pack) = XattrPack::decode(&p) else {
+            let detail = "the pack of small attributes does not parse".into();
+            return c.problem(path, plain, "xattr", detail);
+        };
+        for name in pack.names() {
+            attribute(c, path, plain, name, pack.get(name).unwrap_or_default());
         }
-        let v = match rustix::fs::lgetxattr(path, raw, &mut value[..]) {
-            Ok(len) => &value[..len],
-            Err(e) => {
-                c.problem(
-                    path,
-                    plain,
-                    "xattr",
-                    format!("an attribute cannot be read: {e}"),
-                );
-                continue;
-            }
-        };
-        if logical == XATTR_PACK {
-            let pack = c
-                .names
-                .decrypt_xattr_pack(v)
-                .ok()
-                .and_then(|p| XattrPack::decode(&p).ok());
-            let Some(pack) = pack else {
-                c.problem(
-                    path,
-                    plain,
-                    "xattr",
-                    "the pack of small attributes fails authentication".into(),
-                );
-                continue;
-            };
-            for name in pack.names() {
-                c.report.xattrs += 1;
-                if bad_acl(name, pack.get(name).unwrap_or_default()) {
-                    let detail = format!("{} is not a valid ACL", shown(name));
-                    c.problem(path, plain, "xattr", detail);
-                }
-            }
-            continue;
-        }
-        c.report.xattrs += 1;
-        let Some(name) = c.names.decrypt_xattr_name(&logical) else {
-            c.problem(
-                path,
-                plain,
-                "xattr",
-                "an attribute name does not decrypt (modified)".into(),
-            );
-            continue;
-        };
-        match c.names.decrypt_xattr_value(&logical, v) {
-            Err(_) => {
-                let detail = format!("the value of {} fails authentication", shown(&name));
-                c.problem(path, plain, "xattr", detail);
-            }
-            Ok(plain_value) if bad_acl(&name, &plain_value) => {
-                let detail = format!("{} is not a valid ACL", shown(&name));
-                c.problem(path, plain, "xattr", detail);
-            }
-            Ok(_) => {}
+        return;
+    }
+    let Some(name) = c.names.decrypt_xattr_name(&logical) else {
+        let detail = "an attribute name does not decrypt (modified)".into();
+        return c.problem(path, plain, "xattr", detail);
+    };
+    match c.names.decrypt_xattr_value(&logical, v) {
+        Ok(plain_value) => attribute(c, path, plain, &name, &plain_value),
+        Err(_) => {
+            let detail = format!("the value of {} fails authentication", shown(&name));
+            c.problem(path, plain, "xattr", detail);
         }
     }
 }

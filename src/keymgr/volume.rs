@@ -54,6 +54,21 @@ impl VolumePaths {
     pub fn acl_marker(&self) -> PathBuf {
         self.control_dir().join("acls")
     }
+
+    /// Writes the ACL marker if it is not there, durably (the file and its directory synced).
+    pub fn record_acls(&self) -> io::Result<()> {
+        let path = self.acl_marker();
+        if path.exists() {
+            return Ok(());
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?
+            .sync_all()?;
+        fs::File::open(self.control_dir())?.sync_all()
+    }
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {

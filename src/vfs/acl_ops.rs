@@ -107,18 +107,9 @@ impl Vfs {
         if self.acls_marked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let path = crate::keymgr::VolumePaths::new(&self.root).acl_marker();
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-        {
-            Ok(f) => f.sync_all()?,
-            Err(e) => {
-                tracing::error!("cannot record that the volume holds ACLs: {e}");
-                return Err(e.into());
-            }
+        if let Err(e) = crate::keymgr::VolumePaths::new(&self.root).record_acls() {
+            tracing::error!("cannot record that the volume holds ACLs: {e}");
+            return Err(e.into());
         }
         self.acls_marked.store(true, Ordering::Relaxed);
         Ok(())
@@ -130,6 +121,8 @@ impl Vfs {
         if inh.default.is_none() && inh.access.is_none() {
             return Ok(());
         }
+        // Already there for every default ACL stored since the marker exists.
+        self.mark_acls_used()?;
         let ino = self.inodes.map_ino(rustix::fs::fstat(&fd)?.st_ino);
         let t = Target::at(fd_path(&fd), kind);
         if let Some(d) = &inh.default {

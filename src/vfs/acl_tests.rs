@@ -310,6 +310,9 @@ fn a_stored_acl_that_is_not_one_is_an_integrity_error_and_fsck_reports_it() {
     let t = v.xattr_target(f).expect("target");
     v.set_stored(f, &t, b"\0system.posix_acl_access", b"not an ACL", 0)
         .expect("stored");
+    crate::keymgr::VolumePaths::new(&dir)
+        .record_acls()
+        .expect("marker");
     assert_eq!(get(&v, f, ACCESS), Err(libc::EIO));
     drop(v);
     let u = super::test_support::unlock(&dir);
@@ -341,7 +344,9 @@ fn the_volume_remembers_that_it_holds_acls() {
     assert!(!marker.exists());
     set(&v, f, ACCESS, &named()).expect("set");
     assert!(marker.exists());
-    // A default ACL counts too.
+    // A default ACL counts too, and so does an ACL a new node inherits (from a default ACL
+    // stored before the marker existed).
+    drop(v);
     std::fs::remove_file(&marker).expect("rm marker");
     let v = with_acls(&dir);
     let d = v
@@ -349,5 +354,11 @@ fn the_volume_remembers_that_it_holds_acls() {
         .expect("mkdir")
         .ino;
     set(&v, d, DEFAULT, &named()).expect("default");
+    assert!(marker.exists());
+    drop(v);
+    std::fs::remove_file(&marker).expect("rm marker");
+    let v = with_acls(&dir);
+    let d = v.lookup(ROOT_INO, "d".as_ref()).expect("lookup").ino;
+    touch(&v, d, "inherits");
     assert!(marker.exists());
 }
