@@ -199,6 +199,18 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
     assert!(back.contains("user:nobody:rwx"), "{back}");
     let said = support::unmount(m);
     assert!(said.contains("this volume holds POSIX ACLs"), "{said}");
+    assert!(info(&v).contains("POSIX ACLs:      held"));
+}
+
+/// `kmsfs info` of the volume.
+fn info(v: &Volume) -> String {
+    let o = kmsfs()
+        .arg("info")
+        .arg(&v.cipher)
+        .output()
+        .expect("kmsfs info");
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
@@ -210,6 +222,7 @@ fn a_volume_without_acls_mounts_without_them() {
     with_timeout(30, move || fs::write(mnt.join("f"), b"x").expect("write"));
     support::unmount(m);
     assert!(!v.cipher.join(".kmsfs/acls").exists());
+    assert!(!info(&v).contains("POSIX ACLs"));
     let m = v.mount();
     let mnt = m.mnt.clone();
     let status = with_timeout(30, move || {

@@ -190,5 +190,8 @@ pub fn info(a: &InfoArgs) -> Result<(), CliError> {
     println!("keys:            {}", i.key_count);
     println!("unlock slots:    {}", i.unlock_slots.join(", "));
     println!("key store gen.:  {}", i.key_store_generation);
+    if i.acls {
+        println!("POSIX ACLs:      held (mounts enforce them unless -o noacl)");
+    }
     Ok(())
 }

@@ -393,6 +393,8 @@ pub struct VolumeInfo {
     pub key_count: u32,
     pub key_store_generation: u64,
     pub unlock_slots: Vec<String>,
+    /// The volume holds POSIX ACLs (its marker is there): mounts turn `--acl` on.
+    pub acls: bool,
 }
 
 impl VolumeInfo {
@@ -426,6 +428,7 @@ impl VolumeInfo {
                     SlotKind::RecoveryKey => "recovery-key".to_string(),
                 })
                 .collect(),
+            acls: paths.acl_marker().exists(),
         })
     }
 }
