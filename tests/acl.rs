@@ -116,12 +116,45 @@ fn acls_behave_as_on_the_host_file_system_and_survive_a_remount() {
     }
     let m = v.mount_with(&["--acl", "--allow-other"]);
     let mnt = m.mnt.clone();
-    let ours = with_timeout(120, move || {
+    let (ours, audit) = with_timeout(120, move || {
         let status = fs::read_to_string(mnt.join(".kmsfs/status")).expect("status");
         assert!(status.contains("\"acl\": true"), "{status}");
-        run(PROBE, &mnt)
+        let out = run(PROBE, &mnt);
+        (
+            out,
+            fs::read_to_string(mnt.join(".kmsfs/audit")).expect("audit view"),
+        )
     });
     assert_eq!(ours, host, "the mount (left) and the host (right) differ");
+    // Every ACL change is in the audit log, with who made it.
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["event"] == "SetAcl" || r["event"] == "RemoveAcl")
+        .collect();
+    let find = |event: &str, path: &str, uid: u64, detail: &str| {
+        records.iter().any(|r| {
+            r["event"] == event
+                && r["resources"]["path"] == path
+                && r["actor"]["uid"] == uid
+                && r["detail"].as_str().is_some_and(|d| d.contains(detail))
+                && r["errno"] == 0
+        })
+    };
+    assert!(find(
+        "SetAcl",
+        "/f",
+        0,
+        "access ACL: user::rw-,user:65534:r--"
+    ));
+    assert!(find(
+        "SetAcl",
+        "/d",
+        0,
+        "default ACL: user::rwx,user:65534:rwx"
+    ));
+    assert!(find("SetAcl", "/s", 65534, "user:0:rw-"));
+    assert!(find("RemoveAcl", "/d", 0, "default ACL"));
     support::unmount(m);
 
     // After a remount (this time `-o acl`): still there, still enforced.

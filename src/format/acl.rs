@@ -78,6 +78,28 @@ impl Acl {
         ok.then_some(Acl { entries })
     }
 
+    /// The short text form (`user::rw-,user:1000:r-x,group::r--,mask::r-x,other::---`), with
+    /// numeric ids, as `getfacl -cn` would put it on one line.
+    pub fn to_text(&self) -> String {
+        let parts: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let (tag, id) = match e.tag {
+                    USER_OBJ => ("user", String::new()),
+                    USER => ("user", e.id.to_string()),
+                    GROUP_OBJ => ("group", String::new()),
+                    GROUP => ("group", e.id.to_string()),
+                    MASK => ("mask", String::new()),
+                    _ => ("other", String::new()),
+                };
+                let p = |bit: u16, c: char| if e.perm & bit != 0 { c } else { '-' };
+                format!("{tag}:{id}:{}{}{}", p(4, 'r'), p(2, 'w'), p(1, 'x'))
+            })
+            .collect();
+        parts.join(",")
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = VERSION.to_le_bytes().to_vec();
         for e in &self.entries {
@@ -268,6 +290,15 @@ mod tests {
                 assert_eq!(Acl::decode(&w), None, "byte {i}");
             }
         }
+    }
+
+    #[test]
+    fn text_form() {
+        let a = Acl::decode(&named()).expect("valid");
+        assert_eq!(
+            a.to_text(),
+            "user::rwx,user:1000:r-x,group::r--,mask::rwx,other::---"
+        );
     }
 
     #[test]

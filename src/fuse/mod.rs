@@ -740,9 +740,10 @@ impl Filesystem for KmsFs {
         );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _turn = self.turn();
-        empty(reply, "removexattr", self.vfs.removexattr(ino.0, name));
+        let r = self.vfs.removexattr_as(ino.0, name, Some(&caller(req)));
+        empty(reply, "removexattr", r);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {

@@ -263,6 +263,36 @@ impl Vfs {
         self.check_anomaly(&actor, true, false, self.km.now());
     }
 
+    /// Records a change of a node's ACL (`SetAcl`, `RemoveAcl`) by `caller` with its outcome:
+    /// who gave or took away access is part of who could read a file. `detail` says which ACL
+    /// and, for a new one, its entries. After the change (never refused for want of a record: a
+    /// failing log is logged, as for a close).
+    pub(super) fn audit_acl(
+        &self,
+        caller: Option<&Caller>,
+        node: &Node,
+        event: &str,
+        detail: String,
+        r: &Result<()>,
+    ) {
+        if self.audit.get().is_none() {
+            return;
+        }
+        let mut rec = AuditRecord::new(event, Source::Fs);
+        if let Some(c) = caller {
+            rec.actor = Actor::from(self.identity(c));
+        }
+        rec.resources.path = self.plain_path(node);
+        rec.errno = match r {
+            Ok(()) => 0,
+            Err(e) => e.errno(),
+        };
+        rec.detail = Some(detail);
+        if let Err(e) = self.audit_append(rec) {
+            tracing::error!("{event} not recorded: {e}");
+        }
+    }
+
     /// Records an integrity failure seen by a caller.
     pub(super) fn audit_integrity(&self, caller: Option<&Caller>, what: &str) {
         self.control

@@ -433,6 +433,11 @@ impl Vfs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.removexattr_as(ino, name, None)
+    }
+
+    /// removexattr for `caller` (named in the audit record of an ACL's removal).
+    pub fn removexattr_as(&self, ino: u64, name: &OsStr, caller: Option<&Caller>) -> Result<()> {
         if super::is_control(ino) {
             return Err(VfsError::Control(
                 libc::EPERM,
@@ -445,16 +450,8 @@ impl Vfs {
         if Self::user_on_special(&t, &stored) {
             return Err(Errno::PERM.into());
         }
-        if AclKind::of(&stored).is_some() {
-            if t.kind == Kind::Symlink {
-                return Err(VfsError::NotSupported("ACLs on a symlink"));
-            }
-            // Removing an ACL that is not there succeeds, as on ext4 (`tar --acls` removes the
-            // default ACL of every directory it restores without one).
-            return match self.remove_stored(ino, &t, &stored) {
-                Err(e) if e.errno() == libc::ENODATA => Ok(()),
-                r => r,
-            };
+        if let Some(which) = AclKind::of(&stored) {
+            return self.remove_acl(ino, which, caller);
         }
         self.remove_stored(ino, &t, &stored)
     }

@@ -64,7 +64,8 @@ pub struct AuditRecord {
     /// RFC 3339 UTC with nanoseconds; filled in by the log.
     #[serde(default)]
     pub time: String,
-    /// Event name: Open, Create, Close, Decrypt, GenerateDataKey, RotateKey, DisableKey, …
+    /// Event name: Open, Create, Close, SetAcl, RemoveAcl, Decrypt, GenerateDataKey, RotateKey,
+    /// DisableKey, …
     pub event: String,
     pub source: Source,
     #[serde(default)]
