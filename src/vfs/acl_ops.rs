@@ -5,7 +5,10 @@
 //! - setting an access ACL sets the mode bits it implies (and stores none if those say it all);
 //! - after a chmod the access ACL reads with the new owner, mask and other entries (below);
 //! - a node made in a directory with a default ACL gets its access ACL from it instead of the
-//!   creator's umask, and a directory also inherits the default ACL itself.
+//!   creator's umask, and a directory also inherits the default ACL itself;
+//! - the volume records that it holds ACLs (`VolumePaths::acl_marker`), so that later mounts
+//!   enforce them unless told `-o noacl`;
+//! - every change is audited (`SetAcl`, `RemoveAcl`).
 //!
 //! The mode is what counts for the owner, mask (or, without one, owning-group) and other
 //! entries: a stored access ACL is read with those entries taken from the mode, as the kernel's
@@ -128,7 +131,8 @@ impl Vfs {
         if inh.default.is_none() && inh.access.is_none() {
             return Ok(());
         }
-        // Already there for every default ACL stored since the marker exists.
+        // Normally there already (the default ACL recorded it); not for a default ACL stored by
+        // a kmsfs of 2026-12-05 before the marker existed.
         self.mark_acls_used()?;
         let ino = self.inodes.map_ino(rustix::fs::fstat(&fd)?.st_ino);
         let t = Target::at(fd_path(&fd), kind);
