@@ -361,6 +361,21 @@ impl Vfs {
         reply(v, size)
     }
 
+    /// Whether the backing inode certainly holds none of kmsfs's encrypted attributes (its
+    /// listing has no name under `user.kmsfs.`, in the node's backing namespace). A listing
+    /// that does not fit the buffer says nothing (false).
+    fn holds_no_attributes(t: &Target) -> bool {
+        let mut buf = [0u8; 1024];
+        let Ok(n) = rustix::fs::listxattr(t.path.as_str(), &mut buf[..]) else {
+            return false;
+        };
+        !buf[..n]
+            .split(|b| *b == 0)
+            .filter_map(|s| std::str::from_utf8(s).ok())
+            .filter_map(|s| t.logical(s))
+            .any(|s| s.starts_with(crate::names::XATTR_PREFIX))
+    }
+
     /// The value of attribute `suffix` (its stored name), `None` if there is none.
     pub(super) fn get_stored(
         &self,
@@ -369,6 +384,12 @@ impl Vfs {
         suffix: &[u8],
     ) -> Result<Option<Vec<u8>>> {
         let _g = xattr_lock(ino);
+        // Most nodes have no attributes of their own (the kernel asks every new file for
+        // `security.capability`, and with ACLs every node for its ACL): one listing answers
+        // them, where the pack and the single copy were two reads (and the name an encryption).
+        if Self::holds_no_attributes(t) {
+            return Ok(None);
+        }
         if let Some(v) = self.read_pack(ino, t)?.get(suffix) {
             return Ok(Some(v.to_vec()));
         }

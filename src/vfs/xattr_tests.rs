@@ -432,3 +432,40 @@ fn symlinks_and_fifos_take_trusted_and_security_attributes() {
         assert!(backing_names(&v, ino).is_empty(), "{name}");
     }
 }
+
+#[test]
+fn a_node_without_attributes_is_answered_from_its_listing() {
+    // A node without kmsfs attributes is answered from one backing listing
+    // (`holds_no_attributes`); any pack or value on its own takes the reads as before.
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let empty = touch(&v, ROOT_INO, "empty");
+    assert_eq!(get(&v, empty, "user.none"), Err(libc::ENODATA));
+    assert_eq!(get(&v, empty, "security.capability"), Err(libc::ENODATA));
+    // Values stored on their own only (no pack).
+    let f = touch(&v, ROOT_INO, "f");
+    let big = vec![9u8; PACK_VALUE_MAX + 100];
+    set(&v, f, "user.big1", &big, 0).expect("big1");
+    set(&v, f, "user.big2", &big, 0).expect("big2");
+    assert_eq!(backing_names(&v, f).len(), 2);
+    assert_eq!(get(&v, f, "user.big2"), Ok(big));
+    assert_eq!(get(&v, f, "user.none"), Err(libc::ENODATA));
+    // The pack only.
+    let g = touch(&v, ROOT_INO, "g");
+    set(&v, g, "user.small", b"s", 0).expect("small");
+    assert_eq!(get(&v, g, "user.small"), Ok(b"s".to_vec()));
+    assert_eq!(get(&v, g, "user.other"), Err(libc::ENODATA));
+    // A directory (its id copy is an internal attribute, not one of these).
+    let d = v
+        .mkdir(
+            ROOT_INO,
+            "d".as_ref(),
+            0o755,
+            &super::test_support::caller(),
+        )
+        .expect("mkdir")
+        .ino;
+    assert_eq!(get(&v, d, "user.none"), Err(libc::ENODATA));
+    set(&v, d, "user.tag", b"t", 0).expect("tag");
+    assert_eq!(get(&v, d, "user.tag"), Ok(b"t".to_vec()));
+}
