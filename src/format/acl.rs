@@ -9,6 +9,10 @@
 /// The xattr names (only with `--acl`).
 pub const ACCESS: &[u8] = b"system.posix_acl_access";
 pub const DEFAULT: &[u8] = b"system.posix_acl_default";
+/// The names they are stored under (a zero byte and the full name, as every attribute outside
+/// `user.`: `xattr_pack::full_name`).
+pub const ACCESS_STORED: &[u8] = b"\0system.posix_acl_access";
+pub const DEFAULT_STORED: &[u8] = b"\0system.posix_acl_default";
 
 const VERSION: u32 = 2;
 pub const USER_OBJ: u16 = 0x01;
@@ -290,6 +294,12 @@ mod tests {
                 assert_eq!(Acl::decode(&w), None, "byte {i}");
             }
         }
+    }
+
+    #[test]
+    fn stored_names_are_the_acl_names_behind_a_zero_byte() {
+        assert_eq!(ACCESS_STORED, [b"\0", ACCESS].concat());
+        assert_eq!(DEFAULT_STORED, [b"\0", DEFAULT].concat());
     }
 
     #[test]

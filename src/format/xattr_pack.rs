@@ -8,7 +8,19 @@
 //!
 //! Names are unique; nothing follows the last entry.
 
+use std::borrow::Cow;
+
 use super::FormatError;
+
+/// The full name of an attribute from the name it is stored under: for `user.` attributes the
+/// part after `user.`, for the other namespaces a zero byte and the full name (no `user.` name
+/// holds a zero byte). docs/FORMAT.md §7.
+pub fn full_name(stored: &[u8]) -> Cow<'_, [u8]> {
+    match stored.strip_prefix(&[0u8]) {
+        Some(full) => Cow::Borrowed(full),
+        None => Cow::Owned([&b"user."[..], stored].concat()),
+    }
+}
 
 const WHAT: &str = "xattr pack";
 

@@ -327,17 +327,12 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
 /// How an attribute's stored name (`vfs::xattr_ops`: the part after `user.`, or a zero byte
 /// and the full name) is shown.
 fn shown(stored: &[u8]) -> String {
-    match stored.strip_prefix(&[0u8]) {
-        Some(full) => String::from_utf8_lossy(full).into_owned(),
-        None => format!("user.{}", String::from_utf8_lossy(stored)),
-    }
+    String::from_utf8_lossy(&crate::format::xattr_pack::full_name(stored)).into_owned()
 }
 
 /// Whether a stored name is one of the two ACLs.
 fn is_acl(stored: &[u8]) -> bool {
-    stored
-        .strip_prefix(&[0u8])
-        .is_some_and(|n| n == crate::format::acl::ACCESS || n == crate::format::acl::DEFAULT)
+    stored == crate::format::acl::ACCESS_STORED || stored == crate::format::acl::DEFAULT_STORED
 }
 
 /// Notes an attribute (stored name, plaintext value): counted, and an ACL must be a valid one.

@@ -33,12 +33,7 @@ use super::attr_ops::chmod_node;
 use super::inode::{Node, fd_path};
 use super::xattr_ops::Target;
 use super::{Caller, Kind, Result, Vfs, VfsError};
-use crate::format::acl::Acl;
-
-/// The stored names: a zero byte and `acl::ACCESS` / `acl::DEFAULT` (see
-/// `xattr_ops::stored_name`).
-const ACCESS_STORED: &[u8] = b"\0system.posix_acl_access";
-const DEFAULT_STORED: &[u8] = b"\0system.posix_acl_default";
+use crate::format::acl::{ACCESS_STORED, Acl, DEFAULT_STORED};
 
 /// Which of a node's two ACLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +47,13 @@ impl AclKind {
         match self {
             AclKind::Access => "access",
             AclKind::Default => "default",
+        }
+    }
+
+    fn stored(self) -> &'static [u8] {
+        match self {
+            AclKind::Access => ACCESS_STORED,
+            AclKind::Default => DEFAULT_STORED,
         }
     }
 
@@ -189,10 +191,7 @@ impl Vfs {
             return Err(VfsError::NotSupported("ACLs on a symlink"));
         }
         let t = self.xattr_target(ino)?;
-        let stored = match which {
-            AclKind::Access => ACCESS_STORED,
-            AclKind::Default => DEFAULT_STORED,
-        };
+        let stored = which.stored();
         // Removing an ACL that is not there succeeds, as on ext4 (`tar --acls` removes the
         // default ACL of every directory it restores without one); nothing to record then.
         let r = match self.remove_stored(ino, &t, stored) {
@@ -270,14 +269,4 @@ impl Vfs {
             tracing::error!("inode {}: putting back its mode failed: {e}", node.ino);
         }
     }
-}
-
-#[cfg(test)]
-#[test]
-fn stored_names_are_the_acl_names_behind_a_zero_byte() {
-    assert_eq!(ACCESS_STORED, [b"\0", crate::format::acl::ACCESS].concat());
-    assert_eq!(
-        DEFAULT_STORED,
-        [b"\0", crate::format::acl::DEFAULT].concat()
-    );
 }

@@ -148,15 +148,11 @@ impl Vfs {
     /// names only if `trusted`, ACLs only if `acl` (without `--acl` a stored ACL is not
     /// listed: it could be neither read nor copied).
     fn push_listed(out: &mut Vec<u8>, stored: &[u8], trusted: bool, acl: bool) {
-        match stored.strip_prefix(&[0u8]) {
-            Some(full) if !trusted && full.starts_with(TRUSTED) => return,
-            Some(full) if !acl && full.starts_with(SYSTEM) => return,
-            Some(full) => out.extend_from_slice(full),
-            None => {
-                out.extend_from_slice(USER);
-                out.extend_from_slice(stored);
-            }
+        let full = crate::format::xattr_pack::full_name(stored);
+        if (!trusted && full.starts_with(TRUSTED)) || (!acl && full.starts_with(SYSTEM)) {
+            return;
         }
+        out.extend_from_slice(&full);
         out.push(0);
     }
 
