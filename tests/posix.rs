@@ -1379,6 +1379,80 @@ fn rename_variants() {
                 libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE,
             ),
         );
+        // RENAME_WHITEOUT (what overlayfs does on its upper layer): the old name becomes a
+        // whiteout, a character device 0/0. A long name (kept in a side file by kmsfs) too,
+        // and a directory renamed over an empty one.
+        let wo = |p: &Path| {
+            fs::symlink_metadata(p).map(|m| {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                (
+                    m.file_type().is_char_device(),
+                    m.rdev(),
+                    m.mode() & 0o7777,
+                    m.nlink(),
+                )
+            })
+        };
+        let long = "w".repeat(240);
+        w("w1", b"w1");
+        w(&long, b"long");
+        fs::create_dir(root.join("wd")).unwrap();
+        w("wd/in", b"in");
+        fs::create_dir(root.join("we")).unwrap();
+        for (from, to) in [("w1", "w2"), (long.as_str(), "w3"), ("wd", "we")] {
+            log.rec(
+                format!("whiteout {} -> {to}", &from[..2]),
+                renameat2(&root.join(from), &root.join(to), libc::RENAME_WHITEOUT),
+            );
+            log.rec(
+                format!("whiteout left at {}", &from[..2]),
+                wo(&root.join(from)).ok(),
+            );
+        }
+        log.bytes("w2 moved", fs::read(root.join("w2")).unwrap());
+        log.bytes("w3 moved", fs::read(root.join("w3")).unwrap());
+        log.bytes("we/in moved", fs::read(root.join("we/in")).unwrap());
+        log.rec(
+            "whiteout noreplace existing",
+            renameat2(
+                &root.join("w2"),
+                &root.join("w3"),
+                libc::RENAME_WHITEOUT | libc::RENAME_NOREPLACE,
+            ),
+        );
+        log.rec(
+            "whiteout noreplace free",
+            renameat2(
+                &root.join("w2"),
+                &root.join("w4"),
+                libc::RENAME_WHITEOUT | libc::RENAME_NOREPLACE,
+            ),
+        );
+        log.rec(
+            "whiteout with exchange",
+            renameat2(
+                &root.join("w3"),
+                &root.join("w4"),
+                libc::RENAME_WHITEOUT | libc::RENAME_EXCHANGE,
+            ),
+        );
+        let mut listed: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('w'))
+            .map(|n| {
+                if n.len() > 20 {
+                    format!("{}…", &n[..5])
+                } else {
+                    n
+                }
+            })
+            .collect();
+        listed.sort();
+        log.rec("listed after whiteouts", listed);
+        log.rec("remove whiteout", en(fs::remove_file(root.join(&long))));
+        log.rec("remove whiteout w1", en(fs::remove_file(root.join("w1"))));
+        log.rec("long name gone", wo(&root.join(&long)).is_err());
         // An open file keeps working across a rename.
         let mut f = OpenOptions::new()
             .read(true)

@@ -450,7 +450,7 @@ impl Filesystem for KmsFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -459,11 +459,12 @@ impl Filesystem for KmsFs {
         reply: ReplyEmpty,
     ) {
         let _turn = self.turn();
+        let c = caller(req);
         empty(
             reply,
             "rename",
             self.vfs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+                .rename_by(parent.0, name, newparent.0, newname, flags.bits(), Some(&c)),
         );
     }
 

@@ -15,6 +15,9 @@ use crate::names::{CipherName, DIRID_FILE, LONG_NAME_SUFFIX};
 /// Rename flags the model understands (values of renameat2(2)).
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
+/// Leaves a whiteout (a character device 0/0, what overlayfs reads as "deleted") at the old name;
+/// overlayfs needs it of an upper file system on FUSE.
+pub const RENAME_WHITEOUT: u32 = 4;
 
 impl Vfs {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
@@ -192,12 +195,28 @@ impl Vfs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        self.rename_by(parent, name, newparent, newname, flags, None)
+    }
+
+    /// rename(2) and renameat2(2). `caller` owns the whiteout RENAME_WHITEOUT leaves (as on
+    /// ext4, where it belongs to whoever renamed); without one, the daemon does.
+    pub fn rename_by(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        caller: Option<&Caller>,
+    ) -> Result<()> {
         self.touch();
         self.refuse_control(parent, name)?;
         self.refuse_control(newparent, newname)?;
         self.check_writable()?;
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
-            return Err(VfsError::Invalid("unsupported rename flag"));
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) != 0
+            || flags & RENAME_EXCHANGE != 0 && flags != RENAME_EXCHANGE
+        {
+            return Err(VfsError::Invalid("unsupported rename flags"));
         }
         let from_dir = self.dir_node(parent)?;
         let to_dir = self.dir_node(newparent)?;
@@ -210,15 +229,18 @@ impl Vfs {
         if flags & RENAME_EXCHANGE != 0 {
             rf |= RenameFlags::EXCHANGE;
         }
+        if flags & RENAME_WHITEOUT != 0 {
+            rf |= RenameFlags::WHITEOUT;
+        }
         let wrote = self.write_side_file(&to_dir, &to)?;
         let mut r = crate::fault::check("rename").and_then(|()| {
             rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
         });
         if let Err(Errno::NOTEMPTY | Errno::EXIST) = r
-            && flags == 0
+            && flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == 0
         {
             // The target directory may hold only its directory id: empty it and retry.
-            r = self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry);
+            r = self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry, rf);
         }
         // Whatever moved (a directory may have, with everything under it): paths are read again.
         self.renamed();
@@ -230,9 +252,27 @@ impl Vfs {
             to_dir.entries_changed();
             return Err(e.into());
         }
-        // After an exchange both names still exist; otherwise the old name is gone.
-        if flags & RENAME_EXCHANGE == 0 && !(from_dir.ino == to_dir.ino && from.entry == to.entry) {
+        // After an exchange both names still exist, and the whiteout keeps the old one;
+        // otherwise the old name is gone.
+        if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT) == 0
+            && !(from_dir.ino == to_dir.ino && from.entry == to.entry)
+        {
             self.remove_side_file(&from_dir, &from);
+        }
+        if flags & RENAME_WHITEOUT != 0
+            && let Some(c) = caller
+            && let Err(e) = rustix::fs::openat(
+                &from_dir.fd,
+                &from.entry,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(VfsError::from)
+            .and_then(|fd| self.set_owner(&from_dir, &fd, c))
+        {
+            // The rename is done and cannot be taken back atomically; the whiteout keeps the
+            // daemon as its owner, which nothing that reads whiteouts looks at.
+            tracing::debug!("whiteout left owned by the daemon: {e}");
         }
         from_dir.entries_changed();
         to_dir.entries_changed();
@@ -247,6 +287,7 @@ impl Vfs {
         from: &OsStr,
         to_dir: &Node,
         to: &OsStr,
+        flags: RenameFlags,
     ) -> std::result::Result<(), Errno> {
         let d = rustix::fs::openat(
             &to_dir.fd,
@@ -260,7 +301,7 @@ impl Vfs {
             _ => Errno::IO,
         })?;
         let r = crate::fault::check("rename")
-            .and_then(|()| rustix::fs::renameat(&from_dir.fd, from, &to_dir.fd, to));
+            .and_then(|()| rustix::fs::renameat_with(&from_dir.fd, from, &to_dir.fd, to, flags));
         if r.is_err() {
             restore_dirid(&d, saved);
         }

@@ -36,7 +36,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 pub use attr::{Attr, Kind};
 pub use attr_ops::{SetAttr, SetTime};
 pub use control_ops::{is_control, is_control_handle};
-pub use dir_ops::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+pub use dir_ops::{RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT};
 pub use dir_read::DirEntry;
 pub use error::{Result, VfsError};
 pub use file_ops::OpenOptions;
