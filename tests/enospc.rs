@@ -167,3 +167,87 @@ fn a_full_disk_damages_nothing() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     drop(back);
 }
+
+/// With the writeback cache a buffered write is accepted before it is stored, and when storing
+/// it fails (here: no space) the kernel keeps the size and bytes it accepted. Once the file is
+/// closed everywhere, kmsfs has the kernel drop them: the file then reads as stored (the same
+/// after a remount), not as a size and bytes that never reached the disk.
+#[test]
+fn a_failed_buffered_write_is_not_shown_once_closed() {
+    let t = tempfile::tempdir().unwrap();
+    let back = Tmpfs::new(&t.path().join("back"), "8m");
+    let cipher = back.0.join("c");
+    let mnt = t.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let pass = t.path().join("p");
+    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+    let o = kmsfs()
+        .args(["init", "--no-recovery-key", "--passfile"])
+        .arg(&pass)
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (mnt2, a2) = (mnt.clone(), a.clone());
+    let filler = back.0.join("filler");
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    let seen = with_timeout(60, move || {
+        let p = mnt2.join("a");
+        std::fs::write(&p, &a2).unwrap();
+        // Fill the backing store from outside, leaving room for audit records only.
+        let slack = filler.with_extension("slack");
+        std::fs::write(&slack, vec![0u8; 128 << 10]).unwrap();
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 64 << 10]).is_ok() {}
+        drop(f);
+        std::fs::remove_file(&slack).unwrap();
+        let shown = |p: &Path| std::fs::metadata(p).unwrap().len();
+        // A byte 1 TB out (refused at once: its zeros need more than the disk), then 2 MiB
+        // appended (runs out part-way). Each write(2) succeeds; the error comes with the flush.
+        for (at, len) in [(1u64 << 40, 1usize), (a2.len() as u64, 2 << 20)] {
+            let before = std::fs::read(&p).unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &vec![1u8; len], at).unwrap();
+            assert_eq!(shown(&p), at + len as u64, "the kernel took the write");
+            let e = f.sync_all().expect_err("storing the write failed");
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            drop(f);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while shown(&p) == at + len as u64 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{at}+{len}: the kernel still shows the failed write"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let now = std::fs::read(&p).unwrap();
+            assert_eq!(shown(&p), now.len() as u64);
+            assert!(
+                now.len() >= before.len(),
+                "{at}+{len}: shrank to {}",
+                now.len()
+            );
+            assert!(
+                now[..before.len()] == before[..],
+                "{at}+{len}: content changed"
+            );
+            assert!(
+                now[before.len()..].iter().all(|b| *b == 1),
+                "{at}+{len}: garbage"
+            );
+            if len == 1 {
+                assert_eq!(now, before, "the refused extension left something");
+            }
+        }
+        std::fs::remove_file(&filler).unwrap();
+        std::fs::read(&p).unwrap()
+    });
+    m.unmount();
+    // What the mount showed once the file was closed is what is stored.
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    assert_eq!(std::fs::read(mnt.join("a")).unwrap(), seen);
+    assert!(seen[..a.len()] == a[..]);
+    m.unmount();
+    drop(back);
+}

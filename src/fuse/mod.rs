@@ -576,6 +576,9 @@ impl Filesystem for KmsFs {
         let r = self.vfs.release(fh.0);
         self.after_control(fh);
         empty(reply, "release", r);
+        if self.vfs.has_stale_caches() {
+            self.reclaim.stale_closed();
+        }
     }
 
     fn fsync(

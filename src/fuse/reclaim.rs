@@ -6,6 +6,9 @@
 //! to drop the least recently given names until it is back at 40% (rounds at least 50 ms
 //! apart).
 //! Unused inodes then go (FORGET closes their descriptors); asking again costs a lookup.
+//! The same thread drops the names of files whose write failed once they are closed
+//! everywhere (see `Vfs::take_stale_caches`), so that the kernel forgets the size and pages it
+//! kept for what never reached the disk.
 //! Directories are never dropped (a dropped directory that is some process's working
 //! directory makes its getcwd fail), nor files open through kmsfs (their /proc links would
 //! read "(deleted)").
@@ -40,6 +43,8 @@ pub struct Reclaim {
     /// Inode count at which the thread is woken (0: not started).
     high: AtomicUsize,
     wake: OnceLock<SyncSender<()>>,
+    /// Files whose names are to be dropped once no handle holds them (see `drop_stale`).
+    stale: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Reclaim {
@@ -64,6 +69,34 @@ impl Reclaim {
             let _ = w.try_send(());
         }
         pressed
+    }
+
+    /// Wakes the thread for files closed after a failed write (see `drop_stale`).
+    pub fn stale_closed(&self) {
+        if let Some(w) = self.wake.get() {
+            let _ = w.try_send(());
+        }
+    }
+
+    /// Asks the kernel to drop the names of files closed since a write to them failed, so
+    /// that it drops their inodes with the size and pages it kept for the failed write. A file
+    /// opened again meanwhile waits for its next close; one the kernel has let go needs
+    /// nothing.
+    fn drop_stale(&self, vfs: &Vfs, notifier: &Notifier) {
+        let mut stale = self.stale.lock().unwrap_or_else(|p| p.into_inner());
+        stale.extend(vfs.take_stale_caches());
+        stale.retain(|&ino| {
+            if !vfs.knows(ino) {
+                return false;
+            }
+            if vfs.is_open(ino) {
+                return true;
+            }
+            if let Some((_, (parent, name, _))) = self.names.remove(&ino) {
+                let _ = notifier.inval_entry(INodeNo(parent), &name);
+            }
+            false
+        });
     }
 
     /// Starts the thread that asks the kernel to let names go, through the notifier the
@@ -97,6 +130,7 @@ impl Reclaim {
                     // Key-store changes not made through a control file (a deletion window
                     // ending): the same thread, once a second.
                     listings.periodic(&vfs, notifier);
+                    me.drop_stale(&vfs, notifier);
                     if me.reclaim(&vfs, notifier, limit) {
                         drop(me);
                         std::thread::sleep(SETTLE);

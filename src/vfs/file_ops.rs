@@ -153,6 +153,12 @@ impl Vfs {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
                 let (f, _) = e.remove();
+                if f.write_failed() {
+                    self.stale_caches
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(ino);
+                }
                 let sent = f.written_behind();
                 self.control
                     .metrics
@@ -438,7 +444,10 @@ impl Vfs {
         }
         self.check_writable()?;
         let (f, append) = self.handle_file(fh)?;
-        f.write(offset, data, append)?;
+        if let Err(e) = f.write(offset, data, append) {
+            f.note_write_failed();
+            return Err(e);
+        }
         self.count(fh, |a| &a.written, data.len());
         Ok(data.len() as u32)
     }

@@ -111,6 +111,8 @@ pub struct Vfs {
     dir_cursors: dir_read::Cursors,
     /// One shared content state per open inode, with its handle count.
     open_files: DashMap<u64, (Arc<OpenFile>, usize)>,
+    /// Files closed since a write to them failed (see `take_stale_caches`).
+    stale_caches: std::sync::Mutex<Vec<u64>>,
     next_fh: AtomicU64,
     /// We run as root: new files get the caller's ownership.
     chown_new: bool,
@@ -203,6 +205,7 @@ impl Vfs {
             handles: DashMap::new(),
             dir_cursors: Default::default(),
             open_files: DashMap::new(),
+            stale_caches: Default::default(),
             next_fh: AtomicU64::new(1),
             chown_new: rustix::process::geteuid().is_root(),
             opts,
@@ -247,6 +250,26 @@ impl Vfs {
     /// Whether the kernel still holds inode `ino`.
     pub fn knows(&self, ino: u64) -> bool {
         self.inodes.get(ino).is_ok()
+    }
+
+    /// Files closed everywhere since a write to them failed (ENOSPC, EIO). With the writeback
+    /// cache the kernel accepted those writes into its page cache and grew its idea of the size
+    /// before sending them, and on the failure it keeps both: it trusts its own size of a
+    /// regular file over ours, so until it drops the inode a `stat` shows the size of a write
+    /// that never reached the disk, and reads show its bytes, or zeros past our end. The mount
+    /// asks the kernel to drop these (FUSE_NOTIFY_INVAL_ENTRY of their names), after which the
+    /// file reads as stored. Taken once.
+    pub fn take_stale_caches(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.stale_caches.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether [`Vfs::take_stale_caches`] has anything.
+    pub fn has_stale_caches(&self) -> bool {
+        !self
+            .stale_caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Whether inode `ino` is open through a handle.

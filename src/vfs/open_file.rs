@@ -125,6 +125,9 @@ pub struct OpenFile {
     order: super::write_order::WriteOrder,
     /// Ciphertext bytes sent to the disk early (see `write_behind`).
     written_behind: std::sync::atomic::AtomicU64,
+    /// A write failed: the kernel's cached pages and size may show what never reached the disk
+    /// (see `Vfs::take_stale_caches`).
+    write_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -148,6 +151,7 @@ impl OpenFile {
             state: RwLock::new(state),
             order: Default::default(),
             written_behind: Default::default(),
+            write_failed: Default::default(),
         }
     }
 
@@ -307,6 +311,17 @@ impl OpenFile {
             }
         }
         Ok(off)
+    }
+
+    /// Records that a write to this file failed.
+    pub fn note_write_failed(&self) {
+        self.write_failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a write to this file failed while it was open.
+    pub fn write_failed(&self) -> bool {
+        self.write_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Ciphertext bytes of this file sent to the disk early by the write-behind.

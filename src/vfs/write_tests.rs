@@ -163,3 +163,34 @@ fn size_changing_writes_are_marked_until_close() {
     );
     assert_eq!(read_fresh(&dir, "f", want.len()), want);
 }
+
+/// A file is reported for the kernel to drop its cache (see `take_stale_caches`) once it is
+/// closed everywhere after a failed write, and only then; files whose writes all succeeded are
+/// not.
+#[test]
+fn a_file_closed_after_a_failed_write_is_reported_once() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let ok = write_file(&v, "ok", b"fine");
+    let bad = write_file(&v, "bad", b"before");
+    let fh_ok = v.open_as(ok, libc::O_RDWR, &caller()).expect("open");
+    let fh1 = v.open_as(bad, libc::O_RDWR, &caller()).expect("open");
+    let fh2 = v.open_as(bad, libc::O_RDWR, &caller()).expect("open");
+    v.write(fh_ok, 4, b" still").expect("write");
+    crate::fault::arm(1, rustix::io::Errno::NOSPC);
+    let r = v.write(fh1, 6, &[1u8; 10000]);
+    crate::fault::disarm();
+    assert!(r.is_err(), "the injected failure reached the writer");
+    v.release(fh_ok).expect("release");
+    v.release(fh1).expect("release");
+    assert!(!v.has_stale_caches(), "still open through another handle");
+    v.release(fh2).expect("release");
+    assert!(v.has_stale_caches());
+    assert_eq!(v.take_stale_caches(), vec![bad]);
+    assert!(v.take_stale_caches().is_empty(), "taken once");
+    // Opened and closed again without a failure: nothing to report.
+    let fh = v.open_as(bad, libc::O_RDWR, &caller()).expect("open");
+    v.write(fh, 0, b"after").expect("write");
+    v.release(fh).expect("release");
+    assert!(!v.has_stale_caches());
+}
