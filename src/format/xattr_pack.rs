@@ -22,6 +22,53 @@ pub fn full_name(stored: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// The backing namespace a node's kmsfs attributes are kept in (docs/FORMAT.md §7). Regular
+/// files and directories use `user.`; symlinks and special files, which Linux gives no `user.`
+/// attributes, use `trusted.` under the same names after the prefix (which needs root).
+/// Encryption always sees a name's `user.` form (the value's associated data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackingNamespace {
+    User,
+    Trusted,
+}
+
+impl BackingNamespace {
+    /// The namespace of a node: `user.` for a regular file or directory, else `trusted.`.
+    pub fn of(file_or_dir: bool) -> Self {
+        if file_or_dir {
+            BackingNamespace::User
+        } else {
+            BackingNamespace::Trusted
+        }
+    }
+
+    pub fn prefix(self) -> &'static [u8] {
+        match self {
+            BackingNamespace::User => b"user.",
+            BackingNamespace::Trusted => b"trusted.",
+        }
+    }
+
+    /// The backing name of an attribute named `name` in its `user.` form.
+    pub fn backing(self, name: &[u8]) -> Cow<'_, [u8]> {
+        match name.strip_prefix(b"user.") {
+            Some(rest) if self == BackingNamespace::Trusted => {
+                Cow::Owned([self.prefix(), rest].concat())
+            }
+            _ => Cow::Borrowed(name),
+        }
+    }
+
+    /// The `user.` form of a backing name listed on a node (`None`: not in this namespace).
+    pub fn logical(self, raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+        let rest = raw.strip_prefix(self.prefix())?;
+        Some(match self {
+            BackingNamespace::User => Cow::Borrowed(raw),
+            BackingNamespace::Trusted => Cow::Owned([&b"user."[..], rest].concat()),
+        })
+    }
+}
+
 const WHAT: &str = "xattr pack";
 
 /// The attributes of one file's pack: (name after `user.`, value).
@@ -113,6 +160,23 @@ impl XattrPack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backing_namespaces_map_names_both_ways() {
+        use BackingNamespace::*;
+        assert_eq!(BackingNamespace::of(true), User);
+        assert_eq!(BackingNamespace::of(false), Trusted);
+        let name = b"user.kmsfs.x.abc";
+        assert_eq!(&*User.backing(name), name);
+        assert_eq!(&*Trusted.backing(name), b"trusted.kmsfs.x.abc");
+        for ns in [User, Trusted] {
+            assert_eq!(ns.logical(&ns.backing(name)).as_deref(), Some(&name[..]));
+        }
+        // Names outside the node's namespace are not kmsfs's.
+        assert_eq!(User.logical(b"trusted.kmsfs.x.abc"), None);
+        assert_eq!(Trusted.logical(b"user.kmsfs.x.abc"), None);
+        assert_eq!(Trusted.logical(b"security.capability"), None);
+    }
 
     #[test]
     fn round_trip_keeps_order_and_replaces_in_place() {

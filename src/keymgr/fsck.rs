@@ -20,7 +20,7 @@ use crate::format::DirId;
 use crate::format::acl::Acl;
 use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
-use crate::format::xattr_pack::XattrPack;
+use crate::format::xattr_pack::{BackingNamespace, XattrPack};
 use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX, Names, XATTR_PACK, XATTR_PREFIX};
 
 /// One problem found.
@@ -137,7 +137,7 @@ pub fn fsck(
             repaired,
         });
     }
-    xattrs(&mut c, root, &Some(String::new()), true);
+    xattrs(&mut c, root, &Some(String::new()), BackingNamespace::User);
     dir(&mut c, root, Some(String::new()), true)?;
     let paths = super::VolumePaths::new(root);
     if c.acls_seen && !paths.acl_marker().exists() {
@@ -306,9 +306,12 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             _ => None,
         };
         let ft = e.file_type()?;
-        // Regular files and directories keep their attributes in the backing `user.`
-        // namespace, the others in `trusted.` (see `vfs::xattr_ops`).
-        xattrs(c, &path, &child, ft.is_dir() || ft.is_file());
+        xattrs(
+            c,
+            &path,
+            &child,
+            BackingNamespace::of(ft.is_dir() || ft.is_file()),
+        );
         if ft.is_dir() {
             dir(c, &path, child, false)?;
         } else if ft.is_file() {
@@ -350,16 +353,14 @@ fn attribute(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>, name: &[u8], 
 
 /// Checks a node's extended attributes: the pack authenticates and parses, every attribute
 /// stored on its own has a name and value that authenticate, and each stored ACL is a valid one.
-/// `user_ns`: kept in the backing `user.` namespace (regular files and directories), else in
-/// `trusted.` (which only root sees: counted as unchecked otherwise). What the format cannot
-/// tell: a value is bound to its name, not to its file, so an authentic pack or value copied
-/// from another file passes.
-fn xattrs(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>, user_ns: bool) {
-    if !user_ns && !c.sees_trusted {
+/// `ns`: the backing namespace they are kept in (`trusted.`, which only root sees, is counted
+/// as unchecked otherwise). What the format cannot tell: a value is bound to its name, not to
+/// its file, so an authentic pack or value copied from another file passes.
+fn xattrs(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>, ns: BackingNamespace) {
+    if ns == BackingNamespace::Trusted && !c.sees_trusted {
         c.report.xattrs_unchecked += 1;
         return;
     }
-    let ns: &[u8] = if user_ns { b"user." } else { b"trusted." };
     let mut list = std::mem::take(&mut c.xattr_list);
     let mut value = std::mem::take(&mut c.xattr_value);
     match rustix::fs::llistxattr(path, &mut list[..]) {
@@ -385,19 +386,18 @@ fn xattr(
     c: &mut Ctx<'_>,
     path: &Path,
     plain: &Option<String>,
-    ns: &[u8],
+    ns: BackingNamespace,
     raw: &[u8],
     value: &mut [u8],
 ) {
-    let Some(rest) = raw.strip_prefix(ns) else {
+    // The name as encryption sees it (always the `user.` form).
+    let Some(logical) = ns.logical(raw) else {
         return;
     };
-    // The name as encryption sees it (always the `user.` form).
-    let logical = [b"user.", rest].concat();
     if !logical.starts_with(XATTR_PREFIX.as_bytes()) {
         return; // kmsfs-internal (directory id copy, interrupted-write marker) or not ours
     }
-    let Ok(logical) = String::from_utf8(logical) else {
+    let Ok(logical) = String::from_utf8(logical.into_owned()) else {
         c.problem(
             path,
             plain,

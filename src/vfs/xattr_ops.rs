@@ -34,7 +34,7 @@ use super::acl_ops::AclKind;
 use super::{Caller, Kind, Result, Vfs, VfsError};
 use crate::content::pending::xattr_lock;
 use crate::format::acl;
-use crate::format::xattr_pack::XattrPack;
+use crate::format::xattr_pack::{BackingNamespace, XattrPack};
 use crate::names::XATTR_PACK;
 
 const USER: &[u8] = b"user.";
@@ -66,12 +66,10 @@ fn reply(data: Vec<u8>, size: u32) -> Result<XattrReply> {
     }
 }
 
-/// A node's backing inode as its attributes are stored there. Regular files and directories
-/// keep them in the backing `user.` namespace. Symlinks and special files take no `user.`
-/// attributes (Linux), so theirs (`trusted.` and `security.` ones; `user.` ones are refused,
-/// as on any file system) go into the backing `trusted.` namespace under the same names after
-/// the prefix (which needs the daemon to run as root; else EPERM, as before). Encryption
-/// always sees the `user.` form of a name (the value's AAD).
+/// A node's backing inode as its attributes are stored there: in the backing namespace
+/// `format::xattr_pack::BackingNamespace` gives its kind (which for symlinks and special files
+/// needs the daemon to run as root; else EPERM). `user.` attributes of those are refused, as
+/// on any file system.
 pub(super) struct Target {
     path: String,
     kind: Kind,
@@ -83,15 +81,20 @@ impl Target {
         Target { path, kind }
     }
 
+    fn ns(&self) -> BackingNamespace {
+        BackingNamespace::of(matches!(self.kind, Kind::File | Kind::Dir))
+    }
+
     fn in_trusted(&self) -> bool {
-        !matches!(self.kind, Kind::File | Kind::Dir)
+        self.ns() == BackingNamespace::Trusted
     }
 
     /// The backing name for `name` (in its `user.` form).
     fn backing<'a>(&self, name: &'a str) -> Cow<'a, str> {
-        match name.strip_prefix("user.") {
-            Some(rest) if self.in_trusted() => Cow::Owned(format!("trusted.{rest}")),
-            _ => Cow::Borrowed(name),
+        match self.ns().backing(name.as_bytes()) {
+            Cow::Borrowed(_) => Cow::Borrowed(name),
+            // Only the ASCII prefix was replaced.
+            Cow::Owned(b) => Cow::Owned(String::from_utf8_lossy(&b).into_owned()),
         }
     }
 
@@ -100,18 +103,17 @@ impl Target {
         if !self.in_trusted() {
             return Some(Cow::Borrowed(raw));
         }
-        raw.strip_prefix("trusted.")
-            .map(|rest| Cow::Owned(format!("user.{rest}")))
+        match self.ns().logical(raw.as_bytes())? {
+            Cow::Borrowed(_) => Some(Cow::Borrowed(raw)),
+            Cow::Owned(b) => Some(Cow::Owned(String::from_utf8_lossy(&b).into_owned())),
+        }
     }
 }
 
 impl Vfs {
     pub(super) fn xattr_target(&self, ino: u64) -> Result<Target> {
         let n = self.node(ino)?;
-        Ok(Target {
-            path: n.proc_path(),
-            kind: n.kind,
-        })
+        Ok(Target::at(n.proc_path(), n.kind))
     }
 
     /// The name `name` is stored under: the part after `user.`, or a NUL byte and the whole
