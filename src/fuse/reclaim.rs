@@ -92,10 +92,17 @@ impl Reclaim {
             if vfs.is_open(ino) {
                 return true;
             }
-            if let Some((_, (parent, name, _))) = self.names.remove(&ino) {
-                let _ = notifier.inval_entry(INodeNo(parent), &name);
-            }
-            false
+            // The name that holds the file now (it may have been renamed since the kernel was
+            // given it); none: unlinked, and the kernel drops it by itself.
+            let Some((parent, name)) = vfs.current_name(ino) else {
+                tracing::debug!("inode {ino}: no name to drop after a failed write");
+                return false;
+            };
+            self.names.remove(&ino);
+            let _ = notifier.inval_entry(INodeNo(parent), &name);
+            // Opened meanwhile (looked up before the drop): the open keeps the inode, so try
+            // again after its close.
+            vfs.is_open(ino)
         });
     }
 
@@ -164,8 +171,11 @@ impl Reclaim {
         oldest.select_nth_unstable_by_key(excess - 1, |r| r.0);
         for &(t, ino) in &oldest[..excess] {
             // Only if not given again meanwhile (then it is no longer among the oldest).
-            if let Some((_, (parent, name, _))) = self.names.remove_if(&ino, |_, v| v.2 == t) {
-                // The name may be gone or renamed since: then nothing happens.
+            if self.names.remove_if(&ino, |_, v| v.2 == t).is_some()
+                // The name that holds it now: the one given may have been renamed since, and
+                // another node may be under it (a directory, or an open file).
+                && let Some((parent, name)) = vfs.current_name(ino)
+            {
                 let _ = notifier.inval_entry(INodeNo(parent), &name);
             }
         }

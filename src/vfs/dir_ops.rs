@@ -268,11 +268,19 @@ impl Vfs {
                 Mode::empty(),
             )
             .map_err(VfsError::from)
-            .and_then(|fd| self.set_owner(&from_dir, &fd, c))
+            .and_then(|fd| {
+                // Only the whiteout (a rename between two links of one inode changes nothing
+                // and leaves the file itself there).
+                let st = rustix::fs::fstat(&fd)?;
+                if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != 0 {
+                    return Ok(());
+                }
+                self.set_owner(&from_dir, &fd, c)
+            })
         {
             // The rename is done and cannot be taken back atomically; the whiteout keeps the
             // daemon as its owner, which nothing that reads whiteouts looks at.
-            tracing::debug!("whiteout left owned by the daemon: {e}");
+            tracing::warn!("a whiteout is left owned by the daemon: {e}");
         }
         from_dir.entries_changed();
         to_dir.entries_changed();

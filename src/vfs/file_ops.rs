@@ -154,10 +154,10 @@ impl Vfs {
             if e.get().1 == 0 {
                 let (f, _) = e.remove();
                 if f.write_failed() {
-                    self.stale_caches
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(ino);
+                    let mut v = self.stale_caches.lock().unwrap_or_else(|p| p.into_inner());
+                    v.push(ino);
+                    self.stale_pending
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 let sent = f.written_behind();
                 self.control

@@ -113,6 +113,8 @@ pub struct Vfs {
     open_files: DashMap<u64, (Arc<OpenFile>, usize)>,
     /// Files closed since a write to them failed (see `take_stale_caches`).
     stale_caches: std::sync::Mutex<Vec<u64>>,
+    /// `stale_caches` is not empty (read on every release without the lock).
+    stale_pending: std::sync::atomic::AtomicBool,
     next_fh: AtomicU64,
     /// We run as root: new files get the caller's ownership.
     chown_new: bool,
@@ -206,6 +208,7 @@ impl Vfs {
             dir_cursors: Default::default(),
             open_files: DashMap::new(),
             stale_caches: Default::default(),
+            stale_pending: Default::default(),
             next_fh: AtomicU64::new(1),
             chown_new: rustix::process::geteuid().is_root(),
             opts,
@@ -260,16 +263,14 @@ impl Vfs {
     /// asks the kernel to drop these (FUSE_NOTIFY_INVAL_ENTRY of their names), after which the
     /// file reads as stored. Taken once.
     pub fn take_stale_caches(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.stale_caches.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut v = self.stale_caches.lock().unwrap_or_else(|p| p.into_inner());
+        self.stale_pending.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *v)
     }
 
     /// Whether [`Vfs::take_stale_caches`] has anything.
     pub fn has_stale_caches(&self) -> bool {
-        !self
-            .stale_caches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.stale_pending.load(Ordering::Relaxed)
     }
 
     /// Whether inode `ino` is open through a handle.

@@ -100,6 +100,34 @@ impl Vfs {
         self.plain_of_cipher(&cipher)
     }
 
+    /// Where node `ino` is now, as the kernel names it: a directory node and the plaintext name
+    /// in it that holds the node (checked with a one-name `stat`): the entry it was last found
+    /// under, else the one its cipher path shows (after a rename through the mount, which the
+    /// kernel makes without a lookup). `None` when neither holds it (unlinked, or moved behind
+    /// the mount's back) or the directory is not known. One of its names for a hard link.
+    pub fn current_name(&self, ino: u64) -> Option<(u64, std::ffi::OsString)> {
+        let node = self.inodes.get(ino).ok()?;
+        if let Some(n) = node.name()
+            && let Ok(p) = self.inodes.get(n.parent)
+            && p.kind == Kind::Dir
+            && self.holds(&p, &n.cipher, &node)
+        {
+            return Some((n.parent, n.plain.clone()));
+        }
+        let cipher = std::fs::read_link(node.proc_path()).ok()?;
+        let (parent_c, entry) = (cipher.parent()?, cipher.file_name()?);
+        let pino = self.inodes.map_ino(rustix::fs::stat(parent_c).ok()?.st_ino);
+        let p = self.inodes.get(pino).ok()?;
+        if p.kind != Kind::Dir || !self.holds(&p, entry, &node) {
+            return None;
+        }
+        let id = self.dir_id(&p).ok()?;
+        let name = self
+            .decrypt_entry(parent_c, &id, entry, pino == ROOT_INO)
+            .ok()?;
+        Some((pino, std::os::unix::ffi::OsStringExt::from_vec(name)))
+    }
+
     /// Plaintext path of entry `n`, known to hold its node (its directory's path plus its
     /// plaintext name).
     pub(super) fn plain_entry_path(&self, n: &NodeName) -> Result<String> {

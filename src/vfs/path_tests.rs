@@ -1,5 +1,6 @@
-//! Plaintext paths of nodes (audit records, policy path conditions, key rules) stay right
-//! through renames of the node and of its ancestors, long names and hard links.
+//! Plaintext paths of nodes (audit records, policy path conditions, key rules) and the names the
+//! kernel finds them under stay right through renames of the node and of its ancestors, long
+//! names and hard links; whiteouts.
 
 use super::test_support::{caller, new_volume, open, touch};
 
@@ -72,5 +73,95 @@ fn remembered_names_are_checked_against_the_directory() {
     assert_eq!(
         (path(f), path(e), path(d)),
         ("/D/e/f".into(), "/D/e".into(), "/D".into())
+    );
+}
+
+/// The name the kernel can find a node under now: after renames (which the kernel makes without
+/// a lookup), into another directory, to a long name; none once unlinked; never a name that
+/// now holds another node.
+#[test]
+fn current_names_follow_renames_and_never_name_another_node() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let c = caller();
+    let name = |ino: u64| {
+        v.current_name(ino)
+            .map(|(p, n)| (p, n.into_string().unwrap()))
+    };
+    let d = v.mkdir(1, "d".as_ref(), 0o755, &c).expect("d").ino;
+    let e = v.mkdir(1, "e".as_ref(), 0o755, &c).expect("e").ino;
+    let x = touch(&v, d, "x");
+    assert_eq!(name(x), Some((d, "x".into())));
+    v.rename(d, "x".as_ref(), e, LONG.as_ref(), 0)
+        .expect("rename");
+    assert_eq!(name(x), Some((e, LONG.into())));
+    v.rename(e, LONG.as_ref(), 1, "top".as_ref(), 0)
+        .expect("rename");
+    assert_eq!(name(x), Some((1, "top".into())));
+    // Another file made under x's first name: not x's name.
+    let y = touch(&v, d, "x");
+    assert_eq!(name(y), Some((d, "x".into())));
+    assert_eq!(name(x), Some((1, "top".into())));
+    v.unlink(1, "top".as_ref()).expect("unlink");
+    assert_eq!(name(x), None);
+}
+
+/// RENAME_WHITEOUT leaves a character device 0/0 at the old name, owned by the caller (when
+/// the daemon runs as root, as for every node it makes), with long names too; the moved node
+/// is under its new name.
+#[test]
+fn a_whiteout_takes_the_old_name_and_belongs_to_the_caller() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let root = rustix::process::geteuid().is_root();
+    let other = super::Caller {
+        uid: 4321,
+        gid: 4322,
+        ..caller()
+    };
+    for from in ["short", LONG] {
+        let f = touch(&v, 1, from);
+        let to = format!("{}-moved", &from[..5]);
+        v.rename_by(
+            1,
+            from.as_ref(),
+            1,
+            to.as_ref(),
+            super::RENAME_WHITEOUT,
+            Some(&other),
+        )
+        .expect("rename with whiteout");
+        assert_eq!(v.lookup(1, to.as_ref()).expect("moved").ino, f);
+        let w = v.lookup(1, from.as_ref()).expect("whiteout");
+        assert_eq!(
+            (w.kind, w.rdev, w.perm),
+            (super::Kind::CharDev, 0, 0),
+            "{from}"
+        );
+        if root {
+            assert_eq!((w.uid, w.gid), (4321, 4322), "{from}");
+        }
+        let listed: Vec<_> = v
+            .list_dir(1)
+            .expect("list")
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(listed.iter().any(|n| n == from), "{from} listed");
+        v.unlink(1, from.as_ref()).expect("unlink whiteout");
+        assert!(v.lookup(1, from.as_ref()).is_err());
+    }
+    // Not with RENAME_EXCHANGE (the kernel refuses it before; the model too).
+    touch(&v, 1, "p");
+    touch(&v, 1, "q");
+    assert!(
+        v.rename(
+            1,
+            "p".as_ref(),
+            1,
+            "q".as_ref(),
+            super::RENAME_WHITEOUT | super::RENAME_EXCHANGE
+        )
+        .is_err()
     );
 }
