@@ -448,6 +448,23 @@ fn names() {
         |v| v.rename(ROOT, "d".as_ref(), ROOT, "empty".as_ref(), 0),
         false,
     );
+    // RENAME_WHITEOUT (overlayfs): the whiteout appears with the move or not at all.
+    const WO: u32 = super::RENAME_WHITEOUT;
+    run(
+        "rename with a whiteout",
+        |v| v.rename(ROOT, "a".as_ref(), ino(v, "d")?, "a2".as_ref(), WO),
+        false,
+    );
+    run(
+        "rename a long name with a whiteout",
+        |v| v.rename(ino(v, "d")?, LONG.as_ref(), ROOT, OsStr::new("short"), WO),
+        false,
+    );
+    run(
+        "rename a directory over an empty one with a whiteout",
+        |v| v.rename(ROOT, "d".as_ref(), ROOT, "empty".as_ref(), WO),
+        false,
+    );
     run(
         "link",
         |v| {
