@@ -30,7 +30,7 @@ pub const ALREADY_MOUNTED: i32 = 19;
 /// A key-manager request was refused: invalid value or key state (bad alias, deletion window
 /// outside 7-30 days, rotating a disabled key, malformed key material, version still in use).
 pub const INVALID_REQUEST: i32 = 20;
-/// No such key, alias or rule.
+/// No such key, alias, rule or grant.
 pub const NOT_FOUND: i32 = 21;
 /// A key policy or grant denies the request (also: `policy simulate` predicts a denial).
 pub const ACCESS_DENIED: i32 = 22;
@@ -59,7 +59,7 @@ pub const TABLE: &[(i32, &str)] = &[
         INVALID_REQUEST,
         "key-manager request refused (invalid value or key state)",
     ),
-    (NOT_FOUND, "no such key, alias or rule"),
+    (NOT_FOUND, "no such key, alias, rule or grant"),
     (ACCESS_DENIED, "denied by key policy"),
     (INTEGRITY, "integrity check failed"),
 ];
