@@ -121,6 +121,7 @@ impl Builder {
                     prev_signature: self.last_sig.clone(),
                     signature: sig.clone(),
                     reason: p.reason,
+                    offset: None,
                 };
                 self.last_sig = sig;
                 json = serde_json::to_vec(&c).unwrap();
@@ -257,7 +258,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = log.append(AuditRecord::new("Open", Source::Fs));
     let cutoff = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1 << 33);
-    let _ = log.expire(cutoff, 1);
+    let _ = log.expire(kmsfs::keymgr::audit::Expiry::by_age(cutoff, 1));
     let _ = log.close();
     let anchor = log.anchor();
     drop(log);
