@@ -100,13 +100,7 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
             .collect();
         if !bad.is_empty() {
             m.unmount();
-            let o = kmsfs()
-                .arg("fsck")
-                .arg("--passfile")
-                .arg(&v.passfile)
-                .arg(&v.cipher)
-                .output()
-                .unwrap();
+            let o = v.fsck();
             panic!(
                 "round {round}: unreadable after the crash: {bad:?}\nfsck: {}",
                 String::from_utf8_lossy(&o.stdout)
@@ -127,13 +121,7 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
     assert!(o.status.success(), "audit log after crashes: {r}");
     assert!(r["chain_starts"].as_u64().unwrap() >= 3, "{r}");
     // And fsck finds nothing wrong.
-    let o = kmsfs()
-        .arg("fsck")
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .arg(&v.cipher)
-        .output()
-        .unwrap();
+    let o = v.fsck();
     assert!(
         o.status.success(),
         "fsck after crashes: {}",

@@ -34,6 +34,26 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A new volume whose cipher directory is on a tmpfs of `size`: the temporary directory (mount
+/// point and passfile), the tmpfs, the cipher directory, the mount point, the passfile.
+fn volume_on_tmpfs(size: &str) -> (tempfile::TempDir, Tmpfs, PathBuf, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let back = Tmpfs::new(&t.path().join("back"), size);
+    let cipher = back.0.join("c");
+    let mnt = t.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let pass = t.path().join("p");
+    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+    let o = kmsfs()
+        .args(["init", "--no-recovery-key", "--passfile"])
+        .arg(&pass)
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (t, back, cipher, mnt, pass)
+}
+
 fn kms(args: &[&str], cipher: &Path, pass: &Path) -> std::process::Output {
     kmsfs()
         .arg(args[0])
@@ -47,20 +67,7 @@ fn kms(args: &[&str], cipher: &Path, pass: &Path) -> std::process::Output {
 
 #[test]
 fn a_full_disk_damages_nothing() {
-    let t = tempfile::tempdir().unwrap();
-    let back = Tmpfs::new(&t.path().join("back"), "4m");
-    let cipher = back.0.join("c");
-    let mnt = t.path().join("m");
-    std::fs::create_dir(&mnt).unwrap();
-    let pass = t.path().join("p");
-    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
-    let o = kmsfs()
-        .args(["init", "--no-recovery-key", "--passfile"])
-        .arg(&pass)
-        .arg(&cipher)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("4m");
     let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let (cipher2, mnt2) = (cipher.clone(), mnt.clone());
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
@@ -174,20 +181,7 @@ fn a_full_disk_damages_nothing() {
 /// after a remount), not as a size and bytes that never reached the disk.
 #[test]
 fn a_failed_buffered_write_is_not_shown_once_closed() {
-    let t = tempfile::tempdir().unwrap();
-    let back = Tmpfs::new(&t.path().join("back"), "8m");
-    let cipher = back.0.join("c");
-    let mnt = t.path().join("m");
-    std::fs::create_dir(&mnt).unwrap();
-    let pass = t.path().join("p");
-    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
-    let o = kmsfs()
-        .args(["init", "--no-recovery-key", "--passfile"])
-        .arg(&pass)
-        .arg(&cipher)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("8m");
     let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let (mnt2, a2) = (mnt.clone(), a.clone());
     let filler = back.0.join("filler");

@@ -143,14 +143,7 @@ fn kmsfs_works_as_an_overlayfs_upper_layer() {
         want
     });
     m.unmount();
-    let o = kmsfs()
-        .arg("fsck")
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .arg(&v.cipher)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    v.assert_fsck_clean("after the overlay");
     // Both mounted again: the same merged tree (whiteouts and the opaque mark were stored).
     let m = v.mount();
     let got = with_timeout(60, move || {

@@ -147,12 +147,5 @@ fn parallel_tree_and_file_stress_keeps_memory_flat() {
         .collect();
     assert_eq!(left.len(), 1, "{left:?}");
     m.unmount();
-    let o = kmsfs()
-        .arg("fsck")
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .arg(&v.cipher)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    v.assert_fsck_clean("after the stress");
 }

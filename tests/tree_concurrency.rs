@@ -83,12 +83,5 @@ fn concurrent_renames_creates_and_deletes_keep_every_name() {
     });
     m.unmount();
     // And the cipher tree is consistent.
-    let o = kmsfs()
-        .arg("fsck")
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .arg(&v.cipher)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    v.assert_fsck_clean("after the concurrent tree changes");
 }

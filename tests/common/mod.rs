@@ -72,6 +72,28 @@ impl Volume {
     pub fn mount_with(&self, extra: &[&str]) -> Mount {
         Mount::start(&self.cipher, &self.mnt, &self.passfile, extra)
     }
+
+    /// `kmsfs fsck` of the volume (unmounted).
+    pub fn fsck(&self) -> Output {
+        kmsfs()
+            .arg("fsck")
+            .arg("--passfile")
+            .arg(&self.passfile)
+            .arg(&self.cipher)
+            .output()
+            .expect("run kmsfs fsck")
+    }
+
+    /// Fails the test, with fsck's report, unless fsck finds nothing wrong.
+    pub fn assert_fsck_clean(&self, when: &str) {
+        let o = self.fsck();
+        assert!(
+            o.status.success(),
+            "fsck {when}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {
