@@ -17,6 +17,8 @@ fn corpus_source() -> Volume {
     std::fs::write(m.path("ten-thousand.bin"), vec![7u8; 10_000]).unwrap();
     std::fs::write(m.path(&"L".repeat(200)), b"long").unwrap();
     std::os::unix::fs::symlink("/target/of/link", m.path("link")).unwrap();
+    let fifo = sh(&format!("mkfifo {}", m.path("fifo").display()));
+    assert!(fifo.status.success());
     std::fs::create_dir(m.path("sub")).unwrap();
     std::fs::write(m.path("sub/inner.txt"), vec![1u8; 3000]).unwrap();
     let big = "x".repeat(2000);
@@ -138,6 +140,7 @@ fn a_clean_volume_is_clean() {
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["files"], 3);
     assert_eq!(r["symlinks"], 1);
+    assert_eq!(r["special"], 1);
     assert_eq!(r["dirs"], 2);
     // user.small, user.big, trusted.t, the access and the default ACL.
     assert_eq!(r["xattrs"], 5);

@@ -71,11 +71,12 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
             );
         }
         println!(
-            "{} directories, {} files ({} blocks), {} symlinks, {} extended attributes checked; {} not decrypted (key not usable); {} problem(s), {} repaired",
+            "{} directories, {} files ({} blocks), {} symlinks, {} special files, {} extended attributes checked; {} not decrypted (key not usable); {} problem(s), {} repaired",
             r.dirs,
             r.files,
             r.blocks,
             r.symlinks,
+            r.special,
             r.xattrs,
             r.skipped,
             r.problems.len(),

@@ -43,6 +43,9 @@ pub struct Report {
     pub dirs: u64,
     pub files: u64,
     pub symlinks: u64,
+    /// FIFOs, sockets and device nodes (overlayfs whiteouts among them): their names and
+    /// attributes are checked; they hold nothing else.
+    pub special: u64,
     pub blocks: u64,
     /// Extended attributes checked (each in a pack counted).
     pub xattrs: u64,
@@ -322,6 +325,8 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             if c.names.decrypt_symlink(t.as_os_str().as_bytes()).is_err() {
                 c.problem(&path, &child, "symlink", "target does not decrypt".into());
             }
+        } else {
+            c.report.special += 1;
         }
     }
     Ok(())
