@@ -77,14 +77,22 @@ fn crc(b: &[u8]) -> u64 {
     })
 }
 
-#[test]
-fn kmsfs_works_as_an_overlayfs_upper_layer() {
+/// Whether this test can mount an overlayfs (root, and a kernel with it); says why not.
+fn can_mount_overlays() -> bool {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: mounting an overlayfs needs root");
-        return;
+        return false;
     }
     if !overlay_available() {
         eprintln!("skipped: the kernel has no overlayfs");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn kmsfs_works_as_an_overlayfs_upper_layer() {
+    if !can_mount_overlays() {
         return;
     }
     let v = Volume::new(&[]);
@@ -152,4 +160,79 @@ fn kmsfs_works_as_an_overlayfs_upper_layer() {
     });
     assert_eq!(got, want);
     m.unmount();
+}
+
+/// A lower file with a POSIX ACL: the first write through the overlay copies it up with its
+/// ACL, which a kmsfs upper takes only with `--acl` (without: EOPNOTSUPP, and the write fails,
+/// as README says); with it the ACL is on the merged file, also after both are remounted.
+#[test]
+fn copy_up_keeps_posix_acls_with_acl_on() {
+    if !can_mount_overlays() || !sh("command -v setfacl getfacl").status.success() {
+        eprintln!("skipped: needs root, overlayfs and the acl tools");
+        return;
+    }
+    let v = Volume::new(&[]);
+    let lower = v.tmp.path().join("lower");
+    let merged = v.tmp.path().join("merged");
+    fs::create_dir_all(&lower).unwrap();
+    fs::create_dir(&merged).unwrap();
+    fs::write(lower.join("f"), "a\n").unwrap();
+    let o = sh(&format!(
+        "setfacl -m u:nobody:r {}",
+        lower.join("f").display()
+    ));
+    if !o.status.success() {
+        eprintln!("skipped: the backing file system takes no ACLs");
+        return;
+    }
+    let (upper, work) = (v.mnt.join("upper"), v.mnt.join("work"));
+    let acl_of = |p: &Path| {
+        let o = sh(&format!("getfacl -cn {}", p.display()));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // Without --acl the copy-up cannot keep the ACL, so the write is refused.
+    let m = v.mount();
+    let (l, u, w, mg) = (lower.clone(), upper.clone(), work.clone(), merged.clone());
+    let refused = with_timeout(60, move || {
+        fs::create_dir(&u).unwrap();
+        fs::create_dir(&w).unwrap();
+        let _ov = Overlay::mount(&l, &u, &w, &mg).expect("overlay");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(mg.join("f"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"b\n"))
+    });
+    let e = refused.expect_err("a copy-up without ACL support kept the ACL?");
+    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+    m.unmount();
+    // With --acl (a fresh upper and work directory).
+    let m = v.mount_with(&["--acl"]);
+    let (l, u, w, mg) = (lower.clone(), upper.clone(), work.clone(), merged.clone());
+    let want = with_timeout(60, move || {
+        fs::remove_dir_all(&u).unwrap();
+        fs::remove_dir_all(&w).unwrap();
+        fs::create_dir(&u).unwrap();
+        fs::create_dir(&w).unwrap();
+        let _ov = Overlay::mount(&l, &u, &w, &mg).expect("overlay");
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(mg.join("f"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"b\n").unwrap();
+        drop(f);
+        assert_eq!(fs::read(mg.join("f")).unwrap(), b"a\nb\n");
+        let acl = acl_of(&mg.join("f"));
+        assert!(acl.contains("user:65534:r--"), "{acl}");
+        acl
+    });
+    m.unmount();
+    let m = v.mount_with(&["--acl"]);
+    let got = with_timeout(60, move || {
+        let _ov = Overlay::mount(&lower, &upper, &work, &merged).expect("overlay again");
+        assert_eq!(fs::read(merged.join("f")).unwrap(), b"a\nb\n");
+        acl_of(&merged.join("f"))
+    });
+    assert_eq!(got, want);
+    m.unmount();
+    v.assert_fsck_clean("after the ACL copy-up");
 }
