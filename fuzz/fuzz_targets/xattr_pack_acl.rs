@@ -5,8 +5,9 @@
 //! - `XattrPack::decode` never panics; what it accepts is canonical (encoding it again gives the
 //!   same bytes) and has unique names; set/remove keep it decodable;
 //! - `Acl::decode` never panics; an accepted ACL encodes to bytes that decode to it again, its
-//!   text form and mode arithmetic never panic, and `chmod` and `create_masq` leave a valid ACL
-//!   whose mode classes are the mode's.
+//!   text form and mode arithmetic never panic; `chmod` leaves a valid ACL whose mode classes
+//!   are the mode's; `create_masq` leaves a valid ACL and returns the mode (and equivalence)
+//!   that ACL gives.
 #![no_main]
 
 use kmsfs::format::acl::Acl;
@@ -34,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
         let again = Acl::decode(&acl.encode()).expect("an encoded ACL decodes");
         assert_eq!(again, acl);
         let _ = acl.to_text();
-        let mode = data.last().map_or(0o644, |b| u32::from(*b) * 7 % 0o1000);
+        // Any of the 512 permission modes, from the last two bytes.
+        let mode = match data {
+            [.., a, b] => (u32::from(*a) << 8 | u32::from(*b)) & 0o777,
+            _ => 0o644,
+        };
         let (m, _) = acl.equiv_mode(0o100000 | mode);
         assert_eq!(m & 0o170000, 0o100000, "the file type bits changed");
         let mut c = acl.clone();
@@ -42,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
         let c = Acl::decode(&c.encode()).expect("an ACL after chmod is valid");
         assert_eq!(c.equiv_mode(0).0 & 0o777, mode & 0o777, "chmod did not set the classes");
         let mut d = acl.clone();
-        let _ = d.create_masq(0o100000 | mode);
+        let masq = d.create_masq(0o100000 | mode);
         assert!(Acl::decode(&d.encode()).is_some(), "create_masq left an invalid ACL");
+        assert_eq!(masq, d.equiv_mode(0o100000 | mode), "create_masq's mode is not its ACL's");
     }
 });

@@ -43,8 +43,9 @@ pub struct Report {
     pub dirs: u64,
     pub files: u64,
     pub symlinks: u64,
-    /// FIFOs, sockets and device nodes (overlayfs whiteouts among them): their names and
-    /// attributes are checked; they hold nothing else.
+    /// FIFOs, sockets and device nodes (overlayfs whiteouts among them): their names are
+    /// checked, and their attributes when fsck runs as root (else `xattrs_unchecked` counts
+    /// them); they hold nothing else.
     pub special: u64,
     pub blocks: u64,
     /// Extended attributes checked (each in a pack counted).
