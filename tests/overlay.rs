@@ -39,6 +39,19 @@ impl Drop for Overlay {
     }
 }
 
+/// Unmounts (lazily) whatever overlay is still mounted at the path when dropped: the test body
+/// holds one beside each kmsfs mount, declared after it so that it goes first, for a body that
+/// timed out with its `Overlay` still alive in its thread.
+struct OverlayAt(PathBuf);
+
+impl Drop for OverlayAt {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
 fn overlay_available() -> bool {
     let known = || fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("\toverlay\n"));
     known()
@@ -109,6 +122,8 @@ fn kmsfs_works_as_an_overlayfs_upper_layer() {
     fs::write(lower.join("big"), &big).unwrap();
 
     let m = v.mount();
+
+    let _ov = OverlayAt(merged.clone());
     let (upper, work) = (v.mnt.join("upper"), v.mnt.join("work"));
     let (l2, u2, w2, mg2) = (lower.clone(), upper.clone(), work.clone(), merged.clone());
     let want = with_timeout(60, move || {
@@ -154,6 +169,7 @@ fn kmsfs_works_as_an_overlayfs_upper_layer() {
     v.assert_fsck_clean("after the overlay");
     // Both mounted again: the same merged tree (whiteouts and the opaque mark were stored).
     let m = v.mount();
+    let _ov = OverlayAt(merged.clone());
     let got = with_timeout(60, move || {
         let _ov = Overlay::mount(&lower, &upper, &work, &merged).expect("overlay again");
         tree(&merged)
@@ -196,6 +212,7 @@ fn copy_up_keeps_posix_acls_with_acl_on() {
     };
     // Without --acl the copy-up cannot keep the ACL, so the write is refused.
     let m = v.mount();
+    let _ov = OverlayAt(merged.clone());
     let (l, u, w, mg) = (lower.clone(), upper.clone(), work.clone(), merged.clone());
     let refused = with_timeout(60, move || {
         fs::create_dir(&u).unwrap();
@@ -211,6 +228,7 @@ fn copy_up_keeps_posix_acls_with_acl_on() {
     m.unmount();
     // With --acl (a fresh upper and work directory).
     let m = v.mount_with(&["--acl"]);
+    let _ov = OverlayAt(merged.clone());
     let (l, u, w, mg) = (lower.clone(), upper.clone(), work.clone(), merged.clone());
     let want = with_timeout(60, move || {
         fs::remove_dir_all(&u).unwrap();
@@ -231,6 +249,7 @@ fn copy_up_keeps_posix_acls_with_acl_on() {
     });
     m.unmount();
     let m = v.mount_with(&["--acl"]);
+    let _ov = OverlayAt(merged.clone());
     let got = with_timeout(60, move || {
         let _ov = Overlay::mount(&lower, &upper, &work, &merged).expect("overlay again");
         assert_eq!(fs::read(merged.join("f")).unwrap(), b"a\nb\n");
