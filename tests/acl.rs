@@ -264,3 +264,69 @@ fn a_volume_without_acls_mounts_without_them() {
     assert!(status.contains("\"acl\": false"), "{status}");
     support::unmount(m);
 }
+
+/// The mark outlives the last ACL: fsck says so, `--repair` removes it, and plain mounts then
+/// run without ACLs. A volume that still holds an ACL (on a FIFO, whose attributes live in the
+/// backing `trusted.` namespace) keeps its mark.
+#[test]
+fn fsck_removes_the_mark_of_a_volume_whose_acls_are_all_gone() {
+    have_tools();
+    let v = Volume::new(&[]);
+    let fsck_json = |extra: &[&str]| -> serde_json::Value {
+        let o = kmsfs()
+            .arg("fsck")
+            .arg("--passfile")
+            .arg(&v.passfile)
+            .arg("--json")
+            .args(extra)
+            .arg(&v.cipher)
+            .output()
+            .expect("fsck");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        serde_json::from_slice(&o.stdout).expect("fsck --json")
+    };
+    let m = v.mount_with(&["--acl"]);
+    let mnt = m.mnt.clone();
+    let out = with_timeout(30, move || {
+        run(
+            "cd \"$1\" && touch f && mkfifo p && setfacl -m u:65534:r f p && setfacl -b f && \
+             getfacl -cn p | grep -c 65534",
+            &mnt,
+        )
+    });
+    assert_eq!(out.trim(), "1", "{out}");
+    support::unmount(m);
+    // The FIFO still has its ACL: the mark stays, even with --repair.
+    let r = fsck_json(&["--repair"]);
+    assert_eq!(r["acl_marker_unused"], false, "{r}");
+    assert!(v.cipher.join(".kmsfs/acls").exists());
+    // Its ACL removed too: reported, then removed by --repair.
+    let m = v.mount();
+    let mnt = m.mnt.clone();
+    let out = with_timeout(30, move || {
+        run("cd \"$1\" && setfacl -b p && echo ok", &mnt)
+    });
+    assert_eq!(out.trim(), "ok", "{out}");
+    support::unmount(m);
+    let r = fsck_json(&[]);
+    assert_eq!(
+        (&r["acl_marker_unused"], &r["acl_marker_removed"]),
+        (&true.into(), &false.into()),
+        "{r}"
+    );
+    assert!(
+        v.cipher.join(".kmsfs/acls").exists(),
+        "fsck without --repair changed nothing"
+    );
+    let r = fsck_json(&["--repair"]);
+    assert_eq!(r["acl_marker_removed"], true, "{r}");
+    assert!(!v.cipher.join(".kmsfs/acls").exists());
+    assert!(!info(&v).contains("POSIX ACLs"));
+    let m = v.mount();
+    let mnt = m.mnt.clone();
+    let status = with_timeout(30, move || {
+        fs::read_to_string(mnt.join(".kmsfs/status")).expect("status")
+    });
+    assert!(status.contains("\"acl\": false"), "{status}");
+    support::unmount(m);
+}

@@ -141,6 +141,7 @@ fn a_clean_volume_is_clean() {
     assert_eq!(r["files"], 3);
     assert_eq!(r["symlinks"], 1);
     assert_eq!(r["special"], 1);
+    assert_eq!(r["acl_marker_unused"], false, "the corpus holds ACLs");
     assert_eq!(r["dirs"], 2);
     // user.small, user.big, trusted.t, the access and the default ACL.
     assert_eq!(r["xattrs"], 5);

@@ -89,6 +89,17 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
                 r.xattrs_unchecked
             );
         }
+        if r.acl_marker_removed {
+            println!(
+                "removed the POSIX ACL mark (.kmsfs/acls): the volume holds no ACL; a mount turns \
+                 ACLs on again with --acl"
+            );
+        } else if r.acl_marker_unused {
+            println!(
+                "the volume is marked as holding POSIX ACLs (.kmsfs/acls), so mounts turn them \
+                 on, but it holds none; --repair removes the mark"
+            );
+        }
         if r.dir_id_copies_added > 0 {
             println!(
                 "added the copy of the directory id ({}) to {} directories made by an older kmsfs",

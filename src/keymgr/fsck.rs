@@ -61,6 +61,12 @@ pub struct Report {
     pub dir_id_copies_missing: u64,
     /// Of those, the ones `--repair` gave a copy.
     pub dir_id_copies_added: u64,
+    /// The volume is marked as holding POSIX ACLs (`.kmsfs/acls`, which makes a plain mount
+    /// turn them on) but holds none: every attribute was seen (as root) and read. Not a
+    /// problem; `--repair` removes the mark.
+    pub acl_marker_unused: bool,
+    /// `--repair` removed that mark.
+    pub acl_marker_removed: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -156,6 +162,17 @@ pub fn fsck(
                 .into(),
             repaired,
         });
+    }
+    // The mark outlives the last ACL (removing one does not look for others). It can go when
+    // no ACL is stored, which fsck can tell only if it saw every attribute: as root (symlinks
+    // and special files keep theirs in `trusted.`), with no attribute left unreadable.
+    if !c.acls_seen
+        && paths.acl_marker().exists()
+        && c.report.xattrs_unchecked == 0
+        && !c.report.problems.iter().any(|p| p.kind == "xattr")
+    {
+        c.report.acl_marker_unused = true;
+        c.report.acl_marker_removed = repair && paths.forget_acls().is_ok();
     }
     Ok(c.report)
 }

@@ -55,6 +55,15 @@ impl VolumePaths {
         self.control_dir().join("acls")
     }
 
+    /// Removes the ACL marker (fsck --repair, when the volume holds no ACL), durably.
+    pub fn forget_acls(&self) -> io::Result<()> {
+        match fs::remove_file(self.acl_marker()) {
+            Ok(()) => fs::File::open(self.control_dir())?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes the ACL marker if it is not there, durably (the file and its directory synced).
     pub fn record_acls(&self) -> io::Result<()> {
         let path = self.acl_marker();
