@@ -59,44 +59,19 @@ impl Vfs {
         self.renames.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Plaintext path of any node. A file's is its directory's plus its plaintext name: the
-    /// entry it was last found or made under when that directory still holds it there (a
-    /// one-name `stat`); else its parent's directory id decrypts the name in its cipher path
-    /// when its last known parent still holds it under that name; otherwise the whole cipher
-    /// path is decrypted.
+    /// Plaintext path of any node. A file's is its directory's plus the name
+    /// [`Vfs::current_name`] finds it under (after a rename through the mount, the one its
+    /// cipher path shows); otherwise (its directory not known) the whole cipher path is
+    /// decrypted.
     pub(super) fn plain_node_path(&self, node: &Node) -> Result<String> {
         if node.kind == Kind::Dir {
             return self.plain_dir_path(node);
         }
-        if let Some(n) = node.name()
-            && let Ok(p) = self.inodes.get(n.parent)
-            && p.kind == Kind::Dir
-            && self.holds(&p, &n.cipher, node)
-        {
-            return self.plain_entry_path(&n);
+        if let Some((pino, name)) = self.name_of(node) {
+            let dir = self.inodes.get(pino)?;
+            return Ok(join(&self.plain_dir_path(&dir)?, name.as_bytes()));
         }
         let cipher = std::fs::read_link(node.proc_path())?;
-        let pino = node.parent();
-        if let (Some(parent_c), Some(entry), true) =
-            (cipher.parent(), cipher.file_name(), pino != 0)
-            && let Ok(p) = self.inodes.get(pino)
-            && p.kind == Kind::Dir
-            // The parent still holds the node under the name it has in its cipher path (a
-            // one-name lookup, cheaper than reading the parent's path back: a cipher name is
-            // bound to its directory's id, so no other directory holds the same one; with
-            // plaintext names another may, a hard link under the same name, which gives the
-            // same name).
-            && self.holds(&p, entry, node)
-        {
-            let dir = self.plain_of_cipher(parent_c)?;
-            let id = if self.names.plaintext() {
-                DirId([0; 16])
-            } else {
-                self.dir_id(&p)?
-            };
-            let name = self.decrypt_entry(parent_c, &id, entry, pino == ROOT_INO)?;
-            return Ok(join(&dir, &name));
-        }
         self.plain_of_cipher(&cipher)
     }
 
@@ -106,11 +81,14 @@ impl Vfs {
     /// kernel makes without a lookup). `None` when neither holds it (unlinked, or moved behind
     /// the mount's back) or the directory is not known. One of its names for a hard link.
     pub fn current_name(&self, ino: u64) -> Option<(u64, std::ffi::OsString)> {
-        let node = self.inodes.get(ino).ok()?;
+        self.name_of(&*self.inodes.get(ino).ok()?)
+    }
+
+    fn name_of(&self, node: &Node) -> Option<(u64, std::ffi::OsString)> {
         if let Some(n) = node.name()
             && let Ok(p) = self.inodes.get(n.parent)
             && p.kind == Kind::Dir
-            && self.holds(&p, &n.cipher, &node)
+            && self.holds(&p, &n.cipher, node)
         {
             return Some((n.parent, n.plain.clone()));
         }
@@ -118,7 +96,10 @@ impl Vfs {
         let (parent_c, entry) = (cipher.parent()?, cipher.file_name()?);
         let pino = self.inodes.map_ino(rustix::fs::stat(parent_c).ok()?.st_ino);
         let p = self.inodes.get(pino).ok()?;
-        if p.kind != Kind::Dir || !self.holds(&p, entry, &node) {
+        // A cipher name is bound to its directory's id, so no other directory holds the same
+        // one; with plaintext names another may, a hard link under the same name, which gives
+        // the same name.
+        if p.kind != Kind::Dir || !self.holds(&p, entry, node) {
             return None;
         }
         let id = self.dir_id(&p).ok()?;
