@@ -246,6 +246,17 @@ fn info(v: &Volume) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `.kmsfs/status` of a mount without `--acl` or `-o noacl`.
+fn plain_mount_status(v: &Volume) -> String {
+    let m = v.mount();
+    let mnt = m.mnt.clone();
+    let status = with_timeout(30, move || {
+        fs::read_to_string(mnt.join(".kmsfs/status")).expect("status")
+    });
+    support::unmount(m);
+    status
+}
+
 #[test]
 fn a_volume_without_acls_mounts_without_them() {
     let v = Volume::new(&[]);
@@ -256,13 +267,8 @@ fn a_volume_without_acls_mounts_without_them() {
     support::unmount(m);
     assert!(!v.cipher.join(".kmsfs/acls").exists());
     assert!(!info(&v).contains("POSIX ACLs"));
-    let m = v.mount();
-    let mnt = m.mnt.clone();
-    let status = with_timeout(30, move || {
-        fs::read_to_string(mnt.join(".kmsfs/status")).expect("status")
-    });
+    let status = plain_mount_status(&v);
     assert!(status.contains("\"acl\": false"), "{status}");
-    support::unmount(m);
 }
 
 /// The mark outlives the last ACL: fsck says so, `--repair` removes it, and plain mounts then
@@ -272,18 +278,10 @@ fn a_volume_without_acls_mounts_without_them() {
 fn fsck_removes_the_mark_of_a_volume_whose_acls_are_all_gone() {
     have_tools();
     let v = Volume::new(&[]);
-    let fsck_json = |extra: &[&str]| -> serde_json::Value {
-        let o = kmsfs()
-            .arg("fsck")
-            .arg("--passfile")
-            .arg(&v.passfile)
-            .arg("--json")
-            .args(extra)
-            .arg(&v.cipher)
-            .output()
-            .expect("fsck");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
-        serde_json::from_slice(&o.stdout).expect("fsck --json")
+    let fsck_json = |extra: &[&str]| {
+        let (code, r) = v.fsck_json(extra);
+        assert_eq!(code, 0, "{r}");
+        r
     };
     let m = v.mount_with(&["--acl"]);
     let mnt = m.mnt.clone();
@@ -322,11 +320,6 @@ fn fsck_removes_the_mark_of_a_volume_whose_acls_are_all_gone() {
     assert_eq!(r["acl_marker_removed"], true, "{r}");
     assert!(!v.cipher.join(".kmsfs/acls").exists());
     assert!(!info(&v).contains("POSIX ACLs"));
-    let m = v.mount();
-    let mnt = m.mnt.clone();
-    let status = with_timeout(30, move || {
-        fs::read_to_string(mnt.join(".kmsfs/status")).expect("status")
-    });
+    let status = plain_mount_status(&v);
     assert!(status.contains("\"acl\": false"), "{status}");
-    support::unmount(m);
 }

@@ -92,18 +92,7 @@ fn cipher_size(s: u64) -> u64 {
 }
 
 fn fsck(v: &Volume, dir: &Path, extra: &[&str]) -> (i32, Value) {
-    let o = kmsfs()
-        .arg("fsck")
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .arg("--json")
-        .args(extra)
-        .arg(dir)
-        .output()
-        .unwrap();
-    let code = o.status.code().unwrap_or(-1);
-    let report = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-    (code, report)
+    fsck_json(&v.passfile, dir, extra)
 }
 
 fn kinds(r: &Value) -> Vec<String> {

@@ -84,6 +84,11 @@ impl Volume {
             .expect("run kmsfs fsck")
     }
 
+    /// `kmsfs fsck --json` of the volume (unmounted): exit code and report.
+    pub fn fsck_json(&self, extra: &[&str]) -> (i32, serde_json::Value) {
+        fsck_json(&self.passfile, &self.cipher, extra)
+    }
+
     /// Fails the test, with fsck's report, unless fsck finds nothing wrong.
     pub fn assert_fsck_clean(&self, when: &str) {
         let o = self.fsck();
@@ -94,6 +99,25 @@ impl Volume {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+/// `kmsfs fsck --json EXTRA DIR` with the passphrase in `passfile`: exit code and report
+/// (null when the output is not JSON).
+pub fn fsck_json(passfile: &Path, dir: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+    let o = kmsfs()
+        .arg("fsck")
+        .arg("--passfile")
+        .arg(passfile)
+        .arg("--json")
+        .args(extra)
+        .arg(dir)
+        .output()
+        .expect("run kmsfs fsck");
+    let code = o.status.code().unwrap_or(-1);
+    (
+        code,
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {
