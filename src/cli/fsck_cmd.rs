@@ -21,9 +21,11 @@ pub struct FsckArgs {
     unlock: UnlockArgs,
     /// Repair what is safe to repair: rewrite a damaged primary key store from its backup,
     /// remove orphan long-name side files, recover interrupted writes, rewrite a directory id
-    /// file or its xattr copy from the other, add the copy to directories of older volumes.
+    /// file or its xattr copy from the other, add the copy to directories of older volumes,
+    /// write a missing POSIX ACL mark (.kmsfs/acls) and remove one when no ACL is left.
     #[arg(long)]
     repair: bool,
+    /// Print the report as JSON (counts, problems, repairs).
     #[arg(long)]
     json: bool,
 }
