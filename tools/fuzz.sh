@@ -5,8 +5,8 @@
 #   tools/fuzz.sh [SECONDS_PER_TARGET]        default 60
 #
 # Needs a nightly toolchain (`rustup toolchain install nightly`) and cargo-fuzz
-# (`cargo install cargo-fuzz`). The fuzz crate is fuzz/ (its own workspace: `cargo build/test`
-# of kmsfs never builds it); the targets and what each checks are described at the top of
+# (`cargo install cargo-fuzz`). The fuzz crate is fuzz/ (its own workspace; `cargo test` of kmsfs
+# only builds it without instrumentation and runs the seeds, tests/fuzz_seeds.rs); the targets and what each checks are described at the top of
 # fuzz/fuzz_targets/*.rs.
 #
 # For every target: copies fuzz/seeds/<target>/* into fuzz/corpus/<target>/ (the corpus grows
