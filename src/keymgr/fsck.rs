@@ -30,8 +30,8 @@ pub struct Problem {
     pub cipher_path: String,
     /// Path inside the mount, when every name on the way decrypts.
     pub plain_path: Option<String>,
-    /// `key-store`, `dir-id`, `name`, `side-file`, `header`, `data-key`, `size`, `block`,
-    /// `symlink`, `xattr`, `acl-marker`.
+    /// `key-store`, `dir-id`, `dir-id-copy`, `name`, `side-file`, `header`, `data-key`, `size`,
+    /// `block`, `symlink`, `xattr`, `acl-marker`, `interrupted-write` (as README lists them).
     pub kind: &'static str,
     pub detail: String,
     /// Whether `--repair` fixed it.
