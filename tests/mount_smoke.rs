@@ -127,6 +127,52 @@ fn the_kernel_checks_permissions_unless_only_root_uses_the_mount() {
     }
 }
 
+/// kmsfs mounts `nodev,nosuid` as FUSE file systems do; root may ask for `-o dev,suid` (a
+/// chroot on the mount needs them), which replace the defaults rather than conflict with them
+/// (fuser refused the pair until 2026-12-05). A later option wins, as with mount(8).
+#[test]
+fn dev_and_suid_can_be_asked_for() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: only root may mount with dev,suid");
+        return;
+    }
+    let v = Volume::new(&[]);
+    for (args, dev, suid) in [
+        (&[][..], false, false),
+        (&["-o", "dev,suid"][..], true, true),
+        (&["-o", "suid", "-o", "nosuid,dev"][..], true, false),
+    ] {
+        let m = v.mount_with(args);
+        let opts = mount_options(&v.mnt);
+        assert_eq!(
+            !opts.iter().any(|o| o == "nodev"),
+            dev,
+            "{args:?}: {opts:?}"
+        );
+        assert_eq!(
+            !opts.iter().any(|o| o == "nosuid"),
+            suid,
+            "{args:?}: {opts:?}"
+        );
+        if dev {
+            // A device node made on the mount works there: /dev/null's numbers.
+            let null = v.mnt.join("null");
+            let _ = std::fs::remove_file(&null);
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &null,
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0o666),
+                rustix::fs::makedev(1, 3),
+            )
+            .unwrap();
+            std::fs::write(&null, b"discarded").unwrap();
+            assert_eq!(std::fs::read(&null).unwrap(), b"");
+        }
+        m.unmount();
+    }
+}
+
 /// CPU time (user + system, in clock ticks) of process `pid` so far.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");

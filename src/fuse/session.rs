@@ -51,6 +51,38 @@ fn option(s: &str) -> MountOption {
     }
 }
 
+/// The option that `o` turns off, if it has one (`dev` and `nodev`, …).
+fn opposite(o: &MountOption) -> Option<MountOption> {
+    use MountOption::*;
+    Some(match o {
+        Dev => NoDev,
+        NoDev => Dev,
+        Suid => NoSuid,
+        NoSuid => Suid,
+        Exec => NoExec,
+        NoExec => Exec,
+        Atime => NoAtime,
+        NoAtime => Atime,
+        Sync => Async,
+        Async => Sync,
+        RO => RW,
+        RW => RO,
+        _ => return None,
+    })
+}
+
+/// Adds `o` to the options, replacing its opposite: a later option wins, as with mount(8), so
+/// `-o dev,suid` (root only, e.g. for a chroot on the mount) overrides the `nodev,nosuid`
+/// kmsfs mounts with by default, where fuser would refuse the pair as conflicting.
+fn add_option(mo: &mut Vec<MountOption>, o: MountOption) {
+    if let Some(off) = opposite(&o) {
+        mo.retain(|x| *x != off);
+    }
+    if !mo.contains(&o) {
+        mo.push(o);
+    }
+}
+
 /// Whether the kernel must check permission bits (`default_permissions`): whenever a user other
 /// than root may use the mount (--allow-other, `-o allow_root`, a mount by a non-root user), or
 /// when asked with `-o default_permissions`. A mount made by root without those is usable only by
@@ -130,10 +162,7 @@ pub fn mount(
         mo.push(MountOption::RO);
     }
     for o in &opts.fuse_opts {
-        let o = option(o);
-        if !mo.contains(&o) {
-            mo.push(o);
-        }
+        add_option(&mut mo, option(o));
     }
     // With ACLs the kernel checks permissions whatever the options say (FUSE_POSIX_ACL).
     if kernel_checks_permissions(opts, &mo) || vfs.acl_enabled() {
@@ -328,5 +357,35 @@ fn unmount_retrying(mp: &Path) {
     }
     if !fusermount(mp, true) {
         tracing::error!("could not unmount {}", mp.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_option_replaces_its_opposite() {
+        let mut mo = vec![MountOption::NoDev, MountOption::NoSuid];
+        for o in [
+            "dev", "suid", "noexec", "exec", "noatime", "noatime", "ro", "rw",
+        ] {
+            add_option(&mut mo, option(o));
+        }
+        assert_eq!(
+            mo,
+            vec![
+                MountOption::Dev,
+                MountOption::Suid,
+                MountOption::Exec,
+                MountOption::NoAtime,
+                MountOption::RW
+            ]
+        );
+        add_option(&mut mo, option("nodev"));
+        add_option(&mut mo, option("fsname=x"));
+        add_option(&mut mo, option("fsname=x"));
+        assert_eq!(mo[mo.len() - 2..], [MountOption::NoDev, option("fsname=x")]);
+        assert!(!mo.contains(&MountOption::Dev));
     }
 }
