@@ -141,6 +141,7 @@ fn dev_and_suid_can_be_asked_for() {
         (&[][..], false, false),
         (&["-o", "dev,suid"][..], true, true),
         (&["-o", "suid", "-o", "nosuid,dev"][..], true, false),
+        (&["--ro", "-o", "rw,dev"][..], true, false),
     ] {
         let m = v.mount_with(args);
         let opts = mount_options(&v.mnt);
@@ -154,7 +155,9 @@ fn dev_and_suid_can_be_asked_for() {
             suid,
             "{args:?}: {opts:?}"
         );
-        if dev {
+        let ro = args.contains(&"--ro");
+        assert_eq!(opts.iter().any(|o| o == "ro"), ro, "{args:?}: {opts:?}");
+        if dev && !ro {
             // A device node made on the mount works there: /dev/null's numbers.
             let null = v.mnt.join("null");
             let _ = std::fs::remove_file(&null);

@@ -373,7 +373,12 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         VfsOptions {
             read_only,
             no_prefetch: a.no_prefetch,
-            noatime: fuse_opts.iter().any(|o| o == "noatime"),
+            // The last of atime/noatime counts, as for the kernel's flag (`fuse::session`).
+            noatime: fuse_opts
+                .iter()
+                .rev()
+                .find(|o| *o == "noatime" || *o == "atime")
+                .is_some_and(|o| o == "noatime"),
             acl,
         },
     )

@@ -158,11 +158,12 @@ pub fn mount(
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
-    if opts.read_only {
-        mo.push(MountOption::RO);
-    }
     for o in &opts.fuse_opts {
         add_option(&mut mo, option(o));
+    }
+    // After the options: `--ro -o rw` is read-only (the model refuses writes either way).
+    if opts.read_only {
+        add_option(&mut mo, MountOption::RO);
     }
     // With ACLs the kernel checks permissions whatever the options say (FUSE_POSIX_ACL).
     if kernel_checks_permissions(opts, &mo) || vfs.acl_enabled() {
