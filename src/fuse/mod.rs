@@ -46,12 +46,15 @@ pub struct KmsFs {
 }
 
 impl KmsFs {
-    pub fn new(vfs: Arc<Vfs>, writeback_cache: bool) -> Self {
+    /// `threads`: how many threads serve requests (see `reclaim::Reclaim::set_threads`).
+    pub fn new(vfs: Arc<Vfs>, writeback_cache: bool, threads: usize) -> Self {
+        let reclaim = Arc::new(reclaim::Reclaim::default());
+        reclaim.set_threads(threads);
         KmsFs {
             vfs,
             writeback_cache,
             notifier: Arc::default(),
-            reclaim: Arc::default(),
+            reclaim,
             no_opendir: false,
             listings: Arc::default(),
             poller: Arc::default(),
@@ -318,7 +321,7 @@ impl Filesystem for KmsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _turn = self.turn();
-        match self.vfs.lookup(parent.0, name) {
+        match (self.reclaim).patiently(&self.vfs, || self.vfs.lookup(parent.0, name)) {
             // A name that does not exist is cached as absent for as long as a positive entry
             // (node id 0 with a timeout: a negative dentry), so `git status`, compilers and
             // module loaders probing for files do not ask again; the kernel replaces it when
@@ -403,9 +406,10 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = self
-            .vfs
-            .mknod(parent.0, name, mode, rdev, &creator(req, umask));
+        let who = creator(req, umask);
+        let r = (self.reclaim).patiently(&self.vfs, || {
+            self.vfs.mknod(parent.0, name, mode, rdev, &who)
+        });
         self.entry_in(reply, "mknod", parent, name, r);
     }
 
@@ -419,7 +423,8 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = self.vfs.mkdir(parent.0, name, mode, &creator(req, umask));
+        let who = creator(req, umask);
+        let r = (self.reclaim).patiently(&self.vfs, || self.vfs.mkdir(parent.0, name, mode, &who));
         self.entry_in(reply, "mkdir", parent, name, r);
     }
 
@@ -442,9 +447,11 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = self
-            .vfs
-            .symlink(parent.0, link_name, target.as_os_str(), &caller(req));
+        let c = caller(req);
+        let r = (self.reclaim).patiently(&self.vfs, || {
+            self.vfs
+                .symlink(parent.0, link_name, target.as_os_str(), &c)
+        });
         self.entry_in(reply, "symlink", parent, link_name, r);
     }
 
@@ -477,16 +484,15 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = self.vfs.link(ino.0, newparent.0, newname);
+        let r = (self.reclaim).patiently(&self.vfs, || self.vfs.link(ino.0, newparent.0, newname));
         self.entry_in(reply, "link", newparent, newname, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _turn = self.turn();
-        match self
-            .vfs
-            .open_as(ino.0, self.open_flags(flags.0), &caller(req))
-        {
+        let c = caller(req);
+        let flags = self.open_flags(flags.0);
+        match (self.reclaim).patiently(&self.vfs, || self.vfs.open_as(ino.0, flags, &c)) {
             // Control files are generated per open and may grow: no page cache.
             Ok(fh) if crate::vfs::is_control_handle(fh) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
@@ -650,22 +656,24 @@ impl Filesystem for KmsFs {
         } else {
             usize::MAX
         };
-        let r = self
-            .vfs
-            .readdirplus_with(ino.0, offset, limit, |next, e, a| {
-                let full = reply.add(
-                    INodeNo(e.ino),
-                    next,
-                    &e.name,
-                    &ttl(a.ino),
-                    &attr(a),
-                    Generation(0),
-                );
-                if !full && !e.cipher_name.is_empty() {
-                    self.reclaim.seen(&self.vfs, ino.0, &e.name, a);
-                }
-                !full
-            });
+        // A failure leaves the reply empty (the first entry failed), so it can be tried again.
+        let r = (self.reclaim).patiently(&self.vfs, || {
+            self.vfs
+                .readdirplus_with(ino.0, offset, limit, |next, e, a| {
+                    let full = reply.add(
+                        INodeNo(e.ino),
+                        next,
+                        &e.name,
+                        &ttl(a.ino),
+                        &attr(a),
+                        Generation(0),
+                    );
+                    if !full && !e.cipher_name.is_empty() {
+                        self.reclaim.seen(&self.vfs, ino.0, &e.name, a);
+                    }
+                    !full
+                })
+        });
         match r {
             Ok(()) => reply.ok(),
             // Nothing in this reply yet: say so (an empty reply would mean the end; the
@@ -772,10 +780,10 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let who = creator(req, umask);
-        match self
-            .vfs
-            .create(parent.0, name, mode, self.open_flags(flags), &who)
-        {
+        let flags = self.open_flags(flags);
+        match (self.reclaim).patiently(&self.vfs, || {
+            self.vfs.create(parent.0, name, mode, flags, &who)
+        }) {
             Ok((a, fh)) => {
                 self.reclaim.seen(&self.vfs, parent.0, name, &a);
                 reply.created(

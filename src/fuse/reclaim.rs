@@ -12,17 +12,25 @@
 //! Directories are never dropped (a dropped directory that is some process's working
 //! directory makes its getcwd fail), nor files open through kmsfs (their /proc links would
 //! read "(deleted)").
+//!
+//! On a busy machine the thread can fall behind a process creating files fast, and the
+//! descriptors run out before the kernel has let names go. A request that fails so
+//! (EMFILE/ENFILE) while there are names to drop then waits for room and tries again
+//! (`patiently`), up to [`PATIENCE`]. Only one request waits at a time, and only with more than
+//! one request thread: the kernel's FORGETs, which close the descriptors, need a free thread.
+//! The request never sends an invalidation itself: the kernel holds its directory's lock while
+//! it waits for the reply, and an invalidation in that directory would wait for the same lock.
 
 use std::ffi::{OsStr, OsString};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use fuser::{INodeNo, Notifier};
 
-use crate::vfs::{Attr, Kind, Vfs};
+use crate::vfs::{Attr, Kind, Vfs, VfsError};
 
 /// Above this share of the descriptor limit (per mille) names are dropped, down to `LOW`.
 const HIGH: usize = 600;
@@ -34,6 +42,10 @@ const RECHECK: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_millis(50);
 /// Names given between two looks at the inode count.
 const CHECK_EVERY: u64 = 64;
+/// How long a request that ran out of descriptors waits for room (see `patiently`).
+const PATIENCE: Duration = Duration::from_secs(2);
+/// How often it tries again meanwhile.
+const RETRY: Duration = Duration::from_millis(5);
 
 #[derive(Default)]
 pub struct Reclaim {
@@ -45,6 +57,16 @@ pub struct Reclaim {
     wake: OnceLock<SyncSender<()>>,
     /// Files whose names are to be dropped once no handle holds them (see `drop_stale`).
     stale: std::sync::Mutex<Vec<u64>>,
+    /// A request may wait for descriptors (more than one request thread).
+    may_wait: AtomicBool,
+    /// A request is waiting for descriptors.
+    waiting: AtomicBool,
+    /// Rounds that found the table past the mark and nothing to drop (every name open).
+    futile: AtomicU64,
+}
+
+fn short_of_descriptors<T>(r: &Result<T, VfsError>) -> bool {
+    matches!(r, Err(e) if e.errno() == libc::EMFILE || e.errno() == libc::ENFILE)
 }
 
 impl Reclaim {
@@ -69,6 +91,42 @@ impl Reclaim {
             let _ = w.try_send(());
         }
         pressed
+    }
+
+    /// Lets requests wait for descriptors when the session has `threads` request threads.
+    pub fn set_threads(&self, threads: usize) {
+        self.may_wait.store(threads > 1, Ordering::Relaxed);
+    }
+
+    /// Runs `op`, and while it fails for want of descriptors and the thread has names to drop,
+    /// again every [`RETRY`] for up to [`PATIENCE`] (see the module's comment). `op` must leave
+    /// nothing behind when it fails (the model's operations undo what they did).
+    pub fn patiently<T>(
+        &self,
+        vfs: &Vfs,
+        mut op: impl FnMut() -> Result<T, VfsError>,
+    ) -> Result<T, VfsError> {
+        let mut r = op();
+        if !short_of_descriptors(&r)
+            || !self.may_wait.load(Ordering::Relaxed)
+            || self.waiting.swap(true, Ordering::Acquire)
+        {
+            return r;
+        }
+        let deadline = Instant::now() + PATIENCE;
+        let futile = self.futile.load(Ordering::Relaxed);
+        // `pressed` also wakes the thread; false: too few names to drop, so waiting would not
+        // help. Nor when the thread found every name open (open files hold the descriptors).
+        while short_of_descriptors(&r)
+            && self.pressed(vfs)
+            && self.futile.load(Ordering::Relaxed) == futile
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(RETRY);
+            r = op();
+        }
+        self.waiting.store(false, Ordering::Release);
+        r
     }
 
     /// Wakes the thread for files closed after a failed write (see `drop_stale`).
@@ -166,6 +224,7 @@ impl Reclaim {
             .collect();
         let excess = count.saturating_sub(limit * LOW / 1000).min(oldest.len());
         if excess == 0 {
+            self.futile.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         oldest.select_nth_unstable_by_key(excess - 1, |r| r.0);

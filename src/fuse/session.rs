@@ -182,7 +182,7 @@ pub fn mount(
         watch_idle(vfs.clone(), idle, mountpoint.to_path_buf())?;
     }
     let control = vfs.control().clone();
-    let fs = KmsFs::new(vfs, opts.writeback_cache);
+    let fs = KmsFs::new(vfs, opts.writeback_cache, threads);
     let slot = fs.notifier_slot();
     let poller = fs.poller_slot();
     let mut session = Session::new(fs, mountpoint, &config)?;
