@@ -169,3 +169,76 @@ fn files_held_open_up_to_the_limit_get_emfile_and_recover() {
     });
     m.unmount();
 }
+
+/// A mkdir that runs out of descriptors part-way (the daemon's descriptors held by open files,
+/// a few given back) fails and leaves nothing behind, or succeeds with a usable directory;
+/// until 2026-12-05 its undo opened the directory again, failed with EMFILE too, and left a
+/// directory without its id (EIO to every listing and lookup in it, fsck: dir-id).
+#[test]
+fn a_mkdir_short_of_descriptors_leaves_nothing_half_made() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let dir = m.path("open");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..300 {
+        fs::write(dir.join(format!("f{i}")), b"z").unwrap();
+    }
+    limit_descriptors(&m, 120);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let root = m.path("");
+    let outcomes = with_timeout(240, move || {
+        let mut outcomes = Vec::new();
+        for k in 0..6 {
+            let mut held = Vec::new();
+            for i in 0..300 {
+                match fs::File::open(root.join("open").join(format!("f{i}"))) {
+                    Ok(f) => held.push(f),
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                        break;
+                    }
+                }
+            }
+            assert!(held.len() < 300, "the limit was never reached");
+            held.truncate(held.len().saturating_sub(k));
+            for name in [format!("d{k}"), format!("{}{k}", "l".repeat(230))] {
+                let p = root.join(&name);
+                let r = fs::create_dir(&p);
+                outcomes.push((
+                    k,
+                    name.len(),
+                    r.as_ref().err().and_then(|e| e.raw_os_error()),
+                ));
+                match r {
+                    Ok(()) => {}
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "mkdir: {e}");
+                        drop(held.pop());
+                        let gone = fs::symlink_metadata(&p);
+                        assert_eq!(
+                            gone.as_ref().err().and_then(|e| e.raw_os_error()),
+                            Some(libc::ENOENT),
+                            "a failed mkdir left {name:.20}…: {gone:?}"
+                        );
+                    }
+                }
+            }
+            drop(held);
+            // Whatever was made works.
+            for name in [format!("d{k}"), format!("{}{k}", "l".repeat(230))] {
+                let p = root.join(&name);
+                if p.exists() {
+                    fs::write(p.join("inside"), b"ok").unwrap();
+                    assert_eq!(fs::read_dir(&p).unwrap().count(), 1);
+                }
+            }
+        }
+        outcomes
+    });
+    assert!(
+        outcomes.iter().any(|o| o.2.is_some()),
+        "no mkdir ran out of descriptors: {outcomes:?}"
+    );
+    m.unmount();
+    v.assert_fsck_clean("after mkdirs short of descriptors");
+}

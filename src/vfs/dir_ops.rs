@@ -91,13 +91,20 @@ impl Vfs {
             // Owner write/search while we write the directory id; the final mode follows.
             crate::fault::check("mkdir")?;
             rustix::fs::mkdirat(&dir.fd, &cn.entry, Mode::from((mode & 0o7777) | 0o700))?;
+            let newd = match rustix::fs::openat(
+                &dir.fd,
+                &cn.entry,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Still empty (EMFILE is the likely cause: no descriptor is needed).
+                    let _ = self.remove_fresh_dir(&dir, &cn.entry, None);
+                    return Err(e.into());
+                }
+            };
             let fin = || -> Result<(std::sync::Arc<Node>, Attr)> {
-                let newd = rustix::fs::openat(
-                    &dir.fd,
-                    &cn.entry,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
                 if !self.names.plaintext() {
                     let id = DirId::generate();
                     crate::fault::check("create")?;
@@ -127,11 +134,26 @@ impl Vfs {
             match fin() {
                 Ok((_, attr)) => Ok(attr),
                 Err(e) => {
-                    let _ = self.remove_dir_contents_and_dir(&dir, &cn.entry);
+                    let _ = self.remove_fresh_dir(&dir, &cn.entry, Some(&newd));
                     Err(e)
                 }
             }
         })
+    }
+
+    /// Undoes a mkdir that could not be finished: removes the id file (if it was written) and
+    /// the directory, through descriptors already open, since the failure may be EMFILE (a
+    /// removal that opened the directory again failed too, and left a directory without its
+    /// id: unreadable, until 2026-12-05). Should the removal fail, the xattr copy of the id
+    /// (when written) keeps the directory readable.
+    fn remove_fresh_dir(&self, dir: &Node, entry: &OsStr, newd: Option<&OwnedFd>) -> Result<()> {
+        let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = newd {
+            let _ = rustix::fs::unlinkat(d, DIRID_FILE, AtFlags::empty());
+        }
+        crate::fault::check("rmdir")?;
+        rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR)?;
+        Ok(())
     }
 
     /// Removes a directory that holds nothing but kmsfs-internal files.
