@@ -12,7 +12,8 @@
 #
 # Run as root (mounting with --allow-other, switching users): tools/posix-suites.sh
 # Env: SUITES_DIR (default ~/.cache/kmsfs-suites), KMSFS (binary; default: release build),
-#      FSX_OPS (operations per fsx run, default 20000), FSX_SEEDS (default "1 2 3").
+#      FSX_OPS (operations per fsx run, default 20000), FSX_SEEDS (default "1 2 3"),
+#      WORK_IN (where the volumes go, i.e. the backing file system; default /var/tmp).
 # Exit status: 0 when every suite passed on every mount, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ PJD=$SUITES_DIR/bin/pjdfstest FSX=$SUITES_DIR/bin/fsx
 id tests >/dev/null 2>&1 || useradd -M -U tests || die "could not add user 'tests'"
 nobody_group=$(id -gn nobody 2>/dev/null) || die "no user 'nobody'"
 
-WORK=$(mktemp -d /tmp/kmsfs-suites.XXXXXX)
+WORK=$(mktemp -d "$WORK_IN/kmsfs-suites.XXXXXX") || die "mktemp in $WORK_IN failed"
 chmod 755 "$WORK"
 MNT=$WORK/mnt
 cleanup() { unmount -z; rm -rf "$WORK"; }
