@@ -235,6 +235,29 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
             }
             Some(DirId(id))
         }
+        // Nothing in it but kmsfs's own files: a mkdir cut short by a crash (the id is written
+        // after the directory is made). No name was ever bound to the lost id, so a new one
+        // loses nothing.
+        None if holds_only_internal(c, d) => {
+            let id = DirId::generate();
+            let repaired = c.repair
+                && crate::fsutil::atomic_write(&file, &id.0, 0o400, None).is_ok()
+                && File::open(d)
+                    .and_then(|f| crate::fsutil::write_dirid_copy(f, &id.0))
+                    .is_ok();
+            c.problem(
+                &file,
+                plain,
+                "dir-id",
+                format!(
+                    "{problem}; the directory is empty (a mkdir cut short): --repair gives it a new id"
+                ),
+            );
+            if let Some(p) = c.report.problems.last_mut() {
+                p.repaired = repaired;
+            }
+            repaired.then_some(id)
+        }
         None => {
             c.problem(
                 &file,
@@ -245,6 +268,26 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
             None
         }
     }
+}
+
+/// Whether directory `d` holds no entry but kmsfs's own (its id file, long-name side files).
+fn holds_only_internal(c: &Ctx<'_>, d: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(d) else {
+        return false;
+    };
+    rd.into_iter().all(|e| {
+        e.is_ok_and(|e| {
+            let n = e.file_name();
+            let b = n.as_bytes();
+            b == DIRID_FILE.as_bytes()
+                || (b.ends_with(LONG_NAME_SUFFIX.as_bytes())
+                    && matches!(
+                        c.names
+                            .classify(&b[..b.len() - LONG_NAME_SUFFIX.len()], false),
+                        EntryKind::Long
+                    ))
+        })
+    })
 }
 
 /// Whether directory `d` has no id copy although its file system stores user xattrs (ENODATA,
