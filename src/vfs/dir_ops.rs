@@ -107,6 +107,11 @@ impl Vfs {
             let fin = || -> Result<(std::sync::Arc<Node>, Attr)> {
                 if !self.names.plaintext() {
                     let id = DirId::generate();
+                    // The copy first: a crash before the file is written leaves a directory the
+                    // mount reads by its copy (and fsck completes), not one without an id.
+                    if let Err(e) = crate::fsutil::write_dirid_copy(&newd, id.as_bytes()) {
+                        tracing::debug!("no copy of the directory id in an xattr: {e}");
+                    }
                     crate::fault::check("create")?;
                     let f = rustix::fs::openat(
                         &newd,
@@ -115,9 +120,6 @@ impl Vfs {
                         Mode::from(0o400),
                     )?;
                     std::io::Write::write_all(&mut &std::fs::File::from(f), id.as_bytes())?;
-                    if let Err(e) = crate::fsutil::write_dirid_copy(&newd, id.as_bytes()) {
-                        tracing::debug!("no copy of the directory id in an xattr: {e}");
-                    }
                 }
                 // A directory made in a set-group-id directory inherits the bit (as the backing
                 // mkdir did); the fchmod must not clear it.
