@@ -58,10 +58,14 @@ impl Vfs {
                 let of = e.get().0.clone();
                 // The key may have been disabled, retired or destroyed since the first open.
                 self.km.check_usable(&of.read_state().header)?;
+                if reading {
+                    of.reading();
+                }
                 if want_write {
                     let mut st = of.write_state();
                     if !st.writable {
-                        let b = self.open_backing(node, true)?;
+                        let b =
+                            self.open_backing_with(node, true, self.opts.noatime || of.is_quiet())?;
                         of.set_fd(&b.file);
                         st.file = b.file;
                         st.writable = true;
@@ -75,8 +79,10 @@ impl Vfs {
                 // page cache never reach us, so an open for reading stands for the read: its
                 // header read sets the atime by the backing file system's rule (relatime),
                 // as the daemon's reads of the content do later. An open for writing only, a
-                // truncate, or any open under `noatime` reads the header without setting it.
-                let quiet_header = !reading && !self.opts.noatime;
+                // truncate, or any open under `noatime` reads the header, and whatever a
+                // write or truncate must read, without setting it, until a caller reads
+                // (`OpenFile::reading`).
+                let quiet = !reading && !self.opts.noatime;
                 let Backing {
                     file,
                     len: cipher_len,
@@ -84,14 +90,6 @@ impl Vfs {
                 } = self.open_backing_with(node, want_write, self.opts.noatime || !reading)?;
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
-                // Later reads of the content (by a handle that reads, sharing this descriptor)
-                // set the atime again.
-                if quiet_header {
-                    let fl = rustix::fs::fcntl_getfl(&file)?;
-                    if fl.contains(OFlags::NOATIME) {
-                        rustix::fs::fcntl_setfl(&file, fl - OFlags::NOATIME)?;
-                    }
-                }
                 let dek = self.km.unwrap_dek(&header).map_err(|e| {
                     if let crate::keymgr::KeyError::UnwrapFailed(_) = e {
                         tracing::error!(path = %self.label(node), "integrity failure: {e}");
@@ -141,6 +139,9 @@ impl Vfs {
                         behind: Default::default(),
                     },
                 ));
+                if quiet {
+                    of.set_quiet();
+                }
                 v.insert((of.clone(), 1));
                 Ok((of, named))
             }
@@ -172,7 +173,7 @@ impl Vfs {
         &self,
         ino: u64,
         file: Arc<OpenFile>,
-        append: bool,
+        o: &OpenOptions,
         audit: Option<HandleAudit>,
     ) -> u64 {
         let fh = self.new_fh();
@@ -181,7 +182,8 @@ impl Vfs {
             Handle {
                 ino,
                 file,
-                append,
+                append: o.append,
+                reads: o.read,
                 audit,
             },
         );
@@ -250,7 +252,7 @@ impl Vfs {
             self.put_open_file(ino);
             return Err(e);
         }
-        Ok(self.add_handle(ino, of, o.append, audit))
+        Ok(self.add_handle(ino, of, &o, audit))
     }
 
     /// Creates and opens a regular file. Without O_EXCL an existing file is opened instead.
@@ -290,7 +292,7 @@ impl Vfs {
         };
         let o = OpenOptions::from_flags(flags);
         self.open_files.insert(node.ino, (of.clone(), 1));
-        Ok((attr, self.add_handle(node.ino, of, o.append, Some(audit))))
+        Ok((attr, self.add_handle(node.ino, of, &o, Some(audit))))
     }
 
     /// Creates the backing file with its header and an empty final block.
@@ -425,14 +427,22 @@ impl Vfs {
             let d = self.control.read(fh, offset, size).map_err(ctl_err)?;
             return Ok(reply(&d));
         }
-        let (f, _) = self.handle_file(fh)?;
+        let (f, reads) = {
+            let h = self.handles.get(&fh).ok_or(VfsError::BadHandle(fh))?;
+            (h.file.clone(), h.reads)
+        };
+        if reads {
+            f.reading();
+        }
         let mut plain = Scratch::plain();
         let r = f.read_into(offset, size, &mut plain).inspect_err(|e| {
             if e.is_integrity() {
                 self.audit_integrity(None, &e.to_string());
             }
         })?;
-        self.count(fh, |a| &a.read, r.len());
+        if reads {
+            self.count(fh, |a| &a.read, r.len());
+        }
         Ok(reply(&plain.as_slice()[r]))
     }
 

@@ -82,6 +82,10 @@ struct Handle {
     ino: u64,
     file: Arc<OpenFile>,
     append: bool,
+    /// Opened for reading. With the writeback cache the kernel also reads through a handle
+    /// opened for writing only, to fill a page a write covers in part: not the caller's read
+    /// (no access time, not counted in the close record).
+    reads: bool,
     /// Present when the mount is audited: who opened it and the byte counts for the close record.
     audit: Option<access_ops::HandleAudit>,
 }

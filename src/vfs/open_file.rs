@@ -128,6 +128,11 @@ pub struct OpenFile {
     /// A write failed: the kernel's cached pages and size may show what never reached the disk
     /// (see `Vfs::take_stale_caches`).
     write_failed: std::sync::atomic::AtomicBool,
+    /// The backing descriptor was opened `O_NOATIME` for an open that does not read (writing
+    /// only, a truncate): the reads kmsfs makes for its own needs (a partly written block, the
+    /// block a truncate cuts) are no access. The first read for a caller, or an open for
+    /// reading, takes the flag off ([`OpenFile::reading`]).
+    quiet: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -152,6 +157,31 @@ impl OpenFile {
             order: Default::default(),
             written_behind: Default::default(),
             write_failed: Default::default(),
+            quiet: Default::default(),
+        }
+    }
+
+    /// Marks the backing descriptor as opened without access times for an open that does not
+    /// read (see the field).
+    pub fn set_quiet(&self) {
+        self.quiet.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the backing descriptor is to stay without access times (see the field).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A caller reads (or opens for reading): from now on the backing file's access time
+    /// follows the reads, by the backing file system's rule.
+    pub fn reading(&self) {
+        if self.is_quiet() && self.quiet.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let st = self.read_state();
+            if let Ok(fl) = rustix::fs::fcntl_getfl(&st.file)
+                && fl.contains(rustix::fs::OFlags::NOATIME)
+            {
+                let _ = rustix::fs::fcntl_setfl(&st.file, fl - rustix::fs::OFlags::NOATIME);
+            }
         }
     }
 
