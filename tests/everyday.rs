@@ -80,6 +80,46 @@ fn mount_through_mount8_and_an_fstab_line() {
             line.contains("fuse.kmsfs") && line.contains("noatime"),
             "{line}"
         );
+        // `mount -o remount,ro` changes the mount's flags (it tried a second mount until
+        // 2026-12-05: "already a mount point"), keeping nosuid,nodev; and back to rw.
+        let opts = |mnt: &Path| -> Vec<String> {
+            std::fs::read_to_string("/proc/self/mounts")
+                .unwrap()
+                .lines()
+                .find(|l| l.split(' ').nth(1) == mnt.to_str())
+                .unwrap()
+                .split(' ')
+                .nth(3)
+                .unwrap()
+                .split(',')
+                .map(String::from)
+                .collect()
+        };
+        for (o, ro) in [("remount,ro", true), ("remount,rw", false)] {
+            let r = std::process::Command::new("mount")
+                .args(["-o", o])
+                .arg(&mnt)
+                .output()
+                .unwrap();
+            assert!(
+                r.status.success(),
+                "mount -o {o}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let now = opts(&mnt);
+            assert!(
+                now.contains(&if ro { "ro" } else { "rw" }.to_string())
+                    && now.contains(&"nosuid".to_string())
+                    && now.contains(&"nodev".to_string()),
+                "{o}: {now:?}"
+            );
+            let w = std::fs::write(mnt.join("after-remount"), b"x");
+            assert_eq!(
+                w.as_ref().err().and_then(|e| e.raw_os_error()),
+                ro.then_some(libc::EROFS),
+                "{o}: {w:?}"
+            );
+        }
         assert!(
             std::process::Command::new("umount")
                 .arg(&mnt)

@@ -39,6 +39,36 @@ fn ignored(o: &str) -> bool {
         || o.starts_with("comment=")
 }
 
+/// The flags of a remount with these options (the last of each pair counts, as for mount(8)):
+/// `ro`, `nosuid`, `nodev`, `noexec`, `sync`, `dirsync`, and the access-time rule.
+fn remount_flags(opts: &[String]) -> rustix::mount::MountFlags {
+    use rustix::mount::MountFlags as F;
+    let mut f = F::empty();
+    for o in opts {
+        let (set, clear) = match o.as_str() {
+            "ro" => (F::RDONLY, F::empty()),
+            "rw" => (F::empty(), F::RDONLY),
+            "nosuid" => (F::NOSUID, F::empty()),
+            "suid" => (F::empty(), F::NOSUID),
+            "nodev" => (F::NODEV, F::empty()),
+            "dev" => (F::empty(), F::NODEV),
+            "noexec" => (F::NOEXEC, F::empty()),
+            "exec" => (F::empty(), F::NOEXEC),
+            "sync" => (F::SYNCHRONOUS, F::empty()),
+            "async" => (F::empty(), F::SYNCHRONOUS),
+            "dirsync" => (F::DIRSYNC, F::empty()),
+            "noatime" => (F::NOATIME, F::RELATIME | F::STRICTATIME),
+            "relatime" => (F::RELATIME, F::NOATIME | F::STRICTATIME),
+            "strictatime" => (F::STRICTATIME, F::NOATIME | F::RELATIME),
+            "nodiratime" => (F::NODIRATIME, F::empty()),
+            "diratime" => (F::empty(), F::NODIRATIME),
+            _ => continue,
+        };
+        f = (f - clear) | set;
+    }
+    f
+}
+
 /// What a helper invocation means: the `kmsfs` arguments to run, or nothing (`-f`: fake mount).
 pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
     let usage = |m: String| {
@@ -83,6 +113,18 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
         Some((_, path)) => OsString::from(path),
         None => source,
     };
+    // `mount -o remount,ro MOUNTPOINT`: mount(8) passes the mount's options with the changes
+    // merged in; the kernel changes the flags of the mount there is (no new daemon).
+    if opts.iter().any(|o| o == "remount") {
+        let flags = remount_flags(&opts);
+        rustix::mount::mount_remount(Path::new(&mountpoint), flags, "").map_err(|e| {
+            CliError::new(
+                code::MOUNT_FAILED,
+                format!("remounting {}: {e}", Path::new(&mountpoint).display()),
+            )
+        })?;
+        return Ok(None);
+    }
     let mut fuse = Vec::new();
     for o in opts {
         let (k, v) = match o.split_once('=') {
@@ -192,6 +234,21 @@ mod tests {
                 "/srv/c",
                 "/mnt/x"
             ]
+        );
+    }
+
+    #[test]
+    fn a_remount_keeps_the_flags_mount_passes_with_the_change() {
+        use rustix::mount::MountFlags as F;
+        let o = |s: &str| -> Vec<String> { s.split(',').map(String::from).collect() };
+        // What mount(8) passed for `mount -o remount,ro M` on a default kmsfs mount.
+        assert_eq!(
+            remount_flags(&o("ro,nosuid,nodev,relatime,remount,user_id=0,group_id=0")),
+            F::RDONLY | F::NOSUID | F::NODEV | F::RELATIME
+        );
+        assert_eq!(
+            remount_flags(&o("rw,nosuid,nodev,noatime,remount,ro,rw")),
+            F::NOSUID | F::NODEV | F::NOATIME
         );
     }
 
