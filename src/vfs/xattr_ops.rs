@@ -215,8 +215,15 @@ impl Vfs {
         Self::write_backing_xattr(t, XATTR_PACK, &stored)
     }
 
+    /// E2BIG from the backing store means the value encrypted passed the kernel's 64 KiB
+    /// limit while the caller's own value was within it: no room, ENOSPC, as ext4 answers for a
+    /// value that does not fit.
     fn write_backing_xattr(t: &Target, bname: &str, v: &[u8]) -> std::result::Result<(), Errno> {
-        rustix::fs::setxattr(t.path.as_str(), &*t.backing(bname), v, XattrFlags::empty())
+        rustix::fs::setxattr(t.path.as_str(), &*t.backing(bname), v, XattrFlags::empty()).map_err(
+            |e| {
+                if e == Errno::TOOBIG { Errno::NOSPC } else { e }
+            },
+        )
     }
 
     /// A `user.` attribute (stored name without the leading zero byte) on a symlink or

@@ -469,3 +469,18 @@ fn a_node_without_attributes_is_answered_from_its_listing() {
     set(&v, d, "user.tag", b"t", 0).expect("tag");
     assert_eq!(get(&v, d, "user.tag"), Ok(b"t".to_vec()));
 }
+
+/// A value the kernel accepts (64 KiB) that no longer fits once encrypted is ENOSPC, as ext4
+/// answers for a value without room, not the E2BIG the backing store gives for the encrypted
+/// one (found comparing with ext4); the attributes there are left as they were.
+#[test]
+fn a_value_too_big_once_encrypted_is_enospc() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, ROOT_INO, "f");
+    set(&v, f, "user.kept", b"k", 0).unwrap();
+    let r = set(&v, f, "user.huge", &vec![1u8; 65536], 0);
+    assert_eq!(r, Err(libc::ENOSPC));
+    assert_eq!(list(&v, f), ["user.kept"]);
+    assert_eq!(get(&v, f, "user.kept").unwrap(), b"k");
+}
