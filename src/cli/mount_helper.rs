@@ -39,11 +39,33 @@ fn ignored(o: &str) -> bool {
         || o.starts_with("comment=")
 }
 
-/// The flags of a remount with these options (the last of each pair counts, as for mount(8)):
-/// `ro`, `nosuid`, `nodev`, `noexec`, `sync`, `dirsync`, and the access-time rule.
-fn remount_flags(opts: &[String]) -> rustix::mount::MountFlags {
+/// The mount's flags now, as a remount must repeat them (MS_REMOUNT replaces them all: a
+/// `mount -o remount,ro SOURCE MOUNTPOINT`, or an fstab line, passes only the change, and
+/// would otherwise drop the `nosuid,nodev` kmsfs mounts with).
+fn current_flags(f: rustix::fs::StatVfsMountFlags) -> rustix::mount::MountFlags {
+    use rustix::fs::StatVfsMountFlags as S;
     use rustix::mount::MountFlags as F;
-    let mut f = F::empty();
+    [
+        (S::RDONLY, F::RDONLY),
+        (S::NOSUID, F::NOSUID),
+        (S::NODEV, F::NODEV),
+        (S::NOEXEC, F::NOEXEC),
+        (S::SYNCHRONOUS, F::SYNCHRONOUS),
+        (S::NOATIME, F::NOATIME),
+        (S::NODIRATIME, F::NODIRATIME),
+        (S::RELATIME, F::RELATIME),
+    ]
+    .into_iter()
+    .filter(|(s, _)| f.contains(*s))
+    .fold(F::empty(), |acc, (_, m)| acc | m)
+}
+
+/// The flags of a remount: the mount's `now`, changed by these options (the last of each pair
+/// counts, as for mount(8)): `ro`, `nosuid`, `nodev`, `noexec`, `sync`, `dirsync`, and the
+/// access-time rule.
+fn remount_flags(now: rustix::mount::MountFlags, opts: &[String]) -> rustix::mount::MountFlags {
+    use rustix::mount::MountFlags as F;
+    let mut f = now;
     for o in opts {
         let (set, clear) = match o.as_str() {
             "ro" => (F::RDONLY, F::empty()),
@@ -116,8 +138,11 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
     // `mount -o remount,ro MOUNTPOINT`: mount(8) passes the mount's options with the changes
     // merged in; the kernel changes the flags of the mount there is (no new daemon).
     if opts.iter().any(|o| o == "remount") {
-        let flags = remount_flags(&opts);
-        rustix::mount::mount_remount(Path::new(&mountpoint), flags, "").map_err(|e| {
+        let mp = Path::new(&mountpoint);
+        let now = rustix::fs::statvfs(mp)
+            .map_err(|e| CliError::new(code::MOUNT_FAILED, format!("{}: {e}", mp.display())))?;
+        let flags = remount_flags(current_flags(now.f_flag), &opts);
+        rustix::mount::mount_remount(mp, flags, "").map_err(|e| {
             CliError::new(
                 code::MOUNT_FAILED,
                 format!("remounting {}: {e}", Path::new(&mountpoint).display()),
@@ -241,14 +266,28 @@ mod tests {
     fn a_remount_keeps_the_flags_mount_passes_with_the_change() {
         use rustix::mount::MountFlags as F;
         let o = |s: &str| -> Vec<String> { s.split(',').map(String::from).collect() };
+        let default = F::NOSUID | F::NODEV | F::RELATIME;
         // What mount(8) passed for `mount -o remount,ro M` on a default kmsfs mount.
         assert_eq!(
-            remount_flags(&o("ro,nosuid,nodev,relatime,remount,user_id=0,group_id=0")),
-            F::RDONLY | F::NOSUID | F::NODEV | F::RELATIME
+            remount_flags(
+                default,
+                &o("ro,nosuid,nodev,relatime,remount,user_id=0,group_id=0")
+            ),
+            F::RDONLY | default
+        );
+        // `mount -o remount,ro SOURCE M` passes only the change: the rest is kept.
+        assert_eq!(
+            remount_flags(default, &o("remount,ro")),
+            F::RDONLY | default
         );
         assert_eq!(
-            remount_flags(&o("rw,nosuid,nodev,noatime,remount,ro,rw")),
+            remount_flags(F::RDONLY | default, &o("remount,rw,noatime")),
             F::NOSUID | F::NODEV | F::NOATIME
+        );
+        use rustix::fs::StatVfsMountFlags as S;
+        assert_eq!(
+            current_flags(S::RDONLY | S::NOSUID | S::NODEV | S::RELATIME),
+            F::RDONLY | default
         );
     }
 

@@ -321,7 +321,9 @@ impl Filesystem for KmsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _turn = self.turn();
-        match (self.reclaim).patiently(&self.vfs, || self.vfs.lookup(parent.0, name)) {
+        match (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
+            self.vfs.lookup(parent.0, name)
+        }) {
             // A name that does not exist is cached as absent for as long as a positive entry
             // (node id 0 with a timeout: a negative dentry), so `git status`, compilers and
             // module loaders probing for files do not ask again; the kernel replaces it when
@@ -407,7 +409,7 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let who = creator(req, umask);
-        let r = (self.reclaim).patiently(&self.vfs, || {
+        let r = (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
             self.vfs.mknod(parent.0, name, mode, rdev, &who)
         });
         self.entry_in(reply, "mknod", parent, name, r);
@@ -424,7 +426,9 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let who = creator(req, umask);
-        let r = (self.reclaim).patiently(&self.vfs, || self.vfs.mkdir(parent.0, name, mode, &who));
+        let r = (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
+            self.vfs.mkdir(parent.0, name, mode, &who)
+        });
         self.entry_in(reply, "mkdir", parent, name, r);
     }
 
@@ -448,7 +452,7 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let c = caller(req);
-        let r = (self.reclaim).patiently(&self.vfs, || {
+        let r = (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
             self.vfs
                 .symlink(parent.0, link_name, target.as_os_str(), &c)
         });
@@ -484,7 +488,9 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = (self.reclaim).patiently(&self.vfs, || self.vfs.link(ino.0, newparent.0, newname));
+        let r = (self.reclaim).patiently(&self.vfs, Some(newparent.0), || {
+            self.vfs.link(ino.0, newparent.0, newname)
+        });
         self.entry_in(reply, "link", newparent, newname, r);
     }
 
@@ -492,7 +498,7 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let c = caller(req);
         let flags = self.open_flags(flags.0);
-        match (self.reclaim).patiently(&self.vfs, || self.vfs.open_as(ino.0, flags, &c)) {
+        match (self.reclaim).patiently(&self.vfs, None, || self.vfs.open_as(ino.0, flags, &c)) {
             // Control files are generated per open and may grow: no page cache.
             Ok(fh) if crate::vfs::is_control_handle(fh) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
@@ -657,7 +663,7 @@ impl Filesystem for KmsFs {
             usize::MAX
         };
         // A failure leaves the reply empty (the first entry failed), so it can be tried again.
-        let r = (self.reclaim).patiently(&self.vfs, || {
+        let r = (self.reclaim).patiently(&self.vfs, Some(ino.0), || {
             self.vfs
                 .readdirplus_with(ino.0, offset, limit, |next, e, a| {
                     let full = reply.add(
@@ -781,7 +787,7 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let who = creator(req, umask);
         let flags = self.open_flags(flags);
-        match (self.reclaim).patiently(&self.vfs, || {
+        match (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
             self.vfs.create(parent.0, name, mode, flags, &who)
         }) {
             Ok((a, fh)) => {

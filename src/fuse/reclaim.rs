@@ -19,7 +19,8 @@
 //! (`patiently`), up to [`PATIENCE`]. Only one request waits at a time, and only with more than
 //! one request thread: the kernel's FORGETs, which close the descriptors, need a free thread.
 //! The request never sends an invalidation itself: the kernel holds its directory's lock while
-//! it waits for the reply, and an invalidation in that directory would wait for the same lock.
+//! it waits for the reply, and an invalidation in that directory would wait for the same lock;
+//! for that reason the thread also leaves the names in that directory alone meanwhile.
 
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -44,8 +45,11 @@ const SETTLE: Duration = Duration::from_millis(50);
 const CHECK_EVERY: u64 = 64;
 /// How long a request that ran out of descriptors waits for room (see `patiently`).
 const PATIENCE: Duration = Duration::from_secs(2);
-/// How often it tries again meanwhile.
-const RETRY: Duration = Duration::from_millis(5);
+/// How often it looks whether the thread has made room (then it tries again).
+const POLL: Duration = Duration::from_millis(2);
+/// It tries again at least this often (descriptors freed by closed files do not show in the
+/// inode count).
+const RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub struct Reclaim {
@@ -61,6 +65,9 @@ pub struct Reclaim {
     may_wait: AtomicBool,
     /// A request is waiting for descriptors.
     waiting: AtomicBool,
+    /// The directory the kernel holds locked for the waiting request (0: none). The thread
+    /// leaves the names in it alone meanwhile: invalidating one would wait for that lock.
+    waiting_dir: AtomicU64,
     /// Rounds that found the table past the mark and nothing to drop (every name open).
     futile: AtomicU64,
 }
@@ -99,11 +106,15 @@ impl Reclaim {
     }
 
     /// Runs `op`, and while it fails for want of descriptors and the thread has names to drop,
-    /// again every [`RETRY`] for up to [`PATIENCE`] (see the module's comment). `op` must leave
-    /// nothing behind when it fails (the model's operations undo what they did).
+    /// again once the thread has made room (or every [`RETRY`]) for up to [`PATIENCE`] (see the
+    /// module's comment). `dir`: the directory the kernel holds locked for this request, if
+    /// any. `op` must leave nothing behind when it fails (the model's operations undo what
+    /// they did); it runs again only after the inode count fell or [`RETRY`] passed, so a
+    /// retried create adds few audit records.
     pub fn patiently<T>(
         &self,
         vfs: &Vfs,
+        dir: Option<u64>,
         mut op: impl FnMut() -> Result<T, VfsError>,
     ) -> Result<T, VfsError> {
         let mut r = op();
@@ -113,8 +124,20 @@ impl Reclaim {
         {
             return r;
         }
+        // Cleared however this ends (a panic in `op` included).
+        struct Waiting<'a>(&'a Reclaim);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting_dir.store(0, Ordering::Relaxed);
+                self.0.waiting.store(false, Ordering::Release);
+            }
+        }
+        let _waiting = Waiting(self);
+        self.waiting_dir.store(dir.unwrap_or(0), Ordering::Relaxed);
         let deadline = Instant::now() + PATIENCE;
         let futile = self.futile.load(Ordering::Relaxed);
+        let mut count = vfs.node_count();
+        let mut last = Instant::now();
         // `pressed` also wakes the thread; false: too few names to drop, so waiting would not
         // help. Nor when the thread found every name open (open files hold the descriptors).
         while short_of_descriptors(&r)
@@ -122,10 +145,14 @@ impl Reclaim {
             && self.futile.load(Ordering::Relaxed) == futile
             && Instant::now() < deadline
         {
-            std::thread::sleep(RETRY);
+            std::thread::sleep(POLL);
+            if vfs.node_count() >= count && last.elapsed() < RETRY {
+                continue;
+            }
             r = op();
+            count = vfs.node_count();
+            last = Instant::now();
         }
-        self.waiting.store(false, Ordering::Release);
         r
     }
 
@@ -216,15 +243,20 @@ impl Reclaim {
             return false;
         }
         self.names.retain(|ino, _| vfs.knows(*ino));
+        let locked = self.waiting_dir.load(Ordering::Relaxed);
         let mut oldest: Vec<(u64, u64)> = self
             .names
             .iter()
-            .filter(|e| !vfs.is_open(*e.key()))
+            .filter(|e| !vfs.is_open(*e.key()) && (locked == 0 || e.value().0 != locked))
             .map(|e| (e.value().2, *e.key()))
             .collect();
         let excess = count.saturating_sub(limit * LOW / 1000).min(oldest.len());
         if excess == 0 {
-            self.futile.fetch_add(1, Ordering::Relaxed);
+            // Names known but none to drop (all open, or in the directory a request waits in):
+            // waiting does not help. No names at all: the last round's are still being let go.
+            if !self.names.is_empty() {
+                self.futile.fetch_add(1, Ordering::Relaxed);
+            }
             return false;
         }
         oldest.select_nth_unstable_by_key(excess - 1, |r| r.0);

@@ -371,7 +371,13 @@ impl Vfs {
             } else {
                 r?;
             }
-            Ok(self.intern_child(&dir, &cn.entry, newname)?.1)
+            // Not registered (EMFILE, say): the new name goes again, so that a failed link
+            // leaves nothing behind.
+            self.intern_child(&dir, &cn.entry, newname)
+                .map(|(_, a)| a)
+                .inspect_err(|_| {
+                    let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
+                })
         })
     }
 
@@ -391,10 +397,21 @@ impl Vfs {
         self.create_entry(&dir, &cn, || {
             crate::fault::check("symlink")?;
             rustix::fs::symlinkat(stored.as_str(), &dir.fd, &cn.entry)?;
-            let (node, attr) = self.intern_child(&dir, &cn.entry, name)?;
+            // A failure after the symlink exists removes it (and gives the lookup back).
+            let undo = |node: Option<&Node>| {
+                let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
+                if let Some(n) = node {
+                    self.forget(n.ino, 1);
+                }
+            };
+            let (node, attr) = self
+                .intern_child(&dir, &cn.entry, name)
+                .inspect_err(|_| undo(None))?;
             if self.chown_new {
-                self.set_owner(&dir, &node.fd, caller)?;
-                return self.stat_node(&node);
+                return self
+                    .set_owner(&dir, &node.fd, caller)
+                    .and_then(|()| self.stat_node(&node))
+                    .inspect_err(|_| undo(Some(&node)));
             }
             Ok(attr)
         })
@@ -459,11 +476,11 @@ impl Vfs {
                 }
                 self.write_inherited(&fd, Kind::from_mode(mode), &inh)
             };
-            if let Err(e) = made() {
+            let made = made().and_then(|()| self.intern_child(&dir, &cn.entry, name));
+            if made.is_err() {
                 let _ = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
-                return Err(e);
             }
-            Ok(self.intern_child(&dir, &cn.entry, name)?.1)
+            Ok(made?.1)
         })
     }
 }

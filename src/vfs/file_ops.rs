@@ -58,9 +58,6 @@ impl Vfs {
                 let of = e.get().0.clone();
                 // The key may have been disabled, retired or destroyed since the first open.
                 self.km.check_usable(&of.read_state().header)?;
-                if reading {
-                    of.reading();
-                }
                 if want_write {
                     let mut st = of.write_state();
                     if !st.writable {
@@ -251,6 +248,11 @@ impl Vfs {
         {
             self.put_open_file(ino);
             return Err(e);
+        }
+        // An open for reading counts as a read (of a file already open for writing only: from
+        // now on the backing file's access time follows reads), once allowed.
+        if o.read {
+            of.reading();
         }
         Ok(self.add_handle(ino, of, &o, audit))
     }

@@ -343,6 +343,11 @@ impl Vfs {
             Err(rustix::io::Errno::NOENT) if rustix::fs::fstat(&dir.fd)?.st_nlink == 0 => {
                 return Err(VfsError::Sys(rustix::io::Errno::NOENT));
             }
+            // Out of descriptors: not damage (no integrity record; the request may wait and
+            // try again, see `fuse::reclaim`).
+            Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+                return Err(VfsError::Sys(e));
+            }
             Err(e) => {
                 return Err(self.damaged(
                     dir,
