@@ -25,8 +25,9 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
 fn every_fuzz_target_builds_and_passes_its_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let fuzz = root.join("fuzz");
-    // A target directory of its own: the outer `cargo test` holds the lock of target/debug.
-    let target_dir = root.join("target/fuzz-seeds");
+    // A target directory of its own (the outer `cargo test` holds the lock of its own), under
+    // the one cargo gives integration tests for scratch files.
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-seeds");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .args(["build", "--locked", "--bins", "--manifest-path"])
@@ -56,8 +57,10 @@ fn every_fuzz_target_builds_and_passes_its_seeds() {
             "target {t} has no seeds in fuzz/seeds/{t}"
         );
         ran += files.len();
+        // libFuzzer writes a crashing input into its working directory: not the repository.
         let out = Command::new(target_dir.join("debug").join(t))
             .args(&files)
+            .current_dir(&target_dir)
             .output()
             .expect("run a fuzz target");
         if !out.status.success() {
