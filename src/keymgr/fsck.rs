@@ -240,10 +240,16 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
         // loses nothing.
         None if holds_only_internal(c, d) => {
             let id = DirId::generate();
+            // The copy may be refused where the backing store keeps no user xattrs (the file
+            // alone is the id there, as designed).
             let repaired = c.repair
                 && crate::fsutil::atomic_write(&file, &id.0, 0o400, None).is_ok()
                 && File::open(d)
                     .and_then(|f| crate::fsutil::write_dirid_copy(f, &id.0))
+                    .or_else(|e| match e.raw_os_error() {
+                        Some(libc::ENOTSUP) => Ok(()),
+                        _ => Err(e),
+                    })
                     .is_ok();
             c.problem(
                 &file,

@@ -99,8 +99,12 @@ impl Vfs {
             ) {
                 Ok(d) => d,
                 Err(e) => {
-                    // Still empty (EMFILE is the likely cause: no descriptor is needed).
-                    let _ = self.remove_fresh_dir(&dir, &cn.entry, None);
+                    // Still empty and ours, removable without a descriptor (EMFILE is the
+                    // likely cause), unless the name changed under us (the backing store
+                    // touched directly): then leave what is there.
+                    if !matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP) {
+                        let _ = self.remove_fresh_dir(&dir, &cn.entry, None);
+                    }
                     return Err(e.into());
                 }
             };
