@@ -29,6 +29,34 @@ fn limit_descriptors(m: &Mount, n: u64) {
     .expect("lower the daemon's descriptor limit");
 }
 
+/// A mount whose directory `open` holds `files` small files, with the daemon's descriptor
+/// limit then lowered to `limit` (and read again by the daemon).
+fn files_under_a_low_limit(files: usize, limit: u64) -> (Volume, Mount) {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let dir = m.path("open");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..files {
+        fs::write(dir.join(format!("f{i}")), b"y").unwrap();
+    }
+    limit_descriptors(&m, limit);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    (v, m)
+}
+
+/// Opens `dir`'s files `f0…` one after another and keeps them open until an open fails: the
+/// files held and that failure (none if all `files` opened).
+fn hold_open(dir: &Path, files: usize) -> (Vec<fs::File>, Option<std::io::Error>) {
+    let mut held = Vec::new();
+    for i in 0..files {
+        match fs::File::open(dir.join(format!("f{i}"))) {
+            Ok(f) => held.push(f),
+            Err(e) => return (held, Some(e)),
+        }
+    }
+    (held, None)
+}
+
 #[test]
 fn running_out_of_descriptors_fails_a_listing_instead_of_shortening_it() {
     let v = Volume::new(&[]);
@@ -138,24 +166,11 @@ fn a_tree_larger_than_the_descriptor_limit_can_be_made_and_walked() {
 /// once they are closed.
 #[test]
 fn files_held_open_up_to_the_limit_get_emfile_and_recover() {
-    let v = Volume::new(&[]);
-    let m = v.mount();
+    let (_v, m) = files_under_a_low_limit(400, 300);
     let dir = m.path("open");
-    fs::create_dir(&dir).unwrap();
-    for i in 0..400 {
-        fs::write(dir.join(format!("f{i}")), b"y").unwrap();
-    }
-    limit_descriptors(&m, 300);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
     let (held, err) = with_timeout(120, move || {
-        let mut held = Vec::new();
-        for i in 0..400 {
-            match fs::File::open(dir.join(format!("f{i}"))) {
-                Ok(f) => held.push(f),
-                Err(e) => return (held.len(), Some(e)),
-            }
-        }
-        (held.len(), None)
+        let (held, err) = hold_open(&dir, 400);
+        (held.len(), err)
     });
     let err = err.expect("400 files held open with 300 descriptors");
     assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
@@ -190,30 +205,14 @@ fn files_held_open_up_to_the_limit_get_emfile_and_recover() {
 /// directory without its id (EIO to every listing and lookup in it, fsck: dir-id).
 #[test]
 fn a_mkdir_short_of_descriptors_leaves_nothing_half_made() {
-    let v = Volume::new(&[]);
-    let m = v.mount();
-    let dir = m.path("open");
-    fs::create_dir(&dir).unwrap();
-    for i in 0..300 {
-        fs::write(dir.join(format!("f{i}")), b"z").unwrap();
-    }
-    limit_descriptors(&m, 120);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (v, m) = files_under_a_low_limit(300, 120);
     let root = m.path("");
     let outcomes = with_timeout(240, move || {
         let mut outcomes = Vec::new();
         for k in 0..6 {
-            let mut held = Vec::new();
-            for i in 0..300 {
-                match fs::File::open(root.join("open").join(format!("f{i}"))) {
-                    Ok(f) => held.push(f),
-                    Err(e) => {
-                        assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
-                        break;
-                    }
-                }
-            }
-            assert!(held.len() < 300, "the limit was never reached");
+            let (mut held, err) = hold_open(&root.join("open"), 300);
+            let err = err.expect("the limit was never reached");
+            assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
             held.truncate(held.len().saturating_sub(k));
             for name in [format!("d{k}"), format!("{}{k}", "l".repeat(230))] {
                 let p = root.join(&name);

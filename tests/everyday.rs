@@ -82,19 +82,6 @@ fn mount_through_mount8_and_an_fstab_line() {
         );
         // `mount -o remount,ro` changes the mount's flags (it tried a second mount until
         // 2026-12-05: "already a mount point"), keeping nosuid,nodev; and back to rw.
-        let opts = |mnt: &Path| -> Vec<String> {
-            std::fs::read_to_string("/proc/self/mounts")
-                .unwrap()
-                .lines()
-                .find(|l| l.split(' ').nth(1) == mnt.to_str())
-                .unwrap()
-                .split(' ')
-                .nth(3)
-                .unwrap()
-                .split(',')
-                .map(String::from)
-                .collect()
-        };
         for (o, ro) in [("remount,ro", true), ("remount,rw", false)] {
             let r = std::process::Command::new("mount")
                 .args(["-o", o])
@@ -106,7 +93,7 @@ fn mount_through_mount8_and_an_fstab_line() {
                 "mount -o {o}: {}",
                 String::from_utf8_lossy(&r.stderr)
             );
-            let now = opts(&mnt);
+            let now = mount_options(&mnt);
             assert!(
                 now.contains(&if ro { "ro" } else { "rw" }.to_string())
                     && now.contains(&"nosuid".to_string())

@@ -86,22 +86,6 @@ fn a_new_mount_in_the_same_place_survives_the_old_daemons_exit() {
     assert!(!is_mounted(&v.mnt), "{err}");
 }
 
-/// The mount options /proc/mounts shows for `mnt`.
-fn mount_options(mnt: &std::path::Path) -> Vec<String> {
-    let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let want = mnt.to_string_lossy().replace(' ', "\\040");
-    let line = m
-        .lines()
-        .find(|l| l.split(' ').nth(1) == Some(want.as_str()))
-        .expect("mounted");
-    line.split(' ')
-        .nth(3)
-        .unwrap()
-        .split(',')
-        .map(String::from)
-        .collect()
-}
-
 /// Who checks permission bits (README, threat model): the kernel (`default_permissions`)
 /// whenever another user can use the mount or it is asked for; kmsfs on a mount only root uses.
 #[test]

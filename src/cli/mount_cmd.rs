@@ -340,12 +340,8 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     // `-o acl` is `--acl` (the last of acl/noacl counts); the kernel takes neither as an option.
     // Without either, a volume that holds ACLs gets them enforced: one mount without would
     // leave them stored but unenforced, where the mode's group bits (the mask) may say more.
-    let acl = match fuse_opts
-        .iter()
-        .rev()
-        .find(|o| *o == "acl" || *o == "noacl")
-    {
-        Some(o) => o == "acl",
+    let acl = match last_of(&fuse_opts, "acl", "noacl") {
+        Some(on) => on,
         None if a.acl => true,
         None if paths.acl_marker().exists() => {
             eprintln!(
@@ -359,12 +355,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     fuse_opts.retain(|o| o != "acl" && o != "noacl");
     // `-o ro` is `--ro` (the last of `ro`/`rw` counts, as for mount(8)): the model must know,
     // not only the kernel (no recovery writes, no access times, nothing written but the log).
-    let read_only = a.ro
-        || fuse_opts
-            .iter()
-            .rev()
-            .find(|o| *o == "ro" || *o == "rw")
-            .is_some_and(|o| o == "ro");
+    let read_only = a.ro || last_of(&fuse_opts, "ro", "rw") == Some(true);
     let vfs = Vfs::new(
         &cipherdir,
         km,
@@ -373,12 +364,8 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         VfsOptions {
             read_only,
             no_prefetch: a.no_prefetch,
-            // The last of atime/noatime counts, as for the kernel's flag (`fuse::session`).
-            noatime: fuse_opts
-                .iter()
-                .rev()
-                .find(|o| *o == "noatime" || *o == "atime")
-                .is_some_and(|o| o == "noatime"),
+            // The last of noatime/atime counts, as for the kernel's flag (`fuse::session`).
+            noatime: last_of(&fuse_opts, "noatime", "atime") == Some(true),
             acl,
         },
     )
@@ -494,6 +481,15 @@ fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
         Ok(None) => {}
         Err(e) => tracing::error!("audit retention failed: {e}"),
     }
+}
+
+/// Whether the last of the options `on` and `off` given is `on` (None: neither given), as
+/// mount(8) reads a pair such as `ro`/`rw`.
+fn last_of(opts: &[String], on: &str, off: &str) -> Option<bool> {
+    opts.iter()
+        .rev()
+        .find(|o| *o == on || *o == off)
+        .map(|o| o == on)
 }
 
 /// Runs [`run_maintenance`] every minute while mounted (threads do not survive fork, so this

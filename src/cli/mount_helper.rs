@@ -145,7 +145,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
         rustix::mount::mount_remount(mp, flags, "").map_err(|e| {
             CliError::new(
                 code::MOUNT_FAILED,
-                format!("remounting {}: {e}", Path::new(&mountpoint).display()),
+                format!("remounting {}: {e}", mp.display()),
             )
         })?;
         return Ok(None);

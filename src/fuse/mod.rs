@@ -321,7 +321,7 @@ impl Filesystem for KmsFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _turn = self.turn();
-        match (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
+        match self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.lookup(parent.0, name)
         }) {
             // A name that does not exist is cached as absent for as long as a positive entry
@@ -409,7 +409,7 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let who = creator(req, umask);
-        let r = (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
+        let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.mknod(parent.0, name, mode, rdev, &who)
         });
         self.entry_in(reply, "mknod", parent, name, r);
@@ -426,7 +426,7 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let who = creator(req, umask);
-        let r = (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
+        let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.mkdir(parent.0, name, mode, &who)
         });
         self.entry_in(reply, "mkdir", parent, name, r);
@@ -452,7 +452,7 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let c = caller(req);
-        let r = (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
+        let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs
                 .symlink(parent.0, link_name, target.as_os_str(), &c)
         });
@@ -488,7 +488,7 @@ impl Filesystem for KmsFs {
         reply: ReplyEntry,
     ) {
         let _turn = self.turn();
-        let r = (self.reclaim).patiently(&self.vfs, Some(newparent.0), || {
+        let r = self.reclaim.patiently(&self.vfs, Some(newparent.0), || {
             self.vfs.link(ino.0, newparent.0, newname)
         });
         self.entry_in(reply, "link", newparent, newname, r);
@@ -498,7 +498,10 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let c = caller(req);
         let flags = self.open_flags(flags.0);
-        match (self.reclaim).patiently(&self.vfs, None, || self.vfs.open_as(ino.0, flags, &c)) {
+        match self
+            .reclaim
+            .patiently(&self.vfs, None, || self.vfs.open_as(ino.0, flags, &c))
+        {
             // Control files are generated per open and may grow: no page cache.
             Ok(fh) if crate::vfs::is_control_handle(fh) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
@@ -663,7 +666,7 @@ impl Filesystem for KmsFs {
             usize::MAX
         };
         // A failure leaves the reply empty (the first entry failed), so it can be tried again.
-        let r = (self.reclaim).patiently(&self.vfs, Some(ino.0), || {
+        let r = self.reclaim.patiently(&self.vfs, Some(ino.0), || {
             self.vfs
                 .readdirplus_with(ino.0, offset, limit, |next, e, a| {
                     let full = reply.add(
@@ -787,7 +790,7 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let who = creator(req, umask);
         let flags = self.open_flags(flags);
-        match (self.reclaim).patiently(&self.vfs, Some(parent.0), || {
+        match self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.create(parent.0, name, mode, flags, &who)
         }) {
             Ok((a, fh)) => {

@@ -278,20 +278,14 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
 
 /// Whether directory `d` holds no entry but kmsfs's own (its id file, long-name side files).
 fn holds_only_internal(c: &Ctx<'_>, d: &Path) -> bool {
-    let Ok(rd) = std::fs::read_dir(d) else {
-        return false;
-    };
-    rd.into_iter().all(|e| {
-        e.is_ok_and(|e| {
-            let n = e.file_name();
-            let b = n.as_bytes();
-            b == DIRID_FILE.as_bytes()
-                || (b.ends_with(LONG_NAME_SUFFIX.as_bytes())
-                    && matches!(
-                        c.names
-                            .classify(&b[..b.len() - LONG_NAME_SUFFIX.len()], false),
-                        EntryKind::Long
-                    ))
+    std::fs::read_dir(d).is_ok_and(|rd| {
+        rd.into_iter().all(|e| {
+            e.is_ok_and(|e| {
+                matches!(
+                    c.names.classify(e.file_name().as_bytes(), false),
+                    EntryKind::Internal
+                )
+            })
         })
     })
 }

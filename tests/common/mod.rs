@@ -129,6 +129,22 @@ pub fn is_mounted(mnt: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
+/// The mount options /proc/mounts shows for `mnt` (panics when it is not mounted).
+pub fn mount_options(mnt: &Path) -> Vec<String> {
+    let m = std::fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    let want = mnt.to_string_lossy().replace(' ', "\\040");
+    let line = m
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        .expect("mounted");
+    line.split(' ')
+        .nth(3)
+        .expect("options field")
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
 pub struct Mount {
     pub mnt: PathBuf,
     child: Option<Child>,
