@@ -134,3 +134,96 @@ mod tests {
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2);
     }
 }
+
+/// A backing file system's own handle of a file (`name_to_handle_at(2)`): which inode, and which
+/// of the inodes that ever had its number.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackingHandle {
+    pub kind: i32,
+    pub bytes: Box<[u8]>,
+}
+
+impl std::fmt::Debug for BackingHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BackingHandle({:#x}, {} bytes)",
+            self.kind,
+            self.bytes.len()
+        )
+    }
+}
+
+/// `MAX_HANDLE_SZ` of the kernel.
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// The handle of the file `fd` refers to (an `O_PATH` descriptor will do).
+pub fn handle_of(fd: impl std::os::fd::AsFd) -> io::Result<BackingHandle> {
+    use std::os::fd::AsRawFd;
+    let mut raw = RawHandle {
+        handle_bytes: MAX_HANDLE_SZ as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `raw` is a `struct file_handle` with `handle_bytes` bytes of room after its
+    // header, the path is a valid empty C string, and both out-pointers live across the call.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            fd.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            (&raw mut raw).cast(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok(BackingHandle {
+        kind: raw.handle_type,
+        bytes: raw.f_handle[..n].into(),
+    })
+}
+
+/// Opens the file handle `h` names on the file system `mount_fd` is on (`open_by_handle_at(2)`:
+/// needs CAP_DAC_READ_SEARCH). ESTALE when the file is gone.
+pub fn open_by_handle(
+    mount_fd: impl std::os::fd::AsFd,
+    h: &BackingHandle,
+    flags: libc::c_int,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if h.bytes.len() > MAX_HANDLE_SZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut raw = RawHandle {
+        handle_bytes: h.bytes.len() as libc::c_uint,
+        handle_type: h.kind,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    // SAFETY: `raw` is a well-formed `struct file_handle` of `handle_bytes` bytes; the kernel
+    // only reads it.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_fd().as_raw_fd(),
+            (&raw mut raw).cast(),
+            flags | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the call just opened, owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

@@ -249,7 +249,7 @@ fn ttl(ino: u64) -> Duration {
 
 fn entry(reply: ReplyEntry, op: &str, r: Result<Attr, VfsError>) {
     match r {
-        Ok(a) => reply.entry(&ttl(a.ino), &attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&ttl(a.ino), &attr(&a), Generation(a.generation)),
         Err(e) => reply.error(errno(op, &e)),
     }
 }
@@ -308,6 +308,12 @@ impl Filesystem for KmsFs {
                 )
                 .map_err(|_| io::Error::other("the kernel does not support ACLs on FUSE"))?;
         }
+        // Handles (`open_by_handle_at`, NFS export) that outlive the kernel's inode: it may
+        // then ask for a node by number (see `vfs::export`). Only where we can open the backing
+        // file system's handles (CAP_DAC_READ_SEARCH).
+        if self.vfs.export_support() {
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_EXPORT_SUPPORT);
+        }
         // Letting the kernel drop inodes when descriptors run short (see `reclaim`).
         self.reclaim.start(
             self.vfs.clone(),
@@ -324,6 +330,9 @@ impl Filesystem for KmsFs {
         match self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.lookup(parent.0, name)
         }) {
+            // `.` and `..` come from the kernel's export operations (a handle opened after its
+            // inode was let go, see `vfs::export`): no negative entry, no name to let go later.
+            r if name == "." || name == ".." => entry(reply, "lookup", r),
             // A name that does not exist is cached as absent for as long as a positive entry
             // (node id 0 with a timeout: a negative dentry), so `git status`, compilers and
             // module loaders probing for files do not ask again; the kernel replaces it when
@@ -675,7 +684,7 @@ impl Filesystem for KmsFs {
                         &e.name,
                         &ttl(a.ino),
                         &attr(a),
-                        Generation(0),
+                        Generation(a.generation),
                     );
                     if !full && !e.cipher_name.is_empty() {
                         self.reclaim.seen(&self.vfs, ino.0, &e.name, a);
@@ -798,7 +807,7 @@ impl Filesystem for KmsFs {
                 reply.created(
                     &TTL,
                     &attr(&a),
-                    Generation(0),
+                    Generation(a.generation),
                     FileHandle(fh),
                     FopenFlags::empty(),
                 )

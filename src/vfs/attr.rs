@@ -49,6 +49,8 @@ pub struct Attr {
     pub gid: u32,
     pub rdev: u32,
     pub blksize: u32,
+    /// Which of the files that had this inode number (see `export.rs`).
+    pub generation: u64,
 }
 
 fn time(sec: i64, nsec: i64) -> SystemTime {
@@ -78,6 +80,7 @@ impl Attr {
             gid: 0,
             rdev: 0,
             blksize: 0,
+            generation: 0,
         }
     }
 
@@ -105,6 +108,7 @@ impl Attr {
             gid: st.st_gid,
             rdev: st.st_rdev as u32,
             blksize: 4096,
+            generation: 0,
         }
     }
 }

@@ -37,6 +37,7 @@ fn attr(a: CtlAttr) -> Attr {
         gid: a.gid,
         rdev: 0,
         blksize: 4096,
+        generation: 0,
     }
 }
 

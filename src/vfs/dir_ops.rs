@@ -25,6 +25,13 @@ impl Vfs {
         if let Some(r) = self.ctl_lookup(parent, name) {
             return r;
         }
+        // Asked only by the kernel's export operations (a path walk resolves these itself).
+        if name == "." {
+            return self.lookup_self(parent);
+        }
+        if name == ".." {
+            return self.lookup_parent(parent);
+        }
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name).map_err(|e| match e {
             // Looking up a reserved name finds nothing.

@@ -28,6 +28,9 @@ pub struct Node {
     /// `O_PATH | O_NOFOLLOW` descriptor of the backing file.
     pub fd: OwnedFd,
     pub kind: Kind,
+    /// The generation the kernel is given with the node id (0 without export support, see
+    /// `export.rs`): which of the files that ever had this number.
+    pub generation: u64,
     lookups: AtomicU64,
     /// The directory's id (encrypted names), read once.
     pub dir_id: OnceLock<DirId>,
@@ -173,6 +176,7 @@ impl InodeTable {
                 ino: ROOT_INO,
                 fd: root_fd,
                 kind: Kind::Dir,
+                generation: 0,
                 lookups: AtomicU64::new(1),
                 dir_id: OnceLock::new(),
                 changes: AtomicU64::new(0),
@@ -205,9 +209,26 @@ impl InodeTable {
             .ok_or(VfsError::Stale(ino))
     }
 
+    /// The node `ino`, counting one lookup (the kernel is given it again).
+    pub fn get_counted(&self, ino: u64) -> Result<Arc<Node>> {
+        match self.nodes.entry(ino) {
+            Entry::Occupied(e) => {
+                e.get().lookups.fetch_add(1, Ordering::Relaxed);
+                Ok(e.get().clone())
+            }
+            Entry::Vacant(_) => Err(VfsError::Stale(ino)),
+        }
+    }
+
     /// Registers (or finds) the node for a backing file and counts one lookup. `fd` is dropped if
-    /// the node already exists.
-    pub fn intern(&self, fd: OwnedFd, backing_ino: u64, kind: Kind) -> Arc<Node> {
+    /// the node already exists; `generation` is asked only for a new node.
+    pub fn intern(
+        &self,
+        fd: OwnedFd,
+        backing_ino: u64,
+        kind: Kind,
+        generation: impl FnOnce(&OwnedFd) -> u64,
+    ) -> Arc<Node> {
         let ino = self.map_ino(backing_ino);
         match self.nodes.entry(ino) {
             Entry::Occupied(e) => {
@@ -217,6 +238,7 @@ impl InodeTable {
             Entry::Vacant(v) => {
                 let n = Arc::new(Node {
                     ino,
+                    generation: generation(&fd),
                     fd,
                     kind,
                     lookups: AtomicU64::new(1),
@@ -232,17 +254,18 @@ impl InodeTable {
         }
     }
 
-    /// The kernel dropped `n` references to `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references to `ino`. The node, when that was the last.
+    pub fn forget(&self, ino: u64, n: u64) -> Option<Arc<Node>> {
         if ino == ROOT_INO {
-            return;
+            return None;
         }
-        if let Entry::Occupied(e) = self.nodes.entry(ino) {
-            let left = e.get().lookups.load(Ordering::Relaxed).saturating_sub(n);
-            e.get().lookups.store(left, Ordering::Relaxed);
-            if left == 0 {
-                e.remove();
+        match self.nodes.entry(ino) {
+            Entry::Occupied(e) => {
+                let left = e.get().lookups.load(Ordering::Relaxed).saturating_sub(n);
+                e.get().lookups.store(left, Ordering::Relaxed);
+                (left == 0).then(|| e.remove())
             }
+            Entry::Vacant(_) => None,
         }
     }
 

@@ -13,6 +13,7 @@ mod dir_ahead;
 mod dir_ops;
 mod dir_read;
 mod error;
+mod export;
 mod file_ops;
 pub mod identity;
 mod inode;
@@ -110,6 +111,8 @@ pub struct Vfs {
     layout: Layout,
     block_size: u32,
     inodes: InodeTable,
+    /// Finding nodes again by number (`open_by_handle_at`, NFS export).
+    export: export::Export,
     handles: DashMap<u64, Handle>,
     /// Backing directories kept open where a listing stopped.
     dir_cursors: dir_read::Cursors,
@@ -207,6 +210,7 @@ impl Vfs {
             names,
             layout: Layout::new(block_size),
             block_size,
+            export: export::Export::probe(&fd),
             inodes: InodeTable::new(fd, st.st_ino),
             handles: DashMap::new(),
             dir_cursors: Default::default(),
@@ -404,7 +408,9 @@ impl Vfs {
         let st = rustix::fs::fstat(&fd)?;
         let node = self
             .inodes
-            .intern(fd, st.st_ino, Kind::from_mode(st.st_mode));
+            .intern(fd, st.st_ino, Kind::from_mode(st.st_mode), |fd| {
+                self.export.generation(fd)
+            });
         node.set_name(dir.ino, entry, plain);
         let attr = self.attr_of(&node, &st);
         Ok((node, attr))
@@ -412,6 +418,7 @@ impl Vfs {
 
     fn attr_of(&self, node: &Node, st: &rustix::fs::Stat) -> Attr {
         let mut a = Attr::from_stat(st, node.ino, &self.layout);
+        a.generation = node.generation;
         if node.kind == Kind::File
             && let Some(of) = self.open_files.get(&node.ino)
         {
@@ -483,7 +490,9 @@ impl Vfs {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.forget(ino, n);
+        if let Some(node) = self.inodes.forget(ino, n) {
+            self.export.forgotten(&node);
+        }
     }
 
     /// Number of inodes the kernel holds (for tests and metrics).
@@ -516,6 +525,8 @@ mod backing_tests;
 mod dir_ahead_tests;
 #[cfg(test)]
 mod dir_read_tests;
+#[cfg(test)]
+mod export_tests;
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]

@@ -130,13 +130,7 @@ impl Vfs {
         if let Some(p) = self.path_cache.get(cipher) {
             return Ok(p.clone());
         }
-        let root = match self.root_cipher.get() {
-            Some(r) => r,
-            None => {
-                let r = std::fs::read_link(self.inodes.get(ROOT_INO)?.proc_path())?;
-                self.root_cipher.get_or_init(|| r)
-            }
-        };
+        let root = self.root_cipher()?;
         if cipher == root {
             return Ok("/".into());
         }
@@ -160,6 +154,17 @@ impl Vfs {
         }
         self.path_cache.insert(cipher.to_path_buf(), plain.clone());
         Ok(plain)
+    }
+
+    /// The cipher directory as `/proc/self/fd` shows it.
+    pub(super) fn root_cipher(&self) -> Result<&Path> {
+        match self.root_cipher.get() {
+            Some(r) => Ok(r),
+            None => {
+                let r = std::fs::read_link(self.inodes.get(ROOT_INO)?.proc_path())?;
+                Ok(self.root_cipher.get_or_init(|| r))
+            }
+        }
     }
 
     fn decrypt_component(&self, parent: &Path, entry: &OsStr, at_root: bool) -> Result<Vec<u8>> {

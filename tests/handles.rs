@@ -1,0 +1,233 @@
+//! File handles on a real mount (`name_to_handle_at`/`open_by_handle_at`, what an NFS server
+//! uses): a handle opens its file or directory after the kernel dropped the inode and after the
+//! volume was mounted again; a deleted file's handle is stale, also once a new file has its
+//! inode number. Opening handles needs CAP_DAC_READ_SEARCH (root).
+mod common;
+use common::*;
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const MAX_HANDLE_SZ: usize = 128;
+
+#[repr(C)]
+#[derive(Clone)]
+struct Handle {
+    bytes: libc::c_uint,
+    kind: libc::c_int,
+    data: [u8; MAX_HANDLE_SZ],
+}
+
+fn handle(p: &Path) -> Handle {
+    let mut h = Handle {
+        bytes: MAX_HANDLE_SZ as libc::c_uint,
+        kind: 0,
+        data: [0; MAX_HANDLE_SZ],
+    };
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut mount_id = 0;
+    // SAFETY: `h` is a `struct file_handle` with MAX_HANDLE_SZ bytes of room.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            (&raw mut h).cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+    h
+}
+
+/// Opens `h` on the mount at `mnt` (read-only); the errno on failure.
+fn open_by(mnt: &Path, h: &Handle) -> Result<fs::File, i32> {
+    let m = fs::File::open(mnt).unwrap();
+    let mut h = h.clone();
+    // SAFETY: a well-formed `struct file_handle`; the kernel only reads it.
+    let fd = unsafe { libc::open_by_handle_at(m.as_raw_fd(), (&raw mut h).cast(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: just opened, owned by nobody else.
+    Ok(fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+fn content(f: &mut fs::File) -> String {
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    s
+}
+
+fn names(f: &fs::File) -> Vec<String> {
+    let mut v = sorted_names(&PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())));
+    v.sort();
+    v
+}
+
+/// Makes the kernel let go of the mount's unused inodes.
+fn drop_inodes() {
+    sync_all();
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+}
+
+fn sync_all() {
+    // SAFETY: no arguments.
+    unsafe { libc::sync() };
+}
+
+struct Handles {
+    dir: Handle,
+    sub: Handle,
+    file: Handle,
+    deleted: Handle,
+    deleted_ino: u64,
+}
+
+fn check(mnt: &Path, h: &Handles, when: &str) {
+    let mut f = open_by(mnt, &h.file).unwrap_or_else(|e| panic!("{when}: file: errno {e}"));
+    assert_eq!(content(&mut f), "by handle\n", "{when}");
+    let d = open_by(mnt, &h.dir).unwrap_or_else(|e| panic!("{when}: dir: errno {e}"));
+    assert_eq!(names(&d), ["sub"], "{when}");
+    // A directory opened by handle is placed in the tree: its path is the real one.
+    let sub = open_by(mnt, &h.sub).unwrap_or_else(|e| panic!("{when}: sub: errno {e}"));
+    assert_eq!(
+        fs::read_link(format!("/proc/self/fd/{}", sub.as_raw_fd())).unwrap(),
+        mnt.join("d/sub"),
+        "{when}"
+    );
+    let mut inner = fs::File::open(format!("/proc/self/fd/{}/f", sub.as_raw_fd())).unwrap();
+    assert_eq!(content(&mut inner), "by handle\n", "{when}");
+    assert_eq!(
+        open_by(mnt, &h.deleted).err(),
+        Some(libc::ESTALE),
+        "{when}: a deleted file's handle must be stale"
+    );
+}
+
+#[test]
+fn handles_open_their_files_after_the_inode_is_dropped_and_after_a_remount() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH");
+        return;
+    }
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let mnt = v.mnt.clone();
+    let h = with_timeout(60, move || {
+        fs::create_dir_all(mnt.join("d/sub")).unwrap();
+        fs::write(mnt.join("d/sub/f"), "by handle\n").unwrap();
+        fs::write(mnt.join("d/gone"), "deleted\n").unwrap();
+        let h = Handles {
+            dir: handle(&mnt.join("d")),
+            sub: handle(&mnt.join("d/sub")),
+            file: handle(&mnt.join("d/sub/f")),
+            deleted: handle(&mnt.join("d/gone")),
+            deleted_ino: fs::metadata(mnt.join("d/gone")).unwrap().ino(),
+        };
+        fs::remove_file(mnt.join("d/gone")).unwrap();
+        check(&mnt, &h, "while cached");
+        drop_inodes();
+        check(&mnt, &h, "after the kernel dropped its inodes");
+        h
+    });
+    m.unmount();
+
+    let m = v.mount();
+    let mnt = v.mnt.clone();
+    with_timeout(60, move || {
+        check(&mnt, &h, "after a remount");
+        // New files until one takes the deleted file's inode number: the old handle must stay
+        // stale rather than open the new file.
+        let mut reused = false;
+        for i in 0..500 {
+            let p = mnt.join(format!("new{i}"));
+            fs::write(&p, "new\n").unwrap();
+            if fs::metadata(&p).unwrap().ino() == h.deleted_ino {
+                reused = true;
+                break;
+            }
+        }
+        drop_inodes();
+        assert_eq!(open_by(&mnt, &h.deleted).err(), Some(libc::ESTALE));
+        eprintln!("inode number taken again by a new file: {reused}");
+        check(&mnt, &h, "after new files");
+    });
+    m.unmount();
+    v.assert_fsck_clean("after opening by handle");
+}
+
+/// The handle the mount would give for backing file `backing` (FUSE's: node id, which is the
+/// backing inode number, and generation, which is the backing file's on ext4), made by hand.
+fn forged(backing: &Path) -> Option<Handle> {
+    let b = handle(backing);
+    // ext4's handles: 32-bit inode number and generation.
+    if b.kind != 1 || b.bytes != 8 {
+        return None;
+    }
+    let ino = u64::from(u32::from_ne_bytes(b.data[0..4].try_into().unwrap()));
+    let generation: [u8; 4] = b.data[4..8].try_into().unwrap();
+    let mut h = Handle {
+        bytes: 12,
+        kind: 0x81,
+        data: [0; MAX_HANDLE_SZ],
+    };
+    h.data[0..4].copy_from_slice(&((ino >> 32) as u32).to_ne_bytes());
+    h.data[4..8].copy_from_slice(&(ino as u32).to_ne_bytes());
+    h.data[8..12].copy_from_slice(&generation);
+    Some(h)
+}
+
+#[test]
+fn forged_handles_of_files_outside_the_volume_are_stale() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH");
+        return;
+    }
+    let v = Volume::new(&[]);
+    let outside = v.tmp.path().join("outside");
+    fs::write(&outside, "plaintext beside the volume\n").unwrap();
+    let m = v.mount();
+    let (mnt, cipher) = (v.mnt.clone(), v.cipher.clone());
+    with_timeout(60, move || {
+        fs::write(mnt.join("inside"), "inside\n").unwrap();
+        let cipher_name = fs::read_dir(&cipher)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.is_file() && !p.ends_with("kmsfs.dirid"))
+            .expect("the cipher file");
+        let Some(inside) = forged(&cipher_name) else {
+            eprintln!("skipped: the backing file system's handles are not ext4's");
+            return;
+        };
+        drop_inodes();
+        // The forgery is right: for a file of the volume it opens the file.
+        let mut f = open_by(&mnt, &inside).expect("a made handle of a file of the volume");
+        assert_eq!(content(&mut f), "inside\n");
+        for p in [
+            outside.clone(),
+            cipher.join(".kmsfs/keystore"),
+            cipher.join(".kmsfs/volume.json"),
+            cipher.join("kmsfs.dirid"),
+        ] {
+            let h = forged(&p).unwrap();
+            drop_inodes();
+            assert_eq!(
+                open_by(&mnt, &h).err(),
+                Some(libc::ESTALE),
+                "{} opened through the mount",
+                p.display()
+            );
+        }
+    });
+    m.unmount();
+}
