@@ -74,9 +74,12 @@ fn names(f: &fs::File) -> Vec<String> {
     v
 }
 
-/// Makes the kernel let go of the mount's unused inodes.
+/// Makes the kernel let go of the mount's unused inodes, and of the backing file system's
+/// names the daemon let go in turn (so a file found by number is not placed in its directory).
 fn drop_inodes() {
     sync_all();
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
     fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
 }
 
@@ -174,68 +177,60 @@ fn handles_open_their_files_after_the_inode_is_dropped_and_after_a_remount() {
     v.assert_fsck_clean("after opening by handle");
 }
 
-/// The handle the mount would give for backing file `backing` (FUSE's: node id, which is the
-/// backing inode number, and generation, which is the backing file's on ext4), made by hand.
-fn forged(backing: &Path) -> Option<Handle> {
-    let b = handle(backing);
-    // ext4's handles: 32-bit inode number and generation.
-    if b.kind != 1 || b.bytes != 8 {
-        return None;
-    }
-    let ino = u64::from(u32::from_ne_bytes(b.data[0..4].try_into().unwrap()));
-    let generation: [u8; 4] = b.data[4..8].try_into().unwrap();
-    let mut h = Handle {
-        bytes: 12,
-        kind: 0x81,
-        data: [0; MAX_HANDLE_SZ],
-    };
-    h.data[0..4].copy_from_slice(&((ino >> 32) as u32).to_ne_bytes());
-    h.data[4..8].copy_from_slice(&(ino as u32).to_ne_bytes());
-    h.data[8..12].copy_from_slice(&generation);
-    Some(h)
-}
-
 #[test]
-fn forged_handles_of_files_outside_the_volume_are_stale() {
+fn handles_given_out_by_another_volume_are_stale_even_from_a_copy() {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH");
         return;
     }
-    let v = Volume::new(&[]);
-    let outside = v.tmp.path().join("outside");
-    fs::write(&outside, "plaintext beside the volume\n").unwrap();
-    let m = v.mount();
-    let (mnt, cipher) = (v.mnt.clone(), v.cipher.clone());
+    let b = Volume::new(&[]);
+    let other = Volume::new(&[]);
+    let mb = b.mount();
+    fs::create_dir(b.mnt.join("d")).unwrap();
+    fs::write(b.mnt.join("d/f"), "volume b\n").unwrap();
+    let (hf, hd) = (handle(&b.mnt.join("d/f")), handle(&b.mnt.join("d")));
+    mb.unmount();
+    // A copy of volume b (same keys, same volume id) on the same backing file system: its
+    // daemon finds b's backing files by number, and could open them with its keys.
+    let (copy, copy_mnt) = (b.tmp.path().join("copy"), b.tmp.path().join("copy-mnt"));
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&b.cipher)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    fs::create_dir(&copy_mnt).unwrap();
+    let mb = b.mount();
+    let mc = Mount::start(&copy, &copy_mnt, &b.passfile, &[]);
+    let mo = other.mount();
+    let (bm, cm, om) = (b.mnt.clone(), copy_mnt.clone(), other.mnt.clone());
     with_timeout(60, move || {
-        fs::write(mnt.join("inside"), "inside\n").unwrap();
-        let cipher_name = fs::read_dir(&cipher)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.is_file() && !p.ends_with("kmsfs.dirid"))
-            .expect("the cipher file");
-        let Some(inside) = forged(&cipher_name) else {
-            eprintln!("skipped: the backing file system's handles are not ext4's");
-            return;
-        };
-        drop_inodes();
-        // The forgery is right: for a file of the volume it opens the file.
-        let mut f = open_by(&mnt, &inside).expect("a made handle of a file of the volume");
-        assert_eq!(content(&mut f), "inside\n");
-        for p in [
-            outside.clone(),
-            cipher.join(".kmsfs/keystore"),
-            cipher.join(".kmsfs/volume.json"),
-            cipher.join("kmsfs.dirid"),
-        ] {
-            let h = forged(&p).unwrap();
-            drop_inodes();
-            assert_eq!(
-                open_by(&mnt, &h).err(),
-                Some(libc::ESTALE),
-                "{} opened through the mount",
-                p.display()
-            );
+        for when in ["cached", "dropped"] {
+            if when == "dropped" {
+                drop_inodes();
+            }
+            let mut f = open_by(&bm, &hf).expect("b's handle on b");
+            assert_eq!(content(&mut f), "volume b\n");
+            drop(f);
+            for (name, mnt) in [("the copy", &cm), ("another volume", &om)] {
+                for (what, h) in [("file", &hf), ("directory", &hd)] {
+                    drop_inodes();
+                    assert_eq!(
+                        open_by(mnt, h).err(),
+                        Some(libc::ESTALE),
+                        "b's {what} handle on {name} ({when})"
+                    );
+                }
+            }
         }
+        // The copy's own files open by their own handles.
+        let hc = handle(&cm.join("d/f"));
+        drop_inodes();
+        assert_eq!(content(&mut open_by(&cm, &hc).unwrap()), "volume b\n");
     });
-    m.unmount();
+    drop(mo);
+    drop(mc);
+    mb.unmount();
+    b.assert_fsck_clean("after handles of other volumes");
 }

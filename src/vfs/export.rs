@@ -7,8 +7,10 @@
 //! handle: the one remembered when the node was let go, or, where that file system's handles
 //! are the 32-bit inode number and generation (ext4), one made from the number with generation
 //! 0, which ext4 takes as "whichever file has the number now" (so handles also outlive a
-//! remount). The generation the kernel is given is the backing file's, so a handle of a file
-//! deleted since, whose number a new file took, is stale instead of naming the new file.
+//! remount). The generation the kernel is given is the backing file's (mixed with the cipher
+//! directory's inode number), so a handle of a file deleted since, whose number a
+//! new file took, is stale instead of naming the new file, and so is one given out by another
+//! volume on the same backing file system, a copy of this one among them.
 //!
 //! Only a file of this volume is handed out: a directory must lie inside the cipher directory
 //! (outside `.kmsfs/`), a regular file the backing file system cannot place (found by number,
@@ -44,6 +46,9 @@ pub(super) struct Export {
     /// The backing file system's handles are `FILEID_INO32_GEN`, so one can be made from an
     /// inode number and nothing needs remembering.
     by_number: bool,
+    /// The cipher directory's identity on the backing file system (its inode number), mixed
+    /// into every generation.
+    volume: u64,
     /// Backing handles of nodes let go (newer, older), where they cannot be made from the number.
     remembered: Mutex<(HashMap<u64, BackingHandle>, HashMap<u64, BackingHandle>)>,
 }
@@ -62,7 +67,11 @@ impl Export {
             h.as_ref()
                 .is_ok_and(|h| fsutil::open_by_handle(m, h, libc::O_PATH).is_ok())
         });
+        // Not the device number: that may change across reboots, and a handle only ever
+        // reaches this backing file system.
+        let volume = rustix::fs::fstat(&root).map_or(0, |st| mix(st.st_ino));
         Export {
+            volume,
             mount_fd,
             by_number: h.is_ok_and(|h| h.kind == FILEID_INO32_GEN && h.bytes.len() == 8),
             remembered: Mutex::default(),
@@ -78,7 +87,7 @@ impl Export {
         if !self.enabled() {
             return 0;
         }
-        fsutil::handle_of(fd).map_or(0, |h| generation_of(&h))
+        fsutil::handle_of(fd).map_or(0, |h| generation_of(&h, self.volume))
     }
 
     /// Node `ino` was let go: remember its backing handle if one cannot be made from the number.
@@ -130,20 +139,34 @@ impl Export {
     }
 }
 
-/// The generation for a backing handle: the backing file's own for `FILEID_INO32_GEN`, else a
-/// 32-bit digest of the whole handle (which holds the generation wherever the file system keeps
-/// one). The kernel keeps 32 bits.
-fn generation_of(h: &BackingHandle) -> u64 {
-    if h.kind == FILEID_INO32_GEN && h.bytes.len() == 8 {
+/// The generation for a backing handle in the volume whose cipher directory is `volume`: the
+/// file's identity (the backing file's own generation for `FILEID_INO32_GEN`, else the whole
+/// handle, which holds the generation wherever the file system keeps one) mixed with the cipher
+/// directory's, so that a handle given out by another volume on the same backing file system
+/// (a copy of this one, whose keys open the same files) is stale here. The kernel keeps 32 bits.
+fn generation_of(h: &BackingHandle, volume: u64) -> u64 {
+    let file = if h.kind == FILEID_INO32_GEN && h.bytes.len() == 8 {
         let g: [u8; 4] = h.bytes[4..8].try_into().unwrap_or_default();
-        return u64::from(u32::from_ne_bytes(g));
-    }
-    // FNV-1a.
-    let mut x: u32 = 0x811c_9dc5;
-    for b in h.kind.to_ne_bytes().iter().chain(h.bytes.iter()) {
-        x = (x ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-    }
-    u64::from(x)
+        u64::from(u32::from_ne_bytes(g))
+    } else {
+        // FNV-1a.
+        h.kind
+            .to_ne_bytes()
+            .iter()
+            .chain(h.bytes.iter())
+            .fold(0xcbf2_9ce4_8422_2325u64, |x, b| {
+                (x ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+    };
+    let x = mix(file ^ mix(volume));
+    (x ^ (x >> 32)) & 0xffff_ffff
+}
+
+/// SplitMix64's finaliser: every input bit moves every output bit.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl Vfs {
