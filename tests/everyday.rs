@@ -49,6 +49,24 @@ fn wait_mounted(p: &Path, want: bool, secs: u64) -> bool {
     false
 }
 
+/// Whether `f` holds within 3 s (tried every 50 ms).
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// `read_only` in the mount's `.kmsfs/status`.
+fn status_read_only(mnt: &Path) -> Option<bool> {
+    let s = std::fs::read_to_string(mnt.join(".kmsfs/status")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&s).ok()?["read_only"].as_bool()
+}
+
 #[test]
 fn mount_through_mount8_and_an_fstab_line() {
     let v = Volume::new(&[]);
@@ -105,6 +123,56 @@ fn mount_through_mount8_and_an_fstab_line() {
                 w.as_ref().err().and_then(|e| e.raw_os_error()),
                 ro.then_some(libc::EROFS),
                 "{o}: {w:?}"
+            );
+            // The daemon follows (it completes no interrupted write on a read-only mount).
+            assert!(
+                eventually(|| status_read_only(&mnt) == Some(ro)),
+                "{o}: status says {:?}",
+                status_read_only(&mnt)
+            );
+        }
+        // `remount,noatime` reaches the daemon too: reading leaves the backing file's access
+        // time alone; `remount,relatime` sets it again (it is older than the file's change).
+        std::fs::create_dir(mnt.join("atime")).unwrap();
+        std::fs::write(mnt.join("atime/f"), b"read me").unwrap();
+        let backing = std::fs::read_dir(
+            cipher.join(
+                std::fs::read_dir(&cipher)
+                    .unwrap()
+                    .map(|e| e.unwrap())
+                    .find(|e| {
+                        e.file_type().unwrap().is_dir()
+                            && std::fs::read_dir(e.path()).unwrap().count() == 2
+                            && e.file_name() != ".kmsfs"
+                    })
+                    .expect("the backing directory")
+                    .file_name(),
+            ),
+        )
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.ends_with("kmsfs.dirid"))
+        .unwrap();
+        for (o, changes) in [("remount,noatime", false), ("remount,relatime", true)] {
+            let r = std::process::Command::new("mount")
+                .args(["-o", o])
+                .arg(&mnt)
+                .output()
+                .unwrap();
+            assert!(r.status.success(), "mount -o {o}");
+            let noatime = mount_options(&mnt).contains(&"noatime".to_string());
+            assert_eq!(noatime, !changes, "{o}");
+            sh(&format!("touch -a -d 2001-01-01 '{}'", backing.display()));
+            let before = std::fs::metadata(&backing).unwrap().accessed().unwrap();
+            // The daemon learns of the remount from the mount table, a moment later.
+            assert!(
+                eventually(|| {
+                    let _ = std::fs::read(mnt.join("atime/f")).unwrap();
+                    let after = std::fs::metadata(&backing).unwrap().accessed().unwrap();
+                    (after != before) == changes
+                }),
+                "{o}: the backing access time {}",
+                if changes { "stayed" } else { "changed" }
             );
         }
         assert!(

@@ -532,7 +532,7 @@ impl ControlDir {
             "format_version": self.facts.format_version,
             "block_size": self.facts.block_size,
             "features": self.facts.features,
-            "read_only": self.facts.read_only,
+            "read_only": self.read_only.load(Ordering::Relaxed),
             "acl": self.facts.acl,
             "mounted_at": humantime::format_rfc3339_seconds(self.started_at).to_string(),
             "uptime_seconds": self.uptime(),

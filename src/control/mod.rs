@@ -111,6 +111,8 @@ pub struct ControlDir {
     audit: OnceLock<Arc<AuditLog>>,
     tree: exec::CipherTree,
     facts: VolumeFacts,
+    /// `facts.read_only` as a remount left it.
+    read_only: std::sync::atomic::AtomicBool,
     nodes: NodeTable,
     handles: DashMap<u64, files::CtlHandle>,
     next_fh: AtomicU64,
@@ -134,6 +136,11 @@ impl std::fmt::Debug for ControlDir {
 }
 
 impl ControlDir {
+    /// The mount was remounted read-only or read-write (shown in `status`).
+    pub fn set_read_only(&self, read_only: bool) {
+        self.read_only.store(read_only, Ordering::Relaxed);
+    }
+
     /// The control directory of the volume in `root` (whose names `names` decrypts).
     pub fn new(
         km: Arc<KeyManager>,
@@ -156,6 +163,7 @@ impl ControlDir {
             km,
             audit: OnceLock::new(),
             tree,
+            read_only: facts.read_only.into(),
             facts,
             nodes: NodeTable::new(),
             handles: DashMap::new(),

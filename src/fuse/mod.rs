@@ -4,6 +4,7 @@
 mod listings;
 mod poller;
 mod reclaim;
+mod remount;
 mod session;
 mod teardown;
 

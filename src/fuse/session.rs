@@ -182,6 +182,9 @@ pub fn mount(
         watch_idle(vfs.clone(), idle, mountpoint.to_path_buf())?;
     }
     let control = vfs.control().clone();
+    // Resolved before mounting: afterwards the last component would be a request to ourselves.
+    let canonical = std::fs::canonicalize(mountpoint)?;
+    let model = vfs.clone();
     let fs = KmsFs::new(vfs, opts.writeback_cache, threads);
     let slot = fs.notifier_slot();
     let poller = fs.poller_slot();
@@ -196,6 +199,7 @@ pub fn mount(
     }
     let _ = slot.set(session.notifier());
     notify_growth(&control, session.notifier())?;
+    super::remount::follow(model, canonical)?;
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()

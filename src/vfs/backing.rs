@@ -36,7 +36,7 @@ impl Vfs {
     /// Opens the backing file of regular-file `node`: read-write for `want_write`, read-only
     /// otherwise.
     pub(super) fn open_backing(&self, node: &Node, want_write: bool) -> Result<Backing> {
-        self.open_backing_with(node, want_write, self.opts.noatime)
+        self.open_backing_with(node, want_write, self.noatime())
     }
 
     /// [`Vfs::open_backing`], `O_NOATIME` when `noatime` and the daemon may (the file's owner

@@ -243,7 +243,7 @@ impl Vfs {
                 self.dir_cursors
                     .opened
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Cursor::open(dir, pos, self.opts.noatime)?
+                Cursor::open(dir, pos, self.noatime())?
             }
         };
         let dir_id = self.dir_id_with(dir, Some(&cur.fd))?;

@@ -62,7 +62,7 @@ impl Vfs {
                     let mut st = of.write_state();
                     if !st.writable {
                         let b =
-                            self.open_backing_with(node, true, self.opts.noatime || of.is_quiet())?;
+                            self.open_backing_with(node, true, self.noatime() || of.is_quiet())?;
                         of.set_fd(&b.file);
                         st.file = b.file;
                         st.writable = true;
@@ -79,12 +79,12 @@ impl Vfs {
                 // truncate, or any open under `noatime` reads the header, and whatever a
                 // write or truncate must read, without setting it, until a caller reads
                 // (`OpenFile::reading`).
-                let quiet = !reading && !self.opts.noatime;
+                let quiet = !reading && !self.noatime();
                 let Backing {
                     file,
                     len: cipher_len,
                     named,
-                } = self.open_backing_with(node, want_write, self.opts.noatime || !reading)?;
+                } = self.open_backing_with(node, want_write, self.noatime() || !reading)?;
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
                 let dek = self.km.unwrap_dek(&header).map_err(|e| {
@@ -97,7 +97,7 @@ impl Vfs {
                 })?;
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 // A size-changing write was interrupted (crash): make the file readable again.
-                let recover = crate::content::pending::is_marked(&file) && !self.opts.read_only;
+                let recover = crate::content::pending::is_marked(&file) && !self.read_only();
                 if recover {
                     let rw = if want_write {
                         None

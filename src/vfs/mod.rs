@@ -126,6 +126,10 @@ pub struct Vfs {
     /// We run as root: new files get the caller's ownership.
     chown_new: bool,
     opts: VfsOptions,
+    /// `opts.read_only` and `opts.noatime` as the mount's flags have them now (a remount
+    /// changes them, see `remounted`).
+    read_only: std::sync::atomic::AtomicBool,
+    noatime: std::sync::atomic::AtomicBool,
     /// Written while a directory's `kmsfs.dirid` is briefly absent (rmdir, rename over a
     /// directory), read while a directory id is read from disk, so that no reader sees the gap.
     dirid_gap: std::sync::RwLock<()>,
@@ -219,6 +223,8 @@ impl Vfs {
             stale_pending: Default::default(),
             next_fh: AtomicU64::new(1),
             chown_new: rustix::process::geteuid().is_root(),
+            read_only: opts.read_only.into(),
+            noatime: opts.noatime.into(),
             opts,
             dirid_gap: std::sync::RwLock::new(()),
             audit: std::sync::OnceLock::new(),
@@ -298,8 +304,30 @@ impl Vfs {
         Ok(n)
     }
 
+    /// The mount was remounted (`mount -o remount,...`): read-only or not, `noatime` or not
+    /// from now on. Returns whether anything changed.
+    pub fn remounted(&self, read_only: bool, noatime: bool) -> bool {
+        let noatime = noatime || read_only;
+        let was = (
+            self.read_only.swap(read_only, Ordering::AcqRel),
+            self.noatime.swap(noatime, Ordering::AcqRel),
+        );
+        self.control.set_read_only(read_only);
+        was != (read_only, noatime)
+    }
+
+    /// Mounted read-only now.
+    fn read_only(&self) -> bool {
+        self.read_only.load(Ordering::Acquire)
+    }
+
+    /// Access times are left alone now (`noatime` or read-only).
+    fn noatime(&self) -> bool {
+        self.noatime.load(Ordering::Acquire)
+    }
+
     fn check_writable(&self) -> Result<()> {
-        if self.opts.read_only {
+        if self.read_only() {
             Err(VfsError::ReadOnly)
         } else {
             Ok(())

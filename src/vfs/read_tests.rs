@@ -203,3 +203,43 @@ fn a_read_only_mount_leaves_access_times_alone() {
         assert_eq!(v.getattr(i).expect("getattr").atime, old, "inode {i}");
     }
 }
+
+/// A remount (`mount -o remount,ro|rw|noatime|relatime`, followed by the FUSE adapter) changes
+/// what the model does from then on: read-only refuses changes and leaves access times alone,
+/// `noatime` leaves them alone, and back again.
+#[test]
+fn a_remount_changes_read_only_and_access_times() {
+    use super::{SetAttr, SetTime, VfsError};
+    use std::time::{Duration, SystemTime};
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let ino = write_file(&v, "f", b"some bytes");
+    let set = SetAttr {
+        atime: Some(SetTime::At(old)),
+        ..Default::default()
+    };
+    let read_changes_atime = || {
+        v.setattr(ino, None, &set, None).expect("set atime");
+        let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+        v.read_with(fh, 0, 100, |d| d.len()).expect("read");
+        v.release(fh).expect("release");
+        v.getattr(ino).expect("getattr").atime != old
+    };
+    let create = |name: &str| v.create(1, name.as_ref(), 0o644, libc::O_RDWR, &caller());
+    assert!(v.remounted(true, false), "read-only is a change");
+    assert!(matches!(create("no"), Err(VfsError::ReadOnly)));
+    assert!(
+        !v.remounted(true, false),
+        "the same flags again change nothing"
+    );
+    v.remounted(false, true);
+    let (_, fh) = create("yes").expect("create after remount,rw");
+    v.release(fh).expect("release");
+    assert!(!read_changes_atime(), "noatime");
+    v.remounted(false, false);
+    assert!(
+        read_changes_atime(),
+        "relatime: an access time older than the change"
+    );
+}
