@@ -31,9 +31,9 @@ fn limit_descriptors(m: &Mount, n: u64) {
 
 /// A mount whose directory `open` holds `files` small files, with the daemon's descriptor
 /// limit then lowered to `limit` (and read again by the daemon).
-fn files_under_a_low_limit(files: usize, limit: u64) -> (Volume, Mount) {
+fn files_under_a_low_limit(files: usize, limit: u64, env: &[(&str, &str)]) -> (Volume, Mount) {
     let v = Volume::new(&[]);
-    let m = v.mount();
+    let m = Mount::start_env(&v.cipher, &v.mnt, &v.passfile, &[], env);
     let dir = m.path("open");
     fs::create_dir(&dir).unwrap();
     for i in 0..files {
@@ -166,7 +166,7 @@ fn a_tree_larger_than_the_descriptor_limit_can_be_made_and_walked() {
 /// once they are closed.
 #[test]
 fn files_held_open_up_to_the_limit_get_emfile_and_recover() {
-    let (_v, m) = files_under_a_low_limit(400, 300);
+    let (_v, m) = files_under_a_low_limit(400, 300, &[]);
     let dir = m.path("open");
     let (held, err) = with_timeout(120, move || {
         let (held, err) = hold_open(&dir, 400);
@@ -205,7 +205,9 @@ fn files_held_open_up_to_the_limit_get_emfile_and_recover() {
 /// directory without its id (EIO to every listing and lookup in it, fsck: dir-id).
 #[test]
 fn a_mkdir_short_of_descriptors_leaves_nothing_half_made() {
-    let (v, m) = files_under_a_low_limit(300, 120);
+    // The daemon says when it undid a mkdir it could not finish: that path must be taken (the
+    // kernel's LOOKUP of the new name can fail with EMFILE first, which proves nothing).
+    let (v, m) = files_under_a_low_limit(300, 120, &[("KMSFS_LOG", "kmsfs::vfs::dir_ops=debug")]);
     let root = m.path("");
     let outcomes = with_timeout(240, move || {
         let mut outcomes = Vec::new();
@@ -252,6 +254,10 @@ fn a_mkdir_short_of_descriptors_leaves_nothing_half_made() {
         outcomes.iter().any(|o| o.2.is_some()),
         "no mkdir ran out of descriptors: {outcomes:?}"
     );
-    m.unmount();
+    let log = m.unmount();
+    assert!(
+        log.contains("mkdir undone"),
+        "no mkdir reached the daemon's undo: {outcomes:?}"
+    );
     v.assert_fsck_clean("after mkdirs short of descriptors");
 }

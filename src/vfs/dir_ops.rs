@@ -110,7 +110,8 @@ impl Vfs {
                     // likely cause), unless the name changed under us (the backing store
                     // touched directly): then leave what is there.
                     if !matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP) {
-                        let _ = self.remove_fresh_dir(&dir, &cn.entry, None);
+                        let r = self.remove_fresh_dir(&dir, &cn.entry, None);
+                        tracing::debug!("mkdir undone after {e} (opening it): {r:?}");
                     }
                     return Err(e.into());
                 }
@@ -147,7 +148,8 @@ impl Vfs {
             match fin() {
                 Ok((_, attr)) => Ok(attr),
                 Err(e) => {
-                    let _ = self.remove_fresh_dir(&dir, &cn.entry, Some(&newd));
+                    let r = self.remove_fresh_dir(&dir, &cn.entry, Some(&newd));
+                    tracing::debug!("mkdir undone after {e}: {r:?}");
                     Err(e)
                 }
             }
