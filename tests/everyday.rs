@@ -88,8 +88,7 @@ fn mount_through_mount8_and_an_fstab_line() {
         );
         assert!(is_mounted(&mnt));
         std::fs::write(mnt.join("via-mount8"), b"hello").unwrap();
-        let line = std::fs::read_to_string("/proc/self/mounts")
-            .unwrap()
+        let line = mount_table()
             .lines()
             .find(|l| l.contains(mnt.to_str().unwrap()))
             .unwrap()

@@ -40,9 +40,21 @@ fn requests() -> Vec<Request> {
             action: "kms:Decrypt".into(),
             key: Some(key),
             path: Some("/finance/q4/report.txt".into()),
+            path_unknown: false,
+            access_mode: Some("read".into()),
+            now: 1_795_000_000,
+            encryption_context: ec.clone(),
+        },
+        // A file opened by a handle whose path could not be worked out.
+        Request {
+            who: Identity::default(),
+            action: "kms:Decrypt".into(),
+            key: Some(key),
+            path_unknown: true,
             access_mode: Some("read".into()),
             now: 1_795_000_000,
             encryption_context: ec,
+            ..Default::default()
         },
         Request {
             who: Identity::default(),

@@ -74,28 +74,26 @@ fn mount_err(m: impl Into<String>) -> CliError {
     CliError::new(code::MOUNTPOINT, m)
 }
 
-/// Octal escapes of /proc/mounts (`\040` for a space).
-fn unescape_mount_path(s: &str) -> String {
-    let b = s.as_bytes();
+/// Octal escapes of /proc/mounts (`\040` for a space). Bytes: a path need not be UTF-8.
+fn unescape_mount_path(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            && let Some(d) = b.get(i + 1..i + 4)
+            && d.iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+            out.push(
+                d.iter()
+                    .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')),
+            );
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// The /proc/mounts entries (source, fstype) mounted exactly at `p`.
@@ -108,18 +106,24 @@ fn mounts_at(p: &Path) -> Vec<(String, String)> {
 }
 
 /// The mount table: (source, mount point, file-system type) per line of /proc/self/mounts.
+/// Read as bytes: one mount point that is not UTF-8 (a USB stick's Latin-1 label) must not hide
+/// the others (until 2026-12-05 it hid every mount from `kmsfs unmount` and the rest).
 pub(super) fn mount_table() -> Vec<(String, PathBuf, String)> {
-    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else {
-        return Vec::new();
-    };
-    m.lines()
+    std::fs::read("/proc/self/mounts")
+        .map(|m| parse_mount_table(&m))
+        .unwrap_or_default()
+}
+
+fn parse_mount_table(m: &[u8]) -> Vec<(String, PathBuf, String)> {
+    use std::os::unix::ffi::OsStringExt;
+    m.split(|&b| b == b'\n')
         .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
+            let f: Vec<&[u8]> = l.split(|&b| b == b' ').collect();
             (f.len() > 2).then(|| {
                 (
-                    unescape_mount_path(f[0]),
-                    PathBuf::from(unescape_mount_path(f[1])),
-                    f[2].to_string(),
+                    String::from_utf8_lossy(&unescape_mount_path(f[0])).into_owned(),
+                    PathBuf::from(std::ffi::OsString::from_vec(unescape_mount_path(f[1]))),
+                    String::from_utf8_lossy(f[2]).into_owned(),
                 )
             })
         })
@@ -605,5 +609,31 @@ pub fn unmount(a: &UnmountArgs) -> Result<(), CliError> {
             CliError::new(code::ERROR, format!("cannot run fusermount3: {e}"))
                 .hint("install the fuse3 package"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_point_that_is_not_utf8_hides_no_other_mount() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = parse_mount_table(
+            b"/dev/sdb1 /media/caf\xe9 vfat rw 0 0\n\
+              /srv/my\\040vault /mnt/a\\040b fuse.kmsfs rw,nosuid 0 0\n\
+              /srv/\xe9 /mnt/\xe9 fuse.kmsfs rw 0 0\n",
+        );
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t[1],
+            (
+                "/srv/my vault".to_string(),
+                PathBuf::from("/mnt/a b"),
+                "fuse.kmsfs".to_string()
+            )
+        );
+        assert_eq!(t[2].1.as_os_str().as_bytes(), b"/mnt/\xe9");
+        assert_eq!(t[0].1.as_os_str().as_bytes(), b"/media/caf\xe9");
     }
 }

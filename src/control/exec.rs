@@ -461,6 +461,7 @@ impl Executor<'_> {
                     action: action.clone(),
                     key: Some(id),
                     path: request.path.clone(),
+                    path_unknown: false,
                     access_mode: request.access_mode.clone(),
                     now: km.now(),
                     encryption_context: request.encryption_context.clone(),

@@ -183,7 +183,7 @@ pub fn mount(
     }
     let control = vfs.control().clone();
     // Resolved before mounting: afterwards the last component would be a request to ourselves.
-    let canonical = std::fs::canonicalize(mountpoint)?;
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let model = vfs.clone();
     let fs = KmsFs::new(vfs, opts.writeback_cache, threads);
     let slot = fs.notifier_slot();
@@ -199,7 +199,7 @@ pub fn mount(
     }
     let _ = slot.set(session.notifier());
     notify_growth(&control, session.notifier())?;
-    super::remount::follow(model, canonical)?;
+    super::remount::follow(model, canonical, &opts.fsname);
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()

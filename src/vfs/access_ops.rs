@@ -110,6 +110,8 @@ impl Vfs {
             who: who.clone(),
             action: action.into(),
             key: Some(header.key_id),
+            // Every file access has a path; none means it could not be worked out.
+            path_unknown: path.is_none(),
             path: path.clone(),
             access_mode: Some(mode.into()),
             now: self.km.now(),

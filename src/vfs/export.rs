@@ -5,18 +5,21 @@
 //! makes it ask for the node by number (a LOOKUP of `.` in it) and, to reconnect a directory,
 //! for its parent (`..`). kmsfs then opens the backing file by the backing file system's own
 //! handle: the one remembered when the node was let go, or, where that file system's handles
-//! are the 32-bit inode number and generation (ext4), one made from the number with generation
-//! 0, which ext4 takes as "whichever file has the number now" (so handles also outlive a
-//! remount). The generation the kernel is given is the backing file's (mixed with the cipher
-//! directory's inode number), so a handle of a file deleted since, whose number a
-//! new file took, is stale instead of naming the new file, and so is one given out by another
-//! volume on the same backing file system, a copy of this one among them.
+//! are the 32-bit inode number and generation and take generation 0 as "whichever file has the
+//! number now" (ext4), one made from the number (so handles also outlive a remount).
 //!
-//! Only a file of this volume is handed out: a directory must lie inside the cipher directory
-//! (outside `.kmsfs/`), a regular file the backing file system cannot place (found by number,
-//! its directory not read since) must at least start with a file header. Needs
-//! CAP_DAC_READ_SEARCH (a daemon running as root): without it the kernel is not offered export
-//! support, and a handle is stale once the kernel has let its inode go.
+//! The generation the kernel is given is an HMAC, under a key from the volume secret, of the
+//! backing file's handle (which holds the backing file system's own generation) and the cipher
+//! directory's inode number. So a handle of a file deleted since, whose number a new file took,
+//! is stale instead of naming the new file; so is one given out by another volume on the same
+//! backing file system, a copy of this one among them; and nobody without the volume's keys can
+//! make up a handle the kernel takes. On top of that only a file of this volume is handed out:
+//! a directory must lie under the cipher directory (outside `.kmsfs/`), a file the backing file
+//! system cannot place in a directory must be a regular file with a file header or a symbolic
+//! link whose target decrypts.
+//!
+//! Needs CAP_DAC_READ_SEARCH (a daemon running as root): without it the kernel is not offered
+//! export support, and a handle is stale once the kernel has let its inode go.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -29,10 +32,11 @@ use rustix::fs::{Mode, OFlags};
 
 use super::inode::{Node, ROOT_INO, fd_path};
 use super::{Attr, Kind, Result, Vfs, VfsError};
+use crate::crypto::{Key256, hkdf_subkey, hmac_sha256};
 use crate::fsutil::{self, BackingHandle};
 use crate::names::EntryKind;
 
-/// `FILEID_INO32_GEN`: a 32-bit inode number and generation (ext4; XFS mounted `inode32`).
+/// `FILEID_INO32_GEN`: a 32-bit inode number and generation (ext4; XFS with small inode numbers).
 const FILEID_INO32_GEN: i32 = 1;
 
 /// Handles remembered per generation of the table (two generations: the older is dropped when
@@ -43,19 +47,26 @@ pub(super) struct Export {
     /// Handles can be opened (the kernel is offered export support) on the backing file system
     /// this descriptor (of the cipher directory, not `O_PATH`) is on.
     mount_fd: Option<OwnedFd>,
-    /// The backing file system's handles are `FILEID_INO32_GEN`, so one can be made from an
-    /// inode number and nothing needs remembering.
+    /// A handle of this backing file system can be made from an inode number (`FILEID_INO32_GEN`
+    /// with generation 0, which ext4 takes as "any"; XFS does not), so nothing needs remembering.
     by_number: bool,
-    /// The cipher directory's identity on the backing file system (its inode number), mixed
-    /// into every generation.
+    /// Keys the generations (from the volume secret), so that nobody without the volume's keys
+    /// can make up a handle the kernel takes.
+    key: Key256,
+    /// The cipher directory's inode number, in every generation: a copy of the volume on the
+    /// same backing file system (same keys) gives other generations.
     volume: u64,
     /// Backing handles of nodes let go (newer, older), where they cannot be made from the number.
     remembered: Mutex<(HashMap<u64, BackingHandle>, HashMap<u64, BackingHandle>)>,
 }
 
+/// Purpose of the generation key (HKDF info; one key, one purpose).
+const GENERATION_PURPOSE: &str = "kmsfs-v1-handle-generation";
+
 impl Export {
-    /// Probes the backing file system under `root`: can its handles be made and opened here?
-    pub(super) fn probe(root: impl AsFd) -> Export {
+    /// Probes the backing file system under `root`: can its handles be made and opened here,
+    /// and can one be made from an inode number? `secret`: the volume secret.
+    pub(super) fn probe(root: impl AsFd, secret: &Key256) -> Export {
         let h = fsutil::handle_of(&root);
         let mount_fd = rustix::fs::open(
             fd_path(&root).as_str(),
@@ -67,13 +78,24 @@ impl Export {
             h.as_ref()
                 .is_ok_and(|h| fsutil::open_by_handle(m, h, libc::O_PATH).is_ok())
         });
-        // Not the device number: that may change across reboots, and a handle only ever
-        // reaches this backing file system.
-        let volume = rustix::fs::fstat(&root).map_or(0, |st| mix(st.st_ino));
+        let st = rustix::fs::fstat(&root).ok();
+        let by_number = match (&mount_fd, &h, &st) {
+            (Some(m), Ok(h), Some(st)) if h.kind == FILEID_INO32_GEN && h.bytes.len() == 8 => {
+                by_number(st.st_ino).is_some_and(|n| {
+                    fsutil::open_by_handle(m, &n, libc::O_PATH)
+                        .and_then(|fd| Ok(rustix::fs::fstat(&fd)?))
+                        .is_ok_and(|s| s.st_ino == st.st_ino)
+                })
+            }
+            _ => false,
+        };
         Export {
-            volume,
             mount_fd,
-            by_number: h.is_ok_and(|h| h.kind == FILEID_INO32_GEN && h.bytes.len() == 8),
+            by_number,
+            key: hkdf_subkey(secret, b"", GENERATION_PURPOSE),
+            // Not the device number: that may change across reboots, and a handle only ever
+            // reaches this backing file system.
+            volume: st.map_or(0, |st| st.st_ino),
             remembered: Mutex::default(),
         }
     }
@@ -82,33 +104,55 @@ impl Export {
         self.mount_fd.is_some()
     }
 
-    /// The generation to give the kernel for a new node of backing file `fd`.
-    pub(super) fn generation(&self, fd: impl AsFd) -> u64 {
+    /// The generation to give the kernel for a new node of backing file `fd`, and its backing
+    /// handle where it must be remembered when the node is let go.
+    pub(super) fn identity(&self, fd: impl AsFd) -> (u64, Option<BackingHandle>) {
         if !self.enabled() {
-            return 0;
+            return (0, None);
         }
-        fsutil::handle_of(fd).map_or(0, |h| generation_of(&h, self.volume))
+        match fsutil::handle_of(fd) {
+            Ok(h) => {
+                let g = self.generation_of(&h);
+                (g, (!self.by_number).then_some(h))
+            }
+            Err(_) => (0, None),
+        }
     }
 
-    /// Node `ino` was let go: remember its backing handle if one cannot be made from the number.
+    /// The generation for a backing handle: a keyed digest of the handle (the inode number and
+    /// the backing file system's generation, where it keeps one) and the cipher directory's
+    /// inode number. The kernel keeps 32 bits.
+    fn generation_of(&self, h: &BackingHandle) -> u64 {
+        let d = hmac_sha256(
+            &self.key,
+            &[&self.volume.to_le_bytes(), &h.kind.to_le_bytes(), &h.bytes],
+        );
+        u64::from(u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
+    }
+
+    /// Node `node` is being let go: remember its backing handle if one cannot be made from the
+    /// number.
     pub(super) fn forgotten(&self, node: &Node) {
-        if !self.enabled() || self.by_number {
-            return;
-        }
-        let Ok(h) = fsutil::handle_of(&node.fd) else {
+        let Some(h) = &node.backing else {
             return;
         };
         let mut g = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         if g.0.len() >= REMEMBERED_MAX {
             g.1 = std::mem::take(&mut g.0);
         }
-        g.0.insert(node.ino, h);
+        g.0.insert(node.ino, h.clone());
     }
 
-    /// Opens backing inode `backing` (node `ino`) by handle, if it can be had; `O_PATH`.
-    fn open(&self, ino: u64, backing: u64) -> Option<OwnedFd> {
+    /// Opens backing inode `backing` (node `ino`) by handle, `O_PATH`. `None`: no handle for it
+    /// (stale); an error: the open failed.
+    fn open(&self, ino: u64, backing: u64) -> Option<std::io::Result<OwnedFd>> {
         let h = self.handle_for(ino, backing)?;
-        fsutil::open_by_handle(self.mount_fd.as_ref()?, &h, libc::O_PATH | libc::O_NOFOLLOW).ok()
+        let m = self.mount_fd.as_ref()?;
+        Some(fsutil::open_by_handle(
+            m,
+            &h,
+            libc::O_PATH | libc::O_NOFOLLOW,
+        ))
     }
 
     /// As on a backing file system whose handles are more than an inode number.
@@ -122,51 +166,31 @@ impl Export {
         *self.remembered.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
     }
 
-    /// The backing handle of backing inode `backing` (node `ino`), if it can be had.
+    /// The backing handle of backing inode `backing` (node `ino`), if it can be had. A
+    /// remembered handle stays remembered (a lookup that fails for a passing reason, or two at
+    /// once, must not lose it).
     fn handle_for(&self, ino: u64, backing: u64) -> Option<BackingHandle> {
-        let mut g = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = g.0.remove(&ino).or_else(|| g.1.remove(&ino)) {
-            return Some(h);
+        let g = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = g.0.get(&ino).or_else(|| g.1.get(&ino)) {
+            return Some(h.clone());
         }
         drop(g);
-        let n = u32::try_from(backing).ok().filter(|_| self.by_number)?;
-        let mut bytes = [0u8; 8];
-        bytes[..4].copy_from_slice(&n.to_ne_bytes());
-        Some(BackingHandle {
-            kind: FILEID_INO32_GEN,
-            bytes: bytes.into(),
-        })
+        if !self.by_number {
+            return None;
+        }
+        by_number(backing)
     }
 }
 
-/// The generation for a backing handle in the volume whose cipher directory is `volume`: the
-/// file's identity (the backing file's own generation for `FILEID_INO32_GEN`, else the whole
-/// handle, which holds the generation wherever the file system keeps one) mixed with the cipher
-/// directory's, so that a handle given out by another volume on the same backing file system
-/// (a copy of this one, whose keys open the same files) is stale here. The kernel keeps 32 bits.
-fn generation_of(h: &BackingHandle, volume: u64) -> u64 {
-    let file = if h.kind == FILEID_INO32_GEN && h.bytes.len() == 8 {
-        let g: [u8; 4] = h.bytes[4..8].try_into().unwrap_or_default();
-        u64::from(u32::from_ne_bytes(g))
-    } else {
-        // FNV-1a.
-        h.kind
-            .to_ne_bytes()
-            .iter()
-            .chain(h.bytes.iter())
-            .fold(0xcbf2_9ce4_8422_2325u64, |x, b| {
-                (x ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-            })
-    };
-    let x = mix(file ^ mix(volume));
-    (x ^ (x >> 32)) & 0xffff_ffff
-}
-
-/// SplitMix64's finaliser: every input bit moves every output bit.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// A `FILEID_INO32_GEN` handle of inode `ino` with generation 0.
+fn by_number(ino: u64) -> Option<BackingHandle> {
+    let n = u32::try_from(ino).ok()?;
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&n.to_ne_bytes());
+    Some(BackingHandle {
+        kind: FILEID_INO32_GEN,
+        bytes: bytes.into(),
+    })
 }
 
 impl Vfs {
@@ -185,22 +209,35 @@ impl Vfs {
             return Err(VfsError::Stale(ino));
         }
         let backing = self.inodes.map_ino(ino);
-        let fd = self.export.open(ino, backing).ok_or(VfsError::Stale(ino))?;
+        let fd = match self.export.open(ino, backing) {
+            None => return Err(VfsError::Stale(ino)),
+            Some(Ok(fd)) => fd,
+            // Short of descriptors or memory: worth trying again (`reclaim`), not stale.
+            Some(Err(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+                ) =>
+            {
+                return Err(e.into());
+            }
+            Some(Err(_)) => return Err(VfsError::Stale(ino)),
+        };
         let st = rustix::fs::fstat(&fd)?;
         let kind = Kind::from_mode(st.st_mode);
-        if st.st_ino != backing || !self.in_volume(&fd, kind) {
+        if st.st_ino != backing || !self.in_volume(&fd, kind)? {
             return Err(VfsError::Stale(ino));
         }
         let node = self
             .inodes
-            .intern(fd, st.st_ino, kind, |fd| self.export.generation(fd));
+            .intern(fd, st.st_ino, kind, |fd| self.export.identity(fd));
         Ok(self.attr_of(&node, &st))
     }
 
     /// LOOKUP of `..` in directory `ino`: its parent (the root's is itself).
     pub(super) fn lookup_parent(&self, ino: u64) -> Result<Attr> {
         let dir = self.dir_node(ino)?;
-        if ino == ROOT_INO || super::is_control(ino) {
+        if ino == ROOT_INO {
             return self.lookup_self(ROOT_INO);
         }
         let fd = rustix::fs::openat(
@@ -209,66 +246,110 @@ impl Vfs {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        if !self.in_volume(&fd, Kind::Dir) {
+        if !self.in_volume(&fd, Kind::Dir)? {
             return Err(VfsError::Stale(ino));
         }
         let st = rustix::fs::fstat(&fd)?;
         let node = self
             .inodes
-            .intern(fd, st.st_ino, Kind::Dir, |fd| self.export.generation(fd));
+            .intern(fd, st.st_ino, Kind::Dir, |fd| self.export.identity(fd));
         Ok(self.attr_of(&node, &st))
     }
 
     /// The attributes of a node just counted once more; the count is given back on failure.
     fn counted_attr(&self, node: &Arc<Node>) -> Result<Attr> {
-        self.stat_node(node).inspect_err(|_| {
-            self.inodes.forget(node.ino, 1);
-        })
+        self.stat_node(node)
+            .inspect_err(|_| self.forget(node.ino, 1))
     }
 
-    /// Whether backing file `fd`, found by number, belongs to this volume's tree.
-    fn in_volume(&self, fd: &OwnedFd, kind: Kind) -> bool {
-        let Ok(path) = std::fs::read_link(fd_path(fd)) else {
-            return false;
-        };
+    /// Whether backing file `fd`, found by number, belongs to this volume's tree (an error:
+    /// could not tell for a passing reason, such as running short of descriptors).
+    fn in_volume(&self, fd: &OwnedFd, kind: Kind) -> Result<bool> {
+        if kind == Kind::Dir {
+            return self.dir_in_volume(fd);
+        }
         let Ok(root) = self.root_cipher() else {
-            return false;
+            return Ok(false);
         };
+        let path = std::fs::read_link(fd_path(fd))?;
         if let Ok(rel) = path.strip_prefix(root) {
             let mut parts = rel.iter();
-            let first = parts.next();
-            let last = rel.file_name();
-            return match (first, last) {
-                (None, _) => true,
-                (Some(first), Some(last)) => {
-                    let at_root = parts.next().is_none();
-                    !matches!(
-                        self.names.classify(first.as_bytes(), true),
-                        EntryKind::Internal
-                    ) && !matches!(
-                        self.names.classify(last.as_bytes(), at_root),
-                        EntryKind::Internal
-                    )
-                }
-                _ => false,
+            let (Some(first), Some(last)) = (parts.next(), rel.file_name()) else {
+                return Ok(false);
             };
+            let at_root = parts.next().is_none();
+            let internal = |n: &std::ffi::OsStr, at_root| {
+                matches!(
+                    self.names.classify(n.as_bytes(), at_root),
+                    EntryKind::Internal
+                )
+            };
+            return Ok(!internal(first, true) && !internal(last, at_root));
         }
         // A file the backing file system found by number but has not placed in a directory
-        // shows as "/" (directories it always places).
-        path == Path::new("/") && kind != Kind::Dir && (kind != Kind::File || has_header(fd))
+        // (its entry left the cache) shows as "/": only what proves itself part of a volume
+        // (the generation, keyed, proves it is this one): a regular file with a file header, a
+        // symbolic link whose target decrypts. Never an empty file, a FIFO, a socket or a
+        // device, which prove nothing.
+        Ok(path == Path::new("/")
+            && match kind {
+                Kind::File => has_header(fd),
+                Kind::Symlink => rustix::fs::readlinkat(fd, "", Vec::new())
+                    .is_ok_and(|t| self.names.decrypt_symlink(t.as_bytes()).is_ok()),
+                _ => false,
+            })
+    }
+
+    /// Whether directory `fd` lies under the cipher directory (and not in `.kmsfs/`): its
+    /// parents, followed up to the root, by device and inode number, so neither a renamed
+    /// cipher directory nor one reached through a bind mount misleads it.
+    fn dir_in_volume(&self, fd: &OwnedFd) -> Result<bool> {
+        let root = rustix::fs::fstat(&self.inodes.get(ROOT_INO)?.fd)?;
+        let control = rustix::fs::statat(
+            &self.inodes.get(ROOT_INO)?.fd,
+            crate::names::CONTROL_DIR,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ok();
+        let id = |st: &rustix::fs::Stat| (st.st_dev, st.st_ino);
+        let mut at = rustix::fs::fstat(fd)?;
+        let mut cur = None::<OwnedFd>;
+        for _ in 0..4096 {
+            if id(&at) == id(&root) {
+                return Ok(true);
+            }
+            if control.as_ref().is_some_and(|c| id(c) == id(&at)) {
+                return Ok(false);
+            }
+            let up = rustix::fs::openat(
+                cur.as_ref().unwrap_or(fd),
+                "..",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let st = rustix::fs::fstat(&up)?;
+            if id(&st) == id(&at) {
+                // The top of the file system (or of the mount it is reached through).
+                return Ok(false);
+            }
+            (at, cur) = (st, Some(up));
+        }
+        Ok(false)
     }
 }
 
-/// Whether a regular backing file is empty or starts with a file header (magic, version, the
-/// fields' forms: not authenticated here, the open does that).
+/// Whether a regular backing file starts with a file header (magic, version, the fields'
+/// forms: not authenticated here, the open does that). `O_NONBLOCK`: a lease on a file
+/// elsewhere must not hold the request.
 fn has_header(fd: &OwnedFd) -> bool {
-    let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(fd_path(fd))
-        .or_else(|_| std::fs::File::open(fd_path(fd)))
-    else {
+    let open = |noatime| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | if noatime { libc::O_NOATIME } else { 0 })
+            .open(fd_path(fd))
+    };
+    let Ok(f) = open(true).or_else(|_| open(false)) else {
         return false;
     };
-    f.metadata().is_ok_and(|m| m.len() == 0) || super::open_file::read_header(&f).is_ok()
+    super::open_file::read_header(&f).is_ok()
 }

@@ -31,6 +31,9 @@ pub struct Node {
     /// The generation the kernel is given with the node id (0 without export support, see
     /// `export.rs`): which of the files that ever had this number.
     pub generation: u64,
+    /// The backing file system's handle of the file, kept where one cannot be made from the
+    /// number alone (`export.rs`): remembered when the node is let go.
+    pub backing: Option<crate::fsutil::BackingHandle>,
     lookups: AtomicU64,
     /// The directory's id (encrypted names), read once.
     pub dir_id: OnceLock<DirId>,
@@ -177,6 +180,7 @@ impl InodeTable {
                 fd: root_fd,
                 kind: Kind::Dir,
                 generation: 0,
+                backing: None,
                 lookups: AtomicU64::new(1),
                 dir_id: OnceLock::new(),
                 changes: AtomicU64::new(0),
@@ -221,13 +225,14 @@ impl InodeTable {
     }
 
     /// Registers (or finds) the node for a backing file and counts one lookup. `fd` is dropped if
-    /// the node already exists; `generation` is asked only for a new node.
+    /// the node already exists; `identity` (generation and backing handle, see `export.rs`) is
+    /// asked only for a new node.
     pub fn intern(
         &self,
         fd: OwnedFd,
         backing_ino: u64,
         kind: Kind,
-        generation: impl FnOnce(&OwnedFd) -> u64,
+        identity: impl FnOnce(&OwnedFd) -> (u64, Option<crate::fsutil::BackingHandle>),
     ) -> Arc<Node> {
         let ino = self.map_ino(backing_ino);
         match self.nodes.entry(ino) {
@@ -236,9 +241,11 @@ impl InodeTable {
                 e.get().clone()
             }
             Entry::Vacant(v) => {
+                let (generation, backing) = identity(&fd);
                 let n = Arc::new(Node {
                     ino,
-                    generation: generation(&fd),
+                    generation,
+                    backing,
                     fd,
                     kind,
                     lookups: AtomicU64::new(1),
@@ -254,18 +261,19 @@ impl InodeTable {
         }
     }
 
-    /// The kernel dropped `n` references to `ino`. The node, when that was the last.
-    pub fn forget(&self, ino: u64, n: u64) -> Option<Arc<Node>> {
+    /// The kernel dropped `n` references to `ino`. When that was the last, `last` sees the node
+    /// before it goes (while no lookup of the number can run).
+    pub fn forget(&self, ino: u64, n: u64, last: impl FnOnce(&Node)) {
         if ino == ROOT_INO {
-            return None;
+            return;
         }
-        match self.nodes.entry(ino) {
-            Entry::Occupied(e) => {
-                let left = e.get().lookups.load(Ordering::Relaxed).saturating_sub(n);
-                e.get().lookups.store(left, Ordering::Relaxed);
-                (left == 0).then(|| e.remove())
+        if let Entry::Occupied(e) = self.nodes.entry(ino) {
+            let left = e.get().lookups.load(Ordering::Relaxed).saturating_sub(n);
+            e.get().lookups.store(left, Ordering::Relaxed);
+            if left == 0 {
+                last(e.get());
+                e.remove();
             }
-            Entry::Vacant(_) => None,
         }
     }
 

@@ -206,6 +206,7 @@ impl Vfs {
             noatime: opts.noatime || opts.read_only,
             ..opts
         };
+        let export = export::Export::probe(&fd, &km.volume_secret());
         Ok(Vfs {
             control,
             activity: AtomicU64::new(0),
@@ -214,7 +215,7 @@ impl Vfs {
             names,
             layout: Layout::new(block_size),
             block_size,
-            export: export::Export::probe(&fd),
+            export,
             inodes: InodeTable::new(fd, st.st_ino),
             handles: DashMap::new(),
             dir_cursors: Default::default(),
@@ -437,7 +438,7 @@ impl Vfs {
         let node = self
             .inodes
             .intern(fd, st.st_ino, Kind::from_mode(st.st_mode), |fd| {
-                self.export.generation(fd)
+                self.export.identity(fd)
             });
         node.set_name(dir.ino, entry, plain);
         let attr = self.attr_of(&node, &st);
@@ -518,9 +519,8 @@ impl Vfs {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        if let Some(node) = self.inodes.forget(ino, n) {
-            self.export.forgotten(&node);
-        }
+        self.inodes
+            .forget(ino, n, |node| self.export.forgotten(node));
     }
 
     /// Number of inodes the kernel holds (for tests and metrics).

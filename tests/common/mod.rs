@@ -120,10 +120,15 @@ pub fn fsck_json(passfile: &Path, dir: &Path, extra: &[&str]) -> (i32, serde_jso
     )
 }
 
+/// /proc/self/mounts, lossily as text (a mount point elsewhere need not be UTF-8).
+pub fn mount_table() -> String {
+    std::fs::read("/proc/self/mounts")
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 pub fn is_mounted(mnt: &Path) -> bool {
-    let Ok(m) = std::fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
+    let m = mount_table();
     let want = mnt.to_string_lossy().replace(' ', "\\040");
     m.lines()
         .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
@@ -131,7 +136,7 @@ pub fn is_mounted(mnt: &Path) -> bool {
 
 /// The mount options /proc/mounts shows for `mnt` (panics when it is not mounted).
 pub fn mount_options(mnt: &Path) -> Vec<String> {
-    let m = std::fs::read_to_string("/proc/self/mounts").expect("read /proc/self/mounts");
+    let m = mount_table();
     let want = mnt.to_string_lossy().replace(' ', "\\040");
     let line = m
         .lines()

@@ -285,6 +285,11 @@ pub struct Request {
     pub action: String,
     pub key: Option<KeyId>,
     pub path: Option<String>,
+    /// A file's access whose path could not be worked out (a file opened by a file handle
+    /// after the backing store forgot its directory entry): a condition on `kmsfs:Path` then
+    /// fails closed whatever its operator, where a request that has no path at all (an
+    /// administrative one) follows the rule for missing keys.
+    pub path_unknown: bool,
     /// `read`, `write` or `readwrite`.
     pub access_mode: Option<String>,
     /// Unix seconds.
@@ -500,6 +505,9 @@ fn cond_holds(op: Op, key: &str, want: &[String], req: &Request, deny: bool) -> 
     // A condition on something the request does not carry (no executable path readable, no
     // user name): an Allow does not apply (positive operators), a Deny does (fail closed).
     let Some(have) = req.value(key) else {
+        if key == "kmsfs:Path" && req.path_unknown {
+            return deny;
+        }
         return deny || op.negated();
     };
     let any = |f: &dyn Fn(&str, &str) -> bool| have.iter().any(|h| want.iter().any(|w| f(h, w)));

@@ -31,6 +31,7 @@ fn req(who: Identity, action: &str, path: &str, mode: &str) -> Request {
         action: action.into(),
         key: Some(KEY),
         path: Some(path.into()),
+        path_unknown: false,
         access_mode: Some(mode.into()),
         now: 1_800_000_000,
         encryption_context: BTreeMap::new(),
@@ -404,6 +405,34 @@ fn deny_on_a_missing_condition_key_applies() {
     assert_eq!(
         evaluate(&p, &[], &req(who, "kms:Decrypt", "/a", "read")),
         Decision::ImplicitDeny
+    );
+}
+
+#[test]
+fn path_conditions_fail_closed_for_a_file_whose_path_is_unknown() {
+    // A file opened by a file handle whose path could not be worked out: "everything but
+    // /secret" must not let it through (a negated operator on a missing key would hold), and a
+    // Deny on a path applies. A request without a path that is no file access (an
+    // administrative one) keeps the rule for missing keys.
+    let p = pol(
+        r#"{"Sid":"AllButSecret","Effect":"Allow","Principal":"*","Action":"kms:*","Condition":{"StringNotLike":{"kmsfs:Path":"/secret/*"}}}"#,
+    );
+    let mut r = req(bob(), "kms:Decrypt", "/a", "read");
+    r.path = None;
+    r.path_unknown = true;
+    assert_eq!(evaluate(&p, &[], &r), Decision::ImplicitDeny);
+    r.path_unknown = false;
+    assert!(allowed(&p, &r), "no file access: the rule for missing keys");
+    let p = pol(
+        r#"{"Sid":"All","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"},
+           {"Sid":"NotThere","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Condition":{"StringLike":{"kmsfs:Path":"/secret/*"}}}"#,
+    );
+    r.path_unknown = true;
+    assert_eq!(
+        evaluate(&p, &[], &r),
+        Decision::ExplicitDeny {
+            sid: "NotThere".into()
+        }
     );
 }
 
