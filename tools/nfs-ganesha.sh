@@ -155,7 +155,7 @@ TPATH[kmsfs]=$W/kmsfs FSID[kmsfs]=103.1
 # source tree: 3 dirs, small files (more than MDCACHE Entries_HWMark so the
 # server must evict and re-create handles), edge sizes, one 1 MiB+ file.
 mk() { mkdir -p "$(dirname "$W/src/$1")"; head -c "$2" /dev/urandom >"$W/src/$1"; }
-for d in a a/b c; do for i in $(seq -w 1 12); do mk "$d/f$i" $((i * 37)); done; done
+for d in a a/b c; do for i in $(seq -w 1 12); do mk "$d/f$i" $((10#$i * 37)); done; done
 mk empty 0; mk one 1; mk a/p4095 4095; mk a/p4096 4096; mk a/p4097 4097
 mk c/big $((1024 * 1024 + 123)); mk a/b/p65537 65537
 mk keep/held 5000; mk keep/del1 3000; mk keep/del2 3000

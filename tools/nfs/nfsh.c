@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <nfsc/libnfs.h>
 
 static struct nfs_context *nfs;
@@ -47,6 +48,17 @@ static void pr_st(struct nfs_stat_64 *st) {
 	       (unsigned long long)st->nfs_mtime);
 }
 
+/* Every context gets an NFSv4 client name of its own. libnfs's default is "Libnfs pid:P
+ * SECONDS": a second context made in the same second (refstat) has the same name, and the
+ * server takes its SETCLIENTID for a restart of the first client and expires the first's open
+ * state (NFS4ERR_EXPIRED on the held handle's next READ, depending on timing). */
+static void name_client(struct nfs_context *n) {
+	static int contexts;
+	char name[64];
+	snprintf(name, sizeof name, "nfsh pid:%d ctx:%d", (int)getpid(), ++contexts);
+	nfs4_set_client_name(n, name);
+}
+
 int main(int argc, char **argv) {
 	int mk = argc == 3 && !strcmp(argv[1], "-mkdir");
 	if (mk) { argv++; argc--; }
@@ -57,6 +69,7 @@ int main(int argc, char **argv) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	nfs = nfs_init_context();
 	if (!nfs) { fprintf(stderr, "init failed\n"); return 1; }
+	name_client(nfs);
 	nfs_set_timeout(nfs, 20000);
 	nfs_set_autoreconnect(nfs, -1);
 	const char *url_arg = argv[1];
@@ -114,6 +127,7 @@ int main(int argc, char **argv) {
 			 * libnfs cannot recover NFSv4 state. */
 			struct nfs_context *n2 = nfs_init_context();
 			struct nfsfh *a = NULL;
+			name_client(n2);
 			nfs_set_timeout(n2, 20000);
 			rc = -EINVAL;
 			struct nfs_url *u2 = nfs_parse_url_full(n2, url_arg); /* applies ?version= */
