@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use rustix::fs::{Mode, OFlags};
 
-use super::inode::{Node, ROOT_INO, fd_path};
+use super::inode::{Node, NodeName, ROOT_INO, fd_path};
 use super::{Attr, Kind, Result, Vfs, VfsError};
 use crate::crypto::{Key256, hkdf_subkey, hmac_sha256};
 use crate::fsutil::{self, BackingHandle};
@@ -56,9 +56,47 @@ pub(super) struct Export {
     /// The cipher directory's inode number, in every generation: a copy of the volume on the
     /// same backing file system (same keys) gives other generations.
     volume: u64,
-    /// Backing handles of nodes let go (newer, older), where they cannot be made from the number.
-    remembered: Mutex<(HashMap<u64, BackingHandle>, HashMap<u64, BackingHandle>)>,
+    /// Backing handles of nodes let go, where they cannot be made from the number.
+    remembered: Mutex<Recent<BackingHandle>>,
+    /// The entries files and links were last known under when let go, to place them in their
+    /// directory again when found by number (so that their path is known: audit records, path
+    /// conditions of key policies).
+    placements: Mutex<Recent<Arc<NodeName>>>,
 }
+
+/// Entries per node id, the latest about `2 × max` kept: when the newer table fills, it becomes
+/// the older one and the older is dropped.
+struct Recent<V> {
+    newer: HashMap<u64, V>,
+    older: HashMap<u64, V>,
+    max: usize,
+}
+
+impl<V: Clone> Recent<V> {
+    fn new(max: usize) -> Self {
+        Recent {
+            newer: HashMap::new(),
+            older: HashMap::new(),
+            max,
+        }
+    }
+
+    fn insert(&mut self, k: u64, v: V) {
+        if self.newer.len() >= self.max {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.older.remove(&k);
+        self.newer.insert(k, v);
+    }
+
+    fn get(&self, k: u64) -> Option<V> {
+        self.newer.get(&k).or_else(|| self.older.get(&k)).cloned()
+    }
+}
+
+/// Entries remembered to place files found by number, per generation (each holds its names:
+/// about 10 MB at most).
+const PLACEMENTS_MAX: usize = 32_768;
 
 /// Purpose of the generation key (HKDF info; one key, one purpose).
 const GENERATION_PURPOSE: &str = "kmsfs-v1-handle-generation";
@@ -96,7 +134,8 @@ impl Export {
             // Not the device number: that may change across reboots, and a handle only ever
             // reaches this backing file system.
             volume: st.map_or(0, |st| st.st_ino),
-            remembered: Mutex::default(),
+            remembered: Mutex::new(Recent::new(REMEMBERED_MAX)),
+            placements: Mutex::new(Recent::new(PLACEMENTS_MAX)),
         }
     }
 
@@ -131,16 +170,24 @@ impl Export {
     }
 
     /// Node `node` is being let go: remember its backing handle if one cannot be made from the
-    /// number.
+    /// number, and where a file or link was (a directory's handle opens it in place).
     pub(super) fn forgotten(&self, node: &Node) {
-        let Some(h) = &node.backing else {
+        if !self.enabled() {
             return;
-        };
-        let mut g = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0.len() >= REMEMBERED_MAX {
-            g.1 = std::mem::take(&mut g.0);
         }
-        g.0.insert(node.ino, h.clone());
+        if let Some(h) = &node.backing {
+            lock(&self.remembered).insert(node.ino, h.clone());
+        }
+        if node.kind != Kind::Dir
+            && let Some(n) = node.name()
+        {
+            lock(&self.placements).insert(node.ino, n);
+        }
+    }
+
+    /// The entry node `ino` was last known under, if remembered.
+    fn placement(&self, ino: u64) -> Option<Arc<NodeName>> {
+        lock(&self.placements).get(ino)
     }
 
     /// Opens backing inode `backing` (node `ino`) by handle, `O_PATH`. `None`: no handle for it
@@ -163,23 +210,25 @@ impl Export {
 
     #[cfg(test)]
     pub(super) fn forget_remembered(&self) {
-        *self.remembered.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
+        *lock(&self.remembered) = Recent::new(REMEMBERED_MAX);
     }
 
     /// The backing handle of backing inode `backing` (node `ino`), if it can be had. A
     /// remembered handle stays remembered (a lookup that fails for a passing reason, or two at
     /// once, must not lose it).
     fn handle_for(&self, ino: u64, backing: u64) -> Option<BackingHandle> {
-        let g = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = g.0.get(&ino).or_else(|| g.1.get(&ino)) {
-            return Some(h.clone());
+        if let Some(h) = lock(&self.remembered).get(ino) {
+            return Some(h);
         }
-        drop(g);
         if !self.by_number {
             return None;
         }
         by_number(backing)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A `FILEID_INO32_GEN` handle of inode `ino` with generation 0.
@@ -225,13 +274,65 @@ impl Vfs {
         };
         let st = rustix::fs::fstat(&fd)?;
         let kind = Kind::from_mode(st.st_mode);
-        if st.st_ino != backing || !self.in_volume(&fd, kind)? {
+        if st.st_ino != backing {
+            return Err(VfsError::Stale(ino));
+        }
+        // A file the backing file system could not place: in the entry it was let go from, if
+        // it is still there (then its path is known).
+        let (fd, placed) = match self.place(ino, kind, &fd, &st) {
+            Some((f, n)) => (f, Some(n)),
+            None => (fd, None),
+        };
+        if !self.in_volume(&fd, kind)? {
             return Err(VfsError::Stale(ino));
         }
         let node = self
             .inodes
             .intern(fd, st.st_ino, kind, |fd| self.export.identity(fd));
+        if let Some(n) = placed {
+            node.set_name(n.parent, &n.cipher, &n.plain);
+        }
         Ok(self.attr_of(&node, &st))
+    }
+
+    /// A descriptor of non-directory `fd` (node `ino`, `st`) through the entry it was let go
+    /// from, when the backing file system shows it unplaced and that entry still holds it.
+    fn place(
+        &self,
+        ino: u64,
+        kind: Kind,
+        fd: &OwnedFd,
+        st: &rustix::fs::Stat,
+    ) -> Option<(OwnedFd, Arc<NodeName>)> {
+        if kind == Kind::Dir
+            || std::fs::read_link(fd_path(fd)).ok()?.as_os_str() != std::ffi::OsStr::new("/")
+        {
+            return None;
+        }
+        let n = self.export.placement(ino)?;
+        // Its directory: the node the kernel holds, else found by number (a directory opened by
+        // handle is always placed).
+        let held = self.inodes.get(n.parent).ok();
+        let opened;
+        let dir = match &held {
+            Some(d) => &d.fd,
+            None => {
+                opened = self
+                    .export
+                    .open(n.parent, self.inodes.map_ino(n.parent))?
+                    .ok()?;
+                &opened
+            }
+        };
+        let f = rustix::fs::openat(
+            dir,
+            &n.cipher,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let s = rustix::fs::fstat(&f).ok()?;
+        ((s.st_dev, s.st_ino) == (st.st_dev, st.st_ino)).then_some((f, n))
     }
 
     /// LOOKUP of `..` in directory `ino`: its parent (the root's is itself).

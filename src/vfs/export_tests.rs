@@ -279,3 +279,34 @@ fn unplaced_files_must_prove_they_belong_to_a_volume() {
     assert_eq!(read_at(&v, f, 0, 100), b"inside");
     assert_eq!(v.lookup(l, ".".as_ref()).expect("the link").ino, l);
 }
+
+#[test]
+fn a_file_found_by_number_is_placed_in_the_entry_it_was_let_go_from() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    if !exporting(&v) {
+        return;
+    }
+    let d = v
+        .mkdir(1, "d".as_ref(), 0o755, &caller())
+        .expect("mkdir")
+        .ino;
+    let g = touch(&v, d, "g");
+    let moved = touch(&v, d, "moved");
+    forget_all(&v, g, 1);
+    forget_all(&v, moved, 1);
+    // Renamed after it was let go: the remembered entry no longer holds it.
+    v.rename(d, "moved".as_ref(), 1, "elsewhere".as_ref(), 0)
+        .expect("rename");
+    v.forget(d, 1);
+    drop_backing_names();
+    // Its path is known again (audit records, path conditions), also with its directory let go.
+    assert_eq!(v.lookup(g, ".".as_ref()).expect("g").ino, g);
+    let node = v.inodes.get(g).expect("node");
+    assert_eq!(v.plain_node_path(&node).expect("path"), "/d/g");
+    // Where the entry changed, it is still found (by its header), its path unknown until it is
+    // looked up by name.
+    assert_eq!(v.lookup(moved, ".".as_ref()).expect("moved").ino, moved);
+    let node = v.inodes.get(moved).expect("node");
+    assert!(v.plain_node_path(&node).is_err());
+}
