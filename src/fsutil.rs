@@ -227,3 +227,26 @@ pub fn open_by_handle(
     // SAFETY: a descriptor the call just opened, owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Undoes the octal escapes of /proc/mounts and mountinfo (`\040` for a space, `\011`, `\012`,
+/// `\134`). Bytes: a mount point need not be UTF-8.
+pub fn unescape_mount_field(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(d) = b.get(i + 1..i + 4)
+            && d.iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push(
+                d.iter()
+                    .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')),
+            );
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}

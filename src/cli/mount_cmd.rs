@@ -74,28 +74,6 @@ fn mount_err(m: impl Into<String>) -> CliError {
     CliError::new(code::MOUNTPOINT, m)
 }
 
-/// Octal escapes of /proc/mounts (`\040` for a space). Bytes: a path need not be UTF-8.
-fn unescape_mount_path(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(d) = b.get(i + 1..i + 4)
-            && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(
-                d.iter()
-                    .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')),
-            );
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
 /// The /proc/mounts entries (source, fstype) mounted exactly at `p`.
 fn mounts_at(p: &Path) -> Vec<(String, String)> {
     mount_table()
@@ -121,8 +99,11 @@ fn parse_mount_table(m: &[u8]) -> Vec<(String, PathBuf, String)> {
             let f: Vec<&[u8]> = l.split(|&b| b == b' ').collect();
             (f.len() > 2).then(|| {
                 (
-                    String::from_utf8_lossy(&unescape_mount_path(f[0])).into_owned(),
-                    PathBuf::from(std::ffi::OsString::from_vec(unescape_mount_path(f[1]))),
+                    String::from_utf8_lossy(&crate::fsutil::unescape_mount_field(f[0]))
+                        .into_owned(),
+                    PathBuf::from(std::ffi::OsString::from_vec(
+                        crate::fsutil::unescape_mount_field(f[1]),
+                    )),
                     String::from_utf8_lossy(f[2]).into_owned(),
                 )
             })

@@ -37,34 +37,12 @@ fn parse(line: &[u8]) -> Option<Line<'_>> {
     let a: Vec<&[u8]> = after.split(|&b| b == b' ').collect();
     Some(Line {
         id: std::str::from_utf8(f.first()?).ok()?.parse().ok()?,
-        mount_point: unescape(f.get(4)?),
+        mount_point: crate::fsutil::unescape_mount_field(f.get(4)?),
         per_mount: f.get(5)?,
         fs_type: a.first()?,
-        source: unescape(a.get(1)?),
+        source: crate::fsutil::unescape_mount_field(a.get(1)?),
         super_options: a.get(2)?,
     })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(d) = b.get(i + 1..i + 4)
-            && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(
-                d.iter()
-                    .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')),
-            );
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
 }
 
 fn has(options: &[u8], o: &[u8]) -> bool {
@@ -230,7 +208,13 @@ mod tests {
 
     #[test]
     fn escapes_are_undone() {
-        assert_eq!(unescape(b"/a\\040b\\011c\\134d"), b"/a b\tc\\d");
-        assert_eq!(unescape(b"/trailing\\04"), b"/trailing\\04");
+        assert_eq!(
+            crate::fsutil::unescape_mount_field(b"/a\\040b\\011c\\134d"),
+            b"/a b\tc\\d"
+        );
+        assert_eq!(
+            crate::fsutil::unescape_mount_field(b"/trailing\\04"),
+            b"/trailing\\04"
+        );
     }
 }
