@@ -143,6 +143,8 @@ fn route_term_signals() -> io::Result<OwnedFd> {
 
 /// Mounts `vfs` at `mountpoint`, calls `ready` once the mount exists, and serves requests until
 /// the file system is unmounted (by `fusermount3 -u`, `kmsfs unmount` or a termination signal).
+/// `mountpoint` is absolute and resolved (as `kmsfs mount` checks it): the mount table shows it
+/// so, and remounts are followed by it (`remount`).
 pub fn mount(
     vfs: Arc<Vfs>,
     mountpoint: &Path,
@@ -182,8 +184,6 @@ pub fn mount(
         watch_idle(vfs.clone(), idle, mountpoint.to_path_buf())?;
     }
     let control = vfs.control().clone();
-    // Resolved before mounting: afterwards the last component would be a request to ourselves.
-    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let model = vfs.clone();
     let fs = KmsFs::new(vfs, opts.writeback_cache, threads);
     let slot = fs.notifier_slot();
@@ -199,7 +199,7 @@ pub fn mount(
     }
     let _ = slot.set(session.notifier());
     notify_growth(&control, session.notifier())?;
-    super::remount::follow(model, canonical, &opts.fsname);
+    super::remount::follow(model, mountpoint.to_path_buf(), &opts.fsname);
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()

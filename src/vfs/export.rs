@@ -14,9 +14,10 @@
 //! is stale instead of naming the new file; so is one given out by another volume on the same
 //! backing file system, a copy of this one among them; and nobody without the volume's keys can
 //! make up a handle the kernel takes. On top of that only a file of this volume is handed out:
-//! a directory must lie under the cipher directory (outside `.kmsfs/`), a file the backing file
-//! system cannot place in a directory must be a regular file with a file header or a symbolic
-//! link whose target decrypts.
+//! a directory must lie under the cipher directory (outside `.kmsfs/`). A file or link the
+//! backing file system cannot place in a directory (its entry left the cache) is put back in
+//! the entry it was let go from, if that still holds it (so its path is known); failing that it
+//! must be a regular file with a file header or a symbolic link whose target decrypts.
 //!
 //! Needs CAP_DAC_READ_SEARCH (a daemon running as root): without it the kernel is not offered
 //! export support, and a handle is stale once the kernel has let its inode go.
