@@ -161,6 +161,94 @@ fn a_tree_larger_than_the_descriptor_limit_can_be_made_and_walked() {
     assert!(!is_mounted(&v.mnt));
 }
 
+/// Whether the kernel takes FUSE_NOTIFY_PRUNE (Linux 6.18), with which directories are let go
+/// too (src/fuse/prune.rs).
+fn kernel_prunes() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 18)
+}
+
+/// More directories than the daemon has descriptors: made, walked and listed, none failing
+/// with EMFILE, while a process working in one of the first ones keeps its working directory
+/// (the kernel lets go only directories no process uses, and none with cached entries).
+/// Until 2026-12-05 directories were never let go: EMFILE once they held the descriptors.
+#[test]
+fn more_directories_than_descriptors_can_be_made_and_walked() {
+    if !kernel_prunes() {
+        eprintln!("skipped: the kernel has no FUSE_NOTIFY_PRUNE (Linux 6.18)");
+        return;
+    }
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    limit_descriptors(&m, 400);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let root = m.path("");
+    let here = root.join("a0").join("d0");
+    fs::create_dir_all(&here).unwrap();
+    let worker = std::thread::spawn(move || {
+        std::process::Command::new("sh")
+            .args(["-c", "sleep 4; readlink /proc/self/cwd; ls"])
+            .current_dir(&here)
+            .output()
+    });
+    with_timeout(300, move || {
+        for a in 0..40 {
+            for d in 0..30 {
+                let dir = root.join(format!("a{a}")).join(format!("d{d}"));
+                fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir a{a}/d{d}: {e}"));
+                if d % 10 == 0 {
+                    fs::write(dir.join("f"), format!("{a}/{d}")).unwrap();
+                }
+            }
+        }
+        for pass in 0..2 {
+            let mut n = names(&root).unwrap_or_else(|e| panic!("pass {pass}: list /: {e}"));
+            n.sort();
+            assert_eq!(n.len(), 40);
+            for a in 0..40 {
+                let dir = root.join(format!("a{a}"));
+                let n = names(&dir).unwrap_or_else(|e| panic!("pass {pass}: list a{a}: {e}"));
+                assert_eq!(n.len(), 30, "a{a}");
+                for d in 0..30 {
+                    let sub = dir.join(format!("d{d}"));
+                    let inside =
+                        names(&sub).unwrap_or_else(|e| panic!("pass {pass}: a{a}/d{d}: {e}"));
+                    assert_eq!(inside.len(), usize::from(d % 10 == 0), "a{a}/d{d}");
+                    if d % 10 == 0 {
+                        assert_eq!(
+                            fs::read_to_string(sub.join("f")).unwrap(),
+                            format!("{a}/{d}")
+                        );
+                    }
+                }
+            }
+        }
+    });
+    let out = worker.join().unwrap().expect("run sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next().unwrap_or(""),
+        m.path("a0/d0").to_string_lossy(),
+        "the working directory was taken away"
+    );
+    assert_eq!(lines.next(), Some("f"), "{stdout}");
+    let open = fs::read_dir(format!("/proc/{}/fd", m.pid().unwrap()))
+        .unwrap()
+        .count();
+    assert!(open < 400, "{open} descriptors open");
+    m.unmount();
+    v.assert_fsck_clean("after a walk of more directories than descriptors");
+}
+
 /// Files held open cannot be let go: once they hold every descriptor, an open fails with
 /// EMFILE (after a short wait for room, src/fuse/reclaim.rs), never hangs, and works again
 /// once they are closed.

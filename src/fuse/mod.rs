@@ -3,6 +3,7 @@
 
 mod listings;
 mod poller;
+mod prune;
 mod reclaim;
 mod remount;
 mod session;
@@ -62,17 +63,10 @@ impl KmsFs {
         }
     }
 
-    /// An entry reply for `name` in `parent`, remembered for reclaiming.
-    fn entry_in(
-        &self,
-        reply: ReplyEntry,
-        op: &str,
-        parent: INodeNo,
-        name: &OsStr,
-        r: Result<Attr, VfsError>,
-    ) {
+    /// An entry reply for a name in `parent`, remembered for reclaiming.
+    fn entry_in(&self, reply: ReplyEntry, op: &str, parent: INodeNo, r: Result<Attr, VfsError>) {
         if let Ok(a) = &r {
-            self.reclaim.seen(&self.vfs, parent.0, name, a);
+            self.reclaim.seen(&self.vfs, parent.0, a);
         }
         entry(reply, op, r);
     }
@@ -315,7 +309,9 @@ impl Filesystem for KmsFs {
         if self.vfs.export_support() {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_EXPORT_SUPPORT);
         }
-        // Letting the kernel drop inodes when descriptors run short (see `reclaim`).
+        // Letting the kernel drop inodes when descriptors run short (see `reclaim`), by prune
+        // notifications where it knows them.
+        self.reclaim.set_kernel_minor(config.kernel_abi().1);
         self.reclaim.start(
             self.vfs.clone(),
             self.notifier.clone(),
@@ -332,8 +328,9 @@ impl Filesystem for KmsFs {
             self.vfs.lookup(parent.0, name)
         }) {
             // `.` and `..` come from the kernel's export operations (a handle opened after its
-            // inode was let go, see `vfs::export`): no negative entry, no name to let go later.
-            r if name == "." || name == ".." => entry(reply, "lookup", r),
+            // inode was let go, see `vfs::export`): no negative entry, and the node is let go
+            // later by a prune (its dentry has no name in a directory).
+            r if name == "." || name == ".." => self.entry_in(reply, "lookup", INodeNo(0), r),
             // A name that does not exist is cached as absent for as long as a positive entry
             // (node id 0 with a timeout: a negative dentry), so `git status`, compilers and
             // module loaders probing for files do not ask again; the kernel replaces it when
@@ -341,7 +338,7 @@ impl Filesystem for KmsFs {
             Err(e) if e.errno() == libc::ENOENT && !crate::vfs::is_control(parent.0) => {
                 reply.entry(&TTL, &absent(), Generation(0))
             }
-            r => self.entry_in(reply, "lookup", parent, name, r),
+            r => self.entry_in(reply, "lookup", parent, r),
         }
     }
 
@@ -422,7 +419,7 @@ impl Filesystem for KmsFs {
         let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.mknod(parent.0, name, mode, rdev, &who)
         });
-        self.entry_in(reply, "mknod", parent, name, r);
+        self.entry_in(reply, "mknod", parent, r);
     }
 
     fn mkdir(
@@ -439,7 +436,7 @@ impl Filesystem for KmsFs {
         let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.mkdir(parent.0, name, mode, &who)
         });
-        self.entry_in(reply, "mkdir", parent, name, r);
+        self.entry_in(reply, "mkdir", parent, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -466,7 +463,7 @@ impl Filesystem for KmsFs {
             self.vfs
                 .symlink(parent.0, link_name, target.as_os_str(), &c)
         });
-        self.entry_in(reply, "symlink", parent, link_name, r);
+        self.entry_in(reply, "symlink", parent, r);
     }
 
     fn rename(
@@ -501,7 +498,7 @@ impl Filesystem for KmsFs {
         let r = self.reclaim.patiently(&self.vfs, Some(newparent.0), || {
             self.vfs.link(ino.0, newparent.0, newname)
         });
-        self.entry_in(reply, "link", newparent, newname, r);
+        self.entry_in(reply, "link", newparent, r);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -688,7 +685,7 @@ impl Filesystem for KmsFs {
                         Generation(a.generation),
                     );
                     if !full && !e.cipher_name.is_empty() {
-                        self.reclaim.seen(&self.vfs, ino.0, &e.name, a);
+                        self.reclaim.seen(&self.vfs, ino.0, a);
                     }
                     !full
                 })
@@ -804,7 +801,7 @@ impl Filesystem for KmsFs {
             self.vfs.create(parent.0, name, mode, flags, &who)
         }) {
             Ok((a, fh)) => {
-                self.reclaim.seen(&self.vfs, parent.0, name, &a);
+                self.reclaim.seen(&self.vfs, parent.0, &a);
                 reply.created(
                     &TTL,
                     &attr(&a),

@@ -1,17 +1,21 @@
 //! Letting the kernel drop inodes before the daemon runs out of descriptors. Every inode the
 //! kernel holds costs one (`vfs::inode`), and without memory pressure the kernel keeps every
 //! inode it has seen, so a walk over more files than the descriptor limit would end in EMFILE.
-//! Each name of a non-directory the kernel is given is remembered here with its directory; once
-//! the inode table passes 60% of the limit, a thread asks the kernel (FUSE_NOTIFY_INVAL_ENTRY)
-//! to drop the least recently given names until it is back at 40% (rounds at least 50 ms
-//! apart).
+//! Each node the kernel is given is remembered here with its name and directory; once the
+//! inode table passes 60% of the limit, a thread asks the kernel to drop the least recently
+//! given ones until it is back at 40% (rounds at least 50 ms apart).
 //! Unused inodes then go (FORGET closes their descriptors); asking again costs a lookup.
+//!
+//! Where the kernel has FUSE_NOTIFY_PRUNE (Linux 6.18, `prune.rs`) the thread names the nodes
+//! and the kernel drops those no process uses: directories too (one that is a working
+//! directory, or still holds cached entries, is skipped and asked for again in a later round,
+//! once its entries have gone). Elsewhere it invalidates names (FUSE_NOTIFY_INVAL_ENTRY),
+//! which would also take a dentry in use away: then directories are never dropped (a dropped
+//! directory that is some process's working directory makes its getcwd fail), nor files open
+//! through kmsfs (their /proc links would read "(deleted)").
 //! The same thread drops the names of files whose write failed once they are closed
 //! everywhere (see `Vfs::take_stale_caches`), so that the kernel forgets the size and pages it
 //! kept for what never reached the disk.
-//! Directories are never dropped (a dropped directory that is some process's working
-//! directory makes its getcwd fail), nor files open through kmsfs (their /proc links would
-//! read "(deleted)").
 //!
 //! On a busy machine the thread can fall behind a process creating files fast, and the
 //! descriptors run out before the kernel has let names go. A request that fails so
@@ -20,9 +24,9 @@
 //! one request thread: the kernel's FORGETs, which close the descriptors, need a free thread.
 //! The request never sends an invalidation itself: the kernel holds its directory's lock while
 //! it waits for the reply, and an invalidation in that directory would wait for the same lock;
-//! for that reason the thread also leaves the names in that directory alone meanwhile.
+//! for that reason the thread, when it invalidates names, also leaves the names in that
+//! directory alone meanwhile (a prune takes no directory lock).
 
-use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, OnceLock};
@@ -39,8 +43,11 @@ const LOW: usize = 400;
 /// How often the limit is read again (it can be changed from outside, `prlimit`).
 const RECHECK: Duration = Duration::from_secs(1);
 /// The least time between two rounds of dropping: the kernel's FORGETs for the last round
-/// arrive meanwhile, so the next round does not count their inodes again.
+/// arrive meanwhile, so the next round does not count their inodes again. A prune has evicted
+/// the inodes by the time it returns, and their FORGETs are queued: a shorter pause suffices,
+/// and lets the thread keep up with a fast walk.
 const SETTLE: Duration = Duration::from_millis(50);
+const SETTLE_PRUNED: Duration = Duration::from_millis(5);
 /// Names given between two looks at the inode count.
 const CHECK_EVERY: u64 = 64;
 /// How long a request that ran out of descriptors waits for room (see `patiently`).
@@ -51,10 +58,19 @@ const POLL: Duration = Duration::from_millis(2);
 /// inode count).
 const RETRY: Duration = Duration::from_millis(100);
 
+/// A node as the kernel was last given it.
+struct Given {
+    /// Its directory (a name invalidation asks for the name that holds it then).
+    parent: u64,
+    /// When (a tick of [`Reclaim::tick`]).
+    tick: u64,
+    dir: bool,
+}
+
 #[derive(Default)]
 pub struct Reclaim {
-    /// Inode -> (directory, name, when given).
-    names: DashMap<u64, (u64, OsString, u64)>,
+    /// Inode -> how it was last given.
+    names: DashMap<u64, Given>,
     tick: AtomicU64,
     /// Inode count at which the thread is woken (0: not started).
     high: AtomicUsize,
@@ -70,6 +86,11 @@ pub struct Reclaim {
     waiting_dir: AtomicU64,
     /// Rounds that found the table past the mark and nothing to drop (every name open).
     futile: AtomicU64,
+    /// The session's `/dev/fuse`, for FUSE_NOTIFY_PRUNE (set once the session exists).
+    pruner: OnceLock<super::prune::Pruner>,
+    /// The kernel knows FUSE_NOTIFY_PRUNE (from its protocol version at INIT; cleared if it
+    /// refuses one after all).
+    prunes: AtomicBool,
 }
 
 fn short_of_descriptors<T>(r: &Result<T, VfsError>) -> bool {
@@ -77,13 +98,19 @@ fn short_of_descriptors<T>(r: &Result<T, VfsError>) -> bool {
 }
 
 impl Reclaim {
-    /// The kernel was given the inode of `a` as `name` in `parent`.
-    pub fn seen(&self, vfs: &Vfs, parent: u64, name: &OsStr, a: &Attr) {
-        if a.ino <= 1 || a.kind == Kind::Dir || crate::vfs::is_control(a.ino) {
+    /// The kernel was given the inode of `a` under a name in `parent`.
+    pub fn seen(&self, vfs: &Vfs, parent: u64, a: &Attr) {
+        let dir = a.kind == Kind::Dir;
+        if a.ino <= 1 || (dir && self.pruner().is_none()) || crate::vfs::is_control(a.ino) {
             return;
         }
         let t = self.tick.fetch_add(1, Ordering::Relaxed);
-        self.names.insert(a.ino, (parent, name.to_owned(), t));
+        let given = Given {
+            parent,
+            tick: t,
+            dir,
+        };
+        self.names.insert(a.ino, given);
         if t.is_multiple_of(CHECK_EVERY) {
             let _ = self.pressed(vfs);
         }
@@ -98,6 +125,31 @@ impl Reclaim {
             let _ = w.try_send(());
         }
         pressed
+    }
+
+    /// The session's `/dev/fuse` descriptor, for prune notifications.
+    pub fn set_device(&self, dev: std::os::fd::BorrowedFd<'_>) {
+        match super::prune::Pruner::new(dev) {
+            Ok(p) => {
+                let _ = self.pruner.set(p);
+            }
+            Err(e) => tracing::debug!("no prune notifications: {e}"),
+        }
+    }
+
+    /// The kernel's protocol minor version (at INIT): whether it knows prune notifications.
+    /// `KMSFS_NO_PRUNE` set: never (names are invalidated as on older kernels; for tests).
+    pub fn set_kernel_minor(&self, minor: u32) {
+        let prunes =
+            minor >= super::prune::SINCE_MINOR && std::env::var_os("KMSFS_NO_PRUNE").is_none();
+        self.prunes.store(prunes, Ordering::Relaxed);
+    }
+
+    /// The pruner, where the kernel takes prune notifications.
+    fn pruner(&self) -> Option<&super::prune::Pruner> {
+        self.pruner
+            .get()
+            .filter(|_| self.prunes.load(Ordering::Relaxed))
     }
 
     /// Lets requests wait for descriptors when the session has `threads` request threads.
@@ -223,16 +275,28 @@ impl Reclaim {
                     // ending): the same thread, once a second.
                     listings.periodic(&vfs, notifier);
                     me.drop_stale(&vfs, notifier);
+                    let before = vfs.node_count();
                     if me.reclaim(&vfs, notifier, limit) {
-                        drop(me);
-                        std::thread::sleep(SETTLE);
+                        if me.pruner().is_none() {
+                            drop(me);
+                            std::thread::sleep(SETTLE);
+                            continue;
+                        }
+                        std::thread::sleep(SETTLE_PRUNED);
+                        // Nothing let go (all in use): as futile as finding nothing to drop,
+                        // and no reason to look again at once.
+                        if vfs.node_count() >= before {
+                            me.futile.fetch_add(1, Ordering::Relaxed);
+                            drop(me);
+                            std::thread::sleep(SETTLE);
+                        }
                     }
                 }
             })?;
         Ok(())
     }
 
-    /// One round; whether any name was dropped.
+    /// One round; whether any node was asked for.
     fn reclaim(&self, vfs: &Vfs, notifier: &Notifier, limit: usize) -> bool {
         let count = vfs.node_count();
         // Names of inodes the kernel has let go: keep the map about as large as the table.
@@ -243,12 +307,17 @@ impl Reclaim {
             return false;
         }
         self.names.retain(|ino, _| vfs.knows(*ino));
-        let locked = self.waiting_dir.load(Ordering::Relaxed);
-        let mut oldest: Vec<(u64, u64)> = self
+        let pruner = self.pruner();
+        // A prune takes no directory lock: nothing to leave alone for a waiting request.
+        let locked = match pruner {
+            Some(_) => 0,
+            None => self.waiting_dir.load(Ordering::Relaxed),
+        };
+        let mut oldest: Vec<(u64, u64, bool)> = self
             .names
             .iter()
-            .filter(|e| !vfs.is_open(*e.key()) && (locked == 0 || e.value().0 != locked))
-            .map(|e| (e.value().2, *e.key()))
+            .filter(|e| !vfs.is_open(*e.key()) && (locked == 0 || e.value().parent != locked))
+            .map(|e| (e.value().tick, *e.key(), e.value().dir))
             .collect();
         let excess = count.saturating_sub(limit * LOW / 1000).min(oldest.len());
         if excess == 0 {
@@ -260,9 +329,41 @@ impl Reclaim {
             return false;
         }
         oldest.select_nth_unstable_by_key(excess - 1, |r| r.0);
-        for &(t, ino) in &oldest[..excess] {
+        let oldest = &mut oldest[..excess];
+        if let Some(p) = pruner {
+            // Files first, then directories from the most recently given: a directory's cached
+            // entries hold it, and they were mostly given after it. The kernel keeps what is
+            // in use; those stay listed, as if given now, to be asked for again later (one it
+            // drops leaves the list with its FORGET).
+            oldest.sort_unstable_by_key(|&(t, _, dir)| (dir, std::cmp::Reverse(t)));
+            let nodes: Vec<u64> = oldest.iter().map(|r| r.1).collect();
+            tracing::debug!(
+                "{count} nodes held: pruning {} ({} directories)",
+                nodes.len(),
+                oldest.iter().filter(|r| r.2).count()
+            );
+            match p.prune(&nodes) {
+                Ok(()) => {
+                    for &(t, ino, _) in oldest.iter() {
+                        if let Some(mut g) = self.names.get_mut(&ino)
+                            && g.tick == t
+                        {
+                            g.tick = self.tick.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!("prune notification refused ({e}): invalidating names instead");
+                    self.prunes.store(false, Ordering::Relaxed);
+                    self.names.retain(|_, g| !g.dir);
+                    return true;
+                }
+            }
+        }
+        for &(t, ino, _) in oldest.iter() {
             // Only if not given again meanwhile (then it is no longer among the oldest).
-            if self.names.remove_if(&ino, |_, v| v.2 == t).is_some()
+            if self.names.remove_if(&ino, |_, g| g.tick == t).is_some()
                 // The name that holds it now: the one given may have been renamed since, and
                 // another node may be under it (a directory, or an open file).
                 && let Some((parent, name)) = vfs.current_name(ino)

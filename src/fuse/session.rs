@@ -188,9 +188,11 @@ pub fn mount(
     let fs = KmsFs::new(vfs, opts.writeback_cache, threads);
     let slot = fs.notifier_slot();
     let poller = fs.poller_slot();
+    let reclaim = fs.reclaim.clone();
     let mut session = Session::new(fs, mountpoint, &config)?;
     {
         use std::os::fd::{AsFd, AsRawFd};
+        reclaim.set_device(session.as_fd());
         let _ = poller.set(super::poller::Poller::new(
             session.as_fd().as_raw_fd(),
             threads,

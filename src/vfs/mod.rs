@@ -428,18 +428,48 @@ impl Vfs {
     /// and counts one lookup.
     fn intern_child(&self, dir: &Node, entry: &OsStr, plain: &OsStr) -> Result<(Arc<Node>, Attr)> {
         dir.note_entries_read();
-        let fd = rustix::fs::openat(
+        let fd = match rustix::fs::openat(
             &dir.fd,
             entry,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
+        ) {
+            Ok(fd) => fd,
+            Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+                return self.intern_without_descriptor(dir, entry, plain, e);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let st = rustix::fs::fstat(&fd)?;
         let node = self
             .inodes
             .intern(fd, st.st_ino, Kind::from_mode(st.st_mode), |fd| {
                 self.export.identity(fd)
             });
+        node.set_name(dir.ino, entry, plain);
+        let attr = self.attr_of(&node, &st);
+        Ok((node, attr))
+    }
+
+    /// [`Vfs::intern_child`] out of descriptors (`e`): a name that does not exist is absent all
+    /// the same, and a file whose node the table holds needs no second descriptor (the node
+    /// holds the inode, so its number is still that file's). Otherwise `e`.
+    fn intern_without_descriptor(
+        &self,
+        dir: &Node,
+        entry: &OsStr,
+        plain: &OsStr,
+        e: rustix::io::Errno,
+    ) -> Result<(Arc<Node>, Attr)> {
+        let st = match rustix::fs::statat(&dir.fd, entry, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => return Err(rustix::io::Errno::NOENT.into()),
+            Err(_) => return Err(e.into()),
+        };
+        let node = self
+            .inodes
+            .get_counted(self.inodes.map_ino(st.st_ino))
+            .map_err(|_| VfsError::from(e))?;
         node.set_name(dir.ino, entry, plain);
         let attr = self.attr_of(&node, &st);
         Ok((node, attr))
