@@ -267,3 +267,75 @@ fn a_failed_buffered_write_is_not_shown_once_closed() {
     m.unmount();
     drop(back);
 }
+
+/// The space of a large file removed through the mount is free when `rm` (or the rename over
+/// it) returns, as on a local file system, though the daemon holds the inode until the
+/// kernel's FORGET (src/vfs/unlinked.rs); a file still open keeps its data until closed. Until
+/// 2026-12-05 a write right after the `rm` of a large file on a full disk could fail with
+/// ENOSPC, and `df` showed the space a moment later.
+#[test]
+fn the_space_of_a_removed_file_is_free_when_rm_returns() {
+    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("48m");
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    let root = mnt.clone();
+    let backing = back.0.clone();
+    with_timeout(120, move || {
+        let free = || {
+            let s = rustix::fs::statvfs(&backing).unwrap();
+            s.f_bavail * s.f_frsize
+        };
+        let big: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let write = |name: &str| {
+            let mut f = std::fs::File::create(root.join(name)).unwrap();
+            f.write_all(&big).unwrap();
+            f.sync_all().unwrap();
+        };
+        let before = free();
+        let slack = 2u64 << 20;
+        for round in 0..3 {
+            write("big");
+            assert!(
+                free() + (16 << 20) <= before + slack,
+                "round {round}: not stored?"
+            );
+            std::fs::remove_file(root.join("big")).unwrap();
+            assert!(
+                free() + slack >= before,
+                "round {round}: {} of {} bytes free right after rm",
+                free(),
+                before
+            );
+        }
+        // Renamed over.
+        write("old");
+        std::fs::write(root.join("new"), b"small").unwrap();
+        std::fs::rename(root.join("new"), root.join("old")).unwrap();
+        assert!(free() + slack >= before, "after a rename over a large file");
+        assert_eq!(std::fs::read(root.join("old")).unwrap(), b"small");
+        // Open while removed: read to the end all the same, and freed at its close.
+        write("held");
+        let held = std::fs::File::open(root.join("held")).unwrap();
+        std::fs::remove_file(root.join("held")).unwrap();
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut &held, &mut back).unwrap();
+        assert!(back == big, "an open file removed lost its data");
+        drop(held);
+        // A second hard link keeps the file whole.
+        write("one");
+        std::fs::hard_link(root.join("one"), root.join("two")).unwrap();
+        std::fs::remove_file(root.join("one")).unwrap();
+        assert!(std::fs::read(root.join("two")).unwrap() == big);
+    });
+    m.unmount();
+    let fsck = kmsfs()
+        .args(["fsck", "--passfile"])
+        .arg(&pass)
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}

@@ -216,9 +216,13 @@ impl Vfs {
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
         crate::fault::check("unlink")?;
+        let doomed = self.doomed(&dir, &cn.entry);
         let r = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
         if r.is_ok() {
             self.remove_side_file(&dir, &cn);
+            if let Some(node) = doomed {
+                self.free_unlinked(&node);
+            }
         }
         dir.entries_changed();
         Ok(r?)
@@ -270,6 +274,11 @@ impl Vfs {
             rf |= RenameFlags::WHITEOUT;
         }
         let wrote = self.write_side_file(&to_dir, &to)?;
+        // A file renamed over loses its name (not in an exchange).
+        let doomed = match flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) {
+            0 => self.doomed(&to_dir, &to.entry),
+            _ => None,
+        };
         let mut r = crate::fault::check("rename").and_then(|()| {
             rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
         });
@@ -288,6 +297,9 @@ impl Vfs {
             from_dir.entries_changed();
             to_dir.entries_changed();
             return Err(e.into());
+        }
+        if let Some(node) = doomed {
+            self.free_unlinked(&node);
         }
         // After an exchange both names still exist, and the whiteout keeps the old one;
         // otherwise the old name is gone.

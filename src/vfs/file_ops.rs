@@ -147,10 +147,12 @@ impl Vfs {
 
     fn put_open_file(&self, ino: u64) {
         use dashmap::mapref::entry::Entry;
+        let mut closed = None;
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
                 let (f, _) = e.remove();
+                closed = Some(f.clone());
                 if f.write_failed() {
                     let mut v = self.stale_caches.lock().unwrap_or_else(|p| p.into_inner());
                     v.push(ino);
@@ -163,6 +165,10 @@ impl Vfs {
                     .written_behind_bytes
                     .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
             }
+        }
+        // Outside the table's lock.
+        if let Some(f) = closed {
+            self.free_closed_unlinked(&f);
         }
     }
 

@@ -20,6 +20,7 @@ mod inode;
 mod open_file;
 mod path;
 mod prefetch;
+mod unlinked;
 mod write_behind;
 mod write_order;
 mod xattr_ops;
