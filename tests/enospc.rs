@@ -339,3 +339,41 @@ fn the_space_of_a_removed_file_is_free_when_rm_returns() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// With the writeback cache `write(2)` only fills the kernel's page cache, and the write-back
+/// that fails later was reported only at fsync and close: a loop writing until ENOSPC (how
+/// dd, test suites and log writers find a disk full) ran on for ever. A failed write-back now
+/// fails the next `write(2)` of the file (the kernel's attribute request before it), so the
+/// loop ends soon after the disk is full; what was stored before stays intact.
+#[test]
+fn a_loop_writing_until_enospc_ends() {
+    let (_t, _back, cipher, mnt, pass) = volume_on_tmpfs("24m");
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    let root = mnt.clone();
+    let (written, err) = with_timeout(120, move || {
+        std::fs::write(root.join("keep"), b"kept").unwrap();
+        let mut f = std::fs::File::create(root.join("fill")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let mut written = 0u64;
+        let err = loop {
+            match f.write(&chunk) {
+                Ok(n) => written += n as u64,
+                Err(e) => break e,
+            }
+            if written > 2 << 30 {
+                panic!("2 GiB accepted by a 24 MiB disk without an error");
+            }
+        };
+        drop(f);
+        assert_eq!(std::fs::read(root.join("keep")).unwrap(), b"kept");
+        std::fs::remove_file(root.join("fill")).unwrap();
+        std::fs::write(root.join("after"), vec![1u8; 1 << 20]).unwrap();
+        (written, err)
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(
+        written < 256 << 20,
+        "{written} bytes accepted before ENOSPC"
+    );
+    m.unmount();
+}

@@ -349,8 +349,15 @@ impl Filesystem for KmsFs {
         self.vfs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _turn = self.turn();
+        // Through an open file whose write-back failed since: the error, once. With the
+        // writeback cache this is how a write(2) after it learns of it (see `Vfs::write_from`).
+        if let Some(fh) = fh
+            && let Some(e) = self.vfs.take_write_error(fh.0)
+        {
+            return reply.error(errno("getattr", &e));
+        }
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(&ttl(a.ino), &attr(&a)),
             Err(e) => reply.error(errno("getattr", &e)),
@@ -562,11 +569,19 @@ impl Filesystem for KmsFs {
         {
             return reply.error(e);
         }
-        let r = self.vfs.write(fh.0, offset, data);
+        let cached = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        let r = self.vfs.write_from(fh.0, offset, data, cached);
         self.after_control(fh);
         match r {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", &e)),
+            Err(e) => {
+                // The writer was told it succeeded: have the kernel ask for the file's
+                // attributes at its next write(2), which then fails (`getattr`).
+                if cached {
+                    self.reclaim.expire_attrs(ino.0);
+                }
+                reply.error(errno("write", &e))
+            }
         }
     }
 

@@ -15,7 +15,8 @@
 //! through kmsfs (their /proc links would read "(deleted)").
 //! The same thread drops the names of files whose write failed once they are closed
 //! everywhere (see `Vfs::take_stale_caches`), so that the kernel forgets the size and pages it
-//! kept for what never reached the disk.
+//! kept for what never reached the disk, and the cached attributes of a file whose write-back
+//! failed at once (`expire_attrs`), so that its next `write(2)` learns of it.
 //!
 //! On a busy machine the thread can fall behind a process creating files fast, and the
 //! descriptors run out before the kernel has let names go. A request that fails so
@@ -77,6 +78,9 @@ pub struct Reclaim {
     wake: OnceLock<SyncSender<()>>,
     /// Files whose names are to be dropped once no handle holds them (see `drop_stale`).
     stale: std::sync::Mutex<Vec<u64>>,
+    /// Files whose cached attributes the kernel is to drop (a write-back failed: see
+    /// `Vfs::take_write_error`).
+    expire: std::sync::Mutex<Vec<u64>>,
     /// A request may wait for descriptors (more than one request thread).
     may_wait: AtomicBool,
     /// A request is waiting for descriptors.
@@ -208,6 +212,18 @@ impl Reclaim {
         r
     }
 
+    /// Has the thread ask the kernel to drop the cached attributes of `ino` (not from a
+    /// request: a notification must not wait inside one).
+    pub fn expire_attrs(&self, ino: u64) {
+        self.expire
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ino);
+        if let Some(w) = self.wake.get() {
+            let _ = w.try_send(());
+        }
+    }
+
     /// Wakes the thread for files closed after a failed write (see `drop_stale`).
     pub fn stale_closed(&self) {
         if let Some(w) = self.wake.get() {
@@ -274,6 +290,12 @@ impl Reclaim {
                     // Key-store changes not made through a control file (a deletion window
                     // ending): the same thread, once a second.
                     listings.periodic(&vfs, notifier);
+                    let expire =
+                        std::mem::take(&mut *me.expire.lock().unwrap_or_else(|p| p.into_inner()));
+                    for ino in expire {
+                        // Attributes only (offset -1): no page is touched.
+                        let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
+                    }
                     me.drop_stale(&vfs, notifier);
                     let before = vfs.node_count();
                     if me.reclaim(&vfs, notifier, limit) {

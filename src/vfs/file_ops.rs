@@ -456,6 +456,13 @@ impl Vfs {
 
     /// Writes and returns the number of bytes written.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.write_from(fh, offset, data, false)
+    }
+
+    /// [`Vfs::write`]; `cached`: the kernel sends the data from its page cache (the writeback
+    /// cache), so whoever wrote it was told it succeeded already: a failure is then reported
+    /// again through [`Vfs::take_write_error`].
+    pub fn write_from(&self, fh: u64, offset: u64, data: &[u8], cached: bool) -> Result<u32> {
         self.touch();
         if super::is_control_handle(fh) {
             return self.control.write(fh, offset, data).map_err(ctl_err);
@@ -463,11 +470,25 @@ impl Vfs {
         self.check_writable()?;
         let (f, append) = self.handle_file(fh)?;
         if let Err(e) = f.write(offset, data, append) {
-            f.note_write_failed();
+            match cached {
+                true => f.note_writeback_failed(e.errno()),
+                false => f.note_write_failed(),
+            }
             return Err(e);
         }
         self.count(fh, |a| &a.written, data.len());
         Ok(data.len() as u32)
+    }
+
+    /// A failed write-back of the file open as `fh` not reported yet (once). With the writeback
+    /// cache `write(2)` only fills the kernel's page cache, so a process writing to a full disk
+    /// would never see ENOSPC from it, and a loop that writes until it fails (filling a disk)
+    /// would never end: the kernel asks for the file's attributes at the next `write(2)` once
+    /// they are expired (see `fuse::reclaim`), and that request fails with this error.
+    pub fn take_write_error(&self, fh: u64) -> Option<VfsError> {
+        let (f, _) = self.handle_file(fh).ok()?;
+        f.take_unreported()
+            .map(|e| VfsError::Sys(Errno::from_raw_os_error(e)))
     }
 
     /// Adds to a handle's audited byte counter.

@@ -128,6 +128,9 @@ pub struct OpenFile {
     /// A write failed: the kernel's cached pages and size may show what never reached the disk
     /// (see `Vfs::take_stale_caches`).
     write_failed: std::sync::atomic::AtomicBool,
+    /// The errno of a failed write the kernel sent from its page cache (writeback), not yet
+    /// reported to a writer (0: none; see [`OpenFile::take_unreported`]).
+    unreported: std::sync::atomic::AtomicI32,
     /// The backing descriptor was opened `O_NOATIME` for an open that does not read (writing
     /// only, a truncate): the reads kmsfs makes for its own needs (a partly written block, the
     /// block a truncate cuts) are no access. The first read for a caller, or an open for
@@ -157,6 +160,7 @@ impl OpenFile {
             order: Default::default(),
             written_behind: Default::default(),
             write_failed: Default::default(),
+            unreported: Default::default(),
             quiet: Default::default(),
         }
     }
@@ -347,6 +351,26 @@ impl OpenFile {
     pub fn note_write_failed(&self) {
         self.write_failed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records that a write the kernel sent from its page cache failed with `errno`: the
+    /// process that wrote it got success long before. The next attribute request through a
+    /// handle of the file gets the error ([`OpenFile::take_unreported`]).
+    pub fn note_writeback_failed(&self, errno: i32) {
+        self.note_write_failed();
+        self.unreported
+            .store(errno, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The errno of a failed write-back not reported yet, once.
+    pub fn take_unreported(&self) -> Option<i32> {
+        match self
+            .unreported
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            e => Some(e),
+        }
     }
 
     /// Whether a write to this file failed while it was open.
