@@ -35,7 +35,7 @@ need_root "apt-get, mounting"
 need_command fusermount3 fuse3
 [[ -x $PY ]] || install_pkg python3
 ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || die "$PY does not run"
-"$PY" -c 'import test.regrtest' 2>/dev/null || install_pkg "libpython$ver-testsuite"
+"$PY" -c 'import test.test_os' 2>/dev/null || install_pkg "libpython$ver-testsuite"
 
 kmsfs_binary
 fresh_mount
