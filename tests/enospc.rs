@@ -365,6 +365,17 @@ fn a_loop_writing_until_enospc_ends() {
             }
         };
         drop(f);
+        // Only handles open for writing when it happened are told: not a reader, nor a writer
+        // that came after.
+        for write in [false, true] {
+            let late = std::fs::OpenOptions::new()
+                .read(!write)
+                .append(write)
+                .open(root.join("fill"))
+                .unwrap();
+            late.metadata()
+                .unwrap_or_else(|e| panic!("fstat (write: {write}): {e}"));
+        }
         assert_eq!(std::fs::read(root.join("keep")).unwrap(), b"kept");
         std::fs::remove_file(root.join("fill")).unwrap();
         std::fs::write(root.join("after"), vec![1u8; 1 << 20]).unwrap();

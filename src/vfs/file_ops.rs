@@ -180,6 +180,7 @@ impl Vfs {
         audit: Option<HandleAudit>,
     ) -> u64 {
         let fh = self.new_fh();
+        let wb_seen = std::sync::atomic::AtomicU64::new(file.writeback_failures().0);
         self.handles.insert(
             fh,
             Handle {
@@ -187,6 +188,8 @@ impl Vfs {
                 file,
                 append: o.append,
                 reads: o.read,
+                writes: o.write,
+                wb_seen,
                 audit,
             },
         );
@@ -480,15 +483,22 @@ impl Vfs {
         Ok(data.len() as u32)
     }
 
-    /// A failed write-back of the file open as `fh` not reported yet (once). With the writeback
-    /// cache `write(2)` only fills the kernel's page cache, so a process writing to a full disk
-    /// would never see ENOSPC from it, and a loop that writes until it fails (filling a disk)
-    /// would never end: the kernel asks for the file's attributes at the next `write(2)` once
-    /// they are expired (see `fuse::reclaim`), and that request fails with this error.
+    /// A failed write-back of the file open for writing as `fh` since this handle last
+    /// reported one (or was opened). With the writeback cache `write(2)` only fills the
+    /// kernel's page cache, so a process writing to a full disk would never see ENOSPC from it,
+    /// and a loop that writes until it fails (filling a disk) would never end: the kernel asks
+    /// for the file's attributes at the next `write(2)` once they are expired (see
+    /// `fuse::reclaim`), and that request fails with this error. A handle opened only for
+    /// reading, or after the failure, is not told (as `fsync(2)` reports an error only to
+    /// descriptors open when it happened).
     pub fn take_write_error(&self, fh: u64) -> Option<VfsError> {
-        let (f, _) = self.handle_file(fh).ok()?;
-        f.take_unreported()
-            .map(|e| VfsError::Sys(Errno::from_raw_os_error(e)))
+        let h = self.handles.get(&fh)?;
+        if !h.writes {
+            return None;
+        }
+        let (n, errno) = h.file.writeback_failures();
+        let seen = h.wb_seen.swap(n, std::sync::atomic::Ordering::Relaxed);
+        (n > seen).then(|| VfsError::Sys(Errno::from_raw_os_error(errno)))
     }
 
     /// Adds to a handle's audited byte counter.

@@ -88,6 +88,11 @@ struct Handle {
     /// opened for writing only, to fill a page a write covers in part: not the caller's read
     /// (no access time, not counted in the close record).
     reads: bool,
+    /// Opened for writing.
+    writes: bool,
+    /// The file's failed write-backs this handle has reported (or that came before it was
+    /// opened): each handle open for writing learns of a later one once, as `fsync(2)` does.
+    wb_seen: AtomicU64,
     /// Present when the mount is audited: who opened it and the byte counts for the close record.
     audit: Option<access_ops::HandleAudit>,
 }

@@ -128,9 +128,10 @@ pub struct OpenFile {
     /// A write failed: the kernel's cached pages and size may show what never reached the disk
     /// (see `Vfs::take_stale_caches`).
     write_failed: std::sync::atomic::AtomicBool,
-    /// The errno of a failed write the kernel sent from its page cache (writeback), not yet
-    /// reported to a writer (0: none; see [`OpenFile::take_unreported`]).
-    unreported: std::sync::atomic::AtomicI32,
+    /// Writes the kernel sent from its page cache (writeback) that failed, and the errno of
+    /// the last (see `Vfs::take_write_error`).
+    wb_failures: std::sync::atomic::AtomicU64,
+    wb_errno: std::sync::atomic::AtomicI32,
     /// The backing descriptor was opened `O_NOATIME` for an open that does not read (writing
     /// only, a truncate): the reads kmsfs makes for its own needs (a partly written block, the
     /// block a truncate cuts) are no access. The first read for a caller, or an open for
@@ -160,7 +161,8 @@ impl OpenFile {
             order: Default::default(),
             written_behind: Default::default(),
             write_failed: Default::default(),
-            unreported: Default::default(),
+            wb_failures: Default::default(),
+            wb_errno: Default::default(),
             quiet: Default::default(),
         }
     }
@@ -354,23 +356,19 @@ impl OpenFile {
     }
 
     /// Records that a write the kernel sent from its page cache failed with `errno`: the
-    /// process that wrote it got success long before. The next attribute request through a
-    /// handle of the file gets the error ([`OpenFile::take_unreported`]).
+    /// process that wrote it got success long before (see `Vfs::take_write_error`).
     pub fn note_writeback_failed(&self, errno: i32) {
         self.note_write_failed();
-        self.unreported
+        self.wb_errno
             .store(errno, std::sync::atomic::Ordering::Relaxed);
+        self.wb_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
-    /// The errno of a failed write-back not reported yet, once.
-    pub fn take_unreported(&self) -> Option<i32> {
-        match self
-            .unreported
-            .swap(0, std::sync::atomic::Ordering::Relaxed)
-        {
-            0 => None,
-            e => Some(e),
-        }
+    /// How many write-backs of this file failed, and the errno of the last.
+    pub fn writeback_failures(&self) -> (u64, i32) {
+        let n = self.wb_failures.load(std::sync::atomic::Ordering::Acquire);
+        (n, self.wb_errno.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Whether a write to this file failed while it was open.
