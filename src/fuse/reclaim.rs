@@ -215,10 +215,11 @@ impl Reclaim {
     /// Has the thread ask the kernel to drop the cached attributes of `ino` (not from a
     /// request: a notification must not wait inside one).
     pub fn expire_attrs(&self, ino: u64) {
-        self.expire
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ino);
+        let mut e = self.expire.lock().unwrap_or_else(|p| p.into_inner());
+        if !e.contains(&ino) {
+            e.push(ino);
+        }
+        drop(e);
         if let Some(w) = self.wake.get() {
             let _ = w.try_send(());
         }
@@ -276,6 +277,8 @@ impl Reclaim {
         std::thread::Builder::new()
             .name("kmsfs-reclaim".into())
             .spawn(move || {
+                // Nodes asked for in rounds since the last that let any go.
+                let mut fruitless = 0usize;
                 loop {
                     match rx.recv_timeout(RECHECK) {
                         Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -298,35 +301,45 @@ impl Reclaim {
                     }
                     me.drop_stale(&vfs, notifier);
                     let before = vfs.node_count();
-                    if me.reclaim(&vfs, notifier, limit) {
-                        if me.pruner().is_none() {
-                            drop(me);
-                            std::thread::sleep(SETTLE);
-                            continue;
-                        }
-                        std::thread::sleep(SETTLE_PRUNED);
-                        // Nothing let go (all in use): as futile as finding nothing to drop,
-                        // and no reason to look again at once.
-                        if vfs.node_count() >= before {
-                            me.futile.fetch_add(1, Ordering::Relaxed);
-                            drop(me);
-                            std::thread::sleep(SETTLE);
-                        }
+                    let asked = me.reclaim(&vfs, notifier, limit);
+                    if asked == 0 {
+                        continue;
                     }
+                    if me.pruner().is_none() {
+                        drop(me);
+                        std::thread::sleep(SETTLE);
+                        continue;
+                    }
+                    std::thread::sleep(SETTLE_PRUNED);
+                    if vfs.node_count() < before {
+                        fruitless = 0;
+                        continue;
+                    }
+                    // Nothing let go (in use): no reason to look again at once. The nodes
+                    // kept go to the back of the list, so the next rounds ask for others; once
+                    // every node listed has been asked for in vain, the rounds are as futile
+                    // as finding nothing to drop (a request waiting for room gives up).
+                    fruitless += asked;
+                    if fruitless >= me.names.len() {
+                        fruitless = 0;
+                        me.futile.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(me);
+                    std::thread::sleep(SETTLE);
                 }
             })?;
         Ok(())
     }
 
-    /// One round; whether any node was asked for.
-    fn reclaim(&self, vfs: &Vfs, notifier: &Notifier, limit: usize) -> bool {
+    /// One round; how many nodes were asked for.
+    fn reclaim(&self, vfs: &Vfs, notifier: &Notifier, limit: usize) -> usize {
         let count = vfs.node_count();
         // Names of inodes the kernel has let go: keep the map about as large as the table.
         if count <= limit * HIGH / 1000 {
             if self.names.len() > 2 * count + 1024 {
                 self.names.retain(|ino, _| vfs.knows(*ino));
             }
-            return false;
+            return 0;
         }
         self.names.retain(|ino, _| vfs.knows(*ino));
         let pruner = self.pruner();
@@ -348,7 +361,7 @@ impl Reclaim {
             if !self.names.is_empty() {
                 self.futile.fetch_add(1, Ordering::Relaxed);
             }
-            return false;
+            return 0;
         }
         oldest.select_nth_unstable_by_key(excess - 1, |r| r.0);
         let oldest = &mut oldest[..excess];
@@ -373,13 +386,13 @@ impl Reclaim {
                             g.tick = self.tick.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    return true;
+                    return nodes.len();
                 }
                 Err(e) => {
                     tracing::warn!("prune notification refused ({e}): invalidating names instead");
                     self.prunes.store(false, Ordering::Relaxed);
                     self.names.retain(|_, g| !g.dir);
-                    return true;
+                    return nodes.len();
                 }
             }
         }
@@ -393,7 +406,7 @@ impl Reclaim {
                 let _ = notifier.inval_entry(INodeNo(parent), &name);
             }
         }
-        true
+        oldest.len()
     }
 }
 

@@ -221,7 +221,7 @@ impl Vfs {
         if r.is_ok() {
             self.remove_side_file(&dir, &cn);
             if let Some(node) = doomed {
-                self.free_unlinked(&node);
+                self.removed(&node);
             }
         }
         dir.entries_changed();
@@ -299,7 +299,7 @@ impl Vfs {
             return Err(e.into());
         }
         if let Some(node) = doomed {
-            self.free_unlinked(&node);
+            self.removed(&node);
         }
         // After an exchange both names still exist, and the whiteout keeps the old one;
         // otherwise the old name is gone.

@@ -147,12 +147,10 @@ impl Vfs {
 
     fn put_open_file(&self, ino: u64) {
         use dashmap::mapref::entry::Entry;
-        let mut closed = None;
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
                 let (f, _) = e.remove();
-                closed = Some(f.clone());
                 if f.write_failed() {
                     let mut v = self.stale_caches.lock().unwrap_or_else(|p| p.into_inner());
                     v.push(ino);
@@ -165,10 +163,6 @@ impl Vfs {
                     .written_behind_bytes
                     .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
             }
-        }
-        // Outside the table's lock.
-        if let Some(f) = closed {
-            self.free_closed_unlinked(&f);
         }
     }
 
@@ -472,9 +466,17 @@ impl Vfs {
         }
         self.check_writable()?;
         let (f, append) = self.handle_file(fh)?;
-        if let Err(e) = f.write(offset, data, append) {
+        let mut r = f.write(offset, data, append);
+        // Short of space while removed files are still being let go: once more when they are.
+        if let Err(e) = &r
+            && matches!(e.errno(), libc::ENOSPC | libc::EDQUOT)
+            && self.wait_for_removed()
+        {
+            r = f.write(offset, data, append);
+        }
+        if let Err(e) = r {
             match cached {
-                true => f.note_writeback_failed(e.errno()),
+                true => f.note_writeback_failed(e.errno(), data.len()),
                 false => f.note_write_failed(),
             }
             return Err(e);
@@ -496,8 +498,13 @@ impl Vfs {
         if !h.writes {
             return None;
         }
-        let (n, errno) = h.file.writeback_failures();
+        let (n, errno, len) = h.file.writeback_failures();
         let seen = h.wb_seen.swap(n, std::sync::atomic::Ordering::Relaxed);
+        // Out of space no more (the writer may have been told at fsync or close, which we do
+        // not see, and made room since): the next write would succeed, so it is not failed.
+        if matches!(errno, libc::ENOSPC | libc::EDQUOT) && self.backing_free() >= len + (1 << 20) {
+            return None;
+        }
         (n > seen).then(|| VfsError::Sys(Errno::from_raw_os_error(errno)))
     }
 

@@ -125,6 +125,8 @@ pub struct Vfs {
     /// One shared content state per open inode, with its handle count.
     open_files: DashMap<u64, (Arc<OpenFile>, usize)>,
     /// Files closed since a write to them failed (see `take_stale_caches`).
+    /// Large files removed through the mount whose nodes may still be held (`unlinked.rs`).
+    removed: std::sync::Mutex<Vec<(u64, std::time::Instant)>>,
     stale_caches: std::sync::Mutex<Vec<u64>>,
     /// `stale_caches` is not empty (read on every release without the lock).
     stale_pending: std::sync::atomic::AtomicBool,
@@ -226,6 +228,7 @@ impl Vfs {
             handles: DashMap::new(),
             dir_cursors: Default::default(),
             open_files: DashMap::new(),
+            removed: Default::default(),
             stale_caches: Default::default(),
             stale_pending: Default::default(),
             next_fh: AtomicU64::new(1),

@@ -132,6 +132,8 @@ pub struct OpenFile {
     /// the last (see `Vfs::take_write_error`).
     wb_failures: std::sync::atomic::AtomicU64,
     wb_errno: std::sync::atomic::AtomicI32,
+    /// The size of the last failed write-back.
+    wb_len: std::sync::atomic::AtomicU64,
     /// The backing descriptor was opened `O_NOATIME` for an open that does not read (writing
     /// only, a truncate): the reads kmsfs makes for its own needs (a partly written block, the
     /// block a truncate cuts) are no access. The first read for a caller, or an open for
@@ -163,6 +165,7 @@ impl OpenFile {
             write_failed: Default::default(),
             wb_failures: Default::default(),
             wb_errno: Default::default(),
+            wb_len: Default::default(),
             quiet: Default::default(),
         }
     }
@@ -355,20 +358,26 @@ impl OpenFile {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Records that a write the kernel sent from its page cache failed with `errno`: the
-    /// process that wrote it got success long before (see `Vfs::take_write_error`).
-    pub fn note_writeback_failed(&self, errno: i32) {
+    /// Records that a write of `len` bytes the kernel sent from its page cache failed with
+    /// `errno`: the process that wrote it got success long before (see
+    /// `Vfs::take_write_error`).
+    pub fn note_writeback_failed(&self, errno: i32, len: usize) {
+        use std::sync::atomic::Ordering;
         self.note_write_failed();
-        self.wb_errno
-            .store(errno, std::sync::atomic::Ordering::Relaxed);
-        self.wb_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.wb_errno.store(errno, Ordering::Relaxed);
+        self.wb_len.store(len as u64, Ordering::Relaxed);
+        self.wb_failures.fetch_add(1, Ordering::Release);
     }
 
-    /// How many write-backs of this file failed, and the errno of the last.
-    pub fn writeback_failures(&self) -> (u64, i32) {
-        let n = self.wb_failures.load(std::sync::atomic::Ordering::Acquire);
-        (n, self.wb_errno.load(std::sync::atomic::Ordering::Relaxed))
+    /// How many write-backs of this file failed, the errno of the last and its size.
+    pub fn writeback_failures(&self) -> (u64, i32, u64) {
+        use std::sync::atomic::Ordering;
+        let n = self.wb_failures.load(Ordering::Acquire);
+        (
+            n,
+            self.wb_errno.load(Ordering::Relaxed),
+            self.wb_len.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether a write to this file failed while it was open.
