@@ -1,9 +1,10 @@
 //! Letting the kernel drop inodes before the daemon runs out of descriptors. Every inode the
 //! kernel holds costs one (`vfs::inode`), and without memory pressure the kernel keeps every
 //! inode it has seen, so a walk over more files than the descriptor limit would end in EMFILE.
-//! Each node the kernel is given is remembered here with its name and directory; once the
-//! inode table passes 60% of the limit, a thread asks the kernel to drop the least recently
-//! given ones until it is back at 40% (rounds at least 50 ms apart).
+//! Each node the kernel is given is remembered here with its directory; once the inode table
+//! passes 60% of the limit, a thread asks the kernel to drop the least recently given ones
+//! until it is back at 40% (rounds at least 50 ms apart; 5 ms with prunes while they free
+//! something).
 //! Unused inodes then go (FORGET closes their descriptors); asking again costs a lookup.
 //!
 //! Where the kernel has FUSE_NOTIFY_PRUNE (Linux 6.18, `prune.rs`) the thread names the nodes

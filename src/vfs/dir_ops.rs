@@ -216,13 +216,10 @@ impl Vfs {
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
         crate::fault::check("unlink")?;
-        let doomed = self.doomed(&dir, &cn.entry);
         let r = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
         if r.is_ok() {
             self.remove_side_file(&dir, &cn);
-            if let Some(node) = doomed {
-                self.removed(&node);
-            }
+            self.removed();
         }
         dir.entries_changed();
         Ok(r?)
@@ -274,11 +271,6 @@ impl Vfs {
             rf |= RenameFlags::WHITEOUT;
         }
         let wrote = self.write_side_file(&to_dir, &to)?;
-        // A file renamed over loses its name (not in an exchange).
-        let doomed = match flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) {
-            0 => self.doomed(&to_dir, &to.entry),
-            _ => None,
-        };
         let mut r = crate::fault::check("rename").and_then(|()| {
             rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
         });
@@ -298,8 +290,9 @@ impl Vfs {
             to_dir.entries_changed();
             return Err(e.into());
         }
-        if let Some(node) = doomed {
-            self.removed(&node);
+        // A file renamed over loses its name (not in an exchange).
+        if flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == 0 {
+            self.removed();
         }
         // After an exchange both names still exist, and the whiteout keeps the old one;
         // otherwise the old name is gone.

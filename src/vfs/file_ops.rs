@@ -475,9 +475,10 @@ impl Vfs {
             r = f.write(offset, data, append);
         }
         if let Err(e) = r {
-            match cached {
-                true => f.note_writeback_failed(e.errno(), data.len()),
-                false => f.note_write_failed(),
+            if cached {
+                f.note_writeback_failed(e.errno(), data.len());
+            } else {
+                f.note_write_failed();
             }
             return Err(e);
         }
@@ -499,13 +500,15 @@ impl Vfs {
             return None;
         }
         let (n, errno, len) = h.file.writeback_failures();
-        let seen = h.wb_seen.swap(n, std::sync::atomic::Ordering::Relaxed);
+        if h.wb_seen.swap(n, std::sync::atomic::Ordering::Relaxed) >= n {
+            return None;
+        }
         // Out of space no more (the writer may have been told at fsync or close, which we do
         // not see, and made room since): the next write would succeed, so it is not failed.
         if matches!(errno, libc::ENOSPC | libc::EDQUOT) && self.backing_free() >= len + (1 << 20) {
             return None;
         }
-        (n > seen).then(|| VfsError::Sys(Errno::from_raw_os_error(errno)))
+        Some(VfsError::Sys(Errno::from_raw_os_error(errno)))
     }
 
     /// Adds to a handle's audited byte counter.

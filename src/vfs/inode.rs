@@ -56,7 +56,7 @@ pub struct Node {
 const ENTRIES_WARM_MS: u64 = 30_000;
 
 /// Milliseconds since the first call, from 1 on.
-fn coarse_now_ms() -> u64 {
+pub(super) fn coarse_now_ms() -> u64 {
     static START: OnceLock<std::time::Instant> = OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
     u64::try_from(start.elapsed().as_millis())

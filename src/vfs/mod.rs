@@ -124,9 +124,10 @@ pub struct Vfs {
     dir_cursors: dir_read::Cursors,
     /// One shared content state per open inode, with its handle count.
     open_files: DashMap<u64, (Arc<OpenFile>, usize)>,
+    /// When an entry was last removed ([`inode::coarse_now_ms`]; 0: never): a write short of
+    /// space shortly after waits for its blocks (`unlinked.rs`).
+    removed_at: AtomicU64,
     /// Files closed since a write to them failed (see `take_stale_caches`).
-    /// Large files removed through the mount whose nodes may still be held (`unlinked.rs`).
-    removed: std::sync::Mutex<Vec<(u64, std::time::Instant)>>,
     stale_caches: std::sync::Mutex<Vec<u64>>,
     /// `stale_caches` is not empty (read on every release without the lock).
     stale_pending: std::sync::atomic::AtomicBool,
@@ -228,7 +229,7 @@ impl Vfs {
             handles: DashMap::new(),
             dir_cursors: Default::default(),
             open_files: DashMap::new(),
-            removed: Default::default(),
+            removed_at: AtomicU64::new(0),
             stale_caches: Default::default(),
             stale_pending: Default::default(),
             next_fh: AtomicU64::new(1),
