@@ -2275,6 +2275,125 @@ fn timestamps_move_like_on_a_plain_directory_in(mount_args: &[&'static str]) {
 }
 
 #[test]
+fn modification_times_survive_a_remount() {
+    modification_times_survive_a_remount_in(&[]);
+}
+
+#[test]
+fn modification_times_survive_a_remount_without_writeback_cache() {
+    modification_times_survive_a_remount_in(&["--no-writeback-cache"]);
+}
+
+/// The modification time a file shows is the one it keeps: after a remount (the kernel's
+/// inodes gone) every file shows the same time to the nanosecond. With the writeback cache the
+/// kernel holds a written file's time and the data reaches the daemon later; a quick write and
+/// close used to come back 0.1–3 ms later, the time of the daemon's write. A write made later
+/// still moves the time forward.
+fn modification_times_survive_a_remount_in(mount_args: &[&'static str]) {
+    let mut fx = Fx::with_mount_args(&[], mount_args);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(30));
+    let times = |root: &Path| -> BTreeMap<String, (i64, i64)> {
+        let mut m = BTreeMap::new();
+        for e in fs::read_dir(root.join("t")).unwrap() {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            m.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                (md.mtime(), md.mtime_nsec()),
+            );
+        }
+        m
+    };
+    let before = fx.on_mount(120, move |root| {
+        let t = root.join("t");
+        fs::create_dir(&t).unwrap();
+        let mtime = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (m.mtime(), m.mtime_nsec())
+        };
+        // Written and closed at once, many times (the drift was a race).
+        for i in 0..40 {
+            fs::write(t.join(format!("quick{i}")), vec![i as u8; 1000 + 300 * i]).unwrap();
+        }
+        // Written again later through a descriptor kept open.
+        let mut f = File::create(t.join("long")).unwrap();
+        f.write_all(b"one").unwrap();
+        let m0 = mtime(&t.join("long"));
+        pause();
+        f.write_all(b"two").unwrap();
+        drop(f);
+        assert!(mtime(&t.join("long")) > m0, "a later write moves the time");
+        // Appended to later.
+        fs::write(t.join("append"), vec![1; 9000]).unwrap();
+        let m0 = mtime(&t.join("append"));
+        pause();
+        OpenOptions::new()
+            .append(true)
+            .open(t.join("append"))
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        assert!(mtime(&t.join("append")) > m0, "an append moves the time");
+        // Written, then given a time.
+        fs::write(t.join("given"), vec![2; 5000]).unwrap();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
+        File::options()
+            .write(true)
+            .open(t.join("given"))
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+        assert_eq!(mtime(&t.join("given")), (1_000_000_000, 123_456_789));
+        // Given a time while open, then written through the same descriptor.
+        let mut f = File::create(t.join("given then written")).unwrap();
+        f.write_all(b"a").unwrap();
+        f.set_modified(at).unwrap();
+        f.write_all(b"b").unwrap();
+        drop(f);
+        // Emptied by O_TRUNC and written.
+        fs::write(t.join("trunc"), vec![3; 20000]).unwrap();
+        pause();
+        fs::write(t.join("trunc"), b"hi").unwrap();
+        // Extended by truncate, written, allocated, written again.
+        let f = File::create(t.join("alloc")).unwrap();
+        f.set_len(100_000).unwrap();
+        f.write_all_at(b"x", 10).unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(
+            unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, 200_000) },
+            0,
+            "posix_fallocate"
+        );
+        f.write_all_at(b"y", 150_000).unwrap();
+        drop(f);
+        // Written through a shared mapping.
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(t.join("mapped"))
+            .unwrap();
+        f.set_len(65536).unwrap();
+        let mut m = Map::new(&f, 65536, libc::MAP_SHARED);
+        m.slice()[100..200].fill(b'z');
+        drop(m);
+        drop(f);
+        times(root)
+    });
+    fx.remount();
+    let after = fx.on_mount(60, move |root| times(root));
+    assert_eq!(before.len(), 47);
+    let moved: Vec<_> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}: {v:?} -> {:?}", after.get(k)))
+        .collect();
+    assert!(moved.is_empty(), "times changed by a remount: {moved:#?}");
+    fx.finish_mount_only();
+}
+
+#[test]
 fn statfs_reports_backing_store() {
     let fx = Fx::new();
     let cipher = fx.v.cipher.clone();

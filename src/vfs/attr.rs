@@ -53,7 +53,7 @@ pub struct Attr {
     pub generation: u64,
 }
 
-fn time(sec: i64, nsec: i64) -> SystemTime {
+pub(super) fn time(sec: i64, nsec: i64) -> SystemTime {
     let ns = nsec.clamp(0, 999_999_999) as u32;
     if sec >= 0 {
         UNIX_EPOCH + Duration::new(sec as u64, ns)

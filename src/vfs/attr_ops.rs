@@ -133,12 +133,35 @@ impl Vfs {
             };
             crate::fault::check("utimens")?;
             // On the node's own `O_PATH` descriptor (no walk through /proc/self/fd).
-            rustix::fs::utimensat(
-                &node.fd,
-                "",
-                &ts,
-                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-            )?;
+            let apply = || {
+                rustix::fs::utimensat(
+                    &node.fd,
+                    "",
+                    &ts,
+                    AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+                )
+            };
+            let open = (node.kind == Kind::File)
+                .then(|| self.open_files.get(&ino).map(|e| e.0.clone()))
+                .flatten();
+            match (open, set.mtime) {
+                // The kernel's writeback cache sends the time it holds this way: the one kept
+                // while it writes the file (`kept_mtime`).
+                (Some(f), Some(m)) => f.kept_mtime.set_by(apply, |()| match m {
+                    SetTime::At(_) => Some(ts.last_modification),
+                    SetTime::Now => rustix::fs::statat(
+                        &node.fd,
+                        "",
+                        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .ok()
+                    .map(|st| Timespec {
+                        tv_sec: st.st_mtime,
+                        tv_nsec: st.st_mtime_nsec as _,
+                    }),
+                })?,
+                _ => apply()?,
+            }
         }
         self.stat_node(&node)
     }

@@ -147,6 +147,15 @@ impl Vfs {
 
     fn put_open_file(&self, ino: u64) {
         use dashmap::mapref::entry::Entry;
+        // The last handle: the kernel's modification time back on the backing file first, while
+        // attributes still report it (see `kept_mtime`).
+        let last = self
+            .open_files
+            .get(&ino)
+            .and_then(|e| (e.1 == 1).then(|| e.0.clone()));
+        if let Some(f) = last {
+            f.restore_mtime();
+        }
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
@@ -466,6 +475,9 @@ impl Vfs {
         }
         self.check_writable()?;
         let (f, append) = self.handle_file(fh)?;
+        if cached {
+            f.kept_mtime.before_cached_write(|| f.backing_mtime());
+        }
         let mut r = f.write(offset, data, append);
         // Short of space while removed files are still being let go: once more when they are.
         if let Err(e) = &r
@@ -481,6 +493,11 @@ impl Vfs {
                 f.note_write_failed();
             }
             return Err(e);
+        }
+        if cached {
+            f.kept_mtime.after_cached_write();
+        } else {
+            f.kept_mtime.forget();
         }
         self.count(fh, |a| &a.written, data.len());
         Ok(data.len() as u32)
@@ -566,6 +583,12 @@ impl Vfs {
         let end = offset
             .checked_add(length)
             .ok_or(VfsError::Invalid("offset + length overflows"))?;
+        let r = self.fallocate_file(&f, offset, end, mode);
+        f.kept_mtime.forget();
+        r
+    }
+
+    fn fallocate_file(&self, f: &OpenFile, offset: u64, end: u64, mode: i32) -> Result<()> {
         match mode {
             0 => {
                 if end > f.size() {
@@ -602,7 +625,9 @@ impl Vfs {
         if let Some(fh) = fh
             && let Ok((f, _)) = self.handle_file(fh)
         {
-            return f.truncate(size);
+            let r = f.truncate(size);
+            f.kept_mtime.forget();
+            return r;
         }
         let of = match self.get_open_file(node, true, false) {
             Ok((of, _)) => of,
@@ -624,6 +649,7 @@ impl Vfs {
             }
         }
         let r = of.truncate(size);
+        of.kept_mtime.forget();
         self.put_open_file(node.ino);
         r
     }

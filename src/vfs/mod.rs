@@ -17,6 +17,7 @@ mod export;
 mod file_ops;
 pub mod identity;
 mod inode;
+mod kept_mtime;
 mod open_file;
 mod path;
 mod prefetch;
@@ -492,6 +493,9 @@ impl Vfs {
             && let Some(of) = self.open_files.get(&node.ino)
         {
             a.size = of.0.size();
+            if let Some(t) = of.0.kept_mtime.get() {
+                a.mtime = attr::time(t.tv_sec, t.tv_nsec);
+            }
         }
         a
     }

@@ -139,6 +139,9 @@ pub struct OpenFile {
     /// block a truncate cuts) are no access. The first read for a caller, or an open for
     /// reading, takes the flag off ([`OpenFile::reading`]).
     quiet: std::sync::atomic::AtomicBool,
+    /// The modification time the kernel holds while it writes the file from its page cache
+    /// (see `kept_mtime`).
+    pub kept_mtime: super::kept_mtime::KeptMtime,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -167,7 +170,32 @@ impl OpenFile {
             wb_errno: Default::default(),
             wb_len: Default::default(),
             quiet: Default::default(),
+            kept_mtime: Default::default(),
         }
+    }
+
+    /// The backing file's modification time now.
+    pub fn backing_mtime(&self) -> Option<rustix::fs::Timespec> {
+        let st = rustix::fs::fstat(&self.read_state().file).ok()?;
+        Some(rustix::fs::Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        })
+    }
+
+    /// Puts the modification time the kernel holds back on the backing file, if a write from
+    /// the page cache moved it (see `kept_mtime`).
+    pub fn restore_mtime(&self) {
+        self.kept_mtime.restore(|at| {
+            let ts = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: at,
+            };
+            rustix::fs::futimens(&self.read_state().file, &ts).map_err(Into::into)
+        });
     }
 
     /// Marks the backing descriptor as opened without access times for an open that does not
