@@ -2393,6 +2393,93 @@ fn modification_times_survive_a_remount_in(mount_args: &[&'static str]) {
     fx.finish_mount_only();
 }
 
+/// `lsattr`/`chattr` through the mount (the kernel turns FS_IOC_GETFLAGS/SETFLAGS into FUSE
+/// ioctls): immutable is kept and enforced like on ext4, append-only is refused.
+#[test]
+fn inode_flags_immutable_and_append_only() {
+    const GETFLAGS: libc::c_ulong = 0x8008_6601;
+    const SETFLAGS: libc::c_ulong = 0x4008_6602;
+    const IMMUTABLE: libc::c_int = 0x10;
+    const APPEND: libc::c_int = 0x20;
+    const NODUMP: libc::c_int = 0x40;
+    fn flags(p: &Path) -> io::Result<libc::c_int> {
+        let f = File::open(p)?;
+        let mut v: libc::c_int = 0;
+        if unsafe { libc::ioctl(f.as_raw_fd(), GETFLAGS, &mut v) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(v)
+    }
+    fn set(p: &Path, v: libc::c_int) -> io::Result<()> {
+        let f = File::open(p)?;
+        if unsafe { libc::ioctl(f.as_raw_fd(), SETFLAGS, &v) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    let fx = Fx::new();
+    let cipher = fx.v.cipher.clone();
+    // The backing directory must have inode flags for this to mean anything.
+    if flags(&cipher).is_err() {
+        eprintln!("skipped: the backing file system has no inode flags");
+        return fx.finish_mount_only();
+    }
+    fx.on_mount(60, |root| {
+        let f = root.join("f");
+        fs::write(&f, b"kept").unwrap();
+        let start = flags(&f).expect("lsattr");
+        assert_eq!(start & (IMMUTABLE | APPEND), 0);
+        let e = set(&f, start | APPEND).expect_err("append-only");
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        set(&f, start | NODUMP).expect("chattr +d");
+        assert_eq!(flags(&f).unwrap(), start | NODUMP);
+        set(&f, start | NODUMP | IMMUTABLE).expect("chattr +i");
+        let tries = [
+            (
+                "write",
+                OpenOptions::new().append(true).open(&f).map(|_| ()),
+            ),
+            ("unlink", fs::remove_file(&f)),
+            ("rename", fs::rename(&f, root.join("g"))),
+            ("link", fs::hard_link(&f, root.join("h"))),
+            (
+                "chmod",
+                fs::set_permissions(&f, fs::Permissions::from_mode(0o600)),
+            ),
+        ];
+        let read = fs::read(&f);
+        let shown = flags(&f);
+        set(&f, start).expect("chattr -i -d");
+        for (what, r) in tries {
+            assert_eq!(
+                r.expect_err(what).raw_os_error(),
+                Some(libc::EPERM),
+                "{what} of an immutable file"
+            );
+        }
+        assert_eq!(read.expect("read of an immutable file"), b"kept");
+        assert_eq!(shown.unwrap(), start | NODUMP | IMMUTABLE);
+        // Mutable again.
+        OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .unwrap()
+            .write_all(b"!")
+            .unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"kept!");
+        // A directory: no entry can be made in an immutable one.
+        let d = root.join("d");
+        fs::create_dir(&d).unwrap();
+        let dstart = flags(&d).unwrap();
+        set(&d, dstart | IMMUTABLE).expect("chattr +i dir");
+        let made = fs::write(d.join("x"), b"");
+        set(&d, dstart).expect("chattr -i dir");
+        assert_eq!(made.expect_err("create").raw_os_error(), Some(libc::EPERM));
+        fs::write(d.join("x"), b"").expect("create after -i");
+    });
+    fx.finish_mount_only();
+}
+
 #[test]
 fn statfs_reports_backing_store() {
     let fx = Fx::new();

@@ -866,18 +866,44 @@ impl Filesystem for KmsFs {
     /// (`isatty`, which C stdio and every buffered open in Python call, asks TCGETS). Quietly:
     /// the kernel does not remember the answer, so fuser's default (a warning per call) would
     /// put a line in the journal for each such open.
+    /// Inode flags (`lsattr`, `chattr`, `xfs_io -c chattr`): the kernel turns them into these
+    /// ioctls (see `vfs::flags_ops`). Every other ioctl is not one of ours: ENOTTY, quietly
+    /// (`isatty()` on a file asks TCGETS).
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: ReplyIoctl,
     ) {
         let _turn = self.turn();
-        reply.error(Errno::ENOTTY);
+        const GETFLAGS: [u32; 2] = [0x8008_6601, 0x8004_6601];
+        const SETFLAGS: [u32; 2] = [0x4008_6602, 0x4004_6602];
+        const FSGETXATTR: u32 = 0x801c_581f;
+        const FSSETXATTR: u32 = 0x401c_5820;
+        let out = |data: &[u8]| data[..data.len().min(out_size as usize)].to_vec();
+        let r = match cmd {
+            c if GETFLAGS.contains(&c) => {
+                self.vfs.inode_flags(ino.0).map(|f| out(&f.to_ne_bytes()))
+            }
+            c if SETFLAGS.contains(&c) => match in_data.get(..4) {
+                Some(b) => self
+                    .vfs
+                    .set_inode_flags(ino.0, u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .map(|()| Vec::new()),
+                None => Err(rustix::io::Errno::INVAL.into()),
+            },
+            FSGETXATTR => self.vfs.fsxattr(ino.0).map(|x| out(&x)),
+            FSSETXATTR => self.vfs.set_fsxattr(ino.0, in_data).map(|()| Vec::new()),
+            _ => return reply.error(Errno::ENOTTY),
+        };
+        match r {
+            Ok(data) => reply.ioctl(0, &data),
+            Err(e) => reply.error(errno("ioctl", &e)),
+        }
     }
 }

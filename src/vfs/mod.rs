@@ -15,6 +15,7 @@ mod dir_read;
 mod error;
 mod export;
 mod file_ops;
+mod flags_ops;
 pub mod identity;
 mod inode;
 mod kept_mtime;

@@ -1,0 +1,188 @@
+//! Inode flags (`lsattr`, `chattr`, `FS_IOC_GETFLAGS` / `FS_IOC_SETFLAGS`): those of the backing
+//! file, which the backing file system enforces on the daemon's own access to it.
+//!
+//! Settable: immutable (`i`: the cipher file can then be neither written, renamed, linked nor
+//! removed, so neither can the file, EPERM as on ext4), no-dump (`d`), no-atime (`A`),
+//! synchronous writes (`S`) and directory updates (`D`). Refused with EOPNOTSUPP, leaving the
+//! flags as they were: append-only (`a`: kmsfs rewrites a file's last block and header in place,
+//! which an append-only cipher file refuses, so the file could not be appended to either),
+//! compression (`c`, of ciphertext), and every flag that changes how the backing file system
+//! lays out or names files (casefold, DAX, no-COW, project inheritance...). The kernel checks
+//! ownership, and CAP_LINUX_IMMUTABLE for `i` and `a`, before it asks. A backing file system
+//! without inode flags (tmpfs before Linux 6.0, some network file systems) answers ENOTTY, as
+//! does kmsfs for symlinks and special files.
+
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{IFlags, OFlags};
+use rustix::io::Errno;
+
+use super::inode::Node;
+use super::{Kind, Result, Vfs};
+
+/// The flags a caller may change.
+pub fn settable() -> IFlags {
+    IFlags::IMMUTABLE | IFlags::NODUMP | IFlags::NOATIME | IFlags::SYNC | IFlags::DIRSYNC
+}
+
+/// The flags reported: what `lsattr` shows of a local file system (ext4's user-visible set).
+const VISIBLE: u32 = 0x725B_DFFF;
+
+/// xfs-style flags (`FS_IOC_FSGETXATTR`, `struct fsxattr.fsx_xflags`) and the inode flags they
+/// stand for, for the ones kmsfs supports.
+const XFLAGS: [(u32, IFlags); 5] = [
+    (0x0000_0008, IFlags::IMMUTABLE),
+    (0x0000_0020, IFlags::SYNC),
+    (0x0000_0040, IFlags::NOATIME),
+    (0x0000_0080, IFlags::NODUMP),
+    (0x0001_0000, IFlags::DIRSYNC),
+];
+const XFLAG_APPEND: u32 = 0x0000_0010;
+
+/// `struct fsxattr` as `FS_IOC_FSGETXATTR` fills it: flags, extent size hint, next extents,
+/// project id, CoW extent size hint, then 8 bytes of padding.
+pub const FSXATTR_LEN: usize = 28;
+
+impl Vfs {
+    /// A descriptor of the node's backing file that ioctls work on (its own is `O_PATH`).
+    fn flags_fd(&self, node: &Node) -> Result<OwnedFd> {
+        let fd = match node.kind {
+            Kind::Dir => rustix::fs::openat(
+                &node.fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?,
+            Kind::File => rustix::fs::open(
+                node.proc_path().as_str(),
+                OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?,
+            _ => return Err(Errno::NOTTY.into()),
+        };
+        Ok(fd)
+    }
+
+    /// The node's inode flags (`FS_IOC_GETFLAGS`).
+    pub fn inode_flags(&self, ino: u64) -> Result<u32> {
+        if super::is_control(ino) {
+            return Err(Errno::NOTTY.into());
+        }
+        let node = self.node(ino)?;
+        let fd = self.flags_fd(&node)?;
+        Ok(rustix::fs::ioctl_getflags(&fd)?.bits() & VISIBLE)
+    }
+
+    /// Sets the node's inode flags (`FS_IOC_SETFLAGS`): only [`settable`] ones may change.
+    pub fn set_inode_flags(&self, ino: u64, flags: u32) -> Result<()> {
+        if super::is_control(ino) {
+            return Err(Errno::NOTTY.into());
+        }
+        let node = self.node(ino)?;
+        let fd = self.flags_fd(&node)?;
+        let old = rustix::fs::ioctl_getflags(&fd)?;
+        let visible = IFlags::from_bits_retain(old.bits() & VISIBLE);
+        let asked = IFlags::from_bits_retain(flags & VISIBLE);
+        let changed = visible ^ asked;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        if !settable().contains(changed) {
+            return Err(Errno::OPNOTSUPP.into());
+        }
+        self.check_writable()?;
+        crate::fault::check("setflags")?;
+        rustix::fs::ioctl_setflags(&fd, (old - settable()) | (asked & settable()))?;
+        Ok(())
+    }
+
+    /// `FS_IOC_FSGETXATTR`: the flags kmsfs supports, as xfs-style flags; no extent size hints
+    /// or project id (the backing file's say nothing about the plaintext file).
+    pub fn fsxattr(&self, ino: u64) -> Result<[u8; FSXATTR_LEN]> {
+        let flags = IFlags::from_bits_retain(self.inode_flags(ino)?);
+        let mut x = 0u32;
+        for (xf, f) in XFLAGS {
+            if flags.contains(f) {
+                x |= xf;
+            }
+        }
+        if flags.contains(IFlags::APPEND) {
+            x |= XFLAG_APPEND;
+        }
+        let mut out = [0u8; FSXATTR_LEN];
+        out[..4].copy_from_slice(&x.to_ne_bytes());
+        Ok(out)
+    }
+
+    /// `FS_IOC_FSSETXATTR`: the xfs-style flags kmsfs supports; extent size hints and project
+    /// ids cannot be set (EOPNOTSUPP unless zero).
+    pub fn set_fsxattr(&self, ino: u64, x: &[u8]) -> Result<()> {
+        if x.len() < 16 {
+            return Err(Errno::INVAL.into());
+        }
+        let word = |i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+        let (xflags, extsize, projid) = (word(0), word(4), word(12));
+        if extsize != 0 || projid != 0 {
+            return Err(Errno::OPNOTSUPP.into());
+        }
+        let mut known = XFLAG_APPEND;
+        let mut flags = IFlags::from_bits_retain(self.inode_flags(ino)?);
+        for (xf, f) in XFLAGS {
+            known |= xf;
+            flags.set(f, xflags & xf != 0);
+        }
+        flags.set(IFlags::APPEND, xflags & XFLAG_APPEND != 0);
+        if xflags & !known != 0 {
+            return Err(Errno::OPNOTSUPP.into());
+        }
+        self.set_inode_flags(ino, flags.bits())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn immutable_is_enforced_append_only_refused_and_both_undone() {
+        let (_t, dir) = new_volume();
+        let v = open(&dir);
+        let f = write_file(&v, "f", b"data");
+        let start = match v.inode_flags(f) {
+            Ok(fl) => fl,
+            Err(e) if e.errno() == libc::ENOTTY => return, // backing without inode flags
+            Err(e) => panic!("getflags: {e}"),
+        };
+        assert_eq!(start & IFlags::IMMUTABLE.bits(), 0);
+        // Append-only would make the file unwritable through kmsfs: refused, nothing changed.
+        let e = v
+            .set_inode_flags(f, start | IFlags::APPEND.bits())
+            .expect_err("append-only");
+        assert_eq!(e.errno(), libc::EOPNOTSUPP);
+        assert_eq!(v.inode_flags(f).expect("flags"), start);
+        let no_dump = start | IFlags::NODUMP.bits();
+        v.set_inode_flags(f, no_dump).expect("nodump");
+        assert_eq!(v.inode_flags(f).expect("flags"), no_dump);
+        match v.set_inode_flags(f, no_dump | IFlags::IMMUTABLE.bits()) {
+            Ok(()) => {}
+            // Not root (CAP_LINUX_IMMUTABLE): the rest was checked.
+            Err(e) if e.errno() == libc::EPERM => return,
+            Err(e) => panic!("immutable: {e}"),
+        }
+        let refused = [
+            v.open(f, libc::O_WRONLY).map(|_| ()),
+            v.unlink(1, OsStr::new("f")),
+        ];
+        // Made mutable again before any assertion, so that the temporary directory goes.
+        v.set_inode_flags(f, start).expect("clear");
+        for r in refused {
+            assert_eq!(r.expect_err("immutable").errno(), libc::EPERM);
+        }
+        assert_eq!(v.inode_flags(f).expect("flags"), start);
+        let x = v.fsxattr(f).expect("fsxattr");
+        assert_eq!(&x[..4], &[0; 4], "no flag set");
+        v.open(f, libc::O_WRONLY).expect("writable again");
+    }
+}
