@@ -2433,7 +2433,25 @@ fn inode_flags_immutable_and_append_only() {
         assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
         set(&f, start | NODUMP).expect("chattr +d");
         assert_eq!(flags(&f).unwrap(), start | NODUMP);
-        set(&f, start | NODUMP | IMMUTABLE).expect("chattr +i");
+        // Not while open for writing: what was written may still be in the kernel's cache.
+        let w = OpenOptions::new().append(true).open(&f).unwrap();
+        let busy = set(&f, start | NODUMP | IMMUTABLE);
+        if busy.is_ok() {
+            set(&f, start).unwrap();
+        }
+        assert_eq!(
+            busy.expect_err("+i while open for writing").raw_os_error(),
+            Some(libc::EBUSY)
+        );
+        drop(w);
+        match set(&f, start | NODUMP | IMMUTABLE) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!("skipped the rest: no CAP_LINUX_IMMUTABLE");
+                return;
+            }
+            Err(e) => panic!("chattr +i: {e}"),
+        }
         let tries = [
             (
                 "write",
@@ -2467,6 +2485,28 @@ fn inode_flags_immutable_and_append_only() {
             .write_all(b"!")
             .unwrap();
         assert_eq!(fs::read(&f).unwrap(), b"kept!");
+        // Written and closed while another process keeps the file open (the written data's
+        // interrupted-write marker stays until the last close), then made immutable: still
+        // readable, and mutable again (before 2026-12-05 review: unreadable for good).
+        let g = root.join("g");
+        fs::write(&g, b"one").unwrap();
+        let reader = File::open(&g).unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&g)
+            .unwrap()
+            .write_all(b" two")
+            .unwrap();
+        let gstart = flags(&g).unwrap();
+        set(&g, gstart | IMMUTABLE).expect("chattr +i with a reader");
+        drop(reader);
+        let read = fs::read(&g);
+        let shown = flags(&g);
+        let cleared = set(&g, gstart);
+        assert_eq!(read.expect("read"), b"one two");
+        assert_eq!(shown.expect("lsattr"), gstart | IMMUTABLE);
+        cleared.expect("chattr -i");
+        fs::remove_file(&g).expect("removable again");
         // A directory: no entry can be made in an immutable one.
         let d = root.join("d");
         fs::create_dir(&d).unwrap();

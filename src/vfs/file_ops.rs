@@ -97,19 +97,30 @@ impl Vfs {
                 })?;
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
                 // A size-changing write was interrupted (crash): make the file readable again.
-                let recover = crate::content::pending::is_marked(&file) && !self.read_only();
+                let mut recover = crate::content::pending::is_marked(&file) && !self.read_only();
                 if recover {
                     let rw = if want_write {
                         None
                     } else {
-                        Some(self.open_backing(node, true)?.file)
+                        match self.open_backing(node, true) {
+                            Ok(b) => Some(b.file),
+                            // An immutable cipher file (`chattr +i`) cannot be repaired: it is
+                            // read as it is (a torn block fails its authentication).
+                            Err(e) if e.errno() == libc::EPERM => {
+                                recover = false;
+                                None
+                            }
+                            Err(e) => return Err(e),
+                        }
                     };
-                    crate::content::pending::recover(
-                        rw.as_ref().unwrap_or(&file),
-                        &cipher,
-                        self.layout,
-                    )
-                    .map_err(|e| self.damaged(node, format!("interrupted write: {e}")))?;
+                    if recover {
+                        crate::content::pending::recover(
+                            rw.as_ref().unwrap_or(&file),
+                            &cipher,
+                            self.layout,
+                        )
+                        .map_err(|e| self.damaged(node, format!("interrupted write: {e}")))?;
+                    }
                 }
                 // Recovery changes the size.
                 let cipher_len = if recover {
@@ -147,18 +158,14 @@ impl Vfs {
 
     fn put_open_file(&self, ino: u64) {
         use dashmap::mapref::entry::Entry;
-        // The last handle: the kernel's modification time back on the backing file first, while
-        // attributes still report it (see `kept_mtime`).
-        let last = self
-            .open_files
-            .get(&ino)
-            .and_then(|e| (e.1 == 1).then(|| e.0.clone()));
-        if let Some(f) = last {
-            f.restore_mtime();
-        }
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
+                // The kernel's modification time back on the backing file while attributes
+                // still report it (see `kept_mtime`); under the entry, so that of two last
+                // releases at once exactly one does it (lock order: entry, kept time, file
+                // state, as in `attr_of`).
+                e.get().0.restore_mtime();
                 let (f, _) = e.remove();
                 if f.write_failed() {
                     let mut v = self.stale_caches.lock().unwrap_or_else(|p| p.into_inner());
@@ -494,11 +501,7 @@ impl Vfs {
             }
             return Err(e);
         }
-        if cached {
-            f.kept_mtime.after_cached_write();
-        } else {
-            f.kept_mtime.forget();
-        }
+        f.kept_mtime.moved();
         self.count(fh, |a| &a.written, data.len());
         Ok(data.len() as u32)
     }
@@ -584,7 +587,7 @@ impl Vfs {
             .checked_add(length)
             .ok_or(VfsError::Invalid("offset + length overflows"))?;
         let r = self.fallocate_file(&f, offset, end, mode);
-        f.kept_mtime.forget();
+        f.kept_mtime.moved();
         r
     }
 
@@ -626,7 +629,7 @@ impl Vfs {
             && let Ok((f, _)) = self.handle_file(fh)
         {
             let r = f.truncate(size);
-            f.kept_mtime.forget();
+            f.kept_mtime.moved();
             return r;
         }
         let of = match self.get_open_file(node, true, false) {
@@ -649,7 +652,7 @@ impl Vfs {
             }
         }
         let r = of.truncate(size);
-        of.kept_mtime.forget();
+        of.kept_mtime.moved();
         self.put_open_file(node.ino);
         r
     }

@@ -2,7 +2,9 @@
 //! file, which the backing file system enforces on the daemon's own access to it.
 //!
 //! Settable: immutable (`i`: the cipher file can then be neither written, renamed, linked nor
-//! removed, so neither can the file, EPERM as on ext4), no-dump (`d`), no-atime (`A`),
+//! removed, so neither can the file, EPERM as on ext4; refused with EBUSY while the file is open
+//! for writing, where ext4 allows it, because with the writeback cache what was written may
+//! still be in the kernel's page cache and would be refused once it comes), no-dump (`d`), no-atime (`A`),
 //! synchronous writes (`S`) and directory updates (`D`). Refused with EOPNOTSUPP, leaving the
 //! flags as they were: append-only (`a`: kmsfs rewrites a file's last block and header in place,
 //! which an append-only cipher file refuses, so the file could not be appended to either),
@@ -29,13 +31,12 @@ pub fn settable() -> IFlags {
 const VISIBLE: u32 = 0x725B_DFFF;
 
 /// xfs-style flags (`FS_IOC_FSGETXATTR`, `struct fsxattr.fsx_xflags`) and the inode flags they
-/// stand for, for the ones kmsfs supports.
-const XFLAGS: [(u32, IFlags); 5] = [
+/// stand for, for the ones kmsfs supports (`D`, DIRSYNC, has none: it is left as it is).
+const XFLAGS: [(u32, IFlags); 4] = [
     (0x0000_0008, IFlags::IMMUTABLE),
     (0x0000_0020, IFlags::SYNC),
     (0x0000_0040, IFlags::NOATIME),
     (0x0000_0080, IFlags::NODUMP),
-    (0x0001_0000, IFlags::DIRSYNC),
 ];
 const XFLAG_APPEND: u32 = 0x0000_0010;
 
@@ -92,7 +93,24 @@ impl Vfs {
         }
         self.check_writable()?;
         crate::fault::check("setflags")?;
-        rustix::fs::ioctl_setflags(&fd, (old - settable()) | (asked & settable()))?;
+        let new = (old - settable()) | (asked & settable());
+        let set = || rustix::fs::ioctl_setflags(&fd, new);
+        let making_immutable = new.contains(IFlags::IMMUTABLE) && !old.contains(IFlags::IMMUTABLE);
+        if making_immutable && self.handles.iter().any(|h| h.ino == ino && h.writes) {
+            // What was written may still be in the kernel's page cache, to come as writes the
+            // immutable cipher file would refuse: it would be lost.
+            return Err(Errno::BUSY.into());
+        }
+        let open = (node.kind == Kind::File && making_immutable)
+            .then(|| self.open_files.get(&ino).map(|e| e.0.clone()))
+            .flatten();
+        match open {
+            // Made immutable while open (by the kernel's own open for the ioctl at least): with
+            // the file's writes held off and its interrupted-write marker (left by a writer that
+            // closed while others kept the file open) removed first.
+            Some(f) => f.quiesced(set)??,
+            None => set()?,
+        }
         Ok(())
     }
 

@@ -11,9 +11,11 @@
 //! So while writes come from the page cache, the open file keeps the time the kernel holds:
 //! taken from the backing file before the first such write, replaced by every time SETATTR
 //! sets, reported in attributes, and put back on the backing file when the last handle is
-//! released (after which the kernel sends no more writes for those opens). A write that does
-//! not come from the page cache, a truncate or an allocation changes the time as the backing
-//! file system does, and the kernel asks for it: the kept time is forgotten.
+//! released (after which the kernel sends no more writes for those opens). Other changes made
+//! while a time is kept (an `O_DIRECT` write, a truncate, an allocation) move the backing
+//! file's time too and are put back as well: the kernel updates its own time for them and sends
+//! it if it changed it. Without the writeback cache no write comes from the page cache, no time
+//! is kept, and the backing file's time is the file's.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -45,17 +47,13 @@ impl KeptMtime {
         }
     }
 
-    /// After a write from the page cache reached the backing file.
-    pub fn after_cached_write(&self) {
+    /// After a change of the backing file: a write from the page cache, or, while a time is
+    /// kept, any other write, truncate or allocation (the kernel keeps its own time for those
+    /// too, and sends it if it changed it).
+    pub fn moved(&self) {
         if let Some(k) = self.lock().as_mut() {
             k.moved = true;
         }
-    }
-
-    /// The backing file's time is the file's time again (a write not from the page cache, a
-    /// truncate, an allocation).
-    pub fn forget(&self) {
-        *self.lock() = None;
     }
 
     /// The time to report for the file, if one is kept.
@@ -120,9 +118,9 @@ mod tests {
         let k = KeptMtime::default();
         assert_eq!(k.get(), None);
         k.before_cached_write(|| Some(ts(10)));
-        k.after_cached_write();
+        k.moved();
         k.before_cached_write(|| Some(ts(99)));
-        k.after_cached_write();
+        k.moved();
         assert_eq!(k.get().map(|t| t.tv_sec), Some(10));
         assert_eq!(restored(&k), Some(10));
         assert_eq!(restored(&k), None, "nothing written since");
@@ -135,7 +133,7 @@ mod tests {
         assert!(r.is_ok());
         assert_eq!(k.get(), None);
         k.before_cached_write(|| Some(ts(10)));
-        k.after_cached_write();
+        k.moved();
         let _: Result<(), ()> = k.set_by(|| Ok(()), |_| Some(ts(20)));
         assert_eq!(restored(&k), Some(20));
     }
@@ -144,7 +142,7 @@ mod tests {
     fn a_failed_set_keeps_the_old_time_and_a_failed_restore_is_retried() {
         let k = KeptMtime::default();
         k.before_cached_write(|| Some(ts(10)));
-        k.after_cached_write();
+        k.moved();
         let r: Result<(), i32> = k.set_by(|| Err(1), |_| Some(ts(20)));
         assert_eq!(r, Err(1));
         k.restore(|_| Err(std::io::Error::other("full")));
@@ -152,11 +150,9 @@ mod tests {
     }
 
     #[test]
-    fn a_write_not_from_the_cache_forgets_it() {
+    fn changes_while_nothing_is_kept_keep_nothing() {
         let k = KeptMtime::default();
-        k.before_cached_write(|| Some(ts(10)));
-        k.after_cached_write();
-        k.forget();
+        k.moved();
         assert_eq!(k.get(), None);
         assert_eq!(restored(&k), None);
     }

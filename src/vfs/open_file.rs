@@ -741,6 +741,20 @@ impl OpenFile {
         }
     }
 
+    /// Runs `f` with the file's writes held off, once what was written is durable and the
+    /// interrupted-write marker is off the backing file (`chattr +i` on a file open for
+    /// writing: an immutable cipher file could never lose its marker, and every later open
+    /// would try to repair it).
+    pub fn quiesced<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let mut st = self.write_state();
+        if st.marked.is_some() {
+            st.file.sync_data()?;
+            st.marked = None;
+            crate::content::pending::clear(&st.file);
+        }
+        Ok(f())
+    }
+
     pub fn fsync(&self, datasync: bool) -> Result<()> {
         let mut st = self.write_state();
         crate::fault::check("fsync")?;
