@@ -114,6 +114,13 @@ impl KmsFs {
             .map_or(poller::Turn::NONE, |p| p.request())
     }
 
+    /// The same for a READ.
+    fn read_turn(&self) -> poller::Turn<'_> {
+        self.poller
+            .get()
+            .map_or(poller::Turn::NONE, |p| p.read_request())
+    }
+
     /// The same for a request the kernel sends in the background (RELEASE, RELEASEDIR).
     fn background_turn(&self) -> poller::Turn<'_> {
         self.poller
@@ -537,7 +544,7 @@ impl Filesystem for KmsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _turn = self.turn();
+        let _turn = self.read_turn();
         // The reply is sent from where the data was decrypted; kept for the error otherwise.
         let mut reply = Some(reply);
         let r = self.vfs.read_with(fh.0, offset, size, |d| {
