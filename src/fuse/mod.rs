@@ -869,13 +869,11 @@ impl Filesystem for KmsFs {
         teardown::session_ended();
     }
 
-    /// No ioctl is supported: ENOTTY, as a local file system answers an ioctl it does not know
-    /// (`isatty`, which C stdio and every buffered open in Python call, asks TCGETS). Quietly:
-    /// the kernel does not remember the answer, so fuser's default (a warning per call) would
-    /// put a line in the journal for each such open.
     /// Inode flags (`lsattr`, `chattr`, `xfs_io -c chattr`): the kernel turns them into these
-    /// ioctls (see `vfs::flags_ops`). Every other ioctl is not one of ours: ENOTTY, quietly
-    /// (`isatty()` on a file asks TCGETS).
+    /// ioctls (see `vfs::flags_ops`). Any other ioctl gets ENOTTY, as a local file system answers
+    /// an ioctl it does not know (`isatty`, which C stdio and every buffered open in Python
+    /// call, asks TCGETS). Quietly: the kernel does not remember the answer, so fuser's default
+    /// (a warning per call) would put a line in the journal for each such open.
     fn ioctl(
         &self,
         _req: &Request,

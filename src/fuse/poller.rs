@@ -43,8 +43,9 @@
 //! The same from the [`READ_STREAM`]th READ in a row with no other request between them: a
 //! process reading a file request after request (fio's random reads, a database) runs sooner
 //! when woken on the CPU its daemon thread leaves than on the other one while that thread polls
-//! (random 4 KiB reads 35.4-38.9k IOPS against 33.9-36.5k with polling). A READ now and then
-//! between other requests (git add, cat) still polls, where polling pays.
+//! (random 4 KiB reads with `--poll-us 0`: 35.4-38.3k IOPS against 33.9-36.5k with polling,
+//! four alternating runs). A READ now and then between other requests (git add, cat) still
+//! polls, where polling pays (git commit ~5% slower without).
 //!
 //! With one CPU the poller would only take time from the process it waits for: off there.
 //!
@@ -225,12 +226,7 @@ impl Poller {
             if counted {
                 s.reads_in_a_row = if read { s.reads_in_a_row + 1 } else { 0 };
             }
-            // A stream of READs (a reader working through a file: `fio`, a database) is served
-            // as requests that come together are: its process, woken on the CPU the thread that
-            // answered leaves, runs sooner than on the other CPU while that thread polls (random
-            // 4 KiB reads: 35.4-38.3k IOPS without polling against 33.9-36.5k with, four
-            // alternating runs). A READ now and then between other requests (git add, cat) does
-            // not stop polling, which pays there.
+            // A stream of READs is served as requests that come together are (module docs).
             if counted && (s.serving >= 2 || s.reads_in_a_row >= READ_STREAM) {
                 let already = together(&s, now);
                 s.together_at = Some(now);

@@ -155,10 +155,7 @@ impl Vfs {
                         AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
                     )
                     .ok()
-                    .map(|st| Timespec {
-                        tv_sec: st.st_mtime,
-                        tv_nsec: st.st_mtime_nsec as _,
-                    }),
+                    .map(|st| super::kept_mtime::mtime_of(&st)),
                 })?,
                 _ => apply()?,
             }

@@ -28,6 +28,14 @@ struct Kept {
     moved: bool,
 }
 
+/// The modification time in `st`.
+pub fn mtime_of(st: &rustix::fs::Stat) -> Timespec {
+    Timespec {
+        tv_sec: st.st_mtime,
+        tv_nsec: st.st_mtime_nsec as _,
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub struct KeptMtime(Mutex<Option<Kept>>);

@@ -177,10 +177,7 @@ impl OpenFile {
     /// The backing file's modification time now.
     pub fn backing_mtime(&self) -> Option<rustix::fs::Timespec> {
         let st = rustix::fs::fstat(&self.read_state().file).ok()?;
-        Some(rustix::fs::Timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec as _,
-        })
+        Some(super::kept_mtime::mtime_of(&st))
     }
 
     /// Puts the modification time the kernel holds back on the backing file, if a write from

@@ -30,11 +30,8 @@ impl Vfs {
 
     /// Bytes free on the backing file system for the daemon (0 when unknown).
     pub(super) fn backing_free(&self) -> u64 {
-        self.inodes
-            .get(super::inode::ROOT_INO)
-            .ok()
-            .and_then(|root| rustix::fs::fstatvfs(&root.fd).ok())
-            .map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize))
+        self.statfs()
+            .map_or(0, |s| s.bavail.saturating_mul(u64::from(s.frsize)))
     }
 
     /// A write ran out of space: whether an entry was removed in the last [`JUST_MS`], after
