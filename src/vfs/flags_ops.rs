@@ -15,12 +15,16 @@
 //! does kmsfs for symlinks and special files.
 
 use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{IFlags, OFlags};
 use rustix::io::Errno;
 
 use super::inode::Node;
 use super::{Kind, Result, Vfs};
+
+/// How long making a file immutable waits for the RELEASE of a writer that has closed it.
+const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
 /// The flags a caller may change.
 pub fn settable() -> IFlags {
@@ -54,14 +58,26 @@ impl Vfs {
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
             )?,
-            Kind::File => rustix::fs::open(
-                node.proc_path().as_str(),
-                OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )?,
+            Kind::File => self.open_backing(node, false)?.file.into(),
             _ => return Err(Errno::NOTTY.into()),
         };
         Ok(fd)
+    }
+
+    /// Whether no handle of `ino` is open for writing. The kernel sends a close's RELEASE in
+    /// the background, after `close(2)` has returned, so `echo x > f; chattr +i f` can ask
+    /// before it comes: a writer's handle is waited for up to [`RELEASE_WAIT`].
+    fn writers_gone(&self, ino: u64) -> bool {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        loop {
+            if !self.handles.iter().any(|h| h.ino == ino && h.writes) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The node's inode flags (`FS_IOC_GETFLAGS`).
@@ -96,7 +112,7 @@ impl Vfs {
         let new = (old - settable()) | (asked & settable());
         let set = || rustix::fs::ioctl_setflags(&fd, new);
         let making_immutable = new.contains(IFlags::IMMUTABLE) && !old.contains(IFlags::IMMUTABLE);
-        if making_immutable && self.handles.iter().any(|h| h.ino == ino && h.writes) {
+        if making_immutable && !self.writers_gone(ino) {
             // What was written may still be in the kernel's page cache, to come as writes the
             // immutable cipher file would refuse: it would be lost.
             return Err(Errno::BUSY.into());
