@@ -381,7 +381,7 @@ impl Filesystem for KmsFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<std::time::SystemTime>,
+        ctime: Option<std::time::SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
@@ -400,6 +400,8 @@ impl Filesystem for KmsFs {
             // The kernel flags a truncate by a process without CAP_FSETID (FATTR_KILL_SUIDGID),
             // which fuser 0.18 does not pass on: a caller other than root stands for it.
             kill_suidgid: size.is_some() && req.uid() != 0,
+            // FATTR_CTIME: sent only with the writeback cache, for regular files.
+            kernel_times: ctime.is_some(),
         };
         match self
             .vfs

@@ -28,6 +28,11 @@ pub struct SetAttr {
     /// when it handles privilege killing itself). A chown needs no flag: the backing chown
     /// clears them as it does on every Linux file system.
     pub kill_suidgid: bool,
+    /// The kernel keeps the file's times itself and sends them (with the writeback cache a
+    /// SETATTR that carries a ctime: after every link, rename and unlink of a regular file, and
+    /// when it writes back a time it changed). A time equal to the stored one is then not
+    /// written again: the kernel shows its own ctime while it holds the inode.
+    pub kernel_times: bool,
 }
 
 fn timespec(t: Option<SetTime>) -> Timespec {
@@ -59,6 +64,26 @@ fn timespec(t: Option<SetTime>) -> Timespec {
             }
         },
     }
+}
+
+/// Whether `set` changes nothing but the times, to the ones `attr` already has (what the
+/// kernel sends after a link or unlink: git stores each object that way).
+fn unchanged_times(set: &SetAttr, attr: &Attr) -> bool {
+    let same = |t: Option<SetTime>, now: SystemTime| match t {
+        None => true,
+        Some(SetTime::At(t)) => t == now,
+        Some(SetTime::Now) => false,
+    };
+    only_times(set) && same(set.atime, attr.atime) && same(set.mtime, attr.mtime)
+}
+
+/// Whether `set` changes nothing but times.
+fn only_times(set: &SetAttr) -> bool {
+    set.mode.is_none()
+        && set.uid.is_none()
+        && set.gid.is_none()
+        && set.size.is_none()
+        && !set.kill_suidgid
 }
 
 impl Vfs {
@@ -123,7 +148,7 @@ impl Vfs {
                 // are not worth a write. With the writeback cache the kernel sends one such
                 // SETATTR (its cached mtime, ctime now) inside every unlink of a regular file.
                 let attr = self.stat_node(&node)?;
-                if attr.nlink == 0 {
+                if attr.nlink == 0 || (set.kernel_times && unchanged_times(set, &attr)) {
                     return Ok(attr);
                 }
             }
@@ -145,6 +170,12 @@ impl Vfs {
                 .then(|| self.open_files.get(&ino).map(|e| e.0.clone()))
                 .flatten();
             match (open, set.mtime) {
+                // The time already kept: on the backing file, or put back there at release.
+                (Some(f), Some(SetTime::At(_)))
+                    if set.kernel_times
+                        && set.atime.is_none()
+                        && only_times(set)
+                        && f.kept_mtime.get() == Some(ts.last_modification) => {}
                 // The kernel's writeback cache sends the time it holds this way: the one kept
                 // while it writes the file (`kept_mtime`).
                 (Some(f), Some(m)) => f.kept_mtime.set_by(apply, |()| match m {

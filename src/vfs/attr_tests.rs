@@ -89,3 +89,73 @@ fn a_truncate_to_the_same_size_sets_mtime_and_ctime() {
     assert!(a.mtime > at(1_000_000), "mtime kept: {:?}", a.mtime);
     assert!(a.ctime > before.ctime, "ctime kept");
 }
+
+/// With the writeback cache the kernel sends its own times after every link and unlink of a
+/// regular file (git stores each object that way): the time it already holds is not written
+/// again, a different one is, and a time sent by a process (no ctime from the kernel) always is.
+#[test]
+fn the_kernels_unchanged_times_are_not_written_again() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, 1, "f");
+    let before = set_mtime(&v, f, 1_000_000);
+    std::thread::sleep(Duration::from_millis(20));
+    let kernel = |secs| SetAttr {
+        mtime: Some(SetTime::At(at(secs))),
+        kernel_times: true,
+        ..Default::default()
+    };
+    let a = v
+        .setattr(f, None, &kernel(1_000_000), None)
+        .expect("setattr");
+    assert_eq!((a.mtime, a.ctime), (at(1_000_000), before.ctime), "written");
+    let a = v
+        .setattr(f, None, &kernel(2_000_000), None)
+        .expect("setattr");
+    assert_eq!(a.mtime, at(2_000_000));
+    assert!(
+        a.ctime > before.ctime,
+        "a new time is written (ctime moves)"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let b = set_mtime(&v, f, 2_000_000);
+    assert!(
+        b.ctime > a.ctime,
+        "a process's utimensat is written even when equal"
+    );
+    // With anything else to change, the times go through as before.
+    let mode = SetAttr {
+        mode: Some(0o600),
+        ..kernel(2_000_000)
+    };
+    let c = v.setattr(f, None, &mode, None).expect("setattr");
+    assert_eq!((c.perm, c.mtime), (0o600, at(2_000_000)));
+}
+
+/// The same while the file is open and written from the page cache: the kernel's time, once
+/// kept, is not written again; it is on the backing file after the release.
+#[test]
+fn the_kernels_kept_time_is_not_written_again_while_open() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, 1, "f");
+    let fh = v.open(f, libc::O_RDWR).expect("open");
+    v.write_from(fh, 0, b"data", true).expect("cached write");
+    let kernel = SetAttr {
+        mtime: Some(SetTime::At(at(3_000_000))),
+        kernel_times: true,
+        ..Default::default()
+    };
+    let a = v.setattr(f, Some(fh), &kernel, None).expect("setattr");
+    assert_eq!(a.mtime, at(3_000_000));
+    std::thread::sleep(Duration::from_millis(20));
+    v.write_from(fh, 4, b"more", true).expect("cached write");
+    let b = v.setattr(f, Some(fh), &kernel, None).expect("setattr");
+    assert_eq!(b.mtime, at(3_000_000), "the kept time is reported");
+    v.release(fh).expect("release");
+    assert_eq!(
+        v.getattr(f).expect("getattr").mtime,
+        at(3_000_000),
+        "and put back"
+    );
+}

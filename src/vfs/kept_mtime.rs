@@ -70,8 +70,8 @@ impl KeptMtime {
     }
 
     /// Sets the backing file's time by `apply` (a utimensat), then keeps what `after` says it
-    /// is, if a time is kept. Under the lock, so that a restore cannot put an older time back
-    /// in between.
+    /// is, if a time is kept: the backing file has it now, nothing to put back until the next
+    /// write. Under the lock, so that a restore cannot put an older time back in between.
     pub fn set_by<T, E>(
         &self,
         apply: impl FnOnce() -> Result<T, E>,
@@ -82,7 +82,7 @@ impl KeptMtime {
         if let Some(kept) = k.as_mut()
             && let Some(at) = after(&r)
         {
-            kept.at = at;
+            *kept = Kept { at, moved: false };
         }
         Ok(r)
     }
@@ -143,6 +143,9 @@ mod tests {
         k.before_cached_write(|| Some(ts(10)));
         k.moved();
         let _: Result<(), ()> = k.set_by(|| Ok(()), |_| Some(ts(20)));
+        assert_eq!(k.get().map(|t| t.tv_sec), Some(20));
+        assert_eq!(restored(&k), None, "already on the backing file");
+        k.moved();
         assert_eq!(restored(&k), Some(20));
     }
 
