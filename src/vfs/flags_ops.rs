@@ -2,14 +2,21 @@
 //! file, which the backing file system enforces on the daemon's own access to it.
 //!
 //! Settable: immutable (`i`: the cipher file can then be neither written, renamed, linked nor
-//! removed, so neither can the file, EPERM as on ext4; refused with EBUSY while the file is open
-//! for writing, where ext4 allows it, because with the writeback cache what was written may
-//! still be in the kernel's page cache and would be refused once it comes), no-dump (`d`), no-atime (`A`),
+//! removed, so neither can the file, EPERM as on ext4; refused with EPERM while the file is open
+//! for writing, where ext4 allows it, because what was written may still be in the kernel's
+//! page cache (the writeback cache, a shared mapping) and would be refused once it comes;
+//! EPERM rather than EBUSY because that is what programs expect of SETFLAGS, stress-ng among
+//! them), no-dump (`d`), no-atime (`A`),
 //! synchronous writes (`S`) and directory updates (`D`). Refused with EOPNOTSUPP, leaving the
 //! flags as they were: append-only (`a`: kmsfs rewrites a file's last block and header in place,
 //! which an append-only cipher file refuses, so the file could not be appended to either),
 //! compression (`c`, of ciphertext), and every flag that changes how the backing file system
-//! lays out or names files (casefold, DAX, no-COW, project inheritance...). The kernel checks
+//! lays out or names files (casefold, DAX, no-COW, project inheritance...). Flags that describe
+//! how the backing file system stores the cipher file (extents `e`, inline data, an htree
+//! index, fscrypt, verity, compression state) say nothing about the plaintext file: they are
+//! not shown, and a SETFLAGS leaves them as they are whatever it asks (as ext4 does with the
+//! flags it does not let users change): `chattr` keeps what `lsattr` showed, but a program that
+//! sets bare values (stress-ng's `chattr`) would otherwise ask to clear `e`. The kernel checks
 //! ownership, and CAP_LINUX_IMMUTABLE for `i` and `a`, before it asks. A backing file system
 //! without inode flags (tmpfs before Linux 6.0, some network file systems) answers ENOTTY, as
 //! does kmsfs for symlinks and special files.
@@ -31,8 +38,24 @@ pub fn settable() -> IFlags {
     IFlags::IMMUTABLE | IFlags::NODUMP | IFlags::NOATIME | IFlags::SYNC | IFlags::DIRSYNC
 }
 
-/// The flags reported: what `lsattr` shows of a local file system (ext4's user-visible set).
-const VISIBLE: u32 = 0x725B_DFFF;
+/// How the backing file system stores the cipher file (see the module documentation):
+/// compression state (0x100, 0x200, 0x400), encrypt, index, huge file, extents, verity,
+/// EA inode, EOF blocks, inline data.
+const LAYOUT: u32 = 0x0000_0100
+    | 0x0000_0200
+    | 0x0000_0400
+    | 0x0000_0800
+    | 0x0000_1000
+    | 0x0004_0000
+    | 0x0008_0000
+    | 0x0010_0000
+    | 0x0020_0000
+    | 0x0040_0000
+    | 0x1000_0000;
+
+/// The flags reported: what `lsattr` shows of a local file system (ext4's user-visible set),
+/// less the cipher file's layout.
+const VISIBLE: u32 = 0x725B_DFFF & !LAYOUT;
 
 /// xfs-style flags (`FS_IOC_FSGETXATTR`, `struct fsxattr.fsx_xflags`) and the inode flags they
 /// stand for, for the ones kmsfs supports (`D`, DIRSYNC, has none: it is left as it is).
@@ -115,7 +138,7 @@ impl Vfs {
         if making_immutable && !self.writers_gone(ino) {
             // What was written may still be in the kernel's page cache, to come as writes the
             // immutable cipher file would refuse: it would be lost.
-            return Err(Errno::BUSY.into());
+            return Err(Errno::PERM.into());
         }
         let open = (node.kind == Kind::File && making_immutable)
             .then(|| self.open_files.get(&ino).map(|e| e.0.clone()))
@@ -190,6 +213,17 @@ mod tests {
             Err(e) => panic!("getflags: {e}"),
         };
         assert_eq!(start & IFlags::IMMUTABLE.bits(), 0);
+        assert_eq!(start & LAYOUT, 0, "the cipher file's layout is not shown");
+        // A bare value (no `e`) leaves the cipher file's layout as it was.
+        let backing = |v: &Vfs| {
+            let node = v.node(f).expect("node");
+            rustix::fs::ioctl_getflags(v.flags_fd(&node).expect("fd")).expect("flags")
+        };
+        let layout = backing(&v).bits() & LAYOUT;
+        v.set_inode_flags(f, start).expect("bare value");
+        v.set_inode_flags(f, start | 0x0008_0000)
+            .expect("asking for a layout flag");
+        assert_eq!(backing(&v).bits() & LAYOUT, layout, "layout kept");
         // Append-only would make the file unwritable through kmsfs: refused, nothing changed.
         let e = v
             .set_inode_flags(f, start | IFlags::APPEND.bits())
