@@ -55,7 +55,9 @@ printf 'stress\n' >"$WORK/pass"
 
 volume=0
 mount_fresh() { # ARGS...: a new volume mounted at $MNT, its scratch directory in $T
-  mountpoint -q "$MNT" && fusermount3 -u "$MNT"
+  # kmsfs unmount returns once the daemon has let go of the volume (its closing audit records
+  # written): the rm below cannot race it.
+  mountpoint -q "$MNT" && "$KMSFS" unmount "$MNT"
   volume=$((volume + 1))
   rm -rf "$LOWER"/c* "$LOWER/raw"
   KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-key "$LOWER/c$volume" >/dev/null ||

@@ -576,12 +576,22 @@ pub fn unmount(a: &UnmountArgs) -> Result<(), CliError> {
             format!("{} is not a mounted kmsfs volume", abs.display()),
         ));
     }
+    let volumes: Vec<PathBuf> = here
+        .iter()
+        .filter(|(_, t)| t == "fuse.kmsfs")
+        .map(|(src, _)| PathBuf::from(src))
+        .collect();
     let st = std::process::Command::new("fusermount3")
         .arg("-u")
         .arg(&abs)
         .status();
     match st {
-        Ok(s) if s.success() => Ok(()),
+        Ok(s) if s.success() => {
+            for v in &volumes {
+                wait_for_daemon(v);
+            }
+            Ok(())
+        }
         Ok(_) => Err(
             CliError::new(code::ERROR, format!("could not unmount {}", abs.display()))
                 .hint("is a program still using it? (fuser -m); or use fusermount3 -u -z"),
@@ -590,6 +600,49 @@ pub fn unmount(a: &UnmountArgs) -> Result<(), CliError> {
             CliError::new(code::ERROR, format!("cannot run fusermount3: {e}"))
                 .hint("install the fuse3 package"),
         ),
+    }
+}
+
+/// How long `unmount` waits for the daemon to let go of the volume.
+const DAEMON_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the daemon that served the volume at `root` has let go of it (its mount lock):
+/// its closing audit checkpoint is written and its files are closed, so the cipher directory
+/// no longer changes once `unmount` returns, for a backup, an `rsync` or an `rm -rf` right
+/// after. Before 2026-12-05 `unmount` returned as soon as the kernel had let go, while the
+/// daemon still wrote for a few milliseconds. Stops waiting if the volume is mounted again;
+/// says so after [`DAEMON_EXIT_WAIT`].
+fn wait_for_daemon(root: &Path) {
+    let p = VolumePaths::new(root).control_dir().join("mount.lock");
+    let Ok(f) = std::fs::File::open(&p) else {
+        return; // not a path to a volume this user can read: nothing to wait on
+    };
+    let deadline = std::time::Instant::now() + DAEMON_EXIT_WAIT;
+    let remounted = || {
+        mount_table()
+            .iter()
+            .any(|(src, _, ty)| ty == "fuse.kmsfs" && Path::new(src) == root)
+    };
+    loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) => {
+                let _ = rustix::fs::flock(&f, rustix::fs::FlockOperation::Unlock);
+                return;
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) if !remounted() => {
+                if std::time::Instant::now() >= deadline {
+                    eprintln!(
+                        "kmsfs: warning: unmounted, but the daemon of {} has not exited after {} s; \
+                         the cipher directory may still change until it does",
+                        root.display(),
+                        DAEMON_EXIT_WAIT.as_secs()
+                    );
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            _ => return,
+        }
     }
 }
 
