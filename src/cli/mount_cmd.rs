@@ -50,10 +50,12 @@ pub struct MountArgs {
     /// Threads serving requests.
     #[arg(long, default_value_t = 4)]
     threads: usize,
-    /// After answering a request, look for the next one for this many microseconds before
-    /// sleeping (one thread at a time; 0 turns it off). Spends up to that much CPU per request
-    /// to spare a wake-up when requests come one after another.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
+    /// After answering a request, look for the next one for up to this many microseconds
+    /// before sleeping (one thread at a time; 0 turns it off): a quarter, a half or all of it,
+    /// as soon as recent requests came after their replies, or not at all when they came later.
+    /// Spends up to that much CPU per request to spare a wake-up when requests come one after
+    /// another.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 200)]
     poll_us: u64,
     /// Do not let the kernel cache writes (every write(2) goes to kmsfs at once).
     #[arg(long)]
