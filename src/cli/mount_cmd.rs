@@ -55,7 +55,8 @@ pub struct MountArgs {
     /// as soon as recent requests came after their replies, or not at all when they came later.
     /// Spends up to that much CPU per request to spare a wake-up when requests come one after
     /// another.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 200)]
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
     /// Do not let the kernel cache writes (every write(2) goes to kmsfs at once).
     #[arg(long)]
@@ -606,7 +607,7 @@ pub fn unmount(a: &UnmountArgs) -> Result<(), CliError> {
 }
 
 /// How long `unmount` waits for the daemon to let go of the volume.
-const DAEMON_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const DAEMON_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits until the daemon that served the volume at `root` has let go of it (its mount lock):
 /// its closing audit checkpoint is written and its files are closed, so the cipher directory
@@ -634,8 +635,9 @@ fn wait_for_daemon(root: &Path) {
             Err(rustix::io::Errno::WOULDBLOCK) if !remounted() => {
                 if std::time::Instant::now() >= deadline {
                     eprintln!(
-                        "kmsfs: warning: unmounted, but the daemon of {} has not exited after {} s; \
-                         the cipher directory may still change until it does",
+                        "kmsfs: warning: unmounted here, but the daemon of {} still runs after \
+                         {} s (mounted in another mount namespace too, or slow to finish): the \
+                         cipher directory may still change",
                         root.display(),
                         DAEMON_EXIT_WAIT.as_secs()
                     );

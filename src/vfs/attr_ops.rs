@@ -28,10 +28,14 @@ pub struct SetAttr {
     /// when it handles privilege killing itself). A chown needs no flag: the backing chown
     /// clears them as it does on every Linux file system.
     pub kill_suidgid: bool,
-    /// The kernel keeps the file's times itself and sends them (with the writeback cache a
-    /// SETATTR that carries a ctime: after every link, rename and unlink of a regular file, and
-    /// when it writes back a time it changed). A time equal to the stored one is then not
-    /// written again: the kernel shows its own ctime while it holds the inode.
+    /// The kernel keeps the file's times itself (the writeback cache: every SETATTR of a
+    /// regular file then carries the kernel's ctime). It sends its modification time after
+    /// every link, rename and unlink, and when it writes back a time it changed; a
+    /// modification time alone (no access time) equal to the stored one is then not written
+    /// again. That also takes a process's `touch -m -d T` of a file whose time is exactly `T`
+    /// already: the cipher file's ctime then stays, while the kernel shows its own new one for
+    /// as long as it holds the inode (ctime is the kernel's under the writeback cache anyway,
+    /// see README).
     pub kernel_times: bool,
 }
 
@@ -148,7 +152,9 @@ impl Vfs {
                 // are not worth a write. With the writeback cache the kernel sends one such
                 // SETATTR (its cached mtime, ctime now) inside every unlink of a regular file.
                 let attr = self.stat_node(&node)?;
-                if attr.nlink == 0 || (set.kernel_times && unchanged_times(set, &attr)) {
+                if attr.nlink == 0
+                    || (set.kernel_times && set.atime.is_none() && unchanged_times(set, &attr))
+                {
                     return Ok(attr);
                 }
             }

@@ -92,7 +92,8 @@ fn a_truncate_to_the_same_size_sets_mtime_and_ctime() {
 
 /// With the writeback cache the kernel sends its own times after every link and unlink of a
 /// regular file (git stores each object that way): the time it already holds is not written
-/// again, a different one is, and a time sent by a process (no ctime from the kernel) always is.
+/// again, a different one is, and so is any time without the writeback cache (no ctime from
+/// the kernel) or with an access time.
 #[test]
 fn the_kernels_unchanged_times_are_not_written_again() {
     let (_t, dir) = new_volume();
@@ -108,7 +109,11 @@ fn the_kernels_unchanged_times_are_not_written_again() {
     let a = v
         .setattr(f, None, &kernel(1_000_000), None)
         .expect("setattr");
-    assert_eq!((a.mtime, a.ctime), (at(1_000_000), before.ctime), "written");
+    assert_eq!(
+        (a.mtime, a.ctime),
+        (at(1_000_000), before.ctime),
+        "not written"
+    );
     let a = v
         .setattr(f, None, &kernel(2_000_000), None)
         .expect("setattr");
@@ -121,15 +126,25 @@ fn the_kernels_unchanged_times_are_not_written_again() {
     let b = set_mtime(&v, f, 2_000_000);
     assert!(
         b.ctime > a.ctime,
-        "a process's utimensat is written even when equal"
+        "without the writeback cache: written even when equal"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let both = SetAttr {
+        atime: Some(SetTime::At(b.atime)),
+        ..kernel(2_000_000)
+    };
+    let c = v.setattr(f, None, &both, None).expect("setattr");
+    assert!(
+        c.ctime > b.ctime,
+        "with an access time: written even when equal"
     );
     // With anything else to change, the times go through as before.
     let mode = SetAttr {
         mode: Some(0o600),
         ..kernel(2_000_000)
     };
-    let c = v.setattr(f, None, &mode, None).expect("setattr");
-    assert_eq!((c.perm, c.mtime), (0o600, at(2_000_000)));
+    let d = v.setattr(f, None, &mode, None).expect("setattr");
+    assert_eq!((d.perm, d.mtime), (0o600, at(2_000_000)));
 }
 
 /// The same while the file is open and written from the page cache: the kernel's time, once
@@ -148,10 +163,15 @@ fn the_kernels_kept_time_is_not_written_again_while_open() {
     };
     let a = v.setattr(f, Some(fh), &kernel, None).expect("setattr");
     assert_eq!(a.mtime, at(3_000_000));
-    std::thread::sleep(Duration::from_millis(20));
     v.write_from(fh, 4, b"more", true).expect("cached write");
+    let before = v.getattr(f).expect("getattr").ctime;
+    std::thread::sleep(Duration::from_millis(20));
     let b = v.setattr(f, Some(fh), &kernel, None).expect("setattr");
     assert_eq!(b.mtime, at(3_000_000), "the kept time is reported");
+    assert_eq!(
+        b.ctime, before,
+        "not written again (a utimensat moves ctime)"
+    );
     v.release(fh).expect("release");
     assert_eq!(
         v.getattr(f).expect("getattr").mtime,

@@ -220,10 +220,26 @@ mod tests {
             rustix::fs::ioctl_getflags(v.flags_fd(&node).expect("fd")).expect("flags")
         };
         let layout = backing(&v).bits() & LAYOUT;
-        v.set_inode_flags(f, start).expect("bare value");
+        // A change (no-dump) asked with the layout left out, then one asking for extents.
+        v.set_inode_flags(f, start | IFlags::NODUMP.bits())
+            .expect("bare value");
+        assert_eq!(backing(&v).bits() & LAYOUT, layout, "layout kept");
+        assert_ne!(
+            backing(&v).bits() & IFlags::NODUMP.bits(),
+            0,
+            "the change made"
+        );
         v.set_inode_flags(f, start | 0x0008_0000)
             .expect("asking for a layout flag");
         assert_eq!(backing(&v).bits() & LAYOUT, layout, "layout kept");
+        assert_eq!(
+            backing(&v).bits() & IFlags::NODUMP.bits(),
+            0,
+            "and the change undone"
+        );
+        if layout == 0 {
+            eprintln!("backing file system without layout flags: only the changes were checked");
+        }
         // Append-only would make the file unwritable through kmsfs: refused, nothing changed.
         let e = v
             .set_inode_flags(f, start | IFlags::APPEND.bits())
