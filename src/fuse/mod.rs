@@ -400,7 +400,8 @@ impl Filesystem for KmsFs {
             // The kernel flags a truncate by a process without CAP_FSETID (FATTR_KILL_SUIDGID),
             // which fuser 0.18 does not pass on: a caller other than root stands for it.
             kill_suidgid: size.is_some() && req.uid() != 0,
-            // FATTR_CTIME: sent only with the writeback cache, for regular files.
+            // FATTR_CTIME: only with the writeback cache, then in every SETATTR of a regular
+            // file (the kernel's own and a process's: see `SetAttr::kernel_times`).
             kernel_times: ctime.is_some(),
         };
         match self

@@ -15,8 +15,9 @@
 //! while half of them are that quick, and none when they mostly come later, where polling would
 //! only burn CPU (a process that computes between its calls). git add's requests came within
 //! 50 µs of the reply 85% of the time, within 100 µs 93%, within 200 µs 96% (tracefs, the
-//! Python tree): it gets 100 µs, which made git init + add + commit 3.5–7% faster than 50 µs
-//! (four alternating pairs). Until 2026-12-05 19:30 the window was a fixed 50 µs.
+//! Python tree): it gets 100 µs there (a fixed 100 µs made git init + add + commit 3.5–7%
+//! faster than a fixed 50 µs, four alternating pairs; the adaptive window ~2%, and steadier).
+//! Until 2026-12-05 19:30 the window was a fixed 50 µs.
 //!
 //! This only pays if no other thread sleeps in `read(2)` meanwhile: the kernel wakes a sleeping
 //! reader for every request it queues, whoever then takes it (measured in an earlier session:
@@ -148,30 +149,33 @@ impl Gaps {
         self.len = (self.len + 1).min(GAPS);
     }
 
-    /// The share (0.0–1.0) of the gaps seen that are at most `w` long.
-    fn within(&self, w: Duration) -> f64 {
-        let w = u32::try_from(w.as_micros()).unwrap_or(u32::MAX);
-        let n = self.us[..self.len].iter().filter(|&&g| g <= w).count();
-        n as f64 / self.len as f64
-    }
-
     /// How long to poll after a reply, `longest` at most: the shortest of a quarter, a half or
     /// the whole of it that the next request came within after 90% of the latest replies (the
     /// whole: 75%); a quarter if none of them is that likely but half the gaps are that short;
     /// none when the requests mostly come later (polling would only spend CPU). A quarter
-    /// until enough gaps are known.
+    /// until enough gaps are known. One pass over the gaps (it runs after every reply).
     fn window(&self, longest: Duration) -> Duration {
         let (quarter, half) = (longest / 4, longest / 2);
         if self.len < GAPS_KNOWN {
             return quarter;
         }
-        if self.within(quarter) >= 0.9 {
+        let us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        let (q, h, l) = (us(quarter), us(half), us(longest));
+        let (mut in_q, mut in_h, mut in_l) = (0, 0, 0);
+        for &g in &self.us[..self.len] {
+            in_q += usize::from(g <= q);
+            in_h += usize::from(g <= h);
+            in_l += usize::from(g <= l);
+        }
+        // At least `tenths` tenths of the gaps.
+        let share = |n: usize, tenths: usize| n * 10 >= self.len * tenths;
+        if share(in_q, 9) {
             quarter
-        } else if self.within(half) >= 0.9 {
+        } else if share(in_h, 9) {
             half
-        } else if self.within(longest) >= 0.75 {
+        } else if in_l * 4 >= self.len * 3 {
             longest
-        } else if self.within(quarter) >= 0.5 {
+        } else if share(in_q, 5) {
             quarter
         } else {
             Duration::ZERO

@@ -70,24 +70,19 @@ fn timespec(t: Option<SetTime>) -> Timespec {
     }
 }
 
-/// Whether `set` changes nothing but the times, to the ones `attr` already has (what the
-/// kernel sends after a link or unlink: git stores each object that way).
-fn unchanged_times(set: &SetAttr, attr: &Attr) -> bool {
-    let same = |t: Option<SetTime>, now: SystemTime| match t {
-        None => true,
-        Some(SetTime::At(t)) => t == now,
-        Some(SetTime::Now) => false,
-    };
-    only_times(set) && same(set.atime, attr.atime) && same(set.mtime, attr.mtime)
-}
-
-/// Whether `set` changes nothing but times.
-fn only_times(set: &SetAttr) -> bool {
-    set.mode.is_none()
+/// The modification time the kernel sends alone as it holds it (see
+/// [`SetAttr::kernel_times`]: after a link or unlink, git's two per object), if `set` is that.
+fn kernel_mtime(set: &SetAttr) -> Option<SystemTime> {
+    let alone = set.kernel_times
+        && set.atime.is_none()
+        && set.mode.is_none()
         && set.uid.is_none()
         && set.gid.is_none()
-        && set.size.is_none()
-        && !set.kill_suidgid
+        && set.size.is_none();
+    match set.mtime {
+        Some(SetTime::At(t)) if alone => Some(t),
+        _ => None,
+    }
 }
 
 impl Vfs {
@@ -152,9 +147,7 @@ impl Vfs {
                 // are not worth a write. With the writeback cache the kernel sends one such
                 // SETATTR (its cached mtime, ctime now) inside every unlink of a regular file.
                 let attr = self.stat_node(&node)?;
-                if attr.nlink == 0
-                    || (set.kernel_times && set.atime.is_none() && unchanged_times(set, &attr))
-                {
+                if attr.nlink == 0 || kernel_mtime(set) == Some(attr.mtime) {
                     return Ok(attr);
                 }
             }
@@ -177,10 +170,8 @@ impl Vfs {
                 .flatten();
             match (open, set.mtime) {
                 // The time already kept: on the backing file, or put back there at release.
-                (Some(f), Some(SetTime::At(_)))
-                    if set.kernel_times
-                        && set.atime.is_none()
-                        && only_times(set)
+                (Some(f), _)
+                    if kernel_mtime(set).is_some()
                         && f.kept_mtime.get() == Some(ts.last_modification) => {}
                 // The kernel's writeback cache sends the time it holds this way: the one kept
                 // while it writes the file (`kept_mtime`).
