@@ -146,8 +146,13 @@ impl Vfs {
         match open {
             // Made immutable while open (by the kernel's own open for the ioctl at least): with
             // the file's writes held off and its interrupted-write marker (left by a writer that
-            // closed while others kept the file open) removed first.
-            Some(f) => f.quiesced(set)??,
+            // closed while others kept the file open) removed first; and its read-write
+            // descriptor, kept while it stays open, given up.
+            Some(f) => {
+                let quiet = self.noatime() || f.is_quiet();
+                let read_only = self.open_backing_with(&node, false, quiet)?.file;
+                f.quiesced(read_only, set)??
+            }
             None => set()?,
         }
         Ok(())
@@ -268,5 +273,43 @@ mod tests {
         let x = v.fsxattr(f).expect("fsxattr");
         assert_eq!(&x[..4], &[0; 4], "no flag set");
         v.open(f, libc::O_WRONLY).expect("writable again");
+    }
+
+    /// A file kept open by a reader holds on to the read-write descriptor of a writer that has
+    /// since closed it; made immutable, a later open for writing must not share that descriptor
+    /// (before 2026-12-05: it did, so the open succeeded, depending on when the kernel sent the
+    /// writer's RELEASE).
+    #[test]
+    fn a_writer_after_immutable_is_refused_while_a_reader_keeps_the_file_open() {
+        let (_t, dir) = new_volume();
+        let v = open(&dir);
+        let f = write_file(&v, "f", b"data");
+        let start = match v.inode_flags(f) {
+            Ok(fl) => fl,
+            Err(e) if e.errno() == libc::ENOTTY => return, // backing without inode flags
+            Err(e) => panic!("getflags: {e}"),
+        };
+        let reader = v.open(f, libc::O_RDONLY).expect("reader");
+        let writer = v.open(f, libc::O_WRONLY).expect("writer");
+        v.write(writer, 4, b"!").expect("write");
+        v.release(writer).expect("release");
+        match v.set_inode_flags(f, start | IFlags::IMMUTABLE.bits()) {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::EPERM => return, // not root (CAP_LINUX_IMMUTABLE)
+            Err(e) => panic!("immutable: {e}"),
+        }
+        let refused = v.open(f, libc::O_WRONLY);
+        let read = v.read(reader, 0, 16);
+        v.set_inode_flags(f, start).expect("clear");
+        assert_eq!(
+            refused.expect_err("writer of an immutable file").errno(),
+            libc::EPERM
+        );
+        assert_eq!(read.expect("read"), b"data!");
+        // Mutable again: the file takes writers while the reader still has it open.
+        let writer = v.open(f, libc::O_WRONLY).expect("writable again");
+        v.write(writer, 5, b"?").expect("write again");
+        v.release(writer).expect("release");
+        v.release(reader).expect("release reader");
     }
 }

@@ -741,15 +741,27 @@ impl OpenFile {
     /// Runs `f` with the file's writes held off, once what was written is durable and the
     /// interrupted-write marker is off the backing file (`chattr +i` on a file open for
     /// writing: an immutable cipher file could never lose its marker, and every later open
-    /// would try to repair it).
-    pub fn quiesced<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+    /// would try to repair it). When `f` succeeds, the file's read-write descriptor, if it has
+    /// one, is replaced by `read_only`: a later open for writing then opens the backing file
+    /// again and meets its immutable flag, instead of sharing a descriptor opened before it.
+    pub fn quiesced<E>(
+        &self,
+        read_only: File,
+        f: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Result<(), E>> {
         let mut st = self.write_state();
         if st.marked.is_some() {
             st.file.sync_data()?;
             st.marked = None;
             crate::content::pending::clear(&st.file);
         }
-        Ok(f())
+        let r = f();
+        if r.is_ok() && st.writable {
+            self.set_fd(&read_only);
+            st.file = read_only;
+            st.writable = false;
+        }
+        Ok(r)
     }
 
     pub fn fsync(&self, datasync: bool) -> Result<()> {
