@@ -118,6 +118,17 @@ fn a_full_disk_damages_nothing() {
         // `a` keeps its content; the failed append may have left a part of itself behind (as
         // on any file system, a failed write can be partial), never a damaged file.
         let now = std::fs::read(mnt2.join("a")).expect("a reads after the full disk");
+        // What is read right after the close is what the disk holds, not what the kernel kept
+        // for the failed append: it does not change a moment later (before 2026-12-05: it could,
+        // once the kernel let the name go in the background).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let later = std::fs::read(mnt2.join("a")).expect("a reads again");
+        assert!(
+            later == now,
+            "a changed from {} to {} bytes",
+            now.len(),
+            later.len()
+        );
         assert!(now.len() >= a.len(), "a shrank to {} bytes", now.len());
         assert!(now[..a.len()] == a[..], "a's content changed");
         assert!(
