@@ -253,7 +253,14 @@ impl Vfs {
     /// LOOKUP of `.` in `ino`: the node itself, found again by number if the kernel let it go.
     pub(super) fn lookup_self(&self, ino: u64) -> Result<Attr> {
         if let Ok(node) = self.inodes.get_counted(ino) {
-            return self.counted_attr(&node);
+            let attr = self.counted_attr(&node)?;
+            // The kernel asks only once it has let the inode go (its FORGET is on the way): a
+            // node removed since that no handle holds is gone, as on a local file system.
+            if attr.nlink == 0 && !self.is_open(ino) {
+                self.forget(ino, 1);
+                return Err(VfsError::Stale(ino));
+            }
+            return Ok(attr);
         }
         if !self.export.enabled() || super::is_control(ino) {
             return Err(VfsError::Stale(ino));

@@ -83,6 +83,34 @@ fn a_node_let_go_is_found_again_by_number_with_the_same_generation() {
     assert_eq!(dd.ino, d.ino);
 }
 
+/// A file removed whose FORGET has not come yet (a busy daemon) is stale all the same; one that
+/// is still open is not (found again by number while the kernel still holds it: before
+/// 2026-12-05 the first case opened the deleted file).
+#[test]
+fn a_deleted_file_is_stale_before_its_forget_comes() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    if !exporting(&v) {
+        return;
+    }
+    let gone = write_file(&v, "gone", b"deleted");
+    let kept = write_file(&v, "kept", b"open");
+    let fh = v.open(kept, libc::O_RDONLY).expect("open");
+    v.unlink(1, "gone".as_ref()).expect("unlink");
+    v.unlink(1, "kept".as_ref()).expect("unlink");
+    assert!(matches!(
+        v.lookup(gone, ".".as_ref()),
+        Err(VfsError::Stale(_))
+    ));
+    let a = v.lookup(kept, ".".as_ref()).expect("open, so not stale");
+    assert_eq!((a.ino, a.nlink), (kept, 0));
+    assert_eq!(v.read(fh, 0, 100).expect("read"), b"open");
+    v.release(fh).expect("release");
+    // The refused lookup counted nothing: the create's count lets the node go.
+    forget_all(&v, gone, 1);
+    forget_all(&v, kept, 2);
+}
+
 #[test]
 fn a_deleted_file_is_stale_even_when_a_new_file_takes_its_number() {
     let (_t, dir) = new_volume();
