@@ -606,11 +606,6 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let r = self.vfs.flush(fh.0);
         self.after_control(fh);
-        if self.writeback_cache
-            && let Some(ino) = self.vfs.closing_after_failed_write(fh.0)
-        {
-            self.reclaim.drop_now(ino);
-        }
         empty(reply, "flush", r);
     }
 

@@ -17,12 +17,11 @@
 //! The same thread drops the names of files whose write failed once they are closed
 //! everywhere (see `Vfs::take_stale_caches`), so that the kernel forgets the size and pages it
 //! kept for what never reached the disk, and the cached attributes of a file whose write-back
-//! failed at once (`expire_attrs`), so that its next `write(2)` learns of it. A FLUSH of such a
-//! file's only handle (a `close`, most likely its last, by a program that has seen the error
-//! from `fsync`) waits up to [`DROP_WAIT`] for the thread to drop the name (`drop_now`): the
-//! inode then goes with that close, and what the program reads next is what the disk holds.
-//! (A close that returns the write-back error itself sends no FLUSH: its name goes at the
-//! RELEASE that follows, a moment later.)
+//! failed at once (`expire_attrs`), so that its next `write(2)` learns of it. Not earlier, at
+//! the FLUSH of a close: the kernel holds the inode until its RELEASE is answered, so a name
+//! dropped before that only makes the next lookup find the same inode, with the size and pages
+//! of the failed write, under a new name (tried 2026-12-05: a file filled until ENOSPC then
+//! read back whole, never-stored part included, and a later removal did not free its space).
 //!
 //! On a busy machine the thread can fall behind a process creating files fast, and the
 //! descriptors run out before the kernel has let names go. A request that fails so
@@ -64,10 +63,6 @@ const POLL: Duration = Duration::from_millis(2);
 /// It tries again at least this often (descriptors freed by closed files do not show in the
 /// inode count).
 const RETRY: Duration = Duration::from_millis(100);
-/// How long a FLUSH waits for the name of a file whose write failed to be dropped (see
-/// `drop_now`): bounded, because the thread may have to wait for a directory lock that a
-/// request held by the kernel keeps until a request thread is free.
-const DROP_WAIT: Duration = Duration::from_millis(200);
 
 /// A node as the kernel was last given it.
 struct Given {
@@ -91,8 +86,6 @@ pub struct Reclaim {
     /// Files whose cached attributes the kernel is to drop (a write-back failed: see
     /// `Vfs::take_write_error`).
     expire: std::sync::Mutex<Vec<u64>>,
-    /// Files whose names are to be dropped now, each with whom to tell (see `drop_now`).
-    urgent: std::sync::Mutex<Vec<(u64, SyncSender<()>)>>,
     /// A request may wait for descriptors (more than one request thread).
     may_wait: AtomicBool,
     /// A request is waiting for descriptors.
@@ -237,35 +230,6 @@ impl Reclaim {
         }
     }
 
-    /// Has the thread drop the name of `ino` (a file whose write failed, its only handle being
-    /// closed) at once, even though the file is still open, and waits for it up to
-    /// [`DROP_WAIT`]; returns whether it was done. The open handle keeps the inode until its
-    /// close, which then lets it go with the size and pages the kernel kept for the failed
-    /// write. Not started (no session): nothing to drop.
-    pub fn drop_now(&self, ino: u64) -> bool {
-        let Some(w) = self.wake.get() else {
-            return false;
-        };
-        let (tx, rx) = sync_channel(1);
-        self.urgent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((ino, tx));
-        let _ = w.try_send(());
-        rx.recv_timeout(DROP_WAIT).is_ok()
-    }
-
-    fn drop_urgent(&self, vfs: &Vfs, notifier: &Notifier) {
-        let urgent = std::mem::take(&mut *self.urgent.lock().unwrap_or_else(|p| p.into_inner()));
-        for (ino, done) in urgent {
-            if let Some((parent, name)) = vfs.current_name(ino) {
-                self.names.remove(&ino);
-                let _ = notifier.inval_entry(INodeNo(parent), &name);
-            }
-            let _ = done.try_send(());
-        }
-    }
-
     /// Wakes the thread for files closed after a failed write (see `drop_stale`).
     pub fn stale_closed(&self) {
         if let Some(w) = self.wake.get() {
@@ -340,7 +304,6 @@ impl Reclaim {
                         // Attributes only (offset -1): no page is touched.
                         let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
                     }
-                    me.drop_urgent(&vfs, notifier);
                     me.drop_stale(&vfs, notifier);
                     let before = vfs.node_count();
                     let asked = me.reclaim(&vfs, notifier, limit);

@@ -552,19 +552,6 @@ impl Vfs {
         self.handle_file(fh).map(|_| ())
     }
 
-    /// The file of handle `fh` when a write to it failed and `fh` is its only handle: a
-    /// close of `fh` may be its last, and the kernel's cached size and pages for what never
-    /// reached the disk are best dropped before that close returns (see `take_stale_caches`).
-    pub fn closing_after_failed_write(&self, fh: u64) -> Option<u64> {
-        let h = self.handles.get(&fh)?;
-        if !h.file.write_failed() {
-            return None;
-        }
-        let ino = h.ino;
-        drop(h);
-        (self.open_files.get(&ino)?.1 == 1).then_some(ino)
-    }
-
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         if super::is_control_handle(fh) {
             // Applied control writes are already persisted.
