@@ -207,15 +207,22 @@ mod tests {
     use super::*;
     use std::ffi::OsStr;
 
+    /// The flags of `ino`; `None` where the backing file system has no inode flags.
+    fn flags_of(v: &Vfs, ino: u64) -> Option<u32> {
+        match v.inode_flags(ino) {
+            Ok(fl) => Some(fl),
+            Err(e) if e.errno() == libc::ENOTTY => None,
+            Err(e) => panic!("getflags: {e}"),
+        }
+    }
+
     #[test]
     fn immutable_is_enforced_append_only_refused_and_both_undone() {
         let (_t, dir) = new_volume();
         let v = open(&dir);
         let f = write_file(&v, "f", b"data");
-        let start = match v.inode_flags(f) {
-            Ok(fl) => fl,
-            Err(e) if e.errno() == libc::ENOTTY => return, // backing without inode flags
-            Err(e) => panic!("getflags: {e}"),
+        let Some(start) = flags_of(&v, f) else {
+            return; // backing without inode flags
         };
         assert_eq!(start & IFlags::IMMUTABLE.bits(), 0);
         assert_eq!(start & LAYOUT, 0, "the cipher file's layout is not shown");
@@ -284,10 +291,8 @@ mod tests {
         let (_t, dir) = new_volume();
         let v = open(&dir);
         let f = write_file(&v, "f", b"data");
-        let start = match v.inode_flags(f) {
-            Ok(fl) => fl,
-            Err(e) if e.errno() == libc::ENOTTY => return, // backing without inode flags
-            Err(e) => panic!("getflags: {e}"),
+        let Some(start) = flags_of(&v, f) else {
+            return; // backing without inode flags
         };
         let reader = v.open(f, libc::O_RDONLY).expect("reader");
         let writer = v.open(f, libc::O_WRONLY).expect("writer");
