@@ -66,6 +66,20 @@ fn kms(args: &[&str], cipher: &Path, pass: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Waits (10 s at most) until the kernel no longer shows `p` at `size`, the size of a write
+/// that failed: kmsfs has it drop the name once the file is closed everywhere (its RELEASE
+/// answered), a moment after the last `close` returns.
+fn wait_while_shown(p: &Path, size: u64, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(p).unwrap().len() == size {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the kernel still shows the failed write"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_full_disk_damages_nothing() {
     let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("4m");
@@ -104,14 +118,7 @@ fn a_full_disk_damages_nothing() {
         // until that RELEASE is answered, so this is a moment after the close (under load it
         // was after the first read below: the test then failed, 2026-12-05).
         let failed_size = (a.len() + 512 * 1024) as u64;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::metadata(mnt2.join("a")).unwrap().len() == failed_size {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the kernel still shows the failed append"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_while_shown(&mnt2.join("a"), failed_size, "the failed append");
         // Fill the last bytes from outside, then a key-manager change cannot be saved.
         let filler = cipher2.parent().unwrap().join("filler");
         let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
@@ -221,14 +228,7 @@ fn a_failed_buffered_write_is_not_shown_once_closed() {
             let e = f.sync_all().expect_err("storing the write failed");
             assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
             drop(f);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while shown(&p) == at + len as u64 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{at}+{len}: the kernel still shows the failed write"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
+            wait_while_shown(&p, at + len as u64, &format!("{at}+{len}"));
             let now = std::fs::read(&p).unwrap();
             assert_eq!(shown(&p), now.len() as u64);
             assert!(
@@ -260,14 +260,7 @@ fn a_failed_buffered_write_is_not_shown_once_closed() {
         assert_eq!(shown(&p), grown);
         assert!(f.sync_all().is_err(), "storing the write failed");
         drop(f);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while shown(&p) == grown {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "renamed: the kernel still shows the failed write"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_while_shown(&p, grown, "renamed");
         let now = std::fs::read(&p).unwrap();
         assert!(now[..before.len()] == before[..] && now[before.len()..].iter().all(|b| *b == 1));
         std::fs::remove_file(&filler).unwrap();

@@ -61,10 +61,9 @@ impl Vfs {
                 if want_write {
                     let mut st = of.write_state();
                     if !st.writable {
-                        let b =
-                            self.open_backing_with(node, true, self.noatime() || of.is_quiet())?;
-                        of.set_fd(&b.file);
-                        st.file = b.file;
+                        let file = self.reopen_backing(node, &of, true)?;
+                        of.set_fd(&file);
+                        st.file = file;
                         st.writable = true;
                     }
                 }
@@ -154,6 +153,14 @@ impl Vfs {
                 Ok((of, named))
             }
         }
+    }
+
+    /// Another descriptor of the backing file of open file `of`, read-write or read-only, with
+    /// the access-time rule the file was opened under (see `get_open_file`).
+    pub(super) fn reopen_backing(&self, node: &Node, of: &OpenFile, write: bool) -> Result<File> {
+        Ok(self
+            .open_backing_with(node, write, self.noatime() || of.is_quiet())?
+            .file)
     }
 
     fn put_open_file(&self, ino: u64) {

@@ -149,8 +149,7 @@ impl Vfs {
             // closed while others kept the file open) removed first; and its read-write
             // descriptor, kept while it stays open, given up.
             Some(f) => {
-                let quiet = self.noatime() || f.is_quiet();
-                let read_only = self.open_backing_with(&node, false, quiet)?.file;
+                let read_only = self.reopen_backing(&node, &f, false)?;
                 f.quiesced(read_only, set)??
             }
             None => set()?,
@@ -216,6 +215,16 @@ mod tests {
         }
     }
 
+    /// Sets `flags` and the immutable flag on `ino`; false where this process may not
+    /// (CAP_LINUX_IMMUTABLE).
+    fn made_immutable(v: &Vfs, ino: u64, flags: u32) -> bool {
+        match v.set_inode_flags(ino, flags | IFlags::IMMUTABLE.bits()) {
+            Ok(()) => true,
+            Err(e) if e.errno() == libc::EPERM => false,
+            Err(e) => panic!("immutable: {e}"),
+        }
+    }
+
     #[test]
     fn immutable_is_enforced_append_only_refused_and_both_undone() {
         let (_t, dir) = new_volume();
@@ -261,11 +270,8 @@ mod tests {
         let no_dump = start | IFlags::NODUMP.bits();
         v.set_inode_flags(f, no_dump).expect("nodump");
         assert_eq!(v.inode_flags(f).expect("flags"), no_dump);
-        match v.set_inode_flags(f, no_dump | IFlags::IMMUTABLE.bits()) {
-            Ok(()) => {}
-            // Not root (CAP_LINUX_IMMUTABLE): the rest was checked.
-            Err(e) if e.errno() == libc::EPERM => return,
-            Err(e) => panic!("immutable: {e}"),
+        if !made_immutable(&v, f, no_dump) {
+            return; // not root (CAP_LINUX_IMMUTABLE): the rest was checked
         }
         let refused = [
             v.open(f, libc::O_WRONLY).map(|_| ()),
@@ -298,10 +304,8 @@ mod tests {
         let writer = v.open(f, libc::O_WRONLY).expect("writer");
         v.write(writer, 4, b"!").expect("write");
         v.release(writer).expect("release");
-        match v.set_inode_flags(f, start | IFlags::IMMUTABLE.bits()) {
-            Ok(()) => {}
-            Err(e) if e.errno() == libc::EPERM => return, // not root (CAP_LINUX_IMMUTABLE)
-            Err(e) => panic!("immutable: {e}"),
+        if !made_immutable(&v, f, start) {
+            return; // not root (CAP_LINUX_IMMUTABLE)
         }
         let refused = v.open(f, libc::O_WRONLY);
         let read = v.read(reader, 0, 16);
