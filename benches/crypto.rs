@@ -92,7 +92,7 @@ fn format_1mib(c: &mut Criterion) {
     let mut out = Vec::with_capacity(MIB + 256 * BLOCK_OVERHEAD);
     g.bench_function("encrypt_blocks", |b| {
         b.iter(|| {
-            fc.encrypt_blocks(0, black_box(&plain), 256, &mut out);
+            fc.encrypt_blocks(0, black_box(&plain), 256, 0, &mut out);
             black_box(out.len())
         })
     });
@@ -100,12 +100,12 @@ fn format_1mib(c: &mut Criterion) {
     let mut reused = vec![0u8; fc.cipher_len(MIB)];
     g.bench_function("encrypt_blocks_into (reused buffer)", |b| {
         b.iter(|| {
-            fc.encrypt_blocks_into(0, black_box(&plain), 256, &mut reused);
+            fc.encrypt_blocks_into(0, black_box(&plain), 256, 0, &mut reused);
             black_box(reused.len())
         })
     });
     let mut ct = Vec::new();
-    fc.encrypt_blocks(0, &plain, 256, &mut ct);
+    fc.encrypt_blocks(0, &plain, 256, 0, &mut ct);
     assert_eq!(ct.len(), MIB + 256 * BLOCK_OVERHEAD);
     let mut back = Vec::with_capacity(MIB);
     g.bench_function("decrypt_blocks", |b| {

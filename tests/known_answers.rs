@@ -355,6 +355,7 @@ fn check_header(v: &mut Vector) {
                 file_id,
                 key_id,
                 key_version: version,
+                flags: 0,
                 wrapped_dek: [0; WRAP_LEN],
             };
             let sealed = Aead::new(&material).seal_with_nonce(&nonce, &re.wrap_aad(&volume), &dek);
@@ -1070,6 +1071,7 @@ fn make_header(i: &HeaderInputs) -> FileHeader {
         file_id: i.file_id,
         key_id: i.key_id,
         key_version: i.version,
+        flags: 0,
         wrapped_dek: [0; WRAP_LEN],
     };
     let sealed = Aead::new(&Key256::from_bytes(i.material)).seal_with_nonce(

@@ -298,6 +298,9 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let plaintext_names = unlocked
         .config
         .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
+    let sparse = unlocked
+        .config
+        .has_feature(crate::format::config::FEATURE_SPARSE_FILES);
     // The daemon's stderr goes away with the terminal: it logs to syslog (the journal).
     super::logging::init(a.verbose, !a.foreground);
     let km = Arc::new(KeyManager::new(unlocked));
@@ -355,6 +358,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             // The last of noatime/atime counts, as for the kernel's flag (`fuse::session`).
             noatime: last_of(&fuse_opts, "noatime", "atime") == Some(true),
             acl,
+            sparse,
         },
     )
     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;

@@ -35,6 +35,11 @@ pub struct InitArgs {
     /// Do not create a recovery key.
     #[arg(long)]
     no_recovery_key: bool,
+    /// Store the zeros of a file extended past its end (truncate, a write beyond the end) as
+    /// encrypted zeros instead of holes, so that kmsfs versions without sparse files can open
+    /// the volume.
+    #[arg(long)]
+    no_sparse: bool,
     /// Write the recovery key to FILE (mode 0600) instead of printing it.
     #[arg(long, value_name = "FILE", conflicts_with = "no_recovery_key")]
     recovery_key_file: Option<PathBuf>,
@@ -60,6 +65,7 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
         plaintext_names: a.plaintext_names,
         block_size: a.block_size,
         recovery_key: !a.no_recovery_key,
+        sparse: !a.no_sparse,
     };
     // Check the directory before asking for a passphrase.
     if a.cipherdir.is_dir()

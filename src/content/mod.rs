@@ -20,6 +20,23 @@ pub struct FileCipher {
     aead: Aead,
     file_id: FileId,
     block_size: usize,
+    sparse: bool,
+}
+
+/// Whether a stored block of a *sparse* file (header flag `FLAG_SPARSE`) is a hole candidate:
+/// its nonce is all zeros, which no written block of such a file has. A candidate is a hole only
+/// when the next written block's gap reaches back over it (see [`block_gap`]).
+pub fn is_hole(block: &[u8]) -> bool {
+    block.len() >= BLOCK_NONCE_LEN && block[..BLOCK_NONCE_LEN].iter().all(|&b| b == 0)
+}
+
+/// The number of holes right before a written block of a sparse file: the first four bytes of
+/// its nonce, so authenticated with the block (the nonce is an input of the AEAD).
+pub fn block_gap(block: &[u8]) -> u32 {
+    match block.get(..4) {
+        Some(g) => u32::from_be_bytes([g[0], g[1], g[2], g[3]]),
+        None => 0,
+    }
 }
 
 impl FileCipher {
@@ -28,7 +45,19 @@ impl FileCipher {
             aead: Aead::new(dek),
             file_id,
             block_size: block_size as usize,
+            sparse: false,
         }
+    }
+
+    /// The cipher of a file with the header flag `FLAG_SPARSE`: every nonce it makes is
+    /// `gap (u32 BE) ‖ 8 random bytes, not all zero`.
+    pub fn with_sparse(mut self, sparse: bool) -> Self {
+        self.sparse = sparse;
+        self
+    }
+
+    pub fn is_sparse(&self) -> bool {
+        self.sparse
     }
 
     pub fn file_id(&self) -> &FileId {
@@ -105,16 +134,32 @@ impl FileCipher {
 
     /// Encrypts consecutive blocks `first..` of plaintext `plain` (block-aligned: every block but
     /// the last is full) into `out`, which is resized to the exact cipher length. `final_block`
-    /// is the index of the file's final block after the write. One RNG call for all nonces.
-    pub fn encrypt_blocks(&self, first: u64, plain: &[u8], final_block: u64, out: &mut Vec<u8>) {
+    /// is the index of the file's final block after the write. In a sparse file `gap` is the
+    /// number of holes right before block `first` (the blocks after it follow written ones);
+    /// otherwise it must be 0. One RNG call for all nonces.
+    pub fn encrypt_blocks(
+        &self,
+        first: u64,
+        plain: &[u8],
+        final_block: u64,
+        gap: u32,
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         out.resize(self.cipher_len(plain.len()), 0);
-        self.encrypt_blocks_into(first, plain, final_block, out);
+        self.encrypt_blocks_into(first, plain, final_block, gap, out);
     }
 
     /// As [`FileCipher::encrypt_blocks`], into `out` of exactly
     /// [`FileCipher::cipher_len`]`(plain.len())` bytes (whatever it held is overwritten).
-    pub fn encrypt_blocks_into(&self, first: u64, plain: &[u8], final_block: u64, out: &mut [u8]) {
+    pub fn encrypt_blocks_into(
+        &self,
+        first: u64,
+        plain: &[u8],
+        final_block: u64,
+        gap: u32,
+        out: &mut [u8],
+    ) {
         let bs = self.block_size;
         let nblocks = plain.len().div_ceil(bs).max(1);
         assert_eq!(
@@ -122,8 +167,19 @@ impl FileCipher {
             self.cipher_len(plain.len()),
             "cipher buffer length"
         );
+        debug_assert!(self.sparse || gap == 0, "a gap in a file without holes");
         let mut nonces = vec![0u8; nblocks * BLOCK_NONCE_LEN];
         random_bytes(&mut nonces);
+        if self.sparse {
+            for (i, n) in nonces.chunks_mut(BLOCK_NONCE_LEN).enumerate() {
+                let g = if i == 0 { gap } else { 0 };
+                n[..4].copy_from_slice(&g.to_be_bytes());
+                // Never all zeros: that is what marks a hole.
+                if n[4..].iter().all(|&b| b == 0) {
+                    n[BLOCK_NONCE_LEN - 1] = 1;
+                }
+            }
+        }
         let mut o = 0;
         for i in 0..nblocks {
             let p = &plain[(i * bs).min(plain.len())..((i + 1) * bs).min(plain.len())];
@@ -237,12 +293,12 @@ mod tests {
             let fin = (len / 4096) as u64;
             let mut ct = Vec::new();
             // encrypt as a whole file: full blocks then the final one
-            c.encrypt_blocks(0, &plain, fin, &mut ct);
+            c.encrypt_blocks(0, &plain, fin, 0, &mut ct);
             let mut back = Vec::new();
             if len % 4096 == 0 && len > 0 {
                 // the empty final block is separate when the size is block-aligned
                 let mut fin_ct = Vec::new();
-                c.encrypt_blocks(fin, &[], fin, &mut fin_ct);
+                c.encrypt_blocks(fin, &[], fin, 0, &mut fin_ct);
                 ct.extend_from_slice(&fin_ct);
             }
             c.decrypt_blocks(0, &ct, fin, &mut back).unwrap();
@@ -256,13 +312,13 @@ mod tests {
         let plain: Vec<u8> = (0..3 * 4096 + 5).map(|i| (i * 7 % 253) as u8).collect();
         // What a reused write buffer may hold: another write's ciphertext, or anything.
         let mut out = vec![0xa5u8; c.cipher_len(plain.len())];
-        c.encrypt_blocks_into(4, &plain, 7, &mut out);
+        c.encrypt_blocks_into(4, &plain, 7, 0, &mut out);
         let mut back = Vec::new();
         c.decrypt_blocks(4, &out, 7, &mut back).unwrap();
         assert_eq!(back, plain);
         // Same layout as through a new buffer: nonce, ciphertext, tag per block.
         let mut fresh = Vec::new();
-        c.encrypt_blocks(4, &plain, 7, &mut fresh);
+        c.encrypt_blocks(4, &plain, 7, 0, &mut fresh);
         assert_eq!(fresh.len(), out.len());
         // The plaintext is nowhere in it.
         assert!(!out.windows(64).any(|w| w == &plain[..64]));
@@ -273,7 +329,7 @@ mod tests {
         let c = fc(3);
         let plain = vec![0x42u8; 3 * 4096];
         let mut ct = Vec::new();
-        c.encrypt_blocks(0, &plain, 3, &mut ct);
+        c.encrypt_blocks(0, &plain, 3, 0, &mut ct);
         // The second block tampered; the buffer holds an earlier read's data.
         ct[4096 + BLOCK_OVERHEAD + 20] ^= 1;
         let mut out = vec![0x17u8; plain.len()];
@@ -286,7 +342,7 @@ mod tests {
 
     fn two_blocks(c: &FileCipher) -> Vec<u8> {
         let mut ct = Vec::new();
-        c.encrypt_blocks(0, &[7u8; 4096 + 100], 1, &mut ct);
+        c.encrypt_blocks(0, &[7u8; 4096 + 100], 1, 0, &mut ct);
         ct
     }
 
@@ -313,7 +369,7 @@ mod tests {
         // block swap: block 1 read at position 0 (as a non-final full-length block? lengths differ,
         // so swap two full blocks instead)
         let mut full = Vec::new();
-        c.encrypt_blocks(0, &[1u8; 3 * 4096], 3, &mut full);
+        c.encrypt_blocks(0, &[1u8; 3 * 4096], 3, 0, &mut full);
         let mut swapped = full.clone();
         swapped[..4124].copy_from_slice(&full[4124..8248]);
         swapped[4124..8248].copy_from_slice(&full[..4124]);
@@ -332,5 +388,36 @@ mod tests {
         assert!(c.decrypt_blocks(0, &ct[..4124], 0, &mut out).is_err());
         // wrong DEK (header transplant gives another file's DEK)
         assert!(fc(3).decrypt_blocks(0, &ct, 1, &mut out).is_err());
+    }
+
+    #[test]
+    fn sparse_nonces_carry_the_gap_and_are_never_all_zero() {
+        let c = fc(4).with_sparse(true);
+        let mut ct = Vec::new();
+        c.encrypt_blocks(5, &[9u8; 3 * 4096], 9, 77, &mut ct);
+        let cbs = 4096 + BLOCK_OVERHEAD;
+        assert_eq!(block_gap(&ct), 77);
+        assert_eq!(block_gap(&ct[cbs..]), 0);
+        assert_eq!(block_gap(&ct[2 * cbs..]), 0);
+        for b in ct.chunks(cbs) {
+            assert!(!is_hole(b));
+        }
+        let mut back = Vec::new();
+        c.decrypt_blocks(5, &ct, 9, &mut back).unwrap();
+        assert_eq!(back, vec![9u8; 3 * 4096]);
+        // The gap is authenticated: a changed one fails, in each of its bytes.
+        for i in 0..4 {
+            let mut x = ct.clone();
+            x[i] ^= 1;
+            assert!(
+                c.decrypt_blocks(5, &x, 9, &mut back).is_err(),
+                "gap byte {i}"
+            );
+        }
+        // A zeroed block is a hole candidate; a block of a file without holes has random nonces.
+        assert!(is_hole(&[0u8; 4124]));
+        let mut plain_ct = Vec::new();
+        fc(4).encrypt_blocks(0, &[1u8; 10], 0, 0, &mut plain_ct);
+        assert!(!is_hole(&plain_ct));
     }
 }

@@ -167,7 +167,7 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
                 }
             }
             let mut out = Vec::new();
-            cipher.encrypt_blocks(k, &[], k, &mut out);
+            cipher.encrypt_blocks(k, &[], k, 0, &mut out);
             file.write_all_at(&out, l.cipher_offset(k))?;
             l.cipher_offset(k) + out.len() as u64
         }
@@ -239,11 +239,11 @@ mod tests {
     /// Writes a consistent file of `plain` (the header bytes do not matter here).
     fn write_file(f: &File, c: &FileCipher, l: Layout, plain: &[u8]) {
         let mut out = Vec::new();
-        c.encrypt_blocks(0, plain, l.final_block(plain.len() as u64), &mut out);
+        c.encrypt_blocks(0, plain, l.final_block(plain.len() as u64), 0, &mut out);
         if !plain.is_empty() && plain.len().is_multiple_of(B) {
             let mut fin = Vec::new();
             let n = (plain.len() / B) as u64;
-            c.encrypt_blocks(n, &[], n, &mut fin);
+            c.encrypt_blocks(n, &[], n, 0, &mut fin);
             out.extend_from_slice(&fin);
         }
         f.set_len(0).unwrap();
@@ -270,7 +270,7 @@ mod tests {
         // Extend to 3 blocks + 50 bytes; the write stops inside block 2.
         let new: Vec<u8> = (0..3 * B + 50).map(|i| i as u8).collect();
         let mut out = Vec::new();
-        c.encrypt_blocks(0, &new, 3, &mut out);
+        c.encrypt_blocks(0, &new, 3, 0, &mut out);
         mark(&f, 1, 0, l.cipher_size(new.len() as u64));
         let cut = 2 * (B + BLOCK_OVERHEAD) + 700;
         f.write_all_at(&out[..cut], HEADER_LEN as u64).unwrap();
@@ -297,7 +297,7 @@ mod tests {
         }
         // Truncate to B + 5: the new final block 1 was written, the cut was not made.
         let mut fin = Vec::new();
-        c.encrypt_blocks(1, &data[B..B + 5], 1, &mut fin);
+        c.encrypt_blocks(1, &data[B..B + 5], 1, 0, &mut fin);
         mark(&f, 1, 1, l.cipher_size((B + 5) as u64));
         f.write_all_at(&fin, l.cipher_offset(1)).unwrap();
         assert!(read_file(&f, &c, l).is_none());

@@ -13,10 +13,14 @@ pub const CONFIG_VERSION: u32 = 1;
 pub const FEATURE_PLAINTEXT_NAMES: &str = "plaintext-names";
 pub const FEATURE_ENCRYPTED_NAMES: &str = "encrypted-names";
 pub const FEATURE_LONG_NAMES: &str = "long-name-side-files";
+/// New files may hold holes (header flag `FLAG_SPARSE`, docs/FORMAT.md §4a). An older kmsfs
+/// would refuse those files one by one; the flag makes it refuse the volume up front.
+pub const FEATURE_SPARSE_FILES: &str = "sparse-files";
 pub const KNOWN_FEATURES: &[&str] = &[
     FEATURE_PLAINTEXT_NAMES,
     FEATURE_ENCRYPTED_NAMES,
     FEATURE_LONG_NAMES,
+    FEATURE_SPARSE_FILES,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

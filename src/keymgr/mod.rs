@@ -359,8 +359,13 @@ impl KeyManager {
     }
 
     /// A header for a new file at `path` (absolute inside the mount; the key rules choose the
-    /// key, else the default key) under the key's newest version, and its fresh DEK.
-    pub fn new_file(&self, path: Option<&str>) -> Result<(FileHeader, Key256), KeyError> {
+    /// key, else the default key) under the key's newest version, with header `flags`, and its
+    /// fresh DEK.
+    pub fn new_file(
+        &self,
+        path: Option<&str>,
+        flags: u16,
+    ) -> Result<(FileHeader, Key256), KeyError> {
         let st = self.read();
         let key_id = match path {
             Some(p) => lifecycle::key_for_path(&st.store, p),
@@ -382,6 +387,7 @@ impl KeyManager {
             file_id: FileId::generate(),
             key_id,
             key_version: ver.version,
+            flags,
             wrapped_dek: [0; WRAP_LEN],
         };
         seal_dek(&mut h, &st.store.volume_id, material, &dek);

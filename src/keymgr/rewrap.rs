@@ -251,6 +251,7 @@ fn rewrap_one(
         file_id: h.file_id,
         key_id: target_key,
         key_version: target_version,
+        flags: h.flags,
         wrapped_dek: [0; crate::format::header::WRAP_LEN],
     };
     super::seal_dek(&mut n, volume, &material, &dek);

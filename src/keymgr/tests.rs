@@ -187,7 +187,7 @@ fn info_without_passphrase() {
 fn dek_wrap_round_trip_and_context_binding() {
     let (_t, d, _) = new_volume();
     let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
-    let (h, dek) = km.new_file(None).unwrap();
+    let (h, dek) = km.new_file(None, 0).unwrap();
     assert_eq!(km.unwrap_dek(&h).unwrap().expose(), dek.expose());
     // Flip any byte of the encoded header: refused by parsing or by the unwrap.
     let enc = h.encode();
@@ -221,9 +221,9 @@ fn admin_persists_and_survives_reopen() {
         km.admin(|s, _| lifecycle::create_alias(s, "alias/finance", &id))
             .is_err()
     );
-    let (h, _) = km.new_file(Some("/finance/q1.xlsx")).unwrap();
+    let (h, _) = km.new_file(Some("/finance/q1.xlsx"), 0).unwrap();
     assert_eq!(h.key_id, id);
-    let (h2, _) = km.new_file(Some("/other")).unwrap();
+    let (h2, _) = km.new_file(Some("/other"), 0).unwrap();
     assert_ne!(h2.key_id, id);
     drop(km);
     let u = unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap();
@@ -240,18 +240,18 @@ fn key_states_enforced_on_unwrap_and_new_files() {
         .admin(|s, now| lifecycle::create(s, "k", Default::default(), now))
         .unwrap();
     km.admin(|s, _| lifecycle::set_rule(s, "/k", &id)).unwrap();
-    let (h, dek) = km.new_file(Some("/k/a")).unwrap();
+    let (h, dek) = km.new_file(Some("/k/a"), 0).unwrap();
     km.admin(|s, _| lifecycle::disable(s, &id)).unwrap();
     assert_eq!(
         km.unwrap_dek(&h).err(),
         Some(KeyError::NotUsable(id, KeyState::Disabled))
     );
-    assert!(km.new_file(Some("/k/b")).is_err());
+    assert!(km.new_file(Some("/k/b"), 0).is_err());
     km.admin(|s, _| lifecycle::enable(s, &id)).unwrap();
     assert_eq!(km.unwrap_dek(&h).unwrap().expose(), dek.expose());
     // Rotation: new files use v2; v1 files still open; min version retires v1.
     km.admin(|s, now| lifecycle::rotate(s, &id, now)).unwrap();
-    let (h2, _) = km.new_file(Some("/k/c")).unwrap();
+    let (h2, _) = km.new_file(Some("/k/c"), 0).unwrap();
     assert_eq!(h2.key_version, 2);
     assert!(km.unwrap_dek(&h).is_ok());
     km.admin(|s, _| lifecycle::set_min_decryption_version(s, &id, 2))

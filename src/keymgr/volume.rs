@@ -14,7 +14,7 @@ use crate::format::VolumeId;
 use crate::format::block::{DEFAULT_BLOCK_SIZE, valid_block_size};
 use crate::format::config::{
     CONFIG_FORMAT, CONFIG_VERSION, FEATURE_ENCRYPTED_NAMES, FEATURE_LONG_NAMES,
-    FEATURE_PLAINTEXT_NAMES, KdfInfo, VolumeConfig,
+    FEATURE_PLAINTEXT_NAMES, FEATURE_SPARSE_FILES, KdfInfo, VolumeConfig,
 };
 use crate::format::keystore::{Envelope, Slot, SlotKind};
 use crate::fsutil::atomic_write;
@@ -94,6 +94,8 @@ pub struct InitOptions {
     pub block_size: u32,
     /// Create a recovery-key slot and return the key.
     pub recovery_key: bool,
+    /// New files may hold holes (feature `sparse-files`).
+    pub sparse: bool,
 }
 
 impl Default for InitOptions {
@@ -103,6 +105,7 @@ impl Default for InitOptions {
             plaintext_names: false,
             block_size: DEFAULT_BLOCK_SIZE,
             recovery_key: true,
+            sparse: true,
         }
     }
 }
@@ -143,6 +146,9 @@ pub fn init(
         }
         .to_string(),
     );
+    if opts.sparse {
+        features.push(FEATURE_SPARSE_FILES.to_string());
+    }
     let config = VolumeConfig {
         format: CONFIG_FORMAT.into(),
         format_version: CONFIG_VERSION,

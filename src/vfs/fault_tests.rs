@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rustix::io::Errno;
 
 use super::attr_ops::SetAttr;
-use super::test_support::{caller, new_volume, open_with, unlock};
+use super::test_support::{caller, new_volume_with, open_with, unlock};
 use super::xattr_ops::XattrReply;
 use super::{Kind, Result, Vfs, VfsOptions};
 use crate::format::acl::{GROUP_OBJ, MASK, OTHER, UNDEFINED_ID as U, USER, USER_OBJ, acl};
@@ -58,7 +58,12 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 
 /// A new volume holding a little of everything.
 fn volume() -> (tempfile::TempDir, PathBuf) {
-    let (t, dir) = new_volume();
+    volume_with(true)
+}
+
+/// [`volume`], with files that hold holes (`sparse`) or encrypted zeros.
+fn volume_with(sparse: bool) -> (tempfile::TempDir, PathBuf) {
+    let (t, dir) = new_volume_with(sparse);
     let v = open(&dir);
     let c = caller();
     write_file(&v, ROOT, "a", &data(10_000, 1)).expect("a");
@@ -725,36 +730,46 @@ fn failed_rmdir_puts_the_same_directory_id_back() {
 
 #[test]
 fn an_extension_larger_than_the_free_space_fails_before_writing_anything() {
-    // 2^62 bytes of encrypted zeros fit on no disk (more than the file system holds). Any backing write would hit the armed
-    // fault (EIO): the ENOSPC must come before the first one.
-    let (_t, dir) = volume();
-    let before = snapshot(&open(&dir));
-    let v = open(&dir);
-    let set = SetAttr {
-        size: Some(1 << 62),
-        ..Default::default()
-    };
-    let b = ino(&v, "b").expect("b");
-    for (what, r) in [
-        (
-            "write",
-            with_handle(&v, "b", |fh| {
+    // 2^62 bytes of encrypted zeros fit on no disk (more than the file system holds). Any
+    // backing write would hit the armed fault (EIO): the error must come before the first one.
+    // Where holes are stored, the count of holes before the new final block does not fit its
+    // four bytes either (EFBIG, what ext4 answers past its largest file).
+    for (sparse, errno) in [(false, libc::ENOSPC), (true, libc::EFBIG)] {
+        let (_t, dir) = volume_with(sparse);
+        let before = snapshot(&open(&dir));
+        let v = open(&dir);
+        let set = SetAttr {
+            size: Some(1 << 62),
+            ..Default::default()
+        };
+        let b = ino(&v, "b").expect("b");
+        for (what, r) in [
+            (
+                "write",
+                with_handle(&v, "b", |fh| {
+                    crate::fault::arm(1, Errno::IO);
+                    v.write(fh, 1 << 62, b"x").map(|_| ())
+                }),
+            ),
+            ("truncate", {
                 crate::fault::arm(1, Errno::IO);
-                v.write(fh, 1 << 62, b"x").map(|_| ())
+                v.setattr(b, None, &set, None).map(|_| ())
             }),
-        ),
-        ("truncate", {
-            crate::fault::arm(1, Errno::IO);
-            v.setattr(b, None, &set, None).map(|_| ())
-        }),
-    ] {
-        let fired = crate::fault::disarm();
-        assert_eq!(fired, None, "{what}: wrote before refusing");
+        ] {
+            let fired = crate::fault::disarm();
+            assert_eq!(
+                fired, None,
+                "sparse {sparse}, {what}: wrote before refusing"
+            );
+            assert!(
+                matches!(r, Err(ref e) if e.errno() == errno),
+                "sparse {sparse}, {what}: {r:?}"
+            );
+        }
+        drop(v);
         assert!(
-            matches!(r, Err(ref e) if e.errno() == libc::ENOSPC),
-            "{what}: {r:?}"
+            snapshot(&open(&dir)) == before,
+            "sparse {sparse}: the tree changed"
         );
     }
-    drop(v);
-    assert!(snapshot(&open(&dir)) == before, "the tree changed");
 }

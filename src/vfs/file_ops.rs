@@ -14,6 +14,7 @@ use super::inode::{Node, NodeName};
 use super::open_file::{FileState, OpenFile, Scratch, read_header};
 use super::{Attr, Caller, Handle, Kind, Result, Vfs, VfsError};
 use crate::content::FileCipher;
+use crate::format::header::FLAG_SPARSE;
 
 /// The parts of open(2)'s flags the model acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +95,8 @@ impl Vfs {
                     }
                     VfsError::Key(e)
                 })?;
-                let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
+                let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
+                    .with_sparse(header.flags & FLAG_SPARSE != 0);
                 // A size-changing write was interrupted (crash): make the file readable again.
                 let mut recover = crate::content::pending::is_marked(&file) && !self.read_only();
                 if recover {
@@ -144,6 +146,7 @@ impl Vfs {
                         size,
                         marked: None,
                         behind: Default::default(),
+                        holes_seen: Default::default(),
                     },
                 ));
                 if quiet {
@@ -345,7 +348,8 @@ impl Vfs {
                 .map(|d| format!("{}/{}", d.trim_end_matches('/'), name.to_string_lossy())),
             None => None,
         };
-        let (header, dek) = match self.km.new_file(path.as_deref()) {
+        let hflags = if self.opts.sparse { FLAG_SPARSE } else { 0 };
+        let (header, dek) = match self.km.new_file(path.as_deref(), hflags) {
             Ok(k) => k,
             Err(e) => {
                 let e = VfsError::Key(e);
@@ -364,9 +368,10 @@ impl Vfs {
         let inh = self.inherit(dir, libc::S_IFREG | (mode & 0o7777), caller.umask)?;
         let mode = inh.mode;
         self.create_entry(dir, cn, || {
-            let cipher = FileCipher::new(&dek, header.file_id, self.block_size);
+            let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
+                .with_sparse(hflags & FLAG_SPARSE != 0);
             let mut fin = Vec::new();
-            cipher.encrypt_blocks(0, &[], 0, &mut fin);
+            cipher.encrypt_blocks(0, &[], 0, 0, &mut fin);
             let mut bytes = header.encode().to_vec();
             bytes.extend_from_slice(&fin);
             // Crash-safe: the file gets its name only once its header is written (an unnamed
@@ -417,6 +422,7 @@ impl Vfs {
                         size: 0,
                         marked: None,
                         behind: Default::default(),
+                        holes_seen: Default::default(),
                     };
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
                     Ok((node, attr, of, audit))

@@ -78,6 +78,9 @@ pub struct VfsOptions {
     pub noatime: bool,
     /// POSIX ACLs (`--acl`, see `acl_ops`): stored, inherited, kept in step with the mode.
     pub acl: bool,
+    /// New regular files may hold holes (header flag `FLAG_SPARSE`; the volume has the feature
+    /// `sparse-files`).
+    pub sparse: bool,
 }
 
 /// An open file handle.
@@ -602,6 +605,8 @@ mod dir_read_tests;
 mod export_tests;
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod holes_tests;
 #[cfg(test)]
 mod path_tests;
 #[cfg(test)]

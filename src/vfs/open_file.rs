@@ -15,6 +15,8 @@ use crate::format::block::BLOCK_OVERHEAD;
 use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
 
+mod holes;
+
 /// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
 
@@ -101,6 +103,9 @@ pub struct FileState {
     pub marked: Option<u64>,
     /// Large sequential writes not yet sent to the disk (see `write_behind`).
     pub behind: super::write_behind::WriteBehind,
+    /// The run of holes (a sparse file's blocks never written) found last, so that reading
+    /// through it looks for its end once; forgotten at every change of the file.
+    pub holes_seen: std::sync::Mutex<Option<Range<u64>>>,
 }
 
 impl Drop for FileState {
@@ -274,9 +279,24 @@ impl OpenFile {
     /// Reads and decrypts blocks `first..=last` of a file of size `size` into plaintext.
     fn read_blocks(&self, st: &FileState, first: u64, last: u64, out: &mut Vec<u8>) -> Result<()> {
         let buf = self.read_cipher(st, first, last)?;
-        self.cipher
-            .decrypt_blocks(first, buf.as_slice(), self.layout.final_block(st.size), out)
-            .map_err(|e| self.auth_failed(e.block))
+        let n = self
+            .cipher
+            .plain_len(buf.as_slice().len())
+            .map_err(|i| self.auth_failed(first + i))?;
+        out.clear();
+        out.resize(n, 0);
+        self.decrypt(st, first, buf.as_slice(), out)
+    }
+
+    /// Decrypts blocks `first..` of `cipher` into `out` (exactly their plaintext length); in a
+    /// sparse file the holes among them read as zeros.
+    fn decrypt(&self, st: &FileState, first: u64, cipher: &[u8], out: &mut [u8]) -> Result<()> {
+        let fin = self.layout.final_block(st.size);
+        match self.cipher.decrypt_blocks_into(first, cipher, fin, out) {
+            Ok(()) => Ok(()),
+            Err(_) if self.sparse() => self.decrypt_with_holes(st, first, cipher, out),
+            Err(e) => Err(self.auth_failed(e.block)),
+        }
     }
 
     /// As [`OpenFile::read_blocks`], into `out` (made exactly their length).
@@ -293,14 +313,7 @@ impl OpenFile {
             .plain_len(buf.as_slice().len())
             .map_err(|i| self.auth_failed(first + i))?;
         out.set_len(n);
-        self.cipher
-            .decrypt_blocks_into(
-                first,
-                buf.as_slice(),
-                self.layout.final_block(st.size),
-                out.as_mut(),
-            )
-            .map_err(|e| self.auth_failed(e.block))
+        self.decrypt(st, first, buf.as_slice(), out.as_mut())
     }
 
     /// Plaintext `[off, off + len)`, cut at end of file: decrypted into `out`, at the range
@@ -431,13 +444,19 @@ impl OpenFile {
         let first = self.layout.block_of(off);
         let main_len = self.cipher.cipher_len(data.len());
         let mut buf = Scratch::cipher(main_len + BLOCK_OVERHEAD);
+        // No holes before them (the usual case): a sparse file's write after a hole encrypts
+        // again under the lock, with their count.
         self.cipher
-            .encrypt_blocks_into(first, data, u64::MAX, &mut buf.as_mut()[..main_len]);
+            .encrypt_blocks_into(first, data, u64::MAX, 0, &mut buf.as_mut()[..main_len]);
         Some(buf)
     }
 
-    /// Fills `[size, target)` with zeros. The caller holds the write lock.
+    /// Fills `[size, target)` with zeros: holes in a sparse file when the gap is long enough,
+    /// else encrypted zeros. The caller holds the write lock.
     fn extend_zeros(&self, st: &mut FileState, target: u64) -> Result<()> {
+        if self.extend_with_holes(st, target)? {
+            return Ok(());
+        }
         self.check_room(st, target)?;
         let zeros = vec![0u8; ZERO_CHUNK as usize];
         while st.size < target {
@@ -520,18 +539,24 @@ impl OpenFile {
         let first = l.block_of(off);
         let last = l.block_of(end - 1);
         let new_final = l.final_block(new_size);
-        // The old final block's plaintext, to restore it if an extending write fails.
+        // The old final block's plaintext (and its count of holes before it), to restore it if
+        // an extending write fails.
         let old_tail = if new_size > st.size {
             let fin = l.final_block(st.size);
             let mut t = Vec::new();
             if st.size.is_multiple_of(bs) || self.read_blocks(st, fin, fin, &mut t).is_ok() {
-                Some(t)
+                Some((t, self.gap_before(st, fin)?))
             } else {
                 None
             }
         } else {
             None
         };
+        // In a sparse file: the holes before the first block, and the written block whose count
+        // must shrink when the write fills the hole that is its last block.
+        let gap = self.gap_before(st, first)?;
+        let run_end = self.run_end_after(st, last)?;
+        *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         let base = l.plain_offset(first);
         // Plaintext of blocks first..=last after the write.
         let span_end = new_size.min(l.plain_offset(last + 1));
@@ -544,8 +569,9 @@ impl OpenFile {
         // bytes first (before the cipher buffer is taken: the merge reads through it too).
         let whole = off == base && end == span_end;
         let mut buf = match pre {
-            // Encrypted already (whole blocks, none of them final, as this write leaves them).
-            Some(buf) if whole => buf,
+            // Encrypted already (whole blocks, none of them final, as this write leaves them,
+            // and no hole before them).
+            Some(buf) if whole && gap == 0 => buf,
             _ => {
                 let merged = if whole {
                     None
@@ -558,6 +584,7 @@ impl OpenFile {
                     first,
                     plain,
                     new_final,
+                    gap,
                     &mut buf.as_mut()[..main_len],
                 );
                 buf
@@ -569,6 +596,7 @@ impl OpenFile {
                 new_final,
                 &[],
                 new_final,
+                0,
                 &mut buf.as_mut()[main_len..total],
             );
         }
@@ -593,11 +621,16 @@ impl OpenFile {
             // A failed write that extended the file (ENOSPC, EIO) may have left the old final
             // block re-marked as non-final: put the old tail back so the file stays readable.
             if new_size > st.size {
-                self.restore_tail(st, old_tail.as_deref());
+                self.restore_tail(st, old_tail.as_ref().map(|(t, g)| (&t[..], *g)));
             }
             return Err(e.into());
         }
         st.size = new_size;
+        if let Some(k) = run_end {
+            // Filled the hole before the run's end: block `k` now counts only the holes after
+            // `last` (a crash before this leaves it counting more: the file reads the same).
+            self.set_gap(st, k, (k - last - 1) as u32)?;
+        }
         Ok(out.len() as u64)
     }
 
@@ -632,12 +665,12 @@ impl OpenFile {
     /// Re-writes the final block of the current (old) size from `tail` (its plaintext) and cuts
     /// the file back to the old cipher size. Best effort: it writes only into space the file
     /// already had.
-    fn restore_tail(&self, st: &FileState, tail: Option<&[u8]>) {
+    fn restore_tail(&self, st: &FileState, tail: Option<(&[u8], u32)>) {
         let l = self.layout;
         let fin = l.final_block(st.size);
-        let Some(tail) = tail else { return };
+        let Some((tail, gap)) = tail else { return };
         let mut out = Vec::new();
-        self.cipher.encrypt_blocks(fin, tail, fin, &mut out);
+        self.cipher.encrypt_blocks(fin, tail, fin, gap, &mut out);
         let ok = st.file.write_all_at(&out, l.cipher_offset(fin)).is_ok()
             && st.file.set_len(l.cipher_size(st.size)).is_ok();
         if !ok {
@@ -704,8 +737,10 @@ impl OpenFile {
                     self.read_blocks(st, fin, fin, &mut old)?;
                 }
                 old.truncate(keep);
+                let gap = self.gap_before(st, fin)?;
+                *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
                 let mut out = Vec::new();
-                self.cipher.encrypt_blocks(fin, &old, fin, &mut out);
+                self.cipher.encrypt_blocks(fin, &old, fin, gap, &mut out);
                 let off = l.cipher_offset(fin);
                 // The old block's ciphertext as it is (a shorter size ends inside it), to put
                 // back if the truncate fails half-way. Not decrypted: truncating a damaged file

@@ -24,6 +24,11 @@ pub fn caller() -> Caller {
 
 /// A new, empty volume; the directory lives as long as the `TempDir`.
 pub fn new_volume() -> (tempfile::TempDir, PathBuf) {
+    new_volume_with(true)
+}
+
+/// A new, empty volume whose files hold holes (`sparse`) or store encrypted zeros.
+pub fn new_volume_with(sparse: bool) -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().expect("tempdir");
     let dir = t.path().join("c");
     crate::keymgr::init(
@@ -32,6 +37,7 @@ pub fn new_volume() -> (tempfile::TempDir, PathBuf) {
         &InitOptions {
             kdf: KdfParams::FAST_INSECURE,
             recovery_key: false,
+            sparse,
             ..Default::default()
         },
     )
@@ -52,6 +58,13 @@ pub fn open_with(dir: &Path, opts: VfsOptions) -> Vfs {
     rustix::process::umask(rustix::fs::Mode::empty());
     let u = unlock(dir);
     let bs = u.config.block_size;
+    // As `kmsfs mount` does: holes where the volume has the feature.
+    let opts = VfsOptions {
+        sparse: u
+            .config
+            .has_feature(crate::format::config::FEATURE_SPARSE_FILES),
+        ..opts
+    };
     Vfs::new(dir, Arc::new(KeyManager::new(u)), bs, false, opts).expect("vfs")
 }
 

@@ -1,0 +1,286 @@
+//! Sparse files (holes, docs/FORMAT.md §4a) through the model, without FUSE: extensions store no
+//! zeros, holes read as zeros, writes into them keep the rest a hole, and a zeroed written block
+//! or a changed count of holes is still detected.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+
+use super::Vfs;
+use super::attr_ops::SetAttr;
+use super::test_support::{caller, new_volume_with, open, read_at, write_file};
+use crate::format::offsets::Layout;
+
+const B: u64 = 4096;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+fn cipher_path(v: &Vfs, ino: u64) -> PathBuf {
+    let n = v.node(ino).expect("node").name().expect("entry");
+    let d = std::fs::read_link(v.node(n.parent).expect("dir").proc_path()).expect("dir");
+    d.join(&n.cipher)
+}
+
+/// A new model over the volume, and the number of its file `a`.
+fn reopen(dir: &std::path::Path) -> (Vfs, u64) {
+    let v = open(dir);
+    let a = v.lookup(1, "a".as_ref()).expect("lookup").ino;
+    (v, a)
+}
+
+fn truncate(v: &Vfs, ino: u64, size: u64) {
+    let set = SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    v.setattr(ino, None, &set, None).expect("truncate");
+}
+
+fn write_at(v: &Vfs, ino: u64, off: u64, data: &[u8]) {
+    let fh = v.open_as(ino, libc::O_RDWR, &caller()).expect("open");
+    v.write(fh, off, data).expect("write");
+    v.release(fh).expect("release");
+}
+
+/// The whole file, read in 1 MiB pieces.
+fn read_all(v: &Vfs, ino: u64) -> Vec<u8> {
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+    let mut out = Vec::new();
+    loop {
+        let d = v.read(fh, out.len() as u64, 1 << 20).expect("read");
+        if d.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&d);
+    }
+    v.release(fh).expect("release");
+    out
+}
+
+fn try_read(v: &Vfs, ino: u64, off: u64, len: u32) -> super::Result<Vec<u8>> {
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+    let r = v.read(fh, off, len);
+    v.release(fh).expect("release");
+    r
+}
+
+/// Overwrites `len` bytes of the cipher file at `at` with `f(old)`.
+fn patch(path: &PathBuf, at: u64, len: usize, f: impl Fn(&mut [u8])) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("cipher file");
+    let mut b = vec![0u8; len];
+    file.read_exact_at(&mut b, at).expect("read");
+    f(&mut b);
+    file.write_all_at(&b, at).expect("write");
+}
+
+#[test]
+fn a_far_extension_stores_holes_that_read_as_zeros_and_stay_after_a_reopen() {
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let head = pattern(10_000, 1);
+    let a = write_file(&v, "a", &head);
+    let size = 64 << 20;
+    truncate(&v, a, size);
+    let p = cipher_path(&v, a);
+    let md = std::fs::metadata(&p).expect("stat");
+    assert_eq!(md.len(), Layout::new(B as u32).cipher_size(size));
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "64 MiB of holes took {} bytes",
+        md.blocks() * 512
+    );
+    let mut want = head.clone();
+    want.resize(size as usize, 0);
+    assert!(read_all(&v, a) == want, "content after the extension");
+    // A write far past the end: holes between, its bytes at their place.
+    let tail = pattern(5000, 2);
+    write_at(&v, a, 200 << 20, &tail);
+    want.resize(200 << 20, 0);
+    want.extend_from_slice(&tail);
+    assert!(std::fs::metadata(&p).expect("stat").blocks() * 512 < 1 << 20);
+    drop(v);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want, "content after a reopen");
+    // A short gap is written as encrypted zeros (no hole), as in a file without holes.
+    let b = write_file(&v, "b", b"x");
+    truncate(&v, b, 3 * B);
+    assert_eq!(
+        read_at(&v, b, 0, 1 << 20),
+        [&b"x"[..], &[0; 3 * B as usize - 1]].concat()
+    );
+}
+
+#[test]
+fn writes_into_holes_and_truncates_agree_with_a_plain_copy() {
+    // A seeded series of writes, extensions and cuts, on the model and on a plain vector.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", &pattern(3000, 3));
+    let mut want = pattern(3000, 3);
+    let mut r: u64 = 0x5eed_0f_401e5;
+    let mut next = |n: u64| {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        r % n
+    };
+    for step in 0..300u64 {
+        let size = want.len() as u64;
+        match next(6) {
+            0 => {
+                let to = next(8 << 20);
+                truncate(&v, a, to);
+                want.resize(to as usize, 0);
+            }
+            1 | 2 => {
+                // Aligned whole blocks, often at a hole's edges.
+                let off = next(size / B + 40) * B;
+                let data = pattern((1 + next(3)) as usize * B as usize, step as u8);
+                write_at(&v, a, off, &data);
+                if want.len() < off as usize + data.len() {
+                    want.resize(off as usize + data.len(), 0);
+                }
+                want[off as usize..off as usize + data.len()].copy_from_slice(&data);
+            }
+            _ => {
+                let off = next(size + (1 << 20));
+                let data = pattern(1 + next(9000) as usize, step as u8);
+                write_at(&v, a, off, &data);
+                if want.len() < off as usize + data.len() {
+                    want.resize(off as usize + data.len(), 0);
+                }
+                want[off as usize..off as usize + data.len()].copy_from_slice(&data);
+            }
+        }
+        if step % 25 == 0 {
+            assert!(read_all(&v, a) == want, "step {step}");
+        }
+    }
+    assert!(read_all(&v, a) == want, "at the end");
+    drop(v);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want, "after a reopen");
+}
+
+#[test]
+fn a_zeroed_written_block_or_a_changed_count_of_holes_is_detected() {
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let l = Layout::new(B as u32);
+    let a = write_file(&v, "a", &pattern(3 * B as usize, 4));
+    // Blocks 0-2 written, 3..=99 holes, 100 (the final block) written.
+    truncate(&v, a, 100 * B + 10);
+    let p = cipher_path(&v, a);
+    let cbs = l.cipher_block_size() as usize;
+    let fresh = |what: &str, block: u64| {
+        let (v, a) = reopen(&dir);
+        let r = try_read(&v, a, block * B, B as u32);
+        assert!(
+            r.is_err_and(|e| e.is_integrity()),
+            "{what}: read block {block}"
+        );
+    };
+    // The holes read as zeros, the blocks around them as written.
+    assert_eq!(read_at(&v, a, 50 * B, B as u32), vec![0; B as usize]);
+    drop(v);
+    let saved = std::fs::read(&p).expect("cipher file");
+    // A written block zeroed: no count reaches it.
+    patch(&p, l.cipher_offset(1), cbs, |b| b.fill(0));
+    fresh("block 1 zeroed", 1);
+    std::fs::write(&p, &saved).expect("restore");
+    // The last written block before the holes zeroed.
+    patch(&p, l.cipher_offset(2), cbs, |b| b.fill(0));
+    fresh("block 2 zeroed", 2);
+    std::fs::write(&p, &saved).expect("restore");
+    // The count of the block after the holes changed, either way: it fails itself, and the
+    // holes it vouched for with it.
+    for bit in [0x01u8, 0x80] {
+        patch(&p, l.cipher_offset(100) + 3, 1, |b| b[0] ^= bit);
+        fresh("count changed", 100);
+        fresh("count changed, a hole", 50);
+        std::fs::write(&p, &saved).expect("restore");
+    }
+    // The final block zeroed: nothing vouches for the holes any more.
+    patch(&p, l.cipher_offset(100), 10 + 28, |b| b.fill(0));
+    fresh("final block zeroed, a hole", 60);
+    std::fs::write(&p, &saved).expect("restore");
+    let (v, a) = reopen(&dir);
+    assert_eq!(read_at(&v, a, 99 * B, B as u32), vec![0; B as usize]);
+}
+
+#[test]
+fn a_filled_hole_is_no_longer_a_hole() {
+    // Block 50 written inside the run 3..=99: the block after the run counts only 51..=99 from
+    // then on, so zeroing block 50 again is detected, while 3..=49 and 51..=99 stay holes.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let l = Layout::new(B as u32);
+    let a = write_file(&v, "a", &pattern(3 * B as usize, 5));
+    truncate(&v, a, 100 * B + 10);
+    write_at(&v, a, 50 * B, &pattern(B as usize, 6));
+    write_at(&v, a, 99 * B, &pattern(B as usize, 7));
+    assert_eq!(read_at(&v, a, 50 * B, B as u32), pattern(B as usize, 6));
+    assert_eq!(read_at(&v, a, 30 * B, B as u32), vec![0; B as usize]);
+    assert_eq!(read_at(&v, a, 70 * B, B as u32), vec![0; B as usize]);
+    let p = cipher_path(&v, a);
+    drop(v);
+    for block in [50, 99] {
+        let saved = std::fs::read(&p).expect("cipher file");
+        patch(
+            &p,
+            l.cipher_offset(block),
+            l.cipher_block_size() as usize,
+            |b| b.fill(0),
+        );
+        let (v, a) = reopen(&dir);
+        let r = try_read(&v, a, block * B, B as u32);
+        assert!(r.is_err_and(|e| e.is_integrity()), "block {block} zeroed");
+        drop(v);
+        std::fs::write(&p, &saved).expect("restore");
+    }
+}
+
+#[test]
+fn holes_copied_as_allocated_zeros_still_read() {
+    // `cp` without `--sparse`, a sync tool or a backup restore writes the holes out as zeros:
+    // the file is the same to kmsfs.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", &pattern(5000, 8));
+    truncate(&v, a, 8 << 20);
+    write_at(&v, a, 4 << 20, b"middle");
+    let want = read_all(&v, a);
+    let p = cipher_path(&v, a);
+    drop(v);
+    let bytes = std::fs::read(&p).expect("cipher file");
+    let f = File::create(&p).expect("rewrite");
+    f.write_all_at(&bytes, 0).expect("write out");
+    drop(f);
+    assert!(std::fs::metadata(&p).expect("stat").blocks() * 512 >= 8 << 20);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want);
+}
+
+#[test]
+fn a_volume_without_the_feature_writes_zeros() {
+    let (_t, dir) = new_volume_with(false);
+    let v = open(&dir);
+    let a = write_file(&v, "a", b"x");
+    truncate(&v, a, 8 << 20);
+    let p = cipher_path(&v, a);
+    assert!(std::fs::metadata(&p).expect("stat").blocks() * 512 >= 8 << 20);
+    let mut h = [0u8; 8];
+    File::open(&p)
+        .expect("open")
+        .read_exact_at(&mut h, 0)
+        .expect("header");
+    assert_eq!(h[6..8], [0, 0], "header flags");
+}

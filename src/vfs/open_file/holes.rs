@@ -1,0 +1,225 @@
+//! Holes in sparse files (header flag `FLAG_SPARSE`, docs/FORMAT.md §4a): full blocks that were
+//! never written, stored as nothing (the backing file system reads them as zeros and need not
+//! allocate them) and read as zeros. What makes a hole authentic is the next written block: the
+//! first four bytes of its nonce count the holes right before it, and the nonce is authenticated
+//! with the block. A block whose nonce is all zeros and that no such count reaches is a zeroed
+//! block, and fails like any other damaged block.
+
+use std::ops::Range;
+
+use super::{FileState, OpenFile};
+use crate::content::{block_gap, is_hole};
+use crate::format::block::BLOCK_NONCE_LEN;
+use crate::vfs::error::{Result, VfsError};
+
+/// An extension is stored as holes only when at least this many whole blocks of zeros would
+/// otherwise be written; a shorter gap is written as encrypted zeros, as in files without holes
+/// (a hole of a block or two saves little and makes the next write there dearer).
+pub(super) const MIN_HOLES: u64 = 4;
+
+impl OpenFile {
+    pub(super) fn sparse(&self) -> bool {
+        self.cipher.is_sparse()
+    }
+
+    /// The stored nonce of block `i` (zeros where the backing file ends before it).
+    fn nonce_at(&self, st: &FileState, i: u64) -> Result<[u8; BLOCK_NONCE_LEN]> {
+        use std::os::unix::fs::FileExt;
+        let mut n = [0u8; BLOCK_NONCE_LEN];
+        let off = self.layout.cipher_offset(i);
+        let mut got = 0;
+        while got < n.len() {
+            match st.file.read_at(&mut n[got..], off + got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
+    }
+
+    /// The first written block at or after `from` (at most the final block, which is always
+    /// written) and the number of holes right before it, once it authenticates. Unallocated backing ranges are skipped
+    /// with `SEEK_DATA` where the backing file system has it.
+    fn next_written(&self, st: &FileState, from: u64) -> Result<(u64, u32)> {
+        let l = self.layout;
+        let fin = l.final_block(st.size);
+        let mut i = from;
+        while i <= fin {
+            let off = l.cipher_offset(i);
+            match rustix::fs::seek(&st.file, rustix::fs::SeekFrom::Data(off)) {
+                Ok(d) if d > off => {
+                    let m = (d - crate::format::header::HEADER_LEN as u64) / l.cipher_block_size();
+                    i = i.max(m);
+                    if i > fin {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                // No data after `off`: the final block is not there.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => {}
+            }
+            let n = self.nonce_at(st, i)?;
+            if !is_hole(&n) {
+                // Its count counts only once the block authenticates (a changed count would
+                // make zeroed blocks before it pass for holes).
+                self.read_blocks(st, i, i, &mut Vec::new())?;
+                return Ok((i, block_gap(&n)));
+            }
+            i += 1;
+        }
+        Err(self.integrity(format!(
+            "no written block after block {from} (the final block is missing or zeroed)"
+        )))
+    }
+
+    /// The run of holes that holds block `j`, when `j` is one: its stored nonce is all zeros
+    /// (the caller has seen that) and the next written block's count reaches back over it.
+    /// `None` for a zeroed block that no count reaches (damage), and for the final block.
+    pub(super) fn hole_run(&self, st: &FileState, j: u64) -> Result<Option<Range<u64>>> {
+        if let Some(r) = st
+            .holes_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            && r.contains(&j)
+        {
+            return Ok(Some(r));
+        }
+        if !self.sparse() || j >= self.layout.final_block(st.size) {
+            return Ok(None);
+        }
+        let (k, gap) = self.next_written(st, j + 1)?;
+        let start = k.saturating_sub(u64::from(gap));
+        if start > j {
+            return Ok(None);
+        }
+        *st.holes_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(start..k);
+        Ok(Some(start..k))
+    }
+
+    /// The number of holes right before block `i`, which a write of block `i` must store in its
+    /// nonce: the stored count of a written block, the place in its run of a hole. 0 in a file
+    /// without holes, and for a damaged block.
+    pub(super) fn gap_before(&self, st: &FileState, i: u64) -> Result<u32> {
+        if !self.sparse() || i == 0 || i > self.layout.final_block(st.size) {
+            return Ok(0);
+        }
+        let n = self.nonce_at(st, i)?;
+        if !is_hole(&n) {
+            return Ok(block_gap(&n));
+        }
+        Ok(match self.hole_run(st, i)? {
+            // Fits: a run's length came from a u32 count.
+            Some(r) => (i - r.start) as u32,
+            None => 0,
+        })
+    }
+
+    /// When block `last` is a hole that a write is about to fill: the written block after its
+    /// run, whose count must then shrink to the holes after `last` (else a later zeroing of
+    /// `last` would pass for a hole). `None` when nothing is to be done.
+    pub(super) fn run_end_after(&self, st: &FileState, last: u64) -> Result<Option<u64>> {
+        if !self.sparse() || last >= self.layout.final_block(st.size) {
+            return Ok(None);
+        }
+        if !is_hole(&self.nonce_at(st, last)?) {
+            return Ok(None);
+        }
+        Ok(self.hole_run(st, last)?.map(|r| r.end))
+    }
+
+    /// Re-encrypts written block `k` with `gap` holes before it (its plaintext unchanged).
+    pub(super) fn set_gap(&self, st: &FileState, k: u64, gap: u32) -> Result<()> {
+        let fin = self.layout.final_block(st.size);
+        let mut plain = Vec::new();
+        self.read_blocks(st, k, k, &mut plain)?;
+        let mut out = Vec::new();
+        self.cipher.encrypt_blocks(k, &plain, fin, gap, &mut out);
+        crate::fault::write_all_at(&st.file, &out, self.layout.cipher_offset(k))?;
+        Ok(())
+    }
+
+    /// Decrypts blocks `first..` of `cipher` into `out` where some are holes: each block whose
+    /// nonce is all zeros reads as zeros if it is a hole, and fails as damaged if not.
+    pub(super) fn decrypt_with_holes(
+        &self,
+        st: &FileState,
+        first: u64,
+        cipher: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let l = self.layout;
+        let fin = l.final_block(st.size);
+        let cbs = l.cipher_block_size() as usize;
+        let overhead = crate::format::block::BLOCK_OVERHEAD;
+        let mut po = 0;
+        for (n, c) in cipher.chunks(cbs).enumerate() {
+            let b = first + n as u64;
+            let len = c.len().saturating_sub(overhead);
+            let dst = &mut out[po..po + len];
+            if is_hole(c) && len == l.block_size as usize && self.hole_run(st, b)?.is_some() {
+                dst.fill(0);
+            } else if self.cipher.decrypt_block(b, b == fin, c, dst).is_err() {
+                out.fill(0);
+                return Err(self.auth_failed(b));
+            }
+            po += len;
+        }
+        Ok(())
+    }
+
+    /// Extends the file to `target` with holes, when the gap is long enough (see
+    /// [`MIN_HOLES`]): the old final block is filled up with zeros, the whole blocks after it
+    /// are left unwritten, and the new final block is written with their count. Returns whether
+    /// it did; on an error the file is as it was. The caller holds the write lock.
+    pub(super) fn extend_with_holes(&self, st: &mut FileState, target: u64) -> Result<bool> {
+        let l = self.layout;
+        let bs = l.block_size;
+        let f0 = l.final_block(st.size);
+        let ft = l.final_block(target);
+        let aligned = st.size.is_multiple_of(bs);
+        // The first hole: the old final block itself when it is empty.
+        let h0 = if aligned { f0 } else { f0 + 1 };
+        if !self.sparse() || ft < h0 + MIN_HOLES {
+            return Ok(false);
+        }
+        let g0 = self.gap_before(st, f0)?;
+        let before = if aligned { u64::from(g0) } else { 0 };
+        let gap =
+            u32::try_from(ft - h0 + before).map_err(|_| VfsError::Sys(rustix::io::Errno::FBIG))?;
+        // The old final block, to put back if this fails.
+        let mut tail = Vec::new();
+        self.read_blocks(st, f0, f0, &mut tail)?;
+        st.holes_seen = Default::default();
+        if st.marked.is_none_or(|m| f0 < m)
+            && crate::content::pending::mark(&st.file, self.ino, f0, 0)
+        {
+            st.marked = Some(f0);
+        }
+        let r = (|| -> Result<()> {
+            if aligned {
+                crate::fault::set_len(&st.file, l.cipher_offset(f0))?;
+            } else {
+                let mut full = tail.clone();
+                full.resize(bs as usize, 0);
+                let mut out = Vec::new();
+                self.cipher.encrypt_blocks(f0, &full, ft, g0, &mut out);
+                crate::fault::write_all_at(&st.file, &out, l.cipher_offset(f0))?;
+            }
+            let zeros = vec![0u8; (target - l.plain_offset(ft)) as usize];
+            let mut out = Vec::new();
+            self.cipher.encrypt_blocks(ft, &zeros, ft, gap, &mut out);
+            crate::fault::write_all_at(&st.file, &out, l.cipher_offset(ft))?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.restore_tail(st, Some((&tail, g0)));
+            return Err(e);
+        }
+        st.size = target;
+        Ok(true)
+    }
+}
