@@ -36,8 +36,12 @@ impl Drop for Tmpfs {
 }
 
 /// A new volume whose cipher directory is on a tmpfs of `size`: the temporary directory (mount
-/// point and passfile), the tmpfs, the cipher directory, the mount point, the passfile.
-fn volume_on_tmpfs(size: &str) -> (tempfile::TempDir, Tmpfs, PathBuf, PathBuf, PathBuf) {
+/// point and passfile), the tmpfs, the cipher directory, the mount point, the passfile. `init`
+/// gets `init_args` too.
+fn volume_on_tmpfs(
+    size: &str,
+    init_args: &[&str],
+) -> (tempfile::TempDir, Tmpfs, PathBuf, PathBuf, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let back = Tmpfs::new(&t.path().join("back"), size);
     let cipher = back.0.join("c");
@@ -48,6 +52,7 @@ fn volume_on_tmpfs(size: &str) -> (tempfile::TempDir, Tmpfs, PathBuf, PathBuf, P
     let o = kmsfs()
         .args(["init", "--no-recovery-key", "--passfile"])
         .arg(&pass)
+        .args(init_args)
         .arg(&cipher)
         .output()
         .unwrap();
@@ -82,7 +87,9 @@ fn wait_while_shown(p: &Path, size: u64, what: &str) {
 
 #[test]
 fn a_full_disk_damages_nothing() {
-    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("4m");
+    // Files that store their gaps as encrypted zeros: extensions need space (sparse files are
+    // in `a_sparse_file_fills_a_full_disk_without_damage`).
+    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("4m", &["--no-sparse"]);
     let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let (cipher2, mnt2) = (cipher.clone(), mnt.clone());
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
@@ -202,7 +209,8 @@ fn a_full_disk_damages_nothing() {
 /// after a remount), not as a size and bytes that never reached the disk.
 #[test]
 fn a_failed_buffered_write_is_not_shown_once_closed() {
-    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("8m");
+    // Without sparse files, so that a write far out needs more than the disk holds.
+    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("8m", &["--no-sparse"]);
     let a: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let (mnt2, a2) = (mnt.clone(), a.clone());
     let filler = back.0.join("filler");
@@ -282,7 +290,7 @@ fn a_failed_buffered_write_is_not_shown_once_closed() {
 /// reaches the daemon at once; a file still open keeps its data, and a second link its file.
 #[test]
 fn a_write_right_after_rm_finds_the_space() {
-    let (_t, _back, cipher, mnt, pass) = volume_on_tmpfs("64m");
+    let (_t, _back, cipher, mnt, pass) = volume_on_tmpfs("64m", &[]);
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
     let root = mnt.clone();
     with_timeout(120, move || {
@@ -353,7 +361,7 @@ fn a_write_right_after_rm_finds_the_space() {
 /// loop ends soon after the disk is full; what was stored before stays intact.
 #[test]
 fn a_loop_writing_until_enospc_ends() {
-    let (_t, _back, cipher, mnt, pass) = volume_on_tmpfs("24m");
+    let (_t, _back, cipher, mnt, pass) = volume_on_tmpfs("24m", &[]);
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
     let root = mnt.clone();
     let (written, err) = with_timeout(120, move || {
@@ -393,4 +401,87 @@ fn a_loop_writing_until_enospc_ends() {
         "{written} bytes accepted before ENOSPC"
     );
     m.unmount();
+}
+
+/// A sparse file far larger than the disk: the extension takes no space, writes into its holes
+/// fill the disk until ENOSPC, and what was stored before stays exact and readable, after a
+/// remount too; fsck is clean.
+#[test]
+fn a_sparse_file_fills_a_full_disk_without_damage() {
+    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("8m", &[]);
+    let mnt2 = mnt.clone();
+    // Room kept aside for the audit records of the reads afterwards (the log is fail-closed:
+    // on a full disk every open fails).
+    let slack = back.0.join("slack");
+    std::fs::write(&slack, vec![0u8; 512 << 10]).unwrap();
+    const MB: u64 = 1 << 20;
+    let chunk = |i: u64| vec![(i % 250) as u8 + 1; MB as usize];
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    let stored = with_timeout(60, move || {
+        let p = mnt2.join("s");
+        std::fs::write(&p, b"head").unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(1 << 30).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 30);
+        // 1 MiB at a time, 16 MiB apart and not block-aligned, each made durable, until the
+        // disk is full.
+        let mut stored = Vec::new();
+        let mut failed = false;
+        for i in 0..60u64 {
+            let at = i * 16 * MB + 4096 + 100;
+            let r = std::os::unix::fs::FileExt::write_all_at(&f, &chunk(i), at)
+                .and_then(|()| f.sync_data());
+            match r {
+                Ok(()) => stored.push(i),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "60 MiB fitted on an 8 MiB disk");
+        assert!(stored.len() >= 3, "only {} chunks fitted", stored.len());
+        drop(f);
+        std::fs::remove_file(&slack).unwrap();
+        stored
+    });
+    let check = |mnt: &Path, stored: &[u64]| {
+        let f = std::fs::File::open(mnt.join("s")).unwrap();
+        let read = |at: u64, len: usize| {
+            let mut b = vec![0u8; len];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, at)
+                .unwrap_or_else(|e| panic!("read at {at}: {e}"));
+            b
+        };
+        assert_eq!(read(0, 4), b"head");
+        for &i in stored {
+            let at = i * 16 * MB + 4096 + 100;
+            assert!(read(at, MB as usize) == chunk(i), "chunk {i}");
+            // The holes on either side read as zeros.
+            assert!(
+                read(at - 4096, 4096 - 100).iter().all(|b| *b == 0),
+                "before {i}"
+            );
+            assert!(read(at + MB, 8192).iter().all(|b| *b == 0), "after {i}");
+        }
+        // Everything reads (the failed write may have left part of itself, never damage).
+        let next = stored.len() as u64;
+        read(next * 16 * MB, 3 * MB as usize);
+        read((1 << 30) - MB, MB as usize);
+    };
+    check(&mnt, &stored);
+    m.unmount();
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    check(&mnt, &stored);
+    m.unmount();
+    let o = kmsfs()
+        .arg("fsck")
+        .arg("--passfile")
+        .arg(&pass)
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    drop(back);
 }

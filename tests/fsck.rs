@@ -8,13 +8,21 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// A clean volume with a multi-block file, a long name, a symlink and a subdirectory, and
+/// A clean volume with a multi-block file, a sparse file (holes from block 1 to its last
+/// block), a long name, a symlink and a subdirectory, and
 /// extended attributes: small ones (in the pack), a large one (on its own), one on the symlink,
 /// an access ACL and a default ACL.
 fn corpus_source() -> Volume {
     let v = Volume::new(&[]);
     let m = v.mount_with(&["--acl"]);
     std::fs::write(m.path("ten-thousand.bin"), vec![7u8; 10_000]).unwrap();
+    std::fs::write(m.path("sparse.bin"), b"start").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("sparse.bin"))
+        .unwrap()
+        .set_len(SPARSE)
+        .unwrap();
     std::fs::write(m.path(&"L".repeat(200)), b"long").unwrap();
     std::os::unix::fs::symlink("/target/of/link", m.path("link")).unwrap();
     let fifo = sh(&format!("mkfifo {}", m.path("fifo").display()));
@@ -43,6 +51,9 @@ fn corpus_source() -> Volume {
     m.unmount();
     v
 }
+
+/// The size of the corpus's sparse file: blocks 1 to 255 are holes, 256 its final block.
+const SPARSE: u64 = (1 << 20) + 5;
 
 /// The backing names of `f`'s encrypted attributes stored on their own (not the pack).
 fn single_xattrs(f: &Path) -> Vec<String> {
@@ -127,7 +138,7 @@ fn a_clean_volume_is_clean() {
     let v = corpus_source();
     let (code, r) = fsck(&v, &v.cipher, &[]);
     assert_eq!(code, 0, "{r}");
-    assert_eq!(r["files"], 3);
+    assert_eq!(r["files"], 4);
     assert_eq!(r["symlinks"], 1);
     assert_eq!(r["special"], 1);
     assert_eq!(r["acl_marker_unused"], false, "the corpus holds ACLs");
@@ -168,6 +179,39 @@ fn each_kind_of_damage_is_reported_with_its_path() {
             .as_str()
             .unwrap()
             .contains("block 1")
+    );
+
+    // A sparse file: a written block zeroed (no count of holes reaches it), and a changed
+    // count in the block after the holes.
+    let sparse = cipher_size(SPARSE);
+    let d = copy(&v, "zeroed-written-block");
+    let f = by_size(&d, sparse);
+    let mut b = std::fs::read(&f).unwrap();
+    b[104..104 + 4124].fill(0);
+    std::fs::write(&f, b).unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["block".to_string()]), "{r}");
+    assert_eq!(r["problems"][0]["plain_path"], "/sparse.bin");
+    assert!(
+        r["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("block 0 is zeroed"),
+        "{r}"
+    );
+    let d = copy(&v, "changed-count-of-holes");
+    let f = by_size(&d, sparse);
+    let mut b = std::fs::read(&f).unwrap();
+    b[104 + 256 * 4124 + 3] ^= 1;
+    std::fs::write(&f, b).unwrap();
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["block".to_string()]), "{r}");
+    assert!(
+        r["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("block 256"),
+        "{r}"
     );
 
     // A file moved into another directory: its name no longer authenticates.

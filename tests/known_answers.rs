@@ -791,6 +791,7 @@ const REQUIRED: &[&str] = &[
     "file-header-bad-magic",
     "file-header-bad-version",
     "file-header-unknown-flags",
+    "file-header-sparse-flag-set",
     "name-short",
     "name-unicode",
     "name-at-root",
@@ -1171,7 +1172,14 @@ fn gen_header() {
     bad(
         "file-header-unknown-flags",
         "format-error",
-        "flags 0x0000 changed to 0x0001",
+        "flags 0x0000 changed to 0x0100 (an unknown bit)",
+        6,
+        i.volume,
+    );
+    bad(
+        "file-header-sparse-flag-set",
+        "auth-failure",
+        "flags 0x0000 changed to 0x0001 (FLAG_SPARSE) without sealing the DEK again: the flags are in the wrap's associated data",
         7,
         i.volume,
     );

@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(_) => {
-            let well_formed = data.len() >= HEADER_LEN && data[..8] == *b"KMSF\x00\x01\x00\x00";
+            // Flags 0 or FLAG_SPARSE (0x0001) are the known ones.
+            let well_formed = data.len() >= HEADER_LEN
+                && data[..7] == *b"KMSF\x00\x01\x00"
+                && data[7] & !1 == 0;
             assert!(!well_formed, "a well-formed header was refused");
         }
     }
@@ -53,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
         file_id: FileId(r.bytes()),
         key_id: KeyId(r.bytes()),
         key_version: r.u32(),
+        flags: (r.u32() & u32::from(kmsfs::format::header::FLAG_SPARSE)) as u16,
         wrapped_dek: r.bytes::<WRAP_LEN>(),
     };
     let enc = h.encode();

@@ -126,7 +126,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let consistent = consistent(ks);
     for path in [None, Some("/"), Some("/finance/q4/report.txt"), Some("")] {
-        if let Ok((h, dek)) = km.new_file(path) {
+        if let Ok((h, dek)) = km.new_file(path, 0) {
             // A body kmsfs wrote keeps its invariants; one it did not (only a holder of the
             // passphrase can seal one) need not be usable, but must not panic.
             let usable = km.check_usable(&h);

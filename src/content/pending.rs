@@ -5,7 +5,9 @@
 //! derived from the cipher length, the whole file would then fail to read.
 //!
 //! So before such a write the first block it rewrites is recorded in an extended attribute of
-//! the cipher file (`user.kmsfs-pending`), and removed after the write. When a file with the
+//! the cipher file (`user.kmsfs-pending`), and removed after the write. In a sparse file the
+//! marker also holds the number of holes right before that block, which the block itself counts
+//! (see `vfs::open_file::holes`): a file cut back to end there needs it in its new final block. When a file with the
 //! marker is opened, the blocks from there on are scanned: the file ends at the first block that
 //! authenticates as final, or — at a torn or missing block — at the last block that
 //! authenticates, re-encrypted as final. The result is a prefix of what was being written (as a
@@ -24,6 +26,9 @@ use crate::format::block::BLOCK_OVERHEAD;
 use crate::format::offsets::Layout;
 
 const PENDING_XATTR: &str = "user.kmsfs-pending";
+/// first block (u64 LE) ‖ target cipher length (u64 LE) ‖ holes before the first block (u64 LE).
+/// Markers of kmsfs before sparse files have the first 16 bytes only (no holes).
+const MARKER_LEN: usize = 24;
 
 /// Changes to one cipher file's extended attributes, by inode number: the marker below and the
 /// user xattrs set through the mount (`vfs::xattr_ops`, which keeps room for the marker) take
@@ -40,14 +45,15 @@ pub fn xattr_lock(ino: u64) -> std::sync::MutexGuard<'static, ()> {
 const STAND_IN: &str = "user.kmsfs-reserve";
 
 /// Records that blocks from `first` on are being rewritten so that the cipher file will be
-/// `target` bytes long (0: growing, no fixed target); `ino` is the file's inode number (for
-/// [`xattr_lock`]). Whether it is recorded: `false` only when the file system refused it (the
+/// `target` bytes long (0: growing, no fixed target), with `gap` holes before block `first`;
+/// `ino` is the file's inode number (for [`xattr_lock`]). Whether it is recorded: `false` only when the file system refused it (the
 /// caller tries again at its next write); a backing file system without user xattrs gets no
 /// marker (and no recovery), which counts as recorded.
-pub fn mark(file: &File, ino: u64, first: u64, target: u64) -> bool {
-    let mut v = [0u8; 16];
+pub fn mark(file: &File, ino: u64, first: u64, target: u64, gap: u32) -> bool {
+    let mut v = [0u8; MARKER_LEN];
     v[..8].copy_from_slice(&first.to_le_bytes());
-    v[8..].copy_from_slice(&target.to_le_bytes());
+    v[8..16].copy_from_slice(&target.to_le_bytes());
+    v[16..].copy_from_slice(&u64::from(gap).to_le_bytes());
     let _g = xattr_lock(ino);
     let set = || rustix::fs::fsetxattr(file, PENDING_XATTR, &v, rustix::fs::XattrFlags::empty());
     let r = match set() {
@@ -74,7 +80,12 @@ pub fn marker_fits(path: &str) -> bool {
     if rustix::fs::getxattr(path, PENDING_XATTR, &mut [0u8; 0][..]).is_ok() {
         return true;
     }
-    match rustix::fs::setxattr(path, STAND_IN, &[0u8; 16], rustix::fs::XattrFlags::empty()) {
+    match rustix::fs::setxattr(
+        path,
+        STAND_IN,
+        &[0u8; MARKER_LEN],
+        rustix::fs::XattrFlags::empty(),
+    ) {
         Ok(()) => {
             let _ = rustix::fs::removexattr(path, STAND_IN);
             true
@@ -90,7 +101,7 @@ pub fn clear(file: &File) {
 
 /// Whether `file` carries the marker of an interrupted size-changing write.
 pub fn is_marked(file: &File) -> bool {
-    let mut b = [0u8; 16];
+    let mut b = [0u8; MARKER_LEN];
     rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b).is_ok()
 }
 
@@ -98,18 +109,24 @@ pub fn is_marked(file: &File) -> bool {
 /// module doc); `file` must be open for writing. Returns the new cipher length when it changed
 /// anything. A file without the marker is left alone.
 pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<Option<u64>> {
-    let mut b = [0u8; 16];
-    let (first, target) = match rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b) {
-        Ok(16) => (
-            u64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
-            u64::from_le_bytes(b[8..].try_into().unwrap_or_default()),
-        ),
+    let mut b = [0u8; MARKER_LEN];
+    let r = rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b);
+    let field = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().unwrap_or_default());
+    let (first, target, gap) = match r {
+        Ok(16) => (field(0..8), field(8..16), 0),
+        Ok(MARKER_LEN) => (field(0..8), field(8..16), field(16..24)),
         Ok(_) => {
             clear(file);
             return Ok(None);
         }
         Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(None),
         Err(e) => return Err(e.into()),
+    };
+    // Only a sparse file has holes (a count that does not fit is no marker kmsfs wrote).
+    let gap = if cipher.is_sparse() {
+        u32::try_from(gap).unwrap_or(0)
+    } else {
+        0
     };
     let len = file.metadata()?.len();
     let cbs = l.cipher_block_size() as usize;
@@ -127,24 +144,41 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
         return Ok((len != target).then_some(target));
     }
     let mut i = first;
+    // The first of the blocks just passed that look like holes (a sparse file's all-zero
+    // nonces): they are holes only if the next written block's count reaches back to them.
+    let mut run: Option<u64> = None;
     let end = loop {
         let off = l.cipher_offset(i);
         let n = len.saturating_sub(off).min(cbs as u64) as usize;
         if n >= BLOCK_OVERHEAD {
             file.read_exact_at(&mut buf[..n], off)?;
-            let p = &mut plain[..n - BLOCK_OVERHEAD];
-            if n == cbs && cipher.decrypt_block(i, false, &buf[..n], p).is_ok() {
-                i += 1;
+            if cipher.is_sparse() && n == cbs && super::is_hole(&buf[..n]) {
+                run.get_or_insert(i);
+                i = skip_unallocated(file, l, i + 1, len);
                 continue;
             }
-            if cipher.decrypt_block(i, true, &buf[..n], p).is_ok() {
+            let p = &mut plain[..n - BLOCK_OVERHEAD];
+            let full = n == cbs && cipher.decrypt_block(i, false, &buf[..n], p).is_ok();
+            let last = !full && cipher.decrypt_block(i, true, &buf[..n], p).is_ok();
+            if full || last {
+                if let Some(s) = run.take()
+                    && i - u64::from(super::block_gap(&buf[..n])) > s
+                {
+                    // Zeroed blocks, not holes: the file ends before them.
+                    break Some(s);
+                }
+                if full {
+                    i += 1;
+                    continue;
+                }
                 // A complete final block: the write (or truncate) got this far.
                 break None;
             }
         }
-        // Block `i` is torn or missing: the file ends before it, with an empty final block `i`
-        // (every block before it is full, and a full block is never final).
-        break Some(i);
+        // Block `i` is torn or missing: the file ends before it (or before the would-be holes
+        // just before it), with an empty final block there (every block before it is full,
+        // and a full block is never final).
+        break Some(run.unwrap_or(i));
     };
     let new_len = match end {
         None => {
@@ -152,7 +186,11 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
             off + len.saturating_sub(off).min(cbs as u64)
         }
         Some(k) => {
-            if k > 0 && k == first {
+            // The holes before the new final block: the blocks before it are written (they
+            // authenticated above), except before the first block the write touched, whose
+            // count the marker holds.
+            let gap = if k == first { gap } else { 0 };
+            if k > 0 && k == first && gap == 0 {
                 // The block before the rewritten range was not touched: it must still be whole.
                 let off = l.cipher_offset(k - 1);
                 file.read_exact_at(&mut buf, off)?;
@@ -167,7 +205,7 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
                 }
             }
             let mut out = Vec::new();
-            cipher.encrypt_blocks(k, &[], k, 0, &mut out);
+            cipher.encrypt_blocks(k, &[], k, gap, &mut out);
             file.write_all_at(&out, l.cipher_offset(k))?;
             l.cipher_offset(k) + out.len() as u64
         }
@@ -183,8 +221,28 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
     Ok((new_len != len || end.is_some()).then_some(new_len))
 }
 
+/// The first block at or after `i` that the backing file system may hold data for (`SEEK_DATA`;
+/// `i` itself where it cannot tell), so that a scan passes long runs of holes at once.
+fn skip_unallocated(file: &File, l: Layout, i: u64, len: u64) -> u64 {
+    let off = l.cipher_offset(i);
+    if off >= len {
+        return i;
+    }
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(off)) {
+        Ok(d) if d > off => {
+            let h = crate::format::header::HEADER_LEN as u64;
+            i.max((d - h) / l.cipher_block_size())
+        }
+        // No data after `off`: the blocks from `i` are not there.
+        Err(rustix::io::Errno::NXIO) => {
+            i.max((len - crate::format::header::HEADER_LEN as u64) / l.cipher_block_size())
+        }
+        _ => i,
+    }
+}
+
 /// Whether blocks `first..=final` of a file `target` cipher bytes long all authenticate, the
-/// last one as final.
+/// last one as final (in a sparse file, or are holes that the next written block counts).
 fn written(
     file: &File,
     cipher: &FileCipher,
@@ -198,18 +256,31 @@ fn written(
     let fin = l.final_block(size);
     let mut buf = vec![0u8; l.cipher_block_size() as usize];
     let mut plain = vec![0u8; l.block_size as usize];
-    for i in first..=fin {
+    let mut run: Option<u64> = None;
+    let mut i = first;
+    while i <= fin {
         let Some(n) = l.block_len(i, size) else {
             return Ok(false);
         };
         let c = &mut buf[..n as usize + BLOCK_OVERHEAD];
         file.read_exact_at(c, l.cipher_offset(i))?;
+        if cipher.is_sparse() && i < fin && super::is_hole(c) {
+            run.get_or_insert(i);
+            i = skip_unallocated(file, l, i + 1, target).min(fin);
+            continue;
+        }
         if cipher
             .decrypt_block(i, i == fin, c, &mut plain[..n as usize])
             .is_err()
         {
             return Ok(false);
         }
+        if let Some(s) = run.take()
+            && i - u64::from(super::block_gap(c)) > s
+        {
+            return Ok(false);
+        }
+        i += 1;
     }
     Ok(true)
 }
@@ -271,7 +342,7 @@ mod tests {
         let new: Vec<u8> = (0..3 * B + 50).map(|i| i as u8).collect();
         let mut out = Vec::new();
         c.encrypt_blocks(0, &new, 3, 0, &mut out);
-        mark(&f, 1, 0, l.cipher_size(new.len() as u64));
+        mark(&f, 1, 0, l.cipher_size(new.len() as u64), 0);
         let cut = 2 * (B + BLOCK_OVERHEAD) + 700;
         f.write_all_at(&out[..cut], HEADER_LEN as u64).unwrap();
         assert!(
@@ -291,14 +362,14 @@ mod tests {
         // The write finished but the marker was not cleared: nothing changes (with a target,
         // and with target 0 for a series of appends).
         for target in [f.metadata().unwrap().len(), 0] {
-            mark(&f, 1, 0, target);
+            mark(&f, 1, 0, target, 0);
             assert_eq!(recover(&f, &c, l).unwrap(), None);
             assert_eq!(read_file(&f, &c, l).unwrap(), data);
         }
         // Truncate to B + 5: the new final block 1 was written, the cut was not made.
         let mut fin = Vec::new();
         c.encrypt_blocks(1, &data[B..B + 5], 1, 0, &mut fin);
-        mark(&f, 1, 1, l.cipher_size((B + 5) as u64));
+        mark(&f, 1, 1, l.cipher_size((B + 5) as u64), 0);
         f.write_all_at(&fin, l.cipher_offset(1)).unwrap();
         assert!(read_file(&f, &c, l).is_none());
         recover(&f, &c, l).unwrap();
@@ -318,7 +389,7 @@ mod tests {
         f.write_all_at(&[b[0] ^ 1], l.cipher_offset(1) + 20)
             .unwrap();
         f.set_len(l.cipher_offset(2) + 10).unwrap();
-        mark(&f, 1, 2, l.cipher_size(data.len() as u64));
+        mark(&f, 1, 2, l.cipher_size(data.len() as u64), 0);
         assert!(recover(&f, &c, l).is_err());
         assert!(is_marked(&f), "left for fsck and a human to look at");
     }

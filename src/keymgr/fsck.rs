@@ -18,6 +18,7 @@ use super::KeyManager;
 use crate::content::FileCipher;
 use crate::format::DirId;
 use crate::format::acl::Acl;
+use crate::format::block::BLOCK_OVERHEAD;
 use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
 use crate::format::xattr_pack::{BackingNamespace, XattrPack};
@@ -569,7 +570,8 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
             return Ok(());
         }
     };
-    let cipher = FileCipher::new(&dek, h.file_id, c.layout.block_size as u32);
+    let cipher = FileCipher::new(&dek, h.file_id, c.layout.block_size as u32)
+        .with_sparse(h.flags & crate::format::header::FLAG_SPARSE != 0);
     if crate::content::pending::is_marked(&f) {
         // A size-changing write was interrupted: the next open (or --repair) ends the file at
         // the last block that was completely written.
@@ -607,7 +609,10 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
     let cbs = c.layout.cipher_block_size();
     // 256 blocks at a time.
     let mut buf = vec![0u8; (cbs * 256) as usize];
-    let mut out = Vec::new();
+    let mut out = vec![0u8; c.layout.block_size as usize];
+    // In a sparse file: the first of the blocks just passed with all-zero nonces, which are
+    // holes only if the next written block counts back to them.
+    let mut run: Option<u64> = None;
     let mut b = 0;
     while b <= fin {
         let n = (fin - b + 1).min(256);
@@ -615,17 +620,31 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
         let end = (start + n * cbs).min(len);
         let chunk = &mut buf[..(end - start) as usize];
         f.read_exact_at(chunk, start)?;
-        if let Err(e) = cipher.decrypt_blocks(b, chunk, fin, &mut out) {
-            c.problem(
-                path,
-                plain,
-                "block",
-                format!(
-                    "block {} fails authentication (modified, moved or swapped)",
-                    e.block
-                ),
-            );
-            return Ok(());
+        for (k, blk) in chunk.chunks(cbs as usize).enumerate() {
+            let i = b + k as u64;
+            if cipher.is_sparse() && i < fin && crate::content::is_hole(blk) {
+                run.get_or_insert(i);
+                continue;
+            }
+            let pn = blk.len().saturating_sub(BLOCK_OVERHEAD);
+            if blk.len() < BLOCK_OVERHEAD
+                || cipher
+                    .decrypt_block(i, i == fin, blk, &mut out[..pn])
+                    .is_err()
+            {
+                let detail = format!("block {i} fails authentication (modified, moved or swapped)");
+                c.problem(path, plain, "block", detail);
+                return Ok(());
+            }
+            if let Some(s) = run.take()
+                && i - u64::from(crate::content::block_gap(blk)) > s
+            {
+                let detail = format!(
+                    "block {s} is zeroed (no count of holes in the next written block reaches it)"
+                );
+                c.problem(path, plain, "block", detail);
+                return Ok(());
+            }
         }
         c.report.blocks += n;
         b += n;

@@ -68,6 +68,14 @@ fn volume_with(sparse: bool) -> (tempfile::TempDir, PathBuf) {
     let c = caller();
     write_file(&v, ROOT, "a", &data(10_000, 1)).expect("a");
     write_file(&v, ROOT, "b", &data(3 * 4096, 2)).expect("b");
+    // Where files hold holes: blocks 2 to 48 are holes, 49 the final block.
+    write_file(&v, ROOT, "h", &data(5000, 4)).expect("h");
+    let h = v.lookup(ROOT, "h".as_ref()).expect("h").ino;
+    let set = SetAttr {
+        size: Some(49 * 4096 + 100),
+        ..Default::default()
+    };
+    v.setattr(h, None, &set, None).expect("h with holes");
     let d = v.mkdir(ROOT, "d".as_ref(), 0o755, &c).expect("d").ino;
     write_file(&v, d, "c", b"small").expect("c");
     write_file(&v, d, LONG, &data(5000, 3)).expect("long");
@@ -370,6 +378,46 @@ fn append_and_extend_past_the_end() {
         |v| with_handle(v, "b", |fh| v.write(fh, 50_000, &data(100, 9)).map(|_| ())),
         true,
     );
+}
+
+#[test]
+fn writes_into_holes() {
+    fn write(v: &Vfs, at: u64, len: usize) -> Result<()> {
+        with_handle(v, "h", |fh| v.write(fh, at, &data(len, 9)).map(|_| ()))
+    }
+    // Inside the run, across block boundaries; its first hole; its last hole (the final block's
+    // count shrinks after it); across its end into the final block.
+    run(
+        "write inside holes",
+        |v| write(v, 20 * 4096 + 100, 9000),
+        true,
+    );
+    run(
+        "write at the first hole",
+        |v| write(v, 2 * 4096, 4096),
+        true,
+    );
+    run(
+        "write at the last hole",
+        |v| write(v, 48 * 4096 + 10, 4000),
+        true,
+    );
+    run(
+        "write over the end of holes",
+        |v| write(v, 47 * 4096, 3 * 4096),
+        true,
+    );
+    // A cut inside the holes (the new final block counts those before it) and an extension
+    // from there.
+    fn size(v: &Vfs, size: u64) -> Result<()> {
+        let set = SetAttr {
+            size: Some(size),
+            ..Default::default()
+        };
+        v.setattr(ino(v, "h")?, None, &set, None).map(|_| ())
+    }
+    run("truncate into holes", |v| size(v, 30 * 4096 + 7), false);
+    run("truncate up past holes", |v| size(v, 400 * 4096), true);
 }
 
 #[test]

@@ -145,6 +145,7 @@ impl Vfs {
                         header,
                         size,
                         marked: None,
+                        marked_gap: 0,
                         behind: Default::default(),
                         holes_seen: Default::default(),
                     },
@@ -421,6 +422,7 @@ impl Vfs {
                         header,
                         size: 0,
                         marked: None,
+                        marked_gap: 0,
                         behind: Default::default(),
                         holes_seen: Default::default(),
                     };

@@ -125,7 +125,7 @@ fn writes_into_holes_and_truncates_agree_with_a_plain_copy() {
     let v = open(&dir);
     let a = write_file(&v, "a", &pattern(3000, 3));
     let mut want = pattern(3000, 3);
-    let mut r: u64 = 0x5eed_0f_401e5;
+    let mut r: u64 = 0x05ee_d0f4_01e5;
     let mut next = |n: u64| {
         r ^= r << 13;
         r ^= r >> 7;
@@ -283,4 +283,58 @@ fn a_volume_without_the_feature_writes_zeros() {
         .read_exact_at(&mut h, 0)
         .expect("header");
     assert_eq!(h[6..8], [0, 0], "header flags");
+}
+
+#[test]
+fn an_interrupted_extension_with_holes_is_recovered_with_its_holes() {
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let l = Layout::new(B as u32);
+    let head = pattern(3 * B as usize, 9);
+    let a = write_file(&v, "a", &head);
+    // Blocks 0-2 written, 3..=9 holes, 10 an empty final block counting them.
+    truncate(&v, a, 10 * B);
+    let mut want = head.clone();
+    want.resize(10 * B as usize, 0);
+    let p = cipher_path(&v, a);
+    drop(v);
+    let saved = std::fs::read(&p).expect("cipher file");
+    let rw = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .expect("cipher file")
+    };
+    // A crash in a further extension, after the empty final block was cut and before the new
+    // one was written: the marker holds the count of holes before block 10.
+    let f = rw();
+    assert!(crate::content::pending::mark(&f, 1, 10, 0, 7));
+    f.set_len(l.cipher_offset(10)).expect("cut");
+    drop(f);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want, "after recovery");
+    drop(v);
+    assert_eq!(std::fs::read(&p).expect("cipher file").len(), saved.len());
+    // A marker left on a file whose write had finished: nothing changes, holes included.
+    let f = rw();
+    assert!(crate::content::pending::mark(&f, 1, 2, 0, 0));
+    drop(f);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want, "after a stale marker");
+    drop(v);
+    // A crash after the old final block became a full one and before the new final block was
+    // written: the file ends after it, the holes before it kept.
+    let (v, a) = reopen(&dir);
+    write_at(&v, a, 10 * B, b"tail");
+    truncate(&v, a, 50 * B);
+    drop(v);
+    let f = rw();
+    assert!(crate::content::pending::mark(&f, 1, 10, 0, 7));
+    f.set_len(l.cipher_offset(11)).expect("cut");
+    drop(f);
+    let (v, a) = reopen(&dir);
+    want.extend_from_slice(b"tail");
+    want.resize(11 * B as usize, 0);
+    assert!(read_all(&v, a) == want, "after the second recovery");
 }

@@ -101,6 +101,8 @@ pub struct FileState {
     /// removed at fsync and when the file is closed): one xattr update per writing session,
     /// not per write.
     pub marked: Option<u64>,
+    /// The number of holes before the marked block (a sparse file's), which the marker holds.
+    pub marked_gap: u32,
     /// Large sequential writes not yet sent to the disk (see `write_behind`).
     pub behind: super::write_behind::WriteBehind,
     /// The run of holes (a sparse file's blocks never written) found last, so that reading
@@ -358,6 +360,9 @@ impl OpenFile {
         let stored = match r.and_then(|()| self.write_locked(&mut st, off, data, pre)) {
             Ok(n) => n,
             Err(e) => {
+                // Noted before the lock goes: a write past this one waits for it and must not
+                // leave holes where it failed (see `extend_with_holes`).
+                self.note_write_failed();
                 // A write past the end that failed after its zeros were stored: the size goes
                 // back.
                 if st.size != old_size && self.truncate_locked(&mut st, old_size).is_err() {
@@ -604,8 +609,9 @@ impl OpenFile {
         let out = buf.as_slice();
         if new_size != st.size && st.marked.is_none_or(|m| first < m) {
             // Target 0: "the length the file has", since later writes go on growing it.
-            if crate::content::pending::mark(&st.file, self.ino, first, 0) {
+            if crate::content::pending::mark(&st.file, self.ino, first, 0, gap) {
                 st.marked = Some(first);
+                st.marked_gap = gap;
             }
         }
         if let Err(e) = crate::fault::write_all_at(&st.file, out, l.cipher_offset(first)) {
@@ -642,11 +648,20 @@ impl OpenFile {
     /// After a failed write of `out` (blocks from `first`): re-writes each of the blocks
     /// `first..end` that does not authenticate from `out`. Blocks before the last of `out` are
     /// full, so block `i` sits at `(i - first)` cipher blocks into `out`. Best effort.
+    ///
+    /// In a sparse file, once a block cannot be completed (a full disk: the write was filling
+    /// holes), it and every later block of the range that does not authenticate go back to
+    /// being holes (their bytes punched out) instead: a block completed after a hole with the
+    /// write's count (none) would leave that hole without a count that reaches it. The written
+    /// block after the run still counts them (its count shrinks only after a write that
+    /// succeeded).
     fn complete_torn(&self, st: &FileState, first: u64, end: u64, final_block: u64, out: &[u8]) {
         let l = self.layout;
         let cbs = l.cipher_block_size() as usize;
         let mut buf = vec![0u8; cbs];
         let mut plain = vec![0u8; l.block_size as usize];
+        let mut left = Vec::new();
+        let mut stuck = false;
         for i in first..end {
             let at = (i - first) as usize * cbs;
             let Some(new) = out.get(at..out.len().min(at + cbs)) else {
@@ -654,11 +669,30 @@ impl OpenFile {
             };
             let c = &mut buf[..new.len()];
             let p = &mut plain[..new.len().saturating_sub(BLOCK_OVERHEAD)];
-            let whole = st.file.read_exact_at(c, l.cipher_offset(i)).is_ok()
-                && self.cipher.decrypt_block(i, i == final_block, c, p).is_ok();
-            if !whole && st.file.write_all_at(new, l.cipher_offset(i)).is_err() {
-                tracing::error!(file = %self.label(), block = i, "could not complete a block torn by a failed write");
+            let read = st.file.read_exact_at(c, l.cipher_offset(i)).is_ok();
+            if read && self.cipher.decrypt_block(i, i == final_block, c, p).is_ok() {
+                continue;
             }
+            let done = (!stuck && st.file.write_all_at(new, l.cipher_offset(i)).is_ok())
+                || (self.sparse() && new.len() == cbs && {
+                    stuck = true;
+                    (read && crate::content::is_hole(c))
+                        || rustix::fs::fallocate(
+                            &st.file,
+                            rustix::fs::FallocateFlags::PUNCH_HOLE
+                                | rustix::fs::FallocateFlags::KEEP_SIZE,
+                            l.cipher_offset(i),
+                            cbs as u64,
+                        )
+                        .is_ok()
+                });
+            if !done {
+                left.push(i);
+            }
+        }
+        // One line, not one per block: a daemon in the foreground may log into a pipe.
+        if let (Some(a), Some(b)) = (left.first(), left.last()) {
+            tracing::error!(file = %self.label(), blocks = left.len(), first = a, last = b, "could not complete blocks torn by a failed write");
         }
     }
 
@@ -747,7 +781,13 @@ impl OpenFile {
                 // must still work.
                 let mut saved = vec![0u8; self.stored_len(st, fin)];
                 st.file.read_exact_at(&mut saved, off)?;
-                crate::content::pending::mark(&st.file, self.ino, fin, l.cipher_size(new_size));
+                crate::content::pending::mark(
+                    &st.file,
+                    self.ino,
+                    fin,
+                    l.cipher_size(new_size),
+                    gap,
+                );
                 if let Err(e) = crate::fault::write_all_at(&st.file, &out, off)
                     .and_then(|()| crate::fault::set_len(&st.file, l.cipher_size(new_size)))
                 {
@@ -758,7 +798,13 @@ impl OpenFile {
                     } else {
                         match st.marked {
                             Some(m) => {
-                                crate::content::pending::mark(&st.file, self.ino, m, 0);
+                                crate::content::pending::mark(
+                                    &st.file,
+                                    self.ino,
+                                    m,
+                                    0,
+                                    st.marked_gap,
+                                );
                             }
                             None => crate::content::pending::clear(&st.file),
                         }

@@ -131,14 +131,25 @@ impl OpenFile {
         Ok(self.hole_run(st, last)?.map(|r| r.end))
     }
 
-    /// Re-encrypts written block `k` with `gap` holes before it (its plaintext unchanged).
+    /// Re-encrypts written block `k` with `gap` holes before it (its plaintext unchanged). On a
+    /// failure the block's old bytes are put back (its space is allocated: that cannot run
+    /// out), so it keeps its larger count, which reads the same.
     pub(super) fn set_gap(&self, st: &FileState, k: u64, gap: u32) -> Result<()> {
+        use std::os::unix::fs::FileExt;
         let fin = self.layout.final_block(st.size);
+        let at = self.layout.cipher_offset(k);
         let mut plain = Vec::new();
         self.read_blocks(st, k, k, &mut plain)?;
+        let mut old = vec![0u8; plain.len() + crate::format::block::BLOCK_OVERHEAD];
+        st.file.read_exact_at(&mut old, at)?;
         let mut out = Vec::new();
         self.cipher.encrypt_blocks(k, &plain, fin, gap, &mut out);
-        crate::fault::write_all_at(&st.file, &out, self.layout.cipher_offset(k))?;
+        if let Err(e) = crate::fault::write_all_at(&st.file, &out, at) {
+            if st.file.write_all_at(&old, at).is_err() {
+                tracing::error!(file = %self.label(), block = k, "could not restore a block after a failed write");
+            }
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -183,7 +194,10 @@ impl OpenFile {
         let aligned = st.size.is_multiple_of(bs);
         // The first hole: the old final block itself when it is empty.
         let h0 = if aligned { f0 } else { f0 + 1 };
-        if !self.sparse() || ft < h0 + MIN_HOLES {
+        // After a failed write (a full disk) the kernel goes on sending the pages it accepted
+        // past it; holes would store those after a gap of zeros where the failed ones belong.
+        // Encrypted zeros need the room the failed write lacked, so the file stays a prefix.
+        if !self.sparse() || ft < h0 + MIN_HOLES || self.write_failed() {
             return Ok(false);
         }
         let g0 = self.gap_before(st, f0)?;
@@ -195,9 +209,10 @@ impl OpenFile {
         self.read_blocks(st, f0, f0, &mut tail)?;
         st.holes_seen = Default::default();
         if st.marked.is_none_or(|m| f0 < m)
-            && crate::content::pending::mark(&st.file, self.ino, f0, 0)
+            && crate::content::pending::mark(&st.file, self.ino, f0, 0, g0)
         {
             st.marked = Some(f0);
+            st.marked_gap = g0;
         }
         let r = (|| -> Result<()> {
             if aligned {

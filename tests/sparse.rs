@@ -1,0 +1,103 @@
+//! Sparse files on a real mount: a truncate up or a write far past the end takes (almost) no
+//! room on the backing disk, reads as zeros, survives a remount and `cp --sparse`, and fsck is
+//! clean; a volume made with `--no-sparse` writes the zeros.
+mod common;
+use common::*;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+const MB: u64 = 1 << 20;
+
+/// Blocks the file takes on disk, in bytes.
+fn allocated(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// The one regular file in the cipher directory's root whose cipher size is at least `min`.
+fn cipher_file(cipher: &Path, min: u64) -> std::path::PathBuf {
+    std::fs::read_dir(cipher)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file() && std::fs::metadata(p).unwrap().len() >= min)
+        .expect("the cipher file")
+}
+
+fn check(mnt: &Path) {
+    let f = std::fs::File::open(mnt.join("big")).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 256 * MB + 3);
+    let mut b = vec![0u8; 8];
+    f.read_exact_at(&mut b[..5], 0).unwrap();
+    assert_eq!(&b[..5], b"start");
+    f.read_exact_at(&mut b[..3], 256 * MB).unwrap();
+    assert_eq!(&b[..3], b"end");
+    f.read_exact_at(&mut b[..6], 100 * MB + 10).unwrap();
+    assert_eq!(&b[..6], b"middle");
+    // Every byte: the written ones where they were written, zeros everywhere else.
+    let all = std::fs::read(mnt.join("big")).unwrap();
+    let mut want = vec![0u8; all.len()];
+    want[..5].copy_from_slice(b"start");
+    want[(100 * MB + 10) as usize..][..6].copy_from_slice(b"middle");
+    want[(256 * MB) as usize..].copy_from_slice(b"end");
+    assert!(all == want, "content");
+}
+
+#[test]
+fn sparse_files_take_no_room_read_as_zeros_and_survive_a_remount_and_cp() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let big = m.path("big");
+    std::fs::write(&big, b"start").unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    f.set_len(128 * MB).unwrap();
+    f.write_all_at(b"end", 256 * MB).unwrap();
+    f.write_all_at(b"middle", 100 * MB + 10).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // Through the mount `du` counts what the cipher file takes.
+    assert!(allocated(&big) < MB, "{} bytes allocated", allocated(&big));
+    check(&m.mnt);
+    // cp finds the zeros and leaves holes in the copy too.
+    let o = sh(&format!(
+        "cp --sparse=always '{}' '{}'",
+        big.display(),
+        m.path("copy").display()
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(allocated(&m.path("copy")) < 2 * MB);
+    assert!(std::fs::read(m.path("copy")).unwrap() == std::fs::read(&big).unwrap());
+    m.unmount();
+    let c = cipher_file(&v.cipher, 256 * MB);
+    assert!(allocated(&c) < MB, "cipher file: {} bytes", allocated(&c));
+    let m = v.mount();
+    check(&m.mnt);
+    m.unmount();
+    v.assert_fsck_clean("after sparse files");
+}
+
+#[test]
+fn a_volume_made_with_no_sparse_writes_the_zeros() {
+    let v = Volume::new(&["--no-sparse"]);
+    let m = v.mount();
+    let f = std::fs::File::create(m.path("big")).unwrap();
+    f.set_len(16 * MB).unwrap();
+    drop(f);
+    m.unmount();
+    let c = cipher_file(&v.cipher, 16 * MB);
+    assert!(allocated(&c) >= 16 * MB, "{} bytes", allocated(&c));
+    let info = kmsfs()
+        .args(["info", "--json"])
+        .arg(&v.cipher)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(!j["features"].to_string().contains("sparse-files"), "{j}");
+    let v = Volume::new(&[]);
+    let info = kmsfs()
+        .args(["info", "--json"])
+        .arg(&v.cipher)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(j["features"].to_string().contains("sparse-files"), "{j}");
+}
