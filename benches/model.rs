@@ -1,6 +1,7 @@
 //! In-process costs of the file-system model, without FUSE: open (header read, DEK unwrap,
 //! checks) + release, a 4 KiB read, a 4 KiB write (read-modify-write of one block), and a 1 MiB
-//! sequential write.
+//! sequential write; the writes again in a file that may hold holes (a sparse file, which reads
+//! the count of holes before a write's first block).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use kmsfs::crypto::{KdfParams, Passphrase};
 use kmsfs::keymgr::{InitOptions, KeyManager, Unlock};
 use kmsfs::vfs::{Caller, Vfs, VfsOptions};
 
-fn setup() -> (tempfile::TempDir, Vfs) {
+fn setup(sparse: bool) -> (tempfile::TempDir, Vfs) {
     let t = tempfile::tempdir().expect("tempdir");
     let d = t.path().join("c");
     let pw = Passphrase::new(b"bench".to_vec());
@@ -31,14 +32,22 @@ fn setup() -> (tempfile::TempDir, Vfs) {
         Arc::new(KeyManager::new(u)),
         bs,
         false,
-        VfsOptions::default(),
+        VfsOptions {
+            sparse,
+            ..Default::default()
+        },
     )
     .expect("vfs");
     (t, vfs)
 }
 
 fn bench(c: &mut Criterion) {
-    let (_t, vfs) = setup();
+    model(c, "model", false);
+    model(c, "model, sparse file", true);
+}
+
+fn model(c: &mut Criterion, group: &str, sparse: bool) {
+    let (_t, vfs) = setup(sparse);
     let caller = Caller {
         uid: 0,
         gid: 0,
@@ -53,7 +62,7 @@ fn bench(c: &mut Criterion) {
     vfs.release(fh).expect("release");
     let ino = attr.ino;
 
-    let mut g = c.benchmark_group("model");
+    let mut g = c.benchmark_group(group);
     g.bench_function("open+release (header read, DEK unwrap)", |b| {
         b.iter(|| {
             let fh = vfs.open(ino, libc::O_RDONLY).expect("open");

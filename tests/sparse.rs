@@ -26,7 +26,7 @@ fn cipher_file(cipher: &Path, min: u64) -> std::path::PathBuf {
 fn check(mnt: &Path) {
     let f = std::fs::File::open(mnt.join("big")).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 256 * MB + 3);
-    let mut b = vec![0u8; 8];
+    let mut b = [0u8; 8];
     f.read_exact_at(&mut b[..5], 0).unwrap();
     assert_eq!(&b[..5], b"start");
     f.read_exact_at(&mut b[..3], 256 * MB).unwrap();

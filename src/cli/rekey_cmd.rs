@@ -69,12 +69,12 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
     let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
         let mut src = File::open(p)?;
-        let mut dst = OpenOptions::new()
+        let dst = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        io::copy(&mut src, &mut dst)?;
+        copy_sparse(&mut src, &dst)?;
         // Owner first: a chown drops `security.capability`, so the attributes come after it.
         rustix::fs::fchown(
             &dst,
@@ -115,6 +115,28 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
 /// Copies `src`'s extended attributes to `dst` (POSIX ACLs among them on a mount with `--acl`).
 /// An access ACL the new file inherited from its directory's default ACL is removed again when
 /// the original has none. Any failure fails the re-key (the original stays as it was).
+/// Copies `src` into the empty `dst`, leaving out the 1 MiB pieces that are all zeros (a write
+/// after them, or the final length, makes them holes again where the volume has sparse files).
+fn copy_sparse(src: &mut File, dst: &File) -> io::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&buf[..n], at)?;
+        }
+        at += n as u64;
+    }
+    dst.set_len(at)
+}
+
 fn copy_xattrs(src: &Path, dst: &File) -> io::Result<()> {
     use rustix::io::Errno;
     const ACCESS_ACL: &str = "system.posix_acl_access";
