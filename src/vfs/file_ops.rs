@@ -590,8 +590,8 @@ impl Vfs {
         Ok(())
     }
 
-    /// fallocate(2): mode 0 extends the file (the range is stored as encrypted zeros, so it is
-    /// allocated); KEEP_SIZE succeeds without change; ZERO_RANGE stores encrypted zeros over the
+    /// fallocate(2): mode 0 extends the file and fills the holes of a sparse file in the range
+    /// (stored as encrypted zeros, so it is allocated); KEEP_SIZE only fills the holes; ZERO_RANGE stores encrypted zeros over the
     /// range (allocated zeros, as the call promises), extending the file unless KEEP_SIZE; hole
     /// punching and range collapsing or inserting are not supported (EOPNOTSUPP: zeroed blocks
     /// cannot be left out of a file whose every block is authenticated).
@@ -608,13 +608,8 @@ impl Vfs {
 
     fn fallocate_file(&self, f: &OpenFile, offset: u64, end: u64, mode: i32) -> Result<()> {
         match mode {
-            0 => {
-                if end > f.size() {
-                    f.truncate(end)?;
-                }
-                Ok(())
-            }
-            FALLOC_KEEP_SIZE => Ok(()),
+            0 => f.allocate(offset, end, false),
+            FALLOC_KEEP_SIZE => f.allocate(offset, end, true),
             FALLOC_ZERO_RANGE => f.zero_range(offset, end, false),
             m if m == FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE => f.zero_range(offset, end, true),
             _ => Err(VfsError::NotSupported("fallocate mode")),

@@ -338,3 +338,34 @@ fn an_interrupted_extension_with_holes_is_recovered_with_its_holes() {
     want.resize(11 * B as usize, 0);
     assert!(read_all(&v, a) == want, "after the second recovery");
 }
+
+#[test]
+fn fallocate_allocates_holes_and_extends_without_them() {
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", &pattern(5000, 10));
+    truncate(&v, a, 8 << 20);
+    let p = cipher_path(&v, a);
+    assert!(std::fs::metadata(&p).expect("stat").blocks() * 512 < 1 << 20);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    // KEEP_SIZE over the holes of the first 4 MiB: allocated, same size, same bytes.
+    v.fallocate(fh, 0, 4 << 20, libc::FALLOC_FL_KEEP_SIZE)
+        .expect("keep size");
+    let blocks = std::fs::metadata(&p).expect("stat").blocks() * 512;
+    assert!(blocks >= 4 << 20, "{blocks} bytes allocated");
+    assert!(blocks < 6 << 20, "{blocks} bytes allocated");
+    // Mode 0 past the end: allocated zeros, not holes.
+    v.fallocate(fh, 6 << 20, 6 << 20, 0).expect("extend");
+    v.release(fh).expect("release");
+    let mut want = pattern(5000, 10);
+    want.resize(12 << 20, 0);
+    assert!(read_all(&v, a) == want);
+    let md = std::fs::metadata(&p).expect("stat");
+    assert_eq!(md.len(), Layout::new(B as u32).cipher_size(12 << 20));
+    // The holes between 4 and 6 MiB stay; 6 to 12 MiB is allocated (the holes to 8 MiB filled).
+    assert!(md.blocks() * 512 >= 10 << 20, "{} bytes", md.blocks() * 512);
+    assert!(md.blocks() * 512 < 11 << 20, "{} bytes", md.blocks() * 512);
+    drop(v);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want, "after a reopen");
+}

@@ -353,7 +353,7 @@ impl OpenFile {
         let off = if append { st.size } else { off };
         let old_size = st.size;
         let r = if off > st.size {
-            self.extend_zeros(&mut st, off)
+            self.extend_zeros(&mut st, off, true)
         } else {
             Ok(())
         };
@@ -456,10 +456,10 @@ impl OpenFile {
         Some(buf)
     }
 
-    /// Fills `[size, target)` with zeros: holes in a sparse file when the gap is long enough,
-    /// else encrypted zeros. The caller holds the write lock.
-    fn extend_zeros(&self, st: &mut FileState, target: u64) -> Result<()> {
-        if self.extend_with_holes(st, target)? {
+    /// Fills `[size, target)` with zeros: holes in a sparse file when the gap is long enough
+    /// and `holes` allows, else encrypted zeros. The caller holds the write lock.
+    fn extend_zeros(&self, st: &mut FileState, target: u64, holes: bool) -> Result<()> {
+        if holes && self.extend_with_holes(st, target)? {
             return Ok(());
         }
         self.check_room(st, target)?;
@@ -727,7 +727,7 @@ impl OpenFile {
             at += n;
         }
         if !keep_size && end > st.size {
-            self.truncate_locked(&mut st, end)?;
+            self.resize_locked(&mut st, end, false)?;
         }
         Ok(())
     }
@@ -742,6 +742,12 @@ impl OpenFile {
     }
 
     pub fn truncate_locked(&self, st: &mut FileState, new_size: u64) -> Result<()> {
+        self.resize_locked(st, new_size, true)
+    }
+
+    /// Sets the plaintext size; an extension stores holes only if `holes` allows (not for
+    /// fallocate, which promises allocated space).
+    fn resize_locked(&self, st: &mut FileState, new_size: u64, holes: bool) -> Result<()> {
         use std::cmp::Ordering::*;
         match new_size.cmp(&st.size) {
             // Nothing to cut or add, but a truncate still marks the file changed, as on the
@@ -755,7 +761,7 @@ impl OpenFile {
                 // Extended a chunk at a time: a failure after some chunks (a full disk) cuts
                 // the file back, so a failed truncate leaves the size it found.
                 let old_size = st.size;
-                let r = self.extend_zeros(st, new_size);
+                let r = self.extend_zeros(st, new_size, holes);
                 if r.is_err() && st.size != old_size && self.truncate_locked(st, old_size).is_err()
                 {
                     tracing::error!(file = %self.label(), "could not undo a failed extension");

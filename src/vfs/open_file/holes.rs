@@ -237,4 +237,53 @@ impl OpenFile {
         st.size = target;
         Ok(true)
     }
+
+    /// fallocate(2) mode 0: the file covers `end` (unless `keep_size`), and the holes in
+    /// `[off, end)` are written as encrypted zeros, so that writes there later need no new space
+    /// (what the call promises).
+    /// Holes are found where the backing file system has unallocated space (holes a copy
+    /// filled with zeros take their space already).
+    pub fn allocate(&self, off: u64, end: u64, keep_size: bool) -> Result<()> {
+        let mut st = self.write_state();
+        if !st.writable {
+            return Err(VfsError::Sys(rustix::io::Errno::BADF));
+        }
+        let l = self.layout;
+        let stop = end.min(st.size);
+        if self.sparse() && off < stop {
+            let (first, last) = (l.block_of(off), l.block_of(stop - 1));
+            let mut i = first;
+            while i <= last {
+                // The next unallocated backing byte, and the block it lies in.
+                let Ok(h) =
+                    rustix::fs::seek(&st.file, rustix::fs::SeekFrom::Hole(l.cipher_offset(i)))
+                else {
+                    break;
+                };
+                let hb = h.saturating_sub(crate::format::header::HEADER_LEN as u64)
+                    / l.cipher_block_size();
+                i = i.max(hb);
+                // The holes from there on, as one run of blocks.
+                let mut j = i;
+                while j <= last && j < l.final_block(st.size) && is_hole(&self.nonce_at(&st, j)?) {
+                    j += 1;
+                }
+                if j > i && self.hole_run(&st, i)?.is_some() {
+                    let zeros = vec![0u8; super::ZERO_CHUNK as usize];
+                    let mut at = l.plain_offset(i);
+                    let to = l.plain_offset(j);
+                    while at < to {
+                        let n = (to - at).min(super::ZERO_CHUNK);
+                        self.write_locked(&mut st, at, &zeros[..n as usize], None)?;
+                        at += n;
+                    }
+                }
+                i = j + 1;
+            }
+        }
+        if !keep_size && end > st.size {
+            self.resize_locked(&mut st, end, false)?;
+        }
+        Ok(())
+    }
 }
