@@ -1,6 +1,7 @@
 //! Sparse files on a real mount: a truncate up or a write far past the end takes (almost) no
 //! room on the backing disk, reads as zeros, survives a remount and `cp --sparse`, and fsck is
-//! clean; a volume made with `--no-sparse` writes the zeros.
+//! clean; `fallocate --punch-hole` and `--dig-holes` give space back; a volume made with
+//! `--no-sparse` writes the zeros.
 mod common;
 use common::*;
 
@@ -73,6 +74,45 @@ fn sparse_files_take_no_room_read_as_zeros_and_survive_a_remount_and_cp() {
     check(&m.mnt);
     m.unmount();
     v.assert_fsck_clean("after sparse files");
+}
+
+#[test]
+fn punched_and_dug_holes_give_space_back() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let p = m.path("f");
+    let mut data: Vec<u8> = (0..32 * MB).map(|i| (i % 251) as u8 | 1).collect();
+    // 8 MiB of zeros in the middle, written as data.
+    data[(20 * MB) as usize..(28 * MB) as usize].fill(0);
+    std::fs::write(&p, &data).unwrap();
+    let f = std::fs::File::open(&p).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let full = allocated(&p);
+    assert!(full >= 32 * MB, "{full}");
+    // fallocate --punch-hole: 4 MiB from 2 MiB + 5.
+    let o = sh(&format!(
+        "fallocate -p -o {} -l {} '{}'",
+        2 * MB + 5,
+        4 * MB,
+        p.display()
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    data[(2 * MB + 5) as usize..(6 * MB + 5) as usize].fill(0);
+    // fallocate --dig-holes: the zeros written as data become holes.
+    let o = sh(&format!("fallocate -d '{}'", p.display()));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let now = allocated(&p);
+    assert!(now < full - 11 * MB, "{full} -> {now}");
+    assert!(std::fs::read(&p).unwrap() == data, "content after punching");
+    m.unmount();
+    let m = v.mount();
+    assert!(
+        std::fs::read(m.path("f")).unwrap() == data,
+        "content after a remount"
+    );
+    m.unmount();
+    v.assert_fsck_clean("after punched holes");
 }
 
 #[test]

@@ -417,6 +417,18 @@ fn writes_into_holes() {
         v.setattr(ino(v, "h")?, None, &set, None).map(|_| ())
     }
     run("truncate into holes", |v| size(v, 30 * 4096 + 7), false);
+    fn punch(v: &Vfs, at: u64, len: u64) -> Result<()> {
+        with_handle(v, "a", |fh| {
+            v.fallocate(
+                fh,
+                at,
+                len,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            )
+        })
+    }
+    // Blocks 0 and 1 of `a` whole, 2 in part (where files hold holes; EOPNOTSUPP otherwise).
+    run("punch a hole", |v| punch(v, 0, 9000), true);
     run("truncate up past holes", |v| size(v, 400 * 4096), true);
 }
 

@@ -38,8 +38,9 @@ impl OpenOptions {
     }
 }
 
-/// FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE
+/// FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE
 const FALLOC_KEEP_SIZE: i32 = 0x01;
+const FALLOC_PUNCH_HOLE: i32 = 0x02;
 const FALLOC_ZERO_RANGE: i32 = 0x10;
 
 impl Vfs {
@@ -592,9 +593,10 @@ impl Vfs {
 
     /// fallocate(2): mode 0 extends the file and fills the holes of a sparse file in the range
     /// (stored as encrypted zeros, so it is allocated); KEEP_SIZE only fills the holes; ZERO_RANGE stores encrypted zeros over the
-    /// range (allocated zeros, as the call promises), extending the file unless KEEP_SIZE; hole
-    /// punching and range collapsing or inserting are not supported (EOPNOTSUPP: zeroed blocks
-    /// cannot be left out of a file whose every block is authenticated).
+    /// range (allocated zeros, as the call promises), extending the file unless KEEP_SIZE;
+    /// PUNCH_HOLE makes the range's whole blocks holes in a sparse file (EOPNOTSUPP in a file
+    /// without holes, where every block is stored); range collapsing or inserting are not
+    /// supported (EOPNOTSUPP).
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         self.check_writable()?;
         let (f, _) = self.handle_file(fh)?;
@@ -612,6 +614,7 @@ impl Vfs {
             FALLOC_KEEP_SIZE => f.allocate(offset, end, true),
             FALLOC_ZERO_RANGE => f.zero_range(offset, end, false),
             m if m == FALLOC_ZERO_RANGE | FALLOC_KEEP_SIZE => f.zero_range(offset, end, true),
+            m if m == FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE => f.punch(offset, end),
             _ => Err(VfsError::NotSupported("fallocate mode")),
         }
     }

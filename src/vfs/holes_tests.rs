@@ -120,7 +120,8 @@ fn a_far_extension_stores_holes_that_read_as_zeros_and_stay_after_a_reopen() {
 
 #[test]
 fn writes_into_holes_and_truncates_agree_with_a_plain_copy() {
-    // A seeded series of writes, extensions and cuts, on the model and on a plain vector.
+    // A seeded series of writes, extensions, cuts and punched holes, on the model and on a plain
+    // vector.
     let (_t, dir) = new_volume_with(true);
     let v = open(&dir);
     let a = write_file(&v, "a", &pattern(3000, 3));
@@ -134,7 +135,25 @@ fn writes_into_holes_and_truncates_agree_with_a_plain_copy() {
     };
     for step in 0..300u64 {
         let size = want.len() as u64;
-        match next(6) {
+        match next(7) {
+            6 => {
+                // A hole punched (zeros, the whole blocks inside given back).
+                let off = next(size + 1);
+                let len = next(3 << 20);
+                let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+                v.fallocate(
+                    fh,
+                    off,
+                    len,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                )
+                .expect("punch");
+                v.release(fh).expect("release");
+                let to = (off + len).min(size) as usize;
+                if (off as usize) < to {
+                    want[off as usize..to].fill(0);
+                }
+            }
             0 => {
                 let to = next(8 << 20);
                 truncate(&v, a, to);
@@ -368,4 +387,77 @@ fn fallocate_allocates_holes_and_extends_without_them() {
     drop(v);
     let (v, a) = reopen(&dir);
     assert!(read_all(&v, a) == want, "after a reopen");
+}
+
+#[test]
+fn a_punched_hole_gives_its_space_back_and_stays_authenticated() {
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let l = Layout::new(B as u32);
+    let mut want = pattern(64 * B as usize + 10, 11);
+    let a = write_file(&v, "a", &want);
+    let p = cipher_path(&v, a);
+    let before = std::fs::metadata(&p).expect("stat").blocks() * 512;
+    let punch = |off: u64, len: u64| {
+        let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+        let r = v.fallocate(
+            fh,
+            off,
+            len,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        );
+        v.release(fh).expect("release");
+        r
+    };
+    // Blocks 11..=39 whole inside, 10 and 40 in part.
+    punch(10 * B + 100, 30 * B).expect("punch");
+    want[(10 * B + 100) as usize..(40 * B + 100) as usize].fill(0);
+    // Next to it: one more run that joins the first (41..=49), and one inside the final block.
+    punch(40 * B, 10 * B).expect("punch again");
+    want[(40 * B) as usize..(50 * B) as usize].fill(0);
+    punch(64 * B + 2, 100).expect("punch in the final block");
+    want[(64 * B + 2) as usize..].fill(0);
+    assert!(read_all(&v, a) == want);
+    let after = std::fs::metadata(&p).expect("stat").blocks() * 512;
+    // 39 blocks of 4,124 bytes: the backing pages wholly inside them.
+    assert!(
+        before - after >= 36 * B,
+        "{before} -> {after} bytes allocated"
+    );
+    assert_eq!(
+        std::fs::metadata(&p).expect("stat").len(),
+        l.cipher_size(want.len() as u64)
+    );
+    drop(v);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want, "after a reopen");
+    drop(v);
+    // Still detected: the written block right before the run, or right after it, zeroed.
+    for block in [10, 50] {
+        let saved = std::fs::read(&p).expect("cipher file");
+        patch(
+            &p,
+            l.cipher_offset(block),
+            l.cipher_block_size() as usize,
+            |b| b.fill(0),
+        );
+        let (v, a) = reopen(&dir);
+        let r = try_read(&v, a, block * B, B as u32);
+        assert!(r.is_err_and(|e| e.is_integrity()), "block {block} zeroed");
+        drop(v);
+        std::fs::write(&p, &saved).expect("restore");
+    }
+    // A file without holes refuses to punch.
+    let (_t2, dir2) = new_volume_with(false);
+    let v = open(&dir2);
+    let b = write_file(&v, "b", &pattern(10 * B as usize, 1));
+    let fh = v.open_as(b, libc::O_RDWR, &caller()).expect("open");
+    let r = v.fallocate(
+        fh,
+        0,
+        8 * B,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    );
+    assert!(r.is_err_and(|e| e.errno() == libc::EOPNOTSUPP));
+    v.release(fh).expect("release");
 }

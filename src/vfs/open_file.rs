@@ -719,15 +719,21 @@ impl OpenFile {
         if !st.writable {
             return Err(VfsError::Sys(rustix::io::Errno::BADF));
         }
-        let zeros = vec![0u8; ZERO_CHUNK as usize];
+        self.zero_locked(&mut st, off, end)?;
+        if !keep_size && end > st.size {
+            self.resize_locked(&mut st, end, false)?;
+        }
+        Ok(())
+    }
+
+    /// Stores encrypted zeros over `[off, end)`, cut at the end of the file.
+    fn zero_locked(&self, st: &mut FileState, off: u64, end: u64) -> Result<()> {
+        let zeros = vec![0u8; ZERO_CHUNK.min(end.saturating_sub(off)) as usize];
         let mut at = off;
         while at < end.min(st.size) {
             let n = (end.min(st.size) - at).min(ZERO_CHUNK);
-            self.write_locked(&mut st, at, &zeros[..n as usize], None)?;
+            self.write_locked(st, at, &zeros[..n as usize], None)?;
             at += n;
-        }
-        if !keep_size && end > st.size {
-            self.resize_locked(&mut st, end, false)?;
         }
         Ok(())
     }

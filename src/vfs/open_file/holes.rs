@@ -286,4 +286,71 @@ impl OpenFile {
         }
         Ok(())
     }
+
+    /// fallocate(2) `PUNCH_HOLE | KEEP_SIZE` in a sparse file: `[off, end)` (cut at the end of
+    /// the file) reads as zeros; the whole blocks inside it, but for the final block, become
+    /// holes and give their space back, the bytes at its edges are stored as encrypted zeros.
+    /// The written block after the new run is given its count first (a count over blocks still
+    /// written reads the same, so a crash between the two steps loses nothing), then the
+    /// blocks are punched out of the cipher file. EOPNOTSUPP in a file without holes.
+    pub fn punch(&self, off: u64, end: u64) -> Result<()> {
+        let mut st = self.write_state();
+        if !st.writable {
+            return Err(VfsError::Sys(rustix::io::Errno::BADF));
+        }
+        if !self.sparse() {
+            return Err(VfsError::NotSupported(
+                "hole punching in a file without holes",
+            ));
+        }
+        let l = self.layout;
+        let bs = l.block_size;
+        let end = end.min(st.size);
+        if off >= end {
+            return Ok(());
+        }
+        // The whole blocks inside the range, the final block left out.
+        let a = off.div_ceil(bs);
+        let b = (end / bs).min(l.final_block(st.size));
+        if b <= a {
+            return self.zero_locked(&mut st, off, end);
+        }
+        self.zero_locked(&mut st, off, l.plain_offset(a))?;
+        self.zero_locked(&mut st, l.plain_offset(b), end)?;
+        // The run the blocks join: holes right before them, and those up to the next written
+        // block at or after `b`.
+        let start = match a.checked_sub(1) {
+            Some(p) if is_hole(&self.nonce_at(&st, p)?) => {
+                self.hole_run(&st, p)?.map_or(a, |r| r.start)
+            }
+            _ => a,
+        };
+        let (k, _) = self.next_written(&st, b)?;
+        let Ok(gap) = u32::try_from(k - start) else {
+            // A run longer than a count holds: encrypted zeros instead.
+            return self.zero_locked(&mut st, l.plain_offset(a), l.plain_offset(b));
+        };
+        *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        self.set_gap(&st, k, gap)?;
+        crate::fault::check("fallocate")?;
+        let (from, len) = (l.cipher_offset(a), l.cipher_offset(b) - l.cipher_offset(a));
+        let punched = rustix::fs::fallocate(
+            &st.file,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            from,
+            len,
+        );
+        match punched {
+            Ok(()) => Ok(()),
+            // A backing file system that cannot punch: zeros (holes all the same, allocated).
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                let zeros = vec![0u8; l.cipher_block_size() as usize];
+                for i in a..b {
+                    crate::fault::write_all_at(&st.file, &zeros, l.cipher_offset(i))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
