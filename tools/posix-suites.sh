@@ -6,7 +6,8 @@
 #     use the key, as the suite switches users), again with --acl, and once on a plain
 #     root-only mount;
 #   - fsx (file-system exerciser: random reads, writes, mmap reads and writes, truncates,
-#     fallocate, fsync, copy_file_range, sendfile, each read checked against a model), with
+#     fallocate, hole punching (sparse files, since 2026-12-05), fsync, copy_file_range,
+#     sendfile, each read checked against a model), with
 #     several seeds, with and without the writeback cache.
 # Both are installed with `cargo install` (pinned versions) into $SUITES_DIR when missing.
 #
@@ -88,6 +89,7 @@ truncate = 3
 fsync = 1
 fdatasync = 1
 posix_fallocate = 1
+punch_hole = 1
 sendfile = 1
 posix_fadvise = 1
 copy_file_range = 1
