@@ -201,14 +201,19 @@ impl Vfs {
                 cipher_dir: root.display().to_string(),
                 format_version: crate::format::config::CONFIG_VERSION,
                 block_size,
-                features: vec![
-                    if plaintext_names {
+                features: [
+                    Some(if plaintext_names {
                         crate::format::config::FEATURE_PLAINTEXT_NAMES
                     } else {
                         crate::format::config::FEATURE_ENCRYPTED_NAMES
-                    }
-                    .to_string(),
-                ],
+                    }),
+                    opts.sparse
+                        .then_some(crate::format::config::FEATURE_SPARSE_FILES),
+                ]
+                .into_iter()
+                .flatten()
+                .map(String::from)
+                .collect(),
                 read_only: opts.read_only,
                 acl: opts.acl,
             };
