@@ -149,6 +149,7 @@ impl Vfs {
                         marked_gap: 0,
                         behind: Default::default(),
                         holes_seen: Default::default(),
+                        no_holes: size == 0,
                     },
                 ));
                 if quiet {
@@ -426,6 +427,7 @@ impl Vfs {
                         marked_gap: 0,
                         behind: Default::default(),
                         holes_seen: Default::default(),
+                        no_holes: true,
                     };
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
                     Ok((node, attr, of, audit))

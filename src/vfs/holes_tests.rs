@@ -461,3 +461,48 @@ fn a_punched_hole_gives_its_space_back_and_stays_authenticated() {
     assert!(r.is_err_and(|e| e.errno() == libc::EOPNOTSUPP));
     v.release(fh).expect("release");
 }
+
+#[test]
+fn holes_made_through_the_handle_that_created_the_file() {
+    // A new file is known to hold no holes (its writes read no count) until an extension on
+    // the same handle makes some: from then on its writes into them keep the counts right.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let l = Layout::new(B as u32);
+    let (attr, fh) = v
+        .create(1, "a".as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    let mut want = pattern(5000, 12);
+    v.write(fh, 0, &want).expect("write");
+    let set = SetAttr {
+        size: Some(100 * B + 10),
+        ..Default::default()
+    };
+    v.setattr(attr.ino, Some(fh), &set, None).expect("truncate");
+    want.resize((100 * B + 10) as usize, 0);
+    for (at, seed) in [(50 * B, 13), (99 * B, 14), (2 * B, 15)] {
+        let d = pattern(B as usize, seed);
+        v.write(fh, at, &d).expect("write into holes");
+        want[at as usize..(at + B) as usize].copy_from_slice(&d);
+    }
+    v.release(fh).expect("release");
+    let p = cipher_path(&v, attr.ino);
+    drop(v);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want);
+    drop(v);
+    for block in [2, 50, 99] {
+        let saved = std::fs::read(&p).expect("cipher file");
+        patch(
+            &p,
+            l.cipher_offset(block),
+            l.cipher_block_size() as usize,
+            |b| b.fill(0),
+        );
+        let (v, a) = reopen(&dir);
+        let r = try_read(&v, a, block * B, B as u32);
+        assert!(r.is_err_and(|e| e.is_integrity()), "block {block} zeroed");
+        drop(v);
+        std::fs::write(&p, &saved).expect("restore");
+    }
+}

@@ -108,6 +108,9 @@ pub struct FileState {
     /// The run of holes (a sparse file's blocks never written) found last, so that reading
     /// through it looks for its end once; forgotten at every change of the file.
     pub holes_seen: std::sync::Mutex<Option<Range<u64>>>,
+    /// Known to hold no holes (a file created or emptied while open, and not extended with
+    /// holes since): a write then reads no count of holes before it.
+    pub no_holes: bool,
 }
 
 impl Drop for FileState {
@@ -826,6 +829,7 @@ impl OpenFile {
                 crate::content::pending::clear(&st.file);
                 st.marked = None;
                 st.size = new_size;
+                st.no_holes |= new_size == 0;
                 Ok(())
             }
         }

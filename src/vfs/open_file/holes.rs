@@ -104,7 +104,7 @@ impl OpenFile {
     /// nonce: the stored count of a written block, the place in its run of a hole. 0 in a file
     /// without holes, and for a damaged block.
     pub(super) fn gap_before(&self, st: &FileState, i: u64) -> Result<u32> {
-        if !self.sparse() || i == 0 || i > self.layout.final_block(st.size) {
+        if !self.sparse() || st.no_holes || i == 0 || i > self.layout.final_block(st.size) {
             return Ok(0);
         }
         let n = self.nonce_at(st, i)?;
@@ -122,7 +122,7 @@ impl OpenFile {
     /// run, whose count must then shrink to the holes after `last` (else a later zeroing of
     /// `last` would pass for a hole). `None` when nothing is to be done.
     pub(super) fn run_end_after(&self, st: &FileState, last: u64) -> Result<Option<u64>> {
-        if !self.sparse() || last >= self.layout.final_block(st.size) {
+        if !self.sparse() || st.no_holes || last >= self.layout.final_block(st.size) {
             return Ok(None);
         }
         if !is_hole(&self.nonce_at(st, last)?) {
@@ -208,6 +208,7 @@ impl OpenFile {
         let mut tail = Vec::new();
         self.read_blocks(st, f0, f0, &mut tail)?;
         st.holes_seen = Default::default();
+        st.no_holes = false;
         if st.marked.is_none_or(|m| f0 < m)
             && crate::content::pending::mark(&st.file, self.ino, f0, 0, g0)
         {
@@ -331,6 +332,7 @@ impl OpenFile {
             return self.zero_locked(&mut st, l.plain_offset(a), l.plain_offset(b));
         };
         *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        st.no_holes = false;
         self.set_gap(&st, k, gap)?;
         crate::fault::check("fallocate")?;
         let (from, len) = (l.cipher_offset(a), l.cipher_offset(b) - l.cipher_offset(a));
