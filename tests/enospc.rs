@@ -60,6 +60,18 @@ fn volume_on_tmpfs(
     (t, back, cipher, mnt, pass)
 }
 
+/// `kmsfs fsck` of the (unmounted) volume finds nothing wrong.
+fn assert_fsck_clean(cipher: &Path, pass: &Path) {
+    let o = kmsfs()
+        .arg("fsck")
+        .arg("--passfile")
+        .arg(pass)
+        .arg(cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
 fn kms(args: &[&str], cipher: &Path, pass: &Path) -> std::process::Output {
     kmsfs()
         .arg(args[0])
@@ -190,14 +202,7 @@ fn a_full_disk_damages_nothing() {
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
     m.unmount();
-    let o = kmsfs()
-        .arg("fsck")
-        .arg("--passfile")
-        .arg(&pass)
-        .arg(&cipher)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_fsck_clean(&cipher, &pass);
     let o = kms(&["audit", "verify"], &cipher, &pass);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     drop(back);
@@ -475,13 +480,6 @@ fn a_sparse_file_fills_a_full_disk_without_damage() {
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
     check(&mnt, &stored);
     m.unmount();
-    let o = kmsfs()
-        .arg("fsck")
-        .arg("--passfile")
-        .arg(&pass)
-        .arg(&cipher)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_fsck_clean(&cipher, &pass);
     drop(back);
 }

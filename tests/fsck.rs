@@ -148,6 +148,33 @@ fn a_clean_volume_is_clean() {
     assert!(kinds(&r).is_empty());
 }
 
+/// A copy of the corpus with the cipher file of `size` bytes changed by `damage`: fsck reports
+/// one problem, of kind `block`, whose detail names `detail`.
+fn block_damage(
+    v: &Volume,
+    name: &str,
+    size: u64,
+    damage: impl FnOnce(&mut Vec<u8>),
+    detail: &str,
+) {
+    let d = copy(v, name);
+    let f = by_size(&d, size);
+    let mut b = std::fs::read(&f).unwrap();
+    damage(&mut b);
+    std::fs::write(&f, b).unwrap();
+    let (code, r) = fsck(v, &d, &[]);
+    assert_eq!(
+        (code, kinds(&r)),
+        (23, vec!["block".to_string()]),
+        "{name}: {r}"
+    );
+    let got = r["problems"][0]["detail"].as_str().unwrap();
+    assert!(got.contains(detail), "{name}: {r}");
+    if size == cipher_size(SPARSE) {
+        assert_eq!(r["problems"][0]["plain_path"], "/sparse.bin");
+    }
+}
+
 #[test]
 fn each_kind_of_damage_is_reported_with_its_path() {
     let v = corpus_source();
@@ -167,51 +194,30 @@ fn each_kind_of_damage_is_reported_with_its_path() {
     assert_eq!(r["problems"][0]["plain_path"], "/ten-thousand.bin");
 
     // One flipped byte in the second block.
-    let d = copy(&v, "flipped-block");
-    let f = by_size(&d, big);
-    let mut b = std::fs::read(&f).unwrap();
-    b[104 + 4124 + 40] ^= 1;
-    std::fs::write(&f, b).unwrap();
-    let (code, r) = fsck(&v, &d, &[]);
-    assert_eq!((code, kinds(&r)), (23, vec!["block".to_string()]), "{r}");
-    assert!(
-        r["problems"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("block 1")
+    block_damage(
+        &v,
+        "flipped-block",
+        big,
+        |b| b[104 + 4124 + 40] ^= 1,
+        "block 1",
     );
 
     // A sparse file: a written block zeroed (no count of holes reaches it), and a changed
     // count in the block after the holes.
     let sparse = cipher_size(SPARSE);
-    let d = copy(&v, "zeroed-written-block");
-    let f = by_size(&d, sparse);
-    let mut b = std::fs::read(&f).unwrap();
-    b[104..104 + 4124].fill(0);
-    std::fs::write(&f, b).unwrap();
-    let (code, r) = fsck(&v, &d, &[]);
-    assert_eq!((code, kinds(&r)), (23, vec!["block".to_string()]), "{r}");
-    assert_eq!(r["problems"][0]["plain_path"], "/sparse.bin");
-    assert!(
-        r["problems"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("block 0 is zeroed"),
-        "{r}"
+    block_damage(
+        &v,
+        "zeroed-written-block",
+        sparse,
+        |b| b[104..104 + 4124].fill(0),
+        "block 0 is zeroed",
     );
-    let d = copy(&v, "changed-count-of-holes");
-    let f = by_size(&d, sparse);
-    let mut b = std::fs::read(&f).unwrap();
-    b[104 + 256 * 4124 + 3] ^= 1;
-    std::fs::write(&f, b).unwrap();
-    let (code, r) = fsck(&v, &d, &[]);
-    assert_eq!((code, kinds(&r)), (23, vec!["block".to_string()]), "{r}");
-    assert!(
-        r["problems"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("block 256"),
-        "{r}"
+    block_damage(
+        &v,
+        "changed-count-of-holes",
+        sparse,
+        |b| b[104 + 256 * 4124 + 3] ^= 1,
+        "block 256",
     );
 
     // A file moved into another directory: its name no longer authenticates.

@@ -81,6 +81,26 @@ fn patch(path: &PathBuf, at: u64, len: usize, f: impl Fn(&mut [u8])) {
     file.write_all_at(&b, at).expect("write");
 }
 
+/// Zeroing each of `blocks` (written blocks) in the cipher file at `p`, one at a time and put
+/// back after, makes its read fail as damaged.
+fn assert_zeroing_detected(dir: &std::path::Path, p: &PathBuf, blocks: &[u64]) {
+    let l = Layout::new(B as u32);
+    for &block in blocks {
+        let saved = std::fs::read(p).expect("cipher file");
+        patch(
+            p,
+            l.cipher_offset(block),
+            l.cipher_block_size() as usize,
+            |b| b.fill(0),
+        );
+        let (v, a) = reopen(dir);
+        let r = try_read(&v, a, block * B, B as u32);
+        assert!(r.is_err_and(|e| e.is_integrity()), "block {block} zeroed");
+        drop(v);
+        std::fs::write(p, &saved).expect("restore");
+    }
+}
+
 #[test]
 fn a_far_extension_stores_holes_that_read_as_zeros_and_stay_after_a_reopen() {
     let (_t, dir) = new_volume_with(true);
@@ -241,7 +261,6 @@ fn a_filled_hole_is_no_longer_a_hole() {
     // then on, so zeroing block 50 again is detected, while 3..=49 and 51..=99 stay holes.
     let (_t, dir) = new_volume_with(true);
     let v = open(&dir);
-    let l = Layout::new(B as u32);
     let a = write_file(&v, "a", &pattern(3 * B as usize, 5));
     truncate(&v, a, 100 * B + 10);
     write_at(&v, a, 50 * B, &pattern(B as usize, 6));
@@ -251,20 +270,7 @@ fn a_filled_hole_is_no_longer_a_hole() {
     assert_eq!(read_at(&v, a, 70 * B, B as u32), vec![0; B as usize]);
     let p = cipher_path(&v, a);
     drop(v);
-    for block in [50, 99] {
-        let saved = std::fs::read(&p).expect("cipher file");
-        patch(
-            &p,
-            l.cipher_offset(block),
-            l.cipher_block_size() as usize,
-            |b| b.fill(0),
-        );
-        let (v, a) = reopen(&dir);
-        let r = try_read(&v, a, block * B, B as u32);
-        assert!(r.is_err_and(|e| e.is_integrity()), "block {block} zeroed");
-        drop(v);
-        std::fs::write(&p, &saved).expect("restore");
-    }
+    assert_zeroing_detected(&dir, &p, &[50, 99]);
 }
 
 #[test]
@@ -433,20 +439,7 @@ fn a_punched_hole_gives_its_space_back_and_stays_authenticated() {
     assert!(read_all(&v, a) == want, "after a reopen");
     drop(v);
     // Still detected: the written block right before the run, or right after it, zeroed.
-    for block in [10, 50] {
-        let saved = std::fs::read(&p).expect("cipher file");
-        patch(
-            &p,
-            l.cipher_offset(block),
-            l.cipher_block_size() as usize,
-            |b| b.fill(0),
-        );
-        let (v, a) = reopen(&dir);
-        let r = try_read(&v, a, block * B, B as u32);
-        assert!(r.is_err_and(|e| e.is_integrity()), "block {block} zeroed");
-        drop(v);
-        std::fs::write(&p, &saved).expect("restore");
-    }
+    assert_zeroing_detected(&dir, &p, &[10, 50]);
     // A file without holes refuses to punch.
     let (_t2, dir2) = new_volume_with(false);
     let v = open(&dir2);
@@ -468,7 +461,6 @@ fn holes_made_through_the_handle_that_created_the_file() {
     // the same handle makes some: from then on its writes into them keep the counts right.
     let (_t, dir) = new_volume_with(true);
     let v = open(&dir);
-    let l = Layout::new(B as u32);
     let (attr, fh) = v
         .create(1, "a".as_ref(), 0o644, libc::O_RDWR, &caller())
         .expect("create");
@@ -491,18 +483,5 @@ fn holes_made_through_the_handle_that_created_the_file() {
     let (v, a) = reopen(&dir);
     assert!(read_all(&v, a) == want);
     drop(v);
-    for block in [2, 50, 99] {
-        let saved = std::fs::read(&p).expect("cipher file");
-        patch(
-            &p,
-            l.cipher_offset(block),
-            l.cipher_block_size() as usize,
-            |b| b.fill(0),
-        );
-        let (v, a) = reopen(&dir);
-        let r = try_read(&v, a, block * B, B as u32);
-        assert!(r.is_err_and(|e| e.is_integrity()), "block {block} zeroed");
-        drop(v);
-        std::fs::write(&p, &saved).expect("restore");
-    }
+    assert_zeroing_detected(&dir, &p, &[2, 50, 99]);
 }
