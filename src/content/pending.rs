@@ -229,14 +229,9 @@ fn skip_unallocated(file: &File, l: Layout, i: u64, len: u64) -> u64 {
         return i;
     }
     match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(off)) {
-        Ok(d) if d > off => {
-            let h = crate::format::header::HEADER_LEN as u64;
-            i.max((d - h) / l.cipher_block_size())
-        }
+        Ok(d) if d > off => i.max(l.block_at_cipher(d)),
         // No data after `off`: the blocks from `i` are not there.
-        Err(rustix::io::Errno::NXIO) => {
-            i.max((len - crate::format::header::HEADER_LEN as u64) / l.cipher_block_size())
-        }
+        Err(rustix::io::Errno::NXIO) => i.max(l.block_at_cipher(len)),
         _ => i,
     }
 }

@@ -45,6 +45,11 @@ impl Layout {
         HEADER_LEN as u64 + block * self.cipher_block_size()
     }
 
+    /// The block whose stored bytes hold cipher offset `off` (block 0 for the header's bytes).
+    pub fn block_at_cipher(&self, off: u64) -> u64 {
+        off.saturating_sub(HEADER_LEN as u64) / self.cipher_block_size()
+    }
+
     /// Plaintext length of block `i` in a file of size `size`, `None` past the final block.
     pub fn block_len(&self, block: u64, size: u64) -> Option<u64> {
         let fin = self.final_block(size);

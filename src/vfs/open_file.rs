@@ -1,6 +1,6 @@
 //! The content of one open regular file: plaintext reads, read-modify-write of partial blocks,
-//! extension (holes are stored as encrypted zeros, so a zeroed block is always detected), and
-//! truncation. One `OpenFile` per inode, shared by all its handles; the lock makes a writer
+//! extension (encrypted zeros, or in a sparse file holes that the next written block counts, so
+//! a zeroed block is always detected: `holes`), and truncation. One `OpenFile` per inode, shared by all its handles; the lock makes a writer
 //! exclusive, so concurrent writers never interleave inside a block.
 
 use std::cell::Cell;

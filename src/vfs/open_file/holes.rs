@@ -40,8 +40,8 @@ impl OpenFile {
     }
 
     /// The first written block at or after `from` (at most the final block, which is always
-    /// written) and the number of holes right before it, once it authenticates. Unallocated backing ranges are skipped
-    /// with `SEEK_DATA` where the backing file system has it.
+    /// written) and the number of holes right before it, once it authenticates. Unallocated
+    /// backing ranges are skipped with `SEEK_DATA` where the backing file system has it.
     fn next_written(&self, st: &FileState, from: u64) -> Result<(u64, u32)> {
         let l = self.layout;
         let fin = l.final_block(st.size);
@@ -50,8 +50,7 @@ impl OpenFile {
             let off = l.cipher_offset(i);
             match rustix::fs::seek(&st.file, rustix::fs::SeekFrom::Data(off)) {
                 Ok(d) if d > off => {
-                    let m = (d - crate::format::header::HEADER_LEN as u64) / l.cipher_block_size();
-                    i = i.max(m);
+                    i = i.max(l.block_at_cipher(d));
                     if i > fin {
                         break;
                     }
@@ -261,9 +260,7 @@ impl OpenFile {
                 else {
                     break;
                 };
-                let hb = h.saturating_sub(crate::format::header::HEADER_LEN as u64)
-                    / l.cipher_block_size();
-                i = i.max(hb);
+                i = i.max(l.block_at_cipher(h));
                 // The holes from there on, as one run of blocks.
                 let mut j = i;
                 while j <= last && j < l.final_block(st.size) && is_hole(&self.nonce_at(&st, j)?) {
