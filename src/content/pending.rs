@@ -162,7 +162,7 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
             let last = !full && cipher.decrypt_block(i, true, &buf[..n], p).is_ok();
             if full || last {
                 if let Some(s) = run.take()
-                    && i - u64::from(super::block_gap(&buf[..n])) > s
+                    && !counts_back_to(i, &buf[..n], s)
                 {
                     // Zeroed blocks, not holes: the file ends before them.
                     break Some(s);
@@ -189,7 +189,25 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
             // The holes before the new final block: the blocks before it are written (they
             // authenticated above), except before the first block the write touched, whose
             // count the marker holds.
-            let gap = if k == first { gap } else { 0 };
+            let mut gap = if k == first {
+                gap.min(u32::try_from(k).unwrap_or(u32::MAX))
+            } else {
+                0
+            };
+            // The marker is not authenticated: its count is used only where the blocks it
+            // would vouch for are holes now, else only the holes right before `k` count.
+            if gap > 0 && !all_zero_nonces(file, l, k.saturating_sub(u64::from(gap)), k, len)? {
+                let mut n = 0u32;
+                let mut nonce = [0u8; crate::format::block::BLOCK_NONCE_LEN];
+                while n < gap {
+                    file.read_exact_at(&mut nonce, l.cipher_offset(k - 1 - u64::from(n)))?;
+                    if !super::is_hole(&nonce) {
+                        break;
+                    }
+                    n += 1;
+                }
+                gap = n;
+            }
             if k > 0 && k == first && gap == 0 {
                 // The block before the rewritten range was not touched: it must still be whole.
                 let off = l.cipher_offset(k - 1);
@@ -219,6 +237,31 @@ pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<O
         "recovered an interrupted write: cipher length {len} -> {new_len} (blocks from {first} rescanned)"
     );
     Ok((new_len != len || end.is_some()).then_some(new_len))
+}
+
+/// Whether written block `i` (its stored bytes `block`) counts the holes back to block `s`.
+fn counts_back_to(i: u64, block: &[u8], s: u64) -> bool {
+    i.checked_sub(u64::from(super::block_gap(block)))
+        .is_some_and(|start| start <= s)
+}
+
+/// Whether blocks `from..to` all have all-zero nonces (holes, or zeroed), passing unallocated
+/// ranges with `SEEK_DATA`.
+fn all_zero_nonces(file: &File, l: Layout, from: u64, to: u64, len: u64) -> std::io::Result<bool> {
+    let mut i = from;
+    let mut nonce = [0u8; crate::format::block::BLOCK_NONCE_LEN];
+    while i < to {
+        i = skip_unallocated(file, l, i, len);
+        if i >= to || l.cipher_offset(i) >= len {
+            break;
+        }
+        file.read_exact_at(&mut nonce, l.cipher_offset(i))?;
+        if !super::is_hole(&nonce) {
+            return Ok(false);
+        }
+        i += 1;
+    }
+    Ok(true)
 }
 
 /// The first block at or after `i` that the backing file system may hold data for (`SEEK_DATA`;
@@ -271,7 +314,7 @@ fn written(
             return Ok(false);
         }
         if let Some(s) = run.take()
-            && i - u64::from(super::block_gap(c)) > s
+            && !counts_back_to(i, c, s)
         {
             return Ok(false);
         }

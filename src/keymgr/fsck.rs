@@ -637,7 +637,8 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
                 return Ok(());
             }
             if let Some(s) = run.take()
-                && i - u64::from(crate::content::block_gap(blk)) > s
+                && i.checked_sub(u64::from(crate::content::block_gap(blk)))
+                    .is_none_or(|start| start > s)
             {
                 let detail = format!(
                     "block {s} is zeroed (no count of holes in the next written block reaches it)"

@@ -150,6 +150,7 @@ impl Vfs {
                         behind: Default::default(),
                         holes_seen: Default::default(),
                         no_holes: size == 0,
+                        recount: Default::default(),
                     },
                 ));
                 if quiet {
@@ -428,6 +429,7 @@ impl Vfs {
                         behind: Default::default(),
                         holes_seen: Default::default(),
                         no_holes: true,
+                        recount: Default::default(),
                     };
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
                     Ok((node, attr, of, audit))

@@ -341,6 +341,20 @@ fn an_interrupted_extension_with_holes_is_recovered_with_its_holes() {
     assert!(read_all(&v, a) == want, "after recovery");
     drop(v);
     assert_eq!(std::fs::read(&p).expect("cipher file").len(), saved.len());
+    // A marker whose count reaches over written blocks (stale, or set by someone else: it is
+    // not authenticated): only the holes right before the cut count, and block 2 stays
+    // protected.
+    let f = rw();
+    assert!(crate::content::pending::mark(&f, 1, 10, 0, 9));
+    f.set_len(l.cipher_offset(10)).expect("cut");
+    drop(f);
+    let (v, a) = reopen(&dir);
+    assert!(
+        read_all(&v, a) == want,
+        "after recovery with a count too large"
+    );
+    drop(v);
+    assert_zeroing_detected(&dir, &p, &[2]);
     // A marker left on a file whose write had finished: nothing changes, holes included.
     let f = rw();
     assert!(crate::content::pending::mark(&f, 1, 2, 0, 0));
@@ -484,4 +498,41 @@ fn holes_made_through_the_handle_that_created_the_file() {
     assert!(read_all(&v, a) == want);
     drop(v);
     assert_zeroing_detected(&dir, &p, &[2, 50, 99]);
+}
+
+#[test]
+fn writes_into_one_run_through_one_handle_keep_their_counts_exact() {
+    // Block 10, then block 20 of the run 1..=99 on one handle: block 20's count is taken from
+    // the disk, where the run's end still counts from block 1, so it reaches back over block
+    // 10 until the close settles it; after that, zeroing block 10 or 20 is detected.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let (attr, fh) = v
+        .create(1, "a".as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    v.write(fh, 0, b"x").expect("write");
+    let set = SetAttr {
+        size: Some(100 * B + 1),
+        ..Default::default()
+    };
+    v.setattr(attr.ino, Some(fh), &set, None).expect("truncate");
+    v.write(fh, 10 * B + 5, b"ten").expect("write");
+    v.write(fh, 20 * B + 5, b"twenty").expect("write");
+    v.release(fh).expect("release");
+    let p = cipher_path(&v, attr.ino);
+    drop(v);
+    let (v, a) = reopen(&dir);
+    let all = read_all(&v, a);
+    assert_eq!(&all[10 * B as usize + 5..][..3], b"ten");
+    assert_eq!(&all[20 * B as usize + 5..][..6], b"twenty");
+    drop(v);
+    assert_zeroing_detected(&dir, &p, &[10, 20]);
+    // Through fsync, the same.
+    let (v, a) = reopen(&dir);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    v.write(fh, 30 * B, &pattern(B as usize, 1)).expect("write");
+    v.write(fh, 40 * B, &pattern(B as usize, 2)).expect("write");
+    v.fsync(fh, true).expect("fsync");
+    drop(v);
+    assert_zeroing_detected(&dir, &p, &[30, 40]);
 }

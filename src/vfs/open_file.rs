@@ -16,6 +16,7 @@ use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
 
 mod holes;
+pub use holes::Recount;
 
 /// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
@@ -111,6 +112,8 @@ pub struct FileState {
     /// Known to hold no holes (a file created or emptied while open, and not extended with
     /// holes since): a write then reads no count of holes before it.
     pub no_holes: bool,
+    /// Counts of holes to shrink once what was written since the last sync is durable.
+    pub recount: Recount,
 }
 
 impl Drop for FileState {
@@ -152,6 +155,19 @@ pub struct OpenFile {
     /// The modification time the kernel holds while it writes the file from its page cache
     /// (see `kept_mtime`).
     pub kept_mtime: super::kept_mtime::KeptMtime,
+}
+
+impl Drop for OpenFile {
+    /// The last handle is gone: counts of holes that may reach over what was written are
+    /// settled (after a sync), before the marker goes with the state.
+    fn drop(&mut self) {
+        if self.cipher.is_sparse() {
+            let mut st = self.write_state();
+            if st.writable {
+                self.settle_counts(&mut st);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -564,7 +580,6 @@ impl OpenFile {
         // must shrink when the write fills the hole that is its last block.
         let gap = self.gap_before(st, first)?;
         let run_end = self.run_end_after(st, last)?;
-        *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         let base = l.plain_offset(first);
         // Plaintext of blocks first..=last after the write.
         let span_end = new_size.min(l.plain_offset(last + 1));
@@ -635,11 +650,18 @@ impl OpenFile {
             return Err(e.into());
         }
         st.size = new_size;
+        // The holes seen before this write may be blocks of it now.
+        *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        // Counts that may reach over what this write stored: block `k`, whose run lost its
+        // last hole, and the first block when it counts holes (see `holes::Recount`).
         if let Some(k) = run_end {
-            // Filled the hole before the run's end: block `k` now counts only the holes after
-            // `last` (a crash before this leaves it counting more: the file reads the same).
-            self.set_gap(st, k, (k - last - 1) as u32)?;
+            st.recount.check(k);
         }
+        if gap > 0 {
+            st.recount.check(first);
+        }
+        let written_to = if empty_final { new_final } else { last };
+        self.note_written(st, first, written_to);
         Ok(out.len() as u64)
     }
 
@@ -788,6 +810,10 @@ impl OpenFile {
                 old.truncate(keep);
                 let gap = self.gap_before(st, fin)?;
                 *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+                st.recount.cut(fin);
+                if gap > 0 {
+                    st.recount.check(fin);
+                }
                 let mut out = Vec::new();
                 self.cipher.encrypt_blocks(fin, &old, fin, gap, &mut out);
                 let off = l.cipher_offset(fin);
@@ -852,6 +878,8 @@ impl OpenFile {
             st.marked = None;
             crate::content::pending::clear(&st.file);
         }
+        // An immutable cipher file could not have its counts of holes settled later.
+        self.settle_counts(&mut st);
         let r = f();
         if r.is_ok() && st.writable {
             self.set_fd(&read_only);
@@ -873,6 +901,7 @@ impl OpenFile {
         if st.marked.take().is_some() {
             crate::content::pending::clear(&st.file);
         }
+        self.settle_counts(&mut st);
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! with the block. A block whose nonce is all zeros and that no such count reaches is a zeroed
 //! block, and fails like any other damaged block.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 use super::{FileState, OpenFile};
@@ -16,6 +17,85 @@ use crate::vfs::error::{Result, VfsError};
 /// otherwise be written; a shorter gap is written as encrypted zeros, as in files without holes
 /// (a hole of a block or two saves little and makes the next write there dearer).
 pub(super) const MIN_HOLES: u64 = 4;
+
+/// Past this many separate ranges of blocks written since the last sync, the counts are
+/// settled at once (a sync), so that the list stays short.
+const MAX_WRITTEN_RANGES: usize = 256;
+
+/// Counts of holes that may reach back over blocks written since the file was last synced.
+///
+/// A count never shrinks before the blocks it stops counting are on the disk: after a power
+/// loss a block written but not yet stored is zeros again, and a count that no longer reached
+/// it would make it unreadable. So a write computes the counts it stores from the counts on
+/// the disk (which may still reach over blocks written since: a larger count reads the same),
+/// notes here the blocks whose counts may be too large, and [`OpenFile::settle_counts`]
+/// shrinks them once a sync has made the written blocks durable (at fsync and at the last
+/// close). Until then a written block zeroed offline could pass for a hole.
+#[derive(Debug, Default)]
+pub struct Recount {
+    /// Written blocks whose count may reach over `written`.
+    blocks: BTreeSet<u64>,
+    /// Blocks written since the last sync, as sorted, disjoint ranges.
+    written: Vec<Range<u64>>,
+}
+
+impl Recount {
+    fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Block `b`'s count may reach over blocks written since the last sync.
+    pub(super) fn check(&mut self, b: u64) {
+        self.blocks.insert(b);
+    }
+
+    /// Blocks `r` were written.
+    pub(super) fn wrote(&mut self, r: Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let at = self.written.partition_point(|w| w.end < r.start);
+        let mut merged = r;
+        while at < self.written.len() && self.written[at].start <= merged.end {
+            let w = self.written.remove(at);
+            merged = merged.start.min(w.start)..merged.end.max(w.end);
+        }
+        self.written.insert(at, merged);
+    }
+
+    /// Blocks `r` are holes again (punched): nothing there counts or was written.
+    fn unwrote(&mut self, r: Range<u64>) {
+        self.blocks.retain(|b| !r.contains(b));
+        let mut out = Vec::with_capacity(self.written.len() + 1);
+        for w in self.written.drain(..) {
+            if w.end <= r.start || w.start >= r.end {
+                out.push(w);
+                continue;
+            }
+            if w.start < r.start {
+                out.push(w.start..r.start);
+            }
+            if w.end > r.end {
+                out.push(r.end..w.end);
+            }
+        }
+        self.written = out;
+    }
+
+    /// The file ends at block `fin` now (a truncate): nothing beyond it counts.
+    pub(super) fn cut(&mut self, fin: u64) {
+        self.blocks.retain(|b| *b <= fin);
+        self.unwrote(fin + 1..u64::MAX);
+    }
+
+    /// The last block in `lo..b` written since the last sync.
+    fn last_written_in(&self, lo: u64, b: u64) -> Option<u64> {
+        let at = self.written.partition_point(|w| w.start < b);
+        let w = self.written.get(at.checked_sub(1)?)?;
+        let last = w.end.min(b) - 1;
+        (last >= lo).then_some(last)
+    }
+}
 
 impl OpenFile {
     pub(super) fn sparse(&self) -> bool {
@@ -91,7 +171,9 @@ impl OpenFile {
             return Ok(None);
         }
         let (k, gap) = self.next_written(st, j + 1)?;
-        let start = k.saturating_sub(u64::from(gap));
+        let Some(start) = k.checked_sub(u64::from(gap)) else {
+            return Ok(None);
+        };
         if start > j {
             return Ok(None);
         }
@@ -108,7 +190,12 @@ impl OpenFile {
         }
         let n = self.nonce_at(st, i)?;
         if !is_hole(&n) {
-            return Ok(block_gap(&n));
+            let gap = block_gap(&n);
+            if gap > 0 {
+                // Believed only once the block authenticates (the count will be stored again).
+                self.read_blocks(st, i, i, &mut Vec::new())?;
+            }
+            return Ok(gap);
         }
         Ok(match self.hole_run(st, i)? {
             // Fits: a run's length came from a u32 count.
@@ -133,7 +220,13 @@ impl OpenFile {
     /// Re-encrypts written block `k` with `gap` holes before it (its plaintext unchanged). On a
     /// failure the block's old bytes are put back (its space is allocated: that cannot run
     /// out), so it keeps its larger count, which reads the same.
-    pub(super) fn set_gap(&self, st: &FileState, k: u64, gap: u32) -> Result<()> {
+    pub(super) fn set_gap(&self, st: &mut FileState, k: u64, gap: u32) -> Result<()> {
+        self.write_gap(st, k, gap, true)
+    }
+
+    /// [`OpenFile::set_gap`]; `faults`: through the fault-injection points (not for the best
+    /// effort of [`OpenFile::settle_counts`], whose failure changes nothing a caller sees).
+    fn write_gap(&self, st: &mut FileState, k: u64, gap: u32, faults: bool) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let fin = self.layout.final_block(st.size);
         let at = self.layout.cipher_offset(k);
@@ -143,13 +236,68 @@ impl OpenFile {
         st.file.read_exact_at(&mut old, at)?;
         let mut out = Vec::new();
         self.cipher.encrypt_blocks(k, &plain, fin, gap, &mut out);
-        if let Err(e) = crate::fault::write_all_at(&st.file, &out, at) {
+        let r = if faults {
+            crate::fault::write_all_at(&st.file, &out, at)
+        } else {
+            st.file.write_all_at(&out, at)
+        };
+        if let Err(e) = r {
             if st.file.write_all_at(&old, at).is_err() {
                 tracing::error!(file = %self.label(), block = k, "could not restore a block after a failed write");
             }
             return Err(e.into());
         }
+        // The interrupted-write marker holds the count before its block: keep it in step.
+        if st.marked == Some(k) && crate::content::pending::mark(&st.file, self.ino, k, 0, gap) {
+            st.marked_gap = gap;
+        }
         Ok(())
+    }
+
+    /// Shrinks the counts that may reach over blocks written since the last sync (see
+    /// [`Recount`]), after a sync that makes those blocks durable. Best effort: a count left
+    /// larger reads the same.
+    pub(super) fn settle_counts(&self, st: &mut FileState) {
+        if st.recount.is_empty() {
+            st.recount.written.clear();
+            return;
+        }
+        if let Err(e) = st.file.sync_data() {
+            tracing::warn!(file = %self.label(), "counts of holes left as they are: {e}");
+            return;
+        }
+        let mut recount = std::mem::take(&mut st.recount);
+        let fin = self.layout.final_block(st.size);
+        for b in std::mem::take(&mut recount.blocks)
+            .into_iter()
+            .filter(|b| *b <= fin)
+        {
+            let Ok(n) = self.nonce_at(st, b) else {
+                continue;
+            };
+            let Some(lo) = b.checked_sub(u64::from(block_gap(&n))) else {
+                continue;
+            };
+            if is_hole(&n) || lo == b {
+                continue;
+            }
+            if let Some(w) = recount.last_written_in(lo, b)
+                && let Err(e) = self.write_gap(st, b, (b - w - 1) as u32, false)
+            {
+                tracing::warn!(file = %self.label(), block = b, "count of holes left larger: {e}");
+            }
+        }
+    }
+
+    /// Notes blocks `first..=last` as written, settling the counts when the list grows long.
+    pub(super) fn note_written(&self, st: &mut FileState, first: u64, last: u64) {
+        if !self.sparse() {
+            return;
+        }
+        st.recount.wrote(first..last + 1);
+        if st.recount.written.len() > MAX_WRITTEN_RANGES {
+            self.settle_counts(st);
+        }
     }
 
     /// Decrypts blocks `first..` of `cipher` into `out` where some are holes: each block whose
@@ -235,14 +383,21 @@ impl OpenFile {
             return Err(e);
         }
         st.size = target;
+        if before > 0 {
+            st.recount.check(ft);
+        }
+        // Written: the old final block when it was filled up (an empty one is a hole now), and
+        // the new final block.
+        if !aligned {
+            self.note_written(st, f0, f0);
+        }
+        self.note_written(st, ft, ft);
         Ok(true)
     }
 
     /// fallocate(2) mode 0: the file covers `end` (unless `keep_size`), and the holes in
     /// `[off, end)` are written as encrypted zeros, so that writes there later need no new space
     /// (what the call promises).
-    /// Holes are found where the backing file system has unallocated space (holes a copy
-    /// filled with zeros take their space already).
     pub fn allocate(&self, off: u64, end: u64, keep_size: bool) -> Result<()> {
         let mut st = self.write_state();
         if !st.writable {
@@ -250,17 +405,17 @@ impl OpenFile {
         }
         let l = self.layout;
         let stop = end.min(st.size);
-        if self.sparse() && off < stop {
+        if self.sparse() && !st.no_holes && off < stop {
             let (first, last) = (l.block_of(off), l.block_of(stop - 1));
             let mut i = first;
             while i <= last {
-                // The next unallocated backing byte, and the block it lies in.
-                let Ok(h) =
-                    rustix::fs::seek(&st.file, rustix::fs::SeekFrom::Hole(l.cipher_offset(i)))
-                else {
-                    break;
-                };
-                i = i.max(l.block_at_cipher(h));
+                // Every block's nonce is looked at: `SEEK_HOLE` cannot be trusted to find the
+                // holes (a file system with only the generic one says there are none, and
+                // holes a copy filled with zeros are allocated).
+                if !is_hole(&self.nonce_at(&st, i)?) {
+                    i += 1;
+                    continue;
+                }
                 // The holes from there on, as one run of blocks.
                 let mut j = i;
                 while j <= last && j < l.final_block(st.size) && is_hole(&self.nonce_at(&st, j)?) {
@@ -323,14 +478,26 @@ impl OpenFile {
             }
             _ => a,
         };
-        let (k, _) = self.next_written(&st, b)?;
+        let (k, gk) = self.next_written(&st, b)?;
+        // The blocks between `b` and `k` must be holes already (counted by `k`), not damage.
+        if k > b && k.checked_sub(u64::from(gk)).is_none_or(|s| s > b) {
+            return Err(self.integrity(format!(
+                "block {b} is zeroed (no count of holes reaches it)"
+            )));
+        }
         let Ok(gap) = u32::try_from(k - start) else {
             // A run longer than a count holds: encrypted zeros instead.
             return self.zero_locked(&mut st, l.plain_offset(a), l.plain_offset(b));
         };
         *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         st.no_holes = false;
-        self.set_gap(&st, k, gap)?;
+        self.set_gap(&mut st, k, gap)?;
+        st.recount.check(k);
+        // The count on the disk before the blocks go (a power loss in between must not leave
+        // punched blocks that nothing counts).
+        crate::fault::check("fsync")?;
+        st.file.sync_data()?;
+        st.recount.unwrote(a..b);
         crate::fault::check("fallocate")?;
         let (from, len) = (l.cipher_offset(a), l.cipher_offset(b) - l.cipher_offset(a));
         let punched = rustix::fs::fallocate(
