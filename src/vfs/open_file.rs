@@ -161,12 +161,8 @@ impl Drop for OpenFile {
     /// The last handle is gone: counts of holes that may reach over what was written are
     /// settled (after a sync), before the marker goes with the state.
     fn drop(&mut self) {
-        if self.cipher.is_sparse() {
-            let mut st = self.write_state();
-            if st.writable {
-                self.settle_counts(&mut st);
-            }
-        }
+        // Normally done already, at the last release (`Vfs::put_open_file`).
+        self.settle();
     }
 }
 
@@ -680,7 +676,14 @@ impl OpenFile {
     /// write's count (none) would leave that hole without a count that reaches it. The written
     /// block after the run still counts them (its count shrinks only after a write that
     /// succeeded).
-    fn complete_torn(&self, st: &FileState, first: u64, end: u64, final_block: u64, out: &[u8]) {
+    fn complete_torn(
+        &self,
+        st: &mut FileState,
+        first: u64,
+        end: u64,
+        final_block: u64,
+        out: &[u8],
+    ) {
         let l = self.layout;
         let cbs = l.cipher_block_size() as usize;
         let mut buf = vec![0u8; cbs];
@@ -713,6 +716,10 @@ impl OpenFile {
                 });
             if !done {
                 left.push(i);
+            }
+            if stuck {
+                // A hole again, or damaged: no longer a written block whose count settles.
+                st.recount.unwrote(i..i + 1);
             }
         }
         // One line, not one per block: a daemon in the foreground may log into a pipe.

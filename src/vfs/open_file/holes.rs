@@ -64,7 +64,7 @@ impl Recount {
     }
 
     /// Blocks `r` are holes again (punched): nothing there counts or was written.
-    fn unwrote(&mut self, r: Range<u64>) {
+    pub(super) fn unwrote(&mut self, r: Range<u64>) {
         self.blocks.retain(|b| !r.contains(b));
         let mut out = Vec::with_capacity(self.written.len() + 1);
         for w in self.written.drain(..) {
@@ -268,6 +268,11 @@ impl OpenFile {
         }
         let mut recount = std::mem::take(&mut st.recount);
         let fin = self.layout.final_block(st.size);
+        // Rewriting counts changes no content: the file keeps its modification time.
+        let mtime = rustix::fs::fstat(&st.file)
+            .ok()
+            .map(|s| crate::vfs::kept_mtime::mtime_of(&s));
+        let mut rewrote = false;
         for b in std::mem::take(&mut recount.blocks)
             .into_iter()
             .filter(|b| *b <= fin)
@@ -281,10 +286,33 @@ impl OpenFile {
             if is_hole(&n) || lo == b {
                 continue;
             }
-            if let Some(w) = recount.last_written_in(lo, b)
-                && let Err(e) = self.write_gap(st, b, (b - w - 1) as u32, false)
-            {
-                tracing::warn!(file = %self.label(), block = b, "count of holes left larger: {e}");
+            if let Some(w) = recount.last_written_in(lo, b) {
+                match self.write_gap(st, b, (b - w - 1) as u32, false) {
+                    Ok(()) => rewrote = true,
+                    Err(e) => {
+                        tracing::warn!(file = %self.label(), block = b, "count of holes left larger: {e}")
+                    }
+                }
+            }
+        }
+        if let (true, Some(at)) = (rewrote, mtime) {
+            let ts = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: at,
+            };
+            let _ = rustix::fs::futimens(&st.file, &ts);
+        }
+    }
+
+    /// [`OpenFile::settle_counts`] for the last close of a file open for writing.
+    pub fn settle(&self) {
+        if self.sparse() {
+            let mut st = self.write_state();
+            if st.writable {
+                self.settle_counts(&mut st);
             }
         }
     }
@@ -388,7 +416,9 @@ impl OpenFile {
         }
         // Written: the old final block when it was filled up (an empty one is a hole now), and
         // the new final block.
-        if !aligned {
+        if aligned {
+            st.recount.unwrote(f0..f0 + 1);
+        } else {
             self.note_written(st, f0, f0);
         }
         self.note_written(st, ft, ft);
