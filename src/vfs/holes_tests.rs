@@ -502,9 +502,9 @@ fn holes_made_through_the_handle_that_created_the_file() {
 
 #[test]
 fn writes_into_one_run_through_one_handle_keep_their_counts_exact() {
-    // Block 10, then block 20 of the run 1..=99 on one handle: block 20's count is taken from
-    // the disk, where the run's end still counts from block 1, so it reaches back over block
-    // 10 until the close settles it; after that, zeroing block 10 or 20 is detected.
+    // Block 10, then block 20 of the run 1..=99 on one handle: block 20's count must start
+    // after block 10 (a cached run from before the first write reached back to block 1), so
+    // zeroing block 10 or 20 is detected.
     let (_t, dir) = new_volume_with(true);
     let v = open(&dir);
     let (attr, fh) = v

@@ -16,7 +16,6 @@ use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
 
 mod holes;
-pub use holes::Recount;
 
 /// Zero-filling (holes, truncate up) proceeds in chunks of this many plaintext bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
@@ -112,8 +111,6 @@ pub struct FileState {
     /// Known to hold no holes (a file created or emptied while open, and not extended with
     /// holes since): a write then reads no count of holes before it.
     pub no_holes: bool,
-    /// Counts of holes to shrink once what was written since the last sync is durable.
-    pub recount: Recount,
 }
 
 impl Drop for FileState {
@@ -155,15 +152,6 @@ pub struct OpenFile {
     /// The modification time the kernel holds while it writes the file from its page cache
     /// (see `kept_mtime`).
     pub kept_mtime: super::kept_mtime::KeptMtime,
-}
-
-impl Drop for OpenFile {
-    /// The last handle is gone: counts of holes that may reach over what was written are
-    /// settled (after a sync), before the marker goes with the state.
-    fn drop(&mut self) {
-        // Normally done already, at the last release (`Vfs::put_open_file`).
-        self.settle();
-    }
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -648,16 +636,12 @@ impl OpenFile {
         st.size = new_size;
         // The holes seen before this write may be blocks of it now.
         *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
-        // Counts that may reach over what this write stored: block `k`, whose run lost its
-        // last hole, and the first block when it counts holes (see `holes::Recount`).
         if let Some(k) = run_end {
-            st.recount.check(k);
+            // Filled the hole before the run's end: block `k` now counts only the holes after
+            // `last` (a crash before this leaves it counting more: the file reads the same; a
+            // power loss that keeps this and loses the write is not covered, see FORMAT §4a).
+            self.set_gap(st, k, (k - last - 1) as u32)?;
         }
-        if gap > 0 {
-            st.recount.check(first);
-        }
-        let written_to = if empty_final { new_final } else { last };
-        self.note_written(st, first, written_to);
         Ok(out.len() as u64)
     }
 
@@ -716,10 +700,6 @@ impl OpenFile {
                 });
             if !done {
                 left.push(i);
-            }
-            if stuck {
-                // A hole again, or damaged: no longer a written block whose count settles.
-                st.recount.unwrote(i..i + 1);
             }
         }
         // One line, not one per block: a daemon in the foreground may log into a pipe.
@@ -817,10 +797,6 @@ impl OpenFile {
                 old.truncate(keep);
                 let gap = self.gap_before(st, fin)?;
                 *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
-                st.recount.cut(fin);
-                if gap > 0 {
-                    st.recount.check(fin);
-                }
                 let mut out = Vec::new();
                 self.cipher.encrypt_blocks(fin, &old, fin, gap, &mut out);
                 let off = l.cipher_offset(fin);
@@ -885,8 +861,6 @@ impl OpenFile {
             st.marked = None;
             crate::content::pending::clear(&st.file);
         }
-        // An immutable cipher file could not have its counts of holes settled later.
-        self.settle_counts(&mut st);
         let r = f();
         if r.is_ok() && st.writable {
             self.set_fd(&read_only);
@@ -908,7 +882,6 @@ impl OpenFile {
         if st.marked.take().is_some() {
             crate::content::pending::clear(&st.file);
         }
-        self.settle_counts(&mut st);
         Ok(())
     }
 }

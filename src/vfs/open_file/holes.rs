@@ -5,7 +5,6 @@
 //! with the block. A block whose nonce is all zeros and that no such count reaches is a zeroed
 //! block, and fails like any other damaged block.
 
-use std::collections::BTreeSet;
 use std::ops::Range;
 
 use super::{FileState, OpenFile};
@@ -17,85 +16,6 @@ use crate::vfs::error::{Result, VfsError};
 /// otherwise be written; a shorter gap is written as encrypted zeros, as in files without holes
 /// (a hole of a block or two saves little and makes the next write there dearer).
 pub(super) const MIN_HOLES: u64 = 4;
-
-/// Past this many separate ranges of blocks written since the last sync, the counts are
-/// settled at once (a sync), so that the list stays short.
-const MAX_WRITTEN_RANGES: usize = 256;
-
-/// Counts of holes that may reach back over blocks written since the file was last synced.
-///
-/// A count never shrinks before the blocks it stops counting are on the disk: after a power
-/// loss a block written but not yet stored is zeros again, and a count that no longer reached
-/// it would make it unreadable. So a write computes the counts it stores from the counts on
-/// the disk (which may still reach over blocks written since: a larger count reads the same),
-/// notes here the blocks whose counts may be too large, and [`OpenFile::settle_counts`]
-/// shrinks them once a sync has made the written blocks durable (at fsync and at the last
-/// close). Until then a written block zeroed offline could pass for a hole.
-#[derive(Debug, Default)]
-pub struct Recount {
-    /// Written blocks whose count may reach over `written`.
-    blocks: BTreeSet<u64>,
-    /// Blocks written since the last sync, as sorted, disjoint ranges.
-    written: Vec<Range<u64>>,
-}
-
-impl Recount {
-    fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
-    /// Block `b`'s count may reach over blocks written since the last sync.
-    pub(super) fn check(&mut self, b: u64) {
-        self.blocks.insert(b);
-    }
-
-    /// Blocks `r` were written.
-    pub(super) fn wrote(&mut self, r: Range<u64>) {
-        if r.is_empty() {
-            return;
-        }
-        let at = self.written.partition_point(|w| w.end < r.start);
-        let mut merged = r;
-        while at < self.written.len() && self.written[at].start <= merged.end {
-            let w = self.written.remove(at);
-            merged = merged.start.min(w.start)..merged.end.max(w.end);
-        }
-        self.written.insert(at, merged);
-    }
-
-    /// Blocks `r` are holes again (punched): nothing there counts or was written.
-    pub(super) fn unwrote(&mut self, r: Range<u64>) {
-        self.blocks.retain(|b| !r.contains(b));
-        let mut out = Vec::with_capacity(self.written.len() + 1);
-        for w in self.written.drain(..) {
-            if w.end <= r.start || w.start >= r.end {
-                out.push(w);
-                continue;
-            }
-            if w.start < r.start {
-                out.push(w.start..r.start);
-            }
-            if w.end > r.end {
-                out.push(r.end..w.end);
-            }
-        }
-        self.written = out;
-    }
-
-    /// The file ends at block `fin` now (a truncate): nothing beyond it counts.
-    pub(super) fn cut(&mut self, fin: u64) {
-        self.blocks.retain(|b| *b <= fin);
-        self.unwrote(fin + 1..u64::MAX);
-    }
-
-    /// The last block in `lo..b` written since the last sync.
-    fn last_written_in(&self, lo: u64, b: u64) -> Option<u64> {
-        let at = self.written.partition_point(|w| w.start < b);
-        let w = self.written.get(at.checked_sub(1)?)?;
-        let last = w.end.min(b) - 1;
-        (last >= lo).then_some(last)
-    }
-}
 
 impl OpenFile {
     pub(super) fn sparse(&self) -> bool {
@@ -221,12 +141,6 @@ impl OpenFile {
     /// failure the block's old bytes are put back (its space is allocated: that cannot run
     /// out), so it keeps its larger count, which reads the same.
     pub(super) fn set_gap(&self, st: &mut FileState, k: u64, gap: u32) -> Result<()> {
-        self.write_gap(st, k, gap, true)
-    }
-
-    /// [`OpenFile::set_gap`]; `faults`: through the fault-injection points (not for the best
-    /// effort of [`OpenFile::settle_counts`], whose failure changes nothing a caller sees).
-    fn write_gap(&self, st: &mut FileState, k: u64, gap: u32, faults: bool) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let fin = self.layout.final_block(st.size);
         let at = self.layout.cipher_offset(k);
@@ -236,12 +150,7 @@ impl OpenFile {
         st.file.read_exact_at(&mut old, at)?;
         let mut out = Vec::new();
         self.cipher.encrypt_blocks(k, &plain, fin, gap, &mut out);
-        let r = if faults {
-            crate::fault::write_all_at(&st.file, &out, at)
-        } else {
-            st.file.write_all_at(&out, at)
-        };
-        if let Err(e) = r {
+        if let Err(e) = crate::fault::write_all_at(&st.file, &out, at) {
             if st.file.write_all_at(&old, at).is_err() {
                 tracing::error!(file = %self.label(), block = k, "could not restore a block after a failed write");
             }
@@ -252,80 +161,6 @@ impl OpenFile {
             st.marked_gap = gap;
         }
         Ok(())
-    }
-
-    /// Shrinks the counts that may reach over blocks written since the last sync (see
-    /// [`Recount`]), after a sync that makes those blocks durable. Best effort: a count left
-    /// larger reads the same.
-    pub(super) fn settle_counts(&self, st: &mut FileState) {
-        if st.recount.is_empty() {
-            st.recount.written.clear();
-            return;
-        }
-        if let Err(e) = st.file.sync_data() {
-            tracing::warn!(file = %self.label(), "counts of holes left as they are: {e}");
-            return;
-        }
-        let mut recount = std::mem::take(&mut st.recount);
-        let fin = self.layout.final_block(st.size);
-        // Rewriting counts changes no content: the file keeps its modification time.
-        let mtime = rustix::fs::fstat(&st.file)
-            .ok()
-            .map(|s| crate::vfs::kept_mtime::mtime_of(&s));
-        let mut rewrote = false;
-        for b in std::mem::take(&mut recount.blocks)
-            .into_iter()
-            .filter(|b| *b <= fin)
-        {
-            let Ok(n) = self.nonce_at(st, b) else {
-                continue;
-            };
-            let Some(lo) = b.checked_sub(u64::from(block_gap(&n))) else {
-                continue;
-            };
-            if is_hole(&n) || lo == b {
-                continue;
-            }
-            if let Some(w) = recount.last_written_in(lo, b) {
-                match self.write_gap(st, b, (b - w - 1) as u32, false) {
-                    Ok(()) => rewrote = true,
-                    Err(e) => {
-                        tracing::warn!(file = %self.label(), block = b, "count of holes left larger: {e}")
-                    }
-                }
-            }
-        }
-        if let (true, Some(at)) = (rewrote, mtime) {
-            let ts = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: rustix::fs::UTIME_OMIT,
-                },
-                last_modification: at,
-            };
-            let _ = rustix::fs::futimens(&st.file, &ts);
-        }
-    }
-
-    /// [`OpenFile::settle_counts`] for the last close of a file open for writing.
-    pub fn settle(&self) {
-        if self.sparse() {
-            let mut st = self.write_state();
-            if st.writable {
-                self.settle_counts(&mut st);
-            }
-        }
-    }
-
-    /// Notes blocks `first..=last` as written, settling the counts when the list grows long.
-    pub(super) fn note_written(&self, st: &mut FileState, first: u64, last: u64) {
-        if !self.sparse() {
-            return;
-        }
-        st.recount.wrote(first..last + 1);
-        if st.recount.written.len() > MAX_WRITTEN_RANGES {
-            self.settle_counts(st);
-        }
     }
 
     /// Decrypts blocks `first..` of `cipher` into `out` where some are holes: each block whose
@@ -411,17 +246,6 @@ impl OpenFile {
             return Err(e);
         }
         st.size = target;
-        if before > 0 {
-            st.recount.check(ft);
-        }
-        // Written: the old final block when it was filled up (an empty one is a hole now), and
-        // the new final block.
-        if aligned {
-            st.recount.unwrote(f0..f0 + 1);
-        } else {
-            self.note_written(st, f0, f0);
-        }
-        self.note_written(st, ft, ft);
         Ok(true)
     }
 
@@ -522,12 +346,10 @@ impl OpenFile {
         *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         st.no_holes = false;
         self.set_gap(&mut st, k, gap)?;
-        st.recount.check(k);
         // The count on the disk before the blocks go (a power loss in between must not leave
         // punched blocks that nothing counts).
         crate::fault::check("fsync")?;
         st.file.sync_data()?;
-        st.recount.unwrote(a..b);
         crate::fault::check("fallocate")?;
         let (from, len) = (l.cipher_offset(a), l.cipher_offset(b) - l.cipher_offset(a));
         let punched = rustix::fs::fallocate(
