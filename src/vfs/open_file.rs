@@ -547,23 +547,28 @@ impl OpenFile {
         let first = l.block_of(off);
         let last = l.block_of(end - 1);
         let new_final = l.final_block(new_size);
+        // In a sparse file: the holes before the first block, and the written block whose count
+        // must shrink when the write fills the hole that is its last block.
+        let gap = self.gap_before(st, first)?;
+        let run_end = self.run_end_after(st, last)?;
         // The old final block's plaintext (and its count of holes before it), to restore it if
-        // an extending write fails.
+        // an extending write fails. An append starts in that block: its count is `gap`.
         let old_tail = if new_size > st.size {
             let fin = l.final_block(st.size);
             let mut t = Vec::new();
             if st.size.is_multiple_of(bs) || self.read_blocks(st, fin, fin, &mut t).is_ok() {
-                Some((t, self.gap_before(st, fin)?))
+                let g = if fin == first {
+                    gap
+                } else {
+                    self.gap_before(st, fin)?
+                };
+                Some((t, g))
             } else {
                 None
             }
         } else {
             None
         };
-        // In a sparse file: the holes before the first block, and the written block whose count
-        // must shrink when the write fills the hole that is its last block.
-        let gap = self.gap_before(st, first)?;
-        let run_end = self.run_end_after(st, last)?;
         let base = l.plain_offset(first);
         // Plaintext of blocks first..=last after the write.
         let span_end = new_size.min(l.plain_offset(last + 1));
@@ -660,14 +665,7 @@ impl OpenFile {
     /// write's count (none) would leave that hole without a count that reaches it. The written
     /// block after the run still counts them (its count shrinks only after a write that
     /// succeeded).
-    fn complete_torn(
-        &self,
-        st: &mut FileState,
-        first: u64,
-        end: u64,
-        final_block: u64,
-        out: &[u8],
-    ) {
+    fn complete_torn(&self, st: &FileState, first: u64, end: u64, final_block: u64, out: &[u8]) {
         let l = self.layout;
         let cbs = l.cipher_block_size() as usize;
         let mut buf = vec![0u8; cbs];
