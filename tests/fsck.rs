@@ -507,3 +507,82 @@ fn an_empty_directory_without_its_id_gets_a_new_one_from_repair() {
     m.unmount();
     v.assert_fsck_clean("after the repair");
 }
+
+const PENDING_XATTR: &str = "user.kmsfs-pending";
+
+/// A copy of the corpus whose 10,000-byte file lost its final block (a torn extension) and
+/// carries `marker` as its interrupted-write marker; returns the copy and the cipher file.
+fn torn_with_marker(v: &Volume, name: &str, marker: &[u8]) -> (PathBuf, PathBuf) {
+    let d = copy(v, name);
+    let f = by_size(&d, cipher_size(10_000));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(104 + 2 * (4096 + 28))
+        .unwrap();
+    rustix::fs::setxattr(&f, PENDING_XATTR, marker, rustix::fs::XattrFlags::empty()).unwrap();
+    (d, f)
+}
+
+#[test]
+fn interrupted_write_markers_are_acted_on_only_when_they_authenticate() {
+    let v = corpus_source();
+    // A marker as kmsfs before 2026-12-06 wrote it (no tag): "blocks from 1 on were being
+    // rewritten". Reported; only --repair trusts it, and ends the file after block 1.
+    let mut legacy = [0u8; 24];
+    legacy[..8].copy_from_slice(&1u64.to_le_bytes());
+    let (d, f) = torn_with_marker(&v, "legacy-marker", &legacy);
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!(
+        (code, kinds(&r)),
+        (23, vec!["interrupted-write".to_string()]),
+        "{r}"
+    );
+    assert!(
+        r["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not authenticated"),
+        "{r}"
+    );
+    let (code, r) = fsck(&v, &d, &["--repair"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["problems"][0]["repaired"], true, "{r}");
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), cipher_size(8192));
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (0, vec![]), "{r}");
+
+    // The same fields with a tag that is not the file key's: tampered. Reported, and the file
+    // is checked as it is (its length ends on a block boundary); --repair removes the marker only.
+    let mut forged = [0u8; 40];
+    forged[..24].copy_from_slice(&legacy);
+    let (d, f) = torn_with_marker(&v, "forged-marker", &forged);
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!(
+        (code, kinds(&r)),
+        (
+            23,
+            vec!["interrupted-write".to_string(), "size".to_string()]
+        ),
+        "{r}"
+    );
+    assert!(
+        r["problems"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not authenticate"),
+        "{r}"
+    );
+    let (code, r) = fsck(&v, &d, &["--repair"]);
+    assert_eq!(code, 23, "{r}");
+    assert_eq!(r["problems"][0]["repaired"], true, "{r}");
+    assert_eq!(r["problems"][1]["repaired"], false, "{r}");
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().len(),
+        104 + 2 * (4096 + 28),
+        "not cut"
+    );
+    let (code, r) = fsck(&v, &d, &[]);
+    assert_eq!((code, kinds(&r)), (23, vec!["size".to_string()]), "{r}");
+}

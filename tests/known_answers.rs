@@ -24,7 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use kmsfs::content::FileCipher;
 use kmsfs::crypto::{Aead, KdfParams, Key256, Passphrase, argon2id, hex, hkdf_subkey, sha256};
-use kmsfs::format::block::{BLOCK_AAD_LEN, BLOCK_OVERHEAD, block_aad};
+use kmsfs::format::block::{BLOCK_AAD_LEN, BLOCK_OVERHEAD, block_aad, marker_aad};
 use kmsfs::format::context::EncryptionContext;
 use kmsfs::format::header::{FileHeader, HEADER_LEN, WRAP_LEN};
 use kmsfs::format::keystore::{Envelope, SlotKind};
@@ -190,6 +190,7 @@ fn check_vector(v: &mut Vector) {
         "hkdf" => check_hkdf(v),
         "argon2id" => check_argon2id(v),
         "key-store" => check_key_store(v),
+        "interrupted-write-marker" => check_marker(v),
         k => panic!("{}: unknown kind {k}", v.file),
     }
 }
@@ -254,6 +255,55 @@ fn check_content_block(v: &mut Vector) {
                 .decrypt_block(ob, of, &orig, &mut o)
                 .unwrap_or_else(|e| panic!("{}: original: {e}", v.file));
             assert_eq!(o, plaintext);
+        }
+        e => panic!("{}: bad expect {e}", v.file),
+    }
+}
+
+/// Interrupted-write marker (FORMAT §1): `first ‖ target ‖ holes` (u64 LE each) ‖ the
+/// AES-256-GCM-SIV tag under the DEK, nonce `kmsfs-marker`, no plaintext, aad = `kmsfs
+/// interrupted-write marker v1` ‖ file id ‖ those 24 bytes.
+fn check_marker(v: &mut Vector) {
+    let expect = v.str("expect");
+    let dek = v.key("dek");
+    let file_id = FileId(v.arr("file-id"));
+    let first: u64 = v.num("first");
+    let target: u64 = v.num("target");
+    let holes: u64 = v.num("holes");
+    let aad = v.hex("aad");
+    let marker = v.hex("marker");
+    let fc = FileCipher::new(&dek, file_id, 4096);
+    let mut fields = [0u8; 24];
+    fields[..8].copy_from_slice(&first.to_le_bytes());
+    fields[8..16].copy_from_slice(&target.to_le_bytes());
+    fields[16..].copy_from_slice(&holes.to_le_bytes());
+    let mut doc_aad = b"kmsfs interrupted-write marker v1".to_vec();
+    doc_aad.extend_from_slice(&file_id.0);
+    doc_aad.extend_from_slice(&fields);
+    assert_eq!(doc_aad, aad, "{}", v.file);
+    assert_eq!(&marker_aad(&file_id, &fields)[..], &aad[..], "{}", v.file);
+    assert_eq!(marker.len(), 40, "{}", v.file);
+    let authentic = marker[..24] == fields && fc.marker_authentic(&fields, &marker[24..]);
+    match expect.as_str() {
+        "ok" => {
+            assert!(authentic, "{}", v.file);
+            assert_eq!(fc.marker_tag(&fields)[..], marker[24..], "{}", v.file);
+            // The bare AEAD: a seal of nothing is `nonce ‖ tag`.
+            let bare = Aead::new(&dek).seal_with_nonce(b"kmsfs-marker", &aad, b"");
+            assert_eq!(bare[12..], marker[24..], "{}", v.file);
+        }
+        "auth-failure" => {
+            let stored: [u8; 24] = marker[..24].try_into().unwrap();
+            assert!(
+                !fc.marker_authentic(&stored, &marker[24..]),
+                "{}: tampered marker accepted",
+                v.file
+            );
+            assert!(
+                fc.marker_authentic(&fields, &fc.marker_tag(&fields)),
+                "{}: the original fields authenticate",
+                v.file
+            );
         }
         e => panic!("{}: bad expect {e}", v.file),
     }
@@ -823,6 +873,8 @@ const REQUIRED: &[&str] = &[
     "key-store-flip-key-count",
     "key-store-flip-body",
     "key-store-flip-body-tag",
+    "interrupted-write-marker",
+    "interrupted-write-marker-flip",
 ];
 
 #[test]
@@ -908,6 +960,46 @@ fn regenerate_vectors() {
     gen_xattr_pack();
     gen_kdf();
     gen_key_store();
+    gen_marker();
+}
+
+fn gen_marker() {
+    let dek_b: [u8; 32] = pattern(0x00);
+    let dek = Key256::from_bytes(dek_b);
+    let fid = FileId(pattern(0xa0));
+    let fc = FileCipher::new(&dek, fid, 4096);
+    let (first, target, holes) = (3u64, 0u64, 5u64);
+    let mut fields = [0u8; 24];
+    fields[..8].copy_from_slice(&first.to_le_bytes());
+    fields[8..16].copy_from_slice(&target.to_le_bytes());
+    fields[16..].copy_from_slice(&holes.to_le_bytes());
+    let mut marker = fields.to_vec();
+    marker.extend_from_slice(&fc.marker_tag(&fields));
+    let write = |case: &str, expect: &str, comment: &str, m: &[u8]| {
+        let mut w = Writer::new(case, "interrupted-write-marker", expect, comment);
+        w.h("dek", &dek_b)
+            .h("file-id", &fid.0)
+            .f("first", first)
+            .f("target", target)
+            .f("holes", holes)
+            .h("aad", &marker_aad(&fid, &fields))
+            .h("marker", m);
+        w.write();
+    };
+    write(
+        "interrupted-write-marker",
+        "ok",
+        "blocks from 3 on being rewritten, growing, 5 holes before block 3",
+        &marker,
+    );
+    let mut flipped = marker.clone();
+    flipped[0] ^= 1;
+    write(
+        "interrupted-write-marker-flip",
+        "auth-failure",
+        "the first block changed to 2 without a new tag (a cut one block earlier)",
+        &flipped,
+    );
 }
 
 fn gen_content_blocks() {

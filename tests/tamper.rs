@@ -306,6 +306,48 @@ fn truncation_at_a_block_boundary_is_eio() {
     }
 }
 
+/// An adversary who cuts a file back and adds an interrupted-write marker (so that the mount
+/// would take the cut for a crash and end the file there): the marker must be the file key's.
+/// One of an older kmsfs (no tag) or with a made-up tag is not acted on: the cut is EIO.
+#[test]
+fn truncation_with_a_forged_interrupted_write_marker_is_eio() {
+    let mut legacy = [0u8; 24];
+    legacy[..8].copy_from_slice(&1u64.to_le_bytes());
+    let mut tagged = [0x5au8; 40];
+    tagged[..24].copy_from_slice(&legacy);
+    for marker in [legacy[..].to_vec(), legacy[..16].to_vec(), tagged.to_vec()] {
+        let n = marker.len();
+        let content = pat(7, 3 * 4096 + 500);
+        let (v, inos) = volume_with(&[("f", content.clone())], &[]);
+        let c = by_inode(&v.cipher, inos[0]);
+        OpenOptions::new()
+            .write(true)
+            .open(&c)
+            .unwrap()
+            .set_len(block_at(2))
+            .unwrap();
+        rustix::fs::setxattr(
+            &c,
+            "user.kmsfs-pending",
+            &marker,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let err = mounted(&v, move |mnt| {
+            let r = File::open(mnt.join("f")).and_then(|mut f| {
+                let mut b = Vec::new();
+                f.read_to_end(&mut b).map(|_| b)
+            });
+            assert_eq!(errno(r), Err(libc::EIO), "{n} bytes");
+        });
+        assert!(
+            err.contains("interrupted-write marker") && err.contains("integrity failure"),
+            "{n} bytes: not logged\n{err}"
+        );
+        assert_eq!(fs::metadata(&c).unwrap().len(), block_at(2), "cut further");
+    }
+}
+
 #[test]
 fn header_copied_onto_another_file_is_eio() {
     let (a, b) = (pat(8, 10_000), pat(9, 10_000));

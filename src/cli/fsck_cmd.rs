@@ -20,7 +20,9 @@ pub struct FsckArgs {
     #[command(flatten)]
     unlock: UnlockArgs,
     /// Repair what is safe to repair: rewrite a damaged primary key store from its backup,
-    /// remove orphan long-name side files, recover interrupted writes, rewrite a directory id
+    /// remove orphan long-name side files, recover interrupted writes (also those marked by a
+    /// kmsfs before 2026-12-06, whose markers carry no tag), remove interrupted-write markers
+    /// that do not authenticate, rewrite a directory id
     /// file or its xattr copy from the other, add the copy to directories of older volumes,
     /// write a missing POSIX ACL mark (.kmsfs/acls) and remove one when no ACL is left.
     #[arg(long)]

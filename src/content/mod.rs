@@ -5,7 +5,10 @@ pub mod pending;
 
 use crate::crypto::{Aead, Key256, random_bytes};
 use crate::format::FileId;
-use crate::format::block::{BLOCK_NONCE_LEN, BLOCK_OVERHEAD, BLOCK_TAG_LEN, block_aad};
+use crate::format::block::{
+    BLOCK_NONCE_LEN, BLOCK_OVERHEAD, BLOCK_TAG_LEN, MARKER_FIELDS_LEN, MARKER_NONCE, block_aad,
+    marker_aad,
+};
 
 /// A block failed authentication (modified, moved, swapped, zeroed, truncated) or is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +127,28 @@ impl FileCipher {
                 tag,
             )
             .map_err(|_| err)
+    }
+
+    /// The tag of an interrupted-write marker's fields (see `pending`): only a holder of the
+    /// file's DEK can make a marker that recovery will act on.
+    pub fn marker_tag(&self, fields: &[u8; MARKER_FIELDS_LEN]) -> [u8; BLOCK_TAG_LEN] {
+        self.aead
+            .seal_in_place(MARKER_NONCE, &marker_aad(&self.file_id, fields), &mut [])
+    }
+
+    /// Whether `tag` is the tag of `fields` (compared in constant time by the AEAD).
+    pub fn marker_authentic(&self, fields: &[u8; MARKER_FIELDS_LEN], tag: &[u8]) -> bool {
+        let Ok(tag) = <&[u8; BLOCK_TAG_LEN]>::try_from(tag) else {
+            return false;
+        };
+        self.aead
+            .open_in_place(
+                MARKER_NONCE,
+                &marker_aad(&self.file_id, fields),
+                &mut [],
+                tag,
+            )
+            .is_ok()
     }
 
     /// The length of the ciphertext of `plain_len` bytes of consecutive blocks (block-aligned:

@@ -22,13 +22,37 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::FileCipher;
-use crate::format::block::BLOCK_OVERHEAD;
+use crate::format::block::{BLOCK_OVERHEAD, BLOCK_TAG_LEN, MARKER_FIELDS_LEN};
 use crate::format::offsets::Layout;
 
 const PENDING_XATTR: &str = "user.kmsfs-pending";
-/// first block (u64 LE) ‖ target cipher length (u64 LE) ‖ holes before the first block (u64 LE).
-/// Markers of kmsfs before sparse files have the first 16 bytes only (no holes).
-const MARKER_LEN: usize = 24;
+/// first block (u64 LE) ‖ target cipher length (u64 LE) ‖ holes before the first block (u64 LE)
+/// ‖ tag (16 bytes, [`FileCipher::marker_tag`] of the 24 bytes before it).
+const MARKER_LEN: usize = MARKER_FIELDS_LEN + BLOCK_TAG_LEN;
+/// Markers of kmsfs before 2026-12-06 carry no tag: 24 bytes, or 16 before sparse files (no
+/// holes).
+const LEGACY_LENS: [usize; 2] = [16, 24];
+
+/// What an interrupted-write marker records (see [`mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fields {
+    pub first: u64,
+    pub target: u64,
+    pub gap: u64,
+}
+
+/// A cipher file's interrupted-write marker, as [`read_marker`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    Absent,
+    /// Made with this file's key.
+    Authentic(Fields),
+    /// Of a kmsfs before 2026-12-06 (no tag): acted on only when asked to (`fsck --repair`),
+    /// since anyone with write access to the cipher directory can make one.
+    Legacy(Fields),
+    /// A tag that does not authenticate, or a length no kmsfs writes: never acted on.
+    Forged,
+}
 
 /// Changes to one cipher file's extended attributes, by inode number: the marker below and the
 /// user xattrs set through the mount (`vfs::xattr_ops`, which keeps room for the marker) take
@@ -46,14 +70,18 @@ const STAND_IN: &str = "user.kmsfs-reserve";
 
 /// Records that blocks from `first` on are being rewritten so that the cipher file will be
 /// `target` bytes long (0: growing, no fixed target), with `gap` holes before block `first`;
-/// `ino` is the file's inode number (for [`xattr_lock`]). Whether it is recorded: `false` only when the file system refused it (the
+/// `ino` is the file's inode number (for [`xattr_lock`]). The record is tagged with the file's
+/// key (`cipher`). Whether it is recorded: `false` only when the file system refused it (the
 /// caller tries again at its next write); a backing file system without user xattrs gets no
 /// marker (and no recovery), which counts as recorded.
-pub fn mark(file: &File, ino: u64, first: u64, target: u64, gap: u32) -> bool {
+pub fn mark(file: &File, ino: u64, cipher: &FileCipher, first: u64, target: u64, gap: u32) -> bool {
+    let mut fields = [0u8; MARKER_FIELDS_LEN];
+    fields[..8].copy_from_slice(&first.to_le_bytes());
+    fields[8..16].copy_from_slice(&target.to_le_bytes());
+    fields[16..].copy_from_slice(&u64::from(gap).to_le_bytes());
     let mut v = [0u8; MARKER_LEN];
-    v[..8].copy_from_slice(&first.to_le_bytes());
-    v[8..16].copy_from_slice(&target.to_le_bytes());
-    v[16..].copy_from_slice(&u64::from(gap).to_le_bytes());
+    v[..MARKER_FIELDS_LEN].copy_from_slice(&fields);
+    v[MARKER_FIELDS_LEN..].copy_from_slice(&cipher.marker_tag(&fields));
     let _g = xattr_lock(ino);
     let set = || rustix::fs::fsetxattr(file, PENDING_XATTR, &v, rustix::fs::XattrFlags::empty());
     let r = match set() {
@@ -99,28 +127,79 @@ pub fn clear(file: &File) {
     let _ = rustix::fs::fremovexattr(file, PENDING_XATTR);
 }
 
-/// Whether `file` carries the marker of an interrupted size-changing write.
+/// Whether `file` carries an interrupted-write marker (of any kind: see [`read_marker`]).
 pub fn is_marked(file: &File) -> bool {
     let mut b = [0u8; MARKER_LEN];
-    rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b).is_ok()
+    match rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b) {
+        Ok(_) | Err(rustix::io::Errno::RANGE) => true,
+        Err(_) => false,
+    }
+}
+
+/// Reads and checks `file`'s interrupted-write marker against the file's key.
+pub fn read_marker(file: &File, cipher: &FileCipher) -> std::io::Result<Marker> {
+    let mut b = [0u8; MARKER_LEN];
+    let n = match rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(Marker::Absent),
+        // Longer than any marker.
+        Err(rustix::io::Errno::RANGE) => return Ok(Marker::Forged),
+        Err(e) => return Err(e.into()),
+    };
+    let field = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().unwrap_or_default());
+    let fields = Fields {
+        first: field(0..8),
+        target: field(8..16),
+        gap: if n >= MARKER_FIELDS_LEN {
+            field(16..24)
+        } else {
+            0
+        },
+    };
+    Ok(match n {
+        MARKER_LEN => {
+            let (f, tag) = b.split_at(MARKER_FIELDS_LEN);
+            let f: &[u8; MARKER_FIELDS_LEN] = f.try_into().unwrap_or(&[0; MARKER_FIELDS_LEN]);
+            if cipher.marker_authentic(f, tag) {
+                Marker::Authentic(fields)
+            } else {
+                Marker::Forged
+            }
+        }
+        n if LEGACY_LENS.contains(&n) => Marker::Legacy(fields),
+        _ => Marker::Forged,
+    })
 }
 
 /// Brings a file whose size-changing write was interrupted back to a readable state (see the
-/// module doc); `file` must be open for writing. Returns the new cipher length when it changed
-/// anything. A file without the marker is left alone.
-pub fn recover(file: &File, cipher: &FileCipher, l: Layout) -> std::io::Result<Option<u64>> {
-    let mut b = [0u8; MARKER_LEN];
-    let r = rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b);
-    let field = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().unwrap_or_default());
-    let (first, target, gap) = match r {
-        Ok(16) => (field(0..8), field(8..16), 0),
-        Ok(MARKER_LEN) => (field(0..8), field(8..16), field(16..24)),
-        Ok(_) => {
-            clear(file);
+/// module doc); `file` must be open for writing. Acts on an authentic marker, and on a marker of
+/// an older kmsfs only when `trust_legacy` (an explicit `fsck --repair`); any other marker is
+/// left in place, logged, and the file left as it is (what it holds is still checked block by
+/// block as it is read). Returns the new cipher length when it changed anything. A file without
+/// the marker is left alone.
+pub fn recover(
+    file: &File,
+    cipher: &FileCipher,
+    l: Layout,
+    trust_legacy: bool,
+) -> std::io::Result<Option<u64>> {
+    let Fields { first, target, gap } = match read_marker(file, cipher)? {
+        Marker::Absent => return Ok(None),
+        Marker::Authentic(f) => f,
+        Marker::Legacy(f) if trust_legacy => f,
+        Marker::Legacy(_) => {
+            tracing::warn!(
+                "an interrupted-write marker of a kmsfs before 2026-12-06 is not authenticated: \
+                 not acted on (`kmsfs fsck --repair` recovers the file)"
+            );
             return Ok(None);
         }
-        Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Marker::Forged => {
+            tracing::error!(
+                "integrity failure: an interrupted-write marker does not authenticate: ignored"
+            );
+            return Ok(None);
+        }
     };
     // Only a sparse file has holes (a count that does not fit is no marker kmsfs wrote).
     let gap = if cipher.is_sparse() {
@@ -380,14 +459,14 @@ mod tests {
         let new: Vec<u8> = (0..3 * B + 50).map(|i| i as u8).collect();
         let mut out = Vec::new();
         c.encrypt_blocks(0, &new, 3, 0, &mut out);
-        mark(&f, 1, 0, l.cipher_size(new.len() as u64), 0);
+        mark(&f, 1, &c, 0, l.cipher_size(new.len() as u64), 0);
         let cut = 2 * (B + BLOCK_OVERHEAD) + 700;
         f.write_all_at(&out[..cut], HEADER_LEN as u64).unwrap();
         assert!(
             read_file(&f, &c, l).is_none(),
             "a torn file does not read as is"
         );
-        recover(&f, &c, l).unwrap();
+        recover(&f, &c, l, false).unwrap();
         assert_eq!(read_file(&f, &c, l).unwrap(), new[..2 * B]);
         assert!(!is_marked(&f));
     }
@@ -400,17 +479,17 @@ mod tests {
         // The write finished but the marker was not cleared: nothing changes (with a target,
         // and with target 0 for a series of appends).
         for target in [f.metadata().unwrap().len(), 0] {
-            mark(&f, 1, 0, target, 0);
-            assert_eq!(recover(&f, &c, l).unwrap(), None);
+            mark(&f, 1, &c, 0, target, 0);
+            assert_eq!(recover(&f, &c, l, false).unwrap(), None);
             assert_eq!(read_file(&f, &c, l).unwrap(), data);
         }
         // Truncate to B + 5: the new final block 1 was written, the cut was not made.
         let mut fin = Vec::new();
         c.encrypt_blocks(1, &data[B..B + 5], 1, 0, &mut fin);
-        mark(&f, 1, 1, l.cipher_size((B + 5) as u64), 0);
+        mark(&f, 1, &c, 1, l.cipher_size((B + 5) as u64), 0);
         f.write_all_at(&fin, l.cipher_offset(1)).unwrap();
         assert!(read_file(&f, &c, l).is_none());
-        recover(&f, &c, l).unwrap();
+        recover(&f, &c, l, false).unwrap();
         assert_eq!(read_file(&f, &c, l).unwrap(), data[..B + 5]);
     }
 
@@ -419,7 +498,7 @@ mod tests {
         let (_t, f, c, l) = setup();
         let data = vec![9u8; 3 * B];
         write_file(&f, &c, l, &data);
-        assert_eq!(recover(&f, &c, l).unwrap(), None);
+        assert_eq!(recover(&f, &c, l, false).unwrap(), None);
         assert_eq!(read_file(&f, &c, l).unwrap(), data);
         // Block 1 tampered, then a marker for a write from block 2 that was torn.
         let mut b = [0u8; 1];
@@ -427,8 +506,95 @@ mod tests {
         f.write_all_at(&[b[0] ^ 1], l.cipher_offset(1) + 20)
             .unwrap();
         f.set_len(l.cipher_offset(2) + 10).unwrap();
-        mark(&f, 1, 2, l.cipher_size(data.len() as u64), 0);
-        assert!(recover(&f, &c, l).is_err());
+        mark(&f, 1, &c, 2, l.cipher_size(data.len() as u64), 0);
+        assert!(recover(&f, &c, l, false).is_err());
         assert!(is_marked(&f), "left for fsck and a human to look at");
+    }
+
+    /// A torn extension as in `torn_extension_recovers_to_a_prefix`, without its marker: the
+    /// plaintext it recovers to when a marker is acted on.
+    fn torn(f: &File, c: &FileCipher, l: Layout) -> Vec<u8> {
+        write_file(f, c, l, &[1u8; 100]);
+        let new: Vec<u8> = (0..3 * B + 50).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        c.encrypt_blocks(0, &new, 3, 0, &mut out);
+        f.write_all_at(&out[..2 * (B + BLOCK_OVERHEAD) + 700], HEADER_LEN as u64)
+            .unwrap();
+        new[..2 * B].to_vec()
+    }
+
+    fn raw_marker(f: &File) -> Vec<u8> {
+        let mut b = [0u8; 64];
+        let n = rustix::fs::fgetxattr(f, PENDING_XATTR, &mut b).unwrap();
+        b[..n].to_vec()
+    }
+
+    fn set_raw_marker(f: &File, v: &[u8]) {
+        rustix::fs::fsetxattr(f, PENDING_XATTR, v, rustix::fs::XattrFlags::empty()).unwrap();
+    }
+
+    #[test]
+    fn a_marker_with_any_byte_flipped_is_not_acted_on() {
+        let (_t, f, c, l) = setup();
+        torn(&f, &c, l);
+        mark(&f, 1, &c, 0, 0, 0);
+        let good = raw_marker(&f);
+        assert_eq!(good.len(), MARKER_LEN);
+        assert!(matches!(read_marker(&f, &c).unwrap(), Marker::Authentic(_)));
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x20;
+            set_raw_marker(&f, &bad);
+            assert_eq!(read_marker(&f, &c).unwrap(), Marker::Forged, "byte {i}");
+            let len = f.metadata().unwrap().len();
+            assert_eq!(recover(&f, &c, l, true).unwrap(), None, "byte {i}");
+            assert_eq!(
+                f.metadata().unwrap().len(),
+                len,
+                "byte {i}: the file was cut"
+            );
+            assert!(read_file(&f, &c, l).is_none(), "byte {i}: still torn");
+            assert!(is_marked(&f), "byte {i}: left for fsck to report");
+        }
+    }
+
+    #[test]
+    fn a_marker_made_for_another_file_or_of_another_length_is_forged() {
+        let (_t, f, c, l) = setup();
+        torn(&f, &c, l);
+        // Same key, another file id; another key, same file id.
+        let other_id = FileCipher::new(&Key256::from_bytes([3; 32]), FileId([5; 16]), B as u32);
+        let other_key = FileCipher::new(&Key256::from_bytes([6; 32]), FileId([4; 16]), B as u32);
+        for other in [&other_id, &other_key] {
+            mark(&f, 1, other, 0, 0, 0);
+            assert_eq!(read_marker(&f, &c).unwrap(), Marker::Forged);
+            assert_eq!(recover(&f, &c, l, true).unwrap(), None);
+        }
+        // Lengths no kmsfs writes, up to one longer than the buffer a marker is read into.
+        for n in [0, 8, 17, 23, 25, 39, 41, 64, 200] {
+            set_raw_marker(&f, &vec![0u8; n]);
+            assert_eq!(read_marker(&f, &c).unwrap(), Marker::Forged, "{n} bytes");
+            assert_eq!(recover(&f, &c, l, true).unwrap(), None, "{n} bytes");
+            assert!(is_marked(&f), "{n} bytes");
+        }
+        assert!(read_file(&f, &c, l).is_none(), "still torn");
+    }
+
+    #[test]
+    fn a_marker_of_an_older_kmsfs_is_acted_on_only_when_trusted() {
+        for len in LEGACY_LENS {
+            let (_t, f, c, l) = setup();
+            let want = torn(&f, &c, l);
+            let mut v = vec![0u8; len];
+            v[..8].copy_from_slice(&0u64.to_le_bytes());
+            set_raw_marker(&f, &v);
+            assert!(matches!(read_marker(&f, &c).unwrap(), Marker::Legacy(_)));
+            assert_eq!(recover(&f, &c, l, false).unwrap(), None, "{len} bytes");
+            assert!(read_file(&f, &c, l).is_none(), "{len} bytes: not recovered");
+            assert!(is_marked(&f));
+            assert!(recover(&f, &c, l, true).unwrap().is_some(), "{len} bytes");
+            assert_eq!(read_file(&f, &c, l).unwrap(), want, "{len} bytes");
+            assert!(!is_marked(&f));
+        }
     }
 }

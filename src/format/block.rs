@@ -33,6 +33,25 @@ pub fn block_aad(file: &FileId, block_no: u64, is_final: bool) -> [u8; BLOCK_AAD
     a
 }
 
+/// The interrupted-write marker's tag (`content::pending`, FORMAT §1): AES-256-GCM-SIV under
+/// the file's DEK with this fixed nonce, no plaintext, and [`marker_aad`] as associated data.
+/// Block nonces are random (2⁻⁶⁴ to meet it in a sparse file), and the associated data of a
+/// block is 25 bytes, that of a marker 73: the two never share an input.
+pub const MARKER_NONCE: &[u8; BLOCK_NONCE_LEN] = b"kmsfs-marker";
+const MARKER_DOMAIN: &[u8; 33] = b"kmsfs interrupted-write marker v1";
+/// The marker's fields: first block, target cipher length, holes before the first block.
+pub const MARKER_FIELDS_LEN: usize = 24;
+pub const MARKER_AAD_LEN: usize = MARKER_DOMAIN.len() + 16 + MARKER_FIELDS_LEN;
+
+pub fn marker_aad(file: &FileId, fields: &[u8; MARKER_FIELDS_LEN]) -> [u8; MARKER_AAD_LEN] {
+    let mut a = [0u8; MARKER_AAD_LEN];
+    let d = MARKER_DOMAIN.len();
+    a[..d].copy_from_slice(MARKER_DOMAIN);
+    a[d..d + 16].copy_from_slice(&file.0);
+    a[d + 16..].copy_from_slice(fields);
+    a
+}
+
 pub fn valid_block_size(bs: u32) -> bool {
     bs.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs)
 }

@@ -572,26 +572,59 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
     };
     let cipher = FileCipher::new(&dek, h.file_id, c.layout.block_size as u32)
         .with_sparse(h.flags & crate::format::header::FLAG_SPARSE != 0);
-    if crate::content::pending::is_marked(&f) {
-        // A size-changing write was interrupted: the next open (or --repair) ends the file at
-        // the last block that was completely written.
-        let repaired = c.repair
-            && std::fs::OpenOptions::new()
+    use crate::content::pending::{self, Marker};
+    let marker = match pending::read_marker(&f, &cipher) {
+        Ok(m) => m,
+        Err(e) => {
+            c.problem(
+                path,
+                plain,
+                "interrupted-write",
+                format!("cannot read the marker: {e}"),
+            );
+            return Ok(());
+        }
+    };
+    if marker != Marker::Absent {
+        let rw = || {
+            std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(path)
-                .and_then(|rw| crate::content::pending::recover(&rw, &cipher, c.layout))
-                .is_ok();
-        c.problem(
-            path,
-            plain,
-            "interrupted-write",
-            "a size-changing write was interrupted (recovered at the next open)".into(),
-        );
+        };
+        let (detail, repaired) = match marker {
+            // A size-changing write was interrupted: the next open (or --repair) ends the file
+            // at the last block that was completely written.
+            Marker::Authentic(_) => (
+                "a size-changing write was interrupted (recovered at the next open)",
+                c.repair
+                    && rw()
+                        .and_then(|f| pending::recover(&f, &cipher, c.layout, false))
+                        .is_ok(),
+            ),
+            // Made by a kmsfs before markers were tagged: only an explicit repair trusts it.
+            Marker::Legacy(_) => (
+                "a size-changing write of a kmsfs before 2026-12-06 was interrupted; its marker \
+                 is not authenticated, so only --repair recovers the file",
+                c.repair
+                    && rw()
+                        .and_then(|f| pending::recover(&f, &cipher, c.layout, true))
+                        .is_ok(),
+            ),
+            // Tampered: repair removes it; the file is then checked as it is.
+            _ => (
+                "the interrupted-write marker does not authenticate (tampered): ignored; \
+                 --repair removes it",
+                c.repair && rw().map(|f| pending::clear(&f)).is_ok(),
+            ),
+        };
+        c.problem(path, plain, "interrupted-write", detail.into());
         if let Some(p) = c.report.problems.last_mut() {
             p.repaired = repaired;
         }
-        if !repaired {
+        // A torn file is not checked further until recovered; beside a forged marker the file
+        // is checked as it is.
+        if !repaired && marker != Marker::Forged {
             return Ok(());
         }
     }

@@ -120,6 +120,7 @@ impl Vfs {
                             rw.as_ref().unwrap_or(&file),
                             &cipher,
                             self.layout,
+                            false,
                         )
                         .map_err(|e| self.damaged(node, format!("interrupted write: {e}")))?;
                     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::Vfs;
 use super::attr_ops::SetAttr;
-use super::test_support::{caller, new_volume_with, open, read_at, write_file};
+use super::test_support::{caller, file_cipher, new_volume_with, open, read_at, write_file};
 use crate::format::offsets::Layout;
 
 const B: u64 = 4096;
@@ -322,6 +322,7 @@ fn an_interrupted_extension_with_holes_is_recovered_with_its_holes() {
     let mut want = head.clone();
     want.resize(10 * B as usize, 0);
     let p = cipher_path(&v, a);
+    let c = file_cipher(&v, &p);
     drop(v);
     let saved = std::fs::read(&p).expect("cipher file");
     let rw = || {
@@ -334,18 +335,17 @@ fn an_interrupted_extension_with_holes_is_recovered_with_its_holes() {
     // A crash in a further extension, after the empty final block was cut and before the new
     // one was written: the marker holds the count of holes before block 10.
     let f = rw();
-    assert!(crate::content::pending::mark(&f, 1, 10, 0, 7));
+    assert!(crate::content::pending::mark(&f, 1, &c, 10, 0, 7));
     f.set_len(l.cipher_offset(10)).expect("cut");
     drop(f);
     let (v, a) = reopen(&dir);
     assert!(read_all(&v, a) == want, "after recovery");
     drop(v);
     assert_eq!(std::fs::read(&p).expect("cipher file").len(), saved.len());
-    // A marker whose count reaches over written blocks (stale, or set by someone else: it is
-    // not authenticated): only the holes right before the cut count, and block 2 stays
-    // protected.
+    // A marker whose count reaches over written blocks (a stale one): only the holes right
+    // before the cut count, and block 2 stays protected.
     let f = rw();
-    assert!(crate::content::pending::mark(&f, 1, 10, 0, 9));
+    assert!(crate::content::pending::mark(&f, 1, &c, 10, 0, 9));
     f.set_len(l.cipher_offset(10)).expect("cut");
     drop(f);
     let (v, a) = reopen(&dir);
@@ -357,7 +357,7 @@ fn an_interrupted_extension_with_holes_is_recovered_with_its_holes() {
     assert_zeroing_detected(&dir, &p, &[2]);
     // A marker left on a file whose write had finished: nothing changes, holes included.
     let f = rw();
-    assert!(crate::content::pending::mark(&f, 1, 2, 0, 0));
+    assert!(crate::content::pending::mark(&f, 1, &c, 2, 0, 0));
     drop(f);
     let (v, a) = reopen(&dir);
     assert!(read_all(&v, a) == want, "after a stale marker");
@@ -369,7 +369,7 @@ fn an_interrupted_extension_with_holes_is_recovered_with_its_holes() {
     truncate(&v, a, 50 * B);
     drop(v);
     let f = rw();
-    assert!(crate::content::pending::mark(&f, 1, 10, 0, 7));
+    assert!(crate::content::pending::mark(&f, 1, &c, 10, 0, 7));
     f.set_len(l.cipher_offset(11)).expect("cut");
     drop(f);
     let (v, a) = reopen(&dir);

@@ -616,7 +616,7 @@ impl OpenFile {
         let out = buf.as_slice();
         if new_size != st.size && st.marked.is_none_or(|m| first < m) {
             // Target 0: "the length the file has", since later writes go on growing it.
-            if crate::content::pending::mark(&st.file, self.ino, first, 0, gap) {
+            if crate::content::pending::mark(&st.file, self.ino, &self.cipher, first, 0, gap) {
                 st.marked = Some(first);
                 st.marked_gap = gap;
             }
@@ -806,6 +806,7 @@ impl OpenFile {
                 crate::content::pending::mark(
                     &st.file,
                     self.ino,
+                    &self.cipher,
                     fin,
                     l.cipher_size(new_size),
                     gap,
@@ -823,6 +824,7 @@ impl OpenFile {
                                 crate::content::pending::mark(
                                     &st.file,
                                     self.ino,
+                                    &self.cipher,
                                     m,
                                     0,
                                     st.marked_gap,

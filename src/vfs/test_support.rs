@@ -110,3 +110,13 @@ pub fn quiet(count: impl Fn() -> u64) -> u64 {
     std::thread::sleep(Duration::from_millis(200));
     count()
 }
+
+/// The block cipher of the file whose cipher file is at `path`, as an open through `v` builds it
+/// (for tests that forge or inspect what only the file's key can make).
+pub fn file_cipher(v: &Vfs, path: &Path) -> crate::content::FileCipher {
+    let f = std::fs::File::open(path).expect("cipher file");
+    let h = super::open_file::read_header(&f).expect("header");
+    let dek = v.km.unwrap_dek(&h).expect("data key");
+    crate::content::FileCipher::new(&dek, h.file_id, v.block_size)
+        .with_sparse(h.flags & crate::format::header::FLAG_SPARSE != 0)
+}

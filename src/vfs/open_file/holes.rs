@@ -157,7 +157,9 @@ impl OpenFile {
             return Err(e.into());
         }
         // The interrupted-write marker holds the count before its block: keep it in step.
-        if st.marked == Some(k) && crate::content::pending::mark(&st.file, self.ino, k, 0, gap) {
+        if st.marked == Some(k)
+            && crate::content::pending::mark(&st.file, self.ino, &self.cipher, k, 0, gap)
+        {
             st.marked_gap = gap;
         }
         Ok(())
@@ -220,7 +222,7 @@ impl OpenFile {
         st.holes_seen = Default::default();
         st.no_holes = false;
         if st.marked.is_none_or(|m| f0 < m)
-            && crate::content::pending::mark(&st.file, self.ino, f0, 0, g0)
+            && crate::content::pending::mark(&st.file, self.ino, &self.cipher, f0, 0, g0)
         {
             st.marked = Some(f0);
             st.marked_gap = g0;
