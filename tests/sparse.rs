@@ -137,3 +137,62 @@ fn a_volume_made_with_no_sparse_writes_the_zeros() {
     assert!(!features(&v).contains("sparse-files"));
     assert!(features(&Volume::new(&[])).contains("sparse-files"));
 }
+
+/// `kmsfs upgrade` gives a volume made with `--no-sparse` (as every volume before 2026-12-05)
+/// sparse files: refused while mounted (exit 19), then files created afterwards keep holes, and
+/// a file made before goes on storing zeros and reads the same; fsck is clean.
+#[test]
+fn upgrade_gives_an_older_volume_sparse_files_for_new_files() {
+    let v = Volume::new(&["--no-sparse"]);
+    let m = v.mount();
+    std::fs::write(m.path("old"), b"before").unwrap();
+    let upgrade = |v: &Volume| {
+        kmsfs()
+            .arg("upgrade")
+            .arg(&v.cipher)
+            .arg("--passfile")
+            .arg(&v.passfile)
+            .output()
+            .unwrap()
+    };
+    let o = upgrade(&v);
+    assert_eq!(o.status.code(), Some(19), "while mounted: {o:?}");
+    m.unmount();
+    let o = upgrade(&v);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("added feature sparse-files"));
+    let o = upgrade(&v);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to do"));
+    let m = v.mount();
+    let f = std::fs::File::create(m.path("new")).unwrap();
+    f.set_len(64 * MB).unwrap();
+    drop(f);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("old"))
+        .unwrap();
+    f.set_len(16 * MB).unwrap();
+    drop(f);
+    m.unmount();
+    let new = cipher_file(&v.cipher, 64 * MB);
+    assert!(allocated(&new) < MB, "new file: {} bytes", allocated(&new));
+    let old = std::fs::read_dir(&v.cipher)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file() && (16 * MB..64 * MB).contains(&std::fs::metadata(p).unwrap().len()))
+        .expect("the old file");
+    assert!(
+        allocated(&old) >= 16 * MB,
+        "old file: {} bytes",
+        allocated(&old)
+    );
+    let m = v.mount();
+    let b = std::fs::read(m.path("old")).unwrap();
+    assert_eq!(b.len() as u64, 16 * MB);
+    assert_eq!(&b[..6], b"before");
+    assert!(b[6..].iter().all(|&x| x == 0));
+    assert_eq!(std::fs::metadata(m.path("new")).unwrap().len(), 64 * MB);
+    m.unmount();
+    v.assert_fsck_clean("after an upgrade");
+}

@@ -89,6 +89,9 @@ enum Command {
     Passwd(volume_cmd::PasswdArgs),
     /// Show a volume's format, id, KDF parameters and key count (no passphrase needed).
     Info(volume_cmd::InfoArgs),
+    /// Give an unmounted volume the features it can take without rewriting its files
+    /// (sparse-files). Older kmsfs versions cannot open it afterwards.
+    Upgrade(volume_cmd::UpgradeArgs),
     /// Mount a volume. Returns once the mount is ready (use -f to stay in the foreground).
     Mount(mount_cmd::MountArgs),
     /// Unmount a mounted volume.
@@ -149,6 +152,7 @@ pub fn main() -> i32 {
         Command::Init(a) => volume_cmd::init(&a),
         Command::Passwd(a) => volume_cmd::passwd(&a),
         Command::Info(a) => volume_cmd::info(&a),
+        Command::Upgrade(a) => volume_cmd::upgrade(&a),
         Command::Mount(a) => mount_cmd::mount(&a),
         Command::Unmount(a) => mount_cmd::unmount(&a),
         Command::Key(a) => key_cmd::key(&a),

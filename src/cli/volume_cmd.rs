@@ -1,4 +1,4 @@
-//! `kmsfs init`, `kmsfs passwd`, `kmsfs info`.
+//! `kmsfs init`, `kmsfs passwd`, `kmsfs info`, `kmsfs upgrade`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -198,6 +198,51 @@ pub fn info(a: &InfoArgs) -> Result<(), CliError> {
     println!("key store gen.:  {}", i.key_store_generation);
     if i.acls {
         println!("POSIX ACLs:      held (mounts enforce them unless -o noacl)");
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// The volume's cipher directory (unmounted).
+    cipherdir: PathBuf,
+    #[command(flatten)]
+    unlock: UnlockArgs,
+    /// Add only this feature (repeatable); default: every feature an existing volume can take
+    /// (sparse-files).
+    #[arg(long, value_name = "NAME")]
+    feature: Vec<String>,
+}
+
+pub fn upgrade(a: &UpgradeArgs) -> Result<(), CliError> {
+    crate::keymgr::probe(&a.cipherdir)?;
+    // A running mount works with the features it was mounted with.
+    let _lock = super::mount_cmd::lock_volume(&crate::keymgr::VolumePaths::new(&a.cipherdir))
+        .map_err(|e| {
+            if e.code == code::ALREADY_MOUNTED {
+                e.hint("unmount the volume before upgrading it")
+            } else {
+                e
+            }
+        })?;
+    let how = a.unlock.source().get()?;
+    let added = crate::keymgr::upgrade::upgrade(&a.cipherdir, &how, &a.feature)?;
+    if added.is_empty() {
+        println!(
+            "{}: nothing to do (the volume has every feature asked for)",
+            a.cipherdir.display()
+        );
+        return Ok(());
+    }
+    for f in &added {
+        println!("{}: added feature {f}", a.cipherdir.display());
+        if f == crate::format::config::FEATURE_SPARSE_FILES {
+            println!(
+                "  files created from now on keep holes (files made before store zeros as \
+                 before; `kmsfs rekey` rewrites them with holes); kmsfs before 2026-12-05 \
+                 cannot open this volume any more"
+            );
+        }
     }
     Ok(())
 }

@@ -135,17 +135,28 @@ pub fn restore(
         }
     }
     std::fs::create_dir_all(paths.control_dir()).map_err(io_err(&paths.control_dir()))?;
-    if probe(dir).is_err() {
-        atomic_write(&paths.config(), &config, 0o644, None).map_err(io_err(&paths.config()))?;
+    match probe(dir) {
+        // The backup was made with another config (before `kmsfs upgrade`, say): both change
+        // together, and both key store copies hold the backup (the current one has the other
+        // config's digest).
+        Ok((_, current)) if current != config => {
+            super::upgrade::install(&paths, &config, &sealed)?;
+        }
+        current => {
+            if current.is_err() {
+                atomic_write(&paths.config(), &config, 0o644, None)
+                    .map_err(io_err(&paths.config()))?;
+            }
+            let bak = paths.keystore_backup();
+            atomic_write(
+                &paths.keystore(),
+                &sealed,
+                0o600,
+                keep_current_as_backup.then_some(bak.as_path()),
+            )
+            .map_err(io_err(&paths.keystore()))?;
+        }
     }
-    let bak = paths.keystore_backup();
-    atomic_write(
-        &paths.keystore(),
-        &sealed,
-        0o600,
-        keep_current_as_backup.then_some(bak.as_path()),
-    )
-    .map_err(io_err(&paths.keystore()))?;
     // What was restored must now open.
     let check = unlock(dir, how)?;
     Ok((

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod rewrap;
 mod seal;
 pub mod store;
+pub mod upgrade;
 mod volume;
 
 use std::path::PathBuf;

@@ -267,6 +267,18 @@ impl Unlocked {
         self.generation
     }
 
+    pub(super) fn set_generation(&mut self, g: u64) {
+        self.generation = g;
+    }
+
+    pub(super) fn store_key(&self) -> &Key256 {
+        &self.store_key
+    }
+
+    pub(super) fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
     /// The store sealed as the current generation (for a backup file).
     pub(super) fn sealed(&self) -> Vec<u8> {
         seal(&self.store, &self.store_key, &self.slots, self.generation)
@@ -341,12 +353,22 @@ pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
             }
         },
     };
-    if u.store.volume_id != config.volume_id
-        || !ct_eq(
-            hex::encode(&sha256(&config_bytes)).as_bytes(),
+    let matches = |bytes: &[u8]| {
+        ct_eq(
+            hex::encode(&sha256(bytes)).as_bytes(),
             u.store.config_digest.as_bytes(),
         )
-    {
+    };
+    // A config change interrupted after this key store copy was written: complete it.
+    let config = if matches(&config_bytes) {
+        config
+    } else {
+        match super::upgrade::staged_config(&paths, &u.store.config_digest) {
+            Some((c, _)) => c,
+            None => return Err(VolumeError::ConfigTampered),
+        }
+    };
+    if u.store.volume_id != config.volume_id {
         return Err(VolumeError::ConfigTampered);
     }
     Ok(Unlocked {
