@@ -104,6 +104,21 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
                  on, but it holds none; --repair removes the mark"
             );
         }
+        if r.hole_counts_shrunk > 0 {
+            println!(
+                "shrank {} counts of holes that reached over written blocks (left by a daemon \
+                 killed or a power loss before a close)",
+                r.hole_counts_shrunk
+            );
+        }
+        let left = r.hole_counts_too_large - r.hole_counts_shrunk;
+        if left > 0 {
+            println!(
+                "note: {left} counts of holes in sparse files reach over written blocks (left by \
+                 a daemon killed or a power loss before a close; not a problem, but zeroing \
+                 those blocks offline would not be detected); kmsfs fsck --repair shrinks them"
+            );
+        }
         if r.dir_id_copies_added > 0 {
             println!(
                 "added the copy of the directory id ({}) to {} directories made by an older kmsfs",

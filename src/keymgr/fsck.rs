@@ -62,6 +62,14 @@ pub struct Report {
     pub dir_id_copies_missing: u64,
     /// Of those, the ones `--repair` gave a copy.
     pub dir_id_copies_added: u64,
+    /// Blocks of sparse files whose count of holes reaches back over written blocks (a daemon
+    /// killed, or the power lost, between a write into a run of holes and the next fsync or
+    /// close, before the count shrank: see `vfs::open_file::FileState::recount`). Not a
+    /// problem (the file reads the same), but a written block there zeroed offline would pass
+    /// for a hole. `--repair` shrinks them (after an fdatasync).
+    pub hole_counts_too_large: u64,
+    /// Of those, the ones `--repair` shrank.
+    pub hole_counts_shrunk: u64,
     /// The volume is marked as holding POSIX ACLs (`.kmsfs/acls`, which makes a plain mount
     /// turn them on) but holds none: every attribute was seen (as root) and read. Not a
     /// problem; `--repair` removes the mark.
@@ -646,6 +654,8 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
     // In a sparse file: the first of the blocks just passed with all-zero nonces, which are
     // holes only if the next written block counts back to them.
     let mut run: Option<u64> = None;
+    // Written blocks whose count reaches over written blocks, and the holes right before each.
+    let mut too_large: Vec<(u64, u64)> = Vec::new();
     let mut b = 0;
     while b <= fin {
         let n = (fin - b + 1).min(256);
@@ -669,6 +679,10 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
                 c.problem(path, plain, "block", detail);
                 return Ok(());
             }
+            let holes = run.map_or(0, |s| i - s);
+            if u64::from(crate::content::block_gap(blk)) > holes {
+                too_large.push((i, holes));
+            }
             if let Some(s) = run.take()
                 && i.checked_sub(u64::from(crate::content::block_gap(blk)))
                     .is_none_or(|start| start > s)
@@ -683,5 +697,57 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
         c.report.blocks += n;
         b += n;
     }
+    c.report.hole_counts_too_large += too_large.len() as u64;
+    if c.repair && !too_large.is_empty() {
+        match shrink_counts(path, &cipher, c.layout, size, &too_large) {
+            Ok(()) => c.report.hole_counts_shrunk += too_large.len() as u64,
+            Err(e) => tracing::warn!("{}: counts of holes left larger: {e}", path.display()),
+        }
+    }
     Ok(())
+}
+
+/// Re-encrypts each written block `i` of `too_large` with its count of holes set to the holes
+/// right before it, once the file is synced (the blocks the larger counts reach over must be
+/// durable first). The cipher file keeps its modification time (that of the plaintext file).
+fn shrink_counts(
+    path: &Path,
+    cipher: &FileCipher,
+    l: crate::format::offsets::Layout,
+    size: u64,
+    too_large: &[(u64, u64)],
+) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let st = rustix::fs::fstat(&f)?;
+    f.sync_data()?;
+    let fin = l.final_block(size);
+    for &(i, holes) in too_large {
+        let n = l.block_len(i, size).unwrap_or(0) as usize;
+        let mut blk = vec![0u8; n + BLOCK_OVERHEAD];
+        f.read_exact_at(&mut blk, l.cipher_offset(i))?;
+        let mut plain = vec![0u8; n];
+        cipher
+            .decrypt_block(i, i == fin, &blk, &mut plain)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let gap = u32::try_from(holes).map_err(std::io::Error::other)?;
+        let mut out = Vec::new();
+        cipher.encrypt_blocks(i, &plain, fin, gap, &mut out);
+        f.write_all_at(&out, l.cipher_offset(i))?;
+    }
+    let at = rustix::fs::Timespec {
+        tv_sec: st.st_mtime,
+        tv_nsec: st.st_mtime_nsec as _,
+    };
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: at,
+    };
+    rustix::fs::futimens(&f, &ts)?;
+    f.sync_data()
 }

@@ -150,6 +150,7 @@ impl Vfs {
                         marked_gap: 0,
                         behind: Default::default(),
                         holes_seen: Default::default(),
+                        recount: Default::default(),
                         no_holes: size == 0,
                     },
                 ));
@@ -175,6 +176,9 @@ impl Vfs {
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
+                // Counts of holes settled while no other open can make a second state for the
+                // file (it would read blocks being rewritten), and before the time goes back.
+                e.get().0.settle();
                 // The kernel's modification time back on the backing file while attributes
                 // still report it (see `kept_mtime`); under the entry, so that of two last
                 // releases at once exactly one does it (lock order: entry, kept time, file
@@ -428,6 +432,7 @@ impl Vfs {
                         marked_gap: 0,
                         behind: Default::default(),
                         holes_seen: Default::default(),
+                        recount: Default::default(),
                         no_holes: true,
                     };
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
@@ -568,7 +573,13 @@ impl Vfs {
         if super::is_control_handle(fh) {
             return self.control.flush(fh).map_err(ctl_err);
         }
-        self.handle_file(fh).map(|_| ())
+        // The kernel has written the file's dirty pages before it sends FLUSH, and close(2)
+        // waits for the reply: counts of holes are settled (see `FileState::recount`) before
+        // the closing process can look (at the last release, a `stat` right after `close`
+        // could see the rewrite's time before it is put back).
+        let (f, _) = self.handle_file(fh)?;
+        f.settle();
+        Ok(())
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {

@@ -536,3 +536,92 @@ fn writes_into_one_run_through_one_handle_keep_their_counts_exact() {
     drop(v);
     assert_zeroing_detected(&dir, &p, &[30, 40]);
 }
+
+#[test]
+fn a_count_shrinks_only_once_the_blocks_it_stops_counting_are_synced() {
+    // Blocks 1..=99 holes; blocks 50 and 51 filled through one handle. Until a sync, the
+    // cipher file as a power loss could leave it (the fills lost, zeros again) must read: the
+    // counts on the disk still reach over them. After the fsync the counts are exact: zeroing
+    // block 50 or 51 is detected.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", b"x");
+    truncate(&v, a, 100 * B + 1);
+    let p = cipher_path(&v, a);
+    drop(v);
+    let l = Layout::new(B as u32);
+    let (v, a) = reopen(&dir);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    v.write(fh, 50 * B, &pattern(B as usize, 3)).expect("write");
+    v.write(fh, 51 * B, &pattern(B as usize, 4)).expect("write");
+    let mut lost = std::fs::read(&p).expect("cipher file");
+    for b in [50, 51] {
+        let at = l.cipher_offset(b) as usize;
+        lost[at..at + l.cipher_block_size() as usize].fill(0);
+    }
+    v.fsync(fh, true).expect("fsync");
+    v.release(fh).expect("release");
+    let mut want = vec![0u8; 100 * B as usize + 1];
+    want[0] = b'x';
+    want[50 * B as usize..51 * B as usize].copy_from_slice(&pattern(B as usize, 3));
+    want[51 * B as usize..52 * B as usize].copy_from_slice(&pattern(B as usize, 4));
+    assert!(read_all(&v, a) == want, "after the fsync");
+    drop(v);
+    assert_zeroing_detected(&dir, &p, &[50, 51]);
+    // The state before the fsync, with the two fills lost: holes, as before them.
+    let synced = std::fs::read(&p).expect("cipher file");
+    std::fs::write(&p, &lost).expect("power loss");
+    let (v, a) = reopen(&dir);
+    let mut before = vec![0u8; 100 * B as usize + 1];
+    before[0] = b'x';
+    assert!(read_all(&v, a) == before, "the fills lost");
+    drop(v);
+    std::fs::write(&p, &synced).expect("back");
+}
+
+#[test]
+fn a_run_seen_through_a_count_not_yet_settled_is_not_used_before_the_written_block_it_passes() {
+    // Blocks 0..=14 written, 15..=29 holes, 30 the final block counting them. On one handle
+    // (no settle in between): block 20 is filled (30 still counts back to 15), blocks 12..=19
+    // are punched (20 now counts back to 12), hole 25 is read (its run is found through 30's
+    // count, which passes over block 20), hole 17 is filled: its run ends at 20, not 30, and
+    // starts at 12. Cut back to 16 blocks and a byte: blocks 12..=14 must still be holes that
+    // a count reaches (the new final block's, through 17's).
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", &pattern(15 * B as usize, 5));
+    truncate(&v, a, 30 * B + 1);
+    drop(v);
+    let (v, a) = reopen(&dir);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    v.write(fh, 20 * B, &pattern(B as usize, 6))
+        .expect("fill 20");
+    v.fallocate(
+        fh,
+        12 * B,
+        8 * B,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .expect("punch");
+    assert_eq!(
+        v.read(fh, 25 * B, B as u32).expect("read 25"),
+        vec![0u8; B as usize]
+    );
+    v.write(fh, 17 * B, &pattern(B as usize, 7))
+        .expect("fill 17");
+    let set = SetAttr {
+        size: Some(16 * B + 1),
+        ..Default::default()
+    };
+    v.setattr(a, Some(fh), &set, None).expect("truncate");
+    let mut want = pattern(15 * B as usize, 5);
+    want[12 * B as usize..].fill(0);
+    want.resize(16 * B as usize + 1, 0);
+    assert!(
+        try_read(&v, a, 0, 16 * B as u32 + 1).expect("read through the handle's state") == want
+    );
+    v.release(fh).expect("release");
+    drop(v);
+    let (v, a) = reopen(&dir);
+    assert!(read_all(&v, a) == want, "after a reopen");
+}

@@ -105,12 +105,22 @@ pub struct FileState {
     pub marked_gap: u32,
     /// Large sequential writes not yet sent to the disk (see `write_behind`).
     pub behind: super::write_behind::WriteBehind,
-    /// The run of holes (a sparse file's blocks never written) found last, so that reading
-    /// through it looks for its end once; forgotten at every change of the file.
-    pub holes_seen: std::sync::Mutex<Option<Range<u64>>>,
+    /// The run of holes (a sparse file's blocks never written) found last, and the block it
+    /// was found for: it holds for the blocks from that one to its end, so that reading through
+    /// it looks for its end once; forgotten at every change of the file.
+    pub holes_seen: std::sync::Mutex<Option<(Range<u64>, u64)>>,
     /// Known to hold no holes (a file created or emptied while open, and not extended with
     /// holes since): a write then reads no count of holes before it.
     pub no_holes: bool,
+    /// Written blocks whose counts of holes may reach over blocks written since the last sync.
+    /// A count never shrinks before the blocks it stops counting are durable: after a power
+    /// loss a block written but not stored is zeros again, and a count that no longer reached
+    /// it would make it unreadable. So writes store counts taken from the disk (a filled hole
+    /// leaves the count of its run's end as it is; a count larger than its run reads the same)
+    /// and note the blocks here; `settle_counts` shrinks them to the holes really right before
+    /// them after a sync: at fsync, at close and at the last release (and when many wait).
+    /// Until then a written block zeroed offline could pass for a hole.
+    pub recount: std::collections::BTreeSet<u64>,
 }
 
 impl Drop for FileState {
@@ -549,7 +559,7 @@ impl OpenFile {
         let new_final = l.final_block(new_size);
         // In a sparse file: the holes before the first block, and the written block whose count
         // must shrink when the write fills the hole that is its last block.
-        let gap = self.gap_before(st, first)?;
+        let (gap, gap_from_run) = self.gap_of(st, first)?;
         let run_end = self.run_end_after(st, last)?;
         // The old final block's plaintext (and its count of holes before it), to restore it if
         // an extending write fails. An append starts in that block: its count is `gap`.
@@ -641,11 +651,13 @@ impl OpenFile {
         st.size = new_size;
         // The holes seen before this write may be blocks of it now.
         *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        // Counts that may reach over what this write stored (see `FileState::recount`): that
+        // of block `k`, whose run lost holes, and the first block's, when taken from its run.
         if let Some(k) = run_end {
-            // Filled the hole before the run's end: block `k` now counts only the holes after
-            // `last` (a crash before this leaves it counting more: the file reads the same; a
-            // power loss that keeps this and loses the write is not covered, see FORMAT §4a).
-            self.set_gap(st, k, (k - last - 1) as u32)?;
+            self.recount(st, k);
+        }
+        if gap > 0 && gap_from_run {
+            self.recount(st, first);
         }
         Ok(out.len() as u64)
     }
@@ -793,7 +805,7 @@ impl OpenFile {
                     self.read_blocks(st, fin, fin, &mut old)?;
                 }
                 old.truncate(keep);
-                let gap = self.gap_before(st, fin)?;
+                let (gap, gap_from_run) = self.gap_of(st, fin)?;
                 *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
                 let mut out = Vec::new();
                 self.cipher.encrypt_blocks(fin, &old, fin, gap, &mut out);
@@ -839,6 +851,10 @@ impl OpenFile {
                 st.marked = None;
                 st.size = new_size;
                 st.no_holes |= new_size == 0;
+                if gap > 0 && gap_from_run {
+                    // Taken from its run (see `FileState::recount`).
+                    self.recount(st, fin);
+                }
                 Ok(())
             }
         }
@@ -861,6 +877,8 @@ impl OpenFile {
             st.marked = None;
             crate::content::pending::clear(&st.file);
         }
+        // An immutable cipher file could not have its counts of holes settled later.
+        self.settle_counts(&mut st, false);
         let r = f();
         if r.is_ok() && st.writable {
             self.set_fd(&read_only);
@@ -878,11 +896,21 @@ impl OpenFile {
         } else {
             st.file.sync_all()?
         }
-        // Everything written is durable: no write can be torn any more.
+        // Everything written is durable: no write can be torn any more, and counts of holes
+        // can shrink.
         if st.marked.take().is_some() {
             crate::content::pending::clear(&st.file);
         }
+        self.settle_counts(&mut st, true);
         Ok(())
+    }
+}
+
+impl Drop for OpenFile {
+    /// The last handle is gone: counts of holes are settled (normally done already, at the
+    /// last release: `Vfs::put_open_file`).
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 

@@ -17,6 +17,10 @@ use crate::vfs::error::{Result, VfsError};
 /// (a hole of a block or two saves little and makes the next write there dearer).
 pub(super) const MIN_HOLES: u64 = 4;
 
+/// Past this many blocks waiting for their counts to shrink, they are settled at once (a
+/// sync): with the writeback cache's 1 MiB writes a file filled in order syncs every 1 GiB.
+const MAX_RECOUNT: usize = 1024;
+
 impl OpenFile {
     pub(super) fn sparse(&self) -> bool {
         self.cipher.is_sparse()
@@ -76,14 +80,17 @@ impl OpenFile {
 
     /// The run of holes that holds block `j`, when `j` is one: its stored nonce is all zeros
     /// (the caller has seen that) and the next written block's count reaches back over it.
-    /// `None` for a zeroed block that no count reaches (damage), and for the final block.
+    /// `None` for a zeroed block that no count reaches (damage), and for the final block. The
+    /// run ends at that written block; its start is where the count reaches, which may be
+    /// before written blocks while the count is not settled (see `FileState::recount`): counts
+    /// taken from it are then larger than the holes, which reads the same.
     pub(super) fn hole_run(&self, st: &FileState, j: u64) -> Result<Option<Range<u64>>> {
-        if let Some(r) = st
+        if let Some((r, from)) = st
             .holes_seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            && r.contains(&j)
+            && (from..r.end).contains(&j)
         {
             return Ok(Some(r));
         }
@@ -97,7 +104,11 @@ impl OpenFile {
         if start > j {
             return Ok(None);
         }
-        *st.holes_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(start..k);
+        // Good for the blocks from `j` to `k` (all-zero nonces: `k` is the first written block
+        // after `j`), not for those before `j`: a count not yet settled (see
+        // `FileState::recount`) can reach back over written blocks, and a block before such a
+        // written block belongs to the run that ends there.
+        *st.holes_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((start..k, j));
         Ok(Some(start..k))
     }
 
@@ -105,8 +116,15 @@ impl OpenFile {
     /// nonce: the stored count of a written block, the place in its run of a hole. 0 in a file
     /// without holes, and for a damaged block.
     pub(super) fn gap_before(&self, st: &FileState, i: u64) -> Result<u32> {
+        Ok(self.gap_of(st, i)?.0)
+    }
+
+    /// [`OpenFile::gap_before`], and whether the count comes from the run of holes `i` is in
+    /// (which may reach over blocks written since the last sync: see `FileState::recount`), not
+    /// from block `i`'s own nonce (which is noted there already if it may).
+    pub(super) fn gap_of(&self, st: &FileState, i: u64) -> Result<(u32, bool)> {
         if !self.sparse() || st.no_holes || i == 0 || i > self.layout.final_block(st.size) {
-            return Ok(0);
+            return Ok((0, false));
         }
         let n = self.nonce_at(st, i)?;
         if !is_hole(&n) {
@@ -115,12 +133,12 @@ impl OpenFile {
                 // Believed only once the block authenticates (the count will be stored again).
                 self.read_blocks(st, i, i, &mut Vec::new())?;
             }
-            return Ok(gap);
+            return Ok((gap, false));
         }
         Ok(match self.hole_run(st, i)? {
             // Fits: a run's length came from a u32 count.
-            Some(r) => (i - r.start) as u32,
-            None => 0,
+            Some(r) => ((i - r.start) as u32, true),
+            None => (0, false),
         })
     }
 
@@ -141,6 +159,12 @@ impl OpenFile {
     /// failure the block's old bytes are put back (its space is allocated: that cannot run
     /// out), so it keeps its larger count, which reads the same.
     pub(super) fn set_gap(&self, st: &mut FileState, k: u64, gap: u32) -> Result<()> {
+        self.write_gap(st, k, gap, true)
+    }
+
+    /// [`OpenFile::set_gap`]; `faults`: through the fault-injection points (not for
+    /// [`OpenFile::settle_counts`], a best effort whose failure changes nothing a caller sees).
+    fn write_gap(&self, st: &mut FileState, k: u64, gap: u32, faults: bool) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let fin = self.layout.final_block(st.size);
         let at = self.layout.cipher_offset(k);
@@ -150,7 +174,12 @@ impl OpenFile {
         st.file.read_exact_at(&mut old, at)?;
         let mut out = Vec::new();
         self.cipher.encrypt_blocks(k, &plain, fin, gap, &mut out);
-        if let Err(e) = crate::fault::write_all_at(&st.file, &out, at) {
+        let r = if faults {
+            crate::fault::write_all_at(&st.file, &out, at)
+        } else {
+            st.file.write_all_at(&out, at)
+        };
+        if let Err(e) = r {
             if st.file.write_all_at(&old, at).is_err() {
                 tracing::error!(file = %self.label(), block = k, "could not restore a block after a failed write");
             }
@@ -163,6 +192,116 @@ impl OpenFile {
             st.marked_gap = gap;
         }
         Ok(())
+    }
+
+    /// The last block in `lo..k` whose stored nonce is not all zeros (a written block), if
+    /// any. Only ranges the backing file system may hold data for are read (`SEEK_DATA` /
+    /// `SEEK_HOLE`; everything where it cannot tell), from the end.
+    fn last_written_in(&self, st: &FileState, lo: u64, k: u64) -> Result<Option<u64>> {
+        use rustix::fs::{SeekFrom, seek};
+        let l = self.layout;
+        let mut extents = Vec::new();
+        let mut i = lo;
+        while i < k {
+            let off = l.cipher_offset(i);
+            let d = match seek(&st.file, SeekFrom::Data(off)) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => {
+                    extents.push(i..k);
+                    break;
+                }
+            };
+            let s = i.max(l.block_at_cipher(d));
+            if s >= k {
+                break;
+            }
+            let e = match seek(&st.file, SeekFrom::Hole(d)) {
+                Ok(h) if h > d => l.block_at_cipher(h - 1) + 1,
+                _ => k,
+            }
+            .clamp(s + 1, k);
+            extents.push(s..e);
+            i = e;
+        }
+        for r in extents.into_iter().rev() {
+            for b in r.rev() {
+                if !is_hole(&self.nonce_at(st, b)?) {
+                    return Ok(Some(b));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Shrinks the counts of holes that may reach over blocks written since (see
+    /// [`super::FileState::recount`]) to the holes right before their blocks, once a sync has
+    /// made every written block durable (`synced`: the caller just did). Best effort: a count
+    /// left larger reads the same. Rewriting counts changes no content, so the backing file
+    /// keeps its modification time.
+    pub(super) fn settle_counts(&self, st: &mut FileState, synced: bool) {
+        if st.recount.is_empty() || !st.writable {
+            return;
+        }
+        if !synced && let Err(e) = st.file.sync_data() {
+            tracing::warn!(file = %self.label(), "counts of holes left as they are: {e}");
+            return;
+        }
+        let blocks = std::mem::take(&mut st.recount);
+        let fin = self.layout.final_block(st.size);
+        let mtime = rustix::fs::fstat(&st.file)
+            .ok()
+            .map(|s| crate::vfs::kept_mtime::mtime_of(&s));
+        let mut rewrote = false;
+        for k in blocks.into_iter().filter(|k| *k <= fin) {
+            let r = (|| -> Result<bool> {
+                let n = self.nonce_at(st, k)?;
+                let g = u64::from(block_gap(&n));
+                // A hole now (punched), or no holes before it.
+                if is_hole(&n) || g == 0 || g > k {
+                    return Ok(false);
+                }
+                let exact = match self.last_written_in(st, k - g, k)? {
+                    Some(w) => k - w - 1,
+                    None => return Ok(false),
+                };
+                // Fits: smaller than `g`. `write_gap` authenticates the block first.
+                self.write_gap(st, k, exact as u32, false)?;
+                Ok(true)
+            })();
+            match r {
+                Ok(r) => rewrote |= r,
+                Err(e) => {
+                    tracing::warn!(file = %self.label(), block = k, "count of holes left larger: {e}")
+                }
+            }
+        }
+        if let (true, Some(at)) = (rewrote, mtime) {
+            let ts = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: at,
+            };
+            let _ = rustix::fs::futimens(&st.file, &ts);
+        }
+    }
+
+    /// [`OpenFile::settle_counts`] under the file's lock (at a close, the last release).
+    pub fn settle(&self) {
+        if self.sparse() && !self.read_state().recount.is_empty() {
+            self.settle_counts(&mut self.write_state(), false);
+        }
+    }
+
+    /// Block `k` was stored with a count of holes that may reach over blocks written since
+    /// the last sync; settled at the next fsync or close, or now when many are waiting.
+    pub(super) fn recount(&self, st: &mut FileState, k: u64) {
+        st.recount.insert(k);
+        if st.recount.len() > MAX_RECOUNT {
+            self.settle_counts(st, false);
+        }
     }
 
     /// Decrypts blocks `first..` of `cipher` into `out` where some are holes: each block whose
@@ -248,6 +387,11 @@ impl OpenFile {
             return Err(e);
         }
         st.size = target;
+        // The empty old final block is a hole now: the new final block takes over its count,
+        // and with it its place among the counts to settle (see `FileState::recount`).
+        if aligned && st.recount.remove(&f0) {
+            self.recount(st, ft);
+        }
         Ok(true)
     }
 
@@ -348,6 +492,10 @@ impl OpenFile {
         *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         st.no_holes = false;
         self.set_gap(&mut st, k, gap)?;
+        if start < a {
+            // Holes before the range counted from the disk (see `FileState::recount`).
+            self.recount(&mut st, k);
+        }
         // The count on the disk before the blocks go (a power loss in between must not leave
         // punched blocks that nothing counts).
         crate::fault::check("fsync")?;
