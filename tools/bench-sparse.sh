@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sparse files, side by side: time to make a 4 GiB file with `truncate -s 4G` and write 1 MiB at
-# its end (fsync'd), and what the cipher directory then takes on disk, for kmsfs on a volume
+# its end (fsync'd), and what the cipher directory then takes on disk; then the time to fill a
+# 1 GiB file of holes in order (`truncate -s 1G`, then `dd bs=1M conv=notrunc,fsync` over it,
+# as a download or a VM image fills its preallocated file), for kmsfs on a volume
 # with sparse files (the default since 2026-12-05), kmsfs on a `--no-sparse` volume (every gap
 # stored as encrypted zeros, as before), and gocryptfs (holes stored as unauthenticated zero
 # blocks). kmsfs's holes are authenticated (docs/FORMAT.md §4a), gocryptfs's are not.
@@ -21,16 +23,23 @@ cleanup() {
 trap cleanup EXIT
 echo bench > "$W/p"
 run() { # NAME MOUNTPOINT CIPHERDIR
-  local t0 t1
+  local t0 t t1 t2 k
   t0=$(date +%s.%N)
   truncate -s 4G "$2/f" &&
     dd if=/dev/urandom of="$2/f" bs=1M count=1 seek=4096 conv=notrunc,fsync status=none
+  t=$(date +%s.%N)
+  k=$(du -sk "$3" | cut -f1)
+  rm -f "$2/f"
   t1=$(date +%s.%N)
-  awk -v n="$1" -v a="$t0" -v b="$t1" -v k="$(du -sk "$3" | cut -f1)" \
-    'BEGIN{printf "| %s | %.3f | %d |\n", n, b-a, k}'
+  truncate -s 1G "$2/g" &&
+    dd if=/dev/zero of="$2/g" bs=1M count=1024 conv=notrunc,fsync status=none
+  t2=$(date +%s.%N)
+  rm -f "$2/g"
+  awk -v n="$1" -v a="$t0" -v t="$t" -v b="$t1" -v c="$t2" -v k="$k" \
+    'BEGIN{printf "| %s | %.3f | %d | %.2f |\n", n, t-a, k, c-b}'
 }
-echo "| system | truncate -s 4G + 1 MiB at the end, s | cipher directory on disk, KiB |"
-echo "|---|---:|---:|"
+echo "| system | truncate -s 4G + 1 MiB at the end, s | cipher directory on disk, KiB | fill 1 GiB of holes in order, s |"
+echo "|---|---:|---:|---:|"
 for mode in sparse no-sparse; do
   c=$W/c-$mode m=$W/m-$mode
   mkdir -p "$m"
