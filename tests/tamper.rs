@@ -315,7 +315,12 @@ fn truncation_with_a_forged_interrupted_write_marker_is_eio() {
     legacy[..8].copy_from_slice(&1u64.to_le_bytes());
     let mut tagged = [0x5au8; 40];
     tagged[..24].copy_from_slice(&legacy);
-    for marker in [legacy[..].to_vec(), legacy[..16].to_vec(), tagged.to_vec()] {
+    // The 16-byte form is older than sparse files: on this (sparse) volume it is forged.
+    for (marker, logged) in [
+        (legacy[..].to_vec(), "without a tag"),
+        (legacy[..16].to_vec(), "does not authenticate"),
+        (tagged.to_vec(), "does not authenticate"),
+    ] {
         let n = marker.len();
         let content = pat(7, 3 * 4096 + 500);
         let (v, inos) = volume_with(&[("f", content.clone())], &[]);
@@ -341,7 +346,7 @@ fn truncation_with_a_forged_interrupted_write_marker_is_eio() {
             assert_eq!(errno(r), Err(libc::EIO), "{n} bytes");
         });
         assert!(
-            err.contains("interrupted-write marker") && err.contains("integrity failure"),
+            err.contains(logged) && err.contains("integrity failure"),
             "{n} bytes: not logged\n{err}"
         );
         assert_eq!(fs::metadata(&c).unwrap().len(), block_at(2), "cut further");

@@ -20,13 +20,18 @@ pub struct FsckArgs {
     #[command(flatten)]
     unlock: UnlockArgs,
     /// Repair what is safe to repair: rewrite a damaged primary key store from its backup,
-    /// remove orphan long-name side files, recover interrupted writes (also those marked by a
-    /// kmsfs before 2026-12-06, whose markers carry no tag), remove interrupted-write markers
-    /// that do not authenticate, rewrite a directory id
+    /// remove orphan long-name side files, recover interrupted writes, remove interrupted-write
+    /// markers that do not authenticate, shrink counts of holes a killed daemon left too
+    /// large, rewrite a directory id
     /// file or its xattr copy from the other, add the copy to directories of older volumes,
     /// write a missing POSIX ACL mark (.kmsfs/acls) and remove one when no ACL is left.
     #[arg(long)]
     repair: bool,
+    /// With --repair: also recover files whose interrupted-write marker has no tag. kmsfs
+    /// before 2026-12-06 wrote such markers; anyone with write access to the cipher directory
+    /// can add one to a file they cut back. Use it only after a crash of an older kmsfs.
+    #[arg(long, requires = "repair")]
+    trust_untagged_markers: bool,
     /// Print the report as JSON (counts, problems, repairs).
     #[arg(long)]
     json: bool,
@@ -53,7 +58,11 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
         &names,
         block_size,
         used_backup.as_deref(),
-        a.repair,
+        match (a.repair, a.trust_untagged_markers) {
+            (false, _) => fsck::Repair::No,
+            (true, false) => fsck::Repair::Safe,
+            (true, true) => fsck::Repair::TrustingUntaggedMarkers,
+        },
         &mut |done, total| progress.update(done, total),
     )
     .map_err(|e| CliError::new(code::ERROR, format!("fsck of {}: {e}", root.display())))?;

@@ -166,6 +166,8 @@ pub fn read_marker(file: &File, cipher: &FileCipher) -> std::io::Result<Marker> 
                 Marker::Forged
             }
         }
+        // Markers of 16 bytes are older than sparse files: none is on a sparse file.
+        16 if cipher.is_sparse() => Marker::Forged,
         n if LEGACY_LENS.contains(&n) => Marker::Legacy(fields),
         _ => Marker::Forged,
     })
@@ -189,8 +191,9 @@ pub fn recover(
         Marker::Legacy(f) if trust_legacy => f,
         Marker::Legacy(_) => {
             tracing::warn!(
-                "an interrupted-write marker of a kmsfs before 2026-12-06 is not authenticated: \
-                 not acted on (`kmsfs fsck --repair` recovers the file)"
+                "an interrupted-write marker without a tag (kmsfs before 2026-12-06, or added by \
+                 someone who cut the file) is not acted on; after a crash of an older kmsfs, \
+                 `kmsfs fsck --repair --trust-untagged-markers` recovers the file"
             );
             return Ok(None);
         }
@@ -273,8 +276,9 @@ pub fn recover(
             } else {
                 0
             };
-            // The marker is not authenticated: its count is used only where the blocks it
-            // would vouch for are holes now, else only the holes right before `k` count.
+            // The marker's count may be stale (or, in an untagged marker, anyone's): it is used
+            // only where the blocks it would vouch for are holes now, else only the holes right
+            // before `k` count.
             if gap > 0 && !all_zero_nonces(file, l, k.saturating_sub(u64::from(gap)), k, len)? {
                 let mut n = 0u32;
                 let mut nonce = [0u8; crate::format::block::BLOCK_NONCE_LEN];
@@ -578,6 +582,16 @@ mod tests {
             assert!(is_marked(&f), "{n} bytes");
         }
         assert!(read_file(&f, &c, l).is_none(), "still torn");
+    }
+
+    #[test]
+    fn a_16_byte_marker_on_a_sparse_file_is_forged() {
+        let (_t, f, c, _l) = setup();
+        let c = c.with_sparse(true);
+        set_raw_marker(&f, &[0u8; 16]);
+        assert_eq!(read_marker(&f, &c).unwrap(), Marker::Forged);
+        set_raw_marker(&f, &[0u8; 24]);
+        assert!(matches!(read_marker(&f, &c).unwrap(), Marker::Legacy(_)));
     }
 
     #[test]

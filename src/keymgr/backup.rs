@@ -50,7 +50,17 @@ fn b64() -> base64::engine::GeneralPurpose {
 /// Returns the unlocked volume too (for the audit record, without a second key derivation).
 pub fn export(dir: &Path, how: &Unlock, out: &Path) -> Result<(BackupInfo, Unlocked), VolumeError> {
     let u = unlock(dir, how)?;
+    // The config the key store goes with: `volume.json`, or a staged one that could not be put
+    // in place (a read-only control directory after an interrupted change).
     let (_, config_bytes) = probe(dir)?;
+    let config_bytes = super::upgrade::staged_bytes(&u.paths, &u.store.config_digest)
+        .filter(|_| {
+            !crate::crypto::ct_eq(
+                hex::encode(&sha256(&config_bytes)).as_bytes(),
+                u.store.config_digest.as_bytes(),
+            )
+        })
+        .unwrap_or(config_bytes);
     let sealed = u.sealed();
     if out.exists() {
         return Err(VolumeError::Invalid(format!(
@@ -140,6 +150,15 @@ pub fn restore(
         // together, and both key store copies hold the backup (the current one has the other
         // config's digest).
         Ok((_, current)) if current != config => {
+            // Both copies are replaced: the key store in place (and its config) is kept
+            // beside them, as a restore otherwise keeps it as `keystore.bak`.
+            let cd = paths.control_dir();
+            if let Ok(ks) = std::fs::read(paths.keystore()) {
+                let p = cd.join("keystore.before-restore");
+                atomic_write(&p, &ks, 0o600, None).map_err(io_err(&p))?;
+                let p = cd.join("volume.json.before-restore");
+                atomic_write(&p, &current, 0o644, None).map_err(io_err(&p))?;
+            }
             super::upgrade::install(&paths, &config, &sealed)?;
         }
         current => {

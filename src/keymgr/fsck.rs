@@ -94,6 +94,8 @@ struct Ctx<'a> {
     layout: Layout,
     root: &'a Path,
     repair: bool,
+    /// Repair acts on interrupted-write markers without a tag (kmsfs before 2026-12-06).
+    trust_untagged_markers: bool,
     report: Report,
     /// Whether this process sees the backing `trusted.` namespace (root).
     sees_trusted: bool,
@@ -120,6 +122,17 @@ impl Ctx<'_> {
     }
 }
 
+/// What fsck repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Nothing: it only reports.
+    No,
+    /// What is safe (`--repair`).
+    Safe,
+    /// That, and files whose interrupted-write marker has no tag (`--trust-untagged-markers`).
+    TrustingUntaggedMarkers,
+}
+
 /// Checks the tree under `root`. `used_backup`: why the primary key store did not open, if the
 /// unlock fell back to the backup generation (repaired by rewriting the primary).
 pub fn fsck(
@@ -128,9 +141,11 @@ pub fn fsck(
     names: &Names,
     block_size: u32,
     used_backup: Option<&str>,
-    repair: bool,
+    repair: Repair,
     progress: &mut dyn FnMut(u64, u64),
 ) -> std::io::Result<Report> {
+    let trust_untagged_markers = repair == Repair::TrustingUntaggedMarkers;
+    let repair = repair != Repair::No;
     let total = count_files(root);
     let mut c = Ctx {
         progress,
@@ -140,6 +155,7 @@ pub fn fsck(
         layout: Layout::new(block_size),
         root,
         repair,
+        trust_untagged_markers,
         report: Report::default(),
         sees_trusted: rustix::process::geteuid().is_root(),
         acls_seen: false,
@@ -610,11 +626,14 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
                         .and_then(|f| pending::recover(&f, &cipher, c.layout, false))
                         .is_ok(),
             ),
-            // Made by a kmsfs before markers were tagged: only an explicit repair trusts it.
+            // Made by a kmsfs before markers were tagged, or by someone who cut the file:
+            // only the user can tell, and says so with --trust-untagged-markers.
             Marker::Legacy(_) => (
-                "a size-changing write of a kmsfs before 2026-12-06 was interrupted; its marker \
-                 is not authenticated, so only --repair recovers the file",
+                "an interrupted-write marker without a tag: a size-changing write of a kmsfs \
+                 before 2026-12-06 interrupted, or a file cut back by someone who added the \
+                 marker; --repair --trust-untagged-markers ends the file at its last whole block",
                 c.repair
+                    && c.trust_untagged_markers
                     && rw()
                         .and_then(|f| pending::recover(&f, &cipher, c.layout, true))
                         .is_ok(),

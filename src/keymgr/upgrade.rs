@@ -55,7 +55,17 @@ pub(super) fn install(paths: &VolumePaths, bytes: &[u8], sealed: &[u8]) -> Resul
     let target = paths.config();
     crate::fault::check("rename")
         .map_err(std::io::Error::from)
-        .and_then(|()| fs::rename(&staged, &target))
+        .and_then(|()| match fs::rename(&staged, &target) {
+            // An unlock in between (a command that takes no volume lock) completed it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if fs::read(&target).is_ok_and(|b| b == bytes) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        })
         .and_then(|()| fs::File::open(paths.control_dir())?.sync_all())
         .map_err(io_err(&target))
 }
@@ -65,10 +75,7 @@ pub(super) fn install(paths: &VolumePaths, bytes: &[u8], sealed: &[u8]) -> Resul
 /// bytes. `None` when there is no staged config or it is another one.
 pub(super) fn staged_config(paths: &VolumePaths, digest: &str) -> Option<(VolumeConfig, Vec<u8>)> {
     let staged = staged_path(paths);
-    let bytes = fs::read(&staged).ok()?;
-    if !ct_eq(hex::encode(&sha256(&bytes)).as_bytes(), digest.as_bytes()) {
-        return None;
-    }
+    let bytes = staged_bytes(paths, digest)?;
     let config = VolumeConfig::decode(&bytes).ok()?;
     match fs::rename(&staged, paths.config())
         .and_then(|()| fs::File::open(paths.control_dir())?.sync_all())
@@ -79,6 +86,13 @@ pub(super) fn staged_config(paths: &VolumePaths, digest: &str) -> Option<(Volume
         ),
     }
     Some((config, bytes))
+}
+
+/// The bytes of the staged config when `digest` is their digest (a change that could not be
+/// put in place: the config a key store with that digest goes with).
+pub(super) fn staged_bytes(paths: &VolumePaths, digest: &str) -> Option<Vec<u8>> {
+    let bytes = fs::read(staged_path(paths)).ok()?;
+    ct_eq(hex::encode(&sha256(&bytes)).as_bytes(), digest.as_bytes()).then_some(bytes)
 }
 
 /// Adds `wanted` (every feature of [`ADDABLE_FEATURES`] when empty) to the volume in `dir`
@@ -242,8 +256,20 @@ mod tests {
         let file = t.path().join("ks.backup");
         crate::keymgr::backup::export(&d, &how(), &file).expect("export");
         upgrade(&d, &how(), &[]).expect("upgrade");
+        let upgraded = fs::read(VolumePaths::new(&d).keystore()).expect("keystore");
         crate::keymgr::backup::restore(&d, &how(), &file, true).expect("restore");
         assert!(!sparse(&d));
+        // The key store it replaced is kept beside it.
+        let cd = VolumePaths::new(&d).control_dir();
+        assert_eq!(
+            fs::read(cd.join("keystore.before-restore")).expect("kept"),
+            upgraded
+        );
+        assert!(
+            VolumeConfig::decode(&fs::read(cd.join("volume.json.before-restore")).expect("kept"))
+                .expect("config")
+                .has_feature(FEATURE_SPARSE_FILES)
+        );
         assert_eq!(backup_sparse(&d), Some(false));
     }
 }

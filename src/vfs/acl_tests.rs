@@ -319,8 +319,16 @@ fn a_stored_acl_that_is_not_one_is_an_integrity_error_and_fsck_reports_it() {
     let names = crate::names::Names::new(&u.store.volume_secret, false);
     let bs = u.config.block_size;
     let km = crate::keymgr::KeyManager::new(u);
-    let r = crate::keymgr::fsck::fsck(&km, &dir, &names, bs, None, false, &mut |_, _| {})
-        .expect("fsck");
+    let r = crate::keymgr::fsck::fsck(
+        &km,
+        &dir,
+        &names,
+        bs,
+        None,
+        crate::keymgr::fsck::Repair::No,
+        &mut |_, _| {},
+    )
+    .expect("fsck");
     let found: Vec<(&str, &str)> = r
         .problems
         .iter()

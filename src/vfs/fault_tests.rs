@@ -262,8 +262,16 @@ fn check_volume(dir: &Path) -> std::result::Result<(), String> {
     let names = crate::names::Names::new(&u.store.volume_secret, false);
     let bs = u.config.block_size;
     let km = KeyManager::new(u);
-    let r = crate::keymgr::fsck::fsck(&km, dir, &names, bs, None, false, &mut |_, _| {})
-        .map_err(|e| format!("fsck: {e}"))?;
+    let r = crate::keymgr::fsck::fsck(
+        &km,
+        dir,
+        &names,
+        bs,
+        None,
+        crate::keymgr::fsck::Repair::No,
+        &mut |_, _| {},
+    )
+    .map_err(|e| format!("fsck: {e}"))?;
     if !r.problems.is_empty() {
         return Err(format!("fsck: {:?}", r.problems));
     }

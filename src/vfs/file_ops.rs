@@ -308,7 +308,15 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
-        let made = self.create_file_entry(&dir, name, &cn, mode, flags, caller);
+        let mut made = self.create_file_entry(&dir, name, &cn, mode, flags, caller);
+        // Short of space while removed files are still being let go (see `unlinked`): once
+        // more when they are, as a write does.
+        if let Err(e) = &made
+            && matches!(e.errno(), libc::ENOSPC | libc::EDQUOT)
+            && self.wait_for_removed()
+        {
+            made = self.create_file_entry(&dir, name, &cn, mode, flags, caller);
+        }
         let (node, attr, of, audit) = match made {
             Err(VfsError::Sys(Errno::EXIST)) if flags & libc::O_EXCL == 0 => {
                 let ino = self.lookup(parent, name)?.ino;

@@ -590,17 +590,26 @@ impl OpenFile {
         // pages): encrypted straight from the caller's bytes. Otherwise merged with the old
         // bytes first (before the cipher buffer is taken: the merge reads through it too).
         let whole = off == base && end == span_end;
+        // Written blocks this write stores again whose counts of holes must stay (see
+        // `holes::counts_in`): the existing empty final block it rewrites included.
+        let upto = if empty_final && new_final <= l.final_block(st.size) {
+            new_final
+        } else {
+            last
+        };
+        let keep = self.counts_in(st, first, upto, gap_from_run)?;
+        let pre = pre.filter(|_| whole && gap == 0);
+        let merged = if pre.is_some() || whole {
+            None
+        } else {
+            Some(self.merged_span(st, off, data, span_end)?)
+        };
+        let plain = merged.as_deref().unwrap_or(data);
         let mut buf = match pre {
             // Encrypted already (whole blocks, none of them final, as this write leaves them,
             // and no hole before them).
-            Some(buf) if whole && gap == 0 => buf,
-            _ => {
-                let merged = if whole {
-                    None
-                } else {
-                    Some(self.merged_span(st, off, data, span_end)?)
-                };
-                let plain = merged.as_deref().unwrap_or(data);
+            Some(buf) => buf,
+            None => {
                 let mut buf = Scratch::cipher(main_len + BLOCK_OVERHEAD);
                 self.cipher.encrypt_blocks_into(
                     first,
@@ -620,6 +629,19 @@ impl OpenFile {
                 new_final,
                 0,
                 &mut buf.as_mut()[main_len..total],
+            );
+        }
+        // Those blocks again, with their counts.
+        for &(b, g) in &keep {
+            let po = ((b - first) * bs) as usize;
+            let n = plain.len().saturating_sub(po).min(bs as usize);
+            let at = (b - first) as usize * l.cipher_block_size() as usize;
+            self.cipher.encrypt_blocks_into(
+                b,
+                &plain[po..po + n],
+                new_final,
+                g,
+                &mut buf.as_mut()[at..at + n + BLOCK_OVERHEAD],
             );
         }
         buf.set_len(total);
@@ -658,6 +680,9 @@ impl OpenFile {
         }
         if gap > 0 && gap_from_run {
             self.recount(st, first);
+        }
+        for (b, _) in keep {
+            self.recount(st, b);
         }
         Ok(out.len() as u64)
     }

@@ -142,6 +142,45 @@ impl OpenFile {
         })
     }
 
+    /// The written blocks in `first + 1..=upto` whose counts of holes are not 0, with their
+    /// counts. A write that stores them again keeps those counts (they then reach over blocks
+    /// of the write, which authenticate) and notes them (see `FileState::recount`): stored as 0
+    /// in the same unsynced write, a power loss that kept them and lost the blocks before would
+    /// leave holes no count reaches (those before `first` too). Looked for only where holes may
+    /// be: the first block is one (`first_hole`), blocks in the range are noted already, or
+    /// the backing file system has unallocated space in the range (a hole of a block or two
+    /// that a punch left allocated, between written blocks, is missed).
+    pub(super) fn counts_in(
+        &self,
+        st: &FileState,
+        first: u64,
+        upto: u64,
+        first_hole: bool,
+    ) -> Result<Vec<(u64, u32)>> {
+        if !self.sparse() || st.no_holes || upto <= first {
+            return Ok(Vec::new());
+        }
+        let l = self.layout;
+        let (from, to) = (l.cipher_offset(first + 1), l.cipher_offset(upto));
+        let maybe = first_hole
+            || st.recount.range(first + 1..=upto).next().is_some()
+            || match rustix::fs::seek(&st.file, rustix::fs::SeekFrom::Hole(from)) {
+                Ok(h) => h < to,
+                Err(_) => true,
+            };
+        if !maybe {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for b in first + 1..=upto {
+            let n = self.nonce_at(st, b)?;
+            if !is_hole(&n) && block_gap(&n) > 0 {
+                out.push((b, block_gap(&n)));
+            }
+        }
+        Ok(out)
+    }
+
     /// When block `last` is a hole that a write is about to fill: the written block after its
     /// run, whose count must then shrink to the holes after `last` (else a later zeroing of
     /// `last` would pass for a hole). `None` when nothing is to be done.
@@ -485,17 +524,19 @@ impl OpenFile {
                 "block {b} is zeroed (no count of holes reaches it)"
             )));
         }
-        let Ok(gap) = u32::try_from(k - start) else {
+        let Ok(run) = u32::try_from(k - start) else {
             // A run longer than a count holds: encrypted zeros instead.
             return self.zero_locked(&mut st, l.plain_offset(a), l.plain_offset(b));
         };
+        // Never smaller than `k`'s count now: that may reach over blocks written since the
+        // last sync (block `a - 1`, say), which a power loss could turn back into holes (see
+        // `FileState::recount`).
+        let gap = run.max(gk);
         *st.holes_seen.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         st.no_holes = false;
         self.set_gap(&mut st, k, gap)?;
-        if start < a {
-            // Holes before the range counted from the disk (see `FileState::recount`).
-            self.recount(&mut st, k);
-        }
+        // Settled later, with the others (not now: the blocks are not punched yet).
+        st.recount.insert(k);
         // The count on the disk before the blocks go (a power loss in between must not leave
         // punched blocks that nothing counts).
         crate::fault::check("fsync")?;
