@@ -661,3 +661,40 @@ fn a_write_over_a_run_and_its_end_keeps_the_end_block_counting_until_a_sync() {
         assert!(read_all(&v, a) == want, "size {size}: the fills lost");
     }
 }
+
+#[test]
+fn a_punch_that_fills_the_list_of_counts_to_settle_does_not_settle_before_it_punches() {
+    // Blocks 10..=19 written and synced, then 1,023 hole fills on one handle (1,024 counts
+    // waiting: the limit), then a punch of blocks 12..=14, whose run end (block 15) is one
+    // more. Settling there, before the blocks are punched, would count no holes before 15.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", b"x");
+    truncate(&v, a, 5000 * B + 1);
+    write_at(&v, a, 10 * B, &pattern(10 * B as usize, 9));
+    drop(v);
+    let (v, a) = reopen(&dir);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    for i in 0..1023 {
+        v.write(fh, (2000 + 2 * i) * B, b"f").expect("fill");
+    }
+    v.fallocate(
+        fh,
+        12 * B,
+        3 * B,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .expect("punch");
+    assert_eq!(
+        v.read(fh, 12 * B, 3 * B as u32)
+            .expect("read the punched blocks"),
+        vec![0u8; 3 * B as usize]
+    );
+    v.release(fh).expect("release");
+    drop(v);
+    let (v, a) = reopen(&dir);
+    assert_eq!(
+        try_read(&v, a, 12 * B, 4 * B as u32).expect("after a reopen")[..3 * B as usize],
+        vec![0u8; 3 * B as usize]
+    );
+}
