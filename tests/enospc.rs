@@ -314,6 +314,10 @@ fn a_write_right_after_rm_finds_the_space() {
             // pages to drop before it lets the inode go, which makes the FORGET later), remove
             // it (or rename over it), and write 20 MiB at once, each write straight to the
             // daemon.
+            if round % 2 == 1 {
+                // Made before the disk is full (on a full disk it may find no room itself).
+                std::fs::write(root.join("small"), b"small").unwrap();
+            }
             let mut f = std::fs::File::create(root.join("filler")).unwrap();
             while f.write_all(&mb).is_ok() {}
             let _ = f.sync_all();
@@ -322,7 +326,6 @@ fn a_write_right_after_rm_finds_the_space() {
             if round % 2 == 0 {
                 std::fs::remove_file(root.join("filler")).unwrap();
             } else {
-                std::fs::write(root.join("small"), b"small").unwrap();
                 std::fs::rename(root.join("small"), root.join("filler")).unwrap();
             }
             let mut g = direct("after");
