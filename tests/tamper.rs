@@ -269,6 +269,20 @@ fn block_transplanted_from_another_file_is_eio() {
     });
 }
 
+/// A volume with one file `f` of `size` bytes whose cipher file was cut to `cut` bytes; returns
+/// the volume and the cipher file.
+fn cut_file(size: usize, cut: u64) -> (Volume, PathBuf) {
+    let (v, inos) = volume_with(&[("f", pat(7, size))], &[]);
+    let c = by_inode(&v.cipher, inos[0]);
+    OpenOptions::new()
+        .write(true)
+        .open(&c)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    (v, c)
+}
+
 #[test]
 fn truncation_at_a_block_boundary_is_eio() {
     // (size, cut cipher file to): after a full block with more to follow; dropping the empty
@@ -281,15 +295,7 @@ fn truncation_at_a_block_boundary_is_eio() {
         (3 * 4096 + 500, block_at(3) + 528 - CBS),
     ];
     for &(size, cut) in cases {
-        let content = pat(7, size);
-        let (v, inos) = volume_with(&[("f", content.clone())], &[]);
-        let c = by_inode(&v.cipher, inos[0]);
-        OpenOptions::new()
-            .write(true)
-            .open(&c)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        let (v, _) = cut_file(size, cut);
         let err = mounted(&v, move |mnt| {
             let p = mnt.join("f");
             // Either open refuses, or the read does; never a shorter file read without error.
@@ -322,15 +328,7 @@ fn truncation_with_a_forged_interrupted_write_marker_is_eio() {
         (tagged.to_vec(), "does not authenticate"),
     ] {
         let n = marker.len();
-        let content = pat(7, 3 * 4096 + 500);
-        let (v, inos) = volume_with(&[("f", content.clone())], &[]);
-        let c = by_inode(&v.cipher, inos[0]);
-        OpenOptions::new()
-            .write(true)
-            .open(&c)
-            .unwrap()
-            .set_len(block_at(2))
-            .unwrap();
+        let (v, c) = cut_file(3 * 4096 + 500, block_at(2));
         rustix::fs::setxattr(
             &c,
             "user.kmsfs-pending",

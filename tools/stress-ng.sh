@@ -5,7 +5,7 @@
 # if it fails there too, the fault is stress-ng's or the kernel's, and it is reported as
 # SAME-ON-EXT4 (not counted). The volume lives on its own 2 GiB ext4 (a loop device), so
 # stressors that grow files until the disk is full (fsize, hdd) meet ENOSPC soon and cannot fill
-# the machine's disk: kmsfs stores holes as encrypted zeros (see README, Deviations).
+# the machine's disk (holes take no room on a sparse volume, but what is written does).
 #
 # Run as root: tools/stress-ng.sh
 # Env: KMSFS (binary; default: release build), SECS (seconds per stressor, default 6),

@@ -150,14 +150,7 @@ pub struct PasswdArgs {
 pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
     crate::keymgr::probe(&a.cipherdir)?;
     // A running mount would write its old unlock slots back: refuse while mounted.
-    let _lock = super::mount_cmd::lock_volume(&crate::keymgr::VolumePaths::new(&a.cipherdir))
-        .map_err(|e| {
-            if e.code == code::ALREADY_MOUNTED {
-                e.hint("unmount the volume before changing its passphrase")
-            } else {
-                e
-            }
-        })?;
+    let _lock = lock_unmounted(&a.cipherdir, "changing its passphrase")?;
     let old = a.old.source().get()?;
     let new = super::SecretSource {
         passfile: a.new_passfile.clone(),
@@ -217,14 +210,7 @@ pub struct UpgradeArgs {
 pub fn upgrade(a: &UpgradeArgs) -> Result<(), CliError> {
     crate::keymgr::probe(&a.cipherdir)?;
     // A running mount works with the features it was mounted with.
-    let _lock = super::mount_cmd::lock_volume(&crate::keymgr::VolumePaths::new(&a.cipherdir))
-        .map_err(|e| {
-            if e.code == code::ALREADY_MOUNTED {
-                e.hint("unmount the volume before upgrading it")
-            } else {
-                e
-            }
-        })?;
+    let _lock = lock_unmounted(&a.cipherdir, "upgrading it")?;
     let how = a.unlock.source().get()?;
     let added = crate::keymgr::upgrade::upgrade(&a.cipherdir, &how, &a.feature)?;
     if added.is_empty() {
@@ -245,4 +231,19 @@ pub fn upgrade(a: &UpgradeArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The volume lock for a command that needs the volume unmounted; when it is mounted, the
+/// error says to unmount it before `what`.
+fn lock_unmounted(
+    cipherdir: &std::path::Path,
+    what: &str,
+) -> Result<std::os::fd::OwnedFd, CliError> {
+    super::mount_cmd::lock_volume(&crate::keymgr::VolumePaths::new(cipherdir)).map_err(|e| {
+        if e.code == code::ALREADY_MOUNTED {
+            e.hint(format!("unmount the volume before {what}"))
+        } else {
+            e
+        }
+    })
 }
