@@ -558,7 +558,7 @@ impl OpenFile {
         let last = l.block_of(end - 1);
         let new_final = l.final_block(new_size);
         // In a sparse file: the holes before the first block, and the written block whose count
-        // must shrink when the write fills the hole that is its last block.
+        // is to shrink (once settled) when the write fills the hole that is its last block.
         let (gap, gap_from_run) = self.gap_of(st, first)?;
         let run_end = self.run_end_after(st, last)?;
         // The old final block's plaintext (and its count of holes before it), to restore it if
