@@ -145,7 +145,25 @@ fn a_clean_volume_is_clean() {
     assert_eq!(r["dirs"], 2);
     // user.small, user.big, trusted.t, the access and the default ACL.
     assert_eq!(r["xattrs"], 5);
+    assert_eq!(r["hole_counts_too_large"], 0, "{r}");
     assert!(kinds(&r).is_empty());
+}
+
+/// In a file without holes (a `--no-sparse` volume, every volume before 2026-12-05) the nonces
+/// are random: no count of holes to check there.
+#[test]
+fn counts_of_holes_are_looked_for_in_sparse_files_only() {
+    let v = Volume::new(&["--no-sparse"]);
+    let m = v.mount();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    std::fs::write(m.path("f"), &data).unwrap();
+    m.unmount();
+    let (code, r) = fsck(&v, &v.cipher, &["--repair"]);
+    assert_eq!((code, kinds(&r)), (0, vec![]), "{r}");
+    assert_eq!(r["hole_counts_too_large"], 0, "{r}");
+    let m = v.mount();
+    assert!(std::fs::read(m.path("f")).unwrap() == data);
+    m.unmount();
 }
 
 /// A copy of the corpus with the cipher file of `size` bytes changed by `damage`: fsck reports
