@@ -5,6 +5,18 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// Sets the modification time of the open file `fd` to `at`, leaving its access time.
+pub fn set_mtime(fd: impl std::os::fd::AsFd, at: rustix::fs::Timespec) -> io::Result<()> {
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: at,
+    };
+    rustix::fs::futimens(fd, &ts).map_err(Into::into)
+}
+
 /// Writes `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync of
 /// the directory. If `backup` is given and `path` exists, the old file becomes `backup` first
 /// (through a hard link, so `path` exists at every instant: a failure at any step leaves `path`

@@ -7,12 +7,14 @@
 //! So before such a write the first block it rewrites is recorded in an extended attribute of
 //! the cipher file (`user.kmsfs-pending`), and removed after the write. In a sparse file the
 //! marker also holds the number of holes right before that block, which the block itself counts
-//! (see `vfs::open_file::holes`): a file cut back to end there needs it in its new final block. When a file with the
-//! marker is opened, the blocks from there on are scanned: the file ends at the first block that
-//! authenticates as final, or — at a torn or missing block — at the last block that
-//! authenticates, re-encrypted as final. The result is a prefix of what was being written (as a
-//! crash in the middle of an append leaves on most file systems); blocks before the recorded one
-//! are never touched, so tampering elsewhere is still detected, not "repaired".
+//! (see `vfs::open_file::holes`): a file cut back to end there needs it in its new final block.
+//! The marker carries a tag under the file's DEK, so that no one without the key can make a cut
+//! file pass for a torn write. When a file with an authentic marker is opened, the blocks from
+//! there on are scanned: the file ends at the first block that authenticates as final, or — at
+//! a torn or missing block — at the last block that authenticates, re-encrypted as final. The
+//! result is a prefix of what was being written (as a crash in the middle of an append leaves
+//! on most file systems); blocks before the recorded one are never touched, so tampering
+//! elsewhere is still detected, not "repaired".
 //!
 //! A write inside one page is marked too: a kill cannot tear it, but after a power loss an
 //! overwrite of a page already on disk can be there without the larger size (xfs; ext4 for
@@ -47,8 +49,9 @@ pub enum Marker {
     Absent,
     /// Made with this file's key.
     Authentic(Fields),
-    /// Of a kmsfs before 2026-12-06 (no tag): acted on only when asked to (`fsck --repair`),
-    /// since anyone with write access to the cipher directory can make one.
+    /// Of a kmsfs before 2026-12-06 (no tag): acted on only when asked to (`fsck --repair
+    /// --trust-untagged-markers`), since anyone with write access to the cipher directory can
+    /// make one.
     Legacy(Fields),
     /// A tag that does not authenticate, or a length no kmsfs writes: never acted on.
     Forged,
@@ -175,9 +178,9 @@ pub fn read_marker(file: &File, cipher: &FileCipher) -> std::io::Result<Marker> 
 
 /// Brings a file whose size-changing write was interrupted back to a readable state (see the
 /// module doc); `file` must be open for writing. Acts on an authentic marker, and on a marker of
-/// an older kmsfs only when `trust_legacy` (an explicit `fsck --repair`); any other marker is
-/// left in place, logged, and the file left as it is (what it holds is still checked block by
-/// block as it is read). Returns the new cipher length when it changed anything. A file without
+/// an older kmsfs only when `trust_legacy` (`fsck --repair --trust-untagged-markers`); any
+/// other marker is left in place, logged, and the file left as it is (what it holds is still
+/// checked block by block as it is read). Returns the new cipher length when it changed anything. A file without
 /// the marker is left alone.
 pub fn recover(
     file: &File,

@@ -11,9 +11,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::seal::unseal;
-use super::volume::io_err;
+use super::volume::{config_matches, io_err};
 use super::{Unlock, Unlocked, VolumeError, VolumePaths, probe, unlock};
-use crate::crypto::{hex, sha256};
+use crate::crypto::hex;
 use crate::fsutil::atomic_write;
 
 const FORMAT: &str = "kmsfs-keystore-backup";
@@ -52,15 +52,12 @@ pub fn export(dir: &Path, how: &Unlock, out: &Path) -> Result<(BackupInfo, Unloc
     let u = unlock(dir, how)?;
     // The config the key store goes with: `volume.json`, or a staged one that could not be put
     // in place (a read-only control directory after an interrupted change).
-    let (_, config_bytes) = probe(dir)?;
-    let config_bytes = super::upgrade::staged_bytes(&u.paths, &u.store.config_digest)
-        .filter(|_| {
-            !crate::crypto::ct_eq(
-                hex::encode(&sha256(&config_bytes)).as_bytes(),
-                u.store.config_digest.as_bytes(),
-            )
-        })
-        .unwrap_or(config_bytes);
+    let (_, mut config_bytes) = probe(dir)?;
+    if !config_matches(&config_bytes, &u.store.config_digest)
+        && let Some(b) = super::upgrade::staged_bytes(&u.paths, &u.store.config_digest)
+    {
+        config_bytes = b;
+    }
     let sealed = u.sealed();
     if out.exists() {
         return Err(VolumeError::Invalid(format!(
@@ -115,10 +112,7 @@ pub fn restore(
         .map_err(|e| bad(format!("volume config: {e}")))?;
     // The backup must open, and its config must be the one its key store was made with.
     let u = unseal(&sealed, how)?;
-    if !crate::crypto::ct_eq(
-        hex::encode(&sha256(&config)).as_bytes(),
-        u.store.config_digest.as_bytes(),
-    ) {
+    if !config_matches(&config, &u.store.config_digest) {
         return Err(bad("its volume config does not match its key store".into()));
     }
     let paths = VolumePaths::new(dir);

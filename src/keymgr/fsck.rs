@@ -761,13 +761,6 @@ fn shrink_counts(
         tv_sec: st.st_mtime,
         tv_nsec: st.st_mtime_nsec as _,
     };
-    let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: at,
-    };
-    rustix::fs::futimens(&f, &ts)?;
+    crate::fsutil::set_mtime(&f, at)?;
     f.sync_data()
 }

@@ -13,9 +13,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::VolumeError;
-use super::volume::{Unlocked, VolumePaths, io_err, unlock};
+use super::volume::{Unlocked, VolumePaths, config_matches, io_err, unlock};
 use super::{Unlock, seal::seal};
-use crate::crypto::{ct_eq, hex, sha256};
+use crate::crypto::{hex, sha256};
 use crate::format::config::{FEATURE_SPARSE_FILES, VolumeConfig};
 use crate::fsutil::atomic_write;
 
@@ -92,7 +92,7 @@ pub(super) fn staged_config(paths: &VolumePaths, digest: &str) -> Option<(Volume
 /// put in place: the config a key store with that digest goes with).
 pub(super) fn staged_bytes(paths: &VolumePaths, digest: &str) -> Option<Vec<u8>> {
     let bytes = fs::read(staged_path(paths)).ok()?;
-    ct_eq(hex::encode(&sha256(&bytes)).as_bytes(), digest.as_bytes()).then_some(bytes)
+    config_matches(&bytes, digest).then_some(bytes)
 }
 
 /// Adds `wanted` (every feature of [`ADDABLE_FEATURES`] when empty) to the volume in `dir`

@@ -316,6 +316,11 @@ impl Unlocked {
     }
 }
 
+/// Whether `bytes` are the config whose digest a key store holds (`config_digest`).
+pub(super) fn config_matches(bytes: &[u8], digest: &str) -> bool {
+    ct_eq(hex::encode(&sha256(bytes)).as_bytes(), digest.as_bytes())
+}
+
 /// Unlocks the volume in `dir`. Falls back to the backup generation if the primary key store is
 /// damaged; `used_backup` then says why.
 pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
@@ -353,14 +358,8 @@ pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
             }
         },
     };
-    let matches = |bytes: &[u8]| {
-        ct_eq(
-            hex::encode(&sha256(bytes)).as_bytes(),
-            u.store.config_digest.as_bytes(),
-        )
-    };
     // A config change interrupted after this key store copy was written: complete it.
-    let config = if matches(&config_bytes) {
+    let config = if config_matches(&config_bytes, &u.store.config_digest) {
         config
     } else {
         match super::upgrade::staged_config(&paths, &u.store.config_digest) {

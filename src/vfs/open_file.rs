@@ -203,16 +203,8 @@ impl OpenFile {
     /// Puts the modification time the kernel holds back on the backing file, if a write from
     /// the page cache moved it (see `kept_mtime`).
     pub fn restore_mtime(&self) {
-        self.kept_mtime.restore(|at| {
-            let ts = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: rustix::fs::UTIME_OMIT,
-                },
-                last_modification: at,
-            };
-            rustix::fs::futimens(&self.read_state().file, &ts).map_err(Into::into)
-        });
+        self.kept_mtime
+            .restore(|at| crate::fsutil::set_mtime(&self.read_state().file, at));
     }
 
     /// Marks the backing descriptor as opened without access times for an open that does not

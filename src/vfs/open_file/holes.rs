@@ -316,14 +316,7 @@ impl OpenFile {
             }
         }
         if let (true, Some(at)) = (rewrote, mtime) {
-            let ts = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: rustix::fs::UTIME_OMIT,
-                },
-                last_modification: at,
-            };
-            let _ = rustix::fs::futimens(&st.file, &ts);
+            let _ = crate::fsutil::set_mtime(&st.file, at);
         }
     }
 
