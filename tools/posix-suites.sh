@@ -14,7 +14,8 @@
 # Run as root (mounting with --allow-other, switching users): tools/posix-suites.sh
 # Env: SUITES_DIR (default ~/.cache/kmsfs-suites), KMSFS (binary; default: release build),
 #      FSX_OPS (operations per fsx run, default 20000), FSX_SEEDS (default "1 2 3"),
-#      WORK_IN (where the volumes go, i.e. the backing file system; default /var/tmp).
+#      WORK_IN (where the volumes go, i.e. the backing file system; default /var/tmp),
+#      INIT_OPTS (options for every `kmsfs init`, e.g. "--block-size 512 --plaintext-names").
 # Exit status: 0 when every suite passed on every mount, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -100,7 +101,8 @@ mount_fresh() { # ARGS...: a new volume mounted at $MNT
   unmount
   volume=$((volume + 1))
   local c=$WORK/cipher$volume
-  KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-key "$c" >/dev/null ||
+  # shellcheck disable=SC2086 # INIT_OPTS is a list of options
+  KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-key ${INIT_OPTS:-} "$c" >/dev/null ||
     die "init failed"
   "$KMSFS" mount --passfile "$WORK/pass" "$@" "$c" "$MNT" || die "mount failed"
   CIPHER=$c
