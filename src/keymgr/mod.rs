@@ -337,6 +337,19 @@ impl KeyManager {
 
     /// Time-driven work: automatic rotations and deletions whose window has passed. Persists only
     /// when something changed. Returns (rotated keys with their new version, destroyed keys).
+    /// What [`KeyManager::tick`] would do now, without doing it (so that its audit records can
+    /// be written first: a key destroyed must not go unrecorded).
+    pub fn due(&self) -> TickResult {
+        let now = self.now();
+        self.query(|s| {
+            let mut c = s.clone();
+            (
+                lifecycle::rotate_due(&mut c, now),
+                lifecycle::execute_due_deletions(&mut c, now),
+            )
+        })
+    }
+
     pub fn tick(&self) -> Result<TickResult, AdminError> {
         let now = self.now();
         let due = self.query(|s| {

@@ -77,9 +77,66 @@ pub fn segment_name(n: u64) -> String {
     format!("seg-{n:08}.log")
 }
 
+/// The segment number of a file name the writer makes (`seg-` and at least eight digits, without
+/// extra leading zeros): other spellings of a number (`seg-1.log`, `seg-+1.log`) are no segment.
 pub fn parse_segment_name(s: &str) -> Option<u64> {
-    s.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
+    let digits = s.strip_prefix("seg-")?.strip_suffix(".log")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = digits.parse().ok()?;
+    (segment_name(n) == s).then_some(n)
 }
 
+/// The most any segment file is read: more than the writer ever makes one (it closes a segment
+/// past [`SEGMENT_BYTES`], after the batch that took it there), so a file grown on disk (a
+/// sparse terabyte) cannot make the mount or `verify` read without end.
+pub const SEGMENT_READ_MAX: u64 = 4 * SEGMENT_BYTES;
+
+/// Reads segment `n` of `dir`: a regular file (not followed if a symlink, not waited on if a
+/// FIFO) of at most [`SEGMENT_READ_MAX`] bytes; `InvalidData` names what else it is.
+pub(crate) fn read_segment(dir: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(segment_name(n)))
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "is a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    let m = f.metadata()?;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    if !m.file_type().is_file() {
+        let kind = match m.file_type() {
+            t if t.is_dir() => "a directory",
+            t if t.is_fifo() => "a FIFO",
+            t if t.is_socket() => "a socket",
+            _ => "not a regular file",
+        };
+        return Err(bad(format!("is {kind}")));
+    }
+    if m.len() > SEGMENT_READ_MAX {
+        return Err(bad(format!(
+            "is {} bytes, more than a segment is ever written ({SEGMENT_READ_MAX})",
+            m.len()
+        )));
+    }
+    let mut data = Vec::with_capacity(m.len() as usize);
+    f.by_ref()
+        .take(SEGMENT_READ_MAX + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > SEGMENT_READ_MAX {
+        return Err(bad("grew past the most a segment is ever written".into()));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tamper_tests;
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,12 @@ pub struct Base {
     pub prev_signature: String,
     /// When the segments were removed (RFC 3339).
     pub time: String,
+    /// Sequence number of the checkpoint written (durable, and in `head`) right after the
+    /// removal's `AuditRetention` record, before this base: the log kept always holds it, so
+    /// cutting everything after the base does not pass with a `head` below it. Absent in bases
+    /// written before 2026-12-06 (which kmsfs of that time cannot read once it is there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
     /// Hex Ed25519 signature over the fields above.
     pub signature: String,
 }
@@ -48,6 +54,10 @@ impl Base {
             b.extend_from_slice(s.as_bytes());
             b.push(b'\n');
         }
+        if let Some(c) = self.checkpoint {
+            b.extend_from_slice(b"checkpoint ");
+            b.extend_from_slice(&c.to_be_bytes());
+        }
         b
     }
 
@@ -57,6 +67,7 @@ impl Base {
         seq: u64,
         prev_chain: &[u8; 32],
         prev_signature: String,
+        checkpoint: Option<u64>,
     ) -> Base {
         let mut b = Base {
             segment,
@@ -64,6 +75,7 @@ impl Base {
             prev_chain: hex::encode(prev_chain),
             prev_signature,
             time: super::writer::now_rfc3339(),
+            checkpoint,
             signature: String::new(),
         };
         b.signature = hex::encode(&keys.sign.sign(&b.signed_bytes()));
@@ -197,6 +209,41 @@ fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<SegmentEnd> {
     })
 }
 
+/// The first line of a segment file, decoded (`None` if it is no entry), read from its head.
+fn first_entry_of(keys: &AuditKeys, path: &Path) -> Option<super::verify::Entry> {
+    use std::io::Read;
+    // A line is a record's JSON in base64: well under this.
+    const HEAD: u64 = 1 << 20;
+    let mut head = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(HEAD)
+        .read_to_end(&mut head)
+        .ok()?;
+    let line = head.split(|b| *b == b'\n').next()?;
+    super::verify::decode_lines(keys, line).pop()
+}
+
+/// Whether `e`, the first entry of a segment, follows the entry before it (sequence number
+/// `seq` is expected, after chain value `chain`): its chain is right, and its number too, or it
+/// is the writer's own record of entries found missing at open (`AuditLogModified`, after which
+/// the numbers go on past the gap).
+fn continues(keys: &AuditKeys, e: &super::verify::Entry, seq: u64, chain: &[u8; 32]) -> bool {
+    let linked = crate::crypto::ct_eq(
+        &crate::crypto::hmac_sha256(&keys.chain, &[chain, &e.body]),
+        &e.chain,
+    );
+    let noted_gap = || {
+        e.seq > seq
+            && e.kind == KIND_RECORD
+            && e.json
+                .as_ref()
+                .and_then(|j| serde_json::from_slice::<AuditRecord>(j).ok())
+                .is_some_and(|r| r.event == "AuditLogModified")
+    };
+    linked && e.json.is_some() && (e.seq == seq || noted_gap())
+}
+
 impl AuditLog {
     /// Logs why retention cannot remove more (at most every ten minutes).
     fn blocked(&self, why: String) {
@@ -279,6 +326,19 @@ impl AuditLog {
         let Some(&(first, _)) = segs.first() else {
             return Ok(None);
         };
+        // Where the log begins: the signed base, or the first entry ever. Each segment removed
+        // must follow on from there, one after another: a segment deleted by someone else is
+        // not to be covered by a base signed past it (found by a review: the removal's record
+        // then said kmsfs had removed it).
+        let (mut want_seg, mut want_seq, mut want_chain) = match read_base(&self.dir, &self.keys) {
+            Ok(Some(b)) => (
+                b.segment,
+                b.seq,
+                b.chain()
+                    .unwrap_or_else(|| super::writer::initial_chain(&self.keys)),
+            ),
+            _ => (1, 0, super::writer::initial_chain(&self.keys)),
+        };
         let mut total: u64 = segs.iter().map(|(_, len)| len).sum::<u64>() + g.bytes;
         // A closed segment ends with its segment-end checkpoint: its time says how old the
         // segment is, its signature is the one before the next segment. Only that last entry is
@@ -309,6 +369,17 @@ impl AuditLog {
             if !old && !over {
                 break;
             }
+            let follows = s == want_seg
+                && first_entry_of(&self.keys, &self.dir.join(segment_name(s)))
+                    .is_some_and(|e| continues(&self.keys, &e, want_seq, &want_chain));
+            if !follows {
+                self.blocked(format!(
+                    "segment {s} does not follow on from the one before it (segment {want_seg}, \
+                     entry {want_seq} expected: deleted or changed): retention removes nothing \
+                     from there on until it is looked at (`kmsfs audit verify`)"
+                ));
+                break;
+            }
             // Whoever can write the directory (no keys needed) must not make retention remove
             // a segment they changed: that would take the evidence with it.
             if let Some(why) = end.altered(s) {
@@ -321,6 +392,9 @@ impl AuditLog {
             by_age |= old;
             by_size |= over && !old;
             total -= len;
+            want_seg = s.saturating_add(1);
+            want_seq = end.entry.seq.saturating_add(1);
+            want_chain = end.entry.chain;
             removed = Some((s, end.entry, end.cp));
         }
         let Some((through, last, cp)) = removed else {
@@ -340,13 +414,15 @@ impl AuditLog {
             why.join("; ")
         ));
         self.write_locked(g, KIND_RECORD, &mut r)?;
-        g.file.sync_data()?;
+        // Durable, and in `head`, before the base: see [`Base::checkpoint`].
+        self.checkpoint_locked(g, "retention")?;
         let base = Base::new(
             &self.keys,
             through + 1,
             last.seq + 1,
             &last.chain,
             cp.signature,
+            g.last_checkpoint,
         );
         let json = serde_json::to_vec_pretty(&base).map_err(io::Error::other)?;
         crate::fsutil::atomic_write(&self.dir.join(BASE_FILE), &json, 0o600, None)?;

@@ -56,6 +56,13 @@ pub(super) fn decode_lines(keys: &AuditKeys, data: &[u8]) -> Vec<Entry> {
         .collect()
 }
 
+/// The authenticated entries of one segment's complete lines (what only the keys can write).
+pub(super) fn decode_authentic(keys: &AuditKeys, data: &[u8]) -> Vec<Entry> {
+    let mut v = decode_lines(keys, data);
+    v.retain(|e| e.json.is_some());
+    v
+}
+
 /// The last checkpoint entry in the log (searching segments from the newest).
 pub(super) fn last_logged_checkpoint(
     keys: &AuditKeys,
@@ -63,8 +70,8 @@ pub(super) fn last_logged_checkpoint(
     segs: &[u64],
 ) -> Option<Checkpoint> {
     for s in segs.iter().rev() {
-        let data = std::fs::read(dir.join(segment_name(*s))).ok()?;
-        let found = decode_lines(keys, &data)
+        let data = super::read_segment(dir, *s).ok()?;
+        let found = decode_authentic(keys, &data)
             .into_iter()
             .rev()
             .filter(|e| e.kind == KIND_CHECKPOINT)
@@ -192,12 +199,24 @@ pub fn scan_from(
     let mut end = first;
     for s in segs.into_iter().filter(|s| *s >= first.segment) {
         let start = if s == first.segment { first.offset } else { 0 };
-        let mut file = match std::fs::File::open(dir.join(segment_name(s))) {
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(dir.join(segment_name(s)))
+        };
+        let mut file = match opened {
             Ok(f) => f,
             // Removed by retention since the listing: the records after it are still read.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // A symlink or no regular file (made by someone else; `verify` names it): skipped.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => continue,
             Err(e) => return Err(e),
         };
+        if !file.metadata()?.file_type().is_file() {
+            continue;
+        }
         file.seek(SeekFrom::Start(start))?;
         // Line by line: a caller that stops early reads little of a 16 MiB segment.
         let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
@@ -290,6 +309,24 @@ pub fn verify_with_progress(
         .filter(|s| *s >= start_seg)
         .collect();
     r.segments = segs.len() as u64;
+    // Files named like segments in a way the writer never names them (`seg-1.log`): renamed
+    // or added by someone else, and not read as part of the log.
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let mut odd: Vec<String> = rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| {
+                n.starts_with("seg-") && n.ends_with(".log") && parse_segment_name(n).is_none()
+            })
+            .collect();
+        odd.sort();
+        for n in odd {
+            findings.push(Finding {
+                segment: None,
+                seq: None,
+                problem: format!("{n} is no segment name the log uses (renamed or added)"),
+            });
+        }
+    }
     r.findings = findings;
     let mut find = |segment: Option<u64>, seq: Option<u64>, problem: String| {
         r.findings.push(Finding {
@@ -298,7 +335,8 @@ pub fn verify_with_progress(
             problem,
         })
     };
-    let mut checkpoint_sigs = Vec::new();
+    // Every checkpoint in the log, whole (`head` must be one of them, field for field).
+    let mut checkpoints: Vec<Checkpoint> = Vec::new();
     let (mut entries, mut records, mut cps, mut starts) = (0u64, 0u64, 0u64, 0u64);
     match segs.first() {
         Some(first) if *first != start_seg => find(
@@ -327,7 +365,14 @@ pub fn verify_with_progress(
     }
     for (i, s) in segs.iter().enumerate() {
         progress(i as u64 + 1, segs.len() as u64);
-        let data = std::fs::read(dir.join(segment_name(*s)))?;
+        let data = match super::read_segment(&dir, *s) {
+            Ok(d) => d,
+            // Reported, not a reason to stop: the rest of the log is still checked.
+            Err(e) => {
+                find(Some(*s), None, format!("segment {s} cannot be read: {e}"));
+                continue;
+            }
+        };
         if !data.is_empty() && data.last() != Some(&b'\n') {
             find(
                 Some(*s),
@@ -436,8 +481,8 @@ pub fn verify_with_progress(
                                 find(Some(*s), Some(e.seq), "checkpoint does not follow the previous checkpoint (one was removed)".into());
                             }
                             last_sig = c.signature.clone();
-                            checkpoint_sigs.push((c.seq, c.signature));
-                            last_reason = Some(c.reason);
+                            last_reason = Some(c.reason.clone());
+                            checkpoints.push(c);
                         }
                         Err(_) => find(Some(*s), Some(e.seq), "checkpoint does not parse".into()),
                     }
@@ -474,21 +519,63 @@ pub fn verify_with_progress(
             );
         }
     }
+    let holds = |seq: u64, sig: &str| {
+        checkpoints
+            .iter()
+            .any(|c| c.seq == seq && c.signature == sig)
+    };
+    // Retention since 2026-12-06 writes a checkpoint (and `head`) before the base: the log kept
+    // holds it whatever is cut after the base.
+    if let Some(cs) = base.as_ref().and_then(|b| b.checkpoint)
+        && !checkpoints.iter().any(|c| c.seq == cs)
+    {
+        find(
+            None,
+            Some(cs),
+            format!(
+                "the log does not reach checkpoint {cs}, written when the oldest segments were \
+                 removed (tail truncated or removed)"
+            ),
+        );
+    }
     match std::fs::read(dir.join(HEAD_FILE)) {
         Ok(b) => match serde_json::from_slice::<Checkpoint>(&b) {
+            // `head` is in plaintext: only a checkpoint the log holds, field for field, counts
+            // (a review found one made up from the plaintext that passed when only the
+            // sequence number and signature were compared).
+            Ok(h) if h.seq >= start_seq => {
+                if !checkpoints.contains(&h) {
+                    let problem = if holds(h.seq, &h.signature) {
+                        format!(
+                            "head differs from checkpoint {} in the log (modified)",
+                            h.seq
+                        )
+                    } else {
+                        format!(
+                            "the log ends before checkpoint {} recorded in head (tail truncated \
+                             or removed)",
+                            h.seq
+                        )
+                    };
+                    find(None, Some(h.seq), problem);
+                }
+            }
+            // Before the signed beginning: only the last removed checkpoint, where retention
+            // removed the segment that `head` named before another checkpoint reached `head`
+            // (a base from before 2026-12-06, which wrote none at the removal).
             Ok(h) => {
-                // A head naming a checkpoint before the signed beginning is one whose segment
-                // retention removed before the next checkpoint reached head (as for the anchor).
-                if h.seq >= start_seq
-                    && !checkpoint_sigs
-                        .iter()
-                        .any(|(seq, sig)| *seq == h.seq && *sig == h.signature)
-                {
+                let last_removed = base.as_ref().is_some_and(|b| {
+                    b.checkpoint.is_none()
+                        && h.seq.checked_add(1) == Some(b.seq)
+                        && h.signature == b.prev_signature
+                });
+                if !last_removed {
                     find(
                         None,
                         Some(h.seq),
                         format!(
-                            "the log ends before checkpoint {} recorded in head (tail truncated or removed)",
+                            "head names checkpoint {}, before the log's signed beginning (entry \
+                             {start_seq}): head replaced, or the log cut after its beginning",
                             h.seq
                         ),
                     );
@@ -496,14 +583,12 @@ pub fn verify_with_progress(
             }
             Err(_) => find(None, None, "head file does not parse (modified)".into()),
         },
-        Err(_) if cps == 0 => {}
+        Err(_) if cps == 0 && base.is_none() && anchor.is_none() => {}
         Err(_) => find(None, None, "head file is missing".into()),
     }
     if let Some(a) = anchor
         && a.seq >= start_seq
-        && !checkpoint_sigs
-            .iter()
-            .any(|(seq, sig)| *seq == a.seq && *sig == a.signature)
+        && !holds(a.seq, &a.signature)
     {
         find(
             None,

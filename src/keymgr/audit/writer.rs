@@ -19,7 +19,7 @@ use crate::crypto::{NONCE_LEN, TAG_LEN, hex, hmac_sha256};
 use zeroize::Zeroize;
 
 /// The chain value before the first entry of a log.
-pub(super) fn initial_chain(keys: &AuditKeys) -> [u8; 32] {
+pub(crate) fn initial_chain(keys: &AuditKeys) -> [u8; 32] {
     hmac_sha256(&keys.chain, &[b"kmsfs audit chain start v1"])
 }
 
@@ -98,7 +98,7 @@ pub(super) struct Inner {
     since_checkpoint: u64,
     last_signature: String,
     /// Sequence number of the last checkpoint (with `last_signature`).
-    last_checkpoint: Option<u64>,
+    pub(super) last_checkpoint: Option<u64>,
     /// A periodic checkpoint not yet in `head` (written at the next group commit).
     head_pending: Option<Vec<u8>>,
     /// Closed segments (number → length) whose file was found as long as their closing
@@ -195,11 +195,204 @@ fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
         .open(dir.join(segment_name(n)))
 }
 
+/// The newest authentic entry in the segments `segs` (searched from the last; `None` when no
+/// segment holds one).
+fn newest_entry(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> Option<super::verify::Entry> {
+    segs.iter().rev().find_map(|s| {
+        super::read_segment(dir, *s)
+            .ok()
+            .and_then(|d| super::verify::decode_authentic(keys, &d).pop())
+    })
+}
+
+/// Whether the log (segments `segs`) holds checkpoint `seq` with signature `sig`. Segments are
+/// read from the newest, down to the one whose first entry is not after `seq`.
+fn holds_checkpoint(keys: &AuditKeys, dir: &Path, segs: &[u64], seq: u64, sig: &str) -> bool {
+    for s in segs.iter().rev() {
+        let Ok(data) = super::read_segment(dir, *s) else {
+            continue;
+        };
+        let entries = super::verify::decode_authentic(keys, &data);
+        if let Some(e) = entries.iter().find(|e| e.seq == seq) {
+            return e.kind == KIND_CHECKPOINT
+                && e.json
+                    .as_ref()
+                    .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
+                    .is_some_and(|c| c.signature == sig);
+        }
+        if entries.first().is_some_and(|e| e.seq < seq) {
+            return false;
+        }
+    }
+    false
+}
+
+/// `head`, if it is there and its signature is the log's: a checkpoint the log once held.
+fn genuine_head(keys: &AuditKeys, dir: &Path) -> Option<Checkpoint> {
+    let b = fs::read(dir.join(HEAD_FILE)).ok()?;
+    let c: Checkpoint = serde_json::from_slice(&b).ok()?;
+    let mut sig = [0u8; 64];
+    let msg = Checkpoint::signed_bytes(c.seq, c.segment, &c.chain, &c.prev_signature);
+    (hex::decode_into(&c.signature, &mut sig).is_some()
+        && crate::crypto::verify_signature(&keys.public_key(), &msg, &sig))
+    .then_some(c)
+}
+
+/// Where a log found at open goes on.
+struct Resume {
+    segment: u64,
+    next_seq: u64,
+    chain: [u8; 32],
+    /// Kind of the newest entry, if any.
+    last_kind: Option<u8>,
+    /// (signature, sequence number) of the last checkpoint.
+    last_cp: (String, Option<u64>),
+    /// No torn line was cut off.
+    clean: bool,
+    /// The newest segment, if it is left as found: (number, what is wrong with it).
+    modified: Option<(u64, String)>,
+}
+
+/// Reads where the log in `dir` (segments `segs`) goes on. Only authenticated entries count:
+/// a line anyone can write (no keys needed) must not choose the next sequence number or chain
+/// value, nor whether the last session ended cleanly.
+fn resume(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> io::Result<Resume> {
+    let Some(&n) = segs.last() else {
+        return Ok(Resume {
+            segment: 1,
+            next_seq: 0,
+            chain: initial_chain(keys),
+            last_kind: None,
+            last_cp: (String::new(), None),
+            clean: true,
+            modified: None,
+        });
+    };
+    let older = &segs[..segs.len() - 1];
+    let (entries, clean, modified) = match super::read_segment(dir, n) {
+        Ok(data) => {
+            // Cut a torn tail: keep up to the last newline.
+            let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if keep != data.len() {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(dir.join(segment_name(n)))?
+                    .set_len(keep as u64)?;
+            }
+            let entries = super::verify::decode_authentic(keys, &data[..keep]);
+            let lines = data[..keep].iter().filter(|b| **b == b'\n').count();
+            // Lines that are no authentic entry (blank, undecodable, failing authentication:
+            // never written so; the writer would take them into the next checkpoint's offset):
+            // the segment is kept as found, for `verify`, and the log goes on in a new one.
+            let bad = lines - entries.len();
+            let modified = (bad > 0).then(|| {
+                (
+                    n,
+                    format!("holds {bad} line(s) that are no authentic entry"),
+                )
+            });
+            (entries, keep == data.len(), modified)
+        }
+        // Not a regular file of a segment's size (a symlink, a FIFO, a sparse terabyte: made
+        // by someone else): left as found, the log goes on in a new segment.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            (Vec::new(), true, Some((n, e.to_string())))
+        }
+        Err(e) => return Err(e),
+    };
+    let last_cp = last_cp(keys, dir, segs);
+    let next_segment = |after: u64| {
+        after
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("audit segment numbers exhausted"))
+    };
+    if let Some(e) = entries.last() {
+        // Killed between a roll's segment-end checkpoint and the new file: the segment is
+        // closed, the log goes on in the next one.
+        let closed = e.kind == KIND_CHECKPOINT
+            && e.json
+                .as_ref()
+                .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
+                .is_some_and(|c| c.reason == "segment-end" && c.segment == n);
+        return Ok(Resume {
+            segment: if modified.is_some() || closed {
+                next_segment(n)?
+            } else {
+                n
+            },
+            next_seq: e
+                .seq
+                .checked_add(1)
+                .ok_or_else(|| io::Error::other("audit sequence numbers exhausted"))?,
+            chain: e.chain,
+            last_kind: Some(e.kind),
+            last_cp,
+            clean,
+            modified,
+        });
+    }
+    // No entry in the newest segment (killed right after a segment roll, or left as found):
+    // go on from the newest entry before it, or from the retention base (found by fuzzing:
+    // the log restarted at entry 0).
+    let segment = if modified.is_some() {
+        next_segment(n)?
+    } else {
+        n
+    };
+    let (next_seq, chain, last_kind, last_cp) = match (
+        newest_entry(keys, dir, older),
+        super::retention::read_base(dir, keys),
+    ) {
+        (Some(e), _) => (
+            e.seq
+                .checked_add(1)
+                .ok_or_else(|| io::Error::other("audit sequence numbers exhausted"))?,
+            e.chain,
+            Some(e.kind),
+            last_cp,
+        ),
+        // The last checkpoint before the base: its signature (for the next one's
+        // `prev_signature`), not its sequence number.
+        (None, Ok(Some(b))) => (
+            b.seq,
+            b.chain().unwrap_or_else(|| initial_chain(keys)),
+            None,
+            (b.prev_signature.clone(), None),
+        ),
+        (None, _) => (0, initial_chain(keys), None, (String::new(), None)),
+    };
+    Ok(Resume {
+        segment,
+        next_seq,
+        chain,
+        last_kind,
+        last_cp,
+        clean,
+        modified,
+    })
+}
+
 impl AuditLog {
+    /// Opens (or creates) the log in `control_dir/audit` (see [`AuditLog::open_anchored`]),
+    /// with no key store anchor to check it against.
+    pub fn open(control_dir: &Path, keys: AuditKeys) -> io::Result<AuditLog> {
+        Self::open_anchored(control_dir, keys, None)
+    }
+
     /// Opens (or creates) the log in `control_dir/audit`. A torn last line (crash mid-write) is
     /// cut off; if the previous session did not end with an unmount checkpoint, a chain-start
-    /// entry marks the unclean shutdown.
-    pub fn open(control_dir: &Path, keys: AuditKeys) -> io::Result<AuditLog> {
+    /// entry marks the unclean shutdown. The log must still reach `anchor` (the key store's
+    /// record of the last clean end of a session) and the checkpoint `head` names (when its
+    /// signature is the log's): one that does not was deleted or cut while closed. That is
+    /// recorded (`AuditLogModified`), and the sequence numbers go on after the missing
+    /// checkpoint, so that `verify` reports the gap for as long as the log keeps the entries
+    /// around it — also once the next clean end has replaced the anchor and `head`.
+    pub fn open_anchored(
+        control_dir: &Path,
+        keys: AuditKeys,
+        anchor: Option<&crate::keymgr::store::AuditAnchor>,
+    ) -> io::Result<AuditLog> {
         let dir = control_dir.join(super::AUDIT_DIR);
         fs::create_dir_all(&dir)?;
         let mut segs: Vec<u64> = fs::read_dir(&dir)?
@@ -209,109 +402,61 @@ impl AuditLog {
             })
             .collect();
         segs.sort_unstable();
-        let last = segs.last().copied();
-        // The newest segment with lines that are no entry (blank or undecodable: never written
-        // so; the writer would take them into the next checkpoint's offset): (segment, lines).
-        let mut modified = None;
-        let (segment, next_seq, chain, last_kind, last_cp, clean) = match last {
-            None => (
-                1,
-                0,
-                initial_chain(&keys),
-                None,
-                (String::new(), None),
-                true,
-            ),
-            Some(n) => {
-                let p = dir.join(segment_name(n));
-                let data = fs::read(&p)?;
-                // Cut a torn tail: keep up to the last newline.
-                let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                if keep != data.len() {
-                    OpenOptions::new()
-                        .write(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&p)?
-                        .set_len(keep as u64)?;
-                }
-                let entries = super::verify::decode_lines(&keys, &data[..keep]);
-                let lines = data[..keep].iter().filter(|b| **b == b'\n').count();
-                match entries.last() {
-                    Some(e) => {
-                        // From the log itself: `head` may lag it if we were killed between a
-                        // checkpoint's write and the head update.
-                        let cp = last_cp(&keys, &dir, &segs);
-                        // Kept as found (for `verify`), not written on: the log goes on in a
-                        // new segment, and retention stops at this one (it does not end with
-                        // its segment-end checkpoint).
-                        if lines != entries.len() {
-                            modified = Some((n, lines - entries.len()));
-                        }
-                        (
-                            n + u64::from(modified.is_some()),
-                            e.seq.saturating_add(1),
-                            e.chain,
-                            Some(e.kind),
-                            cp,
-                            keep == data.len(),
-                        )
-                    }
-                    // An empty newest segment (killed right after a segment roll): go on from
-                    // the newest entry before it, or from the retention base (found by fuzzing:
-                    // the log restarted at entry 0).
-                    None => {
-                        let prev = segs.iter().rev().skip(1).find_map(|s| {
-                            fs::read(dir.join(segment_name(*s)))
-                                .ok()
-                                .and_then(|d| super::verify::decode_lines(&keys, &d).pop())
-                        });
-                        let clean = keep == data.len();
-                        match (prev, super::retention::read_base(&dir, &keys)) {
-                            (Some(e), _) => (
-                                n,
-                                e.seq.saturating_add(1),
-                                e.chain,
-                                Some(e.kind),
-                                last_cp(&keys, &dir, &segs),
-                                clean,
-                            ),
-                            // The last checkpoint before the base: its signature (for the
-                            // next one's `prev_signature`), not its sequence number.
-                            (None, Ok(Some(b))) => (
-                                n,
-                                b.seq,
-                                b.chain().unwrap_or_else(|| initial_chain(&keys)),
-                                None,
-                                (b.prev_signature.clone(), None),
-                                clean,
-                            ),
-                            (None, _) => (
-                                n,
-                                0,
-                                initial_chain(&keys),
-                                None,
-                                (String::new(), None),
-                                clean,
-                            ),
-                        }
-                    }
-                }
+        let mut at = resume(&keys, &dir, &segs)?;
+        // The checkpoints the log must reach: the anchor and a genuine head, where retention
+        // has not removed them (below the signed beginning).
+        let floor = super::retention::read_base(&dir, &keys)
+            .ok()
+            .flatten()
+            .map_or(0, |b| b.seq);
+        let mut lost: Option<(u64, &str)> = None;
+        let head = genuine_head(&keys, &dir);
+        let targets = [
+            anchor.map(|a| {
+                (
+                    a.seq,
+                    a.signature.as_str(),
+                    "that the key store recorded at the last clean end of a session",
+                )
+            }),
+            head.as_ref()
+                .map(|h| (h.seq, h.signature.as_str(), "that head names")),
+        ];
+        for (seq, sig, whose) in targets.into_iter().flatten() {
+            if seq >= floor
+                && lost.is_none_or(|(l, _)| seq > l)
+                && !holds_checkpoint(&keys, &dir, &segs, seq, sig)
+            {
+                lost = Some((seq, whose));
             }
-        };
-        let file = open_segment(&dir, segment)?;
+        }
+        let lost = lost.map(|(seq, whose)| {
+            let found = at.next_seq;
+            at.next_seq = at.next_seq.max(seq.saturating_add(1));
+            format!(
+                "the log does not reach checkpoint {seq} {whose} (its newest entry left is \
+                 {}): entries were deleted or cut while the volume was closed; the log goes on \
+                 from entry {}",
+                found
+                    .checked_sub(1)
+                    .map_or("none".into(), |s| s.to_string()),
+                at.next_seq
+            )
+        });
+        let file = open_segment(&dir, at.segment)?;
         let bytes = file.metadata()?.len();
         let log = AuditLog {
             dir,
             keys,
             inner: Mutex::new(Inner {
-                segment,
+                segment: at.segment,
                 file,
                 bytes,
-                next_seq,
-                chain,
+                next_seq: at.next_seq,
+                chain: at.chain,
                 since_checkpoint: 0,
-                last_signature: last_cp.0,
-                last_checkpoint: last_cp.1,
+                last_signature: at.last_cp.0,
+                last_checkpoint: at.last_cp.1,
                 head_pending: None,
                 intact: Default::default(),
                 bufs: Buffers::default(),
@@ -325,19 +470,25 @@ impl AuditLog {
             warned_at: Mutex::new(None),
             blocked_at: Mutex::new(None),
         };
-        if let Some((n, bad)) = modified {
+        if let Some((n, what)) = &at.modified {
             let mut r = AuditRecord::new("AuditLogModified", Source::System);
             r.detail = Some(format!(
-                "segment {n} holds {bad} line(s) that are no entry (changed while the log was \
-                 closed): kept as found, the log goes on in segment {}",
-                n + 1
+                "segment {n} {what} (changed while the log was closed): kept as found, the log \
+                 goes on in segment {}",
+                at.segment
             ));
             tracing::error!("audit log: {}", r.detail.as_deref().unwrap_or_default());
             log.write_entry(KIND_RECORD, r)?;
         }
-        let resumed = modified.map_or(segment, |(n, _)| n);
-        let unclean_reason = match (last_kind, clean) {
-            (None, true) if next_seq == 0 => Some("new audit log"),
+        if let Some(why) = lost {
+            let mut r = AuditRecord::new("AuditLogModified", Source::System);
+            r.detail = Some(why);
+            tracing::error!("audit log: {}", r.detail.as_deref().unwrap_or_default());
+            log.write_entry(KIND_RECORD, r)?;
+        }
+        let resumed = at.modified.as_ref().map_or(at.segment, |(n, _)| *n);
+        let unclean_reason = match (at.last_kind, at.clean) {
+            (None, true) if at.next_seq == 0 => Some("new audit log"),
             (_, false) => Some("unclean shutdown: the last entry was torn and removed"),
             (Some(KIND_CHECKPOINT), true) if log.last_was_unmount(resumed) => None,
             _ => Some(
@@ -351,7 +502,7 @@ impl AuditLog {
         }
         // A new log gets its `head` at once (periodic checkpoints reach it only at the group
         // commit, and a log killed before the first one must still verify).
-        if last.is_none() {
+        if segs.is_empty() {
             log.checkpoint("start")?;
         }
         Ok(log)
@@ -504,8 +655,11 @@ impl AuditLog {
         )?;
         b.out.extend_from_slice(&b.line);
         b.out.push(b'\n');
-        at.seq += 1;
-        Ok(at.seq - 1)
+        let seq = at.seq;
+        at.seq = seq
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("audit sequence numbers exhausted"))?;
+        Ok(seq)
     }
 
     /// Appends a record that no operation waits for (a close): it is written with the next entry
@@ -569,8 +723,12 @@ impl AuditLog {
         self.checkpoint_locked(g, "segment-end")?;
         // The new file first: if it cannot be made, the log goes on in the current one (with
         // its number) and the next append tries again.
-        let file = open_segment(&self.dir, g.segment + 1)?;
-        g.segment += 1;
+        let next = g
+            .segment
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("audit segment numbers exhausted"))?;
+        let file = open_segment(&self.dir, next)?;
+        g.segment = next;
         g.file = file;
         g.bytes = 0;
         File::open(&self.dir)?.sync_all()?;
@@ -657,7 +815,7 @@ impl AuditLog {
         self.checkpoint_locked(&mut g, reason)
     }
 
-    fn checkpoint_locked(&self, g: &mut Inner, reason: &str) -> io::Result<()> {
+    pub(super) fn checkpoint_locked(&self, g: &mut Inner, reason: &str) -> io::Result<()> {
         // The records waiting go before it (it covers them).
         self.write_batch(g, None)?;
         let seq = g.next_seq;
@@ -681,19 +839,30 @@ impl AuditLog {
         };
         let json = serde_json::to_vec(&c).map_err(io::Error::other)?;
         self.write_raw(g, KIND_CHECKPOINT, &json)?;
-        if reason == "periodic" {
-            // Every 1,000 records, on the request path: signed now; made durable, and recorded
-            // in `head`, by the next group commit (every minute) or the closing checkpoint. Two
-            // fsyncs and a rename here cost ~15 ms each time (`cargo bench --bench audit`).
-            g.head_pending = Some(json);
-        } else {
-            g.file.sync_data()?;
-            crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), &json, 0o600, None)?;
-            g.head_pending = None;
-        }
+        // In the log now: the next checkpoint follows this one, whatever happens below (found
+        // by a review: a failed fsync or `head` write left the writer on the previous one, and
+        // `verify` reported a removed checkpoint in an untouched log).
         g.last_signature = sig;
         g.last_checkpoint = Some(seq);
         g.since_checkpoint = 0;
+        g.head_pending = Some(json);
+        if reason != "periodic" {
+            self.make_durable(g)?;
+        }
+        // Every 1,000 records, on the request path: signed now; made durable, and recorded in
+        // `head`, by the next group commit (every minute) or the closing checkpoint. Two fsyncs
+        // and a rename here cost ~15 ms each time (`cargo bench --bench audit`).
+        Ok(())
+    }
+
+    /// Syncs the segment, then writes the checkpoint waiting for `head` (kept for the next try
+    /// when either fails).
+    fn make_durable(&self, g: &mut Inner) -> io::Result<()> {
+        g.file.sync_data()?;
+        if let Some(json) = &g.head_pending {
+            crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), json, 0o600, None)?;
+            g.head_pending = None;
+        }
         Ok(())
     }
 
@@ -711,11 +880,7 @@ impl AuditLog {
     pub fn sync(&self) -> io::Result<()> {
         let mut g = self.lock();
         self.write_batch(&mut g, None)?;
-        g.file.sync_data()?;
-        if let Some(json) = g.head_pending.take() {
-            crate::fsutil::atomic_write(&self.dir.join(HEAD_FILE), &json, 0o600, None)?;
-        }
-        Ok(())
+        self.make_durable(&mut g)
     }
 
     /// The clean end of a session.

@@ -1,0 +1,339 @@
+//! Attacks on a closed log by someone without keys, and failure paths, found by a review
+//! (2026-12-06): each test failed before the fix it names.
+
+use super::*;
+use crate::crypto::Key256;
+use crate::keymgr::store::AuditAnchor;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+fn keys() -> AuditKeys {
+    AuditKeys::new(&Key256::from_bytes([4; 32]))
+}
+
+fn rec(tag: &str, i: u64) -> AuditRecord {
+    let mut r = AuditRecord::new("Open", Source::Fs);
+    r.resources.path = Some(format!("/{tag}/file-{i}.txt"));
+    r
+}
+
+fn seg(c: &std::path::Path, n: u64) -> std::path::PathBuf {
+    c.join(AUDIT_DIR).join(segment_name(n))
+}
+
+fn problems(r: &VerifyReport) -> Vec<String> {
+    r.findings.iter().map(|f| f.problem.clone()).collect()
+}
+
+fn events(c: &std::path::Path) -> Vec<String> {
+    read_all(c, &keys())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .collect()
+}
+
+fn truncate(p: &std::path::Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// A session: open (checked against `anchor`), `n` records, clean close; its anchor.
+fn session(c: &std::path::Path, anchor: Option<&AuditAnchor>, tag: &str, n: u64) -> AuditAnchor {
+    let l = AuditLog::open_anchored(c, keys(), anchor).unwrap();
+    for i in 0..n {
+        l.append(rec(tag, i)).unwrap();
+    }
+    l.close().unwrap();
+    l.anchor().unwrap()
+}
+
+/// A line anyone can write: a frame with the given sequence number and kind, no valid tag.
+fn forged_line(seq: u64, kind: u8) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.push(kind);
+    f.extend_from_slice(&[0u8; 12 + 16 + 32 + 5]);
+    let mut l = B64.encode(&f).into_bytes();
+    l.push(b'\n');
+    l
+}
+
+/// The log cut back (or deleted) while closed is still reported after the next session has
+/// replaced the anchor and `head`: the open finds the checkpoint missing, records it, and goes
+/// on numbering after it.
+#[test]
+fn a_cut_or_deleted_log_stays_reported_after_the_next_session() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let a = session(&c, None, "a", 5);
+    let len_a = std::fs::metadata(seg(&c, 1)).unwrap().len();
+    let b = session(&c, Some(&a), "secret-b", 10);
+    assert!(verify(&c, &keys(), Some(&b)).unwrap().ok());
+
+    // Cut back to the end of session a (head and anchor name b's checkpoint).
+    truncate(&seg(&c, 1), len_a);
+    assert!(!verify(&c, &keys(), Some(&b)).unwrap().ok());
+    let c2 = session(&c, Some(&b), "c", 1);
+    let r = verify(&c, &keys(), Some(&c2)).unwrap();
+    assert!(
+        problems(&r).iter().any(|p| p.contains("are missing")),
+        "{:?}",
+        problems(&r)
+    );
+    assert!(events(&c).iter().any(|e| e == "AuditLogModified"));
+
+    // The same through `head` alone (no anchor given: an older kmsfs's key store).
+    let t2 = tempfile::tempdir().unwrap();
+    let d = t2.path().to_path_buf();
+    session(&d, None, "a", 5);
+    let len = std::fs::metadata(seg(&d, 1)).unwrap().len();
+    session(&d, None, "secret", 5);
+    truncate(&seg(&d, 1), len);
+    let e = session(&d, None, "next", 1);
+    assert!(!verify(&d, &keys(), Some(&e)).unwrap().ok());
+
+    // The whole directory deleted.
+    std::fs::remove_dir_all(c.join(AUDIT_DIR)).unwrap();
+    let d2 = session(&c, Some(&c2), "d", 1);
+    let r = verify(&c, &keys(), Some(&d2)).unwrap();
+    assert!(!r.ok(), "a deleted log passes after one more session");
+    assert!(events(&c).iter().any(|e| e == "AuditLogModified"));
+}
+
+/// An untouched log opened with its anchor records nothing unusual.
+#[test]
+fn an_untouched_log_opens_against_its_anchor_quietly() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let mut a = session(&c, None, "a", 3);
+    for i in 0..3 {
+        a = session(&c, Some(&a), "more", i);
+        let l = AuditLog::open_anchored(&c, keys(), Some(&a)).unwrap();
+        l.start_new_segment().unwrap();
+        l.close().unwrap();
+        a = l.anchor().unwrap();
+    }
+    let r = verify(&c, &keys(), Some(&a)).unwrap();
+    assert!(r.ok(), "{:?}", problems(&r));
+    assert!(!events(&c).iter().any(|e| e == "AuditLogModified"));
+    assert_eq!(r.chain_starts, 1);
+}
+
+/// `head` is plaintext, and so are each line's sequence number and kind: a `head` made up from
+/// them (the previous checkpoint's signature is `head.prev_signature`) no longer passes.
+#[test]
+fn a_head_made_up_from_plaintext_does_not_pass() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let anchor = session(&c, None, "mount", 5);
+    let cut = std::fs::metadata(seg(&c, 1)).unwrap().len();
+    session(&c, Some(&anchor), "admin", 2);
+    let head_path = c.join(AUDIT_DIR).join(HEAD_FILE);
+    let head: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&head_path).unwrap()).unwrap();
+    let data = std::fs::read(seg(&c, 1)).unwrap();
+    let line = data[..cut as usize - 1]
+        .rsplit(|b| *b == b'\n')
+        .next()
+        .unwrap();
+    let f = B64.decode(line).unwrap();
+    let seq = u64::from_be_bytes(f[..8].try_into().unwrap());
+    truncate(&seg(&c, 1), cut);
+    let forged = serde_json::json!({
+        "seq": seq, "time": "", "segment": 1, "chain": "", "prev_signature": "",
+        "signature": head["prev_signature"], "reason": "unmount"
+    });
+    std::fs::write(&head_path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let r = verify(&c, &keys(), Some(&anchor)).unwrap();
+    assert!(
+        problems(&r).iter().any(|p| p.contains("head differs")),
+        "{:?}",
+        problems(&r)
+    );
+}
+
+/// With a retention base, a `head` below it no longer passes (retention writes a checkpoint
+/// before the base, which the kept log must hold).
+#[test]
+fn a_head_below_the_base_does_not_pass() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..30 {
+        l.append(rec("old", i)).unwrap();
+        if i % 10 == 9 {
+            l.start_new_segment().unwrap();
+        }
+    }
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 3)));
+    for i in 0..10 {
+        l.append(rec("new-secret", i)).unwrap();
+    }
+    l.start_new_segment().unwrap();
+    l.append(rec("new-secret", 99)).unwrap();
+    l.sync().unwrap();
+    drop(l);
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", problems(&r));
+    // Everything after the base cut, head set below it.
+    truncate(&seg(&c, 4), 0);
+    std::fs::remove_file(seg(&c, 5)).unwrap();
+    let head_path = c.join(AUDIT_DIR).join(HEAD_FILE);
+    std::fs::write(
+        &head_path,
+        br#"{"seq":0,"time":"","segment":0,"chain":"","prev_signature":"","signature":"","reason":""}"#,
+    )
+    .unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(!r.ok(), "cut after the base passes with head below it");
+    // Also with the head of the last removed checkpoint (its signature is plaintext in base).
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.join(AUDIT_DIR).join(BASE_FILE)).unwrap()).unwrap();
+    let h = serde_json::json!({
+        "seq": base["seq"].as_u64().unwrap() - 1, "time": "", "segment": 3, "chain": "",
+        "prev_signature": "", "signature": base["prev_signature"], "reason": "segment-end"
+    });
+    std::fs::write(&head_path, serde_json::to_vec(&h).unwrap()).unwrap();
+    assert!(!verify(&c, &keys(), None).unwrap().ok());
+}
+
+/// A checkpoint whose `head` write fails is still the one the next checkpoint follows.
+#[test]
+fn a_failed_head_write_does_not_break_the_checkpoint_chain() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..5 {
+        l.append(rec("a", i)).unwrap();
+    }
+    crate::fault::arm(1, rustix::io::Errno::NOSPC);
+    let e = l.start_new_segment();
+    crate::fault::disarm();
+    assert!(e.is_err());
+    for i in 5..10 {
+        l.append(rec("a", i)).unwrap();
+    }
+    l.close().unwrap();
+    let r = verify(&c, &keys(), l.anchor().as_ref()).unwrap();
+    assert!(r.ok(), "{:?}", problems(&r));
+}
+
+/// Retention stops at a segment deleted by someone else instead of signing a base past it.
+#[test]
+fn retention_stops_at_a_deleted_segment() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..30 {
+        l.append(rec("x", i)).unwrap();
+        if i % 10 == 9 {
+            l.start_new_segment().unwrap();
+        }
+    }
+    l.close().unwrap();
+    drop(l);
+    std::fs::remove_file(seg(&c, 2)).unwrap();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    // Segment 1 follows on from the beginning and may go; segment 3 does not follow it.
+    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 1)));
+    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), None);
+    l.close().unwrap();
+    let r = verify(&c, &keys(), l.anchor().as_ref()).unwrap();
+    assert!(
+        problems(&r)
+            .iter()
+            .any(|p| p.contains("segments 2..2 are missing")),
+        "{:?}",
+        problems(&r)
+    );
+}
+
+/// A line that fails authentication neither picks the next sequence number nor hides an
+/// unclean end; a forged u64::MAX does not panic.
+#[test]
+fn the_writer_resumes_from_authentic_entries_only() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    session(&c, None, "a", 1);
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec("crashed", 0)).unwrap();
+    drop(l);
+    let mut data = std::fs::read(seg(&c, 1)).unwrap();
+    data.extend_from_slice(&forged_line(1000, KIND_CHECKPOINT));
+    std::fs::write(seg(&c, 1), &data).unwrap();
+    session(&c, None, "next", 1);
+    let all = read_all(&c, &keys()).unwrap();
+    assert_eq!(all.iter().filter(|r| r.event == "ChainStart").count(), 2);
+    let next = all
+        .iter()
+        .find(|r| r.resources.path.as_deref() == Some("/next/file-0.txt"))
+        .unwrap();
+    assert!(next.seq < 1000, "{}", next.seq);
+    assert!(events(&c).iter().any(|e| e == "AuditLogModified"));
+
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    session(&c, None, "a", 0);
+    let mut data = std::fs::read(seg(&c, 1)).unwrap();
+    data.extend_from_slice(&forged_line(u64::MAX, KIND_RECORD));
+    std::fs::write(seg(&c, 1), &data).unwrap();
+    session(&c, None, "b", 1);
+}
+
+/// A newest segment holding only lines that are no entry is left as found.
+#[test]
+fn a_newest_segment_of_garbage_is_left_as_found() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec("a", 0)).unwrap();
+    l.start_new_segment().unwrap();
+    l.append(rec("b", 0)).unwrap();
+    l.close().unwrap();
+    drop(l);
+    std::fs::write(seg(&c, 2), b"garbage\n\n").unwrap();
+    session(&c, None, "c", 1);
+    assert_eq!(std::fs::read(seg(&c, 2)).unwrap(), b"garbage\n\n");
+    assert!(events(&c).iter().any(|e| e == "AuditLogModified"));
+    assert!(seg(&c, 3).exists());
+}
+
+/// Segment files named otherwise than the writer names them, or that are no regular file, are
+/// findings, not an I/O error that stops `verify` (nor a hang).
+#[test]
+fn odd_segment_files_are_findings() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec("a", 0)).unwrap();
+    l.start_new_segment().unwrap();
+    l.append(rec("b", 0)).unwrap();
+    l.close().unwrap();
+    drop(l);
+    std::fs::rename(seg(&c, 1), c.join(AUDIT_DIR).join("seg-1.log")).unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(
+        problems(&r).iter().any(|p| p.contains("seg-1.log")),
+        "{:?}",
+        problems(&r)
+    );
+    // A FIFO as the newest segment: the open does not wait on it.
+    let fifo = seg(&c, 3);
+    let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    session(&c, None, "c", 1);
+    assert!(events(&c).iter().any(|e| e == "AuditLogModified"));
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(
+        problems(&r).iter().any(|p| p.contains("FIFO")),
+        "{:?}",
+        problems(&r)
+    );
+}
