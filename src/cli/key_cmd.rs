@@ -163,14 +163,34 @@ pub(super) struct Admin {
     plaintext_names: bool,
     /// Every administration command is audited (source "kms"); no log, no administration.
     pub(super) audit: AuditLog,
+    /// The key store's generation when the session began (see `Drop`).
+    generation_at_open: u64,
     _lock: std::os::fd::OwnedFd,
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
-        // The key store is not rewritten for the anchor here (a refused command must leave it
-        // as it was): the anchor of the last unmount stays in the log, which only grows.
-        let _ = self.audit.close();
+        // A session that changed the key store records its closing checkpoint there as the
+        // anchor, as an unmount does: otherwise its records (keys, policies, grants changed
+        // while unmounted) could be cut from the log with an older `head` put back, the key
+        // store keeping the changes (found by a review). A separate write after the command's
+        // own. A session that changed nothing (a read, a refusal) leaves the key store as it
+        // was; its records are covered by `head` only.
+        if self.km.generation() == self.generation_at_open {
+            let _ = self.audit.close();
+            return;
+        }
+        let anchored = self
+            .audit
+            .close()
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.km.anchor_audit(&self.audit).map_err(|e| e.to_string()));
+        if let Err(e) = anchored {
+            eprintln!(
+                "kmsfs: warning: the audit log's closing checkpoint could not be recorded in \
+                 the key store: {e}"
+            );
+        }
     }
 }
 
@@ -196,16 +216,19 @@ pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliEr
     let plaintext_names = u
         .config
         .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);
-    let audit = AuditLog::open(
+    let audit = AuditLog::open_anchored(
         &u.paths.control_dir(),
         AuditKeys::new(&u.store.volume_secret),
+        u.store.audit_anchor.as_ref(),
     )
     .map_err(|e| {
         CliError::new(code::ERROR, format!("cannot open the audit log: {e}"))
             .hint("administration is refused without a writable audit log")
     })?;
+    let km = KeyManager::new(u);
     Ok(Admin {
-        km: KeyManager::new(u),
+        generation_at_open: km.generation(),
+        km,
         root,
         plaintext_names,
         audit,

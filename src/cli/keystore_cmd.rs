@@ -1,6 +1,8 @@
 //! `kmsfs keystore export CIPHERDIR FILE` and `kmsfs keystore restore CIPHERDIR FILE
 //! [--allow-rollback]`: encrypted key-store backups (see `keymgr::backup`). The volume must not
-//! be mounted. Both are recorded in the audit log when it can be opened.
+//! be mounted. An export is recorded in the audit log before the file is written, and refused
+//! without a writable log; a restore is recorded once done (the key store in place may be what
+//! is lost), and ends by recording the log's closing checkpoint in the key store.
 
 use std::path::PathBuf;
 
@@ -43,18 +45,44 @@ enum KeystoreOp {
     },
 }
 
-/// Best effort: the record is written if the log opens.
-fn record(u: &crate::keymgr::Unlocked, event: &str, detail: String) {
-    if let Ok(log) = AuditLog::open(
+/// The volume's audit log, checked against the key store's anchor.
+fn open_log(u: &crate::keymgr::Unlocked) -> std::io::Result<AuditLog> {
+    AuditLog::open_anchored(
         &u.paths.control_dir(),
         AuditKeys::new(&u.store.volume_secret),
-    ) {
-        let mut r = AuditRecord::new(event, Source::Kms);
-        r.actor = crate::vfs::identity::current().into();
-        r.detail = Some(detail);
-        let _ = log.append(r);
-        let _ = log.close();
+        u.store.audit_anchor.as_ref(),
+    )
+}
+
+fn append(log: &AuditLog, event: &str, detail: String) -> std::io::Result<u64> {
+    let mut r = AuditRecord::new(event, Source::Kms);
+    r.actor = crate::vfs::identity::current().into();
+    r.detail = Some(detail);
+    log.append(r)
+}
+
+/// Ends the log's session and records its closing checkpoint in the key store (as an unmount
+/// does), so that this session's records cannot be cut off unnoticed.
+fn close_and_anchor(log: &AuditLog, u: crate::keymgr::Unlocked) {
+    let km = crate::keymgr::KeyManager::new(u);
+    let r = log
+        .close()
+        .map_err(|e| e.to_string())
+        .and_then(|()| km.anchor_audit(log).map_err(|e| e.to_string()));
+    if let Err(e) = r {
+        eprintln!(
+            "kmsfs: warning: the audit log's closing checkpoint could not be recorded in the key \
+             store: {e}"
+        );
     }
+}
+
+fn audit_error(e: std::io::Error) -> CliError {
+    CliError::new(
+        super::exit_code::ERROR,
+        format!("cannot write the audit log: {e}"),
+    )
+    .hint("an export is refused without a writable audit log (fail-closed)")
 }
 
 pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
@@ -70,12 +98,24 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
     let how = unlock.source().get()?;
     let (info, what) = match &a.op {
         KeystoreOp::Export { file, .. } => {
-            let (i, u) = backup::export(cipherdir, &how, file)?;
-            record(
-                &u,
-                "KeyStoreExport",
-                format!("generation {} to {}", i.generation, file.display()),
-            );
+            // Recorded before the key store leaves the volume (fail-closed).
+            let u = crate::keymgr::unlock(cipherdir, &how)?;
+            let log = open_log(&u).map_err(audit_error)?;
+            let detail = format!("generation {} to {}", u.generation(), file.display());
+            append(&log, "KeyStoreExport", detail.clone()).map_err(audit_error)?;
+            let (i, u) = match backup::export_unlocked(cipherdir, u, file) {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = append(&log, "KeyStoreExport", format!("{detail}: failed: {e}"));
+                    let _ = log.close();
+                    return Err(e.into());
+                }
+            };
+            // Not anchored: that would rewrite the key store, and the backup just written would
+            // then be older than it (a restore of it a rollback). Its record is covered by
+            // `head` alone.
+            drop(u);
+            let _ = log.close();
             (i, format!("exported to {}", file.display()))
         }
         KeystoreOp::Restore {
@@ -84,15 +124,21 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
             ..
         } => {
             let (i, u) = backup::restore(cipherdir, &how, file, *allow_rollback)?;
-            record(
-                &u,
-                "KeyStoreRestore",
-                format!(
-                    "generation {} from {} (rollback allowed: {allow_rollback})",
-                    i.generation,
-                    file.display()
-                ),
+            // After the fact: the key store in place may be lost or damaged (what a restore is
+            // for), so the log's keys come from the backup. A failure is reported, not undone.
+            let detail = format!(
+                "generation {} from {} (rollback allowed: {allow_rollback})",
+                i.generation,
+                file.display()
             );
+            match open_log(&u).and_then(|log| append(&log, "KeyStoreRestore", detail).map(|_| log))
+            {
+                Ok(log) => close_and_anchor(&log, u),
+                Err(e) => eprintln!(
+                    "kmsfs: warning: the restore is done but could not be recorded in the audit \
+                     log: {e}"
+                ),
+            }
             (i, format!("restored from {}", file.display()))
         }
     };

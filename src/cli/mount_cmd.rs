@@ -305,7 +305,12 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     super::logging::init(a.verbose, !a.foreground);
     let km = Arc::new(KeyManager::new(unlocked));
     let audit = Arc::new(
-        AuditLog::open(&paths.control_dir(), AuditKeys::new(&km.volume_secret())).map_err(|e| {
+        AuditLog::open_anchored(
+            &paths.control_dir(),
+            AuditKeys::new(&km.volume_secret()),
+            km.query(|s| s.audit_anchor.clone()).as_ref(),
+        )
+        .map_err(|e| {
             CliError::new(
                 code::ERROR,
                 format!(
@@ -431,41 +436,51 @@ fn serve(
     r
 }
 
-/// Automatic rotations and deletions whose window has passed, audited as system events.
+/// Automatic rotations and deletions whose window has passed, audited as system events. The
+/// records go first (fail-closed, as for every key-manager operation): when one cannot be
+/// written, nothing is done this time (the next minute tries again).
 fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
-    let key_record = |event: &str, key: String, version: Option<u32>, detail: String| {
+    let key_record = |event: &str, key: String, version: Option<u32>, detail: &str| {
         let mut r = AuditRecord::new(event, Source::System);
         r.resources.key_id = Some(key);
         r.resources.key_version = version;
-        r.detail = Some(detail);
-        if let Err(e) = audit.append(r) {
-            tracing::error!("audit log write failed: {e}");
-        }
+        r.detail = Some(detail.into());
+        audit.append(r)
     };
-    match km.tick() {
-        Ok((rotated, destroyed)) => {
-            for (k, v) in rotated {
-                tracing::info!("automatic rotation: key {k} is now at version {v}");
-                key_record(
-                    "RotateKey",
-                    k.to_string(),
-                    Some(v),
-                    "automatic rotation (period elapsed)".into(),
-                );
+    const ROTATED: &str = "automatic rotation (period elapsed)";
+    const DESTROYED: &str = "deletion window ended: key material destroyed";
+    let (rotating, destroying) = km.due();
+    let recorded = rotating
+        .iter()
+        .try_for_each(|(k, v)| key_record("RotateKey", k.to_string(), Some(*v), ROTATED).map(drop))
+        .and_then(|()| {
+            destroying
+                .iter()
+                .try_for_each(|k| key_record("DeleteKey", k.to_string(), None, DESTROYED).map(drop))
+        });
+    match recorded {
+        Err(e) => tracing::error!(
+            "audit log write failed: automatic rotations and deletions wait for the next try: {e}"
+        ),
+        Ok(()) => match km.tick() {
+            Ok((rotated, destroyed)) => {
+                for (k, v) in &rotated {
+                    tracing::info!("automatic rotation: key {k} is now at version {v}");
+                }
+                for k in &destroyed {
+                    tracing::warn!(
+                        "deletion window ended: key {k} destroyed; files under it are unrecoverable"
+                    );
+                }
+                if (rotated, destroyed) != (rotating, destroying) {
+                    tracing::warn!(
+                        "key maintenance: the keys changed between the audit records and the \
+                         change (a concurrent request)"
+                    );
+                }
             }
-            for k in destroyed {
-                tracing::warn!(
-                    "deletion window ended: key {k} destroyed; files under it are unrecoverable"
-                );
-                key_record(
-                    "DeleteKey",
-                    k.to_string(),
-                    None,
-                    "deletion window ended: key material destroyed".into(),
-                );
-            }
-        }
-        Err(e) => tracing::error!("key maintenance failed: {e}"),
+            Err(e) => tracing::error!("key maintenance failed: {e}"),
+        },
     }
     // The control directory's views learn of a removal from the log itself.
     match km.expire_audit(audit) {

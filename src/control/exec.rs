@@ -117,30 +117,54 @@ fn audit_decision(d: &Option<Decision>) -> AuditDecision {
 }
 
 impl Executor<'_> {
-    /// Authorizes, runs and records `req`. An error leaves the key store as it was.
+    /// Authorizes, runs and records `req`. An error leaves the key store as it was. A request
+    /// that changes something is recorded before it is carried out, and not carried out when
+    /// its record cannot be written (fail-closed; found by a review: the change was saved first,
+    /// and stayed when the record then failed); if it then fails, a second record says so.
     pub fn execute(&self, auth: &Authority, req: &Request) -> R<Value> {
-        let (key, decision, out) = match self.authorize(auth, req) {
-            Ok((key, d)) => (key, d.clone(), self.run(auth, req)),
-            Err((key, d, e)) => (key, d, Err(e)),
-        };
-        if let Some(log) = self.audit {
-            let mut r = AuditRecord::new(req.name(), Source::Kms);
-            r.actor = auth.who().clone().into();
-            r.resources.key_id = key.map(|k| k.to_string());
-            r.decision = Some(audit_decision(&decision));
-            let summary = req.summary();
-            r.detail = Some(match &out {
-                Ok(_) => summary,
-                Err(e) => {
-                    r.errno = e.kind.errno();
-                    format!("{summary}: refused: {}", e.message)
+        let record =
+            |key: Option<KeyId>, decision: &Option<Decision>, out: Result<(), &ControlError>| {
+                let Some(log) = self.audit else {
+                    return Ok(());
+                };
+                let mut r = AuditRecord::new(req.name(), Source::Kms);
+                r.actor = auth.who().clone().into();
+                r.resources.key_id = key.map(|k| k.to_string());
+                r.decision = Some(audit_decision(decision));
+                let summary = req.summary();
+                r.detail = Some(match out {
+                    Ok(()) => summary,
+                    Err(e) => {
+                        r.errno = e.kind.errno();
+                        format!("{summary}: refused: {}", e.message)
+                    }
+                });
+                log.append(r).map(drop).map_err(|e| {
+                    ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
+                })
+            };
+        match self.authorize(auth, req) {
+            Err((key, d, e)) => {
+                record(key, &d, Err(&e))?;
+                Err(e)
+            }
+            Ok((key, d)) if req.changes() => {
+                let d = d.clone();
+                record(key, &d, Ok(()))?;
+                let out = self.run(auth, req);
+                if let Err(e) = &out {
+                    // Best effort: the request failed, and its first record is written.
+                    let _ = record(key, &d, Err(e));
                 }
-            });
-            log.append(r).map_err(|e| {
-                ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
-            })?;
+                out
+            }
+            Ok((key, d)) => {
+                let d = d.clone();
+                let out = self.run(auth, req);
+                record(key, &d, out.as_ref().map(drop))?;
+                out
+            }
         }
-        out
     }
 
     /// Authorizes `action` on `key` (the default key when `None`) for a read of a control file

@@ -294,6 +294,26 @@ impl Request {
         )
     }
 
+    /// Whether the request changes the key store or the files (its audit record is then written
+    /// before it is carried out: a change must not happen unrecorded).
+    pub fn changes(&self) -> bool {
+        use Request::*;
+        !matches!(
+            self,
+            ListKeys
+                | DescribeKey { .. }
+                | GetKeyRotationStatus { .. }
+                | GetKeyUsage
+                | GetKeyPolicy { .. }
+                | SimulatePolicy { .. }
+                | ListGrants { .. }
+                | ListKeyRules
+                | VerifyAuditLog
+                | GetAlertSettings
+                | GetAuditSettings
+        )
+    }
+
     /// The policy action that authorizes the request.
     pub fn action(&self) -> &'static str {
         use Request::*;

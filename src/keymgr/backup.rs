@@ -49,7 +49,15 @@ fn b64() -> base64::engine::GeneralPurpose {
 /// Writes a backup of the volume in `dir` to `out` (mode 0600; refused if `out` exists).
 /// Returns the unlocked volume too (for the audit record, without a second key derivation).
 pub fn export(dir: &Path, how: &Unlock, out: &Path) -> Result<(BackupInfo, Unlocked), VolumeError> {
-    let u = unlock(dir, how)?;
+    export_unlocked(dir, unlock(dir, how)?, out)
+}
+
+/// [`export`] of a volume unlocked already (`u`, opened from `dir`).
+pub fn export_unlocked(
+    dir: &Path,
+    u: Unlocked,
+    out: &Path,
+) -> Result<(BackupInfo, Unlocked), VolumeError> {
     // The config the key store goes with: `volume.json`, or a staged one that could not be put
     // in place (a read-only control directory after an interrupted change).
     let (_, mut config_bytes) = probe(dir)?;
