@@ -262,6 +262,30 @@ impl Executor<'_> {
         }
     }
 
+    /// One audit record per (action, key, deciding statement) that kept files of a rewrap where
+    /// they were, with the number of files and the first one's path: a volume-wide rewrap by a
+    /// caller denied on a large key leaves a few records, not one per file.
+    fn record_rewrap_denials(&self, auth: &Authority, denials: RewrapDenials) -> R<()> {
+        let Some(log) = self.audit else {
+            return Ok(());
+        };
+        for ((action, key, _), (files, path, d)) in denials {
+            let mut r = AuditRecord::new("Rewrap", Source::Kms);
+            r.actor = auth.who().clone().into();
+            r.resources.key_id = Some(key.to_string());
+            r.resources.path = path;
+            r.decision = Some(super::decision_record(&d));
+            r.errno = libc::EACCES;
+            r.detail = Some(format!(
+                "{action} denied: {files} file(s) left under their key"
+            ));
+            log.append(r).map_err(|e| {
+                ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
     fn grant(&self, id: &str) -> R<Grant> {
         self.km
             .query(|s| s.grants.iter().find(|g| g.id == id).cloned())
@@ -586,10 +610,44 @@ impl Executor<'_> {
                     follow_rules: *rules,
                 };
                 let t = self.tree;
-                let s = crate::keymgr::rewrap::rewrap(km, &t.root, &t.names, &opts, &mut |d, n| {
-                    (t.progress)(d, n)
-                })
-                .map_err(|e| ControlError::new(ErrorKind::Failed, format!("rewrap: {e}")))?;
+                // The request itself was allowed on one key (the default key without `key`);
+                // each file is also decided by its own key and by the key it moves to.
+                let mut denials = RewrapDenials::new();
+                let mut authorize = |action: &'static str, id: KeyId, path: Option<&str>| {
+                    let Authority::Policy(who) = auth else {
+                        return Ok(());
+                    };
+                    let d = km.authorize(&policy::Request {
+                        who: who.clone(),
+                        action: action.into(),
+                        key: Some(id),
+                        path: path.map(str::to_string),
+                        path_unknown: path.is_none(),
+                        now: km.now(),
+                        ..Default::default()
+                    });
+                    if d.allowed() {
+                        return Ok(());
+                    }
+                    let by = super::decision_record(&d).by;
+                    let reason = format!("{action} on key {id} denied for uid {} ({by})", who.uid);
+                    let e = denials
+                        .entry((action, id, by))
+                        .or_insert_with(|| (0, path.map(str::to_string), d));
+                    e.0 += 1;
+                    Err(reason)
+                };
+                let s = crate::keymgr::rewrap::rewrap_authorized(
+                    km,
+                    &t.root,
+                    &t.names,
+                    &opts,
+                    &mut authorize,
+                    &mut |d, n| (t.progress)(d, n),
+                );
+                self.record_rewrap_denials(auth, denials)?;
+                let s =
+                    s.map_err(|e| ControlError::new(ErrorKind::Failed, format!("rewrap: {e}")))?;
                 Ok(serde_json::to_value(s).unwrap_or_default())
             }
             Request::VerifyAuditLog => {
@@ -610,6 +668,11 @@ impl Executor<'_> {
         }
     }
 }
+
+/// Files a rewrap left alone because a policy denied them: (action, key, deciding statement)
+/// -> (files, the first file's path, the decision).
+type RewrapDenials =
+    std::collections::BTreeMap<(&'static str, KeyId, String), (u64, Option<String>, Decision)>;
 
 /// The audit settings as a reply; `removed`: the segments the request just removed.
 fn audit_settings(km: &crate::keymgr::KeyManager, removed: Option<(u64, u64)>) -> Value {

@@ -1,0 +1,243 @@
+//! Authorization of key-manager requests through a `Vfs` (what the mount runs, without FUSE):
+//! regression tests for policy and grant enforcement.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::test_support::*;
+use super::*;
+use crate::control::Request;
+use crate::format::KeyId;
+use crate::keymgr::access;
+use crate::keymgr::audit::{AuditKeys, AuditLog, AuditRecord};
+use crate::keymgr::policy::Identity;
+
+const MALLORY: u32 = 4242;
+
+fn mallory() -> Identity {
+    Identity {
+        uid: MALLORY,
+        gid: MALLORY,
+        ..Default::default()
+    }
+}
+
+fn mallory_caller() -> Caller {
+    Caller {
+        uid: MALLORY,
+        gid: MALLORY,
+        pid: std::process::id(),
+        umask: 0,
+    }
+}
+
+fn owner() -> Identity {
+    Identity::default()
+}
+
+const OWNER_ALL: &str =
+    r#"{"Sid":"Owner","Effect":"Allow","Principal":{"Uid":"0"},"Action":"kms:*"}"#;
+
+/// A `Vfs` over a new volume with its audit log attached, as the mount has it.
+fn audited(dir: &std::path::Path) -> Vfs {
+    let v = open(dir);
+    let paths = unlock(dir).paths;
+    let log = AuditLog::open(&paths.control_dir(), AuditKeys::new(&v.km.volume_secret()))
+        .expect("audit log");
+    v.set_audit(Arc::new(log));
+    v
+}
+
+fn records(v: &Vfs) -> Vec<AuditRecord> {
+    v.control().records().expect("records")
+}
+
+/// Replaces a key's policy (as the passphrase holder: no lockout check).
+fn set_policy(v: &Vfs, key: KeyId, statements: &str) {
+    let text = format!(r#"{{"Version":"2012-10-17","Statement":[{statements}]}}"#);
+    v.km.admin(|s, now| access::put_policy(s, &key, &text, &owner(), true, now))
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+}
+
+fn deny_mallory_everything(v: &Vfs, key: KeyId) {
+    set_policy(
+        v,
+        key,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"NoMallory","Effect":"Deny","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:*"}}"#
+        ),
+    );
+}
+
+fn new_key(v: &Vfs, who: &Identity, alias: Option<&str>) -> KeyId {
+    let r = v
+        .control()
+        .execute(
+            who,
+            &Request::CreateKey {
+                description: String::new(),
+                tags: BTreeMap::new(),
+                alias: alias.map(str::to_string),
+            },
+        )
+        .expect("create key");
+    r["key_id"].as_str().unwrap().parse().unwrap()
+}
+
+fn set_rule(v: &Vfs, prefix: &str, key: &str) {
+    v.control()
+        .execute(
+            &owner(),
+            &Request::SetKeyRule {
+                prefix: prefix.into(),
+                key: key.into(),
+            },
+        )
+        .expect("rule");
+}
+
+/// Creates `/dir/name` holding `data` as the owner; returns the file's inode.
+fn file_in(v: &Vfs, dir: &str, name: &str, data: &[u8]) -> u64 {
+    let d = match v.lookup(1, dir.as_ref()) {
+        Ok(a) => a.ino,
+        Err(_) => v.mkdir(1, dir.as_ref(), 0o777, &caller()).unwrap().ino,
+    };
+    let (a, fh) = v
+        .create(d, name.as_ref(), 0o666, libc::O_RDWR, &caller())
+        .unwrap();
+    v.write(fh, 0, data).unwrap();
+    v.release(fh).unwrap();
+    a.ino
+}
+
+/// The key in the header of the file at plaintext path `path`.
+fn key_of(v: &Vfs, dir: &std::path::Path, path: &str) -> KeyId {
+    let names = crate::names::Names::new(&v.km.volume_secret(), false);
+    let mut found = None;
+    crate::keymgr::rewrap::walk(dir, &names, &mut |cf| {
+        if cf.plain_path.as_deref() == Some(path) {
+            let b = std::fs::read(&cf.cipher_path).unwrap();
+            let h =
+                crate::format::header::FileHeader::decode(&b[..crate::format::header::HEADER_LEN])
+                    .unwrap();
+            found = Some(h.key_id);
+        }
+    })
+    .unwrap();
+    found.unwrap_or_else(|| panic!("no file {path}"))
+}
+
+#[test]
+fn a_volume_wide_rewrap_asks_each_files_key_and_the_key_it_moves_to() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    let fin = new_key(&v, &owner(), Some("alias/finance"));
+    set_rule(&v, "/finance", "alias/finance");
+    let payroll = file_in(&v, "finance", "payroll", b"salaries");
+    file_in(&v, "notes", "todo", b"groceries");
+    assert_eq!(key_of(&v, &dir, "/finance/payroll"), fin);
+    deny_mallory_everything(&v, fin);
+    // On the default key mallory may use files, run rewraps and edit rules.
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"Mallory","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},
+                "Action":["kms:Decrypt","kms:GenerateDataKey","kms:ReEncryptFrom","kms:SetKeyRules"]}}"#
+        ),
+    );
+    assert!(
+        v.open_as(payroll, libc::O_RDONLY, &mallory_caller())
+            .is_err()
+    );
+
+    // The finance file no longer matches a rule: a rewrap with rules would move it to the
+    // default key, which finance's policy (ReEncryptFrom) forbids for mallory.
+    v.control()
+        .execute(
+            &mallory(),
+            &Request::DeleteKeyRule {
+                prefix: "/finance".into(),
+            },
+        )
+        .expect("SetKeyRules on the default key");
+    let r = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::Rewrap {
+                key: None,
+                rules: true,
+            },
+        )
+        .expect("the request is allowed; the file is not");
+    assert_eq!(r["skipped_denied"], 1, "{r}");
+    assert_eq!(r["rewrapped"], 0, "{r}");
+    assert!(
+        r["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("kms:ReEncryptFrom on key")
+    );
+    assert_eq!(
+        key_of(&v, &dir, "/finance/payroll"),
+        fin,
+        "the file stayed under its key"
+    );
+    assert!(
+        v.open_as(payroll, libc::O_RDONLY, &mallory_caller())
+            .is_err()
+    );
+    let denied: Vec<_> = records(&v)
+        .into_iter()
+        .filter(|r| r.event == "Rewrap" && r.decision.as_ref().is_some_and(|d| !d.allowed))
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].actor.uid, MALLORY);
+    assert_eq!(denied[0].errno, libc::EACCES);
+    assert_eq!(denied[0].resources.key_id, Some(fin.to_string()));
+    assert_eq!(
+        denied[0].resources.path.as_deref(),
+        Some("/finance/payroll")
+    );
+    assert_eq!(
+        denied[0].decision.as_ref().unwrap().by,
+        "statement:NoMallory"
+    );
+
+    // Moving a file *into* a key needs kms:ReEncryptTo there: a rule sends /notes to finance.
+    set_rule(&v, "/notes", "alias/finance");
+    let r = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::Rewrap {
+                key: None,
+                rules: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(r["skipped_denied"], 2, "{r}");
+    assert_eq!(key_of(&v, &dir, "/notes/todo"), default);
+    assert!(r.to_string().contains("kms:ReEncryptTo on key"), "{r}");
+
+    // The owner, allowed everywhere, moves both.
+    let r = v
+        .control()
+        .execute(
+            &owner(),
+            &Request::Rewrap {
+                key: None,
+                rules: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (r["rewrapped"].as_u64(), r["skipped_denied"].as_u64()),
+        (Some(2), Some(0)),
+        "{r}"
+    );
+    assert_eq!(key_of(&v, &dir, "/finance/payroll"), default);
+    assert_eq!(key_of(&v, &dir, "/notes/todo"), fin);
+}
