@@ -476,13 +476,19 @@ impl ControlDir {
                     decrypts_per_minute: a.decrypts_per_minute,
                 })
             }
-            Node::KeyFile(k, KeyFile::Policy) => Ok(Request::PutKeyPolicy {
-                key: Self::key_str(k),
-                policy: serde_json::from_slice::<Value>(doc)
-                    .and_then(|v| serde_json::to_string_pretty(&v))
-                    .map_err(|e| bad("policy", e))?,
-                bypass_lockout_check: false,
-            }),
+            Node::KeyFile(k, KeyFile::Policy) => {
+                // Checked before the document goes through a `Value`, which would keep only
+                // the last of two equal keys without a word.
+                crate::keymgr::policy::reject_duplicate_keys(doc)
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok(Request::PutKeyPolicy {
+                    key: Self::key_str(k),
+                    policy: serde_json::from_slice::<Value>(doc)
+                        .and_then(|v| serde_json::to_string_pretty(&v))
+                        .map_err(|e| bad("policy", e))?,
+                    bypass_lockout_check: false,
+                })
+            }
             Node::KeyFile(k, KeyFile::Rotation) => {
                 #[derive(serde::Deserialize)]
                 #[serde(deny_unknown_fields)]

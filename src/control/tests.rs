@@ -605,3 +605,42 @@ fn a_large_audit_size_limit_removes_every_few_segments() {
     assert!(!spans.is_empty());
     assert!(spans.iter().all(|(a, b)| b > a), "{spans:?}");
 }
+
+#[test]
+fn a_policy_file_with_a_duplicate_key_is_refused() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let path = format!("{}/policy", key_dir(c));
+    let before = cat(c, &path, &me).unwrap();
+    // Through a `Value` the first "StringLike" (the path condition) would vanish.
+    let doc = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+          {{"Sid":"Owner","Effect":"Allow","Principal":{{"Uid":"{}"}},"Action":"kms:*"}},
+          {{"Sid":"ReadPubOnly","Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+            "Condition":{{"StringLike":{{"kmsfs:Path":"/pub/*"}},
+                         "StringLike":{{"kmsfs:AccessMode":"read"}}}}}}]}}"#,
+        me.uid
+    );
+    let fh = c.open(ino(c, &path), libc::O_WRONLY, me.clone()).unwrap();
+    assert_eq!(
+        c.write(fh, 0, doc.as_bytes()).unwrap_err().errno,
+        libc::EINVAL
+    );
+    c.release(fh);
+    assert_eq!(cat(c, &path, &me).unwrap(), before);
+    let why = cat(c, "last-error", &me).unwrap();
+    assert!(why.contains("duplicate key \"StringLike\""), "{why}");
+    // And as a request: the policy text is validated the same way.
+    let r = c.execute(
+        &me,
+        &Request::PutKeyPolicy {
+            key: c.km.query(|s| s.default_key).to_string(),
+            policy: doc,
+            bypass_lockout_check: false,
+        },
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(e.message.contains("duplicate key"), "{}", e.message);
+}
