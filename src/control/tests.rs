@@ -644,3 +644,94 @@ fn a_policy_file_with_a_duplicate_key_is_refused() {
     assert_eq!(e.kind, ErrorKind::Invalid);
     assert!(e.message.contains("duplicate key"), "{}", e.message);
 }
+
+#[test]
+fn a_control_document_has_a_size_limit() {
+    let f = fixture();
+    let c = &f.ctl;
+    // `request` is open to anyone (each request is decided by itself): a stranger with no
+    // rights at all could make the daemon keep any amount of memory.
+    let fh = c.open(ino(c, "request"), libc::O_RDWR, stranger()).unwrap();
+    let chunk = vec![b'a'; 128 * 1024];
+    c.write(fh, 0, b"\"").unwrap();
+    let mut off = 1u64;
+    let e = loop {
+        match c.write(fh, off, &chunk) {
+            Ok(n) => off += u64::from(n),
+            Err(e) => break e,
+        }
+        assert!(off <= 2 * files::MAX_DOCUMENT_BYTES as u64, "no limit");
+    };
+    assert_eq!(e.errno, libc::EFBIG);
+    assert!(off <= files::MAX_DOCUMENT_BYTES as u64);
+    assert!(
+        cat(c, "last-error", &stranger())
+            .unwrap()
+            .contains("at most 1048576 bytes")
+    );
+    // The refused document was dropped: the handle takes a new one.
+    let r = c.write(fh, off, br#"{"op": "ListKeys"}"#).unwrap_err();
+    assert_eq!(r.errno, libc::EACCES, "{r:?}");
+    c.release(fh);
+
+    // A document just under the limit is taken.
+    let me = owner(c);
+    let key = c.km.query(|s| s.default_key).to_string();
+    let fh = c.open(ino(c, "request"), libc::O_RDWR, me.clone()).unwrap();
+    let big = format!(
+        r#"{{"op":"UpdateKeyDescription","key":"{key}",{}"description":"big"}}"#,
+        " ".repeat(files::MAX_DOCUMENT_BYTES - 200)
+    );
+    assert!(big.len() <= files::MAX_DOCUMENT_BYTES);
+    let mut off = 0;
+    for part in big.as_bytes().chunks(4096) {
+        off += u64::from(c.write(fh, off, part).unwrap());
+    }
+    c.release(fh);
+    assert_eq!(c.km.query(|s| s.keys[0].description.clone()), "big");
+}
+
+#[test]
+fn a_document_written_byte_by_byte_is_applied_when_it_ends() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let key = c.km.query(|s| s.default_key).to_string();
+    // Braces, brackets and escaped quotes inside strings do not end the document.
+    let desc = r#"a}\"]{\"[x\\"#;
+    let doc =
+        format!(r#"  {{"op": "UpdateKeyDescription", "key": "{key}", "description": "{desc}"}}"#);
+    let fh = c.open(ino(c, "request"), libc::O_RDWR, me.clone()).unwrap();
+    let (last, head) = doc.as_bytes().split_last().unwrap();
+    for (i, b) in head.iter().enumerate() {
+        c.write(fh, i as u64, &[*b]).unwrap();
+    }
+    let before = c.km.query(|s| s.keys[0].description.clone());
+    assert_eq!(before, "default key of the volume");
+    c.write(fh, head.len() as u64, &[*last]).unwrap();
+    assert_eq!(
+        c.km.query(|s| s.keys[0].description.clone()),
+        r#"a}"]{"[x\"#
+    );
+    c.release(fh);
+
+    // A grants file takes lines and JSON documents one after the other.
+    let grants = ino(c, &format!("{}/grants", key_dir(c)));
+    let fh = c.open(grants, libc::O_WRONLY, me.clone()).unwrap();
+    let doc = br#"{"grantee": {"any": false, "uids": [7], "users": [], "gids": [], "groups": []},
+                   "operations": ["kms:Decrypt"], "name": "x}"}"#;
+    let mut off = 0;
+    for b in doc.iter() {
+        off += u64::from(c.write(fh, off, &[*b]).unwrap());
+    }
+    let id = c.km.query(|s| s.grants[0].id.clone());
+    for b in format!("retire {id}\n").bytes() {
+        off += u64::from(c.write(fh, off, &[b]).unwrap());
+    }
+    assert!(c.km.query(|s| s.grants.is_empty()));
+    for b in doc.iter() {
+        off += u64::from(c.write(fh, off, &[*b]).unwrap());
+    }
+    assert_eq!(c.km.query(|s| s.grants.len()), 1);
+    c.release(fh);
+}
