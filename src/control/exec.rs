@@ -238,28 +238,41 @@ impl Executor<'_> {
         let Authority::Policy(who) = auth else {
             return Ok((key, None));
         };
+        let also = self.also_authorize(req).map_err(|e| (key, None, e))?;
         let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
-        let d = self.km.authorize(&policy::Request {
+        let d = self.decide(who, req.action(), target);
+        if !d.allowed() {
+            let e = denied(req.action(), target, who, &d);
+            return Err((key, Some(d), e));
+        }
+        for (action, k) in also {
+            let d = self.decide(who, action, k);
+            if !d.allowed() {
+                let e = denied(action, k, who, &d);
+                return Err((Some(k), Some(d), e));
+            }
+        }
+        Ok((key, Some(d)))
+    }
+
+    /// What a request needs besides its action on its key: (action, key) pairs.
+    fn also_authorize(&self, req: &Request) -> R<Vec<(&'static str, KeyId)>> {
+        Ok(match req {
+            // As in AWS: the key the alias leaves must allow it too, else anyone who controls
+            // one key could point any alias (and what is later set by that alias) at it.
+            Request::UpdateAlias { alias, .. } => vec![("kms:UpdateAlias", self.resolve(alias)?)],
+            _ => Vec::new(),
+        })
+    }
+
+    fn decide(&self, who: &Identity, action: &str, key: KeyId) -> Decision {
+        self.km.authorize(&policy::Request {
             who: who.clone(),
-            action: req.action().into(),
-            key: Some(target),
+            action: action.into(),
+            key: Some(key),
             now: self.km.now(),
             ..Default::default()
-        });
-        if d.allowed() {
-            Ok((key, Some(d)))
-        } else {
-            let e = ControlError::new(
-                ErrorKind::Denied,
-                format!(
-                    "{} on key {target} denied for uid {} ({})",
-                    req.action(),
-                    who.uid,
-                    super::decision_record(&d).by
-                ),
-            );
-            Err((key, Some(d), e))
-        }
+        })
     }
 
     /// One audit record per (action, key, deciding statement) that kept files of a rewrap where
@@ -667,6 +680,17 @@ impl Executor<'_> {
             }
         }
     }
+}
+
+fn denied(action: &str, key: KeyId, who: &Identity, d: &Decision) -> ControlError {
+    ControlError::new(
+        ErrorKind::Denied,
+        format!(
+            "{action} on key {key} denied for uid {} ({})",
+            who.uid,
+            super::decision_record(d).by
+        ),
+    )
 }
 
 /// Files a rewrap left alone because a policy denied them: (action, key, deciding statement)

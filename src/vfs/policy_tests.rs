@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::test_support::*;
 use super::*;
-use crate::control::Request;
+use crate::control::{ErrorKind, Request};
 use crate::format::KeyId;
 use crate::keymgr::access;
 use crate::keymgr::audit::{AuditKeys, AuditLog, AuditRecord};
@@ -240,4 +240,70 @@ fn a_volume_wide_rewrap_asks_each_files_key_and_the_key_it_moves_to() {
     );
     assert_eq!(key_of(&v, &dir, "/finance/payroll"), default);
     assert_eq!(key_of(&v, &dir, "/notes/todo"), fin);
+}
+
+fn created_by(v: &Vfs, who: &Identity) -> String {
+    new_key(v, who, None).to_string()
+}
+
+#[test]
+fn update_alias_needs_the_permission_on_the_key_the_alias_leaves() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    let fin = new_key(&v, &owner(), Some("alias/finance"));
+    // Mallory may create keys (and so controls the keys she creates); nothing on finance.
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:CreateKey"}}"#
+        ),
+    );
+    deny_mallory_everything(&v, fin);
+    let mine = created_by(&v, &mallory());
+    let hijack = Request::UpdateAlias {
+        alias: "alias/finance".into(),
+        key: mine.clone(),
+    };
+    let e = v.control().execute(&mallory(), &hijack).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    assert!(
+        e.message.contains(&format!("kms:UpdateAlias on key {fin}")),
+        "{}",
+        e.message
+    );
+    let now =
+        v.km.query(|s| crate::keymgr::lifecycle::resolve(s, "alias/finance"))
+            .unwrap();
+    assert_eq!(now, fin);
+    // The refusal names the key that refused and its statement.
+    let r = records(&v)
+        .into_iter()
+        .rfind(|r| r.event == "UpdateAlias")
+        .unwrap();
+    assert_eq!(r.resources.key_id, Some(fin.to_string()));
+    assert_eq!(r.decision.unwrap().by, "statement:NoMallory");
+
+    // Allowed on both keys: the owner may.
+    v.control().execute(&owner(), &hijack).expect("owner");
+    // Never to a destroyed key (as create-alias).
+    let gone = new_key(&v, &owner(), None);
+    v.km.admin(|s, _| {
+        s.key_mut(&gone).unwrap().state = crate::keymgr::KeyState::Destroyed;
+        Ok(())
+    })
+    .unwrap();
+    let e = v
+        .control()
+        .execute(
+            &owner(),
+            &Request::UpdateAlias {
+                alias: "alias/finance".into(),
+                key: gone.to_string(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e:?}");
+    assert!(e.message.contains("not destroyed"), "{}", e.message);
 }
