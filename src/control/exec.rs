@@ -261,6 +261,16 @@ impl Executor<'_> {
             // As in AWS: the key the alias leaves must allow it too, else anyone who controls
             // one key could point any alias (and what is later set by that alias) at it.
             Request::UpdateAlias { alias, .. } => vec![("kms:UpdateAlias", self.resolve(alias)?)],
+            // The default key's policy decides every volume-wide action: moving it hands those
+            // decisions to another policy, which is changing the volume's policy (PutKeyPolicy
+            // on the current default key); and the new key must allow it (SetKeyRules there).
+            Request::SetDefaultKey { key } => {
+                let current = self.km.query(|s| s.default_key);
+                vec![
+                    ("kms:PutKeyPolicy", current),
+                    ("kms:SetKeyRules", self.resolve(key)?),
+                ]
+            }
             _ => Vec::new(),
         })
     }

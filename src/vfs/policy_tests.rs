@@ -307,3 +307,86 @@ fn update_alias_needs_the_permission_on_the_key_the_alias_leaves() {
     assert_eq!(e.kind, ErrorKind::Invalid, "{e:?}");
     assert!(e.message.contains("not destroyed"), "{}", e.message);
 }
+
+#[test]
+fn set_default_key_does_not_hand_volume_wide_rights_to_a_key_the_caller_controls() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    // Mallory may create keys and set rules; nothing about the audit log.
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":["kms:CreateKey","kms:SetKeyRules"]}},
+               {{"Sid":"AuditIsNotForMallory","Effect":"Deny","Principal":{{"Uid":"{MALLORY}"}},"Action":["kms:ReadAuditLog","kms:PutAuditSettings"]}}"#
+        ),
+    );
+    let mine = created_by(&v, &mallory());
+    let e = v
+        .control()
+        .execute(&mallory(), &Request::SetDefaultKey { key: mine.clone() })
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    assert!(
+        e.message
+            .contains(&format!("kms:PutKeyPolicy on key {default}")),
+        "{}",
+        e.message
+    );
+    assert_eq!(v.km.query(|s| s.default_key), default);
+    let settings = Request::PutAuditSettings {
+        retention_days: Some(1),
+        max_bytes: None,
+    };
+    assert_eq!(
+        v.control().execute(&mallory(), &settings).unwrap_err().kind,
+        ErrorKind::Denied
+    );
+
+    // An administrator of the volume policy needs kms:SetKeyRules on the new key too.
+    let admin = Identity {
+        uid: 1001,
+        gid: 1001,
+        ..Default::default()
+    };
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"Admin","Effect":"Allow","Principal":{{"Uid":"1001"}},"Action":["kms:SetKeyRules","kms:PutKeyPolicy"]}}"#
+        ),
+    );
+    let other = new_key(&v, &owner(), None);
+    let e = v
+        .control()
+        .execute(
+            &admin,
+            &Request::SetDefaultKey {
+                key: other.to_string(),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains(&format!("kms:SetKeyRules on key {other}")),
+        "{}",
+        e.message
+    );
+    set_policy(
+        &v,
+        other,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"Admin","Effect":"Allow","Principal":{{"Uid":"1001"}},"Action":"kms:SetKeyRules"}}"#
+        ),
+    );
+    v.control()
+        .execute(
+            &admin,
+            &Request::SetDefaultKey {
+                key: other.to_string(),
+            },
+        )
+        .expect("allowed on both keys");
+    assert_eq!(v.km.query(|s| s.default_key), other);
+}
