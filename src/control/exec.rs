@@ -216,7 +216,8 @@ impl Executor<'_> {
         let key = match req {
             Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
                 let g = self.grant(grant_id).map_err(|e| (None, None, e))?;
-                // AWS semantics: the grant's retiring principal (or grantee) may retire it.
+                // AWS semantics: the grant's retiring principal (or grantee) may retire it;
+                // anyone else needs kms:RetireGrant in the key policy (below).
                 if let (Request::RetireGrant { .. }, Authority::Policy(who)) = (req, auth)
                     && (g.grantee.matches(who)
                         || g.retiring_principal
@@ -240,13 +241,19 @@ impl Executor<'_> {
         };
         let also = self.also_authorize(req).map_err(|e| (key, None, e))?;
         let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
-        let d = self.decide(who, req.action(), target);
+        // Operations on grants are decided by the key policy alone: a grant's own RetireGrant
+        // reaches that grant only (above), not every grant of the key.
+        let by_policy_only = matches!(
+            req,
+            Request::RetireGrant { .. } | Request::RevokeGrant { .. }
+        );
+        let d = self.decide(who, req.action(), target, by_policy_only);
         if !d.allowed() {
             let e = denied(req.action(), target, who, &d);
             return Err((key, Some(d), e));
         }
         for (action, k) in also {
-            let d = self.decide(who, action, k);
+            let d = self.decide(who, action, k, false);
             if !d.allowed() {
                 let e = denied(action, k, who, &d);
                 return Err((Some(k), Some(d), e));
@@ -275,14 +282,21 @@ impl Executor<'_> {
         })
     }
 
-    fn decide(&self, who: &Identity, action: &str, key: KeyId) -> Decision {
-        self.km.authorize(&policy::Request {
+    /// The decision on `key` for `action`: by the key's policy and grants, or by its policy
+    /// alone.
+    fn decide(&self, who: &Identity, action: &str, key: KeyId, by_policy_only: bool) -> Decision {
+        let req = policy::Request {
             who: who.clone(),
             action: action.into(),
             key: Some(key),
             now: self.km.now(),
             ..Default::default()
-        })
+        };
+        if by_policy_only {
+            self.km.authorize_by_policy(&req)
+        } else {
+            self.km.authorize(&req)
+        }
     }
 
     /// One audit record per (action, key, deciding statement) that kept files of a rewrap where

@@ -390,3 +390,64 @@ fn set_default_key_does_not_hand_volume_wide_rights_to_a_key_the_caller_controls
         .expect("allowed on both keys");
     assert_eq!(v.km.query(|s| s.default_key), other);
 }
+
+fn grant_to(v: &Vfs, key: KeyId, uid: u32, ops: &[&str]) -> String {
+    let spec: crate::control::request::GrantSpec = serde_json::from_value(serde_json::json!({
+        "grantee": {"any": false, "uids": [uid], "users": [], "gids": [], "groups": []},
+        "operations": ops,
+    }))
+    .unwrap();
+    v.control()
+        .execute(
+            &owner(),
+            &Request::CreateGrant {
+                key: key.to_string(),
+                grant: spec,
+            },
+        )
+        .unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_grant_with_retire_grant_retires_only_itself() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let key = v.km.query(|s| s.default_key);
+    let bobs = grant_to(&v, key, 1001, &["kms:Decrypt"]);
+    let mallorys = grant_to(&v, key, MALLORY, &["kms:Decrypt", "kms:RetireGrant"]);
+    let e = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::RetireGrant {
+                grant_id: bobs.clone(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    assert!(v.km.query(|s| s.grants.iter().any(|g| g.id == bobs)));
+    // Her own grant she may retire.
+    v.control()
+        .execute(&mallory(), &Request::RetireGrant { grant_id: mallorys })
+        .expect("the grantee retires its grant");
+    // kms:RetireGrant in the key policy still reaches every grant of the key.
+    set_policy(
+        &v,
+        key,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:RetireGrant"}}"#
+        ),
+    );
+    v.control()
+        .execute(
+            &mallory(),
+            &Request::RetireGrant {
+                grant_id: bobs.clone(),
+            },
+        )
+        .expect("allowed by the key policy");
+    assert!(v.km.query(|s| s.grants.is_empty()));
+}
