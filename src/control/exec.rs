@@ -213,9 +213,16 @@ impl Executor<'_> {
         req: &Request,
     ) -> Result<(Option<KeyId>, Option<Decision>), (Option<KeyId>, Option<Decision>, ControlError)>
     {
+        // A request from the mount that names a key, alias or grant that does not exist is
+        // refused before any policy is asked: recorded as such (nothing allowed it), not as
+        // allowed by the passphrase.
+        let unresolved = || match auth {
+            Authority::Policy(_) => Some(Decision::ImplicitDeny),
+            Authority::Passphrase(_) => None,
+        };
         let key = match req {
             Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
-                let g = self.grant(grant_id).map_err(|e| (None, None, e))?;
+                let g = self.grant(grant_id).map_err(|e| (None, unresolved(), e))?;
                 // AWS semantics: the grant's retiring principal (or grantee) may retire it;
                 // anyone else needs kms:RetireGrant in the key policy (below).
                 if let (Request::RetireGrant { .. }, Authority::Policy(who)) = (req, auth)
@@ -232,14 +239,16 @@ impl Executor<'_> {
                 Some(g.key)
             }
             _ => match req.key_ref() {
-                Some(r) => Some(self.resolve(r).map_err(|e| (None, None, e))?),
+                Some(r) => Some(self.resolve(r).map_err(|e| (None, unresolved(), e))?),
                 None => None,
             },
         };
         let Authority::Policy(who) = auth else {
             return Ok((key, None));
         };
-        let also = self.also_authorize(req).map_err(|e| (key, None, e))?;
+        let also = self
+            .also_authorize(req)
+            .map_err(|e| (key, unresolved(), e))?;
         let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
         // Operations on grants are decided by the key policy alone: a grant's own RetireGrant
         // reaches that grant only (above), not every grant of the key.

@@ -735,3 +735,42 @@ fn a_document_written_byte_by_byte_is_applied_when_it_ends() {
     assert_eq!(c.km.query(|s| s.grants.len()), 1);
     c.release(fh);
 }
+
+#[test]
+fn a_request_naming_nothing_that_exists_is_recorded_as_refused() {
+    let f = fixture();
+    let c = &f.ctl;
+    let r = c.execute(
+        &stranger(),
+        &Request::DisableKey {
+            key: "alias/nope".into(),
+        },
+    );
+    assert_eq!(r.unwrap_err().kind, ErrorKind::NotFound);
+    let r = c.execute(
+        &stranger(),
+        &Request::RevokeGrant {
+            grant_id: "0123".into(),
+        },
+    );
+    assert_eq!(r.unwrap_err().kind, ErrorKind::NotFound);
+    let r = c.execute(
+        &stranger(),
+        &Request::UpdateAlias {
+            alias: "alias/nope".into(),
+            key: c.km.query(|s| s.default_key).to_string(),
+        },
+    );
+    assert_eq!(r.unwrap_err().kind, ErrorKind::NotFound);
+    let mine: Vec<_> = records(c)
+        .into_iter()
+        .filter(|r| r.actor.uid == 4242)
+        .collect();
+    assert_eq!(mine.len(), 3);
+    for r in &mine {
+        let d = r.decision.as_ref().unwrap();
+        assert!(!d.allowed, "{r:?}");
+        assert_ne!(d.by, "passphrase", "{r:?}");
+        assert_eq!(r.errno, libc::ENOENT, "{r:?}");
+    }
+}
