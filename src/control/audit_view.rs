@@ -100,7 +100,7 @@ fn line(r: &AuditRecord) -> Vec<u8> {
 
 impl ControlDir {
     #[cfg(test)]
-    pub(super) fn records(&self) -> CtlResult<Vec<AuditRecord>> {
+    pub(crate) fn records(&self) -> CtlResult<Vec<AuditRecord>> {
         let mut out = Vec::new();
         self.scan(None, |r, _| {
             out.push(r);

@@ -237,10 +237,18 @@ impl Executor<'_> {
         req: &Request,
     ) -> Result<(Option<KeyId>, Option<Decision>), (Option<KeyId>, Option<Decision>, ControlError)>
     {
+        // A request from the mount that names a key, alias or grant that does not exist is
+        // refused before any policy is asked: recorded as such (nothing allowed it), not as
+        // allowed by the passphrase.
+        let unresolved = || match auth {
+            Authority::Policy(_) => Some(Decision::ImplicitDeny),
+            Authority::Passphrase(_) => None,
+        };
         let key = match req {
             Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
-                let g = self.grant(grant_id).map_err(|e| (None, None, e))?;
-                // AWS semantics: the grant's retiring principal (or grantee) may retire it.
+                let g = self.grant(grant_id).map_err(|e| (None, unresolved(), e))?;
+                // AWS semantics: the grant's retiring principal (or grantee) may retire it;
+                // anyone else needs kms:RetireGrant in the key policy (below).
                 if let (Request::RetireGrant { .. }, Authority::Policy(who)) = (req, auth)
                     && (g.grantee.matches(who)
                         || g.retiring_principal
@@ -255,35 +263,97 @@ impl Executor<'_> {
                 Some(g.key)
             }
             _ => match req.key_ref() {
-                Some(r) => Some(self.resolve(r).map_err(|e| (None, None, e))?),
+                Some(r) => Some(self.resolve(r).map_err(|e| (None, unresolved(), e))?),
                 None => None,
             },
         };
         let Authority::Policy(who) = auth else {
             return Ok((key, None));
         };
+        let also = self
+            .also_authorize(req)
+            .map_err(|e| (key, unresolved(), e))?;
         let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
-        let d = self.km.authorize(&policy::Request {
+        // Operations on grants are decided by the key policy alone: a grant's own RetireGrant
+        // reaches that grant only (above), not every grant of the key.
+        let by_policy_only = matches!(
+            req,
+            Request::RetireGrant { .. } | Request::RevokeGrant { .. }
+        );
+        let d = self.decide(who, req.action(), target, by_policy_only);
+        if !d.allowed() {
+            let e = denied(req.action(), target, who, &d);
+            return Err((key, Some(d), e));
+        }
+        for (action, k) in also {
+            let d = self.decide(who, action, k, false);
+            if !d.allowed() {
+                let e = denied(action, k, who, &d);
+                return Err((Some(k), Some(d), e));
+            }
+        }
+        Ok((key, Some(d)))
+    }
+
+    /// What a request needs besides its action on its key: (action, key) pairs.
+    fn also_authorize(&self, req: &Request) -> R<Vec<(&'static str, KeyId)>> {
+        Ok(match req {
+            // As in AWS: the key the alias leaves must allow it too, else anyone who controls
+            // one key could point any alias (and what is later set by that alias) at it.
+            Request::UpdateAlias { alias, .. } => vec![("kms:UpdateAlias", self.resolve(alias)?)],
+            // The default key's policy decides every volume-wide action: moving it hands those
+            // decisions to another policy, which is changing the volume's policy (PutKeyPolicy
+            // on the current default key); and the new key must allow it (SetKeyRules there).
+            Request::SetDefaultKey { key } => {
+                let current = self.km.query(|s| s.default_key);
+                vec![
+                    ("kms:PutKeyPolicy", current),
+                    ("kms:SetKeyRules", self.resolve(key)?),
+                ]
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    /// The decision on `key` for `action`: by the key's policy and grants, or by its policy
+    /// alone.
+    fn decide(&self, who: &Identity, action: &str, key: KeyId, by_policy_only: bool) -> Decision {
+        let req = policy::Request {
             who: who.clone(),
-            action: req.action().into(),
-            key: Some(target),
+            action: action.into(),
+            key: Some(key),
             now: self.km.now(),
             ..Default::default()
-        });
-        if d.allowed() {
-            Ok((key, Some(d)))
+        };
+        if by_policy_only {
+            self.km.authorize_by_policy(&req)
         } else {
-            let e = ControlError::new(
-                ErrorKind::Denied,
-                format!(
-                    "{} on key {target} denied for uid {} ({})",
-                    req.action(),
-                    who.uid,
-                    super::decision_record(&d).by
-                ),
-            );
-            Err((key, Some(d), e))
+            self.km.authorize(&req)
         }
+    }
+
+    /// One audit record per (action, key, deciding statement) that kept files of a rewrap where
+    /// they were, with the number of files and the first one's path: a volume-wide rewrap by a
+    /// caller denied on a large key leaves a few records, not one per file.
+    fn record_rewrap_denials(&self, auth: &Authority, denials: RewrapDenials) -> R<()> {
+        let Some(log) = self.audit else {
+            return Ok(());
+        };
+        for ((action, key, _), (files, path, d)) in denials {
+            let mut r = AuditRecord::new("Rewrap", Source::Kms);
+            r.actor = auth.who().clone().into();
+            r.resources.key_id = Some(key.to_string());
+            r.resources.path = path;
+            r.decision = Some(super::decision_record(&d));
+            r.errno = libc::EACCES;
+            r.detail = Some(format!(
+                "{action} denied: {files} file(s) left under their key"
+            ));
+            log.append(r).map_err(|e| {
+                ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     fn grant(&self, id: &str) -> R<Grant> {
@@ -610,10 +680,44 @@ impl Executor<'_> {
                     follow_rules: *rules,
                 };
                 let t = self.tree;
-                let s = crate::keymgr::rewrap::rewrap(km, &t.root, &t.names, &opts, &mut |d, n| {
-                    (t.progress)(d, n)
-                })
-                .map_err(|e| ControlError::new(ErrorKind::Failed, format!("rewrap: {e}")))?;
+                // The request itself was allowed on one key (the default key without `key`);
+                // each file is also decided by its own key and by the key it moves to.
+                let mut denials = RewrapDenials::new();
+                let mut authorize = |action: &'static str, id: KeyId, path: Option<&str>| {
+                    let Authority::Policy(who) = auth else {
+                        return Ok(());
+                    };
+                    let d = km.authorize(&policy::Request {
+                        who: who.clone(),
+                        action: action.into(),
+                        key: Some(id),
+                        path: path.map(str::to_string),
+                        path_unknown: path.is_none(),
+                        now: km.now(),
+                        ..Default::default()
+                    });
+                    if d.allowed() {
+                        return Ok(());
+                    }
+                    let by = super::decision_record(&d).by;
+                    let reason = format!("{action} on key {id} denied for uid {} ({by})", who.uid);
+                    let e = denials
+                        .entry((action, id, by))
+                        .or_insert_with(|| (0, path.map(str::to_string), d));
+                    e.0 += 1;
+                    Err(reason)
+                };
+                let s = crate::keymgr::rewrap::rewrap_authorized(
+                    km,
+                    &t.root,
+                    &t.names,
+                    &opts,
+                    &mut authorize,
+                    &mut |d, n| (t.progress)(d, n),
+                );
+                self.record_rewrap_denials(auth, denials)?;
+                let s =
+                    s.map_err(|e| ControlError::new(ErrorKind::Failed, format!("rewrap: {e}")))?;
                 Ok(serde_json::to_value(s).unwrap_or_default())
             }
             Request::VerifyAuditLog => {
@@ -634,6 +738,22 @@ impl Executor<'_> {
         }
     }
 }
+
+fn denied(action: &str, key: KeyId, who: &Identity, d: &Decision) -> ControlError {
+    ControlError::new(
+        ErrorKind::Denied,
+        format!(
+            "{action} on key {key} denied for uid {} ({})",
+            who.uid,
+            super::decision_record(d).by
+        ),
+    )
+}
+
+/// Files a rewrap left alone because a policy denied them: (action, key, deciding statement)
+/// -> (files, the first file's path, the decision).
+type RewrapDenials =
+    std::collections::BTreeMap<(&'static str, KeyId, String), (u64, Option<String>, Decision)>;
 
 /// The audit settings as a reply; `removed`: the segments the request just removed.
 fn audit_settings(km: &crate::keymgr::KeyManager, removed: Option<(u64, u64)>) -> Value {

@@ -24,7 +24,7 @@ pub(super) struct CtlHandle {
     /// What reads return (rendered at open; the response for `request`).
     content: Mutex<Vec<u8>>,
     /// Bytes written and not yet applied.
-    pending: Mutex<Vec<u8>>,
+    pending: Mutex<Pending>,
     /// For `audit` files (read for): the open view (`content` stays empty).
     view: Option<Mutex<OpenView>>,
     /// Bytes written through the handle, and for `request` how many had been written when the
@@ -76,6 +76,78 @@ fn pretty(v: &Value) -> Vec<u8> {
 
 fn invalid(msg: impl Into<String>) -> CtlError {
     CtlError::new(libc::EINVAL, msg)
+}
+
+/// The most a control document may take, in bytes, written through one handle (a request, a
+/// policy, a rules list, …; for the text files, one line). The largest legitimate one is a
+/// `PutKeyPolicy` request: a policy of at most 32 KiB as an escaped JSON string (at worst six
+/// bytes per character), or a long rules list. Beyond it a write fails with EFBIG and the
+/// document is dropped.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// The bytes of a handle not yet applied, and how far they were scanned.
+#[derive(Default)]
+pub(super) struct Pending {
+    buf: Vec<u8>,
+    scan: JsonScan,
+}
+
+impl Pending {
+    fn clear(&mut self) {
+        // A document may hold imported key material: no copy stays behind.
+        zeroize::Zeroize::zeroize(&mut self.buf);
+        self.scan = JsonScan::default();
+    }
+}
+
+/// Where the top-level JSON value of the bytes written so far may end, found by scanning each
+/// byte once (strings, escapes and nesting), so that a document written in many small writes is
+/// parsed when it can be complete rather than at every write. Also, for the text files, how far
+/// the bytes were searched for a newline.
+#[derive(Default)]
+struct JsonScan {
+    /// Scanned as lines (`Some(true)`) or as JSON; a grants file can change from one to the
+    /// other between documents, and its scan then starts again.
+    text: Option<bool>,
+    seen: usize,
+    depth: usize,
+    in_str: bool,
+    escaped: bool,
+    /// A top-level value (or something the parser must judge) ended.
+    closed: bool,
+}
+
+impl JsonScan {
+    /// Scans the bytes after those already seen; true when `buf` may hold a complete value.
+    fn feed(&mut self, buf: &[u8]) -> bool {
+        for &b in buf.get(self.seen..).unwrap_or_default() {
+            if self.in_str {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => {
+                        self.in_str = false;
+                        self.closed |= self.depth == 0;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_str = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    self.closed |= self.depth == 0;
+                }
+                b if b.is_ascii_whitespace() => {}
+                // A scalar (or junk) at the top: the parser says which at once.
+                _ => self.closed |= self.depth == 0,
+            }
+        }
+        self.seen = buf.len();
+        self.closed
+    }
 }
 
 /// Whether `buf` holds one complete JSON value (`false` while it may still be incomplete).
@@ -269,7 +341,7 @@ impl ControlDir {
                 node,
                 who,
                 content: Mutex::new(content),
-                pending: Mutex::new(Vec::new()),
+                pending: Mutex::new(Pending::default()),
                 view: view.map(Mutex::new),
                 written: Default::default(),
                 response_base: Default::default(),
@@ -331,11 +403,24 @@ impl ControlDir {
 
     pub fn write(&self, fh: u64, _off: u64, data: &[u8]) -> CtlResult<u32> {
         let h = self.handle(fh)?;
+        {
+            let mut p = h.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if p.buf.len().saturating_add(data.len()) > MAX_DOCUMENT_BYTES {
+                // The whole document is refused (a later write starts a new one), and the file
+                // position does not move.
+                p.clear();
+                let e = CtlError::new(
+                    libc::EFBIG,
+                    format!(
+                        "a control document may be at most {MAX_DOCUMENT_BYTES} bytes; \
+                         this one was dropped"
+                    ),
+                );
+                return Err(self.refuse(&h.who, e));
+            }
+            p.buf.extend_from_slice(data);
+        }
         h.written.fetch_add(data.len() as u64, Ordering::Relaxed);
-        h.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(data);
         if let Err(e) = self.apply(&h, false) {
             // A failed write does not move the file position.
             let at = h.written.load(Ordering::Relaxed) - data.len() as u64;
@@ -381,11 +466,12 @@ impl ControlDir {
 
     /// Turns the pending bytes of a handle into requests. `last`: no more bytes will come.
     fn apply(&self, h: &CtlHandle, last: bool) -> CtlResult<()> {
-        let mut buf = h.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            buf.clear();
+        let mut pending = h.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.buf.iter().all(u8::is_ascii_whitespace) {
+            pending.clear();
             return Ok(());
         }
+        let Pending { buf, scan } = &mut *pending;
         let text_file = match &h.node {
             Node::KeyFile(_, KeyFile::State | KeyFile::Rotate) => true,
             Node::KeyFile(_, KeyFile::Grants) => {
@@ -393,14 +479,26 @@ impl ControlDir {
             }
             _ => false,
         };
+        if scan.text != Some(text_file) {
+            *scan = JsonScan {
+                text: Some(text_file),
+                ..Default::default()
+            };
+        }
         let reqs: Vec<Request> = if text_file {
-            // Whole lines now; a last line without a newline at flush.
-            let upto = match buf.iter().rposition(|b| *b == b'\n') {
-                Some(i) => i + 1,
+            // Whole lines now; a last line without a newline at flush. What is left after the
+            // last newline has none: only the new bytes are searched.
+            let new = buf.get(scan.seen..).unwrap_or_default();
+            let upto = match new.iter().rposition(|b| *b == b'\n') {
+                Some(i) => scan.seen + i + 1,
                 None if last => buf.len(),
-                None => return Ok(()),
+                None => {
+                    scan.seen = buf.len();
+                    return Ok(());
+                }
             };
             let chunk: Vec<u8> = buf.drain(..upto).collect();
+            scan.seen = buf.len();
             let text = String::from_utf8(chunk)
                 .map_err(|_| self.refuse(&h.who, invalid("not UTF-8 text")))?;
             let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -413,16 +511,18 @@ impl ControlDir {
             }
             out
         } else {
-            let complete = json_complete(&buf, last);
+            if !scan.feed(buf) && !last {
+                return Ok(());
+            }
+            let complete = json_complete(buf, last);
             if complete == Ok(false) {
                 return Ok(());
             }
-            let req = complete.and_then(|_| self.json_request(&h.node, &buf));
-            // The document may hold imported key material: no copy stays behind.
-            zeroize::Zeroize::zeroize(&mut *buf);
+            let req = complete.and_then(|_| self.json_request(&h.node, buf));
+            pending.clear();
             vec![req.map_err(|e| self.refuse(&h.who, e))?]
         };
-        drop(buf);
+        drop(pending);
         for req in reqs {
             let r = self.execute(&h.who, &req);
             if matches!(h.node, Node::File(Top::Request)) {
@@ -476,13 +576,19 @@ impl ControlDir {
                     decrypts_per_minute: a.decrypts_per_minute,
                 })
             }
-            Node::KeyFile(k, KeyFile::Policy) => Ok(Request::PutKeyPolicy {
-                key: Self::key_str(k),
-                policy: serde_json::from_slice::<Value>(doc)
-                    .and_then(|v| serde_json::to_string_pretty(&v))
-                    .map_err(|e| bad("policy", e))?,
-                bypass_lockout_check: false,
-            }),
+            Node::KeyFile(k, KeyFile::Policy) => {
+                // Checked before the document goes through a `Value`, which would keep only
+                // the last of two equal keys without a word.
+                crate::keymgr::policy::reject_duplicate_keys(doc)
+                    .map_err(|e| invalid(e.to_string()))?;
+                Ok(Request::PutKeyPolicy {
+                    key: Self::key_str(k),
+                    policy: serde_json::from_slice::<Value>(doc)
+                        .and_then(|v| serde_json::to_string_pretty(&v))
+                        .map_err(|e| bad("policy", e))?,
+                    bypass_lockout_check: false,
+                })
+            }
             Node::KeyFile(k, KeyFile::Rotation) => {
                 #[derive(serde::Deserialize)]
                 #[serde(deny_unknown_fields)]

@@ -605,3 +605,172 @@ fn a_large_audit_size_limit_removes_every_few_segments() {
     assert!(!spans.is_empty());
     assert!(spans.iter().all(|(a, b)| b > a), "{spans:?}");
 }
+
+#[test]
+fn a_policy_file_with_a_duplicate_key_is_refused() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let path = format!("{}/policy", key_dir(c));
+    let before = cat(c, &path, &me).unwrap();
+    // Through a `Value` the first "StringLike" (the path condition) would vanish.
+    let doc = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+          {{"Sid":"Owner","Effect":"Allow","Principal":{{"Uid":"{}"}},"Action":"kms:*"}},
+          {{"Sid":"ReadPubOnly","Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+            "Condition":{{"StringLike":{{"kmsfs:Path":"/pub/*"}},
+                         "StringLike":{{"kmsfs:AccessMode":"read"}}}}}}]}}"#,
+        me.uid
+    );
+    let fh = c.open(ino(c, &path), libc::O_WRONLY, me.clone()).unwrap();
+    assert_eq!(
+        c.write(fh, 0, doc.as_bytes()).unwrap_err().errno,
+        libc::EINVAL
+    );
+    c.release(fh);
+    assert_eq!(cat(c, &path, &me).unwrap(), before);
+    let why = cat(c, "last-error", &me).unwrap();
+    assert!(why.contains("duplicate key \"StringLike\""), "{why}");
+    // And as a request: the policy text is validated the same way.
+    let r = c.execute(
+        &me,
+        &Request::PutKeyPolicy {
+            key: c.km.query(|s| s.default_key).to_string(),
+            policy: doc,
+            bypass_lockout_check: false,
+        },
+    );
+    let e = r.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid);
+    assert!(e.message.contains("duplicate key"), "{}", e.message);
+}
+
+#[test]
+fn a_control_document_has_a_size_limit() {
+    let f = fixture();
+    let c = &f.ctl;
+    // `request` is open to anyone (each request is decided by itself): a stranger with no
+    // rights at all could make the daemon keep any amount of memory.
+    let fh = c.open(ino(c, "request"), libc::O_RDWR, stranger()).unwrap();
+    let chunk = vec![b'a'; 128 * 1024];
+    c.write(fh, 0, b"\"").unwrap();
+    let mut off = 1u64;
+    let e = loop {
+        match c.write(fh, off, &chunk) {
+            Ok(n) => off += u64::from(n),
+            Err(e) => break e,
+        }
+        assert!(off <= 2 * files::MAX_DOCUMENT_BYTES as u64, "no limit");
+    };
+    assert_eq!(e.errno, libc::EFBIG);
+    assert!(off <= files::MAX_DOCUMENT_BYTES as u64);
+    assert!(
+        cat(c, "last-error", &stranger())
+            .unwrap()
+            .contains("at most 1048576 bytes")
+    );
+    // The refused document was dropped: the handle takes a new one.
+    let r = c.write(fh, off, br#"{"op": "ListKeys"}"#).unwrap_err();
+    assert_eq!(r.errno, libc::EACCES, "{r:?}");
+    c.release(fh);
+
+    // A document just under the limit is taken.
+    let me = owner(c);
+    let key = c.km.query(|s| s.default_key).to_string();
+    let fh = c.open(ino(c, "request"), libc::O_RDWR, me.clone()).unwrap();
+    let big = format!(
+        r#"{{"op":"UpdateKeyDescription","key":"{key}",{}"description":"big"}}"#,
+        " ".repeat(files::MAX_DOCUMENT_BYTES - 200)
+    );
+    assert!(big.len() <= files::MAX_DOCUMENT_BYTES);
+    let mut off = 0;
+    for part in big.as_bytes().chunks(4096) {
+        off += u64::from(c.write(fh, off, part).unwrap());
+    }
+    c.release(fh);
+    assert_eq!(c.km.query(|s| s.keys[0].description.clone()), "big");
+}
+
+#[test]
+fn a_document_written_byte_by_byte_is_applied_when_it_ends() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let key = c.km.query(|s| s.default_key).to_string();
+    // Braces, brackets and escaped quotes inside strings do not end the document.
+    let desc = r#"a}\"]{\"[x\\"#;
+    let doc =
+        format!(r#"  {{"op": "UpdateKeyDescription", "key": "{key}", "description": "{desc}"}}"#);
+    let fh = c.open(ino(c, "request"), libc::O_RDWR, me.clone()).unwrap();
+    let (last, head) = doc.as_bytes().split_last().unwrap();
+    for (i, b) in head.iter().enumerate() {
+        c.write(fh, i as u64, &[*b]).unwrap();
+    }
+    let before = c.km.query(|s| s.keys[0].description.clone());
+    assert_eq!(before, "default key of the volume");
+    c.write(fh, head.len() as u64, &[*last]).unwrap();
+    assert_eq!(
+        c.km.query(|s| s.keys[0].description.clone()),
+        r#"a}"]{"[x\"#
+    );
+    c.release(fh);
+
+    // A grants file takes lines and JSON documents one after the other.
+    let grants = ino(c, &format!("{}/grants", key_dir(c)));
+    let fh = c.open(grants, libc::O_WRONLY, me.clone()).unwrap();
+    let doc = br#"{"grantee": {"any": false, "uids": [7], "users": [], "gids": [], "groups": []},
+                   "operations": ["kms:Decrypt"], "name": "x}"}"#;
+    let mut off = 0;
+    for b in doc.iter() {
+        off += u64::from(c.write(fh, off, &[*b]).unwrap());
+    }
+    let id = c.km.query(|s| s.grants[0].id.clone());
+    for b in format!("retire {id}\n").bytes() {
+        off += u64::from(c.write(fh, off, &[b]).unwrap());
+    }
+    assert!(c.km.query(|s| s.grants.is_empty()));
+    for b in doc.iter() {
+        off += u64::from(c.write(fh, off, &[*b]).unwrap());
+    }
+    assert_eq!(c.km.query(|s| s.grants.len()), 1);
+    c.release(fh);
+}
+
+#[test]
+fn a_request_naming_nothing_that_exists_is_recorded_as_refused() {
+    let f = fixture();
+    let c = &f.ctl;
+    let r = c.execute(
+        &stranger(),
+        &Request::DisableKey {
+            key: "alias/nope".into(),
+        },
+    );
+    assert_eq!(r.unwrap_err().kind, ErrorKind::NotFound);
+    let r = c.execute(
+        &stranger(),
+        &Request::RevokeGrant {
+            grant_id: "0123".into(),
+        },
+    );
+    assert_eq!(r.unwrap_err().kind, ErrorKind::NotFound);
+    let r = c.execute(
+        &stranger(),
+        &Request::UpdateAlias {
+            alias: "alias/nope".into(),
+            key: c.km.query(|s| s.default_key).to_string(),
+        },
+    );
+    assert_eq!(r.unwrap_err().kind, ErrorKind::NotFound);
+    let mine: Vec<_> = records(c)
+        .into_iter()
+        .filter(|r| r.actor.uid == 4242)
+        .collect();
+    assert_eq!(mine.len(), 3);
+    for r in &mine {
+        let d = r.decision.as_ref().unwrap();
+        assert!(!d.allowed, "{r:?}");
+        assert_ne!(d.by, "passphrase", "{r:?}");
+        assert_eq!(r.errno, libc::ENOENT, "{r:?}");
+    }
+}

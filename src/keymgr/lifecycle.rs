@@ -268,8 +268,18 @@ pub fn update_alias(st: &mut KeyStore, name: &str, id: &KeyId) -> R<()> {
     if !st.aliases.contains_key(name) {
         return Err(AdminError::NotFound(name.into()));
     }
-    st.key(id)
+    let k = st
+        .key(id)
         .ok_or_else(|| AdminError::NotFound(id.to_string()))?;
+    // As create-alias: a destroyed key can do nothing, so no name should lead to it.
+    if k.state == KeyState::Destroyed {
+        return Err(AdminError::InvalidState {
+            key: *id,
+            state: k.state,
+            op: "update-alias",
+            need: "not destroyed",
+        });
+    }
     st.aliases.insert(name.into(), *id);
     Ok(())
 }

@@ -199,6 +199,16 @@ impl KeyManager {
 
     /// The policy decision for `req` (on `req.key`), with parsed policies cached.
     pub fn authorize(&self, req: &policy::Request) -> policy::Decision {
+        self.decide(req, true)
+    }
+
+    /// The decision of the key policy alone, without the key's grants (for operations on
+    /// grants themselves: a grant does not reach other grants).
+    pub fn authorize_by_policy(&self, req: &policy::Request) -> policy::Decision {
+        self.decide(req, false)
+    }
+
+    fn decide(&self, req: &policy::Request, with_grants: bool) -> policy::Decision {
         let Some(id) = req.key else {
             return policy::Decision::ImplicitDeny;
         };
@@ -235,7 +245,7 @@ impl KeyManager {
             .store
             .grants
             .iter()
-            .filter(|g| g.key == id)
+            .filter(|g| with_grants && g.key == id)
             .cloned()
             .collect();
         policy::evaluate(&parsed, &grants, req)

@@ -133,6 +133,9 @@ pub struct RewrapSummary {
     pub already_current: u64,
     /// Files whose key cannot be used (disabled, pending deletion, destroyed, retired version).
     pub skipped_unusable_key: u64,
+    /// Files left as they were because the caller's key policy denied moving them
+    /// (`kms:ReEncryptFrom` on the file's key, or `kms:ReEncryptTo` on the key it would move to).
+    pub skipped_denied: u64,
     /// Files whose header does not parse or whose DEK fails authentication.
     pub damaged: u64,
     pub errors: Vec<String>,
@@ -146,13 +149,33 @@ pub struct RewrapOptions {
     pub follow_rules: bool,
 }
 
-/// Rewraps every file of the volume that is not at its target key version. `progress(done,
-/// total)` is called after each file.
+/// Decides, for one file about to be rewrapped, whether the caller may use `action`
+/// (`kms:ReEncryptFrom` on the file's key, `kms:ReEncryptTo` on the key it moves to) on `key`;
+/// the third argument is the file's plaintext path when every name on the way decrypts.
+/// `Err(reason)` leaves the file as it is (counted in `skipped_denied`).
+pub type Authorize<'a> = dyn FnMut(&'static str, KeyId, Option<&str>) -> Result<(), String> + 'a;
+
+/// Rewraps every file of the volume that is not at its target key version, with no policy
+/// asked (the passphrase holder). `progress(done, total)` is called after each file.
 pub fn rewrap(
     km: &KeyManager,
     root: &Path,
     names: &Names,
     opts: &RewrapOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> std::io::Result<RewrapSummary> {
+    rewrap_authorized(km, root, names, opts, &mut |_, _, _| Ok(()), progress)
+}
+
+/// Like [`rewrap`], asking `authorize` about each file before its header is rewritten: every
+/// file needs `kms:ReEncryptFrom` on its current key, and a file that moves to another key
+/// (`follow_rules`) also `kms:ReEncryptTo` on that key.
+pub fn rewrap_authorized(
+    km: &KeyManager,
+    root: &Path,
+    names: &Names,
+    opts: &RewrapOptions,
+    authorize: &mut Authorize<'_>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> std::io::Result<RewrapSummary> {
     let mut files = Vec::new();
@@ -174,10 +197,14 @@ pub fn rewrap(
         if i > 0 && i % SYNC_EVERY == 0 {
             sync(&mut s);
         }
-        match rewrap_one(km, &volume, cf, opts) {
+        match rewrap_one(km, &volume, cf, opts, authorize) {
             Ok(Outcome::Rewrapped) => s.rewrapped += 1,
             Ok(Outcome::Current) => s.already_current += 1,
             Ok(Outcome::NotSelected) => {}
+            Err(RewrapErr::Denied(m)) => {
+                s.skipped_denied += 1;
+                s.errors.push(format!("{}: {m}", cf.cipher_path.display()));
+            }
             Err(RewrapErr::Key(e)) => {
                 s.skipped_unusable_key += 1;
                 s.errors.push(format!("{}: {e}", cf.cipher_path.display()));
@@ -202,6 +229,7 @@ enum Outcome {
 
 enum RewrapErr {
     Key(KeyError),
+    Denied(String),
     Damaged(String),
     Io(std::io::Error),
 }
@@ -211,6 +239,7 @@ fn rewrap_one(
     volume: &crate::format::VolumeId,
     cf: &CipherFile,
     opts: &RewrapOptions,
+    authorize: &mut Authorize<'_>,
 ) -> Result<Outcome, RewrapErr> {
     let f = OpenOptions::new()
         .read(true)
@@ -242,6 +271,13 @@ fn rewrap_one(
         .ok_or(RewrapErr::Key(KeyError::UnknownKey(target_key)))?;
     if h.key_id == target_key && h.key_version == target_version {
         return Ok(Outcome::Current);
+    }
+    // As AWS ReEncrypt: the file's own key must allow taking its data key out, and the key it
+    // moves to must allow taking it in (a rewrap within one key only needs the first).
+    let path = cf.plain_path.as_deref();
+    authorize("kms:ReEncryptFrom", h.key_id, path).map_err(RewrapErr::Denied)?;
+    if target_key != h.key_id {
+        authorize("kms:ReEncryptTo", target_key, path).map_err(RewrapErr::Denied)?;
     }
     let dek = km.unwrap_dek(&h).map_err(|e| match e {
         KeyError::UnwrapFailed(_) => RewrapErr::Damaged(e.to_string()),

@@ -615,6 +615,8 @@ mod holes_tests;
 #[cfg(test)]
 mod path_tests;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod prefetch_tests;
 #[cfg(test)]
 mod read_tests;

@@ -5,8 +5,8 @@
 //! `Uid`/`User`/`Gid`/`Group`, each a string or list; supplementary groups count), `Action`
 //! (KMS-style names with `*`/`?` wildcards), optional `Resource` (`"*"` or key ids) and
 //! `Condition` (`{Operator: {ConditionKey: value | [values]}}`). Unknown fields, actions,
-//! operators or condition keys are rejected with a message naming them; documents over 32 KiB are
-//! rejected.
+//! operators or condition keys, and a key repeated within one object, are rejected with a message
+//! naming them; documents over 32 KiB are rejected.
 //!
 //! Evaluation: any matching Deny wins; otherwise a matching Allow (policy statement or valid
 //! grant) allows; otherwise the request is denied. Conditions: every operator must hold; within
@@ -368,6 +368,66 @@ fn parse_date(s: &str) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
+/// Refuses a JSON document in which an object names the same key twice (anywhere: the
+/// document, a statement, `Principal`, `Condition`, an operator's map). JSON parsers keep one
+/// of the two silently (serde the last), so the rule that would be enforced is not the one
+/// the author, or a reader of the stored text, sees.
+pub fn reject_duplicate_keys(doc: &[u8]) -> Result<(), PolicyError> {
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Checked;
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Checked;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_unit<E>(self) -> Result<Checked, E> {
+            Ok(Checked)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+            while a.next_element::<Checked>()?.is_some() {}
+            Ok(Checked)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = a.next_key::<String>()? {
+                if !seen.insert(k.clone()) {
+                    return Err(de::Error::custom(format!(
+                        "duplicate key {k:?} in one object (each key may appear once)"
+                    )));
+                }
+                a.next_value::<Checked>()?;
+            }
+            Ok(Checked)
+        }
+    }
+    impl<'de> Deserialize<'de> for Checked {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+            d.deserialize_any(V)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(doc);
+    Checked::deserialize(&mut de)
+        .and_then(|_| de.end())
+        .map_err(|e| PolicyError(e.to_string()))
+}
+
 impl Policy {
     /// Parses and validates a policy document.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
@@ -377,6 +437,7 @@ impl Policy {
                 text.len()
             ));
         }
+        reject_duplicate_keys(text.as_bytes())?;
         let doc: PolicyDoc = serde_json::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
         if doc.version != "2012-10-17" {
             return bad(format!(

@@ -485,3 +485,39 @@ fn encryption_context_conditions() {
         .insert("kmsfs:key-version".into(), "2".into());
     assert!(evaluate(&p, &[], &r).allowed());
 }
+
+#[test]
+fn duplicate_keys_are_rejected_wherever_they_are() {
+    // serde keeps the last of two equal keys: each of these would enforce less than it says.
+    let docs = [
+        // Two operators of the same name: the path condition would be dropped.
+        r#"{"Sid":"S","Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+            "Condition":{"StringLike":{"kmsfs:Path":"/pub/*"},"StringLike":{"kmsfs:AccessMode":"read"}}}"#,
+        // A condition key twice within one operator.
+        r#"{"Sid":"S","Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+            "Condition":{"StringLike":{"kmsfs:Path":"/pub/*","kmsfs:Path":"*"}}}"#,
+        // A principal type twice: the Deny would miss uid 1000.
+        r#"{"Sid":"S","Effect":"Deny","Principal":{"Uid":"1000","Uid":"1001"},"Action":"kms:*"}"#,
+        // A statement field twice.
+        r#"{"Sid":"S","Effect":"Deny","Effect":"Allow","Principal":"*","Action":"kms:*"}"#,
+    ];
+    for st in docs {
+        let text = format!(r#"{{"Version":"2012-10-17","Statement":[{st}]}}"#);
+        let e = Policy::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("duplicate"), "{e}: {st}");
+    }
+    let e = Policy::parse(
+        r#"{"Version":"2012-10-17","Version":"2012-10-17","Statement":[
+            {"Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}]}"#,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("duplicate key \"Version\""), "{e}");
+    // The same key in different objects is fine.
+    pol(
+        r#"{"Sid":"A","Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+            "Condition":{"StringLike":{"kmsfs:Path":"/a/*"},"StringEquals":{"kmsfs:Path":"/b"}}},
+           {"Sid":"B","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}"#,
+    );
+    assert!(reject_duplicate_keys(br#"[{"a":1},{"a":1}]"#).is_ok());
+    assert!(reject_duplicate_keys(br#"{"a":{"b":[{"c":1,"c":2}]}}"#).is_err());
+}

@@ -1,0 +1,453 @@
+//! Authorization of key-manager requests through a `Vfs` (what the mount runs, without FUSE):
+//! regression tests for policy and grant enforcement.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::test_support::*;
+use super::*;
+use crate::control::{ErrorKind, Request};
+use crate::format::KeyId;
+use crate::keymgr::access;
+use crate::keymgr::audit::{AuditKeys, AuditLog, AuditRecord};
+use crate::keymgr::policy::Identity;
+
+const MALLORY: u32 = 4242;
+
+fn mallory() -> Identity {
+    Identity {
+        uid: MALLORY,
+        gid: MALLORY,
+        ..Default::default()
+    }
+}
+
+fn mallory_caller() -> Caller {
+    Caller {
+        uid: MALLORY,
+        gid: MALLORY,
+        pid: std::process::id(),
+        umask: 0,
+    }
+}
+
+fn owner() -> Identity {
+    Identity::default()
+}
+
+const OWNER_ALL: &str =
+    r#"{"Sid":"Owner","Effect":"Allow","Principal":{"Uid":"0"},"Action":"kms:*"}"#;
+
+/// A `Vfs` over a new volume with its audit log attached, as the mount has it.
+fn audited(dir: &std::path::Path) -> Vfs {
+    let v = open(dir);
+    let paths = unlock(dir).paths;
+    let log = AuditLog::open(&paths.control_dir(), AuditKeys::new(&v.km.volume_secret()))
+        .expect("audit log");
+    v.set_audit(Arc::new(log));
+    v
+}
+
+fn records(v: &Vfs) -> Vec<AuditRecord> {
+    v.control().records().expect("records")
+}
+
+/// Replaces a key's policy (as the passphrase holder: no lockout check).
+fn set_policy(v: &Vfs, key: KeyId, statements: &str) {
+    let text = format!(r#"{{"Version":"2012-10-17","Statement":[{statements}]}}"#);
+    v.km.admin(|s, now| access::put_policy(s, &key, &text, &owner(), true, now))
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+}
+
+fn deny_mallory_everything(v: &Vfs, key: KeyId) {
+    set_policy(
+        v,
+        key,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"NoMallory","Effect":"Deny","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:*"}}"#
+        ),
+    );
+}
+
+fn new_key(v: &Vfs, who: &Identity, alias: Option<&str>) -> KeyId {
+    let r = v
+        .control()
+        .execute(
+            who,
+            &Request::CreateKey {
+                description: String::new(),
+                tags: BTreeMap::new(),
+                alias: alias.map(str::to_string),
+            },
+        )
+        .expect("create key");
+    r["key_id"].as_str().unwrap().parse().unwrap()
+}
+
+fn set_rule(v: &Vfs, prefix: &str, key: &str) {
+    v.control()
+        .execute(
+            &owner(),
+            &Request::SetKeyRule {
+                prefix: prefix.into(),
+                key: key.into(),
+            },
+        )
+        .expect("rule");
+}
+
+/// Creates `/dir/name` holding `data` as the owner; returns the file's inode.
+fn file_in(v: &Vfs, dir: &str, name: &str, data: &[u8]) -> u64 {
+    let d = match v.lookup(1, dir.as_ref()) {
+        Ok(a) => a.ino,
+        Err(_) => v.mkdir(1, dir.as_ref(), 0o777, &caller()).unwrap().ino,
+    };
+    let (a, fh) = v
+        .create(d, name.as_ref(), 0o666, libc::O_RDWR, &caller())
+        .unwrap();
+    v.write(fh, 0, data).unwrap();
+    v.release(fh).unwrap();
+    a.ino
+}
+
+/// The key in the header of the file at plaintext path `path`.
+fn key_of(v: &Vfs, dir: &std::path::Path, path: &str) -> KeyId {
+    let names = crate::names::Names::new(&v.km.volume_secret(), false);
+    let mut found = None;
+    crate::keymgr::rewrap::walk(dir, &names, &mut |cf| {
+        if cf.plain_path.as_deref() == Some(path) {
+            let b = std::fs::read(&cf.cipher_path).unwrap();
+            let h =
+                crate::format::header::FileHeader::decode(&b[..crate::format::header::HEADER_LEN])
+                    .unwrap();
+            found = Some(h.key_id);
+        }
+    })
+    .unwrap();
+    found.unwrap_or_else(|| panic!("no file {path}"))
+}
+
+#[test]
+fn a_volume_wide_rewrap_asks_each_files_key_and_the_key_it_moves_to() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    let fin = new_key(&v, &owner(), Some("alias/finance"));
+    set_rule(&v, "/finance", "alias/finance");
+    let payroll = file_in(&v, "finance", "payroll", b"salaries");
+    file_in(&v, "notes", "todo", b"groceries");
+    assert_eq!(key_of(&v, &dir, "/finance/payroll"), fin);
+    deny_mallory_everything(&v, fin);
+    // On the default key mallory may use files, run rewraps and edit rules.
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"Mallory","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},
+                "Action":["kms:Decrypt","kms:GenerateDataKey","kms:ReEncryptFrom","kms:SetKeyRules"]}}"#
+        ),
+    );
+    assert!(
+        v.open_as(payroll, libc::O_RDONLY, &mallory_caller())
+            .is_err()
+    );
+
+    // The finance file no longer matches a rule: a rewrap with rules would move it to the
+    // default key, which finance's policy (ReEncryptFrom) forbids for mallory.
+    v.control()
+        .execute(
+            &mallory(),
+            &Request::DeleteKeyRule {
+                prefix: "/finance".into(),
+            },
+        )
+        .expect("SetKeyRules on the default key");
+    let r = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::Rewrap {
+                key: None,
+                rules: true,
+            },
+        )
+        .expect("the request is allowed; the file is not");
+    assert_eq!(r["skipped_denied"], 1, "{r}");
+    assert_eq!(r["rewrapped"], 0, "{r}");
+    assert!(
+        r["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("kms:ReEncryptFrom on key")
+    );
+    assert_eq!(
+        key_of(&v, &dir, "/finance/payroll"),
+        fin,
+        "the file stayed under its key"
+    );
+    assert!(
+        v.open_as(payroll, libc::O_RDONLY, &mallory_caller())
+            .is_err()
+    );
+    let denied: Vec<_> = records(&v)
+        .into_iter()
+        .filter(|r| r.event == "Rewrap" && r.decision.as_ref().is_some_and(|d| !d.allowed))
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].actor.uid, MALLORY);
+    assert_eq!(denied[0].errno, libc::EACCES);
+    assert_eq!(denied[0].resources.key_id, Some(fin.to_string()));
+    assert_eq!(
+        denied[0].resources.path.as_deref(),
+        Some("/finance/payroll")
+    );
+    assert_eq!(
+        denied[0].decision.as_ref().unwrap().by,
+        "statement:NoMallory"
+    );
+
+    // Moving a file *into* a key needs kms:ReEncryptTo there: a rule sends /notes to finance.
+    set_rule(&v, "/notes", "alias/finance");
+    let r = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::Rewrap {
+                key: None,
+                rules: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(r["skipped_denied"], 2, "{r}");
+    assert_eq!(key_of(&v, &dir, "/notes/todo"), default);
+    assert!(r.to_string().contains("kms:ReEncryptTo on key"), "{r}");
+
+    // The owner, allowed everywhere, moves both.
+    let r = v
+        .control()
+        .execute(
+            &owner(),
+            &Request::Rewrap {
+                key: None,
+                rules: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (r["rewrapped"].as_u64(), r["skipped_denied"].as_u64()),
+        (Some(2), Some(0)),
+        "{r}"
+    );
+    assert_eq!(key_of(&v, &dir, "/finance/payroll"), default);
+    assert_eq!(key_of(&v, &dir, "/notes/todo"), fin);
+}
+
+fn created_by(v: &Vfs, who: &Identity) -> String {
+    new_key(v, who, None).to_string()
+}
+
+#[test]
+fn update_alias_needs_the_permission_on_the_key_the_alias_leaves() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    let fin = new_key(&v, &owner(), Some("alias/finance"));
+    // Mallory may create keys (and so controls the keys she creates); nothing on finance.
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:CreateKey"}}"#
+        ),
+    );
+    deny_mallory_everything(&v, fin);
+    let mine = created_by(&v, &mallory());
+    let hijack = Request::UpdateAlias {
+        alias: "alias/finance".into(),
+        key: mine.clone(),
+    };
+    let e = v.control().execute(&mallory(), &hijack).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    assert!(
+        e.message.contains(&format!("kms:UpdateAlias on key {fin}")),
+        "{}",
+        e.message
+    );
+    let now =
+        v.km.query(|s| crate::keymgr::lifecycle::resolve(s, "alias/finance"))
+            .unwrap();
+    assert_eq!(now, fin);
+    // The refusal names the key that refused and its statement.
+    let r = records(&v)
+        .into_iter()
+        .rfind(|r| r.event == "UpdateAlias")
+        .unwrap();
+    assert_eq!(r.resources.key_id, Some(fin.to_string()));
+    assert_eq!(r.decision.unwrap().by, "statement:NoMallory");
+
+    // Allowed on both keys: the owner may.
+    v.control().execute(&owner(), &hijack).expect("owner");
+    // Never to a destroyed key (as create-alias).
+    let gone = new_key(&v, &owner(), None);
+    v.km.admin(|s, _| {
+        s.key_mut(&gone).unwrap().state = crate::keymgr::KeyState::Destroyed;
+        Ok(())
+    })
+    .unwrap();
+    let e = v
+        .control()
+        .execute(
+            &owner(),
+            &Request::UpdateAlias {
+                alias: "alias/finance".into(),
+                key: gone.to_string(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e:?}");
+    assert!(e.message.contains("not destroyed"), "{}", e.message);
+}
+
+#[test]
+fn set_default_key_does_not_hand_volume_wide_rights_to_a_key_the_caller_controls() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    // Mallory may create keys and set rules; nothing about the audit log.
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":["kms:CreateKey","kms:SetKeyRules"]}},
+               {{"Sid":"AuditIsNotForMallory","Effect":"Deny","Principal":{{"Uid":"{MALLORY}"}},"Action":["kms:ReadAuditLog","kms:PutAuditSettings"]}}"#
+        ),
+    );
+    let mine = created_by(&v, &mallory());
+    let e = v
+        .control()
+        .execute(&mallory(), &Request::SetDefaultKey { key: mine.clone() })
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    assert!(
+        e.message
+            .contains(&format!("kms:PutKeyPolicy on key {default}")),
+        "{}",
+        e.message
+    );
+    assert_eq!(v.km.query(|s| s.default_key), default);
+    let settings = Request::PutAuditSettings {
+        retention_days: Some(1),
+        max_bytes: None,
+    };
+    assert_eq!(
+        v.control().execute(&mallory(), &settings).unwrap_err().kind,
+        ErrorKind::Denied
+    );
+
+    // An administrator of the volume policy needs kms:SetKeyRules on the new key too.
+    let admin = Identity {
+        uid: 1001,
+        gid: 1001,
+        ..Default::default()
+    };
+    set_policy(
+        &v,
+        default,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"Admin","Effect":"Allow","Principal":{{"Uid":"1001"}},"Action":["kms:SetKeyRules","kms:PutKeyPolicy"]}}"#
+        ),
+    );
+    let other = new_key(&v, &owner(), None);
+    let e = v
+        .control()
+        .execute(
+            &admin,
+            &Request::SetDefaultKey {
+                key: other.to_string(),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains(&format!("kms:SetKeyRules on key {other}")),
+        "{}",
+        e.message
+    );
+    set_policy(
+        &v,
+        other,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"Admin","Effect":"Allow","Principal":{{"Uid":"1001"}},"Action":"kms:SetKeyRules"}}"#
+        ),
+    );
+    v.control()
+        .execute(
+            &admin,
+            &Request::SetDefaultKey {
+                key: other.to_string(),
+            },
+        )
+        .expect("allowed on both keys");
+    assert_eq!(v.km.query(|s| s.default_key), other);
+}
+
+fn grant_to(v: &Vfs, key: KeyId, uid: u32, ops: &[&str]) -> String {
+    let spec: crate::control::request::GrantSpec = serde_json::from_value(serde_json::json!({
+        "grantee": {"any": false, "uids": [uid], "users": [], "gids": [], "groups": []},
+        "operations": ops,
+    }))
+    .unwrap();
+    v.control()
+        .execute(
+            &owner(),
+            &Request::CreateGrant {
+                key: key.to_string(),
+                grant: spec,
+            },
+        )
+        .unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_grant_with_retire_grant_retires_only_itself() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let key = v.km.query(|s| s.default_key);
+    let bobs = grant_to(&v, key, 1001, &["kms:Decrypt"]);
+    let mallorys = grant_to(&v, key, MALLORY, &["kms:Decrypt", "kms:RetireGrant"]);
+    let e = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::RetireGrant {
+                grant_id: bobs.clone(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    assert!(v.km.query(|s| s.grants.iter().any(|g| g.id == bobs)));
+    // Her own grant she may retire.
+    v.control()
+        .execute(&mallory(), &Request::RetireGrant { grant_id: mallorys })
+        .expect("the grantee retires its grant");
+    // kms:RetireGrant in the key policy still reaches every grant of the key.
+    set_policy(
+        &v,
+        key,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:RetireGrant"}}"#
+        ),
+    );
+    v.control()
+        .execute(
+            &mallory(),
+            &Request::RetireGrant {
+                grant_id: bobs.clone(),
+            },
+        )
+        .expect("allowed by the key policy");
+    assert!(v.km.query(|s| s.grants.is_empty()));
+}
