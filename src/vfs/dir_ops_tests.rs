@@ -1,0 +1,151 @@
+//! Names and directory operations: directory ids that disagree with their copy, long-name side
+//! files, renames between hard links, forged entry names.
+
+use std::path::{Path, PathBuf};
+
+use super::Vfs;
+use super::test_support::{caller, new_volume, open, touch, unlock};
+use crate::keymgr::KeyManager;
+use crate::keymgr::fsck::Repair;
+
+fn names(v: &Vfs, ino: u64) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .list_dir(ino)
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    n.sort();
+    n
+}
+
+/// fsck's problems as `kind repaired: detail`.
+fn fsck_with(dir: &Path, repair: Repair) -> Vec<String> {
+    let u = unlock(dir);
+    let names = crate::names::Names::new(&u.store.volume_secret, false);
+    let bs = u.config.block_size;
+    let km = KeyManager::new(u);
+    let r = crate::keymgr::fsck::fsck(&km, dir, &names, bs, None, repair, &mut |_, _| {})
+        .expect("fsck");
+    r.problems
+        .iter()
+        .map(|p| format!("{} {}: {}", p.kind, p.repaired, p.detail))
+        .collect()
+}
+
+fn backing_entries(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The only subdirectory of the cipher root (not the control directory).
+fn cipher_subdir(d: &Path) -> PathBuf {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && !p.ends_with(".kmsfs"))
+        .unwrap()
+}
+
+fn write_dirid_file(dir: &Path, id: &[u8]) {
+    let f = dir.join("kmsfs.dirid");
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(&f, id).unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+}
+
+fn dirid_copy(dir: &Path) -> Vec<u8> {
+    crate::fsutil::read_dirid_copy(dir).unwrap()
+}
+
+/// A volume with directory `sub` holding three files (one with a long name).
+fn volume_with_sub() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let (t, d) = new_volume();
+    let v = open(&d);
+    let sub = v.mkdir(1, "sub".as_ref(), 0o755, &caller()).unwrap().ino;
+    let mut want = vec!["one".to_string(), "two".to_string(), "L".repeat(200)];
+    for n in &want {
+        touch(&v, sub, n);
+    }
+    want.sort();
+    (t, d, want)
+}
+
+fn list_sub(d: &Path) -> Vec<String> {
+    let v = open(d);
+    let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+    names(&v, sub)
+}
+
+/// `kmsfs.dirid` damaged (one flipped bit, still 16 bytes), its copy intact: the names decrypt
+/// with the copy, so fsck says the file is damaged and --repair writes the file from the copy
+/// (until 2026-12: it overwrote the good copy with the file's id, and every name was lost).
+#[test]
+fn fsck_keeps_the_dirid_copy_names_decrypt_with() {
+    let (_t, d, want) = volume_with_sub();
+    let c = cipher_subdir(&d);
+    let good = dirid_copy(&c);
+    let mut bad = good.clone();
+    bad[3] ^= 0x10;
+    write_dirid_file(&c, &bad);
+    assert_eq!(list_sub(&d), want);
+    let p = fsck_with(&d, Repair::No);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("dir-id false:"), "{p:?}");
+    let p = fsck_with(&d, Repair::Safe);
+    assert!(p.len() == 1 && p[0].starts_with("dir-id true:"), "{p:?}");
+    assert_eq!(dirid_copy(&c), good);
+    assert_eq!(std::fs::read(c.join("kmsfs.dirid")).unwrap(), good);
+    assert_eq!(list_sub(&d), want);
+    assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
+}
+
+/// The copy damaged, the file intact: fsck mends the copy from the file, and the mount (which
+/// reads the copy first) turns to the file once a name does not decrypt under the copy.
+#[test]
+fn damaged_dirid_copy_mount_and_fsck_use_the_file() {
+    let (_t, d, want) = volume_with_sub();
+    let c = cipher_subdir(&d);
+    let good = std::fs::read(c.join("kmsfs.dirid")).unwrap();
+    let mut bad = good.clone();
+    bad[0] ^= 1;
+    crate::fsutil::write_dirid_copy(std::fs::File::open(&c).unwrap(), &bad.try_into().unwrap())
+        .unwrap();
+    {
+        let v = open(&d);
+        let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+        assert_eq!(names(&v, sub), want);
+        // Lookups and creates use the file's id from then on.
+        assert!(v.lookup(sub, "one".as_ref()).is_ok());
+        touch(&v, sub, "four");
+    }
+    let p = fsck_with(&d, Repair::Safe);
+    assert!(p.len() == 1 && p[0].starts_with("dir-id-copy true:"), "{p:?}");
+    assert_eq!(dirid_copy(&c), good);
+    assert_eq!(list_sub(&d).len(), want.len() + 1);
+    assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
+}
+
+/// An empty directory whose file and copy differ: no name tells which is right, so fsck
+/// reports it and --repair changes nothing.
+#[test]
+fn dirid_conflict_without_evidence_changes_nothing() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    v.mkdir(1, "sub".as_ref(), 0o755, &caller()).unwrap();
+    drop(v);
+    let c = cipher_subdir(&d);
+    let copy = dirid_copy(&c);
+    let mut bad = copy.clone();
+    bad[5] ^= 4;
+    write_dirid_file(&c, &bad);
+    let p = fsck_with(&d, Repair::Safe);
+    assert!(p.len() == 1 && p[0].starts_with("dir-id-copy false:"), "{p:?}");
+    assert_eq!(dirid_copy(&c), copy);
+    assert_eq!(std::fs::read(c.join("kmsfs.dirid")).unwrap(), bad);
+}
