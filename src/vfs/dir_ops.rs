@@ -42,6 +42,12 @@ impl Vfs {
     }
 
     /// Writes the side file of a long name if it is not there yet; returns whether it wrote it.
+    /// Its content is on disk when this returns (`fdatasync`): the entry named after it is
+    /// journaled metadata that a power loss may keep while the side file's delayed-allocation
+    /// data is lost, and an entry whose side file is empty has lost its name for good. Only
+    /// long names (176 bytes and more) have a side file; short names cost nothing here. The
+    /// side file's own directory entry needs no directory sync of its own: it is made in the
+    /// same directory before the entry, so a `fsyncdir` that keeps the entry keeps it too.
     fn write_side_file(&self, dir: &Node, cn: &CipherName) -> Result<bool> {
         let (Some(side), Some(long)) = (cn.side_file(), &cn.long) else {
             return Ok(false);
@@ -55,7 +61,13 @@ impl Vfs {
         ) {
             Ok(fd) => {
                 let f = std::fs::File::from(fd);
-                std::io::Write::write_all(&mut &f, long.as_bytes())?;
+                let written = std::io::Write::write_all(&mut &f, long.as_bytes())
+                    .map_err(VfsError::from)
+                    .and_then(|()| Ok(rustix::fs::fdatasync(&f)?));
+                if let Err(e) = written {
+                    let _ = rustix::fs::unlinkat(&dir.fd, &side, AtFlags::empty());
+                    return Err(e);
+                }
                 Ok(true)
             }
             Err(Errno::EXIST) => Ok(false),
@@ -121,17 +133,26 @@ impl Vfs {
                     let id = DirId::generate();
                     // The copy first: a crash before the file is written leaves a directory the
                     // mount reads by its copy (and fsck completes), not one without an id.
-                    if let Err(e) = crate::fsutil::write_dirid_copy(&newd, id.as_bytes()) {
-                        tracing::debug!("no copy of the directory id in an xattr: {e}");
-                    }
+                    let copied = crate::fsutil::write_dirid_copy(&newd, id.as_bytes())
+                        .inspect_err(|e| {
+                            tracing::debug!("no copy of the directory id in an xattr: {e}")
+                        })
+                        .is_ok();
                     crate::fault::check("create")?;
-                    let f = rustix::fs::openat(
+                    let f = std::fs::File::from(rustix::fs::openat(
                         &newd,
                         DIRID_FILE,
                         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                         Mode::from(0o400),
-                    )?;
-                    std::io::Write::write_all(&mut &std::fs::File::from(f), id.as_bytes())?;
+                    )?);
+                    std::io::Write::write_all(&mut &f, id.as_bytes())?;
+                    // Without the copy (no user xattrs on the backing file system) the file is
+                    // the only id: on disk before anything is named with it (a power loss
+                    // would otherwise leave it empty under entries fsync'd later). The copy,
+                    // where there is one, is in the directory's inode: journaled metadata.
+                    if !copied {
+                        rustix::fs::fdatasync(&f)?;
+                    }
                 }
                 // A directory made in a set-group-id directory inherits the bit (as the backing
                 // mkdir did); the fchmod must not clear it.
