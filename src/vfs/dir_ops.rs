@@ -70,9 +70,54 @@ impl Vfs {
                 }
                 Ok(true)
             }
-            Err(Errno::EXIST) => Ok(false),
+            Err(Errno::EXIST) => {
+                self.check_side_file(dir, &side, long)?;
+                Ok(false)
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A side file `side` that is already there (the entry's, or an orphan left by a crash
+    /// between its create and its write) must hold `long`; if it does not (empty, torn,
+    /// changed), it is replaced atomically: written under a temporary name, on disk, then
+    /// renamed over it. Not taken back if the entry is not made after all: `long` is the only
+    /// right content for an entry of this name (its hash), and an orphan is removed later.
+    fn check_side_file(&self, dir: &Node, side: &OsStr, long: &str) -> Result<()> {
+        if read_side(dir, side).is_some_and(|b| b == long.as_bytes()) {
+            return Ok(());
+        }
+        // `kmsfs.long.<hash>.tmp.name`: internal (hidden), and an orphan (no entry of that
+        // name) that the next rmdir or fsck removes should a crash leave it.
+        let base = side
+            .as_bytes()
+            .strip_suffix(LONG_NAME_SUFFIX.as_bytes())
+            .unwrap_or(side.as_bytes());
+        let mut tmp = OsStr::from_bytes(base).to_os_string();
+        tmp.push(".tmp");
+        tmp.push(LONG_NAME_SUFFIX);
+        let _ = rustix::fs::unlinkat(&dir.fd, &tmp, AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from(0o400),
+        )?;
+        let f = std::fs::File::from(fd);
+        let r = std::io::Write::write_all(&mut &f, long.as_bytes())
+            .map_err(VfsError::from)
+            .and_then(|()| Ok(rustix::fs::fdatasync(&f)?))
+            .and_then(|()| Ok(rustix::fs::renameat(&dir.fd, &tmp, &dir.fd, side)?));
+        if r.is_err() {
+            let _ = rustix::fs::unlinkat(&dir.fd, &tmp, AtFlags::empty());
+        } else {
+            tracing::warn!(
+                dir = %self.label(dir),
+                side = %side.to_string_lossy(),
+                "a long name's side file did not hold its name (left by a crash?): written again"
+            );
+        }
+        r
     }
 
     fn remove_side_file(&self, dir: &Node, cn: &CipherName) {
@@ -575,6 +620,16 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<std::fs::File>> {
         rustix::fs::unlinkat(d, DIRID_FILE, AtFlags::empty())?;
     }
     Ok(saved)
+}
+
+/// The content of side file `side` in `dir` (`None`: it cannot be read).
+fn read_side(dir: &Node, side: &OsStr) -> Option<Vec<u8>> {
+    let fd = rustix::fs::openat(&dir.fd, side, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .ok()?;
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::from(fd), 4096), &mut b)
+        .ok()?;
+    Some(b)
 }
 
 /// Puts back the directory id [`strip_internal`] removed (the directory stays in use).

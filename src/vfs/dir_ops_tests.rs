@@ -219,3 +219,34 @@ fn zero_byte_cipher_file_reads_as_an_empty_file() {
     drop(v);
     assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
 }
+
+/// A side file left behind empty or torn (a crash between its create and its write) is checked
+/// at the next create or rename to that name, and written again: the new entry is listed.
+#[test]
+fn damaged_orphan_side_file_is_written_again() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    let long = "M".repeat(200);
+    touch(&v, 1, &long);
+    let side = backing_entries(&d)
+        .into_iter()
+        .find(|n| n.ends_with(".name"))
+        .expect("side file");
+    let good = std::fs::read(d.join(&side)).unwrap();
+    v.unlink(1, long.as_ref()).expect("unlink");
+    // What a crash right after the O_EXCL create leaves.
+    std::fs::write(d.join(&side), b"").unwrap();
+    touch(&v, 1, &long);
+    assert_eq!(names(&v, 1), vec![long.clone()]);
+    assert_eq!(std::fs::read(d.join(&side)).unwrap(), good);
+    // Torn, then a rename to the name.
+    v.unlink(1, long.as_ref()).expect("unlink");
+    std::fs::write(d.join(&side), &good[..100]).unwrap();
+    touch(&v, 1, "short");
+    v.rename(1, "short".as_ref(), 1, long.as_ref(), 0).unwrap();
+    assert_eq!(names(&v, 1), vec![long.clone()]);
+    assert_eq!(std::fs::read(d.join(&side)).unwrap(), good);
+    drop(v);
+    assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
+    assert!(!backing_entries(&d).iter().any(|n| n.contains(".tmp")));
+}
