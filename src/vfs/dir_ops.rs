@@ -336,6 +336,17 @@ impl Vfs {
         if flags & RENAME_WHITEOUT != 0 {
             rf |= RenameFlags::WHITEOUT;
         }
+        // Two names of one file (hard links, or the same name): rename(2) does nothing (POSIX),
+        // and the source's long-name side file must stay. The kernel's VFS returns before it
+        // asks a FUSE server; this is for callers of the model. One `statat` of the target,
+        // mostly of a name not there (a rename to a new name).
+        if flags & RENAME_NOREPLACE == 0
+            && let Ok(t) = rustix::fs::statat(&to_dir.fd, &to.entry, AtFlags::SYMLINK_NOFOLLOW)
+            && let Ok(f) = rustix::fs::statat(&from_dir.fd, &from.entry, AtFlags::SYMLINK_NOFOLLOW)
+            && (t.st_dev, t.st_ino) == (f.st_dev, f.st_ino)
+        {
+            return Ok(());
+        }
         let wrote = self.write_side_file(&to_dir, &to)?;
         let mut r = crate::fault::check("rename").and_then(|()| {
             rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)

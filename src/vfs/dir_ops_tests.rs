@@ -250,3 +250,29 @@ fn damaged_orphan_side_file_is_written_again() {
     assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
     assert!(!backing_entries(&d).iter().any(|n| n.contains(".tmp")));
 }
+
+/// rename(2) between two hard links of one file does nothing (POSIX): both names stay, the long
+/// one with its side file.
+#[test]
+fn rename_between_hard_links_does_nothing() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    let long = "L".repeat(200);
+    let ino = touch(&v, 1, &long);
+    v.link(ino, 1, "b".as_ref()).expect("link");
+    let before = backing_entries(&d);
+    v.rename(1, long.as_ref(), 1, "b".as_ref(), 0).expect("rename");
+    v.rename(1, "b".as_ref(), 1, long.as_ref(), 0).expect("rename");
+    assert_eq!(backing_entries(&d), before);
+    let mut want = vec!["b".to_string(), long];
+    want.sort();
+    assert_eq!(names(&v, 1), want);
+    // RENAME_NOREPLACE still says the target exists.
+    assert_eq!(
+        v.rename(1, "b".as_ref(), 1, want[1].as_ref(), super::RENAME_NOREPLACE)
+            .map_err(|e| e.errno()),
+        Err(libc::EEXIST)
+    );
+    drop(v);
+    assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
+}
