@@ -388,8 +388,9 @@ fn names_decrypting(c: &Ctx<'_>, d: &Path, at_root: bool, id: &DirId) -> usize {
                 EntryKind::Long => {
                     let mut side = raw.clone();
                     side.push(LONG_NAME_SUFFIX);
-                    std::fs::read(d.join(side))
-                        .is_ok_and(|enc| c.names.decrypt(id, &enc).is_ok())
+                    std::fs::read(d.join(side)).is_ok_and(|enc| {
+                        c.names.decrypt_long(id, raw.as_bytes(), &enc).is_ok()
+                    })
                 }
                 EntryKind::Name(n) => c.names.decrypt(id, n).is_ok(),
             }
@@ -455,16 +456,30 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             }
             continue;
         }
-        let mut side_missing = false;
+        let mut reported = false;
         let name = match c.names.classify(bytes, at_root) {
             EntryKind::Internal => continue,
             EntryKind::Long => {
                 let mut side = raw.clone();
                 side.push(LONG_NAME_SUFFIX);
                 match std::fs::read(d.join(&side)) {
-                    Ok(enc) => dir_id.and_then(|id| c.names.decrypt(&id, &enc).ok()),
+                    // A copy of a long entry (and its side file) under another hash would list
+                    // as a second entry of the same name.
+                    Ok(enc) if !Names::long_entry_matches(bytes, &enc) => {
+                        reported = true;
+                        c.problem(
+                            &path,
+                            &plain,
+                            "name",
+                            "long entry whose hash is not that of the name in its side file \
+                             (copied or renamed outside kmsfs)"
+                                .into(),
+                        );
+                        None
+                    }
+                    Ok(enc) => dir_id.and_then(|id| c.names.decrypt_long(&id, bytes, &enc).ok()),
                     Err(_) => {
-                        side_missing = true;
+                        reported = true;
                         c.problem(
                             &path,
                             &plain,
@@ -477,7 +492,7 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             }
             EntryKind::Name(n) => dir_id.and_then(|id| c.names.decrypt(&id, n).ok()),
         };
-        if name.is_none() && dir_id.is_some() && !side_missing {
+        if name.is_none() && dir_id.is_some() && !reported {
             c.problem(
                 &path,
                 &plain,

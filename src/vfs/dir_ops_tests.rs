@@ -276,3 +276,52 @@ fn rename_between_hard_links_does_nothing() {
     drop(v);
     assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
 }
+
+/// A copy of an entry under its name plus trailing white space does not decrypt (only side
+/// files may end in white space): it is not listed, and fsck reports it.
+#[test]
+fn trailing_white_space_in_an_entry_name_does_not_decrypt() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    touch(&v, 1, "x");
+    let enc = backing_entries(&d)
+        .into_iter()
+        .find(|n| !n.starts_with('.') && !n.starts_with("kmsfs."))
+        .unwrap();
+    std::fs::copy(d.join(&enc), d.join(format!("{enc}\n"))).unwrap();
+    std::fs::copy(d.join(&enc), d.join(format!("{enc} "))).unwrap();
+    assert_eq!(names(&v, 1), vec!["x".to_string()]);
+    drop(v);
+    let p = fsck_with(&d, Repair::No);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p.iter().all(|p| p.starts_with("name false:")), "{p:?}");
+}
+
+/// A copy of a long entry and its side file under another hash: not listed (it would list as a
+/// second entry of the same name, and readdirplus would give the kernel its inode for the
+/// name), and fsck reports it.
+#[test]
+fn long_entry_must_be_named_after_its_side_file() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    let long = "H".repeat(200);
+    touch(&v, 1, &long);
+    let side = backing_entries(&d)
+        .into_iter()
+        .find(|n| n.ends_with(".name"))
+        .unwrap();
+    let main = side.strip_suffix(".name").unwrap().to_string();
+    std::fs::copy(d.join(&main), d.join("kmsfs.long.forged")).unwrap();
+    std::fs::copy(d.join(&side), d.join("kmsfs.long.forged.name")).unwrap();
+    assert_eq!(names(&v, 1), vec![long.clone()]);
+    // A side file may end in white space.
+    let mut padded = std::fs::read(d.join(&side)).unwrap();
+    padded.extend_from_slice(b"\n");
+    std::fs::remove_file(d.join(&side)).unwrap();
+    std::fs::write(d.join(&side), &padded).unwrap();
+    assert_eq!(names(&v, 1), vec![long]);
+    drop(v);
+    let p = fsck_with(&d, Repair::No);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("name false: long entry whose hash"), "{p:?}");
+}

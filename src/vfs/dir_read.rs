@@ -294,16 +294,17 @@ impl Vfs {
         if name == b"." || name == b".." {
             return Ok(None);
         }
-        let enc = match self.names.classify(name, at_root) {
+        let (long, enc) = match self.names.classify(name, at_root) {
             EntryKind::Internal => return Ok(None),
             EntryKind::Long => {
                 let mut side = name.to_vec();
                 side.extend_from_slice(LONG_NAME_SUFFIX.as_bytes());
-                read_side_file(fd, OsStr::from_bytes(&side))?
+                (true, read_side_file(fd, OsStr::from_bytes(&side))?)
             }
-            EntryKind::Name(n) => Some(n.to_vec()),
+            EntryKind::Name(n) => (false, Some(n.to_vec())),
         };
         let decrypt = |id: &crate::format::DirId| match &enc {
+            Some(enc) if long => self.names.decrypt_long(id, name, enc),
             Some(enc) => self.names.decrypt(id, enc),
             None => Err(crate::names::NameError::Undecryptable),
         };
