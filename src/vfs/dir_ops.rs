@@ -237,21 +237,61 @@ impl Vfs {
         Ok(())
     }
 
+    /// Opens directory `entry` of `dir` and empties it of kmsfs-internal files
+    /// ([`strip_internal`]); returns its descriptor, the saved id and, if its mode had to be
+    /// changed, the mode to put back should its removal fail. That takes read, write and search
+    /// permission on the directory itself, which POSIX does not ask of rmdir (only write and
+    /// search on the parent): a daemon not running as root, refused, gives the owner (itself:
+    /// it owns every file it made) those permissions first. Call with `dirid_gap` held.
+    fn open_and_strip(
+        &self,
+        dir: &Node,
+        entry: &OsStr,
+    ) -> Result<(OwnedFd, Option<std::fs::File>, Option<u32>)> {
+        let strip = || -> Result<(OwnedFd, Option<std::fs::File>)> {
+            let d = rustix::fs::openat(
+                &dir.fd,
+                entry,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let saved = strip_internal(&d)?;
+            Ok((d, saved))
+        };
+        match strip() {
+            Err(VfsError::Sys(Errno::ACCESS)) => {
+                let st = rustix::fs::statat(&dir.fd, entry, AtFlags::SYMLINK_NOFOLLOW)?;
+                let mode = st.st_mode & 0o7777;
+                if Kind::from_mode(st.st_mode) != Kind::Dir || mode & 0o700 == 0o700 {
+                    return Err(Errno::ACCESS.into());
+                }
+                // Not the owner (EPERM): refused as before.
+                rustix::fs::chmodat(&dir.fd, entry, Mode::from(mode | 0o700), AtFlags::empty())
+                    .map_err(|_| Errno::ACCESS)?;
+                match strip() {
+                    Ok((d, saved)) => Ok((d, saved, Some(mode))),
+                    Err(e) => {
+                        restore_mode(dir, entry, mode);
+                        Err(e)
+                    }
+                }
+            }
+            r => r.map(|(d, saved)| (d, saved, None)),
+        }
+    }
+
     /// Removes a directory that holds nothing but kmsfs-internal files.
     fn remove_dir_contents_and_dir(&self, dir: &Node, entry: &OsStr) -> Result<()> {
-        let d = rustix::fs::openat(
-            &dir.fd,
-            entry,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
-        let saved = strip_internal(&d)?;
+        let (d, saved, mode) = self.open_and_strip(dir, entry)?;
         if let Err(e) = crate::fault::check("rmdir")
             .and_then(|()| rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR))
         {
             // Put the directory id back so the directory stays usable.
             restore_dirid(&d, saved);
+            if let Some(m) = mode {
+                restore_mode(dir, entry, m);
+            }
             return Err(e.into());
         }
         Ok(())
@@ -416,14 +456,8 @@ impl Vfs {
         to: &OsStr,
         flags: RenameFlags,
     ) -> std::result::Result<(), Errno> {
-        let d = rustix::fs::openat(
-            &to_dir.fd,
-            to,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
-        let saved = strip_internal(&d).map_err(|e| match e {
+        let (d, saved, mode) = self.open_and_strip(to_dir, to).map_err(|e| match e {
             VfsError::Sys(e) => e,
             _ => Errno::IO,
         })?;
@@ -431,6 +465,9 @@ impl Vfs {
             .and_then(|()| rustix::fs::renameat_with(&from_dir.fd, from, &to_dir.fd, to, flags));
         if r.is_err() {
             restore_dirid(&d, saved);
+            if let Some(m) = mode {
+                restore_mode(to_dir, to, m);
+            }
         }
         r
     }
@@ -631,6 +668,13 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<std::fs::File>> {
         rustix::fs::unlinkat(d, DIRID_FILE, AtFlags::empty())?;
     }
     Ok(saved)
+}
+
+/// Puts back the mode of directory `entry` of `dir` that [`Vfs::open_and_strip`] changed.
+fn restore_mode(dir: &Node, entry: &OsStr, mode: u32) {
+    if let Err(e) = rustix::fs::chmodat(&dir.fd, entry, Mode::from(mode), AtFlags::empty()) {
+        tracing::warn!("a directory not removed keeps owner rwx (its mode was {mode:o}): {e}");
+    }
 }
 
 /// The content of side file `side` in `dir` (`None`: it cannot be read).

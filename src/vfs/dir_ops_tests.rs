@@ -325,3 +325,71 @@ fn long_entry_must_be_named_after_its_side_file() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(p[0].starts_with("name false: long entry whose hash"), "{p:?}");
 }
+
+/// rmdir of an empty directory the daemon cannot read or write (0555, 0), and a rename over
+/// one, with the daemon not running as root: POSIX (and ext4) allow both, since only the
+/// parent's permissions count. A failed removal (not empty) keeps the mode.
+#[test]
+fn rmdir_and_rename_over_read_only_empty_dir_as_non_root_daemon() {
+    let (t, d) = new_volume();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(t.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let out = std::thread::spawn(move || {
+        // This thread only: the daemon as user nobody (no DAC override).
+        unsafe {
+            libc::syscall(libc::SYS_setfsgid, 65534);
+            libc::syscall(libc::SYS_setfsuid, 65534);
+        }
+        let v = open(&d);
+        let c = super::Caller {
+            uid: 65534,
+            gid: 65534,
+            ..caller()
+        };
+        let mut out = Vec::new();
+        for mode in [0o555u32, 0o500, 0o300, 0o000] {
+            let n = format!("ro{mode:o}");
+            v.mkdir(1, n.as_ref(), mode, &c).expect("mkdir");
+            out.push((format!("rmdir {mode:o}"), v.rmdir(1, n.as_ref()).map_err(|e| e.errno())));
+        }
+        v.mkdir(1, "src".as_ref(), 0o755, &c).unwrap();
+        v.mkdir(1, "dst".as_ref(), 0o555, &c).unwrap();
+        out.push((
+            "rename over 0555".into(),
+            v.rename(1, "src".as_ref(), 1, "dst".as_ref(), 0)
+                .map_err(|e| e.errno()),
+        ));
+        // Not empty: ENOTEMPTY, with its mode and entries as they were.
+        let full = v.mkdir(1, "full".as_ref(), 0o755, &c).unwrap().ino;
+        touch(&v, full, "f");
+        let set = super::SetAttr {
+            mode: Some(0o555),
+            ..Default::default()
+        };
+        v.setattr(full, None, &set, None).expect("chmod");
+        let r = v.rmdir(1, "full".as_ref()).map_err(|e| e.errno());
+        out.push(("rmdir non-empty 0555".into(), r));
+        let mode = v.getattr(full).unwrap().perm;
+        out.push((format!("mode after: {mode:o}"), Ok(())));
+        assert_eq!(names(&v, full), vec!["f".to_string()]);
+        out
+    })
+    .join()
+    .unwrap();
+    let want: Vec<(String, Result<(), i32>)> = vec![
+        ("rmdir 555".into(), Ok(())),
+        ("rmdir 500".into(), Ok(())),
+        ("rmdir 300".into(), Ok(())),
+        ("rmdir 0".into(), Ok(())),
+        ("rename over 0555".into(), Ok(())),
+        ("rmdir non-empty 0555".into(), Err(libc::ENOTEMPTY)),
+        ("mode after: 555".into(), Ok(())),
+    ];
+    assert_eq!(out, want);
+}
