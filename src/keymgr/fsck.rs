@@ -226,7 +226,14 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>, at_root: bool) -> O
             } else if let Some(copy_id) = copy_id
                 && copy_id != id
             {
-                return Some(dir_id_conflict(c, d, plain, at_root, DirId(id), DirId(copy_id)));
+                return Some(dir_id_conflict(
+                    c,
+                    d,
+                    plain,
+                    at_root,
+                    DirId(id),
+                    DirId(copy_id),
+                ));
             } else if copy.is_some() && copy_id.is_none() {
                 // The mount, too, reads the file when the copy is not 16 bytes long.
                 let repaired = c.repair
@@ -388,9 +395,8 @@ fn names_decrypting(c: &Ctx<'_>, d: &Path, at_root: bool, id: &DirId) -> usize {
                 EntryKind::Long => {
                     let mut side = raw.clone();
                     side.push(LONG_NAME_SUFFIX);
-                    std::fs::read(d.join(side)).is_ok_and(|enc| {
-                        c.names.decrypt_long(id, raw.as_bytes(), &enc).is_ok()
-                    })
+                    std::fs::read(d.join(side))
+                        .is_ok_and(|enc| c.names.decrypt_long(id, raw.as_bytes(), &enc).is_ok())
                 }
                 EntryKind::Name(n) => c.names.decrypt(id, n).is_ok(),
             }

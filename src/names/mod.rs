@@ -188,11 +188,9 @@ impl Names {
     /// Whether long entry `entry` is `kmsfs.long.` ‖ base64url(SHA-256(stored)) of the stored
     /// name its side file holds (`side`, trailing white space ignored).
     pub fn long_entry_matches(entry: &[u8], side: &[u8]) -> bool {
-        entry.strip_prefix(LONG_NAME_PREFIX.as_bytes()).is_some_and(|h| {
-            h == B64
-                .encode(sha256(side.trim_ascii_end()))
-                .as_bytes()
-        })
+        entry
+            .strip_prefix(LONG_NAME_PREFIX.as_bytes())
+            .is_some_and(|h| h == B64.encode(sha256(side.trim_ascii_end())).as_bytes())
     }
 
     /// Classifies a directory entry of a cipher directory.
@@ -330,7 +328,12 @@ mod tests {
     fn white_space_only_in_side_files_and_long_entries_bound_to_their_hash() {
         let n = names();
         let d = DirId([1; 16]);
-        let short = n.encrypt(&d, b"x", false).unwrap().entry.into_vec();
+        let short = n
+            .encrypt(&d, b"x", false)
+            .unwrap()
+            .entry
+            .as_bytes()
+            .to_vec();
         for pad in [&b" "[..], b"\n", b"\t"] {
             let mut p = short.clone();
             p.extend_from_slice(pad);

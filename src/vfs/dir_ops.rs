@@ -679,11 +679,19 @@ fn restore_mode(dir: &Node, entry: &OsStr, mode: u32) {
 
 /// The content of side file `side` in `dir` (`None`: it cannot be read).
 fn read_side(dir: &Node, side: &OsStr) -> Option<Vec<u8>> {
-    let fd = rustix::fs::openat(&dir.fd, side, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .ok()?;
+    let fd = rustix::fs::openat(
+        &dir.fd,
+        side,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
     let mut b = Vec::new();
-    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::from(fd), 4096), &mut b)
-        .ok()?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(fd), 4096),
+        &mut b,
+    )
+    .ok()?;
     Some(b)
 }
 

@@ -125,7 +125,10 @@ fn damaged_dirid_copy_mount_and_fsck_use_the_file() {
         touch(&v, sub, "four");
     }
     let p = fsck_with(&d, Repair::Safe);
-    assert!(p.len() == 1 && p[0].starts_with("dir-id-copy true:"), "{p:?}");
+    assert!(
+        p.len() == 1 && p[0].starts_with("dir-id-copy true:"),
+        "{p:?}"
+    );
     assert_eq!(dirid_copy(&c), good);
     assert_eq!(list_sub(&d).len(), want.len() + 1);
     assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
@@ -145,7 +148,10 @@ fn dirid_conflict_without_evidence_changes_nothing() {
     bad[5] ^= 4;
     write_dirid_file(&c, &bad);
     let p = fsck_with(&d, Repair::Safe);
-    assert!(p.len() == 1 && p[0].starts_with("dir-id-copy false:"), "{p:?}");
+    assert!(
+        p.len() == 1 && p[0].starts_with("dir-id-copy false:"),
+        "{p:?}"
+    );
     assert_eq!(dirid_copy(&c), copy);
     assert_eq!(std::fs::read(c.join("kmsfs.dirid")).unwrap(), bad);
 }
@@ -261,16 +267,24 @@ fn rename_between_hard_links_does_nothing() {
     let ino = touch(&v, 1, &long);
     v.link(ino, 1, "b".as_ref()).expect("link");
     let before = backing_entries(&d);
-    v.rename(1, long.as_ref(), 1, "b".as_ref(), 0).expect("rename");
-    v.rename(1, "b".as_ref(), 1, long.as_ref(), 0).expect("rename");
+    v.rename(1, long.as_ref(), 1, "b".as_ref(), 0)
+        .expect("rename");
+    v.rename(1, "b".as_ref(), 1, long.as_ref(), 0)
+        .expect("rename");
     assert_eq!(backing_entries(&d), before);
     let mut want = vec!["b".to_string(), long];
     want.sort();
     assert_eq!(names(&v, 1), want);
     // RENAME_NOREPLACE still says the target exists.
     assert_eq!(
-        v.rename(1, "b".as_ref(), 1, want[1].as_ref(), super::RENAME_NOREPLACE)
-            .map_err(|e| e.errno()),
+        v.rename(
+            1,
+            "b".as_ref(),
+            1,
+            want[1].as_ref(),
+            super::RENAME_NOREPLACE
+        )
+        .map_err(|e| e.errno()),
         Err(libc::EEXIST)
     );
     drop(v);
@@ -323,7 +337,10 @@ fn long_entry_must_be_named_after_its_side_file() {
     drop(v);
     let p = fsck_with(&d, Repair::No);
     assert_eq!(p.len(), 1, "{p:?}");
-    assert!(p[0].starts_with("name false: long entry whose hash"), "{p:?}");
+    assert!(
+        p[0].starts_with("name false: long entry whose hash"),
+        "{p:?}"
+    );
 }
 
 /// rmdir of an empty directory the daemon cannot read or write (0555, 0), and a rename over
@@ -338,8 +355,11 @@ fn rmdir_and_rename_over_read_only_empty_dir_as_non_root_daemon() {
         .status()
         .unwrap();
     assert!(st.success());
-    std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let out = std::thread::spawn(move || {
         // This thread only: the daemon as user nobody (no DAC override).
         unsafe {
@@ -356,7 +376,10 @@ fn rmdir_and_rename_over_read_only_empty_dir_as_non_root_daemon() {
         for mode in [0o555u32, 0o500, 0o300, 0o000] {
             let n = format!("ro{mode:o}");
             v.mkdir(1, n.as_ref(), mode, &c).expect("mkdir");
-            out.push((format!("rmdir {mode:o}"), v.rmdir(1, n.as_ref()).map_err(|e| e.errno())));
+            out.push((
+                format!("rmdir {mode:o}"),
+                v.rmdir(1, n.as_ref()).map_err(|e| e.errno()),
+            ));
         }
         v.mkdir(1, "src".as_ref(), 0o755, &c).unwrap();
         v.mkdir(1, "dst".as_ref(), 0o555, &c).unwrap();
@@ -367,7 +390,7 @@ fn rmdir_and_rename_over_read_only_empty_dir_as_non_root_daemon() {
         ));
         // Not empty: ENOTEMPTY, with its mode and entries as they were.
         let full = v.mkdir(1, "full".as_ref(), 0o755, &c).unwrap().ino;
-        touch(&v, full, "f");
+        v.mkdir(full, "f".as_ref(), 0o755, &c).unwrap();
         let set = super::SetAttr {
             mode: Some(0o555),
             ..Default::default()

@@ -450,8 +450,9 @@ impl Vfs {
             )
             .ok()?;
             let mut b = [0u8; 17];
-            let id = <[u8; 16]>::try_from(&b[..rustix::io::read(&f, &mut b).ok()?]).ok()?;
-            (DirId(id) != *current).then_some(DirId(id))
+            let n = rustix::io::read(&f, &mut b).ok()?;
+            let id = DirId(<[u8; 16]>::try_from(&b[..n]).ok()?);
+            (id != *current).then_some(id)
         });
         let id = (*file)?;
         if !decrypts(&id) {
