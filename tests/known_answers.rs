@@ -472,6 +472,12 @@ fn check_name(v: &mut Vector) {
                     format!("{entry}.name")
                 );
                 assert_eq!(names.decrypt(&dir, side.as_bytes()).unwrap(), name);
+                assert_eq!(
+                    names
+                        .decrypt_long(&dir, entry.as_bytes(), side.as_bytes())
+                        .unwrap(),
+                    name
+                );
             } else {
                 assert!(c.long.is_none());
                 assert_eq!(enc, entry);

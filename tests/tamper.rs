@@ -568,24 +568,34 @@ fn corrupted_directory_id_gives_errors_not_garbage() {
 
 const DIRID_XATTR: &str = "user.kmsfs-dirid";
 
-/// The copy of a directory's id in an xattr is what the mount reads first: a flipped copy gives
-/// errors, not garbage; a copy of the wrong length or none makes the mount read the file; a
-/// damaged file behind a good copy goes unnoticed by the mount (fsck reports it).
+/// The copy of a directory's id in an xattr is what the mount reads first: a flipped copy makes
+/// the mount turn to the file once a listing meets a name that decrypts only under the file's
+/// id (since 2026-12; before, the names were lost to the mount until fsck --repair); both
+/// flipped give errors, not garbage; a copy of the wrong length or none makes the mount read
+/// the file; a damaged file behind a good copy goes unnoticed by the mount (fsck reports it).
 #[test]
 fn the_copy_of_a_directory_id_is_read_first_and_checked_by_use() {
     let names = ["one", "two", "three"];
     let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
     // (what, damage to the copy, damage to the file, whether the names still read)
     type Damage2 = fn(&Path, &Path);
-    let cases: [(&str, Damage2, bool); 4] = [
+    fn flip_copy(dir: &Path) {
+        let mut b = [0u8; 16];
+        rustix::fs::getxattr(dir, DIRID_XATTR, &mut b).unwrap();
+        b[3] ^= 0x20;
+        rustix::fs::setxattr(dir, DIRID_XATTR, &b, rustix::fs::XattrFlags::REPLACE).unwrap();
+    }
+    let cases: [(&str, Damage2, bool); 5] = [
+        ("flipped copy", |dir, _| flip_copy(dir), true),
         (
-            "flipped copy",
-            |dir, _| {
-                let mut b = [0u8; 16];
-                rustix::fs::getxattr(dir, DIRID_XATTR, &mut b).unwrap();
-                b[3] ^= 0x20;
-                rustix::fs::setxattr(dir, DIRID_XATTR, &b, rustix::fs::XattrFlags::REPLACE)
+            "flipped copy and file",
+            |dir, file| {
+                flip_copy(dir);
+                let mut b = fs::read(file).unwrap();
+                b[7] ^= 1;
+                fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                     .unwrap();
+                fs::write(file, &b).unwrap();
             },
             false,
         ),

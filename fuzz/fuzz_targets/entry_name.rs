@@ -7,8 +7,9 @@
 //! plaintext name.
 //!
 //! - `Names::decrypt` never panics; it accepts only a stored name that `Names::encrypt` of a
-//!   valid name produces in that directory (so arbitrary strings give `Err`), and what it returns
-//!   is a valid name;
+//!   valid name produces in that directory (so arbitrary strings give `Err`, and so does a name
+//!   with white space appended), and what it returns is a valid name; `Names::decrypt_long`
+//!   ignores trailing white space in the side file and requires the entry's hash;
 //! - `Names::classify` never panics and is consistent with what `encrypt` produces;
 //! - `encrypt` → `decrypt` round-trips every valid name (1..=255 bytes, no '/', no NUL, not "."
 //!   or ".."), including long names through the side-file content; invalid names never come
@@ -59,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
                 .unwrap_or_else(|| cn.entry.to_str().unwrap().to_owned());
             assert_eq!(
                 stored.as_bytes(),
-                payload.trim_ascii_end(),
+                payload,
                 "decrypt accepted a stored name encrypt does not produce"
             );
             assert!(names.decrypt(&other_dir(&dir), payload).is_err());
@@ -131,10 +132,19 @@ fuzz_target!(|data: &[u8]| {
             let back = names.decrypt(&dir, &stored);
             if valid_name(payload) {
                 assert_eq!(back.as_deref(), Ok(payload), "round trip");
-                // Side files may end in white space.
+                // Side files may end in white space; entry names may not, and a long entry
+                // must be named after the hash of its side file's name.
                 let mut padded = stored.clone();
                 padded.extend_from_slice(b" \n");
-                assert_eq!(names.decrypt(&dir, &padded).as_deref(), Ok(payload));
+                assert!(names.decrypt(&dir, &padded).is_err());
+                if cn.long.is_some() {
+                    assert_eq!(
+                        names.decrypt_long(&dir, entry, &padded).as_deref(),
+                        Ok(payload)
+                    );
+                    let other = format!("{LONG_NAME_PREFIX}x");
+                    assert!(names.decrypt_long(&dir, other.as_bytes(), &stored).is_err());
+                }
             } else {
                 assert!(back.is_err(), "an invalid name decrypted");
             }

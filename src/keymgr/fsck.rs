@@ -204,10 +204,11 @@ pub fn fsck(
 
 /// The id of directory `d`: `kmsfs.dirid`, checked against its copy in an xattr (what the mount
 /// reads first). A damaged file with a good copy is reported and, with repair, written again
-/// from the copy (names are checked with the copy); a copy that differs from a good file is
-/// reported and, with repair, replaced by the file's id; a missing copy (an older volume) is
-/// counted and, with repair, added.
-fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
+/// from the copy (names are checked with the copy); a copy that is not 16 bytes long is reported
+/// and, with repair, replaced by the file's id; a file and a copy of 16 bytes each that differ
+/// are decided by evidence ([`dir_id_conflict`]); a missing copy (an older volume) is counted
+/// and, with repair, added.
+fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>, at_root: bool) -> Option<DirId> {
     let file = d.join(DIRID_FILE);
     let copy = crate::fsutil::read_dirid_copy(d);
     let copy_id = copy.as_deref().and_then(|b| <[u8; 16]>::try_from(b).ok());
@@ -222,7 +223,19 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
                 {
                     c.report.dir_id_copies_added += 1;
                 }
-            } else if copy.is_some() && copy_id != Some(id) {
+            } else if let Some(copy_id) = copy_id
+                && copy_id != id
+            {
+                return Some(dir_id_conflict(
+                    c,
+                    d,
+                    plain,
+                    at_root,
+                    DirId(id),
+                    DirId(copy_id),
+                ));
+            } else if copy.is_some() && copy_id.is_none() {
+                // The mount, too, reads the file when the copy is not 16 bytes long.
                 let repaired = c.repair
                     && crate::fsutil::write_dirid_copy(std::fs::File::open(d).ok()?, &id).is_ok();
                 c.problem(
@@ -230,7 +243,7 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
                     plain,
                     "dir-id-copy",
                     format!(
-                        "the copy in {} differs from {DIRID_FILE}: the mount reads the copy, so no name in this directory can be read",
+                        "the copy in {} is not 16 bytes long (the mount reads {DIRID_FILE})",
                         crate::fsutil::DIRID_XATTR
                     ),
                 );
@@ -301,6 +314,96 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>) -> Option<DirId> {
     }
 }
 
+/// `kmsfs.dirid` (`file`) and its copy (`copy`) are both 16 bytes long and differ: one of them
+/// is damaged (or replaced). Each is tried on the directory's entry names, and the id under which
+/// names decrypt (and none under the other) is kept: with repair the other is written from it.
+/// When neither or both decrypt names (an empty directory, or a mix), nothing is changed and
+/// the copy, which the mount uses, is returned. The mount, too, turns to the file when a name
+/// does not decrypt under the copy but does under the file (`Vfs::dir_id_by_file`).
+fn dir_id_conflict(
+    c: &mut Ctx<'_>,
+    d: &Path,
+    plain: &Option<String>,
+    at_root: bool,
+    file: DirId,
+    copy: DirId,
+) -> DirId {
+    let by_file = names_decrypting(c, d, at_root, &file);
+    let by_copy = names_decrypting(c, d, at_root, &copy);
+    let xattr = crate::fsutil::DIRID_XATTR;
+    if by_file > 0 && by_copy == 0 {
+        let repaired = c.repair
+            && File::open(d)
+                .and_then(|f| crate::fsutil::write_dirid_copy(f, &file.0))
+                .is_ok();
+        c.problem(
+            d,
+            plain,
+            "dir-id-copy",
+            format!(
+                "the copy in {xattr} differs from {DIRID_FILE}, and the names decrypt with the \
+                 file's id ({by_file}): the copy is damaged (--repair writes the file's id into it)"
+            ),
+        );
+        if let Some(p) = c.report.problems.last_mut() {
+            p.repaired = repaired;
+        }
+        file
+    } else if by_copy > 0 && by_file == 0 {
+        let repaired = c.repair
+            && crate::fsutil::atomic_write(&d.join(DIRID_FILE), &copy.0, 0o400, None).is_ok();
+        c.problem(
+            &d.join(DIRID_FILE),
+            plain,
+            "dir-id",
+            format!(
+                "differs from its copy in {xattr}, and the names decrypt with the copy's id \
+                 ({by_copy}), which the mount reads: the file is damaged or replaced (--repair \
+                 writes it from the copy)"
+            ),
+        );
+        if let Some(p) = c.report.problems.last_mut() {
+            p.repaired = repaired;
+        }
+        copy
+    } else {
+        c.problem(
+            d,
+            plain,
+            "dir-id-copy",
+            format!(
+                "the copy in {xattr} differs from {DIRID_FILE}; names decrypting with the file's \
+                 id: {by_file}, with the copy's: {by_copy}, so which one is right cannot be told \
+                 (nothing changed; the mount reads the copy)"
+            ),
+        );
+        copy
+    }
+}
+
+/// How many entries of directory `d` have a name that decrypts under `id` (long names through
+/// their side files).
+fn names_decrypting(c: &Ctx<'_>, d: &Path, at_root: bool, id: &DirId) -> usize {
+    let Ok(rd) = std::fs::read_dir(d) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| {
+            let raw = e.file_name();
+            match c.names.classify(raw.as_bytes(), at_root) {
+                EntryKind::Internal => false,
+                EntryKind::Long => {
+                    let mut side = raw.clone();
+                    side.push(LONG_NAME_SUFFIX);
+                    std::fs::read(d.join(side))
+                        .is_ok_and(|enc| c.names.decrypt_long(id, raw.as_bytes(), &enc).is_ok())
+                }
+                EntryKind::Name(n) => c.names.decrypt(id, n).is_ok(),
+            }
+        })
+        .count()
+}
+
 /// Whether directory `d` holds no entry but kmsfs's own (its id file, long-name side files).
 fn holds_only_internal(c: &Ctx<'_>, d: &Path) -> bool {
     std::fs::read_dir(d).is_ok_and(|rd| {
@@ -329,7 +432,7 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
     let dir_id = if c.names.plaintext() {
         Some(DirId([0; 16]))
     } else {
-        dir_id(c, d, &plain)
+        dir_id(c, d, &plain, at_root)
     };
     let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(d)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -359,16 +462,30 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             }
             continue;
         }
-        let mut side_missing = false;
+        let mut reported = false;
         let name = match c.names.classify(bytes, at_root) {
             EntryKind::Internal => continue,
             EntryKind::Long => {
                 let mut side = raw.clone();
                 side.push(LONG_NAME_SUFFIX);
                 match std::fs::read(d.join(&side)) {
-                    Ok(enc) => dir_id.and_then(|id| c.names.decrypt(&id, &enc).ok()),
+                    // A copy of a long entry (and its side file) under another hash would list
+                    // as a second entry of the same name.
+                    Ok(enc) if !Names::long_entry_matches(bytes, &enc) => {
+                        reported = true;
+                        c.problem(
+                            &path,
+                            &plain,
+                            "name",
+                            "long entry whose hash is not that of the name in its side file \
+                             (copied or renamed outside kmsfs)"
+                                .into(),
+                        );
+                        None
+                    }
+                    Ok(enc) => dir_id.and_then(|id| c.names.decrypt_long(&id, bytes, &enc).ok()),
                     Err(_) => {
-                        side_missing = true;
+                        reported = true;
                         c.problem(
                             &path,
                             &plain,
@@ -381,7 +498,7 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             }
             EntryKind::Name(n) => dir_id.and_then(|id| c.names.decrypt(&id, n).ok()),
         };
-        if name.is_none() && dir_id.is_some() && !side_missing {
+        if name.is_none() && dir_id.is_some() && !reported {
             c.problem(
                 &path,
                 &plain,

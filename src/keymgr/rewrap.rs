@@ -56,9 +56,9 @@ fn walk_dir(
             EntryKind::Long => {
                 let mut side = raw.clone();
                 side.push(LONG_NAME_SUFFIX);
-                std::fs::read(dir.join(side))
-                    .ok()
-                    .and_then(|enc| dir_id.and_then(|d| names.decrypt(&d, &enc).ok()))
+                std::fs::read(dir.join(side)).ok().and_then(|enc| {
+                    dir_id.and_then(|d| names.decrypt_long(&d, raw.as_bytes(), &enc).ok())
+                })
             }
             EntryKind::Name(n) => dir_id.and_then(|d| names.decrypt(&d, n).ok()),
         };

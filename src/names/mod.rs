@@ -143,15 +143,13 @@ impl Names {
         }
     }
 
-    /// Decrypts an encrypted name read from the cipher directory `dir` (for long names: the
-    /// side file's content).
+    /// Decrypts an encrypted name read from the cipher directory `dir` (an entry's name, taken
+    /// exactly as it is: for long names see [`Names::decrypt_long`]).
     pub fn decrypt(&self, dir: &DirId, enc: &[u8]) -> Result<Vec<u8>, NameError> {
         let Some(aead) = &self.names else {
             return Ok(enc.to_vec());
         };
-        let raw = B64
-            .decode(enc.trim_ascii_end())
-            .map_err(|_| NameError::Undecryptable)?;
+        let raw = B64.decode(enc).map_err(|_| NameError::Undecryptable)?;
         let mut sealed = Vec::with_capacity(12 + raw.len());
         sealed.extend_from_slice(&ZERO_NONCE);
         sealed.extend_from_slice(&raw);
@@ -168,6 +166,31 @@ impl Names {
             return Err(NameError::Undecryptable);
         }
         Ok(name)
+    }
+
+    /// Decrypts the long name of entry `entry` (`kmsfs.long.<hash>`) of the cipher directory
+    /// `dir`, whose side file holds `side`: trailing ASCII white space in the side file is
+    /// ignored (FORMAT §6), and the entry's hash must be that of the side file's name
+    /// ([`Names::long_entry_matches`]), so that a copy of an entry under another hash does not
+    /// list as a second entry of the same name.
+    pub fn decrypt_long(
+        &self,
+        dir: &DirId,
+        entry: &[u8],
+        side: &[u8],
+    ) -> Result<Vec<u8>, NameError> {
+        if !Self::long_entry_matches(entry, side) {
+            return Err(NameError::Undecryptable);
+        }
+        self.decrypt(dir, side.trim_ascii_end())
+    }
+
+    /// Whether long entry `entry` is `kmsfs.long.` ‖ base64url(SHA-256(stored)) of the stored
+    /// name its side file holds (`side`, trailing white space ignored).
+    pub fn long_entry_matches(entry: &[u8], side: &[u8]) -> bool {
+        entry
+            .strip_prefix(LONG_NAME_PREFIX.as_bytes())
+            .is_some_and(|h| h == B64.encode(sha256(side.trim_ascii_end())).as_bytes())
     }
 
     /// Classifies a directory entry of a cipher directory.
@@ -299,6 +322,35 @@ mod tests {
         assert!(n.encrypt(&d, &[b'x'; 255], false).unwrap().long.is_some());
         assert!(n.encrypt(&d, &[b'x'; 100], false).unwrap().long.is_none());
         assert_eq!(n.encrypt(&d, &[b'x'; 256], false), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn white_space_only_in_side_files_and_long_entries_bound_to_their_hash() {
+        let n = names();
+        let d = DirId([1; 16]);
+        let short = n
+            .encrypt(&d, b"x", false)
+            .unwrap()
+            .entry
+            .as_bytes()
+            .to_vec();
+        for pad in [&b" "[..], b"\n", b"\t"] {
+            let mut p = short.clone();
+            p.extend_from_slice(pad);
+            assert_eq!(n.decrypt(&d, &p), Err(NameError::Undecryptable));
+        }
+        let c = n.encrypt(&d, &[b'y'; 200], false).unwrap();
+        let long = c.long.clone().unwrap().into_bytes();
+        let entry = c.entry.as_bytes();
+        let mut padded = long.clone();
+        padded.extend_from_slice(b" \n");
+        assert_eq!(n.decrypt_long(&d, entry, &padded).unwrap(), [b'y'; 200]);
+        assert!(n.decrypt(&d, &padded).is_err());
+        let forged = format!("{LONG_NAME_PREFIX}forged");
+        assert_eq!(
+            n.decrypt_long(&d, forged.as_bytes(), &long),
+            Err(NameError::Undecryptable)
+        );
     }
 
     #[test]

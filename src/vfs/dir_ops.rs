@@ -42,6 +42,12 @@ impl Vfs {
     }
 
     /// Writes the side file of a long name if it is not there yet; returns whether it wrote it.
+    /// Its content is on disk when this returns (`fdatasync`): the entry named after it is
+    /// journaled metadata that a power loss may keep while the side file's delayed-allocation
+    /// data is lost, and an entry whose side file is empty has lost its name for good. Only
+    /// long names (176 bytes and more) have a side file; short names cost nothing here. The
+    /// side file's own directory entry needs no directory sync of its own: it is made in the
+    /// same directory before the entry, so a `fsyncdir` that keeps the entry keeps it too.
     fn write_side_file(&self, dir: &Node, cn: &CipherName) -> Result<bool> {
         let (Some(side), Some(long)) = (cn.side_file(), &cn.long) else {
             return Ok(false);
@@ -55,12 +61,63 @@ impl Vfs {
         ) {
             Ok(fd) => {
                 let f = std::fs::File::from(fd);
-                std::io::Write::write_all(&mut &f, long.as_bytes())?;
+                let written = std::io::Write::write_all(&mut &f, long.as_bytes())
+                    .map_err(VfsError::from)
+                    .and_then(|()| Ok(rustix::fs::fdatasync(&f)?));
+                if let Err(e) = written {
+                    let _ = rustix::fs::unlinkat(&dir.fd, &side, AtFlags::empty());
+                    return Err(e);
+                }
                 Ok(true)
             }
-            Err(Errno::EXIST) => Ok(false),
+            Err(Errno::EXIST) => {
+                self.check_side_file(dir, &side, long)?;
+                Ok(false)
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A side file `side` that is already there (the entry's, or an orphan left by a crash
+    /// between its create and its write) must hold `long`; if it does not (empty, torn,
+    /// changed), it is replaced atomically: written under a temporary name, on disk, then
+    /// renamed over it. Not taken back if the entry is not made after all: `long` is the only
+    /// right content for an entry of this name (its hash), and an orphan is removed later.
+    fn check_side_file(&self, dir: &Node, side: &OsStr, long: &str) -> Result<()> {
+        if read_side(dir, side).is_some_and(|b| b == long.as_bytes()) {
+            return Ok(());
+        }
+        // `kmsfs.long.<hash>.tmp.name`: internal (hidden), and an orphan (no entry of that
+        // name) that the next rmdir or fsck removes should a crash leave it.
+        let base = side
+            .as_bytes()
+            .strip_suffix(LONG_NAME_SUFFIX.as_bytes())
+            .unwrap_or(side.as_bytes());
+        let mut tmp = OsStr::from_bytes(base).to_os_string();
+        tmp.push(".tmp");
+        tmp.push(LONG_NAME_SUFFIX);
+        let _ = rustix::fs::unlinkat(&dir.fd, &tmp, AtFlags::empty());
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from(0o400),
+        )?;
+        let f = std::fs::File::from(fd);
+        let r = std::io::Write::write_all(&mut &f, long.as_bytes())
+            .map_err(VfsError::from)
+            .and_then(|()| Ok(rustix::fs::fdatasync(&f)?))
+            .and_then(|()| Ok(rustix::fs::renameat(&dir.fd, &tmp, &dir.fd, side)?));
+        if r.is_err() {
+            let _ = rustix::fs::unlinkat(&dir.fd, &tmp, AtFlags::empty());
+        } else {
+            tracing::warn!(
+                dir = %self.label(dir),
+                side = %side.to_string_lossy(),
+                "a long name's side file did not hold its name (left by a crash?): written again"
+            );
+        }
+        r
     }
 
     fn remove_side_file(&self, dir: &Node, cn: &CipherName) {
@@ -121,17 +178,26 @@ impl Vfs {
                     let id = DirId::generate();
                     // The copy first: a crash before the file is written leaves a directory the
                     // mount reads by its copy (and fsck completes), not one without an id.
-                    if let Err(e) = crate::fsutil::write_dirid_copy(&newd, id.as_bytes()) {
-                        tracing::debug!("no copy of the directory id in an xattr: {e}");
-                    }
+                    let copied = crate::fsutil::write_dirid_copy(&newd, id.as_bytes())
+                        .inspect_err(|e| {
+                            tracing::debug!("no copy of the directory id in an xattr: {e}")
+                        })
+                        .is_ok();
                     crate::fault::check("create")?;
-                    let f = rustix::fs::openat(
+                    let f = std::fs::File::from(rustix::fs::openat(
                         &newd,
                         DIRID_FILE,
                         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                         Mode::from(0o400),
-                    )?;
-                    std::io::Write::write_all(&mut &std::fs::File::from(f), id.as_bytes())?;
+                    )?);
+                    std::io::Write::write_all(&mut &f, id.as_bytes())?;
+                    // Without the copy (no user xattrs on the backing file system) the file is
+                    // the only id: on disk before anything is named with it (a power loss
+                    // would otherwise leave it empty under entries fsync'd later). The copy,
+                    // where there is one, is in the directory's inode: journaled metadata.
+                    if !copied {
+                        rustix::fs::fdatasync(&f)?;
+                    }
                 }
                 // A directory made in a set-group-id directory inherits the bit (as the backing
                 // mkdir did); the fchmod must not clear it.
@@ -171,21 +237,61 @@ impl Vfs {
         Ok(())
     }
 
+    /// Opens directory `entry` of `dir` and empties it of kmsfs-internal files
+    /// ([`strip_internal`]); returns its descriptor, the saved id and, if its mode had to be
+    /// changed, the mode to put back should its removal fail. That takes read, write and search
+    /// permission on the directory itself, which POSIX does not ask of rmdir (only write and
+    /// search on the parent): a daemon not running as root, refused, gives the owner (itself:
+    /// it owns every file it made) those permissions first. Call with `dirid_gap` held.
+    fn open_and_strip(
+        &self,
+        dir: &Node,
+        entry: &OsStr,
+    ) -> Result<(OwnedFd, Option<std::fs::File>, Option<u32>)> {
+        let strip = || -> Result<(OwnedFd, Option<std::fs::File>)> {
+            let d = rustix::fs::openat(
+                &dir.fd,
+                entry,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let saved = strip_internal(&d)?;
+            Ok((d, saved))
+        };
+        match strip() {
+            Err(VfsError::Sys(Errno::ACCESS)) => {
+                let st = rustix::fs::statat(&dir.fd, entry, AtFlags::SYMLINK_NOFOLLOW)?;
+                let mode = st.st_mode & 0o7777;
+                if Kind::from_mode(st.st_mode) != Kind::Dir || mode & 0o700 == 0o700 {
+                    return Err(Errno::ACCESS.into());
+                }
+                // Not the owner (EPERM): refused as before.
+                rustix::fs::chmodat(&dir.fd, entry, Mode::from(mode | 0o700), AtFlags::empty())
+                    .map_err(|_| Errno::ACCESS)?;
+                match strip() {
+                    Ok((d, saved)) => Ok((d, saved, Some(mode))),
+                    Err(e) => {
+                        restore_mode(dir, entry, mode);
+                        Err(e)
+                    }
+                }
+            }
+            r => r.map(|(d, saved)| (d, saved, None)),
+        }
+    }
+
     /// Removes a directory that holds nothing but kmsfs-internal files.
     fn remove_dir_contents_and_dir(&self, dir: &Node, entry: &OsStr) -> Result<()> {
-        let d = rustix::fs::openat(
-            &dir.fd,
-            entry,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
-        let saved = strip_internal(&d)?;
+        let (d, saved, mode) = self.open_and_strip(dir, entry)?;
         if let Err(e) = crate::fault::check("rmdir")
             .and_then(|()| rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR))
         {
             // Put the directory id back so the directory stays usable.
             restore_dirid(&d, saved);
+            if let Some(m) = mode {
+                restore_mode(dir, entry, m);
+            }
             return Err(e.into());
         }
         Ok(())
@@ -270,6 +376,17 @@ impl Vfs {
         if flags & RENAME_WHITEOUT != 0 {
             rf |= RenameFlags::WHITEOUT;
         }
+        // Two names of one file (hard links, or the same name): rename(2) does nothing (POSIX),
+        // and the source's long-name side file must stay. The kernel's VFS returns before it
+        // asks a FUSE server; this is for callers of the model. One `statat` of the target,
+        // mostly of a name not there (a rename to a new name).
+        if flags & RENAME_NOREPLACE == 0
+            && let Ok(t) = rustix::fs::statat(&to_dir.fd, &to.entry, AtFlags::SYMLINK_NOFOLLOW)
+            && let Ok(f) = rustix::fs::statat(&from_dir.fd, &from.entry, AtFlags::SYMLINK_NOFOLLOW)
+            && (t.st_dev, t.st_ino) == (f.st_dev, f.st_ino)
+        {
+            return Ok(());
+        }
         let wrote = self.write_side_file(&to_dir, &to)?;
         let mut r = crate::fault::check("rename").and_then(|()| {
             rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
@@ -339,14 +456,8 @@ impl Vfs {
         to: &OsStr,
         flags: RenameFlags,
     ) -> std::result::Result<(), Errno> {
-        let d = rustix::fs::openat(
-            &to_dir.fd,
-            to,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
-        let saved = strip_internal(&d).map_err(|e| match e {
+        let (d, saved, mode) = self.open_and_strip(to_dir, to).map_err(|e| match e {
             VfsError::Sys(e) => e,
             _ => Errno::IO,
         })?;
@@ -354,6 +465,9 @@ impl Vfs {
             .and_then(|()| rustix::fs::renameat_with(&from_dir.fd, from, &to_dir.fd, to, flags));
         if r.is_err() {
             restore_dirid(&d, saved);
+            if let Some(m) = mode {
+                restore_mode(to_dir, to, m);
+            }
         }
         r
     }
@@ -554,6 +668,31 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<std::fs::File>> {
         rustix::fs::unlinkat(d, DIRID_FILE, AtFlags::empty())?;
     }
     Ok(saved)
+}
+
+/// Puts back the mode of directory `entry` of `dir` that [`Vfs::open_and_strip`] changed.
+fn restore_mode(dir: &Node, entry: &OsStr, mode: u32) {
+    if let Err(e) = rustix::fs::chmodat(&dir.fd, entry, Mode::from(mode), AtFlags::empty()) {
+        tracing::warn!("a directory not removed keeps owner rwx (its mode was {mode:o}): {e}");
+    }
+}
+
+/// The content of side file `side` in `dir` (`None`: it cannot be read).
+fn read_side(dir: &Node, side: &OsStr) -> Option<Vec<u8>> {
+    let fd = rustix::fs::openat(
+        &dir.fd,
+        side,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut b = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(fd), 4096),
+        &mut b,
+    )
+    .ok()?;
+    Some(b)
 }
 
 /// Puts back the directory id [`strip_internal`] removed (the directory stays in use).

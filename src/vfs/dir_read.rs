@@ -294,18 +294,27 @@ impl Vfs {
         if name == b"." || name == b".." {
             return Ok(None);
         }
-        let plain = match self.names.classify(name, at_root) {
+        let (long, enc) = match self.names.classify(name, at_root) {
             EntryKind::Internal => return Ok(None),
             EntryKind::Long => {
                 let mut side = name.to_vec();
                 side.extend_from_slice(LONG_NAME_SUFFIX.as_bytes());
-                match read_side_file(fd, OsStr::from_bytes(&side))? {
-                    Some(enc) => self.names.decrypt(dir_id, &enc),
-                    None => Err(crate::names::NameError::Undecryptable),
-                }
+                (true, read_side_file(fd, OsStr::from_bytes(&side))?)
             }
-            EntryKind::Name(n) => self.names.decrypt(dir_id, n),
+            EntryKind::Name(n) => (false, Some(n.to_vec())),
         };
+        let decrypt = |id: &crate::format::DirId| match &enc {
+            Some(enc) if long => self.names.decrypt_long(id, name, enc),
+            Some(enc) => self.names.decrypt(id, enc),
+            None => Err(crate::names::NameError::Undecryptable),
+        };
+        // Under the file's id when the copy read first is the damaged one.
+        let plain = decrypt(dir_id).or_else(|e| {
+            match self.dir_id_by_file(dir, fd, dir_id, |id| decrypt(id).is_ok()) {
+                Some(id) => decrypt(&id),
+                None => Err(e),
+            }
+        });
         let Ok(plain) = plain else {
             tracing::warn!(dir = %self.label(dir), entry = %String::from_utf8_lossy(name), "skipping entry whose name does not decrypt (modified or moved here)");
             return Ok(None);

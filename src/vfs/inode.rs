@@ -37,6 +37,12 @@ pub struct Node {
     lookups: AtomicU64,
     /// The directory's id (encrypted names), read once.
     pub dir_id: OnceLock<DirId>,
+    /// `kmsfs.dirid` when it differs from the id read from the copy in the xattr (`None`: it
+    /// does not, or is not 16 bytes): read only once a name failed to decrypt.
+    pub dir_id_file: OnceLock<Option<DirId>>,
+    /// The file's id, taken over from the copy because names decrypt with it (the copy is
+    /// damaged: see `Vfs::dir_id_by_file`).
+    pub dir_id_switched: OnceLock<DirId>,
     /// Changes to the entries of this directory made through the mount, counted after each
     /// (a listing read before the count moved is stale: see `dir_read::Cursors`).
     changes: AtomicU64,
@@ -183,6 +189,8 @@ impl InodeTable {
                 backing: None,
                 lookups: AtomicU64::new(1),
                 dir_id: OnceLock::new(),
+                dir_id_file: OnceLock::new(),
+                dir_id_switched: OnceLock::new(),
                 changes: AtomicU64::new(0),
                 name: Mutex::new(None),
                 plain_path: Mutex::new(None),
@@ -250,6 +258,8 @@ impl InodeTable {
                     kind,
                     lookups: AtomicU64::new(1),
                     dir_id: OnceLock::new(),
+                    dir_id_file: OnceLock::new(),
+                    dir_id_switched: OnceLock::new(),
                     changes: AtomicU64::new(0),
                     name: Mutex::new(None),
                     plain_path: Mutex::new(None),

@@ -371,7 +371,7 @@ impl Vfs {
         if self.names.plaintext() {
             return Ok(DirId([0; 16]));
         }
-        if let Some(id) = dir.dir_id.get() {
+        if let Some(id) = dir.dir_id_switched.get().or_else(|| dir.dir_id.get()) {
             return Ok(*id);
         }
         // The copy in the directory's xattr comes with its inode; the file costs a read of its own.
@@ -422,6 +422,56 @@ impl Vfs {
     }
 
     /// Logs and returns an integrity error about a backing object.
+    /// A name of directory `dir` (open for reading as `fd`) did not decrypt under `current`, its
+    /// id: if `kmsfs.dirid` holds another id (the copy in the xattr, read first, may be the
+    /// damaged one) and `decrypts` says the name decrypts under it, the directory's id is the
+    /// file's from now on (as `kmsfs fsck` decides, which also mends the copy). Costs a read of
+    /// the file, once per directory, and only after a failure.
+    pub(super) fn dir_id_by_file(
+        &self,
+        dir: &Node,
+        fd: &std::os::fd::OwnedFd,
+        current: &DirId,
+        decrypts: impl Fn(&DirId) -> bool,
+    ) -> Option<DirId> {
+        if self.names.plaintext() {
+            return None;
+        }
+        if let Some(id) = dir.dir_id_switched.get() {
+            return (id != current).then_some(*id);
+        }
+        let file = dir.dir_id_file.get_or_init(|| {
+            let _gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
+            let f = rustix::fs::openat(
+                fd,
+                DIRID_FILE,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            let mut b = [0u8; 17];
+            let n = rustix::io::read(&f, &mut b).ok()?;
+            let id = DirId(<[u8; 16]>::try_from(&b[..n]).ok()?);
+            (id != *current).then_some(id)
+        });
+        let id = (*file)?;
+        if !decrypts(&id) {
+            return None;
+        }
+        let id = *dir.dir_id_switched.get_or_init(|| {
+            let _ = self.damaged(
+                dir,
+                format!(
+                    "the directory id's copy in {} differs from {DIRID_FILE}, and names \
+                     decrypt with the file's id: using the file (kmsfs fsck --repair mends the copy)",
+                    crate::fsutil::DIRID_XATTR
+                ),
+            );
+            id
+        });
+        Some(id)
+    }
+
     fn damaged(&self, node: &Node, what: String) -> VfsError {
         let label = self.label(node);
         tracing::error!(path = %label, ino = node.ino, "integrity failure: {what}");
@@ -604,6 +654,8 @@ mod attr_tests;
 mod backing_tests;
 #[cfg(test)]
 mod dir_ahead_tests;
+#[cfg(test)]
+mod dir_ops_tests;
 #[cfg(test)]
 mod dir_read_tests;
 #[cfg(test)]

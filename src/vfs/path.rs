@@ -205,7 +205,9 @@ impl Vfs {
                 let mut side = entry.to_os_string();
                 side.push(LONG_NAME_SUFFIX);
                 let enc = std::fs::read(parent.join(side))?;
-                self.names.decrypt(id, &enc).map_err(|_| undecryptable())
+                self.names
+                    .decrypt_long(id, entry.as_bytes(), &enc)
+                    .map_err(|_| undecryptable())
             }
             EntryKind::Name(n) => self.names.decrypt(id, n).map_err(|_| undecryptable()),
         }
