@@ -86,11 +86,6 @@ impl Vfs {
                     len: cipher_len,
                     named,
                 } = self.open_backing_with(node, want_write, self.noatime() || !reading)?;
-                let cipher_len = if cipher_len == 0 && !self.read_only() {
-                    self.give_header(node, &file)?
-                } else {
-                    cipher_len
-                };
                 let header =
                     read_header(&file).map_err(|e| self.damaged(node, format!("header: {e}")))?;
                 let dek = self.km.unwrap_dek(&header).map_err(|e| {
@@ -166,41 +161,6 @@ impl Vfs {
                 Ok((of, named))
             }
         }
-    }
-
-    /// Writes a new header (and empty final block) into the cipher file of `node`, open as
-    /// `file`, found 0 bytes long; returns the cipher length. A cipher file of 0 bytes is what a
-    /// power loss leaves of a new file: its name is linked (journaled metadata, on disk within
-    /// seconds) before its header is written back from the page cache (delayed allocation; an
-    /// fsync per create would make small files far slower). No data of it was ever fsync'd (an
-    /// fsync writes the header with it), so it is the empty file it was made as, and it gets the
-    /// header its create would have written, under a new file key.
-    fn give_header(&self, node: &Node, file: &File) -> Result<u64> {
-        let rw = self.open_backing(node, true)?.file;
-        if rw.metadata()?.len() != 0 {
-            return Ok(file.metadata()?.len());
-        }
-        // With key rules the path decides the key, as at create.
-        let path = if self.km.query(|s| s.rules.is_empty()) {
-            None
-        } else {
-            Some(self.plain_node_path(node)?)
-        };
-        let hflags = if self.opts.sparse { FLAG_SPARSE } else { 0 };
-        let (header, dek) = self.km.new_file(path.as_deref(), hflags)?;
-        let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
-            .with_sparse(hflags & FLAG_SPARSE != 0);
-        let mut fin = Vec::new();
-        cipher.encrypt_blocks(0, &[], 0, 0, &mut fin);
-        let mut bytes = header.encode().to_vec();
-        bytes.extend_from_slice(&fin);
-        crate::fault::write_all_at(&rw, &bytes, 0)?;
-        tracing::warn!(
-            path = %self.label(node),
-            "a cipher file of 0 bytes (a new file whose header a power loss kept from the disk) \
-             is read as the empty file it was made as: given a new header"
-        );
-        Ok(bytes.len() as u64)
     }
 
     /// Another descriptor of the backing file of open file `of`, read-write or read-only, with
