@@ -6,16 +6,33 @@ use std::ffi::CStr;
 
 use crate::keymgr::policy::Identity;
 
+/// Calls a `get*_r` lookup with a buffer that grows while it answers ERANGE (a group with a
+/// long member list needs more than any fixed size: with 8 KiB such a group, and every group
+/// listed after it in /etc/group, never resolved, and a Deny naming it applied to nobody; found
+/// by a review), up to 1 MiB.
+fn lookup(mut call: impl FnMut(&mut [libc::c_char]) -> libc::c_int) -> Option<Vec<libc::c_char>> {
+    let mut len = 4096;
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        match call(&mut buf) {
+            0 => return Some(buf),
+            libc::ERANGE if len < (1 << 20) => len *= 4,
+            _ => return None,
+        }
+    }
+}
+
 fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: getpwuid_r writes into `pw` and `buf` (sizes given) and sets `out` to &pw or null.
-    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
+    let _buf = lookup(|buf| unsafe {
+        libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out)
+    })?;
+    if out.is_null() {
         return None;
     }
-    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+    // SAFETY: on success pw_name points to a NUL-terminated string inside `_buf`, alive here.
     Some(
         unsafe { CStr::from_ptr(pw.pw_name) }
             .to_string_lossy()
@@ -24,15 +41,16 @@ fn user_name(uid: u32) -> Option<String> {
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 8192];
     let mut gr: libc::group = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::group = std::ptr::null_mut();
     // SAFETY: as in user_name, for getgrgid_r.
-    let r = unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if r != 0 || out.is_null() {
+    let _buf = lookup(|buf| unsafe {
+        libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut out)
+    })?;
+    if out.is_null() {
         return None;
     }
-    // SAFETY: on success gr_name points to a NUL-terminated string inside `buf`.
+    // SAFETY: on success gr_name points to a NUL-terminated string inside `_buf`, alive here.
     Some(
         unsafe { CStr::from_ptr(gr.gr_name) }
             .to_string_lossy()
@@ -82,4 +100,23 @@ pub fn current() -> Identity {
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lookups_grow_their_buffer_while_it_is_too_small() {
+        let mut sizes = Vec::new();
+        let got = super::lookup(|buf| {
+            sizes.push(buf.len());
+            if buf.len() < 100_000 { libc::ERANGE } else { 0 }
+        });
+        assert_eq!(got.map(|b| b.len()), Some(262_144));
+        assert_eq!(sizes, [4096, 16_384, 65_536, 262_144]);
+        // Not for ever, and other errors at once.
+        assert!(super::lookup(|_| libc::ERANGE).is_none());
+        assert!(super::lookup(|_| libc::EIO).is_none());
+        // A real lookup still works.
+        assert_eq!(super::user_name(0).as_deref(), Some("root"));
+    }
 }
