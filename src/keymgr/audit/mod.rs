@@ -93,15 +93,15 @@ pub fn parse_segment_name(s: &str) -> Option<u64> {
 /// sparse terabyte) cannot make the mount or `verify` read without end.
 pub const SEGMENT_READ_MAX: u64 = 4 * SEGMENT_BYTES;
 
-/// Reads segment `n` of `dir`: a regular file (not followed if a symlink, not waited on if a
-/// FIFO) of at most [`SEGMENT_READ_MAX`] bytes; `InvalidData` names what else it is.
-pub(crate) fn read_segment(dir: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+/// Opens `path` for reading if it is a regular file (not followed if a symlink, not waited on
+/// if a FIFO: whoever can write the directory may have put either there); `InvalidData` says
+/// what else it is.
+pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(dir.join(segment_name(n)))
+        .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "is a symbolic link")
@@ -109,17 +109,37 @@ pub(crate) fn read_segment(dir: &std::path::Path, n: u64) -> std::io::Result<Vec
                 e
             }
         })?;
-    let m = f.metadata()?;
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    if !m.file_type().is_file() {
-        let kind = match m.file_type() {
+    let t = f.metadata()?.file_type();
+    if !t.is_file() {
+        let kind = match t {
             t if t.is_dir() => "a directory",
             t if t.is_fifo() => "a FIFO",
             t if t.is_socket() => "a socket",
             _ => "not a regular file",
         };
-        return Err(bad(format!("is {kind}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("is {kind}"),
+        ));
     }
+    Ok(f)
+}
+
+/// Reads a small file of the log (`head`, `base`) that must be a regular file, up to 1 MiB.
+pub(crate) fn read_small(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut b = Vec::new();
+    open_regular(path)?.take(1 << 20).read_to_end(&mut b)?;
+    Ok(b)
+}
+
+/// Reads segment `n` of `dir`: a regular file (not followed if a symlink, not waited on if a
+/// FIFO) of at most [`SEGMENT_READ_MAX`] bytes; `InvalidData` names what else it is.
+pub(crate) fn read_segment(dir: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = open_regular(&dir.join(segment_name(n)))?;
+    let m = f.metadata()?;
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     if m.len() > SEGMENT_READ_MAX {
         return Err(bad(format!(
             "is {} bytes, more than a segment is ever written ({SEGMENT_READ_MAX})",

@@ -99,7 +99,7 @@ impl Base {
 /// The log's signed beginning, if segments were removed. `Err` names what is wrong with a `base`
 /// file that is there but does not parse or whose signature fails.
 pub(super) fn read_base(dir: &Path, keys: &AuditKeys) -> Result<Option<Base>, String> {
-    let bytes = match std::fs::read(dir.join(BASE_FILE)) {
+    let bytes = match super::read_small(&dir.join(BASE_FILE)) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("base file unreadable: {e}")),
@@ -190,7 +190,7 @@ impl SegmentEnd {
 fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<SegmentEnd> {
     use std::io::{Read, Seek, SeekFrom};
     const TAIL: u64 = 64 << 10;
-    let mut f = File::open(path).ok()?;
+    let mut f = super::open_regular(path).ok()?;
     let len = f.metadata().ok()?.len();
     f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
     let mut tail = Vec::new();
@@ -209,18 +209,16 @@ fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<SegmentEnd> {
     })
 }
 
-/// The first line of a segment file, decoded (`None` if it is no entry), read from its head.
+/// The first line of a segment file, decoded (`None` if it is no entry), read whole (a record
+/// may be long: a line cut at a fixed size blocked retention for ever; found by a second review).
 fn first_entry_of(keys: &AuditKeys, path: &Path) -> Option<super::verify::Entry> {
-    use std::io::Read;
-    // A line is a record's JSON in base64: well under this.
-    const HEAD: u64 = 1 << 20;
-    let mut head = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(HEAD)
-        .read_to_end(&mut head)
+    use std::io::{BufRead, Read};
+    let f = super::open_regular(path).ok()?;
+    let mut line = Vec::new();
+    std::io::BufReader::new(f.take(super::SEGMENT_READ_MAX))
+        .read_until(b'\n', &mut line)
         .ok()?;
-    let line = head.split(|b| *b == b'\n').next()?;
+    let line = line.strip_suffix(b"\n")?;
     super::verify::decode_lines(keys, line).pop()
 }
 

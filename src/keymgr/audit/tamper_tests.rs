@@ -337,3 +337,125 @@ fn odd_segment_files_are_findings() {
         problems(&r)
     );
 }
+
+/// A second review (2026-12-06) found these after the fixes above.
+/// A session killed before its unmount, cut back to the last unmount checkpoint, with `head`
+/// deleted: the next open records it, and `verify` reports that record.
+#[test]
+fn a_killed_session_cut_with_head_deleted_is_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let a = session(&c, None, "a", 3);
+    let len = std::fs::metadata(seg(&c, 1)).unwrap().len();
+    let l = AuditLog::open_anchored(&c, keys(), Some(&a)).unwrap();
+    for i in 0..5 {
+        l.append(rec("killed", i)).unwrap();
+    }
+    l.sync().unwrap();
+    drop(l);
+    truncate(&seg(&c, 1), len);
+    std::fs::remove_file(c.join(AUDIT_DIR).join(HEAD_FILE)).unwrap();
+    let b = session(&c, Some(&a), "b", 1);
+    let r = verify(&c, &keys(), Some(&b)).unwrap();
+    assert!(
+        problems(&r).iter().any(|p| p.contains("head is missing")),
+        "{:?}",
+        problems(&r)
+    );
+    // Recorded once, not again at every open while the anchor stays behind.
+    let lost = |c: &std::path::Path| {
+        events(c)
+            .iter()
+            .filter(|e| *e == "AuditLogModified")
+            .count()
+    };
+    let t2 = tempfile::tempdir().unwrap();
+    let d = t2.path().to_path_buf();
+    let a = session(&d, None, "a", 2);
+    let b = session(&d, Some(&a), "b", 2);
+    std::fs::remove_dir_all(d.join(AUDIT_DIR)).unwrap();
+    session(&d, Some(&b), "c", 1);
+    session(&d, Some(&b), "d", 1);
+    assert_eq!(lost(&d), 1);
+}
+
+/// A record with a huge detail is cut to a bounded line, and retention still reads the first
+/// line of a segment that starts with a long one.
+#[test]
+fn long_records_are_bounded_and_do_not_block_retention() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.start_new_segment().unwrap();
+    let mut r = AuditRecord::new("SimulatePolicy", Source::Kms);
+    r.detail = Some("é".repeat(1 << 20));
+    l.append(r).unwrap();
+    l.start_new_segment().unwrap();
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 2)));
+    l.close().unwrap();
+    let all = read_all(&c, &keys()).unwrap();
+    let d = all
+        .iter()
+        .filter_map(|r| r.detail.as_deref())
+        .map(str::len)
+        .max()
+        .unwrap();
+    assert!(d < 10_000, "{d}");
+    assert!(verify(&c, &keys(), l.anchor().as_ref()).unwrap().ok());
+}
+
+/// Every segment deleted, `base` kept: the log goes on from the base, not from segment 1.
+#[test]
+fn a_log_emptied_under_its_base_goes_on_from_the_base() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..20 {
+        l.append(rec("x", i)).unwrap();
+        if i % 10 == 9 {
+            l.start_new_segment().unwrap();
+        }
+    }
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 2)));
+    l.close().unwrap();
+    let a = l.anchor().unwrap();
+    drop(l);
+    for n in 3..=3 {
+        std::fs::remove_file(seg(&c, n)).unwrap();
+    }
+    session(&c, Some(&a), "after", 2);
+    assert!(!seg(&c, 1).exists());
+    let paths: Vec<_> = read_all(&c, &keys())
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.resources.path)
+        .collect();
+    assert!(paths.iter().any(|p| p.starts_with("/after/")), "{paths:?}");
+}
+
+/// A FIFO in place of a closed segment, of `head` or of `base` hangs nothing.
+#[test]
+fn fifos_in_the_log_hang_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    l.append(rec("a", 0)).unwrap();
+    l.start_new_segment().unwrap();
+    l.append(rec("b", 0)).unwrap();
+    let mkfifo = |p: std::path::PathBuf| {
+        let _ = std::fs::remove_file(&p);
+        let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    };
+    mkfifo(seg(&c, 1));
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), None);
+    l.close().unwrap();
+    drop(l);
+    mkfifo(c.join(AUDIT_DIR).join(HEAD_FILE));
+    mkfifo(c.join(AUDIT_DIR).join(BASE_FILE));
+    assert!(!verify(&c, &keys(), None).unwrap().ok());
+    session(&c, None, "c", 1);
+}

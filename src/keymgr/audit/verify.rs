@@ -338,7 +338,7 @@ pub fn verify_with_progress(
     // `head`, read first: the checkpoints it, the anchor and the base name are kept whole as
     // they are met (`head` must equal one of them field for field); not every checkpoint (a
     // large log holds millions).
-    let head_bytes = std::fs::read(dir.join(HEAD_FILE));
+    let head_bytes = super::read_small(&dir.join(HEAD_FILE));
     let head_seq = head_bytes
         .as_ref()
         .ok()
@@ -509,6 +509,16 @@ pub fn verify_with_progress(
                         records += 1;
                     }
                     match serde_json::from_slice::<AuditRecord>(j) {
+                        // The writer's own finding when it opened the log: reported for as long
+                        // as the log keeps it (what was cut may leave no other trace).
+                        Ok(rec) if rec.seq == e.seq && rec.event == "AuditLogModified" => find(
+                            Some(*s),
+                            Some(e.seq),
+                            format!(
+                                "the log was found changed when it was opened: {}",
+                                rec.detail.unwrap_or_default()
+                            ),
+                        ),
                         Ok(rec) if rec.seq == e.seq => {}
                         _ => find(
                             Some(*s),

@@ -59,6 +59,25 @@ fn encode_into(
     Ok(chain)
 }
 
+/// The most of a record's `detail` kept (a request's summary can quote a whole document; a line
+/// longer than the rest of the log's lines only costs, and whoever may write `.kmsfs/request`
+/// chooses its length).
+const DETAIL_MAX: usize = 8 << 10;
+
+fn cap_detail(rec: &mut AuditRecord) {
+    if let Some(d) = &mut rec.detail
+        && d.len() > DETAIL_MAX
+    {
+        let total = d.len();
+        let mut cut = DETAIL_MAX;
+        while !d.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        d.truncate(cut);
+        d.push_str(&format!("… ({total} bytes in all)"));
+    }
+}
+
 /// Random nonces for entries, taken from the OS in batches (one `getrandom` per 256 entries).
 #[derive(Default)]
 struct Nonces {
@@ -229,7 +248,7 @@ fn holds_checkpoint(keys: &AuditKeys, dir: &Path, segs: &[u64], seq: u64, sig: &
 
 /// `head`, if it is there and its signature is the log's: a checkpoint the log once held.
 fn genuine_head(keys: &AuditKeys, dir: &Path) -> Option<Checkpoint> {
-    let b = fs::read(dir.join(HEAD_FILE)).ok()?;
+    let b = super::read_small(&dir.join(HEAD_FILE)).ok()?;
     let c: Checkpoint = serde_json::from_slice(&b).ok()?;
     let mut sig = [0u8; 64];
     let msg = Checkpoint::signed_bytes(c.seq, c.segment, &c.chain, &c.prev_signature);
@@ -258,12 +277,19 @@ struct Resume {
 /// value, nor whether the last session ended cleanly.
 fn resume(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> io::Result<Resume> {
     let Some(&n) = segs.last() else {
+        // Every segment gone: from the signed beginning if there is one (found by a second
+        // review: the log restarted at segment 1, below it, where `show` and retention skipped
+        // it), else a new log.
+        let b = super::retention::read_base(dir, keys).ok().flatten();
         return Ok(Resume {
-            segment: 1,
-            next_seq: 0,
-            chain: initial_chain(keys),
+            segment: b.as_ref().map_or(1, |b| b.segment),
+            next_seq: b.as_ref().map_or(0, |b| b.seq),
+            chain: b
+                .as_ref()
+                .and_then(|b| b.chain())
+                .unwrap_or_else(|| initial_chain(keys)),
             last_kind: None,
-            last_cp: (String::new(), None),
+            last_cp: (b.map_or(String::new(), |b| b.prev_signature), None),
             clean: true,
             modified: None,
         });
@@ -430,6 +456,23 @@ impl AuditLog {
                 lost = Some((seq, whose));
             }
         }
+        // A checkpoint already passed over: the gap was recorded by an earlier open, which went
+        // on numbering after it (not recorded again at every open until the anchor moves).
+        let lost = lost.filter(|(seq, _)| at.next_seq <= *seq);
+        // A log with checkpoints always has a genuine `head` (written with its first one): one
+        // missing or not the log's was deleted or replaced, which hides a cut after the last
+        // checkpoint left (found by a second review: a killed session cut back to the last
+        // unmount checkpoint, `head` deleted, verified after the next session).
+        let head_gone = (head.is_none() && at.last_cp.1.is_some()).then(|| {
+            let what = match super::read_small(&dir.join(HEAD_FILE)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => "is missing",
+                _ => "is not a checkpoint of this log",
+            };
+            format!(
+                "head {what} while the log holds checkpoints: entries after the last checkpoint \
+                 left may have been cut while the volume was closed"
+            )
+        });
         let lost = lost.map(|(seq, whose)| {
             let found = at.next_seq;
             at.next_seq = at.next_seq.max(seq.saturating_add(1));
@@ -480,7 +523,7 @@ impl AuditLog {
             tracing::error!("audit log: {}", r.detail.as_deref().unwrap_or_default());
             log.write_entry(KIND_RECORD, r)?;
         }
-        if let Some(why) = lost {
+        for why in lost.into_iter().chain(head_gone) {
             let mut r = AuditRecord::new("AuditLogModified", Source::System);
             r.detail = Some(why);
             tracing::error!("audit log: {}", r.detail.as_deref().unwrap_or_default());
@@ -574,6 +617,18 @@ impl AuditLog {
         let encoded = self.encode_batch(&mut g.nonces, &mut b, &mut at, &mut later, main);
         // The records in plaintext (paths, names) do not stay in the buffer.
         b.json.zeroize();
+        // A segment that cannot be closed (its rolls failing) must stay readable as a whole.
+        let room = super::SEGMENT_READ_MAX - SEGMENT_BYTES;
+        let encoded = encoded.and_then(|s| {
+            if g.bytes + b.out.len() as u64 > SEGMENT_BYTES + room / 2 {
+                Err(io::Error::other(
+                    "the audit segment cannot be closed (its segment-end checkpoint or the next \
+                     segment file could not be written)",
+                ))
+            } else {
+                Ok(s)
+            }
+        });
         // One write(2) in O_APPEND mode: a crash leaves at most one torn last line.
         let r = encoded.and_then(|s| g.file.write_all(&b.out).map(|()| s));
         let len = b.out.len() as u64;
@@ -612,6 +667,7 @@ impl AuditLog {
         main: Option<Main<'_>>,
     ) -> io::Result<Option<u64>> {
         for rec in later.iter_mut() {
+            cap_detail(rec);
             rec.seq = at.seq;
             b.json.clear();
             serde_json::to_writer(&mut b.json, &*rec).map_err(io::Error::other)?;
@@ -621,6 +677,7 @@ impl AuditLog {
         b.json.clear();
         let kind = match m {
             Main::Record(kind, rec) => {
+                cap_detail(rec);
                 rec.seq = at.seq;
                 serde_json::to_writer(&mut b.json, &*rec).map_err(io::Error::other)?;
                 kind
@@ -706,10 +763,18 @@ impl AuditLog {
     }
 
     /// Appends a record. An error means the record is not in the log: refuse the operation.
+    /// Once it is written, a checkpoint or segment roll that fails is logged and tried again
+    /// after the next record, and the record counts as written (found by a second review: the
+    /// operation was refused although its record was in the log, reading as done).
     pub fn append(&self, mut rec: AuditRecord) -> io::Result<u64> {
         let mut g = self.lock();
         let seq = self.write_locked(&mut g, KIND_RECORD, &mut rec)?;
-        self.after_write(&mut g)?;
+        if let Err(e) = self.after_write(&mut g) {
+            tracing::error!(
+                "audit log: a checkpoint or segment roll failed (tried again after the next \
+                 record): {e}"
+            );
+        }
         Ok(seq)
     }
 
@@ -720,17 +785,27 @@ impl AuditLog {
     }
 
     fn roll_locked(&self, g: &mut Inner) -> io::Result<()> {
-        self.checkpoint_locked(g, "segment-end")?;
-        // The new file first: if it cannot be made, the log goes on in the current one (with
-        // its number) and the next append tries again.
+        // The new file first: if it cannot be made (no inode left), the log goes on in the
+        // current one (with its number, no segment-end checkpoint written) and the next append
+        // tries again.
         let next = g
             .segment
             .checked_add(1)
             .ok_or_else(|| io::Error::other("audit segment numbers exhausted"))?;
         let file = open_segment(&self.dir, next)?;
+        let before = g.last_checkpoint;
+        let closed = self.checkpoint_locked(g, "segment-end");
+        if closed.is_err() && g.last_checkpoint == before {
+            // Not written: the log goes on in this segment, and an empty next one would read
+            // as this one cut short.
+            let _ = fs::remove_file(self.dir.join(segment_name(next)));
+            return closed;
+        }
+        // The segment-end line is written (made durable or not): the log goes on in the next.
         g.segment = next;
         g.file = file;
         g.bytes = 0;
+        closed?;
         File::open(&self.dir)?.sync_all()?;
         // The size limit holds at every roll, not only at the minute's maintenance: a busy
         // mount writes hundreds of MB of records a minute. Failing to remove is not a reason
