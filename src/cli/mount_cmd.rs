@@ -449,7 +449,8 @@ fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
     };
     const ROTATED: &str = "automatic rotation (period elapsed)";
     const DESTROYED: &str = "deletion window ended: key material destroyed";
-    let (rotating, destroying) = km.due();
+    let due = km.due();
+    let (rotating, destroying) = &due;
     let recorded = rotating
         .iter()
         .try_for_each(|(k, v)| key_record("RotateKey", k.to_string(), Some(*v), ROTATED).map(drop))
@@ -462,7 +463,8 @@ fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
         Err(e) => tracing::error!(
             "audit log write failed: automatic rotations and deletions wait for the next try: {e}"
         ),
-        Ok(()) => match km.tick() {
+        // Exactly what was recorded (a key due since waits for the next minute's record).
+        Ok(()) => match km.tick_recorded(&due) {
             Ok((rotated, destroyed)) => {
                 for (k, v) in &rotated {
                     tracing::info!("automatic rotation: key {k} is now at version {v}");
@@ -472,10 +474,22 @@ fn run_maintenance(km: &KeyManager, audit: &AuditLog) {
                         "deletion window ended: key {k} destroyed; files under it are unrecoverable"
                     );
                 }
-                if (rotated, destroyed) != (rotating, destroying) {
-                    tracing::warn!(
-                        "key maintenance: the keys changed between the audit records and the \
-                         change (a concurrent request)"
+                // Recorded, then changed by a request in between (a deletion cancelled, a
+                // rotation made by hand): the log says it did not happen.
+                for (k, v) in rotating.iter().filter(|r| !rotated.contains(r)) {
+                    let _ = key_record(
+                        "RotateKey",
+                        k.to_string(),
+                        Some(*v),
+                        "automatic rotation not carried out: no longer due",
+                    );
+                }
+                for k in destroying.iter().filter(|k| !destroyed.contains(k)) {
+                    let _ = key_record(
+                        "DeleteKey",
+                        k.to_string(),
+                        None,
+                        "destruction not carried out: the key is no longer pending deletion",
                     );
                 }
             }

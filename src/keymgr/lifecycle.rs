@@ -369,9 +369,21 @@ pub fn cancel_deletion(st: &mut KeyStore, id: &KeyId) -> R<()> {
 /// Destroys the material of every key whose deletion date has passed (crypto-shredding). The
 /// key stays as a tombstone. Returns the destroyed keys.
 pub fn execute_due_deletions(st: &mut KeyStore, now: u64) -> Vec<KeyId> {
+    execute_due_deletions_among(st, now, |_| true)
+}
+
+/// [`execute_due_deletions`] for the keys `pick` chooses only.
+pub fn execute_due_deletions_among(
+    st: &mut KeyStore,
+    now: u64,
+    pick: impl Fn(&KeyId) -> bool,
+) -> Vec<KeyId> {
     let mut done = Vec::new();
     for k in &mut st.keys {
-        if k.state == KeyState::PendingDeletion && k.deletion_date.is_some_and(|d| d <= now) {
+        if pick(&k.id)
+            && k.state == KeyState::PendingDeletion
+            && k.deletion_date.is_some_and(|d| d <= now)
+        {
             for v in &mut k.versions {
                 v.material = None;
                 v.destroyed = Some(now);
@@ -447,10 +459,19 @@ pub fn set_rotation(
 /// Rotates every enabled key whose automatic period has elapsed. Keys pending deletion, disabled
 /// or destroyed do not rotate. Returns (key, new version) pairs.
 pub fn rotate_due(st: &mut KeyStore, now: u64) -> Vec<(KeyId, u32)> {
+    rotate_due_among(st, now, |_| true)
+}
+
+/// [`rotate_due`] for the keys `pick` chooses only.
+pub fn rotate_due_among(
+    st: &mut KeyStore,
+    now: u64,
+    pick: impl Fn(&KeyId) -> bool,
+) -> Vec<(KeyId, u32)> {
     let mut out = Vec::new();
     for k in &mut st.keys {
         let due = k.last_rotation + u64::from(k.rotation.period_days) * DAY;
-        if k.rotation.enabled && k.state == KeyState::Enabled && now >= due {
+        if pick(&k.id) && k.rotation.enabled && k.state == KeyState::Enabled && now >= due {
             let v = add_version(k, Key256::generate(), VersionOrigin::AutomaticRotation, now);
             out.push((k.id, v));
         }

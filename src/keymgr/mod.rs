@@ -360,6 +360,22 @@ impl KeyManager {
         })
     }
 
+    /// [`KeyManager::tick`] for the keys of `due` (what [`KeyManager::due`] returned and the
+    /// audit log recorded) only, those of them still due: a key that became due since waits for
+    /// the next call, so nothing is done that was not recorded first.
+    pub fn tick_recorded(&self, due: &TickResult) -> Result<TickResult, AdminError> {
+        let (rotating, destroying) = due;
+        if rotating.is_empty() && destroying.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.admin(|s, now| {
+            Ok((
+                lifecycle::rotate_due_among(s, now, |id| rotating.iter().any(|(k, _)| k == id)),
+                lifecycle::execute_due_deletions_among(s, now, |id| destroying.contains(id)),
+            ))
+        })
+    }
+
     pub fn tick(&self) -> Result<TickResult, AdminError> {
         let now = self.now();
         let due = self.query(|s| {

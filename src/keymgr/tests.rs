@@ -377,3 +377,43 @@ fn cached_policy_follows_every_change_of_the_stored_policy_and_owner() {
         "parsed once per change, not per decision"
     );
 }
+
+/// Automatic maintenance does exactly what was recorded before it (found by a second review of
+/// the audit log: a key due after the records was destroyed unrecorded, and a cancelled one was
+/// recorded as destroyed).
+#[test]
+fn maintenance_does_only_what_was_recorded() {
+    let (_t, d, _) = new_volume();
+    let km = KeyManager::new(unlock(&d, &Unlock::Passphrase(pw("correct horse"))).unwrap());
+    let mk = |name: &str| {
+        let id = km
+            .admin(|s, now| lifecycle::create(s, name, Default::default(), now))
+            .unwrap();
+        km.admin(|s, now| lifecycle::schedule_deletion(s, &id, 7, now))
+            .unwrap();
+        id
+    };
+    let (a, b, late) = (mk("a"), mk("b"), mk("late"));
+    let due_now = |ids: &[crate::format::KeyId]| {
+        km.admin(|s, _| {
+            for k in s.keys.iter_mut().filter(|k| ids.contains(&k.id)) {
+                k.deletion_date = Some(0);
+            }
+            Ok(())
+        })
+        .unwrap()
+    };
+    due_now(&[a, b]);
+    let recorded = km.due();
+    assert_eq!(recorded.1, vec![a, b]);
+    // Between the records and the change: b's deletion cancelled, `late` becomes due.
+    km.admin(|s, _| lifecycle::cancel_deletion(s, &b)).unwrap();
+    due_now(&[late]);
+    let (_, destroyed) = km.tick_recorded(&recorded).unwrap();
+    assert_eq!(destroyed, vec![a]);
+    assert_eq!(
+        km.query(|s| s.key(&late).unwrap().state),
+        KeyState::PendingDeletion
+    );
+    assert_eq!(km.query(|s| s.key(&b).unwrap().state), KeyState::Disabled);
+}
