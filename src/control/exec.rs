@@ -571,10 +571,19 @@ impl Executor<'_> {
             }
             Request::ListGrants { key: k } => {
                 let id = k.as_deref().map(key).transpose()?;
-                Ok(
-                    serde_json::to_value(km.query(|s| access::list_grants(s, id.as_ref())))
-                        .unwrap_or_default(),
-                )
+                let mut grants = km.query(|s| access::list_grants(s, id.as_ref()));
+                // Without a key the request was allowed on the default key; each other key's
+                // grants are shown only where that key allows kms:ListGrants too (found by a
+                // review: every key's grants were shown).
+                if let (None, Authority::Policy(who)) = (id, auth) {
+                    let mut allowed = std::collections::BTreeMap::new();
+                    grants.retain(|g| {
+                        *allowed.entry(g.key).or_insert_with(|| {
+                            self.decide(who, "kms:ListGrants", g.key, false).allowed()
+                        })
+                    });
+                }
+                Ok(serde_json::to_value(grants).unwrap_or_default())
             }
             Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
                 km.admin(|s, _| access::remove_grant(s, grant_id))?;

@@ -451,3 +451,57 @@ fn a_grant_with_retire_grant_retires_only_itself() {
         .expect("allowed by the key policy");
     assert!(v.km.query(|s| s.grants.is_empty()));
 }
+
+/// Review #10: `ListGrants` without a key was decided on the default key alone and showed every
+/// key's grants.
+#[test]
+fn list_grants_without_a_key_shows_only_keys_that_allow_it() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    let fin = new_key(&v, &owner(), Some("alias/finance"));
+    let public = new_key(&v, &owner(), Some("alias/pub"));
+    deny_mallory_everything(&v, fin);
+    let mallory_may_list_grants = format!(
+        r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:ListGrants"}}"#
+    );
+    set_policy(&v, public, &mallory_may_list_grants);
+    set_policy(&v, default, &mallory_may_list_grants);
+    let g_fin = grant_to(&v, fin, 77, &["kms:Decrypt"]);
+    let g_pub = grant_to(&v, public, 77, &["kms:Decrypt"]);
+    let g_default = grant_to(&v, default, 77, &["kms:Decrypt"]);
+    let ids = |who: &Identity| -> Vec<String> {
+        let r = v
+            .control()
+            .execute(who, &Request::ListGrants { key: None })
+            .unwrap();
+        let mut ids: Vec<String> = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    // The owner's view is as before; mallory's leaves out the key that denies her.
+    assert_eq!(
+        ids(&owner()),
+        sorted(vec![g_fin.clone(), g_pub.clone(), g_default.clone()])
+    );
+    assert_eq!(ids(&mallory()), sorted(vec![g_pub, g_default]));
+    assert!(
+        v.control()
+            .execute(
+                &mallory(),
+                &Request::ListGrants {
+                    key: Some(fin.to_string())
+                }
+            )
+            .is_err()
+    );
+}
