@@ -148,19 +148,19 @@ impl Executor<'_> {
                 record(key, &d, Err(&e))?;
                 Err(e)
             }
-            Ok((key, d)) if req.changes() => {
+            Ok((key, d, also)) if req.changes() => {
                 let d = d.clone();
                 record(key, &d, Ok(()))?;
-                let out = self.run(auth, req);
+                let out = self.run(auth, req, key, &also);
                 if let Err(e) = &out {
                     // Best effort: the request failed, and its first record is written.
                     let _ = record(key, &d, Err(e));
                 }
                 out
             }
-            Ok((key, d)) => {
+            Ok((key, d, also)) => {
                 let d = d.clone();
-                let out = self.run(auth, req);
+                let out = self.run(auth, req, key, &also);
                 record(key, &d, out.as_ref().map(drop))?;
                 out
             }
@@ -229,14 +229,19 @@ impl Executor<'_> {
         Ok(self.km.query(|s| lifecycle::resolve(s, r))?)
     }
 
-    /// The key a request concerns and the decision that allows it.
+    /// The key a request concerns, the decision that allows it, and the other keys it was
+    /// decided on ([`Executor::also_authorize`]). Each key reference is resolved here, once:
+    /// the request is carried out on the keys that were decided on, not on what an alias
+    /// points to by then (found by a review: a request resolved its alias again to run).
     #[allow(clippy::type_complexity)]
-    fn authorize(
+    pub(super) fn authorize(
         &self,
         auth: &Authority,
         req: &Request,
-    ) -> Result<(Option<KeyId>, Option<Decision>), (Option<KeyId>, Option<Decision>, ControlError)>
-    {
+    ) -> Result<
+        (Option<KeyId>, Option<Decision>, Also),
+        (Option<KeyId>, Option<Decision>, ControlError),
+    > {
         // A request from the mount that names a key, alias or grant that does not exist is
         // refused before any policy is asked: recorded as such (nothing allowed it), not as
         // allowed by the passphrase.
@@ -258,6 +263,7 @@ impl Executor<'_> {
                     return Ok((
                         Some(g.key),
                         Some(Decision::AllowedByGrant { grant_id: g.id }),
+                        Vec::new(),
                     ));
                 }
                 Some(g.key)
@@ -267,12 +273,12 @@ impl Executor<'_> {
                 None => None,
             },
         };
-        let Authority::Policy(who) = auth else {
-            return Ok((key, None));
-        };
         let also = self
             .also_authorize(req)
             .map_err(|e| (key, unresolved(), e))?;
+        let Authority::Policy(who) = auth else {
+            return Ok((key, None, also));
+        };
         let target = key.unwrap_or_else(|| self.km.query(|s| s.default_key));
         // Operations on grants are decided by the key policy alone: a grant's own RetireGrant
         // reaches that grant only (above), not every grant of the key.
@@ -285,18 +291,20 @@ impl Executor<'_> {
             let e = denied(req.action(), target, who, &d);
             return Err((key, Some(d), e));
         }
-        for (action, k) in also {
+        for &(action, k) in &also {
             let d = self.decide(who, action, k, false);
             if !d.allowed() {
                 let e = denied(action, k, who, &d);
                 return Err((Some(k), Some(d), e));
             }
         }
-        Ok((key, Some(d)))
+        Ok((key, Some(d), also))
     }
 
-    /// What a request needs besides its action on its key: (action, key) pairs.
-    fn also_authorize(&self, req: &Request) -> R<Vec<(&'static str, KeyId)>> {
+    /// What a request needs besides its action on its key: (action, key) pairs. `UpdateAlias`:
+    /// first the key the alias points to now; `SetDefaultKey`: the current default key, then
+    /// the new one.
+    fn also_authorize(&self, req: &Request) -> R<Also> {
         Ok(match req {
             // As in AWS: the key the alias leaves must allow it too, else anyone who controls
             // one key could point any alias (and what is later set by that alias) at it.
@@ -376,9 +384,46 @@ impl Executor<'_> {
         })
     }
 
-    fn run(&self, auth: &Authority, req: &Request) -> R<Value> {
+    /// Carries out `req` on `resolved`, the key its key reference named when it was authorized
+    /// (see [`Executor::authorize`]), and `also`, the other keys it was decided on.
+    pub(super) fn run(
+        &self,
+        auth: &Authority,
+        req: &Request,
+        resolved: Option<KeyId>,
+        also: &Also,
+    ) -> R<Value> {
         let km = self.km;
+        // Keys the request names besides the one it is decided on (rules).
         let key = |r: &str| self.resolve(r);
+        // The key it is decided on: resolved once, at authorization.
+        let decided = |_: &str| {
+            resolved.ok_or_else(|| {
+                ControlError::new(
+                    ErrorKind::Failed,
+                    "internal error: the request's key was not resolved",
+                )
+            })
+        };
+        let also_key = |i: usize| {
+            also.get(i).map(|(_, k)| *k).ok_or_else(|| {
+                ControlError::new(
+                    ErrorKind::Failed,
+                    "internal error: a key the request needs was not resolved",
+                )
+            })
+        };
+        // An alias that no longer points where it did when the request was decided: refused
+        // rather than carried out on a key nobody decided on.
+        let unchanged = |s: &crate::keymgr::store::KeyStore, alias: &str, was: KeyId| {
+            match lifecycle::resolve(s, alias) {
+                Ok(k) if k == was => Ok(()),
+                Ok(_) => Err(AdminError::Invalid(format!(
+                    "{alias} was pointed at another key while the request was being decided; try again"
+                ))),
+                Err(e) => Err(e),
+            }
+        };
         let done = || Ok(json!({}));
         match req {
             Request::CreateKey {
@@ -405,66 +450,74 @@ impl Executor<'_> {
             Request::ListKeys => {
                 Ok(serde_json::to_value(km.query(lifecycle::list)).unwrap_or_default())
             }
-            Request::DescribeKey { key: k } => self.describe(key(k)?),
+            Request::DescribeKey { key: k } => self.describe(decided(k)?),
             Request::UpdateKeyDescription {
                 key: k,
                 description,
             } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::update_description(s, &id, description))?;
                 done()
             }
             Request::TagResource { key: k, tags } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::tag(s, &id, tags.clone()))?;
                 done()
             }
             Request::UntagResource { key: k, tag_keys } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::untag(s, &id, tag_keys))?;
                 done()
             }
             Request::CreateAlias { alias, key: k } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::create_alias(s, alias, &id))?;
                 done()
             }
             Request::UpdateAlias { alias, key: k } => {
-                let id = key(k)?;
-                km.admin(|s, _| lifecycle::update_alias(s, alias, &id))?;
+                let id = decided(k)?;
+                let was = also_key(0)?;
+                km.admin(|s, _| {
+                    unchanged(s, alias, was)?;
+                    lifecycle::update_alias(s, alias, &id)
+                })?;
                 done()
             }
             Request::DeleteAlias { alias } => {
-                km.admin(|s, _| lifecycle::delete_alias(s, alias))?;
+                let was = decided(alias)?;
+                km.admin(|s, _| {
+                    unchanged(s, alias, was)?;
+                    lifecycle::delete_alias(s, alias)
+                })?;
                 done()
             }
             Request::EnableKey { key: k } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::enable(s, &id))?;
                 done()
             }
             Request::DisableKey { key: k } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::disable(s, &id))?;
                 done()
             }
             Request::ScheduleKeyDeletion { key: k, days } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let when = km.admin(|s, now| lifecycle::schedule_deletion(s, &id, *days, now))?;
                 Ok(json!({"key_id": id, "deletion_date": when}))
             }
             Request::CancelKeyDeletion { key: k } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::cancel_deletion(s, &id))?;
                 done()
             }
             Request::RotateKeyOnDemand { key: k } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let v = km.admin(|s, now| lifecycle::rotate(s, &id, now))?;
                 Ok(json!({"key_id": id, "version": v}))
             }
             Request::GetKeyRotationStatus { key: k } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let m = km.query(|s| lifecycle::describe(s, &id))?;
                 Ok(serde_json::to_value(m.rotation).unwrap_or_default())
             }
@@ -473,7 +526,7 @@ impl Executor<'_> {
                 enabled,
                 period_days,
             } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| {
                     let on = match enabled {
                         Some(b) => *b,
@@ -485,7 +538,7 @@ impl Executor<'_> {
                 Ok(serde_json::to_value(m.rotation).unwrap_or_default())
             }
             Request::ImportKeyMaterial { key: k, material } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let mut raw = zeroize::Zeroizing::new(vec![0u8; 32]);
                 let hex = material.0.trim();
                 if hex.len() != 64 || crate::crypto::hex::decode_into(hex, &mut raw).is_none() {
@@ -497,13 +550,21 @@ impl Executor<'_> {
                 let v = km.admin(|s, now| lifecycle::import(s, &id, &raw, now))?;
                 Ok(json!({"key_id": id, "version": v}))
             }
-            Request::SetDefaultKey { key: k } => {
-                let id = key(k)?;
-                km.admin(|s, _| lifecycle::set_default(s, &id))?;
+            Request::SetDefaultKey { key: _ } => {
+                let (was, id) = (also_key(0)?, also_key(1)?);
+                km.admin(|s, _| {
+                    if s.default_key != was {
+                        return Err(AdminError::Invalid(
+                            "the default key changed while the request was being decided; try again"
+                                .into(),
+                        ));
+                    }
+                    lifecycle::set_default(s, &id)
+                })?;
                 done()
             }
             Request::SetMinDecryptionVersion { key: k, version } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 km.admin(|s, _| lifecycle::set_min_decryption_version(s, &id, *version))?;
                 done()
             }
@@ -512,7 +573,7 @@ impl Executor<'_> {
                 below,
                 force,
             } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let counts = self.counts()?;
                 let gone = km.admin(|s, now| {
                     lifecycle::trim(s, &id, *below, *force, |v| counts.get(&id, v), now)
@@ -521,7 +582,7 @@ impl Executor<'_> {
             }
             Request::GetKeyUsage => Ok(serde_json::to_value(self.counts()?).unwrap_or_default()),
             Request::GetKeyPolicy { key: k } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 Ok(Value::String(km.query(|s| access::get_policy(s, &id))?))
             }
             Request::PutKeyPolicy {
@@ -529,7 +590,7 @@ impl Executor<'_> {
                 policy,
                 bypass_lockout_check,
             } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let who = auth.who().clone();
                 km.admin(|s, now| {
                     access::put_policy(s, &id, policy, &who, *bypass_lockout_check, now)
@@ -541,7 +602,7 @@ impl Executor<'_> {
                 action,
                 request,
             } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let req = policy::Request {
                     who: Identity {
                         uid: request.uid,
@@ -564,17 +625,26 @@ impl Executor<'_> {
                 Ok(json!({"allowed": d.allowed(), "decision": d}))
             }
             Request::CreateGrant { key: k, grant } => {
-                let id = key(k)?;
+                let id = decided(k)?;
                 let g = grant_of(id, grant);
                 let gid = km.admin(|s, now| access::create_grant(s, g, now))?;
                 Ok(json!({"grant_id": gid}))
             }
             Request::ListGrants { key: k } => {
-                let id = k.as_deref().map(key).transpose()?;
-                Ok(
-                    serde_json::to_value(km.query(|s| access::list_grants(s, id.as_ref())))
-                        .unwrap_or_default(),
-                )
+                let id = k.as_deref().map(decided).transpose()?;
+                let mut grants = km.query(|s| access::list_grants(s, id.as_ref()));
+                // Without a key the request was allowed on the default key; each other key's
+                // grants are shown only where that key allows kms:ListGrants too (found by a
+                // review: every key's grants were shown).
+                if let (None, Authority::Policy(who)) = (id, auth) {
+                    let mut allowed = std::collections::BTreeMap::new();
+                    grants.retain(|g| {
+                        *allowed.entry(g.key).or_insert_with(|| {
+                            self.decide(who, "kms:ListGrants", g.key, false).allowed()
+                        })
+                    });
+                }
+                Ok(serde_json::to_value(grants).unwrap_or_default())
             }
             Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
                 km.admin(|s, _| access::remove_grant(s, grant_id))?;
@@ -676,7 +746,7 @@ impl Executor<'_> {
             }
             Request::Rewrap { key: k, rules } => {
                 let opts = crate::keymgr::rewrap::RewrapOptions {
-                    key: k.as_deref().map(key).transpose()?,
+                    key: k.as_deref().map(decided).transpose()?,
                     follow_rules: *rules,
                 };
                 let t = self.tree;
@@ -754,6 +824,9 @@ fn denied(action: &str, key: KeyId, who: &Identity, d: &Decision) -> ControlErro
 /// -> (files, the first file's path, the decision).
 type RewrapDenials =
     std::collections::BTreeMap<(&'static str, KeyId, String), (u64, Option<String>, Decision)>;
+
+/// The keys a request was decided on besides its own: (action, key).
+pub(super) type Also = Vec<(&'static str, KeyId)>;
 
 /// The audit settings as a reply; `removed`: the segments the request just removed.
 fn audit_settings(km: &crate::keymgr::KeyManager, removed: Option<(u64, u64)>) -> Value {

@@ -774,3 +774,79 @@ fn a_request_naming_nothing_that_exists_is_recorded_as_refused() {
         assert_eq!(r.errno, libc::ENOENT, "{r:?}");
     }
 }
+
+/// Review #13: a request resolved its alias once to be decided and again to be carried out, so
+/// an alias pointed elsewhere in between made it act on a key nobody decided on. Each step is
+/// run here with the alias moved between the decision and the change.
+#[test]
+fn a_request_runs_on_the_keys_it_was_decided_on() {
+    let f = fixture();
+    let c = &f.ctl;
+    let o = owner(c);
+    let auth = Authority::Policy(o.clone());
+    let new_key = |alias: Option<&str>| -> crate::format::KeyId {
+        let r = c
+            .execute(
+                &o,
+                &Request::CreateKey {
+                    description: String::new(),
+                    tags: Default::default(),
+                    alias: alias.map(str::to_string),
+                },
+            )
+            .unwrap();
+        r["key_id"].as_str().unwrap().parse().unwrap()
+    };
+    let (a, b, third) = (new_key(Some("alias/x")), new_key(None), new_key(None));
+    let point = |to: crate::format::KeyId| {
+        c.km.admin(|s, _| crate::keymgr::lifecycle::update_alias(s, "alias/x", &to))
+            .unwrap();
+    };
+    let state = |k: crate::format::KeyId| c.km.query(|s| s.key(&k).unwrap().state);
+    let ex = c.executor();
+    let decided_then_moved = |req: &Request, to: crate::format::KeyId| {
+        let (key, _, also) = ex.authorize(&auth, req).map_err(|e| e.2).unwrap();
+        point(to);
+        ex.run(&auth, req, key, &also)
+    };
+
+    // Decided on a (what alias/x named), carried out on a, though alias/x now names b.
+    let disable = Request::DisableKey {
+        key: "alias/x".into(),
+    };
+    decided_then_moved(&disable, b).unwrap();
+    use crate::keymgr::store::KeyState;
+    assert_eq!(state(a), KeyState::Disabled);
+    assert_eq!(state(b), KeyState::Enabled);
+
+    // Deleting or moving an alias that moved after the decision is refused.
+    let delete = Request::DeleteAlias {
+        alias: "alias/x".into(),
+    };
+    let e = decided_then_moved(&delete, third).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert_eq!(
+        c.km.query(|s| s.aliases.get("alias/x").copied()),
+        Some(third)
+    );
+    let update = Request::UpdateAlias {
+        alias: "alias/x".into(),
+        key: b.to_string(),
+    };
+    let e = decided_then_moved(&update, a).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert_eq!(c.km.query(|s| s.aliases.get("alias/x").copied()), Some(a));
+    // Without a move in between, both work.
+    let (key, _, also) = ex.authorize(&auth, &update).map_err(|e| e.2).unwrap();
+    ex.run(&auth, &update, key, &also).unwrap();
+    assert_eq!(c.km.query(|s| s.aliases.get("alias/x").copied()), Some(b));
+
+    // SetDefaultKey decided while the default key was another one: refused.
+    let set = Request::SetDefaultKey { key: b.to_string() };
+    let (key, _, also) = ex.authorize(&auth, &set).map_err(|e| e.2).unwrap();
+    c.km.admin(|s, _| crate::keymgr::lifecycle::set_default(s, &third))
+        .unwrap();
+    let e = ex.run(&auth, &set, key, &also).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    assert_eq!(c.km.query(|s| s.default_key), third);
+}

@@ -26,10 +26,14 @@ pub(super) struct HandleAudit {
     pub written: AtomicU64,
 }
 
+/// `kmsfs:AccessMode` of an open: `O_TRUNC` writes (it empties the file), so
+/// `O_RDONLY|O_TRUNC` is `readwrite`, not `read` (found by a review: a caller allowed only to
+/// read could empty a file that way).
 pub(super) fn access_mode(flags: i32) -> &'static str {
     match flags & libc::O_ACCMODE {
         libc::O_WRONLY => "write",
         libc::O_RDWR => "readwrite",
+        _ if flags & libc::O_TRUNC != 0 => "readwrite",
         _ => "read",
     }
 }

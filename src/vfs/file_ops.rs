@@ -663,6 +663,15 @@ impl Vfs {
         if let Some(fh) = fh
             && let Ok((f, _)) = self.handle_file(fh)
         {
+            // Through a handle only if it was opened for writing, as ftruncate(2) (EINVAL):
+            // the policy judged its open for what it was opened for. (The kernel sends a
+            // handle only for ftruncate, which it refuses on a read-only descriptor; the
+            // truncate of open(O_TRUNC) comes without one and is judged below. Found by a
+            // review: a read-only handle truncated whenever someone else had the file open
+            // for writing.)
+            if !self.handles.get(&fh).is_some_and(|h| h.writes) {
+                return Err(Errno::INVAL.into());
+            }
             let r = f.truncate(size);
             f.kept_mtime.moved();
             return r;

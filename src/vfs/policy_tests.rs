@@ -451,3 +451,125 @@ fn a_grant_with_retire_grant_retires_only_itself() {
         .expect("allowed by the key policy");
     assert!(v.km.query(|s| s.grants.is_empty()));
 }
+
+/// Review #10: `ListGrants` without a key was decided on the default key alone and showed every
+/// key's grants.
+#[test]
+fn list_grants_without_a_key_shows_only_keys_that_allow_it() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let default = v.km.query(|s| s.default_key);
+    let fin = new_key(&v, &owner(), Some("alias/finance"));
+    let public = new_key(&v, &owner(), Some("alias/pub"));
+    deny_mallory_everything(&v, fin);
+    let mallory_may_list_grants = format!(
+        r#"{OWNER_ALL},{{"Sid":"M","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:ListGrants"}}"#
+    );
+    set_policy(&v, public, &mallory_may_list_grants);
+    set_policy(&v, default, &mallory_may_list_grants);
+    let g_fin = grant_to(&v, fin, 77, &["kms:Decrypt"]);
+    let g_pub = grant_to(&v, public, 77, &["kms:Decrypt"]);
+    let g_default = grant_to(&v, default, 77, &["kms:Decrypt"]);
+    let ids = |who: &Identity| -> Vec<String> {
+        let r = v
+            .control()
+            .execute(who, &Request::ListGrants { key: None })
+            .unwrap();
+        let mut ids: Vec<String> = r
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    // The owner's view is as before; mallory's leaves out the key that denies her.
+    assert_eq!(
+        ids(&owner()),
+        sorted(vec![g_fin.clone(), g_pub.clone(), g_default.clone()])
+    );
+    assert_eq!(ids(&mallory()), sorted(vec![g_pub, g_default]));
+    assert!(
+        v.control()
+            .execute(
+                &mallory(),
+                &Request::ListGrants {
+                    key: Some(fin.to_string())
+                }
+            )
+            .is_err()
+    );
+}
+
+/// Review #14: `O_TRUNC` was judged as access mode `read`, and a truncate through a read-only
+/// handle went through (whenever the file was open for writing by someone).
+#[test]
+fn a_caller_allowed_only_to_read_cannot_truncate() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let key = v.km.query(|s| s.default_key);
+    set_policy(
+        &v,
+        key,
+        &format!(
+            r#"{OWNER_ALL},{{"Sid":"MalloryReads","Effect":"Allow","Principal":{{"Uid":"{MALLORY}"}},"Action":"kms:Decrypt",
+               "Condition":{{"StringEquals":{{"kmsfs:AccessMode":"read"}}}}}}"#
+        ),
+    );
+    let ino = write_file(&v, "ledger", b"precious data");
+    let size = |v: &Vfs| v.getattr(ino).unwrap().size;
+    let to = |n: u64| SetAttr {
+        size: Some(n),
+        ..Default::default()
+    };
+    let m = mallory_caller();
+    // The owner has it open for writing; mallory's read-only handle truncates nothing.
+    let owners = v.open_as(ino, libc::O_WRONLY, &caller()).unwrap();
+    let fh = v
+        .open_as(ino, libc::O_RDONLY, &m)
+        .expect("a read is allowed");
+    assert_eq!(
+        v.setattr(ino, Some(fh), &to(0), Some(&m))
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(size(&v), 13);
+    v.release(fh).unwrap();
+    // O_RDONLY|O_TRUNC is judged as readwrite: refused, and recorded so.
+    assert_eq!(
+        v.open_as(ino, libc::O_RDONLY | libc::O_TRUNC, &m)
+            .err()
+            .map(|e| e.errno()),
+        Some(libc::EACCES)
+    );
+    assert_eq!(size(&v), 13);
+    let rs = records(&v);
+    let last = rs
+        .iter()
+        .rev()
+        .find(|r| r.event == "Open" && r.actor.uid == MALLORY)
+        .unwrap();
+    assert_eq!(last.access_mode.as_deref(), Some("readwrite"));
+    assert_eq!(last.errno, libc::EACCES);
+    // truncate(2) by path: a write, refused to mallory.
+    assert!(v.setattr(ino, None, &to(0), Some(&m)).is_err());
+    // ftruncate on a writable descriptor and truncate(2) by path still work for the owner.
+    v.setattr(ino, Some(owners), &to(7), Some(&caller()))
+        .expect("ftruncate");
+    assert_eq!(size(&v), 7);
+    v.release(owners).unwrap();
+    v.setattr(ino, None, &to(3), Some(&caller()))
+        .expect("truncate by path");
+    assert_eq!(size(&v), 3);
+    let fh = v
+        .open_as(ino, libc::O_WRONLY | libc::O_TRUNC, &caller())
+        .unwrap();
+    v.release(fh).unwrap();
+    assert_eq!(size(&v), 0);
+}

@@ -2,8 +2,9 @@
 //!
 //! Grammar (JSON): `{"Version": "2012-10-17", "Statement": [ … ]}`; each statement has an
 //! optional `Sid`, and required `Effect` (`Allow`/`Deny`), `Principal` (`"*"` or an object of
-//! `Uid`/`User`/`Gid`/`Group`, each a string or list; supplementary groups count), `Action`
-//! (KMS-style names with `*`/`?` wildcards), optional `Resource` (`"*"` or key ids) and
+//! `Uid`/`User`/`Gid`/`Group`, each a string or list; supplementary groups count; a value `"*"`
+//! means anyone), `Action` (KMS-style names with `*`/`?` wildcards), optional `Resource` (`"*"`
+//! or key ids or patterns, normalized to the canonical lower-case dashed form) and
 //! `Condition` (`{Operator: {ConditionKey: value | [values]}}`). Unknown fields, actions,
 //! operators or condition keys, and a key repeated within one object, are rejected with a message
 //! naming them; documents over 32 KiB are rejected.
@@ -203,8 +204,10 @@ pub struct StatementDoc {
     pub condition: Option<BTreeMap<String, BTreeMap<String, OneOrMany>>>,
 }
 
-/// Who a statement or grant applies to.
+/// Who a statement or grant applies to. (A grant's grantee is written in this form; unknown
+/// fields in it are refused, not ignored.)
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Principal {
     pub any: bool,
     pub uids: Vec<u32>,
@@ -229,9 +232,14 @@ impl Principal {
         }
         let mut p = Principal::default();
         for (k, val) in m {
-            let list = serde_json::from_value::<OneOrMany>(val.clone())
+            let mut list = serde_json::from_value::<OneOrMany>(val.clone())
                 .map_err(|_| PolicyError(format!("Principal.{k}: bad value")))?
                 .strings(&format!("Principal.{k}"))?;
+            // `"*"` as a value means anyone, as `"Principal": "*"` does (AWS: `{"AWS": "*"}`).
+            if list.iter().any(|v| v == "*") {
+                p.any = true;
+                list.retain(|v| v != "*");
+            }
             let num = |s: &String| {
                 s.parse::<u32>()
                     .map_err(|_| PolicyError(format!("Principal.{k}: {s:?} is not a number")))
@@ -248,7 +256,22 @@ impl Principal {
                 }
             }
         }
+        p.check_names()?;
         Ok(p)
+    }
+
+    /// Refuses user and group names with wildcards: names are compared exactly (only a whole
+    /// `"*"` means anyone, and only in a policy), so such a name would never match anyone.
+    pub fn check_names(&self) -> Result<(), PolicyError> {
+        let (kinds, lists) = (["User", "Group"], [&self.users, &self.groups]);
+        for (kind, list) in kinds.iter().zip(lists) {
+            if let Some(n) = list.iter().find(|n| n.contains(['*', '?'])) {
+                return bad(format!(
+                    "Principal.{kind} {n:?}: names are matched exactly, without wildcards (\"*\" alone means anyone)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn matches(&self, who: &Identity) -> bool {
@@ -331,12 +354,19 @@ pub struct Policy {
     pub statements: Vec<Statement>,
 }
 
-/// `*` and `?` glob over bytes; `*` matches across `/` (as in AWS string conditions).
+/// `*` and `?` glob; `*` matches across `/` (as in AWS string conditions), `?` matches one
+/// character (not one byte: `/secret/?.txt` matches `/secret/é.txt`).
 pub fn glob(pat: &str, s: &str) -> bool {
-    let (p, s) = (pat.as_bytes(), s.as_bytes());
+    // Over bytes, stepping one whole UTF-8 character where a wildcard consumes: literal bytes
+    // match from a character boundary to a character boundary, so `si` is always on one.
+    let (p, sb) = (pat.as_bytes(), s.as_bytes());
+    let char_len = |i: usize| s[i..].chars().next().map_or(1, char::len_utf8);
     let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+    while si < sb.len() {
+        if pi < p.len() && p[pi] == b'?' {
+            pi += 1;
+            si += char_len(si);
+        } else if pi < p.len() && p[pi] == sb[si] {
             pi += 1;
             si += 1;
         } else if pi < p.len() && p[pi] == b'*' {
@@ -345,7 +375,7 @@ pub fn glob(pat: &str, s: &str) -> bool {
             pi += 1;
         } else if let Some(st) = star {
             pi = st + 1;
-            mark += 1;
+            mark += char_len(mark);
             si = mark;
         } else {
             return false;
@@ -355,6 +385,70 @@ pub fn glob(pat: &str, s: &str) -> bool {
         pi += 1;
     }
     pi == p.len()
+}
+
+/// A `Resource` entry in the form it is matched in: `"*"`, a key id in its canonical form
+/// (upper case and undashed ids are accepted, as everywhere else a key id is given), or a
+/// pattern, in lower case, that can match some key id. Anything else is refused: matched as
+/// written it would never apply, and a Deny naming this very key would silently be void.
+fn normalize_resource(r: &str) -> Result<String, String> {
+    if r == "*" {
+        return Ok(r.into());
+    }
+    if !r
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || c == '-' || c == '*' || c == '?')
+    {
+        return Err(format!(
+            "Resource {r:?} must be \"*\" or a key id (aliases are not resources)"
+        ));
+    }
+    if !r.contains(['*', '?']) {
+        return r
+            .parse::<KeyId>()
+            .map(|k| k.to_string())
+            .map_err(|_| format!("Resource {r:?} is not a key id (32 hex digits)"));
+    }
+    let lower = r.to_ascii_lowercase();
+    if !pattern_can_match_key_id(&lower) {
+        return Err(format!(
+            "Resource {r:?} can match no key id (key ids are matched in the form \
+             1234abcd-12ab-34cd-56ef-1234567890ab: lower case, dashed)"
+        ));
+    }
+    Ok(lower)
+}
+
+/// Whether some key id in its canonical form (8-4-4-4-12 lower-case hex digits) matches `pat`.
+fn pattern_can_match_key_id(pat: &str) -> bool {
+    const LEN: usize = 36;
+    let is_dash = |i: usize| matches!(i, 8 | 13 | 18 | 23);
+    let fits = |c: u8, i: usize| match c {
+        b'?' => true,
+        b'-' => is_dash(i),
+        c => !is_dash(i) && (c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+    };
+    // reach[i]: the pattern read so far can match the first i characters of some id.
+    let mut reach = [false; LEN + 1];
+    reach[0] = true;
+    for &c in pat.as_bytes() {
+        let mut next = [false; LEN + 1];
+        if c == b'*' {
+            let mut any = false;
+            for i in 0..=LEN {
+                any |= reach[i];
+                next[i] = any;
+            }
+        } else {
+            for i in 0..LEN {
+                if reach[i] && fits(c, i) {
+                    next[i + 1] = true;
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[LEN]
 }
 
 fn parse_date(s: &str) -> Option<u64> {
@@ -471,16 +565,14 @@ impl Policy {
                     return bad(format!("statement {sid}: unknown action {a:?}"));
                 }
             }
-                        let resources = match &s.resource {
+            let resources = match &s.resource {
                 None => vec!["*".to_string()],
                 Some(r) => r.strings("Resource")?,
             };
-            for r in &resources {
-                let ok = r == "*" || r.chars().all(|c| c.is_ascii_hexdigit() || c == '-' || c == '*' || c == '?');
-                if !ok {
-                    return bad(format!("statement {sid}: Resource {r:?} must be \"*\" or a key id (aliases are not resources)"));
-                }
-            }
+            let resources = resources
+                .iter()
+                .map(|r| normalize_resource(r).map_err(|e| PolicyError(format!("statement {sid}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut conds = Vec::new();
             for (op, m) in s.condition.iter().flatten() {
                 let o = Op::parse(op).ok_or_else(|| {
@@ -522,7 +614,12 @@ impl Policy {
                         | Op::DateGreaterThanEquals => {
                             ty == KeyType::Date && vals.iter().all(|x| parse_date(x).is_some())
                         }
-                        Op::Bool => vals.iter().all(|x| x == "true" || x == "false"),
+                        // No condition key kmsfs knows is boolean: `Bool` could never hold.
+                        Op::Bool => {
+                            return bad(format!(
+                                "statement {sid}: Bool applies to boolean condition keys, and {k} is not one (none of kmsfs's keys is; use StringEquals)"
+                            ));
+                        }
                     };
                     if !fits {
                         return bad(format!(
@@ -641,6 +738,32 @@ impl Grant {
     pub fn validate(&self) -> Result<(), PolicyError> {
         if self.operations.is_empty() {
             return bad("a grant needs at least one operation");
+        }
+        let names_nobody = |p: &Principal| {
+            !p.any
+                && p.uids.is_empty()
+                && p.users.is_empty()
+                && p.gids.is_empty()
+                && p.groups.is_empty()
+        };
+        if names_nobody(&self.grantee) {
+            return bad("the grant's grantee names nobody (any, uids, users, gids or groups)");
+        }
+        for (what, p) in [
+            ("grantee", Some(&self.grantee)),
+            ("retiring_principal", self.retiring_principal.as_ref()),
+        ] {
+            let Some(p) = p else { continue };
+            if [&p.users, &p.groups]
+                .iter()
+                .any(|l| l.iter().any(|n| n == "*"))
+            {
+                return bad(format!(
+                    "the grant's {what}: names are matched exactly; for anyone write \"any\": true"
+                ));
+            }
+            p.check_names()
+                .map_err(|e| PolicyError(format!("the grant's {what}: {}", e.0)))?;
         }
         for o in &self.operations {
             if !ACTIONS.contains(&o.as_str()) {

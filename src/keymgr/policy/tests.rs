@@ -521,3 +521,181 @@ fn duplicate_keys_are_rejected_wherever_they_are() {
     assert!(reject_duplicate_keys(br#"[{"a":1},{"a":1}]"#).is_ok());
     assert!(reject_duplicate_keys(br#"{"a":{"b":[{"c":1,"c":2}]}}"#).is_err());
 }
+
+/// Review #12: a Resource naming this key in upper case or without dashes applies to it (it
+/// was accepted and then never matched, so such a Deny was void); a pattern that can match no
+/// key id is refused.
+#[test]
+fn resource_key_ids_are_normalized_or_refused() {
+    let id = KEY.to_string();
+    let deny = |r: &str| {
+        Policy::parse(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+              {{"Sid":"All","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}},
+              {{"Sid":"DenyThisKey","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"{r}"}}]}}"#
+        ))
+    };
+    let r = req(bob(), "kms:Decrypt", "/x", "read");
+    for form in [
+        id.clone(),
+        id.to_uppercase(),
+        id.replace('-', ""),
+        id.replace('-', "").to_uppercase(),
+        format!("{}*", &id[..10].to_uppercase()),
+        "????????-????-????-????-????????????".into(),
+        "*-*".into(),
+    ] {
+        let p = deny(&form).unwrap_or_else(|e| panic!("{form}: {e}"));
+        assert_eq!(
+            evaluate(&p, &[], &r),
+            Decision::ExplicitDeny {
+                sid: "DenyThisKey".into()
+            },
+            "{form}"
+        );
+    }
+    // Another key's id, in any form, still does not reach this key.
+    let other = KeyId([8; 16]).to_string().replace('-', "").to_uppercase();
+    assert!(evaluate(&deny(&other).unwrap(), &[], &r).allowed());
+    for never in [
+        "0707070707070707*",          // no dash after 8 digits
+        "07070707-0707-0707-0707-07", // too short, no wildcard: not an id
+        "0707-*",
+        "*--*",
+        "????????????????????????????????", // 32: undashed, and `?` stands for one character
+    ] {
+        let e = deny(never).expect_err(never);
+        assert!(e.0.contains("Resource"), "{never}: {e}");
+    }
+}
+
+/// Review #12: `"*"` as a User or Group (or Uid, Gid) means anyone, as `"Principal": "*"`; it
+/// was taken as a name no one has, so `Deny {"User": "*"}` denied nobody. Other wildcards in
+/// names are refused.
+#[test]
+fn principal_star_means_anyone() {
+    for p in [
+        r#"{"User":"*"}"#,
+        r#"{"Group":"*"}"#,
+        r#"{"Group":["admins","*"]}"#,
+        r#"{"Uid":"*"}"#,
+    ] {
+        let pol = pol(&format!(
+            r#"{{"Sid":"All","Effect":"Allow","Principal":"*","Action":"kms:Decrypt"}},
+               {{"Sid":"DenyAll","Effect":"Deny","Principal":{p},"Action":"kms:Decrypt"}}"#
+        ));
+        let mut nameless = bob();
+        nameless.user = None;
+        for who in [alice(), bob(), nameless] {
+            assert_eq!(
+                evaluate(&pol, &[], &req(who, "kms:Decrypt", "/x", "read")),
+                Decision::ExplicitDeny {
+                    sid: "DenyAll".into()
+                },
+                "{p}"
+            );
+        }
+    }
+    for p in [r#"{"User":"ali*"}"#, r#"{"Group":"fin?nce"}"#] {
+        let e = Policy::parse(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":{p},"Action":"kms:*"}}]}}"#
+        ))
+        .expect_err(p);
+        assert!(e.0.contains("wildcards"), "{e}");
+    }
+}
+
+/// Review #12: `Bool` was accepted on every key, none of which is boolean, so it never held.
+#[test]
+fn bool_on_a_non_boolean_key_is_refused() {
+    for k in ["kmsfs:Path", "kmsfs:Uid", "kms:EncryptionContext:x"] {
+        let e = Policy::parse(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":"*","Action":"kms:*","Condition":{{"Bool":{{"{k}":"true"}}}}}}]}}"#
+        ))
+        .expect_err(k);
+        assert!(e.0.contains("Bool") && e.0.contains("not one"), "{e}");
+    }
+}
+
+/// Review #12: `?` is one character, as in AWS (it was one byte, so a Deny on `/secret/?.txt`
+/// missed `/secret/é.txt`).
+#[test]
+fn question_mark_matches_one_character() {
+    for (p, s, want) in [
+        ("/secret/?.txt", "/secret/a.txt", true),
+        ("/secret/?.txt", "/secret/é.txt", true),
+        ("/secret/??.txt", "/secret/é.txt", false),
+        ("/secret/?.txt", "/secret/日.txt", true),
+        ("/secret/?.txt", "/secret/😀.txt", true),
+        ("*?", "é", true),
+        ("*é?", "aéé", true),
+        ("*?é", "é", false),
+        ("é*", "éa", true),
+        ("?*b", "ééb", true),
+    ] {
+        assert_eq!(glob(p, s), want, "{p} vs {s}");
+    }
+    // Against a reference over characters, with multi-byte characters.
+    fn reference(p: &[char], s: &[char]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (None, Some(_)) => false,
+            (Some('*'), _) => reference(&p[1..], s) || (!s.is_empty() && reference(p, &s[1..])),
+            (Some('?'), Some(_)) => reference(&p[1..], &s[1..]),
+            (Some(c), Some(d)) if c == d => reference(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    let alpha = ['a', 'é', '/', '日', '*', '?'];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..50_000 {
+        let p: Vec<char> = (0..next() % 7)
+            .map(|_| alpha[(next() % 6) as usize])
+            .collect();
+        let s: Vec<char> = (0..next() % 8)
+            .map(|_| alpha[(next() % 4) as usize])
+            .collect();
+        let (ps, ss): (String, String) = (p.iter().collect(), s.iter().collect());
+        assert_eq!(glob(&ps, &ss), reference(&p, &s), "{ps:?} {ss:?}");
+    }
+}
+
+/// Review #12: unknown fields in a grant's principal were ignored; a grantee naming nobody, or
+/// `"*"` (or a wildcard) as a name, never matched.
+#[test]
+fn grant_principals_are_strict() {
+    let g: Result<Grant, _> = serde_json::from_value(serde_json::json!({
+        "id": "g", "key": KEY, "created": 0, "operations": ["kms:Decrypt"],
+        "grantee": {"any": false, "uids": [], "users": ["bob"], "gids": [], "groups": [], "role": "x"},
+    }));
+    assert!(g.unwrap_err().to_string().contains("role"));
+    let spec = |grantee: serde_json::Value, retiring: serde_json::Value| -> Grant {
+        serde_json::from_value(serde_json::json!({
+            "id": "g", "key": KEY, "created": 0, "operations": ["kms:Decrypt"],
+            "grantee": grantee, "retiring_principal": retiring,
+        }))
+        .unwrap()
+    };
+    let p = |users: &[&str], any: bool| serde_json::json!({"any": any, "uids": [], "users": users, "gids": [], "groups": []});
+    assert!(
+        spec(p(&["bob"], false), serde_json::Value::Null)
+            .validate()
+            .is_ok()
+    );
+    assert!(spec(p(&[], true), p(&["bob"], false)).validate().is_ok());
+    for (grantee, retiring, why) in [
+        (p(&[], false), serde_json::Value::Null, "names nobody"),
+        (p(&["*"], false), serde_json::Value::Null, "\"any\": true"),
+        (p(&["bo?"], false), serde_json::Value::Null, "wildcards"),
+        (p(&["bob"], false), p(&["*"], false), "retiring_principal"),
+    ] {
+        let e = spec(grantee, retiring).validate().unwrap_err();
+        assert!(e.0.contains(why), "{e}");
+    }
+}
