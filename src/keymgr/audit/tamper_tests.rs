@@ -25,6 +25,21 @@ fn problems(r: &VerifyReport) -> Vec<String> {
     r.findings.iter().map(|f| f.problem.clone()).collect()
 }
 
+/// Fails unless `verify` reported a problem containing `needle`.
+fn assert_finding(r: &VerifyReport, needle: &str) {
+    assert!(
+        problems(r).iter().any(|p| p.contains(needle)),
+        "no finding with {needle:?}: {:?}",
+        problems(r)
+    );
+}
+
+fn mkfifo(p: &std::path::Path) {
+    let _ = std::fs::remove_file(p);
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+}
+
 fn events(c: &std::path::Path) -> Vec<String> {
     read_all(c, &keys())
         .unwrap()
@@ -80,11 +95,7 @@ fn a_cut_or_deleted_log_stays_reported_after_the_next_session() {
     assert!(!verify(&c, &keys(), Some(&b)).unwrap().ok());
     let c2 = session(&c, Some(&b), "c", 1);
     let r = verify(&c, &keys(), Some(&c2)).unwrap();
-    assert!(
-        problems(&r).iter().any(|p| p.contains("are missing")),
-        "{:?}",
-        problems(&r)
-    );
+    assert_finding(&r, "are missing");
     assert!(events(&c).iter().any(|e| e == "AuditLogModified"));
 
     // The same through `head` alone (no anchor given: an older kmsfs's key store).
@@ -150,11 +161,7 @@ fn a_head_made_up_from_plaintext_does_not_pass() {
     });
     std::fs::write(&head_path, serde_json::to_vec(&forged).unwrap()).unwrap();
     let r = verify(&c, &keys(), Some(&anchor)).unwrap();
-    assert!(
-        problems(&r).iter().any(|p| p.contains("head differs")),
-        "{:?}",
-        problems(&r)
-    );
+    assert_finding(&r, "head differs");
 }
 
 /// With a retention base, a `head` below it no longer passes (retention writes a checkpoint
@@ -246,13 +253,7 @@ fn retention_stops_at_a_deleted_segment() {
     assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), None);
     l.close().unwrap();
     let r = verify(&c, &keys(), l.anchor().as_ref()).unwrap();
-    assert!(
-        problems(&r)
-            .iter()
-            .any(|p| p.contains("segments 2..2 are missing")),
-        "{:?}",
-        problems(&r)
-    );
+    assert_finding(&r, "segments 2..2 are missing");
 }
 
 /// A line that fails authentication neither picks the next sequence number nor hides an
@@ -319,23 +320,13 @@ fn odd_segment_files_are_findings() {
     drop(l);
     std::fs::rename(seg(&c, 1), c.join(AUDIT_DIR).join("seg-1.log")).unwrap();
     let r = verify(&c, &keys(), None).unwrap();
-    assert!(
-        problems(&r).iter().any(|p| p.contains("seg-1.log")),
-        "{:?}",
-        problems(&r)
-    );
+    assert_finding(&r, "seg-1.log");
     // A FIFO as the newest segment: the open does not wait on it.
-    let fifo = seg(&c, 3);
-    let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    mkfifo(&seg(&c, 3));
     session(&c, None, "c", 1);
     assert!(events(&c).iter().any(|e| e == "AuditLogModified"));
     let r = verify(&c, &keys(), None).unwrap();
-    assert!(
-        problems(&r).iter().any(|p| p.contains("FIFO")),
-        "{:?}",
-        problems(&r)
-    );
+    assert_finding(&r, "FIFO");
 }
 
 /// A second review (2026-12-06) found these after the fixes above.
@@ -357,11 +348,7 @@ fn a_killed_session_cut_with_head_deleted_is_reported() {
     std::fs::remove_file(c.join(AUDIT_DIR).join(HEAD_FILE)).unwrap();
     let b = session(&c, Some(&a), "b", 1);
     let r = verify(&c, &keys(), Some(&b)).unwrap();
-    assert!(
-        problems(&r).iter().any(|p| p.contains("head is missing")),
-        "{:?}",
-        problems(&r)
-    );
+    assert_finding(&r, "head is missing");
     // Recorded once, not again at every open while the anchor stays behind.
     let lost = |c: &std::path::Path| {
         events(c)
@@ -444,18 +431,13 @@ fn fifos_in_the_log_hang_nothing() {
     l.append(rec("a", 0)).unwrap();
     l.start_new_segment().unwrap();
     l.append(rec("b", 0)).unwrap();
-    let mkfifo = |p: std::path::PathBuf| {
-        let _ = std::fs::remove_file(&p);
-        let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-    };
-    mkfifo(seg(&c, 1));
+    mkfifo(&seg(&c, 1));
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), None);
     l.close().unwrap();
     drop(l);
-    mkfifo(c.join(AUDIT_DIR).join(HEAD_FILE));
-    mkfifo(c.join(AUDIT_DIR).join(BASE_FILE));
+    mkfifo(&c.join(AUDIT_DIR).join(HEAD_FILE));
+    mkfifo(&c.join(AUDIT_DIR).join(BASE_FILE));
     assert!(!verify(&c, &keys(), None).unwrap().ok());
     session(&c, None, "c", 1);
 }
