@@ -63,29 +63,6 @@ pub(super) fn decode_authentic(keys: &AuditKeys, data: &[u8]) -> Vec<Entry> {
     v
 }
 
-/// The last checkpoint entry in the log (searching segments from the newest).
-pub(super) fn last_logged_checkpoint(
-    keys: &AuditKeys,
-    dir: &Path,
-    segs: &[u64],
-) -> Option<Checkpoint> {
-    for s in segs.iter().rev() {
-        let data = super::read_segment(dir, *s).ok()?;
-        let found = decode_authentic(keys, &data)
-            .into_iter()
-            .rev()
-            .filter(|e| e.kind == KIND_CHECKPOINT)
-            .find_map(|e| {
-                e.json
-                    .and_then(|j| serde_json::from_slice::<Checkpoint>(&j).ok())
-            });
-        if found.is_some() {
-            return found;
-        }
-    }
-    None
-}
-
 /// The finding for a run of empty lines (first, last; numbered from 1).
 fn empty_lines(run: Option<(usize, usize)>) -> Option<String> {
     let (a, b) = run?;

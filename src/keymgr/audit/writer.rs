@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::record::{AuditRecord, Checkpoint, Source};
 use super::retention::Expiry;
+use super::verify::Entry;
 use super::{
     AuditKeys, CHECKPOINT_EVERY, HEAD_FILE, KIND_CHAIN_START, KIND_CHECKPOINT, KIND_RECORD,
     SEGMENT_BYTES, parse_segment_name, segment_name,
@@ -96,12 +97,6 @@ impl Nonces {
         self.pool.truncate(at);
         n
     }
-}
-
-/// (signature, sequence number) of the last checkpoint in the log, or ("", None).
-fn last_cp(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> (String, Option<u64>) {
-    super::verify::last_logged_checkpoint(keys, dir, segs)
-        .map_or((String::new(), None), |c| (c.signature, Some(c.seq)))
 }
 
 pub(super) fn now_rfc3339() -> String {
@@ -214,36 +209,83 @@ fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
         .open(dir.join(segment_name(n)))
 }
 
-/// The newest authentic entry in the segments `segs` (searched from the last; `None` when no
-/// segment holds one).
-fn newest_entry(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> Option<super::verify::Entry> {
-    segs.iter().rev().find_map(|s| {
-        super::read_segment(dir, *s)
-            .ok()
-            .and_then(|d| super::verify::decode_authentic(keys, &d).pop())
-    })
+/// The authenticated entries of the segments read while a log is opened: each segment is read
+/// and decrypted once (the open asks several questions of the newest one).
+struct Found<'a> {
+    keys: &'a AuditKeys,
+    dir: &'a Path,
+    read: std::cell::RefCell<std::collections::HashMap<u64, std::rc::Rc<Vec<Entry>>>>,
 }
 
-/// Whether the log (segments `segs`) holds checkpoint `seq` with signature `sig`. Segments are
-/// read from the newest, down to the one whose first entry is not after `seq`.
-fn holds_checkpoint(keys: &AuditKeys, dir: &Path, segs: &[u64], seq: u64, sig: &str) -> bool {
-    for s in segs.iter().rev() {
-        let Ok(data) = super::read_segment(dir, *s) else {
-            continue;
-        };
-        let entries = super::verify::decode_authentic(keys, &data);
-        if let Some(e) = entries.iter().find(|e| e.seq == seq) {
-            return e.kind == KIND_CHECKPOINT
-                && e.json
-                    .as_ref()
-                    .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
-                    .is_some_and(|c| c.signature == sig);
-        }
-        if entries.first().is_some_and(|e| e.seq < seq) {
-            return false;
+impl<'a> Found<'a> {
+    fn new(keys: &'a AuditKeys, dir: &'a Path) -> Self {
+        Found {
+            keys,
+            dir,
+            read: Default::default(),
         }
     }
-    false
+
+    /// Segment `n`'s authenticated entries (none if it cannot be read).
+    fn entries(&self, n: u64) -> std::rc::Rc<Vec<Entry>> {
+        if let Some(e) = self.read.borrow().get(&n) {
+            return e.clone();
+        }
+        let e = std::rc::Rc::new(
+            super::read_segment(self.dir, n)
+                .map(|d| super::verify::decode_authentic(self.keys, &d))
+                .unwrap_or_default(),
+        );
+        self.read.borrow_mut().insert(n, e.clone());
+        e
+    }
+
+    fn seed(&self, n: u64, entries: Vec<Entry>) -> std::rc::Rc<Vec<Entry>> {
+        let e = std::rc::Rc::new(entries);
+        self.read.borrow_mut().insert(n, e.clone());
+        e
+    }
+
+    /// The newest authentic entry in the segments `segs` (searched from the last).
+    fn newest_entry(&self, segs: &[u64]) -> Option<Entry> {
+        segs.iter()
+            .rev()
+            .find_map(|s| self.entries(*s).last().cloned())
+    }
+
+    /// The last checkpoint in the segments `segs` (searched from the last).
+    fn last_checkpoint(&self, segs: &[u64]) -> Option<Checkpoint> {
+        segs.iter().rev().find_map(|s| {
+            self.entries(*s)
+                .iter()
+                .rev()
+                .filter(|e| e.kind == KIND_CHECKPOINT)
+                .find_map(|e| {
+                    e.json
+                        .as_ref()
+                        .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
+                })
+        })
+    }
+
+    /// Whether the segments `segs` hold checkpoint `seq` with signature `sig`, read from the
+    /// newest down to the one whose first entry is not after `seq`.
+    fn holds_checkpoint(&self, segs: &[u64], seq: u64, sig: &str) -> bool {
+        for s in segs.iter().rev() {
+            let entries = self.entries(*s);
+            if let Some(e) = entries.iter().find(|e| e.seq == seq) {
+                return e.kind == KIND_CHECKPOINT
+                    && e.json
+                        .as_ref()
+                        .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
+                        .is_some_and(|c| c.signature == sig);
+            }
+            if entries.first().is_some_and(|e| e.seq < seq) {
+                return false;
+            }
+        }
+        false
+    }
 }
 
 /// `head`, if it is there and its signature is the log's: a checkpoint the log once held.
@@ -275,7 +317,8 @@ struct Resume {
 /// Reads where the log in `dir` (segments `segs`) goes on. Only authenticated entries count:
 /// a line anyone can write (no keys needed) must not choose the next sequence number or chain
 /// value, nor whether the last session ended cleanly.
-fn resume(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> io::Result<Resume> {
+fn resume(found: &Found<'_>, segs: &[u64]) -> io::Result<Resume> {
+    let (keys, dir) = (found.keys, found.dir);
     let Some(&n) = segs.last() else {
         // Every segment gone: from the signed beginning if there is one (found by a second
         // review: the log restarted at segment 1, below it, where `show` and retention skipped
@@ -306,7 +349,7 @@ fn resume(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> io::Result<Resume> {
                     .open(dir.join(segment_name(n)))?
                     .set_len(keep as u64)?;
             }
-            let entries = super::verify::decode_authentic(keys, &data[..keep]);
+            let entries = found.seed(n, super::verify::decode_authentic(keys, &data[..keep]));
             let lines = data[..keep].iter().filter(|b| **b == b'\n').count();
             // Lines that are no authentic entry (blank, undecodable, failing authentication:
             // never written so; the writer would take them into the next checkpoint's offset):
@@ -323,11 +366,13 @@ fn resume(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> io::Result<Resume> {
         // Not a regular file of a segment's size (a symlink, a FIFO, a sparse terabyte: made
         // by someone else): left as found, the log goes on in a new segment.
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            (Vec::new(), true, Some((n, e.to_string())))
+            (found.seed(n, Vec::new()), true, Some((n, e.to_string())))
         }
         Err(e) => return Err(e),
     };
-    let last_cp = last_cp(keys, dir, segs);
+    let last_cp = found
+        .last_checkpoint(segs)
+        .map_or((String::new(), None), |c| (c.signature, Some(c.seq)));
     let next_segment = |after: u64| {
         after
             .checked_add(1)
@@ -367,7 +412,7 @@ fn resume(keys: &AuditKeys, dir: &Path, segs: &[u64]) -> io::Result<Resume> {
         n
     };
     let (next_seq, chain, last_kind, last_cp) = match (
-        newest_entry(keys, dir, older),
+        found.newest_entry(older),
         super::retention::read_base(dir, keys),
     ) {
         (Some(e), _) => (
@@ -428,7 +473,8 @@ impl AuditLog {
             })
             .collect();
         segs.sort_unstable();
-        let mut at = resume(&keys, &dir, &segs)?;
+        let found = Found::new(&keys, &dir);
+        let mut at = resume(&found, &segs)?;
         // The checkpoints the log must reach: the anchor and a genuine head, where retention
         // has not removed them (below the signed beginning).
         let floor = super::retention::read_base(&dir, &keys)
@@ -451,7 +497,7 @@ impl AuditLog {
         for (seq, sig, whose) in targets.into_iter().flatten() {
             if seq >= floor
                 && lost.is_none_or(|(l, _)| seq > l)
-                && !holds_checkpoint(&keys, &dir, &segs, seq, sig)
+                && !found.holds_checkpoint(&segs, seq, sig)
             {
                 lost = Some((seq, whose));
             }
@@ -486,6 +532,11 @@ impl AuditLog {
                 at.next_seq
             )
         });
+        let resumed = at.modified.as_ref().map_or(at.segment, |(n, _)| *n);
+        let was_unmount = found
+            .last_checkpoint(&[resumed])
+            .is_some_and(|c| c.reason == "unmount");
+        drop(found);
         let file = open_segment(&dir, at.segment)?;
         let bytes = file.metadata()?.len();
         let log = AuditLog {
@@ -529,11 +580,10 @@ impl AuditLog {
             tracing::error!("audit log: {}", r.detail.as_deref().unwrap_or_default());
             log.write_entry(KIND_RECORD, r)?;
         }
-        let resumed = at.modified.as_ref().map_or(at.segment, |(n, _)| *n);
         let unclean_reason = match (at.last_kind, at.clean) {
             (None, true) if at.next_seq == 0 => Some("new audit log"),
             (_, false) => Some("unclean shutdown: the last entry was torn and removed"),
-            (Some(KIND_CHECKPOINT), true) if log.last_was_unmount(resumed) => None,
+            (Some(KIND_CHECKPOINT), true) if was_unmount => None,
             _ => Some(
                 "unclean shutdown: the previous session did not end with an unmount checkpoint",
             ),
@@ -549,11 +599,6 @@ impl AuditLog {
             log.checkpoint("start")?;
         }
         Ok(log)
-    }
-
-    fn last_was_unmount(&self, segment: u64) -> bool {
-        super::verify::last_logged_checkpoint(&self.keys, &self.dir, &[segment])
-            .is_some_and(|c| c.reason == "unmount")
     }
 
     pub fn dir(&self) -> &Path {
