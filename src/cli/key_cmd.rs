@@ -180,18 +180,18 @@ impl Drop for Admin {
             let _ = self.audit.close();
             return;
         }
-        let anchored = self
-            .audit
-            .close()
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.km.anchor_audit(&self.audit).map_err(|e| e.to_string()));
-        if let Err(e) = anchored {
-            eprintln!(
-                "kmsfs: warning: the audit log's closing checkpoint could not be recorded in \
-                 the key store: {e}"
-            );
+        if let Err(e) = self.km.close_audit(&self.audit) {
+            warn_unanchored(e);
         }
     }
+}
+
+/// Warns that an audit session could not be ended cleanly (its records are written).
+pub(super) fn warn_unanchored(e: crate::keymgr::AdminError) {
+    eprintln!(
+        "kmsfs: warning: the audit log's closing checkpoint could not be recorded in the key \
+         store: {e}"
+    );
 }
 
 pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliError> {

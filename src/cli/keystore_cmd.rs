@@ -61,22 +61,6 @@ fn append(log: &AuditLog, event: &str, detail: String) -> std::io::Result<u64> {
     log.append(r)
 }
 
-/// Ends the log's session and records its closing checkpoint in the key store (as an unmount
-/// does), so that this session's records cannot be cut off unnoticed.
-fn close_and_anchor(log: &AuditLog, u: crate::keymgr::Unlocked) {
-    let km = crate::keymgr::KeyManager::new(u);
-    let r = log
-        .close()
-        .map_err(|e| e.to_string())
-        .and_then(|()| km.anchor_audit(log).map_err(|e| e.to_string()));
-    if let Err(e) = r {
-        eprintln!(
-            "kmsfs: warning: the audit log's closing checkpoint could not be recorded in the key \
-             store: {e}"
-        );
-    }
-}
-
 fn audit_error(e: std::io::Error) -> CliError {
     CliError::new(
         super::exit_code::ERROR,
@@ -133,7 +117,11 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
             );
             match open_log(&u).and_then(|log| append(&log, "KeyStoreRestore", detail).map(|_| log))
             {
-                Ok(log) => close_and_anchor(&log, u),
+                Ok(log) => {
+                    if let Err(e) = crate::keymgr::KeyManager::new(u).close_audit(&log) {
+                        super::key_cmd::warn_unanchored(e);
+                    }
+                }
                 Err(e) => eprintln!(
                     "kmsfs: warning: the restore is done but could not be recorded in the audit \
                      log: {e}"

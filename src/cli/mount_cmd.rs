@@ -428,10 +428,8 @@ fn serve(
         "Unmount",
         format!("unmounted from {}", mountpoint.display()),
     ));
-    if let Err(e) = s.audit.close() {
-        tracing::error!("audit log: closing checkpoint failed: {e}");
-    } else if let Err(e) = s.km.anchor_audit(&s.audit) {
-        tracing::error!("audit log: recording the closing checkpoint in the key store failed: {e}");
+    if let Err(e) = s.km.close_audit(&s.audit) {
+        tracing::error!("ending the audit session: {e}");
     }
     r
 }

@@ -280,6 +280,15 @@ impl KeyManager {
         })
     }
 
+    /// Ends an audit session: the log's closing checkpoint, then that checkpoint as the anchor
+    /// (a clean unmount, an offline session that changed the key store, a restore).
+    pub fn close_audit(&self, log: &audit::AuditLog) -> Result<(), AdminError> {
+        log.close().map_err(|e| {
+            AdminError::Invalid(format!("audit log: closing checkpoint failed: {e}"))
+        })?;
+        self.anchor_audit(log)
+    }
+
     /// Applies the audit retention settings: removes the segments older than the retention
     /// period and, oldest first, those that take the log over its size limit, which the log
     /// also applies at every segment roll from now on. Returns the removed segment range.

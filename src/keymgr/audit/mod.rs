@@ -43,6 +43,10 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 pub const AUDIT_DIR: &str = "audit";
 pub const HEAD_FILE: &str = "head";
 
+/// The event of the writer's own record of a log found changed while closed (`verify` reports
+/// each one).
+pub const MODIFIED_EVENT: &str = "AuditLogModified";
+
 pub const KIND_RECORD: u8 = 1;
 pub const KIND_CHECKPOINT: u8 = 2;
 pub const KIND_CHAIN_START: u8 = 3;

@@ -227,17 +227,14 @@ fn first_entry_of(keys: &AuditKeys, path: &Path) -> Option<super::verify::Entry>
 /// is the writer's own record of entries found missing at open (`AuditLogModified`, after which
 /// the numbers go on past the gap).
 fn continues(keys: &AuditKeys, e: &super::verify::Entry, seq: u64, chain: &[u8; 32]) -> bool {
-    let linked = crate::crypto::ct_eq(
-        &crate::crypto::hmac_sha256(&keys.chain, &[chain, &e.body]),
-        &e.chain,
-    );
+    let linked = e.follows(keys, chain);
     let noted_gap = || {
         e.seq > seq
             && e.kind == KIND_RECORD
             && e.json
                 .as_ref()
                 .and_then(|j| serde_json::from_slice::<AuditRecord>(j).ok())
-                .is_some_and(|r| r.event == "AuditLogModified")
+                .is_some_and(|r| r.event == super::MODIFIED_EVENT)
     };
     linked && e.json.is_some() && (e.seq == seq || noted_gap())
 }

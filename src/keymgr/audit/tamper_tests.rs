@@ -67,6 +67,24 @@ fn session(c: &std::path::Path, anchor: Option<&AuditAnchor>, tag: &str, n: u64)
     l.anchor().unwrap()
 }
 
+/// A log opened in `c` with `n` records tagged `tag`, a new segment after every tenth.
+fn rolled(c: &std::path::Path, tag: &str, n: u64) -> AuditLog {
+    let l = AuditLog::open(c, keys()).unwrap();
+    for i in 0..n {
+        l.append(rec(tag, i)).unwrap();
+        if i % 10 == 9 {
+            l.start_new_segment().unwrap();
+        }
+    }
+    l
+}
+
+/// Retention by age with every closed segment old enough.
+fn expire_all(l: &AuditLog) -> Option<(u64, u64)> {
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    l.expire(Expiry::by_age(future, 1)).unwrap()
+}
+
 /// A line anyone can write: a frame with the given sequence number and kind, no valid tag.
 fn forged_line(seq: u64, kind: u8) -> Vec<u8> {
     let mut f = Vec::new();
@@ -170,15 +188,8 @@ fn a_head_made_up_from_plaintext_does_not_pass() {
 fn a_head_below_the_base_does_not_pass() {
     let t = tempfile::tempdir().unwrap();
     let c = t.path().to_path_buf();
-    let l = AuditLog::open(&c, keys()).unwrap();
-    for i in 0..30 {
-        l.append(rec("old", i)).unwrap();
-        if i % 10 == 9 {
-            l.start_new_segment().unwrap();
-        }
-    }
-    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 3)));
+    let l = rolled(&c, "old", 30);
+    assert_eq!(expire_all(&l), Some((1, 3)));
     for i in 0..10 {
         l.append(rec("new-secret", i)).unwrap();
     }
@@ -236,21 +247,14 @@ fn a_failed_head_write_does_not_break_the_checkpoint_chain() {
 fn retention_stops_at_a_deleted_segment() {
     let t = tempfile::tempdir().unwrap();
     let c = t.path().to_path_buf();
-    let l = AuditLog::open(&c, keys()).unwrap();
-    for i in 0..30 {
-        l.append(rec("x", i)).unwrap();
-        if i % 10 == 9 {
-            l.start_new_segment().unwrap();
-        }
-    }
+    let l = rolled(&c, "x", 30);
     l.close().unwrap();
     drop(l);
     std::fs::remove_file(seg(&c, 2)).unwrap();
     let l = AuditLog::open(&c, keys()).unwrap();
-    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     // Segment 1 follows on from the beginning and may go; segment 3 does not follow it.
-    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 1)));
-    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), None);
+    assert_eq!(expire_all(&l), Some((1, 1)));
+    assert_eq!(expire_all(&l), None);
     l.close().unwrap();
     let r = verify(&c, &keys(), l.anchor().as_ref()).unwrap();
     assert_finding(&r, "segments 2..2 are missing");
@@ -378,8 +382,7 @@ fn long_records_are_bounded_and_do_not_block_retention() {
     r.detail = Some("é".repeat(1 << 20));
     l.append(r).unwrap();
     l.start_new_segment().unwrap();
-    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 2)));
+    assert_eq!(expire_all(&l), Some((1, 2)));
     l.close().unwrap();
     let all = read_all(&c, &keys()).unwrap();
     let d = all
@@ -397,15 +400,8 @@ fn long_records_are_bounded_and_do_not_block_retention() {
 fn a_log_emptied_under_its_base_goes_on_from_the_base() {
     let t = tempfile::tempdir().unwrap();
     let c = t.path().to_path_buf();
-    let l = AuditLog::open(&c, keys()).unwrap();
-    for i in 0..20 {
-        l.append(rec("x", i)).unwrap();
-        if i % 10 == 9 {
-            l.start_new_segment().unwrap();
-        }
-    }
-    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), Some((1, 2)));
+    let l = rolled(&c, "x", 20);
+    assert_eq!(expire_all(&l), Some((1, 2)));
     l.close().unwrap();
     let a = l.anchor().unwrap();
     drop(l);
@@ -432,8 +428,7 @@ fn fifos_in_the_log_hang_nothing() {
     l.start_new_segment().unwrap();
     l.append(rec("b", 0)).unwrap();
     mkfifo(&seg(&c, 1));
-    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    assert_eq!(l.expire(Expiry::by_age(future, 1)).unwrap(), None);
+    assert_eq!(expire_all(&l), None);
     l.close().unwrap();
     drop(l);
     mkfifo(&c.join(AUDIT_DIR).join(HEAD_FILE));

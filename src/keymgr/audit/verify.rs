@@ -29,6 +29,13 @@ pub struct Entry {
     pub json: Option<Vec<u8>>,
 }
 
+impl Entry {
+    /// Whether this entry's chain value follows `prev` (the chain value of the entry before it).
+    pub(super) fn follows(&self, keys: &AuditKeys, prev: &[u8; 32]) -> bool {
+        ct_eq(&hmac_sha256(&keys.chain, &[prev, &self.body]), &self.chain)
+    }
+}
+
 fn decode_line(keys: &AuditKeys, line: &[u8]) -> Option<Entry> {
     let f = B64.decode(line).ok()?;
     if f.len() < 9 + 12 + 16 + 32 {
@@ -420,8 +427,7 @@ pub fn verify_with_progress(
                     ),
                 );
             }
-            let want = hmac_sha256(&keys.chain, &[&prev_chain, &e.body]);
-            if e.seq == expect_seq && !ct_eq(&want, &e.chain) {
+            if e.seq == expect_seq && !e.follows(keys, &prev_chain) {
                 find(Some(*s), Some(e.seq), "chain broken: this entry or the one before it was modified, inserted or reordered".into());
             }
             match &e.json {
@@ -488,7 +494,7 @@ pub fn verify_with_progress(
                     match serde_json::from_slice::<AuditRecord>(j) {
                         // The writer's own finding when it opened the log: reported for as long
                         // as the log keeps it (what was cut may leave no other trace).
-                        Ok(rec) if rec.seq == e.seq && rec.event == "AuditLogModified" => find(
+                        Ok(rec) if rec.seq == e.seq && rec.event == super::MODIFIED_EVENT => find(
                             Some(*s),
                             Some(e.seq),
                             format!(

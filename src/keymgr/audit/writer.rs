@@ -565,7 +565,7 @@ impl AuditLog {
             blocked_at: Mutex::new(None),
         };
         if let Some((n, what)) = &at.modified {
-            let mut r = AuditRecord::new("AuditLogModified", Source::System);
+            let mut r = AuditRecord::new(super::MODIFIED_EVENT, Source::System);
             r.detail = Some(format!(
                 "segment {n} {what} (changed while the log was closed): kept as found, the log \
                  goes on in segment {}",
@@ -575,7 +575,7 @@ impl AuditLog {
             log.write_entry(KIND_RECORD, r)?;
         }
         for why in lost.into_iter().chain(head_gone) {
-            let mut r = AuditRecord::new("AuditLogModified", Source::System);
+            let mut r = AuditRecord::new(super::MODIFIED_EVENT, Source::System);
             r.detail = Some(why);
             tracing::error!("audit log: {}", r.detail.as_deref().unwrap_or_default());
             log.write_entry(KIND_RECORD, r)?;
