@@ -40,6 +40,24 @@ fn run(v: &Volume, sub: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// `kmsfs SUB CIPHERDIR --passfile F ARGS…` (the commands that take the volume first).
+fn admin(v: &Volume, sub: &str, args: &[&str]) -> String {
+    let o = kmsfs()
+        .arg(sub)
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(args)
+        .output()
+        .expect("kmsfs");
+    assert!(
+        o.status.success(),
+        "kmsfs {sub} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 fn audit(v: &Volume, args: &[&str]) -> Output {
     kmsfs()
         .arg("audit")
@@ -357,4 +375,79 @@ fn an_exec_is_judged_as_the_new_program() {
         assert!(err.contains("ermission denied"), "{err}");
     });
     m.unmount();
+}
+
+#[test]
+fn a_rewrap_a_key_policy_denies_file_by_file_exits_22_and_says_how_many() {
+    let v = Volume::new(&[]);
+    drop(setup(&v));
+    admin(
+        &v,
+        "key",
+        &[
+            "create",
+            "--alias",
+            "alias/finance",
+            "--description",
+            "payroll",
+        ],
+    );
+    let fin = serde_json::from_str::<serde_json::Value>(&admin(&v, "key", &["list", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["description"] == "payroll")
+        .expect("the finance key")["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    admin(&v, "rules", &["set", "/finance", "alias/finance"]);
+    let m = v.mount_with(&["--allow-other"]);
+    std::fs::create_dir(m.path("finance")).unwrap();
+    std::fs::write(m.path("finance/payroll"), b"salaries\n").unwrap();
+    std::fs::write(m.path("notes"), b"groceries\n").unwrap();
+    m.unmount();
+    // Both keys get a new version, so every file (shared.txt from setup too) would be rewrapped; alice may run rewraps on
+    // the default key, and finance denies her everything.
+    admin(&v, "key", &["rotate", "alias/finance"]);
+    admin(&v, "key", &["rotate", &key_of(&v)]);
+    let p = v.tmp.path().join("finance-policy.json");
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"Owner","Effect":"Allow","Principal":{{"Uid":0}},"Action":"kms:*"}},{{"Sid":"NotAlice","Effect":"Deny","Principal":{{"Uid":{ALICE}}},"Action":"kms:*"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let o = kmsfs()
+        .args(["policy", "put", "--volume"])
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&fin)
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    put_policy(
+        &v,
+        &format!(
+            r#"{{"Sid":"Alice","Effect":"Allow","Principal":{{"Uid":{ALICE}}},"Action":["kms:Decrypt","kms:ReEncryptFrom"]}}"#
+        ),
+    );
+    let m = v.mount_with(&["--allow-other"]);
+    let mnt = v.mnt.clone();
+    let o = with_timeout(60, move || {
+        as_uid(ALICE, &format!("'{}' rewrap '{}'", bin(), mnt.display()))
+    });
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(22), "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("3 files: 2 rewrapped, 0 already current, 0 skipped (key not usable), 1 skipped (denied by key policy), 0 damaged"),
+        "{out}"
+    );
+    assert!(err.contains("denied by key policy"), "{err}");
+    drop(m);
 }

@@ -569,18 +569,26 @@ pub fn rewrap(a: &RewrapArgs) -> Result<(), CliError> {
         print_json(&out);
     } else {
         println!(
-            "{} files: {} rewrapped, {} already current, {} skipped (key not usable), {} damaged",
+            "{} files: {} rewrapped, {} already current, {} skipped (key not usable), {} skipped (denied by key policy), {} damaged",
             n("files"),
             n("rewrapped"),
             n("already_current"),
             n("skipped_unusable_key"),
+            n("skipped_denied"),
             n("damaged")
         );
         for e in out["errors"].as_array().into_iter().flatten() {
             eprintln!("kmsfs: {}", s(e));
         }
     }
-    let errors = out["errors"].as_array().map_or(0, Vec::len);
+    let errors = out["errors"].as_array().map_or(0, Vec::len) as u64;
+    let denied = n("skipped_denied");
+    if denied > 0 && denied == errors && n("damaged") == 0 && n("skipped_unusable_key") == 0 {
+        return Err(CliError::new(
+            code::ACCESS_DENIED,
+            format!("rewrap left {denied} files behind: denied by key policy (listed above)"),
+        ));
+    }
     if n("damaged") > 0 || n("skipped_unusable_key") > 0 || errors > 0 {
         return Err(CliError::new(
             code::ERROR,
