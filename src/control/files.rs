@@ -16,7 +16,37 @@ use super::node::{KeyFile, Node, Top};
 use super::request::{GrantSpec, Request, RuleDoc};
 use super::{ControlDir, CtlAttr, CtlError, CtlResult};
 use crate::format::KeyId;
+use crate::keymgr::audit::{AuditRecord, Source};
 use crate::keymgr::policy::Identity;
+
+/// The audit event of a control document that was refused before it became a request.
+pub const REFUSED_DOCUMENT_EVENT: &str = "ControlDocumentRefused";
+
+/// `msg` with the content of every quoted string (`"…"` or `` `…` ``, as serde quotes what it
+/// read) replaced by `…`.
+pub(super) fn without_quoted_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut open: Option<char> = None;
+    for c in msg.chars() {
+        match open {
+            None if c == '"' || c == '`' => {
+                open = Some(c);
+                out.push(c);
+            }
+            None => out.push(c),
+            Some(q) if q == c => {
+                open = None;
+                out.push('…');
+                out.push(c);
+            }
+            Some(_) => {}
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
+}
 
 pub(super) struct CtlHandle {
     node: Node,
@@ -416,7 +446,7 @@ impl ControlDir {
                          this one was dropped"
                     ),
                 );
-                return Err(self.refuse(&h.who, e));
+                return Err(self.refuse(&h.who, &h.node, e));
             }
             p.buf.extend_from_slice(data);
         }
@@ -459,8 +489,28 @@ impl ControlDir {
         Ok(self.attr(&n))
     }
 
-    fn refuse(&self, who: &Identity, e: CtlError) -> CtlError {
+    /// A document written to `n` that never became a request (malformed, too large, not
+    /// text): the reason goes to the writer's `last-error` and to the audit log (best effort:
+    /// nothing was changed, so a record that cannot be written refuses nothing more). Quoted
+    /// values are left out of the record: a parser's message may quote what was written, and a
+    /// misplaced field can hold key material.
+    fn refuse(&self, who: &Identity, n: &Node, e: CtlError) -> CtlError {
         self.last_errors.insert(who.uid, format!("{}\n", e.message));
+        self.metrics.control_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = self.audit.get() {
+            let mut r = AuditRecord::new(REFUSED_DOCUMENT_EVENT, Source::Kms);
+            r.actor = who.clone().into();
+            if let Node::KeyFile(k, _) = n {
+                r.resources.key_id = Some(k.to_string());
+            }
+            r.errno = e.errno;
+            r.detail = Some(format!(
+                "{}: {}",
+                n.control_path(),
+                without_quoted_values(&e.message)
+            ));
+            let _ = log.append(r);
+        }
         e
     }
 
@@ -500,13 +550,13 @@ impl ControlDir {
             let chunk: Vec<u8> = buf.drain(..upto).collect();
             scan.seen = buf.len();
             let text = String::from_utf8(chunk)
-                .map_err(|_| self.refuse(&h.who, invalid("not UTF-8 text")))?;
+                .map_err(|_| self.refuse(&h.who, &h.node, invalid("not UTF-8 text")))?;
             let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
             let mut out = Vec::new();
             for line in lines {
                 out.push(
                     self.text_request(&h.node, line)
-                        .map_err(|e| self.refuse(&h.who, e))?,
+                        .map_err(|e| self.refuse(&h.who, &h.node, e))?,
                 );
             }
             out
@@ -520,7 +570,7 @@ impl ControlDir {
             }
             let req = complete.and_then(|_| self.json_request(&h.node, buf));
             pending.clear();
-            vec![req.map_err(|e| self.refuse(&h.who, e))?]
+            vec![req.map_err(|e| self.refuse(&h.who, &h.node, e))?]
         };
         drop(pending);
         for req in reqs {

@@ -154,6 +154,34 @@ impl Node {
     pub fn writable(&self) -> bool {
         self.perm() & 0o222 != 0 && self.kind() == CtlKind::File
     }
+
+    /// The node's path from the mount's root (`.kmsfs/keys/<id>/policy`), for records.
+    pub fn control_path(&self) -> String {
+        let top = |t: &Top| {
+            TOP_FILES
+                .iter()
+                .find(|(_, x)| x == t)
+                .map_or("?", |(n, _)| n)
+        };
+        let key_file = |f: &KeyFile| {
+            KEY_FILES
+                .iter()
+                .find(|(_, x)| x == f)
+                .map_or("?", |(n, _)| n)
+        };
+        match self {
+            Node::Root => CONTROL_NAME.to_string(),
+            Node::File(t) => format!("{CONTROL_NAME}/{}", top(t)),
+            Node::KeysDir => format!("{CONTROL_NAME}/keys"),
+            Node::KeyDir(k) => format!("{CONTROL_NAME}/keys/{k}"),
+            Node::KeyFile(k, f) => format!("{CONTROL_NAME}/keys/{k}/{}", key_file(f)),
+            Node::AliasesDir => format!("{CONTROL_NAME}/aliases"),
+            Node::Alias(a) => format!(
+                "{CONTROL_NAME}/aliases/{}",
+                a.strip_prefix("alias/").unwrap_or(a)
+            ),
+        }
+    }
 }
 
 impl ControlDir {

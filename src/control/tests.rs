@@ -850,3 +850,60 @@ fn a_request_runs_on_the_keys_it_was_decided_on() {
     assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
     assert_eq!(c.km.query(|s| s.default_key), third);
 }
+
+#[test]
+fn a_malformed_control_document_is_recorded_without_what_it_quoted() {
+    let f = fixture();
+    let c = &f.ctl;
+    let key = c.km.query(|s| s.default_key).to_string();
+    let fh = c.open(ino(c, "request"), libc::O_RDWR, stranger()).unwrap();
+    let e = c
+        .write(fh, 0, br#"{"op":"SECRET-0123456789abcdef"}"#)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+    c.release(fh);
+    let pol = ino(c, &format!("keys/{key}/policy"));
+    let me = owner(c);
+    let fh = c.open(pol, libc::O_WRONLY, me.clone()).unwrap();
+    let e = c.write(fh, 0, br#"{"Version": "2012-10-17", "Version": 1}"#);
+    c.release(fh);
+    assert_eq!(e.unwrap_err().errno, libc::EINVAL);
+    // The writer learns the whole reason.
+    assert!(
+        cat(c, "last-error", &stranger())
+            .unwrap()
+            .contains("SECRET-0123456789abcdef")
+    );
+    let refused: Vec<_> = records(c)
+        .into_iter()
+        .filter(|r| r.event == files::REFUSED_DOCUMENT_EVENT)
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert_eq!(refused[0].actor.uid, stranger().uid);
+    assert_eq!(refused[1].actor.uid, me.uid);
+    for r in &refused {
+        assert_eq!(r.errno, libc::EINVAL);
+        let d = r.detail.as_deref().unwrap();
+        assert!(!d.contains("SECRET"), "{d}");
+        assert!(!d.contains("Version"), "{d}");
+    }
+    let d0 = refused[0].detail.as_deref().unwrap();
+    assert!(d0.starts_with(".kmsfs/request: "), "{d0}");
+    assert!(d0.contains("unknown variant `…`"), "{d0}");
+    let d1 = refused[1].detail.as_deref().unwrap();
+    assert_eq!(
+        d1.split(':').next(),
+        Some(format!(".kmsfs/keys/{key}/policy").as_str())
+    );
+    assert_eq!(refused[1].resources.key_id.as_deref(), Some(key.as_str()));
+}
+
+#[test]
+fn quoted_values_are_cut_from_refusal_records() {
+    assert_eq!(
+        files::without_quoted_values(r#"invalid type: string "abc", expected `u32` at line 1"#),
+        r#"invalid type: string "…", expected `…` at line 1"#
+    );
+    assert_eq!(files::without_quoted_values("cut \"ab"), "cut \"…");
+    assert_eq!(files::without_quoted_values("none"), "none");
+}
