@@ -187,7 +187,7 @@ fn print(r: &AuditRecord, json: bool) {
         (a, b) => format!(" read={} written={}", a.unwrap_or(0), b.unwrap_or(0)),
     };
     println!(
-        "{:>7} {} {:<16} {} pid={} exe={} path={} key={}{}{}{}{}",
+        "{:>7} {} {:<16} {} pid={} exe={} path={} key={}{}{}{}{}{}",
         r.seq,
         r.time,
         r.event,
@@ -201,6 +201,10 @@ fn print(r: &AuditRecord, json: bool) {
             .map(|v| format!(" v{v}"))
             .unwrap_or_default(),
         dec,
+        r.outcome
+            .as_deref()
+            .map(|o| format!(" {o}"))
+            .unwrap_or_default(),
         if r.errno != 0 {
             format!(" errno={}", r.errno)
         } else {

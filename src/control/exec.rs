@@ -106,6 +106,55 @@ pub struct Executor<'a> {
     pub tree: &'a CipherTree,
 }
 
+/// Which record of a request is being written.
+enum Recorded<'a> {
+    /// The only record: a request that changes nothing, or one refused before it ran.
+    Once(Result<(), &'a ControlError>),
+    /// A change about to be carried out.
+    Started,
+    Succeeded(&'a Value),
+    Failed(&'a ControlError),
+}
+
+impl Recorded<'_> {
+    fn outcome(&self) -> Option<&'static str> {
+        match self {
+            Recorded::Once(_) => None,
+            Recorded::Started => Some("started"),
+            Recorded::Succeeded(_) => Some("succeeded"),
+            Recorded::Failed(_) => Some("failed"),
+        }
+    }
+}
+
+/// What a successful change made or counted, from its result, for its record: ids, versions,
+/// dates and counts (never a document or a list of errors).
+fn made(v: &Value) -> String {
+    const FIELDS: &[&str] = &[
+        "grant_id",
+        "deletion_date",
+        "destroyed_versions",
+        "files",
+        "rewrapped",
+        "already_current",
+        "skipped_unusable_key",
+        "skipped_denied",
+        "damaged",
+        "removed_segments",
+    ];
+    let mut out = Vec::new();
+    for f in FIELDS {
+        match v.get(*f) {
+            Some(x @ (Value::Number(_) | Value::String(_))) => out.push(format!("{f}={x}")),
+            Some(Value::Array(a)) if a.iter().all(Value::is_number) => {
+                out.push(format!("{f}={}", Value::Array(a.clone())));
+            }
+            _ => {}
+        }
+    }
+    out.join(" ")
+}
+
 fn audit_decision(d: &Option<Decision>) -> AuditDecision {
     match d {
         None => AuditDecision {
@@ -118,50 +167,67 @@ fn audit_decision(d: &Option<Decision>) -> AuditDecision {
 
 impl Executor<'_> {
     /// Authorizes, runs and records `req`. An error leaves the key store as it was. A request
-    /// that changes something is recorded before it is carried out, and not carried out when
-    /// its record cannot be written (fail-closed; found by a review: the change was saved first,
-    /// and stayed when the record then failed); if it then fails, a second record says so.
+    /// that changes something is recorded before it is carried out (outcome `started`), and not
+    /// carried out when its record cannot be written (fail-closed; found by a review: the change
+    /// was saved first, and stayed when the record then failed); a second record says how it
+    /// ended (`succeeded`, with what it made: the new key's id, version, grant id…; or `failed`,
+    /// with the errno and the reason). A record without an outcome is a request that changes
+    /// nothing, or one refused before it was carried out (its errno and decision say so).
     pub fn execute(&self, auth: &Authority, req: &Request) -> R<Value> {
-        let record =
-            |key: Option<KeyId>, decision: &Option<Decision>, out: Result<(), &ControlError>| {
-                let Some(log) = self.audit else {
-                    return Ok(());
-                };
-                let mut r = AuditRecord::new(req.name(), Source::Kms);
-                r.actor = auth.who().clone().into();
-                r.resources.key_id = key.map(|k| k.to_string());
-                r.decision = Some(audit_decision(decision));
-                let summary = req.summary();
-                r.detail = Some(match out {
-                    Ok(()) => summary,
-                    Err(e) => {
-                        r.errno = e.kind.errno();
-                        format!("{summary}: refused: {}", e.message)
-                    }
-                });
-                log.append(r).map(drop).map_err(|e| {
-                    ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
-                })
+        let record = |key: Option<KeyId>, decision: &Option<Decision>, out: Recorded<'_>| {
+            let Some(log) = self.audit else {
+                return Ok(());
             };
+            let mut r = AuditRecord::new(req.name(), Source::Kms);
+            r.actor = auth.who().clone().into();
+            r.resources.key_id = key.map(|k| k.to_string());
+            r.decision = Some(audit_decision(decision));
+            let summary = req.summary();
+            r.outcome = out.outcome().map(str::to_string);
+            r.detail = Some(match out {
+                Recorded::Once(Ok(())) | Recorded::Started => summary,
+                Recorded::Once(Err(e)) | Recorded::Failed(e) => {
+                    r.errno = e.kind.errno();
+                    format!("{summary}: refused: {}", e.message)
+                }
+                Recorded::Succeeded(v) => {
+                    if let Some(k) = v.get("key_id").and_then(Value::as_str) {
+                        r.resources.key_id = Some(k.to_string());
+                    }
+                    r.resources.key_version = v
+                        .get("version")
+                        .and_then(Value::as_u64)
+                        .and_then(|v| u32::try_from(v).ok());
+                    match made(v) {
+                        m if m.is_empty() => summary,
+                        m => format!("{summary}: {m}"),
+                    }
+                }
+            });
+            log.append(r).map(drop).map_err(|e| {
+                ControlError::new(ErrorKind::Failed, format!("audit log unavailable: {e}"))
+            })
+        };
         match self.authorize(auth, req) {
             Err((key, d, e)) => {
-                record(key, &d, Err(&e))?;
+                record(key, &d, Recorded::Once(Err(&e)))?;
                 Err(e)
             }
             Ok((key, d, also)) if req.changes() => {
                 let d = d.clone();
-                record(key, &d, Ok(()))?;
+                record(key, &d, Recorded::Started)?;
                 let out = self.run(auth, req, key, &also);
-                if let Err(e) = &out {
-                    // Best effort: the request failed, and its first record is written.
-                    let _ = record(key, &d, Err(e));
-                }
+                // Best effort: the change is made (or not) and its first record is written.
+                let _ = match &out {
+                    Ok(v) => record(key, &d, Recorded::Succeeded(v)),
+                    Err(e) => record(key, &d, Recorded::Failed(e)),
+                };
                 out
             }
             Ok((key, d, also)) => {
                 let d = d.clone();
                 let out = self.run(auth, req, key, &also);
-                record(key, &d, out.as_ref().map(drop))?;
+                record(key, &d, Recorded::Once(out.as_ref().map(drop)))?;
                 out
             }
         }

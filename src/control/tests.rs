@@ -907,3 +907,69 @@ fn quoted_values_are_cut_from_refusal_records() {
     assert_eq!(files::without_quoted_values("cut \"ab"), "cut \"…");
     assert_eq!(files::without_quoted_values("none"), "none");
 }
+
+/// Review (audit F11): the one record of a change, written before it was carried out, could not
+/// be told from its success, and what it made (a new key's id, a version) was nowhere.
+#[test]
+fn a_change_has_a_started_and_an_outcome_record_naming_what_it_made() {
+    let f = fixture();
+    let c = &f.ctl;
+    let me = owner(c);
+    let made = c
+        .execute(
+            &me,
+            &Request::CreateKey {
+                description: "d".into(),
+                tags: Default::default(),
+                alias: Some("alias/made".into()),
+            },
+        )
+        .unwrap();
+    let id = made["key_id"].as_str().unwrap().to_string();
+    let rotated = c
+        .execute(
+            &me,
+            &Request::RotateKeyOnDemand {
+                key: "alias/made".into(),
+            },
+        )
+        .unwrap();
+    assert_eq!(rotated["version"], 2);
+    let e = c.execute(
+        &me,
+        &Request::ScheduleKeyDeletion {
+            key: id.clone(),
+            days: 3,
+        },
+    );
+    assert_eq!(e.unwrap_err().kind, ErrorKind::Invalid);
+    c.execute(&me, &Request::ListKeys).unwrap();
+    let kms: Vec<_> = records(c)
+        .into_iter()
+        .filter(|r| r.source == crate::keymgr::audit::Source::Kms)
+        .map(|r| {
+            (
+                r.event.clone(),
+                r.outcome.clone().unwrap_or_default(),
+                r.resources.key_id.clone().unwrap_or_default(),
+                r.resources.key_version,
+                r.errno,
+            )
+        })
+        .collect();
+    let row = |e: &str, o: &str, k: &str, v: Option<u32>, errno: i32| {
+        (e.to_string(), o.to_string(), k.to_string(), v, errno)
+    };
+    assert_eq!(
+        kms,
+        [
+            row("CreateKey", "started", "", None, 0),
+            row("CreateKey", "succeeded", &id, None, 0),
+            row("RotateKeyOnDemand", "started", &id, None, 0),
+            row("RotateKeyOnDemand", "succeeded", &id, Some(2), 0),
+            row("ScheduleKeyDeletion", "started", &id, None, 0),
+            row("ScheduleKeyDeletion", "failed", &id, None, libc::EINVAL),
+            row("ListKeys", "", "", None, 0),
+        ]
+    );
+}

@@ -89,6 +89,10 @@ pub struct AuditRecord {
     /// Free-form detail (never secrets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For a key-manager change, which of its two records this is: `started` (written before
+    /// the change is carried out), then `succeeded` or `failed`. None for everything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 impl AuditRecord {
@@ -107,6 +111,7 @@ impl AuditRecord {
             bytes_read: None,
             bytes_written: None,
             detail: None,
+            outcome: None,
         }
     }
 
