@@ -82,6 +82,17 @@ impl Base {
         b
     }
 
+    /// This base naming `checkpoint`, signed again (see `AuditLog::upgrade_legacy_base`).
+    pub(super) fn naming_checkpoint(&self, keys: &AuditKeys, checkpoint: Option<u64>) -> Base {
+        let mut b = Base {
+            checkpoint,
+            signature: String::new(),
+            ..self.clone()
+        };
+        b.signature = hex::encode(&keys.sign.sign(&b.signed_bytes()));
+        b
+    }
+
     fn signature_ok(&self, keys: &AuditKeys) -> bool {
         let mut sig = [0u8; 64];
         hex::decode_into(&self.signature, &mut sig).is_some()

@@ -436,3 +436,79 @@ fn fifos_in_the_log_hang_nothing() {
     assert!(!verify(&c, &keys(), None).unwrap().ok());
     session(&c, None, "c", 1);
 }
+
+/// A base written before 2026-12-06 (no checkpoint named) is upgraded at the next open, so a
+/// cut after it with a `head` made up from its plaintext no longer passes (second review, F10).
+#[test]
+fn a_legacy_base_is_upgraded_at_the_next_open() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = rolled(&c, "old", 30);
+    assert_eq!(expire_all(&l), Some((1, 3)));
+    l.close().unwrap();
+    drop(l);
+    // As kmsfs of 2026-12-05 wrote it.
+    let base_path = c.join(AUDIT_DIR).join(BASE_FILE);
+    let now = retention::read_base(&c.join(AUDIT_DIR), &keys())
+        .unwrap()
+        .unwrap();
+    let legacy = now.naming_checkpoint(&keys(), None);
+    std::fs::write(&base_path, serde_json::to_vec(&legacy).unwrap()).unwrap();
+    assert!(verify(&c, &keys(), None).unwrap().ok());
+
+    // A session that is killed (no clean close, no anchor past the base).
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..5 {
+        l.append(rec("new-secret", i)).unwrap();
+    }
+    l.sync().unwrap();
+    drop(l);
+    let up = retention::read_base(&c.join(AUDIT_DIR), &keys())
+        .unwrap()
+        .unwrap();
+    assert!(up.checkpoint.is_some_and(|cs| cs >= legacy.seq), "{up:?}");
+    assert_eq!(
+        (
+            up.segment,
+            up.seq,
+            &up.prev_chain,
+            &up.prev_signature,
+            &up.time
+        ),
+        (
+            legacy.segment,
+            legacy.seq,
+            &legacy.prev_chain,
+            &legacy.prev_signature,
+            &legacy.time
+        )
+    );
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", problems(&r));
+
+    // Everything after the base cut, `head` made up from the base's plaintext.
+    for s in legacy.segment.. {
+        let p = seg(&c, s);
+        if !p.exists() {
+            break;
+        }
+        if s == legacy.segment {
+            truncate(&p, 0);
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let h = serde_json::json!({
+        "seq": legacy.seq - 1, "time": "", "segment": legacy.segment - 1, "chain": "",
+        "prev_signature": "", "signature": legacy.prev_signature, "reason": "segment-end"
+    });
+    std::fs::write(
+        c.join(AUDIT_DIR).join(HEAD_FILE),
+        serde_json::to_vec(&h).unwrap(),
+    )
+    .unwrap();
+    assert_finding(
+        &verify(&c, &keys(), None).unwrap(),
+        "does not reach checkpoint",
+    );
+}

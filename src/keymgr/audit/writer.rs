@@ -598,7 +598,32 @@ impl AuditLog {
         if segs.is_empty() {
             log.checkpoint("start")?;
         }
+        log.upgrade_legacy_base()?;
         Ok(log)
+    }
+
+    /// A `base` written before 2026-12-06 names no checkpoint the kept log must reach, so
+    /// everything after it could be cut with a `head` made up from its plaintext, as long as
+    /// no clean end had anchored past it (found by a review). At the first open that finds one,
+    /// a checkpoint is written (durable, and in `head`) and the base is signed again naming it,
+    /// as retention does now; its other fields stay as they were.
+    fn upgrade_legacy_base(&self) -> io::Result<()> {
+        let Ok(Some(old)) = super::retention::read_base(&self.dir, &self.keys) else {
+            return Ok(());
+        };
+        if old.checkpoint.is_some() {
+            return Ok(());
+        }
+        let mut g = self.lock();
+        self.checkpoint_locked(&mut g, "retention")?;
+        let base = old.naming_checkpoint(&self.keys, g.last_checkpoint);
+        let json = serde_json::to_vec_pretty(&base).map_err(io::Error::other)?;
+        crate::fsutil::atomic_write(&self.dir.join(super::BASE_FILE), &json, 0o600, None)?;
+        tracing::info!(
+            "audit log: base of segment {} now names checkpoint",
+            base.segment
+        );
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
