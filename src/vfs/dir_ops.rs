@@ -148,7 +148,7 @@ impl Vfs {
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
-        let cn = self.cipher_name(&dir, name)?;
+        let cn = self.new_cipher_name(&dir, name)?;
         let inh = self.inherit(&dir, libc::S_IFDIR | (mode & 0o7777), caller.umask)?;
         let mode = inh.mode;
         self.create_entry(&dir, &cn, || {
@@ -174,8 +174,10 @@ impl Vfs {
                 }
             };
             let fin = || -> Result<(std::sync::Arc<Node>, Attr)> {
+                let mut made_id = None;
                 if !self.names.plaintext() {
                     let id = DirId::generate();
+                    made_id = Some(id);
                     // The copy first: a crash before the file is written leaves a directory the
                     // mount reads by its copy (and fsck completes), not one without an id.
                     let copied = crate::fsutil::write_dirid_copy(&newd, id.as_bytes())
@@ -209,7 +211,13 @@ impl Vfs {
                 rustix::fs::fchmod(&newd, Mode::from(perm))?;
                 self.set_owner(&dir, &newd, caller)?;
                 self.write_inherited(&newd, Kind::Dir, &inh)?;
-                self.intern_child(&dir, &cn.entry, name)
+                let (node, attr) = self.intern_child(&dir, &cn.entry, name)?;
+                // Its id and the file's are the same, known without reading either.
+                if let Some(id) = made_id {
+                    let _ = node.dir_id.set(id);
+                    let _ = node.dir_id_file.set(None);
+                }
+                Ok((node, attr))
             };
             match fin() {
                 Ok((_, attr)) => Ok(attr),
@@ -365,7 +373,7 @@ impl Vfs {
         let from_dir = self.dir_node(parent)?;
         let to_dir = self.dir_node(newparent)?;
         let from = self.cipher_name(&from_dir, name)?;
-        let to = self.cipher_name(&to_dir, newname)?;
+        let to = self.new_cipher_name(&to_dir, newname)?;
         let mut rf = RenameFlags::empty();
         if flags & RENAME_NOREPLACE != 0 {
             rf |= RenameFlags::NOREPLACE;
@@ -487,7 +495,7 @@ impl Vfs {
             return Err(Errno::PERM.into());
         }
         let dir = self.dir_node(newparent)?;
-        let cn = self.cipher_name(&dir, newname)?;
+        let cn = self.new_cipher_name(&dir, newname)?;
         self.create_entry(&dir, &cn, || {
             // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, go through /proc.
             crate::fault::check("link")?;
@@ -524,7 +532,7 @@ impl Vfs {
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
-        let cn = self.cipher_name(&dir, name)?;
+        let cn = self.new_cipher_name(&dir, name)?;
         let stored = self.names.encrypt_symlink(target.as_bytes())?;
         self.create_entry(&dir, &cn, || {
             crate::fault::check("symlink")?;
@@ -585,7 +593,7 @@ impl Vfs {
             return Ok(attr);
         }
         let dir = self.dir_node(parent)?;
-        let cn = self.cipher_name(&dir, name)?;
+        let cn = self.new_cipher_name(&dir, name)?;
         let ft = rustix::fs::FileType::from_raw_mode(mode);
         let inh = self.inherit(&dir, mode, caller.umask)?;
         self.create_entry(&dir, &cn, || {

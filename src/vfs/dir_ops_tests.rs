@@ -134,6 +134,77 @@ fn damaged_dirid_copy_mount_and_fsck_use_the_file() {
     assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
 }
 
+/// The copy damaged, and a name made before any listing (found by a review: it was encrypted
+/// under the damaged copy, and lost once a listing turned the directory to the file's id). Each
+/// way of making a name; the names already there decide which id new ones get.
+#[test]
+fn a_name_made_before_any_listing_uses_the_id_the_names_are_under() {
+    type Make = fn(&Vfs, u64, &str);
+    let makers: [(&str, Make); 5] = [
+        ("create", |v, dir, n| {
+            touch(v, dir, n);
+        }),
+        ("mkdir", |v, dir, n| {
+            v.mkdir(dir, n.as_ref(), 0o755, &caller()).unwrap();
+        }),
+        ("symlink", |v, dir, n| {
+            v.symlink(dir, n.as_ref(), "target".as_ref(), &caller())
+                .unwrap();
+        }),
+        ("mknod", |v, dir, n| {
+            v.mknod(dir, n.as_ref(), libc::S_IFIFO | 0o644, 0, &caller())
+                .unwrap();
+        }),
+        ("rename", |v, dir, n| {
+            touch(v, 1, "outside");
+            v.rename(1, "outside".as_ref(), dir, n.as_ref(), 0).unwrap();
+        }),
+    ];
+    for (what, make) in makers {
+        let (_t, d, mut want) = volume_with_sub();
+        let c = cipher_subdir(&d);
+        let good = std::fs::read(c.join("kmsfs.dirid")).unwrap();
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        crate::fsutil::write_dirid_copy(std::fs::File::open(&c).unwrap(), &bad.try_into().unwrap())
+            .unwrap();
+        {
+            let v = open(&d);
+            let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+            make(&v, sub, "new");
+            // The directory turned to the file's id: the old names are found too.
+            assert!(v.lookup(sub, "one".as_ref()).is_ok(), "{what}");
+        }
+        want.push("new".into());
+        want.sort();
+        assert_eq!(list_sub(&d), want, "{what}");
+        let p = fsck_with(&d, Repair::Safe);
+        assert!(
+            p.len() == 1 && p[0].starts_with("dir-id-copy true:"),
+            "{what}: {p:?}"
+        );
+        assert_eq!(list_sub(&d), want, "{what}");
+    }
+    // The file damaged, the copy intact: new names stay under the copy.
+    let (_t, d, mut want) = volume_with_sub();
+    let c = cipher_subdir(&d);
+    let good = dirid_copy(&c);
+    let mut bad = good.clone();
+    bad[3] ^= 0x10;
+    write_dirid_file(&c, &bad);
+    {
+        let v = open(&d);
+        let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+        touch(&v, sub, "new");
+    }
+    want.push("new".into());
+    want.sort();
+    assert_eq!(list_sub(&d), want);
+    let p = fsck_with(&d, Repair::Safe);
+    assert!(p.len() == 1 && p[0].starts_with("dir-id true:"), "{p:?}");
+    assert_eq!(list_sub(&d), want);
+}
+
 /// An empty directory whose file and copy differ: no name tells which is right, so fsck
 /// reports it and --repair changes nothing.
 #[test]

@@ -280,6 +280,56 @@ impl Vfs {
         }
     }
 
+    /// The id a new name in `dir` is encrypted under. The id is read from the copy in the
+    /// directory's xattr; where `kmsfs.dirid` holds another one (checked once per directory,
+    /// at its first new name: a read of the file), the names already there decide, as a listing
+    /// and fsck do: the first one that decrypts under either id. A name made under a damaged
+    /// copy would be lost once the directory turns to the file's id (found by a review: a
+    /// create before any listing used the damaged copy). With nothing to decide by (no name
+    /// decrypts), the copy stays: the new name is then the evidence fsck keeps it by.
+    pub(super) fn id_for_new_name(&self, dir: &Node) -> Result<crate::format::DirId> {
+        let id = self.dir_id(dir)?;
+        if self.names.plaintext() {
+            return Ok(id);
+        }
+        if let Some(switched) = dir.dir_id_switched.get() {
+            return Ok(*switched);
+        }
+        if let Some(None) = dir.dir_id_file.get() {
+            return Ok(id);
+        }
+        let fd = rustix::fs::openat(
+            &dir.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let differs = dir.dir_id_file.get_or_init(|| {
+            let _gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
+            super::read_dirid_file(&fd).filter(|f| *f != id)
+        });
+        if differs.is_none() {
+            return Ok(id);
+        }
+        let at_root = dir.ino == ROOT_INO;
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); READ_BYTES];
+        let mut rd = RawDir::new(&fd, &mut buf);
+        while let Some(e) = rd.next() {
+            let e = e?;
+            let raw = RawEntry {
+                ino: e.ino(),
+                next: e.next_entry_cookie(),
+                kind: e.file_type(),
+                name: e.file_name().to_bytes().to_vec(),
+            };
+            // Switches the directory to the file's id when the name decrypts only under it.
+            if self.decode_entry(dir, &fd, &id, at_root, &raw)?.is_some() {
+                break;
+            }
+        }
+        Ok(dir.dir_id_switched.get().copied().unwrap_or(id))
+    }
+
     /// The plaintext entry for one backing entry (`None`: not shown — internal files, names
     /// that do not decrypt, entries gone since they were read).
     fn decode_entry(

@@ -307,7 +307,7 @@ impl Vfs {
         self.refuse_control(parent, name)?;
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
-        let cn = self.cipher_name(&dir, name)?;
+        let cn = self.new_cipher_name(&dir, name)?;
         let mut made = self.create_file_entry(&dir, name, &cn, mode, flags, caller);
         // Short of space while removed files are still being let go (see `unlinked`): once
         // more when they are, as a write does.

@@ -442,17 +442,7 @@ impl Vfs {
         }
         let file = dir.dir_id_file.get_or_init(|| {
             let _gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
-            let f = rustix::fs::openat(
-                fd,
-                DIRID_FILE,
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()?;
-            let mut b = [0u8; 17];
-            let n = rustix::io::read(&f, &mut b).ok()?;
-            let id = DirId(<[u8; 16]>::try_from(&b[..n]).ok()?);
-            (id != *current).then_some(id)
+            read_dirid_file(fd).filter(|id| id != current)
         });
         let id = (*file)?;
         if !decrypts(&id) {
@@ -489,6 +479,15 @@ impl Vfs {
     /// The cipher name of `name` in directory `dir`.
     fn cipher_name(&self, dir: &Node, name: &OsStr) -> Result<CipherName> {
         let id = self.dir_id(dir)?;
+        Ok(self
+            .names
+            .encrypt(&id, name.as_bytes(), dir.ino == ROOT_INO)?)
+    }
+
+    /// [`Vfs::cipher_name`] for a name about to be made (create, mkdir, link, rename's target…):
+    /// under the id the directory's names are under (see [`Vfs::id_for_new_name`]).
+    fn new_cipher_name(&self, dir: &Node, name: &OsStr) -> Result<CipherName> {
+        let id = self.id_for_new_name(dir)?;
         Ok(self
             .names
             .encrypt(&id, name.as_bytes(), dir.ino == ROOT_INO)?)
@@ -644,6 +643,21 @@ impl Vfs {
             frsize: st.f_frsize as u32,
         })
     }
+}
+
+/// The id in `kmsfs.dirid` of the directory `dir` (any descriptor of it), if it is readable and
+/// 16 bytes long.
+fn read_dirid_file(dir: impl AsFd) -> Option<DirId> {
+    let f = rustix::fs::openat(
+        dir,
+        DIRID_FILE,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut b = [0u8; 17];
+    let n = rustix::io::read(&f, &mut b).ok()?;
+    Some(DirId(<[u8; 16]>::try_from(&b[..n]).ok()?))
 }
 
 #[cfg(test)]
