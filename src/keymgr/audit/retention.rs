@@ -233,6 +233,51 @@ fn first_entry_of(keys: &AuditKeys, path: &Path) -> Option<super::verify::Entry>
     super::verify::decode_lines(keys, line).pop()
 }
 
+/// Why the entries of closed segment `n` do not form one chain from the entry before it
+/// (sequence number `seq`, chain value `chain`) to its closing checkpoint `end`, if they do not:
+/// a line that is no entry (padding, an empty line), an entry whose chain value does not follow
+/// (changed, inserted, removed), or a sequence number out of turn — other than the writer's own
+/// record of entries found missing at open (see [`continues`]).
+fn chain_broken(
+    keys: &AuditKeys,
+    dir: &Path,
+    n: u64,
+    seq: u64,
+    chain: &[u8; 32],
+    end: &SegmentEnd,
+) -> Option<String> {
+    let data = match super::read_segment(dir, n) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("segment {n} cannot be read: {e}")),
+    };
+    let Some(body) = data.strip_suffix(b"\n") else {
+        return Some(format!("segment {n} does not end with a complete line"));
+    };
+    let (mut want_seq, mut prev) = (seq, *chain);
+    let mut last = None;
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        let bad = |what: &str| Some(format!("segment {n}, line {}: {what}", i + 1));
+        let Some(e) = super::verify::decode_frame(line) else {
+            return bad("not an entry");
+        };
+        // Out of turn only for the writer's record of a gap, which is decrypted to tell.
+        let in_turn = if e.seq == want_seq {
+            e.follows(keys, &prev)
+        } else {
+            super::verify::decode_line(keys, line)
+                .is_some_and(|full| continues(keys, &full, want_seq, &prev))
+        };
+        if !in_turn {
+            return bad("does not follow the entry before it (changed, added or removed)");
+        }
+        want_seq = e.seq.saturating_add(1);
+        prev = e.chain;
+        last = Some(e.seq);
+    }
+    (last != Some(end.entry.seq) || prev != end.entry.chain)
+        .then(|| format!("segment {n}: its entries do not lead to its closing checkpoint"))
+}
+
 /// Whether `e`, the first entry of a segment, follows the entry before it (sequence number
 /// `seq` is expected, after chain value `chain`): its chain is right, and its number too, or it
 /// is the writer's own record of entries found missing at open (`AuditLogModified`, after which
@@ -387,8 +432,16 @@ impl AuditLog {
                 break;
             }
             // Whoever can write the directory (no keys needed) must not make retention remove
-            // a segment they changed: that would take the evidence with it.
-            if let Some(why) = end.altered(s) {
+            // a segment they changed: that would take the evidence with it. Its length, its
+            // closing checkpoint, and every entry's chain from the first to that checkpoint
+            // (found by a second review: a line changed in place, or lines cut from the
+            // middle and the length padded back, passed the first two). The chain is checked
+            // without decrypting: ~20 ms per 16 MiB segment, under the log's lock, only for
+            // segments about to be removed.
+            if let Some(why) = end
+                .altered(s)
+                .or_else(|| chain_broken(&self.keys, &self.dir, s, want_seq, &want_chain, &end))
+            {
                 self.blocked(format!(
                     "{why}: retention removes nothing from there on until it is looked at \
                      (`kmsfs audit verify`)"

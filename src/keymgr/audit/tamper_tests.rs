@@ -512,3 +512,75 @@ fn a_legacy_base_is_upgraded_at_the_next_open() {
         "does not reach checkpoint",
     );
 }
+
+/// Retention checks the whole chain of a segment before removing it (second review, F4): lines
+/// overwritten in place with as many bytes passed its length and end checks, and the removal
+/// took the evidence with it.
+#[test]
+fn retention_keeps_a_segment_changed_in_place() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..20 {
+        l.append(rec("secret", i)).unwrap();
+    }
+    l.start_new_segment().unwrap();
+    for i in 0..5 {
+        l.append(rec("b", i)).unwrap();
+    }
+    l.close().unwrap();
+    let anchor = l.anchor();
+    drop(l);
+    let mut data = std::fs::read(seg(&c, 1)).unwrap();
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            data.iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect();
+    for b in &mut data[starts[5]..starts[11] - 1] {
+        if *b != b'\n' {
+            *b = b'A';
+        }
+    }
+    std::fs::write(seg(&c, 1), &data).unwrap();
+    assert!(!verify(&c, &keys(), anchor.as_ref()).unwrap().ok());
+    let l = AuditLog::open_anchored(&c, keys(), anchor.as_ref()).unwrap();
+    assert_eq!(expire_all(&l), None, "a changed segment removed");
+    l.close().unwrap();
+    assert!(seg(&c, 1).exists());
+    assert!(!verify(&c, &keys(), l.anchor().as_ref()).unwrap().ok());
+}
+
+/// Same, with entries cut from the middle of the segment being written while the volume was
+/// closed: the writer goes on in it, so its length and end agree; the chain does not.
+#[test]
+fn retention_keeps_a_segment_cut_in_the_middle() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for i in 0..10 {
+        l.append(rec("a", i)).unwrap();
+    }
+    l.close().unwrap();
+    let anchor = l.anchor();
+    drop(l);
+    let data = std::fs::read(seg(&c, 1)).unwrap();
+    let kept: Vec<u8> = data
+        .split_inclusive(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(i, _)| !(3..=6).contains(i))
+        .flat_map(|(_, l)| l.iter().copied())
+        .collect();
+    std::fs::write(seg(&c, 1), &kept).unwrap();
+    let l = AuditLog::open_anchored(&c, keys(), anchor.as_ref()).unwrap();
+    for i in 0..5 {
+        l.append(rec("b", i)).unwrap();
+    }
+    l.start_new_segment().unwrap();
+    assert_eq!(expire_all(&l), None, "a cut segment removed");
+    l.close().unwrap();
+    assert!(!verify(&c, &keys(), l.anchor().as_ref()).unwrap().ok());
+}
