@@ -436,7 +436,7 @@ impl AuditLog {
             // closing checkpoint, and every entry's chain from the first to that checkpoint
             // (found by a second review: a line changed in place, or lines cut from the
             // middle and the length padded back, passed the first two). The chain is checked
-            // without decrypting: ~20 ms per 16 MiB segment, under the log's lock, only for
+            // without decrypting: ~60 ms per 16 MiB segment, under the log's lock, only for
             // segments about to be removed.
             if let Some(why) = end
                 .altered(s)
