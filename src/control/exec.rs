@@ -318,10 +318,16 @@ impl Executor<'_> {
         let key = match req {
             Request::RetireGrant { grant_id } | Request::RevokeGrant { grant_id } => {
                 let g = self.grant(grant_id).map_err(|e| (None, unresolved(), e))?;
-                // AWS semantics: the grant's retiring principal (or grantee) may retire it;
+                // AWS semantics: the grant's retiring principal may retire it, and so may its
+                // grantee if the grant carries kms:RetireGrant (a grantee without it, or anyone
+                // at all under a grant to everyone, could retire it before: found by a review);
                 // anyone else needs kms:RetireGrant in the key policy (below).
+                let grantee_may = || {
+                    g.grantee.matches(auth.who())
+                        && g.operations.iter().any(|o| o == "kms:RetireGrant")
+                };
                 if let (Request::RetireGrant { .. }, Authority::Policy(who)) = (req, auth)
-                    && (g.grantee.matches(who)
+                    && (grantee_may()
                         || g.retiring_principal
                             .as_ref()
                             .is_some_and(|p| p.matches(who)))

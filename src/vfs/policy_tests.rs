@@ -433,6 +433,63 @@ fn a_grant_with_retire_grant_retires_only_itself() {
     v.control()
         .execute(&mallory(), &Request::RetireGrant { grant_id: mallorys })
         .expect("the grantee retires its grant");
+    // As in AWS, only because it carries kms:RetireGrant: a grantee of a grant without it may
+    // not, nor may anyone under a grant to everyone; its retiring principal may.
+    let plain = grant_to(&v, key, MALLORY, &["kms:Decrypt"]);
+    let e = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::RetireGrant {
+                grant_id: plain.clone(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    let spec: crate::control::request::GrantSpec = serde_json::from_value(serde_json::json!({
+        "grantee": {"any": true, "uids": [], "users": [], "gids": [], "groups": []},
+        "operations": ["kms:Decrypt"],
+        "retiring_principal": {"any": false, "uids": [1001], "users": [], "gids": [], "groups": []},
+    }))
+    .unwrap();
+    let open_to_all = v
+        .control()
+        .execute(
+            &owner(),
+            &Request::CreateGrant {
+                key: key.to_string(),
+                grant: spec,
+            },
+        )
+        .unwrap()["grant_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let e = v
+        .control()
+        .execute(
+            &mallory(),
+            &Request::RetireGrant {
+                grant_id: open_to_all.clone(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e:?}");
+    let bob = crate::keymgr::policy::Identity {
+        uid: 1001,
+        ..mallory()
+    };
+    v.control()
+        .execute(
+            &bob,
+            &Request::RetireGrant {
+                grant_id: open_to_all,
+            },
+        )
+        .expect("the retiring principal retires it");
+    v.control()
+        .execute(&owner(), &Request::RetireGrant { grant_id: plain })
+        .expect("the key's administrator retires it");
     // kms:RetireGrant in the key policy still reaches every grant of the key.
     set_policy(
         &v,
