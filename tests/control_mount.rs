@@ -335,6 +335,18 @@ fn policy_decides_who_may_use_control_files() {
     let o = as_uid(OTHER, &format!("cat '{}'", c.join("audit").display()));
     assert!(!o.status.success(), "uid {OTHER} read the audit log");
     assert_eq!(read(&kd.join("state")), "Enabled\n");
+    // Key ids and alias names are not listed to other users (the kernel's cached listing is
+    // one for all, so it cannot follow each caller's policy); by name they are reached.
+    for d in ["keys", "aliases"] {
+        let o = as_uid(OTHER, &format!("ls '{}'", c.join(d).display()));
+        assert!(!o.status.success(), "uid {OTHER} listed {d}");
+        assert!(std::fs::read_dir(c.join(d)).is_ok(), "the owner lists {d}");
+    }
+    assert!(
+        as_uid(OTHER, &format!("test -d '{}'", kd.display()))
+            .status
+            .success()
+    );
 
     // A policy written with cp takes effect on the next open: the other uid may read files
     // and the key's metadata, but still not change its state.

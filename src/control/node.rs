@@ -138,10 +138,15 @@ impl Node {
     }
 
     /// Permission bits: writable files are open to everyone, because key policies (not mode
-    /// bits) decide who may change what.
+    /// bits) decide who may change what. The listings of `keys/` and `aliases/` (every key id
+    /// and alias name) cannot be decided per caller (the kernel keeps one cached listing of a
+    /// directory for all users, see `fuse`), so only the mount's owner may list them; others
+    /// reach a key or alias they know by name, and list keys with `ListKeys` (decided by the
+    /// key policy).
     fn perm(&self) -> u16 {
         match self {
-            Node::Root | Node::KeysDir | Node::KeyDir(_) | Node::AliasesDir => 0o555,
+            Node::KeysDir | Node::AliasesDir => 0o711,
+            Node::Root | Node::KeyDir(_) => 0o555,
             Node::Alias(_) => 0o777,
             Node::File(Top::Rules | Top::Request | Top::Alerts)
             | Node::KeyFile(_, KeyFile::Policy | KeyFile::Rotation | KeyFile::State)
