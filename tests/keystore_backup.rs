@@ -93,3 +93,46 @@ fn export_and_restore_a_destroyed_key_store() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("belongs to volume"));
 }
+
+fn key(v: &Volume, pass: &std::path::Path, args: &[&str]) -> std::process::Output {
+    kmsfs()
+        .arg("key")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(pass)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A scheduled deletion whose waiting period ended cannot be cancelled (exit 20).
+#[test]
+fn cancel_deletion_after_the_window_is_refused() {
+    let v = Volume::new(&[]);
+    assert!(
+        key(&v, &v.passfile, &["create", "--alias", "alias/doomed"])
+            .status
+            .success()
+    );
+    let o = key(
+        &v,
+        &v.passfile,
+        &["schedule-deletion", "alias/doomed", "--days", "7"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let o = kmsfs()
+        .env("KMSFS_TEST_TIME_OFFSET_SECS", (8 * 86_400).to_string())
+        .arg("key")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["cancel-deletion", "alias/doomed"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(20), "{}", err(&o));
+    assert!(err(&o).contains("ended on"), "{}", err(&o));
+}

@@ -390,10 +390,7 @@ impl KeyManager {
         let due = self.query(|s| {
             s.keys.iter().any(|k| {
                 (k.state == KeyState::PendingDeletion && k.deletion_date.is_some_and(|d| d <= now))
-                    || (k.rotation.enabled
-                        && k.state == KeyState::Enabled
-                        && now
-                            >= k.last_rotation + u64::from(k.rotation.period_days) * lifecycle::DAY)
+                    || k.rotation_due(now)
             })
         });
         if !due {
@@ -474,5 +471,7 @@ impl KeyManager {
     }
 }
 
+#[cfg(test)]
+mod keystore_tests;
 #[cfg(test)]
 mod tests;
