@@ -125,6 +125,20 @@ fn usable_material<'a>(st: &'a KeyStore, h: &FileHeader) -> Result<&'a Key256, K
         .ok_or(KeyError::VersionUnavailable(h.key_id, h.key_version))
 }
 
+/// Whether some key version that has material in `before` has none (or is gone) in `after`.
+/// Decided per version, not by counting: a tick that rotates one key (a version more) while it
+/// destroys another must still shred.
+fn destroys_material(before: &KeyStore, after: &KeyStore) -> bool {
+    before.keys.iter().any(|k| {
+        k.versions.iter().filter(|v| v.material.is_some()).any(|v| {
+            after
+                .key(&k.id)
+                .and_then(|a| a.version(v.version))
+                .is_none_or(|a| a.material.is_none())
+        })
+    })
+}
+
 /// What [`KeyManager::tick`] did: keys rotated (with their new version) and keys destroyed.
 pub type TickResult = (Vec<(KeyId, u32)>, Vec<KeyId>);
 
@@ -323,22 +337,21 @@ impl KeyManager {
         let mut copy = st.store.clone();
         let out = f(&mut copy, now)?;
         // Material that was destroyed must not live on in the backup generation.
-        let materials = |s: &KeyStore| {
-            s.keys
-                .iter()
-                .flat_map(|k| &k.versions)
-                .filter(|v| v.material.is_some())
-                .count()
-        };
-        let shredding = materials(&copy) < materials(&st.store);
+        let shredding = destroys_material(&st.store, &copy);
         let old = std::mem::replace(&mut st.store, copy);
+        let generation = st.generation();
         let saved = if shredding {
             st.persist_shredding()
         } else {
             st.persist()
         };
         if let Err(e) = saved {
-            st.store = old;
+            // The new store stays in memory only if it is the one on disk (a failure after the
+            // primary was replaced): memory must never hold less than the disk, or its next
+            // write would undo the change (for a shredding: put destroyed material back).
+            if st.generation() == generation {
+                st.store = old;
+            }
             return Err(AdminError::Invalid(format!(
                 "could not save the key store: {e}"
             )));
