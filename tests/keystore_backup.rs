@@ -105,8 +105,91 @@ fn key(v: &Volume, pass: &std::path::Path, args: &[&str]) -> std::process::Outpu
         .unwrap()
 }
 
+fn passwd(v: &Volume, old: &[&str], new: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    kmsfs()
+        .arg("passwd")
+        .args(old)
+        .arg("--new-passfile")
+        .arg(new)
+        .args(extra)
+        .arg(&v.cipher)
+        .output()
+        .unwrap()
+}
+
 fn err(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// passwd on a volume with a recovery key, unlocked by passphrase: the store key is kept and a
+/// note says what that means; with --new-recovery-key-file a new recovery key (mode 0600)
+/// replaces the old one, and no note.
+#[test]
+fn passwd_with_a_recovery_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cipher = tmp.path().join("c");
+    let pass = tmp.path().join("p");
+    std::fs::write(&pass, "first passphrase\n").unwrap();
+    let rk1 = tmp.path().join("rk1");
+    let o = kmsfs()
+        .arg("init")
+        .arg("--passfile")
+        .arg(&pass)
+        .arg("--recovery-key-file")
+        .arg(&rk1)
+        .arg(&cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let v = Volume {
+        tmp,
+        cipher,
+        mnt: std::path::PathBuf::new(),
+        passfile: pass.clone(),
+    };
+    let second = v.tmp.path().join("second");
+    std::fs::write(&second, "second passphrase\n").unwrap();
+    let o = passwd(&v, &["--passfile", pass.to_str().unwrap()], &second, &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("still open with the old"), "{}", err(&o));
+    let third = v.tmp.path().join("third");
+    std::fs::write(&third, "third passphrase\n").unwrap();
+    let rk2 = v.tmp.path().join("rk2");
+    let o = passwd(
+        &v,
+        &["--passfile", second.to_str().unwrap()],
+        &third,
+        &["--new-recovery-key-file", rk2.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(!err(&o).contains("still open with the old"), "{}", err(&o));
+    let md = std::fs::metadata(&rk2).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o600
+    );
+    let with_rk = |f: &std::path::Path| {
+        kmsfs()
+            .arg("key")
+            .arg(&v.cipher)
+            .arg("--recovery-key-file")
+            .arg(f)
+            .arg("list")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(with_rk(&rk1).status.code(), Some(12));
+    assert!(with_rk(&rk2).status.success());
+    // A wrong old passphrase: nothing written, and no key file left behind.
+    let rk3 = v.tmp.path().join("rk3");
+    let o = passwd(
+        &v,
+        &["--passfile", second.to_str().unwrap()],
+        &third,
+        &["--new-recovery-key-file", rk3.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(12), "{}", err(&o));
+    assert!(!rk3.exists());
 }
 
 /// A scheduled deletion whose waiting period ended cannot be cancelled (exit 20).

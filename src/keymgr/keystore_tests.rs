@@ -28,9 +28,36 @@ fn new_volume() -> (tempfile::TempDir, std::path::PathBuf) {
     (t, d)
 }
 
+/// A volume with the passphrase "old pass" and a recovery key.
+fn new_volume_with_recovery_key() -> (tempfile::TempDir, std::path::PathBuf, Key256) {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("vol");
+    let rk = init(&d, &pw("old pass"), &opts(true)).unwrap().unwrap();
+    (t, d, rk)
+}
+
 /// Opens the sealed bytes at `p` with `how` (no fallback to the other copy).
 fn open_copy(p: &std::path::Path, how: &Unlock) -> Result<KeyStore, VolumeError> {
     seal::unseal(&std::fs::read(p).unwrap(), how).map(|u| u.store)
+}
+
+/// Opens the body of the envelope `bytes` with `store_key`, as an adversary holding a store key
+/// from an older copy would (the body's associated data is all public).
+fn open_body_with(bytes: &[u8], store_key: &Key256) -> Option<KeyStore> {
+    use crate::crypto::Aead;
+    use crate::format::keystore::Envelope;
+    let env = Envelope::decode(bytes).unwrap();
+    let (ct, tag) = env.body.split_at(env.body.len() - 16);
+    let mut buf = ct.to_vec();
+    Aead::new(store_key)
+        .open_in_place(
+            &env.body_nonce,
+            &env.header_bytes(),
+            &mut buf,
+            tag.try_into().unwrap(),
+        )
+        .ok()?;
+    serde_json::from_slice(&buf).ok()
 }
 
 fn create_key(km: &KeyManager, name: &str) -> crate::format::KeyId {
@@ -112,6 +139,39 @@ fn failed_shredding_write_converges_to_shredded() {
     }
 }
 
+/// `passwd` stopped after its first write: the old passphrase opens the generation from before
+/// `passwd`, complete; the new one opens the new generation (the backup), and a write in that
+/// session keeps it.
+#[test]
+fn interrupted_passwd_leaves_both_passphrases_on_complete_generations() {
+    let (_t, d) = new_volume();
+    let km = KeyManager::new(unlock(&d, &with("old pass")).unwrap());
+    let x = create_key(&km, "made last");
+    let g = km.read().generation();
+    drop(km);
+    // The backup's atomic_write makes 5 checked calls; the 6th is the primary's create.
+    crate::fault::arm(6, rustix::io::Errno::IO);
+    let r = passwd(&d, &with("old pass"), &pw("new pass"), None);
+    assert_eq!(crate::fault::disarm(), Some("create"));
+    assert!(r.is_err());
+    let o = unlock(&d, &with("old pass")).unwrap();
+    assert!(o.used_backup.is_none());
+    assert_eq!(o.generation(), g);
+    assert!(o.store.key(&x).is_some());
+    let n = unlock(&d, &with("new pass")).unwrap();
+    assert_eq!(n.generation(), g + 1);
+    assert!(n.store.key(&x).is_some());
+    assert!(n.used_backup.is_some());
+    // A change with the new passphrase: the older primary is replaced, the new passphrase
+    // opens without the backup from then on.
+    let km = KeyManager::new(n);
+    let y = create_key(&km, "after");
+    drop(km);
+    let n = unlock(&d, &with("new pass")).unwrap();
+    assert!(n.used_backup.is_none());
+    assert!(n.store.key(&x).is_some() && n.store.key(&y).is_some());
+}
+
 /// After a fallback to the backup because the primary refused the passphrase, a write must not
 /// overwrite a primary of a newer generation (the key store under another passphrase).
 #[test]
@@ -156,6 +216,84 @@ fn fallback_session_repairs_a_primary_that_is_not_newer() {
     assert!(u.used_backup.is_some());
     u.persist().unwrap();
     assert!(unlock(&d, &with("old pass")).unwrap().used_backup.is_none());
+}
+
+/// Without a recovery slot, `passwd` seals under a new store key: the old passphrase with an
+/// old copy of the key store no longer opens any later key store.
+#[test]
+fn passwd_without_recovery_slot_changes_the_store_key() {
+    let (_t, d) = new_volume();
+    let paths = VolumePaths::new(&d);
+    let old_copy = std::fs::read(paths.keystore()).unwrap();
+    let done = passwd(&d, &with("old pass"), &pw("new pass"), None).unwrap();
+    assert!(done.new_store_key);
+    let km = KeyManager::new(unlock(&d, &with("new pass")).unwrap());
+    create_key(&km, "after passwd");
+    drop(km);
+    let old_key = seal::unseal(&old_copy, &with("old pass"))
+        .unwrap()
+        .store_key;
+    for p in [paths.keystore(), paths.keystore_backup()] {
+        let now = std::fs::read(&p).unwrap();
+        assert!(open_body_with(&now, &old_key).is_none(), "{}", p.display());
+        assert!(matches!(
+            seal::unseal(&now, &with("old pass")),
+            Err(VolumeError::WrongPassphrase)
+        ));
+    }
+    // Same secrets, same keys: only the sealing changed.
+    let before = seal::unseal(&old_copy, &with("old pass")).unwrap().store;
+    let after = unlock(&d, &with("new pass")).unwrap().store;
+    assert_eq!(before.volume_secret.expose(), after.volume_secret.expose());
+}
+
+/// Unlocked with the recovery key, `passwd` re-wraps the recovery slot under a new store key:
+/// the recovery key keeps working, old copies stop opening the new store.
+#[test]
+fn passwd_with_recovery_key_changes_the_store_key_and_keeps_it() {
+    let (_t, d, rk) = new_volume_with_recovery_key();
+    let paths = VolumePaths::new(&d);
+    let old_copy = std::fs::read(paths.keystore()).unwrap();
+    let done = passwd(&d, &Unlock::RecoveryKey(rk.clone()), &pw("new pass"), None).unwrap();
+    assert!(done.new_store_key);
+    assert!(unlock(&d, &Unlock::RecoveryKey(rk.clone())).is_ok());
+    assert!(unlock(&d, &with("new pass")).is_ok());
+    let old_key = seal::unseal(&old_copy, &with("old pass"))
+        .unwrap()
+        .store_key;
+    let now = std::fs::read(paths.keystore()).unwrap();
+    assert!(open_body_with(&now, &old_key).is_none());
+    let info = VolumeInfo::read(&d).unwrap();
+    assert_eq!(info.unlock_slots, vec!["passphrase", "recovery-key"]);
+}
+
+/// Unlocked with the passphrase, a volume with a recovery key keeps its store key (the recovery
+/// slot cannot be re-wrapped without it) unless a new recovery key is issued, which replaces the
+/// old one.
+#[test]
+fn passwd_by_passphrase_keeps_store_key_unless_a_new_recovery_key_is_issued() {
+    let (_t, d, rk) = new_volume_with_recovery_key();
+    let paths = VolumePaths::new(&d);
+    let old_copy = std::fs::read(paths.keystore()).unwrap();
+    let old_key = seal::unseal(&old_copy, &with("old pass"))
+        .unwrap()
+        .store_key;
+    let done = passwd(&d, &with("old pass"), &pw("second"), None).unwrap();
+    assert!(!done.new_store_key);
+    assert!(open_body_with(&std::fs::read(paths.keystore()).unwrap(), &old_key).is_some());
+    assert!(unlock(&d, &Unlock::RecoveryKey(rk.clone())).is_ok());
+    // With a new recovery key: a new store key, the old recovery key stops working.
+    let rk2 = Key256::generate();
+    let done = change_passphrase(&d, &with("second"), &pw("third"), None, Some(&rk2)).unwrap();
+    assert!(done.new_store_key);
+    assert!(open_body_with(&std::fs::read(paths.keystore()).unwrap(), &old_key).is_none());
+    assert!(matches!(
+        unlock(&d, &Unlock::RecoveryKey(rk)),
+        Err(VolumeError::WrongPassphrase)
+    ));
+    assert!(unlock(&d, &Unlock::RecoveryKey(rk2)).is_ok());
+    assert!(unlock(&d, &with("third")).is_ok());
+    assert_eq!(VolumeInfo::read(&d).unwrap().unlock_slots.len(), 2);
 }
 
 /// A deletion whose waiting period has ended cannot be cancelled any more (AWS KMS: the key is

@@ -20,8 +20,9 @@ use std::sync::RwLock;
 pub use lifecycle::{AdminError, KeyMetadata};
 pub use store::{KeyState, KeyStore, KmsKey};
 pub use volume::{
-    InitOptions, Unlocked, VolumeInfo, VolumePaths, format_recovery_key, init, parse_recovery_key,
-    passwd, probe, unlock,
+    InitOptions, PasswdOutcome, PendingPasswd, Unlocked, VolumeInfo, VolumePaths,
+    change_passphrase, format_recovery_key, init, parse_recovery_key, passwd, prepare_passwd,
+    probe, unlock,
 };
 
 use crate::crypto::{Aead, KdfError, Key256, Passphrase};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::seal::{Unsealed, make_slot, seal, unseal};
+use super::seal::{Unsealed, make_slot, seal, slot_opens, unseal};
 use super::store::{KeyStore, KmsKey, STORE_FORMAT};
 use super::{Unlock, VolumeError, now_unix};
 use crate::crypto::{KdfParams, Key256, Passphrase, ct_eq, hex, sha256};
@@ -453,35 +453,132 @@ pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
     })
 }
 
+/// What [`passwd`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswdOutcome {
+    /// The key store was sealed under a new store key: copies of the key store from before no
+    /// longer open with anything that opens the new one (and the old passphrase opens only them).
+    /// `false` when a recovery slot could not be re-wrapped (a passphrase unlock without a new
+    /// recovery key): the store key was kept, and old copies still open with the old passphrase.
+    pub new_store_key: bool,
+}
+
 /// Re-seals the key store under `new` after unlocking with `old` (passphrase or recovery key).
-/// Files are not touched. Both the primary and the backup are rewritten, so the old passphrase
-/// stops working at once.
+/// Files are not touched. Both the backup and the primary are rewritten, so the old passphrase
+/// stops working at once. See [`change_passphrase`].
 pub fn passwd(
     dir: &Path,
     old: &Unlock,
     new: &Passphrase,
     kdf: Option<KdfParams>,
-) -> Result<(), VolumeError> {
+) -> Result<PasswdOutcome, VolumeError> {
+    change_passphrase(dir, old, new, kdf, None)
+}
+
+/// [`passwd`], optionally replacing the recovery key by `new_recovery`.
+///
+/// A new store key is generated whenever every unlock slot can be wrapped again: the volume has
+/// no recovery slot, the unlock was with the recovery key (its slot is re-wrapped), or a new
+/// recovery key is given. Otherwise (a passphrase unlock of a volume with a recovery key) the
+/// store key is kept, since the recovery slot can only be re-wrapped with the recovery key.
+/// Keeping it means that the old passphrase still opens copies of the key store made before,
+/// and with the store key from them every later key store.
+///
+/// The new generation is written to `keystore.bak` first, then to `keystore`: stopped in
+/// between, the old passphrase opens the primary (the generation before, complete) and the new
+/// one the backup (the new generation, the same content).
+pub fn change_passphrase(
+    dir: &Path,
+    old: &Unlock,
+    new: &Passphrase,
+    kdf: Option<KdfParams>,
+    new_recovery: Option<&Key256>,
+) -> Result<PasswdOutcome, VolumeError> {
+    prepare_passwd(dir, old, new, kdf, new_recovery)?.commit()
+}
+
+/// A passphrase change unlocked and sealed, not yet written (so that a new recovery key can be
+/// handed out between the unlock and the write).
+pub struct PendingPasswd {
+    paths: VolumePaths,
+    sealed: Vec<u8>,
+    outcome: PasswdOutcome,
+}
+
+impl PendingPasswd {
+    /// Writes the new generation (backup first, see [`change_passphrase`]).
+    pub fn commit(self) -> Result<PasswdOutcome, VolumeError> {
+        write_both(&self.paths, &self.sealed)?;
+        Ok(self.outcome)
+    }
+}
+
+/// The first half of [`change_passphrase`]: unlocks and seals the new generation.
+pub fn prepare_passwd(
+    dir: &Path,
+    old: &Unlock,
+    new: &Passphrase,
+    kdf: Option<KdfParams>,
+    new_recovery: Option<&Key256>,
+) -> Result<PendingPasswd, VolumeError> {
     if new.is_empty() {
         return Err(VolumeError::Invalid("the new passphrase is empty".into()));
     }
-    let mut u = unlock(dir, old)?;
+    let u = unlock(dir, old)?;
+    u.check_primary_not_newer()?;
     let params = kdf.unwrap_or(u.config.kdf.params);
-    let slot = make_slot(
-        &u.store.volume_id,
+    let volume = u.store.volume_id;
+    let new_store_key = new_recovery.is_some() || recovery_slots_rewrappable(&u, old);
+    let store_key = if new_store_key {
+        Key256::generate()
+    } else {
+        u.store_key.clone()
+    };
+    let mut slots = vec![make_slot(
+        &volume,
         &Unlock::Passphrase(new.clone()),
         &params,
-        &u.store_key,
-    )?;
-    u.slots.retain(|s| s.kind != SlotKind::Passphrase);
-    u.slots.insert(0, slot);
-    let next = u.generation + 1;
-    let bytes = seal(&u.store, &u.store_key, &u.slots, next);
-    let ks = u.paths.keystore();
-    atomic_write(&ks, &bytes, 0o600, None).map_err(io_err(&ks))?;
-    let bak = u.paths.keystore_backup();
-    atomic_write(&bak, &bytes, 0o600, None).map_err(io_err(&bak))?;
-    Ok(())
+        &store_key,
+    )?];
+    match (new_recovery, old) {
+        (Some(rk), _) => slots.push(make_slot(
+            &volume,
+            &Unlock::RecoveryKey(rk.clone()),
+            &params,
+            &store_key,
+        )?),
+        // Every recovery slot opens with this key (checked above): one slot for it.
+        (None, Unlock::RecoveryKey(rk)) if new_store_key => {
+            if u.slots.iter().any(|s| s.kind == SlotKind::RecoveryKey) {
+                slots.push(make_slot(
+                    &volume,
+                    &Unlock::RecoveryKey(rk.clone()),
+                    &params,
+                    &store_key,
+                )?);
+            }
+        }
+        _ => slots.extend(
+            u.slots
+                .iter()
+                .filter(|s| s.kind != SlotKind::Passphrase)
+                .cloned(),
+        ),
+    }
+    Ok(PendingPasswd {
+        sealed: seal(&u.store, &store_key, &slots, u.generation + 1),
+        paths: u.paths,
+        outcome: PasswdOutcome { new_store_key },
+    })
+}
+
+/// Whether every recovery slot of `u` can be wrapped again under a new store key: there is none,
+/// or `old` is a recovery key that opens each of them.
+fn recovery_slots_rewrappable(u: &Unlocked, old: &Unlock) -> bool {
+    u.slots
+        .iter()
+        .filter(|s| s.kind == SlotKind::RecoveryKey)
+        .all(|s| matches!(old, Unlock::RecoveryKey(_)) && slot_opens(&u.store.volume_id, s, old))
 }
 
 /// What `kmsfs info` shows: readable without the passphrase.
