@@ -121,6 +121,74 @@ fn err(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// After a passphrase change, an older backup (which opens with the old passphrase) is still a
+/// rollback: refused without --allow-rollback; with it, the replaced key store is kept beside,
+/// and the output says which passphrase opens the volume now.
+#[test]
+fn restore_after_passwd_is_a_rollback() {
+    let v = Volume::new(&[]);
+    let backup = v.tmp.path().join("ks.backup");
+    assert!(
+        ks(&v, &["export", backup.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let newpass = v.tmp.path().join("new");
+    std::fs::write(&newpass, "a new passphrase\n").unwrap();
+    let old = ["--passfile", v.passfile.to_str().unwrap()];
+    let o = passwd(&v, &old, &newpass, &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        key(&v, &newpass, &["create", "--alias", "alias/later"])
+            .status
+            .success()
+    );
+    let o = ks(&v, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("--allow-rollback"), "{}", err(&o));
+    let list = key(&v, &newpass, &["list", "--json"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("alias/later"));
+    let o = ks(
+        &v,
+        &["restore", backup.to_str().unwrap(), "--allow-rollback"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("when the backup was made"), "{}", err(&o));
+    assert!(err(&o).contains("keystore.before-restore"), "{}", err(&o));
+    assert!(v.cipher.join(".kmsfs/keystore.before-restore").exists());
+}
+
+/// A damaged backup file is reported as the backup, named, exit 13; the volume is untouched.
+#[test]
+fn damaged_backup_file_is_reported_as_the_backup() {
+    use base64::Engine as _;
+    let v = Volume::new(&[]);
+    let backup = v.tmp.path().join("ks.backup");
+    assert!(
+        ks(&v, &["export", backup.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let mut j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&backup).unwrap()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut sealed = b64.decode(j["keystore"].as_str().unwrap()).unwrap();
+    let n = sealed.len();
+    sealed[n - 3] ^= 1;
+    j["keystore"] = b64.encode(&sealed).into();
+    std::fs::write(&backup, serde_json::to_vec(&j).unwrap()).unwrap();
+    let o = ks(&v, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(13), "{}", err(&o));
+    assert!(err(&o).contains(backup.to_str().unwrap()), "{}", err(&o));
+    assert!(err(&o).contains("backup"), "{}", err(&o));
+    assert!(
+        !err(&o).contains("no backup generation opens"),
+        "{}",
+        err(&o)
+    );
+    assert!(key(&v, &v.passfile, &["list"]).status.success());
+}
+
 /// passwd on a volume with a recovery key, unlocked by passphrase: the store key is kept and a
 /// note says what that means; with --new-recovery-key-file a new recovery key (mode 0600)
 /// replaces the old one, and no note.

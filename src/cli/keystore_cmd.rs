@@ -127,6 +127,17 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
                      log: {e}"
                 ),
             }
+            // The restored store holds the unlock slots of the time of the export.
+            eprintln!(
+                "kmsfs: note: the volume now opens with the passphrase and recovery key it had \
+                 when the backup was made; any set later no longer open it"
+            );
+            for k in &i.kept {
+                eprintln!(
+                    "kmsfs: the key store copy it replaced is kept as {}",
+                    k.display()
+                );
+            }
             (i, format!("restored from {}", file.display()))
         }
     };

@@ -296,6 +296,89 @@ fn passwd_by_passphrase_keeps_store_key_unless_a_new_recovery_key_is_issued() {
     assert_eq!(VolumeInfo::read(&d).unwrap().unlock_slots.len(), 2);
 }
 
+/// A restore after a passphrase change is a rollback like any other: refused without
+/// --allow-rollback (generations read from the envelope headers), and with it the replaced
+/// key store is kept as `keystore.before-restore`.
+#[test]
+fn restore_after_passwd_refuses_rollback_and_keeps_replaced_store() {
+    let (t, d) = new_volume();
+    let file = t.path().join("ks.backup");
+    backup::export(&d, &with("old pass"), &file).unwrap();
+    passwd(&d, &with("old pass"), &pw("new pass"), None).unwrap();
+    let km = KeyManager::new(unlock(&d, &with("new pass")).unwrap());
+    let x = create_key(&km, "after the backup");
+    let gen_before = km.read().generation();
+    drop(km);
+    let r = backup::restore(&d, &with("old pass"), &file, false);
+    assert!(
+        matches!(&r, Err(VolumeError::Invalid(m)) if m.contains(&format!("generation {gen_before}"))),
+        "{r:?}"
+    );
+    // Nothing changed.
+    assert!(
+        unlock(&d, &with("new pass"))
+            .unwrap()
+            .store
+            .key(&x)
+            .is_some()
+    );
+    let cd = VolumePaths::new(&d).control_dir();
+    assert!(!cd.join("keystore.before-restore").exists());
+    // Allowed: done, and the replaced store (and its backup) stay on disk.
+    let (info, u) = backup::restore(&d, &with("old pass"), &file, true).unwrap();
+    assert!(info.generation < gen_before);
+    assert!(u.store.key(&x).is_none());
+    drop(u);
+    let kept = open_copy(&cd.join("keystore.before-restore"), &with("new pass")).unwrap();
+    assert!(kept.key(&x).is_some());
+    assert!(cd.join("keystore.bak.before-restore").exists());
+    // A second restore does not overwrite the first one's copies.
+    backup::restore(&d, &with("old pass"), &file, true).unwrap();
+    let kept = open_copy(&cd.join("keystore.before-restore"), &with("new pass")).unwrap();
+    assert!(kept.key(&x).is_some());
+    assert!(cd.join("keystore.before-restore.1").exists());
+}
+
+/// The rollback check counts `keystore.bak` too: a primary lost, a newer backup generation in
+/// place.
+#[test]
+fn restore_refuses_a_backup_older_than_keystore_bak() {
+    let (t, d) = new_volume();
+    let file = t.path().join("ks.backup");
+    backup::export(&d, &with("old pass"), &file).unwrap();
+    let km = KeyManager::new(unlock(&d, &with("old pass")).unwrap());
+    create_key(&km, "a");
+    create_key(&km, "b");
+    drop(km);
+    let paths = VolumePaths::new(&d);
+    std::fs::remove_file(paths.keystore()).unwrap();
+    assert!(backup::restore(&d, &with("old pass"), &file, false).is_err());
+    assert!(backup::restore(&d, &with("old pass"), &file, true).is_ok());
+}
+
+/// A damaged backup file is reported as such, naming it, not as the volume's key store.
+#[test]
+fn damaged_backup_file_is_named() {
+    use base64::Engine as _;
+    let (t, d) = new_volume();
+    let file = t.path().join("ks.backup");
+    backup::export(&d, &with("old pass"), &file).unwrap();
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut ks = b64.decode(j["keystore"].as_str().unwrap()).unwrap();
+    let n = ks.len();
+    ks[n - 3] ^= 1;
+    j["keystore"] = b64.encode(&ks).into();
+    std::fs::write(&file, serde_json::to_vec(&j).unwrap()).unwrap();
+    match backup::restore(&d, &with("old pass"), &file, false) {
+        Err(e @ VolumeError::BackupCorrupt { .. }) => {
+            assert!(e.to_string().contains(&file.display().to_string()), "{e}")
+        }
+        r => panic!("{r:?}"),
+    }
+    assert!(unlock(&d, &with("old pass")).unwrap().used_backup.is_none());
+}
+
 /// A deletion whose waiting period has ended cannot be cancelled any more (AWS KMS: the key is
 /// gone); the next tick destroys it.
 #[test]

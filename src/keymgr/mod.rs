@@ -61,6 +61,10 @@ pub enum VolumeError {
     /// Neither the key store nor its backup generation is usable.
     #[error("key store is damaged and no backup generation opens: {0}")]
     KeyStoreCorrupt(String),
+    /// A key-store backup file (`keystore restore`) whose key store envelope is damaged: the
+    /// volume's own key store is not concerned.
+    #[error("key-store backup {} is damaged: {why}", path.display())]
+    BackupCorrupt { path: PathBuf, why: String },
     /// The key store opened but the volume config does not match what it was created with.
     #[error(
         "volume config .kmsfs/volume.json was modified (its digest does not match the key store)"
