@@ -189,6 +189,37 @@ fn damaged_backup_file_is_reported_as_the_backup() {
     assert!(key(&v, &v.passfile, &["list"]).status.success());
 }
 
+/// Offline commands say so when the key store was opened from keystore.bak.
+#[test]
+fn offline_commands_warn_when_the_backup_generation_opened() {
+    let v = Volume::new(&[]);
+    assert!(
+        key(&v, &v.passfile, &["create", "--alias", "alias/a"])
+            .status
+            .success()
+    );
+    let p = v.cipher.join(".kmsfs/keystore");
+    let mut b = std::fs::read(&p).unwrap();
+    let n = b.len();
+    b[n - 2] ^= 1;
+    std::fs::write(&p, &b).unwrap();
+    let o = key(&v, &v.passfile, &["list"]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("opened the backup generation"),
+        "{}",
+        err(&o)
+    );
+    let backup = v.tmp.path().join("ks.backup");
+    let o = ks(&v, &["export", backup.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("opened the backup generation"),
+        "{}",
+        err(&o)
+    );
+}
+
 /// passwd on a volume with a recovery key, unlocked by passphrase: the store key is kept and a
 /// note says what that means; with --new-recovery-key-file a new recovery key (mode 0600)
 /// replaces the old one, and no note.

@@ -84,6 +84,8 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
         KeystoreOp::Export { file, .. } => {
             // Recorded before the key store leaves the volume (fail-closed).
             let u = crate::keymgr::unlock(cipherdir, &how)?;
+            // The backup would hold the generation before the last change.
+            super::warn_if_backup(&u);
             let log = open_log(&u).map_err(audit_error)?;
             let detail = format!("generation {} to {}", u.generation(), file.display());
             append(&log, "KeyStoreExport", detail.clone()).map_err(audit_error)?;
