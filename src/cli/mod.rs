@@ -182,8 +182,8 @@ pub fn main() -> i32 {
 pub(crate) fn warn_if_backup(u: &crate::keymgr::Unlocked) {
     if let Some(why) = &u.used_backup {
         eprintln!(
-            "kmsfs: warning: key store damaged ({why}); opened the backup generation {} (the one \
-             before the last change)",
+            "kmsfs: warning: the primary key store did not open ({why}); opened the backup \
+             generation {} (the one before the last change)",
             u.generation()
         );
     }

@@ -416,7 +416,15 @@ pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
             Err(_) => return Err(VolumeError::WrongPassphrase),
         },
         Err(primary) => match try_open(&paths.keystore_backup()) {
-            Ok(u) => (u, Some(primary.to_string()), false),
+            // Why the primary failed, without the "no backup generation opens" of the error's
+            // own text: the backup did open.
+            Ok(u) => {
+                let why = match primary {
+                    VolumeError::KeyStoreCorrupt(m) => m,
+                    e => e.to_string(),
+                };
+                (u, Some(why), false)
+            }
             Err(VolumeError::WrongPassphrase) => {
                 return Err(VolumeError::KeyStoreCorrupt(format!(
                     "{primary}; the backup refused the passphrase"
