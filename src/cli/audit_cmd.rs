@@ -298,6 +298,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
                 .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
             crate::keymgr::probe(&root)?;
             let u = crate::keymgr::unlock(&root, &a.unlock.source().get()?)?;
+            super::warn_if_backup(&u);
             Source::Offline {
                 keys: Box::new(AuditKeys::new(&u.store.volume_secret)),
                 control: u.paths.control_dir(),

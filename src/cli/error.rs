@@ -45,7 +45,9 @@ impl From<VolumeError> for CliError {
             ) => code::UNSUPPORTED_VOLUME,
             VolumeError::Config(ConfigError::Format(_)) => code::CORRUPT,
             VolumeError::WrongPassphrase => code::WRONG_PASSPHRASE,
-            VolumeError::KeyStoreCorrupt(_) | VolumeError::ConfigTampered => code::CORRUPT,
+            VolumeError::KeyStoreCorrupt(_)
+            | VolumeError::ConfigTampered
+            | VolumeError::BackupCorrupt { .. } => code::CORRUPT,
             VolumeError::Kdf(_) | VolumeError::Io { .. } | VolumeError::Invalid(_) => code::ERROR,
         };
         let hint = match &e {
@@ -55,6 +57,9 @@ impl From<VolumeError> for CliError {
             VolumeError::KeyStoreCorrupt(_) => {
                 Some("restore .kmsfs/keystore from a backup of the cipher directory")
             }
+            VolumeError::BackupCorrupt { .. } => Some(
+                "the volume's key store was not changed; restore from another copy of the backup",
+            ),
             _ => None,
         };
         CliError {

@@ -213,6 +213,7 @@ pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliEr
         }
     })?;
     let u = crate::keymgr::unlock(&root, &unlock.source().get()?)?;
+    super::warn_if_backup(&u);
     let plaintext_names = u
         .config
         .has_feature(crate::format::config::FEATURE_PLAINTEXT_NAMES);

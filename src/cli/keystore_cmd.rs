@@ -84,6 +84,8 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
         KeystoreOp::Export { file, .. } => {
             // Recorded before the key store leaves the volume (fail-closed).
             let u = crate::keymgr::unlock(cipherdir, &how)?;
+            // The backup would hold the generation before the last change.
+            super::warn_if_backup(&u);
             let log = open_log(&u).map_err(audit_error)?;
             let detail = format!("generation {} to {}", u.generation(), file.display());
             append(&log, "KeyStoreExport", detail.clone()).map_err(audit_error)?;
@@ -126,6 +128,17 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
                     "kmsfs: warning: the restore is done but could not be recorded in the audit \
                      log: {e}"
                 ),
+            }
+            // The restored store holds the unlock slots of the time of the export.
+            eprintln!(
+                "kmsfs: note: the volume now opens with the passphrase and recovery key it had \
+                 when the backup was made; any set later no longer open it"
+            );
+            for k in &i.kept {
+                eprintln!(
+                    "kmsfs: the key store copy it replaced is kept as {}",
+                    k.display()
+                );
             }
             (i, format!("restored from {}", file.display()))
         }

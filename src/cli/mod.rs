@@ -176,6 +176,19 @@ pub fn main() -> i32 {
     }
 }
 
+/// Warns (stderr) when the key store was opened from `keystore.bak`: the primary did not open
+/// (damaged, or sealed under another passphrase), and what is used is the generation before the
+/// last change. Every command that unlocks a volume says it, not only `mount`.
+pub(crate) fn warn_if_backup(u: &crate::keymgr::Unlocked) {
+    if let Some(why) = &u.used_backup {
+        eprintln!(
+            "kmsfs: warning: the primary key store did not open ({why}); opened the backup \
+             generation {} (the one before the last change)",
+            u.generation()
+        );
+    }
+}
+
 fn report(e: CliError) -> i32 {
     eprintln!("kmsfs: {}", e.message);
     if let Some(h) = e.hint {

@@ -291,9 +291,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let unlock = a.unlock.source().get()?;
     let unlocked = crate::keymgr::unlock(&cipherdir, &unlock)?;
     drop(unlock);
-    if let Some(why) = &unlocked.used_backup {
-        eprintln!("kmsfs: warning: key store damaged ({why}); opened the backup generation");
-    }
+    super::warn_if_backup(&unlocked);
     let block_size = unlocked.config.block_size;
     let plaintext_names = unlocked
         .config

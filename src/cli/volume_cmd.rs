@@ -1,7 +1,7 @@
 //! `kmsfs init`, `kmsfs passwd`, `kmsfs info`, `kmsfs upgrade`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -76,62 +76,74 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
         return Err(crate::keymgr::VolumeError::NotEmpty(a.cipherdir.clone()).into());
     }
     // Open the recovery-key file before creating anything, so the key is never lost.
-    let rk_file = match &a.recovery_key_file {
-        Some(f) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(f)
-                    .map_err(|e| {
-                        CliError::new(
-                            code::ERROR,
-                            format!("cannot create recovery key file {}: {e}", f.display()),
-                        )
-                    })?,
-            )
-        }
-        None => None,
-    };
+    let rk_file = a
+        .recovery_key_file
+        .as_deref()
+        .map(create_recovery_key_file)
+        .transpose()?;
     let pass = a.pass.source().new_passphrase("New passphrase")?;
     let rk = crate::keymgr::init(&a.cipherdir, &pass, &opts)?;
     println!("Created kmsfs volume in {}", a.cipherdir.display());
     if let Some(rk) = rk {
-        let shown = zeroize::Zeroizing::new(format_recovery_key(&rk));
-        match (rk_file, &a.recovery_key_file) {
-            (Some(mut file), Some(f)) => {
-                let written = writeln!(file, "{}", shown.as_str()).and_then(|()| file.sync_all());
-                if let Err(e) = written {
-                    // Never lose the key: show it instead.
-                    eprintln!(
-                        "kmsfs: could not write the recovery key to {}: {e}",
-                        f.display()
-                    );
-                    println!(
-                        "Your recovery key (shown only this once; keep it offline):\n\n    {}\n",
-                        shown.as_str()
-                    );
-                } else {
-                    println!(
-                        "Recovery key written to {}. Keep it offline: it unlocks the volume without the passphrase.",
-                        f.display()
-                    );
-                }
-            }
-            _ => {
-                println!();
-                println!(
-                    "Your recovery key (shown only this once; keep it offline, it unlocks the volume without the passphrase):"
-                );
-                println!();
-                println!("    {}", shown.as_str());
-                println!();
-            }
-        }
+        show_recovery_key(
+            &rk,
+            rk_file,
+            a.recovery_key_file.as_deref(),
+            "Your recovery key",
+        );
     }
     Ok(())
+}
+
+/// Creates the file a recovery key goes to (mode 0600; refused if it exists).
+fn create_recovery_key_file(f: &Path) -> Result<std::fs::File, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(f)
+        .map_err(|e| {
+            CliError::new(
+                code::ERROR,
+                format!("cannot create recovery key file {}: {e}", f.display()),
+            )
+        })
+}
+
+/// Writes the recovery key `rk` to `file` (opened from `path`), or prints it once when there is
+/// no file or writing it failed (the key is never lost).
+fn show_recovery_key(
+    rk: &crate::crypto::Key256,
+    file: Option<std::fs::File>,
+    path: Option<&Path>,
+    what: &str,
+) {
+    let shown = zeroize::Zeroizing::new(format_recovery_key(rk));
+    if let (Some(mut file), Some(f)) = (file, path) {
+        let written = writeln!(file, "{}", shown.as_str()).and_then(|()| file.sync_all());
+        match written {
+            Ok(()) => {
+                println!(
+                    "{what} written to {}. Keep it offline: it unlocks the volume without the passphrase.",
+                    f.display()
+                );
+                return;
+            }
+            // Never lose the key: show it instead.
+            Err(e) => eprintln!(
+                "kmsfs: could not write the recovery key to {}: {e}",
+                f.display()
+            ),
+        }
+    }
+    println!();
+    println!(
+        "{what} (shown only this once; keep it offline, it unlocks the volume without the passphrase):"
+    );
+    println!();
+    println!("    {}", shown.as_str());
+    println!();
 }
 
 #[derive(Args, Debug)]
@@ -145,22 +157,73 @@ pub struct PasswdArgs {
     /// Run CMD and use the first line of its output as the new passphrase.
     #[arg(long, value_name = "CMD")]
     new_extpass: Option<String>,
+    /// Also issue a new recovery key (printed once; the old one stops working), so that the key
+    /// store gets a new store key even when unlocked with the passphrase.
+    #[arg(long, conflicts_with = "new_recovery_key_file")]
+    new_recovery_key: bool,
+    /// Like --new-recovery-key, but write the new recovery key to FILE (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    new_recovery_key_file: Option<PathBuf>,
 }
 
 pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
     crate::keymgr::probe(&a.cipherdir)?;
     // A running mount would write its old unlock slots back: refuse while mounted.
     let _lock = lock_unmounted(&a.cipherdir, "changing its passphrase")?;
+    let rk_file = a
+        .new_recovery_key_file
+        .as_deref()
+        .map(create_recovery_key_file)
+        .transpose()?;
     let old = a.old.source().get()?;
     let new = super::SecretSource {
         passfile: a.new_passfile.clone(),
         extpass: a.new_extpass.clone(),
     }
     .new_passphrase("New passphrase")?;
-    crate::keymgr::passwd(&a.cipherdir, &old, &new, None)?;
+    let rk = (a.new_recovery_key || rk_file.is_some()).then(crate::crypto::Key256::generate);
+    let pending = crate::keymgr::prepare_passwd(&a.cipherdir, &old, &new, None, rk.as_ref())
+        .inspect_err(|_| {
+            // Nothing was written: the empty key file made above would only be in the way.
+            if let Some(f) = &a.new_recovery_key_file {
+                let _ = std::fs::remove_file(f);
+            }
+        })?;
+    // Handed out before the key store is written: a stop after the first of its two writes
+    // leaves the new recovery key in force in `keystore.bak`, so it must not be lost.
+    if let Some(rk) = &rk {
+        show_recovery_key(
+            rk,
+            rk_file,
+            a.new_recovery_key_file.as_deref(),
+            "New recovery key (valid once the passphrase change succeeds)",
+        );
+    }
+    let done = pending.commit().map_err(|e| {
+        let e = CliError::from(e);
+        if rk.is_some() {
+            e.hint(
+                "the passphrase change did not complete; keep the old recovery key as well as \
+                 the new one until a change succeeds",
+            )
+        } else {
+            e
+        }
+    })?;
     println!("Passphrase changed for {}", a.cipherdir.display());
+    if !done.new_store_key {
+        eprintln!("{KEPT_STORE_KEY_NOTE}");
+    }
     Ok(())
 }
+
+/// Printed when `passwd` had to keep the store key (see `keymgr::change_passphrase`).
+const KEPT_STORE_KEY_NOTE: &str = "kmsfs: note: the volume has a recovery key, which was not \
+given, so its store key was kept: copies of the key store made before this change (backups of \
+the cipher directory, synced versions, `kmsfs keystore export` files) still open with the old \
+passphrase, and hold the store key that opens the key store from now on too. To cut them off, \
+run `kmsfs passwd` again unlocking with --recovery-key, or with --new-recovery-key \
+(or --new-recovery-key-file FILE) to issue a new recovery key.";
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {

@@ -580,7 +580,7 @@ impl Executor<'_> {
             }
             Request::CancelKeyDeletion { key: k } => {
                 let id = decided(k)?;
-                km.admin(|s, _| lifecycle::cancel_deletion(s, &id))?;
+                km.admin(|s, now| lifecycle::cancel_deletion(s, &id, now))?;
                 done()
             }
             Request::RotateKeyOnDemand { key: k } => {

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::seal::unseal;
-use super::volume::{config_matches, io_err};
+use super::volume::{config_matches, envelope_generation, io_err};
 use super::{Unlock, Unlocked, VolumeError, VolumePaths, probe, unlock};
 use crate::crypto::hex;
 use crate::fsutil::atomic_write;
@@ -40,6 +40,9 @@ pub struct BackupInfo {
     pub generation: u64,
     pub created: u64,
     pub keys: usize,
+    /// A restore: where the key store copies it replaced were kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<std::path::PathBuf>,
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -78,6 +81,7 @@ pub fn export_unlocked(
         generation: u.generation(),
         created: super::now_unix(),
         keys: u.store.keys.len(),
+        kept: Vec::new(),
     };
     let file = BackupFile {
         format: FORMAT.into(),
@@ -92,6 +96,66 @@ pub fn export_unlocked(
         serde_json::to_vec_pretty(&file).map_err(|e| VolumeError::Invalid(e.to_string()))?;
     atomic_write(out, &bytes, 0o600, None).map_err(io_err(out))?;
     Ok((info, u))
+}
+
+/// Refuses a backup of generation `backup` when either key store copy in place is of a newer
+/// generation (unless `allow_rollback`). The generations come from the envelope headers, which
+/// need no secret: the copies in place may not open with the backup's passphrase (it was changed
+/// since), and must be counted all the same.
+fn refuse_rollback(
+    paths: &VolumePaths,
+    backup: u64,
+    allow_rollback: bool,
+) -> Result<(), VolumeError> {
+    let newest = [paths.keystore(), paths.keystore_backup()]
+        .iter()
+        .filter_map(|p| envelope_generation(p))
+        .max();
+    match newest {
+        Some(g) if g > backup && !allow_rollback => Err(VolumeError::Invalid(format!(
+            "the backup is generation {backup} but the volume's key store is at generation {g}: \
+             restoring it would bring back keys destroyed since, drop later changes and bring \
+             back the passphrase and recovery key of the time of the export (use \
+             --allow-rollback to do it anyway)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Copies `keystore` and `keystore.bak` (those there are) to `keystore.before-restore` and
+/// `keystore.bak.before-restore`. Copies of an earlier restore are not overwritten: they are
+/// the state before that one, and the file name gets the first free `.N` suffix instead.
+/// Returns the copies made.
+fn keep_before_restore(paths: &VolumePaths) -> Result<Vec<std::path::PathBuf>, VolumeError> {
+    let mut kept = Vec::new();
+    for from in [paths.keystore(), paths.keystore_backup()] {
+        let bytes = match std::fs::read(&from) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&from)(e)),
+        };
+        let name = format!(
+            "{}.before-restore",
+            from.file_name()
+                .map_or_else(Default::default, |n| n.to_string_lossy())
+        );
+        let to = free_name(&paths.control_dir(), &name);
+        atomic_write(&to, &bytes, 0o600, None).map_err(io_err(&to))?;
+        kept.push(to);
+    }
+    Ok(kept)
+}
+
+/// `dir/name`, or `dir/name.N` with the smallest N ≥ 1 not taken when that exists.
+fn free_name(dir: &Path, name: &str) -> std::path::PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (1u32..)
+        .map(|n| dir.join(format!("{name}.{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
 }
 
 /// Restores the backup `from` into the volume in `dir` (unmounted). `how` must open the backup.
@@ -118,8 +182,16 @@ pub fn restore(
     let config = b64()
         .decode(&file.volume_config)
         .map_err(|e| bad(format!("volume config: {e}")))?;
-    // The backup must open, and its config must be the one its key store was made with.
-    let u = unseal(&sealed, how)?;
+    // The backup must open, and its config must be the one its key store was made with. A
+    // backup that does not open for another reason than the passphrase is the damaged one, not
+    // the volume's key store.
+    let u = unseal(&sealed, how).map_err(|e| match e {
+        VolumeError::KeyStoreCorrupt(why) => VolumeError::BackupCorrupt {
+            path: from.to_path_buf(),
+            why,
+        },
+        e => e,
+    })?;
     if !config_matches(&config, &u.store.config_digest) {
         return Err(bad("its volume config does not match its key store".into()));
     }
@@ -135,32 +207,24 @@ pub fn restore(
                 dir.display()
             )));
         }
-        if let Ok(cur) = unlock(dir, how) {
-            if cur.generation() > u.envelope.generation && !allow_rollback {
-                return Err(VolumeError::Invalid(format!(
-                    "the backup is generation {} but the volume's key store is at generation {}: restoring it would bring back keys destroyed since and drop later changes (use --allow-rollback to do it anyway)",
-                    u.envelope.generation,
-                    cur.generation()
-                )));
-            }
-            keep_current_as_backup = cur.used_backup.is_none();
-        }
+        refuse_rollback(&paths, u.envelope.generation, allow_rollback)?;
+        // Whether the primary in place is good enough to become `keystore.bak` (not a damaged
+        // one over a good backup). It may not open with the backup's passphrase at all (one
+        // changed since): then it is kept only beside the restored store (below).
+        keep_current_as_backup = unlock(dir, how).is_ok_and(|cur| cur.used_backup.is_none());
     }
     std::fs::create_dir_all(paths.control_dir()).map_err(io_err(&paths.control_dir()))?;
+    // Whatever happens next, the key store being replaced stays on disk.
+    let kept = keep_before_restore(&paths)?;
     match probe(dir) {
         // The backup was made with another config (before `kmsfs upgrade`, say): both change
         // together, and both key store copies hold the backup (the current one has the other
         // config's digest).
         Ok((_, current)) if current != config => {
-            // Both copies are replaced: the key store in place (and its config) is kept
-            // beside them, as a restore otherwise keeps it as `keystore.bak`.
-            let cd = paths.control_dir();
-            if let Ok(ks) = std::fs::read(paths.keystore()) {
-                let p = cd.join("keystore.before-restore");
-                atomic_write(&p, &ks, 0o600, None).map_err(io_err(&p))?;
-                let p = cd.join("volume.json.before-restore");
-                atomic_write(&p, &current, 0o644, None).map_err(io_err(&p))?;
-            }
+            // Both copies are replaced: the config in place is kept beside them, as the key
+            // store was (above).
+            let p = paths.control_dir().join("volume.json.before-restore");
+            atomic_write(&p, &current, 0o644, None).map_err(io_err(&p))?;
             super::upgrade::install(&paths, &config, &sealed)?;
         }
         current => {
@@ -186,6 +250,7 @@ pub fn restore(
             generation: check.generation(),
             created: file.created,
             keys: check.store.keys.len(),
+            kept,
         },
         check,
     ))

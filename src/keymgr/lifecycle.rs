@@ -136,10 +136,8 @@ pub fn describe(st: &KeyStore, id: &KeyId) -> R<KeyMetadata> {
             enabled: k.rotation.enabled,
             period_days: k.rotation.period_days,
             last_rotation: k.last_rotation,
-            next_rotation: k
-                .rotation
-                .enabled
-                .then(|| k.last_rotation + u64::from(k.rotation.period_days) * DAY),
+            next_rotation: (k.rotation.enabled && !k.has_imported_material())
+                .then(|| k.next_automatic_rotation()),
         },
         versions: k
             .versions
@@ -350,8 +348,11 @@ pub fn schedule_deletion(st: &mut KeyStore, id: &KeyId, days: u32, now: u64) -> 
     }
 }
 
-/// Cancels a scheduled deletion; the key becomes Disabled (as in AWS KMS).
-pub fn cancel_deletion(st: &mut KeyStore, id: &KeyId) -> R<()> {
+/// Cancels a scheduled deletion; the key becomes Disabled (as in AWS KMS). Refused once the
+/// deletion date has passed (`now`): the key is then due for destruction, which runs at the next
+/// mount or maintenance tick, and in AWS KMS it is gone (a volume left unmounted over the date
+/// must not let a scheduled destruction be undone).
+pub fn cancel_deletion(st: &mut KeyStore, id: &KeyId, now: u64) -> R<()> {
     let k = key_mut(st, id)?;
     if k.state != KeyState::PendingDeletion {
         return Err(AdminError::InvalidState {
@@ -360,6 +361,15 @@ pub fn cancel_deletion(st: &mut KeyStore, id: &KeyId) -> R<()> {
             op: "cancel-deletion",
             need: "PendingDeletion",
         });
+    }
+    if let Some(d) = k.deletion_date.filter(|d| *d <= now) {
+        return Err(AdminError::Invalid(format!(
+            "the deletion waiting period of key {id} ended on {}: it can no longer be cancelled, \
+             and the key will be destroyed at the next mount or maintenance",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(d)
+            )
+        )));
     }
     k.state = KeyState::Disabled;
     k.deletion_date = None;
@@ -408,7 +418,24 @@ fn add_version(k: &mut KmsKey, material: Key256, origin: VersionOrigin, now: u64
         destroyed: None,
     });
     k.last_rotation = now;
+    // Only an automatic rotation moves the automatic schedule (see `KmsKey::rotation_due`).
+    if origin == VersionOrigin::AutomaticRotation {
+        k.last_automatic_rotation = Some(now);
+    }
     v
+}
+
+/// Refuses `op` on a key whose current material was imported (see
+/// `KmsKey::has_imported_material`).
+fn refuse_imported(k: &KmsKey, op: &str) -> R<()> {
+    if k.has_imported_material() {
+        return Err(AdminError::Invalid(format!(
+            "key {} uses imported key material (BYOK), which kmsfs does not rotate: {op} is \
+             refused; import new material to change it",
+            k.id
+        )));
+    }
+    Ok(())
 }
 
 /// Adds a new version; new files use it, old versions stay for decrypt. Returns the new version.
@@ -422,6 +449,7 @@ pub fn rotate(st: &mut KeyStore, id: &KeyId, now: u64) -> R<u32> {
             need: "Enabled",
         });
     }
+    refuse_imported(k, "on-demand rotation")?;
     Ok(add_version(
         k,
         Key256::generate(),
@@ -449,6 +477,9 @@ pub fn set_rotation(
     if !(ROTATION_DAYS_MIN..=ROTATION_DAYS_MAX).contains(&period) {
         return Err(AdminError::RotationPeriod(period));
     }
+    if enabled {
+        refuse_imported(k, "automatic rotation")?;
+    }
     k.rotation = RotationSettings {
         enabled,
         period_days: period,
@@ -470,8 +501,7 @@ pub fn rotate_due_among(
 ) -> Vec<(KeyId, u32)> {
     let mut out = Vec::new();
     for k in &mut st.keys {
-        let due = k.last_rotation + u64::from(k.rotation.period_days) * DAY;
-        if pick(&k.id) && k.rotation.enabled && k.state == KeyState::Enabled && now >= due {
+        if pick(&k.id) && k.rotation_due(now) {
             let v = add_version(k, Key256::generate(), VersionOrigin::AutomaticRotation, now);
             out.push((k.id, v));
         }
@@ -495,6 +525,12 @@ pub fn import(st: &mut KeyStore, id: &KeyId, material: &[u8], now: u64) -> R<u32
             op: "import",
             need: "Enabled",
         });
+    }
+    if k.rotation.enabled {
+        return Err(AdminError::Invalid(format!(
+            "key {id} has automatic rotation enabled, which kmsfs does not do for imported key \
+             material: turn it off first (kmsfs key VOL rotation KEY --disable)"
+        )));
     }
     Ok(add_version(k, m, VersionOrigin::Imported, now))
 }
@@ -722,7 +758,7 @@ mod tests {
                 "delete default",
                 schedule_deletion(&mut s, &default, 30, 0).map(|_| ()),
             ),
-            ("cancel not pending", cancel_deletion(&mut s, &id)),
+            ("cancel not pending", cancel_deletion(&mut s, &id, 0)),
             (
                 "short material",
                 import(&mut s, &id, &[1; 16], 0).map(|_| ()),
@@ -768,7 +804,14 @@ mod tests {
         assert_eq!(when, 100 + 7 * DAY);
         assert!(enable(&mut s, &id).is_err());
         assert!(rotate(&mut s, &id, 200).is_err());
-        cancel_deletion(&mut s, &id).unwrap();
+        // Once the waiting period has ended the key is due for destruction: too late.
+        let late = cancel_deletion(&mut s, &id, when);
+        assert!(
+            matches!(&late, Err(AdminError::Invalid(m)) if m.contains("ended on")),
+            "{late:?}"
+        );
+        assert_eq!(s.key(&id).unwrap().state, KeyState::PendingDeletion);
+        cancel_deletion(&mut s, &id, when - 1).unwrap();
         assert_eq!(s.key(&id).unwrap().state, KeyState::Disabled);
         enable(&mut s, &id).unwrap();
     }
@@ -791,7 +834,7 @@ mod tests {
         );
         assert!(s.aliases.is_empty());
         assert!(s.rules.is_empty());
-        assert!(cancel_deletion(&mut s, &id).is_err());
+        assert!(cancel_deletion(&mut s, &id, 0).is_err());
         assert!(enable(&mut s, &id).is_err());
     }
 
@@ -816,7 +859,10 @@ mod tests {
         set_rotation(&mut s, &k2, true, Some(90)).unwrap();
         schedule_deletion(&mut s, &k2, 30, 0).unwrap();
         assert!(rotate_due(&mut s, 1000 * DAY).iter().all(|(k, _)| *k != k2));
-        // Import adds a version with the given material.
+        // Import adds a version with the given material (not while automatic rotation would
+        // replace it).
+        assert!(import(&mut s, &id, &[7; 32], 5).is_err());
+        set_rotation(&mut s, &id, false, None).unwrap();
         assert_eq!(import(&mut s, &id, &[7; 32], 5).unwrap(), 5);
         assert_eq!(
             s.key(&id)
@@ -829,6 +875,74 @@ mod tests {
                 .expose(),
             &[7; 32]
         );
+    }
+
+    /// An on-demand rotation (or an import) does not move the automatic schedule (AWS KMS:
+    /// "On-demand rotation doesn't change existing automatic rotation schedules").
+    #[test]
+    fn on_demand_rotation_keeps_the_automatic_schedule() {
+        let mut s = store();
+        let id = create(&mut s, "k", BTreeMap::new(), 0).unwrap();
+        set_rotation(&mut s, &id, true, Some(90)).unwrap();
+        assert_eq!(rotate(&mut s, &id, 80 * DAY).unwrap(), 2);
+        let d = describe(&s, &id).unwrap();
+        assert_eq!(d.rotation.last_rotation, 80 * DAY);
+        assert_eq!(d.rotation.next_rotation, Some(90 * DAY));
+        assert!(rotate_due(&mut s, 90 * DAY - 1).is_empty());
+        assert_eq!(rotate_due(&mut s, 90 * DAY), vec![(id, 3)]);
+        assert_eq!(
+            describe(&s, &id).unwrap().rotation.next_rotation,
+            Some(180 * DAY)
+        );
+    }
+
+    /// A key store from before `last_automatic_rotation` existed counts from `last_rotation`.
+    #[test]
+    fn old_key_store_counts_from_last_rotation() {
+        let mut s = store();
+        let id = create(&mut s, "k", BTreeMap::new(), 0).unwrap();
+        let mut v = serde_json::to_value(&s).unwrap();
+        for k in v["keys"].as_array_mut().unwrap() {
+            assert!(
+                k.as_object_mut()
+                    .unwrap()
+                    .remove("last_automatic_rotation")
+                    .is_some()
+            );
+            k["last_rotation"] = serde_json::json!(10 * DAY);
+        }
+        let mut s: KeyStore = serde_json::from_value(v).unwrap();
+        set_rotation(&mut s, &id, true, Some(90)).unwrap();
+        assert!(rotate_due(&mut s, 100 * DAY - 1).is_empty());
+        assert_eq!(rotate_due(&mut s, 100 * DAY), vec![(id, 2)]);
+    }
+
+    /// Imported (BYOK) material is not rotated to material kmsfs generates: on-demand rotation
+    /// and turning automatic rotation on are refused, as in AWS KMS.
+    #[test]
+    fn imported_material_is_not_rotated() {
+        let mut s = store();
+        let id = create(&mut s, "byok", BTreeMap::new(), 0).unwrap();
+        assert_eq!(import(&mut s, &id, &[7; 32], 0).unwrap(), 2);
+        let before = snapshot(&s);
+        assert!(matches!(
+            rotate(&mut s, &id, DAY),
+            Err(AdminError::Invalid(_))
+        ));
+        assert!(matches!(
+            set_rotation(&mut s, &id, true, Some(90)),
+            Err(AdminError::Invalid(_))
+        ));
+        assert_eq!(snapshot(&s), before);
+        // Turning it off, or changing the period while off, stays possible.
+        set_rotation(&mut s, &id, false, Some(180)).unwrap();
+        // Rotation enabled in a store from before the check: the maintenance skips the key.
+        s.keys
+            .iter_mut()
+            .filter(|k| k.id == id)
+            .for_each(|k| k.rotation.enabled = true);
+        assert!(rotate_due(&mut s, 1000 * DAY).is_empty());
+        assert_eq!(describe(&s, &id).unwrap().rotation.next_rotation, None);
     }
 
     #[test]

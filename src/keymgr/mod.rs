@@ -20,8 +20,9 @@ use std::sync::RwLock;
 pub use lifecycle::{AdminError, KeyMetadata};
 pub use store::{KeyState, KeyStore, KmsKey};
 pub use volume::{
-    InitOptions, Unlocked, VolumeInfo, VolumePaths, format_recovery_key, init, parse_recovery_key,
-    passwd, probe, unlock,
+    InitOptions, PasswdOutcome, PendingPasswd, Unlocked, VolumeInfo, VolumePaths,
+    change_passphrase, format_recovery_key, init, parse_recovery_key, passwd, prepare_passwd,
+    probe, unlock,
 };
 
 use crate::crypto::{Aead, KdfError, Key256, Passphrase};
@@ -60,6 +61,10 @@ pub enum VolumeError {
     /// Neither the key store nor its backup generation is usable.
     #[error("key store is damaged and no backup generation opens: {0}")]
     KeyStoreCorrupt(String),
+    /// A key-store backup file (`keystore restore`) whose key store envelope is damaged: the
+    /// volume's own key store is not concerned.
+    #[error("key-store backup {} is damaged: {why}", path.display())]
+    BackupCorrupt { path: PathBuf, why: String },
     /// The key store opened but the volume config does not match what it was created with.
     #[error(
         "volume config .kmsfs/volume.json was modified (its digest does not match the key store)"
@@ -123,6 +128,20 @@ fn usable_material<'a>(st: &'a KeyStore, h: &FileHeader) -> Result<&'a Key256, K
     key.version(h.key_version)
         .and_then(|v| v.material.as_ref())
         .ok_or(KeyError::VersionUnavailable(h.key_id, h.key_version))
+}
+
+/// Whether some key version that has material in `before` has none (or is gone) in `after`.
+/// Decided per version, not by counting: a tick that rotates one key (a version more) while it
+/// destroys another must still shred.
+fn destroys_material(before: &KeyStore, after: &KeyStore) -> bool {
+    before.keys.iter().any(|k| {
+        k.versions.iter().filter(|v| v.material.is_some()).any(|v| {
+            after
+                .key(&k.id)
+                .and_then(|a| a.version(v.version))
+                .is_none_or(|a| a.material.is_none())
+        })
+    })
 }
 
 /// What [`KeyManager::tick`] did: keys rotated (with their new version) and keys destroyed.
@@ -323,22 +342,21 @@ impl KeyManager {
         let mut copy = st.store.clone();
         let out = f(&mut copy, now)?;
         // Material that was destroyed must not live on in the backup generation.
-        let materials = |s: &KeyStore| {
-            s.keys
-                .iter()
-                .flat_map(|k| &k.versions)
-                .filter(|v| v.material.is_some())
-                .count()
-        };
-        let shredding = materials(&copy) < materials(&st.store);
+        let shredding = destroys_material(&st.store, &copy);
         let old = std::mem::replace(&mut st.store, copy);
+        let generation = st.generation();
         let saved = if shredding {
             st.persist_shredding()
         } else {
             st.persist()
         };
         if let Err(e) = saved {
-            st.store = old;
+            // The new store stays in memory only if it is the one on disk (a failure after the
+            // primary was replaced): memory must never hold less than the disk, or its next
+            // write would undo the change (for a shredding: put destroyed material back).
+            if st.generation() == generation {
+                st.store = old;
+            }
             return Err(AdminError::Invalid(format!(
                 "could not save the key store: {e}"
             )));
@@ -390,10 +408,7 @@ impl KeyManager {
         let due = self.query(|s| {
             s.keys.iter().any(|k| {
                 (k.state == KeyState::PendingDeletion && k.deletion_date.is_some_and(|d| d <= now))
-                    || (k.rotation.enabled
-                        && k.state == KeyState::Enabled
-                        && now
-                            >= k.last_rotation + u64::from(k.rotation.period_days) * lifecycle::DAY)
+                    || k.rotation_due(now)
             })
         });
         if !due {
@@ -474,5 +489,7 @@ impl KeyManager {
     }
 }
 
+#[cfg(test)]
+mod keystore_tests;
 #[cfg(test)]
 mod tests;

@@ -62,6 +62,17 @@ pub fn make_slot(
     Ok(slot)
 }
 
+/// Whether `slot` (of volume `volume`) opens with `unlock`.
+pub fn slot_opens(volume: &VolumeId, slot: &Slot, unlock: &Unlock) -> bool {
+    match slot_kek(slot, unlock) {
+        Ok(Some(kek)) => Aead::new(&kek)
+            .open(&Envelope::slot_aad(volume, slot), &slot.wrapped)
+            .map(Zeroizing::new)
+            .is_ok(),
+        _ => false,
+    }
+}
+
 /// Seals `store` into envelope bytes.
 pub fn seal(store: &KeyStore, store_key: &Key256, slots: &[Slot], generation: u64) -> Vec<u8> {
     let body = Zeroizing::new(

@@ -135,9 +135,14 @@ pub struct KmsKey {
     pub deletion_date: Option<u64>,
     #[serde(default)]
     pub rotation: RotationSettings,
-    /// Unix seconds of the last rotation (or creation): the automatic period counts from here.
+    /// Unix seconds of the last rotation of any kind (on demand, automatic, import) or creation.
     #[serde(default)]
     pub last_rotation: u64,
+    /// Unix seconds of the last automatic rotation (or creation): the automatic period counts
+    /// from here, so an on-demand rotation or an import does not move the schedule (as in AWS
+    /// KMS). Absent in key stores from before 2026-12-06: `last_rotation` stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_automatic_rotation: Option<u64>,
     /// Versions below this fail to decrypt (reversible). 0 or 1: all versions usable.
     #[serde(default)]
     pub min_decryption_version: u32,
@@ -177,9 +182,33 @@ impl KmsKey {
             deletion_date: None,
             rotation: RotationSettings::default(),
             last_rotation: now,
+            last_automatic_rotation: Some(now),
             min_decryption_version: 0,
             policy: None,
         }
+    }
+
+    /// When automatic rotation is next due (whether or not it is enabled).
+    pub fn next_automatic_rotation(&self) -> u64 {
+        self.last_automatic_rotation
+            .unwrap_or(self.last_rotation)
+            .saturating_add(u64::from(self.rotation.period_days) * super::lifecycle::DAY)
+    }
+
+    /// Whether the current material was imported (BYOK): kmsfs does not rotate it, automatically
+    /// or on demand (as AWS KMS does not), since new files would then be wrapped under material
+    /// the owner never had.
+    pub fn has_imported_material(&self) -> bool {
+        self.newest()
+            .is_some_and(|v| v.origin == VersionOrigin::Imported)
+    }
+
+    /// Whether automatic rotation is due at `now`.
+    pub fn rotation_due(&self, now: u64) -> bool {
+        self.rotation.enabled
+            && self.state == KeyState::Enabled
+            && !self.has_imported_material()
+            && now >= self.next_automatic_rotation()
     }
 
     pub fn newest(&self) -> Option<&KeyVersion> {

@@ -406,8 +406,16 @@ fn maintenance_does_only_what_was_recorded() {
     due_now(&[a, b]);
     let recorded = km.due();
     assert_eq!(recorded.1, vec![a, b]);
-    // Between the records and the change: b's deletion cancelled, `late` becomes due.
-    km.admin(|s, _| lifecycle::cancel_deletion(s, &b)).unwrap();
+    // Between the records and the change: b's deletion cancelled (in the window: the clock is
+    // set back to before its date for it, since a cancellation after the date is refused),
+    // `late` becomes due.
+    km.admin(|s, now| {
+        if let Some(k) = s.keys.iter_mut().find(|k| k.id == b) {
+            k.deletion_date = Some(now + lifecycle::DAY);
+        }
+        lifecycle::cancel_deletion(s, &b, now)
+    })
+    .unwrap();
     due_now(&[late]);
     let (_, destroyed) = km.tick_recorded(&recorded).unwrap();
     assert_eq!(destroyed, vec![a]);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::seal::{Unsealed, make_slot, seal, unseal};
+use super::seal::{Unsealed, make_slot, seal, slot_opens, unseal};
 use super::store::{KeyStore, KmsKey, STORE_FORMAT};
 use super::{Unlock, VolumeError, now_unix};
 use crate::crypto::{KdfParams, Key256, Passphrase, ct_eq, hex, sha256};
@@ -251,6 +251,11 @@ pub struct Unlocked {
     generation: u64,
     /// The primary key store was damaged and the backup generation was opened.
     pub used_backup: Option<String>,
+    /// The backup was opened because the primary refused the passphrase: the primary may be a
+    /// newer generation sealed under another passphrase (an interrupted `passwd`, a restore), not
+    /// a damaged one, so it must not be overwritten unless it is older (see
+    /// [`Unlocked::check_primary_not_newer`]).
+    primary_refused: bool,
 }
 
 impl std::fmt::Debug for Unlocked {
@@ -286,20 +291,69 @@ impl Unlocked {
 
     /// Writes the store as the next generation into both the primary and the backup, so that
     /// destroyed key material does not survive in the previous generation (crypto-shredding).
+    ///
+    /// The backup is written first: should the primary's write fail or the process stop in
+    /// between, the primary still holds the key pending deletion and due, which the caller's
+    /// memory holds too (the change is reported failed), so the next maintenance tick shreds
+    /// both copies again. Written the other way, the primary would be ahead of memory, and the
+    /// next write from memory would put the destroyed material back.
     pub fn persist_shredding(&mut self) -> Result<(), VolumeError> {
+        self.check_primary_not_newer()?;
         let next = self.generation + 1;
         let bytes = seal(&self.store, &self.store_key, &self.slots, next);
-        for p in [self.paths.keystore(), self.paths.keystore_backup()] {
-            atomic_write(&p, &bytes, 0o600, None).map_err(io_err(&p))?;
+        let written = write_both(&self.paths, &bytes);
+        self.settle(written, &bytes, next)
+    }
+
+    /// After a write of generation `next` (`bytes`) as the primary: on success, or on a failure
+    /// after the primary was replaced (the directory's fsync), the new generation is the one in
+    /// force, and `self` says so (its generation moved: `KeyManager::admin` then keeps the new
+    /// store in memory). Only a failure before that leaves the old state in force.
+    fn settle(
+        &mut self,
+        written: Result<(), VolumeError>,
+        bytes: &[u8],
+        next: u64,
+    ) -> Result<(), VolumeError> {
+        let in_place = written.is_ok() || fs::read(self.paths.keystore()).is_ok_and(|b| b == bytes);
+        if in_place {
+            self.generation = next;
+            self.used_backup = None;
+            self.primary_refused = false;
         }
-        self.generation = next;
-        self.used_backup = None;
-        Ok(())
+        written
+    }
+
+    /// Refuses to write when the backup was opened because the primary refused the passphrase
+    /// and the primary is a well-formed envelope of a newer generation: that is most likely the
+    /// key store under a newer passphrase (an interrupted `passwd`), and overwriting it would
+    /// lose its changes and the passphrase that opens it. (A primary whose slots were damaged
+    /// looks the same without the secret; it is moved away by hand.)
+    pub(super) fn check_primary_not_newer(&self) -> Result<(), VolumeError> {
+        if !self.primary_refused {
+            return Ok(());
+        }
+        let ks = self.paths.keystore();
+        let Some(g) = envelope_generation(&ks) else {
+            return Ok(());
+        };
+        if g <= self.generation {
+            return Ok(());
+        }
+        Err(VolumeError::Invalid(format!(
+            "{} (generation {g}) does not open with this passphrase but is newer than the backup \
+             generation it opened ({}): it is probably sealed under a newer passphrase, so it is \
+             not overwritten; unlock with that passphrase (or, if its unlock slots are damaged, \
+             move it away and try again)",
+            ks.display(),
+            self.generation
+        )))
     }
 
     /// Writes the store as the next generation; the current one becomes the backup (unless the
     /// current primary is the damaged one, which must not replace a good backup).
     pub fn persist(&mut self) -> Result<(), VolumeError> {
+        self.check_primary_not_newer()?;
         let next = self.generation + 1;
         let bytes = seal(&self.store, &self.store_key, &self.slots, next);
         let ks = self.paths.keystore();
@@ -309,11 +363,26 @@ impl Unlocked {
         } else {
             Some(bak.as_path())
         };
-        atomic_write(&ks, &bytes, 0o600, backup).map_err(io_err(&ks))?;
-        self.generation = next;
-        self.used_backup = None;
-        Ok(())
+        let written = atomic_write(&ks, &bytes, 0o600, backup).map_err(io_err(&ks));
+        self.settle(written, &bytes, next)
     }
+}
+
+/// Writes the same sealed generation as `keystore.bak`, then as `keystore`. Stopped in between,
+/// the primary is still the previous generation, complete, and opens with what opened it before;
+/// the backup is the new one (see [`passwd`] and [`Unlocked::persist_shredding`]).
+fn write_both(paths: &VolumePaths, bytes: &[u8]) -> Result<(), VolumeError> {
+    for p in [paths.keystore_backup(), paths.keystore()] {
+        atomic_write(&p, bytes, 0o600, None).map_err(io_err(&p))?;
+    }
+    Ok(())
+}
+
+/// The generation in the envelope header of the key store copy at `p`, read without any secret;
+/// `None` if it is missing or not a well-formed envelope.
+pub(super) fn envelope_generation(p: &Path) -> Option<u64> {
+    let bytes = fs::read(p).ok()?;
+    Envelope::decode(&bytes).ok().map(|e| e.generation)
 }
 
 /// Whether `bytes` are the config whose digest a key store holds (`config_digest`).
@@ -331,21 +400,31 @@ pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
             .map_err(|e| VolumeError::KeyStoreCorrupt(format!("{}: {e}", p.display())))?;
         unseal(&bytes, how)
     };
-    let (u, used_backup) = match try_open(&paths.keystore()) {
-        Ok(u) => (u, None),
+    let (u, used_backup, primary_refused) = match try_open(&paths.keystore()) {
+        Ok(u) => (u, None, false),
         Err(VolumeError::WrongPassphrase) => match try_open(&paths.keystore_backup()) {
-            // The backup accepts what the primary refused: the primary's slots were damaged.
+            // The backup accepts what the primary refused: the primary's slots were damaged, or
+            // the primary is sealed under another passphrase (an interrupted `passwd`).
             Ok(u) => (
                 u,
                 Some(
                     "the primary key store refused the passphrase but its backup accepted it"
                         .into(),
                 ),
+                true,
             ),
             Err(_) => return Err(VolumeError::WrongPassphrase),
         },
         Err(primary) => match try_open(&paths.keystore_backup()) {
-            Ok(u) => (u, Some(primary.to_string())),
+            // Why the primary failed, without the "no backup generation opens" of the error's
+            // own text: the backup did open.
+            Ok(u) => {
+                let why = match primary {
+                    VolumeError::KeyStoreCorrupt(m) => m,
+                    e => e.to_string(),
+                };
+                (u, Some(why), false)
+            }
             Err(VolumeError::WrongPassphrase) => {
                 return Err(VolumeError::KeyStoreCorrupt(format!(
                     "{primary}; the backup refused the passphrase"
@@ -378,38 +457,136 @@ pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
         slots: u.envelope.slots,
         generation: u.envelope.generation,
         used_backup,
+        primary_refused,
     })
 }
 
+/// What [`passwd`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswdOutcome {
+    /// The key store was sealed under a new store key: copies of the key store from before no
+    /// longer open with anything that opens the new one (and the old passphrase opens only them).
+    /// `false` when a recovery slot could not be re-wrapped (a passphrase unlock without a new
+    /// recovery key): the store key was kept, and old copies still open with the old passphrase.
+    pub new_store_key: bool,
+}
+
 /// Re-seals the key store under `new` after unlocking with `old` (passphrase or recovery key).
-/// Files are not touched. Both the primary and the backup are rewritten, so the old passphrase
-/// stops working at once.
+/// Files are not touched. Both the backup and the primary are rewritten, so the old passphrase
+/// stops working at once. See [`change_passphrase`].
 pub fn passwd(
     dir: &Path,
     old: &Unlock,
     new: &Passphrase,
     kdf: Option<KdfParams>,
-) -> Result<(), VolumeError> {
+) -> Result<PasswdOutcome, VolumeError> {
+    change_passphrase(dir, old, new, kdf, None)
+}
+
+/// [`passwd`], optionally replacing the recovery key by `new_recovery`.
+///
+/// A new store key is generated whenever every unlock slot can be wrapped again: the volume has
+/// no recovery slot, the unlock was with the recovery key (its slot is re-wrapped), or a new
+/// recovery key is given. Otherwise (a passphrase unlock of a volume with a recovery key) the
+/// store key is kept, since the recovery slot can only be re-wrapped with the recovery key.
+/// Keeping it means that the old passphrase still opens copies of the key store made before,
+/// and with the store key from them every later key store.
+///
+/// The new generation is written to `keystore.bak` first, then to `keystore`: stopped in
+/// between, the old passphrase opens the primary (the generation before, complete) and the new
+/// one the backup (the new generation, the same content).
+pub fn change_passphrase(
+    dir: &Path,
+    old: &Unlock,
+    new: &Passphrase,
+    kdf: Option<KdfParams>,
+    new_recovery: Option<&Key256>,
+) -> Result<PasswdOutcome, VolumeError> {
+    prepare_passwd(dir, old, new, kdf, new_recovery)?.commit()
+}
+
+/// A passphrase change unlocked and sealed, not yet written (so that a new recovery key can be
+/// handed out between the unlock and the write).
+pub struct PendingPasswd {
+    paths: VolumePaths,
+    sealed: Vec<u8>,
+    outcome: PasswdOutcome,
+}
+
+impl PendingPasswd {
+    /// Writes the new generation (backup first, see [`change_passphrase`]).
+    pub fn commit(self) -> Result<PasswdOutcome, VolumeError> {
+        write_both(&self.paths, &self.sealed)?;
+        Ok(self.outcome)
+    }
+}
+
+/// The first half of [`change_passphrase`]: unlocks and seals the new generation.
+pub fn prepare_passwd(
+    dir: &Path,
+    old: &Unlock,
+    new: &Passphrase,
+    kdf: Option<KdfParams>,
+    new_recovery: Option<&Key256>,
+) -> Result<PendingPasswd, VolumeError> {
     if new.is_empty() {
         return Err(VolumeError::Invalid("the new passphrase is empty".into()));
     }
-    let mut u = unlock(dir, old)?;
+    let u = unlock(dir, old)?;
+    u.check_primary_not_newer()?;
     let params = kdf.unwrap_or(u.config.kdf.params);
-    let slot = make_slot(
-        &u.store.volume_id,
+    let volume = u.store.volume_id;
+    let new_store_key = new_recovery.is_some() || recovery_slots_rewrappable(&u, old);
+    let store_key = if new_store_key {
+        Key256::generate()
+    } else {
+        u.store_key.clone()
+    };
+    let mut slots = vec![make_slot(
+        &volume,
         &Unlock::Passphrase(new.clone()),
         &params,
-        &u.store_key,
-    )?;
-    u.slots.retain(|s| s.kind != SlotKind::Passphrase);
-    u.slots.insert(0, slot);
-    let next = u.generation + 1;
-    let bytes = seal(&u.store, &u.store_key, &u.slots, next);
-    let ks = u.paths.keystore();
-    atomic_write(&ks, &bytes, 0o600, None).map_err(io_err(&ks))?;
-    let bak = u.paths.keystore_backup();
-    atomic_write(&bak, &bytes, 0o600, None).map_err(io_err(&bak))?;
-    Ok(())
+        &store_key,
+    )?];
+    match (new_recovery, old) {
+        (Some(rk), _) => slots.push(make_slot(
+            &volume,
+            &Unlock::RecoveryKey(rk.clone()),
+            &params,
+            &store_key,
+        )?),
+        // Every recovery slot opens with this key (checked above): one slot for it.
+        (None, Unlock::RecoveryKey(rk)) if new_store_key => {
+            if u.slots.iter().any(|s| s.kind == SlotKind::RecoveryKey) {
+                slots.push(make_slot(
+                    &volume,
+                    &Unlock::RecoveryKey(rk.clone()),
+                    &params,
+                    &store_key,
+                )?);
+            }
+        }
+        _ => slots.extend(
+            u.slots
+                .iter()
+                .filter(|s| s.kind != SlotKind::Passphrase)
+                .cloned(),
+        ),
+    }
+    Ok(PendingPasswd {
+        sealed: seal(&u.store, &store_key, &slots, u.generation + 1),
+        paths: u.paths,
+        outcome: PasswdOutcome { new_store_key },
+    })
+}
+
+/// Whether every recovery slot of `u` can be wrapped again under a new store key: there is none,
+/// or `old` is a recovery key that opens each of them.
+fn recovery_slots_rewrappable(u: &Unlocked, old: &Unlock) -> bool {
+    u.slots
+        .iter()
+        .filter(|s| s.kind == SlotKind::RecoveryKey)
+        .all(|s| matches!(old, Unlock::RecoveryKey(_)) && slot_opens(&u.store.volume_id, s, old))
 }
 
 /// What `kmsfs info` shows: readable without the passphrase.
