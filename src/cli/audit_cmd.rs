@@ -291,7 +291,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
     {
         return retention(a, *days, *max_size, *off, *json);
     }
-    let src = match super::target::mount_of(&a.cipherdir) {
+    let src = match super::target::mount_of(&a.cipherdir)? {
         Some(mp) => Source::Mounted(mp.join(crate::control::CONTROL_NAME)),
         None => {
             let root = std::fs::canonicalize(&a.cipherdir)

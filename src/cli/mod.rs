@@ -13,6 +13,7 @@ pub mod mount_helper;
 mod policy_cmd;
 mod progress;
 mod rekey_cmd;
+mod ro_control;
 mod secrets;
 mod target;
 mod volume_cmd;

@@ -116,7 +116,7 @@ fn parse_mount_table(m: &[u8]) -> Vec<(String, PathBuf, String)> {
 
 /// `mp` as an absolute path, also where it cannot be resolved itself (a mount whose daemon is
 /// gone answers ENOTCONN): its directory resolved, its own name kept.
-fn absolute_mountpoint(mp: &Path) -> PathBuf {
+pub(super) fn absolute_mountpoint(mp: &Path) -> PathBuf {
     if let Ok(p) = std::fs::canonicalize(mp) {
         return p;
     }
