@@ -95,43 +95,107 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
         }
         None => None,
     };
-    let pass = a.pass.source().new_passphrase("New passphrase")?;
-    let rk = crate::keymgr::init(&a.cipherdir, &pass, &opts)?;
-    println!("Created kmsfs volume in {}", a.cipherdir.display());
-    if let Some(rk) = rk {
-        let shown = zeroize::Zeroizing::new(format_recovery_key(&rk));
-        match (rk_file, &a.recovery_key_file) {
-            (Some(mut file), Some(f)) => {
-                let written = writeln!(file, "{}", shown.as_str()).and_then(|()| file.sync_all());
-                if let Err(e) = written {
-                    // Never lose the key: show it instead.
-                    eprintln!(
-                        "kmsfs: could not write the recovery key to {}: {e}",
-                        f.display()
-                    );
-                    println!(
-                        "Your recovery key (shown only this once; keep it offline):\n\n    {}\n",
-                        shown.as_str()
-                    );
-                } else {
-                    println!(
-                        "Recovery key written to {}. Keep it offline: it unlocks the volume without the passphrase.",
-                        f.display()
-                    );
-                }
+    let made = a
+        .pass
+        .source()
+        .new_passphrase("New passphrase")
+        .and_then(|pass| Ok(crate::keymgr::init(&a.cipherdir, &pass, &opts)?));
+    let rk = match made {
+        Ok(rk) => rk,
+        Err(e) => {
+            // Nothing was made: an empty file left behind would only block the retry
+            // ("File exists"; until 2026-12-06).
+            if let (Some(_), Some(f)) = (&rk_file, &a.recovery_key_file) {
+                let _ = std::fs::remove_file(f);
             }
-            _ => {
-                println!();
-                println!(
-                    "Your recovery key (shown only this once; keep it offline, it unlocks the volume without the passphrase):"
+            return Err(e);
+        }
+    };
+    let created = format!("Created kmsfs volume in {}\n", a.cipherdir.display());
+    let Some(rk) = rk else {
+        return show(created.as_bytes()).map_err(|e| {
+            CliError::new(
+                code::ERROR,
+                format!("the volume was created, but: stdout: {e}"),
+            )
+        });
+    };
+    let shown = zeroize::Zeroizing::new(format_recovery_key(&rk));
+    if let (Some(mut file), Some(f)) = (rk_file, &a.recovery_key_file) {
+        match writeln!(file, "{}", shown.as_str()).and_then(|()| file.sync_all()) {
+            Ok(()) => {
+                let text = format!(
+                    "{created}Recovery key written to {}. Keep it offline: it unlocks the volume \
+                     without the passphrase.\n",
+                    f.display()
                 );
-                println!();
-                println!("    {}", shown.as_str());
-                println!();
+                // The key is safe in the file: a closed stdout loses only this message.
+                return show(text.as_bytes()).map_err(|e| {
+                    CliError::new(
+                        code::ERROR,
+                        format!("the volume was created, but: stdout: {e}"),
+                    )
+                });
             }
+            // Never lose the key: show it instead.
+            Err(e) => eprintln!(
+                "kmsfs: could not write the recovery key to {}: {e}",
+                f.display()
+            ),
         }
     }
-    Ok(())
+    let text = zeroize::Zeroizing::new(format!(
+        "{created}\nYour recovery key (shown only this once; keep it offline, it unlocks the \
+         volume without the passphrase):\n\n    {}\n\n",
+        shown.as_str()
+    ));
+    show_recovery_key(text.as_bytes())
+}
+
+/// Writes `text` to stdout, flushed, reporting a failure (a closed pipe, a full disk) instead
+/// of panicking as `println!` does.
+fn show(text: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text).and_then(|()| out.flush())
+}
+
+/// The recovery key exists only in this process once `init` has made the volume: when stdout
+/// cannot take it (`kmsfs init … | head -1`, a closed pipe: until 2026-12-06 a panic, exit 101,
+/// and the key was gone), it goes to stderr, then to the terminal, and the command fails, so
+/// that a script notices.
+fn show_recovery_key(text: &[u8]) -> Result<(), CliError> {
+    let Err(e) = show(text) else {
+        return Ok(());
+    };
+    let fallback = |mut w: Box<dyn Write>| w.write_all(text).and_then(|()| w.flush());
+    let shown_on = if fallback(Box::new(std::io::stderr().lock())).is_ok() {
+        "stderr"
+    } else if std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/tty")
+        .map(|t| fallback(Box::new(t)))
+        .is_ok_and(|r| r.is_ok())
+    {
+        "the terminal"
+    } else {
+        return Err(CliError::new(
+            code::ERROR,
+            format!(
+                "the volume was created, but its recovery key could not be shown (stdout: {e}; \
+                 stderr and the terminal failed too)"
+            ),
+        )
+        .hint(
+            "the passphrase still opens the volume; for a recovery key, remove the new volume \
+             and run `kmsfs init` again (or with --recovery-key-file)",
+        ));
+    };
+    Err(CliError::new(
+        code::ERROR,
+        format!(
+            "the recovery key could not be written to stdout ({e}): it was shown on {shown_on}"
+        ),
+    ))
 }
 
 #[derive(Args, Debug)]
