@@ -52,9 +52,10 @@ impl From<VolumeError> for CliError {
             VolumeError::WrongPassphrase => {
                 Some("check the passphrase, or unlock with --recovery-key")
             }
-            VolumeError::KeyStoreCorrupt(_) => {
-                Some("restore .kmsfs/keystore from a backup of the cipher directory")
-            }
+            VolumeError::KeyStoreCorrupt(_) => Some(
+                "restore a key-store backup with `kmsfs keystore restore CIPHERDIR FILE`, or \
+                     .kmsfs/keystore from a backup of the cipher directory",
+            ),
             _ => None,
         };
         CliError {

@@ -235,6 +235,21 @@ pub struct InfoArgs {
 }
 
 pub fn info(a: &InfoArgs) -> Result<(), CliError> {
+    if let Some(cipherdir) = super::mount_cmd::volume_mounted_at(&a.cipherdir) {
+        return Err(CliError::new(
+            code::NOT_A_VOLUME,
+            format!(
+                "{} is the mount point of the kmsfs volume {}; info takes the cipher directory",
+                a.cipherdir.display(),
+                cipherdir.display()
+            ),
+        )
+        .hint(format!(
+            "kmsfs info {} (or cat {}/.kmsfs/status)",
+            cipherdir.display(),
+            a.cipherdir.display()
+        )));
+    }
     let i = VolumeInfo::read(&a.cipherdir)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
