@@ -1,7 +1,8 @@
 //! The command line in everyday use: relative file names, closed pipes, read-only and dead
 //! mounts, `-o` options, signals a caller ignored, a missing fusermount3, and the messages and
 //! exit codes of the mistakes users make (found by a review of 2026-12-06; each test but one
-//! guard failed before its fix). Every command runs under `timeout`; every mount is undone by a guard.
+//! guard failed before its fix). Every command runs under `timeout`; every mount is undone by
+//! a guard.
 mod common;
 use common::*;
 
