@@ -17,14 +17,22 @@ pub fn set_mtime(fd: impl std::os::fd::AsFd, at: rustix::fs::Timespec) -> io::Re
     rustix::fs::futimens(fd, &ts).map_err(Into::into)
 }
 
+/// The directory holding `path`: `.` for a bare file name (whose `parent()` is the empty path,
+/// which no call can open: `kmsfs keystore export DIR backup.kmsks` wrote the backup and then
+/// failed on the directory's fsync until 2026-12-06).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Writes `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync of
 /// the directory. If `backup` is given and `path` exists, the old file becomes `backup` first
 /// (through a hard link, so `path` exists at every instant: a failure at any step leaves `path`
 /// complete, old or new, and `backup` complete, one generation older or as old as `path`).
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32, backup: Option<&Path>) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("path has no file name"))?;

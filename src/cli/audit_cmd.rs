@@ -128,7 +128,7 @@ fn when(s: &str) -> Result<String, CliError> {
     let t = if let Ok(d) = humantime::parse_duration(s) {
         std::time::SystemTime::now() - d
     } else {
-        humantime::parse_rfc3339_weak(s).map_err(|_| {
+        parse_rfc3339(s).ok_or_else(|| {
             CliError::new(
                 code::USAGE,
                 format!("time {s:?} is neither RFC 3339 nor a duration"),
@@ -136,6 +136,34 @@ fn when(s: &str) -> Result<String, CliError> {
         })?
     };
     Ok(humantime::format_rfc3339_nanos(t).to_string())
+}
+
+/// An RFC 3339 time: UTC (`Z`), without a zone (taken as UTC), or with an offset such as
+/// `+01:00`, which humantime does not take (refused until 2026-12-06).
+fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Some(t);
+    }
+    // `…±HH:MM` after a time of day.
+    let (base, off) = s.split_at_checked(s.len().checked_sub(6)?)?;
+    let sign = match off.as_bytes()[0] {
+        b'+' => 1i64,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (h, m) = off[1..].split_once(':')?;
+    let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 23 || m > 59 || !base.contains('T') {
+        return None;
+    }
+    let local = humantime::parse_rfc3339_weak(base).ok()?;
+    let shift = std::time::Duration::from_secs(h * 3600 + m * 60);
+    // Local time = UTC + offset, so UTC = local - offset.
+    if sign > 0 {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    }
 }
 
 impl Filter {
@@ -235,6 +263,18 @@ impl Source {
             Source::Mounted(c) => c.join("audit"),
             Source::Offline { control, .. } => control.clone(),
         };
+        // Through a mount, EACCES is the key policy's denial: exit 22 as for `verify` (which
+        // goes through `request`), naming the action (was: exit 1, a bare "Permission denied").
+        if let (Source::Mounted(_), std::io::ErrorKind::PermissionDenied) = (self, e.kind()) {
+            return CliError::new(
+                code::ACCESS_DENIED,
+                format!(
+                    "{}: denied by key policy: reading the audit log needs kms:ReadAuditLog on                      the volume's default key",
+                    at.display()
+                ),
+            )
+            .hint("ask a key administrator to allow it (kmsfs policy put)");
+        }
         CliError::new(code::ERROR, format!("audit log in {}: {e}", at.display()))
     }
 
@@ -243,16 +283,7 @@ impl Source {
             Source::Offline { control, keys, .. } => {
                 audit::read_all(control, keys).map_err(|e| self.io(e))
             }
-            Source::Mounted(c) => {
-                let text = std::fs::read_to_string(c.join("audit")).map_err(|e| self.io(e))?;
-                text.lines()
-                    .map(|l| {
-                        serde_json::from_str(l).map_err(|e| {
-                            CliError::new(code::INTEGRITY, format!("unreadable audit line: {e}"))
-                        })
-                    })
-                    .collect()
-            }
+            Source::Mounted(_) => Feed::open(self)?.next(),
         }
     }
 
@@ -281,6 +312,58 @@ impl Source {
     }
 }
 
+/// New records as they come. Through a mount, one open `.kmsfs/audit` read on from where the
+/// last read ended: every open of it is an audited read (`ReadAuditLog`), so `tail -f` that
+/// reopened and re-read the whole log twice a second added two records a second to an idle
+/// volume's log and printed them (until 2026-12-06). Offline, the log is read again.
+enum Feed<'a> {
+    Mounted {
+        src: &'a Source,
+        file: std::fs::File,
+        /// The start of a line whose end has not been read yet.
+        partial: Vec<u8>,
+    },
+    Offline(&'a Source),
+}
+
+impl<'a> Feed<'a> {
+    fn open(src: &'a Source) -> Result<Feed<'a>, CliError> {
+        Ok(match src {
+            Source::Mounted(c) => Feed::Mounted {
+                src,
+                file: std::fs::File::open(c.join("audit")).map_err(|e| src.io(e))?,
+                partial: Vec::new(),
+            },
+            Source::Offline { .. } => Feed::Offline(src),
+        })
+    }
+
+    /// The records written since the last call (the first call: all of them; offline: all of
+    /// them every time).
+    fn next(&mut self) -> Result<Vec<AuditRecord>, CliError> {
+        let (src, file, partial) = match self {
+            Feed::Offline(src) => return src.records(),
+            Feed::Mounted { src, file, partial } => (src, file, partial),
+        };
+        use std::io::Read;
+        file.read_to_end(partial).map_err(|e| src.io(e))?;
+        let Some(end) = partial.iter().rposition(|&b| b == b'\n') else {
+            return Ok(Vec::new());
+        };
+        let rest = partial.split_off(end + 1);
+        let lines = std::mem::replace(partial, rest);
+        lines
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                serde_json::from_slice(l).map_err(|e| {
+                    CliError::new(code::INTEGRITY, format!("unreadable audit line: {e}"))
+                })
+            })
+            .collect()
+    }
+}
+
 pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
     if let AuditOp::Retention {
         days,
@@ -291,7 +374,7 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
     {
         return retention(a, *days, *max_size, *off, *json);
     }
-    let src = match super::target::mount_of(&a.cipherdir) {
+    let src = match super::target::mount_of(&a.cipherdir)? {
         Some(mp) => Source::Mounted(mp.join(crate::control::CONTROL_NAME)),
         None => {
             let root = std::fs::canonicalize(&a.cipherdir)
@@ -321,7 +404,8 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
                 f.since.as_deref().map(when).transpose()?,
                 f.until.as_deref().map(when).transpose()?,
             );
-            let all = src.records()?;
+            let mut feed = Feed::open(&src)?;
+            let all = feed.next()?;
             let sel: Vec<&AuditRecord> = all.iter().filter(|r| f.matches(r, &s, &u)).collect();
             let mut last = all.last().map_or(0, |r| r.seq);
             for r in &sel[sel.len().saturating_sub(*lines)..] {
@@ -333,11 +417,8 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             loop {
                 // Runs until interrupted (tail -f).
                 std::thread::sleep(std::time::Duration::from_millis(500));
-                let new: Vec<AuditRecord> = src
-                    .records()?
-                    .into_iter()
-                    .filter(|r| r.seq > last)
-                    .collect();
+                let new: Vec<AuditRecord> =
+                    feed.next()?.into_iter().filter(|r| r.seq > last).collect();
                 for r in &new {
                     last = r.seq;
                     if f.matches(r, &s, &u) {
@@ -393,12 +474,27 @@ pub fn audit(a: &AuditArgs) -> Result<(), CliError> {
             if file.as_os_str() == "-" {
                 print!("{out}");
             } else {
-                std::fs::write(file, out)
+                write_private(file, out.as_bytes())
                     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", file.display())))?;
             }
         }
     }
     Ok(())
+}
+
+/// Writes the decrypted log (paths, users, programs) to a file only its owner can read, as
+/// `keystore export` and `--recovery-key-file` do (was: the umask's mode, 0644 for most). An
+/// existing file keeps its mode.
+fn write_private(file: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)?;
+    f.write_all(data)
 }
 
 /// `audit retention`: a key-manager request (the mount's, or the cipher directory's with the
@@ -453,7 +549,23 @@ fn size_text(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_rfc3339, parse_size};
+
+    #[test]
+    fn rfc3339_times_with_an_offset_parse() {
+        let utc = parse_rfc3339("2026-12-06T07:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339("2026-12-06T08:00:00+01:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2026-12-06T05:30:00-01:30"), Some(utc));
+        assert_eq!(parse_rfc3339("2026-12-06T07:00:00"), Some(utc));
+        for bad in [
+            "2026-12-06T08:00:00+25:00",
+            "yesterday",
+            "2026-12-06+01:00",
+            "+01:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

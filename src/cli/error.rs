@@ -54,9 +54,10 @@ impl From<VolumeError> for CliError {
             VolumeError::WrongPassphrase => {
                 Some("check the passphrase, or unlock with --recovery-key")
             }
-            VolumeError::KeyStoreCorrupt(_) => {
-                Some("restore .kmsfs/keystore from a backup of the cipher directory")
-            }
+            VolumeError::KeyStoreCorrupt(_) => Some(
+                "restore a key-store backup with `kmsfs keystore restore CIPHERDIR FILE`, or \
+                     .kmsfs/keystore from a backup of the cipher directory",
+            ),
             VolumeError::BackupCorrupt { .. } => Some(
                 "the volume's key store was not changed; restore from another copy of the backup",
             ),
@@ -64,8 +65,39 @@ impl From<VolumeError> for CliError {
         };
         CliError {
             code: c,
-            message: e.to_string(),
+            message: without_repeats(&e.to_string()),
             hint: hint.map(str::to_string),
         }
+    }
+}
+
+/// `message` with later repeats of its leading clause left out: nested errors of one kind each
+/// put their own words in front ("volume config: volume config: key must be a string", "key
+/// store is damaged and no backup generation opens: primary: key store is damaged and no
+/// backup generation opens: …").
+fn without_repeats(message: &str) -> String {
+    let Some((lead, rest)) = message.split_once(": ") else {
+        return message.to_string();
+    };
+    let clause = format!("{lead}: ");
+    format!("{clause}{}", rest.replace(&clause, ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_repeats;
+
+    #[test]
+    fn a_repeated_leading_clause_is_said_once() {
+        assert_eq!(
+            without_repeats("volume config: volume config: key must be a string"),
+            "volume config: key must be a string"
+        );
+        assert_eq!(
+            without_repeats("damaged: primary: damaged: bad tag; backup: damaged: x: missing"),
+            "damaged: primary: bad tag; backup: x: missing"
+        );
+        assert_eq!(without_repeats("a: b: c"), "a: b: c");
+        assert_eq!(without_repeats("no clause"), "no clause");
     }
 }

@@ -38,11 +38,31 @@ pub struct FsckArgs {
 }
 
 pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
+    if let Some(cipherdir) = super::mount_cmd::volume_mounted_at(&a.cipherdir) {
+        return Err(CliError::new(
+            code::ALREADY_MOUNTED,
+            format!(
+                "{} is the mount point of the kmsfs volume {}: fsck checks the cipher directory \
+                 of an unmounted volume",
+                a.cipherdir.display(),
+                cipherdir.display()
+            ),
+        )
+        .hint(format!(
+            "kmsfs unmount {}, then kmsfs fsck {}",
+            a.cipherdir.display(),
+            cipherdir.display()
+        )));
+    }
     let root = std::fs::canonicalize(&a.cipherdir)
         .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
     crate::keymgr::probe(&root)?;
+    super::mount_cmd::refuse_if_mounted(&root).map_err(|e| e.hint("unmount it first"))?;
+    // The passphrase before the lock (a prompt must not hold the volume).
+    let secret = a.unlock.source().get()?;
     let _lock = super::mount_cmd::lock_volume(&VolumePaths::new(&root))?;
-    let u = crate::keymgr::unlock(&root, &a.unlock.source().get()?)?;
+    let u = crate::keymgr::unlock(&root, &secret)?;
+    drop(secret);
     let used_backup = u.used_backup.clone();
     let block_size = u.config.block_size;
     let names = Names::new(

@@ -198,8 +198,11 @@ pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliEr
     let root = std::fs::canonicalize(cipherdir)
         .map_err(|_| crate::keymgr::VolumeError::NotAVolume(cipherdir.to_path_buf()))?;
     crate::keymgr::probe(&root)?;
+    // The passphrase before the lock: a prompt must not hold the volume (a mount meanwhile
+    // was refused as "already mounted"). A mounted volume went to its mount (`target`).
+    let secret = unlock.source().get()?;
     let lock = super::mount_cmd::lock_volume(&VolumePaths::new(&root)).map_err(|e| {
-        if e.code == code::ALREADY_MOUNTED {
+        if e.code == code::ALREADY_MOUNTED && super::mount_cmd::refuse_if_mounted(&root).is_err() {
             CliError::new(
                 code::ALREADY_MOUNTED,
                 format!(
@@ -212,7 +215,8 @@ pub(super) fn open(cipherdir: &Path, unlock: &UnlockArgs) -> Result<Admin, CliEr
             e
         }
     })?;
-    let u = crate::keymgr::unlock(&root, &unlock.source().get()?)?;
+    let u = crate::keymgr::unlock(&root, &secret)?;
+    drop(secret);
     super::warn_if_backup(&u);
     let plaintext_names = u
         .config

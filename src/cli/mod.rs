@@ -13,6 +13,7 @@ pub mod mount_helper;
 mod policy_cmd;
 mod progress;
 mod rekey_cmd;
+mod ro_control;
 mod secrets;
 mod target;
 mod volume_cmd;
@@ -127,7 +128,55 @@ enum Command {
 }
 
 /// Runs the command line; returns the process exit code.
+///
+/// SIGPIPE stays ignored (Rust's default; the mount daemon must not die of a reader that went
+/// away), so output to a closed pipe (`kmsfs audit VOL show | head -1`) fails with EPIPE, which
+/// `println!` turns into a panic: until 2026-12-06 a panic message and exit 101. Such a panic
+/// now unwinds quietly (destructors run: an administration session still records its closing
+/// audit checkpoint), and the process then ends by SIGPIPE as other tools do in a pipeline.
 pub fn main() -> i32 {
+    quiet_broken_pipe_panics();
+    match std::panic::catch_unwind(run) {
+        Ok(code) => code,
+        Err(_) if BROKEN_PIPE.load(std::sync::atomic::Ordering::Relaxed) => die_of_sigpipe(),
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// Set when a panic was a write to a closed stdout or stderr.
+static BROKEN_PIPE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A panic hook that keeps quiet about (and records) the panics of `print!`/`eprint!` on a
+/// closed pipe, and leaves every other panic to the default hook.
+fn quiet_broken_pipe_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // std's wording: "failed printing to stdout: Broken pipe (os error 32)".
+        if msg.starts_with("failed printing to std") && msg.contains("(os error 32)") {
+            BROKEN_PIPE.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        default(info);
+    }));
+}
+
+/// Ends the process by SIGPIPE (exit status 141 in a shell), as a tool that never ignored it.
+fn die_of_sigpipe() -> i32 {
+    // SAFETY: restoring the default disposition and raising the signal in this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    128 + libc::SIGPIPE
+}
+
+fn run() -> i32 {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Called by mount(8) as /sbin/mount.fuse.kmsfs: translate its arguments.
     if args.first().is_some_and(mount_helper::is_helper) {
@@ -164,10 +213,7 @@ pub fn main() -> i32 {
         Command::Audit(a) => audit_cmd::audit(&a),
         Command::Fsck(a) => fsck_cmd::fsck(&a),
         Command::Keystore(a) => keystore_cmd::keystore(&a),
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kmsfs", &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions { shell } => completions(shell),
         Command::Man { dir } => write_man_pages(&dir),
     };
     match r {
@@ -186,6 +232,23 @@ pub(crate) fn warn_if_backup(u: &crate::keymgr::Unlocked) {
              generation {} (the one before the last change)",
             u.generation()
         );
+    }
+}
+
+/// The completion script, built in memory and written with its errors reported
+/// (`clap_complete::generate` panics on a write error).
+fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kmsfs", &mut buf);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&buf).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            BROKEN_PIPE.store(true, std::sync::atomic::Ordering::Relaxed);
+            std::process::exit(die_of_sigpipe());
+        }
+        Err(e) => Err(CliError::new(exit_code::ERROR, format!("stdout: {e}"))),
     }
 }
 

@@ -65,7 +65,7 @@ pub struct MountArgs {
     /// turn, nor the subdirectories of a directory listed in a tree walk.
     #[arg(long)]
     no_prefetch: bool,
-    /// Unmount after this long without use while no file is open (e.g. 30m, 2h).
+    /// Unmount after this long without use while no file is open (e.g. 30m, 2h; 0: never).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     idle: Option<std::time::Duration>,
     /// More log output (-v info, -vv debug); KMSFS_LOG overrides.
@@ -116,30 +116,25 @@ fn parse_mount_table(m: &[u8]) -> Vec<(String, PathBuf, String)> {
 
 /// `mp` as an absolute path, also where it cannot be resolved itself (a mount whose daemon is
 /// gone answers ENOTCONN): its directory resolved, its own name kept.
-fn absolute_mountpoint(mp: &Path) -> PathBuf {
+pub(super) fn absolute_mountpoint(mp: &Path) -> PathBuf {
     if let Ok(p) = std::fs::canonicalize(mp) {
         return p;
     }
-    let dir = match mp.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match (std::fs::canonicalize(dir), mp.file_name()) {
+    match (
+        std::fs::canonicalize(crate::fsutil::parent_dir(mp)),
+        mp.file_name(),
+    ) {
         (Ok(d), Some(name)) => d.join(name),
         _ => std::path::absolute(mp).unwrap_or_else(|_| mp.to_path_buf()),
     }
 }
 
-/// Unmounts `abs` with fusermount3 (lazily if it is busy); whether it is gone.
+/// Unmounts `abs` with fusermount3 (lazily if it is busy), or umount2(2) for root without
+/// fusermount3; whether it is gone.
 fn fusermount_unmount(abs: &Path) -> bool {
-    ["-u", "-uz"].iter().any(|flags| {
-        std::process::Command::new("fusermount3")
-            .arg(flags)
-            .arg(abs)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    [false, true]
+        .iter()
+        .any(|&lazy| crate::fuse::unmount_mountpoint(abs, lazy, false).unwrap_or(false))
 }
 
 /// A mount left at `mp` by a kmsfs daemon that is gone (killed or crashed: every call there
@@ -212,20 +207,56 @@ pub(super) fn lock_volume(paths: &VolumePaths) -> Result<OwnedFd, CliError> {
     // checkpoint and exits: when the volume is in no mount table entry, wait for it briefly
     // (`umount && mount` must work).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let root = paths.root.display().to_string();
     loop {
         match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Err(rustix::io::Errno::WOULDBLOCK)
-                if std::time::Instant::now() < deadline
-                    && !mount_table()
-                        .iter()
-                        .any(|(src, _, ty)| ty == "fuse.kmsfs" && *src == root) =>
+                if std::time::Instant::now() < deadline && !is_mounted(&paths.root) =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             r => break lock_result(r, f, paths, &p),
         }
     }
+}
+
+/// Whether the volume at `root` is the source of a kmsfs mount.
+fn is_mounted(root: &Path) -> bool {
+    mount_table()
+        .iter()
+        .any(|(src, _, ty)| ty == "fuse.kmsfs" && Path::new(src) == root)
+}
+
+/// The cipher directory of the kmsfs mount whose mount point `path` is, if it is one: for
+/// the commands that take a cipher directory, to say what was given instead of "not a kmsfs
+/// volume … create one with `kmsfs init`".
+pub(super) fn volume_mounted_at(path: &Path) -> Option<PathBuf> {
+    let abs = absolute_mountpoint(path);
+    mounts_at(&abs)
+        .into_iter()
+        .find(|(_, ty)| ty == "fuse.kmsfs")
+        .map(|(src, _)| PathBuf::from(src))
+        // A volume mounted over its own cipher directory is both.
+        .filter(|src| *src != abs)
+}
+
+/// Refuses a volume that is mounted (exit 19) before a passphrase is asked for: the lock is
+/// taken only after the prompt (see [`lock_volume`]'s callers), and typing a passphrase to be
+/// told "already mounted" helps nobody.
+pub(super) fn refuse_if_mounted(root: &Path) -> Result<(), CliError> {
+    if is_mounted(root) {
+        return Err(already_mounted(root));
+    }
+    Ok(())
+}
+
+fn already_mounted(root: &Path) -> CliError {
+    CliError::new(
+        code::ALREADY_MOUNTED,
+        format!(
+            "{} is already mounted by another kmsfs process",
+            root.display()
+        ),
+    )
 }
 
 fn lock_result(
@@ -236,13 +267,20 @@ fn lock_result(
 ) -> Result<OwnedFd, CliError> {
     match r {
         Ok(()) => Ok(f.into()),
+        Err(rustix::io::Errno::WOULDBLOCK) if is_mounted(&paths.root) => {
+            Err(already_mounted(&paths.root))
+        }
+        // Held, but mounted nowhere (here): an administration command, fsck, passwd, … at
+        // work, or one waiting at its passphrase prompt (said "already mounted" until
+        // 2026-12-06).
         Err(rustix::io::Errno::WOULDBLOCK) => Err(CliError::new(
             code::ALREADY_MOUNTED,
             format!(
-                "{} is already mounted by another kmsfs process",
+                "{} is in use by another kmsfs command (or mounted in another mount namespace)",
                 paths.root.display()
             ),
-        )),
+        )
+        .hint("try again when it has finished")),
         Err(e) => Err(CliError::new(code::ERROR, format!("{}: {e}", p.display()))),
     }
 }
@@ -284,11 +322,16 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let cipherdir = std::fs::canonicalize(&a.cipherdir)
         .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
     crate::keymgr::probe(&cipherdir)?;
+    let fsname = fsname(&cipherdir)?;
+    check_auto_unmount(a)?;
     clear_dead_mount(&a.mountpoint, &cipherdir)?;
     let mountpoint = check_mountpoint(&a.mountpoint)?;
     let paths = VolumePaths::new(&cipherdir);
-    let lock = lock_volume(&paths)?;
+    refuse_if_mounted(&cipherdir)?;
+    // The passphrase before the lock: a prompt waiting for its user must not hold the volume
+    // (another command would be refused all that time).
     let unlock = a.unlock.source().get()?;
+    let lock = lock_volume(&paths)?;
     let unlocked = crate::keymgr::unlock(&cipherdir, &unlock)?;
     drop(unlock);
     super::warn_if_backup(&unlocked);
@@ -347,6 +390,12 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         None => false,
     };
     fuse_opts.retain(|o| o != "acl" && o != "noacl");
+    // `-o allow_other` is `--allow-other`, `-o allow_root` lets root in besides the owner:
+    // fuser's own check must know, not only the kernel (until 2026-12-06 the kernel let other
+    // users in and fuser refused them every request).
+    let allow_other = a.allow_other || fuse_opts.iter().any(|o| o == "allow_other");
+    let allow_root = fuse_opts.iter().any(|o| o == "allow_root");
+    fuse_opts.retain(|o| o != "allow_other" && o != "allow_root");
     // `-o ro` is `--ro` (the last of `ro`/`rw` counts, as for mount(8)): the model must know,
     // not only the kernel (no recovery writes, no access times, nothing written but the log).
     let read_only = a.ro || last_of(&fuse_opts, "ro", "rw") == Some(true);
@@ -367,13 +416,15 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;
     let opts = MountOptions {
         read_only,
-        allow_other: a.allow_other,
+        allow_other,
+        allow_root,
         fuse_opts,
         threads: a.threads,
         poll: std::time::Duration::from_micros(a.poll_us),
         writeback_cache: !a.no_writeback_cache,
-        fsname: cipherdir.display().to_string(),
-        idle: a.idle,
+        fsname,
+        // 0 is off, as gocryptfs's `-idle 0` (it unmounted at once until 2026-12-06).
+        idle: a.idle.filter(|d| !d.is_zero()),
     };
     vfs.set_audit(audit.clone());
     let session = Session {
@@ -392,6 +443,49 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
         });
     }
     daemonize(session, &mountpoint, &opts, lock)
+}
+
+/// The mount's source as the mount table will show it: the cipher directory, byte for byte.
+/// fuser takes it as a `String`, so a cipher directory whose path is not UTF-8 would be shown
+/// with U+FFFD in place of its bytes, and every lookup by path (`kmsfs unmount` waiting for
+/// the daemon, `kmsfs key CIPHERDIR`, a second mount) would miss it: refused (until 2026-12-06
+/// it was mounted with the mangled name).
+fn fsname(cipherdir: &Path) -> Result<String, CliError> {
+    cipherdir.to_str().map(str::to_string).ok_or_else(|| {
+        CliError::new(
+            code::ERROR,
+            format!(
+                "cannot mount {}: the path of the cipher directory is not valid UTF-8, which the \
+                 mount table cannot show faithfully",
+                cipherdir.display()
+            ),
+        )
+        .hint("rename the directory (or one above it) to a UTF-8 name")
+    })
+}
+
+/// `-o auto_unmount` makes fusermount3 unmount when the daemon dies; it insists on
+/// `allow_other` or `allow_root`, and fuser refused it without with its own words ("requires
+/// acl != Owner").
+fn check_auto_unmount(a: &MountArgs) -> Result<(), CliError> {
+    let opts: Vec<&str> = a.fuse_opts.iter().flat_map(|o| o.split(',')).collect();
+    if opts.contains(&"auto_unmount")
+        && !a.allow_other
+        && !opts
+            .iter()
+            .any(|o| *o == "allow_other" || *o == "allow_root")
+    {
+        return Err(CliError::new(
+            code::MOUNT_FAILED,
+            "-o auto_unmount needs --allow-other (or -o allow_root): fusermount3 takes it only \
+             with one of them",
+        )
+        .hint(
+            "leave it out: `kmsfs unmount`, SIGTERM, SIGINT and SIGHUP unmount cleanly, and \
+             `kmsfs mount` clears a mount left by a daemon that died",
+        ));
+    }
+    Ok(())
 }
 
 /// What a running mount holds.
@@ -613,21 +707,20 @@ pub fn unmount(a: &UnmountArgs) -> Result<(), CliError> {
         .filter(|(_, t)| t == "fuse.kmsfs")
         .map(|(src, _)| PathBuf::from(src))
         .collect();
-    let st = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(&abs)
-        .status();
-    match st {
-        Ok(s) if s.success() => {
+    // Root without fusermount3 (root mounts without it) unmounts with umount2(2) (until
+    // 2026-12-06 `kmsfs unmount` failed there while the daemon's own unmount worked).
+    match crate::fuse::unmount_mountpoint(&abs, false, true) {
+        Ok(true) => {
             for v in &volumes {
                 wait_for_daemon(v);
             }
             Ok(())
         }
-        Ok(_) => Err(
-            CliError::new(code::ERROR, format!("could not unmount {}", abs.display()))
-                .hint("is a program still using it? (fuser -m); or use fusermount3 -u -z"),
-        ),
+        Ok(false) => Err(CliError::new(
+            code::ERROR,
+            format!("could not unmount {}", abs.display()),
+        )
+        .hint("is a program still using it? (fuser -m); or use fusermount3 -u -z")),
         Err(e) => Err(
             CliError::new(code::ERROR, format!("cannot run fusermount3: {e}"))
                 .hint("install the fuse3 package"),

@@ -130,11 +130,7 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
             p.len()
         ))
     })?;
-    // The old `kmsfs#/path` form of fuse sources.
-    let source = match source.to_str().and_then(|s| s.split_once('#')) {
-        Some((_, path)) => OsString::from(path),
-        None => source,
-    };
+    let source = strip_type_prefix(source);
     // `mount -o remount,ro MOUNTPOINT`: mount(8) passes the mount's options with the changes
     // merged in; the kernel changes the flags of the mount there is (no new daemon).
     if opts.iter().any(|o| o == "remount") {
@@ -187,9 +183,41 @@ pub fn translate(args: &[OsString]) -> Result<Option<Vec<OsString>>, CliError> {
     Ok(Some(out))
 }
 
+/// The old `kmsfs#/path` (or `fuse.kmsfs#/path`) form of fuse sources, without its prefix. Only
+/// that literal prefix: a `#` elsewhere belongs to the path (`/srv/vault#2` was cut to `2`
+/// until 2026-12-06).
+fn strip_type_prefix(source: OsString) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let b = source.as_bytes();
+    for prefix in [&b"fuse.kmsfs#"[..], b"kmsfs#"] {
+        if let Some(rest) = b.strip_prefix(prefix) {
+            return OsString::from_vec(rest.to_vec());
+        }
+    }
+    source
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_sign_inside_the_cipher_dir_is_kept() {
+        for src in ["/srv/vault#2", "kmsfs/x#y", "#start"] {
+            let a: Vec<OsString> = ["/sbin/mount.fuse.kmsfs", src, "/mnt/v"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            let out = translate(&a).unwrap().unwrap();
+            assert_eq!(out[out.len() - 2], OsString::from(src));
+        }
+        let a: Vec<OsString> = ["/sbin/mount.fuse.kmsfs", "kmsfs#/srv/vault#2", "/mnt/v"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let out = translate(&a).unwrap().unwrap();
+        assert_eq!(out[out.len() - 2], OsString::from("/srv/vault#2"));
+    }
 
     fn t(args: &[&str]) -> Vec<String> {
         let a: Vec<OsString> = args.iter().map(OsString::from).collect();
@@ -228,6 +256,10 @@ mod tests {
         assert_eq!(
             t(&["mount.kmsfs", "kmsfs#/srv/c", "/mnt/x", "-n", "-oro"]),
             ["kmsfs", "mount", "--ro", "/srv/c", "/mnt/x"]
+        );
+        assert_eq!(
+            t(&["mount.kmsfs", "fuse.kmsfs#/srv/c", "/mnt/x"]),
+            ["kmsfs", "mount", "/srv/c", "/mnt/x"]
         );
         assert_eq!(
             t(&[

@@ -63,9 +63,8 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
             md.nlink()
         )));
     }
-    let dir = p
-        .parent()
-        .ok_or_else(|| io::Error::other("no parent directory"))?;
+    // `.` for a bare file name (`cd MNT; kmsfs rekey doc.txt`).
+    let dir = crate::fsutil::parent_dir(p);
     let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
         let mut src = File::open(p)?;

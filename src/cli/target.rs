@@ -36,19 +36,40 @@ impl From<ControlError> for CliError {
 }
 
 /// The mount point of `path` if it is one of kmsfs, or of the volume whose cipher directory
-/// `path` is, if that volume is mounted.
-pub(super) fn mount_of(path: &Path) -> Option<PathBuf> {
-    let abs = std::fs::canonicalize(path).ok()?;
-    super::mount_cmd::mount_table()
+/// `path` is, if that volume is mounted. A mount whose daemon is gone (killed or crashed: every
+/// call there fails with ENOTCONN) is an error telling how to clear it (exit 18), not a mount
+/// to send requests to (until 2026-12-06 they failed with a bare "Transport endpoint is not
+/// connected").
+pub(super) fn mount_of(path: &Path) -> Result<Option<PathBuf>, CliError> {
+    // A dead mount point itself cannot be resolved: its directory is, its name kept.
+    let abs = super::mount_cmd::absolute_mountpoint(path);
+    let Some(mp) = super::mount_cmd::mount_table()
         .into_iter()
         .filter(|(_, _, ty)| ty == "fuse.kmsfs")
         .find(|(src, mp, _)| *mp == abs || Path::new(src) == abs)
         .map(|(_, mp, _)| mp)
+    else {
+        return Ok(None);
+    };
+    match std::fs::symlink_metadata(&mp) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(CliError::new(
+            code::NOT_MOUNTED,
+            format!(
+                "the daemon of the kmsfs mount at {} is gone (killed or crashed)",
+                mp.display()
+            ),
+        )
+        .hint(format!(
+            "run `kmsfs unmount {}`, then repeat the command (or mount the volume again)",
+            mp.display()
+        ))),
+        _ => Ok(Some(mp)),
+    }
 }
 
 /// `path` is a mount point or a cipher directory.
 pub(super) fn target(path: &Path, unlock: &UnlockArgs) -> Result<Target, CliError> {
-    if let Some(mp) = mount_of(path) {
+    if let Some(mp) = mount_of(path)? {
         return Ok(Target::Mounted(mp.join(CONTROL_NAME)));
     }
     Ok(Target::Offline(Box::new(open(path, unlock)?)))
@@ -88,11 +109,14 @@ impl Target {
 fn call_mounted(ctl: &Path, req: &Request) -> Result<Value, CliError> {
     let path = ctl.join("request");
     let io = |e: std::io::Error| CliError::new(code::ERROR, format!("{}: {e}", path.display()));
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
+    let mut f = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        // A read-only mount: answered from the read-only control files, or refused clearly.
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            return super::ro_control::call(ctl, req);
+        }
+        Err(e) => return Err(io(e)),
+    };
     // May carry imported key material.
     let body = zeroize::Zeroizing::new(
         serde_json::to_vec(req).map_err(|e| CliError::new(code::ERROR, e.to_string()))?,

@@ -81,18 +81,124 @@ pub fn init(a: &InitArgs) -> Result<(), CliError> {
         .as_deref()
         .map(create_recovery_key_file)
         .transpose()?;
-    let pass = a.pass.source().new_passphrase("New passphrase")?;
-    let rk = crate::keymgr::init(&a.cipherdir, &pass, &opts)?;
-    println!("Created kmsfs volume in {}", a.cipherdir.display());
-    if let Some(rk) = rk {
-        show_recovery_key(
-            &rk,
-            rk_file,
-            a.recovery_key_file.as_deref(),
-            "Your recovery key",
-        );
+    let made = a
+        .pass
+        .source()
+        .new_passphrase("New passphrase")
+        .and_then(|pass| Ok(crate::keymgr::init(&a.cipherdir, &pass, &opts)?));
+    let rk = match made {
+        Ok(rk) => rk,
+        Err(e) => {
+            // Nothing was made: an empty file left behind would only block the retry
+            // ("File exists"; until 2026-12-06).
+            if let (Some(_), Some(f)) = (&rk_file, &a.recovery_key_file) {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(e);
+        }
+    };
+    let created = format!("Created kmsfs volume in {}\n", a.cipherdir.display());
+    let Some(rk) = rk else {
+        return show(created.as_bytes()).map_err(|e| {
+            CliError::new(
+                code::ERROR,
+                format!("the volume was created, but: stdout: {e}"),
+            )
+        });
+    };
+    match give_recovery_key(
+        &rk,
+        rk_file,
+        a.recovery_key_file.as_deref(),
+        "Your recovery key",
+        &created,
+    ) {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => Err(e),
+        Err(e) => Err(e.hint(
+            "the passphrase still opens the volume; for a recovery key, remove the new volume \
+             and run `kmsfs init` again (or with --recovery-key-file)",
+        )),
     }
-    Ok(())
+}
+
+/// Writes `text` to stdout, flushed, reporting a failure (a closed pipe, a full disk) instead
+/// of panicking as `println!` does.
+fn show(text: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text).and_then(|()| out.flush())
+}
+
+/// Writes the recovery key `rk` to `file` (opened from `path`), or shows it once (after
+/// `before`) when there is no file or writing it failed. A recovery key exists only in this
+/// process until then: when stdout cannot take it (`kmsfs init … | head -1`, a closed pipe:
+/// until 2026-12-06 a panic, exit 101, and the key was gone), it goes to stderr, then to the
+/// terminal. `Ok(None)`: shown as asked; `Ok(Some(e))`: shown elsewhere, and the command should
+/// fail with `e` so that a script notices; `Err`: shown nowhere.
+fn give_recovery_key(
+    rk: &crate::crypto::Key256,
+    file: Option<std::fs::File>,
+    path: Option<&Path>,
+    what: &str,
+    before: &str,
+) -> Result<Option<CliError>, CliError> {
+    let shown = zeroize::Zeroizing::new(format_recovery_key(rk));
+    if let (Some(mut file), Some(f)) = (file, path) {
+        match writeln!(file, "{}", shown.as_str()).and_then(|()| file.sync_all()) {
+            Ok(()) => {
+                let text = format!(
+                    "{before}{what} written to {}. Keep it offline: it unlocks the volume \
+                     without the passphrase.\n",
+                    f.display()
+                );
+                // The key is safe in the file: a closed stdout loses only this message.
+                return Ok(show(text.as_bytes()).err().map(|e| {
+                    CliError::new(
+                        code::ERROR,
+                        format!("the key is in the file, but: stdout: {e}"),
+                    )
+                }));
+            }
+            // Never lose the key: show it instead.
+            Err(e) => eprintln!(
+                "kmsfs: could not write the recovery key to {}: {e}",
+                f.display()
+            ),
+        }
+    }
+    let text = zeroize::Zeroizing::new(format!(
+        "{before}\n{what} (shown only this once; keep it offline, it unlocks the volume without \
+         the passphrase):\n\n    {}\n\n",
+        shown.as_str()
+    ));
+    let Err(e) = show(text.as_bytes()) else {
+        return Ok(None);
+    };
+    let fallback = |mut w: Box<dyn Write>| w.write_all(text.as_bytes()).and_then(|()| w.flush());
+    let shown_on = if fallback(Box::new(std::io::stderr().lock())).is_ok() {
+        "stderr"
+    } else if std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/tty")
+        .map(|t| fallback(Box::new(t)))
+        .is_ok_and(|r| r.is_ok())
+    {
+        "the terminal"
+    } else {
+        return Err(CliError::new(
+            code::ERROR,
+            format!(
+                "the recovery key could not be shown (stdout: {e}; stderr and the terminal \
+                 failed too)"
+            ),
+        ));
+    };
+    Ok(Some(CliError::new(
+        code::ERROR,
+        format!(
+            "the recovery key could not be written to stdout ({e}): it was shown on {shown_on}"
+        ),
+    )))
 }
 
 /// Creates the file a recovery key goes to (mode 0600; refused if it exists).
@@ -109,41 +215,6 @@ fn create_recovery_key_file(f: &Path) -> Result<std::fs::File, CliError> {
                 format!("cannot create recovery key file {}: {e}", f.display()),
             )
         })
-}
-
-/// Writes the recovery key `rk` to `file` (opened from `path`), or prints it once when there is
-/// no file or writing it failed (the key is never lost).
-fn show_recovery_key(
-    rk: &crate::crypto::Key256,
-    file: Option<std::fs::File>,
-    path: Option<&Path>,
-    what: &str,
-) {
-    let shown = zeroize::Zeroizing::new(format_recovery_key(rk));
-    if let (Some(mut file), Some(f)) = (file, path) {
-        let written = writeln!(file, "{}", shown.as_str()).and_then(|()| file.sync_all());
-        match written {
-            Ok(()) => {
-                println!(
-                    "{what} written to {}. Keep it offline: it unlocks the volume without the passphrase.",
-                    f.display()
-                );
-                return;
-            }
-            // Never lose the key: show it instead.
-            Err(e) => eprintln!(
-                "kmsfs: could not write the recovery key to {}: {e}",
-                f.display()
-            ),
-        }
-    }
-    println!();
-    println!(
-        "{what} (shown only this once; keep it offline, it unlocks the volume without the passphrase):"
-    );
-    println!();
-    println!("    {}", shown.as_str());
-    println!();
 }
 
 #[derive(Args, Debug)]
@@ -190,14 +261,18 @@ pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
             }
         })?;
     // Handed out before the key store is written: a stop after the first of its two writes
-    // leaves the new recovery key in force in `keystore.bak`, so it must not be lost.
+    // leaves the new recovery key in force in `keystore.bak`, so it must not be lost (a key
+    // shown nowhere: nothing is written).
+    let mut shown_elsewhere = None;
     if let Some(rk) = &rk {
-        show_recovery_key(
+        shown_elsewhere = give_recovery_key(
             rk,
             rk_file,
             a.new_recovery_key_file.as_deref(),
             "New recovery key (valid once the passphrase change succeeds)",
-        );
+            "",
+        )
+        .map_err(|e| e.hint("nothing was changed"))?;
     }
     let done = pending.commit().map_err(|e| {
         let e = CliError::from(e);
@@ -210,11 +285,18 @@ pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
             e
         }
     })?;
-    println!("Passphrase changed for {}", a.cipherdir.display());
     if !done.new_store_key {
         eprintln!("{KEPT_STORE_KEY_NOTE}");
     }
-    Ok(())
+    if let Some(e) = shown_elsewhere {
+        return Err(e);
+    }
+    show(format!("Passphrase changed for {}\n", a.cipherdir.display()).as_bytes()).map_err(|e| {
+        CliError::new(
+            code::ERROR,
+            format!("the passphrase was changed, but: stdout: {e}"),
+        )
+    })
 }
 
 /// Printed when `passwd` had to keep the store key (see `keymgr::change_passphrase`).
@@ -234,6 +316,21 @@ pub struct InfoArgs {
 }
 
 pub fn info(a: &InfoArgs) -> Result<(), CliError> {
+    if let Some(cipherdir) = super::mount_cmd::volume_mounted_at(&a.cipherdir) {
+        return Err(CliError::new(
+            code::NOT_A_VOLUME,
+            format!(
+                "{} is the mount point of the kmsfs volume {}; info takes the cipher directory",
+                a.cipherdir.display(),
+                cipherdir.display()
+            ),
+        )
+        .hint(format!(
+            "kmsfs info {} (or cat {}/.kmsfs/status)",
+            cipherdir.display(),
+            a.cipherdir.display()
+        )));
+    }
     let i = VolumeInfo::read(&a.cipherdir)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());

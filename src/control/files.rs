@@ -57,9 +57,12 @@ pub(super) struct CtlHandle {
     pending: Mutex<Pending>,
     /// For `audit` files (read for): the open view (`content` stays empty).
     view: Option<Mutex<OpenView>>,
-    /// Bytes written through the handle, and for `request` how many had been written when the
-    /// response was made: reads continue from the write position (`exec 3<>request`), so the
-    /// response starts at that offset (and at 0 for `pread`).
+    /// Where the last write through the handle ended (its file offset plus its length), and
+    /// for `request` that end when the response was made: reads continue from the write
+    /// position (`exec 3<>request`), so the response starts at that offset (and at 0 for
+    /// `pread`). The offset, not a count of bytes written: a read of the first response moves
+    /// the position on, and a second request's response was looked for past its end (until
+    /// 2026-12-06).
     written: std::sync::atomic::AtomicU64,
     response_base: std::sync::atomic::AtomicU64,
 }
@@ -431,7 +434,7 @@ impl ControlDir {
         Ok(c[start..end].to_vec())
     }
 
-    pub fn write(&self, fh: u64, _off: u64, data: &[u8]) -> CtlResult<u32> {
+    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> CtlResult<u32> {
         let h = self.handle(fh)?;
         {
             let mut p = h.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -450,11 +453,11 @@ impl ControlDir {
             }
             p.buf.extend_from_slice(data);
         }
-        h.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        h.written
+            .store(off.saturating_add(data.len() as u64), Ordering::Relaxed);
         if let Err(e) = self.apply(&h, false) {
             // A failed write does not move the file position.
-            let at = h.written.load(Ordering::Relaxed) - data.len() as u64;
-            h.response_base.store(at, Ordering::Relaxed);
+            h.response_base.store(off, Ordering::Relaxed);
             return Err(e);
         }
         Ok(data.len() as u32)

@@ -213,6 +213,17 @@ fn state_commands_and_the_request_file() {
         serde_json::from_slice::<serde_json::Value>(&resp).unwrap()["ok"],
         true
     );
+    // A second request on the same handle, written where reading the first response left the
+    // position (`exec 3<>request; echo … >&3; cat <&3; echo … >&3; cat <&3`): its response
+    // starts where it ended.
+    let at = body.len() as u64 + resp.len() as u64;
+    let second = br#"{"op": "ListKeyRules"}"#;
+    c.write(fh, at, second).unwrap();
+    let resp = c.read(fh, at + second.len() as u64, 4096).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&resp).unwrap()["ok"],
+        true
+    );
     c.release(fh);
     assert_eq!(cat(c, &state, &me).unwrap(), "Enabled\n");
 }

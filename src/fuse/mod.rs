@@ -9,7 +9,7 @@ mod remount;
 mod session;
 mod teardown;
 
-pub use session::{MountOptions, mount};
+pub use session::{MountOptions, mount, unmount_mountpoint};
 
 use std::ffi::OsStr;
 use std::io;

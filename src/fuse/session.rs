@@ -16,6 +16,8 @@ use crate::vfs::Vfs;
 pub struct MountOptions {
     pub read_only: bool,
     pub allow_other: bool,
+    /// Let root in besides the owner (`-o allow_root`); `allow_other` wins.
+    pub allow_root: bool,
     /// Extra `-o` options (comma-separated lists already split).
     pub fuse_opts: Vec<String>,
     /// Request-serving threads.
@@ -93,6 +95,7 @@ fn add_option(mo: &mut Vec<MountOption>, o: MountOption) {
 /// next permission check in it fetch the directory's attributes again.
 fn kernel_checks_permissions(opts: &MountOptions, mo: &[MountOption]) -> bool {
     opts.allow_other
+        || opts.allow_root
         || !rustix::process::geteuid().is_root()
         || mo.iter().any(|o| match o {
             MountOption::DefaultPermissions => true,
@@ -126,6 +129,13 @@ fn route_term_signals() -> io::Result<OwnedFd> {
         drop(unsafe { OwnedFd::from_raw_fd(old) });
     }
     for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // A hang-up or an interrupt ignored by whoever started us (`nohup`, `trap '' HUP`, a
+        // background job of a non-interactive shell) stays ignored, as libfuse does: it was
+        // meant to shield the mount (until 2026-12-06 SIGHUP unmounted it anyway). SIGTERM, the
+        // stop signal, always unmounts.
+        if s != libc::SIGTERM && ignored(s) {
+            continue;
+        }
         // SAFETY: a zeroed sigaction with an empty mask and a handler that only calls write(2).
         let r = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -139,6 +149,15 @@ fn route_term_signals() -> io::Result<OwnedFd> {
         }
     }
     Ok(rd)
+}
+
+/// Whether the disposition of signal `s` is SIG_IGN.
+fn ignored(s: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(s, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// Mounts `vfs` at `mountpoint`, calls `ready` once the mount exists, and serves requests until
@@ -173,8 +192,12 @@ pub fn mount(
     }
     let mut config = Config::default();
     config.mount_options = mo;
+    // fuser answers EACCES itself to anyone the ACL leaves out, whatever the kernel let in:
+    // so `-o allow_other` is taken as `--allow-other` (`kmsfs mount` does), not passed on.
     config.acl = if opts.allow_other {
         SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
@@ -324,32 +347,49 @@ fn watch_idle(vfs: Arc<Vfs>, idle: std::time::Duration, mountpoint: PathBuf) -> 
 /// `fusermount3 -u [-z] MOUNTPOINT` (or, for root where there is no fusermount3, umount2(2));
 /// whether it succeeded.
 fn fusermount(mp: &Path, lazy: bool) -> bool {
+    unmount_mountpoint(mp, lazy, false).unwrap_or_else(|e| {
+        tracing::warn!("cannot run fusermount3: {e}");
+        false
+    })
+}
+
+/// Unmounts the FUSE mount at `mp` (lazily with `lazy`) with `fusermount3 -u [-z]`, or, for
+/// root where there is no fusermount3 (root mounts without it), with umount2(2). Ok(false):
+/// refused (busy, not a mount); Err: fusermount3 cannot be run and the caller is not root.
+/// `kmsfs unmount` uses it too, with `show_errors` (fusermount3's own message on stderr).
+pub fn unmount_mountpoint(mp: &Path, lazy: bool, show_errors: bool) -> io::Result<bool> {
     let mut c = std::process::Command::new("fusermount3");
     c.arg("-u");
     if lazy {
         c.arg("-z");
     }
+    let stderr = if show_errors {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    };
     match c
         .arg(mp)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .status()
     {
-        Ok(s) => s.success(),
+        Ok(s) => Ok(s.success()),
         Err(_) if rustix::process::geteuid().is_root() => {
             use std::os::unix::ffi::OsStrExt;
             let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_bytes()) else {
-                return false;
+                return Ok(false);
             };
             let flags = if lazy { libc::MNT_DETACH } else { 0 };
             // SAFETY: a valid NUL-terminated path; umount2 reads it only.
-            unsafe { libc::umount2(c.as_ptr(), flags) == 0 }
+            let ok = unsafe { libc::umount2(c.as_ptr(), flags) == 0 };
+            if !ok && show_errors {
+                eprintln!("umount2 {}: {}", mp.display(), io::Error::last_os_error());
+            }
+            Ok(ok)
         }
-        Err(e) => {
-            tracing::warn!("cannot run fusermount3: {e}");
-            false
-        }
+        Err(e) => Err(e),
     }
 }
 
