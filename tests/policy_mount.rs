@@ -22,40 +22,31 @@ fn can_write(uid: u32, p: &Path) -> bool {
         .success()
 }
 
-fn run(v: &Volume, sub: &str, args: &[&str]) -> String {
-    let o = kmsfs()
-        .arg(sub)
-        .arg("--volume")
-        .arg(&v.cipher)
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .args(args)
-        .output()
-        .expect("kmsfs");
+/// Runs `c`, which must succeed; its stdout, trimmed.
+fn succeeds(mut c: std::process::Command, what: &str) -> String {
+    let o = c.output().expect("kmsfs");
     assert!(
         o.status.success(),
-        "kmsfs {sub} {args:?}: {}",
+        "kmsfs {what}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// `kmsfs SUB --volume CIPHERDIR --passfile F ARGS…`.
+fn run(v: &Volume, sub: &str, args: &[&str]) -> String {
+    let mut c = kmsfs();
+    c.arg(sub).arg("--volume").arg(&v.cipher);
+    c.arg("--passfile").arg(&v.passfile).args(args);
+    succeeds(c, &format!("{sub} {args:?}"))
+}
+
 /// `kmsfs SUB CIPHERDIR --passfile F ARGS…` (the commands that take the volume first).
 fn admin(v: &Volume, sub: &str, args: &[&str]) -> String {
-    let o = kmsfs()
-        .arg(sub)
-        .arg(&v.cipher)
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .args(args)
-        .output()
-        .expect("kmsfs");
-    assert!(
-        o.status.success(),
-        "kmsfs {sub} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    let mut c = kmsfs();
+    c.arg(sub).arg(&v.cipher);
+    c.arg("--passfile").arg(&v.passfile).args(args);
+    succeeds(c, &format!("{sub} {args:?}"))
 }
 
 fn audit(v: &Volume, args: &[&str]) -> Output {
