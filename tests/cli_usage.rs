@@ -679,3 +679,81 @@ fn a_second_request_on_the_same_open_request_file_gets_its_response() {
     assert_eq!(resp["ok"], true, "{resp}");
     drop(m);
 }
+
+/// The other commands that unlock an unmounted volume (`passwd`, `upgrade`, `keystore`) read
+/// their passphrase before taking the volume lock too: a mount meanwhile goes ahead, and the
+/// command is then refused (exit 19) with the volume unchanged.
+#[test]
+fn passwd_upgrade_and_keystore_at_their_prompt_do_not_hold_the_volume() {
+    let v = Volume::new(&[]);
+    let _g = Unmounter(v.mnt.clone());
+    let newpass = v.tmp.path().join("new-pass");
+    std::fs::write(&newpass, "another passphrase\n").unwrap();
+    let backup = v.tmp.path().join("ks.backup");
+    let slow = format!("sleep 3; echo '{PASS}'");
+    let commands: Vec<Vec<std::ffi::OsString>> = vec![
+        vec![
+            "passwd".into(),
+            "--extpass".into(),
+            slow.clone().into(),
+            "--new-passfile".into(),
+            newpass.clone().into(),
+            v.cipher.clone().into(),
+        ],
+        vec![
+            "upgrade".into(),
+            "--extpass".into(),
+            slow.clone().into(),
+            v.cipher.clone().into(),
+        ],
+        vec![
+            "keystore".into(),
+            "export".into(),
+            v.cipher.clone().into(),
+            backup.clone().into(),
+            "--extpass".into(),
+            slow.clone().into(),
+        ],
+    ];
+    for args in commands {
+        let mut c = k(30);
+        c.args(&args).stdout(Stdio::null()).stderr(Stdio::piped());
+        let admin = c.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let o = out({
+            let mut c = k(30);
+            c.arg("mount")
+                .arg("--passfile")
+                .arg(&v.passfile)
+                .arg(&v.cipher)
+                .arg(&v.mnt);
+            c
+        });
+        let a = admin.wait_with_output().unwrap();
+        assert_eq!(code_of(&o), code::OK, "{args:?}: {}", text(&o.stderr));
+        assert_eq!(
+            code_of(&a),
+            code::ALREADY_MOUNTED,
+            "{args:?}: {}",
+            text(&a.stderr)
+        );
+        let o = out({
+            let mut c = k(30);
+            c.arg("unmount").arg(&v.mnt);
+            c
+        });
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    assert!(!backup.exists());
+    // The passphrase did not change.
+    let o = out({
+        let mut c = k(30);
+        c.arg("key")
+            .arg(&v.cipher)
+            .arg("--passfile")
+            .arg(&v.passfile)
+            .arg("list");
+        c
+    });
+    assert_eq!(code_of(&o), code::OK, "{}", text(&o.stderr));
+}

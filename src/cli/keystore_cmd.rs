@@ -78,8 +78,12 @@ pub fn keystore(a: &KeystoreArgs) -> Result<(), CliError> {
             cipherdir, unlock, ..
         } => (cipherdir, unlock),
     };
-    let _lock = super::mount_cmd::lock_volume(&VolumePaths::new(cipherdir))?;
+    // Refused before the prompt when mounted; the lock is taken after it (a prompt must not
+    // hold the volume: a mount meanwhile was refused as "already mounted").
+    let root = std::fs::canonicalize(cipherdir).unwrap_or_else(|_| cipherdir.clone());
+    super::mount_cmd::refuse_if_mounted(&root)?;
     let how = unlock.source().get()?;
+    let _lock = super::mount_cmd::lock_volume(&VolumePaths::new(cipherdir))?;
     let (info, what) = match &a.op {
         KeystoreOp::Export { file, .. } => {
             // Recorded before the key store leaves the volume (fail-closed).

@@ -239,19 +239,21 @@ pub struct PasswdArgs {
 
 pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
     crate::keymgr::probe(&a.cipherdir)?;
-    // A running mount would write its old unlock slots back: refuse while mounted.
-    let _lock = lock_unmounted(&a.cipherdir, "changing its passphrase")?;
-    let rk_file = a
-        .new_recovery_key_file
-        .as_deref()
-        .map(create_recovery_key_file)
-        .transpose()?;
+    // A running mount would write its old unlock slots back: refuse while mounted, before the
+    // prompts; the lock is taken after them (a prompt must not hold the volume).
+    unmounted(&a.cipherdir, "changing its passphrase")?;
     let old = a.old.source().get()?;
     let new = super::SecretSource {
         passfile: a.new_passfile.clone(),
         extpass: a.new_extpass.clone(),
     }
     .new_passphrase("New passphrase")?;
+    let _lock = lock_unmounted(&a.cipherdir, "changing its passphrase")?;
+    let rk_file = a
+        .new_recovery_key_file
+        .as_deref()
+        .map(create_recovery_key_file)
+        .transpose()?;
     let rk = (a.new_recovery_key || rk_file.is_some()).then(crate::crypto::Key256::generate);
     let pending = crate::keymgr::prepare_passwd(&a.cipherdir, &old, &new, None, rk.as_ref())
         .inspect_err(|_| {
@@ -369,9 +371,11 @@ pub struct UpgradeArgs {
 
 pub fn upgrade(a: &UpgradeArgs) -> Result<(), CliError> {
     crate::keymgr::probe(&a.cipherdir)?;
-    // A running mount works with the features it was mounted with.
-    let _lock = lock_unmounted(&a.cipherdir, "upgrading it")?;
+    // A running mount works with the features it was mounted with. Refused before the prompt
+    // when mounted; the lock is taken after it (a prompt must not hold the volume).
+    unmounted(&a.cipherdir, "upgrading it")?;
     let how = a.unlock.source().get()?;
+    let _lock = lock_unmounted(&a.cipherdir, "upgrading it")?;
     let added = crate::keymgr::upgrade::upgrade(&a.cipherdir, &how, &a.feature)?;
     if added.is_empty() {
         println!(
@@ -395,6 +399,13 @@ pub fn upgrade(a: &UpgradeArgs) -> Result<(), CliError> {
 
 /// The volume lock for a command that needs the volume unmounted; when it is mounted, the
 /// error says to unmount it before `what`.
+/// Refuses (exit 19) when the volume is mounted, naming what needs it unmounted.
+fn unmounted(cipherdir: &std::path::Path, what: &str) -> Result<(), CliError> {
+    let root = std::fs::canonicalize(cipherdir).unwrap_or_else(|_| cipherdir.to_path_buf());
+    super::mount_cmd::refuse_if_mounted(&root)
+        .map_err(|e| e.hint(format!("unmount the volume before {what}")))
+}
+
 fn lock_unmounted(
     cipherdir: &std::path::Path,
     what: &str,
