@@ -298,6 +298,12 @@ impl Vfs {
         if let Some(None) = dir.dir_id_file.get() {
             return Ok(id);
         }
+        if dir
+            .copy_confirmed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(id);
+        }
         let fd = rustix::fs::openat(
             &dir.fd,
             ".",
@@ -324,10 +330,18 @@ impl Vfs {
             };
             // Switches the directory to the file's id when the name decrypts only under it.
             if self.decode_entry(dir, &fd, &id, at_root, &raw)?.is_some() {
-                break;
+                match dir.dir_id_switched.get() {
+                    Some(switched) => return Ok(*switched),
+                    None => {
+                        dir.copy_confirmed
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(id);
+                    }
+                }
             }
         }
-        Ok(dir.dir_id_switched.get().copied().unwrap_or(id))
+        // Nothing decided (no name decrypts): looked at again at the next new name.
+        Ok(id)
     }
 
     /// The plaintext entry for one backing entry (`None`: not shown — internal files, names

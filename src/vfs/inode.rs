@@ -43,6 +43,9 @@ pub struct Node {
     /// The file's id, taken over from the copy because names decrypt with it (the copy is
     /// damaged: see `Vfs::dir_id_by_file`).
     pub dir_id_switched: OnceLock<DirId>,
+    /// `kmsfs.dirid` differs from the copy, and a name decrypted under the copy: new names go
+    /// on under the copy without looking again (see `Vfs::id_for_new_name`).
+    pub copy_confirmed: std::sync::atomic::AtomicBool,
     /// Changes to the entries of this directory made through the mount, counted after each
     /// (a listing read before the count moved is stale: see `dir_read::Cursors`).
     changes: AtomicU64,
@@ -191,6 +194,7 @@ impl InodeTable {
                 dir_id: OnceLock::new(),
                 dir_id_file: OnceLock::new(),
                 dir_id_switched: OnceLock::new(),
+                copy_confirmed: std::sync::atomic::AtomicBool::new(false),
                 changes: AtomicU64::new(0),
                 name: Mutex::new(None),
                 plain_path: Mutex::new(None),
@@ -260,6 +264,7 @@ impl InodeTable {
                     dir_id: OnceLock::new(),
                     dir_id_file: OnceLock::new(),
                     dir_id_switched: OnceLock::new(),
+                    copy_confirmed: std::sync::atomic::AtomicBool::new(false),
                     changes: AtomicU64::new(0),
                     name: Mutex::new(None),
                     plain_path: Mutex::new(None),
