@@ -149,6 +149,49 @@ fn init_to_a_closed_stdout_shows_the_recovery_key_on_stderr_and_fails() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Shown only once, a recovery key must not go to /dev/null (`passwd --new-recovery-key
+/// >/dev/null` revoked the old key and lost the new one: found by a second review).
+#[test]
+fn a_recovery_key_is_not_shown_into_dev_null() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pass = tmp.path().join("pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    let newpass = tmp.path().join("new");
+    std::fs::write(&newpass, "pw2\n").unwrap();
+    let c = tmp.path().join("c");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env("KMSFS_INSECURE_FAST_KDF", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.output().unwrap()
+    };
+    let o = run(&[
+        "init".as_ref(),
+        "--passfile".as_ref(),
+        pass.as_os_str(),
+        c.as_os_str(),
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(code_of(&o), code::ERROR, "{err}");
+    assert!(err.contains("Your recovery key"), "{err}");
+    let o = run(&[
+        "passwd".as_ref(),
+        "--passfile".as_ref(),
+        pass.as_os_str(),
+        "--new-passfile".as_ref(),
+        newpass.as_os_str(),
+        "--new-recovery-key".as_ref(),
+        c.as_os_str(),
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(code_of(&o), code::ERROR, "{err}");
+    assert!(err.contains("New recovery key"), "{err}");
+    assert!(err.contains("the passphrase was changed"), "{err}");
+}
+
 #[test]
 fn a_failed_init_leaves_no_recovery_key_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -269,7 +269,8 @@ impl Source {
             return CliError::new(
                 code::ACCESS_DENIED,
                 format!(
-                    "{}: denied by key policy: reading the audit log needs kms:ReadAuditLog on                      the volume's default key",
+                    "{}: denied by key policy: reading the audit log needs kms:ReadAuditLog on \
+                     the volume's default key",
                     at.display()
                 ),
             )

@@ -171,7 +171,14 @@ fn give_recovery_key(
          the passphrase):\n\n    {}\n\n",
         shown.as_str()
     ));
-    let Err(e) = show(text.as_bytes()) else {
+    // Shown only once: not into /dev/null (`kmsfs passwd --new-recovery-key >/dev/null` would
+    // revoke the old recovery key and lose the new one; found by a review).
+    let shown = if stdout_is_dev_null() {
+        Err(std::io::Error::other("stdout is /dev/null"))
+    } else {
+        show(text.as_bytes())
+    };
+    let Err(e) = shown else {
         return Ok(None);
     };
     let fallback = |mut w: Box<dyn Write>| w.write_all(text.as_bytes()).and_then(|()| w.flush());
@@ -199,6 +206,18 @@ fn give_recovery_key(
             "the recovery key could not be written to stdout ({e}): it was shown on {shown_on}"
         ),
     )))
+}
+
+/// Whether stdout is the null device.
+fn stdout_is_dev_null() -> bool {
+    let (Ok(out), Ok(null)) = (
+        rustix::fs::fstat(std::io::stdout()),
+        rustix::fs::stat("/dev/null"),
+    ) else {
+        return false;
+    };
+    rustix::fs::FileType::from_raw_mode(out.st_mode) == rustix::fs::FileType::CharacterDevice
+        && out.st_rdev == null.st_rdev
 }
 
 /// Creates the file a recovery key goes to (mode 0600; refused if it exists).
@@ -291,7 +310,15 @@ pub fn passwd(a: &PasswdArgs) -> Result<(), CliError> {
         eprintln!("{KEPT_STORE_KEY_NOTE}");
     }
     if let Some(e) = shown_elsewhere {
-        return Err(e);
+        // The change is made: a script must not go on with the old passphrase.
+        return Err(CliError::new(
+            e.code,
+            format!(
+                "the passphrase was changed for {}, but {}",
+                a.cipherdir.display(),
+                e.message
+            ),
+        ));
     }
     show(format!("Passphrase changed for {}\n", a.cipherdir.display()).as_bytes()).map_err(|e| {
         CliError::new(

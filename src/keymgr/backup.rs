@@ -10,8 +10,8 @@ use std::path::Path;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::seal::unseal;
-use super::volume::{config_matches, envelope_generation, io_err};
+use super::seal::{seal, unseal};
+use super::volume::{config_matches, envelope_generation, io_err, write_both};
 use super::{Unlock, Unlocked, VolumeError, VolumePaths, probe, unlock};
 use crate::crypto::hex;
 use crate::fsutil::atomic_write;
@@ -197,7 +197,6 @@ pub fn restore(
     }
     let paths = VolumePaths::new(dir);
     // The volume in place, if its config reads: it must be the same volume.
-    let mut keep_current_as_backup = false;
     if let Ok((cfg, _)) = probe(dir) {
         if cfg.volume_id != u.store.volume_id {
             return Err(bad(format!(
@@ -208,12 +207,24 @@ pub fn restore(
             )));
         }
         refuse_rollback(&paths, u.envelope.generation, allow_rollback)?;
-        // Whether the primary in place is good enough to become `keystore.bak` (not a damaged
-        // one over a good backup). It may not open with the backup's passphrase at all (one
-        // changed since): then it is kept only beside the restored store (below).
-        keep_current_as_backup = unlock(dir, how).is_ok_and(|cur| cur.used_backup.is_none());
     }
     std::fs::create_dir_all(paths.control_dir()).map_err(io_err(&paths.control_dir()))?;
+    // The restored store is sealed again as the newest generation on the volume and written as
+    // both copies: left at its own (older) generation beside a newer `keystore.bak`, a later
+    // session unlocked with the passphrase of before the restore fell back to that copy and
+    // wrote over the restored one (found by a review). The copies it replaces are kept below.
+    let newest = [paths.keystore(), paths.keystore_backup()]
+        .iter()
+        .filter_map(|p| envelope_generation(p))
+        .chain([u.envelope.generation])
+        .max()
+        .unwrap_or(0);
+    let sealed = seal(
+        &u.store,
+        &u.store_key,
+        &u.envelope.slots,
+        newest.saturating_add(1),
+    );
     // Whatever happens next, the key store being replaced stays on disk.
     let kept = keep_before_restore(&paths)?;
     match probe(dir) {
@@ -232,14 +243,7 @@ pub fn restore(
                 atomic_write(&paths.config(), &config, 0o644, None)
                     .map_err(io_err(&paths.config()))?;
             }
-            let bak = paths.keystore_backup();
-            atomic_write(
-                &paths.keystore(),
-                &sealed,
-                0o600,
-                keep_current_as_backup.then_some(bak.as_path()),
-            )
-            .map_err(io_err(&paths.keystore()))?;
+            write_both(&paths, &sealed)?;
         }
     }
     // What was restored must now open.

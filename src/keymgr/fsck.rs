@@ -163,13 +163,17 @@ pub fn fsck(
         xattr_value: vec![0; 65536 + 64],
     };
     if let Some(why) = used_backup {
-        let repaired = repair && km.rewrite_key_store().is_ok();
+        // Why a repair was not made is part of the report (it was swallowed: found by a review).
+        let not_repaired = match repair.then(|| km.rewrite_key_store()) {
+            Some(Err(e)) => format!("; not rewritten: {e}"),
+            _ => String::new(),
+        };
         c.report.problems.push(Problem {
             cipher_path: ".kmsfs/keystore".into(),
             plain_path: None,
             kind: "key-store",
-            detail: format!("primary generation unusable ({why}); the backup opened"),
-            repaired,
+            detail: format!("primary generation unusable ({why}); the backup opened{not_repaired}"),
+            repaired: repair && not_repaired.is_empty(),
         });
     }
     xattrs(&mut c, root, &Some(String::new()), BackingNamespace::User);

@@ -326,7 +326,8 @@ fn restore_after_passwd_refuses_rollback_and_keeps_replaced_store() {
     assert!(!cd.join("keystore.before-restore").exists());
     // Allowed: done, and the replaced store (and its backup) stay on disk.
     let (info, u) = backup::restore(&d, &with("old pass"), &file, true).unwrap();
-    assert!(info.generation < gen_before);
+    // Sealed again as the newest generation (see `a_rollback_restore_is_not_undone_…`).
+    assert!(info.generation > gen_before);
     assert!(u.store.key(&x).is_none());
     drop(u);
     let kept = open_copy(&cd.join("keystore.before-restore"), &with("new pass")).unwrap();
@@ -422,4 +423,123 @@ fn rotation_schedule_and_byok_through_the_key_manager() {
     assert!(km.admin(|s, now| lifecycle::rotate(s, &byok, now)).is_err());
     km.time_offset = 1000 * lifecycle::DAY;
     assert!(km.tick().unwrap().0.iter().all(|(id, _)| *id != byok));
+}
+
+/// A second review: after any ordinary change the primary is a generation ahead of its backup,
+/// so a flipped bit in its passphrase slot looked like a newer passphrase, and every write
+/// (changes, the tick's crypto-shredding, passwd, fsck --repair) was refused for good. The
+/// primary's slots are ours but for the damage: writes go on, and the shredding reaches both.
+#[test]
+fn a_damaged_slot_in_a_primary_ahead_of_its_backup_does_not_block_writes() {
+    let (_t, d) = new_volume();
+    let paths = VolumePaths::new(&d);
+    let km = KeyManager::new(unlock(&d, &with("old pass")).unwrap());
+    let doomed = create_key(&km, "doomed");
+    km.admin(|s, now| lifecycle::schedule_deletion(s, &doomed, 7, now))
+        .unwrap();
+    create_key(&km, "another change");
+    drop(km);
+    let gp = super::volume::envelope_generation(&paths.keystore()).unwrap();
+    let gb = super::volume::envelope_generation(&paths.keystore_backup()).unwrap();
+    assert_eq!(gp, gb + 1);
+    // One flipped bit in the salt, and (another run) in the wrapped key of the passphrase slot.
+    for at in [39 + 13, 39 + 45 + 20] {
+        let mut b = std::fs::read(paths.keystore()).unwrap();
+        b[at] ^= 1;
+        std::fs::write(paths.keystore(), &b).unwrap();
+        let u = unlock(&d, &with("old pass")).unwrap();
+        assert!(u.used_backup.is_some());
+        let km = KeyManager::new(u);
+        let def = km.query(|s| s.default_key);
+        km.admin(|s, _| lifecycle::update_description(s, &def, "x"))
+            .expect("a damaged primary is written over from the backup");
+        drop(km);
+        assert!(unlock(&d, &with("old pass")).unwrap().used_backup.is_none());
+    }
+    // Damaged again, and the deletion falls due: the tick shreds both copies.
+    let mut b = std::fs::read(paths.keystore()).unwrap();
+    b[39 + 13] ^= 1;
+    std::fs::write(paths.keystore(), &b).unwrap();
+    let mut km = KeyManager::new(unlock(&d, &with("old pass")).unwrap());
+    km.time_offset = 8 * lifecycle::DAY;
+    km.tick().expect("the tick shreds");
+    drop(km);
+    for p in [paths.keystore(), paths.keystore_backup()] {
+        let s = open_copy(&p, &with("old pass")).unwrap();
+        assert!(
+            s.key(&doomed)
+                .unwrap()
+                .versions
+                .iter()
+                .all(|v| v.material.is_none()),
+            "{}",
+            p.display()
+        );
+    }
+    passwd(&d, &with("old pass"), &pw("new pass"), None).expect("passwd");
+}
+
+/// A second review: a rollback restore left the restored store at its old generation beside a
+/// newer `keystore.bak`; a session with the passphrase of before the restore fell back to that
+/// copy and wrote over the restore. The restored store is now both copies, newest.
+#[test]
+fn a_rollback_restore_is_not_undone_by_the_passphrase_of_before() {
+    let (t, d) = new_volume();
+    let file = t.path().join("ks.backup");
+    backup::export(&d, &with("old pass"), &file).unwrap();
+    passwd(&d, &with("old pass"), &pw("new pass"), None).unwrap();
+    let km = KeyManager::new(unlock(&d, &with("new pass")).unwrap());
+    let later = create_key(&km, "after the backup");
+    drop(km);
+    let paths = VolumePaths::new(&d);
+    let before = super::volume::envelope_generation(&paths.keystore()).unwrap();
+    let (_info, u) = backup::restore(&d, &with("old pass"), &file, true).unwrap();
+    drop(u);
+    for p in [paths.keystore(), paths.keystore_backup()] {
+        assert!(super::volume::envelope_generation(&p).unwrap() > before);
+        assert!(
+            open_copy(&p, &with("old pass"))
+                .unwrap()
+                .key(&later)
+                .is_none()
+        );
+    }
+    assert!(matches!(
+        unlock(&d, &with("new pass")),
+        Err(VolumeError::WrongPassphrase)
+    ));
+    let u = unlock(&d, &with("old pass")).unwrap();
+    assert!(u.used_backup.is_none());
+}
+
+/// A second review: `upgrade` wrote both key-store copies without the check every other write
+/// makes, over a newer primary sealed under another passphrase.
+#[test]
+fn upgrade_does_not_overwrite_a_newer_primary_after_a_fallback() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("vol");
+    init(
+        &d,
+        &pw("old pass"),
+        &InitOptions {
+            sparse: false,
+            ..opts(false)
+        },
+    )
+    .unwrap();
+    let paths = VolumePaths::new(&d);
+    let old_bak = std::fs::read(paths.keystore()).unwrap();
+    passwd(&d, &with("old pass"), &pw("new pass"), None).unwrap();
+    let km = KeyManager::new(unlock(&d, &with("new pass")).unwrap());
+    let x = create_key(&km, "made last");
+    drop(km);
+    // A stale backup under the old passphrase (an older kmsfs's interrupted passwd).
+    std::fs::write(paths.keystore_backup(), &old_bak).unwrap();
+    let r = upgrade::upgrade(&d, &with("old pass"), &[]);
+    assert!(
+        matches!(&r, Err(VolumeError::Invalid(m)) if m.contains("newer")),
+        "{r:?}"
+    );
+    let u = unlock(&d, &with("new pass")).unwrap();
+    assert!(u.store.key(&x).is_some());
 }

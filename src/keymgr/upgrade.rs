@@ -31,6 +31,9 @@ fn staged_path(paths: &VolumePaths) -> PathBuf {
 /// Writes `config` and the key store `u` (with `config`'s digest, as the next generation) into
 /// place together (see the module doc). `u.config` becomes `config`.
 pub(super) fn replace_config(u: &mut Unlocked, config: VolumeConfig) -> Result<(), VolumeError> {
+    // As every key-store write: not over a newer primary sealed under another passphrase (found
+    // by a review: an upgrade, unlike other writes, did not ask).
+    u.check_primary_not_newer()?;
     let bytes = config.encode();
     u.store.config_digest = hex::encode(&sha256(&bytes));
     let next = u.generation() + 1;

@@ -334,17 +334,27 @@ impl Unlocked {
             return Ok(());
         }
         let ks = self.paths.keystore();
-        let Some(g) = envelope_generation(&ks) else {
+        let Some(primary) = fs::read(&ks).ok().and_then(|b| Envelope::decode(&b).ok()) else {
             return Ok(());
         };
+        let g = primary.generation;
         if g <= self.generation {
+            return Ok(());
+        }
+        // Damaged, not re-sealed: every unlock slot of the primary is one of the slots that
+        // opened here, changed in its salt or in its wrapped key but not both (bit rot, a
+        // flipped byte). Writes copy slots unchanged and only `passwd` makes new ones (a new
+        // salt and a new wrapped key), so this tells a damaged primary from a newer passphrase
+        // without the secret (found by a review: one flipped bit in the primary, a generation
+        // ahead of its backup after any change, refused every write and `fsck --repair`).
+        if damaged_copy_of(&primary.slots, &self.slots) {
             return Ok(());
         }
         Err(VolumeError::Invalid(format!(
             "{} (generation {g}) does not open with this passphrase but is newer than the backup \
-             generation it opened ({}): it is probably sealed under a newer passphrase, so it is \
-             not overwritten; unlock with that passphrase (or, if its unlock slots are damaged, \
-             move it away and try again)",
+             generation it opened ({}), with other unlock slots: it is sealed under a newer \
+             passphrase, so it is not overwritten; unlock with that passphrase or the recovery \
+             key (or, if it is damaged, move it away and try again)",
             ks.display(),
             self.generation
         )))
@@ -371,11 +381,22 @@ impl Unlocked {
 /// Writes the same sealed generation as `keystore.bak`, then as `keystore`. Stopped in between,
 /// the primary is still the previous generation, complete, and opens with what opened it before;
 /// the backup is the new one (see [`passwd`] and [`Unlocked::persist_shredding`]).
-fn write_both(paths: &VolumePaths, bytes: &[u8]) -> Result<(), VolumeError> {
+pub(super) fn write_both(paths: &VolumePaths, bytes: &[u8]) -> Result<(), VolumeError> {
     for p in [paths.keystore_backup(), paths.keystore()] {
         atomic_write(&p, bytes, 0o600, None).map_err(io_err(&p))?;
     }
     Ok(())
+}
+
+/// Whether `theirs` (a key store copy's unlock slots) are `ours` as written, but for damage: as
+/// many, each of the same kind as one of ours and equal to it in its salt or in its wrapped key
+/// (a changed KDF parameter leaves both equal).
+fn damaged_copy_of(theirs: &[Slot], ours: &[Slot]) -> bool {
+    theirs.len() == ours.len()
+        && theirs.iter().all(|t| {
+            ours.iter()
+                .any(|o| o.kind == t.kind && (o.salt == t.salt || o.wrapped == t.wrapped))
+        })
 }
 
 /// The generation in the envelope header of the key store copy at `p`, read without any secret;
