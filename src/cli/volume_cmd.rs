@@ -438,7 +438,8 @@ fn lock_unmounted(
     what: &str,
 ) -> Result<std::os::fd::OwnedFd, CliError> {
     super::mount_cmd::lock_volume(&crate::keymgr::VolumePaths::new(cipherdir)).map_err(|e| {
-        if e.code == code::ALREADY_MOUNTED {
+        // "Unmount it" only when a mount holds the lock (another command may).
+        if e.code == code::ALREADY_MOUNTED && unmounted(cipherdir, what).is_err() {
             e.hint(format!("unmount the volume before {what}"))
         } else {
             e
