@@ -221,6 +221,30 @@ fn a_failed_init_leaves_no_recovery_key_file() {
 #[test]
 fn a_read_only_mount_answers_read_only_requests_and_refuses_changes_clearly() {
     let v = Volume::new(&[]);
+    // Keys made within one second: listed in the key store's order, as ListKeys gives them
+    // (the read-only listing sorted them by id within a second: found by a review).
+    for n in 0..4 {
+        let o = out({
+            let mut c = k(30);
+            c.arg("key")
+                .arg(&v.cipher)
+                .arg("--passfile")
+                .arg(&v.passfile)
+                .args(["create", "--description", &format!("k{n}")]);
+            c
+        });
+        assert_eq!(code_of(&o), code::OK, "{}", text(&o.stderr));
+    }
+    let rw_list = {
+        let m = v.mount();
+        let o = out({
+            let mut c = k(30);
+            c.arg("key").arg(&v.mnt).args(["--json", "list"]);
+            c
+        });
+        drop(m);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
     let m = v.mount_with(&["--ro"]);
     let run = |args: &[&str]| {
         out({
@@ -240,6 +264,14 @@ fn a_read_only_mount_answers_read_only_requests_and_refuses_changes_clearly() {
     let keys: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let id = keys[0]["key_id"].as_str().unwrap().to_string();
     assert_eq!(keys[0]["is_default"], true);
+    let ids = |l: &serde_json::Value| -> Vec<String> {
+        l.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&keys), ids(&rw_list));
     // The cipher directory goes through the mount too.
     let o = out({
         let mut c = k(30);
