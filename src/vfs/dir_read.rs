@@ -287,7 +287,7 @@ impl Vfs {
     /// copy would be lost once the directory turns to the file's id (found by a review: a
     /// create before any listing used the damaged copy). With nothing to decide by (no name
     /// decrypts), the copy stays: the new name is then the evidence fsck keeps it by.
-    pub(super) fn id_for_new_name(&self, dir: &Node) -> Result<crate::format::DirId> {
+    pub(super) fn id_for_new_name(&self, dir: &Arc<Node>) -> Result<crate::format::DirId> {
         let id = self.dir_id(dir)?;
         if self.names.plaintext() {
             return Ok(id);
@@ -295,50 +295,39 @@ impl Vfs {
         if let Some(switched) = dir.dir_id_switched.get() {
             return Ok(*switched);
         }
-        if let Some(None) = dir.dir_id_file.get() {
-            return Ok(id);
-        }
-        if dir
+        let confirmed = dir
             .copy_confirmed
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if confirmed || matches!(dir.dir_id_file.get(), Some(None)) {
             return Ok(id);
         }
-        let fd = rustix::fs::openat(
-            &dir.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        // Read as a listing reads (access time left alone).
+        let mut cur = Cursor::open(dir, LISTING_START, true)?;
         let differs = dir.dir_id_file.get_or_init(|| {
             let _gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
-            super::read_dirid_file(&fd).filter(|f| *f != id)
+            super::read_dirid_file(&cur.fd).filter(|f| *f != id)
         });
         if differs.is_none() {
             return Ok(id);
         }
         let at_root = dir.ino == ROOT_INO;
-        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); READ_BYTES];
-        let mut rd = RawDir::new(&fd, &mut buf);
-        while let Some(e) = rd.next() {
-            let e = e?;
-            let raw = RawEntry {
-                ino: e.ino(),
-                next: e.next_entry_cookie(),
-                kind: e.file_type(),
-                name: e.file_name().to_bytes().to_vec(),
+        while cur.fill()? {
+            let Some(raw) = cur.pending.front() else {
+                break;
             };
             // Switches the directory to the file's id when the name decrypts only under it.
-            if self.decode_entry(dir, &fd, &id, at_root, &raw)?.is_some() {
-                match dir.dir_id_switched.get() {
-                    Some(switched) => return Ok(*switched),
-                    None => {
-                        dir.copy_confirmed
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                        return Ok(id);
-                    }
-                }
+            if self
+                .decode_entry(dir, &cur.fd, &id, at_root, raw)?
+                .is_some()
+            {
+                let Some(switched) = dir.dir_id_switched.get() else {
+                    dir.copy_confirmed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(id);
+                };
+                return Ok(*switched);
             }
+            cur.advance();
         }
         // Nothing decided (no name decrypts): looked at again at the next new name.
         Ok(id)

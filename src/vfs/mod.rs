@@ -486,7 +486,7 @@ impl Vfs {
 
     /// [`Vfs::cipher_name`] for a name about to be made (create, mkdir, link, rename's target…):
     /// under the id the directory's names are under (see [`Vfs::id_for_new_name`]).
-    fn new_cipher_name(&self, dir: &Node, name: &OsStr) -> Result<CipherName> {
+    fn new_cipher_name(&self, dir: &Arc<Node>, name: &OsStr) -> Result<CipherName> {
         let id = self.id_for_new_name(dir)?;
         Ok(self
             .names
