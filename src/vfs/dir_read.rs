@@ -460,14 +460,12 @@ impl Cursor {
     /// `noatime`: listing leaves the directory's access time alone (where the daemon may).
     fn open(dir: &Arc<Node>, offset: u64, noatime: bool) -> Result<Cursor> {
         let changes = dir.entry_changes();
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let open = |flags| rustix::fs::openat(&dir.fd, ".", flags, Mode::empty());
         let fd = match noatime {
-            true => match open(flags | OFlags::NOATIME) {
-                Err(Errno::PERM) => open(flags),
+            true => match dir.open_dir(OFlags::NOATIME) {
+                Err(Errno::PERM) => dir.open_dir(OFlags::empty()),
                 r => r,
             },
-            false => open(flags),
+            false => dir.open_dir(OFlags::empty()),
         }?;
         if offset != LISTING_START {
             let off = i64::try_from(offset).map_err(|_| Errno::INVAL)?;

@@ -75,12 +75,7 @@ impl Vfs {
     /// A descriptor of the node's backing file that ioctls work on (its own is `O_PATH`).
     fn flags_fd(&self, node: &Node) -> Result<OwnedFd> {
         let fd = match node.kind {
-            Kind::Dir => rustix::fs::openat(
-                &node.fd,
-                ".",
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )?,
+            Kind::Dir => node.open_dir(OFlags::empty())?,
             Kind::File => self.open_backing(node, false)?.file.into(),
             _ => return Err(Errno::NOTTY.into()),
         };

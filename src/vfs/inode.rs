@@ -166,6 +166,18 @@ impl Node {
     pub fn proc_path(&self) -> String {
         fd_path(&self.fd)
     }
+
+    /// Opens this directory for reading through its `O_PATH` descriptor (for listing, fsync,
+    /// ioctls): `O_RDONLY | O_DIRECTORY | O_CLOEXEC` and `extra`.
+    pub fn open_dir(&self, extra: rustix::fs::OFlags) -> rustix::io::Result<OwnedFd> {
+        use rustix::fs::OFlags;
+        rustix::fs::openat(
+            &self.fd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | extra,
+            rustix::fs::Mode::empty(),
+        )
+    }
 }
 
 /// The `/proc/self/fd` path of a descriptor (for calls that take a path).

@@ -606,12 +606,7 @@ impl Vfs {
             return Ok(());
         }
         let dir = self.dir_node(ino)?;
-        let fd = rustix::fs::openat(
-            &dir.fd,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = dir.open_dir(OFlags::empty())?;
         if datasync {
             rustix::fs::fdatasync(&fd)?
         } else {
