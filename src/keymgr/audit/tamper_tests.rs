@@ -584,3 +584,53 @@ fn retention_keeps_a_segment_cut_in_the_middle() {
     l.close().unwrap();
     assert!(!verify(&c, &keys(), l.anchor().as_ref()).unwrap().ok());
 }
+
+/// A session killed after writing many segments: the next open finds the checkpoint of the
+/// last clean end by first lines, reading no segment whole but the one that holds it.
+#[test]
+fn the_open_after_a_crash_reads_only_the_segment_of_the_anchor() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let a = session(&c, None, "a", 5);
+    let l = AuditLog::open_anchored(&c, keys(), Some(&a)).unwrap();
+    for s in 0..8 {
+        for i in 0..20 {
+            l.append(rec("crashed", s * 100 + i)).unwrap();
+        }
+        l.start_new_segment().unwrap();
+    }
+    drop(l); // killed: no closing checkpoint, the anchor stays where it was
+    let dir = c.join(AUDIT_DIR);
+    let mut segs: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| parse_segment_name(e.unwrap().file_name().to_str()?))
+        .collect();
+    segs.sort_unstable();
+    assert!(segs.len() >= 9, "{segs:?}");
+    let k = keys();
+    let found = writer::Found::new(&k, &dir);
+    assert!(found.holds_checkpoint(&segs, a.seq, &a.signature));
+    // The newest segment (empty here; the open reads it whole anyway, to go on from it) and
+    // the anchor's: none of the seven between.
+    let newest = *segs.last().unwrap();
+    assert_eq!(found.segments_read(), vec![segs[0], newest]);
+    // A wrong signature for that number is still told apart, and so is a number no segment
+    // holds (the anchor's segment removed).
+    assert!(!found.holds_checkpoint(&segs, a.seq, "00"));
+    let without_first: Vec<u64> = segs[1..].to_vec();
+    assert!(!writer::Found::new(&k, &dir).holds_checkpoint(&without_first, a.seq, &a.signature));
+    // A segment whose first line is damaged is read whole instead, and the answer is the same.
+    let p = seg(&c, segs[3]);
+    let mut b = std::fs::read(&p).unwrap();
+    b[5] ^= 1;
+    std::fs::write(&p, &b).unwrap();
+    let found = writer::Found::new(&k, &dir);
+    assert!(found.holds_checkpoint(&segs, a.seq, &a.signature));
+    assert_eq!(found.segments_read(), vec![segs[0], segs[3], newest]);
+    // The open itself: the crash is marked, nothing is reported missing.
+    let l = AuditLog::open_anchored(&c, keys(), Some(&a)).unwrap();
+    l.close().unwrap();
+    let ev = events(&c);
+    assert!(ev.iter().any(|e| e == "ChainStart"));
+    assert!(!ev.iter().any(|e| e == "AuditLogModified"), "{ev:?}");
+}
