@@ -48,7 +48,22 @@ nobody_group=$(id -gn nobody 2>/dev/null) || die "no user 'nobody'"
 WORK=$(mktemp -d "$WORK_IN/kmsfs-suites.XXXXXX") || die "mktemp in $WORK_IN failed"
 chmod 755 "$WORK"
 MNT=$WORK/mnt
-cleanup() { unmount -z; rm -rf "$WORK"; }
+# The EROFS cases remount through mount(8), which needs kmsfs's mount helper
+# (/sbin/mount.fuse.kmsfs, what tools/install.sh installs): without it mount(8) falls back to
+# fuse3's mount.fuse3, which looks for `kmsfs` on PATH and fails. Where it is missing, a link to
+# $KMSFS is made for the run and removed after.
+HELPER=/sbin/mount.fuse.kmsfs HELPER_MADE=""
+if [[ ! -e $HELPER ]]; then
+  ln -s "$KMSFS" "$HELPER" || die "cannot make $HELPER (needed for the remount cases)"
+  HELPER_MADE=1
+elif [[ $(realpath "$HELPER") != "$KMSFS" ]]; then
+  echo "note: remounts go through the installed $HELPER ($(realpath "$HELPER")), not $KMSFS"
+fi
+cleanup() {
+  unmount -z
+  rm -rf "$WORK"
+  if [[ -n $HELPER_MADE ]]; then rm -f "$HELPER"; fi
+}
 trap cleanup EXIT
 mkdir "$MNT" "$WORK/secondary"
 printf 'suites\n' >"$WORK/pass"
