@@ -160,27 +160,6 @@ pub(crate) fn read_segment(dir: &std::path::Path, n: u64) -> std::io::Result<Vec
     Ok(data)
 }
 
-/// The first line of segment `n` of `dir` (without its newline; `None` when the segment holds
-/// no complete line), read as far as that line only, up to [`SEGMENT_READ_MAX`] bytes. The same
-/// checks as [`read_segment`].
-pub(crate) fn read_first_line(dir: &std::path::Path, n: u64) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let mut f = open_regular(&dir.join(segment_name(n)))?.take(SEGMENT_READ_MAX);
-    let mut line = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let got = f.read(&mut buf)?;
-        if got == 0 {
-            return Ok(None);
-        }
-        if let Some(i) = buf[..got].iter().position(|b| *b == b'\n') {
-            line.extend_from_slice(&buf[..i]);
-            return Ok(Some(line));
-        }
-        line.extend_from_slice(&buf[..got]);
-    }
-}
-
 #[cfg(test)]
 mod tamper_tests;
 #[cfg(test)]

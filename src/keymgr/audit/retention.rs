@@ -222,7 +222,7 @@ fn last_checkpoint_of(keys: &AuditKeys, path: &Path) -> Option<SegmentEnd> {
 
 /// The first line of a segment file, decoded (`None` if it is no entry), read whole (a record
 /// may be long: a line cut at a fixed size blocked retention for ever; found by a second review).
-fn first_entry_of(keys: &AuditKeys, path: &Path) -> Option<super::verify::Entry> {
+pub(super) fn first_entry_of(keys: &AuditKeys, path: &Path) -> Option<super::verify::Entry> {
     use std::io::{BufRead, Read};
     let f = super::open_regular(path).ok()?;
     let mut line = Vec::new();

@@ -276,8 +276,8 @@ impl<'a> Found<'a> {
         if let Some(e) = self.read.borrow().get(&n) {
             return e.first().map(|e| e.seq);
         }
-        let first = super::read_first_line(self.dir, n).ok().flatten();
-        if let Some(e) = first.and_then(|l| super::verify::decode_line(self.keys, &l))
+        let first = super::retention::first_entry_of(self.keys, &self.dir.join(segment_name(n)));
+        if let Some(e) = first
             && e.json.is_some()
         {
             return Some(e.seq);
