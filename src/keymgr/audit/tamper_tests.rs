@@ -634,3 +634,93 @@ fn the_open_after_a_crash_reads_only_the_segment_of_the_anchor() {
     assert!(ev.iter().any(|e| e == "ChainStart"));
     assert!(!ev.iter().any(|e| e == "AuditLogModified"), "{ev:?}");
 }
+
+/// Retention checks the chains of the segments it is about to remove ahead, without the log's
+/// lock, each once (a budget per run); the removal then reads none of them again. A segment
+/// changed after its check is read again at the removal, and kept.
+#[test]
+fn retention_checks_chains_ahead_once_and_again_after_a_change() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for s in 0..6 {
+        for i in 0..10 {
+            l.append(rec("s", s * 100 + i)).unwrap();
+        }
+        l.start_new_segment().unwrap();
+    }
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let rule = Expiry::by_age(future, 1);
+    l.prove_for_retention(rule, 2);
+    assert_eq!(l.chains_read.load(Relaxed), 2, "at most the budget");
+    l.prove_for_retention(rule, 100);
+    assert_eq!(l.chains_read.load(Relaxed), 6, "the six closed segments");
+    l.prove_for_retention(rule, 100);
+    assert_eq!(
+        l.chains_read.load(Relaxed),
+        6,
+        "a proven segment is not read again"
+    );
+    // Only age: nothing to remove, nothing read.
+    let l2_rule = Expiry::by_age(std::time::UNIX_EPOCH, 1);
+    l.prove_for_retention(l2_rule, 100);
+    assert_eq!(l.chains_read.load(Relaxed), 6);
+
+    // Segment 3 changed in place after its check (as many bytes: only its chain tells).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut data = std::fs::read(seg(&c, 3)).unwrap();
+    let second = data.iter().position(|b| *b == b'\n').unwrap() + 1;
+    data[second + 12] = if data[second + 12] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    std::fs::write(seg(&c, 3), &data).unwrap();
+    assert_eq!(
+        l.expire(rule).unwrap(),
+        Some((1, 2)),
+        "up to the changed segment"
+    );
+    assert_eq!(
+        l.chains_read.load(Relaxed),
+        7,
+        "only the changed segment is read again"
+    );
+    assert!(seg(&c, 3).exists());
+    l.close().unwrap();
+}
+
+/// With a size limit, the check ahead covers the segments a removal takes the log down to three
+/// quarters of the limit with, and no more.
+#[test]
+fn retention_checks_ahead_only_what_the_size_limit_removes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    for s in 0..8 {
+        for i in 0..10 {
+            l.append(rec("s", s * 100 + i)).unwrap();
+        }
+        l.start_new_segment().unwrap();
+    }
+    let (total, _) = l.disk_usage().unwrap();
+    // Under the limit: nothing.
+    l.prove_for_retention(Expiry::by_size(total + 1), 100);
+    assert_eq!(l.chains_read.load(Relaxed), 0);
+    // A limit of about half: what takes the log down to it (small limits: no three quarters).
+    l.prove_for_retention(Expiry::by_size(total / 2), 100);
+    let read = l.chains_read.load(Relaxed);
+    assert!(
+        (3..=5).contains(&read),
+        "{read} of 8 segments checked ahead"
+    );
+    let removed = l.expire(Expiry::by_size(total / 2)).unwrap().unwrap();
+    assert_eq!(
+        l.chains_read.load(Relaxed),
+        read,
+        "the removal ({removed:?}) read nothing more"
+    );
+    l.close().unwrap();
+}

@@ -152,6 +152,12 @@ pub struct AuditLog {
     warned_at: Mutex<Option<std::time::Instant>>,
     /// When the size limit last reported that it could not remove (see [`AuditLog::blocked`]).
     pub(super) blocked_at: Mutex<Option<std::time::Instant>>,
+    /// Closed segments whose chains retention has checked (see
+    /// [`AuditLog::prove_for_retention`]).
+    pub(super) proven: Mutex<std::collections::HashMap<u64, super::retention::Proof>>,
+    /// How many segments retention has read whole to check their chains (tests).
+    #[cfg(test)]
+    pub(super) chains_read: std::sync::atomic::AtomicUsize,
 }
 
 /// Whether a file system with `free` of `size` bytes left is running low under the log: under
@@ -595,6 +601,9 @@ impl AuditLog {
             max_bytes: std::sync::atomic::AtomicU64::new(0),
             warned_at: Mutex::new(None),
             blocked_at: Mutex::new(None),
+            proven: Mutex::new(Default::default()),
+            #[cfg(test)]
+            chains_read: Default::default(),
         };
         if let Some((n, what)) = &at.modified {
             let mut r = AuditRecord::new(super::MODIFIED_EVENT, Source::System);
