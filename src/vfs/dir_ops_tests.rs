@@ -134,6 +134,48 @@ fn damaged_dirid_copy_mount_and_fsck_use_the_file() {
     assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
 }
 
+/// The copy stale, the file and the names another directory's: what a tool that copies files
+/// but not extended attributes (`rsync -a` without `-X`, `cp -r`) leaves when it updates a
+/// copy of the cipher directory made earlier with them (a backup, or a restore of part of the
+/// tree) after the directory was removed and made again under the same name. A lookup before
+/// any listing found nothing (ENOENT for a file that is there; the kernel then kept that
+/// answer for 30 s): it now turns the directory to the file's id as a listing does.
+#[test]
+fn stale_dirid_copy_a_lookup_before_any_listing_finds_the_names() {
+    let long = "L".repeat(200);
+    for first in ["one", long.as_str()] {
+        let (_t, d, want) = volume_with_sub();
+        let c = cipher_subdir(&d);
+        // The copy of another directory's id (a valid id, just not this one's).
+        let stale = {
+            let v = open(&d);
+            v.mkdir(1, "other".as_ref(), 0o755, &caller()).unwrap();
+            let o = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.is_dir() && !p.ends_with(".kmsfs") && *p != c)
+                .unwrap();
+            dirid_copy(&o)
+        };
+        crate::fsutil::write_dirid_copy(
+            std::fs::File::open(&c).unwrap(),
+            &stale.try_into().unwrap(),
+        )
+        .unwrap();
+        let v = open(&d);
+        let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+        let a = v.lookup(sub, first.as_ref());
+        assert!(a.is_ok(), "{}: {a:?}", &first[..3]);
+        assert!(v.lookup(sub, "two".as_ref()).is_ok());
+        // A name that is not there is still not there.
+        assert!(matches!(
+            v.lookup(sub, "absent".as_ref()),
+            Err(super::VfsError::Sys(rustix::io::Errno::NOENT))
+        ));
+        assert_eq!(names(&v, sub), want);
+    }
+}
+
 /// The copy damaged, and a name made before any listing (found by a review: it was encrypted
 /// under the damaged copy, and lost once a listing turned the directory to the file's id). Each
 /// way of making a name; the names already there decide which id new ones get.
