@@ -67,25 +67,38 @@ impl Vfs {
         {
             return Ok(None);
         }
+        // Out of descriptors (the file cannot be read now): not found, as before, and nothing
+        // recorded, so that it is looked at again next time.
+        if dir.dir_id_file.get().is_none()
+            && let Err(Errno::MFILE | Errno::NFILE) = rustix::fs::openat(
+                &dir.fd,
+                DIRID_FILE,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        {
+            return Ok(None);
+        }
         let current = self.dir_id(dir)?;
-        let fd = dir.open_dir(OFlags::empty())?;
+        // The node's `O_PATH` descriptor serves for the `*at` calls: no descriptor more.
+        let fd = &dir.fd;
         let at_root = dir.ino == super::ROOT_INO;
         let holds = |id: &DirId| {
             let Ok(cn) = self.names.encrypt(id, name.as_bytes(), at_root) else {
                 return false;
             };
-            if rustix::fs::statat(&fd, &cn.entry, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+            if rustix::fs::statat(fd, &cn.entry, AtFlags::SYMLINK_NOFOLLOW).is_err() {
                 return false;
             }
             // A long entry is its name only if its side file says so.
             match (cn.side_file(), &cn.long) {
                 (Some(side), Some(long)) => {
-                    read_side_fd(&fd, &side).is_some_and(|b| b.trim_ascii_end() == long.as_bytes())
+                    read_side_fd(fd, &side).is_some_and(|b| b.trim_ascii_end() == long.as_bytes())
                 }
                 _ => true,
             }
         };
-        let Some(id) = self.dir_id_by_file(dir, &fd, &current, holds) else {
+        let Some(id) = self.dir_id_by_file(dir, fd, &current, holds) else {
             return Ok(None);
         };
         let cn = self.names.encrypt(&id, name.as_bytes(), at_root)?;
