@@ -176,6 +176,83 @@ fn stale_dirid_copy_a_lookup_before_any_listing_finds_the_names() {
     }
 }
 
+/// The same stale copy (see above) one level up: the plaintext path of a directory below it
+/// (key rules, path conditions of key policies, audit records) was decrypted with the copy's
+/// id, so with key rules no file could be created there (EIO: "no path, no file"), and
+/// without them the audit records had no path.
+#[test]
+fn stale_dirid_copy_paths_below_it_decrypt() {
+    use crate::control::Request;
+    use crate::keymgr::policy::Identity;
+    let (_t, d, _) = volume_with_sub();
+    let key: crate::format::KeyId;
+    {
+        let v = open(&d);
+        let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+        v.mkdir(sub, "inner".as_ref(), 0o755, &caller()).unwrap();
+        v.mkdir(1, "other".as_ref(), 0o755, &caller()).unwrap();
+        let r = v
+            .control()
+            .execute(
+                &Identity::default(),
+                &Request::CreateKey {
+                    description: String::new(),
+                    tags: Default::default(),
+                    alias: Some("alias/inner".into()),
+                },
+            )
+            .expect("create key");
+        key = r["key_id"].as_str().unwrap().parse().unwrap();
+        v.control()
+            .execute(
+                &Identity::default(),
+                &Request::SetKeyRule {
+                    prefix: "/sub/inner".into(),
+                    key: "alias/inner".into(),
+                },
+            )
+            .expect("rule");
+    }
+    let c = cipher_subdir_named(&d, &open(&d), "sub");
+    let o = cipher_subdir_named(&d, &open(&d), "other");
+    crate::fsutil::write_dirid_copy(
+        std::fs::File::open(&c).unwrap(),
+        &dirid_copy(&o).try_into().unwrap(),
+    )
+    .unwrap();
+    let v = open(&d);
+    let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+    let inner = v.lookup(sub, "inner".as_ref()).unwrap().ino;
+    let (_, fh) = v
+        .create(inner, "new".as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create under the key rule");
+    v.release(fh).unwrap();
+    // Under the rule's key.
+    let names = crate::names::Names::new(&v.km.volume_secret(), false);
+    let mut found = None;
+    crate::keymgr::rewrap::walk(&d, &names, &mut |cf| {
+        if cf.plain_path.as_deref() == Some("/sub/inner/new") {
+            let b = std::fs::read(&cf.cipher_path).unwrap();
+            let h =
+                crate::format::header::FileHeader::decode(&b[..crate::format::header::HEADER_LEN])
+                    .unwrap();
+            found = Some(h.key_id);
+        }
+    })
+    .unwrap();
+    assert_eq!(found, Some(key));
+}
+
+/// The cipher path of directory `name` at the root.
+fn cipher_subdir_named(d: &Path, v: &Vfs, name: &str) -> PathBuf {
+    let ino = v.lookup(1, name.as_ref()).unwrap().ino;
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap()) == ino)
+        .unwrap()
+}
+
 /// The copy damaged, and a name made before any listing (found by a review: it was encrypted
 /// under the damaged copy, and lost once a listing turned the directory to the file's id). Each
 /// way of making a name; the names already there decide which id new ones get.
