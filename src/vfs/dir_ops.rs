@@ -3,6 +3,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -38,7 +39,70 @@ impl Vfs {
             VfsError::Name(crate::names::NameError::Reserved) => VfsError::Sys(Errno::NOENT),
             e => e,
         })?;
-        Ok(self.intern_child(&dir, &cn.entry, name)?.1)
+        match self.intern_child(&dir, &cn.entry, name) {
+            Err(VfsError::Sys(Errno::NOENT)) => match self.lookup_by_file_id(&dir, name)? {
+                Some(attr) => Ok(attr),
+                None => Err(Errno::NOENT.into()),
+            },
+            r => Ok(r?.1),
+        }
+    }
+
+    /// A name not found under the id read from the directory's xattr copy, looked for under
+    /// `kmsfs.dirid` when that holds another id: the copy is stale or damaged (a tool that
+    /// copies files but not extended attributes, `rsync -a` without `-X` or `cp -r`, updated
+    /// a directory made again under the same name since the copy was made). Found there, the
+    /// directory turns to the file's id, as a listing does (`Vfs::dir_id_by_file`); before,
+    /// lookups found nothing until the directory was first listed. Costs one read of the file
+    /// per directory, at its first name not found (shared with the first new name's check,
+    /// `Vfs::id_for_new_name`); nothing where the id was read from the file or the copy is
+    /// known to be right.
+    fn lookup_by_file_id(&self, dir: &Arc<Node>, name: &OsStr) -> Result<Option<Attr>> {
+        if self.names.plaintext()
+            || dir.dir_id_switched.get().is_some()
+            || dir
+                .copy_confirmed
+                .load(std::sync::atomic::Ordering::Relaxed)
+            || matches!(dir.dir_id_file.get(), Some(None))
+        {
+            return Ok(None);
+        }
+        // Out of descriptors (the file cannot be read now): not found, as before, and nothing
+        // recorded, so that it is looked at again next time.
+        if dir.dir_id_file.get().is_none()
+            && let Err(Errno::MFILE | Errno::NFILE) = rustix::fs::openat(
+                &dir.fd,
+                DIRID_FILE,
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        {
+            return Ok(None);
+        }
+        let current = self.dir_id(dir)?;
+        // The node's `O_PATH` descriptor serves for the `*at` calls: no descriptor more.
+        let fd = &dir.fd;
+        let at_root = dir.ino == super::ROOT_INO;
+        let holds = |id: &DirId| {
+            let Ok(cn) = self.names.encrypt(id, name.as_bytes(), at_root) else {
+                return false;
+            };
+            if rustix::fs::statat(fd, &cn.entry, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                return false;
+            }
+            // A long entry is its name only if its side file says so.
+            match (cn.side_file(), &cn.long) {
+                (Some(side), Some(long)) => {
+                    read_side_fd(fd, &side).is_some_and(|b| b.trim_ascii_end() == long.as_bytes())
+                }
+                _ => true,
+            }
+        };
+        let Some(id) = self.dir_id_by_file(dir, fd, &current, holds) else {
+            return Ok(None);
+        };
+        let cn = self.names.encrypt(&id, name.as_bytes(), at_root)?;
+        Ok(Some(self.intern_child(dir, &cn.entry, name)?.1))
     }
 
     /// Writes the side file of a long name if it is not there yet; returns whether it wrote it.
@@ -687,13 +751,12 @@ fn restore_mode(dir: &Node, entry: &OsStr, mode: u32) {
 
 /// The content of side file `side` in `dir` (`None`: it cannot be read).
 fn read_side(dir: &Node, side: &OsStr) -> Option<Vec<u8>> {
-    let fd = rustix::fs::openat(
-        &dir.fd,
-        side,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
+    read_side_fd(&dir.fd, side)
+}
+
+/// [`read_side`] in the directory open as `dir`.
+fn read_side_fd(dir: &OwnedFd, side: &OsStr) -> Option<Vec<u8>> {
+    let fd = rustix::fs::openat(dir, side, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
     let mut b = Vec::new();
     std::io::Read::read_to_end(
         &mut std::io::Read::take(std::fs::File::from(fd), 4096),

@@ -134,6 +134,125 @@ fn damaged_dirid_copy_mount_and_fsck_use_the_file() {
     assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new());
 }
 
+/// The copy stale, the file and the names another directory's: what a tool that copies files
+/// but not extended attributes (`rsync -a` without `-X`, `cp -r`) leaves when it updates a
+/// copy of the cipher directory made earlier with them (a backup, or a restore of part of the
+/// tree) after the directory was removed and made again under the same name. A lookup before
+/// any listing found nothing (ENOENT for a file that is there; the kernel then kept that
+/// answer for 30 s): it now turns the directory to the file's id as a listing does.
+#[test]
+fn stale_dirid_copy_a_lookup_before_any_listing_finds_the_names() {
+    let long = "L".repeat(200);
+    for first in ["one", long.as_str()] {
+        let (_t, d, want) = volume_with_sub();
+        let c = cipher_subdir(&d);
+        // The copy of another directory's id (a valid id, just not this one's).
+        let stale = {
+            let v = open(&d);
+            v.mkdir(1, "other".as_ref(), 0o755, &caller()).unwrap();
+            let o = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.is_dir() && !p.ends_with(".kmsfs") && *p != c)
+                .unwrap();
+            dirid_copy(&o)
+        };
+        crate::fsutil::write_dirid_copy(
+            std::fs::File::open(&c).unwrap(),
+            &stale.try_into().unwrap(),
+        )
+        .unwrap();
+        let v = open(&d);
+        let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+        let a = v.lookup(sub, first.as_ref());
+        assert!(a.is_ok(), "{}: {a:?}", &first[..3]);
+        assert!(v.lookup(sub, "two".as_ref()).is_ok());
+        // A name that is not there is still not there.
+        assert!(matches!(
+            v.lookup(sub, "absent".as_ref()),
+            Err(super::VfsError::Sys(rustix::io::Errno::NOENT))
+        ));
+        assert_eq!(names(&v, sub), want);
+    }
+}
+
+/// The same stale copy (see above) one level up: the plaintext path of a directory below it
+/// (key rules, path conditions of key policies, audit records) was decrypted with the copy's
+/// id, so with key rules no file could be created there (EIO: "no path, no file"), and
+/// without them the audit records had no path.
+#[test]
+fn stale_dirid_copy_paths_below_it_decrypt() {
+    use crate::control::Request;
+    use crate::keymgr::policy::Identity;
+    let (_t, d, _) = volume_with_sub();
+    let key: crate::format::KeyId;
+    {
+        let v = open(&d);
+        let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+        v.mkdir(sub, "inner".as_ref(), 0o755, &caller()).unwrap();
+        v.mkdir(1, "other".as_ref(), 0o755, &caller()).unwrap();
+        let r = v
+            .control()
+            .execute(
+                &Identity::default(),
+                &Request::CreateKey {
+                    description: String::new(),
+                    tags: Default::default(),
+                    alias: Some("alias/inner".into()),
+                },
+            )
+            .expect("create key");
+        key = r["key_id"].as_str().unwrap().parse().unwrap();
+        v.control()
+            .execute(
+                &Identity::default(),
+                &Request::SetKeyRule {
+                    prefix: "/sub/inner".into(),
+                    key: "alias/inner".into(),
+                },
+            )
+            .expect("rule");
+    }
+    let c = cipher_subdir_named(&d, &open(&d), "sub");
+    let o = cipher_subdir_named(&d, &open(&d), "other");
+    crate::fsutil::write_dirid_copy(
+        std::fs::File::open(&c).unwrap(),
+        &dirid_copy(&o).try_into().unwrap(),
+    )
+    .unwrap();
+    let v = open(&d);
+    let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+    let inner = v.lookup(sub, "inner".as_ref()).unwrap().ino;
+    let (_, fh) = v
+        .create(inner, "new".as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create under the key rule");
+    v.release(fh).unwrap();
+    // Under the rule's key.
+    let names = crate::names::Names::new(&v.km.volume_secret(), false);
+    let mut found = None;
+    crate::keymgr::rewrap::walk(&d, &names, &mut |cf| {
+        if cf.plain_path.as_deref() == Some("/sub/inner/new") {
+            let b = std::fs::read(&cf.cipher_path).unwrap();
+            let h =
+                crate::format::header::FileHeader::decode(&b[..crate::format::header::HEADER_LEN])
+                    .unwrap();
+            found = Some(h.key_id);
+        }
+    })
+    .unwrap();
+    assert_eq!(found, Some(key));
+}
+
+/// The cipher path of directory `name` at the root.
+fn cipher_subdir_named(d: &Path, v: &Vfs, name: &str) -> PathBuf {
+    let ino = v.lookup(1, name.as_ref()).unwrap().ino;
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap()) == ino)
+        .unwrap()
+}
+
 /// The copy damaged, and a name made before any listing (found by a review: it was encrypted
 /// under the damaged copy, and lost once a listing turned the directory to the file's id). Each
 /// way of making a name; the names already there decide which id new ones get.

@@ -418,7 +418,12 @@ impl Vfs {
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[..16]);
-        Ok(*dir.dir_id.get_or_init(|| DirId(id)))
+        let id = *dir.dir_id.get_or_init(|| DirId(id));
+        // Read from the file itself: the file does not differ from the id in use.
+        if id.0 == b[..16] {
+            let _ = dir.dir_id_file.set(None);
+        }
+        Ok(id)
     }
 
     /// Logs and returns an integrity error about a backing object.

@@ -168,21 +168,33 @@ impl Vfs {
     }
 
     fn decrypt_component(&self, parent: &Path, entry: &OsStr, at_root: bool) -> Result<Vec<u8>> {
-        let id = if self.names.plaintext() {
-            DirId([0; 16])
-        } else {
-            let b = match crate::fsutil::read_dirid_copy(parent) {
-                Some(b) if b.len() == 16 => b,
-                _ => std::fs::read(parent.join(DIRID_FILE))?,
-            };
-            DirId(b.try_into().map_err(|_| {
+        if self.names.plaintext() {
+            return self.decrypt_entry(parent, &DirId([0; 16]), entry, at_root);
+        }
+        let file = || -> Result<DirId> {
+            let b = std::fs::read(parent.join(DIRID_FILE))?;
+            Ok(DirId(b.try_into().map_err(|_| {
                 VfsError::Integrity(format!(
                     "{}: directory id is not 16 bytes",
                     parent.display()
                 ))
-            })?)
+            })?))
         };
-        self.decrypt_entry(parent, &id, entry, at_root)
+        let copy = crate::fsutil::read_dirid_copy(parent)
+            .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok())
+            .map(DirId);
+        let Some(copy) = copy else {
+            return self.decrypt_entry(parent, &file()?, entry, at_root);
+        };
+        // A name that does not decrypt under the copy may under `kmsfs.dirid` when the copy is
+        // stale or damaged, as a listing and a lookup find (see `Vfs::dir_id_by_file`); until
+        // 2026-12-06 the path of everything below such a directory was unknown (no file could
+        // be made there under key rules).
+        self.decrypt_entry(parent, &copy, entry, at_root)
+            .or_else(|e| match file() {
+                Ok(id) if id != copy => self.decrypt_entry(parent, &id, entry, at_root),
+                _ => Err(e),
+            })
     }
 
     /// Decrypts entry `entry` of the directory at cipher path `parent`, whose id is `id`.
