@@ -44,7 +44,22 @@ impl Vfs {
                 Some(attr) => Ok(attr),
                 None => Err(Errno::NOENT.into()),
             },
-            r => Ok(r?.1),
+            r => {
+                let attr = r?.1;
+                // Found under the id in use, read from the copy or the file: the names are
+                // under it, so a name looked for in vain here later need not read
+                // `kmsfs.dirid` (a cold `git status` looks up every directory's `.gitignore`,
+                // mostly absent, after finding the tracked files there).
+                if dir.dir_id_switched.get().is_none()
+                    && !dir
+                        .copy_confirmed
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    dir.copy_confirmed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(attr)
+            }
         }
     }
 

@@ -176,6 +176,25 @@ fn stale_dirid_copy_a_lookup_before_any_listing_finds_the_names() {
     }
 }
 
+/// A name found under the copy confirms it: a name then looked for in vain (a cold `git status`
+/// asks every directory for an absent `.gitignore` after finding its tracked files) reads no
+/// `kmsfs.dirid`.
+#[test]
+fn a_name_found_under_the_copy_spares_the_id_file_read_of_a_name_not_found() {
+    let (_t, d, _) = volume_with_sub();
+    let v = open(&d);
+    let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+    v.lookup(sub, "one".as_ref()).unwrap();
+    assert!(v.lookup(sub, "absent".as_ref()).is_err());
+    let node = v.inodes.get(sub).unwrap();
+    assert!(node.dir_id_file.get().is_none(), "kmsfs.dirid was read");
+    // Without a name found first, the first name not found reads it (once).
+    let v = open(&d);
+    let sub = v.lookup(1, "sub".as_ref()).unwrap().ino;
+    assert!(v.lookup(sub, "absent".as_ref()).is_err());
+    assert!(v.inodes.get(sub).unwrap().dir_id_file.get().is_some());
+}
+
 /// The same stale copy (see above) one level up: the plaintext path of a directory below it
 /// (key rules, path conditions of key policies, audit records) was decrypted with the copy's
 /// id, so with key rules no file could be created there (EIO: "no path, no file"), and

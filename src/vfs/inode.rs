@@ -43,8 +43,9 @@ pub struct Node {
     /// The file's id, taken over from the copy because names decrypt with it (the copy is
     /// damaged: see `Vfs::dir_id_by_file`).
     pub dir_id_switched: OnceLock<DirId>,
-    /// `kmsfs.dirid` differs from the copy, and a name decrypted under the copy: new names go
-    /// on under the copy without looking again (see `Vfs::id_for_new_name`).
+    /// A name decrypted under the copy (a listing, or a lookup that found one): new names go on
+    /// under it, and names not found are not looked for under `kmsfs.dirid`, without reading
+    /// the file (see `Vfs::id_for_new_name`, `Vfs::lookup`).
     pub copy_confirmed: std::sync::atomic::AtomicBool,
     /// Changes to the entries of this directory made through the mount, counted after each
     /// (a listing read before the count moved is stale: see `dir_read::Cursors`).
