@@ -186,3 +186,73 @@ fn a_dead_mount_is_cleared_by_mounting_again_or_by_kmsfs_unmount() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!is_mounted(&mnt), "still mounted");
 }
+
+/// A size-changing write torn by the killed daemon (a SIGKILL inside its `pwrite`) is
+/// recovered at the file's first open: the file is cut back to its last whole block. The
+/// kernel was given the size the torn cipher length implies at the lookup before that open,
+/// and with the writeback cache it kept it: right after the remount the recovered file read
+/// with zeros past its end (or as empty, where the length was one no file has), and an
+/// O_APPEND write went after a gap of zeros (or to offset 0, over the data that had been
+/// fsync'd). The tear is made here by cutting the cipher file while it carries the daemon's
+/// own marker: inside block 6's tag (a length a file can have), and 4 bytes into block 7 (one
+/// no file has).
+#[test]
+fn a_torn_write_is_recovered_before_the_kernel_is_given_a_size() {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Header 104, blocks of 4,124 bytes (4 KiB of plaintext); the write covers blocks 4 to 7.
+    for (cut, recovered) in [
+        (104 + 6 * 4124 + 4100, 6 * 4096),
+        (104 + 7 * 4124 + 4, 7 * 4096),
+    ] {
+        let v = Volume::new(&[]);
+        let m = v.mount_with(&["--no-writeback-cache"]);
+        let p = m.path("torn");
+        let synced: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&p)
+            .unwrap();
+        f.write_all(&synced).unwrap();
+        f.sync_all().unwrap();
+        // Past the end, not synced: the marker stays on the cipher file.
+        f.write_all(&[b'y'; 10_000]).unwrap();
+        m.kill9();
+        drop(f);
+        let mut files = Vec::new();
+        walk(&v.cipher, &mut files);
+        files.retain(|c| {
+            !c.components().any(|x| x.as_os_str() == ".kmsfs")
+                && c.file_name().is_some_and(|n| n != "kmsfs.dirid")
+        });
+        assert_eq!(files.len(), 1, "{files:?}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&files[0])
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let m = v.mount();
+        let p = m.path("torn");
+        let shown = std::fs::metadata(&p).unwrap().len();
+        let read = std::fs::read(&p).unwrap();
+        {
+            let mut a = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+            a.write_all(b"APPENDED").unwrap();
+        }
+        m.unmount();
+        let m = v.mount();
+        let got = std::fs::read(m.path("torn")).unwrap();
+        m.unmount();
+        assert_eq!(shown, recovered, "size shown after the remount (cut {cut})");
+        assert_eq!(read.len() as u64, recovered, "bytes read (cut {cut})");
+        assert_eq!(&got[..20_000], &synced[..], "the fsync'd data (cut {cut})");
+        assert_eq!(got.len() as u64, recovered + 8, "cut {cut}");
+        assert!(got.ends_with(b"APPENDED"), "cut {cut}");
+        assert!(
+            got[20_000..got.len() - 8].iter().all(|&b| b == b'y'),
+            "zeros before the append (cut {cut})"
+        );
+    }
+}

@@ -698,6 +698,73 @@ fn o_append_single_and_two_appenders_in(mount_args: &[&'static str]) {
     fx.finish();
 }
 
+/// O_APPEND taken off a descriptor with `fcntl(F_SETFL)`, or passed over for one write with
+/// `pwritev2(RWF_NOAPPEND)`, and put on a plain one: writes land where ext4 puts them. Without
+/// the writeback cache the model appended every write through a handle opened with O_APPEND,
+/// whatever offset the kernel sent (it resolves O_APPEND itself, from the descriptor's current
+/// flags): those writes went to the end of the file instead.
+#[test]
+fn o_append_changed_after_open() {
+    o_append_changed_after_open_in(&[]);
+}
+
+#[test]
+fn o_append_changed_after_open_without_writeback_cache() {
+    o_append_changed_after_open_in(&["--no-writeback-cache"]);
+}
+
+fn o_append_changed_after_open_in(mount_args: &[&'static str]) {
+    /// RWF_NOAPPEND (Linux 6.9): this write at its offset, on an O_APPEND descriptor.
+    const RWF_NOAPPEND: libc::c_int = 0x20;
+    let fx = Fx::with_mount_args(&[], mount_args);
+    fx.run(120, |root, log| {
+        let p = root.join("flags");
+        let mut a = OpenOptions::new()
+            .read(true)
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap();
+        a.write_all(&pat(1, 5000)).unwrap();
+        let fd = a.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this test owns.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_APPEND) };
+        log.rec("fcntl clear O_APPEND", lc(r));
+        log.rec("pwrite at 0", en(a.write_at(b"head", 0)));
+        a.seek(SeekFrom::Start(4090)).unwrap();
+        log.rec("write at 4090", en(a.write_all(&pat(2, 20))));
+        log.rec("size", en(a.metadata().map(|m| m.len())));
+        let b = OpenOptions::new().append(true).open(&p).unwrap();
+        let data = pat(3, 10);
+        let iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: one iovec over `data`, which outlives the call.
+        let n = unsafe { libc::pwritev2(b.as_raw_fd(), &iov, 1, 100, RWF_NOAPPEND) };
+        log.rec(
+            "pwritev2 RWF_NOAPPEND at 100",
+            if n < 0 {
+                Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+            } else {
+                Ok(n)
+            },
+        );
+        drop(b);
+        let mut c = OpenOptions::new().write(true).open(&p).unwrap();
+        // SAFETY: fcntl on a descriptor this test owns.
+        let r = unsafe { libc::fcntl(c.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) };
+        log.rec("fcntl set O_APPEND", lc(r));
+        log.rec("append through it", en(c.write_all(b"tail")));
+        drop((a, c));
+        log.rec("size after", fs::metadata(&p).unwrap().len());
+        log.bytes("content", fs::read(&p).unwrap());
+    });
+    fx.finish();
+}
+
 fn concurrent_appenders(root: &Path) {
     let p = root.join("shared.log");
     File::create(&p).unwrap();

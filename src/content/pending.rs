@@ -139,6 +139,16 @@ pub fn is_marked(file: &File) -> bool {
     }
 }
 
+/// [`is_marked`] for the cipher file at `path` (a `/proc/self/fd` path of an `O_PATH`
+/// descriptor).
+pub fn is_marked_at(path: &str) -> bool {
+    let mut b = [0u8; MARKER_LEN];
+    match rustix::fs::getxattr(path, PENDING_XATTR, &mut b) {
+        Ok(_) | Err(rustix::io::Errno::RANGE) => true,
+        Err(_) => false,
+    }
+}
+
 /// Reads and checks `file`'s interrupted-write marker against the file's key.
 pub fn read_marker(file: &File, cipher: &FileCipher) -> std::io::Result<Marker> {
     let mut b = [0u8; MARKER_LEN];

@@ -128,15 +128,16 @@ impl KmsFs {
             .map_or(poller::Turn::NONE, |p| p.background())
     }
 
-    /// With the writeback cache the kernel resolves O_APPEND offsets itself and later flushes
-    /// dirty pages with explicit offsets through any writable handle, so the model must write
-    /// exactly where it is told.
+    /// The kernel resolves O_APPEND offsets itself, in both cache modes (`generic_write_checks`
+    /// puts the write at its size, under the inode lock, from the descriptor's flags *at the
+    /// write*), and with the writeback cache it later flushes dirty pages with explicit offsets
+    /// through any writable handle: the model must write exactly where it is told. Before
+    /// 2026-12-06, without the writeback cache, a handle opened with O_APPEND appended every
+    /// write, so a write after `fcntl(F_SETFL)` took O_APPEND off the descriptor, or one with
+    /// `pwritev2(RWF_NOAPPEND)`, went to the end of the file instead of its offset (and the
+    /// kernel's size no longer matched the stored one).
     fn open_flags(&self, flags: i32) -> i32 {
-        if self.writeback_cache {
-            flags & !libc::O_APPEND
-        } else {
-            flags
-        }
+        flags & !libc::O_APPEND
     }
 }
 

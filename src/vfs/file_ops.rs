@@ -48,7 +48,7 @@ impl Vfs {
     /// Counts one reference; balance with [`Vfs::put_open_file`]. Also the entry the backing
     /// file was just opened under, if it was (see [`Backing::named`]). `reading`: opened for
     /// reading, which counts as an access (see below).
-    fn get_open_file(
+    pub(super) fn get_open_file(
         &self,
         node: &Node,
         want_write: bool,
@@ -171,7 +171,7 @@ impl Vfs {
             .file)
     }
 
-    fn put_open_file(&self, ino: u64) {
+    pub(super) fn put_open_file(&self, ino: u64) {
         use dashmap::mapref::entry::Entry;
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;

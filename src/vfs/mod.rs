@@ -521,8 +521,51 @@ impl Vfs {
                 self.export.identity(fd)
             });
         node.set_name(dir.ino, entry, plain);
-        let attr = self.attr_of(&node, &st);
+        let attr = self
+            .recovered_attr(&node, &st)
+            .unwrap_or_else(|| self.attr_of(&node, &st));
         Ok((node, attr))
+    }
+
+    /// The attributes of a regular file that carries an interrupted-write marker with a torn
+    /// write under it (see `content::pending`), once the write is recovered: before, the kernel
+    /// was given the size the cipher length implies (0 for a length no file can have) at the
+    /// lookup, and with the writeback cache it keeps the size it was given for as long as it
+    /// holds the inode, also after the open that recovered the file. Right after a remount a
+    /// file torn by a killed daemon then read with zeros past its recovered end (or as empty),
+    /// and an O_APPEND write went to that size: after a gap of zeros, or to offset 0 over the
+    /// data that had been fsync'd (found 2026-12-06). So the recovery comes first, as at an
+    /// open (which also uses the file's key before its caller is authorized).
+    ///
+    /// The marker is looked for (one `getxattr`, ~3 µs) only where a torn write can be: a
+    /// length no file can have, or a change time equal to the modification time. The write
+    /// that a kill tears sets both to the same instant, and nothing after it changes them
+    /// before the next mount; once its write is complete kmsfs removes the marker, which moves
+    /// the change time alone. (Missed: a file whose times were changed offline after the
+    /// crash, `chmod` say: shown as before until its first open recovers it.) `None` for every
+    /// other file, an open one, a read-only mount, and when recovery fails (the file is then
+    /// shown, and fails, as before).
+    fn recovered_attr(&self, node: &Node, st: &rustix::fs::Stat) -> Option<Attr> {
+        let may_be_torn = self.layout.plain_size(st.st_size as u64).is_none()
+            || (st.st_ctime == st.st_mtime && st.st_ctime_nsec == st.st_mtime_nsec);
+        if node.kind != Kind::File
+            || !may_be_torn
+            || self.read_only()
+            || self.open_files.contains_key(&node.ino)
+            || !crate::content::pending::is_marked_at(&node.proc_path())
+        {
+            return None;
+        }
+        let (of, _) = self.get_open_file(node, false, false).ok()?;
+        drop(of);
+        self.put_open_file(node.ino);
+        let st = rustix::fs::statat(
+            &node.fd,
+            "",
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .ok()?;
+        Some(self.attr_of(node, &st))
     }
 
     /// [`Vfs::intern_child`] out of descriptors (`e`): a name that does not exist is absent all
