@@ -39,7 +39,7 @@ impl Vfs {
             VfsError::Name(crate::names::NameError::Reserved) => VfsError::Sys(Errno::NOENT),
             e => e,
         })?;
-        match self.intern_child(&dir, &cn.entry, name) {
+        match self.intern_found(&dir, &cn.entry, name) {
             Err(VfsError::Sys(Errno::NOENT)) => match self.lookup_by_file_id(&dir, name)? {
                 Some(attr) => Ok(attr),
                 None => Err(Errno::NOENT.into()),
@@ -117,7 +117,7 @@ impl Vfs {
             return Ok(None);
         };
         let cn = self.names.encrypt(&id, name.as_bytes(), at_root)?;
-        Ok(Some(self.intern_child(dir, &cn.entry, name)?.1))
+        Ok(Some(self.intern_found(dir, &cn.entry, name)?.1))
     }
 
     /// Writes the side file of a long name if it is not there yet; returns whether it wrote it.

@@ -178,7 +178,7 @@ impl Vfs {
             if named >= limit {
                 return Ok(false);
             }
-            let (node, attr) = match self.intern_child(&dir, &e.cipher_name, &e.name) {
+            let (node, attr) = match self.intern_found(&dir, &e.cipher_name, &e.name) {
                 Ok(found) => found,
                 // Gone since it was read: leave it out.
                 Err(VfsError::Sys(Errno::NOENT)) => return Ok(true),

@@ -498,9 +498,26 @@ impl Vfs {
             .encrypt(&id, name.as_bytes(), dir.ino == ROOT_INO)?)
     }
 
+    /// [`Vfs::intern_child`] for an entry the kernel looks up or lists, which may be a file
+    /// left torn by a killed daemon: recovered first (see [`Vfs::recovered_attr`]). Entries
+    /// made through the mount (create, link, …) need not be looked at.
+    fn intern_found(&self, dir: &Node, entry: &OsStr, plain: &OsStr) -> Result<(Arc<Node>, Attr)> {
+        self.intern(dir, entry, plain, true)
+    }
+
     /// Finds (or registers) the node of entry `entry` of `dir`, whose plaintext name is `plain`,
     /// and counts one lookup.
     fn intern_child(&self, dir: &Node, entry: &OsStr, plain: &OsStr) -> Result<(Arc<Node>, Attr)> {
+        self.intern(dir, entry, plain, false)
+    }
+
+    fn intern(
+        &self,
+        dir: &Node,
+        entry: &OsStr,
+        plain: &OsStr,
+        recover: bool,
+    ) -> Result<(Arc<Node>, Attr)> {
         dir.note_entries_read();
         let fd = match rustix::fs::openat(
             &dir.fd,
@@ -521,8 +538,9 @@ impl Vfs {
                 self.export.identity(fd)
             });
         node.set_name(dir.ino, entry, plain);
-        let attr = self
-            .recovered_attr(&node, &st)
+        let attr = recover
+            .then(|| self.recovered_attr(&node, &st))
+            .flatten()
             .unwrap_or_else(|| self.attr_of(&node, &st));
         Ok((node, attr))
     }
