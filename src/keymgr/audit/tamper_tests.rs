@@ -635,21 +635,27 @@ fn the_open_after_a_crash_reads_only_the_segment_of_the_anchor() {
     assert!(!ev.iter().any(|e| e == "AuditLogModified"), "{ev:?}");
 }
 
+/// An open log with `n` closed segments of ten records each.
+fn log_with_closed_segments(n: u64) -> (tempfile::TempDir, AuditLog) {
+    let t = tempfile::tempdir().unwrap();
+    let l = AuditLog::open(t.path(), keys()).unwrap();
+    for s in 0..n {
+        for i in 0..10 {
+            l.append(rec("s", s * 100 + i)).unwrap();
+        }
+        l.start_new_segment().unwrap();
+    }
+    (t, l)
+}
+
 /// Retention checks the chains of the segments it is about to remove ahead, without the log's
 /// lock, each once (a budget per run); the removal then reads none of them again. A segment
 /// changed after its check is read again at the removal, and kept.
 #[test]
 fn retention_checks_chains_ahead_once_and_again_after_a_change() {
     use std::sync::atomic::Ordering::Relaxed;
-    let t = tempfile::tempdir().unwrap();
+    let (t, l) = log_with_closed_segments(6);
     let c = t.path().to_path_buf();
-    let l = AuditLog::open(&c, keys()).unwrap();
-    for s in 0..6 {
-        for i in 0..10 {
-            l.append(rec("s", s * 100 + i)).unwrap();
-        }
-        l.start_new_segment().unwrap();
-    }
     let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     let rule = Expiry::by_age(future, 1);
     l.prove_for_retention(rule, 2);
@@ -696,15 +702,7 @@ fn retention_checks_chains_ahead_once_and_again_after_a_change() {
 #[test]
 fn retention_checks_ahead_only_what_the_size_limit_removes() {
     use std::sync::atomic::Ordering::Relaxed;
-    let t = tempfile::tempdir().unwrap();
-    let c = t.path().to_path_buf();
-    let l = AuditLog::open(&c, keys()).unwrap();
-    for s in 0..8 {
-        for i in 0..10 {
-            l.append(rec("s", s * 100 + i)).unwrap();
-        }
-        l.start_new_segment().unwrap();
-    }
+    let (_t, l) = log_with_closed_segments(8);
     let (total, _) = l.disk_usage().unwrap();
     // Under the limit: nothing.
     l.prove_for_retention(Expiry::by_size(total + 1), 100);
