@@ -274,8 +274,6 @@ impl<'a> Found<'a> {
         })
     }
 
-    /// Whether the segments `segs` hold checkpoint `seq` with signature `sig`, read from the
-    /// newest down to the one whose first entry is not after `seq`.
     /// The sequence number segment `n` starts at: its first line's, when that is an authentic
     /// entry (read alone), else its first authentic entry's (the segment read whole).
     fn first_seq(&self, n: u64) -> Option<u64> {
@@ -299,7 +297,8 @@ impl<'a> Found<'a> {
         v
     }
 
-    /// Whether the log holds checkpoint `seq` with signature `sig` (in the newest segment that
+    /// Whether the segments `segs` hold checkpoint `seq` with signature `sig`, read from the
+    /// newest down to the one whose first entry is not after `seq` (in the newest segment that
     /// has an entry numbered `seq`). Segments that start after `seq` are passed over after
     /// reading their first line: after a crash the checkpoint of the last clean end may lie
     /// many segments back (everything the crashed session wrote), and reading them whole made
