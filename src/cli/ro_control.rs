@@ -114,8 +114,8 @@ fn list_keys(ctl: &Path) -> Result<Value, CliError> {
              keys are listed through keys/<id>/metadata)"
         );
     }
-    // In the listing's order, which is the key store's, as ListKeys gives them (sorted by
-    // creation time, keys made within one second came out by id: found by a review).
+    // In the listing's order, which is the key store's, as ListKeys gives them (not sorted by
+    // creation time: keys made within one second would come out by id).
     Ok(Value::Array(keys))
 }
 

@@ -424,8 +424,6 @@ pub fn upgrade(a: &UpgradeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The volume lock for a command that needs the volume unmounted; when it is mounted, the
-/// error says to unmount it before `what`.
 /// Refuses (exit 19) when the volume is mounted, naming what needs it unmounted.
 fn unmounted(cipherdir: &std::path::Path, what: &str) -> Result<(), CliError> {
     let root = std::fs::canonicalize(cipherdir).unwrap_or_else(|_| cipherdir.to_path_buf());
@@ -433,6 +431,8 @@ fn unmounted(cipherdir: &std::path::Path, what: &str) -> Result<(), CliError> {
         .map_err(|e| e.hint(format!("unmount the volume before {what}")))
 }
 
+/// The volume lock for a command that needs the volume unmounted; when it is mounted, the
+/// error says to unmount it before `what`.
 fn lock_unmounted(
     cipherdir: &std::path::Path,
     what: &str,

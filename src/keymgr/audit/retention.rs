@@ -148,6 +148,21 @@ impl Expiry {
             max_bytes: Some(max),
         }
     }
+
+    /// What a removal by size takes the log down to: once over a limit of four segments or
+    /// more, three quarters of it, so that removals (each syncs its record and `base` under the
+    /// log's lock) come every few segments instead of at every roll.
+    fn size_target(&self) -> Option<u64> {
+        self.max_bytes
+            .map(|m| if m >= 4 * SEGMENT_BYTES { m - m / 4 } else { m })
+    }
+
+    /// Whether the segment that `end` closes is older than the rule's period.
+    fn is_old(&self, end: &SegmentEnd) -> bool {
+        self.older_than.is_some_and(|(cutoff, _)| {
+            humantime::parse_rfc3339_weak(&end.cp.time).is_ok_and(|t| t < cutoff)
+        })
+    }
 }
 
 /// The most a closed segment is ever written to: it is closed once past [`SEGMENT_BYTES`], after
@@ -386,19 +401,19 @@ impl AuditLog {
             .is_some_and(|p| Some(p.id) == id && p.seq == seq && p.chain == *chain)
     }
 
-    /// [`chain_broken`], from what an earlier check of the same file found where it has not
-    /// changed since (its length and times; any write moves its change time): each segment is
-    /// read whole once per mount.
-    fn chain_checked(
-        &self,
-        n: u64,
-        seq: u64,
-        chain: &[u8; 32],
-        end: &SegmentEnd,
-    ) -> Option<String> {
-        if self.is_proven(n, seq, chain) {
-            return None;
-        }
+    /// Whether segment `s` follows on from where the log, or the segment before it, ends
+    /// (`want`: the segment number, sequence number and chain value expected next).
+    fn follows_on(&self, s: u64, want: (u64, u64, &[u8; 32])) -> bool {
+        let (seg, seq, chain) = want;
+        s == seg
+            && first_entry_of(&self.keys, &self.dir.join(segment_name(s)))
+                .is_some_and(|e| continues(&self.keys, &e, seq, chain))
+    }
+
+    /// [`chain_broken`], remembered as a proof when the chain holds and the file did not
+    /// change while it was read: with [`AuditLog::is_proven`], each segment is read whole once
+    /// per mount.
+    fn prove_chain(&self, n: u64, seq: u64, chain: &[u8; 32], end: &SegmentEnd) -> Option<String> {
         let path = self.dir.join(segment_name(n));
         let before = file_id(&path);
         #[cfg(test)]
@@ -439,27 +454,21 @@ impl AuditLog {
         };
         segs.retain(|(n, _)| *n < current);
         let mut total: u64 = segs.iter().map(|(_, len)| len).sum::<u64>() + current_bytes;
-        let target = rule
-            .max_bytes
-            .map(|m| if m >= 4 * SEGMENT_BYTES { m - m / 4 } else { m });
+        let target = rule.size_target();
         let (mut want_seg, mut want_seq, mut want_chain) = self.beginning();
         let mut read = 0;
         for (s, len) in segs {
             if s < want_seg {
                 continue;
             }
-            let path = self.dir.join(segment_name(s));
-            let Some(end) = last_checkpoint_of(&self.keys, &path) else {
+            let Some(end) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s))) else {
                 break;
             };
             let over = target.is_some_and(|t| total > t);
-            let old = rule.older_than.is_some_and(|(cutoff, _)| {
-                humantime::parse_rfc3339_weak(&end.cp.time).is_ok_and(|t| t < cutoff)
-            });
-            let follows = s == want_seg
-                && first_entry_of(&self.keys, &path)
-                    .is_some_and(|e| continues(&self.keys, &e, want_seq, &want_chain));
-            if !(old || over) || !follows || end.altered(s).is_some() {
+            if !(rule.is_old(&end) || over)
+                || !self.follows_on(s, (want_seg, want_seq, &want_chain))
+                || end.altered(s).is_some()
+            {
                 break;
             }
             if !self.is_proven(s, want_seq, &want_chain) {
@@ -467,9 +476,9 @@ impl AuditLog {
                     break;
                 }
                 read += 1;
-            }
-            if self.chain_checked(s, want_seq, &want_chain, &end).is_some() {
-                break;
+                if self.prove_chain(s, want_seq, &want_chain, &end).is_some() {
+                    break;
+                }
             }
             total = total.saturating_sub(len);
             want_seg = s.saturating_add(1);
@@ -535,13 +544,8 @@ impl AuditLog {
         // read (the scan runs with the log locked, every minute while mounted).
         let mut removed: Option<(u64, super::verify::Entry, Checkpoint)> = None;
         let (mut by_age, mut by_size) = (false, false);
-        // Once over a limit of four segments or more, down to three quarters of it, so that
-        // removals (each syncs its record and `base` under the lock) come every few segments
-        // instead of at every roll.
         let trigger = rule.max_bytes.is_some_and(|m| total > m);
-        let target = rule
-            .max_bytes
-            .map(|m| if m >= 4 * SEGMENT_BYTES { m - m / 4 } else { m });
+        let target = rule.size_target();
         for (s, len) in segs {
             let over = trigger && target.is_some_and(|t| total > t);
             let Some(end) = last_checkpoint_of(&self.keys, &self.dir.join(segment_name(s))) else {
@@ -553,16 +557,11 @@ impl AuditLog {
                 }
                 break;
             };
-            let old = rule.older_than.is_some_and(|(cutoff, _)| {
-                humantime::parse_rfc3339_weak(&end.cp.time).is_ok_and(|t| t < cutoff)
-            });
+            let old = rule.is_old(&end);
             if !old && !over {
                 break;
             }
-            let follows = s == want_seg
-                && first_entry_of(&self.keys, &self.dir.join(segment_name(s)))
-                    .is_some_and(|e| continues(&self.keys, &e, want_seq, &want_chain));
-            if !follows {
+            if !self.follows_on(s, (want_seg, want_seq, &want_chain)) {
                 self.blocked(format!(
                     "segment {s} does not follow on from the one before it (segment {want_seg}, \
                      entry {want_seq} expected: deleted or changed): retention removes nothing \
@@ -577,10 +576,11 @@ impl AuditLog {
             // middle and the length padded back, passed the first two). The chain is checked
             // without decrypting (~60 ms per 16 MiB segment), once per segment and mount, and
             // usually before, without the log's lock (see [`AuditLog::prove_for_retention`]).
-            if let Some(why) = end
-                .altered(s)
-                .or_else(|| self.chain_checked(s, want_seq, &want_chain, &end))
-            {
+            if let Some(why) = end.altered(s).or_else(|| {
+                (!self.is_proven(s, want_seq, &want_chain))
+                    .then(|| self.prove_chain(s, want_seq, &want_chain, &end))
+                    .flatten()
+            }) {
                 self.blocked(format!(
                     "{why}: retention removes nothing from there on until it is looked at \
                      (`kmsfs audit verify`)"
