@@ -516,6 +516,9 @@ fn serve(
         format!("mounted on {}", mountpoint.display()),
     ))?;
     let r = crate::fuse::mount(s.vfs.clone(), mountpoint, opts, ready);
+    // Before the session's end is recorded: a power loss right after must not find a marker
+    // gone ahead of its data (`vfs::marker_queue`).
+    s.vfs.settle_markers();
     let _ = s.audit.append(system_record(
         "Unmount",
         format!("unmounted from {}", mountpoint.display()),
@@ -639,6 +642,7 @@ fn daemonize(
     if pid > 0 {
         drop(wr);
         drop(lock);
+        session.vfs.hand_session_to_child();
         let mut status = [0u8; 1];
         let mut f = File::from(rd);
         return match f.read(&mut status) {

@@ -141,7 +141,7 @@ pub fn is_marked(file: &File) -> bool {
 
 /// [`is_marked`] for the cipher file at `path` (a `/proc/self/fd` path of an `O_PATH`
 /// descriptor).
-pub fn is_marked_at(path: &str) -> bool {
+pub fn is_marked_at(path: impl rustix::path::Arg) -> bool {
     let mut b = [0u8; MARKER_LEN];
     match rustix::fs::getxattr(path, PENDING_XATTR, &mut b) {
         Ok(_) | Err(rustix::io::Errno::RANGE) => true,
@@ -242,6 +242,8 @@ pub fn recover(
     // The first of the blocks just passed that look like holes (a sparse file's all-zero
     // nonces): they are holes only if the next written block's count reaches back to them.
     let mut run: Option<u64> = None;
+    // The length of the final block found (`end` None).
+    let mut final_len = 0;
     let end = loop {
         let off = l.cipher_offset(i);
         let n = len.saturating_sub(off).min(cbs as u64) as usize;
@@ -254,10 +256,17 @@ pub fn recover(
             }
             let p = &mut plain[..n - BLOCK_OVERHEAD];
             let full = n == cbs && cipher.decrypt_block(i, false, &buf[..n], p).is_ok();
-            let last = !full && cipher.decrypt_block(i, true, &buf[..n], p).is_ok();
-            if full || last {
+            let last = if full {
+                None
+            } else if cipher.decrypt_block(i, true, &buf[..n], p).is_ok() {
+                Some(n)
+            } else {
+                shorter_final(cipher, i, &buf[..n], &mut plain)
+            };
+            if full || last.is_some() {
+                let m = last.unwrap_or(n);
                 if let Some(s) = run.take()
-                    && !counts_back_to(i, &buf[..n], s)
+                    && !counts_back_to(i, &buf[..m], s)
                 {
                     // Zeroed blocks, not holes: the file ends before them.
                     break Some(s);
@@ -266,7 +275,9 @@ pub fn recover(
                     i += 1;
                     continue;
                 }
-                // A complete final block: the write (or truncate) got this far.
+                // A complete final block: the write (or truncate) got this far, or had not
+                // reached the disk in place of the old final block.
+                final_len = m as u64;
                 break None;
             }
         }
@@ -276,10 +287,7 @@ pub fn recover(
         break Some(run.unwrap_or(i));
     };
     let new_len = match end {
-        None => {
-            let off = l.cipher_offset(i);
-            off + len.saturating_sub(off).min(cbs as u64)
-        }
+        None => l.cipher_offset(i) + final_len,
         Some(k) => {
             // The holes before the new final block: the blocks before it are written (they
             // authenticated above), except before the first block the write touched, whose
@@ -333,6 +341,19 @@ pub fn recover(
         "recovered an interrupted write: cipher length {len} -> {new_len} (blocks from {first} rescanned)"
     );
     Ok((new_len != len || end.is_some()).then_some(new_len))
+}
+
+/// The length of the final block `i` that the first `m < stored.len()` bytes stored for it make,
+/// if any: the old final block of a file whose growth a power loss cut (its larger size was
+/// journaled, the old final block rewritten in place was not written yet: zeros past its old
+/// end, or the next block's first bytes where its page was). Found by trying each length (a
+/// few milliseconds, once per recovered file); a match authenticates, so it is that block.
+fn shorter_final(cipher: &FileCipher, i: u64, stored: &[u8], plain: &mut [u8]) -> Option<usize> {
+    (BLOCK_OVERHEAD..stored.len()).rev().find(|&m| {
+        cipher
+            .decrypt_block(i, true, &stored[..m], &mut plain[..m - BLOCK_OVERHEAD])
+            .is_ok()
+    })
 }
 
 /// Whether written block `i` (its stored bytes `block`) counts the holes back to block `s`.
@@ -486,6 +507,38 @@ mod tests {
         recover(&f, &c, l, false).unwrap();
         assert_eq!(read_file(&f, &c, l).unwrap(), new[..2 * B]);
         assert!(!is_marked(&f));
+    }
+
+    /// A power loss after an append: the larger size was journaled, the old final block
+    /// rewritten in place was not written (zeros past its old end, the next page's new bytes
+    /// after those). The file is what it was before the append, not cut before that block.
+    #[test]
+    fn an_append_cut_by_a_power_loss_keeps_the_old_final_block() {
+        let (_t, f, c, l) = setup();
+        let old: Vec<u8> = (0..2 * B + 1808).map(|i| (i * 7) as u8).collect();
+        write_file(&f, &c, l, &old);
+        let mut grown = old.clone();
+        grown.extend((0..3000).map(|i| i as u8));
+        let mut out = Vec::new();
+        c.encrypt_blocks(2, &grown[2 * B..], 3, 0, &mut out);
+        mark(&f, 1, &c, 2, 0, 0);
+        // Only the part of the new blocks past the old block's page reached the disk.
+        let page_end = (l.cipher_offset(2) / 4096 + 1) * 4096;
+        let new_end = l.cipher_offset(2) + out.len() as u64;
+        let skip = (page_end - l.cipher_offset(2)) as usize;
+        f.set_len(new_end).unwrap();
+        f.write_all_at(&out[skip..], page_end).unwrap();
+        assert!(read_file(&f, &c, l).is_none(), "unreadable as it is");
+        recover(&f, &c, l, false).unwrap();
+        assert_eq!(read_file(&f, &c, l).unwrap(), old);
+        assert!(!is_marked(&f));
+        // A torn block that holds no whole old block is still cut before.
+        write_file(&f, &c, l, &old);
+        mark(&f, 1, &c, 2, 0, 0);
+        f.set_len(new_end).unwrap();
+        f.write_all_at(&out[..100], l.cipher_offset(2)).unwrap();
+        recover(&f, &c, l, false).unwrap();
+        assert_eq!(read_file(&f, &c, l).unwrap(), old[..2 * B]);
     }
 
     #[test]

@@ -691,6 +691,10 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
     let mut hb = [0u8; HEADER_LEN];
     let header = match f.read_exact_at(&mut hb, 0) {
         Ok(()) => FileHeader::decode(&hb).map_err(|e| e.to_string()),
+        Err(_) if len == 0 => Err("0 bytes, no header: what a power loss leaves of a file \
+             created just before it (none of it had reached the disk), or a file emptied \
+             offline; remove it"
+            .to_string()),
         Err(_) => Err(format!(
             "{len} bytes: shorter than the {HEADER_LEN}-byte header"
         )),

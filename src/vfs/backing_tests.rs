@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -13,17 +12,10 @@ use rustix::fs::{Mode, OFlags};
 
 use super::Vfs;
 use super::backing::{NO_EMPTY_PATH_LINK, link_unnamed};
-use super::test_support::{caller, new_volume, open, read_at, write_file};
+use super::test_support::{caller, cipher_path, new_volume, open, read_at, write_file};
 
 fn read_all(v: &Vfs, ino: u64) -> Vec<u8> {
     read_at(v, ino, 0, 1 << 20)
-}
-
-/// The backing path of `ino`'s remembered entry.
-fn cipher_path(v: &Vfs, ino: u64) -> PathBuf {
-    let n = v.node(ino).expect("node").name().expect("remembered entry");
-    let dir = std::fs::read_link(v.node(n.parent).expect("dir").proc_path()).expect("dir path");
-    dir.join(&n.cipher)
 }
 
 #[test]

@@ -98,8 +98,13 @@ impl Vfs {
                 })?;
                 let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
                     .with_sparse(header.flags & FLAG_SPARSE != 0);
+                // Closed with its marker still on, waiting for its data to reach the disk: the
+                // marker is this open's now.
+                let taken = self.markers.take(node.ino);
                 // A size-changing write was interrupted (crash): make the file readable again.
-                let mut recover = crate::content::pending::is_marked(&file) && !self.read_only();
+                let mut recover = taken.is_none()
+                    && crate::content::pending::is_marked(&file)
+                    && !self.read_only();
                 if recover {
                     let rw = if want_write {
                         None
@@ -146,8 +151,8 @@ impl Vfs {
                         writable: want_write,
                         header,
                         size,
-                        marked: None,
-                        marked_gap: 0,
+                        marked: taken.map(|t| t.0),
+                        marked_gap: taken.map_or(0, |t| t.1),
                         behind: Default::default(),
                         holes_seen: Default::default(),
                         recount: Default::default(),
@@ -184,6 +189,8 @@ impl Vfs {
                 // releases at once exactly one does it (lock order: entry, kept time, file
                 // state, as in `attr_of`).
                 e.get().0.restore_mtime();
+                // Under the entry too: an open of the file now waits, then takes the marker.
+                e.get().0.hand_over_marker(&self.markers);
                 let (f, _) = e.remove();
                 if f.write_failed() {
                     let mut v = self.stale_caches.lock().unwrap_or_else(|p| p.into_inner());

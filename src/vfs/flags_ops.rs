@@ -147,7 +147,14 @@ impl Vfs {
                 let read_only = self.reopen_backing(&node, &f, false)?;
                 f.quiesced(read_only, set)??
             }
-            None => set()?,
+            // Closed with its marker waiting for its data (see `marker_queue`): an immutable
+            // file could never lose it.
+            None => {
+                if making_immutable {
+                    self.markers.settle_one(ino);
+                }
+                set()?
+            }
         }
         Ok(())
     }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use super::Vfs;
 use super::attr_ops::SetAttr;
-use super::test_support::{caller, file_cipher, new_volume_with, open, read_at, write_file};
+use super::test_support::{
+    caller, cipher_path, file_cipher, new_volume_with, open, read_at, write_file,
+};
 use crate::format::offsets::Layout;
 
 const B: u64 = 4096;
@@ -17,12 +19,6 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
         .collect()
-}
-
-fn cipher_path(v: &Vfs, ino: u64) -> PathBuf {
-    let n = v.node(ino).expect("node").name().expect("entry");
-    let d = std::fs::read_link(v.node(n.parent).expect("dir").proc_path()).expect("dir");
-    d.join(&n.cipher)
 }
 
 /// A new model over the volume, and the number of its file `a`.

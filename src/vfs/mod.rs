@@ -19,9 +19,11 @@ mod flags_ops;
 pub mod identity;
 mod inode;
 mod kept_mtime;
+mod marker_queue;
 mod open_file;
 mod path;
 mod prefetch;
+mod unclean;
 mod unlinked;
 mod write_behind;
 mod write_order;
@@ -132,6 +134,10 @@ pub struct Vfs {
     /// When an entry was last removed ([`inode::coarse_now_ms`]; 0: never): a write short of
     /// space shortly after waits for its blocks (`unlinked.rs`).
     removed_at: AtomicU64,
+    /// Closed files whose interrupted-write markers wait for their data to reach the disk.
+    markers: marker_queue::MarkerQueue,
+    /// `.kmsfs/mounted-rw` was made or found by this session.
+    session_flag: std::sync::atomic::AtomicBool,
     /// Files closed since a write to them failed (see `take_stale_caches`).
     stale_caches: std::sync::Mutex<Vec<u64>>,
     /// `stale_caches` is not empty (read on every release without the lock).
@@ -166,6 +172,12 @@ pub struct Vfs {
     prefetch: prefetch::Prefetch,
     /// The volume's ACL marker is known to exist (see `acl_ops::mark_acls_used`).
     acls_marked: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Vfs {
+    fn drop(&mut self) {
+        self.settle_markers();
+    }
 }
 
 impl std::fmt::Debug for Vfs {
@@ -226,7 +238,7 @@ impl Vfs {
             ..opts
         };
         let export = export::Export::probe(&fd, &km.volume_secret());
-        Ok(Vfs {
+        let vfs = Vfs {
             control,
             activity: AtomicU64::new(0),
             root: root.to_path_buf(),
@@ -240,6 +252,8 @@ impl Vfs {
             dir_cursors: Default::default(),
             open_files: DashMap::new(),
             removed_at: AtomicU64::new(0),
+            markers: Default::default(),
+            session_flag: Default::default(),
             stale_caches: Default::default(),
             stale_pending: Default::default(),
             next_fh: AtomicU64::new(1),
@@ -255,7 +269,39 @@ impl Vfs {
             renames: std::sync::atomic::AtomicU64::new(0),
             prefetch,
             acls_marked: std::sync::atomic::AtomicBool::new(false),
-        })
+        };
+        if !vfs.read_only() {
+            vfs.begin_rw_session();
+        }
+        Ok(vfs)
+    }
+
+    /// Makes `.kmsfs/mounted-rw` before anything can be written (see `marker_queue`), or finds
+    /// it left by a session that did not end cleanly: then the files that carry a marker are
+    /// recovered first (`unclean.rs`).
+    fn begin_rw_session(&self) {
+        if self.session_flag.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let p = self
+            .root
+            .join(crate::names::CONTROL_DIR)
+            .join(marker_queue::SESSION_FLAG);
+        match std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(&p)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.recover_marked_files();
+            }
+            Err(e) => {
+                tracing::warn!("cannot make {}: {e}", p.display());
+                self.session_flag.store(false, Ordering::Release);
+            }
+        }
     }
 
     /// Counts a request (the idle timer watches this).
@@ -288,6 +334,31 @@ impl Vfs {
     /// Whether the kernel still holds inode `ino`.
     pub fn knows(&self, ino: u64) -> bool {
         self.inodes.get(ino).is_ok()
+    }
+
+    /// Removes the interrupted-write markers of closed files once their data is on the disk
+    /// (see `marker_queue`), all of them now: at unmount.
+    pub fn settle_markers(&self) {
+        if self.markers.settle_all() && self.session_flag.swap(false, Ordering::AcqRel) {
+            let p = self
+                .root
+                .join(crate::names::CONTROL_DIR)
+                .join(marker_queue::SESSION_FLAG);
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!("cannot remove {}: {e}", p.display());
+            }
+        }
+    }
+
+    /// This copy of the model ends without ending the session (the parent of a daemon that
+    /// forked: the child serves the mount, and removes `.kmsfs/mounted-rw` at its clean end).
+    pub fn hand_session_to_child(&self) {
+        self.session_flag.store(false, Ordering::Release);
+    }
+
+    /// Closed files whose interrupted-write markers wait for their data to reach the disk.
+    pub fn markers_waiting(&self) -> usize {
+        self.markers.len()
     }
 
     /// Files closed everywhere since a write to them failed (ENOSPC, EIO). With the writeback
@@ -328,6 +399,9 @@ impl Vfs {
     /// The mount was remounted (`mount -o remount,...`): read-only or not, `noatime` or not
     /// from now on. Returns whether anything changed.
     pub fn remounted(&self, read_only: bool, noatime: bool) -> bool {
+        if !read_only {
+            self.begin_rw_session();
+        }
         let noatime = noatime || read_only;
         let was = (
             self.read_only.swap(read_only, Ordering::AcqRel),
@@ -558,11 +632,12 @@ impl Vfs {
     /// The marker is looked for (one `getxattr`, ~3 µs) only where a torn write can be: a
     /// length no file can have, or a change time equal to the modification time. The write
     /// that a kill tears sets both to the same instant, and nothing after it changes them
-    /// before the next mount; once its write is complete kmsfs removes the marker, which moves
-    /// the change time alone. (Missed: a file whose times were changed offline after the
-    /// crash, `chmod` say: shown as before until its first open recovers it.) `None` for every
-    /// other file, an open one, a read-only mount, and when recovery fails (the file is then
-    /// shown, and fails, as before).
+    /// before the next mount; once its write is complete and on the disk kmsfs removes the
+    /// marker, which moves the change time alone. Files whose times do not show it (closed
+    /// with the marker still on, or changed offline after the crash) were recovered at the
+    /// start of the mount already (`unclean.rs`). `None` for every other file, an open one, one closed whose marker waits for its data to
+    /// reach the disk (`marker_queue`: its writes completed), a read-only mount, and when
+    /// recovery fails (the file is then shown, and fails, as before).
     fn recovered_attr(&self, node: &Node, st: &rustix::fs::Stat) -> Option<Attr> {
         let may_be_torn = self.layout.plain_size(st.st_size as u64).is_none()
             || (st.st_ctime == st.st_mtime && st.st_ctime_nsec == st.st_mtime_nsec);
@@ -570,7 +645,8 @@ impl Vfs {
             || !may_be_torn
             || self.read_only()
             || self.open_files.contains_key(&node.ino)
-            || !crate::content::pending::is_marked_at(&node.proc_path())
+            || self.markers.holds(node.ino)
+            || !crate::content::pending::is_marked_at(node.proc_path())
         {
             return None;
         }
@@ -682,8 +758,13 @@ impl Vfs {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes
-            .forget(ino, n, |node| self.export.forgotten(node));
+        self.inodes.forget(ino, n, |node| {
+            self.export.forgotten(node);
+            // A removed file waiting to have its marker removed would hold its blocks.
+            if node.kind == Kind::File {
+                self.markers.forget_removed(node.ino);
+            }
+        });
     }
 
     /// Number of inodes the kernel holds (for tests and metrics).

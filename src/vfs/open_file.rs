@@ -905,6 +905,21 @@ impl OpenFile {
         Ok(r)
     }
 
+    /// The last release: the interrupted-write marker, if one is on, goes to `queue`, which
+    /// removes it once what was written is on the disk (see `marker_queue`). Without a second
+    /// descriptor for it (out of descriptors), it is removed when the state is dropped, as
+    /// before there was a queue.
+    pub fn hand_over_marker(&self, queue: &super::marker_queue::MarkerQueue) {
+        let mut st = self.write_state();
+        let Some(first) = st.marked else {
+            return;
+        };
+        if let Ok(f) = st.file.try_clone() {
+            st.marked = None;
+            queue.defer(self.ino, f, first, st.marked_gap);
+        }
+    }
+
     pub fn fsync(&self, datasync: bool) -> Result<()> {
         let mut st = self.write_state();
         crate::fault::check("fsync")?;

@@ -111,6 +111,13 @@ pub fn quiet(count: impl Fn() -> u64) -> u64 {
     count()
 }
 
+/// The backing path of `ino`'s remembered entry.
+pub fn cipher_path(v: &Vfs, ino: u64) -> PathBuf {
+    let n = v.node(ino).expect("node").name().expect("remembered entry");
+    let dir = std::fs::read_link(v.node(n.parent).expect("dir").proc_path()).expect("dir path");
+    dir.join(&n.cipher)
+}
+
 /// The block cipher of the file whose cipher file is at `path`, as an open through `v` builds it
 /// (for tests that forge or inspect what only the file's key can make).
 pub fn file_cipher(v: &Vfs, path: &Path) -> crate::content::FileCipher {

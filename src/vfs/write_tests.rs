@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::test_support::{caller, new_volume, open, read_at, write_file};
+use super::test_support::{caller, cipher_path, new_volume, open, read_at, write_file};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -129,10 +129,11 @@ fn a_stream_of_large_writes_goes_to_the_disk_behind_them_small_ones_do_not() {
 
 /// The interrupted-write marker (an xattr of the cipher file) is set for every size-changing
 /// write, a small one inside the first page too (after a power loss an overwrite of a page
-/// already on disk can be there without the larger size), and it is gone once the file is
-/// closed.
+/// already on disk can be there without the larger size), and it stays after the close until
+/// the data is on the disk (`marker_queue`); an open meanwhile takes it over, without
+/// recovering anything.
 #[test]
-fn size_changing_writes_are_marked_until_close() {
+fn size_changing_writes_are_marked_until_their_data_is_on_disk() {
     let (_t, dir) = new_volume();
     let v = open(&dir);
     let ino = write_file(&v, "f", b"");
@@ -158,10 +159,91 @@ fn size_changing_writes_are_marked_until_close() {
     drop(f);
     v.release(fh).expect("release");
     assert!(
+        crate::content::pending::is_marked(&cipher_file),
+        "kept at close"
+    );
+    assert_eq!(v.markers_waiting(), 1);
+    // Opened again: the marker is the open file's; its close hands it back.
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("reopen");
+    assert_eq!(v.markers_waiting(), 0);
+    let (g, _) = v.handle_file(fh).expect("handle");
+    {
+        let st = g.read_state();
+        assert_eq!(st.marked, Some(0), "taken over");
+        assert_eq!(st.size, want.len() as u64);
+    }
+    drop(g);
+    v.release(fh).expect("release");
+    assert_eq!(v.markers_waiting(), 1);
+    v.settle_markers();
+    assert_eq!(v.markers_waiting(), 0);
+    assert!(
         !crate::content::pending::is_marked(&cipher_file),
-        "cleared at close"
+        "cleared once settled"
     );
     assert_eq!(read_fresh(&dir, "f", want.len()), want);
+}
+
+/// `.kmsfs/mounted-rw` is there while a read-write model may leave markers on closed files,
+/// and gone after a clean end (every marker settled); the parent of a forked daemon leaves it
+/// to the child.
+#[test]
+fn the_session_flag_lives_as_long_as_the_read_write_session() {
+    let (_t, dir) = new_volume();
+    let flag = dir.join(".kmsfs/mounted-rw");
+    let v = open(&dir);
+    assert!(flag.exists(), "made at the start");
+    write_file(&v, "f", b"marked");
+    drop(v);
+    assert!(!flag.exists(), "removed at the clean end");
+    let v = open(&dir);
+    v.hand_session_to_child();
+    drop(v);
+    assert!(flag.exists(), "left to the child");
+}
+
+/// After a read-write session that did not end cleanly (the flag left), the files that carry a
+/// marker are recovered before anything is looked up, also one whose times no longer show it
+/// (a chmod after the crash): the size the lookup gives is the recovered one. Here a power
+/// cut after an append: the larger size journaled, the old final block not rewritten.
+#[test]
+fn after_an_unclean_end_marked_files_are_recovered_before_the_first_lookup() {
+    use std::os::unix::fs::FileExt;
+    let (_t, dir) = new_volume();
+    let want = pattern(2 * 4096 + 1808, 3);
+    let v = open(&dir);
+    let ino = write_file(&v, "f", &want);
+    let path = cipher_path(&v, ino);
+    let old = std::fs::read(&path).expect("cipher file");
+    let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
+    v.write(fh, want.len() as u64, &[9u8; 1000])
+        .expect("append");
+    v.release(fh).expect("release");
+    // The power cut: nothing settled, the session flag left; the larger size and the marker
+    // reached the disk, the rewritten final block did not (zeros past its old end).
+    std::mem::forget(v);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("cipher file");
+    let grown = f.metadata().expect("stat").len();
+    assert!(grown > old.len() as u64);
+    f.write_all_at(&old, 0).expect("old content");
+    f.write_all_at(
+        &vec![0u8; (grown - old.len() as u64) as usize],
+        old.len() as u64,
+    )
+    .expect("zeros");
+    drop(f);
+    assert!(crate::content::pending::is_marked_at(&path));
+    // Its times no longer tell: the lookup alone would give the kernel the torn size.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+        .expect("chmod");
+    let v = open(&dir);
+    assert!(!crate::content::pending::is_marked_at(&path), "recovered");
+    let a = v.lookup(1, "f".as_ref()).expect("lookup");
+    assert_eq!(a.size, want.len() as u64, "the size before the lost append");
+    assert_eq!(read_at(&v, a.ino, 0, 1 << 20), want);
 }
 
 /// A file is reported for the kernel to drop its cache (see `take_stale_caches`) once it is

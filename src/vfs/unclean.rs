@@ -1,0 +1,74 @@
+//! The mount after a read-write session that did not end cleanly (a killed daemon, a power
+//! loss: `.kmsfs/mounted-rw` was left, see `marker_queue`). A file closed shortly before keeps
+//! its interrupted-write marker, and its times need not show it (a close puts the kernel's
+//! modification time back; a `chmod` after it), so the lookup's check (`Vfs::recovered_attr`)
+//! would miss it: the kernel would be given the torn size, which it keeps with the writeback
+//! cache after the open recovers the file. So before anything is served every file of the
+//! cipher directory is looked at (one `getxattr` each: about a second per 300,000 files), and
+//! those with a marker are recovered as an open would. A file that cannot be (its key not
+//! usable, immutable) is left to its open, and said so.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use super::Vfs;
+use super::open_file::read_header;
+use crate::content::FileCipher;
+use crate::format::header::FLAG_SPARSE;
+
+impl Vfs {
+    pub(super) fn recover_marked_files(&self) {
+        let start = std::time::Instant::now();
+        let (mut files, mut marked, mut recovered) = (0u64, 0u64, 0u64);
+        let mut dirs = vec![self.root.clone()];
+        while let Some(d) = dirs.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Ok(t) = e.file_type() else {
+                    continue;
+                };
+                if d == self.root && e.file_name() == crate::names::CONTROL_DIR {
+                    continue;
+                }
+                if t.is_dir() {
+                    dirs.push(e.path());
+                } else if t.is_file() {
+                    files += 1;
+                    let p = e.path();
+                    if crate::content::pending::is_marked_at(&p) {
+                        marked += 1;
+                        match self.recover_file(&p) {
+                            Ok(true) => recovered += 1,
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(
+                                file = %p.display(),
+                                "not recovered at the mount (its open will try): {e}"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            "the last read-write mount did not end cleanly: {files} files checked for \
+             interrupted writes in {:?}, {marked} marked, {recovered} changed",
+            start.elapsed()
+        );
+    }
+
+    /// Recovers the cipher file at `path` (see `content::pending::recover`); whether it changed.
+    fn recover_file(&self, path: &Path) -> super::Result<bool> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        let header = read_header(&f)?;
+        let dek = self.km.unwrap_dek(&header)?;
+        let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
+            .with_sparse(header.flags & FLAG_SPARSE != 0);
+        Ok(crate::content::pending::recover(&f, &cipher, self.layout, false)?.is_some())
+    }
+}

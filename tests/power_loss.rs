@@ -1,0 +1,196 @@
+//! Power loss: the cipher directory is on an ext4 image (a loop device) that is shut down with
+//! `EXT4_IOC_SHUTDOWN` and the journal's flag (`LOGFLUSH`): the journal is committed, data
+//! pages not yet written back are lost — what the disk holds after a power cut, once the
+//! journal replays. The daemon is killed with it. After the image is mounted again, every file
+//! must read (no EIO) and hold what was fsync'd, followed by a prefix of what was written
+//! after; fsck must find nothing to report.
+//!
+//! Needs root, `mkfs.ext4` and loop devices; says so and passes where they are missing.
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// `_IOR('X', 125, __u32)`.
+const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+const EXT4_GOING_FLAGS_LOGFLUSH: u32 = 1;
+
+/// An ext4 file system on a loop device, unmounted on drop (also when the test fails).
+struct Ext4 {
+    image: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ext4 {
+    fn new(tmp: &Path) -> Option<Ext4> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root (loop devices)");
+            return None;
+        }
+        let image = tmp.join("ext4.img");
+        let dir = tmp.join("backing");
+        std::fs::create_dir(&dir).ok()?;
+        std::fs::File::create(&image)
+            .ok()?
+            .set_len(256 << 20)
+            .ok()?;
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .output();
+        if !mkfs.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipped: mkfs.ext4 failed or is missing");
+            return None;
+        }
+        let e = Ext4 { image, dir };
+        if !e.mount() {
+            eprintln!("skipped: cannot mount a loop device here");
+            return None;
+        }
+        Some(e)
+    }
+
+    fn mount(&self) -> bool {
+        Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The power cut: the journal committed, unwritten data lost, every later I/O failing.
+    fn shut_down(&self) {
+        let d = std::fs::File::open(&self.dir).expect("open the backing root");
+        let flags = EXT4_GOING_FLAGS_LOGFLUSH;
+        // SAFETY: the ioctl reads one u32 from a live local for the duration of the call.
+        let r = unsafe { libc::ioctl(d.as_raw_fd(), EXT4_IOC_SHUTDOWN as _, &flags) };
+        assert_eq!(
+            r,
+            0,
+            "EXT4_IOC_SHUTDOWN: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    fn unmount(&self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "umount of the shut-down image");
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn init(cipher: &Path, pass: &Path) {
+    let out = kmsfs()
+        .args(["init", "--no-recovery-key", "--passfile"])
+        .arg(pass)
+        .arg(cipher)
+        .output()
+        .expect("kmsfs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Reads `p` whole; fails the test on any error (EIO above all).
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// What a file may hold after the cut: `synced`, then a prefix of `later`.
+fn assert_synced_then_prefix(got: &[u8], synced: &[u8], later: &[u8], what: &str) {
+    assert!(
+        got.len() >= synced.len() && got.len() <= synced.len() + later.len(),
+        "{what}: {} bytes, {} synced + up to {} later",
+        got.len(),
+        synced.len(),
+        later.len()
+    );
+    assert_eq!(&got[..synced.len()], synced, "{what}: fsync'd bytes");
+    assert_eq!(
+        &got[synced.len()..],
+        &later[..got.len() - synced.len()],
+        "{what}"
+    );
+}
+
+#[test]
+fn a_power_cut_after_unsynced_appends_keeps_what_was_synced() {
+    let tmp = tempfile::Builder::new()
+        .prefix("kmsfs-power-")
+        .tempdir()
+        .expect("tempdir");
+    let Some(ext4) = Ext4::new(tmp.path()) else {
+        return;
+    };
+    let cipher = ext4.dir.join("cipher");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let pass = tmp.path().join("pass");
+    std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+    init(&cipher, &pass);
+    // Final blocks of 1808, 4000 and 10 bytes: grown inside their page, across it, past it;
+    // and a larger file grown by 2 MB.
+    let sizes = [2 * 4096 + 1808, 4000, 10, 300_000];
+    let appends = [1000, 3000, 9000, 2_000_000];
+    let synced: Vec<Vec<u8>> = sizes.iter().map(|&n| pattern(n, n as u8)).collect();
+    let later: Vec<Vec<u8>> = appends.iter().map(|&n| pattern(n, 7)).collect();
+    {
+        let m = Mount::start(&cipher, &mnt, &pass, &[]);
+        let (root, synced, later) = (m.path(""), synced.clone(), later.clone());
+        with_timeout(60, move || {
+            for (i, s) in synced.iter().enumerate() {
+                let mut f = std::fs::File::create(root.join(format!("f{i}"))).unwrap();
+                f.write_all(s).unwrap();
+                f.sync_all().unwrap();
+            }
+            for (i, l) in later.iter().enumerate() {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(root.join(format!("f{i}")))
+                    .unwrap();
+                f.write_all(l).unwrap();
+            }
+            // The closes reach the daemon (RELEASE is sent after close returns).
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        ext4.shut_down();
+        m.kill9();
+    }
+    ext4.unmount();
+    assert!(ext4.mount(), "the image mounts again");
+    {
+        let m = Mount::start(&cipher, &mnt, &pass, &[]);
+        let root = m.path("");
+        let (synced, later) = (synced.clone(), later.clone());
+        with_timeout(60, move || {
+            for i in 0..synced.len() {
+                let got = read(&root.join(format!("f{i}")));
+                assert_synced_then_prefix(&got, &synced[i], &later[i], &format!("f{i}"));
+            }
+        });
+        m.unmount();
+    }
+    let (code, report) = fsck_json(&pass, &cipher, &[]);
+    assert_eq!(code, 0, "fsck after the power cut: {report}");
+}
