@@ -27,7 +27,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -363,14 +362,7 @@ fn settle(inner: &Inner, batch: Vec<Settling>) -> usize {
 
 /// `sync_file_range` over the whole of `file`.
 fn sync_range(file: &File, flags: libc::c_uint) -> std::io::Result<()> {
-    // SAFETY: a plain system call on a descriptor `file` owns for the duration of the call; it
-    // reads and writes no memory of ours.
-    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    super::write_behind::sync_file_range(file, 0, 0, flags)
 }
 
 #[cfg(test)]

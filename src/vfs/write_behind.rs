@@ -50,14 +50,23 @@ impl WriteBehind {
 /// Starts writing `range` of `file` out to the disk; does not wait. A failure to start leaves
 /// the pages to the usual writeback (and an I/O error shows at the next fsync).
 pub fn start_writeout(file: &File, range: Range<u64>) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let off = i64::try_from(range.start).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     let len =
         i64::try_from(range.end - range.start).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    sync_file_range(file, off, len, libc::SYNC_FILE_RANGE_WRITE)
+}
+
+/// `sync_file_range(2)` of `len` bytes of `file` from `off` (0: to the end) with `flags`.
+pub fn sync_file_range(
+    file: &File,
+    off: i64,
+    len: i64,
+    flags: libc::c_uint,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     // SAFETY: a plain system call on a descriptor `file` owns for the duration of the call; it
     // reads and writes no memory of ours.
-    let r =
-        unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, flags) };
     if r == 0 {
         Ok(())
     } else {
