@@ -134,8 +134,13 @@ fn assert_synced_then_prefix(got: &[u8], synced: &[u8], later: &[u8], what: &str
     );
 }
 
-#[test]
-fn a_power_cut_after_unsynced_appends_keeps_what_was_synced() {
+/// Runs `before` on a fresh mount of a volume on an ext4 image, cuts the power (the image shut
+/// down, the daemon killed), mounts both again and runs `after` on the new mount; then fsck
+/// must report nothing. Passes, saying so, where loop devices cannot be used.
+fn across_a_power_cut(
+    before: impl FnOnce(PathBuf) + Send + 'static,
+    after: impl FnOnce(PathBuf) + Send + 'static,
+) {
     let tmp = tempfile::Builder::new()
         .prefix("kmsfs-power-")
         .tempdir()
@@ -149,28 +154,11 @@ fn a_power_cut_after_unsynced_appends_keeps_what_was_synced() {
     let pass = tmp.path().join("pass");
     std::fs::write(&pass, format!("{PASS}\n")).unwrap();
     init(&cipher, &pass);
-    // Final blocks of 1808, 4000 and 10 bytes: grown inside their page, across it, past it;
-    // and a larger file grown by 2 MB.
-    let sizes = [2 * 4096 + 1808, 4000, 10, 300_000];
-    let appends = [1000, 3000, 9000, 2_000_000];
-    let synced: Vec<Vec<u8>> = sizes.iter().map(|&n| pattern(n, n as u8)).collect();
-    let later: Vec<Vec<u8>> = appends.iter().map(|&n| pattern(n, 7)).collect();
     {
         let m = Mount::start(&cipher, &mnt, &pass, &[]);
-        let (root, synced, later) = (m.path(""), synced.clone(), later.clone());
+        let root = m.path("");
         with_timeout(60, move || {
-            for (i, s) in synced.iter().enumerate() {
-                let mut f = std::fs::File::create(root.join(format!("f{i}"))).unwrap();
-                f.write_all(s).unwrap();
-                f.sync_all().unwrap();
-            }
-            for (i, l) in later.iter().enumerate() {
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(root.join(format!("f{i}")))
-                    .unwrap();
-                f.write_all(l).unwrap();
-            }
+            before(root);
             // The closes reach the daemon (RELEASE is sent after close returns).
             std::thread::sleep(Duration::from_secs(1));
         });
@@ -182,15 +170,95 @@ fn a_power_cut_after_unsynced_appends_keeps_what_was_synced() {
     {
         let m = Mount::start(&cipher, &mnt, &pass, &[]);
         let root = m.path("");
-        let (synced, later) = (synced.clone(), later.clone());
-        with_timeout(60, move || {
-            for i in 0..synced.len() {
-                let got = read(&root.join(format!("f{i}")));
-                assert_synced_then_prefix(&got, &synced[i], &later[i], &format!("f{i}"));
-            }
-        });
+        with_timeout(60, move || after(root));
         m.unmount();
     }
     let (code, report) = fsck_json(&pass, &cipher, &[]);
     assert_eq!(code, 0, "fsck after the power cut: {report}");
+}
+
+fn write_synced(p: &Path, data: &[u8]) {
+    let mut f = std::fs::File::create(p).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn append(p: &Path, data: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(data).unwrap();
+}
+
+#[test]
+fn a_power_cut_after_unsynced_appends_keeps_what_was_synced() {
+    // Final blocks of 1808, 4000 and 10 bytes: grown inside their page, across it, past it;
+    // and a larger file grown by 2 MB.
+    let sizes = [2 * 4096 + 1808, 4000, 10, 300_000];
+    let appends = [1000, 3000, 9000, 2_000_000];
+    let synced: Vec<Vec<u8>> = sizes.iter().map(|&n| pattern(n, n as u8)).collect();
+    let later: Vec<Vec<u8>> = appends.iter().map(|&n| pattern(n, 7)).collect();
+    let (s1, l1) = (synced.clone(), later.clone());
+    across_a_power_cut(
+        move |root| {
+            for (i, s) in s1.iter().enumerate() {
+                write_synced(&root.join(format!("f{i}")), s);
+            }
+            for (i, l) in l1.iter().enumerate() {
+                append(&root.join(format!("f{i}")), l);
+            }
+        },
+        move |root| {
+            for i in 0..synced.len() {
+                let got = read(&root.join(format!("f{i}")));
+                assert_synced_then_prefix(&got, &synced[i], &later[i], &format!("f{i}"));
+            }
+        },
+    );
+}
+
+/// A shrinking truncate rewrites the new final block in place and cuts the file; one right
+/// after an unsynced append (inside what it appended) must not drop the append's marker.
+#[test]
+fn a_power_cut_after_truncates_keeps_the_files_readable() {
+    const SIZES: [usize; 4] = [3 * 4096 + 1808, 10 * 4096 + 100, 3 * 4096 + 10, 50_000];
+    let synced: Vec<Vec<u8>> = SIZES.iter().map(|&n| pattern(n, n as u8)).collect();
+    let later = pattern(20_000, 7);
+    // f0..f3: appended, then cut 6000 bytes past the synced end; g0..g3: cut to about half.
+    fn cut(i: usize, appended: bool) -> usize {
+        if appended {
+            SIZES[i] + 6000
+        } else {
+            SIZES[i] / 2 + 700
+        }
+    }
+    let (s1, l1) = (synced.clone(), later.clone());
+    across_a_power_cut(
+        move |root| {
+            for (i, s) in s1.iter().enumerate() {
+                write_synced(&root.join(format!("f{i}")), s);
+                write_synced(&root.join(format!("g{i}")), s);
+            }
+            for i in 0..s1.len() {
+                let f = root.join(format!("f{i}"));
+                append(&f, &l1);
+                let t = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+                t.set_len(cut(i, true) as u64).unwrap();
+                let g = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(root.join(format!("g{i}")))
+                    .unwrap();
+                g.set_len(cut(i, false) as u64).unwrap();
+            }
+        },
+        move |root| {
+            for i in 0..synced.len() {
+                let got = read(&root.join(format!("f{i}")));
+                let shown = &later[..cut(i, true) - SIZES[i]];
+                assert_synced_then_prefix(&got, &synced[i], shown, &format!("f{i}"));
+                // The cut, or not yet: the synced content either way, up to the cut at least.
+                let got = read(&root.join(format!("g{i}")));
+                assert!(got.len() >= cut(i, false), "g{i}: {} bytes", got.len());
+                assert_eq!(got, synced[i][..got.len()], "g{i}");
+            }
+        },
+    );
 }

@@ -22,8 +22,8 @@
 //! no longer shows them. So while a read-write mount may leave markers on closed files, the
 //! cipher directory holds [`SESSION_FLAG`]: made at the mount (before any marker, so that the
 //! journal of the backing file system never has a marker without it) and removed once every
-//! marker is settled at the unmount. A mount that finds it checks every file's marker at its
-//! lookup (one `getxattr`), for the whole session.
+//! marker is settled at the unmount. A mount that finds it recovers every marked file before
+//! it serves anything (`unclean.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -40,6 +40,30 @@ pub const SESSION_FLAG: &str = "mounted-rw";
 pub const DELAY: Duration = Duration::from_secs(35);
 /// Files settled together: their write-outs are started together and then waited for.
 const BATCH: usize = 256;
+
+/// A marker as the queue takes it from a close and hands it to an open.
+#[derive(Debug, Clone, Copy)]
+pub struct Marked {
+    /// The first block it records.
+    pub first: u64,
+    /// The holes before that block.
+    pub gap: u32,
+    /// When a close first handed it to the queue (None: never yet).
+    pub since: Option<Instant>,
+}
+
+impl Marked {
+    /// With the descriptor of the file it is on, for [`MarkerQueue::defer`].
+    pub fn with(self, file: File) -> Handed {
+        Handed { marked: self, file }
+    }
+}
+
+/// A marker and its file, handed over at the last close.
+pub struct Handed {
+    marked: Marked,
+    file: File,
+}
 
 /// A closed file whose marker waits (see the module documentation).
 struct Waiting {
@@ -58,6 +82,8 @@ struct State {
     order: VecDeque<(u64, u64)>,
     next_seq: u64,
     stop: bool,
+    /// A file's pages could not be written: its marker stayed on (the session's flag must too).
+    failed: bool,
 }
 
 struct Inner {
@@ -133,26 +159,33 @@ impl MarkerQueue {
         self.inner.lock().files.len()
     }
 
-    /// The last close of inode `ino`, whose marker (first block `first`, `gap` holes before it)
-    /// is on `file`: the marker is removed once what was written is on the disk.
-    pub fn defer(&self, ino: u64, file: File, first: u64, gap: u32) {
+    /// The last close of inode `ino`, whose marker is on the file `h` holds: the marker is
+    /// removed once what was written is on the disk.
+    pub fn defer(&self, ino: u64, h: Handed) {
+        let Handed { marked, file } = h;
         let cap = self.cap();
         {
             let mut st = self.inner.lock();
-            // The settler cannot keep up (a disk far behind): this file waits for its own
-            // pages, as every close did before there was a queue.
+            // Else the settler cannot keep up (a disk far behind): this close waits for the
+            // file's pages itself.
             if st.files.len() < 2 * cap && !st.stop && self.started() {
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 let w = Waiting {
                     file: Arc::new(file),
-                    first,
-                    gap,
+                    first: marked.first,
+                    gap: marked.gap,
                     seq,
-                    since: Instant::now(),
+                    since: marked.since.unwrap_or_else(Instant::now),
                 };
                 st.files.insert(ino, w);
                 st.order.push_back((ino, seq));
+                // Entries taken over since pile up in `order` when a file is opened and closed
+                // again and again: dropped once they outnumber the waiting files.
+                if st.order.len() > 4 * st.files.len() + 1024 {
+                    let State { files, order, .. } = &mut *st;
+                    order.retain(|(i, q)| files.get(i).is_some_and(|w| w.seq == *q));
+                }
                 if st.files.len() > cap || st.order.len() == 1 {
                     self.inner.wake.notify_one();
                 }
@@ -170,10 +203,14 @@ impl MarkerQueue {
     }
 
     /// An open of inode `ino`: its waiting marker, if any, now belongs to the open file (which
-    /// removes it at its fsync, or hands it back at its last close). `(first block, holes)`.
-    pub fn take(&self, ino: u64) -> Option<(u64, u32)> {
+    /// removes it at its fsync, or hands it back at its last close).
+    pub fn take(&self, ino: u64) -> Option<Marked> {
         let w = self.inner.lock().files.remove(&ino)?;
-        Some((w.first, w.gap))
+        Some(Marked {
+            first: w.first,
+            gap: w.gap,
+            since: Some(w.since),
+        })
     }
 
     /// Whether inode `ino` was closed with its marker still on (the file is whole: its writes
@@ -224,10 +261,10 @@ impl MarkerQueue {
                 })
                 .collect()
         };
-        all.chunks(BATCH)
-            .map(|batch| settle(&self.inner, batch.to_vec()))
-            .sum::<usize>()
-            == 0
+        for batch in all.chunks(BATCH) {
+            settle(&self.inner, batch.to_vec());
+        }
+        !self.inner.lock().failed
     }
 
     /// Starts the settling thread the first time; false if it cannot be started.
@@ -318,8 +355,7 @@ fn run(inner: &Inner) {
 /// together first), then removes its marker, unless the file was opened again meanwhile (its
 /// marker is then the open file's) or removed (nothing of it survives). A file whose pages
 /// could not be written keeps its marker: its next open checks it.
-fn settle(inner: &Inner, batch: Vec<Settling>) -> usize {
-    let mut unwritten = 0;
+fn settle(inner: &Inner, batch: Vec<Settling>) {
     let removed = |f: &File| rustix::fs::fstat(f).is_ok_and(|s| s.st_nlink == 0);
     let gone: Vec<bool> = batch.iter().map(|s| removed(&s.file)).collect();
     for (s, &gone) in batch.iter().zip(&gone) {
@@ -343,8 +379,8 @@ fn settle(inner: &Inner, batch: Vec<Settling>) -> usize {
                 )
             })
             .is_ok();
-        unwritten += usize::from(!written);
         let mut st = inner.lock();
+        st.failed |= !written;
         // `u64::MAX`: settled by its close, never queued.
         let ours = s.seq == u64::MAX || st.files.get(&s.ino).is_some_and(|w| w.seq == s.seq);
         if ours {
@@ -357,7 +393,6 @@ fn settle(inner: &Inner, batch: Vec<Settling>) -> usize {
             }
         }
     }
-    unwritten
 }
 
 /// `sync_file_range` over the whole of `file`.
@@ -384,6 +419,15 @@ mod tests {
         f
     }
 
+    fn handed(f: File, first: u64, gap: u32) -> Handed {
+        Marked {
+            first,
+            gap,
+            since: None,
+        }
+        .with(f)
+    }
+
     fn has_marker(p: &std::path::Path) -> bool {
         let mut b = [0u8; 8];
         rustix::fs::getxattr(p, XATTR, &mut b).is_ok()
@@ -400,8 +444,8 @@ mod tests {
     #[test]
     fn a_marker_is_removed_after_the_delay_and_not_before() {
         let t = tempfile::tempdir().unwrap();
-        let q = MarkerQueue::new(Duration::from_millis(300), Some(16));
-        q.defer(7, marked_file(t.path(), "a"), 3, 1);
+        let q = MarkerQueue::new(Duration::from_secs(1), Some(16));
+        q.defer(7, handed(marked_file(t.path(), "a"), 3, 1));
         assert!(q.holds(7));
         assert!(
             has_marker(&t.path().join("a")),
@@ -414,16 +458,32 @@ mod tests {
     #[test]
     fn an_open_takes_the_marker_over_and_the_queue_leaves_it() {
         let t = tempfile::tempdir().unwrap();
-        let q = MarkerQueue::new(Duration::from_millis(50), Some(16));
-        q.defer(7, marked_file(t.path(), "a"), 3, 1);
-        assert_eq!(q.take(7), Some((3, 1)));
-        assert_eq!(q.take(7), None);
-        std::thread::sleep(Duration::from_millis(200));
+        let q = MarkerQueue::new(Duration::from_secs(3600), Some(16));
+        q.defer(7, handed(marked_file(t.path(), "a"), 3, 1));
+        let m = q.take(7).expect("taken");
+        assert_eq!((m.first, m.gap), (3, 1));
+        assert!(m.since.is_some(), "the wait runs from the first close");
+        assert!(q.take(7).is_none());
         q.settle_all();
         assert!(
             has_marker(&t.path().join("a")),
             "the open's marker is not removed"
         );
+        // Handed back: due at once (its wait ran out while it was open).
+        let q = MarkerQueue::new(Duration::from_millis(100), Some(16));
+        let f = std::fs::File::open(t.path().join("a")).expect("open");
+        let since = Some(Instant::now() - Duration::from_secs(1));
+        q.defer(
+            7,
+            Marked {
+                first: 3,
+                gap: 1,
+                since,
+            }
+            .with(f),
+        );
+        until("settled", || q.len() == 0);
+        assert!(!has_marker(&t.path().join("a")));
     }
 
     #[test]
@@ -431,11 +491,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let q = MarkerQueue::new(Duration::from_secs(3600), Some(16));
         for i in 0..40u64 {
-            q.defer(i, marked_file(t.path(), &format!("f{i}")), 0, 0);
+            q.defer(i, handed(marked_file(t.path(), &format!("f{i}")), 0, 0));
         }
         until("down to the cap", || q.len() <= 16);
         assert!(!has_marker(&t.path().join("f0")), "the oldest first");
-        assert!(has_marker(&t.path().join("f39")));
         drop(q);
         assert!((0..40).all(|i| !has_marker(&t.path().join(format!("f{i}")))));
     }
@@ -444,8 +503,8 @@ mod tests {
     fn a_removed_file_is_let_go_when_forgotten() {
         let t = tempfile::tempdir().unwrap();
         let q = MarkerQueue::new(Duration::from_secs(3600), Some(16));
-        q.defer(7, marked_file(t.path(), "a"), 0, 0);
-        q.defer(8, marked_file(t.path(), "b"), 0, 0);
+        q.defer(7, handed(marked_file(t.path(), "a"), 0, 0));
+        q.defer(8, handed(marked_file(t.path(), "b"), 0, 0));
         q.forget_removed(7);
         assert!(q.holds(7), "still named: its marker must still be settled");
         std::fs::remove_file(t.path().join("a")).unwrap();
@@ -459,7 +518,7 @@ mod tests {
         let q = MarkerQueue::new(Duration::from_secs(3600), Some(16));
         let f = marked_file(t.path(), "a");
         let keep = f.try_clone().unwrap();
-        q.defer(7, f, 0, 0);
+        q.defer(7, handed(f, 0, 0));
         std::fs::remove_file(t.path().join("a")).unwrap();
         q.settle_all();
         assert_eq!(q.len(), 0);

@@ -136,8 +136,9 @@ pub struct Vfs {
     removed_at: AtomicU64,
     /// Closed files whose interrupted-write markers wait for their data to reach the disk.
     markers: marker_queue::MarkerQueue,
-    /// `.kmsfs/mounted-rw` was made or found by this session.
-    session_flag: std::sync::atomic::AtomicBool,
+    /// `.kmsfs/mounted-rw`: [`FLAG_NONE`], [`FLAG_OURS`] (made or found by this session) or
+    /// [`FLAG_FAILED`] (could not be made: not tried again before the session ends).
+    session_flag: std::sync::atomic::AtomicU8,
     /// Files closed since a write to them failed (see `take_stale_caches`).
     stale_caches: std::sync::Mutex<Vec<u64>>,
     /// `stale_caches` is not empty (read on every release without the lock).
@@ -173,6 +174,11 @@ pub struct Vfs {
     /// The volume's ACL marker is known to exist (see `acl_ops::mark_acls_used`).
     acls_marked: std::sync::atomic::AtomicBool,
 }
+
+/// States of `Vfs::session_flag`.
+const FLAG_NONE: u8 = 0;
+const FLAG_OURS: u8 = 1;
+const FLAG_FAILED: u8 = 2;
 
 impl Drop for Vfs {
     fn drop(&mut self) {
@@ -280,7 +286,11 @@ impl Vfs {
     /// it left by a session that did not end cleanly: then the files that carry a marker are
     /// recovered first (`unclean.rs`).
     fn begin_rw_session(&self) {
-        if self.session_flag.swap(true, Ordering::AcqRel) {
+        if self
+            .session_flag
+            .compare_exchange(FLAG_NONE, FLAG_OURS, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return;
         }
         let p = self
@@ -299,7 +309,7 @@ impl Vfs {
             }
             Err(e) => {
                 tracing::warn!("cannot make {}: {e}", p.display());
-                self.session_flag.store(false, Ordering::Release);
+                self.session_flag.store(FLAG_FAILED, Ordering::Release);
             }
         }
     }
@@ -339,7 +349,14 @@ impl Vfs {
     /// Removes the interrupted-write markers of closed files once their data is on the disk
     /// (see `marker_queue`), all of them now: at unmount.
     pub fn settle_markers(&self) {
-        if self.markers.settle_all() && self.session_flag.swap(false, Ordering::AcqRel) {
+        // Files still open (a connection aborted with handles open): no request comes any
+        // more, so their markers are settled too.
+        for e in self.open_files.iter() {
+            e.value().0.hand_over_marker(&self.markers);
+        }
+        if self.markers.settle_all()
+            && self.session_flag.swap(FLAG_NONE, Ordering::AcqRel) == FLAG_OURS
+        {
             let p = self
                 .root
                 .join(crate::names::CONTROL_DIR)
@@ -353,7 +370,7 @@ impl Vfs {
     /// This copy of the model ends without ending the session (the parent of a daemon that
     /// forked: the child serves the mount, and removes `.kmsfs/mounted-rw` at its clean end).
     pub fn hand_session_to_child(&self) {
-        self.session_flag.store(false, Ordering::Release);
+        self.session_flag.store(FLAG_NONE, Ordering::Release);
     }
 
     /// Closed files whose interrupted-write markers wait for their data to reach the disk.

@@ -96,13 +96,17 @@ pub struct FileState {
     pub header: FileHeader,
     /// Plaintext size; authoritative while the file is open.
     pub size: u64,
-    /// The first block of the interrupted-write marker on disk, while writes that change the
-    /// size are possible in flight (set at the first one, lowered when a write starts earlier,
-    /// removed at fsync and when the file is closed): one xattr update per writing session,
+    /// The first block of the interrupted-write marker on disk, while what was written since
+    /// may not be on the disk (set at the first size-changing write, lowered when a write or
+    /// truncate starts earlier, removed at fsync; at the last close handed to the marker queue,
+    /// which removes it once the data is on the disk): one xattr update per writing session,
     /// not per write.
     pub marked: Option<u64>,
     /// The number of holes before the marked block (a sparse file's), which the marker holds.
     pub marked_gap: u32,
+    /// When a close first handed the marker to the queue, for a marker taken over from it: the
+    /// queue's wait runs from then (a file reopened again and again is still settled).
+    pub marked_since: Option<std::time::Instant>,
     /// Large sequential writes not yet sent to the disk (see `write_behind`).
     pub behind: super::write_behind::WriteBehind,
     /// The run of holes (a sparse file's blocks never written) found last, and the block it
@@ -864,8 +868,22 @@ impl OpenFile {
                     }
                     return Err(e.into());
                 }
-                crate::content::pending::clear(&st.file);
-                st.marked = None;
+                // The marker stays, from the new final block on (or from a write's, or a
+                // taken-over marker's, earlier block): the block was rewritten in place and the
+                // cut reaches the journal within seconds, the block perhaps only at the
+                // writeback (after a power loss recovery then ends the file before it, or at
+                // the old final block found in place). Target 0 from here on, as for writes.
+                let (first, g) = match st.marked {
+                    Some(m) if m < fin => (m, st.marked_gap),
+                    _ => (fin, gap),
+                };
+                if crate::content::pending::mark(&st.file, self.ino, &self.cipher, first, 0, g) {
+                    st.marked = Some(first);
+                    st.marked_gap = g;
+                } else {
+                    crate::content::pending::clear(&st.file);
+                    st.marked = None;
+                }
                 st.size = new_size;
                 st.no_holes |= new_size == 0;
                 if gap > 0 && gap_from_run {
@@ -910,14 +928,24 @@ impl OpenFile {
     /// descriptor for it (out of descriptors), it is removed when the state is dropped, as
     /// before there was a queue.
     pub fn hand_over_marker(&self, queue: &super::marker_queue::MarkerQueue) {
-        let mut st = self.write_state();
-        let Some(first) = st.marked else {
-            return;
-        };
-        if let Ok(f) = st.file.try_clone() {
+        let handed = {
+            let mut st = self.write_state();
+            let Some(first) = st.marked else {
+                return;
+            };
+            let Ok(f) = st.file.try_clone() else {
+                return;
+            };
             st.marked = None;
-            queue.defer(self.ino, f, first, st.marked_gap);
-        }
+            super::marker_queue::Marked {
+                first,
+                gap: st.marked_gap,
+                since: st.marked_since.take(),
+            }
+            .with(f)
+        };
+        // Outside the state's lock: a queue far over its bound settles here.
+        queue.defer(self.ino, handed);
     }
 
     pub fn fsync(&self, datasync: bool) -> Result<()> {

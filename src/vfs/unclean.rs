@@ -7,8 +7,14 @@
 //! cipher directory is looked at (one `getxattr` each: about a second per 300,000 files), and
 //! those with a marker are recovered as an open would. A file that cannot be (its key not
 //! usable, immutable) is left to its open, and said so.
+//!
+//! The walk also runs at a remount from read-only to read-write (a read-only mount recovers
+//! nothing), while the mount is served: a file open then is left to its next open (its open
+//! state holds the size it was opened with), and the kernel is asked to drop the names of the
+//! files it recovers that the kernel knows, which were given the torn size while read-only
+//! (the reclaim thread does, as for a failed write: `Vfs::take_stale_caches`).
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::Vfs;
@@ -39,8 +45,25 @@ impl Vfs {
                     let p = e.path();
                     if crate::content::pending::is_marked_at(&p) {
                         marked += 1;
+                        let ino = self.inodes.map_ino(e.ino());
+                        if self.open_files.contains_key(&ino) {
+                            tracing::info!(
+                                file = %p.display(),
+                                "marked, open: left to its next open"
+                            );
+                            continue;
+                        }
                         match self.recover_file(&p) {
-                            Ok(true) => recovered += 1,
+                            Ok(true) => {
+                                recovered += 1;
+                                if self.inodes.get(ino).is_ok() {
+                                    let mut v =
+                                        self.stale_caches.lock().unwrap_or_else(|p| p.into_inner());
+                                    v.push(ino);
+                                    self.stale_pending
+                                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
                             Ok(false) => {}
                             Err(e) => tracing::warn!(
                                 file = %p.display(),

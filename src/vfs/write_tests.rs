@@ -246,6 +246,130 @@ fn after_an_unclean_end_marked_files_are_recovered_before_the_first_lookup() {
     assert_eq!(read_at(&v, a.ino, 0, 1 << 20), want);
 }
 
+/// A shrinking truncate keeps the marker (the new final block was rewritten in place, the cut
+/// reaches the journal first), also one it took over from a close whose append may not be on
+/// the disk yet: from the earlier block, until the data is settled.
+#[test]
+fn a_shrinking_truncate_keeps_the_marker_until_the_data_is_on_disk() {
+    use super::attr_ops::SetAttr;
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let base = pattern(2 * 4096 + 1808, 1);
+    let ino = write_file(&v, "f", &base);
+    v.settle_markers();
+    let path = cipher_path(&v, ino);
+    let marked =
+        |v: &super::Vfs| crate::content::pending::is_marked_at(&path) && v.markers_waiting() == 1;
+    assert!(!crate::content::pending::is_marked_at(&path));
+    let cut = |size: u64| SetAttr {
+        size: Some(size),
+        ..Default::default()
+    };
+    v.setattr(ino, None, &cut(4096 + 1000), None)
+        .expect("truncate");
+    assert!(marked(&v), "the truncate's own marker, queued");
+    v.settle_markers();
+    let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
+    v.write(fh, 4096 + 1000, &pattern(3 * 4096, 2))
+        .expect("append");
+    v.release(fh).expect("release");
+    v.setattr(ino, None, &cut(4096 + 5000), None)
+        .expect("truncate inside the append");
+    assert!(marked(&v), "the append's marker, kept");
+    v.settle_markers();
+    assert!(!crate::content::pending::is_marked_at(&path));
+    let mut want = base[..4096 + 1000].to_vec();
+    want.extend_from_slice(&pattern(3 * 4096, 2)[..4000]);
+    assert_eq!(read_fresh(&dir, "f", want.len()), want);
+}
+
+/// At the end of the session, files still open (an aborted connection) have their markers
+/// settled too, before the session's flag goes.
+#[test]
+fn the_end_of_the_session_settles_the_markers_of_files_still_open() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let (a, fh) = v
+        .create(1, "f".as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    v.write(fh, 0, &pattern(10000, 3)).expect("write");
+    let path = cipher_path(&v, a.ino);
+    assert!(crate::content::pending::is_marked_at(&path));
+    v.settle_markers();
+    assert!(!crate::content::pending::is_marked_at(&path));
+    assert!(!dir.join(".kmsfs/mounted-rw").exists());
+    drop(v);
+    assert_eq!(read_fresh(&dir, "f", 10000), pattern(10000, 3));
+}
+
+/// A read-only mount after an unclean end, remounted read-write: the walk runs while the
+/// mount is served. A file open then is left to its next open (not cut under its open state);
+/// one the kernel was given a torn size for while read-only is recovered and its name handed
+/// to the reclaim thread to drop.
+#[test]
+fn a_remount_read_write_after_an_unclean_end_leaves_open_files_alone() {
+    use std::os::unix::fs::FileExt;
+    let (_t, dir) = new_volume();
+    let want = pattern(2 * 4096 + 1808, 3);
+    let v = open(&dir);
+    let mut paths = Vec::new();
+    for name in ["open", "known"] {
+        let ino = write_file(&v, name, &want);
+        let path = cipher_path(&v, ino);
+        let old = std::fs::read(&path).expect("cipher file");
+        let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
+        v.write(fh, want.len() as u64, &[9u8; 1000])
+            .expect("append");
+        v.release(fh).expect("release");
+        paths.push((path, old));
+    }
+    std::mem::forget(v);
+    for (path, old) in &paths {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("cipher");
+        let grown = f.metadata().expect("stat").len();
+        f.write_all_at(old, 0).expect("old");
+        f.write_all_at(
+            &vec![0u8; (grown - old.len() as u64) as usize],
+            old.len() as u64,
+        )
+        .expect("zeros");
+    }
+    let v = super::test_support::open_with(
+        &dir,
+        super::VfsOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    );
+    let o = v.lookup(1, "open".as_ref()).expect("lookup");
+    let k = v.lookup(1, "known".as_ref()).expect("lookup");
+    let fh = v
+        .open_as(o.ino, libc::O_RDONLY, &caller())
+        .expect("open ro");
+    let size = v.getattr(o.ino).expect("getattr").size;
+    assert!(v.remounted(false, false), "now read-write");
+    assert!(
+        crate::content::pending::is_marked_at(&paths[0].0),
+        "open: left"
+    );
+    assert_eq!(
+        v.getattr(o.ino).expect("getattr").size,
+        size,
+        "as it was opened"
+    );
+    v.release(fh).expect("release");
+    assert!(
+        !crate::content::pending::is_marked_at(&paths[1].0),
+        "recovered"
+    );
+    assert_eq!(v.take_stale_caches(), vec![k.ino], "its name to be dropped");
+    // The open one at its next open.
+    assert_eq!(read_at(&v, o.ino, 0, 1 << 20), want);
+}
+
 /// A file is reported for the kernel to drop its cache (see `take_stale_caches`) once it is
 /// closed everywhere after a failed write, and only then; files whose writes all succeeded are
 /// not.
