@@ -38,6 +38,9 @@ pub const SESSION_FLAG: &str = "mounted-rw";
 /// How long a closed file's marker waits before its pages are waited for: the kernel's default
 /// `vm.dirty_expire_centisecs` (30 s) plus one pass of its flusher (5 s).
 pub const DELAY: Duration = Duration::from_secs(35);
+/// How long the end of a session waits for the data of closed files before it leaves their
+/// markers to the next mount (a `kmsfs mount` right after waits 5 s for the lock at most).
+pub const UNMOUNT_BUDGET: Duration = Duration::from_secs(3);
 /// Files settled together: their write-outs are started together and then waited for.
 const BATCH: usize = 256;
 
@@ -247,9 +250,11 @@ impl MarkerQueue {
         }
     }
 
-    /// Settles every waiting file now (unmount); false if a file's pages could not be
-    /// written (its marker stays).
-    pub fn settle_all(&self) -> bool {
+    /// Settles every waiting file now (unmount), in batches until `budget` has run out (a
+    /// batch already started is finished); false if a file was left, or its pages could not be
+    /// written (its marker stays: the next mount's walk recovers it, see `unclean.rs`).
+    pub fn settle_all(&self, budget: Duration) -> bool {
+        let end = Instant::now() + budget;
         let all: Vec<Settling> = {
             let st = self.inner.lock();
             st.files
@@ -261,7 +266,10 @@ impl MarkerQueue {
                 })
                 .collect()
         };
-        for batch in all.chunks(BATCH) {
+        for batch in all.chunks(BATCH / 4) {
+            if Instant::now() >= end {
+                return false;
+            }
             settle(&self.inner, batch.to_vec());
         }
         !self.inner.lock().failed
@@ -299,7 +307,7 @@ impl Drop for MarkerQueue {
         if let Some(t) = t {
             let _ = t.join();
         }
-        self.settle_all();
+        self.settle_all(UNMOUNT_BUDGET);
     }
 }
 
@@ -464,7 +472,7 @@ mod tests {
         assert_eq!((m.first, m.gap), (3, 1));
         assert!(m.since.is_some(), "the wait runs from the first close");
         assert!(q.take(7).is_none());
-        q.settle_all();
+        q.settle_all(UNMOUNT_BUDGET);
         assert!(
             has_marker(&t.path().join("a")),
             "the open's marker is not removed"
@@ -500,6 +508,17 @@ mod tests {
     }
 
     #[test]
+    fn a_spent_budget_leaves_the_markers_and_says_so() {
+        let t = tempfile::tempdir().unwrap();
+        let q = MarkerQueue::new(Duration::from_secs(3600), Some(16));
+        q.defer(7, handed(marked_file(t.path(), "a"), 0, 0));
+        assert!(!q.settle_all(Duration::ZERO));
+        assert!(q.holds(7) && has_marker(&t.path().join("a")));
+        assert!(q.settle_all(UNMOUNT_BUDGET));
+        assert!(!has_marker(&t.path().join("a")));
+    }
+
+    #[test]
     fn a_removed_file_is_let_go_when_forgotten() {
         let t = tempfile::tempdir().unwrap();
         let q = MarkerQueue::new(Duration::from_secs(3600), Some(16));
@@ -520,7 +539,7 @@ mod tests {
         let keep = f.try_clone().unwrap();
         q.defer(7, handed(f, 0, 0));
         std::fs::remove_file(t.path().join("a")).unwrap();
-        q.settle_all();
+        q.settle_all(UNMOUNT_BUDGET);
         assert_eq!(q.len(), 0);
         let mut b = [0u8; 8];
         assert!(

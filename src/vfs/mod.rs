@@ -347,14 +347,15 @@ impl Vfs {
     }
 
     /// Removes the interrupted-write markers of closed files once their data is on the disk
-    /// (see `marker_queue`), all of them now: at unmount.
+    /// (see `marker_queue`), all of them now (within `UNMOUNT_BUDGET`; what is left keeps the
+    /// session's flag, for the next mount to recover): at unmount.
     pub fn settle_markers(&self) {
         // Files still open (a connection aborted with handles open): no request comes any
         // more, so their markers are settled too.
         for e in self.open_files.iter() {
             e.value().0.hand_over_marker(&self.markers);
         }
-        if self.markers.settle_all()
+        if self.markers.settle_all(marker_queue::UNMOUNT_BUDGET)
             && self.session_flag.swap(FLAG_NONE, Ordering::AcqRel) == FLAG_OURS
         {
             let p = self
