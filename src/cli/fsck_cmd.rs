@@ -148,6 +148,23 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
                  those blocks offline would not be detected); kmsfs fsck --repair shrinks them"
             );
         }
+        if r.dir_id_files_written > 0 {
+            println!(
+                "wrote kmsfs.dirid from its copy ({}) in {} directories (left empty by a power \
+                 loss after their mkdir)",
+                crate::fsutil::DIRID_XATTR,
+                r.dir_id_files_written
+            );
+        }
+        let left = r.dir_id_files_empty - r.dir_id_files_written;
+        if left > 0 {
+            println!(
+                "note: {left} directories have an empty kmsfs.dirid and a whole copy of their id \
+                 in {} (what a power loss after a mkdir leaves; not a problem: the mount reads the \
+                 copy); kmsfs fsck --repair writes the file from it",
+                crate::fsutil::DIRID_XATTR
+            );
+        }
         if r.dir_id_copies_added > 0 {
             println!(
                 "added the copy of the directory id ({}) to {} directories made by an older kmsfs",

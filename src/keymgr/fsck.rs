@@ -62,6 +62,14 @@ pub struct Report {
     pub dir_id_copies_missing: u64,
     /// Of those, the ones `--repair` gave a copy.
     pub dir_id_copies_added: u64,
+    /// Directories whose `kmsfs.dirid` is empty while the copy of the id in their xattr is
+    /// whole: what a power loss leaves of a directory made in the seconds before it (the file
+    /// is written without an fsync where the copy exists, the copy is journaled with the
+    /// directory's inode). Not a problem: the mount reads the copy, and the names are checked
+    /// with it. `--repair` writes the file from the copy.
+    pub dir_id_files_empty: u64,
+    /// Of those, the ones `--repair` wrote.
+    pub dir_id_files_written: u64,
     /// Blocks of sparse files whose count of holes reaches back over written blocks (a daemon
     /// killed, or the power lost, between a write into a run of holes and the next fsync or
     /// close, before the count shrank: see `vfs::open_file::FileState::recount`). Not a
@@ -254,6 +262,15 @@ fn dir_id(c: &mut Ctx<'_>, d: &Path, plain: &Option<String>, at_root: bool) -> O
                 if let Some(p) = c.report.problems.last_mut() {
                     p.repaired = repaired;
                 }
+            }
+            return Some(DirId(id));
+        }
+        // A power loss after the mkdir (see `dir_id_files_empty`).
+        Ok(b) if b.is_empty() && copy_id.is_some() => {
+            let id = copy_id?;
+            c.report.dir_id_files_empty += 1;
+            if c.repair && crate::fsutil::atomic_write(&file, &id, 0o400, None).is_ok() {
+                c.report.dir_id_files_written += 1;
             }
             return Some(DirId(id));
         }
