@@ -653,9 +653,10 @@ impl Vfs {
     /// before the next mount; once its write is complete and on the disk kmsfs removes the
     /// marker, which moves the change time alone. Files whose times do not show it (closed
     /// with the marker still on, or changed offline after the crash) were recovered at the
-    /// start of the mount already (`unclean.rs`). `None` for every other file, an open one, one closed whose marker waits for its data to
-    /// reach the disk (`marker_queue`: its writes completed), a read-only mount, and when
-    /// recovery fails (the file is then shown, and fails, as before).
+    /// start of the mount already (`unclean.rs`). `None` for every other file, an open one,
+    /// one closed whose marker waits for its data to reach the disk (`marker_queue`: its writes
+    /// completed), a read-only mount, and when recovery fails (the file is then shown, and
+    /// fails, as before).
     fn recovered_attr(&self, node: &Node, st: &rustix::fs::Stat) -> Option<Attr> {
         let may_be_torn = self.layout.plain_size(st.st_size as u64).is_none()
             || (st.st_ctime == st.st_mtime && st.st_ctime_nsec == st.st_mtime_nsec);
