@@ -910,6 +910,7 @@ impl OpenFile {
         if st.marked.is_some() {
             st.file.sync_data()?;
             st.marked = None;
+            st.marked_since = None;
             crate::content::pending::clear(&st.file);
         }
         // An immutable cipher file could not have its counts of holes settled later.
@@ -960,6 +961,7 @@ impl OpenFile {
         // can shrink.
         if st.marked.take().is_some() {
             crate::content::pending::clear(&st.file);
+            st.marked_since = None;
         }
         self.settle_counts(&mut st, true);
         Ok(())
