@@ -174,7 +174,7 @@ fn across_a_power_cut(
     let (code, report) = fsck_json(&pass, &cipher, &[]);
     assert_eq!(code, 0, "fsck after the power cut: {report}");
     Some(AfterCut {
-        ext4,
+        _ext4: ext4,
         cipher,
         pass,
         _tmp: tmp,
@@ -184,8 +184,7 @@ fn across_a_power_cut(
 /// The volume after [`across_a_power_cut`], unmounted, for more checks. Fields drop in order:
 /// the image is unmounted before its directory is removed.
 struct AfterCut {
-    #[allow(dead_code)]
-    ext4: Ext4,
+    _ext4: Ext4,
     cipher: PathBuf,
     pass: PathBuf,
     _tmp: tempfile::TempDir,
