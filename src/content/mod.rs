@@ -52,6 +52,16 @@ impl FileCipher {
         }
     }
 
+    /// The cipher of the file whose header is `header` and whose data key is `dek`.
+    pub fn for_header(
+        dek: &Key256,
+        header: &crate::format::header::FileHeader,
+        block_size: u32,
+    ) -> Self {
+        Self::new(dek, header.file_id, block_size)
+            .with_sparse(header.flags & crate::format::header::FLAG_SPARSE != 0)
+    }
+
     /// The cipher of a file with the header flag `FLAG_SPARSE`: every nonce it makes is
     /// `gap (u32 BE) ‖ 8 random bytes, not all zero`.
     pub fn with_sparse(mut self, sparse: bool) -> Self {

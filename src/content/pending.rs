@@ -5,20 +5,22 @@
 //! derived from the cipher length, the whole file would then fail to read.
 //!
 //! So before such a write the first block it rewrites is recorded in an extended attribute of
-//! the cipher file (`user.kmsfs-pending`), and removed after the write. In a sparse file the
+//! the cipher file (`user.kmsfs-pending`), and removed once what was written is on the disk
+//! (at fsync, or after the close: `vfs::marker_queue`). In a sparse file the
 //! marker also holds the number of holes right before that block, which the block itself counts
 //! (see `vfs::open_file::holes`): a file cut back to end there needs it in its new final block.
 //! The marker carries a tag under the file's DEK, so that no one without the key can make a cut
 //! file pass for a torn write. When a file with an authentic marker is opened, the blocks from
-//! there on are scanned: the file ends at the first block that authenticates as final, or — at
+//! there on are scanned: the file ends at the first block that authenticates as final (also
+//! one shorter than what is stored for it: an old final block kept under a larger size), or — at
 //! a torn or missing block — at the last block that authenticates, re-encrypted as final. The
 //! result is a prefix of what was being written (as a crash in the middle of an append leaves
 //! on most file systems); blocks before the recorded one are never touched, so tampering
 //! elsewhere is still detected, not "repaired".
 //!
-//! A write inside one page is marked too: a kill cannot tear it, but after a power loss an
-//! overwrite of a page already on disk can be there without the larger size (xfs; ext4 for
-//! allocated blocks), which leaves the old final block unreadable.
+//! A write inside one page is marked too: a kill cannot tear it, but after a power loss the
+//! larger size can be there without the overwrite of a page already on disk (ext4 journals the
+//! size within seconds and writes the page back later), or the overwrite without the size.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

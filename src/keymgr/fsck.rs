@@ -736,8 +736,7 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
             return Ok(());
         }
     };
-    let cipher = FileCipher::new(&dek, h.file_id, c.layout.block_size as u32)
-        .with_sparse(h.flags & crate::format::header::FLAG_SPARSE != 0);
+    let cipher = FileCipher::for_header(&dek, &h, c.layout.block_size as u32);
     use crate::content::pending::{self, Marker};
     let marker = match pending::read_marker(&f, &cipher) {
         Ok(m) => m,

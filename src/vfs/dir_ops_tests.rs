@@ -247,19 +247,7 @@ fn stale_dirid_copy_paths_below_it_decrypt() {
         .expect("create under the key rule");
     v.release(fh).unwrap();
     // Under the rule's key.
-    let names = crate::names::Names::new(&v.km.volume_secret(), false);
-    let mut found = None;
-    crate::keymgr::rewrap::walk(&d, &names, &mut |cf| {
-        if cf.plain_path.as_deref() == Some("/sub/inner/new") {
-            let b = std::fs::read(&cf.cipher_path).unwrap();
-            let h =
-                crate::format::header::FileHeader::decode(&b[..crate::format::header::HEADER_LEN])
-                    .unwrap();
-            found = Some(h.key_id);
-        }
-    })
-    .unwrap();
-    assert_eq!(found, Some(key));
+    assert_eq!(super::test_support::key_of(&v, &d, "/sub/inner/new"), key);
 }
 
 /// The cipher path of directory `name` at the root.

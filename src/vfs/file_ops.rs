@@ -96,8 +96,7 @@ impl Vfs {
                     }
                     VfsError::Key(e)
                 })?;
-                let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
-                    .with_sparse(header.flags & FLAG_SPARSE != 0);
+                let cipher = FileCipher::for_header(&dek, &header, self.block_size);
                 // Closed with its marker still on, waiting for its data to reach the disk: the
                 // marker is this open's now.
                 let taken = self.markers.take(node.ino);

@@ -110,23 +110,6 @@ fn file_in(v: &Vfs, dir: &str, name: &str, data: &[u8]) -> u64 {
     a.ino
 }
 
-/// The key in the header of the file at plaintext path `path`.
-fn key_of(v: &Vfs, dir: &std::path::Path, path: &str) -> KeyId {
-    let names = crate::names::Names::new(&v.km.volume_secret(), false);
-    let mut found = None;
-    crate::keymgr::rewrap::walk(dir, &names, &mut |cf| {
-        if cf.plain_path.as_deref() == Some(path) {
-            let b = std::fs::read(&cf.cipher_path).unwrap();
-            let h =
-                crate::format::header::FileHeader::decode(&b[..crate::format::header::HEADER_LEN])
-                    .unwrap();
-            found = Some(h.key_id);
-        }
-    })
-    .unwrap();
-    found.unwrap_or_else(|| panic!("no file {path}"))
-}
-
 #[test]
 fn a_volume_wide_rewrap_asks_each_files_key_and_the_key_it_moves_to() {
     let (_t, dir) = new_volume();

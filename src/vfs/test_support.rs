@@ -124,6 +124,22 @@ pub fn file_cipher(v: &Vfs, path: &Path) -> crate::content::FileCipher {
     let f = std::fs::File::open(path).expect("cipher file");
     let h = super::open_file::read_header(&f).expect("header");
     let dek = v.km.unwrap_dek(&h).expect("data key");
-    crate::content::FileCipher::new(&dek, h.file_id, v.block_size)
-        .with_sparse(h.flags & crate::format::header::FLAG_SPARSE != 0)
+    crate::content::FileCipher::for_header(&dek, &h, v.block_size)
+}
+
+/// The key in the header of the file at plaintext path `path`.
+pub fn key_of(v: &Vfs, dir: &Path, path: &str) -> crate::format::KeyId {
+    let names = crate::names::Names::new(&v.km.volume_secret(), false);
+    let mut found = None;
+    crate::keymgr::rewrap::walk(dir, &names, &mut |cf| {
+        if cf.plain_path.as_deref() == Some(path) {
+            let b = std::fs::read(&cf.cipher_path).unwrap();
+            let h =
+                crate::format::header::FileHeader::decode(&b[..crate::format::header::HEADER_LEN])
+                    .unwrap();
+            found = Some(h.key_id);
+        }
+    })
+    .unwrap();
+    found.unwrap_or_else(|| panic!("no file {path}"))
 }

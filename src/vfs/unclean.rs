@@ -20,7 +20,6 @@ use std::path::Path;
 use super::Vfs;
 use super::open_file::read_header;
 use crate::content::FileCipher;
-use crate::format::header::FLAG_SPARSE;
 
 impl Vfs {
     pub(super) fn recover_marked_files(&self) {
@@ -90,8 +89,7 @@ impl Vfs {
             .open(path)?;
         let header = read_header(&f)?;
         let dek = self.km.unwrap_dek(&header)?;
-        let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
-            .with_sparse(header.flags & FLAG_SPARSE != 0);
+        let cipher = FileCipher::for_header(&dek, &header, self.block_size);
         Ok(crate::content::pending::recover(&f, &cipher, self.layout, false)?.is_some())
     }
 }

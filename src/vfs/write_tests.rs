@@ -184,6 +184,43 @@ fn size_changing_writes_are_marked_until_their_data_is_on_disk() {
     assert_eq!(read_fresh(&dir, "f", want.len()), want);
 }
 
+/// A file `name` written with `want` and closed, then appended to (1,000 bytes) and closed:
+/// its cipher file as it was before the append.
+struct Appended {
+    path: std::path::PathBuf,
+    old: Vec<u8>,
+}
+
+fn appended(v: &super::Vfs, name: &str, want: &[u8]) -> Appended {
+    let ino = write_file(v, name, want);
+    let path = cipher_path(v, ino);
+    let old = std::fs::read(&path).expect("cipher file");
+    let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
+    v.write(fh, want.len() as u64, &[9u8; 1000])
+        .expect("append");
+    v.release(fh).expect("release");
+    Appended { path, old }
+}
+
+impl Appended {
+    /// The cipher file as a power cut leaves it: the larger size and the marker reached the
+    /// disk, the rewritten final block did not (the old content, zeros past its old end).
+    /// Returns its path.
+    fn lost(self) -> std::path::PathBuf {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .expect("cipher file");
+        let grown = f.metadata().expect("stat").len();
+        assert!(grown > self.old.len() as u64);
+        let mut torn = self.old;
+        torn.resize(grown as usize, 0);
+        f.write_all_at(&torn, 0).expect("as after the cut");
+        self.path
+    }
+}
+
 /// `.kmsfs/mounted-rw` is there while a read-write model may leave markers on closed files,
 /// and gone after a clean end (every marker settled); the parent of a forked daemon leaves it
 /// to the child.
@@ -208,33 +245,13 @@ fn the_session_flag_lives_as_long_as_the_read_write_session() {
 /// cut after an append: the larger size journaled, the old final block not rewritten.
 #[test]
 fn after_an_unclean_end_marked_files_are_recovered_before_the_first_lookup() {
-    use std::os::unix::fs::FileExt;
     let (_t, dir) = new_volume();
     let want = pattern(2 * 4096 + 1808, 3);
     let v = open(&dir);
-    let ino = write_file(&v, "f", &want);
-    let path = cipher_path(&v, ino);
-    let old = std::fs::read(&path).expect("cipher file");
-    let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
-    v.write(fh, want.len() as u64, &[9u8; 1000])
-        .expect("append");
-    v.release(fh).expect("release");
-    // The power cut: nothing settled, the session flag left; the larger size and the marker
-    // reached the disk, the rewritten final block did not (zeros past its old end).
+    let cut = appended(&v, "f", &want);
+    // The power cut: nothing settled, the session flag left.
     std::mem::forget(v);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("cipher file");
-    let grown = f.metadata().expect("stat").len();
-    assert!(grown > old.len() as u64);
-    f.write_all_at(&old, 0).expect("old content");
-    f.write_all_at(
-        &vec![0u8; (grown - old.len() as u64) as usize],
-        old.len() as u64,
-    )
-    .expect("zeros");
-    drop(f);
+    let path = cut.lost();
     assert!(crate::content::pending::is_marked_at(&path));
     // Its times no longer tell: the lookup alone would give the kernel the torn size.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640))
@@ -308,35 +325,12 @@ fn the_end_of_the_session_settles_the_markers_of_files_still_open() {
 /// to the reclaim thread to drop.
 #[test]
 fn a_remount_read_write_after_an_unclean_end_leaves_open_files_alone() {
-    use std::os::unix::fs::FileExt;
     let (_t, dir) = new_volume();
     let want = pattern(2 * 4096 + 1808, 3);
     let v = open(&dir);
-    let mut paths = Vec::new();
-    for name in ["open", "known"] {
-        let ino = write_file(&v, name, &want);
-        let path = cipher_path(&v, ino);
-        let old = std::fs::read(&path).expect("cipher file");
-        let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
-        v.write(fh, want.len() as u64, &[9u8; 1000])
-            .expect("append");
-        v.release(fh).expect("release");
-        paths.push((path, old));
-    }
+    let cuts = [appended(&v, "open", &want), appended(&v, "known", &want)];
     std::mem::forget(v);
-    for (path, old) in &paths {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .expect("cipher");
-        let grown = f.metadata().expect("stat").len();
-        f.write_all_at(old, 0).expect("old");
-        f.write_all_at(
-            &vec![0u8; (grown - old.len() as u64) as usize],
-            old.len() as u64,
-        )
-        .expect("zeros");
-    }
+    let paths: Vec<_> = cuts.into_iter().map(Appended::lost).collect();
     let v = super::test_support::open_with(
         &dir,
         super::VfsOptions {
@@ -352,7 +346,7 @@ fn a_remount_read_write_after_an_unclean_end_leaves_open_files_alone() {
     let size = v.getattr(o.ino).expect("getattr").size;
     assert!(v.remounted(false, false), "now read-write");
     assert!(
-        crate::content::pending::is_marked_at(&paths[0].0),
+        crate::content::pending::is_marked_at(&paths[0]),
         "open: left"
     );
     assert_eq!(
@@ -362,7 +356,7 @@ fn a_remount_read_write_after_an_unclean_end_leaves_open_files_alone() {
     );
     v.release(fh).expect("release");
     assert!(
-        !crate::content::pending::is_marked_at(&paths[1].0),
+        !crate::content::pending::is_marked_at(&paths[1]),
         "recovered"
     );
     assert_eq!(v.take_stale_caches(), vec![k.ino], "its name to be dropped");
