@@ -192,14 +192,23 @@ struct Appended {
 }
 
 fn appended(v: &super::Vfs, name: &str, want: &[u8]) -> Appended {
-    let ino = write_file(v, name, want);
-    let path = cipher_path(v, ino);
+    appended_in(v, 1, name, want).1
+}
+
+/// `appended` in directory `parent`; also the file's inode.
+fn appended_in(v: &super::Vfs, parent: u64, name: &str, want: &[u8]) -> (u64, Appended) {
+    let (a, fh) = v
+        .create(parent, name.as_ref(), 0o644, libc::O_RDWR, &caller())
+        .expect("create");
+    v.write(fh, 0, want).expect("write");
+    v.release(fh).expect("release");
+    let path = cipher_path(v, a.ino);
     let old = std::fs::read(&path).expect("cipher file");
-    let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
+    let fh = v.open_as(a.ino, libc::O_WRONLY, &caller()).expect("open");
     v.write(fh, want.len() as u64, &[9u8; 1000])
         .expect("append");
     v.release(fh).expect("release");
-    Appended { path, old }
+    (a.ino, Appended { path, old })
 }
 
 impl Appended {
@@ -261,6 +270,71 @@ fn after_an_unclean_end_marked_files_are_recovered_before_the_first_lookup() {
     let a = v.lookup(1, "f".as_ref()).expect("lookup");
     assert_eq!(a.size, want.len() as u64, "the size before the lost append");
     assert_eq!(read_at(&v, a.ino, 0, 1 << 20), want);
+}
+
+/// The walk after an unclean end shares the tree among several workers: marked files in every
+/// level of a tree of directories are all recovered, the unmarked ones read as they were, and a
+/// marked file with a hard link in another directory is recovered (once: workers take a marked
+/// inode only once).
+#[test]
+fn the_walk_after_an_unclean_end_recovers_marked_files_in_every_directory() {
+    let (_t, dir) = new_volume();
+    let want = pattern(2 * 4096 + 1808, 5);
+    // A first session ending cleanly: a tree of 30 directories, three under each, with an
+    // unmarked file in each.
+    let v = open(&dir);
+    let mut dirs: Vec<(u64, Vec<String>)> = vec![(1, Vec::new())];
+    for i in 0..30 {
+        let (parent, mut names) = dirs[i / 3].clone();
+        let name = format!("d{i}");
+        let a = v
+            .mkdir(parent, name.as_ref(), 0o755, &caller())
+            .expect("mkdir");
+        names.push(name);
+        dirs.push((a.ino, names));
+    }
+    for (i, (d, _)) in dirs.iter().enumerate() {
+        let (_, fh) = v
+            .create(*d, "plain".as_ref(), 0o644, libc::O_RDWR, &caller())
+            .expect("create");
+        v.write(fh, 0, &pattern(100 + i, 2)).expect("write");
+        v.release(fh).expect("release");
+    }
+    drop(v);
+    let lookup = |v: &super::Vfs, names: &[String], last: Option<&str>| {
+        let mut ino = 1;
+        for n in names.iter().map(String::as_str).chain(last) {
+            ino = v.lookup(ino, n.as_ref()).expect("lookup").ino;
+        }
+        ino
+    };
+    // The second ends in a power cut after an append to a file in each directory.
+    let v = open(&dir);
+    let mut cuts = Vec::new();
+    for (_, names) in &dirs {
+        let d = lookup(&v, names, None);
+        cuts.push((names.clone(), appended_in(&v, d, "marked", &want)));
+    }
+    let linked = cuts[7].1.0;
+    v.link(linked, lookup(&v, &dirs[20].1, None), "hardlink".as_ref())
+        .expect("link");
+    std::mem::forget(v);
+    let paths: Vec<_> = cuts
+        .into_iter()
+        .map(|(names, (_, cut))| (names, cut.lost()))
+        .collect();
+    let v = open(&dir);
+    for (names, path) in &paths {
+        assert!(!crate::content::pending::is_marked_at(path), "{names:?}");
+        let ino = lookup(&v, names, Some("marked"));
+        assert_eq!(read_at(&v, ino, 0, 1 << 20), want, "{names:?}");
+    }
+    for (i, (_, names)) in dirs.iter().enumerate() {
+        let ino = lookup(&v, names, Some("plain"));
+        assert_eq!(read_at(&v, ino, 0, 1 << 20), pattern(100 + i, 2));
+    }
+    let ino = lookup(&v, &dirs[20].1, Some("hardlink"));
+    assert_eq!(read_at(&v, ino, 0, 1 << 20), want);
 }
 
 /// A shrinking truncate keeps the marker (the new final block was rewritten in place, the cut
