@@ -552,10 +552,19 @@ fn interrupted_write_markers_are_acted_on_only_when_they_authenticate() {
     let mut legacy = [0u8; 24];
     legacy[..8].copy_from_slice(&1u64.to_le_bytes());
     let (d, f) = torn_with_marker(&v, "legacy-marker", &legacy);
+    // Left by the session that did not end cleanly: the next mount would walk the volume for
+    // marked files. fsck says so; a repair removes it once no file carries a marker.
+    let flag = d.join(".kmsfs/mounted-rw");
+    std::fs::write(&flag, b"").unwrap();
     let (code, r) = fsck(&v, &d, &[]);
     assert_eq!(
         (code, kinds(&r)),
         (23, vec!["interrupted-write".to_string()]),
+        "{r}"
+    );
+    assert_eq!(
+        (&r["unclean_session"], &r["unclean_session_ended"]),
+        (&Value::Bool(true), &Value::Bool(false)),
         "{r}"
     );
     assert!(
@@ -569,12 +578,17 @@ fn interrupted_write_markers_are_acted_on_only_when_they_authenticate() {
     let (code, r) = fsck(&v, &d, &["--repair"]);
     assert_eq!(code, 23, "{r}");
     assert_eq!(r["problems"][0]["repaired"], false, "{r}");
+    assert_eq!(r["unclean_session_ended"], false, "a marker is left: {r}");
+    assert!(flag.exists());
     let (code, r) = fsck(&v, &d, &["--repair", "--trust-untagged-markers"]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["problems"][0]["repaired"], true, "{r}");
+    assert_eq!(r["unclean_session_ended"], true, "{r}");
+    assert!(!flag.exists());
     assert_eq!(std::fs::metadata(&f).unwrap().len(), cipher_size(8192));
     let (code, r) = fsck(&v, &d, &[]);
     assert_eq!((code, kinds(&r)), (0, vec![]), "{r}");
+    assert_eq!(r["unclean_session"], false, "{r}");
 
     // The same fields with a tag that is not the file key's: tampered. Reported, and the file
     // is checked as it is (its length ends on a block boundary); --repair removes the marker only.

@@ -133,6 +133,22 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
                  on, but it holds none; --repair removes the mark"
             );
         }
+        if r.unclean_session_ended {
+            println!(
+                "the last read-write mount did not end cleanly (.kmsfs/mounted-rw); no file \
+                 carries an interrupted-write marker now, so the flag is removed"
+            );
+        } else if r.unclean_session {
+            println!(
+                "note: the last read-write mount did not end cleanly (.kmsfs/mounted-rw): the \
+                 next mount first recovers the files that carry an interrupted-write marker{}",
+                if a.repair {
+                    " (some are left: see above)"
+                } else {
+                    "; kmsfs fsck --repair does it now"
+                }
+            );
+        }
         if r.hole_counts_shrunk > 0 {
             println!(
                 "shrank {} counts of holes that reached over written blocks (left by a daemon \

@@ -84,6 +84,12 @@ pub struct Report {
     pub acl_marker_unused: bool,
     /// `--repair` removed that mark.
     pub acl_marker_removed: bool,
+    /// `.kmsfs/mounted-rw` is there: the last read-write mount did not end cleanly (or is
+    /// running elsewhere), and the next mount checks every file for interrupted writes. Not a
+    /// problem.
+    pub unclean_session: bool,
+    /// `--repair` removed it: no file carries an interrupted-write marker any more.
+    pub unclean_session_ended: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -109,6 +115,8 @@ struct Ctx<'a> {
     sees_trusted: bool,
     /// Some node holds a POSIX ACL.
     acls_seen: bool,
+    /// With repair: files that still carry an interrupted-write marker after their check.
+    markers_left: u64,
     /// Reused buffers for attribute names and values.
     xattr_list: Vec<u8>,
     xattr_value: Vec<u8>,
@@ -167,6 +175,7 @@ pub fn fsck(
         report: Report::default(),
         sees_trusted: rustix::process::geteuid().is_root(),
         acls_seen: false,
+        markers_left: 0,
         xattr_list: vec![0; 65536],
         xattr_value: vec![0; 65536 + 64],
     };
@@ -210,6 +219,13 @@ pub fn fsck(
     {
         c.report.acl_marker_unused = true;
         c.report.acl_marker_removed = repair && paths.forget_acls().is_ok();
+    }
+    // The flag makes the next mount walk the volume for marked files; after a repair that
+    // left none (every file's marker recovered or removed) the walk would find nothing.
+    if paths.session_flag().exists() {
+        c.report.unclean_session = true;
+        c.report.unclean_session_ended =
+            repair && c.markers_left == 0 && paths.end_session().is_ok();
     }
     Ok(c.report)
 }
@@ -543,6 +559,9 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             dir(c, &path, child, false)?;
         } else if ft.is_file() {
             file(c, &path, &child)?;
+            if c.repair && crate::content::pending::is_marked_at(&path) {
+                c.markers_left += 1;
+            }
         } else if ft.is_symlink() {
             c.report.symlinks += 1;
             let t = std::fs::read_link(&path)?;

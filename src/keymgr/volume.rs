@@ -20,6 +20,9 @@ use crate::format::keystore::{Envelope, Slot, SlotKind};
 use crate::fsutil::atomic_write;
 use crate::names::{CONTROL_DIR, DIRID_FILE};
 
+/// The name of the session flag in `.kmsfs/` (see [`VolumePaths::session_flag`]).
+pub const SESSION_FLAG: &str = "mounted-rw";
+
 /// Where a volume keeps its files.
 #[derive(Debug, Clone)]
 pub struct VolumePaths {
@@ -53,6 +56,21 @@ impl VolumePaths {
     /// remove the ACLs themselves).
     pub fn acl_marker(&self) -> PathBuf {
         self.control_dir().join("acls")
+    }
+
+    /// `.kmsfs/mounted-rw`: there while a read-write mount may leave interrupted-write markers
+    /// on closed files (`vfs::marker_queue`); left by a session that did not end cleanly.
+    pub fn session_flag(&self) -> PathBuf {
+        self.control_dir().join(SESSION_FLAG)
+    }
+
+    /// Removes the session flag (fsck --repair, once no file carries a marker), durably.
+    pub fn end_session(&self) -> io::Result<()> {
+        match fs::remove_file(self.session_flag()) {
+            Ok(()) => fs::File::open(self.control_dir())?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the ACL marker (fsck --repair, when the volume holds no ACL), durably.

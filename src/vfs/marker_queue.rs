@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 /// In the cipher directory's `.kmsfs/`, while a read-write mount may leave markers (see the
 /// module documentation).
-pub const SESSION_FLAG: &str = "mounted-rw";
+pub use crate::keymgr::SESSION_FLAG;
 
 /// How long a closed file's marker waits before its pages are waited for: the kernel's default
 /// `vm.dirty_expire_centisecs` (30 s) plus one pass of its flusher (5 s).
