@@ -5,7 +5,7 @@
 //! would miss it: the kernel would be given the torn size, which it keeps with the writeback
 //! cache after the open recovers the file. So before anything is served every file of the
 //! cipher directory is looked at (one `getxattr` each, by several workers: 3,000 files in 42
-//! ms with a cold cache, 300,000 in ~1.5 s), and those with a marker are recovered as an open would. A file that cannot be (its
+//! ms with a cold cache, 300,000 in 1.4–2.3 s), and those with a marker are recovered as an open would. A file that cannot be (its
 //! key not usable, immutable) is left to its open, and said so.
 //!
 //! The walk also runs at a remount from read-only to read-write (a read-only mount recovers
@@ -44,9 +44,9 @@ struct Counts {
 
 /// Workers of the walk: its time is the backing file system's lookup of each name and the read
 /// of its inode (kernel time), which several threads do side by side, and a disk with a queue
-/// does better with several reads in flight. On this project's 2-vCPU VM, 300,000 empty files
-/// in 300 directories, cold: 3.3 s with one worker; 1.5–2.0 s with four, against 2.8–3.1 s
-/// with one in the same sitting (alternating, another job using a CPU).
+/// does better with several reads in flight. On this project's 2-vCPU VM, 300,000 files in 300
+/// directories, cold (`tools/bench-unclean-walk.sh`, alternating with the build before): 3.0–3.2
+/// s with one worker, 1.4–2.3 s with four.
 fn walkers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get() * 2)
