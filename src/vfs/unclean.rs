@@ -5,8 +5,9 @@
 //! would miss it: the kernel would be given the torn size, which it keeps with the writeback
 //! cache after the open recovers the file. So before anything is served every file of the
 //! cipher directory is looked at (one `getxattr` each, by several workers: 3,000 files in 42
-//! ms with a cold cache, 300,000 in 1.4–2.3 s), and those with a marker are recovered as an open would. A file that cannot be (its
-//! key not usable, immutable) is left to its open, and said so.
+//! ms with a cold cache, 300,000 in 1.4–2.3 s), and those with a marker are recovered as an
+//! open would. A file that cannot be (its key not usable, immutable) is left to its open, and
+//! said so.
 //!
 //! The walk also runs at a remount from read-only to read-write (a read-only mount recovers
 //! nothing), while the mount is served: a file open then is left to its next open (its open
