@@ -845,6 +845,7 @@ impl OpenFile {
                     gap,
                 );
                 if let Err(e) = crate::fault::write_all_at(&st.file, &out, off)
+                    .and_then(|()| self.kept_bytes_to_disk(st, keep, off, out.len()))
                     .and_then(|()| crate::fault::set_len(&st.file, l.cipher_size(new_size)))
                 {
                     // Not cut: the blocks after `fin` are still there, so the old block `fin`
@@ -893,6 +894,36 @@ impl OpenFile {
                 Ok(())
             }
         }
+    }
+
+    /// Before a shrinking truncate cuts the cipher file, the rewritten new final block (`len`
+    /// bytes at `off`), when it keeps plaintext (`keep` > 0), is written to the disk and waited
+    /// for. The cut reaches the backing file system's journal within seconds, and ext4 writes
+    /// the page of the new end with it but a block spanning two pages has its other page
+    /// written only at the writeback: after a power cut between the two, the block was torn
+    /// and recovery ended the file before it, losing up to a block of what the truncate kept
+    /// (`tests/power_loss.rs`). One synchronous write of a block per shrinking truncate that
+    /// keeps part of one; a truncate to a block boundary (or to 0) keeps nothing in its new
+    /// final block and costs nothing more. An error is the truncate's (the file is put back).
+    fn kept_bytes_to_disk(
+        &self,
+        st: &FileState,
+        keep: usize,
+        off: u64,
+        len: usize,
+    ) -> std::io::Result<()> {
+        if keep == 0 {
+            return Ok(());
+        }
+        crate::fault::check("sync_file_range").map_err(std::io::Error::from)?;
+        super::write_behind::sync_file_range(
+            &st.file,
+            off as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
     }
 
     /// Runs `f` with the file's writes held off, once what was written is durable and the
