@@ -84,6 +84,9 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
         for w in workers {
             w.join().unwrap();
         }
+        // `kmsfs info` says so (no passphrase needed), until a mount has recovered the files
+        // and ended cleanly.
+        assert!(info_json(&v)["unclean_session"].as_bool().unwrap(), "round {round}");
 
         // Remount: the key store opens, every file reads, synced data is exact.
         let m = v.mount();
@@ -107,7 +110,12 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
             );
         }
         assert_eq!(std::fs::read(&synced).unwrap(), content, "round {round}");
+        assert!(
+            !info_json(&v)["unclean_session"].as_bool().unwrap(),
+            "the flag of the mount running now is no news"
+        );
         m.unmount();
+        assert!(!info_json(&v)["unclean_session"].as_bool().unwrap());
     }
     let o = kmsfs()
         .arg("audit")
@@ -127,6 +135,17 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
         "fsck after crashes: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// `kmsfs info --json` of the volume.
+fn info_json(v: &Volume) -> serde_json::Value {
+    let o = kmsfs()
+        .args(["info", "--json"])
+        .arg(&v.cipher)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// A daemon killed outright leaves a dead mount (every call there fails with ENOTCONN). Mounting

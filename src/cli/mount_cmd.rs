@@ -220,7 +220,7 @@ pub(super) fn lock_volume(paths: &VolumePaths) -> Result<OwnedFd, CliError> {
 }
 
 /// Whether the volume at `root` is the source of a kmsfs mount.
-fn is_mounted(root: &Path) -> bool {
+pub(super) fn is_mounted(root: &Path) -> bool {
     mount_table()
         .iter()
         .any(|(src, _, ty)| ty == "fuse.kmsfs" && Path::new(src) == root)

@@ -360,7 +360,11 @@ pub fn info(a: &InfoArgs) -> Result<(), CliError> {
             a.cipherdir.display()
         )));
     }
-    let i = VolumeInfo::read(&a.cipherdir)?;
+    let mut i = VolumeInfo::read(&a.cipherdir)?;
+    // The flag of a mount running now is no news.
+    let mounted = i.unclean_session
+        && super::mount_cmd::is_mounted(&std::fs::canonicalize(&i.path).unwrap_or(i.path.clone()));
+    i.unclean_session &= !mounted;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
         return Ok(());
@@ -380,6 +384,12 @@ pub fn info(a: &InfoArgs) -> Result<(), CliError> {
     println!("key store gen.:  {}", i.key_store_generation);
     if i.acls {
         println!("POSIX ACLs:      held (mounts enforce them unless -o noacl)");
+    }
+    if i.unclean_session {
+        println!(
+            "last session:    did not end cleanly (the next mount first recovers the files \
+             with an interrupted write; kmsfs fsck --repair does it now)"
+        );
     }
     Ok(())
 }

@@ -647,6 +647,9 @@ pub struct VolumeInfo {
     pub unlock_slots: Vec<String>,
     /// The volume holds POSIX ACLs (its marker is there): mounts turn `--acl` on.
     pub acls: bool,
+    /// `.kmsfs/mounted-rw` is there: a read-write mount is running, or the last one did not
+    /// end cleanly (`kmsfs info` tells the two apart by the mount table).
+    pub unclean_session: bool,
 }
 
 impl VolumeInfo {
@@ -681,6 +684,7 @@ impl VolumeInfo {
                 })
                 .collect(),
             acls: paths.acl_marker().exists(),
+            unclean_session: paths.session_flag().exists(),
         })
     }
 }
