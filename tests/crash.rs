@@ -86,7 +86,10 @@ fn killed_daemon_loses_nothing_synced_and_damages_nothing() {
         }
         // `kmsfs info` says so (no passphrase needed), until a mount has recovered the files
         // and ended cleanly.
-        assert!(info_json(&v)["unclean_session"].as_bool().unwrap(), "round {round}");
+        assert!(
+            info_json(&v)["unclean_session"].as_bool().unwrap(),
+            "round {round}"
+        );
 
         // Remount: the key store opens, every file reads, synced data is exact.
         let m = v.mount();
