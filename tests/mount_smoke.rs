@@ -209,3 +209,36 @@ fn an_idle_daemon_uses_no_cpu() {
     );
     m.unmount();
 }
+
+/// A remount back to read-write is in force for the daemon as soon as it is for the kernel: a
+/// file made right after `mount -o remount,rw` returns must not get EROFS. The daemon learns of
+/// remounts from the mount table, by a thread; a write that came before that thread had seen
+/// the change was refused (pjdfstest's EROFS cases failed now and then, 2026-12-06). Here
+/// through mount(2), as `mount.fuse.kmsfs` remounts.
+#[test]
+fn a_write_right_after_a_remount_read_write_is_not_refused() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: remounting needs root");
+        return;
+    }
+    use rustix::mount::MountFlags as F;
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let mnt = m.path("");
+    with_timeout(120, move || {
+        let base = F::NOSUID | F::NODEV;
+        for i in 0..150 {
+            rustix::mount::mount_remount(&mnt, base | F::RDONLY, "").expect("remount,ro");
+            let ro = std::fs::write(mnt.join(format!("ro{i}")), b"x");
+            assert_eq!(
+                ro.err().and_then(|e| e.raw_os_error()),
+                Some(libc::EROFS),
+                "round {i}: read-only"
+            );
+            rustix::mount::mount_remount(&mnt, base, "").expect("remount,rw");
+            std::fs::write(mnt.join(format!("rw{i}")), b"x")
+                .unwrap_or_else(|e| panic!("round {i}: a write right after remount,rw: {e}"));
+        }
+    });
+    m.unmount();
+}

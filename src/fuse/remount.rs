@@ -105,10 +105,31 @@ fn start(vfs: Arc<Vfs>, mount_point: &Path, source: &str) -> io::Result<()> {
     let id = find(&read_all(&mut f)?, mount_point, source)
         .ok_or_else(|| io::Error::other("not in the mount table"))?;
     let mount_point = mount_point.to_path_buf();
+    // The thread and a write refused as read-only (`Vfs::check_writable`, which reads the
+    // table itself so as not to refuse a write the kernel already lets through) take turns:
+    // a remount to read-write that starts the walk for interrupted writes (`Vfs::remounted`)
+    // is over before either goes on.
+    let turn = Arc::new(std::sync::Mutex::new(()));
+    {
+        let (turn, weak) = (turn.clone(), Arc::downgrade(&vfs));
+        vfs.set_mount_refresh(Box::new(move || {
+            let Some(vfs) = weak.upgrade() else {
+                return;
+            };
+            let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(now) = std::fs::read("/proc/self/mountinfo")
+                .ok()
+                .and_then(|t| flags(&t, id))
+            {
+                vfs.remounted(now.read_only, now.noatime);
+            }
+        }));
+    }
     std::thread::Builder::new()
         .name("kmsfs-remount".into())
         .spawn(move || {
             loop {
+                let turn = turn.lock().unwrap_or_else(|p| p.into_inner());
                 // Read before waiting: a change between the two wakes the poll at once.
                 match read_all(&mut f) {
                     Ok(t) => {
@@ -130,6 +151,7 @@ fn start(vfs: Arc<Vfs>, mount_point: &Path, source: &str) -> io::Result<()> {
                     }
                     Err(e) => tracing::warn!("reading the mount table: {e}"),
                 }
+                drop(turn);
                 use std::os::fd::AsRawFd;
                 let mut p = libc::pollfd {
                     fd: f.as_raw_fd(),

@@ -173,7 +173,13 @@ pub struct Vfs {
     prefetch: prefetch::Prefetch,
     /// The volume's ACL marker is known to exist (see `acl_ops::mark_acls_used`).
     acls_marked: std::sync::atomic::AtomicBool,
+    /// Reads the mount's flags now and passes them to `remounted` (set by the mount, see
+    /// `fuse::remount`): a write refused as read-only asks first (`check_writable`).
+    mount_refresh: std::sync::OnceLock<MountRefresh>,
 }
+
+/// See `Vfs::mount_refresh`.
+pub type MountRefresh = Box<dyn Fn() + Send + Sync>;
 
 /// States of `Vfs::session_flag`.
 const FLAG_NONE: u8 = 0;
@@ -275,6 +281,7 @@ impl Vfs {
             renames: std::sync::atomic::AtomicU64::new(0),
             prefetch,
             acls_marked: std::sync::atomic::AtomicBool::new(false),
+            mount_refresh: std::sync::OnceLock::new(),
         };
         if !vfs.read_only() {
             vfs.begin_rw_session();
@@ -439,12 +446,26 @@ impl Vfs {
         self.noatime.load(Ordering::Acquire)
     }
 
+    /// Refuses a change while the mount is read-only. The flag follows remounts through a
+    /// thread that watches the mount table (`fuse::remount`), which may not have seen a remount
+    /// to read-write yet when a write comes right after it (the kernel lets writes through as
+    /// soon as `mount -o remount,rw` returns): so a refusal looks at the mount table first.
+    /// Writes reach a read-only mount rarely (the kernel refuses most of them itself).
     fn check_writable(&self) -> Result<()> {
         if self.read_only() {
-            Err(VfsError::ReadOnly)
-        } else {
-            Ok(())
+            if let Some(refresh) = self.mount_refresh.get() {
+                refresh();
+            }
+            if self.read_only() {
+                return Err(VfsError::ReadOnly);
+            }
         }
+        Ok(())
+    }
+
+    /// How `check_writable` reads the mount's flags now (see `mount_refresh`).
+    pub fn set_mount_refresh(&self, f: MountRefresh) {
+        let _ = self.mount_refresh.set(f);
     }
 
     fn new_fh(&self) -> u64 {
