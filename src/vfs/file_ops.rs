@@ -103,7 +103,7 @@ impl Vfs {
                 // A size-changing write was interrupted (crash): make the file readable again.
                 let mut recover = taken.is_none()
                     && crate::content::pending::is_marked(&file)
-                    && !self.read_only();
+                    && !self.read_only_now();
                 if recover {
                     let rw = if want_write {
                         None

@@ -452,15 +452,21 @@ impl Vfs {
     /// soon as `mount -o remount,rw` returns): so a refusal looks at the mount table first.
     /// Writes reach a read-only mount rarely (the kernel refuses most of them itself).
     fn check_writable(&self) -> Result<()> {
-        if self.read_only() {
-            if let Some(refresh) = self.mount_refresh.get() {
-                refresh();
-            }
-            if self.read_only() {
-                return Err(VfsError::ReadOnly);
-            }
+        if self.read_only_now() {
+            return Err(VfsError::ReadOnly);
         }
         Ok(())
+    }
+
+    /// `read_only`, confirmed from the mount table when it says so (see `check_writable`): for
+    /// the rare decisions that a remount to read-write must not find out of date.
+    fn read_only_now(&self) -> bool {
+        if self.read_only()
+            && let Some(refresh) = self.mount_refresh.get()
+        {
+            refresh();
+        }
+        self.read_only()
     }
 
     /// How `check_writable` reads the mount's flags now (see `mount_refresh`).
