@@ -20,7 +20,7 @@ use std::sync::RwLock;
 pub use lifecycle::{AdminError, KeyMetadata};
 pub use store::{KeyState, KeyStore, KmsKey};
 pub use volume::{
-    InitOptions, PasswdOutcome, PendingPasswd, SESSION_FLAG, Unlocked, VolumeInfo, VolumePaths,
+    InitOptions, PasswdOutcome, PendingPasswd, Unlocked, VolumeInfo, VolumePaths,
     change_passphrase, format_recovery_key, init, parse_recovery_key, passwd, prepare_passwd,
     probe, unlock,
 };

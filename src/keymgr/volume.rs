@@ -21,7 +21,7 @@ use crate::fsutil::atomic_write;
 use crate::names::{CONTROL_DIR, DIRID_FILE};
 
 /// The name of the session flag in `.kmsfs/` (see [`VolumePaths::session_flag`]).
-pub const SESSION_FLAG: &str = "mounted-rw";
+const SESSION_FLAG: &str = "mounted-rw";
 
 /// Where a volume keeps its files.
 #[derive(Debug, Clone)]

@@ -20,20 +20,16 @@
 //! A marker left by a crash is found at the file's lookup by its times (`Vfs::recovered_attr`),
 //! but a file closed and then touched (its modification time put back at the close, a chmod)
 //! no longer shows them. So while a read-write mount may leave markers on closed files, the
-//! cipher directory holds [`SESSION_FLAG`]: made at the mount (before any marker, so that the
-//! journal of the backing file system never has a marker without it) and removed once every
-//! marker is settled at the unmount. A mount that finds it recovers every marked file before
-//! it serves anything (`unclean.rs`).
+//! cipher directory holds `.kmsfs/mounted-rw` (`VolumePaths::session_flag`): made at the
+//! mount (before any marker, so that the journal of the backing file system never has a marker
+//! without it) and removed once every marker is settled at the unmount. A mount that finds it
+//! recovers every marked file before it serves anything (`unclean.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// In the cipher directory's `.kmsfs/`, while a read-write mount may leave markers (see the
-/// module documentation).
-pub use crate::keymgr::SESSION_FLAG;
 
 /// How long a closed file's marker waits before its pages are waited for: the kernel's default
 /// `vm.dirty_expire_centisecs` (30 s) plus one pass of its flusher (5 s).

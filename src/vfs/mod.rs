@@ -300,10 +300,7 @@ impl Vfs {
         {
             return;
         }
-        let p = self
-            .root
-            .join(crate::names::CONTROL_DIR)
-            .join(marker_queue::SESSION_FLAG);
+        let p = crate::keymgr::VolumePaths::new(&self.root).session_flag();
         match std::os::unix::fs::OpenOptionsExt::mode(
             std::fs::OpenOptions::new().write(true).create_new(true),
             0o600,
@@ -365,12 +362,9 @@ impl Vfs {
         if self.markers.settle_all(marker_queue::UNMOUNT_BUDGET)
             && self.session_flag.swap(FLAG_NONE, Ordering::AcqRel) == FLAG_OURS
         {
-            let p = self
-                .root
-                .join(crate::names::CONTROL_DIR)
-                .join(marker_queue::SESSION_FLAG);
-            if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!("cannot remove {}: {e}", p.display());
+            let paths = crate::keymgr::VolumePaths::new(&self.root);
+            if let Err(e) = paths.end_session() {
+                tracing::warn!("cannot remove {}: {e}", paths.session_flag().display());
             }
         }
     }

@@ -79,8 +79,13 @@ pub fn touch(v: &Vfs, dir: u64, name: &str) -> u64 {
 
 /// Creates regular file `name` in the root holding `data` (and closes it); returns its inode.
 pub fn write_file(v: &Vfs, name: &str, data: &[u8]) -> u64 {
+    write_file_in(v, 1, name, data)
+}
+
+/// `write_file` in directory `parent`.
+pub fn write_file_in(v: &Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
     let (a, fh) = v
-        .create(1, name.as_ref(), 0o644, libc::O_RDWR, &caller())
+        .create(parent, name.as_ref(), 0o644, libc::O_RDWR, &caller())
         .expect("create");
     v.write(fh, 0, data).expect("write");
     v.release(fh).expect("release");

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use super::test_support::{caller, cipher_path, new_volume, open, read_at, write_file};
+use super::test_support::{
+    caller, cipher_path, new_volume, open, read_at, write_file, write_file_in,
+};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -197,18 +199,14 @@ fn appended(v: &super::Vfs, name: &str, want: &[u8]) -> Appended {
 
 /// `appended` in directory `parent`; also the file's inode.
 fn appended_in(v: &super::Vfs, parent: u64, name: &str, want: &[u8]) -> (u64, Appended) {
-    let (a, fh) = v
-        .create(parent, name.as_ref(), 0o644, libc::O_RDWR, &caller())
-        .expect("create");
-    v.write(fh, 0, want).expect("write");
-    v.release(fh).expect("release");
-    let path = cipher_path(v, a.ino);
+    let ino = write_file_in(v, parent, name, want);
+    let path = cipher_path(v, ino);
     let old = std::fs::read(&path).expect("cipher file");
-    let fh = v.open_as(a.ino, libc::O_WRONLY, &caller()).expect("open");
+    let fh = v.open_as(ino, libc::O_WRONLY, &caller()).expect("open");
     v.write(fh, want.len() as u64, &[9u8; 1000])
         .expect("append");
     v.release(fh).expect("release");
-    (a.ino, Appended { path, old })
+    (ino, Appended { path, old })
 }
 
 impl Appended {
@@ -294,11 +292,7 @@ fn the_walk_after_an_unclean_end_recovers_marked_files_in_every_directory() {
         dirs.push((a.ino, names));
     }
     for (i, (d, _)) in dirs.iter().enumerate() {
-        let (_, fh) = v
-            .create(*d, "plain".as_ref(), 0o644, libc::O_RDWR, &caller())
-            .expect("create");
-        v.write(fh, 0, &pattern(100 + i, 2)).expect("write");
-        v.release(fh).expect("release");
+        write_file_in(&v, *d, "plain", &pattern(100 + i, 2));
     }
     drop(v);
     let lookup = |v: &super::Vfs, names: &[String], last: Option<&str>| {
