@@ -33,6 +33,8 @@ pub enum AdminError {
     AliasExists(String),
     #[error("invalid alias {0:?}: must be alias/ followed by 1-250 of A-Z a-z 0-9 / _ -")]
     InvalidAlias(String),
+    #[error("invalid alias {0:?}: the prefixes alias/aws/ and alias/kmsfs/ are reserved")]
+    ReservedAlias(String),
     #[error("key {key} is {state:?}; {op} needs it {need}")]
     InvalidState {
         key: KeyId,
@@ -231,13 +233,13 @@ fn check_alias(name: &str) -> R<()> {
         && rest.len() <= 250
         && rest
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
-        && !rest.starts_with("aws/")
-        && !rest.starts_with("kmsfs/");
-    if ok {
-        Ok(())
-    } else {
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b));
+    if !ok {
         Err(AdminError::InvalidAlias(name.into()))
+    } else if rest.starts_with("aws/") || rest.starts_with("kmsfs/") {
+        Err(AdminError::ReservedAlias(name.into()))
+    } else {
+        Ok(())
     }
 }
 
