@@ -68,6 +68,31 @@ fn keystore_export_to_a_relative_file_succeeds() {
 }
 
 #[test]
+fn unlock_flags_are_taken_after_the_subcommand_too() {
+    // `kmsfs key VOL list --passfile F`, as users write it (clap took the unlock flags only
+    // before the subcommand; after it they were a usage error, exit 2).
+    let v = Volume::new(&[]);
+    let run = |args: &[&str]| {
+        out({
+            let mut c = k(60);
+            c.arg("key").arg(&v.cipher).args(args);
+            c.arg("--passfile").arg(&v.passfile);
+            c
+        })
+    };
+    let o = run(&["list", "--json"]);
+    assert_eq!(code_of(&o), code::OK, "{}", text(&o.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let id = list[0]["key_id"].as_str().expect("a key id").to_owned();
+    let o = run(&["alias", "create", "alias/aws/x", &id]);
+    assert_eq!(code_of(&o), code::INVALID_REQUEST, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("reserved"), "{}", text(&o.stderr));
+    // Still one source of the passphrase: a second one after the subcommand is refused.
+    let o = run(&["list", "--recovery-key"]);
+    assert_eq!(code_of(&o), code::USAGE, "{}", text(&o.stderr));
+}
+
+#[test]
 fn rekey_of_a_bare_file_name_reports_success() {
     let v = Volume::new(&[]);
     let m = v.mount();

@@ -44,10 +44,16 @@ pub struct Cli {
 #[derive(Args, Debug, Clone, Default)]
 pub struct PassArgs {
     /// Read the passphrase from the first line of FILE.
-    #[arg(long, value_name = "FILE", conflicts_with = "extpass")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "extpass",
+        global = true,
+        display_order = 900
+    )]
     passfile: Option<PathBuf>,
     /// Run CMD (with /bin/sh -c) and use the first line of its output as the passphrase.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", global = true, display_order = 900)]
     extpass: Option<String>,
 }
 
@@ -65,10 +71,10 @@ pub struct UnlockArgs {
     #[command(flatten)]
     pass: PassArgs,
     /// Unlock with the recovery key instead of the passphrase (asked at the terminal).
-    #[arg(long, conflicts_with_all = ["passfile", "extpass"])]
+    #[arg(long, conflicts_with_all = ["passfile", "extpass"], global = true, display_order = 900)]
     recovery_key: bool,
     /// Unlock with the recovery key read from FILE.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["passfile", "extpass", "recovery_key"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["passfile", "extpass", "recovery_key"], global = true, display_order = 900)]
     recovery_key_file: Option<PathBuf>,
 }
 
