@@ -90,6 +90,26 @@ fn unlock_flags_are_taken_after_the_subcommand_too() {
     // Still one source of the passphrase: a second one after the subcommand is refused.
     let o = run(&["list", "--recovery-key"]);
     assert_eq!(code_of(&o), code::USAGE, "{}", text(&o.stderr));
+    // `kmsfs grant` takes --volume after its subcommand as `kmsfs policy` does, and says so
+    // when it is missing.
+    let grant = |vol: bool| {
+        out({
+            let mut c = k(60);
+            c.args(["grant", "list", "--json", &id]);
+            if vol {
+                c.arg("--volume").arg(&v.cipher);
+            }
+            c.arg("--passfile")
+                .arg(&v.passfile)
+                .env_remove("KMSFS_VOLUME");
+            c
+        })
+    };
+    let o = grant(true);
+    assert_eq!(code_of(&o), code::OK, "{}", text(&o.stderr));
+    let o = grant(false);
+    assert_eq!(code_of(&o), code::USAGE, "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--volume"), "{}", text(&o.stderr));
 }
 
 #[test]

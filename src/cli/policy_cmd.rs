@@ -103,6 +103,36 @@ impl VolumeArg {
     }
 }
 
+/// `--volume` of `kmsfs grant`, taken before or after the subcommand (`kmsfs grant list
+/// --volume VOL`, as `kmsfs policy get --volume VOL` takes it). A global argument cannot be
+/// required in clap, so its absence is reported here.
+#[derive(Args, Debug, Clone)]
+struct GrantVolumeArg {
+    /// The volume's cipher directory or the mount point of the mounted volume (or set
+    /// KMSFS_VOLUME).
+    #[arg(
+        long = "volume",
+        env = "KMSFS_VOLUME",
+        value_name = "CIPHERDIR",
+        global = true
+    )]
+    volume: Option<PathBuf>,
+    #[command(flatten)]
+    unlock: UnlockArgs,
+}
+
+impl GrantVolumeArg {
+    fn target(&self) -> Result<Target, CliError> {
+        let volume = self.volume.as_ref().ok_or_else(|| {
+            CliError::new(
+                code::USAGE,
+                "no volume given: --volume CIPHERDIR (or the mount point), or set KMSFS_VOLUME",
+            )
+        })?;
+        target(volume, &self.unlock)
+    }
+}
+
 fn read(p: &PathBuf) -> Result<String, CliError> {
     std::fs::read_to_string(p)
         .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", p.display())))
@@ -202,7 +232,7 @@ pub fn policy(a: &PolicyArgs) -> Result<(), CliError> {
 #[derive(Args, Debug)]
 pub struct GrantArgs {
     #[command(flatten)]
-    vol: VolumeArg,
+    vol: GrantVolumeArg,
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
