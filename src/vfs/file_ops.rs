@@ -525,13 +525,13 @@ impl Vfs {
         if cached {
             f.kept_mtime.before_cached_write(|| f.backing_mtime());
         }
-        let mut r = f.write(offset, data, append);
+        let mut r = f.write(offset, data, append, cached);
         // Short of space while removed files are still being let go: once more when they are.
         if let Err(e) = &r
             && matches!(e.errno(), libc::ENOSPC | libc::EDQUOT)
             && self.wait_for_removed()
         {
-            r = f.write(offset, data, append);
+            r = f.write(offset, data, append, cached);
         }
         if let Err(e) = r {
             if cached {

@@ -152,6 +152,9 @@ pub struct OpenFile {
     /// A write failed: the kernel's cached pages and size may show what never reached the disk
     /// (see `Vfs::take_stale_caches`).
     write_failed: std::sync::atomic::AtomicBool,
+    /// A write the kernel sent from its page cache failed short of room or by an I/O error:
+    /// extensions store encrypted zeros instead of holes from now on (see `extend_with_holes`).
+    holes_refused: std::sync::atomic::AtomicBool,
     /// Writes the kernel sent from its page cache (writeback) that failed, and the errno of
     /// the last (see `Vfs::take_write_error`).
     wb_failures: std::sync::atomic::AtomicU64,
@@ -190,6 +193,7 @@ impl OpenFile {
             order: Default::default(),
             written_behind: Default::default(),
             write_failed: Default::default(),
+            holes_refused: Default::default(),
             wb_failures: Default::default(),
             wb_errno: Default::default(),
             wb_len: Default::default(),
@@ -343,7 +347,8 @@ impl OpenFile {
     }
 
     /// Writes `data` at `off` (or at end of file when `append`); returns the offset written at.
-    pub fn write(&self, off: u64, data: &[u8], append: bool) -> Result<u64> {
+    /// `cached`: the kernel sends it from its page cache (see `Vfs::write_from`).
+    pub fn write(&self, off: u64, data: &[u8], append: bool, cached: bool) -> Result<u64> {
         // Dropped after the file's lock (declared before it). Taken before the encryption, so a
         // write past the end waits for this one while it encrypts.
         let turn = self.order.enter();
@@ -369,9 +374,12 @@ impl OpenFile {
         let stored = match r.and_then(|()| self.write_locked(&mut st, off, data, pre)) {
             Ok(n) => n,
             Err(e) => {
-                // Noted before the lock goes: a write past this one waits for it and must not
-                // leave holes where it failed (see `extend_with_holes`).
+                // Noted before the lock goes: a write-back past this one waits for it and must
+                // not leave holes where it failed (see `extend_with_holes`).
                 self.note_write_failed();
+                if cached {
+                    self.note_writeback_error(e.errno());
+                }
                 // A write past the end that failed after its zeros were stored: the size goes
                 // back.
                 if st.size != old_size && self.truncate_locked(&mut st, old_size).is_err() {
@@ -410,12 +418,33 @@ impl OpenFile {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// A write the kernel sent from its page cache failed with `errno`. Short of room, or an
+    /// I/O error, holes are refused from now on: the kernel goes on sending the pages it
+    /// accepted past the failed ones. A refusal whatever the room (EFBIG: past the largest
+    /// size the backing file system takes, as every later page is) leaves no gap of that kind,
+    /// and neither does a write the caller was told of (without the writeback cache, or
+    /// `O_DIRECT`): it may go on past it as it could on any file system, and gets holes.
+    fn note_writeback_error(&self, errno: i32) {
+        if errno != libc::EFBIG {
+            self.holes_refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether extensions must store encrypted zeros instead of holes (see
+    /// `note_writeback_error`).
+    pub fn holes_refused(&self) -> bool {
+        self.holes_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records that a write of `len` bytes the kernel sent from its page cache failed with
     /// `errno`: the process that wrote it got success long before (see
     /// `Vfs::take_write_error`).
     pub fn note_writeback_failed(&self, errno: i32, len: usize) {
         use std::sync::atomic::Ordering;
         self.note_write_failed();
+        self.note_writeback_error(errno);
         self.wb_errno.store(errno, Ordering::Relaxed);
         self.wb_len.store(len as u64, Ordering::Relaxed);
         self.wb_failures.fetch_add(1, Ordering::Release);

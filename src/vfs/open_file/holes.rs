@@ -377,10 +377,11 @@ impl OpenFile {
         let aligned = st.size.is_multiple_of(bs);
         // The first hole: the old final block itself when it is empty.
         let h0 = if aligned { f0 } else { f0 + 1 };
-        // After a failed write (a full disk) the kernel goes on sending the pages it accepted
-        // past it; holes would store those after a gap of zeros where the failed ones belong.
-        // Encrypted zeros need the room the failed write lacked, so the file stays a prefix.
-        if !self.sparse() || ft < h0 + MIN_HOLES || self.write_failed() {
+        // After a failed write-back (a full disk) the kernel goes on sending the pages it
+        // accepted past it; holes would store those after a gap of zeros where the failed ones
+        // belong. Encrypted zeros need the room the failed write lacked, so the file stays a
+        // prefix (see `note_writeback_error`).
+        if !self.sparse() || ft < h0 + MIN_HOLES || self.holes_refused() {
             return Ok(false);
         }
         let g0 = self.gap_before(st, f0)?;
