@@ -3180,6 +3180,18 @@ fn mmap_shared_and_private_in(mount_args: &[&'static str]) {
         let mut m = Map::new(&f, 4096, libc::MAP_SHARED);
         f.write_all_at(b"written", 10).unwrap();
         log.rec("mapping sees write", m.slice()[10..17].to_vec());
+        drop(m);
+        // A write through a shared mapping moves the modification time (generic/080; without
+        // the writeback cache it did not, before 2026-12-06).
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000);
+        f.set_modified(old).unwrap();
+        {
+            let mut m = Map::new(&f, 4096, libc::MAP_SHARED);
+            m.slice()[20] = b'T';
+            log.rec("msync after the time was set", m.sync());
+        }
+        let moved = fs::metadata(&p).unwrap().modified().unwrap() > old;
+        log.rec("mapped write moved the modification time", moved);
     });
     // The shared writes reached the cipher file (read after a remount, without page cache).
     fx.remount();

@@ -24,7 +24,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::vfs::{Attr, Caller, Kind, SetAttr, SetTime, Vfs, VfsError, XattrReply};
+use crate::vfs::{Attr, Caller, Kind, SetAttr, SetTime, Vfs, VfsError, WriteFrom, XattrReply};
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(30);
@@ -581,7 +581,14 @@ impl Filesystem for KmsFs {
             return reply.error(e);
         }
         let cached = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
-        let r = self.vfs.write_from(fh.0, offset, data, cached);
+        let from = if cached {
+            WriteFrom::PageCache {
+                kernel_times: self.writeback_cache,
+            }
+        } else {
+            WriteFrom::Caller
+        };
+        let r = self.vfs.write_from(fh.0, offset, data, from);
         self.after_control(fh);
         match r {
             Ok(n) => reply.written(n),

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::test_support::{caller, new_volume, open, touch};
-use super::{SetAttr, SetTime, Vfs};
+use super::{SetAttr, SetTime, Vfs, WriteFrom};
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
@@ -155,7 +155,8 @@ fn the_kernels_kept_time_is_not_written_again_while_open() {
     let v = open(&dir);
     let f = touch(&v, 1, "f");
     let fh = v.open(f, libc::O_RDWR).expect("open");
-    v.write_from(fh, 0, b"data", true).expect("cached write");
+    v.write_from(fh, 0, b"data", WriteFrom::PageCache { kernel_times: true })
+        .expect("cached write");
     let kernel = SetAttr {
         mtime: Some(SetTime::At(at(3_000_000))),
         kernel_times: true,
@@ -163,7 +164,8 @@ fn the_kernels_kept_time_is_not_written_again_while_open() {
     };
     let a = v.setattr(f, Some(fh), &kernel, None).expect("setattr");
     assert_eq!(a.mtime, at(3_000_000));
-    v.write_from(fh, 4, b"more", true).expect("cached write");
+    v.write_from(fh, 4, b"more", WriteFrom::PageCache { kernel_times: true })
+        .expect("cached write");
     let before = v.getattr(f).expect("getattr").ctime;
     std::thread::sleep(Duration::from_millis(20));
     let b = v.setattr(f, Some(fh), &kernel, None).expect("setattr");
@@ -177,5 +179,39 @@ fn the_kernels_kept_time_is_not_written_again_while_open() {
         v.getattr(f).expect("getattr").mtime,
         at(3_000_000),
         "and put back"
+    );
+}
+
+/// Without the writeback cache the kernel keeps no time of its own: pages written through a
+/// shared mmap, sent from the page cache, move the file's modification time as any write does
+/// (generic/080; they left it as it was before the map).
+#[test]
+fn page_cache_writes_without_kernel_times_move_the_modification_time() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, 1, "f");
+    let old = SetAttr {
+        mtime: Some(SetTime::At(at(1_000))),
+        ..Default::default()
+    };
+    v.setattr(f, None, &old, None).expect("setattr");
+    let fh = v.open(f, libc::O_RDWR).expect("open");
+    v.write_from(
+        fh,
+        0,
+        b"data",
+        WriteFrom::PageCache {
+            kernel_times: false,
+        },
+    )
+    .expect("write-back");
+    assert!(
+        v.getattr(f).expect("getattr").mtime > at(1_000),
+        "while open"
+    );
+    v.release(fh).expect("release");
+    assert!(
+        v.getattr(f).expect("getattr").mtime > at(1_000),
+        "after the release"
     );
 }

@@ -16,6 +16,20 @@ use super::{Attr, Caller, Handle, Kind, Result, Vfs, VfsError};
 use crate::content::FileCipher;
 use crate::format::header::FLAG_SPARSE;
 
+/// Where the data of a write comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFrom {
+    /// The caller's own `write(2)` (without the writeback cache, or `O_DIRECT`): it waits for
+    /// the result.
+    Caller,
+    /// The kernel's page cache: pages dirtied earlier, by `write(2)` with the writeback cache
+    /// or through a shared `mmap` in either mode. `kernel_times`: the kernel keeps the file's
+    /// modification time and sends it itself (the writeback cache is on; see `kept_mtime`).
+    /// Without it nobody sends a time for an `mmap` write, and the backing file's, which this
+    /// write sets, is the file's.
+    PageCache { kernel_times: bool },
+}
+
 /// The parts of open(2)'s flags the model acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenOptions {
@@ -509,20 +523,20 @@ impl Vfs {
 
     /// Writes and returns the number of bytes written.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        self.write_from(fh, offset, data, false)
+        self.write_from(fh, offset, data, WriteFrom::Caller)
     }
 
-    /// [`Vfs::write`]; `cached`: the kernel sends the data from its page cache (the writeback
-    /// cache), so whoever wrote it was told it succeeded already: a failure is then reported
-    /// again through [`Vfs::take_write_error`].
-    pub fn write_from(&self, fh: u64, offset: u64, data: &[u8], cached: bool) -> Result<u32> {
+    /// [`Vfs::write`] of data from `from`. From the page cache, whoever wrote it was told it
+    /// succeeded already: a failure is then reported again through [`Vfs::take_write_error`].
+    pub fn write_from(&self, fh: u64, offset: u64, data: &[u8], from: WriteFrom) -> Result<u32> {
         self.touch();
         if super::is_control_handle(fh) {
             return self.control.write(fh, offset, data).map_err(ctl_err);
         }
         self.check_writable()?;
         let (f, append) = self.handle_file(fh)?;
-        if cached {
+        let cached = from != WriteFrom::Caller;
+        if from == (WriteFrom::PageCache { kernel_times: true }) {
             f.kept_mtime.before_cached_write(|| f.backing_mtime());
         }
         let mut r = f.write(offset, data, append, cached);

@@ -704,7 +704,12 @@ fn only_a_failed_write_back_short_of_room_turns_holes_off() {
         let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
         if let Some((errno, cached)) = fail {
             crate::fault::arm(1, errno);
-            let r = v.write_from(fh, 3 * B, &[7; 100], cached);
+            let from = if cached {
+                super::WriteFrom::PageCache { kernel_times: true }
+            } else {
+                super::WriteFrom::Caller
+            };
+            let r = v.write_from(fh, 3 * B, &[7; 100], from);
             crate::fault::disarm();
             assert!(r.is_err(), "the injected failure");
         }

@@ -14,8 +14,10 @@
 //! released (after which the kernel sends no more writes for those opens). Other changes made
 //! while a time is kept (an `O_DIRECT` write, a truncate, an allocation) move the backing
 //! file's time too and are put back as well: the kernel updates its own time for them and sends
-//! it if it changed it. Without the writeback cache no write comes from the page cache, no time
-//! is kept, and the backing file's time is the file's.
+//! it if it changed it. Without the writeback cache no time is kept, and the backing file's time
+//! is the file's: pages written through a shared `mmap` still come from the page cache then, but
+//! the kernel keeps no time of its own for them and sends none (before 2026-12-06 a time was
+//! kept for them too, and such a write never moved the file's modification time).
 
 use std::sync::{Mutex, MutexGuard};
 

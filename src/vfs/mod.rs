@@ -45,7 +45,7 @@ pub use control_ops::{is_control, is_control_handle};
 pub use dir_ops::{RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT};
 pub use dir_read::DirEntry;
 pub use error::{Result, VfsError};
-pub use file_ops::OpenOptions;
+pub use file_ops::{OpenOptions, WriteFrom};
 pub use inode::ROOT_INO;
 pub use xattr_ops::XattrReply;
 
