@@ -215,3 +215,26 @@ fn page_cache_writes_without_kernel_times_move_the_modification_time() {
         "after the release"
     );
 }
+
+/// An allocation moves the modification time, also inside the file and with KEEP_SIZE, where
+/// no block is written (as ext4 does; without the writeback cache nothing else moved it).
+#[test]
+fn an_allocation_moves_the_modification_time() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, 1, "f");
+    let fh = v.open(f, libc::O_RDWR).expect("open");
+    v.write(fh, 0, &[1; 10_000]).expect("write");
+    for (mode, end) in [(0, 5_000), (libc::FALLOC_FL_KEEP_SIZE, 50_000)] {
+        let old = SetAttr {
+            mtime: Some(SetTime::At(at(1_000))),
+            ..Default::default()
+        };
+        v.setattr(f, None, &old, None).expect("setattr");
+        v.fallocate(fh, 0, end, mode).expect("fallocate");
+        let a = v.getattr(f).expect("getattr");
+        assert!(a.mtime > at(1_000), "mode {mode}");
+        assert_eq!(a.size, 10_000);
+    }
+    v.release(fh).expect("release");
+}

@@ -470,6 +470,23 @@ impl OpenFile {
         if !keep_size && end > st.size {
             self.resize_locked(&mut st, end, false)?;
         }
+        // The modification and change times move as on a local file system (ext4 moves them
+        // for every allocation, also of blocks it had), whether or not a block was written.
+        let now = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        };
+        let omit = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        };
+        rustix::fs::futimens(
+            &st.file,
+            &rustix::fs::Timestamps {
+                last_access: omit,
+                last_modification: now,
+            },
+        )?;
         Ok(())
     }
 
