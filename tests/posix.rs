@@ -2172,6 +2172,28 @@ fn chmod_chown_utimens_and_plaintext_size() {
             en(std::os::unix::fs::chown(&f, None, Some(8765))),
         );
         st(log, "after chown", &f);
+        // chown(-1, -1): set-user-id goes, set-group-id where group-executable, and the change
+        // time moves (the C pjdfstest's chown/00.t on Linux); a directory keeps its bits.
+        for mode in [0o6755, 0o2745, 0o4700] {
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            let before = fs::metadata(&f).unwrap().ctime_nsec();
+            let before = (fs::metadata(&f).unwrap().ctime(), before);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            log.rec(
+                format!("chown -1 -1 of {mode:o}"),
+                en(std::os::unix::fs::chown(&f, None, None)),
+            );
+            let m = fs::metadata(&f).unwrap();
+            log.rec(format!("mode after chown -1 -1 of {mode:o}"), m.mode());
+            log.rec("ctime moved", (m.ctime(), m.ctime_nsec()) > before);
+        }
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o3755)).unwrap();
+        log.rec(
+            "dir chown -1 -1",
+            en(std::os::unix::fs::chown(&d, None, None)),
+        );
+        log.rec("dir mode after", fs::metadata(&d).unwrap().mode());
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o1750)).unwrap();
         // utimens: exact times with nanoseconds, UTIME_OMIT, times before 1970.
         log.rec(
             "utimens",
