@@ -30,6 +30,12 @@ use crate::vfs::{Attr, Caller, Kind, SetAttr, SetTime, Vfs, VfsError, WriteFrom,
 const TTL: Duration = Duration::from_secs(30);
 /// Largest read/write request we ask the kernel for.
 const MAX_WRITE: u32 = 1 << 20;
+/// The protocol minor version (Linux 5.4) from which the kernel checks the attributes it is
+/// given and refuses to cache an entry with an impossible size ("fuse: verify attributes",
+/// Linux 5.4.3 and 5.5; see `readdirplus`).
+const INVALID_ATTRS_REFUSED_SINCE: u32 = 31;
+/// A size no file can have (over `i64::MAX`).
+const IMPOSSIBLE_SIZE: u64 = u64::MAX;
 
 pub struct KmsFs {
     vfs: Arc<Vfs>,
@@ -45,6 +51,9 @@ pub struct KmsFs {
     listings: Arc<listings::ControlListings>,
     /// Looks for the next request before a thread sleeps (set once the session exists).
     poller: Arc<std::sync::OnceLock<poller::Poller>>,
+    /// The kernel refuses to cache a listed entry whose attributes are impossible (see
+    /// `readdirplus`).
+    refuses_invalid_attrs: bool,
 }
 
 impl KmsFs {
@@ -60,6 +69,7 @@ impl KmsFs {
             no_opendir: false,
             listings: Arc::default(),
             poller: Arc::default(),
+            refuses_invalid_attrs: false,
         }
     }
 
@@ -281,8 +291,11 @@ impl Filesystem for KmsFs {
         // buffered writes 15k -> 35k IOPS). Safe because every change to the volume goes
         // through this mount; `--no-writeback-cache` turns it off.
         if self.writeback_cache {
-            let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
+            self.writeback_cache = config
+                .add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok();
         }
+        self.refuses_invalid_attrs = config.kernel_abi().1 >= INVALID_ATTRS_REFUSED_SINCE;
         // Listing with attributes: `ls -l`, `du`, `find` need no separate lookup per entry.
         // Always, not READDIRPLUS_AUTO: with AUTO the kernel asks plain READDIR for every batch
         // after the first unless a child was looked up, and then looks up each of those
@@ -709,15 +722,33 @@ impl Filesystem for KmsFs {
         let r = self.reclaim.patiently(&self.vfs, Some(ino.0), || {
             self.vfs
                 .readdirplus_with(ino.0, offset, limit, |next, e, a| {
+                    // A file open for writing, with the writeback cache: the size here may be
+                    // behind the kernel's (pages it has not sent yet). The kernel keeps its
+                    // own size for an inode it holds, but this reply may reach it after the
+                    // file was closed and its inode let go (evicted), and then a new inode
+                    // takes this size, which the kernel keeps from then on: another process
+                    // saw the file, closed and renamed into place, empty, and an O_APPEND
+                    // write through that inode went to offset 0, over the start of the file
+                    // (found by a rename storm under `ls`). So the entry is listed with a size
+                    // no file can have: the kernel lists the name, caches nothing for it and
+                    // forgets the node (a FORGET of the lookup counted for it), and a later
+                    // `stat` asks (LOOKUP). Only where the kernel checks (else the size would
+                    // go into such a new inode).
+                    let unsettled =
+                        e.size_may_lag && self.writeback_cache && self.refuses_invalid_attrs;
+                    let mut fa = attr(a);
+                    if unsettled {
+                        fa.size = IMPOSSIBLE_SIZE;
+                    }
                     let full = reply.add(
                         INodeNo(e.ino),
                         next,
                         &e.name,
                         &ttl(a.ino),
-                        &attr(a),
+                        &fa,
                         Generation(a.generation),
                     );
-                    if !full && !e.cipher_name.is_empty() {
+                    if !full && !unsettled && !e.cipher_name.is_empty() {
                         self.reclaim.seen(&self.vfs, ino.0, a);
                     }
                     !full

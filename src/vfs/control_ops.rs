@@ -115,6 +115,7 @@ impl Vfs {
                 kind: kind(e.kind),
                 name: e.name.into(),
                 cipher_name: Default::default(),
+                size_may_lag: false,
             })
             .collect())
     }

@@ -30,6 +30,10 @@ pub struct DirEntry {
     pub name: OsString,
     /// The entry's name in the cipher directory (empty for `.` and `..`).
     pub cipher_name: OsString,
+    /// A regular file open for writing through the mount (set by `readdirplus` only): with the
+    /// writeback cache the kernel may hold more of it than has reached us, so the size in its
+    /// attributes may be behind the kernel's. See `fuse::KmsFs::readdirplus`.
+    pub size_may_lag: bool,
 }
 
 /// A readdirplus entry: the offset of the entry after it, the entry, its attributes.
@@ -184,7 +188,16 @@ impl Vfs {
                 Err(VfsError::Sys(Errno::NOENT)) => return Ok(true),
                 Err(err) => return Err(err),
             };
-            let e = DirEntry { ino: attr.ino, ..e };
+            let size_may_lag = attr.kind == Kind::File
+                && self
+                    .open_files
+                    .get(&attr.ino)
+                    .is_some_and(|f| f.0.writable_now());
+            let e = DirEntry {
+                ino: attr.ino,
+                size_may_lag,
+                ..e
+            };
             if !emit(next, &e, &attr) {
                 // The kernel did not take it: give its lookup back.
                 self.forget(attr.ino, 1);
@@ -386,6 +399,7 @@ impl Vfs {
             kind,
             name: OsString::from(OsStr::from_bytes(&plain)),
             cipher_name: OsStr::from_bytes(name).to_os_string(),
+            size_may_lag: false,
         }))
     }
 
@@ -430,6 +444,7 @@ fn dot(ino: u64, name: &str) -> DirEntry {
         kind: Kind::Dir,
         name: name.into(),
         cipher_name: OsString::new(),
+        size_may_lag: false,
     }
 }
 

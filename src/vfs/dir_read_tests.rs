@@ -179,3 +179,35 @@ fn the_request_that_ends_a_listing_reads_the_directory_no_more() {
             .expect("unlink");
     }
 }
+
+/// A listing flags a regular file open for writing (its size may be behind the kernel's with
+/// the writeback cache, see `fuse::KmsFs::readdirplus`), and nothing else.
+#[test]
+fn a_listing_flags_files_open_for_writing() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let w = touch(&v, 1, "written");
+    let r = touch(&v, 1, "read");
+    touch(&v, 1, "closed");
+    v.mkdir(1, "sub".as_ref(), 0o755, &caller()).expect("mkdir");
+    let flagged = |v: &Vfs| {
+        let mut out = BTreeSet::new();
+        v.readdirplus_with(1, 0, usize::MAX, |_, e, a| {
+            if !e.cipher_name.is_empty() {
+                v.forget(a.ino, 1);
+            }
+            if e.size_may_lag {
+                out.insert(e.name.to_string_lossy().into_owned());
+            }
+            true
+        })
+        .expect("readdirplus");
+        out
+    };
+    let fw = v.open(w, libc::O_WRONLY).expect("open for writing");
+    let fr = v.open(r, libc::O_RDONLY).expect("open for reading");
+    assert_eq!(flagged(&v), BTreeSet::from(["written".to_string()]));
+    v.release(fw).expect("release");
+    v.release(fr).expect("release");
+    assert!(flagged(&v).is_empty());
+}

@@ -254,6 +254,14 @@ impl OpenFile {
             .store(f.as_raw_fd(), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether the file is open for writing now (taken as yes while a write holds its lock).
+    pub fn writable_now(&self) -> bool {
+        match self.state.try_read() {
+            Ok(st) => st.writable,
+            Err(_) => true,
+        }
+    }
+
     pub fn read_state(&self) -> RwLockReadGuard<'_, FileState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
