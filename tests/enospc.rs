@@ -486,3 +486,64 @@ fn a_sparse_file_fills_a_full_disk_without_damage() {
     assert_fsck_clean(&cipher, &pass);
     drop(back);
 }
+
+/// The audit log is fail-closed, so without room of its own a disk filled with file data would
+/// stop every open at once, reads included. A mount holds room for the log: with the disk full
+/// (filled from outside the mount), files still open and read for thousands of opens, after
+/// which opens fail with EIO (never a record lost); once space is freed they work again, and the
+/// log verifies.
+#[test]
+fn files_still_open_for_a_while_on_a_disk_filled_up() {
+    let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("48m", &[]);
+    let m = Mount::start(&cipher, &mnt, &pass, &[]);
+    let filler = back.0.join("filler");
+    let (mnt2, filler2) = (mnt.clone(), filler.clone());
+    let opened = with_timeout(120, move || {
+        let a: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(mnt2.join("a"), &a).unwrap();
+        let mut f = std::fs::File::create(&filler2).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let e = loop {
+            if let Err(e) = f.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        drop(f);
+        // Writing through the mount fails for lack of space: the disk is full.
+        let w = std::fs::write(mnt2.join("b"), vec![1u8; 1 << 20]);
+        assert!(w.is_err(), "a 1 MiB file was stored on a full disk");
+        let _ = std::fs::remove_file(mnt2.join("b"));
+        let mut opened = 0u32;
+        let last = loop {
+            match std::fs::read(mnt2.join("a")) {
+                Ok(got) => assert!(got == a, "a read back wrong after {opened} opens"),
+                Err(e) => break Some(e),
+            }
+            opened += 1;
+            if opened == 40_000 {
+                break None;
+            }
+        };
+        if let Some(e) = last {
+            // Fail-closed once the room is used up: the open is refused, not unaudited.
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        }
+        std::fs::remove_file(&filler2).unwrap();
+        // Space again: opens work, and so do writes.
+        assert_eq!(std::fs::read(mnt2.join("a")).unwrap(), a);
+        std::fs::write(mnt2.join("c"), b"after").unwrap();
+        opened
+    });
+    m.unmount();
+    // ~1.3 KB of records per open and close: 16 MiB is ~12,900 of them, so more than 14,000
+    // means the log went on past its segment's 16 MiB into the room held beyond (19,441 seen).
+    assert!(
+        opened >= 14_000,
+        "only {opened} opens on the full disk before they failed"
+    );
+    let o = kms(&["audit", "verify"], &cipher, &pass);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_fsck_clean(&cipher, &pass);
+    drop(back);
+}

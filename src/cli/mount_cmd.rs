@@ -362,6 +362,9 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             .hint("kmsfs refuses to mount without a writable audit log (fail-closed)")
         })?,
     );
+    // Room on the disk for the log, so that a disk filled with file data still lets files be
+    // opened (and copied off) for a while: the log is fail-closed.
+    audit.hold_room();
     run_maintenance(&km, &audit);
     let km_for_thread = km.clone();
     raise_fd_limit();

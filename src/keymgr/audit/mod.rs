@@ -23,6 +23,7 @@
 
 mod record;
 mod retention;
+mod room;
 mod verify;
 mod writer;
 

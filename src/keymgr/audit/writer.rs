@@ -121,6 +121,8 @@ pub(super) struct Inner {
     /// Reused by every write.
     bufs: Buffers,
     nonces: Nonces,
+    /// The room held on the disk for the segment being written (see [`super::room`]).
+    room: super::room::Room,
 }
 
 /// The buffers of one write: a record's JSON (wiped after each write), an entry's bytes and
@@ -592,6 +594,7 @@ impl AuditLog {
                 intact: Default::default(),
                 bufs: Buffers::default(),
                 nonces: Nonces::default(),
+                room: Default::default(),
             }),
             subscriber: std::sync::OnceLock::new(),
             later: Mutex::new(Vec::new()),
@@ -746,8 +749,10 @@ impl AuditLog {
         let main_seq = match r {
             Ok(s) => s,
             Err(e) => {
-                // Cut a partial entry off, so the next one does not share its line.
+                // Cut a partial entry off, so the next one does not share its line (which lets
+                // the room held beyond the size go too).
                 let _ = g.file.set_len(g.bytes);
+                g.room.held = false;
                 let mut q = self.later.lock().unwrap_or_else(|p| p.into_inner());
                 later.append(&mut q);
                 *q = later;
@@ -866,8 +871,8 @@ impl AuditLog {
         if g.since_checkpoint >= CHECKPOINT_EVERY {
             self.checkpoint_locked(g, "periodic")?;
         }
-        if g.bytes >= SEGMENT_BYTES {
-            self.roll_locked(g)?;
+        if g.bytes >= SEGMENT_BYTES && g.bytes >= g.room.retry_at {
+            self.roll_locked(g, true)?;
         }
         Ok(())
     }
@@ -891,10 +896,32 @@ impl AuditLog {
     /// Closes the current segment with a checkpoint and continues in a new one.
     pub fn start_new_segment(&self) -> io::Result<()> {
         let mut g = self.lock();
-        self.roll_locked(&mut g)
+        self.roll_locked(&mut g, false)
     }
 
-    fn roll_locked(&self, g: &mut Inner) -> io::Result<()> {
+    /// Holds room on the disk for the log from now on (a mount: see [`super::room`]). Best
+    /// effort: without room (a full disk, a file system that cannot allocate ahead) the log
+    /// goes on as before, and the next segment tries again.
+    pub fn hold_room(&self) {
+        let mut g = self.lock();
+        g.room.wanted = true;
+        g.room.held = match super::room::hold(&g.file) {
+            Ok(h) => h == super::room::Held::Yes,
+            Err(e) => {
+                tracing::warn!(
+                    "audit log: no room could be held ahead of segment {} ({e}): on a full \
+                     disk opens and creates fail with EIO at once",
+                    g.segment
+                );
+                false
+            }
+        };
+    }
+
+    /// Closes the segment being written and goes on in the next one. With `may_stay` (a roll
+    /// because the segment is full), a next segment that cannot be given its room while this
+    /// one still holds some leaves the log in this one (see [`super::room`]).
+    fn roll_locked(&self, g: &mut Inner, may_stay: bool) -> io::Result<()> {
         // The new file first: if it cannot be made (no inode left), the log goes on in the
         // current one (with its number, no segment-end checkpoint written) and the next append
         // tries again.
@@ -903,6 +930,24 @@ impl AuditLog {
             .checked_add(1)
             .ok_or_else(|| io::Error::other("audit segment numbers exhausted"))?;
         let file = open_segment(&self.dir, next)?;
+        let held = match g.room.wanted.then(|| super::room::hold(&file)) {
+            None => false,
+            Some(Ok(h)) => h == super::room::Held::Yes,
+            Some(Err(e)) if may_stay && g.room.held && g.bytes < super::room::ROOM => {
+                drop(file);
+                let _ = fs::remove_file(self.dir.join(segment_name(next)));
+                g.room.retry_at = g.bytes + super::room::RETRY_EVERY;
+                tracing::error!(
+                    "audit log: no room for segment {next} ({e}): the log goes on in the room \
+                     held in segment {} ({} KiB left); once that is used up, opens and creates \
+                     fail with EIO until space is freed",
+                    g.segment,
+                    super::room::ROOM.saturating_sub(g.bytes) >> 10
+                );
+                return Ok(());
+            }
+            Some(Err(_)) => false,
+        };
         let before = g.last_checkpoint;
         let closed = self.checkpoint_locked(g, "segment-end");
         if closed.is_err() && g.last_checkpoint == before {
@@ -913,7 +958,12 @@ impl AuditLog {
         }
         // The segment-end line is written (made durable or not): the log goes on in the next.
         g.segment = next;
-        g.file = file;
+        let old = std::mem::replace(&mut g.file, file);
+        if g.room.held {
+            let _ = super::room::let_go(&old);
+        }
+        g.room.held = held;
+        g.room.retry_at = 0;
         g.bytes = 0;
         closed?;
         File::open(&self.dir)?.sync_all()?;
@@ -1070,7 +1120,13 @@ impl AuditLog {
 
     /// The clean end of a session.
     pub fn close(&self) -> io::Result<()> {
-        self.checkpoint("unmount")
+        let r = self.checkpoint("unmount");
+        let mut g = self.lock();
+        if g.room.held {
+            let _ = super::room::let_go(&g.file);
+        }
+        g.room = Default::default();
+        r
     }
 }
 
