@@ -3508,6 +3508,9 @@ touch -d '2001-02-03 04:05:06' mine; echo "touch $?"; stat -c 'mine %Y' mine
 touch -d '2001-02-03 04:05:06' rootfile 2>&1; echo "touch root's file $?"
 setfattr -n user.x -v y mine; echo "setxattr $?"; getfattr --only-values -n user.x mine; echo
 setfattr -n user.x -v y rootfile 2>&1; echo "setxattr root's file $?"
+chmod 4755 mine; perl -e 'chown(-1, -1, "mine") or exit 1'; echo "own chown -1 -1 $?"
+stat -c 'mine after own chown -1 -1 %a' mine
+perl -e 'chown(-1, -1, "../rootsuid")'; stat -c 'root suid after chown -1 -1 %a' ../rootsuid
 rm -r mydir mylink myfifo mine; echo "cleanup $?"
 "#;
 
@@ -3532,6 +3535,9 @@ fn non_root_caller_owns_what_it_creates_and_meets_permissions() {
         fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(root.join("public"), b"pub\n").unwrap();
         fs::write(root.join("shared/rootfile"), b"r").unwrap();
+        // Another user's chown(f, -1, -1) keeps root's set-user-id (EPERM on ext4).
+        fs::write(root.join("rootsuid"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(root.join("rootsuid"), fs::Permissions::from_mode(0o4755)).unwrap();
         let out = as_nobody(root, NOBODY_SCRIPT);
         assert!(
             out.contains("create 0") && out.contains("cleanup 0"),

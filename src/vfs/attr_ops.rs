@@ -227,12 +227,28 @@ impl Vfs {
     /// A SETATTR that sets nothing: `chown(f, -1, -1)` (the kernel passes neither id on, with
     /// the writeback cache only its change time), or the kernel's own request to drop a file's
     /// privileges before a write by a process without CAP_FSETID (the WRITE after it carries
-    /// the flag as well). As on a local file system the change time moves, and a file other
-    /// than a directory loses set-user-id, and set-group-id where it is group-executable (or
-    /// the caller is not in its group and not root), whoever the caller is (as on ext4): the C
-    /// pjdfstest checks this on Linux (chown/00.t), and it was left undone.
+    /// the flag as well). As on a local file system the change time moves, and when the caller
+    /// owns it a file other than a directory loses set-user-id, and set-group-id where it is
+    /// group-executable (or the caller is not in its group): the C pjdfstest checks this on
+    /// Linux (chown/00.t). Another user's request clears nothing: on ext4 that chown fails
+    /// with EPERM (clearing the bits is a mode change, the owner's), but the two requests look
+    /// alike here and a write must not fail, so it succeeds and leaves the bits; a write by
+    /// that user clears them through its WRITE (found by a review: any user could strip
+    /// set-user-id from anyone's program).
     fn chown_without_ids(&self, node: &super::inode::Node, caller: Option<&Caller>) -> Result<()> {
-        let root = caller.is_none_or(|c| c.uid == 0);
+        let other = match caller.filter(|c| c.uid != 0) {
+            Some(c) if node.kind == Kind::File => {
+                let st = rustix::fs::statat(&node.fd, "", AtFlags::EMPTY_PATH)?;
+                let privileged = st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+                (st.st_uid != c.uid && privileged).then_some(st.st_mode & 0o7777)
+            }
+            _ => None,
+        };
+        if let Some(mode) = other {
+            // The change time only: a chmod to the mode it has (the backing chown would drop
+            // the bits, as a chown does on Linux whoever asks).
+            return chmod_node(node, mode);
+        }
         // The backing file system's chown(-1, -1) as root: the change time, and the bits by the
         // same rule for a caller with CAP_FSETID.
         crate::fault::check("chown")?;
@@ -243,7 +259,7 @@ impl Vfs {
             None,
             AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
         )?;
-        if !root {
+        if caller.is_some_and(|c| c.uid != 0) {
             self.kill_suidgid_node(node, caller)?;
         }
         Ok(())
