@@ -90,6 +90,33 @@ fn unlock_flags_are_taken_after_the_subcommand_too() {
     // Still one source of the passphrase: a second one after the subcommand is refused.
     let o = run(&["list", "--recovery-key"]);
     assert_eq!(code_of(&o), code::USAGE, "{}", text(&o.stderr));
+    // ... and so is one on the other side of it (clap checks conflicts on one side only: the
+    // second source was ignored, exit 0, or asked for at the terminal).
+    for (before, after) in [
+        (vec!["--passfile", "P"], vec!["--extpass", "false"]),
+        (vec!["--passfile", "P"], vec!["--recovery-key"]),
+        (vec!["--recovery-key-file", "P"], vec!["--passfile", "P"]),
+    ] {
+        let p = v.passfile.to_str().unwrap();
+        let fill = |a: Vec<&'static str>| a.into_iter().map(|x| if x == "P" { p } else { x });
+        let o = out({
+            let mut c = k(60);
+            c.arg("key").arg(&v.cipher).args(fill(before.clone()));
+            c.arg("list").args(fill(after.clone()));
+            c
+        });
+        assert_eq!(
+            code_of(&o),
+            code::USAGE,
+            "{before:?} {after:?}: {}",
+            text(&o.stderr)
+        );
+        assert!(
+            text(&o.stderr).contains("cannot be used together"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
     // `kmsfs grant` takes --volume after its subcommand as `kmsfs policy` does, and says so
     // when it is missing.
     let grant = |vol: bool| {

@@ -75,9 +75,31 @@ fn non_empty(p: Passphrase) -> Result<Passphrase, CliError> {
     }
 }
 
+/// The unlock flags are global (accepted before and after the subcommand), and clap checks
+/// their conflicts only among flags given on the same side.
+fn conflict(given: &[(&str, bool)]) -> Result<(), CliError> {
+    let set: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+    if set.len() > 1 {
+        return Err(CliError::new(
+            code::USAGE,
+            format!("{} cannot be used together", set.join(" and ")),
+        )
+        .hint("give one way to unlock the volume"));
+    }
+    Ok(())
+}
+
 impl SecretSource {
+    fn check(&self) -> Result<(), CliError> {
+        conflict(&[
+            ("--passfile", self.passfile.is_some()),
+            ("--extpass", self.extpass.is_some()),
+        ])
+    }
+
     /// A passphrase for unlocking.
     pub fn passphrase(&self, what: &str) -> Result<Passphrase, CliError> {
+        self.check()?;
         let p = match (&self.passfile, &self.extpass) {
             (Some(f), _) => read_passfile(f)?,
             (None, Some(c)) => run_extpass(c)?,
@@ -88,6 +110,7 @@ impl SecretSource {
 
     /// A new passphrase: from a file/command, or asked twice at the terminal.
     pub fn new_passphrase(&self, what: &str) -> Result<Passphrase, CliError> {
+        self.check()?;
         if self.passfile.is_some() || self.extpass.is_some() {
             return self.passphrase(what);
         }
@@ -110,6 +133,12 @@ pub struct UnlockSource {
 
 impl UnlockSource {
     pub fn get(&self) -> Result<Unlock, CliError> {
+        conflict(&[
+            ("--passfile", self.secret.passfile.is_some()),
+            ("--extpass", self.secret.extpass.is_some()),
+            ("--recovery-key", self.recovery_key),
+            ("--recovery-key-file", self.recovery_key_file.is_some()),
+        ])?;
         if let Some(f) = &self.recovery_key_file {
             let s = Zeroizing::new(std::fs::read_to_string(f).map_err(|e| {
                 input_err(format!(
