@@ -30,10 +30,11 @@ use crate::vfs::{Attr, Caller, Kind, SetAttr, SetTime, Vfs, VfsError, WriteFrom,
 const TTL: Duration = Duration::from_secs(30);
 /// Largest read/write request we ask the kernel for.
 const MAX_WRITE: u32 = 1 << 20;
-/// The protocol minor version (Linux 5.4) from which the kernel checks the attributes it is
-/// given and refuses to cache an entry with an impossible size ("fuse: verify attributes",
-/// Linux 5.4.3 and 5.5; see `readdirplus`).
-const INVALID_ATTRS_REFUSED_SINCE: u32 = 31;
+/// A protocol minor version whose kernels all check the attributes they are given and refuse
+/// to cache an entry with an impossible size ("fuse: verify attributes": Linux 5.5, and 5.4.3
+/// by a stable backport; see `readdirplus`). 7.31 is Linux 5.4, whose first releases lack the
+/// check (the size would become -1), so 7.33 (FUSE_HANDLE_KILLPRIV_V2, Linux 5.11).
+const INVALID_ATTRS_REFUSED_SINCE: u32 = 33;
 /// A size no file can have (over `i64::MAX`).
 const IMPOSSIBLE_SIZE: u64 = u64::MAX;
 
