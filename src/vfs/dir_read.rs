@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
@@ -182,17 +183,21 @@ impl Vfs {
             if named >= limit {
                 return Ok(false);
             }
+            let closed = self.writers_closed.load(Ordering::SeqCst);
             let (node, attr) = match self.intern_found(&dir, &e.cipher_name, &e.name) {
                 Ok(found) => found,
                 // Gone since it was read: leave it out.
                 Err(VfsError::Sys(Errno::NOENT)) => return Ok(true),
                 Err(err) => return Err(err),
             };
+            // Open for writing now, or closed by its last writer since the stat began (its
+            // size may be from before the last write-back: found by a review).
             let size_may_lag = attr.kind == Kind::File
-                && self
+                && (self
                     .open_files
                     .get(&attr.ino)
-                    .is_some_and(|f| f.0.writable_now());
+                    .is_some_and(|f| f.0.writable_now())
+                    || self.writers_closed.load(Ordering::SeqCst) != closed);
             let e = DirEntry {
                 ino: attr.ino,
                 size_may_lag,

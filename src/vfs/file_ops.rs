@@ -195,6 +195,11 @@ impl Vfs {
         if let Entry::Occupied(mut e) = self.open_files.entry(ino) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {
+                if e.get().0.writable_now() {
+                    // Before the state goes: a listing that no longer finds it sees this.
+                    self.writers_closed
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 // Counts of holes settled while no other open can make a second state for the
                 // file (it would read blocks being rewritten), and before the time goes back.
                 e.get().0.settle();

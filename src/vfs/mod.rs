@@ -131,6 +131,10 @@ pub struct Vfs {
     dir_cursors: dir_read::Cursors,
     /// One shared content state per open inode, with its handle count.
     open_files: DashMap<u64, (Arc<OpenFile>, usize)>,
+    /// How many files open for writing have been closed everywhere (counted before the state
+    /// goes from `open_files`): a listing that sees it move while it reads an entry cannot
+    /// tell whether the size it read was the last writer's (see `readdirplus`).
+    writers_closed: AtomicU64,
     /// When an entry was last removed ([`inode::coarse_now_ms`]; 0: never): a write short of
     /// space shortly after waits for its blocks (`unlinked.rs`).
     removed_at: AtomicU64,
@@ -263,6 +267,7 @@ impl Vfs {
             handles: DashMap::new(),
             dir_cursors: Default::default(),
             open_files: DashMap::new(),
+            writers_closed: AtomicU64::new(0),
             removed_at: AtomicU64::new(0),
             markers: Default::default(),
             session_flag: Default::default(),
