@@ -551,6 +551,9 @@ impl Vfs {
             && self.wait_for_removed()
         {
             r = f.write(offset, data, append, cached);
+            if r.is_ok() && cached {
+                f.writeback_retried();
+            }
         }
         if let Err(e) = r {
             if cached {

@@ -699,9 +699,14 @@ fn a_punch_that_fills_the_list_of_counts_to_settle_does_not_settle_before_it_pun
 fn only_a_failed_write_back_short_of_room_turns_holes_off() {
     // The backing blocks of 64 MiB past a one-block file.
     let far = 64 << 20;
-    let extended_sparse = |v: &Vfs, fail: Option<(rustix::io::Errno, bool)>| {
-        let a = write_file(v, &format!("f{}", failure_name(&fail)), b"x");
+    let extended_sparse = |v: &Vfs, fail: Option<(rustix::io::Errno, bool)>, removed: bool| {
+        let a = write_file(v, &format!("f{}{removed}", failure_name(&fail)), b"x");
         let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+        if removed {
+            // A file removed a moment ago: a write short of room is tried once more.
+            write_file(v, "gone", b"g");
+            v.unlink(1, "gone".as_ref()).expect("unlink");
+        }
         if let Some((errno, cached)) = fail {
             crate::fault::arm(1, errno);
             let from = if cached {
@@ -711,7 +716,7 @@ fn only_a_failed_write_back_short_of_room_turns_holes_off() {
             };
             let r = v.write_from(fh, 3 * B, &[7; 100], from);
             crate::fault::disarm();
-            assert!(r.is_err(), "the injected failure");
+            assert_eq!(r.is_err(), !removed, "the injected failure");
         }
         // Through the same handle, as the kernel sends it: a write far past the end.
         v.write(fh, far, b"end").expect("far write");
@@ -719,20 +724,34 @@ fn only_a_failed_write_back_short_of_room_turns_holes_off() {
         let blocks = std::fs::metadata(cipher_path(v, a)).expect("stat").blocks() * 512;
         let mut want = vec![b'x'];
         want.resize(far as usize, 0);
+        if removed {
+            want[3 * B as usize..3 * B as usize + 100].fill(7);
+        }
         want.extend_from_slice(b"end");
         assert!(read_all(v, a) == want, "content ({fail:?})");
         blocks < 1 << 20
     };
     let (_t, dir) = new_volume_with(true);
     let v = open(&dir);
-    assert!(extended_sparse(&v, None));
+    let (nospc, cached) = (rustix::io::Errno::NOSPC, true);
+    assert!(extended_sparse(&v, None, false));
     // A write the caller was told of (no writeback cache, O_DIRECT): it may go on past it.
-    assert!(extended_sparse(&v, Some((rustix::io::Errno::NOSPC, false))));
+    assert!(extended_sparse(&v, Some((nospc, false)), false));
     // Past the largest size the disk takes: every later page would be refused as well.
-    assert!(extended_sparse(&v, Some((rustix::io::Errno::FBIG, true))));
+    assert!(extended_sparse(
+        &v,
+        Some((rustix::io::Errno::FBIG, cached)),
+        false
+    ));
     // A write-back short of room: the pages after it must not land after a gap of holes.
-    assert!(!extended_sparse(&v, Some((rustix::io::Errno::NOSPC, true))));
-    assert!(!extended_sparse(&v, Some((rustix::io::Errno::IO, true))));
+    assert!(!extended_sparse(&v, Some((nospc, cached)), false));
+    assert!(!extended_sparse(
+        &v,
+        Some((rustix::io::Errno::IO, cached)),
+        false
+    ));
+    // ... unless it succeeded when tried again once removed files were let go.
+    assert!(extended_sparse(&v, Some((nospc, cached)), true));
 }
 
 fn failure_name(fail: &Option<(rustix::io::Errno, bool)>) -> String {

@@ -154,7 +154,8 @@ pub struct OpenFile {
     write_failed: std::sync::atomic::AtomicBool,
     /// A write the kernel sent from its page cache failed short of room or by an I/O error:
     /// extensions store encrypted zeros instead of holes from now on (see `extend_with_holes`).
-    holes_refused: std::sync::atomic::AtomicBool,
+    /// A count: a failure short of room that succeeds when tried again takes its own back.
+    holes_refused: std::sync::atomic::AtomicU32,
     /// Writes the kernel sent from its page cache (writeback) that failed, and the errno of
     /// the last (see `Vfs::take_write_error`).
     wb_failures: std::sync::atomic::AtomicU64,
@@ -435,8 +436,19 @@ impl OpenFile {
     fn note_writeback_error(&self, errno: i32) {
         if errno != libc::EFBIG {
             self.holes_refused
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// A write the kernel sent from its page cache that failed short of room (and refused
+    /// holes, see `note_writeback_error`) succeeded when tried again: its refusal goes (found
+    /// by a review: a moment short of room, while removed files were let go, turned holes off
+    /// for the rest of the open).
+    pub fn writeback_retried(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .holes_refused
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Whether extensions must store encrypted zeros instead of holes (see
@@ -444,6 +456,7 @@ impl OpenFile {
     pub fn holes_refused(&self) -> bool {
         self.holes_refused
             .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
     }
 
     /// Records that a write of `len` bytes the kernel sent from its page cache failed with
