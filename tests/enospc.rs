@@ -533,6 +533,10 @@ fn files_still_open_for_a_while_on_a_disk_filled_up() {
         // Space again: opens work, and so do writes.
         assert_eq!(std::fs::read(mnt2.join("a")).unwrap(), a);
         std::fs::write(mnt2.join("c"), b"after").unwrap();
+        // ~13 MiB more of records: the log (~25 MiB in segment 1) passes 32 MiB.
+        for _ in 0..10_000 {
+            std::fs::read(mnt2.join("a")).unwrap();
+        }
         opened
     });
     m.unmount();
@@ -542,6 +546,18 @@ fn files_still_open_for_a_while_on_a_disk_filled_up() {
         opened >= 14_000,
         "only {opened} opens on the full disk before they failed"
     );
+    let o = kms(&["audit", "verify"], &cipher, &pass);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // The segment that went on into its room (~25 MiB) is no sign of tampering to a size limit
+    // (which took a closed segment over 20 MiB for one, and removed nothing): applied at the
+    // next mount, it removes that segment.
+    let seg1 = cipher.join(".kmsfs/audit/seg-00000001.log");
+    let len = std::fs::metadata(&seg1).unwrap().len();
+    assert!(len > 20 << 20, "segment 1 is only {len} bytes");
+    let o = kms(&["audit", "retention", "--max-size", "32M"], &cipher, &pass);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Mount::start(&cipher, &mnt, &pass, &[]).unmount();
+    assert!(!seg1.exists(), "the size limit removed nothing");
     let o = kms(&["audit", "verify"], &cipher, &pass);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     assert_fsck_clean(&cipher, &pass);

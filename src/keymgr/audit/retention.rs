@@ -166,8 +166,9 @@ impl Expiry {
 }
 
 /// The most a closed segment is ever written to: it is closed once past [`SEGMENT_BYTES`], after
-/// the write that took it there (a batch of records) and its segment-end checkpoint.
-const CLOSED_MAX: u64 = SEGMENT_BYTES + (4 << 20);
+/// the write that took it there (a batch of records) and its segment-end checkpoint, or, on a
+/// full disk, once past the room a mount held for it (see `room`).
+const CLOSED_MAX: u64 = super::room::ROOM + (4 << 20);
 
 /// What tells a segment file unchanged without reading it: any write moves its change time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
