@@ -497,7 +497,7 @@ fn files_still_open_for_a_while_on_a_disk_filled_up() {
     let (_t, back, cipher, mnt, pass) = volume_on_tmpfs("48m", &[]);
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
     let filler = back.0.join("filler");
-    let (mnt2, filler2) = (mnt.clone(), filler.clone());
+    let (mnt2, filler2, cipher2) = (mnt.clone(), filler.clone(), cipher.clone());
     let opened = with_timeout(120, move || {
         let a: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(mnt2.join("a"), &a).unwrap();
@@ -529,6 +529,10 @@ fn files_still_open_for_a_while_on_a_disk_filled_up() {
             // Fail-closed once the room is used up: the open is refused, not unaudited.
             assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
         }
+        // The log stayed in its one segment: no next one was made for want of room (an empty
+        // segment after one never closed would read as the log cut short).
+        let next = cipher2.join(".kmsfs/audit/seg-00000002.log");
+        assert!(!next.exists(), "a second segment on the full disk");
         std::fs::remove_file(&filler2).unwrap();
         // Space again: opens work, and so do writes.
         assert_eq!(std::fs::read(mnt2.join("a")).unwrap(), a);

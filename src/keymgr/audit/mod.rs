@@ -98,6 +98,12 @@ pub fn parse_segment_name(s: &str) -> Option<u64> {
 /// sparse terabyte) cannot make the mount or `verify` read without end.
 pub const SEGMENT_READ_MAX: u64 = 4 * SEGMENT_BYTES;
 
+/// The most the writer ever writes to a segment: one whose rolls keep failing (no room for its
+/// segment-end checkpoint, no inode for the next one) goes on to here and then refuses
+/// records, so that it stays readable as a whole (and within what retention takes for
+/// untouched).
+pub const SEGMENT_WRITE_MAX: u64 = SEGMENT_BYTES + (SEGMENT_READ_MAX - SEGMENT_BYTES) / 2;
+
 /// Opens `path` for reading if it is a regular file (not followed if a symlink, not waited on
 /// if a FIFO: whoever can write the directory may have put either there); `InvalidData` says
 /// what else it is.

@@ -166,9 +166,10 @@ impl Expiry {
 }
 
 /// The most a closed segment is ever written to: it is closed once past [`SEGMENT_BYTES`], after
-/// the write that took it there (a batch of records) and its segment-end checkpoint, or, on a
-/// full disk, once past the room a mount held for it (see `room`).
-const CLOSED_MAX: u64 = super::room::ROOM + (4 << 20);
+/// the write that took it there (a batch of records) and its segment-end checkpoint; on a full
+/// disk once past the room a mount held for it (see `room`), and never past
+/// [`super::SEGMENT_WRITE_MAX`], where the writer refuses records.
+const CLOSED_MAX: u64 = super::SEGMENT_WRITE_MAX;
 
 /// What tells a segment file unchanged without reading it: any write moves its change time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,11 +4,13 @@
 //! room of its own, a disk filled by file data would therefore stop every open at once, reads
 //! included, and leave nothing to copy files off with. So a mount allocates the segment it
 //! writes up to [`ROOM`] bytes ahead (fallocate `KEEP_SIZE`: the file's size, and so every
-//! reader, sees only the records), and holds on to it while the disk is full: when the next
-//! segment cannot be given its room, the log goes on in the current one, into the room held
-//! beyond [`SEGMENT_BYTES`] (about 11,000 opens), and tries the roll again every
-//! [`RETRY_EVERY`] bytes. A closed segment, and the current one at a clean unmount, let
-//! their unused room go (ftruncate to their own size).
+//! reader, sees only the records), and holds on to it while the disk is full: when the disk has
+//! no room to spare for the next segment ([`free_for_room`]: it is asked first, so that a
+//! failing allocation never takes the last free blocks from other writers for a moment), the
+//! log goes on in the current one, into the room held beyond [`SEGMENT_BYTES`] (about 11,000
+//! opens), and asks again every [`RETRY_EVERY`] bytes. A new segment gets its room once it is
+//! the log's (after the closing checkpoint of the one before). A closed segment, and the current
+//! one at a clean unmount, let their unused room go (ftruncate to their own size).
 
 use std::fs::File;
 use std::io;
@@ -31,6 +33,27 @@ pub(super) struct Room {
     pub(super) held: bool,
     /// A roll that found no room for the next segment is tried again at this length.
     pub(super) retry_at: u64,
+}
+
+/// Free space the disk must have beyond a segment's room before the room is taken.
+const SPARE: u64 = SEGMENT_BYTES / 2;
+
+/// `Ok` if the file system under `dir` has room for a segment's and [`SPARE`] besides (what
+/// an unprivileged writer may use: `f_bavail`); the error says what it has.
+pub(super) fn free_for_room(dir: &std::path::Path) -> io::Result<()> {
+    let st = rustix::fs::statvfs(dir)?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < ROOM + SPARE {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{} MiB free, {} MiB wanted",
+                free >> 20,
+                (ROOM + SPARE) >> 20
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What allocating a segment's room gave.

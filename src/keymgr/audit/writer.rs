@@ -731,9 +731,8 @@ impl AuditLog {
         // The records in plaintext (paths, names) do not stay in the buffer.
         b.json.zeroize();
         // A segment that cannot be closed (its rolls failing) must stay readable as a whole.
-        let room = super::SEGMENT_READ_MAX - SEGMENT_BYTES;
         let encoded = encoded.and_then(|s| {
-            if g.bytes + b.out.len() as u64 > SEGMENT_BYTES + room / 2 {
+            if g.bytes + b.out.len() as u64 > super::SEGMENT_WRITE_MAX {
                 Err(io::Error::other(
                     "the audit segment cannot be closed (its segment-end checkpoint or the next \
                      segment file could not be written)",
@@ -905,17 +904,22 @@ impl AuditLog {
     pub fn hold_room(&self) {
         let mut g = self.lock();
         g.room.wanted = true;
-        g.room.held = match super::room::hold(&g.file) {
+        g.room.held = self.hold_current(&mut g);
+    }
+
+    /// Holds room for the segment being written if the disk has it to spare; whether it does.
+    fn hold_current(&self, g: &mut Inner) -> bool {
+        match super::room::free_for_room(&self.dir).and_then(|()| super::room::hold(&g.file)) {
             Ok(h) => h == super::room::Held::Yes,
             Err(e) => {
                 tracing::warn!(
-                    "audit log: no room could be held ahead of segment {} ({e}): on a full \
-                     disk opens and creates fail with EIO at once",
+                    "audit log: no room held ahead of segment {} ({e}): on a full disk opens \
+                     and creates fail with EIO",
                     g.segment
                 );
                 false
             }
-        };
+        }
     }
 
     /// Closes the segment being written and goes on in the next one. With `may_stay` (a roll
@@ -929,13 +933,11 @@ impl AuditLog {
             .segment
             .checked_add(1)
             .ok_or_else(|| io::Error::other("audit segment numbers exhausted"))?;
-        let file = open_segment(&self.dir, next)?;
-        let held = match g.room.wanted.then(|| super::room::hold(&file)) {
-            None => false,
-            Some(Ok(h)) => h == super::room::Held::Yes,
-            Some(Err(e)) if may_stay && g.room.held && g.bytes < super::room::ROOM => {
-                drop(file);
-                let _ = fs::remove_file(self.dir.join(segment_name(next)));
+        // On a disk without room for the next segment's, the log stays in this one while it
+        // holds room (see `room`): asked of the file system, nothing is made or taken for it.
+        if may_stay && g.room.wanted && g.room.held && g.bytes < super::room::ROOM {
+            let free = super::room::free_for_room(&self.dir);
+            if let Err(e) = free {
                 g.room.retry_at = g.bytes + super::room::RETRY_EVERY;
                 tracing::error!(
                     "audit log: no room for segment {next} ({e}): the log goes on in the room \
@@ -946,8 +948,8 @@ impl AuditLog {
                 );
                 return Ok(());
             }
-            Some(Err(_)) => false,
-        };
+        }
+        let file = open_segment(&self.dir, next)?;
         let before = g.last_checkpoint;
         let closed = self.checkpoint_locked(g, "segment-end");
         if closed.is_err() && g.last_checkpoint == before {
@@ -959,10 +961,12 @@ impl AuditLog {
         // The segment-end line is written (made durable or not): the log goes on in the next.
         g.segment = next;
         let old = std::mem::replace(&mut g.file, file);
-        if g.room.held {
-            let _ = super::room::let_go(&old);
-        }
-        g.room.held = held;
+        // Whatever the closed segment holds past its records goes back (also room a killed
+        // mount left when an offline command rolls).
+        let _ = super::room::let_go(&old);
+        // The next segment's room once it is the log's (made before, a kill in between would
+        // leave an empty segment after one never closed: read as cut short).
+        g.room.held = g.room.wanted && self.hold_current(g);
         g.room.retry_at = 0;
         g.bytes = 0;
         closed?;
