@@ -3,7 +3,7 @@
 //! The log is fail-closed: an open or create whose record cannot be written is refused. Without
 //! room of its own, a disk filled by file data would therefore stop every open at once, reads
 //! included, and leave nothing to copy files off with. So a mount allocates the segment it
-//! writes up to [`ROOM`] bytes ahead (fallocate `KEEP_SIZE`: the file's size, and so every
+//! writes to [`ROOM`] bytes, whatever it holds yet (fallocate `KEEP_SIZE`: its size, and every
 //! reader, sees only the records), and holds on to it while the disk is full: when the disk has
 //! no room to spare for the next segment ([`free_for_room`]: it is asked first, so that a
 //! failing allocation never takes the last free blocks from other writers for a moment), the
