@@ -464,8 +464,8 @@ impl OpenFile {
     /// `Vfs::take_write_error`).
     pub fn note_writeback_failed(&self, errno: i32, len: usize) {
         use std::sync::atomic::Ordering;
+        // Holes were refused already, by the failed attempt itself (`write`).
         self.note_write_failed();
-        self.note_writeback_error(errno);
         self.wb_errno.store(errno, Ordering::Relaxed);
         self.wb_len.store(len as u64, Ordering::Relaxed);
         self.wb_failures.fetch_add(1, Ordering::Release);

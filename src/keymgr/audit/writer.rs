@@ -935,7 +935,7 @@ impl AuditLog {
             .ok_or_else(|| io::Error::other("audit segment numbers exhausted"))?;
         // On a disk without room for the next segment's, the log stays in this one while it
         // holds room (see `room`): asked of the file system, nothing is made or taken for it.
-        if may_stay && g.room.wanted && g.room.held && g.bytes < super::room::ROOM {
+        if may_stay && g.room.held && g.bytes < super::room::ROOM {
             let free = super::room::free_for_room(&self.dir);
             if let Err(e) = free {
                 g.room.retry_at = g.bytes + super::room::RETRY_EVERY;

@@ -472,19 +472,11 @@ impl OpenFile {
         }
         // The modification and change times move as on a local file system (ext4 moves them
         // for every allocation, also of blocks it had), whether or not a block was written.
-        let now = rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        };
-        let omit = rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        };
-        rustix::fs::futimens(
+        crate::fsutil::set_mtime(
             &st.file,
-            &rustix::fs::Timestamps {
-                last_access: omit,
-                last_modification: now,
+            rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
             },
         )?;
         Ok(())
