@@ -493,6 +493,45 @@ fn killed_right_after_a_segment_roll_goes_on_from_the_last_entry() {
 }
 
 #[test]
+fn killed_between_making_the_next_segment_and_closing_the_last_leaves_no_false_finding() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    {
+        let l = AuditLog::open(&c, keys()).unwrap();
+        for i in 0..5 {
+            l.append(rec(i)).unwrap();
+        }
+        l.sync().unwrap();
+        // Killed in a roll: the next segment made, the segment-end checkpoint not written.
+        std::fs::File::create(seg(&c, 2)).unwrap();
+    }
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    let l = AuditLog::open(&c, keys()).unwrap();
+    assert!(!seg(&c, 2).exists(), "the empty segment is removed");
+    l.append(rec(9)).unwrap();
+    l.start_new_segment().unwrap();
+    l.append(rec(10)).unwrap();
+    l.close().unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    assert_eq!(r.records, 7);
+    assert_eq!(r.chain_starts, 2, "the new log and the unclean shutdown");
+    // Segment 1 closed by its own segment-end checkpoint after the session's entries.
+    let last = verify::decode_lines(&keys(), &std::fs::read(seg(&c, 1)).unwrap())
+        .pop()
+        .unwrap();
+    assert!(writer::ends_segment(&last, 1));
+
+    // A segment still cut short before an empty newest one is reported: the entries after
+    // the segment-end checkpoint of a closed segment are gone.
+    let data = std::fs::read(seg(&c, 2)).unwrap();
+    std::fs::write(seg(&c, 2), &data[..data.len() / 2]).unwrap();
+    std::fs::File::create(seg(&c, 3)).unwrap();
+    assert!(!verify(&c, &keys(), None).unwrap().ok());
+}
+
+#[test]
 fn reading_from_a_place_gives_exactly_what_came_after_it() {
     let (_t, c) = segmented_log();
     let seqs = |v: &[AuditRecord]| v.iter().map(|r| r.seq).collect::<Vec<_>>();

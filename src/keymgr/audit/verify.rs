@@ -365,6 +365,19 @@ pub fn verify_with_progress(
             );
         }
     }
+    // The segment the log goes on in (every one before it is closed): the newest, or the one
+    // before an empty newest one, which a daemon killed in a segment roll leaves (made before
+    // the checkpoint closing the one before it; the next open removes it). Emptying the newest
+    // segment hides no more than deleting it would.
+    let open_seg = match segs.len() {
+        n if n >= 2
+            && std::fs::symlink_metadata(dir.join(segment_name(segs[n - 1])))
+                .is_ok_and(|m| m.is_file() && m.len() == 0) =>
+        {
+            n - 2
+        }
+        n => n.saturating_sub(1),
+    };
     for (i, s) in segs.iter().enumerate() {
         progress(i as u64 + 1, segs.len() as u64);
         let data = match super::read_segment(&dir, *s) {
@@ -384,7 +397,7 @@ pub fn verify_with_progress(
         }
         let mut next_at = 0u64;
         let newlines = data.iter().filter(|b| **b == b'\n').count();
-        let closed = i + 1 < segs.len();
+        let closed = i < open_seg;
         // The reason of the segment's last entry if that is a checkpoint.
         let mut last_reason: Option<String> = None;
         // The writer never writes an empty line (the piece after the last newline is no line):

@@ -353,6 +353,15 @@ struct Resume {
     modified: Option<(u64, String)>,
 }
 
+/// Whether `e` is the segment-end checkpoint of segment `n` (which closes it).
+pub(super) fn ends_segment(e: &Entry, n: u64) -> bool {
+    e.kind == KIND_CHECKPOINT
+        && e.json
+            .as_ref()
+            .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
+            .is_some_and(|c| c.reason == "segment-end" && c.segment == n)
+}
+
 /// Reads where the log in `dir` (segments `segs`) goes on. Only authenticated entries count:
 /// a line anyone can write (no keys needed) must not choose the next sequence number or chain
 /// value, nor whether the last session ended cleanly.
@@ -420,11 +429,7 @@ fn resume(found: &Found<'_>, segs: &[u64]) -> io::Result<Resume> {
     if let Some(e) = entries.last() {
         // Killed between a roll's segment-end checkpoint and the new file: the segment is
         // closed, the log goes on in the next one.
-        let closed = e.kind == KIND_CHECKPOINT
-            && e.json
-                .as_ref()
-                .and_then(|j| serde_json::from_slice::<Checkpoint>(j).ok())
-                .is_some_and(|c| c.reason == "segment-end" && c.segment == n);
+        let closed = ends_segment(e, n);
         return Ok(Resume {
             segment: if modified.is_some() || closed {
                 next_segment(n)?
@@ -441,6 +446,25 @@ fn resume(found: &Found<'_>, segs: &[u64]) -> io::Result<Resume> {
             clean,
             modified,
         });
+    }
+    // Killed in a roll between making the next segment and writing the segment-end checkpoint
+    // of the one before (found by a review): the newest segment is empty and the one before
+    // it does not end closed. Left so, `verify` would read that one as cut short for good;
+    // the empty file goes and the log goes on in the one before. (Emptying the newest segment
+    // gives no one more than deleting it: the checks of the log's end are the same.)
+    if let Some(&p) = older.last()
+        && modified.is_none()
+        && entries.is_empty()
+        && clean
+        && found.entries(p).last().is_some_and(|e| !ends_segment(e, p))
+    {
+        fs::remove_file(dir.join(segment_name(n)))?;
+        File::open(dir)?.sync_all()?;
+        tracing::warn!(
+            "audit log: segment {n} was empty after segment {p}, which was never closed (a \
+             daemon killed in a segment roll): removed, the log goes on in segment {p}"
+        );
+        return resume(found, older);
     }
     // No entry in the newest segment (killed right after a segment roll, or left as found):
     // go on from the newest entry before it, or from the retention base (found by fuzzing:
