@@ -523,12 +523,108 @@ fn killed_between_making_the_next_segment_and_closing_the_last_leaves_no_false_f
         .unwrap();
     assert!(writer::ends_segment(&last, 1));
 
-    // A segment still cut short before an empty newest one is reported: the entries after
-    // the segment-end checkpoint of a closed segment are gone.
+    // Emptying the newest segment hides no more than deleting it: segment 2 cut back on a line
+    // boundary (its closing checkpoint gone) before an empty segment 3 is found through `head`,
+    // before the next open and after it.
     let data = std::fs::read(seg(&c, 2)).unwrap();
-    std::fs::write(seg(&c, 2), &data[..data.len() / 2]).unwrap();
+    let keep = data[..data.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .unwrap()
+        + 1;
+    std::fs::write(seg(&c, 2), &data[..keep]).unwrap();
     std::fs::File::create(seg(&c, 3)).unwrap();
-    assert!(!verify(&c, &keys(), None).unwrap().ok());
+    let head_missing = |c: &std::path::Path| {
+        problems(c)
+            .iter()
+            .any(|p| p.contains("recorded in head") || p.contains("does not reach checkpoint"))
+    };
+    assert!(head_missing(&c), "{:?}", problems(&c));
+    AuditLog::open(&c, keys()).unwrap().close().unwrap();
+    assert!(!seg(&c, 3).exists());
+    assert!(head_missing(&c), "{:?}", problems(&c));
+}
+
+#[test]
+fn an_empty_newest_segment_is_kept_where_no_kill_in_a_roll_explains_it() {
+    // After a closed segment: a roll that was killed after its checkpoint (kept, written to).
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    {
+        let l = AuditLog::open(&c, keys()).unwrap();
+        l.append(rec(1)).unwrap();
+        l.start_new_segment().unwrap();
+    }
+    let l = AuditLog::open(&c, keys()).unwrap();
+    assert!(seg(&c, 2).exists());
+    l.append(rec(2)).unwrap();
+    l.close().unwrap();
+    assert!(std::fs::metadata(seg(&c, 2)).unwrap().len() > 0);
+    assert!(verify(&c, &keys(), None).unwrap().ok());
+
+    // Not right after the segment before it (one deleted between): the gap stays reported,
+    // before and after the next open.
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    {
+        let l = AuditLog::open(&c, keys()).unwrap();
+        l.append(rec(1)).unwrap();
+        l.start_new_segment().unwrap();
+        l.append(rec(2)).unwrap();
+        l.sync().unwrap();
+    }
+    std::fs::remove_file(seg(&c, 2)).unwrap();
+    std::fs::File::create(seg(&c, 3)).unwrap();
+    let gap = |c: &std::path::Path| {
+        problems(c)
+            .iter()
+            .any(|p| p.contains("segment 2 is missing"))
+    };
+    assert!(gap(&c), "{:?}", problems(&c));
+    AuditLog::open(&c, keys()).unwrap().close().unwrap();
+    assert!(seg(&c, 3).exists());
+    assert!(gap(&c), "{:?}", problems(&c));
+
+    // Two empty segments after an unclosed one (a roll right after a roll, killed): the
+    // newest goes, the log goes on in the empty one before it, and verify agrees throughout.
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    {
+        let l = AuditLog::open(&c, keys()).unwrap();
+        l.append(rec(1)).unwrap();
+        l.start_new_segment().unwrap();
+        l.sync().unwrap();
+        std::fs::File::create(seg(&c, 3)).unwrap();
+    }
+    assert!(verify(&c, &keys(), None).unwrap().ok());
+    let l = AuditLog::open(&c, keys()).unwrap();
+    assert!(!seg(&c, 3).exists());
+    l.append(rec(2)).unwrap();
+    l.close().unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+
+    // A torn segment-end line (killed while writing it, the next file made): cut, the empty
+    // file removed, the log goes on in the segment.
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().to_path_buf();
+    {
+        let l = AuditLog::open(&c, keys()).unwrap();
+        l.append(rec(1)).unwrap();
+        l.sync().unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(seg(&c, 1))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"half a checkpoint"))
+        .unwrap();
+    std::fs::File::create(seg(&c, 2)).unwrap();
+    let l = AuditLog::open(&c, keys()).unwrap();
+    assert!(!seg(&c, 2).exists());
+    l.append(rec(2)).unwrap();
+    l.close().unwrap();
+    let r = verify(&c, &keys(), None).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
 }
 
 #[test]

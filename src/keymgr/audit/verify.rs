@@ -371,6 +371,7 @@ pub fn verify_with_progress(
     // segment hides no more than deleting it would.
     let open_seg = match segs.len() {
         n if n >= 2
+            && segs[n - 2].checked_add(1) == Some(segs[n - 1])
             && std::fs::symlink_metadata(dir.join(segment_name(segs[n - 1])))
                 .is_ok_and(|m| m.is_file() && m.len() == 0) =>
         {

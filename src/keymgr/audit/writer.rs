@@ -453,10 +453,11 @@ fn resume(found: &Found<'_>, segs: &[u64]) -> io::Result<Resume> {
     // the empty file goes and the log goes on in the one before. (Emptying the newest segment
     // gives no one more than deleting it: the checks of the log's end are the same.)
     if let Some(&p) = older.last()
+        && p.checked_add(1) == Some(n)
         && modified.is_none()
         && entries.is_empty()
         && clean
-        && found.entries(p).last().is_some_and(|e| !ends_segment(e, p))
+        && !found.entries(p).last().is_some_and(|e| ends_segment(e, p))
     {
         fs::remove_file(dir.join(segment_name(n)))?;
         File::open(dir)?.sync_all()?;
