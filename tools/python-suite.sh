@@ -7,13 +7,13 @@
 # handlers: 31 modules of Debian's test package, extended attributes included (test_os sets
 # 100 per file).
 #
-# The tests are Debian's (`libpython3.X-testsuite`, installed when missing) run by the system's
-# /usr/bin/python3.
+# The tests are Debian's (`libpython3.X-testsuite`, installed when missing and removed again at
+# the end) run by the system's /usr/bin/python3.
 #
 # Run as root: tools/python-suite.sh [TEST ...]    (default: the list below)
 # Env: KMSFS (binary; default: release build), JOBS (default: the number of CPUs), WORK_IN
-#      (where the volume goes; default /var/tmp; test_largefile writes 2.5 GB there, stored in
-#      full: kmsfs keeps no holes).
+#      (where the volume goes; default /var/tmp; test_largefile makes a 2.5 GB file there,
+#      sparse on volumes with holes), KEEP_TESTSUITE=1 (keep the test package it installed).
 # Exit status: 0 when every test passed, 1 otherwise, 2 when the setup failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,10 +35,20 @@ need_root "apt-get, mounting"
 need_command fusermount3 fuse3
 [[ -x $PY ]] || install_pkg python3
 ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || die "$PY does not run"
-"$PY" -c 'import test.test_os' 2>/dev/null || install_pkg "libpython$ver-testsuite"
+# Installed for the run and removed again afterwards (KEEP_TESTSUITE=1 keeps it): it adds ~2,400
+# files under /usr/lib/python3.X, the tree tools/bench-peers.sh times its small-file rows on.
+installed=
+if ! "$PY" -c 'import test.test_os' 2>/dev/null; then
+  install_pkg "libpython$ver-testsuite"
+  [[ -n ${KEEP_TESTSUITE:-} ]] || installed=libpython$ver-testsuite
+fi
 
 kmsfs_binary
 fresh_mount
+if [[ -n $installed ]]; then
+  # fresh_mount's clean-up, then the package.
+  trap 'cd /; unmount -z; rm -rf "$WORK"; apt-get remove -y -qq "$installed" >/dev/null 2>&1' EXIT
+fi
 mkdir "$MNT/tmp" "$MNT/cwd"
 
 if (($# == 0)); then
