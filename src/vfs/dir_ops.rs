@@ -233,6 +233,9 @@ impl Vfs {
         self.create_entry(&dir, &cn, || {
             // Owner write/search while we write the directory id; the final mode follows.
             crate::fault::check("mkdir")?;
+            // Held (shared) until the id is on the new directory: a reader that finds it
+            // without one then (see `heal_dir_id`) waits for it instead of making one.
+            let gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
             rustix::fs::mkdirat(&dir.fd, &cn.entry, Mode::from((mode & 0o7777) | 0o700))?;
             let newd = match rustix::fs::openat(
                 &dir.fd,
@@ -242,6 +245,7 @@ impl Vfs {
             ) {
                 Ok(d) => d,
                 Err(e) => {
+                    drop(gap);
                     // Still empty and ours, removable without a descriptor (EMFILE is the
                     // likely cause), unless the name changed under us (the backing store
                     // touched directly): then leave what is there.
@@ -252,53 +256,55 @@ impl Vfs {
                     return Err(e.into());
                 }
             };
-            let fin = || -> Result<(std::sync::Arc<Node>, Attr)> {
-                let mut made_id = None;
-                if !self.names.plaintext() {
-                    let id = DirId::generate();
-                    made_id = Some(id);
-                    // The copy first: a crash before the file is written leaves a directory the
-                    // mount reads by its copy (and fsck completes), not one without an id.
-                    let copied = crate::fsutil::write_dirid_copy(&newd, id.as_bytes())
-                        .inspect_err(|e| {
-                            tracing::debug!("no copy of the directory id in an xattr: {e}")
-                        })
-                        .is_ok();
-                    crate::fault::check("create")?;
-                    let f = std::fs::File::from(rustix::fs::openat(
-                        &newd,
-                        DIRID_FILE,
-                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                        Mode::from(0o400),
-                    )?);
-                    std::io::Write::write_all(&mut &f, id.as_bytes())?;
-                    // Without the copy (no user xattrs on the backing file system) the file is
-                    // the only id: on disk before anything is named with it (a power loss
-                    // would otherwise leave it empty under entries fsync'd later). The copy,
-                    // where there is one, is in the directory's inode: journaled metadata.
-                    if !copied {
-                        rustix::fs::fdatasync(&f)?;
+            let fin =
+                |gap: std::sync::RwLockReadGuard<'_, ()>| -> Result<(std::sync::Arc<Node>, Attr)> {
+                    let mut made_id = None;
+                    if !self.names.plaintext() {
+                        let id = DirId::generate();
+                        made_id = Some(id);
+                        // The copy first: a crash before the file is written leaves a directory the
+                        // mount reads by its copy (and fsck completes), not one without an id.
+                        let copied = crate::fsutil::write_dirid_copy(&newd, id.as_bytes())
+                            .inspect_err(|e| {
+                                tracing::debug!("no copy of the directory id in an xattr: {e}")
+                            })
+                            .is_ok();
+                        crate::fault::check("create")?;
+                        let f = std::fs::File::from(rustix::fs::openat(
+                            &newd,
+                            DIRID_FILE,
+                            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                            Mode::from(0o400),
+                        )?);
+                        std::io::Write::write_all(&mut &f, id.as_bytes())?;
+                        // Without the copy (no user xattrs on the backing file system) the file is
+                        // the only id: on disk before anything is named with it (a power loss
+                        // would otherwise leave it empty under entries fsync'd later). The copy,
+                        // where there is one, is in the directory's inode: journaled metadata.
+                        if !copied {
+                            rustix::fs::fdatasync(&f)?;
+                        }
                     }
-                }
-                // A directory made in a set-group-id directory inherits the bit (as the backing
-                // mkdir did); the fchmod must not clear it.
-                let mut perm = mode & 0o7777;
-                if rustix::fs::fstat(&dir.fd)?.st_mode & libc::S_ISGID != 0 {
-                    perm |= libc::S_ISGID;
-                }
-                crate::fault::check("chmod")?;
-                rustix::fs::fchmod(&newd, Mode::from(perm))?;
-                self.set_owner(&dir, &newd, caller)?;
-                self.write_inherited(&newd, Kind::Dir, &inh)?;
-                let (node, attr) = self.intern_child(&dir, &cn.entry, name)?;
-                // Its id and the file's are the same, known without reading either.
-                if let Some(id) = made_id {
-                    let _ = node.dir_id.set(id);
-                    let _ = node.dir_id_file.set(None);
-                }
-                Ok((node, attr))
-            };
-            match fin() {
+                    drop(gap);
+                    // A directory made in a set-group-id directory inherits the bit (as the backing
+                    // mkdir did); the fchmod must not clear it.
+                    let mut perm = mode & 0o7777;
+                    if rustix::fs::fstat(&dir.fd)?.st_mode & libc::S_ISGID != 0 {
+                        perm |= libc::S_ISGID;
+                    }
+                    crate::fault::check("chmod")?;
+                    rustix::fs::fchmod(&newd, Mode::from(perm))?;
+                    self.set_owner(&dir, &newd, caller)?;
+                    self.write_inherited(&newd, Kind::Dir, &inh)?;
+                    let (node, attr) = self.intern_child(&dir, &cn.entry, name)?;
+                    // Its id and the file's are the same, known without reading either.
+                    if let Some(id) = made_id {
+                        let _ = node.dir_id.set(id);
+                        let _ = node.dir_id_file.set(None);
+                    }
+                    Ok((node, attr))
+                };
+            match fin(gap) {
                 Ok((_, attr)) => Ok(attr),
                 Err(e) => {
                     let r = self.remove_fresh_dir(&dir, &cn.entry, Some(&newd));

@@ -614,3 +614,79 @@ fn rmdir_and_rename_over_read_only_empty_dir_as_non_root_daemon() {
     ];
     assert_eq!(out, want);
 }
+
+/// A mkdir cut short by a killed daemon (the backing directory made, its id not yet written):
+/// the empty directory gets a new id when first used (listing, creating in it), as
+/// `kmsfs fsck --repair` would give it, instead of EIO until then; read-only, it lists as empty
+/// and is given nothing. A directory holding anything besides an empty id file stays an error.
+#[test]
+fn an_empty_directory_left_without_its_id_gets_a_new_one() {
+    for left in ["no file", "empty file"] {
+        let (_t, d) = new_volume();
+        let v = open(&d);
+        v.mkdir(1, "cut".as_ref(), 0o755, &caller()).unwrap();
+        drop(v);
+        let sub = cipher_subdir(&d);
+        rustix::fs::removexattr(&sub, crate::fsutil::DIRID_XATTR).unwrap();
+        let f = sub.join("kmsfs.dirid");
+        std::fs::remove_file(&f).unwrap();
+        if left == "empty file" {
+            std::fs::write(&f, b"").unwrap();
+        }
+
+        let ro = super::test_support::open_with(
+            &d,
+            super::VfsOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        );
+        let cut = ro.lookup(1, "cut".as_ref()).unwrap().ino;
+        assert_eq!(names(&ro, cut), Vec::<String>::new(), "{left}: read-only");
+        assert!(crate::fsutil::read_dirid_copy(&sub).is_none(), "{left}");
+        drop(ro);
+
+        let v = open(&d);
+        let cut = v.lookup(1, "cut".as_ref()).unwrap().ino;
+        assert_eq!(names(&v, cut), Vec::<String>::new(), "{left}");
+        touch(&v, cut, "new");
+        assert_eq!(names(&v, cut), vec!["new"], "{left}");
+        drop(v);
+        let id = std::fs::read(&f).unwrap();
+        assert_eq!(id.len(), 16, "{left}");
+        assert_eq!(dirid_copy(&sub), id, "{left}");
+        assert_eq!(list_sub_named(&d, "cut"), vec!["new"], "{left}");
+        assert_eq!(fsck_with(&d, Repair::No), Vec::<String>::new(), "{left}");
+    }
+}
+
+/// The same loss of the id in a directory holding a name: nothing is made up (the name was made
+/// under the lost id), every use is an integrity error, and fsck reports it.
+#[test]
+fn a_directory_holding_names_without_its_id_is_not_given_a_new_one() {
+    let (_t, d, _) = volume_with_sub();
+    let sub = cipher_subdir(&d);
+    rustix::fs::removexattr(&sub, crate::fsutil::DIRID_XATTR).unwrap();
+    std::fs::remove_file(sub.join("kmsfs.dirid")).unwrap();
+    let v = open(&d);
+    let s = v.lookup(1, "sub".as_ref()).unwrap().ino;
+    assert!(matches!(v.list_dir(s), Err(super::VfsError::Integrity(_))));
+    assert!(matches!(
+        v.lookup(s, "one".as_ref()),
+        Err(super::VfsError::Integrity(_))
+    ));
+    drop(v);
+    assert!(!sub.join("kmsfs.dirid").exists());
+    assert!(crate::fsutil::read_dirid_copy(&sub).is_none());
+    let problems = fsck_with(&d, Repair::No);
+    assert!(
+        problems.iter().any(|p| p.starts_with("dir-id false")),
+        "{problems:?}"
+    );
+}
+
+fn list_sub_named(d: &Path, name: &str) -> Vec<String> {
+    let v = open(d);
+    let ino = v.lookup(1, name.as_ref()).unwrap().ino;
+    names(&v, ino)
+}

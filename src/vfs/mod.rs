@@ -10,6 +10,7 @@ mod attr_ops;
 mod backing;
 mod control_ops;
 mod dir_ahead;
+mod dir_id_heal;
 mod dir_ops;
 mod dir_read;
 mod error;
@@ -502,7 +503,7 @@ impl Vfs {
         {
             return Ok(*dir.dir_id.get_or_init(|| DirId(id)));
         }
-        let _gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
+        let gap = self.dirid_gap.read().unwrap_or_else(|p| p.into_inner());
         let fd = match rustix::fs::openat(
             &dir.fd,
             DIRID_FILE,
@@ -513,6 +514,17 @@ impl Vfs {
             // A directory removed after the kernel looked it up: gone, not damaged.
             Err(rustix::io::Errno::NOENT) if rustix::fs::fstat(&dir.fd)?.st_nlink == 0 => {
                 return Err(VfsError::Sys(rustix::io::Errno::NOENT));
+            }
+            // No id at all: a mkdir cut short leaves an empty directory so.
+            Err(e @ rustix::io::Errno::NOENT) => {
+                drop(gap);
+                if let Some(id) = self.heal_dir_id(dir)? {
+                    return Ok(id);
+                }
+                return Err(self.damaged(
+                    dir,
+                    format!("directory id file {DIRID_FILE} unreadable: {e}"),
+                ));
             }
             // Out of descriptors: not damage (no integrity record; the request may wait and
             // try again, see `fuse::reclaim`).
@@ -528,6 +540,12 @@ impl Vfs {
         };
         let mut b = [0u8; 17];
         let n = rustix::io::read(&fd, &mut b)?;
+        drop(gap);
+        if n == 0
+            && let Some(id) = self.heal_dir_id(dir)?
+        {
+            return Ok(id);
+        }
         if n != 16 {
             return Err(self.damaged(
                 dir,
