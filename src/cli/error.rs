@@ -28,7 +28,9 @@ impl CliError {
 impl From<crate::keymgr::AdminError> for CliError {
     fn from(e: crate::keymgr::AdminError) -> Self {
         let c = match &e {
-            crate::keymgr::AdminError::NotFound(_) => code::NOT_FOUND,
+            crate::keymgr::AdminError::NotFound(_)
+            | crate::keymgr::AdminError::NoRule(_)
+            | crate::keymgr::AdminError::NoGrant(_) => code::NOT_FOUND,
             _ => code::INVALID_REQUEST,
         };
         CliError::new(c, e.to_string())

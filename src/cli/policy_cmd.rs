@@ -268,6 +268,12 @@ enum GrantOp {
         expires: Option<String>,
         #[arg(long, default_value = "")]
         name: String,
+        /// A uid that may retire the grant (repeatable; its retiring principal, as in AWS).
+        #[arg(long = "retiring-uid")]
+        retiring_uids: Vec<u32>,
+        /// A user name that may retire the grant (repeatable).
+        #[arg(long = "retiring-user")]
+        retiring_users: Vec<String>,
     },
     /// List grants (of one key).
     List { key: Option<String> },
@@ -275,6 +281,32 @@ enum GrantOp {
     Retire { grant_id: String },
     /// Revoke a grant (administrator).
     Revoke { grant_id: String },
+}
+
+/// A grant's principal for people: `anyone`, or `uid 7,8 user alice gid 10 group staff`.
+fn principal_text(p: &Principal) -> String {
+    if p.any {
+        return "anyone".into();
+    }
+    let mut parts = Vec::new();
+    let nums = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    if !p.uids.is_empty() {
+        parts.push(format!("uid {}", nums(&p.uids)));
+    }
+    if !p.users.is_empty() {
+        parts.push(format!("user {}", p.users.join(",")));
+    }
+    if !p.gids.is_empty() {
+        parts.push(format!("gid {}", nums(&p.gids)));
+    }
+    if !p.groups.is_empty() {
+        parts.push(format!("group {}", p.groups.join(",")));
+    }
+    if parts.is_empty() {
+        "nobody".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 fn parse_expiry(s: &str, now: u64) -> Result<u64, CliError> {
@@ -307,6 +339,8 @@ pub fn grant(a: &GrantArgs) -> Result<(), CliError> {
             context,
             expires,
             name,
+            retiring_uids,
+            retiring_users,
         } => {
             if uids.is_empty() && users.is_empty() && gids.is_empty() && groups.is_empty() {
                 return Err(CliError::new(
@@ -337,7 +371,12 @@ pub fn grant(a: &GrantArgs) -> Result<(), CliError> {
                         .as_deref()
                         .map(|e| parse_expiry(e, now))
                         .transpose()?,
-                    retiring_principal: None,
+                    retiring_principal: (!retiring_uids.is_empty() || !retiring_users.is_empty())
+                        .then(|| Principal {
+                            uids: retiring_uids.clone(),
+                            users: retiring_users.clone(),
+                            ..Default::default()
+                        }),
                 },
             }
         }
@@ -354,15 +393,24 @@ pub fn grant(a: &GrantArgs) -> Result<(), CliError> {
         GrantOp::Create { .. } if !a.json => println!("{}", out["grant_id"].as_str().unwrap_or("")),
         GrantOp::List { .. } if !a.json => {
             let gs: Vec<Grant> = serde_json::from_value(out).unwrap_or_default();
+            let now = crate::keymgr::now_unix();
             for g in gs {
-                println!(
-                    "{}  key {}  {:?}  ops {}  expires {}",
+                let mut line = format!(
+                    "{}  key {}  grantee {}  ops {}  expires {}",
                     g.id,
                     g.key,
-                    g.grantee,
+                    principal_text(&g.grantee),
                     g.operations.join(","),
-                    g.expires.map_or("never".into(), |e| e.to_string())
+                    g.expires.map_or("never".into(), |e| {
+                        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e);
+                        let past = if e <= now { " (expired)" } else { "" };
+                        format!("{}{past}", humantime::format_rfc3339_seconds(t))
+                    })
                 );
+                if let Some(p) = &g.retiring_principal {
+                    line.push_str(&format!("  retiring {}", principal_text(p)));
+                }
+                println!("{line}");
             }
         }
         _ if a.json => print_json(&out),

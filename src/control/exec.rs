@@ -74,7 +74,9 @@ impl ControlError {
 impl From<AdminError> for ControlError {
     fn from(e: AdminError) -> Self {
         let kind = match e {
-            AdminError::NotFound(_) => ErrorKind::NotFound,
+            AdminError::NotFound(_) | AdminError::NoRule(_) | AdminError::NoGrant(_) => {
+                ErrorKind::NotFound
+            }
             _ => ErrorKind::Invalid,
         };
         ControlError::new(kind, e.to_string())
@@ -358,12 +360,20 @@ impl Executor<'_> {
             req,
             Request::RetireGrant { .. } | Request::RevokeGrant { .. }
         );
-        let d = self.decide(who, req.action(), target, by_policy_only);
+        let mut d = self.decide(who, req.action(), target, by_policy_only);
+        // Revoking a grant does to it what retiring does: kms:RevokeGrant retires too (as
+        // README says; it did not, found by a review), unless RetireGrant is denied outright.
+        if matches!(req, Request::RetireGrant { .. }) && d == Decision::ImplicitDeny {
+            let by_revoke = self.decide(who, "kms:RevokeGrant", target, true);
+            if by_revoke.allowed() {
+                d = by_revoke;
+            }
+        }
         if !d.allowed() {
             let e = denied(req.action(), target, who, &d);
             return Err((key, Some(d), e));
         }
-        for &(action, k) in &also {
+        for &(action, k) in also.iter().filter(|(a, _)| *a != RESOLVED_ONLY) {
             let d = self.decide(who, action, k, false);
             if !d.allowed() {
                 let e = denied(action, k, who, &d);
@@ -390,6 +400,33 @@ impl Executor<'_> {
                     ("kms:PutKeyPolicy", current),
                     ("kms:SetKeyRules", self.resolve(key)?),
                 ]
+            }
+            // A rule sends new files to a key: a rule made, changed or removed needs the
+            // consent of the key it names (else anyone who may edit rules and make a key could
+            // send the owner's new files to a key only they control, or move them off the key
+            // they went to; found by a review). First the request's own keys, resolved only
+            // (in its order, what `run` carries out), then kms:SetKeyRules on each key whose
+            // rules change.
+            Request::SetKeyRule { .. }
+            | Request::DeleteKeyRule { .. }
+            | Request::PutKeyRules { .. } => {
+                let named = match req {
+                    Request::SetKeyRule { key, .. } => vec![self.resolve(key)?],
+                    Request::PutKeyRules { rules } => rules
+                        .iter()
+                        .map(|r| self.resolve(&r.key))
+                        .collect::<R<Vec<_>>>()?,
+                    _ => Vec::new(),
+                };
+                let changed = self
+                    .km
+                    .query(|s| rule_change_keys(&s.rules, req, &named))
+                    .map_err(ControlError::from)?;
+                named
+                    .into_iter()
+                    .map(|k| (RESOLVED_ONLY, k))
+                    .chain(changed.into_iter().map(|k| ("kms:SetKeyRules", k)))
+                    .collect()
             }
             _ => Vec::new(),
         })
@@ -436,6 +473,14 @@ impl Executor<'_> {
         Ok(())
     }
 
+    /// Whether `auth` may see `key`'s metadata (DescribeKey by its policy and grants).
+    fn may_describe(&self, auth: &Authority, key: KeyId) -> bool {
+        match auth {
+            Authority::Passphrase(_) => true,
+            Authority::Policy(who) => self.decide(who, "kms:DescribeKey", key, false).allowed(),
+        }
+    }
+
     fn grant(&self, id: &str) -> R<Grant> {
         self.km
             .query(|s| s.grants.iter().find(|g| g.id == id).cloned())
@@ -466,8 +511,6 @@ impl Executor<'_> {
         also: &Also,
     ) -> R<Value> {
         let km = self.km;
-        // Keys the request names besides the one it is decided on (rules).
-        let key = |r: &str| self.resolve(r);
         // The key it is decided on: resolved once, at authorization.
         let decided = |_: &str| {
             resolved.ok_or_else(|| {
@@ -496,6 +539,23 @@ impl Executor<'_> {
                 Err(e) => Err(e),
             }
         };
+        // The rules changed between the decision and now so that a key nobody decided on
+        // would gain or lose a rule: refused.
+        let rules_unchanged = |s: &crate::keymgr::store::KeyStore, named: &[KeyId]| {
+            if !matches!(auth, Authority::Policy(_)) {
+                return Ok(());
+            }
+            let decided_on = |k: &KeyId| also.iter().any(|(a, d)| *a != RESOLVED_ONLY && d == k);
+            if rule_change_keys(&s.rules, req, named)?
+                .iter()
+                .all(decided_on)
+            {
+                return Ok(());
+            }
+            Err(AdminError::Invalid(
+                "the key rules changed while the request was being decided; try again".into(),
+            ))
+        };
         let done = || Ok(json!({}));
         match req {
             Request::CreateKey {
@@ -519,9 +579,21 @@ impl Executor<'_> {
                 })?;
                 self.describe(id)
             }
-            Request::ListKeys => {
-                Ok(serde_json::to_value(km.query(lifecycle::list)).unwrap_or_default())
-            }
+            // As in AWS: every key's id, and its metadata only where DescribeKey allows it (the
+            // list showed every key's description, tags and aliases to anyone allowed ListKeys
+            // on the default key; found by a review).
+            Request::ListKeys => Ok(Value::Array(
+                km.query(lifecycle::list)
+                    .into_iter()
+                    .map(|m| {
+                        if self.may_describe(auth, m.key_id) {
+                            serde_json::to_value(m).unwrap_or_default()
+                        } else {
+                            json!({ "key_id": m.key_id })
+                        }
+                    })
+                    .collect(),
+            )),
             Request::DescribeKey { key: k } => self.describe(decided(k)?),
             Request::UpdateKeyDescription {
                 key: k,
@@ -652,7 +724,12 @@ impl Executor<'_> {
                 })?;
                 Ok(json!({"key_id": id, "destroyed_versions": gone}))
             }
-            Request::GetKeyUsage => Ok(serde_json::to_value(self.counts()?).unwrap_or_default()),
+            // Counts of the keys DescribeKey allows (as ListKeys shows their metadata).
+            Request::GetKeyUsage => {
+                let mut c = self.counts()?;
+                c.files.retain(|k, _| self.may_describe(auth, *k));
+                Ok(serde_json::to_value(c).unwrap_or_default())
+            }
             Request::GetKeyPolicy { key: k } => {
                 let id = decided(k)?;
                 Ok(Value::String(km.query(|s| access::get_policy(s, &id))?))
@@ -725,21 +802,30 @@ impl Executor<'_> {
             Request::ListKeyRules => {
                 Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
             }
-            Request::SetKeyRule { prefix, key: k } => {
-                let id = key(k)?;
-                km.admin(|s, _| lifecycle::set_rule(s, prefix, &id))?;
+            Request::SetKeyRule { prefix, .. } => {
+                let id = also_key(0)?;
+                km.admin(|s, _| {
+                    rules_unchanged(s, &[id])?;
+                    lifecycle::set_rule(s, prefix, &id)
+                })?;
                 Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
             }
             Request::DeleteKeyRule { prefix } => {
-                km.admin(|s, _| lifecycle::remove_rule(s, prefix))?;
+                km.admin(|s, _| {
+                    rules_unchanged(s, &[])?;
+                    lifecycle::remove_rule(s, prefix)
+                })?;
                 Ok(serde_json::to_value(km.query(|s| s.rules.clone())).unwrap_or_default())
             }
             Request::PutKeyRules { rules } => {
                 let ids = rules
                     .iter()
-                    .map(|r| key(&r.key).map(|id| (r.prefix.clone(), id)))
+                    .enumerate()
+                    .map(|(i, r)| also_key(i).map(|id| (r.prefix.clone(), id)))
                     .collect::<R<Vec<_>>>()?;
+                let named: Vec<KeyId> = ids.iter().map(|(_, k)| *k).collect();
                 km.admin(|s, _| {
+                    rules_unchanged(s, &named)?;
                     s.rules.clear();
                     for (prefix, id) in &ids {
                         if s.rules.iter().any(|r| {
@@ -899,6 +985,51 @@ type RewrapDenials =
 
 /// The keys a request was decided on besides its own: (action, key).
 pub(super) type Also = Vec<(&'static str, KeyId)>;
+
+/// The action of an [`Also`] entry that records a key the request names, resolved at the
+/// decision for `run` to use, with nothing decided on it.
+const RESOLVED_ONLY: &str = "";
+
+/// The keys whose rules a rules request (`SetKeyRule`, `DeleteKeyRule`, `PutKeyRules`) would
+/// change, given the `current` rules and `named`, the keys it names in its order: the key of
+/// each rule it makes that is not there already, and of each rule it removes or replaces.
+/// Each key once, sorted.
+fn rule_change_keys(
+    current: &[crate::keymgr::store::KeyRule],
+    req: &Request,
+    named: &[KeyId],
+) -> Result<Vec<KeyId>, AdminError> {
+    let now: Vec<(String, KeyId)> = current.iter().map(|r| (r.prefix.clone(), r.key)).collect();
+    let mut after = now.clone();
+    match req {
+        Request::SetKeyRule { prefix, .. } => {
+            let p = lifecycle::normalize_prefix(prefix)?;
+            after.retain(|(q, _)| *q != p);
+            after.extend(named.first().map(|k| (p, *k)));
+        }
+        Request::DeleteKeyRule { prefix } => {
+            let p = lifecycle::normalize_prefix(prefix)?;
+            after.retain(|(q, _)| *q != p);
+        }
+        Request::PutKeyRules { rules } => {
+            after = rules
+                .iter()
+                .zip(named)
+                .map(|(r, k)| Ok((lifecycle::normalize_prefix(&r.prefix)?, *k)))
+                .collect::<Result<_, AdminError>>()?;
+        }
+        _ => {}
+    }
+    let mut keys: Vec<KeyId> = after
+        .iter()
+        .filter(|r| !now.contains(r))
+        .chain(now.iter().filter(|r| !after.contains(r)))
+        .map(|(_, k)| *k)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
 
 /// The audit settings as a reply; `removed`: the segments the request just removed.
 fn audit_settings(km: &crate::keymgr::KeyManager, removed: Option<(u64, u64)>) -> Value {

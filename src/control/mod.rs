@@ -238,4 +238,6 @@ impl ControlDir {
 }
 
 #[cfg(test)]
+mod key_access_tests;
+#[cfg(test)]
 mod tests;

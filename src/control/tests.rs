@@ -8,12 +8,12 @@ use crate::crypto::{KdfParams, Passphrase};
 use crate::keymgr::audit::AuditKeys;
 use crate::keymgr::{InitOptions, Unlock};
 
-struct Fixture {
+pub(super) struct Fixture {
     _t: tempfile::TempDir,
-    ctl: Arc<ControlDir>,
+    pub(super) ctl: Arc<ControlDir>,
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("vol");
     let pw = || Passphrase::new(b"pw".to_vec());
@@ -35,14 +35,14 @@ fn fixture() -> Fixture {
     Fixture { _t: t, ctl }
 }
 
-fn owner(c: &ControlDir) -> Identity {
+pub(super) fn owner(c: &ControlDir) -> Identity {
     Identity {
         uid: c.km.query(|s| s.owner_uid),
         ..Default::default()
     }
 }
 
-fn stranger() -> Identity {
+pub(super) fn stranger() -> Identity {
     Identity {
         uid: 4242,
         gid: 4242,

@@ -86,6 +86,6 @@ pub fn remove_grant(st: &mut KeyStore, grant_id: &str) -> Result<Grant, AdminErr
         .grants
         .iter()
         .position(|g| g.id == grant_id)
-        .ok_or_else(|| AdminError::NotFound(format!("grant {grant_id}")))?;
+        .ok_or_else(|| AdminError::NoGrant(grant_id.into()))?;
     Ok(st.grants.remove(i))
 }

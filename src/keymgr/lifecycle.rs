@@ -29,6 +29,10 @@ pub const MAX_TAGS: usize = 50;
 pub enum AdminError {
     #[error("no key {0:?} in this volume (give a key id or alias/NAME)")]
     NotFound(String),
+    #[error("no key rule for {0:?} (kmsfs rules VOLUME list shows them)")]
+    NoRule(String),
+    #[error("no grant {0:?} (kmsfs grant list shows them)")]
+    NoGrant(String),
     #[error("alias {0:?} already exists")]
     AliasExists(String),
     #[error("invalid alias {0:?}: must be alias/ followed by 1-250 of A-Z a-z 0-9 / _ -")]
@@ -475,6 +479,16 @@ pub fn set_rotation(
             need: "not destroyed",
         });
     }
+    // As AWS (DisabledException, KMSInvalidStateException): rotation is turned on only for a
+    // key in use; turning it off is allowed in any state but destroyed.
+    if enabled && k.state != KeyState::Enabled {
+        return Err(AdminError::InvalidState {
+            key: *id,
+            state: k.state,
+            op: "enabling automatic rotation",
+            need: "Enabled",
+        });
+    }
     let period = period_days.unwrap_or(k.rotation.period_days);
     if !(ROTATION_DAYS_MIN..=ROTATION_DAYS_MAX).contains(&period) {
         return Err(AdminError::RotationPeriod(period));
@@ -608,8 +622,10 @@ pub fn normalize_prefix(p: &str) -> R<String> {
             "rule prefix {p:?} must be an absolute path without . or .."
         )));
     }
-    let t = p.trim_end_matches('/');
-    Ok(if t.is_empty() { "/".into() } else { t.into() })
+    // Paths are matched as the mount names them, with single slashes: `//fin/` is `/fin` (kept
+    // as given, it was accepted and never matched a file).
+    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+    Ok(format!("/{}", parts.join("/")))
 }
 
 /// Sets (or replaces) the rule for `prefix`.
@@ -637,7 +653,7 @@ pub fn remove_rule(st: &mut KeyStore, prefix: &str) -> R<()> {
     let before = st.rules.len();
     st.rules.retain(|r| r.prefix != prefix);
     if st.rules.len() == before {
-        return Err(AdminError::NotFound(format!("rule {prefix}")));
+        return Err(AdminError::NoRule(prefix));
     }
     Ok(())
 }

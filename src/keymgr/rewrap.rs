@@ -197,23 +197,36 @@ pub fn rewrap_authorized(
         if i > 0 && i % SYNC_EVERY == 0 {
             sync(&mut s);
         }
+        // Named by its path in the mount where it decrypts, else by its cipher path inside the
+        // volume (not the backing directory's location, which a caller through the mount is
+        // not shown elsewhere).
+        let label = || match &cf.plain_path {
+            Some(p) => p.clone(),
+            None => format!(
+                "cipher file {}",
+                cf.cipher_path
+                    .strip_prefix(root)
+                    .unwrap_or(&cf.cipher_path)
+                    .display()
+            ),
+        };
         match rewrap_one(km, &volume, cf, opts, authorize) {
             Ok(Outcome::Rewrapped) => s.rewrapped += 1,
             Ok(Outcome::Current) => s.already_current += 1,
             Ok(Outcome::NotSelected) => {}
             Err(RewrapErr::Denied(m)) => {
                 s.skipped_denied += 1;
-                s.errors.push(format!("{}: {m}", cf.cipher_path.display()));
+                s.errors.push(format!("{}: {m}", label()));
             }
             Err(RewrapErr::Key(e)) => {
                 s.skipped_unusable_key += 1;
-                s.errors.push(format!("{}: {e}", cf.cipher_path.display()));
+                s.errors.push(format!("{}: {e}", label()));
             }
             Err(RewrapErr::Damaged(m)) => {
                 s.damaged += 1;
-                s.errors.push(format!("{}: {m}", cf.cipher_path.display()));
+                s.errors.push(format!("{}: {m}", label()));
             }
-            Err(RewrapErr::Io(e)) => s.errors.push(format!("{}: {e}", cf.cipher_path.display())),
+            Err(RewrapErr::Io(e)) => s.errors.push(format!("{}: {e}", label())),
         }
         progress(i as u64 + 1, total);
     }
@@ -261,14 +274,18 @@ fn rewrap_one(
     };
     let (target_version, material) = km
         .query(|s| {
-            let k = s.key(&target_key)?;
+            let k = s.key(&target_key).ok_or(KeyError::UnknownKey(target_key))?;
             if k.state != super::KeyState::Enabled {
-                return None;
+                return Err(KeyError::NotUsable(target_key, k.state));
             }
-            let v = k.newest()?;
-            Some((v.version, v.material.clone()?))
+            let v = k.newest().ok_or(KeyError::NotUsable(target_key, k.state))?;
+            let m = v
+                .material
+                .clone()
+                .ok_or(KeyError::VersionUnavailable(target_key, v.version))?;
+            Ok((v.version, m))
         })
-        .ok_or(RewrapErr::Key(KeyError::UnknownKey(target_key)))?;
+        .map_err(RewrapErr::Key)?;
     if h.key_id == target_key && h.key_version == target_version {
         return Ok(Outcome::Current);
     }

@@ -45,11 +45,12 @@ impl VfsError {
             VfsError::Sys(e) => e.raw_os_error(),
             VfsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             VfsError::Integrity(_) => libc::EIO,
-            // A disabled or pending-deletion key is an access decision, not damage.
-            VfsError::Key(KeyError::NotUsable(
-                _,
-                KeyState::Disabled | KeyState::PendingDeletion,
-            )) => libc::EACCES,
+            // A disabled or pending-deletion key, or a version below the key's minimum
+            // decryption version (retired, reversibly), is an access decision, not damage.
+            VfsError::Key(
+                KeyError::NotUsable(_, KeyState::Disabled | KeyState::PendingDeletion)
+                | KeyError::VersionRetired(..),
+            ) => libc::EACCES,
             // Destroyed material (crypto-shredding), unknown keys and failed unwraps: the data is
             // not recoverable through this volume.
             VfsError::Key(_) => libc::EIO,

@@ -205,9 +205,9 @@ pub struct StatementDoc {
 }
 
 /// Who a statement or grant applies to. (A grant's grantee is written in this form; unknown
-/// fields in it are refused, not ignored.)
+/// fields in it are refused, not ignored; fields left out are empty, `any` false.)
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Principal {
     pub any: bool,
     pub uids: Vec<u32>,
