@@ -409,7 +409,9 @@ pub fn execute_due_deletions_among(
         }
     }
     st.aliases.retain(|_, id| !done.contains(id));
-    st.rules.retain(|r| !done.contains(&r.key));
+    // Rules stay: new files under a destroyed key's rule are refused (as while it was pending
+    // deletion) instead of going to the default key, whose policy may be another (they did
+    // until 2026-12-07; found by a review). `rules remove` lets files be made there again.
     st.grants.retain(|g| !done.contains(&g.key));
     done
 }
@@ -851,7 +853,8 @@ mod tests {
                 .all(|v| v.material.is_none() && v.destroyed.is_some())
         );
         assert!(s.aliases.is_empty());
-        assert!(s.rules.is_empty());
+        // The rule stays: new files there are refused, not sent to the default key.
+        assert_eq!(key_for_path(&s, "/gone/f"), id);
         assert!(cancel_deletion(&mut s, &id, 0).is_err());
         assert!(enable(&mut s, &id).is_err());
     }

@@ -394,8 +394,17 @@ impl Vfs {
         let (header, dek) = match self.km.new_file(path.as_deref(), hflags) {
             Ok(k) => k,
             Err(e) => {
+                let destroyed = matches!(
+                    e,
+                    crate::keymgr::KeyError::NotUsable(_, crate::keymgr::KeyState::Destroyed)
+                );
                 let e = VfsError::Key(e);
                 self.audit_refused(caller, "Create", path, flags, &e);
+                // A rule naming a destroyed key: refused (EACCES, as under a key pending
+                // deletion), not damage; its files stay EIO.
+                if destroyed {
+                    return Err(VfsError::Denied(format!("{e} (the key rule names it)")));
+                }
                 return Err(e);
             }
         };

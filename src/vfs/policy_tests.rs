@@ -135,16 +135,15 @@ fn a_volume_wide_rewrap_asks_each_files_key_and_the_key_it_moves_to() {
             .is_err()
     );
 
-    // The finance file no longer matches a rule: a rewrap with rules would move it to the
-    // default key, which finance's policy (ReEncryptFrom) forbids for mallory.
-    v.control()
-        .execute(
-            &mallory(),
-            &Request::DeleteKeyRule {
-                prefix: "/finance".into(),
-            },
-        )
-        .expect("SetKeyRules on the default key");
+    // Mallory may not remove the finance rule (finance's policy must allow that too)...
+    let unrule = Request::DeleteKeyRule {
+        prefix: "/finance".into(),
+    };
+    let e = v.control().execute(&mallory(), &unrule).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Denied, "{e}");
+    // ... the owner does. The finance file no longer matches a rule: a rewrap with rules would
+    // move it to the default key, which finance's policy (ReEncryptFrom) forbids for mallory.
+    v.control().execute(&owner(), &unrule).expect("the owner");
     let r = v
         .control()
         .execute(
@@ -612,4 +611,50 @@ fn a_caller_allowed_only_to_read_cannot_truncate() {
         .unwrap();
     v.release(fh).unwrap();
     assert_eq!(size(&v), 0);
+}
+
+/// A key destroyed at the end of its deletion window keeps its rules: new files under them are
+/// refused (EACCES, as while it was pending deletion) instead of going to the default key,
+/// whose policy may be another; its files stay EIO; removing the rule lets files be made there
+/// again, under the default key.
+#[test]
+fn a_destroyed_keys_rule_refuses_new_files_instead_of_moving_them_to_the_default_key() {
+    let (_t, dir) = new_volume();
+    let v = audited(&dir);
+    let fin = new_key(&v, &owner(), Some("alias/finance"));
+    set_rule(&v, "/finance", "alias/finance");
+    let payroll = file_in(&v, "finance", "payroll", b"salaries");
+    v.km.admin(|s, now| crate::keymgr::lifecycle::schedule_deletion(s, &fin, 7, now))
+        .unwrap();
+    let destroyed = v.km.admin(|s, now| {
+        Ok::<_, crate::keymgr::AdminError>(crate::keymgr::lifecycle::execute_due_deletions(
+            s,
+            now + 8 * 86_400,
+        ))
+    });
+    assert_eq!(destroyed.unwrap(), vec![fin]);
+    assert_eq!(
+        v.km.query(|s| crate::keymgr::lifecycle::key_for_path(s, "/finance/new")),
+        fin
+    );
+    let d = v.lookup(1, "finance".as_ref()).unwrap().ino;
+    let e = v
+        .create(d, "new".as_ref(), 0o666, libc::O_RDWR, &caller())
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EACCES, "{e}");
+    let e = v.open_as(payroll, libc::O_RDONLY, &caller()).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    v.control()
+        .execute(
+            &owner(),
+            &Request::DeleteKeyRule {
+                prefix: "/finance".into(),
+            },
+        )
+        .unwrap();
+    file_in(&v, "finance", "new", b"after");
+    assert_eq!(
+        key_of(&v, &dir, "/finance/new"),
+        v.km.query(|s| s.default_key)
+    );
 }
