@@ -211,6 +211,29 @@ fn each_kind_of_damage_is_reported_with_its_path() {
     assert_eq!((code, kinds(&r)), (23, vec!["header".to_string()]), "{r}");
     assert_eq!(r["problems"][0]["plain_path"], "/ten-thousand.bin");
 
+    // One flipped byte in the header's key id or key version: a key or version the volume
+    // does not have (was counted as "not decrypted", exit 0).
+    for (name, at) in [("flipped-key-id", 30), ("flipped-key-version", 43)] {
+        let d = copy(&v, name);
+        let f = by_size(&d, big);
+        let mut b = std::fs::read(&f).unwrap();
+        b[at] ^= 1;
+        std::fs::write(&f, &b).unwrap();
+        let (code, r) = fsck(&v, &d, &[]);
+        assert_eq!(
+            (code, kinds(&r)),
+            (23, vec!["header".to_string()]),
+            "{name}: {r}"
+        );
+        assert!(
+            r["problems"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("which this volume does not have"),
+            "{name}: {r}"
+        );
+    }
+
     // One flipped byte in the second block.
     block_damage(
         &v,

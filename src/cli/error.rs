@@ -31,6 +31,8 @@ impl From<crate::keymgr::AdminError> for CliError {
             crate::keymgr::AdminError::NotFound(_)
             | crate::keymgr::AdminError::NoRule(_)
             | crate::keymgr::AdminError::NoGrant(_) => code::NOT_FOUND,
+            // The disk refused the write: an I/O error (1), not a refused request.
+            crate::keymgr::AdminError::Persist(_) => code::ERROR,
             _ => code::INVALID_REQUEST,
         };
         CliError::new(c, e.to_string())

@@ -141,9 +141,8 @@ fn fusermount_unmount(abs: &Path) -> bool {
 /// fails with ENOTCONN). One of `cipherdir` is unmounted, so that mounting again just works;
 /// any other is an error naming it.
 fn clear_dead_mount(mp: &Path, cipherdir: &Path) -> Result<(), CliError> {
-    match std::fs::symlink_metadata(mp) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-        _ => return Ok(()),
+    if !is_dead_fuse_mount(mp) {
+        return Ok(());
     }
     let abs = absolute_mountpoint(mp);
     let source = cipherdir.display().to_string();
@@ -173,6 +172,32 @@ fn clear_dead_mount(mp: &Path, cipherdir: &Path) -> Result<(), CliError> {
         .hint(format!("unmount it: fusermount3 -u -z {}", abs.display())));
     }
     Ok(())
+}
+
+/// Whether `mp` is a FUSE mount whose daemon is gone. A `stat` can still succeed then: the
+/// kernel answers it from the root's cached attributes for up to their timeout (30 s) after a
+/// kill (found by a review: mounting again right after a kill was refused as "already a mount
+/// point"). `statfs` always asks the daemon; it is given 2 s (a hung daemon never answers:
+/// then the mount counts as alive, and the caller says it is in the way).
+fn is_dead_fuse_mount(mp: &Path) -> bool {
+    if let Err(e) = std::fs::symlink_metadata(mp) {
+        return e.raw_os_error() == Some(libc::ENOTCONN);
+    }
+    let fuse = mounts_at(&absolute_mountpoint(mp))
+        .iter()
+        .any(|(_, ty)| ty == "fuse" || ty.starts_with("fuse."));
+    if !fuse {
+        return false;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = mp.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(rustix::fs::statfs(&p).err());
+    });
+    matches!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)),
+        Ok(Some(rustix::io::Errno::NOTCONN))
+    )
 }
 
 fn check_mountpoint(mp: &Path) -> Result<PathBuf, CliError> {

@@ -77,6 +77,7 @@ impl From<AdminError> for ControlError {
             AdminError::NotFound(_) | AdminError::NoRule(_) | AdminError::NoGrant(_) => {
                 ErrorKind::NotFound
             }
+            AdminError::Persist(_) => ErrorKind::Failed,
             _ => ErrorKind::Invalid,
         };
         ControlError::new(kind, e.to_string())

@@ -33,6 +33,9 @@ pub enum AdminError {
     NoRule(String),
     #[error("no grant {0:?} (kmsfs grant list shows them)")]
     NoGrant(String),
+    /// The change was valid but could not be written (disk full, I/O error): nothing changed.
+    #[error("could not save the key store: {0}")]
+    Persist(String),
     #[error("alias {0:?} already exists")]
     AliasExists(String),
     #[error("invalid alias {0:?}: must be alias/ followed by 1-250 of A-Z a-z 0-9 / _ -")]

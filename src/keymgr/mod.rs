@@ -366,9 +366,7 @@ impl KeyManager {
             if st.generation() == generation {
                 st.store = old;
             }
-            return Err(AdminError::Invalid(format!(
-                "could not save the key store: {e}"
-            )));
+            return Err(AdminError::Persist(e.to_string()));
         }
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -471,6 +469,15 @@ impl KeyManager {
     /// material present), without unwrapping.
     pub fn check_usable(&self, h: &FileHeader) -> Result<(), KeyError> {
         usable_material(&self.read().store, h).map(|_| ())
+    }
+
+    /// Whether the key store has the key and version a file's header names (its material may
+    /// be destroyed): a header naming anything else is damaged, or from another volume.
+    pub fn has_version(&self, h: &FileHeader) -> bool {
+        self.read()
+            .store
+            .key(&h.key_id)
+            .is_some_and(|k| k.version(h.key_version).is_some())
     }
 
     /// Unwraps a file's DEK, checking key state, the minimum decryption version and the

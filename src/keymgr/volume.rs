@@ -437,6 +437,20 @@ pub fn unlock(dir: &Path, how: &Unlock) -> Result<Unlocked, VolumeError> {
     let try_open = |p: &Path| -> Result<Unsealed, VolumeError> {
         let bytes = fs::read(p)
             .map_err(|e| VolumeError::KeyStoreCorrupt(format!("{}: {e}", p.display())))?;
+        // The volume id in the envelope's header is read before any slot is tried: a key store
+        // of another volume (or one whose header was damaged) is named so, not taken for a
+        // wrong passphrase or a changed config (found by a review).
+        if let Ok(env) = crate::format::keystore::Envelope::decode(&bytes)
+            && env.volume_id != config.volume_id
+        {
+            return Err(VolumeError::KeyStoreCorrupt(format!(
+                "{}: it belongs to volume {}, and .kmsfs/volume.json to volume {}: a key store \
+                 (or config) of another volume, or a damaged key-store header",
+                p.display(),
+                env.volume_id,
+                config.volume_id
+            )));
+        }
         unseal(&bytes, how)
     };
     let (u, used_backup, primary_refused) = match try_open(&paths.keystore()) {

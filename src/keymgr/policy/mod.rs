@@ -852,10 +852,19 @@ pub fn lockout_check(
     };
     match evaluate(policy, &[], &req) {
         Decision::AllowedByPolicy { .. } => Ok(()),
-        d => bad(format!(
-            "this policy would lock you (uid {}) out of changing it again ({d:?}); include a statement allowing kms:PutKeyPolicy for you, or bypass the lockout check",
-            author.uid
-        )),
+        d => {
+            let why = match d {
+                Decision::ExplicitDeny { sid } => format!(
+                    "statement {sid:?} denies it; a Deny whose condition names a key that \
+                     policy changes do not carry, such as kmsfs:Path, matches them too"
+                ),
+                _ => "no statement allows it".into(),
+            };
+            bad(format!(
+                "this policy would lock you (uid {}) out of changing it again ({why}); include a statement allowing kms:PutKeyPolicy for you, or bypass the lockout check",
+                author.uid
+            ))
+        }
     }
 }
 
