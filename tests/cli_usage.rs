@@ -164,6 +164,30 @@ fn rekey_of_a_bare_file_name_reports_success() {
     drop(m);
 }
 
+/// The copy a killed rekey left beside its file (`.kmsfs-rekey.PID.tmp`, PID gone) is removed
+/// by the next rekey in that directory; one of a live process is left alone.
+#[test]
+fn rekey_removes_copies_left_by_killed_runs() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    std::fs::write(m.path("doc.txt"), b"secret").unwrap();
+    // A pid above the kernel's limit (4194304 at most) belongs to no process.
+    let stale = m.path(".kmsfs-rekey.99999999.tmp");
+    let live = m.path(format!(".kmsfs-rekey.{}.tmp", std::process::id()).as_str());
+    std::fs::write(&stale, b"half a copy").unwrap();
+    std::fs::write(&live, b"another run's copy").unwrap();
+    let o = out({
+        let mut c = k(60);
+        c.current_dir(&v.mnt).args(["rekey", "doc.txt"]);
+        c
+    });
+    assert_eq!(code_of(&o), code::OK, "{}", text(&o.stderr));
+    assert!(!stale.exists());
+    assert!(live.exists());
+    assert_eq!(std::fs::read(m.path("doc.txt")).unwrap(), b"secret");
+    drop(m);
+}
+
 #[test]
 fn writing_to_a_closed_pipe_ends_quietly_by_sigpipe() {
     use std::os::unix::process::ExitStatusExt;

@@ -1705,8 +1705,8 @@ fn gen_key_store() {
         ),
         (
             "key-store-flip-volume-id",
-            "wrong-passphrase",
-            "one bit of the volume id flipped (byte 10): bound by every slot",
+            "key-store-corrupt",
+            "one bit of the volume id flipped (byte 10): not volume.json's (and bound by every slot)",
             10,
         ),
         (

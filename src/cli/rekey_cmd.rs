@@ -52,6 +52,41 @@ fn hides_acls(mp: &Path) -> bool {
         })
 }
 
+thread_local! {
+    /// The directories this run has looked at for copies left by killed runs.
+    static CLEANED: std::cell::RefCell<std::collections::HashSet<std::path::PathBuf>> =
+        Default::default();
+}
+
+/// Removes, once per directory and run, the copies (`.kmsfs-rekey.PID.tmp`) that a rekey killed
+/// before its rename left in `dir`: those of processes that are gone (nothing else removed
+/// them: found by a review, five after eight killed runs). A copy of a live process, maybe
+/// another rekey, is left alone.
+fn remove_stale_copies(dir: &Path) {
+    if !CLEANED.with(|c| c.borrow_mut().insert(dir.to_path_buf())) {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".kmsfs-rekey."))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH));
+        if gone && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
     let md = fs::symlink_metadata(p)?;
     if !md.is_file() {
@@ -65,6 +100,7 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
     }
     // `.` for a bare file name (`cd MNT; kmsfs rekey doc.txt`).
     let dir = crate::fsutil::parent_dir(p);
+    remove_stale_copies(&dir);
     let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
         let mut src = File::open(p)?;

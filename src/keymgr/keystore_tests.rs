@@ -191,7 +191,7 @@ fn fallback_session_does_not_overwrite_a_newer_primary() {
     let def = km.query(|s| s.default_key);
     let r = km.admin(|s, _| lifecycle::update_description(s, &def, "x"));
     assert!(
-        matches!(&r, Err(AdminError::Invalid(m)) if m.contains("newer")),
+        matches!(&r, Err(AdminError::Persist(m)) if m.contains("newer")),
         "{r:?}"
     );
     drop(km);
