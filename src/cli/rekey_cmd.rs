@@ -100,7 +100,7 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
     }
     // `.` for a bare file name (`cd MNT; kmsfs rekey doc.txt`).
     let dir = crate::fsutil::parent_dir(p);
-    remove_stale_copies(&dir);
+    remove_stale_copies(dir);
     let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
         let mut src = File::open(p)?;
