@@ -421,7 +421,7 @@ impl Executor<'_> {
                 };
                 let changed = self
                     .km
-                    .query(|s| rule_change_keys(&s.rules, req, &named))
+                    .query(|s| rule_change_keys(s, req, &named))
                     .map_err(ControlError::from)?;
                 named
                     .into_iter()
@@ -547,10 +547,7 @@ impl Executor<'_> {
                 return Ok(());
             }
             let decided_on = |k: &KeyId| also.iter().any(|(a, d)| *a != RESOLVED_ONLY && d == k);
-            if rule_change_keys(&s.rules, req, named)?
-                .iter()
-                .all(decided_on)
-            {
+            if rule_change_keys(s, req, named)?.iter().all(decided_on) {
                 return Ok(());
             }
             Err(AdminError::Invalid(
@@ -827,16 +824,27 @@ impl Executor<'_> {
                 let named: Vec<KeyId> = ids.iter().map(|(_, k)| *k).collect();
                 km.admin(|s, _| {
                     rules_unchanged(s, &named)?;
-                    s.rules.clear();
+                    let before = std::mem::take(&mut s.rules);
                     for (prefix, id) in &ids {
-                        if s.rules.iter().any(|r| {
-                            lifecycle::normalize_prefix(prefix).is_ok_and(|p| p == r.prefix)
-                        }) {
+                        let p = lifecycle::normalize_prefix(prefix)?;
+                        if s.rules.iter().any(|r| r.prefix == p) {
                             return Err(AdminError::Invalid(format!(
                                 "rule prefix {prefix:?} appears twice"
                             )));
                         }
-                        lifecycle::set_rule(s, prefix, id)?;
+                        // A rule carried over as it was stays, whatever its key's state (the
+                        // rules file is edited by reading, changing and writing it back; a
+                        // rule of a destroyed key is kept on purpose, see
+                        // `execute_due_deletions`).
+                        if before.iter().any(|r| r.prefix == p && r.key == *id) {
+                            s.rules.push(crate::keymgr::store::KeyRule {
+                                prefix: p,
+                                key: *id,
+                            });
+                            s.rules.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+                        } else {
+                            lifecycle::set_rule(s, prefix, id)?;
+                        }
                     }
                     Ok(())
                 })?;
@@ -991,26 +999,30 @@ pub(super) type Also = Vec<(&'static str, KeyId)>;
 /// decision for `run` to use, with nothing decided on it.
 const RESOLVED_ONLY: &str = "";
 
-/// The keys whose rules a rules request (`SetKeyRule`, `DeleteKeyRule`, `PutKeyRules`) would
-/// change, given the `current` rules and `named`, the keys it names in its order: the key of
-/// each rule it makes that is not there already, and of each rule it removes or replaces.
-/// Each key once, sorted.
+/// The keys whose consent a rules request (`SetKeyRule`, `DeleteKeyRule`, `PutKeyRules`)
+/// needs, given the key store `st` as it is and `named`, the keys the request names in its
+/// order: for each prefix whose rule it makes, changes or removes, the key that governs that
+/// prefix (and so every path under it that no deeper, untouched rule governs) before the
+/// change and after it: a rule's own key, or the nearest shorter rule's, or the default key.
+/// (Counting only the rules' own keys let a rule nested under another key's rule take paths
+/// from that key without its consent: found by a review.) Each key once, sorted.
 fn rule_change_keys(
-    current: &[crate::keymgr::store::KeyRule],
+    st: &crate::keymgr::store::KeyStore,
     req: &Request,
     named: &[KeyId],
 ) -> Result<Vec<KeyId>, AdminError> {
-    let now: Vec<(String, KeyId)> = current.iter().map(|r| (r.prefix.clone(), r.key)).collect();
+    let norm = |p: &str| lifecycle::normalize_prefix(p).unwrap_or_else(|_| p.to_string());
+    let now: Vec<(String, KeyId)> = st.rules.iter().map(|r| (r.prefix.clone(), r.key)).collect();
     let mut after = now.clone();
     match req {
         Request::SetKeyRule { prefix, .. } => {
             let p = lifecycle::normalize_prefix(prefix)?;
-            after.retain(|(q, _)| *q != p);
+            after.retain(|(q, _)| norm(q) != p);
             after.extend(named.first().map(|k| (p, *k)));
         }
         Request::DeleteKeyRule { prefix } => {
             let p = lifecycle::normalize_prefix(prefix)?;
-            after.retain(|(q, _)| *q != p);
+            after.retain(|(q, _)| norm(q) != p);
         }
         Request::PutKeyRules { rules } => {
             after = rules
@@ -1021,11 +1033,22 @@ fn rule_change_keys(
         }
         _ => {}
     }
-    let mut keys: Vec<KeyId> = after
+    let touched: Vec<String> = after
         .iter()
         .filter(|r| !now.contains(r))
         .chain(now.iter().filter(|r| !after.contains(r)))
-        .map(|(_, k)| *k)
+        .map(|(p, _)| norm(p))
+        .collect();
+    let govern = |rules: &[(String, KeyId)], p: &str| {
+        lifecycle::governing_key(
+            rules.iter().map(|(q, k)| (q.as_str(), *k)),
+            st.default_key,
+            p,
+        )
+    };
+    let mut keys: Vec<KeyId> = touched
+        .iter()
+        .flat_map(|p| [govern(&now, p), govern(&after, p)])
         .collect();
     keys.sort();
     keys.dedup();

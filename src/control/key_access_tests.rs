@@ -129,6 +129,29 @@ fn a_key_rule_needs_set_key_rules_on_every_key_it_names_or_unnames() {
     )
     .unwrap();
     assert_eq!(rules(c), vec![("/fin".to_string(), owners)]);
+    // A rule nested under the owner's takes paths from the owner's key: refused too, also one
+    // naming a single file; nested under their own key's rule, or where the default key
+    // governs, it is theirs to make.
+    for prefix in ["/fin/q3", "/fin/report.xlsx"] {
+        let r = Request::SetKeyRule {
+            prefix: prefix.into(),
+            key: theirs.to_string(),
+        };
+        let e = c.execute(&them, &r).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Denied, "{prefix}: {e}");
+        assert!(e.message.contains(&owners.to_string()), "{prefix}: {e}");
+    }
+    assert_eq!(rules(c), vec![("/fin".to_string(), owners)]);
+    for prefix in ["/mine", "/mine/deeper", "/elsewhere"] {
+        c.execute(
+            &them,
+            &Request::SetKeyRule {
+                prefix: prefix.into(),
+                key: theirs.to_string(),
+            },
+        )
+        .unwrap();
+    }
     // The owner may do all of it.
     for r in &refused[..4] {
         c.execute(&o, r).unwrap();

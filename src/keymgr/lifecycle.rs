@@ -656,7 +656,9 @@ pub fn set_rule(st: &mut KeyStore, prefix: &str, id: &KeyId) -> R<()> {
 pub fn remove_rule(st: &mut KeyStore, prefix: &str) -> R<()> {
     let prefix = normalize_prefix(prefix)?;
     let before = st.rules.len();
-    st.rules.retain(|r| r.prefix != prefix);
+    // Also a rule stored before prefixes were normalized (`//fin`, which never matched).
+    st.rules
+        .retain(|r| r.prefix != prefix && normalize_prefix(&r.prefix).ok() != Some(prefix.clone()));
     if st.rules.len() == before {
         return Err(AdminError::NoRule(prefix));
     }
@@ -666,17 +668,29 @@ pub fn remove_rule(st: &mut KeyStore, prefix: &str) -> R<()> {
 /// The key for a new file at `path` (absolute, inside the mount): the longest matching rule
 /// prefix at a component boundary, else the default key.
 pub fn key_for_path(st: &KeyStore, path: &str) -> KeyId {
-    st.rules
-        .iter()
-        .filter(|r| {
-            r.prefix == "/"
-                || path == r.prefix
+    governing_key(
+        st.rules.iter().map(|r| (r.prefix.as_str(), r.key)),
+        st.default_key,
+        path,
+    )
+}
+
+/// [`key_for_path`] under the rules `rules` (prefix, key) and default key `default`.
+pub fn governing_key<'a>(
+    rules: impl Iterator<Item = (&'a str, KeyId)>,
+    default: KeyId,
+    path: &str,
+) -> KeyId {
+    rules
+        .filter(|(prefix, _)| {
+            *prefix == "/"
+                || path == *prefix
                 || path
-                    .strip_prefix(&r.prefix)
+                    .strip_prefix(prefix)
                     .is_some_and(|rest| rest.starts_with('/'))
         })
-        .max_by_key(|r| r.prefix.len())
-        .map_or(st.default_key, |r| r.key)
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map_or(default, |(_, k)| k)
 }
 
 pub fn set_default(st: &mut KeyStore, id: &KeyId) -> R<()> {

@@ -35,7 +35,7 @@ impl Vfs {
     /// when the directory holds anything (damage, for the caller to report). Takes `dirid_gap`
     /// for writing: call without it.
     pub(super) fn heal_dir_id(&self, dir: &Node) -> Result<Option<DirId>> {
-        let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
+        let gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = dir.dir_id_switched.get().or_else(|| dir.dir_id.get()) {
             return Ok(Some(*id));
         }
@@ -60,7 +60,7 @@ impl Vfs {
             return Err(Errno::NOENT.into());
         }
         let id = DirId::generate();
-        if self.read_only() {
+        if self.read_only_now() {
             tracing::warn!(
                 path = %self.label(dir),
                 "directory without an id and empty (a mkdir cut short): read with a made-up id \
@@ -68,11 +68,10 @@ impl Vfs {
             );
             return Ok(Some(id));
         }
-        let copied = match crate::fsutil::write_dirid_copy(&d, id.as_bytes()) {
-            Ok(()) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => false,
-            Err(e) => return Err(e.into()),
-        };
+        // As `mkdir`: without the copy (no user xattrs, or refused) the file alone is the id.
+        let copied = crate::fsutil::write_dirid_copy(&d, id.as_bytes())
+            .inspect_err(|e| tracing::debug!("no copy of the directory id in an xattr: {e}"))
+            .is_ok();
         if id_file {
             rustix::fs::unlinkat(&d, DIRID_FILE, AtFlags::empty())?;
         }
@@ -91,8 +90,12 @@ impl Vfs {
             path = %self.label(dir),
             "directory without an id and empty (a mkdir cut short by a killed daemon): given a new id"
         );
+        let id = *dir.dir_id.get_or_init(|| id);
+        // After the lock: `dir_id_file`'s initializers take it (shared), and a `set` waits
+        // for one running.
+        drop(gap);
         let _ = dir.dir_id_file.set(None);
-        Ok(Some(*dir.dir_id.get_or_init(|| id)))
+        Ok(Some(id))
     }
 }
 

@@ -644,6 +644,19 @@ fn a_destroyed_keys_rule_refuses_new_files_instead_of_moving_them_to_the_default
     assert_eq!(e.errno(), libc::EACCES, "{e}");
     let e = v.open_as(payroll, libc::O_RDONLY, &caller()).unwrap_err();
     assert_eq!(e.errno(), libc::EIO, "{e}");
+    // The rules document written back as it was read keeps working (the destroyed key's rule
+    // is carried over, not refused as a new rule to a destroyed key would be).
+    v.control()
+        .execute(
+            &owner(),
+            &Request::PutKeyRules {
+                rules: vec![crate::control::request::RuleDoc {
+                    prefix: "/finance".into(),
+                    key: fin.to_string(),
+                }],
+            },
+        )
+        .unwrap();
     v.control()
         .execute(
             &owner(),
