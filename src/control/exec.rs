@@ -750,6 +750,22 @@ impl Executor<'_> {
                 request,
             } => {
                 let id = decided(k)?;
+                // What the mount asks: one known action (a pattern or a misspelling would be
+                // answered "denied", which says nothing), one of its access modes.
+                if !policy::ACTIONS.contains(&action.as_str()) {
+                    return Err(ControlError::new(
+                        ErrorKind::Invalid,
+                        format!("unknown action {action:?} (one action, e.g. kms:Decrypt)"),
+                    ));
+                }
+                if let Some(m) = &request.access_mode
+                    && !["read", "write", "readwrite"].contains(&m.as_str())
+                {
+                    return Err(ControlError::new(
+                        ErrorKind::Invalid,
+                        format!("access mode {m:?} is not read, write or readwrite"),
+                    ));
+                }
                 let req = policy::Request {
                     who: Identity {
                         uid: request.uid,

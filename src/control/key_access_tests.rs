@@ -328,3 +328,33 @@ fn automatic_rotation_is_enabled_only_on_an_enabled_key() {
     c.execute(&o, &rotation(true)).unwrap();
     assert!(c.km.query(|s| s.key(&k).unwrap().rotation.enabled));
 }
+
+/// `policy simulate` answers for what the mount asks: one known action and one of its access
+/// modes; a pattern, a misspelled action or an unknown mode is refused (it was answered
+/// "denied", which says nothing).
+#[test]
+fn a_simulation_needs_a_known_action_and_mode() {
+    let f = fixture();
+    let c = &f.ctl;
+    let o = owner(c);
+    let key = c.km.query(|s| s.default_key).to_string();
+    let sim = |action: &str, mode: Option<&str>| Request::SimulatePolicy {
+        key: key.clone(),
+        action: action.into(),
+        request: super::request::Simulated {
+            uid: o.uid,
+            access_mode: mode.map(str::to_string),
+            ..Default::default()
+        },
+    };
+    let r = c.execute(&o, &sim("kms:Decrypt", Some("read"))).unwrap();
+    assert_eq!(r["allowed"], true, "{r}");
+    for (action, mode) in [
+        ("kms:Bogus", None),
+        ("kms:*", None),
+        ("kms:Decrypt", Some("bogus")),
+    ] {
+        let e = c.execute(&o, &sim(action, mode)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid, "{action} {mode:?}: {e}");
+    }
+}
