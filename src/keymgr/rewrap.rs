@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -104,20 +104,29 @@ impl VersionCounts {
 
 pub fn count_versions(root: &Path, names: &Names) -> std::io::Result<VersionCounts> {
     let mut c = VersionCounts::default();
-    walk(root, names, &mut |cf| match File::open(&cf.cipher_path)
-        .ok()
-        .as_ref()
-        .and_then(read_header)
-    {
-        Some(h) => {
-            *c.files
-                .entry(h.key_id)
-                .or_default()
-                .entry(h.key_version)
-                .or_default() += 1
-        }
-        None => c.damaged += 1,
-    })?;
+    // A file with several hard links is one file (it was counted once per name).
+    let mut linked = std::collections::HashSet::new();
+    walk(
+        root,
+        names,
+        &mut |cf| match File::open(&cf.cipher_path).ok().and_then(|f| {
+            let md = f.metadata().ok()?;
+            if md.nlink() > 1 && !linked.insert((md.dev(), md.ino())) {
+                return Some(None);
+            }
+            read_header(&f).map(Some)
+        }) {
+            Some(None) => {}
+            Some(Some(h)) => {
+                *c.files
+                    .entry(h.key_id)
+                    .or_default()
+                    .entry(h.key_version)
+                    .or_default() += 1
+            }
+            None => c.damaged += 1,
+        },
+    )?;
     Ok(c)
 }
 

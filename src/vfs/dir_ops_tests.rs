@@ -690,3 +690,19 @@ fn list_sub_named(d: &Path, name: &str) -> Vec<String> {
     let ino = v.lookup(1, name.as_ref()).unwrap().ino;
     names(&v, ino)
 }
+
+/// `key usage` counts a file with two hard links once (it counted each name).
+#[test]
+fn key_usage_counts_a_hard_linked_file_once() {
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    let f = super::test_support::write_file(&v, "a", b"linked");
+    v.link(f, 1, "b".as_ref()).unwrap();
+    super::test_support::write_file(&v, "c", b"alone");
+    drop(v);
+    let u = unlock(&d);
+    let names = crate::names::Names::new(&u.store.volume_secret, false);
+    let c = crate::keymgr::rewrap::count_versions(&d, &names).unwrap();
+    let key = u.store.default_key;
+    assert_eq!(c.get(&key, 1), 2, "{:?}", c.files);
+}
