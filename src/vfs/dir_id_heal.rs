@@ -68,24 +68,10 @@ impl Vfs {
             );
             return Ok(Some(id));
         }
-        // As `mkdir`: without the copy (no user xattrs, or refused) the file alone is the id.
-        let copied = crate::fsutil::write_dirid_copy(&d, id.as_bytes())
-            .inspect_err(|e| tracing::debug!("no copy of the directory id in an xattr: {e}"))
-            .is_ok();
         if id_file {
             rustix::fs::unlinkat(&d, DIRID_FILE, AtFlags::empty())?;
         }
-        let f = std::fs::File::from(rustix::fs::openat(
-            &d,
-            DIRID_FILE,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from(0o400),
-        )?);
-        std::io::Write::write_all(&mut &f, id.as_bytes())?;
-        // Without the copy the file is the only id (see `mkdir`).
-        if !copied {
-            rustix::fs::fdatasync(&f)?;
-        }
+        super::dir_ops::write_dir_id(&d, &id)?;
         tracing::warn!(
             path = %self.label(dir),
             "directory without an id and empty (a mkdir cut short by a killed daemon): given a new id"

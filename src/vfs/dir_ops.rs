@@ -262,28 +262,7 @@ impl Vfs {
                     if !self.names.plaintext() {
                         let id = DirId::generate();
                         made_id = Some(id);
-                        // The copy first: a crash before the file is written leaves a directory the
-                        // mount reads by its copy (and fsck completes), not one without an id.
-                        let copied = crate::fsutil::write_dirid_copy(&newd, id.as_bytes())
-                            .inspect_err(|e| {
-                                tracing::debug!("no copy of the directory id in an xattr: {e}")
-                            })
-                            .is_ok();
-                        crate::fault::check("create")?;
-                        let f = std::fs::File::from(rustix::fs::openat(
-                            &newd,
-                            DIRID_FILE,
-                            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                            Mode::from(0o400),
-                        )?);
-                        std::io::Write::write_all(&mut &f, id.as_bytes())?;
-                        // Without the copy (no user xattrs on the backing file system) the file is
-                        // the only id: on disk before anything is named with it (a power loss
-                        // would otherwise leave it empty under entries fsync'd later). The copy,
-                        // where there is one, is in the directory's inode: journaled metadata.
-                        if !copied {
-                            rustix::fs::fdatasync(&f)?;
-                        }
+                        write_dir_id(&newd, &id)?;
                     }
                     drop(gap);
                     // A directory made in a set-group-id directory inherits the bit (as the backing
@@ -708,6 +687,30 @@ impl Vfs {
             Ok(made?.1)
         })
     }
+}
+
+/// Writes `id` as the id of the new (or emptied) directory `d`: the copy in its xattr first (a
+/// crash before the file is written leaves a directory the mount reads by its copy, and fsck
+/// completes), then `kmsfs.dirid`. Without the copy (no user xattrs on the backing file system,
+/// or refused) the file is the only id, so it is on disk before anything is named with it (a
+/// power loss would otherwise leave it empty under entries fsync'd later); the copy, where there
+/// is one, is in the directory's inode: journaled metadata.
+pub(super) fn write_dir_id(d: &OwnedFd, id: &DirId) -> Result<()> {
+    let copied = crate::fsutil::write_dirid_copy(d, id.as_bytes())
+        .inspect_err(|e| tracing::debug!("no copy of the directory id in an xattr: {e}"))
+        .is_ok();
+    crate::fault::check("create")?;
+    let f = std::fs::File::from(rustix::fs::openat(
+        d,
+        DIRID_FILE,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from(0o400),
+    )?);
+    std::io::Write::write_all(&mut &f, id.as_bytes())?;
+    if !copied {
+        rustix::fs::fdatasync(&f)?;
+    }
+    Ok(())
 }
 
 /// Empties a directory that holds nothing but kmsfs-internal files (its directory id and
