@@ -115,7 +115,10 @@ pub enum ConfigError {
     )]
     UnsupportedVersion(u32),
     #[error(
-        "volume uses feature flag {0:?}, which this kmsfs does not know; upgrade kmsfs to open it"
+        "volume uses feature flag {0:?}, which this kmsfs does not know (it knows {known}): a \
+         newer kmsfs made or upgraded the volume (upgrade kmsfs to open it), or \
+         .kmsfs/volume.json was modified",
+        known = KNOWN_FEATURES.join(", ")
     )]
     UnknownFeature(String),
 }

@@ -33,11 +33,12 @@ kmsfs_binary() {
   KMSFS=$(realpath "$KMSFS") || die "no kmsfs binary"
 }
 
-# Sets ORIG to Debian's upstream tarball of PACKAGE in $SUITES_DIR/PACKAGE, downloading it with
-# `apt-get source` (a deb-src entry added for the download and removed again) when missing.
+# Sets ORIG to Debian's upstream tarball of PACKAGE in $SUITES_DIR/PACKAGE (not its .asc
+# signature, which some packages have), downloading it with `apt-get source` (a deb-src entry
+# added for the download and removed again) when missing.
 debian_source() { # PACKAGE
   local pkg=$1 dir=$SUITES_DIR/$1
-  ORIG=$(find "$dir" -maxdepth 1 -name "${pkg}_*.orig.tar.*" 2>/dev/null | head -1)
+  ORIG=$(find "$dir" -maxdepth 1 -name "${pkg}_*.orig.tar.*" ! -name "*.asc" 2>/dev/null | head -1)
   [[ -n $ORIG ]] && return 0
   mkdir -p "$dir" || die "cannot make $dir"
   echo "== downloading $pkg's source (apt-get source $pkg)"
@@ -53,7 +54,7 @@ debian_source() { # PACKAGE
   rm -f "$src_list"
   apt-get update -qq >/dev/null 2>&1
   ((got == 0)) || die "apt-get source $pkg failed"
-  ORIG=$(find "$dir" -maxdepth 1 -name "${pkg}_*.orig.tar.*" | head -1)
+  ORIG=$(find "$dir" -maxdepth 1 -name "${pkg}_*.orig.tar.*" ! -name "*.asc" | head -1)
   [[ -n $ORIG ]] || die "no ${pkg}_*.orig.tar.* downloaded"
 }
 
