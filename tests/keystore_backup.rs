@@ -67,7 +67,7 @@ fn export_and_restore_a_destroyed_key_store() {
     let o = ks(&v, &["restore", backup.to_str().unwrap()]);
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(20),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -90,7 +90,7 @@ fn export_and_restore_a_destroyed_key_store() {
     // A backup of another volume is refused.
     let other = Volume::new(&[]);
     let o = ks(&other, &["restore", backup.to_str().unwrap()]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(20), "{}", err(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("belongs to volume"));
 }
 
@@ -144,7 +144,7 @@ fn restore_after_passwd_is_a_rollback() {
             .success()
     );
     let o = ks(&v, &["restore", backup.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert_eq!(o.status.code(), Some(20), "{}", err(&o));
     assert!(err(&o).contains("--allow-rollback"), "{}", err(&o));
     let list = key(&v, &newpass, &["list", "--json"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("alias/later"));
@@ -186,6 +186,45 @@ fn damaged_backup_file_is_reported_as_the_backup() {
         "{}",
         err(&o)
     );
+    assert!(key(&v, &v.passfile, &["list"]).status.success());
+}
+
+/// A backup whose volume config was changed (its key store opens, but was made with another
+/// config) is a modified backup, exit 13; one of a newer backup format version, exit 11. The
+/// volume is untouched either way.
+#[test]
+fn modified_or_newer_backup_files_have_their_own_exit_codes() {
+    use base64::Engine as _;
+    let v = Volume::new(&[]);
+    let backup = v.tmp.path().join("ks.backup");
+    assert!(
+        ks(&v, &["export", backup.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let orig: serde_json::Value = serde_json::from_slice(&std::fs::read(&backup).unwrap()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let config = b64.decode(orig["volume_config"].as_str().unwrap()).unwrap();
+    let changed = String::from_utf8(config)
+        .unwrap()
+        .replace("\"block_size\": 4096", "\"block_size\": 8192");
+    let mut j = orig.clone();
+    j["volume_config"] = b64.encode(changed.as_bytes()).into();
+    std::fs::write(&backup, serde_json::to_vec(&j).unwrap()).unwrap();
+    let o = ks(&v, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(13), "{}", err(&o));
+    assert!(
+        err(&o).contains("does not match its key store"),
+        "{}",
+        err(&o)
+    );
+
+    let mut j = orig.clone();
+    j["version"] = 99.into();
+    std::fs::write(&backup, serde_json::to_vec(&j).unwrap()).unwrap();
+    let o = ks(&v, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(11), "{}", err(&o));
+    assert!(err(&o).contains("version 99"), "{}", err(&o));
     assert!(key(&v, &v.passfile, &["list"]).status.success());
 }
 

@@ -52,6 +52,8 @@ impl From<VolumeError> for CliError {
             VolumeError::KeyStoreCorrupt(_)
             | VolumeError::ConfigTampered
             | VolumeError::BackupCorrupt { .. } => code::CORRUPT,
+            VolumeError::NewerBackup(_) => code::UNSUPPORTED_VOLUME,
+            VolumeError::Refused(_) => code::INVALID_REQUEST,
             VolumeError::Kdf(_) | VolumeError::Io { .. } | VolumeError::Invalid(_) => code::ERROR,
         };
         let hint = match &e {

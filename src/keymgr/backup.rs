@@ -112,7 +112,7 @@ fn refuse_rollback(
         .filter_map(|p| envelope_generation(p))
         .max();
     match newest {
-        Some(g) if g > backup && !allow_rollback => Err(VolumeError::Invalid(format!(
+        Some(g) if g > backup && !allow_rollback => Err(VolumeError::Refused(format!(
             "the backup is generation {backup} but the volume's key store is at generation {g}: \
              restoring it would bring back keys destroyed since, drop later changes and bring \
              back the passphrase and recovery key of the time of the export (use \
@@ -170,10 +170,18 @@ pub fn restore(
     let bad = |m: String| VolumeError::Invalid(format!("{}: {m}", from.display()));
     let file: BackupFile = serde_json::from_slice(&raw)
         .map_err(|e| bad(format!("not a kmsfs key-store backup ({e})")))?;
-    if file.format != FORMAT || file.version != VERSION {
+    if file.format != FORMAT {
         return Err(bad(format!(
-            "format {} version {} is not one this kmsfs reads",
-            file.format, file.version
+            "format {:?} is not a kmsfs key-store backup",
+            file.format
+        )));
+    }
+    if file.version != VERSION {
+        return Err(VolumeError::NewerBackup(format!(
+            "{}: key-store backup version {} is not one this kmsfs reads (it reads {VERSION}); \
+             upgrade kmsfs",
+            from.display(),
+            file.version
         )));
     }
     let sealed = b64()
@@ -193,14 +201,18 @@ pub fn restore(
         e => e,
     })?;
     if !config_matches(&config, &u.store.config_digest) {
-        return Err(bad("its volume config does not match its key store".into()));
+        return Err(VolumeError::BackupCorrupt {
+            path: from.to_path_buf(),
+            why: "its volume config does not match its key store (modified)".into(),
+        });
     }
     let paths = VolumePaths::new(dir);
     // The volume in place, if its config reads: it must be the same volume.
     if let Ok((cfg, _)) = probe(dir) {
         if cfg.volume_id != u.store.volume_id {
-            return Err(bad(format!(
-                "it belongs to volume {}, not to {} ({})",
+            return Err(VolumeError::Refused(format!(
+                "{}: it belongs to volume {}, not to {} ({})",
+                from.display(),
                 hex::encode(&u.store.volume_id.0),
                 hex::encode(&cfg.volume_id.0),
                 dir.display()

@@ -311,7 +311,7 @@ fn restore_after_passwd_refuses_rollback_and_keeps_replaced_store() {
     drop(km);
     let r = backup::restore(&d, &with("old pass"), &file, false);
     assert!(
-        matches!(&r, Err(VolumeError::Invalid(m)) if m.contains(&format!("generation {gen_before}"))),
+        matches!(&r, Err(VolumeError::Refused(m)) if m.contains(&format!("generation {gen_before}"))),
         "{r:?}"
     );
     // Nothing changed.

@@ -79,6 +79,14 @@ pub enum VolumeError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A request that is well-formed but refused as it stands (a key-store restore that would
+    /// roll the volume back, or a backup of another volume): exit 20, as a refused key-manager
+    /// request.
+    #[error("{0}")]
+    Refused(String),
+    /// A key-store backup file of a format version this kmsfs does not read (exit 11).
+    #[error("{0}")]
+    NewerBackup(String),
 }
 
 /// Errors of using keys on the data path.
