@@ -270,3 +270,64 @@ pub fn unescape_mount_field(b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Held while a backing file's mode is changed: by [`with_owner_bits`] for the time its owner
+/// bits are lent, and by every chmod of a backing file (so neither undoes the other).
+pub fn mode_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `/proc/self/fd/N` of `fd`: a path that reaches the file itself (also for an `O_PATH`
+/// descriptor) for the calls that take no descriptor.
+pub fn proc_fd_path(fd: impl std::os::fd::AsFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+/// Runs `op` on the backing file or directory at `path` (a `/proc/self/fd` path); when it fails
+/// with EACCES because the file's mode lacks owner bits `need` (`S_IRUSR`, `S_IWUSR`) and the
+/// daemon owns the file, lends it those bits for the time of a second try and puts the mode back.
+///
+/// A daemon that is not root (a user's own mount, or one without CAP_DAC_OVERRIDE) is bound by
+/// the backing files' modes, which are the files' own: the owner's `chmod 200` file must still
+/// open for writing (kmsfs reads its header), `chmod 400` right after a write must not leave the
+/// interrupted-write marker on it, an ACL must be settable on a read-only file as on ext4. The
+/// kernel has already decided the caller may do what it asked (`default_permissions`, or root),
+/// so this only lets kmsfs do its own part. The bits are the owner's, whom they already belong to
+/// (a `chmod` away), and nothing else's; while lent, a `stat` may see them. Not for a file the
+/// daemon does not own (its chmod would fail) or a set-group-id file of a group the daemon is not
+/// in (chmod would clear the bit): those keep the EACCES.
+pub fn with_owner_bits<T>(
+    path: impl rustix::path::Arg + Copy,
+    need: u32,
+    mut op: impl FnMut() -> rustix::io::Result<T>,
+) -> rustix::io::Result<T> {
+    use rustix::io::Errno;
+    match op() {
+        Err(Errno::ACCESS) => {}
+        r => return r,
+    }
+    let _g = mode_lock();
+    let Ok(st) = rustix::fs::stat(path) else {
+        return Err(Errno::ACCESS);
+    };
+    let mode = st.st_mode & 0o7777;
+    let euid = rustix::process::geteuid();
+    let sgid_kept = mode & libc::S_ISGID == 0
+        || euid.is_root()
+        || st.st_gid == rustix::process::getegid().as_raw()
+        || rustix::process::getgroups().is_ok_and(|g| g.iter().any(|x| x.as_raw() == st.st_gid));
+    if mode & need == need || st.st_uid != euid.as_raw() || !sgid_kept {
+        return op();
+    }
+    let chmod = |m: u32| rustix::fs::chmod(path, rustix::fs::Mode::from(m));
+    if chmod(mode | need).is_err() {
+        return Err(Errno::ACCESS);
+    }
+    let r = op();
+    if let Err(e) = chmod(mode) {
+        tracing::error!("cannot put back mode {mode:o} after lending owner bits: {e}");
+    }
+    r
+}

@@ -88,7 +88,14 @@ pub fn mark(file: &File, ino: u64, cipher: &FileCipher, first: u64, target: u64,
     v[..MARKER_FIELDS_LEN].copy_from_slice(&fields);
     v[MARKER_FIELDS_LEN..].copy_from_slice(&cipher.marker_tag(&fields));
     let _g = xattr_lock(ino);
-    let set = || rustix::fs::fsetxattr(file, PENDING_XATTR, &v, rustix::fs::XattrFlags::empty());
+    // Owner bits lent where the file's mode lacks them (a daemon that is not root, a file made
+    // read-only while open): see `fsutil::with_owner_bits`.
+    let path = crate::fsutil::proc_fd_path(file);
+    let set = || {
+        crate::fsutil::with_owner_bits(&path, libc::S_IWUSR, || {
+            rustix::fs::fsetxattr(file, PENDING_XATTR, &v, rustix::fs::XattrFlags::empty())
+        })
+    };
     let r = match set() {
         // A stand-in left by a crash in `marker_fits` holds the room: let it go.
         Err(rustix::io::Errno::NOSPC) if rustix::fs::fremovexattr(file, STAND_IN).is_ok() => set(),
@@ -128,14 +135,43 @@ pub fn marker_fits(path: &str) -> bool {
     }
 }
 
-pub fn clear(file: &File) {
-    let _ = rustix::fs::fremovexattr(file, PENDING_XATTR);
+/// Removes `file`'s marker; whether it is gone (or was not there, or the backing file system
+/// has no user xattrs). A file made read-only since it was written (`chmod 400` within the ~35 s
+/// before its marker goes) is no reason to keep it: the owner's write bit is lent for the
+/// removal (see `fsutil::with_owner_bits`); a marker left there would have the next mount
+/// recover the file and a walk look for it.
+pub fn clear(file: &File) -> bool {
+    let path = crate::fsutil::proc_fd_path(file);
+    match crate::fsutil::with_owner_bits(&path, libc::S_IWUSR, || {
+        rustix::fs::fremovexattr(file, PENDING_XATTR)
+    }) {
+        Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => true,
+        Err(e) => {
+            tracing::warn!("cannot remove an interrupted-write marker: {e}");
+            false
+        }
+    }
+}
+
+/// Reads `file`'s marker into `b`; the owner's read bit lent where the file's mode lacks it (a
+/// daemon or fsck that is not root, a `chmod 200` file: see `fsutil::with_owner_bits`), else
+/// the marker of such a file would go unseen.
+fn get_marker(file: &File, b: &mut [u8]) -> rustix::io::Result<usize> {
+    match rustix::fs::fgetxattr(file, PENDING_XATTR, &mut *b) {
+        Err(rustix::io::Errno::ACCESS) => {
+            let path = crate::fsutil::proc_fd_path(file);
+            crate::fsutil::with_owner_bits(path.as_str(), libc::S_IRUSR, || {
+                rustix::fs::fgetxattr(file, PENDING_XATTR, &mut *b)
+            })
+        }
+        r => r,
+    }
 }
 
 /// Whether `file` carries an interrupted-write marker (of any kind: see [`read_marker`]).
 pub fn is_marked(file: &File) -> bool {
     let mut b = [0u8; MARKER_LEN];
-    match rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b) {
+    match get_marker(file, &mut b) {
         Ok(_) | Err(rustix::io::Errno::RANGE) => true,
         Err(_) => false,
     }
@@ -143,9 +179,11 @@ pub fn is_marked(file: &File) -> bool {
 
 /// [`is_marked`] for the cipher file at `path` (a `/proc/self/fd` path of an `O_PATH`
 /// descriptor).
-pub fn is_marked_at(path: impl rustix::path::Arg) -> bool {
+pub fn is_marked_at(path: impl rustix::path::Arg + Copy) -> bool {
     let mut b = [0u8; MARKER_LEN];
-    match rustix::fs::getxattr(path, PENDING_XATTR, &mut b) {
+    match crate::fsutil::with_owner_bits(path, libc::S_IRUSR, || {
+        rustix::fs::getxattr(path, PENDING_XATTR, &mut b)
+    }) {
         Ok(_) | Err(rustix::io::Errno::RANGE) => true,
         Err(_) => false,
     }
@@ -154,7 +192,7 @@ pub fn is_marked_at(path: impl rustix::path::Arg) -> bool {
 /// Reads and checks `file`'s interrupted-write marker against the file's key.
 pub fn read_marker(file: &File, cipher: &FileCipher) -> std::io::Result<Marker> {
     let mut b = [0u8; MARKER_LEN];
-    let n = match rustix::fs::fgetxattr(file, PENDING_XATTR, &mut b) {
+    let n = match get_marker(file, &mut b) {
         Ok(n) => n,
         Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(Marker::Absent),
         // Longer than any marker.

@@ -471,7 +471,9 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
     } else {
         dir_id(c, d, &plain, at_root)
     };
-    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(d)?.collect::<Result<_, _>>()?;
+    let mut entries: Vec<std::fs::DirEntry> = lending(d, libc::S_IRUSR | libc::S_IXUSR, || {
+        std::fs::read_dir(d)?.collect::<Result<_, _>>()
+    })?;
     entries.sort_by_key(|e| e.file_name());
     let present: std::collections::HashSet<Vec<u8>> = entries
         .iter()
@@ -654,7 +656,13 @@ fn xattr(
         );
         return;
     };
-    let v = match rustix::fs::lgetxattr(path, raw, &mut value[..]) {
+    let get = |value: &mut [u8]| rustix::fs::lgetxattr(path, raw, value).map_err(Into::into);
+    let got = if ns == BackingNamespace::Trusted {
+        get(&mut value[..])
+    } else {
+        lending(path, libc::S_IRUSR, || get(&mut value[..]))
+    };
+    let v = match got {
         Ok(len) => &value[..len],
         Err(e) => {
             c.problem(
@@ -719,10 +727,30 @@ fn count_files(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `op` on the backing file or directory at `path`, lending the owner bits `need` where
+/// the user running fsck (the volume's owner, not root) lacks them, as the mount does
+/// (`fsutil::with_owner_bits`): the owner's `chmod 200` file, or `chmod 300` directory, is
+/// checked too (fsck stopped at the first one with "Permission denied").
+fn lending<T>(
+    path: &Path,
+    need: u32,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mut failed = None;
+    let r = crate::fsutil::with_owner_bits(path, need, || {
+        op().map_err(|e| {
+            let n = e.raw_os_error().unwrap_or(libc::EIO);
+            failed = Some(e);
+            rustix::io::Errno::from_raw_os_error(n)
+        })
+    });
+    r.map_err(|e| failed.take().unwrap_or_else(|| e.into()))
+}
+
 fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result<()> {
     c.report.files += 1;
     (c.progress)(c.report.files, c.total.max(c.report.files));
-    let f = File::open(path)?;
+    let f = lending(path, libc::S_IRUSR, || File::open(path))?;
     let len = f.metadata()?.len();
     let mut hb = [0u8; HEADER_LEN];
     let header = match f.read_exact_at(&mut hb, 0) {
@@ -787,10 +815,12 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
     };
     if marker != Marker::Absent {
         let rw = || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
+            lending(path, libc::S_IRUSR | libc::S_IWUSR, || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+            })
         };
         let (detail, repaired) = match marker {
             // A size-changing write was interrupted: the next open (or --repair) ends the file

@@ -310,6 +310,7 @@ impl Vfs {
 /// chmod of a node's backing file (through `/proc/self/fd`: its descriptor is `O_PATH`).
 pub(super) fn chmod_node(node: &super::inode::Node, mode: u32) -> Result<()> {
     crate::fault::check("chmod")?;
+    let _g = crate::fsutil::mode_lock();
     rustix::fs::chmodat(
         rustix::fs::CWD,
         node.proc_path().as_str(),

@@ -65,11 +65,17 @@ impl Vfs {
         if let Some(b) = self.open_by_name(node, access) {
             return Ok(b);
         }
-        let fd = rustix::fs::open(
-            node.proc_path().as_str(),
-            access | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        // The owner's own file without the owner's read bit (a daemon that is not root): kmsfs
+        // reads the header of a file opened for writing only.
+        let need = if access.contains(OFlags::RDWR) {
+            libc::S_IRUSR | libc::S_IWUSR
+        } else {
+            libc::S_IRUSR
+        };
+        let path = node.proc_path();
+        let fd = crate::fsutil::with_owner_bits(path.as_str(), need, || {
+            rustix::fs::open(path.as_str(), access | OFlags::CLOEXEC, Mode::empty())
+        })?;
         let st = rustix::fs::fstat(&fd)?;
         Ok(Backing {
             file: File::from(fd),

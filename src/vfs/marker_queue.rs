@@ -388,9 +388,10 @@ fn settle(inner: &Inner, batch: Vec<Settling>) {
         // `u64::MAX`: settled by its close, never queued.
         let ours = s.seq == u64::MAX || st.files.get(&s.ino).is_some_and(|w| w.seq == s.seq);
         if ours {
-            if written && !gone {
-                // Under the lock: an open of the file waits, and finds the marker gone.
-                crate::content::pending::clear(&s.file);
+            // Under the lock: an open of the file waits, and finds the marker gone. One that
+            // stays (not removable) keeps `.kmsfs/mounted-rw`, as an unwritten file does.
+            if written && !gone && !crate::content::pending::clear(&s.file) {
+                st.failed = true;
             }
             if s.seq != u64::MAX {
                 st.files.remove(&s.ino);

@@ -709,7 +709,7 @@ impl Vfs {
             || self.read_only()
             || self.open_files.contains_key(&node.ino)
             || self.markers.holds(node.ino)
-            || !crate::content::pending::is_marked_at(node.proc_path())
+            || !crate::content::pending::is_marked_at(node.proc_path().as_str())
         {
             return None;
         }

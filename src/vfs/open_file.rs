@@ -914,7 +914,9 @@ impl OpenFile {
                                     st.marked_gap,
                                 );
                             }
-                            None => crate::content::pending::clear(&st.file),
+                            None => {
+                                crate::content::pending::clear(&st.file);
+                            }
                         }
                     }
                     return Err(e.into());

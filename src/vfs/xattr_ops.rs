@@ -89,6 +89,23 @@ impl Target {
         self.ns() == BackingNamespace::Trusted
     }
 
+    /// Runs a backing xattr call that needs owner bits `need` of a file or directory's mode
+    /// (reading `user.` attributes needs read permission, changing them write permission), the
+    /// bits lent where a daemon that is not root lacks them (`fsutil::with_owner_bits`): the
+    /// pack holding a file's attributes and ACLs is read for any change, and an ACL is
+    /// changed, and any attribute listed, without those permissions on ext4.
+    fn owner<T>(
+        &self,
+        need: u32,
+        op: impl FnMut() -> rustix::io::Result<T>,
+    ) -> rustix::io::Result<T> {
+        if self.in_trusted() {
+            let mut op = op;
+            return op();
+        }
+        crate::fsutil::with_owner_bits(&self.path, need, op)
+    }
+
     /// The backing name for `name` (in its `user.` form).
     fn backing<'a>(&self, name: &'a str) -> Cow<'a, str> {
         match self.ns().backing(name.as_bytes()) {
@@ -162,10 +179,14 @@ impl Vfs {
     fn read_backing_xattr(t: &Target, bname: &str) -> Result<Option<Vec<u8>>> {
         let (path, bname) = (t.path.as_str(), &*t.backing(bname));
         let mut buf = vec![0u8; 4096];
-        let r = match rustix::fs::getxattr(path, bname, &mut buf[..]) {
+        let r = match t.owner(libc::S_IRUSR, || {
+            rustix::fs::getxattr(path, bname, &mut buf[..])
+        }) {
             Err(Errno::RANGE) => {
                 buf = vec![0u8; STORED_MAX];
-                rustix::fs::getxattr(path, bname, &mut buf[..])
+                t.owner(libc::S_IRUSR, || {
+                    rustix::fs::getxattr(path, bname, &mut buf[..])
+                })
             }
             r => r,
         };
@@ -199,7 +220,10 @@ impl Vfs {
     /// Removes a backing xattr; whether it was there (ERANGE: a name longer than the backing
     /// file system takes is not).
     fn remove_backing_xattr(t: &Target, bname: &str) -> std::result::Result<bool, Errno> {
-        match rustix::fs::removexattr(t.path.as_str(), &*t.backing(bname)) {
+        let bname = t.backing(bname);
+        match t.owner(libc::S_IWUSR, || {
+            rustix::fs::removexattr(t.path.as_str(), &*bname)
+        }) {
             Ok(()) => Ok(true),
             Err(Errno::NODATA | Errno::RANGE) => Ok(false),
             Err(e) => Err(e),
@@ -219,11 +243,11 @@ impl Vfs {
     /// limit while the caller's own value was within it: no room, ENOSPC, as ext4 answers for a
     /// value that does not fit.
     fn write_backing_xattr(t: &Target, bname: &str, v: &[u8]) -> std::result::Result<(), Errno> {
-        rustix::fs::setxattr(t.path.as_str(), &*t.backing(bname), v, XattrFlags::empty()).map_err(
-            |e| {
-                if e == Errno::TOOBIG { Errno::NOSPC } else { e }
-            },
-        )
+        let bname = t.backing(bname);
+        t.owner(libc::S_IWUSR, || {
+            rustix::fs::setxattr(t.path.as_str(), &*bname, v, XattrFlags::empty())
+        })
+        .map_err(|e| if e == Errno::TOOBIG { Errno::NOSPC } else { e })
     }
 
     /// A `user.` attribute (stored name without the leading zero byte) on a symlink or

@@ -150,6 +150,14 @@ pub fn mount_options(mnt: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `setpriv` flags that take CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from root (and from
+/// what it runs): file modes then bind it as they bind a file's owner.
+#[allow(dead_code)]
+pub const NO_DAC: &[&str] = &[
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+];
+
 pub struct Mount {
     pub mnt: PathBuf,
     child: Option<Child>,
@@ -168,8 +176,34 @@ impl Mount {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Mount {
-        let child = kmsfs()
-            .envs(env.iter().copied())
+        let mut cmd = kmsfs();
+        cmd.envs(env.iter().copied());
+        Self::spawn(cmd, cipher, mnt, passfile, extra)
+    }
+
+    /// Like [`Mount::start`], with a daemon that is root without CAP_DAC_OVERRIDE and
+    /// CAP_DAC_READ_SEARCH (through `setpriv`): bound by the backing files' modes, as the daemon
+    /// of a user's own mount is for the files it owns.
+    #[allow(dead_code)]
+    pub fn start_without_dac(cipher: &Path, mnt: &Path, passfile: &Path, extra: &[&str]) -> Mount {
+        let mut cmd = Command::new("setpriv");
+        cmd.env("KMSFS_INSECURE_FAST_KDF", "1")
+            .args(NO_DAC)
+            .arg("--")
+            .arg(bin());
+        Self::spawn(cmd, cipher, mnt, passfile, extra)
+    }
+
+    /// Runs `cmd` (kmsfs, or a wrapper ending in it) with `mount -f` and the arguments, and
+    /// waits for the mount.
+    fn spawn(
+        mut cmd: Command,
+        cipher: &Path,
+        mnt: &Path,
+        passfile: &Path,
+        extra: &[&str],
+    ) -> Mount {
+        let child = cmd
             .arg("mount")
             .arg("-f")
             .arg("--passfile")
