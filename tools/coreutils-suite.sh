@@ -16,7 +16,8 @@
 # Env: SUITES_DIR (default ~/.cache/kmsfs-suites), KMSFS (binary; default: release build),
 #      JOBS (default: the number of CPUs), WORK_IN (where the volume goes; default /var/tmp),
 #      MOUNT_OPTS (see tools/lib/suite.sh; with --acl and libacl1-dev installed the build has
-#      ACL support and the suite's ACL scripts run instead of skipping).
+#      ACL support and the suite's ACL scripts run instead of skipping), DAEMON_NO_DAC (see
+#      tools/lib/suite.sh).
 # Exit status: 0 when every other script passed or skipped, 1 otherwise, 2 when the setup failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."

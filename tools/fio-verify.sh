@@ -23,7 +23,8 @@
 #
 # Run as root: tools/fio-verify.sh
 # Env: KMSFS (binary; default: release build), MODES ("wb nowb"), JOBS (names, default all),
-#      WORK_IN (where the volume goes; default /var/tmp), LOGS (default /tmp/kmsfs-fio-logs).
+#      WORK_IN (where the volume goes; default /var/tmp), LOGS (default /tmp/kmsfs-fio-logs),
+#      DAEMON_NO_DAC (1 or nofowner: see tools/lib/suite.sh).
 # Exit status: 0 when every job passed, 1 otherwise, 2 on a setup error.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -193,7 +194,7 @@ run_fio() { # DIR JOBFILE LOG
 
 mount_opts=()
 mount_volume() {
-  timeout 30 "$KMSFS" mount --passfile "$WORK/pass" "${mount_opts[@]}" "$WORK/cipher" "$MNT" ||
+  daemon timeout 30 "$KMSFS" mount --passfile "$WORK/pass" "${mount_opts[@]}" "$WORK/cipher" "$MNT" ||
     die "mount failed"
 }
 

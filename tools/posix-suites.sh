@@ -15,7 +15,9 @@
 # Env: SUITES_DIR (default ~/.cache/kmsfs-suites), KMSFS (binary; default: release build),
 #      FSX_OPS (operations per fsx run, default 20000), FSX_SEEDS (default "1 2 3"),
 #      WORK_IN (where the volumes go, i.e. the backing file system; default /var/tmp),
-#      INIT_OPTS (options for every `kmsfs init`, e.g. "--block-size 512 --plaintext-names").
+#      INIT_OPTS (options for every `kmsfs init`, e.g. "--block-size 512 --plaintext-names"),
+#      DAEMON_NO_DAC (1 or nofowner: the daemon as root without the capabilities that override
+#      file modes, bound by them as a user's own daemon is; see tools/lib/suite.sh).
 # Exit status: 0 when every suite passed on every mount, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -119,7 +121,7 @@ mount_fresh() { # ARGS...: a new volume mounted at $MNT
   # shellcheck disable=SC2086 # INIT_OPTS is a list of options
   KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-key ${INIT_OPTS:-} "$c" >/dev/null ||
     die "init failed"
-  "$KMSFS" mount --passfile "$WORK/pass" "$@" "$c" "$MNT" || die "mount failed"
+  daemon "$KMSFS" mount --passfile "$WORK/pass" "$@" "$c" "$MNT" || die "mount failed"
   CIPHER=$c
 }
 

@@ -11,7 +11,7 @@
 # Run as root: tools/rsync-suite.sh
 # Env: SUITES_DIR (default ~/.cache/kmsfs-suites), KMSFS (binary; default: release build),
 #      JOBS (build jobs; default: the number of CPUs), WORK_IN (where the volume goes; default
-#      /var/tmp).
+#      /var/tmp), MOUNT_OPTS and DAEMON_NO_DAC (see tools/lib/suite.sh).
 # Exit status: 0 when every script passed or skipped, 1 otherwise, 2 when the setup failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -10,10 +10,13 @@
 # Run as root: tools/stress-ng.sh
 # Env: KMSFS (binary; default: release build), SECS (seconds per stressor, default 6),
 #      WORKERS (default 2), STRESSORS (space-separated; default: the list below),
-#      MODES ("wb nowb" by default).
+#      MODES ("wb nowb" by default), DAEMON_NO_DAC (1 or nofowner: the daemon as root without
+#      the capabilities that override file modes; see tools/lib/suite.sh).
 # Exit status: 0 when no stressor failed on kmsfs alone, 1 otherwise, 2 on a setup error.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SUITE=stress-ng
+. tools/lib/suite.sh # daemon (its own die below)
 
 SECS=${SECS:-6}
 WORKERS=${WORKERS:-2}
@@ -62,7 +65,7 @@ mount_fresh() { # ARGS...: a new volume mounted at $MNT, its scratch directory i
   rm -rf "$LOWER"/c* "$LOWER/raw"
   KMSFS_INSECURE_FAST_KDF=1 "$KMSFS" init --passfile "$WORK/pass" --no-recovery-key "$LOWER/c$volume" >/dev/null ||
     die "init failed"
-  "$KMSFS" mount --passfile "$WORK/pass" "$@" "$LOWER/c$volume" "$MNT" || die "mount failed"
+  daemon "$KMSFS" mount --passfile "$WORK/pass" "$@" "$LOWER/c$volume" "$MNT" || die "mount failed"
   T=$MNT/t
   mkdir "$T"
 }

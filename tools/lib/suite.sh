@@ -4,12 +4,35 @@
 # name (for messages) and the working directory at the repository's root.
 #
 # Env read here: SUITES_DIR (default ~/.cache/kmsfs-suites), KMSFS (binary; default: release
-# build), WORK_IN (where volumes go; default /var/tmp).
+# build), WORK_IN (where volumes go; default /var/tmp), DAEMON_NO_DAC (below).
+#
+# DAEMON_NO_DAC=1 runs every kmsfs daemon the suites mount (through `daemon`) as root without
+# CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (setpriv drops them from its inheritable and bounding
+# sets), so that the backing files' modes bind it as they bind a user's own daemon, the files'
+# owner; DAEMON_NO_DAC=nofowner drops CAP_FOWNER too (no chmod, utimes or ACL change of a backing
+# file it does not own). It keeps CAP_CHOWN and CAP_SYS_ADMIN: it still mounts, and still gives
+# new files their creator's ownership (as a root daemon does, unlike a user's own), so on an
+# --allow-other mount it then lacks access to other users' backing files that a user's daemon,
+# owning every file, would have (pjdfstest's *::uid_gid_eq_euid_egid fail for that; with
+# nofowner also ftruncate/posix_fallocate create-flag cases and chmod::clear_isgid_bit).
+# Unset or 0: the daemon has all of root's capabilities.
 
 SUITES_DIR=${SUITES_DIR:-$HOME/.cache/kmsfs-suites}
 WORK_IN=${WORK_IN:-/var/tmp}
 
 die() { echo "$SUITE: $*" >&2; exit 2; }
+
+# Runs COMMAND (a `kmsfs mount`, whose daemon inherits the capabilities) as DAEMON_NO_DAC asks.
+daemon() { # COMMAND...
+  local caps
+  case ${DAEMON_NO_DAC:-0} in
+    0) "$@"; return ;;
+    1) caps=-dac_override,-dac_read_search ;;
+    nofowner) caps=-dac_override,-dac_read_search,-fowner ;;
+    *) die "DAEMON_NO_DAC=$DAEMON_NO_DAC: 0, 1 or nofowner" ;;
+  esac
+  setpriv --inh-caps="$caps" --bounding-set="$caps" -- "$@"
+}
 
 need_root() { # WHY
   ((EUID == 0)) || die "run as root ($1)"
@@ -101,7 +124,7 @@ fresh_mount() { # [kmsfs mount options]
   "$KMSFS" audit --passfile "$WORK/pass" "$WORK/cipher" retention --max-size 1G >/dev/null ||
     die "setting the audit size limit failed"
   [[ " $* " == *" --allow-other "* ]] && allow_everyone "$WORK/cipher" "$WORK/pass"
-  timeout 30 "$KMSFS" mount --passfile "$WORK/pass" "$@" "$WORK/cipher" "$MNT" || die "mount failed"
+  daemon timeout 30 "$KMSFS" mount --passfile "$WORK/pass" "$@" "$WORK/cipher" "$MNT" || die "mount failed"
   chmod 755 "$MNT"
 }
 
