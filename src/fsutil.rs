@@ -271,11 +271,91 @@ pub fn unescape_mount_field(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Held while a backing file's mode is changed: by [`with_owner_bits`] for the time its owner
-/// bits are lent, and by every chmod of a backing file (so neither undoes the other).
-pub fn mode_lock() -> std::sync::MutexGuard<'static, ()> {
+/// Held while a backing file's mode is changed: by [`with_owner_bits`] and [`lend_dirs`] for
+/// the time owner bits are lent, and by every chmod of a backing file (so neither undoes the
+/// other). Reentrant on one thread: an operation run with a directory's bits lent may lend a
+/// file's in turn.
+pub fn mode_lock() -> ModeLock {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    if MODE_LOCK_DEPTH.with(|d| d.get()) > 0 {
+        MODE_LOCK_DEPTH.with(|d| d.set(d.get() + 1));
+        return ModeLock(None);
+    }
+    let g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    MODE_LOCK_DEPTH.with(|d| d.set(1));
+    ModeLock(Some(g))
+}
+
+thread_local! {
+    static MODE_LOCK_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// See [`mode_lock`].
+pub struct ModeLock(#[allow(dead_code)] Option<std::sync::MutexGuard<'static, ()>>);
+
+impl Drop for ModeLock {
+    fn drop(&mut self) {
+        MODE_LOCK_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// [`with_owner_bits`] for an operation on entries of directories (create, remove, rename, look
+/// up): when `op` fails with an EACCES that `is_eacces` recognizes, the owner's read, write
+/// and search bits are lent to every one of `dirs` (`/proc/self/fd` paths, worked out only
+/// then) the daemon owns and lacks them on, `op` runs once more, and the modes are put back. For a daemon that is not
+/// root, where the kernel let the caller in through the group or other bits, an ACL entry or
+/// root's override, while the directory's owner (the daemon) has no such right itself
+/// (`chmod u=rx dir` with `setfacl -m u:bob:rwx dir` on an `--allow-other` mount).
+pub fn lend_dirs<T, E>(
+    dirs: impl FnOnce() -> Vec<String>,
+    is_eacces: impl Fn(&E) -> bool,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let first = op();
+    match &first {
+        Err(e) if is_eacces(e) => {}
+        _ => return first,
+    }
+    let _g = mode_lock();
+    let euid = rustix::process::geteuid();
+    let dirs = dirs();
+    let mut lent = Vec::new();
+    for d in &dirs {
+        let Ok(st) = rustix::fs::stat(d.as_str()) else {
+            continue;
+        };
+        let mode = st.st_mode & 0o7777;
+        let need = libc::S_IRWXU;
+        if mode & need == need
+            || st.st_uid != euid.as_raw()
+            || mode & libc::S_ISGID != 0 && !euid.is_root() && !in_group(st.st_gid)
+            || lent
+                .iter()
+                .any(|(p, _): &(&String, u32)| p.as_str() == d.as_str())
+        {
+            continue;
+        }
+        if rustix::fs::chmod(d.as_str(), rustix::fs::Mode::from(mode | need)).is_ok() {
+            lent.push((d, mode));
+        }
+    }
+    if lent.is_empty() {
+        return first;
+    }
+    let r = op();
+    for (d, mode) in lent.into_iter().rev() {
+        if let Err(e) = rustix::fs::chmod(d.as_str(), rustix::fs::Mode::from(mode)) {
+            tracing::error!("cannot put back mode {mode:o} after lending owner bits: {e}");
+        }
+    }
+    r
+}
+
+/// Whether the daemon's effective or supplementary groups hold `gid` (chmod keeps a
+/// set-group-id bit only then, for a process that is not root).
+fn in_group(gid: u32) -> bool {
+    rustix::process::getegid().as_raw() == gid
+        || rustix::process::getgroups().is_ok_and(|g| g.iter().any(|x| x.as_raw() == gid))
 }
 
 /// `/proc/self/fd/N` of `fd`: a path that reaches the file itself (also for an `O_PATH`
@@ -314,10 +394,7 @@ pub fn with_owner_bits<T>(
     };
     let mode = st.st_mode & 0o7777;
     let euid = rustix::process::geteuid();
-    let sgid_kept = mode & libc::S_ISGID == 0
-        || euid.is_root()
-        || st.st_gid == rustix::process::getegid().as_raw()
-        || rustix::process::getgroups().is_ok_and(|g| g.iter().any(|x| x.as_raw() == st.st_gid));
+    let sgid_kept = mode & libc::S_ISGID == 0 || euid.is_root() || in_group(st.st_gid);
     if mode & need == need || st.st_uid != euid.as_raw() || !sgid_kept {
         return op();
     }

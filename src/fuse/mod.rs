@@ -347,7 +347,8 @@ impl Filesystem for KmsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _turn = self.turn();
         match self.reclaim.patiently(&self.vfs, Some(parent.0), || {
-            self.vfs.lookup(parent.0, name)
+            self.vfs
+                .in_dirs(&[parent.0], || self.vfs.lookup(parent.0, name))
         }) {
             // `.` and `..` come from the kernel's export operations (a handle opened after its
             // inode was let go, see `vfs::export`): no negative entry, and the node is let go
@@ -449,7 +450,9 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let who = creator(req, umask);
         let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
-            self.vfs.mknod(parent.0, name, mode, rdev, &who)
+            self.vfs.in_dirs(&[parent.0], || {
+                self.vfs.mknod(parent.0, name, mode, rdev, &who)
+            })
         });
         self.entry_in(reply, "mknod", parent, r);
     }
@@ -466,19 +469,26 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let who = creator(req, umask);
         let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
-            self.vfs.mkdir(parent.0, name, mode, &who)
+            self.vfs
+                .in_dirs(&[parent.0], || self.vfs.mkdir(parent.0, name, mode, &who))
         });
         self.entry_in(reply, "mkdir", parent, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _turn = self.turn();
-        empty(reply, "unlink", self.vfs.unlink(parent.0, name));
+        let r = self
+            .vfs
+            .in_dirs(&[parent.0], || self.vfs.unlink(parent.0, name));
+        empty(reply, "unlink", r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _turn = self.turn();
-        empty(reply, "rmdir", self.vfs.rmdir(parent.0, name));
+        let r = self
+            .vfs
+            .in_dirs(&[parent.0], || self.vfs.rmdir(parent.0, name));
+        empty(reply, "rmdir", r);
     }
 
     fn symlink(
@@ -492,8 +502,10 @@ impl Filesystem for KmsFs {
         let _turn = self.turn();
         let c = caller(req);
         let r = self.reclaim.patiently(&self.vfs, Some(parent.0), || {
-            self.vfs
-                .symlink(parent.0, link_name, target.as_os_str(), &c)
+            self.vfs.in_dirs(&[parent.0], || {
+                self.vfs
+                    .symlink(parent.0, link_name, target.as_os_str(), &c)
+            })
         });
         self.entry_in(reply, "symlink", parent, r);
     }
@@ -510,12 +522,11 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let c = caller(req);
-        empty(
-            reply,
-            "rename",
+        let r = self.vfs.in_dirs(&[parent.0, newparent.0], || {
             self.vfs
-                .rename_by(parent.0, name, newparent.0, newname, flags.bits(), Some(&c)),
-        );
+                .rename_by(parent.0, name, newparent.0, newname, flags.bits(), Some(&c))
+        });
+        empty(reply, "rename", r);
     }
 
     fn link(
@@ -528,7 +539,9 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let r = self.reclaim.patiently(&self.vfs, Some(newparent.0), || {
-            self.vfs.link(ino.0, newparent.0, newname)
+            self.vfs.in_dirs(&[newparent.0], || {
+                self.vfs.link(ino.0, newparent.0, newname)
+            })
         });
         self.entry_in(reply, "link", newparent, r);
     }
@@ -863,7 +876,9 @@ impl Filesystem for KmsFs {
         let who = creator(req, umask);
         let flags = self.open_flags(flags);
         match self.reclaim.patiently(&self.vfs, Some(parent.0), || {
-            self.vfs.create(parent.0, name, mode, flags, &who)
+            self.vfs.in_dirs(&[parent.0], || {
+                self.vfs.create(parent.0, name, mode, flags, &who)
+            })
         }) {
             Ok((a, fh)) => {
                 self.reclaim.seen(&self.vfs, parent.0, &a);

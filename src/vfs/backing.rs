@@ -19,7 +19,7 @@ use std::sync::Arc;
 use rustix::fs::{FileType, Mode, OFlags};
 
 use super::inode::{Node, NodeName};
-use super::{Kind, Result, Vfs};
+use super::{Kind, Result, Vfs, VfsError};
 
 /// A regular file's backing file, opened.
 pub(super) struct Backing {
@@ -37,6 +37,26 @@ impl Vfs {
     /// otherwise.
     pub(super) fn open_backing(&self, node: &Node, want_write: bool) -> Result<Backing> {
         self.open_backing_with(node, want_write, self.noatime())
+    }
+
+    /// Runs `op`, an operation on entries of the directories `dirs` (create, remove, rename,
+    /// look up), lending the daemon the owner bits of those directories where their modes
+    /// refused its backing calls (a daemon that is not root: see `fsutil::lend_dirs`). Only a
+    /// backing call's EACCES is retried, never a key policy's denial.
+    pub fn in_dirs<T>(&self, dirs: &[u64], op: impl FnMut() -> Result<T>) -> Result<T> {
+        crate::fsutil::lend_dirs(
+            || {
+                dirs.iter()
+                    .filter_map(|&d| self.inodes.get(d).ok())
+                    .filter(|n| n.kind == Kind::Dir)
+                    .map(|n| n.proc_path())
+                    .collect()
+            },
+            |e: &VfsError| {
+                matches!(e, VfsError::Sys(_) | VfsError::Io(_)) && e.errno() == libc::EACCES
+            },
+            op,
+        )
     }
 
     /// [`Vfs::open_backing`], `O_NOATIME` when `noatime` and the daemon may (the file's owner
