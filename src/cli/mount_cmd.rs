@@ -343,6 +343,41 @@ fn raise_fd_limit() {
     }
 }
 
+/// Root's daemon gives new backing files to the users who make them, and reaches them through
+/// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: without those (a hardened service with a capability
+/// bounding set) the files' modes bind it, and a file another user made with mode 0600 is then
+/// out of its reach (EACCES to that user, and EPERM linking a new one in). Said at the mount.
+fn warn_without_dac_override() {
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    else {
+        return;
+    };
+    let missing: Vec<&str> = [
+        (CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| eff & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "running as root without {}: new files are given to the users who make them, and \
+             the daemon, bound by their modes, may then fail to open or link them (EACCES); \
+             keep those capabilities, or mount as the volume's owner",
+            missing.join(" and ")
+        );
+    }
+}
+
 pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let cipherdir = std::fs::canonicalize(&a.cipherdir)
         .map_err(|_| crate::keymgr::VolumeError::NotAVolume(a.cipherdir.clone()))?;
@@ -424,6 +459,9 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
     let allow_other = a.allow_other || fuse_opts.iter().any(|o| o == "allow_other");
     let allow_root = fuse_opts.iter().any(|o| o == "allow_root");
     fuse_opts.retain(|o| o != "allow_other" && o != "allow_root");
+    if (allow_other || allow_root) && rustix::process::geteuid().is_root() {
+        warn_without_dac_override();
+    }
     // `-o ro` is `--ro` (the last of `ro`/`rw` counts, as for mount(8)): the model must know,
     // not only the kernel (no recovery writes, no access times, nothing written but the log).
     let read_only = a.ro || last_of(&fuse_opts, "ro", "rw") == Some(true);
