@@ -163,8 +163,8 @@ fn entries_change_in_directories_whose_owner_bits_do_not_allow_it() {
         let m = Mount::start_without_dac(&v.cipher, &v.mnt, &v.passfile, &["--allow-other"]);
         let _guard = Unmounter(v.mnt.clone());
         let setup = sh(&format!(
-            "cd '{}' && mkdir g h rd g/d && touch g/old && chmod 666 g/old && chmod 557 g h \
-             && chmod 555 rd && chmod 755 .",
+            "cd '{}' && mkdir g h rd g/d z && touch g/old && chmod 666 g/old && chmod 557 g h \
+             && chmod 555 rd && echo in-z > z/f && chmod 0 z && chmod 755 .",
             m.mnt.display()
         ));
         assert!(setup.status.success(), "{setup:?}");
@@ -187,9 +187,16 @@ fn entries_change_in_directories_whose_owner_bits_do_not_allow_it() {
         ));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0");
+        // As root, in a directory of mode 0: listed and read.
+        let o = sh(&format!(
+            "set -e; cd '{}'; echo 3 > /proc/sys/vm/drop_caches; ls z; cat z/f",
+            m.mnt.display()
+        ));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "f\nin-z\n");
         // The modes are as they were.
-        let st = sh(&format!("cd '{}' && stat -c %a g h rd", m.mnt.display()));
-        assert_eq!(String::from_utf8_lossy(&st.stdout), "557\n557\n555\n");
+        let st = sh(&format!("cd '{}' && stat -c %a g h rd z", m.mnt.display()));
+        assert_eq!(String::from_utf8_lossy(&st.stdout), "557\n557\n555\n0\n");
         m.unmount();
         v.assert_fsck_clean("after entry operations in directories the owner may not write");
     });

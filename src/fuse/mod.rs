@@ -683,7 +683,7 @@ impl Filesystem for KmsFs {
         // A kernel that must open directories: no handle is needed all the same, and the
         // kernel may cache listings of real directories (control listings change by
         // themselves, they are not cached).
-        match self.vfs.opendir(ino.0) {
+        match self.vfs.in_dirs(&[ino.0], || self.vfs.opendir(ino.0)) {
             Ok(()) if crate::vfs::is_control(ino.0) => {
                 reply.opened(FileHandle(0), FopenFlags::empty())
             }
@@ -707,8 +707,10 @@ impl Filesystem for KmsFs {
         // Until the reply is full; the entry that did not fit is where the next request
         // starts. An empty reply means the end to the kernel: an error before the first entry
         // is reported, never answered with an empty reply.
-        let r = self.vfs.readdir_with(ino.0, offset, |next, e| {
-            !reply.add(INodeNo(e.ino), next, kind(e.kind), &e.name)
+        let r = self.vfs.in_dirs(&[ino.0], || {
+            self.vfs.readdir_with(ino.0, offset, |next, e| {
+                !reply.add(INodeNo(e.ino), next, kind(e.kind), &e.name)
+            })
         });
         match r {
             Ok(()) => reply.ok(),
@@ -734,39 +736,41 @@ impl Filesystem for KmsFs {
         };
         // A failure leaves the reply empty (the first entry failed), so it can be tried again.
         let r = self.reclaim.patiently(&self.vfs, Some(ino.0), || {
-            self.vfs
-                .readdirplus_with(ino.0, offset, limit, |next, e, a| {
-                    // A file open for writing, with the writeback cache: the size here may be
-                    // behind the kernel's (pages it has not sent yet). The kernel keeps its
-                    // own size for an inode it holds, but this reply may reach it after the
-                    // file was closed and its inode let go (evicted), and then a new inode
-                    // takes this size, which the kernel keeps from then on: another process
-                    // saw the file, closed and renamed into place, empty, and an O_APPEND
-                    // write through that inode went to offset 0, over the start of the file
-                    // (found by a rename storm under `ls`). So the entry is listed with a size
-                    // no file can have: the kernel lists the name, caches nothing for it and
-                    // forgets the node (a FORGET of the lookup counted for it), and a later
-                    // `stat` asks (LOOKUP). Only where the kernel checks (else the size would
-                    // go into such a new inode).
-                    let unsettled =
-                        e.size_may_lag && self.writeback_cache && self.refuses_invalid_attrs;
-                    let mut fa = attr(a);
-                    if unsettled {
-                        fa.size = IMPOSSIBLE_SIZE;
-                    }
-                    let full = reply.add(
-                        INodeNo(e.ino),
-                        next,
-                        &e.name,
-                        &ttl(a.ino),
-                        &fa,
-                        Generation(a.generation),
-                    );
-                    if !full && !unsettled && !e.cipher_name.is_empty() {
-                        self.reclaim.seen(&self.vfs, ino.0, a);
-                    }
-                    !full
-                })
+            self.vfs.in_dirs(&[ino.0], || {
+                self.vfs
+                    .readdirplus_with(ino.0, offset, limit, |next, e, a| {
+                        // A file open for writing, with the writeback cache: the size here may be
+                        // behind the kernel's (pages it has not sent yet). The kernel keeps its
+                        // own size for an inode it holds, but this reply may reach it after the
+                        // file was closed and its inode let go (evicted), and then a new inode
+                        // takes this size, which the kernel keeps from then on: another process
+                        // saw the file, closed and renamed into place, empty, and an O_APPEND
+                        // write through that inode went to offset 0, over the start of the file
+                        // (found by a rename storm under `ls`). So the entry is listed with a size
+                        // no file can have: the kernel lists the name, caches nothing for it and
+                        // forgets the node (a FORGET of the lookup counted for it), and a later
+                        // `stat` asks (LOOKUP). Only where the kernel checks (else the size would
+                        // go into such a new inode).
+                        let unsettled =
+                            e.size_may_lag && self.writeback_cache && self.refuses_invalid_attrs;
+                        let mut fa = attr(a);
+                        if unsettled {
+                            fa.size = IMPOSSIBLE_SIZE;
+                        }
+                        let full = reply.add(
+                            INodeNo(e.ino),
+                            next,
+                            &e.name,
+                            &ttl(a.ino),
+                            &fa,
+                            Generation(a.generation),
+                        );
+                        if !full && !unsettled && !e.cipher_name.is_empty() {
+                            self.reclaim.seen(&self.vfs, ino.0, a);
+                        }
+                        !full
+                    })
+            })
         });
         match r {
             Ok(()) => reply.ok(),
