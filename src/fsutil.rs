@@ -302,10 +302,10 @@ impl Drop for ModeLock {
 /// [`with_owner_bits`] for an operation on entries of directories (create, remove, rename, look
 /// up): when `op` fails with an EACCES that `is_eacces` recognizes, the owner's read, write
 /// and search bits are lent to every one of `dirs` (`/proc/self/fd` paths, worked out only
-/// then) the daemon owns and lacks them on, `op` runs once more, and the modes are put back. For a daemon that is not
-/// root, where the kernel let the caller in through the group or other bits, an ACL entry or
-/// root's override, while the directory's owner (the daemon) has no such right itself
-/// (`chmod u=rx dir` with `setfacl -m u:bob:rwx dir` on an `--allow-other` mount).
+/// then) the daemon owns and lacks them on, `op` runs once more, and the modes are put back.
+/// For a daemon that is not root, where the kernel let the caller in through the group or other
+/// bits, an ACL entry or root's override, while the directory's owner (the daemon) has no such
+/// right itself (`chmod u=rx dir` with `setfacl -m u:bob:rwx dir` on an `--allow-other` mount).
 pub fn lend_dirs<T, E>(
     dirs: impl FnOnce() -> Vec<String>,
     is_eacces: impl Fn(&E) -> bool,
@@ -316,39 +316,76 @@ pub fn lend_dirs<T, E>(
         Err(e) if is_eacces(e) => {}
         _ => return first,
     }
+    let dirs = dirs();
+    let paths: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    retry_lent(&paths, libc::S_IRWXU, first, op)
+}
+
+/// The second try of [`with_owner_bits`] and [`lend_dirs`], after `first` failed with EACCES:
+/// lends owner bits `need` to each of `paths` the daemon owns and lacks them on (a path named
+/// twice, as one directory for both ends of a rename, has them the second time), runs `op`
+/// again and puts the modes back; `first` when nothing could be lent.
+fn retry_lent<P: rustix::path::Arg + Copy, T, E>(
+    paths: &[P],
+    need: u32,
+    first: Result<T, E>,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
     let _g = mode_lock();
     let euid = rustix::process::geteuid();
-    let dirs = dirs();
     let mut lent = Vec::new();
-    for d in &dirs {
-        let Ok(st) = rustix::fs::stat(d.as_str()) else {
+    for &p in paths {
+        let Ok(st) = rustix::fs::stat(p) else {
             continue;
         };
         let mode = st.st_mode & 0o7777;
-        let need = libc::S_IRWXU;
-        if mode & need == need
-            || st.st_uid != euid.as_raw()
-            || mode & libc::S_ISGID != 0 && !euid.is_root() && !in_group(st.st_gid)
-            || lent
-                .iter()
-                .any(|(p, _): &(&String, u32)| p.as_str() == d.as_str())
-        {
+        let sgid_kept = mode & libc::S_ISGID == 0 || euid.is_root() || in_group(st.st_gid);
+        if mode & need == need || st.st_uid != euid.as_raw() || !sgid_kept {
             continue;
         }
-        if rustix::fs::chmod(d.as_str(), rustix::fs::Mode::from(mode | need)).is_ok() {
-            lent.push((d, mode));
+        if rustix::fs::chmod(p, rustix::fs::Mode::from(mode | need)).is_ok() {
+            lent.push((p, mode));
         }
     }
     if lent.is_empty() {
         return first;
     }
     let r = op();
-    for (d, mode) in lent.into_iter().rev() {
-        if let Err(e) = rustix::fs::chmod(d.as_str(), rustix::fs::Mode::from(mode)) {
+    for (p, mode) in lent.into_iter().rev() {
+        if let Err(e) = rustix::fs::chmod(p, rustix::fs::Mode::from(mode)) {
             tracing::error!("cannot put back mode {mode:o} after lending owner bits: {e}");
         }
     }
     r
+}
+
+/// [`with_owner_bits`] for an operation that gives an `io::Error` (fsck's file and directory
+/// reads, by the owner of a `chmod 200` file or `chmod 300` directory).
+pub fn with_owner_bits_io<T>(
+    path: impl rustix::path::Arg + Copy,
+    need: u32,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    match op() {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => retry_lent(&[path], need, Err(e), op),
+        r => r,
+    }
+}
+
+/// [`with_owner_bits`] for an open file `fd` (its `/proc/self/fd` path is made only when the
+/// bits must be lent: the calls this guards are on write paths).
+pub fn with_owner_bits_fd<T>(
+    fd: impl std::os::fd::AsFd,
+    need: u32,
+    mut op: impl FnMut() -> rustix::io::Result<T>,
+) -> rustix::io::Result<T> {
+    match op() {
+        first @ Err(rustix::io::Errno::ACCESS) => {
+            let path = proc_fd_path(fd);
+            retry_lent(&[path.as_str()], need, first, op)
+        }
+        r => r,
+    }
 }
 
 /// Whether the daemon's effective or supplementary groups hold `gid` (chmod keeps a
@@ -360,7 +397,7 @@ fn in_group(gid: u32) -> bool {
 
 /// `/proc/self/fd/N` of `fd`: a path that reaches the file itself (also for an `O_PATH`
 /// descriptor) for the calls that take no descriptor.
-pub fn proc_fd_path(fd: impl std::os::fd::AsFd) -> String {
+fn proc_fd_path(fd: impl std::os::fd::AsFd) -> String {
     use std::os::fd::AsRawFd;
     format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
@@ -383,28 +420,8 @@ pub fn with_owner_bits<T>(
     need: u32,
     mut op: impl FnMut() -> rustix::io::Result<T>,
 ) -> rustix::io::Result<T> {
-    use rustix::io::Errno;
     match op() {
-        Err(Errno::ACCESS) => {}
-        r => return r,
+        first @ Err(rustix::io::Errno::ACCESS) => retry_lent(&[path], need, first, op),
+        r => r,
     }
-    let _g = mode_lock();
-    let Ok(st) = rustix::fs::stat(path) else {
-        return Err(Errno::ACCESS);
-    };
-    let mode = st.st_mode & 0o7777;
-    let euid = rustix::process::geteuid();
-    let sgid_kept = mode & libc::S_ISGID == 0 || euid.is_root() || in_group(st.st_gid);
-    if mode & need == need || st.st_uid != euid.as_raw() || !sgid_kept {
-        return op();
-    }
-    let chmod = |m: u32| rustix::fs::chmod(path, rustix::fs::Mode::from(m));
-    if chmod(mode | need).is_err() {
-        return Err(Errno::ACCESS);
-    }
-    let r = op();
-    if let Err(e) = chmod(mode) {
-        tracing::error!("cannot put back mode {mode:o} after lending owner bits: {e}");
-    }
-    r
 }

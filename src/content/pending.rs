@@ -90,9 +90,8 @@ pub fn mark(file: &File, ino: u64, cipher: &FileCipher, first: u64, target: u64,
     let _g = xattr_lock(ino);
     // Owner bits lent where the file's mode lacks them (a daemon that is not root, a file made
     // read-only while open): see `fsutil::with_owner_bits`.
-    let path = crate::fsutil::proc_fd_path(file);
     let set = || {
-        crate::fsutil::with_owner_bits(&path, libc::S_IWUSR, || {
+        crate::fsutil::with_owner_bits_fd(file, libc::S_IWUSR, || {
             rustix::fs::fsetxattr(file, PENDING_XATTR, &v, rustix::fs::XattrFlags::empty())
         })
     };
@@ -141,8 +140,7 @@ pub fn marker_fits(path: &str) -> bool {
 /// removal (see `fsutil::with_owner_bits`); a marker left there would have the next mount
 /// recover the file and a walk look for it.
 pub fn clear(file: &File) -> bool {
-    let path = crate::fsutil::proc_fd_path(file);
-    match crate::fsutil::with_owner_bits(&path, libc::S_IWUSR, || {
+    match crate::fsutil::with_owner_bits_fd(file, libc::S_IWUSR, || {
         rustix::fs::fremovexattr(file, PENDING_XATTR)
     }) {
         Ok(()) | Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => true,
@@ -157,15 +155,9 @@ pub fn clear(file: &File) -> bool {
 /// daemon or fsck that is not root, a `chmod 200` file: see `fsutil::with_owner_bits`), else
 /// the marker of such a file would go unseen.
 fn get_marker(file: &File, b: &mut [u8]) -> rustix::io::Result<usize> {
-    match rustix::fs::fgetxattr(file, PENDING_XATTR, &mut *b) {
-        Err(rustix::io::Errno::ACCESS) => {
-            let path = crate::fsutil::proc_fd_path(file);
-            crate::fsutil::with_owner_bits(path.as_str(), libc::S_IRUSR, || {
-                rustix::fs::fgetxattr(file, PENDING_XATTR, &mut *b)
-            })
-        }
-        r => r,
-    }
+    crate::fsutil::with_owner_bits_fd(file, libc::S_IRUSR, || {
+        rustix::fs::fgetxattr(file, PENDING_XATTR, &mut *b)
+    })
 }
 
 /// Whether `file` carries an interrupted-write marker (of any kind: see [`read_marker`]).

@@ -22,6 +22,7 @@ use crate::format::block::BLOCK_OVERHEAD;
 use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
 use crate::format::xattr_pack::{BackingNamespace, XattrPack};
+use crate::fsutil::with_owner_bits_io;
 use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX, Names, XATTR_PACK, XATTR_PREFIX};
 
 /// One problem found.
@@ -471,9 +472,10 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
     } else {
         dir_id(c, d, &plain, at_root)
     };
-    let mut entries: Vec<std::fs::DirEntry> = lending(d, libc::S_IRUSR | libc::S_IXUSR, || {
-        std::fs::read_dir(d)?.collect::<Result<_, _>>()
-    })?;
+    let mut entries: Vec<std::fs::DirEntry> =
+        with_owner_bits_io(d, libc::S_IRUSR | libc::S_IXUSR, || {
+            std::fs::read_dir(d)?.collect::<Result<_, _>>()
+        })?;
     entries.sort_by_key(|e| e.file_name());
     let present: std::collections::HashSet<Vec<u8>> = entries
         .iter()
@@ -660,7 +662,7 @@ fn xattr(
     let got = if ns == BackingNamespace::Trusted {
         get(&mut value[..])
     } else {
-        lending(path, libc::S_IRUSR, || get(&mut value[..]))
+        with_owner_bits_io(path, libc::S_IRUSR, || get(&mut value[..]))
     };
     let v = match got {
         Ok(len) => &value[..len],
@@ -727,30 +729,13 @@ fn count_files(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `op` on the backing file or directory at `path`, lending the owner bits `need` where
-/// the user running fsck (the volume's owner, not root) lacks them, as the mount does
-/// (`fsutil::with_owner_bits`): the owner's `chmod 200` file, or `chmod 300` directory, is
-/// checked too (fsck stopped at the first one with "Permission denied").
-fn lending<T>(
-    path: &Path,
-    need: u32,
-    mut op: impl FnMut() -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    let mut failed = None;
-    let r = crate::fsutil::with_owner_bits(path, need, || {
-        op().map_err(|e| {
-            let n = e.raw_os_error().unwrap_or(libc::EIO);
-            failed = Some(e);
-            rustix::io::Errno::from_raw_os_error(n)
-        })
-    });
-    r.map_err(|e| failed.take().unwrap_or_else(|| e.into()))
-}
-
 fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result<()> {
     c.report.files += 1;
     (c.progress)(c.report.files, c.total.max(c.report.files));
-    let f = lending(path, libc::S_IRUSR, || File::open(path))?;
+    // Owner bits lent where the user running fsck (the volume's owner, not root) lacks them, as
+    // the mount does: the owner's `chmod 200` file is checked too (fsck stopped at the first one
+    // with "Permission denied"); so are its attributes and marker, and `chmod 300` directories.
+    let f = with_owner_bits_io(path, libc::S_IRUSR, || File::open(path))?;
     let len = f.metadata()?.len();
     let mut hb = [0u8; HEADER_LEN];
     let header = match f.read_exact_at(&mut hb, 0) {
@@ -815,7 +800,7 @@ fn file(c: &mut Ctx<'_>, path: &Path, plain: &Option<String>) -> std::io::Result
     };
     if marker != Marker::Absent {
         let rw = || {
-            lending(path, libc::S_IRUSR | libc::S_IWUSR, || {
+            with_owner_bits_io(path, libc::S_IRUSR | libc::S_IWUSR, || {
                 std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)

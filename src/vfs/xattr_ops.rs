@@ -97,10 +97,9 @@ impl Target {
     fn owner<T>(
         &self,
         need: u32,
-        op: impl FnMut() -> rustix::io::Result<T>,
+        mut op: impl FnMut() -> rustix::io::Result<T>,
     ) -> rustix::io::Result<T> {
         if self.in_trusted() {
-            let mut op = op;
             return op();
         }
         crate::fsutil::with_owner_bits(&self.path, need, op)
