@@ -163,7 +163,7 @@ fn entries_change_in_directories_whose_owner_bits_do_not_allow_it() {
         let m = Mount::start_without_dac(&v.cipher, &v.mnt, &v.passfile, &["--allow-other"]);
         let _guard = Unmounter(v.mnt.clone());
         let setup = sh(&format!(
-            "cd '{}' && mkdir g h rd g/d z && touch g/old && chmod 666 g/old && chmod 557 g h \
+            "cd '{}' && mkdir g h rd g/d z g/z0 g/t0 g/src && chmod 0 g/z0 g/t0 && touch g/old && chmod 666 g/old && chmod 557 g h \
              && chmod 555 rd && echo in-z > z/f && chmod 0 z && chmod 755 .",
             m.mnt.display()
         ));
@@ -173,7 +173,8 @@ fn entries_change_in_directories_whose_owner_bits_do_not_allow_it() {
             65534,
             &format!(
                 "set -e; cd '{}'; touch g/x; mkdir g/e; ln -s t g/s; mknod g/p p; ln g/old g/hl; \
-                 mv g/x g/y; mv g/y h/z; mv h/z g/x; rm g/x g/s g/p g/hl; rmdir g/d; ls g",
+                 mv g/x g/y; mv g/y h/z; mv h/z g/x; rm g/x g/s g/p g/hl; rmdir g/d; \
+                 rmdir g/z0; mv -T g/src g/t0; rmdir g/t0; ls g",
                 m.mnt.display()
             ),
         );

@@ -314,11 +314,15 @@ impl Vfs {
     /// changed, the mode to put back should its removal fail. That takes read, write and search
     /// permission on the directory itself, which POSIX does not ask of rmdir (only write and
     /// search on the parent): a daemon not running as root, refused, gives the owner (itself:
-    /// it owns every file it made) those permissions first. Call with `dirid_gap` held.
+    /// it owns every file it made) those permissions first when `lend` (then the caller holds
+    /// [`crate::fsutil::mode_lock`], taken before `dirid_gap` as everywhere, so that no chmod
+    /// of the directory comes between the lending and the mode put back; see [`lending`]).
+    /// Call with `dirid_gap` held.
     fn open_and_strip(
         &self,
         dir: &Node,
         entry: &OsStr,
+        lend: bool,
     ) -> Result<(OwnedFd, Option<std::fs::File>, Option<u32>)> {
         let strip = || -> Result<(OwnedFd, Option<std::fs::File>)> {
             let d = rustix::fs::openat(
@@ -331,7 +335,7 @@ impl Vfs {
             Ok((d, saved))
         };
         match strip() {
-            Err(VfsError::Sys(Errno::ACCESS)) => {
+            Err(VfsError::Sys(Errno::ACCESS)) if lend => {
                 let st = rustix::fs::statat(&dir.fd, entry, AtFlags::SYMLINK_NOFOLLOW)?;
                 let mode = st.st_mode & 0o7777;
                 if Kind::from_mode(st.st_mode) != Kind::Dir || mode & 0o700 == 0o700 {
@@ -354,8 +358,16 @@ impl Vfs {
 
     /// Removes a directory that holds nothing but kmsfs-internal files.
     fn remove_dir_contents_and_dir(&self, dir: &Node, entry: &OsStr) -> Result<()> {
+        lending(
+            |e: &VfsError| matches!(e, VfsError::Sys(Errno::ACCESS)),
+            |lend| self.remove_stripped(dir, entry, lend),
+        )
+    }
+
+    /// [`Vfs::remove_dir_contents_and_dir`], lending the directory its owner bits when `lend`.
+    fn remove_stripped(&self, dir: &Node, entry: &OsStr, lend: bool) -> Result<()> {
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
-        let (d, saved, mode) = self.open_and_strip(dir, entry)?;
+        let (d, saved, mode) = self.open_and_strip(dir, entry, lend)?;
         if let Err(e) = crate::fault::check("rmdir")
             .and_then(|()| rustix::fs::unlinkat(&dir.fd, entry, AtFlags::REMOVEDIR))
         {
@@ -528,8 +540,24 @@ impl Vfs {
         to: &OsStr,
         flags: RenameFlags,
     ) -> std::result::Result<(), Errno> {
+        lending(
+            |e: &Errno| *e == Errno::ACCESS,
+            |lend| self.rename_over_stripped(from_dir, from, to_dir, to, flags, lend),
+        )
+    }
+
+    /// [`Vfs::rename_over_dir`], lending the target its owner bits when `lend`.
+    fn rename_over_stripped(
+        &self,
+        from_dir: &Node,
+        from: &OsStr,
+        to_dir: &Node,
+        to: &OsStr,
+        flags: RenameFlags,
+        lend: bool,
+    ) -> std::result::Result<(), Errno> {
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
-        let (d, saved, mode) = self.open_and_strip(to_dir, to).map_err(|e| match e {
+        let (d, saved, mode) = self.open_and_strip(to_dir, to, lend).map_err(|e| match e {
             VfsError::Sys(e) => e,
             _ => Errno::IO,
         })?;
@@ -764,6 +792,23 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<std::fs::File>> {
         rustix::fs::unlinkat(d, DIRID_FILE, AtFlags::empty())?;
     }
     Ok(saved)
+}
+
+/// Runs `op(false)`; if it fails with an error `is_eacces` accepts, runs `op(true)` (which may
+/// lend a directory its owner bits, [`Vfs::open_and_strip`]) with the mode lock held, taken
+/// before `op` takes `dirid_gap`: the order every lending takes them in (the FUSE adapter's
+/// `Vfs::in_dirs` holds the mode lock around whole operations), so none waits on the other.
+fn lending<T, E>(
+    is_eacces: impl Fn(&E) -> bool,
+    op: impl Fn(bool) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    match op(false) {
+        Err(e) if is_eacces(&e) => {
+            let _mode = crate::fsutil::mode_lock();
+            op(true)
+        }
+        r => r,
+    }
 }
 
 /// Puts back the mode of directory `entry` of `dir` that [`Vfs::open_and_strip`] changed.
