@@ -215,6 +215,27 @@ impl Vfs {
         }
     }
 
+    /// Records that an open or create the key policy allowed (its record written) then failed
+    /// (`<event>Failed`: `CreateFailed`, `OpenFailed`), with the same actor, file id and key and
+    /// the errno: a Create record whose file never came to be (a full disk, a directory the
+    /// daemon may not write, a name taken meanwhile) is explained, and a create tried again
+    /// after such a failure is seen as one failed and one made, not two made. Not refused for
+    /// want of a record (the operation fails anyway; a failing log is logged).
+    pub(super) fn audit_failed(&self, h: &HandleAudit, event: &str, e: &VfsError) {
+        if self.audit.get().is_none() {
+            return;
+        }
+        let mut r = AuditRecord::new(&format!("{event}Failed"), Source::Fs);
+        r.actor = h.actor.clone();
+        r.resources = h.resources.clone();
+        r.access_mode = Some(h.access_mode.clone());
+        r.errno = e.errno();
+        r.detail = Some(e.to_string());
+        if let Err(e) = self.audit_append(r) {
+            tracing::error!("{event}Failed not recorded: {e}");
+        }
+    }
+
     /// Records an access refused before the key policy was asked: the file's key cannot be used
     /// (disabled, pending deletion, destroyed, version retired or unavailable) — a denial by key
     /// state — or its data key does not authenticate (an integrity failure). Other errors are

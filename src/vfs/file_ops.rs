@@ -309,6 +309,9 @@ impl Vfs {
         if o.truncate
             && let Err(e) = of.truncate(0)
         {
+            if let Some(a) = &audit {
+                self.audit_failed(a, "Open", &e);
+            }
             self.put_open_file(ino);
             return Err(e);
         }
@@ -416,10 +419,33 @@ impl Vfs {
             path,
             flags,
         )?;
+        match self.make_file_entry(dir, name, cn, mode, caller, header, &dek, hflags) {
+            Ok((node, attr, of)) => Ok((node, attr, of, audit)),
+            Err(e) => {
+                self.audit_failed(&audit, "Create", &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Vfs::create_file_entry`] once the key policy has allowed it: the backing file, named
+    /// once its header is written.
+    #[allow(clippy::too_many_arguments)]
+    fn make_file_entry(
+        &self,
+        dir: &Node,
+        name: &OsStr,
+        cn: &crate::names::CipherName,
+        mode: u32,
+        caller: &Caller,
+        header: crate::format::header::FileHeader,
+        dek: &crate::crypto::Key256,
+        hflags: u16,
+    ) -> Result<(Arc<Node>, Attr, Arc<OpenFile>)> {
         let inh = self.inherit(dir, libc::S_IFREG | (mode & 0o7777), caller.umask)?;
         let mode = inh.mode;
         self.create_entry(dir, cn, || {
-            let cipher = FileCipher::new(&dek, header.file_id, self.block_size)
+            let cipher = FileCipher::new(dek, header.file_id, self.block_size)
                 .with_sparse(hflags & FLAG_SPARSE != 0);
             let mut fin = Vec::new();
             cipher.encrypt_blocks(0, &[], 0, 0, &mut fin);
@@ -480,7 +506,7 @@ impl Vfs {
                         no_holes: true,
                     };
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
-                    Ok((node, attr, of, audit))
+                    Ok((node, attr, of))
                 }
                 Err(e) => {
                     if named {
