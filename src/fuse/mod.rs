@@ -101,6 +101,36 @@ impl KmsFs {
         }
     }
 
+    /// After a change of the entries of `dirs` (made, removed, renamed), before the reply: a
+    /// directory whose listing the kernel holds cached has it dropped (FUSE_NOTIFY_INVAL_INODE
+    /// over its pages). Directories are listed without OPENDIR, so the kernel caches listings
+    /// (FOPEN_CACHE_DIR), and it checks a cached listing against the directory's changes only
+    /// when a listing starts from offset 0: a stream opened later and sought to a saved
+    /// position (`seekdir` on a new descriptor, an NFS server resuming from a cookie) read the
+    /// old listing, with a removed name and without a new one (found with xfstests'
+    /// generic/637). Only the first change after a listing asks, so an untar or an `rm -rf`
+    /// pays one notification per directory at most. Safe inside the request: the kernel holds
+    /// the directory locked for the change, so no listing of it holds its pages meanwhile.
+    fn listing_changed(&self, dirs: &[INodeNo]) {
+        for (i, d) in dirs.iter().enumerate() {
+            if dirs[..i].contains(d) || !self.vfs.take_listed(d.0) {
+                continue;
+            }
+            if let Some(n) = self.notifier.get()
+                && let Err(e) = n.inval_inode(*d, 0, 0)
+            {
+                tracing::debug!("dropping the kernel's listing of inode {}: {e}", d.0);
+            }
+        }
+    }
+
+    /// [`KmsFs::listing_changed`] after an operation that succeeded.
+    fn changed_if_ok<T, E>(&self, r: &Result<T, E>, dirs: &[INodeNo]) {
+        if r.is_ok() {
+            self.listing_changed(dirs);
+        }
+    }
+
     /// After a write, flush or release of a control file (which may have changed the key
     /// store): the kernel's cached control listings follow, before the reply (see `listings`).
     fn after_control(&self, fh: FileHandle) {
@@ -454,6 +484,7 @@ impl Filesystem for KmsFs {
                 self.vfs.mknod(parent.0, name, mode, rdev, &who)
             })
         });
+        self.changed_if_ok(&r, &[parent]);
         self.entry_in(reply, "mknod", parent, r);
     }
 
@@ -472,6 +503,7 @@ impl Filesystem for KmsFs {
             self.vfs
                 .in_dirs(&[parent.0], || self.vfs.mkdir(parent.0, name, mode, &who))
         });
+        self.changed_if_ok(&r, &[parent]);
         self.entry_in(reply, "mkdir", parent, r);
     }
 
@@ -480,6 +512,7 @@ impl Filesystem for KmsFs {
         let r = self
             .vfs
             .in_dirs(&[parent.0], || self.vfs.unlink(parent.0, name));
+        self.changed_if_ok(&r, &[parent]);
         empty(reply, "unlink", r);
     }
 
@@ -488,6 +521,7 @@ impl Filesystem for KmsFs {
         let r = self
             .vfs
             .in_dirs(&[parent.0], || self.vfs.rmdir(parent.0, name));
+        self.changed_if_ok(&r, &[parent]);
         empty(reply, "rmdir", r);
     }
 
@@ -507,6 +541,7 @@ impl Filesystem for KmsFs {
                     .symlink(parent.0, link_name, target.as_os_str(), &c)
             })
         });
+        self.changed_if_ok(&r, &[parent]);
         self.entry_in(reply, "symlink", parent, r);
     }
 
@@ -526,6 +561,7 @@ impl Filesystem for KmsFs {
             self.vfs
                 .rename_by(parent.0, name, newparent.0, newname, flags.bits(), Some(&c))
         });
+        self.changed_if_ok(&r, &[parent, newparent]);
         empty(reply, "rename", r);
     }
 
@@ -543,6 +579,7 @@ impl Filesystem for KmsFs {
                 self.vfs.link(ino.0, newparent.0, newname)
             })
         });
+        self.changed_if_ok(&r, &[newparent]);
         self.entry_in(reply, "link", newparent, r);
     }
 
@@ -713,7 +750,10 @@ impl Filesystem for KmsFs {
             })
         });
         match r {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.vfs.listing_given(ino.0);
+                reply.ok()
+            }
             Err(e) => reply.error(errno("readdir", &e)),
         }
     }
@@ -773,7 +813,10 @@ impl Filesystem for KmsFs {
             })
         });
         match r {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.vfs.listing_given(ino.0);
+                reply.ok()
+            }
             // Nothing in this reply yet: say so (an empty reply would mean the end; the
             // kernel asks again from here next time, so an entry that exists is never
             // silently left out).
@@ -886,6 +929,7 @@ impl Filesystem for KmsFs {
         }) {
             Ok((a, fh)) => {
                 self.reclaim.seen(&self.vfs, parent.0, &a);
+                self.listing_changed(&[parent]);
                 reply.created(
                     &TTL,
                     &attr(&a),

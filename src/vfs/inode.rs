@@ -50,6 +50,9 @@ pub struct Node {
     /// Changes to the entries of this directory made through the mount, counted after each
     /// (a listing read before the count moved is stale: see `dir_read::Cursors`).
     changes: AtomicU64,
+    /// A listing of this directory was given to the kernel since its entries last changed
+    /// (the kernel caches listings: see [`Node::take_listed`]).
+    listed: std::sync::atomic::AtomicBool,
     /// The entry the node was last given to the kernel under: a hint for its plaintext path
     /// (checked against its directory before use, see `path.rs`) and for read-ahead.
     name: Mutex<Option<Arc<NodeName>>>,
@@ -95,6 +98,19 @@ impl Node {
     /// Records that an entry of this directory was made, removed or renamed.
     pub fn entries_changed(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records that (part of) this directory's listing was given to the kernel.
+    pub fn set_listed(&self) {
+        if !self.listed.load(Ordering::Relaxed) {
+            self.listed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether a listing was given to the kernel since the last call (which the kernel may
+    /// hold cached, and which a change of the entries makes stale); clears it.
+    pub fn take_listed(&self) -> bool {
+        self.listed.load(Ordering::Acquire) && self.listed.swap(false, Ordering::AcqRel)
     }
 
     /// The count of changes to this directory's entries.
@@ -209,6 +225,7 @@ impl InodeTable {
                 dir_id_switched: OnceLock::new(),
                 copy_confirmed: std::sync::atomic::AtomicBool::new(false),
                 changes: AtomicU64::new(0),
+                listed: std::sync::atomic::AtomicBool::new(false),
                 name: Mutex::new(None),
                 plain_path: Mutex::new(None),
                 entries_read_at: AtomicU64::new(0),
@@ -279,6 +296,7 @@ impl InodeTable {
                     dir_id_switched: OnceLock::new(),
                     copy_confirmed: std::sync::atomic::AtomicBool::new(false),
                     changes: AtomicU64::new(0),
+                    listed: std::sync::atomic::AtomicBool::new(false),
                     name: Mutex::new(None),
                     plain_path: Mutex::new(None),
                     entries_read_at: AtomicU64::new(0),

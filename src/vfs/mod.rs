@@ -413,6 +413,19 @@ impl Vfs {
         self.inodes.get(ino)
     }
 
+    /// Records that a listing of directory `ino` was given to the kernel (which caches it).
+    pub fn listing_given(&self, ino: u64) {
+        if let Ok(n) = self.inodes.get(ino) {
+            n.set_listed();
+        }
+    }
+
+    /// Whether a listing of directory `ino` was given to the kernel since the last call, which
+    /// a change of its entries (just made) has made stale; clears it.
+    pub fn take_listed(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_ok_and(|n| n.take_listed())
+    }
+
     fn dir_node(&self, ino: u64) -> Result<Arc<Node>> {
         let n = self.node(ino)?;
         if n.kind != Kind::Dir {
