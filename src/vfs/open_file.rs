@@ -815,8 +815,12 @@ impl OpenFile {
         self.zero_locked(&mut st, off, end)?;
         if !keep_size && end > st.size {
             self.resize_locked(&mut st, end, false)?;
+        } else if keep_size {
+            // Zeros past the end, the size kept: allocated as `KEEP_SIZE` allocates.
+            self.reserve_past_end(&st, end)?;
         }
-        Ok(())
+        // The times move as on ext4 also where nothing was written (a range past the end).
+        holes::touch_times(&st)
     }
 
     /// Stores encrypted zeros over `[off, end)`, cut at the end of the file.
