@@ -391,9 +391,13 @@ impl Vfs {
         if Kind::from_mode(st.st_mode) != Kind::Dir {
             return Err(Errno::NOTDIR.into());
         }
-        let r = self.remove_dir_contents_and_dir(&dir, &cn.entry);
+        let mut r = self.remove_dir_contents_and_dir(&dir, &cn.entry);
         if r.is_ok() {
             self.remove_side_file(&dir, &cn);
+        } else if matches!(r, Err(VfsError::Sys(Errno::NOTEMPTY))) && undeletable(&dir, &cn.entry) {
+            // As ext4 says, which looks at the flags before the contents (an empty one gets
+            // EPERM from the backing rmdir itself).
+            r = Err(Errno::PERM.into());
         }
         dir.entries_changed();
         r
@@ -809,6 +813,24 @@ fn lending<T, E>(
         }
         r => r,
     }
+}
+
+/// Whether directory `entry` of `dir` is immutable or append-only, or `dir` append-only: its
+/// removal is then refused (EPERM) whatever it holds. Only asked once a removal failed.
+fn undeletable(dir: &Node, entry: &OsStr) -> bool {
+    use rustix::fs::IFlags;
+    let flags = |at: &OsStr, base: &OwnedFd| {
+        rustix::fs::openat(
+            base,
+            at,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|fd| rustix::fs::ioctl_getflags(&fd))
+        .unwrap_or(IFlags::empty())
+    };
+    flags(entry, &dir.fd).intersects(IFlags::IMMUTABLE | IFlags::APPEND)
+        || flags(OsStr::new("."), &dir.fd).contains(IFlags::APPEND)
 }
 
 /// Puts back the mode of directory `entry` of `dir` that [`Vfs::open_and_strip`] changed.

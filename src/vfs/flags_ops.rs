@@ -290,6 +290,49 @@ mod tests {
         v.open(f, libc::O_WRONLY).expect("writable again");
     }
 
+    /// An immutable directory is not removed, empty or not: EPERM, as ext4 says (a non-empty
+    /// one said ENOTEMPTY, the contents looked at first: xfstests-style probe).
+    #[test]
+    fn an_immutable_directory_refuses_rmdir_with_eperm_whatever_it_holds() {
+        let (_t, dir) = new_volume();
+        let v = open(&dir);
+        let c = caller();
+        let full = v
+            .mkdir(1, OsStr::new("full"), 0o755, &c)
+            .expect("mkdir")
+            .ino;
+        let empty = v
+            .mkdir(1, OsStr::new("empty"), 0o755, &c)
+            .expect("mkdir")
+            .ino;
+        let (_, fh) = v
+            .create(full, OsStr::new("f"), 0o644, libc::O_RDWR, &c)
+            .expect("create");
+        v.release(fh).expect("release");
+        let Some(start) = flags_of(&v, full) else {
+            return; // backing without inode flags
+        };
+        if !made_immutable(&v, full, start) || !made_immutable(&v, empty, start) {
+            return; // not root (CAP_LINUX_IMMUTABLE)
+        }
+        let refused = [
+            v.rmdir(1, OsStr::new("full")),
+            v.rmdir(1, OsStr::new("empty")),
+        ];
+        v.set_inode_flags(full, start).expect("clear");
+        v.set_inode_flags(empty, start).expect("clear");
+        for r in refused {
+            assert_eq!(r.expect_err("immutable").errno(), libc::EPERM);
+        }
+        assert_eq!(
+            v.rmdir(1, OsStr::new("full"))
+                .expect_err("not empty")
+                .errno(),
+            libc::ENOTEMPTY
+        );
+        v.rmdir(1, OsStr::new("empty")).expect("mutable again");
+    }
+
     /// A file kept open by a reader holds on to the read-write descriptor of a writer that has
     /// since closed it; made immutable, a later open for writing must not share that descriptor
     /// (before 2026-12-05: it did, so the open succeeded, depending on when the kernel sent the
