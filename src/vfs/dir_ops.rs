@@ -801,7 +801,8 @@ fn strip_internal(d: &OwnedFd) -> Result<Option<std::fs::File>> {
 /// Runs `op(false)`; if it fails with an error `is_eacces` accepts, runs `op(true)` (which may
 /// lend a directory its owner bits, [`Vfs::open_and_strip`]) with the mode lock held, taken
 /// before `op` takes `dirid_gap`: the order every lending takes them in (the FUSE adapter's
-/// `Vfs::in_dirs` holds the mode lock around whole operations), so none waits on the other.
+/// `Vfs::in_dirs` holds the mode lock around a whole operation's second try), so none waits
+/// on the other.
 fn lending<T, E>(
     is_eacces: impl Fn(&E) -> bool,
     op: impl Fn(bool) -> std::result::Result<T, E>,

@@ -171,6 +171,7 @@ impl Vfs {
                         holes_seen: Default::default(),
                         recount: Default::default(),
                         no_holes: size == 0,
+                        reserved: 0,
                     },
                 ));
                 if quiet {
@@ -504,6 +505,7 @@ impl Vfs {
                         holes_seen: Default::default(),
                         recount: Default::default(),
                         no_holes: true,
+                        reserved: 0,
                     };
                     let of = Arc::new(OpenFile::new(node.ino, self.layout, cipher, st));
                     Ok((node, attr, of))

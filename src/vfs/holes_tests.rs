@@ -410,33 +410,65 @@ fn fallocate_allocates_holes_and_extends_without_them() {
 /// volume with and without sparse files (xfstests' generic/213: it reserved nothing).
 #[test]
 fn fallocate_keep_size_past_the_end_reserves_the_space() {
-    for sparse in [true, false] {
+    // Sizes inside a block and at a block's end (an extension with holes then shortens the
+    // backing file first, which lets the room go: asked for again).
+    for (sparse, size) in [(true, 5000), (false, 5000), (true, 8192), (false, 8192)] {
+        let what = format!("sparse {sparse}, size {size}");
         let (_t, dir) = new_volume_with(sparse);
         let v = open(&dir);
         let l = Layout::new(B as u32);
-        let a = write_file(&v, "a", &pattern(5000, 12));
+        let a = write_file(&v, "a", &pattern(size, 12));
         let p = cipher_path(&v, a);
+        let allocated = || std::fs::metadata(&p).expect("stat").blocks() * 512;
         let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
         v.fallocate(fh, 0, 8 << 20, libc::FALLOC_FL_KEEP_SIZE)
             .expect("keep size");
         let md = std::fs::metadata(&p).expect("stat");
-        assert_eq!(md.len(), l.cipher_size(5000), "size kept");
+        assert_eq!(md.len(), l.cipher_size(size as u64), "{what}: size kept");
         assert!(
-            md.blocks() * 512 >= l.cipher_size(8 << 20),
-            "sparse {sparse}: {} bytes allocated",
-            md.blocks() * 512
+            allocated() >= l.cipher_size(8 << 20),
+            "{what}: {} bytes allocated",
+            allocated()
         );
-        assert_eq!(v.getattr(a).expect("getattr").size, 5000);
-        // Written into later, it reads back; a range inside the file asks nothing more.
+        assert_eq!(v.getattr(a).expect("getattr").size, size as u64);
+        // Written into later, it reads back, and the room past the write is still kept; a
+        // range inside the file asks nothing more.
         v.write(fh, 6 << 20, b"late").expect("write");
+        assert!(
+            allocated() >= l.cipher_size(8 << 20) - l.cipher_offset(l.block_of(6 << 20)),
+            "{what}: {} bytes allocated after the write",
+            allocated()
+        );
         v.fallocate(fh, 0, 4096, libc::FALLOC_FL_KEEP_SIZE)
             .expect("inside");
         v.release(fh).expect("release");
-        let mut want = pattern(5000, 12);
+        let mut want = pattern(size, 12);
         want.resize(6 << 20, 0);
         want.extend_from_slice(b"late");
-        assert!(read_all(&v, a) == want, "sparse {sparse}");
+        assert!(read_all(&v, a) == want, "{what}");
     }
+}
+
+/// In a sparse file, `KEEP_SIZE` far past the end keeps room for what the writes there will
+/// store (the blocks from the range's start on), not for the gap before it, which stays holes
+/// (a 4 KiB range 1 GiB past a small file asked the backing file system for a gigabyte).
+#[test]
+fn fallocate_keep_size_far_past_the_end_reserves_only_the_range_in_a_sparse_file() {
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", &pattern(5000, 14));
+    let p = cipher_path(&v, a);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    v.fallocate(fh, 1 << 30, 64 << 10, libc::FALLOC_FL_KEEP_SIZE)
+        .expect("keep size");
+    let allocated = std::fs::metadata(&p).expect("stat").blocks() * 512;
+    assert!(allocated >= 64 << 10, "{allocated} bytes allocated");
+    assert!(allocated < 1 << 20, "{allocated} bytes allocated");
+    v.write(fh, 1 << 30, b"far").expect("write");
+    v.release(fh).expect("release");
+    let data = read_all(&v, a);
+    assert_eq!(data.len(), (1 << 30) + 3);
+    assert_eq!(&data[1 << 30..], b"far");
 }
 
 /// Zeroing or punching a range wholly past the end of the file, and allocating one, moves the

@@ -125,6 +125,10 @@ pub struct FileState {
     /// them after a sync: at fsync, at close and at the last release (and when many wait).
     /// Until then a written block zeroed offline could pass for a hole.
     pub recount: std::collections::BTreeSet<u64>,
+    /// The cipher offset up to which fallocate `KEEP_SIZE` had the backing file keep room past
+    /// its end (0: none asked since the file was opened): an extension that shortens the
+    /// backing file first (which frees that room) asks for it again.
+    pub reserved: u64,
 }
 
 impl Drop for FileState {
@@ -812,12 +816,14 @@ impl OpenFile {
         if !st.writable {
             return Err(VfsError::Sys(rustix::io::Errno::BADF));
         }
+        if keep_size {
+            // Zeros past the end, the size kept: allocated as `KEEP_SIZE` allocates; first,
+            // so that a failure changes nothing.
+            self.reserve_past_end(&mut st, off, end)?;
+        }
         self.zero_locked(&mut st, off, end)?;
         if !keep_size && end > st.size {
             self.resize_locked(&mut st, end, false)?;
-        } else if keep_size {
-            // Zeros past the end, the size kept: allocated as `KEEP_SIZE` allocates.
-            self.reserve_past_end(&st, end)?;
         }
         // The times move as on ext4 also where nothing was written (a range past the end).
         holes::touch_times(&st)
@@ -852,6 +858,10 @@ impl OpenFile {
     /// fallocate, which promises allocated space).
     fn resize_locked(&self, st: &mut FileState, new_size: u64, holes: bool) -> Result<()> {
         use std::cmp::Ordering::*;
+        if new_size <= st.size {
+            // The backing truncate lets room kept past the end go, as ext4's does.
+            st.reserved = 0;
+        }
         match new_size.cmp(&st.size) {
             // Nothing to cut or add, but a truncate still marks the file changed, as on the
             // backing file system (ext4 sets mtime and ctime for a truncate to the same size):

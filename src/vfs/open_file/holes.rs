@@ -402,6 +402,18 @@ impl OpenFile {
         let r = (|| -> Result<()> {
             if aligned {
                 crate::fault::set_len(&st.file, l.cipher_offset(f0))?;
+                // That freed room `KEEP_SIZE` had kept past the end (ext4 lets it go at any
+                // shortening): kept again from the new final block on, what the writes there
+                // store (the room was there a moment ago).
+                if st.reserved > l.cipher_offset(ft) {
+                    let from = l.cipher_offset(ft);
+                    let _ = rustix::fs::fallocate(
+                        &st.file,
+                        rustix::fs::FallocateFlags::KEEP_SIZE,
+                        from,
+                        st.reserved - from,
+                    );
+                }
             } else {
                 let mut full = tail.clone();
                 full.resize(bs as usize, 0);
@@ -471,31 +483,54 @@ impl OpenFile {
         if !keep_size && end > st.size {
             self.resize_locked(&mut st, end, false)?;
         } else if keep_size {
-            self.reserve_past_end(&st, end)?;
+            self.reserve_past_end(&mut st, off, end)?;
         }
         // The modification and change times move as on a local file system (ext4 moves them
         // for every allocation, also of blocks it had), whether or not a block was written.
         touch_times(&st)
     }
 
-    /// For fallocate `KEEP_SIZE` up to `end` past the end of the file: the backing file keeps
-    /// room for the cipher bytes a file of size `end` has past its own end (allocated, its size
-    /// unchanged), so that writes growing the file there later need no new space, as the call
-    /// promises (ENOSPC now if there is none; before, nothing was reserved: found with
-    /// xfstests' generic/213).
-    pub(super) fn reserve_past_end(&self, st: &FileState, end: u64) -> Result<()> {
+    /// For fallocate `KEEP_SIZE` over `[off, end)` reaching past the end of the file: the
+    /// backing file keeps room (allocated past its end, its size unchanged) for the cipher
+    /// bytes the writes growing the file there will store, so that they need no new space, as
+    /// the call promises (ENOSPC now if there is none, as on ext4; before, nothing was
+    /// reserved: found with xfstests' generic/213). In a sparse file only what such writes
+    /// store: the old final block filled up and the blocks from `off` on, the gap between left
+    /// to become holes (unless too short for holes: then all of it); without holes the whole
+    /// gap, which is written as encrypted zeros. A backing file system without fallocate
+    /// reserves nothing (as before).
+    pub(super) fn reserve_past_end(&self, st: &mut FileState, off: u64, end: u64) -> Result<()> {
         let l = self.layout;
         if end <= st.size {
             return Ok(());
         }
-        let (from, to) = (l.cipher_size(st.size), l.cipher_size(end));
+        let tail = l.cipher_size(st.size);
+        let first = l.block_of(off.max(st.size));
+        let f0 = l.final_block(st.size);
+        let mut ranges = vec![(tail, l.cipher_size(end))];
+        if self.sparse() && first > f0 + 1 + MIN_HOLES {
+            // The old final block as a full block, and the blocks from `off`'s on.
+            ranges = vec![
+                (tail, l.cipher_offset(f0 + 1).max(tail)),
+                (l.cipher_offset(first), l.cipher_size(end)),
+            ];
+        }
         crate::fault::check("fallocate")?;
-        rustix::fs::fallocate(
-            &st.file,
-            rustix::fs::FallocateFlags::KEEP_SIZE,
-            from,
-            to - from,
-        )?;
+        for (from, to) in ranges {
+            if to <= from {
+                continue;
+            }
+            match rustix::fs::fallocate(
+                &st.file,
+                rustix::fs::FallocateFlags::KEEP_SIZE,
+                from,
+                to - from,
+            ) {
+                Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        st.reserved = st.reserved.max(l.cipher_size(end));
         Ok(())
     }
 
