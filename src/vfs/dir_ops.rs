@@ -356,16 +356,9 @@ impl Vfs {
         }
     }
 
-    /// Removes a directory that holds nothing but kmsfs-internal files.
-    fn remove_dir_contents_and_dir(&self, dir: &Node, entry: &OsStr) -> Result<()> {
-        lending(
-            |e: &VfsError| matches!(e, VfsError::Sys(Errno::ACCESS)),
-            |lend| self.remove_stripped(dir, entry, lend),
-        )
-    }
-
-    /// [`Vfs::remove_dir_contents_and_dir`], lending the directory its owner bits when `lend`.
-    fn remove_stripped(&self, dir: &Node, entry: &OsStr, lend: bool) -> Result<()> {
+    /// Removes a directory that holds nothing but kmsfs-internal files, lending it its owner
+    /// bits when `lend` (see [`lending`]).
+    fn remove_dir_contents_and_dir(&self, dir: &Node, entry: &OsStr, lend: bool) -> Result<()> {
         let _gap = self.dirid_gap.write().unwrap_or_else(|p| p.into_inner());
         let (d, saved, mode) = self.open_and_strip(dir, entry, lend)?;
         if let Err(e) = crate::fault::check("rmdir")
@@ -391,7 +384,10 @@ impl Vfs {
         if Kind::from_mode(st.st_mode) != Kind::Dir {
             return Err(Errno::NOTDIR.into());
         }
-        let mut r = self.remove_dir_contents_and_dir(&dir, &cn.entry);
+        let mut r = lending(
+            |e: &VfsError| matches!(e, VfsError::Sys(Errno::ACCESS)),
+            |lend| self.remove_dir_contents_and_dir(&dir, &cn.entry, lend),
+        );
         if r.is_ok() {
             self.remove_side_file(&dir, &cn);
         } else if matches!(r, Err(VfsError::Sys(Errno::NOTEMPTY))) && undeletable(&dir, &cn.entry) {
@@ -483,7 +479,10 @@ impl Vfs {
             && flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == 0
         {
             // The target directory may hold only its directory id: empty it and retry.
-            r = self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry, rf);
+            r = lending(
+                |e: &Errno| *e == Errno::ACCESS,
+                |lend| self.rename_over_dir(&from_dir, &from.entry, &to_dir, &to.entry, rf, lend),
+            );
         }
         // Whatever moved (a directory may have, with everything under it): paths are read again.
         self.renamed();
@@ -535,23 +534,9 @@ impl Vfs {
     }
 
     /// Renames a directory over a directory that is empty but for kmsfs-internal files (which the
-    /// backing `rename` would refuse as ENOTEMPTY).
+    /// backing `rename` would refuse as ENOTEMPTY), lending the target its owner bits when
+    /// `lend` (see [`lending`]).
     fn rename_over_dir(
-        &self,
-        from_dir: &Node,
-        from: &OsStr,
-        to_dir: &Node,
-        to: &OsStr,
-        flags: RenameFlags,
-    ) -> std::result::Result<(), Errno> {
-        lending(
-            |e: &Errno| *e == Errno::ACCESS,
-            |lend| self.rename_over_stripped(from_dir, from, to_dir, to, flags, lend),
-        )
-    }
-
-    /// [`Vfs::rename_over_dir`], lending the target its owner bits when `lend`.
-    fn rename_over_stripped(
         &self,
         from_dir: &Node,
         from: &OsStr,
