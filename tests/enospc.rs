@@ -291,13 +291,15 @@ fn a_failed_buffered_write_is_not_shown_once_closed() {
 /// A write right after the `rm` (or the rename over) of a large file on a full disk finds the
 /// space, as on ext4, though the daemon holds the inode until the kernel's FORGET a few
 /// milliseconds later (src/vfs/unlinked.rs): it waits for that and tries again. Until
-/// 2026-12-05 such a write failed with ENOSPC. Without the writeback cache, so that each write
-/// reaches the daemon at once; a file still open keeps its data, and a second link its file.
+/// 2026-12-05 such a write failed with ENOSPC. Every write with O_DIRECT, so that it reaches
+/// the daemon at once (a buffered filler's failed write-back shows its size for a moment after
+/// the close, see README); a file still open keeps its data, and a second link its file.
 #[test]
 fn a_write_right_after_rm_finds_the_space() {
-    let (_t, _back, cipher, mnt, pass) = volume_on_tmpfs("64m", &[]);
+    let (_t, tmpfs, cipher, mnt, pass) = volume_on_tmpfs("64m", &[]);
     let m = Mount::start(&cipher, &mnt, &pass, &[]);
     let root = mnt.clone();
+    let back = tmpfs.0.clone();
     with_timeout(120, move || {
         let mb: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
         let direct = |name: &str| {
@@ -318,11 +320,18 @@ fn a_write_right_after_rm_finds_the_space() {
                 // Made before the disk is full (on a full disk it may find no room itself).
                 std::fs::write(root.join("small"), b"small").unwrap();
             }
-            let mut f = std::fs::File::create(root.join("filler")).unwrap();
+            let mut f = direct("filler");
             while f.write_all(&mb).is_ok() {}
             let _ = f.sync_all();
             drop(f);
-            assert!(std::fs::read(root.join("filler")).unwrap().len() > 40 << 20);
+            // Full: the disk's 64 MiB less the audit log's preallocated segment (24 MiB).
+            let free = rustix::fs::statvfs(&back).map(|s| s.f_bavail * s.f_frsize);
+            assert!(
+                free.is_ok_and(|b| b < 2 << 20),
+                "round {round}: {free:?} left"
+            );
+            let flen = std::fs::read(root.join("filler")).unwrap().len();
+            assert!(flen > 32 << 20, "round {round}: a filler of {flen} bytes");
             if round % 2 == 0 {
                 std::fs::remove_file(root.join("filler")).unwrap();
             } else {
