@@ -801,8 +801,8 @@ fn lending<T, E>(
     }
 }
 
-/// Whether directory `entry` of `dir` is immutable or append-only, or `dir` append-only: its
-/// removal is then refused (EPERM) whatever it holds. Only asked once a removal failed.
+/// Whether directory `entry` of `dir`, or `dir`, is immutable or append-only: its removal is
+/// then refused (EPERM) whatever it holds. Only asked once a removal failed.
 fn undeletable(dir: &Node, entry: &OsStr) -> bool {
     use rustix::fs::IFlags;
     let flags = |at: &OsStr, base: &OwnedFd| {
@@ -816,7 +816,7 @@ fn undeletable(dir: &Node, entry: &OsStr) -> bool {
         .unwrap_or(IFlags::empty())
     };
     flags(entry, &dir.fd).intersects(IFlags::IMMUTABLE | IFlags::APPEND)
-        || flags(OsStr::new("."), &dir.fd).contains(IFlags::APPEND)
+        || flags(OsStr::new("."), &dir.fd).intersects(IFlags::IMMUTABLE | IFlags::APPEND)
 }
 
 /// Puts back the mode of directory `entry` of `dir` that [`Vfs::open_and_strip`] changed.

@@ -290,8 +290,9 @@ mod tests {
         v.open(f, libc::O_WRONLY).expect("writable again");
     }
 
-    /// An immutable directory is not removed, empty or not: EPERM, as ext4 says (a non-empty
-    /// one said ENOTEMPTY, the contents looked at first: xfstests-style probe).
+    /// An immutable directory is not removed, empty or not, nor one in an immutable directory:
+    /// EPERM, as ext4 says (a non-empty one said ENOTEMPTY, the contents looked at first:
+    /// xfstests-style probe).
     #[test]
     fn an_immutable_directory_refuses_rmdir_with_eperm_whatever_it_holds() {
         let (_t, dir) = new_volume();
@@ -305,22 +306,38 @@ mod tests {
             .mkdir(1, OsStr::new("empty"), 0o755, &c)
             .expect("mkdir")
             .ino;
-        let (_, fh) = v
-            .create(full, OsStr::new("f"), 0o644, libc::O_RDWR, &c)
-            .expect("create");
-        v.release(fh).expect("release");
+        // A non-empty directory in an immutable one (its parent refuses the removal first).
+        let outer = v
+            .mkdir(1, OsStr::new("outer"), 0o755, &c)
+            .expect("mkdir")
+            .ino;
+        let inner = v
+            .mkdir(outer, OsStr::new("inner"), 0o755, &c)
+            .expect("mkdir")
+            .ino;
+        for d in [full, inner] {
+            let (_, fh) = v
+                .create(d, OsStr::new("f"), 0o644, libc::O_RDWR, &c)
+                .expect("create");
+            v.release(fh).expect("release");
+        }
         let Some(start) = flags_of(&v, full) else {
             return; // backing without inode flags
         };
-        if !made_immutable(&v, full, start) || !made_immutable(&v, empty, start) {
+        if !made_immutable(&v, full, start)
+            || !made_immutable(&v, empty, start)
+            || !made_immutable(&v, outer, start)
+        {
             return; // not root (CAP_LINUX_IMMUTABLE)
         }
         let refused = [
             v.rmdir(1, OsStr::new("full")),
             v.rmdir(1, OsStr::new("empty")),
+            v.rmdir(outer, OsStr::new("inner")),
         ];
-        v.set_inode_flags(full, start).expect("clear");
-        v.set_inode_flags(empty, start).expect("clear");
+        for d in [full, empty, outer] {
+            v.set_inode_flags(d, start).expect("clear");
+        }
         for r in refused {
             assert_eq!(r.expect_err("immutable").errno(), libc::EPERM);
         }
@@ -331,6 +348,7 @@ mod tests {
             libc::ENOTEMPTY
         );
         v.rmdir(1, OsStr::new("empty")).expect("mutable again");
+        v.lookup(inner, OsStr::new("f")).expect("left whole");
     }
 
     /// A file kept open by a reader holds on to the read-write descriptor of a writer that has
