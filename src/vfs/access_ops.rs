@@ -216,12 +216,12 @@ impl Vfs {
     }
 
     /// Records that an open or create the key policy allowed (its record written) then failed
-    /// (`<event>Failed`: `CreateFailed`, `OpenFailed`), with the same actor, file id and key and
-    /// the errno: a Create record whose file never came to be (a full disk, a directory the
+    /// (`<event>Failed`: `CreateFailed`, `OpenFailed`), with the same actor, file id, key and open
+    /// flags and the errno: a Create record whose file never came to be (a full disk, a directory the
     /// daemon may not write, a name taken meanwhile) is explained, and a create tried again
     /// after such a failure is seen as one failed and one made, not two made. Not refused for
     /// want of a record (the operation fails anyway; a failing log is logged).
-    pub(super) fn audit_failed(&self, h: &HandleAudit, event: &str, e: &VfsError) {
+    pub(super) fn audit_failed(&self, h: &HandleAudit, event: &str, flags: i32, e: &VfsError) {
         if self.audit.get().is_none() {
             return;
         }
@@ -229,6 +229,7 @@ impl Vfs {
         r.actor = h.actor.clone();
         r.resources = h.resources.clone();
         r.access_mode = Some(h.access_mode.clone());
+        r.flags = Some(flags);
         r.errno = e.errno();
         r.detail = Some(e.to_string());
         if let Err(e) = self.audit_append(r) {

@@ -311,7 +311,7 @@ impl Vfs {
             && let Err(e) = of.truncate(0)
         {
             if let Some(a) = &audit {
-                self.audit_failed(a, "Open", &e);
+                self.audit_failed(a, "Open", flags, &e);
             }
             self.put_open_file(ino);
             return Err(e);
@@ -423,7 +423,7 @@ impl Vfs {
         match self.make_file_entry(dir, name, cn, mode, caller, header, &dek, hflags) {
             Ok((node, attr, of)) => Ok((node, attr, of, audit)),
             Err(e) => {
-                self.audit_failed(&audit, "Create", &e);
+                self.audit_failed(&audit, "Create", flags, &e);
                 Err(e)
             }
         }

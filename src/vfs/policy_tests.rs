@@ -707,6 +707,8 @@ fn an_allowed_create_that_fails_is_recorded_as_failed() {
                 assert_eq!(new[1].resources.file_id, new[0].resources.file_id);
                 assert_eq!(new[1].resources.path, new[0].resources.path);
                 assert_eq!(new[1].actor.uid, new[0].actor.uid);
+                assert!(new[1].flags.is_some());
+                assert_eq!(new[1].flags, new[0].flags);
                 failed_after_record += 1;
             }
         }
@@ -731,6 +733,7 @@ fn an_allowed_create_that_fails_is_recorded_as_failed() {
                 let last = recs.last().unwrap();
                 if last.event == "OpenFailed" {
                     assert_eq!(last.errno, libc::EIO);
+                    assert_eq!(last.flags, Some(libc::O_WRONLY | libc::O_TRUNC));
                     assert_eq!(recs[recs.len() - 2].event, "Open");
                     seen = true;
                 }
