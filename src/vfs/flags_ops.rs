@@ -7,9 +7,13 @@
 //! page cache (the writeback cache, a shared mapping) and would be refused once it comes;
 //! EPERM rather than EBUSY because that is what programs expect of SETFLAGS, stress-ng among
 //! them), no-dump (`d`), no-atime (`A`),
-//! synchronous writes (`S`) and directory updates (`D`). Refused with EOPNOTSUPP, leaving the
-//! flags as they were: append-only (`a`: kmsfs rewrites a file's last block and header in place,
-//! which an append-only cipher file refuses, so the file could not be appended to either),
+//! synchronous writes (`S`) and directory updates (`D`), and append-only (`a`) on directories:
+//! the cipher directory's entries can then be added but not removed or renamed away, nor can
+//! its mode or times be set, EPERM as on ext4 (a long name's side file is added with its
+//! entry; one a crash left torn cannot be rewritten there, so that one name cannot be made
+//! until the flag is cleared). Refused with EOPNOTSUPP, leaving the flags as they were:
+//! append-only on files (kmsfs rewrites a file's last block and header in place, which an
+//! append-only cipher file refuses, so the file could not be appended to either),
 //! compression (`c`, of ciphertext), and every flag that changes how the backing file system
 //! lays out or names files (casefold, DAX, no-COW, project inheritance...). Flags that describe
 //! how the backing file system stores the cipher file (extents `e`, inline data, an htree
@@ -33,9 +37,14 @@ use super::{Kind, Result, Vfs};
 /// How long making a file immutable waits for the RELEASE of a writer that has closed it.
 const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
-/// The flags a caller may change.
-pub fn settable() -> IFlags {
-    IFlags::IMMUTABLE | IFlags::NODUMP | IFlags::NOATIME | IFlags::SYNC | IFlags::DIRSYNC
+/// The flags a caller may change on a node of `kind`: append-only on directories only.
+pub fn settable(kind: Kind) -> IFlags {
+    let all = IFlags::IMMUTABLE | IFlags::NODUMP | IFlags::NOATIME | IFlags::SYNC | IFlags::DIRSYNC;
+    if kind == Kind::Dir {
+        all | IFlags::APPEND
+    } else {
+        all
+    }
 }
 
 /// How the backing file system stores the cipher file (see the module documentation):
@@ -122,12 +131,13 @@ impl Vfs {
         if changed.is_empty() {
             return Ok(());
         }
-        if !settable().contains(changed) {
+        let settable = settable(node.kind);
+        if !settable.contains(changed) {
             return Err(Errno::OPNOTSUPP.into());
         }
         self.check_writable()?;
         crate::fault::check("setflags")?;
-        let new = (old - settable()) | (asked & settable());
+        let new = (old - settable) | (asked & settable);
         let set = || rustix::fs::ioctl_setflags(&fd, new);
         let making_immutable = new.contains(IFlags::IMMUTABLE) && !old.contains(IFlags::IMMUTABLE);
         if making_immutable && !self.writers_gone(ino) {
@@ -206,6 +216,7 @@ impl Vfs {
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use crate::vfs::SetAttr;
     use std::ffi::OsStr;
 
     /// The flags of `ino`; `None` where the backing file system has no inode flags.
@@ -349,6 +360,74 @@ mod tests {
         );
         v.rmdir(1, OsStr::new("empty")).expect("mutable again");
         v.lookup(inner, OsStr::new("f")).expect("left whole");
+    }
+
+    /// An append-only directory takes new entries (files, directories, links, symlinks, long
+    /// names) but gives none up (unlink, rename away or over, rmdir) and keeps its mode: EPERM,
+    /// as on ext4. On files the flag stays refused.
+    #[test]
+    fn an_append_only_directory_adds_entries_and_removes_none() {
+        let (_t, dir) = new_volume();
+        let v = open(&dir);
+        let c = caller();
+        let d = v.mkdir(1, OsStr::new("d"), 0o755, &c).expect("mkdir").ino;
+        let old = write_file_in(&v, d, "old", b"old");
+        let Some(start) = flags_of(&v, d) else {
+            return; // backing without inode flags
+        };
+        let append = start | IFlags::APPEND.bits();
+        match v.set_inode_flags(d, append) {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::EPERM => return, // not root (CAP_LINUX_IMMUTABLE)
+            Err(e) => panic!("append-only: {e}"),
+        }
+        assert_eq!(flags_of(&v, d), Some(append));
+        let long = "l".repeat(200);
+        let f = write_file_in(&v, d, &long, b"long");
+        v.mkdir(d, OsStr::new("sub"), 0o755, &c)
+            .expect("mkdir in it");
+        v.symlink(d, OsStr::new("sl"), OsStr::new("old"), &c)
+            .expect("symlink in it");
+        v.link(old, d, OsStr::new("hl")).expect("link in it");
+        let refused = [
+            v.unlink(d, OsStr::new("old")),
+            v.unlink(d, OsStr::new(&long)),
+            v.rename(d, OsStr::new("old"), d, OsStr::new("new"), 0),
+            v.rename(d, OsStr::new("old"), 1, OsStr::new("away"), 0),
+            v.rename(d, OsStr::new("sl"), d, OsStr::new("old"), 0),
+            v.rmdir(d, OsStr::new("sub")),
+        ];
+        let chmod = v.setattr(
+            d,
+            None,
+            &SetAttr {
+                mode: Some(0o700),
+                ..Default::default()
+            },
+            None,
+        );
+        let rmdir_it = v.rmdir(1, OsStr::new("d"));
+        v.set_inode_flags(d, start).expect("cleared");
+        for (i, r) in refused.into_iter().enumerate() {
+            assert_eq!(r.map_err(|e| e.errno()), Err(libc::EPERM), "{i}");
+        }
+        assert_eq!(chmod.expect_err("mode").errno(), libc::EPERM);
+        assert_eq!(rmdir_it.expect_err("not empty").errno(), libc::EPERM);
+        assert_eq!(read_at(&v, f, 0, 100), b"long");
+        for name in ["old", "hl", "sl", long.as_str()] {
+            v.unlink(d, OsStr::new(name)).expect("removable again");
+        }
+        v.rmdir(d, OsStr::new("sub")).expect("removable again");
+        v.rmdir(1, OsStr::new("d")).expect("removable again");
+        // A file: still refused.
+        let file = write_file(&v, "f", b"f");
+        let fstart = flags_of(&v, file).expect("flags");
+        assert_eq!(
+            v.set_inode_flags(file, fstart | IFlags::APPEND.bits())
+                .expect_err("file")
+                .errno(),
+            libc::EOPNOTSUPP
+        );
     }
 
     /// A file kept open by a reader holds on to the read-write descriptor of a writer that has
