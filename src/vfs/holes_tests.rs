@@ -471,6 +471,48 @@ fn fallocate_keep_size_far_past_the_end_reserves_only_the_range_in_a_sparse_file
     assert_eq!(&data[1 << 30..], b"far");
 }
 
+/// Mode 0 far past the end of a sparse file allocates the range, not the gap before it,
+/// which becomes holes (as on ext4): a 64 KiB range 1 TiB past a small file was refused with
+/// ENOSPC (the gap as encrypted zeros needed more than the disk); a nearer one wrote the gap.
+#[test]
+fn fallocate_far_past_the_end_of_a_sparse_file_allocates_only_the_range() {
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let a = write_file(&v, "a", &pattern(5000, 15));
+    let p = cipher_path(&v, a);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    let (far, len) = (1u64 << 40, 64u64 << 10);
+    v.fallocate(fh, far, len, 0).expect("allocate far");
+    assert_eq!(v.getattr(a).expect("getattr").size, far + len);
+    let allocated = std::fs::metadata(&p).expect("stat").blocks() * 512;
+    assert!(allocated >= len, "{allocated} bytes allocated");
+    assert!(allocated < 1 << 20, "{allocated} bytes allocated");
+    // A nearer range: the gap is holes too, the range allocated zeros.
+    let b = write_file(&v, "b", &pattern(5000, 16));
+    let pb = cipher_path(&v, b);
+    let fb = v.open_as(b, libc::O_RDWR, &caller()).expect("open");
+    v.fallocate(fb, 32 << 20, 1 << 20, 0).expect("allocate");
+    let allocated = std::fs::metadata(&pb).expect("stat").blocks() * 512;
+    assert!(allocated >= 1 << 20, "{allocated} bytes allocated");
+    assert!(allocated < 3 << 20, "{allocated} bytes allocated");
+    v.release(fb).expect("release");
+    v.write(fh, far + 10, b"x").expect("write into the range");
+    v.release(fh).expect("release");
+    drop(v);
+    let (v, _) = reopen(&dir);
+    let a = v.lookup(1, "a".as_ref()).expect("lookup").ino;
+    assert_eq!(v.getattr(a).expect("getattr").size, far + len);
+    assert!(read_at(&v, a, 0, 5000) == pattern(5000, 15));
+    assert!(read_at(&v, a, 1 << 30, 4096).iter().all(|&x| x == 0));
+    let mut want = vec![0u8; 64];
+    want[10] = b'x';
+    assert_eq!(read_at(&v, a, far, 64), want);
+    let b = v.lookup(1, "b".as_ref()).expect("lookup").ino;
+    let data = read_all(&v, b);
+    assert_eq!(data.len(), 33 << 20);
+    assert!(data[..5000] == pattern(5000, 16)[..] && data[5000..].iter().all(|&x| x == 0));
+}
+
 /// Zeroing or punching a range wholly past the end of the file, and allocating one, moves the
 /// modification time as on ext4, although nothing is written (without the writeback cache
 /// the kernel leaves the times to kmsfs: xfstests-style probe, zero range and punch kept them).

@@ -481,7 +481,21 @@ impl OpenFile {
             }
         }
         if !keep_size && end > st.size {
-            self.resize_locked(&mut st, end, false)?;
+            // Only the range is allocated: a gap between the end and `off` is left as holes
+            // where the file may have them (ext4 allocates nothing there either; a range far
+            // past the end used to be refused with ENOSPC, or to write the gap as zeros).
+            let old = st.size;
+            let mut r = Ok(());
+            if off > old {
+                r = self.resize_locked(&mut st, off, true);
+            }
+            if r.is_ok() {
+                r = self.resize_locked(&mut st, end, false);
+            }
+            if r.is_err() && st.size != old && self.truncate_locked(&mut st, old).is_err() {
+                tracing::error!(file = %self.label(), "could not undo a failed allocation");
+            }
+            r?;
         } else if keep_size {
             self.reserve_past_end(&mut st, off, end)?;
         }
