@@ -38,9 +38,18 @@ pub struct OpenOptions {
     pub write: bool,
     pub truncate: bool,
     pub append: bool,
+    /// O_NOATIME: reads through it leave the access time alone (the kernel checked that the
+    /// caller owns the file or has CAP_FOWNER).
+    pub noatime: bool,
 }
 
 impl OpenOptions {
+    /// Reads through it are accesses (they set the access time by the backing file system's
+    /// rule): opened for reading, without O_NOATIME.
+    pub fn accesses(&self) -> bool {
+        self.read && !self.noatime
+    }
+
     pub fn from_flags(flags: i32) -> Self {
         let acc = flags & libc::O_ACCMODE;
         OpenOptions {
@@ -48,6 +57,7 @@ impl OpenOptions {
             write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             truncate: flags & libc::O_TRUNC != 0,
             append: flags & libc::O_APPEND != 0,
+            noatime: flags & libc::O_NOATIME != 0,
         }
     }
 }
@@ -243,6 +253,7 @@ impl Vfs {
                 file,
                 append: o.append,
                 reads: o.read,
+                accesses: o.accesses(),
                 writes: o.write,
                 wb_seen,
                 audit,
@@ -280,7 +291,7 @@ impl Vfs {
         }
         // Before this open's own header read, so the read-ahead overlaps it.
         self.prefetch.opened(node.parent(), ino, &self.control);
-        let (of, named) = match self.get_open_file(&node, o.write || o.truncate, o.read) {
+        let (of, named) = match self.get_open_file(&node, o.write || o.truncate, o.accesses()) {
             Ok(r) => r,
             Err(e) => {
                 if let Some(c) = caller {
@@ -317,8 +328,9 @@ impl Vfs {
             return Err(e);
         }
         // An open for reading counts as a read (of a file already open for writing only: from
-        // now on the backing file's access time follows reads), once allowed.
-        if o.read {
+        // now on the backing file's access time follows reads), once allowed; not with
+        // O_NOATIME.
+        if o.accesses() {
             of.reading();
         }
         Ok(self.add_handle(ino, of, &o, audit))
@@ -544,11 +556,11 @@ impl Vfs {
             let d = self.control.read(fh, offset, size).map_err(ctl_err)?;
             return Ok(reply(&d));
         }
-        let (f, reads) = {
+        let (f, reads, accesses) = {
             let h = self.handles.get(&fh).ok_or(VfsError::BadHandle(fh))?;
-            (h.file.clone(), h.reads)
+            (h.file.clone(), h.reads, h.accesses)
         };
-        if reads {
+        if accesses {
             f.reading();
         }
         let mut plain = Scratch::plain();

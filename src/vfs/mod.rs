@@ -96,6 +96,10 @@ struct Handle {
     /// opened for writing only, to fill a page a write covers in part: not the caller's read
     /// (no access time, not counted in the close record).
     reads: bool,
+    /// Reads through it set the access time: `reads` without O_NOATIME. An O_NOATIME handle
+    /// shares the backing descriptor, which leaves access times alone until a handle without
+    /// it reads (see `OpenFile::reading`).
+    accesses: bool,
     /// Opened for writing.
     writes: bool,
     /// The file's failed write-backs this handle has reported (or that came before it was

@@ -163,6 +163,40 @@ fn access_times_follow_reads_not_write_only_opens_and_stay_under_noatime() {
     }
 }
 
+/// An open with O_NOATIME, and the reads through it, leave the access time alone, as on ext4
+/// (LTP open12: the read set it); a later open without it reads as usual.
+#[test]
+fn an_o_noatime_open_and_its_reads_leave_the_access_time_alone() {
+    use super::{SetAttr, SetTime};
+    use std::time::{Duration, SystemTime};
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    write_file(&v, "f", b"some bytes");
+    drop(v);
+    let v = open(&dir);
+    let ino = v.lookup(1, "f".as_ref()).expect("f").ino;
+    let set = SetAttr {
+        atime: Some(SetTime::At(old)),
+        ..Default::default()
+    };
+    v.setattr(ino, None, &set, None).expect("set atime");
+    let atime = || v.getattr(ino).expect("getattr").atime;
+    for flags in [libc::O_RDONLY, libc::O_RDWR] {
+        let fh = v
+            .open_as(ino, flags | libc::O_NOATIME, &caller())
+            .expect("open");
+        let n = v.read_with(fh, 0, 100, |d| d.len()).expect("read");
+        assert_eq!(n, 10);
+        v.release(fh).expect("release");
+        assert_eq!(atime(), old, "flags {flags:o}");
+    }
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+    v.read_with(fh, 0, 100, |d| d.len()).expect("read");
+    v.release(fh).expect("release");
+    assert_ne!(atime(), old, "a plain open and read set it");
+}
+
 /// A read-only mount changes nothing in the cipher directory: reading a file or listing a
 /// directory there leaves their access times alone (as if `noatime`).
 #[test]
