@@ -706,3 +706,31 @@ fn key_usage_counts_a_hard_linked_file_once() {
     let key = u.store.default_key;
     assert_eq!(c.get(&key, 1), 2, "{:?}", c.files);
 }
+
+/// FIFOs, sockets and device nodes made for another user keep the set-user-id and set-group-id
+/// bits they were made with, as on ext4: the chown that gives them to their maker (a root
+/// daemon) clears them, and they were not put back (LTP mknod01: 07777 → 01755).
+#[test]
+fn special_files_made_for_another_user_keep_their_set_id_bits() {
+    if !rustix::process::geteuid().is_root() {
+        return; // the daemon gives nodes to their maker only as root
+    }
+    let (_t, d) = new_volume();
+    let v = open(&d);
+    let c = super::Caller {
+        uid: 65534,
+        gid: 65534,
+        ..caller()
+    };
+    for (name, kind) in [("fifo", libc::S_IFIFO), ("sock", libc::S_IFSOCK)] {
+        for bits in [0o7777u32, 0o6755, 0o4700, 0o2750] {
+            let n = format!("{name}{bits:o}");
+            let a = v.mknod(1, n.as_ref(), kind | bits, 0, &c).expect("mknod");
+            assert_eq!((a.uid, a.gid), (65534, 65534));
+            assert_eq!(u32::from(a.perm), bits, "{n}: as made");
+            v.forget(a.ino, 1);
+            let again = v.lookup(1, n.as_ref()).expect("lookup");
+            assert_eq!(u32::from(again.perm), bits, "{n}: stored");
+        }
+    }
+}

@@ -815,10 +815,18 @@ impl Vfs {
             Some(rustix::fs::Gid::from_raw(gid)),
             AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
         )?;
-        // chown clears the set-user-id and set-group-id bits of a regular file, which the creator
-        // asked for: put them back (`fd` of a regular file is a real descriptor, not O_PATH).
-        if Kind::from_mode(before) == Kind::File && before & 0o6000 != 0 {
-            rustix::fs::fchmod(&fd, Mode::from(before & 0o7777))?;
+        // chown clears the set-user-id and set-group-id bits of anything but a directory (a
+        // FIFO, socket or device node too), which the creator asked for: put them back (`fd`
+        // of a regular file is a real descriptor; of a special file an O_PATH one, changed
+        // through its /proc path, which chmod follows to it without opening it).
+        let kind = Kind::from_mode(before);
+        if before & 0o6000 != 0 && !matches!(kind, Kind::Dir | Kind::Symlink) {
+            let mode = Mode::from(before & 0o7777);
+            if kind == Kind::File {
+                rustix::fs::fchmod(&fd, mode)?;
+            } else {
+                rustix::fs::chmod(inode::fd_path(&fd).as_str(), mode)?;
+            }
         }
         Ok(())
     }
