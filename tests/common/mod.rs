@@ -203,6 +203,17 @@ impl Mount {
         passfile: &Path,
         extra: &[&str],
     ) -> Mount {
+        // As if started from a terminal: a test runner started in the background by a
+        // non-interactive shell (or under nohup) ignores SIGINT (SIGHUP), which the daemon
+        // would inherit and keep ignoring, as it means to (see cli_usage.rs).
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let child = cmd
             .arg("mount")
             .arg("-f")
