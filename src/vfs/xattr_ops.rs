@@ -310,6 +310,20 @@ impl Vfs {
         if flags.contains(XattrFlags::REPLACE) && !(in_pack || single) {
             return Err(Errno::NODATA.into());
         }
+        // The value it has already: nothing is written, as ext4 writes nothing then (the
+        // encrypted copy written again would move the backing file's ctime: `git status` and
+        // backup tools would see the file changed).
+        let same = match pack.get(suffix) {
+            Some(v) => v == value,
+            None => before.as_ref().is_some_and(|b| {
+                self.names
+                    .decrypt_xattr_value(&bname, b)
+                    .is_ok_and(|v| v == value)
+            }),
+        };
+        if same {
+            return Ok(());
+        }
         crate::fault::check("setxattr")?;
         // A regular file keeps room for the interrupted-write marker (`content::pending`): a
         // change after which the marker no longer fits, where it did before, is undone (ENOSPC),

@@ -484,3 +484,31 @@ fn a_value_too_big_once_encrypted_is_enospc() {
     assert_eq!(list(&v, f), ["user.kept"]);
     assert_eq!(get(&v, f, "user.kept").unwrap(), b"k");
 }
+
+/// Setting an attribute to the value it has writes nothing: the file's ctime stays, as on ext4
+/// (the encrypted copy was written again, which moved it). In the pack and on its own.
+#[test]
+fn setting_the_value_an_attribute_has_changes_nothing() {
+    let (_t, dir) = new_volume();
+    let v = open(&dir);
+    let f = touch(&v, ROOT_INO, "f");
+    let big = vec![7u8; PACK_VALUE_MAX + 1];
+    let ctime = || v.getattr(f).unwrap().ctime;
+    for (name, value) in [("user.small", &b"1"[..]), ("user.big", &big[..])] {
+        set(&v, f, name, value, 0).unwrap();
+        let before = ctime();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        set(&v, f, name, value, 0).unwrap();
+        set(&v, f, name, value, libc::XATTR_REPLACE).unwrap();
+        assert_eq!(ctime(), before, "{name}: the same value moved the ctime");
+        assert_eq!(
+            set(&v, f, name, value, libc::XATTR_CREATE),
+            Err(libc::EEXIST)
+        );
+        let mut other = value.to_vec();
+        other[0] ^= 1;
+        set(&v, f, name, &other, 0).unwrap();
+        assert_ne!(ctime(), before, "{name}: a new value");
+        assert_eq!(get(&v, f, name).unwrap(), other);
+    }
+}
