@@ -401,6 +401,35 @@ fn rekey_gives_fresh_data_keys_and_keeps_content_and_metadata() {
     drop(m);
 }
 
+/// In an append-only directory the re-keyed copy could be made but not renamed over the
+/// original nor removed again: refused before any copy (each run left one behind).
+#[test]
+fn rekey_in_an_append_only_directory_is_refused_and_leaves_nothing() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let d = m.path("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("f"), b"content").unwrap();
+    if !sh(&format!("chattr +a {}", d.display())).status.success() {
+        drop(m);
+        return; // no CAP_LINUX_IMMUTABLE
+    }
+    let o = kmsfs().arg("rekey").arg(d.join("f")).output().unwrap();
+    let listed: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(sh(&format!("chattr -a {}", d.display())).status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("append-only"), "{err}");
+    assert_eq!(listed, ["f"], "a copy was left behind");
+    let o = kmsfs().arg("rekey").arg(d.join("f")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(d.join("f")).unwrap(), b"content");
+    drop(m);
+}
+
 /// The key store records the log's closing checkpoint: a log deleted (or replaced) after a clean
 /// unmount fails `audit verify`. Retention is set and shown through the same CLI, mounted or not.
 #[test]

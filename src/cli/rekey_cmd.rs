@@ -100,6 +100,17 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
     }
     // `.` for a bare file name (`cd MNT; kmsfs rekey doc.txt`).
     let dir = crate::fsutil::parent_dir(p);
+    // An append-only or immutable directory would take the copy but refuse the rename over
+    // the original, and its removal too: each run would leave a copy behind.
+    let dir_flags = File::open(dir).and_then(|d| Ok(rustix::fs::ioctl_getflags(&d)?));
+    if dir_flags
+        .is_ok_and(|f| f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE))
+    {
+        return Err(io::Error::other(
+            "its directory is append-only or immutable (chattr +a / +i): the re-keyed copy \
+             could not replace it (clear the flag first)",
+        ));
+    }
     remove_stale_copies(dir);
     let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {

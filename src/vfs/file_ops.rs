@@ -380,6 +380,9 @@ impl Vfs {
             r => r?,
         };
         let o = OpenOptions::from_flags(flags);
+        if o.noatime {
+            of.leave_access_times();
+        }
         self.open_files.insert(node.ino, (of.clone(), 1));
         Ok((attr, self.add_handle(node.ino, of, &o, Some(audit))))
     }

@@ -231,6 +231,20 @@ impl OpenFile {
         self.quiet.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A new file opened O_NOATIME by its create: its reads leave the access time alone, as
+    /// those of an existing file opened so (the backing descriptor was opened without the
+    /// flag), until a caller reads without it ([`OpenFile::reading`]).
+    pub fn leave_access_times(&self) {
+        use rustix::fs::OFlags;
+        let st = self.read_state();
+        if let Ok(fl) = rustix::fs::fcntl_getfl(&st.file)
+            && !fl.contains(OFlags::NOATIME)
+            && rustix::fs::fcntl_setfl(&st.file, fl | OFlags::NOATIME).is_ok()
+        {
+            self.set_quiet();
+        }
+    }
+
     /// A caller reads (or opens for reading): from now on the backing file's access time
     /// follows the reads, by the backing file system's rule.
     pub fn reading(&self) {

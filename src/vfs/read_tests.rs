@@ -195,6 +195,21 @@ fn an_o_noatime_open_and_its_reads_leave_the_access_time_alone() {
     v.read_with(fh, 0, 100, |d| d.len()).expect("read");
     v.release(fh).expect("release");
     assert_ne!(atime(), old, "a plain open and read set it");
+    // A file made by an O_CREAT|O_NOATIME open: reads through it leave the time alone too.
+    let (attr, fh) = v
+        .create(
+            1,
+            "new".as_ref(),
+            0o644,
+            libc::O_RDWR | libc::O_NOATIME,
+            &caller(),
+        )
+        .expect("create");
+    v.write(fh, 0, b"fresh").expect("write");
+    v.setattr(attr.ino, None, &set, None).expect("set atime");
+    v.read_with(fh, 0, 100, |d| d.len()).expect("read");
+    v.release(fh).expect("release");
+    assert_eq!(v.getattr(attr.ino).expect("getattr").atime, old, "created");
 }
 
 /// A read-only mount changes nothing in the cipher directory: reading a file or listing a

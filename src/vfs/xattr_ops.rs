@@ -322,7 +322,17 @@ impl Vfs {
             }),
         };
         if same {
-            return Ok(());
+            // But as on ext4 an immutable or append-only node refuses any setxattr (the
+            // backing file system would have refused the write).
+            let fixed = self.inode_flags(ino).is_ok_and(|f| {
+                let f = rustix::fs::IFlags::from_bits_retain(f);
+                f.intersects(rustix::fs::IFlags::IMMUTABLE | rustix::fs::IFlags::APPEND)
+            });
+            return if fixed {
+                Err(Errno::PERM.into())
+            } else {
+                Ok(())
+            };
         }
         crate::fault::check("setxattr")?;
         // A regular file keeps room for the interrupted-write marker (`content::pending`): a

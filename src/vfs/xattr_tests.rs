@@ -511,4 +511,13 @@ fn setting_the_value_an_attribute_has_changes_nothing() {
         assert_ne!(ctime(), before, "{name}: a new value");
         assert_eq!(get(&v, f, name).unwrap(), other);
     }
+    // Immutable: refused with EPERM, the same value too (as on ext4).
+    let start = v.inode_flags(f).unwrap();
+    let immutable = start | rustix::fs::IFlags::IMMUTABLE.bits();
+    if v.set_inode_flags(f, immutable).is_ok() {
+        let same = get(&v, f, "user.small").unwrap();
+        let r = set(&v, f, "user.small", &same, 0);
+        v.set_inode_flags(f, start).unwrap();
+        assert_eq!(r, Err(libc::EPERM));
+    }
 }
