@@ -722,10 +722,17 @@ fn special_files_made_for_another_user_keep_their_set_id_bits() {
         gid: 65534,
         ..caller()
     };
-    for (name, kind) in [("fifo", libc::S_IFIFO), ("sock", libc::S_IFSOCK)] {
+    let null = libc::makedev(1, 3) as u32;
+    for (name, kind, rdev) in [
+        ("fifo", libc::S_IFIFO, 0),
+        ("sock", libc::S_IFSOCK, 0),
+        ("chr", libc::S_IFCHR, null),
+    ] {
         for bits in [0o7777u32, 0o6755, 0o4700, 0o2750] {
             let n = format!("{name}{bits:o}");
-            let a = v.mknod(1, n.as_ref(), kind | bits, 0, &c).expect("mknod");
+            let a = v
+                .mknod(1, n.as_ref(), kind | bits, rdev, &c)
+                .expect("mknod");
             assert_eq!((a.uid, a.gid), (65534, 65534));
             assert_eq!(u32::from(a.perm), bits, "{n}: as made");
             v.forget(a.ino, 1);
