@@ -70,8 +70,8 @@ const FALLOC_ZERO_RANGE: i32 = 0x10;
 impl Vfs {
     /// The shared content state of `node`, opened (header read, DEK unwrapped) on first use.
     /// Counts one reference; balance with [`Vfs::put_open_file`]. Also the entry the backing
-    /// file was just opened under, if it was (see [`Backing::named`]). `reading`: opened for
-    /// reading, which counts as an access (see below).
+    /// file was just opened under, if it was (see [`Backing::named`]). `reading`: an open that
+    /// counts as an access (for reading, without O_NOATIME: [`OpenOptions::accesses`]).
     pub(super) fn get_open_file(
         &self,
         node: &Node,

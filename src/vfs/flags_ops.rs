@@ -9,9 +9,10 @@
 //! them), no-dump (`d`), no-atime (`A`),
 //! synchronous writes (`S`) and directory updates (`D`), and append-only (`a`) on directories:
 //! the cipher directory's entries can then be added but not removed or renamed away, nor can
-//! its mode or times be set, EPERM as on ext4 (a long name's side file is added with its
-//! entry; one a crash left torn cannot be rewritten there, so that one name cannot be made
-//! until the flag is cleared). Refused with EOPNOTSUPP, leaving the flags as they were:
+//! its mode or times be set, EPERM as on ext4 (what kmsfs itself cannot then remove there —
+//! a long name's side file after a refused rename, the undo of a half-failed create, a side
+//! file a crash left torn — is listed in README). Refused with EOPNOTSUPP, leaving the flags
+//! as they were:
 //! append-only on files (kmsfs rewrites a file's last block and header in place, which an
 //! append-only cipher file refuses, so the file could not be appended to either),
 //! compression (`c`, of ciphertext), and every flag that changes how the backing file system
