@@ -315,6 +315,35 @@ fn files_held_open_up_to_the_limit_get_emfile_and_recover() {
     m.unmount();
 }
 
+/// Closed files whose interrupted-write markers wait for their data to reach the disk
+/// (src/vfs/marker_queue.rs) hold a descriptor each: a limit lowered from outside is kept by
+/// them too, not only by the inodes the kernel holds. Until 2026-12-07 their bound was read
+/// only at a close: after these 400 writes the daemon held ~535 descriptors under a limit of
+/// 300, and opens worked only through the free numbers below it.
+#[test]
+fn a_lowered_limit_brings_every_descriptor_of_the_daemon_under_it() {
+    let (_v, m) = files_under_a_low_limit(400, 300, &[]);
+    let fds = format!("/proc/{}/fd", m.pid().expect("daemon pid"));
+    let count = || fs::read_dir(&fds).map(|d| d.count()).unwrap_or(usize::MAX);
+    let t = std::time::Instant::now();
+    while count() >= 300 && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let held = count();
+    assert!(
+        held < 300,
+        "the daemon holds {held} descriptors under a limit of 300"
+    );
+    // What was written is all there.
+    let dir = m.path("open");
+    with_timeout(60, move || {
+        for i in [0, 199, 399] {
+            assert_eq!(fs::read(dir.join(format!("f{i}"))).unwrap(), b"y");
+        }
+    });
+    m.unmount();
+}
+
 /// A mkdir that runs out of descriptors part-way (the daemon's descriptors held by open files,
 /// a few given back) fails and leaves nothing behind, or succeeds with a usable directory;
 /// until 2026-12-05 its undo opened the directory again, failed with EMFILE too, and left a

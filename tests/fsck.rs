@@ -425,6 +425,54 @@ fn safe_repairs_are_made_and_the_rest_left_alone() {
     assert_eq!(std::fs::read(&f).unwrap(), b);
 }
 
+/// An orphan side file in a directory made append-only (`chattr +a` through the mount sets
+/// it on the backing directory) cannot be removed: fsck --repair says the flag is in the way,
+/// not that files need restoring from a backup.
+#[test]
+fn an_orphan_side_file_in_an_append_only_directory_is_reported_as_such() {
+    let v = corpus_source();
+    let d = copy(&v, "append-only");
+    let sub = subdir(&d);
+    let orphan = sub.join("kmsfs.long.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.name");
+    std::fs::write(&orphan, b"x").unwrap();
+    let dirfd = std::fs::File::open(&sub).unwrap();
+    let start = match rustix::fs::ioctl_getflags(&dirfd) {
+        Ok(f) => f,
+        Err(e) => return eprintln!("backing file system without inode flags ({e}): skipped"),
+    };
+    if let Err(e) = rustix::fs::ioctl_setflags(&dirfd, start | rustix::fs::IFlags::APPEND) {
+        return eprintln!("cannot make a directory append-only ({e}; not root?): skipped");
+    }
+    let o = kmsfs()
+        .args(["fsck", "--repair", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&d)
+        .output()
+        .expect("run kmsfs fsck");
+    let (code, r) = fsck(&v, &d, &["--repair"]);
+    // Cleared before any assertion, so that the temporary directory goes.
+    rustix::fs::ioctl_setflags(&dirfd, start).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(23), "{text}");
+    assert!(text.contains("append-only"), "{text}");
+    assert!(!text.contains("backup"), "no restore advised: {text}");
+    assert_eq!(
+        (code, kinds(&r)),
+        (23, vec!["side-file".to_string()]),
+        "{r}"
+    );
+    assert_eq!(r["problems"][0]["repaired"], false);
+    assert!(orphan.exists());
+    // With the flag cleared, --repair removes it.
+    let (code, r) = fsck(&v, &d, &["--repair"]);
+    assert_eq!(code, 0, "{r}");
+    assert!(!orphan.exists());
+}
+
 #[test]
 fn directories_of_an_older_volume_get_their_id_copy_from_repair() {
     let v = corpus_source();

@@ -203,11 +203,21 @@ pub fn fsck(a: &FsckArgs) -> Result<(), CliError> {
             code::INTEGRITY,
             format!("{} problem(s) in {}", r.unrepaired(), root.display()),
         )
-        .hint(if a.repair {
-            "what is left cannot be repaired safely; restore those files from a backup"
-        } else {
-            "kmsfs fsck --repair fixes what is safe to fix"
-        }));
+        .hint(
+            if a.repair
+                && r.problems
+                    .iter()
+                    .all(|p| p.repaired || p.kind == "side-file")
+            {
+                // Only orphan side files left: removing them failed (their directory is
+                // append-only or immutable, as each problem says); no file needs a backup.
+                "what is left could not be removed; see each problem for why"
+            } else if a.repair {
+                "what is left cannot be repaired safely; restore those files from a backup"
+            } else {
+                "kmsfs fsck --repair fixes what is safe to fix"
+            },
+        ));
     }
     Ok(())
 }

@@ -292,6 +292,7 @@ impl Reclaim {
                     let Some(me) = me.upgrade() else { return };
                     let limit = limit();
                     me.high.store(limit * HIGH / 1000, Ordering::Relaxed);
+                    vfs.limit_changed();
                     let Some(notifier) = notifier.get() else {
                         continue;
                     };

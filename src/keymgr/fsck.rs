@@ -490,13 +490,19 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
             && matches!(c.names.classify(main, at_root), EntryKind::Long)
         {
             if !present.contains(main) {
-                let repaired = c.repair && std::fs::remove_file(&path).is_ok();
-                c.problem(
-                    &path,
-                    &plain,
-                    "side-file",
-                    "orphan long-name side file".into(),
-                );
+                let removed = c.repair.then(|| std::fs::remove_file(&path));
+                let detail = match &removed {
+                    // The backing directory is append-only or immutable (`chattr +a`/`+i`
+                    // through the mount): nothing to restore, the flag is in the way.
+                    Some(Err(e)) if e.raw_os_error() == Some(libc::EPERM) => {
+                        "orphan long-name side file; not removed: its directory is append-only \
+                         or immutable (clear the flag through the mount with chattr -a or -i, \
+                         then run kmsfs fsck --repair again)"
+                    }
+                    _ => "orphan long-name side file",
+                };
+                let repaired = matches!(removed, Some(Ok(())));
+                c.problem(&path, &plain, "side-file", detail.into());
                 if let Some(p) = c.report.problems.last_mut() {
                     p.repaired = repaired;
                 }

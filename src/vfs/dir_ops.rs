@@ -471,6 +471,9 @@ impl Vfs {
         {
             return Ok(());
         }
+        if to.side_file().is_some() {
+            refused_into_append_only(&from_dir, &from.entry, &to_dir, &to.entry, flags)?;
+        }
         let wrote = self.write_side_file(&to_dir, &to)?;
         let mut r = crate::fault::check("rename").and_then(|()| {
             rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
@@ -817,6 +820,44 @@ fn undeletable(dir: &Node, entry: &OsStr) -> bool {
     };
     flags(entry, &dir.fd).intersects(IFlags::IMMUTABLE | IFlags::APPEND)
         || flags(OsStr::new("."), &dir.fd).intersects(IFlags::IMMUTABLE | IFlags::APPEND)
+}
+
+/// A rename to a long name writes the name's side file first, and takes it back if the rename
+/// then fails; in an append-only directory (`chattr +a`) it cannot, and the side file would be
+/// left orphaned. So into such a directory what would fail the rename is looked at first:
+/// EPERM for a source in an append-only or immutable directory or itself such a node (the
+/// backing rename would remove its entry), ENOENT for a source not there or an exchange with a
+/// target not there. One `statx` of the target directory for other renames to a long name.
+fn refused_into_append_only(
+    from_dir: &Node,
+    from: &OsStr,
+    to_dir: &Node,
+    to: &OsStr,
+    flags: u32,
+) -> Result<()> {
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    let sealed = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
+    let attributes = |dir: &Node, at: &OsStr| {
+        let how = if at.is_empty() {
+            AtFlags::EMPTY_PATH
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        rustix::fs::statx(&dir.fd, at, how, StatxFlags::empty()).map(|s| s.stx_attributes)
+    };
+    // Not known (statx refused): the undo is tried as before.
+    if !attributes(to_dir, OsStr::new("")).is_ok_and(|a| a.contains(StatxAttributes::APPEND)) {
+        return Ok(());
+    }
+    if attributes(from_dir, OsStr::new(""))?.intersects(sealed)
+        || attributes(from_dir, from)?.intersects(sealed)
+    {
+        return Err(Errno::PERM.into());
+    }
+    if flags & RENAME_EXCHANGE != 0 {
+        rustix::fs::statat(&to_dir.fd, to, AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    Ok(())
 }
 
 /// Puts back the mode of directory `entry` of `dir` that [`Vfs::open_and_strip`] changed.

@@ -384,7 +384,9 @@ mod tests {
         }
         assert_eq!(flags_of(&v, d), Some(append));
         let long = "l".repeat(200);
+        let long2 = "m".repeat(200);
         let f = write_file_in(&v, d, &long, b"long");
+        write_file(&v, "outside", b"outside");
         v.mkdir(d, OsStr::new("sub"), 0o755, &c)
             .expect("mkdir in it");
         v.symlink(d, OsStr::new("sl"), OsStr::new("old"), &c)
@@ -397,7 +399,18 @@ mod tests {
             v.rename(d, OsStr::new("old"), 1, OsStr::new("away"), 0),
             v.rename(d, OsStr::new("sl"), d, OsStr::new("old"), 0),
             v.rmdir(d, OsStr::new("sub")),
+            // To a long name: refused before its side file is made (it could not be removed).
+            v.rename(d, OsStr::new("old"), d, OsStr::new(&long2), 0),
+            v.rename(d, OsStr::new("sub"), d, OsStr::new(&long2), 0),
         ];
+        // An exchange with a long name not there, from a directory that is not append-only.
+        let exchange = v.rename(
+            1,
+            OsStr::new("outside"),
+            d,
+            OsStr::new(&long2),
+            libc::RENAME_EXCHANGE,
+        );
         let chmod = v.setattr(
             d,
             None,
@@ -414,6 +427,18 @@ mod tests {
         }
         assert_eq!(chmod.expect_err("mode").errno(), libc::EPERM);
         assert_eq!(rmdir_it.expect_err("not empty").errno(), libc::EPERM);
+        assert_eq!(exchange.map_err(|e| e.errno()), Err(libc::ENOENT));
+        // One side file in the backing directory: `long`'s, none for `long2`.
+        let sides = std::fs::read_dir(cipher_path(&v, d))
+            .expect("backing directory")
+            .filter(|e| {
+                let e = e.as_ref().expect("entry");
+                e.file_name()
+                    .to_string_lossy()
+                    .ends_with(crate::names::LONG_NAME_SUFFIX)
+            })
+            .count();
+        assert_eq!(sides, 1, "orphan side files left");
         assert_eq!(read_at(&v, f, 0, 100), b"long");
         for name in ["old", "hl", "sl", long.as_str()] {
             v.unlink(d, OsStr::new(name)).expect("removable again");

@@ -153,6 +153,16 @@ impl MarkerQueue {
         cap
     }
 
+    /// Reads the bound again and, if more files wait than it allows now, has the thread
+    /// settle the oldest: a limit lowered from outside (`prlimit`) is otherwise read only at
+    /// the next close, and until then the waiting files keep their descriptors above it.
+    pub fn recheck(&self) {
+        let cap = self.cap();
+        if self.inner.lock().files.len() > cap {
+            self.inner.wake.notify_one();
+        }
+    }
+
     /// Files waiting now.
     pub fn len(&self) -> usize {
         self.inner.lock().files.len()

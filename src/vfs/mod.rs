@@ -385,6 +385,12 @@ impl Vfs {
         self.session_flag.store(FLAG_NONE, Ordering::Release);
     }
 
+    /// The descriptor limit may have changed (read again once a second by the FUSE adapter's
+    /// reclaim thread): closed files waiting with their markers keep to the bound it sets.
+    pub fn limit_changed(&self) {
+        self.markers.recheck();
+    }
+
     /// Closed files whose interrupted-write markers wait for their data to reach the disk.
     pub fn markers_waiting(&self) -> usize {
         self.markers.len()
