@@ -2500,8 +2500,134 @@ fn modification_times_survive_a_remount_in(mount_args: &[&'static str]) {
     fx.finish_mount_only();
 }
 
+/// `chattr +a` on a file through the mount: appended to with O_APPEND (the kernel's write-back
+/// of the times it keeps goes through), everything else refused with EPERM, as on ext4.
+fn append_only_file(
+    root: &Path,
+    flags: fn(&Path) -> io::Result<libc::c_int>,
+    set: fn(&Path, libc::c_int) -> io::Result<()>,
+) {
+    const APPEND: libc::c_int = 0x20;
+    let log = root.join("log");
+    fs::write(&log, b"one\n").unwrap();
+    let start = flags(&log).expect("lsattr");
+    match set(&log, start | APPEND) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            return eprintln!("append-only files not checked: no CAP_LINUX_IMMUTABLE");
+        }
+        Err(e) => panic!("chattr +a: {e}"),
+    }
+    let shown = flags(&log);
+    let before = fs::metadata(&log).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let appended = OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut a| a.write_all(b"two\n"));
+    let given = libc::timespec {
+        tv_sec: 1_000_000,
+        tv_nsec: 0,
+    };
+    let tries = [
+        (
+            "open for writing",
+            OpenOptions::new().write(true).open(&log).map(drop),
+        ),
+        (
+            "open truncating",
+            OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_TRUNC)
+                .open(&log)
+                .map(drop),
+        ),
+        (
+            "ftruncate",
+            OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .and_then(|f| f.set_len(0)),
+        ),
+        (
+            "truncate",
+            lc(unsafe { libc::truncate(cs(&log).as_ptr(), 0) })
+                .map(drop)
+                .map_err(io::Error::from_raw_os_error),
+        ),
+        ("unlink", fs::remove_file(&log)),
+        ("rename", fs::rename(&log, root.join("log2"))),
+        ("link", fs::hard_link(&log, root.join("log3"))),
+        (
+            "chmod",
+            fs::set_permissions(&log, fs::Permissions::from_mode(0o600)),
+        ),
+        (
+            "given times",
+            lc(unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    cs(&log).as_ptr(),
+                    [given, given].as_ptr(),
+                    0,
+                )
+            })
+            .map(drop)
+            .map_err(io::Error::from_raw_os_error),
+        ),
+        (
+            "setxattr",
+            setx(&log, "user.x", b"1", 0).map_err(io::Error::from_raw_os_error),
+        ),
+    ];
+    // O_APPEND taken off the descriptor (ext4 refuses that fcntl on an append-only file; the
+    // kernel does not know kmsfs's flag): the rewrite of the start is refused, by the write or,
+    // with the writeback cache, by its write-back (fsync reports it), and what is stored stays.
+    let rewrite = OpenOptions::new().append(true).open(&log).and_then(|f| {
+        lc(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) })
+            .map_err(io::Error::from_raw_os_error)?;
+        f.write_at(b"ONE", 0)?;
+        f.sync_all()
+    });
+    let t = std::time::Instant::now();
+    let stored = loop {
+        // The kernel drops the pages it kept of a failed write-back once the file is closed.
+        let b = fs::read(&log).unwrap();
+        if b == b"one\ntwo\n" || t.elapsed() > std::time::Duration::from_secs(10) {
+            break b;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let now =
+        lc(unsafe { libc::utimensat(libc::AT_FDCWD, cs(&log).as_ptr(), std::ptr::null(), 0) });
+    let read = fs::read(&log);
+    let after = fs::metadata(&log).unwrap().modified().unwrap();
+    let cleared = set(&log, start);
+    assert_eq!(shown.expect("lsattr"), start | APPEND);
+    appended.expect("append");
+    for (what, r) in tries {
+        assert_eq!(
+            r.expect_err(what).raw_os_error(),
+            Some(libc::EPERM),
+            "{what} of an append-only file"
+        );
+    }
+    assert_eq!(
+        rewrite.expect_err("rewrite").raw_os_error(),
+        Some(libc::EPERM),
+        "rewrite after fcntl"
+    );
+    assert_eq!(stored, b"one\ntwo\n", "what is stored stays");
+    now.expect("times set to now");
+    assert_eq!(read.expect("read"), b"one\ntwo\n");
+    assert!(after > before, "the append moved the modification time");
+    cleared.expect("chattr -a");
+    fs::write(&log, b"").expect("writable again");
+    fs::remove_file(&log).expect("removable again");
+}
+
 /// `lsattr`/`chattr` through the mount (the kernel turns FS_IOC_GETFLAGS/SETFLAGS into FUSE
-/// ioctls): immutable is kept and enforced like on ext4, append-only is refused.
+/// ioctls): immutable is kept and enforced like on ext4, and append-only (below).
 #[test]
 fn inode_flags_immutable_and_append_only() {
     const GETFLAGS: libc::c_ulong = 0x8008_6601;
@@ -2543,8 +2669,7 @@ fn inode_flags_immutable_and_append_only() {
         // would have cleared `e`).
         set(&f, NODUMP).expect("bare value");
         set(&f, start).expect("back");
-        let e = set(&f, start | APPEND).expect_err("append-only");
-        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        append_only_file(root, flags, set);
         set(&f, start | NODUMP).expect("chattr +d");
         assert_eq!(flags(&f).unwrap(), start | NODUMP);
         // Not while open for writing: what was written may still be in the kernel's cache.
@@ -2631,6 +2756,32 @@ fn inode_flags_immutable_and_append_only() {
         assert_eq!(made.expect_err("create").raw_os_error(), Some(libc::EPERM));
         fs::write(d.join("x"), b"").expect("create after -i");
     });
+    fx.finish_mount_only();
+}
+
+/// [`append_only_file`] without the writeback cache (every write reaches the daemon at once,
+/// and "now" comes as such).
+#[test]
+fn append_only_file_without_writeback_cache() {
+    fn flags(p: &Path) -> io::Result<libc::c_int> {
+        let f = File::open(p)?;
+        let mut v: libc::c_int = 0;
+        lc(unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601, &mut v) })
+            .map_err(io::Error::from_raw_os_error)?;
+        Ok(v)
+    }
+    fn set(p: &Path, v: libc::c_int) -> io::Result<()> {
+        let f = File::open(p)?;
+        lc(unsafe { libc::ioctl(f.as_raw_fd(), 0x4008_6602, &v) })
+            .map_err(io::Error::from_raw_os_error)?;
+        Ok(())
+    }
+    let fx = Fx::with_mount_args(&[], &["--no-writeback-cache"]);
+    if flags(&fx.v.cipher).is_err() {
+        eprintln!("skipped: the backing file system has no inode flags");
+        return fx.finish_mount_only();
+    }
+    fx.on_mount(60, |root| append_only_file(root, flags, set));
     fx.finish_mount_only();
 }
 

@@ -477,6 +477,7 @@ pub fn mount(a: &MountArgs) -> Result<(), CliError> {
             noatime: last_of(&fuse_opts, "noatime", "atime") == Some(true),
             acl,
             sparse,
+            kernel_appends: true,
         },
     )
     .map_err(|e| CliError::new(code::ERROR, format!("{}: {e}", cipherdir.display())))?;

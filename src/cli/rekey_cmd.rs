@@ -111,6 +111,17 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
              could not replace it (clear the flag first)",
         ));
     }
+    // Nor can an append-only or immutable file be renamed over.
+    let file_flags = File::open(p).and_then(|f| Ok(rustix::fs::ioctl_getflags(&f)?));
+    if file_flags
+        .as_ref()
+        .is_ok_and(|f| f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE))
+    {
+        return Err(io::Error::other(
+            "it is append-only or immutable (chattr +a / +i): the re-keyed copy could not \
+             replace it (clear the flag first)",
+        ));
+    }
     remove_stale_copies(dir);
     let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
@@ -147,6 +158,17 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
                 tv_nsec: md.mtime_nsec() as _,
             },
         };
+        // The flags that do not stand in the way (no-dump, no-atime, synchronous writes).
+        if let Ok(f) = file_flags {
+            let keep = f
+                & (rustix::fs::IFlags::NODUMP
+                    | rustix::fs::IFlags::NOATIME
+                    | rustix::fs::IFlags::SYNC);
+            if !keep.is_empty() {
+                let _ = rustix::fs::ioctl_getflags(&dst)
+                    .and_then(|d| rustix::fs::ioctl_setflags(&dst, d | keep));
+            }
+        }
         rustix::fs::futimens(&dst, &ts)?;
         dst.sync_all()?;
         fs::rename(&tmp, p)?;

@@ -168,18 +168,6 @@ impl KmsFs {
             .get()
             .map_or(poller::Turn::NONE, |p| p.background())
     }
-
-    /// The kernel resolves O_APPEND offsets itself, in both cache modes (`generic_write_checks`
-    /// puts the write at its size, under the inode lock, from the descriptor's flags *at the
-    /// write*), and with the writeback cache it later flushes dirty pages with explicit offsets
-    /// through any writable handle: the model must write exactly where it is told. Before
-    /// 2026-12-06, without the writeback cache, a handle opened with O_APPEND appended every
-    /// write, so a write after `fcntl(F_SETFL)` took O_APPEND off the descriptor, or one with
-    /// `pwritev2(RWF_NOAPPEND)`, went to the end of the file instead of its offset (and the
-    /// kernel's size no longer matched the stored one).
-    fn open_flags(&self, flags: i32) -> i32 {
-        flags & !libc::O_APPEND
-    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -586,7 +574,8 @@ impl Filesystem for KmsFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _turn = self.turn();
         let c = caller(req);
-        let flags = self.open_flags(flags.0);
+        // O_APPEND included: the model writes where the kernel says (`kernel_appends`).
+        let flags = flags.0;
         match self
             .reclaim
             .patiently(&self.vfs, None, || self.vfs.open_as(ino.0, flags, &c))
@@ -921,7 +910,6 @@ impl Filesystem for KmsFs {
     ) {
         let _turn = self.turn();
         let who = creator(req, umask);
-        let flags = self.open_flags(flags);
         match self.reclaim.patiently(&self.vfs, Some(parent.0), || {
             self.vfs.in_dirs(&[parent.0], || {
                 self.vfs.create(parent.0, name, mode, flags, &who)

@@ -58,6 +58,14 @@ impl VolumePaths {
         self.control_dir().join("acls")
     }
 
+    /// Present once a file of the volume has been made append-only (`chattr +a`, kept by kmsfs
+    /// as the cipher file's `user.kmsfs-append` attribute: see `vfs::flags_ops`): until then a
+    /// mount looks for that attribute nowhere. Empty; not authenticated (whoever can remove it
+    /// can remove the attributes themselves).
+    pub fn append_marker(&self) -> PathBuf {
+        self.control_dir().join("append-only-files")
+    }
+
     /// `.kmsfs/mounted-rw`: there while a read-write mount may leave interrupted-write markers
     /// on closed files (`vfs::marker_queue`); left by a session that did not end cleanly.
     pub fn session_flag(&self) -> PathBuf {
@@ -84,7 +92,16 @@ impl VolumePaths {
 
     /// Writes the ACL marker if it is not there, durably (the file and its directory synced).
     pub fn record_acls(&self) -> io::Result<()> {
-        let path = self.acl_marker();
+        self.record(self.acl_marker())
+    }
+
+    /// Writes the append-only marker if it is not there, durably.
+    pub fn record_append_only(&self) -> io::Result<()> {
+        self.record(self.append_marker())
+    }
+
+    /// Makes the empty marker file `path` if it is not there, durably.
+    fn record(&self, path: PathBuf) -> io::Result<()> {
         if path.exists() {
             return Ok(());
         }

@@ -109,6 +109,30 @@ impl Vfs {
             return self.ctl_setattr(ino, set);
         }
         let node = self.node(ino)?;
+        // An append-only file takes no truncate, chmod, chown or given time (EPERM, as on
+        // ext4); "now" may be set, and the kernel's write-back of the modification time it
+        // keeps under the writeback cache, which comes with the writing handle, goes through.
+        // Under the writeback cache the kernel sends "now" as its own clock's time: a time
+        // within seconds of now counts as now (setting it is no different).
+        let given = |t: Option<SetTime>| match t {
+            Some(SetTime::At(t)) => {
+                let now = SystemTime::now();
+                let off = now.duration_since(t).or_else(|_| t.duration_since(now));
+                off.is_ok_and(|d| d > std::time::Duration::from_secs(5))
+            }
+            _ => false,
+        };
+        let kernel_flush = set.kernel_times && set.atime.is_none() && fh.is_some();
+        if node.kind == Kind::File
+            && (set.size.is_some()
+                || set.mode.is_some()
+                || set.uid.is_some()
+                || set.gid.is_some()
+                || given(set.atime)
+                || (given(set.mtime) && !kernel_flush))
+        {
+            self.refuse_append_only(&node)?;
+        }
         let changes = set.mode.is_some()
             || set.uid.is_some()
             || set.gid.is_some()

@@ -405,6 +405,7 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.cipher_name(&dir, name)?;
+        self.refuse_append_only_entry(&dir, &cn.entry)?;
         crate::fault::check("unlink")?;
         let r = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
         if r.is_ok() {
@@ -470,6 +471,11 @@ impl Vfs {
             && (t.st_dev, t.st_ino) == (f.st_dev, f.st_ino)
         {
             return Ok(());
+        }
+        // An append-only file is neither renamed nor renamed over (nor exchanged).
+        self.refuse_append_only_entry(&from_dir, &from.entry)?;
+        if flags & RENAME_NOREPLACE == 0 {
+            self.refuse_append_only_entry(&to_dir, &to.entry)?;
         }
         if to.side_file().is_some() {
             refused_into_append_only(&from_dir, &from.entry, &to_dir, &to.entry, flags)?;
@@ -578,6 +584,7 @@ impl Vfs {
         if node.kind == Kind::Dir {
             return Err(Errno::PERM.into());
         }
+        self.refuse_append_only(&node)?;
         let dir = self.dir_node(newparent)?;
         let cn = self.new_cipher_name(&dir, newname)?;
         self.create_entry(&dir, &cn, || {

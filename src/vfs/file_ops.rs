@@ -251,7 +251,7 @@ impl Vfs {
             Handle {
                 ino,
                 file,
-                append: o.append,
+                append: o.append && !self.opts.kernel_appends,
                 reads: o.read,
                 accesses: o.accesses(),
                 writes: o.write,
@@ -291,7 +291,14 @@ impl Vfs {
         }
         // Before this open's own header read, so the read-ahead overlaps it.
         self.prefetch.opened(node.parent(), ino, &self.control);
-        let (of, named) = match self.get_open_file(&node, o.write || o.truncate, o.accesses()) {
+        // An append-only file opens for writing only with O_APPEND, never truncating.
+        let opened = if (o.write && !o.append) || o.truncate {
+            self.refuse_append_only(&node)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.get_open_file(&node, o.write || o.truncate, o.accesses()));
+        let (of, named) = match opened {
             Ok(r) => r,
             Err(e) => {
                 if let Some(c) = caller {
@@ -596,7 +603,13 @@ impl Vfs {
         if from == (WriteFrom::PageCache { kernel_times: true }) {
             f.kept_mtime.before_cached_write(|| f.backing_mtime());
         }
-        let mut r = f.write(offset, data, append, cached);
+        // Refused as a failed write (a write-back's pages are then dropped at the close).
+        let mut r = if !append && self.append_files.load(std::sync::atomic::Ordering::Relaxed) {
+            self.keep_stored(fh, &f, offset, data)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| f.write(offset, data, append, cached));
         // Short of space while removed files are still being let go: once more when they are.
         if let Err(e) = &r
             && matches!(e.errno(), libc::ENOSPC | libc::EDQUOT)
@@ -618,6 +631,32 @@ impl Vfs {
         f.kept_mtime.moved();
         self.count(fh, |a| &a.written, data.len());
         Ok(data.len() as u32)
+    }
+
+    /// EPERM if the file open as `fh` is append-only and `data` at `offset` would change what
+    /// it holds already. The kernel does not know the flag (it is kmsfs's): a descriptor that
+    /// had O_APPEND taken off by `fcntl(F_SETFL)`, or a write with `RWF_NOAPPEND`, which ext4
+    /// refuses on such a file, writes at its offset here; and with the writeback cache the
+    /// kernel's flush of the page holding the old end of file rewrites its first part as it
+    /// is (allowed: unchanged).
+    fn keep_stored(&self, fh: u64, f: &OpenFile, offset: u64, data: &[u8]) -> Result<()> {
+        let Some(ino) = self.handles.get(&fh).map(|h| h.ino) else {
+            return Ok(());
+        };
+        if !self.append_only(&*self.node(ino)?) {
+            return Ok(());
+        }
+        let size = f.size();
+        if offset >= size {
+            return Ok(());
+        }
+        let n = (size - offset).min(data.len() as u64);
+        let mut out = super::open_file::Scratch::plain();
+        let r = f.read_into(offset, n as u32, &mut out)?;
+        if out.as_slice()[r] != data[..n as usize] {
+            return Err(Errno::PERM.into());
+        }
+        Ok(())
     }
 
     /// A failed write-back of the file open for writing as `fh` since this handle last
@@ -704,6 +743,12 @@ impl Vfs {
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
         self.check_writable()?;
         let (f, _) = self.handle_file(fh)?;
+        // An append-only file may be allocated, not punched or zeroed (as on ext4).
+        if mode & !FALLOC_KEEP_SIZE != 0
+            && let Some(ino) = self.handles.get(&fh).map(|h| h.ino)
+        {
+            self.refuse_append_only(&*self.node(ino)?)?;
+        }
         let end = offset
             .checked_add(length)
             .ok_or(VfsError::Invalid("offset + length overflows"))?;

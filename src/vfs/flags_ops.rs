@@ -7,15 +7,18 @@
 //! page cache (the writeback cache, a shared mapping) and would be refused once it comes;
 //! EPERM rather than EBUSY because that is what programs expect of SETFLAGS, stress-ng among
 //! them), no-dump (`d`), no-atime (`A`),
-//! synchronous writes (`S`) and directory updates (`D`), and append-only (`a`) on directories:
-//! the cipher directory's entries can then be added but not removed or renamed away, nor can
-//! its mode or times be set, EPERM as on ext4 (what kmsfs itself cannot then remove there —
-//! a long name's side file after a refused rename, the undo of a half-failed create, a side
-//! file a crash left torn — is listed in README). Refused with EOPNOTSUPP, leaving the flags
-//! as they were:
-//! append-only on files (kmsfs rewrites a file's last block and header in place, which an
-//! append-only cipher file refuses, so the file could not be appended to either),
-//! compression (`c`, of ciphertext), and every flag that changes how the backing file system
+//! synchronous writes (`S`) and directory updates (`D`), and append-only (`a`). On a
+//! directory that is the cipher directory's own flag: its entries can then be added but not
+//! removed or renamed away, nor can its mode or times be set, EPERM as on ext4 (what kmsfs
+//! itself cannot then remove there — the undo of a half-failed create, a side file a crash
+//! left torn — is listed in README). On a regular file kmsfs keeps it itself (the cipher
+//! file's `user.kmsfs-append`, looked for only once the volume has such a file:
+//! `.kmsfs/append-only-files`), because kmsfs rewrites a file's last block and header in
+//! place, which an append-only cipher file would refuse; it refuses with EPERM, as ext4 does,
+//! an open for writing without O_APPEND or with O_TRUNC, a truncate, chmod, chown, given
+//! times ("now" may be set), link, unlink, a rename of it or over it, xattr and ACL changes,
+//! and fallocate other than allocating. Refused with EOPNOTSUPP, leaving the flags as they
+//! were: compression (`c`, of ciphertext), and every flag that changes how the backing file system
 //! lays out or names files (casefold, DAX, no-COW, project inheritance...). Flags that describe
 //! how the backing file system stores the cipher file (extents `e`, inline data, an htree
 //! index, fscrypt, verity, compression state) say nothing about the plaintext file: they are
@@ -26,7 +29,10 @@
 //! without inode flags (tmpfs before Linux 6.0, some network file systems) answers ENOTTY, as
 //! does kmsfs for symlinks and special files.
 
+use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{IFlags, OFlags};
@@ -38,15 +44,31 @@ use super::{Kind, Result, Vfs};
 /// How long making a file immutable waits for the RELEASE of a writer that has closed it.
 const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
-/// The flags a caller may change on a node of `kind`: append-only on directories only.
-pub fn settable(kind: Kind) -> IFlags {
-    let all = IFlags::IMMUTABLE | IFlags::NODUMP | IFlags::NOATIME | IFlags::SYNC | IFlags::DIRSYNC;
-    if kind == Kind::Dir {
-        all | IFlags::APPEND
+/// The flags a caller may change (on directories and regular files, the only nodes with
+/// flags here).
+pub fn settable(_kind: Kind) -> IFlags {
+    IFlags::IMMUTABLE
+        | IFlags::NODUMP
+        | IFlags::NOATIME
+        | IFlags::SYNC
+        | IFlags::DIRSYNC
+        | IFlags::APPEND
+}
+
+/// The flags kept on the backing node itself: all but a regular file's append-only flag,
+/// which kmsfs keeps as [`APPEND_XATTR`].
+fn on_backing(kind: Kind) -> IFlags {
+    if kind == Kind::File {
+        settable(kind) - IFlags::APPEND
     } else {
-        all
+        settable(kind)
     }
 }
+
+/// A regular file's append-only flag, on its cipher file (empty value). Not the backing file's
+/// own flag: kmsfs rewrites a file's last block and header in place, which an append-only
+/// cipher file refuses.
+const APPEND_XATTR: &str = "user.kmsfs-append";
 
 /// How the backing file system stores the cipher file (see the module documentation):
 /// compression state (0x100, 0x200, 0x400), encrypt, index, huge file, extents, verity,
@@ -115,7 +137,86 @@ impl Vfs {
         }
         let node = self.node(ino)?;
         let fd = self.flags_fd(&node)?;
-        Ok(rustix::fs::ioctl_getflags(&fd)?.bits() & VISIBLE)
+        let mut flags = rustix::fs::ioctl_getflags(&fd)?.bits() & VISIBLE;
+        if self.append_only(&node) {
+            flags |= IFlags::APPEND.bits();
+        }
+        Ok(flags)
+    }
+
+    /// Whether regular file `node` is append-only (see [`APPEND_XATTR`]). Asked only once a
+    /// file of the volume has been made so (`Vfs::append_files`).
+    pub(super) fn append_only(&self, node: &Node) -> bool {
+        self.append_files.load(Ordering::Relaxed)
+            && node.kind == Kind::File
+            && append_attr(OsStr::new(node.proc_path().as_str()))
+    }
+
+    /// Whether entry `entry` of directory `dir` is an append-only regular file.
+    pub(super) fn append_only_entry(&self, dir: &Node, entry: &OsStr) -> bool {
+        if !self.append_files.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut path = std::ffi::OsString::from(dir.proc_path().as_str());
+        path.push("/");
+        path.push(entry);
+        append_attr(path.as_os_str())
+    }
+
+    /// EPERM if regular file `node` is append-only: what ext4 refuses on such a file (an open
+    /// for writing without O_APPEND or truncating, a truncate, chmod, chown, setting times,
+    /// link, xattr changes, fallocate but for allocating).
+    pub(super) fn refuse_append_only(&self, node: &Node) -> Result<()> {
+        if self.append_only(node) {
+            return Err(Errno::PERM.into());
+        }
+        Ok(())
+    }
+
+    /// [`Vfs::refuse_append_only`] of inode `ino`.
+    pub(super) fn refuse_append_only_ino(&self, ino: u64) -> Result<()> {
+        if self.append_files.load(Ordering::Relaxed) {
+            self.refuse_append_only(&*self.node(ino)?)?;
+        }
+        Ok(())
+    }
+
+    /// EPERM if entry `entry` of `dir` is an append-only file (its removal, or a rename of it
+    /// or over it, is refused).
+    pub(super) fn refuse_append_only_entry(&self, dir: &Node, entry: &OsStr) -> Result<()> {
+        if self.append_only_entry(dir, entry) {
+            return Err(Errno::PERM.into());
+        }
+        Ok(())
+    }
+
+    /// Sets or clears a regular file's append-only flag (the volume marked first, so that a
+    /// mount after a crash still looks for it).
+    fn set_append_attr(&self, node: &Node, on: bool) -> Result<()> {
+        let path = node.proc_path();
+        if on {
+            if !self.append_files.load(Ordering::Relaxed) {
+                crate::keymgr::VolumePaths::new(&self.root).record_append_only()?;
+                self.append_files.store(true, Ordering::Relaxed);
+            }
+            // The cipher file's owner may lack the write bit (a daemon that is not root).
+            crate::fsutil::with_owner_bits(path.as_str(), libc::S_IWUSR, || {
+                rustix::fs::setxattr(
+                    path.as_str(),
+                    APPEND_XATTR,
+                    b"",
+                    rustix::fs::XattrFlags::empty(),
+                )
+            })?;
+        } else {
+            match crate::fsutil::with_owner_bits(path.as_str(), libc::S_IWUSR, || {
+                rustix::fs::removexattr(path.as_str(), APPEND_XATTR)
+            }) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Sets the node's inode flags (`FS_IOC_SETFLAGS`): only [`settable`] ones may change.
@@ -126,7 +227,11 @@ impl Vfs {
         let node = self.node(ino)?;
         let fd = self.flags_fd(&node)?;
         let old = rustix::fs::ioctl_getflags(&fd)?;
-        let visible = IFlags::from_bits_retain(old.bits() & VISIBLE);
+        let was_append = self.append_only(&node);
+        let mut visible = IFlags::from_bits_retain(old.bits() & VISIBLE);
+        if was_append {
+            visible |= IFlags::APPEND;
+        }
         let asked = IFlags::from_bits_retain(flags & VISIBLE);
         let changed = visible ^ asked;
         if changed.is_empty() {
@@ -138,7 +243,28 @@ impl Vfs {
         }
         self.check_writable()?;
         crate::fault::check("setflags")?;
-        let new = (old - settable) | (asked & settable);
+        let backing = on_backing(node.kind);
+        let new = (old - backing) | (asked & backing);
+        // A regular file's append-only flag is kmsfs's own: set before the cipher file is made
+        // immutable (which would refuse it), cleared after it is made mutable; an immutable
+        // file keeps it as it is (EPERM, as on ext4).
+        let append = (node.kind == Kind::File && changed.contains(IFlags::APPEND))
+            .then(|| asked.contains(IFlags::APPEND));
+        if let Some(on) = append {
+            if old.contains(IFlags::IMMUTABLE) && new.contains(IFlags::IMMUTABLE) {
+                return Err(Errno::PERM.into());
+            }
+            if new.contains(IFlags::IMMUTABLE) {
+                self.set_append_attr(&node, on)?;
+            }
+        }
+        let append_after = append.filter(|_| !new.contains(IFlags::IMMUTABLE));
+        if new == old {
+            if let Some(on) = append_after {
+                self.set_append_attr(&node, on)?;
+            }
+            return Ok(());
+        }
         let set = || rustix::fs::ioctl_setflags(&fd, new);
         let making_immutable = new.contains(IFlags::IMMUTABLE) && !old.contains(IFlags::IMMUTABLE);
         if making_immutable && !self.writers_gone(ino) {
@@ -166,6 +292,9 @@ impl Vfs {
                 }
                 set()?
             }
+        }
+        if let Some(on) = append_after {
+            self.set_append_attr(&node, on)?;
         }
         Ok(())
     }
@@ -213,6 +342,26 @@ impl Vfs {
     }
 }
 
+/// Whether the cipher file at `path` (a `/proc/self/fd` path, maybe with an entry name after
+/// it) carries [`APPEND_XATTR`]: an entry that is a symlink is not followed. A read refused for the file's mode
+/// (a daemon that is not root, a file without the owner's read bit) is tried again with it lent.
+fn append_attr(path: &OsStr) -> bool {
+    // A bare `/proc/self/fd/N` is itself a link, to the file: followed.
+    let bare = !path.as_bytes()[b"/proc/self/fd/".len().min(path.len())..].contains(&b'/');
+    let get = || {
+        if bare {
+            rustix::fs::getxattr(path, APPEND_XATTR, &mut [0u8; 0][..])
+        } else {
+            rustix::fs::lgetxattr(path, APPEND_XATTR, &mut [0u8; 0][..])
+        }
+    };
+    match get() {
+        Ok(_) => true,
+        Err(Errno::ACCESS) => crate::fsutil::with_owner_bits(path, libc::S_IRUSR, get).is_ok(),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -240,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn immutable_is_enforced_append_only_refused_and_both_undone() {
+    fn immutable_is_enforced_compression_refused_and_both_undone() {
         let (_t, dir) = new_volume();
         let v = open(&dir);
         let f = write_file(&v, "f", b"data");
@@ -275,10 +424,10 @@ mod tests {
         if layout == 0 {
             eprintln!("backing file system without layout flags: only the changes were checked");
         }
-        // Append-only would make the file unwritable through kmsfs: refused, nothing changed.
+        // Compression (of ciphertext): refused, nothing changed.
         let e = v
-            .set_inode_flags(f, start | IFlags::APPEND.bits())
-            .expect_err("append-only");
+            .set_inode_flags(f, start | IFlags::COMPRESSED.bits())
+            .expect_err("compression");
         assert_eq!(e.errno(), libc::EOPNOTSUPP);
         assert_eq!(v.inode_flags(f).expect("flags"), start);
         let no_dump = start | IFlags::NODUMP.bits();
@@ -445,15 +594,190 @@ mod tests {
         }
         v.rmdir(d, OsStr::new("sub")).expect("removable again");
         v.rmdir(1, OsStr::new("d")).expect("removable again");
-        // A file: still refused.
-        let file = write_file(&v, "f", b"f");
-        let fstart = flags_of(&v, file).expect("flags");
+    }
+
+    /// An append-only file (kept by kmsfs, not on the cipher file) is appended to through
+    /// O_APPEND and refuses everything else that changes it, EPERM as on ext4 (xfstests
+    /// generic/079's list); "now" may be set as its times, and the kernel's write-back of the
+    /// modification time (writeback cache, with the writing handle) goes through. A new
+    /// session over the volume keeps the flag; cleared, everything works again.
+    #[test]
+    fn an_append_only_file_is_appended_to_and_nothing_else() {
+        use super::super::attr_ops::SetTime;
+        let (_t, dir) = new_volume();
+        let v = open(&dir);
+        let c = caller();
+        let f = write_file(&v, "log", b"one\n");
+        v.setxattr(f, OsStr::new("user.a"), b"1", 0).expect("xattr");
+        let Some(start) = flags_of(&v, f) else {
+            return; // backing without inode flags
+        };
+        match v.set_inode_flags(f, start | IFlags::APPEND.bits()) {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::EOPNOTSUPP => return, // backing without user xattrs
+            Err(e) => panic!("append-only: {e}"),
+        }
+        assert_eq!(flags_of(&v, f), Some(start | IFlags::APPEND.bits()));
         assert_eq!(
-            v.set_inode_flags(file, fstart | IFlags::APPEND.bits())
-                .expect_err("file")
-                .errno(),
-            libc::EOPNOTSUPP
+            v.fsxattr(f).expect("fsxattr")[0] & 0x10,
+            0x10,
+            "FS_XFLAG_APPEND"
         );
+        assert!(
+            !rustix::fs::ioctl_getflags(v.flags_fd(&v.node(f).unwrap()).unwrap())
+                .unwrap()
+                .contains(IFlags::APPEND),
+            "not on the cipher file"
+        );
+        // Appending works.
+        let fh = v
+            .open(f, libc::O_WRONLY | libc::O_APPEND)
+            .expect("open for appending");
+        v.write(fh, 4, b"two\n").expect("append");
+        let set = |s: SetAttr, fh| v.setattr(f, fh, &s, Some(&c));
+        let at = Some(SetTime::At(
+            std::time::UNIX_EPOCH + Duration::from_secs(1_000_000),
+        ));
+        let kernel_flush = set(
+            SetAttr {
+                mtime: at,
+                kernel_times: true,
+                ..Default::default()
+            },
+            Some(fh),
+        );
+        let punch = v.fallocate(fh, 0, 4, 0x03);
+        let allocate = v.fallocate(fh, 0, 16, 0x01);
+        v.release(fh).expect("release");
+        kernel_flush.expect("the kernel's modification time");
+        assert_eq!(punch.expect_err("punch").errno(), libc::EPERM);
+        allocate.expect("allocating");
+        assert_eq!(read_at(&v, f, 0, 100), b"one\ntwo\n");
+        set(
+            SetAttr {
+                atime: Some(SetTime::Now),
+                mtime: Some(SetTime::Now),
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("times set to now");
+        let refused: Vec<(&str, Result<()>)> = vec![
+            ("O_WRONLY", v.open(f, libc::O_WRONLY).map(drop)),
+            ("O_RDWR", v.open(f, libc::O_RDWR).map(drop)),
+            (
+                "O_APPEND|O_TRUNC",
+                v.open(f, libc::O_WRONLY | libc::O_APPEND | libc::O_TRUNC)
+                    .map(drop),
+            ),
+            (
+                "create over it",
+                v.create(1, OsStr::new("log"), 0o644, libc::O_WRONLY, &c)
+                    .map(drop),
+            ),
+            (
+                "truncate",
+                set(
+                    SetAttr {
+                        size: Some(0),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .map(drop),
+            ),
+            (
+                "chmod",
+                set(
+                    SetAttr {
+                        mode: Some(0o600),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .map(drop),
+            ),
+            (
+                "chown",
+                set(
+                    SetAttr {
+                        uid: Some(0),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .map(drop),
+            ),
+            (
+                "given times",
+                set(
+                    SetAttr {
+                        atime: at,
+                        mtime: at,
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .map(drop),
+            ),
+            (
+                "given mtime without a handle",
+                set(
+                    SetAttr {
+                        mtime: at,
+                        kernel_times: true,
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .map(drop),
+            ),
+            ("unlink", v.unlink(1, OsStr::new("log"))),
+            (
+                "rename",
+                v.rename(1, OsStr::new("log"), 1, OsStr::new("moved"), 0),
+            ),
+            ("link", v.link(f, 1, OsStr::new("hard")).map(drop)),
+            ("setxattr", v.setxattr(f, OsStr::new("user.b"), b"2", 0)),
+            ("removexattr", v.removexattr(f, OsStr::new("user.a"))),
+        ];
+        // Renamed over, exchanged with.
+        let other = write_file(&v, "other", b"x");
+        let over = v.rename(1, OsStr::new("other"), 1, OsStr::new("log"), 0);
+        let exchange = v.rename(
+            1,
+            OsStr::new("other"),
+            1,
+            OsStr::new("log"),
+            libc::RENAME_EXCHANGE,
+        );
+        for (what, r) in refused
+            .into_iter()
+            .chain([("over", over), ("exchange", exchange)])
+        {
+            assert_eq!(r.map_err(|e| e.errno()), Err(libc::EPERM), "{what}");
+        }
+        assert_eq!(read_at(&v, f, 0, 100), b"one\ntwo\n");
+        assert_eq!(read_at(&v, other, 0, 10), b"x");
+        // Kept by a new session over the volume.
+        drop(v);
+        let v = open(&dir);
+        let f = v.lookup(1, OsStr::new("log")).expect("lookup").ino;
+        assert_eq!(flags_of(&v, f), Some(start | IFlags::APPEND.bits()));
+        assert_eq!(
+            v.unlink(1, OsStr::new("log")).map_err(|e| e.errno()),
+            Err(libc::EPERM)
+        );
+        // Cleared: an ordinary file again.
+        v.set_inode_flags(f, start).expect("cleared");
+        assert_eq!(flags_of(&v, f), Some(start));
+        let fh = v
+            .open(f, libc::O_RDWR | libc::O_TRUNC)
+            .expect("truncating open");
+        v.release(fh).expect("release");
+        v.link(f, 1, OsStr::new("hard")).expect("link");
+        v.unlink(1, OsStr::new("hard")).expect("unlink");
+        v.unlink(1, OsStr::new("log")).expect("unlink");
     }
 
     /// A file kept open by a reader holds on to the read-write descriptor of a writer that has

@@ -84,6 +84,15 @@ pub struct VfsOptions {
     /// New regular files may hold holes (header flag `FLAG_SPARSE`; the volume has the feature
     /// `sparse-files`).
     pub sparse: bool,
+    /// The kernel resolves O_APPEND offsets itself (a FUSE mount, in both cache modes:
+    /// `generic_write_checks` puts the write at its size, from the descriptor's flags *at the
+    /// write*, and the writeback cache later flushes dirty pages with explicit offsets through
+    /// any writable handle): a handle opened with O_APPEND writes exactly where it is told.
+    /// Before 2026-12-06 (then by the FUSE adapter leaving O_APPEND out), a write after
+    /// `fcntl(F_SETFL)` took O_APPEND off the descriptor, or one with
+    /// `pwritev2(RWF_NOAPPEND)`, went to the end of the file instead of its offset. The open
+    /// still sees the flag (an append-only file opens for writing only with it).
+    pub kernel_appends: bool,
 }
 
 /// An open file handle.
@@ -182,6 +191,9 @@ pub struct Vfs {
     prefetch: prefetch::Prefetch,
     /// The volume's ACL marker is known to exist (see `acl_ops::mark_acls_used`).
     acls_marked: std::sync::atomic::AtomicBool,
+    /// A file of the volume may be append-only (`.kmsfs/append-only-files` is there, or a file
+    /// was made so now): only then are files asked for the flag (`flags_ops`).
+    append_files: std::sync::atomic::AtomicBool,
     /// Reads the mount's flags now and passes them to `remounted` (set by the mount, see
     /// `fuse::remount`): a write refused as read-only asks first (`check_writable`).
     mount_refresh: std::sync::OnceLock<MountRefresh>,
@@ -291,6 +303,10 @@ impl Vfs {
             renames: std::sync::atomic::AtomicU64::new(0),
             prefetch,
             acls_marked: std::sync::atomic::AtomicBool::new(false),
+            append_files: crate::keymgr::VolumePaths::new(root)
+                .append_marker()
+                .exists()
+                .into(),
             mount_refresh: std::sync::OnceLock::new(),
         };
         if !vfs.read_only() {

@@ -275,6 +275,7 @@ impl Vfs {
             ));
         }
         self.check_writable()?;
+        self.refuse_append_only_ino(ino)?;
         let stored = self.stored_name(name)?;
         if let Some(which) = AclKind::of(&stored) {
             return self.set_acl(ino, which, value, caller);
@@ -518,6 +519,7 @@ impl Vfs {
             ));
         }
         self.check_writable()?;
+        self.refuse_append_only_ino(ino)?;
         let stored = self.stored_name(name)?;
         let t = self.xattr_target(ino)?;
         if Self::user_on_special(&t, &stored) {
