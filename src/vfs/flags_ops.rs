@@ -256,16 +256,27 @@ impl Vfs {
             }
             if new.contains(IFlags::IMMUTABLE) {
                 self.set_append_attr(&node, on)?;
+                // Put back if the cipher file's flags cannot be set after all.
+                let r = self.set_backing_flags(&node, &fd, old, new);
+                if r.is_err() {
+                    let _ = self.set_append_attr(&node, !on);
+                }
+                return r;
             }
         }
-        let append_after = append.filter(|_| !new.contains(IFlags::IMMUTABLE));
-        if new == old {
-            if let Some(on) = append_after {
-                self.set_append_attr(&node, on)?;
-            }
-            return Ok(());
+        if new != old {
+            self.set_backing_flags(&node, &fd, old, new)?;
         }
-        let set = || rustix::fs::ioctl_setflags(&fd, new);
+        if let Some(on) = append {
+            self.set_append_attr(&node, on)?;
+        }
+        Ok(())
+    }
+
+    /// [`Vfs::set_inode_flags`] on the cipher file: `new` where it has `old`.
+    fn set_backing_flags(&self, node: &Node, fd: &OwnedFd, old: IFlags, new: IFlags) -> Result<()> {
+        let ino = node.ino;
+        let set = || rustix::fs::ioctl_setflags(fd, new);
         let making_immutable = new.contains(IFlags::IMMUTABLE) && !old.contains(IFlags::IMMUTABLE);
         if making_immutable && !self.writers_gone(ino) {
             // What was written may still be in the kernel's page cache, to come as writes the
@@ -281,7 +292,7 @@ impl Vfs {
             // closed while others kept the file open) removed first; and its read-write
             // descriptor, kept while it stays open, given up.
             Some(f) => {
-                let read_only = self.reopen_backing(&node, &f, false)?;
+                let read_only = self.reopen_backing(node, &f, false)?;
                 f.quiesced(read_only, set)??
             }
             // Closed with its marker waiting for its data (see `marker_queue`): an immutable
@@ -292,9 +303,6 @@ impl Vfs {
                 }
                 set()?
             }
-        }
-        if let Some(on) = append_after {
-            self.set_append_attr(&node, on)?;
         }
         Ok(())
     }
@@ -343,8 +351,9 @@ impl Vfs {
 }
 
 /// Whether the cipher file at `path` (a `/proc/self/fd` path, maybe with an entry name after
-/// it) carries [`APPEND_XATTR`]: an entry that is a symlink is not followed. A read refused for the file's mode
-/// (a daemon that is not root, a file without the owner's read bit) is tried again with it lent.
+/// it) carries [`APPEND_XATTR`]: an entry that is a symlink is not followed. A read refused
+/// for the file's mode (a daemon that is not root, a file without the owner's read bit) is
+/// tried again with it lent.
 fn append_attr(path: &OsStr) -> bool {
     // A bare `/proc/self/fd/N` is itself a link, to the file: followed.
     let bare = !path.as_bytes()[b"/proc/self/fd/".len().min(path.len())..].contains(&b'/');
