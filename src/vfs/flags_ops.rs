@@ -780,6 +780,16 @@ mod tests {
         // Cleared: an ordinary file again.
         v.set_inode_flags(f, start).expect("cleared");
         assert_eq!(flags_of(&v, f), Some(start));
+        // Append-only and immutable at once, refused (open for writing: see
+        // `set_backing_flags`): neither is left set.
+        let w = v.open(f, libc::O_WRONLY).expect("writer");
+        let both = v.set_inode_flags(f, start | (IFlags::APPEND | IFlags::IMMUTABLE).bits());
+        v.release(w).expect("release");
+        match both {
+            Err(e) if e.errno() == libc::EPERM => {}
+            r => panic!("+a +i with a writer: {r:?}"),
+        }
+        assert_eq!(flags_of(&v, f), Some(start), "nothing left set");
         let fh = v
             .open(f, libc::O_RDWR | libc::O_TRUNC)
             .expect("truncating open");
