@@ -2583,17 +2583,22 @@ fn append_only_file(
     // O_APPEND taken off the descriptor (ext4 refuses that fcntl on an append-only file; the
     // kernel does not know kmsfs's flag): the rewrite of the start is refused, by the write or,
     // with the writeback cache, by its write-back (fsync reports it), and what is stored stays.
-    let rewrite = OpenOptions::new().append(true).open(&log).and_then(|f| {
-        lc(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, 0) })
-            .map_err(io::Error::from_raw_os_error)?;
-        f.write_at(b"ONE", 0)?;
-        f.sync_all()
+    // An append after it, through the same descriptor (O_APPEND put back): stored (with the
+    // writeback cache it shares the refused page).
+    let rewrite = OpenOptions::new().append(true).open(&log).map(|mut f| {
+        let fd = f.as_raw_fd();
+        let setfl = |v: libc::c_int| lc(unsafe { libc::fcntl(fd, libc::F_SETFL, v) });
+        setfl(0).unwrap();
+        let w = f.write_at(b"ONE", 0);
+        setfl(libc::O_APPEND).unwrap();
+        let a = f.write_all(b"three\n");
+        (w, a, f.sync_all())
     });
     let t = std::time::Instant::now();
     let stored = loop {
         // The kernel drops the pages it kept of a failed write-back once the file is closed.
         let b = fs::read(&log).unwrap();
-        if b == b"one\ntwo\n" || t.elapsed() > std::time::Duration::from_secs(10) {
+        if b == b"one\ntwo\nthree\n" || t.elapsed() > std::time::Duration::from_secs(10) {
             break b;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -2612,14 +2617,20 @@ fn append_only_file(
             "{what} of an append-only file"
         );
     }
+    let (w, a, synced) = rewrite.expect("open for appending");
+    a.expect("append after the refused rewrite");
+    // Refused by the write itself, or (writeback cache) by its write-back.
+    let refused = w
+        .err()
+        .or(synced.err())
+        .expect("rewrite after fcntl refused");
+    assert_eq!(refused.raw_os_error(), Some(libc::EPERM), "{refused}");
     assert_eq!(
-        rewrite.expect_err("rewrite").raw_os_error(),
-        Some(libc::EPERM),
-        "rewrite after fcntl"
+        stored, b"one\ntwo\nthree\n",
+        "what is stored stays, the append too"
     );
-    assert_eq!(stored, b"one\ntwo\n", "what is stored stays");
     now.expect("times set to now");
-    assert_eq!(read.expect("read"), b"one\ntwo\n");
+    assert_eq!(read.expect("read"), b"one\ntwo\nthree\n");
     assert!(after > before, "the append moved the modification time");
     cleared.expect("chattr -a");
     fs::write(&log, b"").expect("writable again");

@@ -255,6 +255,7 @@ impl Vfs {
                 reads: o.read,
                 accesses: o.accesses(),
                 writes: o.write,
+                overwrites: o.write && !o.append,
                 wb_seen,
                 audit,
             },
@@ -603,19 +604,32 @@ impl Vfs {
         if from == (WriteFrom::PageCache { kernel_times: true }) {
             f.kept_mtime.before_cached_write(|| f.backing_mtime());
         }
-        // Refused as a failed write (a write-back's pages are then dropped at the close).
-        let mut r = if !append && self.append_files.load(std::sync::atomic::Ordering::Relaxed) {
-            self.keep_stored(fh, &f, offset, data)
-        } else {
-            Ok(())
-        }
-        .and_then(|()| f.write(offset, data, append, cached));
+        let guarded = !append && self.append_files.load(std::sync::atomic::Ordering::Relaxed);
+        let attempt = || {
+            if !guarded {
+                return f.write(offset, data, append, cached);
+            }
+            match self.keep_stored(fh, &f, offset, data)? {
+                None => f.write(offset, data, append, cached),
+                // An append-only file's stored bytes would change: what lies past them is
+                // stored all the same (with the writeback cache the kernel sends whole pages,
+                // and appends share them with the refused bytes), then the write is refused
+                // as failed (its pages are dropped from the kernel's cache at the close).
+                Some(keep) => {
+                    if keep < data.len() {
+                        f.write(offset + keep as u64, &data[keep..], false, cached)?;
+                    }
+                    Err(Errno::PERM.into())
+                }
+            }
+        };
+        let mut r = attempt();
         // Short of space while removed files are still being let go: once more when they are.
         if let Err(e) = &r
             && matches!(e.errno(), libc::ENOSPC | libc::EDQUOT)
             && self.wait_for_removed()
         {
-            r = f.write(offset, data, append, cached);
+            r = attempt();
             if r.is_ok() && cached {
                 f.writeback_retried();
             }
@@ -633,30 +647,47 @@ impl Vfs {
         Ok(data.len() as u32)
     }
 
-    /// EPERM if the file open as `fh` is append-only and `data` at `offset` would change what
-    /// it holds already. The kernel does not know the flag (it is kmsfs's): a descriptor that
+    /// Whether `data` at `offset` would change what the file open as `fh` holds already, if it
+    /// is append-only. The kernel does not know the flag (it is kmsfs's): a descriptor that
     /// had O_APPEND taken off by `fcntl(F_SETFL)`, or a write with `RWF_NOAPPEND`, which ext4
     /// refuses on such a file, writes at its offset here; and with the writeback cache the
     /// kernel's flush of the page holding the old end of file rewrites its first part as it
     /// is (allowed: unchanged).
-    fn keep_stored(&self, fh: u64, f: &OpenFile, offset: u64, data: &[u8]) -> Result<()> {
+    ///
+    /// `None`: `data` may be written whole; `Some(n)`: its first `n` bytes overlap the stored
+    /// ones and would change them, only the rest may be written. Not while a handle that could
+    /// write anywhere before the file was made append-only is still open (`append_grace`).
+    fn keep_stored(
+        &self,
+        fh: u64,
+        f: &OpenFile,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<usize>> {
         let Some(ino) = self.handles.get(&fh).map(|h| h.ino) else {
-            return Ok(());
+            return Ok(None);
         };
         if !self.append_only(&*self.node(ino)?) {
-            return Ok(());
+            return Ok(None);
+        }
+        {
+            let mut grace = f.append_grace.lock().unwrap_or_else(|p| p.into_inner());
+            grace.retain(|h| self.handles.contains_key(h));
+            if !grace.is_empty() {
+                return Ok(None);
+            }
         }
         let size = f.size();
         if offset >= size {
-            return Ok(());
+            return Ok(None);
         }
-        let n = (size - offset).min(data.len() as u64);
+        let n = (size - offset).min(data.len() as u64) as usize;
         let mut out = super::open_file::Scratch::plain();
         let r = f.read_into(offset, n as u32, &mut out)?;
-        if out.as_slice()[r] != data[..n as usize] {
-            return Err(Errno::PERM.into());
+        if out.as_slice()[r] != data[..n] {
+            return Ok(Some(n));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// A failed write-back of the file open for writing as `fh` since this handle last

@@ -191,9 +191,19 @@ impl Vfs {
     }
 
     /// Sets or clears a regular file's append-only flag (the volume marked first, so that a
-    /// mount after a crash still looks for it).
+    /// mount after a crash still looks for it). Handles open then that could write anywhere
+    /// keep doing so until they close (`OpenFile::append_grace`).
     fn set_append_attr(&self, node: &Node, on: bool) -> Result<()> {
         let path = node.proc_path();
+        if on && let Some(f) = self.open_files.get(&node.ino).map(|e| e.0.clone()) {
+            let before: Vec<u64> = self
+                .handles
+                .iter()
+                .filter(|h| h.ino == node.ino && h.overwrites)
+                .map(|h| *h.key())
+                .collect();
+            *f.append_grace.lock().unwrap_or_else(|p| p.into_inner()) = before;
+        }
         if on {
             if !self.append_files.load(Ordering::Relaxed) {
                 crate::keymgr::VolumePaths::new(&self.root).record_append_only()?;
@@ -797,6 +807,50 @@ mod tests {
         v.link(f, 1, OsStr::new("hard")).expect("link");
         v.unlink(1, OsStr::new("hard")).expect("unlink");
         v.unlink(1, OsStr::new("log")).expect("unlink");
+    }
+
+    /// On a mount the kernel resolves O_APPEND and does not know kmsfs's flag: a write that
+    /// would change what an append-only file holds is refused, but what it brings past the end
+    /// is stored (the kernel's write-back sends whole pages: appends share them); a handle that
+    /// could write anywhere before the flag was set still can until it closes (as on ext4),
+    /// so that what it wrote, still in the kernel's cache, is not lost.
+    #[test]
+    fn writes_to_an_append_only_file_keep_its_bytes_and_store_the_rest() {
+        use super::super::file_ops::WriteFrom;
+        let (_t, dir) = new_volume();
+        let v = open_with(
+            &dir,
+            crate::vfs::VfsOptions {
+                kernel_appends: true,
+                ..Default::default()
+            },
+        );
+        let f = write_file(&v, "log", b"0123456789");
+        let Some(start) = flags_of(&v, f) else {
+            return; // backing without inode flags
+        };
+        let earlier = v.open(f, libc::O_RDWR).expect("writer from before");
+        match v.set_inode_flags(f, start | IFlags::APPEND.bits()) {
+            Ok(()) => {}
+            Err(e) if e.errno() == libc::EOPNOTSUPP => return, // backing without user xattrs
+            Err(e) => panic!("append-only: {e}"),
+        }
+        let page = WriteFrom::PageCache { kernel_times: true };
+        let h = v
+            .open(f, libc::O_WRONLY | libc::O_APPEND)
+            .expect("open for appending");
+        // The earlier handle is still open: its write from the cache is stored.
+        v.write_from(h, 0, b"E", page).expect("grace");
+        v.release(earlier).expect("release");
+        let refused = v.write_from(h, 0, b"XX23456789ab", page);
+        let appended = v.write_from(h, 12, b"cd", page);
+        let same = v.write_from(h, 2, b"23456789abcdef", page);
+        v.release(h).expect("release");
+        assert_eq!(refused.map_err(|e| e.errno()), Err(libc::EPERM));
+        appended.expect("append");
+        same.expect("unchanged bytes and an append");
+        assert_eq!(read_at(&v, f, 0, 100), b"E123456789abcdef");
+        v.set_inode_flags(f, start).expect("cleared");
     }
 
     /// A file kept open by a reader holds on to the read-write descriptor of a writer that has
