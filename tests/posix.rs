@@ -2511,6 +2511,15 @@ fn append_only_file(
     let log = root.join("log");
     fs::write(&log, b"one\n").unwrap();
     let start = flags(&log).expect("lsattr");
+    // Not while a descriptor could write anywhere (what it wrote may still be cached).
+    let w = OpenOptions::new().write(true).open(&log).unwrap();
+    let busy = set(&log, start | APPEND);
+    drop(w);
+    match busy {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => panic!("chattr +a with a writer: {e}"),
+        Ok(()) => panic!("chattr +a with a writer open succeeded"),
+    }
     match set(&log, start | APPEND) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
@@ -2594,6 +2603,28 @@ fn append_only_file(
         let a = f.write_all(b"three\n");
         (w, a, f.sync_all())
     });
+    // A shared writable mapping (ext4: EACCES): refused, or its stores are not kept.
+    let mapped = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&log)
+        .map(|f| unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            *(p as *mut u8) = b'M';
+            let synced = libc::msync(p, 4096, libc::MS_SYNC);
+            libc::munmap(p, 4096);
+            Ok(synced)
+        });
     let t = std::time::Instant::now();
     let stored = loop {
         // The kernel drops the pages it kept of a failed write-back once the file is closed.
@@ -2629,6 +2660,10 @@ fn append_only_file(
         stored, b"one\ntwo\nthree\n",
         "what is stored stays, the append too"
     );
+    match mapped.expect("open") {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "{e}"),
+        Ok(synced) => assert_eq!(synced, -1, "msync of a refused store"),
+    }
     now.expect("times set to now");
     assert_eq!(read.expect("read"), b"one\ntwo\nthree\n");
     assert!(after > before, "the append moved the modification time");

@@ -584,6 +584,10 @@ impl Filesystem for KmsFs {
             Ok(fh) if crate::vfs::is_control_handle(fh) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
             }
+            // A writer of an append-only file bypasses the page cache (see `Vfs::appends_only`).
+            Ok(fh) if self.vfs.appends_only(fh) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             // Every change goes through this mount, so cached pages stay valid across opens.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno("open", &e)),
@@ -918,12 +922,18 @@ impl Filesystem for KmsFs {
             Ok((a, fh)) => {
                 self.reclaim.seen(&self.vfs, parent.0, &a);
                 self.listing_changed(&[parent]);
+                // An existing append-only file opened by O_CREAT (see `Vfs::appends_only`).
+                let open = if self.vfs.appends_only(fh) {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::empty()
+                };
                 reply.created(
                     &TTL,
                     &attr(&a),
                     Generation(a.generation),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    open,
                 )
             }
             Err(e) => reply.error(errno("create", &e)),

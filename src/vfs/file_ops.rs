@@ -655,8 +655,7 @@ impl Vfs {
     /// is (allowed: unchanged).
     ///
     /// `None`: `data` may be written whole; `Some(n)`: its first `n` bytes overlap the stored
-    /// ones and would change them, only the rest may be written. Not while a handle that could
-    /// write anywhere before the file was made append-only is still open (`append_grace`).
+    /// ones and would change them, only the rest may be written.
     fn keep_stored(
         &self,
         fh: u64,
@@ -669,13 +668,6 @@ impl Vfs {
         };
         if !self.append_only(&*self.node(ino)?) {
             return Ok(None);
-        }
-        {
-            let mut grace = f.append_grace.lock().unwrap_or_else(|p| p.into_inner());
-            grace.retain(|h| self.handles.contains_key(h));
-            if !grace.is_empty() {
-                return Ok(None);
-            }
         }
         let size = f.size();
         if offset >= size {

@@ -130,6 +130,38 @@ impl Vfs {
         }
     }
 
+    /// Whether no handle of `ino` is open for writing without O_APPEND (waited for as in
+    /// [`Vfs::writers_gone`]).
+    fn overwriters_gone(&self, ino: u64) -> bool {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        loop {
+            if !self.handles.iter().any(|h| h.ino == ino && h.overwrites) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Whether handle `fh` writes to an append-only file: the mount keeps such handles out of
+    /// the kernel's page cache (direct I/O), so that every write comes here at once, at the
+    /// offset the kernel resolved, and is checked against what is stored (see
+    /// `Vfs::keep_stored`): through the cache, appended bytes not yet written back could be
+    /// rewritten (a shared mapping, `fcntl` taking O_APPEND off) before anything could refuse
+    /// it. A shared mapping of such a handle then fails (ENODEV), as ext4 refuses a writable
+    /// one (EACCES).
+    pub fn appends_only(&self, fh: u64) -> bool {
+        if !self.append_files.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some((ino, writes)) = self.handles.get(&fh).map(|h| (h.ino, h.writes)) else {
+            return false;
+        };
+        writes && self.node(ino).is_ok_and(|n| self.append_only(&n))
+    }
+
     /// The node's inode flags (`FS_IOC_GETFLAGS`).
     pub fn inode_flags(&self, ino: u64) -> Result<u32> {
         if super::is_control(ino) {
@@ -195,29 +227,38 @@ impl Vfs {
     /// keep doing so until they close (`OpenFile::append_grace`).
     fn set_append_attr(&self, node: &Node, on: bool) -> Result<()> {
         let path = node.proc_path();
-        if on && let Some(f) = self.open_files.get(&node.ino).map(|e| e.0.clone()) {
-            let before: Vec<u64> = self
-                .handles
-                .iter()
-                .filter(|h| h.ino == node.ino && h.overwrites)
-                .map(|h| *h.key())
-                .collect();
-            *f.append_grace.lock().unwrap_or_else(|p| p.into_inner()) = before;
-        }
         if on {
-            if !self.append_files.load(Ordering::Relaxed) {
-                crate::keymgr::VolumePaths::new(&self.root).record_append_only()?;
+            // Not while a handle could still write anywhere (opened for writing without
+            // O_APPEND, a shared mapping among them): what it wrote may still be in the
+            // kernel's page cache, to come once the flag refuses it; and its writes from there
+            // could not be told from another's. EPERM, as for making a file immutable.
+            if !self.overwriters_gone(node.ino) {
+                return Err(Errno::PERM.into());
+            }
+            let first = !self.append_files.load(Ordering::Relaxed);
+            let paths = crate::keymgr::VolumePaths::new(&self.root);
+            if first {
+                paths.record_append_only()?;
                 self.append_files.store(true, Ordering::Relaxed);
             }
             // The cipher file's owner may lack the write bit (a daemon that is not root).
-            crate::fsutil::with_owner_bits(path.as_str(), libc::S_IWUSR, || {
+            let set = crate::fsutil::with_owner_bits(path.as_str(), libc::S_IWUSR, || {
                 rustix::fs::setxattr(
                     path.as_str(),
                     APPEND_XATTR,
                     b"",
                     rustix::fs::XattrFlags::empty(),
                 )
-            })?;
+            });
+            if let Err(e) = set {
+                // No file has the flag (a backing file system without user xattrs, say): the
+                // volume is not marked either, so that nothing is looked for in vain.
+                if first {
+                    self.append_files.store(false, Ordering::Relaxed);
+                    let _ = std::fs::remove_file(paths.append_marker());
+                }
+                return Err(e.into());
+            }
         } else {
             match crate::fsutil::with_owner_bits(path.as_str(), libc::S_IWUSR, || {
                 rustix::fs::removexattr(path.as_str(), APPEND_XATTR)
@@ -811,9 +852,9 @@ mod tests {
 
     /// On a mount the kernel resolves O_APPEND and does not know kmsfs's flag: a write that
     /// would change what an append-only file holds is refused, but what it brings past the end
-    /// is stored (the kernel's write-back sends whole pages: appends share them); a handle that
-    /// could write anywhere before the flag was set still can until it closes (as on ext4),
-    /// so that what it wrote, still in the kernel's cache, is not lost.
+    /// is stored. The flag cannot be set while a handle could write anywhere (what it wrote
+    /// may still be in the kernel's cache); writers of the file bypass the cache
+    /// (`appends_only`).
     #[test]
     fn writes_to_an_append_only_file_keep_its_bytes_and_store_the_rest() {
         use super::super::file_ops::WriteFrom;
@@ -830,18 +871,35 @@ mod tests {
             return; // backing without inode flags
         };
         let earlier = v.open(f, libc::O_RDWR).expect("writer from before");
+        let appender = v
+            .open(f, libc::O_WRONLY | libc::O_APPEND)
+            .expect("appender");
+        let busy = v.set_inode_flags(f, start | IFlags::APPEND.bits());
+        v.write(earlier, 0, b"E").expect("write");
+        v.release(earlier).expect("release");
+        match busy {
+            Err(e) if e.errno() == libc::EPERM => {}
+            r => panic!("+a with a handle writing anywhere: {r:?}"),
+        }
+        assert_eq!(flags_of(&v, f), Some(start));
+        assert!(!v.appends_only(appender), "not append-only");
         match v.set_inode_flags(f, start | IFlags::APPEND.bits()) {
             Ok(()) => {}
             Err(e) if e.errno() == libc::EOPNOTSUPP => return, // backing without user xattrs
             Err(e) => panic!("append-only: {e}"),
         }
+        assert!(
+            v.appends_only(appender),
+            "an appender of an append-only file"
+        );
+        v.release(appender).expect("release");
         let page = WriteFrom::PageCache { kernel_times: true };
         let h = v
             .open(f, libc::O_WRONLY | libc::O_APPEND)
             .expect("open for appending");
-        // The earlier handle is still open: its write from the cache is stored.
-        v.write_from(h, 0, b"E", page).expect("grace");
-        v.release(earlier).expect("release");
+        let reader = v.open(f, libc::O_RDONLY).expect("reader");
+        assert!(v.appends_only(h) && !v.appends_only(reader));
+        v.release(reader).expect("release");
         let refused = v.write_from(h, 0, b"XX23456789ab", page);
         let appended = v.write_from(h, 12, b"cd", page);
         let same = v.write_from(h, 2, b"23456789abcdef", page);

@@ -111,7 +111,8 @@ struct Handle {
     accesses: bool,
     /// Opened for writing.
     writes: bool,
-    /// Opened for writing without O_APPEND (see `OpenFile::append_grace`).
+    /// Opened for writing without O_APPEND: the file cannot be made append-only meanwhile
+    /// (`flags_ops`).
     overwrites: bool,
     /// The file's failed write-backs this handle has reported (or that came before it was
     /// opened): each handle open for writing learns of a later one once, as `fsync(2)` does.

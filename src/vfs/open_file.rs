@@ -174,11 +174,6 @@ pub struct OpenFile {
     /// The modification time the kernel holds while it writes the file from its page cache
     /// (see `kept_mtime`).
     pub kept_mtime: super::kept_mtime::KeptMtime,
-    /// Handles that could write anywhere in the file (opened for writing without O_APPEND)
-    /// when it was made append-only: while one of them is open, what it wrote before may still
-    /// come from the kernel's page cache, so the stored bytes may still change (see
-    /// `Vfs::keep_stored`); ext4 too lets such a descriptor write where it likes.
-    pub append_grace: std::sync::Mutex<Vec<u64>>,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -209,7 +204,6 @@ impl OpenFile {
             wb_len: Default::default(),
             quiet: Default::default(),
             kept_mtime: Default::default(),
-            append_grace: Default::default(),
         }
     }
 
