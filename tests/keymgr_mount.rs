@@ -427,6 +427,26 @@ fn rekey_in_an_append_only_directory_is_refused_and_leaves_nothing() {
     let o = kmsfs().arg("rekey").arg(d.join("f")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(d.join("f")).unwrap(), b"content");
+    // An append-only file itself: refused the same way.
+    assert!(
+        sh(&format!("chattr +a {}", d.join("f").display()))
+            .status
+            .success()
+    );
+    let o = kmsfs().arg("rekey").arg(d.join("f")).output().unwrap();
+    let listed: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        sh(&format!("chattr -a {}", d.join("f").display()))
+            .status
+            .success()
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("append-only"), "{err}");
+    assert_eq!(listed, ["f"], "a copy was left behind");
+    assert_eq!(std::fs::read(d.join("f")).unwrap(), b"content");
     drop(m);
 }
 

@@ -101,26 +101,26 @@ fn rekey_file(p: &Path, force: bool) -> io::Result<bool> {
     // `.` for a bare file name (`cd MNT; kmsfs rekey doc.txt`).
     let dir = crate::fsutil::parent_dir(p);
     // An append-only or immutable directory would take the copy but refuse the rename over
-    // the original, and its removal too: each run would leave a copy behind.
-    let dir_flags = File::open(dir).and_then(|d| Ok(rustix::fs::ioctl_getflags(&d)?));
-    if dir_flags
-        .is_ok_and(|f| f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE))
-    {
-        return Err(io::Error::other(
-            "its directory is append-only or immutable (chattr +a / +i): the re-keyed copy \
-             could not replace it (clear the flag first)",
-        ));
-    }
-    // Nor can an append-only or immutable file be renamed over.
-    let file_flags = File::open(p).and_then(|f| Ok(rustix::fs::ioctl_getflags(&f)?));
-    if file_flags
-        .as_ref()
-        .is_ok_and(|f| f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE))
-    {
-        return Err(io::Error::other(
-            "it is append-only or immutable (chattr +a / +i): the re-keyed copy could not \
-             replace it (clear the flag first)",
-        ));
+    // the original, and its removal too (each run would leave a copy behind); nor can such a
+    // file be renamed over.
+    let flags_of = |p: &Path| File::open(p).and_then(|f| Ok(rustix::fs::ioctl_getflags(&f)?));
+    let sealed = |f: &io::Result<rustix::fs::IFlags>| {
+        f.as_ref()
+            .is_ok_and(|f| f.intersects(rustix::fs::IFlags::APPEND | rustix::fs::IFlags::IMMUTABLE))
+    };
+    let file_flags = flags_of(p);
+    let what = if sealed(&flags_of(dir)) {
+        Some("its directory is")
+    } else if sealed(&file_flags) {
+        Some("it is")
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        return Err(io::Error::other(format!(
+            "{what} append-only or immutable (chattr +a / +i): the re-keyed copy could not \
+             replace it (clear the flag first)"
+        )));
     }
     remove_stale_copies(dir);
     let tmp = dir.join(format!(".kmsfs-rekey.{}.tmp", std::process::id()));

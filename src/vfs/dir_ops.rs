@@ -814,19 +814,23 @@ fn lending<T, E>(
 /// Whether directory `entry` of `dir`, or `dir`, is immutable or append-only: its removal is
 /// then refused (EPERM) whatever it holds. Only asked once a removal failed.
 fn undeletable(dir: &Node, entry: &OsStr) -> bool {
-    use rustix::fs::IFlags;
-    let flags = |at: &OsStr, base: &OwnedFd| {
-        rustix::fs::openat(
-            base,
-            at,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .and_then(|fd| rustix::fs::ioctl_getflags(&fd))
-        .unwrap_or(IFlags::empty())
+    let sealed = |at: &OsStr| attributes(dir, at).is_ok_and(|a| a.intersects(SEALED));
+    sealed(entry) || sealed(OsStr::new(""))
+}
+
+/// Immutable or append-only (`chattr +i`, `+a`): nothing may be removed from it, nor it.
+const SEALED: rustix::fs::StatxAttributes =
+    rustix::fs::StatxAttributes::IMMUTABLE.union(rustix::fs::StatxAttributes::APPEND);
+
+/// The `statx` attributes of entry `at` of `dir` (not followed), or of `dir` itself for an
+/// empty name: no descriptor to open, also for an `O_PATH` one.
+fn attributes(dir: &Node, at: &OsStr) -> rustix::io::Result<rustix::fs::StatxAttributes> {
+    let how = if at.is_empty() {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
     };
-    flags(entry, &dir.fd).intersects(IFlags::IMMUTABLE | IFlags::APPEND)
-        || flags(OsStr::new("."), &dir.fd).intersects(IFlags::IMMUTABLE | IFlags::APPEND)
+    rustix::fs::statx(&dir.fd, at, how, rustix::fs::StatxFlags::empty()).map(|s| s.stx_attributes)
 }
 
 /// A rename to a long name writes the name's side file first, and takes it back if the rename
@@ -842,22 +846,13 @@ fn refused_into_append_only(
     to: &OsStr,
     flags: u32,
 ) -> Result<()> {
-    use rustix::fs::{StatxAttributes, StatxFlags};
-    let sealed = StatxAttributes::IMMUTABLE | StatxAttributes::APPEND;
-    let attributes = |dir: &Node, at: &OsStr| {
-        let how = if at.is_empty() {
-            AtFlags::EMPTY_PATH
-        } else {
-            AtFlags::SYMLINK_NOFOLLOW
-        };
-        rustix::fs::statx(&dir.fd, at, how, StatxFlags::empty()).map(|s| s.stx_attributes)
-    };
     // Not known (statx refused): the undo is tried as before.
-    if !attributes(to_dir, OsStr::new("")).is_ok_and(|a| a.contains(StatxAttributes::APPEND)) {
+    let append = rustix::fs::StatxAttributes::APPEND;
+    if !attributes(to_dir, OsStr::new("")).is_ok_and(|a| a.contains(append)) {
         return Ok(());
     }
-    if attributes(from_dir, OsStr::new(""))?.intersects(sealed)
-        || attributes(from_dir, from)?.intersects(sealed)
+    if attributes(from_dir, OsStr::new(""))?.intersects(SEALED)
+        || attributes(from_dir, from)?.intersects(SEALED)
     {
         return Err(Errno::PERM.into());
     }

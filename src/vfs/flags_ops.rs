@@ -46,7 +46,7 @@ const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
 /// The flags a caller may change (on directories and regular files, the only nodes with
 /// flags here).
-pub fn settable(_kind: Kind) -> IFlags {
+pub fn settable() -> IFlags {
     IFlags::IMMUTABLE
         | IFlags::NODUMP
         | IFlags::NOATIME
@@ -59,9 +59,9 @@ pub fn settable(_kind: Kind) -> IFlags {
 /// which kmsfs keeps as [`APPEND_XATTR`].
 fn on_backing(kind: Kind) -> IFlags {
     if kind == Kind::File {
-        settable(kind) - IFlags::APPEND
+        settable() - IFlags::APPEND
     } else {
-        settable(kind)
+        settable()
     }
 }
 
@@ -114,28 +114,15 @@ impl Vfs {
         Ok(fd)
     }
 
-    /// Whether no handle of `ino` is open for writing. The kernel sends a close's RELEASE in
-    /// the background, after `close(2)` has returned, so `echo x > f; chattr +i f` can ask
-    /// before it comes: a writer's handle is waited for up to [`RELEASE_WAIT`].
-    fn writers_gone(&self, ino: u64) -> bool {
+    /// Whether no handle of `ino` is open for writing (`overwrites`: without O_APPEND). The
+    /// kernel sends a close's RELEASE in the background, after `close(2)` has returned, so
+    /// `echo x > f; chattr +i f` can ask before it comes: a writer's handle is waited for up
+    /// to [`RELEASE_WAIT`].
+    fn writers_gone(&self, ino: u64, overwrites: bool) -> bool {
         let deadline = Instant::now() + RELEASE_WAIT;
         loop {
-            if !self.handles.iter().any(|h| h.ino == ino && h.writes) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Whether no handle of `ino` is open for writing without O_APPEND (waited for as in
-    /// [`Vfs::writers_gone`]).
-    fn overwriters_gone(&self, ino: u64) -> bool {
-        let deadline = Instant::now() + RELEASE_WAIT;
-        loop {
-            if !self.handles.iter().any(|h| h.ino == ino && h.overwrites) {
+            let writing = |h: &super::Handle| if overwrites { h.overwrites } else { h.writes };
+            if !self.handles.iter().any(|h| h.ino == ino && writing(&h)) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -232,7 +219,7 @@ impl Vfs {
             // O_APPEND, a shared mapping among them): what it wrote may still be in the
             // kernel's page cache, to come once the flag refuses it; and its writes from there
             // could not be told from another's. EPERM, as for making a file immutable.
-            if !self.overwriters_gone(node.ino) {
+            if !self.writers_gone(node.ino, true) {
                 return Err(Errno::PERM.into());
             }
             let first = !self.append_files.load(Ordering::Relaxed);
@@ -288,7 +275,7 @@ impl Vfs {
         if changed.is_empty() {
             return Ok(());
         }
-        let settable = settable(node.kind);
+        let settable = settable();
         if !settable.contains(changed) {
             return Err(Errno::OPNOTSUPP.into());
         }
@@ -329,7 +316,7 @@ impl Vfs {
         let ino = node.ino;
         let set = || rustix::fs::ioctl_setflags(fd, new);
         let making_immutable = new.contains(IFlags::IMMUTABLE) && !old.contains(IFlags::IMMUTABLE);
-        if making_immutable && !self.writers_gone(ino) {
+        if making_immutable && !self.writers_gone(ino, false) {
             // What was written may still be in the kernel's page cache, to come as writes the
             // immutable cipher file would refuse: it would be lost.
             return Err(Errno::PERM.into());
