@@ -196,3 +196,80 @@ fn upgrade_gives_an_older_volume_sparse_files_for_new_files() {
     m.unmount();
     v.assert_fsck_clean("after an upgrade");
 }
+
+/// lseek(2) `SEEK_DATA` (`hole` false) or `SEEK_HOLE`: the offset, or the errno.
+fn seek(f: &std::fs::File, off: u64, hole: bool) -> Result<u64, i32> {
+    let how = match hole {
+        true => rustix::fs::SeekFrom::Hole(off),
+        false => rustix::fs::SeekFrom::Data(off),
+    };
+    rustix::fs::seek(f, how).map_err(|e| e.raw_os_error())
+}
+
+#[test]
+fn seek_data_and_seek_hole_find_the_holes_also_before_a_write_back() {
+    const B: u64 = 4096;
+    for extra in [&[][..], &["--no-writeback-cache"][..]] {
+        let v = Volume::new(&[]);
+        let m = v.mount_with(extra);
+        let p = m.path("f");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        // Holes, then a block written into them that the writeback cache still holds: the
+        // mount has it written back before it answers.
+        f.set_len(64 * B).unwrap();
+        f.write_all_at(&[b'a'; B as usize], 10 * B).unwrap();
+        assert_eq!(seek(&f, 0, true), Ok(0), "{extra:?}");
+        assert_eq!(seek(&f, 0, false), Ok(10 * B), "{extra:?}");
+        assert_eq!(seek(&f, 10 * B + 1, true), Ok(11 * B), "{extra:?}");
+        assert_eq!(seek(&f, 11 * B, false), Err(libc::ENXIO), "{extra:?}");
+        // A write past the end, as cached.
+        f.write_all_at(b"end", 100 * B + 5).unwrap();
+        assert_eq!(seek(&f, 11 * B, false), Ok(100 * B), "{extra:?}");
+        assert_eq!(seek(&f, 100 * B, true), Ok(100 * B + 8), "{extra:?}");
+        assert_eq!(seek(&f, 100 * B + 8, false), Err(libc::ENXIO));
+        assert_eq!(seek(&f, 100 * B + 8, true), Err(libc::ENXIO));
+        // A shared mapping writes into a hole, not synced.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                (64 * B) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        // SAFETY: the mapping is 64 blocks long, writable, and unmapped right after.
+        unsafe {
+            map.cast::<u8>().add((30 * B + 7) as usize).write(b'm');
+            libc::munmap(map, (64 * B) as usize);
+        }
+        assert_eq!(seek(&f, 11 * B, false), Ok(30 * B), "{extra:?}");
+        assert_eq!(seek(&f, 30 * B, true), Ok(31 * B), "{extra:?}");
+        drop(f);
+        // cp follows them: every byte copied, the holes kept.
+        let o = sh(&format!(
+            "cp --sparse=auto '{}' '{}'",
+            p.display(),
+            m.path("copy").display()
+        ));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let want = std::fs::read(&p).unwrap();
+        assert_eq!(want.len() as u64, 100 * B + 8);
+        assert_eq!(&want[(30 * B + 7) as usize..][..1], b"m");
+        assert!(std::fs::read(m.path("copy")).unwrap() == want);
+        let copy = std::fs::File::open(m.path("copy")).unwrap();
+        assert_eq!(seek(&copy, 0, false), Ok(10 * B), "{extra:?}");
+        assert!(allocated(&m.path("copy")) < 100 * B);
+        drop(copy);
+        m.unmount();
+        v.assert_fsck_clean("after seeking");
+    }
+}

@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::vfs::{Attr, Caller, Kind, SetAttr, SetTime, Vfs, VfsError, WriteFrom, XattrReply};
@@ -964,6 +964,63 @@ impl Filesystem for KmsFs {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             },
+        }
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other kinds of lseek itself).
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let _turn = self.turn();
+        let hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let answer = move |vfs: &Vfs| match vfs.seek(ino.0, fh.0, offset, hole) {
+            Ok(at) => reply.offset(at),
+            Err(e) => reply.error(errno("lseek", &e)),
+        };
+        // Pages the kernel holds written but not sent yet (the writeback cache, a shared
+        // writable mapping) are not in the cipher file, and the kernel does not send them
+        // before an LSEEK: a block written into a hole would still be a hole here, a write
+        // past the end not there at all, and `cp` would copy zeros for them. They are sent
+        // first by dropping the file's pages (FUSE_NOTIFY_INVAL_INODE: the kernel writes a
+        // dirty page back before it lets it go, and waits for that). Those WRITEs are served
+        // by the other request threads, so the notification is sent, and the answer given,
+        // from a thread of its own: none of the request threads waits for them. Only with a
+        // handle open for writing (no page can be dirty without one), and from `offset` on;
+        // the pages dropped are read again when needed (a cost `cp` of a file being written
+        // pays, not a copy of a file at rest).
+        if offset < 0 || !self.vfs.cached_writes(ino.0) {
+            return answer(&self.vfs);
+        }
+        let Some(n) = self.notifier.get().cloned() else {
+            return answer(&self.vfs);
+        };
+        let vfs = self.vfs.clone();
+        let flush = move || {
+            // From `offset` on: pages before it change no answer.
+            if let Err(e) = n.inval_inode(ino, offset, 0) {
+                tracing::debug!("writing back inode {} before an lseek: {e}", ino.0);
+            }
+            answer(&vfs);
+        };
+        // Should no thread start, the reply is dropped unsent, which fuser answers with EIO.
+        if let Err(e) = std::thread::Builder::new()
+            .name("kmsfs-lseek".into())
+            .spawn(flush)
+        {
+            tracing::warn!(
+                "no thread to write back inode {} before an lseek: {e}",
+                ino.0
+            );
         }
     }
 

@@ -903,3 +903,105 @@ fn failure_name(fail: &Option<(rustix::io::Errno, bool)>) -> String {
         Some((e, c)) => format!("{}-{c}", e.raw_os_error()),
     }
 }
+
+/// `SEEK_DATA` / `SEEK_HOLE` (true) through a handle of `ino`: the offset, or the errno.
+fn seek(v: &Vfs, ino: u64, off: i64, hole: bool) -> Result<i64, rustix::io::Errno> {
+    let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
+    let r = v.seek(ino, fh, off, hole).map_err(|e| match e {
+        super::VfsError::Sys(e) => e,
+        e => panic!("seek {off}: {e}"),
+    });
+    v.release(fh).expect("release");
+    r
+}
+
+#[test]
+fn seek_data_and_seek_hole_find_the_holes_and_only_them() {
+    use rustix::io::Errno;
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let b = B as i64;
+    // Blocks 0-2 written, 3..=99 holes, 100 (the final block) written.
+    let a = write_file(&v, "a", &pattern(3 * B as usize, 4));
+    let size = 100 * b + 10;
+    truncate(&v, a, size as u64);
+    let data = |off| seek(&v, a, off, false);
+    let hole = |off| seek(&v, a, off, true);
+    assert_eq!(data(0), Ok(0));
+    assert_eq!(data(b + 5), Ok(b + 5));
+    assert_eq!(hole(0), Ok(3 * b));
+    assert_eq!(hole(b + 5), Ok(3 * b));
+    assert_eq!(hole(3 * b - 1), Ok(3 * b));
+    assert_eq!(data(3 * b), Ok(100 * b));
+    assert_eq!(data(50 * b + 7), Ok(100 * b));
+    assert_eq!(hole(50 * b + 7), Ok(50 * b + 7));
+    assert_eq!(hole(100 * b), Ok(size));
+    assert_eq!(data(size - 1), Ok(size - 1));
+    for off in [size, size + 1, -1] {
+        assert_eq!(data(off), Err(Errno::NXIO), "SEEK_DATA {off}");
+        assert_eq!(hole(off), Err(Errno::NXIO), "SEEK_HOLE {off}");
+    }
+    // A block written inside the run splits it.
+    write_at(&v, a, 50 * B, &pattern(B as usize, 6));
+    assert_eq!(data(3 * b), Ok(50 * b));
+    assert_eq!(hole(50 * b), Ok(51 * b));
+    assert_eq!(data(51 * b), Ok(100 * b));
+    // Holes up to the end (the final block empty): no data after them.
+    let c = write_file(&v, "c", b"x");
+    truncate(&v, c, 64 * B);
+    assert_eq!(seek(&v, c, 0, true), Ok(b));
+    assert_eq!(seek(&v, c, 5 * b, false), Err(Errno::NXIO));
+    assert_eq!(seek(&v, c, 5 * b, true), Ok(5 * b));
+    // Short gaps are zeros written as data, and so are files without holes.
+    let d = write_file(&v, "d", b"x");
+    truncate(&v, d, 3 * B);
+    assert_eq!(seek(&v, d, 0, true), Ok(3 * b));
+    assert_eq!(seek(&v, d, b, false), Ok(b));
+    let e = write_file(&v, "e", &[]);
+    assert_eq!(seek(&v, e, 0, false), Err(Errno::NXIO));
+    assert_eq!(seek(&v, e, 0, true), Err(Errno::NXIO));
+    // A zeroed written block is damage, never a hole: reported as data (reading it fails).
+    let p = cipher_path(&v, a);
+    drop(v);
+    let l = Layout::new(B as u32);
+    patch(
+        &p,
+        l.cipher_offset(1),
+        l.cipher_block_size() as usize,
+        |x| x.fill(0),
+    );
+    let (v, a) = reopen(&dir);
+    assert_eq!(seek(&v, a, 0, true), Ok(3 * b));
+    assert_eq!(seek(&v, a, b, false), Ok(b));
+    assert!(try_read(&v, a, B, 10).is_err_and(|e| e.is_integrity()));
+    // Without the feature every file is data to its end.
+    let (_t2, dir2) = new_volume_with(false);
+    let v2 = open(&dir2);
+    let f = write_file(&v2, "a", b"x");
+    truncate(&v2, f, 100 * B);
+    assert_eq!(seek(&v2, f, 0, true), Ok(100 * b));
+    assert_eq!(seek(&v2, f, 50 * b, false), Ok(50 * b));
+}
+
+#[test]
+fn seek_sees_runs_through_counts_not_yet_settled() {
+    // Blocks 0..=14 written, 15..=29 holes, 30 final; block 20 filled on a handle kept open
+    // (30 still counts back to 15 until a sync): the holes are 15..=19 and 21..=29.
+    let (_t, dir) = new_volume_with(true);
+    let v = open(&dir);
+    let b = B as i64;
+    let a = write_file(&v, "a", &pattern(15 * B as usize, 5));
+    truncate(&v, a, 30 * B + 1);
+    drop(v);
+    let (v, a) = reopen(&dir);
+    let fh = v.open_as(a, libc::O_RDWR, &caller()).expect("open");
+    v.write(fh, 20 * B, &pattern(B as usize, 6))
+        .expect("fill 20");
+    let s = |off, hole| v.seek(a, fh, off, hole).expect("seek");
+    assert_eq!(s(0, true), 15 * b);
+    assert_eq!(s(15 * b, false), 20 * b);
+    assert_eq!(s(20 * b, true), 21 * b);
+    assert_eq!(s(22 * b, false), 30 * b);
+    assert_eq!(s(16 * b, true), 16 * b);
+    v.release(fh).expect("release");
+}

@@ -112,6 +112,58 @@ impl OpenFile {
         Ok(Some(start..k))
     }
 
+    /// lseek(2) `SEEK_DATA` (`hole` false) or `SEEK_HOLE` from plaintext offset `off`: where
+    /// the next data or hole starts, at `off` itself when it is in one. ENXIO at or past the
+    /// end; a hole is never the last thing in a file (its final block is always written), so
+    /// `SEEK_DATA` before the end always finds data, and `SEEK_HOLE` finds the end when
+    /// nothing else. Reported as holes are whole blocks never written (or punched) that the
+    /// next written block counts, as reads see them; never a damaged (zeroed) block, which
+    /// reads fail on. Blocks of zeros written as such are data, and so, for `SEEK_HOLE` only,
+    /// are holes whose space the backing file system still holds (a one-block punch, one
+    /// that left the space allocated): the scan for a hole passes allocated backing ranges
+    /// at once, which keeps it cheap in a large file written all through. That is allowed
+    /// ("a file system is not obliged to report holes") and loses nothing: a copy writes
+    /// those zeros.
+    pub fn seek(&self, off: u64, hole: bool) -> Result<u64> {
+        let st = self.read_state();
+        if off >= st.size {
+            return Err(VfsError::Sys(rustix::io::Errno::NXIO));
+        }
+        if !self.sparse() || st.no_holes {
+            return Ok(if hole { st.size } else { off });
+        }
+        let l = self.layout;
+        let fin = l.final_block(st.size);
+        let mut i = l.block_of(off);
+        while i < fin {
+            let n = self.nonce_at(&st, i)?;
+            let run = match is_hole(&n) {
+                true => self.hole_run(&st, i)?,
+                false => None,
+            };
+            match (hole, run) {
+                (false, None) | (true, Some(_)) => return Ok(off.max(l.plain_offset(i))),
+                // The run ends at a written block.
+                (false, Some(r)) => i = r.end,
+                (true, None) => {
+                    let next = l.cipher_offset(i + 1);
+                    i = match rustix::fs::seek(&st.file, rustix::fs::SeekFrom::Hole(next)) {
+                        // The block holding the first unallocated byte: its nonce may be
+                        // stored (a punch frees whole pages only), the blocks before are.
+                        Ok(h) if h > next => l.block_at_cipher(h),
+                        _ => i + 1,
+                    };
+                }
+            }
+        }
+        match hole {
+            true => Ok(st.size),
+            // Holes up to the end: an empty final block counts them.
+            false if l.plain_offset(i) >= st.size => Err(VfsError::Sys(rustix::io::Errno::NXIO)),
+            false => Ok(off.max(l.plain_offset(i))),
+        }
+    }
+
     /// The number of holes right before block `i`, which a write of block `i` must store in its
     /// nonce: the stored count of a written block, the place in its run of a hole. 0 in a file
     /// without holes, and for a damaged block.
