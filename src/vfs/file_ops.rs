@@ -663,14 +663,19 @@ impl Vfs {
         offset: u64,
         data: &[u8],
     ) -> Result<Option<usize>> {
+        if !self.append_files.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        // An append changes nothing stored: looked for first, so that appends (most writes
+        // at the end of a file) cost no lookup of the flag.
+        let size = f.size();
+        if offset >= size {
+            return Ok(None);
+        }
         let Some(ino) = self.handles.get(&fh).map(|h| h.ino) else {
             return Ok(None);
         };
         if !self.append_only(&*self.node(ino)?) {
-            return Ok(None);
-        }
-        let size = f.size();
-        if offset >= size {
             return Ok(None);
         }
         let n = (size - offset).min(data.len() as u64) as usize;
