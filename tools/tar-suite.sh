@@ -13,9 +13,8 @@
 # root (AT_UNPRIVILEGED_PREREQ: read-only and unreadable directories, files that cannot be
 # read or removed) then run again as nobody, so the mount has --allow-other and a key policy
 # letting every user use the default key. Tests needing lzip, lzop, SELinux, ACL support (not
-# built without libacl1-dev) or tarballs downloaded from ftp.gnu.org.ua skip themselves; on
-# kmsfs so does sparse06 (--hole-detection=seek: kmsfs does not answer SEEK_HOLE, see the
-# README's Deviations).
+# built without libacl1-dev) or tarballs downloaded from ftp.gnu.org.ua skip themselves
+# (sparse06, --hole-detection=seek, skipped on kmsfs until it answered SEEK_HOLE).
 #
 # Tests that fail on plain ext4 here too are reported separately and do not count (KNOWN below,
 # with why).
