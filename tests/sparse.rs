@@ -234,7 +234,8 @@ fn seek_data_and_seek_hole_find_the_holes_also_before_a_write_back() {
         assert_eq!(seek(&f, 100 * B, true), Ok(100 * B + 8), "{extra:?}");
         assert_eq!(seek(&f, 100 * B + 8, false), Err(libc::ENXIO));
         assert_eq!(seek(&f, 100 * B + 8, true), Err(libc::ENXIO));
-        // A shared mapping writes into a hole, not synced.
+        // A shared mapping writes into a hole, not synced, and stays (its unmapping would
+        // write the page back).
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -246,13 +247,12 @@ fn seek_data_and_seek_hole_find_the_holes_also_before_a_write_back() {
             )
         };
         assert_ne!(map, libc::MAP_FAILED);
-        // SAFETY: the mapping is 64 blocks long, writable, and unmapped right after.
-        unsafe {
-            map.cast::<u8>().add((30 * B + 7) as usize).write(b'm');
-            libc::munmap(map, (64 * B) as usize);
-        }
+        // SAFETY: the mapping is 64 blocks long and writable.
+        unsafe { map.cast::<u8>().add((30 * B + 7) as usize).write(b'm') };
         assert_eq!(seek(&f, 11 * B, false), Ok(30 * B), "{extra:?}");
         assert_eq!(seek(&f, 30 * B, true), Ok(31 * B), "{extra:?}");
+        // SAFETY: mapped above, not used after.
+        unsafe { libc::munmap(map, (64 * B) as usize) };
         drop(f);
         // cp follows them: every byte copied, the holes kept.
         let o = sh(&format!(

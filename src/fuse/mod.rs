@@ -2,6 +2,7 @@
 //! a reply. No file-system logic lives here; errors map through [`VfsError::errno`] in one place.
 
 mod listings;
+mod lseek;
 mod poller;
 mod prune;
 mod reclaim;
@@ -55,6 +56,8 @@ pub struct KmsFs {
     /// The kernel refuses to cache a listed entry whose attributes are impossible (see
     /// `readdirplus`).
     refuses_invalid_attrs: bool,
+    /// Dropping a page waits for its write-back (see `lseek.rs`).
+    lseek_waits: bool,
 }
 
 impl KmsFs {
@@ -71,6 +74,7 @@ impl KmsFs {
             listings: Arc::default(),
             poller: Arc::default(),
             refuses_invalid_attrs: false,
+            lseek_waits: lseek::drop_waits_for_write_back(),
         }
     }
 
@@ -983,45 +987,14 @@ impl Filesystem for KmsFs {
             libc::SEEK_HOLE => true,
             _ => return reply.error(Errno::EINVAL),
         };
-        let answer = move |vfs: &Vfs| match vfs.seek(ino.0, fh.0, offset, hole) {
-            Ok(at) => reply.offset(at),
-            Err(e) => reply.error(errno("lseek", &e)),
+        let seek = lseek::Seek {
+            ino,
+            fh,
+            offset,
+            hole,
         };
-        // Pages the kernel holds written but not sent yet (the writeback cache, a shared
-        // writable mapping) are not in the cipher file, and the kernel does not send them
-        // before an LSEEK: a block written into a hole would still be a hole here, a write
-        // past the end not there at all, and `cp` would copy zeros for them. They are sent
-        // first by dropping the file's pages (FUSE_NOTIFY_INVAL_INODE: the kernel writes a
-        // dirty page back before it lets it go, and waits for that). Those WRITEs are served
-        // by the other request threads, so the notification is sent, and the answer given,
-        // from a thread of its own: none of the request threads waits for them. Only with a
-        // handle open for writing (no page can be dirty without one), and from `offset` on;
-        // the pages dropped are read again when needed (a cost `cp` of a file being written
-        // pays, not a copy of a file at rest).
-        if offset < 0 || !self.vfs.cached_writes(ino.0) {
-            return answer(&self.vfs);
-        }
-        let Some(n) = self.notifier.get().cloned() else {
-            return answer(&self.vfs);
-        };
-        let vfs = self.vfs.clone();
-        let flush = move || {
-            // From `offset` on: pages before it change no answer.
-            if let Err(e) = n.inval_inode(ino, offset, 0) {
-                tracing::debug!("writing back inode {} before an lseek: {e}", ino.0);
-            }
-            answer(&vfs);
-        };
-        // Should no thread start, the reply is dropped unsent, which fuser answers with EIO.
-        if let Err(e) = std::thread::Builder::new()
-            .name("kmsfs-lseek".into())
-            .spawn(flush)
-        {
-            tracing::warn!(
-                "no thread to write back inode {} before an lseek: {e}",
-                ino.0
-            );
-        }
+        let notifier = self.notifier.get().filter(|_| self.lseek_waits);
+        seek.answer(&self.vfs, notifier, reply);
     }
 
     /// The session ended (all request threads are done); fuser unmounts after this, on this

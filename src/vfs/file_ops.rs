@@ -785,39 +785,6 @@ impl Vfs {
         r
     }
 
-    /// lseek(2) `SEEK_DATA` or `SEEK_HOLE` (`hole`) from `offset` through handle `fh` of inode
-    /// `ino` (see `OpenFile::seek`); ENXIO at or past the end and for a negative offset, as
-    /// on ext4. A control file is data all through. What the kernel still holds in its page
-    /// cache is not seen here: the caller has it written back first (see
-    /// [`Vfs::cached_writes`]).
-    pub fn seek(&self, ino: u64, fh: u64, offset: i64, hole: bool) -> Result<i64> {
-        self.touch();
-        let nxio = VfsError::Sys(Errno::NXIO);
-        let off = u64::try_from(offset).map_err(|_| VfsError::Sys(Errno::NXIO))?;
-        let at = if super::is_control_handle(fh) {
-            match self.getattr(ino)?.size {
-                size if off >= size => return Err(nxio),
-                size if hole => size,
-                _ => off,
-            }
-        } else {
-            let (f, _) = self.handle_file(fh)?;
-            f.seek(off, hole).inspect_err(|e| {
-                if e.is_integrity() {
-                    self.audit_integrity(None, &e.to_string());
-                }
-            })?
-        };
-        // Within the file's size, which fits an off_t.
-        i64::try_from(at).map_err(|_| nxio)
-    }
-
-    /// Whether inode `ino` has a handle open for writing: the kernel may then hold written
-    /// pages it has not sent yet (the writeback cache, a shared writable mapping).
-    pub fn cached_writes(&self, ino: u64) -> bool {
-        self.handles.iter().any(|h| h.ino == ino && h.writes)
-    }
-
     fn fallocate_file(&self, f: &OpenFile, offset: u64, end: u64, mode: i32) -> Result<()> {
         match mode {
             0 => f.allocate(offset, end, false),

@@ -24,6 +24,7 @@ mod marker_queue;
 mod open_file;
 mod path;
 mod prefetch;
+mod seek_ops;
 mod unclean;
 mod unlinked;
 mod write_behind;

@@ -137,9 +137,10 @@ impl OpenFile {
         let mut i = l.block_of(off);
         while i < fin {
             let n = self.nonce_at(&st, i)?;
-            let run = match is_hole(&n) {
-                true => self.hole_run(&st, i)?,
-                false => None,
+            let run = if is_hole(&n) {
+                self.hole_run(&st, i)?
+            } else {
+                None
             };
             match (hole, run) {
                 (false, None) | (true, Some(_)) => return Ok(off.max(l.plain_offset(i))),
@@ -156,11 +157,13 @@ impl OpenFile {
                 }
             }
         }
-        match hole {
-            true => Ok(st.size),
+        if hole {
+            Ok(st.size)
+        } else if l.plain_offset(i) >= st.size {
             // Holes up to the end: an empty final block counts them.
-            false if l.plain_offset(i) >= st.size => Err(VfsError::Sys(rustix::io::Errno::NXIO)),
-            false => Ok(off.max(l.plain_offset(i))),
+            Err(VfsError::Sys(rustix::io::Errno::NXIO))
+        } else {
+            Ok(off.max(l.plain_offset(i)))
         }
     }
 
