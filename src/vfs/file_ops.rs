@@ -663,9 +663,6 @@ impl Vfs {
         offset: u64,
         data: &[u8],
     ) -> Result<Option<usize>> {
-        if !self.append_files.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(None);
-        }
         // An append changes nothing stored: looked for first, so that appends (most writes
         // at the end of a file) cost no lookup of the flag.
         let size = f.size();

@@ -121,8 +121,7 @@ impl Vfs {
     fn writers_gone(&self, ino: u64, overwrites: bool) -> bool {
         let deadline = Instant::now() + RELEASE_WAIT;
         loop {
-            let writing = |h: &super::Handle| if overwrites { h.overwrites } else { h.writes };
-            if !self.handles.iter().any(|h| h.ino == ino && writing(&h)) {
+            if !self.has_writer(ino, overwrites) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -210,8 +209,8 @@ impl Vfs {
     }
 
     /// Sets or clears a regular file's append-only flag (the volume marked first, so that a
-    /// mount after a crash still looks for it). Handles open then that could write anywhere
-    /// keep doing so until they close (`OpenFile::append_grace`).
+    /// mount after a crash still looks for it). Refused while a handle could still write
+    /// anywhere (see below).
     fn set_append_attr(&self, node: &Node, on: bool) -> Result<()> {
         let path = node.proc_path();
         if on {

@@ -65,8 +65,15 @@ impl Vfs {
 
     /// Whether inode `ino` has a handle open for writing: the kernel may then hold pages
     /// written through it that it has not sent yet (the writeback cache, a shared writable
-    /// mapping). A walk over the open handles.
+    /// mapping).
     pub fn open_for_writing(&self, ino: u64) -> bool {
-        self.handles.iter().any(|h| h.ino == ino && h.writes)
+        self.has_writer(ino, false)
+    }
+
+    /// Whether inode `ino` has a handle open for writing (`overwrites`: without O_APPEND). A
+    /// walk over the open handles.
+    pub(super) fn has_writer(&self, ino: u64, overwrites: bool) -> bool {
+        let writing = |h: &super::Handle| if overwrites { h.overwrites } else { h.writes };
+        self.handles.iter().any(|h| h.ino == ino && writing(&h))
     }
 }
