@@ -1237,6 +1237,24 @@ fn privileges_cleared_like_a_local_file_system() {
             );
             log.rec(format!("mode after fallocate {opts}"), mode(&p));
         }
+        // copy_file_range, which kmsfs does itself (also unflagged).
+        let src = made("copy source", 0o644);
+        for (who, uid) in [("other", OTHER), ("root", 0)] {
+            let p = made(&format!("copied into by {who}"), 0o6777);
+            let py = format!(
+                "python3 -c \"import os; s = os.open('{}', os.O_RDONLY); \
+                 d = os.open('{}', os.O_WRONLY); print(os.copy_file_range(s, d, 5, 0, 2))\"",
+                src.display(),
+                p.display()
+            );
+            let o = as_uid(uid, &py);
+            log.rec(
+                format!("{who} copies with copy_file_range"),
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            );
+            log.rec(format!("mode after {who}'s copy_file_range"), mode(&p));
+            log.rec(format!("content after {who}'s copy"), fs::read(&p).unwrap());
+        }
         let p = made("fallocated by root", 0o6777);
         let ok = std::process::Command::new("fallocate")
             .args(["-l", "20000"])

@@ -19,7 +19,7 @@
 #   REPS          repetitions of every figure; the median is reported (default 3)
 #   ONLY          comma list of systems to run: raw,bindfs,gocryptfs,securefs,kmsfs (default all)
 #   SKIP          comma list of rows or row groups to skip. Groups: seq, rand, tree, mount.
-#                 Rows: seq_write seq_read rand_read rand_write untar ls_lR du read_all
+#                 Rows: seq_write seq_read seq_copy rand_read rand_write untar ls_lR du read_all
 #                       git_commit git_status_cold git_status_warm rm_rf mount
 #   STEP_TIMEOUT  seconds after which one step is killed and recorded as ERR (default 900)
 #   KMSFS         kmsfs binary to use (default: `cargo build --release`, target/release/kmsfs)
@@ -69,10 +69,10 @@ KEEP=${KEEP:-0}
 
 ALL_SYSTEMS=(raw bindfs gocryptfs securefs kmsfs) # also the order of the table's columns
 GROUPS_ORDER=(seq rand tree mount)
-ROW_IDS=(seq_write seq_read rand_read rand_write untar ls_lR du read_all git_commit
+ROW_IDS=(seq_write seq_read seq_copy rand_read rand_write untar ls_lR du read_all git_commit
   git_status_cold git_status_warm rm_rf mount)
 declare -A ROW_GROUP=(
-  [seq_write]=seq [seq_read]=seq [rand_read]=rand [rand_write]=rand
+  [seq_write]=seq [seq_read]=seq [seq_copy]=seq [rand_read]=rand [rand_write]=rand
   [untar]=tree [ls_lR]=tree [du]=tree [read_all]=tree [git_commit]=tree
   [git_status_cold]=tree [git_status_warm]=tree [rm_rf]=tree [mount]=mount)
 
@@ -527,6 +527,18 @@ bench_seq() { # sequential 1 MiB write with fsync, cold sequential read
       quiet cmp -n "$size" "$f" /dev/zero || fail "read-back differs from what was written: $LAST_ERR" || return 1
     fi
   fi
+  if wanted seq_copy; then
+    # cp as users run it (coreutils 9 asks for copy_file_range, which a file system may do
+    # itself; otherwise the kernel reads and writes), until the copy is on the disk.
+    cold "$sys" "$vol" || return 1
+    timed /dev/null sh -c 'cp -- "$1" "$2" && sync -- "$2"' sh "$f" "$f.copy" || return 1
+    record_mbps seq_copy "$SIZE_MB"
+    if ((VERIFY)); then
+      quiet cmp -n "$size" "$f.copy" /dev/zero || fail "the copy differs: $LAST_ERR" || return 1
+      size=$(tmo stat -c %s "$f.copy") || fail "stat $f.copy" || return 1
+      ((size == SIZE_MB * 1048576)) || fail "the copy has $size bytes" || return 1
+    fi
+  fi
 }
 
 fio_iops() { # fio_iops JSON read|write
@@ -805,6 +817,7 @@ mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 {
   printf 'seq_write\tSequential write, %s MiB (dd bs=1M conv=fsync)\tMB/s\thi\n' "$SIZE_MB"
   printf 'seq_read\tSequential read, cold (dd bs=1M)\tMB/s\thi\n'
+  printf 'seq_copy\tCopy of that file within the file system, cold (cp, then sync of the copy)\tMB/s\thi\n'
   printf 'rand_read\tRandom 4 KiB reads, cold (fio psync, %s MiB file, %s s)\tIOPS\thi\n' "$RAND_MB" "$FIO_RUNTIME"
   printf 'rand_write\tRandom 4 KiB buffered writes (fio psync, %s MiB file, %s s)\tIOPS\thi\n' "$RAND_MB" "$FIO_RUNTIME"
   printf 'untar\tSmall files: untar the tree\ts\tlo\n'

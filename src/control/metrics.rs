@@ -37,6 +37,8 @@ pub struct Metrics {
     pub dirs_read_ahead: AtomicU64,
     /// Ciphertext bytes of streaming writes sent to the disk early (see `vfs::write_behind`).
     pub written_behind_bytes: AtomicU64,
+    /// Plaintext bytes copied by copy_file_range within the daemon (see `vfs::copy_ops`).
+    pub copied_bytes: AtomicU64,
     pub per_key: DashMap<KeyId, KeyCounters>,
     /// Progress of the running (or last) rewrap through the mount.
     pub rewrap_done: std::sync::Arc<AtomicU64>,
@@ -155,6 +157,12 @@ impl ControlDir {
             "counter",
             "Ciphertext bytes of streaming writes sent to the disk before an fsync asked (write-behind), counted when the file is closed.",
             g(&m.written_behind_bytes),
+        );
+        o.one(
+            "kmsfs_copied_bytes_total",
+            "counter",
+            "Plaintext bytes copied from file to file by copy_file_range(2) in the daemon (cp), without passing through the kernel.",
+            g(&m.copied_bytes),
         );
         o.one(
             "kmsfs_rewrap_files_done",

@@ -997,6 +997,45 @@ impl Filesystem for KmsFs {
         seek.answer(&self.vfs, notifier, reply);
     }
 
+    /// copy_file_range(2) between files of this mount, done here (see `Vfs::copy_range`).
+    /// The kernel wrote back both ranges from its page cache before, and drops the
+    /// destination's after the reply.
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let _turn = self.turn();
+        if !flags.is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        let n = match self
+            .vfs
+            .copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => n,
+            Err(e) => return reply.error(errno("copy_file_range", &e)),
+        };
+        // What a write does: set-user-id (and set-group-id) cleared for a caller without
+        // CAP_FSETID, for which a caller other than root stands; unflagged, as for fallocate.
+        if n > 0
+            && req.uid() != 0
+            && let Err(e) = self.kill_suidgid_after(req, ino_out, "copy_file_range")
+        {
+            return reply.error(e);
+        }
+        // At most `vfs::MAX_COPY`.
+        reply.written(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
     /// The session ended (all request threads are done); fuser unmounts after this, on this
     /// thread.
     fn destroy(&mut self) {

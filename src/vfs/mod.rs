@@ -9,6 +9,7 @@ mod attr;
 mod attr_ops;
 mod backing;
 mod control_ops;
+mod copy_ops;
 mod dir_ahead;
 mod dir_id_heal;
 mod dir_ops;
@@ -922,6 +923,8 @@ mod acl_tests;
 mod attr_tests;
 #[cfg(test)]
 mod backing_tests;
+#[cfg(test)]
+mod copy_tests;
 #[cfg(test)]
 mod dir_ahead_tests;
 #[cfg(test)]
