@@ -7,6 +7,7 @@ use common::*;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::time::{Duration, SystemTime};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -77,12 +78,17 @@ fn copies_in(mount_args: &[&str]) {
         let mut head = vec![0u8; 5000];
         dst.read_exact_at(&mut head, 0).unwrap();
         assert_eq!(head, want);
+        // An old modification time, which the copy must move as a write does.
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800);
+        dst.set_modified(old).unwrap();
         let before = copied_bytes(&mnt);
         let n = copy(&src, 0, &dst, 100, src_data.len() + 999);
         assert_eq!(n, src_data.len(), "short at the source's end");
         want.truncate(100);
         want.extend_from_slice(&src_data);
-        assert_eq!(dst.metadata().unwrap().len(), want.len() as u64);
+        let md = dst.metadata().unwrap();
+        assert_eq!(md.len(), want.len() as u64);
+        assert!(md.modified().unwrap() > old, "mtime moved by the copy");
         let mut got = vec![0u8; want.len()];
         dst.read_exact_at(&mut got, 0).unwrap();
         assert!(got == want, "destination read right after the copy");
@@ -107,6 +113,33 @@ fn copies_in(mount_args: &[&str]) {
         (want, src_data)
     });
     m.unmount();
+    // The close records count the copied bytes as read from the source and written to the
+    // destination (through those descriptors).
+    let o = kmsfs()
+        .arg("audit")
+        .arg(&v.cipher)
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["show", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let closes: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "Close")
+        .collect();
+    let moved = |path: &str, field: &str| {
+        closes
+            .iter()
+            .filter(|r| r["resources"]["path"] == path)
+            .filter_map(|r| r[field].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    let copied = (want.len() - 100) as u64;
+    assert!(moved("/src", "bytes_read") >= copied, "{closes:#?}");
+    assert!(moved("/dst", "bytes_written") >= copied, "{closes:#?}");
     let m = v.mount_with(mount_args);
     assert!(
         std::fs::read(m.path("dst")).unwrap() == want,
