@@ -210,6 +210,35 @@ fn an_idle_daemon_uses_no_cpu() {
     m.unmount();
 }
 
+/// Every inode the kernel holds is a descriptor of the daemon; the daemon grows its
+/// descriptor table once when it starts (to 65,536 slots, or its limit), so that a walk over
+/// thousands of files does not stop at each doubling of it (an RCU grace period, ~10 ms, in a
+/// process with threads: src/cli/mount_cmd.rs `presize_fd_table`).
+#[test]
+fn the_daemon_starts_with_a_descriptor_table_for_large_walks() {
+    let v = Volume::new(&[]);
+    let m = v.mount();
+    let pid = m.pid().expect("daemon pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let size: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files");
+    assert!(
+        size >= soft.min(1 << 16),
+        "descriptor table of {size} slots (limit {soft})"
+    );
+    m.unmount();
+}
+
 /// A remount back to read-write is in force for the daemon as soon as it is for the kernel: a
 /// file made right after `mount -o remount,rw` returns must not get EROFS. The daemon learns of
 /// remounts from the mount table, by a thread; a write that came before that thread had seen
