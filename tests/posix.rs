@@ -1237,23 +1237,62 @@ fn privileges_cleared_like_a_local_file_system() {
             );
             log.rec(format!("mode after fallocate {opts}"), mode(&p));
         }
-        // copy_file_range, which kmsfs does itself (also unflagged).
+        // copy_file_range, which kmsfs does itself (also unflagged), fallocate and truncate, by
+        // callers with and without CAP_FSETID (kmsfs looks the capability up): another user,
+        // another user granted it, root, and root without it (set-group-id without group
+        // execute then goes for a group root is not in).
         let src = made("copy source", 0o644);
-        for (who, uid) in [("other", OTHER), ("root", 0)] {
-            let p = made(&format!("copied into by {who}"), 0o6777);
-            let py = format!(
-                "python3 -c \"import os; s = os.open('{}', os.O_RDONLY); \
-                 d = os.open('{}', os.O_WRONLY); print(os.copy_file_range(s, d, 5, 0, 2))\"",
-                src.display(),
-                p.display()
-            );
-            let o = as_uid(uid, &py);
-            log.rec(
-                format!("{who} copies with copy_file_range"),
-                String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            );
-            log.rec(format!("mode after {who}'s copy_file_range"), mode(&p));
-            log.rec(format!("content after {who}'s copy"), fs::read(&p).unwrap());
+        let setpriv = |args: &str, cmd: &str| {
+            sh(&format!("setpriv {args} /bin/sh -c \"{cmd}\""))
+        };
+        let callers = [
+            ("other", format!("--reuid {OTHER} --regid {OTHER} --clear-groups")),
+            (
+                "other with CAP_FSETID",
+                format!(
+                    "--reuid {OTHER} --regid {OTHER} --clear-groups \
+                     --inh-caps +fsetid --ambient-caps +fsetid"
+                ),
+            ),
+            ("root", String::new()),
+            (
+                "root without CAP_FSETID",
+                "--bounding-set -fsetid --inh-caps -fsetid".to_string(),
+            ),
+        ];
+        // Of a group none of the callers is in.
+        let made_for = |n: &str, mode_before: u32| {
+            let p = made(n, mode_before);
+            std::os::unix::fs::chown(&p, None, Some(OTHER + 1)).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode_before)).unwrap();
+            let _ = mode(&p);
+            p
+        };
+        for (who, args) in &callers {
+            for mode_before in [0o6777, 0o2666] {
+                let p = made_for(&format!("copied into by {who} {mode_before:o}"), mode_before);
+                let py = format!(
+                    "python3 -c 'import os; s = os.open(\\\"{}\\\", os.O_RDONLY); \
+                     d = os.open(\\\"{}\\\", os.O_WRONLY); print(os.copy_file_range(s, d, 5, 0, 2))'",
+                    src.display(),
+                    p.display()
+                );
+                let o = setpriv(args, &py);
+                log.rec(
+                    format!("{who} copies into {mode_before:o} with copy_file_range"),
+                    String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                );
+                log.rec(format!("mode after {who}'s copy into {mode_before:o}"), mode(&p));
+                log.rec(format!("content after {who}'s copy"), fs::read(&p).unwrap());
+                let p = made_for(&format!("fallocated by {who} {mode_before:o}"), mode_before);
+                let o = setpriv(args, &format!("fallocate -l 20000 '{}'", p.display()));
+                log.rec(format!("{who} fallocates {mode_before:o}"), o.status.success());
+                log.rec(format!("mode after {who}'s fallocate, {mode_before:o}"), mode(&p));
+                let p = made_for(&format!("truncated by {who} {mode_before:o}"), mode_before);
+                let o = setpriv(args, &format!("truncate -s 3 '{}'", p.display()));
+                log.rec(format!("{who} truncates {mode_before:o}"), o.status.success());
+                log.rec(format!("mode after {who}'s truncate, {mode_before:o}"), mode(&p));
+            }
         }
         let p = made("fallocated by root", 0o6777);
         let ok = std::process::Command::new("fallocate")

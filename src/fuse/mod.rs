@@ -174,6 +174,11 @@ impl KmsFs {
     }
 }
 
+/// Whether the process that made `req` holds CAP_FSETID (see `identity::holds_fsetid`).
+fn holds_fsetid(req: &Request) -> bool {
+    crate::vfs::identity::holds_fsetid(req.pid(), req.uid())
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -436,8 +441,8 @@ impl Filesystem for KmsFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
             // The kernel flags a truncate by a process without CAP_FSETID (FATTR_KILL_SUIDGID),
-            // which fuser 0.18 does not pass on: a caller other than root stands for it.
-            kill_suidgid: size.is_some() && req.uid() != 0,
+            // which fuser 0.18 does not pass on: the caller's capabilities are looked up.
+            kill_suidgid: size.is_some() && !holds_fsetid(req),
             // FATTR_CTIME: only with the writeback cache, then in every SETATTR of a regular
             // file (the kernel's own and a process's: see `SetAttr::kernel_times`).
             kernel_times: ctime.is_some(),
@@ -959,15 +964,15 @@ impl Filesystem for KmsFs {
             return reply.error(errno("fallocate", &e));
         }
         // As a local file system does, an fallocate that did something clears set-user-id
-        // (and set-group-id, as for a write) unless the caller has CAP_FSETID, for which a
-        // caller other than root stands. The kernel leaves that to us under
-        // FUSE_HANDLE_KILLPRIV_V2 and, unlike WRITE, does not flag the request.
-        match req.uid() {
-            0 => reply.ok(),
-            _ => match self.kill_suidgid_after(req, ino, "fallocate") {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            },
+        // (and set-group-id, as for a write) unless the caller has CAP_FSETID. The kernel
+        // leaves that to us under FUSE_HANDLE_KILLPRIV_V2 and, unlike WRITE, does not flag
+        // the request.
+        if holds_fsetid(req) {
+            return reply.ok();
+        }
+        match self.kill_suidgid_after(req, ino, "fallocate") {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -1025,9 +1030,9 @@ impl Filesystem for KmsFs {
             Err(e) => return reply.error(errno("copy_file_range", &e)),
         };
         // What a write does: set-user-id (and set-group-id) cleared for a caller without
-        // CAP_FSETID, for which a caller other than root stands; unflagged, as for fallocate.
+        // CAP_FSETID; unflagged, as for fallocate.
         if n > 0
-            && req.uid() != 0
+            && !holds_fsetid(req)
             && let Err(e) = self.kill_suidgid_after(req, ino_out, "copy_file_range")
         {
             return reply.error(e);

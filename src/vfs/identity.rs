@@ -93,6 +93,26 @@ pub fn identity_of(pid: u32, uid: u32, gid: u32) -> Identity {
     }
 }
 
+/// Whether process `pid`, which made a request as `uid`, holds CAP_FSETID (in its effective
+/// set): a write by a process without it clears set-user-id and set-group-id, on a local file
+/// system. Where the kernel does not say so in the request (fallocate, copy_file_range under
+/// FUSE_HANDLE_KILLPRIV_V2), kmsfs reads it from `/proc/PID/status`; a process gone meanwhile
+/// counts as holding it when it was root (its last request then changes nothing it could
+/// not). The capability as its own user namespace sees it, as for a file of the initial one.
+pub fn holds_fsetid(pid: u32, uid: u32) -> bool {
+    const CAP_FSETID: u32 = 4;
+    let eff = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+            u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+        });
+    match eff {
+        Some(caps) => caps & (1 << CAP_FSETID) != 0,
+        None => uid == 0,
+    }
+}
+
 /// The identity of this process.
 pub fn current() -> Identity {
     identity_of(
