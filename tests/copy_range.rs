@@ -57,24 +57,23 @@ fn copies_in(mount_args: &[&str]) {
     let mnt = m.mnt.clone();
     let (want, src_data) = with_timeout(120, move || {
         let p = |n: &str| mnt.join(n);
+        let open_rw = |n: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p(n))
+                .unwrap()
+        };
         let mut src_data = pattern((3 << 20) + 123, 1);
         std::fs::write(p("src"), &src_data).unwrap();
         // Written, maybe only into the kernel's cache: the copy must see it.
-        let src = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p("src"))
-            .unwrap();
+        let src = open_rw("src");
         src.write_all_at(b"NOT YET SENT", (1 << 20) + 7).unwrap();
         src_data[(1 << 20) + 7..][..12].copy_from_slice(b"NOT YET SENT");
         // The destination's first bytes read once, so that the kernel caches them.
         let mut want = pattern(5000, 9);
         std::fs::write(p("dst"), &want).unwrap();
-        let dst = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p("dst"))
-            .unwrap();
+        let dst = open_rw("dst");
         let mut head = vec![0u8; 5000];
         dst.read_exact_at(&mut head, 0).unwrap();
         assert_eq!(head, want);
@@ -115,18 +114,9 @@ fn copies_in(mount_args: &[&str]) {
     m.unmount();
     // The close records count the copied bytes as read from the source and written to the
     // destination (through those descriptors).
-    let o = kmsfs()
-        .arg("audit")
-        .arg(&v.cipher)
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .args(["show", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let closes: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let closes: Vec<serde_json::Value> = v
+        .audit_records()
+        .into_iter()
         .filter(|r| r["event"] == "Close")
         .collect();
     let moved = |path: &str, field: &str| {

@@ -613,7 +613,7 @@ fn serve(
     opts: &MountOptions,
     ready: impl FnOnce(),
 ) -> std::io::Result<()> {
-    // Before the first thread of this process starts (the daemon is a fresh fork).
+    // Before this process starts its threads (a daemon is a fresh fork, single-threaded).
     presize_fd_table();
     start_maintenance(s.km.clone(), s.audit.clone());
     s.audit.append(system_record(

@@ -89,6 +89,27 @@ impl Volume {
         fsck_json(&self.passfile, &self.cipher, extra)
     }
 
+    /// Every record of the volume's audit log (`kmsfs audit DIR show --json`), oldest first.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let o = kmsfs()
+            .arg("audit")
+            .arg(&self.cipher)
+            .arg("--passfile")
+            .arg(&self.passfile)
+            .args(["show", "--json"])
+            .output()
+            .expect("kmsfs audit show");
+        assert!(
+            o.status.success(),
+            "audit show: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON record"))
+            .collect()
+    }
+
     /// Fails the test, with fsck's report, unless fsck finds nothing wrong.
     pub fn assert_fsck_clean(&self, when: &str) {
         let o = self.fsck();
