@@ -174,9 +174,12 @@ impl KmsFs {
     }
 }
 
-/// Whether the process that made `req` holds CAP_FSETID (see `identity::holds_fsetid`).
-fn holds_fsetid(req: &Request) -> bool {
-    crate::vfs::identity::holds_fsetid(req.pid(), req.uid())
+/// Whether a change by `req` to the data of `ino` must clear its set-user-id/set-group-id
+/// bits: the file has one, and the caller lacks CAP_FSETID (`identity::holds_fsetid`, a read of
+/// `/proc/PID/status`, looked up only then).
+fn kills_setid(vfs: &Vfs, req: &Request, ino: INodeNo) -> bool {
+    vfs.getattr(ino.0).is_ok_and(|a| a.perm & 0o6000 != 0)
+        && !crate::vfs::identity::holds_fsetid(req.pid(), req.uid())
 }
 
 fn caller(req: &Request) -> Caller {
@@ -442,7 +445,7 @@ impl Filesystem for KmsFs {
             mtime: set_time(mtime),
             // The kernel flags a truncate by a process without CAP_FSETID (FATTR_KILL_SUIDGID),
             // which fuser 0.18 does not pass on: the caller's capabilities are looked up.
-            kill_suidgid: size.is_some() && !holds_fsetid(req),
+            kill_suidgid: size.is_some() && kills_setid(&self.vfs, req, ino),
             // FATTR_CTIME: only with the writeback cache, then in every SETATTR of a regular
             // file (the kernel's own and a process's: see `SetAttr::kernel_times`).
             kernel_times: ctime.is_some(),
@@ -967,7 +970,7 @@ impl Filesystem for KmsFs {
         // (and set-group-id, as for a write) unless the caller has CAP_FSETID. The kernel
         // leaves that to us under FUSE_HANDLE_KILLPRIV_V2 and, unlike WRITE, does not flag
         // the request.
-        if holds_fsetid(req) {
+        if !kills_setid(&self.vfs, req, ino) {
             return reply.ok();
         }
         match self.kill_suidgid_after(req, ino, "fallocate") {
@@ -1032,7 +1035,7 @@ impl Filesystem for KmsFs {
         // What a write does: set-user-id (and set-group-id) cleared for a caller without
         // CAP_FSETID; unflagged, as for fallocate.
         if n > 0
-            && !holds_fsetid(req)
+            && kills_setid(&self.vfs, req, ino_out)
             && let Err(e) = self.kill_suidgid_after(req, ino_out, "copy_file_range")
         {
             return reply.error(e);
