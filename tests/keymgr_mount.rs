@@ -225,22 +225,10 @@ fn lifecycle_through_the_mount() {
 
     // Every administration command and the automatic destruction are in the audit log, which
     // verifies.
-    let o = kmsfs()
-        .arg("audit")
-        .arg(&v.cipher)
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .args(["show", "--json"])
-        .output()
-        .unwrap();
-    let events: Vec<String> = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
+    let events: Vec<String> = v
+        .audit_records()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap_or("").to_string())
         .collect();
     for e in [
         "CreateKey",

@@ -60,15 +60,6 @@ fn audit(v: &Volume, args: &[&str]) -> Output {
         .expect("kmsfs audit")
 }
 
-fn records(v: &Volume) -> Vec<serde_json::Value> {
-    let o = audit(v, &["show", "--json"]);
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn put_policy(v: &Volume, statements: &str) {
     let p = v.tmp.path().join("policy.json");
     std::fs::write(&p, format!(r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"Owner","Effect":"Allow","Principal":{{"Uid":0}},"Action":"kms:*"}},{statements}]}}"#)).unwrap();
@@ -177,7 +168,7 @@ fn policies_decide_per_uid_and_access_mode() {
         assert!(!d.join("new.txt").exists());
     });
     m.unmount();
-    let recs = records(&v);
+    let recs = v.audit_records();
     let denied: Vec<&serde_json::Value> = recs
         .iter()
         .filter(|r| r["decision"]["allowed"] == false)
@@ -282,7 +273,7 @@ fn grants_allow_until_revoked_or_expired() {
     let f = m.path("shared.txt");
     with_timeout(30, move || assert!(!can_read(CAROL, &f), "revoked"));
     drop(m);
-    let recs = records(&v);
+    let recs = v.audit_records();
     assert!(recs.iter().any(|r| {
         r["actor"]["uid"] == CAROL
             && r["decision"]["by"]

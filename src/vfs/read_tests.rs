@@ -29,7 +29,6 @@ fn a_read_returns_its_own_bytes_whatever_the_last_one_left() {
 
 #[test]
 fn after_a_failed_read_the_next_read_is_right() {
-    use std::os::unix::fs::FileExt;
     let (_t, dir) = new_volume();
     let v = open(&dir);
     let good: Vec<u8> = (0..20_000).map(|i| (i % 13) as u8).collect();
@@ -38,16 +37,8 @@ fn after_a_failed_read_the_next_read_is_right() {
     // One byte of the bad file's second block flipped in the cipher directory.
     let n = v.node(b).expect("node").name().expect("entry");
     let d = std::fs::read_link(v.node(n.parent).expect("dir").proc_path()).expect("dir");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(d.join(&n.cipher))
-        .expect("cipher file");
-    let at = std::fs::metadata(d.join(&n.cipher)).expect("stat").len() / 2;
-    let mut byte = [0u8];
-    f.read_exact_at(&mut byte, at).expect("read byte");
-    f.write_all_at(&[byte[0] ^ 1], at).expect("flip");
-    drop(f);
+    let cipher = d.join(&n.cipher);
+    super::test_support::flip_byte(&cipher, std::fs::metadata(&cipher).expect("stat").len() / 2);
     let fh = v.open_as(b, libc::O_RDONLY, &caller()).expect("open");
     // The reply is never handed the blocks that did authenticate (the first one here).
     let mut handed = false;

@@ -92,6 +92,19 @@ pub fn write_file_in(v: &Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
     a.ino
 }
 
+/// Flips the lowest bit of the byte at `at` of the (cipher) file `path`, in place.
+pub fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open to flip a byte");
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).expect("read the byte");
+    f.write_all_at(&[byte[0] ^ 1], at).expect("flip the byte");
+}
+
 /// Opens `ino` read-only as the caller, reads `[off, off + len)` and closes it.
 pub fn read_at(v: &Vfs, ino: u64, off: u64, len: u32) -> Vec<u8> {
     let fh = v.open_as(ino, libc::O_RDONLY, &caller()).expect("open");
