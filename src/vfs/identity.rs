@@ -65,17 +65,23 @@ pub fn exe_of(pid: u32) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// The value of field `key` (with its colon, e.g. `"Groups:"`) of process `pid`'s
+/// `/proc/PID/status`, untrimmed; `None` if the process is gone or has no such field.
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::to_owned)
+}
+
 /// The identity of process `pid`, which made a request as `uid`/`gid`.
 pub fn identity_of(pid: u32, uid: u32, gid: u32) -> Identity {
-    let mut groups = Vec::new();
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        && let Some(line) = status.lines().find(|l| l.starts_with("Groups:"))
-    {
-        groups = line["Groups:".len()..]
-            .split_whitespace()
+    let groups = status_field(pid, "Groups:").map_or_else(Vec::new, |v| {
+        v.split_whitespace()
             .filter_map(|g| g.parse().ok())
-            .collect();
-    }
+            .collect()
+    });
     let exe = exe_of(pid);
     let mut names: Vec<String> = std::iter::once(gid)
         .chain(groups.iter().copied())
@@ -101,12 +107,7 @@ pub fn identity_of(pid: u32, uid: u32, gid: u32) -> Identity {
 /// not). The capability as its own user namespace sees it, as for a file of the initial one.
 pub fn holds_fsetid(pid: u32, uid: u32) -> bool {
     const CAP_FSETID: u32 = 4;
-    let eff = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-            u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
-        });
+    let eff = status_field(pid, "CapEff:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
     match eff {
         Some(caps) => caps & (1 << CAP_FSETID) != 0,
         None => uid == 0,
