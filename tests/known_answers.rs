@@ -32,6 +32,7 @@ use kmsfs::format::offsets::Layout;
 use kmsfs::format::xattr_pack::XattrPack;
 use kmsfs::format::{DirId, FileId, KeyId, VolumeId};
 use kmsfs::keymgr::{Unlock, VolumeError};
+use kmsfs::names::long_links::{LINK_TARGET_LEN, LinkId};
 use kmsfs::names::{NameError, Names};
 
 fn vectors_dir() -> PathBuf {
@@ -185,6 +186,7 @@ fn check_vector(v: &mut Vector) {
         "file-header" => check_header(v),
         "name" => check_name(v),
         "symlink-target" => check_symlink(v),
+        "symlink-long-target" => check_long_symlink(v),
         "xattr" => check_xattr(v),
         "xattr-pack" => check_xattr_pack(v),
         "hkdf" => check_hkdf(v),
@@ -511,6 +513,39 @@ fn check_name(v: &mut Vector) {
                 "{}",
                 v.file
             );
+        }
+        e => panic!("{}: bad expect {e}", v.file),
+    }
+}
+
+/// A target too long to store inline: the backing symlink holds `kmsfs.link.` ‖ base64url(id),
+/// the side file `nonce ‖ ct ‖ tag` with associated data `kmsfs long symlink` ‖ id.
+fn check_long_symlink(v: &mut Vector) {
+    let expect = v.str("expect");
+    let secret = v.key("volume-secret");
+    let key = v.key("symlink-key");
+    let id_raw: [u8; 16] = v.arr("link-id");
+    let stored = v.str("stored");
+    let side = v.hex("side-file");
+    let names = Names::new(&secret, false);
+    let id = LinkId::from_target(stored.as_bytes()).expect("a long link's target");
+    assert_eq!(stored, format!("kmsfs.link.{}", B64.encode(id_raw)));
+    assert_eq!(id.file_name(), B64.encode(id_raw));
+    assert_eq!(stored.len() as u64, LINK_TARGET_LEN);
+    assert_eq!(
+        hkdf_subkey(&secret, b"", "kmsfs/v1/symlink-targets").expose(),
+        key.expose()
+    );
+    match expect.as_str() {
+        "ok" => {
+            let target = v.hex("target");
+            let nonce: [u8; 12] = v.arr("nonce");
+            assert_eq!(names.open_long_symlink(&id, &side).unwrap(), target);
+            let aad = [&b"kmsfs long symlink"[..], &id_raw].concat();
+            assert_eq!(Aead::new(&key).seal_with_nonce(&nonce, &aad, &target), side);
+        }
+        "auth-failure" => {
+            assert!(names.open_long_symlink(&id, &side).is_err(), "{}", v.file);
         }
         e => panic!("{}: bad expect {e}", v.file),
     }
@@ -859,6 +894,8 @@ const REQUIRED: &[&str] = &[
     "name-too-long",
     "symlink-target",
     "symlink-target-flip",
+    "symlink-long-target",
+    "symlink-long-target-flip",
     "xattr",
     "xattr-value-other-name",
     "xattr-pack",
@@ -963,6 +1000,7 @@ fn regenerate_vectors() {
     gen_header();
     gen_names();
     gen_symlink_xattr();
+    gen_long_symlink();
     gen_xattr_pack();
     gen_kdf();
     gen_key_store();
@@ -1445,6 +1483,49 @@ fn gen_names() {
         .h("dir-id", &dir.0)
         .f("at-root", false)
         .h("name", &[b'x'; 256]);
+    w.write();
+}
+
+fn gen_long_symlink() {
+    let secret_b: [u8; 32] = pattern(0x60);
+    let secret = Key256::from_bytes(secret_b);
+    let sk = hkdf_subkey(&secret, b"", "kmsfs/v1/symlink-targets");
+    let nonce: [u8; 12] = pattern(0x30);
+    let id: [u8; 16] = pattern(0x40);
+    let target = b"../long/path/segment-".repeat(200)[..3050].to_vec();
+    let aad = [&b"kmsfs long symlink"[..], &id].concat();
+    let side = Aead::new(&sk).seal_with_nonce(&nonce, &aad, &target);
+    let stored = format!("kmsfs.link.{}", B64.encode(id));
+    let header = |w: &mut Writer| {
+        w.h("volume-secret", &secret_b)
+            .h("symlink-key", sk.expose())
+            .h("link-id", &id)
+            .f("stored", &stored);
+    };
+    let mut w = Writer::new(
+        "symlink-long-target",
+        "symlink-long-target",
+        "ok",
+        "a 3,050-byte target (\"../long/path/segment-\" repeated, cut at 3,050 bytes): the \
+         backing symlink holds \"stored\", the side file .kmsfs/links/<base64url(link-id)> holds \
+         \"side-file\"",
+    );
+    header(&mut w);
+    w.h("nonce", &nonce)
+        .h("target", &target)
+        .h("side-file", &side);
+    w.write();
+    let mut bad = side.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    let mut w = Writer::new(
+        "symlink-long-target-flip",
+        "symlink-long-target",
+        "auth-failure",
+        "symlink-long-target.txt with one bit of the side file's ciphertext flipped",
+    );
+    header(&mut w);
+    w.h("side-file", &bad);
     w.write();
 }
 

@@ -17,6 +17,8 @@ const CONTENT: &[u8] = b"PLAINTEXT-CONTENT-Frobnicate-42-must-not-leak";
 const SMALL_CONTENT: &[u8] = b"tiny-Xylophone";
 const LINK_NAME: &str = "Hyperlink-Ozymandias";
 const LINK_TARGET: &str = "../Target-Peregrine/secret-path";
+/// A target too long to store in the backing symlink (kept in a side file in `.kmsfs/links/`).
+const LONG_LINK_STEM: &str = "../Long-Target-Albatross/";
 const XATTR_NAME: &str = "user.Attribute-Kalamazoo";
 const XATTR_VALUE: &[u8] = b"XattrValue-Wolfram-Tungsten";
 
@@ -102,6 +104,8 @@ fn populate(mnt: &Path) -> String {
     let long = format!("{LONG_NAME_STEM}{}", "n".repeat(255 - LONG_NAME_STEM.len()));
     fs::write(d.join(&long), CONTENT).unwrap();
     std::os::unix::fs::symlink(LINK_TARGET, d.join(LINK_NAME)).unwrap();
+    let long_target = LONG_LINK_STEM.repeat(4000 / LONG_LINK_STEM.len());
+    std::os::unix::fs::symlink(long_target, d.join("long-link")).unwrap();
     set_xattr(&d.join(FILE_NAME), XATTR_NAME, XATTR_VALUE);
     set_xattr(&d, XATTR_NAME, XATTR_VALUE);
     long
@@ -115,6 +119,7 @@ fn needles(names_too: bool) -> Vec<Vec<u8>> {
         b"Xylophone".to_vec(),
         LINK_TARGET.as_bytes().to_vec(),
         b"Peregrine".to_vec(),
+        b"Albatross".to_vec(),
         XATTR_VALUE.to_vec(),
         b"Wolfram".to_vec(),
         // xattr names are encrypted in both modes.

@@ -23,6 +23,7 @@ use crate::format::header::{FileHeader, HEADER_LEN};
 use crate::format::offsets::Layout;
 use crate::format::xattr_pack::{BackingNamespace, XattrPack};
 use crate::fsutil::with_owner_bits_io;
+use crate::names::long_links::{LinkId, LinkStore, STORE_DIR};
 use crate::names::{DIRID_FILE, EntryKind, LONG_NAME_SUFFIX, Names, XATTR_PACK, XATTR_PREFIX};
 
 /// One problem found.
@@ -118,6 +119,9 @@ struct Ctx<'a> {
     acls_seen: bool,
     /// With repair: files that still carry an interrupted-write marker after their check.
     markers_left: u64,
+    /// The side files of long symlink targets (`.kmsfs/links/`), and the ids symlinks name.
+    links: LinkStore,
+    long_links: std::collections::HashSet<LinkId>,
     /// Reused buffers for attribute names and values.
     xattr_list: Vec<u8>,
     xattr_value: Vec<u8>,
@@ -177,6 +181,8 @@ pub fn fsck(
         sees_trusted: rustix::process::geteuid().is_root(),
         acls_seen: false,
         markers_left: 0,
+        links: LinkStore::new(root),
+        long_links: Default::default(),
         xattr_list: vec![0; 65536],
         xattr_value: vec![0; 65536 + 64],
     };
@@ -196,6 +202,7 @@ pub fn fsck(
     }
     xattrs(&mut c, root, &Some(String::new()), BackingNamespace::User);
     dir(&mut c, root, Some(String::new()), true)?;
+    orphan_link_targets(&mut c)?;
     let paths = super::VolumePaths::new(root);
     if c.acls_seen && !paths.acl_marker().exists() {
         // ACLs stored before the marker existed (a kmsfs of 2026-12-05 between the two).
@@ -575,11 +582,51 @@ fn dir(c: &mut Ctx<'_>, d: &Path, plain: Option<String>, at_root: bool) -> std::
         } else if ft.is_symlink() {
             c.report.symlinks += 1;
             let t = std::fs::read_link(&path)?;
-            if c.names.decrypt_symlink(t.as_os_str().as_bytes()).is_err() {
-                c.problem(&path, &child, "symlink", "target does not decrypt".into());
+            let t = t.as_os_str().as_bytes();
+            let long = LinkId::from_target(t);
+            if let Some(id) = long {
+                c.long_links.insert(id);
+            }
+            if c.links.read_target(c.names, t).is_err() {
+                let detail = match long {
+                    Some(id) => format!(
+                        "its target's side file .kmsfs/{STORE_DIR}/{} is missing or does not decrypt",
+                        id.file_name()
+                    ),
+                    None => "target does not decrypt".into(),
+                };
+                c.problem(&path, &child, "symlink", detail);
             }
         } else {
             c.report.special += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Side files of long symlink targets that no symlink names (a crash between writing one and
+/// making its symlink, or between removing the symlink's last name and it): removable, once the
+/// whole tree was walked (it was: a walk that fails ends fsck before this).
+fn orphan_link_targets(c: &mut Ctx<'_>) -> std::io::Result<()> {
+    for name in c.links.file_names()? {
+        let id = LinkId::from_file_name(name.as_bytes());
+        if id.is_some_and(|id| c.long_links.contains(&id)) {
+            continue;
+        }
+        let path = c
+            .root
+            .join(crate::names::CONTROL_DIR)
+            .join(STORE_DIR)
+            .join(&name);
+        let repaired = c.repair && std::fs::remove_file(&path).is_ok();
+        let detail = if id.is_some() {
+            "orphan side file of a long symlink target (no symlink names it)"
+        } else {
+            "a file in the store of long symlink targets that is not one of its side files"
+        };
+        c.problem(&path, &None, "side-file", detail.into());
+        if let Some(p) = c.report.problems.last_mut() {
+            p.repaired = repaired;
         }
     }
     Ok(())

@@ -13,6 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use crate::crypto::{Aead, Key256, hkdf_subkey, sha256};
 use crate::format::DirId;
 
+pub mod long_links;
+
 /// Purpose strings for HKDF: one key per purpose.
 const PURPOSE_NAMES: &str = "kmsfs/v1/names";
 const PURPOSE_SYMLINKS: &str = "kmsfs/v1/symlink-targets";

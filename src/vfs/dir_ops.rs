@@ -407,9 +407,11 @@ impl Vfs {
         let cn = self.cipher_name(&dir, name)?;
         self.refuse_append_only_entry(&dir, &cn.entry)?;
         crate::fault::check("unlink")?;
+        let leaving = self.long_link_at(&dir, &cn.entry);
         let r = rustix::fs::unlinkat(&dir.fd, &cn.entry, AtFlags::empty());
         if r.is_ok() {
             self.remove_side_file(&dir, &cn);
+            self.left(leaving);
             self.removed();
         }
         dir.entries_changed();
@@ -481,6 +483,12 @@ impl Vfs {
             refused_into_append_only(&from_dir, &from.entry, &to_dir, &to.entry, flags)?;
         }
         let wrote = self.write_side_file(&to_dir, &to)?;
+        // A long link renamed over may lose its last name.
+        let leaving = if flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == 0 {
+            self.long_link_at(&to_dir, &to.entry)
+        } else {
+            None
+        };
         let mut r = crate::fault::check("rename").and_then(|()| {
             rustix::fs::renameat_with(&from_dir.fd, &from.entry, &to_dir.fd, &to.entry, rf)
         });
@@ -505,6 +513,7 @@ impl Vfs {
         }
         // A file renamed over loses its name (not in an exchange).
         if flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == 0 {
+            self.left(leaving);
             self.removed();
         }
         // After an exchange both names still exist, and the whiteout keeps the old one;
@@ -624,8 +633,8 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.dir_node(parent)?;
         let cn = self.new_cipher_name(&dir, name)?;
-        let stored = self.names.encrypt_symlink(target.as_bytes())?;
-        self.create_entry(&dir, &cn, || {
+        let (stored, side) = self.stored_target(target.as_bytes())?;
+        let made = self.create_entry(&dir, &cn, || {
             crate::fault::check("symlink")?;
             rustix::fs::symlinkat(stored.as_str(), &dir.fd, &cn.entry)?;
             // A failure after the symlink exists removes it (and gives the lookup back).
@@ -645,7 +654,13 @@ impl Vfs {
                     .inspect_err(|_| undo(Some(&node)));
             }
             Ok(attr)
-        })
+        });
+        if made.is_err()
+            && let Some(id) = side
+        {
+            self.forget_side_target(&id);
+        }
+        made
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -660,10 +675,7 @@ impl Vfs {
         if node.kind != Kind::Symlink {
             return Err(Errno::INVAL.into());
         }
-        let stored = rustix::fs::readlinkat(&node.fd, "", Vec::new())?;
-        self.names
-            .decrypt_symlink(stored.as_bytes())
-            .map_err(|_| self.damaged(&node, "symlink target failed authentication".into()))
+        self.read_target(&node)
     }
 
     pub fn mknod(

@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::Vfs;
-use super::test_support::{caller, new_volume, open, touch, unlock};
-use crate::keymgr::KeyManager;
+use super::test_support::{caller, fsck_with, new_volume, open, touch, unlock};
 use crate::keymgr::fsck::Repair;
 
 fn names(v: &Vfs, ino: u64) -> Vec<String> {
@@ -18,20 +17,6 @@ fn names(v: &Vfs, ino: u64) -> Vec<String> {
         .collect();
     n.sort();
     n
-}
-
-/// fsck's problems as `kind repaired: detail`.
-fn fsck_with(dir: &Path, repair: Repair) -> Vec<String> {
-    let u = unlock(dir);
-    let names = crate::names::Names::new(&u.store.volume_secret, false);
-    let bs = u.config.block_size;
-    let km = KeyManager::new(u);
-    let r = crate::keymgr::fsck::fsck(&km, dir, &names, bs, None, repair, &mut |_, _| {})
-        .expect("fsck");
-    r.problems
-        .iter()
-        .map(|p| format!("{} {}: {}", p.kind, p.repaired, p.detail))
-        .collect()
 }
 
 fn backing_entries(d: &Path) -> Vec<String> {

@@ -404,7 +404,7 @@ impl Vfs {
             && match kind {
                 Kind::File => has_header(fd),
                 Kind::Symlink => rustix::fs::readlinkat(fd, "", Vec::new())
-                    .is_ok_and(|t| self.names.decrypt_symlink(t.as_bytes()).is_ok()),
+                    .is_ok_and(|t| self.links.read_target(&self.names, t.as_bytes()).is_ok()),
                 _ => false,
             })
     }

@@ -21,6 +21,7 @@ mod flags_ops;
 pub mod identity;
 mod inode;
 mod kept_mtime;
+mod long_link_ops;
 mod marker_queue;
 mod open_file;
 mod path;
@@ -202,6 +203,11 @@ pub struct Vfs {
     /// Reads the mount's flags now and passes them to `remounted` (set by the mount, see
     /// `fuse::remount`): a write refused as read-only asks first (`check_writable`).
     mount_refresh: std::sync::OnceLock<MountRefresh>,
+    /// Side files of symlink targets too long to store inline (`long_link_ops`).
+    links: crate::names::long_links::LinkStore,
+    /// The volume has long links (the store exists, or one was made now): only then is a name
+    /// about to go looked at for one.
+    long_links: std::sync::atomic::AtomicBool,
 }
 
 /// See `Vfs::mount_refresh`.
@@ -276,6 +282,7 @@ impl Vfs {
             ..opts
         };
         let export = export::Export::probe(&fd, &km.volume_secret());
+        let links = crate::names::long_links::LinkStore::new(root);
         let vfs = Vfs {
             control,
             activity: AtomicU64::new(0),
@@ -313,6 +320,8 @@ impl Vfs {
                 .exists()
                 .into(),
             mount_refresh: std::sync::OnceLock::new(),
+            long_links: links.exists().into(),
+            links,
         };
         if !vfs.read_only() {
             vfs.begin_rw_session();
@@ -796,6 +805,9 @@ impl Vfs {
     fn attr_of(&self, node: &Node, st: &rustix::fs::Stat) -> Attr {
         let mut a = Attr::from_stat(st, node.ino, &self.layout);
         a.generation = node.generation;
+        if node.kind == Kind::Symlink {
+            a.size = self.symlink_size(node, st.st_size as u64, a.size);
+        }
         if node.kind == Kind::File
             && let Some(of) = self.open_files.get(&node.ino)
         {
@@ -937,6 +949,8 @@ mod export_tests;
 mod fault_tests;
 #[cfg(test)]
 mod holes_tests;
+#[cfg(test)]
+mod long_link_tests;
 #[cfg(test)]
 mod path_tests;
 #[cfg(test)]

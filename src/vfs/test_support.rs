@@ -161,3 +161,17 @@ pub fn key_of(v: &Vfs, dir: &Path, path: &str) -> crate::format::KeyId {
     .unwrap();
     found.unwrap_or_else(|| panic!("no file {path}"))
 }
+
+/// fsck's problems as `kind repaired: detail`.
+pub fn fsck_with(dir: &Path, repair: crate::keymgr::fsck::Repair) -> Vec<String> {
+    let u = unlock(dir);
+    let names = crate::names::Names::new(&u.store.volume_secret, false);
+    let bs = u.config.block_size;
+    let km = KeyManager::new(u);
+    let r = crate::keymgr::fsck::fsck(&km, dir, &names, bs, None, repair, &mut |_, _| {})
+        .expect("fsck");
+    r.problems
+        .iter()
+        .map(|p| format!("{} {}: {}", p.kind, p.repaired, p.detail))
+        .collect()
+}
