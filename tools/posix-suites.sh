@@ -2,8 +2,9 @@
 # Runs two external test suites against a fresh kmsfs mount and prints their verdicts:
 #   - pjdfstest (the Rust rewrite of the FreeBSD POSIX file-system suite: ~400 cases of
 #     permissions, ownership, timestamps, errno values, links, renames), once on a mount with
-#     --allow-other (the kernel checks permissions; the default key's policy lets every user
-#     use the key, as the suite switches users), again with --acl, and once on a plain
+#     --allow-other (the kernel checks permissions; the default key's policy is owner-only,
+#     so tools/lib/suite.sh's allow_everyone gives every user Decrypt and GenerateDataKey, as
+#     the suite switches users), again with --acl, and once on a plain
 #     root-only mount;
 #   - fsx (file-system exerciser: random reads, writes, mmap reads and writes, truncates,
 #     fallocate, hole punching (sparse files, since 2026-12-05), fsync, copy_file_range,
