@@ -613,11 +613,7 @@ fn orphan_link_targets(c: &mut Ctx<'_>) -> std::io::Result<()> {
         if id.is_some_and(|id| c.long_links.contains(&id)) {
             continue;
         }
-        let path = c
-            .root
-            .join(crate::names::CONTROL_DIR)
-            .join(STORE_DIR)
-            .join(&name);
+        let path = c.links.dir().join(&name);
         let repaired = c.repair && std::fs::remove_file(&path).is_ok();
         let detail = if id.is_some() {
             "orphan side file of a long symlink target (no symlink names it)"

@@ -108,6 +108,11 @@ impl LinkStore {
         self.dir.is_dir()
     }
 
+    /// `.kmsfs/links/` of the volume.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn path(&self, id: &LinkId) -> PathBuf {
         self.dir.join(id.file_name())
     }
